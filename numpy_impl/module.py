@@ -1,0 +1,150 @@
+"""The small machinery under every NumPy component: parameters, modules and hook points.
+
+It copies just enough of ``torch.nn`` that the two implementations are used the same way:
+``Parameter`` holds ``.data`` and ``.grad``; ``Module`` finds its parameters and children by
+walking its attributes in the order they were set, so ``named_parameters()`` and
+``state_dict()`` list the same names, in the same order, as the torch twin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array and its gradient (same shape, accumulated by ``backward``)."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: parameter discovery, state dicts, ``zero_grad`` and ``__call__``."""
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def named_children(self):
+        """Direct sub-modules, in the order they were set; a list ``blocks`` gives ``blocks.0`` ..."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, list) and value and all(isinstance(v, Module) for v in value):
+                for i, child in enumerate(value):
+                    yield f"{name}.{i}", child
+
+    def named_modules(self, prefix: str = ""):
+        """This module and every module below it, with dotted names ("" for this one)."""
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix: str = ""):
+        """(name, Parameter) pairs with torch's dotted names, e.g. ``blocks.0.attn.W_Q``."""
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield (f"{prefix}.{name}" if prefix else name), value
+        for name, child in self.named_children():
+            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self):
+        """Reset every gradient to zero; ``backward`` adds into them until then."""
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    def state_dict(self) -> dict:
+        """{name: copy of the array}: a snapshot that later updates do not change."""
+        return {name: p.data.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state_dict: dict):
+        """Copy arrays into the parameters, in place. Strict, as torch's default.
+
+        Missing keys, unexpected keys and wrong shapes raise ``ValueError`` naming every
+        offending key; values are cast to each parameter's dtype.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict of arrays, got {type(state_dict).__name__}")
+        params = dict(self.named_parameters())
+        missing = sorted(set(params) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(params))
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {', '.join(unexpected)}")
+        arrays = {}
+        for name in sorted(set(params) & set(state_dict)):
+            array = _as_array(state_dict[name], name)
+            if array.shape != params[name].shape:
+                problems.append(
+                    f"{name}: shape {tuple(array.shape)} does not match the model's "
+                    f"{tuple(params[name].shape)}"
+                )
+            arrays[name] = array
+        if problems:
+            raise ValueError("load_state_dict: " + "; ".join(problems))
+        for name, array in arrays.items():
+            params[name].data[...] = array
+
+
+def _as_array(value, name):
+    if hasattr(value, "detach"):  # a torch tensor: accept it, as a user moving weights would
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"state_dict[{name!r}] must be an ndarray, got {type(value).__name__}")
+    if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+        raise TypeError(f"state_dict[{name!r}] must hold numbers, got dtype {value.dtype}")
+    return value
+
+
+class HookPoint(Module):
+    """An identity placed at a named point of the forward pass, to read or replace it.
+
+    ``forward`` passes the activation through each forward hook ``fn(activation, hook)``;
+    a hook that returns an array replaces the activation. ``backward`` does the same with
+    the gradient arriving at this point, so backward hooks see (and may edit) what the
+    hand-written backward computes there. The name is set by the model that owns it.
+    """
+
+    def __init__(self):
+        self.name = None
+        self.fwd_hooks = []
+        self.bwd_hooks = []
+
+    def add_hook(self, fn, dir: str = "fwd"):
+        if not callable(fn):
+            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(fn)
+
+    def remove_hooks(self, dir: str = "both"):
+        if dir in ("fwd", "both"):
+            self.fwd_hooks = []
+        if dir in ("bwd", "both"):
+            self.bwd_hooks = []
+
+    def forward(self, x):
+        for fn in self.fwd_hooks:
+            result = fn(x, self)
+            if result is not None:
+                x = result
+        return x
+
+    def backward(self, dx):
+        for fn in self.bwd_hooks:
+            result = fn(dx, self)
+            if result is not None:
+                dx = result
+        return dx
