@@ -16,6 +16,7 @@ import sys
 TOURS = {
     "basics": ("tours.basics", "architecture, shapes, attention patterns, a forward and backward pass in both twins"),
     "gradcheck": ("tours.gradcheck", "finite differences against every hand-written backward, every component and config"),
+    "exercises": ("tours.exercises", "write the backward passes yourself: init DIR, then check DIR [COMPONENT]"),
 }
 
 
