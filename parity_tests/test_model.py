@@ -98,3 +98,21 @@ def test_model_accepts_lists_and_is_callable():
     out = model([[1, 2, 3]])
     assert out.shape == (1, 3, 11)
     assert_close("list input", out, twin([[1, 2, 3]]), "float64")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_dtype_is_kept_everywhere(dtype):
+    """A float32 model computes in float32 end to end: output, every gradient, every intermediate."""
+    cfg = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, n_layers=2, n_ctx=N_CTX, act_fn="gelu_new", dtype=dtype)
+    model = npi.Transformer(cfg)
+    seen = []
+    for name, module in model.named_modules():
+        if isinstance(module, npi.HookPoint):
+            module.add_hook(lambda x, hook: seen.append((hook.name, x.dtype)))
+            module.add_hook(lambda dx, hook: seen.append((hook.name + "_grad", dx.dtype)), dir="bwd")
+    out = model(np.array([[1, 2, 3, 4]]))
+    model.backward(np.random.default_rng(0).standard_normal(out.shape).astype(dtype))
+    assert out.dtype == np.dtype(dtype)
+    assert all(p.grad.dtype == np.dtype(dtype) for p in model.parameters())
+    wrong = [(name, d) for name, d in seen if d != np.dtype(dtype)]
+    assert seen and not wrong, wrong
