@@ -110,7 +110,8 @@ def check(directory, keys=None, sample=20, seed=0, together=True, progress=None)
     """Check the learner's copy in ``directory``; returns a list of ``Result``, in exercise order.
 
     keys: exercise keys to check (default: all of them, plus "all together" when ``together``).
-    sample: entries per tensor for finite differences. progress: called once per variant checked.
+    sample: entries per tensor for finite differences.
+    progress: ``progress(items, label)`` yielding the items while it draws a bar (tours/progress.py).
     """
     if keys is None:
         keys = [exercise.key for exercise in EXERCISES]
@@ -120,36 +121,40 @@ def check(directory, keys=None, sample=20, seed=0, together=True, progress=None)
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
         raise ValueError(f"sample must be a positive int, got {sample!r}")
     package = load_package(directory)
+    steps = list(keys) + (["all together"] if together and len(keys) == len(EXERCISES) else [])
+    results = []
     try:
-        results = [check_exercise(package, BY_KEY[key], sample, seed, progress) for key in keys]
-        if together and len(keys) == len(EXERCISES):
-            results.append(check_together(package, sample, seed, results, progress))
+        for key in (progress or _quietly)(steps, "checking"):
+            if key == "all together":
+                results.append(check_together(package, sample, seed, results))
+            else:
+                results.append(check_exercise(package, BY_KEY[key], sample, seed))
     finally:
         unload_package(package)
     return results
 
 
-def check_exercise(package, exercise, sample=20, seed=0, progress=None):
+def _quietly(items, label):
+    return items
+
+
+def check_exercise(package, exercise, sample=20, seed=0):
     """One exercise under each of its variants; the first variant that is not done decides."""
     for number, variant in enumerate(exercise.variants):
         result = _check_variant(package, exercise.key, exercise.cls, variant, sample, seed + 10 * number,
                                 isolate=True)
         if result.status != "done":
             break
-    if progress is not None:
-        progress()
     return result
 
 
-def check_together(package, sample, seed, results, progress=None):
+def check_together(package, sample, seed, results):
     """The whole model with the learner's backward in every component, under every model variant."""
     for number, variant in enumerate(BY_KEY["model"].variants):
         result = _check_variant(package, "all together", "Transformer", variant, sample, seed + 100 + number,
                                 isolate=False)
         if result.status != "done":
             break
-    if progress is not None:
-        progress()
     unfinished = [r.key for r in results if r.status != "done"]
     if result.status == "not started":
         result.message = f"waits for: {', '.join(unfinished)}" if unfinished else result.message

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from exercises.catalog import EXERCISES
 
-from .progress import ProgressBar
+from .progress import progress
 
 
 def add_arguments(parser):
@@ -60,12 +60,8 @@ def _check(args):
     from exercises.check import check, format_results
 
     keys = [args.component] if args.component else None
-    steps = 1 if keys else len(EXERCISES) + 1  # one step per exercise, and "all together"
-    bar = ProgressBar(steps, label="checking")
     try:
-        results = check(args.dir, keys=keys, sample=args.sample, seed=args.seed, progress=lambda: bar.update())
+        results = check(args.dir, keys=keys, sample=args.sample, seed=args.seed, progress=progress)
     except FileNotFoundError as error:
         raise SystemExit(f"exercises check: {error}")
-    finally:
-        bar.close()
     print(format_results(results, args.dir))

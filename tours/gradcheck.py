@@ -15,7 +15,7 @@ import numpy_impl
 from exercises.catalog import Variant, build, make_inputs
 from numpy_impl.gradcheck import FLOOR, STEP, TOLERANCE, format_rows, gradcheck
 
-from .progress import ProgressBar
+from .progress import progress
 
 # config fields that change the math; each family sets some, the rest keep their defaults
 FAMILIES = (
@@ -78,9 +78,8 @@ def run(args):
           f"{args.sample} entries per tensor.")
     print(f"Relative error |a - n| / max(|a| + |n|, tiny), tiny = {FLOOR:g} x the component's largest gradient; "
           f"pass at <= {TOLERANCE:g}.\n", flush=True)
-    bar = ProgressBar(len(cases), label="gradcheck")
     summary, all_rows = [], []
-    for label, cfg, cls in cases:
+    for label, cfg, cls in progress(cases, "gradcheck"):
         module = build(numpy_impl, cls, cfg, args.seed)
         inputs = make_inputs(cls, cfg, args.seed + 1, weighted=cls == "CrossEntropyLoss")
         report = gradcheck(module, *inputs, sample=args.sample, seed=args.seed + 2, name=f"{cls} [{label}]")
@@ -88,8 +87,6 @@ def run(args):
         summary.append((label, cls, str(len(report.rows)), str(sum(r.checked for r in report.rows)),
                         worst.tensor, f"{worst.max_rel_error:.1e}", "pass" if report.passed else "FAIL"))
         all_rows += report.rows
-        bar.update(note=f"{cls} [{label}]")
-    bar.close()
     print(_table(("config", "component", "tensors", "entries", "worst tensor", "max rel err", ""), summary))
     failed = [row for row in all_rows if not row.passed]
     print(f"\n{len(all_rows)} tensors checked, {len(failed)} failed.")
