@@ -94,9 +94,13 @@ def load_package(directory):
     writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__ behind
     try:
         spec.loader.exec_module(package)
-    except Exception:
+    except Exception as error:  # a learner's syntax error is the common case: say where it is
         unload_package(package)
-        raise
+        if isinstance(error, SyntaxError):
+            what = f"SyntaxError: {error.msg} at {Path(error.filename).name}:{error.lineno}"
+        else:
+            what = _describe(error)
+        raise ImportError(f"your copy in {package_dir} does not import: {what}") from error
     finally:
         sys.dont_write_bytecode = writes_bytecode
     return package

@@ -133,6 +133,13 @@ def test_overwriting_a_gradient_instead_of_adding_is_wrong(solved, tmp_path):
     assert result.status == "wrong" and "W_U" in result.message and "+=" in result.message
 
 
+def test_a_copy_that_does_not_import_says_where(solved, tmp_path):
+    directory = copy_of(solved, tmp_path)
+    plant(directory / "numpy_impl", "layernorm.py", "dx = dcentered + dmean / d_model", "dx = (dcentered")
+    with pytest.raises(ImportError, match=r"does not import.*layernorm\.py"):
+        check(directory)
+
+
 def test_copy_differs_from_reference_only_inside_backward_bodies(fresh):
     copy_dir = fresh / "numpy_impl"
     reference_files = sorted(p.name for p in REFERENCE_DIR.glob("*.py"))

@@ -62,6 +62,6 @@ def _check(args):
     keys = [args.component] if args.component else None
     try:
         results = check(args.dir, keys=keys, sample=args.sample, seed=args.seed, progress=progress)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ImportError) as error:
         raise SystemExit(f"exercises check: {error}")
     print(format_results(results, args.dir))
