@@ -121,6 +121,13 @@ def test_planted_softmax_mistake_is_caught_at_queries_and_keys():
         assert errors[name] <= TOL, f"{name} should be unaffected, got {errors[name]:.1e}"
 
 
+def test_a_nan_gradient_fails():
+    Wrong = planted(np_layernorm.LayerNorm, "dx = dcentered + dmean / d_model", "dx = dcentered * np.nan")
+    cfg = Variant("test").config()
+    report = gradcheck(randomize_parameters(Wrong(cfg), 1), *make_inputs("LayerNorm", cfg, 2), sample=SAMPLE)
+    assert not report.passed and report.worst.tensor == "x" and report.worst.max_rel_error == np.inf
+
+
 def test_refuses_float32():
     cfg = Variant("test", {"dtype": "float32"}).config()
     module = npi.LayerNorm(cfg)
