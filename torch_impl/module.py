@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from numpy_impl.checks import check_hook_result
+
 
 def default_rng(rng=None):
     """A ``torch.Generator`` from a seed, an existing generator, or None (a random seed)."""
@@ -25,10 +27,16 @@ def default_rng(rng=None):
 class HookPoint(nn.Module):
     """An identity placed at a named point of the forward pass, to read or replace it.
 
-    ``forward`` passes the activation through each forward hook ``fn(activation, hook)``;
-    a hook that returns a tensor replaces the activation. Backward hooks ``fn(grad, hook)``
-    are attached to the activation's gradient, so autograd calls them where the NumPy
-    reference calls ``HookPoint.backward``. The name is set by the model that owns it.
+    ``forward`` hands each forward hook ``fn(activation, hook)`` a detached copy of the
+    activation; a hook may edit it in place or return a replacement. Backward hooks
+    ``fn(grad, hook)`` are attached to the activation the rest of the model uses, so autograd
+    calls them where the NumPy reference calls ``HookPoint.backward``. Edited activations follow
+    the reference's rule (see ``numpy_impl/module.py``):
+
+        entries a forward hook changed are constants: no gradient flows past them;
+        entries it left unchanged pass their gradient through untouched.
+
+    The name is set by the model that owns it.
     """
 
     def __init__(self):
@@ -51,11 +59,19 @@ class HookPoint(nn.Module):
             self.bwd_hooks = []
 
     def forward(self, x):
-        for fn in self.fwd_hooks:
-            result = fn(x, self)
-            if result is not None:
-                x = result
-        if self.bwd_hooks and x.requires_grad:
+        if self.fwd_hooks:
+            hooked = x.detach().clone()  # hooks may edit this copy in place; x keeps its autograd history
+            for fn in self.fwd_hooks:
+                result = fn(hooked, self)
+                if result is not None:
+                    check_hook_result(result, x.shape, self.name)
+                    hooked = torch.as_tensor(result, dtype=x.dtype).detach()
+            changed = hooked != x.detach()  # like x: True where a hook changed the value
+            if changed.any():
+                x = torch.where(changed, hooked, x)  # the hook's values are constants: no gradient reaches x there
+        if self.bwd_hooks and torch.is_grad_enabled():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_()  # a constant (the sinusoidal table): a leaf, so it has a gradient
             x.register_hook(self._backward)
         return x
 
@@ -63,5 +79,6 @@ class HookPoint(nn.Module):
         for fn in self.bwd_hooks:
             result = fn(dx, self)
             if result is not None:
-                dx = result
+                check_hook_result(result, dx.shape, self.name)
+                dx = torch.as_tensor(result, dtype=dx.dtype)
         return dx
