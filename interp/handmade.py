@@ -12,12 +12,14 @@ and the weights move one-hots between them (``strength`` sets how sharp each sof
           token into the "previous token" block.
     L0H1  dead: W_Q = W_K = 0 (uniform attention) and W_O = 0 (writes nothing).
     L1H0  induction head: the query's token matches a key's "previous token" (K-composition with
-          L0H0); it copies the key's token into the "answer" block, which W_U reads.
+          L0H0); it copies the key's token into the "answer" block, which W_U reads. A query
+          with no match rests on position 0 (half the match strength, through b_Q), whose
+          token, BOS (the last id), it does not copy: no match, no prediction.
     L1H1  duplicate-token head: the query's token matches the key's token, minus the key at the
           query's own position; it writes nothing (W_O = 0).
 
 On ``[BOS, r, r]`` with r distinct and never BOS, L0H0's previous-token score, L1H0's induction
-score and L1H1's duplicate-token score are 1 up to about exp(-strength).
+score and L1H1's duplicate-token score are 1 up to about exp(-strength / 2).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from numpy_impl import Transformer, TransformerConfig
 
 
-def induction_circuit_model(d_vocab=8, n_ctx=13, strength=30.0):
+def induction_circuit_model(d_vocab=8, n_ctx=13, strength=60.0):
     """A NumPy Transformer (attn_only, no LayerNorm, learned positions) wired as above."""
     V, C = d_vocab, n_ctx
     token, position, previous, answer = 0, V, V + C, 2 * V + C  # first coordinate of each block
@@ -49,7 +51,9 @@ def induction_circuit_model(d_vocab=8, n_ctx=13, strength=30.0):
     Q, K, Vw, O = (sd[f"blocks.1.attn.{w}"] for w in ("W_Q", "W_K", "W_V", "W_O"))
     Q[0, token + np.arange(V), np.arange(V)] = s
     K[0, previous + np.arange(V), np.arange(V)] = 1.0
-    Vw[0, token + np.arange(V), np.arange(V)] = 1.0
+    sd["blocks.1.attn.b_Q"][0, V] = s / 2  # every query's score for key position 0: s / 2
+    K[0, position + 0, V] = 1.0
+    Vw[0, token + np.arange(V - 1), np.arange(V - 1)] = 1.0  # BOS (id V - 1) is not copied
     O[0, np.arange(V), answer + np.arange(V)] = 1.0
     # L1H1: q . k = s ([same token] - [same position]); writes nothing
     Q[1, token + np.arange(V), np.arange(V)] = s

@@ -127,3 +127,120 @@ def plot_head_scores(scores, path, title="Head scores", label="score", diverging
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=label)
     return _save(fig, path)
+
+
+def plot_logit_lens(lens, path, title="Logit lens: what the unembedding reads after each layer"):
+    """Left: mean log-prob of the true next token per layer. Right: the same per layer and position."""
+    per_position = lens.next_logprob.mean(axis=1)  # [n_layers + 1, pos - 1]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.6]})
+    layers = np.arange(len(lens.labels))
+    left.plot(layers, lens.mean_next_logprob, marker="o", label="mean log p(next token)")
+    left.set_xticks(layers, lens.labels, rotation=30)
+    left.set_xlabel("residual stream after")
+    left.set_ylabel("log-probability of the true next token")
+    twin = left.twinx()
+    twin.plot(layers, lens.next_top1, marker="s", color="tab:orange", label="top-1 accuracy")
+    twin.set_ylabel("top-1 accuracy", color="tab:orange")
+    twin.set_ylim(-0.02, 1.02)
+    left.set_title("averaged over batch and positions")
+    left.legend(loc="upper left", fontsize=8)
+    image = right.imshow(per_position, aspect="auto", cmap="viridis")
+    right.set_yticks(layers, lens.labels)
+    right.set_xlabel("position (predicting the token at position + 1)")
+    right.set_ylabel("residual stream after")
+    right.set_title("per position (mean over batch)")
+    fig.colorbar(image, ax=right, label="log p(next token)")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_attribution(attribution, path, title="Direct logit attribution"):
+    """Left: bars per component (embed, pos_embed, each layer's attn and mlp). Right: heads [layer, head]."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.4, 1]})
+    values = attribution.components
+    colors = ["tab:blue" if v >= 0 else "tab:red" for v in values]
+    left.bar(range(len(values)), values, color=colors)
+    left.axhline(0, color="black", linewidth=0.8)
+    left.set_xticks(range(len(values)), attribution.component_labels, rotation=30)
+    left.set_xlabel("component")
+    left.set_ylabel("direct effect on the logit")
+    left.set_title(f"components (sum {values.sum():.3f} + bias {attribution.bias:.3f} = logit {attribution.logit:.3f})",
+                   fontsize=9)
+    heads = attribution.heads
+    bound = float(np.abs(heads).max()) or 1.0
+    image = right.imshow(heads, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    for layer in range(heads.shape[0]):
+        for head in range(heads.shape[1]):
+            right.text(head, layer, f"{heads[layer, head]:.2f}", ha="center", va="center", fontsize=8)
+    right.set_xticks(range(heads.shape[1]), [f"H{h}" for h in range(heads.shape[1])])
+    right.set_yticks(range(heads.shape[0]), [f"L{layer}" for layer in range(heads.shape[0])])
+    right.set_xlabel("head")
+    right.set_ylabel("layer")
+    right.set_title("per head (z_h W_O[h])")
+    fig.colorbar(image, ax=right, label="direct effect on the logit")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_patching(grid, path, token_labels=None, title="Activation patching", ylabel="layer", row_prefix="L"):
+    """Heatmap of a [n_layers, pos] patching grid (1 = clean restored, 0 = corrupted), tokens on x."""
+    grid = as_numpy(grid)
+    if grid.ndim != 2:
+        raise ValueError(f"grid must be [n_layers, pos], got shape {grid.shape}")
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * grid.shape[1] + 2.5), 0.7 * grid.shape[0] + 2.0))
+    bound = max(1.0, float(np.abs(grid).max()))
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    for row in range(grid.shape[0]):
+        for col in range(grid.shape[1]):
+            if abs(grid[row, col]) >= 0.005:
+                ax.text(col, row, f"{grid[row, col]:.2f}", ha="center", va="center", fontsize=7)
+    labels = [str(p) for p in range(grid.shape[1])] if token_labels is None else [f"{p}:{t}" for p, t in enumerate(token_labels)]
+    ax.set_xticks(range(grid.shape[1]), labels, rotation=90 if token_labels is not None else 0, fontsize=8)
+    ax.set_yticks(range(grid.shape[0]), [f"{row_prefix}{r}" for r in range(grid.shape[0])])
+    ax.set_xlabel("position patched" + ("" if token_labels is None else ": clean token"))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="restored fraction of the logit difference")
+    return _save(fig, path)
+
+
+def plot_composition(scores, path, baseline=None, title="Composition scores, layer 0 -> layer 1"):
+    """Three heatmaps, Q, K and V composition [head in layer 0, head in layer 1]; ``scores`` maps kind -> array."""
+    kinds = list(scores)
+    vmax = max(float(np.max(scores[k])) for k in kinds) or 1.0
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds) + 1.2, 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        grid = as_numpy(scores[kind])
+        image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=vmax)
+        for a in range(grid.shape[0]):
+            for b in range(grid.shape[1]):
+                shade = image.norm(grid[a, b])
+                ax.text(b, a, f"{grid[a, b]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if shade < 0.5 else "black")
+        ax.set_xticks(range(grid.shape[1]), [f"H{h}" for h in range(grid.shape[1])])
+        ax.set_yticks(range(grid.shape[0]), [f"H{h}" for h in range(grid.shape[0])])
+        ax.set_xlabel("head in the later layer (reads)")
+        ax.set_ylabel("head in the earlier layer (writes)")
+        ax.set_title(f"{kind.upper()}-composition")
+    fig.colorbar(image, ax=axes, shrink=0.85, label="composition score")
+    suffix = "" if baseline is None else f"  (random-matrix baseline ~ {baseline:.2f})"
+    fig.suptitle(title + suffix)
+    return _save(fig, path)
+
+
+def plot_matrix(matrix, path, title, xlabel, ylabel, label="value", tick_labels=None):
+    """One matrix as a red-blue heatmap centred on zero (e.g. a head's full OV or QK circuit)."""
+    matrix = as_numpy(matrix)
+    if matrix.ndim != 2:
+        raise ValueError(f"matrix must be 2-D, got shape {matrix.shape}")
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.3 * matrix.shape[1] + 2.5), max(4.0, 0.3 * matrix.shape[0] + 1.5)))
+    bound = float(np.abs(matrix).max()) or 1.0
+    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    if tick_labels is not None:
+        ax.set_xticks(range(matrix.shape[1]), tick_labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(matrix.shape[0]), tick_labels, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=label)
+    return _save(fig, path)
