@@ -110,7 +110,41 @@ def _as_array(value, name):
     return value
 
 
-class HookPoint(Module):
+class HookLists:
+    """Forward and backward hook lists, shared by the NumPy ``HookPoint`` and its torch twin."""
+
+    def _init_hooks(self):
+        self.name = None
+        self.fwd_hooks = []
+        self.bwd_hooks = []
+
+    def add_hook(self, fn, dir: str = "fwd"):
+        """Call ``fn(activation, hook)`` in the forward pass ("fwd") or ``fn(grad, hook)`` in the backward ("bwd")."""
+        if not callable(fn):
+            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(fn)
+
+    def remove_hooks(self, dir: str = "both"):
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
+        if dir in ("fwd", "both"):
+            self.fwd_hooks = []
+        if dir in ("bwd", "both"):
+            self.bwd_hooks = []
+
+    def _run(self, hooks, x):
+        """Pass x through each hook in turn; a hook that returns something (of x's shape) replaces x."""
+        for fn in hooks:
+            result = fn(x, self)
+            if result is not None:
+                check_hook_result(result, x.shape, self.name)
+                x = result
+        return x
+
+
+class HookPoint(Module, HookLists):
     """An identity placed at a named point of the forward pass, to read or replace it.
 
     ``forward`` hands each forward hook ``fn(activation, hook)`` a copy of the activation; a
@@ -129,34 +163,15 @@ class HookPoint(Module):
     """
 
     def __init__(self):
-        self.name = None
-        self.fwd_hooks = []
-        self.bwd_hooks = []
+        self._init_hooks()
         self.changed = None  # bool array like the activation: where the forward hooks changed it
-
-    def add_hook(self, fn, dir: str = "fwd"):
-        if not callable(fn):
-            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
-        if dir not in ("fwd", "bwd"):
-            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
-        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(fn)
-
-    def remove_hooks(self, dir: str = "both"):
-        if dir in ("fwd", "both"):
-            self.fwd_hooks = []
-        if dir in ("bwd", "both"):
-            self.bwd_hooks = []
 
     def forward(self, x):
         self.changed = None
         if not self.fwd_hooks:
             return x
-        hooked = np.array(x, copy=True)  # hooks may edit this copy in place; x stays as computed
-        for fn in self.fwd_hooks:
-            result = fn(hooked, self)
-            if result is not None:
-                check_hook_result(result, x.shape, self.name)
-                hooked = np.asarray(result, dtype=x.dtype)
+        # hooks get a copy, so they may edit it in place; x stays as computed
+        hooked = np.asarray(self._run(self.fwd_hooks, np.array(x, copy=True)), dtype=x.dtype)
         changed = hooked != x  # like x: True where a hook changed the value
         if not changed.any():
             return x
@@ -164,11 +179,7 @@ class HookPoint(Module):
         return hooked
 
     def backward(self, dx):
-        for fn in self.bwd_hooks:
-            result = fn(dx, self)
-            if result is not None:
-                check_hook_result(result, dx.shape, self.name)
-                dx = np.asarray(result, dtype=dx.dtype)
+        dx = np.asarray(self._run(self.bwd_hooks, dx), dtype=dx.dtype)
         if self.changed is not None:
             # forward: hooked = where(changed, hook's value, x); the hook's values are constants
             dx = np.where(self.changed, 0.0, dx)  # like x

@@ -1,7 +1,8 @@
 """The small machinery under every torch component: hook points and seeded generators.
 
 ``torch.nn`` already gives parameters, modules and state dicts, so the twin of
-``numpy_impl/module.py`` holds only ``HookPoint`` and ``default_rng``.
+``numpy_impl/module.py`` holds only ``HookPoint`` (its hook lists are the reference's
+``HookLists``, written once) and ``default_rng``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_hook_result
+from numpy_impl.module import HookLists
 
 
 def default_rng(rng=None):
@@ -24,7 +25,7 @@ def default_rng(rng=None):
     return generator
 
 
-class HookPoint(nn.Module):
+class HookPoint(nn.Module, HookLists):
     """An identity placed at a named point of the forward pass, to read or replace it.
 
     ``forward`` hands each forward hook ``fn(activation, hook)`` a detached copy of the
@@ -41,44 +42,20 @@ class HookPoint(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.name = None
-        self.fwd_hooks = []
-        self.bwd_hooks = []
-
-    def add_hook(self, fn, dir: str = "fwd"):
-        if not callable(fn):
-            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
-        if dir not in ("fwd", "bwd"):
-            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
-        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(fn)
-
-    def remove_hooks(self, dir: str = "both"):
-        if dir in ("fwd", "both"):
-            self.fwd_hooks = []
-        if dir in ("bwd", "both"):
-            self.bwd_hooks = []
+        self._init_hooks()
 
     def forward(self, x):
         if self.fwd_hooks:
-            hooked = x.detach().clone()  # hooks may edit this copy in place; x keeps its autograd history
-            for fn in self.fwd_hooks:
-                result = fn(hooked, self)
-                if result is not None:
-                    check_hook_result(result, x.shape, self.name)
-                    hooked = torch.as_tensor(result, dtype=x.dtype).detach()
+            # hooks get a detached copy, so they may edit it in place; x keeps its autograd history
+            hooked = torch.as_tensor(self._run(self.fwd_hooks, x.detach().clone()), dtype=x.dtype).detach()
             changed = hooked != x.detach()  # like x: True where a hook changed the value
             if changed.any():
                 x = torch.where(changed, hooked, x)  # the hook's values are constants: no gradient reaches x there
         if self.bwd_hooks and torch.is_grad_enabled():
             if not x.requires_grad:
                 x = x.detach().requires_grad_()  # a constant (the sinusoidal table): a leaf, so it has a gradient
-            x.register_hook(self._backward)
+            x.register_hook(self.backward)
         return x
 
-    def _backward(self, dx):
-        for fn in self.bwd_hooks:
-            result = fn(dx, self)
-            if result is not None:
-                check_hook_result(result, dx.shape, self.name)
-                dx = torch.as_tensor(result, dtype=dx.dtype)
-        return dx
+    def backward(self, dx):
+        return torch.as_tensor(self._run(self.bwd_hooks, dx), dtype=dx.dtype)
