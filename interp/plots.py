@@ -40,14 +40,17 @@ def _patterns_of(source, batch_index):
     return patterns
 
 
-def _token_ticks(ax, labels, axis):
+def _token_ticks(ax, labels, axis, most=16):
+    """Label the ticks of one axis with tokens (every second one past ``most`` positions)."""
     if labels is None:
         return
-    positions = np.arange(len(labels))
+    step = 1 if len(labels) <= most else 2
+    positions = np.arange(0, len(labels), step)
+    shown = [labels[p] for p in positions]
     if axis == "x":
-        ax.set_xticks(positions, labels, rotation=90, fontsize=7)
+        ax.set_xticks(positions, shown, rotation=90, fontsize=7)
     else:
-        ax.set_yticks(positions, labels, fontsize=7)
+        ax.set_yticks(positions, shown, fontsize=7)
 
 
 def plot_attention_grid(source, path, batch_index=0, title="Attention patterns", token_labels=None):
@@ -87,8 +90,8 @@ def plot_attention_head(pattern, path, token_labels=None, title="Attention patte
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
     image = ax.imshow(pattern, cmap="Blues", vmin=0.0, vmax=1.0)
     labels = None if token_labels is None else [f"{i}:{t}" for i, t in enumerate(token_labels)]
-    _token_ticks(ax, labels, "x")
-    _token_ticks(ax, labels, "y")
+    _token_ticks(ax, labels, "x", most=64)
+    _token_ticks(ax, labels, "y", most=64)
     ax.set_xlabel("key (attended-to) position: token")
     ax.set_ylabel("query position: token")
     ax.set_title(title)
@@ -101,8 +104,9 @@ def plot_head_scores(scores, path, title="Head scores", label="score", diverging
     """Heatmap of a [n_layers, n_heads] array with each value written in its cell.
 
     ``diverging=True`` centres a red-blue colour map on zero (for signed numbers such as loss
-    changes or attributions); otherwise a sequential map over [vmin, vmax] (default: the data's
-    range; pass 0 and 1 for scores that live there).
+    changes or attributions; ``vmax`` then fixes the range to [-vmax, vmax]); otherwise a
+    sequential map over [vmin, vmax] (default: the data's range; pass 0 and 1 for scores that
+    live there).
     """
     scores = as_numpy(scores)
     if scores.ndim != 2:
@@ -110,7 +114,7 @@ def plot_head_scores(scores, path, title="Head scores", label="score", diverging
     n_layers, n_heads = scores.shape
     fig, ax = plt.subplots(figsize=(1.0 * n_heads + 2.5, 0.8 * n_layers + 1.6))
     if diverging:
-        bound = float(np.abs(scores).max()) or 1.0
+        bound = vmax if vmax is not None else (float(np.abs(scores).max()) or 1.0)
         image = ax.imshow(scores, cmap="RdBu_r", vmin=-bound, vmax=bound)
     else:
         image = ax.imshow(scores, cmap="viridis", vmin=vmin, vmax=vmax)
@@ -132,7 +136,7 @@ def plot_head_scores(scores, path, title="Head scores", label="score", diverging
 def plot_logit_lens(lens, path, title="Logit lens: what the unembedding reads after each layer"):
     """Left: mean log-prob of the true next token per layer. Right: the same per layer and position."""
     per_position = lens.next_logprob.mean(axis=1)  # [n_layers + 1, pos - 1]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.6]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1, 1.6]}, layout="constrained")
     layers = np.arange(len(lens.labels))
     left.plot(layers, lens.mean_next_logprob, marker="o", label="mean log p(next token)")
     left.set_xticks(layers, lens.labels, rotation=30)
@@ -156,7 +160,7 @@ def plot_logit_lens(lens, path, title="Logit lens: what the unembedding reads af
 
 def plot_attribution(attribution, path, title="Direct logit attribution"):
     """Left: bars per component (embed, pos_embed, each layer's attn and mlp). Right: heads [layer, head]."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.4, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.4, 1]}, layout="constrained")
     values = attribution.components
     colors = ["tab:blue" if v >= 0 else "tab:red" for v in values]
     left.bar(range(len(values)), values, color=colors)
@@ -171,7 +175,9 @@ def plot_attribution(attribution, path, title="Direct logit attribution"):
     image = right.imshow(heads, cmap="RdBu_r", vmin=-bound, vmax=bound)
     for layer in range(heads.shape[0]):
         for head in range(heads.shape[1]):
-            right.text(head, layer, f"{heads[layer, head]:.2f}", ha="center", va="center", fontsize=8)
+            shade = image.norm(heads[layer, head])
+            right.text(head, layer, f"{heads[layer, head]:.2f}", ha="center", va="center", fontsize=8,
+                       color="white" if abs(shade - 0.5) > 0.35 else "black")
     right.set_xticks(range(heads.shape[1]), [f"H{h}" for h in range(heads.shape[1])])
     right.set_yticks(range(heads.shape[0]), [f"L{layer}" for layer in range(heads.shape[0])])
     right.set_xlabel("head")
@@ -208,8 +214,8 @@ def plot_composition(scores, path, baseline=None, title="Composition scores, lay
     """Three heatmaps, Q, K and V composition [head in layer 0, head in layer 1]; ``scores`` maps kind -> array."""
     kinds = list(scores)
     vmax = max(float(np.max(scores[k])) for k in kinds) or 1.0
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds) + 1.2, 3.6), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds) + 1.2, 3.8), squeeze=False, layout="constrained")
+    for i, (ax, kind) in enumerate(zip(axes[0], kinds)):
         grid = as_numpy(scores[kind])
         image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=vmax)
         for a in range(grid.shape[0]):
@@ -220,7 +226,8 @@ def plot_composition(scores, path, baseline=None, title="Composition scores, lay
         ax.set_xticks(range(grid.shape[1]), [f"H{h}" for h in range(grid.shape[1])])
         ax.set_yticks(range(grid.shape[0]), [f"H{h}" for h in range(grid.shape[0])])
         ax.set_xlabel("head in the later layer (reads)")
-        ax.set_ylabel("head in the earlier layer (writes)")
+        if i == 0:
+            ax.set_ylabel("head in the earlier layer (writes)")
         ax.set_title(f"{kind.upper()}-composition")
     fig.colorbar(image, ax=axes, shrink=0.85, label="composition score")
     suffix = "" if baseline is None else f"  (random-matrix baseline ~ {baseline:.2f})"
