@@ -213,8 +213,8 @@ class HookedMixin:
     @contextmanager
     def hooks(self, fwd_hooks=(), bwd_hooks=()):
         """Add hooks for the ``with`` block; they are removed at its end, also after an exception."""
-        fwd = self._resolve_hooks(list(fwd_hooks), "fwd_hooks")
-        bwd = self._resolve_hooks(list(bwd_hooks), "bwd_hooks")
+        fwd = self._resolve_hooks(fwd_hooks or [], "fwd_hooks")
+        bwd = self._resolve_hooks(bwd_hooks or [], "bwd_hooks")
         added = []
         try:
             for direction, pairs in (("fwd", fwd), ("bwd", bwd)):
