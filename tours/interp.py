@@ -54,6 +54,8 @@ def heading(text):
 
 
 def run(args):
+    import torch
+
     import torch_impl as pti
     from interp import analyses, circuits, patching, plots, scores
     from interp.common import next_token_loss, repeated_random_tokens, run_cache
@@ -202,7 +204,7 @@ def run(args):
 
     heading("9. The torch twin gives the same numbers")
     twin = pti.Transformer(cfg)
-    twin.load_state_dict({k: __import__("torch").from_numpy(v) for k, v in model.state_dict().items()})
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     checks = {
         "induction scores": (head_scores["induction"], scores.induction_scores(twin, tokens)),
         "logit lens": (lens.logits, analyses.logit_lens(twin, tokens).logits),
