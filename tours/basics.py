@@ -46,11 +46,6 @@ def run(args):
           f"{'causal' if cfg.causal else 'bidirectional'} attention, {cfg.act_fn}, "
           f"{sum(p.data.size for p in model.parameters())} parameters)")
     print()
-    tokens = np.array([[VOCAB.index(word) for word in SENTENCE]])  # [batch=1, pos=5]
-    out, cache = model.run_with_cache(tokens)
-    print(f"Input shape: {tokens.shape}")
-    print(f"Output shape: {out.shape}")
-    print()
     print("Parameters (the same names and shapes in both twins, and in TransformerLens):")
     for name, p in model.named_parameters():
         if name.startswith(("blocks.1",)):
@@ -59,6 +54,11 @@ def run(args):
     print(f"  (blocks.1.* as blocks.0.*)")
     print()
 
+    tokens = np.array([[VOCAB.index(word) for word in SENTENCE]])  # [batch=1, pos=5]
+    out, cache = model.run_with_cache(tokens)
+    print(f"Input shape: {tokens.shape}")
+    print(f"Output shape: {out.shape}")
+    print()
     print("Visualizing attention patterns...")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "attention_patterns.png")
