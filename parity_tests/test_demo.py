@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import demo
 
@@ -31,6 +32,7 @@ def test_basics_prints_the_seed_lines_and_saves_the_png(tmp_path, capsys):
 
 
 def test_help_lists_the_walk_throughs():
-    result = subprocess.run([sys.executable, "demo.py", "--help"], capture_output=True, text=True, check=True)
+    root = Path(demo.__file__).parent
+    result = subprocess.run([sys.executable, "demo.py", "--help"], capture_output=True, text=True, check=True, cwd=root)
     for command in demo.TOURS:
         assert command in result.stdout
