@@ -16,6 +16,7 @@ import sys
 TOURS = {
     "basics": ("tours.basics", "architecture, shapes, attention patterns, a forward and backward pass in both twins"),
     "parity": ("tours.parity", "the parity sweep over every configuration, as a table of worst differences"),
+    "interp": ("tours.interp", "mechanistic interpretability: caches, head scores, logit lens, attribution, ablation, patching, circuits"),
     "gradcheck": ("tours.gradcheck", "finite differences against every hand-written backward, every component and config"),
     "exercises": ("tours.exercises", "write the backward passes yourself: init DIR, then check DIR [COMPONENT]"),
 }

@@ -115,8 +115,8 @@ def test_layernorm_missing_mean_term_is_wrong_at_x(solved, tmp_path):
 def test_softmax_missing_row_sum_is_wrong_at_queries_and_keys(solved, tmp_path):
     directory = copy_of(solved, tmp_path)
     plant(directory / "numpy_impl", "attention.py",
-          "dscores = pattern * (dpattern - (dpattern * pattern).sum(axis=-1, keepdims=True))",
-          "dscores = pattern * dpattern")
+          "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))",
+          "dscores = probs * dprobs")
     results = check(directory, sample=SAMPLE)
     assert statuses(results) == {**{key: "done" for key in KEYS}, "attention": "wrong", "all together": "wrong"}
     attention = next(r for r in results if r.key == "attention")

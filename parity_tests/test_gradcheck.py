@@ -105,11 +105,11 @@ def test_planted_layernorm_mistake_is_caught_at_x():
 
 
 def test_planted_softmax_mistake_is_caught_at_queries_and_keys():
-    # dropping the row sum of the softmax Jacobian: dscores = pattern * dpattern
+    # dropping the row sum of the softmax Jacobian: dscores = probs * dprobs
     Wrong = planted(
         np_attention.MultiHeadAttention,
-        "dscores = pattern * (dpattern - (dpattern * pattern).sum(axis=-1, keepdims=True))",
-        "dscores = pattern * dpattern",
+        "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))",
+        "dscores = probs * dprobs",
     )
     cfg = Variant("test").config()
     module = randomize_parameters(Wrong(cfg, 0), 1)
