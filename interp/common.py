@@ -67,10 +67,10 @@ def run_hooked(model, tokens, fwd_hooks):
 
 def check_token_array(tokens, cfg, name="tokens"):
     """tokens -> int ndarray [batch, pos] within the model's vocabulary and context."""
-    from numpy_impl.checks import check_tokens
+    from numpy_impl.checks import check_tokens, tokens_as_array
 
-    tokens = as_numpy(tokens) if hasattr(tokens, "shape") else np.asarray(tokens)
-    check_tokens(tokens, cfg, name)
+    tokens = as_numpy(tokens) if hasattr(tokens, "shape") else tokens_as_array(tokens, name)
+    check_tokens(tokens, cfg, np.ndarray, name)
     return tokens
 
 

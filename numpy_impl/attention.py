@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .checks import check_activation, check_forward_done, check_grad
+from .checks import check_activation, check_config, check_forward_done, check_grad
 from .module import HookPoint, Module, Parameter
 
 
@@ -23,7 +23,7 @@ class MultiHeadAttention(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
         self.W_Q = Parameter((rng.standard_normal((n_heads, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
         self.W_K = Parameter((rng.standard_normal((n_heads, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
@@ -45,7 +45,7 @@ class MultiHeadAttention(Module):
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        check_activation(x, "x", self.cfg.d_model)
+        check_activation(x, "x", self.cfg, np.ndarray)
         pos = x.shape[1]
         if pos > self.cfg.n_ctx:
             raise ValueError(f"x has {pos} positions but n_ctx is {self.cfg.n_ctx}")

@@ -12,7 +12,7 @@ Axes: batch, pos (sequence position), d_model (residual width).
 import numpy as np
 
 from .attention import MultiHeadAttention
-from .checks import check_activation, check_forward_done, check_grad
+from .checks import check_activation, check_config, check_forward_done, check_grad
 from .feedforward import FeedForward
 from .layernorm import LayerNorm
 from .module import HookPoint, Module
@@ -23,7 +23,7 @@ class TransformerBlock(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         if cfg.normalization is not None:
             self.ln1 = LayerNorm(cfg)
@@ -40,7 +40,7 @@ class TransformerBlock(Module):
 
     def forward(self, resid_pre):
         """resid_pre [batch, pos, d_model] -> resid_post [batch, pos, d_model]"""
-        check_activation(resid_pre, "resid_pre", self.cfg.d_model)
+        check_activation(resid_pre, "resid_pre", self.cfg, np.ndarray)
         norm = self.cfg.normalization
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_in = self.ln1(resid_pre) if norm == "pre" else resid_pre  # [batch, pos, d_model]

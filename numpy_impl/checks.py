@@ -2,12 +2,18 @@
 
 Every public entry point calls one of these before any math, so a bad argument fails with
 a ValueError or TypeError that names it, never with a broadcasting error from deep inside.
-They accept NumPy arrays and torch tensors alike (anything with ``shape``, ``ndim``, ``dtype``).
+The NumPy reference passes ``np.ndarray`` where a check asks for the array type, the torch
+twin ``torch.Tensor``, so handing a tensor to a NumPy component (or an array to a torch one)
+is a clear TypeError rather than a failure deep inside the math.
 """
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
+
+from .config import TransformerConfig
 
 
 def _is_torch(x):
@@ -26,18 +32,49 @@ def _is_int(x):
     return np.issubdtype(x.dtype, np.integer)
 
 
-def check_tokens(tokens, cfg, name: str = "tokens"):
-    """Token ids: integer, shape [batch, pos], 1 <= pos <= n_ctx, every id in [0, d_vocab)."""
-    if not hasattr(tokens, "shape") or not hasattr(tokens, "dtype"):
+def _dtype_name(x):
+    return str(x.dtype).replace("torch.", "")
+
+
+def check_config(cfg):
+    """Every component is built from a TransformerConfig; returns it."""
+    if not isinstance(cfg, TransformerConfig):
+        raise TypeError(f"cfg must be a TransformerConfig, got {type(cfg).__name__}")
+    return cfg
+
+
+def check_seed(seed, generator_type):
+    """A seed: None, a non-negative int, or an existing generator of the package's own kind."""
+    if seed is None or isinstance(seed, generator_type):
+        return
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, None or a {generator_type.__name__}, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+
+
+def tokens_as_array(tokens, name: str = "tokens"):
+    """Nested lists or tuples of ids -> an ndarray; anything else is returned as it is."""
+    if not isinstance(tokens, (list, tuple)):
+        return tokens
+    try:
+        return np.asarray(tokens)
+    except ValueError:
+        raise ValueError(f"{name} must be a rectangular [batch, pos] array of ids; rows differ in length") from None
+
+
+def check_tokens(tokens, cfg, array_type, name: str = "tokens"):
+    """Token ids: an integer array_type, shape [batch, pos], 1 <= pos <= n_ctx, every id in [0, d_vocab)."""
+    if not isinstance(tokens, array_type):
         raise TypeError(
-            f"{name} must be an integer array of shape [batch, pos], got {type(tokens).__name__}"
+            f"{name} must be an integer {_type_name(array_type)} of shape [batch, pos], got {type(tokens).__name__}"
         )
-    if not _is_int(tokens):
-        raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
     if tokens.ndim != 2:
         raise ValueError(
             f"{name} must have shape [batch, pos] (rank 2), got shape {tuple(tokens.shape)}"
         )
+    if not _is_int(tokens):
+        raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
     batch, pos = tokens.shape
     if batch == 0 or pos == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(tokens.shape)}")
@@ -50,23 +87,29 @@ def check_tokens(tokens, cfg, name: str = "tokens"):
         )
 
 
-def check_activation(x, name: str, last_dim: int):
-    """A float array of shape [batch, pos, last_dim], as every component takes and returns."""
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name} must be a float array, got {type(x).__name__}")
+def check_activation(x, name: str, cfg, array_type):
+    """A float array_type of the model's dtype, shape [batch, pos, d_model]: what every component takes."""
+    if not isinstance(x, array_type):
+        raise TypeError(f"{name} must be a {_type_name(array_type)}, got {type(x).__name__}")
     if not _is_float(x):
         raise TypeError(f"{name} must be a float array, got dtype {x.dtype}")
-    if x.ndim != 3 or x.shape[-1] != last_dim or x.shape[0] == 0 or x.shape[1] == 0:
+    if _dtype_name(x) != cfg.dtype:
+        raise TypeError(f"{name} must have the model's dtype {cfg.dtype}, got {_dtype_name(x)}")
+    if x.ndim != 3 or x.shape[-1] != cfg.d_model or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(
-            f"{name} must have shape [batch, pos, {last_dim}] with batch, pos >= 1, "
+            f"{name} must have shape [batch, pos, {cfg.d_model}] with batch, pos >= 1, "
             f"got {tuple(x.shape)}"
         )
 
 
+def _type_name(array_type):
+    return "torch.Tensor" if array_type.__module__.startswith("torch") else "numpy.ndarray"
+
+
 def check_grad(dout, name: str, expected_shape):
-    """An upstream gradient: a float array shaped exactly like the forward's output."""
-    if not hasattr(dout, "shape") or not hasattr(dout, "dtype"):
-        raise TypeError(f"{name} must be a float array, got {type(dout).__name__}")
+    """An upstream gradient (NumPy side only): a float ndarray shaped exactly like the forward's output."""
+    if not isinstance(dout, np.ndarray):
+        raise TypeError(f"{name} must be a float numpy.ndarray, got {type(dout).__name__}")
     if not _is_float(dout):
         raise TypeError(f"{name} must be a float array, got dtype {dout.dtype}")
     if tuple(dout.shape) != tuple(expected_shape):
@@ -74,6 +117,14 @@ def check_grad(dout, name: str, expected_shape):
             f"{name} must have the forward output's shape {tuple(expected_shape)}, "
             f"got {tuple(dout.shape)}"
         )
+
+
+def check_dloss(dloss):
+    """The loss's upstream gradient: a real number (1 by default)."""
+    if isinstance(dloss, bool) or not isinstance(dloss, (numbers.Real, np.floating)) and not (
+        isinstance(dloss, np.ndarray) and dloss.ndim == 0 and np.issubdtype(dloss.dtype, np.floating)
+    ):
+        raise TypeError(f"dloss must be a real number, got {dloss!r}")
 
 
 def check_forward_done(cache, component: str):
@@ -96,13 +147,16 @@ def check_hook_result(result, expected_shape, hook_name):
         )
 
 
-def check_loss_inputs(logits, targets, weights):
+def check_loss_inputs(logits, targets, weights, array_type):
     """logits [batch, pos, d_vocab] float; targets [batch, pos] ids in [0, d_vocab); weights like targets, >= 0."""
-    if not hasattr(logits, "shape") or not hasattr(logits, "dtype") or not _is_float(logits):
+    for name, value in (("logits", logits), ("targets", targets), ("weights", weights)):
+        if value is not None and not isinstance(value, array_type):
+            raise TypeError(f"{name} must be a {_type_name(array_type)}, got {type(value).__name__}")
+    if not _is_float(logits):
         raise TypeError(f"logits must be a float array of shape [batch, pos, d_vocab], got {_describe(logits)}")
     if logits.ndim != 3 or 0 in tuple(logits.shape):
         raise ValueError(f"logits must have shape [batch, pos, d_vocab], none of them 0, got {tuple(logits.shape)}")
-    if not hasattr(targets, "shape") or not hasattr(targets, "dtype") or not _is_int(targets):
+    if not _is_int(targets):
         raise TypeError(f"targets must be an integer array of shape [batch, pos], got {_describe(targets)}")
     if tuple(targets.shape) != tuple(logits.shape[:2]):
         raise ValueError(
@@ -114,7 +168,7 @@ def check_loss_inputs(logits, targets, weights):
         raise ValueError(f"targets must lie in [0, d_vocab={d_vocab}), got values from {low} to {high}")
     if weights is None:
         return
-    if not hasattr(weights, "shape") or not hasattr(weights, "dtype") or not _is_float(weights):
+    if not _is_float(weights):
         raise TypeError(f"weights must be a float array of shape [batch, pos], got {_describe(weights)}")
     if tuple(weights.shape) != tuple(targets.shape):
         raise ValueError(f"weights must have the targets' shape {tuple(targets.shape)}, got {tuple(weights.shape)}")
@@ -126,3 +180,28 @@ def _describe(x):
     if hasattr(x, "dtype"):
         return f"{type(x).__name__} of dtype {x.dtype}"
     return type(x).__name__
+
+
+def check_state_dict(state_dict, expected_shapes: dict):
+    """Strict key and shape check of a state dict against {name: shape}; one ValueError lists every problem."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict must be a dict of arrays, got {type(state_dict).__name__}")
+    missing = sorted(set(expected_shapes) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected_shapes))
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    for name in sorted(set(expected_shapes) & set(state_dict)):
+        value = state_dict[name]
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            raise TypeError(f"state_dict[{name!r}] must be an ndarray, got {type(value).__name__}")
+        if not (_is_float(value) or _is_int(value)):
+            raise TypeError(f"state_dict[{name!r}] must hold numbers, got dtype {value.dtype}")
+        if tuple(value.shape) != tuple(expected_shapes[name]):
+            problems.append(
+                f"{name}: shape {tuple(value.shape)} does not match the model's {tuple(expected_shapes[name])}"
+            )
+    if problems:
+        raise ValueError("load_state_dict: " + "; ".join(problems))

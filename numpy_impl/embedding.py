@@ -7,7 +7,7 @@ Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual str
 
 import numpy as np
 
-from .checks import check_forward_done, check_grad, check_tokens
+from .checks import check_config, check_forward_done, check_grad, check_tokens
 from .module import Module, Parameter
 
 
@@ -16,15 +16,15 @@ class TokenEmbedding(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         self.W_E = Parameter(rng.standard_normal((cfg.d_vocab, cfg.d_model)).astype(cfg.dtype))
         self.cache = None
 
     def forward(self, tokens):
         """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
-        check_tokens(tokens, self.cfg)
+        check_tokens(tokens, self.cfg, np.ndarray)
         embed = self.W_E.data[tokens]  # [batch, pos, d_model]
-        self.cache = tokens
+        self.cache = tokens.copy()  # a copy: the caller may reuse its array before backward
         return embed
 
     def backward(self, dembed):

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .checks import check_activation, check_forward_done, check_grad
+from .checks import check_activation, check_config, check_forward_done, check_grad
 from .module import HookPoint, Module, Parameter
 
 GELU_C = math.sqrt(2.0 / math.pi)
@@ -23,7 +23,7 @@ class FeedForward(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         self.W_in = Parameter((rng.standard_normal((cfg.d_model, cfg.d_mlp)) / np.sqrt(cfg.d_model)).astype(cfg.dtype))
         self.b_in = Parameter(np.zeros(cfg.d_mlp, dtype=cfg.dtype))
         self.W_out = Parameter((rng.standard_normal((cfg.d_mlp, cfg.d_model)) / np.sqrt(cfg.d_mlp)).astype(cfg.dtype))
@@ -34,9 +34,10 @@ class FeedForward(Module):
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        check_activation(x, "x", self.cfg.d_model)
+        check_activation(x, "x", self.cfg, np.ndarray)
         pre = x @ self.W_in.data + self.b_in.data  # [batch, pos, d_mlp]
         pre = self.hook_pre(pre)
+        tanh = None  # GELU's, kept for the backward
         if self.cfg.act_fn == "relu":
             post = np.maximum(pre, 0)  # [batch, pos, d_mlp]
         else:
@@ -45,13 +46,13 @@ class FeedForward(Module):
             post = 0.5 * pre * (1 + tanh)  # [batch, pos, d_mlp]
         post = self.hook_post(post)
         out = post @ self.W_out.data + self.b_out.data  # [batch, pos, d_model]
-        self.cache = (x, pre, post)
+        self.cache = (x, pre, tanh, post)
         return out
 
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_in, b_in, W_out, b_out grads."""
         check_forward_done(self.cache, "FeedForward")
-        x, pre, post = self.cache
+        x, pre, tanh, post = self.cache
         check_grad(dout, "dout", x.shape)
         # EXERCISE BEGIN
         # forward: out = post @ W_out + b_out
@@ -63,11 +64,13 @@ class FeedForward(Module):
             # forward: post = max(pre, 0)
             dpre = dpost * (pre > 0)  # [batch, pos, d_mlp]
         else:
-            # forward: post = 0.5 * pre * (1 + tanh),  tanh = tanh(inner),  inner = c (pre + 0.044715 pre^3)
-            tanh = np.tanh(GELU_C * (pre + 0.044715 * pre**3))  # [batch, pos, d_mlp] (recomputed, not cached)
+            # forward: post = 0.5 * pre * (1 + tanh)
             dtanh = dpost * 0.5 * pre  # [batch, pos, d_mlp]
+            dpre = dpost * 0.5 * (1 + tanh)  # [batch, pos, d_mlp]
+            # forward: tanh = np.tanh(inner)
             dinner = dtanh * (1 - tanh**2)  # [batch, pos, d_mlp]
-            dpre = dpost * 0.5 * (1 + tanh) + dinner * GELU_C * (1 + 3 * 0.044715 * pre**2)  # [batch, pos, d_mlp]
+            # forward: inner = GELU_C * (pre + 0.044715 * pre**3)
+            dpre += dinner * GELU_C * (1 + 3 * 0.044715 * pre**2)  # [batch, pos, d_mlp]
         dpre = self.hook_pre.backward(dpre)
         # forward: pre = x @ W_in + b_in
         self.W_in.grad += np.einsum("bpm,bpf->mf", x, dpre, optimize=True)  # [d_model, d_mlp]

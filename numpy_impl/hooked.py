@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .checks import check_grad, check_tokens
+from .checks import check_grad, tokens_as_array
 from .loss import CrossEntropyLoss
 from .module import HookPoint
 
@@ -173,7 +173,7 @@ class HookedMixin:
         return np.array(x, copy=True)
 
     def _as_tokens(self, tokens):
-        return np.asarray(tokens) if isinstance(tokens, (list, tuple)) else tokens
+        return tokens_as_array(tokens)
 
     def _run_backward(self, out, dout):
         """Backpropagate ``dout`` (an ndarray shaped like ``out``) from the last forward's output."""
@@ -239,8 +239,7 @@ class HookedMixin:
         Backward hooks ``fn(grad, hook)`` fire in the backward pass that runs when ``dout``
         (shaped like the output) is given.
         """
-        tokens = self._as_tokens(tokens)
-        check_tokens(tokens, self.cfg)
+        tokens = self._as_tokens(tokens)  # the model's forward checks them
         with self.hooks(fwd_hooks, bwd_hooks):
             out = self(tokens)
             if dout is not None:
@@ -256,8 +255,7 @@ class HookedMixin:
         gradient of the mean next-token cross-entropy (``tokens[:, 1:]`` predicted from each
         earlier position). Parameter gradients accumulate, as with any backward pass.
         """
-        tokens = self._as_tokens(tokens)
-        check_tokens(tokens, self.cfg)
+        tokens = self._as_tokens(tokens)  # the model's forward checks them
         names = self._filtered_names(names_filter)
         store = {}
 

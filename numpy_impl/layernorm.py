@@ -10,7 +10,7 @@ The denominator is TransformerLens's ``hook_scale``.
 
 import numpy as np
 
-from .checks import check_activation, check_forward_done, check_grad
+from .checks import check_activation, check_config, check_forward_done, check_grad
 from .module import HookPoint, Module, Parameter
 
 EPS = 1e-5
@@ -20,7 +20,7 @@ class LayerNorm(Module):
     """Normalise each position's vector to mean 0 and variance 1, then scale by w and shift by b."""
 
     def __init__(self, cfg, rng=None):
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         self.w = Parameter(np.ones(cfg.d_model, dtype=cfg.dtype))
         self.b = Parameter(np.zeros(cfg.d_model, dtype=cfg.dtype))
         self.hook_scale = HookPoint()  # [batch, pos, 1]
@@ -29,7 +29,7 @@ class LayerNorm(Module):
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        check_activation(x, "x", self.cfg.d_model)
+        check_activation(x, "x", self.cfg, np.ndarray)
         mean = x.mean(axis=-1, keepdims=True)  # [batch, pos, 1]
         centered = x - mean  # [batch, pos, d_model]
         var = (centered**2).mean(axis=-1, keepdims=True)  # [batch, pos, 1]

@@ -9,7 +9,7 @@ Axes: batch, pos (sequence position), d_vocab (vocabulary).
 
 import numpy as np
 
-from .checks import check_forward_done, check_loss_inputs
+from .checks import check_dloss, check_forward_done, check_loss_inputs
 from .module import Module
 
 
@@ -21,7 +21,7 @@ class CrossEntropyLoss(Module):
 
     def forward(self, logits, targets, weights=None):
         """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss []"""
-        check_loss_inputs(logits, targets, weights)
+        check_loss_inputs(logits, targets, weights, np.ndarray)
         if weights is None:
             weights = np.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
         logits_max = logits.max(axis=-1, keepdims=True)  # [batch, pos, 1]
@@ -37,8 +37,7 @@ class CrossEntropyLoss(Module):
         """dloss (a scalar, 1 by default) -> dlogits [batch, pos, d_vocab]."""
         check_forward_done(self.cache, "CrossEntropyLoss")
         log_probs, targets, weights = self.cache
-        if np.ndim(dloss) != 0:
-            raise ValueError(f"dloss must be a scalar, got shape {np.shape(dloss)}")
+        check_dloss(dloss)
         # EXERCISE BEGIN
         # forward: loss = sum(weights * nll) / sum(weights)
         dnll = dloss * weights / weights.sum()  # [batch, pos]

@@ -11,8 +11,7 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
 import numpy as np
 
 from .block import TransformerBlock
-from .checks import check_forward_done, check_grad, check_tokens
-from .config import TransformerConfig
+from .checks import check_config, check_forward_done, check_grad, check_seed, check_tokens, tokens_as_array
 from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
@@ -26,10 +25,9 @@ class Transformer(HookedMixin, Module):
     """A decoder-style (or, with causal=False and unembed=False, encoder-style) transformer."""
 
     def __init__(self, cfg, seed=0):
-        if not isinstance(cfg, TransformerConfig):
-            raise TypeError(f"cfg must be a TransformerConfig, got {type(cfg).__name__}")
+        check_seed(seed, np.random.Generator)
         rng = np.random.default_rng(seed)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         self.embed = TokenEmbedding(cfg, rng)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positional == "learned":
@@ -49,9 +47,8 @@ class Transformer(HookedMixin, Module):
 
     def forward(self, tokens):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])"""
-        if isinstance(tokens, (list, tuple)):
-            tokens = np.asarray(tokens)
-        check_tokens(tokens, self.cfg)
+        tokens = tokens_as_array(tokens)  # nested lists become an ndarray
+        check_tokens(tokens, self.cfg, np.ndarray)
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
         resid = embed + pos_embed  # [batch, pos, d_model]

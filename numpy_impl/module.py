@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_hook_result
+from .checks import check_hook_result, check_state_dict
 
 
 class Parameter:
@@ -75,39 +75,17 @@ class Module:
         Missing keys, unexpected keys and wrong shapes raise ``ValueError`` naming every
         offending key; values are cast to each parameter's dtype.
         """
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict of arrays, got {type(state_dict).__name__}")
         params = dict(self.named_parameters())
-        missing = sorted(set(params) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(params))
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {', '.join(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {', '.join(unexpected)}")
-        arrays = {}
-        for name in sorted(set(params) & set(state_dict)):
-            array = _as_array(state_dict[name], name)
-            if array.shape != params[name].shape:
-                problems.append(
-                    f"{name}: shape {tuple(array.shape)} does not match the model's "
-                    f"{tuple(params[name].shape)}"
-                )
-            arrays[name] = array
-        if problems:
-            raise ValueError("load_state_dict: " + "; ".join(problems))
-        for name, array in arrays.items():
+        if isinstance(state_dict, dict):  # torch tensors are welcome: they become ndarrays
+            state_dict = {name: _as_array(value) for name, value in state_dict.items()}
+        check_state_dict(state_dict, {name: p.shape for name, p in params.items()})
+        for name, array in state_dict.items():
             params[name].data[...] = array
 
 
-def _as_array(value, name):
-    if hasattr(value, "detach"):  # a torch tensor: accept it, as a user moving weights would
-        value = value.detach().cpu().numpy()
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"state_dict[{name!r}] must be an ndarray, got {type(value).__name__}")
-    if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
-        raise TypeError(f"state_dict[{name!r}] must hold numbers, got dtype {value.dtype}")
-    return value
+def _as_array(value):
+    """A torch tensor becomes an ndarray (as a user moving weights would expect); the rest is checked as it is."""
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
 
 
 class HookLists:
@@ -179,7 +157,9 @@ class HookPoint(Module, HookLists):
         return hooked
 
     def backward(self, dx):
-        dx = np.asarray(self._run(self.bwd_hooks, dx), dtype=dx.dtype)
+        if self.bwd_hooks:
+            # hooks get a copy: the backward may use this gradient array elsewhere (residual paths)
+            dx = np.asarray(self._run(self.bwd_hooks, dx.copy()), dtype=dx.dtype)
         if self.changed is not None:
             # forward: hooked = where(changed, hook's value, x); the hook's values are constants
             dx = np.where(self.changed, 0.0, dx)  # like x

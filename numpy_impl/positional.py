@@ -10,7 +10,7 @@ Learned (GPT-2): pos_embed[b, p] = W_pos[p].
 
 import numpy as np
 
-from .checks import check_forward_done, check_grad, check_tokens
+from .checks import check_config, check_forward_done, check_grad, check_tokens
 from .module import Module, Parameter
 
 
@@ -29,13 +29,13 @@ class SinusoidalPositionalEncoding(Module):
     """Fixed sinusoids: no parameters, so nothing to learn and no gradient to keep."""
 
     def __init__(self, cfg, rng=None):
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         self.table = sinusoidal_table(cfg.n_ctx, cfg.d_model).astype(cfg.dtype)  # [n_ctx, d_model]
         self.cache = None
 
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
-        check_tokens(tokens, self.cfg)
+        check_tokens(tokens, self.cfg, np.ndarray)
         batch, pos = tokens.shape
         pos_embed = np.broadcast_to(self.table[:pos], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
         self.cache = tokens.shape
@@ -53,13 +53,13 @@ class LearnedPositionalEmbedding(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         self.W_pos = Parameter(rng.standard_normal((cfg.n_ctx, cfg.d_model)).astype(cfg.dtype))
         self.cache = None
 
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
-        check_tokens(tokens, self.cfg)
+        check_tokens(tokens, self.cfg, np.ndarray)
         batch, pos = tokens.shape
         pos_embed = np.broadcast_to(self.W_pos.data[:pos], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
         self.cache = tokens.shape

@@ -7,7 +7,7 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
 
 import numpy as np
 
-from .checks import check_activation, check_forward_done, check_grad
+from .checks import check_activation, check_config, check_forward_done, check_grad
 from .module import Module, Parameter
 
 
@@ -16,14 +16,14 @@ class Unembed(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         self.W_U = Parameter((rng.standard_normal((cfg.d_model, cfg.d_vocab)) / np.sqrt(cfg.d_model)).astype(cfg.dtype))
         self.b_U = Parameter(np.zeros(cfg.d_vocab, dtype=cfg.dtype))
         self.cache = None
 
     def forward(self, x):
         """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
-        check_activation(x, "x", self.cfg.d_model)
+        check_activation(x, "x", self.cfg, np.ndarray)
         logits = x @ self.W_U.data + self.b_U.data  # [batch, pos, d_vocab]
         self.cache = x
         return logits

@@ -33,6 +33,8 @@ def save_weights(path, state_dict: dict, cfg: TransformerConfig):
         arrays[name] = value
     arrays[CONFIG_KEY] = np.array(cfg.to_json())
     folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save {path!r}: the folder {folder!r} does not exist")
     fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -58,7 +60,9 @@ def load_weights(path):
         with archive:
             contents = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
-        raise ValueError(f"{path!r} is not a Transformer Twins weights file ({error})") from None
+        # numpy's own message would suggest allow_pickle=True, which this project never uses
+        reason = "not an .npz archive of plain arrays" if "pickle" in str(error) else str(error)
+        raise ValueError(f"{path!r} is not a Transformer Twins weights file ({reason})") from None
     if CONFIG_KEY not in contents:
         raise ValueError(f"{path!r} is not a Transformer Twins weights file (no {CONFIG_KEY} entry)")
     cfg = TransformerConfig.from_json(str(contents.pop(CONFIG_KEY)))

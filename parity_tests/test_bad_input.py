@@ -20,7 +20,7 @@ BAD_TOKENS = [
     ("longer than n_ctx", np.zeros((1, 7), dtype=int), ValueError, "7 positions but the model's n_ctx is 6"),
     ("empty batch", np.zeros((0, 3), dtype=int), ValueError, "tokens must not be empty"),
     ("empty sequence", np.zeros((2, 0), dtype=int), ValueError, "tokens must not be empty"),
-    ("not an array", "hello", TypeError, "tokens must be an integer array"),
+    ("not an array", "hello", TypeError, r"tokens must be an integer (numpy\.ndarray|torch\.Tensor)"),
 ]
 
 
@@ -58,8 +58,10 @@ def test_dout_of_wrong_shape():
         model.backward(np.zeros((1, 3, 12)))
     with pytest.raises(TypeError, match="dout must be a float array"):
         model.backward(np.zeros((1, 3, 11), dtype=int))
-    with pytest.raises(TypeError, match="dout must be a float array"):
+    with pytest.raises(TypeError, match="dout must be a float numpy.ndarray, got list"):
         model.backward([[0.0]])
+    with pytest.raises(TypeError, match="dout must be a float numpy.ndarray, got Tensor"):
+        model.backward(torch.zeros(1, 3, 11, dtype=torch.float64))
     attn = npi.MultiHeadAttention(CFG, rng=0)
     attn(np.zeros((2, 3, 12)))
     with pytest.raises(ValueError, match="dout must have the forward output's shape"):
@@ -145,3 +147,50 @@ def test_config_defaults_and_json_round_trip():
         npi.Transformer({"d_model": 12})
     with pytest.raises(TypeError, match="cfg must be a TransformerConfig"):
         pti.Transformer({"d_model": 12})
+
+
+def test_ragged_token_lists():
+    for model in (NP_MODEL, TORCH_MODEL):
+        with pytest.raises(ValueError, match="tokens must be a rectangular"):
+            model([[1, 2], [3]])
+
+
+@pytest.mark.parametrize("seed,error", [("a", TypeError), (1.5, TypeError), (True, TypeError), (-1, ValueError)])
+def test_bad_seeds(seed, error):
+    for side in (npi, pti):
+        with pytest.raises(error, match="seed"):
+            side.Transformer(CFG, seed=seed)
+
+
+@pytest.mark.parametrize("name", ["TokenEmbedding", "LearnedPositionalEmbedding", "LayerNorm",
+                                  "MultiHeadAttention", "FeedForward", "TransformerBlock", "Unembed"])
+def test_components_need_a_config(name):
+    for side in (npi, pti):
+        with pytest.raises(TypeError, match="cfg must be a TransformerConfig"):
+            getattr(side, name)(None)
+
+
+def test_arrays_of_the_other_twin_are_refused():
+    """A tensor into a NumPy component, an ndarray into a torch one, float32 into a float64 model."""
+    x = np.zeros((2, 3, 12))
+    with pytest.raises(TypeError, match="x must be a numpy.ndarray, got Tensor"):
+        npi.LayerNorm(CFG)(torch.from_numpy(x))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got ndarray"):
+        pti.LayerNorm(CFG)(x)
+    with pytest.raises(TypeError, match="x must have the model's dtype float64, got float32"):
+        pti.FeedForward(CFG)(torch.zeros(2, 3, 12, dtype=torch.float32))
+    with pytest.raises(TypeError, match="x must have the model's dtype float64, got float32"):
+        npi.MultiHeadAttention(CFG)(np.zeros((2, 3, 12), dtype=np.float32))
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
+        pti.CrossEntropyLoss()(np.zeros((1, 2, 5)), torch.zeros(1, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="tokens must be an integer torch.Tensor"):
+        pti.TokenEmbedding(CFG)(np.zeros((1, 2), dtype=np.int64))
+
+
+def test_bad_dloss():
+    loss = npi.CrossEntropyLoss()
+    loss(np.zeros((1, 2, 5)), np.zeros((1, 2), dtype=np.int64))
+    with pytest.raises(TypeError, match="dloss must be a real number"):
+        loss.backward("a")
+    with pytest.raises(TypeError, match="dloss must be a real number"):
+        loss.backward(np.ones(3))

@@ -185,3 +185,21 @@ def test_gradients_accumulate_until_zero_grad():
         assert np.abs(p.grad - 2 * once[n]).max() <= 1e-12 * np.abs(once[n]).max()
     ff.zero_grad()
     assert all(np.all(p.grad == 0) for p in ff.parameters())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_gradient_at_exactly_zero(dtype):
+    """Where pre == 0 exactly, both twins give ReLU the gradient 0 (a subgradient choice that must agree)."""
+    cfg = make_cfg(dtype, act_fn="relu")
+    ff = npi.FeedForward(cfg, rng=0)
+    randomize(ff, 1)
+    ff.b_in.data[::2] = 0  # with x = 0, pre = b_in: every other hidden unit sits exactly at 0
+    twin = pti.FeedForward(cfg)
+    load_into_twin(ff, twin)
+    x = np.zeros((BATCH, 4, cfg.d_model), dtype=dtype)
+    dout = np.random.default_rng(2).standard_normal(x.shape).astype(dtype)
+    ff.forward(x)
+    ff.backward(dout)
+    twin(torch.from_numpy(x)).backward(torch.from_numpy(dout))
+    assert np.all(ff.b_in.grad[::2] == 0)
+    compare_grads(ff, twin, dtype)

@@ -348,3 +348,35 @@ def test_bad_input_is_named():
     _, cache = attn_only.run_with_cache(tokens)
     with pytest.raises(ValueError, match="no such hook"):
         cache["resid_mid", 0]
+
+
+def test_backward_hooks_get_a_copy():
+    """A backward hook that zeroes its gradient in place acts exactly like one that returns zeros,
+    in both twins: the residual path, which shares the array, is not wiped with it."""
+    cfg = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, n_layers=2, n_ctx=6)
+    model = npi.Transformer(cfg, seed=0)
+    randomize(model, 1)
+    twin = pti.Transformer(cfg)
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    tokens = np.random.default_rng(2).integers(0, 11, (2, 6))
+    dout = np.random.default_rng(3).standard_normal((2, 6, 11))
+
+    def zero_in_place(grad, hook):
+        grad[...] = 0
+
+    def return_zeros(grad, hook):
+        return grad * 0
+
+    grads = {}
+    for label, fn in (("in place", zero_in_place), ("returned", return_zeros)):
+        for side, m in (("numpy", model), ("torch", twin)):
+            m.zero_grad()
+            m.run_with_hooks(tokens, bwd_hooks=[("blocks.1.hook_attn_out", fn), ("hook_embed", fn)], dout=dout)
+            grads[label, side] = {n: to_numpy(p.grad).copy() for n, p in m.named_parameters()}
+    reference = grads["returned", "numpy"]
+    assert np.abs(reference["embed.W_E"]).max() == 0  # hook_embed's gradient was zeroed
+    assert np.abs(reference["pos_embed.W_pos"]).max() > 0  # ... but not the positional path beside it
+    largest = max(np.abs(g).max() for g in reference.values())  # b_K's exact gradient is 0: compare to the largest
+    for key, result in grads.items():
+        for name, grad in result.items():
+            assert rel_err(grad, reference[name], max(np.abs(reference[name]).max(), 1e-3 * largest)) <= 1e-12, (key, name)

@@ -106,8 +106,7 @@ def test_missing_extra_and_misshaped_entries(tmp_path, loader):
     for i, (state_dict, culprit) in enumerate(cases):
         path = tmp_path / f"bad{i}.npz"
         save_weights(path, state_dict, CFG)
-        # torch's load_state_dict keeps its own RuntimeError for a size mismatch (DESIGN.md allows it)
-        with pytest.raises((ValueError, RuntimeError), match=culprit.replace(".", r"\.")):
+        with pytest.raises(ValueError, match=culprit.replace(".", r"\.")):
             loader(path)
 
 
@@ -121,6 +120,19 @@ def test_bad_config_in_file(tmp_path):
     np.savez(path, __config__=np.array("{not json"))
     with pytest.raises(ValueError, match="JSON"):
         load_weights(path)
+
+
+def test_text_file_error_does_not_suggest_pickle(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("just some notes")
+    with pytest.raises(ValueError) as error:
+        load_weights(path)
+    assert "allow_pickle" not in str(error.value)
+
+
+def test_save_into_a_missing_folder_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        npi.Transformer(CFG).save(tmp_path / "no" / "such" / "w.npz")
 
 
 def test_save_checks_its_arguments(tmp_path):

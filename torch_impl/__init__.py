@@ -1,6 +1,7 @@
 """The twin: the reference's components as torch.nn.Modules; gradients come from autograd."""
 
 from numpy_impl.config import TransformerConfig
+from numpy_impl.hooked import ActivationCache, hook_name
 
 from .attention import MultiHeadAttention
 from .block import TransformerBlock
@@ -14,6 +15,7 @@ from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
 
 __all__ = [
+    "ActivationCache",
     "CrossEntropyLoss",
     "FeedForward",
     "HookPoint",
@@ -27,4 +29,5 @@ __all__ = [
     "TransformerConfig",
     "Unembed",
     "default_rng",
+    "hook_name",
 ]

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_activation
+from numpy_impl.checks import check_activation, check_config
 
 from .module import HookPoint, default_rng
 
@@ -26,7 +26,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
         dtype = getattr(torch, cfg.dtype)
         self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
@@ -48,7 +48,7 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        check_activation(x, "x", self.cfg.d_model)
+        check_activation(x, "x", self.cfg, torch.Tensor)
         pos = x.shape[1]
         if pos > self.cfg.n_ctx:
             raise ValueError(f"x has {pos} positions but n_ctx is {self.cfg.n_ctx}")

@@ -9,9 +9,10 @@ Axes: batch, pos (sequence position), d_model (residual width).
     attn_only: no MLP and no ln2, so resid_post is the line that makes resid_mid above.
 """
 
+import torch
 from torch import nn
 
-from numpy_impl.checks import check_activation
+from numpy_impl.checks import check_activation, check_config
 
 from .attention import MultiHeadAttention
 from .feedforward import FeedForward
@@ -25,7 +26,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         if cfg.normalization is not None:
             self.ln1 = LayerNorm(cfg)
@@ -41,7 +42,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, resid_pre):
         """resid_pre [batch, pos, d_model] -> resid_post [batch, pos, d_model]"""
-        check_activation(resid_pre, "resid_pre", self.cfg.d_model)
+        check_activation(resid_pre, "resid_pre", self.cfg, torch.Tensor)
         norm = self.cfg.normalization
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_in = self.ln1(resid_pre) if norm == "pre" else resid_pre  # [batch, pos, d_model]

@@ -8,7 +8,7 @@ Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual str
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_tokens
+from numpy_impl.checks import check_config, check_tokens
 
 from .module import default_rng
 
@@ -19,12 +19,12 @@ class TokenEmbedding(nn.Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         dtype = getattr(torch, cfg.dtype)
         self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model, generator=rng, dtype=dtype))
 
     def forward(self, tokens):
         """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
-        check_tokens(tokens, self.cfg)
+        check_tokens(tokens, self.cfg, torch.Tensor)
         embed = self.W_E[tokens]  # [batch, pos, d_model]
         return embed

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_activation
+from numpy_impl.checks import check_activation, check_config
 
 from .module import HookPoint, default_rng
 
@@ -26,7 +26,7 @@ class FeedForward(nn.Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         dtype = getattr(torch, cfg.dtype)
         self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp, generator=rng, dtype=dtype) / math.sqrt(cfg.d_model))
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=dtype))
@@ -37,11 +37,11 @@ class FeedForward(nn.Module):
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        check_activation(x, "x", self.cfg.d_model)
+        check_activation(x, "x", self.cfg, torch.Tensor)
         pre = x @ self.W_in + self.b_in  # [batch, pos, d_mlp]
         pre = self.hook_pre(pre)
         if self.cfg.act_fn == "relu":
-            post = torch.clamp(pre, min=0)  # [batch, pos, d_mlp]
+            post = torch.relu(pre)  # [batch, pos, d_mlp]; its gradient at pre == 0 is 0, as the reference's
         else:
             inner = GELU_C * (pre + 0.044715 * pre**3)  # [batch, pos, d_mlp]
             tanh = torch.tanh(inner)  # [batch, pos, d_mlp]

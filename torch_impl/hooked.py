@@ -7,6 +7,7 @@ how an activation is copied (detached from the graph) and how the backward pass 
 
 import torch
 
+from numpy_impl.checks import tokens_as_array
 from numpy_impl.hooked import HookedMixin as _HookedMixin
 
 from .module import HookPoint
@@ -21,7 +22,7 @@ class HookedMixin(_HookedMixin):
         return x.detach().clone()
 
     def _as_tokens(self, tokens):
-        return torch.as_tensor(tokens) if not isinstance(tokens, torch.Tensor) else tokens
+        return torch.as_tensor(tokens_as_array(tokens)) if not isinstance(tokens, torch.Tensor) else tokens
 
     def _run_backward(self, out, dout):
         out.backward(torch.as_tensor(dout, dtype=out.dtype))

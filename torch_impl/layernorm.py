@@ -11,7 +11,7 @@ The denominator is TransformerLens's ``hook_scale``.
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_activation
+from numpy_impl.checks import check_activation, check_config
 
 from .module import HookPoint
 
@@ -23,7 +23,7 @@ class LayerNorm(nn.Module):
 
     def __init__(self, cfg, rng=None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         dtype = getattr(torch, cfg.dtype)
         self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=dtype))
         self.b = nn.Parameter(torch.zeros(cfg.d_model, dtype=dtype))
@@ -32,7 +32,7 @@ class LayerNorm(nn.Module):
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        check_activation(x, "x", self.cfg.d_model)
+        check_activation(x, "x", self.cfg, torch.Tensor)
         mean = x.mean(dim=-1, keepdim=True)  # [batch, pos, 1]
         centered = x - mean  # [batch, pos, d_model]
         var = (centered**2).mean(dim=-1, keepdim=True)  # [batch, pos, 1]

@@ -21,7 +21,7 @@ class CrossEntropyLoss(nn.Module):
 
     def forward(self, logits, targets, weights=None):
         """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss []"""
-        check_loss_inputs(logits, targets, weights)
+        check_loss_inputs(logits, targets, weights, torch.Tensor)
         if weights is None:
             weights = torch.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
         logits_max = logits.max(dim=-1, keepdim=True).values.detach()  # [batch, pos, 1]; a constant shift

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_tokens
-from numpy_impl.config import TransformerConfig
+from numpy_impl.checks import check_config, check_seed, check_state_dict, check_tokens, tokens_as_array
 from numpy_impl.weights import load_weights, save_weights
 
 from .block import TransformerBlock
@@ -30,10 +29,9 @@ class Transformer(HookedMixin, nn.Module):
 
     def __init__(self, cfg, seed=0):
         super().__init__()
-        if not isinstance(cfg, TransformerConfig):
-            raise TypeError(f"cfg must be a TransformerConfig, got {type(cfg).__name__}")
+        check_seed(seed, torch.Generator)
         rng = default_rng(seed)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         self.embed = TokenEmbedding(cfg, rng)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positional == "learned":
@@ -52,9 +50,10 @@ class Transformer(HookedMixin, nn.Module):
 
     def forward(self, tokens):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])"""
-        if isinstance(tokens, (list, tuple, np.ndarray)):
+        tokens = tokens_as_array(tokens)  # nested lists become an ndarray
+        if isinstance(tokens, np.ndarray):
             tokens = torch.as_tensor(tokens)
-        check_tokens(tokens, self.cfg)
+        check_tokens(tokens, self.cfg, torch.Tensor)
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
         resid = embed + pos_embed  # [batch, pos, d_model]
@@ -75,5 +74,6 @@ class Transformer(HookedMixin, nn.Module):
         """A new model with the config and weights of a weights file (saved by either twin)."""
         cfg, state_dict = load_weights(path)
         model = cls(cfg)
+        check_state_dict(state_dict, {name: tuple(p.shape) for name, p in model.named_parameters()})
         model.load_state_dict({name: torch.from_numpy(array) for name, array in state_dict.items()})
         return model

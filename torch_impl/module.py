@@ -10,11 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from numpy_impl.checks import check_seed
 from numpy_impl.module import HookLists
 
 
 def default_rng(rng=None):
     """A ``torch.Generator`` from a seed, an existing generator, or None (a random seed)."""
+    check_seed(rng, torch.Generator)
     if isinstance(rng, torch.Generator):
         return rng
     generator = torch.Generator()
@@ -58,4 +60,5 @@ class HookPoint(nn.Module, HookLists):
         return x
 
     def backward(self, dx):
-        return torch.as_tensor(self._run(self.bwd_hooks, dx), dtype=dx.dtype)
+        # hooks get a copy, as in the reference
+        return torch.as_tensor(self._run(self.bwd_hooks, dx.clone()), dtype=dx.dtype)

@@ -11,7 +11,7 @@ Learned (GPT-2): pos_embed[b, p] = W_pos[p].
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_tokens
+from numpy_impl.checks import check_config, check_tokens
 from numpy_impl.positional import sinusoidal_table
 
 from .module import default_rng
@@ -22,14 +22,14 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     def __init__(self, cfg, rng=None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         dtype = getattr(torch, cfg.dtype)
         # the table is a buffer, not a parameter, and not in state_dict (persistent=False)
         self.register_buffer("table", torch.from_numpy(sinusoidal_table(cfg.n_ctx, cfg.d_model)).to(dtype), persistent=False)  # [n_ctx, d_model]
 
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
-        check_tokens(tokens, self.cfg)
+        check_tokens(tokens, self.cfg, torch.Tensor)
         batch, pos = tokens.shape
         pos_embed = self.table[:pos].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         return pos_embed
@@ -41,13 +41,13 @@ class LearnedPositionalEmbedding(nn.Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         dtype = getattr(torch, cfg.dtype)
         self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model, generator=rng, dtype=dtype))
 
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
-        check_tokens(tokens, self.cfg)
+        check_tokens(tokens, self.cfg, torch.Tensor)
         batch, pos = tokens.shape
         pos_embed = self.W_pos[:pos].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         return pos_embed

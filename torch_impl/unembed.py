@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_activation
+from numpy_impl.checks import check_activation, check_config
 
 from .module import default_rng
 
@@ -21,13 +21,13 @@ class Unembed(nn.Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         dtype = getattr(torch, cfg.dtype)
         self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.d_vocab, generator=rng, dtype=dtype) / math.sqrt(cfg.d_model))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab, dtype=dtype))
 
     def forward(self, x):
         """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
-        check_activation(x, "x", self.cfg.d_model)
+        check_activation(x, "x", self.cfg, torch.Tensor)
         logits = x @ self.W_U + self.b_U  # [batch, pos, d_vocab]
         return logits
