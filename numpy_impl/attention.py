@@ -1,0 +1,117 @@
+"""Multi-head self-attention ("Attention Is All You Need", §3.2.1-3.2.2).
+
+Axes: batch, pos / q_pos / k_pos (query and key positions), head, d_head (width of one
+head), d_model (residual width).
+
+For each head h, with x the input [batch, pos, d_model]:
+    q = x W_Q[h] + b_Q[h],  k = x W_K[h] + b_K[h],  v = x W_V[h] + b_V[h]
+    pattern = softmax(q k^T / sqrt(d_head))          (causal: key_pos <= query_pos only)
+    z = pattern v
+    out = sum over heads of z W_O[h]  + b_O
+"""
+
+import numpy as np
+
+from .checks import check_activation, check_forward_done, check_grad
+from .module import HookPoint, Module, Parameter
+
+
+class MultiHeadAttention(Module):
+    """n_heads independent attention heads whose outputs add into the residual stream."""
+
+    def __init__(self, cfg, rng=None):
+        rng = np.random.default_rng(rng)
+        self.cfg = cfg
+        n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = Parameter((rng.standard_normal((n_heads, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
+        self.W_K = Parameter((rng.standard_normal((n_heads, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
+        self.W_V = Parameter((rng.standard_normal((n_heads, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
+        self.W_O = Parameter((rng.standard_normal((n_heads, d_head, d_model)) / np.sqrt(n_heads * d_head)).astype(cfg.dtype))
+        self.b_Q = Parameter(np.zeros((n_heads, d_head), dtype=cfg.dtype))
+        self.b_K = Parameter(np.zeros((n_heads, d_head), dtype=cfg.dtype))
+        self.b_V = Parameter(np.zeros((n_heads, d_head), dtype=cfg.dtype))
+        self.b_O = Parameter(np.zeros(d_model, dtype=cfg.dtype))
+        # mask[q, k] is True where query q may look at key k (fixed: not a parameter)
+        self.mask = np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), dtype=bool))  # [n_ctx, n_ctx]
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.cache = None
+
+    def forward(self, x):
+        """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+        check_activation(x, "x", self.cfg.d_model)
+        pos = x.shape[1]
+        if pos > self.cfg.n_ctx:
+            raise ValueError(f"x has {pos} positions but n_ctx is {self.cfg.n_ctx}")
+        q = np.einsum("bpm,hmd->bphd", x, self.W_Q.data, optimize=True) + self.b_Q.data  # [batch, pos, head, d_head]
+        k = np.einsum("bpm,hmd->bphd", x, self.W_K.data, optimize=True) + self.b_K.data  # [batch, pos, head, d_head]
+        v = np.einsum("bpm,hmd->bphd", x, self.W_V.data, optimize=True) + self.b_V.data  # [batch, pos, head, d_head]
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        # each head attends on its own: put the head axis before the position axis
+        q_h = q.transpose(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
+        k_h = k.transpose(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
+        v_h = v.transpose(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
+        scores = q_h @ k_h.swapaxes(-1, -2) / np.sqrt(self.cfg.d_head)  # [batch, head, q_pos, k_pos]
+        if self.cfg.causal:
+            scores = np.where(self.mask[:pos, :pos], scores, -np.inf)  # [batch, head, q_pos, k_pos]
+        scores = self.hook_attn_scores(scores)
+        # softmax over keys; subtracting the row max changes nothing but keeps exp finite
+        scores_max = scores.max(axis=-1, keepdims=True)  # [batch, head, q_pos, 1]
+        exp = np.exp(scores - scores_max)  # [batch, head, q_pos, k_pos]; masked keys give exp(-inf) = 0
+        pattern = exp / exp.sum(axis=-1, keepdims=True)  # [batch, head, q_pos, k_pos]
+        pattern = self.hook_pattern(pattern)
+        z = (pattern @ v_h).transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
+        z = self.hook_z(z)
+        out = np.einsum("bphd,hdm->bpm", z, self.W_O.data, optimize=True) + self.b_O.data  # [batch, pos, d_model]
+        self.cache = (x, q_h, k_h, v_h, pattern, z)
+        return out
+
+    def backward(self, dout):
+        """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into every W_* and b_* grad."""
+        check_forward_done(self.cache, "MultiHeadAttention")
+        x, q_h, k_h, v_h, pattern, z = self.cache
+        check_grad(dout, "dout", x.shape)
+        # EXERCISE BEGIN
+        pos = x.shape[1]
+        # forward: out = einsum("bphd,hdm->bpm", z, W_O) + b_O
+        self.W_O.grad += np.einsum("bphd,bpm->hdm", z, dout, optimize=True)  # [head, d_head, d_model]
+        self.b_O.grad += dout.sum(axis=(0, 1))  # [d_model]
+        dz = np.einsum("bpm,hdm->bphd", dout, self.W_O.data, optimize=True)  # [batch, pos, head, d_head]
+        dz = self.hook_z.backward(dz)
+        # forward: z = (pattern @ v_h).transpose(0, 2, 1, 3)
+        dz_h = dz.transpose(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
+        dpattern = dz_h @ v_h.swapaxes(-1, -2)  # [batch, head, q_pos, k_pos]
+        dv_h = pattern.swapaxes(-1, -2) @ dz_h  # [batch, head, k_pos, d_head]
+        dpattern = self.hook_pattern.backward(dpattern)
+        # forward: pattern = softmax(scores)  (its Jacobian-vector product, row by row)
+        dscores = pattern * (dpattern - (dpattern * pattern).sum(axis=-1, keepdims=True))  # [batch, head, q_pos, k_pos]
+        dscores = self.hook_attn_scores.backward(dscores)
+        # forward: scores = where(mask, scores, -inf)
+        if self.cfg.causal:
+            dscores = np.where(self.mask[:pos, :pos], dscores, 0.0)  # [batch, head, q_pos, k_pos]
+        # forward: scores = q_h @ k_h^T / sqrt(d_head)
+        dq_h = dscores @ k_h / np.sqrt(self.cfg.d_head)  # [batch, head, q_pos, d_head]
+        dk_h = dscores.swapaxes(-1, -2) @ q_h / np.sqrt(self.cfg.d_head)  # [batch, head, k_pos, d_head]
+        # forward: q_h, k_h, v_h = q, k, v with the head axis moved before pos
+        dq = dq_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
+        dk = dk_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
+        dv = dv_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
+        dq, dk, dv = self.hook_q.backward(dq), self.hook_k.backward(dk), self.hook_v.backward(dv)
+        # forward: q = einsum("bpm,hmd->bphd", x, W_Q) + b_Q, and the same for k and v
+        self.W_Q.grad += np.einsum("bpm,bphd->hmd", x, dq, optimize=True)  # [head, d_model, d_head]
+        self.W_K.grad += np.einsum("bpm,bphd->hmd", x, dk, optimize=True)  # [head, d_model, d_head]
+        self.W_V.grad += np.einsum("bpm,bphd->hmd", x, dv, optimize=True)  # [head, d_model, d_head]
+        self.b_Q.grad += dq.sum(axis=(0, 1))  # [head, d_head]
+        self.b_K.grad += dk.sum(axis=(0, 1))  # [head, d_head]
+        self.b_V.grad += dv.sum(axis=(0, 1))  # [head, d_head]
+        dx = (
+            np.einsum("bphd,hmd->bpm", dq, self.W_Q.data, optimize=True)
+            + np.einsum("bphd,hmd->bpm", dk, self.W_K.data, optimize=True)
+            + np.einsum("bphd,hmd->bpm", dv, self.W_V.data, optimize=True)
+        )  # [batch, pos, d_model]
+        # EXERCISE END
+        return dx

@@ -1,0 +1,42 @@
+"""Token embedding: a lookup table from token id to a d_model vector.
+
+Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual stream width).
+
+    embed[b, p] = W_E[tokens[b, p]]
+"""
+
+import numpy as np
+
+from .checks import check_forward_done, check_grad, check_tokens
+from .module import Module, Parameter
+
+
+class TokenEmbedding(Module):
+    """Row lookup in ``W_E`` ("Attention Is All You Need", §3.4; not scaled by sqrt(d_model))."""
+
+    def __init__(self, cfg, rng=None):
+        rng = np.random.default_rng(rng)
+        self.cfg = cfg
+        self.W_E = Parameter(rng.standard_normal((cfg.d_vocab, cfg.d_model)).astype(cfg.dtype))
+        self.cache = None
+
+    def forward(self, tokens):
+        """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
+        check_tokens(tokens, self.cfg)
+        embed = self.W_E.data[tokens]  # [batch, pos, d_model]
+        self.cache = tokens
+        return embed
+
+    def backward(self, dembed):
+        """dembed [batch, pos, d_model] -> None (tokens are discrete: no input gradient).
+
+        Each row of W_E gets the gradient of every position where its token appeared.
+        """
+        check_forward_done(self.cache, "TokenEmbedding")
+        tokens = self.cache
+        check_grad(dembed, "dembed", tokens.shape + (self.cfg.d_model,))
+        # EXERCISE BEGIN
+        # forward: embed = W_E[tokens]
+        np.add.at(self.W_E.grad, tokens, dembed)  # [d_vocab, d_model], repeats add up
+        # EXERCISE END
+        return None

@@ -1,0 +1,75 @@
+"""Position-wise feed-forward network ("Attention Is All You Need", §3.3).
+
+Axes: batch, pos (sequence position), d_model (residual width), d_mlp (hidden width).
+
+    pre = x W_in + b_in,   post = act(pre),   out = post W_out + b_out
+
+act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks & Gimpel):
+    gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
+"""
+
+import numpy as np
+
+from .checks import check_activation, check_forward_done, check_grad
+from .module import HookPoint, Module, Parameter
+
+GELU_C = np.sqrt(2.0 / np.pi)
+
+
+class FeedForward(Module):
+    """The same two-layer MLP applied to every position independently."""
+
+    def __init__(self, cfg, rng=None):
+        rng = np.random.default_rng(rng)
+        self.cfg = cfg
+        self.W_in = Parameter((rng.standard_normal((cfg.d_model, cfg.d_mlp)) / np.sqrt(cfg.d_model)).astype(cfg.dtype))
+        self.b_in = Parameter(np.zeros(cfg.d_mlp, dtype=cfg.dtype))
+        self.W_out = Parameter((rng.standard_normal((cfg.d_mlp, cfg.d_model)) / np.sqrt(cfg.d_mlp)).astype(cfg.dtype))
+        self.b_out = Parameter(np.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+        self.cache = None
+
+    def forward(self, x):
+        """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+        check_activation(x, "x", self.cfg.d_model)
+        pre = x @ self.W_in.data + self.b_in.data  # [batch, pos, d_mlp]
+        pre = self.hook_pre(pre)
+        if self.cfg.act_fn == "relu":
+            post = np.maximum(pre, 0)  # [batch, pos, d_mlp]
+        else:
+            inner = GELU_C * (pre + 0.044715 * pre**3)  # [batch, pos, d_mlp]
+            tanh = np.tanh(inner)  # [batch, pos, d_mlp]
+            post = 0.5 * pre * (1 + tanh)  # [batch, pos, d_mlp]
+        post = self.hook_post(post)
+        out = post @ self.W_out.data + self.b_out.data  # [batch, pos, d_model]
+        self.cache = (x, pre, post)
+        return out
+
+    def backward(self, dout):
+        """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_in, b_in, W_out, b_out grads."""
+        check_forward_done(self.cache, "FeedForward")
+        x, pre, post = self.cache
+        check_grad(dout, "dout", x.shape)
+        # EXERCISE BEGIN
+        # forward: out = post @ W_out + b_out
+        self.W_out.grad += np.einsum("bpf,bpm->fm", post, dout, optimize=True)  # [d_mlp, d_model]
+        self.b_out.grad += dout.sum(axis=(0, 1))  # [d_model]
+        dpost = dout @ self.W_out.data.T  # [batch, pos, d_mlp]
+        dpost = self.hook_post.backward(dpost)
+        if self.cfg.act_fn == "relu":
+            # forward: post = max(pre, 0)
+            dpre = dpost * (pre > 0)  # [batch, pos, d_mlp]
+        else:
+            # forward: post = 0.5 * pre * (1 + tanh),  tanh = tanh(inner),  inner = c (pre + 0.044715 pre^3)
+            tanh = np.tanh(GELU_C * (pre + 0.044715 * pre**3))  # [batch, pos, d_mlp] (recomputed, not cached)
+            dtanh = dpost * 0.5 * pre  # [batch, pos, d_mlp]
+            dinner = dtanh * (1 - tanh**2)  # [batch, pos, d_mlp]
+            dpre = dpost * 0.5 * (1 + tanh) + dinner * GELU_C * (1 + 3 * 0.044715 * pre**2)  # [batch, pos, d_mlp]
+        dpre = self.hook_pre.backward(dpre)
+        # forward: pre = x @ W_in + b_in
+        self.W_in.grad += np.einsum("bpm,bpf->mf", x, dpre, optimize=True)  # [d_model, d_mlp]
+        self.b_in.grad += dpre.sum(axis=(0, 1))  # [d_mlp]
+        dx = dpre @ self.W_in.data.T  # [batch, pos, d_model]
+        # EXERCISE END
+        return dx

@@ -1,0 +1,72 @@
+"""Layer normalisation over the residual-stream axis (Ba, Kiros & Hinton, 2016).
+
+Axes: batch, pos (sequence position), d_model (residual width; the normalised axis).
+
+    out = (x - mean(x)) / sqrt(var(x) + eps) * w + b
+
+with the biased variance and eps = 1e-5 inside the square root, as ``torch.nn.LayerNorm``.
+The denominator is TransformerLens's ``hook_scale``.
+"""
+
+import numpy as np
+
+from .checks import check_activation, check_forward_done, check_grad
+from .module import HookPoint, Module, Parameter
+
+EPS = 1e-5
+
+
+class LayerNorm(Module):
+    """Normalise each position's vector to mean 0 and variance 1, then scale by w and shift by b."""
+
+    def __init__(self, cfg, rng=None):
+        self.cfg = cfg
+        self.w = Parameter(np.ones(cfg.d_model, dtype=cfg.dtype))
+        self.b = Parameter(np.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+        self.cache = None
+
+    def forward(self, x):
+        """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+        check_activation(x, "x", self.cfg.d_model)
+        mean = x.mean(axis=-1, keepdims=True)  # [batch, pos, 1]
+        centered = x - mean  # [batch, pos, d_model]
+        var = (centered**2).mean(axis=-1, keepdims=True)  # [batch, pos, 1]
+        scale = np.sqrt(var + EPS)  # [batch, pos, 1]
+        scale = self.hook_scale(scale)
+        normalized = centered / scale  # [batch, pos, d_model]
+        normalized = self.hook_normalized(normalized)
+        out = normalized * self.w.data + self.b.data  # [batch, pos, d_model]
+        self.cache = (centered, scale, normalized)
+        return out
+
+    def backward(self, dout):
+        """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into w.grad and b.grad.
+
+        Every position is normalised on its own, so each line below works row by row.
+        """
+        check_forward_done(self.cache, "LayerNorm")
+        centered, scale, normalized = self.cache
+        check_grad(dout, "dout", normalized.shape)
+        # EXERCISE BEGIN
+        d_model = centered.shape[-1]
+        # forward: out = normalized * w + b
+        self.w.grad += (dout * normalized).sum(axis=(0, 1))  # [d_model]
+        self.b.grad += dout.sum(axis=(0, 1))  # [d_model]
+        dnormalized = dout * self.w.data  # [batch, pos, d_model]
+        dnormalized = self.hook_normalized.backward(dnormalized)
+        # forward: normalized = centered / scale
+        dcentered = dnormalized / scale  # [batch, pos, d_model]
+        dscale = -(dnormalized * centered).sum(axis=-1, keepdims=True) / scale**2  # [batch, pos, 1]
+        dscale = self.hook_scale.backward(dscale)
+        # forward: scale = sqrt(var + eps)
+        dvar = dscale / (2 * scale)  # [batch, pos, 1]
+        # forward: var = mean(centered**2)
+        dcentered += dvar * 2 * centered / d_model  # [batch, pos, d_model]
+        # forward: centered = x - mean   (x reaches centered directly, and through mean)
+        dmean = -dcentered.sum(axis=-1, keepdims=True)  # [batch, pos, 1]
+        # forward: mean = x.mean(-1)
+        dx = dcentered + dmean / d_model  # [batch, pos, d_model]
+        # EXERCISE END
+        return dx

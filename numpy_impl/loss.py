@@ -1,0 +1,52 @@
+"""Cross-entropy loss over next-token logits, optionally weighted per token.
+
+Axes: batch, pos (sequence position), d_vocab (vocabulary).
+
+    log_probs = logits - logsumexp(logits)          (row by row over d_vocab)
+    nll[b, p] = -log_probs[b, p, targets[b, p]]
+    loss = sum(weights * nll) / sum(weights)       (weights all 1: the plain mean)
+"""
+
+import numpy as np
+
+from .checks import check_forward_done, check_loss_inputs
+from .module import Module
+
+
+class CrossEntropyLoss(Module):
+    """Mean negative log-likelihood of the targets; ``weights`` make it a weighted mean."""
+
+    def __init__(self):
+        self.cache = None
+
+    def forward(self, logits, targets, weights=None):
+        """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss []"""
+        check_loss_inputs(logits, targets, weights)
+        if weights is None:
+            weights = np.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
+        logits_max = logits.max(axis=-1, keepdims=True)  # [batch, pos, 1]
+        shifted = logits - logits_max  # [batch, pos, d_vocab]
+        log_sum_exp = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # [batch, pos, 1]
+        log_probs = shifted - log_sum_exp  # [batch, pos, d_vocab]
+        nll = -np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [batch, pos]
+        loss = (weights * nll).sum() / weights.sum()  # []
+        self.cache = (log_probs, targets, weights)
+        return loss
+
+    def backward(self, dloss=1.0):
+        """dloss (a scalar, 1 by default) -> dlogits [batch, pos, d_vocab]."""
+        check_forward_done(self.cache, "CrossEntropyLoss")
+        log_probs, targets, weights = self.cache
+        if np.ndim(dloss) != 0:
+            raise ValueError(f"dloss must be a scalar, got shape {np.shape(dloss)}")
+        # EXERCISE BEGIN
+        # forward: loss = sum(weights * nll) / sum(weights)
+        dnll = dloss * weights / weights.sum()  # [batch, pos]
+        # forward: nll = -log_probs[targets]
+        dlog_probs = np.zeros_like(log_probs)  # [batch, pos, d_vocab]
+        np.put_along_axis(dlog_probs, targets[..., None], -dnll[..., None], axis=-1)
+        # forward: log_probs = logits - logsumexp(logits); d logsumexp / d logits = softmax(logits)
+        probs = np.exp(log_probs)  # [batch, pos, d_vocab]
+        dlogits = dlog_probs - probs * dlog_probs.sum(axis=-1, keepdims=True)  # [batch, pos, d_vocab]
+        # EXERCISE END
+        return dlogits

@@ -1,0 +1,94 @@
+"""The whole model: embeddings, a stack of blocks, an optional final LayerNorm and unembedding.
+
+Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabulary).
+
+    resid = W_E[tokens] + pos_embed                     the residual stream starts here
+    resid = block_i(resid)      for i = 0 .. n_layers - 1
+    resid = ln_final(resid)     (pre-norm only: post-norm blocks already end in a LayerNorm)
+    out   = resid W_U + b_U     (unembed=True: logits; unembed=False: out = resid)
+"""
+
+import numpy as np
+
+from .block import TransformerBlock
+from .checks import check_forward_done, check_grad, check_tokens
+from .config import TransformerConfig
+from .embedding import TokenEmbedding
+from .layernorm import LayerNorm
+from .module import HookPoint, Module
+from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from .unembed import Unembed
+from .weights import load_weights, save_weights
+
+
+class Transformer(Module):
+    """A decoder-style (or, with causal=False and unembed=False, encoder-style) transformer."""
+
+    def __init__(self, cfg, seed=0):
+        if not isinstance(cfg, TransformerConfig):
+            raise TypeError(f"cfg must be a TransformerConfig, got {type(cfg).__name__}")
+        rng = np.random.default_rng(seed)
+        self.cfg = cfg
+        self.embed = TokenEmbedding(cfg, rng)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.positional == "learned":
+            self.pos_embed = LearnedPositionalEmbedding(cfg, rng)
+        else:
+            self.pos_embed = SinusoidalPositionalEncoding(cfg, rng)
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.blocks = [TransformerBlock(cfg, rng) for _ in range(cfg.n_layers)]
+        if cfg.normalization == "pre":
+            self.ln_final = LayerNorm(cfg)
+        if cfg.unembed:
+            self.unembed = Unembed(cfg, rng)
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+        self.cache = None
+
+    def forward(self, tokens):
+        """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])"""
+        check_tokens(tokens, self.cfg)
+        embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
+        pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
+        resid = embed + pos_embed  # [batch, pos, d_model]
+        for block in self.blocks:
+            resid = block(resid)  # [batch, pos, d_model]
+        if self.cfg.normalization == "pre":
+            resid = self.ln_final(resid)  # [batch, pos, d_model]
+        out = self.unembed(resid) if self.cfg.unembed else resid  # [batch, pos, d_vocab or d_model]
+        self.cache = out.shape
+        return out
+
+    def backward(self, dout):
+        """dout shaped like the output -> None (tokens are discrete); fills every parameter's grad."""
+        check_forward_done(self.cache, "Transformer")
+        check_grad(dout, "dout", self.cache)
+        # EXERCISE BEGIN
+        # forward: out = unembed(resid) if unembed else resid
+        dresid = self.unembed.backward(dout) if self.cfg.unembed else dout  # [batch, pos, d_model]
+        if self.cfg.normalization == "pre":
+            # forward: resid = ln_final(resid)
+            dresid = self.ln_final.backward(dresid)  # [batch, pos, d_model]
+        for block in reversed(self.blocks):
+            # forward: resid = block(resid)
+            dresid = block.backward(dresid)  # [batch, pos, d_model]
+        # forward: resid = embed + pos_embed
+        dembed = self.hook_embed.backward(dresid)  # [batch, pos, d_model]
+        dpos_embed = self.hook_pos_embed.backward(dresid)  # [batch, pos, d_model]
+        self.embed.backward(dembed)
+        self.pos_embed.backward(dpos_embed)
+        # EXERCISE END
+        return None
+
+    def save(self, path):
+        """Write the weights file (.npz: one array per state_dict key plus the config as JSON)."""
+        save_weights(path, self.state_dict(), self.cfg)
+
+    @classmethod
+    def load(cls, path):
+        """A new model with the config and weights of a weights file (saved by either twin)."""
+        cfg, state_dict = load_weights(path)
+        model = cls(cfg)
+        model.load_state_dict(state_dict)
+        return model

@@ -1,0 +1,77 @@
+"""Positional information added to the token embedding: fixed sinusoids or a learned table.
+
+Axes: batch, pos (sequence position), n_ctx (longest sequence), d_model (residual width).
+
+Sinusoidal ("Attention Is All You Need", §3.5), for i = 0 .. d_model/2 - 1:
+    PE[pos, 2i]     = sin(pos / 10000^(2i / d_model))
+    PE[pos, 2i + 1] = cos(pos / 10000^(2i / d_model))
+Learned (GPT-2): pos_embed[b, p] = W_pos[p].
+"""
+
+import numpy as np
+
+from .checks import check_forward_done, check_grad, check_tokens
+from .module import Module, Parameter
+
+
+def sinusoidal_table(n_ctx, d_model):
+    """The fixed [n_ctx, d_model] table, computed in float64 (both twins use this one)."""
+    position = np.arange(n_ctx, dtype=np.float64)[:, None]  # [n_ctx, 1]
+    two_i = np.arange(0, d_model, 2, dtype=np.float64)  # [ceil(d_model / 2)]
+    angle = position / 10000.0 ** (two_i / d_model)  # [n_ctx, ceil(d_model / 2)]
+    table = np.zeros((n_ctx, d_model))  # [n_ctx, d_model]
+    table[:, 0::2] = np.sin(angle)
+    table[:, 1::2] = np.cos(angle[:, : d_model // 2])
+    return table
+
+
+class SinusoidalPositionalEncoding(Module):
+    """Fixed sinusoids: no parameters, so nothing to learn and no gradient to keep."""
+
+    def __init__(self, cfg, rng=None):
+        self.cfg = cfg
+        self.table = sinusoidal_table(cfg.n_ctx, cfg.d_model).astype(cfg.dtype)  # [n_ctx, d_model]
+        self.cache = None
+
+    def forward(self, tokens):
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+        check_tokens(tokens, self.cfg)
+        batch, pos = tokens.shape
+        pos_embed = np.broadcast_to(self.table[:pos], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
+        self.cache = tokens.shape
+        return pos_embed
+
+    def backward(self, dpos_embed):
+        """dpos_embed [batch, pos, d_model] -> None (the table is fixed; tokens are discrete)."""
+        check_forward_done(self.cache, "SinusoidalPositionalEncoding")
+        check_grad(dpos_embed, "dpos_embed", self.cache + (self.cfg.d_model,))
+        return None
+
+
+class LearnedPositionalEmbedding(Module):
+    """A learned row per position (GPT-2's ``wpe``), shared by every sequence in the batch."""
+
+    def __init__(self, cfg, rng=None):
+        rng = np.random.default_rng(rng)
+        self.cfg = cfg
+        self.W_pos = Parameter(rng.standard_normal((cfg.n_ctx, cfg.d_model)).astype(cfg.dtype))
+        self.cache = None
+
+    def forward(self, tokens):
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+        check_tokens(tokens, self.cfg)
+        batch, pos = tokens.shape
+        pos_embed = np.broadcast_to(self.W_pos.data[:pos], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
+        self.cache = tokens.shape
+        return pos_embed
+
+    def backward(self, dpos_embed):
+        """dpos_embed [batch, pos, d_model] -> None; W_pos[p] collects the gradient of every sequence."""
+        check_forward_done(self.cache, "LearnedPositionalEmbedding")
+        check_grad(dpos_embed, "dpos_embed", self.cache + (self.cfg.d_model,))
+        # EXERCISE BEGIN
+        batch, pos = self.cache
+        # forward: pos_embed = broadcast W_pos[:pos] over batch
+        self.W_pos.grad[:pos] += dpos_embed.sum(axis=0)  # [pos, d_model]
+        # EXERCISE END
+        return None

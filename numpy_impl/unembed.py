@@ -1,0 +1,42 @@
+"""Unembedding: from the final residual stream to one logit per vocabulary entry.
+
+Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabulary).
+
+    logits = x W_U + b_U
+"""
+
+import numpy as np
+
+from .checks import check_activation, check_forward_done, check_grad
+from .module import Module, Parameter
+
+
+class Unembed(Module):
+    """A linear map d_model -> d_vocab; softmax of its output is the next-token distribution."""
+
+    def __init__(self, cfg, rng=None):
+        rng = np.random.default_rng(rng)
+        self.cfg = cfg
+        self.W_U = Parameter((rng.standard_normal((cfg.d_model, cfg.d_vocab)) / np.sqrt(cfg.d_model)).astype(cfg.dtype))
+        self.b_U = Parameter(np.zeros(cfg.d_vocab, dtype=cfg.dtype))
+        self.cache = None
+
+    def forward(self, x):
+        """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
+        check_activation(x, "x", self.cfg.d_model)
+        logits = x @ self.W_U.data + self.b_U.data  # [batch, pos, d_vocab]
+        self.cache = x
+        return logits
+
+    def backward(self, dlogits):
+        """dlogits [batch, pos, d_vocab] -> dx [batch, pos, d_model]; adds into W_U.grad and b_U.grad."""
+        check_forward_done(self.cache, "Unembed")
+        x = self.cache
+        check_grad(dlogits, "dlogits", x.shape[:2] + (self.cfg.d_vocab,))
+        # EXERCISE BEGIN
+        # forward: logits = x @ W_U + b_U
+        self.W_U.grad += np.einsum("bpm,bpv->mv", x, dlogits, optimize=True)  # [d_model, d_vocab]
+        self.b_U.grad += dlogits.sum(axis=(0, 1))  # [d_vocab]
+        dx = dlogits @ self.W_U.data.T  # [batch, pos, d_model]
+        # EXERCISE END
+        return dx

@@ -1,0 +1,75 @@
+"""Multi-head self-attention ("Attention Is All You Need", §3.2.1-3.2.2).
+
+Axes: batch, pos / q_pos / k_pos (query and key positions), head, d_head (width of one
+head), d_model (residual width).
+
+For each head h, with x the input [batch, pos, d_model]:
+    q = x W_Q[h] + b_Q[h],  k = x W_K[h] + b_K[h],  v = x W_V[h] + b_V[h]
+    pattern = softmax(q k^T / sqrt(d_head))          (causal: key_pos <= query_pos only)
+    z = pattern v
+    out = sum over heads of z W_O[h]  + b_O
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from numpy_impl.checks import check_activation
+
+from .module import HookPoint, default_rng
+
+
+class MultiHeadAttention(nn.Module):
+    """n_heads independent attention heads whose outputs add into the residual stream."""
+
+    def __init__(self, cfg, rng=None):
+        super().__init__()
+        rng = default_rng(rng)
+        self.cfg = cfg
+        n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
+        dtype = getattr(torch, cfg.dtype)
+        self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
+        self.W_K = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
+        self.W_V = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
+        self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model, generator=rng, dtype=dtype) / math.sqrt(n_heads * d_head))
+        self.b_Q = nn.Parameter(torch.zeros(n_heads, d_head, dtype=dtype))
+        self.b_K = nn.Parameter(torch.zeros(n_heads, d_head, dtype=dtype))
+        self.b_V = nn.Parameter(torch.zeros(n_heads, d_head, dtype=dtype))
+        self.b_O = nn.Parameter(torch.zeros(d_model, dtype=dtype))
+        # mask[q, k] is True where query q may look at key k (a buffer: not a parameter, not saved)
+        self.register_buffer("mask", torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)), persistent=False)  # [n_ctx, n_ctx]
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+
+    def forward(self, x):
+        """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+        check_activation(x, "x", self.cfg.d_model)
+        pos = x.shape[1]
+        if pos > self.cfg.n_ctx:
+            raise ValueError(f"x has {pos} positions but n_ctx is {self.cfg.n_ctx}")
+        q = torch.einsum("bpm,hmd->bphd", x, self.W_Q) + self.b_Q  # [batch, pos, head, d_head]
+        k = torch.einsum("bpm,hmd->bphd", x, self.W_K) + self.b_K  # [batch, pos, head, d_head]
+        v = torch.einsum("bpm,hmd->bphd", x, self.W_V) + self.b_V  # [batch, pos, head, d_head]
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        # each head attends on its own: put the head axis before the position axis
+        q_h = q.permute(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
+        k_h = k.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
+        v_h = v.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
+        scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, k_pos]
+        if self.cfg.causal:
+            scores = torch.where(self.mask[:pos, :pos], scores, -torch.inf)  # [batch, head, q_pos, k_pos]
+        scores = self.hook_attn_scores(scores)
+        # softmax over keys; subtracting the row max changes nothing but keeps exp finite
+        scores_max = scores.max(dim=-1, keepdim=True).values.detach()  # [batch, head, q_pos, 1]; a constant shift
+        exp = torch.exp(scores - scores_max)  # [batch, head, q_pos, k_pos]; masked keys give exp(-inf) = 0
+        pattern = exp / exp.sum(dim=-1, keepdim=True)  # [batch, head, q_pos, k_pos]
+        pattern = self.hook_pattern(pattern)
+        z = (pattern @ v_h).permute(0, 2, 1, 3)  # [batch, pos, head, d_head]
+        z = self.hook_z(z)
+        out = torch.einsum("bphd,hdm->bpm", z, self.W_O) + self.b_O  # [batch, pos, d_model]
+        return out

@@ -1,0 +1,60 @@
+"""One transformer block: attention, then the MLP, each added into the residual stream.
+
+Axes: batch, pos (sequence position), d_model (residual width).
+
+    normalization="pre"  (GPT-2):                   normalization="post" (Vaswani et al.):
+        resid_mid  = resid_pre + attn(ln1(resid_pre))     resid_mid  = ln1(resid_pre + attn(resid_pre))
+        resid_post = resid_mid + mlp(ln2(resid_mid))      resid_post = ln2(resid_mid + mlp(resid_mid))
+    normalization=None: the "pre" equations without ln1 and ln2.
+    attn_only: no MLP and no ln2, so resid_post is the line that makes resid_mid above.
+"""
+
+from torch import nn
+
+from numpy_impl.checks import check_activation
+
+from .attention import MultiHeadAttention
+from .feedforward import FeedForward
+from .layernorm import LayerNorm
+from .module import HookPoint, default_rng
+
+
+class TransformerBlock(nn.Module):
+    """Residual block; which LayerNorms exist and where they sit follows ``cfg.normalization``."""
+
+    def __init__(self, cfg, rng=None):
+        super().__init__()
+        rng = default_rng(rng)
+        self.cfg = cfg
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        if cfg.normalization is not None:
+            self.ln1 = LayerNorm(cfg)
+        self.attn = MultiHeadAttention(cfg, rng)
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        if not cfg.attn_only:
+            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+            if cfg.normalization is not None:
+                self.ln2 = LayerNorm(cfg)
+            self.mlp = FeedForward(cfg, rng)
+            self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, resid_pre):
+        """resid_pre [batch, pos, d_model] -> resid_post [batch, pos, d_model]"""
+        check_activation(resid_pre, "resid_pre", self.cfg.d_model)
+        norm = self.cfg.normalization
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_in = self.ln1(resid_pre) if norm == "pre" else resid_pre  # [batch, pos, d_model]
+        attn_out = self.hook_attn_out(self.attn(attn_in))  # [batch, pos, d_model]
+        resid_mid = resid_pre + attn_out  # [batch, pos, d_model]
+        if norm == "post":
+            resid_mid = self.ln1(resid_mid)  # [batch, pos, d_model]
+        if self.cfg.attn_only:
+            return self.hook_resid_post(resid_mid)
+        resid_mid = self.hook_resid_mid(resid_mid)
+        mlp_in = self.ln2(resid_mid) if norm == "pre" else resid_mid  # [batch, pos, d_model]
+        mlp_out = self.hook_mlp_out(self.mlp(mlp_in))  # [batch, pos, d_model]
+        resid_post = resid_mid + mlp_out  # [batch, pos, d_model]
+        if norm == "post":
+            resid_post = self.ln2(resid_post)  # [batch, pos, d_model]
+        return self.hook_resid_post(resid_post)

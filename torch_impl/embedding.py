@@ -1,0 +1,30 @@
+"""Token embedding: a lookup table from token id to a d_model vector.
+
+Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual stream width).
+
+    embed[b, p] = W_E[tokens[b, p]]
+"""
+
+import torch
+from torch import nn
+
+from numpy_impl.checks import check_tokens
+
+from .module import default_rng
+
+
+class TokenEmbedding(nn.Module):
+    """Row lookup in ``W_E`` ("Attention Is All You Need", §3.4; not scaled by sqrt(d_model))."""
+
+    def __init__(self, cfg, rng=None):
+        super().__init__()
+        rng = default_rng(rng)
+        self.cfg = cfg
+        dtype = getattr(torch, cfg.dtype)
+        self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model, generator=rng, dtype=dtype))
+
+    def forward(self, tokens):
+        """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
+        check_tokens(tokens, self.cfg)
+        embed = self.W_E[tokens]  # [batch, pos, d_model]
+        return embed

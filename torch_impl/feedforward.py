@@ -1,0 +1,51 @@
+"""Position-wise feed-forward network ("Attention Is All You Need", §3.3).
+
+Axes: batch, pos (sequence position), d_model (residual width), d_mlp (hidden width).
+
+    pre = x W_in + b_in,   post = act(pre),   out = post W_out + b_out
+
+act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks & Gimpel):
+    gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from numpy_impl.checks import check_activation
+
+from .module import HookPoint, default_rng
+
+GELU_C = math.sqrt(2.0 / math.pi)
+
+
+class FeedForward(nn.Module):
+    """The same two-layer MLP applied to every position independently."""
+
+    def __init__(self, cfg, rng=None):
+        super().__init__()
+        rng = default_rng(rng)
+        self.cfg = cfg
+        dtype = getattr(torch, cfg.dtype)
+        self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp, generator=rng, dtype=dtype) / math.sqrt(cfg.d_model))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=dtype))
+        self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model, generator=rng, dtype=dtype) / math.sqrt(cfg.d_mlp))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model, dtype=dtype))
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    def forward(self, x):
+        """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+        check_activation(x, "x", self.cfg.d_model)
+        pre = x @ self.W_in + self.b_in  # [batch, pos, d_mlp]
+        pre = self.hook_pre(pre)
+        if self.cfg.act_fn == "relu":
+            post = torch.clamp(pre, min=0)  # [batch, pos, d_mlp]
+        else:
+            inner = GELU_C * (pre + 0.044715 * pre**3)  # [batch, pos, d_mlp]
+            tanh = torch.tanh(inner)  # [batch, pos, d_mlp]
+            post = 0.5 * pre * (1 + tanh)  # [batch, pos, d_mlp]
+        post = self.hook_post(post)
+        out = post @ self.W_out + self.b_out  # [batch, pos, d_model]
+        return out

@@ -1,0 +1,44 @@
+"""Layer normalisation over the residual-stream axis (Ba, Kiros & Hinton, 2016).
+
+Axes: batch, pos (sequence position), d_model (residual width; the normalised axis).
+
+    out = (x - mean(x)) / sqrt(var(x) + eps) * w + b
+
+with the biased variance and eps = 1e-5 inside the square root, as ``torch.nn.LayerNorm``.
+The denominator is TransformerLens's ``hook_scale``.
+"""
+
+import torch
+from torch import nn
+
+from numpy_impl.checks import check_activation
+
+from .module import HookPoint
+
+EPS = 1e-5
+
+
+class LayerNorm(nn.Module):
+    """Normalise each position's vector to mean 0 and variance 1, then scale by w and shift by b."""
+
+    def __init__(self, cfg, rng=None):
+        super().__init__()
+        self.cfg = cfg
+        dtype = getattr(torch, cfg.dtype)
+        self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=dtype))
+        self.b = nn.Parameter(torch.zeros(cfg.d_model, dtype=dtype))
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, x):
+        """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+        check_activation(x, "x", self.cfg.d_model)
+        mean = x.mean(dim=-1, keepdim=True)  # [batch, pos, 1]
+        centered = x - mean  # [batch, pos, d_model]
+        var = (centered**2).mean(dim=-1, keepdim=True)  # [batch, pos, 1]
+        scale = torch.sqrt(var + EPS)  # [batch, pos, 1]
+        scale = self.hook_scale(scale)
+        normalized = centered / scale  # [batch, pos, d_model]
+        normalized = self.hook_normalized(normalized)
+        out = normalized * self.w + self.b  # [batch, pos, d_model]
+        return out

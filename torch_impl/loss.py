@@ -1,0 +1,33 @@
+"""Cross-entropy loss over next-token logits, optionally weighted per token.
+
+Axes: batch, pos (sequence position), d_vocab (vocabulary).
+
+    log_probs = logits - logsumexp(logits)          (row by row over d_vocab)
+    nll[b, p] = -log_probs[b, p, targets[b, p]]
+    loss = sum(weights * nll) / sum(weights)       (weights all 1: the plain mean)
+"""
+
+import torch
+from torch import nn
+
+from numpy_impl.checks import check_loss_inputs
+
+
+class CrossEntropyLoss(nn.Module):
+    """Mean negative log-likelihood of the targets; ``weights`` make it a weighted mean."""
+
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, logits, targets, weights=None):
+        """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss []"""
+        check_loss_inputs(logits, targets, weights)
+        if weights is None:
+            weights = torch.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
+        logits_max = logits.max(dim=-1, keepdim=True).values.detach()  # [batch, pos, 1]; a constant shift
+        shifted = logits - logits_max  # [batch, pos, d_vocab]
+        log_sum_exp = torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))  # [batch, pos, 1]
+        log_probs = shifted - log_sum_exp  # [batch, pos, d_vocab]
+        nll = -torch.take_along_dim(log_probs, targets[..., None], dim=-1)[..., 0]  # [batch, pos]
+        loss = (weights * nll).sum() / weights.sum()  # []
+        return loss

@@ -1,0 +1,33 @@
+"""Unembedding: from the final residual stream to one logit per vocabulary entry.
+
+Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabulary).
+
+    logits = x W_U + b_U
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from numpy_impl.checks import check_activation
+
+from .module import default_rng
+
+
+class Unembed(nn.Module):
+    """A linear map d_model -> d_vocab; softmax of its output is the next-token distribution."""
+
+    def __init__(self, cfg, rng=None):
+        super().__init__()
+        rng = default_rng(rng)
+        self.cfg = cfg
+        dtype = getattr(torch, cfg.dtype)
+        self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.d_vocab, generator=rng, dtype=dtype) / math.sqrt(cfg.d_model))
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab, dtype=dtype))
+
+    def forward(self, x):
+        """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
+        check_activation(x, "x", self.cfg.d_model)
+        logits = x @ self.W_U + self.b_U  # [batch, pos, d_vocab]
+        return logits
