@@ -10,6 +10,8 @@ For each head h, with x the input [batch, pos, d_model]:
     out = sum over heads of z W_O[h]  + b_O
 """
 
+import math
+
 import numpy as np
 
 from .checks import check_activation, check_forward_done, check_grad
@@ -55,7 +57,7 @@ class MultiHeadAttention(Module):
         q_h = q.transpose(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         k_h = k.transpose(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
         v_h = v.transpose(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
-        scores = q_h @ k_h.swapaxes(-1, -2) / np.sqrt(self.cfg.d_head)  # [batch, head, q_pos, k_pos]
+        scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, k_pos]
         if self.cfg.causal:
             scores = np.where(self.mask[:pos, :pos], scores, -np.inf)  # [batch, head, q_pos, k_pos]
         scores = self.hook_attn_scores(scores)
@@ -94,8 +96,8 @@ class MultiHeadAttention(Module):
         if self.cfg.causal:
             dscores = np.where(self.mask[:pos, :pos], dscores, 0.0)  # [batch, head, q_pos, k_pos]
         # forward: scores = q_h @ k_h^T / sqrt(d_head)
-        dq_h = dscores @ k_h / np.sqrt(self.cfg.d_head)  # [batch, head, q_pos, d_head]
-        dk_h = dscores.swapaxes(-1, -2) @ q_h / np.sqrt(self.cfg.d_head)  # [batch, head, k_pos, d_head]
+        dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, d_head]
+        dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(self.cfg.d_head)  # [batch, head, k_pos, d_head]
         # forward: q_h, k_h, v_h = q, k, v with the head axis moved before pos
         dq = dq_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dk = dk_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]

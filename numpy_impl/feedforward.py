@@ -8,12 +8,14 @@ act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks 
     gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
 """
 
+import math
+
 import numpy as np
 
 from .checks import check_activation, check_forward_done, check_grad
 from .module import HookPoint, Module, Parameter
 
-GELU_C = np.sqrt(2.0 / np.pi)
+GELU_C = math.sqrt(2.0 / math.pi)
 
 
 class FeedForward(Module):
