@@ -1,0 +1,1 @@
+"""Walk-throughs that ``demo.py`` runs: one module per command, each with add_arguments(parser) and run(args)."""
