@@ -93,7 +93,7 @@ def run_induction(seed: int = 0, out_dir: str = "outputs", steps: int | None = N
     }
     stepper = NumpyStepper(model, train_cfg)
     history = train(stepper, train_cfg, SEQ_LEN, cfg.d_vocab, eval_batches=eval_batches,
-                    eval_every=25, progress=progress)
+                    eval_every=25, progress=progress, label="NumPy")
     final = loss_by_kind(stepper, heldout_batch(eval_rng, FINAL_EVAL_SIZE, SEQ_LEN, cfg.d_vocab))
     repeated_tokens = repeated_random_tokens(eval_rng, FINAL_EVAL_SIZE // 4, SCORE_SEGMENT, cfg.d_vocab)
     prev_scores, ind_scores = head_scores(model, repeated_tokens, SCORE_SEGMENT)

@@ -36,7 +36,7 @@ def plot_parity(path, numpy_loss, torch_loss, title):
     top.set_title(title)
     top.legend()
     # An exact match has gap 0, which a log axis cannot show: draw it at the float64 floor.
-    bottom.semilogy(steps, np.maximum(gap, 1e-17), color="tab:red", lw=1)
+    bottom.semilogy(steps, np.maximum(gap, 1e-17), color="tab:red", lw=1, label="gap (an exact 0 drawn at 1e-17)")
     bottom.axhline(1e-9, color="grey", ls=":", lw=1, label="tolerance 1e-9")
     bottom.set_ylabel("|numpy - torch| / |torch|")
     bottom.set_xlabel("training step")

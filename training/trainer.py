@@ -49,6 +49,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -181,12 +183,12 @@ class History:
 
 
 def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batches=None,
-          eval_every: int = 50, progress: bool = True, batch_stream=None) -> History:
+          eval_every: int = 50, progress: bool = True, batch_stream=None, label: str = "") -> History:
     """Run ``train_cfg.steps`` steps of ``stepper`` on the induction data; return the ``History``.
 
     ``eval_batches`` ({name: Batch}) are scored with ``loss_by_kind`` every ``eval_every``
     steps and after the last. ``batch_stream`` replaces the default seeded data (it must
-    yield at least ``steps`` batches). ``progress`` draws a bar on stderr.
+    yield at least ``steps`` batches). ``progress`` draws a bar on stderr, headed by ``label``.
     """
     if not isinstance(train_cfg, TrainConfig):
         raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
@@ -196,7 +198,7 @@ def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batc
     if batch_stream is None:
         batch_stream = batches(train_cfg.data_seed, train_cfg.steps, train_cfg.batch_size, seq_len, d_vocab)
     history = History(evals={name: {"repeated": [], "first": []} for name in eval_batches})
-    bar = ProgressBar(train_cfg.steps, enabled=progress)
+    bar = ProgressBar(train_cfg.steps, enabled=progress, label=label)
     start = time.perf_counter()
     for step, batch in zip(range(train_cfg.steps), batch_stream):
         history.loss.append(stepper.step(batch))
@@ -220,8 +222,9 @@ def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batc
 class ProgressBar:
     """A one-line text progress bar with the latest loss, the speed and the time left."""
 
-    def __init__(self, total: int, enabled: bool = True, width: int = 30, stream=None):
+    def __init__(self, total: int, enabled: bool = True, width: int = 30, stream=None, label: str = ""):
         self.total = total
+        self.label = f"{label} " if label else ""
         self.enabled = enabled
         self.width = width
         self.stream = stream or sys.stderr
@@ -237,7 +240,7 @@ class ProgressBar:
         filled = int(self.width * done / self.total)
         per_step = elapsed / done
         self.stream.write(
-            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} "
+            f"\r{self.label}[{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} "
             f"loss {loss:.3f}  {1e3 * per_step:.1f} ms/step  {per_step * (self.total - done):.0f} s left "
         )
         self.stream.flush()
