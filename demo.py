@@ -15,6 +15,8 @@ import sys
 # command -> (module in tours/, one line of help). The first is the default.
 TOURS = {
     "basics": ("tours.basics", "architecture, shapes, attention patterns, a forward and backward pass in both twins"),
+    "train-parity": ("tours.train_parity", "train NumPy and torch side by side: the same loss at every step"),
+    "induction": ("tours.induction", "grow induction heads from scratch in NumPy, then find them"),
 }
 
 
