@@ -15,6 +15,7 @@ import sys
 # command -> (module in tours/, one line of help). The first is the default.
 TOURS = {
     "basics": ("tours.basics", "architecture, shapes, attention patterns, a forward and backward pass in both twins"),
+    "parity": ("tours.parity", "the parity sweep over every configuration, as a table of worst differences"),
     "train-parity": ("tours.train_parity", "train NumPy and torch side by side: the same loss at every step"),
     "induction": ("tours.induction", "grow induction heads from scratch in NumPy, then find them"),
 }

@@ -48,6 +48,8 @@ class Transformer(Module):
 
     def forward(self, tokens):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])"""
+        if isinstance(tokens, (list, tuple)):
+            tokens = np.asarray(tokens)
         check_tokens(tokens, self.cfg)
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]

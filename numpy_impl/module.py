@@ -108,7 +108,40 @@ def _as_array(value, name):
     return value
 
 
-class HookPoint(Module):
+class HookLists:
+    """Forward and backward hook lists, shared by the NumPy ``HookPoint`` and its torch twin."""
+
+    def _init_hooks(self):
+        self.name = None
+        self.fwd_hooks = []
+        self.bwd_hooks = []
+
+    def add_hook(self, fn, dir: str = "fwd"):
+        """Call ``fn(activation, hook)`` in the forward pass ("fwd") or ``fn(grad, hook)`` in the backward ("bwd")."""
+        if not callable(fn):
+            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(fn)
+
+    def remove_hooks(self, dir: str = "both"):
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
+        if dir in ("fwd", "both"):
+            self.fwd_hooks = []
+        if dir in ("bwd", "both"):
+            self.bwd_hooks = []
+
+    def _run(self, hooks, x):
+        """Pass x through each hook in turn; a hook that returns something replaces x."""
+        for fn in hooks:
+            result = fn(x, self)
+            if result is not None:
+                x = result
+        return x
+
+
+class HookPoint(Module, HookLists):
     """An identity placed at a named point of the forward pass, to read or replace it.
 
     ``forward`` passes the activation through each forward hook ``fn(activation, hook)``;
@@ -118,33 +151,10 @@ class HookPoint(Module):
     """
 
     def __init__(self):
-        self.name = None
-        self.fwd_hooks = []
-        self.bwd_hooks = []
-
-    def add_hook(self, fn, dir: str = "fwd"):
-        if not callable(fn):
-            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
-        if dir not in ("fwd", "bwd"):
-            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
-        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(fn)
-
-    def remove_hooks(self, dir: str = "both"):
-        if dir in ("fwd", "both"):
-            self.fwd_hooks = []
-        if dir in ("bwd", "both"):
-            self.bwd_hooks = []
+        self._init_hooks()
 
     def forward(self, x):
-        for fn in self.fwd_hooks:
-            result = fn(x, self)
-            if result is not None:
-                x = result
-        return x
+        return self._run(self.fwd_hooks, x)
 
     def backward(self, dx):
-        for fn in self.bwd_hooks:
-            result = fn(dx, self)
-            if result is not None:
-                dx = result
-        return dx
+        return self._run(self.bwd_hooks, dx)

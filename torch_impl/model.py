@@ -8,6 +8,7 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
     out   = resid W_U + b_U     (unembed=True: logits; unembed=False: out = resid)
 """
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,6 +51,8 @@ class Transformer(nn.Module):
 
     def forward(self, tokens):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])"""
+        if isinstance(tokens, (list, tuple, np.ndarray)):
+            tokens = torch.as_tensor(tokens)
         check_tokens(tokens, self.cfg)
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]

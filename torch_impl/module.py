@@ -1,13 +1,16 @@
 """The small machinery under every torch component: hook points and seeded generators.
 
 ``torch.nn`` already gives parameters, modules and state dicts, so the twin of
-``numpy_impl/module.py`` holds only ``HookPoint`` and ``default_rng``.
+``numpy_impl/module.py`` holds only ``HookPoint`` (its hook lists are the reference's
+``HookLists``, written once) and ``default_rng``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from numpy_impl.module import HookLists
 
 
 def default_rng(rng=None):
@@ -22,7 +25,7 @@ def default_rng(rng=None):
     return generator
 
 
-class HookPoint(nn.Module):
+class HookPoint(nn.Module, HookLists):
     """An identity placed at a named point of the forward pass, to read or replace it.
 
     ``forward`` passes the activation through each forward hook ``fn(activation, hook)``;
@@ -33,35 +36,13 @@ class HookPoint(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.name = None
-        self.fwd_hooks = []
-        self.bwd_hooks = []
-
-    def add_hook(self, fn, dir: str = "fwd"):
-        if not callable(fn):
-            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
-        if dir not in ("fwd", "bwd"):
-            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
-        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(fn)
-
-    def remove_hooks(self, dir: str = "both"):
-        if dir in ("fwd", "both"):
-            self.fwd_hooks = []
-        if dir in ("bwd", "both"):
-            self.bwd_hooks = []
+        self._init_hooks()
 
     def forward(self, x):
-        for fn in self.fwd_hooks:
-            result = fn(x, self)
-            if result is not None:
-                x = result
+        x = self._run(self.fwd_hooks, x)
         if self.bwd_hooks and x.requires_grad:
-            x.register_hook(self._backward)
+            x.register_hook(self.backward)
         return x
 
-    def _backward(self, dx):
-        for fn in self.bwd_hooks:
-            result = fn(dx, self)
-            if result is not None:
-                dx = result
-        return dx
+    def backward(self, dx):
+        return self._run(self.bwd_hooks, dx)
