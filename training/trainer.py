@@ -14,7 +14,6 @@ steppers produce the same losses and weights (``parity_tests/test_training.py``)
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -23,6 +22,8 @@ import numpy as np
 
 import numpy_impl
 from numpy_impl.optim import SGD, Adam, AdamW, LambdaLR, clip_grad_norm, warmup_then
+
+from tours.progress import progress as tours_progress
 
 from .data import FIRST, REPEATED, Batch, batches
 
@@ -188,7 +189,8 @@ def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batc
 
     ``eval_batches`` ({name: Batch}) are scored with ``loss_by_kind`` every ``eval_every``
     steps and after the last. ``batch_stream`` replaces the default seeded data (it must
-    yield at least ``steps`` batches). ``progress`` draws a bar on stderr, headed by ``label``.
+    yield at least ``steps`` batches). ``progress`` draws ``tours.progress``'s bar on stderr,
+    headed by ``label``, ending with the latest loss.
     """
     if not isinstance(train_cfg, TrainConfig):
         raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
@@ -198,9 +200,12 @@ def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batc
     if batch_stream is None:
         batch_stream = batches(train_cfg.data_seed, train_cfg.steps, train_cfg.batch_size, seq_len, d_vocab)
     history = History(evals={name: {"repeated": [], "first": []} for name in eval_batches})
-    bar = ProgressBar(train_cfg.steps, enabled=progress, label=label)
+    steps = zip(range(train_cfg.steps), batch_stream)
+    if progress:
+        steps = tours_progress(steps, label or "training", total=train_cfg.steps,
+                               status=lambda: f"loss {history.loss[-1]:.3f}")
     start = time.perf_counter()
-    for step, batch in zip(range(train_cfg.steps), batch_stream):
+    for step, batch in steps:
         history.loss.append(stepper.step(batch))
         last = step == train_cfg.steps - 1
         if eval_batches and (step % eval_every == 0 or last):
@@ -208,44 +213,9 @@ def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batc
             for name, eval_batch in eval_batches.items():
                 for kind, value in loss_by_kind(stepper, eval_batch).items():
                     history.evals[name][kind].append(value)
-        bar.update(step + 1, history.loss[-1])
         if not math.isfinite(history.loss[-1]):
-            bar.close()
             raise FloatingPointError(f"training loss became {history.loss[-1]} at step {step}")
     history.seconds = time.perf_counter() - start
-    bar.close()
     if len(history.loss) < train_cfg.steps:
         raise ValueError(f"batch_stream ran out after {len(history.loss)} of {train_cfg.steps} steps")
     return history
-
-
-class ProgressBar:
-    """A one-line text progress bar with the latest loss, the speed and the time left."""
-
-    def __init__(self, total: int, enabled: bool = True, width: int = 30, stream=None, label: str = ""):
-        self.total = total
-        self.label = f"{label} " if label else ""
-        self.enabled = enabled
-        self.width = width
-        self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
-        self.last_draw = 0.0
-
-    def update(self, done: int, loss: float):
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last_draw < 0.2 and done < self.total):
-            return
-        self.last_draw = now
-        elapsed = now - self.start
-        filled = int(self.width * done / self.total)
-        per_step = elapsed / done
-        self.stream.write(
-            f"\r{self.label}[{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} "
-            f"loss {loss:.3f}  {1e3 * per_step:.1f} ms/step  {per_step * (self.total - done):.0f} s left "
-        )
-        self.stream.flush()
-
-    def close(self):
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
