@@ -5,6 +5,7 @@ from .block import TransformerBlock
 from .config import TransformerConfig
 from .embedding import TokenEmbedding
 from .feedforward import FeedForward
+from .hooked import ActivationCache, hook_name
 from .layernorm import LayerNorm
 from .loss import CrossEntropyLoss
 from .model import Transformer
@@ -14,6 +15,7 @@ from .unembed import Unembed
 from .weights import load_weights, save_weights
 
 __all__ = [
+    "ActivationCache",
     "CrossEntropyLoss",
     "FeedForward",
     "HookPoint",
@@ -28,6 +30,7 @@ __all__ = [
     "TransformerBlock",
     "TransformerConfig",
     "Unembed",
+    "hook_name",
     "load_weights",
     "save_weights",
 ]

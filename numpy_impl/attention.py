@@ -64,18 +64,18 @@ class MultiHeadAttention(Module):
         # softmax over keys; subtracting the row max changes nothing but keeps exp finite
         scores_max = scores.max(axis=-1, keepdims=True)  # [batch, head, q_pos, 1]
         exp = np.exp(scores - scores_max)  # [batch, head, q_pos, k_pos]; masked keys give exp(-inf) = 0
-        pattern = exp / exp.sum(axis=-1, keepdims=True)  # [batch, head, q_pos, k_pos]
-        pattern = self.hook_pattern(pattern)
+        probs = exp / exp.sum(axis=-1, keepdims=True)  # [batch, head, q_pos, k_pos]
+        pattern = self.hook_pattern(probs)  # [batch, head, q_pos, k_pos]; probs, unless a hook edits it
         z = (pattern @ v_h).transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         z = self.hook_z(z)
         out = np.einsum("bphd,hdm->bpm", z, self.W_O.data, optimize=True) + self.b_O.data  # [batch, pos, d_model]
-        self.cache = (x, q_h, k_h, v_h, pattern, z)
+        self.cache = (x, q_h, k_h, v_h, probs, pattern, z)
         return out
 
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into every W_* and b_* grad."""
         check_forward_done(self.cache, "MultiHeadAttention")
-        x, q_h, k_h, v_h, pattern, z = self.cache
+        x, q_h, k_h, v_h, probs, pattern, z = self.cache
         check_grad(dout, "dout", x.shape)
         # EXERCISE BEGIN
         pos = x.shape[1]
@@ -88,9 +88,10 @@ class MultiHeadAttention(Module):
         dz_h = dz.transpose(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         dpattern = dz_h @ v_h.swapaxes(-1, -2)  # [batch, head, q_pos, k_pos]
         dv_h = pattern.swapaxes(-1, -2) @ dz_h  # [batch, head, k_pos, d_head]
-        dpattern = self.hook_pattern.backward(dpattern)
-        # forward: pattern = softmax(scores)  (its Jacobian-vector product, row by row)
-        dscores = pattern * (dpattern - (dpattern * pattern).sum(axis=-1, keepdims=True))  # [batch, head, q_pos, k_pos]
+        # forward: pattern = hook_pattern(probs)
+        dprobs = self.hook_pattern.backward(dpattern)  # [batch, head, q_pos, k_pos]
+        # forward: probs = softmax(scores)  (its Jacobian-vector product, row by row)
+        dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))  # [batch, head, q_pos, k_pos]
         dscores = self.hook_attn_scores.backward(dscores)
         # forward: scores = where(mask, scores, -inf)
         if self.cfg.causal:

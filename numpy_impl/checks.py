@@ -82,6 +82,20 @@ def check_forward_done(cache, component: str):
         raise ValueError(f"{component}.backward() called before {component}.forward()")
 
 
+def check_hook_result(result, expected_shape, hook_name):
+    """What a hook returns replaces the activation (or gradient), so it must have its shape."""
+    if not hasattr(result, "shape"):
+        raise TypeError(
+            f"hook on {hook_name!r} must return None or an array shaped {tuple(expected_shape)}, "
+            f"got {type(result).__name__}"
+        )
+    if tuple(result.shape) != tuple(expected_shape):
+        raise ValueError(
+            f"hook on {hook_name!r} returned shape {tuple(result.shape)}; the activation's shape is "
+            f"{tuple(expected_shape)}"
+        )
+
+
 def check_loss_inputs(logits, targets, weights):
     """logits [batch, pos, d_vocab] float; targets [batch, pos] ids in [0, d_vocab); weights like targets, >= 0."""
     if not hasattr(logits, "shape") or not hasattr(logits, "dtype") or not _is_float(logits):

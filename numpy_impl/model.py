@@ -14,6 +14,7 @@ from .block import TransformerBlock
 from .checks import check_forward_done, check_grad, check_tokens
 from .config import TransformerConfig
 from .embedding import TokenEmbedding
+from .hooked import HookedMixin
 from .layernorm import LayerNorm
 from .module import HookPoint, Module
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
@@ -21,7 +22,7 @@ from .unembed import Unembed
 from .weights import load_weights, save_weights
 
 
-class Transformer(Module):
+class Transformer(HookedMixin, Module):
     """A decoder-style (or, with causal=False and unembed=False, encoder-style) transformer."""
 
     def __init__(self, cfg, seed=0):

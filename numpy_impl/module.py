@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import check_hook_result
+
 
 class Parameter:
     """A trainable array and its gradient (same shape, accumulated by ``backward``)."""
@@ -133,10 +135,11 @@ class HookLists:
             self.bwd_hooks = []
 
     def _run(self, hooks, x):
-        """Pass x through each hook in turn; a hook that returns something replaces x."""
+        """Pass x through each hook in turn; a hook that returns something (of x's shape) replaces x."""
         for fn in hooks:
             result = fn(x, self)
             if result is not None:
+                check_hook_result(result, x.shape, self.name)
                 x = result
         return x
 
@@ -144,17 +147,40 @@ class HookLists:
 class HookPoint(Module, HookLists):
     """An identity placed at a named point of the forward pass, to read or replace it.
 
-    ``forward`` passes the activation through each forward hook ``fn(activation, hook)``;
-    a hook that returns an array replaces the activation. ``backward`` does the same with
-    the gradient arriving at this point, so backward hooks see (and may edit) what the
-    hand-written backward computes there. The name is set by the model that owns it.
+    ``forward`` hands each forward hook ``fn(activation, hook)`` a copy of the activation; a
+    hook may edit it in place or return a replacement. ``backward`` runs each backward hook
+    ``fn(grad, hook)`` on the gradient the hand-written backward computes here (the gradient
+    with respect to the activation as the rest of the model used it), then applies the rule
+    that both twins follow for edited activations:
+
+        entries a forward hook changed are constants: no gradient flows past them;
+        entries it left unchanged pass their gradient through untouched.
+
+    For hooks that overwrite entries with values that do not depend on the activation (zero
+    or mean ablation, patching in another run's activation) this is exactly what autograd
+    gives; for any other hook it is the documented rule, so the twins agree whatever the hook
+    does. The name is set by the model that owns it.
     """
 
     def __init__(self):
         self._init_hooks()
+        self.changed = None  # bool array like the activation: where the forward hooks changed it
 
     def forward(self, x):
-        return self._run(self.fwd_hooks, x)
+        self.changed = None
+        if not self.fwd_hooks:
+            return x
+        # hooks get a copy, so they may edit it in place; x stays as computed
+        hooked = np.asarray(self._run(self.fwd_hooks, np.array(x, copy=True)), dtype=x.dtype)
+        changed = hooked != x  # like x: True where a hook changed the value
+        if not changed.any():
+            return x
+        self.changed = changed
+        return hooked
 
     def backward(self, dx):
-        return self._run(self.bwd_hooks, dx)
+        dx = np.asarray(self._run(self.bwd_hooks, dx), dtype=dx.dtype)
+        if self.changed is not None:
+            # forward: hooked = where(changed, hook's value, x); the hook's values are constants
+            dx = np.where(self.changed, 0.0, dx)  # like x
+        return dx

@@ -67,8 +67,8 @@ class MultiHeadAttention(nn.Module):
         # softmax over keys; subtracting the row max changes nothing but keeps exp finite
         scores_max = scores.max(dim=-1, keepdim=True).values.detach()  # [batch, head, q_pos, 1]; a constant shift
         exp = torch.exp(scores - scores_max)  # [batch, head, q_pos, k_pos]; masked keys give exp(-inf) = 0
-        pattern = exp / exp.sum(dim=-1, keepdim=True)  # [batch, head, q_pos, k_pos]
-        pattern = self.hook_pattern(pattern)
+        probs = exp / exp.sum(dim=-1, keepdim=True)  # [batch, head, q_pos, k_pos]
+        pattern = self.hook_pattern(probs)  # [batch, head, q_pos, k_pos]; probs, unless a hook edits it
         z = (pattern @ v_h).permute(0, 2, 1, 3)  # [batch, pos, head, d_head]
         z = self.hook_z(z)
         out = torch.einsum("bphd,hdm->bpm", z, self.W_O) + self.b_O  # [batch, pos, d_model]

@@ -18,13 +18,14 @@ from numpy_impl.weights import load_weights, save_weights
 
 from .block import TransformerBlock
 from .embedding import TokenEmbedding
+from .hooked import HookedMixin
 from .layernorm import LayerNorm
 from .module import HookPoint, default_rng
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
 
 
-class Transformer(nn.Module):
+class Transformer(HookedMixin, nn.Module):
     """A decoder-style (or, with causal=False and unembed=False, encoder-style) transformer."""
 
     def __init__(self, cfg, seed=0):

@@ -28,10 +28,16 @@ def default_rng(rng=None):
 class HookPoint(nn.Module, HookLists):
     """An identity placed at a named point of the forward pass, to read or replace it.
 
-    ``forward`` passes the activation through each forward hook ``fn(activation, hook)``;
-    a hook that returns a tensor replaces the activation. Backward hooks ``fn(grad, hook)``
-    are attached to the activation's gradient, so autograd calls them where the NumPy
-    reference calls ``HookPoint.backward``. The name is set by the model that owns it.
+    ``forward`` hands each forward hook ``fn(activation, hook)`` a detached copy of the
+    activation; a hook may edit it in place or return a replacement. Backward hooks
+    ``fn(grad, hook)`` are attached to the activation the rest of the model uses, so autograd
+    calls them where the NumPy reference calls ``HookPoint.backward``. Edited activations follow
+    the reference's rule (see ``numpy_impl/module.py``):
+
+        entries a forward hook changed are constants: no gradient flows past them;
+        entries it left unchanged pass their gradient through untouched.
+
+    The name is set by the model that owns it.
     """
 
     def __init__(self):
@@ -39,10 +45,17 @@ class HookPoint(nn.Module, HookLists):
         self._init_hooks()
 
     def forward(self, x):
-        x = self._run(self.fwd_hooks, x)
-        if self.bwd_hooks and x.requires_grad:
+        if self.fwd_hooks:
+            # hooks get a detached copy, so they may edit it in place; x keeps its autograd history
+            hooked = torch.as_tensor(self._run(self.fwd_hooks, x.detach().clone()), dtype=x.dtype).detach()
+            changed = hooked != x.detach()  # like x: True where a hook changed the value
+            if changed.any():
+                x = torch.where(changed, hooked, x)  # the hook's values are constants: no gradient reaches x there
+        if self.bwd_hooks and torch.is_grad_enabled():
+            if not x.requires_grad:
+                x = x.detach().requires_grad_()  # a constant (the sinusoidal table): a leaf, so it has a gradient
             x.register_hook(self.backward)
         return x
 
     def backward(self, dx):
-        return self._run(self.bwd_hooks, dx)
+        return torch.as_tensor(self._run(self.bwd_hooks, dx), dtype=dx.dtype)

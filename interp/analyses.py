@@ -1,0 +1,243 @@
+"""Logit lens, direct logit attribution and head ablation, written once for both twins.
+
+Axes: batch, pos (sequence position), layer, head, d_head, d_model, d_vocab.
+
+Each function takes a model of either twin and int tokens [batch, pos]; it reads activations
+through ``run_with_cache`` or edits them through ``run_with_hooks`` and does the rest in NumPy.
+"Next token" means what the model is trained on: position p predicts tokens[:, p + 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .common import check_model, check_token_array, native_like, next_token_loss, run_cache, run_hooked, weights
+
+
+def _layer_norm(x, w, b, eps=1e-5):
+    """The model's LayerNorm (DESIGN: biased variance, eps inside the root) on an ndarray."""
+    centered = x - x.mean(axis=-1, keepdims=True)  # [..., d_model]
+    scale = np.sqrt((centered**2).mean(axis=-1, keepdims=True) + eps)  # [..., 1]
+    return centered / scale * w + b  # [..., d_model]
+
+
+def _log_softmax(logits):
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # [..., d_vocab]
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # [..., d_vocab]
+
+
+# ---------------------------------------------------------------------------------------------
+# Logit lens (nostalgebraist, 2020)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LogitLens:
+    """What the unembedding reads from the residual stream after each layer.
+
+    labels:          "embed", "after L0", ..., one per residual state (n_layers + 1)
+    logits:          [n_layers + 1, batch, pos, d_vocab]; the last equals the model's output
+    next_logprob:    [n_layers + 1, batch, pos - 1] log-probability of the true next token
+    next_top1:       [n_layers + 1] fraction of positions whose top logit is the true next token
+    """
+
+    labels: list
+    logits: np.ndarray
+    next_logprob: np.ndarray
+    next_top1: np.ndarray
+
+    @property
+    def mean_next_logprob(self):
+        """[n_layers + 1]: next_logprob averaged over batch and positions."""
+        return self.next_logprob.mean(axis=(1, 2))
+
+
+def logit_lens(model, tokens):
+    """Unembed the residual stream after every layer: resid -> ln_final -> W_U, b_U.
+
+    The residual states are ``blocks.0.hook_resid_pre`` (the embeddings), then each block's
+    ``hook_resid_post``. In a pre-norm model each state gets ``ln_final`` with its own mean and
+    scale (the usual logit lens; TransformerLens's ``accumulated_resid(apply_ln=True)`` instead
+    reuses the final position's cached scale); post-norm and un-normalised models unembed directly.
+    """
+    check_model(model)
+    cfg = model.cfg
+    if not cfg.unembed:
+        raise ValueError("logit_lens needs a model with an unembedding (cfg.unembed=True)")
+    tokens = check_token_array(tokens, cfg)
+    if tokens.shape[1] < 2:
+        raise ValueError("tokens need at least 2 positions (position p predicts token p + 1)")
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(cfg.n_layers)]
+    _, cache = run_cache(model, tokens, names_filter=names)
+    w = weights(model)
+    resid = np.stack([cache[name] for name in names])  # [n_layers + 1, batch, pos, d_model]
+    if cfg.normalization == "pre":
+        resid = _layer_norm(resid, w["ln_final.w"], w["ln_final.b"])  # [n_layers + 1, batch, pos, d_model]
+    logits = resid @ w["unembed.W_U"] + w["unembed.b_U"]  # [n_layers + 1, batch, pos, d_vocab]
+    log_probs = _log_softmax(logits[:, :, :-1])  # [n_layers + 1, batch, pos - 1, d_vocab]
+    targets = tokens[:, 1:]  # [batch, pos - 1]
+    next_logprob = np.take_along_axis(log_probs, np.broadcast_to(targets[None, ..., None], log_probs.shape[:-1] + (1,)), axis=-1)[..., 0]
+    next_top1 = (log_probs.argmax(axis=-1) == targets).mean(axis=(1, 2))  # [n_layers + 1]
+    labels = ["embed"] + [f"after L{i}" for i in range(cfg.n_layers)]
+    return LogitLens(labels, logits, next_logprob, next_top1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Direct logit attribution
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LogitAttribution:
+    """How much each component writes, directly, into a logit (or a logit difference).
+
+    components:        [n_components] mean direct effect of each labelled component
+    component_labels:  "embed", "pos_embed", "L0 attn", "L0 mlp", ... (attn includes b_O)
+    heads:             [n_layers, n_heads] mean direct effect of each head (z_h W_O[h])
+    bias:              the constant part (ln_final.b and b_U), not written by any component
+    logit:             the mean actual logit (difference); components.sum() + bias equals it
+    """
+
+    components: np.ndarray
+    component_labels: list
+    heads: np.ndarray
+    bias: float
+    logit: float
+
+
+def _targets(tokens, d_vocab, answer, wrong):
+    """(positions read, answer ids [batch, n], wrong ids [batch, n] or None) for a logit (difference)."""
+    batch, pos = tokens.shape
+    if answer is None:
+        if wrong is not None:
+            raise ValueError("wrong needs answer: pass the answer tokens too")
+        if pos < 2:
+            raise ValueError("tokens need at least 2 positions (position p predicts token p + 1)")
+        return slice(0, pos - 1), tokens[:, 1:], None
+    answer = _token_ids(answer, batch, d_vocab, "answer")[:, None]  # [batch, 1]
+    if wrong is not None:
+        wrong = _token_ids(wrong, batch, d_vocab, "wrong")[:, None]  # [batch, 1]
+    return slice(pos - 1, pos), answer, wrong
+
+
+def _read_logits(logits, answer, wrong):
+    """logits [batch, n, d_vocab] -> logit[answer] (- logit[wrong]) [batch, n]."""
+    value = np.take_along_axis(logits, answer[..., None], axis=-1)[..., 0]  # [batch, n]
+    if wrong is not None:
+        value = value - np.take_along_axis(logits, wrong[..., None], axis=-1)[..., 0]  # [batch, n]
+    return value
+
+
+def _token_ids(ids, batch, d_vocab, name):
+    """An int or [batch] ints in [0, d_vocab) -> int ndarray [batch]."""
+    ids = np.broadcast_to(np.asarray(ids), (batch,)) if np.ndim(ids) == 0 else np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (batch,):
+        raise ValueError(f"{name} must be a token id or {batch} token ids (one per sequence), got {ids!r}")
+    if ids.min() < 0 or ids.max() >= d_vocab:
+        raise ValueError(f"{name} must lie in [0, d_vocab={d_vocab}), got {ids!r}")
+    return ids
+
+
+def direct_logit_attribution(model, tokens, answer=None, wrong=None):
+    """Split a logit into what each component writes directly into the residual stream.
+
+    The final residual stream is a sum: embed + pos_embed + sum over layers of (attn_out + mlp_out),
+    and attn_out = sum over heads of z_h W_O[h], plus b_O. Each piece is read by the unembedding
+    direction u = W_U[:, answer] (minus W_U[:, wrong] for a logit difference). In a pre-norm model
+    ln_final sits in between; with its cached scale held fixed it is linear (centre, divide by the
+    scale, multiply by w), so the pieces still add up exactly to the logit.
+
+    Default target: the true next token at every position. With ``answer`` (an id, or one per
+    sequence) and optionally ``wrong``: that logit (difference) at the last position.
+    Needs normalization "pre" or None (a post-norm stream is normalised after every block).
+    """
+    check_model(model)
+    cfg = model.cfg
+    if not cfg.unembed:
+        raise ValueError("direct_logit_attribution needs a model with an unembedding (cfg.unembed=True)")
+    if cfg.normalization == "post":
+        raise ValueError("direct_logit_attribution needs normalization 'pre' or None: a post-norm residual "
+                         "stream is re-normalised after every block, so it is not a sum of component outputs")
+    tokens = check_token_array(tokens, cfg)
+    w = weights(model)
+    positions, answer, wrong = _targets(tokens, cfg.d_vocab, answer, wrong)
+    W_U, b_U = w["unembed.W_U"], w["unembed.b_U"]
+    direction, constant = W_U.T[answer], b_U[answer]  # [batch, n, d_model], [batch, n]
+    if wrong is not None:
+        direction, constant = direction - W_U.T[wrong], constant - b_U[wrong]
+    out, cache = run_cache(model, tokens)
+    pieces = {"embed": cache["embed"], "pos_embed": cache["pos_embed"]}  # each [batch, pos, d_model]
+    head_outputs = []
+    for layer in range(cfg.n_layers):
+        z = cache["z", layer]  # [batch, pos, head, d_head]
+        head_outputs.append(np.einsum("bphd,hdm->bphm", z, w[f"blocks.{layer}.attn.W_O"]))  # [batch, pos, head, d_model]
+        pieces[f"L{layer} attn"] = cache["attn_out", layer]
+        if not cfg.attn_only:
+            pieces[f"L{layer} mlp"] = cache["mlp_out", layer]
+    if cfg.normalization == "pre":
+        scale = cache["ln_final.hook_scale"]  # [batch, pos, 1]
+        ln_w, ln_b = w["ln_final.w"], w["ln_final.b"]
+
+        def read(x):  # x [batch, pos, (head,) d_model] -> its direct effect [batch, n, (head)]
+            x = x[:, positions]
+            centered = x - x.mean(axis=-1, keepdims=True)
+            s = scale[:, positions] if x.ndim == 3 else scale[:, positions, :, None]
+            u = direction if x.ndim == 3 else direction[:, :, None]
+            return (centered / s * ln_w * u).sum(axis=-1)
+
+        bias = (ln_b * direction).sum(axis=-1) + constant  # [batch, n]
+    else:
+
+        def read(x):
+            x = x[:, positions]
+            u = direction if x.ndim == 3 else direction[:, :, None]
+            return (x * u).sum(axis=-1)
+
+        bias = constant  # [batch, n]
+    components = np.array([read(x).mean() for x in pieces.values()])  # [n_components]
+    heads = np.stack([read(h).mean(axis=(0, 1)) for h in head_outputs])  # [n_layers, n_heads]
+    logit = _read_logits(out[:, positions], answer, wrong)  # [batch, n]: what the model actually outputs
+    return LogitAttribution(components, list(pieces), heads, float(bias.mean()), float(logit.mean()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Head ablation
+# ---------------------------------------------------------------------------------------------
+
+
+def head_ablation(model, tokens, kind="zero", reference_tokens=None):
+    """[n_layers, n_heads]: next-token loss with one head ablated, minus the clean loss.
+
+    The head's output z_h (``hook_z``, before W_O) is replaced at every position by zero
+    (``kind="zero"``) or by its mean over the batch and positions of ``reference_tokens``
+    (``kind="mean"``; default: the same tokens). Positive = the model needs that head.
+    """
+    check_model(model)
+    cfg = model.cfg
+    if kind not in ("zero", "mean"):
+        raise ValueError(f"kind must be 'zero' or 'mean', got {kind!r}")
+    if not cfg.unembed:
+        raise ValueError("head_ablation measures the next-token loss: it needs cfg.unembed=True")
+    tokens = check_token_array(tokens, cfg)
+    if tokens.shape[1] < 2:
+        raise ValueError("tokens need at least 2 positions (position p predicts token p + 1)")
+    logits, _ = run_cache(model, tokens, names_filter=[])
+    clean = next_token_loss(logits, tokens)
+    if kind == "mean":
+        reference = tokens if reference_tokens is None else check_token_array(reference_tokens, cfg, "reference_tokens")
+        _, cache = run_cache(model, reference, names_filter=lambda name: name.endswith("hook_z"))
+        means = [cache["z", layer].mean(axis=(0, 1)) for layer in range(cfg.n_layers)]  # each [head, d_head]
+    change = np.zeros((cfg.n_layers, cfg.n_heads))  # [n_layers, n_heads]
+    for layer in range(cfg.n_layers):
+        for head in range(cfg.n_heads):
+            value = 0.0 if kind == "zero" else means[layer][head]  # [d_head] or a scalar
+
+            def ablate(z, hook, head=head, value=value):
+                z[:, :, head] = native_like(value, z)
+                return z
+
+            ablated = run_hooked(model, tokens, [(f"blocks.{layer}.attn.hook_z", ablate)])
+            change[layer, head] = next_token_loss(ablated, tokens) - clean
+    return change

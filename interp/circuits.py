@@ -1,0 +1,133 @@
+"""Reading heads from their weights alone: QK and OV circuits, copying and composition scores.
+
+Axes: d_vocab, n_ctx, d_model, head, d_head.
+
+Following "A Mathematical Framework for Transformer Circuits" (Elhage et al., 2021), with this
+project's right-multiplying weights (x @ W), a head is two low-rank matrices on the residual stream:
+
+    QK circuit  W_QK = W_Q[h] W_K[h]^T   [d_model, d_model]   score(q, k) = x_q W_QK x_k^T / sqrt(d_head)
+    OV circuit  W_OV = W_V[h] W_O[h]     [d_model, d_model]   what the head writes, per unit attention
+
+Composed with the embedding and unembedding, they become token-to-token tables:
+
+    full QK  W_E W_QK W_E^T        [d_vocab (query token), d_vocab (key token)]
+    pos QK   W_pos W_QK W_pos^T    [n_ctx (query position), n_ctx (key position)]
+    full OV  W_E W_OV W_U          [d_vocab (attended token), d_vocab (logit)]
+
+LayerNorm and biases are left out (as in the paper, and TransformerLens's unfolded ``OV`` / ``QK``):
+these read the weights, not a run, so they are exact for a model without LayerNorm and an
+approximation for one with it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from numpy_impl.positional import sinusoidal_table
+
+from .common import check_model, weights
+
+
+def _check_head(cfg, layer, head):
+    for name, value, limit in (("layer", layer, cfg.n_layers), ("head", head, cfg.n_heads)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < limit:
+            raise ValueError(f"{name} must be an int in [0, {limit}), got {value!r}")
+
+
+def qk_matrix(model, layer, head):
+    """W_Q[h] W_K[h]^T [d_model, d_model]."""
+    check_model(model)
+    _check_head(model.cfg, layer, head)
+    w = weights(model)
+    return w[f"blocks.{layer}.attn.W_Q"][head] @ w[f"blocks.{layer}.attn.W_K"][head].T  # [d_model, d_model]
+
+
+def ov_matrix(model, layer, head):
+    """W_V[h] W_O[h] [d_model, d_model]."""
+    check_model(model)
+    _check_head(model.cfg, layer, head)
+    w = weights(model)
+    return w[f"blocks.{layer}.attn.W_V"][head] @ w[f"blocks.{layer}.attn.W_O"][head]  # [d_model, d_model]
+
+
+def full_qk_circuit(model, layer, head):
+    """W_E W_QK W_E^T [d_vocab, d_vocab]: how much a query token wants to attend to a key token."""
+    W_E = weights(model)["embed.W_E"]
+    return W_E @ qk_matrix(model, layer, head) @ W_E.T  # [d_vocab, d_vocab]
+
+
+def positional_qk_circuit(model, layer, head):
+    """W_pos W_QK W_pos^T [n_ctx, n_ctx] (the sinusoidal table when positions are fixed)."""
+    cfg = model.cfg
+    if cfg.positional == "learned":
+        W_pos = weights(model)["pos_embed.W_pos"]  # [n_ctx, d_model]
+    else:
+        W_pos = sinusoidal_table(cfg.n_ctx, cfg.d_model)  # [n_ctx, d_model]
+    return W_pos @ qk_matrix(model, layer, head) @ W_pos.T  # [n_ctx, n_ctx]
+
+
+def full_ov_circuit(model, layer, head):
+    """W_E W_V[h] W_O[h] W_U [d_vocab, d_vocab]: row t = the logits the head adds when it attends to token t."""
+    check_model(model)
+    if not model.cfg.unembed:
+        raise ValueError("full_ov_circuit needs an unembedding (cfg.unembed=True)")
+    w = weights(model)
+    return w["embed.W_E"] @ ov_matrix(model, layer, head) @ w["unembed.W_U"]  # [d_vocab, d_vocab]
+
+
+def copying_score(matrix):
+    """sum(eigenvalues) / sum(|eigenvalues|) of a square matrix: +1 copies, -1 suppresses.
+
+    Elhage et al. (2021) read copying off the full OV circuit's eigenvalues: a head that raises
+    the logit of the token it attends to has positive ones. A zero matrix scores 0.
+    """
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"matrix must be square, got shape {matrix.shape}")
+    eigenvalues = np.linalg.eigvals(matrix)
+    total = np.abs(eigenvalues).sum()
+    return 0.0 if total == 0 else float(eigenvalues.sum().real / total)
+
+
+def copying_scores(model):
+    """[n_layers, n_heads]: copying_score of every head's full OV circuit."""
+    cfg = check_model(model).cfg
+    return np.array([[copying_score(full_ov_circuit(model, layer, head)) for head in range(cfg.n_heads)]
+                     for layer in range(cfg.n_layers)])
+
+
+def composition_score(left, right):
+    """||left @ right||_F / (||left||_F ||right||_F), 0 when either is zero (Elhage et al. 2021)."""
+    denominator = np.linalg.norm(left) * np.linalg.norm(right)
+    return 0.0 if denominator == 0 else float(np.linalg.norm(left @ right) / denominator)
+
+
+COMPOSITION_KINDS = ("q", "k", "v")
+
+
+def composition_scores(model, kind, layer_from=0, layer_to=1):
+    """[n_heads (earlier head A), n_heads (later head B)]: how much B reads what A writes.
+
+    kind "q": A's output feeds B's queries     score(W_OV^A, W_QK^B)
+    kind "k": A's output feeds B's keys        score(W_OV^A, (W_QK^B)^T)
+    kind "v": A's output feeds B's values      score(W_OV^A, W_OV^B)
+    Random matrices already score about 1/sqrt(d_model); read the numbers against that baseline.
+    """
+    cfg = check_model(model).cfg
+    if kind not in COMPOSITION_KINDS:
+        raise ValueError(f"kind must be one of {COMPOSITION_KINDS}, got {kind!r}")
+    if not (isinstance(layer_from, int) and isinstance(layer_to, int) and 0 <= layer_from < layer_to < cfg.n_layers):
+        raise ValueError(f"layer_from and layer_to must satisfy 0 <= layer_from < layer_to < n_layers={cfg.n_layers}, "
+                         f"got {layer_from!r} and {layer_to!r}")
+    scores = np.zeros((cfg.n_heads, cfg.n_heads))  # [head A, head B]
+    for a in range(cfg.n_heads):
+        left = ov_matrix(model, layer_from, a)  # [d_model, d_model]
+        for b in range(cfg.n_heads):
+            if kind == "q":
+                right = qk_matrix(model, layer_to, b)
+            elif kind == "k":
+                right = qk_matrix(model, layer_to, b).T
+            else:
+                right = ov_matrix(model, layer_to, b)
+            scores[a, b] = composition_score(left, right)
+    return scores

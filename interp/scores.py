@@ -1,0 +1,126 @@
+"""Attention-head scores per [layer, head]: previous-token, duplicate-token and induction.
+
+Axes: batch, layer, head, q_pos / k_pos (query and key positions).
+
+Each score follows TransformerLens's head detector: a 0/1 "detection pattern" marks, for every
+query position, the key positions a head of that kind attends to, and the score is the
+attention mass the head puts there. For query q with tokens t:
+
+    previous-token:   key q - 1
+    duplicate-token:  every earlier key k < q with t[k] == t[q]
+    induction:        every key k < q whose predecessor matches, t[k - 1] == t[q]
+
+    score = mean over (batch, queries with at least one such key) of sum_k pattern[q, k] * target[q, k]
+
+so a head that always attends to its targets scores 1 and one that never does scores 0.
+On repeated random tokens ``[r_1 .. r_n, r_1 .. r_n]`` (no repeats inside a half) the duplicate
+and induction targets are the single stripes k = q - n and k = q - n + 1 of TransformerLens's
+induction demo, averaged over the second half; queries without a target (the first half, and
+query 0 for previous-token) are left out instead of counting as zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from numpy_impl.hooked import ActivationCache
+
+from .common import check_token_array, default_repeated_tokens, head_patterns, is_model, run_cache
+
+KINDS = ("previous_token", "duplicate_token", "induction")
+
+
+def previous_token_targets(tokens):
+    """[batch, q_pos, k_pos] bool: key q - 1 for every query q >= 1."""
+    batch, pos = tokens.shape
+    q, k = np.arange(pos)[:, None], np.arange(pos)[None, :]  # [pos, 1], [1, pos]
+    return np.broadcast_to(k == q - 1, (batch, pos, pos))  # [batch, q_pos, k_pos]
+
+
+def duplicate_token_targets(tokens):
+    """[batch, q_pos, k_pos] bool: earlier keys holding the query's token."""
+    pos = tokens.shape[1]
+    same = tokens[:, :, None] == tokens[:, None, :]  # [batch, q_pos, k_pos]
+    earlier = np.tril(np.ones((pos, pos), dtype=bool), k=-1)  # [q_pos, k_pos]: k < q
+    return same & earlier  # [batch, q_pos, k_pos]
+
+
+def induction_targets(tokens):
+    """[batch, q_pos, k_pos] bool: earlier keys whose previous token is the query's token."""
+    duplicate = duplicate_token_targets(tokens)  # [batch, q_pos, k_pos]: t[k] == t[q], k < q
+    shifted = np.zeros_like(duplicate)  # [batch, q_pos, k_pos]
+    shifted[:, :, 1:] = duplicate[:, :, :-1]  # target k when t[k - 1] == t[q], k - 1 < q
+    earlier = np.tril(np.ones(duplicate.shape[1:], dtype=bool), k=-1)  # [q_pos, k_pos]: k < q
+    return shifted & earlier  # [batch, q_pos, k_pos]
+
+
+TARGETS = {"previous_token": previous_token_targets, "duplicate_token": duplicate_token_targets,
+           "induction": induction_targets}
+
+
+def pattern_scores(patterns, targets):
+    """patterns [..., batch, head, q_pos, k_pos], targets [batch, q_pos, k_pos] bool -> [..., head].
+
+    The attention mass on the targets, averaged over (batch, queries that have a target).
+    """
+    patterns, targets = np.asarray(patterns), np.asarray(targets, dtype=bool)
+    if patterns.ndim < 4 or patterns.shape[-4] != targets.shape[0] or patterns.shape[-2:] != targets.shape[1:]:
+        raise ValueError(f"patterns [..., batch, head, q_pos, k_pos] {patterns.shape} do not match "
+                         f"targets [batch, q_pos, k_pos] {targets.shape}")
+    has_target = targets.any(axis=-1)  # [batch, q_pos]
+    if not has_target.any():
+        raise ValueError("tokens: no query position has a target key (e.g. no token repeats); "
+                         "use repeated random tokens")
+    mass = (patterns * targets[:, None]).sum(axis=-1)  # [..., batch, head, q_pos]
+    return (mass * has_target[:, None]).sum(axis=(-3, -1)) / has_target.sum()  # [..., head]
+
+
+def head_scores(source, kind, tokens=None, batch=16, seed=0):
+    """[n_layers, n_heads] score of ``kind`` ("previous_token", "duplicate_token" or "induction").
+
+    ``source`` is a model of either twin, or an ``ActivationCache`` holding every layer's
+    ``hook_pattern``. With a model and no ``tokens``, it runs on ``batch`` sequences of repeated
+    random tokens filling the context (``interp.common.default_repeated_tokens``, ``seed``).
+    With a cache, ``tokens`` default to the ones the cache was made from.
+    """
+    return all_head_scores(source, tokens, batch=batch, seed=seed, kinds=(kind,))[kind]
+
+
+def all_head_scores(source, tokens=None, batch=16, seed=0, kinds=KINDS):
+    """{kind: [n_layers, n_heads]} for several kinds from one run (see ``head_scores``)."""
+    unknown = [kind for kind in kinds if kind not in TARGETS]
+    if unknown:
+        raise ValueError(f"kind must be one of {KINDS}, got {unknown[0]!r}")
+    if is_model(source):
+        if tokens is None:
+            tokens = default_repeated_tokens(source.cfg, batch=batch, seed=seed)
+        tokens = check_token_array(tokens, source.cfg)
+        _, cache = run_cache(source, tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+    elif isinstance(source, ActivationCache):
+        cache = source
+        if tokens is None:
+            if cache.tokens is None:
+                raise ValueError("tokens: this cache does not record its tokens; pass tokens")
+            tokens = cache.tokens
+        tokens = check_token_array(tokens, cache.cfg)
+    else:
+        raise TypeError(f"source must be a Transformer of either twin or an ActivationCache, got {type(source).__name__}")
+    patterns = head_patterns(cache)  # [layer, batch, head, q_pos, k_pos]
+    if patterns.shape[1] != tokens.shape[0] or patterns.shape[-1] != tokens.shape[1]:
+        raise ValueError(f"tokens {tokens.shape} do not match the cached patterns' [batch, pos] {patterns.shape[1:4:2]}")
+    return {kind: pattern_scores(patterns, TARGETS[kind](tokens)) for kind in kinds}
+
+
+def previous_token_scores(source, tokens=None, batch=16, seed=0):
+    """[n_layers, n_heads]: attention to the previous position (1 = a perfect previous-token head)."""
+    return head_scores(source, "previous_token", tokens, batch, seed)
+
+
+def duplicate_token_scores(source, tokens=None, batch=16, seed=0):
+    """[n_layers, n_heads]: attention to earlier copies of the current token."""
+    return head_scores(source, "duplicate_token", tokens, batch, seed)
+
+
+def induction_scores(source, tokens=None, batch=16, seed=0):
+    """[n_layers, n_heads]: attention to the token after an earlier copy of the current token."""
+    return head_scores(source, "induction", tokens, batch, seed)

@@ -1,0 +1,350 @@
+"""Hook points, caches and activation gradients: the same names, shapes and numbers in both twins.
+
+Parity is measured as in helpers.py: max |numpy - torch| / max |torch| per tensor, 1e-12 in float64.
+Attention scores hold -inf where the causal mask hides a key: the masks must match exactly and the
+finite entries are compared.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import numpy_impl as npi
+import torch_impl as pti
+from numpy_impl import hook_name
+from parity_tests.helpers import TOL, randomize, rel_err, to_numpy
+from parity_tests.interp_helpers import twin_of
+
+B, P = 3, 6
+
+
+def make_pair(dtype="float64", **overrides):
+    fields = dict(d_vocab=11, d_model=12, n_heads=3, d_head=5, d_mlp=16, n_layers=2, n_ctx=P, dtype=dtype)
+    fields.update(overrides)
+    model = npi.Transformer(npi.TransformerConfig(**fields), seed=0)
+    randomize(model, 1)
+    return model, twin_of(model)
+
+
+def expected_hooks(cfg):
+    """DESIGN.md's hook names and shapes, written out here (not taken from the code under test)."""
+    d, h, dh = cfg.d_model, cfg.n_heads, cfg.d_head
+    names = {"hook_embed": (B, P, d), "hook_pos_embed": (B, P, d)}
+    ln = lambda prefix: {f"{prefix}.hook_scale": (B, P, 1), f"{prefix}.hook_normalized": (B, P, d)}  # noqa: E731
+    for i in range(cfg.n_layers):
+        names[f"blocks.{i}.hook_resid_pre"] = (B, P, d)
+        if cfg.normalization is not None:
+            names.update(ln(f"blocks.{i}.ln1"))
+        for x in "qkvz":
+            names[f"blocks.{i}.attn.hook_{x}"] = (B, P, h, dh)
+        names[f"blocks.{i}.attn.hook_attn_scores"] = (B, h, P, P)
+        names[f"blocks.{i}.attn.hook_pattern"] = (B, h, P, P)
+        names[f"blocks.{i}.hook_attn_out"] = (B, P, d)
+        if not cfg.attn_only:
+            names[f"blocks.{i}.hook_resid_mid"] = (B, P, d)
+            if cfg.normalization is not None:
+                names.update(ln(f"blocks.{i}.ln2"))
+            names[f"blocks.{i}.mlp.hook_pre"] = (B, P, cfg.d_mlp)
+            names[f"blocks.{i}.mlp.hook_post"] = (B, P, cfg.d_mlp)
+            names[f"blocks.{i}.hook_mlp_out"] = (B, P, d)
+        names[f"blocks.{i}.hook_resid_post"] = (B, P, d)
+    if cfg.normalization == "pre":
+        names.update(ln("ln_final"))
+    return names
+
+
+def parity(name, a, b, dtype):
+    a, b = to_numpy(a), to_numpy(b)
+    if "attn_scores" in name and not name.endswith("_grad"):
+        assert np.array_equal(np.isneginf(a), np.isneginf(b)), f"{name}: masks differ"
+        keep = np.isfinite(b)
+        a, b = a[keep], b[keep]
+    err = rel_err(a, b)
+    assert err <= TOL[dtype], f"{name}: relative error {err:.3e} > {TOL[dtype]:.0e}"
+    return err
+
+
+CONFIGS = list(itertools.product(["pre", "post", None], [False, True], ["learned", "sinusoidal"], [True, False]))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("norm,attn_only,positional,causal", CONFIGS)
+def test_every_hook_cached_with_equal_activations_and_gradients(norm, attn_only, positional, causal, dtype):
+    model, twin = make_pair(dtype, normalization=norm, attn_only=attn_only, positional=positional, causal=causal)
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(0, 11, (B, P))
+    dout = rng.standard_normal((B, P, 11)).astype(dtype)  # random upstream gradient
+    out, cache = model.run_with_cache(tokens, incl_bwd=True, dout=dout)
+    out_t, cache_t = twin.run_with_cache(torch.from_numpy(tokens), incl_bwd=True, dout=dout)
+    expected = expected_hooks(model.cfg)
+    names = list(expected) + [name + "_grad" for name in expected]
+    assert set(cache.keys()) == set(names)
+    assert set(cache_t.keys()) == set(names)
+    for name in expected:
+        assert cache[name].shape == expected[name], name
+        assert tuple(cache_t[name].shape) == expected[name], name
+        assert cache[name + "_grad"].shape == expected[name], name
+    errors = {name: parity(name, cache[name], cache_t[name], dtype) for name in names}
+    assert max(errors.values()) <= TOL[dtype]
+    # the gradient at the residual stream's end is what the unembedding sends back (a hand check)
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post_grad"
+    if norm is None:
+        W_U = model.unembed.W_U.data
+        assert rel_err(cache[last], dout @ W_U.T) <= TOL[dtype]
+
+
+def test_default_gradient_is_the_next_token_loss():
+    """incl_bwd without dout differentiates the mean next-token cross-entropy, as torch computes it."""
+    model, twin = make_pair()
+    tokens = np.random.default_rng(0).integers(0, 11, (B, P))
+    _, cache = model.run_with_cache(tokens, incl_bwd=True)
+    twin.zero_grad()
+    _, cache_t = twin.run_with_cache(torch.from_numpy(tokens), names_filter="hook_embed")
+    logits = twin(torch.from_numpy(tokens))
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), torch.from_numpy(tokens[:, 1:]).reshape(-1))
+    loss.backward()
+    # d loss / d W_E from torch's own fused loss equals the NumPy model's accumulated W_E gradient
+    assert rel_err(model.embed.W_E.grad, twin.embed.W_E.grad) <= 1e-12
+    assert cache["embed_grad"].shape == (B, P, 12)
+
+
+def test_short_names_reach_the_same_entries():
+    model, _ = make_pair()
+    _, cache = model.run_with_cache(np.zeros((1, 4), dtype=np.int64), incl_bwd=True)
+    same = {
+        ("pattern", 1): "blocks.1.attn.hook_pattern",
+        ("attn", 1): "blocks.1.attn.hook_pattern",
+        ("resid_pre", 0): "blocks.0.hook_resid_pre",
+        ("q", 0, "attn"): "blocks.0.attn.hook_q",
+        ("scale", 1, "ln2"): "blocks.1.ln2.hook_scale",
+        ("normalized", 0, "ln1"): "blocks.0.ln1.hook_normalized",
+        ("post", 1): "blocks.1.mlp.hook_post",
+        ("resid_post", -1): "blocks.1.hook_resid_post",
+        ("pattern_grad", -1): "blocks.1.attn.hook_pattern_grad",
+        "embed": "hook_embed",
+        "scale": "ln_final.hook_scale",
+        "blocks.0.attn.hook_z": "blocks.0.attn.hook_z",
+    }
+    for key, full in same.items():
+        assert cache[key] is cache[full], key
+        assert key in cache
+    assert hook_name("k", 3, "a") == "blocks.3.attn.hook_k"
+    assert hook_name("mlp_out", 2) == "blocks.2.hook_mlp_out"
+
+
+def test_names_filter():
+    model, twin = make_pair()
+    tokens = np.zeros((1, 4), dtype=np.int64)
+    for m in (model, twin):
+        assert list(m.run_with_cache(tokens, names_filter="blocks.0.attn.hook_q")[1].keys()) == ["blocks.0.attn.hook_q"]
+        _, cache = m.run_with_cache(tokens, names_filter=["hook_embed", "scale"])
+        assert list(cache.keys()) == ["hook_embed", "ln_final.hook_scale"]
+        _, cache = m.run_with_cache(tokens, names_filter=lambda name: name.endswith("pattern"), incl_bwd=True)
+        assert list(cache.keys()) == [f"blocks.{i}.attn.hook_pattern{g}" for g in ("", "_grad") for i in (0, 1)]
+
+
+def test_run_with_hooks_replaces_and_removes():
+    model, twin = make_pair()
+    tokens = np.random.default_rng(1).integers(0, 11, (2, P))
+    for m, tok in ((model, tokens), (twin, torch.from_numpy(tokens))):
+        clean = to_numpy(m(tok))
+        seen = []
+        keep = lambda x, hook: None  # noqa: E731 - an outer hook that must survive
+        m.hook_dict["hook_embed"].add_hook(keep)
+        out = to_numpy(m.run_with_hooks(tok, fwd_hooks=[
+            ("blocks.1.hook_resid_post", lambda x, hook: x * 0),
+            (lambda name: name.endswith("hook_q"), lambda x, hook: seen.append(hook.name)),
+        ]))
+        # resid_post of the last block is zero -> logits are ln_final's bias through W_U, plus b_U
+        sd = {k: to_numpy(v) for k, v in m.state_dict().items()}
+        expected = sd["ln_final.b"] @ sd["unembed.W_U"] + sd["unembed.b_U"]
+        assert np.abs(out - expected).max() <= 1e-12
+        assert seen == ["blocks.0.attn.hook_q", "blocks.1.attn.hook_q"]
+        assert m.hook_dict["hook_embed"].fwd_hooks == [keep]
+        assert all(not p.fwd_hooks and not p.bwd_hooks for n, p in m.hook_dict.items() if n != "hook_embed")
+        m.hook_dict["hook_embed"].remove_hooks()
+        assert np.array_equal(to_numpy(m(tok)), clean)
+
+        def boom(x, hook):
+            raise RuntimeError("hook failed")
+
+        with pytest.raises(RuntimeError, match="hook failed"):
+            m.run_with_hooks(tok, fwd_hooks=[("blocks.0.hook_attn_out", boom)])
+        assert all(not p.fwd_hooks and not p.bwd_hooks for p in m.hook_dict.values())
+
+
+def ablate_head(head):
+    def hook(z, hook):
+        z[:, :, head] = 0.0
+        return z
+    return hook
+
+
+def test_edited_activation_changes_the_backward_alike_in_both():
+    """Zero head 1's z in layer 0: the rule makes the ablated entries constants.
+
+    Checked three ways: the twins agree on every activation gradient and every parameter
+    gradient; nothing reaches head 1's v, pattern or W_V (they only feed the ablated z); and the
+    NumPy parameter gradients match central finite differences of the hooked model's loss.
+    """
+    model, twin = make_pair()
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(0, 11, (B, P))
+    dout = rng.standard_normal((B, P, 11))
+    hooks = [("blocks.0.attn.hook_z", ablate_head(1))]
+    model.zero_grad()
+    twin.zero_grad()
+    with model.hooks(hooks):
+        _, cache = model.run_with_cache(tokens, incl_bwd=True, dout=dout)
+    with twin.hooks(hooks):
+        _, cache_t = twin.run_with_cache(torch.from_numpy(tokens), incl_bwd=True, dout=dout)
+    assert np.all(cache["z", 0][:, :, 1] == 0)
+    for name in cache.keys():
+        parity(name, cache[name], cache_t[name], "float64")
+    params_t = dict(twin.named_parameters())
+    largest = max(float(np.abs(p.grad).max()) for _, p in model.named_parameters())
+    for name, p in model.named_parameters():
+        scale = largest if name.endswith("b_K") else None  # b_K's exact gradient is zero (helpers.py)
+        assert rel_err(p.grad, params_t[name].grad, scale) <= 1e-12, name
+    for grads in (cache, cache_t):
+        assert np.all(to_numpy(grads["v_grad", 0])[:, :, 1] == 0)
+        assert np.all(to_numpy(grads["pattern_grad", 0])[:, 1] == 0)
+        assert np.abs(to_numpy(grads["v_grad", 0])[:, :, 0]).max() > 1e-3  # the other heads still learn
+        assert np.abs(to_numpy(grads["z_grad", 0])[:, :, 1]).max() > 1e-3  # recorded w.r.t. the replacement
+    assert np.all(model.blocks[0].attn.W_V.grad[1] == 0)
+    assert_finite_differences(model, tokens, dout, hooks, "blocks.0.attn.W_V")
+
+
+def assert_finite_differences(model, tokens, dout, hooks, param_name, n_entries=4):
+    """The NumPy gradient (hooks on) of sum(out * dout) against central differences, on a few entries."""
+    model.zero_grad()
+    model.run_with_hooks(tokens, fwd_hooks=hooks, dout=dout)
+    param = dict(model.named_parameters())[param_name]
+    rng = np.random.default_rng(0)
+    for _ in range(n_entries):
+        index = tuple(int(rng.integers(0, n)) for n in param.shape)
+        original = param.data[index]
+        values = []
+        for step in (1e-6, -1e-6):
+            param.data[index] = original + step
+            values.append(float((model.run_with_hooks(tokens, fwd_hooks=hooks) * dout).sum()))
+        param.data[index] = original
+        numeric = (values[0] - values[1]) / 2e-6
+        analytic = param.grad[index]
+        assert abs(numeric - analytic) / max(abs(numeric) + abs(analytic), 1e-12) < 1e-6, (param_name, index)
+
+
+def set_key0_attention(x, hook):
+    x[:, 0, :, 0] = 0.5  # head 0 gives half its attention to key 0 (rows no longer sum to 1)
+    return x
+
+
+def zero_some_neurons(x, hook):
+    x[..., ::3] = 0.0
+    return x
+
+
+def set_scale(x, hook):
+    x[:, 2] = 1.5
+    return x
+
+
+@pytest.mark.parametrize("hook_point,fn,param_name", [
+    ("blocks.0.attn.hook_pattern", set_key0_attention, "blocks.0.attn.W_Q"),
+    ("blocks.1.attn.hook_pattern", set_key0_attention, "blocks.1.attn.W_K"),
+    ("blocks.0.mlp.hook_post", zero_some_neurons, "blocks.0.mlp.W_in"),
+    ("blocks.1.ln1.hook_scale", set_scale, "blocks.0.mlp.W_out"),
+    ("blocks.0.attn.hook_attn_scores", lambda x, hook: np.where(np.isfinite(x), 0.0, x) if isinstance(x, np.ndarray)
+     else torch.where(torch.isfinite(x), 0.0, x), "blocks.0.attn.W_V"),
+])
+def test_constant_edits_give_the_true_gradient_of_the_edited_model(hook_point, fn, param_name):
+    """Overwriting entries with constants: the rule is then exact calculus, so the NumPy gradient
+    matches finite differences of the hooked model, and the twin matches the NumPy gradient."""
+    model, twin = make_pair()
+    rng = np.random.default_rng(8)
+    tokens = rng.integers(0, 11, (B, P))
+    dout = rng.standard_normal((B, P, 11))
+    hooks = [(hook_point, fn)]
+    assert_finite_differences(model, tokens, dout, hooks, param_name)
+    twin.zero_grad()
+    twin.run_with_hooks(torch.from_numpy(tokens), fwd_hooks=hooks, dout=dout)
+    largest = max(float(np.abs(p.grad).max()) for _, p in model.named_parameters())
+    for name, p in twin.named_parameters():
+        scale = largest if name.endswith("b_K") else None  # b_K's exact gradient is zero (helpers.py)
+        assert rel_err(dict(model.named_parameters())[name].grad, p.grad, scale) <= 1e-12, name
+
+
+def test_hook_that_depends_on_its_input_is_cut_in_both():
+    """A hook returning 2 * pattern changes every unmasked entry: all are constants to the
+    backward in both twins (autograd alone would pass 2 * the gradient)."""
+    model, twin = make_pair()
+    tokens = np.random.default_rng(3).integers(0, 11, (B, P))
+    dout = np.random.default_rng(4).standard_normal((B, P, 11))
+    hooks = [("blocks.1.attn.hook_pattern", lambda x, hook: 2 * x)]
+    with model.hooks(hooks):
+        _, cache = model.run_with_cache(tokens, incl_bwd=True, dout=dout)
+    with twin.hooks(hooks):
+        _, cache_t = twin.run_with_cache(torch.from_numpy(tokens), incl_bwd=True, dout=dout)
+    for grads in (cache, cache_t):
+        assert np.all(to_numpy(grads["attn_scores_grad", 1]) == 0)
+        assert np.abs(to_numpy(grads["pattern_grad", 1])).max() > 1e-3
+    for name in cache.keys():
+        parity(name, cache[name], cache_t[name], "float64")
+
+
+def test_backward_hooks_edit_the_gradient_alike():
+    """A backward hook that halves the gradient at resid_mid of layer 1 halves what reaches layer 0."""
+    model, twin = make_pair()
+    tokens = np.random.default_rng(6).integers(0, 11, (B, P))
+    dout = np.random.default_rng(7).standard_normal((B, P, 11))
+    grads = {}
+    for tag, m, tok in (("np", model, tokens), ("torch", twin, torch.from_numpy(tokens))):
+        for factor in (1.0, 0.5):
+            m.zero_grad()
+            m.run_with_hooks(tok, bwd_hooks=[("blocks.1.hook_resid_mid", lambda g, hook, f=factor: g * f)], dout=dout)
+            grads[tag, factor] = to_numpy(dict(m.named_parameters())["blocks.0.attn.W_Q"].grad).copy()
+    assert rel_err(grads["np", 0.5], 0.5 * grads["np", 1.0]) <= 1e-12
+    assert rel_err(grads["np", 0.5], grads["torch", 0.5]) <= 1e-12
+
+
+def test_bad_input_is_named():
+    model, twin = make_pair()
+    tokens = np.zeros((1, 4), dtype=np.int64)
+    for m in (model, twin):
+        with pytest.raises(ValueError, match="fwd_hooks"):
+            m.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_nothing", lambda x, h: x)])
+        with pytest.raises(TypeError, match="fwd_hooks"):
+            m.run_with_hooks(tokens, fwd_hooks=[("hook_embed", "not a function")])
+        with pytest.raises(TypeError, match="fwd_hooks"):
+            m.run_with_hooks(tokens, fwd_hooks=("hook_embed", print))
+        with pytest.raises(ValueError, match="returned shape"):
+            m.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda x, h: x[:, :2])])
+        assert all(not p.fwd_hooks for p in m.hook_dict.values())
+        with pytest.raises(ValueError, match="names_filter"):
+            m.run_with_cache(tokens, names_filter=["blocks.9.hook_resid_pre"])
+        with pytest.raises(TypeError, match="names_filter"):
+            m.run_with_cache(tokens, names_filter=3)
+        with pytest.raises(ValueError, match="dout"):
+            m.run_with_cache(tokens, incl_bwd=True, dout=np.zeros((1, 3, 11)))
+        with pytest.raises(ValueError, match="tokens"):
+            m.run_with_cache(np.full((1, 4), 99))
+        _, cache = m.run_with_cache(tokens)
+        with pytest.raises(KeyError):
+            cache["pattern", 7]
+        with pytest.raises(ValueError, match="needs a layer"):
+            cache["pattern"]
+        with pytest.raises(ValueError, match="incl_bwd"):
+            cache["pattern_grad", 0]
+        with pytest.raises(ValueError, match="ln1"):
+            cache["scale", 0]
+        with pytest.raises(TypeError):
+            cache[3]
+    encoder, _ = make_pair(unembed=False, causal=False)
+    with pytest.raises(ValueError, match="dout"):
+        encoder.run_with_cache(tokens, incl_bwd=True)
+    attn_only, _ = make_pair(attn_only=True)
+    _, cache = attn_only.run_with_cache(tokens)
+    with pytest.raises(ValueError, match="no such hook"):
+        cache["resid_mid", 0]

@@ -1,0 +1,77 @@
+"""The figures are written as readable PNGs, bad shapes are refused, and the walk-through runs."""
+
+import argparse
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from interp import (
+    direct_logit_attribution,
+    logit_lens,
+    plot_attention_grid,
+    plot_attention_head,
+    plot_attribution,
+    plot_composition,
+    plot_head_scores,
+    plot_logit_lens,
+    plot_matrix,
+    plot_patching,
+)
+from interp.common import run_cache
+from interp.handmade import bos_repeated_tokens
+from parity_tests.interp_helpers import handmade_pair, random_pair
+
+
+def assert_png(path, min_side=200):
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and min(image.shape[:2]) >= min_side, image.shape
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_every_plot_writes_a_png(tmp_path):
+    model, twin = random_pair()
+    tokens = np.random.default_rng(0).integers(0, 13, (2, 8))
+    _, cache = twin.run_with_cache(tokens)  # a torch cache: converted at the boundary
+    labels = [str(t) for t in tokens[0]]
+    assert_png(plot_attention_grid(cache, tmp_path / "grid.png", token_labels=labels))
+    assert_png(plot_attention_head(cache["pattern", 1][0, 2], tmp_path / "head.png", token_labels=labels))
+    assert_png(plot_head_scores(np.random.default_rng(1).random((2, 3)), tmp_path / "scores.png"))
+    assert_png(plot_head_scores(np.random.default_rng(1).standard_normal((2, 3)), tmp_path / "signed.png", diverging=True))
+    assert_png(plot_logit_lens(logit_lens(model, tokens), tmp_path / "lens.png"))
+    assert_png(plot_attribution(direct_logit_attribution(model, tokens), tmp_path / "dla.png"))
+    assert_png(plot_patching(np.random.default_rng(2).random((2, 8)), tmp_path / "patch.png", token_labels=labels))
+    grids = {k: np.random.default_rng(3).random((3, 3)) for k in "qkv"}
+    assert_png(plot_composition(grids, tmp_path / "comp.png", baseline=0.2))
+    assert_png(plot_matrix(np.eye(5), tmp_path / "matrix.png", "identity", "x", "y"))
+
+
+def test_plots_refuse_bad_shapes(tmp_path):
+    with pytest.raises(ValueError, match="n_layers, n_heads"):
+        plot_head_scores(np.zeros(3), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="q_pos, k_pos"):
+        plot_attention_head(np.zeros((2, 3, 3)), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="token_labels"):
+        plot_attention_head(np.zeros((3, 3)), tmp_path / "x.png", token_labels=["a"])
+    with pytest.raises(ValueError, match="n_layers, n_heads, q_pos, k_pos"):
+        plot_attention_grid(np.zeros((3, 3)), tmp_path / "x.png")
+    model, _ = handmade_pair()
+    _, cache = run_cache(model, bos_repeated_tokens(batch=1))
+    with pytest.raises(ValueError, match="batch_index"):
+        plot_attention_grid(cache, tmp_path / "x.png", batch_index=3)
+
+
+def test_the_walk_through_on_the_handmade_model(tmp_path, capsys):
+    from tours import interp as tour
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out")
+    tour.add_arguments(parser)
+    tour.run(parser.parse_args(["--out", str(tmp_path), "--model", "handmade"]))
+    text = capsys.readouterr().out
+    assert "induction        best L1H0 = 1.00" in text
+    assert "per head: L1H0 restores the most (1.00)" in text
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(pngs) == 15, pngs
+    for name in pngs:
+        assert_png(tmp_path / name, min_side=150)
