@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+import interp
 import numpy_impl
 from numpy_impl import TransformerConfig
 
@@ -51,6 +52,7 @@ SEQ_LEN = INDUCTION_CONFIG.n_ctx + 1  # tokens per training sequence: n_ctx inpu
 EVAL_SIZE = 64                        # sequences per evaluation batch during training
 FINAL_EVAL_SIZE = 512                 # sequences for the final held-out numbers
 SCORE_SEGMENT = 24                    # the scores' [r, r] sequences: 24 + 24 tokens, n_ctx exactly
+SCORE_SIZE = 128                      # sequences of repeated random tokens for the head scores
 
 
 @dataclass
@@ -95,8 +97,11 @@ def run_induction(seed: int = 0, out_dir: str = "outputs", steps: int | None = N
     history = train(stepper, train_cfg, SEQ_LEN, cfg.d_vocab, eval_batches=eval_batches,
                     eval_every=25, progress=progress, label="NumPy")
     final = loss_by_kind(stepper, heldout_batch(eval_rng, FINAL_EVAL_SIZE, SEQ_LEN, cfg.d_vocab))
-    repeated_tokens = repeated_random_tokens(eval_rng, FINAL_EVAL_SIZE // 4, SCORE_SEGMENT, cfg.d_vocab)
-    prev_scores, ind_scores = head_scores(model, repeated_tokens, SCORE_SEGMENT)
+    # The head scores of the interpretability package, on [r, r] with |r| = 24: longer than any
+    # training segment, and drawn without repeats inside r, so each stripe is unambiguous.
+    score_tokens = interp.repeated_random_tokens(cfg.d_vocab, SCORE_SEGMENT, batch=SCORE_SIZE, seed=seed + 1)
+    scores = interp.all_head_scores(model, score_tokens, kinds=("previous_token", "induction"))
+    prev_scores, ind_scores = scores["previous_token"], scores["induction"]
     held = history.evals["held-out"]["repeated"]
     formed_at = next((s for s, loss in zip(history.eval_steps, held) if loss < 1.0), None)
     files = {}
@@ -110,62 +115,26 @@ def run_induction(seed: int = 0, out_dir: str = "outputs", steps: int | None = N
                            ind_scores, formed_at, history, files)
 
 
-def repeated_random_tokens(rng, batch_size: int, n: int, d_vocab: int) -> np.ndarray:
-    """[r, r]: ``n`` random tokens, then the same ``n`` again -> tokens [batch, 2n]"""
-    segment = rng.integers(0, d_vocab, size=(batch_size, n))  # [batch, n]
-    return np.concatenate([segment, segment], axis=1)  # [batch, 2n]
-
-
-def attention_patterns(model, tokens) -> np.ndarray:
-    """Every head's attention pattern: tokens [batch, pos] -> [layer, batch, head, q_pos, k_pos]"""
-    # Scores are read at the model's hook points, so the same code works on any Transformer.
-    patterns = []
-    hooks = [block.attn.hook_pattern for block in model.blocks]
-    for hook in hooks:
-        hook.add_hook(lambda pattern, hook: patterns.append(pattern.copy()))
-    try:
-        model.forward(tokens)
-    finally:
-        for hook in hooks:
-            hook.remove_hooks("fwd")
-    return np.stack(patterns)  # [layer, batch, head, q_pos, k_pos]
-
-
-def head_scores(model, tokens, n: int):
-    """Previous-token and induction scores per [layer, head] on ``tokens`` = [r, r] with |r| = n.
-
-    previous-token score: mean attention from each position q to q - 1;
-    induction score: mean attention from each q in the second copy to q - n + 1, the token
-    that followed the earlier occurrence of the token at q. A perfect head scores 1.
-    """
-    patterns = attention_patterns(model, tokens)  # [layer, batch, head, q_pos, k_pos]
-    pos = tokens.shape[1]
-    q = np.arange(1, pos)  # [pos - 1]
-    prev_token = patterns[:, :, :, q, q - 1].mean(axis=(1, 3))  # [layer, head]
-    q = np.arange(n, pos)  # [n]
-    induction = patterns[:, :, :, q, q - n + 1].mean(axis=(1, 3))  # [layer, head]
-    return prev_token, induction
-
-
 def _draw_figures(out_dir, model, history, prev_scores, ind_scores, rng, seed):
     cfg = model.cfg
     files = {}
     files["loss curve"] = plots.plot_induction_losses(
         os.path.join(out_dir, "induction_loss.png"), history, cfg.d_vocab,
         f"Induction experiment (seed {seed}): loss on first occurrences vs repeated tokens")
-    files["head scores"] = plots.plot_head_scores(
-        os.path.join(out_dir, "induction_head_scores.png"), prev_scores, ind_scores,
-        f"Head scores on repeated random tokens ([r, r], |r| = {SCORE_SEGMENT}, never trained on)")
+    score_title = f"[r, r], |r| = {SCORE_SEGMENT}: a length never trained on"
+    files["previous-token scores"] = interp.plot_head_scores(
+        prev_scores, os.path.join(out_dir, "induction_prev_token_scores.png"),
+        title=f"Previous-token scores\n{score_title}", label="previous-token score", vmin=0, vmax=1)
+    files["induction scores"] = interp.plot_head_scores(
+        ind_scores, os.path.join(out_dir, "induction_induction_scores.png"),
+        title=f"Induction scores\n{score_title}", label="induction score", vmin=0, vmax=1)
     example = heldout_batch(rng, 1, SEQ_LEN, cfg.d_vocab)
-    inputs = example.inputs  # [1, pos]
-    kinds = example.kinds[0, :-1]  # [pos]
-    first = np.flatnonzero(kinds == FIRST)
-    patterns = attention_patterns(model, inputs)[:, 0]  # [layer, head, q_pos, k_pos]
-    files["attention patterns"] = plots.plot_attention_patterns(
-        os.path.join(out_dir, "induction_patterns.png"), patterns,
-        f"Attention on a held-out sequence: segment of {len(first)} tokens at {first[0]}, "
-        f"copied at {first[-1] + 1} (red lines)",
-        boundaries=(first[0], first[-1] + 1))
+    first = np.flatnonzero(example.kinds[0, :-1] == FIRST)  # positions of the segment's first occurrence
+    _, cache = model.run_with_cache(example.inputs)
+    files["attention patterns"] = interp.plot_attention_grid(
+        cache, os.path.join(out_dir, "induction_patterns.png"),
+        title=f"Attention on a held-out sequence: a segment at positions {first[0]}..{first[-1]}, "
+              f"repeated from {first[-1] + 1}")
     return files
 
 
@@ -190,5 +159,5 @@ def reading(result: InductionResult, d_vocab: int) -> str:
     else:
         lines.append("The held-out repeated-token loss never fell below 1 nat: no induction head formed.")
     for what, path in result.files.items():
-        lines.append(f"  {what + ':':20s} {path}")
+        lines.append(f"  {what + ':':24s} {path}")
     return "\n".join(lines)

@@ -1,4 +1,6 @@
-"""Figures for the training tours: loss curves, parity gaps, head scores, attention patterns.
+"""Figures for the training tours: loss curves and parity gaps.
+
+Head scores and attention patterns are drawn by ``interp.plots``, written once there.
 
 Every function draws one figure, saves it as a PNG at ``path`` (Agg backend: no display
 needed) and returns the path.
@@ -64,45 +66,4 @@ def plot_induction_losses(path, history, d_vocab, title):
     ax.set_ylabel("cross-entropy (nats, log scale)")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower left")
-    return _save(fig, path)
-
-
-def plot_head_scores(path, prev_token, induction, title):
-    """Previous-token and induction scores per [layer, head] as two annotated heatmaps."""
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.2), constrained_layout=True)
-    for ax, scores, name in zip(axes, (prev_token, induction), ("previous-token score", "induction score")):
-        image = ax.imshow(scores, cmap="viridis", vmin=0, vmax=1)
-        n_layers, n_heads = scores.shape
-        for layer in range(n_layers):
-            for head in range(n_heads):
-                value = scores[layer, head]
-                ax.text(head, layer, f"{value:.2f}", ha="center", va="center",
-                        color="black" if value > 0.6 else "white")
-        ax.set_xticks(range(n_heads))
-        ax.set_yticks(range(n_layers))
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_title(name)
-        fig.colorbar(image, ax=ax, label="mean attention")
-    fig.suptitle(title)
-    return _save(fig, path)
-
-
-def plot_attention_patterns(path, patterns, title, boundaries=()):
-    """Each head's pattern [layer][head] -> [q_pos, k_pos] in a grid; lines mark ``boundaries``."""
-    n_layers, n_heads = len(patterns), len(patterns[0])
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(3.6 * n_heads + 0.8, 3.4 * n_layers),
-                             squeeze=False, constrained_layout=True)
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            ax = axes[layer, head]
-            image = ax.imshow(patterns[layer][head], cmap="Blues", vmin=0, vmax=1)
-            for b in boundaries:
-                ax.axhline(b - 0.5, color="tab:red", lw=0.6)
-                ax.axvline(b - 0.5, color="tab:red", lw=0.6)
-            ax.set_title(f"layer {layer}, head {head}")
-            ax.set_xlabel("key position")
-            ax.set_ylabel("query position")
-    fig.colorbar(image, ax=axes, label="attention weight", shrink=0.8)
-    fig.suptitle(title)
     return _save(fig, path)
