@@ -17,6 +17,8 @@ TOURS = {
     "basics": ("tours.basics", "architecture, shapes, attention patterns, a forward and backward pass in both twins"),
     "parity": ("tours.parity", "the parity sweep over every configuration, as a table of worst differences"),
     "interp": ("tours.interp", "mechanistic interpretability: caches, head scores, logit lens, attribution, ablation, patching, circuits"),
+    "gradcheck": ("tours.gradcheck", "finite differences against every hand-written backward, every component and config"),
+    "exercises": ("tours.exercises", "write the backward passes yourself: init DIR, then check DIR [COMPONENT]"),
     "train-parity": ("tours.train_parity", "train NumPy and torch side by side: the same loss at every step"),
     "induction": ("tours.induction", "grow induction heads from scratch in NumPy, then find them"),
 }

@@ -71,10 +71,11 @@ class TransformerBlock(Module):
         norm = self.cfg.normalization
         dresid_post = self.hook_resid_post.backward(dresid_post)
         if self.cfg.attn_only:
+            # forward: resid_post = resid_mid   (attn_only: no MLP)
             dresid_mid = dresid_post  # [batch, pos, d_model]
         else:
             if norm == "post":
-                # forward: resid_post = ln2(resid_post)
+                # forward: resid_post = ln2(resid_post)   (post-norm only)
                 dresid_post = self.ln2.backward(dresid_post)  # [batch, pos, d_model]
             # forward: resid_post = resid_mid + mlp_out
             dmlp_out = self.hook_mlp_out.backward(dresid_post)  # [batch, pos, d_model]
@@ -83,7 +84,7 @@ class TransformerBlock(Module):
             dresid_mid = dresid_post + (self.ln2.backward(dmlp_in) if norm == "pre" else dmlp_in)  # [batch, pos, d_model]
             dresid_mid = self.hook_resid_mid.backward(dresid_mid)
         if norm == "post":
-            # forward: resid_mid = ln1(resid_mid)
+            # forward: resid_mid = ln1(resid_mid)   (post-norm only)
             dresid_mid = self.ln1.backward(dresid_mid)  # [batch, pos, d_model]
         # forward: resid_mid = resid_pre + attn_out
         dattn_out = self.hook_attn_out.backward(dresid_mid)  # [batch, pos, d_model]

@@ -71,10 +71,10 @@ class Transformer(HookedMixin, Module):
         # forward: out = unembed(resid) if unembed else resid
         dresid = self.unembed.backward(dout) if self.cfg.unembed else dout  # [batch, pos, d_model]
         if self.cfg.normalization == "pre":
-            # forward: resid = ln_final(resid)
+            # forward: resid = ln_final(resid)   (pre-norm only)
             dresid = self.ln_final.backward(dresid)  # [batch, pos, d_model]
         for block in reversed(self.blocks):
-            # forward: resid = block(resid)
+            # forward: resid = block(resid)   (for each block; undo the last one first)
             dresid = block.backward(dresid)  # [batch, pos, d_model]
         # forward: resid = embed + pos_embed
         dembed = self.hook_embed.backward(dresid)  # [batch, pos, d_model]

@@ -9,6 +9,9 @@ against the largest gradient of the whole component or model instead (see ``scal
 import numpy as np
 import torch
 
+# random weights for tests: LayerNorm w near 1 (never all ones), non-zero biases, N(0, 1/fan_in) matrices
+from numpy_impl.gradcheck import randomize_parameters as randomize  # noqa: F401
+
 # float64: both sides do the same operations in a different order; ~1e-15 is typical.
 # float32: a few ulps (6e-8) times the depth of the computation.
 TOL = {"float64": 1e-12, "float32": 1e-5}
@@ -31,27 +34,6 @@ def assert_close(name, actual, expected, dtype, scale=None):
     err = rel_err(actual, expected, scale)
     assert err <= TOL[dtype], f"{name}: relative error {err:.3e} > {TOL[dtype]:.0e} ({dtype})"
     return err
-
-
-def randomize(module, seed):
-    """Fresh random values for every parameter of a NumPy module, biases and LayerNorm included.
-
-    LayerNorm w = 1 + 0.3 N(0, 1) (never all ones: that hides bugs), biases 0.3 N(0, 1),
-    embeddings N(0, 1), and weight matrices N(0, 1 / fan_in), the scale a trained model has.
-    """
-    rng = np.random.default_rng(seed)
-    for name, p in module.named_parameters():
-        kind = name.split(".")[-1]
-        noise = rng.standard_normal(p.shape)
-        if kind == "w":
-            value = 1.0 + 0.3 * noise
-        elif kind.startswith("b"):
-            value = 0.3 * noise
-        elif kind in ("W_E", "W_pos"):
-            value = noise
-        else:
-            value = noise / np.sqrt(p.shape[-2])
-        p.data[...] = value.astype(p.data.dtype)
 
 
 def load_into_twin(np_module, torch_module):

@@ -1,0 +1,234 @@
+"""Exercises: the generated copy, and the checker that marks it.
+
+A fresh copy must check "not started" everywhere; the copy with the reference's bodies put
+back must check "done" everywhere; planted mistakes must be reported "wrong" at the right
+exercise and tensor, and nowhere else; outside the marked backward bodies the copy must be
+the reference line for line, and its forward passes must give the reference's outputs.
+The tests put bodies back and plant mistakes with their own text surgery (``marked_regions``
+below), not with the generator's helpers.
+"""
+
+import importlib.util
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+import numpy_impl as npi
+from exercises.catalog import EXERCISES, build, make_inputs
+from exercises.check import check, format_results
+from exercises.generate import REFERENCE_DIR, find_marked_bodies, write_copy
+from tours.exercises import run as run_exercises
+
+BEGIN, END = "# EXERCISE BEGIN", "# EXERCISE END"
+SAMPLE = 5  # finite-difference entries per tensor: the twin comparison already covers every entry
+KEYS = [exercise.key for exercise in EXERCISES]
+
+
+def marked_regions(lines):
+    """[(begin, end)] line indices of each BEGIN ... END pair, markers included."""
+    regions, begin = [], None
+    for number, line in enumerate(lines):
+        if line.strip() == BEGIN:
+            begin = number
+        elif line.strip() == END:
+            regions.append((begin, number))
+    return regions
+
+
+def outside(lines):
+    """The lines outside every marked body (the markers themselves kept)."""
+    inside = set()
+    for begin, end in marked_regions(lines):
+        inside.update(range(begin + 1, end))
+    return [line for number, line in enumerate(lines) if number not in inside]
+
+
+def put_back_reference_bodies(package_dir):
+    """Replace each stub in the copy with the reference's body for the same file."""
+    for path in package_dir.glob("*.py"):
+        mine = path.read_text().splitlines(keepends=True)
+        reference = (REFERENCE_DIR / path.name).read_text().splitlines(keepends=True)
+        mine_regions, reference_regions = marked_regions(mine), marked_regions(reference)
+        assert len(mine_regions) == len(reference_regions), path.name
+        for (b, e), (rb, re_) in reversed(list(zip(mine_regions, reference_regions))):
+            mine[b : e + 1] = reference[rb : re_ + 1]
+        path.write_text("".join(mine))
+
+
+def plant(package_dir, file, old, new):
+    path = package_dir / file
+    text = path.read_text()
+    assert text.count(old) == 1, f"{file} no longer contains {old!r}; update the planted mistake"
+    path.write_text(text.replace(old, new))
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("fresh")
+    write_copy(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def solved(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("solved")
+    write_copy(directory)
+    put_back_reference_bodies(directory / "numpy_impl")
+    return directory
+
+
+def copy_of(solved, tmp_path):
+    shutil.copytree(solved / "numpy_impl", tmp_path / "numpy_impl")
+    return tmp_path
+
+
+def statuses(results):
+    return {result.key: result.status for result in results}
+
+
+def test_fresh_copy_is_not_started_everywhere(fresh):
+    results = check(fresh, sample=SAMPLE)
+    assert statuses(results) == {**{key: "not started" for key in KEYS}, "all together": "not started"}
+
+
+def test_copy_with_reference_bodies_is_done_everywhere(solved):
+    results = check(solved, sample=SAMPLE)
+    assert statuses(results) == {**{key: "done" for key in KEYS}, "all together": "done"}
+    for result in results:
+        for tensor in result.tensors:
+            assert tensor.twin <= 1e-7 and tensor.numeric <= 1e-7, f"{result.key} {tensor.tensor}"
+
+
+def test_layernorm_missing_mean_term_is_wrong_at_x(solved, tmp_path):
+    directory = copy_of(solved, tmp_path)
+    plant(directory / "numpy_impl", "layernorm.py", "dx = dcentered + dmean / d_model", "dx = dcentered")
+    results = check(directory, sample=SAMPLE)
+    assert statuses(results) == {**{key: "done" for key in KEYS}, "layernorm": "wrong", "all together": "wrong"}
+    layernorm = next(r for r in results if r.key == "layernorm")
+    assert [t.tensor for t in layernorm.wrong_tensors] == ["x"]
+    assert layernorm.wrong_tensors[0].twin > 1e-2, "a missing term is off by about the gradient's size"
+    assert "x off by" in format_results(results, directory)
+
+
+def test_softmax_missing_row_sum_is_wrong_at_queries_and_keys(solved, tmp_path):
+    directory = copy_of(solved, tmp_path)
+    plant(directory / "numpy_impl", "attention.py",
+          "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))",
+          "dscores = probs * dprobs")
+    results = check(directory, sample=SAMPLE)
+    assert statuses(results) == {**{key: "done" for key in KEYS}, "attention": "wrong", "all together": "wrong"}
+    attention = next(r for r in results if r.key == "attention")
+    wrong = {t.tensor: t.twin for t in attention.wrong_tensors}
+    # the scores feed q and k only: v, the output projection and their biases stay right
+    assert set(wrong) == {"W_Q", "W_K", "b_Q", "b_K", "x"}
+    assert min(wrong.values()) > 1e-2
+
+
+def test_overwriting_a_gradient_instead_of_adding_is_wrong(solved, tmp_path):
+    directory = copy_of(solved, tmp_path)
+    plant(directory / "numpy_impl", "unembed.py", "self.W_U.grad += np.einsum", "self.W_U.grad = np.einsum")
+    (result,) = check(directory, keys=["unembed"], sample=SAMPLE)
+    assert result.status == "wrong" and "W_U" in result.message and "+=" in result.message
+
+
+def test_a_copy_that_does_not_import_says_where(solved, tmp_path):
+    directory = copy_of(solved, tmp_path)
+    plant(directory / "numpy_impl", "layernorm.py", "dx = dcentered + dmean / d_model", "dx = (dcentered")
+    with pytest.raises(ImportError, match=r"does not import.*layernorm\.py"):
+        check(directory)
+
+
+def test_copy_differs_from_reference_only_inside_backward_bodies(fresh):
+    copy_dir = fresh / "numpy_impl"
+    reference_files = sorted(p.name for p in REFERENCE_DIR.glob("*.py"))
+    assert sorted(p.name for p in copy_dir.glob("*.py")) == reference_files
+    marked = 0
+    for name in reference_files:
+        reference = (REFERENCE_DIR / name).read_text().splitlines()
+        mine = (copy_dir / name).read_text().splitlines()
+        assert outside(mine) == outside(reference), f"{name}: lines outside the marked bodies differ"
+        for begin, end in marked_regions(mine):
+            body = "\n".join(mine[begin + 1 : end])
+            assert "raise NotImplementedError(" in body
+            marked += 1
+    assert marked == len(EXERCISES)
+
+
+def test_copy_imports_and_its_forward_passes_are_the_references(fresh):
+    spec = importlib.util.spec_from_file_location(
+        "copy_under_test", fresh / "numpy_impl" / "__init__.py", submodule_search_locations=[str(fresh / "numpy_impl")]
+    )
+    copy = importlib.util.module_from_spec(spec)
+    sys.modules["copy_under_test"] = copy
+    try:
+        spec.loader.exec_module(copy)
+        assert copy.LayerNorm is not npi.LayerNorm, "the copy must be its own package, not the reference"
+        for exercise in EXERCISES:
+            for variant in exercise.variants:
+                cfg, copy_cfg = variant.config(), variant.config(copy)
+                reference_module, copy_module = build(npi, exercise.cls, cfg), build(copy, exercise.cls, copy_cfg)
+                inputs = make_inputs(exercise.cls, cfg, 1, variant.weighted)
+                assert np.array_equal(reference_module.forward(*inputs), copy_module.forward(*inputs)), exercise.key
+                out = copy_module.forward(*inputs)
+                dout = np.random.default_rng(2).standard_normal(np.shape(out))
+                with pytest.raises(NotImplementedError, match=rf"{exercise.cls}\.backward is exercise"):
+                    copy_module.backward(dout if np.ndim(out) else float(dout))
+    finally:
+        for name in [n for n in sys.modules if n.startswith("copy_under_test")]:
+            del sys.modules[name]
+
+
+def test_stub_hint_says_what_to_undo_and_return(fresh):
+    text = (fresh / "numpy_impl" / "layernorm.py").read_text()
+    for needed in ("normalized = centered / scale", "mean = x.mean(-1)", "self.w.grad [d_model]",
+                   "Return: dx [batch, pos, d_model]", f"exercises check {fresh} layernorm"):
+        assert needed in text, f"the LayerNorm hint lacks {needed!r}"
+
+
+def test_init_refuses_to_overwrite_work_unless_forced(fresh, tmp_path):
+    write_copy(tmp_path)
+    (tmp_path / "numpy_impl" / "layernorm.py").write_text("# my work\n")
+    with pytest.raises(FileExistsError, match="--force"):
+        write_copy(tmp_path)
+    assert (tmp_path / "numpy_impl" / "layernorm.py").read_text() == "# my work\n"
+    write_copy(tmp_path, force=True)
+    assert "EXERCISE BEGIN" in (tmp_path / "numpy_impl" / "layernorm.py").read_text()
+
+
+def test_demo_command_init_then_check_one(tmp_path, capsys):
+    class Args:
+        action, dir, force, component, sample, seed = "init", str(tmp_path), False, None, SAMPLE, 0
+
+    run_exercises(Args)
+    Args.action, Args.component = "check", "layernorm"
+    run_exercises(Args)
+    out = capsys.readouterr().out
+    assert "layernorm  not started" in out and "0 of 1 done" in out
+
+
+def test_bad_arguments(fresh, tmp_path):
+    with pytest.raises(ValueError, match="unknown exercise"):
+        check(fresh, keys=["softmax"])
+    with pytest.raises(ValueError, match="sample"):
+        check(fresh, sample=0)
+    with pytest.raises(FileNotFoundError, match="exercises init"):
+        check(tmp_path / "nowhere")
+    with pytest.raises(TypeError, match="directory"):
+        write_copy(3)
+
+
+@pytest.mark.parametrize(
+    "source, problem",
+    [
+        (f"class A:\n    def backward(self):\n        {BEGIN}\n        pass\n", "without an"),
+        (f"class A:\n    def backward(self):\n        pass\n        {END}\n", "without a"),
+        (f"class A:\n    def forward(self):\n        {BEGIN}\n        pass\n        {END}\n", "inside one backward"),
+        (f"class A:\n    def backward(self):\n        {BEGIN}\n        {BEGIN}\n        pass\n        {END}\n", "inside another"),
+    ],
+)
+def test_misplaced_markers_fail_loudly(source, problem):
+    with pytest.raises(ValueError, match=problem):
+        find_marked_bodies(source)
+

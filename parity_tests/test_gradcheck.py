@@ -1,0 +1,235 @@
+"""Finite differences: the reference's hand-written backward passes, and the twin's autograd.
+
+The NumPy half runs ``numpy_impl.gradcheck`` on every component and on models of every
+normalization, with random weights (LayerNorm w never all ones, biases never zero), random
+inputs and a random upstream direction R, and requires max relative error <= 1e-7 on every
+tensor. It also plants the two classic mistakes (LayerNorm without the mean term, softmax
+without the row sum) and requires the checker to fail on the right tensors, so it can fail.
+The torch half runs ``torch.autograd.gradcheck`` on every twin component in float64.
+"""
+
+import inspect
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import numpy_impl as npi
+import torch_impl as pti
+from exercises.catalog import Variant, build, make_inputs
+from numpy_impl import attention as np_attention
+from numpy_impl import layernorm as np_layernorm
+from numpy_impl.gradcheck import gradcheck, randomize_parameters
+
+TOL = 1e-7     # the issue's bar for a correct backward (see numpy_impl/gradcheck.py for the metric)
+SAMPLE = 12    # entries per tensor: enough to hit every tensor, small enough for a fast suite
+FLOAT_INPUT = {"LayerNorm", "MultiHeadAttention", "FeedForward", "TransformerBlock", "Unembed", "CrossEntropyLoss"}
+
+
+def check(cls, overrides=None, weighted=False, seed=0, sample=SAMPLE):
+    cfg = Variant("test", overrides or {}).config()
+    module = build(npi, cls, cfg, seed)
+    report = gradcheck(module, *make_inputs(cls, cfg, seed + 1, weighted), sample=sample, seed=seed + 2)
+    return module, report
+
+
+@pytest.mark.parametrize(
+    "cls, overrides, weighted",
+    [
+        ("TokenEmbedding", {}, False),
+        ("LearnedPositionalEmbedding", {}, False),
+        ("Unembed", {}, False),
+        ("FeedForward", {"act_fn": "relu"}, False),
+        ("FeedForward", {"act_fn": "gelu_new"}, False),
+        ("CrossEntropyLoss", {}, False),
+        ("CrossEntropyLoss", {}, True),
+        ("LayerNorm", {}, False),
+        ("MultiHeadAttention", {"causal": True}, False),
+        ("MultiHeadAttention", {"causal": False}, False),
+        ("TransformerBlock", {"normalization": "pre"}, False),
+        ("TransformerBlock", {"normalization": "post", "act_fn": "relu"}, False),
+        ("TransformerBlock", {"normalization": None, "causal": False}, False),
+        ("TransformerBlock", {"normalization": "post", "attn_only": True}, False),
+    ],
+)
+def test_every_component_passes(cls, overrides, weighted):
+    module, report = check(cls, overrides, weighted)
+    names = [row.tensor for row in report.rows]
+    expected = [name for name, _ in module.named_parameters()]
+    if cls in FLOAT_INPUT:
+        expected.append(next(iter(inspect.signature(module.forward).parameters)))
+    assert names == expected, "every parameter, and the float input, must be checked"
+    for row in report.rows:
+        assert row.checked == min(SAMPLE, row.size)
+        assert row.max_rel_error <= TOL, f"{cls} {overrides}: {row.tensor} {row.max_rel_error:.1e} > {TOL:.0e}"
+    assert report.passed
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"normalization": "pre"},
+        {"normalization": "post", "causal": False, "act_fn": "relu", "positional": "sinusoidal", "unembed": False},
+        {"normalization": None, "attn_only": True},
+    ],
+    ids=["pre", "post-encoder", "none-attn_only"],
+)
+def test_whole_model_every_parameter(overrides):
+    model, report = check("Transformer", overrides, sample=6)
+    assert [row.tensor for row in report.rows] == [name for name, _ in model.named_parameters()]
+    assert all(row.kind == "parameter" for row in report.rows), "tokens are discrete: no input row"
+    worst = report.worst
+    assert worst.max_rel_error <= TOL, f"{worst.tensor}: {worst.max_rel_error:.1e} > {TOL:.0e}"
+
+
+def planted(cls, old, new):
+    """A subclass of ``cls`` whose backward is the reference's with one line changed (a planted mistake)."""
+    source = textwrap.dedent(inspect.getsource(cls.backward))
+    assert source.count(old) == 1, f"the reference no longer contains {old!r}; update the planted mistake"
+    namespace = {}
+    exec(source.replace(old, new), vars(inspect.getmodule(cls)), namespace)
+    return type(f"Planted{cls.__name__}", (cls,), {"backward": namespace["backward"]})
+
+
+def test_planted_layernorm_mistake_is_caught_at_x():
+    # dropping the mean term: dx = dcentered, forgetting that x also reaches the output through mean(x)
+    Wrong = planted(np_layernorm.LayerNorm, "dx = dcentered + dmean / d_model", "dx = dcentered")
+    cfg = Variant("test").config()
+    module = randomize_parameters(Wrong(cfg), 1)
+    report = gradcheck(module, *make_inputs("LayerNorm", cfg, 2), sample=SAMPLE)
+    errors = {row.tensor: row.max_rel_error for row in report.rows}
+    assert errors["x"] > 1e-2, f"missing mean term not caught: x error {errors['x']:.1e}"
+    assert errors["w"] <= TOL and errors["b"] <= TOL, "w and b do not depend on the mean term"
+    assert not report.passed
+
+
+def test_planted_softmax_mistake_is_caught_at_queries_and_keys():
+    # dropping the row sum of the softmax Jacobian: dscores = probs * dprobs
+    Wrong = planted(
+        np_attention.MultiHeadAttention,
+        "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))",
+        "dscores = probs * dprobs",
+    )
+    cfg = Variant("test").config()
+    module = randomize_parameters(Wrong(cfg, 0), 1)
+    report = gradcheck(module, *make_inputs("MultiHeadAttention", cfg, 2), sample=SAMPLE)
+    errors = {row.tensor: row.max_rel_error for row in report.rows}
+    for name in ("W_Q", "W_K", "b_Q", "x"):
+        assert errors[name] > 1e-2, f"missing row sum not caught at {name}: {errors[name]:.1e}"
+    for name in ("W_V", "W_O", "b_V", "b_O"):  # the values and output path come before the softmax
+        assert errors[name] <= TOL, f"{name} should be unaffected, got {errors[name]:.1e}"
+
+
+def test_a_nan_gradient_fails():
+    Wrong = planted(np_layernorm.LayerNorm, "dx = dcentered + dmean / d_model", "dx = dcentered * np.nan")
+    cfg = Variant("test").config()
+    report = gradcheck(randomize_parameters(Wrong(cfg), 1), *make_inputs("LayerNorm", cfg, 2), sample=SAMPLE)
+    assert not report.passed and report.worst.tensor == "x" and report.worst.max_rel_error == np.inf
+
+
+def test_refuses_float32():
+    cfg = Variant("test", {"dtype": "float32"}).config()
+    module = npi.LayerNorm(cfg)
+    x = np.random.default_rng(0).standard_normal((2, 3, cfg.d_model)).astype(np.float32)
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(module, x)
+    cfg64 = Variant("test").config()
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(npi.LayerNorm(cfg64), x)  # float64 weights, float32 input
+
+
+def test_bad_arguments_name_themselves():
+    cfg = Variant("test").config()
+    x = make_inputs("LayerNorm", cfg)[0]
+    with pytest.raises(ValueError, match="sample"):
+        gradcheck(npi.LayerNorm(cfg), x, sample=0)
+    with pytest.raises(ValueError, match="step"):
+        gradcheck(npi.LayerNorm(cfg), x, step=-1e-6)
+    with pytest.raises(TypeError, match="module"):
+        gradcheck(torch.nn.LayerNorm(cfg.d_model), x)
+
+
+def test_leaves_weights_and_input_unchanged():
+    cfg = Variant("test").config()
+    module = build(npi, "FeedForward", cfg)
+    before = module.state_dict()
+    (x,) = make_inputs("FeedForward", cfg)
+    x_before = x.copy()
+    gradcheck(module, x, sample=SAMPLE)
+    for name, value in module.state_dict().items():
+        assert np.array_equal(value, before[name]), f"{name} changed"
+    assert np.array_equal(x, x_before)
+
+
+# --- the twin: torch.autograd.gradcheck in float64 -------------------------------------------
+
+TINY = dict(d_vocab=5, d_model=4, n_heads=2, d_head=2, d_mlp=6, n_layers=1, n_ctx=4)
+
+
+def twin_case(cls, overrides):
+    """A torch twin component with random float64 weights, and its forward inputs (batch 2, pos 3)."""
+    cfg = npi.TransformerConfig(**{**TINY, **overrides})
+    reference = build(npi, cls, cfg, seed=3)
+    twin = pti.CrossEntropyLoss() if cls == "CrossEntropyLoss" else getattr(pti, cls)(cfg)
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in reference.state_dict().items()})
+    rng = np.random.default_rng(4)
+    if cls in ("TokenEmbedding", "LearnedPositionalEmbedding", "Transformer"):
+        inputs = [torch.from_numpy(rng.integers(0, cfg.d_vocab, (2, 3)))]
+    elif cls == "CrossEntropyLoss":
+        inputs = [torch.from_numpy(rng.standard_normal((2, 3, cfg.d_vocab))).requires_grad_(),
+                  torch.from_numpy(rng.integers(0, cfg.d_vocab, (2, 3))),
+                  torch.from_numpy(rng.uniform(0.5, 1.5, (2, 3)))]
+    else:
+        inputs = [torch.from_numpy(rng.standard_normal((2, 3, cfg.d_model))).requires_grad_()]
+    return twin, inputs
+
+
+# small components: torch's full mode (the whole Jacobian, entry by entry) is cheap
+FULL = [
+    ("TokenEmbedding", {}),
+    ("LearnedPositionalEmbedding", {}),
+    ("Unembed", {}),
+    ("FeedForward", {"act_fn": "gelu_new"}),
+    ("FeedForward", {"act_fn": "relu"}),
+    ("CrossEntropyLoss", {}),
+    ("LayerNorm", {}),
+]
+# larger ones: fast mode (random projections u^T J v of the same Jacobian) in the default run,
+# the full Jacobian under ``pytest -m slow``
+LARGE = [
+    ("MultiHeadAttention", {"causal": True}),
+    ("MultiHeadAttention", {"causal": False}),
+    ("TransformerBlock", {"normalization": "pre"}),
+    ("TransformerBlock", {"normalization": "post"}),
+    ("TransformerBlock", {"normalization": None, "attn_only": True}),
+    ("Transformer", {"normalization": "pre"}),
+    ("Transformer", {"normalization": "post", "positional": "sinusoidal", "unembed": False}),
+]
+
+
+def run_torch_gradcheck(cls, overrides, fast_mode):
+    twin, inputs = twin_case(cls, overrides)
+    names = [name for name, _ in twin.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for _, p in twin.named_parameters())
+    float_inputs = tuple(x for x in inputs if x.requires_grad)
+
+    def f(*tensors):
+        # the parameters come in as arguments, so gradcheck differentiates them too
+        state = dict(zip(names, tensors[: len(names)]))
+        call_inputs = list(tensors[len(names):]) + [x for x in inputs if not x.requires_grad]
+        return torch.func.functional_call(twin, state, tuple(call_inputs))
+
+    # torch's default tolerances: eps 1e-6, atol 1e-5, rtol 1e-3; every parameter and the float input
+    return torch.autograd.gradcheck(f, params + float_inputs, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=fast_mode)
+
+
+@pytest.mark.parametrize("cls, overrides", FULL + LARGE)
+def test_twin_passes_torch_autograd_gradcheck(cls, overrides):
+    assert run_torch_gradcheck(cls, overrides, fast_mode=(cls, overrides) in LARGE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls, overrides", LARGE)
+def test_twin_passes_torch_autograd_gradcheck_full_jacobian(cls, overrides):
+    assert run_torch_gradcheck(cls, overrides, fast_mode=False)
