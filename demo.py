@@ -19,6 +19,8 @@ TOURS = {
     "interp": ("tours.interp", "mechanistic interpretability: caches, head scores, logit lens, attribution, ablation, patching, circuits"),
     "gradcheck": ("tours.gradcheck", "finite differences against every hand-written backward, every component and config"),
     "exercises": ("tours.exercises", "write the backward passes yourself: init DIR, then check DIR [COMPONENT]"),
+    "train-parity": ("tours.train_parity", "train NumPy and torch side by side: the same loss at every step"),
+    "induction": ("tours.induction", "grow induction heads from scratch in NumPy, then find them"),
 }
 
 

@@ -1,6 +1,6 @@
 """Mechanistic interpretability, step by step, on a small model: ``python demo.py interp``.
 
-Uses the trained induction model (``outputs/induction.npz``, from ``python demo.py train``) when
+Uses the trained induction model (``outputs/induction.npz``, from ``python demo.py induction``) when
 it exists, else a seeded random model, and says which; ``--model handmade`` uses the induction
 circuit wired by hand in ``interp/handmade.py``, where every answer is known. Each analysis
 runs on the NumPy reference, writes a figure and prints a short reading; the same numbers from
@@ -33,7 +33,7 @@ def choose_model(args):
         return induction_circuit_model(), "the induction circuit wired by hand (interp/handmade.py)", True
     if choice == "random":
         cfg = npi.TransformerConfig(d_vocab=24, d_model=32, n_heads=4, d_mlp=64, n_layers=2, n_ctx=24)
-        note = (f"a seeded random model (seed {args.seed}; no {DEFAULT_MODEL} yet: `python demo.py train` makes one). "
+        note = (f"a seeded random model (seed {args.seed}; no {DEFAULT_MODEL} yet: `python demo.py induction` makes one). "
                 "Random weights have no circuits, so expect no head to stand out")
         return npi.Transformer(cfg, seed=args.seed), note, False
     if not os.path.exists(choice):
