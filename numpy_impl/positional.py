@@ -70,7 +70,7 @@ class LearnedPositionalEmbedding(Module):
         check_forward_done(self.cache, "LearnedPositionalEmbedding")
         check_grad(dpos_embed, "dpos_embed", self.cache + (self.cfg.d_model,))
         # EXERCISE BEGIN
-        batch, pos = self.cache
+        pos = self.cache[1]
         # forward: pos_embed = broadcast W_pos[:pos] over batch
         self.W_pos.grad[:pos] += dpos_embed.sum(axis=0)  # [pos, d_model]
         # EXERCISE END

@@ -38,7 +38,8 @@ class MultiHeadAttention(nn.Module):
         self.b_V = nn.Parameter(torch.zeros(n_heads, d_head, dtype=dtype))
         self.b_O = nn.Parameter(torch.zeros(d_model, dtype=dtype))
         # mask[q, k] is True where query q may look at key k (a buffer: not a parameter, not saved)
-        self.register_buffer("mask", torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)), persistent=False)  # [n_ctx, n_ctx]
+        mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))  # [n_ctx, n_ctx]
+        self.register_buffer("mask", mask, persistent=False)
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, head, d_head]

@@ -25,7 +25,8 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.cfg = check_config(cfg)
         dtype = getattr(torch, cfg.dtype)
         # the table is a buffer, not a parameter, and not in state_dict (persistent=False)
-        self.register_buffer("table", torch.from_numpy(sinusoidal_table(cfg.n_ctx, cfg.d_model)).to(dtype), persistent=False)  # [n_ctx, d_model]
+        table = torch.from_numpy(sinusoidal_table(cfg.n_ctx, cfg.d_model)).to(dtype)  # [n_ctx, d_model]
+        self.register_buffer("table", table, persistent=False)
 
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
