@@ -60,7 +60,7 @@ def logit_lens(model, tokens):
     The residual states are ``blocks.0.hook_resid_pre`` (the embeddings), then each block's
     ``hook_resid_post``. In a pre-norm model each state gets ``ln_final`` with its own mean and
     scale (the usual logit lens; TransformerLens's ``accumulated_resid(apply_ln=True)`` instead
-    reuses the final position's cached scale); post-norm and un-normalised models unembed directly.
+    reuses the final layer's cached ``ln_final`` scale at every layer); post-norm and un-normalised models unembed directly.
     """
     check_model(model)
     cfg = model.cfg
@@ -79,7 +79,10 @@ def logit_lens(model, tokens):
     log_probs = _log_softmax(logits[:, :, :-1])  # [n_layers + 1, batch, pos - 1, d_vocab]
     targets = tokens[:, 1:]  # [batch, pos - 1]
     next_logprob = np.take_along_axis(log_probs, np.broadcast_to(targets[None, ..., None], log_probs.shape[:-1] + (1,)), axis=-1)[..., 0]
-    next_top1 = (log_probs.argmax(axis=-1) == targets).mean(axis=(1, 2))  # [n_layers + 1]
+    # top-1 only when the true token's log-prob beats every other token's: a tie (say, all logits 0) is a miss
+    target_logprob = next_logprob[..., None]  # [n_layers + 1, batch, pos - 1, 1]
+    beaten_or_tied = (log_probs >= target_logprob).sum(axis=-1)  # [n_layers + 1, batch, pos - 1]: the target itself counts once
+    next_top1 = (beaten_or_tied == 1).mean(axis=(1, 2))  # [n_layers + 1]
     labels = ["embed"] + [f"after L{i}" for i in range(cfg.n_layers)]
     return LogitLens(labels, logits, next_logprob, next_top1)
 

@@ -58,6 +58,7 @@ def full_qk_circuit(model, layer, head):
 
 def positional_qk_circuit(model, layer, head):
     """W_pos W_QK W_pos^T [n_ctx, n_ctx] (the sinusoidal table when positions are fixed)."""
+    check_model(model)
     cfg = model.cfg
     if cfg.positional == "learned":
         W_pos = weights(model)["pos_embed.W_pos"]  # [n_ctx, d_model]

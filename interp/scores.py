@@ -2,9 +2,10 @@
 
 Axes: batch, layer, head, q_pos / k_pos (query and key positions).
 
-Each score follows TransformerLens's head detector: a 0/1 "detection pattern" marks, for every
-query position, the key positions a head of that kind attends to, and the score is the
-attention mass the head puts there. For query q with tokens t:
+Each score uses the 0/1 "detection patterns" of TransformerLens's head detector, which mark, for
+every query position, the key positions a head of that kind attends to, and measures the
+attention mass a head puts there the way TransformerLens's induction demo measures its stripe
+(the mean of the diagonal over the queries that have one). For query q with tokens t:
 
     previous-token:   key q - 1
     duplicate-token:  every earlier key k < q with t[k] == t[q]
@@ -16,7 +17,10 @@ so a head that always attends to its targets scores 1 and one that never does sc
 On repeated random tokens ``[r_1 .. r_n, r_1 .. r_n]`` (no repeats inside a half) the duplicate
 and induction targets are the single stripes k = q - n and k = q - n + 1 of TransformerLens's
 induction demo, averaged over the second half; queries without a target (the first half, and
-query 0 for previous-token) are left out instead of counting as zero.
+query 0 for previous-token) are left out instead of counting as zero. (The head detector's own
+"mul" score divides by the attention of every query instead, so there a perfect induction
+head on ``[r, r]`` scores about 0.5, not 1; the induction detection pattern here also leaves
+out the diagonal k == q, which cannot be an earlier copy's successor.)
 """
 
 from __future__ import annotations

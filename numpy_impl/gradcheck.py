@@ -71,13 +71,15 @@ class GradcheckReport:
         return max(self.rows, key=lambda row: row.max_rel_error)
 
     def table(self) -> str:
-        """The rows as a plain-text table."""
-        return format_rows(self.rows)
+        """The rows as a plain-text table, with a footnote saying what the error is relative to."""
+        return format_rows(self.rows) + (
+            f"\n* |a - n| / max(|a| + |n|, tiny), tiny = {self.tiny:.1e} (a fraction of the largest gradient)"
+        )
 
 
 def format_rows(rows) -> str:
     """A plain-text table of GradcheckRows: component, tensor, shape, entries, error, pass/FAIL."""
-    header = ("component", "tensor", "shape", "entries", "max rel err", "")
+    header = ("component", "tensor", "shape", "entries", "max rel err*", "")
     lines = [
         (row.component, row.tensor, "x".join(map(str, row.shape)) or "scalar",
          f"{row.checked}/{row.size}", f"{row.max_rel_error:.1e}", "pass" if row.passed else "FAIL")

@@ -282,3 +282,22 @@ def test_copying_and_composition_scores_of_known_matrices():
         full_ov_circuit(model, 0, 3)
     with pytest.raises(ValueError, match="square"):
         copying_score(np.zeros((2, 3)))
+
+
+def test_pre_norm_heads_and_b_O_make_the_attention_component():
+    """Pre-norm: each piece is read through ln_final at the cached scale, (x - mean x) / scale * w, then W_U.
+    The heads plus b_O's share, computed here by hand, must give each layer's attention component."""
+    model, _ = random_pair()
+    assert model.cfg.normalization == "pre"
+    tokens = tokens_for(model)
+    sd = model.state_dict()
+    _, cache = model.run_with_cache(tokens)
+    scale = cache["ln_final.hook_scale"][:, :-1]  # [batch, pos - 1, 1]
+    u = sd["unembed.W_U"][:, tokens[:, 1:]]  # [d_model, batch, pos - 1]
+    ours = direct_logit_attribution(model, tokens)
+    for layer in range(model.cfg.n_layers):
+        b_O = sd[f"blocks.{layer}.attn.b_O"]  # [d_model]
+        read = (b_O - b_O.mean()) / scale * sd["ln_final.w"]  # [batch, pos - 1, d_model]
+        b_O_effect = np.einsum("bpm,mbp->bp", read, u).mean()
+        attn = ours.components[ours.component_labels.index(f"L{layer} attn")]
+        assert abs(ours.heads[layer].sum() + b_O_effect - attn) <= 1e-12 * max(1, abs(attn))

@@ -76,8 +76,8 @@ def run(args):
     print(f"Finite differences against every hand-written backward: {len(FAMILIES)} configs, {len(cases)} checks.")
     print(f"Central differences in float64, step {STEP:g}, on f = sum(out * R) with random R; at most "
           f"{args.sample} entries per tensor.")
-    print(f"Relative error |a - n| / max(|a| + |n|, tiny), tiny = {FLOOR:g} x the component's largest gradient; "
-          f"pass at <= {TOLERANCE:g}.\n", flush=True)
+    print(f"* Relative error |a - n| / max(|a| + |n|, tiny), tiny = {FLOOR:g} x the component's largest gradient, "
+          f"so entries smaller than that are judged by their error against it; pass at <= {TOLERANCE:g}.\n", flush=True)
     summary, all_rows = [], []
     for label, cfg, cls in progress(cases, "gradcheck"):
         module = build(numpy_impl, cls, cfg, args.seed)
@@ -87,7 +87,7 @@ def run(args):
         summary.append((label, cls, str(len(report.rows)), str(sum(r.checked for r in report.rows)),
                         worst.tensor, f"{worst.max_rel_error:.1e}", "pass" if report.passed else "FAIL"))
         all_rows += report.rows
-    print(_table(("config", "component", "tensors", "entries", "worst tensor", "max rel err", ""), summary))
+    print(_table(("config", "component", "tensors", "entries", "worst tensor", "max rel err*", ""), summary))
     failed = [row for row in all_rows if not row.passed]
     print(f"\n{len(all_rows)} tensors checked, {len(failed)} failed.")
     for kind in ("parameter", "input"):

@@ -200,7 +200,13 @@ def run(args):
             a, b = np.unravel_index(np.argmax(grid), grid.shape)
             print(f"  {kind.upper()}-composition: strongest L0H{a} -> L1H{b} = {grid[a, b]:.2f} "
                   f"(random-matrix baseline ~{baseline:.2f})")
-        print("Reading: an induction head reads a previous-token head's output through its keys (K-composition).")
+        strongest = max(composition, key=lambda kind: composition[kind].max())
+        if strongest == "k":
+            print("Reading: K-composition is the strongest: the layer-1 head finds its keys through a layer-0 "
+                  "head's output, as an induction head reads a previous-token head.")
+        else:
+            print(f"Reading: {strongest.upper()}-composition is the strongest here, not K-composition: no sign yet "
+                  "of an induction head reading a previous-token head through its keys.")
 
     heading("9. The torch twin gives the same numbers")
     twin = pti.Transformer(cfg)

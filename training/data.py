@@ -11,12 +11,15 @@ of it, in one of three formats chosen uniformly per sequence:
 
 - ``"repeat"``: ``[r, r, filler]`` -- the copy follows at once;
 - ``"copy"``:   random tokens in which ``r`` (from a random offset) reappears at a later
-  random offset;
+  random offset, any distance away except 21..24 places (kept for the held-out data);
 - ``"tile"``:   ``r`` repeated over the whole sequence.
 
 The segment length ``n`` (uniform on 4..20) and offsets vary from sequence to sequence: with
 one fixed distance the model can learn "look back ``n`` places" from positions alone, and
-with one format it learns a shortcut for that format, and no induction head forms.
+with one format it learns a shortcut for that format, and no induction head forms. No
+training copy starts 21..24 places after its first occurrence, and no training segment is
+longer than 20, so the held-out data (segments of 21..24, copied 21..24 places back) has
+segment lengths and look-back distances that training never shows.
 
 Every token is labelled with its ``kind``:
 
@@ -39,6 +42,7 @@ import numpy as np
 FILLER, FIRST, COPY_START, REPEATED = 0, 1, 2, 3
 KIND_NAMES = {FILLER: "filler", FIRST: "first occurrence", COPY_START: "copy start", REPEATED: "repeated"}
 FORMATS = ("repeat", "copy", "tile")
+HELDOUT_LENGTHS = (21, 24)  # held-out segment lengths and copy distances (inclusive): never trained on
 REPEATED_WEIGHT = 1.0   # loss weight on targets an induction head can predict
 OTHER_WEIGHT = 0.1      # loss weight on every other target
 
@@ -91,7 +95,9 @@ def induction_batch(rng: np.random.Generator, batch_size: int, seq_len: int, d_v
             _place_copy(tokens[row], kinds[row], source=0, dest=n, n=n)
         elif fmt == "copy":
             source = int(rng.integers(0, seq_len - 2 * n + 1))
-            dest = int(rng.integers(source + n, seq_len - n + 1))
+            low, high = HELDOUT_LENGTHS
+            distances = [d for d in range(n, seq_len - n - source + 1) if not low <= d <= high]  # d = n always fits
+            dest = source + int(rng.choice(distances))
             _place_copy(tokens[row], kinds[row], source=source, dest=dest, n=n)
         else:  # "tile": r, r, r, ... each position copies the one n places back
             segment = tokens[row, :n].copy()  # [n]
@@ -103,13 +109,14 @@ def induction_batch(rng: np.random.Generator, batch_size: int, seq_len: int, d_v
 
 
 def heldout_batch(rng: np.random.Generator, batch_size: int, seq_len: int, d_vocab: int,
-                  min_len: int = 21, max_len: int = 24) -> Batch:
+                  min_len: int = HELDOUT_LENGTHS[0], max_len: int = HELDOUT_LENGTHS[1]) -> Batch:
     """Held-out data of a shape never trained on: ``[filler, r, r, filler]`` with ``n`` in 21..24.
 
-    Segments are longer than any training segment (at most 20), so a model that has
-    memorised training lengths or distances fails here, while an induction head, which only
-    looks for the earlier copy of the current token, does not care. ``r`` starts at a random
-    offset.
+    Segments are longer than any training segment (at most 20), and each copy starts 21..24
+    places after its first occurrence, a distance no training copy has, so a model that has
+    memorised training lengths or distances fails here, while an induction head, which
+    only looks for the earlier copy of the current token, does not care. ``r`` starts at a
+    random offset.
     """
     _check_sizes(batch_size, seq_len, d_vocab, min_len, max_len)
     tokens = rng.integers(0, d_vocab, size=(batch_size, seq_len))  # [batch, seq]

@@ -144,9 +144,10 @@ def reading(result: InductionResult, d_vocab: int) -> str:
     il, ih = result.induction_head
     steps = len(result.history.loss)
     lines = [
-        f"Trained {steps} steps in {result.seconds:.1f} s ({1e3 * result.seconds / steps:.1f} ms a step, "
-        f"NumPy, hand-written backward), seed {result.seed}.",
-        f"Held-out data ({FINAL_EVAL_SIZE} sequences; segments of 21..24 tokens, longer than any trained on):",
+        f"Trained {steps} steps in {result.seconds:.1f} s ({1e3 * result.seconds / steps:.1f} ms a step with the "
+        f"periodic evaluations, NumPy, hand-written backward), seed {result.seed}.",
+        f"Held-out data ({FINAL_EVAL_SIZE} sequences; segments of 21..24 tokens copied 21..24 places back, "
+        "lengths and distances never trained on):",
         f"  loss on repeated tokens     {result.repeated_loss:6.3f} nats",
         f"  loss on first occurrences   {result.first_loss:6.3f} nats   (chance: ln {d_vocab} = {math.log(d_vocab):.3f})",
         f"Previous-token head: layer {pl} head {ph} (score {result.prev_token_scores[pl, ph]:.2f}: "
