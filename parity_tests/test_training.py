@@ -88,7 +88,7 @@ def test_induction_training_loss_falls():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_induction_heads_form_and_generalise(seed, tmp_path):
-    """The issue's item 4, on held-out data of a shape never trained on (segments of 21..24 tokens)."""
+    """The issue's item 4, on held-out data of a shape never trained on (segments of 21..24 tokens, copied 21..24 places back)."""
     result = run_induction(seed=seed, out_dir=str(tmp_path), progress=False)
     chance = math.log(INDUCTION_CONFIG.d_vocab)
     assert result.repeated_loss <= 0.5, f"repeated-token loss {result.repeated_loss:.3f} > 0.5 nats"
