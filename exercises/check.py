@@ -187,6 +187,8 @@ def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
     twin.load_state_dict({name: torch.from_numpy(p.data.copy()) for name, p in module.named_parameters()})
     twin_inputs = [torch.tensor(x, requires_grad=bool(np.issubdtype(x.dtype, np.floating)) and i == 0)
                    for i, x in enumerate(inputs)]
+    # the gradient arriving at every hook point: run_with_cache(incl_bwd=True) and backward hooks need them
+    hook_grads, twin_hook_grads = _record_hook_gradients(module), _record_hook_gradients(twin)
     twin_out = twin(*twin_inputs)
     try:
         out = module.forward(*inputs)
@@ -224,6 +226,16 @@ def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
     verdict.tensors = [TensorError(name, _relative(mine, theirs, PARITY_FLOOR * largest), _overall(mine, theirs, largest))
                        for name, mine, theirs in pairs]
     if all(t.ok for t in verdict.tensors):
+        skipped = [name for name in twin_hook_grads if name not in hook_grads]
+        if skipped:
+            return _wrong(verdict, f"the gradients are right, but backward never calls {', '.join(n + '.backward' for n in skipped)}: "
+                                   "pass each gradient through its hook point, as the forward passes each activation")
+        off = [name for name, theirs in twin_hook_grads.items()
+               if _relative(hook_grads[name], theirs, PARITY_FLOOR * max(np.abs(theirs).max(), largest)) > PARITY_TOLERANCE]
+        if off:
+            return _wrong(verdict, f"the gradient handed to {', '.join(n + '.backward' for n in off)} differs from the twin's "
+                                   "(pass each hook point the gradient of its own activation)")
+    if all(t.ok for t in verdict.tensors):
         # finite differences on the learner's own forward, and gradients that add up (+=)
         try:
             report = gradcheck(module, *inputs, sample=sample, seed=seed + 3)
@@ -240,6 +252,16 @@ def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
         verdict.status = "wrong"
         verdict.message = _describe_wrong(verdict.tensors, pairs)
     return verdict
+
+
+def _record_hook_gradients(module):
+    """Add a backward hook to every hook point of ``module`` (either twin); returns {name: gradient seen}."""
+    seen = {}
+    for name, sub in module.named_modules():
+        if hasattr(sub, "bwd_hooks") and hasattr(sub, "add_hook"):
+            sub.add_hook(lambda grad, hook, name=name: seen.__setitem__(name, np.array(
+                grad.detach().numpy() if hasattr(grad, "detach") else grad, dtype=np.float64)), dir="bwd")
+    return seen
 
 
 def _forward_arg(module):
@@ -332,7 +354,8 @@ def _wrong(verdict, message):
 def format_results(results, directory):
     """The check as a table a learner reads: number, exercise, status, where it went wrong."""
     lines = [f"Exercises in {directory}: your backward passes against the torch twin and finite differences.",
-             f"done: every gradient within {PARITY_TOLERANCE:g} (relative) of both, entry by entry, under every variant;",
+             f"done: every gradient within {PARITY_TOLERANCE:g} (relative) of both, entry by entry, under every variant,",
+             "and every hook point handed its gradient, as the twin's autograd hands it;",
              "the figures are the worst entries. wrong: which tensors are off and by how much;",
              "[brackets] name the variant that failed.", ""]
     rows = [("#", "exercise", "status", "details")]

@@ -126,6 +126,15 @@ def test_softmax_missing_row_sum_is_wrong_at_queries_and_keys(solved, tmp_path):
     assert min(wrong.values()) > 1e-2
 
 
+def test_skipping_a_hook_point_in_backward_is_wrong(solved, tmp_path):
+    """Right parameter gradients are not enough: run_with_cache(incl_bwd=True) needs each hook's gradient."""
+    directory = copy_of(solved, tmp_path)
+    plant(directory / "numpy_impl", "attention.py", "dz = self.hook_z.backward(dz)", "pass")
+    (result,) = check(directory, keys=["attention"], sample=SAMPLE)
+    assert result.status == "wrong" and "hook_z.backward" in result.message
+    assert all(t.ok for t in result.tensors), "the parameter gradients themselves are right"
+
+
 def test_overwriting_a_gradient_instead_of_adding_is_wrong(solved, tmp_path):
     directory = copy_of(solved, tmp_path)
     plant(directory / "numpy_impl", "unembed.py", "self.W_U.grad += np.einsum", "self.W_U.grad = np.einsum")
