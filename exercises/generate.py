@@ -211,23 +211,3 @@ def write_copy(directory, force: bool = False) -> Path:
     for name, text in stubs.items():
         (target / name).write_text(text)
     return target
-
-
-def splice_bodies(source: str, donor: str, file: str = "<source>") -> str:
-    """``source`` with each marked body taken from ``donor`` (same classes, same order): puts solutions back."""
-    mine, theirs = find_marked_bodies(source, file), find_marked_bodies(donor, file)
-    if [b.cls for b in mine] != [b.cls for b in theirs]:
-        raise ValueError(f"{file}: the two sources mark different backward methods")
-    lines, donor_lines = source.splitlines(keepends=True), donor.splitlines(keepends=True)
-    for body, other in reversed(list(zip(mine, theirs))):
-        lines[body.begin : body.end + 1] = donor_lines[other.begin : other.end + 1]
-    return "".join(lines)
-
-
-def outside_bodies(source: str, file: str = "<source>") -> str:
-    """``source`` with every marked body cut out (markers kept): what must match between copy and reference."""
-    lines = source.splitlines(keepends=True)
-    for body in reversed(find_marked_bodies(source, file)):
-        lines[body.begin + 1 : body.end] = []
-    return "".join(lines)
-

@@ -19,12 +19,16 @@ from numpy_impl.hooked import ActivationCache, as_numpy  # noqa: E402
 from .common import head_patterns  # noqa: E402
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    """Write ``fig`` to ``path`` (creating its folder) at 120 dpi, close it, return the path."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+_save = save_figure
 
 
 def _patterns_of(source, batch_index):

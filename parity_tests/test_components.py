@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import TOL, assert_close, compare_grads, load_into_twin, randomize
+from parity_tests.helpers import assert_close, compare_grads, load_into_twin, randomize
 
 DTYPES = ["float64", "float32"]
 N_CTX = 7

@@ -23,7 +23,7 @@ from interp import (
     positional_qk_circuit,
 )
 from interp.handmade import bos_repeated_tokens
-from parity_tests.helpers import rel_err, to_numpy
+from parity_tests.helpers import rel_err
 from parity_tests.interp_helpers import handmade_pair, random_pair, twin_of
 
 PARITY_TOL = 1e-12

@@ -51,7 +51,7 @@ def run(args):
         if name.startswith(("blocks.1",)):
             continue
         print(f"  {name:<24} {str(p.shape):<14}")
-    print(f"  (blocks.1.* as blocks.0.*)")
+    print("  (blocks.1.* as blocks.0.*)")
     print()
 
     tokens = np.array([[VOCAB.index(word) for word in SENTENCE]])  # [batch=1, pos=5]

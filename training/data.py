@@ -40,7 +40,6 @@ from dataclasses import dataclass
 import numpy as np
 
 FILLER, FIRST, COPY_START, REPEATED = 0, 1, 2, 3
-KIND_NAMES = {FILLER: "filler", FIRST: "first occurrence", COPY_START: "copy start", REPEATED: "repeated"}
 FORMATS = ("repeat", "copy", "tile")
 HELDOUT_LENGTHS = (21, 24)  # held-out segment lengths and copy distances (inclusive): never trained on
 REPEATED_WEIGHT = 1.0   # loss weight on targets an induction head can predict

@@ -9,7 +9,6 @@ needed) and returns the path.
 from __future__ import annotations
 
 import math
-import os
 
 import matplotlib
 
@@ -17,12 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def _save(fig, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+from interp.plots import save_figure as _save  # noqa: E402  (one way to write a figure, for every package)
 
 
 def plot_parity(path, numpy_loss, torch_loss, title):

@@ -174,14 +174,6 @@ class History:
     evals: dict = field(default_factory=dict)         # name -> {"repeated": [...], "first": [...]}
     seconds: float = 0.0                              # wall time of the training loop
 
-    def as_arrays(self) -> dict:
-        """Flat {name: ndarray}, e.g. for ``np.savez``."""
-        arrays = {"loss": np.array(self.loss), "eval_steps": np.array(self.eval_steps)}
-        for name, by_kind in self.evals.items():
-            for kind, values in by_kind.items():
-                arrays[f"{name}_{kind}"] = np.array(values)
-        return arrays
-
 
 def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batches=None,
           eval_every: int = 50, progress: bool = True, batch_stream=None, label: str = "") -> History:
