@@ -219,10 +219,15 @@ def run(args):
     }
     _, twin_cache = run_cache(twin, tokens)
     finite = lambda x: np.where(np.isfinite(x), x, 0.0)  # noqa: E731 - masked attention scores are -inf in both
-    worst = max(float(np.abs(finite(cache[name]) - finite(twin_cache[name])).max()) for name in twin_cache.keys())
-    print(f"  {'every cached activation':<24} max |numpy - torch| = {worst:.1e}")
+    def relative(ours, theirs):  # max |numpy - torch| / max |torch|, as the parity tests measure
+        ours, theirs = finite(np.asarray(ours)), finite(np.asarray(theirs))
+        return float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30))
+
+    worst = max(relative(cache[name], twin_cache[name]) for name in twin_cache.keys())
+    print(f"  ({cfg.dtype}; relative = max |numpy - torch| / max |torch|, per tensor)")
+    print(f"  {'every cached activation':<24} relative {worst:.1e}")
     for name, (ours, theirs) in checks.items():
-        print(f"  {name:<24} max |numpy - torch| = {np.abs(ours - theirs).max():.1e}")
+        print(f"  {name:<24} relative {relative(ours, theirs):.1e}")
 
     heading("Figures")
     for path in figures:
