@@ -105,6 +105,11 @@ def line_numbers(unit: Unit | None) -> str:
     return "".join(f'<span class="ln">{unit.first_line + k}</span>' for k in range(len(unit.lines)))
 
 
+def dedented(unit: Unit) -> Unit:
+    """The unit with its indentation taken off, for showing it outside its function."""
+    return Unit(textwrap.dedent(unit.text).split("\n"), unit.first_line, unit.kind, unit.key, unit.assigns)
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -170,7 +175,7 @@ def render_backward(section: Section, part: Part) -> str:
     for step in part.steps:
         targets = [f"{slug(section.stem)}-{slug(part.name)}-f{k}" for k in step.undoes]
         if step.undoes:
-            left = "".join(render_unit(part.rows[k].numpy) for k in step.undoes)
+            left = "".join(render_unit(dedented(part.rows[k].numpy)) for k in step.undoes)
             left = f"<pre>{left}</pre>"
         elif step.quote is not None:
             left = f'<p class="quote">forward: {html.escape(step.quote)}</p>'
@@ -236,9 +241,8 @@ def hook_call_cell(units: list[Unit], path: Path, ids: dict[int, str]) -> str:
         return '<td class="none">not called in the forward</td>'
     pieces = []
     for unit in units:
-        flat = Unit(textwrap.dedent(unit.text).split("\n"), unit.first_line, unit.kind, unit.key, unit.assigns)
         where = f"{path.parent.name}/{path.name}:{unit.first_line}"
-        pieces.append(f'<a href="#{ids.get(id(unit), "")}">{where}</a><pre>{render_unit(flat)}</pre>')
+        pieces.append(f'<a href="#{ids.get(id(unit), "")}">{where}</a><pre>{render_unit(dedented(unit))}</pre>')
     return "<td>" + "".join(pieces) + "</td>"
 
 
@@ -356,10 +360,10 @@ def legend() -> str:
     )
 
 
-def build_page() -> str:
-    """The whole page as one string, read from the source files now."""
-    sections = read_sections()
-    hooks = read_hooks(sections)
+def build_page(sections: list[Section] | None = None, hooks: list[Hook] | None = None) -> str:
+    """The whole page as one string, read from the source files now (unless they were just read)."""
+    sections = read_sections() if sections is None else sections
+    hooks = read_hooks(sections) if hooks is None else hooks
     ids: dict[int, str] = {}
     body = [render_section(section, ids) for section in sections]
     toc = "".join(f'<li><a href="#{slug(s.stem)}">{html.escape(s.title)}</a></li>' for s in sections)
@@ -386,10 +390,10 @@ def build_page() -> str:
     )
 
 
-def write_page(out_dir) -> Path:
+def write_page(out_dir, sections: list[Section] | None = None, hooks: list[Hook] | None = None) -> Path:
     """Write ``read.html`` into ``out_dir`` (made if missing) and return its path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "read.html"
-    path.write_text(build_page(), encoding="utf-8")
+    path.write_text(build_page(sections, hooks), encoding="utf-8")
     return path

@@ -14,11 +14,11 @@ def add_arguments(parser):
 
 
 def run(args):
-    path = write_page(args.out)
     sections = read_sections()
+    hooks = read_hooks(sections)
+    path = write_page(args.out, sections, hooks)
     rows = sum(len(part.rows) for section in sections for part in section.parts)
     steps = sum(len(part.steps) for section in sections for part in section.parts)
-    print(f"{len(sections)} sections, {rows} forward rows side by side, {steps} backward steps, "
-          f"{len(read_hooks(sections))} hook points")
+    print(f"{len(sections)} sections, {rows} forward rows side by side, {steps} backward steps, {len(hooks)} hook points")
     print(f"Wrote {path}")
-    print(f"Open it in a browser: file://{path.resolve()}")
+    print(f"Open it in a browser: {path.resolve().as_uri()}")
