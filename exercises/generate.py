@@ -106,7 +106,7 @@ def reference_exercises():
 def _parameter_shapes(cls):
     """{name: "[axis, axis]"} for the parameters ``cls`` owns itself (not its sub-modules')."""
     import numpy_impl
-    from numpy_impl.config import TransformerConfig
+    from foundation.config import TransformerConfig
     from numpy_impl.module import Parameter
 
     cfg = TransformerConfig(**_NAMING)

@@ -6,14 +6,14 @@
     out = model.run_with_hooks(tokens, fwd_hooks=[(name, fn)]) # fn(activation, hook) reads or replaces
     with model.hooks(fwd_hooks=[...]): ...                     # hooks on for a block of code
 
-``HookedMixin`` is inherited by ``numpy_impl.Transformer``; ``torch_impl.hooked.HookedMixin``
-subclasses it and overrides only the three twin-specific steps (which HookPoint class, how to
-copy an activation, how to run the backward pass). Everything else here serves both models.
+Nothing here knows the array library. Each twin's ``hooked.py`` subclasses ``HookedMixin`` and
+writes its own four steps (which HookPoint class, how to copy an activation, how to run the
+backward pass, the default gradient); everything else here serves both models.
 
 Activation gradients: the NumPy backward calls every HookPoint on its way down, and autograd
 calls the torch HookPoint's tensor hook, so ``<name>_grad`` is the gradient of the backward's
-scalar with respect to that activation, in both twins. An activation a forward hook edited is
-handled by the rule in ``numpy_impl/module.py`` (changed entries are constants).
+scalar with respect to that activation, in both twins. An activation a forward hook edited
+follows one rule in both (see ``HookPoint``): changed entries are constants.
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .checks import check_grad, tokens_as_array
-from .loss import CrossEntropyLoss
-from .module import HookPoint
+from .checks import check_grad, check_hook_result
 
 # TransformerLens's short names: which part of the model each hook name lives in
 BLOCK_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -97,6 +95,40 @@ def hook_name(name, layer=None, layer_type=None, n_layers=None):
     raise HookNameError(f"{where}: unknown short name; expected a full hook name or one of {known}")
 
 
+class HookLists:
+    """Forward and backward hook lists, written once for the NumPy ``HookPoint`` and its torch twin."""
+
+    def _init_hooks(self):
+        self.name = None
+        self.fwd_hooks = []
+        self.bwd_hooks = []
+
+    def add_hook(self, fn, dir: str = "fwd"):
+        """Call ``fn(activation, hook)`` in the forward pass ("fwd") or ``fn(grad, hook)`` in the backward ("bwd")."""
+        if not callable(fn):
+            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(fn)
+
+    def remove_hooks(self, dir: str = "both"):
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
+        if dir in ("fwd", "both"):
+            self.fwd_hooks = []
+        if dir in ("bwd", "both"):
+            self.bwd_hooks = []
+
+    def _run(self, hooks, x):
+        """Pass x through each hook in turn; a hook that returns something (of x's shape) replaces x."""
+        for fn in hooks:
+            result = fn(x, self)
+            if result is not None:
+                check_hook_result(result, x.shape, self.name)
+                x = result
+        return x
+
+
 class ActivationCache:
     """Activations (and ``<name>_grad`` gradients) of one run, keyed by full hook name.
 
@@ -164,20 +196,25 @@ class ActivationCache:
 class HookedMixin:
     """run_with_cache, run_with_hooks and hooks(), for a model whose sub-modules hold HookPoints."""
 
-    hook_point_class = HookPoint
+    hook_point_class = None  # each twin's HookPoint
 
-    # --- the three twin-specific steps (torch_impl/hooked.py overrides them) ---
+    # --- the steps each twin writes for itself (numpy_impl/hooked.py, torch_impl/hooked.py) ---
 
     def _snapshot(self, x):
         """A copy of an activation or gradient that later computation cannot change."""
-        return np.array(x, copy=True)
+        raise NotImplementedError
 
     def _as_tokens(self, tokens):
-        return tokens_as_array(tokens)
+        """Tokens as this twin's forward takes them."""
+        raise NotImplementedError
 
     def _run_backward(self, out, dout):
         """Backpropagate ``dout`` (an ndarray shaped like ``out``) from the last forward's output."""
-        self.backward(np.asarray(dout, dtype=out.dtype))
+        raise NotImplementedError
+
+    def _default_dout(self, out, tokens):
+        """d(mean next-token cross-entropy)/d(out), as an ndarray shaped like ``out``."""
+        raise NotImplementedError
 
     # --- written once ---
 
@@ -270,7 +307,7 @@ class HookedMixin:
         with self.hooks(fwd_hooks, bwd_hooks):
             out = self(tokens)
             if incl_bwd:
-                grad = next_token_loss_grad(out, tokens, self.cfg) if dout is None else self._check_dout(dout, out)
+                grad = self._default_dout(out, tokens) if dout is None else self._check_dout(dout, out)
                 self._run_backward(out, grad)
         # activations in forward order, then their gradients in the same order
         order = names + [name + GRAD_SUFFIX for name in names]
@@ -298,19 +335,10 @@ class HookedMixin:
         return [name for name in names if name in wanted]
 
 
-def next_token_loss_grad(out, tokens, cfg):
-    """d(mean next-token cross-entropy)/d(logits) as an ndarray shaped like ``out``.
 
-    Position p predicts ``tokens[:, p + 1]``; the last position predicts nothing (gradient 0).
-    """
+def check_next_token_loss(cfg, tokens):
+    """The default gradient of ``run_with_cache(incl_bwd=True)`` needs logits and two positions."""
     if not cfg.unembed:
         raise ValueError("run_with_cache(incl_bwd=True) without dout needs logits (cfg.unembed=True); pass dout")
-    tokens = as_numpy(tokens)
     if tokens.shape[1] < 2:
         raise ValueError("tokens need at least 2 positions for a next-token loss; pass dout instead")
-    logits = as_numpy(out)  # [batch, pos, d_vocab]
-    loss = CrossEntropyLoss()
-    loss.forward(logits[:, :-1], tokens[:, 1:])
-    dout = np.zeros_like(logits)  # [batch, pos, d_vocab]
-    dout[:, :-1] = loss.backward()
-    return dout

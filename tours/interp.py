@@ -54,7 +54,6 @@ def heading(text):
 
 
 def run(args):
-    import torch
 
     import torch_impl as pti
     from interp import analyses, circuits, patching, plots, scores
@@ -209,8 +208,7 @@ def run(args):
                   "of an induction head reading a previous-token head through its keys.")
 
     heading("9. The torch twin gives the same numbers")
-    twin = pti.Transformer(cfg)
-    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    twin = pti.Transformer.from_twin(model)
     checks = {
         "induction scores": (head_scores["induction"], scores.induction_scores(twin, tokens)),
         "logit lens": (lens.logits, analyses.logit_lens(twin, tokens).logits),

@@ -80,7 +80,7 @@ class InductionResult:
 
 
 def run_induction(seed: int = 0, out_dir: str = "outputs", steps: int | None = None,
-                  cfg: TransformerConfig = INDUCTION_CONFIG, progress: bool = True,
+                  cfg: TransformerConfig = INDUCTION_CONFIG, progress=None,
                   figures: bool = True) -> InductionResult:
     """Train a model from ``seed`` (weights and data), evaluate it, save weights and figures."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
