@@ -23,7 +23,7 @@ from numpy_impl import layernorm as np_layernorm
 from gradcheck.factory import randomize_parameters
 from gradcheck.finite_diff import gradcheck
 
-TOL = 1e-7     # the bar for a correct backward (see numpy_impl/gradcheck.py for the metric)
+TOL = 1e-7     # the bar for a correct backward (see gradcheck/finite_diff.py for the metric)
 SAMPLE = 12    # entries per tensor: enough to hit every tensor, small enough for a fast suite
 FLOAT_INPUT = {"LayerNorm", "MultiHeadAttention", "FeedForward", "TransformerBlock", "Unembed", "CrossEntropyLoss"}
 

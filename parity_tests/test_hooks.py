@@ -29,7 +29,7 @@ def make_pair(dtype="float64", **overrides):
 
 
 def expected_hooks(cfg):
-    """DESIGN.md's hook names and shapes, written out here (not taken from the code under test)."""
+    """The hook names and shapes of the contract (TransformerLens's), written out here (not taken from the code under test)."""
     d, h, dh = cfg.d_model, cfg.n_heads, cfg.d_head
     names = {"hook_embed": (B, P, d), "hook_pos_embed": (B, P, d)}
     ln = lambda prefix: {f"{prefix}.hook_scale": (B, P, 1), f"{prefix}.hook_normalized": (B, P, d)}  # noqa: E731

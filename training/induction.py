@@ -32,7 +32,7 @@ from . import plots
 from .data import FIRST, heldout_batch, induction_batch
 from .trainer import History, NumpyStepper, TrainConfig, loss_by_kind, train
 
-# The recipe of the issue; it grows induction heads on every seed we tried.
+# The training recipe; it grows induction heads on every seed we tried.
 INDUCTION_CONFIG = TransformerConfig(
     d_vocab=128,             # random tokens: a first occurrence carries ln 128 = 4.85 nats
     d_model=64,
