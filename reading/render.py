@@ -268,7 +268,8 @@ def render_hooks(hooks: list[Hook], sections: list[Section], ids: dict[int, str]
 
 
 CSS = """
-:root { --np: #1f5fa8; --torch: #c2410c; --line: #e5e7eb; --muted: #6b7280; --lit: #fff3b0; }
+:root { --np: #1f5fa8; --torch: #c2410c; --line: #e5e7eb; --muted: #6b7280; --lit: #fff3b0;
+        --mono: "DejaVu Sans Mono", "Cascadia Mono", Menlo, Consolas, "Liberation Mono", monospace; }
 * { box-sizing: border-box; }
 body { margin: 0; padding: 24px 32px 64px; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif;
        color: #1f2328; background: #fff; }
@@ -277,7 +278,6 @@ h1 { font-size: 26px; margin: 0 0 6px; }
 h2 { font-size: 21px; margin: 44px 0 6px; padding-top: 10px; border-top: 2px solid #1f2328; }
 h2 .classes { font-size: 14px; font-weight: normal; color: var(--muted); margin-left: 10px; font-family: var(--mono); }
 p { max-width: 95ch; margin: 6px 0; }
-:root { --mono: "DejaVu Sans Mono", "Cascadia Mono", Menlo, Consolas, "Liberation Mono", monospace; }
 code, pre { font-family: var(--mono); }
 code { font-size: 13px; background: #f3f4f6; padding: 0 3px; border-radius: 3px; }
 nav ol { columns: 3; max-width: 900px; padding-left: 20px; }
