@@ -22,7 +22,8 @@ import pytest
 import demo
 import numpy_impl
 import torch_impl
-from reading.source import align, split_units
+from reading.render import differing, lex
+from reading.source import align, link_steps, split_steps, split_units
 
 # every component with a forward, in the order of the forward pass, then the model and the loss
 COMPONENTS = [
@@ -163,6 +164,55 @@ def test_a_statement_over_several_lines_is_one_unit():
         """
     )
     assert [(unit.key, len(unit.lines)) for unit in found] == [("dx =", 4), ("# a comment line", 1), ("return", 1)]
+
+
+def test_the_tokens_that_differ_between_facing_lines_are_the_ones_marked():
+    numpy_line, torch_line = units(
+        """
+        m = x.max(axis=-1, keepdims=True)  # [batch, 1]
+        m = x.max(dim=-1, keepdim=True).values.detach()  # [batch, 1]; a comment is not diffed
+        """
+    )
+    numpy_tokens, torch_tokens = lex(numpy_line), lex(torch_line)
+    marked = lambda tokens, other: [tokens[k][1] for k in sorted(differing(tokens, other))]
+    assert marked(numpy_tokens, torch_tokens) == ["axis", "keepdims"]
+    assert marked(torch_tokens, numpy_tokens) == ["dim", "keepdim", ".", "values", ".", "detach", "(", ")"]
+
+
+def test_each_backward_step_is_linked_to_the_forward_line_it_quotes():
+    rows = align(
+        units(
+            """
+            h = x @ W
+            h = hook(h)
+            if relu:
+                y = max(h, 0)
+            else:
+                y = tanh(h)
+            """
+        ),
+        [],
+    )
+    steps = split_steps(
+        units(
+            """
+            dy = dout
+            if relu:
+                # forward: y = max(h, 0)
+                dh = dy * (h > 0)
+            else:
+                # forward: y = tanh(h)
+                dh = dy * (1 - y**2)
+            # forward: h = x @ W
+            dx = dh @ W.T
+            # forward: nothing = the forward assigns
+            """
+        )
+    )
+    link_steps(steps, rows)
+    assert [step.units[0].text.strip() for step in steps] == ["dy = dout", "if relu:", "else:", "# forward: h = x @ W",
+                                                            "# forward: nothing = the forward assigns"]
+    assert [step.undoes for step in steps] == [[], [3], [5], [0], []]
 
 
 # ---- in a browser ----------------------------------------------------------------------------
