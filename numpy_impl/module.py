@@ -8,9 +8,11 @@ walking its attributes in the order they were set, so ``named_parameters()`` and
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from foundation.checks import check_state_dict
+from foundation.checks import FORWARD_RAISED, FORWARD_RUNNING, check_state_dict
 from foundation.hooks import HookLists
 
 
@@ -30,10 +32,31 @@ class Parameter:
 
 
 class Module:
-    """Base class: parameter discovery, state dicts, ``from_twin``, ``zero_grad`` and ``__call__``."""
+    """Base class: parameter discovery, state dicts, ``from_twin``, ``zero_grad`` and ``__call__``.
+
+    Every subclass's ``forward`` is wrapped by ``_tracked_forward`` (below), so that ``backward``
+    only ever sees what one finished forward saved in ``self.cache``.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward" in vars(cls) and not isinstance(vars(cls)["forward"], staticmethod):
+            cls.forward = _tracked_forward(vars(cls)["forward"])
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    def saved_state(self):
+        """What the last forward left for backward, in this module and every one below it (references)."""
+        return [(module, {name: vars(module)[name] for name in ("cache", "changed") if name in vars(module)})
+                for _, module in self.named_modules()]
+
+    @staticmethod
+    def restore_state(saved):
+        """Put back what ``saved_state`` recorded."""
+        for module, attributes in saved:
+            for name, value in attributes.items():
+                setattr(module, name, value)
 
     def named_children(self):
         """Direct sub-modules, in the order they were set; a list ``blocks`` gives ``blocks.0`` ..."""
@@ -89,6 +112,35 @@ class Module:
         module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
         module.load_state_dict(twin.state_dict())
         return module
+
+
+def _tracked_forward(forward):
+    """``forward`` that marks ``self.cache`` while it runs and when it raises, for ``backward`` to refuse.
+
+    A forward that raised part-way leaves caches half from this run and half from the one
+    before, so ``backward`` would compute a wrong gradient without a word: instead the cache
+    says ``FORWARD_RAISED`` and ``backward`` refuses. A forward called again while it is still
+    running (a hook that runs the same model) keeps the outer run's saved values: every cache
+    below this module is put back when the inner run returns, so the outer backward stays right.
+    """
+
+    @functools.wraps(forward)
+    def tracked_forward(self, *args, **kwargs):
+        outer = self.saved_state() if getattr(self, "cache", None) is FORWARD_RUNNING else None
+        if "cache" in vars(self):
+            self.cache = FORWARD_RUNNING
+        try:
+            out = forward(self, *args, **kwargs)
+        except BaseException:
+            if outer is None and "cache" in vars(self):
+                self.cache = FORWARD_RAISED
+            raise
+        finally:
+            if outer is not None:
+                self.restore_state(outer)
+        return out
+
+    return tracked_forward
 
 
 def _as_array(value):
