@@ -2,21 +2,37 @@
 
 A ``.npz`` archive: one array per ``state_dict`` key, named exactly as the key, plus the
 config as JSON text under ``__config__``. Saving writes a temporary file in the same folder
-and renames it over the target, so an interrupted save never leaves a half-written file.
-Loading uses ``allow_pickle=False``: a weights file can hold numbers and text, never code.
+and renames it over the target, so an interrupted save never leaves a half-written file; the
+file gets the permissions ``np.save`` would give it (an existing file's, or the umask's).
+
+Loading trusts nothing in the file. It never unpickles (a weights file holds numbers and text,
+never code), and it checks the file's claims against what the file holds before reading any
+array: the config must ask for exactly the arrays present, each array header must promise
+exactly the bytes its member holds, and the fixed tensors the config would build must be of
+a sane size. Whatever is wrong (the zip container, a member's compression, an array's header,
+the config's JSON) is one ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import math
 import os
+import stat
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
 from .config import TransformerConfig
 
 CONFIG_KEY = "__config__"
+MAX_CONFIG_BYTES = 1 << 20     # the config's JSON is a few hundred bytes; more is not a weights file
+MAX_FIXED_BYTES = 1 << 30      # causal masks and sinusoidal table the config would build, not held by the file
+MAX_DEFLATE_RATIO = 1100       # deflate can shrink data at most about 1032 times: more is a lie (a zip bomb)
+NUMBER_KINDS = "fiu"           # float, signed and unsigned integer arrays; no bool, complex, text or objects
 
 
 def save_weights(path, state_dict: dict, cfg: TransformerConfig):
@@ -35,11 +51,13 @@ def save_weights(path, state_dict: dict, cfg: TransformerConfig):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot save {path!r}: the folder {folder!r} does not exist")
+    mode = _mode_np_save_would_give(path)
     fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except BaseException:
@@ -48,25 +66,173 @@ def save_weights(path, state_dict: dict, cfg: TransformerConfig):
         raise
 
 
+def _mode_np_save_would_give(path):
+    """An existing file keeps its permissions; a new one gets 0o666 less the umask (as ``open``)."""
+    if os.path.isfile(path):
+        return stat.S_IMODE(os.stat(path).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def parameter_shapes(cfg: TransformerConfig) -> dict:
+    """{state_dict key: shape} of the model ``cfg`` describes, in the model's order (no model is built)."""
+    shapes = {"embed.W_E": (cfg.d_vocab, cfg.d_model)}
+    if cfg.positional == "learned":
+        shapes["pos_embed.W_pos"] = (cfg.n_ctx, cfg.d_model)
+    for i in range(cfg.n_layers):
+        block = f"blocks.{i}"
+        if cfg.normalization is not None:
+            shapes.update({f"{block}.ln1.w": (cfg.d_model,), f"{block}.ln1.b": (cfg.d_model,)})
+        for name in ("W_Q", "W_K", "W_V"):
+            shapes[f"{block}.attn.{name}"] = (cfg.n_heads, cfg.d_model, cfg.d_head)
+        shapes[f"{block}.attn.W_O"] = (cfg.n_heads, cfg.d_head, cfg.d_model)
+        for name in ("b_Q", "b_K", "b_V"):
+            shapes[f"{block}.attn.{name}"] = (cfg.n_heads, cfg.d_head)
+        shapes[f"{block}.attn.b_O"] = (cfg.d_model,)
+        if not cfg.attn_only:
+            if cfg.normalization is not None:
+                shapes.update({f"{block}.ln2.w": (cfg.d_model,), f"{block}.ln2.b": (cfg.d_model,)})
+            shapes.update({f"{block}.mlp.W_in": (cfg.d_model, cfg.d_mlp), f"{block}.mlp.b_in": (cfg.d_mlp,),
+                           f"{block}.mlp.W_out": (cfg.d_mlp, cfg.d_model), f"{block}.mlp.b_out": (cfg.d_model,)})
+    if cfg.normalization == "pre":
+        shapes.update({"ln_final.w": (cfg.d_model,), "ln_final.b": (cfg.d_model,)})
+    if cfg.unembed:
+        shapes.update({"unembed.W_U": (cfg.d_model, cfg.d_vocab), "unembed.b_U": (cfg.d_vocab,)})
+    return shapes
+
+
+def parameter_count(cfg: TransformerConfig) -> int:
+    """len(parameter_shapes(cfg)), by arithmetic: a config claiming 10^7 layers costs nothing to check."""
+    norms = 0 if cfg.normalization is None else 2
+    per_block = norms + 8 + (0 if cfg.attn_only else norms + 4)
+    return (1 + (cfg.positional == "learned") + cfg.n_layers * per_block
+            + 2 * (cfg.normalization == "pre") + 2 * cfg.unembed)
+
+
 def load_weights(path):
     """Read a weights file -> (TransformerConfig, {name: ndarray}). Never unpickles."""
     path = _check_path(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no weights file at {path!r}")
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError("it is a single .npy array, not an .npz archive")
-        with archive:
-            contents = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
-        # numpy's own message would suggest allow_pickle=True, which this project never uses
-        reason = "not an .npz archive of plain arrays" if "pickle" in str(error) else str(error)
-        raise ValueError(f"{path!r} is not a Transformer Twins weights file ({reason})") from None
-    if CONFIG_KEY not in contents:
-        raise ValueError(f"{path!r} is not a Transformer Twins weights file (no {CONFIG_KEY} entry)")
-    cfg = TransformerConfig.from_json(str(contents.pop(CONFIG_KEY)))
-    return cfg, contents
+        return _read(path)
+    except _NotAWeightsFile as error:
+        raise ValueError(f"{path!r} is not a Transformer Twins weights file ({error})") from None
+    except (ValueError, TypeError, OSError, EOFError, KeyError, RecursionError, MemoryError, OverflowError,
+            NotImplementedError, zipfile.BadZipFile, zlib.error) as error:
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise ValueError(f"{path!r} is not a readable Transformer Twins weights file ({reason})") from None
+
+
+class _NotAWeightsFile(Exception):
+    """A reason, to be turned into the one ValueError naming the file."""
+
+
+def _read(path):
+    if not zipfile.is_zipfile(path):
+        raise _NotAWeightsFile("not an .npz (zip) archive")
+    with zipfile.ZipFile(path) as archive:
+        members = _check_members(archive)
+        if CONFIG_KEY not in members:
+            raise _NotAWeightsFile(f"no {CONFIG_KEY} entry")
+        cfg = _read_config(archive, members.pop(CONFIG_KEY))
+        expected_count = parameter_count(cfg)
+        if expected_count > 2 * len(members) + 64:  # too many to list: say so before building any name
+            raise _NotAWeightsFile(f"its config asks for {expected_count} arrays but it holds {len(members)}")
+        _check_fixed_tensors(cfg)
+        shapes = parameter_shapes(cfg)
+        headers = {name: _read_header(archive, info, name) for name, info in members.items()}
+        _check_against_config(headers, shapes)
+        arrays = {}
+        for name in shapes:
+            with archive.open(members[name]) as f:
+                arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
+    return cfg, arrays
+
+
+def _check_members(archive):
+    """{array name: ZipInfo}; every member an .npy, stored or deflated, its size consistent."""
+    members = {}
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+            raise _NotAWeightsFile(f"member {info.filename!r} is not an .npy array")
+        name = info.filename[: -len(".npy")]
+        if name in members:
+            raise _NotAWeightsFile(f"member {info.filename!r} appears twice")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise _NotAWeightsFile(f"member {info.filename!r} uses compression method {info.compress_type}; "
+                                   "expected stored or deflated")
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise _NotAWeightsFile(f"member {info.filename!r} claims {info.file_size} bytes but holds {info.compress_size}")
+        if info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+            raise _NotAWeightsFile(f"member {info.filename!r} claims {info.file_size} bytes from {info.compress_size} "
+                                   "compressed: more than deflate can give")
+        members[name] = info
+    return members
+
+
+def _read_config(archive, info):
+    if info.file_size > MAX_CONFIG_BYTES:
+        raise _NotAWeightsFile(f"its {CONFIG_KEY} entry claims {info.file_size} bytes")
+    with archive.open(info) as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    array = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    if array.dtype.kind != "U" or array.shape != ():
+        raise _NotAWeightsFile(f"its {CONFIG_KEY} entry must be one string, got {array.dtype} of shape {array.shape}")
+    try:
+        fields = json.loads(str(array))
+    except RecursionError:
+        raise _NotAWeightsFile("the config's JSON is nested too deeply") from None
+    except ValueError as error:
+        raise _NotAWeightsFile(f"the config is not valid JSON: {error}") from None
+    try:
+        return TransformerConfig.from_dict(fields)
+    except (TypeError, ValueError) as error:
+        raise _NotAWeightsFile(f"its config is invalid: {error}") from None
+
+
+def _check_fixed_tensors(cfg):
+    """Causal masks ([n_ctx, n_ctx] per layer) and the sinusoidal table come from the config alone."""
+    size = cfg.n_layers * cfg.n_ctx**2 + cfg.n_ctx * cfg.d_model * 8
+    if size > MAX_FIXED_BYTES:
+        raise _NotAWeightsFile(f"its config (n_ctx={cfg.n_ctx}, n_layers={cfg.n_layers}) would build "
+                               f"{size / 2**30:.1f} GiB of fixed tensors that the file does not hold")
+
+
+def _read_header(archive, info, name):
+    """(shape, dtype) from an .npy member's header, checked against the member's size; no data is read."""
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise _NotAWeightsFile(f"array {name!r} has .npy format version {version}")
+        header_size = f.tell()
+    if dtype.kind not in NUMBER_KINDS or dtype.fields is not None:
+        raise _NotAWeightsFile(f"array {name!r} holds {dtype}, not real numbers")
+    data_size = math.prod(shape) * dtype.itemsize
+    if header_size + data_size != info.file_size:
+        raise _NotAWeightsFile(f"array {name!r} claims shape {shape} of {dtype} ({data_size} bytes) "
+                               f"but its member holds {info.file_size - header_size}")
+    return shape, dtype
+
+
+def _check_against_config(headers, shapes):
+    missing = sorted(set(shapes) - set(headers))
+    unexpected = sorted(set(headers) - set(shapes))
+    problems = []
+    if missing:
+        problems.append(f"missing arrays: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected arrays: {', '.join(unexpected)}")
+    for name in sorted(set(shapes) & set(headers)):
+        if tuple(headers[name][0]) != shapes[name]:
+            problems.append(f"{name} has shape {tuple(headers[name][0])}, its config asks for {shapes[name]}")
+    if problems:
+        raise _NotAWeightsFile("; ".join(problems))
 
 
 def _check_path(path):
