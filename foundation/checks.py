@@ -23,13 +23,13 @@ def _is_torch(x):
 def _is_float(x):
     if _is_torch(x):
         return x.is_floating_point()
-    return np.issubdtype(x.dtype, np.floating)
+    return x.dtype.kind == "f"
 
 
 def _is_int(x):
     if _is_torch(x):
         return not x.is_floating_point() and not x.is_complex() and str(x.dtype) != "torch.bool"
-    return np.issubdtype(x.dtype, np.integer)
+    return x.dtype.kind in "iu"  # not np.issubdtype(..., np.integer): timedelta64 would count
 
 
 def _dtype_name(x):
@@ -54,7 +54,14 @@ def check_seed(seed, generator_type):
 
 
 def tokens_as_array(tokens, name: str = "tokens"):
-    """Nested lists or tuples of ids -> an ndarray; anything else is returned as it is."""
+    """Nested lists or tuples of ids -> an ndarray; an ndarray subclass -> a plain ndarray; the rest as it is.
+
+    A masked array is refused: its mask would be ignored, silently.
+    """
+    if isinstance(tokens, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain array of ids, got a masked array (its mask would be ignored)")
+    if isinstance(tokens, np.ndarray) and type(tokens) is not np.ndarray:
+        return np.asarray(tokens)  # np.matrix and other subclasses: the same ids, read as a plain array
     if not isinstance(tokens, (list, tuple)):
         return tokens
     try:
@@ -80,11 +87,18 @@ def check_tokens(tokens, cfg, array_type, name: str = "tokens"):
         raise ValueError(f"{name} must not be empty, got shape {tuple(tokens.shape)}")
     if pos > cfg.n_ctx:
         raise ValueError(f"{name} has {pos} positions but the model's n_ctx is {cfg.n_ctx}")
-    low, high = int(tokens.min()), int(tokens.max())
+    low, high = _min_max(tokens)
     if low < 0 or high >= cfg.d_vocab:
         raise ValueError(
             f"{name} must lie in [0, d_vocab={cfg.d_vocab}), got values from {low} to {high}"
         )
+
+
+def _min_max(ids):
+    """The smallest and largest id as ints (torch has no min for its unsigned types beyond uint8)."""
+    if _is_torch(ids) and str(ids.dtype) in ("torch.uint16", "torch.uint32", "torch.uint64"):
+        ids = ids.to(dtype=__import__("torch").int64)
+    return int(ids.min()), int(ids.max())
 
 
 def check_activation(x, name: str, cfg, array_type):
@@ -106,12 +120,14 @@ def _type_name(array_type):
     return "torch.Tensor" if array_type.__module__.startswith("torch") else "numpy.ndarray"
 
 
-def check_grad(dout, name: str, expected_shape):
-    """An upstream gradient (NumPy side only): a float ndarray shaped exactly like the forward's output."""
+def check_grad(dout, name: str, expected_shape, dtype=None):
+    """An upstream gradient (NumPy side only): a float ndarray of the model's dtype, shaped like the forward's output."""
     if not isinstance(dout, np.ndarray):
         raise TypeError(f"{name} must be a float numpy.ndarray, got {type(dout).__name__}")
     if not _is_float(dout):
         raise TypeError(f"{name} must be a float array, got dtype {dout.dtype}")
+    if dtype is not None and _dtype_name(dout) != dtype:
+        raise TypeError(f"{name} must have the model's dtype {dtype}, got {_dtype_name(dout)}")
     if tuple(dout.shape) != tuple(expected_shape):
         raise ValueError(
             f"{name} must have the forward output's shape {tuple(expected_shape)}, "
@@ -164,6 +180,11 @@ def check_hook_result(result, expected_shape, hook_name):
             f"hook on {hook_name!r} must return None or an array shaped {tuple(expected_shape)}, "
             f"got {type(result).__name__}"
         )
+    if not hasattr(result, "dtype") or not (_is_float(result) or _is_int(result)):
+        raise TypeError(
+            f"hook on {hook_name!r} must return None or an array of real numbers, "
+            f"got {type(result).__name__} of dtype {getattr(result, 'dtype', None)}"
+        )
     if tuple(result.shape) != tuple(expected_shape):
         raise ValueError(
             f"hook on {hook_name!r} returned shape {tuple(result.shape)}; the activation's shape is "
@@ -187,7 +208,7 @@ def check_loss_inputs(logits, targets, weights, array_type):
             f"targets must have shape {tuple(logits.shape[:2])} (logits' batch and pos), got {tuple(targets.shape)}"
         )
     d_vocab = logits.shape[-1]
-    low, high = int(targets.min()), int(targets.max())
+    low, high = _min_max(targets)
     if low < 0 or high >= d_vocab:
         raise ValueError(f"targets must lie in [0, d_vocab={d_vocab}), got values from {low} to {high}")
     if weights is None:
@@ -206,8 +227,11 @@ def _describe(x):
     return type(x).__name__
 
 
-def check_state_dict(state_dict, expected_shapes: dict):
-    """Strict key and shape check of a state dict against {name: shape}; one ValueError lists every problem."""
+def check_state_dict(state_dict, expected_shapes: dict, dtype=None):
+    """Strict key and shape check of a state dict against {name: shape}; one ValueError lists every problem.
+
+    With ``dtype`` (the model's, e.g. "float32"), finite values that would overflow to inf in it are a problem too.
+    """
     if not isinstance(state_dict, dict):
         raise TypeError(f"state_dict must be a dict of arrays, got {type(state_dict).__name__}")
     missing = sorted(set(expected_shapes) - set(state_dict))
@@ -227,5 +251,16 @@ def check_state_dict(state_dict, expected_shapes: dict):
             problems.append(
                 f"{name}: shape {tuple(value.shape)} does not match the model's {tuple(expected_shapes[name])}"
             )
+        elif dtype is not None and _overflows(value, dtype):
+            problems.append(f"{name}: holds finite values too large for the model's dtype {dtype}")
     if problems:
         raise ValueError("load_state_dict: " + "; ".join(problems))
+
+
+def _overflows(value, dtype):
+    """True where a finite float value becomes inf when cast to dtype."""
+    array = value.detach().cpu().numpy() if _is_torch(value) else np.asarray(value)
+    if array.dtype.kind != "f" or array.dtype.itemsize <= np.dtype(dtype).itemsize or array.size == 0:
+        return False
+    largest = np.abs(array[np.isfinite(array)]).max(initial=0)
+    return bool(largest > np.finfo(dtype).max)

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
+
 ACT_FNS = ("relu", "gelu_new")
 NORMALIZATIONS = ("post", "pre", None)
 POSITIONALS = ("sinusoidal", "learned")
@@ -36,6 +38,10 @@ class TransformerConfig:
     dtype: str = "float64"                # "float64" (checking) or "float32"
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):  # NumPy scalars become the Python values they stand for
+            value = getattr(self, field.name)
+            if isinstance(value, (np.bool_, np.integer)):
+                object.__setattr__(self, field.name, value.item())
         for name in ("d_vocab", "d_model", "n_heads", "n_layers", "n_ctx"):
             _check_positive_int(name, getattr(self, name))
         if self.d_head is None:
@@ -92,5 +98,7 @@ def _check_positive_int(name, value):
 
 
 def _check_choice(name, value, choices):
+    if value is not None and not isinstance(value, str):  # an array or a dtype object may compare equal to a str
+        raise TypeError(f"{name} must be one of {choices}, got {type(value).__name__} {value!r}")
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")

@@ -315,7 +315,7 @@ class HookedMixin:
 
     def _check_dout(self, dout, out):
         dout = as_numpy(dout)
-        check_grad(dout, "dout", out.shape)
+        check_grad(dout, "dout", out.shape, self.cfg.dtype)
         return dout
 
     def _filtered_names(self, names_filter):

@@ -76,7 +76,7 @@ class MultiHeadAttention(Module):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into every W_* and b_* grad."""
         check_forward_done(self.cache, "MultiHeadAttention")
         x, q_h, k_h, v_h, probs, pattern, z = self.cache
-        check_grad(dout, "dout", x.shape)
+        check_grad(dout, "dout", x.shape, self.cfg.dtype)
         # EXERCISE BEGIN
         pos = x.shape[1]
         # forward: out = einsum("bphd,hdm->bpm", z, W_O) + b_O

@@ -66,7 +66,7 @@ class TransformerBlock(Module):
         A residual connection copies its input to two places, so its gradient is the sum of both.
         """
         check_forward_done(self.cache, "TransformerBlock")
-        check_grad(dresid_post, "dresid_post", self.cache)
+        check_grad(dresid_post, "dresid_post", self.cache, self.cfg.dtype)
         # EXERCISE BEGIN
         norm = self.cfg.normalization
         dresid_post = self.hook_resid_post.backward(dresid_post)

@@ -34,7 +34,7 @@ class TokenEmbedding(Module):
         """
         check_forward_done(self.cache, "TokenEmbedding")
         tokens = self.cache
-        check_grad(dembed, "dembed", tokens.shape + (self.cfg.d_model,))
+        check_grad(dembed, "dembed", tokens.shape + (self.cfg.d_model,), self.cfg.dtype)
         # EXERCISE BEGIN
         # forward: embed = W_E[tokens]
         np.add.at(self.W_E.grad, tokens, dembed)  # [d_vocab, d_model], repeats add up

@@ -53,7 +53,7 @@ class FeedForward(Module):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_in, b_in, W_out, b_out grads."""
         check_forward_done(self.cache, "FeedForward")
         x, pre, tanh, post = self.cache
-        check_grad(dout, "dout", x.shape)
+        check_grad(dout, "dout", x.shape, self.cfg.dtype)
         # EXERCISE BEGIN
         # forward: out = post @ W_out + b_out
         self.W_out.grad += np.einsum("bpf,bpm->fm", post, dout, optimize=True)  # [d_mlp, d_model]

@@ -49,7 +49,7 @@ class LayerNorm(Module):
         """
         check_forward_done(self.cache, "LayerNorm")
         centered, scale, normalized = self.cache
-        check_grad(dout, "dout", normalized.shape)
+        check_grad(dout, "dout", normalized.shape, self.cfg.dtype)
         # EXERCISE BEGIN
         d_model = centered.shape[-1]
         # forward: out = hook_normalized(out)   (a hook point: the gradient passes through it)

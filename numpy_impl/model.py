@@ -63,7 +63,7 @@ class Transformer(HookedMixin, Module):
     def backward(self, dout):
         """dout shaped like the output -> None (tokens are discrete); fills every parameter's grad."""
         check_forward_done(self.cache, "Transformer")
-        check_grad(dout, "dout", self.cache)
+        check_grad(dout, "dout", self.cache, self.cfg.dtype)
         # EXERCISE BEGIN
         # forward: out = unembed(resid) if unembed else resid
         dresid = self.unembed.backward(dout) if self.cfg.unembed else dout  # [batch, pos, d_model]

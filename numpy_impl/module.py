@@ -102,7 +102,8 @@ class Module:
         params = dict(self.named_parameters())
         if isinstance(state_dict, dict):  # torch tensors are welcome: they become ndarrays
             state_dict = {name: _as_array(value) for name, value in state_dict.items()}
-        check_state_dict(state_dict, {name: p.shape for name, p in params.items()})
+        check_state_dict(state_dict, {name: p.shape for name, p in params.items()},
+                         next(iter(params.values())).data.dtype.name if params else None)
         for name, array in state_dict.items():
             params[name].data[...] = array
 

@@ -91,7 +91,7 @@ class Adam(Optimizer):
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.beta1 = _check_number("betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
         self.beta2 = _check_number("betas[1]", betas[1], low=0.0, high=1.0, high_open=True)
-        self.eps = _check_number("eps", eps, low=0.0)
+        self.eps = _check_number("eps", eps, low=0.0, low_open=True)  # eps = 0 divides 0 by 0 where v is 0
         self.weight_decay = _check_number("weight_decay", weight_decay, low=0.0)
         self.t = 0
         self.m = [np.zeros_like(p.data) for p in self.params]
@@ -144,8 +144,20 @@ def clip_grad_norm(parameters, max_norm: float) -> float:
     """
     params = _parameter_list(parameters)
     max_norm = _check_number("max_norm", max_norm, low=0.0, low_open=True)
-    total_norm = math.sqrt(sum(float(np.sum(p.grad * p.grad)) for p in params))
-    scale = min(1.0, max_norm / (total_norm + 1e-6))
+    # the norm as largest * norm(grad / largest), in float64: squares of huge (or tiny) entries
+    # would overflow to inf (or underflow to 0), and clipping would zero every gradient
+    largest = max(float(np.max(np.abs(p.grad), initial=0.0)) for p in params)
+    if largest == 0 or not math.isfinite(largest):
+        total_norm = largest if largest == 0 else float("nan") if any(np.isnan(p.grad).any() for p in params) else largest
+        if largest == 0:
+            return 0.0
+        scale = max_norm / (total_norm + 1e-6)  # inf or NaN gradients: as torch, no finite answer to keep
+        for p in params:
+            p.grad *= scale
+        return total_norm
+    relative_norm = math.sqrt(sum(float(np.sum(np.square(p.grad / largest, dtype=np.float64))) for p in params))
+    total_norm = largest * relative_norm  # inf only when the true norm exceeds the float64 range
+    scale = min(1.0, max_norm / (total_norm + 1e-6)) if math.isfinite(total_norm) else max_norm / largest / relative_norm
     for p in params:
         p.grad *= scale
     return total_norm
@@ -207,11 +219,14 @@ class LambdaLR:
         self.lr_lambda = lr_lambda
         self.base_lr = optimizer.lr
         self.last_step = 0
-        optimizer.lr = self.base_lr * lr_lambda(0)
+        optimizer.lr = self.base_lr * self._factor(0)
 
     def step(self):
         self.last_step += 1
-        self.optimizer.lr = self.base_lr * self.lr_lambda(self.last_step)
+        self.optimizer.lr = self.base_lr * self._factor(self.last_step)
+
+    def _factor(self, step):
+        return _check_number(f"lr_lambda({step})", self.lr_lambda(step), low=0.0)
 
     def get_last_lr(self) -> float:
         return self.optimizer.lr

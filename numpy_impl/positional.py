@@ -44,7 +44,7 @@ class SinusoidalPositionalEncoding(Module):
     def backward(self, dpos_embed):
         """dpos_embed [batch, pos, d_model] -> None (the table is fixed; tokens are discrete)."""
         check_forward_done(self.cache, "SinusoidalPositionalEncoding")
-        check_grad(dpos_embed, "dpos_embed", self.cache + (self.cfg.d_model,))
+        check_grad(dpos_embed, "dpos_embed", self.cache + (self.cfg.d_model,), self.cfg.dtype)
         return None
 
 
@@ -68,7 +68,7 @@ class LearnedPositionalEmbedding(Module):
     def backward(self, dpos_embed):
         """dpos_embed [batch, pos, d_model] -> None; W_pos[p] collects the gradient of every sequence."""
         check_forward_done(self.cache, "LearnedPositionalEmbedding")
-        check_grad(dpos_embed, "dpos_embed", self.cache + (self.cfg.d_model,))
+        check_grad(dpos_embed, "dpos_embed", self.cache + (self.cfg.d_model,), self.cfg.dtype)
         # EXERCISE BEGIN
         pos = self.cache[1]
         # forward: pos_embed = broadcast W_pos[:pos] over batch

@@ -33,7 +33,7 @@ class Unembed(Module):
         """dlogits [batch, pos, d_vocab] -> dx [batch, pos, d_model]; adds into W_U.grad and b_U.grad."""
         check_forward_done(self.cache, "Unembed")
         x = self.cache
-        check_grad(dlogits, "dlogits", x.shape[:2] + (self.cfg.d_vocab,))
+        check_grad(dlogits, "dlogits", x.shape[:2] + (self.cfg.d_vocab,), self.cfg.dtype)
         # EXERCISE BEGIN
         # forward: logits = x @ W_U + b_U
         self.W_U.grad += np.einsum("bpm,bpv->mv", x, dlogits, optimize=True)  # [d_model, d_vocab]

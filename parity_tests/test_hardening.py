@@ -634,13 +634,14 @@ def test_an_interrupted_save_leaves_the_old_file(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- 5. clipping and values that do not fit
 
 @pytest.mark.parametrize("dtype,size", [("float64", 1e200), ("float64", 1e300), ("float32", 1e30),
-                                        ("float32", 3e38), ("float64", 1e-300)])
+                                        ("float32", 1e37), ("float64", 1e-300)])
 def test_clip_grad_norm_of_huge_or_tiny_gradients(dtype, size):
     params = [npi.Parameter(np.zeros((3, 4), dtype=dtype)), npi.Parameter(np.zeros(5, dtype=dtype))]
     rng = np.random.default_rng(0)
     for p in params:
         p.grad[...] = rng.standard_normal(p.shape) * size
     directions = [p.grad.astype(np.float64) / size for p in params]
+    originals = [p.grad.copy() for p in params]
     total = clip_grad_norm(params, max_norm=1.0)
     true_norm = np.sqrt(sum((d**2).sum() for d in directions))
     clipped = np.sqrt(sum((p.grad.astype(np.float64) ** 2).sum() for p in params))
@@ -650,8 +651,8 @@ def test_clip_grad_norm_of_huge_or_tiny_gradients(dtype, size):
         assert abs(clipped - 1.0) < 1e-5
         for p, d in zip(params, directions):  # the direction is kept
             assert rel_err(p.grad / clipped, d / true_norm) < 1e-5
-    else:
-        assert abs(clipped - true_norm * size) <= 1e-6 * true_norm * size  # no clipping below max_norm
+    else:  # no clipping below max_norm
+        assert all(np.array_equal(p.grad, original) for p, original in zip(params, originals))
     expected_total = true_norm * size
     if np.isfinite(np.array(expected_total, dtype=np.float64)):
         assert abs(total - expected_total) <= 1e-5 * expected_total

@@ -26,5 +26,6 @@ class TokenEmbedding(Module):
     def forward(self, tokens):
         """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
         check_tokens(tokens, self.cfg, torch.Tensor)
+        tokens = tokens.to(torch.int64)  # ids of any integer dtype (a uint8 index would be a mask)
         embed = self.W_E[tokens]  # [batch, pos, d_model]
         return embed

@@ -9,12 +9,11 @@ cross-entropy).
 
 import torch
 
-from foundation.checks import tokens_as_array
 from foundation.hooks import HookedMixin as _HookedMixin
 from foundation.hooks import check_next_token_loss
 
 from .loss import CrossEntropyLoss
-from .module import HookPoint
+from .module import HookPoint, token_tensor
 
 
 class HookedMixin(_HookedMixin):
@@ -26,7 +25,7 @@ class HookedMixin(_HookedMixin):
         return x.detach().clone()
 
     def _as_tokens(self, tokens):
-        return torch.as_tensor(tokens_as_array(tokens)) if not isinstance(tokens, torch.Tensor) else tokens
+        return token_tensor(tokens, self.cfg)
 
     def _run_backward(self, out, dout):
         out.backward(torch.as_tensor(dout, dtype=out.dtype))

@@ -32,6 +32,7 @@ class CrossEntropyLoss(Module):
     def forward(self, logits, targets, weights=None):
         """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss []"""
         check_loss_inputs(logits, targets, weights, torch.Tensor)
+        targets = targets.to(torch.int64)  # ids of any integer dtype; take_along_dim wants int64
         if weights is None:
             weights = torch.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
         log_probs = log_softmax(logits)  # [batch, pos, d_vocab]

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from foundation.checks import check_config, check_seed, check_tokens, tokens_as_array
+from foundation.checks import check_config, check_seed
 from foundation.weights import load_weights, save_weights
 
 from .block import TransformerBlock
 from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
-from .module import HookPoint, Module, default_rng
+from .module import HookPoint, Module, default_rng, token_tensor
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
 
@@ -50,10 +50,7 @@ class Transformer(HookedMixin, Module):
 
     def forward(self, tokens):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])"""
-        tokens = tokens_as_array(tokens)  # nested lists become an ndarray
-        if isinstance(tokens, np.ndarray):
-            tokens = torch.as_tensor(tokens)
-        check_tokens(tokens, self.cfg, torch.Tensor)
+        tokens = token_tensor(tokens, self.cfg)  # checked, then int64 (lists and ndarrays too)
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
         resid = embed + pos_embed  # [batch, pos, d_model]

@@ -8,10 +8,11 @@ reference's (its hook lists are ``foundation.hooks.HookLists``, written once).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from foundation.checks import check_seed, check_state_dict
+from foundation.checks import check_seed, check_state_dict, check_tokens, tokens_as_array
 from foundation.hooks import HookLists
 
 
@@ -36,7 +37,9 @@ class Module(nn.Module):
         if isinstance(state_dict, dict):  # ndarrays are welcome: they become tensors
             state_dict = {name: _as_tensor(value) for name, value in state_dict.items()}
         if strict:
-            check_state_dict(state_dict, {name: tuple(p.shape) for name, p in self.named_parameters()})
+            params = dict(self.named_parameters())
+            dtype = str(next(iter(params.values())).dtype).replace("torch.", "") if params else None
+            check_state_dict(state_dict, {name: tuple(p.shape) for name, p in params.items()}, dtype)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @classmethod
@@ -45,6 +48,20 @@ class Module(nn.Module):
         module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
         module.load_state_dict(twin.state_dict())
         return module
+
+
+def token_tensor(tokens, cfg):
+    """Token ids as an int64 tensor: lists and ndarrays of any integer dtype are checked, then converted.
+
+    Checking the ndarray first gives the reference's messages; converting to int64 copies it (so
+    negative strides and read-only arrays are fine) and reads a uint8 array as ids, never as a mask.
+    """
+    tokens = tokens_as_array(tokens)
+    if isinstance(tokens, np.ndarray):
+        check_tokens(tokens, cfg, np.ndarray)
+        return torch.from_numpy(tokens.astype(np.int64))
+    check_tokens(tokens, cfg, torch.Tensor)
+    return tokens.to(torch.int64)
 
 
 def _as_tensor(value):
