@@ -10,7 +10,9 @@ this file only dispatches, so ``--help`` answers without importing torch.
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
 
 # command -> (module in tours/, one line of help). The first is the default.
 TOURS = {
@@ -43,8 +45,47 @@ def main(argv=None):
         module = importlib.import_module(TOURS[argv[0]][0])
         module.add_arguments(commands.choices[argv[0]])
     args = parser.parse_args(argv)
-    module = importlib.import_module(args.module_name)
-    module.run(args)
+    try:
+        check_arguments(args)
+        module = importlib.import_module(args.module_name)
+        module.run(args)
+    except (ValueError, TypeError, OSError) as error:  # a bad argument or file: one line, no traceback
+        fail(args.command, error)
+    except SystemExit as error:
+        if isinstance(error.code, str):  # a tour's own one-line refusal
+            fail(args.command, error.code)
+        raise
+    except KeyboardInterrupt:
+        fail(args.command, "interrupted", status=130)
+
+
+# options several tours share: name -> (smallest allowed value, what it must be)
+LOWEST = {"seed": (0, "a non-negative int"), "sample": (1, "a positive int"), "steps": (1, "a positive int")}
+
+
+def check_arguments(args):
+    """Refuse what no tour can use, before any work: negative seeds, zero samples, an --out that is no folder."""
+    for name, (lowest, what) in LOWEST.items():
+        value = getattr(args, name, None)
+        if value is not None and value < lowest:
+            raise ValueError(f"--{name} must be {what}, got {value}")
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {args.out!r} is a file, not a folder")
+    existing = out
+    while not os.path.exists(existing):  # the folder is made later, under the nearest folder that exists
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"--out {args.out!r} cannot be made: {existing!r} is a file")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise ValueError(f"--out {args.out!r} is not writable ({error.strerror})") from None
+
+
+def fail(command, message, status=1):
+    print(f"demo.py {command}: error: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""Every bad argument to demo.py gets one line of error and a non-zero exit, never a traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import demo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bad_arguments(tmp_path):
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("not a folder")
+    bad_weights = tmp_path / "bad.npz"
+    bad_weights.write_bytes(b"not a weights file")
+    return {
+        "--out is a file": ["basics", "--out", str(a_file)],
+        "--out under a file": ["basics", "--out", str(a_file / "sub")],
+        "--out not writable": ["basics", "--out", "/proc/transformer-twins-out"],
+        "basics negative seed": ["basics", "--seed", "-1"],
+        "basics seed not a number": ["basics", "--seed", "abc"],
+        "parity negative seed": ["parity", "--seed", "-3"],
+        "gradcheck --sample 0": ["gradcheck", "--sample", "0"],
+        "gradcheck negative sample": ["gradcheck", "--sample", "-5"],
+        "gradcheck negative seed": ["gradcheck", "--seed", "-1"],
+        "exercises check a missing folder": ["exercises", "check", str(tmp_path / "missing")],
+        "exercises check --sample 0": ["exercises", "check", str(tmp_path), "--sample", "0"],
+        "exercises check negative seed": ["exercises", "check", str(tmp_path), "--seed", "-1"],
+        "exercises check unknown component": ["exercises", "check", str(tmp_path), "nonsense"],
+        "exercises init under a file": ["exercises", "init", str(a_file / "copy")],
+        "train-parity --steps 0": ["train-parity", "--steps", "0"],
+        "train-parity negative seed": ["train-parity", "--seed", "-1"],
+        "train-parity unknown optimiser": ["train-parity", "--optimizer", "lbfgs"],
+        "induction negative steps": ["induction", "--steps", "-1"],
+        "induction negative seed": ["induction", "--seed", "-2"],
+        "interp a missing weights file": ["interp", "--model", str(tmp_path / "missing.npz")],
+        "interp a malformed weights file": ["interp", "--model", str(bad_weights)],
+        "interp negative seed": ["interp", "--seed", "-1"],
+        "unknown command": ["nonsense"],
+        "unknown option": ["basics", "--nonsense"],
+    }
+
+
+CASES = sorted(bad_arguments(__import__("pathlib").Path("/tmp")))
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.err
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_argument_is_one_line_of_error(case, tmp_path, capsys):
+    argv = bad_arguments(tmp_path)[case]
+    code, err = run_main(argv, capsys)
+    assert code not in (0, None), err
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if "error" in line]
+    assert len(error_lines) == 1, err
+
+
+@pytest.mark.parametrize("case", ["--out is a file", "gradcheck --sample 0", "interp a malformed weights file",
+                                  "exercises check a missing folder"])
+def test_as_a_subprocess(case, tmp_path):
+    argv = bad_arguments(tmp_path)[case]
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), *argv], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1, result.stderr
