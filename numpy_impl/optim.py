@@ -146,14 +146,13 @@ def clip_grad_norm(parameters, max_norm: float) -> float:
     max_norm = _check_number("max_norm", max_norm, low=0.0, low_open=True)
     # the norm as largest * norm(grad / largest), in float64: squares of huge (or tiny) entries
     # would overflow to inf (or underflow to 0), and clipping would zero every gradient
-    largest = max(float(np.max(np.abs(p.grad), initial=0.0)) for p in params)
-    if largest == 0 or not math.isfinite(largest):
-        total_norm = largest if largest == 0 else float("nan") if any(np.isnan(p.grad).any() for p in params) else largest
-        if largest == 0:
-            return 0.0
-        scale = max_norm / (total_norm + 1e-6)  # inf or NaN gradients: as torch, no finite answer to keep
+    largest = float(np.max([np.max(np.abs(p.grad), initial=0.0) for p in params]))  # NaN if any entry is NaN
+    if largest == 0:
+        return 0.0
+    if not math.isfinite(largest):  # inf or NaN gradients have no finite answer: scale as torch does
+        total_norm = largest
         for p in params:
-            p.grad *= scale
+            p.grad *= max_norm / (total_norm + 1e-6)
         return total_norm
     relative_norm = math.sqrt(sum(float(np.sum(np.square(p.grad / largest, dtype=np.float64))) for p in params))
     total_norm = largest * relative_norm  # inf only when the true norm exceeds the float64 range
