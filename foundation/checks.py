@@ -97,7 +97,7 @@ def check_tokens(tokens, cfg, array_type, name: str = "tokens"):
 def _min_max(ids):
     """The smallest and largest id as ints (torch has no min for its unsigned types beyond uint8)."""
     if _is_torch(ids) and str(ids.dtype) in ("torch.uint16", "torch.uint32", "torch.uint64"):
-        ids = ids.to(dtype=__import__("torch").int64)
+        ids = ids.long()  # a tensor method: foundation never imports torch
     return int(ids.min()), int(ids.max())
 
 

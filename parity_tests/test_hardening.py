@@ -412,10 +412,17 @@ EXOTIC_GOOD = {
     "a strided view": lambda: np.repeat(TOKENS, 2, axis=1)[:, ::2],
     "a list": lambda: TOKENS.tolist(),
     "a tuple": lambda: tuple(map(tuple, TOKENS.tolist())),
-    "np.matrix": lambda: np.asmatrix(TOKENS),
+    "np.matrix": lambda: _matrix(TOKENS),
     "big-endian": lambda: TOKENS.astype(">i8"),
     "a memmap-like subclass": lambda: TOKENS.view(type("Sub", (np.ndarray,), {})),
 }
+
+
+def _matrix(a):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # np.matrix is discouraged, not gone
+        return np.asmatrix(a)
 
 
 def _read_only(a):

@@ -8,7 +8,6 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
     out   = resid W_U + b_U     (unembed=True: logits; unembed=False: out = resid)
 """
 
-import numpy as np
 import torch
 from torch import nn
 
