@@ -4,7 +4,9 @@ Hypothesis draws every config field (tiny and odd sizes included: d_model 1, one
 width 1, one position, attention-only, no LayerNorm, an encoder without unembedding ...),
 random weights, tokens and upstream gradient, and checks in float64 that
 
-- the twins' outputs and every parameter gradient agree to ``TOL["float64"]``;
+- the twins' outputs agree to ``TOL["float64"]`` and every parameter gradient to that times
+  ``n_layers`` (rounding grows with depth: a three-layer model without LayerNorm, whose
+  attention saturates, reaches 1.02e-12 in ``W_K``);
 - saving from either twin and loading into either gives the same config and every array
   bit for bit.
 
@@ -12,10 +14,12 @@ A gradient whose exact value is zero (b_K's always; in tiny configs others too, 
 when every query sees a single key) holds only rounding noise in both twins, so its own size
 is no yardstick. Odd configs make near-zero ones too: through a LayerNorm of width 2 the output
 is +-1 whatever the input, so every gradient below it is a difference of terms as large as the
-model's largest gradient, cancelling to about 1e-6 of it (what remains comes from eps). Both
-kinds carry rounding error relative to the largest gradient, not to themselves: a tensor
-whose largest entry is below ``NOISE`` times the model's largest gradient is measured
-against that largest gradient instead.
+model's largest gradient, cancelling to 1e-6 .. 1e-4 of it (what remains comes from eps; the
+twins then differ by about 4e-16 of the largest gradient, 2e-12 of their own size). Both
+kinds carry rounding error relative to the largest gradient, not to themselves, so each
+gradient is measured against max(its own largest entry, ``NOISE`` times the model's largest
+gradient). A wrong gradient is still caught: an error of its own size in a tensor at 1e-6 of
+the largest is 1e-4 of the yardstick, far above 1e-12.
 
 Two Hypothesis profiles: the default run draws ``QUICK`` configs (a few seconds); ``pytest -m
 slow`` draws ``LONG`` more. Both are derandomized, so every run, in CI too, draws the same ones.
@@ -36,7 +40,7 @@ from foundation.agreement import TOL, rel_err
 from parity_tests.helpers import randomize
 
 QUICK, LONG = 10, 250
-NOISE = 1e-4
+NOISE = 1e-2
 settings.register_profile("twins-quick", max_examples=QUICK, derandomize=True, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("twins-long", max_examples=LONG, derandomize=True, deadline=None, database=None,
@@ -90,10 +94,10 @@ def check_twins_agree(case):
     twin_out.backward(torch.from_numpy(dout))
     expected = {name: p.grad.detach().numpy() for name, p in torch_model.named_parameters()}
     largest = max(float(np.abs(g).max()) for g in expected.values())
+    tolerance = TOL["float64"] * cfg.n_layers  # rounding grows with depth (three layers without LayerNorm: 1.02e-12)
     for name, p in np_model.named_parameters():
-        own = float(np.abs(expected[name]).max())
-        scale = largest if own <= NOISE * largest else own  # a zero gradient: rounding noise on both sides
-        assert rel_err(p.grad, expected[name], scale) <= TOL["float64"], f"grad {name} differs for {cfg}"
+        scale = max(float(np.abs(expected[name]).max()), NOISE * largest)  # a (near-)zero gradient: rounding noise
+        assert rel_err(p.grad, expected[name], scale) <= tolerance, f"grad {name} differs for {cfg}"
 
 
 def check_round_trip(case):
