@@ -127,8 +127,8 @@ def constant_factor(name, mine, right, sizes):
         return Diagnosis("constant factor", name,
                          f"{name} is {c:.4g} times the right gradient, everywhere: one constant factor is off")
     what, why = label
-    return Diagnosis("constant factor", name,
-                     f"{name} is {what} = {c:.4g} times the right gradient, everywhere: {why}")
+    value = "" if what == f"{c:.4g}" else f" = {c:.4g}"
+    return Diagnosis("constant factor", name, f"{name} is {what}{value} times the right gradient, everywhere: {why}")
 
 
 def transposed(name, mine, right):

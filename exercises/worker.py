@@ -15,11 +15,18 @@ per process. A worker that was killed is replaced by a fresh one for the next ex
 
 from __future__ import annotations
 
-import multiprocessing
+import atexit
+import os
 import signal
+import socket
+import subprocess
+import sys
 import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
 
 STARTUP_LIMIT = 180.0  # seconds for a fresh worker to import numpy, torch and the twins
+PROJECT = Path(__file__).resolve().parent.parent  # the folder holding exercises/, numpy_impl/, torch_impl/
 
 
 class WorkerLost(Exception):
@@ -31,14 +38,22 @@ class WorkerLost(Exception):
 
 
 class Worker:
-    """One worker process and the pipe to it."""
+    """One worker process and the connection to it.
+
+    A plain ``python -c`` child, not multiprocessing's spawn, which would re-run the caller's
+    main script in the child; the two ends of a socket pair carry pickled requests and answers.
+    """
 
     def __init__(self):
-        context = multiprocessing.get_context("spawn")  # a clean interpreter: no forked torch threads
-        self.connection, child = context.Pipe()
-        self.process = context.Process(target=serve, args=(child,), daemon=True, name="exercise-checker")
-        self.process.start()
-        child.close()
+        mine, theirs = socket.socketpair()
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join([str(PROJECT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from exercises.worker import serve; serve(int(sys.argv[1]))",
+             str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=environment, cwd=os.getcwd())
+        theirs.close()
+        self.connection = Connection(mine.detach())
         self.receive(STARTUP_LIMIT, "starting the checker's worker")
 
     def ask(self, request, limit, doing):
@@ -53,8 +68,7 @@ class Worker:
         try:
             kind, value = self.connection.recv()
         except (EOFError, OSError):
-            self.process.join(5)
-            code = self.process.exitcode
+            code = self._wait(5)
             self.stop()
             raise WorkerLost("exited", f"the interpreter ended {doing} ({_exit_words(code)})") from None
         if kind == "exit":
@@ -67,13 +81,20 @@ class Worker:
 
     @property
     def alive(self):
-        return self.process.is_alive()
+        return self.process.poll() is None and not self.connection.closed
 
     def stop(self):
-        if self.process.is_alive():
+        if self.process.poll() is None:
             self.process.kill()  # SIGKILL: a learner's loop cannot ignore it
-        self.process.join(5)
-        self.connection.close()
+        self._wait(5)
+        if not self.connection.closed:
+            self.connection.close()
+
+    def _wait(self, seconds):
+        try:
+            return self.process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            return None
 
 
 _worker = None
@@ -87,14 +108,21 @@ def worker():
     return _worker
 
 
+@atexit.register
+def _stop_at_exit():
+    if _worker is not None:
+        _worker.stop()
+
+
 def forget():
     """Stop using the current worker (after it timed out or exited: it is already stopped)."""
     global _worker
     _worker = None
 
 
-def serve(connection):
-    """The worker's loop: ("call", function, args) -> ("ok", result), ("raise", exception), ("exit", how)."""
+def serve(fd):
+    """The worker's loop on socket ``fd``: ("call", function, args) -> ("ok", result), ("raise", error), ("exit", how)."""
+    connection = Connection(fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the checker's to handle: it stops this process
     import numpy  # noqa: F401  (imported before the first time limit starts)
     import torch  # noqa: F401
