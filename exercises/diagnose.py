@@ -266,11 +266,16 @@ def diagnose_error(message):
 # --- naming constants ---
 
 def recognise(c, sizes):
-    """(name, reason) for a constant factor c, from the sizes in play, or None when it is no recognisable number."""
-    for value, what, why in _named_constants(sizes):
-        if abs(c - value) <= 1e-6 * abs(value):
-            return what, why
-    return None
+    """(name, reason) for a constant factor c, from the sizes in play, or None when it is no recognisable number.
+
+    When sizes coincide (batch = d_head = 3), the first reading is given and the others follow in brackets.
+    """
+    matches = [(what, why) for value, what, why in _named_constants(sizes) if abs(c - value) <= 1e-6 * abs(value)]
+    if not matches:
+        return None
+    what, why = matches[0]
+    others = list(dict.fromkeys(other for other, _ in matches[1:] if other != what))
+    return (what + (f" (or {', '.join(others)})" if others else "")), why
 
 
 def _named_constants(sizes):
@@ -295,11 +300,13 @@ def _named_constants(sizes):
 
 
 def _sizes(evidence):
+    """{name: size}: the batch's sizes first (sums and means run over them), then the config's."""
     cfg = evidence.cfg
-    sizes = {key: getattr(cfg, key) for key in ("d_model", "d_head", "d_mlp", "n_heads", "d_vocab", "n_ctx")}
+    sizes = {}
     first = np.asarray(evidence.inputs[0]) if evidence.inputs else None
     if first is not None and first.ndim >= 2:
         sizes.update(batch=first.shape[0], pos=first.shape[1], tokens=first.shape[0] * first.shape[1])
+    sizes.update({key: getattr(cfg, key) for key in ("d_model", "d_head", "d_mlp", "n_heads", "d_vocab", "n_ctx")})
     return sizes
 
 

@@ -12,9 +12,10 @@ hook of the forward is the first the gradient reaches), then the parameter gradi
 first hook point that differs is where the two part: the code between it and the last hook
 point that agrees holds the difference.
 
-Agreement: relative error max |a - b| / max |b| per tensor, with max |b| floored at a millionth
-of the largest tensor of the walk (a gradient that is exactly zero holds only rounding), and
-``TOLERANCE`` by dtype: two correct twins agree to about 1e-12 in float64, 1e-6 in float32.
+Agreement: relative error max |a - b| / max |b| per tensor, with max |b| floored at a thousandth
+of the largest tensor of the walk (b_K's exact gradient is zero, so both sides hold only
+rounding: about 1e-7 of the largest gradient in float32), and ``TOLERANCE`` by dtype: two
+correct twins agree to about 1e-12 in float64 and 1e-6 in float32.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 TOLERANCE = {"float64": 1e-8, "float32": 1e-4}
-FLOOR = 1e-6  # max |b| is floored at FLOOR * the largest tensor of the walk
+FLOOR = 1e-3  # max |b| is floored at FLOOR * the largest tensor of the walk
 
 
 @dataclass(frozen=True)
