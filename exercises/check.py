@@ -124,8 +124,8 @@ def unload_package(package):
 def check(directory, keys=None, sample=20, seed=0, together=True, progress=None, time_limit=TIME_LIMIT):
     """Check the learner's copy in ``directory``; returns a list of ``Result``, in exercise order.
 
-    keys: exercise keys to check (default: all of them, plus "all together" when ``together``;
-        "model" alone brings "all together" with it).
+    keys: exercise keys to check (default: all of them); when they hold "model" and ``together``,
+        a last row "all together" runs the learner's backward everywhere in the whole model.
     sample: entries per tensor for finite differences.
     progress: ``progress(items, label)`` yielding the items while it draws a bar (tours/progress.py).
     time_limit: seconds each exercise may take; past it, or when the learner's code ends the
@@ -145,8 +145,7 @@ def check(directory, keys=None, sample=20, seed=0, together=True, progress=None,
         _in_worker(_try_load, (directory,), time_limit, "while importing your copy")
     except workers.WorkerLost as lost:
         raise ImportError(f"your copy in {find_package(directory)} does not import: {lost}") from None
-    everything = len(keys) == len(EXERCISES) or list(keys) == ["model"]
-    steps = list(keys) + (["all together"] if together and everything else [])
+    steps = list(keys) + (["all together"] if together and "model" in keys else [])
     results = []
     for key in (progress or _quietly)(steps, "checking"):
         cls = "Transformer" if key == "all together" else BY_KEY[key].cls
@@ -169,11 +168,10 @@ def _in_worker(function, args, time_limit, doing):
     try:
         return workers.worker().ask(("call", function, args), time_limit, doing)
     except workers.WorkerLost:
-        workers.forget()
+        workers.forget_if_stopped()
         raise
     except KeyboardInterrupt:  # the learner stops the check: stop the worker too
-        workers.worker().stop()
-        workers.forget()
+        workers.stop()
         raise
 
 

@@ -109,15 +109,19 @@ def worker():
 
 
 @atexit.register
-def _stop_at_exit():
+def stop():
+    """Stop the worker of this process, if there is one (at exit, and when the learner presses Ctrl-C)."""
+    global _worker
     if _worker is not None:
         _worker.stop()
-
-
-def forget():
-    """Stop using the current worker (after it timed out or exited: it is already stopped)."""
-    global _worker
     _worker = None
+
+
+def forget_if_stopped():
+    """After a WorkerLost: a worker that was stopped or ended is replaced at the next call; one that caught sys.exit stays."""
+    global _worker
+    if _worker is not None and not _worker.alive:
+        _worker = None
 
 
 def serve(fd):
