@@ -5,13 +5,13 @@ random weights, a random input and a random upstream gradient R, under every var
 catalog lists (causal and not, each normalization ...), and every gradient it produces is
 compared two ways:
   - with the torch twin's autograd on the same weights (parity), and
-  - with central differences of the learner's own forward (``numpy_impl.gradcheck``).
+  - with central differences of the learner's own forward (``gradcheck.finite_diff``).
 Sub-modules inside the block and the model run the reference's backward while those two
 are checked, so a mistake is reported where it is, not again in everything built on it.
 A last row, "all together", runs the learner's backward everywhere in the whole model.
 
 Both comparisons use the relative error |a - b| / max(|a| + |b|, tiny), entry by entry,
-with tiny a small fraction of the component's largest gradient (see numpy_impl/gradcheck.py:
+with tiny a small fraction of the component's largest gradient (see gradcheck/finite_diff.py:
 b_K's exact gradient is zero, so both sides there are noise).
 
 A wrong answer also gets, where one fits, a hint naming the mistake (``diagnose.py``), and a
@@ -33,16 +33,18 @@ from pathlib import Path
 import numpy as np
 
 import numpy_impl
-from numpy_impl.gradcheck import gradcheck
+from gradcheck.finite_diff import gradcheck
+
+from gradcheck.factory import Variant, build, make_inputs
 
 from . import worker as workers
-from .catalog import BY_CLASS, BY_KEY, EXERCISES, Variant, build, make_inputs
+from .catalog import BY_CLASS, BY_KEY, EXERCISES
 from .diagnose import Evidence, diagnose, diagnose_error
 from .divergence import first_divergence
 
 PARITY_TOLERANCE = 1e-7  # relative error against the twin (a correct backward: 1e-10 at worst, b_K's noise)
 PARITY_FLOOR = 1e-6      # tiny = PARITY_FLOOR * the component's largest twin gradient
-FD_TOLERANCE = 1e-7      # relative error against finite differences (numpy_impl.gradcheck's default)
+FD_TOLERANCE = 1e-7      # relative error against finite differences (gradcheck.finite_diff's default)
 TIME_LIMIT = 60.0        # seconds per exercise (every variant); a correct one takes a few
 STATUSES = ("done", "not started", "wrong", "timed out", "exited")
 _loads = itertools.count()
@@ -247,8 +249,7 @@ def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
         _use_reference_backward_below(module)
     inputs = make_inputs(cls, cfg, seed + 1, variant.weighted)
     # the twin, with the same weights
-    twin = torch_impl.CrossEntropyLoss() if cls == "CrossEntropyLoss" else getattr(torch_impl, cls)(variant.config())
-    twin.load_state_dict({name: torch.from_numpy(p.data.copy()) for name, p in module.named_parameters()})
+    twin = getattr(torch_impl, cls).from_twin(module)
     twin_inputs = [torch.tensor(x, requires_grad=bool(np.issubdtype(x.dtype, np.floating)) and i == 0)
                    for i, x in enumerate(inputs)]
     # the gradient arriving at every hook point: run_with_cache(incl_bwd=True) and backward hooks need them

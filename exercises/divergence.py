@@ -12,7 +12,7 @@ hook of the forward is the first the gradient reaches), then the parameter gradi
 first hook point that differs is where the two part: the code between it and the last hook
 point that agrees holds the difference.
 
-Agreement: relative error max |a - b| / max |b| per tensor, with max |b| floored at a thousandth
+Agreement: ``foundation.agreement.rel_err``, max |a - b| / max |b| per tensor, with max |b| floored at a thousandth
 of the largest tensor of the walk (b_K's exact gradient is zero, so both sides hold only
 rounding: about 1e-7 of the largest gradient in float32), and ``TOLERANCE`` by dtype: two
 correct twins agree to about 1e-12 in float64 and 1e-6 in float32.
@@ -23,6 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from foundation.agreement import rel_err
+from foundation.hooks import as_numpy
 
 TOLERANCE = {"float64": 1e-8, "float32": 1e-4}
 FLOOR = 1e-3  # max |b| is floored at FLOOR * the largest tensor of the walk
@@ -178,10 +181,10 @@ def _gaps(names, mine, theirs):
             gaps.append(Gap(name, float("inf")))
             continue
         same = a == b  # masked attention scores are -inf on both sides: equal, so no difference
-        difference = np.where(same, 0.0, np.abs(np.where(same, 0.0, a) - np.where(same, 0.0, b)))  # NaN, inf stay
-        difference = np.where(np.isnan(difference), np.inf, difference)
-        scale = max(_finite_max(b), FLOOR * largest, np.finfo(np.float64).tiny)
-        gaps.append(Gap(name, float(difference.max(initial=0.0) / scale)))
+        a, b = np.where(same, 0.0, a), np.where(same, 0.0, b)
+        scale = max(_finite_max(b), FLOOR * largest)
+        error = rel_err(a, b, scale) if np.all(np.isfinite(a)) and np.all(np.isfinite(b)) else float("inf")
+        gaps.append(Gap(name, error))
     return gaps
 
 
@@ -204,8 +207,4 @@ def _where(name):
 
 
 def _as_numpy(x):
-    if x is None:
-        return None
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+    return None if x is None else as_numpy(x)
