@@ -127,7 +127,7 @@ def constant_factor(name, mine, right, sizes):
         return Diagnosis("constant factor", name,
                          f"{name} is {c:.4g} times the right gradient, everywhere: one constant factor is off")
     what, why = label
-    value = "" if what == f"{c:.4g}" else f" = {c:.4g}"
+    value = "" if what.lstrip("-") in ("1", "2", "1/2") else f" = {c:.4g}"
     return Diagnosis("constant factor", name, f"{name} is {what}{value} times the right gradient, everywhere: {why}")
 
 
@@ -268,14 +268,17 @@ def diagnose_error(message):
 def recognise(c, sizes):
     """(name, reason) for a constant factor c, from the sizes in play, or None when it is no recognisable number.
 
-    When sizes coincide (batch = d_head = 3), the first reading is given and the others follow in brackets.
+    -1, 2 and 1/2 are named as they are; when sizes coincide (batch = d_head = 3), the first
+    reading is given, with one other in brackets.
     """
     matches = [(what, why) for value, what, why in _named_constants(sizes) if abs(c - value) <= 1e-6 * abs(value)]
     if not matches:
         return None
     what, why = matches[0]
+    if what.lstrip("-") in ("1", "2", "1/2"):
+        return what, why
     others = list(dict.fromkeys(other for other, _ in matches[1:] if other != what))
-    return (what + (f" (or {', '.join(others)})" if others else "")), why
+    return (what + (f" (or {others[0]})" if others else "")), why
 
 
 def _named_constants(sizes):
