@@ -80,7 +80,7 @@ def test_os_exit_ends_only_the_worker_and_all_together_is_not_run_after_it(solve
 
 
 @pytest.mark.parametrize("top_line, words", [
-    ("while True:\n    pass", "no answer within"),
+    pytest.param("while True:\n    pass", "no answer within", marks=pytest.mark.slow),
     ("import sys\nsys.exit(2)", "sys.exit(2) was called"),
     pytest.param("import os\nos._exit(2)", "exit code 2", marks=pytest.mark.slow),
 ], ids=["hangs", "sys.exit", "os._exit"])
