@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 
 import numpy_impl
-from gradcheck.finite_diff import gradcheck
-
 from gradcheck.factory import Variant, build, make_inputs
+from gradcheck.finite_diff import gradcheck
 
 from . import worker as workers
 from .catalog import BY_CLASS, BY_KEY, EXERCISES

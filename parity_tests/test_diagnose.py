@@ -15,9 +15,9 @@ import pytest
 import numpy_impl as npi
 from exercises import diagnose as dg
 from exercises.catalog import EXERCISES
-from gradcheck.factory import build, make_inputs
 from exercises.check import check
 from exercises.generate import write_copy
+from gradcheck.factory import build, make_inputs
 from parity_tests.test_exercises import plant, put_back_reference_bodies
 
 SAMPLE = 3

@@ -8,16 +8,15 @@ point above it right. A forward planted wrong is found by the forward walk. Corr
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from gradcheck.factory import Variant, build, make_inputs
 from exercises.check import load_package, unload_package
 from exercises.divergence import first_divergence, walk_backward, walk_forward
 from exercises.generate import write_copy
+from gradcheck.factory import Variant, build, make_inputs
 from parity_tests.test_exercises import plant, put_back_reference_bodies
 
 PRE = Variant("pre", {"normalization": "pre"})  # ln_final, learned positions, logits, gelu_new

@@ -54,7 +54,7 @@ def test_a_change_that_moves_both_twins_fails_the_golden_file(monkeypatch, modul
     for package in (numpy_impl, torch_impl):
         monkeypatch.setattr(getattr(package, module), constant, value)
     # the twins still agree with each other: a parity test would pass
-    meta, configs = golden.load()
+    _, configs = golden.load()
     stored = configs["pre"]
     weights = {key[len("weight/"):]: v for key, v in stored.items() if key.startswith("weight/")}
     cfg = golden.config("pre")
@@ -66,7 +66,7 @@ def test_a_change_that_moves_both_twins_fails_the_golden_file(monkeypatch, modul
         assert golden.tensor_error(mine[key], theirs[key], scale) <= 1e3 * TOL["float64"], key
     # the golden file does not move with them
     for package in (numpy_impl, torch_impl):
-        name, key, error = worst(golden.compare(package))
+        _, _, error = worst(golden.compare(package))
         assert error > 1e3 * golden.TOLERANCE, f"{package.__name__}: the planted change went unnoticed"
 
 
