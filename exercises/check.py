@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import itertools
+import os
 import sys
 import traceback
 import types
@@ -142,6 +143,7 @@ def check(directory, keys=None, sample=20, seed=0, together=True, progress=None,
     if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
         raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
     find_package(directory)  # a missing copy is the caller's error, before any worker starts
+    directory = os.path.abspath(directory)  # the worker keeps the working folder it started in
     try:  # a copy that does not import, or hangs or exits while importing, stops the check here
         _in_worker(_try_load, (directory,), time_limit, "while importing your copy")
     except workers.WorkerLost as lost:

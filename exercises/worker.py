@@ -27,6 +27,10 @@ from pathlib import Path
 
 STARTUP_LIMIT = 180.0  # seconds for a fresh worker to import numpy, torch and the twins
 PROJECT = Path(__file__).resolve().parent.parent  # the folder holding exercises/, numpy_impl/, torch_impl/
+# The child's first path entry would be the working folder, where a learner's copy may sit as
+# ./numpy_impl: dropped, so that "numpy_impl" is always the reference (PROJECT is on PYTHONPATH).
+SERVE = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+         "from exercises.worker import serve; serve(int(sys.argv[1]))")
 
 
 class WorkerLost(Exception):
@@ -49,8 +53,7 @@ class Worker:
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join([str(PROJECT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from exercises.worker import serve; serve(int(sys.argv[1]))",
-             str(theirs.fileno())],
+            [sys.executable, "-c", SERVE, str(theirs.fileno())],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=environment, cwd=os.getcwd())
         theirs.close()
         self.connection = Connection(mine.detach())

@@ -112,3 +112,17 @@ def test_bad_time_limit(solved):
     for bad in (0, -1, "5", True, float("nan")):
         with pytest.raises(ValueError, match="time_limit"):
             check(solved, keys=["unembed"], time_limit=bad)
+
+
+def test_a_copy_in_the_working_folder_never_stands_in_for_the_reference(solved, tmp_path, monkeypatch):
+    """``exercises init .`` puts the learner's numpy_impl in the working folder: the worker must
+    still import the reference as numpy_impl (the block's sub-modules run the reference's backward)."""
+    from exercises import worker
+
+    directory = copy_with(solved, tmp_path, "layernorm.py", FIRST_LINE, "dx = dcentered")
+    monkeypatch.chdir(directory)
+    worker.stop()  # the next check starts a worker here
+    results = by_key(check(".", keys=["layernorm", "block"], sample=SAMPLE, time_limit=ROOMY))
+    assert results["layernorm"].status == "wrong"
+    assert results["block"].status == "done", "the block's LayerNorms must run the reference's backward"
+    worker.stop()  # leave no worker in a folder that is about to go
