@@ -57,7 +57,10 @@ class Worker:
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=environment, cwd=os.getcwd())
         theirs.close()
         self.connection = Connection(mine.detach())
-        self.receive(STARTUP_LIMIT, "starting the checker's worker")
+        try:
+            self.receive(STARTUP_LIMIT, "starting")
+        except WorkerLost as lost:  # torch missing or broken: the environment's fault, not the learner's
+            raise RuntimeError(f"the checker's worker process did not start: {lost} (its error is printed above)") from None
 
     def ask(self, request, limit, doing):
         """Send ``request`` and return the answer; WorkerLost if none comes within ``limit`` seconds."""
