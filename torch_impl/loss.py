@@ -24,7 +24,7 @@ class CrossEntropyLoss(nn.Module):
         """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss []"""
         check_loss_inputs(logits, targets, weights, torch.Tensor)
         if weights is None:
-            weights = torch.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
+            weights = torch.ones(targets.shape, dtype=logits.dtype, device=logits.device)  # [batch, pos]
         logits_max = logits.max(dim=-1, keepdim=True).values.detach()  # [batch, pos, 1]; a constant shift
         shifted = logits - logits_max  # [batch, pos, d_vocab]
         log_sum_exp = torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))  # [batch, pos, 1]
