@@ -75,9 +75,7 @@ def _masked_pattern(pattern, causal):
 
 
 def _grey_for_masked(cmap_name):
-    cmap = plt.get_cmap(cmap_name).copy()
-    cmap.set_bad("#d9d9d9")
-    return cmap
+    return plt.get_cmap(cmap_name).with_extremes(bad="#d9d9d9")
 
 
 MASKED_NOTE = "grey: key after query (masked)"
