@@ -16,14 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numpy_impl.hooked import ActivationCache
+from foundation.hooks import ActivationCache
+from numpy_impl.loss import log_softmax
 
 from .common import check_model, check_token_array, native_like, next_token_loss, run_cache, run_hooked, view, weights
-
-
-def _log_softmax(logits):
-    shifted = logits - logits.max(axis=-1, keepdims=True)  # [..., d_vocab]
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # [..., d_vocab]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +87,7 @@ def logit_lens(source, tokens=None):
         raise ValueError("tokens need at least 2 positions (position p predicts token p + 1)")
     resid = cache.accumulated_resid(apply_ln=cfg.normalization == "pre")  # [n_layers + 1, batch, pos, d_model]
     logits = resid @ view(cache.model, "W_U") + view(cache.model, "b_U")  # [n_layers + 1, batch, pos, d_vocab]
-    log_probs = _log_softmax(logits[:, :, :-1])  # [n_layers + 1, batch, pos - 1, d_vocab]
+    log_probs = log_softmax(logits[:, :, :-1])  # [n_layers + 1, batch, pos - 1, d_vocab]
     targets = tokens[:, 1:]  # [batch, pos - 1]
     next_logprob = np.take_along_axis(log_probs, np.broadcast_to(targets[None, ..., None], log_probs.shape[:-1] + (1,)), axis=-1)[..., 0]
     # top-1 only when the true token's log-prob beats every other token's: a tie (say, all logits 0) is a miss

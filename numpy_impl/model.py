@@ -10,10 +10,11 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
 
 import numpy as np
 
+from foundation.checks import check_config, check_forward_done, check_grad, check_seed, check_tokens, tokens_as_array
 from foundation.running import RunningMixin
+from foundation.weights import load_weights, save_weights
 
 from .block import TransformerBlock
-from .checks import check_config, check_forward_done, check_grad, check_seed, check_tokens, tokens_as_array
 from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
@@ -22,7 +23,6 @@ from .module import HookPoint, Module
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
 from .views import WeightViewsMixin
-from .weights import load_weights, save_weights
 
 
 class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):

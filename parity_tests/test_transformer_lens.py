@@ -39,6 +39,67 @@ CONFIGS = {
 }
 
 
+# --- every hook holds what TransformerLens's hook of the same name holds ---
+
+def _layer_norm(x, w, b):
+    """TransformerLens's LayerNorm: hook_scale = sqrt(var + eps), hook_normalized = centred / scale * w + b."""
+    centered = x - x.mean(-1, keepdims=True)
+    scale = np.sqrt((centered**2).mean(-1, keepdims=True) + 1e-5)
+    return scale, centered / scale * w + b
+
+
+@pytest.mark.parametrize("act_fn", ["gelu_new", "relu"])
+def test_every_hook_holds_what_transformer_lens_defines(act_fn):
+    """Each hook rebuilt from its definition in TransformerLens's components (and the weights), to 1e-12."""
+    model, twin = make_pair(act_fn=act_fn)
+    cfg, sd = model.cfg, model.state_dict()
+    tokens = tokens_for(cfg)
+    for m in (model, twin):
+        out, cache = m.run_with_cache(tokens)
+        c = {name: to_numpy(value) for name, value in cache.items()}
+        expected = {"hook_embed": sd["embed.W_E"][tokens],
+                    "hook_pos_embed": np.broadcast_to(sd["pos_embed.W_pos"][:P], (B, P, cfg.d_model))}
+        resid = expected["hook_embed"] + expected["hook_pos_embed"]
+        for l in range(cfg.n_layers):
+            pre = f"blocks.{l}."
+            w = lambda name: sd[pre + name]  # noqa: E731
+            expected[pre + "hook_resid_pre"] = resid
+            scale, x = _layer_norm(resid, w("ln1.w"), w("ln1.b"))
+            expected[pre + "ln1.hook_scale"], expected[pre + "ln1.hook_normalized"] = scale, x
+            q, k, v = (np.einsum("bpm,hmd->bphd", x, w(f"attn.W_{n}")) + w(f"attn.b_{n}") for n in "QKV")
+            scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(cfg.d_head)
+            scores = np.where(np.tril(np.ones((P, P), dtype=bool)), scores, -np.inf)  # masked before the hook
+            pattern = np.exp(scores - scores.max(-1, keepdims=True))
+            pattern /= pattern.sum(-1, keepdims=True)
+            z = np.einsum("bhqk,bkhd->bqhd", pattern, v)
+            attn_out = np.einsum("bphd,hdm->bpm", z, w("attn.W_O")) + w("attn.b_O")  # b_O included
+            for name, value in (("q", q), ("k", k), ("v", v), ("attn_scores", scores), ("pattern", pattern), ("z", z)):
+                expected[pre + "attn.hook_" + name] = value
+            expected[pre + "hook_attn_out"] = attn_out
+            resid = resid + attn_out
+            expected[pre + "hook_resid_mid"] = resid
+            scale, x = _layer_norm(resid, w("ln2.w"), w("ln2.b"))
+            expected[pre + "ln2.hook_scale"], expected[pre + "ln2.hook_normalized"] = scale, x
+            hidden = x @ w("mlp.W_in") + w("mlp.b_in")
+            if act_fn == "relu":
+                post = np.maximum(hidden, 0)
+            else:
+                post = 0.5 * hidden * (1 + np.tanh(np.sqrt(2 / np.pi) * (hidden + 0.044715 * hidden**3)))
+            mlp_out = post @ w("mlp.W_out") + w("mlp.b_out")  # b_out included
+            expected[pre + "mlp.hook_pre"], expected[pre + "mlp.hook_post"] = hidden, post
+            expected[pre + "hook_mlp_out"] = mlp_out
+            resid = resid + mlp_out
+            expected[pre + "hook_resid_post"] = resid
+        scale, x = _layer_norm(resid, sd["ln_final.w"], sd["ln_final.b"])
+        expected["ln_final.hook_scale"], expected["ln_final.hook_normalized"] = scale, x
+        assert sorted(expected) == sorted(c), "the model's hooks are not TransformerLens's list"
+        for name, value in expected.items():
+            finite = np.isfinite(value)
+            assert np.array_equal(finite, np.isfinite(c[name])), name  # -inf exactly where the mask is
+            assert rel_err(np.where(finite, c[name], 0), np.where(finite, value, 0)) < SUM_TOL, name
+        assert rel_err(out, x @ sd["unembed.W_U"] + sd["unembed.b_U"]) < SUM_TOL
+
+
 # --- weight views ---
 
 VIEW_SHAPES = {  # name -> (state_dict key pattern, shape), written out from TransformerLens's docs
@@ -197,6 +258,7 @@ def test_logit_lens_last_layer_gives_the_logits():
     for c, o in ((cache, out), (cache_t, out_t)):
         lens = to_numpy(c.accumulated_resid(apply_ln=True))  # [layer + 1, batch, pos, d_model]
         assert rel_err(lens[-1] @ model.W_U + model.b_U, to_numpy(o)) < SUM_TOL
+        assert rel_err(lens[-1], to_numpy(c["ln_final.hook_normalized"])) < SUM_TOL  # the LayerNorm's output
     assert rel_err(cache_t.accumulated_resid(apply_ln=True), cache.accumulated_resid(apply_ln=True)) < TOL["float64"]
     # the logit lens leaves the NumPy model's own ln_final ready for a backward pass of the last run
     model.zero_grad()
