@@ -286,7 +286,7 @@ def plot_composition(scores, path, baseline=None, title="Composition scores, lay
     bar = fig.colorbar(image, ax=axes, shrink=0.85, label="composition score")
     if baseline is not None:
         bar.ax.axhline(baseline, color="black", lw=1.5)
-        bar.ax.text(1.6, baseline, " random", va="center", fontsize=7, transform=bar.ax.get_yaxis_transform())
+        bar.set_ticks([0.0, baseline, vmax], labels=["0", f"{baseline:.2f} random", f"{vmax:.2f}"])
     suffix = "" if baseline is None else f"\n(white: the random-matrix baseline ~ {baseline:.2f}; red: above it)"
     fig.suptitle(title + suffix)
     return _save(fig, path)

@@ -204,8 +204,8 @@ def show_ablation(walk):
     for kind, change in ablations.items():
         plots.plot_head_scores(change, walk.figure(f"interp_ablation_{kind}.png"), diverging=True,
                                fmt="{:+.3f}", min_range=ABLATION_RANGE, label="loss change (nats)",
-                               title=f"{kind}-ablation: loss change per head\n(full colour at "
-                                     f"+-{ABLATION_RANGE} nats or more; smaller changes stay pale)")
+                               title=f"{kind}-ablation: loss change per head\n"
+                                     f"(scale at least +-{ABLATION_RANGE} nats: noise stays pale)")
         layer, head, value = top(change)
         print(f"  {kind}-ablation: L{layer}H{head} matters most (loss {value:+.3f} nats); "
               f"the smallest change is {change.min():+.3f}.")
