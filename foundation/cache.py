@@ -65,6 +65,8 @@ class ActivationCacheMethods:
 
     def _like_cache(self, array):
         """A model weight in the kind of array the cache holds (ndarrays after ``to_numpy()``)."""
+        if not self.cache_dict:
+            raise ValueError("the cache is empty (names_filter kept no hook)")
         values_are_numpy = isinstance(next(iter(self.cache_dict.values())), np.ndarray)
         if values_are_numpy and not isinstance(array, np.ndarray):
             return array.detach().cpu().numpy()
