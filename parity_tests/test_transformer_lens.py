@@ -412,3 +412,13 @@ def test_device_moves_take_everything_and_the_tokens():
             twin(tokens)
     assert seen == ["meta"] * 3
     assert twin._native_tokens(np.array([[1, 2]])).device.type == "meta"
+
+
+def test_the_shared_surface_imports_no_torch():
+    """The TransformerLens surface is written once in foundation/, which imports NumPy only."""
+    import subprocess
+    import sys
+
+    code = ("import sys, foundation.cache, foundation.factored, foundation.running, foundation.views, "
+            "foundation.vocab, numpy_impl; assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
