@@ -93,16 +93,16 @@ class ActivationCacheMethods:
         if mlp_input and layer == n_layers:
             raise ValueError("mlp_input=True needs a layer below n_layers (the unembedding has no MLP)")
         parts, labels = [], []
-        for l in range(layer + 1):
-            if l == n_layers:
+        for i in range(layer + 1):
+            if i == n_layers:
                 parts.append(self["resid_post", n_layers - 1])
                 labels.append("final_post")
                 continue
-            parts.append(self["resid_pre", l])
-            labels.append(f"{l}_pre")
-            if (incl_mid and l < layer) or (mlp_input and l == layer):
-                parts.append(self["resid_mid", l])
-                labels.append(f"{l}_mid")
+            parts.append(self["resid_pre", i])
+            labels.append(f"{i}_pre")
+            if (incl_mid and i < layer) or (mlp_input and i == layer):
+                parts.append(self["resid_mid", i])
+                labels.append(f"{i}_mid")
         components = stack(parts)  # [component, batch, pos, d_model]
         if apply_ln:
             components = self.apply_ln_to_stack(components, layer, mlp_input=mlp_input, recompute_ln=layer == n_layers)
@@ -112,7 +112,7 @@ class ActivationCacheMethods:
                         return_labels=False):
         """The residual stream entering ``layer`` as the outputs that add up to it -> [component, batch, pos, d_model].
 
-        ``embed``, ``pos_embed`` (when ``incl_embeds``), then ``{l}_attn_out`` and ``{l}_mlp_out`` of
+        ``embed``, ``pos_embed`` (when ``incl_embeds``), then ``{i}_attn_out`` and ``{i}_mlp_out`` of
         each earlier layer (``mode`` "attn" or "mlp" keeps one kind), plus this layer's attn_out
         with ``mlp_input``. Summed over components: ``resid_pre`` of ``layer`` (``resid_mid`` with
         ``mlp_input``; the final ``resid_post`` for layer None).
@@ -129,13 +129,13 @@ class ActivationCacheMethods:
         if incl_embeds:
             parts += [self["hook_embed"], self["hook_pos_embed"]]
             labels += ["embed", "pos_embed"]
-        for l in range(layer):
+        for i in range(layer):
             if incl_attn:
-                parts.append(self["attn_out", l])
-                labels.append(f"{l}_attn_out")
+                parts.append(self["attn_out", i])
+                labels.append(f"{i}_attn_out")
             if incl_mlp:
-                parts.append(self["mlp_out", l])
-                labels.append(f"{l}_mlp_out")
+                parts.append(self["mlp_out", i])
+                labels.append(f"{i}_mlp_out")
         if mlp_input and incl_attn:
             parts.append(self["attn_out", layer])
             labels.append(f"{layer}_attn_out")
@@ -147,7 +147,7 @@ class ActivationCacheMethods:
     def stack_head_results(self, layer=-1, return_labels=False, incl_remainder=False, apply_ln=False):
         """Every head's output in the layers before ``layer`` -> [layer * head, batch, pos, d_model].
 
-        Head h of layer l writes ``z[..., h, :] @ W_O[l, h]`` (labels ``"L{l}H{h}"``), computed here
+        Head h of layer i writes ``z[..., h, :] @ W_O[i, h]`` (labels ``"L{i}H{h}"``), computed here
         from ``hook_z``. ``incl_remainder`` adds the rest of the residual stream entering ``layer``
         (embeddings, ``b_O``, MLP outputs), so the stack adds up to it.
         """
@@ -155,11 +155,11 @@ class ActivationCacheMethods:
         layer = self._layer(layer)
         W_O = self._like_cache(self._model("stack_head_results").W_O)  # [layer, head, d_head, d_model]
         parts, labels = [], []
-        for l in range(layer):
-            z = self["z", l]  # [batch, pos, head, d_head]
+        for i in range(layer):
+            z = self["z", i]  # [batch, pos, head, d_head]
             for h in range(self.cfg.n_heads):
-                parts.append(z[..., h, :] @ W_O[l, h])  # [batch, pos, d_model]
-                labels.append(f"L{l}H{h}")
+                parts.append(z[..., h, :] @ W_O[i, h])  # [batch, pos, d_model]
+                labels.append(f"L{i}H{h}")
         if incl_remainder:
             resid = self["resid_pre", layer] if layer < self.cfg.n_layers else self["resid_post", layer - 1]
             parts.append(resid - stack(parts).sum(0) if parts else resid)  # [batch, pos, d_model]
@@ -174,7 +174,7 @@ class ActivationCacheMethods:
         layer = self._layer(layer)
         if layer == 0:
             raise ValueError("stack_activation needs layer >= 1 (layers before it are stacked)")
-        return stack([self[activation_name, l, sublayer_type] for l in range(layer)])
+        return stack([self[activation_name, i, sublayer_type] for i in range(layer)])
 
     # --- LayerNorm and logits ---
 

@@ -126,12 +126,18 @@ class WeightViewsMixin:
 
     @property
     def QK(self):
-        """W_Q[l, h] W_K[l, h]^T as a FactoredMatrix [layer, head, d_model, d_model]: score(q, k) = x_q QK x_k^T / sqrt(d_head)."""
+        """W_Q[l, h] W_K[l, h]^T as a FactoredMatrix [layer, head, d_model, d_model].
+
+        score(q, k) = x_q QK x_k^T / sqrt(d_head), for the LayerNorm's outputs x (biases left out).
+        """
         return self.factored_matrix_class(self.W_Q, self.W_K.swapaxes(-1, -2))
 
     @property
     def OV(self):
-        """W_V[l, h] W_O[l, h] as a FactoredMatrix [layer, head, d_model, d_model]: what a head writes per unit attention."""
+        """W_V[l, h] W_O[l, h] as a FactoredMatrix [layer, head, d_model, d_model].
+
+        What a head writes into the residual stream per unit of attention (biases left out).
+        """
         return self.factored_matrix_class(self.W_V, self.W_O)
 
     def tokens_to_residual_directions(self, tokens):

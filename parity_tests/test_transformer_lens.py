@@ -60,8 +60,8 @@ def test_every_hook_holds_what_transformer_lens_defines(act_fn):
         expected = {"hook_embed": sd["embed.W_E"][tokens],
                     "hook_pos_embed": np.broadcast_to(sd["pos_embed.W_pos"][:P], (B, P, cfg.d_model))}
         resid = expected["hook_embed"] + expected["hook_pos_embed"]
-        for l in range(cfg.n_layers):
-            pre = f"blocks.{l}."
+        for i in range(cfg.n_layers):
+            pre = f"blocks.{i}."
             w = lambda name: sd[pre + name]  # noqa: E731
             expected[pre + "hook_resid_pre"] = resid
             scale, x = _layer_norm(resid, w("ln1.w"), w("ln1.b"))
@@ -117,7 +117,7 @@ def test_weight_views_stack_the_parameters_in_both_twins():
     sizes = {"L": cfg.n_layers, "H": cfg.n_heads, "D": cfg.d_model, "d": cfg.d_head, "M": cfg.d_mlp}
     sd = model.state_dict()
     for name, (key, shape) in VIEW_SHAPES.items():
-        expected = np.stack([sd[f"blocks.{l}.{key}"] for l in range(cfg.n_layers)])
+        expected = np.stack([sd[f"blocks.{i}.{key}"] for i in range(cfg.n_layers)])
         assert expected.shape == tuple(sizes[s] for s in shape), name
         assert np.array_equal(getattr(model, name), expected), name
         assert np.array_equal(to_numpy(getattr(twin, name)), expected), name
