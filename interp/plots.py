@@ -78,7 +78,7 @@ def _grey_for_masked(cmap_name):
     return plt.get_cmap(cmap_name).with_extremes(bad="#d9d9d9")
 
 
-MASKED_NOTE = "grey: key after query (masked)"
+MASKED_NOTE = "grey: key after the query, masked"
 
 
 def plot_attention_grid(source, path, batch_index=0, title="Attention patterns", token_labels=None, causal=None,
