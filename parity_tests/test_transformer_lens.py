@@ -422,3 +422,18 @@ def test_the_shared_surface_imports_no_torch():
     code = ("import sys, foundation.cache, foundation.factored, foundation.running, foundation.views, "
             "foundation.vocab, numpy_impl; assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_interp_tour_finds_the_trained_model_in_its_out_folder(tmp_path):
+    """`demo.py induction --out X` then `demo.py interp --out X` reads X/induction.npz."""
+    import argparse
+
+    from tours.interp import choose_model
+
+    model, _ = make_pair()
+    model.save(tmp_path / "induction.npz")
+    found, note, _ = choose_model(argparse.Namespace(model="auto", out=str(tmp_path), seed=0))
+    assert str(tmp_path / "induction.npz") in note
+    assert all(np.array_equal(a, b) for a, b in zip(found.state_dict().values(), model.state_dict().values()))
+    _, note, _ = choose_model(argparse.Namespace(model="auto", out=str(tmp_path / "empty"), seed=0))
+    assert "random" in note
