@@ -33,7 +33,7 @@ class CrossEntropyLoss(Module):
         """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss []"""
         check_loss_inputs(logits, targets, weights, torch.Tensor)
         if weights is None:
-            weights = torch.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
+            weights = torch.ones(targets.shape, dtype=logits.dtype, device=logits.device)  # [batch, pos]
         log_probs = log_softmax(logits)  # [batch, pos, d_vocab]
         nll = -torch.take_along_dim(log_probs, targets[..., None], dim=-1)[..., 0]  # [batch, pos]
         loss = (weights * nll).sum() / weights.sum()  # []
