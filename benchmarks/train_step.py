@@ -40,8 +40,7 @@ def time_steps(stepper, batches):
 def measure(dtype, rounds, steps_per_round):
     cfg = replace(INDUCTION_CONFIG, dtype=dtype)
     model = numpy_impl.Transformer(cfg, seed=0)
-    twin = torch_impl.Transformer(cfg)
-    twin.load_state_dict({name: torch.from_numpy(array) for name, array in model.state_dict().items()})
+    twin = torch_impl.Transformer.from_twin(model)
     numpy_stepper = NumpyStepper(model, INDUCTION_TRAINING)
     torch_stepper = TorchStepper(twin, INDUCTION_TRAINING)
     rng = np.random.default_rng(0)

@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 
 import numpy_impl
-from numpy_impl.gradcheck import gradcheck
+from gradcheck.finite_diff import gradcheck
 
-from .catalog import BY_CLASS, BY_KEY, EXERCISES, Variant, build, make_inputs
+from gradcheck.factory import Variant, build, make_inputs
+
+from .catalog import BY_CLASS, BY_KEY, EXERCISES
 
 PARITY_TOLERANCE = 1e-7  # relative error against the twin (a correct backward: 1e-10 at worst, b_K's noise)
 PARITY_FLOOR = 1e-6      # tiny = PARITY_FLOOR * the component's largest twin gradient
@@ -183,8 +185,7 @@ def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
         _use_reference_backward_below(module)
     inputs = make_inputs(cls, cfg, seed + 1, variant.weighted)
     # the twin, with the same weights
-    twin = torch_impl.CrossEntropyLoss() if cls == "CrossEntropyLoss" else getattr(torch_impl, cls)(variant.config())
-    twin.load_state_dict({name: torch.from_numpy(p.data.copy()) for name, p in module.named_parameters()})
+    twin = getattr(torch_impl, cls).from_twin(module)
     twin_inputs = [torch.tensor(x, requires_grad=bool(np.issubdtype(x.dtype, np.floating)) and i == 0)
                    for i, x in enumerate(inputs)]
     # the gradient arriving at every hook point: run_with_cache(incl_bwd=True) and backward hooks need them

@@ -106,7 +106,7 @@ def reference_exercises():
 def _parameter_shapes(cls):
     """{name: "[axis, axis]"} for the parameters ``cls`` owns itself (not its sub-modules')."""
     import numpy_impl
-    from numpy_impl.config import TransformerConfig
+    from foundation.config import TransformerConfig
     from numpy_impl.module import Parameter
 
     cfg = TransformerConfig(**_NAMING)
@@ -151,9 +151,10 @@ def hint_lines(body: MarkedBody, source: str, directory: str = "DIR"):
     if children:
         out.append("Call the backward of: " + ", ".join(children) + " (each returns its input's gradient).")
     if hooks:
-        example = hooks[0][len("hook_"):]
+        # the reference's own first hook line, so the example names the gradient it really passes
+        example = next(line.strip() for line in text if f"self.{hooks[0]}.backward(" in line)
         out.append("Pass each gradient through its hook point, as the forward passes each activation, e.g.")
-        out.append(f"    d{example} = self.{hooks[0]}.backward(d{example})")
+        out.append(f"    {example}")
         out.append("  hook points here: " + ", ".join(hooks))
     out.append(f"Return: {returns}.")
     adds = "; add into " + ", ".join(f"{name}.grad {shape}" for name, shape in grads.items()) if grads else ""

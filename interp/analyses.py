@@ -13,19 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from numpy_impl.layernorm import LayerNorm
+from numpy_impl.loss import log_softmax
+
 from .common import check_model, check_token_array, native_like, next_token_loss, run_cache, run_hooked, weights
-
-
-def _layer_norm(x, w, b, eps=1e-5):
-    """The model's LayerNorm (DESIGN: biased variance, eps inside the root) on an ndarray."""
-    centered = x - x.mean(axis=-1, keepdims=True)  # [..., d_model]
-    scale = np.sqrt((centered**2).mean(axis=-1, keepdims=True) + eps)  # [..., 1]
-    return centered / scale * w + b  # [..., d_model]
-
-
-def _log_softmax(logits):
-    shifted = logits - logits.max(axis=-1, keepdims=True)  # [..., d_vocab]
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # [..., d_vocab]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,9 +65,12 @@ def logit_lens(model, tokens):
     w = weights(model)
     resid = np.stack([cache[name] for name in names])  # [n_layers + 1, batch, pos, d_model]
     if cfg.normalization == "pre":
-        resid = _layer_norm(resid, w["ln_final.w"], w["ln_final.b"])  # [n_layers + 1, batch, pos, d_model]
+        ln_final = LayerNorm.from_twin(model.ln_final)  # the model's own, in NumPy
+        states, batch, pos, d_model = resid.shape
+        stacked = ln_final(resid.reshape(states * batch, pos, d_model))  # [(n_layers + 1) * batch, pos, d_model]
+        resid = stacked.reshape(states, batch, pos, d_model)  # [n_layers + 1, batch, pos, d_model]
     logits = resid @ w["unembed.W_U"] + w["unembed.b_U"]  # [n_layers + 1, batch, pos, d_vocab]
-    log_probs = _log_softmax(logits[:, :, :-1])  # [n_layers + 1, batch, pos - 1, d_vocab]
+    log_probs = log_softmax(logits[:, :, :-1])  # [n_layers + 1, batch, pos - 1, d_vocab]
     targets = tokens[:, 1:]  # [batch, pos - 1]
     next_logprob = np.take_along_axis(log_probs, np.broadcast_to(targets[None, ..., None], log_probs.shape[:-1] + (1,)), axis=-1)[..., 0]
     # top-1 only when the true token's log-prob beats every other token's: a tie (say, all logits 0) is a miss

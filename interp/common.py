@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from numpy_impl.hooked import ActivationCache, as_numpy
+from foundation.hooks import ActivationCache, as_numpy
 
 
 def is_model(source):
@@ -67,7 +67,7 @@ def run_hooked(model, tokens, fwd_hooks):
 
 def check_token_array(tokens, cfg, name="tokens"):
     """tokens -> int ndarray [batch, pos] within the model's vocabulary and context."""
-    from numpy_impl.checks import check_tokens, tokens_as_array
+    from foundation.checks import check_tokens, tokens_as_array
 
     tokens = as_numpy(tokens) if hasattr(tokens, "shape") else tokens_as_array(tokens, name)
     check_tokens(tokens, cfg, np.ndarray, name)

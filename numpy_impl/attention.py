@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .checks import check_activation, check_config, check_forward_done, check_grad
+from foundation.checks import check_activation, check_config, check_forward_done, check_grad
 from .module import HookPoint, Module, Parameter
 
 

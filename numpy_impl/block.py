@@ -12,7 +12,7 @@ Axes: batch, pos (sequence position), d_model (residual width).
 import numpy as np
 
 from .attention import MultiHeadAttention
-from .checks import check_activation, check_config, check_forward_done, check_grad
+from foundation.checks import check_activation, check_config, check_forward_done, check_grad
 from .feedforward import FeedForward
 from .layernorm import LayerNorm
 from .module import HookPoint, Module

@@ -7,7 +7,7 @@ Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual str
 
 import numpy as np
 
-from .checks import check_config, check_forward_done, check_grad, check_tokens
+from foundation.checks import check_config, check_forward_done, check_grad, check_tokens
 from .module import Module, Parameter
 
 

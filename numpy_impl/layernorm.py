@@ -5,12 +5,13 @@ Axes: batch, pos (sequence position), d_model (residual width; the normalised ax
     out = (x - mean(x)) / sqrt(var(x) + eps) * w + b
 
 with the biased variance and eps = 1e-5 inside the square root, as ``torch.nn.LayerNorm``.
-The denominator is TransformerLens's ``hook_scale``.
+The denominator is TransformerLens's ``hook_scale``; ``hook_normalized`` holds the output, after
+w and b, as TransformerLens's hook of that name does.
 """
 
 import numpy as np
 
-from .checks import check_activation, check_config, check_forward_done, check_grad
+from foundation.checks import check_activation, check_config, check_forward_done, check_grad
 from .module import HookPoint, Module, Parameter
 
 EPS = 1e-5
@@ -24,7 +25,7 @@ class LayerNorm(Module):
         self.w = Parameter(np.ones(cfg.d_model, dtype=cfg.dtype))
         self.b = Parameter(np.zeros(cfg.d_model, dtype=cfg.dtype))
         self.hook_scale = HookPoint()  # [batch, pos, 1]
-        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]: the output, after w and b
         self.cache = None
 
     def forward(self, x):
@@ -36,8 +37,8 @@ class LayerNorm(Module):
         scale = np.sqrt(var + EPS)  # [batch, pos, 1]
         scale = self.hook_scale(scale)
         normalized = centered / scale  # [batch, pos, d_model]
-        normalized = self.hook_normalized(normalized)
         out = normalized * self.w.data + self.b.data  # [batch, pos, d_model]
+        out = self.hook_normalized(out)
         self.cache = (centered, scale, normalized)
         return out
 
@@ -51,11 +52,12 @@ class LayerNorm(Module):
         check_grad(dout, "dout", normalized.shape)
         # EXERCISE BEGIN
         d_model = centered.shape[-1]
+        # forward: out = hook_normalized(out)   (a hook point: the gradient passes through it)
+        dout = self.hook_normalized.backward(dout)
         # forward: out = normalized * w + b
         self.w.grad += (dout * normalized).sum(axis=(0, 1))  # [d_model]
         self.b.grad += dout.sum(axis=(0, 1))  # [d_model]
         dnormalized = dout * self.w.data  # [batch, pos, d_model]
-        dnormalized = self.hook_normalized.backward(dnormalized)
         # forward: normalized = centered / scale
         dcentered = dnormalized / scale  # [batch, pos, d_model]
         dscale = -(dnormalized * centered).sum(axis=-1, keepdims=True) / scale**2  # [batch, pos, 1]

@@ -10,8 +10,17 @@ Axes: batch, pos (sequence position), d_vocab (vocabulary).
 
 import numpy as np
 
-from .checks import check_dloss, check_forward_done, check_loss_inputs
+from foundation.checks import check_dloss, check_forward_done, check_loss_inputs
 from .module import Module
+
+
+def log_softmax(logits):
+    """logits [..., d_vocab] -> log_probs [..., d_vocab], row by row, the row max subtracted first."""
+    logits_max = logits.max(axis=-1, keepdims=True)  # [..., 1]
+    shifted = logits - logits_max  # [..., d_vocab]
+    log_sum_exp = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # [..., 1]
+    log_probs = shifted - log_sum_exp  # [..., d_vocab]
+    return log_probs
 
 
 class CrossEntropyLoss(Module):
@@ -25,10 +34,7 @@ class CrossEntropyLoss(Module):
         check_loss_inputs(logits, targets, weights, np.ndarray)
         if weights is None:
             weights = np.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
-        logits_max = logits.max(axis=-1, keepdims=True)  # [batch, pos, 1]
-        shifted = logits - logits_max  # [batch, pos, d_vocab]
-        log_sum_exp = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # [batch, pos, 1]
-        log_probs = shifted - log_sum_exp  # [batch, pos, d_vocab]
+        log_probs = log_softmax(logits)  # [batch, pos, d_vocab]
         nll = -np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [batch, pos]
         loss = (weights * nll).sum() / weights.sum()  # []
         self.cache = (log_probs, targets, weights)

@@ -11,14 +11,14 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
 import numpy as np
 
 from .block import TransformerBlock
-from .checks import check_config, check_forward_done, check_grad, check_seed, check_tokens, tokens_as_array
+from foundation.checks import check_config, check_forward_done, check_grad, check_seed, check_tokens, tokens_as_array
 from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
 from .module import HookPoint, Module
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
-from .weights import load_weights, save_weights
+from foundation.weights import load_weights, save_weights
 
 
 class Transformer(HookedMixin, Module):

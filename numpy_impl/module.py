@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_hook_result, check_state_dict
+from foundation.checks import check_state_dict
+from foundation.hooks import HookLists
 
 
 class Parameter:
@@ -29,7 +30,7 @@ class Parameter:
 
 
 class Module:
-    """Base class: parameter discovery, state dicts, ``zero_grad`` and ``__call__``."""
+    """Base class: parameter discovery, state dicts, ``from_twin``, ``zero_grad`` and ``__call__``."""
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -82,44 +83,17 @@ class Module:
         for name, array in state_dict.items():
             params[name].data[...] = array
 
+    @classmethod
+    def from_twin(cls, twin):
+        """A module of this class holding ``twin``'s config and weights (``twin``: the same class from torch_impl)."""
+        module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
+        module.load_state_dict(twin.state_dict())
+        return module
+
 
 def _as_array(value):
     """A torch tensor becomes an ndarray (as a user moving weights would expect); the rest is checked as it is."""
     return value.detach().cpu().numpy() if hasattr(value, "detach") else value
-
-
-class HookLists:
-    """Forward and backward hook lists, shared by the NumPy ``HookPoint`` and its torch twin."""
-
-    def _init_hooks(self):
-        self.name = None
-        self.fwd_hooks = []
-        self.bwd_hooks = []
-
-    def add_hook(self, fn, dir: str = "fwd"):
-        """Call ``fn(activation, hook)`` in the forward pass ("fwd") or ``fn(grad, hook)`` in the backward ("bwd")."""
-        if not callable(fn):
-            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
-        if dir not in ("fwd", "bwd"):
-            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
-        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(fn)
-
-    def remove_hooks(self, dir: str = "both"):
-        if dir not in ("fwd", "bwd", "both"):
-            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
-        if dir in ("fwd", "both"):
-            self.fwd_hooks = []
-        if dir in ("bwd", "both"):
-            self.bwd_hooks = []
-
-    def _run(self, hooks, x):
-        """Pass x through each hook in turn; a hook that returns something (of x's shape) replaces x."""
-        for fn in hooks:
-            result = fn(x, self)
-            if result is not None:
-                check_hook_result(result, x.shape, self.name)
-                x = result
-        return x
 
 
 class HookPoint(Module, HookLists):

@@ -10,12 +10,12 @@ Learned (GPT-2): pos_embed[b, p] = W_pos[p].
 
 import numpy as np
 
-from .checks import check_config, check_forward_done, check_grad, check_tokens
+from foundation.checks import check_config, check_forward_done, check_grad, check_tokens
 from .module import Module, Parameter
 
 
 def sinusoidal_table(n_ctx, d_model):
-    """The fixed [n_ctx, d_model] table, computed in float64 (both twins use this one)."""
+    """The fixed [n_ctx, d_model] table, computed in float64 (then cast to the model's dtype)."""
     position = np.arange(n_ctx, dtype=np.float64)[:, None]  # [n_ctx, 1]
     two_i = np.arange(0, d_model, 2, dtype=np.float64)  # [ceil(d_model / 2)]
     angle = position / 10000.0 ** (two_i / d_model)  # [n_ctx, ceil(d_model / 2)]

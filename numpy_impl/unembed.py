@@ -8,7 +8,7 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
 
 import numpy as np
 
-from .checks import check_activation, check_config, check_forward_done, check_grad
+from foundation.checks import check_activation, check_config, check_forward_done, check_grad
 from .module import Module, Parameter
 
 

@@ -1,7 +1,6 @@
 """Models for the interpretability tests: a random pair of twins and the hand-set induction circuit."""
 
 import numpy as np
-import torch
 
 import numpy_impl as npi
 import torch_impl as pti
@@ -11,9 +10,7 @@ from parity_tests.helpers import randomize
 
 def twin_of(model):
     """The torch twin holding the NumPy model's weights."""
-    twin = pti.Transformer(model.cfg)
-    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-    return twin
+    return pti.Transformer.from_twin(model)
 
 
 def random_pair(seed=1, **overrides):

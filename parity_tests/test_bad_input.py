@@ -1,4 +1,4 @@
-"""Each bad input of DESIGN.md fails early with a ValueError or TypeError that names the argument."""
+"""Each bad input the project refuses fails early with a ValueError or TypeError that names the argument."""
 
 import numpy as np
 import pytest

@@ -29,7 +29,7 @@ def make_pair(dtype="float64", **overrides):
 
 
 def expected_hooks(cfg):
-    """DESIGN.md's hook names and shapes, written out here (not taken from the code under test)."""
+    """The hook names and shapes of the contract (TransformerLens's), written out here (not taken from the code under test)."""
     d, h, dh = cfg.d_model, cfg.n_heads, cfg.d_head
     names = {"hook_embed": (B, P, d), "hook_pos_embed": (B, P, d)}
     ln = lambda prefix: {f"{prefix}.hook_scale": (B, P, 1), f"{prefix}.hook_normalized": (B, P, d)}  # noqa: E731
@@ -356,8 +356,7 @@ def test_backward_hooks_get_a_copy():
     cfg = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, n_layers=2, n_ctx=6)
     model = npi.Transformer(cfg, seed=0)
     randomize(model, 1)
-    twin = pti.Transformer(cfg)
-    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    twin = pti.Transformer.from_twin(model)
     tokens = np.random.default_rng(2).integers(0, 11, (2, 6))
     dout = np.random.default_rng(3).standard_normal((2, 6, 11))
 

@@ -93,8 +93,8 @@ def test_state_dict_names_and_shapes_match_design():
 
 def test_model_accepts_lists_and_is_callable():
     cfg = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, n_layers=1, n_ctx=N_CTX)
-    model, twin = npi.Transformer(cfg), pti.Transformer(cfg)
-    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    model = npi.Transformer(cfg)
+    twin = pti.Transformer.from_twin(model)
     out = model([[1, 2, 3]])
     assert out.shape == (1, 3, 11)
     assert_close("list input", out, twin([[1, 2, 3]]), "float64")

@@ -1,6 +1,6 @@
 """Training: NumPy and torch step for step, and the induction experiment's promises.
 
-Parity tolerance (the issue's): in float64 the training loss at every step and the final
+Parity tolerance: in float64 the training loss at every step and the final
 weights agree to 1e-9 relative. Both sides do the same arithmetic in a different order, so
 what we see is rounding, about 1e-15; the looser bound leaves room for rounding to grow
 over many steps, while any real difference in a gradient, the optimiser or the schedule
@@ -55,7 +55,7 @@ def test_training_parity_float64(cfg, train_cfg):
 
 @pytest.mark.slow
 def test_training_parity_200_steps_induction_recipe():
-    """The issue's run: the induction model and recipe (Adam, warm-up 100), 200 steps, batch 32."""
+    """The reference run: the induction model and recipe (Adam, warm-up 100), 200 steps, batch 32."""
     train_cfg = TrainConfig(steps=200, batch_size=32, lr=1e-2, warmup_steps=100)
     check_parity(train_twins(replace(INDUCTION_CONFIG, dtype="float64"), train_cfg, seed=0))
 
@@ -88,7 +88,7 @@ def test_induction_training_loss_falls():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_induction_heads_form_and_generalise(seed, tmp_path):
-    """The issue's item 4, on held-out data of a shape never trained on (segments of 21..24 tokens, copied 21..24 places back)."""
+    """Induction, on held-out data of a shape never trained on (segments of 21..24 tokens, copied 21..24 places back)."""
     result = run_induction(seed=seed, out_dir=str(tmp_path), progress=False)
     chance = math.log(INDUCTION_CONFIG.d_vocab)
     assert result.repeated_loss <= 0.5, f"repeated-token loss {result.repeated_loss:.3f} > 0.5 nats"

@@ -1,7 +1,8 @@
 """The twin: the reference's components as torch.nn.Modules; gradients come from autograd."""
 
-from numpy_impl.config import TransformerConfig
-from numpy_impl.hooked import ActivationCache, hook_name
+from foundation.config import TransformerConfig
+from foundation.hooks import ActivationCache, hook_name
+from foundation.weights import load_weights, save_weights
 
 from .attention import MultiHeadAttention
 from .block import TransformerBlock
@@ -10,7 +11,7 @@ from .feedforward import FeedForward
 from .layernorm import LayerNorm
 from .loss import CrossEntropyLoss
 from .model import Transformer
-from .module import HookPoint, default_rng
+from .module import HookPoint, Module, default_rng
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
 
@@ -21,6 +22,7 @@ __all__ = [
     "HookPoint",
     "LayerNorm",
     "LearnedPositionalEmbedding",
+    "Module",
     "MultiHeadAttention",
     "SinusoidalPositionalEncoding",
     "TokenEmbedding",
@@ -30,4 +32,6 @@ __all__ = [
     "Unembed",
     "default_rng",
     "hook_name",
+    "load_weights",
+    "save_weights",
 ]

@@ -15,12 +15,12 @@ import math
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_activation, check_config
+from foundation.checks import check_activation, check_config
 
-from .module import HookPoint, default_rng
+from .module import HookPoint, Module, default_rng
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(Module):
     """n_heads independent attention heads whose outputs add into the residual stream."""
 
     def __init__(self, cfg, rng=None):

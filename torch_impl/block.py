@@ -10,17 +10,16 @@ Axes: batch, pos (sequence position), d_model (residual width).
 """
 
 import torch
-from torch import nn
 
-from numpy_impl.checks import check_activation, check_config
+from foundation.checks import check_activation, check_config
 
 from .attention import MultiHeadAttention
 from .feedforward import FeedForward
 from .layernorm import LayerNorm
-from .module import HookPoint, default_rng
+from .module import HookPoint, Module, default_rng
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(Module):
     """Residual block; which LayerNorms exist and where they sit follows ``cfg.normalization``."""
 
     def __init__(self, cfg, rng=None):

@@ -8,12 +8,12 @@ Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual str
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_config, check_tokens
+from foundation.checks import check_config, check_tokens
 
-from .module import default_rng
+from .module import Module, default_rng
 
 
-class TokenEmbedding(nn.Module):
+class TokenEmbedding(Module):
     """Row lookup in ``W_E`` ("Attention Is All You Need", §3.4; not scaled by sqrt(d_model))."""
 
     def __init__(self, cfg, rng=None):

@@ -13,14 +13,14 @@ import math
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_activation, check_config
+from foundation.checks import check_activation, check_config
 
-from .module import HookPoint, default_rng
+from .module import HookPoint, Module, default_rng
 
 GELU_C = math.sqrt(2.0 / math.pi)
 
 
-class FeedForward(nn.Module):
+class FeedForward(Module):
     """The same two-layer MLP applied to every position independently."""
 
     def __init__(self, cfg, rng=None):

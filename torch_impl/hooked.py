@@ -1,20 +1,24 @@
-"""The torch twin's three hook-and-cache steps; everything else is ``numpy_impl/hooked.py``.
+"""The torch twin's own steps of ``run_with_cache`` and ``run_with_hooks``.
 
-Written once there: ``ActivationCache``, short names, ``run_with_cache``, ``run_with_hooks``
-and ``hooks()``. Only what autograd changes lives here: which HookPoint class the model holds,
-how an activation is copied (detached from the graph) and how the backward pass is started.
+Written once in ``foundation/hooks.py``: ``ActivationCache``, short names, ``run_with_cache``,
+``run_with_hooks`` and ``hooks()``. Only what the array library changes lives here: which
+HookPoint class the model holds, how an activation is copied (detached from the graph), how
+the backward pass is started (autograd), and the default gradient (of the mean next-token
+cross-entropy).
 """
 
 import torch
 
-from numpy_impl.checks import tokens_as_array
-from numpy_impl.hooked import HookedMixin as _HookedMixin
+from foundation.checks import tokens_as_array
+from foundation.hooks import HookedMixin as _HookedMixin
+from foundation.hooks import check_next_token_loss
 
+from .loss import CrossEntropyLoss
 from .module import HookPoint
 
 
 class HookedMixin(_HookedMixin):
-    """``numpy_impl.hooked.HookedMixin`` with autograd in place of the hand-written backward."""
+    """``foundation.hooks.HookedMixin`` with autograd in place of the hand-written backward."""
 
     hook_point_class = HookPoint
 
@@ -26,3 +30,10 @@ class HookedMixin(_HookedMixin):
 
     def _run_backward(self, out, dout):
         out.backward(torch.as_tensor(dout, dtype=out.dtype))
+
+    def _default_dout(self, out, tokens):
+        """Position p predicts ``tokens[:, p + 1]``; the last position predicts nothing (gradient 0)."""
+        check_next_token_loss(self.cfg, tokens)
+        logits = out.detach().requires_grad_()  # [batch, pos, d_vocab]
+        CrossEntropyLoss()(logits[:, :-1], tokens[:, 1:]).backward()
+        return logits.grad.numpy()  # [batch, pos, d_vocab]

@@ -5,20 +5,21 @@ Axes: batch, pos (sequence position), d_model (residual width; the normalised ax
     out = (x - mean(x)) / sqrt(var(x) + eps) * w + b
 
 with the biased variance and eps = 1e-5 inside the square root, as ``torch.nn.LayerNorm``.
-The denominator is TransformerLens's ``hook_scale``.
+The denominator is TransformerLens's ``hook_scale``; ``hook_normalized`` holds the output, after
+w and b, as TransformerLens's hook of that name does.
 """
 
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_activation, check_config
+from foundation.checks import check_activation, check_config
 
-from .module import HookPoint
+from .module import HookPoint, Module
 
 EPS = 1e-5
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(Module):
     """Normalise each position's vector to mean 0 and variance 1, then scale by w and shift by b."""
 
     def __init__(self, cfg, rng=None):
@@ -28,7 +29,7 @@ class LayerNorm(nn.Module):
         self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=dtype))
         self.b = nn.Parameter(torch.zeros(cfg.d_model, dtype=dtype))
         self.hook_scale = HookPoint()  # [batch, pos, 1]
-        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]: the output, after w and b
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
@@ -39,6 +40,6 @@ class LayerNorm(nn.Module):
         scale = torch.sqrt(var + EPS)  # [batch, pos, 1]
         scale = self.hook_scale(scale)
         normalized = centered / scale  # [batch, pos, d_model]
-        normalized = self.hook_normalized(normalized)
         out = normalized * self.w + self.b  # [batch, pos, d_model]
+        out = self.hook_normalized(out)
         return out

@@ -9,12 +9,21 @@ Axes: batch, pos (sequence position), d_vocab (vocabulary).
 """
 
 import torch
-from torch import nn
 
-from numpy_impl.checks import check_loss_inputs
+from foundation.checks import check_loss_inputs
+from .module import Module
 
 
-class CrossEntropyLoss(nn.Module):
+def log_softmax(logits):
+    """logits [..., d_vocab] -> log_probs [..., d_vocab], row by row, the row max subtracted first."""
+    logits_max = logits.max(dim=-1, keepdim=True).values.detach()  # [..., 1]; a constant shift
+    shifted = logits - logits_max  # [..., d_vocab]
+    log_sum_exp = torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))  # [..., 1]
+    log_probs = shifted - log_sum_exp  # [..., d_vocab]
+    return log_probs
+
+
+class CrossEntropyLoss(Module):
     """Mean negative log-likelihood of the targets; ``weights`` make it a weighted mean."""
 
     def __init__(self):
@@ -25,10 +34,7 @@ class CrossEntropyLoss(nn.Module):
         check_loss_inputs(logits, targets, weights, torch.Tensor)
         if weights is None:
             weights = torch.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
-        logits_max = logits.max(dim=-1, keepdim=True).values.detach()  # [batch, pos, 1]; a constant shift
-        shifted = logits - logits_max  # [batch, pos, d_vocab]
-        log_sum_exp = torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))  # [batch, pos, 1]
-        log_probs = shifted - log_sum_exp  # [batch, pos, d_vocab]
+        log_probs = log_softmax(logits)  # [batch, pos, d_vocab]
         nll = -torch.take_along_dim(log_probs, targets[..., None], dim=-1)[..., 0]  # [batch, pos]
         loss = (weights * nll).sum() / weights.sum()  # []
         return loss

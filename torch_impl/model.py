@@ -12,19 +12,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_config, check_seed, check_state_dict, check_tokens, tokens_as_array
-from numpy_impl.weights import load_weights, save_weights
+from foundation.checks import check_config, check_seed, check_tokens, tokens_as_array
+from foundation.weights import load_weights, save_weights
 
 from .block import TransformerBlock
 from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
-from .module import HookPoint, default_rng
+from .module import HookPoint, Module, default_rng
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
 
 
-class Transformer(HookedMixin, nn.Module):
+class Transformer(HookedMixin, Module):
     """A decoder-style (or, with causal=False and unembed=False, encoder-style) transformer."""
 
     def __init__(self, cfg, seed=0):
@@ -74,6 +74,5 @@ class Transformer(HookedMixin, nn.Module):
         """A new model with the config and weights of a weights file (saved by either twin)."""
         cfg, state_dict = load_weights(path)
         model = cls(cfg)
-        check_state_dict(state_dict, {name: tuple(p.shape) for name, p in model.named_parameters()})
-        model.load_state_dict({name: torch.from_numpy(array) for name, array in state_dict.items()})
+        model.load_state_dict(state_dict)
         return model

@@ -1,8 +1,9 @@
-"""The small machinery under every torch component: hook points and seeded generators.
+"""The small machinery under every torch component: modules, hook points and seeded generators.
 
-``torch.nn`` already gives parameters, modules and state dicts, so the twin of
-``numpy_impl/module.py`` holds only ``HookPoint`` (its hook lists are the reference's
-``HookLists``, written once) and ``default_rng``.
+``torch.nn`` already gives parameters, modules and state dicts. ``Module`` adds what the NumPy
+reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and
+names every bad key in one ``ValueError``, and ``from_twin``. ``HookPoint`` is the twin of the
+reference's (its hook lists are ``foundation.hooks.HookLists``, written once).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_seed
-from numpy_impl.module import HookLists
+from foundation.checks import check_seed, check_state_dict
+from foundation.hooks import HookLists
 
 
 def default_rng(rng=None):
@@ -27,6 +28,30 @@ def default_rng(rng=None):
     return generator
 
 
+class Module(nn.Module):
+    """``nn.Module`` with the reference's loading: either library's arrays, one clear error, ``from_twin``."""
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys raise ValueError."""
+        if isinstance(state_dict, dict):  # ndarrays are welcome: they become tensors
+            state_dict = {name: _as_tensor(value) for name, value in state_dict.items()}
+        if strict:
+            check_state_dict(state_dict, {name: tuple(p.shape) for name, p in self.named_parameters()})
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @classmethod
+    def from_twin(cls, twin):
+        """A module of this class holding ``twin``'s config and weights (``twin``: the same class from numpy_impl)."""
+        module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
+        module.load_state_dict(twin.state_dict())
+        return module
+
+
+def _as_tensor(value):
+    """An ndarray becomes a tensor (as a user moving weights would expect); the rest is checked as it is."""
+    return torch.from_numpy(value) if type(value).__module__ == "numpy" and hasattr(value, "shape") else value
+
+
 class HookPoint(nn.Module, HookLists):
     """An identity placed at a named point of the forward pass, to read or replace it.
 
@@ -34,7 +59,7 @@ class HookPoint(nn.Module, HookLists):
     activation; a hook may edit it in place or return a replacement. Backward hooks
     ``fn(grad, hook)`` are attached to the activation the rest of the model uses, so autograd
     calls them where the NumPy reference calls ``HookPoint.backward``. Edited activations follow
-    the reference's rule (see ``numpy_impl/module.py``):
+    one rule in both twins:
 
         entries a forward hook changed are constants: no gradient flows past them;
         entries it left unchanged pass their gradient through untouched.

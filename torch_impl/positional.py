@@ -11,13 +11,23 @@ Learned (GPT-2): pos_embed[b, p] = W_pos[p].
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_config, check_tokens
-from numpy_impl.positional import sinusoidal_table
+from foundation.checks import check_config, check_tokens
 
-from .module import default_rng
+from .module import Module, default_rng
 
 
-class SinusoidalPositionalEncoding(nn.Module):
+def sinusoidal_table(n_ctx, d_model):
+    """The fixed [n_ctx, d_model] table, computed in float64 (then cast to the model's dtype)."""
+    position = torch.arange(n_ctx, dtype=torch.float64)[:, None]  # [n_ctx, 1]
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # [ceil(d_model / 2)]
+    angle = position / 10000.0 ** (two_i / d_model)  # [n_ctx, ceil(d_model / 2)]
+    table = torch.zeros((n_ctx, d_model), dtype=torch.float64)  # [n_ctx, d_model]
+    table[:, 0::2] = torch.sin(angle)
+    table[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    return table
+
+
+class SinusoidalPositionalEncoding(Module):
     """Fixed sinusoids: no parameters, so nothing to learn and no gradient to keep."""
 
     def __init__(self, cfg, rng=None):
@@ -25,7 +35,7 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.cfg = check_config(cfg)
         dtype = getattr(torch, cfg.dtype)
         # the table is a buffer, not a parameter, and not in state_dict (persistent=False)
-        table = torch.from_numpy(sinusoidal_table(cfg.n_ctx, cfg.d_model)).to(dtype)  # [n_ctx, d_model]
+        table = sinusoidal_table(cfg.n_ctx, cfg.d_model).to(dtype)  # [n_ctx, d_model]
         self.register_buffer("table", table, persistent=False)
 
     def forward(self, tokens):
@@ -36,7 +46,7 @@ class SinusoidalPositionalEncoding(nn.Module):
         return pos_embed
 
 
-class LearnedPositionalEmbedding(nn.Module):
+class LearnedPositionalEmbedding(Module):
     """A learned row per position (GPT-2's ``wpe``), shared by every sequence in the batch."""
 
     def __init__(self, cfg, rng=None):

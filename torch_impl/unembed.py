@@ -11,12 +11,12 @@ import math
 import torch
 from torch import nn
 
-from numpy_impl.checks import check_activation, check_config
+from foundation.checks import check_activation, check_config
 
-from .module import default_rng
+from .module import Module, default_rng
 
 
-class Unembed(nn.Module):
+class Unembed(Module):
     """A linear map d_model -> d_vocab; softmax of its output is the next-token distribution."""
 
     def __init__(self, cfg, rng=None):

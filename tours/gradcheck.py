@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 
 import numpy_impl
-from exercises.catalog import Variant, build, make_inputs
-from numpy_impl.gradcheck import FLOOR, STEP, TOLERANCE, format_rows, gradcheck
+from gradcheck.factory import Variant, build, make_inputs
+from gradcheck.finite_diff import FLOOR, STEP, TOLERANCE, format_rows, gradcheck
 
 from .progress import progress
 

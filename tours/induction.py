@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from training.induction import INDUCTION_CONFIG, INDUCTION_TRAINING, reading, run_induction
 
+from .progress import progress
+
 
 def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed for the initial weights and the data (default: 0)")
@@ -23,5 +25,5 @@ def run(args):
     print(f"Training a {cfg.n_layers}-layer attention-only transformer (d_model {cfg.d_model}, "
           f"{cfg.n_heads} heads of {cfg.d_head}, {cfg.dtype}) in NumPy for {args.steps} steps, "
           f"batches of {INDUCTION_TRAINING.batch_size} random sequences with repeated segments.")
-    result = run_induction(seed=args.seed, out_dir=args.out, steps=args.steps)
+    result = run_induction(seed=args.seed, out_dir=args.out, steps=args.steps, progress=progress)
     print(reading(result, cfg.d_vocab))

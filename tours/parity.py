@@ -12,7 +12,8 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import TOL, randomize, rel_err
+from foundation.agreement import TOL, rel_err, relative_errors
+from gradcheck.factory import randomize_parameters
 from tours.progress import progress
 
 
@@ -23,21 +24,17 @@ def add_arguments(parser):
 def measure(cfg, seed):
     """Worst relative difference (output, gradients) between the twins for one config."""
     model = npi.Transformer(cfg, seed=seed)
-    randomize(model, seed + 1)
-    twin = pti.Transformer(cfg)
-    twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    randomize_parameters(model, seed + 1)
+    twin = pti.Transformer.from_twin(model)
     rng = np.random.default_rng(seed + 2)
     tokens = rng.integers(0, cfg.d_vocab, (3, cfg.n_ctx))
     out, out_t = model(tokens), twin(torch.from_numpy(tokens))
     dout = rng.standard_normal(out.shape).astype(cfg.dtype)
     model.backward(dout)
     out_t.backward(torch.from_numpy(dout))
-    twin_params = dict(twin.named_parameters())
-    largest = max(np.abs(p.grad.numpy()).max() for p in twin_params.values())
-    grad_err = max(
-        rel_err(p.grad, twin_params[n].grad, largest if n.endswith("b_K") else None)
-        for n, p in model.named_parameters()
-    )
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    twin_grads = {name: p.grad for name, p in twin.named_parameters()}
+    grad_err = max(relative_errors(grads, twin_grads).values())
     return rel_err(out, out_t), grad_err
 
 

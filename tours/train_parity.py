@@ -17,6 +17,8 @@ from training.induction import INDUCTION_CONFIG, INDUCTION_TRAINING
 from training.parity import train_twins
 from training.trainer import OPTIMIZERS
 
+from .progress import progress
+
 
 def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
@@ -35,7 +37,7 @@ def run(args):
     print(f"Training the induction model ({cfg.n_layers} layers, attention only, {cfg.dtype}) twice for "
           f"{args.steps} steps: NumPy (hand-written backward) and torch (autograd), same weights, same batches, "
           f"{args.optimizer} with {train_cfg.warmup_steps} warm-up steps.")
-    result = train_twins(cfg, train_cfg, seed=args.seed, progress=True)
+    result = train_twins(cfg, train_cfg, seed=args.seed, progress=progress)
     numpy_loss, torch_loss = result.numpy_history.loss, result.torch_history.loss
     worst = result.worst_loss_step
     print(f"\n{'step':>6} {'NumPy loss':>20} {'torch loss':>20} {'relative gap':>13}")

@@ -32,7 +32,7 @@ from . import plots
 from .data import FIRST, heldout_batch, induction_batch
 from .trainer import History, NumpyStepper, TrainConfig, loss_by_kind, train
 
-# The recipe of the issue; it grows induction heads on every seed we tried.
+# The training recipe; it grows induction heads on every seed we tried.
 INDUCTION_CONFIG = TransformerConfig(
     d_vocab=128,             # random tokens: a first occurrence carries ln 128 = 4.85 nats
     d_model=64,
@@ -80,7 +80,7 @@ class InductionResult:
 
 
 def run_induction(seed: int = 0, out_dir: str = "outputs", steps: int | None = None,
-                  cfg: TransformerConfig = INDUCTION_CONFIG, progress: bool = True,
+                  cfg: TransformerConfig = INDUCTION_CONFIG, progress=None,
                   figures: bool = True) -> InductionResult:
     """Train a model from ``seed`` (weights and data), evaluate it, save weights and figures."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

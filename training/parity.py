@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import numpy_impl
+from foundation.agreement import relative_errors
 
 from .trainer import History, NumpyStepper, TorchStepper, TrainConfig, train
 
@@ -29,15 +30,12 @@ class ParityResult:
         return int(np.argmax(self.loss_gaps))
 
 
-def train_twins(cfg, train_cfg: TrainConfig, seed: int = 0, progress: bool = False) -> ParityResult:
+def train_twins(cfg, train_cfg: TrainConfig, seed: int = 0, progress=None) -> ParityResult:
     """Train a NumPy model and its torch twin from the same seed-``seed`` weights on the same batches."""
-    import torch
-
     import torch_impl
 
     model = numpy_impl.Transformer(cfg, seed=seed)
-    twin = torch_impl.Transformer(cfg)
-    twin.load_state_dict({name: torch.from_numpy(array) for name, array in model.state_dict().items()})
+    twin = torch_impl.Transformer.from_twin(model)
     seq_len = cfg.n_ctx + 1
     numpy_stepper = NumpyStepper(model, train_cfg)
     torch_stepper = TorchStepper(twin, train_cfg)
@@ -56,9 +54,4 @@ def weight_gaps(numpy_weights: dict, torch_weights: dict) -> dict:
     so both sides update it with rounding noise only and it stays near 0. Its gap is
     measured against the largest weight in the whole model instead of its own size.
     """
-    largest = max(np.abs(w).max() for w in torch_weights.values())
-    gaps = {}
-    for name, expected in torch_weights.items():
-        scale = largest if name.endswith("b_K") else np.abs(expected).max()
-        gaps[name] = float(np.abs(numpy_weights[name] - expected).max() / max(scale, 1e-300))
-    return gaps
+    return relative_errors(numpy_weights, torch_weights)

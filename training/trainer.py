@@ -21,9 +21,9 @@ from typing import Optional
 import numpy as np
 
 import numpy_impl
+from numpy_impl.loss import log_softmax
 from numpy_impl.optim import SGD, Adam, AdamW, LambdaLR, clip_grad_norm, warmup_then
 
-from tours.progress import progress as tours_progress
 
 from .data import FIRST, REPEATED, Batch, batches
 
@@ -149,11 +149,8 @@ class TorchStepper:
 
 def per_token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """-log p(target) at every position: logits [batch, pos, d_vocab], targets [batch, pos] -> [batch, pos]"""
-    logits = logits.astype(np.float64)  # [batch, pos, d_vocab]
-    shifted = logits - logits.max(axis=-1, keepdims=True)  # [batch, pos, d_vocab]
-    log_sum_exp = np.log(np.exp(shifted).sum(axis=-1))  # [batch, pos]
-    target_logit = np.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]  # [batch, pos]
-    return log_sum_exp - target_logit  # [batch, pos]
+    log_probs = log_softmax(logits.astype(np.float64))  # [batch, pos, d_vocab]
+    return -np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [batch, pos]
 
 
 def loss_by_kind(stepper, batch: Batch) -> dict:
@@ -176,13 +173,14 @@ class History:
 
 
 def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batches=None,
-          eval_every: int = 50, progress: bool = True, batch_stream=None, label: str = "") -> History:
+          eval_every: int = 50, progress=None, batch_stream=None, label: str = "") -> History:
     """Run ``train_cfg.steps`` steps of ``stepper`` on the induction data; return the ``History``.
 
     ``eval_batches`` ({name: Batch}) are scored with ``loss_by_kind`` every ``eval_every``
     steps and after the last. ``batch_stream`` replaces the default seeded data (it must
-    yield at least ``steps`` batches). ``progress`` draws ``tours.progress``'s bar on stderr,
-    headed by ``label``, ending with the latest loss.
+    yield at least ``steps`` batches). ``progress``, when given, wraps the steps to
+    show a bar: ``progress(steps, label, total=..., status=...)`` (the tours pass theirs), headed by
+    ``label`` and ending with the latest loss.
     """
     if not isinstance(train_cfg, TrainConfig):
         raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
@@ -194,7 +192,7 @@ def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batc
     history = History(evals={name: {"repeated": [], "first": []} for name in eval_batches})
     steps = zip(range(train_cfg.steps), batch_stream)
     if progress:
-        steps = tours_progress(steps, label or "training", total=train_cfg.steps,
+        steps = progress(steps, label or "training", total=train_cfg.steps,
                                status=lambda: f"loss {history.loss[-1]:.3f}")
     start = time.perf_counter()
     for step, batch in steps:

@@ -1,5 +1,8 @@
 """Finite-difference gradient checking: the hand-written backward against the forward alone.
 
+This file has no torch twin: autograd needs no checking of this kind (``torch.autograd.gradcheck``
+is its own tool). It checks the NumPy reference and a learner's copy of it.
+
 Axes: none of their own; every tensor keeps the shape of the parameter or input it checks.
 
 For a module m, inputs and a random R shaped like the output, the scalar
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .module import Module
+from numpy_impl.module import Module
 
 STEP = 1e-6       # h: the central-difference step
 TOLERANCE = 1e-7  # a tensor passes when its max relative error is at most this
@@ -145,30 +148,6 @@ def gradcheck(module, *inputs, sample=50, seed=0, step=STEP, tolerance=TOLERANCE
                                  worst, worst <= tolerance))
     module.forward(*inputs)  # leave the cache as the caller's inputs made it
     return GradcheckReport(tuple(rows), tolerance, step, tiny)
-
-
-def randomize_parameters(module, seed=0):
-    """Give every parameter a random value, as a trained model might have: never ones, never zeros.
-
-    LayerNorm w = 1 + 0.3 N(0, 1), biases 0.3 N(0, 1), embeddings N(0, 1), weight matrices
-    N(0, 1 / fan_in). All-ones LayerNorm weights and zero biases hide real bugs in a backward.
-    """
-    if not _is_module(module):
-        raise TypeError(f"module must be a numpy_impl Module, got {type(module).__name__}")
-    rng = np.random.default_rng(seed)
-    for param_name, p in module.named_parameters():
-        kind = param_name.split(".")[-1]
-        noise = rng.standard_normal(p.shape)  # [same shape as the parameter]
-        if kind == "w":
-            value = 1.0 + 0.3 * noise
-        elif kind.startswith("b"):
-            value = 0.3 * noise
-        elif kind in ("W_E", "W_pos"):
-            value = noise
-        else:
-            value = noise / np.sqrt(p.shape[-2])
-        p.data[...] = value
-    return module
 
 
 def _check_arguments(module, inputs, sample, step, tolerance, floor):
