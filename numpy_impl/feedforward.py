@@ -6,6 +6,10 @@ Axes: batch, pos (sequence position), d_model (residual width), d_mlp (hidden wi
 
 act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks & Gimpel):
     gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
+
+Far from zero tanh is exactly +-1 and GELU is ReLU. Where pre * pre overflows (|pre| above about
+1.8e19 in float32, 1.3e154 in float64) the backward here still returns that exact gradient; the
+torch twin's autograd returns NaN there (0 * inf), as torch does for this formula.
 """
 
 import math
