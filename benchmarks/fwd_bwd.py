@@ -14,10 +14,11 @@ the same shapes: the time no implementation that does these products can beat. I
 the NumPy step says how much of the step is spent outside them (softmax, GELU, LayerNorm,
 copies, Python).
 
-Peak memory of one step, above what was held before it: on the NumPy side from ``tracemalloc``
-(NumPy reports its array buffers to it); on the torch side from the memory events of
-``torch.profiler`` (allocations minus frees, summed in time order). Both count the step's
-temporaries and gradients, not the weights, the interpreter or the libraries.
+Peak memory of one step, above what was held before it (weights and gradient buffers, no
+activations): on the NumPy side from ``tracemalloc`` (NumPy reports its array buffers to it); on
+the torch side from the memory events of ``torch.profiler`` (allocations minus frees, summed in
+time order). Both count the activations kept for the backward and the temporaries, not the
+weights, the interpreter or the libraries.
 """
 
 from __future__ import annotations
@@ -90,8 +91,7 @@ class Setup:
         self.model = numpy_impl.Transformer(self.cfg, seed=0)
         for _, p in self.model.named_parameters():  # random LayerNorm weights and biases too
             p.data[...] = p.data + 0.1 * rng.standard_normal(p.shape).astype(dtype)
-        self.twin = torch_impl.Transformer(self.cfg)
-        self.twin.load_state_dict({k: torch.from_numpy(a) for k, a in self.model.state_dict().items()})
+        self.twin = torch_impl.Transformer.from_twin(self.model)
         self.tokens = rng.integers(0, self.cfg.d_vocab, size=(BATCH, self.cfg.n_ctx))
         self.dout = rng.standard_normal((BATCH, self.cfg.n_ctx, self.cfg.d_vocab)).astype(dtype)
         self.tokens_t = torch.from_numpy(self.tokens)
@@ -121,7 +121,10 @@ def seconds(fn):
 
 def numpy_peak_bytes(setup):
     tracemalloc.start()
-    setup.numpy_step()  # grads already exist, so the step allocates only temporaries and caches
+    setup.numpy_step()
+    for _, module in setup.model.named_modules():  # start, as torch does, without the last step's activations
+        if hasattr(module, "cache"):
+            module.cache = None
     before = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
     setup.numpy_step()
