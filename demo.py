@@ -21,6 +21,7 @@ TOURS = {
     "exercises": ("tours.exercises", "write the backward passes yourself: init DIR, then check DIR [COMPONENT]"),
     "train-parity": ("tours.train_parity", "train NumPy and torch side by side: the same loss at every step"),
     "induction": ("tours.induction", "grow induction heads from scratch in NumPy, then find them"),
+    "read": ("tours.read", "the reading page: NumPy and torch side by side, line by line, as one HTML file"),
 }
 
 

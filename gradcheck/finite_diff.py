@@ -1,6 +1,6 @@
 """Finite-difference gradient checking: the hand-written backward against the forward alone.
 
-This file has no torch twin: autograd needs no checking of this kind (``torch.autograd.gradcheck``
+This file has no twin: autograd needs no checking of this kind (``torch.autograd.gradcheck``
 is its own tool). It checks the NumPy reference and a learner's copy of it.
 
 Axes: none of their own; every tensor keeps the shape of the parameter or input it checks.

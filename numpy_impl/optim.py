@@ -1,8 +1,9 @@
 """Optimisers, gradient clipping and a learning-rate schedule, written out in NumPy.
 
-Each one is the update rule ``torch.optim`` documents, one operation per line, so the
-torch side of training simply uses ``torch.optim`` and the tests check that the same
-gradients give the same updates (``parity_tests/test_optim.py``).
+This file has no twin in ``torch_impl``: its twin is ``torch.optim`` itself. Each one is the
+update rule ``torch.optim`` documents, one operation per line, so the torch side of training
+simply uses ``torch.optim`` and the tests check that the same gradients give the same updates
+(``parity_tests/test_optim.py``).
 
 Arrays here have the shape of the parameter they belong to, so there are no named axes:
 ``param``, ``grad``, and the optimiser's running averages ``m`` and ``v`` all share one shape.

@@ -1,0 +1,98 @@
+"""The house: a foundation, two mirror-image wings, and imports that run downward only.
+
+Read from the source with ``ast`` (nothing is imported), so a stray ``import torch`` inside a
+function counts as much as one at the top of a file.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# each package's level: a package may import its own level's siblings only where listed below,
+# and any package of a lower level
+LEVELS = {
+    "foundation": 0,
+    "numpy_impl": 1,
+    "torch_impl": 1,
+    "gradcheck": 2,
+    "interp": 2,
+    "training": 2,
+    "exercises": 2,
+    "reading": 2,
+    "tours": 3,
+    "benchmarks": 3,
+}
+SIDEWAYS = {
+    ("training", "interp"),  # training evaluates its model with interp's head scores and figures
+    ("exercises", "gradcheck"),  # the exercise checker is a gradient checker
+}
+FORBIDDEN = {
+    "foundation": {"torch", "numpy_impl", "torch_impl"},
+    "numpy_impl": {"torch", "torch_impl"},
+    "torch_impl": {"numpy_impl"},
+}
+TWIN_FILES = ("__init__.py", "attention.py", "block.py", "embedding.py", "feedforward.py", "hooked.py",
+              "layernorm.py", "loss.py", "model.py", "module.py", "positional.py", "unembed.py")
+NO_TWIN = ("optim.py",)  # numpy_impl's optimisers: their twin is torch.optim
+
+
+def imported_packages(path):
+    """Top-level names a file imports (relative imports resolve to its own package)."""
+    tree = ast.parse(path.read_text(), str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(path.parent.name if node.level else node.module.split(".")[0])
+    return names
+
+
+def package_imports():
+    """{package: {file: imported top-level names}} for every package of the house."""
+    return {package: {path.name: imported_packages(path) for path in sorted((ROOT / package).glob("*.py"))}
+            for package in LEVELS if (ROOT / package).is_dir()}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_the_foundation_and_the_wings_import_only_what_they_may(package):
+    for file, names in package_imports()[package].items():
+        assert not names & FORBIDDEN[package], f"{package}/{file} imports {sorted(names & FORBIDDEN[package])}"
+
+
+def test_imports_run_downward_only():
+    upward = []
+    for package, files in package_imports().items():
+        for file, names in files.items():
+            for name in names & set(LEVELS):
+                if name == package or (package, name) in SIDEWAYS:
+                    continue
+                if LEVELS[name] >= LEVELS[package]:
+                    upward.append(f"{package}/{file} imports {name}")
+            if "parity_tests" in names:
+                upward.append(f"{package}/{file} imports parity_tests")
+    assert not upward, "imports that do not run downward:\n" + "\n".join(upward)
+
+
+def test_the_wings_hold_the_same_files():
+    numpy_files = sorted(path.name for path in (ROOT / "numpy_impl").glob("*.py"))
+    torch_files = sorted(path.name for path in (ROOT / "torch_impl").glob("*.py"))
+    assert numpy_files == sorted(TWIN_FILES + NO_TWIN)
+    assert torch_files == sorted(TWIN_FILES)
+
+
+def test_files_without_a_twin_say_so():
+    for path in [ROOT / "numpy_impl" / name for name in NO_TWIN] + [ROOT / "gradcheck" / "finite_diff.py"]:
+        opening = " ".join((ast.get_docstring(ast.parse(path.read_text())) or "").split("\n\n")[:2])
+        assert "no twin" in opening.replace("\n", " "), f"{path.name} does not say in its first lines that it has no twin"
+
+
+def test_the_layout_check_can_fail(tmp_path):
+    """The parser sees an import inside a function, and a relative import as its own package."""
+    path = tmp_path / "numpy_impl" / "x.py"
+    path.parent.mkdir()
+    path.write_text("from .module import Module\n\ndef f():\n    import torch\n")
+    assert imported_packages(path) == {"numpy_impl", "torch"}

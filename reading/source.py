@@ -1,0 +1,439 @@
+"""Read the two twins' component files and line them up: nothing here is a copy of the code.
+
+Every function below works on whatever the files say today. A file is parsed with ``ast``
+(which classes and functions it holds, where each one starts and ends, what a line assigns)
+and ``tokenize`` (where one logical line ends, which lines are comments only).
+
+Words used below:
+- a *unit* is one logical line of code (a statement that may run over several physical
+  lines), or one comment line;
+- a unit's *key* says what it does: the names it assigns (``scale``, ``q, k, v``,
+  ``self.W_O.grad +=``), or, for a line that assigns nothing, the call or statement it is;
+- a *row* is a NumPy unit and a torch unit that do the same thing (either may be missing);
+- a *step* of a backward is the run of lines that starts at a ``# forward: ...`` comment.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import io
+import re
+import textwrap
+import tokenize
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# (file name in both packages, section title); the order of the forward pass, then the model
+SECTIONS = (
+    ("embedding", "Token embedding"),
+    ("positional", "Positional encodings"),
+    ("layernorm", "LayerNorm"),
+    ("attention", "Multi-head attention"),
+    ("feedforward", "Feed-forward (MLP)"),
+    ("block", "Transformer block"),
+    ("unembed", "Unembedding"),
+    ("loss", "Cross-entropy loss"),
+    ("model", "The whole model"),
+)
+TWINS = ("numpy_impl", "torch_impl")
+
+# lines that mark the exercise region in a backward: for the exercise tools, not for a reader
+EXERCISE_MARK = re.compile(r"^\s*#\s*EXERCISE (BEGIN|END)\s*$")
+FORWARD_QUOTE = re.compile(r"^\s*#\s*forward:\s*(.*)$")
+SHAPE_COMMENT = re.compile(r"^#\s*(\[[^\]]*\])(.*)$")
+HOOK_CALL = re.compile(r"\bself\.(hook_\w+)\(")
+HOOK_BACKWARD = re.compile(r"\bself\.(hook_\w+)\.backward\(")
+HOOK_DEFINITION = re.compile(r"\bself\.(hook_\w+)\s*=\s*HookPoint\(\)\s*(#\s*(\[[^\]]*\]))?")
+
+
+@dataclass
+class Unit:
+    """One logical line (or one comment line) of a function, as it stands in the file."""
+
+    lines: list[str]  # physical lines, indented relative to the function's ``def``
+    first_line: int  # line number in the file of lines[0]
+    kind: str  # "code", "comment" or "header" (a line that opens a block: if, else, for ...)
+    key: str
+    assigns: tuple[str, ...] = ()  # names on the left of "=" (empty when it assigns nothing)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def code(self) -> str:
+        """The unit without its trailing comments, on one line: what the diff compares."""
+        return " ".join(strip_comment(line).strip() for line in self.lines)
+
+
+@dataclass
+class Function:
+    """A function or method of one twin: its name, file, line numbers and units."""
+
+    name: str
+    path: Path
+    first_line: int
+    units: list[Unit]
+
+
+@dataclass
+class Row:
+    numpy: Unit | None
+    torch: Unit | None
+
+
+@dataclass
+class Step:
+    """A run of backward lines; ``undoes`` are indexes of the forward rows it undoes."""
+
+    units: list[Unit]
+    quote: str | None  # the text after "# forward:", None for the lines before the first one
+    undoes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Part:
+    """One class (or one module-level function) of a section, with both twins lined up."""
+
+    name: str
+    kind: str  # "class" or "function"
+    rows: list[Row]
+    steps: list[Step]  # the NumPy backward, empty when there is none
+    numpy_forward: Function | None
+    torch_forward: Function | None
+    numpy_backward: Function | None
+    torch_note: str | None = None  # e.g. where torch_impl imports this function from
+
+
+@dataclass
+class Hook:
+    owner: str  # class name, e.g. "LayerNorm"
+    attribute: str  # e.g. "hook_scale"
+    shape: str  # e.g. "[batch, pos, 1]"
+    names: list[str]  # full names in a model, e.g. ["blocks.{i}.ln1.hook_scale", ...]
+    numpy_calls: list[Unit]  # the forward lines that call it
+    torch_calls: list[Unit]
+
+
+@dataclass
+class Section:
+    stem: str
+    title: str
+    docstring: str
+    numpy_path: Path
+    torch_path: Path
+    parts: list[Part]
+
+
+def package_dir(package: str) -> Path:
+    """Where a package lives, found without importing it (so the page needs no torch)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not importable from here")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def strip_comment(line: str) -> str:
+    """The line without a trailing ``# ...`` comment (a '#' inside a string is kept)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(line.lstrip() + "\n").readline))
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return line
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            return line[: len(line) - len(line.lstrip()) + tok.start[1]].rstrip()
+    return line
+
+
+def split_units(source_lines: list[str], first_line: int) -> list[Unit]:
+    """Group a function's physical lines into logical lines and comment lines (blank lines go)."""
+    text = "\n".join(source_lines) + "\n"
+    spans = []  # (first row, last row), 1-based within source_lines
+    start, has_code = None, False
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type in (tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+            continue
+        if tok.type == tokenize.NL and start is None:
+            continue  # a blank line
+        if start is None:
+            start, has_code = tok.start[0], False
+        if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE):
+            has_code = True
+        if tok.type == tokenize.NEWLINE or (tok.type == tokenize.NL and not has_code):
+            spans.append((start, tok.start[0]))
+            start = None
+    units = []
+    for first, last in spans:
+        lines = source_lines[first - 1 : last]
+        if len(lines) == 1 and EXERCISE_MARK.match(lines[0]):
+            continue
+        units.append(make_unit(lines, first_line + first - 1))
+    return units
+
+
+def make_unit(lines: list[str], first_line: int) -> Unit:
+    stripped = "\n".join(lines).strip()
+    if stripped.startswith("#"):
+        return Unit(lines, first_line, "comment", "# " + stripped.lstrip("#").strip())
+    code = " ".join(strip_comment(line).strip() for line in lines)
+    if code.endswith(":") and not code.startswith(("def ", "async def ")):
+        return Unit(lines, first_line, "header", "block: " + re.sub(r"\s+", " ", code))
+    try:
+        tree = ast.parse(textwrap.dedent("\n".join(lines)) + ("\n    pass" if code.endswith(":") else ""))
+    except SyntaxError:
+        return Unit(lines, first_line, "code", "stmt: " + code)
+    node = tree.body[0]
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return Unit(lines, first_line, "code", "def " + node.name)
+    if isinstance(node, ast.Assign):
+        targets = [ast.unparse(target) for target in node.targets]
+        names = tuple(name.strip() for target in targets for name in target.split(","))
+        return Unit(lines, first_line, "code", " = ".join(targets) + " =", names)
+    if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        target = ast.unparse(node.target)
+        op = "+=" if isinstance(node, ast.AugAssign) else ":"
+        return Unit(lines, first_line, "code", f"{target} {op}", (target,))
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+        return Unit(lines, first_line, "code", "docstring")
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        return Unit(lines, first_line, "code", "call: " + ast.unparse(node.value.func))
+    if isinstance(node, ast.Return):
+        return Unit(lines, first_line, "code", "return")
+    return Unit(lines, first_line, "code", "stmt: " + code)
+
+
+def similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def pair_score(np_unit: Unit, torch_unit: Unit) -> float:
+    """How well two units face each other; 0 means they must not share a row.
+
+    The same key (the same names assigned, the same call) always may; two lines that assign
+    different names never may; two other lines of a kind (comments, block openers, calls)
+    may when their text is close.
+    """
+    if np_unit.key == torch_unit.key:
+        return 2.0 + similarity(np_unit.code, torch_unit.code)
+    if np_unit.assigns or torch_unit.assigns or np_unit.kind != torch_unit.kind:
+        return 0.0
+    ratio = similarity(np_unit.text.strip(), torch_unit.text.strip())
+    return ratio if ratio >= 0.6 else 0.0
+
+
+def align(left: list[Unit], right: list[Unit]) -> list[Row]:
+    """Line up two lists of units, keeping each side's order, with the best total score."""
+    n, m = len(left), len(right)
+    best = [[0.0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            score = pair_score(left[i], right[j])
+            take = best[i + 1][j + 1] + score if score > 0 else -1.0
+            best[i][j] = max(take, best[i + 1][j], best[i][j + 1])
+    rows, i, j = [], 0, 0
+    pending_left, pending_right = [], []
+
+    def flush():
+        rows.extend(Row(unit, None) for unit in pending_left)
+        rows.extend(Row(None, unit) for unit in pending_right)
+        pending_left.clear()
+        pending_right.clear()
+
+    while i < n and j < m:
+        score = pair_score(left[i], right[j])
+        if score > 0 and best[i][j] == best[i + 1][j + 1] + score:
+            flush()
+            rows.append(Row(left[i], right[j]))
+            i, j = i + 1, j + 1
+        elif best[i][j] == best[i + 1][j]:
+            pending_left.append(left[i])
+            i += 1
+        else:
+            pending_right.append(right[j])
+            j += 1
+    pending_left.extend(left[i:])
+    pending_right.extend(right[j:])
+    flush()
+    return rows
+
+
+def split_steps(units: list[Unit]) -> list[Step]:
+    """Cut a backward at its ``# forward:`` comments; a block opener just before one joins it."""
+    steps = [Step([], None)]
+    for unit in units:
+        quote = FORWARD_QUOTE.match(unit.text) if unit.kind == "comment" else None
+        if quote:
+            carried = []
+            while steps[-1].units and steps[-1].units[-1].kind == "header":
+                carried.insert(0, steps[-1].units.pop())
+            steps.append(Step(carried + [unit], quote.group(1).strip()))
+        else:
+            steps[-1].units.append(unit)
+    return [step for step in steps if step.units]
+
+
+def link_steps(steps: list[Step], rows: list[Row]) -> None:
+    """Find, for each step, the forward rows its ``# forward:`` comment quotes.
+
+    The quote is read as ``names = expression``: for each name, the NumPy forward line that
+    assigns it and reads most like the quote. A quote that names nothing the forward assigns
+    links to no row (the page then shows the quote alone).
+    """
+    for step in steps:
+        if step.quote is None:
+            continue
+        lhs, sep, _ = step.quote.partition(" = ")
+        names = [name.strip() for name in lhs.split(",")] if sep else []
+        found = []
+        for name in names:
+            candidates = [k for k, row in enumerate(rows) if row.numpy is not None and name in row.numpy.assigns]
+            if candidates:
+                found.append(max(candidates, key=lambda k: similarity(step.quote, rows[k].numpy.code)))
+        step.undoes = sorted(set(found))
+
+
+def find_functions(tree: ast.Module) -> dict[str, ast.AST]:
+    """Top-level classes and functions of a module, by name, in file order."""
+    return {node.name: node for node in tree.body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
+
+
+def method(cls: ast.ClassDef, name: str) -> ast.FunctionDef | None:
+    for node in cls.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
+    return None
+
+
+def read_function(node: ast.FunctionDef | None, path: Path, file_lines: list[str]) -> Function | None:
+    """The function's lines (decorators left out), dedented to its ``def``."""
+    if node is None:
+        return None
+    first, last = node.lineno, node.end_lineno
+    lines = textwrap.dedent("\n".join(file_lines[first - 1 : last])).split("\n")
+    return Function(node.name, path, first, split_units(lines, first))
+
+
+def imported_from(tree: ast.Module, name: str) -> str | None:
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and any(alias.name == name for alias in node.names):
+            return "." * node.level + (node.module or "")
+    return None
+
+
+def read_section(stem: str, title: str) -> Section:
+    paths = [package_dir(twin) / f"{stem}.py" for twin in TWINS]
+    texts = [path.read_text() for path in paths]
+    trees = [ast.parse(text) for text in texts]
+    lines = [text.split("\n") for text in texts]
+    np_defs, torch_defs = find_functions(trees[0]), find_functions(trees[1])
+    parts = []
+    for name, np_node in np_defs.items():
+        torch_node = torch_defs.get(name)
+        if isinstance(np_node, ast.ClassDef):
+            np_forward = read_function(method(np_node, "forward"), paths[0], lines[0])
+            if np_forward is None:
+                continue
+            torch_forward = read_function(method(torch_node, "forward"), paths[1], lines[1]) if torch_node else None
+            np_backward = read_function(method(np_node, "backward"), paths[0], lines[0])
+            kind = "class"
+        else:
+            np_forward = read_function(np_node, paths[0], lines[0])
+            torch_forward = read_function(torch_node, paths[1], lines[1]) if torch_node else None
+            np_backward = None
+            kind = "function"
+        rows = align(np_forward.units, torch_forward.units if torch_forward else [])
+        steps = split_steps(np_backward.units) if np_backward else []
+        link_steps(steps, rows)
+        note = None
+        if torch_forward is None:
+            source = imported_from(trees[1], name)
+            note = f"torch_impl imports this one from {source}" if source else "torch_impl has no twin of this"
+        parts.append(Part(name, kind, rows, steps, np_forward, torch_forward, np_backward, note))
+    docstring = ast.get_docstring(trees[0]) or ""
+    return Section(stem, title, docstring, paths[0], paths[1], parts)
+
+
+def read_sections() -> list[Section]:
+    return [read_section(stem, title) for stem, title in SECTIONS]
+
+
+def hook_definitions(cls: ast.ClassDef, file_lines: list[str]) -> list[tuple[str, str]]:
+    """(attribute, shape) of each ``self.hook_x = HookPoint()  # [shape]`` in a class's __init__."""
+    init = method(cls, "__init__")
+    if init is None:
+        return []
+    found = []
+    for line in file_lines[init.lineno - 1 : init.end_lineno]:
+        match = HOOK_DEFINITION.search(line)
+        if match:
+            found.append((match.group(1), match.group(3) or ""))
+    return found
+
+
+def children(cls: ast.ClassDef, known: set[str]) -> list[tuple[str, str]]:
+    """(attribute path, class name) of each sub-module ``self.name = Class(...)`` in __init__.
+
+    An attribute built from a list comprehension (``self.blocks = [Block(...) for ...]``)
+    holds one per index: its path is ``blocks.{i}``.
+    """
+    init = method(cls, "__init__")
+    if init is None:
+        return []
+    found = []
+    for node in ast.walk(init):
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+            continue
+        target = node.targets[0]
+        if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"):
+            continue
+        listed = any(isinstance(sub, (ast.ListComp, ast.GeneratorExp)) for sub in ast.walk(node.value))
+        for sub in ast.walk(node.value):
+            if isinstance(sub, ast.Call):
+                func = sub.func.id if isinstance(sub.func, ast.Name) else getattr(sub.func, "attr", None)
+                if func in known:
+                    found.append((target.attr + (".{i}" if listed else ""), func))
+    return found
+
+
+def read_hooks(sections: list[Section]) -> list[Hook]:
+    """Every hook point of every component, with its full names in a model and its call lines."""
+    classes = {}  # class name -> (ast.ClassDef, file lines) of the NumPy twin
+    for section in sections:
+        text = section.numpy_path.read_text()
+        for node in ast.parse(text).body:
+            if isinstance(node, ast.ClassDef):
+                classes[node.name] = (node, text.split("\n"))
+    known = set(classes)
+    paths: dict[str, list[str]] = {}
+
+    def visit(name: str, prefix: str, seen: tuple[str, ...]):
+        paths.setdefault(name, []).append(prefix)
+        for attribute, child in children(classes[name][0], known):
+            if child not in seen:
+                visit(child, prefix + attribute + ".", seen + (child,))
+
+    in_order = [part.name for section in sections for part in section.parts if part.name in known]
+    inside = {child for node, _ in classes.values() for _, child in children(node, known)}
+    for root in in_order:
+        if root not in inside:
+            visit(root, "", (root,))
+    calls = {}  # (twin, class, hook) -> the units that call it
+    for section in sections:
+        for part in section.parts:
+            for twin, function in (("numpy", part.numpy_forward), ("torch", part.torch_forward)):
+                for unit in function.units if function else []:
+                    for hook in HOOK_CALL.findall(unit.text):
+                        calls.setdefault((twin, part.name, hook), []).append(unit)
+    hooks = []
+    for section in sections:
+        for part in section.parts:
+            if part.kind != "class":
+                continue
+            node, file_lines = classes[part.name]
+            for attribute, shape in hook_definitions(node, file_lines):
+                names = [prefix + attribute for prefix in paths.get(part.name, [""])]
+                hooks.append(Hook(part.name, attribute, shape, names,
+                                  calls.get(("numpy", part.name, attribute), []), calls.get(("torch", part.name, attribute), [])))
+    return hooks
