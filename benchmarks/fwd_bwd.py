@@ -113,10 +113,14 @@ class Setup:
             a @ b
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def seconds(fn):
-    start = time.perf_counter()
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def numpy_peak_bytes(setup):
@@ -180,7 +184,12 @@ def main():
                         help="threads for NumPy's BLAS and torch (default: each library's own default)")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per dtype (default 7)")
     parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall: elapsed time (default); cpu: this process's CPU time, steadier on a machine "
+                             "shared with other jobs (with --threads 1 only: it adds up the time of every thread)")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     cfg = numpy_impl.TransformerConfig(**CONFIG_M)
@@ -190,7 +199,7 @@ def main():
     print(f"threads: {'default' if args.threads is None else args.threads} "
           f"(torch uses {torch.get_num_threads()}; OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}); numpy {np.__version__}, "
-          f"torch {torch.__version__}; {args.rounds} rounds")
+          f"torch {torch.__version__}; {args.rounds} rounds; {args.clock} clock")
     print(blas_line())
     print(f"\n{'dtype':8} {'NumPy ms':>9} {'torch ms':>9} {'NumPy/torch':>12} {'floor ms':>9} {'floor share':>12} "
           f"{'NumPy MiB':>10} {'torch MiB':>10}   per-round ratios")
