@@ -34,6 +34,7 @@ class CrossEntropyLoss(Module):
         check_loss_inputs(logits, targets, weights, torch.Tensor)
         if weights is None:
             weights = torch.ones(targets.shape, dtype=logits.dtype, device=logits.device)  # [batch, pos]
+        weights = weights / weights.max()  # [batch, pos]; the same weighted mean, and its sums cannot overflow
         log_probs = log_softmax(logits)  # [batch, pos, d_vocab]
         nll = -torch.take_along_dim(log_probs, targets[..., None], dim=-1)[..., 0]  # [batch, pos]
         loss = (weights * nll).sum() / weights.sum()  # []
