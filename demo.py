@@ -25,6 +25,7 @@ TOURS = {
     "induction": ("tours.induction", "grow induction heads from scratch in NumPy, then find them"),
     "read": ("tours.read", "the reading page: NumPy and torch side by side, line by line, as one HTML file"),
 }
+SINGLE_THREADED = ("induction",)  # trained numbers that do not depend on the machine's thread count
 
 
 def main(argv=None):
@@ -40,6 +41,10 @@ def main(argv=None):
         sub = commands.add_parser(command, help=help_text, description=help_text)
         sub.set_defaults(module_name=module_name)
         sub.add_argument("--out", default="outputs", help="folder for figures and files (default: outputs/)")
+    if argv and argv[0] in SINGLE_THREADED:
+        from training import use_one_thread
+
+        use_one_thread()  # before the tour imports NumPy
     # each command's own options are added only when it is chosen, so --help stays fast
     if argv and argv[0] in TOURS:
         module = importlib.import_module(TOURS[argv[0]][0])

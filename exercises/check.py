@@ -5,14 +5,18 @@ random weights, a random input and a random upstream gradient R, under every var
 catalog lists (causal and not, each normalization ...), and every gradient it produces is
 compared two ways:
   - with the torch twin's autograd on the same weights (parity), and
-  - with central differences of the learner's own forward (``numpy_impl.gradcheck``).
+  - with central differences of the learner's own forward (``gradcheck.finite_diff``).
 Sub-modules inside the block and the model run the reference's backward while those two
 are checked, so a mistake is reported where it is, not again in everything built on it.
 A last row, "all together", runs the learner's backward everywhere in the whole model.
 
 Both comparisons use the relative error |a - b| / max(|a| + |b|, tiny), entry by entry,
-with tiny a small fraction of the component's largest gradient (see numpy_impl/gradcheck.py:
+with tiny a small fraction of the component's largest gradient (see gradcheck/finite_diff.py:
 b_K's exact gradient is zero, so both sides there are noise).
+
+A wrong answer also gets, where one fits, a hint naming the mistake (``diagnose.py``), and a
+wrong model the first hook point where it parts from the twin (``divergence.py``). The
+learner's code runs in a worker process (``worker.py``), one time limit per exercise.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import itertools
+import os
 import sys
 import traceback
 import types
@@ -29,16 +34,19 @@ from pathlib import Path
 import numpy as np
 
 import numpy_impl
+from gradcheck.factory import Variant, build, make_inputs
 from gradcheck.finite_diff import gradcheck
 
-from gradcheck.factory import Variant, build, make_inputs
-
+from . import worker as workers
 from .catalog import BY_CLASS, BY_KEY, EXERCISES
+from .diagnose import Evidence, diagnose, diagnose_error
+from .divergence import first_divergence
 
 PARITY_TOLERANCE = 1e-7  # relative error against the twin (a correct backward: 1e-10 at worst, b_K's noise)
 PARITY_FLOOR = 1e-6      # tiny = PARITY_FLOOR * the component's largest twin gradient
-FD_TOLERANCE = 1e-7      # relative error against finite differences (numpy_impl.gradcheck's default)
-STATUSES = ("done", "not started", "wrong")
+FD_TOLERANCE = 1e-7      # relative error against finite differences (gradcheck.finite_diff's default)
+TIME_LIMIT = 60.0        # seconds per exercise (every variant); a correct one takes a few
+STATUSES = ("done", "not started", "wrong", "timed out", "exited")
 _loads = itertools.count()
 
 
@@ -62,10 +70,12 @@ class Result:
 
     key: str
     cls: str
-    status: str                               # "done", "not started" or "wrong"
+    status: str                               # one of STATUSES
     variant: str = ""                         # the variant the verdict comes from (the first that failed)
     message: str = ""                         # what went wrong, in words
     tensors: list = field(default_factory=list)  # TensorError per gradient of that variant
+    hint: str = ""                            # the mistake named, when one is recognised (diagnose.py)
+    parting: str = ""                         # a model: where it first parts from the twin (divergence.py)
 
     @property
     def wrong_tensors(self):
@@ -113,12 +123,15 @@ def unload_package(package):
         del sys.modules[name]
 
 
-def check(directory, keys=None, sample=20, seed=0, together=True, progress=None):
+def check(directory, keys=None, sample=20, seed=0, together=True, progress=None, time_limit=TIME_LIMIT):
     """Check the learner's copy in ``directory``; returns a list of ``Result``, in exercise order.
 
-    keys: exercise keys to check (default: all of them, plus "all together" when ``together``).
+    keys: exercise keys to check (default: all of them); when they hold "model" and ``together``,
+        a last row "all together" runs the learner's backward everywhere in the whole model.
     sample: entries per tensor for finite differences.
     progress: ``progress(items, label)`` yielding the items while it draws a bar (tours/progress.py).
+    time_limit: seconds each exercise may take; past it, or when the learner's code ends the
+        interpreter, the exercise gets the status "timed out" or "exited" and the check goes on.
     """
     if keys is None:
         keys = [exercise.key for exercise in EXERCISES]
@@ -127,18 +140,65 @@ def check(directory, keys=None, sample=20, seed=0, together=True, progress=None)
         raise ValueError(f"unknown exercise {', '.join(unknown)}; choose from: {', '.join(BY_KEY)}")
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
         raise ValueError(f"sample must be a positive int, got {sample!r}")
-    package = load_package(directory)
-    steps = list(keys) + (["all together"] if together and len(keys) == len(EXERCISES) else [])
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
+        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    find_package(directory)  # a missing copy is the caller's error, before any worker starts
+    directory = os.path.abspath(directory)  # the worker keeps the working folder it started in
+    try:  # a copy that does not import, or hangs or exits while importing, stops the check here
+        _in_worker(_try_load, (directory,), time_limit, "while importing your copy")
+    except workers.WorkerLost as lost:
+        raise ImportError(f"your copy in {find_package(directory)} does not import: {lost}") from None
+    steps = list(keys) + (["all together"] if together and "model" in keys else [])
     results = []
+    for key in (progress or _quietly)(steps, "checking"):
+        cls = "Transformer" if key == "all together" else BY_KEY[key].cls
+        lost = [r for r in results if r.status in ("timed out", "exited")]
+        if key == "all together" and lost:
+            results.append(Result(key, cls, lost[0].status, message=f"not run: {lost[0].key} {lost[0].status} first"))
+            continue
+        try:
+            result = _in_worker(_run_step, (directory, key, sample, seed), time_limit, f"while checking {key}")
+        except workers.WorkerLost as lost_worker:
+            result = Result(key, cls, lost_worker.status, message=_lost_message(lost_worker, time_limit))
+        if key == "all together":
+            _together_message(result, results)
+        results.append(result)
+    return results
+
+
+def _in_worker(function, args, time_limit, doing):
+    """function(*args) in the worker process; WorkerLost when it hangs or ends the interpreter."""
     try:
-        for key in (progress or _quietly)(steps, "checking"):
-            if key == "all together":
-                results.append(check_together(package, sample, seed, results))
-            else:
-                results.append(check_exercise(package, BY_KEY[key], sample, seed))
+        return workers.worker().ask(("call", function, args), time_limit, doing)
+    except workers.WorkerLost:
+        workers.forget_if_stopped()
+        raise
+    except KeyboardInterrupt:  # the learner stops the check: stop the worker too
+        workers.stop()
+        raise
+
+
+def _lost_message(lost, time_limit):
+    if lost.status == "timed out":
+        return (f"no answer within {time_limit:g} s: a backward that never returns (an endless loop?); "
+                "the checker stopped it (raise the limit with --time-limit if your machine is slow)")
+    return f"{lost}: a backward must return its gradient, never end the program"
+
+
+def _try_load(directory):
+    """In the worker: import the learner's copy once, to report an ImportError before any exercise."""
+    unload_package(load_package(directory))
+
+
+def _run_step(directory, key, sample, seed):
+    """In the worker: load the learner's copy (fresh for each step: the learner may have edited it) and check ``key``."""
+    package = load_package(directory)
+    try:
+        if key == "all together":
+            return check_together(package, sample, seed, [])
+        return check_exercise(package, BY_KEY[key], sample, seed)
     finally:
         unload_package(package)
-    return results
 
 
 def _quietly(items, label):
@@ -155,19 +215,24 @@ def check_exercise(package, exercise, sample=20, seed=0):
     return result
 
 
-def check_together(package, sample, seed, results):
+def check_together(package, sample, seed, results=()):
     """The whole model with the learner's backward in every component, under every model variant."""
     for number, variant in enumerate(BY_KEY["model"].variants):
         result = _check_variant(package, "all together", "Transformer", variant, sample, seed + 100 + number,
                                 isolate=False)
         if result.status != "done":
             break
-    unfinished = [r.key for r in results if r.status != "done"]
+    _together_message(result, results)
+    return result
+
+
+def _together_message(result, results):
+    """Say which exercises the whole model waits for, or should be fixed first."""
+    unfinished = [r.key for r in results if r.key in BY_KEY and r.status != "done"]
     if result.status == "not started":
         result.message = f"waits for: {', '.join(unfinished)}" if unfinished else result.message
-    elif result.status == "wrong" and unfinished:
+    elif result.status == "wrong" and unfinished and not result.message.startswith("fix "):
         result.message = f"fix {', '.join(unfinished)} first; " + result.message
-    return result
 
 
 def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
@@ -190,6 +255,7 @@ def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
                    for i, x in enumerate(inputs)]
     # the gradient arriving at every hook point: run_with_cache(incl_bwd=True) and backward hooks need them
     hook_grads, twin_hook_grads = _record_hook_gradients(module), _record_hook_gradients(twin)
+    activations = _record_activations(twin)  # for the diagnosis: what a LayerNorm normalised
     twin_out = twin(*twin_inputs)
     try:
         out = module.forward(*inputs)
@@ -206,6 +272,7 @@ def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
         verdict.status, verdict.message = "not started", _not_started_where(error)
         return verdict
     except Exception as error:
+        verdict.hint = getattr(diagnose_error(str(error)), "hint", "")
         return _wrong(verdict, f"backward raised {_describe(error)}")
     (twin_out * torch.from_numpy(R)).sum().backward()
     # every gradient: the twin's, and what the learner produced
@@ -219,6 +286,7 @@ def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
         expected_shape = tuple(inputs[0].shape)
         if dinput is None or np.shape(dinput) != expected_shape:
             got = "None" if dinput is None else f"shape {np.shape(dinput)}"
+            verdict.hint = getattr(diagnose_error(f"{tuple(np.shape(dinput))} {expected_shape}"), "hint", "")
             return _wrong(verdict, f"backward returned {got}; it must return d{input_name} of shape {expected_shape}")
         pairs.append((input_name, np.asarray(dinput, dtype=np.float64), twin_inputs[0].grad))
     pairs = [(name, mine, twin_grad.detach().numpy() if twin_grad is not None else np.zeros_like(mine))
@@ -252,7 +320,61 @@ def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
     if not all(t.ok for t in verdict.tensors):
         verdict.status = "wrong"
         verdict.message = _describe_wrong(verdict.tensors, pairs)
+        evidence = Evidence(cls, cfg, tuple(inputs), R, {name: (mine, theirs) for name, mine, theirs in pairs},
+                            _in_forward_order(module, hook_grads, twin_hook_grads), dict(activations),
+                            _rerun(module, twin, inputs, twin_inputs, hook_grads, twin_hook_grads))
+        try:
+            verdict.hint = getattr(diagnose(evidence), "hint", "")
+        except Exception:  # a learner's backward that fails on a rerun: no hint, the verdict stands
+            verdict.hint = ""
+        if cls == "Transformer":
+            try:
+                verdict.parting = first_divergence(module, twin, inputs[0], dout=R).line()
+            except Exception as error:
+                verdict.parting = f"the walk through the hook points raised {_describe(error)}"
     return verdict
+
+
+def _in_forward_order(module, hook_grads, twin_hook_grads):
+    """{hook name: (learner's gradient or None, twin's)} in the order the forward meets the hook points."""
+    order = [name for name, sub in module.named_modules() if hasattr(sub, "bwd_hooks")]
+    return {name: (hook_grads.get(name), twin_hook_grads[name]) for name in order if name in twin_hook_grads}
+
+
+def _rerun(module, twin, inputs, twin_inputs, hook_grads, twin_hook_grads):
+    """rerun(R) -> (mine, right): every gradient of a fresh forward and backward of both, for upstream gradient R."""
+    import torch
+
+    input_name = None if twin_inputs[0].grad is None else _forward_arg(module)
+
+    def rerun(upstream):
+        hook_grads.clear()
+        twin_hook_grads.clear()
+        module.zero_grad()
+        module.forward(*inputs)
+        dinput = module.backward(upstream.copy() if np.ndim(upstream) else float(upstream))
+        twin.zero_grad()
+        twin_inputs[0].grad = None
+        (twin(*twin_inputs) * torch.from_numpy(np.asarray(upstream))).sum().backward()
+        mine = {name: p.grad.copy() for name, p in module.named_parameters()}
+        right = {name: np.zeros(tuple(p.shape)) if p.grad is None else p.grad.detach().numpy().copy()
+                 for name, p in twin.named_parameters()}
+        if input_name is not None:
+            mine[input_name] = np.asarray(dinput, dtype=np.float64)
+            right[input_name] = twin_inputs[0].grad.detach().numpy().copy()
+        return {**mine, **hook_grads}, {**right, **twin_hook_grads}
+
+    return rerun
+
+
+def _record_activations(module):
+    """Add a forward hook to every hook point of ``module``; returns {name: activation seen}."""
+    seen = {}
+    for name, sub in module.named_modules():
+        if hasattr(sub, "fwd_hooks") and hasattr(sub, "add_hook"):
+            sub.add_hook(lambda x, hook, name=name: seen.__setitem__(name, np.array(
+                x.detach().numpy() if hasattr(x, "detach") else x, dtype=np.float64)), dir="fwd")
+    return seen
 
 
 def _record_hook_gradients(module):
@@ -358,8 +480,9 @@ def format_results(results, directory):
              f"done: every gradient within {PARITY_TOLERANCE:g} (relative) of both, entry by entry, under every variant,",
              "and every hook point handed its gradient, as the twin's autograd hands it;",
              "the figures are the worst entries. wrong: which tensors are off and by how much;",
-             "[brackets] name the variant that failed.", ""]
+             "[brackets] name the variant that failed; hint: the mistake, where one is recognised.", ""]
     rows = [("#", "exercise", "status", "details")]
+    notes = {}  # row index -> lines under it: the hint, where a model parts from the twin
     for result in results:
         number = str([e.key for e in EXERCISES].index(result.key) + 1) if result.key in BY_KEY else ""
         details = result.message
@@ -373,9 +496,13 @@ def format_results(results, directory):
         if result.status == "not started" and result.key in BY_KEY:
             details = f"{BY_KEY[result.key].file}: {result.cls}.backward still raises NotImplementedError"
         rows.append((number, result.key, result.status, details))
+        notes[len(rows) - 1] = ([f"hint: {result.hint}"] if result.hint else []) + (
+            [f"where it parts from the twin: {result.parting}"] if result.parting else [])
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
+    indent = " " * (sum(widths) + 6)
+    for index, row in enumerate(rows):
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+        lines += [indent + note for note in notes.get(index, [])]
     done = sum(r.status == "done" for r in results if r.key in BY_KEY)
     checked = sum(r.key in BY_KEY for r in results)
     lines.append("")

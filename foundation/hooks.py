@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .cache import ActivationCacheMethods
 from .checks import check_grad, check_hook_result
 
 # TransformerLens's short names: which part of the model each hook name lives in
@@ -129,20 +130,24 @@ class HookLists:
         return x
 
 
-class ActivationCache:
+class ActivationCache(ActivationCacheMethods):
     """Activations (and ``<name>_grad`` gradients) of one run, keyed by full hook name.
 
     Index it with a full name, ``cache["blocks.0.attn.hook_q"]``, or TransformerLens's short
     forms, ``cache["q", 0]``, ``cache["q", 0, "attn"]``, ``cache["scale", 1, "ln2"]``,
     ``cache["pattern_grad", -1]``. Values are what the model computes: ndarrays from the NumPy
     model, detached tensors from the torch twin (``to_numpy()`` gives an all-ndarray copy).
-    ``tokens`` are the input tokens (an ndarray) and ``cfg`` the model's config.
+    ``tokens`` are the input tokens (an ndarray), ``cfg`` the model's config and ``model`` the
+    model (its weights serve the residual-stream methods written in ``foundation/cache.py``:
+    ``accumulated_resid``, ``decompose_resid``, ``stack_head_results``, ``logit_attrs``, ...).
     """
 
-    def __init__(self, cache_dict, cfg, tokens=None):
+    def __init__(self, cache_dict, cfg, tokens=None, model=None, has_batch_dim=True):
         self.cache_dict = dict(cache_dict)
         self.cfg = cfg
         self.tokens = None if tokens is None else as_numpy(tokens).copy()
+        self.model = model
+        self.has_batch_dim = has_batch_dim
 
     def resolve(self, key):
         """A key (full name, short name, or tuple (name, layer[, layer_type])) -> the full name."""
@@ -186,7 +191,8 @@ class ActivationCache:
 
     def to_numpy(self):
         """A copy of this cache whose every entry is an ndarray."""
-        return ActivationCache({k: as_numpy(v) for k, v in self.items()}, self.cfg, self.tokens)
+        return ActivationCache({k: as_numpy(v) for k, v in self.items()}, self.cfg, self.tokens, self.model,
+                               self.has_batch_dim)
 
     def __repr__(self):
         n_grads = sum(k.endswith(GRAD_SUFFIX) for k in self.cache_dict)
@@ -311,7 +317,7 @@ class HookedMixin:
                 self._run_backward(out, grad)
         # activations in forward order, then their gradients in the same order
         order = names + [name + GRAD_SUFFIX for name in names]
-        return out, ActivationCache({key: store[key] for key in order if key in store}, self.cfg, tokens)
+        return out, ActivationCache({key: store[key] for key in order if key in store}, self.cfg, tokens, model=self)
 
     def _check_dout(self, dout, out):
         dout = as_numpy(dout)

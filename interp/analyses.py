@@ -2,8 +2,11 @@
 
 Axes: batch, pos (sequence position), layer, head, d_head, d_model, d_vocab.
 
-Each function takes a model of either twin and int tokens [batch, pos]; it reads activations
-through ``run_with_cache`` or edits them through ``run_with_hooks`` and does the rest in NumPy.
+Each function takes a model of either twin and int tokens [batch, pos] (the logit lens and the
+attribution also take a cache from ``run_with_cache``, and are built on its TransformerLens
+methods ``accumulated_resid``, ``decompose_resid``, ``stack_head_results`` and ``logit_attrs``);
+it reads activations through ``run_with_cache`` or edits them through ``run_with_hooks`` and does
+the rest in NumPy.
 "Next token" means what the model is trained on: position p predicts tokens[:, p + 1].
 """
 
@@ -13,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numpy_impl.layernorm import LayerNorm
+from foundation.hooks import ActivationCache
 from numpy_impl.loss import log_softmax
 
-from .common import check_model, check_token_array, native_like, next_token_loss, run_cache, run_hooked, weights
+from .common import check_model, check_token_array, native_like, next_token_loss, run_cache, run_hooked, view, weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,31 +48,45 @@ class LogitLens:
         return self.next_logprob.mean(axis=(1, 2))
 
 
-def logit_lens(model, tokens):
-    """Unembed the residual stream after every layer: resid -> ln_final -> W_U, b_U.
+def _cache_and_tokens(source, tokens, method):
+    """(an all-ndarray cache holding its model, tokens [batch, pos]) from a model and tokens, or a cache.
 
-    The residual states are ``blocks.0.hook_resid_pre`` (the embeddings), then each block's
-    ``hook_resid_post``. In a pre-norm model each state gets ``ln_final`` with its own mean and
-    scale (the usual logit lens; TransformerLens's ``accumulated_resid(apply_ln=True)`` instead
-    reuses the final layer's cached ``ln_final`` scale at every layer); post-norm and un-normalised models unembed directly.
+    A cache must come from ``run_with_cache`` (it carries the model, whose weights the residual-stream
+    methods read); its own tokens are used unless ``tokens`` are given.
     """
-    check_model(model)
-    cfg = model.cfg
+    if isinstance(source, ActivationCache):
+        if source.model is None:
+            raise ValueError(f"{method}: the cache has no model; use the cache from model.run_with_cache")
+        if not source.has_batch_dim:
+            raise ValueError(f"{method}: the cache has no batch axis (remove_batch_dim); use one with it")
+        tokens = source.tokens if tokens is None else tokens
+        if tokens is None:
+            raise ValueError(f"{method}: pass tokens (the cache does not hold them)")
+        return source.to_numpy(), check_token_array(tokens, source.cfg)
+    check_model(source)
+    tokens = check_token_array(tokens, source.cfg)
+    _, cache = run_cache(source, tokens)
+    return cache, tokens
+
+
+def logit_lens(source, tokens=None):
+    """Unembed the residual stream before every layer and at the end: resid -> ln_final -> W_U, b_U.
+
+    ``source``: a model of either twin with ``tokens``, or a cache from ``run_with_cache``. The
+    residual states are ``cache.accumulated_resid()``: ``resid_pre`` of each layer (the first is
+    the embeddings) and the final ``resid_post``. In a pre-norm model each state goes through
+    ``ln_final`` with its own mean and scale (``accumulated_resid(apply_ln=True)``, which
+    recomputes the final LayerNorm on every state); post-norm and un-normalised models unembed
+    directly. The last entry is the model's output.
+    """
+    cache, tokens = _cache_and_tokens(source, tokens, "logit_lens")
+    cfg = cache.cfg
     if not cfg.unembed:
         raise ValueError("logit_lens needs a model with an unembedding (cfg.unembed=True)")
-    tokens = check_token_array(tokens, cfg)
     if tokens.shape[1] < 2:
         raise ValueError("tokens need at least 2 positions (position p predicts token p + 1)")
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(cfg.n_layers)]
-    _, cache = run_cache(model, tokens, names_filter=names)
-    w = weights(model)
-    resid = np.stack([cache[name] for name in names])  # [n_layers + 1, batch, pos, d_model]
-    if cfg.normalization == "pre":
-        ln_final = LayerNorm.from_twin(model.ln_final)  # the model's own, in NumPy
-        states, batch, pos, d_model = resid.shape
-        stacked = ln_final(resid.reshape(states * batch, pos, d_model))  # [(n_layers + 1) * batch, pos, d_model]
-        resid = stacked.reshape(states, batch, pos, d_model)  # [n_layers + 1, batch, pos, d_model]
-    logits = resid @ w["unembed.W_U"] + w["unembed.b_U"]  # [n_layers + 1, batch, pos, d_vocab]
+    resid = cache.accumulated_resid(apply_ln=cfg.normalization == "pre")  # [n_layers + 1, batch, pos, d_model]
+    logits = resid @ view(cache.model, "W_U") + view(cache.model, "b_U")  # [n_layers + 1, batch, pos, d_vocab]
     log_probs = log_softmax(logits[:, :, :-1])  # [n_layers + 1, batch, pos - 1, d_vocab]
     targets = tokens[:, 1:]  # [batch, pos - 1]
     next_logprob = np.take_along_axis(log_probs, np.broadcast_to(targets[None, ..., None], log_probs.shape[:-1] + (1,)), axis=-1)[..., 0]
@@ -91,7 +108,7 @@ class LogitAttribution:
     """How much each component writes, directly, into a logit (or a logit difference).
 
     components:        [n_components] mean direct effect of each labelled component
-    component_labels:  "embed", "pos_embed", "L0 attn", "L0 mlp", ... (attn includes b_O)
+    component_labels:  "embed", "pos_embed", "0_attn_out", "0_mlp_out", ... (attn_out includes b_O)
     heads:             [n_layers, n_heads] mean direct effect of each head (z_h W_O[h])
     bias:              the constant part (ln_final.b and b_U), not written by any component
     logit:             the mean actual logit (difference); components.sum() + bias equals it
@@ -137,66 +154,55 @@ def _token_ids(ids, batch, d_vocab, name):
     return ids
 
 
-def direct_logit_attribution(model, tokens, answer=None, wrong=None):
+def direct_logit_attribution(source, tokens=None, answer=None, wrong=None):
     """Split a logit into what each component writes directly into the residual stream.
 
-    The final residual stream is a sum: embed + pos_embed + sum over layers of (attn_out + mlp_out),
-    and attn_out = sum over heads of z_h W_O[h], plus b_O. Each piece is read by the unembedding
-    direction u = W_U[:, answer] (minus W_U[:, wrong] for a logit difference). In a pre-norm model
+    The final residual stream is a sum, ``cache.decompose_resid()``: embed + pos_embed + each
+    layer's attn_out and mlp_out; and attn_out is each head's z_h W_O[h] plus b_O,
+    ``cache.stack_head_results()``. ``cache.logit_attrs`` reads each piece along the unembedding
+    direction W_U[:, answer] (minus W_U[:, wrong] for a logit difference). In a pre-norm model
     ln_final sits in between; with its cached scale held fixed it is linear (centre, divide by the
-    scale, multiply by w), so the pieces still add up exactly to the logit.
+    scale, multiply by w), so the pieces plus the constant (ln_final.b and b_U) add up exactly to
+    the logit.
 
+    ``source``: a model of either twin with ``tokens``, or a cache from ``run_with_cache``.
     Default target: the true next token at every position. With ``answer`` (an id, or one per
     sequence) and optionally ``wrong``: that logit (difference) at the last position.
     Needs normalization "pre" or None (a post-norm stream is normalised after every block).
+    Component labels are TransformerLens's: ``embed``, ``pos_embed``, ``0_attn_out``, ``0_mlp_out``, ...
     """
-    check_model(model)
-    cfg = model.cfg
-    if not cfg.unembed:
+    source_cfg = source.cfg if isinstance(source, ActivationCache) else check_model(source).cfg
+    if not source_cfg.unembed:
         raise ValueError("direct_logit_attribution needs a model with an unembedding (cfg.unembed=True)")
-    if cfg.normalization == "post":
+    if source_cfg.normalization == "post":
         raise ValueError("direct_logit_attribution needs normalization 'pre' or None: a post-norm residual "
                          "stream is re-normalised after every block, so it is not a sum of component outputs")
-    tokens = check_token_array(tokens, cfg)
-    w = weights(model)
-    positions, answer, wrong = _targets(tokens, cfg.d_vocab, answer, wrong)
-    W_U, b_U = w["unembed.W_U"], w["unembed.b_U"]
+    cache, tokens = _cache_and_tokens(source, tokens, "direct_logit_attribution")
+    cfg, model = cache.cfg, cache.model
+    positions, answer, wrong = _targets(tokens, cfg.d_vocab, answer, wrong)  # answer, wrong: [batch, n]
+    # logit_attrs reads every position; the positions not read get token 0
+    right_all = np.zeros(tokens.shape, dtype=np.int64)  # [batch, pos]
+    right_all[:, positions] = answer
+    wrong_all = None
+    if wrong is not None:
+        wrong_all = np.zeros(tokens.shape, dtype=np.int64)  # [batch, pos]
+        wrong_all[:, positions] = wrong
+    pieces, labels = cache.decompose_resid(return_labels=True)  # [component, batch, pos, d_model]
+    components = cache.logit_attrs(pieces, right_all, wrong_all)[:, :, positions]  # [component, batch, n]
+    head_pieces = cache.stack_head_results()  # [layer * head, batch, pos, d_model]
+    heads = cache.logit_attrs(head_pieces, right_all, wrong_all)[:, :, positions]  # [layer * head, batch, n]
+    # the constant part, written by no component: b_U, and ln_final.b read along the direction
+    W_U, b_U = view(model, "W_U"), view(model, "b_U")
     direction, constant = W_U.T[answer], b_U[answer]  # [batch, n, d_model], [batch, n]
     if wrong is not None:
         direction, constant = direction - W_U.T[wrong], constant - b_U[wrong]
-    out, cache = run_cache(model, tokens)
-    pieces = {"embed": cache["embed"], "pos_embed": cache["pos_embed"]}  # each [batch, pos, d_model]
-    head_outputs = []
-    for layer in range(cfg.n_layers):
-        z = cache["z", layer]  # [batch, pos, head, d_head]
-        head_outputs.append(np.einsum("bphd,hdm->bphm", z, w[f"blocks.{layer}.attn.W_O"]))  # [batch, pos, head, d_model]
-        pieces[f"L{layer} attn"] = cache["attn_out", layer]
-        if not cfg.attn_only:
-            pieces[f"L{layer} mlp"] = cache["mlp_out", layer]
     if cfg.normalization == "pre":
-        scale = cache["ln_final.hook_scale"]  # [batch, pos, 1]
-        ln_w, ln_b = w["ln_final.w"], w["ln_final.b"]
-
-        def read(x):  # x [batch, pos, (head,) d_model] -> its direct effect [batch, n, (head)]
-            x = x[:, positions]
-            centered = x - x.mean(axis=-1, keepdims=True)
-            s = scale[:, positions] if x.ndim == 3 else scale[:, positions, :, None]
-            u = direction if x.ndim == 3 else direction[:, :, None]
-            return (centered / s * ln_w * u).sum(axis=-1)
-
-        bias = (ln_b * direction).sum(axis=-1) + constant  # [batch, n]
-    else:
-
-        def read(x):
-            x = x[:, positions]
-            u = direction if x.ndim == 3 else direction[:, :, None]
-            return (x * u).sum(axis=-1)
-
-        bias = constant  # [batch, n]
-    components = np.array([read(x).mean() for x in pieces.values()])  # [n_components]
-    heads = np.stack([read(h).mean(axis=(0, 1)) for h in head_outputs])  # [n_layers, n_heads]
-    logit = _read_logits(out[:, positions], answer, wrong)  # [batch, n]: what the model actually outputs
-    return LogitAttribution(components, list(pieces), heads, float(bias.mean()), float(logit.mean()))
+        constant = constant + direction @ weights(model)["ln_final.b"]  # [batch, n]
+    final = cache.accumulated_resid(apply_ln=cfg.normalization == "pre")[-1]  # [batch, pos, d_model]
+    logit = _read_logits((final @ W_U + b_U)[:, positions], answer, wrong)  # [batch, n]: the model's output
+    return LogitAttribution(components.mean(axis=(1, 2)), labels,
+                            heads.mean(axis=(1, 2)).reshape(cfg.n_layers, cfg.n_heads),
+                            float(constant.mean()), float(logit.mean()))
 
 
 # ---------------------------------------------------------------------------------------------

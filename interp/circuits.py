@@ -16,16 +16,18 @@ Composed with the embedding and unembedding, they become token-to-token tables:
 
 LayerNorm and biases are left out (as in the paper, and TransformerLens's unfolded ``OV`` / ``QK``):
 these read the weights, not a run, so they are exact for a model without LayerNorm and an
-approximation for one with it.
+approximation for one with it. Every matrix comes from the model's own views (``model.QK``,
+``model.OV`` as FactoredMatrix, ``model.W_E``, ``model.W_pos``, ``model.W_U``), so the
+low-rank questions (eigenvalues, norms) are answered from the d_head-wide factors.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from numpy_impl.positional import sinusoidal_table
+from foundation.factored import FactoredMatrix
 
-from .common import check_model, weights
+from .common import check_model, factored, view
 
 
 def _check_head(cfg, layer, head):
@@ -34,73 +36,81 @@ def _check_head(cfg, layer, head):
             raise ValueError(f"{name} must be an int in [0, {limit}), got {value!r}")
 
 
-def qk_matrix(model, layer, head):
-    """W_Q[h] W_K[h]^T [d_model, d_model]."""
+def _head_circuit(model, name, layer, head):
+    """``model.QK[layer, head]`` or ``model.OV[layer, head]``: a FactoredMatrix [d_model, d_model] of ndarrays."""
     check_model(model)
     _check_head(model.cfg, layer, head)
-    w = weights(model)
-    return w[f"blocks.{layer}.attn.W_Q"][head] @ w[f"blocks.{layer}.attn.W_K"][head].T  # [d_model, d_model]
+    return factored(model, name)[layer, head]
+
+
+def qk_matrix(model, layer, head):
+    """W_Q[h] W_K[h]^T [d_model, d_model] (``model.QK[layer, head].AB``)."""
+    return _head_circuit(model, "QK", layer, head).AB  # [d_model, d_model]
 
 
 def ov_matrix(model, layer, head):
-    """W_V[h] W_O[h] [d_model, d_model]."""
-    check_model(model)
-    _check_head(model.cfg, layer, head)
-    w = weights(model)
-    return w[f"blocks.{layer}.attn.W_V"][head] @ w[f"blocks.{layer}.attn.W_O"][head]  # [d_model, d_model]
+    """W_V[h] W_O[h] [d_model, d_model] (``model.OV[layer, head].AB``)."""
+    return _head_circuit(model, "OV", layer, head).AB  # [d_model, d_model]
 
 
 def full_qk_circuit(model, layer, head):
     """W_E W_QK W_E^T [d_vocab, d_vocab]: how much a query token wants to attend to a key token."""
-    W_E = weights(model)["embed.W_E"]
-    return W_E @ qk_matrix(model, layer, head) @ W_E.T  # [d_vocab, d_vocab]
+    W_E = view(model, "W_E")  # [d_vocab, d_model]
+    return (W_E @ _head_circuit(model, "QK", layer, head) @ W_E.T).AB  # [d_vocab, d_vocab]
 
 
 def positional_qk_circuit(model, layer, head):
-    """W_pos W_QK W_pos^T [n_ctx, n_ctx] (the sinusoidal table when positions are fixed)."""
+    """W_pos W_QK W_pos^T [n_ctx, n_ctx] (``model.W_pos`` is the sinusoidal table when positions are fixed)."""
+    W_pos = view(model, "W_pos")  # [n_ctx, d_model]
+    return (W_pos @ _head_circuit(model, "QK", layer, head) @ W_pos.T).AB  # [n_ctx, n_ctx]
+
+
+def full_ov_factored(model, layer, head):
+    """W_E W_V[h] W_O[h] W_U as a FactoredMatrix [d_vocab, d_vocab] (rank <= d_head)."""
     check_model(model)
-    cfg = model.cfg
-    if cfg.positional == "learned":
-        W_pos = weights(model)["pos_embed.W_pos"]  # [n_ctx, d_model]
-    else:
-        W_pos = sinusoidal_table(cfg.n_ctx, cfg.d_model)  # [n_ctx, d_model]
-    return W_pos @ qk_matrix(model, layer, head) @ W_pos.T  # [n_ctx, n_ctx]
+    if not model.cfg.unembed:
+        raise ValueError("full_ov_circuit needs an unembedding (cfg.unembed=True)")
+    return view(model, "W_E") @ _head_circuit(model, "OV", layer, head) @ view(model, "W_U")
 
 
 def full_ov_circuit(model, layer, head):
     """W_E W_V[h] W_O[h] W_U [d_vocab, d_vocab]: row t = the logits the head adds when it attends to token t."""
-    check_model(model)
-    if not model.cfg.unembed:
-        raise ValueError("full_ov_circuit needs an unembedding (cfg.unembed=True)")
-    w = weights(model)
-    return w["embed.W_E"] @ ov_matrix(model, layer, head) @ w["unembed.W_U"]  # [d_vocab, d_vocab]
+    return full_ov_factored(model, layer, head).AB  # [d_vocab, d_vocab]
 
 
 def copying_score(matrix):
-    """sum(eigenvalues) / sum(|eigenvalues|) of a square matrix: +1 copies, -1 suppresses.
+    """sum(eigenvalues) / sum(|eigenvalues|) of a square matrix (or FactoredMatrix): +1 copies, -1 suppresses.
 
     Elhage et al. (2021) read copying off the full OV circuit's eigenvalues: a head that raises
-    the logit of the token it attends to has positive ones. A zero matrix scores 0.
+    the logit of the token it attends to has positive ones. A zero matrix scores 0. A
+    FactoredMatrix gives its eigenvalues from the small BA (the nonzero ones of AB, the same sums).
     """
-    matrix = np.asarray(matrix)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"matrix must be square, got shape {matrix.shape}")
-    eigenvalues = np.linalg.eigvals(matrix)
+    if isinstance(matrix, FactoredMatrix):
+        eigenvalues = matrix.eigenvalues
+    else:
+        matrix = np.asarray(matrix)
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"matrix must be square, got shape {matrix.shape}")
+        eigenvalues = np.linalg.eigvals(matrix)
     total = np.abs(eigenvalues).sum()
     return 0.0 if total == 0 else float(eigenvalues.sum().real / total)
 
 
 def copying_scores(model):
-    """[n_layers, n_heads]: copying_score of every head's full OV circuit."""
+    """[n_layers, n_heads]: copying_score of every head's full OV circuit (from its factors)."""
     cfg = check_model(model).cfg
-    return np.array([[copying_score(full_ov_circuit(model, layer, head)) for head in range(cfg.n_heads)]
+    return np.array([[copying_score(full_ov_factored(model, layer, head)) for head in range(cfg.n_heads)]
                      for layer in range(cfg.n_layers)])
 
 
 def composition_score(left, right):
-    """||left @ right||_F / (||left||_F ||right||_F), 0 when either is zero (Elhage et al. 2021)."""
-    denominator = np.linalg.norm(left) * np.linalg.norm(right)
-    return 0.0 if denominator == 0 else float(np.linalg.norm(left @ right) / denominator)
+    """||left @ right||_F / (||left||_F ||right||_F), 0 when either is zero (Elhage et al. 2021).
+
+    ``left`` and ``right`` are [d_model, d_model] arrays or FactoredMatrix (norms from the factors).
+    """
+    norm = lambda m: m.norm() if isinstance(m, FactoredMatrix) else np.linalg.norm(m)  # noqa: E731
+    denominator = norm(left) * norm(right)
+    return 0.0 if denominator == 0 else float(norm(left @ right) / denominator)
 
 
 COMPOSITION_KINDS = ("q", "k", "v")
@@ -122,13 +132,13 @@ def composition_scores(model, kind, layer_from=0, layer_to=1):
                          f"got {layer_from!r} and {layer_to!r}")
     scores = np.zeros((cfg.n_heads, cfg.n_heads))  # [head A, head B]
     for a in range(cfg.n_heads):
-        left = ov_matrix(model, layer_from, a)  # [d_model, d_model]
+        left = _head_circuit(model, "OV", layer_from, a)  # [d_model, d_model], factored
         for b in range(cfg.n_heads):
             if kind == "q":
-                right = qk_matrix(model, layer_to, b)
+                right = _head_circuit(model, "QK", layer_to, b)
             elif kind == "k":
-                right = qk_matrix(model, layer_to, b).T
+                right = _head_circuit(model, "QK", layer_to, b).T
             else:
-                right = ov_matrix(model, layer_to, b)
+                right = _head_circuit(model, "OV", layer_to, b)
             scores[a, b] = composition_score(left, right)
     return scores

@@ -34,6 +34,21 @@ def weights(model):
     return {name: as_numpy(value).copy() for name, value in model.state_dict().items()}
 
 
+def view(model, name):
+    """One of the model's TransformerLens weight views (``model.W_Q``, ``model.W_pos``, ...) as an ndarray."""
+    check_model(model)
+    return as_numpy(getattr(model, name)).copy()
+
+
+def factored(model, name):
+    """``model.QK`` or ``model.OV`` [layer, head, d_model, d_model] as a FactoredMatrix of ndarrays."""
+    from foundation.factored import FactoredMatrix
+
+    check_model(model)
+    matrix = getattr(model, name)
+    return FactoredMatrix(as_numpy(matrix.A).copy(), as_numpy(matrix.B).copy())
+
+
 def native_tokens(model, tokens):
     """Tokens as the model takes them: an ndarray for NumPy, a tensor for the torch twin."""
     tokens = as_numpy(tokens)

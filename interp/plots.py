@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import matplotlib.colors
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -45,46 +46,80 @@ def _patterns_of(source, batch_index):
 
 
 def _token_ticks(ax, labels, axis, most=16):
-    """Label the ticks of one axis with tokens (every second one past ``most`` positions)."""
+    """Label one axis "position:token"; past ``most`` positions every k-th one (k = 2, 4, 8, ...), from 0.
+
+    Every position keeps a small tick, so a labelled one can be counted from.
+    """
     if labels is None:
         return
-    step = 1 if len(labels) <= most else 2
+    step = 1
+    while len(labels) / step > most:
+        step *= 2
     positions = np.arange(0, len(labels), step)
-    shown = [labels[p] for p in positions]
+    shown = [f"{p}:{labels[p]}" for p in positions]
     if axis == "x":
         ax.set_xticks(positions, shown, rotation=90, fontsize=7)
+        ax.set_xticks(np.arange(len(labels)), minor=True)
     else:
         ax.set_yticks(positions, shown, fontsize=7)
+        ax.set_yticks(np.arange(len(labels)), minor=True)
 
 
-def plot_attention_grid(source, path, batch_index=0, title="Attention patterns", token_labels=None):
+def _masked_pattern(pattern, causal):
+    """A pattern with the keys a causal head can never see (key > query) masked: drawn grey, not as 0."""
+    if not causal:
+        return pattern
+    q_pos, k_pos = pattern.shape[-2:]
+    hidden = np.triu(np.ones((q_pos, k_pos), dtype=bool), k=1)  # [q_pos, k_pos]
+    return np.ma.masked_array(pattern, np.broadcast_to(hidden, pattern.shape))
+
+
+def _grey_for_masked(cmap_name):
+    return plt.get_cmap(cmap_name).with_extremes(bad="#d9d9d9")
+
+
+MASKED_NOTE = "grey: key after the query, masked"
+
+
+def plot_attention_grid(source, path, batch_index=0, title="Attention patterns", token_labels=None, causal=None,
+                        separators=()):
     """A grid of every head's pattern: rows are layers, columns heads (one sequence of the batch).
 
     ``source`` is an ActivationCache of either twin or an array [n_layers, n_heads, q_pos, k_pos].
+    Axes read "position:token". ``causal`` (default: the cache's config, else False) greys out
+    the keys after each query; ``separators`` are positions before which a thin line is drawn
+    (e.g. where the second copy of a repeated sequence starts).
     """
     patterns = _patterns_of(source, batch_index)  # [layer, head, q_pos, k_pos]
+    if causal is None:
+        causal = bool(source.cfg.causal) if isinstance(source, ActivationCache) else False
     n_layers, n_heads = patterns.shape[:2]
-    size = 2.2 if token_labels is None else 3.2
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(size * n_heads + 1.2, size * n_layers + 0.6), squeeze=False)
+    n_pos = patterns.shape[-1]
+    size = 2.2 if token_labels is None else min(6.0, max(3.2, 0.11 * n_pos))
+    fig, axes = plt.subplots(n_layers, n_heads, figsize=(size * n_heads + 1.2, size * n_layers + 0.8), squeeze=False)
+    cmap = _grey_for_masked("Blues")
     for layer in range(n_layers):
         for head in range(n_heads):
             ax = axes[layer, head]
-            image = ax.imshow(patterns[layer, head], cmap="Blues", vmin=0.0, vmax=1.0)
+            image = ax.imshow(_masked_pattern(patterns[layer, head], causal), cmap=cmap, vmin=0.0, vmax=1.0)
             ax.set_title(f"L{layer} H{head}", fontsize=9)
             if token_labels is not None:
                 _token_ticks(ax, token_labels, "x")
                 _token_ticks(ax, token_labels, "y")
+            for p in separators:
+                ax.axvline(p - 0.5, color="tab:orange", lw=0.6)
+                ax.axhline(p - 0.5, color="tab:orange", lw=0.6)
             if layer == n_layers - 1:
-                ax.set_xlabel("key position" if token_labels is None else "key token")
+                ax.set_xlabel("key position" if token_labels is None else "key position:token")
             if head == 0:
-                ax.set_ylabel("query position" if token_labels is None else "query token")
-    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
+                ax.set_ylabel("query position" if token_labels is None else "query position:token")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight" + (f"\n({MASKED_NOTE})" if causal else ""))
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def plot_attention_head(pattern, path, token_labels=None, title="Attention pattern"):
-    """One head's pattern [q_pos, k_pos], large, with the tokens on both axes."""
+def plot_attention_head(pattern, path, token_labels=None, title="Attention pattern", causal=False, separators=()):
+    """One head's pattern [q_pos, k_pos], large, with "position:token" on both axes (keys after the query grey if causal)."""
     pattern = as_numpy(pattern)
     if pattern.ndim != 2:
         raise ValueError(f"pattern must be [q_pos, k_pos], got shape {pattern.shape}")
@@ -92,25 +127,28 @@ def plot_attention_head(pattern, path, token_labels=None, title="Attention patte
         raise ValueError(f"token_labels has {len(token_labels)} entries for {pattern.shape[0]} positions")
     side = max(5.0, 0.32 * pattern.shape[0] + 2)
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
-    image = ax.imshow(pattern, cmap="Blues", vmin=0.0, vmax=1.0)
-    labels = None if token_labels is None else [f"{i}:{t}" for i, t in enumerate(token_labels)]
-    _token_ticks(ax, labels, "x", most=64)
-    _token_ticks(ax, labels, "y", most=64)
-    ax.set_xlabel("key (attended-to) position: token")
-    ax.set_ylabel("query position: token")
+    image = ax.imshow(_masked_pattern(pattern, causal), cmap=_grey_for_masked("Blues"), vmin=0.0, vmax=1.0)
+    _token_ticks(ax, token_labels, "x", most=64)
+    _token_ticks(ax, token_labels, "y", most=64)
+    for p in separators:
+        ax.axvline(p - 0.5, color="tab:orange", lw=0.8)
+        ax.axhline(p - 0.5, color="tab:orange", lw=0.8)
+    ax.set_xlabel("key (attended-to) position:token")
+    ax.set_ylabel("query position:token")
     ax.set_title(title)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="attention weight")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="attention weight" + (f" ({MASKED_NOTE})" if causal else ""))
     return _save(fig, path)
 
 
 def plot_head_scores(scores, path, title="Head scores", label="score", diverging=False, fmt="{:.2f}",
-                     vmin=None, vmax=None):
+                     vmin=None, vmax=None, min_range=0.0):
     """Heatmap of a [n_layers, n_heads] array with each value written in its cell.
 
     ``diverging=True`` centres a red-blue colour map on zero (for signed numbers such as loss
-    changes or attributions; ``vmax`` then fixes the range to [-vmax, vmax]); otherwise a
-    sequential map over [vmin, vmax] (default: the data's range; pass 0 and 1 for scores that
-    live there).
+    changes or attributions; ``vmax`` then fixes the range to [-vmax, vmax]; otherwise the range
+    is the largest |value|, but at least ``min_range``, so that noise stays pale instead of
+    being stretched to full colour); otherwise a sequential map over [vmin, vmax] (default: the
+    data's range; pass 0 and 1 for scores that live there).
     """
     scores = as_numpy(scores)
     if scores.ndim != 2:
@@ -118,7 +156,7 @@ def plot_head_scores(scores, path, title="Head scores", label="score", diverging
     n_layers, n_heads = scores.shape
     fig, ax = plt.subplots(figsize=(1.0 * n_heads + 2.5, 0.8 * n_layers + 1.6))
     if diverging:
-        bound = vmax if vmax is not None else (float(np.abs(scores).max()) or 1.0)
+        bound = vmax if vmax is not None else (max(float(np.abs(scores).max()), min_range) or 1.0)
         image = ax.imshow(scores, cmap="RdBu_r", vmin=-bound, vmax=bound)
     else:
         image = ax.imshow(scores, cmap="viridis", vmin=vmin, vmax=vmax)
@@ -202,8 +240,12 @@ def plot_patching(grid, path, token_labels=None, title="Activation patching", yl
     image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
     for row in range(grid.shape[0]):
         for col in range(grid.shape[1]):
-            if abs(grid[row, col]) >= 0.005:
-                ax.text(col, row, f"{grid[row, col]:.2f}", ha="center", va="center", fontsize=7)
+            value = grid[row, col]
+            # every cell gets its number ("0" where nothing is restored); white on the dark cells
+            text = "0" if abs(value) < 0.005 else f"{value:.2f}"
+            shade = image.norm(value)
+            ax.text(col, row, text, ha="center", va="center", fontsize=7,
+                    color="white" if abs(shade - 0.5) > 0.3 else ("grey" if text == "0" else "black"))
     labels = [str(p) for p in range(grid.shape[1])] if token_labels is None else [f"{p}:{t}" for p, t in enumerate(token_labels)]
     ax.set_xticks(range(grid.shape[1]), labels, rotation=90 if token_labels is not None else 0, fontsize=8)
     ax.set_yticks(range(grid.shape[0]), [f"{row_prefix}{r}" for r in range(grid.shape[0])])
@@ -218,40 +260,66 @@ def plot_composition(scores, path, baseline=None, title="Composition scores, lay
     """Three heatmaps, Q, K and V composition [head in layer 0, head in layer 1]; ``scores`` maps kind -> array."""
     kinds = list(scores)
     vmax = max(float(np.max(scores[k])) for k in kinds) or 1.0
+    if baseline is not None:
+        # white at the random-matrix baseline: red above it (composition), blue below, pale = noise
+        vmax = max(vmax, 2 * baseline)
+        norm = matplotlib.colors.TwoSlopeNorm(vmin=0.0, vcenter=baseline, vmax=vmax)
+        cmap = "RdBu_r"
+    else:
+        norm, cmap = matplotlib.colors.Normalize(vmin=0.0, vmax=vmax), "viridis"
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds) + 1.2, 3.8), squeeze=False, layout="constrained")
     for i, (ax, kind) in enumerate(zip(axes[0], kinds)):
         grid = as_numpy(scores[kind])
-        image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=vmax)
+        image = ax.imshow(grid, cmap=cmap, norm=norm)
         for a in range(grid.shape[0]):
             for b in range(grid.shape[1]):
                 shade = image.norm(grid[a, b])
+                dark = abs(shade - 0.5) > 0.35 if baseline is not None else shade < 0.5
                 ax.text(b, a, f"{grid[a, b]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if shade < 0.5 else "black")
+                        color="white" if dark else "black")
         ax.set_xticks(range(grid.shape[1]), [f"H{h}" for h in range(grid.shape[1])])
         ax.set_yticks(range(grid.shape[0]), [f"H{h}" for h in range(grid.shape[0])])
         ax.set_xlabel("head in the later layer (reads)")
         if i == 0:
             ax.set_ylabel("head in the earlier layer (writes)")
         ax.set_title(f"{kind.upper()}-composition")
-    fig.colorbar(image, ax=axes, shrink=0.85, label="composition score")
-    suffix = "" if baseline is None else f"  (random-matrix baseline ~ {baseline:.2f})"
+    bar = fig.colorbar(image, ax=axes, shrink=0.85, label="composition score")
+    if baseline is not None:
+        bar.ax.axhline(baseline, color="black", lw=1.5)
+        bar.set_ticks([0.0, baseline, vmax], labels=["0", f"{baseline:.2f} random", f"{vmax:.2f}"])
+    suffix = "" if baseline is None else f"\n(white: the random-matrix baseline ~ {baseline:.2f}; red: above it)"
     fig.suptitle(title + suffix)
     return _save(fig, path)
 
 
-def plot_matrix(matrix, path, title, xlabel, ylabel, label="value", tick_labels=None):
-    """One matrix as a red-blue heatmap centred on zero (e.g. a head's full OV or QK circuit)."""
+def plot_matrix(matrix, path, title, xlabel, ylabel, label="value", tick_labels=None, mask=None, mask_note=None):
+    """One matrix as a red-blue heatmap centred on zero (e.g. a head's full OV or QK circuit).
+
+    At most about 8 inches a side, whatever the matrix's size; past 32 rows or columns only every
+    k-th index is labelled (k = 2, 4, 8, ...). ``mask`` (bool, like ``matrix``) greys out entries
+    that mean nothing (e.g. keys after the query in a causal model's positional QK circuit);
+    the colour range comes from the rest.
+    """
     matrix = as_numpy(matrix)
     if matrix.ndim != 2:
         raise ValueError(f"matrix must be 2-D, got shape {matrix.shape}")
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.3 * matrix.shape[1] + 2.5), max(4.0, 0.3 * matrix.shape[0] + 1.5)))
-    bound = float(np.abs(matrix).max()) or 1.0
-    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-bound, vmax=bound)
-    if tick_labels is not None:
-        ax.set_xticks(range(matrix.shape[1]), tick_labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(matrix.shape[0]), tick_labels, fontsize=7)
+    rows, cols = matrix.shape
+    fig, ax = plt.subplots(figsize=(min(9.0, max(4.5, 0.3 * cols + 2.5)), min(8.0, max(4.0, 0.3 * rows + 1.5))))
+    shown = matrix if mask is None else np.ma.masked_array(matrix, mask)
+    bound = float(np.abs(shown).max()) or 1.0
+    image = ax.imshow(shown, cmap=_grey_for_masked("RdBu_r"), vmin=-bound, vmax=bound)
+    labels = tick_labels if tick_labels is not None else [str(i) for i in range(max(rows, cols))]
+    for axis, n in (("x", cols), ("y", rows)):
+        step = 1
+        while n / step > 32:
+            step *= 2
+        ticks = np.arange(0, n, step)
+        if axis == "x":
+            ax.set_xticks(ticks, [labels[t] for t in ticks], rotation=90, fontsize=7)
+        else:
+            ax.set_yticks(ticks, [labels[t] for t in ticks], fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.colorbar(image, ax=ax, label=label)
+    fig.colorbar(image, ax=ax, label=label + (f"\n(grey: {mask_note})" if mask is not None and mask_note else ""))
     return _save(fig, path)

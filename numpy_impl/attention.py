@@ -57,7 +57,7 @@ class MultiHeadAttention(Module):
         q_h = q.transpose(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         k_h = k.transpose(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
         v_h = v.transpose(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
-        scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, k_pos]
+        scores = (q_h / math.sqrt(self.cfg.d_head)) @ k_h.swapaxes(-1, -2)  # [batch, head, q_pos, k_pos]; scaling q costs less than scaling scores
         if self.cfg.causal:
             scores = np.where(self.mask[:pos, :pos], scores, -np.inf)  # [batch, head, q_pos, k_pos]
         scores = self.hook_attn_scores(scores)
@@ -96,7 +96,7 @@ class MultiHeadAttention(Module):
         # forward: scores = where(mask, scores, -inf)
         if self.cfg.causal:
             dscores = np.where(self.mask[:pos, :pos], dscores, 0.0)  # [batch, head, q_pos, k_pos]
-        # forward: scores = q_h @ k_h^T / sqrt(d_head)
+        # forward: scores = (q_h / sqrt(d_head)) @ k_h^T
         dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, d_head]
         dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(self.cfg.d_head)  # [batch, head, k_pos, d_head]
         # forward: q_h, k_h, v_h = q, k, v with the head axis moved before pos

@@ -6,6 +6,10 @@ Axes: batch, pos (sequence position), d_model (residual width), d_mlp (hidden wi
 
 act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks & Gimpel):
     gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
+
+Far from zero tanh is exactly +-1 and GELU is ReLU. Where pre * pre overflows (|pre| above about
+1.8e19 in float32, 1.3e154 in float64) the backward here still returns that exact gradient; the
+torch twin's autograd returns NaN there (0 * inf), as torch does for this formula.
 """
 
 import math
@@ -41,7 +45,7 @@ class FeedForward(Module):
         if self.cfg.act_fn == "relu":
             post = np.maximum(pre, 0)  # [batch, pos, d_mlp]
         else:
-            inner = GELU_C * (pre + 0.044715 * pre**3)  # [batch, pos, d_mlp]
+            inner = GELU_C * (pre + 0.044715 * pre * pre * pre)  # [batch, pos, d_mlp]
             tanh = np.tanh(inner)  # [batch, pos, d_mlp]
             post = 0.5 * pre * (1 + tanh)  # [batch, pos, d_mlp]
         post = self.hook_post(post)
@@ -68,9 +72,11 @@ class FeedForward(Module):
             dtanh = dpost * 0.5 * pre  # [batch, pos, d_mlp]
             dpre = dpost * 0.5 * (1 + tanh)  # [batch, pos, d_mlp]
             # forward: tanh = np.tanh(inner)
-            dinner = dtanh * (1 - tanh**2)  # [batch, pos, d_mlp]
-            # forward: inner = GELU_C * (pre + 0.044715 * pre**3)
-            dpre += dinner * GELU_C * (1 + 3 * 0.044715 * pre**2)  # [batch, pos, d_mlp]
+            dinner = dtanh * (1 - tanh * tanh)  # [batch, pos, d_mlp]
+            # forward: inner = GELU_C * (pre + 0.044715 * pre * pre * pre)
+            # (dinner first: where tanh saturates it is exactly 0, and 0 * pre * pre stays 0 even for
+            # a pre whose square overflows)
+            dpre += GELU_C * (dinner + 3 * 0.044715 * dinner * pre * pre)  # [batch, pos, d_mlp]
         dpre = self.hook_pre.backward(dpre)
         # forward: pre = x @ W_in + b_in
         self.W_in.grad += np.einsum("bpm,bpf->mf", x, dpre, optimize=True)  # [d_model, d_mlp]

@@ -7,6 +7,11 @@ Axes: batch, pos (sequence position), d_model (residual width; the normalised ax
 with the biased variance and eps = 1e-5 inside the square root, as ``torch.nn.LayerNorm``.
 The denominator is TransformerLens's ``hook_scale``; ``hook_normalized`` holds the output, after
 w and b, as TransformerLens's hook of that name does.
+
+The variance is taken of ``centered / size``, size being the row's largest |centered| (at least
+1), and multiplied back: the same number, but no square can overflow, so a row of huge entries
+(1e30 in float32) is normalised like any other. ``torch.nn.functional.layer_norm`` returns zeros
+or NaN for such a row; both twins here return the normalised row.
 """
 
 import numpy as np
@@ -33,8 +38,9 @@ class LayerNorm(Module):
         check_activation(x, "x", self.cfg, np.ndarray)
         mean = x.mean(axis=-1, keepdims=True)  # [batch, pos, 1]
         centered = x - mean  # [batch, pos, d_model]
-        var = (centered**2).mean(axis=-1, keepdims=True)  # [batch, pos, 1]
-        scale = np.sqrt(var + EPS)  # [batch, pos, 1]
+        size = np.maximum(np.abs(centered).max(axis=-1, keepdims=True), 1.0)  # [batch, pos, 1]; a constant that cancels
+        var = ((centered / size) ** 2).mean(axis=-1, keepdims=True)  # [batch, pos, 1]; var(x) / size**2
+        scale = size * np.sqrt(var + EPS / size / size)  # [batch, pos, 1]; sqrt(var(x) + eps)
         scale = self.hook_scale(scale)
         normalized = centered / scale  # [batch, pos, d_model]
         out = normalized * self.w.data + self.b.data  # [batch, pos, d_model]
@@ -60,12 +66,10 @@ class LayerNorm(Module):
         dnormalized = dout * self.w.data  # [batch, pos, d_model]
         # forward: normalized = centered / scale
         dcentered = dnormalized / scale  # [batch, pos, d_model]
-        dscale = -(dnormalized * centered).sum(axis=-1, keepdims=True) / scale**2  # [batch, pos, 1]
+        dscale = -(dnormalized * normalized).sum(axis=-1, keepdims=True) / scale  # [batch, pos, 1]; centered / scale**2 = normalized / scale
         dscale = self.hook_scale.backward(dscale)
-        # forward: scale = sqrt(var + eps)
-        dvar = dscale / (2 * scale)  # [batch, pos, 1]
-        # forward: var = mean(centered**2)
-        dcentered += dvar * 2 * centered / d_model  # [batch, pos, d_model]
+        # forward: scale = sqrt(mean(centered**2) + eps)   (what the size, var and scale lines compute)
+        dcentered += dscale / d_model * normalized  # [batch, pos, d_model]; d scale / d centered = centered / (d_model * scale)
         # forward: centered = x - mean   (x reaches centered directly, and through mean)
         dmean = -dcentered.sum(axis=-1, keepdims=True)  # [batch, pos, 1]
         # forward: mean = x.mean(-1)

@@ -34,6 +34,7 @@ class CrossEntropyLoss(Module):
         check_loss_inputs(logits, targets, weights, np.ndarray)
         if weights is None:
             weights = np.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
+        weights = weights / weights.max()  # [batch, pos]; the same weighted mean, and its sums cannot overflow
         log_probs = log_softmax(logits)  # [batch, pos, d_vocab]
         nll = -np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [batch, pos]
         loss = (weights * nll).sum() / weights.sum()  # []

@@ -10,19 +10,30 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
 
 import numpy as np
 
-from .block import TransformerBlock
 from foundation.checks import check_config, check_forward_done, check_grad, check_seed, check_tokens, tokens_as_array
+from foundation.running import RunningMixin
+from foundation.weights import load_weights, save_weights
+
+from .block import TransformerBlock
 from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
+from .loss import CrossEntropyLoss
 from .module import HookPoint, Module
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
-from foundation.weights import load_weights, save_weights
+from .views import WeightViewsMixin
 
 
-class Transformer(HookedMixin, Module):
-    """A decoder-style (or, with causal=False and unembed=False, encoder-style) transformer."""
+class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
+    """A decoder-style (or, with causal=False and unembed=False, encoder-style) transformer.
+
+    TransformerLens's surface comes from the mixins: hooks and caches (``HookedMixin``), the
+    weight views ``W_Q``, ``OV``, ... (``WeightViewsMixin``), ``return_type``, ``generate`` and
+    the tokenizer helpers (``RunningMixin``).
+    """
+
+    loss_class = CrossEntropyLoss  # the next-token loss of forward(..., return_type="loss")
 
     def __init__(self, cfg, seed=0):
         check_seed(seed, np.random.Generator)
@@ -45,8 +56,13 @@ class Transformer(HookedMixin, Module):
                 module.name = name
         self.cache = None
 
-    def forward(self, tokens):
-        """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])"""
+    def forward(self, tokens, return_type="logits"):
+        """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
+
+        ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
+        (logits, loss) or None. ``backward`` always takes the gradient of the output.
+        """
+        self._check_return_type(return_type)
         tokens = tokens_as_array(tokens)  # nested lists become an ndarray
         check_tokens(tokens, self.cfg, np.ndarray)
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
@@ -58,7 +74,7 @@ class Transformer(HookedMixin, Module):
             resid = self.ln_final(resid)  # [batch, pos, d_model]
         out = self.unembed(resid) if self.cfg.unembed else resid  # [batch, pos, d_vocab or d_model]
         self.cache = out.shape
-        return out
+        return self._with_return_type(out, tokens, return_type)
 
     def backward(self, dout):
         """dout shaped like the output -> None (tokens are discrete); fills every parameter's grad."""

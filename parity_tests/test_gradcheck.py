@@ -1,6 +1,6 @@
 """Finite differences: the reference's hand-written backward passes, and the twin's autograd.
 
-The NumPy half runs ``numpy_impl.gradcheck`` on every component and on models of every
+The NumPy half runs ``gradcheck.finite_diff`` on every component and on models of every
 normalization, with random weights (LayerNorm w never all ones, biases never zero), random
 inputs and a random upstream direction R, and requires max relative error <= 1e-7 on every
 tensor. It also plants the two classic mistakes (LayerNorm without the mean term, softmax

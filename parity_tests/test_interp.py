@@ -103,7 +103,7 @@ def test_direct_logit_attribution_parity_and_sum(overrides):
         # the heads plus b_O's share make each layer's attention component
         for layer in range(2):
             b_O_effect = np.einsum("m,mbp->bp", sd[f"blocks.{layer}.attn.b_O"], u).mean()
-            attn = ours.components[ours.component_labels.index(f"L{layer} attn")]
+            attn = ours.components[ours.component_labels.index(f"{layer}_attn_out")]
             assert abs(ours.heads[layer].sum() + b_O_effect - attn) <= 1e-12
 
 
@@ -299,5 +299,5 @@ def test_pre_norm_heads_and_b_O_make_the_attention_component():
         b_O = sd[f"blocks.{layer}.attn.b_O"]  # [d_model]
         read = (b_O - b_O.mean()) / scale * sd["ln_final.w"]  # [batch, pos - 1, d_model]
         b_O_effect = np.einsum("bpm,mbp->bp", read, u).mean()
-        attn = ours.components[ours.component_labels.index(f"L{layer} attn")]
+        attn = ours.components[ours.component_labels.index(f"{layer}_attn_out")]
         assert abs(ours.heads[layer].sum() + b_O_effect - attn) <= 1e-12 * max(1, abs(attn))

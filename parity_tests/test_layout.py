@@ -35,7 +35,7 @@ FORBIDDEN = {
     "torch_impl": {"numpy_impl"},
 }
 TWIN_FILES = ("__init__.py", "attention.py", "block.py", "embedding.py", "feedforward.py", "hooked.py",
-              "layernorm.py", "loss.py", "model.py", "module.py", "positional.py", "unembed.py")
+              "layernorm.py", "loss.py", "model.py", "module.py", "positional.py", "unembed.py", "views.py")
 NO_TWIN = ("optim.py",)  # numpy_impl's optimisers: their twin is torch.optim
 
 

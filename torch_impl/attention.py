@@ -61,7 +61,7 @@ class MultiHeadAttention(Module):
         q_h = q.permute(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         k_h = k.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
         v_h = v.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
-        scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, k_pos]
+        scores = (q_h / math.sqrt(self.cfg.d_head)) @ k_h.swapaxes(-1, -2)  # [batch, head, q_pos, k_pos]; scaling q costs less than scaling scores
         if self.cfg.causal:
             scores = torch.where(self.mask[:pos, :pos], scores, -torch.inf)  # [batch, head, q_pos, k_pos]
         scores = self.hook_attn_scores(scores)

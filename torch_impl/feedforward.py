@@ -43,7 +43,7 @@ class FeedForward(Module):
         if self.cfg.act_fn == "relu":
             post = torch.relu(pre)  # [batch, pos, d_mlp]; its gradient at pre == 0 is 0, as the reference's
         else:
-            inner = GELU_C * (pre + 0.044715 * pre**3)  # [batch, pos, d_mlp]
+            inner = GELU_C * (pre + 0.044715 * pre * pre * pre)  # [batch, pos, d_mlp]
             tanh = torch.tanh(inner)  # [batch, pos, d_mlp]
             post = 0.5 * pre * (1 + tanh)  # [batch, pos, d_mlp]
         post = self.hook_post(post)

@@ -28,11 +28,11 @@ class HookedMixin(_HookedMixin):
         return token_tensor(tokens, self.cfg)
 
     def _run_backward(self, out, dout):
-        out.backward(torch.as_tensor(dout, dtype=out.dtype))
+        out.backward(torch.as_tensor(dout, dtype=out.dtype, device=out.device))
 
     def _default_dout(self, out, tokens):
         """Position p predicts ``tokens[:, p + 1]``; the last position predicts nothing (gradient 0)."""
         check_next_token_loss(self.cfg, tokens)
         logits = out.detach().requires_grad_()  # [batch, pos, d_vocab]
-        CrossEntropyLoss()(logits[:, :-1], tokens[:, 1:]).backward()
-        return logits.grad.numpy()  # [batch, pos, d_vocab]
+        CrossEntropyLoss()(logits[:, :-1], tokens[:, 1:].to(logits.device)).backward()
+        return logits.grad.cpu().numpy()  # [batch, pos, d_vocab]

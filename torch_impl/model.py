@@ -8,23 +8,35 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
     out   = resid W_U + b_U     (unembed=True: logits; unembed=False: out = resid)
 """
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from foundation.checks import check_config, check_seed
+from foundation.running import RunningMixin
 from foundation.weights import load_weights, save_weights
 
 from .block import TransformerBlock
 from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
+from .loss import CrossEntropyLoss
 from .module import HookPoint, Module, default_rng, token_tensor
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
+from .views import WeightViewsMixin
 
 
-class Transformer(HookedMixin, Module):
-    """A decoder-style (or, with causal=False and unembed=False, encoder-style) transformer."""
+class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
+    """A decoder-style (or, with causal=False and unembed=False, encoder-style) transformer.
+
+    TransformerLens's surface comes from the mixins: hooks and caches (``HookedMixin``), the
+    weight views ``W_Q``, ``OV``, ... (``WeightViewsMixin``), ``return_type``, ``generate`` and
+    the tokenizer helpers (``RunningMixin``).
+    """
+
+    loss_class = CrossEntropyLoss  # the next-token loss of forward(..., return_type="loss")
 
     def __init__(self, cfg, seed=0):
         super().__init__()
@@ -47,9 +59,14 @@ class Transformer(HookedMixin, Module):
             if isinstance(module, HookPoint):
                 module.name = name
 
-    def forward(self, tokens):
-        """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])"""
-        tokens = token_tensor(tokens, self.cfg)  # checked, then int64 (lists and ndarrays too)
+    def forward(self, tokens, return_type="logits"):
+        """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
+
+        ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
+        (logits, loss) or None. Tokens go to the model's device.
+        """
+        self._check_return_type(return_type)
+        tokens = token_tensor(tokens, self.cfg).to(self.device)  # checked where they were, as int64
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
         resid = embed + pos_embed  # [batch, pos, d_model]
@@ -58,7 +75,7 @@ class Transformer(HookedMixin, Module):
         if self.cfg.normalization == "pre":
             resid = self.ln_final(resid)  # [batch, pos, d_model]
         out = self.unembed(resid) if self.cfg.unembed else resid  # [batch, pos, d_vocab or d_model]
-        return out
+        return self._with_return_type(out, tokens, return_type)
 
     def save(self, path):
         """Write the weights file (.npz: one array per state_dict key plus the config as JSON)."""
@@ -72,3 +89,49 @@ class Transformer(HookedMixin, Module):
         model = cls(cfg)
         model.load_state_dict(state_dict)
         return model
+
+    # --- moving like a torch module: the config's dtype follows the parameters ---
+
+    @property
+    def device(self):
+        """Where the parameters are (TransformerLens's ``cfg.device``)."""
+        return self.embed.W_E.device
+
+    def _native_tokens(self, tokens):
+        """An int ndarray [batch, pos] -> a tensor on the model's device (for generate and to_tokens)."""
+        return torch.as_tensor(tokens, device=self.device)
+
+    def _inference(self):
+        return torch.no_grad()
+
+    def _check_dtype(self, dtype):
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype {dtype} is not supported: the model computes in float32 or float64 "
+                            "(cfg.dtype); use .float() or .double()")
+
+    def to(self, *args, **kwargs):
+        """torch's ``Module.to`` (device, dtype, or both); a dtype other than float32/float64 is refused."""
+        for arg in (*args, *kwargs.values()):
+            if isinstance(arg, torch.dtype):
+                self._check_dtype(arg)
+            elif isinstance(arg, torch.Tensor):
+                self._check_dtype(arg.dtype)
+        return super().to(*args, **kwargs)
+
+    def half(self):
+        self._check_dtype(torch.float16)
+
+    def bfloat16(self):
+        self._check_dtype(torch.bfloat16)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Every move (.to, .double, .float, .cpu, ...) ends here: then every component's cfg.dtype follows."""
+        super()._apply(fn, *args, **kwargs)
+        dtype = str(self.embed.W_E.dtype).removeprefix("torch.")
+        if dtype != self.cfg.dtype:
+            self._check_dtype(self.embed.W_E.dtype)
+            cfg = dataclasses.replace(self.cfg, dtype=dtype)
+            for module in self.modules():
+                if hasattr(module, "cfg"):
+                    module.cfg = cfg
+        return self

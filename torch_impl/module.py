@@ -91,7 +91,8 @@ class HookPoint(nn.Module, HookLists):
     def forward(self, x):
         if self.fwd_hooks:
             # hooks get a detached copy, so they may edit it in place; x keeps its autograd history
-            hooked = torch.as_tensor(self._run(self.fwd_hooks, x.detach().clone()), dtype=x.dtype).detach()
+            hooked = self._run(self.fwd_hooks, x.detach().clone())
+            hooked = torch.as_tensor(hooked, dtype=x.dtype, device=x.device).detach()
             changed = hooked != x.detach()  # like x: True where a hook changed the value
             if changed.any():
                 x = torch.where(changed, hooked, x)  # the hook's values are constants: no gradient reaches x there
@@ -103,4 +104,4 @@ class HookPoint(nn.Module, HookLists):
 
     def backward(self, dx):
         # hooks get a copy, as in the reference
-        return torch.as_tensor(self._run(self.bwd_hooks, dx.clone()), dtype=dx.dtype)
+        return torch.as_tensor(self._run(self.bwd_hooks, dx.clone()), dtype=dx.dtype, device=dx.device)

@@ -15,7 +15,7 @@ import torch_impl as pti
 from foundation.agreement import is_exact_zero, rel_err, relative_errors
 
 VOCAB = ["<pad>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "home"]
-SENTENCE = ["the", "cat", "sat", "on", "mat"]
+SENTENCE = "the cat sat on mat"
 
 
 def add_arguments(parser):
@@ -36,8 +36,11 @@ def run(args):
     matplotlib.use("Agg")
     from interp.plots import plot_attention_grid
 
+    from foundation.vocab import WordVocabulary
+
     cfg = seed_config()
     model = npi.Transformer(cfg, seed=args.seed)
+    model.tokenizer = WordVocabulary(VOCAB)  # a word-level vocabulary: to_tokens / to_str_tokens as in TransformerLens
     print("Model Architecture:")
     print(f"- Embedding dimension: {cfg.d_model}")
     print(f"- Number of heads: {cfg.n_heads}")
@@ -53,9 +56,14 @@ def run(args):
             continue
         print(f"  {name:<24} {str(p.shape):<14}")
     print("  (blocks.1.* as blocks.0.*)")
+    print("TransformerLens's views, stacked over layers: "
+          f"model.W_Q {model.W_Q.shape}, model.W_O {model.W_O.shape}, model.W_in {model.W_in.shape}, "
+          f"model.OV {model.OV} (OV.S: singular values)")
     print()
 
-    tokens = np.array([[VOCAB.index(word) for word in SENTENCE]])  # [batch=1, pos=5]
+    tokens = model.to_tokens(SENTENCE)  # [batch=1, pos=5]
+    words = model.to_str_tokens(tokens)
+    print(f"model.to_tokens({SENTENCE!r}) -> {tokens.tolist()}   (to_str_tokens: {words})")
     out, cache = model.run_with_cache(tokens)
     print(f"Input shape: {tokens.shape}")
     print(f"Output shape: {out.shape}")
@@ -63,7 +71,7 @@ def run(args):
     print("Visualizing attention patterns...")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "attention_patterns.png")
-    plot_attention_grid(cache, path, token_labels=SENTENCE, title="Attention patterns of the seed model (random weights)")
+    plot_attention_grid(cache, path, token_labels=words, title="Attention patterns of the seed model (random weights)")
     print(f"  saved {path}")
     print()
 

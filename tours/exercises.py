@@ -3,6 +3,8 @@
     python demo.py exercises init DIR                 # DIR/numpy_impl: the reference, backward bodies stubbed
     python demo.py exercises check DIR                # every exercise: done / not started / wrong
     python demo.py exercises check DIR layernorm      # one exercise
+    python demo.py exercises check DIR model          # the model, then all of yours together, and
+                                                      # where your model first parts from the twin
     python demo.py exercises list                     # the exercises, easiest first
 """
 
@@ -24,6 +26,8 @@ def add_arguments(parser):
                        help="one exercise: " + ", ".join(e.key for e in EXERCISES) + " (default: all)")
     check.add_argument("--sample", type=int, default=20, help="entries per tensor for finite differences (default: 20)")
     check.add_argument("--seed", type=int, default=0, help="seed for the random weights, inputs and upstream gradients")
+    check.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                       help="seconds each exercise may take before it is stopped as 'timed out' (default: 60)")
     actions.add_parser("list", help="the exercises, easiest first")
 
 
@@ -60,8 +64,9 @@ def _check(args):
     from exercises.check import check, format_results
 
     keys = [args.component] if args.component else None
+    limit = {} if getattr(args, "time_limit", None) is None else {"time_limit": args.time_limit}
     try:
-        results = check(args.dir, keys=keys, sample=args.sample, seed=args.seed, progress=progress)
-    except (FileNotFoundError, ImportError) as error:
+        results = check(args.dir, keys=keys, sample=args.sample, seed=args.seed, progress=progress, **limit)
+    except (FileNotFoundError, ImportError, ValueError) as error:
         raise SystemExit(f"exercises check: {error}")
     print(format_results(results, args.dir))

@@ -3,7 +3,7 @@
 For each config family (each normalization, with causal/bidirectional, relu/gelu_new,
 learned/sinusoidal positions, attn_only and logits/residual output spread across them) it
 checks every component the model holds and the whole model, with random weights, a random
-input and a random upstream direction R, using ``numpy_impl.gradcheck``. It prints one row
+input and a random upstream direction R, using ``gradcheck.finite_diff``. It prints one row
 per component and config, and writes the full per-tensor table to OUT/gradcheck.txt.
 """
 

@@ -1,7 +1,7 @@
 """Mechanistic interpretability, step by step, on a small model: ``python demo.py interp``.
 
-Uses the trained induction model (``outputs/induction.npz``, from ``python demo.py induction``) when
-it exists, else a seeded random model, and says which; ``--model handmade`` uses the induction
+Uses the trained induction model (``OUT/induction.npz``, from ``python demo.py induction --out OUT``;
+OUT defaults to ``outputs``) when it exists, else a seeded random model, and says which; ``--model handmade`` uses the induction
 circuit wired by hand in ``interp/handmade.py``, where every answer is known. Each analysis
 runs on the NumPy reference, writes a figure and prints a short reading; the same numbers from
 the torch twin are checked at the end.
@@ -11,13 +11,14 @@ import os
 
 import numpy as np
 
-DEFAULT_MODEL = os.path.join("outputs", "induction.npz")
+TRAINED_MODEL = "induction.npz"  # in the --out folder, where `python demo.py induction --out DIR` writes it
+ABLATION_RANGE = 0.1  # nats: a loss change smaller than this is drawn pale in the ablation figures
 
 
 def add_arguments(parser):
     parser.add_argument("--model", default="auto",
-                        help=f"a weights file, 'handmade', 'random', or 'auto' (default: {DEFAULT_MODEL} "
-                             "if it exists, else random)")
+                        help=f"a weights file, 'handmade', 'random', or 'auto' (default: OUT/{TRAINED_MODEL}, "
+                             "OUT being --out, if it exists, else random)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random model and the random tokens (default 0)")
 
 
@@ -27,13 +28,15 @@ def choose_model(args):
     from interp.handmade import induction_circuit_model
 
     choice = args.model
+    trained = os.path.join(args.out, TRAINED_MODEL)
     if choice == "auto":
-        choice = DEFAULT_MODEL if os.path.exists(DEFAULT_MODEL) else "random"
+        choice = trained if os.path.exists(trained) else "random"
     if choice == "handmade":
         return induction_circuit_model(), "the induction circuit wired by hand (interp/handmade.py)", True
     if choice == "random":
         cfg = npi.TransformerConfig(d_vocab=24, d_model=32, n_heads=4, d_mlp=64, n_layers=2, n_ctx=24)
-        note = (f"a seeded random model (seed {args.seed}; no {DEFAULT_MODEL} yet: `python demo.py induction` makes one). "
+        note = (f"a seeded random model (seed {args.seed}; no {trained} yet: `python demo.py induction --out {args.out}` "
+                "makes one). "
                 "Random weights have no circuits, so expect no head to stand out")
         return npi.Transformer(cfg, seed=args.seed), note, False
     if not os.path.exists(choice):
@@ -126,12 +129,16 @@ def show_attention(walk, cache):
     from interp import plots, scores
 
     heading("2. Attention patterns")
+    second_copy = walk.first + walk.half  # where the repeated half starts: an orange line in the figures
     plots.plot_attention_grid(cache, walk.figure("interp_attention_grid.png"), token_labels=walk.labels,
-                              title="Attention patterns of sequence 0 (rows: layers, columns: heads)")
+                              separators=[second_copy],
+                              title=f"Attention patterns of sequence 0 (rows: layers, columns: heads); "
+                                    f"the copy starts at position {second_copy}")
     head_scores = scores.all_head_scores(cache, walk.tokens)
     il, ih, _ = top(head_scores["induction"])
     plots.plot_attention_head(cache["pattern", il][0, ih], walk.figure("interp_attention_head.png"),
-                              token_labels=walk.labels, title=f"L{il}H{ih}, the head with the highest induction score")
+                              token_labels=walk.labels, causal=walk.cfg.causal, separators=[second_copy],
+                              title=f"L{il}H{ih}, the head with the highest induction score")
     print(f"Wrote the grid of every head and L{il}H{ih} large. The sequence repeats after position "
           f"{walk.first + walk.half - 1}: an induction head's pattern shows a stripe one step right of the "
           f"offset-{walk.half} diagonal in the second half.")
@@ -196,7 +203,9 @@ def show_ablation(walk):
     ablations = {kind: analyses.head_ablation(walk.model, walk.tokens, kind) for kind in progress(["zero", "mean"], "ablating")}
     for kind, change in ablations.items():
         plots.plot_head_scores(change, walk.figure(f"interp_ablation_{kind}.png"), diverging=True,
-                               fmt="{:+.3f}", title=f"{kind}-ablation: loss change per head", label="loss change (nats)")
+                               fmt="{:+.3f}", min_range=ABLATION_RANGE, label="loss change (nats)",
+                               title=f"{kind}-ablation: loss change per head\n"
+                                     f"(scale at least +-{ABLATION_RANGE} nats: noise stays pale)")
         layer, head, value = top(change)
         print(f"  {kind}-ablation: L{layer}H{head} matters most (loss {value:+.3f} nats); "
               f"the smallest change is {change.min():+.3f}.")
@@ -230,7 +239,7 @@ def show_patching(walk):
     plots.plot_patching(grid, walk.figure("interp_patching_positions.png"), token_labels=[str(t) for t in clean[0]],
                         title="Patching resid_pre per layer and position (1 = clean answer restored)")
     heads = patching.patch_heads(walk.model, clean, corrupted, answer, wrong)
-    plots.plot_head_scores(heads, walk.figure("interp_patching_heads.png"), diverging=True,
+    plots.plot_head_scores(heads, walk.figure("interp_patching_heads.png"), diverging=True, min_range=1.0,
                            title="Patching each head's output (all positions)", label="restored fraction")
     layer, head, value = top(heads)
     print(f"  resid_pre, layer 0: {grid[0, j]:.2f} at position {j} (the embeddings differ only there) and "
@@ -254,9 +263,11 @@ def show_circuits(walk, head_scores):
                       title=f"Full OV circuit of L{il}H{ih}: W_E W_V W_O W_U", xlabel="logit of token",
                       ylabel="attended token", label="logit added")
     pl, ph, _ = top(head_scores["previous_token"])
+    later_keys = np.triu(np.ones((cfg.n_ctx, cfg.n_ctx), dtype=bool), k=1) if cfg.causal else None
     plots.plot_matrix(circuits.positional_qk_circuit(model, pl, ph), walk.figure("interp_positional_qk.png"),
                       title=f"Positional QK circuit of L{pl}H{ph}: W_pos W_Q W_K^T W_pos^T",
-                      xlabel="key position", ylabel="query position", label="attention score (unscaled)")
+                      xlabel="key position", ylabel="query position", label="attention score (unscaled)",
+                      mask=later_keys, mask_note="key after query, never attended")
     print(f"Copying score of L{il}H{ih} (the best induction head): {copying[il, ih]:+.2f} "
           "(+1: raises the logit of the token it attends to).")
     if cfg.n_layers < 2:

@@ -132,7 +132,7 @@ def _draw_figures(out_dir, model, history, prev_scores, ind_scores, rng, seed):
     first = np.flatnonzero(example.kinds[0, :-1] == FIRST)  # positions of the segment's first occurrence
     _, cache = model.run_with_cache(example.inputs)
     files["attention patterns"] = interp.plot_attention_grid(
-        cache, os.path.join(out_dir, "induction_patterns.png"),
+        cache, os.path.join(out_dir, "induction_patterns.png"), separators=[first[0], first[-1] + 1],
         title=f"Attention on a held-out sequence: a segment at positions {first[0]}..{first[-1]}, "
               f"repeated from {first[-1] + 1}")
     return files

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -56,8 +57,13 @@ def plot_induction_losses(path, history, d_vocab, title):
                     label=f"{labels[kind]} ({name} data)")
     ax.axhline(math.log(d_vocab), color="black", ls=":", lw=1, label=f"chance: ln {d_vocab} = {math.log(d_vocab):.2f}")
     ax.set_yscale("log")
+    # plain numbers on the log axis (0.1, 0.2, 0.5, 1, 2, 5), not 2x10^0
+    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10) if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_xlabel("training step")
     ax.set_ylabel("cross-entropy (nats, log scale)")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower left")
+    # the legend sits beside the axes, so it covers no curve (the phase change is at the lower left)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return _save(fig, path)

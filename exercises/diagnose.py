@@ -1,0 +1,369 @@
+"""Name the mistake: what the difference between a wrong gradient and the right one says.
+
+A learner's gradient ``mine`` and the right one (the torch twin's) differ in telling ways when
+the backward holds one of the classic mistakes. Each detector below asks for an exact fit, to
+rounding (``FIT``, relative): a mistake that fits none of them gets no hint, never a guess.
+
+    repeated tokens   W_E's rows of tokens that appear once are right, those of repeated tokens
+                      are not: a fancy-indexed ``+=`` keeps one occurrence, ``np.add.at`` adds all
+    constant factor   mine = c * right everywhere; c is named when it is recognisable
+                      (2, 1/2, -1, n/(n-1), 1/batch, sqrt(d_head/d_model), ...)
+    transposed        mine is right with two axes of the same size swapped
+    missing sum       mine is the gradient from one batch row, or one position, alone
+    one path          a residual's gradient lacks its skip path, or holds only it; LayerNorm's
+                      input gradient is off by the same amount across each row (the mean's
+                      path) or by a multiple of the centred row (the variance's path)
+    causal            an upstream gradient at position 0 alone reaches later positions (the
+                      twin's stays exactly 0 there), or masked attention scores get a gradient
+
+Where to look: the first hook point whose gradient is wrong, walking backward from the output
+(the mistake sits in the lines just before that hook's ``backward`` call), then the wrong
+tensors, then the probes that rerun the backward with an upstream gradient of one batch row
+or one position. The first detector that fits gives the hint.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FIT = 1e-8  # a fit counts when |mine - candidate| <= FIT * max(|mine|, |candidate|) (Euclidean norms)
+RIGHT = 1e-7  # a tensor is right when |mine - right| <= RIGHT * |right| (then it is no evidence of a mistake)
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """One recognised mistake: its kind, the tensor or hook point it shows in, and a one-line hint."""
+
+    kind: str    # "repeated tokens", "constant factor", "transposed", "missing sum", "one path", "causal"
+    tensor: str  # e.g. "W_E", "x", "hook_pattern", "blocks.1.hook_resid_mid"
+    hint: str    # one line, for the learner
+
+
+@dataclass
+class Evidence:
+    """What the checker saw for one component under one variant (gradients as float64 ndarrays).
+
+    tensors: {name: (mine, right)} for each parameter and the input gradient (named as forward's
+        argument: x, resid_pre, logits), in named_parameters order, the input last.
+    hooks: {hook name: (mine or None, right)} in forward order; None: the learner never passed a
+        gradient through that hook point.
+    activations: {hook name: activation} from the forward pass (the twin's).
+    rerun: rerun(R) -> (mine, right), each {name: gradient} over tensors and hooks, after a fresh
+        forward and backward with upstream gradient R; None when the backward cannot be rerun.
+    """
+
+    cls: str
+    cfg: object
+    inputs: tuple
+    R: np.ndarray
+    tensors: dict
+    hooks: dict = field(default_factory=dict)
+    activations: dict = field(default_factory=dict)
+    rerun: object = None
+
+
+def diagnose(evidence: Evidence):
+    """The first recognised mistake in ``evidence``, or None (a right answer, or a mistake none of the detectors fits)."""
+    wrong_tensors = [name for name, (mine, right) in evidence.tensors.items() if not _right(mine, right)]
+    wrong_hooks = [name for name, (mine, right) in evidence.hooks.items() if mine is not None and not _right(mine, right)]
+    if not wrong_tensors and not wrong_hooks:
+        return None
+    for name in wrong_tensors:
+        if name.split(".")[-1] == "W_E":
+            found = repeated_tokens(name, *evidence.tensors[name], _tokens(evidence))
+            if found:
+                return found
+    # backward order: the last hook point of the forward is the first the gradient reaches
+    first_hook = next((name for name in reversed(list(evidence.hooks)) if name in wrong_hooks), None)
+    candidates = ([first_hook] if first_hook else []) + list(reversed(wrong_tensors))
+    for name in candidates:
+        mine, right = evidence.hooks[name] if name == first_hook else evidence.tensors[name]
+        found = (constant_factor(name, mine, right, _sizes(evidence))
+                 or transposed(name, mine, right)
+                 or residual_path(name, mine, right, evidence)
+                 or layernorm_paths(name, mine, right, evidence))
+        if found:
+            return found
+    if evidence.rerun is None:
+        return None
+    try:
+        return missing_sum(evidence, wrong_tensors) or causal(evidence)
+    except Exception:  # the learner's backward failing on a second run is no evidence of anything here
+        return None
+
+
+# --- the detectors, each: (name, mine, right, ...) -> Diagnosis or None ---
+
+def repeated_tokens(name, mine, right, tokens):
+    """W_E: rows of tokens seen once right, rows of tokens seen more than once wrong."""
+    if tokens is None or mine.shape != right.shape:
+        return None
+    counts = np.bincount(np.asarray(tokens).ravel(), minlength=right.shape[0])[: right.shape[0]]
+    once, repeated = counts == 1, counts > 1
+    if not once.any() or not repeated.any():
+        return None
+    if _right(mine[once], right[once]) and not _right(mine[repeated], right[repeated]):
+        return Diagnosis("repeated tokens", name, (
+            f"{name}: rows of tokens that appear once are right, rows of repeated tokens are not: "
+            f"W_E.grad[tokens] += ... keeps one occurrence of each; np.add.at(W_E.grad, tokens, ...) adds them all"))
+    return None
+
+
+def constant_factor(name, mine, right, sizes):
+    """mine = c * right everywhere (c != 1), with c named when it is a recognisable number."""
+    if mine.shape != right.shape or not np.any(right):
+        return None
+    c = float(np.vdot(mine, right) / np.vdot(right, right))
+    if abs(c - 1) <= FIT or not _fits(mine, c * right):
+        return None
+    if abs(c) <= FIT:
+        return None  # all zeros: the checker says so in its own words
+    label = recognise(c, sizes)
+    if label is None:
+        return Diagnosis("constant factor", name,
+                         f"{name} is {c:.4g} times the right gradient, everywhere: one constant factor is off")
+    what, why = label
+    value = "" if what.lstrip("-") in ("1", "2", "1/2") else f" = {c:.4g}"
+    return Diagnosis("constant factor", name, f"{name} is {what}{value} times the right gradient, everywhere: {why}")
+
+
+def transposed(name, mine, right):
+    """mine is right with two axes of equal size swapped (e.g. q_pos and k_pos, or a square matrix)."""
+    if mine.shape != right.shape or mine.ndim < 2:
+        return None
+    for i in range(mine.ndim):
+        for j in range(i + 1, mine.ndim):
+            if mine.shape[i] == mine.shape[j] and _fits(mine, np.swapaxes(right, i, j)):
+                axes = AXIS_NAMES.get(name.split(".")[-1])
+                which = f"{axes[i]} and {axes[j]}" if axes else f"axes {i} and {j}"
+                return Diagnosis("transposed", name, (
+                    f"{name} is the right gradient transposed ({which} swapped): a matrix used where its "
+                    f"transpose belongs (.T or swapaxes(-1, -2) missing, or one too many)"))
+    return None
+
+
+def residual_path(name, mine, right, evidence):
+    """At a residual stream point: mine lacks the skip path's gradient, or holds nothing else."""
+    short = name.split(".")[-1]
+    prefix = name[: len(name) - len(short)]
+    if short in ("resid_pre", "hook_resid_pre"):
+        branch, skip_hook = "attention", prefix + "hook_attn_out"
+    elif short == "hook_resid_mid":
+        branch, skip_hook = "MLP", prefix + "hook_mlp_out"
+    else:
+        return None
+    if skip_hook not in evidence.hooks:
+        return None
+    skip = evidence.hooks[skip_hook][1]  # the gradient arriving at the residual add: what the skip path carries
+    if _fits(mine, right - skip):
+        return Diagnosis("one path", name, (
+            f"{name} lacks the skip path: a residual add (x + {branch}(...)) copies x to two places, "
+            f"so its gradient is the sum of both; add the gradient that arrived at the add to the {branch} branch's"))
+    if _fits(mine, skip):
+        return Diagnosis("one path", name, (
+            f"{name} holds only the skip path: the gradient back through the {branch} branch is missing "
+            f"(a residual add's input gets the sum of both)"))
+    return None
+
+
+def layernorm_paths(name, mine, right, evidence):
+    """LayerNorm's input gradient off by a constant per row (the mean's path) or a multiple of the centred row (the variance's)."""
+    if mine.shape != right.shape or mine.ndim < 1 or mine.shape[-1] != evidence.cfg.d_model:
+        return None
+    if evidence.cls != "LayerNorm" and evidence.cfg.normalization is None:
+        return None
+    difference = mine - right
+    scale = max(np.linalg.norm(mine), np.linalg.norm(right))
+    if np.linalg.norm(difference) <= FIT * scale:
+        return None
+    per_row = difference.mean(axis=-1, keepdims=True)  # [..., 1]
+    if np.linalg.norm(difference - per_row) <= FIT * scale:
+        return Diagnosis("one path", name, (
+            f"{name} is off by the same amount across each row: the gradient through the mean is missing or wrong "
+            f"(forward: centered = x - mean, mean = x.mean(-1); x reaches centered directly and through the mean)"))
+    for x in _layernorm_inputs(name, evidence):
+        if x.shape != difference.shape:
+            continue
+        centered = x - x.mean(axis=-1, keepdims=True)  # [..., d_model]
+        alpha = (difference * centered).sum(-1, keepdims=True) / np.maximum((centered**2).sum(-1, keepdims=True), 1e-300)
+        if np.linalg.norm(difference - alpha * centered) <= FIT * scale:
+            return Diagnosis("one path", name, (
+                f"{name} is off by a multiple of the centred row: the gradient through the variance is missing or wrong "
+                f"(forward: var = mean(centered**2), scale = sqrt(var + eps); centered reaches the output through scale too)"))
+    return None
+
+
+def missing_sum(evidence, wrong_tensors):
+    """A parameter's gradient that is the gradient from one batch row, or one position, alone."""
+    R = np.asarray(evidence.R)
+    parameters = [name for name in wrong_tensors if name in _parameter_names(evidence)]
+    if R.ndim < 2 or not parameters:
+        return None
+    batch, pos = R.shape[:2]
+    for axis, label, count in ((0, "batch row", batch), (1, "position", pos)):
+        for index in range(count):
+            part = np.zeros_like(R)
+            where = (slice(None),) * axis + (index,)
+            part[where] = R[where]
+            _, right = evidence.rerun(part)
+            for name in parameters:
+                mine, full = evidence.tensors[name]
+                if np.any(right[name]) and not _fits(full, right[name]) and _fits(mine, right[name]):
+                    axis_name = "batch" if axis == 0 else "pos"
+                    return Diagnosis("missing sum", name, (
+                        f"{name} is the gradient from {label} {index} alone: a parameter used at every "
+                        f"{'sequence' if axis == 0 else 'position'} collects the gradient of all of them "
+                        f"(sum over the {axis_name} axis instead of indexing it)"))
+    return None
+
+
+def causal(evidence):
+    """An upstream gradient at position 0 alone must reach nothing after position 0 in a causal model."""
+    if not getattr(evidence.cfg, "causal", False) or evidence.cls not in ("MultiHeadAttention", "TransformerBlock", "Transformer"):
+        return None
+    for name, (mine, right) in evidence.hooks.items():
+        if mine is not None and name.split(".")[-1] == "hook_attn_scores":
+            allowed = np.tril(np.ones(right.shape[-2:], dtype=bool))  # [q_pos, k_pos]
+            if not np.any(right[..., ~allowed]) and np.any(np.abs(mine[..., ~allowed]) > FIT * np.abs(right).max()):
+                return Diagnosis("causal", name, (
+                    f"{name} has a gradient where the mask hides a key (k_pos > q_pos): masked scores are constants "
+                    "(-inf), so their gradient is 0"))
+    R = np.asarray(evidence.R)
+    first = np.zeros_like(R)
+    first[:, 0] = R[:, 0]
+    mine, right = evidence.rerun(first)
+    names = [name for name in reversed(list(evidence.hooks)) if name.split(".")[-1] not in ("hook_attn_scores", "hook_pattern")]
+    names += [name for name in evidence.tensors if name not in _parameter_names(evidence)]
+    largest = max((np.abs(g).max() for g in right.values() if g is not None and np.size(g)), default=0.0)
+    for name in names:
+        if mine.get(name) is None or right.get(name) is None or np.ndim(right[name]) < 2:
+            continue
+        later_mine, later_right = np.abs(mine[name][:, 1:]), np.abs(right[name][:, 1:])
+        if not np.any(later_right) and np.any(later_mine > FIT * largest):
+            return Diagnosis("causal", name, (
+                f"causal structure broken at {name}: an upstream gradient at position 0 alone reaches later "
+                "positions (the twin's stays 0): a mask left out, or the pattern used untransposed (forward: z = pattern @ v)"))
+    return None
+
+
+def diagnose_error(message):
+    """A hint for an error a backward raised: shapes that are each other's transpose, or None."""
+    shapes = [tuple(int(n) for n in re.findall(r"\d+", group))
+              for group in re.findall(r"\((\d+(?:\s*,\s*\d+)+),?\)", message)]
+    for i, a in enumerate(shapes):
+        for b in shapes[i + 1:]:
+            if a != b and len(a) == len(b) and sorted(a) == sorted(b) and sum(x != y for x, y in zip(a, b)) == 2:
+                return Diagnosis("transposed", "", (
+                    f"shapes {a} and {b} are each other's transpose: a matrix used where its transpose belongs "
+                    "(.T or swapaxes missing, or one too many)"))
+    return None
+
+
+# --- naming constants ---
+
+def recognise(c, sizes):
+    """(name, reason) for a constant factor c, from the sizes in play, or None when it is no recognisable number.
+
+    -1, 2 and 1/2 are named as they are; when sizes coincide (batch = d_head = 3), the first
+    reading is given, with one other in brackets.
+    """
+    matches = [(what, why) for value, what, why in _named_constants(sizes) if abs(c - value) <= 1e-6 * abs(value)]
+    if not matches:
+        return None
+    what, why = matches[0]
+    if what.lstrip("-") in ("1", "2", "1/2"):
+        return what, why
+    others = list(dict.fromkeys(other for other, _ in matches[1:] if other != what))
+    return (what + (f" (or {others[0]})" if others else "")), why
+
+
+def _named_constants(sizes):
+    """(value, name, likely reason), most specific first; sizes is {name: int}, e.g. {"d_model": 8, "batch": 3}."""
+    out = [(-1.0, "-1", "the sign is flipped"),
+           (2.0, "2", "a term counted twice, or the 2 of a square's derivative applied twice"),
+           (0.5, "1/2", "half of it is missing: a 2 (a square's derivative) left out")]
+    scales = [(n, s) for n, s in sizes.items() if s > 1]
+    for a, size_a in scales:
+        for b, size_b in scales:
+            if size_a != size_b and {a, b} <= {"d_head", "d_model", "d_mlp", "n_heads"}:
+                out.append((math.sqrt(size_a / size_b), f"sqrt({a}/{b})",
+                            f"divided by sqrt({b}) where sqrt({a}) belongs"))
+    for n, s in scales:
+        out += [(s / (s - 1), f"{n}/({n}-1)", f"divided by {n}-1 where {n} belongs (an unbiased count?)"),
+                ((s - 1) / s, f"({n}-1)/{n}", f"divided by {n} where {n}-1 belongs"),
+                (1 / s, f"1/{n}", f"a mean over {n} where a sum belongs, or a 1/{n} too many"),
+                (float(s), n, f"a sum over {n} where a mean belongs, or a 1/{n} left out"),
+                (1 / math.sqrt(s), f"1/sqrt({n})", f"divided by sqrt({n}) once too often"),
+                (math.sqrt(s), f"sqrt({n})", f"the 1/sqrt({n}) scale left out")]
+    return out + [(-value, f"-{what}", f"the sign is flipped, and {why}") for value, what, why in out[1:]]
+
+
+def _sizes(evidence):
+    """{name: size}: the batch's sizes first (sums and means run over them), then the config's."""
+    cfg = evidence.cfg
+    sizes = {}
+    first = np.asarray(evidence.inputs[0]) if evidence.inputs else None
+    if first is not None and first.ndim >= 2:
+        sizes.update(batch=first.shape[0], pos=first.shape[1], tokens=first.shape[0] * first.shape[1])
+    sizes.update({key: getattr(cfg, key) for key in ("d_model", "d_head", "d_mlp", "n_heads", "d_vocab", "n_ctx")})
+    return sizes
+
+
+# axis names of the tensors whose shapes repeat a size (q_pos = k_pos; square matrices)
+AXIS_NAMES = {
+    "hook_attn_scores": ("batch", "head", "q_pos", "k_pos"),
+    "hook_pattern": ("batch", "head", "q_pos", "k_pos"),
+    "hook_q": ("batch", "pos", "head", "d_head"), "hook_k": ("batch", "pos", "head", "d_head"),
+    "hook_v": ("batch", "pos", "head", "d_head"), "hook_z": ("batch", "pos", "head", "d_head"),
+}
+
+
+# --- helpers ---
+
+def _norm(x):
+    return float(np.linalg.norm(np.asarray(x, dtype=np.float64)))
+
+
+def _fits(mine, candidate):
+    mine, candidate = np.asarray(mine), np.asarray(candidate)
+    if mine.shape != candidate.shape:
+        return False
+    scale = max(_norm(mine), _norm(candidate))
+    return scale > 0 and _norm(mine - candidate) <= FIT * scale
+
+
+def _right(mine, right):
+    mine, right = np.asarray(mine), np.asarray(right)
+    if mine.shape != right.shape or not np.all(np.isfinite(mine)):
+        return False
+    return _norm(mine - right) <= RIGHT * max(_norm(right), 1e-300)
+
+
+def _tokens(evidence):
+    first = np.asarray(evidence.inputs[0]) if evidence.inputs else None
+    return first if first is not None and np.issubdtype(first.dtype, np.integer) else None
+
+
+def _parameter_names(evidence):
+    """Tensor names that are parameters (the input gradient is the one named after forward's argument)."""
+    inputs = {"x", "resid_pre", "logits", "tokens"}
+    return [name for name in evidence.tensors if name not in inputs]
+
+
+def _layernorm_inputs(name, evidence):
+    """What a LayerNorm normalised, where ``name``'s gradient arrives: the component's x, or the activation at a hook."""
+    if evidence.cls == "LayerNorm":
+        return [np.asarray(evidence.inputs[0], dtype=np.float64)]
+    acts = evidence.activations
+    out = [acts[name]] if name in acts else []
+    short = name.split(".")[-1]
+    prefix = name[: len(name) - len(short)]
+    # post-norm: LayerNorm(resid + branch_out); the gradient at the branch's output hook is the sum's
+    for branch, resid in (("hook_attn_out", "hook_resid_pre"), ("hook_mlp_out", "hook_resid_mid")):
+        if short == branch and prefix + resid in acts and name in acts:
+            out.append(acts[prefix + resid] + acts[name])
+    return [np.asarray(x, dtype=np.float64) for x in out]

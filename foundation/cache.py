@@ -1,0 +1,272 @@
+"""TransformerLens's residual-stream methods on the activation cache, written once for both twins.
+
+Axes: component (one entry of a stack), batch, pos, head, d_model, d_head.
+
+    cache.accumulated_resid()        [layer + 1, batch, pos, d_model]  resid_pre of each layer, then the final resid_post
+    cache.decompose_resid()          [component, batch, pos, d_model]  embed, pos_embed, each attn_out and mlp_out
+    cache.stack_head_results()       [layer * head, batch, pos, d_model]  each head's z_h W_O[h]
+    cache.stack_activation("pattern")  [layer, ...]                    one activation of every layer
+    cache.apply_ln_to_stack(stack)   the stack as the next LayerNorm sees it (its cached scale)
+    cache.logit_attrs(stack, tokens) [component, batch, pos]           each component's direct effect on a logit
+
+Sum rules (pre-norm and un-normalised models): the decomposition adds up to the residual stream
+it decomposes, and the head results plus the remainder add up to it too; the last accumulated
+residual is the final ``resid_post``. With ``ln_final``'s scale held at its cached value the
+final LayerNorm is linear, so the logit attributions add up to the logit (difference) once the
+constant terms are added: ``ln_final.b @ direction`` and ``b_U``. A post-norm model applies a
+LayerNorm after every sum, so its residual stream is not a sum of component outputs; the
+decompositions refuse it.
+
+Per-head results: this model has no ``hook_result``; ``stack_head_results`` computes each head's
+output from the cached ``hook_z`` and the model's ``W_O`` (TransformerLens does the same when
+``use_attn_result`` is off). ``b_O`` is not part of any head: it stays in the remainder.
+
+Each method works on what the cache holds (ndarrays or tensors) with operations both libraries
+spell the same way; ``stack`` and the model's ``ln_final`` are the only calls into the library.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from .views import stack
+
+MODES = ("all", "mlp", "attn")
+
+
+class ActivationCacheMethods:
+    """Mixed into ``ActivationCache``: needs ``self.cfg``, ``self.model``, ``self.has_batch_dim`` and ``self[key]``."""
+
+    # --- checks and conversions ---
+
+    def _model(self, method):
+        if self.model is None:
+            raise ValueError(f"{method} needs the model's weights: use the cache from model.run_with_cache "
+                             "(or ActivationCache(..., model=model))")
+        return self.model
+
+    def _layer(self, layer, name="layer"):
+        """None or -1 -> n_layers (the unembedding's input); otherwise an int in [0, n_layers]."""
+        n_layers = self.cfg.n_layers
+        if layer is None or (not isinstance(layer, bool) and isinstance(layer, (int, np.integer)) and layer == -1):
+            return n_layers
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise TypeError(f"{name} must be an int or None, got {layer!r}")
+        if not 0 <= layer <= n_layers:
+            raise ValueError(f"{name} must lie in [0, n_layers={n_layers}] (or be -1 or None for n_layers), got {layer}")
+        return int(layer)
+
+    def _check_sum_of_components(self, method):
+        if self.cfg.normalization == "post":
+            raise ValueError(f"{method}: this model is post-norm (cfg.normalization='post'), so a LayerNorm follows "
+                             "every sum and the residual stream is not a sum of component outputs")
+
+    def _like_cache(self, array):
+        """A model weight in the kind of array the cache holds (ndarrays after ``to_numpy()``)."""
+        if not self.cache_dict:
+            raise ValueError("the cache is empty (names_filter kept no hook)")
+        values_are_numpy = isinstance(next(iter(self.cache_dict.values())), np.ndarray)
+        if values_are_numpy and not isinstance(array, np.ndarray):
+            return array.detach().cpu().numpy()
+        return array
+
+    def _batch_pos(self, array):
+        """An activation of the cache's kind with a batch axis, whether or not ``remove_batch_dim`` ran."""
+        return array if self.has_batch_dim else array[None]
+
+    # --- stacks of the residual stream ---
+
+    def accumulated_resid(self, layer=None, incl_mid=False, apply_ln=False, mlp_input=False, return_labels=False):
+        """The residual stream as it stood before each layer -> [component, batch, pos, d_model].
+
+        Up to ``layer`` (None, -1 or n_layers: every layer and then the final ``resid_post``):
+        ``resid_pre`` of layers 0 .. layer (labels ``"0_pre"``, ... , ``"final_post"``);
+        ``incl_mid`` adds each earlier layer's ``resid_mid``, ``mlp_input`` adds this layer's.
+        ``apply_ln`` puts every entry through the LayerNorm that reads it: for the final layer,
+        ``ln_final`` recomputed on each entry (the logit lens); otherwise that layer's ln1 (ln2
+        with ``mlp_input``) with its cached scale.
+        """
+        layer = self._layer(layer)
+        n_layers = self.cfg.n_layers
+        if mlp_input and layer == n_layers:
+            raise ValueError("mlp_input=True needs a layer below n_layers (the unembedding has no MLP)")
+        parts, labels = [], []
+        for i in range(layer + 1):
+            if i == n_layers:
+                parts.append(self["resid_post", n_layers - 1])
+                labels.append("final_post")
+                continue
+            parts.append(self["resid_pre", i])
+            labels.append(f"{i}_pre")
+            if (incl_mid and i < layer) or (mlp_input and i == layer):
+                parts.append(self["resid_mid", i])
+                labels.append(f"{i}_mid")
+        components = stack(parts)  # [component, batch, pos, d_model]
+        if apply_ln:
+            components = self.apply_ln_to_stack(components, layer, mlp_input=mlp_input, recompute_ln=layer == n_layers)
+        return (components, labels) if return_labels else components
+
+    def decompose_resid(self, layer=None, mlp_input=False, mode="all", apply_ln=False, incl_embeds=True,
+                        return_labels=False):
+        """The residual stream entering ``layer`` as the outputs that add up to it -> [component, batch, pos, d_model].
+
+        ``embed``, ``pos_embed`` (when ``incl_embeds``), then ``{i}_attn_out`` and ``{i}_mlp_out`` of
+        each earlier layer (``mode`` "attn" or "mlp" keeps one kind), plus this layer's attn_out
+        with ``mlp_input``. Summed over components: ``resid_pre`` of ``layer`` (``resid_mid`` with
+        ``mlp_input``; the final ``resid_post`` for layer None).
+        """
+        self._check_sum_of_components("decompose_resid")
+        layer = self._layer(layer)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mlp_input and layer == self.cfg.n_layers:
+            raise ValueError("mlp_input=True needs a layer below n_layers (the unembedding has no MLP)")
+        incl_attn = mode != "mlp"
+        incl_mlp = mode != "attn" and not self.cfg.attn_only
+        parts, labels = [], []
+        if incl_embeds:
+            parts += [self["hook_embed"], self["hook_pos_embed"]]
+            labels += ["embed", "pos_embed"]
+        for i in range(layer):
+            if incl_attn:
+                parts.append(self["attn_out", i])
+                labels.append(f"{i}_attn_out")
+            if incl_mlp:
+                parts.append(self["mlp_out", i])
+                labels.append(f"{i}_mlp_out")
+        if mlp_input and incl_attn:
+            parts.append(self["attn_out", layer])
+            labels.append(f"{layer}_attn_out")
+        components = stack(parts) if parts else self["hook_embed"][None][:0]  # [component, batch, pos, d_model]
+        if apply_ln:
+            components = self.apply_ln_to_stack(components, layer, mlp_input=mlp_input)
+        return (components, labels) if return_labels else components
+
+    def stack_head_results(self, layer=-1, return_labels=False, incl_remainder=False, apply_ln=False):
+        """Every head's output in the layers before ``layer`` -> [layer * head, batch, pos, d_model].
+
+        Head h of layer i writes ``z[..., h, :] @ W_O[i, h]`` (labels ``"L{i}H{h}"``), computed here
+        from ``hook_z``. ``incl_remainder`` adds the rest of the residual stream entering ``layer``
+        (embeddings, ``b_O``, MLP outputs), so the stack adds up to it.
+        """
+        self._check_sum_of_components("stack_head_results")
+        layer = self._layer(layer)
+        W_O = self._like_cache(self._model("stack_head_results").W_O)  # [layer, head, d_head, d_model]
+        parts, labels = [], []
+        for i in range(layer):
+            z = self["z", i]  # [batch, pos, head, d_head]
+            for h in range(self.cfg.n_heads):
+                parts.append(z[..., h, :] @ W_O[i, h])  # [batch, pos, d_model]
+                labels.append(f"L{i}H{h}")
+        if incl_remainder:
+            resid = self["resid_pre", layer] if layer < self.cfg.n_layers else self["resid_post", layer - 1]
+            parts.append(resid - stack(parts).sum(0) if parts else resid)  # [batch, pos, d_model]
+            labels.append("remainder")
+        components = stack(parts) if parts else self["hook_embed"][None][:0]  # [component, batch, pos, d_model]
+        if apply_ln:
+            components = self.apply_ln_to_stack(components, layer)
+        return (components, labels) if return_labels else components
+
+    def stack_activation(self, activation_name, layer=-1, sublayer_type=None):
+        """One activation of every layer before ``layer``, stacked -> [layer, *activation shape]."""
+        layer = self._layer(layer)
+        if layer == 0:
+            raise ValueError("stack_activation needs layer >= 1 (layers before it are stacked)")
+        return stack([self[activation_name, i, sublayer_type] for i in range(layer)])
+
+    # --- LayerNorm and logits ---
+
+    def apply_ln_to_stack(self, residual_stack, layer=None, mlp_input=False, recompute_ln=False):
+        """A stack of residual-stream pieces as the LayerNorm entering ``layer`` treats them.
+
+        With the cached scale (default): centre each piece and divide by the scale that LayerNorm
+        computed on the whole stream, ``blocks.{layer}.ln1.hook_scale`` (ln2 with ``mlp_input``;
+        ``ln_final`` for layer None or n_layers). That map is linear, so pieces that summed to the
+        stream sum to the normalised stream; ``w`` and ``b`` are not applied (TransformerLens folds
+        them into the next weights). ``recompute_ln`` (final layer only) instead puts each piece
+        through ``ln_final`` itself, its own mean and scale, ``w`` and ``b`` included.
+        An un-normalised model (cfg.normalization=None) returns the stack unchanged.
+        """
+        layer = self._layer(layer)
+        if self.cfg.normalization is None:
+            return residual_stack
+        self._check_sum_of_components("apply_ln_to_stack")
+        if residual_stack.ndim < 2 or residual_stack.shape[-1] != self.cfg.d_model:
+            raise ValueError(f"residual_stack must have shape [component, ..., d_model={self.cfg.d_model}], "
+                             f"got {tuple(residual_stack.shape)}")
+        final = layer == self.cfg.n_layers
+        if mlp_input and final:
+            raise ValueError("mlp_input=True needs a layer below n_layers (ln_final reads the unembedding's input)")
+        if recompute_ln and final:
+            return stack([self._ln_final(piece) for piece in residual_stack])
+        name = "ln_final.hook_scale" if final else f"blocks.{layer}.ln{2 if mlp_input else 1}.hook_scale"
+        scale = self[name]  # [batch, pos, 1]
+        centered = residual_stack - residual_stack.mean(-1)[..., None]  # [component, batch, pos, d_model]
+        return centered / scale  # [component, batch, pos, d_model]
+
+    def _ln_final(self, resid):
+        """The model's own ``ln_final`` on one piece [batch, pos, d_model] (or [pos, d_model])."""
+        model = self._model("apply_ln_to_stack(recompute_ln=True)")
+        # a shallow copy: the NumPy LayerNorm keeps what its backward needs on itself, and the
+        # model's own must keep the state of the model's last forward
+        ln_copy = copy.copy(model.ln_final)
+        w = model._param_value(model.ln_final.w)  # [d_model]
+        x = self._batch_pos(resid)  # [batch, pos, d_model]
+        if isinstance(x, np.ndarray) and not isinstance(w, np.ndarray):
+            x = w.new_tensor(x)  # a cache made NumPy by to_numpy(), from the torch twin
+        out = ln_copy(x)  # [batch, pos, d_model]
+        out = self._like_cache(out.detach() if hasattr(out, "detach") else out)
+        return out if self.has_batch_dim else out[0]
+
+    def logit_attrs(self, residual_stack, tokens, incorrect_tokens=None):
+        """Each piece's direct effect on the logit of ``tokens`` (minus ``incorrect_tokens``') -> [component, batch, pos].
+
+        ``tokens``: an int (every position), an int array [batch] (one per sequence, every
+        position) or [batch, pos]. The pieces go through ``apply_ln_to_stack`` (the cached
+        ``ln_final`` scale) and are read along ``W_U[:, token] * ln_final.w``: this model keeps
+        ``ln_final.w`` apart from ``W_U``, where TransformerLens folds it in when loading. Adding
+        ``ln_final.b @ W_U[:, token] + b_U[token]`` to the sum over pieces gives the logit.
+        """
+        model = self._model("logit_attrs")
+        if not model.cfg.unembed:
+            raise ValueError("logit_attrs needs a model with an unembedding (cfg.unembed=True)")
+        tokens = self._token_ids(tokens, "tokens")
+        direction = self._like_cache(model.tokens_to_residual_directions(tokens))  # [*tokens.shape, d_model]
+        if incorrect_tokens is not None:
+            incorrect_tokens = self._token_ids(incorrect_tokens, "incorrect_tokens")
+            if incorrect_tokens.shape != tokens.shape:
+                raise ValueError(f"tokens and incorrect_tokens must have the same shape, got {tokens.shape} "
+                                 f"and {incorrect_tokens.shape}")
+            direction = direction - self._like_cache(model.tokens_to_residual_directions(incorrect_tokens))
+        if self.cfg.normalization == "pre":
+            direction = direction * self._like_cache(model._param_value(model.ln_final.w))  # [..., d_model]
+        scaled = self.apply_ln_to_stack(residual_stack, None)  # [component, batch, pos, d_model]
+        if tokens.ndim == 1 and self.has_batch_dim and scaled.ndim == 4:
+            direction = direction[:, None, :]  # [batch, 1, d_model]: one token per sequence, every position
+        return (scaled * direction).sum(-1)  # [component, batch, pos]
+
+    def _token_ids(self, tokens, name):
+        """An int ndarray of token ids in [0, d_vocab), from an int, a list, an array or a tensor."""
+        array = tokens.detach().cpu().numpy() if hasattr(tokens, "detach") else np.asarray(tokens)
+        if array.dtype.kind not in "iu" or isinstance(tokens, bool):
+            raise TypeError(f"{name} must be token ids (ints), got {tokens!r}")
+        if array.ndim > 2:
+            raise ValueError(f"{name} must be an int, [batch] or [batch, pos], got shape {array.shape}")
+        if array.size and (array.min() < 0 or array.max() >= self.cfg.d_vocab):
+            raise ValueError(f"{name} must lie in [0, d_vocab={self.cfg.d_vocab}), got {tokens!r}")
+        return array
+
+    # --- shape ---
+
+    def remove_batch_dim(self):
+        """Drop the batch axis of every entry of a batch-1 cache (in place, as TransformerLens); returns the cache."""
+        if not self.has_batch_dim:
+            return self
+        sizes = {value.shape[0] for value in self.cache_dict.values()}
+        if sizes != {1}:
+            raise ValueError(f"remove_batch_dim needs a cache of batch size 1, got batch sizes {sorted(sizes)}")
+        self.cache_dict = {name: value[0] for name, value in self.cache_dict.items()}
+        self.has_batch_dim = False
+        return self

@@ -1,0 +1,177 @@
+"""Diagnoses: each classic mistake, planted in a learner's copy, gets the hint that names it.
+
+Every planted mistake is one line of the reference's backward changed, in a copy whose other
+bodies are the reference's (as ``test_exercises.py`` plants them); the checker must mark the
+exercise wrong and give the hint of that kind. Right answers get no hint, and mistakes that
+fit none of the detectors (a softmax without its row sum, GELU's derivative missing a term)
+get none either: a hint is either exact or absent.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import numpy_impl as npi
+from exercises import diagnose as dg
+from exercises.catalog import EXERCISES
+from exercises.check import check
+from exercises.generate import write_copy
+from gradcheck.factory import build, make_inputs
+from parity_tests.test_exercises import plant, put_back_reference_bodies
+
+SAMPLE = 3
+
+# (label, exercise, file, reference line, planted line, kind, words the hint must hold)
+PLANTED = [
+    ("fancy-indexed +=", "embedding", "embedding.py",
+     "np.add.at(self.W_E.grad, tokens, dembed)", "self.W_E.grad[tokens] += dembed",
+     "repeated tokens", ["repeated tokens", "np.add.at"]),
+    ("n-1 in a mean", "loss", "loss.py",
+     "dnll = dloss * weights / weights.sum()", "dnll = dloss * weights / (weights.sum() - 1)",
+     "constant factor", ["tokens/(tokens-1)"]),
+    ("sqrt(d_model) for sqrt(d_head)", "attention", "attention.py",
+     "dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)", "dq_h = dscores @ k_h / math.sqrt(self.cfg.d_model)",
+     "constant factor", ["sqrt(d_head/d_model)", "hook_q"]),
+    ("a 2 too many", "unembed", "unembed.py",
+     "dx = dlogits @ self.W_U.data.T", "dx = 2 * dlogits @ self.W_U.data.T",
+     "constant factor", ["x is 2 times"]),
+    ("a 1/2", "feedforward", "feedforward.py",
+     "self.b_out.grad += dout.sum(axis=(0, 1))", "self.b_out.grad += 0.5 * dout.sum(axis=(0, 1))",
+     "constant factor", ["b_out is 1/2"]),
+    ("sign flipped", "feedforward", "feedforward.py",
+     "dx = dpre @ self.W_in.data.T", "dx = -dpre @ self.W_in.data.T",
+     "constant factor", ["-1", "sign is flipped"]),
+    ("mean for a sum", "positional", "positional.py",
+     "self.W_pos.grad[:pos] += dpos_embed.sum(axis=0)", "self.W_pos.grad[:pos] += dpos_embed.mean(axis=0)",
+     "constant factor", ["1/batch", "a mean over batch where a sum belongs"]),
+    ("pattern gradient transposed", "attention", "attention.py",
+     "dpattern = dz_h @ v_h.swapaxes(-1, -2)", "dpattern = v_h @ dz_h.swapaxes(-1, -2)",
+     "transposed", ["hook_pattern", "q_pos and k_pos swapped"]),
+    ("W_U.grad's einsum transposed", "unembed", "unembed.py",
+     'np.einsum("bpm,bpv->mv", x, dlogits, optimize=True)', 'np.einsum("bpm,bpv->vm", x, dlogits, optimize=True)',
+     "transposed", ["transpose"]),
+    ("first batch row only", "positional", "positional.py",
+     "self.W_pos.grad[:pos] += dpos_embed.sum(axis=0)", "self.W_pos.grad[:pos] += dpos_embed[0]",
+     "missing sum", ["W_pos", "batch row 0 alone"]),
+    ("one position only", "unembed", "unembed.py",
+     "self.b_U.grad += dlogits.sum(axis=(0, 1))", "self.b_U.grad += dlogits[:, -1].sum(axis=0)",
+     "missing sum", ["b_U", "position 4 alone"]),
+    ("residual without its skip path", "block", "block.py",
+     'dresid_pre = dresid_mid + (self.ln1.backward(dattn_in) if norm == "pre" else dattn_in)',
+     'dresid_pre = (self.ln1.backward(dattn_in) if norm == "pre" else dattn_in)',
+     "one path", ["lacks the skip path"]),
+    ("residual with only its skip path", "block", "block.py",
+     'dresid_mid = dresid_post + (self.ln2.backward(dmlp_in) if norm == "pre" else dmlp_in)',
+     'dresid_mid = dresid_post + 0 * (self.ln2.backward(dmlp_in) if norm == "pre" else dmlp_in)',
+     "one path", ["hook_resid_mid holds only the skip path", "MLP"]),
+    ("LayerNorm without the mean's path", "layernorm", "layernorm.py",
+     "dx = dcentered + dmean / d_model", "dx = dcentered",
+     "one path", ["through the mean"]),
+    ("LayerNorm without the variance's path", "layernorm", "layernorm.py",
+     "dcentered += dvar * 2 * centered / d_model", "pass",
+     "one path", ["through the variance"]),
+    ("pattern used untransposed", "attention", "attention.py",
+     "dv_h = pattern.swapaxes(-1, -2) @ dz_h", "dv_h = pattern @ dz_h",
+     "causal", ["causal structure broken", "later positions"]),
+]
+
+UNRECOGNISED = [
+    ("softmax without its row sum", "attention", "attention.py",
+     "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))", "dscores = probs * dprobs"),
+    ("GELU's derivative missing a term", "feedforward", "feedforward.py",
+     "dpre += dinner * GELU_C * (1 + 3 * 0.044715 * pre**2)", "dpre += dinner * GELU_C"),
+]
+
+
+@pytest.fixture(scope="module")
+def solved(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("solved")
+    write_copy(directory)
+    put_back_reference_bodies(directory / "numpy_impl")
+    return directory
+
+
+def planted_copy(solved, tmp_path, file, old, new):
+    shutil.copytree(solved / "numpy_impl", tmp_path / "numpy_impl")
+    plant(tmp_path / "numpy_impl", file, old, new)
+    return tmp_path
+
+
+@pytest.mark.parametrize("label, key, file, old, new, kind, words", PLANTED, ids=[p[0] for p in PLANTED])
+def test_planted_mistake_gets_its_hint(solved, tmp_path, label, key, file, old, new, kind, words):
+    (result,) = check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE)
+    assert result.status == "wrong", f"{label}: {result.status} {result.message}"
+    assert result.hint, f"{label}: no hint; message: {result.message}"
+    for word in words:
+        assert word in result.hint, f"{label}: {word!r} not in the hint {result.hint!r}"
+
+
+@pytest.mark.parametrize("label, key, file, old, new", UNRECOGNISED, ids=[u[0] for u in UNRECOGNISED])
+def test_unrecognised_mistake_gets_no_hint(solved, tmp_path, label, key, file, old, new):
+    (result,) = check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE)
+    assert result.status == "wrong" and result.hint == "", f"{label}: a false hint {result.hint!r}"
+
+
+def evidence_of(cls, variant, mine_from_twin=False, seed=0):
+    """Evidence for ``cls`` whose 'mine' is the reference's own gradient (right to rounding)."""
+    import torch
+
+    import torch_impl
+
+    cfg = variant.config()
+    module = build(npi, cls, cfg, seed)
+    inputs = make_inputs(cls, cfg, seed + 1, variant.weighted)
+    twin = torch_impl.CrossEntropyLoss() if cls == "CrossEntropyLoss" else getattr(torch_impl, cls)(cfg)
+    twin.load_state_dict({name: torch.from_numpy(p.data.copy()) for name, p in module.named_parameters()})
+    twin_inputs = [torch.tensor(x, requires_grad=bool(np.issubdtype(x.dtype, np.floating)) and i == 0)
+                   for i, x in enumerate(inputs)]
+    out = module.forward(*inputs)
+    R = np.asarray(np.random.default_rng(seed + 2).standard_normal(np.shape(out)))
+    module.zero_grad()
+    dinput = module.backward(R.copy() if np.ndim(out) else float(R))
+    (twin(*twin_inputs) * torch.from_numpy(R)).sum().backward()
+    tensors = {name: (p.grad.copy(), tp.grad.numpy())
+               for (name, p), (_, tp) in zip(module.named_parameters(), twin.named_parameters())}
+    if dinput is not None:
+        tensors["x"] = (np.asarray(dinput), twin_inputs[0].grad.numpy())
+    return dg.Evidence(cls, cfg, tuple(inputs), R, tensors)
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=[e.key for e in EXERCISES])
+def test_right_answers_get_no_hint(exercise):
+    """The reference's gradients against the twin's: equal to rounding, so nothing to diagnose."""
+    for variant in exercise.variants:
+        assert dg.diagnose(evidence_of(exercise.cls, variant)) is None, f"{exercise.key} [{variant.label}]"
+
+
+def test_each_detector_needs_an_exact_fit():
+    rng = np.random.default_rng(0)
+    right = rng.standard_normal((3, 5, 8))  # [batch, pos, d_model]
+    sizes = {"d_model": 8, "d_head": 3, "batch": 3}
+    noisy = 2 * right + 1e-3 * rng.standard_normal(right.shape)
+    assert dg.constant_factor("x", noisy, right, sizes) is None, "2 x + noise is not a constant factor"
+    assert "2 times" in dg.constant_factor("x", 2 * right, right, sizes).hint
+    assert "1.37 times" in dg.constant_factor("x", 1.37 * right, right, sizes).hint, "an unnamed factor is still said"
+    assert dg.constant_factor("x", right, right, sizes) is None, "a factor of 1 is no mistake"
+    square = rng.standard_normal((2, 4, 4))  # [batch, q_pos, k_pos]
+    assert dg.transposed("W", square.swapaxes(1, 2), square) is not None
+    assert dg.transposed("W", square.swapaxes(1, 2) + 1e-3, square) is None
+    assert dg.transposed("W", square, square) is None
+
+
+def test_a_broadcast_error_between_transposed_shapes_is_named():
+    message = "operands could not be broadcast together with shapes (8,7) (7,8) "
+    assert dg.diagnose_error(message).kind == "transposed"
+    assert dg.diagnose_error("operands could not be broadcast together with shapes (8,7) (3,8) ") is None
+    assert dg.diagnose_error("matmul: Input operand 1 has a mismatch in its core dimension 0") is None
+
+
+def test_recognised_constants_name_their_sizes():
+    sizes = {"d_model": 8, "d_head": 3, "batch": 3, "pos": 5, "tokens": 15}
+    assert dg.recognise(np.sqrt(3 / 8), sizes)[0].startswith("sqrt(d_head/d_model)")
+    assert dg.recognise(15 / 14, sizes)[0].startswith("tokens/(tokens-1)")
+    assert dg.recognise(-0.5, sizes)[0].startswith("-1/2")
+    assert dg.recognise(1 / 8, sizes)[0].startswith("1/d_model")
+    assert dg.recognise(1.37, sizes) is None
+

@@ -1,0 +1,214 @@
+"""Finite in, finite out: inputs at the edges of the dtype, where the math still has a finite answer.
+
+Each test feeds a component values whose squares or sums overflow the dtype (float32 and
+float64) and checks forward and backward against what the math says there: a LayerNorm of a
+huge row is the LayerNorm of the same row scaled down; a GELU far from zero is ReLU; a
+softmax of huge scores is one-hot; a weighted mean does not depend on the weights' scale.
+Both twins are checked where both give the finite answer; where the torch twin's autograd
+itself gives NaN, the test says so and checks the reference alone.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import numpy_impl as npi
+import torch_impl as pti
+from parity_tests.helpers import assert_close, compare_grads, load_into_twin, randomize
+
+DTYPES = ["float64", "float32"]
+BATCH, POS = 3, 7
+# entries whose squares overflow the dtype, while their sums over d_model do not
+HUGE = {"float32": 1e30, "float64": 1e300}
+
+
+def make_cfg(dtype, **overrides):
+    fields = dict(d_vocab=13, d_model=12, n_heads=3, d_mlp=20, n_layers=2, n_ctx=POS, dtype=dtype)
+    fields.update(overrides)
+    return npi.TransformerConfig(**fields)
+
+
+def twins(name, cfg, seed=0):
+    np_module = getattr(npi, name)(cfg, rng=seed)
+    torch_module = getattr(pti, name)(cfg)
+    randomize(np_module, seed + 1)
+    load_into_twin(np_module, torch_module)
+    return np_module, torch_module
+
+
+def forward_backward(np_module, torch_module, x, dout):
+    """Both twins' output and input gradient for the same x and upstream gradient."""
+    out = np_module.forward(x)
+    dx = np_module.backward(dout)
+    x_t = torch.from_numpy(x).requires_grad_(True)
+    out_t = torch_module(x_t)
+    out_t.backward(torch.from_numpy(dout))
+    return out, dx, out_t.detach().numpy(), x_t.grad.numpy()
+
+
+def all_finite(*arrays):
+    return all(bool(np.isfinite(np.asarray(a)).all()) for a in arrays)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layernorm_of_huge_rows_is_the_layernorm_of_the_rows_scaled_down(dtype):
+    # LayerNorm(x) = LayerNorm(x / c) up to eps / c**2, which is far below rounding for these c
+    cfg = make_cfg(dtype)
+    rng = np.random.default_rng(0)
+    small = rng.standard_normal((BATCH, POS, cfg.d_model)) + 3.0
+    x = (small * HUGE[dtype]).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    np_ln, torch_ln = twins("LayerNorm", cfg)
+    out, dx, out_t, dx_t = forward_backward(np_ln, torch_ln, x, dout)
+    assert all_finite(out, dx, out_t, dx_t), "a LayerNorm of finite rows must be finite, forward and backward"
+    # the same rows scaled down to about 1e6 (eps / var about 1e-17): an ordinary input, in float64
+    c = HUGE[dtype] / 1e6
+    ref_ln, _ = twins("LayerNorm", make_cfg("float64"))
+    expected = ref_ln.forward(x.astype(np.float64) / c)
+    expected_dx = ref_ln.backward(dout.astype(np.float64)) / c  # d/dx f(x / c) = f'(x / c) / c
+    # float32 against the float64 answer: the gradient's cancellations cost a few ulps more than parity's
+    tol = {"float64": 1e-12, "float32": 1e-4}[dtype]
+    for what, actual, exact in (("output", out, expected), ("input gradient", dx, expected_dx)):
+        err = np.abs(actual - exact).max() / np.abs(exact).max()
+        assert err <= tol, f"{what} against the scaled-down rows: relative error {err:.2e} > {tol:.0e}"
+    assert_close("torch twin output", out_t, out, dtype)
+    assert_close("torch twin input gradient", dx_t, dx, dtype)
+    compare_grads(np_ln, torch_ln, dtype)
+    # the scale the hook sees is the rows' standard deviation, huge but finite
+    assert np.isfinite(np_ln.cache[1]).all() and (np_ln.cache[1] > HUGE[dtype] / 10).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layernorm_of_tiny_and_constant_rows_is_finite(dtype):
+    # below sqrt(eps) the variance is dwarfed by eps: the output is close to b, the gradient finite
+    cfg = make_cfg(dtype)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((BATCH, POS, cfg.d_model)) * np.finfo(dtype).tiny).astype(dtype)
+    x[0] = 7.0  # constant rows: centered is exactly 0
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    np_ln, torch_ln = twins("LayerNorm", cfg)
+    out, dx, out_t, dx_t = forward_backward(np_ln, torch_ln, x, dout)
+    assert all_finite(out, dx, out_t, dx_t)
+    assert_close("output at constant rows", out[0], np.broadcast_to(np_ln.b.data, out[0].shape), dtype)
+    assert_close("torch twin output", out_t, out, dtype)
+    assert_close("torch twin input gradient", dx_t, dx, dtype)
+
+
+def feedforward_pair(cfg, pre_size, seed=0):
+    """A GELU FeedForward whose pre-activations are about pre_size, and the ReLU one with its weights."""
+    gelu, gelu_t = twins("FeedForward", cfg, seed)
+    relu, relu_t = twins("FeedForward", make_cfg(cfg.dtype, act_fn="relu"), seed)
+    relu.load_state_dict(gelu.state_dict())
+    relu_t.load_state_dict(gelu.state_dict())
+    rng = np.random.default_rng(seed + 5)
+    x = (rng.standard_normal((BATCH, POS, cfg.d_model)) * pre_size).astype(cfg.dtype)
+    dout = rng.standard_normal(x.shape).astype(cfg.dtype)
+    return (gelu, gelu_t), (relu, relu_t), x, dout
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")  # pre**3 is inf; tanh(inf) is 1
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_far_from_zero_is_relu_in_both_twins(dtype):
+    # pre**3 overflows (pre about 1e15 in float32, 1e110 in float64) but pre**2 does not:
+    # tanh is exactly +-1, so GELU and its gradient are ReLU's, and both twins must say so
+    pre_size = {"float32": 1e15, "float64": 1e110}[dtype]
+    (gelu, gelu_t), (relu, relu_t), x, dout = feedforward_pair(make_cfg(dtype), pre_size)
+    out, dx, out_t, dx_t = forward_backward(gelu, gelu_t, x, dout)
+    expected, expected_dx, _, _ = forward_backward(relu, relu_t, x, dout)
+    assert all_finite(out, dx, out_t, dx_t)
+    assert_close("GELU output against ReLU's", out, expected, dtype)
+    assert_close("GELU input gradient against ReLU's", dx, expected_dx, dtype)
+    compare_grads(gelu, relu, dtype)
+    assert_close("torch twin output", out_t, out, dtype)
+    assert_close("torch twin input gradient", dx_t, dx, dtype)
+    compare_grads(gelu, gelu_t, dtype)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")  # pre**3 is inf; tanh(inf) is 1
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_backward_where_pre_squared_overflows(dtype):
+    # pre about 1e25 (float32) or 1e200 (float64): pre * pre is inf. The reference multiplies the
+    # (exactly zero) gradient of tanh's input first and stays exact. The torch twin's autograd
+    # multiplies that zero by the saved inf and returns NaN: torch's limit, not the math's.
+    pre_size = {"float32": 1e25, "float64": 1e200}[dtype]
+    (gelu, gelu_t), (relu, relu_t), x, dout = feedforward_pair(make_cfg(dtype), pre_size)
+    out, dx, _, dx_t = forward_backward(gelu, gelu_t, x, dout)
+    expected, expected_dx, _, _ = forward_backward(relu, relu_t, x, dout)
+    assert all_finite(out, dx) and all(all_finite(p.grad) for _, p in gelu.named_parameters())
+    assert_close("GELU output against ReLU's", out, expected, dtype)
+    assert_close("GELU input gradient against ReLU's", dx, expected_dx, dtype)
+    compare_grads(gelu, relu, dtype)
+    assert not all_finite(dx_t), "the torch twin is finite here now: make this test check it too"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_with_huge_scores_is_one_hot_and_finite(dtype, causal):
+    # scores about 1e34 (float32) or 1e300 (float64): each softmax row is one-hot, its gradient 0
+    cfg = make_cfg(dtype, causal=causal)
+    x_size = {"float32": 1e17, "float64": 1e150}[dtype]
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((BATCH, POS, cfg.d_model)) * x_size).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    np_attn, torch_attn = twins("MultiHeadAttention", cfg)
+    out, dx, out_t, dx_t = forward_backward(np_attn, torch_attn, x, dout)
+    assert all_finite(out, dx, out_t, dx_t)
+    assert all(all_finite(p.grad) for _, p in np_attn.named_parameters())
+    pattern = np_attn.cache[4]
+    assert np.array_equal(np.sort(pattern, axis=-1)[..., -1], np.ones(pattern.shape[:-1])), "rows must be one-hot"
+    assert_close("torch twin output", out_t, out, dtype)
+    assert_close("torch twin input gradient", dx_t, dx, dtype)
+    compare_grads(np_attn, torch_attn, dtype)
+
+
+def loss_pair(logits, targets, weights, dloss=0.7):
+    """Both twins' loss and logits gradient."""
+    loss_fn = npi.CrossEntropyLoss()
+    loss = loss_fn.forward(logits, targets, weights)
+    dlogits = loss_fn.backward(dloss)
+    logits_t = torch.from_numpy(logits).requires_grad_(True)
+    weights_t = None if weights is None else torch.from_numpy(weights)
+    loss_t = pti.CrossEntropyLoss()(logits_t, torch.from_numpy(targets), weights_t)
+    loss_t.backward(torch.tensor(dloss, dtype=loss_t.dtype))
+    return loss, dlogits, loss_t.detach().numpy(), logits_t.grad.numpy()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in reduce:RuntimeWarning")  # the input check sums the weights
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", ["max", "tiny", "smallest_subnormal"])
+def test_loss_weights_at_the_extremes_of_the_dtype(dtype, size):
+    # a weighted mean does not change when every weight is multiplied by the same number
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((BATCH, POS, 13)).astype(dtype)
+    targets = rng.integers(0, 13, (BATCH, POS))
+    relative = rng.uniform(0.5, 1.0, (BATCH, POS))
+    relative[0, 0] = 1.0
+    weights = (relative * getattr(np.finfo(dtype), size)).astype(dtype)
+    loss, dlogits, loss_t, dlogits_t = loss_pair(logits, targets, weights)
+    expected, expected_dlogits, _, _ = loss_pair(logits, targets, (weights / weights.max()).astype(dtype))
+    assert all_finite(loss, dlogits, loss_t, dlogits_t)
+    # the subnormal weights themselves are rounded to a few bits, so compare with what they hold
+    assert_close("loss against weights scaled to 1", loss, expected, dtype)
+    assert_close("logits gradient against weights scaled to 1", dlogits, expected_dlogits, dtype)
+    assert_close("torch twin loss", loss_t, loss, dtype)
+    assert_close("torch twin logits gradient", dlogits_t, dlogits, dtype)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in reduce:RuntimeWarning")  # the input check sums the weights
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_loss_weights_mixing_the_largest_and_the_smallest(dtype):
+    # weights max and smallest subnormal: the tiny ones count for nothing next to the huge ones
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((BATCH, POS, 13)).astype(dtype)
+    targets = rng.integers(0, 13, (BATCH, POS))
+    huge = rng.random((BATCH, POS)) < 0.5
+    huge[0, 0] = True
+    info = np.finfo(dtype)
+    weights = np.where(huge, info.max, info.smallest_subnormal).astype(dtype)
+    loss, dlogits, loss_t, dlogits_t = loss_pair(logits, targets, weights)
+    expected, expected_dlogits, _, _ = loss_pair(logits, targets, huge.astype(dtype))
+    assert all_finite(loss, dlogits, loss_t, dlogits_t)
+    assert_close("loss against the huge weights alone", loss, expected, dtype)
+    assert_close("logits gradient against the huge weights alone", dlogits, expected_dlogits, dtype)
+    assert_close("torch twin loss", loss_t, loss, dtype)
+    assert_close("torch twin logits gradient", dlogits_t, dlogits, dtype)
