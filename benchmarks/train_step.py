@@ -76,7 +76,7 @@ def main():
         numpy_s, torch_s, ratio, ratios = measure(dtype, args.rounds, args.steps)
         print(f"{dtype:8} {1e3 * numpy_s:14.1f} {1e3 * torch_s:14.1f} {ratio:14.2f}   "
               + " ".join(f"{r:.2f}" for r in ratios))
-    print("\n(times are medians over rounds; the ratio is the median of the per-round ratios; target <= 1.2)")
+    print("\n(times are medians over rounds; the ratio is the median of the per-round ratios; target <= 1.0)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Position-wise feed-forward network ("Attention Is All You Need", §3.3).
 
 Axes: batch, pos (sequence position), d_model (residual width), d_mlp (hidden width).
+The backward's einsum letters: b batch, p pos, m d_model, f d_mlp.
 
     pre = x W_in + b_in,   post = act(pre),   out = post W_out + b_out
 

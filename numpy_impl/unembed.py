@@ -2,6 +2,7 @@
 ("Attention Is All You Need", §3.4: the learned linear map before the softmax; not tied to W_E here).
 
 Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabulary).
+The backward's einsum letters: b batch, p pos, m d_model, v d_vocab.
 
     logits = x W_U + b_U
 """

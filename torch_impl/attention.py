@@ -1,7 +1,7 @@
 """Multi-head self-attention ("Attention Is All You Need", §3.2.1-3.2.2).
 
 Axes: batch, pos / q_pos / k_pos (query and key positions), head, d_head (width of one
-head), d_model (residual width).
+head), d_model (residual width). Einsum letters: b batch, p pos, h head, d d_head, m d_model.
 
 For each head h, with x the input [batch, pos, d_model]:
     q = x W_Q[h] + b_Q[h],  k = x W_K[h] + b_K[h],  v = x W_V[h] + b_V[h]
