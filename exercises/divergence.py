@@ -122,7 +122,8 @@ def walk_backward(model, reference, tokens, dout=None, seed=0, tolerance=None):
     reference.zero_grad()
     reference_out, theirs = _run(reference, tokens, dout=None)
     if dout is None:
-        dout = np.random.default_rng(seed).standard_normal(np.shape(_as_numpy(reference_out)))
+        out = _as_numpy(reference_out)
+        dout = np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)  # the model's dtype
     reference.zero_grad()
     _, theirs = _run(reference, tokens, dout)
     model.zero_grad()
