@@ -227,6 +227,18 @@ def _describe(x):
     return type(x).__name__
 
 
+def key_problems(found, expected, noun: str) -> list:
+    """["missing <noun>: a, b", "unexpected <noun>: c"]: what ``found`` lacks of ``expected``, and what it adds."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing {noun}: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {noun}: {', '.join(unexpected)}")
+    return problems
+
+
 def check_state_dict(state_dict, expected_shapes: dict, dtype=None):
     """Strict key and shape check of a state dict against {name: shape}; one ValueError lists every problem.
 
@@ -234,13 +246,7 @@ def check_state_dict(state_dict, expected_shapes: dict, dtype=None):
     """
     if not isinstance(state_dict, dict):
         raise TypeError(f"state_dict must be a dict of arrays, got {type(state_dict).__name__}")
-    missing = sorted(set(expected_shapes) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected_shapes))
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    problems = key_problems(state_dict, expected_shapes, "keys")
     for name in sorted(set(expected_shapes) & set(state_dict)):
         value = state_dict[name]
         if not hasattr(value, "shape") or not hasattr(value, "dtype"):

@@ -26,6 +26,7 @@ import zlib
 
 import numpy as np
 
+from .checks import key_problems
 from .config import TransformerConfig
 
 CONFIG_KEY = "__config__"
@@ -221,13 +222,7 @@ def _read_header(archive, info, name):
 
 
 def _check_against_config(headers, shapes):
-    missing = sorted(set(shapes) - set(headers))
-    unexpected = sorted(set(headers) - set(shapes))
-    problems = []
-    if missing:
-        problems.append(f"missing arrays: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected arrays: {', '.join(unexpected)}")
+    problems = key_problems(headers, shapes, "arrays")
     for name in sorted(set(shapes) & set(headers)):
         if tuple(headers[name][0]) != shapes[name]:
             problems.append(f"{name} has shape {tuple(headers[name][0])}, its config asks for {shapes[name]}")

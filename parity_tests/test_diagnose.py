@@ -7,7 +7,6 @@ fit none of the detectors (a softmax without its row sum, GELU's derivative miss
 get none either: a hint is either exact or absent.
 """
 
-import shutil
 
 import numpy as np
 import pytest
@@ -16,9 +15,8 @@ import numpy_impl as npi
 from exercises import diagnose as dg
 from exercises.catalog import EXERCISES
 from exercises.check import check
-from exercises.generate import write_copy
 from gradcheck.factory import build, make_inputs
-from parity_tests.test_exercises import plant, put_back_reference_bodies
+from parity_tests.test_exercises import planted_copy
 
 SAMPLE = 3
 
@@ -82,20 +80,6 @@ UNRECOGNISED = [
     ("GELU's derivative missing a term", "feedforward", "feedforward.py",
      "dpre += GELU_C * (dinner + 3 * 0.044715 * dinner * pre * pre)", "dpre += GELU_C * dinner"),
 ]
-
-
-@pytest.fixture(scope="module")
-def solved(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("solved")
-    write_copy(directory)
-    put_back_reference_bodies(directory / "numpy_impl")
-    return directory
-
-
-def planted_copy(solved, tmp_path, file, old, new):
-    shutil.copytree(solved / "numpy_impl", tmp_path / "numpy_impl")
-    plant(tmp_path / "numpy_impl", file, old, new)
-    return tmp_path
 
 
 @pytest.mark.parametrize("label, key, file, old, new, kind, words", PLANTED, ids=[p[0] for p in PLANTED])

@@ -15,9 +15,8 @@ import numpy_impl as npi
 import torch_impl as pti
 from exercises.check import load_package, unload_package
 from exercises.divergence import first_divergence, walk_backward, walk_forward
-from exercises.generate import write_copy
 from gradcheck.factory import Variant, build, make_inputs
-from parity_tests.test_exercises import plant, put_back_reference_bodies
+from parity_tests.test_exercises import plant
 
 PRE = Variant("pre", {"normalization": "pre"})  # ln_final, learned positions, logits, gelu_new
 
@@ -43,14 +42,6 @@ PLANTED = [
     ("positional", "positional.py", "self.W_pos.grad[:pos] += dpos_embed.sum(axis=0)",
      "self.W_pos.grad[:pos] += dpos_embed[0]", "parameter pos_embed.W_pos"),
 ]
-
-
-@pytest.fixture(scope="module")
-def solved(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("solved")
-    write_copy(directory)
-    put_back_reference_bodies(directory / "numpy_impl")
-    return directory
 
 
 def twins(package, variant=PRE, seed=0):

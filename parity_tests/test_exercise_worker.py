@@ -7,14 +7,12 @@ importing is an ImportError, as a copy with a syntax error is.
 """
 
 import re
-import shutil
 import time
 
 import pytest
 
 from exercises.check import check, format_results
-from exercises.generate import write_copy
-from parity_tests.test_exercises import plant, put_back_reference_bodies
+from parity_tests.test_exercises import planted_copy
 
 SAMPLE = 3
 LIMIT = 6.0  # seconds per exercise where something hangs; a correct unembed check takes well under one
@@ -24,26 +22,12 @@ ROOMY = 300.0  # where nothing hangs: the model's check takes seconds on a busy 
 FIRST_LINE = "dx = dcentered + dmean / d_model"  # in LayerNorm's backward body
 
 
-@pytest.fixture(scope="module")
-def solved(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("solved")
-    write_copy(directory)
-    put_back_reference_bodies(directory / "numpy_impl")
-    return directory
-
-
-def copy_with(solved, tmp_path, file, old, new):
-    shutil.copytree(solved / "numpy_impl", tmp_path / "numpy_impl")
-    plant(tmp_path / "numpy_impl", file, old, new)
-    return tmp_path
-
-
 def by_key(results):
     return {result.key: result for result in results}
 
 
 def test_a_backward_that_never_returns_times_out_and_the_check_goes_on(solved, tmp_path):
-    directory = copy_with(solved, tmp_path, "layernorm.py", FIRST_LINE, "while True:\n            pass")
+    directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, "while True:\n            pass")
     started = time.monotonic()
     results = by_key(check(directory, keys=["layernorm", "unembed"], sample=SAMPLE, time_limit=LIMIT))
     elapsed = time.monotonic() - started
@@ -61,7 +45,7 @@ def test_a_backward_that_never_returns_times_out_and_the_check_goes_on(solved, t
                  marks=pytest.mark.slow),
 ], ids=["sys.exit", "killed"])
 def test_a_backward_that_ends_the_interpreter_is_exited_and_the_check_goes_on(solved, tmp_path, exit_line, words):
-    directory = copy_with(solved, tmp_path, "layernorm.py", FIRST_LINE, exit_line)
+    directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, exit_line)
     results = by_key(check(directory, keys=["layernorm", "unembed"], sample=SAMPLE, time_limit=ROOMY))
     assert results["layernorm"].status == "exited"
     for word in words:
@@ -70,7 +54,7 @@ def test_a_backward_that_ends_the_interpreter_is_exited_and_the_check_goes_on(so
 
 
 def test_os_exit_ends_only_the_worker_and_all_together_is_not_run_after_it(solved, tmp_path):
-    directory = copy_with(solved, tmp_path, "layernorm.py", FIRST_LINE, "import os; os._exit(3)")
+    directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, "import os; os._exit(3)")
     results = by_key(check(directory, keys=["layernorm", "model"], sample=SAMPLE, time_limit=ROOMY))
     assert results["layernorm"].status == "exited"
     assert "the interpreter ended" in results["layernorm"].message and "exit code 3" in results["layernorm"].message
@@ -85,7 +69,7 @@ def test_os_exit_ends_only_the_worker_and_all_together_is_not_run_after_it(solve
     pytest.param("import os\nos._exit(2)", "exit code 2", marks=pytest.mark.slow),
 ], ids=["hangs", "sys.exit", "os._exit"])
 def test_a_copy_that_hangs_or_exits_while_importing_is_an_import_error(solved, tmp_path, top_line, words):
-    directory = copy_with(solved, tmp_path, "layernorm.py", "EPS = 1e-5\n", f"EPS = 1e-5\n{top_line}\n")
+    directory = planted_copy(solved, tmp_path, "layernorm.py", "EPS = 1e-5\n", f"EPS = 1e-5\n{top_line}\n")
     with pytest.raises(ImportError, match="does not import") as raised:
         check(directory, keys=["unembed"], sample=SAMPLE, time_limit=LIMIT)
     assert words in str(raised.value)
@@ -94,7 +78,7 @@ def test_a_copy_that_hangs_or_exits_while_importing_is_an_import_error(solved, t
 def test_the_command_line_reports_an_exit_as_a_status(solved, tmp_path, capsys):
     from tours.exercises import run as run_exercises
 
-    copy_with(solved, tmp_path, "unembed.py", "dx = dlogits @ self.W_U.data.T", "raise SystemExit(0)")
+    planted_copy(solved, tmp_path, "unembed.py", "dx = dlogits @ self.W_U.data.T", "raise SystemExit(0)")
 
     class Args:
         action, dir, component, sample, seed, time_limit = "check", str(tmp_path), "unembed", SAMPLE, 0, ROOMY
@@ -119,7 +103,7 @@ def test_a_copy_in_the_working_folder_never_stands_in_for_the_reference(solved, 
     still import the reference as numpy_impl (the block's sub-modules run the reference's backward)."""
     from exercises import worker
 
-    directory = copy_with(solved, tmp_path, "layernorm.py", FIRST_LINE, "dx = dcentered")
+    directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, "dx = dcentered")
     monkeypatch.chdir(directory)
     worker.stop()  # the next check starts a worker here
     results = by_key(check(".", keys=["layernorm", "block"], sample=SAMPLE, time_limit=ROOMY))

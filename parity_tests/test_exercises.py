@@ -65,18 +65,17 @@ def plant(package_dir, file, old, new):
     path.write_text(text.replace(old, new))
 
 
+def planted_copy(solved, tmp_path, file, old, new):
+    """A copy of the solved exercises in tmp_path with one line of ``file`` replaced."""
+    shutil.copytree(solved / "numpy_impl", tmp_path / "numpy_impl")
+    plant(tmp_path / "numpy_impl", file, old, new)
+    return tmp_path
+
+
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
     directory = tmp_path_factory.mktemp("fresh")
     write_copy(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def solved(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("solved")
-    write_copy(directory)
-    put_back_reference_bodies(directory / "numpy_impl")
     return directory
 
 
