@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 import numpy_impl
+from foundation.hooks import as_numpy
 from gradcheck.factory import Variant, build, make_inputs
 from gradcheck.finite_diff import gradcheck
 
@@ -254,8 +255,8 @@ def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
     twin_inputs = [torch.tensor(x, requires_grad=bool(np.issubdtype(x.dtype, np.floating)) and i == 0)
                    for i, x in enumerate(inputs)]
     # the gradient arriving at every hook point: run_with_cache(incl_bwd=True) and backward hooks need them
-    hook_grads, twin_hook_grads = _record_hook_gradients(module), _record_hook_gradients(twin)
-    activations = _record_activations(twin)  # for the diagnosis: what a LayerNorm normalised
+    hook_grads, twin_hook_grads = _record_at_hook_points(module, "bwd"), _record_at_hook_points(twin, "bwd")
+    activations = _record_at_hook_points(twin, "fwd")  # for the diagnosis: what a LayerNorm normalised
     twin_out = twin(*twin_inputs)
     try:
         out = module.forward(*inputs)
@@ -367,23 +368,14 @@ def _rerun(module, twin, inputs, twin_inputs, hook_grads, twin_hook_grads):
     return rerun
 
 
-def _record_activations(module):
-    """Add a forward hook to every hook point of ``module``; returns {name: activation seen}."""
-    seen = {}
-    for name, sub in module.named_modules():
-        if hasattr(sub, "fwd_hooks") and hasattr(sub, "add_hook"):
-            sub.add_hook(lambda x, hook, name=name: seen.__setitem__(name, np.array(
-                x.detach().numpy() if hasattr(x, "detach") else x, dtype=np.float64)), dir="fwd")
-    return seen
-
-
-def _record_hook_gradients(module):
-    """Add a backward hook to every hook point of ``module`` (either twin); returns {name: gradient seen}."""
+def _record_at_hook_points(module, direction):
+    """Add a hook to every hook point of ``module`` (either twin): "fwd" records activations, "bwd"
+    the gradients arriving there. Returns {name: float64 ndarray seen}, filled as the module runs."""
     seen = {}
     for name, sub in module.named_modules():
         if hasattr(sub, "bwd_hooks") and hasattr(sub, "add_hook"):
-            sub.add_hook(lambda grad, hook, name=name: seen.__setitem__(name, np.array(
-                grad.detach().numpy() if hasattr(grad, "detach") else grad, dtype=np.float64)), dir="bwd")
+            sub.add_hook(lambda x, hook, name=name: seen.__setitem__(name, np.array(as_numpy(x), dtype=np.float64)),
+                         dir=direction)
     return seen
 
 

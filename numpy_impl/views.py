@@ -1,11 +1,26 @@
 """The model's TransformerLens weight views (W_Q, ..., QK, OV) and its FactoredMatrix.
 
-Written once in ``foundation/views.py`` and ``foundation/factored.py``; the NumPy model uses them
-as they are (``numpy.linalg`` inside, ``.data`` of each parameter). ``torch_impl/views.py`` swaps
-in ``torch.linalg`` and the parameters themselves.
+Written once in ``foundation/views.py`` and ``foundation/factored.py``; only what NumPy changes
+lives here: ``numpy.linalg``, and the arrays behind the parameters (``.data``) in the views, which
+are new arrays: editing one does not edit the model.
 """
 
-from foundation.factored import FactoredMatrix
-from foundation.views import WeightViewsMixin
+import numpy as np
 
-__all__ = ["FactoredMatrix", "WeightViewsMixin"]
+from foundation.factored import FactoredMatrix as _FactoredMatrix
+from foundation.views import WeightViewsMixin as _WeightViewsMixin
+
+
+class FactoredMatrix(_FactoredMatrix):
+    """``foundation.factored.FactoredMatrix`` with ``numpy.linalg`` (the same svd and eigvals names)."""
+
+    linalg = np.linalg
+
+
+class WeightViewsMixin(_WeightViewsMixin):
+    """``foundation.views.WeightViewsMixin`` on NumPy parameters."""
+
+    factored_matrix_class = FactoredMatrix
+
+    def _param_value(self, parameter):
+        return parameter.data
