@@ -54,7 +54,8 @@ def main(argv=None):
         check_arguments(args)
         module = importlib.import_module(args.module_name)
         module.run(args)
-    except (ValueError, TypeError, OSError) as error:  # a bad argument or file: one line, no traceback
+    # a bad argument or file: one line, no traceback (a TypeError is a bug and keeps its traceback)
+    except (ValueError, OSError) as error:
         fail(args.command, error)
     except SystemExit as error:
         if isinstance(error.code, str):  # a tour's own one-line refusal
