@@ -8,6 +8,9 @@ For each head h, with x the input [batch, pos, d_model]:
     pattern = softmax(q k^T / sqrt(d_head))          (causal: key_pos <= query_pos only)
     z = pattern v
     out = sum over heads of z W_O[h]  + b_O
+
+Each einsum names the weight first, as the NumPy twin does (there the order decides the memory
+layout of NumPy's result; torch's speed is the same either way).
 """
 
 import math
@@ -53,9 +56,9 @@ class MultiHeadAttention(Module):
         pos = x.shape[1]
         if pos > self.cfg.n_ctx:
             raise ValueError(f"x has {pos} positions but n_ctx is {self.cfg.n_ctx}")
-        q = torch.einsum("bpm,hmd->bphd", x, self.W_Q) + self.b_Q  # [batch, pos, head, d_head]
-        k = torch.einsum("bpm,hmd->bphd", x, self.W_K) + self.b_K  # [batch, pos, head, d_head]
-        v = torch.einsum("bpm,hmd->bphd", x, self.W_V) + self.b_V  # [batch, pos, head, d_head]
+        q = torch.einsum("hmd,bpm->bphd", self.W_Q, x) + self.b_Q  # [batch, pos, head, d_head]
+        k = torch.einsum("hmd,bpm->bphd", self.W_K, x) + self.b_K  # [batch, pos, head, d_head]
+        v = torch.einsum("hmd,bpm->bphd", self.W_V, x) + self.b_V  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         # each head attends on its own: put the head axis before the position axis
         q_h = q.permute(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
@@ -72,5 +75,5 @@ class MultiHeadAttention(Module):
         pattern = self.hook_pattern(probs)  # [batch, head, q_pos, k_pos]; probs, unless a hook edits it
         z = (pattern @ v_h).permute(0, 2, 1, 3)  # [batch, pos, head, d_head]
         z = self.hook_z(z)
-        out = torch.einsum("bphd,hdm->bpm", z, self.W_O) + self.b_O  # [batch, pos, d_model]
+        out = torch.einsum("hdm,bphd->bpm", self.W_O, z) + self.b_O  # [batch, pos, d_model]
         return out
