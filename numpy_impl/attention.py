@@ -84,7 +84,7 @@ class MultiHeadAttention(Module):
         check_grad(dout, "dout", x.shape, self.cfg.dtype)
         # EXERCISE BEGIN
         pos = x.shape[1]
-        # forward: out = einsum("bphd,hdm->bpm", z, W_O) + b_O
+        # forward: out = einsum("hdm,bphd->bpm", W_O, z) + b_O
         self.W_O.grad += np.einsum("bphd,bpm->hdm", z, dout, optimize=True)  # [head, d_head, d_model]
         self.b_O.grad += dout.sum(axis=(0, 1))  # [d_model]
         dz = np.einsum("hdm,bpm->bphd", self.W_O.data, dout, optimize=True)  # [batch, pos, head, d_head]
@@ -109,7 +109,7 @@ class MultiHeadAttention(Module):
         dk = dk_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dv = dv_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dq, dk, dv = self.hook_q.backward(dq), self.hook_k.backward(dk), self.hook_v.backward(dv)
-        # forward: q = einsum("bpm,hmd->bphd", x, W_Q) + b_Q, and the same for k and v
+        # forward: q = einsum("hmd,bpm->bphd", W_Q, x) + b_Q, and the same for k and v
         self.W_Q.grad += np.einsum("bpm,bphd->hmd", x, dq, optimize=True)  # [head, d_model, d_head]
         self.W_K.grad += np.einsum("bpm,bphd->hmd", x, dk, optimize=True)  # [head, d_model, d_head]
         self.W_V.grad += np.einsum("bpm,bphd->hmd", x, dv, optimize=True)  # [head, d_model, d_head]

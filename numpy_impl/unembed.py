@@ -2,9 +2,12 @@
 ("Attention Is All You Need", §3.4: the learned linear map before the softmax; not tied to W_E here).
 
 Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabulary).
-The backward's einsum letters: b batch, p pos, m d_model, v d_vocab.
+Einsum letters: b batch, p pos, m d_model, v d_vocab.
 
     logits = x W_U + b_U
+
+The products with W_U are einsums that name the weight first: one [batch * pos, d_model] matrix
+product, returned C-contiguous, where NumPy's ``x @ W_U`` would run one product per batch row.
 """
 
 import numpy as np
@@ -26,7 +29,7 @@ class Unembed(Module):
     def forward(self, x):
         """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
         check_activation(x, "x", self.cfg, np.ndarray)
-        logits = x @ self.W_U.data + self.b_U.data  # [batch, pos, d_vocab]
+        logits = np.einsum("mv,bpm->bpv", self.W_U.data, x, optimize=True) + self.b_U.data  # [batch, pos, d_vocab]
         self.cache = x
         return logits
 
@@ -39,6 +42,6 @@ class Unembed(Module):
         # forward: logits = x @ W_U + b_U
         self.W_U.grad += np.einsum("bpm,bpv->mv", x, dlogits, optimize=True)  # [d_model, d_vocab]
         self.b_U.grad += dlogits.sum(axis=(0, 1))  # [d_vocab]
-        dx = dlogits @ self.W_U.data.T  # [batch, pos, d_model]
+        dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]
         # EXERCISE END
         return dx

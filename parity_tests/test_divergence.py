@@ -22,11 +22,13 @@ PRE = Variant("pre", {"normalization": "pre"})  # ln_final, learned positions, l
 
 # (component, file, reference line, planted line, the first hook point (or parameter) that must be wrong)
 PLANTED = [
-    ("unembed", "unembed.py", "dx = dlogits @ self.W_U.data.T", "dx = 1.5 * dlogits @ self.W_U.data.T",
+    ("unembed", "unembed.py", 'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
+     'dx = 1.5 * np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
      "ln_final.hook_normalized"),
     ("layernorm", "layernorm.py", "dx = dcentered + dmean / d_model", "dx = dcentered",
      "blocks.1.hook_resid_post"),
-    ("feedforward", "feedforward.py", "dpost = dout @ self.W_out.data.T", "dpost = 2 * dout @ self.W_out.data.T",
+    ("feedforward", "feedforward.py", 'dpost = np.einsum("fm,bpm->bpf", self.W_out.data, dout, optimize=True)',
+     'dpost = 2 * np.einsum("fm,bpm->bpf", self.W_out.data, dout, optimize=True)',
      "blocks.1.mlp.hook_post"),
     ("attention", "attention.py",
      "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))", "dscores = probs * dprobs",

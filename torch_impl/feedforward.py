@@ -1,11 +1,16 @@
 """Position-wise feed-forward network ("Attention Is All You Need", §3.3).
 
 Axes: batch, pos (sequence position), d_model (residual width), d_mlp (hidden width).
+Einsum letters: b batch, p pos, m d_model, f d_mlp.
 
     pre = x W_in + b_in,   post = act(pre),   out = post W_out + b_out
 
 act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks & Gimpel):
     gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
+
+The products with W_in and W_out are einsums that name the weight first, as the NumPy twin's
+(there the einsum is one matrix product over all batch * pos rows, where ``@`` runs one per
+batch row; torch's ``@`` and einsum both run one).
 """
 
 import math
@@ -38,7 +43,7 @@ class FeedForward(Module):
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         check_activation(x, "x", self.cfg, torch.Tensor)
-        pre = x @ self.W_in + self.b_in  # [batch, pos, d_mlp]
+        pre = torch.einsum("mf,bpm->bpf", self.W_in, x) + self.b_in  # [batch, pos, d_mlp]
         pre = self.hook_pre(pre)
         if self.cfg.act_fn == "relu":
             post = torch.relu(pre)  # [batch, pos, d_mlp]; its gradient at pre == 0 is 0, as the reference's
@@ -47,5 +52,5 @@ class FeedForward(Module):
             tanh = torch.tanh(inner)  # [batch, pos, d_mlp]
             post = 0.5 * pre * (1 + tanh)  # [batch, pos, d_mlp]
         post = self.hook_post(post)
-        out = post @ self.W_out + self.b_out  # [batch, pos, d_model]
+        out = torch.einsum("fm,bpf->bpm", self.W_out, post) + self.b_out  # [batch, pos, d_model]
         return out

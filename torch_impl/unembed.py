@@ -2,8 +2,12 @@
 ("Attention Is All You Need", §3.4: the learned linear map before the softmax; not tied to W_E here).
 
 Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabulary).
+Einsum letters: b batch, p pos, m d_model, v d_vocab.
 
     logits = x W_U + b_U
+
+The product with W_U is an einsum that names the weight first, as the NumPy twin's (there it is
+one matrix product over all batch * pos rows, where ``@`` runs one per batch row).
 """
 
 import math
@@ -30,5 +34,5 @@ class Unembed(Module):
     def forward(self, x):
         """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
         check_activation(x, "x", self.cfg, torch.Tensor)
-        logits = x @ self.W_U + self.b_U  # [batch, pos, d_vocab]
+        logits = torch.einsum("mv,bpm->bpv", self.W_U, x) + self.b_U  # [batch, pos, d_vocab]
         return logits
