@@ -1,0 +1,65 @@
+"""The reference's big products come back C-contiguous: what its speed rests on.
+
+Every einsum in attention, the feed-forward network and the unembedding names the weight first.
+NumPy's optimized einsum then writes the product in the output's own axis order; with the
+activation first it returns a transposed view, and every later element-wise step (bias, residual
+sum, LayerNorm) walks memory out of order (benchmarks/fwd_bwd.py measured about 10% of the
+config-M step). Speed itself is the benchmark's business, never a test's; this test pins the
+memory layout, which does not depend on the machine. If a NumPy release changes how einsum lays
+out its result, the first test fails, and the docstrings' reason for the operand order is stale.
+"""
+
+import numpy as np
+import pytest
+
+import numpy_impl as npi
+from gradcheck.factory import BASE, Variant, build
+
+# big enough that NumPy's einsum takes its matrix-product path, as it does for real sizes
+SIZES = dict(d_vocab=48, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=24)
+BATCH, POS = 4, 24
+
+
+def config(dtype):
+    return Variant("layout", {**BASE, **SIZES, "dtype": dtype, "act_fn": "gelu_new"}).config()
+
+
+def random(shape, dtype, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def test_the_detector_sees_a_transposed_einsum_result():
+    """Activation first, NumPy hands back a view in another order: the check below could fail."""
+    x = random((BATCH, POS, 32), "float64", 0)
+    W_Q = random((4, 32, 8), "float64", 1)
+    activation_first = np.einsum("bpm,hmd->bphd", x, W_Q, optimize=True)
+    weight_first = np.einsum("hmd,bpm->bphd", W_Q, x, optimize=True)
+    assert not activation_first.flags.c_contiguous
+    assert weight_first.flags.c_contiguous
+    np.testing.assert_allclose(weight_first, activation_first, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_products_and_their_gradients_are_c_contiguous(dtype):
+    cfg = config(dtype)
+    x = random((BATCH, POS, cfg.d_model), dtype, 2)
+    arrays = {}
+
+    attn = build(npi, "MultiHeadAttention", cfg, seed=3)
+    arrays["attention out"] = attn.forward(x)
+    _, q_h, k_h, v_h, *_ = attn.cache
+    for name, head_first in (("q", q_h), ("k", k_h), ("v", v_h)):
+        arrays[name] = head_first.transpose(0, 2, 1, 3)  # back to [batch, pos, head, d_head]: the einsum's result
+    arrays["attention dx"] = attn.backward(random(x.shape, dtype, 4))
+
+    mlp = build(npi, "FeedForward", cfg, seed=5)
+    arrays["mlp out"] = mlp.forward(x)
+    arrays["mlp pre"] = mlp.cache[1]
+    arrays["mlp dx"] = mlp.backward(random(x.shape, dtype, 6))
+
+    unembed = build(npi, "Unembed", cfg, seed=7)
+    arrays["logits"] = unembed.forward(x)
+    arrays["unembed dx"] = unembed.backward(random((BATCH, POS, cfg.d_vocab), dtype, 8))
+
+    strided = {name: array.strides for name, array in arrays.items() if not array.flags.c_contiguous}
+    assert not strided, f"not C-contiguous ({dtype}): {strided}"
