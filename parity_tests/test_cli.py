@@ -23,6 +23,7 @@ def bad_arguments(tmp_path):
         "basics negative seed": ["basics", "--seed", "-1"],
         "basics seed not a number": ["basics", "--seed", "abc"],
         "parity negative seed": ["parity", "--seed", "-3"],
+        "parity unknown device": ["parity", "--device", "tpu"],
         "gradcheck --sample 0": ["gradcheck", "--sample", "0"],
         "gradcheck negative sample": ["gradcheck", "--sample", "-5"],
         "gradcheck negative seed": ["gradcheck", "--seed", "-1"],

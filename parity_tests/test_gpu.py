@@ -1,0 +1,52 @@
+"""The parity sweep with the torch twin on a GPU (TF32 off): the same tolerances as on the CPU.
+
+Skipped where torch sees no GPU (the development machine and CI have none); run it where one is:
+``pytest parity_tests/test_gpu.py``, or ``python demo.py parity --device cuda`` for the table.
+"""
+
+import pytest
+import torch
+
+from foundation.agreement import TOL
+from tours.parity import COMBOS, sweep, use_device
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU here")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_every_configuration_agrees_with_the_twin_on_the_gpu(dtype):
+    device = use_device("cuda")
+    assert not torch.backends.cuda.matmul.allow_tf32
+    worst = sweep(seed=0, device=device, dtypes=(dtype,), show=lambda jobs, label: jobs)
+    assert len(worst) == 3 and len(COMBOS) == 72
+    for (_, norm), (out_err, grad_err) in worst.items():
+        assert out_err <= TOL[dtype], f"{dtype} {norm}: output {out_err:.1e}"
+        assert grad_err <= TOL[dtype], f"{dtype} {norm}: gradient {grad_err:.1e}"
+
+
+@needs_gpu
+def test_the_twin_moved_to_the_gpu_runs_hooks_caches_and_generates_as_on_the_cpu():
+    import numpy as np
+
+    import numpy_impl as npi
+    import torch_impl as pti
+    from foundation.agreement import rel_err
+    from gradcheck.factory import randomize_parameters
+
+    use_device("cuda")
+    cfg = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, d_mlp=16, n_layers=2, n_ctx=6, dtype="float64")
+    model = randomize_parameters(npi.Transformer(cfg, seed=0), 1)
+    twin = pti.Transformer.from_twin(model).to("cuda")
+    assert twin.device.type == "cuda"
+    tokens = np.random.default_rng(2).integers(0, cfg.d_vocab, (3, cfg.n_ctx))
+    dout = np.random.default_rng(3).standard_normal((3, cfg.n_ctx, cfg.d_vocab))
+    logits, cache = model.run_with_cache(tokens, incl_bwd=True, dout=dout)
+    logits_t, cache_t = twin.run_with_cache(tokens, incl_bwd=True, dout=torch.from_numpy(dout).cuda())  # ndarray tokens
+    assert logits_t.device.type == "cuda"
+    assert rel_err(logits, logits_t) <= TOL["float64"]
+    assert set(cache.keys()) == set(cache_t.keys())
+    for name in cache.keys():
+        assert rel_err(cache[name], cache_t[name]) <= TOL["float64"], name
+    prompt = tokens[:, :2]
+    assert np.array_equal(model.generate(prompt, max_new_tokens=4), twin.generate(prompt.tolist(), max_new_tokens=4).cpu().numpy())
