@@ -9,10 +9,13 @@ For each head h, with x the input [batch, pos, d_model]:
     z = pattern v
     out = sum over heads of z W_O[h]  + b_O
 
-Each einsum names the weight first. It computes the same sum, but NumPy's optimized einsum then
-writes its result in the output's own axis order (C-contiguous) instead of returning a
-transposed view; every later step over q, k, v, out and the residual stream reads memory in
-order. With x first, the step of config M took about 10% longer (benchmarks/fwd_bwd.py).
+Each einsum that multiplies by a weight names the weight first. The sum is the same, but
+NumPy's optimized einsum hands its two operands to a matrix product in reverse order, so with
+the weight first the result comes back in the output's own axis order (C-contiguous) instead
+of as a transposed view, and every later step over q, k, v, out and the residual stream reads
+memory in order. With x first, the float32 step of config M took 7 to 10% longer
+(benchmarks/fwd_bwd.py). The weight gradients' einsums keep the activation first: they are
+small and go into their buffers with +=, so their layout does not matter.
 """
 
 import math

@@ -14,7 +14,8 @@ torch twin's autograd returns NaN there (0 * inf), as torch does for this formul
 
 The products with W_in and W_out are einsums that name the weight first. NumPy's ``x @ W_in`` on
 a [batch, pos, d_model] array runs one matrix product per batch row; the einsum runs a single
-[batch * pos, d_model] product and returns it C-contiguous: about 20% faster with two threads.
+[batch * pos, d_model] product (C-contiguous, as ``@``'s), and that product is about 20% faster
+with two threads.
 """
 
 import math
@@ -64,7 +65,7 @@ class FeedForward(Module):
         x, pre, tanh, post = self.cache
         check_grad(dout, "dout", x.shape, self.cfg.dtype)
         # EXERCISE BEGIN
-        # forward: out = post @ W_out + b_out
+        # forward: out = einsum("fm,bpf->bpm", W_out, post) + b_out
         self.W_out.grad += np.einsum("bpf,bpm->fm", post, dout, optimize=True)  # [d_mlp, d_model]
         self.b_out.grad += dout.sum(axis=(0, 1))  # [d_model]
         dpost = np.einsum("fm,bpm->bpf", self.W_out.data, dout, optimize=True)  # [batch, pos, d_mlp]
@@ -83,7 +84,7 @@ class FeedForward(Module):
             # a pre whose square overflows)
             dpre += GELU_C * (dinner + 3 * 0.044715 * dinner * pre * pre)  # [batch, pos, d_mlp]
         dpre = self.hook_pre.backward(dpre)
-        # forward: pre = x @ W_in + b_in
+        # forward: pre = einsum("mf,bpm->bpf", W_in, x) + b_in
         self.W_in.grad += np.einsum("bpm,bpf->mf", x, dpre, optimize=True)  # [d_model, d_mlp]
         self.b_in.grad += dpre.sum(axis=(0, 1))  # [d_mlp]
         dx = np.einsum("mf,bpf->bpm", self.W_in.data, dpre, optimize=True)  # [batch, pos, d_model]

@@ -39,7 +39,7 @@ class Unembed(Module):
         x = self.cache
         check_grad(dlogits, "dlogits", x.shape[:2] + (self.cfg.d_vocab,), self.cfg.dtype)
         # EXERCISE BEGIN
-        # forward: logits = x @ W_U + b_U
+        # forward: logits = einsum("mv,bpm->bpv", W_U, x) + b_U
         self.W_U.grad += np.einsum("bpm,bpv->mv", x, dlogits, optimize=True)  # [d_model, d_vocab]
         self.b_U.grad += dlogits.sum(axis=(0, 1))  # [d_vocab]
         dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]

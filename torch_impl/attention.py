@@ -9,8 +9,8 @@ For each head h, with x the input [batch, pos, d_model]:
     z = pattern v
     out = sum over heads of z W_O[h]  + b_O
 
-Each einsum names the weight first, as the NumPy twin does (there the order decides the memory
-layout of NumPy's result; torch's speed is the same either way).
+Each einsum that multiplies by a weight names the weight first, as the NumPy twin's does (there
+the order decides the memory layout of NumPy's result; torch's speed is the same either way).
 """
 
 import math

@@ -10,7 +10,7 @@ act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks 
 
 The products with W_in and W_out are einsums that name the weight first, as the NumPy twin's
 (there the einsum is one matrix product over all batch * pos rows, where ``@`` runs one per
-batch row; torch's ``@`` and einsum both run one).
+batch row; here ``@`` and einsum both run one product over all the rows).
 """
 
 import math

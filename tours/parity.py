@@ -21,7 +21,7 @@ from tours.progress import progress
 
 def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
-    parser.add_argument("--device", default="cpu", help="where the torch twin runs: cpu (default) or cuda")
+    parser.add_argument("--device", default="cpu", help="where the torch twin runs: cpu (default), cuda or cuda:N")
 
 
 def measure(cfg, seed, device="cpu"):
@@ -42,13 +42,16 @@ def measure(cfg, seed, device="cpu"):
 
 
 def use_device(device):
-    """The torch device to run the twin on, checked; on a GPU, float32 products without TF32."""
+    """The torch device to run the twin on, checked. On a GPU it turns TF32 off for the process
+    (torch's global switches), so that float32 products stay float32."""
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: torch sees no GPU here")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: torch sees {torch.cuda.device_count()} GPU(s) here")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     return device
@@ -61,11 +64,11 @@ COMBOS = [
 ]  # (normalization, positional, causal, attn_only, act_fn, unembed); attn_only has no act_fn to vary
 
 
-def sweep(seed, device="cpu", dtypes=("float64", "float32"), show=progress):
+def sweep(seed, device="cpu", dtypes=("float64", "float32"), progress_bar=progress):
     """{(dtype, normalization): (worst output error, worst gradient error)} over every configuration."""
     worst = {}
     jobs = [(combo, dtype) for dtype in dtypes for combo in COMBOS]
-    for combo, dtype in show(jobs, "parity sweep"):
+    for combo, dtype in progress_bar(jobs, "parity sweep"):
         norm, positional, causal, attn_only, act_fn, unembed = combo
         cfg = npi.TransformerConfig(
             d_vocab=11, d_model=12, n_heads=3, d_mlp=16, n_layers=2, n_ctx=6, normalization=norm,
