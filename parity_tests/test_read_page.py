@@ -271,7 +271,7 @@ def test_page_in_headless_chromium(page_path, tmp_path):
             executable_path=chromium,
             headless=True,
             args=CHROMIUM_ARGS,
-            viewport={"width": 1600, "height": 1000},
+            viewport={"width": 1600, "height": 1120},  # tall enough that the hovered step needs no scrolling
         )
         try:
             page = browser.new_page()
