@@ -4,8 +4,9 @@ Every einsum in attention, the feed-forward network and the unembedding that mul
 activation by a weight names the weight first. NumPy's optimized einsum then writes the product
 in the output's own axis order; with the activation first it returns a transposed view, and
 every later element-wise step (bias, residual sum, LayerNorm) walks memory out of order
-(benchmarks/fwd_bwd.py measured 7 to 10% of the float32 config-M step). Speed itself is the benchmark's business, never a test's; this test pins the
-memory layout, which does not depend on the machine. If a NumPy release changes how einsum lays
+(benchmarks/fwd_bwd.py measured 7 to 10% of the float32 config-M step). Speed itself is the
+benchmark's business, never a test's; this test pins the memory layout, which does not depend
+on the machine. If a NumPy release changes how einsum lays
 out its result, the first test fails, and the docstrings' reason for the operand order is stale.
 """
 

@@ -85,7 +85,8 @@ def run(args):
     device = use_device(args.device)
     worst = sweep(args.seed, device)
     print()
-    where = "the torch twin on " + (torch.cuda.get_device_name(device) + ", TF32 off" if device.type == "cuda" else "the CPU")
+    on_gpu = device.type == "cuda"
+    where = "the torch twin on " + (f"{torch.cuda.get_device_name(device)}, TF32 off" if on_gpu else "the CPU")
     print(f"{len(COMBOS)} configurations per dtype, batch 3, pos = n_ctx = 6, {where}; "
           f"relative = max|numpy - torch| / max|torch|")
     print(f"  {'dtype':<8} {'normalization':<14} {'worst output':>13} {'worst gradient':>15} {'tolerance':>10}")
