@@ -143,30 +143,19 @@ def check_dloss(dloss):
         raise TypeError(f"dloss must be a real number, got {dloss!r}")
 
 
-class ForwardState:
-    """What a NumPy component's ``cache`` holds when no finished forward is there to backpropagate."""
+def check_forward_done(state, component: str):
+    """``backward`` needs what the last ``forward`` saved, complete; say which forward is missing.
 
-    def __init__(self, text):
-        self.text = text
-
-    def __repr__(self):
-        return f"<forward {self.text}>"
-
-
-FORWARD_RUNNING = ForwardState("still running")
-FORWARD_RAISED = ForwardState("raised")
-
-
-def check_forward_done(cache, component: str):
-    """``backward`` needs what the last ``forward`` saved, complete; say which forward is missing."""
-    if cache is None:
+    ``state`` is the boundary's record of that forward: None (never run), "raised", "running" or "done".
+    """
+    if state is None:
         raise ValueError(f"{component}.backward() called before {component}.forward()")
-    if cache is FORWARD_RAISED:
+    if state == "raised":
         raise ValueError(
             f"{component}.backward(): the last {component}.forward() raised before it finished, so what it "
             f"saved is incomplete; run {component}.forward() again first"
         )
-    if cache is FORWARD_RUNNING:
+    if state == "running":
         raise ValueError(
             f"{component}.backward() called while {component}.forward() is still running (from a hook "
             f"inside it?); call backward after that forward returns"

@@ -26,6 +26,7 @@ class RunningMixin:
     """return_type, generate and the tokenizer helpers; the model sets ``loss_class``."""
 
     tokenizer = None  # a foundation.vocab.WordVocabulary (or anything with encode, decode, id_to_word)
+    takes_any_tokens = True  # the boundary turns lists and the other library's arrays into this twin's
 
     # --- the twin-specific steps (torch_impl's model overrides the last two) ---
 
@@ -45,8 +46,13 @@ class RunningMixin:
         if return_type in ("loss", "both") and not self.cfg.unembed:
             raise ValueError(f"return_type={return_type!r} needs logits (cfg.unembed=True)")
 
+    def gradient_shape(self, result):
+        """``backward`` takes the gradient of the output (the logits), whatever ``return_type`` gave back."""
+        return self._output_shape
+
     def _with_return_type(self, out, tokens, return_type):
         """The forward's output as ``return_type`` asks: logits, the next-token loss, both, or None."""
+        self._output_shape = tuple(out.shape)
         if return_type == "logits":
             return out
         if return_type is None:

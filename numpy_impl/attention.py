@@ -9,20 +9,15 @@ For each head h, with x the input [batch, pos, d_model]:
     z = pattern v
     out = sum over heads of z W_O[h]  + b_O
 
-Each einsum that multiplies by a weight names the weight first. The sum is the same, but
-NumPy's optimized einsum hands its two operands to a matrix product in reverse order, so with
-the weight first the result comes back in the output's own axis order (C-contiguous) instead
-of as a transposed view, and every later step over q, k, v, out and the residual stream reads
-memory in order. With x first, the float32 step of config M took 7 to 10% longer
-(benchmarks/fwd_bwd.py). The weight gradients' einsums keep the activation first: they are
-small and go into their buffers with +=, so their layout does not matter.
+Each einsum that multiplies by a weight names the weight first, so NumPy returns its result in
+the output's own axis order (docs/performance.md says why that matters).
 """
 
 import math
 
 import numpy as np
 
-from foundation.checks import check_activation, check_config, check_forward_done, check_grad
+from foundation.checks import check_config
 from .module import HookPoint, Module, Parameter
 
 
@@ -53,10 +48,7 @@ class MultiHeadAttention(Module):
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        check_activation(x, "x", self.cfg, np.ndarray)
         pos = x.shape[1]
-        if pos > self.cfg.n_ctx:
-            raise ValueError(f"x has {pos} positions but n_ctx is {self.cfg.n_ctx}")
         q = np.einsum("hmd,bpm->bphd", self.W_Q.data, x, optimize=True) + self.b_Q.data  # [batch, pos, head, d_head]
         k = np.einsum("hmd,bpm->bphd", self.W_K.data, x, optimize=True) + self.b_K.data  # [batch, pos, head, d_head]
         v = np.einsum("hmd,bpm->bphd", self.W_V.data, x, optimize=True) + self.b_V.data  # [batch, pos, head, d_head]
@@ -65,7 +57,7 @@ class MultiHeadAttention(Module):
         q_h = q.transpose(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         k_h = k.transpose(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
         v_h = v.transpose(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
-        scores = (q_h / math.sqrt(self.cfg.d_head)) @ k_h.swapaxes(-1, -2)  # [batch, head, q_pos, k_pos]; scaling q costs less than scaling scores
+        scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, k_pos]
         if self.cfg.causal:
             scores = np.where(self.mask[:pos, :pos], scores, -np.inf)  # [batch, head, q_pos, k_pos]
         scores = self.hook_attn_scores(scores)
@@ -82,9 +74,7 @@ class MultiHeadAttention(Module):
 
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into every W_* and b_* grad."""
-        check_forward_done(self.cache, "MultiHeadAttention")
         x, q_h, k_h, v_h, probs, pattern, z = self.cache
-        check_grad(dout, "dout", x.shape, self.cfg.dtype)
         # EXERCISE BEGIN
         pos = x.shape[1]
         # forward: out = einsum("hdm,bphd->bpm", W_O, z) + b_O
@@ -104,7 +94,7 @@ class MultiHeadAttention(Module):
         # forward: scores = where(mask, scores, -inf)
         if self.cfg.causal:
             dscores = np.where(self.mask[:pos, :pos], dscores, 0.0)  # [batch, head, q_pos, k_pos]
-        # forward: scores = (q_h / sqrt(d_head)) @ k_h^T
+        # forward: scores = q_h @ k_h^T / sqrt(d_head)
         dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, d_head]
         dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(self.cfg.d_head)  # [batch, head, k_pos, d_head]
         # forward: q_h, k_h, v_h = q, k, v with the head axis moved before pos

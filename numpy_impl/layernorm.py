@@ -7,16 +7,11 @@ Axes: batch, pos (sequence position), d_model (residual width; the normalised ax
 with the biased variance and eps = 1e-5 inside the square root, as ``torch.nn.LayerNorm``.
 The denominator is TransformerLens's ``hook_scale``; ``hook_normalized`` holds the output, after
 w and b, as TransformerLens's hook of that name does.
-
-The variance is taken of ``centered / size``, size being the row's largest |centered| (at least
-1), and multiplied back: the same number, but no square can overflow, so a row of huge entries
-(1e30 in float32) is normalised like any other. ``torch.nn.functional.layer_norm`` returns zeros
-or NaN for such a row; both twins here return the normalised row.
 """
 
 import numpy as np
 
-from foundation.checks import check_activation, check_config, check_forward_done, check_grad
+from foundation.checks import check_config
 from .module import HookPoint, Module, Parameter
 
 EPS = 1e-5
@@ -35,12 +30,10 @@ class LayerNorm(Module):
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        check_activation(x, "x", self.cfg, np.ndarray)
         mean = x.mean(axis=-1, keepdims=True)  # [batch, pos, 1]
         centered = x - mean  # [batch, pos, d_model]
-        size = np.maximum(np.abs(centered).max(axis=-1, keepdims=True), 1.0)  # [batch, pos, 1]; a constant that cancels
-        var = ((centered / size) ** 2).mean(axis=-1, keepdims=True)  # [batch, pos, 1]; var(x) / size**2
-        scale = size * np.sqrt(var + EPS / size / size)  # [batch, pos, 1]; sqrt(var(x) + eps)
+        var = (centered**2).mean(axis=-1, keepdims=True)  # [batch, pos, 1]
+        scale = np.sqrt(var + EPS)  # [batch, pos, 1]
         scale = self.hook_scale(scale)
         normalized = centered / scale  # [batch, pos, d_model]
         out = normalized * self.w.data + self.b.data  # [batch, pos, d_model]
@@ -53,9 +46,7 @@ class LayerNorm(Module):
 
         Every position is normalised on its own, so each line below works row by row.
         """
-        check_forward_done(self.cache, "LayerNorm")
         centered, scale, normalized = self.cache
-        check_grad(dout, "dout", normalized.shape, self.cfg.dtype)
         # EXERCISE BEGIN
         d_model = centered.shape[-1]
         # forward: out = hook_normalized(out)   (a hook point: the gradient passes through it)
@@ -66,10 +57,12 @@ class LayerNorm(Module):
         dnormalized = dout * self.w.data  # [batch, pos, d_model]
         # forward: normalized = centered / scale
         dcentered = dnormalized / scale  # [batch, pos, d_model]
-        dscale = -(dnormalized * normalized).sum(axis=-1, keepdims=True) / scale  # [batch, pos, 1]; centered / scale**2 = normalized / scale
+        dscale = -(dnormalized * centered).sum(axis=-1, keepdims=True) / scale**2  # [batch, pos, 1]
         dscale = self.hook_scale.backward(dscale)
-        # forward: scale = sqrt(mean(centered**2) + eps)   (what the size, var and scale lines compute)
-        dcentered += dscale / d_model * normalized  # [batch, pos, d_model]; d scale / d centered = centered / (d_model * scale)
+        # forward: scale = sqrt(var + EPS)
+        dvar = dscale / (2 * scale)  # [batch, pos, 1]
+        # forward: var = mean(centered**2)
+        dcentered += 2 / d_model * dvar * centered  # [batch, pos, d_model]
         # forward: centered = x - mean   (x reaches centered directly, and through mean)
         dmean = -dcentered.sum(axis=-1, keepdims=True)  # [batch, pos, 1]
         # forward: mean = x.mean(-1)

@@ -10,7 +10,7 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
 
 import numpy as np
 
-from foundation.checks import check_config, check_forward_done, check_grad, check_seed, check_tokens, tokens_as_array
+from foundation.checks import check_config, check_seed
 from foundation.running import RunningMixin
 from foundation.weights import load_weights, save_weights
 
@@ -54,7 +54,6 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         for name, module in self.named_modules():
             if isinstance(module, HookPoint):
                 module.name = name
-        self.cache = None
 
     def forward(self, tokens, return_type="logits"):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
@@ -62,9 +61,6 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
         (logits, loss) or None. ``backward`` always takes the gradient of the output.
         """
-        self._check_return_type(return_type)
-        tokens = tokens_as_array(tokens)  # nested lists become an ndarray
-        check_tokens(tokens, self.cfg, np.ndarray)
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
         resid = embed + pos_embed  # [batch, pos, d_model]
@@ -73,13 +69,10 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         if self.cfg.normalization == "pre":
             resid = self.ln_final(resid)  # [batch, pos, d_model]
         out = self.unembed(resid) if self.cfg.unembed else resid  # [batch, pos, d_vocab or d_model]
-        self.cache = out.shape
         return self._with_return_type(out, tokens, return_type)
 
     def backward(self, dout):
         """dout shaped like the output -> None (tokens are discrete); fills every parameter's grad."""
-        check_forward_done(self.cache, "Transformer")
-        check_grad(dout, "dout", self.cache, self.cfg.dtype)
         # EXERCISE BEGIN
         # forward: out = unembed(resid) if unembed else resid
         dresid = self.unembed.backward(dout) if self.cfg.unembed else dout  # [batch, pos, d_model]

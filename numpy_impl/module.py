@@ -4,16 +4,35 @@ It copies just enough of ``torch.nn`` that the two implementations are used the 
 ``Parameter`` holds ``.data`` and ``.grad``; ``Module`` finds its parameters and children by
 walking its attributes in the order they were set, so ``named_parameters()`` and
 ``state_dict()`` list the same names, in the same order, as the torch twin.
+
+``Module`` is also the boundary: every subclass's ``forward`` and ``backward`` is wrapped (see
+``_forward_at_the_boundary`` and ``_backward_at_the_boundary`` below, and ``foundation/boundary.py``
+for what they guarantee), so the bodies in the component files hold only the formulas.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 
 import numpy as np
 
-from foundation.checks import FORWARD_RAISED, FORWARD_RUNNING, check_state_dict
-from foundation.hooks import HookLists
+from foundation.boundary import (
+    Call,
+    ForwardRecord,
+    calls,
+    check_arguments,
+    check_backward_allowed,
+    check_gradient_argument,
+    entered,
+    guard,
+    hook_label,
+    nonfinite,
+    output_shape,
+    taint,
+)
+from foundation.checks import check_state_dict, tokens_as_array
+from foundation.hooks import HookLists, as_numpy
 
 
 class Parameter:
@@ -34,21 +53,29 @@ class Parameter:
 class Module:
     """Base class: parameter discovery, state dicts, ``from_twin``, ``zero_grad`` and ``__call__``.
 
-    Every subclass's ``forward`` is wrapped by ``_tracked_forward`` (below), so that ``backward``
-    only ever sees what one finished forward saved in ``self.cache``.
+    Every subclass's ``forward`` and ``backward`` pass the boundary (below): arguments checked,
+    the caller's arrays copied, the non-finite guard, and ``backward`` only ever sees what one
+    finished forward saved in ``self.cache``.
     """
+
+    at_the_boundary = True  # HookPoint says False: it is part of the boundary itself
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "forward" in vars(cls) and not isinstance(vars(cls)["forward"], staticmethod):
-            cls.forward = _tracked_forward(vars(cls)["forward"])
+        if not cls.at_the_boundary:
+            return
+        if "forward" in vars(cls):
+            cls.forward = _forward_at_the_boundary(vars(cls)["forward"])
+        if "backward" in vars(cls):
+            cls.backward = _backward_at_the_boundary(vars(cls)["backward"])
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
     def saved_state(self):
         """What the last forward left for backward, in this module and every one below it (references)."""
-        return [(module, {name: vars(module)[name] for name in ("cache", "changed") if name in vars(module)})
+        return [(module, {name: vars(module)[name] for name in ("cache", "changed", "forward_record")
+                          if name in vars(module)})
                 for _, module in self.named_modules()]
 
     @staticmethod
@@ -114,34 +141,86 @@ class Module:
         module.load_state_dict(twin.state_dict())
         return module
 
+    def gradient_shape(self, result):
+        """The shape of the gradient ``backward`` takes after a forward that returned ``result``."""
+        return output_shape(result)
 
-def _tracked_forward(forward):
-    """``forward`` that marks ``self.cache`` while it runs and when it raises, for ``backward`` to refuse.
 
-    A forward that raised part-way leaves caches half from this run and half from the one
-    before, so ``backward`` would compute a wrong gradient without a word: instead the cache
-    says ``FORWARD_RAISED`` and ``backward`` refuses. A forward called again while it is still
-    running (a hook that runs the same model) keeps the outer run's saved values: every cache
-    below this module is put back when the inner run returns, so the outer backward stays right.
+def _forward_at_the_boundary(forward):
+    """``forward`` with its arguments checked (and copied, in a user's call) and its results guarded.
+
+    The record it leaves in ``self.forward_record`` says whether the forward finished: one that
+    raised part-way leaves caches half from this run and half from the one before, so ``backward``
+    refuses rather than compute a wrong gradient. A forward called again while it is still running
+    (a hook that runs the same model) keeps the outer run's saved values: every cache below this
+    module is put back when the inner run returns, so the outer backward stays right.
     """
+    signature = inspect.signature(forward)
 
     @functools.wraps(forward)
-    def tracked_forward(self, *args, **kwargs):
-        outer = self.saved_state() if getattr(self, "cache", None) is FORWARD_RUNNING else None
-        if "cache" in vars(self):
-            self.cache = FORWARD_RUNNING
+    def forward_at_the_boundary(self, *args, **kwargs):
+        record = vars(self).get("forward_record")
+        outer = self.saved_state() if record is not None and record.state == "running" else None
+        self.forward_record = ForwardRecord("running")
+        call = Call(self, "forward", [], lambda: [p.data for p in self.parameters()])
         try:
-            out = forward(self, *args, **kwargs)
+            arguments = _checked_arguments(self, signature, args, kwargs, outermost=not calls())
+            call.arrays = [value for value in arguments.values() if isinstance(value, np.ndarray)]
+            with entered(call):
+                result = forward(self, **arguments)
+                for out in result if isinstance(result, tuple) else (result,):
+                    if isinstance(out, (np.ndarray, np.generic)):  # the loss is a NumPy scalar
+                        guard(out, "its output")
         except BaseException:
-            if outer is None and "cache" in vars(self):
-                self.cache = FORWARD_RAISED
+            if outer is None:
+                self.forward_record = ForwardRecord("raised")
             raise
         finally:
             if outer is not None:
                 self.restore_state(outer)
-        return out
+        if outer is None:
+            self.forward_record = ForwardRecord("done", self.gradient_shape(result), call.tainted)
+        return result
 
-    return tracked_forward
+    return forward_at_the_boundary
+
+
+def _checked_arguments(module, signature, args, kwargs, outermost):
+    """{name: value} of a forward call, checked; in a user's (outermost) call, every array copied."""
+    bound = signature.bind(module, *args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    del arguments[next(iter(signature.parameters))]  # self
+    if "tokens" in arguments and getattr(module, "takes_any_tokens", False):
+        arguments["tokens"] = tokens_as_array(arguments["tokens"])  # the model's: nested lists become an ndarray
+    check_arguments(module, arguments, np.ndarray)
+    if outermost:  # the caller keeps its arrays: what the caches hold is ours alone
+        arguments = {name: np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+                     for name, value in arguments.items()}
+    return arguments
+
+
+def _backward_at_the_boundary(backward):
+    """``backward`` that refuses without a finished forward, checks its gradient and guards what it returns."""
+    gradient_name = list(inspect.signature(backward).parameters)[1]  # dout, dlogits, dresid_post, ...
+
+    @functools.wraps(backward)
+    def backward_at_the_boundary(self, *args, **kwargs):
+        bound = inspect.signature(backward).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        gradient = bound.arguments[gradient_name]
+        record = vars(self).get("forward_record")
+        check_backward_allowed(record, type(self).__name__)
+        check_gradient_argument(record, gradient_name, gradient, getattr(getattr(self, "cfg", None), "dtype", None))
+        arrays = [gradient] if isinstance(gradient, np.ndarray) else []
+        call = Call(self, "backward", arrays, lambda: [p.data for p in self.parameters()], record.tainted)
+        with entered(call):
+            result = backward(self, gradient)
+            if isinstance(result, np.ndarray):
+                guard(result, "the gradient it returns")
+        return result
+
+    return backward_at_the_boundary
 
 
 def _as_array(value):
@@ -167,16 +246,22 @@ class HookPoint(Module, HookLists):
     does. The name is set by the model that owns it.
     """
 
+    at_the_boundary = False  # it is part of the boundary: it guards and copies what passes it
+
     def __init__(self):
         self._init_hooks()
         self.changed = None  # bool array like the activation: where the forward hooks changed it
 
     def forward(self, x):
         self.changed = None
+        guard(x, lambda: hook_label(self))
         if not self.fwd_hooks:
             return x
         # hooks get a copy, so they may edit it in place; x stays as computed
-        hooked = np.asarray(self._run(self.fwd_hooks, np.array(x, copy=True)), dtype=x.dtype)
+        hooked = self._run(self.fwd_hooks, np.array(x, copy=True))
+        hooked = np.array(as_numpy(hooked), dtype=x.dtype, copy=True)  # ours: the hook may keep what it returned and reuse it
+        if nonfinite(hooked):
+            taint()  # the hook put a NaN or an infinity in: what follows from it is not the formula's doing
         changed = hooked != x  # like x: True where a hook changed the value
         if not changed.any():
             return x
@@ -184,9 +269,13 @@ class HookPoint(Module, HookLists):
         return hooked
 
     def backward(self, dx):
+        guard(dx, lambda: f"the gradient at {hook_label(self)}")
         if self.bwd_hooks:
-            # hooks get a copy: the backward may use this gradient array elsewhere (residual paths)
-            dx = np.asarray(self._run(self.bwd_hooks, dx.copy()), dtype=dx.dtype)
+            # hooks get a copy: the backward may use this gradient array elsewhere (residual paths);
+            # what they return is copied too, for the same reason
+            dx = np.array(as_numpy(self._run(self.bwd_hooks, dx.copy())), dtype=dx.dtype, copy=True)
+            if nonfinite(dx):
+                taint()
         if self.changed is not None:
             # forward: hooked = where(changed, hook's value, x); the hook's values are constants
             dx = np.where(self.changed, 0.0, dx)  # like x

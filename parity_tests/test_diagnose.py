@@ -69,7 +69,7 @@ PLANTED = [
      "dx = dcentered + dmean / d_model", "dx = dcentered",
      "one path", ["through the mean"]),
     ("LayerNorm without the variance's path", "layernorm", "layernorm.py",
-     "dcentered += dscale / d_model * normalized  # [batch, pos, d_model]", "pass  # [batch, pos, d_model]",
+     "dcentered += 2 / d_model * dvar * centered  # [batch, pos, d_model]", "pass  # [batch, pos, d_model]",
      "one path", ["through the variance"]),
     ("pattern used untransposed", "attention", "attention.py",
      "dv_h = pattern.swapaxes(-1, -2) @ dz_h", "dv_h = pattern @ dz_h",
@@ -80,7 +80,7 @@ UNRECOGNISED = [
     ("softmax without its row sum", "attention", "attention.py",
      "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))", "dscores = probs * dprobs"),
     ("GELU's derivative missing a term", "feedforward", "feedforward.py",
-     "dpre += GELU_C * (dinner + 3 * 0.044715 * dinner * pre * pre)", "dpre += GELU_C * dinner"),
+     "dpre += dinner * GELU_C * (1 + 3 * 0.044715 * pre * pre)", "dpre += dinner * GELU_C"),
 ]
 
 

@@ -90,8 +90,8 @@ def test_a_planted_mistake_is_found_at_its_hook(solved, tmp_path, component, fil
 
 def test_a_planted_forward_difference_is_found_by_the_forward_walk(solved, tmp_path):
     package = planted_package(solved, tmp_path, "attention.py",
-                              "scores = (q_h / math.sqrt(self.cfg.d_head)) @ k_h.swapaxes(-1, -2)",
-                              "scores = (q_h / math.sqrt(self.cfg.d_model)) @ k_h.swapaxes(-1, -2)")
+                              "scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)",
+                              "scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_model)")
     try:
         model, twin, tokens = twins(package)
         parting = first_divergence(model, twin, tokens)

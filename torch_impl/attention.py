@@ -9,8 +9,8 @@ For each head h, with x the input [batch, pos, d_model]:
     z = pattern v
     out = sum over heads of z W_O[h]  + b_O
 
-Each einsum that multiplies by a weight names the weight first, as the NumPy twin's does (there
-the order decides the memory layout of NumPy's result; torch's speed is the same either way).
+Each einsum that multiplies by a weight names the weight first, as the NumPy twin's does
+(docs/performance.md says why it matters there).
 """
 
 import math
@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from foundation.checks import check_activation, check_config
+from foundation.checks import check_config
 
 from .module import HookPoint, Module, default_rng
 
@@ -52,10 +52,7 @@ class MultiHeadAttention(Module):
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        check_activation(x, "x", self.cfg, torch.Tensor)
         pos = x.shape[1]
-        if pos > self.cfg.n_ctx:
-            raise ValueError(f"x has {pos} positions but n_ctx is {self.cfg.n_ctx}")
         q = torch.einsum("hmd,bpm->bphd", self.W_Q, x) + self.b_Q  # [batch, pos, head, d_head]
         k = torch.einsum("hmd,bpm->bphd", self.W_K, x) + self.b_K  # [batch, pos, head, d_head]
         v = torch.einsum("hmd,bpm->bphd", self.W_V, x) + self.b_V  # [batch, pos, head, d_head]
@@ -64,7 +61,7 @@ class MultiHeadAttention(Module):
         q_h = q.permute(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         k_h = k.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
         v_h = v.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
-        scores = (q_h / math.sqrt(self.cfg.d_head)) @ k_h.swapaxes(-1, -2)  # [batch, head, q_pos, k_pos]; scaling q costs less than scaling scores
+        scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, k_pos]
         if self.cfg.causal:
             scores = torch.where(self.mask[:pos, :pos], scores, -torch.inf)  # [batch, head, q_pos, k_pos]
         scores = self.hook_attn_scores(scores)

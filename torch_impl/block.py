@@ -11,7 +11,7 @@ Axes: batch, pos (sequence position), d_model (residual width).
 
 import torch
 
-from foundation.checks import check_activation, check_config
+from foundation.checks import check_config
 
 from .attention import MultiHeadAttention
 from .feedforward import FeedForward
@@ -41,7 +41,6 @@ class TransformerBlock(Module):
 
     def forward(self, resid_pre):
         """resid_pre [batch, pos, d_model] -> resid_post [batch, pos, d_model]"""
-        check_activation(resid_pre, "resid_pre", self.cfg, torch.Tensor)
         norm = self.cfg.normalization
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_in = self.ln1(resid_pre) if norm == "pre" else resid_pre  # [batch, pos, d_model]

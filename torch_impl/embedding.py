@@ -8,7 +8,7 @@ Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual str
 import torch
 from torch import nn
 
-from foundation.checks import check_config, check_tokens
+from foundation.checks import check_config
 
 from .module import Module, default_rng
 
@@ -25,7 +25,5 @@ class TokenEmbedding(Module):
 
     def forward(self, tokens):
         """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
-        check_tokens(tokens, self.cfg, torch.Tensor)
-        tokens = tokens.to(torch.int64)  # ids of any integer dtype (a uint8 index would be a mask)
         embed = self.W_E[tokens]  # [batch, pos, d_model]
         return embed

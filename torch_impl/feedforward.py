@@ -9,8 +9,7 @@ act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks 
     gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
 
 The products with W_in and W_out are einsums that name the weight first, as the NumPy twin's
-(there the einsum is one matrix product over all batch * pos rows, where ``@`` runs one per
-batch row; here ``@`` and einsum both run one product over all the rows).
+(docs/performance.md says why it matters there).
 """
 
 import math
@@ -18,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from foundation.checks import check_activation, check_config
+from foundation.checks import check_config
 
 from .module import HookPoint, Module, default_rng
 
@@ -42,7 +41,6 @@ class FeedForward(Module):
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        check_activation(x, "x", self.cfg, torch.Tensor)
         pre = torch.einsum("mf,bpm->bpf", self.W_in, x) + self.b_in  # [batch, pos, d_mlp]
         pre = self.hook_pre(pre)
         if self.cfg.act_fn == "relu":

@@ -10,7 +10,6 @@ Axes: batch, pos (sequence position), d_vocab (vocabulary).
 
 import torch
 
-from foundation.checks import check_loss_inputs
 from .module import Module
 
 
@@ -31,11 +30,8 @@ class CrossEntropyLoss(Module):
 
     def forward(self, logits, targets, weights=None):
         """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss []"""
-        check_loss_inputs(logits, targets, weights, torch.Tensor)
-        targets = targets.to(torch.int64)  # ids of any integer dtype; take_along_dim wants int64
         if weights is None:
             weights = torch.ones(targets.shape, dtype=logits.dtype, device=logits.device)  # [batch, pos]
-        weights = weights / weights.max()  # [batch, pos]; the same weighted mean, and its sums cannot overflow
         log_probs = log_softmax(logits)  # [batch, pos, d_vocab]
         nll = -torch.take_along_dim(log_probs, targets[..., None], dim=-1)[..., 0]  # [batch, pos]
         loss = (weights * nll).sum() / weights.sum()  # []

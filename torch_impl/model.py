@@ -65,8 +65,6 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
         (logits, loss) or None. Tokens go to the model's device.
         """
-        self._check_return_type(return_type)
-        tokens = token_tensor(tokens, self.cfg).to(self.device)  # checked where they were, as int64
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
         resid = embed + pos_embed  # [batch, pos, d_model]

@@ -4,14 +4,24 @@
 reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and
 names every bad key in one ``ValueError``, and ``from_twin``. ``HookPoint`` is the twin of the
 reference's (its hook lists are ``foundation.hooks.HookLists``, written once).
+
+``Module`` is also the boundary, as the reference's: every subclass's ``forward`` is wrapped (see
+``_forward_at_the_boundary`` below, and ``foundation/boundary.py`` for what it guarantees), so the
+bodies in the component files hold only the formulas. Autograd needs no copies of the caller's
+tensors: it refuses a backward through a tensor changed in place after the forward.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
+from itertools import chain
 
 import numpy as np
 import torch
 from torch import nn
 
+from foundation.boundary import Call, calls, check_arguments, entered, guard, hook_label, nonfinite, taint
 from foundation.checks import check_seed, check_state_dict, check_tokens, tokens_as_array
 from foundation.hooks import HookLists
 
@@ -30,7 +40,13 @@ def default_rng(rng=None):
 
 
 class Module(nn.Module):
-    """``nn.Module`` with the reference's loading: either library's arrays, one clear error, ``from_twin``."""
+    """``nn.Module`` with the reference's loading and boundary: either library's arrays, one clear
+    error, ``from_twin``; every subclass's ``forward`` checked and guarded."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward" in vars(cls):
+            cls.forward = _forward_at_the_boundary(vars(cls)["forward"])
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys raise ValueError."""
@@ -48,6 +64,58 @@ class Module(nn.Module):
         module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
         module.load_state_dict(twin.state_dict())
         return module
+
+
+def _forward_at_the_boundary(forward):
+    """``forward`` with its arguments checked (tokens made int64 on the module's device) and its results guarded.
+
+    The gradients autograd computes later are guarded too: each hook point it passes registers a
+    check (``HookPoint.forward``), which raises only if the gradient arriving at the outputs of the
+    outermost call was finite.
+    """
+    signature = inspect.signature(forward)
+
+    @functools.wraps(forward)
+    def forward_at_the_boundary(self, *args, **kwargs):
+        outermost = not calls()
+        arguments = _checked_arguments(self, signature, args, kwargs)
+        arrays = [value for value in arguments.values() if isinstance(value, torch.Tensor)]
+        call = Call(self, "forward", arrays, lambda: [p.detach() for p in self.parameters()])
+        with entered(call):
+            result = forward(self, **arguments)
+            for out in result if isinstance(result, tuple) else (result,):
+                if isinstance(out, torch.Tensor):
+                    guard(out, "its output")
+                    if outermost and out.requires_grad:
+                        out.register_hook(functools.partial(_note_upstream_gradient, call))
+        return result
+
+    return forward_at_the_boundary
+
+
+def _checked_arguments(module, signature, args, kwargs):
+    """{name: value} of a forward call, checked; tokens become int64 on the module's device."""
+    bound = signature.bind(module, *args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    del arguments[next(iter(signature.parameters))]  # self
+    if "tokens" in arguments and getattr(module, "takes_any_tokens", False):
+        tokens = token_tensor(arguments.pop("tokens"), module.cfg)  # the model's: lists and ndarrays too, checked
+        check_arguments(module, arguments, torch.Tensor)
+        device = next(chain(module.parameters(), module.buffers()), tokens).device
+        return {"tokens": tokens.to(device), **arguments}
+    check_arguments(module, arguments, torch.Tensor)
+    if "tokens" in arguments:
+        arguments["tokens"] = arguments["tokens"].to(torch.int64)  # ids of any integer dtype (a uint8 index would be a mask)
+    if "targets" in arguments:
+        arguments["targets"] = arguments["targets"].to(torch.int64)  # ids of any integer dtype; take_along_dim wants int64
+    return arguments
+
+
+def _note_upstream_gradient(call, grad):
+    """A non-finite gradient given to the outermost output: what follows from it is not the formula's doing."""
+    if nonfinite(grad):
+        call.tainted = True
 
 
 def token_tensor(tokens, cfg):
@@ -89,19 +157,33 @@ class HookPoint(nn.Module, HookLists):
         self._init_hooks()
 
     def forward(self, x):
+        guard(x, lambda: hook_label(self))
+        if x.requires_grad and torch.is_grad_enabled() and calls():
+            forward_call = (calls()[0], calls()[-1])  # the gradient's guard needs this forward's records
+            x.register_hook(functools.partial(self._guard_gradient, forward_call))
         if self.fwd_hooks:
             # hooks get a detached copy, so they may edit it in place; x keeps its autograd history
             hooked = self._run(self.fwd_hooks, x.detach().clone())
-            hooked = torch.as_tensor(hooked, dtype=x.dtype, device=x.device).detach()
+            hooked = torch.as_tensor(hooked, dtype=x.dtype, device=x.device).detach().clone()  # ours: the hook may reuse it
+            if nonfinite(hooked):
+                taint()  # the hook put a NaN or an infinity in: what follows from it is not the formula's doing
             changed = hooked != x.detach()  # like x: True where a hook changed the value
             if changed.any():
                 x = torch.where(changed, hooked, x)  # the hook's values are constants: no gradient reaches x there
         if self.bwd_hooks and torch.is_grad_enabled():
             if not x.requires_grad:
                 x = x.detach().requires_grad_()  # a constant (the sinusoidal table): a leaf, so it has a gradient
-            x.register_hook(self.backward)
+            x.register_hook(functools.partial(self.backward, forward_call=tuple(calls()[:1] + calls()[-1:])))
         return x
 
-    def backward(self, dx):
-        # hooks get a copy, as in the reference
-        return torch.as_tensor(self._run(self.bwd_hooks, dx.clone()), dtype=dx.dtype, device=dx.device)
+    def backward(self, dx, forward_call=()):
+        # hooks get a copy, as in the reference, and what they return is copied too
+        dx = torch.as_tensor(self._run(self.bwd_hooks, dx.clone()), dtype=dx.dtype, device=dx.device).clone()
+        if nonfinite(dx):
+            for call in forward_call:
+                call.tainted = True  # the hook put a NaN or an infinity in: what follows is not the formula's doing
+        return dx
+
+    def _guard_gradient(self, forward_call, dx):
+        """The gradient autograd brings to this hook point, guarded as the reference's ``HookPoint.backward`` guards it."""
+        guard(dx, lambda: f"the gradient at {hook_label(self, forward_call[-1].module)}", forward_call)

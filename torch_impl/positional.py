@@ -11,7 +11,7 @@ Learned (GPT-2): pos_embed[b, p] = W_pos[p].
 import torch
 from torch import nn
 
-from foundation.checks import check_config, check_tokens
+from foundation.checks import check_config
 
 from .module import Module, default_rng
 
@@ -40,7 +40,6 @@ class SinusoidalPositionalEncoding(Module):
 
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
-        check_tokens(tokens, self.cfg, torch.Tensor)
         batch, pos = tokens.shape
         pos_embed = self.table[:pos].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         return pos_embed
@@ -58,7 +57,6 @@ class LearnedPositionalEmbedding(Module):
 
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
-        check_tokens(tokens, self.cfg, torch.Tensor)
         batch, pos = tokens.shape
         pos_embed = self.W_pos[:pos].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         return pos_embed

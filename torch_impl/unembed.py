@@ -6,8 +6,8 @@ Einsum letters: b batch, p pos, m d_model, v d_vocab.
 
     logits = x W_U + b_U
 
-The product with W_U is an einsum that names the weight first, as the NumPy twin's (there it is
-one matrix product over all batch * pos rows, where ``@`` runs one per batch row).
+The product with W_U is an einsum that names the weight first, as the NumPy twin's
+(docs/performance.md says why it matters there).
 """
 
 import math
@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from foundation.checks import check_activation, check_config
+from foundation.checks import check_config
 
 from .module import Module, default_rng
 
@@ -33,6 +33,5 @@ class Unembed(Module):
 
     def forward(self, x):
         """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
-        check_activation(x, "x", self.cfg, torch.Tensor)
         logits = torch.einsum("mv,bpm->bpv", self.W_U, x) + self.b_U  # [batch, pos, d_vocab]
         return logits
