@@ -168,9 +168,11 @@ def nonfinite(x):
     """None if every entry of the float array or tensor ``x`` is finite, else "nan", "inf" or "-inf"."""
     if not hasattr(x, "dtype") or not _is_float(x) or _size(x) == 0:
         return None
-    if hasattr(x, "detach"):
-        x = x.detach()  # a torch tensor: its extremes need no autograd record
-    low, high = float(x.min()), float(x.max())
+    if _is_torch(x):
+        low, high = x.detach().aminmax()  # one pass, and no autograd record
+    else:
+        low, high = x.min(), x.max()
+    low, high = float(low), float(high)
     if math.isnan(low) or math.isnan(high):
         return "nan"
     if high == math.inf:
