@@ -1,4 +1,4 @@
-"""The README's per-seed table of the induction experiment: ``python -m training.seed_table 0 1 2 3 4``.
+"""The per-seed table of the induction experiment in docs/training.md: ``python -m training.seed_table 0 1 2 3 4``.
 
 Each seed is ``python demo.py induction --seed N`` without the figures: the same training, the
 same held-out data, one NumPy thread (set here before NumPy loads). It prints one Markdown row
