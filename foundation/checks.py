@@ -1,7 +1,8 @@
 """Input checks shared by both implementations (written once; torch_impl imports them).
 
-Every public entry point calls one of these before any math, so a bad argument fails with
-a ValueError or TypeError that names it, never with a broadcasting error from deep inside.
+The boundary (``foundation/boundary.py``, around every component call) and the other public
+entry points call these before any math, so a bad argument fails with a ValueError or TypeError
+that names it, never with a broadcasting error from deep inside.
 The NumPy reference passes ``np.ndarray`` where a check asks for the array type, the torch
 twin ``torch.Tensor``, so handing a tensor to a NumPy component (or an array to a torch one)
 is a clear TypeError rather than a failure deep inside the math.
