@@ -5,6 +5,9 @@ gradient that is exactly zero in exact arithmetic (b_K's) is measured against th
 gradient of the whole component or model instead (``relative_errors``).
 """
 
+import itertools
+
+import pytest
 
 from foundation.agreement import TOL, rel_err, relative_errors  # noqa: F401
 from foundation.hooks import as_numpy as to_numpy  # noqa: F401
@@ -35,3 +38,62 @@ def compare_grads(np_module, torch_module, dtype):
     for name, err in errors.items():
         assert err <= TOL[dtype], f"grad {name}: relative error {err:.3e} > {TOL[dtype]:.0e} ({dtype})"
     return errors
+
+
+# ---------------------------------------------------------------- pairwise selection of configurations
+#
+# A product of options (normalization x positional x causal x ...) grows fast; most mistakes show
+# up in one option or in two of them together. The default run checks a pairwise selection: every
+# value of every option next to every value of every other option, at least once. The rest of
+# the product runs under ``pytest -m slow``.
+
+
+def pairs_of(combo):
+    """Every (option index, value, option index, value) pair one combination covers; of a single option, its value."""
+    if len(combo) == 1:
+        return {(0, combo[0])}
+    return {(i, combo[i], j, combo[j]) for i in range(len(combo)) for j in range(i + 1, len(combo))}
+
+
+def pairwise(combos):
+    """A subset of ``combos`` (tuples, one value per option) covering every pair the whole list covers.
+
+    Every value of every option appears too (with a single option, that is all of them).
+
+    Greedy: take the combination that covers the most pairs not yet covered (the first one on a
+    tie), until none is left. Deterministic, and it respects any exclusion already made in
+    ``combos`` (a pair that no allowed combination has is not asked for).
+    """
+    combos = list(combos)
+    uncovered = set().union(*map(pairs_of, combos)) if combos else set()
+    chosen = []
+    while uncovered:
+        best = max(combos, key=lambda combo: len(pairs_of(combo) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs_of(best)
+    return chosen
+
+
+def pairwise_then_slow(cases, ids=None, options=tuple):
+    """pytest params of every case: a pairwise selection by default, the others marked slow.
+
+    ``cases`` are the parameter values as the test takes them; ``options(case)`` is the tuple of
+    option values whose pairs must be covered (by default the case itself).
+    """
+    cases = list(cases)
+    default = set(pairwise([tuple(options(case)) for case in cases]))
+    ids = ids or [None] * len(cases)
+    return [pytest.param(*case, id=name, marks=() if tuple(options(case)) in default else pytest.mark.slow)
+            for case, name in zip(cases, ids)]
+
+
+def parametrize_pairwise(**options):
+    """``@pytest.mark.parametrize`` over the product of ``options`` (name -> values), pairwise by default.
+
+    ``@parametrize_pairwise(dtype=["float64", "float32"], pos=[1, 7], causal=[True, False])`` gives
+    every combination, as stacked ``parametrize`` decorators would; those outside a pairwise
+    selection carry the ``slow`` mark.
+    """
+    cases = list(itertools.product(*options.values()))
+    ids = ["-".join(str(value) for value in case) for case in cases]
+    return pytest.mark.parametrize(",".join(options), pairwise_then_slow(cases, ids))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import assert_close, compare_grads, load_into_twin, randomize
+from parity_tests.helpers import assert_close, compare_grads, load_into_twin, parametrize_pairwise, randomize
 
 DTYPES = ["float64", "float32"]
 N_CTX = 7
@@ -49,9 +49,7 @@ def test_layernorm(dtype, pos):
     run_float_component("LayerNorm", make_cfg(dtype), pos)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("pos", [1, N_CTX])
-@pytest.mark.parametrize("causal", [True, False])
+@parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX], causal=[True, False])
 def test_attention(dtype, pos, causal):
     run_float_component("MultiHeadAttention", make_cfg(dtype, causal=causal), pos)
 
@@ -61,9 +59,7 @@ def test_attention_with_d_head_not_d_model_over_n_heads(dtype):
     run_float_component("MultiHeadAttention", make_cfg(dtype, d_head=5), N_CTX)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("pos", [1, N_CTX])
-@pytest.mark.parametrize("act_fn", ["relu", "gelu_new"])
+@parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX], act_fn=["relu", "gelu_new"])
 def test_feedforward(dtype, pos, act_fn):
     run_float_component("FeedForward", make_cfg(dtype, act_fn=act_fn), pos)
 
@@ -74,19 +70,15 @@ def test_unembed(dtype, pos):
     run_float_component("Unembed", make_cfg(dtype), pos)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("pos", [1, N_CTX])
-@pytest.mark.parametrize("normalization", ["pre", "post", None])
-@pytest.mark.parametrize("attn_only", [False, True])
-@pytest.mark.parametrize("causal", [True, False])
+@parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX], normalization=["pre", "post", None], attn_only=[False, True],
+                      causal=[True, False])
 def test_block(dtype, pos, normalization, attn_only, causal):
     cfg = make_cfg(dtype, normalization=normalization, attn_only=attn_only, causal=causal)
     run_float_component("TransformerBlock", cfg, pos)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("pos", [1, N_CTX])
-@pytest.mark.parametrize("name", ["TokenEmbedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEncoding"])
+@parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX],
+                      name=["TokenEmbedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEncoding"])
 def test_token_input_components(dtype, pos, name):
     cfg = make_cfg(dtype)
     np_module = getattr(npi, name)(cfg, rng=0)

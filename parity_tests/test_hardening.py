@@ -31,7 +31,7 @@ import torch
 import numpy_impl as npi
 import torch_impl as pti
 from numpy_impl.optim import SGD, Adam, AdamW, LambdaLR, clip_grad_norm
-from parity_tests.helpers import load_into_twin, randomize, rel_err
+from parity_tests.helpers import load_into_twin, parametrize_pairwise, randomize, rel_err
 
 CFG = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, n_layers=2, n_ctx=6)
 TOKENS = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
@@ -157,9 +157,7 @@ NESTED_POINTS = ["hook_embed", "blocks.0.hook_resid_mid", "blocks.1.hook_resid_p
                  "blocks.1.hook_resid_post", "ln_final.hook_normalized"]
 
 
-@pytest.mark.parametrize("point", NESTED_POINTS)
-@pytest.mark.parametrize("inner", ["forward", "run_with_cache", "run_with_hooks"])
-@pytest.mark.parametrize("side", ["numpy", "torch"])
+@parametrize_pairwise(side=["numpy", "torch"], inner=["forward", "run_with_cache", "run_with_hooks"], point=NESTED_POINTS)
 def test_a_hook_that_runs_the_same_model_again(point, inner, side):
     """The outer backward's gradients are those of the run without the nested one."""
     np_model, torch_model = twins()

@@ -5,8 +5,6 @@ Attention scores hold -inf where the causal mask hides a key: the masks must mat
 finite entries are compared.
 """
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ import torch
 import numpy_impl as npi
 import torch_impl as pti
 from numpy_impl import hook_name
-from parity_tests.helpers import TOL, randomize, rel_err, to_numpy
+from parity_tests.helpers import TOL, parametrize_pairwise, randomize, rel_err, to_numpy
 from parity_tests.interp_helpers import twin_of
 
 B, P = 3, 6
@@ -66,11 +64,8 @@ def parity(name, a, b, dtype):
     return err
 
 
-CONFIGS = list(itertools.product(["pre", "post", None], [False, True], ["learned", "sinusoidal"], [True, False]))
-
-
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("norm,attn_only,positional,causal", CONFIGS)
+@parametrize_pairwise(norm=["pre", "post", None], attn_only=[False, True], positional=["learned", "sinusoidal"],
+                      causal=[True, False], dtype=["float64", "float32"])
 def test_every_hook_cached_with_equal_activations_and_gradients(norm, attn_only, positional, causal, dtype):
     model, twin = make_pair(dtype, normalization=norm, attn_only=attn_only, positional=positional, causal=causal)
     rng = np.random.default_rng(5)

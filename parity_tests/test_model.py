@@ -1,7 +1,9 @@
 """Parity of the whole model over every configuration, with weights carried by a real .npz file.
 
 normalization x positional x causal x attn_only x act_fn x unembed, batch 3, pos 1 and n_ctx,
-in float64 and float32: the output and the gradient of every parameter must agree.
+in float64 and float32: the output and the gradient of every parameter must agree. The default
+run takes a pairwise selection of the configurations (every two option values together at least
+once); ``pytest -m slow`` runs the rest.
 """
 
 import itertools
@@ -12,7 +14,7 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import assert_close, compare_grads, randomize
+from parity_tests.helpers import assert_close, compare_grads, pairwise_then_slow, randomize
 
 N_CTX = 6
 # act_fn does not matter without an MLP, so attn_only runs with relu alone
@@ -35,8 +37,12 @@ def config_id(combo):
     return f"{norm}-{positional}-{'causal' if causal else 'bidir'}-{'attnonly' if attn_only else 'mlp'}-{act_fn}-{'logits' if unembed else 'resid'}"
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("combo", CONFIGS, ids=[config_id(c) for c in CONFIGS])
+# every configuration in both dtypes; a pairwise selection by default, the rest under pytest -m slow
+CASES = [(combo, dtype) for dtype in ("float64", "float32") for combo in CONFIGS]
+
+
+@pytest.mark.parametrize("combo,dtype", pairwise_then_slow(CASES, ids=[f"{config_id(c)}-{d}" for c, d in CASES],
+                                                           options=lambda case: (*case[0], case[1])))
 def test_model_parity(combo, dtype, tmp_path):
     norm, positional, causal, attn_only, act_fn, unembed = combo
     cfg = npi.TransformerConfig(
