@@ -679,15 +679,29 @@ def test_values_that_do_not_fit_a_float32_model_are_refused_naming_the_key(side,
         (npi.Transformer if side == "numpy" else pti.Transformer).load(path)
 
 
-def test_integer_values_too_big_for_the_dtype_are_refused():
-    model = npi.Transformer(SMALL)
-    state = model.state_dict()
-    state["embed.W_E"] = np.full((5, 4), 2**62, dtype=np.int64)  # fits float64 (rounded): accepted
+@pytest.mark.parametrize("side", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_integer_weights_are_never_too_big_for_the_dtype_and_are_cast(side, dtype):
+    """The largest integers (uint64's 1.8e19, int64's -9.2e18) fit float32 (up to 3.4e38): cast, not refused.
+
+    No integer dtype holds a value too big for float32 or float64, so the overflow check of
+    load_state_dict looks at float values only: in a float32 model the same key holding a float64
+    1e300 is refused, naming the key.
+    """
+    cfg = npi.TransformerConfig(**{**SMALL.to_dict(), "dtype": dtype})
+    model = npi.Transformer(cfg) if side == "numpy" else pti.Transformer(cfg)
+    state = {k: np.asarray(v) for k, v in npi.Transformer(cfg).state_dict().items()}
+    state["embed.W_E"] = np.full((5, 4), np.iinfo(np.uint64).max, dtype=np.uint64)
+    state["unembed.W_U"] = np.full((4, 5), np.iinfo(np.int64).min, dtype=np.int64)
     model.load_state_dict(state)
-    cfg32 = npi.TransformerConfig(**{**SMALL.to_dict(), "dtype": "float32"})
-    big = {k: v.astype(np.float32) for k, v in npi.Transformer(cfg32).state_dict().items()}
-    big["embed.W_E"] = np.full((5, 4), np.iinfo(np.uint64).max, dtype=np.uint64)  # 1.8e19 fits float32
-    npi.Transformer(cfg32).load_state_dict(big)
+    loaded = {k: np.asarray(v) for k, v in model.state_dict().items()}
+    assert loaded["embed.W_E"].dtype == np.dtype(dtype)
+    assert np.all(loaded["embed.W_E"] == 2.0**64)  # 2**64 - 1 rounds to 2**64 in both dtypes
+    assert np.all(loaded["unembed.W_U"] == -(2.0**63))
+    if dtype == "float32":
+        state["unembed.W_U"] = np.full((4, 5), 1e300)
+        with pytest.raises(ValueError, match=r"unembed\.W_U"):
+            model.load_state_dict(state)
 
 
 # ---------------------------------------------------------------- 6. arguments of the wrong kind
