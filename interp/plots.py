@@ -189,7 +189,8 @@ def plot_logit_lens(lens, path, title="Logit lens: what the unembedding reads af
     twin.set_ylabel("top-1 accuracy", color="tab:orange")
     twin.set_ylim(-0.02, 1.02)
     left.set_title("averaged over batch and positions")
-    left.legend(loc="upper left", fontsize=8)
+    # one legend for the lines of both y-axes
+    left.legend(handles=left.get_lines() + twin.get_lines(), loc="upper left", fontsize=8)
     image = right.imshow(per_position, aspect="auto", cmap="viridis")
     right.set_yticks(layers, lens.labels)
     right.set_xlabel("position (predicting the token at position + 1)")
@@ -257,16 +258,20 @@ def plot_patching(grid, path, token_labels=None, title="Activation patching", yl
 
 
 def plot_composition(scores, path, baseline=None, title="Composition scores, layer 0 -> layer 1"):
-    """Three heatmaps, Q, K and V composition [head in layer 0, head in layer 1]; ``scores`` maps kind -> array."""
+    """Three heatmaps, Q, K and V composition [head in layer 0, head in layer 1]; ``scores`` maps kind -> array.
+
+    With ``baseline`` (what random matrices score, about 1/sqrt(d_model)) the colour is the
+    distance above it: white at or below the baseline, redder the further above. A score of 0
+    and a score just under the baseline both look like nothing, as they mean nothing.
+    """
     kinds = list(scores)
     vmax = max(float(np.max(scores[k])) for k in kinds) or 1.0
     if baseline is not None:
-        # white at the random-matrix baseline: red above it (composition), blue below, pale = noise
         vmax = max(vmax, 2 * baseline)
-        norm = matplotlib.colors.TwoSlopeNorm(vmin=0.0, vcenter=baseline, vmax=vmax)
-        cmap = "RdBu_r"
+        norm = matplotlib.colors.Normalize(vmin=baseline, vmax=vmax)
+        cmap = plt.get_cmap("Reds").with_extremes(under="white")  # below the baseline: white, as at it
     else:
-        norm, cmap = matplotlib.colors.Normalize(vmin=0.0, vmax=vmax), "viridis"
+        norm, cmap = matplotlib.colors.Normalize(vmin=0.0, vmax=vmax), plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds) + 1.2, 3.8), squeeze=False, layout="constrained")
     for i, (ax, kind) in enumerate(zip(axes[0], kinds)):
         grid = as_numpy(scores[kind])
@@ -274,7 +279,7 @@ def plot_composition(scores, path, baseline=None, title="Composition scores, lay
         for a in range(grid.shape[0]):
             for b in range(grid.shape[1]):
                 shade = image.norm(grid[a, b])
-                dark = abs(shade - 0.5) > 0.35 if baseline is not None else shade < 0.5
+                dark = shade > 0.6 if baseline is not None else shade < 0.5
                 ax.text(b, a, f"{grid[a, b]:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if dark else "black")
         ax.set_xticks(range(grid.shape[1]), [f"H{h}" for h in range(grid.shape[1])])
@@ -283,11 +288,19 @@ def plot_composition(scores, path, baseline=None, title="Composition scores, lay
         if i == 0:
             ax.set_ylabel("head in the earlier layer (writes)")
         ax.set_title(f"{kind.upper()}-composition")
-    bar = fig.colorbar(image, ax=axes, shrink=0.85, label="composition score")
+        if baseline is not None:  # a thin frame, so that an all-white panel still reads as a grid
+            ax.set_xticks(np.arange(grid.shape[1] + 1) - 0.5, minor=True)
+            ax.set_yticks(np.arange(grid.shape[0] + 1) - 0.5, minor=True)
+            ax.grid(which="minor", color="lightgrey", lw=0.8)
+            ax.tick_params(which="minor", length=0)
     if baseline is not None:
-        bar.ax.axhline(baseline, color="black", lw=1.5)
-        bar.set_ticks([0.0, baseline, vmax], labels=["0", f"{baseline:.2f} random", f"{vmax:.2f}"])
-    suffix = "" if baseline is None else f"\n(white: the random-matrix baseline ~ {baseline:.2f}; red: above it)"
+        # the triangle under the bar: scores below the baseline, white as the baseline itself
+        bar = fig.colorbar(image, ax=axes, shrink=0.85, extend="min", extendfrac=0.08, label="composition score")
+        bar.set_ticks([baseline, vmax], labels=[f"{baseline:.2f} random", f"{vmax:.2f}"])
+        suffix = f"\n(white: at or below the random-matrix baseline ~ {baseline:.2f}; the redder, the further above it)"
+    else:
+        fig.colorbar(image, ax=axes, shrink=0.85, label="composition score")
+        suffix = ""
     fig.suptitle(title + suffix)
     return _save(fig, path)
 

@@ -275,12 +275,21 @@ def show_circuits(walk, head_scores):
     composition = {kind: circuits.composition_scores(model, kind) for kind in circuits.COMPOSITION_KINDS}
     baseline = 1 / np.sqrt(cfg.d_model)
     plots.plot_composition(composition, walk.figure("interp_composition.png"), baseline=baseline)
+    print(f"  (random matrices score about 1/sqrt(d_model) = {baseline:.3f}: a score means something only well above it)")
     for kind, grid in composition.items():
         a, b = np.unravel_index(np.argmax(grid), grid.shape)
-        print(f"  {kind.upper()}-composition: strongest L0H{a} -> L1H{b} = {grid[a, b]:.2f} "
-              f"(random-matrix baseline ~{baseline:.2f})")
-    strongest = max(composition, key=lambda kind: composition[kind].max())
-    if strongest == "k":
+        if grid[a, b] > baseline:
+            print(f"  {kind.upper()}-composition: strongest L0H{a} -> L1H{b} = {grid[a, b]:.3f}, "
+                  f"{grid[a, b] - baseline:.3f} above the baseline")
+        else:
+            print(f"  {kind.upper()}-composition: no pair above the baseline (the highest, L0H{a} -> L1H{b}, "
+                  f"is {grid[a, b]:.3f})")
+    above = {kind: grid.max() - baseline for kind, grid in composition.items() if grid.max() > baseline}
+    strongest = max(above, key=above.get) if above else None
+    if strongest is None:
+        print("Reading: no head in layer 1 reads a layer-0 head's output more than random matrices would: "
+              "no composition, so no induction circuit of two heads.")
+    elif strongest == "k":
         print("Reading: K-composition is the strongest: the layer-1 head finds its keys through a layer-0 "
               "head's output, as an induction head reads a previous-token head.")
     else:
