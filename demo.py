@@ -25,7 +25,6 @@ TOURS = {
     "induction": ("tours.induction", "grow induction heads from scratch in NumPy, then find them"),
     "read": ("tours.read", "the reading page: NumPy and torch side by side, line by line, as one HTML file"),
 }
-SINGLE_THREADED = ("induction",)  # trained numbers that do not depend on the machine's thread count
 
 
 def main(argv=None):
@@ -41,10 +40,16 @@ def main(argv=None):
         sub = commands.add_parser(command, help=help_text, description=help_text)
         sub.set_defaults(module_name=module_name)
         sub.add_argument("--out", default="outputs", help="folder for figures and files (default: outputs/)")
-    if argv and argv[0] in SINGLE_THREADED:
-        from training import use_one_thread
+    # One thread for every command. Each multiplies small matrices (d_model 32 to 64, a few
+    # sequences): a second thread costs more to hand work to than it saves, and when another
+    # program holds the other core the two threads wait for each other at every product. On the
+    # 2-core development machine every command was fastest on one thread, idle and beside a busy
+    # neighbour (train-parity: minutes on two threads, seconds on one; docs/performance.md has the
+    # table). induction needs one thread in any case: its trained numbers must not depend on the
+    # machine. Set before any tour imports NumPy, whose BLAS reads its thread count when it loads.
+    from training import use_one_thread  # sets variables only: imports no NumPy
 
-        use_one_thread()  # before the tour imports NumPy
+    use_one_thread()
     # each command's own options are added only when it is chosen, so --help stays fast
     if argv and argv[0] in TOURS:
         module = importlib.import_module(TOURS[argv[0]][0])
