@@ -65,8 +65,10 @@ def test_a_bad_argument_is_one_line_of_error(case, tmp_path, capsys):
     assert len(error_lines) == 1, err
 
 
-@pytest.mark.parametrize("case", ["--out is a file", "gradcheck --sample 0", "interp a malformed weights file",
-                                  "exercises check a missing folder"])
+# each case starts a Python that imports torch: one by default, the rest under pytest -m slow
+@pytest.mark.parametrize("case", ["interp a malformed weights file"] + [
+    pytest.param(case, marks=pytest.mark.slow)
+    for case in ["--out is a file", "gradcheck --sample 0", "exercises check a missing folder"]])
 def test_as_a_subprocess(case, tmp_path):
     argv = bad_arguments(tmp_path)[case]
     result = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), *argv], cwd=tmp_path,

@@ -24,16 +24,17 @@ TOL = 1e-9
 MLP_CONFIG = TransformerConfig(d_vocab=40, d_model=24, n_heads=3, n_layers=2, n_ctx=48, d_mlp=48,
                                act_fn="gelu_new", normalization="post", positional="sinusoidal")
 
+# the first runs by default; the others under pytest -m slow (test_optim checks every optimizer's step by default)
 CASES = [
-    # (id, model config, training config)
+    # (id, model config, training config, marks)
     ("adam warm-up, induction model", replace(INDUCTION_CONFIG, dtype="float64"),
-     TrainConfig(steps=30, batch_size=8, lr=1e-2, warmup_steps=10)),
+     TrainConfig(steps=30, batch_size=8, lr=1e-2, warmup_steps=10), ()),
     ("adamw cosine clipped", replace(INDUCTION_CONFIG, dtype="float64"),
      TrainConfig(steps=30, batch_size=8, lr=2e-2, warmup_steps=5, decay="cosine", optimizer="adamw",
-                 weight_decay=0.1, max_grad_norm=0.5, data_seed=3)),
+                 weight_decay=0.1, max_grad_norm=0.5, data_seed=3), pytest.mark.slow),
     ("sgd momentum clipped, MLP post-norm model", MLP_CONFIG,
      TrainConfig(steps=30, batch_size=8, lr=0.1, warmup_steps=5, optimizer="sgd", momentum=0.9,
-                 max_grad_norm=1.0, data_seed=4)),
+                 max_grad_norm=1.0, data_seed=4), pytest.mark.slow),
 ]
 
 
@@ -48,7 +49,7 @@ def check_parity(result):
     return worst
 
 
-@pytest.mark.parametrize("cfg,train_cfg", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("cfg,train_cfg", [pytest.param(*c[1:3], id=c[0], marks=c[3]) for c in CASES])
 def test_training_parity_float64(cfg, train_cfg):
     check_parity(train_twins(cfg, train_cfg, seed=1))
 
@@ -75,6 +76,7 @@ def test_float32_training_stays_float32():
     assert {p.data.dtype for p in model.parameters()} == {np.dtype("float32")}
 
 
+@pytest.mark.slow  # the default run's training test is the parity above, which asserts the loss falls too
 def test_induction_training_loss_falls():
     """A short run of the experiment (200 of its 2000 steps): the loss must already fall clearly."""
     result = run_induction(seed=0, out_dir=None, steps=200, progress=False)
