@@ -99,6 +99,7 @@ def test_bad_time_limit(solved):
             check(solved, keys=["unembed"], time_limit=bad)
 
 
+@pytest.mark.slow  # two fresh workers (one started in the copy's folder): the default run has the other kinds
 def test_a_copy_in_the_working_folder_never_stands_in_for_the_reference(solved, tmp_path, monkeypatch):
     """``exercises init .`` puts the learner's numpy_impl in the working folder: the worker must
     still import the reference as numpy_impl (the block's sub-modules run the reference's backward)."""

@@ -101,6 +101,7 @@ def test_copy_with_reference_bodies_is_done_everywhere(solved):
             assert tensor.twin <= 1e-7 and tensor.numeric <= 1e-7, f"{result.key} {tensor.tensor}"
 
 
+@pytest.mark.slow  # a whole-copy check; the default run has this mistake in test_diagnose and a whole copy above
 def test_layernorm_missing_mean_term_is_wrong_at_x(solved, tmp_path):
     directory = copy_of(solved, tmp_path)
     plant(directory / "numpy_impl", "layernorm.py", "dx = dcentered + dmean / d_model", "dx = dcentered")
@@ -112,7 +113,7 @@ def test_layernorm_missing_mean_term_is_wrong_at_x(solved, tmp_path):
     assert "x off by" in format_results(results, directory)
 
 
-@pytest.mark.slow  # a second whole-copy check of a planted mistake: the default run has LayerNorm's above
+@pytest.mark.slow  # a whole-copy check; the default run has this mistake in test_diagnose
 def test_softmax_missing_row_sum_is_wrong_at_queries_and_keys(solved, tmp_path):
     directory = copy_of(solved, tmp_path)
     plant(directory / "numpy_impl", "attention.py",

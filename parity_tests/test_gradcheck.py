@@ -70,12 +70,12 @@ def test_every_component_passes(cls, overrides, weighted):
 
 @pytest.mark.parametrize(
     "overrides",
-    [
-        {"normalization": "pre"},
-        {"normalization": "post", "causal": False, "act_fn": "relu", "positional": "sinusoidal", "unembed": False},
-        {"normalization": None, "attn_only": True},
+    [  # the default run checks one whole model (the components above cover each option); -m slow the others
+        pytest.param({"normalization": "pre"}, id="pre"),
+        pytest.param({"normalization": "post", "causal": False, "act_fn": "relu", "positional": "sinusoidal",
+                      "unembed": False}, id="post-encoder", marks=pytest.mark.slow),
+        pytest.param({"normalization": None, "attn_only": True}, id="none-attn_only", marks=pytest.mark.slow),
     ],
-    ids=["pre", "post-encoder", "none-attn_only"],
 )
 def test_whole_model_every_parameter(overrides):
     model, report = check("Transformer", overrides, sample=6)

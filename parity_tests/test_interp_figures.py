@@ -29,6 +29,7 @@ def assert_png(path, min_side=200):
     assert image[..., :3].std() > 0.05  # not a blank canvas
 
 
+@pytest.mark.slow  # ten figures; the walk-through below draws every kind of figure by default
 def test_every_plot_writes_a_png(tmp_path):
     model, twin = random_pair()
     tokens = np.random.default_rng(0).integers(0, 13, (2, 8))
