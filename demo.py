@@ -26,6 +26,14 @@ TOURS = {
     "read": ("tours.read", "the reading page: NumPy and torch side by side, line by line, as one HTML file"),
 }
 
+# Threads. Every command computes on one thread. Each multiplies small matrices (d_model 32 to
+# 64, a few sequences), where a second thread saves little or nothing, and when another program
+# holds the other core the two threads wait for each other at every product (train-parity: 37 s
+# on one thread beside a busy neighbour, 104 s on two; every command in docs/performance.md).
+# OMP_NUM_THREADS, when set, chooses instead (OMP_NUM_THREADS=2 python demo.py train-parity),
+# except for induction: its trained numbers must not depend on the thread count.
+SINGLE_THREADED = ("induction",)
+
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -40,16 +48,10 @@ def main(argv=None):
         sub = commands.add_parser(command, help=help_text, description=help_text)
         sub.set_defaults(module_name=module_name)
         sub.add_argument("--out", default="outputs", help="folder for figures and files (default: outputs/)")
-    # One thread for every command. Each multiplies small matrices (d_model 32 to 64, a few
-    # sequences): a second thread costs more to hand work to than it saves, and when another
-    # program holds the other core the two threads wait for each other at every product. On the
-    # 2-core development machine every command was fastest on one thread, idle and beside a busy
-    # neighbour (train-parity: minutes on two threads, seconds on one; docs/performance.md has the
-    # table). induction needs one thread in any case: its trained numbers must not depend on the
-    # machine. Set before any tour imports NumPy, whose BLAS reads its thread count when it loads.
-    from training import use_one_thread  # sets variables only: imports no NumPy
+    if "OMP_NUM_THREADS" not in os.environ or argv and argv[0] in SINGLE_THREADED:  # see "Threads" above
+        from training import use_one_thread  # before any tour imports NumPy (this imports none)
 
-    use_one_thread()
+        use_one_thread()
     # each command's own options are added only when it is chosen, so --help stays fast
     if argv and argv[0] in TOURS:
         module = importlib.import_module(TOURS[argv[0]][0])
