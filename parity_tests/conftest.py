@@ -5,7 +5,7 @@ import os
 from training import use_one_thread
 
 # One thread, set before any test module imports NumPy: the tests multiply small matrices, where a
-# second thread only waits (the whole default run takes half the CPU time; docs/performance.md).
+# second thread saves nothing and, beside a busy program, waits (docs/performance.md, "Threads").
 use_one_thread()
 
 import pytest  # noqa: E402
