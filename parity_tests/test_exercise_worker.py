@@ -53,6 +53,7 @@ def test_a_backward_that_ends_the_interpreter_is_exited_and_the_check_goes_on(so
     assert results["unembed"].status == "done"
 
 
+@pytest.mark.slow  # a fresh worker; the default run has the hang (a kill and a fresh worker) and sys.exit
 def test_os_exit_ends_only_the_worker_and_all_together_is_not_run_after_it(solved, tmp_path):
     directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, "import os; os._exit(3)")
     results = by_key(check(directory, keys=["layernorm", "model"], sample=SAMPLE, time_limit=ROOMY))
