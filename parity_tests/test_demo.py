@@ -61,7 +61,8 @@ print(torch.get_num_threads(), os.environ["OPENBLAS_NUM_THREADS"] if "OPENBLAS_N
 ])
 def test_each_command_runs_on_one_thread_unless_omp_num_threads_says(omp, command, expected):
     root = Path(demo.__file__).parent
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    thread_variables = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in thread_variables}
     if omp is not None:
         env["OMP_NUM_THREADS"] = omp
     result = subprocess.run([sys.executable, "-c", THREAD_PROBE, command], capture_output=True, text=True,

@@ -157,7 +157,8 @@ NESTED_POINTS = ["hook_embed", "blocks.0.hook_resid_mid", "blocks.1.hook_resid_p
                  "blocks.1.hook_resid_post", "ln_final.hook_normalized"]
 
 
-@parametrize_pairwise(side=["numpy", "torch"], inner=["forward", "run_with_cache", "run_with_hooks"], point=NESTED_POINTS)
+@parametrize_pairwise(side=["numpy", "torch"], inner=["forward", "run_with_cache", "run_with_hooks"],
+                      point=NESTED_POINTS)
 def test_a_hook_that_runs_the_same_model_again(point, inner, side):
     """The outer backward's gradients are those of the run without the nested one."""
     np_model, torch_model = twins()

@@ -275,7 +275,8 @@ def show_circuits(walk, head_scores):
     composition = {kind: circuits.composition_scores(model, kind) for kind in circuits.COMPOSITION_KINDS}
     baseline = 1 / np.sqrt(cfg.d_model)
     plots.plot_composition(composition, walk.figure("interp_composition.png"), baseline=baseline)
-    print(f"  (random matrices score about 1/sqrt(d_model) = {baseline:.3f}: a score means something only well above it)")
+    print(f"  (random matrices score about 1/sqrt(d_model) = {baseline:.3f}: "
+          "a score means something only well above it)")
     for kind, grid in composition.items():
         a, b = np.unravel_index(np.argmax(grid), grid.shape)
         if grid[a, b] > baseline:
