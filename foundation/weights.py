@@ -16,7 +16,9 @@ never code), and it checks the file's claims against what the file holds before 
 array: the config must ask for exactly the arrays present, each array header must promise
 exactly the bytes its member holds, and the fixed tensors the config would build must be of
 a sane size. Whatever is wrong (the zip container, a member's compression, an array's header,
-the config's JSON) is one ``ValueError`` naming the file.
+the config's JSON) is one ``ValueError`` naming the file. The arrays are then checked and cast
+as ``load_state_dict`` checks and casts them (``foundation.checks.check_state_dict``), so both
+twins load the same values from a file, or refuse it with the same message naming file and key.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import zlib
 
 import numpy as np
 
-from .checks import key_problems
+from .checks import check_state_dict, key_problems
 from .config import TransformerConfig
 
 CONFIG_KEY = "__config__"
@@ -192,18 +194,20 @@ def parameter_count(cfg: TransformerConfig) -> int:
 
 
 def load_weights(path):
-    """Read a weights file -> (TransformerConfig, {name: ndarray}). Never unpickles."""
+    """Read a weights file -> (TransformerConfig, {name: ndarray of cfg.dtype}). Never unpickles."""
     path = _check_path(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no weights file at {path!r}")
     try:
-        return _read(path)
+        cfg, arrays = _read(path)
     except _NotAWeightsFile as error:
         raise ValueError(f"{path!r} is not a Transformer Twins weights file ({error})") from None
     except (ValueError, TypeError, OSError, EOFError, KeyError, RecursionError, MemoryError, OverflowError,
             NotImplementedError, zipfile.BadZipFile, zlib.error) as error:
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         raise ValueError(f"{path!r} is not a readable Transformer Twins weights file ({reason})") from None
+    # as load_state_dict would take them: the model's dtype, native byte order; what would overflow it, refused
+    return cfg, check_state_dict(arrays, parameter_shapes(cfg), cfg.dtype, where=repr(path))
 
 
 class _NotAWeightsFile(Exception):

@@ -49,14 +49,21 @@ class Module(nn.Module):
             cls.forward = _forward_at_the_boundary(vars(cls)["forward"])
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys raise ValueError."""
-        if isinstance(state_dict, dict):  # ndarrays are welcome: they become tensors
-            state_dict = {name: _as_tensor(value) for name, value in state_dict.items()}
-        if strict:
-            params = dict(self.named_parameters())
-            dtype = str(next(iter(params.values())).dtype).replace("torch.", "") if params else None
-            check_state_dict(state_dict, {name: tuple(p.shape) for name, p in params.items()}, dtype)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys raise ValueError.
+
+        ``foundation.checks.check_state_dict`` checks everything first and casts to the model's
+        dtype, as the NumPy reference's ``load_state_dict`` does, so both take the same state
+        dicts with the same values and refuse the same ones with the same message; with
+        ``strict=False`` the keys present are checked all the same. ``assign=True`` makes new
+        parameters of the values cast to each parameter's dtype and device (never the caller's
+        own tensors, never another dtype).
+        """
+        params = dict(self.named_parameters())
+        dtype = str(next(iter(params.values())).dtype).replace("torch.", "") if params else None
+        arrays = check_state_dict(state_dict, {name: tuple(p.shape) for name, p in params.items()}, dtype, strict)
+        tensors = {name: torch.from_numpy(array).to(params[name].device) for name, array in arrays.items()}
+        unexpected = {name: value for name, value in state_dict.items() if name not in params}  # strict=False: listed
+        return super().load_state_dict({**tensors, **unexpected}, strict=strict, assign=assign)
 
     @classmethod
     def from_twin(cls, twin):
@@ -130,11 +137,6 @@ def token_tensor(tokens, cfg):
         return torch.from_numpy(tokens.astype(np.int64))
     check_tokens(tokens, cfg, torch.Tensor)
     return tokens.to(torch.int64)
-
-
-def _as_tensor(value):
-    """An ndarray becomes a tensor (as a user moving weights would expect); the rest is checked as it is."""
-    return torch.from_numpy(value) if type(value).__module__ == "numpy" and hasattr(value, "shape") else value
 
 
 class HookPoint(nn.Module, HookLists):
