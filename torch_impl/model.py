@@ -122,12 +122,25 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
     def bfloat16(self):
         self._check_dtype(torch.bfloat16)
 
+    def type(self, dst_type):
+        """torch's ``Module.type`` on the floating-point tensors only, as ``.to(dtype)``: the causal mask stays bool."""
+        return self._apply(lambda t: t.type(dst_type) if t.is_floating_point() else t)
+
     def _apply(self, fn, *args, **kwargs):
-        """Every move (.to, .double, .float, .cpu, ...) ends here: then every component's cfg.dtype follows."""
+        """Every move (.to, .double, .float, .cpu, ...) ends here: then every component's cfg.dtype follows.
+
+        ``fn`` is tried first on an empty tensor like the weights and on an empty bool tensor like
+        the causal mask: a move to a dtype the model cannot compute in, or one that would turn the
+        mask into numbers, is refused before any tensor changes.
+        """
+        weights = self.embed.W_E
+        self._check_dtype(fn(weights.new_empty(0)).dtype)
+        if fn(weights.new_empty(0, dtype=torch.bool)).dtype != torch.bool:
+            raise TypeError("this move would turn the bool causal mask into numbers: the model computes in float32 "
+                            "or float64 with a bool mask; use .float(), .double() or .to(dtype)")
         super()._apply(fn, *args, **kwargs)
         dtype = str(self.embed.W_E.dtype).removeprefix("torch.")
         if dtype != self.cfg.dtype:
-            self._check_dtype(self.embed.W_E.dtype)
             cfg = dataclasses.replace(self.cfg, dtype=dtype)
             for module in self.modules():
                 if hasattr(module, "cfg"):
