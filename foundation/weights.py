@@ -91,9 +91,11 @@ def write_atomically(path, write):
             os.fsync(f.fileno())
         _save_target(path)  # again: what is at the path may have changed while the file was written
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+        if isinstance(error, OSError) and error.strerror:  # a full disk, an immutable file: say which save failed
+            raise type(error)(f"cannot save {path!r}: {error.strerror} (what was there is unchanged)") from None
         raise
 
 
