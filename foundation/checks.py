@@ -112,14 +112,19 @@ def _ids_of_lists(tokens, name):
         raise TypeError(f"{name} must be nested lists of integer ids; an entry cannot be read ({error})") from None
     if cells.ndim > 2:  # no caller takes more than [batch, pos]
         raise ValueError(f"{name} must have shape [batch, pos] (rank 2), got shape {cells.shape}")
+    ids = []
     for cell in cells.flat:
         if isinstance(cell, (list, tuple)):
             raise ValueError(rectangular)
+        if isinstance(cell, np.ndarray) or _is_tensor(cell):  # a 0-d array or tensor: its one value
+            if check_plain(cell, name).ndim != 0:
+                raise ValueError(rectangular)
+            cell = cell.item()
         if isinstance(cell, (bool, np.bool_)):
             raise TypeError(f"{name} must hold integer token ids, got the bool {cell!r} (True and False are not ids)")
         if not isinstance(cell, (int, np.integer)):
             raise TypeError(f"{name} must hold integer token ids, got {cell!r} of type {type(cell).__name__}")
-    ids = [int(cell) for cell in cells.flat]
+        ids.append(int(cell))
     low, high = min(ids, default=0), max(ids, default=0)
     for dtype in (np.int64, np.uint64):
         if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
@@ -334,12 +339,14 @@ def check_state_dict(state_dict, expected_shapes: dict, dtype=None, strict=True,
     problems = key_problems(state_dict, expected_shapes, "keys") if strict else []
     arrays = {}
     for name in [name for name in expected_shapes if name in state_dict]:
-        array = _real_array(state_dict[name], f"state_dict[{name!r}]", where)
-        if tuple(array.shape) != tuple(expected_shapes[name]):
+        value = state_dict[name]
+        _check_real_values(value, f"state_dict[{name!r}]", where)
+        if tuple(value.shape) != tuple(expected_shapes[name]):
             problems.append(
-                f"{name}: shape {tuple(array.shape)} does not match the model's {tuple(expected_shapes[name])}"
+                f"{name}: shape {tuple(value.shape)} does not match the model's {tuple(expected_shapes[name])}"
             )
             continue
+        array = _as_plain_array(value)
         with np.errstate(over="ignore"):  # an overflow is reported below, by name
             arrays[name] = np.array(array, dtype=dtype, order="C", copy=True)
         if array.dtype.kind == "f" and np.any(np.isinf(arrays[name]) & np.isfinite(array)):
@@ -349,20 +356,26 @@ def check_state_dict(state_dict, expected_shapes: dict, dtype=None, strict=True,
     return arrays
 
 
-def _real_array(value, label, where):
-    """A state dict's value -> a plain ndarray of real numbers (floats of any width, or integers), checked first."""
+def _check_real_values(value, label, where):
+    """A state dict's value must be a plain array or tensor of real numbers (floats of any width, or integers)."""
     check_plain(value, f"{where}: {label}")
     if _is_tensor(value):
         if not (value.is_floating_point() or _is_int(value)):
             raise TypeError(f"{where}: {label} must hold real numbers, got dtype {_dtype_name(value)}")
+        return
+    if not (hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__")):
+        raise TypeError(f"{where}: {label} must be an ndarray or a tensor of real numbers, got {type(value).__name__}")
+    dtype = np.dtype(value.dtype)
+    ml_float = dtype.kind == "V" and dtype.fields is None and np.can_cast(dtype, np.float64)  # ml_dtypes' bfloat16
+    if not (dtype.kind in "fiu" and dtype.fields is None or ml_float):
+        raise TypeError(f"{where}: {label} must hold real numbers, got dtype {dtype}")
+
+
+def _as_plain_array(value):
+    """A checked value -> a plain ndarray holding the same numbers (a float64 one where NumPy has no such float)."""
+    if _is_tensor(value):
         if value.is_floating_point():
             value = value.double()  # exact from bfloat16, float16, float8 and float32: NumPy has no bfloat16
         return value.numpy(force=True)  # detached, on the CPU
-    if not (isinstance(value, np.ndarray) or hasattr(value, "__array__") and hasattr(value, "dtype")):
-        raise TypeError(f"{where}: {label} must be an ndarray or a tensor of real numbers, got {type(value).__name__}")
     array = np.asarray(value)  # np.matrix, a memmap, another library's array: the same numbers, as a plain ndarray
-    if array.dtype.kind in "fiu" and array.dtype.fields is None:
-        return array
-    if array.dtype.kind == "V" and array.dtype.fields is None and np.can_cast(array.dtype, np.float64):
-        return array.astype(np.float64)  # ml_dtypes' bfloat16 and float8, which cast to float64 exactly
-    raise TypeError(f"{where}: {label} must hold real numbers, got dtype {array.dtype}")
+    return array.astype(np.float64) if array.dtype.kind == "V" else array  # ml_dtypes' floats cast exactly
