@@ -2,7 +2,8 @@
 
 ``torch.nn`` already gives parameters, modules and state dicts. ``Module`` adds what the NumPy
 reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and
-names every bad key in one ``ValueError``, and ``from_twin``. ``HookPoint`` is the twin of the
+names every bad key in one ``ValueError``, and ``from_twin``; and dtype moves (``.float()``,
+``.double()``, ``.to(dtype)``) that take ``cfg.dtype`` along, refusing any other dtype first. ``HookPoint`` is the twin of the
 reference's (its hook lists are ``foundation.hooks.HookLists``, written once).
 
 ``Module`` is also the boundary, as the reference's: every subclass's ``forward`` is wrapped (see
@@ -13,6 +14,7 @@ tensors: it refuses a backward through a tensor changed in place after the forwa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from itertools import chain
@@ -71,6 +73,47 @@ class Module(nn.Module):
         module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
         module.load_state_dict(twin.state_dict())
         return module
+
+    # --- moving like a torch module: cfg.dtype follows the parameters; other dtypes are refused first ---
+
+    def to(self, *args, **kwargs):
+        """torch's ``Module.to`` (device, dtype, or both); a dtype other than float32/float64 is refused."""
+        for arg in (*args, *kwargs.values()):
+            if isinstance(arg, (torch.dtype, torch.Tensor)):
+                _check_dtype(arg if isinstance(arg, torch.dtype) else arg.dtype)
+        return super().to(*args, **kwargs)
+
+    def type(self, dst_type):
+        """torch's ``Module.type`` on the floating-point tensors only, as ``.to(dtype)``: a bool mask stays bool."""
+        return self._apply(lambda t: t.type(dst_type) if t.is_floating_point() else t)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Every move (.to, .float, .double, .half, .type, .cuda, ...) ends here; then cfg.dtype follows.
+
+        ``fn`` is tried first on an empty tensor of the module's dtype and on an empty bool tensor
+        (a causal mask): a move to a dtype the twin cannot compute in, or one that would turn a mask
+        into numbers, is refused before any tensor changes.
+        """
+        cfg = getattr(self, "cfg", None)
+        if cfg is not None:
+            _check_dtype(fn(torch.empty(0, dtype=getattr(torch, cfg.dtype))).dtype)
+            if fn(torch.empty(0, dtype=torch.bool)).dtype != torch.bool:
+                raise TypeError("this move would turn the bool causal mask into numbers: the twin computes in "
+                                "float32 or float64 with a bool mask; use .float(), .double() or .to(dtype)")
+        super()._apply(fn, *args, **kwargs)
+        floats = [t for t in chain(self.parameters(), self.buffers()) if t.is_floating_point()]
+        if cfg is not None and floats and str(floats[0].dtype) != f"torch.{cfg.dtype}":
+            cfg = dataclasses.replace(cfg, dtype=str(floats[0].dtype).removeprefix("torch."))
+            for module in self.modules():
+                if hasattr(module, "cfg"):
+                    module.cfg = cfg
+        return self
+
+
+def _check_dtype(dtype):
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype {dtype} is not supported: the twin computes in float32 or float64 "
+                        "(cfg.dtype); use .float() or .double()")
 
 
 def _forward_at_the_boundary(forward):
