@@ -238,6 +238,22 @@ def test_saving_over_a_hard_linked_file_leaves_the_other_name_whole(tmp_path):
     assert rel_err(stored_W_E(path), new) == 0
 
 
+@pytest.mark.parametrize("side", SIDES)
+def test_a_save_that_fails_on_the_disk_names_the_path_and_keeps_the_old_file(tmp_path, monkeypatch, side):
+    path = tmp_path / "w.npz"
+    old = saved_by("numpy", 1, path)
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match=re.escape(repr(str(path))) + ".*No space left") as raised:
+        saved_by(side, 2, path)
+    monkeypatch.undo()
+    assert "\n" not in str(raised.value)
+    assert sorted(os.listdir(tmp_path)) == ["w.npz"] and rel_err(stored_W_E(path), old) == 0
+
+
 def test_the_writer_refuses_for_any_format(tmp_path):
     """The rules live in the one writer every format goes through (npz here; any callback the same way)."""
     fifo = tmp_path / "w.safetensors"
@@ -513,6 +529,9 @@ TOKEN_LISTS_BAD = {
     "[[1, [2]]]": lambda: [[1, [2]]],
     "ragged": lambda: [[1, 2], [3]],
     "nested 100 deep": lambda: _nested(100),
+    "a 0-d bool tensor": lambda: [[torch.tensor(True), 1]],
+    "a 0-d float array": lambda: [[np.array(1.0), 1]],
+    "a 0-d meta tensor": lambda: [[torch.tensor(1, device="meta"), 1]],
 }
 
 
@@ -544,6 +563,7 @@ TOKEN_LISTS_GOOD = {
     "a list of uint64 arrays": lambda: [row.astype(np.uint64) for row in TOKENS],
     "a list of int tensors": lambda: [torch.from_numpy(row) for row in TOKENS],
     "a tuple of tuples": lambda: tuple(tuple(row) for row in TOKENS.tolist()),
+    "0-d int tensors and arrays": lambda: [[torch.tensor(t) if t % 2 else np.array(t) for t in row] for row in TOKENS],
 }
 
 
@@ -783,6 +803,46 @@ def test_a_move_to_float32_or_float64_takes_the_config_along(move, cfg):
     assert twin.cfg.dtype == dtype and all(m.cfg.dtype == dtype for m in twin.modules() if hasattr(m, "cfg"))
     assert {str(p.dtype) for p in twin.parameters()} == {f"torch.{dtype}"}
     assert rel_err(twin(TOKENS), np_model(TOKENS)) <= 1e-5  # float32 parity, as the parity tests state it
+
+
+def _components(cfg):
+    """(name, a torch component of cfg, its input) for each component that holds cfg."""
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 4, 12))).to(getattr(torch, cfg.dtype))
+    tokens = torch.from_numpy(TOKENS)
+    return [("LayerNorm", pti.LayerNorm(cfg), x), ("MultiHeadAttention", pti.MultiHeadAttention(cfg), x),
+            ("FeedForward", pti.FeedForward(cfg), x), ("TransformerBlock", pti.TransformerBlock(cfg), x),
+            ("Unembed", pti.Unembed(cfg), x), ("TokenEmbedding", pti.TokenEmbedding(cfg), tokens),
+            ("SinusoidalPositionalEncoding", pti.SinusoidalPositionalEncoding(cfg), tokens)]
+
+
+@pytest.mark.parametrize("move", [".half()", ".type(torch.float16)", ".to(torch.bfloat16)", "._apply(double, masks too)"])
+@pytest.mark.parametrize("index", range(7), ids=[name for name, _, _ in _components(CFG)])
+def test_a_component_refuses_a_dtype_move_before_anything_moves(index, move):
+    _, component, x = _components(CFG32)[index]
+    before = {name: t.clone() for name, t in chain_tensors(component)}
+    out = component(x).detach().clone()
+    do = {".half()": lambda m: m.half(), ".type(torch.float16)": lambda m: m.type(torch.float16),
+          ".to(torch.bfloat16)": lambda m: m.to(torch.bfloat16),
+          "._apply(double, masks too)": lambda m: m._apply(lambda t: t.double())}[move]
+    with pytest.raises(TypeError, match="float32 or float64"):
+        do(component)
+    assert all(torch.equal(t, before[name]) and t.dtype == before[name].dtype for name, t in chain_tensors(component))
+    assert component.cfg == CFG32 and torch.equal(component(x), out)
+
+
+@pytest.mark.parametrize("index", range(7), ids=[name for name, _, _ in _components(CFG)])
+def test_a_component_moved_to_float64_takes_its_config_along(index):
+    _, component, x = _components(CFG32)[index]
+    component.double()
+    assert component.cfg.dtype == "float64" and all(m.cfg.dtype == "float64" for m in component.modules()
+                                                    if hasattr(m, "cfg"))
+    assert {t.dtype for _, t in chain_tensors(component) if t.is_floating_point()} <= {torch.float64}
+    out = component(x.double() if x.is_floating_point() else x)
+    assert out.dtype == torch.float64
+
+
+def chain_tensors(module):
+    return [*module.named_parameters(), *module.named_buffers()]
 
 
 # ---------------------------------------------------------------- 5. helpers and the command line
