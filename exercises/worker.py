@@ -11,6 +11,8 @@ process and waits at most a time limit for the answer:
 The worker imports numpy, torch and both twins once, before any time limit starts, and stays
 alive between exercises and between calls of ``check``: the normal path pays the start once
 per process. A worker that was killed is replaced by a fresh one for the next exercise.
+Ctrl-C reaches the checker only (the worker runs in a session of its own), and the checker
+stops the worker, also while it is still starting: one line, no process left behind.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import socket
 import subprocess
 import sys
 import traceback
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -52,15 +55,23 @@ class Worker:
         mine, theirs = socket.socketpair()
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join([str(PROJECT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVE, str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=environment, cwd=os.getcwd())
-        theirs.close()
-        self.connection = Connection(mine.detach())
+        self.process = self.connection = None
         try:
+            with _ctrl_c_held():  # a Ctrl-C inside Popen would lose the child: it is raised once self.process is set
+                # a session of its own: the terminal's Ctrl-C reaches the checker only, which stops the worker
+                self.process = subprocess.Popen(
+                    [sys.executable, "-c", SERVE, str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL, env=environment, cwd=os.getcwd(), start_new_session=True)
+            theirs.close()
+            self.connection = Connection(mine.detach())
             self.receive(STARTUP_LIMIT, "starting")
         except WorkerLost as lost:  # torch missing or broken: the environment's fault, not the learner's
             raise RuntimeError(f"the checker's worker process did not start: {lost} (its error is printed above)") from None
+        except BaseException:  # Ctrl-C while it starts: no worker is left behind
+            self.stop()
+            theirs.close()
+            mine.close()
+            raise
 
     def ask(self, request, limit, doing):
         """Send ``request`` and return the answer; WorkerLost if none comes within ``limit`` seconds."""
@@ -90,10 +101,11 @@ class Worker:
         return self.process.poll() is None and not self.connection.closed
 
     def stop(self):
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.kill()  # SIGKILL: a learner's loop cannot ignore it
-        self._wait(5)
-        if not self.connection.closed:
+        if self.process is not None:
+            self._wait(5)
+        if self.connection is not None and not self.connection.closed:
             self.connection.close()
 
     def _wait(self, seconds):
@@ -101,6 +113,22 @@ class Worker:
             return self.process.wait(seconds)
         except subprocess.TimeoutExpired:
             return None
+
+
+@contextmanager
+def _ctrl_c_held():
+    """Hold SIGINT (Ctrl-C) back for the block; one that came meanwhile is raised as the block ends.
+
+    A child started inside inherits the held signal: ``serve`` lets it through again.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 _worker = None
@@ -134,13 +162,18 @@ def serve(fd):
     """The worker's loop on socket ``fd``: ("call", function, args) -> ("ok", result), ("raise", error), ("exit", how)."""
     connection = Connection(fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the checker's to handle: it stops this process
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held while the checker started this process
     import numpy  # noqa: F401  (imported before the first time limit starts)
     import torch  # noqa: F401
 
     import numpy_impl  # noqa: F401
     import torch_impl  # noqa: F401
 
-    connection.send(("ok", None))
+    try:
+        connection.send(("ok", None))
+    except OSError:  # the checker is gone (stopped while this process started): nothing to say, to no one
+        return
     while True:
         try:
             _, function, args = connection.recv()

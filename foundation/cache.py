@@ -31,6 +31,7 @@ import copy
 
 import numpy as np
 
+from .checks import tokens_as_array
 from .views import stack
 
 MODES = ("all", "mlp", "attn")
@@ -232,10 +233,11 @@ class ActivationCacheMethods:
         model = self._model("logit_attrs")
         if not model.cfg.unembed:
             raise ValueError("logit_attrs needs a model with an unembedding (cfg.unembed=True)")
-        tokens = self._token_ids(tokens, "tokens")
+        positions = self._positions(residual_stack)  # (batch, pos), or (pos,) without a batch axis
+        tokens = self._token_ids(tokens, "tokens", positions)
         direction = self._like_cache(model.tokens_to_residual_directions(tokens))  # [*tokens.shape, d_model]
         if incorrect_tokens is not None:
-            incorrect_tokens = self._token_ids(incorrect_tokens, "incorrect_tokens")
+            incorrect_tokens = self._token_ids(incorrect_tokens, "incorrect_tokens", positions)
             if incorrect_tokens.shape != tokens.shape:
                 raise ValueError(f"tokens and incorrect_tokens must have the same shape, got {tokens.shape} "
                                  f"and {incorrect_tokens.shape}")
@@ -243,19 +245,43 @@ class ActivationCacheMethods:
         if self.cfg.normalization == "pre":
             direction = direction * self._like_cache(model._param_value(model.ln_final.w))  # [..., d_model]
         scaled = self.apply_ln_to_stack(residual_stack, None)  # [component, batch, pos, d_model]
-        if tokens.ndim == 1 and self.has_batch_dim and scaled.ndim == 4:
+        if tokens.ndim == 1 and self.has_batch_dim:
             direction = direction[:, None, :]  # [batch, 1, d_model]: one token per sequence, every position
         return (scaled * direction).sum(-1)  # [component, batch, pos]
 
-    def _token_ids(self, tokens, name):
-        """An int ndarray of token ids in [0, d_vocab), from an int, a list, an array or a tensor."""
+    def _positions(self, residual_stack):
+        """(batch, pos) of the cache's run, or (pos,) without a batch axis; ``residual_stack`` must end in them."""
+        if self.tokens is not None:
+            batch, pos = self.tokens.shape
+            positions = (batch, pos) if self.has_batch_dim else (pos,)
+        else:  # a cache made by hand: the stack says
+            positions = tuple(residual_stack.shape[-3:-1] if self.has_batch_dim else residual_stack.shape[-2:-1])
+        expected = (*positions, self.cfg.d_model)
+        if tuple(residual_stack.shape[-len(expected):]) != expected:
+            axes = "[..., batch, pos, d_model]" if self.has_batch_dim else "[..., pos, d_model]"
+            raise ValueError(f"residual_stack must have shape {axes} = [..., {', '.join(map(str, expected))}] "
+                             f"as the cache, got {tuple(residual_stack.shape)}")
+        return positions
+
+    def _token_ids(self, tokens, name, positions):
+        """An int ndarray of token ids in [0, d_vocab) that fits the cache's ``positions``.
+
+        An int (every position), [batch] (one per sequence, every position) or [batch, pos];
+        without a batch axis (after ``remove_batch_dim``) an int or [pos].
+        """
+        tokens = tokens_as_array(tokens, name)  # lists entry by entry: True is no id
         array = tokens.detach().cpu().numpy() if hasattr(tokens, "detach") else np.asarray(tokens)
         if array.dtype.kind not in "iu" or isinstance(tokens, bool):
             raise TypeError(f"{name} must be token ids (ints), got {tokens!r}")
-        if array.ndim > 2:
-            raise ValueError(f"{name} must be an int, [batch] or [batch, pos], got shape {array.shape}")
         if array.size and (array.min() < 0 or array.max() >= self.cfg.d_vocab):
             raise ValueError(f"{name} must lie in [0, d_vocab={self.cfg.d_vocab}), got {tokens!r}")
+        if self.has_batch_dim:
+            allowed = {(): "an int", positions[:1]: f"[batch] = {list(positions[:1])} (one per sequence)",
+                       positions: f"[batch, pos] = {list(positions)}"}
+        else:
+            allowed = {(): "an int", positions: f"[pos] = {list(positions)} (this cache has no batch axis)"}
+        if array.shape not in allowed:
+            raise ValueError(f"{name} must fit the cache: {', '.join(allowed.values())}; got shape {array.shape}")
         return array
 
     # --- shape ---

@@ -11,6 +11,8 @@ is a clear TypeError rather than a failure deep inside the math.
 from __future__ import annotations
 
 import numbers
+from collections import namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -21,6 +23,14 @@ def _is_torch(x):
     return type(x).__module__.startswith("torch")
 
 
+def _is_tensor(x):
+    """A torch.Tensor, or a subclass of it defined anywhere (foundation never imports torch)."""
+    return any(c.__name__ == "Tensor" and c.__module__ == "torch" for c in type(x).__mro__)
+
+
+TORCH_INT_DTYPES = {f"torch.{kind}{bits}" for kind in ("int", "uint") for bits in (8, 16, 32, 64)}
+
+
 def _is_float(x):
     if _is_torch(x):
         return x.is_floating_point()
@@ -29,8 +39,28 @@ def _is_float(x):
 
 def _is_int(x):
     if _is_torch(x):
-        return not x.is_floating_point() and not x.is_complex() and str(x.dtype) != "torch.bool"
+        return str(x.dtype) in TORCH_INT_DTYPES  # not bool, not the quantized qint8 ...
     return x.dtype.kind in "iu"  # not np.issubdtype(..., np.integer): timedelta64 would count
+
+
+def check_plain(x, name):
+    """``x`` itself, if its values can be read as they are: not a masked array, and a tensor with plain values."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain array, got a masked array (its mask would be ignored: "
+                        "pass .filled(value))")
+    if _is_tensor(x):
+        _check_plain_tensor(x, name)
+    return x
+
+
+def _check_plain_tensor(tensor, name):
+    """A tensor whose values can be read as they are: not on the meta device, dense, not nested or quantized."""
+    if tensor.is_meta:
+        raise TypeError(f"{name} is a tensor on the meta device: it has a shape but no values")
+    for odd, words in ((tensor.is_nested, "a nested tensor"), (tensor.is_quantized, "a quantized tensor"),
+                       (str(tensor.layout) != "torch.strided", f"a tensor of layout {tensor.layout}")):
+        if odd:
+            raise TypeError(f"{name} is {words}; pass a plain dense tensor (.to_dense(), .dequantize())")
 
 
 def _dtype_name(x):
@@ -57,18 +87,49 @@ def check_seed(seed, generator_type):
 def tokens_as_array(tokens, name: str = "tokens"):
     """Nested lists or tuples of ids -> an ndarray; an ndarray subclass -> a plain ndarray; the rest as it is.
 
-    A masked array is refused: its mask would be ignored, silently.
+    Nothing is converted before it is checked: every entry of a list must be a Python or NumPy
+    integer (``True`` is not an id, nor is ``2.0``), so a list never turns a bool into an id or a
+    uint64 into a float. A masked array is refused (its mask would be ignored, silently), and so
+    is a tensor without plain values (on the meta device, sparse, nested, quantized).
     """
-    if isinstance(tokens, np.ma.MaskedArray):
-        raise TypeError(f"{name} must be a plain array of ids, got a masked array (its mask would be ignored)")
+    if _is_tensor(check_plain(tokens, name)):
+        return tokens
     if isinstance(tokens, np.ndarray) and type(tokens) is not np.ndarray:
         return np.asarray(tokens)  # np.matrix and other subclasses: the same ids, read as a plain array
     if not isinstance(tokens, (list, tuple)):
         return tokens
+    return _ids_of_lists(tokens, name)
+
+
+def _ids_of_lists(tokens, name):
+    """Nested lists of ids -> an int64 ndarray (uint64 when an id needs it), each entry checked as given."""
+    rectangular = f"{name} must be a rectangular [batch, pos] array of ids; rows differ in length"
     try:
-        return np.asarray(tokens)
+        cells = np.array(tokens, dtype=object)  # each entry as given: a bool stays a bool, a uint64 a uint64
     except ValueError:
-        raise ValueError(f"{name} must be a rectangular [batch, pos] array of ids; rows differ in length") from None
+        raise ValueError(rectangular) from None
+    except (TypeError, RuntimeError, NotImplementedError) as error:  # an entry NumPy cannot read (a meta tensor ...)
+        raise TypeError(f"{name} must be nested lists of integer ids; an entry cannot be read ({error})") from None
+    if cells.ndim > 2:  # no caller takes more than [batch, pos]
+        raise ValueError(f"{name} must have shape [batch, pos] (rank 2), got shape {cells.shape}")
+    ids = []
+    for cell in cells.flat:
+        if isinstance(cell, (list, tuple)):
+            raise ValueError(rectangular)
+        if isinstance(cell, np.ndarray) or _is_tensor(cell):  # a 0-d array or tensor: its one value
+            if check_plain(cell, name).ndim != 0:
+                raise ValueError(rectangular)
+            cell = cell.item()
+        if isinstance(cell, (bool, np.bool_)):
+            raise TypeError(f"{name} must hold integer token ids, got the bool {cell!r} (True and False are not ids)")
+        if not isinstance(cell, (int, np.integer)):
+            raise TypeError(f"{name} must hold integer token ids, got {cell!r} of type {type(cell).__name__}")
+        ids.append(int(cell))
+    low, high = min(ids, default=0), max(ids, default=0)
+    for dtype in (np.int64, np.uint64):
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+            return np.array(ids, dtype=dtype).reshape(cells.shape)
+    raise ValueError(f"{name} must be token ids in [0, d_vocab), got values from {low} to {high}")
 
 
 def check_tokens(tokens, cfg, array_type, name: str = "tokens"):
@@ -77,6 +138,7 @@ def check_tokens(tokens, cfg, array_type, name: str = "tokens"):
         raise TypeError(
             f"{name} must be an integer {_type_name(array_type)} of shape [batch, pos], got {type(tokens).__name__}"
         )
+    check_plain(tokens, name)
     if tokens.ndim != 2:
         raise ValueError(
             f"{name} must have shape [batch, pos] (rank 2), got shape {tuple(tokens.shape)}"
@@ -106,6 +168,8 @@ def check_activation(x, name: str, cfg, array_type):
     """A float array_type of the model's dtype, shape [batch, pos, d_model]: what every component takes."""
     if not isinstance(x, array_type):
         raise TypeError(f"{name} must be a {_type_name(array_type)}, got {type(x).__name__}")
+    if isinstance(x, np.ma.MaskedArray):  # (a tensor on the meta device passes: torch runs it for shapes)
+        check_plain(x, name)
     if not _is_float(x):
         raise TypeError(f"{name} must be a float array, got dtype {x.dtype}")
     if _dtype_name(x) != cfg.dtype:
@@ -125,6 +189,7 @@ def check_grad(dout, name: str, expected_shape, dtype=None):
     """An upstream gradient (NumPy side only): a float ndarray of the model's dtype, shaped like the forward's output."""
     if not isinstance(dout, np.ndarray):
         raise TypeError(f"{name} must be a float numpy.ndarray, got {type(dout).__name__}")
+    check_plain(dout, name)
     if not _is_float(dout):
         raise TypeError(f"{name} must be a float array, got dtype {dout.dtype}")
     if dtype is not None and _dtype_name(dout) != dtype:
@@ -163,13 +228,30 @@ def check_forward_done(state, component: str):
         )
 
 
-def check_hook_result(result, expected_shape, hook_name):
-    """What a hook returns replaces the activation (or gradient), so it must have its shape."""
+def check_hook_result(result, expected_shape, hook_name, direction="fwd"):
+    """What a hook returns replaces the activation (or gradient), so it must have its shape -> the result to use.
+
+    A forward hook's result is a constant in both twins, so a tensor that requires grad is refused
+    (its gradient would be dropped without a word); a backward hook's is a gradient, used detached.
+    Whatever one twin reads, the other reads too: a bfloat16 tensor and a longdouble or
+    negative-strided ndarray come back as arrays both twins take, with the same values.
+    """
     if not hasattr(result, "shape"):
         raise TypeError(
             f"hook on {hook_name!r} must return None or an array shaped {tuple(expected_shape)}, "
             f"got {type(result).__name__}"
         )
+    check_plain(result, f"what the hook on {hook_name!r} returned")
+    if _is_tensor(result):
+        if result.requires_grad and direction == "fwd":
+            raise TypeError(f"hook on {hook_name!r} returned a tensor that requires grad: what a hook returns is a "
+                            "constant in both twins (no gradient flows into it); return result.detach()")
+        result = result.detach()
+        if result.is_floating_point() and _dtype_name(result) not in ("float32", "float64"):
+            result = result.double()  # bfloat16, float16: exact in float64, which both twins read
+    elif isinstance(result, np.ndarray):
+        wide = result.dtype.kind == "f" and result.dtype.itemsize > 8  # longdouble: torch has no such type
+        result = np.ascontiguousarray(result, dtype=np.float64 if wide else None)  # no negative strides: torch has none
     if not hasattr(result, "dtype") or not (_is_float(result) or _is_int(result)):
         raise TypeError(
             f"hook on {hook_name!r} must return None or an array of real numbers, "
@@ -180,6 +262,7 @@ def check_hook_result(result, expected_shape, hook_name):
             f"hook on {hook_name!r} returned shape {tuple(result.shape)}; the activation's shape is "
             f"{tuple(expected_shape)}"
         )
+    return result
 
 
 def check_loss_inputs(logits, targets, weights, array_type):
@@ -207,8 +290,10 @@ def check_loss_inputs(logits, targets, weights, array_type):
         raise TypeError(f"weights must be a float array of shape [batch, pos], got {_describe(weights)}")
     if tuple(weights.shape) != tuple(targets.shape):
         raise ValueError(f"weights must have the targets' shape {tuple(targets.shape)}, got {tuple(weights.shape)}")
-    if float(weights.min()) < 0 or not float(weights.sum()) > 0:
-        raise ValueError("weights must be non-negative with a positive sum")
+    low, high = float(weights.min()), float(weights.max())
+    if not (0 <= low and high < float("inf")) or not high > 0:  # NaN fails every comparison
+        raise ValueError(f"weights must be non-negative and finite with a positive sum, "
+                         f"got values from {low} to {high}")
 
 
 def _describe(x):
@@ -229,34 +314,68 @@ def key_problems(found, expected, noun: str) -> list:
     return problems
 
 
-def check_state_dict(state_dict, expected_shapes: dict, dtype=None):
-    """Strict key and shape check of a state dict against {name: shape}; one ValueError lists every problem.
+# what load_state_dict returns, as torch's does
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
-    With ``dtype`` (the model's, e.g. "float32"), finite values that would overflow to inf in it are a problem too.
+
+def check_state_dict(state_dict, expected_shapes: dict, dtype=None, strict=True, where="load_state_dict"):
+    """Check a state dict against {name: shape} -> {name: ndarray}, the values as the model takes them.
+
+    Both twins' ``load_state_dict`` and the weights file go through here, so they take the same
+    values and refuse the same ones with the same message. Each expected key present becomes a
+    fresh C-contiguous ndarray of ``dtype`` (the model's, e.g. "float32"), whatever it came as:
+    an ndarray of any byte order, float width (float16 to longdouble) or integer type, or a
+    tensor (bfloat16, float16, float8 ... on any device, requiring grad or not). Refused before
+    anything is converted, with ``where`` and the key in one line: a TypeError for the first value
+    that is not a plain array of real numbers (a masked array, a meta, sparse, nested or quantized
+    tensor, bool, complex, text); one ValueError listing every missing or unexpected key (when
+    ``strict``), every wrong shape and every finite value that would overflow to inf in ``dtype``.
     """
-    if not isinstance(state_dict, dict):
-        raise TypeError(f"state_dict must be a dict of arrays, got {type(state_dict).__name__}")
-    problems = key_problems(state_dict, expected_shapes, "keys")
-    for name in sorted(set(expected_shapes) & set(state_dict)):
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{where}: state_dict must be a dict of arrays, got {type(state_dict).__name__}")
+    odd = [key for key in state_dict if not isinstance(key, str)]
+    if odd:
+        raise TypeError(f"{where}: state_dict keys must be str (parameter names), got {odd[0]!r}")
+    problems = key_problems(state_dict, expected_shapes, "keys") if strict else []
+    arrays = {}
+    for name in [name for name in expected_shapes if name in state_dict]:
         value = state_dict[name]
-        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-            raise TypeError(f"state_dict[{name!r}] must be an ndarray, got {type(value).__name__}")
-        if not (_is_float(value) or _is_int(value)):
-            raise TypeError(f"state_dict[{name!r}] must hold numbers, got dtype {value.dtype}")
+        _check_real_values(value, f"state_dict[{name!r}]", where)
         if tuple(value.shape) != tuple(expected_shapes[name]):
             problems.append(
                 f"{name}: shape {tuple(value.shape)} does not match the model's {tuple(expected_shapes[name])}"
             )
-        elif dtype is not None and _overflows(value, dtype):
+            continue
+        array = _as_plain_array(value)
+        with np.errstate(over="ignore"):  # an overflow is reported below, by name
+            arrays[name] = np.array(array, dtype=dtype, order="C", copy=True)
+        if array.dtype.kind == "f" and np.any(np.isinf(arrays[name]) & np.isfinite(array)):
             problems.append(f"{name}: holds finite values too large for the model's dtype {dtype}")
     if problems:
-        raise ValueError("load_state_dict: " + "; ".join(problems))
+        raise ValueError(f"{where}: " + "; ".join(problems))
+    return arrays
 
 
-def _overflows(value, dtype):
-    """True where a finite float value becomes inf when cast to dtype."""
-    array = value.detach().cpu().numpy() if _is_torch(value) else np.asarray(value)
-    if array.dtype.kind != "f" or array.dtype.itemsize <= np.dtype(dtype).itemsize or array.size == 0:
-        return False
-    largest = np.abs(array[np.isfinite(array)]).max(initial=0)
-    return bool(largest > np.finfo(dtype).max)
+def _check_real_values(value, label, where):
+    """A state dict's value must be a plain array or tensor of real numbers (floats of any width, or integers)."""
+    check_plain(value, f"{where}: {label}")
+    if _is_tensor(value):
+        if not (value.is_floating_point() or _is_int(value)):
+            raise TypeError(f"{where}: {label} must hold real numbers, got dtype {_dtype_name(value)}")
+        return
+    if not (hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__")):
+        raise TypeError(f"{where}: {label} must be an ndarray or a tensor of real numbers, got {type(value).__name__}")
+    dtype = np.dtype(value.dtype)
+    ml_float = dtype.kind == "V" and dtype.fields is None and np.can_cast(dtype, np.float64)  # ml_dtypes' bfloat16
+    if not (dtype.kind in "fiu" and dtype.fields is None or ml_float):
+        raise TypeError(f"{where}: {label} must hold real numbers, got dtype {dtype}")
+
+
+def _as_plain_array(value):
+    """A checked value -> a plain ndarray holding the same numbers (a float64 one where NumPy has no such float)."""
+    if _is_tensor(value):
+        if value.is_floating_point():
+            value = value.double()  # exact from bfloat16, float16, float8 and float32: NumPy has no bfloat16
+        return value.numpy(force=True)  # detached, on the CPU
+    array = np.asarray(value)  # np.matrix, a memmap, another library's array: the same numbers, as a plain ndarray
+    return array.astype(np.float64) if array.dtype.kind == "V" else array  # ml_dtypes' floats cast exactly

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .cache import ActivationCacheMethods
-from .checks import check_grad, check_hook_result
+from .checks import check_grad, check_hook_result, check_plain
 
 # TransformerLens's short names: which part of the model each hook name lives in
 BLOCK_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -125,8 +125,7 @@ class HookLists:
         for fn in hooks:
             result = fn(x, self)
             if result is not None:
-                check_hook_result(result, x.shape, self.name)
-                x = result
+                x = check_hook_result(result, x.shape, self.name, "bwd" if hooks is self.bwd_hooks else "fwd")
         return x
 
 
@@ -320,7 +319,7 @@ class HookedMixin:
         return out, ActivationCache({key: store[key] for key in order if key in store}, self.cfg, tokens, model=self)
 
     def _check_dout(self, dout, out):
-        dout = as_numpy(dout)
+        dout = as_numpy(check_plain(dout, "dout"))  # a meta tensor or a masked array refused before it is read
         check_grad(dout, "dout", out.shape, self.cfg.dtype)
         return dout
 

@@ -13,6 +13,7 @@ logits.
 
 from __future__ import annotations
 
+import numbers
 from contextlib import nullcontext
 
 import numpy as np
@@ -67,8 +68,10 @@ class RunningMixin:
         """Extend ``tokens`` [batch, pos] by ``max_new_tokens`` ids, one forward pass per new token.
 
         ``temperature=0``: greedy, the most likely next token (the lowest id among ties).
-        ``temperature > 0``: sampled from softmax(logits / temperature) with a generator seeded
-        by ``seed``. A str is encoded with ``model.tokenizer`` and the result decoded back to a str.
+        ``temperature > 0`` (a finite real number of any type): sampled from softmax(logits /
+        temperature) with a generator seeded by ``seed``; as the temperature shrinks towards 0 this
+        puts all the mass on the most likely token (shared equally among ties), never a NaN.
+        A str is encoded with ``model.tokenizer`` and the result decoded back to a str.
         Returns the whole sequence [batch, pos + max_new_tokens] (tokens first) as the model's
         own array type; the total must fit in n_ctx.
         """
@@ -76,8 +79,7 @@ class RunningMixin:
             raise ValueError("generate needs logits (cfg.unembed=True)")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        temperature = check_temperature(temperature)
         text_in = isinstance(tokens, str)
         rows = self._token_rows(tokens)  # [batch, pos]
         if rows.shape[1] + max_new_tokens > self.cfg.n_ctx:
@@ -91,8 +93,10 @@ class RunningMixin:
                 if temperature == 0:
                     new = last.argmax(axis=-1)  # [batch]
                 else:
-                    scaled = last / temperature  # [batch, d_vocab]
-                    probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))  # [batch, d_vocab]
+                    # the max subtracted before dividing: a tiny temperature sends the rest to -inf, never NaN
+                    with np.errstate(over="ignore"):
+                        scaled = (last - last.max(axis=-1, keepdims=True)) / temperature  # [batch, d_vocab]
+                    probs = np.exp(scaled)  # [batch, d_vocab]
                     probs /= probs.sum(axis=-1, keepdims=True)
                     new = np.array([rng.choice(self.cfg.d_vocab, p=p) for p in probs])  # [batch]
                 rows = np.concatenate([rows, new[:, None]], axis=1)  # [batch, pos + 1]
@@ -153,6 +157,18 @@ class RunningMixin:
         if rows.ndim == 1:
             return vocab.decode(rows)
         return [vocab.decode(row) for row in rows]
+
+
+def check_temperature(temperature):
+    """A finite real number >= 0 (Python's, NumPy's, a 0-d array, a Fraction) -> a float."""
+    if isinstance(temperature, np.ndarray) and temperature.ndim == 0 and temperature.dtype.kind in "fiu":
+        temperature = temperature[()]
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a real number >= 0, got {temperature!r}")
+    temperature = float(temperature)
+    if not 0 <= temperature < float("inf"):  # NaN fails both
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    return temperature
 
 
 def as_float64(x):

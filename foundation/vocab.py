@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import tokens_as_array
+
 
 class WordVocabulary:
     """An ordered list of distinct words; a word's id is its index. ``bos_token`` (optional) starts sequences."""
@@ -57,7 +59,8 @@ class WordVocabulary:
 
 
 def as_token_rows(tokens, name="tokens"):
-    """Token ids from an ndarray, a tensor or nested lists -> an int ndarray (for decoding)."""
+    """Token ids from an ndarray, a tensor or nested lists -> an int ndarray (for decoding), checked first."""
+    tokens = tokens_as_array(tokens, name)  # lists entry by entry: True is no id; meta or sparse tensors refused
     array = tokens.detach().cpu().numpy() if hasattr(tokens, "detach") else np.asarray(tokens)
     if array.dtype.kind not in "iu":
         raise TypeError(f"{name} must be token ids (ints), got dtype {array.dtype}")

@@ -1,16 +1,24 @@
 """The weights file both twins read and write (written once; torch_impl uses it too).
 
 A ``.npz`` archive: one array per ``state_dict`` key, named exactly as the key, plus the
-config as JSON text under ``__config__``. Saving writes a temporary file in the same folder
-and renames it over the target, so an interrupted save never leaves a half-written file; the
-file gets the permissions ``np.save`` would give it (an existing file's, or the umask's).
+config as JSON text under ``__config__``.
+
+Saving never destroys what is there. Every format goes through one writer,
+``write_atomically``: it writes a temporary file in the target's folder and renames it over
+the target, so an interrupted save leaves the old file whole. A symlink is written through
+(the file it points to is replaced, the link stays); a read-only file, and anything that is
+not a regular file or a new path (a folder, a FIFO, a device, a socket), is refused before
+anything is written. The file gets the permissions ``np.save`` would give it (an existing
+file's, or the umask's).
 
 Loading trusts nothing in the file. It never unpickles (a weights file holds numbers and text,
 never code), and it checks the file's claims against what the file holds before reading any
 array: the config must ask for exactly the arrays present, each array header must promise
 exactly the bytes its member holds, and the fixed tensors the config would build must be of
 a sane size. Whatever is wrong (the zip container, a member's compression, an array's header,
-the config's JSON) is one ``ValueError`` naming the file.
+the config's JSON) is one ``ValueError`` naming the file. The arrays are then checked and cast
+as ``load_state_dict`` checks and casts them (``foundation.checks.check_state_dict``), so both
+twins load the same values from a file, or refuse it with the same message naming file and key.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import zlib
 
 import numpy as np
 
-from .checks import key_problems
+from .checks import check_state_dict, key_problems
 from .config import TransformerConfig
 
 CONFIG_KEY = "__config__"
@@ -37,7 +45,7 @@ NUMBER_KINDS = "fiu"           # float, signed and unsigned integer arrays; no b
 
 
 def save_weights(path, state_dict: dict, cfg: TransformerConfig):
-    """Atomically write ``state_dict`` (name -> ndarray) and ``cfg`` to ``path``."""
+    """Atomically write ``state_dict`` (name -> ndarray) and ``cfg`` to ``path`` (by ``write_atomically``)."""
     path = _check_path(path)
     if not isinstance(cfg, TransformerConfig):
         raise TypeError(f"cfg must be a TransformerConfig, got {type(cfg).__name__}")
@@ -49,28 +57,104 @@ def save_weights(path, state_dict: dict, cfg: TransformerConfig):
             raise TypeError(f"state_dict[{name!r}] must be an ndarray, got {type(value).__name__}")
         arrays[name] = value
     arrays[CONFIG_KEY] = np.array(cfg.to_json())
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save {path!r}: the folder {folder!r} does not exist")
-    mode = _mode_np_save_would_give(path)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def write_atomically(path, write):
+    """Make the file at ``path`` by ``write(f)`` (``f``: a binary file open on a temporary file), never destroying.
+
+    The temporary file sits in the target's folder and is renamed over the target once written
+    and synced, so an interrupted save leaves the old file whole and no temporary file behind.
+    The target is the end of ``path``'s symlinks: a link is written through and stays a link (a
+    dangling link's target is created when its folder exists). An existing file keeps its mode
+    (and owner, where the system allows); a new one gets 0o666 less the umask, as ``open`` gives.
+    Refused before anything is written: a read-only file (``PermissionError``, even for root,
+    who could write it), and anything that is not a regular file or a new path: a folder, FIFO,
+    device, socket or a loop of symlinks (``ValueError``). Every format's save goes through here.
+    """
+    path = _check_path(path)
+    target = _save_target(path)
+    folder = os.path.dirname(target)
+    existing = os.stat(target) if os.path.exists(target) else None
+    try:
+        fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(target)[1], dir=folder)
+    except OSError as error:
+        raise type(error)(f"cannot save {path!r}: no file can be made in the folder {folder!r} "
+                          f"({error.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
-            os.fchmod(f.fileno(), mode)
+            if existing is not None:
+                _keep_owner(f.fileno(), existing)
+            os.fchmod(f.fileno(), _new_file_mode() if existing is None else stat.S_IMODE(existing.st_mode))
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
+        _save_target(path)  # again: what is at the path may have changed while the file was written
+        os.replace(tmp_path, target)
+    except BaseException as error:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+        if isinstance(error, OSError) and error.strerror:  # a full disk, an immutable file: say which save failed
+            raise type(error)(f"cannot save {path!r}: {error.strerror} (what was there is unchanged)") from None
         raise
 
 
-def _mode_np_save_would_give(path):
-    """An existing file keeps its permissions; a new one gets 0o666 less the umask (as ``open``)."""
-    if os.path.isfile(path):
-        return stat.S_IMODE(os.stat(path).st_mode)
+def _save_target(path):
+    """The file a save to ``path`` replaces (the end of its symlinks), if it may be replaced."""
+    if path == "":
+        raise ValueError("path must name a file, got ''")
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise ValueError(f"cannot save to {path!r}: a path ending in {path[-1]!r} names a folder, not a file")
+    target = os.path.realpath(path)
+    through = "" if target == os.path.abspath(path) else f" (a symlink to {target!r})"
+    if os.path.islink(target):
+        raise ValueError(f"cannot save to {path!r}: its symlinks form a loop, so it leads to no file")
+    try:
+        status = os.stat(target)
+    except FileNotFoundError:
+        folder = os.path.dirname(target)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"cannot save {path!r}{through}: the folder {folder!r} does not exist") from None
+        return target  # a new file
+    except OSError as error:
+        raise type(error)(f"cannot save {path!r}{through}: {error.strerror}") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise ValueError(f"cannot save to {path!r}{through}: it is {_file_kind(status.st_mode)}, not a regular "
+                         "file, and a save never replaces one")
+    if not _writable(target, status):
+        raise PermissionError(f"cannot save to {path!r}{through}: the file is read-only (mode "
+                              f"{stat.S_IMODE(status.st_mode):#o}); make it writable or save under another name")
+    return target
+
+
+def _writable(target, status):
+    """Writable by this user, and by someone: root passes ``os.access`` for any file, a read-only one included."""
+    effective = {"effective_ids": True} if os.access in os.supports_effective_ids else {}
+    anyone = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    return os.access(target, os.W_OK, **effective) and bool(status.st_mode & anyone)
+
+
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
+def _keep_owner(fd, existing):
+    """The new file gets the old one's owner and group where the system allows it (root; the group for its members)."""
+    for uid, gid in ((existing.st_uid, existing.st_gid), (-1, existing.st_gid)):
+        try:
+            os.fchown(fd, uid, gid)
+            return
+        except OSError:
+            continue
+
+
+def _new_file_mode():
+    """0o666 less the umask, as ``open`` (and so ``np.save``) gives a new file."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
@@ -112,18 +196,20 @@ def parameter_count(cfg: TransformerConfig) -> int:
 
 
 def load_weights(path):
-    """Read a weights file -> (TransformerConfig, {name: ndarray}). Never unpickles."""
+    """Read a weights file -> (TransformerConfig, {name: ndarray of cfg.dtype}). Never unpickles."""
     path = _check_path(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no weights file at {path!r}")
     try:
-        return _read(path)
+        cfg, arrays = _read(path)
     except _NotAWeightsFile as error:
         raise ValueError(f"{path!r} is not a Transformer Twins weights file ({error})") from None
     except (ValueError, TypeError, OSError, EOFError, KeyError, RecursionError, MemoryError, OverflowError,
             NotImplementedError, zipfile.BadZipFile, zlib.error) as error:
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         raise ValueError(f"{path!r} is not a readable Transformer Twins weights file ({reason})") from None
+    # as load_state_dict would take them: the model's dtype, native byte order; what would overflow it, refused
+    return cfg, check_state_dict(arrays, parameter_shapes(cfg), cfg.dtype, where=repr(path))
 
 
 class _NotAWeightsFile(Exception):

@@ -84,7 +84,7 @@ def check_token_array(tokens, cfg, name="tokens"):
     """tokens -> int ndarray [batch, pos] within the model's vocabulary and context."""
     from foundation.checks import check_tokens, tokens_as_array
 
-    tokens = as_numpy(tokens) if hasattr(tokens, "shape") else tokens_as_array(tokens, name)
+    tokens = as_numpy(tokens_as_array(tokens, name))  # checked before converted: a bool in a list is no id
     check_tokens(tokens, cfg, np.ndarray, name)
     return tokens
 

@@ -7,6 +7,7 @@ its path. Matplotlib runs on the Agg backend: no window opens.
 from __future__ import annotations
 
 import os
+from pathlib import Path, PurePath
 
 import matplotlib
 import matplotlib.colors
@@ -21,12 +22,20 @@ from .common import head_patterns  # noqa: E402
 
 
 def save_figure(fig, path):
-    """Write ``fig`` to ``path`` (creating its folder) at 120 dpi, close it, return the path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    """Write ``fig`` to ``path`` (creating its folder) at 120 dpi, close it, return the path written.
+
+    A path without an extension gets ".png" (as matplotlib would add it): the path returned is
+    the file written, a ``Path`` when ``path`` is one.
+    """
+    written = os.fspath(path)
+    if not os.path.splitext(written)[1][1:]:  # "figure" or "figure.": no format named
+        written = written.rstrip(".") + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(written)), exist_ok=True)
+    try:
+        fig.savefig(written, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return Path(written) if isinstance(path, PurePath) else written
 
 
 _save = save_figure

@@ -31,7 +31,7 @@ from foundation.boundary import (
     output_shape,
     taint,
 )
-from foundation.checks import check_state_dict, tokens_as_array
+from foundation.checks import IncompatibleKeys, check_state_dict, tokens_as_array
 from foundation.hooks import HookLists, as_numpy
 
 
@@ -120,19 +120,24 @@ class Module:
         """{name: copy of the array}: a snapshot that later updates do not change."""
         return {name: p.data.copy() for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state_dict: dict):
-        """Copy arrays into the parameters, in place. Strict, as torch's default.
+    def load_state_dict(self, state_dict: dict, strict=True):
+        """Copy arrays into the parameters, in place -> (missing_keys, unexpected_keys). Strict, as torch's default.
 
-        Missing keys, unexpected keys and wrong shapes raise ``ValueError`` naming every
-        offending key; values are cast to each parameter's dtype.
+        ``foundation.checks.check_state_dict`` checks everything first and casts to the model's
+        dtype, so the torch twin takes the same state dicts with the same values: ndarrays of
+        any float width, byte order or integer type, and torch tensors (bfloat16 included).
+        Missing keys (when ``strict``), unexpected keys (when ``strict``), wrong shapes and
+        values that would overflow the dtype raise one ``ValueError`` naming every offending
+        key; a value that is not a plain array of real numbers is a ``TypeError``. Nothing is
+        loaded unless everything is right.
         """
         params = dict(self.named_parameters())
-        if isinstance(state_dict, dict):  # torch tensors are welcome: they become ndarrays
-            state_dict = {name: _as_array(value) for name, value in state_dict.items()}
-        check_state_dict(state_dict, {name: p.shape for name, p in params.items()},
-                         next(iter(params.values())).data.dtype.name if params else None)
-        for name, array in state_dict.items():
+        dtype = next(iter(params.values())).data.dtype.name if params else None
+        arrays = check_state_dict(state_dict, {name: p.shape for name, p in params.items()}, dtype, strict)
+        for name, array in arrays.items():
             params[name].data[...] = array
+        return IncompatibleKeys([name for name in params if name not in state_dict],
+                                [name for name in state_dict if name not in params])
 
     @classmethod
     def from_twin(cls, twin):
@@ -221,11 +226,6 @@ def _backward_at_the_boundary(backward):
         return result
 
     return backward_at_the_boundary
-
-
-def _as_array(value):
-    """A torch tensor becomes an ndarray (as a user moving weights would expect); the rest is checked as it is."""
-    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
 
 
 class HookPoint(Module, HookLists):

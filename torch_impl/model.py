@@ -8,8 +8,6 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
     out   = resid W_U + b_U     (unembed=True: logits; unembed=False: out = resid)
 """
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -88,7 +86,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         model.load_state_dict(state_dict)
         return model
 
-    # --- moving like a torch module: the config's dtype follows the parameters ---
+    # --- moving like a torch module (Module: the config's dtype follows the parameters) ---
 
     @property
     def device(self):
@@ -101,35 +99,3 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
 
     def _inference(self):
         return torch.no_grad()
-
-    def _check_dtype(self, dtype):
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"dtype {dtype} is not supported: the model computes in float32 or float64 "
-                            "(cfg.dtype); use .float() or .double()")
-
-    def to(self, *args, **kwargs):
-        """torch's ``Module.to`` (device, dtype, or both); a dtype other than float32/float64 is refused."""
-        for arg in (*args, *kwargs.values()):
-            if isinstance(arg, torch.dtype):
-                self._check_dtype(arg)
-            elif isinstance(arg, torch.Tensor):
-                self._check_dtype(arg.dtype)
-        return super().to(*args, **kwargs)
-
-    def half(self):
-        self._check_dtype(torch.float16)
-
-    def bfloat16(self):
-        self._check_dtype(torch.bfloat16)
-
-    def _apply(self, fn, *args, **kwargs):
-        """Every move (.to, .double, .float, .cpu, ...) ends here: then every component's cfg.dtype follows."""
-        super()._apply(fn, *args, **kwargs)
-        dtype = str(self.embed.W_E.dtype).removeprefix("torch.")
-        if dtype != self.cfg.dtype:
-            self._check_dtype(self.embed.W_E.dtype)
-            cfg = dataclasses.replace(self.cfg, dtype=dtype)
-            for module in self.modules():
-                if hasattr(module, "cfg"):
-                    module.cfg = cfg
-        return self

@@ -2,7 +2,8 @@
 
 ``torch.nn`` already gives parameters, modules and state dicts. ``Module`` adds what the NumPy
 reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and
-names every bad key in one ``ValueError``, and ``from_twin``. ``HookPoint`` is the twin of the
+names every bad key in one ``ValueError``, and ``from_twin``; and dtype moves (``.float()``,
+``.double()``, ``.to(dtype)``) that take ``cfg.dtype`` along, refusing any other dtype first. ``HookPoint`` is the twin of the
 reference's (its hook lists are ``foundation.hooks.HookLists``, written once).
 
 ``Module`` is also the boundary, as the reference's: every subclass's ``forward`` is wrapped (see
@@ -13,6 +14,7 @@ tensors: it refuses a backward through a tensor changed in place after the forwa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from itertools import chain
@@ -49,14 +51,21 @@ class Module(nn.Module):
             cls.forward = _forward_at_the_boundary(vars(cls)["forward"])
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys raise ValueError."""
-        if isinstance(state_dict, dict):  # ndarrays are welcome: they become tensors
-            state_dict = {name: _as_tensor(value) for name, value in state_dict.items()}
-        if strict:
-            params = dict(self.named_parameters())
-            dtype = str(next(iter(params.values())).dtype).replace("torch.", "") if params else None
-            check_state_dict(state_dict, {name: tuple(p.shape) for name, p in params.items()}, dtype)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys raise ValueError.
+
+        ``foundation.checks.check_state_dict`` checks everything first and casts to the model's
+        dtype, as the NumPy reference's ``load_state_dict`` does, so both take the same state
+        dicts with the same values and refuse the same ones with the same message; with
+        ``strict=False`` the keys present are checked all the same. ``assign=True`` makes new
+        parameters of the values cast to each parameter's dtype and device (never the caller's
+        own tensors, never another dtype).
+        """
+        params = dict(self.named_parameters())
+        dtype = str(next(iter(params.values())).dtype).replace("torch.", "") if params else None
+        arrays = check_state_dict(state_dict, {name: tuple(p.shape) for name, p in params.items()}, dtype, strict)
+        tensors = {name: torch.from_numpy(array).to(params[name].device) for name, array in arrays.items()}
+        unexpected = {name: value for name, value in state_dict.items() if name not in params}  # strict=False: listed
+        return super().load_state_dict({**tensors, **unexpected}, strict=strict, assign=assign)
 
     @classmethod
     def from_twin(cls, twin):
@@ -64,6 +73,47 @@ class Module(nn.Module):
         module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
         module.load_state_dict(twin.state_dict())
         return module
+
+    # --- moving like a torch module: cfg.dtype follows the parameters; other dtypes are refused first ---
+
+    def to(self, *args, **kwargs):
+        """torch's ``Module.to`` (device, dtype, or both); a dtype other than float32/float64 is refused."""
+        for arg in (*args, *kwargs.values()):
+            if isinstance(arg, (torch.dtype, torch.Tensor)):
+                _check_dtype(arg if isinstance(arg, torch.dtype) else arg.dtype)
+        return super().to(*args, **kwargs)
+
+    def type(self, dst_type):
+        """torch's ``Module.type`` on the floating-point tensors only, as ``.to(dtype)``: a bool mask stays bool."""
+        return self._apply(lambda t: t.type(dst_type) if t.is_floating_point() else t)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Every move (.to, .float, .double, .half, .type, .cuda, ...) ends here; then cfg.dtype follows.
+
+        ``fn`` is tried first on an empty tensor of the module's dtype and on an empty bool tensor
+        (a causal mask): a move to a dtype the twin cannot compute in, or one that would turn a mask
+        into numbers, is refused before any tensor changes.
+        """
+        cfg = getattr(self, "cfg", None)
+        if cfg is not None:
+            _check_dtype(fn(torch.empty(0, dtype=getattr(torch, cfg.dtype))).dtype)
+            if fn(torch.empty(0, dtype=torch.bool)).dtype != torch.bool:
+                raise TypeError("this move would turn the bool causal mask into numbers: the twin computes in "
+                                "float32 or float64 with a bool mask; use .float(), .double() or .to(dtype)")
+        super()._apply(fn, *args, **kwargs)
+        floats = [t for t in chain(self.parameters(), self.buffers()) if t.is_floating_point()]
+        if cfg is not None and floats and str(floats[0].dtype) != f"torch.{cfg.dtype}":
+            cfg = dataclasses.replace(cfg, dtype=str(floats[0].dtype).removeprefix("torch."))
+            for module in self.modules():
+                if hasattr(module, "cfg"):
+                    module.cfg = cfg
+        return self
+
+
+def _check_dtype(dtype):
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype {dtype} is not supported: the twin computes in float32 or float64 "
+                        "(cfg.dtype); use .float() or .double()")
 
 
 def _forward_at_the_boundary(forward):
@@ -130,11 +180,6 @@ def token_tensor(tokens, cfg):
         return torch.from_numpy(tokens.astype(np.int64))
     check_tokens(tokens, cfg, torch.Tensor)
     return tokens.to(torch.int64)
-
-
-def _as_tensor(value):
-    """An ndarray becomes a tensor (as a user moving weights would expect); the rest is checked as it is."""
-    return torch.from_numpy(value) if type(value).__module__ == "numpy" and hasattr(value, "shape") else value
 
 
 class HookPoint(nn.Module, HookLists):
