@@ -63,7 +63,7 @@ def test_attention_with_d_head_not_d_model_over_n_heads(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pos", [1, N_CTX])
-@pytest.mark.parametrize("act_fn", ["relu", "gelu_new"])
+@pytest.mark.parametrize("act_fn", ["relu", "gelu_new", "gelu"])
 def test_feedforward(dtype, pos, act_fn):
     run_float_component("FeedForward", make_cfg(dtype, act_fn=act_fn), pos)
 
