@@ -837,6 +837,21 @@ def test_after_folding_logit_attrs_read_as_on_a_fold_ln_model():
         close(lens[-1] @ folded_sd["unembed.W_U"] + folded_sd["unembed.b_U"], out)
 
 
+def test_direct_logit_attribution_adds_up_after_folding():
+    """interp's direct_logit_attribution on a folded model: the same numbers; ln_final.b is now in b_U."""
+    from interp.analyses import direct_logit_attribution
+
+    model, twin = make_pair()
+    tokens = tokens_for()
+    before = direct_logit_attribution(model, tokens)
+    for m in (model, twin):
+        m.fold_layer_norm()
+        after = direct_logit_attribution(m, tokens)
+        close(after.components, before.components)
+        close(after.components.sum() + after.bias, after.logit)
+        close(after.logit, before.logit)
+
+
 def test_fold_layer_norm_refuses_what_it_cannot_fold():
     for overrides, match in ((dict(normalization="post"), "normalization='pre'"),
                              (dict(normalization=None), "normalization='pre'"),
