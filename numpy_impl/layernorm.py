@@ -17,11 +17,6 @@ from .module import HookPoint, Module, Parameter
 EPS = 1e-5
 
 
-def layer_norm(cfg):
-    """The LayerNorm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN") or ``LayerNormPre`` ("LNPre")."""
-    return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
-
-
 class LayerNorm(Module):
     """Normalise each position's vector to mean 0 and variance 1, then scale by w and shift by b."""
 
@@ -74,6 +69,11 @@ class LayerNorm(Module):
         dx = dcentered + dmean / d_model  # [batch, pos, d_model]
         # EXERCISE END
         return dx
+
+    @staticmethod
+    def for_config(cfg):
+        """The LayerNorm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN") or ``LayerNormPre`` ("LNPre")."""
+        return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
 
 
 class Constant:

@@ -19,11 +19,6 @@ from .module import HookPoint, Module
 EPS = 1e-5
 
 
-def layer_norm(cfg):
-    """The LayerNorm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN") or ``LayerNormPre`` ("LNPre")."""
-    return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
-
-
 class LayerNorm(Module):
     """Normalise each position's vector to mean 0 and variance 1, then scale by w and shift by b."""
 
@@ -47,6 +42,11 @@ class LayerNorm(Module):
         out = normalized * self.w + self.b  # [batch, pos, d_model]
         out = self.hook_normalized(out)
         return out
+
+    @staticmethod
+    def for_config(cfg):
+        """The LayerNorm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN") or ``LayerNormPre`` ("LNPre")."""
+        return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
 
 
 class LayerNormPre(LayerNorm):

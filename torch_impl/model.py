@@ -20,7 +20,7 @@ from foundation.weights import load_weights, save_weights
 from .block import TransformerBlock
 from .embedding import TokenEmbedding
 from .hooked import HookedMixin
-from .layernorm import layer_norm
+from .layernorm import LayerNorm
 from .loss import CrossEntropyLoss
 from .module import HookPoint, Module, default_rng, token_tensor
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
@@ -52,7 +52,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([TransformerBlock(cfg, rng) for _ in range(cfg.n_layers)])
         if cfg.normalization == "pre":
-            self.ln_final = layer_norm(cfg)
+            self.ln_final = LayerNorm.for_config(cfg)
         if cfg.unembed:
             self.unembed = Unembed(cfg, rng)
         for name, module in self.named_modules():
