@@ -37,7 +37,7 @@ class TransformerConfig:
     d_head: Optional[int] = None          # width of one head; None means d_model // n_heads
     act_fn: str = "gelu_new"              # "relu", "gelu_new" (GPT-2's tanh-approximated GELU) or "gelu" (exact, erf)
     normalization: Optional[str] = "pre"  # "pre" (GPT-2), "post" (Vaswani et al.) or None
-    normalization_type: Optional[str] = "LN"  # "LN" (w and b) or "LNPre" (no w, b: fold_layer_norm's); None without norms
+    normalization_type: Optional[str] = "LN"  # "LN" (w and b) or "LNPre" (none: fold_layer_norm's); None: no norms
     positional: str = "learned"           # "learned" (W_pos) or "sinusoidal" (fixed, no parameters)
     causal: bool = True                   # each position attends only to itself and earlier ones
     attn_only: bool = False               # blocks without an MLP (and without ln2)

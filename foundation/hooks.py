@@ -139,7 +139,7 @@ class HookLists:
         self.ctx = {}        # scratch space for hook functions; clear_context() empties it
 
     def add_hook(self, hook, dir: str = "fwd", is_permanent: bool = False, level=None, prepend: bool = False):
-        """Call ``hook(activation, hook=self)`` in the forward pass ("fwd") or ``hook(grad, hook=self)`` in the backward ("bwd").
+        """Call ``hook(activation, hook=self)`` in the forward pass ("fwd"), ``hook(grad, hook=self)`` in the backward ("bwd").
 
         It stays on until removed: ``remove_hooks``, or the model's ``reset_hooks`` (which leaves
         ``is_permanent`` hooks on). ``prepend`` puts it before the hooks already here.
@@ -318,7 +318,7 @@ class HookedMixin:
         raise NotImplementedError
 
     def _backward_from(self, result, dout):
-        """Backpropagate from what the forward returned: ``dout`` shaped like the logits or the loss; None: the scalar loss."""
+        """Backpropagate from what the forward returned: ``dout`` shaped like the logits or the loss (None: a scalar loss)."""
         raise NotImplementedError
 
     def _default_dout(self, out, tokens):
@@ -459,7 +459,7 @@ class HookedMixin:
             value = self._snapshot(x, device)
             if remove_batch_dim:
                 if value.shape[0] != 1:
-                    raise ValueError(f"remove_batch_dim needs a batch of 1; {hook.name} has batch size {value.shape[0]}")
+                    raise ValueError(f"remove_batch_dim needs a batch of 1; {hook.name} has {value.shape[0]}")
                 value = value[0]
             pos_dim = -3 if hook.name.endswith(("hook_q", "hook_k", "hook_v", "hook_z")) else -2
             if value.ndim >= -pos_dim:
@@ -545,8 +545,8 @@ class HookedMixin:
         cfg = self.cfg
         if cfg.normalization != "pre" or cfg.normalization_type != "LN":
             raise ValueError(f"fold_layer_norm needs LayerNorms with w and b before the parts that read them "
-                             f"(normalization='pre', normalization_type='LN'), got normalization={cfg.normalization!r}, "
-                             f"normalization_type={cfg.normalization_type!r}")
+                             f"(normalization='pre', normalization_type='LN'), got normalization="
+                             f"{cfg.normalization!r}, normalization_type={cfg.normalization_type!r}")
         if not cfg.unembed:
             raise ValueError("fold_layer_norm needs an unembedding to fold ln_final into (cfg.unembed=True)")
         if not isinstance(center_weights, bool):

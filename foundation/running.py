@@ -27,7 +27,7 @@ GENERATE_RETURN_TYPES = ("input", "str", "tensor")
 
 
 def sample_logits(final_logits, top_k=None, top_p=None, temperature=1.0, freq_penalty=0.0, tokens=None, rng=None):
-    """One token per row of ``final_logits`` [batch, d_vocab] -> [batch] ids (TransformerLens's ``utils.sample_logits``).
+    """One token per row of ``final_logits`` [batch, d_vocab] -> ids [batch] (TransformerLens's ``sample_logits``).
 
     ``temperature=0``: the most likely token (argmax; the lowest id among ties). Otherwise the
     logits are divided by ``temperature``, ``freq_penalty`` times each token's count in
@@ -116,7 +116,7 @@ class RunningMixin:
     def generate(self, input="", max_new_tokens=10, stop_at_eos=True, eos_token_id=None, do_sample=True, top_k=None,
                  top_p=None, temperature=1.0, freq_penalty=0.0, use_past_kv_cache=True, prepend_bos=None,
                  return_type="input", verbose=True, seed=None):
-        """Extend ``input`` by up to ``max_new_tokens`` ids, one forward pass per new token (TransformerLens's arguments).
+        """Extend ``input`` by up to ``max_new_tokens`` ids, one forward pass each (TransformerLens's arguments).
 
         ``input``: tokens [batch, pos] (any int array or nested list) or a str (encoded with
         ``model.tokenizer``, ``prepend_bos`` as in ``to_tokens``). ``do_sample=False``: greedy, the
@@ -187,7 +187,7 @@ class RunningMixin:
         return self._native_tokens(rows)
 
     def _stop_tokens(self, stop_at_eos, eos_token_id):
-        """The ids that end a sequence: [eos_token_id ...], the tokenizer's eos_token, or [] (none known, or not stopping)."""
+        """The ids that end a sequence: [eos_token_id ...], the tokenizer's eos token, or [] (none known, not stopping)."""
         if not stop_at_eos:
             return []
         if eos_token_id is None:

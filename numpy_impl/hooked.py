@@ -82,7 +82,7 @@ class HookedMixin(_HookedMixin):
         target, grad = gradient_target(dout, self._output_shape, loss_shape, self.cfg.dtype)
         if target == "logits":
             return grad
-        dlogits = np.zeros(self._output_shape, dtype=self.cfg.dtype)  # [batch, pos, d_vocab]; the last position predicts nothing
+        dlogits = np.zeros(self._output_shape, dtype=self.cfg.dtype)  # [batch, pos, d_vocab]; the last predicts nothing
         if loss_shape == ():
             # forward: loss = mean over the tokens of their cross-entropy
             dlogits[:, :-1] = loss_module.backward(grad)  # [batch, pos - 1, d_vocab]

@@ -77,7 +77,7 @@ class LayerNorm(Module):
 
 
 class Constant:
-    """A fixed array in a parameter's place: ``.data`` reads as a parameter's; a gradient added to ``.grad`` is dropped."""
+    """A fixed array in a parameter's place: ``.data`` reads as a parameter's; what ``.grad`` is given is dropped."""
 
     def __init__(self, data):
         self.data = data

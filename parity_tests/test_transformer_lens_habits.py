@@ -105,7 +105,8 @@ def tl_forward(sd, cfg, tokens, edits=None):
         x = layer_norm(pre + "ln2.", resid)
         hidden = point(pre + "mlp.hook_pre", x @ w("mlp.W_in") + w("mlp.b_in"))
         post = point(pre + "mlp.hook_post", ACT[cfg.act_fn](hidden))
-        resid = point(pre + "hook_resid_post", resid + point(pre + "hook_mlp_out", post @ w("mlp.W_out") + w("mlp.b_out")))
+        mlp_out = point(pre + "hook_mlp_out", post @ w("mlp.W_out") + w("mlp.b_out"))
+        resid = point(pre + "hook_resid_post", resid + mlp_out)
     x = layer_norm("ln_final.", resid)
     return x @ sd["unembed.W_U"] + sd["unembed.b_U"], acts
 
@@ -197,8 +198,8 @@ def test_backward_hooks_fire_in_the_loss_backward(name):
     for m in (model, twin):
         seen = []
         m.zero_grad()
-        loss = m.run_with_hooks(tokens, return_type="loss", bwd_hooks=[(name, lambda g, hook: seen.append(to_numpy(g)))],
-                                reset_hooks_end=False)
+        record = [(name, lambda g, hook: seen.append(to_numpy(g)))]
+        loss = m.run_with_hooks(tokens, return_type="loss", bwd_hooks=record, reset_hooks_end=False)
         assert not seen  # run_with_hooks runs the forward only
         if m is model:
             m.backward()  # the NumPy twin's loss.backward()
@@ -240,7 +241,8 @@ def test_backward_hooks_removed_at_the_end_do_not_fire_and_warn():
     for m in (model, twin):
         seen = []
         with pytest.warns(UserWarning, match="reset_hooks_end=False"):
-            loss = m.run_with_hooks(tokens, return_type="loss", bwd_hooks=[("hook_embed", lambda g, hook: seen.append(1))])
+            loss = m.run_with_hooks(tokens, return_type="loss",
+                                    bwd_hooks=[("hook_embed", lambda g, hook: seen.append(1))])
         model.backward() if m is model else loss.backward()
         assert seen == []
 
@@ -474,14 +476,16 @@ def test_pos_slice_on_the_stacks(pos_slice):
                                       else c["resid_pre", i], pos_slice, -2) for i in range(2)])
         close(c.accumulated_resid(1, pos_slice=pos_slice), expected)
         parts = ["hook_embed", "hook_pos_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out"]
-        close(c.decompose_resid(1, pos_slice=pos_slice), np.stack([tl_slice(to_numpy(c[n]), pos_slice, -2) for n in parts]))
+        close(c.decompose_resid(1, pos_slice=pos_slice),
+              np.stack([tl_slice(to_numpy(c[n]), pos_slice, -2) for n in parts]))
         heads = c.stack_head_results(1, pos_slice=pos_slice)
         z = tl_slice(to_numpy(c["z", 0]), pos_slice, -3)
         close(heads, np.stack([z[..., h, :] @ sd["blocks.0.attn.W_O"][h] for h in range(3)]))
         # apply_ln: the stack's pos_slice picks the matching cached scales
         scale = tl_slice(to_numpy(c["blocks.1.ln1.hook_scale"]), pos_slice, -2)
         pieces = to_numpy(c.decompose_resid(1, pos_slice=pos_slice))
-        close(c.decompose_resid(1, pos_slice=pos_slice, apply_ln=True), (pieces - pieces.mean(-1, keepdims=True)) / scale)
+        close(c.decompose_resid(1, pos_slice=pos_slice, apply_ln=True),
+              (pieces - pieces.mean(-1, keepdims=True)) / scale)
     close(cache_t.decompose_resid(pos_slice=pos_slice, apply_ln=True), cache.decompose_resid(pos_slice=pos_slice,
                                                                                              apply_ln=True))
 
@@ -742,7 +746,8 @@ def tl_fold(sd, n_layers, center_weights=True):
     for i in range(n_layers):
         p = f"blocks.{i}."
         for n in "QKV":
-            sd[p + f"attn.b_{n}"] = sd[p + f"attn.b_{n}"] + (sd[p + f"attn.W_{n}"] * sd[p + "ln1.b"][None, :, None]).sum(-2)
+            W, b = sd[p + f"attn.W_{n}"], sd[p + "ln1.b"]
+            sd[p + f"attn.b_{n}"] = sd[p + f"attn.b_{n}"] + (W * b[None, :, None]).sum(-2)
             sd[p + f"attn.W_{n}"] = sd[p + f"attn.W_{n}"] * sd[p + "ln1.w"][None, :, None]
             if center_weights:
                 sd[p + f"attn.W_{n}"] = sd[p + f"attn.W_{n}"] - sd[p + f"attn.W_{n}"].mean(1, keepdims=True)
@@ -779,7 +784,8 @@ def test_fold_layer_norm_is_transformer_lens_fold_ln(center_weights):
     # the folded model is TransformerLens's LNPre model on the folded weights
     tl_logits, acts = tl_forward(expected, model.cfg, tokens)
     _, cache = model.run_with_cache(tokens)
-    for name in ("ln_final.hook_normalized", "blocks.1.ln2.hook_normalized", "blocks.0.attn.hook_q", "blocks.1.mlp.hook_pre"):
+    for name in ("ln_final.hook_normalized", "blocks.1.ln2.hook_normalized", "blocks.0.attn.hook_q",
+                 "blocks.1.mlp.hook_pre"):
         close(cache[name], acts[name])
     close(model(tokens), tl_logits)
 
