@@ -65,11 +65,17 @@ def check_return_type_argument(module, name, value, array_type):
     module._check_return_type(value)
 
 
+def check_bool_argument(module, name, value, array_type):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 ARGUMENTS = {
     "x": check_activation_argument,
     "resid_pre": check_activation_argument,
     "tokens": check_tokens_argument,
     "return_type": check_return_type_argument,
+    "loss_per_token": check_bool_argument,
 }
 LOSS_ARGUMENTS = ("logits", "targets", "weights")  # checked together: each one's shape depends on the others
 

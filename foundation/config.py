@@ -3,6 +3,11 @@
 Field names follow TransformerLens's ``HookedTransformerConfig`` where it has them, so a
 config reads the same here as there. The dataclass is frozen: a model's shape never changes
 after it is built. Bad values fail at construction with a message naming the field.
+
+A config written with TransformerLens's own field names and values (``normalization_type="LN"``,
+``positional_embedding_type="standard"``, ``attention_dir``, ...) maps onto these fields with
+``TransformerConfig.from_transformer_lens(**fields)``; a TransformerLens field this project does
+not model is refused with its name.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from typing import Optional
 
 import numpy as np
 
-ACT_FNS = ("relu", "gelu_new")
+ACT_FNS = ("relu", "gelu_new", "gelu")
 NORMALIZATIONS = ("post", "pre", None)
+NORMALIZATION_TYPES = ("LN", "LNPre", None)
 POSITIONALS = ("sinusoidal", "learned")
 DTYPES = ("float64", "float32")
 
@@ -29,8 +35,9 @@ class TransformerConfig:
     n_ctx: int                            # longest sequence the model accepts
     d_mlp: Optional[int] = None           # hidden width of the MLP; None means 4 * d_model
     d_head: Optional[int] = None          # width of one head; None means d_model // n_heads
-    act_fn: str = "gelu_new"              # "relu" or "gelu_new" (GPT-2's tanh-approximated GELU)
+    act_fn: str = "gelu_new"              # "relu", "gelu_new" (GPT-2's tanh-approximated GELU) or "gelu" (exact, erf)
     normalization: Optional[str] = "pre"  # "pre" (GPT-2), "post" (Vaswani et al.) or None
+    normalization_type: Optional[str] = "LN"  # "LN" (w and b) or "LNPre" (none: fold_layer_norm's); None: no norms
     positional: str = "learned"           # "learned" (W_pos) or "sinusoidal" (fixed, no parameters)
     causal: bool = True                   # each position attends only to itself and earlier ones
     attn_only: bool = False               # blocks without an MLP (and without ln2)
@@ -57,6 +64,12 @@ class TransformerConfig:
         _check_positive_int("d_mlp", self.d_mlp)
         _check_choice("act_fn", self.act_fn, ACT_FNS)
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
+        _check_choice("normalization_type", self.normalization_type, NORMALIZATION_TYPES)
+        if self.normalization is None and self.normalization_type == "LN":
+            object.__setattr__(self, "normalization_type", None)  # the default: there is no LayerNorm to describe
+        if (self.normalization is None) != (self.normalization_type is None):
+            raise ValueError(f"normalization_type={self.normalization_type!r} does not fit normalization="
+                             f"{self.normalization!r}: None goes with None, 'LN' or 'LNPre' with 'pre' or 'post'")
         _check_choice("positional", self.positional, POSITIONALS)
         _check_choice("dtype", self.dtype, DTYPES)
         for name in ("causal", "attn_only", "unembed"):
@@ -88,6 +101,111 @@ class TransformerConfig:
         except json.JSONDecodeError as error:
             raise ValueError(f"config is not valid JSON: {error}") from None
         return cls.from_dict(fields)
+
+    @classmethod
+    def from_transformer_lens(cls, **fields) -> "TransformerConfig":
+        """A config from TransformerLens's ``HookedTransformerConfig`` field names and values.
+
+            TransformerConfig.from_transformer_lens(n_layers=2, d_model=64, n_ctx=32, d_head=16, d_vocab=100,
+                                                    act_fn="gelu", normalization_type="LN", dtype="float64")
+
+        The ``to_dict()`` of a TransformerLens config works too, when it describes a model this
+        project can build. The names map as follows:
+
+            normalization_type "LN" / "LNPre" / None   normalization "pre" (TransformerLens has no
+                                                       post-norm) with that normalization_type / None
+            positional_embedding_type "standard"       positional "learned"
+            attention_dir "causal" / "bidirectional"   causal True / False
+            n_heads -1 or left out                     d_model // d_head (TransformerLens's default)
+            dtype                                      "float32" (TransformerLens's default) or "float64";
+                                                       a torch dtype is read by its name
+            d_vocab, d_model, n_ctx, n_layers, d_head, d_mlp, act_fn, attn_only   the same
+
+        ``eps`` must be 1e-5 and ``d_vocab_out`` -1 or d_vocab (this project's values). Fields that
+        describe where the weights come from or where they live (``model_name``, ``seed``,
+        ``init_mode``, ``device``, ``n_params``, ...) change nothing the model computes; they are
+        accepted and not kept (the weights come from ``Transformer(cfg, seed=...)`` or a weights
+        file). Every other TransformerLens field is accepted at its TransformerLens default (the
+        feature off) and refused otherwise, with its name: this project has no rotary embeddings,
+        RMSNorm, attention-result hooks, grouped queries, ...
+        """
+        unknown = sorted(set(fields) - set(TL_MAPPED) - set(TL_BOOKKEEPING) - set(TL_DEFAULTS))
+        if unknown:
+            ours = [name for name in unknown if name in {f.name for f in dataclasses.fields(cls)}]
+            if ours:
+                raise ValueError(f"from_transformer_lens takes TransformerLens's field names; {', '.join(ours)} "
+                                 "is this project's name (build TransformerConfig(...) directly for those)")
+            raise ValueError(f"unknown TransformerLens config field(s): {', '.join(unknown)}")
+        for name, default in TL_DEFAULTS.items():
+            value = fields.get(name, default)
+            if name == "attn_scale" and value in (-1.0, float(fields.get("d_head", 0)) ** 0.5):
+                continue  # TransformerLens fills in sqrt(d_head), this project's scale
+            if value != default:
+                raise ValueError(f"TransformerLens field {name}={value!r} is not modelled here "
+                                 f"(only its default {default!r} is)")
+        mapped = {name: fields[name] for name in ("d_vocab", "d_model", "n_ctx", "n_layers", "d_head", "d_mlp",
+                                                  "attn_only") if name in fields}
+        if mapped.get("d_vocab", -1) == -1:
+            raise ValueError("d_vocab must be given (TransformerLens reads it off a tokenizer; here there is none)")
+        if fields.get("n_heads", -1) == -1:
+            d_model, d_head = fields.get("d_model"), fields.get("d_head")
+            if not isinstance(d_model, int) or not isinstance(d_head, int) or d_head <= 0 or d_model % d_head:
+                raise ValueError(f"n_heads is not set, and d_model ({d_model!r}) is not a multiple of d_head "
+                                 f"({d_head!r}) to infer it from")
+            mapped["n_heads"] = d_model // d_head
+        else:
+            mapped["n_heads"] = fields["n_heads"]
+        act_fn = fields.get("act_fn")
+        if act_fn is not None:
+            mapped["act_fn"] = act_fn
+        elif not fields.get("attn_only", False):
+            raise ValueError("act_fn must be given for a model with MLPs (TransformerLens requires it too)")
+        normalization_type = fields.get("normalization_type", "LN")
+        if normalization_type not in NORMALIZATION_TYPES:
+            raise ValueError(f"normalization_type must be one of {NORMALIZATION_TYPES} here (this project has "
+                             f"no RMSNorm), got {normalization_type!r}")
+        mapped["normalization"] = None if normalization_type is None else "pre"
+        mapped["normalization_type"] = normalization_type
+        positional = fields.get("positional_embedding_type", "standard")
+        if positional != "standard":
+            also = "; this project's fixed table is TransformerConfig(positional='sinusoidal')" \
+                if positional == "sinusoidal" else ""
+            raise ValueError(f"positional_embedding_type must be 'standard' here (learned W_pos), "
+                             f"got {positional!r}{also}")
+        mapped["positional"] = "learned"
+        attention_dir = fields.get("attention_dir", "causal")
+        if attention_dir not in ("causal", "bidirectional"):
+            raise ValueError(f"attention_dir must be 'causal' or 'bidirectional', got {attention_dir!r}")
+        mapped["causal"] = attention_dir == "causal"
+        dtype = fields.get("dtype", "float32")
+        mapped["dtype"] = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+        if fields.get("eps", 1e-5) != 1e-5:
+            raise ValueError(f"eps must be 1e-5 (this project's LayerNorm eps), got {fields['eps']!r}")
+        if fields.get("d_vocab_out", -1) not in (-1, mapped["d_vocab"]):
+            raise ValueError(f"d_vocab_out={fields['d_vocab_out']!r}: this project's output vocabulary is d_vocab")
+        return cls(**mapped)
+
+
+# TransformerLens's HookedTransformerConfig fields: mapped onto this project's (see from_transformer_lens) ...
+TL_MAPPED = ("d_vocab", "d_model", "n_ctx", "n_layers", "d_head", "n_heads", "d_mlp", "act_fn", "attn_only",
+             "normalization_type", "positional_embedding_type", "attention_dir", "dtype", "eps", "d_vocab_out")
+# ... where the weights come from or live, or what only rotary embeddings read: nothing this model computes ...
+TL_BOOKKEEPING = ("model_name", "original_architecture", "from_checkpoint", "checkpoint_index",
+                  "checkpoint_label_type", "checkpoint_value", "tokenizer_name", "device", "n_devices", "n_params",
+                  "seed", "init_mode", "initializer_range", "init_weights", "default_prepend_bos",
+                  "tokenizer_prepends_bos", "trust_remote_code", "rotary_dim", "rotary_base", "rotary_adjacent_pairs",
+                  "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor")
+# ... and features this project does not have: accepted only at TransformerLens's default (off)
+TL_DEFAULTS = {"use_attn_result": False, "use_split_qkv_input": False, "use_hook_mlp_in": False, "use_attn_in": False,
+               "use_local_attn": False, "window_size": None, "attn_types": None,
+               "ungroup_grouped_query_attention": False, "use_attn_scale": True, "attn_scale": -1.0,
+               "scale_attn_by_inverse_layer_idx": False, "final_rms": False, "parallel_attn_mlp": False,
+               "use_hook_tokens": False, "gated_mlp": False, "n_key_value_heads": None, "post_embedding_ln": False,
+               "load_in_4bit": False, "num_experts": None, "experts_per_token": None,
+               "relative_attention_max_distance": None, "relative_attention_num_buckets": None,
+               "decoder_start_token_id": None, "tie_word_embeddings": False,
+               "use_normalization_before_and_after": False, "attn_scores_soft_cap": -1.0,
+               "output_logits_soft_cap": -1.0, "use_NTK_by_parts_rope": False}
 
 
 def _check_positive_int(name, value):

@@ -1,29 +1,40 @@
-"""Hooks and activation caches, written once for both twins (TransformerLens's habits).
+"""Hooks and activation caches, written once for both twins (TransformerLens's habits and signatures).
 
     out, cache = model.run_with_cache(tokens)                  # every activation, by hook name
-    cache["blocks.1.attn.hook_pattern"], cache["pattern", 1]   # full name or short form
+    cache["blocks.1.attn.hook_pattern"], cache["pattern", 1]   # full name or short form (get_act_name)
     out, cache = model.run_with_cache(tokens, incl_bwd=True)   # also "<name>_grad" entries
-    out = model.run_with_hooks(tokens, fwd_hooks=[(name, fn)]) # fn(activation, hook) reads or replaces
+    loss = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(name, fn)])   # fn(act, hook) edits
+    model.add_hook(name, fn); ...; model.reset_hooks()         # hooks that stay on until reset
     with model.hooks(fwd_hooks=[...]): ...                     # hooks on for a block of code
+    loss = model.run_with_hooks(tokens, return_type="loss", bwd_hooks=[(name, fn)], reset_hooks_end=False)
+    loss.backward()  (torch twin)  /  model.backward()  (NumPy); then model.reset_hooks()
 
 Nothing here knows the array library. Each twin's ``hooked.py`` subclasses ``HookedMixin`` and
-writes its own four steps (which HookPoint class, how to copy an activation, how to run the
-backward pass, the default gradient); everything else here serves both models.
+writes its own steps (which HookPoint class, how to copy an activation, how to run the backward
+pass, the default gradient, a parameter-free LayerNorm); everything else here serves both models.
 
 Activation gradients: the NumPy backward calls every HookPoint on its way down, and autograd
 calls the torch HookPoint's tensor hook, so ``<name>_grad`` is the gradient of the backward's
 scalar with respect to that activation, in both twins. An activation a forward hook edited
-follows one rule in both (see ``HookPoint``): changed entries are constants.
+follows one rule in both (see ``HookPoint``): changed entries are constants. A backward hook
+fires when it is on while the backward runs, and (torch twin) was on during the forward.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Optional
 
 import numpy as np
 
-from .cache import ActivationCacheMethods
-from .checks import check_grad, check_hook_result, check_plain
+from .cache import ActivationCacheMethods, Slice
+from .checks import check_dloss, check_grad, check_hook_result
+from .folding import fold_layer_norm_weights
 
 # TransformerLens's short names: which part of the model each hook name lives in
 BLOCK_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -52,13 +63,16 @@ def as_numpy(x):
 
 
 def hook_name(name, layer=None, layer_type=None, n_layers=None):
-    """TransformerLens's short form -> the full hook name (as its ``utils.get_act_name``).
+    """TransformerLens's short form -> the full hook name (as its ``utils.get_act_name``; ``get_act_name`` here).
 
     ``hook_name("pattern", 1)`` -> ``"blocks.1.attn.hook_pattern"``; ``("resid_pre", 0)`` ->
     ``"blocks.0.hook_resid_pre"``; ``("scale", 0, "ln1")`` -> ``"blocks.0.ln1.hook_scale"``;
-    ``"scale"`` alone -> ``"ln_final.hook_scale"``; ``"embed"`` -> ``"hook_embed"``. A name ending
-    in ``_grad`` resolves the rest and keeps the suffix. Negative layers count from the end when
-    ``n_layers`` is known. A full name (with a dot, or starting ``hook_``) is returned as it is.
+    ``"scale"`` alone -> ``"ln_final.hook_scale"``; ``"embed"`` -> ``"hook_embed"``; the compact
+    ``"k6"`` -> ``"blocks.6.attn.hook_k"`` and ``"scale4ln1"`` -> ``"blocks.4.ln1.hook_scale"``. A
+    name ending in ``_grad`` resolves the rest and keeps the suffix. Negative layers count from
+    the end when ``n_layers`` is known. A full name (with a dot, or starting ``hook_``) is
+    returned as it is. Where TransformerLens would build a name no model has (``("scale", 0)``
+    without "ln1" or "ln2"), this raises a ValueError saying what is missing.
     """
     if not isinstance(name, str):
         raise TypeError(f"hook name must be a str, got {type(name).__name__}")
@@ -70,6 +84,9 @@ def hook_name(name, layer=None, layer_type=None, n_layers=None):
         return hook_name(name[: -len(GRAD_SUFFIX)], layer, layer_type, n_layers) + GRAD_SUFFIX
     if ("." in name or name.startswith("hook_")) and layer is None and layer_type is None:
         return name
+    compact = re.fullmatch(r"([a-z]+)(\d+)([a-z]\w*)?", name) if layer is None and layer_type is None else None
+    if compact is not None:  # "k6" -> ("k", 6), "scale4ln1" -> ("scale", 4, "ln1"), as TransformerLens reads them
+        name, layer, layer_type = compact.group(1), int(compact.group(2)), compact.group(3)
     if layer is not None and layer < 0 and n_layers is not None:
         layer = n_layers + layer
     short = NAME_ALIASES.get(name, name)
@@ -96,34 +113,87 @@ def hook_name(name, layer=None, layer_type=None, n_layers=None):
     raise HookNameError(f"{where}: unknown short name; expected a full hook name or one of {known}")
 
 
+get_act_name = hook_name  # TransformerLens's name for it (its utils.get_act_name)
+
+
+@dataclass
+class LensHandle:
+    """One hook function on a HookPoint, with what ``reset_hooks`` needs to know (TransformerLens's record)."""
+
+    fn: Callable
+    is_permanent: bool = False           # reset_hooks() leaves it on, unless including_permanent=True
+    context_level: Optional[int] = None  # the hooks() block that added it; None when added directly
+
+
 class HookLists:
-    """Forward and backward hook lists, written once for the NumPy ``HookPoint`` and its torch twin."""
+    """Forward and backward hook lists, written once for the NumPy ``HookPoint`` and its torch twin.
+
+    A hook is called as TransformerLens calls it, ``fn(activation, hook=this_hook_point)``; it
+    reads ``hook.name``, ``hook.layer()`` and ``hook.ctx`` (a dict for its own notes).
+    """
 
     def _init_hooks(self):
         self.name = None
-        self.fwd_hooks = []
-        self.bwd_hooks = []
+        self.fwd_hooks = []  # [LensHandle], called in this order in the forward pass
+        self.bwd_hooks = []  # [LensHandle], called in this order in the backward pass
+        self.ctx = {}        # scratch space for hook functions; clear_context() empties it
 
-    def add_hook(self, fn, dir: str = "fwd"):
-        """Call ``fn(activation, hook)`` in the forward pass ("fwd") or ``fn(grad, hook)`` in the backward ("bwd")."""
-        if not callable(fn):
-            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
-        if dir not in ("fwd", "bwd"):
-            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
-        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(fn)
+    def add_hook(self, hook, dir: str = "fwd", is_permanent: bool = False, level=None, prepend: bool = False):
+        """Call ``hook(activation, hook=self)`` in the forward pass ("fwd"), ``hook(grad, hook=self)`` in the backward ("bwd").
 
-    def remove_hooks(self, dir: str = "both"):
+        It stays on until removed: ``remove_hooks``, or the model's ``reset_hooks`` (which leaves
+        ``is_permanent`` hooks on). ``prepend`` puts it before the hooks already here.
+        """
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        hooks = self._hook_list(dir, ("fwd", "bwd"))
+        if not isinstance(is_permanent, bool):
+            raise TypeError(f"is_permanent must be a bool, got {is_permanent!r}")
+        handle = LensHandle(hook, is_permanent, level)
+        if prepend:
+            hooks.insert(0, handle)
+        else:
+            hooks.append(handle)
+
+    def add_perma_hook(self, hook, dir: str = "fwd"):
+        """``add_hook(hook, dir, is_permanent=True)``: a hook that ``reset_hooks()`` leaves on."""
+        self.add_hook(hook, dir, is_permanent=True)
+
+    def remove_hooks(self, dir: str = "fwd", including_permanent: bool = False, level=None):
+        """Remove this point's hooks in ``dir`` ("fwd", "bwd" or "both"): every non-permanent one, or
+        those added by the ``hooks()`` block of ``level``; ``including_permanent`` removes them all."""
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
+
+        def kept(handle):
+            if including_permanent:
+                return False
+            return handle.is_permanent or (level is not None and handle.context_level != level)
+
         if dir in ("fwd", "both"):
-            self.fwd_hooks = []
+            self.fwd_hooks = [handle for handle in self.fwd_hooks if kept(handle)]
         if dir in ("bwd", "both"):
-            self.bwd_hooks = []
+            self.bwd_hooks = [handle for handle in self.bwd_hooks if kept(handle)]
+
+    def clear_context(self):
+        self.ctx = {}
+
+    def layer(self) -> int:
+        """The block this hook point sits in: 1 for ``blocks.1.attn.hook_z`` (TransformerLens's ``hook.layer()``)."""
+        parts = (self.name or "").split(".")
+        if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+            raise ValueError(f"hook {self.name!r} is not inside a block (blocks.<layer>....), so it has no layer")
+        return int(parts[1])
+
+    def _hook_list(self, dir, allowed):
+        if dir not in allowed:
+            raise ValueError(f"dir must be {' or '.join(map(repr, allowed))}, got {dir!r}")
+        return self.fwd_hooks if dir == "fwd" else self.bwd_hooks
 
     def _run(self, hooks, x):
         """Pass x through each hook in turn; a hook that returns something (of x's shape) replaces x."""
-        for fn in hooks:
-            result = fn(x, self)
+        for handle in list(hooks):  # a copy: a hook may add or remove hooks while they run
+            result = handle.fn(x, hook=self)
             if result is not None:
                 x = check_hook_result(result, x.shape, self.name, "bwd" if hooks is self.bwd_hooks else "fwd")
         return x
@@ -134,15 +204,19 @@ class ActivationCache(ActivationCacheMethods):
 
     Index it with a full name, ``cache["blocks.0.attn.hook_q"]``, or TransformerLens's short
     forms, ``cache["q", 0]``, ``cache["q", 0, "attn"]``, ``cache["scale", 1, "ln2"]``,
-    ``cache["pattern_grad", -1]``. Values are what the model computes: ndarrays from the NumPy
-    model, detached tensors from the torch twin (``to_numpy()`` gives an all-ndarray copy).
-    ``tokens`` are the input tokens (an ndarray), ``cfg`` the model's config and ``model`` the
-    model (its weights serve the residual-stream methods written in ``foundation/cache.py``:
-    ``accumulated_resid``, ``decompose_resid``, ``stack_head_results``, ``logit_attrs``, ...).
+    ``cache["pattern_grad", -1]``, ``cache["k0"]``. Values are what the model computes: ndarrays
+    from the NumPy model, detached tensors from the torch twin (``to_numpy()`` gives an
+    all-ndarray copy). ``tokens`` are the input tokens (an ndarray), ``cfg`` the model's config
+    and ``model`` the model (its weights serve the residual-stream methods written in
+    ``foundation/cache.py``: ``accumulated_resid``, ``decompose_resid``, ``stack_head_results``,
+    ``logit_attrs``, ...). As TransformerLens's, the cache holds ``cache_dict`` itself, not a copy:
+    hooks left on by ``run_with_cache(..., reset_hooks_end=False)`` keep writing into it.
     """
 
     def __init__(self, cache_dict, cfg, tokens=None, model=None, has_batch_dim=True):
-        self.cache_dict = dict(cache_dict)
+        if not isinstance(cache_dict, dict):
+            raise TypeError(f"cache_dict must be a dict, got {type(cache_dict).__name__}")
+        self.cache_dict = cache_dict
         self.cfg = cfg
         self.tokens = None if tokens is None else as_numpy(tokens).copy()
         self.model = model
@@ -193,40 +267,81 @@ class ActivationCache(ActivationCacheMethods):
         return ActivationCache({k: as_numpy(v) for k, v in self.items()}, self.cfg, self.tokens, self.model,
                                self.has_batch_dim)
 
+    def to(self, device, move_model=False):
+        """Every entry moved to ``device``, in place (TransformerLens's ``cache.to``); returns the cache.
+
+        Tensors move with ``Tensor.to``; ndarrays live on the CPU, so "cpu" keeps them and any other
+        device is a ValueError. ``move_model=True`` moves the model too (the torch twin).
+        """
+        if not isinstance(move_model, bool):
+            raise TypeError(f"move_model must be a bool, got {move_model!r}")
+        moved = {}
+        for name, value in self.cache_dict.items():
+            if isinstance(value, np.ndarray):
+                if str(device) != "cpu":
+                    raise ValueError(f"cache.to({device!r}): the entry {name!r} is a NumPy array, which lives on "
+                                     "the CPU; only 'cpu' is a device for it")
+                moved[name] = value
+            else:
+                moved[name] = value.to(device)
+        if move_model:
+            if not hasattr(self.model, "to"):
+                raise ValueError("cache.to(..., move_model=True): the NumPy model does not move; it lives on the CPU")
+            self.model.to(device)
+        self.cache_dict = moved
+        return self
+
     def __repr__(self):
         n_grads = sum(k.endswith(GRAD_SUFFIX) for k in self.cache_dict)
         return f"ActivationCache({len(self) - n_grads} activations, {n_grads} gradients)"
 
 
 class HookedMixin:
-    """run_with_cache, run_with_hooks and hooks(), for a model whose sub-modules hold HookPoints."""
+    """TransformerLens's hook surface for a model whose sub-modules hold HookPoints.
+
+    run_with_hooks, run_with_cache, hooks(), add_hook, reset_hooks, remove_all_hook_fns and
+    fold_layer_norm, with TransformerLens's signatures; ``dout`` is this project's addition
+    (a backward pass inside the call, from a given output gradient).
+    """
 
     hook_point_class = None  # each twin's HookPoint
 
     # --- the steps each twin writes for itself (numpy_impl/hooked.py, torch_impl/hooked.py) ---
 
-    def _snapshot(self, x):
-        """A copy of an activation or gradient that later computation cannot change."""
+    def _snapshot(self, x, device=None):
+        """A copy of an activation or gradient that later computation cannot change (on ``device``)."""
         raise NotImplementedError
 
     def _as_tokens(self, tokens):
         """Tokens as this twin's forward takes them."""
         raise NotImplementedError
 
-    def _run_backward(self, out, dout):
-        """Backpropagate ``dout`` (an ndarray shaped like ``out``) from the last forward's output."""
+    def _backward_from(self, result, dout):
+        """Backpropagate from what the forward returned: ``dout`` shaped like the logits or the loss (None: a scalar loss)."""
         raise NotImplementedError
 
     def _default_dout(self, out, tokens):
         """d(mean next-token cross-entropy)/d(out), as an ndarray shaped like ``out``."""
         raise NotImplementedError
 
-    # --- written once ---
+    def _layer_norm_pre(self, cfg):
+        """A new parameter-free LayerNorm (``LayerNormPre``) of ``cfg``, where the model's parameters are."""
+        raise NotImplementedError
+
+    # --- written once: the hook points ---
 
     @property
     def hook_dict(self):
         """{full hook name: HookPoint}, in forward order."""
         return {name: m for name, m in self.named_modules() if isinstance(m, self.hook_point_class)}
+
+    @property
+    def mod_dict(self):
+        """{full name: module} for every sub-module, hook points included (TransformerLens's ``mod_dict``)."""
+        return {name: m for name, m in self.named_modules() if name}
+
+    def hook_points(self):
+        return self.hook_dict.values()
 
     def _resolve_hooks(self, hooks, arg):
         """[(name or filter, fn)] -> [(HookPoint, fn)], every entry checked before any is added."""
@@ -252,76 +367,149 @@ class HookedMixin:
                 raise TypeError(f"{arg}[{i}]: the hook name must be a str or a filter function, got {name!r}")
         return resolved
 
+    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
+        """Put ``hook`` on the hook point ``name`` (or on every point where ``name(point_name)`` is True).
+
+        It stays on through every later forward (and ``generate``) until ``reset_hooks()``;
+        ``is_permanent=True`` keeps it on through that too. ``dir``: "fwd" or "bwd".
+        """
+        for point, fn in self._resolve_hooks([(name, hook)], "add_hook"):
+            point.add_hook(fn, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def add_perma_hook(self, name, hook, dir="fwd"):
+        """``add_hook(name, hook, dir, is_permanent=True)``."""
+        self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def remove_all_hook_fns(self, direction="both", including_permanent=False, level=None):
+        """Remove the hooks of every hook point (see ``HookPoint.remove_hooks``)."""
+        for point in self.hook_points():
+            point.remove_hooks(direction, including_permanent=including_permanent, level=level)
+
+    def clear_contexts(self):
+        """Empty every hook point's ``ctx``."""
+        for point in self.hook_points():
+            point.clear_context()
+
+    def reset_hooks(self, clear_contexts=True, direction="both", including_permanent=False, level=None):
+        """Remove every hook: those added by ``add_hook``, directly on a HookPoint, or left on by
+        ``reset_hooks_end=False``; permanent ones stay unless ``including_permanent``."""
+        if clear_contexts:
+            self.clear_contexts()
+        self.remove_all_hook_fns(direction, including_permanent, level=level)
+
     @contextmanager
-    def hooks(self, fwd_hooks=(), bwd_hooks=()):
-        """Add hooks for the ``with`` block; they are removed at its end, also after an exception."""
-        fwd = self._resolve_hooks(fwd_hooks or [], "fwd_hooks")
-        bwd = self._resolve_hooks(bwd_hooks or [], "bwd_hooks")
-        added = []
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True, clear_contexts=False):
+        """Add hooks for the ``with`` block; at its end (also after an exception) the hooks it added are
+        removed, unless ``reset_hooks_end=False``. Hooks added otherwise are left as they are."""
+        fwd = self._resolve_hooks(list(fwd_hooks or []), "fwd_hooks")
+        bwd = self._resolve_hooks(list(bwd_hooks or []), "bwd_hooks")
+        level = getattr(self, "context_level", 0) + 1
+        self.context_level = level
         try:
             for direction, pairs in (("fwd", fwd), ("bwd", bwd)):
                 for point, fn in pairs:
-                    point.add_hook(fn, dir=direction)
-                    added.append((point, direction, fn))
+                    point.add_hook(fn, dir=direction, level=level)
             yield self
         finally:
-            for point, direction, fn in reversed(added):
-                hooks = point.fwd_hooks if direction == "fwd" else point.bwd_hooks
-                for i in range(len(hooks) - 1, -1, -1):  # remove this one entry, not others' hooks
-                    if hooks[i] is fn:
-                        del hooks[i]
-                        break
+            if reset_hooks_end:
+                self.reset_hooks(clear_contexts, including_permanent=False, level=level)
+            self.context_level = level - 1
 
-    def run_with_hooks(self, tokens, fwd_hooks=(), bwd_hooks=(), dout=None):
-        """Run the model with hooks on and return its output; the hooks are removed afterwards.
+    # --- written once: running with hooks ---
 
-        ``fwd_hooks`` and ``bwd_hooks`` are lists of ``(name_or_filter, fn)``: a full hook name
-        (or a layer-free short one, such as ``"embed"``), or a function ``name -> bool`` choosing
-        hook points. ``fn(activation, hook)`` may return a replacement (or edit its argument).
-        Backward hooks ``fn(grad, hook)`` fire in the backward pass that runs when ``dout``
-        (shaped like the output) is given.
+    def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True, clear_contexts=False,
+                       dout=None, **model_kwargs):
+        """Run ``model(*model_args, **model_kwargs)`` with hooks on and return what it returns.
+
+        Every argument the forward takes passes through (``return_type="loss"``, ``loss_per_token``).
+        ``fwd_hooks`` and ``bwd_hooks`` are lists of ``(name_or_filter, fn)``: a hook name (full, or
+        short as ``get_act_name`` reads it) or a function ``name -> bool`` choosing hook points.
+        ``fn(activation, hook)`` may return a replacement (or edit its argument). The hooks are
+        removed at the end unless ``reset_hooks_end=False``: as in TransformerLens, backward hooks
+        fire in a later ``loss.backward()`` (torch) / ``model.backward()`` (NumPy) only if they are
+        still on, so leave them on and call ``reset_hooks()`` after that backward. ``dout`` (this
+        project's) runs the backward pass here: a gradient shaped like the logits or the loss.
         """
-        tokens = self._as_tokens(tokens)  # the model's forward checks them
-        with self.hooks(fwd_hooks, bwd_hooks):
-            out = self(tokens)
+        if bwd_hooks and reset_hooks_end and dout is None:
+            warnings.warn("run_with_hooks: the backward hooks are removed at its end, before any backward pass can "
+                          "reach them; pass reset_hooks_end=False (then model.reset_hooks() after the backward)",
+                          stacklevel=2)
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+            result = self(*model_args, **model_kwargs)
             if dout is not None:
-                self._run_backward(out, self._check_dout(dout, out))
-        return out
+                self._backward_from(result, dout)
+        return result
 
-    def run_with_cache(self, tokens, names_filter=None, incl_bwd=False, dout=None):
-        """Run the model and record activations -> ``(out, ActivationCache)``.
+    def get_caching_hooks(self, names_filter=None, incl_bwd=False, device=None, remove_batch_dim=False, cache=None,
+                          pos_slice=None):
+        """(cache dict, fwd_hooks, bwd_hooks): hooks that record activations (and gradients) into the dict.
 
-        ``names_filter``: None (every hook), a hook name, a list of names, or ``name -> bool``.
-        ``incl_bwd=True`` also runs a backward pass and records ``<name>_grad``: the gradient of
-        ``sum(out * dout)`` at each hook, so ``dout`` is d(your scalar)/d(out); by default it is the
-        gradient of the mean next-token cross-entropy (``tokens[:, 1:]`` predicted from each
-        earlier position). Parameter gradients accumulate, as with any backward pass.
+        Nothing is added to the model: pass the lists to ``hooks()`` or ``run_with_hooks``.
+        ``pos_slice`` keeps some positions of each entry (axis -3 for q, k, v, z; -2 for the rest);
+        ``remove_batch_dim`` keeps the first sequence (a batch of 1).
         """
-        tokens = self._as_tokens(tokens)  # the model's forward checks them
+        cache = {} if cache is None else cache
+        if not isinstance(cache, dict):
+            raise TypeError(f"cache must be a dict, got {type(cache).__name__}")
+        pos_slice = Slice.unwrap(pos_slice)
+        self._check_device(device)
+
+        def save(x, hook, is_backward=False):
+            value = self._snapshot(x, device)
+            if remove_batch_dim:
+                if value.shape[0] != 1:
+                    raise ValueError(f"remove_batch_dim needs a batch of 1; {hook.name} has {value.shape[0]}")
+                value = value[0]
+            pos_dim = -3 if hook.name.endswith(("hook_q", "hook_k", "hook_v", "hook_z")) else -2
+            if value.ndim >= -pos_dim:
+                value = pos_slice.apply(value, dim=pos_dim)
+            cache[hook.name + (GRAD_SUFFIX if is_backward else "")] = value
+
         names = self._filtered_names(names_filter)
-        store = {}
+        fwd_hooks = [(name, partial(save, is_backward=False)) for name in names]
+        bwd_hooks = [(name, partial(save, is_backward=True)) for name in names] if incl_bwd else []
+        return cache, fwd_hooks, bwd_hooks
 
-        def save_activation(x, hook):
-            store[hook.name] = self._snapshot(x)
+    def run_with_cache(self, *model_args, names_filter=None, device=None, remove_batch_dim=False, incl_bwd=False,
+                       reset_hooks_end=True, clear_contexts=False, pos_slice=None, return_cache_object=True, dout=None,
+                       **model_kwargs):
+        """Run the model and record activations -> ``(what the forward returns, ActivationCache)``.
 
-        def save_gradient(dx, hook):
-            store[hook.name + GRAD_SUFFIX] = self._snapshot(dx)
-
-        fwd_hooks = [(name, save_activation) for name in names]
-        bwd_hooks = [(name, save_gradient) for name in names] if incl_bwd else []
-        with self.hooks(fwd_hooks, bwd_hooks):
-            out = self(tokens)
+        Every argument the forward takes passes through (``return_type="loss"``, ``loss_per_token``).
+        ``names_filter``: None (every hook), a hook name, a list of names, or ``name -> bool``.
+        ``incl_bwd=True`` also runs a backward pass and records ``<name>_grad``: with
+        ``return_type="loss"``, of that loss (as TransformerLens's ``loss.backward()``); with logits,
+        of ``sum(logits * dout)``, ``dout`` by default the gradient of the mean next-token
+        cross-entropy (``tokens[:, 1:]`` predicted from each earlier position). Parameter gradients
+        accumulate, as with any backward pass. ``pos_slice``, ``remove_batch_dim``: as in
+        ``get_caching_hooks``; ``device``: where the torch twin's entries go ("cpu" only for NumPy);
+        ``return_cache_object=False``: a plain dict instead of the ActivationCache.
+        """
+        tokens = self._as_tokens(model_args[0] if model_args else model_kwargs.get("tokens"))
+        if remove_batch_dim and tokens.shape[0] != 1:
+            raise ValueError(f"remove_batch_dim=True needs a batch of 1, got tokens of shape {tuple(tokens.shape)}")
+        returned = _return_type(model_args, model_kwargs)
+        if incl_bwd and returned is None:
+            raise ValueError("incl_bwd=True needs an output to backpropagate; return_type=None returns nothing")
+        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice)
+        names = [name for name, _ in fwd]
+        with self.hooks(fwd, bwd, reset_hooks_end, clear_contexts):
+            result = self(*model_args, **model_kwargs)
             if incl_bwd:
-                grad = self._default_dout(out, tokens) if dout is None else self._check_dout(dout, out)
-                self._run_backward(out, grad)
-        # activations in forward order, then their gradients in the same order
-        order = names + [name + GRAD_SUFFIX for name in names]
-        return out, ActivationCache({key: store[key] for key in order if key in store}, self.cfg, tokens, model=self)
+                if dout is None and returned == "logits":
+                    dout = self._default_dout(result, tokens)
+                self._backward_from(result, dout)
+        # activations in forward order, then their gradients in the same order (the same dict, reordered)
+        order = [key for key in names + [name + GRAD_SUFFIX for name in names] if key in store]
+        ordered = {key: store[key] for key in order}
+        store.clear()
+        store.update(ordered)
+        if not return_cache_object:
+            return result, store
+        return result, ActivationCache(store, self.cfg, tokens, model=self, has_batch_dim=not remove_batch_dim)
 
-    def _check_dout(self, dout, out):
-        dout = as_numpy(check_plain(dout, "dout"))  # a meta tensor or a masked array refused before it is read
-        check_grad(dout, "dout", out.shape, self.cfg.dtype)
-        return dout
+    def _check_device(self, device):
+        """Where cached entries may go: anything torch takes on the torch twin (checked there)."""
 
     def _filtered_names(self, names_filter):
         names = list(self.hook_dict)
@@ -339,6 +527,87 @@ class HookedMixin:
             raise HookNameError(f"names_filter: this model has no hook named {', '.join(map(repr, unknown))}")
         return [name for name in names if name in wanted]
 
+    # --- written once: folding the LayerNorms ---
+
+    def fold_layer_norm(self, center_weights=True):
+        """Fold every LayerNorm's w and b into the weights that read its output (TransformerLens's ``fold_ln``).
+
+        ln1 into W_Q, W_K, W_V and their biases, ln2 into W_in and b_in, ln_final into W_U and b_U
+        (``foundation/folding.py`` has the formulas); each LayerNorm becomes a ``LayerNormPre``
+        (centre, divide by the scale, no w or b) and ``cfg.normalization_type`` becomes "LNPre".
+        The logits are unchanged (up to rounding), and the caches, decompositions and
+        ``logit_attrs`` read as on a TransformerLens model loaded with ``fold_ln=True``.
+        ``center_weights`` (TransformerLens's default) also removes the mean over d_model of each
+        folded weight, which reads a vector of mean zero. Hooks on the old LayerNorms' hook points go
+        with them. Needs a pre-norm model with an unembedding; returns the model.
+        """
+        cfg = self.cfg
+        if cfg.normalization != "pre" or cfg.normalization_type != "LN":
+            raise ValueError(f"fold_layer_norm needs LayerNorms with w and b before the parts that read them "
+                             f"(normalization='pre', normalization_type='LN'), got normalization="
+                             f"{cfg.normalization!r}, normalization_type={cfg.normalization_type!r}")
+        if not cfg.unembed:
+            raise ValueError("fold_layer_norm needs an unembedding to fold ln_final into (cfg.unembed=True)")
+        if not isinstance(center_weights, bool):
+            raise TypeError(f"center_weights must be a bool, got {center_weights!r}")
+        state_dict = {name: as_numpy(value) for name, value in self.state_dict().items()}
+        folded = fold_layer_norm_weights(state_dict, cfg, center_weights)
+        folded_cfg = dataclasses.replace(cfg, normalization_type="LNPre")
+        for block in self.blocks:
+            block.ln1 = self._layer_norm_pre(folded_cfg)
+            if not cfg.attn_only:
+                block.ln2 = self._layer_norm_pre(folded_cfg)
+        self.ln_final = self._layer_norm_pre(folded_cfg)
+        for name, module in self.named_modules():
+            if hasattr(module, "cfg"):
+                module.cfg = folded_cfg
+            if isinstance(module, self.hook_point_class):
+                module.name = name
+        self.load_state_dict(folded)
+        return self
+
+
+def _return_type(model_args, model_kwargs):
+    """The ``return_type`` a forward call asks for (its second argument), "logits" when not given."""
+    if len(model_args) > 1:
+        return model_args[1]
+    return model_kwargs.get("return_type", "logits")
+
+
+def split_outputs(result):
+    """What a forward returned -> (logits or None, loss or None): logits have 3 axes, a loss 0 or 2."""
+    if isinstance(result, tuple):
+        return result
+    if result is None:
+        return None, None
+    return (result, None) if result.ndim == 3 else (None, result)
+
+
+def gradient_target(dout, logits_shape, loss_shape, dtype):
+    """Which output a backward starts from -> ("logits" or "loss", the gradient, checked).
+
+    ``dout`` None: the scalar loss, gradient 1 (``loss.backward()``); a per-token loss needs its
+    gradient given, as torch asks. ``dout`` shaped like the loss: the loss; otherwise ``dout``
+    must be shaped like the logits. A shape is None for an output the forward did not return.
+    """
+    if dout is None:
+        if loss_shape is None:
+            raise ValueError(f"backward without dout needs a loss: run the forward with return_type='loss' "
+                             f"just before, or pass dout shaped like the output {tuple(logits_shape)}")
+        if tuple(loss_shape) != ():
+            raise ValueError(f"backward without dout needs a scalar loss; this one is per token, shape "
+                             f"{tuple(loss_shape)}: pass dout of that shape (torch: loss.backward(dout)), or use "
+                             "loss_per_token=False")
+        return "loss", 1.0
+    shape = tuple(dout.shape) if hasattr(dout, "shape") else () if isinstance(dout, (int, float)) else None
+    if loss_shape is not None and (shape == tuple(loss_shape) or logits_shape is None):
+        if tuple(loss_shape) == ():
+            check_dloss(dout)
+        else:
+            check_grad(dout, "dout", loss_shape, dtype)
+        return "loss", dout
+    check_grad(dout, "dout", logits_shape, dtype)
+    return "logits", dout
 
 
 def check_next_token_loss(cfg, tokens):

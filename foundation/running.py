@@ -1,19 +1,22 @@
 """Running the model as TransformerLens users do, written once for both twins.
 
-    model(tokens, return_type="loss")     the mean next-token cross-entropy ("logits", "both", None too)
-    model.generate(tokens, max_new_tokens=5, temperature=0)   greedy; temperature > 0 samples (with seed)
+    model(tokens, return_type="loss")            the mean next-token cross-entropy ("logits", "both", None too)
+    model(tokens, return_type="loss", loss_per_token=True)   one loss per predicted token [batch, pos - 1]
+    model.generate(tokens, max_new_tokens=5, do_sample=False, verbose=False)   greedy; do_sample samples
     model.to_tokens("the cat sat"), model.to_str_tokens(...), model.to_string(...)   with model.tokenizer
 
-The twin-specific steps are the loss class, turning an int ndarray into the model's own tokens
-(a tensor on the model's device for the torch twin) and switching autograd off while generating;
-each twin's model provides them. Sampling happens in NumPy float64 from the logits, with a
-``numpy.random.Generator`` seeded by ``seed``, so both twins draw the same tokens from the same
-logits.
+The twin-specific steps are the next-token loss (the twin's own log-softmax and loss),
+turning an int ndarray into the model's own tokens (a tensor on the model's device for the
+torch twin) and switching autograd off while generating; each twin's model (or its hooked.py)
+provides them. Sampling happens once, here, in NumPy float64 from the logits (``sample_logits``),
+with a ``numpy.random.Generator`` seeded by ``seed``, so both twins draw the same tokens from the
+same logits.
 """
 
 from __future__ import annotations
 
 import numbers
+import sys
 from contextlib import nullcontext
 
 import numpy as np
@@ -21,15 +24,55 @@ import numpy as np
 from .vocab import as_token_rows
 
 RETURN_TYPES = ("logits", "loss", "both", None)
+GENERATE_RETURN_TYPES = ("input", "str", "tensor")
+
+
+def sample_logits(final_logits, top_k=None, top_p=None, temperature=1.0, freq_penalty=0.0, tokens=None, rng=None):
+    """One token per row of ``final_logits`` [batch, d_vocab] -> ids [batch] (TransformerLens's ``sample_logits``).
+
+    ``temperature=0``: the most likely token (argmax; the lowest id among ties). Otherwise the
+    logits are divided by ``temperature``, ``freq_penalty`` times each token's count in
+    ``tokens`` [batch, pos] is subtracted, then ``top_k`` keeps the k largest logits (ties with
+    the k-th stay) or else ``top_p`` keeps the most likely tokens until their probability reaches
+    top_p (the token that crosses it included), and one token is drawn from the softmax of what
+    is kept, with ``rng`` (a ``numpy.random.Generator``). Everything in float64.
+    """
+    logits = np.array(final_logits, dtype=np.float64)  # [batch, d_vocab]
+    if temperature == 0:
+        return logits.argmax(axis=-1)  # [batch]
+    with np.errstate(over="ignore"):  # the max subtracted first: a tiny temperature sends the rest to -inf, never NaN
+        logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature  # [batch, d_vocab]
+    if freq_penalty > 0:
+        if tokens is None:
+            raise ValueError("freq_penalty needs the tokens so far")
+        counts = np.stack([np.bincount(row, minlength=logits.shape[-1]) for row in tokens])  # [batch, d_vocab]
+        logits = logits - freq_penalty * counts
+    if top_k is not None:
+        kth = np.sort(logits, axis=-1)[:, -top_k][:, None]  # [batch, 1]: the k-th largest logit
+        logits = np.where(logits < kth, -np.inf, logits)  # [batch, d_vocab]
+    elif top_p is not None:
+        order = np.argsort(-logits, axis=-1, kind="stable")  # [batch, d_vocab]: most likely first
+        sorted_logits = np.take_along_axis(logits, order, axis=-1)  # [batch, d_vocab]
+        sorted_probs = np.exp(sorted_logits - sorted_logits[:, :1])  # [batch, d_vocab]
+        cumulative = np.cumsum(sorted_probs / sorted_probs.sum(axis=-1, keepdims=True), axis=-1)  # [batch, d_vocab]
+        remove_sorted = np.zeros_like(cumulative, dtype=bool)  # [batch, d_vocab]
+        remove_sorted[:, 1:] = cumulative[:, :-1] > top_p  # the token that crosses top_p is kept
+        remove = np.zeros_like(remove_sorted)  # [batch, d_vocab], back in id order
+        np.put_along_axis(remove, order, remove_sorted, axis=-1)
+        logits = np.where(remove, -np.inf, logits)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))  # [batch, d_vocab]
+    probs /= probs.sum(axis=-1, keepdims=True)
+    rng = np.random.default_rng() if rng is None else rng
+    return np.array([rng.choice(logits.shape[-1], p=p) for p in probs])  # [batch]
 
 
 class RunningMixin:
-    """return_type, generate and the tokenizer helpers; the model sets ``loss_class``."""
+    """return_type, loss_per_token, generate and the tokenizer helpers; the model provides ``_next_token_loss``."""
 
     tokenizer = None  # a foundation.vocab.WordVocabulary (or anything with encode, decode, id_to_word)
     takes_any_tokens = True  # the boundary turns lists and the other library's arrays into this twin's
 
-    # --- the twin-specific steps (torch_impl's model overrides the last two) ---
+    # --- the twin-specific steps (torch_impl's model overrides the two below; hooked.py the loss) ---
 
     def _native_tokens(self, tokens):
         """An int ndarray [batch, pos] -> what this model's forward takes."""
@@ -38,6 +81,10 @@ class RunningMixin:
     def _inference(self):
         """A context in which forward passes record nothing for a backward pass."""
         return nullcontext()
+
+    def _next_token_loss(self, out, tokens, per_token):
+        """The cross-entropy of each ``tokens[:, p + 1]`` given the logits at p: its mean, or [batch, pos - 1]."""
+        raise NotImplementedError
 
     # --- written once ---
 
@@ -48,11 +95,15 @@ class RunningMixin:
             raise ValueError(f"return_type={return_type!r} needs logits (cfg.unembed=True)")
 
     def gradient_shape(self, result):
-        """``backward`` takes the gradient of the output (the logits), whatever ``return_type`` gave back."""
+        """``backward`` takes the gradient of the output (the logits), whatever ``return_type`` gave back
+        (the NumPy twin's ``backward`` also starts from the loss: see numpy_impl/hooked.py)."""
         return self._output_shape
 
-    def _with_return_type(self, out, tokens, return_type):
-        """The forward's output as ``return_type`` asks: logits, the next-token loss, both, or None."""
+    def _with_return_type(self, out, tokens, return_type, loss_per_token=False):
+        """The forward's output as ``return_type`` asks: logits, the next-token loss, both, or None.
+
+        ``loss_per_token``: the loss of each predicted token [batch, pos - 1] instead of their mean.
+        """
         self._output_shape = tuple(out.shape)
         if return_type == "logits":
             return out
@@ -61,48 +112,98 @@ class RunningMixin:
         if tokens.shape[1] < 2:
             raise ValueError(f"return_type={return_type!r}: tokens need at least 2 positions for a next-token loss")
         # position p predicts tokens[:, p + 1]; the last position predicts nothing
-        loss = self.loss_class().forward(out[:, :-1], tokens[:, 1:])  # []
+        loss = self._next_token_loss(out, tokens, loss_per_token)  # [] or [batch, pos - 1]
         return loss if return_type == "loss" else (out, loss)
 
-    def generate(self, tokens, max_new_tokens=10, temperature=0.0, seed=None):
-        """Extend ``tokens`` [batch, pos] by ``max_new_tokens`` ids, one forward pass per new token.
+    def generate(self, input="", max_new_tokens=10, stop_at_eos=True, eos_token_id=None, do_sample=True, top_k=None,
+                 top_p=None, temperature=1.0, freq_penalty=0.0, use_past_kv_cache=True, prepend_bos=None,
+                 return_type="input", verbose=True, seed=None):
+        """Extend ``input`` by up to ``max_new_tokens`` ids, one forward pass each (TransformerLens's arguments).
 
-        ``temperature=0``: greedy, the most likely next token (the lowest id among ties).
-        ``temperature > 0`` (a finite real number of any type): sampled from softmax(logits /
-        temperature) with a generator seeded by ``seed``; as the temperature shrinks towards 0 this
-        puts all the mass on the most likely token (shared equally among ties), never a NaN.
-        A str is encoded with ``model.tokenizer`` and the result decoded back to a str.
-        Returns the whole sequence [batch, pos + max_new_tokens] (tokens first) as the model's
-        own array type; the total must fit in n_ctx.
+        ``input``: tokens [batch, pos] (any int array or nested list) or a str (encoded with
+        ``model.tokenizer``, ``prepend_bos`` as in ``to_tokens``). ``do_sample=False``: greedy, the
+        most likely next token (the lowest id among ties); ``do_sample=True`` (the default, as in
+        TransformerLens): drawn by ``sample_logits`` with ``temperature``, ``top_k``, ``top_p``,
+        ``freq_penalty``, from a ``numpy.random.Generator`` seeded by ``seed`` (this project's
+        argument: the same seed draws the same tokens in both twins). ``stop_at_eos``: a sequence
+        that produced ``eos_token_id`` (default: the tokenizer's ``eos_token``, if it has one) is
+        padded with it, and generation ends when every sequence has; with no end-of-text id known
+        it runs the full ``max_new_tokens``. ``return_type``: "input" (a str for a str, else tokens),
+        "str" (a str; a list of them for a batch) or "tensor" (the model's own array type).
+        ``verbose`` prints progress to stderr. ``use_past_kv_cache`` changes nothing here: there is
+        no key-value cache, every step runs the whole sequence (the tokens are the same).
+        The prompt plus the new tokens must fit in n_ctx.
         """
         if not self.cfg.unembed:
             raise ValueError("generate needs logits (cfg.unembed=True)")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
         temperature = check_temperature(temperature)
-        text_in = isinstance(tokens, str)
-        rows = self._token_rows(tokens)  # [batch, pos]
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
+                                  or not 0 < top_k <= self.cfg.d_vocab):
+            raise ValueError(f"top_k must be None or an int in [1, d_vocab={self.cfg.d_vocab}], got {top_k!r}")
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+            raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+        if isinstance(freq_penalty, bool) or not isinstance(freq_penalty, (int, float)) or not freq_penalty >= 0:
+            raise ValueError(f"freq_penalty must be a number >= 0, got {freq_penalty!r}")
+        if return_type not in GENERATE_RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {GENERATE_RETURN_TYPES}, got {return_type!r}")
+        for name, flag in (("stop_at_eos", stop_at_eos), ("do_sample", do_sample), ("verbose", verbose),
+                           ("use_past_kv_cache", use_past_kv_cache)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        text_in = isinstance(input, str)
+        if text_in:
+            rows = as_token_rows(self.to_tokens(input, prepend_bos))  # [1, pos]
+            prepended = prepend_bos is not False and self.tokenizer.bos_token is not None
+        else:
+            rows, prepended = self._token_rows(input), False  # [batch, pos]
         if rows.shape[1] + max_new_tokens > self.cfg.n_ctx:
             raise ValueError(f"generate: {rows.shape[1]} tokens + max_new_tokens={max_new_tokens} exceed "
                              f"n_ctx={self.cfg.n_ctx}")
+        stop_tokens = self._stop_tokens(stop_at_eos, eos_token_id)
+        finished = np.zeros(rows.shape[0], dtype=bool)  # [batch]: which sequences produced a stop token
         rng = np.random.default_rng(seed)
         with self._inference():
-            for _ in range(max_new_tokens):
+            for step in range(max_new_tokens):
                 logits = self(self._native_tokens(rows))  # [batch, pos, d_vocab]
                 last = as_float64(logits)[:, -1]  # [batch, d_vocab]
-                if temperature == 0:
-                    new = last.argmax(axis=-1)  # [batch]
+                if do_sample:
+                    new = sample_logits(last, top_k, top_p, temperature, freq_penalty, rows, rng)  # [batch]
                 else:
-                    # the max subtracted before dividing: a tiny temperature sends the rest to -inf, never NaN
-                    with np.errstate(over="ignore"):
-                        scaled = (last - last.max(axis=-1, keepdims=True)) / temperature  # [batch, d_vocab]
-                    probs = np.exp(scaled)  # [batch, d_vocab]
-                    probs /= probs.sum(axis=-1, keepdims=True)
-                    new = np.array([rng.choice(self.cfg.d_vocab, p=p) for p in probs])  # [batch]
+                    new = last.argmax(axis=-1)  # [batch]
+                if stop_tokens:
+                    new = np.where(finished, stop_tokens[0], new)  # a finished sequence is padded with eos
+                    finished |= np.isin(new, stop_tokens)
                 rows = np.concatenate([rows, new[:, None]], axis=1)  # [batch, pos + 1]
-        if text_in:
-            return self.to_string(rows[0])
+                if verbose:
+                    print(f"\rgenerate: {step + 1}/{max_new_tokens} tokens", end="", file=sys.stderr, flush=True)
+                if stop_tokens and finished.all():
+                    break
+        if verbose:
+            print(file=sys.stderr)
+        if return_type == "str" or (return_type == "input" and text_in):
+            text_rows = rows[:, 1:] if prepended else rows  # the BOS that to_tokens put in front
+            return self.to_string(text_rows[0]) if text_rows.shape[0] == 1 else self.to_string(text_rows)
         return self._native_tokens(rows)
+
+    def _stop_tokens(self, stop_at_eos, eos_token_id):
+        """The ids that end a sequence: [eos_token_id ...], the tokenizer's eos token, or [] (none known, not stopping)."""
+        if not stop_at_eos:
+            return []
+        if eos_token_id is None:
+            eos_token_id = getattr(self.tokenizer, "eos_token_id", None)  # a Hugging Face tokenizer's
+            eos_token = getattr(self.tokenizer, "eos_token", None)
+            if eos_token_id is None and eos_token is not None and hasattr(self.tokenizer, "ids"):
+                eos_token_id = self.tokenizer.ids[eos_token]  # a WordVocabulary with an end-of-text word
+            if eos_token_id is None:
+                return []
+        ids = [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else list(eos_token_id)
+        if not ids or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                              and 0 <= i < self.cfg.d_vocab for i in ids):
+            raise ValueError(f"eos_token_id must be a token id in [0, d_vocab={self.cfg.d_vocab}) or a list of "
+                             f"them, got {eos_token_id!r}")
+        return [int(i) for i in ids]
 
     def _token_rows(self, tokens):
         """str (via the tokenizer), nested lists, an ndarray or a tensor -> int ndarray [batch, pos]."""
@@ -149,6 +250,13 @@ class RunningMixin:
         if rows.ndim != 1:
             raise ValueError(f"to_str_tokens takes one sequence: [pos] or [1, pos], got shape {rows.shape}")
         return [vocab.id_to_word(token) for token in rows]
+
+    def to_single_token(self, string):
+        """The id of a str that is one token (TransformerLens's ``to_single_token``), without a BOS."""
+        rows = as_token_rows(self.to_tokens(string, prepend_bos=False))
+        if rows.shape != (1, 1):
+            raise ValueError(f"to_single_token: {string!r} is {rows.shape[1]} tokens, not one")
+        return int(rows[0, 0])
 
     def to_string(self, tokens):
         """Tokens [pos] -> a str; [batch, pos] -> a list of str."""

@@ -167,7 +167,7 @@ def parameter_shapes(cfg: TransformerConfig) -> dict:
         shapes["pos_embed.W_pos"] = (cfg.n_ctx, cfg.d_model)
     for i in range(cfg.n_layers):
         block = f"blocks.{i}"
-        if cfg.normalization is not None:
+        if cfg.normalization_type == "LN":  # "LNPre" LayerNorms have no parameters
             shapes.update({f"{block}.ln1.w": (cfg.d_model,), f"{block}.ln1.b": (cfg.d_model,)})
         for name in ("W_Q", "W_K", "W_V"):
             shapes[f"{block}.attn.{name}"] = (cfg.n_heads, cfg.d_model, cfg.d_head)
@@ -176,11 +176,11 @@ def parameter_shapes(cfg: TransformerConfig) -> dict:
             shapes[f"{block}.attn.{name}"] = (cfg.n_heads, cfg.d_head)
         shapes[f"{block}.attn.b_O"] = (cfg.d_model,)
         if not cfg.attn_only:
-            if cfg.normalization is not None:
+            if cfg.normalization_type == "LN":
                 shapes.update({f"{block}.ln2.w": (cfg.d_model,), f"{block}.ln2.b": (cfg.d_model,)})
             shapes.update({f"{block}.mlp.W_in": (cfg.d_model, cfg.d_mlp), f"{block}.mlp.b_in": (cfg.d_mlp,),
                            f"{block}.mlp.W_out": (cfg.d_mlp, cfg.d_model), f"{block}.mlp.b_out": (cfg.d_model,)})
-    if cfg.normalization == "pre":
+    if cfg.normalization == "pre" and cfg.normalization_type == "LN":
         shapes.update({"ln_final.w": (cfg.d_model,), "ln_final.b": (cfg.d_model,)})
     if cfg.unembed:
         shapes.update({"unembed.W_U": (cfg.d_model, cfg.d_vocab), "unembed.b_U": (cfg.d_vocab,)})
@@ -189,10 +189,10 @@ def parameter_shapes(cfg: TransformerConfig) -> dict:
 
 def parameter_count(cfg: TransformerConfig) -> int:
     """len(parameter_shapes(cfg)), by arithmetic: a config claiming 10^7 layers costs nothing to check."""
-    norms = 0 if cfg.normalization is None else 2
+    norms = 2 if cfg.normalization_type == "LN" else 0
     per_block = norms + 8 + (0 if cfg.attn_only else norms + 4)
     return (1 + (cfg.positional == "learned") + cfg.n_layers * per_block
-            + 2 * (cfg.normalization == "pre") + 2 * cfg.unembed)
+            + norms * (cfg.normalization == "pre") + 2 * cfg.unembed)
 
 
 def load_weights(path):

@@ -196,7 +196,7 @@ def direct_logit_attribution(source, tokens=None, answer=None, wrong=None):
     direction, constant = W_U.T[answer], b_U[answer]  # [batch, n, d_model], [batch, n]
     if wrong is not None:
         direction, constant = direction - W_U.T[wrong], constant - b_U[wrong]
-    if cfg.normalization == "pre":
+    if model.cfg.normalization_type == "LN" and model.cfg.normalization == "pre":  # folded: ln_final.b is in b_U
         constant = constant + direction @ weights(model)["ln_final.b"]  # [batch, n]
     final = cache.accumulated_resid(apply_ln=cfg.normalization == "pre")[-1]  # [batch, pos, d_model]
     logit = _read_logits((final @ W_U + b_U)[:, positions], answer, wrong)  # [batch, n]: the model's output

@@ -1,14 +1,14 @@
 """The reference: every component with an explicit forward and a hand-written backward."""
 
 from foundation.config import TransformerConfig
-from foundation.hooks import ActivationCache, hook_name
+from foundation.hooks import ActivationCache, get_act_name, hook_name
 from foundation.weights import load_weights, save_weights
 
 from .attention import MultiHeadAttention
 from .block import TransformerBlock
 from .embedding import TokenEmbedding
 from .feedforward import FeedForward
-from .layernorm import LayerNorm
+from .layernorm import LayerNorm, LayerNormPre
 from .loss import CrossEntropyLoss
 from .model import Transformer
 from .module import HookPoint, Module, Parameter
@@ -21,6 +21,7 @@ __all__ = [
     "FeedForward",
     "HookPoint",
     "LayerNorm",
+    "LayerNormPre",
     "LearnedPositionalEmbedding",
     "Module",
     "MultiHeadAttention",
@@ -31,6 +32,7 @@ __all__ = [
     "TransformerBlock",
     "TransformerConfig",
     "Unembed",
+    "get_act_name",
     "hook_name",
     "load_weights",
     "save_weights",

@@ -7,6 +7,8 @@ Einsum letters: b batch, p pos, m d_model, f d_mlp.
 
 act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks & Gimpel):
     gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
+or the exact GELU ("gelu", torch.nn.GELU()), u times the standard normal CDF, with erf from SciPy:
+    gelu(u) = u * 0.5 (1 + erf(u / sqrt(2)))
 
 The products with W_in and W_out are einsums that name the weight first: one matrix product
 over all batch * pos rows (docs/performance.md says why).
@@ -15,11 +17,14 @@ over all batch * pos rows (docs/performance.md says why).
 import math
 
 import numpy as np
+from scipy.special import erf
 
 from foundation.checks import check_config
 from .module import HookPoint, Module, Parameter
 
 GELU_C = math.sqrt(2.0 / math.pi)
+SQRT_2 = math.sqrt(2.0)
+SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 
 class FeedForward(Module):
@@ -43,6 +48,9 @@ class FeedForward(Module):
         tanh = None  # GELU's, kept for the backward
         if self.cfg.act_fn == "relu":
             post = np.maximum(pre, 0)  # [batch, pos, d_mlp]
+        elif self.cfg.act_fn == "gelu":
+            cdf = 0.5 * (1 + erf(pre / SQRT_2))  # [batch, pos, d_mlp]; Phi(pre), the standard normal CDF
+            post = pre * cdf  # [batch, pos, d_mlp]
         else:
             inner = GELU_C * (pre + 0.044715 * pre * pre * pre)  # [batch, pos, d_mlp]
             tanh = np.tanh(inner)  # [batch, pos, d_mlp]
@@ -64,6 +72,13 @@ class FeedForward(Module):
         if self.cfg.act_fn == "relu":
             # forward: post = max(pre, 0)
             dpre = dpost * (pre > 0)  # [batch, pos, d_mlp]
+        elif self.cfg.act_fn == "gelu":
+            cdf = 0.5 * (1 + erf(pre / SQRT_2))  # [batch, pos, d_mlp]; the forward's, again from pre
+            # forward: post = pre * cdf
+            dcdf = dpost * pre  # [batch, pos, d_mlp]
+            dpre = dpost * cdf  # [batch, pos, d_mlp]
+            # forward: cdf = 0.5 * (1 + erf(pre / sqrt(2)));  d cdf / d pre = exp(-pre**2 / 2) / sqrt(2 pi)
+            dpre += dcdf * np.exp(-0.5 * pre * pre) / SQRT_2PI  # [batch, pos, d_mlp]
         else:
             # forward: post = 0.5 * pre * (1 + tanh)
             dtanh = dpost * 0.5 * pre  # [batch, pos, d_mlp]

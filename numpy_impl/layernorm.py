@@ -69,3 +69,38 @@ class LayerNorm(Module):
         dx = dcentered + dmean / d_model  # [batch, pos, d_model]
         # EXERCISE END
         return dx
+
+    @staticmethod
+    def for_config(cfg):
+        """The LayerNorm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN") or ``LayerNormPre`` ("LNPre")."""
+        return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
+
+
+class Constant:
+    """A fixed array in a parameter's place: ``.data`` reads as a parameter's; what ``.grad`` is given is dropped."""
+
+    def __init__(self, data):
+        self.data = data
+
+    @property
+    def grad(self):
+        return np.zeros_like(self.data)
+
+    @grad.setter
+    def grad(self, value):
+        pass  # a constant is not trained: nothing keeps its gradient
+
+
+class LayerNormPre(LayerNorm):
+    """LayerNorm without w and b, TransformerLens's ``LayerNormPre``: out = (x - mean(x)) / sqrt(var(x) + eps).
+
+    What ``fold_layer_norm`` leaves once w and b live in the weights that read the output. The
+    forward and backward are LayerNorm's with w fixed at ones and b at zeros: constants, not
+    parameters (no state_dict entries, nothing trained), and ``normalized * 1 + 0`` is
+    ``normalized`` exactly, so hook_normalized holds centered / scale, as TransformerLens's.
+    """
+
+    def __init__(self, cfg, rng=None):
+        super().__init__(cfg, rng)
+        self.w = Constant(np.ones(cfg.d_model, dtype=cfg.dtype))  # [d_model]
+        self.b = Constant(np.zeros(cfg.d_model, dtype=cfg.dtype))  # [d_model]

@@ -48,18 +48,19 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = [TransformerBlock(cfg, rng) for _ in range(cfg.n_layers)]
         if cfg.normalization == "pre":
-            self.ln_final = LayerNorm(cfg)
+            self.ln_final = LayerNorm.for_config(cfg)
         if cfg.unembed:
             self.unembed = Unembed(cfg, rng)
         for name, module in self.named_modules():
             if isinstance(module, HookPoint):
                 module.name = name
 
-    def forward(self, tokens, return_type="logits"):
+    def forward(self, tokens, return_type="logits", loss_per_token=False):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
-        (logits, loss) or None. ``backward`` always takes the gradient of the output.
+        (logits, loss) or None; ``loss_per_token``: the loss of each predicted token [batch, pos - 1].
+        ``backward`` takes the gradient of the output, or starts from the loss (see ``backward``).
         """
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
@@ -69,10 +70,15 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         if self.cfg.normalization == "pre":
             resid = self.ln_final(resid)  # [batch, pos, d_model]
         out = self.unembed(resid) if self.cfg.unembed else resid  # [batch, pos, d_vocab or d_model]
-        return self._with_return_type(out, tokens, return_type)
+        return self._with_return_type(out, tokens, return_type, loss_per_token)
 
-    def backward(self, dout):
-        """dout shaped like the output -> None (tokens are discrete); fills every parameter's grad."""
+    def backward(self, dout=None):
+        """dout shaped like the output -> None (tokens are discrete); fills every parameter's grad.
+
+        After ``forward(..., return_type="loss")``: ``backward()`` backpropagates that loss, as
+        ``loss.backward()``; with ``loss_per_token=True``, ``backward(dloss)`` (dloss [batch, pos - 1]);
+        the boundary turns that gradient into the output's (``gradient_of_output``, hooked.py).
+        """
         # EXERCISE BEGIN
         # forward: out = unembed(resid) if unembed else resid
         dresid = self.unembed.backward(dout) if self.cfg.unembed else dout  # [batch, pos, d_model]

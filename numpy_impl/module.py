@@ -150,6 +150,10 @@ class Module:
         """The shape of the gradient ``backward`` takes after a forward that returned ``result``."""
         return output_shape(result)
 
+    def gradient_of_output(self, gradient):
+        """What ``backward`` was given, as the gradient of the forward's output: itself, for a component."""
+        return gradient
+
 
 def _forward_at_the_boundary(forward):
     """``forward`` with its arguments checked (and copied, in a user's call) and its results guarded.
@@ -216,6 +220,7 @@ def _backward_at_the_boundary(backward):
         gradient = bound.arguments[gradient_name]
         record = vars(self).get("forward_record")
         check_backward_allowed(record, type(self).__name__)
+        gradient = self.gradient_of_output(gradient)  # the model's backward may start from its loss (hooked.py)
         check_gradient_argument(record, gradient_name, gradient, getattr(getattr(self, "cfg", None), "dtype", None))
         arrays = [gradient] if isinstance(gradient, np.ndarray) else []
         call = Call(self, "backward", arrays, lambda: [p.data for p in self.parameters()], record.tainted)

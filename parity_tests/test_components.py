@@ -59,7 +59,7 @@ def test_attention_with_d_head_not_d_model_over_n_heads(dtype):
     run_float_component("MultiHeadAttention", make_cfg(dtype, d_head=5), N_CTX)
 
 
-@parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX], act_fn=["relu", "gelu_new"])
+@parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX], act_fn=["relu", "gelu_new", "gelu"])
 def test_feedforward(dtype, pos, act_fn):
     run_float_component("FeedForward", make_cfg(dtype, act_fn=act_fn), pos)
 

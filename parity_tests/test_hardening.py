@@ -177,7 +177,7 @@ def test_a_hook_that_runs_the_same_model_again(point, inner, side):
             elif inner == "run_with_cache":
                 model.run_with_cache(OTHER_TOKENS)
             else:
-                model.run_with_hooks(OTHER_TOKENS, fwd_hooks=[("blocks.0.hook_attn_out", lambda a, h: a * 0)])
+                model.run_with_hooks(OTHER_TOKENS, fwd_hooks=[("blocks.0.hook_attn_out", lambda a, hook: a * 0)])
 
     model.zero_grad()
     model.run_with_hooks(TOKENS, fwd_hooks=[(point, run_again)], dout=dout)

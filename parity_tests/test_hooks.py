@@ -157,7 +157,7 @@ def test_run_with_hooks_replaces_and_removes():
         expected = sd["ln_final.b"] @ sd["unembed.W_U"] + sd["unembed.b_U"]
         assert np.abs(out - expected).max() <= 1e-12
         assert seen == ["blocks.0.attn.hook_q", "blocks.1.attn.hook_q"]
-        assert m.hook_dict["hook_embed"].fwd_hooks == [keep]
+        assert [handle.fn for handle in m.hook_dict["hook_embed"].fwd_hooks] == [keep]
         assert all(not p.fwd_hooks and not p.bwd_hooks for n, p in m.hook_dict.items() if n != "hook_embed")
         m.hook_dict["hook_embed"].remove_hooks()
         assert np.array_equal(to_numpy(m(tok)), clean)
@@ -309,13 +309,13 @@ def test_bad_input_is_named():
     tokens = np.zeros((1, 4), dtype=np.int64)
     for m in (model, twin):
         with pytest.raises(ValueError, match="fwd_hooks"):
-            m.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_nothing", lambda x, h: x)])
+            m.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_nothing", lambda x, hook: x)])
         with pytest.raises(TypeError, match="fwd_hooks"):
             m.run_with_hooks(tokens, fwd_hooks=[("hook_embed", "not a function")])
         with pytest.raises(TypeError, match="fwd_hooks"):
             m.run_with_hooks(tokens, fwd_hooks=("hook_embed", print))
         with pytest.raises(ValueError, match="returned shape"):
-            m.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda x, h: x[:, :2])])
+            m.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda x, hook: x[:, :2])])
         assert all(not p.fwd_hooks for p in m.hook_dict.values())
         with pytest.raises(ValueError, match="names_filter"):
             m.run_with_cache(tokens, names_filter=["blocks.9.hook_resid_pre"])

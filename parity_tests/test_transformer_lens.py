@@ -8,6 +8,7 @@ Weights are random (LayerNorm w and every bias non-trivial), never all ones.
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import numpy_impl as npi
 from foundation.factored import FactoredMatrix
@@ -48,7 +49,7 @@ def _layer_norm(x, w, b):
     return scale, centered / scale * w + b
 
 
-@pytest.mark.parametrize("act_fn", ["gelu_new", "relu"])
+@pytest.mark.parametrize("act_fn", ["gelu_new", "relu", "gelu"])
 def test_every_hook_holds_what_transformer_lens_defines(act_fn):
     """Each hook rebuilt from its definition in TransformerLens's components (and the weights), to 1e-12."""
     model, twin = make_pair(act_fn=act_fn)
@@ -83,6 +84,8 @@ def test_every_hook_holds_what_transformer_lens_defines(act_fn):
             hidden = x @ w("mlp.W_in") + w("mlp.b_in")
             if act_fn == "relu":
                 post = np.maximum(hidden, 0)
+            elif act_fn == "gelu":  # TransformerLens's "gelu" is torch.nn.functional.gelu, the exact one
+                post = F.gelu(torch.from_numpy(hidden)).numpy()
             else:
                 post = 0.5 * hidden * (1 + np.tanh(np.sqrt(2 / np.pi) * (hidden + 0.044715 * hidden**3)))
             mlp_out = post @ w("mlp.W_out") + w("mlp.b_out")  # b_out included
@@ -345,9 +348,9 @@ def test_return_type_gives_the_next_token_loss():
 def test_generate_gives_the_same_tokens_in_both_twins():
     model, twin = make_pair()
     prompt = tokens_for(model.cfg, pos=4)
-    greedy = model.generate(prompt, max_new_tokens=6)
+    greedy = model.generate(prompt, max_new_tokens=6, do_sample=False, verbose=False)
     assert greedy.shape == (B, 10) and np.array_equal(greedy[:, :4], prompt)
-    assert np.array_equal(to_numpy(twin.generate(prompt, max_new_tokens=6)), greedy)
+    assert np.array_equal(to_numpy(twin.generate(prompt, max_new_tokens=6, do_sample=False, verbose=False)), greedy)
     # greedy is the argmax of the logits at every step
     assert np.array_equal(model(greedy)[:, 3:-1].argmax(-1), greedy[:, 4:])
     sampled = model.generate(prompt, 6, temperature=1.5, seed=11)
@@ -373,7 +376,7 @@ def test_word_vocabulary_drives_to_tokens_and_generate():
         assert m.to_str_tokens("the cat", prepend_bos=False) == ["the", "cat"]
         with pytest.raises(ValueError, match="'bird'"):
             m.to_tokens("the bird")
-    assert model.generate("the cat", 3) == twin.generate("the cat", 3)
+    assert model.generate("the cat", 3, do_sample=False) == twin.generate("the cat", 3, do_sample=False)
     model.tokenizer = WordVocabulary(words, bos_token="<bos>")
     assert model.to_str_tokens("the cat") == ["<bos>", "the", "cat"]
 

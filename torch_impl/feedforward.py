@@ -7,6 +7,8 @@ Einsum letters: b batch, p pos, m d_model, f d_mlp.
 
 act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks & Gimpel):
     gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
+or the exact GELU ("gelu", torch.nn.GELU()), u times the standard normal CDF:
+    gelu(u) = u * 0.5 (1 + erf(u / sqrt(2)))
 
 The products with W_in and W_out are einsums that name the weight first, as the NumPy twin's
 (docs/performance.md says why it matters there).
@@ -22,6 +24,7 @@ from foundation.checks import check_config
 from .module import HookPoint, Module, default_rng
 
 GELU_C = math.sqrt(2.0 / math.pi)
+SQRT_2 = math.sqrt(2.0)
 
 
 class FeedForward(Module):
@@ -45,6 +48,9 @@ class FeedForward(Module):
         pre = self.hook_pre(pre)
         if self.cfg.act_fn == "relu":
             post = torch.relu(pre)  # [batch, pos, d_mlp]; its gradient at pre == 0 is 0, as the reference's
+        elif self.cfg.act_fn == "gelu":
+            cdf = 0.5 * (1 + torch.erf(pre / SQRT_2))  # [batch, pos, d_mlp]; Phi(pre), the standard normal CDF
+            post = pre * cdf  # [batch, pos, d_mlp]
         else:
             inner = GELU_C * (pre + 0.044715 * pre * pre * pre)  # [batch, pos, d_mlp]
             tanh = torch.tanh(inner)  # [batch, pos, d_mlp]

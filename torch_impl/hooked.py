@@ -1,18 +1,21 @@
-"""The torch twin's own steps of ``run_with_cache`` and ``run_with_hooks``.
+"""The torch twin's own steps of its TransformerLens surface: hooks, caches, the loss, folding.
 
-Written once in ``foundation/hooks.py``: ``ActivationCache``, short names, ``run_with_cache``,
-``run_with_hooks`` and ``hooks()``. Only what the array library changes lives here: which
-HookPoint class the model holds, how an activation is copied (detached from the graph), how
-the backward pass is started (autograd), and the default gradient (of the mean next-token
-cross-entropy).
+Written once in ``foundation/hooks.py`` and ``foundation/running.py``: ``ActivationCache``, short
+names, ``run_with_cache``, ``run_with_hooks``, ``hooks()``, ``add_hook``, ``reset_hooks``,
+``fold_layer_norm``, ``return_type`` and ``generate``. Only what the array library changes lives
+here: which HookPoint class the model holds, how an activation is copied (detached from the
+graph), the next-token loss and how a backward pass starts from it (autograd), the default
+gradient (of the mean next-token cross-entropy), and the parameter-free LayerNorm that folding
+leaves.
 """
 
 import torch
 
 from foundation.hooks import HookedMixin as _HookedMixin
-from foundation.hooks import check_next_token_loss
+from foundation.hooks import as_numpy, check_next_token_loss, gradient_target, split_outputs
 
-from .loss import CrossEntropyLoss
+from .layernorm import LayerNormPre
+from .loss import CrossEntropyLoss, log_softmax
 from .module import HookPoint, token_tensor
 
 
@@ -21,14 +24,24 @@ class HookedMixin(_HookedMixin):
 
     hook_point_class = HookPoint
 
-    def _snapshot(self, x):
-        return x.detach().clone()
+    def _snapshot(self, x, device=None):
+        x = x.detach().clone()
+        return x if device is None else x.to(device)
+
+    def _check_device(self, device):
+        if device is not None:
+            torch.device(device)  # a RuntimeError naming it, for a device torch does not know
 
     def _as_tokens(self, tokens):
         return token_tensor(tokens, self.cfg)
 
-    def _run_backward(self, out, dout):
-        out.backward(torch.as_tensor(dout, dtype=out.dtype, device=out.device))
+    def _backward_from(self, result, dout):
+        logits, loss = split_outputs(result)
+        shape = lambda tensor: None if tensor is None else tuple(tensor.shape)  # noqa: E731
+        dout = None if dout is None else as_numpy(dout)  # checked as the NumPy model checks it
+        target, grad = gradient_target(dout, shape(logits), shape(loss), self.cfg.dtype)
+        tensor = loss if target == "loss" else logits
+        tensor.backward(torch.as_tensor(grad, dtype=tensor.dtype, device=tensor.device))
 
     def _default_dout(self, out, tokens):
         """Position p predicts ``tokens[:, p + 1]``; the last position predicts nothing (gradient 0)."""
@@ -36,3 +49,14 @@ class HookedMixin(_HookedMixin):
         logits = out.detach().requires_grad_()  # [batch, pos, d_vocab]
         CrossEntropyLoss()(logits[:, :-1], tokens[:, 1:].to(logits.device)).backward()
         return logits.grad.cpu().numpy()  # [batch, pos, d_vocab]
+
+    def _layer_norm_pre(self, cfg):
+        return LayerNormPre(cfg).to(self.device)
+
+    # --- the next-token loss ---
+
+    def _next_token_loss(self, out, tokens, per_token):
+        if per_token:
+            log_probs = log_softmax(out[:, :-1])  # [batch, pos - 1, d_vocab]
+            return -torch.take_along_dim(log_probs, tokens[:, 1:, None], dim=-1)[..., 0]  # [batch, pos - 1]
+        return self.loss_class()(out[:, :-1], tokens[:, 1:])  # []

@@ -42,3 +42,25 @@ class LayerNorm(Module):
         out = normalized * self.w + self.b  # [batch, pos, d_model]
         out = self.hook_normalized(out)
         return out
+
+    @staticmethod
+    def for_config(cfg):
+        """The LayerNorm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN") or ``LayerNormPre`` ("LNPre")."""
+        return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
+
+
+class LayerNormPre(LayerNorm):
+    """LayerNorm without w and b, TransformerLens's ``LayerNormPre``: out = (x - mean(x)) / sqrt(var(x) + eps).
+
+    What ``fold_layer_norm`` leaves once w and b live in the weights that read the output. The
+    forward is LayerNorm's with w fixed at ones and b at zeros: buffers, not parameters (no
+    state_dict entries, nothing trained), and ``normalized * 1 + 0`` is ``normalized`` exactly,
+    so hook_normalized holds centered / scale, as TransformerLens's.
+    """
+
+    def __init__(self, cfg, rng=None):
+        super().__init__(cfg, rng)
+        dtype = getattr(torch, cfg.dtype)
+        del self.w, self.b
+        self.register_buffer("w", torch.ones(cfg.d_model, dtype=dtype), persistent=False)  # [d_model]
+        self.register_buffer("b", torch.zeros(cfg.d_model, dtype=dtype), persistent=False)  # [d_model]

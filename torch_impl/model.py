@@ -50,18 +50,19 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([TransformerBlock(cfg, rng) for _ in range(cfg.n_layers)])
         if cfg.normalization == "pre":
-            self.ln_final = LayerNorm(cfg)
+            self.ln_final = LayerNorm.for_config(cfg)
         if cfg.unembed:
             self.unembed = Unembed(cfg, rng)
         for name, module in self.named_modules():
             if isinstance(module, HookPoint):
                 module.name = name
 
-    def forward(self, tokens, return_type="logits"):
+    def forward(self, tokens, return_type="logits", loss_per_token=False):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
-        (logits, loss) or None. Tokens go to the model's device.
+        (logits, loss) or None; ``loss_per_token``: the loss of each predicted token [batch, pos - 1].
+        Tokens go to the model's device.
         """
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
         pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
@@ -71,7 +72,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         if self.cfg.normalization == "pre":
             resid = self.ln_final(resid)  # [batch, pos, d_model]
         out = self.unembed(resid) if self.cfg.unembed else resid  # [batch, pos, d_vocab or d_model]
-        return self._with_return_type(out, tokens, return_type)
+        return self._with_return_type(out, tokens, return_type, loss_per_token)
 
     def save(self, path):
         """Write the weights file (.npz: one array per state_dict key plus the config as JSON)."""
