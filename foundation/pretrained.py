@@ -208,12 +208,12 @@ def gpt2_config(hf, dtype):
         raise ValueError(f"config.json: n_embd ({fields['n_embd']}) must be divisible by n_head ({fields['n_head']})")
     activation = fields["activation_function"]
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(f"config.json: activation_function is {activation!r}; the twins compute "
-                         f"{', '.join(repr(a) for a in ACTIVATIONS)}")
+        raise ValueError(f"config.json: activation_function is {activation!r}; the twins compute 'gelu_new' "
+                         "(also named 'gelu_pytorch_tanh') or 'relu'")
     for name, (value, meaning) in FIXED.items():
         given = fields[name]
         if given != value or isinstance(given, bool) != isinstance(value, bool):  # JSON's 1 is not true
-            raise ValueError(f"config.json: {name} is {given!r}; the twins read only {value!r} ({meaning})")
+            raise ValueError(f"config.json: {name} is {given!r}; only {value!r} is read: {meaning}")
     if not isinstance(fields["tie_word_embeddings"], bool):
         raise ValueError(f"config.json: tie_word_embeddings must be a bool, got {fields['tie_word_embeddings']!r}")
     n_ctx, n_layers = fields["n_positions"], fields["n_layer"]
@@ -259,9 +259,11 @@ def check_tensors(found, expected, tied):
         problems.append(f"missing tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
     if unexpected:
         problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
-    for name in sorted(set(expected) & set(found)):
-        if found[name] != expected[name]:
-            problems.append(f"{name} has shape {list(found[name])}, config.json asks for {list(expected[name])}")
+    misshaped = [name for name in sorted(set(expected) & set(found)) if found[name] != expected[name]]
+    for name in misshaped[:4]:
+        problems.append(f"{name} has shape {list(found[name])}, config.json asks for {list(expected[name])}")
+    if len(misshaped) > 4:
+        problems.append(f"and {len(misshaped) - 4} more misshaped")
     if problems:
         raise _Refused("; ".join(problems))
 
@@ -302,6 +304,7 @@ def read_gpt2_tokenizer(folder, d_vocab):
     """The folder's byte-level BPE (vocab.json + merges.txt) as a model.tokenizer, or None when it has neither."""
     from .vocab import BytePairTokenizer
 
+    folder = os.fspath(folder)
     vocab, merges = os.path.join(folder, VOCAB_FILE), os.path.join(folder, MERGES_FILE)
     present = [os.path.exists(vocab), os.path.exists(merges)]
     if not any(present):

@@ -209,3 +209,152 @@ def test_untied_relu_and_older_names(tmp_path):
         model = twin.from_pretrained(tmp_path)
         assert model.cfg.act_fn == "relu"
         assert rel_err(run_twin(model, tokens)[0], expected) <= TOL["float64"]
+
+
+# --- refusals: each a one-line error naming what is wrong ---------------------------------------------
+
+
+class RunsCode:
+    """Unpickling this touches a marker file: the proof that a loader unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def edit_config(**changes):
+    def edit(folder):
+        path = folder / "config.json"
+        fields = json.loads(path.read_text())
+        fields.update(changes)
+        path.write_text(json.dumps(fields))
+    return edit
+
+
+def edit_tensors(change):
+    """Rewrite model.safetensors with ``change(tensors)`` applied (names as stored)."""
+    def edit(folder):
+        path = folder / "model.safetensors"
+        tensors = safetensors.numpy.load_file(path)
+        change(tensors)
+        safetensors.numpy.save_file(tensors, path, metadata={"format": "pt"})
+    return edit
+
+
+def write(name, content):
+    def edit(folder):
+        (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return edit
+
+
+def remove(*names):
+    def edit(folder):
+        for name in names:
+            os.remove(folder / name)
+    return edit
+
+
+def only_a_pickle(folder):
+    os.remove(folder / "model.safetensors")
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(RunsCode(folder / "UNPICKLED")))
+
+
+def bfloat16_tensors(folder):
+    import safetensors.torch
+
+    path = folder / "model.safetensors"
+    tensors = safetensors.torch.load_file(path)
+    safetensors.torch.save_file({name: t.to(torch.bfloat16) for name, t in tensors.items()}, path)
+
+
+def big_vocabulary(folder):
+    (folder / "vocab.json").write_text(json.dumps({f"t{i}": i for i in range(D_VOCAB + 5)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+W = "transformer."
+REFUSALS = {
+    # case: (edit of a good checkpoint folder, what the one line must say)
+    "a missing folder": (None, "no checkpoint folder"),
+    "a file, not a folder": (None, "is a file"),
+    "no config.json": (remove("config.json"), "no config.json"),
+    "config.json not JSON": (write("config.json", "{oops"), "not valid JSON"),
+    "config.json not an object": (write("config.json", "[1, 2]"), "must hold a JSON object"),
+    "another model type": (edit_config(model_type="llama"), "model_type"),
+    "another activation": (edit_config(activation_function="gelu"), "activation_function"),
+    "another LayerNorm epsilon": (edit_config(layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
+    "cross-attention": (edit_config(add_cross_attention=True), "add_cross_attention"),
+    "scores scaled by layer": (edit_config(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
+    "reordered, upcast attention": (edit_config(reorder_and_upcast_attn=True), "reorder_and_upcast_attn"),
+    "unscaled attention": (edit_config(scale_attn_weights=False), "scale_attn_weights"),
+    "a number for a bool": (edit_config(scale_attn_weights=1), "scale_attn_weights"),
+    "n_inner not the file's": (edit_config(n_inner=50), "mlp.c_fc.weight has shape"),
+    "n_embd not divisible by n_head": (edit_config(n_head=5), "divisible by n_head"),
+    "aliases that disagree": (edit_config(hidden_size=32), "hidden_size"),
+    "a vocab_size that is not an int": (edit_config(vocab_size="big"), "vocab_size"),
+    "tie_word_embeddings not a bool": (edit_config(tie_word_embeddings="yes"), "tie_word_embeddings"),
+    "untied without lm_head": (edit_config(tie_word_embeddings=False), "missing tensors: lm_head.weight"),
+    "only pytorch_model.bin": (only_a_pickle, "pickle"),
+    "a sharded checkpoint": (lambda f: (remove("model.safetensors")(f), write("model.safetensors.index.json", "{}")(f)),
+                             "sharded"),
+    "no weights at all": (remove("model.safetensors"), "no model.safetensors"),
+    "model.safetensors not safetensors": (write("model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!"),
+                                          "not a readable safetensors file"),
+    "float16 tensors": (edit_tensors(lambda t: t.update({k: v.astype(np.float16) for k, v in t.items()})), "F16"),
+    "bfloat16 tensors": (bfloat16_tensors, "BF16"),
+    "mixed dtypes": (edit_tensors(lambda t: t.update({W + "ln_f.bias": t[W + "ln_f.bias"].astype(np.float32)})),
+                     "mix dtypes"),
+    "a missing tensor": (edit_tensors(lambda t: t.pop(W + "h.1.mlp.c_proj.bias")), "missing tensors: h.1.mlp.c_proj.bias"),
+    "an extra tensor": (edit_tensors(lambda t: t.update({W + "h.0.attn.q_attn.weight": np.zeros((24, 24))})),
+                        "unexpected tensors: h.0.attn.q_attn.weight"),
+    "a tensor stored twice": (edit_tensors(lambda t: t.update({"wte.weight": t[W + "wte.weight"]})), "stored twice"),
+    "a misshaped tensor": (edit_tensors(lambda t: t.update({W + "wpe.weight": np.zeros((23, 24))})),
+                           "wpe.weight has shape [23, 24]"),
+    "lm_head that is not wte, tied": (edit_tensors(lambda t: t.update({"lm_head.weight": np.ones((D_VOCAB, 24))})),
+                                      "lm_head.weight differs from wte.weight"),
+    "vocab.json without merges.txt": (remove("merges.txt"), "needs both"),
+    "a malformed vocab.json": (write("vocab.json", "not json"), "not a byte-level BPE vocabulary"),
+    "a vocabulary larger than the model's": (big_vocabulary, f"has {D_VOCAB + 5} tokens"),
+}
+
+
+@pytest.fixture(scope="module")
+def good_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("good")
+    make_checkpoint(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_each_refusal_is_one_line(good_folder, tmp_path, case):
+    import shutil
+
+    edit, says = REFUSALS[case]
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(good_folder, folder)
+    if case == "a missing folder":
+        folder = tmp_path / "nowhere"
+    elif case == "a file, not a folder":
+        folder = folder / "config.json"
+    else:
+        edit(folder)
+    for twin in TWINS.values():
+        with pytest.raises((ValueError, OSError)) as refused:
+            twin.from_pretrained(folder)
+        message = str(refused.value)
+        assert "\n" not in message and says in message, f"{twin.__module__}: {message}"
+
+
+def test_a_pickle_is_never_unpickled(tmp_path):
+    """The pickle in only_a_pickle runs code when unpickled (shown here); from_pretrained never runs it."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    only_a_pickle(tmp_path)
+    for twin in TWINS.values():
+        with pytest.raises(ValueError, match="pickle"):
+            twin.from_pretrained(tmp_path)
+    assert not (tmp_path / "UNPICKLED").exists()
+    pickle.loads((tmp_path / "pytorch_model.bin").read_bytes())  # what loading it would have done
+    assert (tmp_path / "UNPICKLED").exists()
