@@ -47,6 +47,7 @@ import os
 import re
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from .config import TransformerConfig
 from .weights import MAX_CONFIG_BYTES, MAX_FIXED_BYTES
@@ -88,8 +89,6 @@ def read_gpt2(folder):
     folder = checkpoint_folder(folder)
     hf_config = read_config_json(os.path.join(folder, CONFIG_FILE))
     path = weights_path(folder)
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(path, framework="numpy") as f:
             names = stored_names(f.keys())  # {name without "transformer.": name in the file}
