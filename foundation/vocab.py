@@ -93,14 +93,24 @@ class BytePairTokenizer:
         return self.tokenizer.encode(text).ids
 
     def decode(self, ids):
-        """Token ids -> the text they stand for (special tokens written out)."""
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+        """Token ids -> the text they stand for; special tokens are written out, and an id the
+        vocabulary lacks (a model's d_vocab may be larger) as ``<|id 50300|>``, never dropped."""
+        pieces, known = [], []
+        for token in ids:
+            token = int(token)
+            if token < 0:
+                raise ValueError(f"token ids must be non-negative, got {token}")
+            if self.tokenizer.id_to_token(token) is not None:
+                known.append(token)
+                continue
+            pieces.append(self.tokenizer.decode(known, skip_special_tokens=False))
+            pieces.append(f"<|id {token}|>")
+            known = []
+        pieces.append(self.tokenizer.decode(known, skip_special_tokens=False))
+        return "".join(pieces)
 
     def id_to_word(self, token):
-        """One token id -> its text, e.g. ' world' (a piece of a multi-byte character decodes to '\ufffd')."""
-        token = int(token)
-        if not 0 <= token < len(self.ids):
-            raise ValueError(f"token id must lie in [0, {len(self.ids)}), got {token}")
+        """One token id -> its text, e.g. ' world' (a piece of a multi-byte character decodes to '\\ufffd')."""
         return self.decode([token])
 
     def __repr__(self):

@@ -38,7 +38,8 @@ def test_text_prompt(folder, tmp_path, capsys):
     assert new_ids(printed, "NumPy") == new_ids(printed, "torch")
     assert "The same 6 tokens from both twins." in printed
     assert "-> '<|endoftext|>The cat sat on the mat." in printed  # the prompt, decoded, then the new text
-    for name in ("gpt2_attention.png", "gpt2_logit_lens.png"):
+    for name in ("gpt2_attention.png", "gpt2_previous_token_scores.png", "gpt2_attention_head.png",
+                 "gpt2_logit_lens.png"):
         assert (out / name).read_bytes()[:8] == PNG
         assert str(out / name) in printed
 

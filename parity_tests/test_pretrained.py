@@ -175,6 +175,9 @@ def test_the_tokenizer_is_gpt2s(checkpoint):
             bos = model.tokenizer.ids[END_OF_TEXT]
             assert np.asarray(model.to_tokens(text)).tolist() == [[bos] + expected], text
             assert model.to_string(expected) == hf_tokenizer.decode(expected), text
+        # an id the vocabulary lacks (a model's d_vocab may be larger than its tokenizer's) is shown, not dropped
+        missing = len(model.tokenizer) + 7
+        assert model.to_string([5, missing, 6]) == f"{hf_tokenizer.decode([5])}<|id {missing}|>{hf_tokenizer.decode([6])}"
         pieces = [hf_tokenizer.decode([token]) for token in hf_tokenizer.encode(" the mat")]
         assert model.to_str_tokens(" the mat", prepend_bos=False) == pieces and pieces[0] == " the"  # its leading space
 

@@ -5,7 +5,8 @@ DIR is a folder as ``transformers``' ``save_pretrained`` writes it: ``config.jso
 downloaded. The tour loads the checkpoint into the NumPy reference and the torch twin, runs the
 next-token loss forward and backward through both (the NumPy gradients from the hand-written
 backward) and prints how far apart they are, generates greedily from both, and draws the
-attention patterns and the logit lens of the prompt.
+attention patterns (every head, the previous-token scores, the most previous-token head) and
+the logit lens of the prompt.
 
 Without ``vocab.json`` and ``merges.txt``, ``--prompt`` is token ids ("464 3290 318").
 """
@@ -186,18 +187,28 @@ def show_generation(model, twin, tokens, new_tokens):
 
 
 def show_figures(model, tokens, labels, out):
-    """Attention patterns of every head and the logit lens, from the NumPy reference; returns the paths."""
-    from interp import analyses, plots
+    """Attention patterns, previous-token scores, the logit lens (NumPy reference); returns the paths."""
+    from interp import analyses, plots, scores
 
     heading("Figures: attention patterns and the logit lens (NumPy reference)")
     _, cache = model.run_with_cache(tokens)
-    attention = plots.plot_attention_grid(cache, os.path.join(out, "gpt2_attention.png"), token_labels=labels,
-                                          title="GPT-2: attention patterns of every head (rows: layers)")
+    paths = [plots.plot_attention_grid(cache, os.path.join(out, "gpt2_attention.png"), token_labels=labels,
+                                       title="GPT-2: attention patterns of every head (rows: layers)")]
+    previous = scores.previous_token_scores(cache, tokens)  # [n_layers, n_heads]
+    paths.append(plots.plot_head_scores(previous, os.path.join(out, "gpt2_previous_token_scores.png"), vmin=0, vmax=1,
+                                        title="Previous-token score of every head",
+                                        label="attention on the position just before"))
+    layer, head = np.unravel_index(np.argmax(previous), previous.shape)
+    paths.append(plots.plot_attention_head(cache["pattern", int(layer)][0, head],
+                                           os.path.join(out, "gpt2_attention_head.png"), token_labels=labels,
+                                           causal=True, title=f"L{layer}H{head}, the most previous-token head here"))
+    print(f"The head that attends most to the position just before: L{layer}H{head} "
+          f"({previous[layer, head]:.2f} of its attention; 1 = always).")
     lens = analyses.logit_lens(cache)
-    logit_lens = plots.plot_logit_lens(lens, os.path.join(out, "gpt2_logit_lens.png"),
-                                       title="GPT-2 logit lens: the true next token after each layer")
+    paths.append(plots.plot_logit_lens(lens, os.path.join(out, "gpt2_logit_lens.png"),
+                                       title="GPT-2 logit lens: the true next token after each layer"))
     print("What the unembedding reads at the last position, layer by layer (the logit lens's top token):")
     for label, layer_logits in zip(lens.labels, lens.logits[:, 0, -1]):
         top = int(np.argmax(layer_logits))
         print(f"  {label:<9} {token_labels(model, [top])[0]!r}")
-    return [attention, logit_lens]
+    return paths
