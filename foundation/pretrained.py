@@ -54,7 +54,6 @@ from .weights import MAX_CONFIG_BYTES, MAX_FIXED_BYTES
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-PICKLED_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
 PREFIX = "transformer."  # GPT2LMHeadModel's names start with it; GPT2Model's do not
 SKIPPED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # the causal mask and its fill value in older files
@@ -150,11 +149,11 @@ def weights_path(folder):
     if os.path.exists(path + ".index.json"):
         raise ValueError(f"{folder!r} holds a sharded checkpoint ({WEIGHTS_FILE}.index.json); "
                          f"only a single {WEIGHTS_FILE} is read")
-    for name in PICKLED_FILES:
-        if os.path.exists(os.path.join(folder, name)):
-            raise ValueError(f"{folder!r} holds {name} but no {WEIGHTS_FILE}: {name} is a Python pickle, which "
-                             "can run code when loaded, and loading never unpickles; save the model with "
-                             "save_pretrained (safetensors is its default) and try again")
+    pickles = sorted(name for name in os.listdir(folder) if name.startswith("pytorch_model") and name.endswith(".bin"))
+    if pickles:
+        raise ValueError(f"{folder!r} holds {pickles[0]} but no {WEIGHTS_FILE}: a .bin checkpoint is a Python "
+                         "pickle, which can run code when loaded, and loading never unpickles; save the model "
+                         "with save_pretrained (safetensors is its default) and try again")
     raise FileNotFoundError(f"no {WEIGHTS_FILE} in {folder!r}")
 
 

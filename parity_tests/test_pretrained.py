@@ -10,7 +10,8 @@ Gradients are compared in Hugging Face's layout: this file turns the twins' grad
 in both). GPT-2 ties its unembedding to the token embedding, so ``wte.weight``'s gradient is
 compared with ``W_E.grad + W_U.grad.T``. ``unembed.b_U`` has no counterpart (GPT-2's head has
 no bias): its gradient is checked against its exact value, the upstream gradient summed over
-batch and positions.
+batch and positions. ``b_K``'s exact gradient is zero; here it is one third of ``c_attn.bias``,
+measured with the rest of that tensor against its largest entry.
 """
 
 import json
@@ -41,7 +42,8 @@ def checkpoint(tmp_path_factory):
 def run_twin(model, tokens):
     """Logits of either twin as an ndarray (the torch twin keeps its graph for backward)."""
     if isinstance(model, npi.Transformer):
-        return model(tokens), model(tokens)
+        logits = model(tokens)
+        return logits, logits
     out = model(torch.from_numpy(tokens))
     return out.detach().numpy(), out
 
