@@ -1,4 +1,4 @@
-"""A word-level vocabulary: whitespace-separated words <-> token ids (a stand-in for a tokenizer).
+"""Tokenizers for ``model.tokenizer``: a word-level vocabulary, and GPT-2's byte-level BPE.
 
     vocab = WordVocabulary(["<pad>", "the", "cat", "sat", "on", "mat"])
     vocab.encode("the cat sat")   -> [1, 2, 3]
@@ -7,7 +7,8 @@
 Set it as ``model.tokenizer`` and the model's ``to_tokens``, ``to_str_tokens`` and ``to_string``
 work as TransformerLens's do with a real tokenizer. Words are the tokens: no sub-words and no
 spaces inside tokens, so ``to_str_tokens`` gives plain words (TransformerLens's GPT-2 tokens
-carry their leading space).
+carry their leading space, and so do ``BytePairTokenizer``'s, which a GPT-2 checkpoint's
+``vocab.json`` and ``merges.txt`` give: ``Transformer.from_pretrained`` sets it).
 """
 
 from __future__ import annotations
@@ -56,6 +57,66 @@ class WordVocabulary:
 
     def __repr__(self):
         return f"WordVocabulary({len(self.words)} words)"
+
+
+class BytePairTokenizer:
+    """GPT-2's byte-level BPE from ``vocab.json`` and ``merges.txt``, read by the ``tokenizers`` library.
+
+    The same surface as ``WordVocabulary`` (``encode``, ``decode``, ``id_to_word``, ``ids``,
+    ``bos_token``), so ``model.to_tokens("Hello world")`` works as in TransformerLens: GPT-2
+    splits text into bytes and merges them, so a token carries its leading space (" world").
+    ``<|endoftext|>``, when the vocabulary has it, is GPT-2's one special token and the BOS
+    that ``to_tokens`` prepends (as TransformerLens does for GPT-2).
+    """
+
+    END_OF_TEXT = "<|endoftext|>"
+
+    def __init__(self, vocab_path, merges_path):
+        from tokenizers import ByteLevelBPETokenizer
+
+        try:
+            # GPT-2's settings: no space added before the text, the byte-level regex split
+            self.tokenizer = ByteLevelBPETokenizer(str(vocab_path), str(merges_path), add_prefix_space=False)
+        except Exception as error:  # the library raises a bare Exception for a malformed file
+            raise ValueError(f"{str(vocab_path)!r} and {str(merges_path)!r} are not a byte-level BPE "
+                             f"vocabulary ({error})") from None
+        self.ids = self.tokenizer.get_vocab()  # {token as stored: id}
+        self.bos_token = self.END_OF_TEXT if self.END_OF_TEXT in self.ids else None
+        if self.bos_token is not None:
+            self.tokenizer.add_special_tokens([self.END_OF_TEXT])  # one token, never split into "<", "|", ...
+
+    def __len__(self):
+        return len(self.ids)
+
+    def encode(self, text):
+        """'Hello world' -> [15496, 995] (with GPT-2's own files)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids):
+        """Token ids -> the text they stand for; special tokens are written out, and an id the
+        vocabulary lacks (a model's d_vocab may be larger) as ``<|id 50300|>``, never dropped."""
+        pieces, known = [], []
+        for token in ids:
+            token = int(token)
+            if token < 0:
+                raise ValueError(f"token ids must be non-negative, got {token}")
+            if self.tokenizer.id_to_token(token) is not None:
+                known.append(token)
+                continue
+            pieces.append(self.tokenizer.decode(known, skip_special_tokens=False))
+            pieces.append(f"<|id {token}|>")
+            known = []
+        pieces.append(self.tokenizer.decode(known, skip_special_tokens=False))
+        return "".join(pieces)
+
+    def id_to_word(self, token):
+        """One token id -> its text, e.g. ' world' (a piece of a multi-byte character decodes to '\\ufffd')."""
+        return self.decode([token])
+
+    def __repr__(self):
+        return f"BytePairTokenizer({len(self.ids)} tokens)"
 
 
 def as_token_rows(tokens, name="tokens"):

@@ -1,7 +1,9 @@
 """The weights file both twins read and write (written once; torch_impl uses it too).
 
 A ``.npz`` archive: one array per ``state_dict`` key, named exactly as the key, plus the
-config as JSON text under ``__config__``.
+config as JSON text under ``__config__``. A path ending in ``.safetensors`` gets that format
+instead, through the ``safetensors`` library: the same tensors, the config as JSON text under
+``__config__`` in the header's metadata, read and checked the same way.
 
 Saving never destroys what is there. Every format goes through one writer,
 ``write_atomically``: it writes a temporary file in the target's folder and renames it over
@@ -33,6 +35,9 @@ import zipfile
 import zlib
 
 import numpy as np
+import safetensors
+import safetensors.numpy
+from safetensors import SafetensorError
 
 from .checks import check_state_dict, key_problems
 from .config import TransformerConfig
@@ -42,10 +47,14 @@ MAX_CONFIG_BYTES = 1 << 20     # the config's JSON is a few hundred bytes; more 
 MAX_FIXED_BYTES = 1 << 30      # causal masks and sinusoidal table the config would build, not held by the file
 MAX_DEFLATE_RATIO = 1100       # deflate can shrink data at most about 1032 times: more is a lie (a zip bomb)
 NUMBER_KINDS = "fiu"           # float, signed and unsigned integer arrays; no bool, complex, text or objects
+SAFETENSORS_EXTENSION = ".safetensors"
+SAFETENSORS_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "I8": "int8", "I16": "int16",
+                      "I32": "int32", "I64": "int64", "U8": "uint8", "U16": "uint16", "U32": "uint32",
+                      "U64": "uint64"}  # the NUMBER_KINDS safetensors stores; bfloat16 and bool are not read
 
 
 def save_weights(path, state_dict: dict, cfg: TransformerConfig):
-    """Atomically write ``state_dict`` (name -> ndarray) and ``cfg`` to ``path`` (by ``write_atomically``)."""
+    """Atomically write ``state_dict`` (name -> ndarray) and ``cfg`` to ``path`` (.npz, or .safetensors by extension)."""
     path = _check_path(path)
     if not isinstance(cfg, TransformerConfig):
         raise TypeError(f"cfg must be a TransformerConfig, got {type(cfg).__name__}")
@@ -56,8 +65,11 @@ def save_weights(path, state_dict: dict, cfg: TransformerConfig):
         if not isinstance(value, np.ndarray):
             raise TypeError(f"state_dict[{name!r}] must be an ndarray, got {type(value).__name__}")
         arrays[name] = value
-    arrays[CONFIG_KEY] = np.array(cfg.to_json())
-    write_atomically(path, lambda f: np.savez(f, **arrays))
+    if is_safetensors(path):
+        write_atomically(path, lambda f: _write_safetensors(f, arrays, cfg))
+    else:
+        arrays[CONFIG_KEY] = np.array(cfg.to_json())
+        write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def write_atomically(path, write):
@@ -201,11 +213,11 @@ def load_weights(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no weights file at {path!r}")
     try:
-        cfg, arrays = _read(path)
+        cfg, arrays = _read_safetensors(path) if is_safetensors(path) else _read(path)
     except _NotAWeightsFile as error:
         raise ValueError(f"{path!r} is not a Transformer Twins weights file ({error})") from None
     except (ValueError, TypeError, OSError, EOFError, KeyError, RecursionError, MemoryError, OverflowError,
-            NotImplementedError, zipfile.BadZipFile, zlib.error) as error:
+            NotImplementedError, zipfile.BadZipFile, zlib.error, SafetensorError) as error:
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         raise ValueError(f"{path!r} is not a readable Transformer Twins weights file ({reason})") from None
     # as load_state_dict would take them: the model's dtype, native byte order; what would overflow it, refused
@@ -267,8 +279,14 @@ def _read_config(archive, info):
     array = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
     if array.dtype.kind != "U" or array.shape != ():
         raise _NotAWeightsFile(f"its {CONFIG_KEY} entry must be one string, got {array.dtype} of shape {array.shape}")
+    return _config_from_json(str(array))
+
+
+def _config_from_json(text):
+    if len(text) > MAX_CONFIG_BYTES:
+        raise _NotAWeightsFile(f"its {CONFIG_KEY} entry holds {len(text)} characters")
     try:
-        fields = json.loads(str(array))
+        fields = json.loads(text)
     except RecursionError:
         raise _NotAWeightsFile("the config's JSON is nested too deeply") from None
     except ValueError as error:
@@ -314,6 +332,41 @@ def _check_against_config(headers, shapes):
             problems.append(f"{name} has shape {tuple(headers[name][0])}, its config asks for {shapes[name]}")
     if problems:
         raise _NotAWeightsFile("; ".join(problems))
+
+
+def is_safetensors(path):
+    """True when ``path`` names a .safetensors file (the extension chooses the format)."""
+    return os.fspath(path).lower().endswith(SAFETENSORS_EXTENSION)
+
+
+def _write_safetensors(f, arrays, cfg):
+    """One tensor per state_dict key, the config as JSON text in the header's metadata."""
+    f.write(safetensors.numpy.save(arrays, metadata={CONFIG_KEY: cfg.to_json()}))
+
+
+def _read_safetensors(path):
+    """The .safetensors twin of ``_read``: the config from the metadata, every header checked before any tensor."""
+    with safetensors.safe_open(path, framework="numpy") as f:
+        metadata = f.metadata() or {}
+        if CONFIG_KEY not in metadata:
+            raise _NotAWeightsFile(f"no {CONFIG_KEY} in its metadata (a Hugging Face checkpoint folder "
+                                   "loads with Transformer.from_pretrained)")
+        cfg = _config_from_json(metadata[CONFIG_KEY])
+        names = list(f.keys())
+        expected_count = parameter_count(cfg)
+        if expected_count > 2 * len(names) + 64:
+            raise _NotAWeightsFile(f"its config asks for {expected_count} arrays but it holds {len(names)}")
+        _check_fixed_tensors(cfg)
+        shapes = parameter_shapes(cfg)
+        headers = {}
+        for name in names:
+            kind = f.get_slice(name).get_dtype()
+            if kind not in SAFETENSORS_DTYPES:
+                raise _NotAWeightsFile(f"array {name!r} holds {kind}, not real numbers NumPy reads")
+            headers[name] = (tuple(f.get_slice(name).get_shape()), np.dtype(SAFETENSORS_DTYPES[kind]))
+        _check_against_config(headers, shapes)
+        arrays = {name: np.array(f.get_tensor(name)) for name in shapes}  # a copy: nothing stays mapped to the file
+    return cfg, arrays
 
 
 def _check_path(path):

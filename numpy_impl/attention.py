@@ -10,7 +10,8 @@ For each head h, with x the input [batch, pos, d_model]:
     out = sum over heads of z W_O[h]  + b_O
 
 Each einsum that multiplies by a weight names the weight first, so NumPy returns its result in
-the output's own axis order (docs/performance.md says why that matters).
+the output's own axis order; W_O's gradient names dout first for the same reason (W_Q's, W_K's
+and W_V's come back transposed in either order, and are small). docs/performance.md says why.
 """
 
 import math
@@ -78,7 +79,7 @@ class MultiHeadAttention(Module):
         # EXERCISE BEGIN
         pos = x.shape[1]
         # forward: out = einsum("hdm,bphd->bpm", W_O, z) + b_O
-        self.W_O.grad += np.einsum("bphd,bpm->hdm", z, dout, optimize=True)  # [head, d_head, d_model]
+        self.W_O.grad += np.einsum("bpm,bphd->hdm", dout, z, optimize=True)  # [head, d_head, d_model]
         self.b_O.grad += dout.sum(axis=(0, 1))  # [d_model]
         dz = np.einsum("hdm,bpm->bphd", self.W_O.data, dout, optimize=True)  # [batch, pos, head, d_head]
         dz = self.hook_z.backward(dz)

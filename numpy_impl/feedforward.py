@@ -11,7 +11,8 @@ or the exact GELU ("gelu", torch.nn.GELU()), u times the standard normal CDF, wi
     gelu(u) = u * 0.5 (1 + erf(u / sqrt(2)))
 
 The products with W_in and W_out are einsums that name the weight first: one matrix product
-over all batch * pos rows (docs/performance.md says why).
+over all batch * pos rows; the weight gradients name first the operand holding the gradient's
+last axis, so they come back in order for ``+=`` (docs/performance.md says why).
 """
 
 import math
@@ -65,7 +66,7 @@ class FeedForward(Module):
         x, pre, tanh, post = self.cache
         # EXERCISE BEGIN
         # forward: out = einsum("fm,bpf->bpm", W_out, post) + b_out
-        self.W_out.grad += np.einsum("bpf,bpm->fm", post, dout, optimize=True)  # [d_mlp, d_model]
+        self.W_out.grad += np.einsum("bpm,bpf->fm", dout, post, optimize=True)  # [d_mlp, d_model]
         self.b_out.grad += dout.sum(axis=(0, 1))  # [d_model]
         dpost = np.einsum("fm,bpm->bpf", self.W_out.data, dout, optimize=True)  # [batch, pos, d_mlp]
         dpost = self.hook_post.backward(dpost)
@@ -89,7 +90,7 @@ class FeedForward(Module):
             dpre += dinner * GELU_C * (1 + 3 * 0.044715 * pre * pre)  # [batch, pos, d_mlp]
         dpre = self.hook_pre.backward(dpre)
         # forward: pre = einsum("mf,bpm->bpf", W_in, x) + b_in
-        self.W_in.grad += np.einsum("bpm,bpf->mf", x, dpre, optimize=True)  # [d_model, d_mlp]
+        self.W_in.grad += np.einsum("bpf,bpm->mf", dpre, x, optimize=True)  # [d_model, d_mlp]
         self.b_in.grad += dpre.sum(axis=(0, 1))  # [d_mlp]
         dx = np.einsum("mf,bpf->bpm", self.W_in.data, dpre, optimize=True)  # [batch, pos, d_model]
         # EXERCISE END

@@ -7,7 +7,8 @@ Einsum letters: b batch, p pos, m d_model, v d_vocab.
     logits = x W_U + b_U
 
 The products with W_U are einsums that name the weight first: one matrix product over all
-batch * pos rows (docs/performance.md says why).
+batch * pos rows; W_U's gradient names dlogits first, so it comes back in order for ``+=``
+(docs/performance.md says why).
 """
 
 import numpy as np
@@ -37,7 +38,7 @@ class Unembed(Module):
         x = self.cache
         # EXERCISE BEGIN
         # forward: logits = einsum("mv,bpm->bpv", W_U, x) + b_U
-        self.W_U.grad += np.einsum("bpm,bpv->mv", x, dlogits, optimize=True)  # [d_model, d_vocab]
+        self.W_U.grad += np.einsum("bpv,bpm->mv", dlogits, x, optimize=True)  # [d_model, d_vocab]
         self.b_U.grad += dlogits.sum(axis=(0, 1))  # [d_vocab]
         dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]
         # EXERCISE END

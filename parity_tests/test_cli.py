@@ -40,6 +40,9 @@ def bad_arguments(tmp_path):
         "interp a missing weights file": ["interp", "--model", str(tmp_path / "missing.npz")],
         "interp a malformed weights file": ["interp", "--model", str(bad_weights)],
         "interp negative seed": ["interp", "--seed", "-1"],
+        "gpt2 a missing checkpoint folder": ["gpt2", "--model", str(tmp_path / "missing")],
+        "gpt2 a folder that is no checkpoint": ["gpt2", "--model", str(tmp_path)],
+        "gpt2 a weights file for a folder": ["gpt2", "--model", str(bad_weights)],
         "unknown command": ["nonsense"],
         "unknown option": ["basics", "--nonsense"],
     }
@@ -68,7 +71,7 @@ def test_a_bad_argument_is_one_line_of_error(case, tmp_path, capsys):
 # each case starts a Python that imports torch: one by default, the rest under pytest -m slow
 @pytest.mark.parametrize("case", ["interp a malformed weights file"] + [
     pytest.param(case, marks=pytest.mark.slow)
-    for case in ["--out is a file", "gradcheck --sample 0", "exercises check a missing folder"]])
+    for case in ["--out is a file", "gradcheck --sample 0", "exercises check a missing folder", "gpt2 a folder that is no checkpoint"]])
 def test_as_a_subprocess(case, tmp_path):
     argv = bad_arguments(tmp_path)[case]
     result = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), *argv], cwd=tmp_path,

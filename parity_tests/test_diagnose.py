@@ -49,7 +49,7 @@ PLANTED = [
      "dpattern = dz_h @ v_h.swapaxes(-1, -2)", "dpattern = v_h @ dz_h.swapaxes(-1, -2)",
      "transposed", ["hook_pattern", "q_pos and k_pos swapped"]),
     ("W_U.grad's einsum transposed", "unembed", "unembed.py",
-     'np.einsum("bpm,bpv->mv", x, dlogits, optimize=True)', 'np.einsum("bpm,bpv->vm", x, dlogits, optimize=True)',
+     'np.einsum("bpv,bpm->mv", dlogits, x, optimize=True)', 'np.einsum("bpv,bpm->vm", dlogits, x, optimize=True)',
      "transposed", ["transpose"]),
     ("first batch row only", "positional", "positional.py",
      "self.W_pos.grad[:pos] += dpos_embed.sum(axis=0)", "self.W_pos.grad[:pos] += dpos_embed[0]",

@@ -64,3 +64,30 @@ def test_products_and_their_gradients_are_c_contiguous(dtype):
 
     strided = {name: array.strides for name, array in arrays.items() if not array.flags.c_contiguous}
     assert not strided, f"not C-contiguous ({dtype}): {strided}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_weight_gradients_come_back_c_contiguous(dtype, monkeypatch):
+    """W_U's, W_in's, W_out's and W_O's gradient products are added into C-ordered buffers with ``+=``:
+    a transposed product makes that add walk memory out of order (for GPT-2's 768 x 50257 W_U it took
+    longer than the product itself). W_Q, W_K, W_V's [head, d_model, d_head] cannot come back in order."""
+    cfg = config(dtype)
+    x = random((BATCH, POS, cfg.d_model), dtype, 2)
+    products = {}
+    einsum = np.einsum
+
+    def recording_einsum(subscripts, *operands, **kwargs):
+        result = einsum(subscripts, *operands, **kwargs)
+        products[subscripts.split("->")[1]] = result
+        return result
+
+    for name, dout_shape in (("MultiHeadAttention", x.shape), ("FeedForward", x.shape),
+                             ("Unembed", (BATCH, POS, cfg.d_vocab))):
+        module = build(npi, name, cfg, seed=3)
+        module.forward(x)
+        monkeypatch.setattr(np, "einsum", recording_einsum)
+        module.backward(random(dout_shape, dtype, 4))
+        monkeypatch.setattr(np, "einsum", einsum)
+    gradients = {"W_U": products["mv"], "W_in": products["mf"], "W_out": products["fm"], "W_O": products["hdm"]}
+    strided = {name: array.strides for name, array in gradients.items() if not array.flags.c_contiguous}
+    assert not strided, f"weight gradients not C-contiguous ({dtype}): {strided}"

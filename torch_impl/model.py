@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from foundation.checks import check_config, check_seed
+from foundation.pretrained import read_gpt2, read_gpt2_tokenizer
 from foundation.running import RunningMixin
 from foundation.weights import load_weights, save_weights
 
@@ -75,7 +76,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         return self._with_return_type(out, tokens, return_type, loss_per_token)
 
     def save(self, path):
-        """Write the weights file (.npz: one array per state_dict key plus the config as JSON)."""
+        """Write the weights file: one array per state_dict key plus the config as JSON (.npz, or .safetensors)."""
         state_dict = {name: tensor.detach().cpu().numpy() for name, tensor in self.state_dict().items()}
         save_weights(path, state_dict, self.cfg)
 
@@ -85,6 +86,21 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         cfg, state_dict = load_weights(path)
         model = cls(cfg)
         model.load_state_dict(state_dict)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, folder):
+        """A new model holding a Hugging Face GPT-2 checkpoint (config.json + model.safetensors), in its dtype.
+
+        GPT-2 ties its unembedding to the token embedding; here ``unembed.W_U`` starts as
+        ``W_E.T`` and ``b_U`` as zeros, and a tied model's gradient is ``W_E.grad + W_U.grad.T``.
+        With vocab.json and merges.txt in the folder, ``model.tokenizer`` is GPT-2's byte-level BPE.
+        """
+        cfg, state_dict = read_gpt2(folder)
+        tokenizer = read_gpt2_tokenizer(folder, cfg.d_vocab)
+        model = cls(cfg)
+        model.load_state_dict(state_dict)
+        model.tokenizer = tokenizer
         return model
 
     # --- moving like a torch module (Module: the config's dtype follows the parameters) ---

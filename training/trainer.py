@@ -9,6 +9,13 @@ a ``step(batch) -> loss`` method (``NumpyStepper``: the hand-written backward an
 the batches, the schedule, the evaluation, the progress bar, the history -- is ``train``
 below, shared by both. Given the same initial weights and the same batches the two
 steppers produce the same losses and weights (``parity_tests/test_training.py``).
+
+Tied embeddings (``TrainConfig(tie_embeddings=True)``, for a model loaded with
+``from_pretrained``): GPT-2 uses one matrix as its token embedding and, transposed, as its
+unembedding. The twins keep ``unembed.W_U`` as a parameter of its own, so the steppers train
+the one matrix as GPT-2 does: after the backward, ``W_E.grad += W_U.grad.T`` (a tied matrix's
+gradient is the sum of its two uses); the optimiser (and the clipping) sees ``W_E`` only; after
+the step, ``W_U = W_E.T``. ``b_U``, which GPT-2's tied head does not have, is not trained.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class TrainConfig:
     momentum: float = 0.9               # sgd only
     max_grad_norm: Optional[float] = None  # clip the global gradient norm to this; None: no clipping
     data_seed: int = 0                  # seeds the batch stream (the model has its own seed)
+    tie_embeddings: bool = False        # train W_U as W_E.T, one matrix, and leave b_U as it is (GPT-2's head)
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -56,11 +64,34 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {self.max_grad_norm!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise TypeError(f"tie_embeddings must be a bool, got {self.tie_embeddings!r}")
         self.lr_factor()  # validates warmup_steps and decay against steps
 
     def lr_factor(self):
         """The schedule as a function step -> multiplier of ``lr`` (shared by both trainers)."""
         return warmup_then(self.warmup_steps, total_steps=self.steps, decay=self.decay)
+
+
+UNTRAINED_WHEN_TIED = ("unembed.W_U", "unembed.b_U")  # W_U follows W_E; GPT-2's tied head has no bias
+
+
+def trained_parameters(model, train_cfg: TrainConfig) -> list:
+    """(name, parameter) pairs the optimiser updates: all of them, or, tied, all but W_U and b_U.
+
+    Tying needs a model whose W_U is W_E.T already (as ``from_pretrained`` loads GPT-2), so
+    that training continues the tied model instead of silently replacing W_U.
+    """
+    named = list(model.named_parameters())
+    if not train_cfg.tie_embeddings:
+        return named
+    if not model.cfg.unembed:
+        raise ValueError("tie_embeddings=True needs a model with an unembedding (cfg.unembed=True)")
+    W_E, W_U = dict(named)["embed.W_E"].data, dict(named)["unembed.W_U"].data
+    if not bool((W_U == W_E.T).all()):
+        raise ValueError("tie_embeddings=True: unembed.W_U is not embed.W_E.T; start from a tied model "
+                         "(Transformer.from_pretrained gives one for a tied GPT-2 checkpoint)")
+    return [(name, p) for name, p in named if name not in UNTRAINED_WHEN_TIED]
 
 
 class NumpyStepper:
@@ -72,7 +103,7 @@ class NumpyStepper:
         self.model = model
         self.train_cfg = train_cfg
         self.loss_fn = numpy_impl.CrossEntropyLoss()
-        params = list(model.named_parameters())
+        params = trained_parameters(model, train_cfg)
         if train_cfg.optimizer == "sgd":
             self.optimizer = SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum,
                                  weight_decay=train_cfg.weight_decay)
@@ -83,14 +114,19 @@ class NumpyStepper:
         self.schedule = LambdaLR(self.optimizer, train_cfg.lr_factor())
 
     def step(self, batch: Batch) -> float:
-        self.optimizer.zero_grad()
+        self.model.zero_grad()  # every gradient, W_U's and b_U's too when they are not trained
         logits = self.model.forward(batch.inputs)  # [batch, pos, d_vocab]
         weights = batch.weights.astype(logits.dtype)  # [batch, pos]
         loss = self.loss_fn.forward(logits, batch.targets, weights)  # []
         self.model.backward(self.loss_fn.backward())
+        if self.train_cfg.tie_embeddings:
+            # one matrix used twice (embed.W_E, and unembed.W_U = W_E.T): its gradient is the sum of both uses
+            self.model.embed.W_E.grad += self.model.unembed.W_U.grad.T
         if self.train_cfg.max_grad_norm is not None:
-            clip_grad_norm(self.model.parameters(), self.train_cfg.max_grad_norm)
+            clip_grad_norm(self.optimizer.params, self.train_cfg.max_grad_norm)
         self.optimizer.step()
+        if self.train_cfg.tie_embeddings:
+            self.model.unembed.W_U.data[...] = self.model.embed.W_E.data.T
         self.schedule.step()
         return float(loss)
 
@@ -114,7 +150,7 @@ class TorchStepper:
         self.model = model
         self.train_cfg = train_cfg
         self.loss_fn = torch_impl.CrossEntropyLoss()
-        params = model.parameters()
+        params = [p for _, p in trained_parameters(model, train_cfg)]
         # foreach=False: the plain per-tensor loop, the same arithmetic as numpy_impl.optim
         if train_cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum,
@@ -127,15 +163,21 @@ class TorchStepper:
 
     def step(self, batch: Batch) -> float:
         torch = self.torch
-        self.optimizer.zero_grad()
+        self.model.zero_grad()  # every gradient, W_U's and b_U's too when they are not trained
         logits = self.model(torch.from_numpy(batch.inputs))  # [batch, pos, d_vocab]
         weights = torch.from_numpy(batch.weights).to(logits.dtype)  # [batch, pos]
         loss = self.loss_fn(logits, torch.from_numpy(batch.targets), weights)  # []
         loss.backward()
+        if self.train_cfg.tie_embeddings:
+            # one matrix used twice (embed.W_E, and unembed.W_U = W_E.T): its gradient is the sum of both uses
+            self.model.embed.W_E.grad += self.model.unembed.W_U.grad.T
         if self.train_cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.max_grad_norm,
+            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.train_cfg.max_grad_norm,
                                            foreach=False)
         self.optimizer.step()
+        if self.train_cfg.tie_embeddings:
+            with torch.no_grad():
+                self.model.unembed.W_U.copy_(self.model.embed.W_E.T)
         self.schedule.step()
         return loss.item()
 

@@ -1,0 +1,90 @@
+"""``python demo.py gpt2 --model DIR``: on a GPT-2 checkpoint made here, with the tiny tokenizer and without."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import demo
+from parity_tests.gpt2_checkpoints import D_VOCAB, make_checkpoint
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt2")
+    make_checkpoint(folder)
+    return folder
+
+
+def worst_difference(printed):
+    return float(printed.split("worst relative difference: ")[1].split()[0])
+
+
+def new_ids(printed, side):
+    line = next(line for line in printed.splitlines() if line.split()[:3] == [side, "new", "ids"])
+    return line.split("new ids ")[1].split("]")[0] + "]"
+
+
+def test_text_prompt(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    demo.main(["gpt2", "--model", str(folder), "--out", str(out), "--prompt", "The cat sat on the mat.",
+               "--new-tokens", "6"])
+    printed = capsys.readouterr().out
+    assert "byte-level BPE" in printed and "'<|endoftext|>'" in printed
+    assert worst_difference(printed) <= 1e-12
+    assert new_ids(printed, "NumPy") == new_ids(printed, "torch")
+    assert "The same 6 tokens from both twins." in printed
+    assert "-> '<|endoftext|>The cat sat on the mat." in printed  # the prompt, decoded, then the new text
+    for name in ("gpt2_attention.png", "gpt2_previous_token_scores.png", "gpt2_attention_head.png",
+                 "gpt2_logit_lens.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+        assert str(out / name) in printed
+
+
+def test_token_ids_without_a_tokenizer(folder, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        os.link(folder / name, bare / name)
+    demo.main(["gpt2", "--model", str(bare), "--out", str(tmp_path / "out"), "--prompt", "5, 17 200 3"])
+    printed = capsys.readouterr().out
+    assert "tokenizer: none" in printed and "tokens (1, 4): [5, 17, 200, 3]" in printed
+    assert worst_difference(printed) <= 1e-12
+    assert new_ids(printed, "NumPy") == new_ids(printed, "torch")
+    demo.main(["gpt2", "--model", str(bare), "--out", str(tmp_path / "out")])  # default: random ids, repeated
+    printed = capsys.readouterr().out
+    ids = np.array(json.loads(printed.split("tokens (1, 14): ")[1].splitlines()[0]))  # 7 ids twice: 14 + 10 = n_ctx
+    assert np.array_equal(ids[:7], ids[7:]) and ids.max() < D_VOCAB
+
+
+BAD = {
+    "a missing folder": (lambda folder, tmp: ["--model", str(tmp / "missing")], "no checkpoint folder"),
+    "a folder without config.json": (lambda folder, tmp: ["--model", str(tmp)], "no config.json"),
+    "ids that are not ids": (lambda folder, tmp: ["--model", str(tmp / "bare"), "--prompt", "one two"], "token ids"),
+    "an id outside the vocabulary": (lambda folder, tmp: ["--model", str(tmp / "bare"), "--prompt", f"1 {D_VOCAB}"],
+                                     "not in [0, 320)"),
+    "one token": (lambda folder, tmp: ["--model", str(tmp / "bare"), "--prompt", "7"], "at least 2 tokens"),
+    "too long for n_ctx": (lambda folder, tmp: ["--model", str(folder), "--prompt", "the cat " * 20], "n_ctx"),
+    "an empty prompt": (lambda folder, tmp: ["--model", str(folder), "--prompt", "  "], "empty"),
+    "negative --new-tokens": (lambda folder, tmp: ["--model", str(folder), "--new-tokens", "-1"], "--new-tokens"),
+    "no --model": (lambda folder, tmp: [], "--model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_bad_argument_is_one_line(folder, tmp_path, capsys, case):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        os.link(folder / name, bare / name)
+    arguments, says = BAD[case]
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["gpt2", "--out", str(tmp_path / "out"), *arguments(folder, tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code not in (0, None)
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and says in errors[0], err

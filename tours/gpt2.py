@@ -1,0 +1,214 @@
+"""``python demo.py gpt2 --model DIR``: a Hugging Face GPT-2 checkpoint in both twins.
+
+DIR is a folder as ``transformers``' ``save_pretrained`` writes it: ``config.json`` and
+``model.safetensors`` (and, for text, GPT-2's ``vocab.json`` and ``merges.txt``). Nothing is
+downloaded. The tour loads the checkpoint into the NumPy reference and the torch twin, runs the
+next-token loss forward and backward through both (the NumPy gradients from the hand-written
+backward) and prints how far apart they are, generates greedily from both, and draws the
+attention patterns (every head, the previous-token scores, the most previous-token head) and
+the logit lens of the prompt.
+
+Without ``vocab.json`` and ``merges.txt``, ``--prompt`` is token ids ("464 3290 318").
+"""
+
+import os
+import time
+
+import numpy as np
+
+DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
+DEFAULT_IDS = 8  # without a tokenizer and a prompt: 8 random ids, then the same 8 again
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="a GPT-2 checkpoint folder: config.json and model.safetensors (save_pretrained's)")
+    parser.add_argument("--prompt", default=None,
+                        help=f"text (with vocab.json and merges.txt in DIR; default {DEFAULT_TEXT!r}) or token ids "
+                             "separated by spaces or commas (default without them: random ids, repeated once)")
+    parser.add_argument("--new-tokens", type=int, default=10, help="tokens to generate greedily (default 10)")
+
+
+def heading(text):
+    print()
+    print(text)
+    print("-" * len(text))
+
+
+def run(args):
+    import numpy_impl as npi
+    import torch_impl as pti
+
+    if args.new_tokens < 0:
+        raise ValueError(f"--new-tokens must be a non-negative int, got {args.new_tokens}")
+    os.makedirs(args.out, exist_ok=True)
+    start = time.perf_counter()
+    model = npi.Transformer.from_pretrained(args.model)
+    twin = pti.Transformer.from_pretrained(args.model)
+    cfg = model.cfg
+    n_params = sum(p.data.size for name, p in model.named_parameters() if not name.startswith("unembed."))
+    print(f"Loaded {args.model} into both twins in {time.perf_counter() - start:.1f} s:")
+    print(f"  {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.d_head}, d_mlp {cfg.d_mlp}, "
+          f"d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}, {cfg.act_fn}, {cfg.dtype}; "
+          f"{n_params:,} parameters (counted as GPT-2 counts them: the unembedding is the embedding, transposed)")
+    print(f"  tokenizer: {'byte-level BPE from vocab.json and merges.txt' if model.tokenizer else 'none (token ids)'}")
+
+    tokens, note = prompt_tokens(model, args.prompt, args.new_tokens)
+    labels = token_labels(model, tokens[0])
+    heading("The prompt")
+    print(note)
+    print(f"  tokens {tokens.shape}: {tokens[0].tolist()}")
+    if model.tokenizer is not None:
+        print(f"  as text pieces: {labels}")
+
+    show_agreement(model, twin, tokens)
+    show_generation(model, twin, tokens, args.new_tokens)
+    figures = show_figures(model, tokens, labels, args.out)
+    heading("Figures")
+    for path in figures:
+        print(f"  {path}")
+
+
+def prompt_tokens(model, prompt, new_tokens):
+    """(tokens [1, pos] int64, one line saying where they came from); a prompt that cannot run is a ValueError."""
+    cfg = model.cfg
+    if model.tokenizer is not None:
+        text = DEFAULT_TEXT if prompt is None else prompt
+        if not text.strip():
+            raise ValueError("--prompt is empty")
+        tokens = np.asarray(model.to_tokens(text))  # [1, pos], <|endoftext|> first, as TransformerLens does
+        note = f"{text!r}, byte-level BPE, {'<|endoftext|> prepended' if model.tokenizer.bos_token else 'no BOS'}"
+    elif prompt is None:
+        length = max(1, min(DEFAULT_IDS, (cfg.n_ctx - new_tokens) // 2))  # both copies and the new tokens fit
+        half = np.random.default_rng(0).integers(0, cfg.d_vocab, length)
+        tokens = np.concatenate([half, half])[None, :]  # [1, 2 * length]
+        note = (f"no vocab.json and merges.txt in the folder, and no --prompt: {length} random ids, then the same "
+                "again (a trained GPT-2's induction heads attend along the copy)")
+    else:
+        pieces = prompt.replace(",", " ").split()
+        if not pieces or not all(p.isdigit() for p in pieces):
+            raise ValueError(f"--prompt must be token ids separated by spaces or commas (the folder has no vocab.json "
+                             f"and merges.txt), got {prompt!r}")
+        tokens = np.array([[int(p) for p in pieces]], dtype=np.int64)
+        if tokens.max() >= cfg.d_vocab:
+            raise ValueError(f"--prompt: token id {tokens.max()} is not in [0, {cfg.d_vocab})")
+        note = "token ids from --prompt"
+    if tokens.shape[1] < 2:
+        raise ValueError("--prompt must give at least 2 tokens (position p predicts token p + 1)")
+    if tokens.shape[1] + new_tokens > cfg.n_ctx:
+        raise ValueError(f"the prompt has {tokens.shape[1]} tokens; with --new-tokens {new_tokens} that exceeds "
+                         f"the model's n_ctx ({cfg.n_ctx})")
+    return tokens.astype(np.int64), note
+
+
+def token_labels(model, row):
+    """Each token as its text (with the tokenizer) or its id."""
+    if model.tokenizer is None:
+        return [str(int(t)) for t in row]
+    return model.to_str_tokens(row)
+
+
+# gradient groups of the agreement table: label -> which parameter names it holds
+GROUPS = [
+    ("W_E + W_U.T (the tied matrix)", lambda name: name == "tied"),
+    ("pos_embed.W_pos", lambda name: name == "pos_embed.W_pos"),
+    ("attention W_Q, W_K, W_V, W_O", lambda name: ".attn.W_" in name),
+    ("attention b_Q, b_V, b_O", lambda name: ".attn.b_" in name and not name.endswith("b_K")),
+    ("attention b_K *", lambda name: name.endswith("attn.b_K")),
+    ("MLP W_in, W_out, b_in, b_out", lambda name: ".mlp." in name),
+    ("LayerNorms w, b", lambda name: ".ln" in name or name.startswith("ln_final")),
+    ("unembed.b_U (GPT-2 has none)", lambda name: name == "unembed.b_U"),
+]
+
+
+def show_agreement(model, twin, tokens):
+    """Forward and backward of the next-token loss in both twins; a table of the largest differences."""
+    import torch
+
+    from foundation.agreement import TOL, rel_err, relative_errors
+
+    heading("The twins agree: next-token loss, forward and backward")
+    start = time.perf_counter()
+    logits = model(tokens)  # [1, pos, d_vocab]
+    loss_fn = type(model).loss_class()
+    loss = loss_fn.forward(logits[:, :-1], tokens[:, 1:])  # position p predicts token p + 1
+    dlogits = np.zeros_like(logits)
+    dlogits[:, :-1] = loss_fn.backward()
+    model.zero_grad()
+    model.backward(dlogits)
+    numpy_s = time.perf_counter() - start
+    start = time.perf_counter()
+    twin.zero_grad()
+    logits_t, loss_t = twin(torch.from_numpy(tokens), return_type="both")
+    loss_t.backward()
+    torch_s = time.perf_counter() - start
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    twin_grads = {name: p.grad.numpy() for name, p in twin.named_parameters()}
+    for side in (grads, twin_grads):  # one matrix used twice in GPT-2: its gradient is the sum of both uses
+        side["tied"] = side.pop("embed.W_E") + side.pop("unembed.W_U").T
+    errors = relative_errors(grads, twin_grads)
+    print(f"NumPy (hand-written backward) {numpy_s:.2f} s, torch (autograd) {torch_s:.2f} s; "
+          f"loss {float(loss):.6f} (NumPy), {loss_t.item():.6f} (torch)")
+    print(f"  {'tensor':<34} {'max |numpy - torch|':>20} {'relative':>10}")
+    rows = [("logits", np.abs(logits - logits_t.detach().numpy()).max(), rel_err(logits, logits_t)),
+            ("loss", abs(float(loss) - loss_t.item()), rel_err(np.asarray(float(loss)), loss_t.detach()))]
+    for label, member in GROUPS:
+        names = [name for name in grads if member(name)]
+        if names:
+            rows.append((f"grad {label}", max(np.abs(grads[n] - twin_grads[n]).max() for n in names),
+                         max(errors[n] for n in names)))
+    for label, gap, relative in rows:
+        print(f"  {label:<34} {gap:>20.2e} {relative:>10.1e}")
+    worst = max(relative for _, _, relative in rows)
+    print(f"  worst relative difference: {worst:.1e} ({model.cfg.dtype}; the parity tests require "
+          f"<= {TOL[model.cfg.dtype]:.0e})")
+    print("  * b_K's exact gradient is zero (softmax ignores a shift shared by every key): it is measured against")
+    print("    the largest gradient in the model. The tied matrix's gradient is W_E.grad + W_U.grad.T.")
+
+
+def show_generation(model, twin, tokens, new_tokens):
+    """Greedy generation from both twins, side by side."""
+    import torch
+
+    heading(f"Greedy generation: {new_tokens} new tokens from each twin")
+    generated = {"NumPy": np.asarray(model.generate(tokens, max_new_tokens=new_tokens)),
+                 "torch": twin.generate(torch.from_numpy(tokens), max_new_tokens=new_tokens).numpy()}
+    for side, row in generated.items():
+        new = row[0, tokens.shape[1]:]
+        text = f"  -> {model.to_string(row[0])!r}" if model.tokenizer is not None else ""
+        print(f"  {side:<6} new ids {new.tolist()}{text}")
+    same = np.array_equal(generated["NumPy"], generated["torch"])
+    if same:
+        print(f"  The same {new_tokens} tokens from both twins.")
+    else:
+        first = int(np.argmax(generated["NumPy"][0] != generated["torch"][0]))
+        print(f"  The twins part at position {first}: two logits that close differ in the last digits "
+              f"({model.cfg.dtype} rounding), and greedy picks one each.")
+
+
+def show_figures(model, tokens, labels, out):
+    """Attention patterns, previous-token scores, the logit lens (NumPy reference); returns the paths."""
+    from interp import analyses, plots, scores
+
+    heading("Figures: attention patterns and the logit lens (NumPy reference)")
+    _, cache = model.run_with_cache(tokens)
+    paths = [plots.plot_attention_grid(cache, os.path.join(out, "gpt2_attention.png"), token_labels=labels,
+                                       title="GPT-2: attention patterns of every head (rows: layers)")]
+    previous = scores.previous_token_scores(cache, tokens)  # [n_layers, n_heads]
+    paths.append(plots.plot_head_scores(previous, os.path.join(out, "gpt2_previous_token_scores.png"), vmin=0, vmax=1,
+                                        title="Previous-token score of every head",
+                                        label="attention on the position just before"))
+    layer, head = np.unravel_index(np.argmax(previous), previous.shape)
+    paths.append(plots.plot_attention_head(cache["pattern", int(layer)][0, head],
+                                           os.path.join(out, "gpt2_attention_head.png"), token_labels=labels,
+                                           causal=True, title=f"L{layer}H{head}, the most previous-token head here"))
+    print(f"The head that attends most to the position just before: L{layer}H{head} "
+          f"({previous[layer, head]:.2f} of its attention; 1 = always).")
+    lens = analyses.logit_lens(cache)
+    paths.append(plots.plot_logit_lens(lens, os.path.join(out, "gpt2_logit_lens.png"),
+                                       title="GPT-2 logit lens: the true next token after each layer"))
+    print("What the unembedding reads at the last position, layer by layer (the logit lens's top token):")
+    for label, layer_logits in zip(lens.labels, lens.logits[:, 0, -1]):
+        top = int(np.argmax(layer_logits))
+        print(f"  {label:<9} {token_labels(model, [top])[0]!r}")
+    return paths
