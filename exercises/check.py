@@ -303,6 +303,7 @@ def check_variant(process, key, cls, variant, sample, seed, finite_differences=T
 
     # 2. float64, no hooks at all
     bare = _ask(process, {**request, "op": "run", "record": False}, verdict, f"while checking {key} without hooks")
+    _untouched(bare, inputs, upstream, input_name, verdict, run=" without hooks")
     bare_tensors = _gradients(bare, right, input_name, verdict, inputs, run="without hooks")
     wrong = [t for t in _compare(bare_tensors) if not t.ok]
     if wrong:
@@ -483,16 +484,17 @@ def _hook_points(mine, right, verdict):
                                         "the reference's (pass each hook point the gradient of its own activation)"))
 
 
-def _untouched(mine, inputs, upstream, input_name, verdict):
+def _untouched(mine, inputs, upstream, input_name, verdict, run=""):
     """The caller's arrays: the upstream gradient and the inputs, unchanged by forward and backward."""
     after = mine.get("dout_after")
     if isinstance(upstream, np.ndarray) and not (isinstance(after, np.ndarray) and np.array_equal(after, upstream)):
-        raise Unchecked(_wrong(verdict, "backward changed its incoming gradient in place (d += ..., d *= ... on the array "
-                                        "it was given): the caller still needs it (a residual add hands the same "
-                                        "gradient to two branches); write a new array (d = d + ...)"))
+        raise Unchecked(_wrong(verdict, f"backward changed its incoming gradient in place{run} (d += ..., d *= ... on "
+                                        "the array it was given, or on one a hook point handed on): the caller still "
+                                        "needs it (a residual add hands the same gradient to two branches); write a "
+                                        "new array (d = d + ...)"))
     for number, (x, x_after) in enumerate(zip(inputs, mine.get("inputs_after", []))):
         if isinstance(x, np.ndarray) and not (isinstance(x_after, np.ndarray) and np.array_equal(x, x_after)):
-            raise Unchecked(_wrong(verdict, f"the input {number} the caller passed changed in place"))
+            raise Unchecked(_wrong(verdict, f"the input {number} the caller passed changed in place{run}"))
 
 
 def _accumulates(mine, pairs, verdict):
