@@ -1,6 +1,6 @@
 """Name the mistake: what the difference between a wrong gradient and the right one says.
 
-A learner's gradient ``mine`` and the right one (the torch twin's) differ in telling ways when
+A learner's gradient ``mine`` and the right one (the reference's) differ in telling ways when
 the backward holds one of the classic mistakes. Each detector below asks for an exact fit, to
 rounding (``FIT``, relative): a mistake that fits none of them gets no hint, never a guess.
 
@@ -14,7 +14,7 @@ rounding (``FIT``, relative): a mistake that fits none of them gets no hint, nev
                       input gradient is off by the same amount across each row (the mean's
                       path) or by a multiple of the centred row (the variance's path)
     causal            an upstream gradient at position 0 alone reaches later positions (the
-                      twin's stays exactly 0 there), or masked attention scores get a gradient
+                      right one stays exactly 0 there), or masked attention scores get a gradient
     Bessel            LayerNorm's variance path is d_model/(d_model-1) times too large
     bias axes         a bias's gradient summed over one of the bias's own axes too (unbroadcasting)
     softmax row sum   the scores' gradient is probs * dprobs: the row-sum term left out
@@ -66,7 +66,7 @@ class Evidence:
         argument: x, resid_pre, logits), in named_parameters order, the input last.
     hooks: {hook name: (mine or None, right)} in forward order; None: the learner never passed a
         gradient through that hook point.
-    activations: {hook name: activation} from the forward pass (the twin's).
+    activations: {hook name: activation} from the forward pass (the reference's).
     rerun: rerun(R) -> (mine, right), each {name: gradient} over tensors and hooks, after a fresh
         forward and backward with upstream gradient R; None when the backward cannot be rerun.
     """
@@ -297,9 +297,12 @@ def bias_axes(name, mine, right):
             if _fits(mine, candidate):
                 names = _axis_names(right.shape)
                 summed = " and ".join(names[i] for i in subset)
+                if len(subset) == right.ndim:
+                    what = f"is summed over its own {summed} too: every entry holds the same total"
+                else:
+                    what = f"is summed over {summed} too: each entry holds the sum over every {summed}, not its own"
                 return Diagnosis("bias axes", name, (
-                    f"{name} [{', '.join(names)}] is summed over {summed} too: every entry holds the sum over its "
-                    f"{summed}. {UNBROADCAST.format(bias=short)}"))
+                    f"{name} [{', '.join(names)}] {what}. {UNBROADCAST.format(bias=short)}"))
     return None
 
 
@@ -412,7 +415,7 @@ def causal(evidence):
         if not np.any(later_right) and np.any(later_mine > FIT * largest):
             return Diagnosis("causal", name, (
                 f"causal structure broken at {name}: an upstream gradient at position 0 alone reaches later "
-                "positions (the twin's stays 0): a mask left out, or the pattern used untransposed (forward: z = pattern @ v)"))
+                "positions (the right one stays 0): a mask left out, or the pattern used untransposed (forward: z = pattern @ v)"))
     return None
 
 

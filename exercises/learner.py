@@ -206,7 +206,8 @@ def _operand_shapes(frame, filename, lineno):
         if not _evaluable(node):
             return None
         try:
-            value = eval(compile(ast.Expression(node), filename, "eval"), frame.f_globals, dict(frame.f_locals))
+            expression = ast.parse(ast.unparse(node), mode="eval")  # (a target's Store context becomes a load)
+            value = eval(compile(expression, filename, "eval"), frame.f_globals, dict(frame.f_locals))
         except BaseException:  # noqa: B036
             return None
         return list(np.shape(value)) if isinstance(value, (np.ndarray, np.generic, float, int)) else None
