@@ -194,7 +194,9 @@ def _check_unit(directory, owner, keys, sample, seed, time_limit):
         try:
             ready = process.ready()
         except workers.LearnerLost as lost:
-            raise ImportError(f"your copy in {find_package(directory)} does not import: {lost}") from None
+            printed = process.output.text().strip().splitlines()[-3:]
+            said = f"; its last words: {' | '.join(printed)}" if printed else ""
+            raise ImportError(f"your copy in {find_package(directory)} does not import: {lost}{said}") from None
         if not ready["ready"]:
             cause = ready.get("cause") or {}
             event = process.events[0] if process.events else None
@@ -808,7 +810,7 @@ def format_results(results, directory):
         rows.append((number_of(result.key), label, result.status, details))
         notes[len(rows) - 1] = ([f"hint: {result.hint}"] if result.hint else []) + (
             [f"inside: {result.parting}"] if result.parting else []) + (
-            [f"your code printed: {line}" for line in result.output.splitlines()[:6]] if result.output else [])
+            [f"output: {line}" for line in result.output.splitlines()[:4]] if result.output else [])
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     indent = " " * (sum(widths) + 6)
     for index, row in enumerate(rows):
