@@ -117,7 +117,17 @@ def result_of(results, key):
     return next(result for result in results if result.key == key)
 
 
-@pytest.mark.parametrize("label, key, file, old, new, kind, words", PLANTED, ids=[p[0] for p in PLANTED])
+QUICK = ("fancy-indexed +=", "sqrt(d_model) for sqrt(d_head)", "pattern gradient transposed", "one position only",
+         "residual without its skip path", "LayerNorm without the mean's path", "Bessel's correction in the variance",
+         "the softmax's row-sum term left out", "a weight used untransposed", "a bias summed over one axis too few",
+         "a bias summed over its own axis too", "the mask's backward writes -inf")  # the rest: pytest -m slow
+
+
+def some_slow(cases):
+    return [case if case[0] in QUICK else pytest.param(*case, marks=pytest.mark.slow) for case in cases]
+
+
+@pytest.mark.parametrize("label, key, file, old, new, kind, words", some_slow(PLANTED), ids=[p[0] for p in PLANTED])
 def test_planted_mistake_gets_its_hint(solved, tmp_path, label, key, file, old, new, kind, words):
     result = result_of(check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key)
     assert result.status == "wrong", f"{label}: {result.status} {result.message}"
@@ -144,7 +154,7 @@ STEPS = [
 ]
 
 
-@pytest.mark.parametrize("label, key, file, old, new, words", STEPS, ids=[s[0] for s in STEPS])
+@pytest.mark.parametrize("label, key, file, old, new, words", some_slow(STEPS), ids=[s[0] for s in STEPS])
 def test_a_step_planted_wrong_gets_its_hint(solved, tmp_path, label, key, file, old, new, words):
     result = result_of(check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key)
     assert result.status == "wrong", f"{label}: {result.status} {result.message}"

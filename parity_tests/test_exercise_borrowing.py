@@ -48,7 +48,10 @@ ROUTES = {
 }
 
 
-@pytest.mark.parametrize("route", list(ROUTES))
+QUICK = ("import", "importlib", "open and exec", "torch autograd")  # the rest run with pytest -m slow
+
+
+@pytest.mark.parametrize("route", [r if r in QUICK else pytest.param(r, marks=pytest.mark.slow) for r in ROUTES])
 def test_a_body_that_borrows_is_borrowed(solved, tmp_path, route):
     directory = planted_copy(solved, tmp_path, "unembed.py", DX, ROUTES[route])
     (result,) = check(directory, keys=["unembed"], sample=SAMPLE)
@@ -70,6 +73,7 @@ def test_an_import_at_the_top_of_a_file_stops_the_copy(solved, tmp_path):
         check(directory, keys=["unembed"], sample=SAMPLE)
 
 
+@pytest.mark.slow
 def test_a_caught_import_at_the_top_of_a_file_marks_every_exercise(solved, tmp_path):
     directory = planted_copy(solved, tmp_path, "unembed.py", "import numpy as np\n",
                              "import numpy as np\ntry:\n    import numpy_impl\nexcept Exception:\n    pass\n")
@@ -91,6 +95,7 @@ for _name, _module in list(_sys.modules.items()):
 '''
 
 
+@pytest.mark.slow
 def test_patching_everything_reachable_changes_no_verdict(solved, tmp_path):
     """A wrong backward (twice the gradient) with every object the learner's process holds patched."""
     directory = planted_copy(solved, tmp_path, "unembed.py", DX, DX.replace("dx = ", "dx = 2 * "))
@@ -111,8 +116,9 @@ def test_patching_numpy_in_the_learners_process_changes_no_comparison(solved, tm
 
 
 @pytest.mark.parametrize("route", ["open(CHECKER, 'a').write('# patched')",
-                                   "import os; os.rename(CHECKER, CHECKER + '.moved')",
-                                   "import os; os.remove(CHECKER)"])
+                                   pytest.param("import os; os.rename(CHECKER, CHECKER + '.moved')",
+                                                marks=pytest.mark.slow),
+                                   pytest.param("import os; os.remove(CHECKER)", marks=pytest.mark.slow)])
 def test_a_backward_cannot_rewrite_the_checker_on_disk(solved, tmp_path, route):
     checker = PROJECT / "exercises" / "check.py"
     before = checker.read_bytes()
@@ -123,9 +129,11 @@ def test_a_backward_cannot_rewrite_the_checker_on_disk(solved, tmp_path, route):
     assert result.status == "refused" and "the checker refused it" in result.message, result.message
 
 
-@pytest.mark.parametrize("route", ["import subprocess; subprocess.run(['true'])", "import os; os.system('true')",
-                                   "import os; os.posix_spawn('/bin/true', ['true'], {})",
-                                   "import ctypes; ctypes.CDLL(None)"])
+@pytest.mark.parametrize("route", ["import subprocess; subprocess.run(['true'])",
+                                   pytest.param("import os; os.system('true')", marks=pytest.mark.slow),
+                                   pytest.param("import os; os.posix_spawn('/bin/true', ['true'], {})",
+                                                marks=pytest.mark.slow),
+                                   pytest.param("import ctypes; ctypes.CDLL(None)", marks=pytest.mark.slow)])
 def test_a_backward_cannot_start_a_process_or_reach_for_ctypes(solved, tmp_path, route):
     directory = planted_copy(solved, tmp_path, "unembed.py", DX, f"{DX}\n        {route}")
     (result,) = check(directory, keys=["unembed"], sample=SAMPLE)

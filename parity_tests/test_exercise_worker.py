@@ -63,7 +63,8 @@ def test_a_backward_that_never_returns_times_out_and_the_check_goes_on(solved, t
 
 @pytest.mark.parametrize("exit_line, words", [
     ("import sys; sys.exit(3)", ["sys.exit(3) was called", "layernorm.py"]),
-    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", ["the interpreter ended", "SIGKILL"]),
+    pytest.param("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", ["the interpreter ended", "SIGKILL"],
+                 marks=pytest.mark.slow),
     ("import os; os._exit(3)", ["the interpreter ended", "exit code 3"]),
 ], ids=["sys.exit", "killed", "os._exit"])
 def test_a_backward_that_ends_the_interpreter_is_exited_and_the_check_goes_on(solved, tmp_path, exit_line, words):
@@ -95,7 +96,8 @@ RAISERS = {
 }
 
 
-@pytest.mark.parametrize("what", list(RAISERS))
+@pytest.mark.parametrize("what", [w if w in ("KeyboardInterrupt", "an exception whose __str__ raises")
+                                  else pytest.param(w, marks=pytest.mark.slow) for w in RAISERS])
 def test_a_backward_that_raises_anything_is_wrong_and_the_check_goes_on(solved, tmp_path, what):
     line, words = RAISERS[what]
     directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, line)
