@@ -54,7 +54,7 @@ from . import worker as workers
 from .catalog import BATCH, BY_CLASS, BY_KEY, EXERCISES, POS, STEP_KEYS, TOGETHER, number_of
 from .diagnose import Evidence, diagnose, diagnose_error, diagnose_step
 from .divergence import locate
-from .learner import find_package, load_package, unload_package  # noqa: F401  (tests hold a copy with these)
+from .learner import find_package
 from .steps import find_marked_bodies, prologue_values, region_function
 
 if Path(numpy_impl.__file__).resolve().parent != workers.PROJECT / "numpy_impl":
@@ -791,7 +791,8 @@ def format_results(results, directory):
              f"done: every gradient within {PARITY_TOLERANCE:g} (relative) of both, entry by entry, under every variant,",
              "with and without hooks, with an edited attention pattern and in float32; every hook point handed its",
              "gradient. wrong: which tensors are off and by how much; [brackets] name the variant that failed;",
-             "hint: the mistake, where one fits exactly; inside: where your gradient first parts from the reference.", ""]
+             "hint: the mistake, where one fits exactly; inside: where your gradient first parts from the reference;",
+             "output: what your code printed (abridged).", ""]
     rows = [("#", "exercise", "status", "details")]
     notes = {}
     for result in results:

@@ -34,7 +34,6 @@ import itertools
 import linecache
 import os
 import sys
-import traceback
 import types
 from pathlib import Path
 

@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from . import protocol
@@ -198,7 +197,3 @@ def _exit_words(code):
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
         return f"killed by signal {name}" + (": out of memory?" if name == "SIGKILL" else "")
     return f"exit code {code}: os._exit or a crash"
-
-
-def seconds_left(deadline):
-    return max(deadline - time.monotonic(), 0.0)
