@@ -59,8 +59,8 @@ def main(argv=None):
         module.add_arguments(commands.choices[argv[0]])
     args = parser.parse_args(argv)
     try:
-        check_arguments(args)
         module = importlib.import_module(args.module_name)
+        check_arguments(args, writes_out=getattr(module, "writes_out", lambda args: True)(args))
         module.run(args)
     # a bad argument or file: one line, no traceback (a TypeError is a bug and keeps its traceback)
     except (ValueError, OSError) as error:
@@ -77,12 +77,18 @@ def main(argv=None):
 LOWEST = {"seed": (0, "a non-negative int"), "sample": (1, "a positive int"), "steps": (1, "a positive int")}
 
 
-def check_arguments(args):
-    """Refuse what no tour can use, before any work: negative seeds, zero samples, an --out that is no folder."""
+def check_arguments(args, writes_out=True):
+    """Refuse what no tour can use, before any work: negative seeds, zero samples, an --out that is no folder.
+
+    ``writes_out``: False for a command that writes nothing to --out (exercises list and check),
+    which then works from a read-only folder.
+    """
     for name, (lowest, what) in LOWEST.items():
         value = getattr(args, name, None)
         if value is not None and value < lowest:
             raise ValueError(f"--{name} must be {what}, got {value}")
+    if not writes_out:
+        return
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {args.out!r} is a file, not a folder")

@@ -1,7 +1,9 @@
-"""The exercises, easiest first: which class, which file, and the settings each is checked under.
+"""The exercises, easiest first: which class, which file, the settings each is checked under.
 
-Components are built by ``gradcheck.factory`` (random weights, random inputs), the same
-factory the finite-difference tour uses.
+Every size in the checked configs differs from every other (batch 5, positions 6, n_ctx 7,
+heads 3, d_head 8, d_model 10, d_mlp 11, vocabulary 13; none is 2 or 4, whose square roots
+and halves would read as the constants 2 and 1/2), so a wrong constant factor, a transposed
+shape or a sum over the wrong axis names the one size that explains it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gradcheck.factory import Variant
+
+SIZES = dict(d_vocab=13, d_model=10, n_heads=3, d_head=8, d_mlp=11, n_layers=2, n_ctx=7)
+BATCH, POS = 5, 6  # the checked inputs: [batch, pos], one position shorter than n_ctx
+AXIS_NAMES = {5: "batch", 6: "pos", 7: "n_ctx", 3: "head", 8: "d_head", 10: "d_model", 11: "d_mlp", 13: "d_vocab"}
+
+
+def checked(label, overrides=None, weighted=False):
+    """A Variant with the exercise sizes (every one distinct) and ``overrides`` on top."""
+    return Variant(label, {**SIZES, **(overrides or {})}, weighted)
 
 
 @dataclass(frozen=True)
@@ -18,36 +29,53 @@ class Exercise:
     file: str         # where its backward lives, inside the package
     what: str         # what makes it easy or hard, in a few words
     variants: tuple   # settings it is checked under (each must pass)
+    steps: tuple = () # names of its ``# EXERCISE STEP`` regions, each also checked on its own
+
+    def step_keys(self):
+        return [f"{self.key}.{step}" for step in self.steps]
 
 
 EXERCISES = (
     Exercise("embedding", "TokenEmbedding", "embedding.py", "a row lookup; repeated tokens add up",
-             (Variant("default"),)),
+             (checked("default"),)),
     Exercise("positional", "LearnedPositionalEmbedding", "positional.py", "one row per position, shared by the batch",
-             (Variant("default"),)),
+             (checked("default"),)),
     Exercise("unembed", "Unembed", "unembed.py", "one matrix product and a bias",
-             (Variant("default"),)),
+             (checked("default"),)),
     Exercise("feedforward", "FeedForward", "feedforward.py", "two matrix products around ReLU or GELU",
-             (Variant("relu", {"act_fn": "relu"}), Variant("gelu_new", {"act_fn": "gelu_new"}),
-              Variant("gelu", {"act_fn": "gelu"}))),
+             (checked("relu", {"act_fn": "relu"}), checked("gelu_new", {"act_fn": "gelu_new"}),
+              checked("gelu", {"act_fn": "gelu"}))),
     Exercise("loss", "CrossEntropyLoss", "loss.py", "log-softmax and a weighted mean",
-             (Variant("unweighted"), Variant("weighted", weighted=True))),
+             (checked("unweighted"), checked("weighted", weighted=True))),
     Exercise("layernorm", "LayerNorm", "layernorm.py", "x reaches the output three ways: directly, via the mean, via the variance",
-             (Variant("default"),)),
+             (checked("default"),)),
     Exercise("attention", "MultiHeadAttention", "attention.py", "the softmax Jacobian, the causal mask, heads",
-             (Variant("causal", {"causal": True}), Variant("bidirectional", {"causal": False}))),
+             (checked("causal", {"causal": True}), checked("bidirectional", {"causal": False})),
+             ("output", "softmax", "scores", "projections")),
     Exercise("block", "TransformerBlock", "block.py", "residual branches that add up; where the LayerNorms sit",
-             (Variant("pre", {"normalization": "pre"}),
-              Variant("post", {"normalization": "post", "act_fn": "relu"}),
-              Variant("none", {"normalization": None}),
-              Variant("pre, attn_only", {"normalization": "pre", "attn_only": True}),
-              Variant("post, attn_only", {"normalization": "post", "attn_only": True}))),
+             (checked("pre", {"normalization": "pre"}),
+              checked("post", {"normalization": "post", "act_fn": "relu"}),
+              checked("none", {"normalization": None}),
+              checked("pre, attn_only", {"normalization": "pre", "attn_only": True}),
+              checked("post, attn_only", {"normalization": "post", "attn_only": True}))),
     Exercise("model", "Transformer", "model.py", "the whole chain, embeddings to logits",
-             (Variant("pre, learned, logits", {"normalization": "pre"}),
-              Variant("post, sinusoidal, resid out", {"normalization": "post", "positional": "sinusoidal",
+             (checked("pre, learned, logits", {"normalization": "pre"}),
+              checked("post, sinusoidal, resid out", {"normalization": "post", "positional": "sinusoidal",
                                                       "causal": False, "unembed": False, "act_fn": "relu"}),
-              Variant("none, attn_only", {"normalization": None, "attn_only": True}))),
+              checked("none, attn_only", {"normalization": None, "attn_only": True}))),
 )
 
 BY_KEY = {exercise.key: exercise for exercise in EXERCISES}
 BY_CLASS = {exercise.cls: exercise for exercise in EXERCISES}
+STEP_KEYS = {key: exercise for exercise in EXERCISES for key in exercise.step_keys()}  # "attention.softmax" -> attention
+TOGETHER = "all together"  # the last row: the learner's backward everywhere in the whole model
+
+
+def number_of(key):
+    """"7" for attention, "7.2" for attention.softmax, "" for anything else."""
+    if key in BY_KEY:
+        return str([e.key for e in EXERCISES].index(key) + 1)
+    if key in STEP_KEYS:
+        exercise = STEP_KEYS[key]
+        return f"{number_of(exercise.key)}.{exercise.step_keys().index(key) + 1}"
+    return ""

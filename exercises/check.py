@@ -1,182 +1,256 @@
-"""Mark a learner's backward passes: done, not started, or wrong (which tensor, by how much).
+"""Mark a learner's backward passes: done, not started, wrong, borrowed (which tensor, by how much).
 
-Each exercise is checked on its own: the learner's component runs forward and backward with
-random weights, a random input and a random upstream gradient R, under every variant the
-catalog lists (causal and not, each normalization ...), and every gradient it produces is
-compared two ways:
-  - with the torch twin's autograd on the same weights (parity), and
-  - with central differences of the learner's own forward (``gradcheck.finite_diff``).
-Sub-modules inside the block and the model run the reference's backward while those two
-are checked, so a mistake is reported where it is, not again in everything built on it.
-A last row, "all together", runs the learner's backward everywhere in the whole model.
+Each exercise runs in a process of its own (``worker.py``, ``learner.py``): the learner's code
+never runs here. This process imports the reference (``numpy_impl``) before any learner's
+process starts, builds each component with random weights, a random input and a random upstream
+gradient R (never all ones), under every variant the catalog lists, and sends the learner's
+process the same weights, input and R. What comes back is plain data (JSON and arrays, never
+pickle), compared here with the reference's gradients.
 
-Both comparisons use the relative error |a - b| / max(|a| + |b|, tiny), entry by entry,
-with tiny a small fraction of the component's largest gradient (see gradcheck/finite_diff.py:
-b_K's exact gradient is zero, so both sides there are noise).
+"done" means right in every way the reference is, under every variant:
 
-A wrong answer also gets, where one fits, a hint naming the mistake (``diagnose.py``), and a
-wrong model the first hook point where it parts from the twin (``divergence.py``). The
-learner's code runs in a worker process (``worker.py``), one time limit per exercise.
+    float64, the checker's recording hooks on every hook point:
+        every gradient (each parameter's, the input's) within 1e-7 (relative, entry by entry) of
+        the reference's, and within 1e-7 of central differences of the learner's own forward;
+        every hook point handed the gradient of its own activation;
+        the upstream gradient and the inputs the caller passed unchanged afterwards;
+        a second backward (same forward, the very same upstream array) adds the same again (+=);
+    float64, no hooks at all: the same gradients (a hook point without hooks hands on the very
+        array it was given, so an array changed in place after use shows only here);
+    float64, a forward hook that zeroes key 1 of the attention pattern (attention, block, model):
+        the gradients the reference gives for the edited run (softmax's backward takes probs,
+        the softmax's own output; what z used is the edited pattern);
+    float32: every gradient returned and every .grad is float32, within 1e-4 of the float64
+        reference (relative to the largest entry of its tensor).
+
+An exercise with steps (attention) is also checked one step at a time: each step's lines run on
+their own, given random incoming gradients, and must give the reference step's outputs.
+Sub-modules inside the block and the model run the reference's backward while those two are
+checked, so a mistake is reported where it is; the last row, "all together", runs the
+learner's backward everywhere.
+
+A wrong answer also gets, where one fits exactly, a hint naming the mistake (``diagnose.py``),
+and the first hook point inside the exercise where the learner's gradient parts from the
+reference ("right at hook_z; first wrong at hook_attn_scores").
 """
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import inspect
-import itertools
+import math
 import os
-import sys
-import traceback
-import types
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import numpy_impl
-from foundation.hooks import as_numpy
-from gradcheck.factory import Variant, build, make_inputs
-from gradcheck.finite_diff import gradcheck
+from foundation.config import TransformerConfig
+from gradcheck.factory import build, make_inputs
 
 from . import worker as workers
-from .catalog import BY_CLASS, BY_KEY, EXERCISES
-from .diagnose import Evidence, diagnose, diagnose_error
-from .divergence import first_divergence
+from .catalog import BATCH, BY_CLASS, BY_KEY, EXERCISES, POS, STEP_KEYS, TOGETHER, number_of
+from .diagnose import Evidence, diagnose, diagnose_error, diagnose_step
+from .divergence import locate
+from .learner import find_package
+from .steps import find_marked_bodies, prologue_values, region_function
 
-PARITY_TOLERANCE = 1e-7  # relative error against the twin (a correct backward: 1e-10 at worst, b_K's noise)
-PARITY_FLOOR = 1e-6      # tiny = PARITY_FLOOR * the component's largest twin gradient
-FD_TOLERANCE = 1e-7      # relative error against finite differences (gradcheck.finite_diff's default)
-TIME_LIMIT = 60.0        # seconds per exercise (every variant); a correct one takes a few
-STATUSES = ("done", "not started", "wrong", "timed out", "exited")
-_loads = itertools.count()
+if Path(numpy_impl.__file__).resolve().parent != workers.PROJECT / "numpy_impl":
+    raise ImportError(f"the checker's reference is {numpy_impl.__file__}, not the project's "
+                      f"{workers.PROJECT / 'numpy_impl'}: put the project first on sys.path")
+
+PARITY_TOLERANCE = 1e-7   # relative error against the reference (a correct backward: 1e-10 at worst, b_K's noise)
+PARITY_FLOOR = 1e-6       # tiny = PARITY_FLOOR * the component's largest reference gradient
+FD_TOLERANCE = 1e-7       # relative error of each directional derivative against central differences
+FD_STEP = 1e-6
+FD_FLOOR = 0.1            # tiny = FD_FLOOR * the largest gradient norm of the component
+FLOAT32_TOLERANCE = 1e-4  # float32 gradients against the float64 reference, relative to their tensor's largest entry
+FLOAT32_FLOOR = 1e-2      # ... or to this fraction of the component's largest entry, if that is larger
+TIME_LIMIT = 60.0         # seconds per exercise (every variant and step); a correct one takes about one
+STATUSES = ("done", "not started", "wrong", "borrowed", "refused", "timed out", "exited")
+WITH_ATTENTION = ("MultiHeadAttention", "TransformerBlock", "Transformer")
+SUB_MODULE_FILES = {  # the classes whose reference backward each exercise's sub-modules run
+    "TransformerBlock": ("LayerNorm", "MultiHeadAttention", "FeedForward"),
+    "Transformer": ("TokenEmbedding", "LearnedPositionalEmbedding", "LayerNorm", "MultiHeadAttention",
+                    "FeedForward", "TransformerBlock", "Unembed"),
+}
+REFERENCE_SOURCES = {path.name: path.read_text() for path in (workers.PROJECT / "numpy_impl").glob("*.py")}
 
 
 @dataclass
 class TensorError:
-    """One gradient of one variant: its errors against the twin and against finite differences."""
+    """One gradient of one run: its error against the reference, and against finite differences."""
 
     tensor: str
-    twin: float                   # max over entries of the relative error against the twin
-    overall: float                # |mine - twin| / |twin| for the whole tensor (Euclidean norms)
-    numeric: float | None = None  # against finite differences; None when not run (the twin already disagreed)
+    reference: float              # max over entries of the relative error against the reference
+    overall: float                # |mine - right| / |right| for the whole tensor (Euclidean norms)
+    numeric: float | None = None  # directional derivative against finite differences; None when not run
 
     @property
     def ok(self):
-        return self.twin <= PARITY_TOLERANCE and (self.numeric is None or self.numeric <= FD_TOLERANCE)
+        return self.reference <= PARITY_TOLERANCE and (self.numeric is None or self.numeric <= FD_TOLERANCE)
 
 
 @dataclass
 class Result:
-    """The verdict on one exercise, with the evidence: the first failing variant and its tensors."""
+    """The verdict on one exercise (or step), with the evidence: the first failing run and its tensors."""
 
     key: str
     cls: str
     status: str                               # one of STATUSES
     variant: str = ""                         # the variant the verdict comes from (the first that failed)
     message: str = ""                         # what went wrong, in words
-    tensors: list = field(default_factory=list)  # TensorError per gradient of that variant
-    hint: str = ""                            # the mistake named, when one is recognised (diagnose.py)
-    parting: str = ""                         # a model: where it first parts from the twin (divergence.py)
+    tensors: list = field(default_factory=list)  # TensorError per gradient of that run
+    hint: str = ""                            # the mistake named, when one fits exactly (diagnose.py)
+    parting: str = ""                         # where inside the exercise the gradient first parts from the reference
+    output: str = ""                          # what the learner's code printed, abridged
+    seconds: float = 0.0                      # wall-clock time of its check
 
     @property
     def wrong_tensors(self):
         return [t for t in self.tensors if not t.ok]
 
 
-def find_package(directory) -> Path:
-    """The learner's package folder: DIR/numpy_impl, or DIR itself if it holds __init__.py."""
-    path = Path(directory)
-    for candidate in (path / "numpy_impl", path):
-        if (candidate / "__init__.py").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"no exercise copy in {directory}: expected {path / 'numpy_impl' / '__init__.py'} "
-        f"(create one with: python demo.py exercises init {directory})"
-    )
+class Unchecked(Exception):
+    """A verdict reached before the comparison: not started, exited, borrowed, ... (carries the Result)."""
+
+    def __init__(self, result):
+        super().__init__(result.message)
+        self.result = result
 
 
-def load_package(directory):
-    """Import the learner's package under a fresh name of its own, so it never clashes with numpy_impl."""
-    package_dir = find_package(directory)
-    name = f"_learner_numpy_impl_{next(_loads)}"
-    spec = importlib.util.spec_from_file_location(
-        name, package_dir / "__init__.py", submodule_search_locations=[str(package_dir)]
-    )
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[name] = package
-    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__ behind
-    try:
-        spec.loader.exec_module(package)
-    except Exception as error:  # a learner's syntax error is the common case: say where it is
-        unload_package(package)
-        if isinstance(error, SyntaxError):
-            what = f"SyntaxError: {error.msg} at {Path(error.filename).name}:{error.lineno}"
-        else:
-            what = _describe(error)
-        raise ImportError(f"your copy in {package_dir} does not import: {what}") from error
-    finally:
-        sys.dont_write_bytecode = writes_bytecode
-    return package
-
-
-def unload_package(package):
-    for name in [n for n in sys.modules if n == package.__name__ or n.startswith(package.__name__ + ".")]:
-        del sys.modules[name]
-
-
-def check(directory, keys=None, sample=20, seed=0, together=True, progress=None, time_limit=TIME_LIMIT):
+def check(directory, keys=None, sample=1, seed=0, together=True, progress=None, time_limit=TIME_LIMIT):
     """Check the learner's copy in ``directory``; returns a list of ``Result``, in exercise order.
 
-    keys: exercise keys to check (default: all of them); when they hold "model" and ``together``,
-        a last row "all together" runs the learner's backward everywhere in the whole model.
-    sample: entries per tensor for finite differences.
+    keys: exercise keys ("layernorm") or step keys ("attention.softmax") to check (default: all
+        of them); an exercise written in steps brings its steps along. When they hold "model" and
+        ``together``, a last row "all together" runs the learner's backward everywhere in the
+        whole model.
+    sample: random directions per tensor for the finite differences.
     progress: ``progress(items, label)`` yielding the items while it draws a bar (tours/progress.py).
-    time_limit: seconds each exercise may take; past it, or when the learner's code ends the
-        interpreter, the exercise gets the status "timed out" or "exited" and the check goes on.
+    time_limit: seconds each exercise may take, steps included; past it, or when the learner's
+        code ends its process, the exercise gets the status "timed out" or "exited" and the check
+        goes on. A copy that does not import raises ImportError before anything is checked.
     """
-    if keys is None:
-        keys = [exercise.key for exercise in EXERCISES]
-    unknown = [key for key in keys if key not in BY_KEY]
-    if unknown:
-        raise ValueError(f"unknown exercise {', '.join(unknown)}; choose from: {', '.join(BY_KEY)}")
-    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
-        raise ValueError(f"sample must be a positive int, got {sample!r}")
-    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
-        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
-    find_package(directory)  # a missing copy is the caller's error, before any worker starts
-    directory = os.path.abspath(directory)  # the worker keeps the working folder it started in
-    try:  # a copy that does not import, or hangs or exits while importing, stops the check here
-        _in_worker(_try_load, (directory,), time_limit, "while importing your copy")
-    except workers.WorkerLost as lost:
-        raise ImportError(f"your copy in {find_package(directory)} does not import: {lost}") from None
-    steps = list(keys) + (["all together"] if together and "model" in keys else [])
+    keys = _checked_keys(keys, sample, time_limit)
+    find_package(directory)  # a missing copy is the caller's error, before any process starts
+    directory = os.path.abspath(directory)
+    units = []  # (exercise key or TOGETHER, [keys checked in its process])
+    for key in keys:
+        owner = STEP_KEYS[key].key if key in STEP_KEYS else key
+        if units and units[-1][0] == owner:
+            units[-1][1].append(key)
+        else:
+            units.append((owner, [key]))
+    if together and "model" in keys:
+        units.append((TOGETHER, [TOGETHER]))
     results = []
-    for key in (progress or _quietly)(steps, "checking"):
-        cls = "Transformer" if key == "all together" else BY_KEY[key].cls
+    for owner, unit_keys in (progress or _quietly)(units, "checking"):
         lost = [r for r in results if r.status in ("timed out", "exited")]
-        if key == "all together" and lost:
-            results.append(Result(key, cls, lost[0].status, message=f"not run: {lost[0].key} {lost[0].status} first"))
+        if owner == TOGETHER and lost:
+            results.append(Result(TOGETHER, "Transformer", lost[0].status,
+                                  message=f"not run: {lost[0].key} {lost[0].status} first"))
             continue
-        try:
-            result = _in_worker(_run_step, (directory, key, sample, seed), time_limit, f"while checking {key}")
-        except workers.WorkerLost as lost_worker:
-            result = Result(key, cls, lost_worker.status, message=_lost_message(lost_worker, time_limit))
-        if key == "all together":
-            _together_message(result, results)
-        results.append(result)
+        results += _check_unit(directory, owner, unit_keys, sample, seed, time_limit)
+        if owner == TOGETHER:
+            _together_message(results[-1], results[:-1])
     return results
 
 
-def _in_worker(function, args, time_limit, doing):
-    """function(*args) in the worker process; WorkerLost when it hangs or ends the interpreter."""
+def _checked_keys(keys, sample, time_limit):
+    if keys is None:
+        keys = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
+    if isinstance(keys, str):
+        keys = [keys]
+    unknown = [key for key in keys if key not in BY_KEY and key not in STEP_KEYS]
+    if unknown:
+        choices = [key for exercise in EXERCISES for key in [exercise.key] + exercise.step_keys()]
+        raise ValueError(f"unknown exercise {', '.join(map(str, unknown))}; choose from: {', '.join(choices)}")
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
+        raise ValueError(f"sample must be a positive int, got {sample!r}")
+    if (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
+            or not math.isfinite(time_limit) or not time_limit > 0):
+        raise ValueError(f"time_limit must be a positive, finite number of seconds, got {time_limit!r}")
+    order = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
+    keys = [step for key in keys for step in (BY_KEY[key].step_keys() if key in BY_KEY else []) + [key]]
+    return sorted(dict.fromkeys(keys), key=order.index)
+
+
+def _quietly(items, label):
+    return items
+
+
+def _check_unit(directory, owner, keys, sample, seed, time_limit):
+    """One exercise (its steps and itself, as asked) in one learner's process."""
+    started = time.monotonic()
+    cls = "Transformer" if owner == TOGETHER else BY_KEY[owner].cls
+    isolate = {name: BY_CLASS[name].file for name in SUB_MODULE_FILES.get(cls, ())} if owner != TOGETHER else {}
+    deadline = started + time_limit
+    process = workers.LearnerProcess(directory, deadline, isolate)
+    results = []
     try:
-        return workers.worker().ask(("call", function, args), time_limit, doing)
-    except workers.WorkerLost:
-        workers.forget_if_stopped()
-        raise
-    except KeyboardInterrupt:  # the learner stops the check: stop the worker too
-        workers.stop()
-        raise
+        try:
+            ready = process.ready()
+        except workers.LearnerLost as lost:
+            printed = process.output.text().strip().splitlines()[-3:]
+            said = f"; its last words: {' | '.join(printed)}" if printed else ""
+            raise ImportError(f"your copy in {find_package(directory)} does not import: {lost}{said}") from None
+        if not ready["ready"]:
+            cause = ready.get("cause") or {}
+            event = process.events[0] if process.events else None
+            if event is not None:
+                raise ImportError(f"your copy in {find_package(directory)} does not import: {_event_words(event)}")
+            raise ImportError(ready.get("error") or cause.get("text") or "your copy does not import")
+        setup_events = list(process.events)
+        for key in keys:
+            begun = time.monotonic()
+            result = _verdict(process, owner, key, sample, seed, time_limit, setup_events)
+            result.seconds = time.monotonic() - begun
+            results.append(result)
+            if result.status in ("timed out", "exited"):
+                for rest in keys[len(results):]:
+                    results.append(Result(rest, cls, result.status, message=f"not run: {result.key} {result.status} first"))
+                break
+    finally:
+        process.stop()
+    output = process.output.text().strip()
+    if output and results:
+        results[-1].output = output
+    if results:
+        results[-1].seconds = time.monotonic() - started - sum(r.seconds for r in results[:-1])
+    return results
+
+
+def _verdict(process, owner, key, sample, seed, time_limit, setup_events):
+    cls = "Transformer" if owner == TOGETHER else BY_KEY[owner].cls
+    before = len(process.events)
+    try:
+        if key in STEP_KEYS:
+            result = check_step(process, STEP_KEYS[key], key.split(".", 1)[1], seed)
+        elif key == TOGETHER:
+            result = check_exercise(process, TOGETHER, "Transformer", BY_KEY["model"].variants, sample, seed + 100)
+        else:
+            exercise = BY_KEY[key]
+            result = check_exercise(process, key, exercise.cls, exercise.variants, sample, seed)
+    except Unchecked as unchecked:
+        result = unchecked.result
+    except workers.LearnerLost as lost:
+        result = Result(key, cls, lost.status, message=_lost_message(lost, time_limit))
+    events = process.events[before:] or setup_events  # an attempt while the copy imported applies to every exercise
+    if events:
+        result.status, result.message = events[0]["kind"], _event_words(events[0])
+        result.hint, result.parting, result.tensors = "", "", []
+    return result
+
+
+def _event_words(event):
+    where = f" at {event['where']}" if event.get("where") else ""
+    if event["kind"] == "borrowed":
+        return (f"{event['what']}{where}: borrowed work is not counted; a backward is written with numpy "
+                "alone (the reference, the twin, torch and autograd are off limits here)")
+    return f"{event['what']}{where}: the checker refused it (a backward computes its gradient and nothing else)"
 
 
 def _lost_message(lost, time_limit):
@@ -186,229 +260,480 @@ def _lost_message(lost, time_limit):
     return f"{lost}: a backward must return its gradient, never end the program"
 
 
-def _try_load(directory):
-    """In the worker: import the learner's copy once, to report an ImportError before any exercise."""
-    unload_package(load_package(directory))
+# --- one exercise ---
 
-
-def _run_step(directory, key, sample, seed):
-    """In the worker: load the learner's copy (fresh for each step: the learner may have edited it) and check ``key``."""
-    package = load_package(directory)
-    try:
-        if key == "all together":
-            return check_together(package, sample, seed, [])
-        return check_exercise(package, BY_KEY[key], sample, seed)
-    finally:
-        unload_package(package)
-
-
-def _quietly(items, label):
-    return items
-
-
-def check_exercise(package, exercise, sample=20, seed=0):
-    """One exercise under each of its variants; the first variant that is not done decides."""
-    for number, variant in enumerate(exercise.variants):
-        result = _check_variant(package, exercise.key, exercise.cls, variant, sample, seed + 10 * number,
-                                isolate=True)
+def check_exercise(process, key, cls, variants, sample=1, seed=0):
+    """Every variant in turn; the first that is not done decides."""
+    numeric = {}
+    for number, variant in enumerate(variants):
+        result = check_variant(process, key, cls, variant, sample, seed + 10 * number, finite_differences=number == 0)
         if result.status != "done":
-            break
+            return result
+        numeric = numeric or {t.tensor: t.numeric for t in result.tensors}
+    for t in result.tensors:  # the finite differences ran under the first variant
+        t.numeric = numeric.get(t.tensor) if t.numeric is None else t.numeric
     return result
 
 
-def check_together(package, sample, seed, results=()):
-    """The whole model with the learner's backward in every component, under every model variant."""
-    for number, variant in enumerate(BY_KEY["model"].variants):
-        result = _check_variant(package, "all together", "Transformer", variant, sample, seed + 100 + number,
-                                isolate=False)
-        if result.status != "done":
-            break
-    _together_message(result, results)
-    return result
-
-
-def _together_message(result, results):
-    """Say which exercises the whole model waits for, or should be fixed first."""
-    unfinished = [r.key for r in results if r.key in BY_KEY and r.status != "done"]
-    if result.status == "not started":
-        result.message = f"waits for: {', '.join(unfinished)}" if unfinished else result.message
-    elif result.status == "wrong" and unfinished and not result.message.startswith("fix "):
-        result.message = f"fix {', '.join(unfinished)} first; " + result.message
-
-
-def _check_variant(package, key, cls, variant: Variant, sample, seed, isolate):
-    import torch
-
-    import torch_impl
-
-    cfg = variant.config(package)
+def check_variant(process, key, cls, variant, sample, seed, finite_differences=True):
     verdict = Result(key, cls, "done", variant.label)
-    try:
-        module = build(package, cls, cfg, seed)
-    except Exception as error:  # the learner edited more than the backward
-        return _wrong(verdict, f"building {cls} raised {_describe(error)}")
-    if isolate:
-        _use_reference_backward_below(module)
-    inputs = make_inputs(cls, cfg, seed + 1, variant.weighted)
-    # the twin, with the same weights
-    twin = getattr(torch_impl, cls).from_twin(module)
-    twin_inputs = [torch.tensor(x, requires_grad=bool(np.issubdtype(x.dtype, np.floating)) and i == 0)
-                   for i, x in enumerate(inputs)]
-    # the gradient arriving at every hook point: run_with_cache(incl_bwd=True) and backward hooks need them
-    hook_grads, twin_hook_grads = _record_at_hook_points(module, "bwd"), _record_at_hook_points(twin, "bwd")
-    activations = _record_at_hook_points(twin, "fwd")  # for the diagnosis: what a LayerNorm normalised
-    twin_out = twin(*twin_inputs)
-    try:
-        out = module.forward(*inputs)
-    except Exception as error:
-        return _wrong(verdict, f"forward raised {_describe(error)} (only backward is the exercise)")
-    forward_error = _relative(np.asarray(out), twin_out.detach().numpy(), np.abs(twin_out.detach().numpy()).max())
-    if forward_error > PARITY_TOLERANCE:
-        return _wrong(verdict, f"forward differs from the twin by {forward_error:.1e} (only backward is the exercise)")
-    R = np.asarray(np.random.default_rng(seed + 2).standard_normal(np.shape(out)))  # random upstream gradient, never all ones
-    module.zero_grad()
-    try:
-        dinput = module.backward(R.copy() if np.ndim(out) else float(R))
-    except NotImplementedError as error:
-        verdict.status, verdict.message = "not started", _not_started_where(error)
-        return verdict
-    except Exception as error:
-        verdict.hint = getattr(diagnose_error(str(error)), "hint", "")
-        return _wrong(verdict, f"backward raised {_describe(error)}")
-    (twin_out * torch.from_numpy(R)).sum().backward()
-    # every gradient: the twin's, and what the learner produced
-    pairs = [(name, p.grad.copy(), twin_param.grad)
-             for (name, p), (_, twin_param) in zip(module.named_parameters(), twin.named_parameters())]
-    if cls in ("TokenEmbedding", "LearnedPositionalEmbedding", "Transformer"):
-        if dinput is not None:
-            return _wrong(verdict, f"backward returned {type(dinput).__name__}; it must return None (tokens are discrete)")
-    else:
-        input_name = _forward_arg(module)  # x, resid_pre or logits: gradcheck names the input the same way
-        expected_shape = tuple(inputs[0].shape)
-        if dinput is None or np.shape(dinput) != expected_shape:
-            got = "None" if dinput is None else f"shape {np.shape(dinput)}"
-            verdict.hint = getattr(diagnose_error(f"{tuple(np.shape(dinput))} {expected_shape}"), "hint", "")
-            return _wrong(verdict, f"backward returned {got}; it must return d{input_name} of shape {expected_shape}")
-        pairs.append((input_name, np.asarray(dinput, dtype=np.float64), twin_inputs[0].grad))
-    pairs = [(name, mine, twin_grad.detach().numpy() if twin_grad is not None else np.zeros_like(mine))
-             for name, mine, twin_grad in pairs]
-    largest = max(np.abs(theirs).max() for _, _, theirs in pairs)
-    verdict.tensors = [TensorError(name, _relative(mine, theirs, PARITY_FLOOR * largest), _overall(mine, theirs, largest))
-                       for name, mine, theirs in pairs]
-    if all(t.ok for t in verdict.tensors):
-        skipped = [name for name in twin_hook_grads if name not in hook_grads]
-        if skipped:
-            return _wrong(verdict, f"the gradients are right, but backward never calls {', '.join(n + '.backward' for n in skipped)}: "
-                                   "pass each gradient through its hook point, as the forward passes each activation")
-        off = [name for name, theirs in twin_hook_grads.items()
-               if _relative(hook_grads[name], theirs, PARITY_FLOOR * max(np.abs(theirs).max(), largest)) > PARITY_TOLERANCE]
-        if off:
-            return _wrong(verdict, f"the gradient handed to {', '.join(n + '.backward' for n in off)} differs from the twin's "
-                                   "(pass each hook point the gradient of its own activation)")
-    if all(t.ok for t in verdict.tensors):
-        # finite differences on the learner's own forward, and gradients that add up (+=)
-        try:
-            report = gradcheck(module, *inputs, sample=sample, seed=seed + 3)
-            overwrite = _overwritten(module, inputs, R, pairs)
-        except Exception as error:
-            return _wrong(verdict, f"a second forward and backward raised {_describe(error)}")
-        numeric = {row.tensor: row.max_rel_error for row in report.rows}
-        for t in verdict.tensors:
-            t.numeric = numeric.get(t.tensor)
-        if overwrite:
-            return _wrong(verdict, f"{', '.join(overwrite)}: the second backward replaced the gradient instead of "
-                                   "adding to it (use +=: gradients accumulate until zero_grad)")
+    cfg = variant.config()
+    fields = dataclasses.asdict(cfg)
+    reference = build(numpy_impl, cls, cfg, seed)
+    weights = reference.state_dict()
+    inputs = list(make_inputs(cls, cfg, seed + 1, variant.weighted, batch=BATCH, pos=POS))
+    out = reference.forward(*inputs)
+    R = np.random.default_rng(seed + 2).standard_normal(np.shape(out))  # random upstream gradient, never all ones
+    upstream = R if np.ndim(out) else float(R)
+    isolate = key != TOGETHER and cls in SUB_MODULE_FILES
+    request = {"cls": cls, "cfg": fields, "weights": weights, "inputs": inputs, "dout": upstream, "isolate": isolate}
+    input_name = None if cls in ("TokenEmbedding", "LearnedPositionalEmbedding", "Transformer") else _forward_arg(cls)
+
+    # 1. float64, recording hooks, backward twice with the very same upstream array
+    right = reference_run(cls, fields, weights, inputs, upstream, edit=False)
+    mine = _ask(process, {**request, "op": "run", "record": True, "twice": True}, verdict, f"while checking {key}", right)
+    _forward_agrees(mine, right, verdict)
+    tensors = _gradients(mine, right, input_name, verdict, inputs)
+    verdict.tensors = _compare(tensors)
     if not all(t.ok for t in verdict.tensors):
-        verdict.status = "wrong"
-        verdict.message = _describe_wrong(verdict.tensors, pairs)
-        evidence = Evidence(cls, cfg, tuple(inputs), R, {name: (mine, theirs) for name, mine, theirs in pairs},
-                            _in_forward_order(module, hook_grads, twin_hook_grads), dict(activations),
-                            _rerun(module, twin, inputs, twin_inputs, hook_grads, twin_hook_grads))
-        try:
-            verdict.hint = getattr(diagnose(evidence), "hint", "")
-        except Exception:  # a learner's backward that fails on a rerun: no hint, the verdict stands
-            verdict.hint = ""
-        if cls == "Transformer":
-            try:
-                verdict.parting = first_divergence(module, twin, inputs[0], dout=R).line()
-            except Exception as error:
-                verdict.parting = f"the walk through the hook points raised {_describe(error)}"
+        return _explain_wrong(process, verdict, request, right, mine, tensors, input_name, cfg, inputs, upstream)
+    _hook_points(mine, right, verdict)
+    _untouched(mine, inputs, upstream, input_name, verdict)
+    _accumulates(mine, tensors, verdict)
+    if finite_differences:
+        _finite_differences(process, request, tensors, input_name, sample, seed, verdict)
+
+    # 2. float64, no hooks at all
+    bare = _ask(process, {**request, "op": "run", "record": False}, verdict, f"while checking {key} without hooks")
+    _untouched(bare, inputs, upstream, input_name, verdict, run=" without hooks")
+    bare_tensors = _gradients(bare, right, input_name, verdict, inputs, run="without hooks")
+    wrong = [t for t in _compare(bare_tensors) if not t.ok]
+    if wrong:
+        return _wrong(verdict, "right with the checker's recording hooks, wrong without hooks: "
+                      + _describe_wrong(wrong, bare_tensors)
+                      + ". Without hooks a hook point hands on the very array it was given, so an array your "
+                        "backward changes in place after using it (d *= ..., d += ...) changes someone else's too: "
+                        "write new arrays (d = d * ...)")
+
+    # 3. float64, a forward hook that edits the attention pattern
+    if cls in WITH_ATTENTION:
+        edited_right = reference_run(cls, fields, weights, inputs, upstream, edit=True)
+        edited = _ask(process, {**request, "op": "run", "record": True, "edit_pattern": True}, verdict,
+                      f"while checking {key} with an edited pattern")
+        edited_tensors = _gradients(edited, edited_right, input_name, verdict, inputs, run="with an edited pattern")
+        wrong = [t for t in _compare(edited_tensors) if not t.ok]
+        if wrong:
+            _wrong(verdict, "right until a forward hook edits the attention pattern (key 1 zeroed, as an ablation "
+                   "does); then " + _describe_wrong(wrong, edited_tensors)
+                   + ". The softmax's backward takes probs, the softmax's own output; z was made from the edited "
+                     "pattern, so dv_h takes pattern")
+            verdict.tensors = _compare(edited_tensors)
+            verdict.parting = locate(edited.get("hooks", {}), edited_right["hooks"]).short()
+            return verdict
+
+    # 4. float32
+    cfg32 = dataclasses.replace(cfg, dtype="float32")
+    fields32 = dataclasses.asdict(cfg32)
+    request32 = {**request, "op": "run", "cfg": fields32, "record": False,
+                 "weights": {name: value.astype(np.float32) for name, value in weights.items()},
+                 "inputs": [x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x for x in inputs],
+                 "dout": R.astype(np.float32) if np.ndim(out) else float(R)}
+    single = _ask(process, request32, verdict, f"while checking {key} in float32")
+    _float32(single, right, input_name, verdict, inputs)
     return verdict
 
 
-def _in_forward_order(module, hook_grads, twin_hook_grads):
-    """{hook name: (learner's gradient or None, twin's)} in the order the forward meets the hook points."""
-    order = [name for name, sub in module.named_modules() if hasattr(sub, "bwd_hooks")]
-    return {name: (hook_grads.get(name), twin_hook_grads[name]) for name in order if name in twin_hook_grads}
+def reference_run(cls, fields, weights, inputs, upstream, edit=False):
+    """The reference's forward and backward on the same weights: out, dinput, grads, hooks (backward order), activations."""
+    cfg = TransformerConfig(**fields)
+    module = _reference_module(cls, cfg, weights)
+    hooks, activations = _record(module, edit)
+    out = module.forward(*[np.array(x, copy=True) for x in inputs])
+    module.zero_grad()
+    dinput = module.backward(np.array(upstream, copy=True) if np.ndim(upstream) else float(upstream))
+    return {"out": np.asarray(out), "dinput": dinput, "hooks": hooks, "activations": activations,
+            "grads": {name: p.grad.copy() for name, p in module.named_parameters()},
+            "parameters": {name: p.data.copy() for name, p in module.named_parameters()}}
 
 
-def _rerun(module, twin, inputs, twin_inputs, hook_grads, twin_hook_grads):
+def _reference_module(cls, cfg, weights):
+    if cls == "CrossEntropyLoss":
+        module = numpy_impl.CrossEntropyLoss()
+    elif cls == "Transformer":
+        module = numpy_impl.Transformer(cfg, seed=0)
+    else:
+        module = getattr(numpy_impl, cls)(cfg, 0)
+    module.load_state_dict(weights)
+    return module
+
+
+def _record(module, edit):
+    """Recording hooks on every hook point ({name: gradient}, in backward order; {name: activation}), and the edit."""
+    from .learner import edit_pattern
+
+    hooks, activations = {}, {}
+    for name, sub in module.named_modules():
+        if isinstance(sub, numpy_impl.HookPoint):
+            sub.add_hook(lambda x, hook, name=name: activations.__setitem__(name, np.array(x, copy=True)), dir="fwd")
+            if edit and name.split(".")[-1] == "hook_pattern":
+                sub.add_hook(edit_pattern, dir="fwd")
+            sub.add_hook(lambda x, hook, name=name: hooks.__setitem__(name, np.array(x, copy=True)), dir="bwd")
+    return hooks, activations
+
+
+def _ask(process, request, verdict, doing, right=None):
+    """The learner's reply, or Unchecked with the verdict it implies (not started, exited, wrong: raised)."""
+    reply = process.ask(request, doing)
+    if process.events:
+        raise Unchecked(verdict)  # the events decide (see _verdict)
+    if "exit" in reply:
+        verdict.status = "exited"
+        verdict.message = (f"sys.exit({reply['exit']}) was called at {reply.get('where')}; "
+                           "a backward must return its gradient, never end the program")
+        raise Unchecked(verdict)
+    error = reply.get("error")
+    if error is None:
+        return reply
+    stage = reply.get("stage")
+    if error.get("type") == "SystemExit":
+        where = f" at {error['where']}" if error.get("where") else ""
+        verdict.status = "exited"
+        verdict.message = (f"sys.exit({error['message']}) was called{where}; "
+                           "a backward must return its gradient, never end the program")
+        raise Unchecked(verdict)
+    if stage == "backward" and error.get("not_started"):
+        verdict.status = "not started"
+        verdict.message = f"{error.get('where', '')}: backward still raises NotImplementedError".lstrip(": ")
+        raise Unchecked(verdict)
+    if stage == "build":
+        raise Unchecked(_wrong(verdict, f"building {verdict.cls} raised {error['text']} (only backward is the exercise)"))
+    if stage == "forward":
+        raise Unchecked(_wrong(verdict, f"forward raised {error['text']} (only backward is the exercise)"))
+    if stage == "backward":
+        kind = "raised" if not error.get("base") else "raised the BaseException"
+        if error.get("type") == "NonFiniteError":
+            verdict.message = (f"backward made NaN or inf from finite inputs and weights ({error['text']}): "
+                               "every gradient of finite values is finite")
+        else:
+            verdict.message = f"backward {kind} {error['text']}"
+        verdict.status = "wrong"
+        diagnosis = diagnose_error(error)
+        verdict.hint = diagnosis.hint if diagnosis else ""
+        if right is not None and right["hooks"]:
+            verdict.parting = locate(reply.get("hooks", {}), right["hooks"]).short()
+        raise Unchecked(verdict)
+    raise Unchecked(_wrong(verdict, f"the check could not run your code: {error.get('text', '')}"))
+
+
+def _forward_agrees(mine, right, verdict):
+    out = mine.get("out")
+    if isinstance(out, float):  # a loss: a number travels as a number
+        out = np.asarray(out)
+    if not isinstance(out, np.ndarray) or out.shape != right["out"].shape:
+        raise Unchecked(_wrong(verdict, "forward returned something else than the reference's (only backward is the exercise)"))
+    error = _relative(out, right["out"], np.abs(right["out"]).max())
+    if error > PARITY_TOLERANCE:
+        raise Unchecked(_wrong(verdict, f"forward differs from the reference by {error:.1e} (only backward is the exercise)"))
+
+
+def _gradients(mine, right, input_name, verdict, inputs, run=""):
+    """[(name, mine, right)] for every parameter and the input; Unchecked when one is missing or not an array."""
+    where = f" {run}" if run else ""
+    pairs = []
+    for name, value in right["grads"].items():
+        got = mine.get("grads", {}).get(name)
+        if not isinstance(got, np.ndarray):
+            what = got.get("not_an_array") if isinstance(got, dict) else "missing"
+            raise Unchecked(_wrong(verdict, f"{name}.grad is a {what}{where}, not an array: add into it with +="))
+        pairs.append((name, got, right["grads"][name]))
+    dinput = mine.get("dinput")
+    if input_name is None:
+        if dinput is not None:
+            raise Unchecked(_wrong(verdict, f"backward returned {_kind(dinput)}{where}; it must return None (tokens are discrete)"))
+        return pairs
+    expected = tuple(np.shape(inputs[0]))
+    if not isinstance(dinput, np.ndarray) or dinput.shape != expected:
+        got = "None" if dinput is None else (f"shape {dinput.shape}" if isinstance(dinput, np.ndarray) else _kind(dinput))
+        raise Unchecked(_wrong(verdict, f"backward returned {got}{where}; it must return d{input_name} of shape {expected}"))
+    pairs.append((input_name, dinput, right["dinput"]))
+    return pairs
+
+
+def _kind(value):
+    if isinstance(value, dict) and "not_an_array" in value:
+        return f"a {value['not_an_array']}"
+    return f"a {type(value).__name__}" if not isinstance(value, np.ndarray) else f"an array of shape {value.shape}"
+
+
+def _compare(pairs):
+    largest = max((np.abs(theirs).max(initial=0.0) for _, _, theirs in pairs), default=0.0)
+    return [TensorError(name, _relative(mine, theirs, PARITY_FLOOR * largest), _overall(mine, theirs, largest))
+            for name, mine, theirs in pairs]
+
+
+def _hook_points(mine, right, verdict):
+    hooks = mine.get("hooks", {})
+    skipped = [name for name in right["hooks"] if name not in hooks]
+    if skipped:
+        raise Unchecked(_wrong(verdict, f"the gradients are right, but backward never calls "
+                                        f"{', '.join(n + '.backward' for n in skipped)}: pass each gradient through "
+                                        "its hook point, as the forward passes each activation"))
+    largest = max((np.abs(g).max(initial=0.0) for g in right["grads"].values()), default=0.0)
+    off = [name for name, theirs in right["hooks"].items()
+           if _relative(hooks[name], theirs, PARITY_FLOOR * max(np.abs(theirs).max(initial=0.0), largest)) > PARITY_TOLERANCE]
+    if off:
+        raise Unchecked(_wrong(verdict, f"the gradient handed to {', '.join(n + '.backward' for n in off)} differs from "
+                                        "the reference's (pass each hook point the gradient of its own activation)"))
+
+
+def _untouched(mine, inputs, upstream, input_name, verdict, run=""):
+    """The caller's arrays: the upstream gradient and the inputs, unchanged by forward and backward."""
+    after = mine.get("dout_after")
+    if isinstance(upstream, np.ndarray) and not (isinstance(after, np.ndarray) and np.array_equal(after, upstream)):
+        raise Unchecked(_wrong(verdict, f"backward changed its incoming gradient in place{run} (d += ..., d *= ... on "
+                                        "the array it was given, or on one a hook point handed on): the caller still "
+                                        "needs it (a residual add hands the same gradient to two branches); write a "
+                                        "new array (d = d + ...)"))
+    for number, (x, x_after) in enumerate(zip(inputs, mine.get("inputs_after", []))):
+        if isinstance(x, np.ndarray) and not (isinstance(x_after, np.ndarray) and np.array_equal(x, x_after)):
+            raise Unchecked(_wrong(verdict, f"the input {number} the caller passed changed in place{run}"))
+
+
+def _accumulates(mine, pairs, verdict):
+    """A second backward, with no zero_grad and the very same upstream array, adds the same gradients again."""
+    second = mine.get("second", {})
+    if "error" in second:
+        raise Unchecked(_wrong(verdict, f"a second backward after the same forward raised {second['error']['text']}"))
+    first = {name: value for name, value, _ in pairs}
+    largest = max((np.abs(g).max(initial=0.0) for g in first.values()), default=0.0)
+    if isinstance(second.get("dinput"), np.ndarray) and any(name not in second["grads"] for name in first if name in mine["grads"]):
+        raise Unchecked(_wrong(verdict, "a second backward lost a parameter's gradient"))
+    changed = []
+    dinput = second.get("dinput")
+    for name, value, _ in pairs:
+        if name in mine["grads"]:
+            again = second.get("grads", {}).get(name)
+            if not isinstance(again, np.ndarray) or _relative(again, 2 * value, PARITY_FLOOR * largest) > PARITY_TOLERANCE:
+                changed.append(name)
+        elif not isinstance(dinput, np.ndarray) or _relative(dinput, value, PARITY_FLOOR * largest) > PARITY_TOLERANCE:
+            changed.append(name)
+    if not changed:
+        return
+    replaced = [name for name in changed if name in mine["grads"]
+                and isinstance(second["grads"].get(name), np.ndarray)
+                and _relative(second["grads"][name], first[name], PARITY_FLOOR * largest) <= PARITY_TOLERANCE]
+    if replaced:
+        raise Unchecked(_wrong(verdict, f"{', '.join(replaced)}: the second backward replaced the gradient instead of "
+                                        "adding to it (use +=: gradients accumulate until zero_grad)"))
+    raise Unchecked(_wrong(verdict, f"{', '.join(changed)}: a second backward after the same forward, given the same "
+                                    "upstream array, computed something else: backward changed an array it still "
+                                    "needed (the cache, or its incoming gradient) in place"))
+
+
+def _finite_differences(process, request, pairs, input_name, sample, seed, verdict):
+    """Directional derivatives: for random D per tensor, mine . D against central differences of the forward."""
+    rng = np.random.default_rng(seed + 3)
+    directions, analytic, sizes = [], [], []
+    for name, value, _ in pairs:
+        for _ in range(sample):
+            D = rng.standard_normal(value.shape)
+            directions.append({name: D})
+            analytic.append((name, float(np.vdot(value, D))))
+        sizes.append(np.linalg.norm(value))
+    reply = _ask(process, {**request, "op": "fd", "directions": directions, "step": FD_STEP,
+                           "input_name": input_name}, verdict, "while taking finite differences")
+    tiny = max(FD_FLOOR * max(sizes, default=0.0), np.finfo(np.float64).tiny)
+    worst = {}
+    for (name, a), n in zip(analytic, reply["values"]):
+        error = abs(a - n) / max(abs(a) + abs(n), tiny)
+        worst[name] = max(worst.get(name, 0.0), error if math.isfinite(error) else math.inf)
+    for t in verdict.tensors:
+        t.numeric = worst.get(t.tensor)
+    bad = [t for t in verdict.tensors if not t.ok]
+    if bad:
+        raise Unchecked(_wrong(verdict, ", ".join(f"{t.tensor} off by {t.numeric:.2g} from finite differences of your "
+                                                  "forward, though it matches the reference" for t in bad)))
+
+
+def _float32(single, right, input_name, verdict, inputs):
+    pairs = _gradients(single, right, input_name, verdict, inputs, run="in float32")
+    not32 = [f"{name} is {mine.dtype}" for name, mine, _ in pairs if mine.dtype != np.float32]
+    if not32:
+        raise Unchecked(_wrong(verdict, f"in a float32 model, {', '.join(not32)}: every gradient keeps the model's "
+                                        "dtype (a float64 array slipped in: np.eye, np.zeros without dtype, astype(np.float64)?)"))
+    off = []
+    largest = max(np.abs(t).max(initial=0.0) for _, _, t in pairs)
+    for name, mine, theirs in pairs:
+        # b_K's exact gradient is zero: float32 leaves noise of about 1e-7 of the largest gradient there
+        scale = max(np.abs(theirs).max(initial=0.0), FLOAT32_FLOOR * largest)
+        error = float(np.abs(mine.astype(np.float64) - theirs).max(initial=0.0) / max(scale, 1e-300))
+        if not error <= FLOAT32_TOLERANCE:
+            off.append(f"{name} off by {error:.2g}")
+    if off:
+        raise Unchecked(_wrong(verdict, f"in float32: {', '.join(off)} (relative to the tensor's largest entry; "
+                                        f"float32 rounding alone stays under {FLOAT32_TOLERANCE:g})"))
+
+
+def _explain_wrong(process, verdict, request, right, mine, pairs, input_name, cfg, inputs, upstream):
+    """A wrong answer: which tensors, by how much; a hint where a mistake fits exactly; where it parts."""
+    verdict.status = "wrong"
+    verdict.message = _describe_wrong(verdict.tensors, pairs)
+    hooks_mine = mine.get("hooks", {})
+    verdict.parting = locate(hooks_mine, right["hooks"]).short() if right["hooks"] else ""
+    order = list(reversed(list(right["hooks"])))  # forward order
+    evidence = Evidence(verdict.cls, cfg, tuple(inputs), np.asarray(upstream),
+                        {name: (a, b) for name, a, b in pairs},
+                        {name: (hooks_mine.get(name), right["hooks"][name]) for name in order},
+                        right["activations"], _rerun(process, request, input_name, right), right["parameters"])
+    try:
+        diagnosis = diagnose(evidence)
+    except workers.LearnerLost:
+        raise
+    except Exception:  # a learner's backward that fails on a rerun: no hint, the verdict stands  # noqa: BLE001
+        diagnosis = None
+    verdict.hint = diagnosis.hint if diagnosis else ""
+    return verdict
+
+
+def _rerun(process, request, input_name, right):
     """rerun(R) -> (mine, right): every gradient of a fresh forward and backward of both, for upstream gradient R."""
-    import torch
-
-    input_name = None if twin_inputs[0].grad is None else _forward_arg(module)
+    fields, weights, inputs, cls = request["cfg"], request["weights"], request["inputs"], request["cls"]
 
     def rerun(upstream):
-        hook_grads.clear()
-        twin_hook_grads.clear()
-        module.zero_grad()
-        module.forward(*inputs)
-        dinput = module.backward(upstream.copy() if np.ndim(upstream) else float(upstream))
-        twin.zero_grad()
-        twin_inputs[0].grad = None
-        (twin(*twin_inputs) * torch.from_numpy(np.asarray(upstream))).sum().backward()
-        mine = {name: p.grad.copy() for name, p in module.named_parameters()}
-        right = {name: np.zeros(tuple(p.shape)) if p.grad is None else p.grad.detach().numpy().copy()
-                 for name, p in twin.named_parameters()}
+        upstream = upstream if np.ndim(upstream) else float(upstream)
+        reply = process.ask({**request, "op": "run", "record": True, "dout": upstream}, "while looking for a hint")
+        if "error" in reply or process.events:
+            raise RuntimeError("the rerun did not finish")
+        theirs = reference_run(cls, fields, weights, inputs, upstream)
+        mine = dict(reply["grads"])
+        correct = dict(theirs["grads"])
         if input_name is not None:
-            mine[input_name] = np.asarray(dinput, dtype=np.float64)
-            right[input_name] = twin_inputs[0].grad.detach().numpy().copy()
-        return {**mine, **hook_grads}, {**right, **twin_hook_grads}
+            mine[input_name], correct[input_name] = reply["dinput"], theirs["dinput"]
+        return {**mine, **reply.get("hooks", {})}, {**correct, **theirs["hooks"]}
 
     return rerun
 
 
-def _record_at_hook_points(module, direction):
-    """Add a hook to every hook point of ``module`` (either twin): "fwd" records activations, "bwd"
-    the gradients arriving there. Returns {name: float64 ndarray seen}, filled as the module runs."""
-    seen = {}
-    for name, sub in module.named_modules():
-        if hasattr(sub, "bwd_hooks") and hasattr(sub, "add_hook"):
-            sub.add_hook(lambda x, hook, name=name: seen.__setitem__(name, np.array(as_numpy(x), dtype=np.float64)),
-                         dir=direction)
-    return seen
+def _forward_arg(cls):
+    """The name of forward's first argument: x, resid_pre, logits (the name the reference gives it)."""
+    return list(inspect.signature(getattr(numpy_impl, cls).forward).parameters)[1]
 
 
-def _forward_arg(module):
-    """The name of forward's first argument: x, resid_pre, logits."""
-    return next(iter(inspect.signature(module.forward).parameters))
+# --- one step of an exercise ---
+
+def check_step(process, exercise, step, seed=0):
+    """One ``# EXERCISE STEP`` on its own, under each variant, with and without the pattern edited."""
+    key = f"{exercise.key}.{step}"
+    body = next(b for b in find_marked_bodies(REFERENCE_SOURCES[exercise.file], exercise.file) if b.cls == exercise.cls)
+    region = next(r for r in body.steps if r.name == step)
+    lines = REFERENCE_SOURCES[exercise.file].splitlines()
+    for number, variant in enumerate(exercise.variants):
+        for edit in (False, True):
+            label = variant.label + (", pattern edited" if edit else "")
+            verdict = Result(key, exercise.cls, "done", label)
+            cfg = variant.config()
+            fields = dataclasses.asdict(cfg)
+            reference = build(numpy_impl, exercise.cls, cfg, seed + 10 * number)
+            weights = reference.state_dict()
+            inputs = list(make_inputs(exercise.cls, cfg, seed + 10 * number + 1, variant.weighted, batch=BATCH, pos=POS))
+            expected, given = _reference_step(exercise, body, region, lines, fields, weights, inputs, edit,
+                                              seed + 10 * number + 2)
+            request = {"op": "step", "cls": exercise.cls, "cfg": fields, "weights": weights, "inputs": inputs,
+                       "record": True, "edit_pattern": edit, "step": step, "file": exercise.file, "given": given}
+            reply = process.ask(request, f"while checking {key}")
+            if process.events:
+                return verdict
+            result = _step_verdict(verdict, reply, expected, region, given, cfg, inputs)
+            if result.status != "done":
+                return result
+    return verdict
 
 
-def _overwritten(module, inputs, R, pairs):
-    """Names of parameters whose gradient a second backward (no zero_grad between) did not double."""
-    first = {name: mine for name, mine, _ in pairs}
-    largest = max((np.abs(grad).max() for grad in first.values()), default=0.0)
+def _reference_step(exercise, body, region, lines, fields, weights, inputs, edit, seed):
+    """The reference step's outputs for random incoming gradients: ({outputs, grads, hooks, locals}, given)."""
+    cfg = TransformerConfig(**fields)
+    module = _reference_module(exercise.cls, cfg, weights)
+    hooks, activations = _record(module, edit)
+    out = module.forward(*[np.array(x, copy=True) for x in inputs])
+    path = workers.PROJECT / "numpy_impl" / exercise.file
+    namespace = vars(__import__(type(module).__module__, fromlist=["_"]))
+    cache = prologue_values(body, lines, module, str(path), namespace)
+    # the natural values at the step's start (the reference's earlier steps on a random upstream gradient), for shapes
+    natural = dict(cache)
+    natural[body.argument] = np.random.default_rng(seed).standard_normal(np.shape(out))
+    for earlier in body.steps:
+        if earlier.name == region.name:
+            break
+        function = region_function(lines, earlier.first, earlier.last, earlier.inputs, str(path), namespace)
+        natural.update(function(module, **{name: natural[name] for name in earlier.inputs}))
+    rng = np.random.default_rng(seed + 1)
+    given = {name: rng.standard_normal(np.shape(natural[name])) for name in region.inputs
+             if name.startswith("d") and name not in cache}
     module.zero_grad()
-    for _ in range(2):
-        module.forward(*inputs)
-        module.backward(R.copy() if np.ndim(R) else float(R))
-    return [name for name, p in module.named_parameters()
-            if _relative(p.grad, 2 * first[name], PARITY_FLOOR * largest) > PARITY_TOLERANCE]
+    hooks.clear()
+    function = region_function(lines, region.first, region.last, region.inputs, str(path), namespace)
+    scope = function(module, **{name: given.get(name, natural.get(name)) for name in region.inputs})
+    scope.pop("self", None)
+    return {"outputs": {name: scope[name] for name in region.outputs}, "locals": scope,
+            "grads": {name: p.grad.copy() for name, p in module.named_parameters()},
+            "hooks": dict(hooks), "cache": cache, "activations": activations}, given
 
 
-def _use_reference_backward_below(module):
-    """Give every exercise sub-module the reference's backward, so only ``module``'s own is checked."""
-    for name, child in module.named_modules():
-        if name and type(child).__name__ in BY_CLASS:
-            child.backward = types.MethodType(getattr(numpy_impl, type(child).__name__).backward, child)
+def _step_verdict(verdict, reply, expected, region, given, cfg, inputs):
+    error = reply.get("error")
+    if "exit" in reply or (error and error.get("type") == "SystemExit"):
+        verdict.status = "exited"
+        verdict.message = "sys.exit was called: a backward must return its gradient, never end the program"
+        return verdict
+    if reply.get("stage") == "markers":
+        return _wrong(verdict, error["text"])
+    if reply.get("stage") == "inputs":
+        return _wrong(verdict, f"this step reads {', '.join(reply['missing'])}, which it is not given: each step starts "
+                               f"from {', '.join(region.inputs)} (and self); name what it makes "
+                               f"{', '.join(region.outputs)}")
+    if error is not None:
+        if error.get("not_started"):
+            verdict.status, verdict.message = "not started", f"{error.get('where', '')}: this step still raises NotImplementedError"
+            return verdict
+        _wrong(verdict, f"this step raised {error['text']}")
+        diagnosis = diagnose_error(error)
+        verdict.hint = diagnosis.hint if diagnosis else ""
+        return verdict
+    mine_locals = reply.get("locals", {})
+    missing = [name for name in region.outputs if name not in mine_locals]
+    if missing:
+        return _wrong(verdict, f"this step must leave {', '.join(missing)} for the next lines (as arrays)")
+    pairs = [(name, mine_locals[name], expected["outputs"][name]) for name in region.outputs]
+    for name, theirs in expected["grads"].items():
+        if np.any(theirs) or np.any(reply["grads"].get(name, 0)):
+            got = reply["grads"].get(name)
+            if not isinstance(got, np.ndarray):
+                return _wrong(verdict, f"{name}.grad is not an array: add into it with +=")
+            pairs.append((name + ".grad", got, theirs))
+    shaped = [(name, mine, theirs) for name, mine, theirs in pairs if np.shape(mine) != np.shape(theirs)]
+    if shaped:
+        name, mine, theirs = shaped[0]
+        return _wrong(verdict, f"{name} has shape {np.shape(mine)}; it must have shape {np.shape(theirs)}")
+    verdict.tensors = _compare(pairs)
+    if not all(t.ok for t in verdict.tensors):
+        _wrong(verdict, _describe_wrong(verdict.tensors, pairs))
+        diagnosis = diagnose_step(region.name, {name: (a, b) for name, a, b in pairs}, mine_locals, expected, given, cfg)
+        verdict.hint = diagnosis.hint if diagnosis else ""
+        return verdict
+    mine_hooks = reply.get("hooks", {})
+    skipped = [name for name in expected["hooks"] if name not in mine_hooks]
+    if skipped:
+        return _wrong(verdict, f"the outputs are right, but this step never calls "
+                               f"{', '.join(n + '.backward' for n in skipped)}: pass the gradient through its hook point")
+    return verdict
 
+
+# --- measures and words ---
 
 def _relative(mine, theirs, tiny):
     """max |a - b| / max(|a| + |b|, tiny), entry by entry."""
     mine, theirs = np.asarray(mine, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
-    if mine.shape != theirs.shape:
-        return float("inf")
-    if not np.all(np.isfinite(mine)):
+    if mine.shape != theirs.shape or not np.all(np.isfinite(mine)):
         return float("inf")
     denominator = np.maximum(np.abs(mine) + np.abs(theirs), max(tiny, np.finfo(np.float64).tiny))
     return float((np.abs(mine - theirs) / denominator).max(initial=0.0))
@@ -432,12 +757,12 @@ def _describe_wrong(tensors, pairs, shown=4):
             continue
         if not np.all(np.isfinite(mine[t.tensor])):
             words.append(f"{t.tensor} is not finite (NaN or inf)")
+        elif np.shape(mine[t.tensor]) != np.shape(next(b for n, _, b in pairs if n == t.tensor)):
+            words.append(f"{t.tensor} has the wrong shape")
         elif not np.any(mine[t.tensor]):
             words.append(f"{t.tensor} is all zeros (never added into?)")
-        elif t.twin > PARITY_TOLERANCE:
-            words.append(f"{t.tensor} off by {t.overall:.2g}")
         else:
-            words.append(f"{t.tensor} off by {t.numeric:.2g} from finite differences, though it matches the twin")
+            words.append(f"{t.tensor} off by {t.overall:.2g}")
     text = ", ".join(words[:shown]) + (f" and {len(words) - shown} more" if len(words) > shown else "")
     text += " (relative error, whole tensor)"
     right = [t.tensor for t in tensors if t.ok]
@@ -446,62 +771,59 @@ def _describe_wrong(tensors, pairs, shown=4):
     return text
 
 
-def _not_started_where(error):
-    """For "all together": which component's backward still raises NotImplementedError."""
-    for frame, _ in reversed(list(traceback.walk_tb(error.__traceback__))):
-        owner = frame.f_locals.get("self")
-        if owner is not None and frame.f_code.co_name == "backward":
-            return f"{type(owner).__name__}.backward raises NotImplementedError"
-    return "backward raises NotImplementedError"
-
-
-def _describe(error):
-    frames = [f for f in traceback.extract_tb(error.__traceback__)]
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    return f"{type(error).__name__}: {error}{where}"
-
-
 def _wrong(verdict, message):
     verdict.status, verdict.message = "wrong", message
     return verdict
 
 
+def _together_message(result, results):
+    """Say which exercises the whole model waits for, or should be fixed first."""
+    unfinished = list(dict.fromkeys(r.key.split(".")[0] for r in results if r.key != TOGETHER and r.status != "done"))
+    if result.status == "not started":
+        result.message = f"waits for: {', '.join(unfinished)}" if unfinished else result.message
+    elif result.status == "wrong" and unfinished and not result.message.startswith("fix "):
+        result.message = f"fix {', '.join(unfinished)} first; " + result.message
+
+
 def format_results(results, directory):
     """The check as a table a learner reads: number, exercise, status, where it went wrong."""
-    lines = [f"Exercises in {directory}: your backward passes against the torch twin and finite differences.",
+    lines = [f"Exercises in {directory}: your backward passes against the reference and finite differences.",
              f"done: every gradient within {PARITY_TOLERANCE:g} (relative) of both, entry by entry, under every variant,",
-             "and every hook point handed its gradient, as the twin's autograd hands it;",
-             "the figures are the worst entries. wrong: which tensors are off and by how much;",
-             "[brackets] name the variant that failed; hint: the mistake, where one is recognised.", ""]
+             "with and without hooks, with an edited attention pattern and in float32; every hook point handed its",
+             "gradient. wrong: which tensors are off and by how much; [brackets] name the variant that failed;",
+             "hint: the mistake, where one fits exactly; inside: where your gradient first parts from the reference;",
+             "output: what your code printed (abridged).", ""]
     rows = [("#", "exercise", "status", "details")]
-    notes = {}  # row index -> lines under it: the hint, where a model parts from the twin
+    notes = {}
     for result in results:
-        number = str([e.key for e in EXERCISES].index(result.key) + 1) if result.key in BY_KEY else ""
         details = result.message
-        if result.status == "wrong" and result.variant != "default":
+        if result.status == "wrong" and result.variant not in ("", "default"):
             details = f"[{result.variant}] {details}"
         if result.status == "done":
-            worst = max(result.tensors, key=lambda t: t.twin, default=None)
+            worst = max(result.tensors, key=lambda t: t.reference, default=None)
             worst_numeric = max((t.numeric for t in result.tensors if t.numeric is not None), default=None)
             if worst is not None:
-                details = f"twin {worst.twin:.0e}" + (f", finite differences {worst_numeric:.0e}" if worst_numeric is not None else "")
+                details = f"reference {worst.reference:.0e}" + (
+                    f", finite differences {worst_numeric:.0e}" if worst_numeric is not None else "")
         if result.status == "not started" and result.key in BY_KEY:
             details = f"{BY_KEY[result.key].file}: {result.cls}.backward still raises NotImplementedError"
-        rows.append((number, result.key, result.status, details))
+        label = result.key if result.key not in STEP_KEYS else "  " + result.key
+        rows.append((number_of(result.key), label, result.status, details))
         notes[len(rows) - 1] = ([f"hint: {result.hint}"] if result.hint else []) + (
-            [f"where it parts from the twin: {result.parting}"] if result.parting else [])
+            [f"inside: {result.parting}"] if result.parting else []) + (
+            [f"output: {line}" for line in result.output.splitlines()[:4]] if result.output else [])
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     indent = " " * (sum(widths) + 6)
     for index, row in enumerate(rows):
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
         lines += [indent + note for note in notes.get(index, [])]
-    done = sum(r.status == "done" for r in results if r.key in BY_KEY)
-    checked = sum(r.key in BY_KEY for r in results)
+    counted = [r for r in results if r.key in BY_KEY or r.key in STEP_KEYS]
+    done = sum(r.status == "done" for r in counted)
     lines.append("")
-    following = next((r for r in results if r.key in BY_KEY and r.status != "done"), None)
-    if following is None:
-        lines.append(f"{done} of {checked} done.")
-    else:
-        exercise = BY_KEY[following.key]
-        lines.append(f"{done} of {checked} done. Next: {exercise.key} ({exercise.file}, {exercise.cls}.backward).")
+    following = next((r for r in counted if r.status != "done"), None)
+    summary = f"{done} of {len(counted)} checked done."
+    if following is not None:
+        exercise = BY_KEY.get(following.key) or STEP_KEYS[following.key]
+        summary += f" Next: {following.key} ({exercise.file}, {exercise.cls}.backward)."
+    lines.append(summary)
     return "\n".join(lines)

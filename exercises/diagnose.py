@@ -1,6 +1,6 @@
 """Name the mistake: what the difference between a wrong gradient and the right one says.
 
-A learner's gradient ``mine`` and the right one (the torch twin's) differ in telling ways when
+A learner's gradient ``mine`` and the right one (the reference's) differ in telling ways when
 the backward holds one of the classic mistakes. Each detector below asks for an exact fit, to
 rounding (``FIT``, relative): a mistake that fits none of them gets no hint, never a guess.
 
@@ -14,7 +14,18 @@ rounding (``FIT``, relative): a mistake that fits none of them gets no hint, nev
                       input gradient is off by the same amount across each row (the mean's
                       path) or by a multiple of the centred row (the variance's path)
     causal            an upstream gradient at position 0 alone reaches later positions (the
-                      twin's stays exactly 0 there), or masked attention scores get a gradient
+                      right one stays exactly 0 there), or masked attention scores get a gradient
+    Bessel            LayerNorm's variance path is d_model/(d_model-1) times too large
+    bias axes         a bias's gradient summed over one of the bias's own axes too (unbroadcasting)
+    softmax row sum   the scores' gradient is probs * dprobs: the row-sum term left out
+    probs or pattern  the softmax's backward built on the hooked pattern instead of probs (or
+                      the values' gradient on probs instead of the pattern z was made from)
+    mask              masked scores given -inf (or NaN) for a gradient instead of 0
+
+A backward that raises gets a hint from what the learner's process saw at the failing line
+(``diagnose_error``): the shapes of each product's operands (a weight used untransposed), of a
+bias gradient and what was added into it (summed over the wrong axes), and arrays that hold
+non-finite values exactly where the causal mask hides a key.
 
 Where to look: the first hook point whose gradient is wrong, walking backward from the output
 (the mistake sits in the lines just before that hook's ``backward`` call), then the wrong
@@ -29,6 +40,10 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .catalog import AXIS_NAMES as SIZE_NAMES
+
+EPS = 1e-5  # LayerNorm's, as in numpy_impl/layernorm.py and torch.nn.LayerNorm
 
 FIT = 1e-8  # a fit counts when |mine - candidate| <= FIT * max(|mine|, |candidate|) (Euclidean norms)
 RIGHT = 1e-7  # a tensor is right when |mine - right| <= RIGHT * |right| (then it is no evidence of a mistake)
@@ -51,7 +66,7 @@ class Evidence:
         argument: x, resid_pre, logits), in named_parameters order, the input last.
     hooks: {hook name: (mine or None, right)} in forward order; None: the learner never passed a
         gradient through that hook point.
-    activations: {hook name: activation} from the forward pass (the twin's).
+    activations: {hook name: activation} from the forward pass (the reference's).
     rerun: rerun(R) -> (mine, right), each {name: gradient} over tensors and hooks, after a fresh
         forward and backward with upstream gradient R; None when the backward cannot be rerun.
     """
@@ -64,6 +79,7 @@ class Evidence:
     hooks: dict = field(default_factory=dict)
     activations: dict = field(default_factory=dict)
     rerun: object = None
+    parameters: dict = field(default_factory=dict)  # {name: the reference's weights}
 
 
 def diagnose(evidence: Evidence):
@@ -82,7 +98,11 @@ def diagnose(evidence: Evidence):
     candidates = ([first_hook] if first_hook else []) + list(reversed(wrong_tensors))
     for name in candidates:
         mine, right = evidence.hooks[name] if name == first_hook else evidence.tensors[name]
-        found = (constant_factor(name, mine, right, _sizes(evidence))
+        found = (softmax_row_sum(name, mine, right, evidence)
+                 or masked_nonfinite(name, mine, right, evidence)
+                 or bessel(name, mine, right, evidence)
+                 or bias_axes(name, mine, right)
+                 or constant_factor(name, mine, right, _sizes(evidence))
                  or transposed(name, mine, right)
                  or residual_path(name, mine, right, evidence)
                  or layernorm_paths(name, mine, right, evidence))
@@ -197,6 +217,155 @@ def layernorm_paths(name, mine, right, evidence):
     return None
 
 
+
+def softmax_row_sum(name, mine, right, evidence):
+    """At hook_attn_scores: mine = probs * dprobs, the softmax's backward without its row-sum term."""
+    if not name.endswith("hook_attn_scores"):
+        return None
+    prefix = name[: -len("hook_attn_scores")]
+    probs = evidence.activations.get(prefix + "hook_pattern")
+    dprobs = evidence.hooks.get(prefix + "hook_pattern", (None, None))[1]
+    if probs is None or dprobs is None or not _fits_finite(mine, probs * dprobs):
+        return None
+    return Diagnosis("softmax row sum", name, ROW_SUM_HINT.format(name=name))
+
+
+ROW_SUM_HINT = ("{name} is probs * dprobs: the softmax's row-sum term is missing. Each probability depends on every "
+                "score of its row, through the sum that normalises it, so dscores = probs * (dprobs - (dprobs * "
+                "probs).sum(axis=-1, keepdims=True))")
+MASK_HINT = ("{name} holds -inf or NaN exactly where the causal mask hides a key (k_pos > q_pos): masked entries get a "
+             "zero gradient. The forward replaced those scores by a constant (-inf), and a constant passes no "
+             "gradient back: dscores = np.where(mask, dscores, 0.0)")
+
+
+def masked_nonfinite(name, mine, right, evidence):
+    """Non-finite values exactly at the entries the causal mask hides (k_pos > q_pos), finite elsewhere."""
+    if not _masked_pattern(mine):
+        return None
+    return Diagnosis("mask", name, MASK_HINT.format(name=name))
+
+
+def _masked_pattern(array):
+    """True when ``array`` [..., q_pos, k_pos] is non-finite exactly where k_pos > q_pos."""
+    array = np.asarray(array)
+    if array.ndim < 2 or array.shape[-1] != array.shape[-2] or array.shape[-1] < 2 or array.dtype.kind != "f":
+        return False
+    hidden = np.triu(np.ones(array.shape[-2:], dtype=bool), k=1)  # [q_pos, k_pos]: True where k_pos > q_pos
+    bad = ~np.isfinite(array)
+    return bool(bad[..., hidden].all() and not bad[..., ~hidden].any())
+
+
+def bessel(name, mine, right, evidence):
+    """LayerNorm's input gradient whose variance path is c times the right one (c = d/(d-1): Bessel's correction)."""
+    if evidence.cls != "LayerNorm" or name != "x" or "w" not in evidence.parameters:
+        return None
+    x = np.asarray(evidence.inputs[0], dtype=np.float64)
+    dout = np.asarray(evidence.R, dtype=np.float64)
+    centered = x - x.mean(axis=-1, keepdims=True)  # [batch, pos, d_model]
+    scale = np.sqrt((centered**2).mean(axis=-1, keepdims=True) + EPS)  # [batch, pos, 1]
+    dscale = -(dout * evidence.parameters["w"] * centered).sum(axis=-1, keepdims=True) / scale**2  # [batch, pos, 1]
+    d = x.shape[-1]
+    variance_path = 2 / d * dscale / (2 * scale) * centered  # what the variance adds to dx
+    difference = np.asarray(mine, dtype=np.float64) - right
+    factor = float(np.vdot(difference, variance_path) / max(np.vdot(variance_path, variance_path), 1e-300))
+    if not _fits_finite(difference, factor * variance_path) or abs(factor) <= FIT:
+        return None
+    c = factor + 1
+    if abs(c - d / (d - 1)) <= 1e-6 * c:
+        return Diagnosis("Bessel", name, (
+            f"{name}: the gradient through the variance is d_model/(d_model-1) = {c:.4g} times the right one: "
+            "Bessel's correction (N-1). The forward's variance is the biased one, var = mean(centered**2) = "
+            "sum(centered**2) / d_model (as torch.nn.LayerNorm), so its gradient divides by d_model too: "
+            "dcentered += 2 / d_model * dvar * centered"))
+    label = recognise(c, {"d_model": d})
+    if label is not None:
+        return Diagnosis("one path", name, (
+            f"{name}: the gradient through the variance is {label[0]} times the right one ({label[1]}); "
+            "forward: var = mean(centered**2), scale = sqrt(var + eps)"))
+    return None
+
+
+def bias_axes(name, mine, right):
+    """A bias's gradient summed over some of the bias's own axes too (each entry holds the sum over them)."""
+    short = name.split(".")[-1]
+    if not short.startswith("b") or mine.shape != right.shape or not np.any(right) or _right(mine, right):
+        return None
+    axes = range(right.ndim)
+    for count in range(1, right.ndim + 1):
+        for subset in _subsets(list(axes), count):
+            candidate = np.broadcast_to(right.sum(axis=tuple(subset), keepdims=True), right.shape)
+            if _fits(mine, candidate):
+                names = _axis_names(right.shape)
+                summed = " and ".join(names[i] for i in subset)
+                if len(subset) == right.ndim:
+                    what = f"is summed over its own {summed} too: every entry holds the same total"
+                else:
+                    what = f"is summed over {summed} too: each entry holds the sum over every {summed}, not its own"
+                return Diagnosis("bias axes", name, (
+                    f"{name} [{', '.join(names)}] {what}. {UNBROADCAST.format(bias=short)}"))
+    return None
+
+
+UNBROADCAST = ("Unbroadcasting: the forward added {bias} to every batch row and position (NumPy broadcast it up), "
+               "so its gradient sums the incoming gradient over exactly the axes the broadcast added, batch and pos, "
+               "and keeps its own: d.sum(axis=(0, 1))")
+
+
+def _subsets(items, count):
+    import itertools
+
+    return itertools.combinations(items, count)
+
+
+def _axis_names(shape):
+    return [SIZE_NAMES.get(size, str(size)) for size in shape]
+
+
+def _fits_finite(mine, candidate):
+    mine, candidate = np.asarray(mine), np.asarray(candidate)
+    return bool(np.all(np.isfinite(mine)) and np.all(np.isfinite(candidate)) and _fits(mine, candidate))
+
+
+def diagnose_step(step, tensors, mine_locals, expected, given, cfg):
+    """A hint for one wrong step of the attention's backward, from its outputs and the locals it left."""
+    cache = expected["cache"]
+    ref = expected["locals"]
+    if step == "softmax" and "dscores" in tensors:
+        mine, right = tensors["dscores"]
+        dprobs = ref.get("dprobs")
+        if dprobs is not None and _fits_finite(mine, cache["probs"] * dprobs):
+            return Diagnosis("softmax row sum", "dscores", ROW_SUM_HINT.format(name="dscores"))
+        if dprobs is not None and not np.array_equal(cache["probs"], cache["pattern"]):
+            pattern = cache["pattern"]
+            built_on_pattern = pattern * (dprobs - (dprobs * pattern).sum(axis=-1, keepdims=True))
+            if _fits_finite(mine, built_on_pattern):
+                return Diagnosis("probs or pattern", "dscores", (
+                    "dscores is built on pattern, the hooked pattern, instead of probs: right until a hook edits the "
+                    "pattern. The softmax's backward takes the softmax's own output, probs"))
+    if step == "output" and "dv_h" in tensors and not np.array_equal(cache["probs"], cache["pattern"]):
+        mine, right = tensors["dv_h"]
+        dz_h = ref.get("dz_h")
+        if dz_h is not None and _fits_finite(mine, cache["probs"].swapaxes(-1, -2) @ dz_h):
+            return Diagnosis("probs or pattern", "dv_h", (
+                "dv_h is built on probs instead of pattern: z was made from the pattern after its hook "
+                "(z = pattern @ v_h), so dv_h = pattern.swapaxes(-1, -2) @ dz_h"))
+    if step == "scores":
+        for name, value in mine_locals.items():
+            if _masked_pattern(value):
+                return Diagnosis("mask", name, MASK_HINT.format(name=name))
+    batch, pos = np.shape(cache["x"])[:2]
+    sizes = {"batch": int(batch), "pos": int(pos), "tokens": int(batch * pos)}
+    sizes.update({key: getattr(cfg, key) for key in ("d_model", "d_head", "d_mlp", "n_heads", "d_vocab", "n_ctx")})
+    for name, (mine, right) in tensors.items():
+        if _right(mine, right):
+            continue
+        found = (constant_factor(name, mine, right, sizes) or transposed(name, mine, right)
+                 or bias_axes(name.removesuffix(".grad"), mine, right))
+        if found:
+            return found
+    return None
+
+
 def missing_sum(evidence, wrong_tensors):
     """A parameter's gradient that is the gradient from one batch row, or one position, alone."""
     R = np.asarray(evidence.R)
@@ -246,12 +415,27 @@ def causal(evidence):
         if not np.any(later_right) and np.any(later_mine > FIT * largest):
             return Diagnosis("causal", name, (
                 f"causal structure broken at {name}: an upstream gradient at position 0 alone reaches later "
-                "positions (the twin's stays 0): a mask left out, or the pattern used untransposed (forward: z = pattern @ v)"))
+                "positions (the right one stays 0): a mask left out, or the pattern used untransposed (forward: z = pattern @ v)"))
     return None
 
 
-def diagnose_error(message):
-    """A hint for an error a backward raised: shapes that are each other's transpose, or None."""
+def diagnose_error(error):
+    """A hint for an error a backward raised, or None.
+
+    ``error``: the learner's process's description of it (``learner.describe``: its text, the
+    failing line, the shapes of that line's operands, non-finite locals), or just its text.
+    """
+    if isinstance(error, str):
+        error = {"text": error, "message": error}
+    line = error.get("line", "")
+    for operation in error.get("shapes", []):
+        found = _operation_hint(operation, line)
+        if found:
+            return found
+    for local in error.get("nonfinite", []):
+        if local.get("masked"):
+            return Diagnosis("mask", local["name"], MASK_HINT.format(name=local["name"]))
+    message = str(error.get("message", error.get("text", "")))
     shapes = [tuple(int(n) for n in re.findall(r"\d+", group))
               for group in re.findall(r"\((\d+(?:\s*,\s*\d+)+),?\)", message)]
     for i, a in enumerate(shapes):
@@ -261,6 +445,93 @@ def diagnose_error(message):
                     f"shapes {a} and {b} are each other's transpose: a matrix used where its transpose belongs "
                     "(.T or swapaxes missing, or one too many)"))
     return None
+
+
+def _named(shape):
+    return "[" + ", ".join(_axis_names(shape)) + "]"
+
+
+def _operation_hint(operation, line):
+    """One ``@``, einsum or ``+=`` of the failing line whose shapes explain the error."""
+    operands = [(source, tuple(shape)) for source, shape in operation.get("operands", []) if shape is not None]
+    if len(operands) != len(operation.get("operands", [])):
+        return None
+    kind = operation.get("op")
+    if kind == "@" and len(operands) == 2:
+        (a, sa), (b, sb) = operands
+        if len(sa) < 1 or len(sb) < 2 or sa[-1] == sb[-2]:
+            return None
+        if sa[-1] == sb[-1]:
+            return Diagnosis("untransposed", b, (
+                f"in `{line}`: {a} is {_named(sa)} and {b} is {_named(sb)}, so their last axes "
+                f"({_axis_names(sa)[-1]}) meet: {b} is used untransposed. The forward multiplied by this weight "
+                f"(x @ W); going back, the gradient meets its transpose: {a} @ {_transposed(b)}, which is "
+                f"{_named(sa)} @ {_named(sb[:-2] + (sb[-1], sb[-2]))}"))
+        if len(sa) >= 2 and sa[-2] == sb[-2]:
+            return Diagnosis("untransposed", a, (
+                f"in `{line}`: {a} is {_named(sa)} and {b} is {_named(sb)}: {a} is used untransposed; its "
+                f"{_axis_names(sa)[-2]} axis should meet {b}'s: {_transposed(a)} @ {b}"))
+        return None
+    if kind == "einsum":
+        return _einsum_hint(operation.get("subscripts", ""), operands, line)
+    if kind == "+=" and len(operands) == 2:
+        (target, st), (value, sv) = operands
+        if st == sv:
+            return None
+        short = target.split(".grad")[0].split(".")[-1]
+        if short.startswith("b") and target.endswith(".grad"):
+            return Diagnosis("bias axes", short, (
+                f"in `{line}`: {short}.grad is {_named(st)} but what is added is {_named(sv)}. "
+                f"{UNBROADCAST.format(bias=short)} -> {_named(st)}"))
+        if len(st) == len(sv) == 2 and st == sv[::-1]:
+            return Diagnosis("transposed", short, (
+                f"in `{line}`: {target} is {_named(st)} but what is added is {_named(sv)}, its transpose: the product's "
+                "operands are in the wrong order (or a .T is missing)"))
+    return None
+
+
+def _transposed(source):
+    return f"{source}.T" if not source.endswith(".T") else source[:-2]
+
+
+def _einsum_hint(subscripts, operands, line):
+    inputs = subscripts.replace(" ", "").split("->")[0].split(",")
+    if len(inputs) != len(operands):
+        return None
+    sizes = {}
+    for letters, (_, shape) in zip(inputs, operands):
+        if len(letters) != len(shape):
+            return None
+        for letter, size in zip(letters, shape):
+            sizes.setdefault(letter, set()).add(size)
+    clashes = [letter for letter, seen in sizes.items() if len(seen) > 1]
+    if not clashes:
+        return None
+    for letters, (source, shape) in zip(inputs, operands):
+        if len(shape) >= 2:
+            for i in range(len(shape)):
+                for j in range(i + 1, len(shape)):
+                    swapped = list(letters)
+                    swapped[i], swapped[j] = swapped[j], swapped[i]
+                    trial = dict.fromkeys(sizes)
+                    ok = True
+                    for other, (_, other_shape) in zip(inputs, operands):
+                        use = "".join(swapped) if other is letters else other
+                        for letter, size in zip(use, other_shape):
+                            if trial[letter] is None:
+                                trial[letter] = size
+                            elif trial[letter] != size:
+                                ok = False
+                    if ok:
+                        return Diagnosis("untransposed", source, (
+                            f"in `{line}`: {source} is {_named(shape)}, but the subscripts \"{subscripts}\" read it "
+                            f"as \"{letters}\": its letters are in the wrong order (\"{''.join(swapped)}\" matches its "
+                            "axes), as if it were transposed"))
+    letter = clashes[0]
+    return Diagnosis("einsum", "", (
+        f"in `{line}`: the letter {letter} stands for sizes {sorted(sizes[letter])} "
+        f"({', '.join(SIZE_NAMES.get(n, str(n)) for n in sorted(sizes[letter]))}) in different operands: "
+        "each letter names one axis, the same size everywhere"))
 
 
 # --- naming constants ---

@@ -65,6 +65,20 @@ class Parting:
     def _agrees(self, gap):
         return gap.error is not None and gap.error <= self.tolerance
 
+    def short(self):
+        """e.g. "right at hook_z, hook_pattern; first wrong at hook_attn_scores (relative error 0.81)"."""
+        first = self.first
+        if first is None:
+            return ""
+        index = self.gaps.index(first)
+        right = [gap.name for gap in self.gaps[:index]]
+        if len(right) > 3:
+            before = f"right at the first {len(right)} hook points the gradient reaches, down to {right[-1]}; "
+        else:
+            before = f"right at {', '.join(right)}; " if right else "wrong from the first hook point the gradient reaches: "
+        size = "it got no gradient" if first.error is None else f"relative error {first.error:.2g}"
+        return f"{before}first wrong at {first.name} ({size})"
+
     def line(self):
         """One sentence: where the two part, by how much, and what agrees."""
         first = self.first
@@ -93,6 +107,16 @@ class Parting:
         worst = max((gap.error for gap in self.gaps + self.parameters), default=0.0)
         things = "gradient and parameter gradient" if self.direction == "backward" else "activation"
         return f"they agree: every hook point's {things} within {self.tolerance:g} (worst relative error {worst:.0e})"
+
+
+def locate(mine, right, tolerance=TOLERANCE["float64"]):
+    """The backward walk from gradients already recorded at each hook point ({name: gradient}).
+
+    ``right``'s order is the order the gradient reached the hook points (backward order); a hook
+    point missing from ``mine`` got no gradient (its backward was never called, or the learner's
+    backward raised before it).
+    """
+    return Parting("backward", _gaps(list(right), mine, right), tolerance)
 
 
 def first_divergence(model, reference, tokens, dout=None, seed=0, tolerance=None):

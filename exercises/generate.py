@@ -1,19 +1,22 @@
 """Write a learner's copy of ``numpy_impl`` in which every marked backward body is a stub.
 
-The reference marks each backward body it wants written by hand:
+The reference marks each backward body it wants written by hand (``steps.py`` reads the marks):
 
         # EXERCISE BEGIN
+        # EXERCISE STEP name: what it does        (optional: a body in steps, each checked on its own)
         ... the hand-written backward ...
         # EXERCISE END
         return dx
 
 The copy keeps every line outside the markers byte for byte (so its forward passes are the
-reference's) and replaces the lines between them with a hint and ``raise NotImplementedError``.
-The hint is read off the reference itself, so it never drifts from it:
-  - the ``# forward: ...`` comments inside the body: the forward lines to undo, last first;
+reference's) and replaces the lines between them with a hint and ``raise NotImplementedError``
+(one per step, under the step's own marker line). The hint is read off the reference itself,
+so it never drifts from it:
+  - the ``# forward: ...`` comments inside the body: the forward lines to undo, last first,
+    grouped under the branch they sit in (the ReLU and the GELU branch, post-norm only, ...);
   - the backward's docstring: what it is given and what it must return, with shapes;
   - the parameters the class owns, with shapes, and the hook points and sub-modules whose
-    ``backward`` the body calls.
+    ``backward`` the body calls; for a step, the names it is given and the names it must leave.
 """
 
 from __future__ import annotations
@@ -22,68 +25,23 @@ import ast
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import BY_CLASS, EXERCISES
+import numpy as np
 
-BEGIN = "# EXERCISE BEGIN"
-END = "# EXERCISE END"
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "numpy_impl"
+from .catalog import BY_CLASS, EXERCISES
+from .steps import BEGIN, END, STEP, MarkedBody, find_marked_bodies  # noqa: F401  (MarkedBody: part of the API)
+
+PROJECT = Path(__file__).resolve().parent.parent
+REFERENCE_DIR = PROJECT / "numpy_impl"
+DEFAULT_DIR = "mywork"  # where init and check work when no folder is given (git-ignored in the project)
 
 # sizes chosen all different, so a parameter's shape can be read back as axis names
 _NAMING = dict(d_vocab=11, d_model=6, n_heads=2, d_head=3, d_mlp=7, n_layers=1, n_ctx=13)
-_AXES = {11: "d_vocab", 6: "d_model", 2: "head", 3: "d_head", 7: "d_mlp", 13: "n_ctx"}
-
-
-@dataclass(frozen=True)
-class MarkedBody:
-    """One marked backward body in a reference file (line numbers are 0-based, markers included)."""
-
-    file: str
-    cls: str
-    begin: int     # the line holding BEGIN
-    end: int       # the line holding END
-    indent: str    # the body's indentation
-
-
-def find_marked_bodies(source: str, file: str = "<source>"):
-    """Every BEGIN/END pair in ``source``, with the class whose ``backward`` holds it.
-
-    Raises ValueError for a marker that is unpaired, nested, misindented, or outside a
-    ``backward`` method, so a misplaced marker fails loudly instead of producing a bad copy.
-    """
-    lines = source.splitlines()
-    methods = {}  # line -> (class name, method name) for every line inside a method
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.ClassDef):
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef):
-                    for line in range(item.lineno - 1, item.end_lineno):
-                        methods[line] = (node.name, item.name)
-    bodies, open_at = [], None
-    for number, line in enumerate(lines):
-        stripped = line.strip()
-        if stripped not in (BEGIN, END):
-            continue
-        if stripped == BEGIN:
-            if open_at is not None:
-                raise ValueError(f"{file}:{number + 1}: {BEGIN} inside another exercise (opened at line {open_at + 1})")
-            open_at = number
-            continue
-        if open_at is None:
-            raise ValueError(f"{file}:{number + 1}: {END} without a {BEGIN}")
-        indent = lines[open_at][: len(lines[open_at]) - len(lines[open_at].lstrip())]
-        if not line.startswith(indent + END):
-            raise ValueError(f"{file}:{number + 1}: {END} is not indented like its {BEGIN} (line {open_at + 1})")
-        where = methods.get(open_at)
-        if where is None or where[1] != "backward" or methods.get(number) != where:
-            raise ValueError(f"{file}:{open_at + 1}: exercise markers must sit inside one backward method")
-        bodies.append(MarkedBody(file, where[0], open_at, number, indent))
-        open_at = None
-    if open_at is not None:
-        raise ValueError(f"{file}:{open_at + 1}: {BEGIN} without an {END}")
-    return bodies
+_AXES = {11: "d_vocab", 6: "d_model", 2: "head", 3: "d_head", 7: "d_mlp", 13: "n_ctx", 4: "batch", 5: "pos"}
+_BRANCHES = {  # an if's test -> (what its branch is called, what its else is called)
+    'self.cfg.act_fn == "relu"': ("the ReLU branch", "the GELU branch (act_fn \"gelu_new\")"),
+}
 
 
 def reference_exercises():
@@ -94,8 +52,12 @@ def reference_exercises():
         for body in find_marked_bodies(source, path.name):
             if body.cls not in BY_CLASS:
                 raise ValueError(f"{path.name}: {body.cls}.backward is marked as an exercise but is not in exercises/catalog.py")
-            if BY_CLASS[body.cls].file != path.name:
-                raise ValueError(f"catalog.py puts {body.cls} in {BY_CLASS[body.cls].file}, but it is in {path.name}")
+            exercise = BY_CLASS[body.cls]
+            if exercise.file != path.name:
+                raise ValueError(f"catalog.py puts {body.cls} in {exercise.file}, but it is in {path.name}")
+            if tuple(step.name for step in body.steps) != exercise.steps:
+                raise ValueError(f"{path.name}: {body.cls}.backward's steps are {[s.name for s in body.steps]}, "
+                                 f"but catalog.py lists {list(exercise.steps)}")
             found[body.cls] = (body, source)
     missing = [exercise.cls for exercise in EXERCISES if exercise.cls not in found]
     if missing:
@@ -103,19 +65,44 @@ def reference_exercises():
     return found
 
 
-def _parameter_shapes(cls):
-    """{name: "[axis, axis]"} for the parameters ``cls`` owns itself (not its sub-modules')."""
+def _naming_module(cls):
     import numpy_impl
     from foundation.config import TransformerConfig
-    from numpy_impl.module import Parameter
 
     cfg = TransformerConfig(**_NAMING)
-    module = getattr(numpy_impl, cls)() if cls == "CrossEntropyLoss" else getattr(numpy_impl, cls)(cfg)
-    return {
-        name: "[" + ", ".join(_AXES.get(size, str(size)) for size in value.shape) + "]"
-        for name, value in vars(module).items()
-        if isinstance(value, Parameter)
-    }
+    return getattr(numpy_impl, cls)() if cls == "CrossEntropyLoss" else getattr(numpy_impl, cls)(cfg)
+
+
+def _shape_words(shape):
+    return "[" + ", ".join(_AXES.get(size, str(size)) for size in shape) + "]"
+
+
+def _parameter_shapes(cls):
+    """{name: "[axis, axis]"} for the parameters ``cls`` owns itself (not its sub-modules')."""
+    from numpy_impl.module import Parameter
+
+    module = _naming_module(cls)
+    return {name: _shape_words(value.shape) for name, value in vars(module).items() if isinstance(value, Parameter)}
+
+
+def _step_shapes(body, source):
+    """{name: "[axes]"} of every name the steps of ``body`` are given or leave, from a run of the reference."""
+    import numpy_impl
+
+    from .steps import prologue_values, region_function
+
+    module = _naming_module(body.cls)
+    x = np.random.default_rng(0).standard_normal((4, 5, _NAMING["d_model"]))  # [batch, pos, d_model]
+    out = module.forward(x)
+    lines = source.splitlines()
+    namespace = vars(__import__(type(module).__module__, fromlist=["_"]))
+    values = prologue_values(body, lines, module, str(REFERENCE_DIR / body.file), namespace)
+    values[body.argument] = np.zeros_like(out)
+    for step in body.steps:
+        function = region_function(lines, step.first, step.last, step.inputs, str(REFERENCE_DIR / body.file), namespace)
+        values.update(function(module, **{name: values[name] for name in step.inputs}))
+    del numpy_impl
+    return {name: _shape_words(np.shape(value)) for name, value in values.items() if isinstance(value, np.ndarray)}
 
 
 def _docstring_contract(source, cls):
@@ -130,21 +117,70 @@ def _docstring_contract(source, cls):
     raise ValueError(f"{cls}.backward has no docstring to read its contract from")
 
 
+def _forward_lines(source, first, last):
+    """The ``# forward:`` lines of source lines first..last (0-based), each with the branch it sits in."""
+    lines = source.splitlines()
+    ifs = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.If)]
+    found = []
+    for number in range(first, last + 1):
+        if "# forward:" not in lines[number]:
+            continue
+        branch = ""
+        for node in ifs:  # the innermost if whose body or else holds the line (lineno is 1-based)
+            body_end = node.body[-1].end_lineno
+            test = ast.get_source_segment(source, node.test)
+            names = _BRANCHES.get(test, (f"if {test}", f"else (not {test})"))
+            if node.lineno < number + 1 <= body_end:
+                branch = names[0]
+            elif node.orelse and body_end < number + 1 <= node.orelse[-1].end_lineno:
+                branch = names[1]
+        found.append((branch, lines[number].split("# forward:", 1)[1].strip()))
+    return found
+
+
+def _undo_lines(forward):
+    out, current = [], ""
+    for branch, line in forward:
+        if branch != current:
+            if branch:
+                out.append(f"  {branch}:")
+            current = branch
+        out.append(("      " if branch else "    ") + line)
+    return out
+
+
+def _listed(label, items, width=96):
+    """``label item, item, ...`` on as many comment lines as it takes, continuation lines indented."""
+    out, current = [], label
+    for item in items:
+        piece = f" {item}," if item is not items[-1] else f" {item}"
+        if len(current) + len(piece) > width and current != label:
+            out.append(current)
+            current = " " * len(label) + piece
+        else:
+            current += piece
+    return out + [current]
+
+
+def _calls(text):
+    hooks = list(dict.fromkeys(re.findall(r"self\.(hook_\w+)\.backward\(", text)))
+    children = [name for name in dict.fromkeys(re.findall(r"(self\.\w+|\w+)\.backward\(", text))
+                if not name.startswith("self.hook_")]
+    return hooks, children
+
+
 def hint_lines(body: MarkedBody, source: str, directory: str = "DIR"):
-    """The comment lines of the stub: what to undo, given what, returning what, adding into what."""
+    """The comment lines of the stub (for a body without steps): what to undo, given what, returning what."""
     exercise = BY_CLASS[body.cls]
     number = [e.cls for e in EXERCISES].index(body.cls) + 1
-    text = source.splitlines()[body.begin + 1 : body.end]
-    forward_lines = [line.split("# forward:", 1)[1].strip() for line in text if "# forward:" in line]
-    hooks = list(dict.fromkeys(re.findall(r"self\.(hook_\w+)\.backward\(", "\n".join(text))))
-    children = [name for name in dict.fromkeys(re.findall(r"(self\.\w+|\w+)\.backward\(", "\n".join(text)))
-                if not name.startswith("self.hook_")]
+    text = "\n".join(source.splitlines()[body.begin + 1 : body.end])
+    hooks, children = _calls(text)
     given, returns = _docstring_contract(source, body.cls)
     grads = _parameter_shapes(body.cls)
     out = [f"Exercise {number} of {len(EXERCISES)}: {body.cls}.backward ({exercise.what}).",
            f"Check it with: python demo.py exercises check {directory} {exercise.key}",
            f"Given {given}, undo these forward lines, last first:"]
-    out += [f"    {line}" for line in forward_lines]
+    out += _undo_lines(_forward_lines(source, body.begin + 1, body.end - 1))
     if grads:
         out.append("Add (+=, never =: gradients accumulate until zero_grad) into:")
         out += [f"    self.{name}.grad {shape}" for name, shape in grads.items()]
@@ -152,7 +188,7 @@ def hint_lines(body: MarkedBody, source: str, directory: str = "DIR"):
         out.append("Call the backward of: " + ", ".join(children) + " (each returns its input's gradient).")
     if hooks:
         # the reference's own first hook line, so the example names the gradient it really passes
-        example = next(line.strip() for line in text if f"self.{hooks[0]}.backward(" in line)
+        example = next(line.strip() for line in text.splitlines() if f"self.{hooks[0]}.backward(" in line)
         out.append("Pass each gradient through its hook point, as the forward passes each activation, e.g.")
         out.append(f"    {example}")
         out.append("  hook points here: " + ", ".join(hooks))
@@ -163,22 +199,75 @@ def hint_lines(body: MarkedBody, source: str, directory: str = "DIR"):
     return out, message
 
 
+def step_hint_lines(body: MarkedBody, source: str, directory: str = "DIR"):
+    """(the body's header comments, [(step, comments, message)]) for a body written in steps."""
+    exercise = BY_CLASS[body.cls]
+    number = [e.cls for e in EXERCISES].index(body.cls) + 1
+    given, returns = _docstring_contract(source, body.cls)
+    shapes = _step_shapes(body, source)
+    lines = source.splitlines()
+    header = [f"Exercise {number} of {len(EXERCISES)}: {body.cls}.backward ({exercise.what}).",
+              f"Given {given}, return {returns}.",
+              f"It comes in {len(body.steps)} steps, each checked on its own, and then the whole:",
+              f"    python demo.py exercises check {directory} {exercise.key}.<step>   (one step)",
+              f"    python demo.py exercises check {directory} {exercise.key}          (every step, then the whole)",
+              f"Each step starts from the names it is given (and self, and what {exercise.file}'s backward unpacks",
+              "from self.cache above) and must leave the names it makes for the steps below."]
+    grads_of = _parameter_shapes(body.cls)
+    out = []
+    for index, step in enumerate(body.steps, 1):
+        text = "\n".join(lines[step.first : step.last + 1])
+        hooks, _ = _calls(text)
+        added = [name for name in grads_of if re.search(rf"self\.{name}\.grad\s*\+=", text)]
+        comments = [f"Step {index} of {len(body.steps)}: {step.title}.",
+                    f"Check it with: python demo.py exercises check {directory} {exercise.key}.{step.name}"]
+        comments += _listed("Given:", [f"{name} {shapes.get(name, '')}".strip() for name in step.inputs])
+        comments += _listed("Make: ", [f"{name} {shapes.get(name, '')}".strip() for name in step.outputs])
+        forward = _forward_lines(source, step.first, step.last)
+        if forward:
+            comments.append("Undo these forward lines, last first:")
+            comments += _undo_lines(forward)
+        if added:
+            comments += _listed("Add (+=) into:", [f"self.{name}.grad {grads_of[name]}" for name in added])
+        if hooks:
+            example = next(line.strip() for line in text.splitlines() if f"self.{hooks[0]}.backward(" in line)
+            comments.append(f"Pass the gradient through its hook point{'s' if len(hooks) > 1 else ''}: "
+                            + ", ".join(hooks) + ", e.g.")
+            comments.append(f"    {example}")
+        message = (f"{body.cls}.backward, step {index} ({step.name}) of exercise {number}, not written yet: given "
+                   f"{', '.join(step.inputs)}, make {', '.join(step.outputs)}. The hint above this line says how.")
+        out.append((step, comments, message))
+    return header, out
+
+
 def stub_source(source: str, file: str = "<source>", directory: str = "DIR") -> str:
-    """``source`` with every marked body replaced by its hint and a NotImplementedError.
+    """``source`` with every marked body replaced by its hint and a NotImplementedError (one per step).
 
     ``directory`` is the folder the copy goes to, as the learner typed it (for the hint's check command).
     """
     lines = source.splitlines(keepends=True)
     for body in reversed(find_marked_bodies(source, file)):
-        comments, message = hint_lines(body, source, directory)
-        stub = [f"{body.indent}{BEGIN}\n"]
-        stub += [f"{body.indent}# {line}".rstrip() + "\n" for line in comments]
-        stub.append(f"{body.indent}raise NotImplementedError(\n")
-        stub += [f"{body.indent}    {chunk!r}\n" for chunk in _chunks(message, 80)]
-        stub.append(f"{body.indent})\n")
-        stub.append(f"{body.indent}{END}\n")
+        indent = body.indent
+        stub = [f"{indent}{BEGIN}\n"]
+        if body.steps:
+            header, steps = step_hint_lines(body, source, directory)
+            stub += [f"{indent}# {line}".rstrip() + "\n" for line in header]
+            for step, comments, message in steps:
+                stub.append(f"{indent}{STEP} {step.name}: {step.title}\n")
+                stub += [f"{indent}# {line}".rstrip() + "\n" for line in comments]
+                stub += _raise_lines(indent, message)
+        else:
+            comments, message = hint_lines(body, source, directory)
+            stub += [f"{indent}# {line}".rstrip() + "\n" for line in comments]
+            stub += _raise_lines(indent, message)
+        stub.append(f"{indent}{END}\n")
         lines[body.begin : body.end + 1] = stub
     return "".join(lines)
+
+
+def _raise_lines(indent, message):
+    return ([f"{indent}raise NotImplementedError(\n"] + [f"{indent}    {chunk!r}\n" for chunk in _chunks(message, 80)]
+            + [f"{indent})\n"])
 
 
 def _chunks(text, width):
@@ -193,20 +282,42 @@ def _chunks(text, width):
     return pieces + [current]
 
 
-def write_copy(directory, force: bool = False) -> Path:
-    """Write the learner's package to ``directory/numpy_impl``; returns that path.
+def project_packages():
+    """The project's own packages: every folder directly in the project that holds an __init__.py."""
+    return sorted(path for path in PROJECT.iterdir() if (path / "__init__.py").is_file())
 
-    Refuses to overwrite an existing copy (a learner's work) unless ``force``.
-    """
+
+def check_target(directory):
+    """``directory/numpy_impl``, refused when it would be, or sit inside, one of the project's own packages."""
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"directory must be a path, got {type(directory).__name__}")
     target = Path(directory) / "numpy_impl"
+    resolved = target.resolve()
+    for package in project_packages():
+        if resolved == package.resolve() or resolved.is_relative_to(package.resolve()):
+            what = "the reference itself" if package.name == "numpy_impl" else f"inside the project's package {package.name}/"
+            raise PermissionError(
+                f"{target} is {what}: init never writes into the project's own packages, with or without --force; "
+                f"choose a folder of your own, e.g. python demo.py exercises init {DEFAULT_DIR}")
+    return target
+
+
+def write_copy(directory=DEFAULT_DIR, force: bool = False) -> Path:
+    """Write the learner's package to ``directory/numpy_impl``; returns that path.
+
+    Refuses to overwrite an existing copy (a learner's work) unless ``force``, and refuses, even
+    with ``force``, a target inside the project's own packages (``init .`` from the project root
+    would otherwise replace the reference with stubs).
+    """
+    target = check_target(directory)
     if target.exists() and not force:
         raise FileExistsError(f"{target} already exists (your work?); pass --force to overwrite it")
     reference_exercises()  # fails early if markers and catalog disagree
     stubs = {path.name: stub_source(path.read_text(), path.name, os.fspath(directory))
              for path in sorted(REFERENCE_DIR.glob("*.py"))}
-    if target.exists():
+    if target.is_symlink():
+        target.unlink()
+    elif target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
     for name, text in stubs.items():

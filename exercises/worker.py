@@ -1,18 +1,20 @@
-"""The checker's worker process: a learner's code runs there, never in the checker itself.
+"""Start a learner's process, talk to it with a deadline, and make sure it is gone afterwards.
 
-A backward that never returns, or that ends the interpreter (``sys.exit``, ``os._exit``, a
-crash), must not take the checker with it. So ``check`` hands each exercise to a worker
-process and waits at most a time limit for the answer:
+The checker runs each exercise in a fresh process of its own (``learner.py`` is what runs
+there): the learner's code never runs in the checker, and nothing one exercise does (a patched
+module, an endless loop, ``os._exit``, a forked child) reaches the next. What can happen:
 
-    no answer in time     the worker is killed; the exercise is "timed out"
-    the worker is gone    (os._exit, a signal) the exercise is "exited", with the exit code
-    sys.exit inside       caught in the worker, which lives on; the exercise is "exited"
+    an answer             the reply, and the audit hook's reports ("borrowed", "refused") that came with it
+    no answer in time     the process group is killed; the exercise is "timed out"
+    the process is gone   (os._exit, a signal, a closed pipe) the exercise is "exited", with how
+    a bad message         (not this protocol, another process's) "exited", with what arrived
 
-The worker imports numpy, torch and both twins once, before any time limit starts, and stays
-alive between exercises and between calls of ``check``: the normal path pays the start once
-per process. A worker that was killed is replaced by a fresh one for the next exercise.
-Ctrl-C reaches the checker only (the worker runs in a session of its own), and the checker
-stops the worker, also while it is still starting: one line, no process left behind.
+The process runs ``python -I -B`` (no PYTHONPATH, no user site, no working folder on its path,
+no bytecode written), in a session of its own (Ctrl-C at the terminal reaches only the checker,
+which then stops it), with PR_SET_PDEATHSIG where Linux has it (it dies with the checker), and is
+killed with its whole process group when the exercise is over. Its output goes to a pipe the
+checker drains: the first ``OUTPUT_KEPT`` characters are kept to show, the rest only counted,
+so a flood of output neither blocks it nor fills anything.
 """
 
 from __future__ import annotations
@@ -20,93 +22,159 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import socket
 import subprocess
 import sys
-import traceback
-from contextlib import contextmanager
-from multiprocessing.connection import Connection
+import threading
 from pathlib import Path
 
-STARTUP_LIMIT = 180.0  # seconds for a fresh worker to import numpy, torch and the twins
-PROJECT = Path(__file__).resolve().parent.parent  # the folder holding exercises/, numpy_impl/, torch_impl/
-# The child's first path entry would be the working folder, where a learner's copy may sit as
-# ./numpy_impl: dropped, so that "numpy_impl" is always the reference (PROJECT is on PYTHONPATH).
-SERVE = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-         "from exercises.worker import serve; serve(int(sys.argv[1]))")
+from . import protocol
+
+PROJECT = Path(__file__).resolve().parent.parent  # the folder holding exercises/, numpy_impl/, foundation/
+OUTPUT_KEPT = 2000
+BOOT = (
+    "import sys\n"
+    "try:\n"
+    "    import ctypes; ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the checker\n"
+    "except Exception:\n"
+    "    pass\n"
+    "sys.path.insert(0, sys.argv[3])\n"
+    "from exercises.learner import main\n"
+    "main(int(sys.argv[1]), int(sys.argv[2]))\n"
+)
+_live = set()  # processes not yet stopped, for the exit handler
 
 
-class WorkerLost(Exception):
-    """The worker did not answer: ``status`` is "timed out" or "exited"; the message says how."""
+class LearnerLost(Exception):
+    """No answer: ``status`` is "timed out" or "exited"; the message says how."""
 
     def __init__(self, status, message):
         super().__init__(message)
         self.status = status
 
 
-class Worker:
-    """One worker process and the connection to it.
+class Output:
+    """Drains a pipe in a thread: keeps the first OUTPUT_KEPT characters, counts the rest."""
 
-    A plain ``python -c`` child, not multiprocessing's spawn, which would re-run the caller's
-    main script in the child; the two ends of a socket pair carry pickled requests and answers.
-    """
+    def __init__(self, fd):
+        self.fd = fd
+        self.kept = bytearray()
+        self.total = 0
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
 
-    def __init__(self):
-        mine, theirs = socket.socketpair()
-        environment = dict(os.environ)
-        environment["PYTHONPATH"] = os.pathsep.join([str(PROJECT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-        self.process = self.connection = None
+    def _drain(self):
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.total += len(chunk)
+            if len(self.kept) < OUTPUT_KEPT:
+                self.kept += chunk[: OUTPUT_KEPT - len(self.kept)]
+
+    def text(self):
+        shown = self.kept.decode(errors="replace")
+        if self.total > len(self.kept):
+            shown += f"\n... ({self.total - len(self.kept):,} more bytes not shown)"
+        return shown
+
+    def close(self):
+        self.thread.join(5)
         try:
-            with _ctrl_c_held():  # a Ctrl-C inside Popen would lose the child: it is raised once self.process is set
-                # a session of its own: the terminal's Ctrl-C reaches the checker only, which stops the worker
-                self.process = subprocess.Popen(
-                    [sys.executable, "-c", SERVE, str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                    stdin=subprocess.DEVNULL, env=environment, cwd=os.getcwd(), start_new_session=True)
-            theirs.close()
-            self.connection = Connection(mine.detach())
-            self.receive(STARTUP_LIMIT, "starting")
-        except WorkerLost as lost:  # torch missing or broken: the environment's fault, not the learner's
-            raise RuntimeError(f"the checker's worker process did not start: {lost} (its error is printed above)") from None
-        except BaseException:  # Ctrl-C while it starts: no worker is left behind
-            self.stop()
-            theirs.close()
-            mine.close()
-            raise
+            os.close(self.fd)
+        except OSError:
+            pass
 
-    def ask(self, request, limit, doing):
-        """Send ``request`` and return the answer; WorkerLost if none comes within ``limit`` seconds."""
-        self.connection.send(request)
-        return self.receive(limit, doing)
 
-    def receive(self, limit, doing):
-        if not self.connection.poll(limit):  # also wakes when the worker dies (end of file)
-            self.stop()
-            raise WorkerLost("timed out", f"no answer within {limit:g} s {doing}; the checker stopped it")
+class LearnerProcess:
+    """One learner's process for one exercise: ``ask(request)`` answers or raises LearnerLost."""
+
+    def __init__(self, directory, deadline, isolate=None):
+        self.deadline = deadline
+        self.events = []  # the audit hook's reports, in order: {"kind", "what", "where"}
+        from_checker, to_learner = os.pipe()  # (read end, write end): the learner reads what the checker writes
+        from_learner, to_checker = os.pipe()
+        log_read, log_write = os.pipe()
         try:
-            kind, value = self.connection.recv()
-        except (EOFError, OSError):
-            code = self._wait(5)
-            self.stop()
-            raise WorkerLost("exited", f"the interpreter ended {doing} ({_exit_words(code)})") from None
-        if kind == "exit":
-            raise WorkerLost("exited", f"{value} {doing}; the checker caught it")
-        if kind == "raise":
-            raise value
-        if kind == "error":
-            raise RuntimeError(value)
-        return value
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-B", "-c", BOOT, str(from_checker), str(to_checker), str(PROJECT)],
+                pass_fds=(from_checker, to_checker), stdin=subprocess.DEVNULL, stdout=log_write, stderr=log_write,
+                cwd=directory, start_new_session=True)
+        finally:
+            for fd in (from_checker, to_checker, log_write):
+                os.close(fd)
+        _live.add(self)
+        self.to_learner = to_learner
+        self.reader = protocol.Reader(from_learner)
+        self.output = Output(log_read)
+        protocol.send(self.to_learner, {"directory": str(directory), "project": str(PROJECT), "isolate": isolate or {}})
 
-    @property
-    def alive(self):
-        return self.process.poll() is None and not self.connection.closed
+    def ready(self):
+        """The learner's copy imported: {"ready": True}, or {"ready": False, "error": ...}."""
+        return self._receive("ready", "while importing your copy")
+
+    def ask(self, request, doing):
+        """Send ``request``; its reply, or LearnerLost."""
+        try:
+            protocol.send(self.to_learner, request)
+        except OSError:
+            self._lost(doing)
+        return self._receive("reply", doing)["reply"]
+
+    def _receive(self, key, doing):
+        while True:
+            try:
+                pid, message = self.reader.read(self.deadline)
+            except protocol.Silence:
+                self.stop()
+                raise LearnerLost("timed out", f"no answer within the time limit {doing}; the checker stopped it") from None
+            except (protocol.Closed, OSError):
+                self._lost(doing)
+            except protocol.BadMessage as error:
+                self.stop()
+                raise LearnerLost("exited", f"{doing}, your code's process sent {error}: the checker stopped it") from None
+            if pid != self.process.pid:
+                self.stop()
+                raise LearnerLost("exited", f"{doing}, a second process answered (pid {pid}: os.fork?); "
+                                            "the checker stopped both")
+            if not isinstance(message, dict):
+                self.stop()
+                raise LearnerLost("exited", f"{doing}, your code's process sent something that is no answer")
+            if "event" in message:
+                self.events.append(message["event"])
+                continue
+            if key in message:
+                return message
+            self.stop()
+            raise LearnerLost("exited", f"{doing}, your code's process sent an answer out of turn")
+
+    def _lost(self, doing):
+        code = self._wait(5)
+        self.stop()
+        raise LearnerLost("exited", f"the interpreter ended {doing} ({_exit_words(code)})") from None
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()  # SIGKILL: a learner's loop cannot ignore it
-        if self.process is not None:
-            self._wait(5)
-        if self.connection is not None and not self.connection.closed:
-            self.connection.close()
+        """Kill the process and its whole group (anything it started), and wait for it."""
+        if self not in _live:
+            return
+        _live.discard(self)
+        try:
+            protocol.send(self.to_learner, {"op": "bye"})
+        except OSError:
+            pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # a session of its own: its group is its id
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._wait(10)
+        for fd in (self.to_learner, self.reader.fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.output.close()
 
     def _wait(self, seconds):
         try:
@@ -115,87 +183,11 @@ class Worker:
             return None
 
 
-@contextmanager
-def _ctrl_c_held():
-    """Hold SIGINT (Ctrl-C) back for the block; one that came meanwhile is raised as the block ends.
-
-    A child started inside inherits the held signal: ``serve`` lets it through again.
-    """
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-_worker = None
-
-
-def worker():
-    """The live worker of this process, started when there is none."""
-    global _worker
-    if _worker is None or not _worker.alive:
-        _worker = Worker()
-    return _worker
-
-
 @atexit.register
-def stop():
-    """Stop the worker of this process, if there is one (at exit, and when the learner presses Ctrl-C)."""
-    global _worker
-    if _worker is not None:
-        _worker.stop()
-    _worker = None
-
-
-def forget_if_stopped():
-    """After a WorkerLost: a worker that was stopped or ended is replaced at the next call; one that caught sys.exit stays."""
-    global _worker
-    if _worker is not None and not _worker.alive:
-        _worker = None
-
-
-def serve(fd):
-    """The worker's loop on socket ``fd``: ("call", function, args) -> ("ok", result), ("raise", error), ("exit", how)."""
-    connection = Connection(fd)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the checker's to handle: it stops this process
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held while the checker started this process
-    import numpy  # noqa: F401  (imported before the first time limit starts)
-    import torch  # noqa: F401
-
-    import numpy_impl  # noqa: F401
-    import torch_impl  # noqa: F401
-
-    try:
-        connection.send(("ok", None))
-    except OSError:  # the checker is gone (stopped while this process started): nothing to say, to no one
-        return
-    while True:
-        try:
-            _, function, args = connection.recv()
-        except (EOFError, OSError):
-            return  # the checker is gone
-        try:
-            reply = ("ok", function(*args))
-        except SystemExit as error:  # a learner's sys.exit(): caught here, so the worker lives on
-            reply = ("exit", f"sys.exit({error.code!r}) was called{_where(error)}")
-        except Exception as error:  # the checker's own errors (an ImportError of the copy ...) travel back
-            reply = ("raise", error)
-        except BaseException:
-            reply = ("error", traceback.format_exc())
-        try:
-            connection.send(reply)
-        except Exception:  # an answer that does not pickle
-            connection.send(("error", traceback.format_exc()))
-
-
-def _where(error):
-    frames = traceback.extract_tb(error.__traceback__)
-    return f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+def stop_all():
+    """At exit (and on Ctrl-C), no learner's process outlives the checker."""
+    for process in list(_live):
+        process.stop()
 
 
 def _exit_words(code):

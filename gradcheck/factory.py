@@ -50,22 +50,22 @@ def build(package, cls, cfg, seed=0):
     return randomize_parameters(module, seed + 1)
 
 
-def make_inputs(cls, cfg, seed=0, weighted=False):
+def make_inputs(cls, cfg, seed=0, weighted=False, batch=BATCH, pos=POS):
     """Random forward inputs for ``cls``: tokens, x [batch, pos, d_model], or (logits, targets[, weights])."""
     rng = np.random.default_rng(seed)
     if cls in TOKEN_INPUT:
-        return (rng.integers(0, cfg.d_vocab, (BATCH, POS)),)  # [batch, pos]
+        return (rng.integers(0, cfg.d_vocab, (batch, pos)),)  # [batch, pos]
     if cls == "CrossEntropyLoss":
-        logits = rng.standard_normal((BATCH, POS, cfg.d_vocab))  # [batch, pos, d_vocab]
-        targets = rng.integers(0, cfg.d_vocab, (BATCH, POS))  # [batch, pos]
+        logits = rng.standard_normal((batch, pos, cfg.d_vocab))  # [batch, pos, d_vocab]
+        targets = rng.integers(0, cfg.d_vocab, (batch, pos))  # [batch, pos]
         if not weighted:
             return logits, targets
-        weights = rng.uniform(0.0, 2.0, (BATCH, POS))  # [batch, pos]
+        weights = rng.uniform(0.0, 2.0, (batch, pos))  # [batch, pos]
         return logits, targets, weights
     # each row gets its own offset and spread, so LayerNorm's mean and variance both matter
-    offset = rng.standard_normal((BATCH, POS, 1))  # [batch, pos, 1]
-    spread = rng.uniform(0.5, 2.0, (BATCH, POS, 1))  # [batch, pos, 1]
-    return (offset + spread * rng.standard_normal((BATCH, POS, cfg.d_model)),)  # [batch, pos, d_model]
+    offset = rng.standard_normal((batch, pos, 1))  # [batch, pos, 1]
+    spread = rng.uniform(0.5, 2.0, (batch, pos, 1))  # [batch, pos, 1]
+    return (offset + spread * rng.standard_normal((batch, pos, cfg.d_model)),)  # [batch, pos, d_model]
 
 
 def randomize_parameters(module, seed=0):

@@ -77,7 +77,7 @@ class MultiHeadAttention(Module):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into every W_* and b_* grad."""
         x, q_h, k_h, v_h, probs, pattern, z = self.cache
         # EXERCISE BEGIN
-        pos = x.shape[1]
+        # EXERCISE STEP output: the output projection, then the pattern-weighted sum of the values
         # forward: out = einsum("hdm,bphd->bpm", W_O, z) + b_O
         self.W_O.grad += np.einsum("bpm,bphd->hdm", dout, z, optimize=True)  # [head, d_head, d_model]
         self.b_O.grad += dout.sum(axis=(0, 1))  # [d_model]
@@ -87,17 +87,21 @@ class MultiHeadAttention(Module):
         dz_h = dz.transpose(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         dpattern = dz_h @ v_h.swapaxes(-1, -2)  # [batch, head, q_pos, k_pos]
         dv_h = pattern.swapaxes(-1, -2) @ dz_h  # [batch, head, k_pos, d_head]
+        # EXERCISE STEP softmax: the pattern's hook point, then the softmax's backward, row by row
         # forward: pattern = hook_pattern(probs)
         dprobs = self.hook_pattern.backward(dpattern)  # [batch, head, q_pos, k_pos]
         # forward: probs = softmax(scores)  (its Jacobian-vector product, row by row)
         dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))  # [batch, head, q_pos, k_pos]
+        # EXERCISE STEP scores: the scores' hook point, the causal mask, the 1/sqrt(d_head) scale and q k^T
         dscores = self.hook_attn_scores.backward(dscores)
         # forward: scores = where(mask, scores, -inf)
         if self.cfg.causal:
+            pos = x.shape[1]
             dscores = np.where(self.mask[:pos, :pos], dscores, 0.0)  # [batch, head, q_pos, k_pos]
         # forward: scores = q_h @ k_h^T / sqrt(d_head)
         dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, d_head]
         dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(self.cfg.d_head)  # [batch, head, k_pos, d_head]
+        # EXERCISE STEP projections: the heads put back in place, then the q, k and v projections
         # forward: q_h, k_h, v_h = q, k, v with the head axis moved before pos
         dq = dq_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dk = dk_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]

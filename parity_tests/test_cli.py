@@ -31,6 +31,8 @@ def bad_arguments(tmp_path):
         "exercises check --sample 0": ["exercises", "check", str(tmp_path), "--sample", "0"],
         "exercises check negative seed": ["exercises", "check", str(tmp_path), "--seed", "-1"],
         "exercises check unknown component": ["exercises", "check", str(tmp_path), "nonsense"],
+        "exercises check --time-limit inf": ["exercises", "check", str(tmp_path), "--time-limit", "inf"],
+        "exercises check --time-limit 0": ["exercises", "check", str(tmp_path), "--time-limit", "0"],
         "exercises init under a file": ["exercises", "init", str(a_file / "copy")],
         "train-parity --steps 0": ["train-parity", "--steps", "0"],
         "train-parity negative seed": ["train-parity", "--seed", "-1"],
@@ -71,7 +73,8 @@ def test_a_bad_argument_is_one_line_of_error(case, tmp_path, capsys):
 # each case starts a Python that imports torch: one by default, the rest under pytest -m slow
 @pytest.mark.parametrize("case", ["interp a malformed weights file"] + [
     pytest.param(case, marks=pytest.mark.slow)
-    for case in ["--out is a file", "gradcheck --sample 0", "exercises check a missing folder", "gpt2 a folder that is no checkpoint"]])
+    for case in ["--out is a file", "gradcheck --sample 0", "exercises check a missing folder",
+                 "gpt2 a folder that is no checkpoint", "exercises check --time-limit inf"]])
 def test_as_a_subprocess(case, tmp_path):
     argv = bad_arguments(tmp_path)[case]
     result = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), *argv], cwd=tmp_path,

@@ -3,8 +3,10 @@
 Every planted mistake is one line of the reference's backward changed, in a copy whose other
 bodies are the reference's (as ``test_exercises.py`` plants them); the checker must mark the
 exercise wrong and give the hint of that kind. Right answers get no hint, and mistakes that
-fit none of the detectors (a softmax without its row sum, GELU's derivative missing a term)
-get none either: a hint is either exact or absent.
+fit none of the detectors (GELU's derivative missing a term) get none either: a hint is either
+exact or absent. A backward that raises gets its hint from the failing line's shapes (a weight
+used untransposed, a bias summed over the wrong axes) or from non-finite values exactly where
+the mask hides a key.
 """
 
 
@@ -18,7 +20,7 @@ from exercises.check import check
 from gradcheck.factory import build, make_inputs
 from parity_tests.test_exercises import planted_copy
 
-SAMPLE = 3
+SAMPLE = 1
 
 # (label, exercise, file, reference line, planted line, kind, words the hint must hold)
 PLANTED = [
@@ -56,7 +58,7 @@ PLANTED = [
      "missing sum", ["W_pos", "batch row 0 alone"]),
     ("one position only", "unembed", "unembed.py",
      "self.b_U.grad += dlogits.sum(axis=(0, 1))", "self.b_U.grad += dlogits[:, -1].sum(axis=0)",
-     "missing sum", ["b_U", "position 4 alone"]),
+     "missing sum", ["b_U", "position 5 alone"]),
     ("residual without its skip path", "block", "block.py",
      'dresid_pre = dresid_mid + (self.ln1.backward(dattn_in) if norm == "pre" else dattn_in)',
      'dresid_pre = (self.ln1.backward(dattn_in) if norm == "pre" else dattn_in)',
@@ -76,17 +78,58 @@ PLANTED = [
      "causal", ["causal structure broken", "later positions"]),
 ]
 
+PLANTED += [
+    ("Bessel's correction in the variance", "layernorm", "layernorm.py",
+     "dcentered += 2 / d_model * dvar * centered", "dcentered += 2 / (d_model - 1) * dvar * centered",
+     "Bessel", ["Bessel's correction (N-1)", "divides by d_model too"]),
+    ("the softmax's row-sum term left out", "attention", "attention.py",
+     "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))", "dscores = probs * dprobs",
+     "softmax row sum", ["hook_attn_scores is probs * dprobs", "row-sum term is missing"]),
+    ("a weight used untransposed", "unembed", "unembed.py",
+     'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)', "dx = dlogits @ self.W_U.data",
+     "untransposed", ["dlogits is [batch, pos, d_vocab]", "self.W_U.data is [d_model, d_vocab]",
+                      "used untransposed", "self.W_U.data.T"]),
+    ("a weight's einsum letters swapped", "unembed", "unembed.py",
+     'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
+     'dx = np.einsum("vm,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
+     "untransposed", ["self.W_U.data is [d_model, d_vocab]", "\"mv\" matches its axes"]),
+    ("a bias summed over one axis too few", "unembed", "unembed.py",
+     "self.b_U.grad += dlogits.sum(axis=(0, 1))", "self.b_U.grad += dlogits.sum(axis=0)",
+     "bias axes", ["b_U.grad is [d_vocab]", "[pos, d_vocab]", "Unbroadcasting", "d.sum(axis=(0, 1))"]),
+    ("a bias summed over its own axis too", "attention", "attention.py",
+     "self.b_Q.grad += dq.sum(axis=(0, 1))", "self.b_Q.grad += dq.sum(axis=(0, 1, 2))",
+     "bias axes", ["b_Q [head, d_head] is summed over head too", "Unbroadcasting"]),
+    ("a bias summed over every axis", "feedforward", "feedforward.py",
+     "self.b_in.grad += dpre.sum(axis=(0, 1))", "self.b_in.grad += dpre.sum()",
+     "bias axes", ["b_in [d_mlp] is summed over its own d_mlp too", "Unbroadcasting"]),
+    ("the mask's backward writes -inf", "attention", "attention.py",
+     "dscores = np.where(self.mask[:pos, :pos], dscores, 0.0)", "dscores = np.where(self.mask[:pos, :pos], dscores, -np.inf)",
+     "mask", ["masked entries get a zero gradient", "np.where(mask, dscores, 0.0)"]),
+]
+
 UNRECOGNISED = [
-    ("softmax without its row sum", "attention", "attention.py",
-     "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))", "dscores = probs * dprobs"),
     ("GELU's derivative missing a term", "feedforward", "feedforward.py",
      "dpre += dinner * GELU_C * (1 + 3 * 0.044715 * pre * pre)", "dpre += dinner * GELU_C"),
 ]
 
 
-@pytest.mark.parametrize("label, key, file, old, new, kind, words", PLANTED, ids=[p[0] for p in PLANTED])
+def result_of(results, key):
+    return next(result for result in results if result.key == key)
+
+
+QUICK = ("fancy-indexed +=", "sqrt(d_model) for sqrt(d_head)", "pattern gradient transposed", "one position only",
+         "residual without its skip path", "LayerNorm without the mean's path", "Bessel's correction in the variance",
+         "the softmax's row-sum term left out", "a weight used untransposed", "a bias summed over one axis too few",
+         "a bias summed over its own axis too", "the mask's backward writes -inf")  # the rest: pytest -m slow
+
+
+def some_slow(cases):
+    return [case if case[0] in QUICK else pytest.param(*case, marks=pytest.mark.slow) for case in cases]
+
+
+@pytest.mark.parametrize("label, key, file, old, new, kind, words", some_slow(PLANTED), ids=[p[0] for p in PLANTED])
 def test_planted_mistake_gets_its_hint(solved, tmp_path, label, key, file, old, new, kind, words):
-    (result,) = check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE)
+    result = result_of(check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key)
     assert result.status == "wrong", f"{label}: {result.status} {result.message}"
     assert result.hint, f"{label}: no hint; message: {result.message}"
     for word in words:
@@ -95,12 +138,62 @@ def test_planted_mistake_gets_its_hint(solved, tmp_path, label, key, file, old, 
 
 @pytest.mark.parametrize("label, key, file, old, new", UNRECOGNISED, ids=[u[0] for u in UNRECOGNISED])
 def test_unrecognised_mistake_gets_no_hint(solved, tmp_path, label, key, file, old, new):
-    (result,) = check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE)
+    result = result_of(check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key)
     assert result.status == "wrong" and result.hint == "", f"{label}: a false hint {result.hint!r}"
 
 
-def evidence_of(cls, variant, mine_from_twin=False, seed=0):
-    """Evidence for ``cls`` whose 'mine' is the reference's own gradient (right to rounding)."""
+# (label, step, file, reference line, planted line, words the step's hint must hold)
+STEPS = [
+    ("the softmax's row-sum term left out", "attention.softmax", *PLANTED[-7][2:5],
+     ["dscores is probs * dprobs", "row-sum term is missing"]),
+    ("the mask's backward writes -inf", "attention.scores", *PLANTED[-1][2:5], ["masked entries get a zero gradient"]),
+    ("a bias summed over its own axis too", "attention.projections", *PLANTED[-3][2:5], ["summed over head too"]),
+    ("the 1/sqrt(d_head) left out", "attention.scores", "attention.py",
+     "dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(self.cfg.d_head)", "dk_h = dscores.swapaxes(-1, -2) @ q_h",
+     ["dk_h is sqrt(d_head)", "the 1/sqrt(d_head) scale left out"]),
+]
+
+
+@pytest.mark.parametrize("label, key, file, old, new, words", some_slow(STEPS), ids=[s[0] for s in STEPS])
+def test_a_step_planted_wrong_gets_its_hint(solved, tmp_path, label, key, file, old, new, words):
+    result = result_of(check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key)
+    assert result.status == "wrong", f"{label}: {result.status} {result.message}"
+    for word in words:
+        assert word in result.hint, f"{label}: {word!r} not in the hint {result.hint!r}"
+
+
+def test_the_first_hook_point_inside_where_a_gradient_parts_is_named(solved, tmp_path):
+    """Inside the attention: right at hook_z and hook_pattern, first wrong at hook_attn_scores."""
+    label, key, file, old, new, *_ = PLANTED[-7]
+    result = result_of(check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key)
+    assert result.parting.startswith("right at hook_z, hook_pattern; first wrong at hook_attn_scores (relative error"), \
+        result.parting
+
+
+def test_the_mask_writing_inf_is_a_non_finite_gradient_at_the_boundary(solved, tmp_path):
+    *_, file, old, new, _, _ = PLANTED[-1]
+    result = result_of(check(planted_copy(solved, tmp_path, file, old, new), keys=["attention"], sample=SAMPLE),
+                       "attention")
+    assert "backward made NaN or inf from finite inputs" in result.message and "NonFiniteError" in result.message
+    assert "masked entries get a zero gradient" in result.hint
+
+
+def test_right_answers_get_no_hint_from_the_checker(solved):
+    for result in check(solved, keys=["unembed", "layernorm", "attention"], sample=SAMPLE):
+        assert result.status == "done" and result.hint == "" and result.parting == "", result.key
+
+
+def _record(module, direction):
+    seen = {}
+    for name, sub in module.named_modules():
+        if hasattr(sub, "bwd_hooks") and hasattr(sub, "add_hook"):
+            sub.add_hook(lambda x, hook, name=name: seen.__setitem__(name, np.array(np.asarray(
+                x.detach() if hasattr(x, "detach") else x), dtype=np.float64)), dir=direction)
+    return seen
+
+
+def evidence_of(cls, variant, seed=0):
+    """Evidence for ``cls`` whose 'mine' is the reference's own gradient and 'right' the twin's (equal to rounding)."""
     import torch
 
     import torch_impl
@@ -112,6 +205,7 @@ def evidence_of(cls, variant, mine_from_twin=False, seed=0):
     twin.load_state_dict({name: torch.from_numpy(p.data.copy()) for name, p in module.named_parameters()})
     twin_inputs = [torch.tensor(x, requires_grad=bool(np.issubdtype(x.dtype, np.floating)) and i == 0)
                    for i, x in enumerate(inputs)]
+    mine_hooks, right_hooks, activations = _record(module, "bwd"), _record(twin, "bwd"), _record(twin, "fwd")
     out = module.forward(*inputs)
     R = np.asarray(np.random.default_rng(seed + 2).standard_normal(np.shape(out)))
     module.zero_grad()
@@ -121,7 +215,9 @@ def evidence_of(cls, variant, mine_from_twin=False, seed=0):
                for (name, p), (_, tp) in zip(module.named_parameters(), twin.named_parameters())}
     if dinput is not None:
         tensors["x"] = (np.asarray(dinput), twin_inputs[0].grad.numpy())
-    return dg.Evidence(cls, cfg, tuple(inputs), R, tensors)
+    hooks = {name: (mine_hooks.get(name), right) for name, right in reversed(list(right_hooks.items()))}
+    parameters = {name: p.data.copy() for name, p in module.named_parameters()}
+    return dg.Evidence(cls, cfg, tuple(inputs), R, tensors, hooks, activations, None, parameters)
 
 
 @pytest.mark.parametrize("exercise", EXERCISES, ids=[e.key for e in EXERCISES])

@@ -13,7 +13,7 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from exercises.check import load_package, unload_package
+from exercises.learner import load_package, unload_package
 from exercises.divergence import first_divergence, walk_backward, walk_forward
 from gradcheck.factory import Variant, build, make_inputs
 from parity_tests.test_exercises import plant
@@ -153,5 +153,6 @@ def test_the_checker_prints_where_a_wrong_model_parts(solved, tmp_path, capsys):
     run_exercises(Args)
     out = capsys.readouterr().out
     assert "all together  wrong" in out
-    assert "where it parts from the twin: first wrong at blocks.1 (hook_resid_post)" in out
+    assert ("inside: right at ln_final.hook_normalized, ln_final.hook_scale; "
+            "first wrong at blocks.1.hook_resid_post (relative error") in out
     assert "hint: blocks.1.hook_resid_post is off by the same amount across each row" in out

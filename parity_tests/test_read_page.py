@@ -39,7 +39,7 @@ COMPONENTS = [
     "Transformer",
 ]
 SECTION_ORDER = ["embedding", "positional", "layernorm", "attention", "feedforward", "block", "unembed", "loss", "model"]
-EXERCISE_MARK = re.compile(r"^#\s*EXERCISE (BEGIN|END)$")  # kept out of the page on purpose
+EXERCISE_MARK = re.compile(r"^#\s*EXERCISE (BEGIN$|END$|STEP )")  # kept out of the page on purpose
 ASSIGNED = re.compile(r"^\s*([A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*)\s*(\+=|=)(?!=)")
 SHOT_ENV = "TWINS_READ_SCREENSHOT"  # a path: where to save docs/read_page.png (one section's screenshot)
 

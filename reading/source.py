@@ -40,7 +40,7 @@ SECTIONS = (
 TWINS = ("numpy_impl", "torch_impl")
 
 # lines that mark the exercise region in a backward: for the exercise tools, not for a reader
-EXERCISE_MARK = re.compile(r"^\s*#\s*EXERCISE (BEGIN|END)\s*$")
+EXERCISE_MARK = re.compile(r"^\s*#\s*EXERCISE (BEGIN|END\s*$|STEP )")
 FORWARD_QUOTE = re.compile(r"^\s*#\s*forward:\s*(.*)$")
 SHAPE_COMMENT = re.compile(r"^#\s*(\[[^\]]*\])(.*)$")
 HOOK_CALL = re.compile(r"\bself\.(hook_\w+)\(")

@@ -1,0 +1,571 @@
+"""The learner's process: where a learner's copy is imported and run, and nothing is judged.
+
+The checker (``check.py``) starts one of these per exercise (``worker.py``) and asks it to build
+the learner's component with weights it sends, to run forward and backward on inputs and an
+upstream gradient it sends, and to send back what came out: every gradient, every hook point's
+gradient, the arrays it was given as they are afterwards. It never sends a verdict: the checker
+compares what it gets with references it computed itself, in its own process, which runs no
+line of the learner's code. Messages are JSON and raw arrays (``protocol.py``), never pickle.
+
+Before the learner's copy is imported, an audit hook (PEP 578: Python code can add a hook but
+never remove one) is installed. It refuses, and reports to the checker at once:
+
+    borrowed   importing the reference (numpy_impl), the twin (torch_impl), torch, or another
+               gradient engine (jax, autograd, tensorflow, sympy, ...), or the project's
+               checking code, by any route (import, importlib, __import__: they all raise the
+               "import" event; none of them is in sys.modules here, so none is there to take);
+               reading the reference's or the twin's files
+    refused    starting a process (fork, exec, spawn, system, subprocess), ctypes, signalling
+               another process, writing a file outside the learner's folder and the temp folder
+
+This process imports only the standard library, NumPy, ``foundation`` (which the copy imports)
+and its own two helpers (``protocol.py``, ``steps.py``). The block's and the model's exercises
+run the reference's backward in their sub-modules, so that a mistake shows where it is: those
+functions are loaded before the hook, by file, under a private name that is then dropped from
+sys.modules; the exercise's own class is never among them.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import itertools
+import linecache
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+from exercises import protocol, steps
+
+BORROWED_MODULES = {
+    "numpy_impl", "torch_impl", "torch", "torchvision", "torchaudio", "functorch", "jax", "jaxlib", "autograd",
+    "tensorflow", "keras", "tinygrad", "mlx", "sympy", "numdifftools", "transformers", "gradcheck", "exercises",
+    "tours", "interp", "training", "reading", "parity_tests", "benchmarks", "demo", "_exercise_reference",
+}
+REFUSED_MODULES = {"subprocess", "_posixsubprocess", "multiprocessing", "pty", "_ctypes", "ctypes"}
+PROCESS_EVENTS = {"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
+                  "subprocess.Popen", "os.startfile", "pty.spawn"}
+WRITE_EVENTS = {"os.rename": 2, "os.remove": 1, "os.rmdir": 1, "os.truncate": 1, "os.link": 2,
+                "os.symlink": 2, "os.mkdir": 1, "shutil.rmtree": 1, "os.chmod": 1, "os.chown": 1}
+REFERENCE_FOLDERS = ("numpy_impl", "torch_impl")  # by name anywhere (other clones), besides the project's
+PROTECTED_IN_PROJECT = ("numpy_impl", "torch_impl", "gradcheck")
+_loads = itertools.count()
+
+
+class NotAllowed(RuntimeError):
+    """What the audit hook raises: the operation does not happen."""
+
+
+# --- the learner's package ---
+
+def find_package(directory) -> Path:
+    """The learner's package folder: DIR/numpy_impl, or DIR itself if it holds __init__.py."""
+    path = Path(directory)
+    for candidate in (path / "numpy_impl", path):
+        if (candidate / "__init__.py").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no exercise copy in {directory}: expected {path / 'numpy_impl' / '__init__.py'} "
+        f"(create one with: python demo.py exercises init {directory})"
+    )
+
+
+def load_package(directory):
+    """Import the learner's package under a fresh name of its own, so it never clashes with numpy_impl.
+
+    (The checker never calls this: it runs here, in the learner's process. Tests use it to hold a
+    copy in their own hands.)
+    """
+    package_dir = find_package(directory)
+    name = f"_learner_numpy_impl_{next(_loads)}"
+    spec = importlib.util.spec_from_file_location(
+        name, package_dir / "__init__.py", submodule_search_locations=[str(package_dir)]
+    )
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__ behind
+    try:
+        spec.loader.exec_module(package)
+    except BaseException as error:  # a learner's syntax error is the common case: say where it is
+        unload_package(package)
+        if isinstance(error, SyntaxError):
+            what = f"SyntaxError: {error.msg} at {Path(str(error.filename)).name}:{error.lineno}"
+        else:
+            what = describe(error, package_dir)["text"]
+        raise ImportError(f"your copy in {package_dir} does not import: {what}") from error
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
+    return package
+
+
+def unload_package(package):
+    for name in [n for n in sys.modules if n == package.__name__ or n.startswith(package.__name__ + ".")]:
+        del sys.modules[name]
+
+
+# --- errors, described as plain data ---
+
+def _safe(function, fallback):
+    try:
+        return function()
+    except BaseException as error:  # noqa: B036  (a learner's exception may raise anything, even from __str__)
+        return fallback(error)
+
+
+def describe(error, package_dir=None):
+    """{"type", "message", "text", "where", "line", "shapes", "not_started", "base"} for an exception: plain data.
+
+    Every step is guarded: a learner's exception whose ``__str__`` or ``__name__`` raises still
+    gets a description.
+    """
+    kind = _safe(lambda: str(type(error).__name__), lambda e: "an exception")
+    if isinstance(error, SystemExit):
+        message = _safe(lambda: repr(error.code), lambda e: "?")
+    else:
+        message = _safe(lambda: str(error), lambda e: f"(its message could not be made: str() raised {type(e).__name__})")
+    message = message if len(message) <= 2000 else message[:2000] + " ..."
+    where, line, shapes, nonfinite = "", "", [], []
+    frame_tb = None
+    try:
+        for tb in _walk(error.__traceback__):  # the innermost frame of the learner's own files (not the boundary's)
+            filename = tb.tb_frame.f_code.co_filename
+            if package_dir is None or (_inside(filename, package_dir) and Path(filename).name != "module.py"):
+                frame_tb = tb
+        if frame_tb is None:
+            tbs = list(_walk(error.__traceback__))
+            frame_tb = tbs[-1] if tbs else None
+        if frame_tb is not None:
+            filename, lineno = frame_tb.tb_frame.f_code.co_filename, frame_tb.tb_lineno
+            where = f"{Path(filename).name}:{lineno}"
+            line = linecache.getline(filename, lineno).strip()
+            if package_dir is not None and _inside(filename, package_dir):
+                shapes = _operand_shapes(frame_tb.tb_frame, filename, lineno)
+                nonfinite = _nonfinite_locals(frame_tb.tb_frame)
+    except BaseException:  # noqa: B036
+        pass
+    return {"type": kind, "message": message, "text": f"{kind}: {message}" + (f" at {where}" if where else ""),
+            "where": where, "line": line, "shapes": shapes, "nonfinite": nonfinite,
+            "not_started": isinstance(error, NotImplementedError),
+            "base": not isinstance(error, Exception)}
+
+
+def _nonfinite_locals(frame):
+    """[{"name", "masked"}] for each float array in ``frame`` holding NaN or inf; masked: exactly where k_pos > q_pos."""
+    found = []
+    for name, value in dict(frame.f_locals).items():
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            masked = False
+            if value.ndim >= 2 and value.shape[-1] == value.shape[-2] > 1:
+                hidden = np.triu(np.ones(value.shape[-2:], dtype=bool), k=1)  # [q_pos, k_pos]
+                bad = ~np.isfinite(value)
+                masked = bool(bad[..., hidden].all() and not bad[..., ~hidden].any())
+            found.append({"name": str(name), "masked": masked})
+    return found[:20]
+
+
+def _walk(tb):
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
+
+
+def _inside(filename, folder):
+    try:
+        return Path(filename).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, ValueError):
+        return False
+
+
+SAFE_METHODS = {"T", "swapaxes", "transpose", "reshape", "sum", "mean", "data", "grad", "astype", "copy"}
+
+
+def _operand_shapes(frame, filename, lineno):
+    """For the statement at ``lineno``: the shapes of the operands of each ``@``, einsum and ``+=`` in it.
+
+    Only operands made of names, attributes, subscripts and a few array methods are evaluated
+    again (in the frame that raised), so nothing the learner wrote runs twice with side effects.
+    """
+    try:
+        tree = ast.parse("".join(linecache.getlines(filename)))
+    except SyntaxError:
+        return []
+    statement = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.stmt) and node.lineno <= lineno <= node.end_lineno:
+            if not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.If, ast.For, ast.While, ast.With, ast.Try)):
+                statement = node
+    if statement is None:
+        return []
+
+    def shape(node):
+        if not _evaluable(node):
+            return None
+        try:
+            expression = ast.parse(ast.unparse(node), mode="eval")  # (a target's Store context becomes a load)
+            value = eval(compile(expression, filename, "eval"), frame.f_globals, dict(frame.f_locals))
+        except BaseException:  # noqa: B036
+            return None
+        return list(np.shape(value)) if isinstance(value, (np.ndarray, np.generic, float, int)) else None
+
+    found = []
+    for node in ast.walk(statement):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.MatMult, ast.Add, ast.Sub, ast.Mult, ast.Div)):
+            op = {ast.MatMult: "@", ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}[type(node.op)]
+            found.append({"op": op, "operands": [[ast.unparse(side), shape(side)] for side in (node.left, node.right)]})
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "einsum":
+            if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                found.append({"op": "einsum", "subscripts": node.args[0].value,
+                              "operands": [[ast.unparse(arg), shape(arg)] for arg in node.args[1:]]})
+    if isinstance(statement, ast.AugAssign):
+        found.append({"op": "+=" if isinstance(statement.op, ast.Add) else "op=",
+                      "operands": [[ast.unparse(side), shape(side)] for side in (statement.target, statement.value)]})
+    return found[:12]
+
+
+def _evaluable(node):
+    for child in ast.walk(node):
+        if isinstance(child, ast.Call):
+            if not (isinstance(child.func, ast.Attribute) and child.func.attr in SAFE_METHODS):
+                return False
+        elif isinstance(child, (ast.Lambda, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)):
+            return False
+    return True
+
+
+# --- the audit hook ---
+
+class Guard:
+    """The audit hook's settings and its channel to the checker."""
+
+    def __init__(self, out_fd, package_dir, work_dir, project, extra_protected=()):
+        self.out_fd = out_fd
+        self.package_dir = str(Path(package_dir).resolve())
+        self.writable = [str(Path(work_dir).resolve()), str(Path(_temp_dir()).resolve())]
+        self.protected = [str((Path(project) / name).resolve()) for name in PROTECTED_IN_PROJECT]
+        self.protected += [str(Path(p).resolve()) for p in extra_protected]
+        self.pid = os.getpid()
+        self.busy = False
+
+    def __call__(self, event, args):
+        if self.busy:
+            return
+        self.busy = True
+        try:
+            verdict = self.judge(event, args)
+        except BaseException:  # noqa: B036  (a hook that fails must not let the operation through)
+            verdict = ("refused", f"{event} (the checker could not tell what it does)")
+        finally:
+            self.busy = False
+        if verdict is not None:
+            kind, what = verdict
+            where = self.where()
+            try:
+                protocol.send(self.out_fd, {"event": {"kind": kind, "what": what, "where": where}})
+            except BaseException:  # noqa: B036  (the channel is gone: refusing is still enough)
+                pass
+            raise NotAllowed(f"the exercise checker does not allow this in a backward: {what}")
+
+    def judge(self, event, args):
+        if event == "import":
+            name = str(args[0])
+            top = name.split(".")[0]
+            if top in BORROWED_MODULES:
+                return "borrowed", f"import {name}"
+            if top in REFUSED_MODULES:
+                return "refused", f"import {name}"
+            return None
+        if event == "open":
+            path, mode, flags = (list(args) + [None, None, None])[:3]
+            if isinstance(path, int) or path is None:
+                return None
+            path = os.fsdecode(path)
+            if self._writes(mode, flags) and not self._writable(path):
+                return "refused", f"writing {path}"
+            if self._reference(path):
+                return "borrowed", f"reading {path}"
+            return None
+        if event in PROCESS_EVENTS:
+            return "refused", f"{event} (starting a process)"
+        if event.startswith("ctypes."):
+            return "refused", f"{event} (ctypes)"
+        if event in ("os.kill", "os.killpg"):
+            target = args[0]
+            if event == "os.kill" and target in (self.pid, 0):
+                return None
+            if event == "os.killpg" and target == os.getpgid(self.pid):
+                return None
+            return "refused", f"{event}({target}) (signalling another process)"
+        if event in WRITE_EVENTS:
+            for path in list(args)[: WRITE_EVENTS[event]]:
+                if isinstance(path, (str, bytes, os.PathLike)) and not self._writable(os.fsdecode(path)):
+                    return "refused", f"{event} on {os.fsdecode(path)}"
+        return None
+
+    @staticmethod
+    def _writes(mode, flags):
+        if isinstance(mode, str) and any(c in mode for c in "wax+"):
+            return True
+        if isinstance(flags, int):
+            return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
+        return False
+
+    def _writable(self, path):
+        real = os.path.realpath(path)
+        return any(real == folder or real.startswith(folder + os.sep) for folder in self.writable)
+
+    def _reference(self, path):
+        real = os.path.realpath(path)
+        if real == self.package_dir or real.startswith(self.package_dir + os.sep):
+            return False
+        if any(real == folder or real.startswith(folder + os.sep) for folder in self.protected):
+            return True
+        return any(part in REFERENCE_FOLDERS for part in Path(real).parts[:-1])
+
+    def where(self):
+        """The learner's file and line that asked for it (the innermost frame in their package)."""
+        try:
+            frame = sys._getframe(2)  # inside the hook: this raises the hook's event again, which returns at once
+        except BaseException:  # noqa: B036
+            return ""
+        self.busy = True
+        try:
+            while frame is not None:
+                filename = frame.f_code.co_filename
+                if os.path.realpath(filename).startswith(self.package_dir + os.sep):
+                    return f"{Path(filename).name}:{frame.f_lineno}"
+                frame = frame.f_back
+            return ""
+        except BaseException:  # noqa: B036
+            return ""
+        finally:
+            self.busy = False
+
+
+def _temp_dir():
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+# --- the reference's backward for sub-modules (block and model only) ---
+
+def reference_backwards(project, files):
+    """{class name: the reference's backward} for ``files`` ({class: file name}), loaded by file.
+
+    The private package never runs numpy_impl/__init__.py (which would load every class, the
+    exercise's own among them) and is dropped from sys.modules once the functions are taken.
+    """
+    name = "_exercise_reference"
+    package = types.ModuleType(name)
+    package.__path__ = [str(Path(project) / "numpy_impl")]
+    sys.modules[name] = package
+    try:
+        functions = {}
+        for cls, file in files.items():
+            module = importlib.import_module(f"{name}.{Path(file).stem}")
+            functions[cls] = getattr(module, cls).backward
+        return functions
+    finally:
+        for loaded in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
+            del sys.modules[loaded]
+
+
+# --- what the checker asks for ---
+
+class Session:
+    """One exercise's worth of requests, in the learner's process."""
+
+    def __init__(self, package, package_dir, isolation):
+        self.package = package
+        self.package_dir = package_dir
+        self.isolation = isolation  # {class name: reference backward} for sub-modules
+
+    def build(self, request):
+        cls, fields = request["cls"], request["cfg"]
+        package = self.package
+        cfg = package.TransformerConfig(**fields)
+        if cls == "CrossEntropyLoss":
+            module = package.CrossEntropyLoss()
+        elif cls == "Transformer":
+            module = package.Transformer(cfg, seed=0)
+        else:
+            module = getattr(package, cls)(cfg, 0)
+        module.load_state_dict(request["weights"])
+        if request.get("isolate"):
+            for name, child in module.named_modules():
+                if name and type(child).__name__ in self.isolation:
+                    child.backward = types.MethodType(self.isolation[type(child).__name__], child)
+        return module
+
+    def hooks(self, module, request):
+        """Recording hooks (the gradient arriving at every hook point) and the pattern-editing hook."""
+        recorded = {}
+        for name, sub in module.named_modules():
+            if not (hasattr(sub, "bwd_hooks") and hasattr(sub, "add_hook")):
+                continue
+            if request.get("record"):
+                sub.add_hook(lambda x, hook, name=name: recorded.__setitem__(name, np.array(x, copy=True)), dir="bwd")
+            if request.get("edit_pattern") and name.split(".")[-1] == "hook_pattern":
+                sub.add_hook(edit_pattern, dir="fwd")
+        return recorded
+
+    def run(self, request):
+        """Forward, backward (twice, with the very same upstream array, when asked): everything that came out."""
+        try:
+            module = self.build(request)
+        except BaseException as error:  # noqa: B036
+            return {"stage": "build", "error": describe(error, self.package_dir)}
+        recorded = self.hooks(module, request)
+        inputs = [np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in request["inputs"]]
+        try:
+            out = module.forward(*inputs)
+        except BaseException as error:  # noqa: B036
+            return {"stage": "forward", "error": describe(error, self.package_dir)}
+        upstream = request["dout"]
+        upstream = np.array(upstream, copy=True) if isinstance(upstream, np.ndarray) else float(upstream)
+        reply = {"out": plain(out)}
+        module.zero_grad()
+        try:
+            dinput = module.backward(upstream)
+        except BaseException as error:  # noqa: B036
+            reply.update(stage="backward", error=describe(error, self.package_dir), hooks=dict(recorded))
+            return reply
+        reply.update(dinput=plain(dinput), grads=grads_of(module), hooks=dict(recorded),
+                     dout_after=plain(upstream), inputs_after=[plain(x) for x in inputs])
+        if request.get("twice"):
+            recorded.clear()
+            try:
+                again = module.backward(upstream)  # no zero_grad: gradients must add up (+=)
+            except BaseException as error:  # noqa: B036
+                reply["second"] = {"error": describe(error, self.package_dir)}
+                return reply
+            reply["second"] = {"dinput": plain(again), "grads": grads_of(module), "dout_after": plain(upstream)}
+        return reply
+
+    def finite_differences(self, request):
+        """For each direction D: sum((out(theta + h D) - out(theta - h D)) * R) / (2 h), in float64."""
+        module = self.build(request)
+        inputs = [np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in request["inputs"]]
+        arrays = {name: p.data for name, p in module.named_parameters()}
+        if request.get("input_name"):
+            arrays[request["input_name"]] = inputs[0]
+        R, h = np.asarray(request["dout"], dtype=np.float64), float(request["step"])
+        values = []
+        for direction in request["directions"]:
+            saved = {name: arrays[name].copy() for name in direction}
+            for name, D in direction.items():
+                arrays[name][...] = saved[name] + h * D
+            plus = np.array(module.forward(*inputs), dtype=np.float64)
+            for name, D in direction.items():
+                arrays[name][...] = saved[name] - h * D
+            minus = np.array(module.forward(*inputs), dtype=np.float64)
+            for name in direction:
+                arrays[name][...] = saved[name]
+            values.append(float(((plus - minus) * R).sum() / (2 * h)))
+        return {"values": values}
+
+    def step(self, request):
+        """One ``# EXERCISE STEP`` region of the learner's backward, run on its own with the given gradients."""
+        try:
+            module = self.build(request)
+        except BaseException as error:  # noqa: B036
+            return {"stage": "build", "error": describe(error, self.package_dir)}
+        recorded = self.hooks(module, request)
+        inputs = [np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in request["inputs"]]
+        try:
+            module.forward(*inputs)
+        except BaseException as error:  # noqa: B036
+            return {"stage": "forward", "error": describe(error, self.package_dir)}
+        path = Path(self.package_dir) / request["file"]
+        source = path.read_text()
+        lines = source.splitlines()
+        try:
+            body = next(b for b in steps.find_marked_bodies(source, path.name) if b.cls == request["cls"])
+            region = next(r for r in body.steps if r.name == request["step"])
+        except (StopIteration, ValueError, SyntaxError):
+            return {"stage": "markers", "error": {"text": f"the line '{steps.STEP} {request['step']}: ...' is missing from "
+                                                          f"your {path.name}, or its markers are out of place"}}
+        namespace = vars(sys.modules[type(module).__module__])
+        try:
+            values = steps.prologue_values(body, lines, module, str(path), namespace)
+            given = {**values, **request["given"]}
+            missing = [name for name in region.inputs if name not in given]
+            if missing:
+                return {"stage": "inputs", "missing": missing}
+            function = steps.region_function(lines, region.first, region.last, region.inputs, str(path), namespace)
+            module.zero_grad()
+            scope = function(module, **{name: given[name] for name in region.inputs})
+        except BaseException as error:  # noqa: B036
+            return {"stage": "step", "error": describe(error, self.package_dir), "hooks": dict(recorded)}
+        scope.pop("self", None)
+        return {"locals": {name: plain(value) for name, value in scope.items() if isinstance(value, np.ndarray)},
+                "grads": grads_of(module), "hooks": dict(recorded)}
+
+
+def edit_pattern(pattern, hook):
+    """The pattern-editing hook: key 1 ablated (zeroed) for every query, as an interpretability run might."""
+    pattern[..., 1] = 0.0
+    return pattern
+
+
+def plain(value):
+    """An array, a number or None as it is; anything else as a description (it cannot travel, and is wrong anyway)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, np.generic) and value.dtype.name in protocol.DTYPES:
+        return np.asarray(value)
+    if isinstance(value, np.ndarray) and value.dtype.name in protocol.DTYPES:
+        return value
+    return {"not_an_array": _safe(lambda: type(value).__name__, lambda e: "object"),
+            "dtype": _safe(lambda: str(value.dtype), lambda e: "")}
+
+
+def grads_of(module):
+    """{name: a copy of p.grad}: what it holds now (a later backward adds into the parameter's own array)."""
+    return {name: plain(np.array(p.grad, copy=True) if isinstance(p.grad, np.ndarray) else p.grad)
+            for name, p in module.named_parameters()}
+
+
+# --- the loop ---
+
+def main(in_fd, out_fd):
+    """Read the setup, install the guard, import the copy, then answer requests until "bye" or end of input."""
+    reader = protocol.Reader(in_fd)
+    _, setup = reader.read()
+    isolation = {}
+    if setup.get("isolate"):
+        isolation = reference_backwards(setup["project"], setup["isolate"])
+    package_dir = find_package(setup["directory"])
+    torch_spec = importlib.util.find_spec("torch")
+    extra = [str(Path(torch_spec.origin).parent)] if torch_spec is not None and torch_spec.origin else []
+    sys.addaudithook(Guard(out_fd, package_dir, setup["directory"], setup["project"], extra))
+    try:
+        package = load_package(setup["directory"])
+    except ImportError as error:
+        protocol.send(out_fd, {"ready": False, "error": _safe(lambda: str(error), lambda e: "ImportError"),
+                               "cause": describe(error.__cause__ or error, package_dir)})
+        return
+    protocol.send(out_fd, {"ready": True})
+    session = Session(package, str(package_dir), isolation)
+    operations = {"run": session.run, "fd": session.finite_differences, "step": session.step}
+    while True:
+        try:
+            _, request = reader.read()
+        except protocol.Closed:
+            return
+        if request.get("op") == "bye":
+            return
+        try:
+            reply = operations[request["op"]](request)
+        except SystemExit as error:  # a learner's sys.exit(): reported, and the process lives on
+            reply = {"exit": _safe(lambda: repr(error.code), lambda e: "?"), "where": describe(error, package_dir)["where"]}
+        except BaseException as error:  # noqa: B036
+            reply = {"stage": "checker", "error": describe(error, package_dir)}
+        try:
+            protocol.send(out_fd, {"reply": reply})
+        except (TypeError, ValueError) as error:
+            protocol.send(out_fd, {"reply": {"stage": "reply", "error": {"text": f"an answer that cannot be sent: {error}"}}})
