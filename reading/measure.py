@@ -30,8 +30,12 @@ demo's so that no two axes share a length: a shape comment that swaps two axes c
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import importlib
+import math
+import operator
 import re
 import sys
 from collections import defaultdict
@@ -125,28 +129,63 @@ def axis_sizes(cfg, batch: int, pos: int) -> dict:
             "d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "d_vocab": cfg.d_vocab, "n_ctx": cfg.n_ctx}
 
 
-def shape_disagreement(comment: str, shape: tuple, sizes: dict) -> str | None:
-    """Why ``shape`` does not fit ``comment`` (e.g. ``[batch, pos, d_model]``), or None when it fits.
+def axis_length(word: str, sizes: dict) -> int | None:
+    """The length an axis of a shape comment names: ``d_model``, ``1``, or arithmetic such as ``ceil(d_model / 2)``."""
+    try:
+        tree = ast.parse(word, mode="eval").body
+    except SyntaxError:
+        return None
+    operators = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+                 ast.FloorDiv: operator.floordiv}
+    functions = {"ceil": math.ceil, "floor": math.floor}
 
-    An axis is a name from ``sizes``, a number, ``A or B`` (either), or ``...`` (any leading axes).
-    """
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in sizes:
+            return sizes[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in operators:
+            return operators[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in functions and len(node.args) == 1:
+            return functions[node.func.id](value(node.args[0]))
+        raise ValueError(word)
+
+    try:
+        length = value(tree)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return int(length) if float(length).is_integer() else None
+
+
+@functools.lru_cache(maxsize=None)
+def axis_options(comment: str, sizes: tuple) -> tuple | str:
+    """The lengths each axis of ``comment`` allows (None: ``...``), or why the comment cannot be read."""
+    named = dict(sizes)
     inner = comment.strip()[1:-1].strip()
-    axes = [axis.strip() for axis in inner.split(",")] if inner else []
     lengths = []
-    for axis in axes:
+    for axis in [axis.strip() for axis in inner.split(",")] if inner else []:
         if axis == "...":
             lengths.append(None)
             continue
         options = set()
         for word in axis.split(" or "):
-            word = word.strip()
-            if word.isdigit():
-                options.add(int(word))
-            elif word in sizes:
-                options.add(sizes[word])
-            else:
-                return f"axis {word!r} is not one of {', '.join(sizes)}"
-        lengths.append(options)
+            length = axis_length(word.strip(), named)
+            if length is None:
+                return f"axis {word.strip()!r} is not one of {', '.join(named)}, nor arithmetic on them"
+            options.add(length)
+        lengths.append(frozenset(options))
+    return tuple(lengths)
+
+
+def shape_disagreement(comment: str, shape: tuple, sizes: dict) -> str | None:
+    """Why ``shape`` does not fit ``comment`` (e.g. ``[batch, pos, d_model]``), or None when it fits.
+
+    An axis is a name from ``sizes``, a number, arithmetic on them (``ceil(d_model / 2)``), ``A or B``
+    (either), or ``...`` (any leading axes).
+    """
+    lengths = axis_options(comment, tuple(sorted(sizes.items())))
+    if isinstance(lengths, str):
+        return lengths
     if None in lengths:
         k = lengths.index(None)
         head, tail = lengths[:k], lengths[k + 1:]
@@ -200,9 +239,9 @@ def copy_value(value):
 class LineTracer:
     """``sys.settrace`` on the traced functions only: after each unit runs, copy what it assigned."""
 
-    def __init__(self, functions: dict, names: dict):
+    def __init__(self, functions: dict, names: dict | None = None):
         self.functions = functions  # code object -> Traced
-        self.names = names  # id(module) -> its name in the run
+        self.names = names or {}  # id(module) -> its name in the run
         self.calls = defaultdict(list)  # (twin, stem, part, kind) -> [Call]
 
     def __enter__(self):
@@ -317,14 +356,10 @@ class Run:
     tokens: tuple = ()
 
 
-def build_models(model: str, dtype: str, d_vocab: int, seed: int):
-    cfg = numpy_impl.TransformerConfig(d_vocab=d_vocab, dtype=dtype, **SIZES, **MODELS[model])
-    reference = numpy_impl.Transformer(cfg, seed=seed)
+def random_weights(cfg, seed: int) -> dict:
+    """A float64 state dict of random weights (never ones, never zeros); a float32 run gets them rounded."""
     wide = numpy_impl.Transformer(dataclasses.replace(cfg, dtype="float64"), seed=seed)
-    randomize_parameters(wide, seed=seed)  # never ones, never zeros; float32 gets the same weights, rounded
-    reference.load_state_dict(wide.state_dict())
-    twin = torch_impl.Transformer.from_twin(reference)
-    return cfg, reference, twin
+    return randomize_parameters(wide, seed=seed).state_dict()
 
 
 def module_names(reference, twin, losses) -> dict:
@@ -338,9 +373,10 @@ def module_names(reference, twin, losses) -> dict:
 
 
 def run_once(functions: dict, model: str, dtype: str, tokens: np.ndarray, d_vocab: int, seed: int) -> Run:
-    cfg, reference, twin = build_models(model, dtype, d_vocab, seed)
-    np_loss, torch_loss = numpy_impl.CrossEntropyLoss(), torch_impl.CrossEntropyLoss()
-    names = module_names(reference, twin, (np_loss, torch_loss))
+    cfg = numpy_impl.TransformerConfig(d_vocab=d_vocab, dtype=dtype, **SIZES, **MODELS[model])
+    state = random_weights(cfg, seed)
+    losses = [numpy_impl.CrossEntropyLoss(), torch_impl.CrossEntropyLoss()]
+    plain_losses = [numpy_impl.CrossEntropyLoss(), torch_impl.CrossEntropyLoss()]  # the unweighted branch
     grads = {"numpy": {}, "torch": {}}
 
     def keeper(twin_name):
@@ -356,19 +392,24 @@ def run_once(functions: dict, model: str, dtype: str, tokens: np.ndarray, d_voca
     weights = np.ones((batch, pos), dtype=dtype)
     weights[:, -1] = 0.0
     upstream = np.random.default_rng(seed + 1).standard_normal((batch, pos, cfg.d_model)).astype(dtype)
-    with LineTracer(functions, names) as tracer:
+    with LineTracer(functions) as tracer:
+        reference = numpy_impl.Transformer(cfg, seed=seed)  # built here, so the sinusoidal table's lines are watched
+        reference.load_state_dict(state)
+        twin = torch_impl.Transformer.from_twin(reference)
+        tracer.names = module_names(reference, twin, losses + plain_losses)
         with reference.hooks(bwd_hooks=[(every, keeper("numpy"))]):
             out = reference(tokens)
             if cfg.unembed:
-                np_loss(out, targets, weights)
-                reference.backward(np_loss.backward())
+                losses[0](out, targets, weights)
+                reference.backward(losses[0].backward())
+                plain_losses[0](out, targets)  # forward only: the lines of the unweighted mean
             else:
                 reference.backward(upstream)
         with twin.hooks(bwd_hooks=[(every, keeper("torch"))]):
             out_t = twin(torch.from_numpy(tokens))
             if cfg.unembed:
-                loss_t = torch_loss(out_t, torch.from_numpy(targets), torch.from_numpy(weights))
-                loss_t.backward(retain_graph=True)
+                losses[1](out_t, torch.from_numpy(targets), torch.from_numpy(weights)).backward(retain_graph=True)
+                plain_losses[1](out_t, torch.from_numpy(targets))
             else:  # the gradient of sum(out * upstream) is upstream: autograd starts from a scalar
                 (out_t * torch.from_numpy(upstream)).sum().backward(retain_graph=True)
     # the gradient each component's output received, copied before any autograd.grad below adds to it
@@ -433,7 +474,9 @@ def check_shapes(part: Part, section: Section, runs: list[Run], found: Measureme
         if parsed is None:
             continue
         for k, unit in enumerate(parsed.units):
-            comment = shape_comment(unit) if unit.targets else None
+            if not unit.targets:
+                continue
+            comment = shape_comment(unit)
             shapes = set()
             problems = set()
             for run in runs:

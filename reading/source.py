@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import importlib.util
 import io
 import re
@@ -139,8 +140,11 @@ def package_dir(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+@functools.lru_cache(maxsize=None)
 def strip_comment(line: str) -> str:
     """The line without a trailing ``# ...`` comment (a '#' inside a string is kept)."""
+    if "#" not in line:
+        return line
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(line.lstrip() + "\n").readline))
     except (tokenize.TokenError, IndentationError, SyntaxError):
