@@ -35,8 +35,7 @@ from reading.formulas import FORMULAS, identifiers, to_mathml
 from reading.measure import compare, run_twins, shape_disagreement
 from reading.render import differing, lex
 from reading.source import align, link_steps, package_dir, read_sections, split_steps, split_units
-from tours.read import SENTENCES, make_page
-from tours.basics import VOCAB
+from tours.read import demo_input, make_page
 
 # every component with a forward, in the order of the forward pass, then the model and the loss
 COMPONENTS = [
@@ -122,7 +121,7 @@ def sections():
 @pytest.fixture(scope="module")
 def runs(sections):
     """One run of both twins (both models, float64 and float32), shared by the tests below."""
-    return run_twins(sections, VOCAB, SENTENCES)
+    return run_twins(sections, *demo_input())
 
 
 @pytest.fixture(scope="module")

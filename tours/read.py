@@ -17,9 +17,14 @@ from pathlib import Path
 
 from reading import read_hooks, read_sections, write_page
 
-from .basics import SENTENCE, VOCAB
+SECOND_SENTENCE = "a dog sat on mat"  # the same length as the demo's, so the two make a batch
 
-SENTENCES = (SENTENCE, "a dog sat on mat")  # the demo's sentence, and a second one of the same length
+
+def demo_input():
+    """(vocabulary, sentences): the demo's (``tours.basics``, which imports torch: only when the page is made)."""
+    from .basics import SENTENCE, VOCAB
+
+    return VOCAB, (SENTENCE, SECOND_SENTENCE)
 
 
 def add_arguments(parser):
@@ -51,7 +56,7 @@ def make_page(out, learner=None, measured=None):
     started = time.perf_counter()
     reference = read_sections()
     if measured is None:
-        measured = measure(reference, VOCAB, SENTENCES)
+        measured = measure(reference, *demo_input())
     ran = time.perf_counter()
     try:
         sections = read_sections(learner) if learner else reference
