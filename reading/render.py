@@ -354,12 +354,12 @@ class Page:
 
     def hook_call_cell(self, units: list[Unit], path: Path) -> str:
         if not units:
-            return f'<td class="none" data-twin="{path.parent.name}">not called in the forward</td>'
+            return f'<td class="none">{path.parent.name}: not called in the forward</td>'
         pieces = []
         for unit in units:
             where = f"{path.parent.name}/{path.name}:{unit.first_line}"
             pieces.append(f'<a href="#{self.ids.get(id(unit), "")}">{where}</a>{render_lines(dedented(unit))}')
-        return f'<td data-twin="{path.parent.name}">' + "".join(pieces) + "</td>"
+        return "<td>" + "".join(pieces) + "</td>"
 
     def hook_table(self) -> str:
         paths = {part.name: (section.numpy_path, section.torch_path)
@@ -580,7 +580,6 @@ footer { margin-top: 40px; padding-bottom: 48px; color: var(--muted); font-size:
   table.hooks colgroup, table.hooks thead { display: none; }
   table.hooks tr { border-bottom: 2px solid var(--line); padding: 4px 0; }
   table.hooks td { border: 0; padding: 2px 0; }
-  table.hooks td[data-twin]::before { content: attr(data-twin); font-size: 12px; color: var(--muted); }
 }
 """
 
