@@ -28,6 +28,7 @@ LEVELS = {
 SIDEWAYS = {
     ("training", "interp"),  # training evaluates its model with interp's head scores and figures
     ("exercises", "gradcheck"),  # the exercise checker is a gradient checker
+    ("reading", "gradcheck"),  # the reading page's run gives its models the gradient checks' random weights
 }
 FORBIDDEN = {
     "foundation": {"torch", "numpy_impl", "torch_impl"},

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import importlib.util
 import io
 import re
@@ -45,6 +46,7 @@ FORWARD_QUOTE = re.compile(r"^\s*#\s*forward:\s*(.*)$")
 SHAPE_COMMENT = re.compile(r"^#\s*(\[[^\]]*\])(.*)$")
 HOOK_CALL = re.compile(r"\bself\.(hook_\w+)\(")
 HOOK_BACKWARD = re.compile(r"\bself\.(hook_\w+)\.backward\(")
+PARAMETER_GRAD = re.compile(r"\bself\.(\w+)\.grad\b")
 HOOK_DEFINITION = re.compile(r"\bself\.(hook_\w+)\s*=\s*HookPoint\(\)\s*(#\s*(\[[^\]]*\]))?")
 
 
@@ -57,6 +59,8 @@ class Unit:
     kind: str  # "code", "comment" or "header" (a line that opens a block: if, else, for ...)
     key: str
     assigns: tuple[str, ...] = ()  # names on the left of "=" (empty when it assigns nothing)
+    targets: tuple[str, ...] = ()  # each assigned expression, whole: ``q``, ``self.W_pos.grad[:pos]``
+    reads: frozenset = frozenset()  # the plain names the line reads
 
     @property
     def text(self) -> str:
@@ -105,6 +109,7 @@ class Part:
     torch_forward: Function | None
     numpy_backward: Function | None
     torch_note: str | None = None  # e.g. where torch_impl imports this function from
+    stub: bool = False  # the NumPy backward still raises NotImplementedError (a learner's copy)
 
 
 @dataclass
@@ -135,8 +140,11 @@ def package_dir(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+@functools.lru_cache(maxsize=None)
 def strip_comment(line: str) -> str:
     """The line without a trailing ``# ...`` comment (a '#' inside a string is kept)."""
+    if "#" not in line:
+        return line
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(line.lstrip() + "\n").readline))
     except (tokenize.TokenError, IndentationError, SyntaxError):
@@ -187,21 +195,24 @@ def make_unit(lines: list[str], first_line: int) -> Unit:
     node = tree.body[0]
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         return Unit(lines, first_line, "code", "def " + node.name)
+    reads = frozenset(sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load))
     if isinstance(node, ast.Assign):
         targets = [ast.unparse(target) for target in node.targets]
         names = tuple(name.strip() for target in targets for name in target.split(","))
-        return Unit(lines, first_line, "code", " = ".join(targets) + " =", names)
+        whole = tuple(ast.unparse(element) for target in node.targets
+                      for element in (target.elts if isinstance(target, ast.Tuple) else [target]))
+        return Unit(lines, first_line, "code", " = ".join(targets) + " =", names, whole, reads)
     if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
         target = ast.unparse(node.target)
         op = "+=" if isinstance(node, ast.AugAssign) else ":"
-        return Unit(lines, first_line, "code", f"{target} {op}", (target,))
+        return Unit(lines, first_line, "code", f"{target} {op}", (target,), (target,), reads)
     if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
         return Unit(lines, first_line, "code", "docstring")
     if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
-        return Unit(lines, first_line, "code", "call: " + ast.unparse(node.value.func))
+        return Unit(lines, first_line, "code", "call: " + ast.unparse(node.value.func), reads=reads)
     if isinstance(node, ast.Return):
-        return Unit(lines, first_line, "code", "return")
-    return Unit(lines, first_line, "code", "stmt: " + code)
+        return Unit(lines, first_line, "code", "return", reads=reads)
+    return Unit(lines, first_line, "code", "stmt: " + code, reads=reads)
 
 
 def similarity(a: str, b: str) -> float:
@@ -274,24 +285,88 @@ def split_steps(units: list[Unit]) -> list[Step]:
     return [step for step in steps if step.units]
 
 
-def link_steps(steps: list[Step], rows: list[Row]) -> None:
-    """Find, for each step, the forward rows its ``# forward:`` comment quotes.
+def quoted_names(quote: str) -> tuple[list[str], set[str], ast.AST | None]:
+    """(names on the left, names read on the right, the right side) of a ``# forward:`` quote.
 
-    The quote is read as ``names = expression``: for each name, the NumPy forward line that
-    assigns it and reads most like the quote. A quote that names nothing the forward assigns
+    A quote may go on in words (``q_h, k_h, v_h = q, k, v with the head axis moved``): its right
+    side is the longest run of its words that reads as a Python expression.
+    """
+    lhs, sep, rhs = quote.partition(" = ")
+    if not sep:
+        return [], set(), None
+    names = [name.strip() for name in lhs.split(",")]
+    words = re.split(r"(?<=\S)\s+", rhs.split(";")[0].strip())
+    for end in range(len(words), 0, -1):
+        try:
+            tree = ast.parse(" ".join(words[:end]).rstrip(","), mode="eval").body
+        except SyntaxError:
+            continue
+        return names, {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}, tree
+    return names, set(), None
+
+
+def assigned_value(unit: Unit) -> ast.AST | None:
+    """The right side of an assignment unit, parsed."""
+    try:
+        node = ast.parse(textwrap.dedent(unit.text)).body[0]
+    except (SyntaxError, IndexError):
+        return None
+    return getattr(node, "value", None)
+
+
+def link_steps(steps: list[Step], rows: list[Row]) -> None:
+    """Find, for each step, the forward rows it undoes: every one of them, not only the quoted one.
+
+    - the quote ``names = expression``: for each name, the NumPy forward line that assigns it and
+      reads most like the quote;
+    - a quote whose right side the forward spells in several lines (``probs = softmax(scores)``):
+      the lines between, on the way from what the quote reads to what it assigns;
+    - each hook point the step passes a gradient through (``self.hook_scale.backward``): the line
+      that calls that hook in the forward;
+    - each parameter the step adds a gradient into (``self.W_K.grad``): the lines that read it.
+
+    A quote that names nothing the forward assigns, in a step with no hook and no parameter,
     links to no row (the page then shows the quote alone).
     """
+    numpy_rows = [(k, row.numpy) for k, row in enumerate(rows) if row.numpy is not None and row.numpy.kind == "code"]
     for step in steps:
-        if step.quote is None:
-            continue
-        lhs, sep, _ = step.quote.partition(" = ")
-        names = [name.strip() for name in lhs.split(",")] if sep else []
-        found = []
-        for name in names:
-            candidates = [k for k, row in enumerate(rows) if row.numpy is not None and name in row.numpy.assigns]
-            if candidates:
-                found.append(max(candidates, key=lambda k: similarity(step.quote, rows[k].numpy.code)))
-        step.undoes = sorted(set(found))
+        found = set()
+        text = "\n".join(unit.text for unit in step.units if unit.kind != "comment")
+        if step.quote is not None:
+            names, inputs, value = quoted_names(step.quote)
+            for name in names:
+                candidates = [k for k, unit in numpy_rows if name in unit.assigns]
+                if isinstance(value, ast.Name):  # a quote that only renames (``resid_post = resid_mid``): no computation
+                    candidates = [k for k in candidates if isinstance(assigned_value(rows[k].numpy), ast.Name)]
+                if candidates:
+                    best = max(candidates, key=lambda k: similarity(step.quote, rows[k].numpy.code))
+                    found.add(best)
+                    found |= lines_between(numpy_rows, inputs, best)
+        for hook in HOOK_BACKWARD.findall(text):
+            found |= {k for k, unit in numpy_rows if re.search(rf"\bself\.{hook}\(", unit.code)}
+        for parameter in PARAMETER_GRAD.findall(text):
+            found |= {k for k, unit in numpy_rows if re.search(rf"\bself\.{parameter}\.data\b", unit.code)}
+        step.undoes = sorted(found)
+
+
+def lines_between(numpy_rows: list[tuple[int, Unit]], inputs: set[str], target: int) -> set[int]:
+    """Rows after the last one that assigns a quoted input and before ``target``, on the way from one to the other."""
+    before = [(k, unit) for k, unit in numpy_rows if k < target]
+    starts = [k for k, unit in before if set(unit.assigns) & inputs]
+    if not starts:
+        return set()
+    window = [(k, unit) for k, unit in before if k > max(starts)]
+    reached = set(inputs)  # names that depend on the inputs
+    for _, unit in window:
+        if unit.reads & reached:
+            reached |= set(unit.assigns)
+    needed = set(dict(numpy_rows)[target].reads)  # names the target depends on
+    on_the_way = set()
+    for k, unit in reversed(window):
+        if set(unit.assigns) & needed and set(unit.assigns) & reached:
+            on_the_way.add(k)
+            needed |= unit.reads
+    return on_the_way
 
 
 def find_functions(tree: ast.Module) -> dict[str, ast.AST]:
@@ -322,8 +397,20 @@ def imported_from(tree: ast.Module, name: str) -> str | None:
     return None
 
 
-def read_section(stem: str, title: str) -> Section:
-    paths = [package_dir(twin) / f"{stem}.py" for twin in TWINS]
+def raises_not_implemented(node: ast.FunctionDef | None) -> bool:
+    """True when a function still holds ``raise NotImplementedError`` (an exercise not written yet)."""
+    for sub in ast.walk(node) if node is not None else ():
+        if isinstance(sub, ast.Raise) and sub.exc is not None:
+            exc = sub.exc.func if isinstance(sub.exc, ast.Call) else sub.exc
+            if isinstance(exc, ast.Name) and exc.id == "NotImplementedError":
+                return True
+    return False
+
+
+def read_section(stem: str, title: str, numpy_dir: Path | None = None) -> Section:
+    """One component file of each twin, lined up; ``numpy_dir``: read the NumPy file from there (a learner's copy)."""
+    paths = [Path(numpy_dir) if numpy_dir else package_dir(TWINS[0]), package_dir(TWINS[1])]
+    paths = [folder / f"{stem}.py" for folder in paths]
     texts = [path.read_text() for path in paths]
     trees = [ast.parse(text) for text in texts]
     lines = [text.split("\n") for text in texts]
@@ -337,11 +424,13 @@ def read_section(stem: str, title: str) -> Section:
                 continue
             torch_forward = read_function(method(torch_node, "forward"), paths[1], lines[1]) if torch_node else None
             np_backward = read_function(method(np_node, "backward"), paths[0], lines[0])
+            stub = raises_not_implemented(method(np_node, "backward"))
             kind = "class"
         else:
             np_forward = read_function(np_node, paths[0], lines[0])
             torch_forward = read_function(torch_node, paths[1], lines[1]) if torch_node else None
             np_backward = None
+            stub = False
             kind = "function"
         rows = align(np_forward.units, torch_forward.units if torch_forward else [])
         steps = split_steps(np_backward.units) if np_backward else []
@@ -350,13 +439,14 @@ def read_section(stem: str, title: str) -> Section:
         if torch_forward is None:
             source = imported_from(trees[1], name)
             note = f"torch_impl imports this one from {source}" if source else "torch_impl has no twin of this"
-        parts.append(Part(name, kind, rows, steps, np_forward, torch_forward, np_backward, note))
+        parts.append(Part(name, kind, rows, steps, np_forward, torch_forward, np_backward, note, stub))
     docstring = ast.get_docstring(trees[0]) or ""
     return Section(stem, title, docstring, paths[0], paths[1], parts)
 
 
-def read_sections() -> list[Section]:
-    return [read_section(stem, title) for stem, title in SECTIONS]
+def read_sections(numpy_dir: Path | None = None) -> list[Section]:
+    """Every section; ``numpy_dir``: a learner's copy of numpy_impl to read the NumPy side from."""
+    return [read_section(stem, title, numpy_dir) for stem, title in SECTIONS]
 
 
 def hook_definitions(cls: ast.ClassDef, file_lines: list[str]) -> list[tuple[str, str]]:

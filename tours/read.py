@@ -1,24 +1,92 @@
 """python demo.py read: the two twins side by side, as one HTML page to open in a browser.
 
 It writes OUT/read.html: one section per component in the order of the forward pass (and one
-for the whole model) with the equation, the NumPy and torch forwards lined up row by row, the
+for the whole model) with the formula, the NumPy and torch forwards lined up row by row, the
 NumPy backward beside the forward lines it undoes, and a table of every hook point. The page
-is read from the source files each time, so it always shows the code as it is.
+is read from the source files each time, so it always shows the code as it is, and the numbers
+beside the lines come from a run of both twins made each time (``reading.measure``) on the
+demo's sentence and vocabulary (``tours.basics``).
+
+``--exercises DIR`` writes OUT/read_exercises.html instead: the NumPy backward passes read from
+a learner's copy (DIR/numpy_impl, as ``python demo.py exercises init DIR`` writes it), so the
+page holds the learner's answers and not the reference's.
 """
+
+import time
+from pathlib import Path
 
 from reading import read_hooks, read_sections, write_page
 
+SECOND_SENTENCE = "a dog sat on mat"  # the same length as the demo's, so the two make a batch
+
+
+def demo_input():
+    """(vocabulary, sentences): the demo's (``tours.basics``, which imports torch: only when the page is made)."""
+    from .basics import SENTENCE, VOCAB
+
+    return VOCAB, (SENTENCE, SECOND_SENTENCE)
+
 
 def add_arguments(parser):
-    """No options of its own: --out names the folder."""
+    parser.add_argument("--exercises", metavar="DIR", default=None,
+                        help="show the backward passes of a learner's copy (DIR/numpy_impl) instead of the reference's")
+
+
+def learner_folder(directory):
+    """DIR/numpy_impl of a learner's copy, or a one-line refusal."""
+    folder = Path(directory) / "numpy_impl"
+    if not folder.is_dir():
+        raise SystemExit(f"--exercises {directory}: there is no {folder} "
+                         f"(make one with: python demo.py exercises init {directory})")
+    missing = [name for name in ("layernorm.py", "attention.py", "model.py") if not (folder / name).is_file()]
+    if missing:
+        raise SystemExit(f"--exercises {directory}: {folder} is not a copy of numpy_impl "
+                         f"({', '.join(missing)} missing)")
+    return folder
+
+
+def make_page(out, learner=None, measured=None):
+    """Write the page into ``out``: (its path, the sections shown, the run's measurements, seconds for run and page).
+
+    ``learner``: a learner's numpy_impl folder (the page then shows its backward passes); ``measured``:
+    a run already made (``reading.measure``) of the reference files, instead of a new one.
+    """
+    from reading.measure import measure  # imports both twins and torch
+
+    started = time.perf_counter()
+    reference = read_sections()
+    if measured is None:
+        measured = measure(reference, *demo_input())
+    ran = time.perf_counter()
+    try:
+        sections = read_sections(learner) if learner else reference
+    except SyntaxError as error:
+        raise SystemExit(f"--exercises: {error.filename}:{error.lineno}: {error.msg}")
+    path = write_page(out, sections, read_hooks(sections), measured, learner,
+                      "read_exercises.html" if learner else "read.html")
+    return path, sections, measured, (ran - started, time.perf_counter() - ran)
 
 
 def run(args):
-    sections = read_sections()
-    hooks = read_hooks(sections)
-    path = write_page(args.out, sections, hooks)
+    learner = learner_folder(args.exercises) if args.exercises else None
+    path, sections, measured, (run_seconds, page_seconds) = make_page(args.out, learner)
     rows = sum(len(part.rows) for section in sections for part in section.parts)
     steps = sum(len(part.steps) for section in sections for part in section.parts)
-    print(f"{len(sections)} sections, {rows} forward rows side by side, {steps} backward steps, {len(hooks)} hook points")
+    hooks = read_hooks(sections)
+    print(f"{len(sections)} sections, {rows} forward rows side by side, {steps} backward steps, "
+          f"{len(hooks)} hook points")
+    gaps = list(measured.forward.values())
+    worst = {dtype: max(gap.relative.get(dtype, 0.0) for gap in gaps) for dtype in ("float64", "float32")}
+    grads = [g.gap for found in measured.gradients.values() for g in found]
+    print(f"the run: {len(gaps)} forward rows measured in both twins (worst relative gap "
+          f"{worst['float64']:.1e} float64, {worst['float32']:.1e} float32), {len(grads)} backward lines against autograd, "
+          f"{measured.checked_shapes} shape comments checked")
+    for problem in measured.problems:
+        print(f"  a shape comment disagrees with the run: {problem}")
+    if learner:
+        stubs = [part.name for section in sections for part in section.parts if part.stub]
+        state = "not written yet: " + ", ".join(stubs) if stubs else "every one written"
+        print(f"backward passes from {learner}: {state}")
+    print(f"time: {run_seconds:.1f} s for the run of both twins, {page_seconds:.1f} s for the page")
     print(f"Wrote {path}")
     print(f"Open it in a browser: {path.resolve().as_uri()}")
