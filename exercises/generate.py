@@ -40,7 +40,8 @@ DEFAULT_DIR = "mywork"  # where init and check work when no folder is given (git
 _NAMING = dict(d_vocab=11, d_model=6, n_heads=2, d_head=3, d_mlp=7, n_layers=1, n_ctx=13)
 _AXES = {11: "d_vocab", 6: "d_model", 2: "head", 3: "d_head", 7: "d_mlp", 13: "n_ctx", 4: "batch", 5: "pos"}
 _BRANCHES = {  # an if's test -> (what its branch is called, what its else is called)
-    'self.cfg.act_fn == "relu"': ("the ReLU branch", "the GELU branch (act_fn \"gelu_new\")"),
+    'self.cfg.act_fn == "relu"': ("the ReLU branch", "the GELU branches"),
+    'self.cfg.act_fn == "gelu"': ("the exact GELU branch (act_fn \"gelu\")", "the GELU branch (act_fn \"gelu_new\")"),
 }
 
 

@@ -38,6 +38,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import scipy.special  # noqa: F401  the exact GELU's erf: imported before the audit hook, which refuses what scipy's import does
 
 from exercises import protocol, steps
 

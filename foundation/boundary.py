@@ -38,6 +38,7 @@ from .checks import (
     check_forward_done,
     check_grad,
     check_loss_inputs,
+    check_plain,
     check_tokens,
 )
 
@@ -108,6 +109,7 @@ def check_backward_allowed(record, component):
 
 def check_gradient_argument(record, name, value, model_dtype):
     """The upstream gradient: shaped like the forward's output (a real number for a scalar loss)."""
+    check_plain(value, name)  # a masked array's mask would be ignored
     if record.out_shape == ():
         check_dloss(value)
     else:

@@ -303,7 +303,8 @@ class ActivationCacheMethods:
         model = self._model("logit_attrs")
         if not model.cfg.unembed:
             raise ValueError("logit_attrs needs a model with an unembedding (cfg.unembed=True)")
-        positions = self._positions(residual_stack)  # (batch, pos), or (pos,) without a batch axis
+        sliced = pos_slice is not None or batch_slice is not None or not has_batch_dim
+        positions = None if sliced else self._positions(residual_stack)  # (batch, pos), or (pos,) without a batch axis
         tokens = self._token_ids(tokens, "tokens", positions)
         direction = self._like_cache(model.tokens_to_residual_directions(tokens))  # [*tokens.shape, d_model]
         if incorrect_tokens is not None:
@@ -349,6 +350,8 @@ class ActivationCacheMethods:
             raise TypeError(f"{name} must be token ids (ints), got {tokens!r}")
         if array.size and (array.min() < 0 or array.max() >= self.cfg.d_vocab):
             raise ValueError(f"{name} must lie in [0, d_vocab={self.cfg.d_vocab}), got {tokens!r}")
+        if positions is None:  # a sliced stack: apply_ln_to_stack checks its shape
+            return array
         if self.has_batch_dim:
             allowed = {(): "an int", positions[:1]: f"[batch] = {list(positions[:1])} (one per sequence)",
                        positions: f"[batch, pos] = {list(positions)}"}

@@ -162,7 +162,7 @@ def test_greedy_generation_matches_transformers(checkpoint):
     for twin in TWINS.values():
         model = twin.from_pretrained(folder)
         generated = model.generate(prompt if twin is npi.Transformer else torch.from_numpy(prompt),
-                                   max_new_tokens=new_tokens)
+                                   max_new_tokens=new_tokens, do_sample=False, verbose=False)
         assert np.array_equal(np.asarray(generated), expected), twin.__module__
 
 

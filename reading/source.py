@@ -463,7 +463,7 @@ def hook_definitions(cls: ast.ClassDef, file_lines: list[str]) -> list[tuple[str
 
 
 def children(cls: ast.ClassDef, known: set[str]) -> list[tuple[str, str]]:
-    """(attribute path, class name) of each sub-module ``self.name = Class(...)`` in __init__.
+    """(attribute path, class name) of each sub-module ``self.name = Class(...)`` (or ``Class.for_config(...)``) in __init__.
 
     An attribute built from a list comprehension (``self.blocks = [Block(...) for ...]``)
     holds one per index: its path is ``blocks.{i}``.
@@ -482,6 +482,8 @@ def children(cls: ast.ClassDef, known: set[str]) -> list[tuple[str, str]]:
         for sub in ast.walk(node.value):
             if isinstance(sub, ast.Call):
                 func = sub.func.id if isinstance(sub.func, ast.Name) else getattr(sub.func, "attr", None)
+                if func == "for_config" and isinstance(sub.func.value, ast.Name):  # LayerNorm.for_config(cfg)
+                    func = sub.func.value.id
                 if func in known:
                     found.append((target.attr + (".{i}" if listed else ""), func))
     return found

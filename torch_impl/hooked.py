@@ -11,6 +11,8 @@ leaves.
 
 import torch
 
+from foundation.checks import check_plain
+
 from foundation.hooks import HookedMixin as _HookedMixin
 from foundation.hooks import as_numpy, check_next_token_loss, gradient_target, split_outputs
 
@@ -38,7 +40,7 @@ class HookedMixin(_HookedMixin):
     def _backward_from(self, result, dout):
         logits, loss = split_outputs(result)
         shape = lambda tensor: None if tensor is None else tuple(tensor.shape)  # noqa: E731
-        dout = None if dout is None else as_numpy(dout)  # checked as the NumPy model checks it
+        dout = None if dout is None else as_numpy(check_plain(dout, "dout"))  # checked as the NumPy model checks it
         target, grad = gradient_target(dout, shape(logits), shape(loss), self.cfg.dtype)
         tensor = loss if target == "loss" else logits
         tensor.backward(torch.as_tensor(grad, dtype=tensor.dtype, device=tensor.device))

@@ -171,8 +171,9 @@ def show_generation(model, twin, tokens, new_tokens):
     import torch
 
     heading(f"Greedy generation: {new_tokens} new tokens from each twin")
-    generated = {"NumPy": np.asarray(model.generate(tokens, max_new_tokens=new_tokens)),
-                 "torch": twin.generate(torch.from_numpy(tokens), max_new_tokens=new_tokens).numpy()}
+    greedy = dict(max_new_tokens=new_tokens, do_sample=False, verbose=False)
+    generated = {"NumPy": np.asarray(model.generate(tokens, **greedy)),
+                 "torch": twin.generate(torch.from_numpy(tokens), **greedy).numpy()}
     for side, row in generated.items():
         new = row[0, tokens.shape[1]:]
         text = f"  -> {model.to_string(row[0])!r}" if model.tokenizer is not None else ""
