@@ -246,6 +246,7 @@ class Guard:
         self.out_fd = out_fd
         self.package_dir = str(Path(package_dir).resolve())
         self.writable = [str(Path(work_dir).resolve()), str(Path(_temp_dir()).resolve())]
+        self.work_dir, self.project = str(Path(work_dir).resolve()), str(Path(project).resolve())
         self.protected = [str((Path(project) / name).resolve()) for name in PROTECTED_IN_PROJECT]
         self.protected += [str(Path(p).resolve()) for p in extra_protected]
         self.pid = os.getpid()
@@ -316,7 +317,10 @@ class Guard:
 
     def _writable(self, path):
         real = os.path.realpath(path)
-        return any(real == folder or real.startswith(folder + os.sep) for folder in self.writable)
+        inside = lambda folder: real == folder or real.startswith(folder + os.sep)  # noqa: E731
+        if inside(self.project) and not inside(self.work_dir):
+            return False  # the project's own files, even where the project sits in the temp folder
+        return any(inside(folder) for folder in self.writable)
 
     def _reference(self, path):
         real = os.path.realpath(path)
