@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 import numpy_impl  # noqa: E402
 import torch_impl  # noqa: E402
-from foundation.weights import parameter_shapes  # noqa: E402
+from foundation.files.weights import parameter_shapes  # noqa: E402
 
 GPT2_SMALL = dict(d_vocab=50257, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_layers=12, n_ctx=1024,
                   normalization="pre", act_fn="gelu_new", causal=True, positional="learned")

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 import numpy_impl
-from foundation.config import TransformerConfig
+from foundation.contract.config import TransformerConfig
 from gradcheck.factory import build, make_inputs
 
 from . import worker as workers

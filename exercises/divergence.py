@@ -12,7 +12,7 @@ hook of the forward is the first the gradient reaches), then the parameter gradi
 first hook point that differs is where the two part: the code between it and the last hook
 point that agrees holds the difference.
 
-Agreement: ``foundation.agreement.rel_err``, max |a - b| / max |b| per tensor, with max |b| floored at a thousandth
+Agreement: ``foundation.contract.agreement.rel_err``, max |a - b| / max |b| per tensor, with max |b| floored at a thousandth
 of the largest tensor of the walk (b_K's exact gradient is zero, so both sides hold only
 rounding: about 1e-7 of the largest gradient in float32), and ``TOLERANCE`` by dtype: two
 correct twins agree to about 1e-12 in float64 and 1e-6 in float32.
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from foundation.agreement import rel_err
-from foundation.hooks import as_numpy
+from foundation.contract.agreement import rel_err
+from foundation.lens.hooks import as_numpy
 
 TOLERANCE = {"float64": 1e-8, "float32": 1e-4}
 FLOOR = 1e-3  # max |b| is floored at FLOOR * the largest tensor of the walk

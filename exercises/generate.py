@@ -68,7 +68,7 @@ def reference_exercises():
 
 def _naming_module(cls):
     import numpy_impl
-    from foundation.config import TransformerConfig
+    from foundation.contract.config import TransformerConfig
 
     cfg = TransformerConfig(**_NAMING)
     return getattr(numpy_impl, cls)() if cls == "CrossEntropyLoss" else getattr(numpy_impl, cls)(cfg)

@@ -1,5 +1,8 @@
-"""What both twins stand on, written once: the config, input checks, the weights file, hook and
-cache machinery that does not depend on the array library, and the measure of agreement.
+"""What both twins stand on, written once, in three rooms:
+
+- ``foundation.contract``: the config, input checks, the boundary and the measure of agreement;
+- ``foundation.lens``: TransformerLens's surface (hooks, cache, views, folding, tokenizer, runs);
+- ``foundation.files``: the weights file and Hugging Face checkpoint folders.
 
 Nothing here imports torch, ``numpy_impl`` or ``torch_impl``.
 """

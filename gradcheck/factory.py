@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from foundation.config import TransformerConfig
+from foundation.contract.config import TransformerConfig
 
 # A small config: every size distinct enough to catch a swapped axis, d_vocab small so
 # that tokens repeat in a batch (repeats must add up in W_E's gradient), and the checked

@@ -11,7 +11,7 @@ tokens and upstream gradient (the inputs), and what the NumPy reference made of 
 file was written (the output, every parameter gradient, every hook point's activation and
 gradient, and the next-token loss with its gradient), with the versions and seed that made it.
 ``compare`` runs either twin on the stored inputs and measures each stored tensor with
-``foundation.agreement`` (b_K's exactly-zero gradient against the largest gradient of its
+``foundation.contract.agreement`` (b_K's exactly-zero gradient against the largest gradient of its
 config); both twins must agree with the file to ``TOLERANCE``.
 
 Regenerate the file only when a change of the numbers is meant (a new hook convention, a fixed
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from foundation.agreement import TOL, is_exact_zero, rel_err
-from foundation.config import TransformerConfig
-from foundation.hooks import GRAD_SUFFIX, as_numpy
+from foundation.contract.agreement import TOL, is_exact_zero, rel_err
+from foundation.contract.config import TransformerConfig
+from foundation.lens.hooks import GRAD_SUFFIX, as_numpy
 
 from .factory import randomize_parameters
 

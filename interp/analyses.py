@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from foundation.hooks import ActivationCache
+from foundation.lens.hooks import ActivationCache
 from numpy_impl.loss import log_softmax
 
 from .common import check_model, check_token_array, native_like, next_token_loss, run_cache, run_hooked, view, weights

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from foundation.factored import FactoredMatrix
+from foundation.lens.factored import FactoredMatrix
 
 from .common import check_model, factored, view
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from foundation.hooks import ActivationCache, as_numpy
+from foundation.lens.hooks import ActivationCache, as_numpy
 
 
 def is_model(source):
@@ -42,7 +42,7 @@ def view(model, name):
 
 def factored(model, name):
     """``model.QK`` or ``model.OV`` [layer, head, d_model, d_model] as a FactoredMatrix of ndarrays."""
-    from foundation.factored import FactoredMatrix
+    from foundation.lens.factored import FactoredMatrix
 
     check_model(model)
     matrix = getattr(model, name)
@@ -82,7 +82,7 @@ def run_hooked(model, tokens, fwd_hooks):
 
 def check_token_array(tokens, cfg, name="tokens"):
     """tokens -> int ndarray [batch, pos] within the model's vocabulary and context."""
-    from foundation.checks import check_tokens, tokens_as_array
+    from foundation.contract.checks import check_tokens, tokens_as_array
 
     tokens = as_numpy(tokens_as_array(tokens, name))  # checked before converted: a bool in a list is no id
     check_tokens(tokens, cfg, np.ndarray, name)

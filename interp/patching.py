@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from foundation.hooks import hook_name
+from foundation.lens.hooks import hook_name
 
 from .common import check_model, check_token_array, native_like, run_cache, run_hooked
 

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from foundation.hooks import ActivationCache, as_numpy  # noqa: E402
+from foundation.lens.hooks import ActivationCache, as_numpy  # noqa: E402
 
 from .common import head_patterns  # noqa: E402
 

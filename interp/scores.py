@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from foundation.hooks import ActivationCache
+from foundation.lens.hooks import ActivationCache
 
 from .common import check_token_array, default_repeated_tokens, head_patterns, is_model, run_cache
 

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 from .module import HookPoint, Module, Parameter
 
 

@@ -12,7 +12,7 @@ Axes: batch, pos (sequence position), d_model (residual width).
 import numpy as np
 
 from .attention import MultiHeadAttention
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 from .feedforward import FeedForward
 from .layernorm import LayerNorm
 from .module import HookPoint, Module

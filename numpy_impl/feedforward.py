@@ -20,7 +20,7 @@ import math
 import numpy as np
 from scipy.special import erf
 
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 from .module import HookPoint, Module, Parameter
 
 GELU_C = math.sqrt(2.0 / math.pi)

@@ -1,6 +1,6 @@
 """The NumPy model's own steps of its TransformerLens surface: hooks, caches, the loss, folding.
 
-Written once in ``foundation/hooks.py`` and ``foundation/running.py``: ``ActivationCache``, short
+Written once in ``foundation/lens/hooks.py`` and ``foundation/lens/running.py``: ``ActivationCache``, short
 names, ``run_with_cache``, ``run_with_hooks``, ``hooks()``, ``add_hook``, ``reset_hooks``,
 ``fold_layer_norm``, ``return_type`` and ``generate``. Only what the array library changes lives
 here: which HookPoint class the model holds, how an activation is copied, the next-token loss
@@ -16,9 +16,9 @@ that loss's gradient, ``model.backward(dloss)`` with dloss [batch, pos - 1], as
 
 import numpy as np
 
-from foundation.checks import tokens_as_array
-from foundation.hooks import HookedMixin as _HookedMixin
-from foundation.hooks import check_next_token_loss, gradient_target
+from foundation.contract.checks import tokens_as_array
+from foundation.lens.hooks import HookedMixin as _HookedMixin
+from foundation.lens.hooks import check_next_token_loss, gradient_target
 
 from .layernorm import LayerNormPre
 from .loss import CrossEntropyLoss, log_softmax
@@ -26,7 +26,7 @@ from .module import HookPoint
 
 
 class HookedMixin(_HookedMixin):
-    """``foundation.hooks.HookedMixin`` with the hand-written backward."""
+    """``foundation.lens.hooks.HookedMixin`` with the hand-written backward."""
 
     hook_point_class = HookPoint
 

@@ -11,7 +11,7 @@ w and b, as TransformerLens's hook of that name does.
 
 import numpy as np
 
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 from .module import HookPoint, Module, Parameter
 
 EPS = 1e-5

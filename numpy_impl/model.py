@@ -10,10 +10,10 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
 
 import numpy as np
 
-from foundation.checks import check_config, check_seed
-from foundation.pretrained import read_gpt2, read_gpt2_tokenizer
-from foundation.running import RunningMixin
-from foundation.weights import load_weights, save_weights
+from foundation.contract.checks import check_config, check_seed
+from foundation.files.pretrained import read_gpt2, read_gpt2_tokenizer
+from foundation.lens.running import RunningMixin
+from foundation.files.weights import load_weights, save_weights
 
 from .block import TransformerBlock
 from .embedding import TokenEmbedding

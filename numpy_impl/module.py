@@ -6,7 +6,7 @@ walking its attributes in the order they were set, so ``named_parameters()`` and
 ``state_dict()`` list the same names, in the same order, as the torch twin.
 
 ``Module`` is also the boundary: every subclass's ``forward`` and ``backward`` is wrapped (see
-``_forward_at_the_boundary`` and ``_backward_at_the_boundary`` below, and ``foundation/boundary.py``
+``_forward_at_the_boundary`` and ``_backward_at_the_boundary`` below, and ``foundation/contract/boundary.py``
 for what they guarantee), so the bodies in the component files hold only the formulas.
 """
 
@@ -17,7 +17,7 @@ import inspect
 
 import numpy as np
 
-from foundation.boundary import (
+from foundation.contract.boundary import (
     Call,
     ForwardRecord,
     calls,
@@ -31,8 +31,8 @@ from foundation.boundary import (
     output_shape,
     taint,
 )
-from foundation.checks import IncompatibleKeys, check_state_dict, tokens_as_array
-from foundation.hooks import HookLists, as_numpy
+from foundation.contract.checks import IncompatibleKeys, check_state_dict, tokens_as_array
+from foundation.lens.hooks import HookLists, as_numpy
 
 
 class Parameter:
@@ -123,7 +123,7 @@ class Module:
     def load_state_dict(self, state_dict: dict, strict=True):
         """Copy arrays into the parameters, in place -> (missing_keys, unexpected_keys). Strict, as torch's default.
 
-        ``foundation.checks.check_state_dict`` checks everything first and casts to the model's
+        ``foundation.contract.checks.check_state_dict`` checks everything first and casts to the model's
         dtype, so the torch twin takes the same state dicts with the same values: ndarrays of
         any float width, byte order or integer type, and torch tensors (bfloat16 included).
         Missing keys (when ``strict``), unexpected keys (when ``strict``), wrong shapes and

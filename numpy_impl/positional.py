@@ -10,7 +10,7 @@ Learned (GPT-2): pos_embed[b, p] = W_pos[p].
 
 import numpy as np
 
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 from .module import Module, Parameter
 
 

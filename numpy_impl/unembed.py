@@ -13,7 +13,7 @@ batch * pos rows; W_U's gradient names dlogits first, so it comes back in order 
 
 import numpy as np
 
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 from .module import Module, Parameter
 
 

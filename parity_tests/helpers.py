@@ -1,6 +1,6 @@
 """Shared test helpers: random weights into both twins, and the one way parity is measured.
 
-Parity of a tensor is ``foundation.agreement.rel_err``: max |numpy - torch| / max |torch|. A
+Parity of a tensor is ``foundation.contract.agreement.rel_err``: max |numpy - torch| / max |torch|. A
 gradient that is exactly zero in exact arithmetic (b_K's) is measured against the largest
 gradient of the whole component or model instead (``relative_errors``).
 """
@@ -9,8 +9,8 @@ import itertools
 
 import pytest
 
-from foundation.agreement import TOL, rel_err, relative_errors  # noqa: F401
-from foundation.hooks import as_numpy as to_numpy  # noqa: F401
+from foundation.contract.agreement import TOL, rel_err, relative_errors  # noqa: F401
+from foundation.lens.hooks import as_numpy as to_numpy  # noqa: F401
 
 # random weights for tests: LayerNorm w near 1 (never all ones), non-zero biases, N(0, 1/fan_in) matrices
 from gradcheck.factory import randomize_parameters as randomize  # noqa: F401

@@ -1,4 +1,4 @@
-"""The boundary (foundation/boundary.py): bodies that are only the formulas, and no aliasing.
+"""The boundary (foundation/contract/boundary.py): bodies that are only the formulas, and no aliasing.
 
 Every check, copy and guard lives where every call passes (each twin's ``Module``), so:
 - no component body in either twin calls a check or raises;

@@ -16,7 +16,7 @@ import pytest
 
 import numpy_impl
 import torch_impl
-from foundation.agreement import TOL
+from foundation.contract.agreement import TOL
 from gradcheck import golden
 
 

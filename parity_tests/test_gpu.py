@@ -7,7 +7,7 @@ Skipped where torch sees no GPU (the development machine and CI have none); run 
 import pytest
 import torch
 
-from foundation.agreement import TOL
+from foundation.contract.agreement import TOL
 from tours.parity import sweep, use_device
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU here")
@@ -31,7 +31,7 @@ def test_the_twin_moved_to_the_gpu_runs_hooks_caches_and_generates_as_on_the_cpu
 
     import numpy_impl as npi
     import torch_impl as pti
-    from foundation.agreement import rel_err
+    from foundation.contract.agreement import rel_err
     from gradcheck.factory import randomize_parameters
 
     use_device("cuda")

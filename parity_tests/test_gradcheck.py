@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import numpy_impl as npi
-from foundation.boundary import NonFiniteError
+from foundation.contract.boundary import NonFiniteError
 import torch_impl as pti
 from gradcheck.factory import Variant, build, make_inputs
 from numpy_impl import attention as np_attention

@@ -33,8 +33,8 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-import foundation.weights
-from foundation.weights import load_weights, save_weights
+import foundation.files.weights
+from foundation.files.weights import load_weights, save_weights
 from parity_tests.helpers import load_into_twin, randomize, rel_err
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -260,10 +260,10 @@ def test_the_writer_refuses_for_any_format(tmp_path):
     os.mkfifo(fifo)
     written = []
     with pytest.raises(ValueError, match="not a regular file"):
-        foundation.weights.write_atomically(fifo, lambda f: written.append(f.write(b"data")))
+        foundation.files.weights.write_atomically(fifo, lambda f: written.append(f.write(b"data")))
     assert written == [] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
     plain = tmp_path / "w.bin"
-    foundation.weights.write_atomically(plain, lambda f: f.write(b"data"))
+    foundation.files.weights.write_atomically(plain, lambda f: f.write(b"data"))
     assert plain.read_bytes() == b"data"
     with pytest.raises(TypeError, match="cfg"):
         save_weights(tmp_path / "x.npz", {}, cfg=None)

@@ -54,7 +54,8 @@ def imported_packages(path):
 
 def package_imports():
     """{package: {file: imported top-level names}} for every package of the house."""
-    return {package: {path.name: imported_packages(path) for path in sorted((ROOT / package).glob("*.py"))}
+    return {package: {str(path.relative_to(ROOT / package)): imported_packages(path)
+                      for path in sorted((ROOT / package).rglob("*.py"))}
             for package in LEVELS if (ROOT / package).is_dir()}
 
 

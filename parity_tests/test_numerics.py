@@ -1,6 +1,6 @@
 """Inputs at the edges of the dtype: the textbook formula's answer where it has one, a clear error where it overflows.
 
-The components compute the textbook formulas; the boundary (foundation/boundary.py) raises
+The components compute the textbook formulas; the boundary (foundation/contract/boundary.py) raises
 ``NonFiniteError``, naming the component and the tensor, when finite inputs and weights make a
 NaN or an infinity. So each test either checks forward and backward against what the math says
 (a LayerNorm of a large row is the LayerNorm of the same row scaled down; a GELU far from zero
@@ -14,7 +14,7 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from foundation.boundary import NonFiniteError
+from foundation.contract.boundary import NonFiniteError
 from parity_tests.helpers import assert_close, compare_grads, load_into_twin, randomize
 
 DTYPES = ["float64", "float32"]

@@ -26,7 +26,7 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from foundation.agreement import TOL, rel_err
+from foundation.contract.agreement import TOL, rel_err
 from parity_tests.gpt2_checkpoints import D_VOCAB, END_OF_TEXT, SMALL, hf_tokens, make_checkpoint, transformers
 
 TWINS = {"numpy": npi.Transformer, "torch": pti.Transformer}

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 import numpy_impl as npi
 import torch_impl as pti
-from foundation.agreement import TOL, rel_err
+from foundation.contract.agreement import TOL, rel_err
 from parity_tests.helpers import randomize
 
 QUICK, LONG = 10, 250

@@ -30,7 +30,7 @@ import pytest
 import demo
 import numpy_impl
 import torch_impl
-from foundation.agreement import TOL
+from foundation.contract.agreement import TOL
 from reading.formulas import FORMULAS, identifiers, to_mathml
 from reading.measure import compare, run_twins, shape_disagreement
 from reading.render import differing, lex

@@ -13,7 +13,7 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from foundation.agreement import rel_err
+from foundation.contract.agreement import rel_err
 from parity_tests.helpers import randomize
 from training.data import batches
 from training.trainer import NumpyStepper, TorchStepper, TrainConfig
@@ -84,7 +84,7 @@ def test_an_untied_model_is_refused():
 
 def test_training_a_loaded_gpt2_matches_transformers(tmp_path):
     """A few SGD steps on a loaded GPT-2: both twins end where GPT2LMHeadModel, trained by torch.optim, ends."""
-    from foundation.pretrained import gpt2_state_dict
+    from foundation.files.pretrained import gpt2_state_dict
     from parity_tests.gpt2_checkpoints import D_VOCAB, make_checkpoint
 
     hf = make_checkpoint(tmp_path, tokenizer=False)

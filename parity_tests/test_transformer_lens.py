@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import numpy_impl as npi
-from foundation.factored import FactoredMatrix
-from foundation.vocab import WordVocabulary
+from foundation.lens.factored import FactoredMatrix
+from foundation.lens.vocab import WordVocabulary
 from parity_tests.helpers import TOL, randomize, rel_err, to_numpy
 from parity_tests.interp_helpers import twin_of
 
@@ -422,8 +422,8 @@ def test_the_shared_surface_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, foundation.cache, foundation.factored, foundation.running, foundation.views, "
-            "foundation.vocab, numpy_impl; assert 'torch' not in sys.modules, 'torch was imported'")
+    code = ("import sys, foundation.lens.cache, foundation.lens.factored, foundation.lens.running, foundation.lens.views, "
+            "foundation.lens.vocab, numpy_impl; assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 
 import numpy_impl as npi
 import torch_impl as pti
-from foundation.cache import Slice
-from foundation.config import TransformerConfig
-from foundation.folding import fold_layer_norm_weights
-from foundation.hooks import get_act_name
-from foundation.running import sample_logits
-from foundation.vocab import WordVocabulary
-from foundation.weights import parameter_count, parameter_shapes
+from foundation.lens.cache import Slice
+from foundation.contract.config import TransformerConfig
+from foundation.lens.folding import fold_layer_norm_weights
+from foundation.lens.hooks import get_act_name
+from foundation.lens.running import sample_logits
+from foundation.lens.vocab import WordVocabulary
+from foundation.files.weights import parameter_count, parameter_shapes
 from parity_tests.helpers import randomize, rel_err, to_numpy
 from parity_tests.interp_helpers import twin_of
 

@@ -9,7 +9,7 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from foundation.weights import load_weights, save_weights
+from foundation.files.weights import load_weights, save_weights
 from parity_tests.helpers import randomize
 
 CFG = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, n_layers=2, n_ctx=6)

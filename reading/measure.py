@@ -10,7 +10,7 @@ the run, not a recomputation:
 
 - a forward row: the largest |NumPy - torch| of the value it assigns, over every call of the
   line in the run (LayerNorm's lines run once per LayerNorm of the model), in float64 and in
-  float32, and that gap relative to the largest |torch| (``foundation.agreement.rel_err``);
+  float32, and that gap relative to the largest |torch| (``foundation.contract.agreement.rel_err``);
 - a shape comment: checked against the shapes the line's value had, in both twins;
 - a backward line that adds into a parameter's gradient (``self.w.grad += ...``): the NumPy
   gradient against torch autograd's, parameter by parameter, after the whole backward;
@@ -47,7 +47,7 @@ import torch
 
 import numpy_impl
 import torch_impl
-from foundation.agreement import is_exact_zero
+from foundation.contract.agreement import is_exact_zero
 from gradcheck.factory import randomize_parameters
 
 from .source import HOOK_BACKWARD, PARAMETER_GRAD, SHAPE_COMMENT, Part, Section, Unit, strip_comment

@@ -24,7 +24,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 from pygments.token import STANDARD_TYPES, Comment, Name, String, Text
 
-from foundation.agreement import TOL
+from foundation.contract.agreement import TOL
 
 from .formulas import FORMULAS, to_mathml
 from .source import HOOK_BACKWARD, HOOK_CALL, SHAPE_COMMENT, Hook, Part, Section, Unit, read_hooks, read_sections

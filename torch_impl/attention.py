@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 
 from .module import HookPoint, Module, default_rng
 

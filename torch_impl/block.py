@@ -11,7 +11,7 @@ Axes: batch, pos (sequence position), d_model (residual width).
 
 import torch
 
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 
 from .attention import MultiHeadAttention
 from .feedforward import FeedForward

@@ -8,7 +8,7 @@ Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual str
 import torch
 from torch import nn
 
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 
 from .module import Module, default_rng
 

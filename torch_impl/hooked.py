@@ -1,6 +1,6 @@
 """The torch twin's own steps of its TransformerLens surface: hooks, caches, the loss, folding.
 
-Written once in ``foundation/hooks.py`` and ``foundation/running.py``: ``ActivationCache``, short
+Written once in ``foundation/lens/hooks.py`` and ``foundation/lens/running.py``: ``ActivationCache``, short
 names, ``run_with_cache``, ``run_with_hooks``, ``hooks()``, ``add_hook``, ``reset_hooks``,
 ``fold_layer_norm``, ``return_type`` and ``generate``. Only what the array library changes lives
 here: which HookPoint class the model holds, how an activation is copied (detached from the
@@ -11,10 +11,10 @@ leaves.
 
 import torch
 
-from foundation.checks import check_plain
+from foundation.contract.checks import check_plain
 
-from foundation.hooks import HookedMixin as _HookedMixin
-from foundation.hooks import as_numpy, check_next_token_loss, gradient_target, split_outputs
+from foundation.lens.hooks import HookedMixin as _HookedMixin
+from foundation.lens.hooks import as_numpy, check_next_token_loss, gradient_target, split_outputs
 
 from .layernorm import LayerNormPre
 from .loss import CrossEntropyLoss, log_softmax
@@ -22,7 +22,7 @@ from .module import HookPoint, token_tensor
 
 
 class HookedMixin(_HookedMixin):
-    """``foundation.hooks.HookedMixin`` with autograd in place of the hand-written backward."""
+    """``foundation.lens.hooks.HookedMixin`` with autograd in place of the hand-written backward."""
 
     hook_point_class = HookPoint
 

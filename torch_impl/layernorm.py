@@ -12,7 +12,7 @@ w and b, as TransformerLens's hook of that name does.
 import torch
 from torch import nn
 
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 
 from .module import HookPoint, Module
 

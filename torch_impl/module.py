@@ -4,10 +4,10 @@
 reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and
 names every bad key in one ``ValueError``, and ``from_twin``; and dtype moves (``.float()``,
 ``.double()``, ``.to(dtype)``) that take ``cfg.dtype`` along, refusing any other dtype first. ``HookPoint`` is the twin of the
-reference's (its hook lists are ``foundation.hooks.HookLists``, written once).
+reference's (its hook lists are ``foundation.lens.hooks.HookLists``, written once).
 
 ``Module`` is also the boundary, as the reference's: every subclass's ``forward`` is wrapped (see
-``_forward_at_the_boundary`` below, and ``foundation/boundary.py`` for what it guarantees), so the
+``_forward_at_the_boundary`` below, and ``foundation/contract/boundary.py`` for what it guarantees), so the
 bodies in the component files hold only the formulas. Autograd needs no copies of the caller's
 tensors: it refuses a backward through a tensor changed in place after the forward.
 """
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from foundation.boundary import Call, calls, check_arguments, entered, guard, hook_label, nonfinite, taint
-from foundation.checks import check_seed, check_state_dict, check_tokens, tokens_as_array
-from foundation.hooks import HookLists
+from foundation.contract.boundary import Call, calls, check_arguments, entered, guard, hook_label, nonfinite, taint
+from foundation.contract.checks import check_seed, check_state_dict, check_tokens, tokens_as_array
+from foundation.lens.hooks import HookLists
 
 
 def default_rng(rng=None):
@@ -53,7 +53,7 @@ class Module(nn.Module):
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys raise ValueError.
 
-        ``foundation.checks.check_state_dict`` checks everything first and casts to the model's
+        ``foundation.contract.checks.check_state_dict`` checks everything first and casts to the model's
         dtype, as the NumPy reference's ``load_state_dict`` does, so both take the same state
         dicts with the same values and refuse the same ones with the same message; with
         ``strict=False`` the keys present are checked all the same. ``assign=True`` makes new

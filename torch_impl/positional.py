@@ -11,7 +11,7 @@ Learned (GPT-2): pos_embed[b, p] = W_pos[p].
 import torch
 from torch import nn
 
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 
 from .module import Module, default_rng
 

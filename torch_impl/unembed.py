@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from foundation.checks import check_config
+from foundation.contract.checks import check_config
 
 from .module import Module, default_rng
 

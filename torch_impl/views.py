@@ -1,24 +1,24 @@
 """The model's TransformerLens weight views (W_Q, ..., QK, OV) and its FactoredMatrix.
 
-Written once in ``foundation/views.py`` and ``foundation/factored.py``; only what torch changes
+Written once in ``foundation/lens/views.py`` and ``foundation/lens/factored.py``; only what torch changes
 lives here: ``torch.linalg`` in place of ``numpy.linalg``, and the parameters themselves (not a
 detached copy) in the views, so gradients flow through ``model.W_Q`` as through TransformerLens's.
 """
 
 import torch
 
-from foundation.factored import FactoredMatrix as _FactoredMatrix
-from foundation.views import WeightViewsMixin as _WeightViewsMixin
+from foundation.lens.factored import FactoredMatrix as _FactoredMatrix
+from foundation.lens.views import WeightViewsMixin as _WeightViewsMixin
 
 
 class FactoredMatrix(_FactoredMatrix):
-    """``foundation.factored.FactoredMatrix`` with ``torch.linalg`` (the same svd and eigvals names)."""
+    """``foundation.lens.factored.FactoredMatrix`` with ``torch.linalg`` (the same svd and eigvals names)."""
 
     linalg = torch.linalg
 
 
 class WeightViewsMixin(_WeightViewsMixin):
-    """``foundation.views.WeightViewsMixin`` on torch parameters."""
+    """``foundation.lens.views.WeightViewsMixin`` on torch parameters."""
 
     factored_matrix_class = FactoredMatrix
 

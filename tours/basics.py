@@ -12,7 +12,7 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from foundation.agreement import is_exact_zero, rel_err, relative_errors
+from foundation.contract.agreement import is_exact_zero, rel_err, relative_errors
 
 VOCAB = ["<pad>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "home"]
 SENTENCE = "the cat sat on mat"
@@ -36,7 +36,7 @@ def run(args):
     matplotlib.use("Agg")
     from interp.plots import plot_attention_grid
 
-    from foundation.vocab import WordVocabulary
+    from foundation.lens.vocab import WordVocabulary
 
     cfg = seed_config()
     model = npi.Transformer(cfg, seed=args.seed)

@@ -125,7 +125,7 @@ def show_agreement(model, twin, tokens):
     """Forward and backward of the next-token loss in both twins; a table of the largest differences."""
     import torch
 
-    from foundation.agreement import TOL, rel_err, relative_errors
+    from foundation.contract.agreement import TOL, rel_err, relative_errors
 
     heading("The twins agree: next-token loss, forward and backward")
     start = time.perf_counter()

@@ -301,7 +301,7 @@ def show_circuits(walk, head_scores):
 def show_twin_agreement(walk, cache, head_scores, lens, ablations, patched):
     """9. The same analyses on the torch twin, as relative errors per tensor."""
     import torch_impl as pti
-    from foundation.agreement import rel_err
+    from foundation.contract.agreement import rel_err
     from interp import analyses, patching, scores
     from interp.common import run_cache
 

@@ -14,7 +14,7 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from foundation.agreement import TOL, rel_err, relative_errors
+from foundation.contract.agreement import TOL, rel_err, relative_errors
 from gradcheck.factory import randomize_parameters
 from tours.progress import progress
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import numpy_impl
-from foundation.agreement import relative_errors
+from foundation.contract.agreement import relative_errors
 
 from .trainer import History, NumpyStepper, TorchStepper, TrainConfig, train
 

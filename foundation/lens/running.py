@@ -21,7 +21,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from .vocab import as_token_rows
+from foundation.lens.vocab import as_token_rows
 
 RETURN_TYPES = ("logits", "loss", "both", None)
 GENERATE_RETURN_TYPES = ("input", "str", "tensor")
@@ -69,7 +69,7 @@ def sample_logits(final_logits, top_k=None, top_p=None, temperature=1.0, freq_pe
 class RunningMixin:
     """return_type, loss_per_token, generate and the tokenizer helpers; the model provides ``_next_token_loss``."""
 
-    tokenizer = None  # a foundation.vocab.WordVocabulary (or anything with encode, decode, id_to_word)
+    tokenizer = None  # a foundation.lens.vocab.WordVocabulary (or anything with encode, decode, id_to_word)
     takes_any_tokens = True  # the boundary turns lists and the other library's arrays into this twin's
 
     # --- the twin-specific steps (torch_impl's model overrides the two below; hooked.py the loss) ---
@@ -217,7 +217,7 @@ class RunningMixin:
     def _require_tokenizer(self, method):
         if self.tokenizer is None:
             raise ValueError(f"{method} needs model.tokenizer, e.g. model.tokenizer = "
-                             "foundation.vocab.WordVocabulary(['<pad>', 'the', 'cat', ...])")
+                             "foundation.lens.vocab.WordVocabulary(['<pad>', 'the', 'cat', ...])")
         return self.tokenizer
 
     def to_tokens(self, input, prepend_bos=None):

@@ -49,8 +49,8 @@ import re
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from .config import TransformerConfig
-from .weights import MAX_CONFIG_BYTES, MAX_FIXED_BYTES
+from foundation.contract.config import TransformerConfig
+from foundation.files.weights import MAX_CONFIG_BYTES, MAX_FIXED_BYTES
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -300,7 +300,7 @@ def gpt2_state_dict(tensors, cfg, tied):
 
 def read_gpt2_tokenizer(folder, d_vocab):
     """The folder's byte-level BPE (vocab.json + merges.txt) as a model.tokenizer, or None when it has neither."""
-    from .vocab import BytePairTokenizer
+    from foundation.lens.vocab import BytePairTokenizer
 
     folder = os.fspath(folder)
     vocab, merges = os.path.join(folder, VOCAB_FILE), os.path.join(folder, MERGES_FILE)

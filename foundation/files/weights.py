@@ -19,7 +19,7 @@ array: the config must ask for exactly the arrays present, each array header mus
 exactly the bytes its member holds, and the fixed tensors the config would build must be of
 a sane size. Whatever is wrong (the zip container, a member's compression, an array's header,
 the config's JSON) is one ``ValueError`` naming the file. The arrays are then checked and cast
-as ``load_state_dict`` checks and casts them (``foundation.checks.check_state_dict``), so both
+as ``load_state_dict`` checks and casts them (``foundation.contract.checks.check_state_dict``), so both
 twins load the same values from a file, or refuse it with the same message naming file and key.
 """
 
@@ -39,8 +39,8 @@ import safetensors
 import safetensors.numpy
 from safetensors import SafetensorError
 
-from .checks import check_state_dict, key_problems
-from .config import TransformerConfig
+from foundation.contract.checks import check_state_dict, key_problems
+from foundation.contract.config import TransformerConfig
 
 CONFIG_KEY = "__config__"
 MAX_CONFIG_BYTES = 1 << 20     # the config's JSON is a few hundred bytes; more is not a weights file

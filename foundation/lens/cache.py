@@ -37,8 +37,8 @@ import copy
 
 import numpy as np
 
-from .checks import tokens_as_array
-from .views import stack
+from foundation.contract.checks import tokens_as_array
+from foundation.lens.views import stack
 
 MODES = ("all", "mlp", "attn")
 

@@ -1,6 +1,6 @@
 """Input checks shared by both implementations (written once; torch_impl imports them).
 
-The boundary (``foundation/boundary.py``, around every component call) and the other public
+The boundary (``foundation/contract/boundary.py``, around every component call) and the other public
 entry points call these before any math, so a bad argument fails with a ValueError or TypeError
 that names it, never with a broadcasting error from deep inside.
 The NumPy reference passes ``np.ndarray`` where a check asks for the array type, the torch
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .config import TransformerConfig
+from foundation.contract.config import TransformerConfig
 
 
 def _is_torch(x):

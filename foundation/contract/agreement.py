@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .hooks import as_numpy
+from foundation.lens.hooks import as_numpy
 
 # float64: both twins do the same operations in a different order; about 1e-15 is typical.
 # float32: a few ulps (6e-8) times the depth of the computation.

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import threading
 
-from .checks import (
+from foundation.contract.checks import (
     check_activation,
     check_dloss,
     check_forward_done,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .factored import FactoredMatrix
+from foundation.lens.factored import FactoredMatrix
 
 
 def stack(arrays):

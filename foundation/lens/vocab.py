@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import tokens_as_array
+from foundation.contract.checks import tokens_as_array
 
 
 class WordVocabulary:

@@ -32,9 +32,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .cache import ActivationCacheMethods, Slice
-from .checks import check_dloss, check_grad, check_hook_result
-from .folding import fold_layer_norm_weights
+from foundation.lens.cache import ActivationCacheMethods, Slice
+from foundation.contract.checks import check_dloss, check_grad, check_hook_result
+from foundation.lens.folding import fold_layer_norm_weights
 
 # TransformerLens's short names: which part of the model each hook name lives in
 BLOCK_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -208,7 +208,7 @@ class ActivationCache(ActivationCacheMethods):
     from the NumPy model, detached tensors from the torch twin (``to_numpy()`` gives an
     all-ndarray copy). ``tokens`` are the input tokens (an ndarray), ``cfg`` the model's config
     and ``model`` the model (its weights serve the residual-stream methods written in
-    ``foundation/cache.py``: ``accumulated_resid``, ``decompose_resid``, ``stack_head_results``,
+    ``foundation/lens/cache.py``: ``accumulated_resid``, ``decompose_resid``, ``stack_head_results``,
     ``logit_attrs``, ...). As TransformerLens's, the cache holds ``cache_dict`` itself, not a copy:
     hooks left on by ``run_with_cache(..., reset_hooks_end=False)`` keep writing into it.
     """
@@ -533,7 +533,7 @@ class HookedMixin:
         """Fold every LayerNorm's w and b into the weights that read its output (TransformerLens's ``fold_ln``).
 
         ln1 into W_Q, W_K, W_V and their biases, ln2 into W_in and b_in, ln_final into W_U and b_U
-        (``foundation/folding.py`` has the formulas); each LayerNorm becomes a ``LayerNormPre``
+        (``foundation/lens/folding.py`` has the formulas); each LayerNorm becomes a ``LayerNormPre``
         (centre, divide by the scale, no w or b) and ``cfg.normalization_type`` becomes "LNPre".
         The logits are unchanged (up to rounding), and the caches, decompositions and
         ``logit_attrs`` read as on a TransformerLens model loaded with ``fold_ln=True``.
