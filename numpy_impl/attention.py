@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import HookPoint, Module, Parameter
+from .module import HookPoint, Module, Parameter, boundary
 
 
 class MultiHeadAttention(Module):
@@ -47,6 +47,7 @@ class MultiHeadAttention(Module):
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
         self.cache = None
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         pos = x.shape[1]
@@ -73,6 +74,7 @@ class MultiHeadAttention(Module):
         self.cache = (x, q_h, k_h, v_h, probs, pattern, z)
         return out
 
+    @boundary(dout="gradient")
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into every W_* and b_* grad."""
         x, q_h, k_h, v_h, probs, pattern, z = self.cache

@@ -15,7 +15,7 @@ from .attention import MultiHeadAttention
 from foundation.contract.checks import check_config
 from .feedforward import FeedForward
 from .layernorm import LayerNorm
-from .module import HookPoint, Module
+from .module import HookPoint, Module, boundary
 
 
 class TransformerBlock(Module):
@@ -37,6 +37,7 @@ class TransformerBlock(Module):
             self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
+    @boundary(resid_pre="activation")
     def forward(self, resid_pre):
         """resid_pre [batch, pos, d_model] -> resid_post [batch, pos, d_model]"""
         norm = self.cfg.normalization
@@ -56,6 +57,7 @@ class TransformerBlock(Module):
             resid_post = self.ln2(resid_post)  # [batch, pos, d_model]
         return self.hook_resid_post(resid_post)
 
+    @boundary(dresid_post="gradient")
     def backward(self, dresid_post):
         """dresid_post [batch, pos, d_model] -> dresid_pre [batch, pos, d_model]; fills every sub-module's grads.
 

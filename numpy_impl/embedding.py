@@ -8,7 +8,7 @@ Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual str
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import Module, Parameter
+from .module import Module, Parameter, boundary
 
 
 class TokenEmbedding(Module):
@@ -20,12 +20,14 @@ class TokenEmbedding(Module):
         self.W_E = Parameter(rng.standard_normal((cfg.d_vocab, cfg.d_model)).astype(cfg.dtype))
         self.cache = None
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
         embed = self.W_E.data[tokens]  # [batch, pos, d_model]
         self.cache = tokens
         return embed
 
+    @boundary(dembed="gradient")
     def backward(self, dembed):
         """dembed [batch, pos, d_model] -> None (tokens are discrete: no input gradient).
 

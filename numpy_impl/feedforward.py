@@ -21,7 +21,7 @@ import numpy as np
 from scipy.special import erf
 
 from foundation.contract.checks import check_config
-from .module import HookPoint, Module, Parameter
+from .module import HookPoint, Module, Parameter, boundary
 
 GELU_C = math.sqrt(2.0 / math.pi)
 SQRT_2 = math.sqrt(2.0)
@@ -42,6 +42,7 @@ class FeedForward(Module):
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
         self.cache = None
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         pre = np.einsum("mf,bpm->bpf", self.W_in.data, x, optimize=True) + self.b_in.data  # [batch, pos, d_mlp]
@@ -61,6 +62,7 @@ class FeedForward(Module):
         self.cache = (x, pre, tanh, post)
         return out
 
+    @boundary(dout="gradient")
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_in, b_in, W_out, b_out grads."""
         x, pre, tanh, post = self.cache

@@ -12,7 +12,7 @@ w and b, as TransformerLens's hook of that name does.
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import HookPoint, Module, Parameter
+from .module import HookPoint, Module, Parameter, boundary
 
 EPS = 1e-5
 
@@ -24,10 +24,11 @@ class LayerNorm(Module):
         self.cfg = check_config(cfg)
         self.w = Parameter(np.ones(cfg.d_model, dtype=cfg.dtype))
         self.b = Parameter(np.zeros(cfg.d_model, dtype=cfg.dtype))
-        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_scale = HookPoint(always=True)  # [batch, pos, 1]; guarded always: x / inf = 0 is finite
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]: the output, after w and b
         self.cache = None
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         mean = x.mean(axis=-1, keepdims=True)  # [batch, pos, 1]
@@ -41,6 +42,7 @@ class LayerNorm(Module):
         self.cache = (centered, scale, normalized)
         return out
 
+    @boundary(dout="gradient")
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into w.grad and b.grad.
 

@@ -20,7 +20,7 @@ from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
 from .loss import CrossEntropyLoss
-from .module import HookPoint, Module
+from .module import HookPoint, Module, boundary
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
 from .views import WeightViewsMixin
@@ -56,6 +56,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
             if isinstance(module, HookPoint):
                 module.name = name
 
+    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag")
     def forward(self, tokens, return_type="logits", loss_per_token=False):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
@@ -73,13 +74,18 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         out = self.unembed(resid) if self.cfg.unembed else resid  # [batch, pos, d_vocab or d_model]
         return self._with_return_type(out, tokens, return_type, loss_per_token)
 
+    @boundary(dout="output or loss gradient")
     def backward(self, dout=None):
         """dout shaped like the output -> None (tokens are discrete); fills every parameter's grad.
 
         After ``forward(..., return_type="loss")``: ``backward()`` backpropagates that loss, as
-        ``loss.backward()``; with ``loss_per_token=True``, ``backward(dloss)`` (dloss [batch, pos - 1]);
-        the boundary turns that gradient into the output's (``gradient_of_output``, hooked.py).
+        ``loss.backward()``; with ``loss_per_token=True``, ``backward(dloss)`` (dloss [batch, pos - 1]).
         """
+        if self._loss is not None and np.shape(dout) != self._output_shape:
+            # forward: loss = CrossEntropyLoss(out[:, :-1], tokens[:, 1:]); the last position predicts nothing
+            dout_loss = 1.0 if dout is None else dout  # [] or [batch, pos - 1]; loss.backward() means 1
+            dout = np.zeros(self._output_shape, dtype=self.cfg.dtype)  # [batch, pos, d_vocab]
+            dout[:, :-1] = self._loss.backward(dout_loss)  # [batch, pos - 1, d_vocab]
         # EXERCISE BEGIN
         # forward: out = unembed(resid) if unembed else resid
         dresid = self.unembed.backward(dout) if self.cfg.unembed else dout  # [batch, pos, d_model]

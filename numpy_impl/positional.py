@@ -11,7 +11,7 @@ Learned (GPT-2): pos_embed[b, p] = W_pos[p].
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import Module, Parameter
+from .module import Module, Parameter, boundary
 
 
 def sinusoidal_table(n_ctx, d_model):
@@ -32,12 +32,14 @@ class SinusoidalPositionalEncoding(Module):
         self.cfg = check_config(cfg)
         self.table = sinusoidal_table(cfg.n_ctx, cfg.d_model).astype(cfg.dtype)  # [n_ctx, d_model]
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape
         pos_embed = np.broadcast_to(self.table[:pos], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
         return pos_embed
 
+    @boundary(dpos_embed="gradient")
     def backward(self, dpos_embed):
         """dpos_embed [batch, pos, d_model] -> None (the table is fixed; tokens are discrete)."""
         return None
@@ -52,6 +54,7 @@ class LearnedPositionalEmbedding(Module):
         self.W_pos = Parameter(rng.standard_normal((cfg.n_ctx, cfg.d_model)).astype(cfg.dtype))
         self.cache = None
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape
@@ -59,6 +62,7 @@ class LearnedPositionalEmbedding(Module):
         self.cache = pos
         return pos_embed
 
+    @boundary(dpos_embed="gradient")
     def backward(self, dpos_embed):
         """dpos_embed [batch, pos, d_model] -> None; W_pos[p] collects the gradient of every sequence."""
         pos = self.cache

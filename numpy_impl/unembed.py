@@ -14,7 +14,7 @@ batch * pos rows; W_U's gradient names dlogits first, so it comes back in order 
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import Module, Parameter
+from .module import Module, Parameter, boundary
 
 
 class Unembed(Module):
@@ -27,12 +27,14 @@ class Unembed(Module):
         self.b_U = Parameter(np.zeros(cfg.d_vocab, dtype=cfg.dtype))
         self.cache = None
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
         logits = np.einsum("mv,bpm->bpv", self.W_U.data, x, optimize=True) + self.b_U.data  # [batch, pos, d_vocab]
         self.cache = x
         return logits
 
+    @boundary(dlogits="gradient")
     def backward(self, dlogits):
         """dlogits [batch, pos, d_vocab] -> dx [batch, pos, d_model]; adds into W_U.grad and b_U.grad."""
         x = self.cache

@@ -47,7 +47,7 @@ SHAPE_COMMENT = re.compile(r"^#\s*(\[[^\]]*\])(.*)$")
 HOOK_CALL = re.compile(r"\bself\.(hook_\w+)\(")
 HOOK_BACKWARD = re.compile(r"\bself\.(hook_\w+)\.backward\(")
 PARAMETER_GRAD = re.compile(r"\bself\.(\w+)\.grad\b")
-HOOK_DEFINITION = re.compile(r"\bself\.(hook_\w+)\s*=\s*HookPoint\(\)\s*(#\s*(\[[^\]]*\]))?")
+HOOK_DEFINITION = re.compile(r"\bself\.(hook_\w+)\s*=\s*HookPoint\([^)]*\)\s*(#\s*(\[[^\]]*\]))?")
 
 
 @dataclass
@@ -80,6 +80,7 @@ class Function:
     path: Path
     first_line: int
     units: list[Unit]
+    code_line: int = 0  # where Python says it starts: its first decorator (@boundary), else its def
 
 
 @dataclass
@@ -387,7 +388,8 @@ def read_function(node: ast.FunctionDef | None, path: Path, file_lines: list[str
         return None
     first, last = node.lineno, node.end_lineno
     lines = textwrap.dedent("\n".join(file_lines[first - 1 : last])).split("\n")
-    return Function(node.name, path, first, split_units(lines, first))
+    code_line = min([first] + [decorator.lineno for decorator in node.decorator_list])
+    return Function(node.name, path, first, split_units(lines, first), code_line)
 
 
 def imported_from(tree: ast.Module, name: str) -> str | None:

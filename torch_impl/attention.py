@@ -20,7 +20,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import HookPoint, Module, default_rng
+from .module import HookPoint, Module, boundary, default_rng
 
 
 class MultiHeadAttention(Module):
@@ -50,6 +50,7 @@ class MultiHeadAttention(Module):
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         pos = x.shape[1]

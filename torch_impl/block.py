@@ -16,7 +16,7 @@ from foundation.contract.checks import check_config
 from .attention import MultiHeadAttention
 from .feedforward import FeedForward
 from .layernorm import LayerNorm
-from .module import HookPoint, Module, default_rng
+from .module import HookPoint, Module, boundary, default_rng
 
 
 class TransformerBlock(Module):
@@ -39,6 +39,7 @@ class TransformerBlock(Module):
             self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
+    @boundary(resid_pre="activation")
     def forward(self, resid_pre):
         """resid_pre [batch, pos, d_model] -> resid_post [batch, pos, d_model]"""
         norm = self.cfg.normalization

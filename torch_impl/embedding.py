@@ -10,7 +10,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import Module, default_rng
+from .module import Module, boundary, default_rng
 
 
 class TokenEmbedding(Module):
@@ -23,6 +23,7 @@ class TokenEmbedding(Module):
         dtype = getattr(torch, cfg.dtype)
         self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model, generator=rng, dtype=dtype))
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
         embed = self.W_E[tokens]  # [batch, pos, d_model]

@@ -21,7 +21,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import HookPoint, Module, default_rng
+from .module import HookPoint, Module, boundary, default_rng
 
 GELU_C = math.sqrt(2.0 / math.pi)
 SQRT_2 = math.sqrt(2.0)
@@ -42,6 +42,7 @@ class FeedForward(Module):
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         pre = torch.einsum("mf,bpm->bpf", self.W_in, x) + self.b_in  # [batch, pos, d_mlp]

@@ -14,7 +14,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import HookPoint, Module
+from .module import HookPoint, Module, boundary
 
 EPS = 1e-5
 
@@ -28,9 +28,10 @@ class LayerNorm(Module):
         dtype = getattr(torch, cfg.dtype)
         self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=dtype))
         self.b = nn.Parameter(torch.zeros(cfg.d_model, dtype=dtype))
-        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_scale = HookPoint(always=True)  # [batch, pos, 1]; guarded always: x / inf = 0 is finite
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]: the output, after w and b
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         mean = x.mean(dim=-1, keepdim=True)  # [batch, pos, 1]

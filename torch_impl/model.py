@@ -21,7 +21,7 @@ from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
 from .loss import CrossEntropyLoss
-from .module import HookPoint, Module, default_rng, token_tensor
+from .module import HookPoint, Module, boundary, default_rng, token_tensor
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
 from .views import WeightViewsMixin
@@ -58,6 +58,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
             if isinstance(module, HookPoint):
                 module.name = name
 
+    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag")
     def forward(self, tokens, return_type="logits", loss_per_token=False):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import Module, default_rng
+from .module import Module, boundary, default_rng
 
 
 def sinusoidal_table(n_ctx, d_model):
@@ -38,6 +38,7 @@ class SinusoidalPositionalEncoding(Module):
         table = sinusoidal_table(cfg.n_ctx, cfg.d_model).to(dtype)  # [n_ctx, d_model]
         self.register_buffer("table", table, persistent=False)
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape
@@ -55,6 +56,7 @@ class LearnedPositionalEmbedding(Module):
         dtype = getattr(torch, cfg.dtype)
         self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model, generator=rng, dtype=dtype))
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape

@@ -17,7 +17,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import Module, default_rng
+from .module import Module, boundary, default_rng
 
 
 class Unembed(Module):
@@ -31,6 +31,7 @@ class Unembed(Module):
         self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.d_vocab, generator=rng, dtype=dtype) / math.sqrt(cfg.d_model))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab, dtype=dtype))
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
         logits = torch.einsum("mv,bpm->bpv", self.W_U, x) + self.b_U  # [batch, pos, d_vocab]

@@ -33,7 +33,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from foundation.lens.cache import ActivationCacheMethods, Slice
-from foundation.contract.checks import check_dloss, check_grad, check_hook_result
+from foundation.contract.arrays import as_numpy
+from foundation.contract.boundary import gradient_target, running_hooks  # noqa: F401 (gradient_target: the twins')
+from foundation.contract.checks import check_hook_result
 from foundation.lens.folding import fold_layer_norm_weights
 
 # TransformerLens's short names: which part of the model each hook name lives in
@@ -53,13 +55,6 @@ class HookNameError(ValueError, KeyError):
 
     def __str__(self):
         return str(self.args[0])
-
-
-def as_numpy(x):
-    """An ndarray from an ndarray or a torch tensor (detached, on the CPU)."""
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def hook_name(name, layer=None, layer_type=None, n_layers=None):
@@ -192,10 +187,11 @@ class HookLists:
 
     def _run(self, hooks, x):
         """Pass x through each hook in turn; a hook that returns something (of x's shape) replaces x."""
-        for handle in list(hooks):  # a copy: a hook may add or remove hooks while they run
-            result = handle.fn(x, hook=self)
-            if result is not None:
-                x = check_hook_result(result, x.shape, self.name, "bwd" if hooks is self.bwd_hooks else "fwd")
+        with running_hooks():  # a model a hook runs is a user's call, and leaves this run's saved values alone
+            for handle in list(hooks):  # a copy: a hook may add or remove hooks while they run
+                result = handle.fn(x, hook=self)
+                if result is not None:
+                    x = check_hook_result(result, x.shape, self.name, "bwd" if hooks is self.bwd_hooks else "fwd")
         return x
 
 
@@ -581,33 +577,6 @@ def split_outputs(result):
     if result is None:
         return None, None
     return (result, None) if result.ndim == 3 else (None, result)
-
-
-def gradient_target(dout, logits_shape, loss_shape, dtype):
-    """Which output a backward starts from -> ("logits" or "loss", the gradient, checked).
-
-    ``dout`` None: the scalar loss, gradient 1 (``loss.backward()``); a per-token loss needs its
-    gradient given, as torch asks. ``dout`` shaped like the loss: the loss; otherwise ``dout``
-    must be shaped like the logits. A shape is None for an output the forward did not return.
-    """
-    if dout is None:
-        if loss_shape is None:
-            raise ValueError(f"backward without dout needs a loss: run the forward with return_type='loss' "
-                             f"just before, or pass dout shaped like the output {tuple(logits_shape)}")
-        if tuple(loss_shape) != ():
-            raise ValueError(f"backward without dout needs a scalar loss; this one is per token, shape "
-                             f"{tuple(loss_shape)}: pass dout of that shape (torch: loss.backward(dout)), or use "
-                             "loss_per_token=False")
-        return "loss", 1.0
-    shape = tuple(dout.shape) if hasattr(dout, "shape") else () if isinstance(dout, (int, float)) else None
-    if loss_shape is not None and (shape == tuple(loss_shape) or logits_shape is None):
-        if tuple(loss_shape) == ():
-            check_dloss(dout)
-        else:
-            check_grad(dout, "dout", loss_shape, dtype)
-        return "loss", dout
-    check_grad(dout, "dout", logits_shape, dtype)
-    return "logits", dout
 
 
 def check_next_token_loss(cfg, tokens):

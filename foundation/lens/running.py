@@ -70,6 +70,8 @@ class RunningMixin:
     """return_type, loss_per_token, generate and the tokenizer helpers; the model provides ``_next_token_loss``."""
 
     tokenizer = None  # a foundation.lens.vocab.WordVocabulary (or anything with encode, decode, id_to_word)
+    _loss = None  # the loss module of the last forward, when it returned a loss
+    _loss_shape = None  # and that loss's shape
     takes_any_tokens = True  # the boundary turns lists and the other library's arrays into this twin's
 
     # --- the twin-specific steps (torch_impl's model overrides the two below; hooked.py the loss) ---
@@ -83,8 +85,13 @@ class RunningMixin:
         return nullcontext()
 
     def _next_token_loss(self, out, tokens, per_token):
-        """The cross-entropy of each ``tokens[:, p + 1]`` given the logits at p: its mean, or [batch, pos - 1]."""
-        raise NotImplementedError
+        """The cross-entropy of each ``tokens[:, p + 1]`` given the logits at p: its mean, or [batch, pos - 1].
+
+        The loss module is kept (``_loss``): the NumPy model's ``backward`` starts from it.
+        """
+        loss = self.loss_class(reduction="none" if per_token else "mean")
+        vars(self)["_loss"] = loss  # not a part of the model: no parameters, and not in named_modules()
+        return loss(out[:, :-1], tokens[:, 1:])  # [] or [batch, pos - 1]
 
     # --- written once ---
 
@@ -96,7 +103,7 @@ class RunningMixin:
 
     def gradient_shape(self, result):
         """``backward`` takes the gradient of the output (the logits), whatever ``return_type`` gave back
-        (the NumPy twin's ``backward`` also starts from the loss: see numpy_impl/hooked.py)."""
+        (the NumPy twin's ``backward`` also starts from the loss: see numpy_impl/model.py)."""
         return self._output_shape
 
     def _with_return_type(self, out, tokens, return_type, loss_per_token=False):
@@ -105,6 +112,7 @@ class RunningMixin:
         ``loss_per_token``: the loss of each predicted token [batch, pos - 1] instead of their mean.
         """
         self._output_shape = tuple(out.shape)
+        vars(self)["_loss"] = vars(self)["_loss_shape"] = None  # only the loss this forward returns starts backward()
         if return_type == "logits":
             return out
         if return_type is None:
@@ -113,6 +121,7 @@ class RunningMixin:
             raise ValueError(f"return_type={return_type!r}: tokens need at least 2 positions for a next-token loss")
         # position p predicts tokens[:, p + 1]; the last position predicts nothing
         loss = self._next_token_loss(out, tokens, loss_per_token)  # [] or [batch, pos - 1]
+        vars(self)["_loss_shape"] = tuple(loss.shape)
         return loss if return_type == "loss" else (out, loss)
 
     def generate(self, input="", max_new_tokens=10, stop_at_eos=True, eos_token_id=None, do_sample=True, top_k=None,
