@@ -21,6 +21,8 @@ from contextlib import nullcontext
 
 import numpy as np
 
+from foundation.contract.arrays import as_numpy
+
 from foundation.lens.vocab import as_token_rows
 
 RETURN_TYPES = ("logits", "loss", "both", None)
@@ -290,5 +292,5 @@ def check_temperature(temperature):
 
 def as_float64(x):
     """Logits of either twin as a float64 ndarray (detached, on the CPU)."""
-    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    x = as_numpy(x)
     return x.astype(np.float64)

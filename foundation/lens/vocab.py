@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from foundation.contract.arrays import as_numpy
 from foundation.contract.checks import tokens_as_array
 
 
@@ -122,7 +123,7 @@ class BytePairTokenizer:
 def as_token_rows(tokens, name="tokens"):
     """Token ids from an ndarray, a tensor or nested lists -> an int ndarray (for decoding), checked first."""
     tokens = tokens_as_array(tokens, name)  # lists entry by entry: True is no id; meta or sparse tensors refused
-    array = tokens.detach().cpu().numpy() if hasattr(tokens, "detach") else np.asarray(tokens)
+    array = as_numpy(tokens)
     if array.dtype.kind not in "iu":
         raise TypeError(f"{name} must be token ids (ints), got dtype {array.dtype}")
     return array
