@@ -138,6 +138,7 @@ def boundary(**kinds):
         if method.__name__ not in ("forward", "backward"):
             raise TypeError(f"{method.__qualname__}: boundary declares a forward or a backward only")
         direction = f"_{method.__name__}_at_the_boundary"
+        method.kinds = dict(kinds)  # the body carries its declaration: check_arguments reads it
 
         @functools.wraps(method)
         def at_the_boundary(self, *args, **kwargs):
@@ -159,15 +160,9 @@ def bind(module, method, signature, args, kwargs):
 
 
 def check_arguments(module, method, arguments, array_type):
-    """Check a user's call's arguments ({name: value}) by their declared kinds, before any math."""
-    kinds = method_kinds(module, method)
+    """Check a user's call's arguments ({name: value}) by the kinds ``method`` (a body) declares."""
     for name, value in arguments.items():
-        KINDS[kinds[name]](module, name, value, arguments, array_type)
-
-
-def method_kinds(module, method):
-    """The kinds ``method`` (a body) was declared with."""
-    return getattr(type(module), method.__name__).kinds
+        KINDS[method.kinds[name]](module, name, value, arguments, array_type)
 
 
 class ForwardRecord:
