@@ -729,14 +729,19 @@ def _hook_points(mine, right, verdict):
 def _untouched(mine, inputs, upstream, input_name, verdict, run=""):
     """The caller's arrays: the upstream gradient and the inputs, unchanged by forward and backward."""
     after = mine.get("dout_after")
-    if isinstance(upstream, np.ndarray) and not (isinstance(after, np.ndarray) and np.array_equal(after, upstream)):
+    if isinstance(upstream, np.ndarray) and not (isinstance(after, np.ndarray) and _same_bytes(after, upstream)):
         raise Unchecked(_wrong(verdict, f"backward changed its incoming gradient in place{run} (d += ..., d *= ... on "
                                         "the array it was given, or on one a hook point handed on): the caller still "
                                         "needs it (a residual add hands the same gradient to two branches); write a "
                                         "new array (d = d + ...)"))
     for number, (x, x_after) in enumerate(zip(inputs, mine.get("inputs_after", []))):
-        if isinstance(x, np.ndarray) and not (isinstance(x_after, np.ndarray) and np.array_equal(x, x_after)):
+        if isinstance(x, np.ndarray) and not (isinstance(x_after, np.ndarray) and _same_bytes(x, x_after)):
             raise Unchecked(_wrong(verdict, f"the input {number} the caller passed changed in place{run}"))
+
+
+def _same_bytes(a, b):
+    """Byte for byte: the same dtype, shape and bits (-0.0 is not 0.0; a NaN is itself)."""
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def _accumulates(mine, pairs, verdict):
@@ -805,7 +810,8 @@ def _dtypes(process, request, pairs, dtype, verdict, step=False):
     first = reply.get("dtype_change") if not process.events else None
     where = ""
     if first:
-        where = (f"; it first changed at {first['where']}, `{first['line']}`, which left {first['name']} "
+        step = _step_of(getattr(process, "directory_path", None), verdict.key, first["where"])
+        where = (f"; it first changed at {first['where']}{step}, `{first['line']}`, which left {first['name']} "
                  f"{first['dtype']}")
     verdict.status = "wrong"
     verdict.message = (f"in a {dtype} model, {', '.join(other)}{where}: every gradient keeps the model's dtype "
@@ -813,6 +819,23 @@ def _dtypes(process, request, pairs, dtype, verdict, step=False):
     verdict.hint = dtype_hint(first, dtype)
     verdict.tensors = []
     raise Unchecked(verdict)
+
+
+def _step_of(directory, key, where):
+    """" (step attention.scores)" when ``where`` ("attention.py:128") lies in a step of exercise ``key``'s body."""
+    exercise = BY_KEY.get(key.split(".")[0]) if key else None
+    if directory is None or exercise is None or not exercise.steps or key in STEP_KEYS:
+        return ""
+    file, _, number = where.partition(":")
+    if file != exercise.file or not number.isdigit():
+        return ""
+    try:
+        source = (find_package(directory) / exercise.file).read_text()
+        body = next(b for b in find_marked_bodies(source, exercise.file) if b.cls == exercise.cls)
+    except (OSError, SyntaxError, ValueError, StopIteration):
+        return ""
+    region = next((r for r in body.steps if r.first <= int(number) - 1 <= r.last), None)
+    return f" (step {exercise.key}.{region.name})" if region else ""
 
 
 SIDE_EFFECT_WORDS = {

@@ -99,6 +99,9 @@ FALSE_PASSES = [
     ("8 float64 slip, step", "np.sqrt(d_head): float64 in a float32 model, checked at its step", "attention.scores",
      "attention.py", DQ, DQ.replace("math.sqrt", "np.sqrt"), "wrong",
      ["in a float32 model", "attention.py:", "NumPy float64 scalar", "math.sqrt"]),
+    ("8 float64 slip, whole", "np.sqrt(d_head): float64 in a float32 model, the whole row", "attention",
+     "attention.py", DQ, DQ.replace("math.sqrt", "np.sqrt"), "wrong",
+     ["in a float32 model", "(step attention.scores)", "NumPy float64 scalar"]),
 ]
 
 STUCK = [
