@@ -7,27 +7,41 @@ gradient R (never all ones), under every variant the catalog lists, and sends th
 process the same weights, input and R. What comes back is plain data (JSON and arrays, never
 pickle), compared here with the reference's gradients.
 
-"done" means right in every way the reference is, under every variant:
+"done" means right in every way the reference is, under every variant and both size sets
+(catalog.SIZE_SETS: every size distinct, the second with batch 1 and pos = n_ctx):
 
     float64, the checker's recording hooks on every hook point:
-        every gradient (each parameter's, the input's) within 1e-7 (relative, entry by entry) of
-        the reference's, and within 1e-7 of central differences of the learner's own forward;
-        every hook point handed the gradient of its own activation;
-        the upstream gradient and the inputs the caller passed unchanged afterwards;
-        a second backward (same forward, the very same upstream array) adds the same again (+=);
-    float64, no hooks at all: the same gradients (a hook point without hooks hands on the very
-        array it was given, so an array changed in place after use shows only here);
+        every gradient (each parameter's, the input's) float64, within 1e-7 (relative, entry by
+        entry) of the reference's, and within 1e-7 of central differences of the learner's own
+        forward; every hook point handed the gradient of its own activation, its backward called
+        once; the upstream gradient, the caller's inputs, every parameter's .data, every cache
+        and module array unchanged afterwards, byte for byte; no forward called during backward
+        (else "numerical"); a second backward (same forward, same upstream array) adds the same
+        again (+=);
+    float64, no hooks at all: the same gradients and byte-for-byte checks (a hook point without
+        hooks hands on the very array it was given, so an array changed in place after use shows
+        only here);
+    float64, a backward hook at every hook point that edits the gradient (a random factor, and
+        noise): the reference's gradients with the same hooks (a hook skipped, doubled or dropped,
+        a mask's backward left out);
     float64, a forward hook that zeroes key 1 of the attention pattern (attention, block, model):
         the gradients the reference gives for the edited run (softmax's backward takes probs,
         the softmax's own output; what z used is the edited pattern);
     float32: every gradient returned and every .grad is float32, within 1e-4 of the float64
-        reference (relative to the largest entry of its tensor).
+        reference (relative to the largest entry of its tensor);
+    the second size set: the first run again.
+
+A wrong dtype is traced to the line after which an array first held it (learner.DtypeTrace).
+A body that uses complex numbers, or calls a forward, is "numerical": it differentiates the
+forward numerically instead of writing the chain rule.
 
 An exercise with steps (attention) is also checked one step at a time: each step's lines run on
-their own, given random incoming gradients, and must give the reference step's outputs.
-Sub-modules inside the block and the model run the reference's backward while those two are
-checked, so a mistake is reported where it is; the last row, "all together", runs the
-learner's backward everywhere.
+their own, given random incoming gradients and a .grad that holds something already, and must
+give the reference step's outputs, in float64 and float32, leaving what it was given, the cache
+and the weights as they were. Sub-modules inside the block and the model run the reference's
+backward while those two are checked, so a mistake is reported where it is; the last row, "all
+together", runs the learner's backward everywhere. A file of the copy that does not compile fails
+only its own exercise: the others run with that file as init wrote it.
 
 A wrong answer also gets, where one fits exactly, a hint naming the mistake (``diagnose.py``),
 and the first hook point inside the exercise where the learner's gradient parts from the
@@ -1206,9 +1220,11 @@ def _together_message(result, results):
 def format_results(results, directory):
     """The check as a table a learner reads: number, exercise, status, where it went wrong."""
     lines = [f"Exercises in {directory}: your backward passes against the reference and finite differences.",
-             f"done: every gradient within {PARITY_TOLERANCE:g} (relative) of both, entry by entry, under every variant,",
-             "with and without hooks, with an edited attention pattern and in float32; every hook point handed its",
-             "gradient. wrong: which tensors are off and by how much; [brackets] name the variant that failed;",
+             f"done: every gradient within {PARITY_TOLERANCE:g} (relative) of both, entry by entry, under every variant",
+             "and both size sets, with and without hooks, with hooks that edit the gradient or the pattern, in float64",
+             "and float32; every hook point handed its gradient once; weights, cache and your inputs left as they were.",
+             "numerical: your backward evaluates the forward. wrong: which tensors are off and by how much; [brackets]",
+             "name the variant that failed;",
              "hint: the mistake, where one fits exactly; inside: where your gradient first parts from the reference;",
              "output: what your code printed (abridged).", ""]
     rows = [("#", "exercise", "status", "details")]

@@ -18,6 +18,12 @@ never remove one) is installed. It refuses, and reports to the checker at once:
     refused    starting a process (fork, exec, spawn, system, subprocess), ctypes, signalling
                another process, writing a file outside the learner's folder and the temp folder
 
+Besides the gradients, it reports what a backward did on the side: every array it changed in place
+(each parameter's .data, each module's cache and other arrays, compared byte for byte), each forward
+it called (a profile function; finite differences call the forward), how many times each hook
+point's backward ran, and, when asked, the first line of the learner's after which an array held
+another dtype than the model's (a trace function over the learner's lines only).
+
 This process imports only the standard library, NumPy, ``foundation`` (which the copy imports)
 and its own two helpers (``protocol.py``, ``steps.py``). The block's and the model's exercises
 run the reference's backward in their sub-modules, so that a mistake shows where it is: those
