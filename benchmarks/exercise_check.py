@@ -27,17 +27,31 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from exercises.catalog import EXERCISES  # noqa: E402
-from exercises.generate import write_copy  # noqa: E402
-from parity_tests.test_exercises import put_back_reference_bodies  # noqa: E402
+from exercises.generate import REFERENCE_DIR, write_copy  # noqa: E402
+from exercises.steps import find_marked_bodies  # noqa: E402
 
 KEYS = [e.key for e in EXERCISES] + ["attention.softmax"]
+
+
+def solve(package_dir):
+    """Put the reference's bodies back between the markers of every file of the copy."""
+    for path in Path(package_dir).glob("*.py"):
+        mine = path.read_text().splitlines(keepends=True)
+        reference = (REFERENCE_DIR / path.name).read_text()
+        theirs = reference.splitlines(keepends=True)
+        pairs = zip(find_marked_bodies("".join(mine), path.name), find_marked_bodies(reference, path.name))
+        for body, answer in reversed(list(pairs)):
+            mine[body.begin : body.end + 1] = theirs[answer.begin : answer.end + 1]
+        path.write_text("".join(mine))
 
 
 def timed(command):
     """(wall seconds, CPU seconds of the children) of one run of ``command``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(command, cwd=PROJECT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        command, cwd=PROJECT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -49,12 +63,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         write_copy(folder)
-        put_back_reference_bodies(Path(folder) / "numpy_impl")
-        print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+        solve(Path(folder) / "numpy_impl")
+        print(
+            f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cores)"
+        )
         print(f"{'exercise':<20} {'wall (best)':>12} {'CPU (best)':>12}")
         for key in KEYS:
-            runs = [timed([sys.executable, "demo.py", "exercises", "check", folder, key]) for _ in range(args.rounds)]
-            print(f"{key:<20} {min(w for w, _ in runs):>10.2f} s {min(c for _, c in runs):>10.2f} s")
+            runs = [
+                timed([sys.executable, "demo.py", "exercises", "check", folder, key])
+                for _ in range(args.rounds)
+            ]
+            print(
+                f"{key:<20} {min(w for w, _ in runs):>10.2f} s {min(c for _, c in runs):>10.2f} s"
+            )
         print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

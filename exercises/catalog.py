@@ -32,9 +32,10 @@ class SizeSet:
     @property
     def axis_names(self):
         """{size: axis name} (pos before n_ctx where they are equal)."""
-        names = {self.pos: "pos"} if self.batch == 1 else {self.batch: "batch", self.pos: "pos"}  # 1: keepdims too
-        for key, axis in (("n_ctx", "n_ctx"), ("n_heads", "head"), ("d_head", "d_head"), ("d_model", "d_model"),
-                          ("d_mlp", "d_mlp"), ("d_vocab", "d_vocab")):
+        names = {self.batch: "batch"} if self.batch > 1 else {}  # a 1 is as often keepdims' as batch
+        names[self.pos] = "pos"
+        for key, axis in (("n_ctx", "n_ctx"), ("n_heads", "head"), ("d_head", "d_head"),
+                          ("d_model", "d_model"), ("d_mlp", "d_mlp"), ("d_vocab", "d_vocab")):
             names.setdefault(self.config[key], axis)
         return names
 
@@ -42,20 +43,23 @@ class SizeSet:
         """"batch 5, pos 6, n_ctx 7, ..." for a message."""
         c = self.config
         return (f"batch {self.batch}, pos {self.pos}, n_ctx {c['n_ctx']}, heads {c['n_heads']}, "
-                f"d_head {c['d_head']}, d_model {c['d_model']}, d_mlp {c['d_mlp']}, d_vocab {c['d_vocab']}")
+                f"d_head {c['d_head']}, d_model {c['d_model']}, d_mlp {c['d_mlp']}, "
+                f"d_vocab {c['d_vocab']}")
 
 
 SIZE_SETS = (
-    SizeSet("sizes 1", dict(d_vocab=13, d_model=10, n_heads=3, d_head=8, d_mlp=11, n_layers=2, n_ctx=7), 5, 6),
-    SizeSet("sizes 2", dict(d_vocab=11, d_model=15, n_heads=5, d_head=6, d_mlp=7, n_layers=2, n_ctx=9), 1, 9),
+    SizeSet("sizes 1", dict(d_vocab=13, d_model=10, n_heads=3, d_head=8, d_mlp=11, n_layers=2, n_ctx=7),
+            batch=5, pos=6),
+    SizeSet("sizes 2", dict(d_vocab=11, d_model=15, n_heads=5, d_head=6, d_mlp=7, n_layers=2, n_ctx=9),
+            batch=1, pos=9),
 )
 SIZES = SIZE_SETS[0].config
-BATCH, POS = SIZE_SETS[0].batch, SIZE_SETS[0].pos  # the first set's inputs: [batch, pos], pos one short of n_ctx
+BATCH, POS = SIZE_SETS[0].batch, SIZE_SETS[0].pos  # the first set's [batch, pos]: pos one short of n_ctx
 AXIS_NAMES = SIZE_SETS[0].axis_names  # {size: axis} of the first set, where most hints are made
 
 
 def checked(label, overrides=None, weighted=False):
-    """A Variant with the first set's sizes and ``overrides`` on top (``resized`` gives the second's)."""
+    """A Variant with the first set's sizes and ``overrides`` on top (``resized``: another set's)."""
     return Variant(label, {**SIZES, **(overrides or {})}, weighted)
 
 

@@ -38,7 +38,9 @@ def page_marks(results, directory):
             continue
         try:
             source = (find_package(directory) / exercise.file).read_text()
-            body = next(b for b in find_marked_bodies(source, exercise.file) if b.cls == exercise.cls)
+            body = next(
+                b for b in find_marked_bodies(source, exercise.file) if b.cls == exercise.cls
+            )
         except (OSError, SyntaxError, ValueError, StopIteration):
             continue
         line, note = _first_line(result, exercise, source.splitlines(), body)
@@ -50,7 +52,9 @@ def page_marks(results, directory):
 
 def _words(result):
     if result.status == "done":
-        return "right under every variant and size set, against the reference and finite differences"
+        return (
+            "right under every variant and size set, against the reference and finite differences"
+        )
     words = result.message
     if result.hint:
         words += f" (hint: {result.hint})"
@@ -64,19 +68,35 @@ def _first_line(result, exercise, lines, body):
         hook = result.parting.split("first wrong at ", 1)[1].split()[0].rstrip(",;").split(".")[-1]
         for number in inside:
             if f"self.{hook}.backward(" in lines[number]:
-                return number + 1, (f"your gradient first parts from the reference here: what reaches {hook} "
-                                    f"(made by the lines above, since the last hook point that was right) differs")
+                return number + 1, (
+                    f"your gradient first parts from the reference here: what reaches {hook} "
+                    f"(made by the lines above, since the last hook point that was right) differs"
+                )
     for file, number in FILE_LINE.findall(result.message + " " + result.hint):
         if file == exercise.file and int(number) - 1 in inside:
             return int(number), f"{result.status} here: {result.message[:200]}"
     wrong = [t.tensor for t in result.tensors if not t.ok]
-    returned = next((line.strip().split()[1] for line in lines[body.end:] if line.strip().startswith("return ")), "")
+    returned = next(
+        (
+            line.strip().split()[1]
+            for line in lines[body.end :]
+            if line.strip().startswith("return ")
+        ),
+        "",
+    )
     for number in inside:
         code = lines[number].split("#", 1)[0]
         for name in wrong:
             short = name.split(".")[-1]
             if f"self.{short}.grad" in code:
                 return number + 1, f"{short}.grad first differs from the reference's on this line"
-            if short == result.tensors[-1].tensor and returned and re.match(rf"\s*{re.escape(returned)}\s*\+?=", code):
-                return number + 1, f"the gradient it returns ({returned}) first differs from the reference's here"
+            if (
+                short == result.tensors[-1].tensor
+                and returned
+                and re.match(rf"\s*{re.escape(returned)}\s*\+?=", code)
+            ):
+                return (
+                    number + 1,
+                    f"the gradient it returns ({returned}) first differs from the reference's here",
+                )
     return None, ""

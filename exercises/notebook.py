@@ -56,18 +56,19 @@ class CellError(ValueError):
     """A cell's body that does not compile where it would go: nothing is written."""
 
 
-_cells = {}  # {key: blank lines the cell had above its first line}: to say a copy's line as the cell's
+_cells = {}  # {key: blank lines above the cell's first line}: to say a copy's line as the cell's
 
 
 def cell_line(key, lineno, directory=None):
-    """The line of key's cell (its %%backward line is 1) that is line ``lineno`` (1-based) of the copy's
-    file, or None when that line is not in the body the cell wrote."""
+    """The line of key's cell (its %%backward line is 1) that is line ``lineno`` (1-based) of the
+    copy's file, or None when that line is not in the body the cell wrote."""
     if key not in _cells:
         return None
     exercise, step = _exercise(key)
     path = Path(directory or _work[0]) / "numpy_impl" / exercise.file
     try:
-        marked = next(b for b in find_marked_bodies(path.read_text(), path.name) if b.cls == exercise.cls)
+        bodies = find_marked_bodies(path.read_text(), path.name)
+        marked = next(b for b in bodies if b.cls == exercise.cls)
     except (OSError, SyntaxError, ValueError, StopIteration):
         return None
     if step is None:
@@ -133,7 +134,7 @@ def write_body(key, body, directory=None):
         where = error.lineno or 0
         inside = first < where <= first + len(new)
         said = (f"line {where - first + 1 + leading} of the cell" if inside
-                else f"{path.name}:{where}, outside the cell's body (an indentation the cell's lines close?)")
+                else f"{path.name}:{where}, outside the cell's body (a block the cell left open?)")
         raise CellError(f"SyntaxError: {error.msg} at {said}"
                         + (f": `{(error.text or '').strip()}`" if error.text else "")
                         + f"; {path.name} keeps its last version") from None
@@ -241,8 +242,9 @@ def _exercise_text(exercise, number, reference_text, body, lines):
 
 
 def _formula(source, cls=None):
-    """The formula of ``cls`` from its file's docstring: the indented lines, unless they never name one of the
-    class's parameters while other lines do (positional.py: the sinusoids indented, "Learned: ... W_pos[p]" not)."""
+    """The formula of ``cls`` from its file's docstring: the indented lines, unless they never name
+    one of the class's parameters while other lines do (positional.py: the sinusoids are indented,
+    "Learned (GPT-2): pos_embed[b, p] = W_pos[p]" is not)."""
     docstring = ast.get_docstring(ast.parse(source)) or ""
     block = [line for line in docstring.splitlines() if line.startswith("    ")]
     formula = textwrap.dedent("\n".join(block)).strip() or docstring.splitlines()[0]

@@ -109,8 +109,9 @@ class LearnerProcess:
         self.to_learner = to_learner
         self.reader = protocol.Reader(from_learner)
         self.output = Output(log_read)
-        protocol.send(self.to_learner, {"directory": str(directory), "project": str(PROJECT), "isolate": isolate or {},
-                                        "substitutes": substitutes or {}})  # {file: stub source}: files that do not compile
+        # substitutes: {file: the stub's source} for the files of the copy that do not compile
+        protocol.send(self.to_learner, {"directory": str(directory), "project": str(PROJECT),
+                                        "isolate": isolate or {}, "substitutes": substitutes or {}})
 
     def ready(self):
         """The learner's copy imported: {"ready": True}, or {"ready": False, "error": ...}."""

@@ -169,7 +169,8 @@ class Page:
         self.hooks = hooks
         self.measured = measured
         self.learner = learner  # the learner's numpy_impl folder, or None for the reference
-        # the checker's verdicts on a learner's copy (exercises/marks.py): {class: {"status", "words", "lines"}}
+        # the checker's verdicts on a learner's copy (exercises/marks.py):
+        # {class: {"status", "words", "lines": {line: note}}}
         self.verdicts = verdicts or {}
         self.ids: dict[int, str] = {}
         self.hook_names = {(hook.owner, hook.attribute): hook.names for hook in hooks}
@@ -316,8 +317,9 @@ class Page:
         verdict = self.verdicts.get(part.name)
         out = [f'<div class="backward code">{head}']
         if verdict is not None:
-            out.append(f'<div class="verdict {slug(verdict["status"])}"><b>exercises check: {html.escape(verdict["status"])}'
-                       f'</b> {html.escape(verdict["words"])}</div>')
+            status = html.escape(verdict["status"])
+            out.append(f'<div class="verdict {slug(verdict["status"])}"><b>exercises check: {status}</b> '
+                       f'{html.escape(verdict["words"])}</div>')
         marks = (verdict or {}).get("lines", {})
         for step in part.steps:
             targets = [f"{slug(section.stem)}-{slug(part.name)}-f{k}" for k in step.undoes]
@@ -332,8 +334,8 @@ class Page:
                 tags, gaps = self.gradient_tags(section, part, unit) if unit.kind != "comment" else ([], [])
                 step_gaps += gaps
                 shapes = self.shapes("numpy", section, part, "backward", unit)
-                notes = [marks[n] for n in range(unit.first_line, unit.first_line + len(unit.lines)) if n in marks]
-                tags += [f'<span class="parting">&#9664; {html.escape(note)}</span>' for note in notes]
+                span = range(unit.first_line, unit.first_line + len(unit.lines))
+                tags += [f'<span class="parting">&#9664; {html.escape(marks[n])}</span>' for n in span if n in marks]
                 lines.append(render_lines(unit, shapes=shapes, tags="".join(tags)))
             attributes = f' data-undoes="{" ".join(targets)}" tabindex="0"' if targets else ""
             if step_gaps:
@@ -408,9 +410,10 @@ class Page:
         sentences = " and ".join(f"“{html.escape(s)}”" for s in m.sentences)
         problems = (f'<p class="problems">{len(m.problems)} shape comment(s) disagree with the run: '
                     + "; ".join(html.escape(p) for p in m.problems[:5]) + "</p>") if m.problems else ""
-        learner = ("Your backward passes are not in this run: <code>python demo.py exercises check</code> marked them "
-                   "when the page was written, and its verdict stands above each backward, with the line where your "
-                   "gradient first parts from the reference marked &#9664;. " if self.learner else "")
+        learner = ("Your backward passes are not in this run: <code>python demo.py exercises check</code> "
+                   "marked them when the page was written, and its verdict stands above each backward, with "
+                   "the line where your gradient first parts from the reference marked &#9664;. "
+                   if self.learner else "")
         return (
             '<div class="runinfo"><p><b>The numbers beside the lines</b> come from one run of both twins, made when this '
             f"page was written: the sentences {sentences} (batch {len(m.tokens)}, pos {len(m.tokens[0])}) through two models "
@@ -750,8 +753,8 @@ def write_page(out_dir, sections: list[Section] | None = None, hooks: list[Hook]
                learner: Path | None = None, name: str = "read.html", verdicts=None) -> Path:
     """Write the page into ``out_dir`` (made if missing) and return its path.
 
-    ``verdicts``: the checker's marks on a learner's copy ({class: {"status", "words", "lines": {line: note}}}),
-    shown above each backward and beside the lines they point at.
+    ``verdicts``: the checker's marks on a learner's copy ({class: {"status", "words", "lines"}}), shown
+    above each backward and beside the lines they point at.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

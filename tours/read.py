@@ -49,7 +49,7 @@ def learner_folder(directory):
 
 
 def checked(learner, sections):
-    """The checker's verdicts on the learner's written backward passes, as marks for the page ({} if none)."""
+    """The checker's verdicts on the learner's written backward passes, as marks for the page."""
     from exercises.catalog import BY_CLASS
     from exercises.check import check
     from exercises.marks import page_marks
