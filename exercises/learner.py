@@ -690,7 +690,8 @@ class Session:
                 if name in prefill:
                     parameter.grad[...] = prefill[name]
             arguments = {name: given[name] for name in region.inputs}
-            passed = {name: value.copy() for name, value in arguments.items() if isinstance(value, np.ndarray)}
+            passed = {name: value.copy() for name, value in arguments.items()  # the gradients it is given
+                      if name in request["given"] and isinstance(value, np.ndarray)}
             before = snapshot(module)
             if request.get("trace_dtype"):
                 with DtypeTrace(self.package_dir, fields_dtype(request), list(module.named_parameters())) as trace:

@@ -99,6 +99,10 @@ FALSE_PASSES = [
     ("8 float64 slip, step", "np.sqrt(d_head): float64 in a float32 model, checked at its step", "attention.scores",
      "attention.py", DQ, DQ.replace("math.sqrt", "np.sqrt"), "wrong",
      ["in a float32 model", "attention.py:", "NumPy float64 scalar", "math.sqrt"]),
+    ("8 given changed, step", "dpattern *= 2 after use, checked at its step", "attention.softmax", "attention.py",
+     "dprobs = self.hook_pattern.backward(dpattern)  # [batch, head, q_pos, k_pos]",
+     "dprobs = self.hook_pattern.backward(dpattern)  # [batch, head, q_pos, k_pos]\n        dpattern *= 2",
+     "wrong", ["the gradients this step was given (dpattern)"]),
     ("8 float64 slip, whole", "np.sqrt(d_head): float64 in a float32 model, the whole row", "attention",
      "attention.py", DQ, DQ.replace("math.sqrt", "np.sqrt"), "wrong",
      ["in a float32 model", "(step attention.scores)", "NumPy float64 scalar"]),
@@ -143,7 +147,7 @@ STUCK = [
 
 TABLE = FALSE_PASSES + STUCK
 QUICK = {"1 W_pos[:6]", "2 float32 in float64", "3 weights changed", "4 hook twice", "6 complex step",
-         "7 np.maximum out=pre", "8 mask line removed", "8 W_O.grad =", "8 float64 slip, step",
+         "7 np.maximum out=pre", "8 mask line removed", "8 W_O.grad =", "8 float64 slip, step", "8 given changed, step",
          "positional broadcast", "1/dloss", "compact LayerNorm", "tiny error"}  # the rest: pytest -m slow
 SLOW = {case[0] for case in TABLE} - QUICK
 
