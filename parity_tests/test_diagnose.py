@@ -265,3 +265,13 @@ def test_recognised_constants_name_their_sizes():
     assert dg.recognise(1 / 8, sizes)[0].startswith("1/d_model")
     assert dg.recognise(1.37, sizes) is None
 
+
+
+def test_numpys_remapped_shapes_are_said_in_axis_names():
+    """An einsum's broadcast error lists each operand's shape and a remapped one: the operands' own are named."""
+    message = ("operands could not be broadcast together with remapped shapes [original->remapped]: "
+               "(5,6,3,8)->(5,6,newaxis,8,3) (3,10,8)->(8,10,3) ")
+    found = dg.diagnose_error(message)
+    assert found.kind == "shapes", found
+    assert "(5,6,3,8) is [batch, pos, head, d_head]" in found.hint and "(3,10,8) is [head, d_model, d_head]" in found.hint
+    assert "einsum's letters name each operand's axes" in found.hint and "(8,10,3)" not in found.hint
