@@ -480,6 +480,7 @@ def check_variant(process, key, cls, variant, sample, seed, finite_differences=T
     _forward_agrees(mine, right, verdict)
     tensors = _gradients(mine, right, input_name, verdict, inputs)
     _dtypes(process, {**request, "op": "run", "record": False}, tensors, "float64", verdict)
+    _float32_values(tensors, verdict)
     verdict.tensors = _compare(tensors)
     if not all(t.ok for t in verdict.tensors):
         return _explain_wrong(process, verdict, request, right, mine, tensors, input_name, cfg, inputs, upstream,
@@ -850,6 +851,23 @@ def _step_of(directory, key, where):
         return ""
     region = next((r for r in body.steps if r.first <= int(number) - 1 <= r.last), None)
     return f" (step {exercise.key}.{region.name})" if region else ""
+
+
+def _float32_values(pairs, verdict):
+    """Unchecked("wrong") when a float64 gradient holds only float32 numbers (and the right one does not): it
+    went through float32 on the way, and was added into a float64 array (+= keeps the target's dtype)."""
+    rounded = [name for name, mine, right in pairs
+               if isinstance(mine, np.ndarray) and mine.dtype == np.float64 and mine.size >= 4 and np.any(mine)
+               and np.array_equal(mine, mine.astype(np.float32).astype(np.float64))
+               and not np.array_equal(right, right.astype(np.float32).astype(np.float64))]
+    if rounded:
+        verdict.status = "wrong"
+        verdict.message = (f"in a float64 model, every entry of {', '.join(rounded)} is a float32 number: it went "
+                           "through float32 on the way (astype(np.float32), a float32 array) and was added into a "
+                           "float64 one, which keeps the float64 dtype but not the lost digits")
+        verdict.hint = ("keep every array in the model's dtype: leave astype out, and make new arrays with "
+                        "np.zeros_like(x) or dtype=x.dtype")
+        raise Unchecked(verdict)
 
 
 SIDE_EFFECT_WORDS = {

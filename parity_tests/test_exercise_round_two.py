@@ -72,6 +72,9 @@ FALSE_PASSES = [
     ("2 float32 in float64", "dx = (...).astype(np.float32) in a float64 model", "unembed", "unembed.py",
      UNEMBED_DX, UNEMBED_DX.replace("optimize=True)", "optimize=True).astype(np.float32)"), "wrong",
      ["in a float64 model, x is float32", "it first changed at unembed.py:", "astype changed the dtype"]),
+    ("2 float32 into float64 .grad", "W_U.grad += (...).astype(np.float32): float64 .grad, float32 digits",
+     "unembed", "unembed.py", UNEMBED_W, UNEMBED_W.replace("optimize=True)", "optimize=True).astype(np.float32)"),
+     "wrong", ["every entry of W_U is a float32 number"]),
     ("3 weights changed", "self.W_E.data -= 0.1 * self.W_E.grad after a right gradient", "embedding", "embedding.py",
      "np.add.at(self.W_E.grad, tokens, dembed)  # [d_vocab, d_model], repeats add up",
      "np.add.at(self.W_E.grad, tokens, dembed)  # [d_vocab, d_model], repeats add up\n"
@@ -146,7 +149,7 @@ STUCK = [
 ]
 
 TABLE = FALSE_PASSES + STUCK
-QUICK = {"1 W_pos[:6]", "2 float32 in float64", "3 weights changed", "4 hook twice", "6 complex step",
+QUICK = {"1 W_pos[:6]", "2 float32 in float64", "2 float32 into float64 .grad", "3 weights changed", "4 hook twice", "6 complex step",
          "7 np.maximum out=pre", "8 mask line removed", "8 W_O.grad =", "8 float64 slip, step", "8 given changed, step",
          "positional broadcast", "1/dloss", "compact LayerNorm", "tiny error"}  # the rest: pytest -m slow
 SLOW = {case[0] for case in TABLE} - QUICK
