@@ -983,42 +983,41 @@ def check_step(process, exercise, step, seed=0):
     runs = [(sizes, number, variant, edit) for sizes in SIZE_SETS for number, variant in enumerate(exercise.variants)
             for edit in ((False, True) if sizes is SIZE_SETS[0] else (False,))]
     for sizes, number, variant, edit in runs:
-        if True:
-            label = variant.label + (", pattern edited" if edit else "") + (
-                "" if sizes is SIZE_SETS[0] else f", {sizes.label}")
-            verdict = Result(key, exercise.cls, "done", label)
-            cfg = resized(variant, sizes).config()
-            fields = dataclasses.asdict(cfg)
-            reference = build(numpy_impl, exercise.cls, cfg, seed + 10 * number)
-            weights = reference.state_dict()
-            inputs = list(make_inputs(exercise.cls, cfg, seed + 10 * number + 1, variant.weighted,
-                                      batch=sizes.batch, pos=sizes.pos))
-            expected, given = _reference_step(exercise, body, region, lines, fields, weights, inputs, edit,
-                                              seed + 10 * number + 2)
-            prefill = {name: np.random.default_rng(seed + 10 * number + 5 + i).standard_normal(value.shape)
-                       for i, (name, value) in enumerate(weights.items())}  # a step adds into what .grad holds
-            expected["grads"] = {name: value + prefill[name] for name, value in expected["grads"].items()}
-            request = {"op": "step", "cls": exercise.cls, "cfg": fields, "weights": weights, "inputs": inputs,
-                       "record": True, "edit_pattern": edit, "step": step, "file": exercise.file, "given": given,
-                       "prefill": prefill}
-            reply = process.ask(request, f"while checking {key}")
-            if process.events:
-                return verdict
-            result = _step_verdict(verdict, reply, expected, region, given, cfg, inputs, prefill)
-            if result.status == "done":
-                try:
-                    _step_dtypes(process, request, reply, region, "float64", verdict)
-                    if number == 0 and not edit and sizes is SIZE_SETS[0]:
-                        _step_float32(process, request, expected, region, verdict)
-                except Unchecked as unchecked:
-                    return unchecked.result
-            if result.status == "wrong" and sizes is not SIZE_SETS[0]:
-                result.message = f"right with {SIZE_SETS[0].words()}; wrong with {sizes.words()}: " + result.message
-                found, literal = hard_coded_hint(_region_lines(process.directory_path, exercise, region.name),
-                                                 SIZE_SETS[0], sizes)
-                result.hint = found if literal or not result.hint else result.hint
-            if result.status != "done":
-                return result
+        label = variant.label + (", pattern edited" if edit else "") + (
+            "" if sizes is SIZE_SETS[0] else f", {sizes.label}")
+        verdict = Result(key, exercise.cls, "done", label)
+        cfg = resized(variant, sizes).config()
+        fields = dataclasses.asdict(cfg)
+        reference = build(numpy_impl, exercise.cls, cfg, seed + 10 * number)
+        weights = reference.state_dict()
+        inputs = list(make_inputs(exercise.cls, cfg, seed + 10 * number + 1, variant.weighted,
+                                  batch=sizes.batch, pos=sizes.pos))
+        expected, given = _reference_step(exercise, body, region, lines, fields, weights, inputs, edit,
+                                          seed + 10 * number + 2)
+        prefill = {name: np.random.default_rng(seed + 10 * number + 5 + i).standard_normal(value.shape)
+                   for i, (name, value) in enumerate(weights.items())}  # a step adds into what .grad holds
+        expected["grads"] = {name: value + prefill[name] for name, value in expected["grads"].items()}
+        request = {"op": "step", "cls": exercise.cls, "cfg": fields, "weights": weights, "inputs": inputs,
+                   "record": True, "edit_pattern": edit, "step": step, "file": exercise.file, "given": given,
+                   "prefill": prefill}
+        reply = process.ask(request, f"while checking {key}")
+        if process.events:
+            return verdict
+        result = _step_verdict(verdict, reply, expected, region, given, cfg, inputs, prefill)
+        if result.status == "done":
+            try:
+                _step_dtypes(process, request, reply, region, "float64", verdict)
+                if number == 0 and not edit and sizes is SIZE_SETS[0]:
+                    _step_float32(process, request, expected, region, verdict)
+            except Unchecked as unchecked:
+                return unchecked.result
+        if result.status == "wrong" and sizes is not SIZE_SETS[0]:
+            result.message = f"right with {SIZE_SETS[0].words()}; wrong with {sizes.words()}: " + result.message
+            found, literal = hard_coded_hint(_region_lines(process.directory_path, exercise, region.name),
+                                             SIZE_SETS[0], sizes)
+            result.hint = found if literal or not result.hint else result.hint
+        if result.status != "done":
+            return result
     return verdict
 
 
