@@ -58,28 +58,62 @@ import numpy_impl  # noqa: E402
 import torch_impl  # noqa: E402
 from benchmarks.plain_torch import PlainTransformer  # noqa: E402
 
-CONFIG_M = dict(d_vocab=512, d_model=256, n_heads=8, d_head=32, d_mlp=1024, n_layers=4, n_ctx=128,
-                normalization="pre", act_fn="gelu_new", causal=True, positional="learned")
+CONFIG_M = dict(
+    d_vocab=512,
+    d_model=256,
+    n_heads=8,
+    d_head=32,
+    d_mlp=1024,
+    n_layers=4,
+    n_ctx=128,
+    normalization="pre",
+    act_fn="gelu_new",
+    causal=True,
+    positional="learned",
+)
 BATCH = 16
 
 
 def matmul_shapes(cfg, batch):
     """(left shape, right shape) of every matrix product in one forward + backward of the model."""
-    n, m, h, d, f, v, p = batch * cfg.n_ctx, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab, cfg.n_ctx
+    n, m, h, d, f, v, p = (
+        batch * cfg.n_ctx,
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.d_head,
+        cfg.d_mlp,
+        cfg.d_vocab,
+        cfg.n_ctx,
+    )
     hd = h * d
     per_layer = [
         # forward: q, k, v; scores; z; attention out; MLP in; MLP out
-        ((n, m), (m, hd)), ((n, m), (m, hd)), ((n, m), (m, hd)),
-        ((batch, h, p, d), (batch, h, d, p)), ((batch, h, p, p), (batch, h, p, d)),
-        ((n, hd), (hd, m)), ((n, m), (m, f)), ((n, f), (f, m)),
+        ((n, m), (m, hd)),
+        ((n, m), (m, hd)),
+        ((n, m), (m, hd)),
+        ((batch, h, p, d), (batch, h, d, p)),
+        ((batch, h, p, p), (batch, h, p, d)),
+        ((n, hd), (hd, m)),
+        ((n, m), (m, f)),
+        ((n, f), (f, m)),
         # backward: MLP out (W grad, input grad); MLP in; attention out; z (dpattern, dv);
         # scores (dq, dk); q, k, v (three W grads, three input grads)
-        ((f, n), (n, m)), ((n, m), (m, f)), ((m, n), (n, f)), ((n, f), (f, m)),
-        ((hd, n), (n, m)), ((n, m), (m, hd)),
-        ((batch, h, p, d), (batch, h, d, p)), ((batch, h, p, p), (batch, h, p, d)),
-        ((batch, h, p, p), (batch, h, p, d)), ((batch, h, p, p), (batch, h, p, d)),
-        ((m, n), (n, hd)), ((m, n), (n, hd)), ((m, n), (n, hd)),
-        ((n, hd), (hd, m)), ((n, hd), (hd, m)), ((n, hd), (hd, m)),
+        ((f, n), (n, m)),
+        ((n, m), (m, f)),
+        ((m, n), (n, f)),
+        ((n, f), (f, m)),
+        ((hd, n), (n, m)),
+        ((n, m), (m, hd)),
+        ((batch, h, p, d), (batch, h, d, p)),
+        ((batch, h, p, p), (batch, h, p, d)),
+        ((batch, h, p, p), (batch, h, p, d)),
+        ((batch, h, p, p), (batch, h, p, d)),
+        ((m, n), (n, hd)),
+        ((m, n), (n, hd)),
+        ((m, n), (n, hd)),
+        ((n, hd), (hd, m)),
+        ((n, hd), (hd, m)),
+        ((n, hd), (hd, m)),
     ]
     unembed = [((n, m), (m, v)), ((m, n), (n, v)), ((n, v), (v, m))]
     return per_layer * cfg.n_layers + unembed
@@ -96,13 +130,17 @@ class Setup:
             p.data[...] = p.data + 0.1 * rng.standard_normal(p.shape).astype(dtype)
         self.device = torch.device(device)
         self.twin = torch_impl.Transformer.from_twin(self.model).to(self.device)
-        self.plain = PlainTransformer.from_state_dict(self.cfg, self.model.state_dict()).to(self.device)
+        self.plain = PlainTransformer.from_state_dict(self.cfg, self.model.state_dict()).to(
+            self.device
+        )
         self.tokens = rng.integers(0, self.cfg.d_vocab, size=(BATCH, self.cfg.n_ctx))
         self.dout = rng.standard_normal((BATCH, self.cfg.n_ctx, self.cfg.d_vocab)).astype(dtype)
         self.tokens_t = torch.from_numpy(self.tokens).to(self.device)
         self.dout_t = torch.from_numpy(self.dout).to(self.device)
-        self.operands = [(rng.standard_normal(a).astype(dtype), rng.standard_normal(b).astype(dtype))
-                         for a, b in matmul_shapes(self.cfg, BATCH)]
+        self.operands = [
+            (rng.standard_normal(a).astype(dtype), rng.standard_normal(b).astype(dtype))
+            for a, b in matmul_shapes(self.cfg, BATCH)
+        ]
 
     def plain_gap(self):
         """The largest difference of plain torch's logits from the twin's, relative to the largest logit."""
@@ -159,7 +197,7 @@ def measure(dtype, rounds, device):
     times = {name: [] for name in sides}
     names = list(sides)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(seconds(sides[name]))
     return dict(times=times, plain_gap=setup.plain_gap())
 
@@ -173,8 +211,11 @@ def child(args):
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
-    result = dict(threads=torch.get_num_threads(), blas=blas_line(),
-                  dtypes={dtype: measure(dtype, args.rounds, args.device) for dtype in dtypes})
+    result = dict(
+        threads=torch.get_num_threads(),
+        blas=blas_line(),
+        dtypes={dtype: measure(dtype, args.rounds, args.device) for dtype in dtypes},
+    )
     print(json.dumps(result))
 
 
@@ -183,28 +224,62 @@ def blas_line():
         from threadpoolctl import threadpool_info
     except ImportError:
         return "numpy BLAS: (install threadpoolctl to see its kernel and threads)"
-    pools = [f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')} x{p.get('num_threads')}"
-             for p in threadpool_info()]
+    pools = [
+        f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')} x{p.get('num_threads')}"
+        for p in threadpool_info()
+    ]
     return "thread pools: " + "; ".join(pools)
 
 
 def table(runs, device):
     """A markdown table: a column per (dtype, threads), a row per ratio, spread and time."""
-    columns = [(f"{dtype.replace('float', 'f')}, {run['threads']} thread{'s' if run['threads'] > 1 else ''}"
-                + (" (default)" if label == "default" else ""), r["times"])
-               for label, run in runs for dtype, r in run["dtypes"].items()]
+    columns = [
+        (
+            f"{dtype.replace('float', 'f')}, {run['threads']} thread{'s' if run['threads'] > 1 else ''}"
+            + (" (default)" if label == "default" else ""),
+            r["times"],
+        )
+        for label, run in runs
+        for dtype, r in run["dtypes"].items()
+    ]
     rows = [("torch twin / plain torch", lambda t: f"{ratio(t, 'twin', 'plain'):.2f}")]
     if device == "cpu":
-        rows.append(("NumPy reference / plain torch", lambda t: f"{ratio(t, 'numpy', 'plain'):.2f}"))
-        rows.append(("spread: NumPy, twin, plain", lambda t: ", ".join(f"{spread(t[s]):.0%}"
-                                                                       for s in ("numpy", "twin", "plain"))))
-        rows.append(("ms: NumPy, twin, plain", lambda t: ", ".join(f"{1e3 * statistics.median(t[s]):.0f}"
-                                                                   for s in ("numpy", "twin", "plain"))))
+        rows.append(
+            ("NumPy reference / plain torch", lambda t: f"{ratio(t, 'numpy', 'plain'):.2f}")
+        )
+        rows.append(
+            (
+                "spread: NumPy, twin, plain",
+                lambda t: ", ".join(f"{spread(t[s]):.0%}" for s in ("numpy", "twin", "plain")),
+            )
+        )
+        rows.append(
+            (
+                "ms: NumPy, twin, plain",
+                lambda t: ", ".join(
+                    f"{1e3 * statistics.median(t[s]):.0f}" for s in ("numpy", "twin", "plain")
+                ),
+            )
+        )
     else:
-        rows.append(("spread: twin, plain", lambda t: ", ".join(f"{spread(t[s]):.0%}" for s in ("twin", "plain"))))
-        rows.append(("ms: twin, plain", lambda t: ", ".join(f"{1e3 * statistics.median(t[s]):.1f}"
-                                                            for s in ("twin", "plain"))))
-    lines = ["| | " + " | ".join(name for name, _ in columns) + " |", "| --- |" + " --- |" * len(columns)]
+        rows.append(
+            (
+                "spread: twin, plain",
+                lambda t: ", ".join(f"{spread(t[s]):.0%}" for s in ("twin", "plain")),
+            )
+        )
+        rows.append(
+            (
+                "ms: twin, plain",
+                lambda t: ", ".join(
+                    f"{1e3 * statistics.median(t[s]):.1f}" for s in ("twin", "plain")
+                ),
+            )
+        )
+    lines = [
+        "| | " + " | ".join(name for name, _ in columns) + " |",
+        "| --- |" + " --- |" * len(columns),
+    ]
     for label, cell in rows:
         lines.append(f"| {label} | " + " | ".join(cell(times) for _, times in columns) + " |")
     return "\n".join(lines)
@@ -212,45 +287,81 @@ def table(runs, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None,
-                        help="one thread count for NumPy's BLAS and torch (default: the default count, then 1)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="one thread count for NumPy's BLAS and torch (default: the default count, then 1)",
+    )
     parser.add_argument("--rounds", type=int, default=9, help="rounds per dtype (default 9)")
     parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
-    parser.add_argument("--device", default="cpu", help="where the twin and plain torch run: cpu (default) or cuda "
-                                                        "(then the NumPy reference is left out)")
-    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
-                        help="wall: elapsed time (default); cpu: this process's CPU time, steadier on a machine "
-                             "shared with other jobs (with one thread: it adds up the time of every thread)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the twin and plain torch run: cpu (default) or cuda "
+        "(then the NumPy reference is left out)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall: elapsed time (default); cpu: this process's CPU time, steadier on a machine "
+        "shared with other jobs (with one thread: it adds up the time of every thread)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     global clock
     clock = CLOCKS[args.clock]
     if args.child:
         return child(args)
-    settings = [("default", None), ("1", 1)] if args.threads is None and args.device == "cpu" else \
-        [(str(args.threads or "default"), args.threads)]
+    settings = (
+        [("default", None), ("1", 1)]
+        if args.threads is None and args.device == "cpu"
+        else [(str(args.threads or "default"), args.threads)]
+    )
     runs = []
     for label, threads in settings:
-        command = [sys.executable, os.path.abspath(__file__), "--child", "--rounds", str(args.rounds),
-                   "--dtype", args.dtype, "--device", args.device, "--clock", args.clock]
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            "--rounds",
+            str(args.rounds),
+            "--dtype",
+            args.dtype,
+            "--device",
+            args.device,
+            "--clock",
+            args.clock,
+        ]
         command += [] if threads is None else ["--threads", str(threads)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         runs.append((label, json.loads(output.strip().splitlines()[-1])))
     cfg = numpy_impl.TransformerConfig(**CONFIG_M)
-    print(f"config M: d_vocab {cfg.d_vocab}, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.d_head}, "
-          f"d_mlp {cfg.d_mlp}, {cfg.n_layers} layers, {cfg.n_ctx} positions, batch {BATCH}, pre-norm, "
-          f"{cfg.act_fn}, causal, learned positions; device {args.device}")
-    print(f"numpy {np.__version__}, torch {torch.__version__}; {args.rounds} rounds, order turning; {args.clock} clock; "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}, "
-          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', 'unset')}")
+    print(
+        f"config M: d_vocab {cfg.d_vocab}, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.d_head}, "
+        f"d_mlp {cfg.d_mlp}, {cfg.n_layers} layers, {cfg.n_ctx} positions, batch {BATCH}, pre-norm, "
+        f"{cfg.act_fn}, causal, learned positions; device {args.device}"
+    )
+    print(
+        f"numpy {np.__version__}, torch {torch.__version__}; {args.rounds} rounds, order turning; {args.clock} clock; "
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}, "
+        f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', 'unset')}"
+    )
     for label, run in runs:
         gaps = ", ".join(f"{dtype} {r['plain_gap']:.0e}" for dtype, r in run["dtypes"].items())
-        print(f"threads {label} ({run['threads']}): {run['blas']}; plain torch's logits against the twin's: {gaps}")
+        print(
+            f"threads {label} ({run['threads']}): {run['blas']}; plain torch's logits against the twin's: {gaps}"
+        )
         for dtype, r in run["dtypes"].items():
             for side, times in r["times"].items():
-                print(f"  {dtype} {side:6} ms per round: " + " ".join(f"{1e3 * t:.0f}" for t in times))
-    print("\n(ratios: median of the per-round ratios; spread: (max - min) / median of a side's steps; "
-          "ms: median step)\n")
+                print(
+                    f"  {dtype} {side:6} ms per round: " + " ".join(f"{1e3 * t:.0f}" for t in times)
+                )
+    print(
+        "\n(ratios: median of the per-round ratios; spread: (max - min) / median of a side's steps; "
+        "ms: median step)\n"
+    )
     print(table(runs, args.device))
 
 

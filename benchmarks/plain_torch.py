@@ -18,16 +18,31 @@ class PlainBlock(nn.Module):
         super().__init__()
         take = lambda name: nn.Parameter(sd[prefix + name].clone())  # noqa: E731
         self.n_heads = n_heads
-        self.ln1_w, self.ln1_b, self.ln2_w, self.ln2_b = take("ln1.w"), take("ln1.b"), take("ln2.w"), take("ln2.b")
+        self.ln1_w, self.ln1_b, self.ln2_w, self.ln2_b = (
+            take("ln1.w"),
+            take("ln1.b"),
+            take("ln2.w"),
+            take("ln2.b"),
+        )
         # [head, d_model, d_head] x3 -> one [d_model, 3 * head * d_head] weight, as nanoGPT's c_attn
-        w_qkv = [sd[f"{prefix}attn.W_{n}"].permute(1, 0, 2).reshape(sd[f"{prefix}attn.W_Q"].shape[1], -1)
-                 for n in "QKV"]
+        w_qkv = [
+            sd[f"{prefix}attn.W_{n}"].permute(1, 0, 2).reshape(sd[f"{prefix}attn.W_Q"].shape[1], -1)
+            for n in "QKV"
+        ]
         self.W_qkv = nn.Parameter(torch.cat(w_qkv, dim=1).contiguous())
-        self.b_qkv = nn.Parameter(torch.cat([sd[f"{prefix}attn.b_{n}"].reshape(-1) for n in "QKV"]).clone())
-        self.W_O = nn.Parameter(sd[prefix + "attn.W_O"].reshape(-1, sd[prefix + "attn.W_O"].shape[-1]).clone())
+        self.b_qkv = nn.Parameter(
+            torch.cat([sd[f"{prefix}attn.b_{n}"].reshape(-1) for n in "QKV"]).clone()
+        )
+        self.W_O = nn.Parameter(
+            sd[prefix + "attn.W_O"].reshape(-1, sd[prefix + "attn.W_O"].shape[-1]).clone()
+        )
         self.b_O = take("attn.b_O")
-        self.W_in, self.b_in, self.W_out, self.b_out = take("mlp.W_in"), take("mlp.b_in"), take("mlp.W_out"), \
-            take("mlp.b_out")
+        self.W_in, self.b_in, self.W_out, self.b_out = (
+            take("mlp.W_in"),
+            take("mlp.b_in"),
+            take("mlp.W_out"),
+            take("mlp.b_out"),
+        )
 
     def forward(self, x):
         batch, pos, d_model = x.shape
@@ -43,10 +58,21 @@ class PlainBlock(nn.Module):
 class PlainTransformer(nn.Module):
     def __init__(self, cfg, sd):
         super().__init__()
-        self.W_E, self.W_pos = nn.Parameter(sd["embed.W_E"].clone()), nn.Parameter(sd["pos_embed.W_pos"].clone())
-        self.blocks = nn.ModuleList([PlainBlock(sd, f"blocks.{i}.", cfg.n_heads) for i in range(cfg.n_layers)])
-        self.ln_w, self.ln_b = nn.Parameter(sd["ln_final.w"].clone()), nn.Parameter(sd["ln_final.b"].clone())
-        self.W_U, self.b_U = nn.Parameter(sd["unembed.W_U"].clone()), nn.Parameter(sd["unembed.b_U"].clone())
+        self.W_E, self.W_pos = (
+            nn.Parameter(sd["embed.W_E"].clone()),
+            nn.Parameter(sd["pos_embed.W_pos"].clone()),
+        )
+        self.blocks = nn.ModuleList(
+            [PlainBlock(sd, f"blocks.{i}.", cfg.n_heads) for i in range(cfg.n_layers)]
+        )
+        self.ln_w, self.ln_b = (
+            nn.Parameter(sd["ln_final.w"].clone()),
+            nn.Parameter(sd["ln_final.b"].clone()),
+        )
+        self.W_U, self.b_U = (
+            nn.Parameter(sd["unembed.W_U"].clone()),
+            nn.Parameter(sd["unembed.b_U"].clone()),
+        )
 
     @classmethod
     def from_state_dict(cls, cfg, state_dict):

@@ -37,7 +37,6 @@ from foundation.contract.boundary import (  # noqa: F401 (boundary, for the comp
     note_always_guarded,
     output_shape,
     outputs,
-    running_hooks,
     taint,
     user_call,
 )

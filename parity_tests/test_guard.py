@@ -22,7 +22,9 @@ from numpy_impl.optim import SGD
 from parity_tests.helpers import assert_close, compare_grads, load_into_twin, randomize
 
 BATCH, POS = 2, 5
-CFG = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, d_head=4, d_mlp=14, n_layers=2, n_ctx=POS)
+CFG = npi.TransformerConfig(
+    d_vocab=11, d_model=12, n_heads=3, d_head=4, d_mlp=14, n_layers=2, n_ctx=POS
+)
 
 
 def model_twins(cfg=CFG, seed=0):
@@ -35,7 +37,9 @@ def model_twins(cfg=CFG, seed=0):
 
 def inputs(cfg=CFG, seed=2):
     rng = np.random.default_rng(seed)
-    return rng.integers(0, cfg.d_vocab, (BATCH, POS)), rng.standard_normal((BATCH, POS, cfg.d_vocab))
+    return rng.integers(0, cfg.d_vocab, (BATCH, POS)), rng.standard_normal(
+        (BATCH, POS, cfg.d_vocab)
+    )
 
 
 # --- declarations ------------------------------------------------------------------------------
@@ -44,6 +48,7 @@ def inputs(cfg=CFG, seed=2):
 @pytest.mark.parametrize("package", [npi, pti], ids=["numpy", "torch"])
 def test_a_renamed_argument_fails_when_its_class_is_defined(package):
     with pytest.raises(TypeError, match=r"takes \(resid\) but its boundary declares \(x\)"):
+
         class Renamed(package.FeedForward):
             @boundary(x="activation")
             def forward(self, resid):
@@ -57,9 +62,14 @@ def test_an_unknown_kind_is_refused():
 
 @pytest.mark.parametrize("package", [npi, pti], ids=["numpy", "torch"])
 def test_every_component_method_declares_its_arguments(package):
-    components = [value for value in vars(package).values()
-                  if isinstance(value, type) and issubclass(value, package.Module) and value is not package.Module
-                  and not issubclass(value, package.HookPoint)]
+    components = [
+        value
+        for value in vars(package).values()
+        if isinstance(value, type)
+        and issubclass(value, package.Module)
+        and value is not package.Module
+        and not issubclass(value, package.HookPoint)
+    ]
     assert len(components) >= 10
     methods = ("forward", "backward") if package is npi else ("forward",)
     for cls in components:
@@ -116,7 +126,9 @@ def test_a_twin_forward_and_backward_synchronise_once_each(monkeypatch):
     out.backward(dout_t)
     assert forward_syncs == 1, f"forward: {counter.syncs}"
     assert len(counter.syncs) == 2, f"forward + backward: {counter.syncs}"
-    assert forward_hooks == 1 and counter.hooks == 1  # one, on the output: it starts the backward's look
+    assert (
+        forward_hooks == 1 and counter.hooks == 1
+    )  # one, on the output: it starts the backward's look
     # with every hook point guarded, as before: a look (and a tensor hook) at every hook point
     counter.syncs.clear()
     counter.hooks = 0
@@ -129,8 +141,12 @@ def test_a_twin_forward_and_backward_synchronise_once_each(monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_guard_every_hook_names_what_the_replay_names():
-    cfg = npi.TransformerConfig(d_vocab=13, d_model=12, n_heads=3, d_mlp=20, n_layers=1, n_ctx=POS, dtype="float32")
-    x = ((np.random.default_rng(0).standard_normal((BATCH, POS, cfg.d_model)) + 3.0) * 1e30).astype("float32")
+    cfg = npi.TransformerConfig(
+        d_vocab=13, d_model=12, n_heads=3, d_mlp=20, n_layers=1, n_ctx=POS, dtype="float32"
+    )
+    x = ((np.random.default_rng(0).standard_normal((BATCH, POS, cfg.d_model)) + 3.0) * 1e30).astype(
+        "float32"
+    )
     message = "LayerNorm.forward: hook_scale holds inf although every input and weight was finite"
     for layer_norm, x_in in ((npi.LayerNorm(cfg), x), (pti.LayerNorm(cfg), torch.from_numpy(x))):
         with pytest.raises(NonFiniteError, match=message):
@@ -162,7 +178,9 @@ def test_weights_changed_between_forward_and_backward_are_refused(change):
         model.load_state_dict(other)
     else:
         model.blocks[0].attn.W_Q.data -= 0.1
-    with pytest.raises(ValueError, match=r"Transformer\.backward\(\): a weight was changed in place"):
+    with pytest.raises(
+        ValueError, match=r"Transformer\.backward\(\): a weight was changed in place"
+    ):
         model.backward(dout)
     # a fresh forward makes backward possible again
     model.forward(tokens)
@@ -179,7 +197,9 @@ def test_weights_changed_between_forward_and_backward_are_refused(change):
         out.backward(torch.from_numpy(dout))
 
 
-@pytest.mark.parametrize("point", ["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern", "hook_embed"])
+@pytest.mark.parametrize(
+    "point", ["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern", "hook_embed"]
+)
 def test_a_backward_hook_that_runs_the_model_on_other_tokens_is_exact(point):
     model, twin = model_twins()
     tokens, dout = inputs()
@@ -188,13 +208,16 @@ def test_a_backward_hook_that_runs_the_model_on_other_tokens_is_exact(point):
     model.run_with_hooks(tokens, dout=dout)
     expected = {name: p.grad.copy() for name, p in model.named_parameters()}
     for m in (model, twin):
+
         def run_other(grad, hook, m=m):
             m(other)  # another forward, inside the backward: the outer backward must not see it
 
         m.zero_grad()
         m.run_with_hooks(tokens, bwd_hooks=[(point, run_other)], dout=dout)
     for name, p in model.named_parameters():
-        assert_close(f"{name}.grad against the run without the hook", p.grad, expected[name], "float64")
+        assert_close(
+            f"{name}.grad against the run without the hook", p.grad, expected[name], "float64"
+        )
     compare_grads(model, twin, "float64")
 
 
@@ -202,7 +225,9 @@ def test_a_backward_hook_that_runs_the_model_on_other_tokens_is_exact(point):
 def test_a_parameter_gradient_that_overflows_is_named():
     # W_U.grad = sum over batch and pos of x * dlogits: about 1e20 * 1e20 overflows float32,
     # while the logits (x W_U) and the input gradient (dlogits W_U^T) stay near 1e20
-    cfg = npi.TransformerConfig(d_vocab=13, d_model=12, n_heads=3, d_mlp=20, n_layers=1, n_ctx=POS, dtype="float32")
+    cfg = npi.TransformerConfig(
+        d_vocab=13, d_model=12, n_heads=3, d_mlp=20, n_layers=1, n_ctx=POS, dtype="float32"
+    )
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((BATCH, POS, cfg.d_model)) * 1e20).astype("float32")
     dlogits = (rng.standard_normal((BATCH, POS, cfg.d_vocab)) * 1e20).astype("float32")
@@ -231,10 +256,13 @@ def test_the_per_token_loss_and_its_backward_in_both_twins():
     loss = loss_fn.forward(logits, targets, weights)
     dlogits = loss_fn.backward(dloss)
     logits_t = torch.from_numpy(logits).requires_grad_(True)
-    loss_t = pti.CrossEntropyLoss(reduction="none")(logits_t, torch.from_numpy(targets), torch.from_numpy(weights))
+    loss_t = pti.CrossEntropyLoss(reduction="none")(
+        logits_t, torch.from_numpy(targets), torch.from_numpy(weights)
+    )
     loss_t.backward(torch.from_numpy(dloss))
-    reference = torch.nn.functional.cross_entropy(torch.from_numpy(logits).permute(0, 2, 1), torch.from_numpy(targets),
-                                                  reduction="none") * torch.from_numpy(weights)
+    reference = torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits).permute(0, 2, 1), torch.from_numpy(targets), reduction="none"
+    ) * torch.from_numpy(weights)
     assert loss.shape == (BATCH, POS)
     assert_close("per-token loss against torch's cross_entropy", loss, reference.numpy(), "float64")
     assert_close("torch twin per-token loss", loss_t.detach().numpy(), loss, "float64")

@@ -39,7 +39,7 @@ def size(x):
 
 
 def dtype_name(x):
-    """"float32", "int64", ...: the same word for an ndarray and a tensor."""
+    """ "float32", "int64", ...: the same word for an ndarray and a tensor."""
     return str(x.dtype).replace("torch.", "")
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from foundation.lens.cache import ActivationCacheMethods, Slice
 from foundation.contract.arrays import as_numpy
-from foundation.contract.boundary import gradient_target, running_hooks  # noqa: F401 (gradient_target: the twins')
+from foundation.contract.boundary import running_hooks
 from foundation.contract.checks import check_hook_result
 from foundation.lens.folding import fold_layer_norm_weights
 
