@@ -27,7 +27,7 @@ def is_float(x):
 
 
 def is_int(x):
-    """An array or tensor of integers (not bool, not timedelta64, not torch's quantized qint8 ...)."""
+    """An array or tensor of integers (not bool, not timedelta64, not torch's quantized qint8)."""
     if is_torch(x):
         return str(x.dtype) in TORCH_INT_DTYPES
     return x.dtype.kind in "iu"

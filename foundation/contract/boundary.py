@@ -86,7 +86,8 @@ def check_flag_argument(module, name, value, arguments, array_type):
 
 
 def check_logits_argument(module, name, value, arguments, array_type):
-    """The loss's logits, checked with its targets and weights: each one's shape depends on the others."""
+    """The loss's logits, checked with its targets and weights (each one's shape depends on the
+    others)."""
     check_loss_inputs(value, arguments["targets"], arguments.get("weights"), array_type)
 
 
@@ -102,7 +103,8 @@ def check_gradient_argument(module, name, value, arguments, array_type):
 
 
 def check_output_or_loss_gradient(module, name, value, arguments, array_type):
-    """The model's: the gradient of its output, or of the loss the last forward returned (None: 1)."""
+    """The model's: the gradient of its output, or of the loss the last forward returned (None:
+    1)."""
     gradient_target(value, module._output_shape, module._loss_shape, module.cfg.dtype)
 
 
@@ -120,23 +122,29 @@ KINDS = {
 
 
 def boundary(**kinds):
-    """Declare a ``forward``'s or ``backward``'s arguments by kind (``KINDS``); its module carries the call.
+    """Declare a ``forward``'s or ``backward``'s arguments by kind (``KINDS``).
 
     The method becomes ``module._forward_at_the_boundary(method, ...)`` (or ``_backward_...``),
     which each twin's ``Module`` writes. Every argument must be declared, and nothing else.
     """
     for name, kind in kinds.items():
         if kind not in KINDS:
-            raise TypeError(f"boundary({name}={kind!r}): unknown kind; the kinds are {', '.join(KINDS)}")
+            raise TypeError(
+                f"boundary({name}={kind!r}): unknown kind; the kinds are {', '.join(KINDS)}"
+            )
 
     def declare(method):
         signature = inspect.signature(method)
         names = list(signature.parameters)[1:]  # after self
         if names != list(kinds):
-            raise TypeError(f"{method.__qualname__} takes ({', '.join(names)}) but its boundary declares "
-                            f"({', '.join(kinds)}): rename both, or the argument would lose its check")
+            raise TypeError(
+                f"{method.__qualname__} takes ({', '.join(names)}) but its boundary declares "
+                f"({', '.join(kinds)}): rename both, or the argument would lose its check"
+            )
         if method.__name__ not in ("forward", "backward"):
-            raise TypeError(f"{method.__qualname__}: boundary declares a forward or a backward only")
+            raise TypeError(
+                f"{method.__qualname__}: boundary declares a forward or a backward only"
+            )
         direction = f"_{method.__name__}_at_the_boundary"
         method.kinds = dict(kinds)  # the body carries its declaration: check_arguments reads it
 
@@ -166,13 +174,19 @@ def check_arguments(module, method, arguments, array_type):
 
 
 class ForwardRecord:
-    """What the boundary remembers of a module's last forward, for its ``backward`` to check against."""
+    """What the boundary remembers of a module's last forward, for its ``backward``."""
 
     def __init__(self, state, out_shape=None, tainted=False, versions=None):
         self.state = state  # "running", "raised" or "done"
-        self.out_shape = out_shape  # the gradient backward takes has this shape (and the model's dtype)
-        self.tainted = tainted  # a non-finite input, or a hook's: the guard stands down in the backward
-        self.versions = versions  # [(parameter, its version)] when a user's forward read them (NumPy)
+        self.out_shape = (
+            out_shape  # the gradient backward takes has this shape (and the model's dtype)
+        )
+        self.tainted = (
+            tainted  # a non-finite input, or a hook's: the guard stands down in the backward
+        )
+        self.versions = (
+            versions  # [(parameter, its version)] when a user's forward read them (NumPy)
+        )
 
     def __repr__(self):
         return f"<forward {self.state}>"
@@ -183,17 +197,21 @@ RAISED = ForwardRecord("raised")
 
 
 def check_backward_allowed(record, component):
-    """``backward`` needs a ``forward`` that finished (not one that raised, nor one still running)."""
+    """``backward`` needs a ``forward`` that finished (not one that raised, nor one running)."""
     check_forward_done(None if record is None else record.state, component)
 
 
 def check_weights_unchanged(record, component):
-    """The weights a forward read are those its backward reads: refuse when one changed in between."""
-    changed = [parameter for parameter, version in record.versions or () if parameter.version != version]
+    """The weights a forward read are those its backward reads: refuse when one changed."""
+    changed = [
+        parameter for parameter, version in record.versions or () if parameter.version != version
+    ]
     if changed:
-        raise ValueError(f"{component}.backward(): a weight was changed in place after {component}.forward() "
-                         "(an optimizer step, load_state_dict), so the gradient would mix two models; run "
-                         "forward again first (torch refuses such a backward too)")
+        raise ValueError(
+            f"{component}.backward(): a weight was changed in place after {component}.forward() "
+            "(an optimizer step, load_state_dict), so the gradient would mix two models; run "
+            "forward again first (torch refuses such a backward too)"
+        )
 
 
 def check_gradient(record, name, value, model_dtype):
@@ -222,15 +240,25 @@ def gradient_target(dout, logits_shape, loss_shape, dtype):
     """
     if dout is None:
         if loss_shape is None:
-            raise ValueError(f"backward without dout needs a loss: run the forward with return_type='loss' "
-                             f"just before, or pass dout shaped like the output {tuple(logits_shape)}")
+            raise ValueError(
+                f"backward without dout needs a loss: run the forward with return_type='loss' "
+                f"just before, or pass dout shaped like the output {tuple(logits_shape)}"
+            )
         if tuple(loss_shape) != ():
-            raise ValueError(f"backward without dout needs a scalar loss; this one is per token, shape "
-                             f"{tuple(loss_shape)}: pass dout of that shape (torch: loss.backward(dout)), or use "
-                             "loss_per_token=False")
+            raise ValueError(
+                f"backward without dout needs a scalar loss; this one is per token, shape "
+                f"{tuple(loss_shape)}: pass dout of that shape (torch: loss.backward(dout)), "
+                "or use loss_per_token=False"
+            )
         return "loss", 1.0
     check_plain(dout, "dout")
-    shape = tuple(dout.shape) if hasattr(dout, "shape") else () if isinstance(dout, (int, float)) else None
+    shape = (
+        tuple(dout.shape)
+        if hasattr(dout, "shape")
+        else ()
+        if isinstance(dout, (int, float))
+        else None
+    )
     if loss_shape is not None and (shape == tuple(loss_shape) or logits_shape is None):
         if tuple(loss_shape) == ():
             check_dloss(dout)
@@ -243,7 +271,9 @@ def gradient_target(dout, logits_shape, loss_shape, dtype):
 
 def outputs(result):
     """The arrays or tensors a forward returned (a tuple's elements, or the one result)."""
-    return [out for out in (result if isinstance(result, tuple) else (result,)) if hasattr(out, "dtype")]
+    return [
+        out for out in (result if isinstance(result, tuple) else (result,)) if hasattr(out, "dtype")
+    ]
 
 
 # --- 3. the non-finite guard and the calls in progress -------------------------------------
@@ -263,7 +293,7 @@ class Call:
         self.arrays = arrays  # the arguments, for the guard to look at when something is not finite
         self.parameters = parameters  # a function: the module's weights, as arrays or tensors
         self.tainted = tainted
-        self.always = []  # values of always-guarded hook points (a LayerNorm's scale), looked at at the end
+        self.always = []  # always-guarded hook points' values (a LayerNorm's scale), for the end
 
 
 class HookCall:
@@ -290,7 +320,7 @@ def calls():
 
 
 def guarding():
-    """True inside ``guard_every_hook()`` (or a replay): every hook point and every output is guarded."""
+    """True inside ``guard_every_hook()`` (or a replay): every hook point and output is guarded."""
     return getattr(_state, "guarding", 0) > 0
 
 
@@ -317,7 +347,7 @@ def user_call():
 
 
 class entered:
-    """``with entered(call):`` pushes ``call`` for the length of a body; nested calls inherit a taint."""
+    """``with entered(call):`` pushes ``call`` for a body's length; nested calls inherit a taint."""
 
     def __init__(self, call):
         self.call = call
@@ -354,14 +384,14 @@ def taint():
 
 
 def note_always_guarded(value):
-    """An always-guarded hook point's value, looked at when the user's call ends (``Call.always``)."""
+    """An always-guarded hook point's value, looked at when the user's call ends."""
     stack = calls()
     if stack and not stack[-1].is_hook:
         stack[-1].always.append(value)
 
 
 def nonfinite(x):
-    """None if every entry of the float array or tensor ``x`` is finite, else "nan", "inf" or "-inf"."""
+    """None if every entry of the float array ``x`` is finite, else "nan", "inf", "-inf"."""
     if not hasattr(x, "dtype") or not is_float(x) or size(x) == 0:
         return None
     if is_torch(x):
@@ -380,7 +410,9 @@ def nonfinite(x):
 
 def inputs_finite(call):
     """Were the call's arrays and the module's weights finite? (Only asked when a result is not.)"""
-    return not any(nonfinite(a) for a in call.arrays) and not any(nonfinite(p) for p in call.parameters())
+    return not any(nonfinite(a) for a in call.arrays) and not any(
+        nonfinite(p) for p in call.parameters()
+    )
 
 
 def guard(value, tensor, forward_call=None):
@@ -395,7 +427,11 @@ def guard(value, tensor, forward_call=None):
     kind = nonfinite(value)
     if kind is None:
         return
-    stack = [call for call in calls() if not call.is_hook] if forward_call is None else list(forward_call)
+    stack = (
+        [call for call in calls() if not call.is_hook]
+        if forward_call is None
+        else list(forward_call)
+    )
     if not stack or any(call.tainted for call in stack):
         return
     name = tensor if isinstance(tensor, str) else tensor()
@@ -404,7 +440,9 @@ def guard(value, tensor, forward_call=None):
     outer, inner = stack[0], stack[-1]
     if not inputs_finite(outer):
         for call in stack:
-            call.tainted = True  # non-finite in, non-finite out, as NumPy and torch do; the backward too
+            call.tainted = (
+                True  # non-finite in, non-finite out, as NumPy and torch do; the backward too
+            )
         return
     component = type(inner.module).__name__
     method = inner.method if forward_call is None else "backward"
