@@ -25,6 +25,7 @@ TOURS = {
     "induction": ("tours.induction", "grow induction heads from scratch in NumPy, then find them"),
     "read": ("tours.read", "the reading page: NumPy and torch side by side, line by line, as one HTML file"),
     "gpt2": ("tours.gpt2", "a Hugging Face GPT-2 checkpoint (--model DIR) in both twins: agreement, generation, figures"),
+    "checkpoint": ("tours.checkpoint", "write a tiny random checkpoint folder (DIR), offline: config, weights, tokenizer"),
 }
 
 # Threads. Every command computes on one thread. Each multiplies small matrices (d_model 32 to
