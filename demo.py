@@ -45,7 +45,8 @@ def main(argv=None):
         prog="demo.py",
         description="Transformer Twins: a NumPy transformer with hand-written backward passes and its PyTorch twin.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     description="plain `python demo.py` runs basics, the first walk-through")
     for command, (module_name, help_text) in TOURS.items():
         sub = commands.add_parser(command, help=help_text, description=help_text)
         sub.set_defaults(module_name=module_name)

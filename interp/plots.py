@@ -199,7 +199,8 @@ def plot_head_scores(scores, path, title="Head scores", label="score", diverging
     if scores.ndim != 2:
         raise ValueError(f"scores must be [n_layers, n_heads], got shape {scores.shape}")
     n_layers, n_heads = scores.shape
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * n_heads + 3.0), 0.7 * n_layers + 2.0), layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * n_heads + 3.0), max(3.6, 0.7 * n_layers + 2.0)),
+                           layout="constrained")
     if baseline is not None:
         top = vmax if vmax is not None else max(float(scores.max()), baseline + 0.1)
         cmap = plt.get_cmap("Reds").with_extremes(under="white")
@@ -240,8 +241,9 @@ def plot_score_grid(grid, path, kind, half):
     from .scores import KIND_NAMES, KIND_TARGETS, scoring_data
 
     name = KIND_NAMES[kind]
-    return plot_head_scores(grid, path, vmin=0, vmax=1, label=f"{name} score\n({KIND_TARGETS[kind]})",
-                            title=f"{name.capitalize()} score of each head\non {scoring_data(half)}")
+    return plot_head_scores(grid, path, vmin=0, vmax=1, label=f"{name} score (1 = always)",
+                            title=f"{name.capitalize()} score of each head: {KIND_TARGETS[kind]}\n"
+                                  f"on {scoring_data(half)}")
 
 
 def plot_logit_lens(lens, path, title="Logit lens: what the unembedding reads after each layer"):
@@ -294,6 +296,9 @@ def plot_logit_lens(lens, path, title="Logit lens: what the unembedding reads af
     return _save(fig, path)
 
 
+MIN_LOGIT_RANGE = 0.5  # logits: an attribution axis spans at least +-0.5, so a model adding ~0 looks like it
+
+
 def plot_attribution(attribution, path, title="Direct logit attribution"):
     """Left: bars per component (embed, pos_embed, each layer's attn and mlp), each with its value
     written on it (a bar near zero is still read). Right: heads [layer, head]."""
@@ -302,8 +307,9 @@ def plot_attribution(attribution, path, title="Direct logit attribution"):
     colors = ["tab:blue" if v >= 0 else "tab:red" for v in values]
     bars = left.bar(range(len(values)), values, color=colors)
     left.bar_label(bars, [cell_text("{:+.3f}", v) for v in values], padding=2, fontsize=TICK_SIZE + 1)
-    bound = float(np.abs(values).max()) or 1.0
-    left.set_ylim(min(0.0, float(values.min())) - 0.15 * bound, max(0.0, float(values.max())) + 0.15 * bound)
+    low = min(float(values.min()), -MIN_LOGIT_RANGE)  # noise near 0 stays small, not stretched
+    high = max(float(values.max()), MIN_LOGIT_RANGE)
+    left.set_ylim(low - 0.12 * (high - low), high + 0.12 * (high - low))
     left.axhline(0, color="black", linewidth=0.8)
     left.set_xticks(range(len(values)), attribution.component_labels, rotation=30)
     left.set_xlabel("component (embed, positions, each layer's attention and MLP output)")
@@ -311,7 +317,7 @@ def plot_attribution(attribution, path, title="Direct logit attribution"):
     left.set_title(f"components (sum {values.sum():.3f} + bias {attribution.bias:.3f} = logit {attribution.logit:.3f})",
                    fontsize=10)
     heads = attribution.heads
-    bound = float(np.abs(heads).max()) or 1.0
+    bound = max(float(np.abs(heads).max()), MIN_LOGIT_RANGE)
     image = right.imshow(heads, cmap="RdBu_r", vmin=-bound, vmax=bound)
     for layer in range(heads.shape[0]):
         for head in range(heads.shape[1]):
@@ -406,21 +412,23 @@ def plot_composition(scores, path, baseline=None, title="Composition scores, lay
     return _save(fig, path)
 
 
-def plot_matrix(matrix, path, title, xlabel, ylabel, label="value", tick_labels=None, mask=None, mask_note=None):
+def plot_matrix(matrix, path, title, xlabel, ylabel, label="value", tick_labels=None, mask=None, mask_note=None,
+                min_range=0.0):
     """One matrix as a red-blue heatmap centred on zero (e.g. a head's full OV or QK circuit).
 
     At most about 8 inches a side, whatever the matrix's size; past 32 rows or columns only every
     k-th index is labelled (k = 2, 4, 8, ...). ``mask`` (bool, like ``matrix``) greys out entries
     that mean nothing (e.g. keys after the query in a causal model's positional QK circuit);
-    the colour range comes from the rest.
+    the colour range comes from the rest, and is at least +-``min_range``.
     """
     matrix = as_numpy(matrix)
     if matrix.ndim != 2:
         raise ValueError(f"matrix must be 2-D, got shape {matrix.shape}")
     rows, cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(min(9.0, max(4.5, 0.3 * cols + 2.5)), min(8.0, max(4.0, 0.3 * rows + 1.5))))
+    fig, ax = plt.subplots(figsize=(min(9.0, max(4.5, 0.3 * cols + 2.5)), min(8.0, max(4.0, 0.3 * rows + 1.5))),
+                           layout="constrained")
     shown = matrix if mask is None else np.ma.masked_array(matrix, mask)
-    bound = float(np.abs(shown).max()) or 1.0
+    bound = max(float(np.abs(shown).max()), min_range) or 1.0
     image = ax.imshow(shown, cmap=_grey_for_masked("RdBu_r"), vmin=-bound, vmax=bound)
     labels = tick_labels if tick_labels is not None else [str(i) for i in range(max(rows, cols))]
     for axis, n in (("x", cols), ("y", rows)):
@@ -434,6 +442,6 @@ def plot_matrix(matrix, path, title, xlabel, ylabel, label="value", tick_labels=
             ax.set_yticks(ticks, [labels[t] for t in ticks], fontsize=TICK_SIZE)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    fig.suptitle(title, fontsize=11)  # above the colour bar too
     fig.colorbar(image, ax=ax, label=label + (f"\n(grey: {mask_note})" if mask is not None and mask_note else ""))
     return _save(fig, path)

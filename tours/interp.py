@@ -276,7 +276,7 @@ def show_circuits(walk, head_scores):
     plots.plot_matrix(ov, walk.figure("interp_full_ov.png"),
                       title=f"Full OV circuit of layer {il}, head {ih}: " +
                             ("LN1(W_E) W_V W_O LN_final W_U" if with_norms else "W_E W_V W_O W_U"),
-                      xlabel="logit of token", ylabel="attended token",
+                      xlabel="logit of token", ylabel="attended token", min_range=plots.MIN_LOGIT_RANGE,
                       label="logit added when the head attends fully to the row's token" +
                             ("\n(LayerNorm scales measured on these tokens)" if with_norms else ""))
     pl, ph, _ = top(head_scores["previous_token"])
