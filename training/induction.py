@@ -149,15 +149,18 @@ def reading(result: InductionResult, d_vocab: int) -> str:
         f"  loss on first occurrences   {result.first_loss:6.3f} nats   (chance: ln {d_vocab} = {math.log(d_vocab):.3f})",
         "  (a first occurrence is a uniformly random token: any prediction but the uniform one costs more",
         "  than ln d_vocab on it, and a model that expects repeats bets on tokens it has already seen)",
-        f"Head scores on {interp.scores.scoring_data(SCORE_SEGMENT)}:",
+        f"Attention scores on {interp.scores.scoring_data(SCORE_SEGMENT)}:",
         f"  previous-token (layer 0): {interp.scores.head_verdict('previous_token', result.prev_token_scores[:1])}",
         f"  induction (layer 1 up):   {interp.scores.head_verdict('induction', result.induction_scores, 1)}",
     ]
+    il, ih = result.induction_head
     if result.formed_at is not None:
-        lines.append(f"The held-out repeated-token loss first fell below 1 nat at step {result.formed_at}.")
+        lines.append(f"The held-out repeated-token loss first fell below 1 nat at step {result.formed_at}: "
+                     "the induction circuit works.")
     else:
-        lines.append("The held-out repeated-token loss never fell below 1 nat: the model does not yet predict "
-                     "repeats well, whatever the attention scores say.")
+        lines.append(f"No working induction circuit yet: the held-out repeated-token loss never fell below 1 nat "
+                     f"(it ends at {result.repeated_loss:.2f}), whatever layer {il}, head {ih}'s attention "
+                     f"(score {result.induction_scores[il, ih]:.2f}) already looks like.")
     for what, path in result.files.items():
         lines.append(f"  {what + ':':24s} {path}")
     return "\n".join(lines)
