@@ -119,7 +119,7 @@ GPT2_FIGURES = ["gpt2_attention.png", "gpt2_previous_token_scores.png", "gpt2_at
                 "gpt2_logit_lens.png"]
 
 
-@pytest.mark.parametrize("sizes", [{}, pytest.param({"n_layer": 12, "n_head": 12, "n_embd": 48, "n_positions": 32},
+@pytest.mark.parametrize("sizes", [{}, pytest.param({"layers": 12, "heads": 12, "d_model": 48, "n_ctx": 32},
                                                     marks=pytest.mark.slow)], ids=["tiny", "12x12"])
 def test_gpt2_figures(audited, tmp_path, sizes):
     from foundation.files.tiny import write_checkpoint

@@ -33,7 +33,7 @@ def test_checkpoint_refuses_to_overwrite_and_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="already holds a config.json"):
         write_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="divisible"):
-        write_checkpoint(tmp_path / "b", n_embd=10, n_head=4)
+        write_checkpoint(tmp_path / "b", d_model=10, heads=4)
     with pytest.raises(ValueError, match="arch"):
         write_checkpoint(tmp_path / "c", arch="no-such")
     assert "gpt2" in ARCHITECTURES
@@ -56,7 +56,7 @@ def test_tiny_checkpoint_reads_in_transformers(tmp_path):
 
 def test_gpt2_tour_defaults_fit_a_short_context(tmp_path, capsys):
     """The default prompt is cut, and the default number of new tokens shrinks, to fit n_ctx 16."""
-    folder = write_checkpoint(tmp_path / "short", n_positions=16)
+    folder = write_checkpoint(tmp_path / "short", n_ctx=16)
     demo.main(["gpt2", "--model", str(folder), "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "cut to its first 12 tokens to fit n_ctx 16" in printed

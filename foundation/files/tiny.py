@@ -34,16 +34,16 @@ TEXT = [
 ]
 TOKENIZER_SIZE = 320  # at most this many tokens: 256 bytes, <|endoftext|>, the merges it learns
 
-# the tiny GPT-2's default sizes (config.json's names)
-GPT2_SIZES = {"n_layer": 2, "n_head": 4, "n_embd": 32, "n_positions": 64}
+# the default sizes, by the names every architecture's writer takes (each maps them to its config.json)
+SIZES = {"layers": 2, "heads": 4, "d_model": 32, "n_ctx": 64}
 
 
 def write_checkpoint(folder, arch="gpt2", seed=0, dtype="float32", **sizes):
     """Write a tiny random checkpoint of ``arch`` into ``folder`` (made if missing); returns the folder.
 
-    ``sizes`` override the architecture's defaults, by config.json's names (for GPT-2:
-    n_layer, n_head, n_embd, n_positions). A folder that already holds a config.json is
-    refused, so that no checkpoint is overwritten.
+    ``sizes`` override ``SIZES`` (layers, heads, d_model, n_ctx), the same names for every
+    architecture. A folder that already holds a config.json is refused, so that no checkpoint
+    is overwritten.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
@@ -79,24 +79,31 @@ def write_tokenizer(folder):
     return tokenizer.get_vocab_size()
 
 
+def checked_sizes(sizes):
+    """SIZES with ``sizes`` over them; an unknown name, a size that is no positive int, or a d_model
+    that the heads do not divide is a ValueError naming it."""
+    unknown = sorted(set(sizes) - set(SIZES))
+    if unknown:
+        raise ValueError(f"unknown sizes {unknown}; the sizes are {sorted(SIZES)}")
+    fields = {**SIZES, **sizes}
+    for name, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if fields["d_model"] % fields["heads"]:
+        raise ValueError(f"d_model ({fields['d_model']}) must be divisible by heads ({fields['heads']})")
+    return fields
+
+
 def write_gpt2(folder, seed, dtype, **sizes):
     """A random GPT-2 (tied embedding, gelu_new, pre-norm) with a tiny tokenizer, as save_pretrained lays it out."""
     from safetensors.numpy import save_file
 
-    unknown = sorted(set(sizes) - set(GPT2_SIZES))
-    if unknown:
-        raise ValueError(f"unknown GPT-2 sizes {unknown}; the sizes are {sorted(GPT2_SIZES)}")
-    fields = {**GPT2_SIZES, **sizes}
-    for name, value in fields.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    d_model, n_heads = fields["n_embd"], fields["n_head"]
-    if d_model % n_heads:
-        raise ValueError(f"n_embd ({d_model}) must be divisible by n_head ({n_heads})")
+    fields = checked_sizes(sizes)
+    d_model, n_heads = fields["d_model"], fields["heads"]
     d_vocab = write_tokenizer(folder)  # <|endoftext|> is id 0: the BOS and EOS
     d_mlp = 4 * d_model
-    shapes = {"wte.weight": (d_vocab, d_model), "wpe.weight": (fields["n_positions"], d_model)}
-    for i in range(fields["n_layer"]):
+    shapes = {"wte.weight": (d_vocab, d_model), "wpe.weight": (fields["n_ctx"], d_model)}
+    for i in range(fields["layers"]):
         shapes.update({
             f"h.{i}.ln_1.weight": (d_model,), f"h.{i}.ln_1.bias": (d_model,),
             f"h.{i}.attn.c_attn.weight": (d_model, 3 * d_model), f"h.{i}.attn.c_attn.bias": (3 * d_model,),
@@ -120,7 +127,7 @@ def write_gpt2(folder, seed, dtype, **sizes):
     save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     config = {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": d_vocab,
-        "n_positions": fields["n_positions"], "n_embd": d_model, "n_layer": fields["n_layer"], "n_head": n_heads,
+        "n_positions": fields["n_ctx"], "n_embd": d_model, "n_layer": fields["layers"], "n_head": n_heads,
         "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
         "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": dtype,
     }
