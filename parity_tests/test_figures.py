@@ -119,13 +119,25 @@ GPT2_FIGURES = ["gpt2_attention.png", "gpt2_previous_token_scores.png", "gpt2_at
                 "gpt2_logit_lens.png"]
 
 
-@pytest.mark.parametrize("sizes", [{}, pytest.param({"layers": 12, "heads": 12, "d_model": 48, "n_ctx": 32},
-                                                    marks=pytest.mark.slow)], ids=["tiny", "12x12"])
-def test_gpt2_figures(audited, tmp_path, sizes):
+def test_gpt2_figures_and_defaults_that_fit_a_short_context(audited, tmp_path, capsys):
+    """n_ctx 16: the default prompt is cut and the default number of new tokens shrinks to fit."""
     from foundation.files.tiny import write_checkpoint
 
-    folder = write_checkpoint(tmp_path / "checkpoint", **sizes)
+    folder = write_checkpoint(tmp_path / "checkpoint", n_ctx=16)
     tour("tours.gpt2", tmp_path / "out", model=folder, prompt=None, new_tokens=None)
+    printed = capsys.readouterr().out
+    assert "cut to its first 12 tokens to fit n_ctx 16" in printed
+    assert "Greedy generation: 4 new tokens from each twin" in printed
+    assert_clean(audited, GPT2_FIGURES)
+
+
+@pytest.mark.slow
+def test_gpt2_figures_of_a_12_by_12_model_show_a_subset(audited, tmp_path, capsys):
+    from foundation.files.tiny import write_checkpoint
+
+    folder = write_checkpoint(tmp_path / "checkpoint", layers=12, heads=12, d_model=48, n_ctx=32)
+    tour("tours.gpt2", tmp_path / "out", model=folder, prompt=None, new_tokens=None)
+    assert "gpt2_attention.png shows the 8 with the highest previous-token score" in capsys.readouterr().out
     assert_clean(audited, GPT2_FIGURES)
 
 

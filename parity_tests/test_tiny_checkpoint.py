@@ -1,5 +1,5 @@
 """``python demo.py checkpoint DIR``: a tiny random GPT-2 written offline, read by both twins and by
-``transformers``, and the ``gpt2`` tour's defaults on it and on a model whose n_ctx is short."""
+``transformers``. (The ``gpt2`` tour on one whose n_ctx is short: ``test_figures.py``.)"""
 
 import json
 
@@ -52,12 +52,3 @@ def test_tiny_checkpoint_reads_in_transformers(tmp_path):
         expected = reference(torch.from_numpy(tokens)).logits.numpy()
     assert np.abs(model(tokens) - expected).max() <= 1e-12 * np.abs(expected).max()
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "gpt2"
-
-
-def test_gpt2_tour_defaults_fit_a_short_context(tmp_path, capsys):
-    """The default prompt is cut, and the default number of new tokens shrinks, to fit n_ctx 16."""
-    folder = write_checkpoint(tmp_path / "short", n_ctx=16)
-    demo.main(["gpt2", "--model", str(folder), "--out", str(tmp_path / "out")])
-    printed = capsys.readouterr().out
-    assert "cut to its first 12 tokens to fit n_ctx 16" in printed
-    assert "Greedy generation: 4 new tokens from each twin" in printed
