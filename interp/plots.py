@@ -161,7 +161,8 @@ def plot_attention_grid(source, path, batch_index=0, title="Attention patterns",
     return _save(fig, path)
 
 
-def plot_attention_head(pattern, path, token_labels=None, title="Attention pattern", causal=False, separators=()):
+def plot_attention_head(pattern, path, token_labels=None, title="Attention pattern", causal=False, separators=(),
+                        separator_note="separators"):
     """One head's pattern [q_pos, k_pos], large, with "position:token" on both axes (keys after the query grey if causal)."""
     pattern = as_numpy(pattern)
     if pattern.ndim != 2:
@@ -169,7 +170,7 @@ def plot_attention_head(pattern, path, token_labels=None, title="Attention patte
     if token_labels is not None and len(token_labels) != pattern.shape[0]:
         raise ValueError(f"token_labels has {len(token_labels)} entries for {pattern.shape[0]} positions")
     side = max(5.0, 0.32 * pattern.shape[0] + 2)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
     image = ax.imshow(_masked_pattern(pattern, causal), cmap=_grey_for_masked("Blues"), vmin=0.0, vmax=1.0)
     _token_ticks(ax, token_labels, "x", most=64)
     _token_ticks(ax, token_labels, "y", most=64)
@@ -180,6 +181,9 @@ def plot_attention_head(pattern, path, token_labels=None, title="Attention patte
     ax.set_ylabel("query position:token")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, shrink=0.8, label="attention weight" + (f" ({MASKED_NOTE})" if causal else ""))
+    if len(separators):
+        line = matplotlib.lines.Line2D([], [], color="tab:orange", lw=1.5)
+        fig.legend([line], [separator_note], loc="outside lower center", frameon=False)
     return _save(fig, path)
 
 
@@ -342,7 +346,7 @@ def plot_patching(grid, path, token_labels=None, title="Activation patching", yl
     grid = as_numpy(grid)
     if grid.ndim != 2:
         raise ValueError(f"grid must be [n_layers, pos], got shape {grid.shape}")
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * grid.shape[1] + 2.8), 0.6 * grid.shape[0] + 2.2),
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.4 * grid.shape[1] + 2.8), 0.6 * grid.shape[0] + 2.2),
                            layout="constrained")
     bound = max(1.0, float(np.abs(grid).max()))
     image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")

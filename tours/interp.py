@@ -151,6 +151,7 @@ def show_attention(walk, cache):
     clear = value > scores.CLEAR_HEAD
     plots.plot_attention_head(cache["pattern", il][0, ih], walk.figure("interp_attention_head.png"),
                               token_labels=walk.labels, causal=walk.cfg.causal, separators=[second_copy],
+                              separator_note=f"orange lines: the copy starts (position {second_copy})",
                               title=f"Layer {il}, head {ih}: the highest induction score ({value:.2f}"
                                     f"{'' if clear else ', not a clear induction head'})")
     print(f"Wrote the grid of every head, and layer {il}, head {ih} (the highest induction score) large. The "
