@@ -30,9 +30,16 @@ import training.plots  # noqa: E402
 MIN_POINTS = 8
 # words in an axis (or colour-bar) label -> the smallest span that axis may have, in its units
 SCALES = [
-    ("log p", 1.0), ("log-probability", 1.0), ("cross-entropy", 1.0), ("training loss", 1.0),
-    ("loss change", 0.2), ("accuracy", 0.5), ("attention weight", 0.5), ("restored fraction", 1.0),
-    ("logit", 1.0), ("score", 0.1),
+    ("log p", 1.0),
+    ("log-probability", 1.0),
+    ("cross-entropy", 1.0),
+    ("training loss", 1.0),
+    ("loss change", 0.2),
+    ("accuracy", 0.5),
+    ("attention weight", 0.5),
+    ("restored fraction", 1.0),
+    ("logit", 1.0),
+    ("score", 0.1),
 ]
 
 
@@ -50,8 +57,12 @@ def audit(fig):
     boxes = []
     for text in texts:
         if text.get_fontsize() < MIN_POINTS:
-            problems.append(f"text {text.get_text()!r} is {text.get_fontsize():.1f} pt (< {MIN_POINTS})")
-        boxes.append((text.get_text(), text.get_window_extent(renderer).expanded(1.0, 1.0).padded(-1.0)))
+            problems.append(
+                f"text {text.get_text()!r} is {text.get_fontsize():.1f} pt (< {MIN_POINTS})"
+            )
+        boxes.append(
+            (text.get_text(), text.get_window_extent(renderer).expanded(1.0, 1.0).padded(-1.0))
+        )
     for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2):
         if box_a.width > 0 and box_b.width > 0 and box_a.overlaps(box_b):
             problems.append(f"text {a!r} overlaps text {b!r}")
@@ -61,7 +72,9 @@ def audit(fig):
         span = required_span(ax.get_ylabel())
         low, high = sorted(ax.get_ylim())
         if span is not None and high - low < span * 0.999:
-            problems.append(f"axis {ax.get_ylabel()!r} spans {high - low:.3g}, less than its meaningful {span}")
+            problems.append(
+                f"axis {ax.get_ylabel()!r} spans {high - low:.3g}, less than its meaningful {span}"
+            )
     return problems
 
 
@@ -74,10 +87,17 @@ def drawn_texts(fig):
             for tick in axis.get_major_ticks() + axis.get_minor_ticks():
                 tick_labels.update((id(tick.label1), id(tick.label2)))
             if ax.get_visible():
-                drawn += [label for tick in axis._update_ticks() for label in (tick.label1, tick.label2)
-                          if tick.get_visible() and label.get_visible()]
-    others = [t for t in fig.findobj(matplotlib.text.Text) if id(t) not in tick_labels and t.get_visible()
-              and (t.axes is None or t.axes.get_visible())]
+                drawn += [
+                    label
+                    for tick in axis._update_ticks()
+                    for label in (tick.label1, tick.label2)
+                    if tick.get_visible() and label.get_visible()
+                ]
+    others = [
+        t
+        for t in fig.findobj(matplotlib.text.Text)
+        if id(t) not in tick_labels and t.get_visible() and (t.axes is None or t.axes.get_visible())
+    ]
     return [t for t in others + drawn if t.get_text().strip()]
 
 
@@ -100,7 +120,9 @@ def assert_clean(audited, expected):
     missing = sorted(set(expected) - set(audited))
     assert not missing, f"figures not drawn: {missing}"
     problems = {name: found for name, found in audited.items() if found}
-    assert not problems, "\n".join(f"{name}: {p}" for name, found in problems.items() for p in found)
+    assert not problems, "\n".join(
+        f"{name}: {p}" for name, found in problems.items() for p in found
+    )
 
 
 def tour(module_name, out, **options):
@@ -115,8 +137,12 @@ def test_basics_figure(audited, tmp_path):
     assert_clean(audited, ["attention_patterns.png"])
 
 
-GPT2_FIGURES = ["gpt2_attention.png", "gpt2_previous_token_scores.png", "gpt2_attention_head.png",
-                "gpt2_logit_lens.png"]
+GPT2_FIGURES = [
+    "gpt2_attention.png",
+    "gpt2_previous_token_scores.png",
+    "gpt2_attention_head.png",
+    "gpt2_logit_lens.png",
+]
 
 
 def test_gpt2_figures_and_defaults_that_fit_a_short_context(audited, tmp_path, capsys):
@@ -137,7 +163,10 @@ def test_gpt2_figures_of_a_12_by_12_model_show_a_subset(audited, tmp_path, capsy
 
     folder = write_checkpoint(tmp_path / "checkpoint", layers=12, heads=12, d_model=48, n_ctx=32)
     tour("tours.gpt2", tmp_path / "out", model=folder, prompt=None, new_tokens=None)
-    assert "gpt2_attention.png shows the 8 with the highest previous-token score" in capsys.readouterr().out
+    assert (
+        "gpt2_attention.png shows the 8 with the highest previous-token score"
+        in capsys.readouterr().out
+    )
     assert_clean(audited, GPT2_FIGURES)
 
 
@@ -145,8 +174,15 @@ def test_induction_figures_short_run(audited, tmp_path):
     from training.induction import run_induction
 
     run_induction(seed=0, out_dir=str(tmp_path), steps=30)
-    assert_clean(audited, ["induction_loss.png", "induction_prev_token_scores.png",
-                           "induction_induction_scores.png", "induction_patterns.png"])
+    assert_clean(
+        audited,
+        [
+            "induction_loss.png",
+            "induction_prev_token_scores.png",
+            "induction_induction_scores.png",
+            "induction_patterns.png",
+        ],
+    )
 
 
 def test_train_parity_figure(audited, tmp_path):
@@ -157,11 +193,23 @@ def test_train_parity_figure(audited, tmp_path):
     assert_clean(audited, ["train_parity.png"])
 
 
-INTERP_FIGURES = ["interp_attention_grid.png", "interp_attention_head.png", "interp_previous_token_scores.png",
-                  "interp_duplicate_token_scores.png", "interp_induction_scores.png", "interp_logit_lens.png",
-                  "interp_attribution.png", "interp_ablation_zero.png", "interp_ablation_mean.png",
-                  "interp_patching_positions.png", "interp_patching_heads.png", "interp_copying_scores.png",
-                  "interp_full_ov.png", "interp_positional_qk.png", "interp_composition.png"]
+INTERP_FIGURES = [
+    "interp_attention_grid.png",
+    "interp_attention_head.png",
+    "interp_previous_token_scores.png",
+    "interp_duplicate_token_scores.png",
+    "interp_induction_scores.png",
+    "interp_logit_lens.png",
+    "interp_attribution.png",
+    "interp_ablation_zero.png",
+    "interp_ablation_mean.png",
+    "interp_patching_positions.png",
+    "interp_patching_heads.png",
+    "interp_copying_scores.png",
+    "interp_full_ov.png",
+    "interp_positional_qk.png",
+    "interp_composition.png",
+]
 
 
 @pytest.mark.slow

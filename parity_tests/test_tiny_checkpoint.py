@@ -14,12 +14,36 @@ from foundation.files.tiny import ARCHITECTURES, write_checkpoint
 
 def test_checkpoint_command_writes_a_folder_both_twins_read(tmp_path, capsys):
     folder = tmp_path / "tiny"
-    demo.main(["checkpoint", str(folder), "--layers", "3", "--heads", "2", "--d-model", "16", "--n-ctx", "40"])
+    demo.main(
+        [
+            "checkpoint",
+            str(folder),
+            "--layers",
+            "3",
+            "--heads",
+            "2",
+            "--d-model",
+            "16",
+            "--n-ctx",
+            "40",
+        ]
+    )
     assert "python demo.py gpt2 --model" in capsys.readouterr().out
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "merges.txt",
+        "model.safetensors",
+        "vocab.json",
+    ]
     model, twin = npi.Transformer.from_pretrained(folder), pti.Transformer.from_pretrained(folder)
     cfg = model.cfg
-    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.n_ctx, cfg.dtype) == (3, 2, 16, 40, "float32")
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.n_ctx, cfg.dtype) == (
+        3,
+        2,
+        16,
+        40,
+        "float32",
+    )
     tokens = model.to_tokens("When Mary and John went to the store")
     assert model.to_string(tokens[0]) == "<|endoftext|>When Mary and John went to the store"
     import torch
@@ -40,12 +64,15 @@ def test_checkpoint_refuses_to_overwrite_and_bad_sizes(tmp_path):
 
 
 def test_tiny_checkpoint_reads_in_transformers(tmp_path):
-    transformers = pytest.importorskip("transformers", reason="transformers (the test extra) reads the folder here")
+    transformers = pytest.importorskip(
+        "transformers", reason="transformers (the test extra) reads the folder here"
+    )
     import torch
 
     folder = write_checkpoint(tmp_path, dtype="float64", seed=3)
-    reference = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager",
-                                                             dtype=torch.float64).eval()
+    reference = transformers.GPT2LMHeadModel.from_pretrained(
+        folder, attn_implementation="eager", dtype=torch.float64
+    ).eval()
     model = npi.Transformer.from_pretrained(folder)
     tokens = np.random.default_rng(0).integers(0, model.cfg.d_vocab, (2, 12))
     with torch.no_grad():

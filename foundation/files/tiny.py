@@ -25,21 +25,24 @@ import numpy as np
 
 END_OF_TEXT = "<|endoftext|>"
 # what the tokenizer learns its merges from: the gpt2 tour's default prompt among them, so that
-# the prompt becomes a few whole-word tokens
+# the prompt becomes whole-word tokens (14 of them)
 TEXT = [
     "When Mary and John went to the store, John gave a drink to Mary.",
     "The cat sat on the mat. The dog sat on the log.",
     "Hello world! A small model reads every line, and so do its readers.",
     "Attention is all you need; layer norm, residual stream, logits and tokens.",
 ]
-TOKENIZER_SIZE = 320  # at most this many tokens: 256 bytes, <|endoftext|>, the merges it learns
+TOKENIZER_SIZE = (
+    400  # at most this many tokens: 256 bytes, <|endoftext|>, the merges TEXT offers (373)
+)
 
-# the default sizes, by the names every architecture's writer takes (each maps them to its config.json)
+# the default sizes, by the names every architecture's writer takes (each maps them to its
+# config.json's names)
 SIZES = {"layers": 2, "heads": 4, "d_model": 32, "n_ctx": 64}
 
 
 def write_checkpoint(folder, arch="gpt2", seed=0, dtype="float32", **sizes):
-    """Write a tiny random checkpoint of ``arch`` into ``folder`` (made if missing); returns the folder.
+    """Write a tiny random checkpoint of ``arch`` into ``folder`` (made if missing); returns it.
 
     ``sizes`` override ``SIZES`` (layers, heads, d_model, n_ctx), the same names for every
     architecture. A folder that already holds a config.json is refused, so that no checkpoint
@@ -57,7 +60,7 @@ def write_checkpoint(folder, arch="gpt2", seed=0, dtype="float32", **sizes):
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f"{folder!r} is a file, not a folder")
     os.makedirs(folder, exist_ok=True)
-    # every file is written in a temporary folder beside it, then moved in: no half-written checkpoint
+    # every file is written in a temporary folder inside, then moved in: no half-written checkpoint
     staging = tempfile.mkdtemp(prefix=".tiny-", dir=folder)
     try:
         ARCHITECTURES[arch](staging, seed, dtype, **sizes)
@@ -73,8 +76,13 @@ def write_tokenizer(folder):
     from tokenizers import ByteLevelBPETokenizer
 
     tokenizer = ByteLevelBPETokenizer()
-    tokenizer.train_from_iterator(TEXT * 4, vocab_size=TOKENIZER_SIZE, min_frequency=1, special_tokens=[END_OF_TEXT],
-                                  show_progress=False)
+    tokenizer.train_from_iterator(
+        TEXT * 4,
+        vocab_size=TOKENIZER_SIZE,
+        min_frequency=1,
+        special_tokens=[END_OF_TEXT],
+        show_progress=False,
+    )
     tokenizer.save_model(folder)
     return tokenizer.get_vocab_size()
 
@@ -90,12 +98,15 @@ def checked_sizes(sizes):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if fields["d_model"] % fields["heads"]:
-        raise ValueError(f"d_model ({fields['d_model']}) must be divisible by heads ({fields['heads']})")
+        raise ValueError(
+            f"d_model ({fields['d_model']}) must be divisible by heads ({fields['heads']})"
+        )
     return fields
 
 
 def write_gpt2(folder, seed, dtype, **sizes):
-    """A random GPT-2 (tied embedding, gelu_new, pre-norm) with a tiny tokenizer, as save_pretrained lays it out."""
+    """A random GPT-2 (tied embedding, gelu_new, pre-norm) with a tiny tokenizer, laid out as
+    save_pretrained lays one out."""
     from safetensors.numpy import save_file
 
     fields = checked_sizes(sizes)
@@ -104,14 +115,22 @@ def write_gpt2(folder, seed, dtype, **sizes):
     d_mlp = 4 * d_model
     shapes = {"wte.weight": (d_vocab, d_model), "wpe.weight": (fields["n_ctx"], d_model)}
     for i in range(fields["layers"]):
-        shapes.update({
-            f"h.{i}.ln_1.weight": (d_model,), f"h.{i}.ln_1.bias": (d_model,),
-            f"h.{i}.attn.c_attn.weight": (d_model, 3 * d_model), f"h.{i}.attn.c_attn.bias": (3 * d_model,),
-            f"h.{i}.attn.c_proj.weight": (d_model, d_model), f"h.{i}.attn.c_proj.bias": (d_model,),
-            f"h.{i}.ln_2.weight": (d_model,), f"h.{i}.ln_2.bias": (d_model,),
-            f"h.{i}.mlp.c_fc.weight": (d_model, d_mlp), f"h.{i}.mlp.c_fc.bias": (d_mlp,),
-            f"h.{i}.mlp.c_proj.weight": (d_mlp, d_model), f"h.{i}.mlp.c_proj.bias": (d_model,),
-        })
+        shapes.update(
+            {
+                f"h.{i}.ln_1.weight": (d_model,),
+                f"h.{i}.ln_1.bias": (d_model,),
+                f"h.{i}.attn.c_attn.weight": (d_model, 3 * d_model),
+                f"h.{i}.attn.c_attn.bias": (3 * d_model,),
+                f"h.{i}.attn.c_proj.weight": (d_model, d_model),
+                f"h.{i}.attn.c_proj.bias": (d_model,),
+                f"h.{i}.ln_2.weight": (d_model,),
+                f"h.{i}.ln_2.bias": (d_model,),
+                f"h.{i}.mlp.c_fc.weight": (d_model, d_mlp),
+                f"h.{i}.mlp.c_fc.bias": (d_mlp,),
+                f"h.{i}.mlp.c_proj.weight": (d_mlp, d_model),
+                f"h.{i}.mlp.c_proj.bias": (d_model,),
+            }
+        )
     shapes.update({"ln_f.weight": (d_model,), "ln_f.bias": (d_model,)})
     rng = np.random.default_rng(seed)
     tensors = {}
@@ -126,10 +145,20 @@ def write_gpt2(folder, seed, dtype, **sizes):
         tensors["transformer." + name] = value.astype(dtype)
     save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     config = {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": d_vocab,
-        "n_positions": fields["n_ctx"], "n_embd": d_model, "n_layer": fields["layers"], "n_head": n_heads,
-        "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
-        "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": dtype,
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": d_vocab,
+        "n_positions": fields["n_ctx"],
+        "n_embd": d_model,
+        "n_layer": fields["layers"],
+        "n_head": n_heads,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "tie_word_embeddings": True,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "torch_dtype": dtype,
     }
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
