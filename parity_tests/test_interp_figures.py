@@ -70,8 +70,8 @@ def test_the_walk_through_on_the_handmade_model(tmp_path, capsys):
     tour.add_arguments(parser)
     tour.run(parser.parse_args(["--out", str(tmp_path), "--model", "handmade"]))
     text = capsys.readouterr().out
-    assert "induction        best L1H0 = 1.00" in text
-    assert "per head: L1H0 restores the most (1.00)" in text
+    assert "layer 1, head 0 is a clear induction head (score 1.00; 1 = always)" in text
+    assert "per head: layer 1, head 0 restores the most (1.00)" in text
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert len(pngs) == 15, pngs
     for name in pngs:
