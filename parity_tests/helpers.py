@@ -1,4 +1,8 @@
-"""Shared test helpers: random weights into both twins, and the one way parity is measured.
+"""What the tests share: the small models, random weights in both twins, and how parity is measured.
+
+``twins(cfg)`` is the pair most tests start from: a NumPy model (or one of its components) with
+random weights and its torch twin holding the same weights. ``make_cfg`` changes fields of the
+tests' small config; ``tokens_for`` draws token ids for a config.
 
 Parity of a tensor is ``foundation.contract.agreement.rel_err``: max |numpy - torch| / max |torch|. A
 gradient that is exactly zero in exact arithmetic (b_K's) is measured against the largest
@@ -7,13 +11,72 @@ gradient of the whole component or model instead (``relative_errors``).
 
 import itertools
 
+import numpy as np
 import pytest
 
+import numpy_impl as npi
+import torch_impl as pti
 from foundation.contract.agreement import TOL, rel_err, relative_errors  # noqa: F401
 from foundation.lens.hooks import as_numpy as to_numpy  # noqa: F401
 
 # random weights for tests: LayerNorm w near 1 (never all ones), non-zero biases, N(0, 1/fan_in) matrices
 from gradcheck.factory import randomize_parameters as randomize  # noqa: F401
+from interp.handmade import induction_circuit_model
+
+# ---------------------------------------------------------------- the tests' models
+
+FIELDS = dict(d_vocab=11, d_model=12, n_heads=3, n_layers=2, n_ctx=6)  # the small model most tests use
+CFG = npi.TransformerConfig(**FIELDS)
+CFG32 = npi.TransformerConfig(**FIELDS, dtype="float32")
+SMALL = npi.TransformerConfig(d_vocab=5, d_model=4, n_heads=2, n_layers=1, n_ctx=3, d_mlp=4)  # tiny: files
+TOKENS = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])  # [batch, pos]: ids of CFG's vocabulary
+SIDES = ["numpy", "torch"]
+INTERP = dict(d_vocab=13, d_mlp=16, n_ctx=10)  # the interpretability tests' changes: a longer context
+
+
+def make_cfg(base=None, **changes):
+    """The small config (FIELDS) with the fields of ``base`` (a dict), then ``changes``, put in."""
+    return npi.TransformerConfig(**{**FIELDS, **(base or {}), **changes})
+
+
+def twin_of(module):
+    """The torch twin of a NumPy model or component, holding its weights."""
+    return getattr(pti, type(module).__name__).from_twin(module)
+
+
+def twins(cfg=CFG, component="Transformer", seed=0):
+    """A NumPy model (or its component of that class name) with random weights, and its torch twin.
+
+    The weights are ``randomize``'s for ``seed``; the twin holds the same, loaded by name.
+    """
+    module = getattr(npi, component)(cfg)
+    randomize(module, seed)
+    twin = getattr(pti, component)(cfg)
+    load_into_twin(module, twin)
+    return module, twin
+
+
+def handmade_pair():
+    """The hand-set induction circuit (interp/handmade.py) and its torch twin."""
+    model = induction_circuit_model()
+    return model, twin_of(model)
+
+
+def tokens_for(cfg, batch=3, pos=7, seed=2):
+    """Random token ids of ``cfg``'s vocabulary, [batch, pos]."""
+    return np.random.default_rng(seed).integers(0, cfg.d_vocab, (batch, pos))
+
+
+def package(side):
+    """numpy_impl for "numpy", torch_impl for "torch"."""
+    return npi if side == "numpy" else pti
+
+
+def max_abs_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+# ---------------------------------------------------------------- parity
 
 
 def assert_close(name, actual, expected, dtype, scale=None):

@@ -19,25 +19,20 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import assert_close, compare_grads, load_into_twin, randomize
+from parity_tests.helpers import assert_close, compare_grads, make_cfg, twins
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENT_FILES = ["attention", "block", "embedding", "feedforward", "layernorm", "loss", "model", "positional", "unembed"]
 BATCH, POS = 2, 5
+BASE = dict(d_mlp=14, n_ctx=POS)  # make_cfg's changes for these tests
 
 
-def make_cfg(**overrides):
-    fields = dict(d_vocab=11, d_model=12, n_heads=3, d_head=4, d_mlp=14, n_layers=2, n_ctx=POS, dtype="float64")
-    fields.update(overrides)
-    return npi.TransformerConfig(**fields)
 
 
-@pytest.mark.parametrize("package", ["numpy_impl", "torch_impl"])
-@pytest.mark.parametrize("name", COMPONENT_FILES)
-def test_component_bodies_hold_no_check_and_no_raise(package, name):
-    tree = ast.parse((ROOT / package / f"{name}.py").read_text())
+def checks_in_bodies(source):
+    """Each call of a check, and each raise, inside a forward or backward of ``source``'s classes."""
     found = []
-    for cls in (node for node in tree.body if isinstance(node, ast.ClassDef)):
+    for cls in (node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)):
         for method in (item for item in cls.body if isinstance(item, ast.FunctionDef)):
             if method.name not in ("forward", "backward"):
                 continue
@@ -46,23 +41,27 @@ def test_component_bodies_hold_no_check_and_no_raise(package, name):
                     node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else "")
                 if isinstance(node, ast.Raise) or called.startswith(("check_", "_check")) or called == "tokens_as_array":
                     found.append(f"{cls.name}.{method.name} line {node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize("package", ["numpy_impl", "torch_impl"])
+@pytest.mark.parametrize("name", COMPONENT_FILES)
+def test_component_bodies_hold_no_check_and_no_raise(package, name):
+    found = checks_in_bodies((ROOT / package / f"{name}.py").read_text())
     assert not found, f"{package}/{name}.py: checks or raises inside a body: {found}"
 
 
-def test_the_detector_finds_a_check_in_a_body(tmp_path):
-    # the scan above, on a body that still checks its input
-    source = "class A:\n    def forward(self, x):\n        check_activation(x, 'x', self.cfg, None)\n        return x\n"
-    tree = ast.parse(source)
-    calls = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
-    assert "check_activation" in calls
+def test_the_detector_finds_a_check_in_a_body():
+    """The scan above, on bodies that still check or raise: each is found, at its line; a clean body is not."""
+    def body(*lines):
+        return "class A:\n    def helper(self, x):\n        check_x(x)\n    def forward(self, x):\n" + "".join(
+            f"        {line}\n" for line in lines)
 
-
-def twins(name, cfg, seed=0):
-    np_module = getattr(npi, name)(cfg, rng=seed)
-    torch_module = getattr(pti, name)(cfg)
-    randomize(np_module, seed + 1)
-    load_into_twin(np_module, torch_module)
-    return np_module, torch_module
+    assert checks_in_bodies(body("check_activation(x, 'x', self.cfg, None)", "return x")) == ["A.forward line 5"]
+    assert checks_in_bodies(body("y = x", "self._check_shape(y)", "return y")) == ["A.forward line 6"]
+    assert checks_in_bodies(body("tokens = tokens_as_array(x)", "return x")) == ["A.forward line 5"]
+    assert checks_in_bodies(body("if x is None:", "    raise ValueError('x')", "return x")) == ["A.forward line 6"]
+    assert checks_in_bodies(body("y = x * 2  # check_ in a comment is no call", "return y")) == []
 
 
 @pytest.mark.parametrize("name, overrides", [
@@ -73,12 +72,12 @@ def twins(name, cfg, seed=0):
     ("LayerNorm", {}),
 ])
 def test_changing_x_after_forward_changes_no_gradient(name, overrides):
-    cfg = make_cfg(**overrides)
+    cfg = make_cfg(BASE, **overrides)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, POS, cfg.d_model))
     out_shape = (BATCH, POS, cfg.d_vocab if name == "Unembed" else cfg.d_model)
     dout = rng.standard_normal(out_shape)
-    np_module, torch_module = twins(name, cfg)
+    np_module, torch_module = twins(cfg, name, seed=1)
     out = np_module.forward(x)
     x += 100.0  # the caller reuses its array before backward
     dx = np_module.backward(dout)
@@ -91,7 +90,7 @@ def test_changing_x_after_forward_changes_no_gradient(name, overrides):
 
 
 def test_torch_refuses_a_backward_through_x_changed_in_place():
-    _, torch_module = twins("FeedForward", make_cfg())
+    _, torch_module = twins(make_cfg(BASE), "FeedForward", seed=1)
     x_t = torch.randn(BATCH, POS, 12, dtype=torch.float64, requires_grad=True)
     x_leaf = x_t * 1.0
     out = torch_module(x_leaf)
@@ -120,11 +119,8 @@ def test_changing_targets_and_weights_after_the_loss_changes_no_gradient():
 
 
 def test_a_hook_returning_one_buffer_for_every_layer_leaves_the_caches_alone():
-    cfg = make_cfg(n_layers=3, normalization="pre")
-    model = npi.Transformer(cfg, seed=0)
-    randomize(model, 1)
-    twin = pti.Transformer(cfg)
-    load_into_twin(model, twin)
+    cfg = make_cfg(BASE, n_layers=3, normalization="pre")
+    model, twin = twins(cfg, seed=1)
     tokens = np.random.default_rng(2).integers(0, cfg.d_vocab, (BATCH, POS))
     dout = np.random.default_rng(3).standard_normal((BATCH, POS, cfg.d_vocab))
     buffer = {}
@@ -148,7 +144,7 @@ def test_a_hook_returning_one_buffer_for_every_layer_leaves_the_caches_alone():
 @pytest.mark.parametrize("name", ["LayerNorm", "MultiHeadAttention", "FeedForward", "Unembed", "TransformerBlock"])
 @pytest.mark.parametrize("normalization", ["pre", "post", None])
 def test_outputs_share_no_memory_with_what_forward_saved(name, normalization):
-    cfg = make_cfg(normalization=normalization)
+    cfg = make_cfg(BASE, normalization=normalization)
     module = getattr(npi, name)(cfg, rng=0)
     x = np.random.default_rng(4).standard_normal((BATCH, POS, cfg.d_model))
     out = module.forward(x)
@@ -161,11 +157,8 @@ def test_outputs_share_no_memory_with_what_forward_saved(name, normalization):
 
 
 def test_the_model_s_tokens_are_its_own():
-    cfg = make_cfg(positional="learned")
-    model = npi.Transformer(cfg, seed=0)
-    randomize(model, 1)
-    twin = pti.Transformer(cfg)
-    load_into_twin(model, twin)
+    cfg = make_cfg(BASE, positional="learned")
+    model, twin = twins(cfg, seed=1)
     tokens = np.random.default_rng(5).integers(0, cfg.d_vocab, (BATCH, POS))
     dout = np.random.default_rng(6).standard_normal((BATCH, POS, cfg.d_vocab))
     model.forward(tokens)

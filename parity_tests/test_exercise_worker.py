@@ -15,7 +15,7 @@ import time
 import pytest
 
 from exercises.check import check, format_results
-from parity_tests.test_exercises import planted_copy
+from parity_tests.copies import planted_copy
 
 SAMPLE = 1
 LIMIT = 3.0  # seconds per exercise where something hangs; a correct unembed check takes under one

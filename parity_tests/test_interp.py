@@ -23,19 +23,16 @@ from interp import (
     positional_qk_circuit,
 )
 from interp.handmade import bos_repeated_tokens
-from parity_tests.helpers import rel_err
-from parity_tests.interp_helpers import handmade_pair, random_pair, twin_of
+from parity_tests.helpers import INTERP, handmade_pair, make_cfg, rel_err, tokens_for, twin_of, twins
 
 PARITY_TOL = 1e-12
 
 
-def tokens_for(model, batch=3, pos=8, seed=0):
-    return np.random.default_rng(seed).integers(0, model.cfg.d_vocab, (batch, pos))
 
 
 def with_dead_head(layer, head, **overrides):
     """A random pair whose head (layer, head) has W_O = 0: it writes nothing."""
-    model, _ = random_pair(**overrides)
+    model, _ = twins(make_cfg(INTERP, **overrides), seed=1)
     model.blocks[layer].attn.W_O.data[head] = 0.0
     return model, twin_of(model)
 
@@ -50,8 +47,8 @@ def layer_norm(x, w, b):
 
 @pytest.mark.parametrize("norm", ["pre", "post", None])
 def test_logit_lens(norm):
-    model, twin = random_pair(normalization=norm)
-    tokens = tokens_for(model)
+    model, twin = twins(make_cfg(INTERP, normalization=norm), seed=1)
+    tokens = tokens_for(model.cfg, 3, 8, seed=0)
     lens, lens_t = logit_lens(model, tokens), logit_lens(twin, tokens)
     assert lens.logits.shape == (3, 3, 8, 13) and lens.labels == ["embed", "after L0", "after L1"]
     assert rel_err(lens.logits, lens_t.logits) <= PARITY_TOL
@@ -84,8 +81,8 @@ def test_logit_lens_on_the_handmade_circuit():
 
 @pytest.mark.parametrize("overrides", [{}, {"normalization": None}, {"attn_only": True}, {"positional": "sinusoidal"}])
 def test_direct_logit_attribution_parity_and_sum(overrides):
-    model, twin = random_pair(**overrides)
-    tokens = tokens_for(model)
+    model, twin = twins(make_cfg(INTERP, **overrides), seed=1)
+    tokens = tokens_for(model.cfg, 3, 8, seed=0)
     for kwargs in ({}, {"answer": [1, 2, 3], "wrong": 4}):
         ours, theirs = direct_logit_attribution(model, tokens, **kwargs), direct_logit_attribution(twin, tokens, **kwargs)
         assert ours.component_labels == theirs.component_labels
@@ -110,7 +107,7 @@ def test_direct_logit_attribution_parity_and_sum(overrides):
 def test_attribution_of_a_dead_head_is_zero_and_the_circuit_is_all_L1H0():
     model, twin = with_dead_head(1, 2)
     for source in (model, twin):
-        assert direct_logit_attribution(source, tokens_for(model)).heads[1, 2] == 0.0
+        assert direct_logit_attribution(source, tokens_for(model.cfg, 3, 8, seed=0)).heads[1, 2] == 0.0
     handmade, _ = handmade_pair()
     result = direct_logit_attribution(handmade, bos_repeated_tokens())
     # only L1H0 writes into the answer block that W_U reads: 10 per induction position, 5 of 12 positions
@@ -119,14 +116,14 @@ def test_attribution_of_a_dead_head_is_zero_and_the_circuit_is_all_L1H0():
 
 
 def test_attribution_rejects_post_norm_and_bad_answers():
-    model, _ = random_pair(normalization="post")
+    model, _ = twins(make_cfg(INTERP, normalization="post"), seed=1)
     with pytest.raises(ValueError, match="normalization"):
-        direct_logit_attribution(model, tokens_for(model))
-    model, _ = random_pair()
+        direct_logit_attribution(model, tokens_for(model.cfg, 3, 8, seed=0))
+    model, _ = twins(make_cfg(INTERP), seed=1)
     with pytest.raises(ValueError, match="answer"):
-        direct_logit_attribution(model, tokens_for(model), answer=[1, 2])
+        direct_logit_attribution(model, tokens_for(model.cfg, 3, 8, seed=0), answer=[1, 2])
     with pytest.raises(ValueError, match="wrong"):
-        direct_logit_attribution(model, tokens_for(model), answer=1, wrong=99)
+        direct_logit_attribution(model, tokens_for(model.cfg, 3, 8, seed=0), answer=1, wrong=99)
 
 
 # ---------------------------------------------------------------------------------- ablation
@@ -135,7 +132,7 @@ def test_attribution_rejects_post_norm_and_bad_answers():
 @pytest.mark.parametrize("kind", ["zero", "mean"])
 def test_head_ablation_parity_and_dead_head(kind):
     model, twin = with_dead_head(0, 1)
-    tokens = tokens_for(model, batch=2, pos=6)
+    tokens = tokens_for(model.cfg, 2, 6, seed=0)
     ours, theirs = head_ablation(model, tokens, kind), head_ablation(twin, tokens, kind)
     assert ours.shape == (2, 3)
     assert np.abs(ours - theirs).max() <= PARITY_TOL
@@ -145,8 +142,8 @@ def test_head_ablation_parity_and_dead_head(kind):
 
 def test_zero_ablation_equals_deleting_the_head_from_the_weights():
     """Zeroing z_h through a hook is the same model as W_O[h] = 0; the loss here comes from torch."""
-    model, _ = random_pair()
-    tokens = tokens_for(model, batch=2, pos=6)
+    model, _ = twins(make_cfg(INTERP), seed=1)
+    tokens = tokens_for(model.cfg, 2, 6, seed=0)
     change = head_ablation(model, tokens, "zero")
 
     def torch_loss(m):
@@ -154,7 +151,7 @@ def test_zero_ablation_equals_deleting_the_head_from_the_weights():
         return float(torch.nn.functional.cross_entropy(logits.reshape(-1, 13), torch.from_numpy(tokens[:, 1:]).reshape(-1)))
 
     clean = torch_loss(twin_of(model))
-    edited, _ = random_pair()
+    edited, _ = twins(make_cfg(INTERP), seed=1)
     edited.blocks[1].attn.W_O.data[0] = 0.0
     assert abs(change[1, 0] - (torch_loss(twin_of(edited)) - clean)) <= 1e-12
 
@@ -189,8 +186,8 @@ def corrupt(tokens, position, seed=0):
 def test_patching_parity_and_layer_zero_known_answer():
     """Layer 0's resid_pre is the embeddings: patching the corrupted position restores the clean
     run exactly (1) and patching any other position changes nothing (0)."""
-    model, twin = random_pair()
-    clean = tokens_for(model, batch=2, pos=6, seed=1)
+    model, twin = twins(make_cfg(INTERP), seed=1)
+    clean = tokens_for(model.cfg, 2, 6, seed=1)
     corrupted = clean.copy()
     corrupted[:, 2] = (clean[:, 2] + 5) % 13
     answer, wrong = clean[:, 0], (clean[:, 0] + 1) % 13
@@ -211,7 +208,7 @@ def test_patching_parity_and_layer_zero_known_answer():
 
 def test_patching_a_dead_head_restores_nothing_and_the_induction_head_everything():
     model, twin = with_dead_head(1, 1)
-    clean = tokens_for(model, batch=2, pos=6, seed=2)
+    clean = tokens_for(model.cfg, 2, 6, seed=2)
     corrupted = clean.copy()
     corrupted[:, 1] = (clean[:, 1] + 3) % 13
     assert patch_heads(model, clean, corrupted, 0, 1)[1, 1] == 0.0
@@ -226,8 +223,8 @@ def test_patching_a_dead_head_restores_nothing_and_the_induction_head_everything
 
 
 def test_patching_rejects_bad_input():
-    model, _ = random_pair()
-    clean = tokens_for(model, batch=2, pos=6)
+    model, _ = twins(make_cfg(INTERP), seed=1)
+    clean = tokens_for(model.cfg, 2, 6, seed=0)
     with pytest.raises(ValueError, match="same shape"):
         patch_heads(model, clean, clean[:, :5], 0, 1)
     with pytest.raises(ValueError, match="nothing to restore"):
@@ -242,7 +239,7 @@ def test_patching_rejects_bad_input():
 
 
 def test_circuits_parity():
-    model, twin = random_pair()
+    model, twin = twins(make_cfg(INTERP), seed=1)
     assert rel_err(copying_scores(model), copying_scores(twin)) <= PARITY_TOL
     for kind in "qkv":
         assert rel_err(composition_scores(model, kind), composition_scores(twin, kind)) <= PARITY_TOL
@@ -273,7 +270,7 @@ def test_copying_and_composition_scores_of_known_matrices():
     assert copying_score(np.zeros((3, 3))) == 0.0
     assert abs(composition_score(np.eye(16), np.eye(16)) - 0.25) < 1e-15  # 1 / sqrt(16)
     assert composition_score(np.eye(4)[:, :2] @ np.eye(4)[:2], np.eye(4)[:, 2:] @ np.eye(4)[2:]) == 0.0
-    model, _ = random_pair()
+    model, _ = twins(make_cfg(INTERP), seed=1)
     with pytest.raises(ValueError, match="kind"):
         composition_scores(model, "x")
     with pytest.raises(ValueError, match="layer_from"):
@@ -287,9 +284,9 @@ def test_copying_and_composition_scores_of_known_matrices():
 def test_pre_norm_heads_and_b_O_make_the_attention_component():
     """Pre-norm: each piece is read through ln_final at the cached scale, (x - mean x) / scale * w, then W_U.
     The heads plus b_O's share, computed here by hand, must give each layer's attention component."""
-    model, _ = random_pair()
+    model, _ = twins(make_cfg(INTERP), seed=1)
     assert model.cfg.normalization == "pre"
-    tokens = tokens_for(model)
+    tokens = tokens_for(model.cfg, 3, 8, seed=0)
     sd = model.state_dict()
     _, cache = model.run_with_cache(tokens)
     scale = cache["ln_final.hook_scale"][:, :-1]  # [batch, pos - 1, 1]

@@ -20,7 +20,7 @@ from interp import (
 )
 from interp.common import run_cache
 from interp.handmade import bos_repeated_tokens
-from parity_tests.interp_helpers import handmade_pair, random_pair
+from parity_tests.helpers import INTERP, handmade_pair, make_cfg, twins
 
 
 def assert_png(path, min_side=200):
@@ -31,7 +31,7 @@ def assert_png(path, min_side=200):
 
 @pytest.mark.slow  # ten figures; the walk-through below draws every kind of figure by default
 def test_every_plot_writes_a_png(tmp_path):
-    model, twin = random_pair()
+    model, twin = twins(make_cfg(INTERP), seed=1)
     tokens = np.random.default_rng(0).integers(0, 13, (2, 8))
     _, cache = twin.run_with_cache(tokens)  # a torch cache: converted at the boundary
     labels = [str(t) for t in tokens[0]]

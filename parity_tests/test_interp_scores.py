@@ -7,14 +7,14 @@ from interp import all_head_scores, induction_scores, pattern_scores, previous_t
 from interp.common import run_cache
 from interp.handmade import bos_repeated_tokens
 from interp.scores import duplicate_token_targets, induction_targets, previous_token_targets
-from parity_tests.interp_helpers import handmade_pair, max_abs_diff, random_pair
+from parity_tests.helpers import INTERP, handmade_pair, make_cfg, max_abs_diff, twins
 
 # the analyses run in NumPy on activations that agree to ~1e-15; scores are averages of them
 PARITY_TOL = 1e-12
 
 
 def test_scores_equal_from_both_twins():
-    model, twin = random_pair()
+    model, twin = twins(make_cfg(INTERP), seed=1)
     tokens = repeated_random_tokens(model.cfg.d_vocab, 5, batch=4, seed=3)
     ours, theirs = all_head_scores(model, tokens), all_head_scores(twin, tokens)
     for kind in ours:
@@ -23,7 +23,7 @@ def test_scores_equal_from_both_twins():
 
 
 def test_scores_from_a_cache_match_scores_from_the_model():
-    model, twin = random_pair()
+    model, twin = twins(make_cfg(INTERP), seed=1)
     tokens = repeated_random_tokens(model.cfg.d_vocab, 5, batch=2, seed=4)
     _, cache = twin.run_with_cache(tokens)
     assert max_abs_diff(induction_scores(cache), induction_scores(model, tokens)) <= PARITY_TOL
@@ -66,7 +66,7 @@ def test_targets_on_a_written_out_sequence():
 
 
 def test_scores_reject_bad_input():
-    model, _ = random_pair()
+    model, _ = twins(make_cfg(INTERP), seed=1)
     with pytest.raises(ValueError, match="kind"):
         all_head_scores(model, kinds=("copying",))
     with pytest.raises(TypeError, match="source"):

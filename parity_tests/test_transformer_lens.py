@@ -10,27 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import numpy_impl as npi
 from foundation.lens.factored import FactoredMatrix
 from foundation.lens.vocab import WordVocabulary
-from parity_tests.helpers import TOL, randomize, rel_err, to_numpy
-from parity_tests.interp_helpers import twin_of
+from parity_tests.helpers import TOL, make_cfg, rel_err, to_numpy, tokens_for, twins
 
 B, P = 3, 7
+LENS = dict(d_vocab=13, d_head=5, d_mlp=16, n_layers=3, n_ctx=10)  # make_cfg's changes for these tests
 SUM_TOL = 1e-12  # float64: a sum rebuilt from its parts differs only by rounding
 
 
-def make_pair(dtype="float64", **overrides):
-    fields = dict(d_vocab=13, d_model=12, n_heads=3, d_head=5, d_mlp=16, n_layers=3, n_ctx=10, dtype=dtype,
-                  normalization="pre", positional="learned", act_fn="gelu_new")
-    fields.update(overrides)
-    model = npi.Transformer(npi.TransformerConfig(**fields), seed=0)
-    randomize(model, 1)
-    return model, twin_of(model)
 
 
-def tokens_for(cfg, seed=2, batch=B, pos=P):
-    return np.random.default_rng(seed).integers(0, cfg.d_vocab, (batch, pos))
 
 
 CONFIGS = {
@@ -52,7 +42,7 @@ def _layer_norm(x, w, b):
 @pytest.mark.parametrize("act_fn", ["gelu_new", "relu", "gelu"])
 def test_every_hook_holds_what_transformer_lens_defines(act_fn):
     """Each hook rebuilt from its definition in TransformerLens's components (and the weights), to 1e-12."""
-    model, twin = make_pair(act_fn=act_fn)
+    model, twin = twins(make_cfg(LENS, act_fn=act_fn), seed=1)
     cfg, sd = model.cfg, model.state_dict()
     tokens = tokens_for(cfg)
     for m in (model, twin):
@@ -115,7 +105,7 @@ VIEW_SHAPES = {  # name -> (state_dict key pattern, shape), written out from Tra
 
 
 def test_weight_views_stack_the_parameters_in_both_twins():
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(LENS), seed=1)
     cfg = model.cfg
     sizes = {"L": cfg.n_layers, "H": cfg.n_heads, "D": cfg.d_model, "d": cfg.d_head, "M": cfg.d_mlp}
     sd = model.state_dict()
@@ -129,7 +119,7 @@ def test_weight_views_stack_the_parameters_in_both_twins():
 
 
 def test_torch_weight_views_carry_gradients():
-    _, twin = make_pair()
+    _, twin = twins(make_cfg(LENS), seed=1)
     (twin.W_Q[1, 2] ** 2).sum().backward()
     grad = twin.blocks[1].attn.W_Q.grad
     assert grad is not None and rel_err(grad[2], 2 * twin.blocks[1].attn.W_Q[2]) == 0.0
@@ -137,7 +127,7 @@ def test_torch_weight_views_carry_gradients():
 
 
 def test_weight_views_without_the_part_refuse_clearly():
-    model, twin = make_pair(attn_only=True, positional="sinusoidal")
+    model, twin = twins(make_cfg(LENS, attn_only=True, positional="sinusoidal"), seed=1)
     with pytest.raises(AttributeError, match="attention-only"):
         model.W_in
     assert np.array_equal(model.W_pos, model.pos_embed.table)  # the fixed table the model adds
@@ -147,7 +137,7 @@ def test_weight_views_without_the_part_refuse_clearly():
 # --- FactoredMatrix ---
 
 def test_factored_matrix_matches_its_product():
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(LENS), seed=1)
     for fm in (model.OV, model.QK, twin.OV, twin.QK):
         AB = to_numpy(fm.AB)  # [layer, head, d_model, d_model]
         assert fm.shape == AB.shape == (3, 3, 12, 12)
@@ -177,7 +167,7 @@ def test_factored_matrix_products_and_indexing():
     assert rel_err((D @ fm).AB, D @ A @ B) < SUM_TOL and rel_err(D[0] @ fm, D[0] @ A @ B) < SUM_TOL
     assert rel_err((fm @ FactoredMatrix(B.T, A.T)).AB, A @ B @ B.T @ A.T) < SUM_TOL
     assert rel_err((2.5 * fm).AB, 2.5 * A @ B) == 0.0
-    model, _ = make_pair()
+    model, _ = twins(make_cfg(LENS), seed=1)
     assert rel_err(model.OV[1, 2].AB, model.W_V[1, 2] @ model.W_O[1, 2]) == 0.0
     with pytest.raises(ValueError, match="mdim"):
         FactoredMatrix(A, C)
@@ -190,7 +180,7 @@ def test_factored_matrix_products_and_indexing():
 # --- the cache: sum rules ---
 
 def caches(name, **extra):
-    model, twin = make_pair(**{**CONFIGS[name], **extra})
+    model, twin = twins(make_cfg(LENS, **{**CONFIGS[name], **extra}), seed=1)
     tokens = tokens_for(model.cfg)
     out, cache = model.run_with_cache(tokens)
     out_t, cache_t = twin.run_with_cache(tokens)
@@ -290,7 +280,7 @@ def test_twins_agree_on_every_cache_method():
 
 
 def test_remove_batch_dim_keeps_the_sum_rules():
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(LENS), seed=1)
     tokens = tokens_for(model.cfg, batch=1)
     out, cache = model.run_with_cache(tokens)
     _, cache_t = twin.run_with_cache(tokens)
@@ -307,13 +297,13 @@ def test_remove_batch_dim_keeps_the_sum_rules():
 
 
 def test_cache_methods_refuse_what_they_cannot_do():
-    model, twin = make_pair(normalization="post")
+    model, twin = twins(make_cfg(LENS, normalization="post"), seed=1)
     _, cache = model.run_with_cache(tokens_for(model.cfg))
     for call in (lambda: cache.decompose_resid(), lambda: cache.stack_head_results(),
                  lambda: cache.apply_ln_to_stack(cache.accumulated_resid())):
         with pytest.raises(ValueError, match="post-norm"):
             call()
-    model, _ = make_pair()
+    model, _ = twins(make_cfg(LENS), seed=1)
     _, cache = model.run_with_cache(tokens_for(model.cfg))
     with pytest.raises(ValueError, match="layer"):
         cache.decompose_resid(7)
@@ -328,7 +318,7 @@ def test_cache_methods_refuse_what_they_cannot_do():
 # --- running: return_type, generate, the vocabulary ---
 
 def test_return_type_gives_the_next_token_loss():
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(LENS), seed=1)
     tokens = tokens_for(model.cfg)
     logits = model(tokens)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -346,7 +336,7 @@ def test_return_type_gives_the_next_token_loss():
 
 
 def test_generate_gives_the_same_tokens_in_both_twins():
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(LENS), seed=1)
     prompt = tokens_for(model.cfg, pos=4)
     greedy = model.generate(prompt, max_new_tokens=6, do_sample=False, verbose=False)
     assert greedy.shape == (B, 10) and np.array_equal(greedy[:, :4], prompt)
@@ -365,7 +355,7 @@ def test_generate_gives_the_same_tokens_in_both_twins():
 
 def test_word_vocabulary_drives_to_tokens_and_generate():
     words = ["<pad>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "home", "<bos>", "up", "down"]
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(LENS), seed=1)
     for m in (model, twin):
         m.tokenizer = WordVocabulary(words)
         tokens = m.to_tokens("the cat sat on mat")
@@ -384,7 +374,7 @@ def test_word_vocabulary_drives_to_tokens_and_generate():
 # --- the torch twin moves like a module ---
 
 def test_dtype_moves_keep_the_config_in_step():
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(LENS), seed=1)
     tokens = tokens_for(model.cfg)
     expected = model(tokens)
     twin.float()
@@ -400,7 +390,7 @@ def test_dtype_moves_keep_the_config_in_step():
 
 
 def test_device_moves_take_everything_and_the_tokens():
-    _, twin = make_pair(positional="sinusoidal")
+    _, twin = twins(make_cfg(LENS, positional="sinusoidal"), seed=1)
     twin.to("meta")  # a device with no data: shows where tensors are without a GPU
     assert {t.device.type for t in [*twin.parameters(), *twin.buffers()]} == {"meta"}
     seen = []
@@ -433,7 +423,7 @@ def test_interp_tour_finds_the_trained_model_in_its_out_folder(tmp_path):
 
     from tours.interp import choose_model
 
-    model, _ = make_pair()
+    model, _ = twins(make_cfg(LENS), seed=1)
     model.save(tmp_path / "induction.npz")
     found, note, _ = choose_model(argparse.Namespace(model="auto", out=str(tmp_path), seed=0))
     assert str(tmp_path / "induction.npz") in note

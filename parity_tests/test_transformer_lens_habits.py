@@ -25,24 +25,16 @@ from foundation.lens.hooks import get_act_name
 from foundation.lens.running import sample_logits
 from foundation.lens.vocab import WordVocabulary
 from foundation.files.weights import parameter_count, parameter_shapes
-from parity_tests.helpers import randomize, rel_err, to_numpy
-from parity_tests.interp_helpers import twin_of
+from parity_tests.helpers import make_cfg, randomize, rel_err, to_numpy, tokens_for, twins
 
 B, P, V = 3, 7, 13
 TOL = 1e-12
+HABITS = dict(d_vocab=V, d_head=5, d_mlp=16, n_ctx=10)  # make_cfg's changes for these tests
+HABITS_CFG = make_cfg(HABITS)
 
 
-def make_pair(**overrides):
-    fields = dict(d_vocab=V, d_model=12, n_heads=3, d_head=5, d_mlp=16, n_layers=2, n_ctx=10,
-                  normalization="pre", positional="learned", act_fn="gelu_new")
-    fields.update(overrides)
-    model = npi.Transformer(npi.TransformerConfig(**fields), seed=0)
-    randomize(model, 1)
-    return model, twin_of(model)
 
 
-def tokens_for(seed=2, batch=B, pos=P):
-    return np.random.default_rng(seed).integers(0, V, (batch, pos))
 
 
 def close(a, b, tol=TOL):
@@ -131,8 +123,8 @@ def zero_head(head):
 @pytest.mark.parametrize("act_fn", ["gelu_new", "gelu", "relu"])
 def test_run_with_hooks_returns_the_ablated_loss(act_fn):
     """The most common ablation call: model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[...])."""
-    model, twin = make_pair(act_fn=act_fn)
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS, act_fn=act_fn), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     sd = state(model)
     clean_logits, _ = tl_forward(sd, model.cfg, tokens)
     ablated_logits, _ = tl_forward(sd, model.cfg, tokens, {"blocks.1.attn.hook_z": lambda z: zero_head(2)(z, None)})
@@ -153,8 +145,8 @@ def test_run_with_hooks_returns_the_ablated_loss(act_fn):
 
 
 def test_run_with_cache_takes_the_forwards_arguments():
-    model, twin = make_pair()
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     logits, acts = tl_forward(state(model), model.cfg, tokens)
     for m in (model, twin):
         loss, cache = m.run_with_cache(tokens, return_type="loss")
@@ -192,8 +184,8 @@ def autograd_at(twin, tokens, name, fwd_hooks=(), per_token_grad=None):
 def test_backward_hooks_fire_in_the_loss_backward(name):
     """run_with_hooks(..., return_type="loss", bwd_hooks=..., reset_hooks_end=False), then loss.backward()
     (torch) / model.backward() (NumPy), then reset_hooks(): each hook sees torch autograd's gradient there."""
-    model, twin = make_pair()
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     expected, expected_params = autograd_at(twin, tokens, name)
     for m in (model, twin):
         seen = []
@@ -216,8 +208,8 @@ def test_backward_hooks_fire_in_the_loss_backward(name):
 
 def test_backward_hooks_with_an_ablation_and_a_per_token_loss():
     """A forward ablation and a backward hook together; loss_per_token with its gradient given."""
-    model, twin = make_pair(act_fn="gelu")
-    tokens = tokens_for(5)
+    model, twin = twins(make_cfg(HABITS, act_fn="gelu"), seed=1)
+    tokens = tokens_for(HABITS_CFG, seed=5)
     dloss = np.random.default_rng(6).standard_normal((B, P - 1))
     ablate = [("blocks.0.attn.hook_z", zero_head(1))]
     name = "blocks.0.attn.hook_v"
@@ -236,8 +228,8 @@ def test_backward_hooks_with_an_ablation_and_a_per_token_loss():
 
 
 def test_backward_hooks_removed_at_the_end_do_not_fire_and_warn():
-    model, twin = make_pair()
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     for m in (model, twin):
         seen = []
         with pytest.warns(UserWarning, match="reset_hooks_end=False"):
@@ -249,8 +241,8 @@ def test_backward_hooks_removed_at_the_end_do_not_fire_and_warn():
 
 def test_a_backward_hook_that_returns_a_gradient_edits_what_flows_on():
     """Halving the gradient at resid_mid of layer 1 halves every gradient below it, alike in both twins."""
-    model, twin = make_pair()
-    tokens = tokens_for(3)
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG, seed=3)
     grads = {}
     for m in (model, twin):
         for factor in (1.0, 0.5):
@@ -265,8 +257,8 @@ def test_a_backward_hook_that_returns_a_gradient_edits_what_flows_on():
 
 
 def test_run_with_cache_incl_bwd_differentiates_the_returned_loss():
-    model, twin = make_pair()
-    tokens = tokens_for(4)
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG, seed=4)
     expected = {name: autograd_at(twin, tokens, name)[0]
                 for name in ("blocks.0.hook_resid_mid", "blocks.1.attn.hook_q", "ln_final.hook_scale")}
     for m in (model, twin):
@@ -289,8 +281,8 @@ def test_run_with_cache_incl_bwd_differentiates_the_returned_loss():
 # --- the NumPy model's backward() after a loss ---
 
 def test_numpy_backward_without_dout_is_loss_backward():
-    model, twin = make_pair()
-    tokens = tokens_for(7)
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG, seed=7)
     for return_type in ("loss", "both"):
         model.zero_grad()
         twin.zero_grad()
@@ -323,8 +315,8 @@ def test_numpy_backward_without_dout_is_loss_backward():
 
 def test_reset_hooks_clears_hooks_however_they_were_added():
     """The issue's case: a hook put on a HookPoint directly stays on (TransformerLens too) until reset_hooks()."""
-    model, twin = make_pair()
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     sd = state(model)
     clean = tl_loss(tl_forward(sd, model.cfg, tokens)[0], tokens)
     ablated = tl_loss(tl_forward(sd, model.cfg, tokens, {"blocks.1.attn.hook_z": lambda z: zero_head(0)(z, None)})[0],
@@ -354,8 +346,8 @@ def test_reset_hooks_clears_hooks_however_they_were_added():
 
 
 def test_hooks_context_removes_only_its_own_hooks():
-    model, twin = make_pair()
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     for m in (model, twin):
         outer = []
         m.add_hook("hook_embed", lambda x, hook: outer.append(hook.name))
@@ -372,8 +364,8 @@ def test_hooks_context_removes_only_its_own_hooks():
 
 
 def test_hook_points_know_their_name_layer_and_context():
-    model, twin = make_pair()
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     for m in (model, twin):
         seen = {}
 
@@ -403,14 +395,14 @@ def test_hook_points_know_their_name_layer_and_context():
 
 def test_hook_functions_are_called_with_hook_as_a_keyword():
     """TransformerLens calls fn(activation, hook=point): a keyword-only ``hook`` works, as there."""
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(HABITS), seed=1)
     for m in (model, twin):
         names = []
 
         def keyword_only(activation, *, hook):
             names.append(hook.name)
 
-        m.run_with_hooks(tokens_for(), fwd_hooks=[("hook_embed", keyword_only)])
+        m.run_with_hooks(tokens_for(HABITS_CFG), fwd_hooks=[("hook_embed", keyword_only)])
         assert names == ["hook_embed"]
 
 
@@ -427,13 +419,13 @@ def test_get_act_name_reads_transformer_lens_short_names():
     assert get_act_name("attn", 1) == "blocks.1.attn.hook_pattern"
     assert get_act_name("resid_post", 3) == "blocks.3.hook_resid_post"
     assert npi.get_act_name is get_act_name and pti.get_act_name is get_act_name
-    model, _ = make_pair()
-    _, cache = model.run_with_cache(tokens_for())
+    model, _ = twins(make_cfg(HABITS), seed=1)
+    _, cache = model.run_with_cache(tokens_for(HABITS_CFG))
     assert cache["k1"] is cache["blocks.1.attn.hook_k"] and cache["scale0ln2"] is cache["blocks.0.ln2.hook_scale"]
 
 
 def test_bad_hook_calls_are_named():
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(HABITS), seed=1)
     for m in (model, twin):
         with pytest.raises(ValueError, match="add_hook.*no hook named"):
             m.add_hook("blocks.0.attn.hook_nothing", lambda x, hook: None)
@@ -445,9 +437,9 @@ def test_bad_hook_calls_are_named():
             m.add_hook("hook_embed", lambda x, hook: None, is_permanent="yes")
         assert all(not p.fwd_hooks for p in m.hook_points())
         with pytest.raises(ValueError, match="remove_batch_dim"):
-            m.run_with_cache(tokens_for(), remove_batch_dim=True)
+            m.run_with_cache(tokens_for(HABITS_CFG), remove_batch_dim=True)
     with pytest.raises(ValueError, match="CPU"):
-        model.run_with_cache(tokens_for(), device="cuda")
+        model.run_with_cache(tokens_for(HABITS_CFG), device="cuda")
 
 
 # --- the cache: pos_slice, batch_slice, remove_batch_dim, to ---
@@ -465,8 +457,8 @@ def tl_slice(x, input_slice, dim):
 
 @pytest.mark.parametrize("pos_slice", SLICES, ids=repr)
 def test_pos_slice_on_the_stacks(pos_slice):
-    model, twin = make_pair()
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     _, cache = model.run_with_cache(tokens)
     _, cache_t = twin.run_with_cache(tokens)
     sd = state(model)
@@ -495,8 +487,8 @@ def test_logit_attrs_with_pos_and_batch_slices(batch_slice):
     """TransformerLens's logit_attrs: batch_slice the stack (axis 1), centre it, divide by the cached
     ln_final scale (pos_slice, then batch_slice applied to it), read along W_U[:, token] (ln_final.w
     folded in: here W_U * ln_final.w)."""
-    model, twin = make_pair()
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     sd = state(model)
     answers = np.random.default_rng(9).integers(0, V, B)
     for m in (model, twin):
@@ -517,8 +509,8 @@ def test_logit_attrs_with_pos_and_batch_slices(batch_slice):
 
 
 def test_run_with_cache_pos_slice_remove_batch_dim_and_to():
-    model, twin = make_pair()
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     _, full = model.run_with_cache(tokens)
     for m in (model, twin):
         _, c = m.run_with_cache(tokens, pos_slice=-1)  # TransformerLens keeps the axis for an int here
@@ -561,8 +553,8 @@ def test_slice_follows_transformer_lens():
 # --- generate ---
 
 def test_generate_greedy_is_the_argmax_and_the_twins_agree():
-    model, twin = make_pair()
-    prompt = tokens_for(pos=3)
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    prompt = tokens_for(HABITS_CFG, pos=3)
     greedy = model.generate(prompt, max_new_tokens=5, do_sample=False, verbose=False)
     rows = prompt.copy()
     for _ in range(5):  # TransformerLens's greedy loop: the argmax of the last position's logits
@@ -588,8 +580,8 @@ def test_generate_greedy_is_the_argmax_and_the_twins_agree():
 @pytest.mark.parametrize("options", [dict(), dict(temperature=0.7), dict(top_k=3), dict(top_p=0.6),
                                      dict(freq_penalty=1.5, temperature=1.3)], ids=repr)
 def test_seeded_sampling_draws_the_same_tokens_in_both_twins(options):
-    model, twin = make_pair()
-    prompt = tokens_for(pos=3)
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    prompt = tokens_for(HABITS_CFG, pos=3)
     sampled = model.generate(prompt, 6, seed=11, verbose=False, **options)
     assert sampled.shape == (B, 9)
     assert np.array_equal(to_numpy(twin.generate(prompt, 6, seed=11, verbose=False, **options)), sampled)
@@ -630,7 +622,7 @@ def test_sample_logits_keeps_what_transformer_lens_keeps():
 
 def test_generate_takes_text_and_returns_what_transformer_lens_returns(capsys):
     words = ["<pad>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "home", "<bos>", "up", "down"]
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(HABITS), seed=1)
     for m in (model, twin):
         m.tokenizer = WordVocabulary(words, bos_token="<bos>")
     text = model.generate("the cat", 3, do_sample=False, verbose=False)
@@ -659,8 +651,8 @@ def test_generate_takes_text_and_returns_what_transformer_lens_returns(capsys):
 def test_gelu_is_torchs_exact_gelu_with_its_gradient():
     """hook_post is torch.nn.GELU() of hook_pre (TransformerLens's "gelu"); the hand-written backward
     gives autograd's gradient of F.gelu at hook_pre."""
-    model, twin = make_pair(act_fn="gelu")
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS, act_fn="gelu"), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     for m in (model, twin):
         _, cache = m.run_with_cache(tokens, return_type="loss", incl_bwd=True)
         for i in range(2):
@@ -668,7 +660,14 @@ def test_gelu_is_torchs_exact_gelu_with_its_gradient():
             pre = torch.as_tensor(to_numpy(cache["pre", i])).requires_grad_()
             F.gelu(pre).backward(torch.as_tensor(to_numpy(cache["post_grad", i])))
             close(cache["pre_grad", i], pre.grad)
-    assert npi.FeedForward(model.cfg) is not None
+    # a FeedForward of its own, outside a model, computes the exact GELU too
+    ff = npi.FeedForward(model.cfg)
+    randomize(ff, 3)
+    x = np.random.default_rng(4).standard_normal((2, P, model.cfg.d_model))
+    w = {name: torch.from_numpy(np.asarray(value)) for name, value in ff.state_dict().items()}
+    expected = F.gelu(torch.from_numpy(x) @ w["W_in"] + w["b_in"]) @ w["W_out"] + w["b_out"]
+    close(ff(x), expected)
+    close(pti.FeedForward.from_twin(ff)(torch.from_numpy(x)), expected)
     with pytest.raises(ValueError, match="act_fn must be one of"):
         npi.TransformerConfig(d_vocab=5, d_model=4, n_heads=2, n_layers=1, n_ctx=3, act_fn="gelu_fast")
 
@@ -768,8 +767,8 @@ def tl_fold(sd, n_layers, center_weights=True):
 
 @pytest.mark.parametrize("center_weights", [True, False])
 def test_fold_layer_norm_is_transformer_lens_fold_ln(center_weights):
-    model, twin = make_pair(act_fn="gelu")
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS, act_fn="gelu"), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     sd = state(model)
     expected = tl_fold(sd, 2, center_weights)
     logits = model(tokens)
@@ -792,10 +791,10 @@ def test_fold_layer_norm_is_transformer_lens_fold_ln(center_weights):
 
 
 def test_folded_twins_agree_forward_and_backward_and_save():
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(HABITS), seed=1)
     model.fold_layer_norm()
     twin.fold_layer_norm()
-    tokens = tokens_for(8)
+    tokens = tokens_for(HABITS_CFG, seed=8)
     model.zero_grad()
     twin.zero_grad()
     model(tokens, return_type="loss")
@@ -807,21 +806,21 @@ def test_folded_twins_agree_forward_and_backward_and_save():
 
 
 def test_folded_model_saves_and_loads(tmp_path):
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(HABITS), seed=1)
     model.fold_layer_norm()
     model.save(tmp_path / "folded.npz")
     for cls in (npi.Transformer, pti.Transformer):
         loaded = cls.load(tmp_path / "folded.npz")
         assert loaded.cfg.normalization_type == "LNPre"
-        close(loaded(tokens_for()), model(tokens_for()))
+        close(loaded(tokens_for(HABITS_CFG)), model(tokens_for(HABITS_CFG)))
 
 
 def test_after_folding_logit_attrs_read_as_on_a_fold_ln_model():
     """On TransformerLens's fold_ln model, logit_attrs is (centred piece / cached scale) . W_U[:, token]
     with the folded W_U, and the pieces plus b_U[token] make the logit. The decompositions are the
     same before and after folding (folding changes no residual stream), and so are the attributions."""
-    model, twin = make_pair()
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     answers = np.random.default_rng(3).integers(0, V, (B, P))
     _, before = model.run_with_cache(tokens)
     attrs_before = before.logit_attrs(before.decompose_resid(), answers)
@@ -848,8 +847,8 @@ def test_direct_logit_attribution_adds_up_after_folding():
     """interp's direct_logit_attribution on a folded model: the same numbers; ln_final.b is now in b_U."""
     from interp.analyses import direct_logit_attribution
 
-    model, twin = make_pair()
-    tokens = tokens_for()
+    model, twin = twins(make_cfg(HABITS), seed=1)
+    tokens = tokens_for(HABITS_CFG)
     before = direct_logit_attribution(model, tokens)
     for m in (model, twin):
         m.fold_layer_norm()
@@ -863,22 +862,22 @@ def test_fold_layer_norm_refuses_what_it_cannot_fold():
     for overrides, match in ((dict(normalization="post"), "normalization='pre'"),
                              (dict(normalization=None), "normalization='pre'"),
                              (dict(unembed=False, causal=False), "unembedding")):
-        model, twin = make_pair(**overrides)
+        model, twin = twins(make_cfg(HABITS, **overrides), seed=1)
         for m in (model, twin):
             with pytest.raises(ValueError, match=match):
                 m.fold_layer_norm()
-    model, _ = make_pair()
+    model, _ = twins(make_cfg(HABITS), seed=1)
     model.fold_layer_norm()
     with pytest.raises(ValueError, match="LNPre"):
         model.fold_layer_norm()
 
 
 def test_fold_layer_norm_weights_is_the_shared_formula():
-    model, _ = make_pair(attn_only=True)
+    model, _ = twins(make_cfg(HABITS, attn_only=True), seed=1)
     sd = state(model)
     folded = fold_layer_norm_weights(sd, model.cfg)
     assert "blocks.0.ln1.w" not in folded and "ln_final.b" not in folded and "blocks.0.ln1.w" in sd
-    tokens = tokens_for()
+    tokens = tokens_for(HABITS_CFG)
     logits = model(tokens)
     model.fold_layer_norm()
     close(model(tokens), logits)
