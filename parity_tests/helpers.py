@@ -10,9 +10,11 @@ gradient of the whole component or model instead (``relative_errors``).
 """
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import numpy_impl as npi
 import torch_impl as pti
@@ -160,3 +162,62 @@ def parametrize_pairwise(**options):
     cases = list(itertools.product(*options.values()))
     ids = ["-".join(str(value) for value in case) for case in cases]
     return pytest.mark.parametrize(",".join(options), pairwise_then_slow(cases, ids))
+
+
+# ---------------------------------------------------------------- hostile input: what the twins take and refuse
+
+
+def outcome(fn):
+    """("accepted", result), or (the exception's type name, its message) for the errors bad input may raise."""
+    try:
+        return "accepted", fn()
+    except (TypeError, ValueError, OSError, RuntimeError, NotImplementedError) as error:
+        return type(error).__name__, str(error)
+
+
+def random_dout(shape, dtype="float64", seed=1):
+    """A random upstream gradient (never all ones: an all-ones gradient hides LayerNorm bugs)."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def as_float64(x):
+    """A float64 copy of an ndarray or a tensor."""
+    return x.detach().cpu().numpy().astype(np.float64) if hasattr(x, "detach") else np.array(x, dtype=np.float64)
+
+
+def grads(model):
+    """{name: a float64 copy of the parameter's gradient}, from either twin."""
+    return {name: as_float64(p.grad) for name, p in model.named_parameters()}
+
+
+def assert_same_grads(actual, expected, tol=1e-12):
+    """Every gradient agrees to ``tol``, relative to the largest gradient of them all."""
+    largest = max(np.abs(g).max() for g in expected.values())
+    for name in expected:
+        assert rel_err(actual[name], expected[name], scale=largest) <= tol, name
+
+
+def masked_like(shape, mask_something=True):
+    """A masked array of random values (their positive entries masked, or none)."""
+    values = np.random.default_rng(2).standard_normal(shape)
+    return np.ma.masked_array(values, mask=values > 0 if mask_something else False)
+
+
+def read_only(a):
+    a = np.array(a, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+def as_matrix(a):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # np.matrix is discouraged, not gone
+        return np.asmatrix(a)
+
+
+def quantized(values, scale=0.01, dtype=None):
+    """A quantized tensor of ``values`` (qint32 unless ``dtype`` says otherwise)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # quantized tensors are deprecated: torch says so
+        return torch.quantize_per_tensor(torch.from_numpy(np.asarray(values, dtype=np.float32)), scale, 0,
+                                         dtype or torch.qint32)

@@ -19,7 +19,21 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import assert_close, compare_grads, make_cfg, twins
+from parity_tests.helpers import (
+    CFG,
+    TOKENS,
+    assert_close,
+    assert_same_grads,
+    compare_grads,
+    grads,
+    make_cfg,
+    parametrize_pairwise,
+    random_dout,
+    randomize,
+    twins,
+)
+
+OTHER_TOKENS = np.array([[9, 8, 7, 6], [0, 1, 0, 1]])
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENT_FILES = ["attention", "block", "embedding", "feedforward", "layernorm", "loss", "model", "positional", "unembed"]
@@ -177,3 +191,155 @@ def test_the_boundary_wraps_every_forward_and_backward():
         assert hasattr(cls.forward, "__wrapped__")
     # the bodies' own signatures are what help() shows
     assert list(inspect.signature(npi.LayerNorm.forward).parameters) == ["self", "x"]
+
+
+# ---------------------------------------------------------------- stale state: a backward that does not belong to the last forward
+
+
+def test_backward_before_forward():
+    with pytest.raises(ValueError, match=r"Transformer.backward\(\) called before"):
+        npi.Transformer(CFG).backward(np.zeros((1, 2, 11)))
+    with pytest.raises(ValueError, match=r"LayerNorm.backward\(\) called before"):
+        npi.LayerNorm(CFG).backward(np.zeros((1, 2, 12)))
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss.backward\(\) called before"):
+        npi.CrossEntropyLoss().backward()
+
+
+class Boom(Exception):
+    pass
+
+
+def raise_boom(x, hook):
+    raise Boom(hook.name)
+
+
+def component_cases():
+    """(name, component, good input, other input of the same shape, the hook point to break or None)."""
+    cfgs = {
+        "pre": CFG,
+        "post": make_cfg(n_layers=1, normalization="post"),
+        "none-relu": make_cfg(n_layers=1, normalization=None, act_fn="relu"),
+        "attn-only": make_cfg(n_layers=1, attn_only=True),
+    }
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.standard_normal((2, 2, 4, 12))
+    cases = [
+        ("LayerNorm", npi.LayerNorm(CFG), x1, x2, "hook_normalized"),
+        ("MultiHeadAttention", npi.MultiHeadAttention(CFG, 0), x1, x2, "hook_pattern"),
+        ("FeedForward", npi.FeedForward(CFG, 0), x1, x2, "hook_post"),
+        ("FeedForward-relu", npi.FeedForward(cfgs["none-relu"], 0), x1, x2, "hook_pre"),
+        ("Unembed", npi.Unembed(CFG, 0), x1, x2, None),
+        ("TokenEmbedding", npi.TokenEmbedding(CFG, 0), TOKENS, OTHER_TOKENS, None),
+        ("LearnedPositionalEmbedding", npi.LearnedPositionalEmbedding(CFG, 0), TOKENS, OTHER_TOKENS, None),
+        ("SinusoidalPositionalEncoding", npi.SinusoidalPositionalEncoding(CFG), TOKENS, OTHER_TOKENS, None),
+    ]
+    for key, cfg in cfgs.items():
+        block = npi.TransformerBlock(cfg, 0)
+        point = "hook_resid_post" if cfg.attn_only else "hook_mlp_out"
+        cases.append((f"TransformerBlock-{key}", block, x1, x2, point))
+        cases.append((f"TransformerBlock-{key}-attn", npi.TransformerBlock(cfg, 0), x1, x2, "attn.hook_z"))
+    return cases
+
+
+COMPONENTS = component_cases()
+
+
+def hook_point(module, dotted):
+    for name in dotted.split("."):
+        module = getattr(module, name)
+    return module
+
+
+@pytest.mark.parametrize("case", COMPONENTS, ids=[c[0] for c in COMPONENTS])
+def test_backward_after_a_forward_that_raised_is_refused(case):
+    name, module, good, other, point = case
+    randomize(module, seed=3)
+    out = module(good)
+    if point is None:
+        bad = other[..., :1] if other.ndim == 3 else np.full_like(other, 99)  # fails the input check
+        with pytest.raises((ValueError, TypeError)):
+            module(bad)
+    else:
+        hook_point(module, point).add_hook(raise_boom)
+        with pytest.raises(Boom):
+            module(other)
+        hook_point(module, point).remove_hooks()
+    dout = random_dout(out.shape)
+    component = name.split("-")[0]
+    with pytest.raises(ValueError, match=rf"{component}\.backward\(\).*{component}\.forward\(\)"):
+        module.backward(dout)
+
+
+@pytest.mark.parametrize("point", ["hook_embed", "blocks.0.attn.hook_pattern", "blocks.1.mlp.hook_post",
+                                   "ln_final.hook_scale"])
+def test_model_backward_after_a_forward_that_raised_is_refused(point):
+    model, _ = twins()
+    out = model(TOKENS)
+    with pytest.raises(Boom):
+        model.run_with_hooks(OTHER_TOKENS, fwd_hooks=[(point, raise_boom)])
+    with pytest.raises(ValueError, match=r"Transformer\.backward\(\).*Transformer\.forward\(\)"):
+        model.backward(random_dout(out.shape))
+    # a fresh forward makes backward possible again, and right
+    out = model(OTHER_TOKENS)
+    model.backward(random_dout(out.shape))
+
+
+def test_loss_backward_after_a_forward_that_raised_is_refused():
+    loss = npi.CrossEntropyLoss()
+    logits = random_dout((2, 4, 11))
+    loss(logits, TOKENS % 11)
+    with pytest.raises(ValueError):
+        loss(logits, np.full((2, 4), 11))
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss\.backward\(\).*CrossEntropyLoss\.forward\(\)"):
+        loss.backward()
+
+
+NESTED_POINTS = ["hook_embed", "blocks.0.hook_resid_mid", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_q",
+                 "blocks.1.hook_resid_post", "ln_final.hook_normalized"]
+
+
+@parametrize_pairwise(side=["numpy", "torch"], inner=["forward", "run_with_cache", "run_with_hooks"],
+                      point=NESTED_POINTS)
+def test_a_hook_that_runs_the_same_model_again(point, inner, side):
+    """The outer backward's gradients are those of the run without the nested one."""
+    np_model, torch_model = twins()
+    model = np_model if side == "numpy" else torch_model
+    dout = random_dout((2, 4, 11))
+    model.zero_grad()
+    model.run_with_hooks(TOKENS, dout=dout)
+    expected = grads(model)
+    calls = []
+
+    def run_again(x, hook):
+        if not calls:  # once: the hook is still on during the inner run
+            calls.append(hook.name)
+            if inner == "forward":
+                model(OTHER_TOKENS)
+            elif inner == "run_with_cache":
+                model.run_with_cache(OTHER_TOKENS)
+            else:
+                model.run_with_hooks(OTHER_TOKENS, fwd_hooks=[("blocks.0.hook_attn_out", lambda a, hook: a * 0)])
+
+    model.zero_grad()
+    model.run_with_hooks(TOKENS, fwd_hooks=[(point, run_again)], dout=dout)
+    assert calls == [point]
+    assert_same_grads(grads(model), expected)
+
+
+def test_a_backward_of_the_inner_run_inside_a_hook():
+    """numpy: refused with a clear message (the outer forward is still running); torch: allowed."""
+    np_model, torch_model = twins()
+
+    calls = []
+
+    def inner_backward(x, hook):
+        if not calls:
+            calls.append(hook.name)
+            np_model.run_with_cache(OTHER_TOKENS, incl_bwd=True)
+
+    np_model.run_with_cache(TOKENS)  # a finished forward first
+    with pytest.raises(ValueError, match=r"Transformer\.forward\(\).*(running|finish)"):
+        np_model.run_with_hooks(TOKENS, fwd_hooks=[("blocks.1.hook_resid_pre", inner_backward)])
+    # the model is usable afterwards
+    np_model.zero_grad()
+    np_model.run_with_hooks(TOKENS, dout=random_dout((2, 4, 11)))
