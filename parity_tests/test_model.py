@@ -108,7 +108,7 @@ def test_dtype_is_kept_everywhere(dtype):
     cfg = make_cfg(act_fn="gelu_new", dtype=dtype)
     model = npi.Transformer(cfg)
     seen = []
-    for name, module in model.named_modules():
+    for _name, module in model.named_modules():
         if isinstance(module, npi.HookPoint):
             module.add_hook(lambda x, hook: seen.append((hook.name, x.dtype)))
             module.add_hook(lambda dx, hook: seen.append((hook.name + "_grad", dx.dtype)), dir="bwd")

@@ -135,7 +135,7 @@ def test_schedule_matches_torch_lambda_lr(warmup, total, decay, final):
     numpy_sched = LambdaLR(numpy_opt, factor)
     torch_sched = torch.optim.lr_scheduler.LambdaLR(torch_opt, factor)
     lrs = []
-    for step in range(50):
+    for _ in range(50):
         assert abs(numpy_opt.lr - torch_opt.param_groups[0]["lr"]) <= 1e-15
         lrs.append(numpy_opt.lr)
         torch_opt.step()  # torch warns if the scheduler steps before the optimiser
@@ -242,7 +242,7 @@ def test_clip_grad_norm_of_huge_or_tiny_gradients(dtype, size):
     total = clip_grad_norm(params, max_norm=1.0)
     true_norm = np.sqrt(sum((d**2).sum() for d in directions))
     clipped = np.sqrt(sum((p.grad.astype(np.float64) ** 2).sum() for p in params))
-    for p, d in zip(params, directions):
+    for p in params:
         assert np.all(np.isfinite(p.grad))
     if size > 1:
         assert abs(clipped - 1.0) < 1e-5

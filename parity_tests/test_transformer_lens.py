@@ -148,7 +148,7 @@ def test_torch_weight_views_carry_gradients():
 def test_weight_views_without_the_part_refuse_clearly():
     model, twin = twins(make_cfg(LENS, attn_only=True, positional="sinusoidal"), seed=1)
     with pytest.raises(AttributeError, match="attention-only"):
-        model.W_in
+        _ = model.W_in
     assert np.array_equal(model.W_pos, model.pos_embed.table)  # the fixed table the model adds
     assert np.array_equal(to_numpy(twin.W_pos), model.pos_embed.table)
 
@@ -191,7 +191,7 @@ def test_factored_matrix_products_and_indexing():
     with pytest.raises(ValueError, match="mdim"):
         FactoredMatrix(A, C)
     with pytest.raises(ValueError, match="square"):
-        fm.BA
+        _ = fm.BA
     with pytest.raises(IndexError, match="leading"):
         model.OV[1, 2, 3]
 
