@@ -25,6 +25,7 @@ from parity_tests.helpers import (
     INTERP,
     handmade_pair,
     make_cfg,
+    parametrize_pairwise,
     twins,
 )
 
@@ -94,10 +95,10 @@ def _plot_scores(path):
     return plot_head_scores(np.random.default_rng(0).uniform(size=(2, 3)), path)
 
 
-@pytest.mark.parametrize("plot", [_plot_head, _plot_scores], ids=["attention head", "head scores"])
-@pytest.mark.parametrize("name", ["figure", "figure.png", "run.v2/figure", "figure.svg"])
-@pytest.mark.parametrize("as_path", [False, True], ids=["str", "Path"])
+@parametrize_pairwise(plot=["attention head", "head scores"], name=["figure", "figure.png", "run.v2/figure", "figure.svg"],
+                      as_path=[False, True])
 def test_a_plot_returns_the_path_it_wrote(tmp_path, plot, name, as_path):
+    plot = {"attention head": _plot_head, "head scores": _plot_scores}[plot]
     given = tmp_path / name if as_path else str(tmp_path / name)
     written = plot(given)
     assert os.path.isfile(written), f"returned {written!r}, which is not a file"
