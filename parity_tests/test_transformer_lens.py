@@ -351,7 +351,7 @@ def test_return_type_gives_the_next_token_loss():
             m(tokens, return_type="probs")
     twin_loss = twin(tokens, return_type="loss")
     twin_loss.backward()
-    assert twin.blocks[0].attn.W_Q.grad is not None
+    assert twin.blocks[0].attn.W_Q.grad.abs().max() > 0  # the loss's gradient reaches the first layer
 
 
 def test_generate_gives_the_same_tokens_in_both_twins():
