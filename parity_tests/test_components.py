@@ -11,8 +11,15 @@ import torch.nn.functional as F
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import (assert_close, compare_grads, load_into_twin, make_cfg, parametrize_pairwise,
-                                  randomize, twins)
+from parity_tests.helpers import (
+    assert_close,
+    compare_grads,
+    load_into_twin,
+    make_cfg,
+    parametrize_pairwise,
+    randomize,
+    twins,
+)
 
 DTYPES = ["float64", "float32"]
 N_CTX = 7

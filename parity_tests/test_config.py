@@ -7,7 +7,7 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import make_cfg, FIELDS, outcome
+from parity_tests.helpers import FIELDS, make_cfg, outcome
 
 CONFIG_ERRORS = [
     (dict(d_model=10, n_heads=3), ValueError, "d_model \\(10\\) must be divisible by n_heads \\(3\\)"),

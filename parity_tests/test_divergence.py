@@ -11,8 +11,8 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from exercises.learner import load_package, unload_package
 from exercises.divergence import first_divergence, walk_backward, walk_forward
+from exercises.learner import load_package, unload_package
 from gradcheck.factory import Variant, build, make_inputs
 from parity_tests.copies import planted_copy
 

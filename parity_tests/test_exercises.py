@@ -16,9 +16,9 @@ import pytest
 
 import numpy_impl as npi
 from exercises.catalog import EXERCISES, STEP_KEYS
-from gradcheck.factory import build, make_inputs
 from exercises.check import check, format_results
 from exercises.generate import PROJECT, REFERENCE_DIR, find_marked_bodies, write_copy
+from gradcheck.factory import build, make_inputs
 from parity_tests.copies import BEGIN, END, copy_of, marked_regions, outside, plant
 from tours.exercises import run as run_exercises
 

@@ -14,7 +14,14 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import FIELDS, assert_close, compare_grads, make_cfg, pairwise_then_slow, randomize
+from parity_tests.helpers import (
+    FIELDS,
+    assert_close,
+    compare_grads,
+    make_cfg,
+    pairwise_then_slow,
+    randomize,
+)
 
 N_CTX = FIELDS["n_ctx"]
 # act_fn does not matter without an MLP, so attn_only runs with relu alone
