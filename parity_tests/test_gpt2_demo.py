@@ -44,6 +44,7 @@ def test_text_prompt(folder, tmp_path, capsys):
         assert str(out / name) in printed
 
 
+@pytest.mark.slow  # the same command as test_text_prompt, given ids instead of text
 def test_token_ids_without_a_tokenizer(folder, tmp_path, capsys):
     bare = tmp_path / "bare"
     bare.mkdir()
