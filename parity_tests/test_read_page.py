@@ -765,7 +765,7 @@ def test_the_learners_page_marks_where_their_gradient_first_parts(solved, tmp_pa
     """read --exercises runs the checker: its verdict above the backward, a mark beside the line it points at."""
     from exercises.check import check
     from exercises.marks import page_marks
-    from parity_tests.test_exercises import planted_copy
+    from parity_tests.copies import planted_copy
     from reading import build_page
 
     directory = planted_copy(solved, tmp_path, "attention.py", "(dprobs * probs).sum(axis=-1, keepdims=True)",
