@@ -25,17 +25,17 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Optional
 
 import numpy as np
 
-from foundation.lens.cache import ActivationCacheMethods, Slice
 from foundation.contract.arrays import as_numpy
 from foundation.contract.boundary import running_hooks
 from foundation.contract.checks import check_hook_result
+from foundation.lens.cache import ActivationCacheMethods, Slice
 from foundation.lens.folding import fold_layer_norm_weights
 
 # TransformerLens's short names: which part of the model each hook name lives in
@@ -117,7 +117,7 @@ class LensHandle:
 
     fn: Callable
     is_permanent: bool = False           # reset_hooks() leaves it on, unless including_permanent=True
-    context_level: Optional[int] = None  # the hooks() block that added it; None when added directly
+    context_level: int | None = None  # the hooks() block that added it; None when added directly
 
 
 class HookLists:

@@ -22,7 +22,6 @@ from contextlib import nullcontext
 import numpy as np
 
 from foundation.contract.arrays import as_numpy
-
 from foundation.lens.vocab import as_token_rows
 
 RETURN_TYPES = ("logits", "loss", "both", None)

@@ -13,8 +13,6 @@ carry their leading space, and so do ``BytePairTokenizer``'s, which a GPT-2 chec
 
 from __future__ import annotations
 
-import numpy as np
-
 from foundation.contract.arrays import as_numpy
 from foundation.contract.checks import tokens_as_array
 
