@@ -44,9 +44,10 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positional == "learned":
             self.pos_embed = LearnedPositionalEmbedding(cfg, rng)
-        else:
+        elif cfg.positional == "sinusoidal":
             self.pos_embed = SinusoidalPositionalEncoding(cfg, rng)
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.positional != "rotary":  # rotary: positions enter inside attention, through q and k
+            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = [TransformerBlock(cfg, rng) for _ in range(cfg.n_layers)]
         if cfg.normalization == "pre":
             self.ln_final = LayerNorm.for_config(cfg)
@@ -64,8 +65,11 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         ``backward`` takes the gradient of the output, or starts from the loss (see ``backward``).
         """
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
-        pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
-        resid = embed + pos_embed  # [batch, pos, d_model]
+        if self.cfg.positional == "rotary":
+            resid = embed  # [batch, pos, d_model]
+        else:
+            pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
+            resid = embed + pos_embed  # [batch, pos, d_model]
         for block in self.blocks:
             resid = block(resid)  # [batch, pos, d_model]
         if self.cfg.normalization == "pre":
@@ -89,11 +93,12 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         for block in reversed(self.blocks):
             # forward: resid = block(resid)   (for each block; undo the last one first)
             dresid = block.backward(dresid)  # [batch, pos, d_model]
-        # forward: resid = embed + pos_embed
+        # forward: resid = embed + pos_embed   (rotary: resid = embed)
         dembed = self.hook_embed.backward(dresid)  # [batch, pos, d_model]
-        dpos_embed = self.hook_pos_embed.backward(dresid)  # [batch, pos, d_model]
         self.embed.backward(dembed)
-        self.pos_embed.backward(dpos_embed)
+        if self.cfg.positional != "rotary":
+            dpos_embed = self.hook_pos_embed.backward(dresid)  # [batch, pos, d_model]
+            self.pos_embed.backward(dpos_embed)
         # EXERCISE END
         return None
 

@@ -29,13 +29,13 @@ class TransformerBlock(Module):
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         if cfg.normalization is not None:
             self.ln1 = LayerNorm.for_config(cfg)
-        self.attn = MultiHeadAttention(cfg, rng)
+        self.attn = MultiHeadAttention.for_config(cfg, rng)
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         if not cfg.attn_only:
             self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
             if cfg.normalization is not None:
                 self.ln2 = LayerNorm.for_config(cfg)
-            self.mlp = FeedForward(cfg, rng)
+            self.mlp = FeedForward.for_config(cfg, rng)
             self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 

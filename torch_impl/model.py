@@ -46,9 +46,10 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positional == "learned":
             self.pos_embed = LearnedPositionalEmbedding(cfg, rng)
-        else:
+        elif cfg.positional == "sinusoidal":
             self.pos_embed = SinusoidalPositionalEncoding(cfg, rng)
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.positional != "rotary":  # rotary: positions enter inside attention, through q and k
+            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([TransformerBlock(cfg, rng) for _ in range(cfg.n_layers)])
         if cfg.normalization == "pre":
             self.ln_final = LayerNorm.for_config(cfg)
@@ -66,8 +67,11 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         Tokens go to the model's device.
         """
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
-        pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
-        resid = embed + pos_embed  # [batch, pos, d_model]
+        if self.cfg.positional == "rotary":
+            resid = embed  # [batch, pos, d_model]
+        else:
+            pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
+            resid = embed + pos_embed  # [batch, pos, d_model]
         for block in self.blocks:
             resid = block(resid)  # [batch, pos, d_model]
         if self.cfg.normalization == "pre":
