@@ -53,6 +53,8 @@ CONFIGS = {
     # GPT-J's adjacent pairs with LayerNorm, exact GELU and biases
     "rotary-adjacent": dict(positional_embedding_type="rotary", rotary_dim=2, rotary_adjacent_pairs=True,
                             act_fn="gelu", causal=True, unembed=True),
+    # GPT-NeoX (Pythia): attention and MLP side by side, partial rotary on split halves
+    "neox": dict(positional_embedding_type="rotary", rotary_dim=2, act_fn="gelu", parallel_attn_mlp=True),
 }
 
 

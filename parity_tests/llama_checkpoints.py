@@ -1,4 +1,4 @@
-"""Small Llama checkpoints for the tests, made here: nothing is downloaded.
+"""Small Llama and GPT-NeoX checkpoints for the tests, made here: nothing is downloaded.
 
 ``make_llama_checkpoint`` builds ``transformers``' ``LlamaForCausalLM`` from a small ``LlamaConfig``
 with random weights (RMSNorm weights near 1, never all ones; biases non-zero where the config has
@@ -18,6 +18,7 @@ import pytest
 transformers = pytest.importorskip("transformers", reason="transformers is needed to make a Llama checkpoint "
                                                           "(pip install transformers, or the test extra)")
 import torch  # noqa: E402
+from transformers.models.gpt_neox import modeling_gpt_neox  # noqa: E402
 from transformers.models.llama import modeling_llama  # noqa: E402
 
 TEXT = ["the cat sat on the mat", "the dog sat on the log", "a small model reads every line"] * 4
@@ -39,19 +40,34 @@ def train_tokenizer(folder, vocab_size=SMALL["vocab_size"]):
     return tokenizer.get_vocab_size()
 
 
-def random_llama(dtype="float64", seed=0, **overrides):
-    """LlamaForCausalLM with random weights, SDPA attention, in eval mode."""
-    config = transformers.LlamaConfig(**{**SMALL, **overrides}, attn_implementation="sdpa")
-    model = transformers.LlamaForCausalLM(config).to(getattr(torch, dtype)).eval()
+# Pythia's shape, small: partial rotary (a quarter of each head), parallel attention and MLP, exact GELU
+NEOX = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=16, rotary_pct=0.25, rotary_emb_base=500, hidden_act="gelu",
+            use_parallel_residual=True, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+
+
+def random_llama(dtype="float64", seed=0, family="llama", **overrides):
+    """LlamaForCausalLM (or GPTNeoXForCausalLM) with random weights, SDPA attention, in eval mode."""
+    if family == "llama":
+        config = transformers.LlamaConfig(**{**SMALL, **overrides}, attn_implementation="sdpa")
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        fields = {**NEOX, **overrides}
+        factor, theta = fields.pop("rotary_pct"), fields.pop("rotary_emb_base")
+        config = transformers.GPTNeoXConfig(**fields, attn_implementation="sdpa",
+                                            rope_parameters={"rope_type": "default", "rope_theta": theta,
+                                                             "partial_rotary_factor": factor})
+        model = transformers.GPTNeoXForCausalLM(config)
+    model = model.to(getattr(torch, dtype)).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=generator, dtype=torch.float64)
-            if name.endswith("layernorm.weight") or name == "model.norm.weight":
+            if name.endswith(("layernorm.weight", "norm.weight")):
                 value = 1 + 0.2 * noise  # near 1, never all ones
             elif p.ndim == 1:
                 value = 0.2 * noise  # biases: non-zero
-            elif "embed_tokens" in name:
+            elif "embed_tokens" in name or "embed_in" in name:
                 value = noise
             else:
                 value = noise / np.sqrt(p.shape[1])  # nn.Linear's [out, in]
@@ -59,9 +75,10 @@ def random_llama(dtype="float64", seed=0, **overrides):
     return model
 
 
-def make_llama_checkpoint(folder, dtype="float64", seed=0, tokenizer=True, max_shard_size=None, **overrides):
-    """Save a random Llama (and, by default, the tiny tokenizer) in ``folder``; returns the HF model."""
-    model = random_llama(dtype, seed, **overrides)
+def make_llama_checkpoint(folder, dtype="float64", seed=0, tokenizer=True, max_shard_size=None, family="llama",
+                          **overrides):
+    """Save a random Llama or GPT-NeoX (and, by default, the tiny tokenizer) in ``folder``; returns the HF model."""
+    model = random_llama(dtype, seed, family, **overrides)
     if max_shard_size is None:
         model.save_pretrained(str(folder))
     else:
@@ -89,11 +106,14 @@ def _rms_norm_forward(self, hidden_states):
 
 @contextlib.contextmanager
 def exact_float64():
-    """transformers' Llama with its rotary angles and RMSNorm in the model's dtype (float32 otherwise)."""
-    saved = modeling_llama.LlamaRotaryEmbedding.forward, modeling_llama.LlamaRMSNorm.forward
+    """transformers' Llama and GPT-NeoX with rotary angles and RMSNorm in the model's dtype (float32 otherwise)."""
+    saved = (modeling_llama.LlamaRotaryEmbedding.forward, modeling_llama.LlamaRMSNorm.forward,
+             modeling_gpt_neox.GPTNeoXRotaryEmbedding.forward)
     modeling_llama.LlamaRotaryEmbedding.forward = _rotary_forward
     modeling_llama.LlamaRMSNorm.forward = _rms_norm_forward
+    modeling_gpt_neox.GPTNeoXRotaryEmbedding.forward = _rotary_forward
     try:
         yield
     finally:
-        modeling_llama.LlamaRotaryEmbedding.forward, modeling_llama.LlamaRMSNorm.forward = saved
+        (modeling_llama.LlamaRotaryEmbedding.forward, modeling_llama.LlamaRMSNorm.forward,
+         modeling_gpt_neox.GPTNeoXRotaryEmbedding.forward) = saved

@@ -257,6 +257,9 @@ LLAMA = {"normalization_type": "RMS", "eps": 1e-6, "positional_embedding_type": 
         ("GroupedQueryAttention", {**LLAMA, "n_key_value_heads": 1, "attn_bias": True}),  # one group of 2
         ("GroupedQueryAttention", {**LLAMA, "n_heads": 4, "n_key_value_heads": 1, "rotary_dim": 2}),  # groups of 4
         ("TransformerBlock", {**LLAMA, "n_key_value_heads": 1}),
+        ("TransformerBlock", {"positional_embedding_type": "rotary", "d_head": 4, "rotary_dim": 2, "act_fn": "gelu",
+                              "parallel_attn_mlp": True}),  # GPT-NeoX's block
+        ("TransformerBlock", {**LLAMA, "normalization": None, "normalization_type": None, "parallel_attn_mlp": True}),
         ("Transformer", {**LLAMA, "n_heads": 4, "n_key_value_heads": 2}),
     ],
 )

@@ -110,22 +110,23 @@ MODELS = list(itertools.product(
     [False, True],  # rotary_adjacent_pairs
     ["RMS", "LN"],  # normalization_type
     [True, False],  # gated_mlp (SwiGLU) or GELU
+    [False, True],  # parallel_attn_mlp (GPT-NeoX)
     DTYPES,
 ))
 
 
-def model_cfg(n_key_value_heads, rotary_dim, adjacent, norm, gated, dtype):
+def model_cfg(n_key_value_heads, rotary_dim, adjacent, norm, gated, parallel, dtype):
     mlp = dict(act_fn="silu", gated_mlp=True, mlp_bias=False) if gated else dict(act_fn="gelu", gated_mlp=False,
                                                                                mlp_bias=True)
     return llama_cfg(dtype, n_key_value_heads=n_key_value_heads, rotary_dim=rotary_dim, rotary_adjacent_pairs=adjacent,
-                     normalization_type=norm, eps=1e-6 if norm == "RMS" else 1e-5, **mlp)
+                     normalization_type=norm, eps=1e-6 if norm == "RMS" else 1e-5, parallel_attn_mlp=parallel, **mlp)
 
 
-@pytest.mark.parametrize("n_key_value_heads, rotary_dim, adjacent, norm, gated, dtype",
+@pytest.mark.parametrize("n_key_value_heads, rotary_dim, adjacent, norm, gated, parallel, dtype",
                          pairwise_then_slow(MODELS, ids=["-".join(map(str, case)) for case in MODELS]))
-def test_model_parity(n_key_value_heads, rotary_dim, adjacent, norm, gated, dtype, tmp_path):
+def test_model_parity(n_key_value_heads, rotary_dim, adjacent, norm, gated, parallel, dtype, tmp_path):
     """The whole model, with its weights carried by a file, and the gradient at every hook point."""
-    cfg = model_cfg(n_key_value_heads, rotary_dim, adjacent, norm, gated, dtype)
+    cfg = model_cfg(n_key_value_heads, rotary_dim, adjacent, norm, gated, parallel, dtype)
     model = randomize(npi.Transformer(cfg, seed=0), 1)
     model.save(tmp_path / "w.npz")
     twin = pti.Transformer.load(tmp_path / "w.npz")
@@ -141,6 +142,7 @@ def test_model_parity(n_key_value_heads, rotary_dim, adjacent, norm, gated, dtyp
         compare_grads(model, twin, dtype)
         assert set(cache.keys()) == set(cache_t.keys())
         assert "blocks.0.attn.hook_rot_q" in cache and "blocks.0.attn.hook_rot_k_grad" in cache
+        assert ("blocks.0.hook_resid_mid" in cache) != parallel, "a parallel block has no resid_mid"
         for name in cache.keys():
             a, b = cache[name], cache_t[name].detach().numpy()
             assert a.shape == b.shape, name

@@ -1,8 +1,9 @@
-"""Both twins read a Llama checkpoint and compute what ``transformers`` computes, to 1e-12 relative.
+"""Both twins read Llama and GPT-NeoX checkpoints and compute what ``transformers`` computes, to 1e-12.
 
 The checkpoints are random float64 ``LlamaForCausalLM`` models built here (``llama_checkpoints.py``):
 grouped-query and plain attention, tied and untied embeddings, with and without attention
-biases, one file or shards. Compared: the logits, the next-token loss (computed by hand in
+biases, one file or shards; and ``GPTNeoXForCausalLM`` models shaped as Pythia (partial rotary,
+parallel attention and MLP, exact GELU), and one with the sequential residual. Compared: the logits, the next-token loss (computed by hand in
 float64 from transformers' logits: its own loss upcasts to float32), every parameter gradient
 and the gradient at the residual stream after every layer. transformers runs patched so that
 its rotary angles and RMSNorm compute in float64 (``exact_float64``), with SDPA attention.
@@ -24,6 +25,9 @@ CASES = {
     "grouped": {},
     "plain-tied-biases": dict(num_key_value_heads=4, tie_word_embeddings=True, attention_bias=True),
     "one-kv-head-sharded": dict(num_key_value_heads=1, max_shard_size="20KB"),
+    "neox-pythia": dict(family="gpt_neox"),
+    "neox-sequential-half-rotary": dict(family="gpt_neox", use_parallel_residual=False, rotary_pct=0.5,
+                                        hidden_act="gelu_new"),
 }
 
 
@@ -36,7 +40,8 @@ def hf_reference(hf_model, tokens):
         hidden.retain_grad()
         residuals.append(hidden)
 
-    handles = [layer.register_forward_hook(keep) for layer in hf_model.model.layers]
+    layers = hf_model.model.layers if hasattr(hf_model, "model") else hf_model.gpt_neox.layers
+    handles = [layer.register_forward_hook(keep) for layer in layers]
     hf_model.zero_grad()
     with exact_float64():
         logits = hf_model(torch.from_numpy(tokens)).logits  # [batch, pos, d_vocab]
@@ -50,17 +55,18 @@ def hf_reference(hf_model, tokens):
     return logits.detach().numpy(), loss.item(), grads, [r.grad.numpy() for r in residuals]
 
 
-def our_gradients(model, hf_grads, cfg, tied):
+def our_gradients(model, hf_grads, cfg, tied, family="llama"):
     """{our name: (ours, transformers')} for every parameter transformers has."""
-    from foundation.files.llama import llama_state_dict
+    from foundation.files.llama import llama_state_dict, neox_state_dict
 
-    hf_as_ours = llama_state_dict(hf_grads, cfg, tied)
+    hf_as_ours = (llama_state_dict if family == "llama" else neox_state_dict)(hf_grads, cfg, tied)
+    embedding = "model.embed_tokens.weight" if family == "llama" else "gpt_neox.embed_in.weight"
     ours = {name: p.grad for name, p in model.named_parameters()}
     if not isinstance(next(iter(ours.values())), np.ndarray):
         ours = {name: g.numpy() for name, g in ours.items()}
     pairs = {name: (ours[name], hf_as_ours[name]) for name in hf_as_ours if name not in ("unembed.b_U", "unembed.W_U")}
     if tied:  # one matrix used twice: its gradient is the sum of both uses
-        pairs["embed.W_E"] = (ours["embed.W_E"] + ours["unembed.W_U"].T, hf_grads["model.embed_tokens.weight"])
+        pairs["embed.W_E"] = (ours["embed.W_E"] + ours["unembed.W_U"].T, hf_grads[embedding])
     else:
         pairs["unembed.W_U"] = (ours["unembed.W_U"], hf_as_ours["unembed.W_U"])
     return pairs
@@ -70,6 +76,8 @@ def our_gradients(model, hf_grads, cfg, tied):
 def checkpoint(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     hf_model = make_llama_checkpoint(folder, **CASES[request.param])
+    if "family" not in CASES[request.param]:
+        assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
     return request.param, folder, hf_model
 
 
@@ -80,9 +88,15 @@ def test_twin_matches_transformers(checkpoint, twin):
     model = package.Transformer.from_pretrained(folder)
     cfg = model.cfg
     overrides = CASES[name]
-    assert cfg.normalization_type == "RMS" and cfg.positional == "rotary" and cfg.gated_mlp
-    assert cfg.n_key_value_heads == (None if overrides.get("num_key_value_heads") == 4
-                                     else overrides.get("num_key_value_heads", 2))
+    family = overrides.get("family", "llama")
+    if family == "llama":
+        assert cfg.normalization_type == "RMS" and cfg.positional == "rotary" and cfg.gated_mlp
+        assert cfg.n_key_value_heads == (None if overrides.get("num_key_value_heads") == 4
+                                         else overrides.get("num_key_value_heads", 2))
+    else:
+        assert cfg.normalization_type == "LN" and cfg.positional == "rotary" and not cfg.gated_mlp
+        assert cfg.rotary_dim == cfg.d_head * overrides.get("rotary_pct", 0.25)
+        assert cfg.parallel_attn_mlp == overrides.get("use_parallel_residual", True)
     tokens = np.random.default_rng(3).integers(0, SMALL["vocab_size"], (2, SMALL["max_position_embeddings"]))
     logits, loss, hf_grads, hf_residual_grads = hf_reference(hf_model, tokens)
     if twin == "numpy":
@@ -95,9 +109,11 @@ def test_twin_matches_transformers(checkpoint, twin):
         out = out.detach().numpy()
     assert rel_err(out, logits) <= TOL, f"logits {rel_err(out, logits):.1e}"
     assert abs(float(our_loss) - loss) <= TOL * abs(loss)
-    pairs = our_gradients(model, hf_grads, cfg, bool(overrides.get("tie_word_embeddings")))
+    pairs = our_gradients(model, hf_grads, cfg, bool(overrides.get("tie_word_embeddings")), family)
     errors = relative_errors({k: a for k, (a, _) in pairs.items()}, {k: b for k, (_, b) in pairs.items()})
-    assert set(errors) >= {"blocks.0.attn.W_Q", "blocks.0.mlp.W_gate", "ln_final.w", "embed.W_E"}
+    assert set(errors) >= {"blocks.0.attn.W_Q", "blocks.0.mlp.W_in", "ln_final.w", "embed.W_E"}
+    split = 2 * cfg.n_layers * (1 + cfg.attn_bias) if family == "gpt_neox" else 0  # query_key_value: 3 of ours
+    assert len(errors) == len(dict(hf_model.named_parameters())) + split, "every parameter of transformers' model"
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOL, f"{worst}: {errors[worst]:.1e}"
     for i, hf_grad in enumerate(hf_residual_grads):

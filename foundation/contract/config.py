@@ -56,6 +56,7 @@ class TransformerConfig:
     n_key_value_heads: Optional[int] = None  # grouped-query attention: key/value heads, each shared by a group
     attn_bias: bool = True                # b_Q, b_K, b_V, b_O are parameters; False: fixed zeros (Llama)
     mlp_bias: bool = True                 # b_in, b_out are parameters; False: none (the gated MLP has none)
+    parallel_attn_mlp: bool = False       # GPT-NeoX, GPT-J: attention and MLP both read resid_pre, their sum is added
 
     def __post_init__(self):
         for field in dataclasses.fields(self):  # NumPy scalars become the Python values they stand for
@@ -86,7 +87,7 @@ class TransformerConfig:
         _check_choice("positional", self.positional, POSITIONALS)
         _check_choice("dtype", self.dtype, DTYPES)
         for name in ("causal", "attn_only", "unembed", "rotary_adjacent_pairs", "gated_mlp", "attn_bias",
-                     "mlp_bias"):
+                     "mlp_bias", "parallel_attn_mlp"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         self._check_llama_family()
@@ -124,6 +125,9 @@ class TransformerConfig:
             raise ValueError("act_fn='silu' is for the gated MLP here: set gated_mlp=True (SwiGLU)")
         if self.gated_mlp and self.mlp_bias:
             raise ValueError("gated_mlp=True has no biases here (W_gate, W_in, W_out, as Llama's): set mlp_bias=False")
+        if self.parallel_attn_mlp and (self.attn_only or self.normalization == "post"):
+            raise ValueError("parallel_attn_mlp=True needs an MLP beside attention, with normalization 'pre' or None "
+                             f"(got attn_only={self.attn_only}, normalization={self.normalization!r})")
         if self.n_key_value_heads is not None:
             _check_positive_int("n_key_value_heads", self.n_key_value_heads)
             if self.n_heads % self.n_key_value_heads:
@@ -202,7 +206,7 @@ class TransformerConfig:
                                  f"(only its default {default!r} is)")
         mapped = {name: fields[name] for name in ("d_vocab", "d_model", "n_ctx", "n_layers", "d_head", "d_mlp",
                                                   "attn_only", "gated_mlp", "n_key_value_heads", "rotary_base",
-                                                  "rotary_adjacent_pairs") if name in fields}
+                                                  "rotary_adjacent_pairs", "parallel_attn_mlp") if name in fields}
         if mapped.get("d_vocab", -1) == -1:
             raise ValueError("d_vocab must be given (TransformerLens reads it off a tokenizer; here there is none)")
         if fields.get("n_heads", -1) == -1:
@@ -249,7 +253,7 @@ class TransformerConfig:
 # TransformerLens's HookedTransformerConfig fields: mapped onto this project's (see from_transformer_lens) ...
 TL_MAPPED = ("d_vocab", "d_model", "n_ctx", "n_layers", "d_head", "n_heads", "d_mlp", "act_fn", "attn_only",
              "normalization_type", "positional_embedding_type", "attention_dir", "dtype", "eps", "d_vocab_out",
-             "gated_mlp", "n_key_value_heads", "rotary_base", "rotary_adjacent_pairs")
+             "gated_mlp", "n_key_value_heads", "rotary_base", "rotary_adjacent_pairs", "parallel_attn_mlp")
 # ... where the weights come from or live, or what only rotary embeddings read: nothing this model computes ...
 TL_BOOKKEEPING = ("model_name", "original_architecture", "from_checkpoint", "checkpoint_index",
                   "checkpoint_label_type", "checkpoint_value", "tokenizer_name", "device", "n_devices", "n_params",
@@ -259,7 +263,7 @@ TL_BOOKKEEPING = ("model_name", "original_architecture", "from_checkpoint", "che
 TL_DEFAULTS = {"use_attn_result": False, "use_split_qkv_input": False, "use_hook_mlp_in": False, "use_attn_in": False,
                "use_local_attn": False, "window_size": None, "attn_types": None,
                "ungroup_grouped_query_attention": False, "use_attn_scale": True, "attn_scale": -1.0,
-               "scale_attn_by_inverse_layer_idx": False, "final_rms": False, "parallel_attn_mlp": False,
+               "scale_attn_by_inverse_layer_idx": False, "final_rms": False,
                "use_hook_tokens": False, "post_embedding_ln": False,
                "load_in_4bit": False, "num_experts": None, "experts_per_token": None,
                "relative_attention_max_distance": None, "relative_attention_num_buckets": None,

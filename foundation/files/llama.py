@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -50,6 +51,9 @@ from foundation.contract.config import TransformerConfig
 from foundation.files.weights import MAX_CONFIG_BYTES, MAX_FIXED_BYTES
 
 INDEX_FILE = "model.safetensors.index.json"
+# older GPT-NeoX files also hold each layer's causal mask, its fill value and the rotary frequencies: fixed
+# buffers, not parameters; the twins build their own, so these are skipped
+NEOX_BUFFERS = re.compile(r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)")
 TOKENIZER_FILE = "tokenizer.json"
 
 LLAMA_DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
@@ -76,21 +80,28 @@ class Refused(Exception):
 
 
 def read_family(folder, hf, n_ctx=None):
-    """A Llama folder and its config.json dict -> (TransformerConfig, state_dict {key: ndarray})."""
+    """A Llama or GPT-NeoX folder and its config.json dict -> (TransformerConfig, state_dict {key: ndarray})."""
     headers = tensor_headers(folder)
     dtype = _file_dtype({name: kind for name, (_, _, kind) in headers.items()})
-    cfg, tied = llama_config(hf, dtype, n_ctx)
-    expected = llama_shapes(cfg, tied)
-    convert = llama_state_dict
-    found = {name: shape for name, (_, shape, _) in headers.items()}
-    if tied and "lm_head.weight" in found:  # a tied file may hold it too: it must agree
-        expected = dict(expected, **{"lm_head.weight": expected["model.embed_tokens.weight"]})
+    found = {name: shape for name, (_, shape, _) in headers.items() if not NEOX_BUFFERS.fullmatch(name)}
+    if hf.get("model_type") == "llama":
+        cfg, tied = llama_config(hf, dtype, n_ctx)
+        expected = llama_shapes(cfg, tied)
+        convert = llama_state_dict
+    else:
+        cfg, tied = neox_config(hf, dtype, n_ctx)
+        head = "embed_out.weight" if "embed_out.weight" in found else "lm_head.weight"  # older and newer files
+        expected = neox_shapes(cfg, tied, head)
+        convert = neox_state_dict
+    embedding = "model.embed_tokens.weight" if hf.get("model_type") == "llama" else "gpt_neox.embed_in.weight"
+    head = next((name for name in ("lm_head.weight", "embed_out.weight") if name in found), None)
+    if tied and head is not None:  # a tied file may hold the head too: it must agree
+        expected = dict(expected, **{head: expected[embedding]})
     _check_tensors(found, expected)
     tensors = read_tensors(headers, expected)
-    if tied and "lm_head.weight" in tensors:
-        if not np.array_equal(tensors["lm_head.weight"], tensors["model.embed_tokens.weight"]):
-            raise Refused("lm_head.weight differs from model.embed_tokens.weight, but config.json says "
-                          "tie_word_embeddings is true")
+    if tied and head is not None:
+        if not np.array_equal(tensors[head], tensors[embedding]):
+            raise Refused(f"{head} differs from {embedding}, but config.json says tie_word_embeddings is true")
     return cfg, convert(tensors, cfg, tied)
 
 
@@ -311,6 +322,105 @@ def llama_state_dict(tensors, cfg, tied):
     unembedding = tensors["model.embed_tokens.weight"] if tied else tensors["lm_head.weight"]  # [d_vocab, d_model]
     state_dict["unembed.W_U"] = unembedding.T  # [d_model, d_vocab]
     state_dict["unembed.b_U"] = np.zeros(cfg.d_vocab, dtype=cfg.dtype)  # [d_vocab]: Llama's head has no bias
+    return state_dict
+
+
+# --- GPT-NeoX (Pythia) ---------------------------------------------------------------------------
+
+NEOX_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "relu": "relu"}
+
+
+def neox_config(hf, dtype, n_ctx=None):
+    """config.json's fields and the file's dtype -> (TransformerConfig, tied)."""
+    check_fixed(hf)
+    fields = {name: hf.get(name, default) for name, default in NEOX_DEFAULTS.items()}
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        _check_positive_int(name, fields[name])
+    n_heads, d_model = fields["num_attention_heads"], fields["hidden_size"]
+    if d_model % n_heads:
+        raise ValueError(f"config.json: hidden_size ({d_model}) must be divisible by num_attention_heads ({n_heads})")
+    activation = fields["hidden_act"]
+    if not isinstance(activation, str) or activation not in NEOX_ACTIVATIONS:
+        raise ValueError(f"config.json: hidden_act is {activation!r}; the twins compute {sorted(NEOX_ACTIVATIONS)}")
+    if fields["layer_norm_eps"] != 1e-5:
+        raise ValueError(f"config.json: layer_norm_eps is {fields['layer_norm_eps']!r}; the twins' LayerNorm "
+                         "uses eps = 1e-5")
+    for name in ("tie_word_embeddings", "use_parallel_residual", "attention_bias"):
+        if not isinstance(fields[name], bool):
+            raise ValueError(f"config.json: {name} must be a bool, got {fields[name]!r}")
+    theta, factor = rope_fields(hf)
+    d_head = d_model // n_heads
+    rotary_dim = int(d_head * factor)  # transformers' own rounding of the rotated width
+    if rotary_dim < 2 or rotary_dim % 2:
+        raise ValueError(f"config.json: partial_rotary_factor {factor!r} of head_dim {d_head} rotates {rotary_dim} "
+                         "entries; the twins rotate an even number, at least 2")
+    try:
+        cfg = TransformerConfig(
+            d_vocab=fields["vocab_size"], d_model=d_model, n_heads=n_heads, n_layers=fields["num_hidden_layers"],
+            n_ctx=_n_ctx(hf | fields, fields["num_hidden_layers"], n_ctx), d_mlp=fields["intermediate_size"],
+            act_fn=NEOX_ACTIVATIONS[activation], normalization="pre", normalization_type="LN",
+            positional_embedding_type="rotary", rotary_dim=rotary_dim, rotary_base=theta,
+            rotary_adjacent_pairs=False, parallel_attn_mlp=fields["use_parallel_residual"],
+            attn_bias=fields["attention_bias"], causal=True, unembed=True, dtype=dtype,
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config.json describes a model the twins cannot build: {error}") from None
+    return cfg, fields["tie_word_embeddings"]
+
+
+def neox_shapes(cfg, tied, head="embed_out.weight"):
+    """{Hugging Face name: shape} of the tensors a GPTNeoXForCausalLM of ``cfg`` holds."""
+    d_model, d_mlp = cfg.d_model, cfg.d_mlp
+    shapes = {"gpt_neox.embed_in.weight": (cfg.d_vocab, d_model)}
+    for i in range(cfg.n_layers):
+        layer = f"gpt_neox.layers.{i}."
+        shapes.update({
+            layer + "input_layernorm.weight": (d_model,), layer + "input_layernorm.bias": (d_model,),
+            layer + "post_attention_layernorm.weight": (d_model,), layer + "post_attention_layernorm.bias": (d_model,),
+            layer + "attention.query_key_value.weight": (3 * d_model, d_model),
+            layer + "attention.dense.weight": (d_model, d_model),
+            layer + "mlp.dense_h_to_4h.weight": (d_mlp, d_model), layer + "mlp.dense_h_to_4h.bias": (d_mlp,),
+            layer + "mlp.dense_4h_to_h.weight": (d_model, d_mlp), layer + "mlp.dense_4h_to_h.bias": (d_model,),
+        })
+        if cfg.attn_bias:
+            shapes.update({layer + "attention.query_key_value.bias": (3 * d_model,),
+                           layer + "attention.dense.bias": (d_model,)})
+    shapes.update({"gpt_neox.final_layer_norm.weight": (d_model,), "gpt_neox.final_layer_norm.bias": (d_model,)})
+    if not tied:
+        shapes[head] = (cfg.d_vocab, d_model)
+    return shapes
+
+
+def neox_state_dict(tensors, cfg, tied):
+    """Hugging Face GPT-NeoX tensors {name: ndarray} -> this project's state_dict (the table above)."""
+    n_heads, d_head, d_model = cfg.n_heads, cfg.d_head, cfg.d_model
+    state_dict = {"embed.W_E": tensors["gpt_neox.embed_in.weight"]}
+    for i in range(cfg.n_layers):
+        hf, ours = f"gpt_neox.layers.{i}.", f"blocks.{i}."
+        state_dict[ours + "ln1.w"] = tensors[hf + "input_layernorm.weight"]
+        state_dict[ours + "ln1.b"] = tensors[hf + "input_layernorm.bias"]
+        # query_key_value's rows are head by head, each q | k | v: [n_heads * 3 * d_head, d_model]
+        qkv = tensors[hf + "attention.query_key_value.weight"].reshape(n_heads, 3, d_head, d_model)
+        for j, name in enumerate("QKV"):
+            state_dict[ours + f"attn.W_{name}"] = qkv[:, j].transpose(0, 2, 1)  # [n_heads, d_model, d_head]
+        # dense [d_model, n_heads * d_head]: its columns are the heads' z -> [n_heads, d_head, d_model]
+        state_dict[ours + "attn.W_O"] = tensors[hf + "attention.dense.weight"].T.reshape(n_heads, d_head, d_model)
+        if cfg.attn_bias:
+            qkv_bias = tensors[hf + "attention.query_key_value.bias"].reshape(n_heads, 3, d_head)
+            for j, name in enumerate("QKV"):
+                state_dict[ours + f"attn.b_{name}"] = qkv_bias[:, j]  # [n_heads, d_head]
+            state_dict[ours + "attn.b_O"] = tensors[hf + "attention.dense.bias"]
+        state_dict[ours + "ln2.w"] = tensors[hf + "post_attention_layernorm.weight"]
+        state_dict[ours + "ln2.b"] = tensors[hf + "post_attention_layernorm.bias"]
+        state_dict[ours + "mlp.W_in"] = tensors[hf + "mlp.dense_h_to_4h.weight"].T  # [d_model, d_mlp]
+        state_dict[ours + "mlp.b_in"] = tensors[hf + "mlp.dense_h_to_4h.bias"]
+        state_dict[ours + "mlp.W_out"] = tensors[hf + "mlp.dense_4h_to_h.weight"].T  # [d_mlp, d_model]
+        state_dict[ours + "mlp.b_out"] = tensors[hf + "mlp.dense_4h_to_h.bias"]
+    state_dict["ln_final.w"] = tensors["gpt_neox.final_layer_norm.weight"]
+    state_dict["ln_final.b"] = tensors["gpt_neox.final_layer_norm.bias"]
+    head = next(name for name in ("embed_out.weight", "lm_head.weight", "gpt_neox.embed_in.weight") if name in tensors)
+    state_dict["unembed.W_U"] = tensors[head].T  # [d_model, d_vocab]
+    state_dict["unembed.b_U"] = np.zeros(cfg.d_vocab, dtype=cfg.dtype)  # [d_vocab]: no bias
     return state_dict
 
 

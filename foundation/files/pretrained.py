@@ -83,7 +83,7 @@ FIXED = {
 def read_pretrained(folder, n_ctx=None):
     """A Hugging Face checkpoint folder -> (TransformerConfig, state_dict, tokenizer or None), by its model_type.
 
-    "gpt2" is read here; "llama" by ``foundation.files.llama``. ``n_ctx`` (Llama only) caps the
+    "gpt2" is read here; "llama" and "gpt_neox" by ``foundation.files.llama``. ``n_ctx`` (not GPT-2) caps the
     longest sequence below config.json's max_position_embeddings, which sets the causal mask's size.
     """
     folder = checkpoint_folder(folder)
@@ -94,7 +94,7 @@ def read_pretrained(folder, n_ctx=None):
             raise ValueError("n_ctx is read from a GPT-2 checkpoint's n_positions; leave it out")
         cfg, state_dict = read_gpt2(folder)
         return cfg, state_dict, read_gpt2_tokenizer(folder, cfg.d_vocab)
-    if model_type == "llama":
+    if model_type in ("llama", "gpt_neox"):
         from foundation.files.llama import Refused, read_family
 
         try:
@@ -102,7 +102,8 @@ def read_pretrained(folder, n_ctx=None):
         except Refused as error:
             raise ValueError(f"{folder!r}: {error}") from None
         return cfg, state_dict, read_json_tokenizer(folder, cfg.d_vocab, hf_config)
-    raise ValueError(f"config.json: model_type is {model_type!r}; the twins read 'gpt2' and 'llama' checkpoints")
+    raise ValueError(f"config.json: model_type is {model_type!r}; the twins read 'gpt2', 'llama' and 'gpt_neox' "
+                     "checkpoints")
 
 
 def read_json_tokenizer(folder, d_vocab, hf_config):
