@@ -1,14 +1,15 @@
-"""``python demo.py gpt2 --model DIR``: a Hugging Face GPT-2 checkpoint in both twins.
+"""``python demo.py gpt2 --model DIR``: a Hugging Face checkpoint (GPT-2, Llama or GPT-NeoX) in both twins.
 
 DIR is a folder as ``transformers``' ``save_pretrained`` writes it: ``config.json`` and
-``model.safetensors`` (and, for text, GPT-2's ``vocab.json`` and ``merges.txt``). Nothing is
-downloaded. The tour loads the checkpoint into the NumPy reference and the torch twin, runs the
+``model.safetensors`` or its shards (and, for text, GPT-2's ``vocab.json`` and ``merges.txt``, or
+``tokenizer.json``). Nothing is downloaded; ``--make-tiny llama`` (or ``gpt_neox``) first writes a
+tiny random checkpoint into DIR (``tours/tiny_checkpoints.py``). The tour loads the checkpoint into the NumPy reference and the torch twin, runs the
 next-token loss forward and backward through both (the NumPy gradients from the hand-written
 backward) and prints how far apart they are, generates greedily from both, and draws the
 attention patterns (every head, the previous-token scores, the most previous-token head) and
 the logit lens of the prompt.
 
-Without ``vocab.json`` and ``merges.txt``, ``--prompt`` is token ids ("464 3290 318").
+Without a tokenizer, ``--prompt`` is token ids ("464 3290 318").
 """
 
 import os
@@ -22,7 +23,10 @@ DEFAULT_IDS = 8  # without a tokenizer and a prompt: 8 random ids, then the same
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True, metavar="DIR",
-                        help="a GPT-2 checkpoint folder: config.json and model.safetensors (save_pretrained's)")
+                        help="a GPT-2, Llama or GPT-NeoX checkpoint folder: config.json and model.safetensors "
+                             "(save_pretrained's)")
+    parser.add_argument("--make-tiny", choices=("llama", "gpt_neox"), default=None,
+                        help="first write a tiny random checkpoint of this family (and its tokenizer.json) into DIR")
     parser.add_argument("--prompt", default=None,
                         help=f"text (with vocab.json and merges.txt in DIR; default {DEFAULT_TEXT!r}) or token ids "
                              "separated by spaces or commas (default without them: random ids, repeated once)")
@@ -42,16 +46,28 @@ def run(args):
     if args.new_tokens < 0:
         raise ValueError(f"--new-tokens must be a non-negative int, got {args.new_tokens}")
     os.makedirs(args.out, exist_ok=True)
+    if args.make_tiny is not None:
+        from tours.tiny_checkpoints import make_llama_checkpoint
+
+        os.makedirs(args.model, exist_ok=True)
+        make_llama_checkpoint(args.model, family=args.make_tiny, max_position_embeddings=32)
+        print(f"Wrote a tiny random {args.make_tiny} checkpoint (float64) and its tokenizer.json into {args.model}")
     start = time.perf_counter()
     model = npi.Transformer.from_pretrained(args.model)
     twin = pti.Transformer.from_pretrained(args.model)
     cfg = model.cfg
-    n_params = sum(p.data.size for name, p in model.named_parameters() if not name.startswith("unembed."))
-    print(f"Loaded {args.model} into both twins in {time.perf_counter() - start:.1f} s:")
+    tied = np.array_equal(model.unembed.W_U.data, model.embed.W_E.data.T)  # as loaded: one matrix, or two
+    n_params = sum(p.data.size for name, p in model.named_parameters() if not (tied and name.startswith("unembed.")))
+    print(f"Loaded {args.model} ({family(cfg)}) into both twins in {time.perf_counter() - start:.1f} s:")
     print(f"  {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.d_head}, d_mlp {cfg.d_mlp}, "
-          f"d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}, {cfg.act_fn}, {cfg.dtype}; "
-          f"{n_params:,} parameters (counted as GPT-2 counts them: the unembedding is the embedding, transposed)")
-    print(f"  tokenizer: {'byte-level BPE from vocab.json and merges.txt' if model.tokenizer else 'none (token ids)'}")
+          f"d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}, {cfg.act_fn}, {cfg.dtype}; {n_params:,} parameters"
+          + (" (the unembedding is the embedding, transposed, counted once)" if tied else ""))
+    if cfg.positional == "rotary":
+        print(f"  {cfg.normalization_type} norms, rotary on {cfg.rotary_dim} of {cfg.d_head} (base {cfg.rotary_base:g})"
+              + (f", {cfg.n_key_value_heads} key/value heads" if cfg.n_key_value_heads else "")
+              + (", SwiGLU" if cfg.gated_mlp else "") + (", attention and MLP in parallel" if cfg.parallel_attn_mlp
+                                                         else ""))
+    print(f"  tokenizer: {tokenizer_kind(model)}")
 
     tokens, note = prompt_tokens(model, args.prompt, args.new_tokens)
     labels = token_labels(model, tokens[0])
@@ -61,12 +77,27 @@ def run(args):
     if model.tokenizer is not None:
         print(f"  as text pieces: {labels}")
 
-    show_agreement(model, twin, tokens)
+    show_agreement(model, twin, tokens, tied)
     show_generation(model, twin, tokens, args.new_tokens)
-    figures = show_figures(model, tokens, labels, args.out)
+    figures = show_figures(model, tokens, labels, args.out, family(cfg))
     heading("Figures")
     for path in figures:
         print(f"  {path}")
+
+
+def family(cfg):
+    """The checkpoint's family, from what its config computes."""
+    if cfg.positional != "rotary":
+        return "GPT-2"
+    return "GPT-NeoX" if cfg.parallel_attn_mlp or cfg.normalization_type == "LN" else "Llama"
+
+
+def tokenizer_kind(model):
+    if model.tokenizer is None:
+        return "none (token ids)"
+    if hasattr(model.tokenizer, "END_OF_TEXT"):
+        return "byte-level BPE from vocab.json and merges.txt"
+    return "tokenizer.json (tokenizers)"
 
 
 def prompt_tokens(model, prompt, new_tokens):
@@ -77,18 +108,19 @@ def prompt_tokens(model, prompt, new_tokens):
         if not text.strip():
             raise ValueError("--prompt is empty")
         tokens = np.asarray(model.to_tokens(text))  # [1, pos], <|endoftext|> first, as TransformerLens does
-        note = f"{text!r}, byte-level BPE, {'<|endoftext|> prepended' if model.tokenizer.bos_token else 'no BOS'}"
+        bos = model.tokenizer.bos_token
+        note = f"{text!r}, {tokenizer_kind(model).split(' from')[0]}, {f'{bos} prepended' if bos else 'no BOS'}"
     elif prompt is None:
         length = max(1, min(DEFAULT_IDS, (cfg.n_ctx - new_tokens) // 2))  # both copies and the new tokens fit
         half = np.random.default_rng(0).integers(0, cfg.d_vocab, length)
         tokens = np.concatenate([half, half])[None, :]  # [1, 2 * length]
-        note = (f"no vocab.json and merges.txt in the folder, and no --prompt: {length} random ids, then the same "
+        note = (f"no tokenizer in the folder, and no --prompt: {length} random ids, then the same "
                 "again (a trained GPT-2's induction heads attend along the copy)")
     else:
         pieces = prompt.replace(",", " ").split()
         if not pieces or not all(p.isdigit() for p in pieces):
-            raise ValueError(f"--prompt must be token ids separated by spaces or commas (the folder has no vocab.json "
-                             f"and merges.txt), got {prompt!r}")
+            raise ValueError(f"--prompt must be token ids separated by spaces or commas (the folder has no "
+                             f"tokenizer), got {prompt!r}")
         tokens = np.array([[int(p) for p in pieces]], dtype=np.int64)
         if tokens.max() >= cfg.d_vocab:
             raise ValueError(f"--prompt: token id {tokens.max()} is not in [0, {cfg.d_vocab})")
@@ -112,16 +144,18 @@ def token_labels(model, row):
 GROUPS = [
     ("W_E + W_U.T (the tied matrix)", lambda name: name == "tied"),
     ("pos_embed.W_pos", lambda name: name == "pos_embed.W_pos"),
-    ("attention W_Q, W_K, W_V, W_O", lambda name: ".attn.W_" in name),
-    ("attention b_Q, b_V, b_O", lambda name: ".attn.b_" in name and not name.endswith("b_K")),
-    ("attention b_K *", lambda name: name.endswith("attn.b_K")),
-    ("MLP W_in, W_out, b_in, b_out", lambda name: ".mlp." in name),
-    ("LayerNorms w, b", lambda name: ".ln" in name or name.startswith("ln_final")),
-    ("unembed.b_U (GPT-2 has none)", lambda name: name == "unembed.b_U"),
+    ("W_E", lambda name: name == "embed.W_E"),
+    ("W_U", lambda name: name == "unembed.W_U"),
+    ("attention W_Q, W_K, W_V, W_O", lambda name: ".attn.W_" in name or ".attn._W_" in name),
+    ("attention b_Q, b_V, b_O", lambda name: (".attn.b_" in name or ".attn._b_" in name) and not name.endswith("b_K")),
+    ("attention b_K *", lambda name: name.endswith("attn.b_K") or name.endswith("attn._b_K")),
+    ("MLP W_gate, W_in, W_out, b_*", lambda name: ".mlp." in name),
+    ("norms w, b", lambda name: ".ln" in name or name.startswith("ln_final")),
+    ("unembed.b_U (not in the file)", lambda name: name == "unembed.b_U"),
 ]
 
 
-def show_agreement(model, twin, tokens):
+def show_agreement(model, twin, tokens, tied=True):
     """Forward and backward of the next-token loss in both twins; a table of the largest differences."""
     import torch
 
@@ -144,7 +178,7 @@ def show_agreement(model, twin, tokens):
     torch_s = time.perf_counter() - start
     grads = {name: p.grad for name, p in model.named_parameters()}
     twin_grads = {name: p.grad.numpy() for name, p in twin.named_parameters()}
-    for side in (grads, twin_grads):  # one matrix used twice in GPT-2: its gradient is the sum of both uses
+    for side in (grads, twin_grads) if tied else ():  # one matrix used twice: its gradient is the sum of both uses
         side["tied"] = side.pop("embed.W_E") + side.pop("unembed.W_U").T
     errors = relative_errors(grads, twin_grads)
     print(f"NumPy (hand-written backward) {numpy_s:.2f} s, torch (autograd) {torch_s:.2f} s; "
@@ -162,8 +196,8 @@ def show_agreement(model, twin, tokens):
     worst = max(relative for _, _, relative in rows)
     print(f"  worst relative difference: {worst:.1e} ({model.cfg.dtype}; the parity tests require "
           f"<= {TOL[model.cfg.dtype]:.0e})")
-    print("  * b_K's exact gradient is zero (softmax ignores a shift shared by every key): it is measured against")
-    print("    the largest gradient in the model. The tied matrix's gradient is W_E.grad + W_U.grad.T.")
+    print("  * b_K's exact gradient is zero without rotary (softmax ignores a shift shared by every key): it is")
+    print("    measured against the largest gradient in the model. A tied matrix's gradient is W_E.grad + W_U.grad.T.")
 
 
 def show_generation(model, twin, tokens, new_tokens):
@@ -180,34 +214,37 @@ def show_generation(model, twin, tokens, new_tokens):
         print(f"  {side:<6} new ids {new.tolist()}{text}")
     same = np.array_equal(generated["NumPy"], generated["torch"])
     if same:
-        print(f"  The same {new_tokens} tokens from both twins.")
+        made = generated["NumPy"].shape[1] - tokens.shape[1]
+        print(f"  The same {made} tokens from both twins." + (" (an end-of-sequence token stopped them)"
+                                                              if made < new_tokens else ""))
     else:
         first = int(np.argmax(generated["NumPy"][0] != generated["torch"][0]))
         print(f"  The twins part at position {first}: two logits that close differ in the last digits "
               f"({model.cfg.dtype} rounding), and greedy picks one each.")
 
 
-def show_figures(model, tokens, labels, out):
+def show_figures(model, tokens, labels, out, name="GPT-2"):
     """Attention patterns, previous-token scores, the logit lens (NumPy reference); returns the paths."""
+    prefix = name.lower().replace("-", "")  # gpt2, llama, gptneox
     from interp import analyses, plots, scores
 
     heading("Figures: attention patterns and the logit lens (NumPy reference)")
     _, cache = model.run_with_cache(tokens)
-    paths = [plots.plot_attention_grid(cache, os.path.join(out, "gpt2_attention.png"), token_labels=labels,
-                                       title="GPT-2: attention patterns of every head (rows: layers)")]
+    paths = [plots.plot_attention_grid(cache, os.path.join(out, f"{prefix}_attention.png"), token_labels=labels,
+                                       title=f"{name}: attention patterns of every head (rows: layers)")]
     previous = scores.previous_token_scores(cache, tokens)  # [n_layers, n_heads]
-    paths.append(plots.plot_head_scores(previous, os.path.join(out, "gpt2_previous_token_scores.png"), vmin=0, vmax=1,
+    paths.append(plots.plot_head_scores(previous, os.path.join(out, f"{prefix}_previous_token_scores.png"), vmin=0, vmax=1,
                                         title="Previous-token score of every head",
                                         label="attention on the position just before"))
     layer, head = np.unravel_index(np.argmax(previous), previous.shape)
     paths.append(plots.plot_attention_head(cache["pattern", int(layer)][0, head],
-                                           os.path.join(out, "gpt2_attention_head.png"), token_labels=labels,
+                                           os.path.join(out, f"{prefix}_attention_head.png"), token_labels=labels,
                                            causal=True, title=f"L{layer}H{head}, the most previous-token head here"))
     print(f"The head that attends most to the position just before: L{layer}H{head} "
           f"({previous[layer, head]:.2f} of its attention; 1 = always).")
     lens = analyses.logit_lens(cache)
-    paths.append(plots.plot_logit_lens(lens, os.path.join(out, "gpt2_logit_lens.png"),
-                                       title="GPT-2 logit lens: the true next token after each layer"))
+    paths.append(plots.plot_logit_lens(lens, os.path.join(out, f"{prefix}_logit_lens.png"),
+                                       title=f"{name} logit lens: the true next token after each layer"))
     print("What the unembedding reads at the last position, layer by layer (the logit lens's top token):")
     for label, layer_logits in zip(lens.labels, lens.logits[:, 0, -1]):
         top = int(np.argmax(layer_logits))
