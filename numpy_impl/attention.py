@@ -1,7 +1,7 @@
 """Multi-head self-attention ("Attention Is All You Need", §3.2.1-3.2.2).
 
 Axes: batch, pos / q_pos / k_pos (query and key positions), head, d_head (width of one
-head), d_model (residual width). Einsum letters: b batch, p pos, h head, d d_head, m d_model.
+head), d_model (residual width); kv_head (grouped key/value heads), half (rotary_dim / 2). Einsum letters: b batch, p pos, h head, d d_head, m d_model.
 
 For each head h, with x the input [batch, pos, d_model]:
     q = x W_Q[h] + b_Q[h],  k = x W_K[h] + b_K[h],  v = x W_V[h] + b_V[h]
@@ -49,7 +49,7 @@ class MultiHeadAttention(Module):
         # mask[q, k] is True where query q may look at key k (fixed: not a parameter)
         self.mask = np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), dtype=bool))  # [n_ctx, n_ctx]
         if cfg.positional == "rotary":  # fixed tables, as the mask
-            self.rotary_cos, self.rotary_sin = rotary_tables(cfg)  # [n_ctx, rotary_dim / 2] each
+            self.rotary_cos, self.rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, head, d_head]
@@ -74,13 +74,14 @@ class MultiHeadAttention(Module):
         v = np.einsum("hmd,bpm->bphd", self.W_V.data, x, optimize=True) + self.b_V.data  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
-            cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, rotary_dim / 2] each
-            q = self.hook_rot_q(rotate(q, cos, sin, self.cfg.rotary_adjacent_pairs))  # [batch, pos, head, d_head]
-            k = self.hook_rot_k(rotate(k, cos, sin, self.cfg.rotary_adjacent_pairs))  # [batch, pos, head, d_head]
-        if self.cfg.n_key_value_heads is not None:  # grouped: each key/value head serves its group
+            cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
+            adjacent = self.cfg.rotary_adjacent_pairs  # GPT-J's pairs; Llama's and NeoX's are halves
+            q = self.hook_rot_q(rotate(q, cos, sin, adjacent))  # [batch, pos, head, d_head]
+            k = self.hook_rot_k(rotate(k, cos, sin, adjacent))  # [batch, pos, kv_head, d_head]
+        if self.cfg.n_key_value_heads is not None:  # grouped: each key/value head serves its group of heads
             group = self.cfg.n_heads // self.cfg.n_key_value_heads
-            k = np.repeat(k, group, axis=2)  # [batch, pos, kv_head, d_head] -> [batch, pos, head, d_head]
-            v = np.repeat(v, group, axis=2)  # [batch, pos, kv_head, d_head] -> [batch, pos, head, d_head]
+            k = np.repeat(k, group, axis=2)  # [batch, pos, head, d_head]
+            v = np.repeat(v, group, axis=2)  # [batch, pos, head, d_head]
         # each head attends on its own: put the head axis before the position axis
         q_h = q.transpose(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         k_h = k.transpose(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
@@ -134,15 +135,17 @@ class MultiHeadAttention(Module):
         dk = dk_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dv = dv_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         if self.cfg.n_key_value_heads is not None:
-            # forward: k = repeat(k, group, axis=2), and v   (a shared head's gradient: its group's sum)
-            grouped = (self.cfg.n_key_value_heads, self.cfg.n_heads // self.cfg.n_key_value_heads, self.cfg.d_head)
-            dk = dk.reshape(*dk.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, group, d_head] -> [batch, pos, kv_head, d_head]
-            dv = dv.reshape(*dv.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, group, d_head] -> [batch, pos, kv_head, d_head]
+            # forward: k = repeat(k, group, axis=2), and v   (each shared head's gradient: its group's sum)
+            n_kv = self.cfg.n_key_value_heads
+            grouped = (n_kv, self.cfg.n_heads // n_kv, self.cfg.d_head)  # head -> kv_head, group
+            dk = dk.reshape(*dk.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, d_head]
+            dv = dv.reshape(*dv.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, d_head]
         if self.cfg.positional == "rotary":
-            # forward: q = hook_rot_q(rotate(q, cos, sin)), and k   (the inverse rotation: the angles negated)
-            cos, sin = self.rotary_cos[: x.shape[1]], self.rotary_sin[: x.shape[1]]  # [pos, rotary_dim / 2] each
-            dq = rotate(self.hook_rot_q.backward(dq), cos, -sin, self.cfg.rotary_adjacent_pairs)  # [batch, pos, head, d_head]
-            dk = rotate(self.hook_rot_k.backward(dk), cos, -sin, self.cfg.rotary_adjacent_pairs)  # [batch, pos, kv_head, d_head]
+            # forward: q = hook_rot_q(rotate(q, cos, sin)), and k   (undone by the opposite angles)
+            cos, sin = self.rotary_cos[: x.shape[1]], self.rotary_sin[: x.shape[1]]  # [pos, half] each
+            adjacent = self.cfg.rotary_adjacent_pairs
+            dq = rotate(self.hook_rot_q.backward(dq), cos, -sin, adjacent)  # [batch, pos, head, d_head]
+            dk = rotate(self.hook_rot_k.backward(dk), cos, -sin, adjacent)  # [batch, pos, kv_head, d_head]
         dq, dk, dv = self.hook_q.backward(dq), self.hook_k.backward(dk), self.hook_v.backward(dv)
         # forward: q = einsum("hmd,bpm->bphd", W_Q, x) + b_Q, and the same for k and v
         self.W_Q.grad += np.einsum("bpm,bphd->hmd", x, dq, optimize=True)  # [head, d_model, d_head]
@@ -185,7 +188,7 @@ class GroupedQueryAttention(MultiHeadAttention):
         # mask[q, k] is True where query q may look at key k (fixed: not a parameter)
         self.mask = np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), dtype=bool))  # [n_ctx, n_ctx]
         if cfg.positional == "rotary":  # fixed tables, as the mask
-            self.rotary_cos, self.rotary_sin = rotary_tables(cfg)  # [n_ctx, rotary_dim / 2] each
+            self.rotary_cos, self.rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, head, d_head]

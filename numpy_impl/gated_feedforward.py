@@ -1,4 +1,4 @@
-"""The gated feed-forward network of Llama: SwiGLU (Shazeer, "GLU Variants Improve Transformer", 2020).
+"""Llama's gated feed-forward network, SwiGLU (Shazeer, "GLU Variants Improve Transformer", 2020).
 
 Axes: batch, pos (sequence position), d_model (residual width), d_mlp (hidden width).
 Einsum letters: b batch, p pos, m d_model, f d_mlp.
@@ -46,7 +46,7 @@ class GatedFeedForward(Module):
         return out
 
     def backward(self, dout):
-        """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_gate, W_in and W_out grads."""
+        """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_gate, W_in, W_out grads."""
         x, pre, pre_linear, sigmoid, act, post = self.cache
         # forward: out = einsum("fm,bpf->bpm", W_out, post)
         self.W_out.grad += np.einsum("bpm,bpf->fm", dout, post, optimize=True)  # [d_mlp, d_model]

@@ -1,7 +1,7 @@
 """Multi-head self-attention ("Attention Is All You Need", §3.2.1-3.2.2).
 
 Axes: batch, pos / q_pos / k_pos (query and key positions), head, d_head (width of one
-head), d_model (residual width). Einsum letters: b batch, p pos, h head, d d_head, m d_model.
+head), d_model (residual width); kv_head (grouped key/value heads), half (rotary_dim / 2). Einsum letters: b batch, p pos, h head, d d_head, m d_model.
 
 For each head h, with x the input [batch, pos, d_model]:
     q = x W_Q[h] + b_Q[h],  k = x W_K[h] + b_K[h],  v = x W_V[h] + b_V[h]
@@ -53,7 +53,7 @@ class MultiHeadAttention(Module):
         mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))  # [n_ctx, n_ctx]
         self.register_buffer("mask", mask, persistent=False)
         if cfg.positional == "rotary":  # fixed tables, as the mask
-            rotary_cos, rotary_sin = rotary_tables(cfg)  # [n_ctx, rotary_dim / 2] each
+            rotary_cos, rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
             self.register_buffer("rotary_cos", rotary_cos, persistent=False)
             self.register_buffer("rotary_sin", rotary_sin, persistent=False)
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
@@ -79,13 +79,14 @@ class MultiHeadAttention(Module):
         v = torch.einsum("hmd,bpm->bphd", self.W_V, x) + self.b_V  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
-            cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, rotary_dim / 2] each
-            q = self.hook_rot_q(rotate(q, cos, sin, self.cfg.rotary_adjacent_pairs))  # [batch, pos, head, d_head]
-            k = self.hook_rot_k(rotate(k, cos, sin, self.cfg.rotary_adjacent_pairs))  # [batch, pos, head, d_head]
-        if self.cfg.n_key_value_heads is not None:  # grouped: each key/value head serves its group
+            cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
+            adjacent = self.cfg.rotary_adjacent_pairs  # GPT-J's pairs; Llama's and NeoX's are halves
+            q = self.hook_rot_q(rotate(q, cos, sin, adjacent))  # [batch, pos, head, d_head]
+            k = self.hook_rot_k(rotate(k, cos, sin, adjacent))  # [batch, pos, kv_head, d_head]
+        if self.cfg.n_key_value_heads is not None:  # grouped: each key/value head serves its group of heads
             group = self.cfg.n_heads // self.cfg.n_key_value_heads
-            k = torch.repeat_interleave(k, group, dim=2)  # [batch, pos, kv_head, d_head] -> [batch, pos, head, d_head]
-            v = torch.repeat_interleave(v, group, dim=2)  # [batch, pos, kv_head, d_head] -> [batch, pos, head, d_head]
+            k = torch.repeat_interleave(k, group, dim=2)  # [batch, pos, head, d_head]
+            v = torch.repeat_interleave(v, group, dim=2)  # [batch, pos, head, d_head]
         # each head attends on its own: put the head axis before the position axis
         q_h = q.permute(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         k_h = k.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
@@ -133,7 +134,7 @@ class GroupedQueryAttention(MultiHeadAttention):
         mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))  # [n_ctx, n_ctx]
         self.register_buffer("mask", mask, persistent=False)
         if cfg.positional == "rotary":  # fixed tables, as the mask
-            rotary_cos, rotary_sin = rotary_tables(cfg)  # [n_ctx, rotary_dim / 2] each
+            rotary_cos, rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
             self.register_buffer("rotary_cos", rotary_cos, persistent=False)
             self.register_buffer("rotary_sin", rotary_sin, persistent=False)
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]

@@ -1,4 +1,4 @@
-"""The gated feed-forward network of Llama: SwiGLU (Shazeer, "GLU Variants Improve Transformer", 2020).
+"""Llama's gated feed-forward network, SwiGLU (Shazeer, "GLU Variants Improve Transformer", 2020).
 
 Axes: batch, pos (sequence position), d_model (residual width), d_mlp (hidden width).
 Einsum letters: b batch, p pos, m d_model, f d_mlp.

@@ -1,4 +1,4 @@
-"""Root-mean-square normalisation over the residual-stream axis (Zhang & Sennrich, 2019), as Llama's.
+"""Root-mean-square normalisation over the residual axis (Zhang & Sennrich, 2019), as in Llama.
 
 Axes: batch, pos (sequence position), d_model (residual width; the normalised axis).
 

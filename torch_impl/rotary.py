@@ -1,7 +1,8 @@
 """Rotary position embedding (Su et al., "RoFormer", 2021), applied to queries and keys.
 
 Axes: pos (sequence position), n_ctx (longest sequence), head, d_head (width of one head),
-rotary_dim (the leading entries of each head that rotate; the rest pass unchanged).
+rotary_dim (the leading entries of each head that rotate; the rest pass unchanged), half
+(rotary_dim / 2: the number of pairs).
 
 Each pair of entries (first, second) of a head's vector turns by the angle pos * freq_i:
     first'  = first * cos - second * sin
@@ -15,30 +16,31 @@ import torch
 
 
 def rotary_tables(cfg):
-    """cos and sin of every position's angles, [n_ctx, rotary_dim / 2] each, in float64, cast to cfg.dtype."""
-    two_i = torch.arange(0, cfg.rotary_dim, 2, dtype=torch.float64)  # [rotary_dim / 2]
-    freq = 1.0 / cfg.rotary_base ** (two_i / cfg.rotary_dim)  # [rotary_dim / 2]
+    """cos and sin of every position's angles, [n_ctx, half] each: float64, then cfg.dtype."""
+    two_i = torch.arange(0, cfg.rotary_dim, 2, dtype=torch.float64)  # [half]
+    freq = 1.0 / cfg.rotary_base ** (two_i / cfg.rotary_dim)  # [half]
     position = torch.arange(cfg.n_ctx, dtype=torch.float64)  # [n_ctx]
-    angle = torch.outer(position, freq)  # [n_ctx, rotary_dim / 2]
+    angle = torch.outer(position, freq)  # [n_ctx, half]
     dtype = getattr(torch, cfg.dtype)
     return torch.cos(angle).to(dtype), torch.sin(angle).to(dtype)
 
 
 def rotate(x, cos, sin, adjacent_pairs):
-    """x [batch, pos, head, d_head], cos and sin [pos, rotary_dim / 2] -> rotated [batch, pos, head, d_head]"""
+    """x [batch, pos, head, d_head], cos and sin [pos, half] -> rotated [batch, pos, head, d_head]"""
     half = cos.shape[-1]
     turning = x[..., : 2 * half]  # [batch, pos, head, rotary_dim]
     passing = x[..., 2 * half :]  # [batch, pos, head, d_head - rotary_dim]
     if adjacent_pairs:
-        first, second = turning[..., 0::2], turning[..., 1::2]  # [batch, pos, head, rotary_dim / 2] each
+        first, second = turning[..., 0::2], turning[..., 1::2]  # [batch, pos, head, half] each
     else:
-        first, second = turning[..., :half], turning[..., half:]  # [batch, pos, head, rotary_dim / 2] each
-    cos = cos[:, None, :]  # [pos, 1, rotary_dim / 2]: every head turns by its position's angles
-    sin = sin[:, None, :]  # [pos, 1, rotary_dim / 2]
-    first_turned = first * cos - second * sin  # [batch, pos, head, rotary_dim / 2]
-    second_turned = second * cos + first * sin  # [batch, pos, head, rotary_dim / 2]
+        first, second = turning[..., :half], turning[..., half:]  # [batch, pos, head, half] each
+    cos = cos[:, None, :]  # [pos, 1, half]: every head turns by its position's angles
+    sin = sin[:, None, :]  # [pos, 1, half]
+    first_turned = first * cos - second * sin  # [batch, pos, head, half]
+    second_turned = second * cos + first * sin  # [batch, pos, head, half]
     if adjacent_pairs:
-        turned = torch.stack((first_turned, second_turned), dim=-1).reshape(turning.shape)  # [batch, pos, head, rotary_dim]
+        paired = torch.stack((first_turned, second_turned), dim=-1)  # [batch, pos, head, half, 2]
+        turned = paired.reshape(turning.shape)  # [batch, pos, head, rotary_dim]: pairs side by side again
     else:
         turned = torch.cat((first_turned, second_turned), dim=-1)  # [batch, pos, head, rotary_dim]
     rotated = torch.cat((turned, passing), dim=-1)  # [batch, pos, head, d_head]
