@@ -36,6 +36,9 @@ class MultiHeadAttention(Module):
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
         self.cfg = check_config(cfg)
+        if cfg.n_key_value_heads is not None:
+            raise ValueError("cfg.n_key_value_heads is set: build GroupedQueryAttention(cfg), or "
+                             "MultiHeadAttention.for_config(cfg), which picks the class")
         n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
         self.W_Q = Parameter((rng.standard_normal((n_heads, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
         self.W_K = Parameter((rng.standard_normal((n_heads, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))

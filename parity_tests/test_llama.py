@@ -177,3 +177,22 @@ def test_rotation_keeps_lengths_and_turns_only_the_rotary_entries():
         scores = q_rot @ k_rot.T  # [q_pos, k_pos]
         assert abs(scores[3, 1] - scores[5, 3]) <= 1e-13 * abs(scores).max()
         assert abs(scores[3, 1] - scores[3, 2]) > 1e-3 * abs(scores).max(), "another offset, another score"
+
+
+def test_plain_attention_refuses_a_grouped_config():
+    cfg = llama_cfg(n_key_value_heads=2)
+    for package in (npi, pti):
+        with pytest.raises(ValueError, match="GroupedQueryAttention"):
+            package.MultiHeadAttention(cfg)
+        assert type(package.MultiHeadAttention.for_config(cfg)).__name__ == "GroupedQueryAttention"
+
+
+def test_config_from_transformer_lens_fields():
+    """A TransformerLens Llama config's fields map onto the same-named fields here."""
+    cfg = npi.TransformerConfig.from_transformer_lens(
+        n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_mlp=24, d_vocab=11, act_fn="silu",
+        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=4, rotary_base=1e5,
+        rotary_adjacent_pairs=False, gated_mlp=True, n_key_value_heads=2, eps=1e-6, dtype="float64",
+        final_rms=False, original_architecture="LlamaForCausalLM")
+    assert (cfg.normalization_type, cfg.positional, cfg.rotary_dim, cfg.rotary_base) == ("RMS", "rotary", 4, 1e5)
+    assert cfg.gated_mlp and cfg.n_key_value_heads == 2 and cfg.eps == 1e-6 and cfg.normalization == "pre"

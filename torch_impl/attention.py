@@ -38,6 +38,9 @@ class MultiHeadAttention(Module):
         super().__init__()
         rng = default_rng(rng)
         self.cfg = check_config(cfg)
+        if cfg.n_key_value_heads is not None:
+            raise ValueError("cfg.n_key_value_heads is set: build GroupedQueryAttention(cfg), or "
+                             "MultiHeadAttention.for_config(cfg), which picks the class")
         n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
         dtype = getattr(torch, cfg.dtype)
         self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))

@@ -245,6 +245,8 @@ class TransformerConfig:
         mapped["dtype"] = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
         if "eps" in fields:
             mapped["eps"] = fields["eps"]  # the config checks it: LayerNorm's must be 1e-5
+        if mapped.get("gated_mlp"):
+            mapped["mlp_bias"] = False  # this project's gated MLP has no biases (TransformerLens's keeps zeros)
         if fields.get("d_vocab_out", -1) not in (-1, mapped["d_vocab"]):
             raise ValueError(f"d_vocab_out={fields['d_vocab_out']!r}: this project's output vocabulary is d_vocab")
         return cls(**mapped)
