@@ -17,6 +17,11 @@ BATCH, POS = 5, 6  # the checked inputs: [batch, pos], one position shorter than
 AXIS_NAMES = {5: "batch", 6: "pos", 7: "n_ctx", 3: "head", 8: "d_head", 10: "d_model", 11: "d_mlp", 13: "d_vocab"}
 
 
+# the Llama family's settings, for its components' exercises
+LLAMA = {"normalization_type": "RMS", "eps": 1e-6, "positional_embedding_type": "rotary", "act_fn": "silu",
+         "gated_mlp": True, "mlp_bias": False, "attn_bias": False}
+
+
 def checked(label, overrides=None, weighted=False):
     """A Variant with the exercise sizes (every one distinct) and ``overrides`` on top."""
     return Variant(label, {**SIZES, **(overrides or {})}, weighted)
@@ -49,6 +54,11 @@ EXERCISES = (
              (checked("unweighted"), checked("weighted", weighted=True))),
     Exercise("layernorm", "LayerNorm", "layernorm.py", "x reaches the output three ways: directly, via the mean, via the variance",
              (checked("default"),)),
+    Exercise("rmsnorm", "RMSNorm", "rmsnorm.py", "Llama's norm: x reaches the output directly and via the mean square",
+             (checked("default", LLAMA),)),
+    Exercise("swiglu", "GatedFeedForward", "gated_feedforward.py",
+             "Llama's MLP: two branches multiplied; silu's derivative has two terms",
+             (checked("default", LLAMA),)),
     Exercise("attention", "MultiHeadAttention", "attention.py", "the softmax Jacobian, the causal mask, heads",
              (checked("causal", {"causal": True}), checked("bidirectional", {"causal": False})),
              ("output", "softmax", "scores", "projections")),

@@ -48,6 +48,7 @@ class GatedFeedForward(Module):
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_gate, W_in, W_out grads."""
         x, pre, pre_linear, sigmoid, act, post = self.cache
+        # EXERCISE BEGIN
         # forward: out = einsum("fm,bpf->bpm", W_out, post)
         self.W_out.grad += np.einsum("bpm,bpf->fm", dout, post, optimize=True)  # [d_mlp, d_model]
         dpost = np.einsum("fm,bpm->bpf", self.W_out.data, dout, optimize=True)  # [batch, pos, d_mlp]
@@ -70,4 +71,5 @@ class GatedFeedForward(Module):
             np.einsum("mf,bpf->bpm", self.W_gate.data, dpre, optimize=True)
             + np.einsum("mf,bpf->bpm", self.W_in.data, dpre_linear, optimize=True)
         )  # [batch, pos, d_model]
+        # EXERCISE END
         return dx

@@ -39,6 +39,7 @@ class RMSNorm(Module):
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into w.grad."""
         x, scale, normalized = self.cache
+        # EXERCISE BEGIN
         d_model = x.shape[-1]
         # forward: out = normalized * w
         self.w.grad += (dout * normalized).sum(axis=(0, 1))  # [d_model]
@@ -52,4 +53,5 @@ class RMSNorm(Module):
         dmean_square = dscale / (2 * scale)  # [batch, pos, 1]
         # forward: mean_square = mean(x**2)
         dx += 2 / d_model * dmean_square * x  # [batch, pos, d_model]
+        # EXERCISE END
         return dx
