@@ -193,11 +193,11 @@ class GroupedQueryAttention(MultiHeadAttention):
         if cfg.positional == "rotary":  # fixed tables, as the mask
             self.rotary_cos, self.rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
         if cfg.positional == "rotary":
             self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
-            self.hook_rot_k = HookPoint()  # [batch, pos, head, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
