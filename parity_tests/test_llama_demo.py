@@ -1,22 +1,22 @@
-"""``python demo.py gpt2 --make-tiny FAMILY --model DIR``: a tiny random Llama or GPT-NeoX, made offline, then toured."""
+"""``python demo.py checkpoint DIR --arch llama`` (or gpt_neox), then ``gpt2 --model DIR``: written offline, toured."""
 
 import pytest
 
 import demo
-
-pytest.importorskip("transformers", reason="transformers makes the tiny checkpoint")
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("family, prefix, says", [("llama", "llama", "2 key/value heads, SwiGLU"),
                                                    ("gpt_neox", "gptneox", "attention and MLP in parallel")])
-def test_make_tiny_then_tour(family, prefix, says, tmp_path, capsys):
+def test_write_a_tiny_checkpoint_then_tour_it(family, prefix, says, tmp_path, capsys):
     out = tmp_path / "out"
-    demo.main(["gpt2", "--make-tiny", family, "--model", str(tmp_path / "tiny"), "--out", str(out),
-               "--prompt", "the cat sat on the", "--new-tokens", "4"])
+    demo.main(["checkpoint", str(tmp_path / "tiny"), "--arch", family, "--dtype", "float64", "--n-ctx", "24"])
+    demo.main(["gpt2", "--model", str(tmp_path / "tiny"), "--out", str(out), "--prompt", "The cat sat on the",
+               "--new-tokens", "4"])
     printed = capsys.readouterr().out
-    assert says in printed and "tokenizer.json (tokenizers)" in printed and "<s> prepended" in printed
+    assert says in printed and "tokenizer: tokenizer.json (tokenizers)" in printed
+    assert "<|endoftext|> prepended" in printed
     worst = float(printed.split("worst relative difference: ")[1].split()[0])
     assert worst <= 1e-12
     numpy_ids = next(line for line in printed.splitlines() if line.split()[:3] == ["NumPy", "new", "ids"])

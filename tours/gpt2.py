@@ -2,8 +2,8 @@
 
 DIR is a folder as ``transformers``' ``save_pretrained`` writes it: ``config.json`` and
 ``model.safetensors`` or its shards (and, for text, GPT-2's ``vocab.json`` and ``merges.txt``, or
-``tokenizer.json``). Nothing is downloaded; ``--make-tiny llama`` (or ``gpt_neox``) first writes a
-tiny random checkpoint into DIR (``tours/tiny_checkpoints.py``). The tour loads the checkpoint into the NumPy reference and the torch twin, runs the
+``tokenizer.json``); ``python demo.py checkpoint DIR --arch llama`` writes a tiny random one. Nothing
+is downloaded. The tour loads the checkpoint into the NumPy reference and the torch twin, runs the
 next-token loss forward and backward through both (the NumPy gradients from the hand-written
 backward) and prints how far apart they are, generates greedily from both, and draws the
 attention patterns (every head, the previous-token scores, the most previous-token head) and
@@ -19,18 +19,19 @@ import numpy as np
 
 DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
 DEFAULT_IDS = 8  # without a tokenizer and a prompt: 8 random ids, then the same 8 again
+DEFAULT_NEW_TOKENS = 10  # at most; fewer where the model's n_ctx leaves less room
+MOST_HEADS = 16  # a model with more heads gets a figure of the MOST_HEADS // 2 most previous-token ones
 
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="a GPT-2, Llama or GPT-NeoX checkpoint folder: config.json and model.safetensors "
                              "(save_pretrained's)")
-    parser.add_argument("--make-tiny", choices=("llama", "gpt_neox"), default=None,
-                        help="first write a tiny random checkpoint of this family (and its tokenizer.json) into DIR")
     parser.add_argument("--prompt", default=None,
-                        help=f"text (with vocab.json and merges.txt in DIR; default {DEFAULT_TEXT!r}) or token ids "
+                        help=f"text (with a tokenizer in DIR; default {DEFAULT_TEXT!r}) or token ids "
                              "separated by spaces or commas (default without them: random ids, repeated once)")
-    parser.add_argument("--new-tokens", type=int, default=10, help="tokens to generate greedily (default 10)")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help=f"tokens to generate greedily (default {DEFAULT_NEW_TOKENS}, or what n_ctx leaves room for)")
 
 
 def heading(text):
@@ -43,15 +44,9 @@ def run(args):
     import numpy_impl as npi
     import torch_impl as pti
 
-    if args.new_tokens < 0:
+    if args.new_tokens is not None and args.new_tokens < 0:
         raise ValueError(f"--new-tokens must be a non-negative int, got {args.new_tokens}")
     os.makedirs(args.out, exist_ok=True)
-    if args.make_tiny is not None:
-        from tours.tiny_checkpoints import make_llama_checkpoint
-
-        os.makedirs(args.model, exist_ok=True)
-        make_llama_checkpoint(args.model, family=args.make_tiny, max_position_embeddings=32)
-        print(f"Wrote a tiny random {args.make_tiny} checkpoint (float64) and its tokenizer.json into {args.model}")
     start = time.perf_counter()
     model = npi.Transformer.from_pretrained(args.model)
     twin = pti.Transformer.from_pretrained(args.model)
@@ -61,15 +56,16 @@ def run(args):
     print(f"Loaded {args.model} ({family(cfg)}) into both twins in {time.perf_counter() - start:.1f} s:")
     print(f"  {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.d_head}, d_mlp {cfg.d_mlp}, "
           f"d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}, {cfg.act_fn}, {cfg.dtype}; {n_params:,} parameters"
-          + (" (the unembedding is the embedding, transposed, counted once)" if tied else ""))
+          + (" (counted as GPT-2 counts them: the unembedding is the embedding, transposed)" if tied else ""))
     if cfg.positional == "rotary":
         print(f"  {cfg.normalization_type} norms, rotary on {cfg.rotary_dim} of {cfg.d_head} (base {cfg.rotary_base:g})"
               + (f", {cfg.n_key_value_heads} key/value heads" if cfg.n_key_value_heads else "")
-              + (", SwiGLU" if cfg.gated_mlp else "") + (", attention and MLP in parallel" if cfg.parallel_attn_mlp
-                                                         else ""))
+              + (", SwiGLU" if cfg.gated_mlp else "")
+              + (", attention and MLP in parallel" if cfg.parallel_attn_mlp else ""))
     print(f"  tokenizer: {tokenizer_kind(model)}")
 
     tokens, note = prompt_tokens(model, args.prompt, args.new_tokens)
+    new_tokens = args.new_tokens if args.new_tokens is not None else min(DEFAULT_NEW_TOKENS, cfg.n_ctx - tokens.shape[1])
     labels = token_labels(model, tokens[0])
     heading("The prompt")
     print(note)
@@ -78,7 +74,7 @@ def run(args):
         print(f"  as text pieces: {labels}")
 
     show_agreement(model, twin, tokens, tied)
-    show_generation(model, twin, tokens, args.new_tokens)
+    show_generation(model, twin, tokens, new_tokens)
     figures = show_figures(model, tokens, labels, args.out, family(cfg))
     heading("Figures")
     for path in figures:
@@ -101,17 +97,26 @@ def tokenizer_kind(model):
 
 
 def prompt_tokens(model, prompt, new_tokens):
-    """(tokens [1, pos] int64, one line saying where they came from); a prompt that cannot run is a ValueError."""
+    """(tokens [1, pos] int64, one line saying where they came from); a prompt that cannot run is a ValueError.
+
+    The defaults fit any model: the default text is cut to leave room for a few new tokens
+    within n_ctx, and (in ``run``) the default number of new tokens is what n_ctx leaves.
+    """
     cfg = model.cfg
+    room = min(DEFAULT_NEW_TOKENS, cfg.n_ctx // 4) if new_tokens is None else new_tokens  # for the new tokens
     if model.tokenizer is not None:
         text = DEFAULT_TEXT if prompt is None else prompt
         if not text.strip():
             raise ValueError("--prompt is empty")
         tokens = np.asarray(model.to_tokens(text))  # [1, pos], <|endoftext|> first, as TransformerLens does
         bos = model.tokenizer.bos_token
-        note = f"{text!r}, {tokenizer_kind(model).split(' from')[0]}, {f'{bos} prepended' if bos else 'no BOS'}"
+        kind = "byte-level BPE" if hasattr(model.tokenizer, "END_OF_TEXT") else "tokenizer.json"
+        note = f"{text!r}, {kind}, {f'{bos} prepended' if bos else 'no BOS'}"
+        if prompt is None and tokens.shape[1] + room > cfg.n_ctx:
+            tokens = tokens[:, :max(2, cfg.n_ctx - room)]  # [1, pos]: the default text, cut to fit
+            note += f"; cut to its first {tokens.shape[1]} tokens to fit n_ctx {cfg.n_ctx}"
     elif prompt is None:
-        length = max(1, min(DEFAULT_IDS, (cfg.n_ctx - new_tokens) // 2))  # both copies and the new tokens fit
+        length = max(1, min(DEFAULT_IDS, (cfg.n_ctx - room) // 2))  # both copies and the new tokens fit
         half = np.random.default_rng(0).integers(0, cfg.d_vocab, length)
         tokens = np.concatenate([half, half])[None, :]  # [1, 2 * length]
         note = (f"no tokenizer in the folder, and no --prompt: {length} random ids, then the same "
@@ -119,16 +124,16 @@ def prompt_tokens(model, prompt, new_tokens):
     else:
         pieces = prompt.replace(",", " ").split()
         if not pieces or not all(p.isdigit() for p in pieces):
-            raise ValueError(f"--prompt must be token ids separated by spaces or commas (the folder has no "
-                             f"tokenizer), got {prompt!r}")
+            raise ValueError(f"--prompt must be token ids separated by spaces or commas (the folder has no tokenizer: no vocab.json "
+                             f"and merges.txt), got {prompt!r}")
         tokens = np.array([[int(p) for p in pieces]], dtype=np.int64)
         if tokens.max() >= cfg.d_vocab:
             raise ValueError(f"--prompt: token id {tokens.max()} is not in [0, {cfg.d_vocab})")
         note = "token ids from --prompt"
     if tokens.shape[1] < 2:
         raise ValueError("--prompt must give at least 2 tokens (position p predicts token p + 1)")
-    if tokens.shape[1] + new_tokens > cfg.n_ctx:
-        raise ValueError(f"the prompt has {tokens.shape[1]} tokens; with --new-tokens {new_tokens} that exceeds "
+    if tokens.shape[1] + (new_tokens or 0) > cfg.n_ctx:
+        raise ValueError(f"the prompt has {tokens.shape[1]} tokens; with --new-tokens {new_tokens or 0} that exceeds "
                          f"the model's n_ctx ({cfg.n_ctx})")
     return tokens.astype(np.int64), note
 
@@ -143,13 +148,13 @@ def token_labels(model, row):
 # gradient groups of the agreement table: label -> which parameter names it holds
 GROUPS = [
     ("W_E + W_U.T (the tied matrix)", lambda name: name == "tied"),
-    ("pos_embed.W_pos", lambda name: name == "pos_embed.W_pos"),
     ("W_E", lambda name: name == "embed.W_E"),
     ("W_U", lambda name: name == "unembed.W_U"),
+    ("pos_embed.W_pos", lambda name: name == "pos_embed.W_pos"),
     ("attention W_Q, W_K, W_V, W_O", lambda name: ".attn.W_" in name or ".attn._W_" in name),
     ("attention b_Q, b_V, b_O", lambda name: (".attn.b_" in name or ".attn._b_" in name) and not name.endswith("b_K")),
-    ("attention b_K *", lambda name: name.endswith("attn.b_K") or name.endswith("attn._b_K")),
-    ("MLP W_gate, W_in, W_out, b_*", lambda name: ".mlp." in name),
+    ("attention b_K *", lambda name: name.endswith(("attn.b_K", "attn._b_K"))),
+    ("MLP W_in, W_out, b_*, W_gate", lambda name: ".mlp." in name),
     ("norms w, b", lambda name: ".ln" in name or name.startswith("ln_final")),
     ("unembed.b_U (not in the file)", lambda name: name == "unembed.b_U"),
 ]
@@ -230,18 +235,28 @@ def show_figures(model, tokens, labels, out, name="GPT-2"):
 
     heading("Figures: attention patterns and the logit lens (NumPy reference)")
     _, cache = model.run_with_cache(tokens)
-    paths = [plots.plot_attention_grid(cache, os.path.join(out, f"{prefix}_attention.png"), token_labels=labels,
-                                       title=f"{name}: attention patterns of every head (rows: layers)")]
+    cfg = model.cfg
     previous = scores.previous_token_scores(cache, tokens)  # [n_layers, n_heads]
+    if cfg.n_layers * cfg.n_heads <= MOST_HEADS:
+        heads, title = None, f"{name}: attention patterns of every head"
+    else:  # a readable subset: the most previous-token heads, in layer order
+        ranked = np.argsort(previous, axis=None)[::-1][:MOST_HEADS // 2]
+        heads = sorted((int(i // cfg.n_heads), int(i % cfg.n_heads)) for i in ranked)
+        title = (f"{name}: attention patterns of the {len(heads)} heads (of {cfg.n_layers * cfg.n_heads}) "
+                 "with the highest previous-token score")
+        print(f"The model has {cfg.n_layers * cfg.n_heads} heads: {prefix}_attention.png shows the {len(heads)} with the "
+              "highest previous-token score.")
+    paths = [plots.plot_attention_grid(cache, os.path.join(out, f"{prefix}_attention.png"), token_labels=labels,
+                                       heads=heads, title=title)]
     paths.append(plots.plot_head_scores(previous, os.path.join(out, f"{prefix}_previous_token_scores.png"), vmin=0, vmax=1,
                                         title="Previous-token score of every head",
                                         label="attention on the position just before"))
-    layer, head = np.unravel_index(np.argmax(previous), previous.shape)
+    layer, head, value = scores.best_head(previous)
     paths.append(plots.plot_attention_head(cache["pattern", int(layer)][0, head],
                                            os.path.join(out, f"{prefix}_attention_head.png"), token_labels=labels,
-                                           causal=True, title=f"L{layer}H{head}, the most previous-token head here"))
-    print(f"The head that attends most to the position just before: L{layer}H{head} "
-          f"({previous[layer, head]:.2f} of its attention; 1 = always).")
+                                           causal=True, title=f"Layer {layer}, head {head}: the highest previous-token "
+                                                              f"score here ({value:.2f})"))
+    print(f"The head that attends most to the position just before: {scores.head_verdict('previous_token', previous)}.")
     lens = analyses.logit_lens(cache)
     paths.append(plots.plot_logit_lens(lens, os.path.join(out, f"{prefix}_logit_lens.png"),
                                        title=f"{name} logit lens: the true next token after each layer"))
