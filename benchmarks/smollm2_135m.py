@@ -25,10 +25,9 @@ import statistics
 
 # first: fwd_bwd sets --threads for the BLAS before NumPy and torch load, and puts the project on the path
 import fwd_bwd
-from fwd_bwd import CLOCKS, blas_line, numpy_peak_bytes, seconds, torch_peak_bytes
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from fwd_bwd import CLOCKS, blas_line, numpy_peak_bytes, seconds, torch_peak_bytes
 
 import numpy_impl  # noqa: E402
 import torch_impl  # noqa: E402

@@ -13,6 +13,7 @@ TransformerLens's ``GatedMLP`` names: ``W_gate`` is Llama's gate_proj, ``W_in`` 
 import numpy as np
 
 from foundation.contract.checks import check_config
+
 from .module import HookPoint, Module, Parameter
 
 

@@ -12,6 +12,7 @@ No centring and no bias: only the size of each vector is normalised. eps is ``cf
 import numpy as np
 
 from foundation.contract.checks import check_config
+
 from .module import HookPoint, Module, Parameter
 
 

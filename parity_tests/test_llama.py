@@ -16,7 +16,15 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import TOL, assert_close, compare_grads, load_into_twin, pairwise_then_slow, randomize, rel_err
+from parity_tests.helpers import (
+    TOL,
+    assert_close,
+    compare_grads,
+    load_into_twin,
+    pairwise_then_slow,
+    randomize,
+    rel_err,
+)
 
 DTYPES = ["float64", "float32"]
 N_CTX = 7
