@@ -9,7 +9,16 @@
 4. the torch twin's own doors: dtype moves refused before anything moves; ``strict=False`` and
    ``assign=True`` keep the checks;
 5. helpers and the command line: ``logit_attrs``'s tokens, loss weights, ``generate``'s
-   temperature, plot paths, Ctrl-C while the checker's worker starts.
+   temperature, plot paths, Ctrl-C while the checker's worker starts;
+6. special files and sizes: every reader of a file the user names (``from_pretrained``'s
+   config and tokenizer files, weights files, ``read --exercises``) takes only a regular file,
+   bounded, checks a config against the weights before building anything, and turns deep
+   nesting and bytes that are not UTF-8 into one line;
+7. nothing left behind: SIGTERM during a save, bytes paths, ``generate``'s penalties, the
+   command line's prompt and folder arguments, the seeds both twins take; a vocabulary that
+   cannot spell a text refuses it.
+
+The exercise checker's sandbox is in ``test_exercise_sandbox.py``.
 
 Earlier rounds are in ``test_hardening.py`` and ``test_bad_input.py``.
 """
@@ -1033,3 +1042,321 @@ def test_ctrl_c_while_the_checker_s_worker_starts_prints_one_line_and_leaves_no_
     while time.monotonic() < deadline and any(_running(pid) for pid in workers):
         time.sleep(0.1)
     assert not any(_running(pid) for pid in workers), "the worker outlived the checker"
+
+
+
+# --- 6. special files and sizes ---
+
+def _checkpoint(folder, **overrides):
+    from parity_tests.gpt2_checkpoints import make_checkpoint
+
+    make_checkpoint(folder, **{"n_layer": 1, **overrides})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+def _special(path, kind):
+    """Put a FIFO, a character device (a link to /dev/zero) or a folder at ``path``."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+
+
+def _without_hanging(function, seconds=30):
+    """What ``function()`` raised, or None; a call still running after ``seconds`` fails the test."""
+    import threading
+
+    caught = []
+
+    def run():
+        try:
+            function()
+        except BaseException as error:  # noqa: B036
+            caught.append(error)
+        else:
+            caught.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert caught, f"still running after {seconds} s: it hangs"
+    return caught[0]
+
+
+SPECIAL = ["fifo", "device", "folder"]
+SPECIAL_WORDS = {"fifo": "a FIFO", "device": "a character device", "folder": "a folder"}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs FIFOs and /dev/zero")
+@pytest.mark.parametrize("kind", SPECIAL)
+@pytest.mark.parametrize("name", ["vocab.json", "merges.txt", "config.json"])
+def test_from_pretrained_takes_only_regular_files(checkpoint, tmp_path, name, kind):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(checkpoint, folder)
+    _special(folder / name, kind)
+    error = _without_hanging(lambda: npi.Transformer.from_pretrained(folder))
+    assert isinstance(error, ValueError), repr(error)
+    assert name in str(error) and SPECIAL_WORDS[kind] in str(error) and "\n" not in str(error), str(error)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs FIFOs and /dev/zero")
+@pytest.mark.parametrize("kind", SPECIAL)
+@pytest.mark.parametrize("name", ["weights.npz", "model.safetensors"])
+def test_a_weights_file_must_be_a_regular_file(checkpoint, tmp_path, name, kind):
+    path = tmp_path / name
+    if name == "model.safetensors":
+        import shutil
+
+        shutil.copytree(checkpoint, tmp_path / "copy")
+        path = tmp_path / "copy" / name
+        load = lambda: npi.Transformer.from_pretrained(path.parent)  # noqa: E731
+    else:
+        load = lambda: load_weights(path)  # noqa: E731
+        path.touch()
+    _special(path, kind)
+    error = _without_hanging(load)
+    assert isinstance(error, ValueError) and SPECIAL_WORDS[kind] in str(error), repr(error)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_a_config_claiming_two_million_layers_is_refused_before_building_them(checkpoint, tmp_path, side):
+    import json
+    import shutil
+    import tracemalloc
+
+    folder = tmp_path / "copy"
+    shutil.copytree(checkpoint, folder)
+    fields = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**fields, "n_layer": 2_000_000, "n_positions": 4}))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"n_layer is 2000000 but the file holds 1 blocks"):
+            {"numpy": npi, "torch": pti}[side].Transformer.from_pretrained(folder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB allocated before the refusal"
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"[" * 200_000 + b"]" * 200_000, "RecursionError"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b'{"a": "b"}', "map each token to an int"),
+], ids=["deep JSON", "not UTF-8", "ids not ints"])
+def test_a_malformed_vocab_json_is_one_line(checkpoint, tmp_path, content, words):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(checkpoint, folder)
+    (folder / "vocab.json").write_bytes(content)
+    with pytest.raises(ValueError, match=words) as raised:
+        npi.Transformer.from_pretrained(folder)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_tokenizer_file_over_its_limit_is_refused_unread(checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    from foundation.lens.vocab import BytePairTokenizer
+
+    folder = tmp_path / "copy"
+    shutil.copytree(checkpoint, folder)
+    monkeypatch.setattr(BytePairTokenizer, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"vocab.json' is [\d,]+ bytes, over the 1,000"):
+        npi.Transformer.from_pretrained(folder)
+
+
+@pytest.fixture
+def learner_copy(tmp_path):
+    from exercises.generate import write_copy
+
+    return write_copy(tmp_path / "mine")
+
+
+def _read_exercises(folder):
+    from tours.read import make_page
+
+    return _without_hanging(lambda: make_page(folder.parent / "out", folder, measured=object()), 60)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs FIFOs and /dev/zero")
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_read_exercises_takes_only_regular_files(learner_copy, kind):
+    _special(learner_copy / "layernorm.py", kind)
+    error = _read_exercises(learner_copy)
+    assert isinstance(error, SystemExit) and SPECIAL_WORDS[kind] in str(error.code), repr(error)
+
+
+@pytest.mark.parametrize("tail, words", [
+    ("\nx = " + "1 + " * 200_000 + "1\n", "nests too deeply"),
+    ("\n# \udcff\n", "not UTF-8"),
+], ids=["200,000 terms", "not UTF-8"])
+def test_read_exercises_turns_deep_nesting_and_bad_bytes_into_one_line(learner_copy, tail, words):
+    path = learner_copy / "layernorm.py"
+    path.write_bytes(path.read_bytes() + tail.encode("utf-8", "surrogateescape"))
+    error = _read_exercises(learner_copy)
+    assert isinstance(error, SystemExit) and words in str(error.code) and "\n" not in str(error.code), repr(error)
+
+
+# --- 7. nothing left behind ---
+
+SAVE_THEN_TERMINATE = """
+import os, signal, sys
+from foundation.files.weights import write_atomically
+def write(f):
+    f.write(b"half a file")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGTERM)
+    f.write(b"never")
+write_atomically(sys.argv[1], write)
+"""
+
+
+def test_sigterm_during_a_save_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    path = tmp_path / "model.npz"
+    path.write_bytes(b"the old file")
+    ran = subprocess.run([sys.executable, "-c", SAVE_THEN_TERMINATE, str(path)], cwd=PROJECT,
+                         capture_output=True, timeout=120)
+    assert ran.returncode == 128 + signal.SIGTERM, ran.stderr
+    assert path.read_bytes() == b"the old file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+
+
+class _BytesPath:
+    def __init__(self, path):
+        self.path = os.fsencode(path)
+
+    def __fspath__(self):
+        return self.path
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+@pytest.mark.parametrize("wrap", [_BytesPath, os.fsencode], ids=["PathLike giving bytes", "bytes"])
+def test_a_bytes_path_saves_and_loads(tmp_path, side, suffix, wrap):
+    model = {"numpy": npi, "torch": pti}[side].Transformer(SMALL, seed=3)
+    path = tmp_path / f"model{suffix}"
+    model.save(wrap(path))
+    again = type(model).load(wrap(path))
+    for name, p in model.named_parameters():
+        got = dict(again.named_parameters())[name]
+        assert rel_err(np.asarray(got.data if side == "numpy" else got.detach()),
+                       np.asarray(p.data if side == "numpy" else p.detach())) == 0.0
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("value", [float("inf"), 1e308, np.float64(7e307)], ids=["inf", "1e308", "7e307 times n_ctx 3"])
+def test_generate_refuses_a_penalty_that_would_make_probabilities_non_finite(side, value):
+    model = {"numpy": npi, "torch": pti}[side].Transformer(SMALL, seed=0)
+    with pytest.raises(ValueError, match="freq_penalty must be finite"):
+        model.generate([[1, 2]], max_new_tokens=1, freq_penalty=value, seed=0)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_generate_takes_a_large_finite_penalty(side):
+    model = {"numpy": npi, "torch": pti}[side].Transformer(SMALL, seed=0)
+    out = model.generate([[1, 2]], max_new_tokens=1, freq_penalty=1e300, seed=0)
+    assert np.asarray(out).shape == (1, 3)
+
+
+@pytest.mark.parametrize("seed, accepted", [(0, True), (2**64 - 1, True), (2**64, False), (2**70, False)])
+def test_the_twins_take_and_refuse_the_same_seeds(seed, accepted):
+    outcomes = []
+    for package in (npi, pti):
+        try:
+            package.Transformer(SMALL, seed=seed)
+            outcomes.append("built")
+        except ValueError as error:
+            assert "seed" in str(error), str(error)
+            outcomes.append("refused")
+    assert outcomes == (["built", "built"] if accepted else ["refused", "refused"])
+
+
+def _demo(*args, cwd=PROJECT):
+    return subprocess.run([os.fsencode(sys.executable), os.fsencode(PROJECT / "demo.py"), *args],
+                          capture_output=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_without_tokenizer(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("ids"), tokenizer=False)
+
+
+@pytest.mark.parametrize("prompt, words", [
+    (b"1 99999999999999999999999", b"token id 99999999999999999999999 is not in [0, "),
+    (b"1 2 \xff", b"--prompt is not UTF-8 text"),
+    (b"1 \xd9\xa1", b"--prompt must be token ids"),
+], ids=["a huge id", "not UTF-8", "a non-ASCII digit"])
+def test_demo_gpt2_prompt_errors_are_one_line(checkpoint_without_tokenizer, tmp_path, prompt, words):
+    ran = _demo(b"gpt2", b"--model", os.fsencode(checkpoint_without_tokenizer), b"--prompt", prompt,
+                b"--out", os.fsencode(tmp_path / "out"))
+    assert ran.returncode == 1 and words in ran.stderr, ran.stderr
+    assert ran.stderr.count(b"\n") == 1 and b"Traceback" not in ran.stderr, ran.stderr
+
+
+def test_demo_gpt2_text_prompt_that_is_not_utf8_is_one_line(checkpoint, tmp_path):
+    ran = _demo(b"gpt2", b"--model", os.fsencode(checkpoint), b"--prompt", b"hello \xff",
+                b"--out", os.fsencode(tmp_path / "out"))
+    assert ran.returncode == 1 and b"--prompt is not UTF-8 text" in ran.stderr, ran.stderr
+    assert ran.stderr.count(b"\n") == 1, ran.stderr
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names that are not UTF-8 itself")
+def test_exercises_init_into_a_non_utf8_folder_is_one_line_and_leaves_nothing(tmp_path):
+    folder = os.fsencode(tmp_path) + b"/mine\xff"
+    ran = _demo(b"exercises", b"init", folder)
+    assert ran.returncode == 1 and b"is not a UTF-8 name" in ran.stderr, ran.stderr
+    assert ran.stderr.count(b"\n") == 1, ran.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_exercises_init_that_fails_half_way_leaves_nothing(tmp_path, monkeypatch):
+    from pathlib import Path as _Path
+
+    from exercises.generate import write_copy
+
+    written = []
+    real = _Path.write_text
+
+    def fail_on_the_third(self, text, *args, **kwargs):
+        written.append(self)
+        if len(written) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(_Path, "write_text", fail_on_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        write_copy(tmp_path / "mine")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path / "mine") == []
+    assert (write_copy(tmp_path / "mine") / "layernorm.py").is_file()  # and the next init is not refused
+
+
+@pytest.fixture(scope="module")
+def short_alphabet(tmp_path_factory):
+    """A byte-level BPE that knows only the bytes of 'abc ', as a hand-made vocabulary might."""
+    import json
+
+    from foundation.lens.vocab import BytePairTokenizer
+
+    folder = tmp_path_factory.mktemp("alphabet")
+    (folder / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "c": 2, "\u0120": 3, "ab": 4}))
+    (folder / "merges.txt").write_text("#version: 0.2\na b\n")
+    return BytePairTokenizer(folder / "vocab.json", folder / "merges.txt")
+
+
+def test_a_vocabulary_missing_byte_symbols_refuses_what_it_cannot_spell(short_alphabet):
+    assert short_alphabet.encode("ab c") == [4, 3, 2]
+    with pytest.raises(ValueError, match=r"cannot spell 'xz'"):
+        short_alphabet.encode("abx cz")
