@@ -315,15 +315,16 @@ def write_copy(directory=DEFAULT_DIR, force: bool = False) -> Path:
     try:
         os.fsdecode(os.fspath(directory)).encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"directory {os.fsdecode(os.fspath(directory))!a} is not a UTF-8 name: the copy's "
-                         "hints name their folder in UTF-8 source; choose a folder whose name is") from None
+        shown = os.fsdecode(os.fspath(directory))
+        raise ValueError(f"directory {shown!a} is not a UTF-8 name: the copy's hints name their "
+                         "folder in UTF-8 source; choose a folder whose name is") from None
     if target.exists() and not force:
         raise FileExistsError(f"{target} already exists (your work?); pass --force to overwrite it")
     reference_exercises()  # fails early if markers and catalog disagree
     stubs = {path.name: stub_source(path.read_text(), path.name, os.fspath(directory))
              for path in sorted(REFERENCE_DIR.glob("*.py"))}
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".numpy_impl-", dir=target.parent))  # whole, or nothing left
+    staging = Path(tempfile.mkdtemp(prefix=".numpy_impl-", dir=target.parent))  # whole, or nothing
     try:
         for name, text in stubs.items():
             (staging / name).write_text(text)

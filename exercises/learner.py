@@ -57,20 +57,22 @@ BORROWED_MODULES = {
     "tensorflow", "keras", "tinygrad", "mlx", "sympy", "numdifftools", "transformers", "gradcheck", "exercises",
     "tours", "interp", "training", "reading", "parity_tests", "benchmarks", "demo", "_exercise_reference",
 }
-REFUSED_MODULES = {"subprocess", "_posixsubprocess", "multiprocessing", "pty", "_ctypes", "ctypes", "readline",
-                   "socket", "_socket", "sqlite3", "_sqlite3"}
+REFUSED_MODULES = {"subprocess", "_posixsubprocess", "multiprocessing", "pty", "_ctypes", "ctypes",
+                   "readline", "socket", "_socket", "sqlite3", "_sqlite3"}
 PROCESS_EVENTS = {"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
                   "subprocess.Popen", "os.startfile", "pty.spawn"}
 WRITE_EVENTS = {"os.rename": 2, "os.remove": 1, "os.rmdir": 1, "os.truncate": 1, "os.link": 2,
                 "os.symlink": 2, "os.mkdir": 1, "shutil.rmtree": 1, "os.chmod": 1, "os.chown": 1,
-                "os.utime": 1, "os.setxattr": 1, "os.removexattr": 1, "os.chflags": 1, "os.mkfifo": 1,
-                "os.mknod": 1, "sqlite3.connect": 1}
-READ_EVENTS = {"readline.read_history_file", "readline.read_init_file", "readline.append_history_file",
-               "readline.write_history_file"}
-SOCKET_EVENTS = {"socket.__new__", "socket.bind", "socket.connect", "socket.sendto", "socket.sendmsg"}
+                "os.utime": 1, "os.setxattr": 1, "os.removexattr": 1, "os.chflags": 1,
+                "os.mkfifo": 1, "os.mknod": 1, "sqlite3.connect": 1}
+READ_EVENTS = {"readline.read_history_file", "readline.read_init_file",
+               "readline.append_history_file", "readline.write_history_file"}
+SOCKET_EVENTS = {"socket.__new__", "socket.bind", "socket.connect", "socket.sendto",
+                 "socket.sendmsg"}
 REFERENCE_FOLDERS = ("numpy_impl", "torch_impl")  # by name anywhere (other clones), besides the project's
 PROTECTED_IN_PROJECT = ("numpy_impl", "torch_impl", "gradcheck")
-SHARED_LIBRARIES = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/etc/ld.so.cache")
+SHARED_LIBRARIES = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib",
+                    "/etc/ld.so.cache")  # what an extension module links to
 _loads = itertools.count()
 
 
@@ -426,8 +428,9 @@ def readable(setup, engines):
     """What the process may read behind the wall: its runtime copy, the learner's folder and the
     Python installation (this process's sys.path), less the project and the gradient engines."""
     project = Path(setup["project"]).resolve()
-    installation = [p for p in sys.path[1:] if p and os.path.isdir(p) and Path(p).resolve() != project]
-    libraries = [p for p in SHARED_LIBRARIES if os.path.exists(p)]  # what an extension module links to
+    installation = [p for p in sys.path[1:]
+                    if p and os.path.isdir(p) and Path(p).resolve() != project]
+    libraries = [p for p in SHARED_LIBRARIES if os.path.exists(p)]
     roots = [setup["runtime"], setup["directory"], *installation, *libraries]
     return sandbox.split_roots(roots, sandbox.carve(project, roots) + engines)
 
@@ -444,7 +447,8 @@ def reaches_out(package_dir, directory, project):
             info = path.stat()
             references[(info.st_dev, info.st_ino)] = path
     if not Path(package_dir).resolve().is_relative_to(folder):
-        return f"your {Path(package_dir).name} is a link to {Path(package_dir).resolve()}, outside your folder"
+        real = Path(package_dir).resolve()
+        return f"your {Path(package_dir).name} is a link to {real}, outside your folder"
     for root, dirs, files in os.walk(package_dir):
         for name in dirs + files:
             path = Path(root) / name
@@ -645,11 +649,13 @@ def main(in_fd, out_fd):
         try:
             sandbox.enter(read=readable(setup, engines), write=[setup["scratch"]])
         except sandbox.Unavailable as error:
-            protocol.send(out_fd, {"ready": False, "error": f"the checker could not put up its wall: {error}"})
+            said = f"the checker could not put up its wall: {error}"
+            protocol.send(out_fd, {"ready": False, "error": said})
             return
     for name in ("mkfifo", "mknod"):  # no audit event of their own: give them one
         setattr(os, name, _audited(name, getattr(os, name)))
-    sys.addaudithook(Guard(out_fd, package_dir, setup["directory"], setup["project"], engines, setup["scratch"]))
+    sys.addaudithook(Guard(out_fd, package_dir, setup["directory"], setup["project"], engines,
+                           setup["scratch"]))
     try:
         package = load_package(setup["directory"])
     except ImportError as error:

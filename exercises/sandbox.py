@@ -41,10 +41,11 @@ EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 REMOVE_DIR, REMOVE_FILE, MAKE_CHAR, MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
 MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM = 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12
 REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15  # ABI 2, 3, 5
-FS_RIGHTS = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}  # ABI 5 on: 16 bits
+# the rights each ABI knows: 13 bits in ABI 1, REFER in 2, TRUNCATE in 3 (and 4), IOCTL_DEV from 5
+FS_RIGHTS = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}
 NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
-FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV  # all a rule on a file may hold
+FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV  # what a file's rule may hold
 READ = READ_FILE | READ_DIR
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 
@@ -91,7 +92,8 @@ def wall():
         return 0, f"{platform.system() or sys.platform} has no Landlock (a Linux feature)"
     try:
         libc = _libc()
-        abi = libc.syscall(CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION))
+        abi = libc.syscall(CREATE_RULESET, None, ctypes.c_size_t(0),
+                           ctypes.c_uint32(CREATE_RULESET_VERSION))
     except (OSError, AttributeError) as error:
         return 0, f"the C library could not be reached to ask for Landlock ({error})"
     if abi < 1:
@@ -129,7 +131,8 @@ def carve(path, roots):
         resolved = entry.resolve() if not entry.is_symlink() else entry.absolute()
         if resolved in inner:
             continue
-        kept += carve(entry, inner) if any(r.is_relative_to(resolved) for r in inner) else [resolved]
+        holds_one = any(r.is_relative_to(resolved) for r in inner)
+        kept += carve(entry, inner) if holds_one else [resolved]
     return kept
 
 
@@ -155,7 +158,8 @@ def enter(read, write):
     attr = struct.pack("=QQQ", fs, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
                        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
     attr = attr[: 8 if abi < 4 else 16 if abi < 6 else 24]
-    ruleset = libc.syscall(CREATE_RULESET, ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    ruleset = libc.syscall(CREATE_RULESET, ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)),
+                           ctypes.c_uint32(0))
     if ruleset < 0:
         raise Unavailable(f"landlock_create_ruleset: {os.strerror(ctypes.get_errno())}")
     try:
@@ -190,7 +194,7 @@ def _add(libc, ruleset, path, rights):
 
 
 def _seccomp(libc):
-    """A filter refusing (EPERM) the calls in ARCHES for this machine; none where it is not listed."""
+    """A filter refusing (EPERM) the calls ARCHES lists for this machine; none elsewhere."""
     machine = platform.machine().lower()
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
     if machine not in ARCHES:
@@ -202,7 +206,8 @@ def _seccomp(libc):
         return struct.pack("=HBBI", code, jt, jf, k)
 
     LD_W_ABS, JEQ_K, JGE_K, RET_K = 0x20, 0x15, 0x35, 0x06
-    program = [op(LD_W_ABS, 4), op(JEQ_K, arch, 1, 0), op(RET_K, SECCOMP_RET_ALLOW), op(LD_W_ABS, 0)]
+    program = [op(LD_W_ABS, 4), op(JEQ_K, arch, 1, 0), op(RET_K, SECCOMP_RET_ALLOW),  # another arch
+               op(LD_W_ABS, 0)]  # the call's number
     if machine == "x86_64":
         program.append(op(JGE_K, X32_BIT, len(numbers) + 1, 0))
     for i, number in enumerate(numbers):

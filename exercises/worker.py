@@ -54,7 +54,8 @@ BOOT = (  # argv: the pipes' two ends, and the runtime copy (never the project: 
     "from exercises.learner import main\n"
     "main(int(sys.argv[1]), int(sys.argv[2]))\n"
 )
-RUNTIME_FILES = ("exercises/learner.py", "exercises/protocol.py", "exercises/steps.py", "exercises/sandbox.py")
+RUNTIME_FILES = ("exercises/learner.py", "exercises/protocol.py", "exercises/steps.py",
+                 "exercises/sandbox.py")
 _live = set()  # processes not yet stopped, for the exit handler
 _said = []  # the no-wall note, once per checker
 NO_WALL = ("note: {why}, so the exercise checker has no wall the operating system keeps around a "
@@ -124,7 +125,8 @@ class LearnerProcess:
         environment = {**os.environ, "TMPDIR": str(self.scratch)}
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-B", "-c", BOOT, str(from_checker), str(to_checker), str(runtime)],
+                [sys.executable, "-I", "-B", "-c", BOOT, str(from_checker), str(to_checker),
+                 str(runtime)],
                 pass_fds=(from_checker, to_checker), stdin=subprocess.DEVNULL, stdout=log_write, stderr=log_write,
                 cwd=directory, start_new_session=True, env=environment)
         finally:
@@ -134,8 +136,9 @@ class LearnerProcess:
         self.to_learner = to_learner
         self.reader = protocol.Reader(from_learner)
         self.output = Output(log_read)
-        protocol.send(self.to_learner, {"directory": str(directory), "project": str(PROJECT), "isolate": isolate or {},
-                                        "scratch": str(self.scratch), "runtime": str(runtime), "wall": abi})
+        protocol.send(self.to_learner, {"directory": str(directory), "project": str(PROJECT),
+                                        "isolate": isolate or {}, "scratch": str(self.scratch),
+                                        "runtime": str(runtime), "wall": abi})
 
     def ready(self):
         """The learner's copy imported: {"ready": True}, or {"ready": False, "error": ...}."""
@@ -242,16 +245,18 @@ def runtime_copy(runtime, isolate):
 
 
 def without_backwards(source, tree, kept):
-    """``source`` with the body of every ``backward`` outside the classes in ``kept`` replaced by a raise."""
+    """``source``, each ``backward`` body of a class not in ``kept`` replaced by a raise."""
     lines = source.splitlines(keepends=True)
     for node in sorted(ast.walk(tree), key=lambda n: -getattr(n, "lineno", 0)):
         if not isinstance(node, ast.ClassDef) or node.name in kept:
             continue
         for method in node.body:
-            if isinstance(method, ast.FunctionDef) and method.name == "backward" and node.name != "HookPoint":
+            is_backward = isinstance(method, ast.FunctionDef) and method.name == "backward"
+            if is_backward and node.name != "HookPoint":  # a hook point's is no exercise
                 first, last = method.body[0].lineno, method.end_lineno
                 indent = " " * method.body[0].col_offset
-                lines[first - 1:last] = [f"{indent}raise NotImplementedError('not in this process')\n"]
+                stub = f"{indent}raise NotImplementedError('not in this process')\n"
+                lines[first - 1:last] = [stub]
     return "".join(lines)
 
 

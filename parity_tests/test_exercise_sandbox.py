@@ -11,6 +11,7 @@ with that reason, and the checker's note that its verdicts there trust the learn
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ SWITCH_OFF = (
 def attempts(project):
     """Lines for a backward body: each route tried in turn, those that got through printed."""
     reference = project / "numpy_impl" / "unembed.py"
-    git_object = next((p for p in (project / ".git" / "objects").rglob("*") if p.is_file()), reference)
+    objects = (project / ".git" / "objects").rglob("*")
+    git_object = next((p for p in objects if p.is_file()), reference)
     target = project / "numpy_impl" / "twins-planted"
     routes = {
         "import the reference": "import importlib; importlib.import_module('numpy_impl.loss')",
@@ -62,13 +64,14 @@ def attempts(project):
     }
     lines = ["import os", "_got = []"]
     for name, route in routes.items():
-        lines += ["try:", f"    {route}", f"    _got.append({name!r})", "except BaseException:", "    pass"]
+        lines += ["try:", f"    {route}", f"    _got.append({name!r})",
+                  "except BaseException:", "    pass"]
     lines.append("print('GOT ' + __import__('json').dumps(_got), flush=True)")
     return "\n        ".join(lines)
 
 
 def fingerprint(project):
-    """(path, size, mtime, mode, content hash) of every file and folder of the project, .git included."""
+    """(path, size, mtime, mode, content hash) of each file and folder of the project, .git too."""
     rows = []
     for root, dirs, files in os.walk(project):
         dirs[:] = [d for d in dirs if d not in ("__pycache__", ".pytest_cache", ".hypothesis")]
@@ -97,7 +100,7 @@ def test_nothing_reaches_the_project_whatever_the_code_does(solved, tmp_path, sw
         assert got_through(result) == [], result.output
         assert result.status == "done"  # nothing borrowed got through, and the body is right
     else:
-        assert result.status in ("borrowed", "refused"), result.message  # the hook saw the first route
+        assert result.status in ("borrowed", "refused"), result.message  # the hook saw a route
 
 
 @needs_landlock
@@ -113,16 +116,16 @@ def test_a_borrowing_backward_with_the_hook_switched_off_is_not_done(solved, tmp
 def test_the_reading_page_cannot_be_parsed_for_the_answer(solved, tmp_path):
     page = PROJECT / "outputs" / "read.html"
     line = (f"text = open({str(page)!r}).read()\n"
-            "        dx = np.einsum('mv,bpv->bpm', self.W_U.data, dlogits)  # [batch, pos, d_model]")
+            "        dx = np.einsum('mv,bpv->bpm', self.W_U.data, dlogits)")
     directory = planted_copy(solved, tmp_path, "unembed.py", DX, SWITCH_OFF + "        " + line)
     (result,) = check(directory, keys=["unembed"], sample=SAMPLE)
     assert result.status == "wrong", result.message
-    assert "PermissionError" in result.message or "FileNotFoundError" in result.message, result.message
+    assert re.search("PermissionError|FileNotFoundError", result.message), result.message
 
 
 def test_a_copy_linked_into_the_project_is_refused_with_why(tmp_path):
     (tmp_path / "numpy_impl").symlink_to(PROJECT / "numpy_impl")
-    with pytest.raises(ImportError, match=r"numpy_impl is a link to .*numpy_impl, outside your folder"):
+    with pytest.raises(ImportError, match=r"numpy_impl is a link to .*numpy_impl, outside your"):
         check(tmp_path, keys=["unembed"], sample=SAMPLE)
 
 
@@ -152,12 +155,14 @@ def test_the_project_itself_is_refused_as_a_copy():
 
 def test_the_runtime_copy_holds_no_backward_but_the_sub_modules(tmp_path):
     """The block's process gets LayerNorm's, attention's and the MLP's backward; no other body."""
-    isolate = {"LayerNorm": "layernorm.py", "MultiHeadAttention": "attention.py", "FeedForward": "feedforward.py"}
+    isolate = {"LayerNorm": "layernorm.py", "MultiHeadAttention": "attention.py",
+               "FeedForward": "feedforward.py"}
     runtime = worker.runtime_copy(tmp_path / "runtime", isolate)
     reference = runtime / "_exercise_reference"
     assert sorted(p.name for p in reference.glob("*.py")) == [
         "__init__.py", "attention.py", "feedforward.py", "layernorm.py", "module.py"]
-    assert not (runtime / "numpy_impl").exists() and not (runtime / "exercises" / "check.py").exists()
+    assert not (runtime / "numpy_impl").exists()
+    assert not (runtime / "exercises" / "check.py").exists()
     import ast
 
     for path in reference.glob("*.py"):
@@ -165,14 +170,16 @@ def test_the_runtime_copy_holds_no_backward_but_the_sub_modules(tmp_path):
             if isinstance(node, ast.ClassDef):
                 for method in node.body:
                     if getattr(method, "name", "") == "backward" and node.name != "HookPoint":
-                        stripped = ast.unparse(method.body) == "raise NotImplementedError('not in this process')"
-                        assert stripped == (node.name not in isolate), f"{path.name}: {node.name}.backward"
+                        body = ast.unparse(method.body)
+                        stripped = body == "raise NotImplementedError('not in this process')"
+                        assert stripped == (node.name not in isolate), f"{path.name}: {node.name}"
 
 
 @needs_landlock
 def test_the_sub_modules_source_is_gone_before_the_learners_code_runs(solved, tmp_path):
     line = "# EXERCISE BEGIN\n        norm = self.cfg.normalization"
-    look = ("import sys, os; print('LEFT', os.path.exists(os.path.join(sys.path[0], '_exercise_reference')), "
+    look = ("import sys, os; print('LEFT', "
+            "os.path.exists(os.path.join(sys.path[0], '_exercise_reference')), "
             "sorted(os.listdir(sys.path[0])), flush=True)")
     directory = planted_copy(solved, tmp_path, "block.py", line, f"{look}\n        {line}")
     (result,) = check(directory, keys=["block"], sample=SAMPLE)
@@ -180,7 +187,8 @@ def test_the_sub_modules_source_is_gone_before_the_learners_code_runs(solved, tm
     assert "LEFT False ['exercises', 'foundation']" in result.output, result.output
 
 
-def test_without_a_wall_the_checker_says_once_that_verdicts_trust_the_learner(solved, monkeypatch, capsys):
+def test_without_a_wall_the_checker_says_once_that_verdicts_trust_the_learner(solved, monkeypatch,
+                                                                                capsys):
     monkeypatch.setattr(sandbox, "wall", lambda: (0, "this test's kernel offers no Landlock"))
     monkeypatch.setattr(worker, "_said", [])
     results = check(solved, keys=["embedding", "unembed"], sample=SAMPLE)
@@ -194,7 +202,8 @@ def test_without_a_wall_the_audit_hook_still_refuses(solved, tmp_path, monkeypat
     monkeypatch.setattr(sandbox, "wall", lambda: (0, "this test's kernel offers no Landlock"))
     monkeypatch.setattr(worker, "_said", ["said"])
     target = PROJECT / "numpy_impl" / "twins-planted"
-    directory = planted_copy(solved, tmp_path, "unembed.py", DX, f"{DX}\n        import os; os.mkfifo({str(target)!r})")
+    line = f"{DX}\n        import os; os.mkfifo({str(target)!r})"
+    directory = planted_copy(solved, tmp_path, "unembed.py", DX, line)
     (result,) = check(directory, keys=["unembed"], sample=SAMPLE)
     assert not target.exists() and result.status == "refused", result.message
 
@@ -232,13 +241,14 @@ print(json.dumps({
 
 @needs_landlock
 def test_the_binding_refuses_what_it_says(tmp_path):
-    readable, scratch, elsewhere = tmp_path / "readable", tmp_path / "scratch", tmp_path / "elsewhere"
+    readable, scratch, elsewhere = (tmp_path / n for n in ("readable", "scratch", "elsewhere"))
     for folder in (readable, scratch, elsewhere):
         folder.mkdir()
     (readable / "f").write_text("granted")
     (elsewhere / "secret").write_text("not granted")
-    ran = subprocess.run([sys.executable, "-I", "-c", PROBE, str(PROJECT / "exercises" / ".."), str(readable),
-                          str(scratch), str(elsewhere / "secret")], capture_output=True, text=True, timeout=60)
+    arguments = [str(PROJECT), str(readable), str(scratch), str(elsewhere / "secret")]
+    ran = subprocess.run([sys.executable, "-I", "-c", PROBE, *arguments], capture_output=True, text=True,
+                         timeout=60)
     assert ran.returncode == 0, ran.stderr
     seen = json.loads(ran.stdout)
     allowed = {"read a granted file", "write the scratch folder"}

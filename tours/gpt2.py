@@ -96,7 +96,7 @@ def prompt_tokens(model, prompt, new_tokens):
             raise ValueError(f"--prompt must be token ids separated by spaces or commas (the folder has no vocab.json "
                              f"and merges.txt), got {prompt!r}")
         too_large = next((p for p in pieces if len(p) > 18 or int(p) >= cfg.d_vocab), None)
-        if too_large is not None:  # checked before the ids become int64 (which a long one would overflow)
+        if too_large is not None:  # before the ids become int64, which a long one would overflow
             shown = too_large if len(too_large) <= 30 else too_large[:27] + "..."
             raise ValueError(f"--prompt: token id {shown} is not in [0, {cfg.d_vocab})")
         tokens = np.array([[int(p) for p in pieces]], dtype=np.int64)

@@ -130,7 +130,7 @@ def read_config_json(path):
     """config.json -> dict; missing, too large, not JSON or not an object is a one-line error."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {CONFIG_FILE} in {os.path.dirname(path)!r} (is it a Hugging Face checkpoint?)")
-    data = read_bytes(path, MAX_CONFIG_BYTES, "model config")  # a regular file, at most MAX_CONFIG_BYTES
+    data = read_bytes(path, MAX_CONFIG_BYTES, "model config")  # a regular file, bounded
     try:
         fields = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, RecursionError, ValueError) as error:
@@ -228,11 +228,11 @@ def gpt2_config(hf, dtype):
 
 
 def check_layer_count(n_layers, names):
-    """config.json's n_layer against the blocks the file holds (h.0. ... h.{n-1}.), before anything is built."""
+    """config.json's n_layer against the blocks the file holds (h.0. ...), before any is built."""
     held = {int(match.group(1)) for name in names if (match := re.match(r"h\.(\d+)\.", name))}
     if len(held) != n_layers:
-        raise _Refused(f"config.json says n_layer is {n_layers} but the file holds {len(held)} blocks "
-                       "of tensors (h.0. ...)")
+        raise _Refused(f"config.json says n_layer is {n_layers} but the file holds {len(held)} "
+                       "blocks of tensors (h.0. ...)")
 
 
 def gpt2_shapes(cfg, tied):

@@ -240,7 +240,8 @@ def load_weights(path):
     path = _check_path(path)
     if not os.path.isfile(path):
         if os.path.exists(path):  # a FIFO would hang the reader, a device never end
-            raise ValueError(f"{path!r} is {_file_kind(os.stat(path).st_mode)}, not a regular file: not a weights file")
+            kind = _file_kind(os.stat(path).st_mode)
+            raise ValueError(f"{path!r} is {kind}, not a regular file: not a weights file")
         raise FileNotFoundError(f"no weights file at {path!r}")
     try:
         cfg, arrays = _read_safetensors(path) if is_safetensors(path) else _read(path)
@@ -400,7 +401,7 @@ def _read_safetensors(path):
 
 
 def _check_path(path):
-    """``path`` as a str: a str, bytes or os.PathLike (whose ``__fspath__`` may give bytes) works."""
+    """``path`` as a str, from a str, bytes or os.PathLike (whose ``__fspath__`` may give bytes)."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}")
     try:

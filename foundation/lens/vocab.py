@@ -72,7 +72,7 @@ class BytePairTokenizer:
     """
 
     END_OF_TEXT = "<|endoftext|>"
-    MAX_FILE_BYTES = 64 << 20  # GPT-2's vocab.json is 1 MB and merges.txt 0.5 MB; a larger vocabulary's, a few MB
+    MAX_FILE_BYTES = 64 << 20  # GPT-2's vocab.json is 1 MB, merges.txt 0.5 MB
 
     def __init__(self, vocab_path, merges_path):
         from tokenizers import ByteLevelBPETokenizer
@@ -88,7 +88,7 @@ class BytePairTokenizer:
                 raise ValueError("vocab.json must map each token to an int id")
             # GPT-2's settings: no space added before the text, the byte-level regex split
             self.tokenizer = ByteLevelBPETokenizer(vocab, merges, add_prefix_space=False)
-        except Exception as error:  # RecursionError (deep JSON), ValueError, and the library's bare Exception
+        except Exception as error:  # RecursionError (deep JSON), ValueError, the library's Exception
             raise ValueError(f"{str(vocab_path)!r} and {str(merges_path)!r} are not a byte-level BPE "
                              f"vocabulary ({type(error).__name__}: {str(error)[:200]})") from None
         self.ids = self.tokenizer.get_vocab()  # {token as stored: id}
@@ -112,8 +112,9 @@ class BytePairTokenizer:
         if self.tokenizer.decode(ids, skip_special_tokens=False) != text:
             spelled = self.tokenizer.decode(ids, skip_special_tokens=False)
             lost = sorted(set(text) - set(spelled)) or sorted(set(text))
-            raise ValueError(f"text: this vocabulary cannot spell {''.join(lost[:20])!r} (its byte symbols "
-                             "are missing from vocab.json); the text would lose them")
+            missing = "".join(lost[:20])
+            raise ValueError(f"text: this vocabulary cannot spell {missing!r} (its byte symbols are "
+                             "missing from vocab.json); the text would lose them")
         return ids
 
     def decode(self, ids):
@@ -151,7 +152,7 @@ def as_token_rows(tokens, name="tokens"):
 
 
 def _merges(text):
-    """merges.txt -> [(left, right)]: one merge per line, the "#version" line and blank lines skipped."""
+    """merges.txt -> [(left, right)], one merge a line; the "#version" line and blank lines skipped."""
     merges = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or (number == 1 and line.startswith("#version")):
