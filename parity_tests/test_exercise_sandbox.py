@@ -71,10 +71,14 @@ def attempts(project):
 
 
 def fingerprint(project):
-    """(path, size, mtime, mode, content hash) of each file and folder of the project, .git too."""
+    """(path, size, mtime, mode, content hash) of each file and folder of the project, and of
+    .git's objects and refs (git's own bookkeeping, the index and worktrees, moves as git runs)."""
     rows = []
+    skipped = {"__pycache__", ".pytest_cache", ".hypothesis"}
     for root, dirs, files in os.walk(project):
-        dirs[:] = [d for d in dirs if d not in ("__pycache__", ".pytest_cache", ".hypothesis")]
+        if Path(root) == project / ".git":
+            dirs[:], files = [d for d in dirs if d in ("objects", "refs")], []
+        dirs[:] = [d for d in dirs if d not in skipped]
         for name in sorted(dirs + files):
             path = Path(root) / name
             info = path.lstat()
