@@ -387,7 +387,7 @@ def _temp_dir():
 
 def reference_backwards(folder, files):
     """{class name: the reference's backward} for ``files`` ({class: file name}), loaded by file
-    from ``folder`` (the runtime copy's ``_exercise_reference``, see ``worker.runtime_copy``).
+    from ``folder`` (a copy in the process's scratch folder, see ``worker.reference_copy``).
 
     The private package runs no ``__init__`` (which would load every class) and is dropped from
     sys.modules once the functions are taken.
@@ -409,8 +409,9 @@ def reference_backwards(folder, files):
 
 # --- the wall's plan ---
 
-def engine_folders():
-    """Where torch and the other gradient engines of BORROWED_MODULES are installed, if they are."""
+def engine_folders(runtime):
+    """Where torch and the other gradient engines of BORROWED_MODULES are installed, if they are
+    (the runtime copy's own ``exercises`` aside)."""
     found = []
     for name in sorted(BORROWED_MODULES):
         try:
@@ -421,7 +422,8 @@ def engine_folders():
             found += [str(Path(p).resolve()) for p in spec.submodule_search_locations]
         elif spec is not None and spec.origin and os.path.isfile(spec.origin):
             found.append(str(Path(spec.origin).resolve()))
-    return found
+    runtime = str(Path(runtime).resolve())
+    return [p for p in found if not (p == runtime or p.startswith(runtime + os.sep))]
 
 
 def readable(setup, engines):
@@ -633,13 +635,12 @@ def main(in_fd, out_fd):
     reader = protocol.Reader(in_fd)
     _, setup = reader.read()
     isolation = {}
-    reference = Path(setup["runtime"]) / "_exercise_reference"
-    if setup.get("isolate"):
-        isolation = reference_backwards(reference, setup["isolate"])
-    shutil.rmtree(reference, ignore_errors=True)  # the functions are held; their source is gone
+    if setup.get("reference"):
+        isolation = reference_backwards(setup["reference"], setup["isolate"])
+        shutil.rmtree(setup["reference"], ignore_errors=True)  # the functions are held; the source goes
     linecache.clearcache()
     package_dir = find_package(setup["directory"])
-    engines = engine_folders()
+    engines = engine_folders(setup["runtime"])
     refusal = reaches_out(package_dir, setup["directory"], setup["project"])
     if refusal:
         protocol.send(out_fd, {"event": {"kind": "borrowed", "what": refusal, "where": ""}})

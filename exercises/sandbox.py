@@ -108,42 +108,45 @@ def split_roots(roots, excluded):
     """``roots`` less everything under ``excluded``: a root holding an excluded path gives way to
     its other entries, one level at a time (Landlock only grants, so a hole is made by granting
     around it). Paths are resolved; those that do not exist are dropped."""
-    excluded = [Path(p).resolve() for p in excluded]
+    excluded = [os.path.realpath(p) for p in excluded]
     granted = []
-    for root in dict.fromkeys(Path(r).resolve() for r in roots):
-        if not root.exists():
-            continue
-        granted += _around(root, excluded)
-    return granted
+    for root in dict.fromkeys(os.path.realpath(r) for r in roots):
+        if os.path.exists(root):
+            granted += _around(root, excluded)
+    return [Path(p) for p in granted]
 
 
 def carve(path, roots):
     """The folders under ``path`` to keep out of reach: ``path`` itself, or, where it holds some
     of ``roots`` (a virtual environment inside the project, a learner's copy inside it), each of
     its entries that holds none, one level at a time. A root equal to ``path`` is not kept."""
-    path = Path(path)
-    inner = [Path(r).resolve() for r in roots]
-    inner = [r for r in inner if r != path.resolve() and r.is_relative_to(path.resolve())]
-    if not inner or not path.is_dir():
-        return [path.resolve()]
+    path = os.path.realpath(path)
+    inner = [r for r in (os.path.realpath(r) for r in roots) if r != path and _under(r, path)]
+    if not inner or not os.path.isdir(path):
+        return [Path(path)]
     kept = []
-    for entry in sorted(path.iterdir()):
-        resolved = entry.resolve() if not entry.is_symlink() else entry.absolute()
-        if resolved in inner:
+    for name in sorted(os.listdir(path)):
+        entry = os.path.join(path, name)
+        if entry in inner:
             continue
-        holds_one = any(r.is_relative_to(resolved) for r in inner)
-        kept += carve(entry, inner) if holds_one else [resolved]
+        holds_one = any(_under(r, entry) for r in inner) and not os.path.islink(entry)
+        kept += carve(entry, inner) if holds_one else [Path(entry)]
     return kept
 
 
+def _under(path, folder):
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _around(root, excluded):
-    if any(root == x or root.is_relative_to(x) for x in excluded):
+    if any(_under(root, x) for x in excluded):
         return []
-    if not any(x.is_relative_to(root) for x in excluded) or not root.is_dir():
+    if not any(_under(x, root) for x in excluded) or not os.path.isdir(root):
         return [root]
     parts = []
-    for entry in sorted(root.iterdir()):
-        parts += _around(entry.resolve() if entry.is_symlink() else entry, excluded)
+    for name in sorted(os.listdir(root)):
+        entry = os.path.join(root, name)
+        parts += _around(os.path.realpath(entry) if os.path.islink(entry) else entry, excluded)
     return parts
 
 

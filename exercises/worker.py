@@ -18,13 +18,14 @@ so a flood of output neither blocks it nor fills anything.
 
 Behind the audit hook stands a wall the kernel keeps (``sandbox.py``: Landlock and seccomp,
 where Linux offers them). The process never sees the project: it starts from a runtime copy
-made in a scratch folder of its own (``exercises``' three modules the process needs, and
-``foundation``, which the learner's copy imports), reads only that copy, the learner's copy and
-the Python installation (less the project and the other gradient engines), and writes only its
-scratch folder, which is removed with it. For the block and the model, the scratch folder also
-holds the reference files its sub-modules run, with every other backward body taken out; the
-process loads them and deletes them before the learner's code is imported. Where there is no
-wall, the checker says so once: verdicts there trust the learner's code.
+the checker makes once in a temporary folder (the modules of ``exercises`` the process needs,
+and ``foundation``, which the learner's copy imports), reads only that copy, the learner's copy
+and the Python installation (less the project and the other gradient engines), and writes only
+a scratch folder of its own (its TMPDIR), which is removed with it. For the block and the model,
+the scratch folder also holds the reference files its sub-modules run, with every other
+backward body taken out; the process loads them and deletes them before the learner's code is
+imported. Where there is no wall, the checker says so once: verdicts there trust the learner's
+code.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ RUNTIME_FILES = ("exercises/learner.py", "exercises/protocol.py", "exercises/ste
                  "exercises/sandbox.py")
 _live = set()  # processes not yet stopped, for the exit handler
 _said = []  # the no-wall note, once per checker
+_runtime = []  # the shared runtime copy, once made
 NO_WALL = ("note: {why}, so the exercise checker has no wall the operating system keeps around a "
            "learner's code here; only an audit hook in the learner's own process watches it, and "
            "code that sets out to can switch that off: verdicts on this machine trust the learner.")
@@ -121,7 +123,8 @@ class LearnerProcess:
             _said.append(why)
             print(NO_WALL.format(why=why), file=sys.stderr)
         self.scratch = Path(tempfile.mkdtemp(prefix="twins-learner-")).resolve()
-        runtime = runtime_copy(self.scratch / "runtime", isolate or {})
+        runtime = shared_runtime()
+        reference = reference_copy(self.scratch / "_exercise_reference", isolate) if isolate else None
         environment = {**os.environ, "TMPDIR": str(self.scratch)}
         try:
             self.process = subprocess.Popen(
@@ -138,7 +141,8 @@ class LearnerProcess:
         self.output = Output(log_read)
         protocol.send(self.to_learner, {"directory": str(directory), "project": str(PROJECT),
                                         "isolate": isolate or {}, "scratch": str(self.scratch),
-                                        "runtime": str(runtime), "wall": abi})
+                                        "runtime": str(runtime), "reference": str(reference or ""),
+                                        "wall": abi})
 
     def ready(self):
         """The learner's copy imported: {"ready": True}, or {"ready": False, "error": ...}."""
@@ -213,12 +217,21 @@ class LearnerProcess:
             return None
 
 
-def runtime_copy(runtime, isolate):
+def shared_runtime():
+    """The runtime copy the checker's learner's processes share, made once (removed at exit):
+    read-only to them behind the wall."""
+    if not _runtime or not _runtime[0].exists():
+        folder = Path(tempfile.mkdtemp(prefix="twins-runtime-")).resolve()
+        atexit.register(shutil.rmtree, folder, True)
+        _runtime[:] = [runtime_copy(folder / "runtime")]
+    return _runtime[0]
+
+
+def runtime_copy(runtime):
     """What the learner's process imports, copied under ``runtime``: never the project itself.
 
-    ``exercises`` gets its three modules the process uses (and an empty ``__init__``),
-    ``foundation`` all of it; with ``isolate`` ({class: file}), ``_exercise_reference`` gets those
-    files and the ones they import, each backward body of any other class replaced by a raise.
+    ``exercises`` gets the modules the process uses (and an empty ``__init__``), ``foundation``
+    all of it.
     """
     (runtime / "exercises").mkdir(parents=True)
     (runtime / "exercises" / "__init__.py").write_text("")
@@ -226,22 +239,26 @@ def runtime_copy(runtime, isolate):
         shutil.copyfile(PROJECT / name, runtime / name)
     shutil.copytree(PROJECT / "foundation", runtime / "foundation",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    if isolate:
-        reference = runtime / "_exercise_reference"
-        reference.mkdir()
-        (reference / "__init__.py").write_text("")
-        wanted, done = [PROJECT / "numpy_impl" / file for file in isolate.values()], set()
-        while wanted:
-            path = wanted.pop()
-            if path.name in done:
-                continue
-            done.add(path.name)
-            source = path.read_text()
-            tree = ast.parse(source)
-            wanted += [PROJECT / "numpy_impl" / f"{node.module}.py" for node in ast.walk(tree)
-                       if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module]
-            (reference / path.name).write_text(without_backwards(source, tree, set(isolate)))
     return runtime
+
+
+def reference_copy(reference, isolate):
+    """The files of the classes in ``isolate`` ({class: file}) and the ones they import, copied
+    into ``reference``, each ``backward`` body of any other class replaced by a raise."""
+    reference.mkdir()
+    (reference / "__init__.py").write_text("")
+    wanted, done = [PROJECT / "numpy_impl" / file for file in isolate.values()], set()
+    while wanted:
+        path = wanted.pop()
+        if path.name in done:
+            continue
+        done.add(path.name)
+        source = path.read_text()
+        tree = ast.parse(source)
+        wanted += [PROJECT / "numpy_impl" / f"{node.module}.py" for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module]
+        (reference / path.name).write_text(without_backwards(source, tree, set(isolate)))
+    return reference
 
 
 def without_backwards(source, tree, kept):

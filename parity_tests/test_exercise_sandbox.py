@@ -161,12 +161,13 @@ def test_the_runtime_copy_holds_no_backward_but_the_sub_modules(tmp_path):
     """The block's process gets LayerNorm's, attention's and the MLP's backward; no other body."""
     isolate = {"LayerNorm": "layernorm.py", "MultiHeadAttention": "attention.py",
                "FeedForward": "feedforward.py"}
-    runtime = worker.runtime_copy(tmp_path / "runtime", isolate)
-    reference = runtime / "_exercise_reference"
+    runtime = worker.runtime_copy(tmp_path / "runtime")
+    reference = worker.reference_copy(tmp_path / "reference", isolate)
     assert sorted(p.name for p in reference.glob("*.py")) == [
         "__init__.py", "attention.py", "feedforward.py", "layernorm.py", "module.py"]
-    assert not (runtime / "numpy_impl").exists()
-    assert not (runtime / "exercises" / "check.py").exists()
+    assert sorted(p.name for p in runtime.iterdir()) == ["exercises", "foundation"]
+    assert sorted(p.name for p in (runtime / "exercises").iterdir()) == [
+        "__init__.py", "learner.py", "protocol.py", "sandbox.py", "steps.py"]
     import ast
 
     for path in reference.glob("*.py"):
@@ -182,13 +183,12 @@ def test_the_runtime_copy_holds_no_backward_but_the_sub_modules(tmp_path):
 @needs_landlock
 def test_the_sub_modules_source_is_gone_before_the_learners_code_runs(solved, tmp_path):
     line = "# EXERCISE BEGIN\n        norm = self.cfg.normalization"
-    look = ("import sys, os; print('LEFT', "
-            "os.path.exists(os.path.join(sys.path[0], '_exercise_reference')), "
-            "sorted(os.listdir(sys.path[0])), flush=True)")
+    look = ("import sys, os, tempfile; print('LEFT', "
+            "os.listdir(tempfile.gettempdir()), sorted(os.listdir(sys.path[0])), flush=True)")
     directory = planted_copy(solved, tmp_path, "block.py", line, f"{look}\n        {line}")
     (result,) = check(directory, keys=["block"], sample=SAMPLE)
     assert result.status == "done", result.message
-    assert "LEFT False ['exercises', 'foundation']" in result.output, result.output
+    assert "LEFT [] ['exercises', 'foundation']" in result.output, result.output
 
 
 def test_without_a_wall_the_checker_says_once_that_verdicts_trust_the_learner(solved, monkeypatch,
