@@ -730,3 +730,25 @@ def test_screenshots_light_and_dark(browser, tmp_path):
     if os.environ.get(SHOTS_ENV):
         for path in shots.values():
             shutil.copyfile(path, Path(os.environ[SHOTS_ENV]) / path.name)
+
+
+def test_the_learners_page_marks_where_their_gradient_first_parts(solved, tmp_path):
+    """read --exercises runs the checker: its verdict above the backward, a mark beside the line it points at."""
+    from exercises.check import check
+    from exercises.marks import page_marks
+    from parity_tests.test_exercises import planted_copy
+    from reading import build_page
+
+    directory = planted_copy(solved, tmp_path, "attention.py", "(dprobs * probs).sum(axis=-1, keepdims=True)",
+                             "(dprobs * probs).sum(axis=-2, keepdims=True)")
+    marks = page_marks(check(directory, keys=["attention", "unembed"], together=False), directory)
+    attention = marks["MultiHeadAttention"]
+    assert attention["status"] == "wrong" and marks["Unembed"]["status"] == "done"
+    source = (directory / "numpy_impl" / "attention.py").read_text().splitlines()
+    (line, note), *_ = sorted(attention["lines"].items())
+    assert "self.hook_attn_scores.backward(" in source[line - 1] and "first parts from the reference" in note
+    text = build_page(read_sections(directory / "numpy_impl"), None, None, directory / "numpy_impl", marks)
+    assert "exercises check: wrong" in text and "exercises check: done" in text
+    before = text[: text.index("first parts from the reference")]
+    assert before[before.rindex('<span class="lnum">') :].startswith(f'<span class="lnum">{line}</span>'), \
+        "the mark stands beside that line"
