@@ -270,3 +270,35 @@ def test_carving_keeps_a_virtual_environment_inside_the_project(tmp_path):
     granted = sandbox.split_roots([site, tmp_path], holes + [tmp_path / "elsewhere"])
     assert site in granted and project not in granted and tmp_path not in granted
     assert all(not p.is_relative_to(project / "numpy_impl") for p in granted)
+
+
+@needs_landlock
+def test_a_copy_inside_the_project_is_checked_and_still_reads_nothing_else(solved):
+    """init's default folder sits in the project: the wall grants it and nothing beside it."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="mywork-sandbox-test-", dir=PROJECT))
+    try:
+        shutil.copytree(solved / "numpy_impl", directory / "numpy_impl")
+        body = SWITCH_OFF + "        " + attempts(PROJECT)
+        (result,) = check(planted_copy_in(directory, f"{body}\n        {DX}"), keys=["unembed"],
+                          sample=SAMPLE)
+        assert result.status == "done", result.message
+        assert got_through(result) == [], result.output
+    finally:
+        shutil.rmtree(directory)
+
+
+def planted_copy_in(directory, new):
+    from parity_tests.test_exercises import plant
+
+    plant(directory / "numpy_impl", "unembed.py", DX, new)
+    return directory
+
+
+def test_ci_allows_the_skip_only_where_the_kernel_lacks_landlock():
+    from parity_tests.conftest import _no_landlock
+
+    assert _no_landlock("no Landlock here: an old kernel") == (ABI == 0)
+    assert not _no_landlock("safetensors is not installed")
