@@ -16,7 +16,7 @@ from exercises.catalog import EXERCISES
 from exercises.generate import REFERENCE_DIR
 from exercises.notebook import write_body, write_notebook
 from exercises.steps import find_marked_bodies
-from parity_tests.test_exercises import outside
+from parity_tests.copies import outside
 
 MISSING = [name for name in ("nbformat", "nbclient", "ipykernel") if importlib.util.find_spec(name) is None]
 needs_jupyter = pytest.mark.skipif(bool(MISSING), reason=f"running a notebook needs {', '.join(MISSING)} "

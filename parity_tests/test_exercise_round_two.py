@@ -12,7 +12,7 @@ import pytest
 
 from exercises.catalog import EXERCISES, SIZE_SETS
 from exercises.check import check
-from parity_tests.test_exercises import planted_copy
+from parity_tests.copies import planted_copy
 
 SAMPLE = 1
 UNEMBED_DX = 'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]'
@@ -225,7 +225,7 @@ if __name__ == "__main__":
     from pathlib import Path
 
     from exercises.generate import write_copy
-    from parity_tests.test_exercises import put_back_reference_bodies
+    from parity_tests.copies import put_back_reference_bodies
 
     with tempfile.TemporaryDirectory() as folder:
         write_copy(folder)

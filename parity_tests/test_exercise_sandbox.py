@@ -21,7 +21,7 @@ import pytest
 from exercises import sandbox, worker
 from exercises.check import check
 from exercises.generate import PROJECT
-from parity_tests.test_exercises import planted_copy
+from parity_tests.copies import planted_copy
 
 SAMPLE = 1
 DX = 'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]'
@@ -291,7 +291,7 @@ def test_a_copy_inside_the_project_is_checked_and_still_reads_nothing_else(solve
 
 
 def planted_copy_in(directory, new):
-    from parity_tests.test_exercises import plant
+    from parity_tests.copies import plant
 
     plant(directory / "numpy_impl", "unembed.py", DX, new)
     return directory

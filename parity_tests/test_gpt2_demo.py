@@ -44,6 +44,7 @@ def test_text_prompt(folder, tmp_path, capsys):
         assert str(out / name) in printed
 
 
+@pytest.mark.slow  # the same command as test_text_prompt, given ids instead of text
 def test_token_ids_without_a_tokenizer(folder, tmp_path, capsys):
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -56,8 +57,10 @@ def test_token_ids_without_a_tokenizer(folder, tmp_path, capsys):
     assert new_ids(printed, "NumPy") == new_ids(printed, "torch")
     demo.main(["gpt2", "--model", str(bare), "--out", str(tmp_path / "out")])  # default: random ids, repeated
     printed = capsys.readouterr().out
-    ids = np.array(json.loads(printed.split("tokens (1, 14): ")[1].splitlines()[0]))  # 7 ids twice: 14 + 10 = n_ctx
-    assert np.array_equal(ids[:7], ids[7:]) and ids.max() < D_VOCAB
+    # 8 ids twice (n_ctx 24 keeps a quarter, 6, for new tokens), then the 8 new tokens n_ctx leaves room for
+    ids = np.array(json.loads(printed.split("tokens (1, 16): ")[1].splitlines()[0]))
+    assert np.array_equal(ids[:8], ids[8:]) and ids.max() < D_VOCAB
+    assert "Greedy generation: 8 new tokens from each twin" in printed
 
 
 BAD = {
@@ -88,3 +91,54 @@ def test_a_bad_argument_is_one_line(folder, tmp_path, capsys, case):
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if "error" in line]
     assert len(errors) == 1 and says in errors[0], err
+
+
+# --- the prompt's one-line errors ---
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _checkpoint(folder, **overrides):
+    from parity_tests.gpt2_checkpoints import make_checkpoint
+
+    make_checkpoint(folder, **{"n_layer": 1, **overrides})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_layer_checkpoint(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+def _demo(*args, cwd=PROJECT):
+    return subprocess.run([os.fsencode(sys.executable), os.fsencode(PROJECT / "demo.py"), *args],
+                          capture_output=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_without_tokenizer(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("ids"), tokenizer=False)
+
+
+@pytest.mark.parametrize("prompt, words", [
+    (b"1 99999999999999999999999", b"token id 99999999999999999999999 is not in [0, "),
+    (b"1 2 \xff", b"--prompt is not UTF-8 text"),
+    (b"1 \xd9\xa1", b"--prompt must be token ids"),
+], ids=["a huge id", "not UTF-8", "a non-ASCII digit"])
+def test_demo_gpt2_prompt_errors_are_one_line(checkpoint_without_tokenizer, tmp_path, prompt,
+                                              words):
+    ran = _demo(b"gpt2", b"--model", os.fsencode(checkpoint_without_tokenizer), b"--prompt", prompt,
+                b"--out", os.fsencode(tmp_path / "out"))
+    assert ran.returncode == 1 and words in ran.stderr, ran.stderr
+    assert ran.stderr.count(b"\n") == 1 and b"Traceback" not in ran.stderr, ran.stderr
+
+
+def test_demo_gpt2_text_prompt_that_is_not_utf8_is_one_line(one_layer_checkpoint, tmp_path):
+    ran = _demo(b"gpt2", b"--model", os.fsencode(one_layer_checkpoint), b"--prompt", b"hello \xff",
+                b"--out", os.fsencode(tmp_path / "out"))
+    assert ran.returncode == 1 and b"--prompt is not UTF-8 text" in ran.stderr, ran.stderr
+    assert ran.stderr.count(b"\n") == 1, ran.stderr

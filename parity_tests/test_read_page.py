@@ -609,6 +609,35 @@ def test_on_a_narrow_screen_the_panes_stack_and_code_keeps_30_characters(browser
     assert found["page"] <= 420, f"the page is {found['page']} px wide at 420 px: it scrolls sideways"
 
 
+@pytest.mark.parametrize("width", [420, 1280])
+def test_no_shape_badge_covers_a_link_and_every_section_link_is_in_sight(browser, width):
+    """The hook table's shape badges stay in their column, and the sections bar shows every link
+    (at 420 px they wrap onto more rows instead of hiding in a strip that scrolls sideways)."""
+    _, tab, _ = browser
+    tab.set_viewport_size({"width": width, "height": 900})
+    try:
+        found = tab.evaluate("""() => {
+          const overlaps = (a, b) => a.right > b.left + 1 && a.left < b.right - 1 && a.bottom > b.top + 1
+              && a.top < b.bottom - 1;
+          let covered = 0;
+          for (const row of document.querySelectorAll("table.hooks tr")) {
+            const links = [...row.querySelectorAll("a")].map((a) => a.getBoundingClientRect());
+            for (const badge of row.querySelectorAll(".shape")) {
+              covered += links.filter((link) => overlaps(badge.getBoundingClientRect(), link)).length;
+            }
+          }
+          const bar = document.querySelector("nav.bar ol").getBoundingClientRect();
+          const links = [...document.querySelectorAll("nav.bar ol a")].map((a) => a.getBoundingClientRect());
+          const hidden = links.filter((a) => a.right > Math.min(bar.right, window.innerWidth) + 1 || a.left < bar.left - 1);
+          return {covered, hidden: hidden.length, links: links.length};
+        }""")
+    finally:
+        tab.set_viewport_size({"width": 1600, "height": 1120})
+    assert found["covered"] == 0, f"{found['covered']} shape badges cover a link in the hook table at {width} px"
+    assert found["links"] >= 10 and found["hidden"] == 0, (
+        f"{found['hidden']} of {found['links']} section links out of sight at {width} px")
+
+
 def luminance(color):
     r, g, b = (int(value) / 255 for value in re.findall(r"\d+", color)[:3])
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
@@ -736,7 +765,7 @@ def test_the_learners_page_marks_where_their_gradient_first_parts(solved, tmp_pa
     """read --exercises runs the checker: its verdict above the backward, a mark beside the line it points at."""
     from exercises.check import check
     from exercises.marks import page_marks
-    from parity_tests.test_exercises import planted_copy
+    from parity_tests.copies import planted_copy
     from reading import build_page
 
     directory = planted_copy(solved, tmp_path, "attention.py", "(dprobs * probs).sum(axis=-1, keepdims=True)",
@@ -752,3 +781,42 @@ def test_the_learners_page_marks_where_their_gradient_first_parts(solved, tmp_pa
     before = text[: text.index("first parts from the reference")]
     assert before[before.rindex('<span class="lnum">') :].startswith(f'<span class="lnum">{line}</span>'), \
         "the mark stands beside that line"
+
+
+# --- read --exercises on files that are no regular files, nest too deeply or are not UTF-8 ---
+
+from parity_tests.helpers import NEEDS_SPECIAL_FILES, SPECIAL_WORDS  # noqa: E402
+from parity_tests.helpers import special_file, without_hanging  # noqa: E402
+
+
+@pytest.fixture
+def learner_copy(tmp_path):
+    from exercises.generate import write_copy
+
+    return write_copy(tmp_path / "mine")
+
+
+def _read_exercises(folder):
+    from tours.read import make_page
+
+    return without_hanging(lambda: make_page(folder.parent / "out", folder, measured=object()), 60)
+
+
+@NEEDS_SPECIAL_FILES
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_read_exercises_takes_only_regular_files(learner_copy, kind):
+    special_file(learner_copy / "layernorm.py", kind)
+    error = _read_exercises(learner_copy)
+    assert isinstance(error, SystemExit) and SPECIAL_WORDS[kind] in str(error.code), repr(error)
+
+
+@pytest.mark.parametrize("tail, words", [
+    ("\nx = " + "1 + " * 200_000 + "1\n", "nests too deeply"),
+    ("\n# \udcff\n", "not UTF-8"),
+], ids=["200,000 terms", "not UTF-8"])
+def test_read_exercises_turns_deep_nesting_and_bad_bytes_into_one_line(learner_copy, tail, words):
+    path = learner_copy / "layernorm.py"
+    path.write_bytes(path.read_bytes() + tail.encode("utf-8", "surrogateescape"))
+    error = _read_exercises(learner_copy)
+    assert isinstance(error, SystemExit) and words in str(error.code), repr(error)
+    assert "\n" not in str(error.code)

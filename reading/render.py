@@ -570,7 +570,10 @@ mark.dx { background: var(--mark); border-radius: 2px; box-shadow: 0 0 0 1px var
 .stub .notyet { padding: 10px 12px; font-style: italic; color: var(--muted); border-bottom: 1px solid var(--line); }
 table.hooks { border-collapse: collapse; width: 100%; font-size: 14px; table-layout: fixed; }
 table.hooks col.names { width: 21%; } table.hooks col.shapecol { width: 15%; }
-table.hooks .shape, table.hooks td.names code { white-space: nowrap; }
+table.hooks td.names code { white-space: nowrap; }
+/* a long shape badge wraps inside its column (after a comma), never over the next column's links */
+table.hooks .shape { white-space: normal; max-width: 100%; box-sizing: border-box; }
+table.hooks td { overflow-wrap: anywhere; }
 table.hooks th, table.hooks td { text-align: left; vertical-align: top; padding: 5px 8px; border-bottom: 1px solid var(--line); }
 table.hooks td.names code { background: none; padding: 0; }
 table.hooks .owner { color: var(--muted); font-size: 12.5px; }
@@ -581,7 +584,9 @@ footer { margin-top: 40px; padding-bottom: 48px; color: var(--muted); font-size:
 @media (max-width: 760px) {
   main, header.top, footer { padding: 0 10px; }
   nav.bar { padding: 6px 10px; }
-  nav.bar ol { flex-wrap: nowrap; overflow-x: auto; min-width: 0; }
+  /* every section link in sight: the links wrap onto a second and third row, none hidden off-screen */
+  nav.bar { align-items: flex-start; }
+  nav.bar ol { gap: 2px 8px; min-width: 0; font-size: 12.5px; }
   :root { --lnum-width: 2.6em; }
   .twins .thead, .twins .row, .backward .thead, .step { grid-template-columns: minmax(0, 1fr); }
   .twins .thead .meta { display: none; }
