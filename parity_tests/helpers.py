@@ -228,8 +228,8 @@ def quantized(values, scale=0.01, dtype=None):
 # special files where a file is expected (the readers' tests): a FIFO, /dev/zero, a folder
 SPECIAL = ["fifo", "device", "folder"]
 SPECIAL_WORDS = {"fifo": "a FIFO", "device": "a character device", "folder": "a folder"}
-NEEDS_SPECIAL_FILES = pytest.mark.skipif(not (hasattr(os, "mkfifo") and os.path.exists("/dev/zero")),
-                                         reason="needs FIFOs and /dev/zero")
+HAS_SPECIAL_FILES = hasattr(os, "mkfifo") and os.path.exists("/dev/zero")
+NEEDS_SPECIAL_FILES = pytest.mark.skipif(not HAS_SPECIAL_FILES, reason="needs FIFOs and /dev/zero")
 
 
 def special_file(path, kind):
