@@ -46,6 +46,15 @@ CONFIGS = {
     "pre": dict(normalization="pre", positional="learned", act_fn="gelu_new", causal=True, unembed=True),
     "post": dict(normalization="post", positional="sinusoidal", act_fn="relu", causal=False, unembed=False),
     "none": dict(normalization=None, positional="learned", attn_only=True, causal=True, unembed=True),
+    # the Llama family: RMSNorm, rotary (partial: 2 of d_head 3), SwiGLU, 2 query heads sharing 1 key/value head
+    "llama": dict(normalization_type="RMS", eps=1e-6, positional_embedding_type="rotary", rotary_dim=2,
+                  rotary_base=100.0, act_fn="silu", gated_mlp=True, mlp_bias=False, attn_bias=False,
+                  n_key_value_heads=1),
+    # GPT-J's adjacent pairs with LayerNorm, exact GELU and biases
+    "rotary-adjacent": dict(positional_embedding_type="rotary", rotary_dim=2, rotary_adjacent_pairs=True,
+                            act_fn="gelu", causal=True, unembed=True),
+    # GPT-NeoX (Pythia): attention and MLP side by side, partial rotary on split halves
+    "neox": dict(positional_embedding_type="rotary", rotary_dim=2, act_fn="gelu", parallel_attn_mlp=True),
 }
 
 

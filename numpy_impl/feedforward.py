@@ -21,7 +21,8 @@ import numpy as np
 from scipy.special import erf
 
 from foundation.contract.checks import check_config
-from .module import HookPoint, Module, Parameter
+from .gated_feedforward import GatedFeedForward
+from .module import Constant, HookPoint, Module, Parameter
 
 GELU_C = math.sqrt(2.0 / math.pi)
 SQRT_2 = math.sqrt(2.0)
@@ -35,9 +36,10 @@ class FeedForward(Module):
         rng = np.random.default_rng(rng)
         self.cfg = check_config(cfg)
         self.W_in = Parameter((rng.standard_normal((cfg.d_model, cfg.d_mlp)) / np.sqrt(cfg.d_model)).astype(cfg.dtype))
-        self.b_in = Parameter(np.zeros(cfg.d_mlp, dtype=cfg.dtype))
+        bias = Parameter if cfg.mlp_bias else Constant  # mlp_bias=False: fixed zeros
+        self.b_in = bias(np.zeros(cfg.d_mlp, dtype=cfg.dtype))
         self.W_out = Parameter((rng.standard_normal((cfg.d_mlp, cfg.d_model)) / np.sqrt(cfg.d_mlp)).astype(cfg.dtype))
-        self.b_out = Parameter(np.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.b_out = bias(np.zeros(cfg.d_model, dtype=cfg.dtype))
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
         self.cache = None
@@ -95,3 +97,8 @@ class FeedForward(Module):
         dx = np.einsum("mf,bpf->bpm", self.W_in.data, dpre, optimize=True)  # [batch, pos, d_model]
         # EXERCISE END
         return dx
+
+    @staticmethod
+    def for_config(cfg, rng=None):
+        """The MLP ``cfg`` asks for: ``GatedFeedForward`` (SwiGLU) when ``gated_mlp``, else ``FeedForward``."""
+        return GatedFeedForward(cfg, rng) if cfg.gated_mlp else FeedForward(cfg, rng)

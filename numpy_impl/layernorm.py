@@ -12,7 +12,8 @@ w and b, as TransformerLens's hook of that name does.
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import HookPoint, Module, Parameter
+from .module import Constant, HookPoint, Module, Parameter
+from .rmsnorm import RMSNorm
 
 EPS = 1e-5
 
@@ -72,23 +73,10 @@ class LayerNorm(Module):
 
     @staticmethod
     def for_config(cfg):
-        """The LayerNorm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN") or ``LayerNormPre`` ("LNPre")."""
+        """The norm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN"), ``LayerNormPre`` ("LNPre") or ``RMSNorm`` ("RMS")."""
+        if cfg.normalization_type == "RMS":
+            return RMSNorm(cfg)
         return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
-
-
-class Constant:
-    """A fixed array in a parameter's place: ``.data`` reads as a parameter's; what ``.grad`` is given is dropped."""
-
-    def __init__(self, data):
-        self.data = data
-
-    @property
-    def grad(self):
-        return np.zeros_like(self.data)
-
-    @grad.setter
-    def grad(self, value):
-        pass  # a constant is not trained: nothing keeps its gradient
 
 
 class LayerNormPre(LayerNorm):

@@ -11,7 +11,7 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
 import numpy as np
 
 from foundation.contract.checks import check_config, check_seed
-from foundation.files.pretrained import read_gpt2, read_gpt2_tokenizer
+from foundation.files.pretrained import read_pretrained
 from foundation.lens.running import RunningMixin
 from foundation.files.weights import load_weights, save_weights
 
@@ -44,9 +44,10 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positional == "learned":
             self.pos_embed = LearnedPositionalEmbedding(cfg, rng)
-        else:
+        elif cfg.positional == "sinusoidal":
             self.pos_embed = SinusoidalPositionalEncoding(cfg, rng)
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.positional != "rotary":  # rotary: positions enter inside attention, through q and k
+            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = [TransformerBlock(cfg, rng) for _ in range(cfg.n_layers)]
         if cfg.normalization == "pre":
             self.ln_final = LayerNorm.for_config(cfg)
@@ -64,8 +65,11 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         ``backward`` takes the gradient of the output, or starts from the loss (see ``backward``).
         """
         embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
-        pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
-        resid = embed + pos_embed  # [batch, pos, d_model]
+        if self.cfg.positional == "rotary":
+            resid = embed  # [batch, pos, d_model]
+        else:
+            pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
+            resid = embed + pos_embed  # [batch, pos, d_model]
         for block in self.blocks:
             resid = block(resid)  # [batch, pos, d_model]
         if self.cfg.normalization == "pre":
@@ -89,11 +93,12 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         for block in reversed(self.blocks):
             # forward: resid = block(resid)   (for each block; undo the last one first)
             dresid = block.backward(dresid)  # [batch, pos, d_model]
-        # forward: resid = embed + pos_embed
+        # forward: resid = embed + pos_embed   (rotary: resid = embed)
         dembed = self.hook_embed.backward(dresid)  # [batch, pos, d_model]
-        dpos_embed = self.hook_pos_embed.backward(dresid)  # [batch, pos, d_model]
         self.embed.backward(dembed)
-        self.pos_embed.backward(dpos_embed)
+        if self.cfg.positional != "rotary":
+            dpos_embed = self.hook_pos_embed.backward(dresid)  # [batch, pos, d_model]
+            self.pos_embed.backward(dpos_embed)
         # EXERCISE END
         return None
 
@@ -110,15 +115,17 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, folder):
-        """A new model holding a Hugging Face GPT-2 checkpoint (config.json + model.safetensors), in its dtype.
+    def from_pretrained(cls, folder, n_ctx=None):
+        """A new model holding a Hugging Face checkpoint folder (GPT-2 or Llama), in its dtype.
 
-        GPT-2 ties its unembedding to the token embedding; here ``unembed.W_U`` starts as
-        ``W_E.T`` and ``b_U`` as zeros, and a tied model's gradient is ``W_E.grad + W_U.grad.T``.
-        With vocab.json and merges.txt in the folder, ``model.tokenizer`` is GPT-2's byte-level BPE.
+        GPT-2: config.json + model.safetensors; with vocab.json and merges.txt, ``model.tokenizer``
+        is GPT-2's byte-level BPE. Llama (``LlamaForCausalLM``): config.json + model.safetensors or
+        the shards of model.safetensors.index.json; with tokenizer.json, its tokenizer. ``n_ctx``
+        (Llama only) caps the longest sequence below max_position_embeddings.
+        A tied checkpoint's unembedding starts as ``W_E.T`` here, a parameter of its own (``b_U``
+        zeros), so a tied model's gradient is ``W_E.grad + W_U.grad.T``.
         """
-        cfg, state_dict = read_gpt2(folder)
-        tokenizer = read_gpt2_tokenizer(folder, cfg.d_vocab)
+        cfg, state_dict, tokenizer = read_pretrained(folder, n_ctx)
         model = cls(cfg)
         model.load_state_dict(state_dict)
         model.tokenizer = tokenizer

@@ -50,6 +50,21 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+class Constant:
+    """A fixed array in a parameter's place: ``.data`` reads as a parameter's; what ``.grad`` is given is dropped."""
+
+    def __init__(self, data):
+        self.data = data
+
+    @property
+    def grad(self):
+        return np.zeros_like(self.data)
+
+    @grad.setter
+    def grad(self, value):
+        pass  # a constant is not trained: nothing keeps its gradient
+
+
 class Module:
     """Base class: parameter discovery, state dicts, ``from_twin``, ``zero_grad`` and ``__call__``.
 

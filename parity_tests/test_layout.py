@@ -36,7 +36,8 @@ FORBIDDEN = {
     "torch_impl": {"numpy_impl"},
 }
 TWIN_FILES = ("__init__.py", "attention.py", "block.py", "embedding.py", "feedforward.py", "hooked.py",
-              "layernorm.py", "loss.py", "model.py", "module.py", "positional.py", "unembed.py", "views.py")
+              "layernorm.py", "loss.py", "model.py", "module.py", "positional.py", "unembed.py", "views.py",
+              "gated_feedforward.py", "rmsnorm.py", "rotary.py")
 NO_TWIN = ("optim.py",)  # numpy_impl's optimisers: their twin is torch.optim
 
 

@@ -287,7 +287,7 @@ REFUSALS = {
     "no config.json": (remove("config.json"), "no config.json"),
     "config.json not JSON": (write("config.json", "{oops"), "not valid JSON"),
     "config.json not an object": (write("config.json", "[1, 2]"), "must hold a JSON object"),
-    "another model type": (edit_config(model_type="llama"), "model_type"),
+    "another model type": (edit_config(model_type="bert"), "model_type"),
     "another activation": (edit_config(activation_function="gelu"), "activation_function"),
     "another LayerNorm epsilon": (edit_config(layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
     "cross-attention": (edit_config(add_cross_attention=True), "add_cross_attention"),

@@ -15,6 +15,7 @@ from torch import nn
 from foundation.contract.checks import check_config
 
 from .module import HookPoint, Module
+from .rmsnorm import RMSNorm
 
 EPS = 1e-5
 
@@ -45,7 +46,9 @@ class LayerNorm(Module):
 
     @staticmethod
     def for_config(cfg):
-        """The LayerNorm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN") or ``LayerNormPre`` ("LNPre")."""
+        """The norm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN"), ``LayerNormPre`` ("LNPre") or ``RMSNorm`` ("RMS")."""
+        if cfg.normalization_type == "RMS":
+            return RMSNorm(cfg)
         return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
 
 

@@ -41,6 +41,13 @@ def default_rng(rng=None):
     return generator
 
 
+class Constant(nn.Buffer):
+    """A fixed tensor in a parameter's place: a buffer, neither trained nor saved (the reference's ``Constant``)."""
+
+    def __new__(cls, data):
+        return super().__new__(cls, data, persistent=False)
+
+
 class Module(nn.Module):
     """``nn.Module`` with the reference's loading and boundary: either library's arrays, one clear
     error, ``from_twin``; every subclass's ``forward`` checked and guarded."""

@@ -81,6 +81,45 @@ FIXED = {
 }
 
 
+def read_pretrained(folder, n_ctx=None):
+    """A Hugging Face checkpoint folder -> (TransformerConfig, state_dict, tokenizer or None), by its model_type.
+
+    "gpt2" is read here; "llama" and "gpt_neox" by ``foundation.files.llama``. ``n_ctx`` (not GPT-2) caps the
+    longest sequence below config.json's max_position_embeddings, which sets the causal mask's size.
+    """
+    folder = checkpoint_folder(folder)
+    hf_config = read_config_json(os.path.join(folder, CONFIG_FILE))
+    model_type = hf_config.get("model_type")
+    if model_type == "gpt2":
+        if n_ctx is not None:
+            raise ValueError("n_ctx is read from a GPT-2 checkpoint's n_positions; leave it out")
+        cfg, state_dict = read_gpt2(folder)
+        return cfg, state_dict, read_gpt2_tokenizer(folder, cfg.d_vocab)
+    if model_type in ("llama", "gpt_neox"):
+        from foundation.files.llama import Refused, read_family
+
+        try:
+            cfg, state_dict = read_family(folder, hf_config, n_ctx)
+        except Refused as error:
+            raise ValueError(f"{folder!r}: {error}") from None
+        return cfg, state_dict, read_json_tokenizer(folder, cfg.d_vocab, hf_config)
+    raise ValueError(f"config.json: model_type is {model_type!r}; the twins read 'gpt2', 'llama' and 'gpt_neox' "
+                     "checkpoints")
+
+
+def read_json_tokenizer(folder, d_vocab, hf_config):
+    """The folder's tokenizer.json (any ``tokenizers`` model: Llama's BPE, SentencePiece's) as model.tokenizer, or None."""
+    from foundation.lens.vocab import JsonTokenizer
+
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.exists(path):
+        return None
+    tokenizer = JsonTokenizer(path, hf_config.get("bos_token_id"), hf_config.get("eos_token_id"))
+    if len(tokenizer) > d_vocab:
+        raise ValueError(f"{path!r} has {len(tokenizer)} tokens but the model's vocab_size is {d_vocab}")
+    return tokenizer
+
+
 def read_gpt2(folder):
     """A Hugging Face GPT-2 checkpoint folder -> (TransformerConfig, state_dict {key: ndarray}).
 
@@ -197,7 +236,7 @@ def gpt2_config(hf, dtype):
                 raise ValueError(f"config.json: {alias} ({hf[alias]!r}) and {name} ({hf[name]!r}) disagree")
             hf[name] = hf.pop(alias)
     if hf.get("model_type") != "gpt2":
-        raise ValueError(f"config.json: model_type is {hf.get('model_type')!r}; only GPT-2 ('gpt2') checkpoints are read")
+        raise ValueError(f"config.json: model_type is {hf.get('model_type')!r}; read_gpt2 reads GPT-2 ('gpt2') checkpoints")
     fields = {name: hf.get(name, default) for name, default in DEFAULTS.items()}
     for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
         _check_positive_int(name, fields[name])

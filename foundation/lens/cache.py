@@ -179,8 +179,11 @@ class ActivationCacheMethods:
         incl_mlp = mode != "attn" and not self.cfg.attn_only
         parts, labels = [], []
         if incl_embeds:
-            parts += [self["hook_embed"], self["hook_pos_embed"]]
-            labels += ["embed", "pos_embed"]
+            parts.append(self["hook_embed"])
+            labels.append("embed")
+            if self.cfg.positional != "rotary":  # rotary positions live inside attention, not in the stream
+                parts.append(self["hook_pos_embed"])
+                labels.append("pos_embed")
         for i in range(layer):
             if incl_attn:
                 parts.append(self["attn_out", i])
@@ -270,6 +273,8 @@ class ActivationCacheMethods:
         scale = pos_slice.apply(self[name], dim=-2)  # [batch, pos, 1]
         if self.has_batch_dim:
             scale = batch_slice.apply(scale, dim=0)  # [batch, pos, 1]
+        if self.cfg.normalization_type == "RMS":  # RMSNorm divides by its scale without centring
+            return residual_stack / scale  # [component, batch, pos, d_model]
         centered = residual_stack - residual_stack.mean(-1)[..., None]  # [component, batch, pos, d_model]
         return centered / scale  # [component, batch, pos, d_model]
 

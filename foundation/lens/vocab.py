@@ -142,6 +142,70 @@ class BytePairTokenizer:
         return f"BytePairTokenizer({len(self.ids)} tokens)"
 
 
+class JsonTokenizer:
+    """A Hugging Face ``tokenizer.json`` (Llama's, Pythia's, ...) read by the ``tokenizers`` library.
+
+    The same surface as ``BytePairTokenizer``. ``encode`` adds no special tokens: ``to_tokens``
+    prepends ``bos_token`` (config.json's ``bos_token_id``), as TransformerLens does for Llama;
+    ``eos_token`` (``eos_token_id``) is where ``generate`` stops.
+    """
+
+    def __init__(self, path, bos_token_id=None, eos_token_id=None):
+        from tokenizers import Tokenizer
+
+        from foundation.files.regular import read_text
+
+        text = read_text(path, BytePairTokenizer.MAX_FILE_BYTES, "tokenizer.json")  # regular, bounded
+        try:
+            self.tokenizer = Tokenizer.from_str(text)
+        except Exception as error:  # the library raises a bare Exception for a malformed file
+            raise ValueError(f"{str(path)!r} is not a tokenizers tokenizer.json ({error})") from None
+        self.ids = self.tokenizer.get_vocab(with_added_tokens=True)  # {token as stored: id}
+        self.bos_token = self._token(bos_token_id, "bos_token_id")
+        self.eos_token = self._token(eos_token_id, "eos_token_id")
+
+    def _token(self, token_id, name):
+        if isinstance(token_id, list):  # config.json may list several end-of-sequence ids: the first is the token
+            token_id = token_id[0] if token_id else None
+        if token_id is None:
+            return None
+        token = self.tokenizer.id_to_token(token_id) if isinstance(token_id, int) and token_id >= 0 else None
+        if token is None:
+            raise ValueError(f"config.json: {name} {token_id!r} is not a token of tokenizer.json")
+        return token
+
+    def __len__(self):
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text):
+        """Text -> token ids, without the special tokens a template would add (to_tokens adds BOS)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids):
+        """Token ids -> text; special tokens written out, an id the vocabulary lacks as ``<|id 50300|>``."""
+        pieces, known = [], []
+        for token in ids:
+            token = int(token)
+            if token < 0:
+                raise ValueError(f"token ids must be non-negative, got {token}")
+            if self.tokenizer.id_to_token(token) is not None:
+                known.append(token)
+                continue
+            pieces.append(self.tokenizer.decode(known, skip_special_tokens=False))
+            pieces.append(f"<|id {token}|>")
+            known = []
+        pieces.append(self.tokenizer.decode(known, skip_special_tokens=False))
+        return "".join(pieces)
+
+    def id_to_word(self, token):
+        return self.decode([token])
+
+    def __repr__(self):
+        return f"JsonTokenizer({len(self)} tokens)"
+
+
 def as_token_rows(tokens, name="tokens"):
     """Token ids from an ndarray, a tensor or nested lists -> an int ndarray (for decoding), checked first."""
     tokens = tokens_as_array(tokens, name)  # lists entry by entry: True is no id; meta or sparse tensors refused
