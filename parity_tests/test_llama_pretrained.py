@@ -215,3 +215,33 @@ def test_n_ctx_caps_the_longest_sequence(sharded_folder):
     assert model.cfg.n_ctx == 8
     with pytest.raises(ValueError, match="n_ctx"):
         npi.Transformer.from_pretrained(sharded_folder, n_ctx=SMALL["max_position_embeddings"] + 1)
+
+
+# --- a config's layer count against the files, tokenizer.json that is no regular file ---
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_a_config_claiming_two_million_layers_is_refused_at_once(tmp_path, arch):
+    import json as _json
+
+    import numpy_impl as _npi
+    from foundation.files.tiny import write_checkpoint
+
+    write_checkpoint(tmp_path, arch=arch)
+    fields = _json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(_json.dumps({**fields, "num_hidden_layers": 2_000_000}))
+    with pytest.raises(ValueError, match=r"num_hidden_layers is 2000000 but the files hold \d+ layers"):
+        _npi.Transformer.from_pretrained(tmp_path, n_ctx=4)  # 4 positions: the masks alone would fit
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_tokenizer_json_must_be_a_regular_file(tmp_path, kind):
+    import numpy_impl as _npi
+    from foundation.files.tiny import write_checkpoint
+    from parity_tests.helpers import HAS_SPECIAL_FILES, SPECIAL_WORDS, special_file, without_hanging
+
+    if not HAS_SPECIAL_FILES:
+        pytest.skip("needs FIFOs and /dev/zero")
+    write_checkpoint(tmp_path, arch="llama")
+    special_file(tmp_path / "tokenizer.json", kind)
+    error = without_hanging(lambda: _npi.Transformer.from_pretrained(tmp_path))
+    assert isinstance(error, ValueError) and SPECIAL_WORDS[kind] in str(error), repr(error)

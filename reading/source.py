@@ -26,6 +26,8 @@ import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from foundation.files.regular import read_text
+
 # (file name in both packages, section title); the order of the forward pass, then the model
 SECTIONS = (
     ("embedding", "Token embedding"),
@@ -39,6 +41,7 @@ SECTIONS = (
     ("model", "The whole model"),
 )
 TWINS = ("numpy_impl", "torch_impl")
+MAX_SOURCE_BYTES = 1 << 20  # a component file is a few KB: a longer one is no copy of one
 
 # lines that mark the exercise region in a backward: for the exercise tools, not for a reader
 EXERCISE_MARK = re.compile(r"^\s*#\s*EXERCISE (BEGIN|END\s*$|STEP )")
@@ -413,7 +416,7 @@ def read_section(stem: str, title: str, numpy_dir: Path | None = None) -> Sectio
     """One component file of each twin, lined up; ``numpy_dir``: read the NumPy file from there (a learner's copy)."""
     paths = [Path(numpy_dir) if numpy_dir else package_dir(TWINS[0]), package_dir(TWINS[1])]
     paths = [folder / f"{stem}.py" for folder in paths]
-    texts = [path.read_text() for path in paths]
+    texts = [read_text(path, MAX_SOURCE_BYTES, "Python source file") for path in paths]  # no FIFO
     trees = [ast.parse(text) for text in texts]
     lines = [text.split("\n") for text in texts]
     np_defs, torch_defs = find_functions(trees[0]), find_functions(trees[1])

@@ -103,6 +103,12 @@ def prompt_tokens(model, prompt, new_tokens):
     within n_ctx, and (in ``run``) the default number of new tokens is what n_ctx leaves.
     """
     cfg = model.cfg
+    if prompt is not None:
+        try:
+            prompt.encode("utf-8")  # a non-UTF-8 argument arrives with lone surrogates in it
+        except UnicodeEncodeError as error:
+            raise ValueError(f"--prompt is not UTF-8 text (at character {error.start}: "
+                             f"{ascii(prompt[error.start])})") from None
     room = min(DEFAULT_NEW_TOKENS, cfg.n_ctx // 4) if new_tokens is None else new_tokens  # for the new tokens
     if model.tokenizer is not None:
         text = DEFAULT_TEXT if prompt is None else prompt
@@ -123,12 +129,14 @@ def prompt_tokens(model, prompt, new_tokens):
                 "again (a trained GPT-2's induction heads attend along the copy)")
     else:
         pieces = prompt.replace(",", " ").split()
-        if not pieces or not all(p.isdigit() for p in pieces):
+        if not pieces or not all(p.isascii() and p.isdigit() for p in pieces):
             raise ValueError(f"--prompt must be token ids separated by spaces or commas (the folder has no tokenizer: no vocab.json "
                              f"and merges.txt), got {prompt!r}")
+        too_large = next((p for p in pieces if len(p) > 18 or int(p) >= cfg.d_vocab), None)
+        if too_large is not None:  # before the ids become int64, which a long one would overflow
+            shown = too_large if len(too_large) <= 30 else too_large[:27] + "..."
+            raise ValueError(f"--prompt: token id {shown} is not in [0, {cfg.d_vocab})")
         tokens = np.array([[int(p) for p in pieces]], dtype=np.int64)
-        if tokens.max() >= cfg.d_vocab:
-            raise ValueError(f"--prompt: token id {tokens.max()} is not in [0, {cfg.d_vocab})")
         note = "token ids from --prompt"
     if tokens.shape[1] < 2:
         raise ValueError("--prompt must give at least 2 tokens (position p predicts token p + 1)")

@@ -66,6 +66,8 @@ def check_seed(seed, generator_type):
         raise TypeError(f"seed must be an int, None or a {generator_type.__name__}, got {seed!r}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
+    if seed >= 2**64:  # torch's generators take 64 bits: both twins take the same seeds
+        raise ValueError(f"seed must be below 2**64, got {seed}")
 
 
 def tokens_as_array(tokens, name: str = "tokens"):

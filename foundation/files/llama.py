@@ -86,10 +86,12 @@ def read_family(folder, hf, n_ctx=None):
     found = {name: shape for name, (_, shape, _) in headers.items() if not NEOX_BUFFERS.fullmatch(name)}
     if hf.get("model_type") == "llama":
         cfg, tied = llama_config(hf, dtype, n_ctx)
+        _check_layer_count(cfg.n_layers, found, r"model\.layers\.(\d+)\.")  # before any name is built
         expected = llama_shapes(cfg, tied)
         convert = llama_state_dict
     else:
         cfg, tied = neox_config(hf, dtype, n_ctx)
+        _check_layer_count(cfg.n_layers, found, r"gpt_neox\.layers\.(\d+)\.")
         head = "embed_out.weight" if "embed_out.weight" in found else "lm_head.weight"  # older and newer files
         expected = neox_shapes(cfg, tied, head)
         convert = neox_state_dict
@@ -159,6 +161,14 @@ def tensor_headers(folder):
             raise Refused(f"{INDEX_FILE} does not match its shards: {', '.join(wrong[:4])}"
                           f"{' ...' if len(wrong) > 4 else ''}")
     return headers
+
+
+def _check_layer_count(n_layers, names, pattern):
+    """config.json's num_hidden_layers against the layers the files hold, before anything is built."""
+    held = {int(match.group(1)) for name in names if (match := re.match(pattern, name))}
+    if len(held) != n_layers:
+        raise Refused(f"config.json says num_hidden_layers is {n_layers} but the files hold "
+                      f"{len(held)} layers of tensors")
 
 
 def read_tensors(headers, names):

@@ -50,6 +50,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from foundation.contract.config import TransformerConfig
+from foundation.files.regular import kind_of, read_bytes
 from foundation.files.weights import MAX_CONFIG_BYTES, MAX_FIXED_BYTES
 
 CONFIG_FILE = "config.json"
@@ -133,6 +134,7 @@ def read_gpt2(folder):
             parameters = [name for name in names if not SKIPPED.fullmatch(name)]
             dtype = file_dtype({name: f.get_slice(names[name]).get_dtype() for name in parameters})
             cfg, tied = gpt2_config(hf_config, dtype)
+            check_layer_count(cfg.n_layers, parameters)  # before any name is built for each layer
             expected = gpt2_shapes(cfg, tied)
             check_tensors({name: tuple(f.get_slice(names[name]).get_shape()) for name in parameters}, expected, tied)
             tensors = {name: np.array(f.get_tensor(names[name])) for name in expected}
@@ -165,12 +167,9 @@ def checkpoint_folder(folder):
 
 def read_config_json(path):
     """config.json -> dict; missing, too large, not JSON or not an object is a one-line error."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"no {CONFIG_FILE} in {os.path.dirname(path)!r} (is it a Hugging Face checkpoint?)")
-    with open(path, "rb") as f:
-        data = f.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ValueError(f"{path!r} is larger than {MAX_CONFIG_BYTES} bytes: not a model config")
+    data = read_bytes(path, MAX_CONFIG_BYTES, "model config")  # a regular file, bounded
     try:
         fields = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, RecursionError, ValueError) as error:
@@ -185,6 +184,8 @@ def weights_path(folder):
     path = os.path.join(folder, WEIGHTS_FILE)
     if os.path.isfile(path):
         return path
+    if os.path.exists(path):  # a FIFO would hang the reader, a device never end
+        raise ValueError(f"{path!r} is {kind_of(os.stat(path).st_mode)}, not a regular file")
     if os.path.exists(path + ".index.json"):
         raise ValueError(f"{folder!r} holds a sharded checkpoint ({WEIGHTS_FILE}.index.json); "
                          f"only a single {WEIGHTS_FILE} is read")
@@ -263,6 +264,14 @@ def gpt2_config(hf, dtype):
         positional="learned", causal=True, attn_only=False, unembed=True, dtype=dtype,
     )
     return cfg, fields["tie_word_embeddings"]
+
+
+def check_layer_count(n_layers, names):
+    """config.json's n_layer against the blocks the file holds (h.0. ...), before any is built."""
+    held = {int(match.group(1)) for name in names if (match := re.match(r"h\.(\d+)\.", name))}
+    if len(held) != n_layers:
+        raise _Refused(f"config.json says n_layer is {n_layers} but the file holds {len(held)} "
+                       "blocks of tensors (h.0. ...)")
 
 
 def gpt2_shapes(cfg, tied):

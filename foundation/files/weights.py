@@ -25,12 +25,15 @@ twins load the same values from a file, or refuse it with the same message namin
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
+import signal
 import stat
 import tempfile
+import threading
 import zipfile
 import zlib
 
@@ -88,6 +91,11 @@ def write_atomically(path, write):
     target = _save_target(path)
     folder = os.path.dirname(target)
     existing = os.stat(target) if os.path.exists(target) else None
+    with _terminate_as_exit():  # SIGTERM, as Ctrl-C, unwinds through the cleanup below
+        _write_through_temporary(path, target, folder, existing, write)
+
+
+def _write_through_temporary(path, target, folder, existing, write):
     try:
         fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(target)[1], dir=folder)
     except OSError as error:
@@ -109,6 +117,26 @@ def write_atomically(path, write):
         if isinstance(error, OSError) and error.strerror:  # a full disk, an immutable file: say which save failed
             raise type(error)(f"cannot save {path!r}: {error.strerror} (what was there is unchanged)") from None
         raise
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """While a save runs, SIGTERM raises SystemExit(143) (where no handler of the program's own is
+    set, and in the main thread, where Python runs handlers): the save's ``except`` removes its
+    temporary file, and the process then ends with the status a SIGTERM gives."""
+    own_handler = signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    if threading.current_thread() is not threading.main_thread() or own_handler:
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _save_target(path):
@@ -225,6 +253,9 @@ def load_weights(path):
     """Read a weights file -> (TransformerConfig, {name: ndarray of cfg.dtype}). Never unpickles."""
     path = _check_path(path)
     if not os.path.isfile(path):
+        if os.path.exists(path):  # a FIFO would hang the reader, a device never end
+            kind = _file_kind(os.stat(path).st_mode)
+            raise ValueError(f"{path!r} is {kind}, not a regular file: not a weights file")
         raise FileNotFoundError(f"no weights file at {path!r}")
     try:
         cfg, arrays = _read_safetensors(path) if is_safetensors(path) else _read(path)
@@ -384,6 +415,11 @@ def _read_safetensors(path):
 
 
 def _check_path(path):
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    return os.fspath(path)
+    """``path`` as a str, from a str, bytes or os.PathLike (whose ``__fspath__`` may give bytes)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}")
+    try:
+        path = os.fspath(path)
+    except TypeError as error:
+        raise TypeError(f"path: {error}") from None
+    return os.fsdecode(path)

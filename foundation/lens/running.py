@@ -15,6 +15,7 @@ same logits.
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 from contextlib import nullcontext
@@ -156,6 +157,10 @@ class RunningMixin:
             raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
         if isinstance(freq_penalty, bool) or not isinstance(freq_penalty, (int, float)) or not freq_penalty >= 0:
             raise ValueError(f"freq_penalty must be a number >= 0, got {freq_penalty!r}")
+        if not math.isfinite(float(freq_penalty) * self.cfg.n_ctx):  # counts reach n_ctx; inf-inf: NaN
+            raise ValueError(f"freq_penalty must be finite, and stay finite times "
+                             f"n_ctx={self.cfg.n_ctx}, "
+                             f"got {freq_penalty!r}")
         if return_type not in GENERATE_RETURN_TYPES:
             raise ValueError(f"return_type must be one of {GENERATE_RETURN_TYPES}, got {return_type!r}")
         for name, flag in (("stop_at_eos", stop_at_eos), ("do_sample", do_sample), ("verbose", verbose),
