@@ -27,7 +27,8 @@ pickle), compared here with the reference's gradients.
     float64, a forward hook that zeroes key 1 of the attention pattern (attention, block, model):
         the gradients the reference gives for the edited run (softmax's backward takes probs,
         the softmax's own output; what z used is the edited pattern);
-    float32: every gradient returned and every .grad is float32, within 1e-4 of the float64
+    float32: every gradient returned and every .grad is float32, and so is every gradient a hook
+        point's backward is handed (hooks that note only its dtype), within 1e-4 of the float64
         reference (relative to the largest entry of its tensor);
     the second size set: the first run again.
 
@@ -546,7 +547,7 @@ def check_variant(process, key, cls, variant, sample, seed, finite_differences=T
     # 5. float32
     cfg32 = dataclasses.replace(cfg, dtype="float32")
     fields32 = dataclasses.asdict(cfg32)
-    request32 = {**request, "op": "run", "cfg": fields32, "record": False,
+    request32 = {**request, "op": "run", "cfg": fields32, "record": False, "watch_dtypes": True,
                  "weights": {name: value.astype(np.float32) for name, value in weights.items()},
                  "inputs": [x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x for x in inputs],
                  "dout": R.astype(np.float32) if np.ndim(out) else float(R)}
@@ -815,10 +816,20 @@ def _finite_differences(process, request, pairs, input_name, sample, seed, verdi
                                                   "forward, though it matches the reference" for t in bad)))
 
 
-def _dtypes(process, request, pairs, dtype, verdict, step=False):
-    """Unchecked("wrong") when a gradient is not in the model's dtype, naming the line where it first changed."""
+def _dtypes(process, request, pairs, dtype, verdict, step=False, hooks=None):
+    """Unchecked("wrong") when a gradient is not in the model's dtype, naming the line where it first changed.
+
+    hooks: {hook point: the dtype of the gradient its backward was handed}. A float64 gradient
+    inside a float32 model's backward can end in float32 .grad arrays (+= keeps the target's
+    dtype), and a component's call into another is not checked at its door: the hook points see
+    it on the way.
+    """
     other = [f"{name} is {mine.dtype}" for name, mine, _ in pairs
              if isinstance(mine, np.ndarray) and mine.dtype.kind in "fc" and mine.dtype != np.dtype(dtype)]
+    inside = [name for name, kind in (hooks or {}).items() if kind != dtype]
+    if inside and not other:
+        after = f" (and at {len(inside) - 1} hook points after it)" if len(inside) > 1 else ""
+        other = [f"the gradient handed to {inside[0]}.backward is {hooks[inside[0]]}{after}"]
     if not other:
         return
     reply = process.ask({**request, "trace_dtype": True}, "while looking for the line that changed the dtype")
@@ -911,7 +922,7 @@ def _side_effects(reply, verdict, run=""):
 def _float32(process, request32, single, right, input_name, verdict, inputs):
     _numerical(single, verdict)
     pairs = _gradients(single, right, input_name, verdict, inputs, run="in float32")
-    _dtypes(process, request32, pairs, "float32", verdict)
+    _dtypes(process, request32, pairs, "float32", verdict, hooks=single.get("hook_dtypes"))
     off = []
     largest = max(np.abs(t).max(initial=0.0) for _, _, t in pairs)
     for name, mine, theirs in pairs:

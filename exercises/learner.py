@@ -28,8 +28,9 @@ switches the hook off still reaches nothing: the project's files (the reference,
 Besides the gradients, it reports what a backward did on the side: every array it changed in place
 (each parameter's .data, each module's cache and other arrays, compared byte for byte), each forward
 it called (a profile function; finite differences call the forward), how many times each hook
-point's backward ran, and, when asked, the first line of the learner's after which an array held
-another dtype than the model's (a trace function over the learner's lines only).
+point's backward ran and, when asked, the dtype of the gradient each was handed (a hook that
+keeps nothing else) and the first line of the learner's after which an array held another dtype
+than the model's (a trace function over the learner's lines only).
 
 This process imports only the standard library, NumPy, ``foundation`` (which the copy imports)
 and its own helpers (``protocol.py``, ``steps.py``, ``sandbox.py``), all from the runtime copy
@@ -667,16 +668,22 @@ class Session:
         """Recording hooks (the gradient arriving at every hook point) and the pattern-editing hook."""
         recorded = {}
         self.counts = counts = {}  # how many times each hook point's backward ran
+        self.dtypes = dtypes = {}  # the dtype of the first gradient each hook point's backward got
 
         def record(x, hook, name):
             recorded[name] = np.array(x, copy=True)
             counts[name] = counts.get(name, 0) + 1
+
+        def watch(x, hook, name):
+            dtypes.setdefault(name, x.dtype.name)
 
         for name, sub in module.named_modules():
             if not (hasattr(sub, "bwd_hooks") and hasattr(sub, "add_hook")):
                 continue
             if request.get("record"):
                 sub.add_hook(lambda x, hook, name=name: record(x, hook, name), dir="bwd")
+            elif request.get("watch_dtypes"):  # only the dtype: nothing copied
+                sub.add_hook(lambda x, hook, name=name: watch(x, hook, name), dir="bwd")
             if request.get("edit_pattern") and name.split(".")[-1] == "hook_pattern":
                 sub.add_hook(edit_pattern, dir="fwd")
             if request.get("edit_grads") is not None:
@@ -714,7 +721,8 @@ class Session:
             return reply
         reply.update(dinput=plain(dinput), grads=grads_of(module), hooks=dict(recorded),
                      dout_after=plain(upstream), inputs_after=[plain(x) for x in inputs],
-                     changed=changed_since(module, before), forward_calls=watch.calls, hook_calls=dict(self.counts))
+                     changed=changed_since(module, before), forward_calls=watch.calls,
+                     hook_calls=dict(self.counts), hook_dtypes=dict(self.dtypes))
         if request.get("twice"):
             recorded.clear()
             try:
