@@ -116,7 +116,7 @@ def test_the_stub_notebook_runs_and_reports_not_started(tmp_path):
     outputs = execute(path)
     for key in KEYS:
         assert re.search(rf"\b{re.escape(key)} +not started", outputs[f'check("{key}")']), outputs[f'check("{key}")']
-    assert "0 of 13 checked done" in outputs["check()"]
+    assert "0 of 15 checked done" in outputs["check()"]
 
 
 @pytest.mark.slow
@@ -135,7 +135,7 @@ def test_a_solved_notebook_reaches_all_done(tmp_path):
     outputs = execute(path)
     for key in KEYS:
         assert re.search(rf"\b{re.escape(key)} +done", outputs[f'check("{key}")']), outputs[f'check("{key}")']
-    assert "13 of 13 checked done" in outputs["check()"] and re.search(r"all together +done", outputs["check()"])
+    assert "15 of 15 checked done" in outputs["check()"] and re.search(r"all together +done", outputs["check()"])
 
 
 def test_each_exercise_shows_its_own_formula(tmp_path):
