@@ -43,7 +43,7 @@ CONFIGS = {
 # --- every hook holds what TransformerLens's hook of the same name holds ---
 
 def _layer_norm(x, w, b):
-    """TransformerLens's LayerNorm: hook_scale = sqrt(var + eps), hook_normalized = centred / scale * w + b."""
+    """TransformerLens 2.18's LayerNorm: hook_scale = sqrt(var + eps), hook_normalized = centred / scale * w + b."""
     centered = x - x.mean(-1, keepdims=True)
     scale = np.sqrt((centered**2).mean(-1, keepdims=True) + 1e-5)
     return scale, centered / scale * w + b
@@ -95,11 +95,19 @@ def test_every_hook_holds_what_transformer_lens_defines(act_fn):
             expected[pre + "hook_resid_post"] = resid
         scale, x = _layer_norm(resid, sd["ln_final.w"], sd["ln_final.b"])
         expected["ln_final.hook_scale"], expected["ln_final.hook_normalized"] = scale, x
-        assert sorted(expected) == sorted(c), "the model's hooks are not TransformerLens's list"
+        # TransformerLens 2.18's names and meanings; its hook_normalized (after w and b) is the LayerNorm's
+        # hook_out in TransformerLens 4 and here, where hook_normalized is (x - mean) / scale, before them
+        renamed = {name: name.replace("hook_normalized", "hook_out") for name in expected}
+        assert set(renamed.values()) <= set(c), "the model lacks some of TransformerLens 2.18's hooks"
         for name, value in expected.items():
+            mine = c[renamed[name]]
             finite = np.isfinite(value)
-            assert np.array_equal(finite, np.isfinite(c[name])), name  # -inf exactly where the mask is
-            assert rel_err(np.where(finite, c[name], 0), np.where(finite, value, 0)) < SUM_TOL, name
+            assert np.array_equal(finite, np.isfinite(mine)), name  # -inf exactly where the mask is
+            assert rel_err(np.where(finite, mine, 0), np.where(finite, value, 0)) < SUM_TOL, name
+            if name.endswith("hook_normalized"):  # TransformerLens 4's: before w and b
+                ln = name[: -len("hook_normalized")]
+                rebuilt = c[name] * sd[ln + "w"] + sd[ln + "b"]
+                assert rel_err(rebuilt, value) < SUM_TOL, name
         assert rel_err(out, x @ sd["unembed.W_U"] + sd["unembed.b_U"]) < SUM_TOL
 
 
@@ -261,7 +269,7 @@ def test_logit_lens_last_layer_gives_the_logits():
     for c, o in ((cache, out), (cache_t, out_t)):
         lens = to_numpy(c.accumulated_resid(apply_ln=True))  # [layer + 1, batch, pos, d_model]
         assert rel_err(lens[-1] @ model.W_U + model.b_U, to_numpy(o)) < SUM_TOL
-        assert rel_err(lens[-1], to_numpy(c["ln_final.hook_normalized"])) < SUM_TOL  # the LayerNorm's output
+        assert rel_err(lens[-1], to_numpy(c["ln_final.hook_out"])) < SUM_TOL  # the LayerNorm's output
     assert rel_err(cache_t.accumulated_resid(apply_ln=True), cache.accumulated_resid(apply_ln=True)) < TOL["float64"]
     # the logit lens leaves the NumPy model's own ln_final ready for a backward pass of the last run
     model.zero_grad()

@@ -9,6 +9,11 @@ For each head h, with x the input [batch, pos, d_model]:
     z = pattern v
     out = sum over heads of z W_O[h]  + b_O
 
+Hook points, as TransformerLens 4 names them: ``hook_in`` (x); ``q.hook_in`` / ``q.hook_out`` (x as
+the query projection reads it, and q; ``hook_q`` is another name for ``q.hook_out``), the same for
+k and v; ``hook_attn_scores``, ``hook_pattern``; ``o.hook_in`` (z, alias ``hook_z``) and
+``o.hook_out``; then ``hook_hidden_states`` and ``hook_out`` (out).
+
 Each einsum that multiplies by a weight names the weight first, as the NumPy twin's does
 (docs/performance.md says why it matters there).
 """
@@ -20,7 +25,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import HookPoint, Module, default_rng
+from .module import HookPoint, Module, Projection, default_rng
 
 
 class MultiHeadAttention(Module):
@@ -43,19 +48,27 @@ class MultiHeadAttention(Module):
         # mask[q, k] is True where query q may look at key k (a buffer: not a parameter, not saved)
         mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))  # [n_ctx, n_ctx]
         self.register_buffer("mask", mask, persistent=False)
-        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        # q, k, v, o: the hook points around each projection (TransformerLens 4's attn.q, ...)
+        self.q, self.k, self.v = Projection(), Projection(), Projection()
+        self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; TransformerLens's alias: one point
+        self.hook_k = self.k.hook_out  # [batch, pos, head, d_head]
+        self.hook_v = self.v.hook_out  # [batch, pos, head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
-        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.o = Projection()
+        self.hook_z = self.o.hook_in  # [batch, pos, head, d_head]
+        self.hook_hidden_states = HookPoint()  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+        x = self.hook_in(x)
         pos = x.shape[1]
-        q = torch.einsum("hmd,bpm->bphd", self.W_Q, x) + self.b_Q  # [batch, pos, head, d_head]
-        k = torch.einsum("hmd,bpm->bphd", self.W_K, x) + self.b_K  # [batch, pos, head, d_head]
-        v = torch.einsum("hmd,bpm->bphd", self.W_V, x) + self.b_V  # [batch, pos, head, d_head]
+        x_q, x_k, x_v = self.q.hook_in(x), self.k.hook_in(x), self.v.hook_in(x)  # [batch, pos, d_model] each
+        q = torch.einsum("hmd,bpm->bphd", self.W_Q, x_q) + self.b_Q  # [batch, pos, head, d_head]
+        k = torch.einsum("hmd,bpm->bphd", self.W_K, x_k) + self.b_K  # [batch, pos, head, d_head]
+        v = torch.einsum("hmd,bpm->bphd", self.W_V, x_v) + self.b_V  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         # each head attends on its own: put the head axis before the position axis
         q_h = q.permute(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
@@ -73,4 +86,5 @@ class MultiHeadAttention(Module):
         z = (pattern @ v_h).permute(0, 2, 1, 3)  # [batch, pos, head, d_head]
         z = self.hook_z(z)
         out = torch.einsum("hdm,bphd->bpm", self.W_O, z) + self.b_O  # [batch, pos, d_model]
+        out = self.hook_out(self.hook_hidden_states(self.o.hook_out(out)))  # [batch, pos, d_model]
         return out

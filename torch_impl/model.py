@@ -43,20 +43,21 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         rng = default_rng(seed)
         self.cfg = check_config(cfg)
         self.embed = TokenEmbedding(cfg, rng)
-        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_embed = self.embed.hook_out  # [batch, pos, d_model]; TransformerLens's alias: one point
         if cfg.positional == "learned":
             self.pos_embed = LearnedPositionalEmbedding(cfg, rng)
         else:
             self.pos_embed = SinusoidalPositionalEncoding(cfg, rng)
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_pos_embed = self.pos_embed.hook_out  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([TransformerBlock(cfg, rng) for _ in range(cfg.n_layers)])
         if cfg.normalization == "pre":
             self.ln_final = LayerNorm.for_config(cfg)
         if cfg.unembed:
             self.unembed = Unembed(cfg, rng)
+            self.hook_unembed = self.unembed.hook_out  # [batch, pos, d_vocab]
         for name, module in self.named_modules():
-            if isinstance(module, HookPoint):
-                module.name = name
+            if isinstance(module, HookPoint) and module.name is None:
+                module.name = name  # its own name: an alias (hook_embed) comes after it (embed.hook_out)
 
     def forward(self, tokens, return_type="logits", loss_per_token=False):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
@@ -65,8 +66,8 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         (logits, loss) or None; ``loss_per_token``: the loss of each predicted token [batch, pos - 1].
         Tokens go to the model's device.
         """
-        embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
-        pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
+        embed = self.embed(tokens)  # [batch, pos, d_model]
+        pos_embed = self.pos_embed(tokens)  # [batch, pos, d_model]
         resid = embed + pos_embed  # [batch, pos, d_model]
         for block in self.blocks:
             resid = block(resid)  # [batch, pos, d_model]

@@ -34,6 +34,7 @@ import numpy as np
 
 from foundation.lens.cache import ActivationCacheMethods, Slice
 from foundation.contract.checks import check_dloss, check_grad, check_hook_result
+from foundation.lens import folding
 from foundation.lens.folding import fold_layer_norm_weights
 
 # TransformerLens's short names: which part of the model each hook name lives in
@@ -46,6 +47,10 @@ NAME_ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "query": "q", "
                 "value": "v", "mlp_pre": "pre", "mlp_post": "post"}
 LAYER_TYPE_ALIASES = {"a": "attn", "attention": "attn", "m": "mlp", "b": None, "block": None, "blocks": None}
 GRAD_SUFFIX = "_grad"
+# what a cache's pos_slice cuts along: the position axis, -3 in [batch, pos, head, d_head] entries,
+# -1 in the token ids [batch, pos] and position ids [1, pos] (embed.hook_in, pos_embed.hook_in); -2 elsewhere
+HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "q.hook_out", "k.hook_out", "v.hook_out", "o.hook_in")
+POSITION_ID_HOOKS = ("embed.hook_in",)
 
 
 class HookNameError(ValueError, KeyError):
@@ -330,10 +335,16 @@ class HookedMixin:
 
     # --- written once: the hook points ---
 
+    def _named_modules_and_aliases(self):
+        """(name, module) for every sub-module, and again under each alias (a second attribute name)."""
+        raise NotImplementedError
+
     @property
     def hook_dict(self):
-        """{full hook name: HookPoint}, in forward order."""
-        return {name: m for name, m in self.named_modules() if isinstance(m, self.hook_point_class)}
+        """{full hook name: HookPoint}, in the order the components are defined. An alias (TransformerLens
+        4's ``hook_embed`` for ``embed.hook_out``, ``blocks.0.hook_resid_pre`` for ``blocks.0.hook_in``)
+        maps to the same HookPoint as the name it stands for; ``point.name`` is that name."""
+        return {name: m for name, m in self._named_modules_and_aliases() if isinstance(m, self.hook_point_class)}
 
     @property
     def mod_dict(self):
@@ -362,7 +373,8 @@ class HookedMixin:
                                         f"its hooks are {', '.join(points)}")
                 resolved.append((points[full], fn))
             elif callable(name):
-                resolved.extend((point, fn) for full, point in points.items() if name(full))
+                chosen = {id(point): point for full, point in points.items() if name(full)}  # an alias: once
+                resolved.extend((point, fn) for point in chosen.values())
             else:
                 raise TypeError(f"{arg}[{i}]: the hook name must be a str or a filter function, got {name!r}")
         return resolved
@@ -454,20 +466,21 @@ class HookedMixin:
         pos_slice = Slice.unwrap(pos_slice)
         self._check_device(device)
 
-        def save(x, hook, is_backward=False):
+        def save(x, hook, name, is_backward=False):
             value = self._snapshot(x, device)
             if remove_batch_dim:
                 if value.shape[0] != 1:
-                    raise ValueError(f"remove_batch_dim needs a batch of 1; {hook.name} has {value.shape[0]}")
+                    raise ValueError(f"remove_batch_dim needs a batch of 1; {name} has {value.shape[0]}")
                 value = value[0]
-            pos_dim = -3 if hook.name.endswith(("hook_q", "hook_k", "hook_v", "hook_z")) else -2
+            pos_dim = -3 if name.endswith(HEAD_HOOKS) else -1 if name.endswith(POSITION_ID_HOOKS) else -2
             if value.ndim >= -pos_dim:
                 value = pos_slice.apply(value, dim=pos_dim)
-            cache[hook.name + (GRAD_SUFFIX if is_backward else "")] = value
+            cache[name + (GRAD_SUFFIX if is_backward else "")] = value
 
+        # one caching hook per name: a point with an alias is recorded under both names, as TransformerLens does
         names = self._filtered_names(names_filter)
-        fwd_hooks = [(name, partial(save, is_backward=False)) for name in names]
-        bwd_hooks = [(name, partial(save, is_backward=True)) for name in names] if incl_bwd else []
+        fwd_hooks = [(name, partial(save, name=name, is_backward=False)) for name in names]
+        bwd_hooks = [(name, partial(save, name=name, is_backward=True)) for name in names] if incl_bwd else []
         return cache, fwd_hooks, bwd_hooks
 
     def run_with_cache(self, *model_args, names_filter=None, device=None, remove_batch_dim=False, incl_bwd=False,
@@ -558,13 +571,50 @@ class HookedMixin:
             if not cfg.attn_only:
                 block.ln2 = self._layer_norm_pre(folded_cfg)
         self.ln_final = self._layer_norm_pre(folded_cfg)
-        for name, module in self.named_modules():
+        named = set()
+        for name, module in self._named_modules_and_aliases():
             if hasattr(module, "cfg"):
                 module.cfg = folded_cfg
-            if isinstance(module, self.hook_point_class):
-                module.name = name
+            if isinstance(module, self.hook_point_class) and id(module) not in named:
+                module.name = name  # its own name: an alias comes after it
+                named.add(id(module))
         self.load_state_dict(folded)
         return self
+
+    def process_weights(self, fold_ln=True, center_writing_weights=True, center_unembed=True,
+                        fold_value_biases=True):
+        """TransformerLens 4's weight processing, as ``bridge.process_weights()`` and
+        ``enable_compatibility_mode()`` do it (the same arguments and defaults): the logits stay the
+        same (up to rounding), and every cached activation then equals the bridge's in compatibility
+        mode. ``fold_ln``: ``fold_layer_norm``; ``center_writing_weights``: mean zero over d_model
+        for every weight that writes to the residual stream; ``center_unembed``: W_U and b_U less
+        their mean over the vocabulary; ``fold_value_biases``: b_V folded into b_O
+        (``foundation/lens/folding.py`` has each formula). Returns the model.
+        """
+        _check_flags(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                     center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+        if fold_ln:
+            self.fold_layer_norm(center_weights=True)
+        state_dict = {name: as_numpy(value) for name, value in self.state_dict().items()}
+        if center_writing_weights:
+            if self.cfg.normalization != "pre" or self.cfg.normalization_type not in ("LN", "LNPre"):
+                raise ValueError("center_writing_weights needs a LayerNorm (that removes the mean) before "
+                                 "every part that reads the residual stream: a pre-norm model")
+            state_dict = folding.center_writing_weights(state_dict, self.cfg)
+        if center_unembed:
+            if not self.cfg.unembed:
+                raise ValueError("center_unembed needs an unembedding (cfg.unembed=True)")
+            state_dict = folding.center_unembed(state_dict)
+        if fold_value_biases:
+            state_dict = folding.fold_value_biases(state_dict, self.cfg)
+        self.load_state_dict(state_dict)
+        return self
+
+
+def _check_flags(**flags):
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def _return_type(model_args, model_kwargs):
