@@ -353,7 +353,7 @@ def diagnose_step(step, tensors, mine_locals, expected, given, cfg):
         for name, value in mine_locals.items():
             if _masked_pattern(value):
                 return Diagnosis("mask", name, MASK_HINT.format(name=name))
-    batch, pos = np.shape(cache["x"])[:2]
+    batch, pos = np.shape(cache["x_q"])[:2]  # the query projection's input [batch, pos, d_model]
     sizes = {"batch": int(batch), "pos": int(pos), "tokens": int(batch * pos)}
     sizes.update({key: getattr(cfg, key) for key in ("d_model", "d_head", "d_mlp", "n_heads", "d_vocab", "n_ctx")})
     for name, (mine, right) in tensors.items():

@@ -32,7 +32,7 @@ PLANTED = [
      "constant factor", ["tokens/(tokens-1)"]),
     ("sqrt(d_model) for sqrt(d_head)", "attention", "attention.py",
      "dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)", "dq_h = dscores @ k_h / math.sqrt(self.cfg.d_model)",
-     "constant factor", ["sqrt(d_head/d_model)", "hook_q"]),
+     "constant factor", ["sqrt(d_head/d_model)", "q.hook_out"]),  # hook_q's own name
     ("a 2 too many", "unembed", "unembed.py",
      'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
      'dx = 2 * np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
@@ -166,7 +166,8 @@ def test_the_first_hook_point_inside_where_a_gradient_parts_is_named(solved, tmp
     """Inside the attention: right at hook_z and hook_pattern, first wrong at hook_attn_scores."""
     label, key, file, old, new, *_ = PLANTED[-7]
     result = result_of(check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key)
-    assert result.parting.startswith("right at hook_z, hook_pattern; first wrong at hook_attn_scores (relative error"), \
+    assert result.parting.startswith("right at the first 6 hook points the gradient reaches, down to hook_pattern; "
+                                     "first wrong at hook_attn_scores (relative error"), \
         result.parting
 
 
