@@ -190,3 +190,49 @@ def test_process_weights_matches_compatibility_mode(folder, tokens, twin):
     worst = max(errors, key=errors.get)
     assert errors[worst] < COMPAT_TOL, (worst, errors[worst])
     assert set(ours.keys()) == set(theirs.keys())
+
+
+def test_list_hooks_and_the_hooks_context_as_on_the_bridge(folder, tokens):
+    """list_hooks (under every name of a point, per direction, with or without permanent hooks) and
+    hooks() as a context manager that removes what it added."""
+    bridge = boot(folder)
+    models = (bridge, npi.Transformer.from_pretrained(folder), tpi.Transformer.from_pretrained(folder))
+    listings = []
+    for model in models:
+        noop = lambda x, hook: None  # noqa: E731
+        model.add_hook("hook_embed", noop)
+        model.add_hook("blocks.1.attn.hook_q", noop, dir="bwd")
+        model.add_perma_hook("blocks.0.hook_resid_pre", noop)
+        listing = {}
+        for dir in ("fwd", "bwd", "both"):
+            for permanent in (True, False):
+                found = model.list_hooks(dir=dir, including_permanent=permanent)
+                listing[dir, permanent] = {name: len(handles) for name, handles in found.items()}
+        listing["filtered"] = sorted(model.list_hooks(name_filter=lambda name: name.startswith("blocks.1")))
+        with model.hooks(fwd_hooks=[("blocks.2.hook_mlp_out", noop)]):
+            listing["inside"] = sorted(model.list_hooks(dir="fwd"))
+        listing["after"] = sorted(model.list_hooks(dir="fwd"))
+        model.reset_hooks(including_permanent=True)
+        listing["reset"] = model.list_hooks()
+        listings.append(listing)
+    assert listings[0]["both", True] == {"embed.hook_out": 1, "hook_embed": 1, "blocks.0.hook_in": 1,
+                                         "blocks.0.hook_resid_pre": 1, "blocks.1.attn.q.hook_out": 1,
+                                         "blocks.1.attn.hook_q": 1}
+    assert listings[1] == listings[0] and listings[2] == listings[0]
+
+
+def test_names_filter_and_the_tokenizer_calls_as_on_the_bridge(folder, tokens):
+    """run_with_cache's names_filter (a name, an alias, a list, a function) keeps the names the bridge
+    keeps; to_tokens, to_str_tokens and to_string give what the bridge gives on the checkpoint's tokenizer."""
+    bridge = boot(folder)
+    filters = ["hook_embed", ["blocks.0.hook_resid_pre", "blocks.1.attn.q.hook_out", "blocks.2.mlp.hook_post"],
+               lambda name: name.endswith(("hook_in", "hook_pattern"))]
+    text = "The cat sat on the mat."
+    expected = [sorted(bridge.run_with_cache(hf_tokens(tokens), names_filter=f)[1].keys()) for f in filters]
+    ids = bridge.to_tokens(text)
+    for model in (npi.Transformer.from_pretrained(folder), tpi.Transformer.from_pretrained(folder)):
+        assert [sorted(model.run_with_cache(tokens, names_filter=f)[1].keys()) for f in filters] == expected
+        mine = model.to_tokens(text)
+        assert np.array_equal(np.asarray(mine.detach() if hasattr(mine, "detach") else mine), ids.numpy())
+        assert model.to_str_tokens(text) == bridge.to_str_tokens(text)
+        assert model.to_string(ids[0].numpy()) == bridge.to_string(ids[0])

@@ -392,6 +392,31 @@ class HookedMixin:
         """``add_hook(name, hook, dir, is_permanent=True)``."""
         self.add_hook(name, hook, dir=dir, is_permanent=True)
 
+    def list_hooks(self, name_filter=None, dir="both", including_permanent=True):
+        """{hook name: [LensHandle]} of every hook point with hooks on (TransformerLens 4's ``list_hooks``),
+        under each of its names (an alias too, as the bridge lists them); points without hooks are left
+        out. ``name_filter``: None (all), a name, a list of names or ``name -> bool``; ``dir``: "fwd",
+        "bwd" or "both"; ``including_permanent=False`` leaves permanent hooks out."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
+        _check_flags(including_permanent=including_permanent)
+        if name_filter is None or callable(name_filter):
+            matches = name_filter or (lambda name: True)
+        elif isinstance(name_filter, str) or (isinstance(name_filter, (list, tuple))
+                                              and all(isinstance(n, str) for n in name_filter)):
+            matches = ({name_filter} if isinstance(name_filter, str) else set(name_filter)).__contains__
+        else:
+            raise TypeError(f"name_filter must be None, a hook name, a list of names or a function, "
+                            f"got {name_filter!r}")
+        listed = {}
+        for name, point in self.hook_dict.items():
+            handles = (point.fwd_hooks if dir in ("fwd", "both") else []) + \
+                      (point.bwd_hooks if dir in ("bwd", "both") else [])
+            handles = [h for h in handles if including_permanent or not h.is_permanent]
+            if handles and matches(name):
+                listed[name] = handles
+        return listed
+
     def remove_all_hook_fns(self, direction="both", including_permanent=False, level=None):
         """Remove the hooks of every hook point (see ``HookPoint.remove_hooks``)."""
         for point in self.hook_points():
@@ -538,6 +563,8 @@ class HookedMixin:
         unknown = [n for n in wanted if n not in names]
         if unknown:
             raise HookNameError(f"names_filter: this model has no hook named {', '.join(map(repr, unknown))}")
+        # an alias brings its point's own name along (hook_embed: embed.hook_out too), as the bridge does
+        wanted += [self.hook_dict[name].name for name in wanted]
         return [name for name in names if name in wanted]
 
     # --- written once: folding the LayerNorms ---
