@@ -47,7 +47,7 @@ class MultiHeadAttention(Module):
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         # q, k, v, o: the hook points around each projection (TransformerLens 4's attn.q, ...)
         self.q, self.k, self.v = Projection(), Projection(), Projection()
-        self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; TransformerLens's alias: one point
+        self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; an alias: one point, two names
         self.hook_k = self.k.hook_out  # [batch, pos, head, d_head]
         self.hook_v = self.v.hook_out  # [batch, pos, head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
@@ -62,7 +62,9 @@ class MultiHeadAttention(Module):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         x = self.hook_in(x)
         pos = x.shape[1]
-        x_q, x_k, x_v = self.q.hook_in(x), self.k.hook_in(x), self.v.hook_in(x)  # [batch, pos, d_model] each
+        x_q = self.q.hook_in(x)  # [batch, pos, d_model]: x as the query projection reads it
+        x_k = self.k.hook_in(x)  # [batch, pos, d_model]
+        x_v = self.v.hook_in(x)  # [batch, pos, d_model]
         q = np.einsum("hmd,bpm->bphd", self.W_Q.data, x_q, optimize=True) + self.b_Q.data  # [batch, pos, head, d_head]
         k = np.einsum("hmd,bpm->bphd", self.W_K.data, x_k, optimize=True) + self.b_K.data  # [batch, pos, head, d_head]
         v = np.einsum("hmd,bpm->bphd", self.W_V.data, x_v, optimize=True) + self.b_V.data  # [batch, pos, head, d_head]
@@ -91,9 +93,11 @@ class MultiHeadAttention(Module):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into every W_* and b_* grad."""
         x_q, x_k, x_v, q_h, k_h, v_h, probs, pattern, z = self.cache
         # EXERCISE BEGIN
-        # EXERCISE STEP output: the output's hook points and projection, then the weighted sum of the values
-        # forward: out = hook_out(hook_hidden_states(o.hook_out(out)))   (hook points: the gradient passes)
-        dout = self.o.hook_out.backward(self.hook_hidden_states.backward(self.hook_out.backward(dout)))
+        # EXERCISE STEP output: the output's hook points and projection, then the sum over values
+        # forward: out = hook_out(hook_hidden_states(o.hook_out(out)))   (three hook points)
+        dout = self.hook_out.backward(dout)  # [batch, pos, d_model]
+        dout = self.hook_hidden_states.backward(dout)  # [batch, pos, d_model]
+        dout = self.o.hook_out.backward(dout)  # [batch, pos, d_model]
         # forward: out = einsum("hdm,bphd->bpm", W_O, z) + b_O
         self.W_O.grad += np.einsum("bpm,bphd->hdm", dout, z, optimize=True)  # [head, d_head, d_model]
         self.b_O.grad += dout.sum(axis=(0, 1))  # [d_model]
@@ -134,6 +138,7 @@ class MultiHeadAttention(Module):
         dx_k = np.einsum("hmd,bphd->bpm", self.W_K.data, dk, optimize=True)  # [batch, pos, d_model]
         dx_v = np.einsum("hmd,bphd->bpm", self.W_V.data, dv, optimize=True)  # [batch, pos, d_model]
         # forward: x_q, x_k, x_v = q.hook_in(x), k.hook_in(x), v.hook_in(x)   (x goes to all three)
-        dx = self.q.hook_in.backward(dx_q) + self.k.hook_in.backward(dx_k) + self.v.hook_in.backward(dx_v)
+        dx = (self.q.hook_in.backward(dx_q) + self.k.hook_in.backward(dx_k)
+              + self.v.hook_in.backward(dx_v))  # [batch, pos, d_model]
         # EXERCISE END
         return self.hook_in.backward(dx)

@@ -38,7 +38,7 @@ class TransformerBlock(Module):
         self.attn = MultiHeadAttention(cfg, rng)
         self.hook_attn_out = self.attn.hook_out  # [batch, pos, d_model]
         if not cfg.attn_only:
-            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]; its own point (see the docstring)
+            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]; its own point (docstring)
             if cfg.normalization is not None:
                 self.ln2 = LayerNorm.for_config(cfg)
             self.mlp = FeedForward(cfg, rng)

@@ -46,7 +46,7 @@ class FeedForward(Module):
         # in, out: the hook points around W_in and W_out (TransformerLens 4's mlp.in and mlp.out;
         # "in" is a Python keyword, so it is set by name and read as self.in_)
         setattr(self, "in", Projection())
-        self.hook_pre = self.in_.hook_out  # [batch, pos, d_mlp]; TransformerLens's alias: one point
+        self.hook_pre = self.in_.hook_out  # [batch, pos, d_mlp]; an alias: one point, two names
         self.out = Projection()
         self.hook_post = self.out.hook_in  # [batch, pos, d_mlp]
         self.hook_out = HookPoint()  # [batch, pos, d_model]
@@ -83,7 +83,7 @@ class FeedForward(Module):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_in, b_in, W_out, b_out grads."""
         x_in, pre, tanh, post = self.cache
         # EXERCISE BEGIN
-        # forward: out = hook_out(out.hook_out(out))   (hook points: the gradient passes through them)
+        # forward: out = hook_out(out.hook_out(out))   (hook points: the gradient passes through)
         dout = self.out.hook_out.backward(self.hook_out.backward(dout))
         # forward: out = einsum("fm,bpf->bpm", W_out, post) + b_out
         self.W_out.grad += np.einsum("bpm,bpf->fm", dout, post, optimize=True)  # [d_mlp, d_model]

@@ -5,9 +5,9 @@ Axes: batch, pos (sequence position), d_model (residual width; the normalised ax
     out = (x - mean(x)) / sqrt(var(x) + eps) * w + b
 
 with the biased variance and eps = 1e-5 inside the square root, as ``torch.nn.LayerNorm``.
-The denominator is TransformerLens's ``hook_scale``; ``hook_normalized`` holds ``(x - mean) / scale``,
-before w and b, and ``hook_out`` the output, after them (TransformerLens 4's meanings; in 2.x
-``hook_normalized`` was the output).
+The denominator is TransformerLens's ``hook_scale``; ``hook_normalized`` holds
+``(x - mean) / scale``, before w and b, and ``hook_out`` the output, after them (TransformerLens
+4's meanings; in 2.x ``hook_normalized`` was the output). ``hook_in`` holds x.
 """
 
 import numpy as np

@@ -151,9 +151,13 @@ def test_names_filter():
     model, twin = make_pair()
     tokens = np.zeros((1, 4), dtype=np.int64)
     for m in (model, twin):
-        assert list(m.run_with_cache(tokens, names_filter="blocks.0.attn.hook_q")[1].keys()) == ["blocks.0.attn.hook_q"]
+        # an alias brings its point's own name along, as TransformerLens 4's bridge caches it
+        _, cache = m.run_with_cache(tokens, names_filter="blocks.0.attn.hook_q")
+        assert list(cache.keys()) == ["blocks.0.attn.q.hook_out", "blocks.0.attn.hook_q"]
+        _, cache = m.run_with_cache(tokens, names_filter=["blocks.0.attn.q.hook_out", "scale"])
+        assert list(cache.keys()) == ["blocks.0.attn.q.hook_out", "ln_final.hook_scale"]
         _, cache = m.run_with_cache(tokens, names_filter=["hook_embed", "scale"])
-        assert list(cache.keys()) == ["hook_embed", "ln_final.hook_scale"]
+        assert list(cache.keys()) == ["embed.hook_out", "hook_embed", "ln_final.hook_scale"]
         _, cache = m.run_with_cache(tokens, names_filter=lambda name: name.endswith("pattern"), incl_bwd=True)
         assert list(cache.keys()) == [f"blocks.{i}.attn.hook_pattern{g}" for g in ("", "_grad") for i in (0, 1)]
 

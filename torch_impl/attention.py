@@ -51,7 +51,7 @@ class MultiHeadAttention(Module):
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         # q, k, v, o: the hook points around each projection (TransformerLens 4's attn.q, ...)
         self.q, self.k, self.v = Projection(), Projection(), Projection()
-        self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; TransformerLens's alias: one point
+        self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; an alias: one point, two names
         self.hook_k = self.k.hook_out  # [batch, pos, head, d_head]
         self.hook_v = self.v.hook_out  # [batch, pos, head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
@@ -65,7 +65,9 @@ class MultiHeadAttention(Module):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         x = self.hook_in(x)
         pos = x.shape[1]
-        x_q, x_k, x_v = self.q.hook_in(x), self.k.hook_in(x), self.v.hook_in(x)  # [batch, pos, d_model] each
+        x_q = self.q.hook_in(x)  # [batch, pos, d_model]: x as the query projection reads it
+        x_k = self.k.hook_in(x)  # [batch, pos, d_model]
+        x_v = self.v.hook_in(x)  # [batch, pos, d_model]
         q = torch.einsum("hmd,bpm->bphd", self.W_Q, x_q) + self.b_Q  # [batch, pos, head, d_head]
         k = torch.einsum("hmd,bpm->bphd", self.W_K, x_k) + self.b_K  # [batch, pos, head, d_head]
         v = torch.einsum("hmd,bpm->bphd", self.W_V, x_v) + self.b_V  # [batch, pos, head, d_head]

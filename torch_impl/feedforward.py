@@ -47,7 +47,7 @@ class FeedForward(Module):
         # in, out: the hook points around W_in and W_out (TransformerLens 4's mlp.in and mlp.out;
         # "in" is a Python keyword, so it is set by name and read as self.in_)
         setattr(self, "in", Projection())
-        self.hook_pre = self.in_.hook_out  # [batch, pos, d_mlp]; TransformerLens's alias: one point
+        self.hook_pre = self.in_.hook_out  # [batch, pos, d_mlp]; an alias: one point, two names
         self.out = Projection()
         self.hook_post = self.out.hook_in  # [batch, pos, d_mlp]
         self.hook_out = HookPoint()  # [batch, pos, d_model]

@@ -81,7 +81,8 @@ def center_unembed(state_dict):
 
 
 def fold_value_biases(state_dict, cfg):
-    """{name: ndarray} -> a new dict with each b_V folded into b_O (TransformerLens's ``fold_value_biases``).
+    """{name: ndarray} -> a new dict with each b_V folded into b_O (TransformerLens's
+    ``fold_value_biases``).
 
     Each pattern row sums to 1, so b_V[h] reaches the output as b_V[h] @ W_O[h] at every position:
         b_O += sum over heads of b_V[h] @ W_O[h],   b_V = 0
@@ -90,7 +91,8 @@ def fold_value_biases(state_dict, cfg):
     folded = dict(state_dict)
     for i in range(cfg.n_layers):
         block = f"blocks.{i}.attn."
-        b_V, W_O = folded[block + "b_V"], folded[block + "W_O"]  # [head, d_head], [head, d_head, d_model]
+        b_V = folded[block + "b_V"]  # [head, d_head]
+        W_O = folded[block + "W_O"]  # [head, d_head, d_model]
         folded[block + "b_O"] = folded[block + "b_O"] + np.einsum("hd,hdm->m", b_V, W_O)  # [d_model]
         folded[block + "b_V"] = np.zeros_like(b_V)  # [head, d_head]
     return folded

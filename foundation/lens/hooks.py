@@ -48,8 +48,9 @@ NAME_ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "query": "q", "
 LAYER_TYPE_ALIASES = {"a": "attn", "attention": "attn", "m": "mlp", "b": None, "block": None, "blocks": None}
 GRAD_SUFFIX = "_grad"
 # what a cache's pos_slice cuts along: the position axis, -3 in [batch, pos, head, d_head] entries,
-# -1 in the token ids [batch, pos] and position ids [1, pos] (embed.hook_in, pos_embed.hook_in); -2 elsewhere
-HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "q.hook_out", "k.hook_out", "v.hook_out", "o.hook_in")
+# -1 in the token ids [batch, pos] and the position ids [1, pos]; -2 elsewhere
+HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z",
+              "q.hook_out", "k.hook_out", "v.hook_out", "o.hook_in")
 POSITION_ID_HOOKS = ("embed.hook_in",)
 
 
@@ -336,15 +337,17 @@ class HookedMixin:
     # --- written once: the hook points ---
 
     def _named_modules_and_aliases(self):
-        """(name, module) for every sub-module, and again under each alias (a second attribute name)."""
+        """(name, module) for every sub-module, and again under each alias (a second name)."""
         raise NotImplementedError
 
     @property
     def hook_dict(self):
-        """{full hook name: HookPoint}, in the order the components are defined. An alias (TransformerLens
-        4's ``hook_embed`` for ``embed.hook_out``, ``blocks.0.hook_resid_pre`` for ``blocks.0.hook_in``)
-        maps to the same HookPoint as the name it stands for; ``point.name`` is that name."""
-        return {name: m for name, m in self._named_modules_and_aliases() if isinstance(m, self.hook_point_class)}
+        """{full hook name: HookPoint}, in the order the components are defined. An alias
+        (TransformerLens 4's ``hook_embed`` for ``embed.hook_out``, ``blocks.0.hook_resid_pre`` for
+        ``blocks.0.hook_in``) maps to the same HookPoint as the name it stands for; ``point.name``
+        is that name."""
+        modules = self._named_modules_and_aliases()
+        return {name: m for name, m in modules if isinstance(m, self.hook_point_class)}
 
     @property
     def mod_dict(self):
@@ -373,7 +376,8 @@ class HookedMixin:
                                         f"its hooks are {', '.join(points)}")
                 resolved.append((points[full], fn))
             elif callable(name):
-                chosen = {id(point): point for full, point in points.items() if name(full)}  # an alias: once
+                # a point chosen under two names (an alias) gets the hook once
+                chosen = {id(point): point for full, point in points.items() if name(full)}
                 resolved.extend((point, fn) for point in chosen.values())
             else:
                 raise TypeError(f"{arg}[{i}]: the hook name must be a str or a filter function, got {name!r}")
@@ -393,10 +397,11 @@ class HookedMixin:
         self.add_hook(name, hook, dir=dir, is_permanent=True)
 
     def list_hooks(self, name_filter=None, dir="both", including_permanent=True):
-        """{hook name: [LensHandle]} of every hook point with hooks on (TransformerLens 4's ``list_hooks``),
-        under each of its names (an alias too, as the bridge lists them); points without hooks are left
-        out. ``name_filter``: None (all), a name, a list of names or ``name -> bool``; ``dir``: "fwd",
-        "bwd" or "both"; ``including_permanent=False`` leaves permanent hooks out."""
+        """{hook name: [LensHandle]} of every hook point with hooks on (TransformerLens 4's
+        ``list_hooks``), under each of its names (an alias too, as the bridge lists them); points
+        without hooks are left out. ``name_filter``: None (all), a name, a list of names or
+        ``name -> bool``; ``dir``: "fwd", "bwd" or "both"; ``including_permanent=False`` leaves
+        permanent hooks out."""
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
         _check_flags(including_permanent=including_permanent)
@@ -404,7 +409,8 @@ class HookedMixin:
             matches = name_filter or (lambda name: True)
         elif isinstance(name_filter, str) or (isinstance(name_filter, (list, tuple))
                                               and all(isinstance(n, str) for n in name_filter)):
-            matches = ({name_filter} if isinstance(name_filter, str) else set(name_filter)).__contains__
+            wanted = {name_filter} if isinstance(name_filter, str) else set(name_filter)
+            matches = wanted.__contains__
         else:
             raise TypeError(f"name_filter must be None, a hook name, a list of names or a function, "
                             f"got {name_filter!r}")
@@ -497,12 +503,13 @@ class HookedMixin:
                 if value.shape[0] != 1:
                     raise ValueError(f"remove_batch_dim needs a batch of 1; {name} has {value.shape[0]}")
                 value = value[0]
-            pos_dim = -3 if name.endswith(HEAD_HOOKS) else -1 if name.endswith(POSITION_ID_HOOKS) else -2
+            pos_dim = -3 if name.endswith(HEAD_HOOKS) else -2
+            pos_dim = -1 if name.endswith(POSITION_ID_HOOKS) else pos_dim
             if value.ndim >= -pos_dim:
                 value = pos_slice.apply(value, dim=pos_dim)
             cache[name + (GRAD_SUFFIX if is_backward else "")] = value
 
-        # one caching hook per name: a point with an alias is recorded under both names, as TransformerLens does
+        # one caching hook per name: a point with an alias is recorded under both (as the bridge)
         names = self._filtered_names(names_filter)
         fwd_hooks = [(name, partial(save, name=name, is_backward=False)) for name in names]
         bwd_hooks = [(name, partial(save, name=name, is_backward=True)) for name in names] if incl_bwd else []
@@ -563,7 +570,7 @@ class HookedMixin:
         unknown = [n for n in wanted if n not in names]
         if unknown:
             raise HookNameError(f"names_filter: this model has no hook named {', '.join(map(repr, unknown))}")
-        # an alias brings its point's own name along (hook_embed: embed.hook_out too), as the bridge does
+        # an alias brings its point's own name along (hook_embed: embed.hook_out), as on the bridge
         wanted += [self.hook_dict[name].name for name in wanted]
         return [name for name in names if name in wanted]
 
@@ -625,8 +632,8 @@ class HookedMixin:
         state_dict = {name: as_numpy(value) for name, value in self.state_dict().items()}
         if center_writing_weights:
             if self.cfg.normalization != "pre" or self.cfg.normalization_type not in ("LN", "LNPre"):
-                raise ValueError("center_writing_weights needs a LayerNorm (that removes the mean) before "
-                                 "every part that reads the residual stream: a pre-norm model")
+                raise ValueError("center_writing_weights needs a LayerNorm (that removes the mean) "
+                                 "before every reader of the residual stream: a pre-norm model")
             state_dict = folding.center_writing_weights(state_dict, self.cfg)
         if center_unembed:
             if not self.cfg.unembed:
