@@ -127,7 +127,7 @@ class MultiHeadAttention(Module):
         dk = dk_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dv = dv_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dq, dk, dv = self.hook_q.backward(dq), self.hook_k.backward(dk), self.hook_v.backward(dv)
-        # forward: q = einsum("hmd,bpm->bphd", W_Q, x) + b_Q, and the same for k and v
+        # forward: q = einsum("hmd,bpm->bphd", W_Q, x_q) + b_Q, and the same for k and v
         self.W_Q.grad += np.einsum("bpm,bphd->hmd", x_q, dq, optimize=True)  # [head, d_model, d_head]
         self.W_K.grad += np.einsum("bpm,bphd->hmd", x_k, dk, optimize=True)  # [head, d_model, d_head]
         self.W_V.grad += np.einsum("bpm,bphd->hmd", x_v, dv, optimize=True)  # [head, d_model, d_head]
@@ -137,7 +137,7 @@ class MultiHeadAttention(Module):
         dx_q = np.einsum("hmd,bphd->bpm", self.W_Q.data, dq, optimize=True)  # [batch, pos, d_model]
         dx_k = np.einsum("hmd,bphd->bpm", self.W_K.data, dk, optimize=True)  # [batch, pos, d_model]
         dx_v = np.einsum("hmd,bphd->bpm", self.W_V.data, dv, optimize=True)  # [batch, pos, d_model]
-        # forward: x_q, x_k, x_v = q.hook_in(x), k.hook_in(x), v.hook_in(x)   (x goes to all three)
+        # forward: x_q = q.hook_in(x), and the same for k and v   (x goes to all three)
         dx = (self.q.hook_in.backward(dx_q) + self.k.hook_in.backward(dx_k)
               + self.v.hook_in.backward(dx_v))  # [batch, pos, d_model]
         # EXERCISE END
