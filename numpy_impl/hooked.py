@@ -64,6 +64,10 @@ class HookedMixin(_HookedMixin):
         self.last_loss = None  # only the loss this very forward returns can start backward()
         return super()._with_return_type(out, tokens, return_type, loss_per_token)
 
+    def _stopped(self, resid):
+        self.last_loss = None
+        return super()._stopped(resid)
+
     def _next_token_loss(self, out, tokens, per_token):
         loss_module = self.loss_class()
         mean = loss_module.forward(out[:, :-1], tokens[:, 1:])  # []
@@ -81,6 +85,9 @@ class HookedMixin(_HookedMixin):
         None: the gradient of the scalar loss the last forward returned; shaped like that
         forward's per-token loss: the gradient of sum(dout * loss); shaped like the logits: dout.
         """
+        if self._output_shape is None:
+            raise ValueError("backward after forward(..., stop_at_layer=k): the run returned an intermediate "
+                             "residual stream, not the output; run the whole model to backpropagate")
         loss_module, loss_shape = self.last_loss or (None, None)
         target, grad = gradient_target(dout, self._output_shape, loss_shape, self.cfg.dtype)
         if target == "logits":

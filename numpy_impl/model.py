@@ -57,18 +57,23 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
             if isinstance(module, HookPoint) and module.name is None:
                 module.name = name  # its own name: an alias (hook_embed) comes after it (embed.hook_out)
 
-    def forward(self, tokens, return_type="logits", loss_per_token=False):
+    def forward(self, tokens, return_type="logits", loss_per_token=False, stop_at_layer=None):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
         (logits, loss) or None; ``loss_per_token``: the loss of each predicted token [batch, pos - 1].
+        ``stop_at_layer=k``: stop before block k and return the residual stream entering it
+        [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
         ``backward`` takes the gradient of the output, or starts from the loss (see ``backward``).
         """
         embed = self.embed(tokens)  # [batch, pos, d_model]
         pos_embed = self.pos_embed(tokens)  # [batch, pos, d_model]
         resid = embed + pos_embed  # [batch, pos, d_model]
-        for block in self.blocks:
+        stop = self._stop_layer(stop_at_layer)
+        for block in self.blocks[:stop]:
             resid = block(resid)  # [batch, pos, d_model]
+        if stop < self.cfg.n_layers:
+            return self._stopped(resid)
         if self.cfg.normalization == "pre":
             resid = self.ln_final(resid)  # [batch, pos, d_model]
         out = self.unembed(resid) if self.cfg.unembed else resid  # [batch, pos, d_vocab or d_model]

@@ -15,8 +15,8 @@ biases) is written to a folder; the bridge boots on that folder and both twins l
 - weight processing: after ``process_weights()`` (fold_ln, center_writing_weights,
   center_unembed, fold_value_biases) the logits and every cached activation equal the bridge's
   after ``enable_compatibility_mode()``.
-- the everyday calls (names_filter, stop_at_layer, start_at_layer, hooks(), list_hooks,
-  to_tokens / to_str_tokens / to_string) give what the bridge gives.
+- the everyday calls (names_filter, stop_at_layer, hooks(), list_hooks, to_tokens /
+  to_str_tokens / to_string) give what the bridge gives (start_at_layer is not in the twins yet).
 """
 
 import numpy as np
@@ -236,3 +236,23 @@ def test_names_filter_and_the_tokenizer_calls_as_on_the_bridge(folder, tokens):
         assert np.array_equal(np.asarray(mine.detach() if hasattr(mine, "detach") else mine), ids.numpy())
         assert model.to_str_tokens(text) == bridge.to_str_tokens(text)
         assert model.to_string(ids[0].numpy()) == bridge.to_string(ids[0])
+
+
+@pytest.mark.parametrize("stop", [0, 1, -1, N_LAYERS])
+def test_stop_at_layer_as_on_the_bridge(folder, tokens, stop):
+    """forward and run_with_cache with stop_at_layer: the residual stream entering that block (the full
+    output at n_layers), the same cached names, the same values; incl_bwd refused, as the bridge does."""
+    bridge = boot(folder)
+    theirs, their_cache = bridge.run_with_cache(hf_tokens(tokens), stop_at_layer=stop)
+    for model in (npi.Transformer.from_pretrained(folder), tpi.Transformer.from_pretrained(folder)):
+        assert rel_err(model(tokens, stop_at_layer=stop), theirs) < TOL
+        out, cache = model.run_with_cache(tokens, stop_at_layer=stop)
+        assert rel_err(out, theirs) < TOL
+        assert set(cache.keys()) == set(their_cache.keys())
+        with pytest.raises(ValueError, match="stop_at_layer"):
+            model.run_with_cache(tokens, stop_at_layer=stop, incl_bwd=True)
+    model = npi.Transformer.from_pretrained(folder)
+    if stop != N_LAYERS:
+        resid = model(tokens, stop_at_layer=stop)
+        with pytest.raises(ValueError, match="stop_at_layer"):  # the NumPy backward starts at the output only
+            model.backward(np.random.default_rng(0).standard_normal(resid.shape))

@@ -534,6 +534,9 @@ class HookedMixin:
         if remove_batch_dim and tokens.shape[0] != 1:
             raise ValueError(f"remove_batch_dim=True needs a batch of 1, got tokens of shape {tuple(tokens.shape)}")
         returned = _return_type(model_args, model_kwargs)
+        if incl_bwd and model_kwargs.get("stop_at_layer") is not None:
+            raise ValueError("incl_bwd=True cannot be combined with stop_at_layer: the run returns the residual "
+                             "stream entering that layer, not an output to backpropagate (as TransformerLens 4)")
         if incl_bwd and returned is None:
             raise ValueError("incl_bwd=True needs an output to backpropagate; return_type=None returns nothing")
         store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice)
