@@ -25,6 +25,7 @@ TOURS = {
     "induction": ("tours.induction", "grow induction heads from scratch in NumPy, then find them"),
     "read": ("tours.read", "the reading page: NumPy and torch side by side, line by line, as one HTML file"),
     "gpt2": ("tours.gpt2", "a Hugging Face GPT-2 checkpoint (--model DIR) in both twins: agreement, generation, figures"),
+    "checkpoint": ("tours.checkpoint", "write a tiny random checkpoint folder (DIR), offline: config, weights, tokenizer"),
 }
 
 # Threads. Every command computes on one thread. Each multiplies small matrices (d_model 32 to
@@ -44,7 +45,8 @@ def main(argv=None):
         prog="demo.py",
         description="Transformer Twins: a NumPy transformer with hand-written backward passes and its PyTorch twin.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     description="plain `python demo.py` runs basics, the first walk-through")
     for command, (module_name, help_text) in TOURS.items():
         sub = commands.add_parser(command, help=help_text, description=help_text)
         sub.set_defaults(module_name=module_name)

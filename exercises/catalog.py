@@ -1,9 +1,16 @@
 """The exercises, easiest first: which class, which file, the settings each is checked under.
 
-Every size in the checked configs differs from every other (batch 5, positions 6, n_ctx 7,
-heads 3, d_head 8, d_model 10, d_mlp 11, vocabulary 13; none is 2 or 4, whose square roots
-and halves would read as the constants 2 and 1/2), so a wrong constant factor, a transposed
-shape or a sum over the wrong axis names the one size that explains it.
+Every exercise is checked under two size sets. Within each, every size differs from every other
+(but pos = n_ctx in the second), and no size of one set is the same axis's size in the other:
+
+    first    batch 5, pos 6, n_ctx 7, heads 3, d_head 8, d_model 10, d_mlp 11, d_vocab 13
+    second   batch 1, pos 9 = n_ctx 9, heads 5, d_head 6, d_model 15, d_mlp 7, d_vocab 11
+
+none 2 or 4 (whose square roots and halves would read as the constants 2 and 1/2), so a wrong
+constant factor, a transposed shape or a sum over the wrong axis names the one size that
+explains it, and a size written into the code as a number (``W_pos.grad[:6]``, ``math.sqrt(8)``,
+``x.reshape(30, 10)``) fails the second set: batch 1 (a lone sequence) and the longest input
+the model takes (pos = n_ctx: the whole mask, every row of W_pos).
 """
 
 from __future__ import annotations
@@ -12,14 +19,53 @@ from dataclasses import dataclass
 
 from gradcheck.factory import Variant
 
-SIZES = dict(d_vocab=13, d_model=10, n_heads=3, d_head=8, d_mlp=11, n_layers=2, n_ctx=7)
-BATCH, POS = 5, 6  # the checked inputs: [batch, pos], one position shorter than n_ctx
-AXIS_NAMES = {5: "batch", 6: "pos", 7: "n_ctx", 3: "head", 8: "d_head", 10: "d_model", 11: "d_mlp", 13: "d_vocab"}
+
+@dataclass(frozen=True)
+class SizeSet:
+    """The sizes of one checked run: the config's, and the input's batch and pos."""
+
+    label: str
+    config: dict
+    batch: int
+    pos: int
+
+    @property
+    def axis_names(self):
+        """{size: axis name} (pos before n_ctx where they are equal)."""
+        names = {self.batch: "batch"} if self.batch > 1 else {}  # a 1 is as often keepdims' as batch
+        names[self.pos] = "pos"
+        for key, axis in (("n_ctx", "n_ctx"), ("n_heads", "head"), ("d_head", "d_head"),
+                          ("d_model", "d_model"), ("d_mlp", "d_mlp"), ("d_vocab", "d_vocab")):
+            names.setdefault(self.config[key], axis)
+        return names
+
+    def words(self):
+        """"batch 5, pos 6, n_ctx 7, ..." for a message."""
+        c = self.config
+        return (f"batch {self.batch}, pos {self.pos}, n_ctx {c['n_ctx']}, heads {c['n_heads']}, "
+                f"d_head {c['d_head']}, d_model {c['d_model']}, d_mlp {c['d_mlp']}, "
+                f"d_vocab {c['d_vocab']}")
+
+
+SIZE_SETS = (
+    SizeSet("sizes 1", dict(d_vocab=13, d_model=10, n_heads=3, d_head=8, d_mlp=11, n_layers=2, n_ctx=7),
+            batch=5, pos=6),
+    SizeSet("sizes 2", dict(d_vocab=11, d_model=15, n_heads=5, d_head=6, d_mlp=7, n_layers=2, n_ctx=9),
+            batch=1, pos=9),
+)
+SIZES = SIZE_SETS[0].config
+BATCH, POS = SIZE_SETS[0].batch, SIZE_SETS[0].pos  # the first set's [batch, pos]: pos one short of n_ctx
+AXIS_NAMES = SIZE_SETS[0].axis_names  # {size: axis} of the first set, where most hints are made
 
 
 def checked(label, overrides=None, weighted=False):
-    """A Variant with the exercise sizes (every one distinct) and ``overrides`` on top."""
+    """A Variant with the first set's sizes and ``overrides`` on top (``resized``: another set's)."""
     return Variant(label, {**SIZES, **(overrides or {})}, weighted)
+
+
+def resized(variant, sizes):
+    """``variant`` with the config sizes of ``sizes`` (a SizeSet) in place of the first set's."""
+    return Variant(variant.label, {**variant.overrides, **sizes.config}, variant.weighted)
 
 
 @dataclass(frozen=True)

@@ -7,27 +7,41 @@ gradient R (never all ones), under every variant the catalog lists, and sends th
 process the same weights, input and R. What comes back is plain data (JSON and arrays, never
 pickle), compared here with the reference's gradients.
 
-"done" means right in every way the reference is, under every variant:
+"done" means right in every way the reference is, under every variant and both size sets
+(catalog.SIZE_SETS: every size distinct, the second with batch 1 and pos = n_ctx):
 
     float64, the checker's recording hooks on every hook point:
-        every gradient (each parameter's, the input's) within 1e-7 (relative, entry by entry) of
-        the reference's, and within 1e-7 of central differences of the learner's own forward;
-        every hook point handed the gradient of its own activation;
-        the upstream gradient and the inputs the caller passed unchanged afterwards;
-        a second backward (same forward, the very same upstream array) adds the same again (+=);
-    float64, no hooks at all: the same gradients (a hook point without hooks hands on the very
-        array it was given, so an array changed in place after use shows only here);
+        every gradient (each parameter's, the input's) float64, within 1e-7 (relative, entry by
+        entry) of the reference's, and within 1e-7 of central differences of the learner's own
+        forward; every hook point handed the gradient of its own activation, its backward called
+        once; the upstream gradient, the caller's inputs, every parameter's .data, every cache
+        and module array unchanged afterwards, byte for byte; no forward called during backward
+        (else "numerical"); a second backward (same forward, same upstream array) adds the same
+        again (+=);
+    float64, no hooks at all: the same gradients and byte-for-byte checks (a hook point without
+        hooks hands on the very array it was given, so an array changed in place after use shows
+        only here);
+    float64, a backward hook at every hook point that edits the gradient (a random factor, and
+        noise): the reference's gradients with the same hooks (a hook skipped, doubled or dropped,
+        a mask's backward left out);
     float64, a forward hook that zeroes key 1 of the attention pattern (attention, block, model):
         the gradients the reference gives for the edited run (softmax's backward takes probs,
         the softmax's own output; what z used is the edited pattern);
     float32: every gradient returned and every .grad is float32, within 1e-4 of the float64
-        reference (relative to the largest entry of its tensor).
+        reference (relative to the largest entry of its tensor);
+    the second size set: the first run again.
+
+A wrong dtype is traced to the line after which an array first held it (learner.DtypeTrace).
+A body that uses complex numbers, or calls a forward, is "numerical": it differentiates the
+forward numerically instead of writing the chain rule.
 
 An exercise with steps (attention) is also checked one step at a time: each step's lines run on
-their own, given random incoming gradients, and must give the reference step's outputs.
-Sub-modules inside the block and the model run the reference's backward while those two are
-checked, so a mistake is reported where it is; the last row, "all together", runs the
-learner's backward everywhere.
+their own, given random incoming gradients and a .grad that holds something already, and must
+give the reference step's outputs, in float64 and float32, leaving what it was given, the cache
+and the weights as they were. Sub-modules inside the block and the model run the reference's
+backward while those two are checked, so a mistake is reported where it is; the last row, "all
+together", runs the learner's backward everywhere. A file of the copy that does not compile fails
+only its own exercise: the others run with that file as init wrote it.
 
 A wrong answer also gets, where one fits exactly, a hint naming the mistake (``diagnose.py``),
 and the first hook point inside the exercise where the learner's gradient parts from the
@@ -51,8 +65,8 @@ from foundation.contract.config import TransformerConfig
 from gradcheck.factory import build, make_inputs
 
 from . import worker as workers
-from .catalog import BATCH, BY_CLASS, BY_KEY, EXERCISES, POS, STEP_KEYS, TOGETHER, number_of
-from .diagnose import Evidence, diagnose, diagnose_error, diagnose_step
+from .catalog import BY_CLASS, BY_KEY, EXERCISES, SIZE_SETS, STEP_KEYS, TOGETHER, number_of, resized
+from .diagnose import Evidence, diagnose, diagnose_error, diagnose_step, dtype_hint, hard_coded_hint
 from .divergence import locate
 from .learner import find_package
 from .steps import find_marked_bodies, prologue_values, region_function
@@ -69,7 +83,7 @@ FD_FLOOR = 0.1            # tiny = FD_FLOOR * the largest gradient norm of the c
 FLOAT32_TOLERANCE = 1e-4  # float32 gradients against the float64 reference, relative to their tensor's largest entry
 FLOAT32_FLOOR = 1e-2      # ... or to this fraction of the component's largest entry, if that is larger
 TIME_LIMIT = 60.0         # seconds per exercise (every variant and step); a correct one takes about one
-STATUSES = ("done", "not started", "wrong", "borrowed", "refused", "timed out", "exited")
+STATUSES = ("done", "not started", "wrong", "numerical", "borrowed", "refused", "timed out", "exited")
 WITH_ATTENTION = ("MultiHeadAttention", "TransformerBlock", "Transformer")
 SUB_MODULE_FILES = {  # the classes whose reference backward each exercise's sub-modules run
     "TransformerBlock": ("LayerNorm", "MultiHeadAttention", "FeedForward"),
@@ -77,6 +91,31 @@ SUB_MODULE_FILES = {  # the classes whose reference backward each exercise's sub
                     "FeedForward", "TransformerBlock", "Unembed"),
 }
 REFERENCE_SOURCES = {path.name: path.read_text() for path in (workers.PROJECT / "numpy_impl").glob("*.py")}
+EDIT_SEED = 7  # the seed of the gradient-editing hooks (learner.gradient_editor), the same on both sides
+NUMERICAL = ("that is numerical differentiation, which the checker itself uses to check you, not backprop: it costs "
+             "a forward per entry, is exact only for code that complex numbers pass through unchanged, and skips "
+             "what the exercise is, the chain rule. Write the gradient from the forward lines, last first, "
+             "with the cache")
+
+
+def _cache_names():
+    """{class: [names]} from each reference backward's ``a, b, c = self.cache`` line: what cache[i] holds."""
+    import ast
+
+    names = {}
+    for source in REFERENCE_SOURCES.values():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef):
+                for item in ast.walk(node):
+                    if (isinstance(item, ast.Assign) and ast.unparse(item.value) == "self.cache"
+                            and len(item.targets) == 1):
+                        target = item.targets[0]
+                        elements = target.elts if isinstance(target, ast.Tuple) else [target]
+                        names[node.name] = [getattr(e, "id", "?") for e in elements]
+    return names
+
+
+CACHE_NAMES = _cache_names()
 
 
 @dataclass
@@ -87,6 +126,7 @@ class TensorError:
     reference: float              # max over entries of the relative error against the reference
     overall: float                # |mine - right| / |right| for the whole tensor (Euclidean norms)
     numeric: float | None = None  # directional derivative against finite differences; None when not run
+    worst: tuple = ()             # (index, mine, right) of the entry with the largest relative error
 
     @property
     def ok(self):
@@ -135,8 +175,9 @@ def check(directory, keys=None, sample=1, seed=0, together=True, progress=None, 
         goes on. A copy that does not import raises ImportError before anything is checked.
     """
     keys = _checked_keys(keys, sample, time_limit)
-    find_package(directory)  # a missing copy is the caller's error, before any process starts
+    package_dir = find_package(directory)  # a missing copy is the caller's error, before any process starts
     directory = os.path.abspath(directory)
+    broken = _broken_files(package_dir)
     units = []  # (exercise key or TOGETHER, [keys checked in its process])
     for key in keys:
         owner = STEP_KEYS[key].key if key in STEP_KEYS else key
@@ -153,10 +194,56 @@ def check(directory, keys=None, sample=1, seed=0, together=True, progress=None, 
             results.append(Result(TOGETHER, "Transformer", lost[0].status,
                                   message=f"not run: {lost[0].key} {lost[0].status} first"))
             continue
-        results += _check_unit(directory, owner, unit_keys, sample, seed, time_limit)
+        file = BY_KEY["model" if owner == TOGETHER else owner].file
+        if owner == TOGETHER and broken:
+            results.append(Result(TOGETHER, "Transformer", "wrong",
+                                  message=f"not run: {', '.join(broken)} does not compile (every backward of yours "
+                                          "runs here)"))
+            continue
+        if file in broken:
+            results += [_does_not_compile(key, owner, broken[file]) for key in unit_keys]
+            continue
+        results += _check_unit(directory, owner, unit_keys, sample, seed, time_limit, _stand_ins(broken, directory))
         if owner == TOGETHER:
             _together_message(results[-1], results[:-1])
     return results
+
+
+def _broken_files(package_dir):
+    """{file name: SyntaxError} for each file of the copy that does not compile (compiled here, never run)."""
+    broken = {}
+    for path in sorted(Path(package_dir).glob("*.py")):
+        try:
+            compile(path.read_text(), str(path), "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as error:
+            broken[path.name] = error
+    exercise_files = {exercise.file for exercise in EXERCISES}
+    others = [name for name in broken if name not in exercise_files]
+    if others:  # no exercise lives there: nothing can run without it
+        error = broken[others[0]]
+        raise ImportError(f"your copy in {package_dir} does not import: SyntaxError: {error.msg} at "
+                          f"{others[0]}:{error.lineno}")
+    return broken
+
+
+def _stand_ins(broken, directory):
+    """{file: the stub init writes} for the files that do not compile: the other exercises run with it."""
+    if not broken:
+        return {}
+    from .generate import stub_source
+
+    return {name: stub_source(REFERENCE_SOURCES[name], name, directory) for name in broken}
+
+
+def _does_not_compile(key, owner, error):
+    exercise = BY_KEY[owner]
+    line = (error.text or "").strip()
+    result = Result(key, exercise.cls, "wrong",
+                    message=f"{exercise.file} does not compile: SyntaxError: {error.msg} at "
+                            f"{exercise.file}:{error.lineno}" + (f": `{line}`" if line else ""))
+    result.hint = (f"fix that line; meanwhile the other exercises run with {exercise.file} as init wrote it "
+                   f"(its forward, no backward), and \"all together\" waits for it")
+    return result
 
 
 def _checked_keys(keys, sample, time_limit):
@@ -182,13 +269,14 @@ def _quietly(items, label):
     return items
 
 
-def _check_unit(directory, owner, keys, sample, seed, time_limit):
+def _check_unit(directory, owner, keys, sample, seed, time_limit, substitutes=None):
     """One exercise (its steps and itself, as asked) in one learner's process."""
     started = time.monotonic()
     cls = "Transformer" if owner == TOGETHER else BY_KEY[owner].cls
     isolate = {name: BY_CLASS[name].file for name in SUB_MODULE_FILES.get(cls, ())} if owner != TOGETHER else {}
     deadline = started + time_limit
-    process = workers.LearnerProcess(directory, deadline, isolate)
+    process = workers.LearnerProcess(directory, deadline, isolate, substitutes or None)
+    process.directory_path = directory  # for the checks that read the learner's lines (never run them)
     results = []
     try:
         try:
@@ -206,7 +294,7 @@ def _check_unit(directory, owner, keys, sample, seed, time_limit):
         setup_events = list(process.events)
         for key in keys:
             begun = time.monotonic()
-            result = _verdict(process, owner, key, sample, seed, time_limit, setup_events)
+            result = _verdict(process, owner, key, sample, seed, time_limit, setup_events, directory)
             result.seconds = time.monotonic() - begun
             results.append(result)
             if result.status in ("timed out", "exited"):
@@ -223,10 +311,11 @@ def _check_unit(directory, owner, keys, sample, seed, time_limit):
     return results
 
 
-def _verdict(process, owner, key, sample, seed, time_limit, setup_events):
+def _verdict(process, owner, key, sample, seed, time_limit, setup_events, directory):
     cls = "Transformer" if owner == TOGETHER else BY_KEY[owner].cls
     before = len(process.events)
     try:
+        _numerical_by_sight(directory, key, cls)
         if key in STEP_KEYS:
             result = check_step(process, STEP_KEYS[key], key.split(".", 1)[1], seed)
         elif key == TOGETHER:
@@ -243,6 +332,64 @@ def _verdict(process, owner, key, sample, seed, time_limit, setup_events):
         result.status, result.message = events[0]["kind"], _event_words(events[0])
         result.hint, result.parting, result.tensors = "", "", []
     return result
+
+
+COMPLEX_WORDS = ("complex", "imag", "cmath", "complex64", "complex128", "complex_", "csingle", "cdouble")
+
+
+def _numerical_by_sight(directory, key, cls):
+    """Unchecked("numerical") when the body (or step) of ``key`` uses complex numbers: the complex step."""
+    import ast
+
+    owner = STEP_KEYS[key] if key in STEP_KEYS else BY_KEY.get(key)
+    if owner is None:  # all together: each exercise was looked at on its own row
+        return
+    path = find_package(directory) / owner.file
+    try:
+        source = path.read_text()
+        body = next(b for b in find_marked_bodies(source, owner.file) if b.cls == owner.cls)
+    except (OSError, SyntaxError, ValueError, StopIteration):
+        return
+    lines = source.splitlines()
+    first, last = body.begin + 1, body.end - 1
+    if key in STEP_KEYS:
+        region = next((r for r in body.steps if r.name == key.split(".", 1)[1]), None)
+        if region is None:
+            return
+        first, last = region.first, region.last
+    from .steps import _parse_block
+
+    try:
+        tree = ast.Module(_parse_block("\n".join(lines[first : last + 1])), [])
+    except SyntaxError:
+        return
+    for node in ast.walk(tree):
+        word = None
+        if isinstance(node, ast.Constant) and isinstance(node.value, complex):
+            word = repr(node.value)
+        elif isinstance(node, ast.Attribute) and node.attr in COMPLEX_WORDS:
+            word = f".{node.attr}"
+        elif isinstance(node, ast.Name) and node.id in COMPLEX_WORDS:
+            word = node.id
+        if word is not None:
+            line = lines[first + node.lineno - 2].strip() if 0 <= first + node.lineno - 2 < len(lines) else ""
+            where = f"{owner.file}:{first + node.lineno - 1}"
+            raise Unchecked(Result(key, cls, "numerical", message=(
+                f"your backward steps into the complex plane ({word} at {where}: `{line}`) to read the gradient "
+                f"off the forward (the complex step): {NUMERICAL}")))
+
+
+def _numerical(reply, verdict):
+    """Unchecked("numerical") when the learner's backward called a forward (the learner's process saw it)."""
+    calls = reply.get("forward_calls") or []
+    if calls:
+        call = calls[0]
+        line = f": `{call['line']}`" if call.get("line") else ""
+        verdict.status, verdict.message = "numerical", (
+            f"your backward evaluates the forward to get its gradient ({call['what']} called at {call['where']}"
+            f"{line}): {NUMERICAL}")
+        verdict.hint, verdict.parting, verdict.tensors = "", "", []
+        raise Unchecked(verdict)
 
 
 def _event_words(event):
@@ -263,25 +410,62 @@ def _lost_message(lost, time_limit):
 # --- one exercise ---
 
 def check_exercise(process, key, cls, variants, sample=1, seed=0):
-    """Every variant in turn; the first that is not done decides."""
+    """Every variant in turn under the first size set, then under the second; the first that is not done decides.
+
+    The first set runs everything; the second (batch 1, pos = n_ctx, every size another) runs the float64
+    run with the recording hooks again, with every check of it: a size written as a number fails there.
+    """
     numeric = {}
     for number, variant in enumerate(variants):
         result = check_variant(process, key, cls, variant, sample, seed + 10 * number, finite_differences=number == 0)
         if result.status != "done":
             return result
         numeric = numeric or {t.tensor: t.numeric for t in result.tensors}
-    for t in result.tensors:  # the finite differences ran under the first variant
+    first = result
+    for sizes in SIZE_SETS[1:]:
+        for number, variant in enumerate(variants):
+            try:
+                result = check_variant(process, key, cls, variant, sample, seed + 10 * number + 1000,
+                                       finite_differences=False, sizes=sizes)
+            except Unchecked as unchecked:
+                result = unchecked.result
+            if result.status == "wrong":
+                result.message = (f"right with {SIZE_SETS[0].words()}; wrong with {sizes.words()}: "
+                                  + result.message)
+                found, literal = hard_coded_hint(_learner_body(process.directory_path, key), SIZE_SETS[0], sizes)
+                result.hint = found if literal or not result.hint else result.hint
+            if result.status != "done":
+                return result
+    for t in first.tensors:  # the finite differences ran under the first variant
         t.numeric = numeric.get(t.tensor) if t.numeric is None else t.numeric
-    return result
+    return first
 
 
-def check_variant(process, key, cls, variant, sample, seed, finite_differences=True):
-    verdict = Result(key, cls, "done", variant.label)
-    cfg = variant.config()
+def _learner_body(directory, key):
+    """[(line number, text)] of the learner's body for exercise ``key`` (all together: every body)."""
+    keys = [e.key for e in EXERCISES] if key == TOGETHER else [key]
+    found = []
+    for name in keys:
+        exercise = BY_KEY[name]
+        try:
+            source = (find_package(directory) / exercise.file).read_text()
+            body = next(b for b in find_marked_bodies(source, exercise.file) if b.cls == exercise.cls)
+        except (OSError, SyntaxError, ValueError, StopIteration):
+            continue
+        lines = source.splitlines()
+        found += [(f"{exercise.file}:{n + 1}", lines[n]) for n in range(body.begin + 1, body.end)]
+    return found
+
+
+def check_variant(process, key, cls, variant, sample, seed, finite_differences=True, sizes=SIZE_SETS[0]):
+    """One variant under one size set; under any set but the first, only the float64 run with recording hooks."""
+    full = sizes is SIZE_SETS[0]
+    verdict = Result(key, cls, "done", variant.label if full else f"{variant.label}, {sizes.label}")
+    cfg = resized(variant, sizes).config()
     fields = dataclasses.asdict(cfg)
     reference = build(numpy_impl, cls, cfg, seed)
     weights = reference.state_dict()
-    inputs = list(make_inputs(cls, cfg, seed + 1, variant.weighted, batch=BATCH, pos=POS))
+    inputs = list(make_inputs(cls, cfg, seed + 1, variant.weighted, batch=sizes.batch, pos=sizes.pos))
     out = reference.forward(*inputs)
     R = np.random.default_rng(seed + 2).standard_normal(np.shape(out))  # random upstream gradient, never all ones
     upstream = R if np.ndim(out) else float(R)
@@ -292,20 +476,29 @@ def check_variant(process, key, cls, variant, sample, seed, finite_differences=T
     # 1. float64, recording hooks, backward twice with the very same upstream array
     right = reference_run(cls, fields, weights, inputs, upstream, edit=False)
     mine = _ask(process, {**request, "op": "run", "record": True, "twice": True}, verdict, f"while checking {key}", right)
+    _numerical(mine, verdict)
     _forward_agrees(mine, right, verdict)
     tensors = _gradients(mine, right, input_name, verdict, inputs)
+    _dtypes(process, {**request, "op": "run", "record": False}, tensors, "float64", verdict)
+    _float32_values(tensors, verdict)
     verdict.tensors = _compare(tensors)
     if not all(t.ok for t in verdict.tensors):
-        return _explain_wrong(process, verdict, request, right, mine, tensors, input_name, cfg, inputs, upstream)
+        return _explain_wrong(process, verdict, request, right, mine, tensors, input_name, cfg, inputs, upstream,
+                              sizes)
     _hook_points(mine, right, verdict)
     _untouched(mine, inputs, upstream, input_name, verdict)
+    _side_effects(mine, verdict)
     _accumulates(mine, tensors, verdict)
+    if not full:
+        return verdict
     if finite_differences:
         _finite_differences(process, request, tensors, input_name, sample, seed, verdict)
 
     # 2. float64, no hooks at all
     bare = _ask(process, {**request, "op": "run", "record": False}, verdict, f"while checking {key} without hooks")
+    _numerical(bare, verdict)
     _untouched(bare, inputs, upstream, input_name, verdict, run=" without hooks")
+    _side_effects(bare, verdict, run=" without hooks")
     bare_tensors = _gradients(bare, right, input_name, verdict, inputs, run="without hooks")
     wrong = [t for t in _compare(bare_tensors) if not t.ok]
     if wrong:
@@ -315,7 +508,26 @@ def check_variant(process, key, cls, variant, sample, seed, finite_differences=T
                         "backward changes in place after using it (d *= ..., d += ...) changes someone else's too: "
                         "write new arrays (d = d * ...)")
 
-    # 3. float64, a forward hook that edits the attention pattern
+    # 3. float64, a backward hook at every hook point that edits the gradient (a random factor, and noise)
+    if right["hooks"]:
+        edited_right = reference_run(cls, fields, weights, inputs, upstream, edit_grads=EDIT_SEED)
+        edited = _ask(process, {**request, "op": "run", "record": True, "edit_grads": EDIT_SEED}, verdict,
+                      f"while checking {key} with hooks that edit the gradient")
+        edited_tensors = _gradients(edited, edited_right, input_name, verdict, inputs,
+                                    run="with hooks that edit the gradient")
+        wrong = [t for t in _compare(edited_tensors) if not t.ok]
+        if wrong:
+            verdict.parting = locate(edited.get("hooks", {}), edited_right["hooks"]).short()
+            _wrong(verdict, "right with hooks that only record; wrong when a backward hook edits the gradient at "
+                   "each hook point (times a random factor, plus noise, as a steering or attribution hook may): "
+                   + _describe_wrong(wrong, edited_tensors)
+                   + ". Each hook point's backward is called once and what it returns is used "
+                     "(d = self.hook_x.backward(d)); where the causal mask hides a key, the mask's backward sets "
+                     "the gradient to 0 whatever a hook handed back")
+            verdict.tensors = _compare(edited_tensors)
+            return verdict
+
+    # 4. float64, a forward hook that edits the attention pattern
     if cls in WITH_ATTENTION:
         edited_right = reference_run(cls, fields, weights, inputs, upstream, edit=True)
         edited = _ask(process, {**request, "op": "run", "record": True, "edit_pattern": True}, verdict,
@@ -331,7 +543,7 @@ def check_variant(process, key, cls, variant, sample, seed, finite_differences=T
             verdict.parting = locate(edited.get("hooks", {}), edited_right["hooks"]).short()
             return verdict
 
-    # 4. float32
+    # 5. float32
     cfg32 = dataclasses.replace(cfg, dtype="float32")
     fields32 = dataclasses.asdict(cfg32)
     request32 = {**request, "op": "run", "cfg": fields32, "record": False,
@@ -339,15 +551,15 @@ def check_variant(process, key, cls, variant, sample, seed, finite_differences=T
                  "inputs": [x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x for x in inputs],
                  "dout": R.astype(np.float32) if np.ndim(out) else float(R)}
     single = _ask(process, request32, verdict, f"while checking {key} in float32")
-    _float32(single, right, input_name, verdict, inputs)
+    _float32(process, request32, single, right, input_name, verdict, inputs)
     return verdict
 
 
-def reference_run(cls, fields, weights, inputs, upstream, edit=False):
+def reference_run(cls, fields, weights, inputs, upstream, edit=False, edit_grads=None):
     """The reference's forward and backward on the same weights: out, dinput, grads, hooks (backward order), activations."""
     cfg = TransformerConfig(**fields)
     module = _reference_module(cls, cfg, weights)
-    hooks, activations = _record(module, edit)
+    hooks, activations = _record(module, edit, edit_grads)
     out = module.forward(*[np.array(x, copy=True) for x in inputs])
     module.zero_grad()
     dinput = module.backward(np.array(upstream, copy=True) if np.ndim(upstream) else float(upstream))
@@ -367,9 +579,9 @@ def _reference_module(cls, cfg, weights):
     return module
 
 
-def _record(module, edit):
-    """Recording hooks on every hook point ({name: gradient}, in backward order; {name: activation}), and the edit."""
-    from .learner import edit_pattern
+def _record(module, edit, edit_grads=None):
+    """Recording hooks on every hook point ({name: gradient}, in backward order; {name: activation}), and the edits."""
+    from .learner import edit_pattern, gradient_editor
 
     hooks, activations = {}, {}
     for name, sub in module.named_modules():
@@ -378,6 +590,8 @@ def _record(module, edit):
             if edit and name.split(".")[-1] == "hook_pattern":
                 sub.add_hook(edit_pattern, dir="fwd")
             sub.add_hook(lambda x, hook, name=name: hooks.__setitem__(name, np.array(x, copy=True)), dir="bwd")
+            if edit_grads is not None:
+                sub.add_hook(gradient_editor(edit_grads, name), dir="bwd")
     return hooks, activations
 
 
@@ -417,12 +631,20 @@ def _ask(process, request, verdict, doing, right=None):
         else:
             verdict.message = f"backward {kind} {error['text']}"
         verdict.status = "wrong"
-        diagnosis = diagnose_error(error)
+        diagnosis = diagnose_error(error, _names_of(request["cfg"], request["inputs"]))
         verdict.hint = diagnosis.hint if diagnosis else ""
         if right is not None and right["hooks"]:
             verdict.parting = locate(reply.get("hooks", {}), right["hooks"]).short()
         raise Unchecked(verdict)
     raise Unchecked(_wrong(verdict, f"the check could not run your code: {error.get('text', '')}"))
+
+
+def _names_of(fields, inputs):
+    """{size: axis name} of a run, from its config fields and its first input's [batch, pos]."""
+    from .catalog import SizeSet
+
+    batch, pos = np.shape(inputs[0])[:2]
+    return SizeSet("", fields, int(batch), int(pos)).axis_names
 
 
 def _forward_agrees(mine, right, verdict):
@@ -467,17 +689,50 @@ def _kind(value):
 
 def _compare(pairs):
     largest = max((np.abs(theirs).max(initial=0.0) for _, _, theirs in pairs), default=0.0)
-    return [TensorError(name, _relative(mine, theirs, PARITY_FLOOR * largest), _overall(mine, theirs, largest))
+    return [TensorError(name, _relative(mine, theirs, PARITY_FLOOR * largest), _overall(mine, theirs, largest),
+                        worst=_worst_entry(mine, theirs, PARITY_FLOOR * largest))
             for name, mine, theirs in pairs]
+
+
+def _worst_entry(mine, theirs, tiny):
+    """(index, mine, right) where the relative error (as ``_relative`` measures it) is largest, or ()."""
+    mine, theirs = np.asarray(mine, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+    if mine.shape != theirs.shape or mine.size == 0 or not np.all(np.isfinite(mine)):
+        return ()
+    error = np.abs(mine - theirs) / np.maximum(np.abs(mine) + np.abs(theirs), max(tiny, np.finfo(np.float64).tiny))
+    index = np.unravel_index(int(np.argmax(error)), error.shape)
+    return tuple(int(i) for i in index), float(mine[index]), float(theirs[index])
+
+
+TOLERANCE_WORDS = (
+    "The tolerance is {tolerance:g} entry by entry, relative to |yours| + |right| (or to 1e-6 of the component's "
+    "largest gradient, for entries near 0): a right backward, whatever order it sums in, stays under 1e-10, so a "
+    "difference this small is rounding from somewhere: a float32 array, or a formula that subtracts nearly equal "
+    "numbers")
+
+
+DSCALE = ("hook_scale is the LayerNorm's denominator, scale = sqrt(var + eps) [batch, pos, 1], so its gradient is "
+          "dscale = -(dnormalized * centered).sum(axis=-1, keepdims=True) / scale**2; pass it through "
+          "dscale = self.hook_scale.backward(dscale) and go on from what it returns (dvar = dscale / (2 * scale)): "
+          "a compact formula for dx that never forms dscale is right without hooks, and skips any hook on hook_scale")
 
 
 def _hook_points(mine, right, verdict):
     hooks = mine.get("hooks", {})
     skipped = [name for name in right["hooks"] if name not in hooks]
     if skipped:
-        raise Unchecked(_wrong(verdict, f"the gradients are right, but backward never calls "
-                                        f"{', '.join(n + '.backward' for n in skipped)}: pass each gradient through "
-                                        "its hook point, as the forward passes each activation"))
+        _wrong(verdict, f"the gradients are right, but backward never calls "
+                        f"{', '.join(n + '.backward' for n in skipped)}: pass each gradient through "
+                        "its hook point, as the forward passes each activation")
+        if any(name.split(".")[-1] == "hook_scale" for name in skipped):
+            verdict.hint = DSCALE
+        raise Unchecked(verdict)
+    twice = {name: count for name, count in (mine.get("hook_calls") or {}).items() if count > 1}
+    if twice:
+        raise Unchecked(_wrong(verdict, "backward calls " + ", ".join(
+            f"{name}.backward {count} times" for name, count in twice.items())
+            + " in one pass: a hook point's backward runs its hooks, so each must run once (a hook that scales "
+              "the gradient would scale it twice; run_with_cache would record it twice)"))
     largest = max((np.abs(g).max(initial=0.0) for g in right["grads"].values()), default=0.0)
     off = [name for name, theirs in right["hooks"].items()
            if _relative(hooks[name], theirs, PARITY_FLOOR * max(np.abs(theirs).max(initial=0.0), largest)) > PARITY_TOLERANCE]
@@ -489,14 +744,19 @@ def _hook_points(mine, right, verdict):
 def _untouched(mine, inputs, upstream, input_name, verdict, run=""):
     """The caller's arrays: the upstream gradient and the inputs, unchanged by forward and backward."""
     after = mine.get("dout_after")
-    if isinstance(upstream, np.ndarray) and not (isinstance(after, np.ndarray) and np.array_equal(after, upstream)):
+    if isinstance(upstream, np.ndarray) and not (isinstance(after, np.ndarray) and _same_bytes(after, upstream)):
         raise Unchecked(_wrong(verdict, f"backward changed its incoming gradient in place{run} (d += ..., d *= ... on "
                                         "the array it was given, or on one a hook point handed on): the caller still "
                                         "needs it (a residual add hands the same gradient to two branches); write a "
                                         "new array (d = d + ...)"))
     for number, (x, x_after) in enumerate(zip(inputs, mine.get("inputs_after", []))):
-        if isinstance(x, np.ndarray) and not (isinstance(x_after, np.ndarray) and np.array_equal(x, x_after)):
+        if isinstance(x, np.ndarray) and not (isinstance(x_after, np.ndarray) and _same_bytes(x, x_after)):
             raise Unchecked(_wrong(verdict, f"the input {number} the caller passed changed in place{run}"))
+
+
+def _same_bytes(a, b):
+    """Byte for byte: the same dtype, shape and bits (-0.0 is not 0.0; a NaN is itself)."""
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def _accumulates(mine, pairs, verdict):
@@ -555,12 +815,103 @@ def _finite_differences(process, request, pairs, input_name, sample, seed, verdi
                                                   "forward, though it matches the reference" for t in bad)))
 
 
-def _float32(single, right, input_name, verdict, inputs):
+def _dtypes(process, request, pairs, dtype, verdict, step=False):
+    """Unchecked("wrong") when a gradient is not in the model's dtype, naming the line where it first changed."""
+    other = [f"{name} is {mine.dtype}" for name, mine, _ in pairs
+             if isinstance(mine, np.ndarray) and mine.dtype.kind in "fc" and mine.dtype != np.dtype(dtype)]
+    if not other:
+        return
+    reply = process.ask({**request, "trace_dtype": True}, "while looking for the line that changed the dtype")
+    first = reply.get("dtype_change") if not process.events else None
+    where = ""
+    if first:
+        step = _step_of(getattr(process, "directory_path", None), verdict.key, first["where"])
+        where = (f"; it first changed at {first['where']}{step}, `{first['line']}`, which left {first['name']} "
+                 f"{first['dtype']}")
+    verdict.status = "wrong"
+    verdict.message = (f"in a {dtype} model, {', '.join(other)}{where}: every gradient keeps the model's dtype "
+                       f"(float64 to check, float32 to train), so a {dtype} model's backward gives {dtype} gradients")
+    verdict.hint = dtype_hint(first, dtype)
+    verdict.tensors = []
+    raise Unchecked(verdict)
+
+
+def _step_of(directory, key, where):
+    """" (step attention.scores)" when ``where`` ("attention.py:128") lies in a step of exercise ``key``'s body."""
+    exercise = BY_KEY.get(key.split(".")[0]) if key else None
+    if directory is None or exercise is None or not exercise.steps or key in STEP_KEYS:
+        return ""
+    file, _, number = where.partition(":")
+    if file != exercise.file or not number.isdigit():
+        return ""
+    try:
+        source = (find_package(directory) / exercise.file).read_text()
+        body = next(b for b in find_marked_bodies(source, exercise.file) if b.cls == exercise.cls)
+    except (OSError, SyntaxError, ValueError, StopIteration):
+        return ""
+    region = next((r for r in body.steps if r.first <= int(number) - 1 <= r.last), None)
+    return f" (step {exercise.key}.{region.name})" if region else ""
+
+
+def _float32_values(pairs, verdict):
+    """Unchecked("wrong") when a float64 gradient holds only float32 numbers (and the right one does not): it
+    went through float32 on the way, and was added into a float64 array (+= keeps the target's dtype)."""
+    rounded = [name for name, mine, right in pairs
+               if isinstance(mine, np.ndarray) and mine.dtype == np.float64 and mine.size >= 4 and np.any(mine)
+               and np.array_equal(mine, mine.astype(np.float32).astype(np.float64))
+               and not np.array_equal(right, right.astype(np.float32).astype(np.float64))]
+    if rounded:
+        verdict.status = "wrong"
+        verdict.message = (f"in a float64 model, every entry of {', '.join(rounded)} is a float32 number: it went "
+                           "through float32 on the way (astype(np.float32), a float32 array) and was added into a "
+                           "float64 one, which keeps the float64 dtype but not the lost digits")
+        verdict.hint = ("keep every array in the model's dtype: leave astype out, and make new arrays with "
+                        "np.zeros_like(x) or dtype=x.dtype")
+        raise Unchecked(verdict)
+
+
+SIDE_EFFECT_WORDS = {
+    "data": "the weights ({names}): a backward computes gradients and leaves the weights as they are (an optimizer's "
+            "step changes them, after backward)",
+    "cache": "what forward saved ({names}): a second backward, or a hook, reads it again. An in-place edit of a "
+             "cached array (np.maximum(pre, 0, out=pre), weights /= weights.sum(), x *= ...) changes it even when "
+             "it gives the same gradient once: write a new array (pre = np.maximum(pre, 0))",
+    "given": "the gradients this step was given ({names}): the caller still holds them; write a new array",
+    "other": "the module's own arrays ({names}), which forward reads: write a new array",
+}
+
+
+def _side_effects(reply, verdict, run=""):
+    """Unchecked("wrong") when backward changed a parameter's .data, the cache or a module's array in place."""
+    changed = reply.get("changed") or []
+    if not changed:
+        return
+    groups = {}
+    for item in changed:
+        path, cls = item["path"], item.get("cls", "")
+        if cls == "given":
+            kind, name = "given", path
+        elif path.endswith(".data"):
+            kind, name = "data", path[: -len(".data")]
+        elif "cache[" in path:
+            owner, _, index = path.rpartition("cache[")
+            index = int(index.rstrip("]"))
+            names = CACHE_NAMES.get(cls, [])
+            name = (owner + (names[index] if index < len(names) else f"cache[{index}]"))
+            kind = "cache"
+        elif path.endswith("cache") or path == "cache":
+            kind, name = "cache", path.replace("cache", (CACHE_NAMES.get(cls) or ["cache"])[0])
+        else:
+            kind, name = "other", path
+        groups.setdefault(kind, []).append(name)
+    words = "; ".join(SIDE_EFFECT_WORDS[kind].format(names=", ".join(names[:6])) for kind, names in groups.items())
+    raise Unchecked(_wrong(verdict, f"backward changed in place{run} {words}"))
+
+
+def _float32(process, request32, single, right, input_name, verdict, inputs):
+    _numerical(single, verdict)
     pairs = _gradients(single, right, input_name, verdict, inputs, run="in float32")
-    not32 = [f"{name} is {mine.dtype}" for name, mine, _ in pairs if mine.dtype != np.float32]
-    if not32:
-        raise Unchecked(_wrong(verdict, f"in a float32 model, {', '.join(not32)}: every gradient keeps the model's "
-                                        "dtype (a float64 array slipped in: np.eye, np.zeros without dtype, astype(np.float64)?)"))
+    _dtypes(process, request32, pairs, "float32", verdict)
     off = []
     largest = max(np.abs(t).max(initial=0.0) for _, _, t in pairs)
     for name, mine, theirs in pairs:
@@ -574,7 +925,8 @@ def _float32(single, right, input_name, verdict, inputs):
                                         f"float32 rounding alone stays under {FLOAT32_TOLERANCE:g})"))
 
 
-def _explain_wrong(process, verdict, request, right, mine, pairs, input_name, cfg, inputs, upstream):
+def _explain_wrong(process, verdict, request, right, mine, pairs, input_name, cfg, inputs, upstream,
+                   sizes=SIZE_SETS[0]):
     """A wrong answer: which tensors, by how much; a hint where a mistake fits exactly; where it parts."""
     verdict.status = "wrong"
     verdict.message = _describe_wrong(verdict.tensors, pairs)
@@ -586,7 +938,8 @@ def _explain_wrong(process, verdict, request, right, mine, pairs, input_name, cf
     evidence = Evidence(verdict.cls, cfg, tuple(inputs), np.asarray(upstream),
                         {name: (a, b) for name, a, b in pairs},
                         {name: (hooks_mine.get(name), right["hooks"][name]) for name in order},
-                        right["activations"], _rerun(process, request, input_name, right), right["parameters"])
+                        right["activations"], _rerun(process, request, input_name, right), right["parameters"],
+                        sizes.axis_names)
     try:
         diagnosis = diagnose(evidence)
     except workers.LearnerLost:
@@ -629,26 +982,95 @@ def check_step(process, exercise, step, seed=0):
     body = next(b for b in find_marked_bodies(REFERENCE_SOURCES[exercise.file], exercise.file) if b.cls == exercise.cls)
     region = next(r for r in body.steps if r.name == step)
     lines = REFERENCE_SOURCES[exercise.file].splitlines()
-    for number, variant in enumerate(exercise.variants):
-        for edit in (False, True):
-            label = variant.label + (", pattern edited" if edit else "")
-            verdict = Result(key, exercise.cls, "done", label)
-            cfg = variant.config()
-            fields = dataclasses.asdict(cfg)
-            reference = build(numpy_impl, exercise.cls, cfg, seed + 10 * number)
-            weights = reference.state_dict()
-            inputs = list(make_inputs(exercise.cls, cfg, seed + 10 * number + 1, variant.weighted, batch=BATCH, pos=POS))
-            expected, given = _reference_step(exercise, body, region, lines, fields, weights, inputs, edit,
-                                              seed + 10 * number + 2)
-            request = {"op": "step", "cls": exercise.cls, "cfg": fields, "weights": weights, "inputs": inputs,
-                       "record": True, "edit_pattern": edit, "step": step, "file": exercise.file, "given": given}
-            reply = process.ask(request, f"while checking {key}")
-            if process.events:
-                return verdict
-            result = _step_verdict(verdict, reply, expected, region, given, cfg, inputs)
-            if result.status != "done":
-                return result
+    runs = [(sizes, number, variant, edit) for sizes in SIZE_SETS for number, variant in enumerate(exercise.variants)
+            for edit in ((False, True) if sizes is SIZE_SETS[0] else (False,))]
+    for sizes, number, variant, edit in runs:
+        label = variant.label + (", pattern edited" if edit else "") + (
+            "" if sizes is SIZE_SETS[0] else f", {sizes.label}")
+        verdict = Result(key, exercise.cls, "done", label)
+        cfg = resized(variant, sizes).config()
+        fields = dataclasses.asdict(cfg)
+        reference = build(numpy_impl, exercise.cls, cfg, seed + 10 * number)
+        weights = reference.state_dict()
+        inputs = list(make_inputs(exercise.cls, cfg, seed + 10 * number + 1, variant.weighted,
+                                  batch=sizes.batch, pos=sizes.pos))
+        expected, given = _reference_step(exercise, body, region, lines, fields, weights, inputs, edit,
+                                          seed + 10 * number + 2)
+        prefill = {name: np.random.default_rng(seed + 10 * number + 5 + i).standard_normal(value.shape)
+                   for i, (name, value) in enumerate(weights.items())}  # a step adds into what .grad holds
+        expected["grads"] = {name: value + prefill[name] for name, value in expected["grads"].items()}
+        request = {"op": "step", "cls": exercise.cls, "cfg": fields, "weights": weights, "inputs": inputs,
+                   "record": True, "edit_pattern": edit, "step": step, "file": exercise.file, "given": given,
+                   "prefill": prefill}
+        reply = process.ask(request, f"while checking {key}")
+        if process.events:
+            return verdict
+        result = _step_verdict(verdict, reply, expected, region, given, cfg, inputs, prefill)
+        if result.status == "done":
+            try:
+                _step_dtypes(process, request, reply, region, "float64", verdict)
+                if number == 0 and not edit and sizes is SIZE_SETS[0]:
+                    _step_float32(process, request, expected, region, verdict)
+            except Unchecked as unchecked:
+                return unchecked.result
+        if result.status == "wrong" and sizes is not SIZE_SETS[0]:
+            result.message = f"right with {SIZE_SETS[0].words()}; wrong with {sizes.words()}: " + result.message
+            found, literal = hard_coded_hint(_region_lines(process.directory_path, exercise, region.name),
+                                             SIZE_SETS[0], sizes)
+            result.hint = found if literal or not result.hint else result.hint
+        if result.status != "done":
+            return result
     return verdict
+
+
+def _region_lines(directory, exercise, step):
+    """[(where, text)] of the learner's lines of one step."""
+    try:
+        source = (find_package(directory) / exercise.file).read_text()
+        body = next(b for b in find_marked_bodies(source, exercise.file) if b.cls == exercise.cls)
+        region = next(r for r in body.steps if r.name == step)
+    except (OSError, SyntaxError, ValueError, StopIteration):
+        return []
+    lines = source.splitlines()
+    return [(f"{exercise.file}:{n + 1}", lines[n]) for n in range(region.first, region.last + 1)]
+
+
+def _step_dtypes(process, request, reply, region, dtype, verdict):
+    mine = reply.get("locals", {})
+    pairs = [(name, mine[name], None) for name in region.outputs if isinstance(mine.get(name), np.ndarray)]
+    pairs += [(name + ".grad", value, None) for name, value in reply.get("grads", {}).items()
+              if isinstance(value, np.ndarray)]
+    _dtypes(process, request, pairs, dtype, verdict, step=True)
+
+
+def _step_float32(process, request, expected, region, verdict):
+    """The step again in a float32 model: its outputs and .grad float32, within float32's rounding."""
+    cast = lambda d: {n: (v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)  # noqa: E731
+                      for n, v in d.items()}
+    request32 = {**request, "cfg": {**request["cfg"], "dtype": "float32"}, "weights": cast(request["weights"]),
+                 "inputs": [x.astype(np.float32) if x.dtype.kind == "f" else x for x in request["inputs"]],
+                 "given": cast(request["given"]), "prefill": cast(request["prefill"]), "edit_pattern": False}
+    reply = process.ask(request32, f"while checking {verdict.key} in float32")
+    if process.events:
+        raise Unchecked(verdict)
+    if reply.get("error") is not None:
+        raise Unchecked(_wrong(verdict, f"in a float32 model this step raised {reply['error'].get('text', '')}"))
+    _step_dtypes(process, request32, reply, region, "float32", verdict)
+    mine = {**reply.get("locals", {}), **{n + ".grad": v for n, v in reply.get("grads", {}).items()}}
+    right = {**expected["outputs"], **{n + ".grad": v for n, v in expected["grads"].items()}}
+    largest = max((np.abs(v).max(initial=0.0) for v in right.values()), default=0.0)
+    off = []
+    for name, theirs in right.items():
+        got = mine.get(name)
+        if not isinstance(got, np.ndarray) or got.shape != np.shape(theirs):
+            continue
+        scale = max(np.abs(theirs).max(initial=0.0), FLOAT32_FLOOR * largest, 1e-300)
+        error = float(np.abs(got.astype(np.float64) - theirs).max(initial=0.0) / scale)
+        if not error <= FLOAT32_TOLERANCE:
+            off.append(f"{name} off by {error:.2g}")
+    if off:
+        raise Unchecked(_wrong(verdict, f"in float32: {', '.join(off)} (relative to the tensor's largest entry; "
+                                        f"float32 rounding alone stays under {FLOAT32_TOLERANCE:g})"))
 
 
 def _reference_step(exercise, body, region, lines, fields, weights, inputs, edit, seed):
@@ -681,7 +1103,7 @@ def _reference_step(exercise, body, region, lines, fields, weights, inputs, edit
             "hooks": dict(hooks), "cache": cache, "activations": activations}, given
 
 
-def _step_verdict(verdict, reply, expected, region, given, cfg, inputs):
+def _step_verdict(verdict, reply, expected, region, given, cfg, inputs, prefill=None):
     error = reply.get("error")
     if "exit" in reply or (error and error.get("type") == "SystemExit"):
         verdict.status = "exited"
@@ -698,9 +1120,13 @@ def _step_verdict(verdict, reply, expected, region, given, cfg, inputs):
             verdict.status, verdict.message = "not started", f"{error.get('where', '')}: this step still raises NotImplementedError"
             return verdict
         _wrong(verdict, f"this step raised {error['text']}")
-        diagnosis = diagnose_error(error)
+        diagnosis = diagnose_error(error, _names_of(dataclasses.asdict(cfg), inputs))
         verdict.hint = diagnosis.hint if diagnosis else ""
         return verdict
+    try:
+        _numerical(reply, verdict)
+    except Unchecked as unchecked:
+        return unchecked.result
     mine_locals = reply.get("locals", {})
     missing = [name for name in region.outputs if name not in mine_locals]
     if missing:
@@ -718,8 +1144,18 @@ def _step_verdict(verdict, reply, expected, region, given, cfg, inputs):
         return _wrong(verdict, f"{name} has shape {np.shape(mine)}; it must have shape {np.shape(theirs)}")
     verdict.tensors = _compare(pairs)
     if not all(t.ok for t in verdict.tensors):
+        replaced = [name for name, mine, theirs in pairs if name.endswith(".grad") and prefill
+                    and name[: -len(".grad")] in prefill
+                    and _relative(mine, theirs - prefill[name[: -len(".grad")]], PARITY_FLOOR) <= PARITY_TOLERANCE]
+        if replaced:
+            return _wrong(verdict, f"{', '.join(n[: -len('.grad')] for n in replaced)}: this step replaced the "
+                                   "gradient .grad already held instead of adding to it (use +=: gradients "
+                                   "accumulate until zero_grad, and the checker hands each step a .grad that "
+                                   "holds something already)")
         _wrong(verdict, _describe_wrong(verdict.tensors, pairs))
-        diagnosis = diagnose_step(region.name, {name: (a, b) for name, a, b in pairs}, mine_locals, expected, given, cfg)
+        own = {name: (a - prefill[name[:-5]], b - prefill[name[:-5]]) if name.endswith(".grad") and prefill
+               and name[:-5] in prefill else (a, b) for name, a, b in pairs}  # what the step itself added
+        diagnosis = diagnose_step(region.name, own, mine_locals, expected, given, cfg)
         verdict.hint = diagnosis.hint if diagnosis else ""
         return verdict
     mine_hooks = reply.get("hooks", {})
@@ -727,6 +1163,12 @@ def _step_verdict(verdict, reply, expected, region, given, cfg, inputs):
     if skipped:
         return _wrong(verdict, f"the outputs are right, but this step never calls "
                                f"{', '.join(n + '.backward' for n in skipped)}: pass the gradient through its hook point")
+    try:
+        _hook_points({"hooks": mine_hooks, "hook_calls": reply.get("hook_calls")},
+                     {"hooks": {}, "grads": {}}, verdict)
+        _side_effects(reply, verdict)
+    except Unchecked as unchecked:
+        return unchecked.result
     return verdict
 
 
@@ -753,7 +1195,7 @@ def _overall(mine, theirs, largest):
 def _describe_wrong(tensors, pairs, shown=4):
     """e.g. "x off by 0.35 (relative error, whole tensor); right: w, b" -- at most ``shown`` names of each kind."""
     mine = {name: a for name, a, _ in pairs}
-    words = []
+    words, small = [], []
     for t in tensors:
         if t.ok:
             continue
@@ -763,13 +1205,20 @@ def _describe_wrong(tensors, pairs, shown=4):
             words.append(f"{t.tensor} has the wrong shape")
         elif not np.any(mine[t.tensor]):
             words.append(f"{t.tensor} is all zeros (never added into?)")
+        elif t.overall < 1e-6 and t.worst:
+            index, a, b = t.worst
+            small.append(t)
+            words.append(f"{t.tensor} off by {t.overall:.2g} over the whole tensor, but by {t.reference:.2g} at "
+                         f"entry {index} (yours {a:.10g}, right {b:.10g})")
         else:
             words.append(f"{t.tensor} off by {t.overall:.2g}")
     text = ", ".join(words[:shown]) + (f" and {len(words) - shown} more" if len(words) > shown else "")
-    text += " (relative error, whole tensor)"
+    text += " (relative error, whole tensor)" if not small else ""
     right = [t.tensor for t in tensors if t.ok]
     if right:
         text += "; right: " + ", ".join(right[:shown]) + (", ..." if len(right) > shown else "")
+    if small:
+        text += ". " + TOLERANCE_WORDS.format(tolerance=PARITY_TOLERANCE)
     return text
 
 
@@ -790,9 +1239,11 @@ def _together_message(result, results):
 def format_results(results, directory):
     """The check as a table a learner reads: number, exercise, status, where it went wrong."""
     lines = [f"Exercises in {directory}: your backward passes against the reference and finite differences.",
-             f"done: every gradient within {PARITY_TOLERANCE:g} (relative) of both, entry by entry, under every variant,",
-             "with and without hooks, with an edited attention pattern and in float32; every hook point handed its",
-             "gradient. wrong: which tensors are off and by how much; [brackets] name the variant that failed;",
+             f"done: every gradient within {PARITY_TOLERANCE:g} (relative) of both, entry by entry, under every variant",
+             "and both size sets, with and without hooks, with hooks that edit the gradient or the pattern, in float64",
+             "and float32; every hook point handed its gradient once; weights, cache and your inputs left as they were.",
+             "numerical: your backward evaluates the forward. wrong: which tensors are off and by how much; [brackets]",
+             "name the variant that failed;",
              "hint: the mistake, where one fits exactly; inside: where your gradient first parts from the reference;",
              "output: what your code printed (abridged).", ""]
     rows = [("#", "exercise", "status", "details")]

@@ -43,6 +43,8 @@ import numpy as np
 
 from .catalog import AXIS_NAMES as SIZE_NAMES
 
+_names = [SIZE_NAMES]  # {size: axis name} of the run being diagnosed (its size set)
+
 EPS = 1e-5  # LayerNorm's, as in numpy_impl/layernorm.py and torch.nn.LayerNorm
 
 FIT = 1e-8  # a fit counts when |mine - candidate| <= FIT * max(|mine|, |candidate|) (Euclidean norms)
@@ -80,10 +82,12 @@ class Evidence:
     activations: dict = field(default_factory=dict)
     rerun: object = None
     parameters: dict = field(default_factory=dict)  # {name: the reference's weights}
+    names: dict = field(default_factory=dict)  # {size: axis name} of the run's size set
 
 
 def diagnose(evidence: Evidence):
     """The first recognised mistake in ``evidence``, or None (a right answer, or a mistake none of the detectors fits)."""
+    _names[0] = evidence.names or SIZE_NAMES
     wrong_tensors = [name for name, (mine, right) in evidence.tensors.items() if not _right(mine, right)]
     wrong_hooks = [name for name, (mine, right) in evidence.hooks.items() if mine is not None and not _right(mine, right)]
     if not wrong_tensors and not wrong_hooks:
@@ -93,6 +97,12 @@ def diagnose(evidence: Evidence):
             found = repeated_tokens(name, *evidence.tensors[name], _tokens(evidence))
             if found:
                 return found
+    try:
+        found = known_slip(evidence)
+    except Exception:  # noqa: BLE001  (a detector that cannot apply here is no evidence)
+        found = None
+    if found:
+        return found
     # backward order: the last hook point of the forward is the first the gradient reaches
     first_hook = next((name for name in reversed(list(evidence.hooks)) if name in wrong_hooks), None)
     candidates = ([first_hook] if first_hook else []) + list(reversed(wrong_tensors))
@@ -318,7 +328,7 @@ def _subsets(items, count):
 
 
 def _axis_names(shape):
-    return [SIZE_NAMES.get(size, str(size)) for size in shape]
+    return [_names[0].get(size, str(size)) for size in shape]
 
 
 def _fits_finite(mine, candidate):
@@ -353,6 +363,9 @@ def diagnose_step(step, tensors, mine_locals, expected, given, cfg):
         for name, value in mine_locals.items():
             if _masked_pattern(value):
                 return Diagnosis("mask", name, MASK_HINT.format(name=name))
+    for name, candidate, hint in _step_slips(step, cache, ref, cfg, given):
+        if name in tensors and not _right(*tensors[name]) and _fits_finite(tensors[name][0], candidate):
+            return Diagnosis("slip", name, hint)
     batch, pos = np.shape(cache["x_q"])[:2]  # the query projection's input [batch, pos, d_model]
     sizes = {"batch": int(batch), "pos": int(pos), "tokens": int(batch * pos)}
     sizes.update({key: getattr(cfg, key) for key in ("d_model", "d_head", "d_mlp", "n_heads", "d_vocab", "n_ctx")})
@@ -419,12 +432,14 @@ def causal(evidence):
     return None
 
 
-def diagnose_error(error):
+def diagnose_error(error, names=None):
     """A hint for an error a backward raised, or None.
 
     ``error``: the learner's process's description of it (``learner.describe``: its text, the
     failing line, the shapes of that line's operands, non-finite locals), or just its text.
+    ``names``: {size: axis name} of the run (its size set); NumPy's shapes are said in those names.
     """
+    _names[0] = names or SIZE_NAMES
     if isinstance(error, str):
         error = {"text": error, "message": error}
     line = error.get("line", "")
@@ -436,6 +451,7 @@ def diagnose_error(error):
         if local.get("masked"):
             return Diagnosis("mask", local["name"], MASK_HINT.format(name=local["name"]))
     message = str(error.get("message", error.get("text", "")))
+    message = re.sub(r"->\([^)]*\)", "", message)  # einsum's remapped shapes: the operands' own come first
     shapes = [tuple(int(n) for n in re.findall(r"\d+", group))
               for group in re.findall(r"\((\d+(?:\s*,\s*\d+)+),?\)", message)]
     for i, a in enumerate(shapes):
@@ -444,6 +460,15 @@ def diagnose_error(error):
                 return Diagnosis("transposed", "", (
                     f"shapes {a} and {b} are each other's transpose: a matrix used where its transpose belongs "
                     "(.T or swapaxes missing, or one too many)"))
+    if shapes:
+        said = "; ".join(f"({','.join(map(str, shape))}) is {_named(shape)}" for shape in dict.fromkeys(shapes))
+        at = f" in `{line}`" if line else ""
+        return Diagnosis("shapes", "", (
+            f"NumPy's shapes{at}, in axis names: {said}. "
+            + ("An einsum's letters name each operand's axes in their order (W_O [head, d_head, d_model] is "
+               "\"hdm\"), and each letter one axis, the same size everywhere" if "remapped" in str(error.get("message"))
+               else "Line the axes up as the forward did: a product sums over the axis the two operands share "
+                    "(last of the first, second-to-last of the second), and broadcasting matches axes from the right")))
     return None
 
 
@@ -479,6 +504,13 @@ def _operation_hint(operation, line):
         if st == sv:
             return None
         short = target.split(".grad")[0].split(".")[-1]
+        names_t, names_v = _axis_names(st), _axis_names(sv)
+        if (len(st) == len(sv) and st[1:] == sv[1:] and names_t[0] == "n_ctx" and names_v[0] == "pos"
+                and "[" not in target):
+            return Diagnosis("positions", short, (
+                f"in `{line}`: {target} is {_named(st)}, one row per position the model can take, but what is "
+                f"added is {_named(sv)}: forward used only the first pos rows (W_pos[:pos]), so only those get a "
+                f"gradient: {target}[:pos] += ..., with pos = dpos_embed.shape[1] (or the cache)"))
         if short.startswith("b") and target.endswith(".grad"):
             return Diagnosis("bias axes", short, (
                 f"in `{line}`: {short}.grad is {_named(st)} but what is added is {_named(sv)}. "
@@ -530,7 +562,7 @@ def _einsum_hint(subscripts, operands, line):
     letter = clashes[0]
     return Diagnosis("einsum", "", (
         f"in `{line}`: the letter {letter} stands for sizes {sorted(sizes[letter])} "
-        f"({', '.join(SIZE_NAMES.get(n, str(n)) for n in sorted(sizes[letter]))}) in different operands: "
+        f"({', '.join(_names[0].get(n, str(n)) for n in sorted(sizes[letter]))}) in different operands: "
         "each letter names one axis, the same size everywhere"))
 
 
@@ -638,3 +670,255 @@ def _layernorm_inputs(name, evidence):
         if short == branch and prefix + resid in acts and name in acts:
             out.append(acts[prefix + resid] + acts[name])
     return [np.asarray(x, dtype=np.float64) for x in out]
+
+
+# --- the size set and the dtype ---
+
+def hard_coded_hint(body_lines, first, second):
+    """(hint, found a number) for a backward right under the first size set and wrong under the second: the
+    literal numbers in its lines that are sizes of the first set (``W_pos.grad[:6]``, ``math.sqrt(8)``)."""
+    import ast
+
+    sizes = {value: name for value, name in first.axis_names.items() if value > 3}
+    names = dict(sizes)
+    for a, name_a in list(sizes.items()):
+        for b, name_b in list(sizes.items()):
+            names.setdefault(a * b, f"{name_a} * {name_b}")
+    found = []
+    for where, line in body_lines:
+        code = line.split("#", 1)[0].strip()
+        if not code:
+            continue
+        try:
+            tree = ast.parse(code if not code.endswith(":") else code + " pass")
+        except SyntaxError:
+            continue
+        numbers = [node.value for node in ast.walk(tree)
+                   if isinstance(node, ast.Constant) and type(node.value) is int and node.value in names]
+        if numbers:
+            what = ", ".join(f"{n} is {names[n]}" for n in dict.fromkeys(numbers))
+            found.append(f"`{code}` ({where}: {what} in the first set)")
+    fix = ("read every size off the arrays (batch, pos = x.shape[:2]) or the config (self.cfg.d_head), "
+           "never write it as a number")
+    if found:
+        return "a size written as a number: " + "; ".join(found[:3]) + f". The second set has other sizes: {fix}", True
+    return (f"something in it holds for the first set's sizes only (batch 1 and pos = n_ctx are the second's): "
+            f"{fix}; slice what forward sliced (self.mask[:pos, :pos], W_pos[:pos])"), False
+
+
+SCALAR_FUNCTIONS = re.compile(r"np\.(sqrt|exp|log|power|float64|double|float_)\(")
+
+
+def dtype_hint(first, dtype):
+    """Why the dtype changed on the line ``first`` names (from the learner's process), or a general word."""
+    line = (first or {}).get("line", "")
+    if dtype == "float32" and SCALAR_FUNCTIONS.search(line):
+        return ("a NumPy function of a Python number (np.sqrt(self.cfg.d_head)) returns a NumPy float64 scalar, and "
+                "NumPy 2 lets such a scalar make a float32 array float64; math.sqrt gives a Python float, which "
+                "keeps the array's dtype")
+    if "astype" in line:
+        return (f"astype changed the dtype: a backward keeps its inputs' dtype; leave astype out (a {dtype} model "
+                f"gives {dtype} gradients)")
+    if re.search(r"np\.(zeros|ones|eye|empty|full|arange)\(", line):
+        return (f"np.zeros, np.ones, np.eye and np.full make float64 unless given a dtype: np.zeros_like(x), or "
+                f"dtype=x.dtype, makes the array in the model's {dtype}")
+    if first:
+        return f"{first['name']} became {first['dtype']} on that line: keep every array in the model's {dtype}"
+    return ""
+
+
+# --- slips with a known wrong formula: the wrong gradient is computed and compared ---
+
+def known_slip(evidence):
+    """The first classic slip whose wrong gradient ``mine`` equals exactly (at a hook point or a tensor), or None.
+
+    Each candidate is the gradient the slip gives, computed from the reference's activations and the right
+    gradients around the line it sits on: a softmax's row sum over the wrong axis, a transpose left out, a
+    path left out, an activation's derivative with a term missing, the loss's dloss or weights left out,
+    a LayerNorm's backward in the wrong place of a pre-norm block.
+    """
+    for name, candidate, hint in _slip_candidates(evidence):
+        pair = evidence.hooks.get(name) or evidence.tensors.get(name)
+        if pair is None or pair[0] is None or _right(*pair):
+            continue
+        if _fits_finite(pair[0], candidate):
+            return Diagnosis("slip", name, hint)
+    return None
+
+
+def _slip_candidates(evidence):
+    hooks, acts, tensors = evidence.hooks, evidence.activations, evidence.tensors
+    right = lambda name: (hooks.get(name) or tensors.get(name) or (None, None))[1]  # noqa: E731
+    for prefix in [name[: -len("hook_pattern")] for name in acts if name.endswith("hook_pattern")]:
+        yield from _attention_slips(evidence, prefix, acts, right)
+    for prefix in [name[: -len("hook_pre")] for name in acts if name.endswith("hook_pre")]:
+        yield from _feedforward_slips(evidence, prefix, acts, right)
+    if evidence.cls == "CrossEntropyLoss":
+        yield from _loss_slips(evidence)
+    if evidence.cls == "TransformerBlock" and evidence.cfg.normalization == "pre":
+        yield from _norm_placement(evidence, right)
+
+
+def _attention_slips(evidence, p, acts, right):
+    cfg = evidence.cfg
+    pattern = acts[p + "hook_pattern"]  # [batch, head, q_pos, k_pos]
+    dz = right(p + "hook_z")  # [batch, pos, head, d_head]
+    if dz is not None:
+        dz_h = dz.transpose(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
+        yield (p + "hook_v", (pattern @ dz_h).transpose(0, 2, 1, 3),
+               "hook_v's gradient is pattern @ dz_h: the pattern used untransposed. Each value (key position) "
+               "reaches every query that looks at it, so dv_h = pattern.swapaxes(-1, -2) @ dz_h "
+               "[batch, head, k_pos, q_pos] @ [batch, head, q_pos, d_head]")
+    dprobs = right(p + "hook_pattern")
+    if dprobs is not None:
+        probs = pattern
+        yield (p + "hook_attn_scores", probs * (dprobs - (dprobs * probs).sum(axis=-2, keepdims=True)),
+               "the softmax's row sum is taken over the wrong axis (axis=-2, the queries): the softmax normalises "
+               "each query's row over its keys, so the sum runs over the last axis, k_pos: "
+               "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))")
+    dscores = right(p + "hook_attn_scores")
+    q, k = acts.get(p + "hook_q"), acts.get(p + "hook_k")
+    if dscores is not None and q is not None and k is not None:
+        pos = dscores.shape[-1]
+        if cfg.causal:
+            dscores = np.where(np.tril(np.ones((pos, pos), dtype=bool)), dscores, 0.0)
+        q_h, k_h = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)
+        scale = math.sqrt(cfg.d_head)
+        yield (p + "hook_k", (dscores @ q_h / scale).transpose(0, 2, 1, 3),
+               "hook_k's gradient is dscores @ q_h: the transpose of dscores is missing. scores = q_h @ k_h^T, "
+               "so k_h meets dscores from the other side: dk_h = dscores.swapaxes(-1, -2) @ q_h / sqrt(d_head) "
+               "[batch, head, k_pos, q_pos] @ [batch, head, q_pos, d_head]")
+        yield (p + "hook_q", (dscores.swapaxes(-1, -2) @ k_h / scale).transpose(0, 2, 1, 3),
+               "hook_q's gradient is dscores^T @ k_h: dscores is transposed where it must not be. scores = q_h @ "
+               "k_h^T, so dq_h = dscores @ k_h / sqrt(d_head) [batch, head, q_pos, k_pos] @ [batch, head, k_pos, d_head]")
+    if evidence.cls == "MultiHeadAttention" and "x" in evidence.tensors:
+        x_right = evidence.tensors["x"][1]
+        for letter, words in (("V", "values"), ("K", "keys"), ("Q", "queries")):
+            dgrad = right(f"hook_{letter.lower()}")
+            weight = evidence.parameters.get(f"W_{letter}")
+            if dgrad is None or weight is None:
+                continue
+            path = np.einsum("hmd,bphd->bpm", weight, dgrad)
+            yield ("x", x_right - path,
+                   f"x lacks the {words}' path: x made q, k and v (three products with W_Q, W_K, W_V), so its "
+                   f"gradient is the sum of all three: dx = einsum(W_Q, dq) + einsum(W_K, dk) + einsum(W_V, dv); "
+                   f"the W_{letter} term is missing")
+
+
+def _feedforward_slips(evidence, p, acts, right):
+    act = evidence.cfg.act_fn
+    pre = acts[p + "hook_pre"]  # [batch, pos, d_mlp]
+    dpost = right(p + "hook_post")
+    if dpost is None:
+        return
+    name = p + "hook_pre"
+    if act == "relu":
+        post = np.maximum(pre, 0)
+        why = ("the derivative of max(pre, 0) is 1 where pre > 0 and 0 elsewhere, a mask, not the activation "
+               "itself: dpre = dpost * (pre > 0)")
+        yield name, dpost * post, f"{name}'s gradient is dpost * post: {why}"
+        yield name, dpost * pre, f"{name}'s gradient is dpost * pre: {why}"
+    elif act == "gelu":
+        from scipy.special import erf
+
+        cdf = 0.5 * (1 + erf(pre / math.sqrt(2)))
+        pdf = np.exp(-0.5 * pre * pre) / math.sqrt(2 * math.pi)
+        yield (name, dpost * cdf, f"{name}'s gradient is dpost * cdf: post = pre * cdf holds pre twice, and the "
+               "product rule takes both: dpre = dpost * cdf + dpost * pre * pdf (pdf = exp(-pre**2 / 2) / sqrt(2 pi))")
+        yield (name, dpost * (cdf + pdf), f"{name}: the second term of the product rule lacks its pre: "
+               "d(pre * cdf) = cdf + pre * pdf, so dpre = dpost * (cdf + pre * pdf)")
+    else:
+        c, a = math.sqrt(2 / math.pi), 0.044715
+        t = np.tanh(c * (pre + a * pre**3))
+        first = 0.5 * (1 + t)
+        inner = c * (1 + 3 * a * pre**2)
+        yield (name, dpost * first, f"{name}'s gradient is dpost * 0.5 * (1 + tanh): post = 0.5 * pre * (1 + tanh) "
+               "holds pre twice (tanh depends on pre too), and the product rule takes both: "
+               "dpre = dpost * 0.5 * (1 + tanh) + dpost * 0.5 * pre * (1 - tanh**2) * d inner / d pre")
+        yield (name, dpost * (first + 0.5 * pre * (1 - t**2) * c),
+               f"{name}: d inner / d pre lacks the cubic term's derivative: inner = GELU_C * (pre + 0.044715 * "
+               "pre**3), so d inner / d pre = GELU_C * (1 + 3 * 0.044715 * pre**2)")
+        yield (name, dpost * (first + 0.5 * pre * (1 - t) * inner),
+               f"{name}: tanh's derivative is 1 - tanh**2, not 1 - tanh")
+        yield (name, dpost * (first + pre * (1 - t**2) * inner),
+               f"{name}: the 0.5 of post = 0.5 * pre * (1 + tanh) is missing from the tanh path: "
+               "dtanh = dpost * 0.5 * pre")
+
+
+def _loss_slips(evidence):
+    if "logits" not in evidence.tensors:
+        return
+    mine, right = evidence.tensors["logits"]
+    dloss = float(np.asarray(evidence.R))
+    if dloss not in (0.0, 1.0):
+        yield ("logits", right / dloss,
+               f"logits is 1/dloss = {1 / dloss:.4g} times the right gradient: dloss, the gradient backward is given, "
+               "is left out (it is 1 only for loss.backward(); a scaled loss, or one term of a sum, hands on another): "
+               "dnll = dloss * weights / weights.sum()")
+    inputs = evidence.inputs
+    if len(inputs) >= 3 and inputs[2] is not None:
+        logits, targets, weights = (np.asarray(x) for x in inputs[:3])
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+        onehot = np.zeros_like(probs)
+        np.put_along_axis(onehot, targets[..., None], 1.0, axis=-1)
+        yield ("logits", dloss * (probs - onehot) / targets.size,
+               "logits is the gradient of the plain mean: the weights are left out. loss = sum(weights * nll) / "
+               "sum(weights), so each token's nll gets dloss * weights / weights.sum()")
+        yield ("logits", right * weights.sum(),
+               f"logits is sum(weights) = {weights.sum():.4g} times the right gradient: the division by "
+               "weights.sum() is missing (loss = sum(weights * nll) / sum(weights))")
+
+
+def _norm_placement(evidence, right):
+    """Pre-norm block: ln1's (or ln2's) backward applied to the sum, to the skip path, or left out."""
+    import numpy_impl
+
+    for ln, skip_hook, out_hook, target in (("ln1", "hook_attn_out", "ln1.hook_normalized", "resid_pre"),
+                                            ("ln2", "hook_mlp_out", "ln2.hook_normalized", "hook_resid_mid")):
+        x_name = "hook_resid_pre" if ln == "ln1" else "hook_resid_mid"
+        x = evidence.activations.get(x_name)
+        dskip, dbranch = right(skip_hook), right(out_hook)
+        if x is None or dskip is None or dbranch is None or f"{ln}.w" not in evidence.parameters:
+            continue
+        cfg = evidence.cfg
+
+        def backward(d, x=x, ln=ln):
+            norm = numpy_impl.LayerNorm(cfg)
+            norm.load_state_dict({"w": evidence.parameters[f"{ln}.w"], "b": evidence.parameters[f"{ln}.b"]})
+            norm.forward(x)
+            return norm.backward(np.array(d, copy=True))
+
+        where = "attention" if ln == "ln1" else "MLP"
+        fix = (f"in pre-norm, {ln} sits on the {where} branch only (x + {where}({ln}(x))): the skip path "
+               f"passes its gradient straight through, so d = dskip + self.{ln}.backward(dbranch_in)")
+        yield target, backward(dskip + dbranch), f"{ln}'s backward is applied to the sum of both paths: {fix}"
+        yield target, backward(dskip) + dbranch, f"{ln}'s backward is applied to the skip path, not the branch: {fix}"
+        yield target, dskip + dbranch, f"{ln}'s backward is missing: {fix}"
+
+
+def _step_slips(step, cache, ref, cfg, given=None):
+    """(name, the wrong value a slip gives, hint) for the attention's steps."""
+    if step == "scores" and cfg.causal and (given or {}).get("dscores") is not None:
+        unmasked = given["dscores"]
+        yield ("dq_h", unmasked @ cache["k_h"] / math.sqrt(cfg.d_head),
+               "dq_h takes the gradient of masked scores too: the causal mask's backward is missing. The forward "
+               "replaced each score where k_pos > q_pos by -inf, a constant, so no gradient passes there: "
+               "dscores = np.where(self.mask[:pos, :pos], dscores, 0.0)")
+    if step == "output" and ref.get("dz_h") is not None:
+        yield ("dv_h", cache["pattern"] @ ref["dz_h"],
+               "dv_h is pattern @ dz_h: the pattern used untransposed. Each value (key position) reaches every "
+               "query that looks at it, so dv_h = pattern.swapaxes(-1, -2) @ dz_h")
+    if step == "softmax" and ref.get("dprobs") is not None:
+        probs, dprobs = cache["probs"], ref["dprobs"]
+        yield ("dscores", probs * (dprobs - (dprobs * probs).sum(axis=-2, keepdims=True)),
+               "dscores: the softmax's row sum is taken over the wrong axis (axis=-2, the queries): each query's "
+               "row is normalised over its keys, so dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, "
+               "keepdims=True))")
+    if step == "scores" and ref.get("dscores") is not None:
+        scale = math.sqrt(cfg.d_head)
+        yield ("dk_h", ref["dscores"] @ cache["q_h"] / scale,
+               "dk_h is dscores @ q_h: the transpose of dscores is missing. scores = q_h @ k_h^T, so k_h meets "
+               "dscores from the other side: dk_h = dscores.swapaxes(-1, -2) @ q_h / sqrt(d_head)")
+        yield ("dq_h", ref["dscores"].swapaxes(-1, -2) @ cache["k_h"] / scale,
+               "dq_h is dscores^T @ k_h: scores = q_h @ k_h^T, so dq_h = dscores @ k_h / sqrt(d_head), untransposed")

@@ -18,6 +18,12 @@ never remove one) is installed. It refuses, and reports to the checker at once:
     refused    starting a process (fork, exec, spawn, system, subprocess), ctypes, signalling
                another process, writing a file outside the learner's folder and the temp folder
 
+Besides the gradients, it reports what a backward did on the side: every array it changed in place
+(each parameter's .data, each module's cache and other arrays, compared byte for byte), each forward
+it called (a profile function; finite differences call the forward), how many times each hook
+point's backward ran, and, when asked, the first line of the learner's after which an array held
+another dtype than the model's (a trace function over the learner's lines only).
+
 This process imports only the standard library, NumPy, ``foundation`` (which the copy imports)
 and its own two helpers (``protocol.py``, ``steps.py``). The block's and the model's exercises
 run the reference's backward in their sub-modules, so that a mistake shows where it is: those
@@ -30,11 +36,13 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import inspect
 import itertools
 import linecache
 import os
 import sys
 import types
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +83,12 @@ def find_package(directory) -> Path:
     )
 
 
-def load_package(directory):
+def load_package(directory, substitutes=None):
     """Import the learner's package under a fresh name of its own, so it never clashes with numpy_impl.
 
+    substitutes: {file name: source} for files of the copy that do not compile (a syntax error in
+        one exercise's file): each is loaded from the source given (the stub, with the reference's
+        forward and no backward), so the other exercises still run.
     (The checker never calls this: it runs here, in the learner's process. Tests use it to hold a
     copy in their own hands.)
     """
@@ -90,6 +101,12 @@ def load_package(directory):
     sys.modules[name] = package
     writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__ behind
     try:
+        for file, source in sorted((substitutes or {}).items()):
+            stand_in = types.ModuleType(f"{name}.{Path(file).stem}")
+            stand_in.__package__ = name
+            stand_in.__file__ = f"<{file}, as init wrote it: yours does not compile>"
+            sys.modules[stand_in.__name__] = stand_in
+            exec(compile(source, stand_in.__file__, "exec"), vars(stand_in))
         spec.loader.exec_module(package)
     except BaseException as error:  # a learner's syntax error is the common case: say where it is
         unload_package(package)
@@ -379,6 +396,153 @@ def reference_backwards(project, files):
             del sys.modules[loaded]
 
 
+# --- what a backward did besides its gradient: side effects, forward calls, dtypes ---
+
+def snapshot(module):
+    """{path: a copy} of every array a backward must leave as it found it: each parameter's .data, each
+    module's cache (its entries one by one) and its other arrays (the causal mask, a table)."""
+    found = {}
+    for name, sub in module.named_modules():
+        if type(sub).__name__ == "HookPoint":
+            continue
+        prefix = f"{name}." if name else ""
+        for attribute, value in vars(sub).items():
+            if attribute in ("forward_record", "changed"):
+                continue
+            if hasattr(value, "data") and hasattr(value, "grad") and isinstance(getattr(value, "data"), np.ndarray):
+                found[f"{prefix}{attribute}.data"] = value.data.copy()
+            elif isinstance(value, np.ndarray):
+                found[f"{prefix}{attribute}"] = value.copy()
+            elif isinstance(value, (tuple, list)) and attribute == "cache":
+                for index, item in enumerate(value):
+                    if isinstance(item, np.ndarray):
+                        found[f"{prefix}cache[{index}]"] = item.copy()
+    return found
+
+
+def changed_since(module, before):
+    """The paths of ``before`` whose array is gone or differs, byte for byte, now: [{"path", "cls"}]."""
+    now = snapshot(module)
+    classes = {name: type(sub).__name__ for name, sub in module.named_modules()}
+    out = []
+    for path, old in before.items():
+        new = now.get(path)
+        if (new is None or new.dtype != old.dtype or new.shape != old.shape
+                or new.tobytes() != old.tobytes()):
+            owner = path.rsplit(".", 1)[0] if "." in path else ""
+            owner = owner if owner in classes else (path.rsplit(".", 2)[0] if path.count(".") >= 2 else "")
+            out.append({"path": path, "cls": classes.get(owner, classes.get("", ""))})
+    return out
+
+
+def forward_codes(package):
+    """{code object: "Class.forward"} of every forward of the package and its top-level functions
+    (log_softmax, ...): what a backward that evaluates the forward calls."""
+    codes = {}
+    for name, loaded in list(sys.modules.items()):
+        if not (name == package.__name__ or name.startswith(package.__name__ + ".")) or name.endswith(".module"):
+            continue
+        for value in list(vars(loaded).values()):
+            if isinstance(value, type) and value.__module__ == name and "forward" in vars(value):
+                function = inspect.unwrap(vars(value)["forward"])
+                if hasattr(function, "__code__"):
+                    codes[function.__code__] = f"{value.__name__}.forward"
+            elif isinstance(value, types.FunctionType) and value.__module__ == name and not value.__name__.startswith("_"):
+                codes[value.__code__] = value.__name__
+    return codes
+
+
+class ForwardWatch:
+    """A profile function, while a backward runs, noting each call of a forward (``calls``: [{"what", "where"}])."""
+
+    def __init__(self, codes, package_dir):
+        self.codes = codes
+        self.package_dir = str(Path(package_dir).resolve())
+        self.calls = []
+
+    def __enter__(self):
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc):
+        sys.setprofile(None)
+        return False
+
+    def _profile(self, frame, event, arg):
+        if event != "call" or frame.f_code not in self.codes or len(self.calls) >= 5:
+            return
+        caller = frame.f_back
+        while caller is not None and (Path(caller.f_code.co_filename).name == "module.py" or not os.path.realpath(
+                caller.f_code.co_filename).startswith(self.package_dir + os.sep)):
+            caller = caller.f_back
+        where = f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}" if caller is not None else ""
+        line = linecache.getline(caller.f_code.co_filename, caller.f_lineno).strip() if caller is not None else ""
+        self.calls.append({"what": self.codes[frame.f_code], "where": where, "line": line})
+
+
+class DtypeTrace:
+    """A trace function over the learner's own lines: the first line after which an array (a local, or a
+    parameter's .grad) holds another float dtype than the model's (``first``: {"where", "line", "name", "dtype"})."""
+
+    def __init__(self, package_dir, dtype, parameters):
+        self.package_dir = str(Path(package_dir).resolve())
+        self.dtype = np.dtype(dtype)
+        self.parameters = parameters  # [(name, Parameter)]
+        self.first = None
+        self.last = {}  # frame -> the line it ran last
+
+    def __enter__(self):
+        sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc):
+        sys.settrace(None)
+        return False
+
+    def _global(self, frame, event, arg):
+        filename = frame.f_code.co_filename
+        if self.first is not None or Path(filename).name == "module.py":
+            return None
+        if not os.path.realpath(filename).startswith(self.package_dir + os.sep):
+            return None
+        return self._local
+
+    def _local(self, frame, event, arg):
+        if self.first is not None:
+            return None
+        if event in ("line", "return"):
+            previous = self.last.get(frame)
+            if previous is not None:
+                self._look(frame, previous)
+            self.last[frame] = frame.f_lineno
+        return self._local
+
+    def _look(self, frame, lineno):
+        found = [(name, value) for name, value in frame.f_locals.items() if isinstance(value, (np.ndarray, np.generic))]
+        found += [(f"self.{name}.grad", p.grad) for name, p in self.parameters]
+        for name, value in found:
+            dtype = getattr(value, "dtype", None)
+            if dtype is not None and dtype.kind in "fc" and dtype != self.dtype and np.ndim(value) > 0:
+                filename = frame.f_code.co_filename
+                self.first = {"where": f"{Path(filename).name}:{lineno}", "name": str(name), "dtype": dtype.name,
+                              "line": linecache.getline(filename, lineno).strip()}
+                return
+
+
+def gradient_editor(seed, name):
+    """A backward hook for hook point ``name``: the gradient times a random factor, plus random noise (the
+    same in the checker and here). A hook point's backward skipped, or called twice, changes the result;
+    noise at masked scores shows a mask's backward left out."""
+    index = zlib.crc32(name.encode())
+    factor = 0.5 + float(np.random.default_rng([seed, index]).uniform())
+
+    def edit(grad, hook):
+        noise = np.random.default_rng([seed, index, 1]).standard_normal(np.shape(grad))
+        return grad * factor + noise.astype(grad.dtype)
+
+    return edit
+
+
 # --- what the checker asks for ---
 
 class Session:
@@ -388,6 +552,7 @@ class Session:
         self.package = package
         self.package_dir = package_dir
         self.isolation = isolation  # {class name: reference backward} for sub-modules
+        self.forward_codes = forward_codes(package)
 
     def build(self, request):
         cls, fields = request["cls"], request["cfg"]
@@ -409,13 +574,21 @@ class Session:
     def hooks(self, module, request):
         """Recording hooks (the gradient arriving at every hook point) and the pattern-editing hook."""
         recorded = {}
+        self.counts = counts = {}  # how many times each hook point's backward ran
+
+        def record(x, hook, name):
+            recorded[name] = np.array(x, copy=True)
+            counts[name] = counts.get(name, 0) + 1
+
         for name, sub in module.named_modules():
             if not (hasattr(sub, "bwd_hooks") and hasattr(sub, "add_hook")):
                 continue
             if request.get("record"):
-                sub.add_hook(lambda x, hook, name=name: recorded.__setitem__(name, np.array(x, copy=True)), dir="bwd")
+                sub.add_hook(lambda x, hook, name=name: record(x, hook, name), dir="bwd")
             if request.get("edit_pattern") and name.split(".")[-1] == "hook_pattern":
                 sub.add_hook(edit_pattern, dir="fwd")
+            if request.get("edit_grads") is not None:
+                sub.add_hook(gradient_editor(request["edit_grads"], name), dir="bwd")
         return recorded
 
     def run(self, request):
@@ -434,13 +607,22 @@ class Session:
         upstream = np.array(upstream, copy=True) if isinstance(upstream, np.ndarray) else float(upstream)
         reply = {"out": plain(out)}
         module.zero_grad()
+        before = snapshot(module)
+        watch = ForwardWatch(self.forward_codes, self.package_dir)
         try:
-            dinput = module.backward(upstream)
+            if request.get("trace_dtype"):
+                with DtypeTrace(self.package_dir, fields_dtype(request), list(module.named_parameters())) as trace:
+                    module.backward(upstream)
+                return {"dtype_change": trace.first}
+            with watch:
+                dinput = module.backward(upstream)
         except BaseException as error:  # noqa: B036
-            reply.update(stage="backward", error=describe(error, self.package_dir), hooks=dict(recorded))
+            reply.update(stage="backward", error=describe(error, self.package_dir), hooks=dict(recorded),
+                         forward_calls=watch.calls)
             return reply
         reply.update(dinput=plain(dinput), grads=grads_of(module), hooks=dict(recorded),
-                     dout_after=plain(upstream), inputs_after=[plain(x) for x in inputs])
+                     dout_after=plain(upstream), inputs_after=[plain(x) for x in inputs],
+                     changed=changed_since(module, before), forward_calls=watch.calls, hook_calls=dict(self.counts))
         if request.get("twice"):
             recorded.clear()
             try:
@@ -503,12 +685,34 @@ class Session:
                 return {"stage": "inputs", "missing": missing}
             function = steps.region_function(lines, region.first, region.last, region.inputs, str(path), namespace)
             module.zero_grad()
-            scope = function(module, **{name: given[name] for name in region.inputs})
+            prefill = request.get("prefill") or {}  # .grad holding something already: a step adds (+=) into it
+            for name, parameter in module.named_parameters():
+                if name in prefill:
+                    parameter.grad[...] = prefill[name]
+            arguments = {name: given[name] for name in region.inputs}
+            passed = {name: value.copy() for name, value in arguments.items()  # the gradients it is given
+                      if name in request["given"] and isinstance(value, np.ndarray)}
+            before = snapshot(module)
+            if request.get("trace_dtype"):
+                with DtypeTrace(self.package_dir, fields_dtype(request), list(module.named_parameters())) as trace:
+                    function(module, **arguments)
+                return {"dtype_change": trace.first}
+            watch = ForwardWatch(self.forward_codes, self.package_dir)
+            with watch:
+                scope = function(module, **arguments)
         except BaseException as error:  # noqa: B036
             return {"stage": "step", "error": describe(error, self.package_dir), "hooks": dict(recorded)}
         scope.pop("self", None)
+        changed = changed_since(module, before) + [
+            {"path": name, "cls": "given"} for name, value in passed.items()
+            if arguments[name].dtype != value.dtype or arguments[name].tobytes() != value.tobytes()]
         return {"locals": {name: plain(value) for name, value in scope.items() if isinstance(value, np.ndarray)},
-                "grads": grads_of(module), "hooks": dict(recorded)}
+                "grads": grads_of(module), "hooks": dict(recorded), "changed": changed, "forward_calls": watch.calls,
+                "hook_calls": dict(self.counts)}
+
+
+def fields_dtype(request):
+    return request["cfg"].get("dtype") or "float64"
 
 
 def edit_pattern(pattern, hook):
@@ -549,7 +753,7 @@ def main(in_fd, out_fd):
     extra = [str(Path(torch_spec.origin).parent)] if torch_spec is not None and torch_spec.origin else []
     sys.addaudithook(Guard(out_fd, package_dir, setup["directory"], setup["project"], extra))
     try:
-        package = load_package(setup["directory"])
+        package = load_package(setup["directory"], setup.get("substitutes"))
     except ImportError as error:
         protocol.send(out_fd, {"ready": False, "error": _safe(lambda: str(error), lambda e: "ImportError"),
                                "cause": describe(error.__cause__ or error, package_dir)})

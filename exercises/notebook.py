@@ -44,8 +44,59 @@ def load_ipython_extension(ipython):
 
 def _backward_magic(line, cell):
     key = line.strip()
-    path, count = write_body(key, cell)
+    try:
+        path, count = write_body(key, cell)
+    except CellError as error:
+        print(f"not written: {error}")
+        return
     print(f"wrote {count} lines into {path} ({key}); run the next cell to check them")
+
+
+class CellError(ValueError):
+    """A cell's body that does not compile where it would go: nothing is written."""
+
+
+_cells = {}  # {key: blank lines above the cell's first line}: to say a copy's line as the cell's
+
+
+def cell_line(key, lineno, directory=None):
+    """The line of key's cell (its %%backward line is 1) that is line ``lineno`` (1-based) of the
+    copy's file, or None when that line is not in the body the cell wrote."""
+    if key not in _cells:
+        return None
+    exercise, step = _exercise(key)
+    path = Path(directory or _work[0]) / "numpy_impl" / exercise.file
+    try:
+        bodies = find_marked_bodies(path.read_text(), path.name)
+        marked = next(b for b in bodies if b.cls == exercise.cls)
+    except (OSError, SyntaxError, ValueError, StopIteration):
+        return None
+    if step is None:
+        first, last = marked.begin + 1, marked.end - 1
+    else:
+        region = next((r for r in marked.steps if r.name == step), None)
+        if region is None:
+            return None
+        first, last = region.first, region.last
+    if not first <= lineno - 1 <= last:
+        return None
+    return lineno - 1 - first + 2 + _cells[key]
+
+
+def in_cell_lines(text, directory=None):
+    """``text`` with each "file.py:N" that a cell wrote followed by "(cell KEY, line K)"."""
+    by_file = {}
+    for key in _cells:
+        by_file.setdefault(_exercise(key)[0].file, []).append(key)
+
+    def say(match):
+        for key in by_file.get(match.group(1), []):
+            line = cell_line(key, int(match.group(2)), directory)
+            if line is not None:
+                return f"{match.group(0)} (cell %%backward {key}, line {line})"
+        return match.group(0)
+
+    return re.sub(r"\b(\w+\.py):(\d+)\b", say, text)
 
 
 def write_body(key, body, directory=None):
@@ -71,10 +122,24 @@ def write_body(key, body, directory=None):
         if region is None:
             raise ValueError(f"{path} has no '{STEP} {step}: ...' line any more")
         first, last = region.first, region.last
-    text = textwrap.dedent(body).strip("\n")
+    dedented = textwrap.dedent(body)
+    leading = len(dedented) - len(dedented.lstrip("\n"))  # blank lines above the cell's first line
+    text = dedented.strip("\n")
     new = [(marked.indent + line).rstrip() + "\n" if line.strip() else "\n" for line in text.splitlines()]
     lines[first : last + 1] = new
-    path.write_text("".join(lines))
+    written = "".join(lines)
+    try:
+        compile(written, str(path), "exec", dont_inherit=True)
+    except SyntaxError as error:
+        where = error.lineno or 0
+        inside = first < where <= first + len(new)
+        said = (f"line {where - first + 1 + leading} of the cell" if inside
+                else f"{path.name}:{where}, outside the cell's body (a block the cell left open?)")
+        raise CellError(f"SyntaxError: {error.msg} at {said}"
+                        + (f": `{(error.text or '').strip()}`" if error.text else "")
+                        + f"; {path.name} keeps its last version") from None
+    path.write_text(written)
+    _cells[key] = leading
     return path, len(new)
 
 
@@ -86,7 +151,7 @@ def check(key=None, directory=None, time_limit=None):
 
     directory = directory or _work[0]
     results = run_check(directory, keys=None if key is None else [key], time_limit=time_limit or TIME_LIMIT)
-    print(format_results(results, directory))
+    print(in_cell_lines(format_results(results, directory), directory))
 
 
 def _exercise(key):
@@ -166,7 +231,7 @@ use(r"{directory}")"""
 
 
 def _exercise_text(exercise, number, reference_text, body, lines):
-    formula = _formula(reference_text)
+    formula = _formula(reference_text, exercise.cls)
     hint = [line.strip()[2:] if line.strip().startswith("# ") else line.strip().lstrip("#")
             for line in lines[body.begin + 1 : body.end]
             if line.strip().startswith("#") and not line.strip().startswith((STEP, BEGIN, END))]
@@ -176,11 +241,31 @@ def _exercise_text(exercise, number, reference_text, body, lines):
     return "\n".join(parts)
 
 
-def _formula(source):
-    """The formula block of a reference file's docstring: its indented lines."""
+def _formula(source, cls=None):
+    """The formula of ``cls`` from its file's docstring: the indented lines, unless they never name
+    one of the class's parameters while other lines do (positional.py: the sinusoids are indented,
+    "Learned (GPT-2): pos_embed[b, p] = W_pos[p]" is not)."""
     docstring = ast.get_docstring(ast.parse(source)) or ""
     block = [line for line in docstring.splitlines() if line.startswith("    ")]
-    return textwrap.dedent("\n".join(block)).strip() or docstring.splitlines()[0]
+    formula = textwrap.dedent("\n".join(block)).strip() or docstring.splitlines()[0]
+    names = _parameter_names(source, cls) if cls else []
+    if names and not any(re.search(rf"\b{name}\b", formula) for name in names):
+        lines = [line.strip() for line in docstring.splitlines()
+                 if any(re.search(rf"\b{name}\b", line) for name in names)]
+        formula = "\n".join(lines) or formula
+    return formula
+
+
+def _parameter_names(source, cls):
+    """The names ``cls`` gives its parameters: self.NAME = Parameter(...) in its __init__."""
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in ast.walk(node):
+                if (isinstance(item, ast.Assign) and isinstance(item.value, ast.Call)
+                        and getattr(item.value.func, "id", "") == "Parameter"):
+                    names += [t.attr for t in item.targets if isinstance(t, ast.Attribute)]
+    return names
 
 
 def _dedented(lines):

@@ -91,7 +91,7 @@ class Output:
 class LearnerProcess:
     """One learner's process for one exercise: ``ask(request)`` answers or raises LearnerLost."""
 
-    def __init__(self, directory, deadline, isolate=None):
+    def __init__(self, directory, deadline, isolate=None, substitutes=None):
         self.deadline = deadline
         self.events = []  # the audit hook's reports, in order: {"kind", "what", "where"}
         from_checker, to_learner = os.pipe()  # (read end, write end): the learner reads what the checker writes
@@ -109,7 +109,9 @@ class LearnerProcess:
         self.to_learner = to_learner
         self.reader = protocol.Reader(from_learner)
         self.output = Output(log_read)
-        protocol.send(self.to_learner, {"directory": str(directory), "project": str(PROJECT), "isolate": isolate or {}})
+        # substitutes: {file: the stub's source} for the files of the copy that do not compile
+        protocol.send(self.to_learner, {"directory": str(directory), "project": str(PROJECT),
+                                        "isolate": isolate or {}, "substitutes": substitutes or {}})
 
     def ready(self):
         """The learner's copy imported: {"ready": True}, or {"ready": False, "error": ...}."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from foundation.lens.factored import FactoredMatrix
 
-from .common import check_model, factored, view
+from .common import check_model, factored, view, weights
 
 
 def _check_head(cfg, layer, head):
@@ -142,3 +142,60 @@ def composition_scores(model, kind, layer_from=0, layer_to=1):
                 right = _head_circuit(model, "OV", layer_to, b)
             scores[a, b] = composition_score(left, right)
     return scores
+
+
+def full_ov_logits(model, layer, head, cache):
+    """The full OV circuit in logits as the model computes them [d_vocab (attended token), d_vocab (logit)].
+
+    ``full_ov_circuit`` leaves the LayerNorms out, so its entries are as large as the raw
+    residual stream is wide (hundreds, where the model's logits are a few units). Here, in a
+    pre-norm model, both LayerNorms are put back with the scales measured in ``cache`` (a run of
+    the model): the attended token's embedding goes through ``ln1`` of ``layer`` (centred, divided
+    by the residual stream's typical scale there, times ln1.w), and what the head writes through
+    ``ln_final`` (divided by the final residual's typical scale, times ln_final.w):
+
+        row t = LN1(W_E[t]) W_V[h] W_O[h] diag(ln_final.w) W_U / sigma_final
+
+    Biases are left out; the result is the logit added when the head attends fully to token t.
+    Returns (matrix, whether LayerNorm was put back); a model that is not pre-norm gets
+    ``full_ov_circuit`` and False.
+    """
+    cfg = check_model(model).cfg
+    if cfg.normalization != "pre":
+        return full_ov_circuit(model, layer, head), False
+    params = weights(model)
+    W_E, W_U = view(model, "W_E"), view(model, "W_U")  # [d_vocab, d_model], [d_model, d_vocab]
+    W_OV = ov_matrix(model, layer, head)  # [d_model, d_model]
+    sigma_in = _typical_scale(cache["resid_pre", layer])  # []
+    sigma_final = _typical_scale(cache["resid_post", cfg.n_layers - 1])  # []
+    centred = W_E - W_E.mean(axis=-1, keepdims=True)  # [d_vocab, d_model]
+    read = centred / sigma_in * params[f"blocks.{layer}.ln1.w"]  # [d_vocab, d_model]
+    written = read @ W_OV / sigma_final * params["ln_final.w"]  # [d_vocab, d_model]
+    return written @ W_U, True  # [d_vocab, d_vocab]
+
+
+def _typical_scale(resid):
+    """The mean over batch and positions of what LayerNorm divides by: sqrt(var + eps) over d_model."""
+    from foundation.lens.hooks import as_numpy
+
+    resid = as_numpy(resid)  # [batch, pos, d_model]
+    return float(np.sqrt(resid.var(axis=-1) + 1e-5).mean())
+
+
+def copying_baseline(model, samples=64, seed=0, quantile=0.95):
+    """What a head with no copying structure scores here: the ``quantile`` of copying scores over
+    heads whose W_V and W_O are random (Gaussian, each head's own shapes and norms), read through
+    this model's own W_E and W_U. A head's copying score means copying only above this."""
+    check_model(model)
+    W_E, W_U = view(model, "W_E"), view(model, "W_U")  # [d_vocab, d_model], [d_model, d_vocab]
+    W_V, W_O = view(model, "W_V"), view(model, "W_O")  # [layer, head, d_model, d_head], [layer, head, d_head, d_model]
+    loop = W_U @ W_E  # [d_model, d_model]: the nonzero eigenvalues of W_E A B W_U are those of B W_U W_E A
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(samples):
+        A = rng.standard_normal(W_V.shape[-2:]) * W_V.std()  # [d_model, d_head]
+        B = rng.standard_normal(W_O.shape[-2:]) * W_O.std()  # [d_head, d_model]
+        eigenvalues = np.linalg.eigvals(B @ loop @ A)  # [d_head]
+        total = np.abs(eigenvalues).sum()
+        found.append(0.0 if total == 0 else eigenvalues.sum().real / total)
+    return float(np.quantile(found, quantile))

@@ -128,3 +128,41 @@ def duplicate_token_scores(source, tokens=None, batch=16, seed=0):
 def induction_scores(source, tokens=None, batch=16, seed=0):
     """[n_layers, n_heads]: attention to the token after an earlier copy of the current token."""
     return head_scores(source, "induction", tokens, batch, seed)
+
+
+# What the tours and their figures share, so that a score is computed once and worded one way.
+CLEAR_HEAD = 0.5  # a head scoring above this puts most of its attention on its targets: "a clear head"
+SCORE_BATCH = 128  # sequences the tours score heads on
+KIND_NAMES = {"previous_token": "previous-token", "duplicate_token": "duplicate-token", "induction": "induction"}
+KIND_TARGETS = {"previous_token": "attention on the position just before",
+                "duplicate_token": "attention on earlier copies of the token",
+                "induction": "attention on the token after the earlier copy"}
+
+
+def scoring_tokens(cfg, seed=0):
+    """The tokens the tours (induction, interp) score heads on: SCORE_BATCH sequences of random
+    tokens, then the same tokens again, filling n_ctx (drawn with ``seed + 1``, a stream apart
+    from the training data's ``seed``)."""
+    return default_repeated_tokens(cfg, batch=SCORE_BATCH, seed=seed + 1)
+
+
+def scoring_data(half, batch=SCORE_BATCH):
+    """How a figure's title names the scoring tokens."""
+    return f"{batch} sequences of {half} random tokens, then the same {half} again"
+
+
+def best_head(grid, first_layer=0):
+    """(layer, head, score) of the highest entry of a [n_layers, n_heads] grid, from ``first_layer`` up."""
+    grid = np.asarray(grid)[first_layer:]
+    layer, head = np.unravel_index(np.argmax(grid), grid.shape)
+    return int(layer) + first_layer, int(head), float(grid[layer, head])
+
+
+def head_verdict(kind, grid, first_layer=0):
+    """One sentence on the best head of ``kind``: a clear head (score above CLEAR_HEAD) or none."""
+    layer, head, value = best_head(grid, first_layer)
+    name = KIND_NAMES[kind]
+    if value > CLEAR_HEAD:
+        return f"layer {layer}, head {head} is a clear {name} head (score {value:.2f}; 1 = always)"
+    return (f"no clear {name} head: the highest {name} score is {value:.2f} (layer {layer}, head {head}); "
+            f"a clear one scores above {CLEAR_HEAD}")

@@ -1,4 +1,8 @@
-"""The test run's thread count, the ``TWINS_CI`` rule for skips, and fixtures shared by the exercise tests."""
+"""The test run's thread count, the ``TWINS_CI`` rule for skips, and the fixtures tests share.
+
+What the tests share as plain functions (the small models, ``twins``, parity's measure) is in
+``parity_tests/helpers.py``; learners' copies for the exercise tests in ``parity_tests/copies.py``.
+"""
 
 import os
 
@@ -11,7 +15,7 @@ use_one_thread()
 import pytest  # noqa: E402
 
 from exercises.generate import write_copy  # noqa: E402
-from parity_tests.test_exercises import put_back_reference_bodies  # noqa: E402
+from parity_tests.copies import put_back_reference_bodies  # noqa: E402
 
 # In CI (TWINS_CI=1) every package of requirements.txt is installed, so a test that skips for a
 # missing one is a failure there. Only a GPU test may skip (CI has no GPU), and the test of

@@ -1,4 +1,8 @@
-"""Shared test helpers: random weights into both twins, and the one way parity is measured.
+"""What the tests share: the small models, random weights in both twins, and how parity is measured.
+
+``twins(cfg)`` is the pair most tests start from: a NumPy model (or one of its components) with
+random weights and its torch twin holding the same weights. ``make_cfg`` changes fields of the
+tests' small config; ``tokens_for`` draws token ids for a config.
 
 Parity of a tensor is ``foundation.contract.agreement.rel_err``: max |numpy - torch| / max |torch|. A
 gradient that is exactly zero in exact arithmetic (b_K's) is measured against the largest
@@ -6,14 +10,75 @@ gradient of the whole component or model instead (``relative_errors``).
 """
 
 import itertools
+import warnings
 
+import numpy as np
 import pytest
+import torch
 
+import numpy_impl as npi
+import torch_impl as pti
 from foundation.contract.agreement import TOL, rel_err, relative_errors  # noqa: F401
 from foundation.lens.hooks import as_numpy as to_numpy  # noqa: F401
 
 # random weights for tests: LayerNorm w near 1 (never all ones), non-zero biases, N(0, 1/fan_in) matrices
 from gradcheck.factory import randomize_parameters as randomize  # noqa: F401
+from interp.handmade import induction_circuit_model
+
+# ---------------------------------------------------------------- the tests' models
+
+FIELDS = dict(d_vocab=11, d_model=12, n_heads=3, n_layers=2, n_ctx=6)  # the small model most tests use
+CFG = npi.TransformerConfig(**FIELDS)
+CFG32 = npi.TransformerConfig(**FIELDS, dtype="float32")
+SMALL = npi.TransformerConfig(d_vocab=5, d_model=4, n_heads=2, n_layers=1, n_ctx=3, d_mlp=4)  # tiny: files
+TOKENS = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])  # [batch, pos]: ids of CFG's vocabulary
+SIDES = ["numpy", "torch"]
+INTERP = dict(d_vocab=13, d_mlp=16, n_ctx=10)  # the interpretability tests' changes: a longer context
+
+
+def make_cfg(base=None, **changes):
+    """The small config (FIELDS) with the fields of ``base`` (a dict), then ``changes``, put in."""
+    return npi.TransformerConfig(**{**FIELDS, **(base or {}), **changes})
+
+
+def twin_of(module):
+    """The torch twin of a NumPy model or component, holding its weights."""
+    return getattr(pti, type(module).__name__).from_twin(module)
+
+
+def twins(cfg=CFG, component="Transformer", seed=0):
+    """A NumPy model (or its component of that class name) with random weights, and its torch twin.
+
+    The weights are ``randomize``'s for ``seed``; the twin holds the same, loaded by name.
+    """
+    module = getattr(npi, component)(cfg)
+    randomize(module, seed)
+    twin = getattr(pti, component)(cfg)
+    load_into_twin(module, twin)
+    return module, twin
+
+
+def handmade_pair():
+    """The hand-set induction circuit (interp/handmade.py) and its torch twin."""
+    model = induction_circuit_model()
+    return model, twin_of(model)
+
+
+def tokens_for(cfg, batch=3, pos=7, seed=2):
+    """Random token ids of ``cfg``'s vocabulary, [batch, pos]."""
+    return np.random.default_rng(seed).integers(0, cfg.d_vocab, (batch, pos))
+
+
+def package(side):
+    """numpy_impl for "numpy", torch_impl for "torch"."""
+    return npi if side == "numpy" else pti
+
+
+def max_abs_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+# ---------------------------------------------------------------- parity
 
 
 def assert_close(name, actual, expected, dtype, scale=None):
@@ -97,3 +162,62 @@ def parametrize_pairwise(**options):
     cases = list(itertools.product(*options.values()))
     ids = ["-".join(str(value) for value in case) for case in cases]
     return pytest.mark.parametrize(",".join(options), pairwise_then_slow(cases, ids))
+
+
+# ---------------------------------------------------------------- hostile input: what the twins take and refuse
+
+
+def outcome(fn):
+    """("accepted", result), or (the exception's type name, its message) for the errors bad input may raise."""
+    try:
+        return "accepted", fn()
+    except (TypeError, ValueError, OSError, RuntimeError, NotImplementedError) as error:
+        return type(error).__name__, str(error)
+
+
+def random_dout(shape, dtype="float64", seed=1):
+    """A random upstream gradient (never all ones: an all-ones gradient hides LayerNorm bugs)."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def as_float64(x):
+    """A float64 copy of an ndarray or a tensor."""
+    return x.detach().cpu().numpy().astype(np.float64) if hasattr(x, "detach") else np.array(x, dtype=np.float64)
+
+
+def grads(model):
+    """{name: a float64 copy of the parameter's gradient}, from either twin."""
+    return {name: as_float64(p.grad) for name, p in model.named_parameters()}
+
+
+def assert_same_grads(actual, expected, tol=1e-12):
+    """Every gradient agrees to ``tol``, relative to the largest gradient of them all."""
+    largest = max(np.abs(g).max() for g in expected.values())
+    for name in expected:
+        assert rel_err(actual[name], expected[name], scale=largest) <= tol, name
+
+
+def masked_like(shape, mask_something=True):
+    """A masked array of random values (their positive entries masked, or none)."""
+    values = np.random.default_rng(2).standard_normal(shape)
+    return np.ma.masked_array(values, mask=values > 0 if mask_something else False)
+
+
+def read_only(a):
+    a = np.array(a, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+def as_matrix(a):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # np.matrix is discouraged, not gone
+        return np.asmatrix(a)
+
+
+def quantized(values, scale=0.01, dtype=None):
+    """A quantized tensor of ``values`` (qint32 unless ``dtype`` says otherwise)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # quantized tensors are deprecated: torch says so
+        return torch.quantize_per_tensor(torch.from_numpy(np.asarray(values, dtype=np.float32)), scale, 0,
+                                         dtype or torch.qint32)

@@ -11,25 +11,27 @@ import torch.nn.functional as F
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import assert_close, compare_grads, load_into_twin, parametrize_pairwise, randomize
+from parity_tests.helpers import (
+    assert_close,
+    compare_grads,
+    load_into_twin,
+    make_cfg,
+    parametrize_pairwise,
+    randomize,
+    twins,
+)
 
 DTYPES = ["float64", "float32"]
 N_CTX = 7
 BATCH = 3
+BASE = dict(d_vocab=13, d_mlp=20, n_ctx=N_CTX)  # make_cfg's changes for these tests
 
 
-def make_cfg(dtype, **overrides):
-    fields = dict(d_vocab=13, d_model=12, n_heads=3, d_mlp=20, n_layers=2, n_ctx=N_CTX, dtype=dtype)
-    fields.update(overrides)
-    return npi.TransformerConfig(**fields)
 
 
 def run_float_component(name, cfg, pos, seed=0):
     """Forward and backward through one float-input component in both twins; assert parity."""
-    np_module = getattr(npi, name)(cfg, rng=seed)
-    torch_module = getattr(pti, name)(cfg)
-    randomize(np_module, seed + 1)
-    load_into_twin(np_module, torch_module)
+    np_module, torch_module = twins(cfg, name, seed + 1)
     rng = np.random.default_rng(seed + 2)
     x = rng.standard_normal((BATCH, pos, cfg.d_model)).astype(cfg.dtype)
     x_t = torch.from_numpy(x).requires_grad_(True)
@@ -46,45 +48,42 @@ def run_float_component(name, cfg, pos, seed=0):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pos", [1, N_CTX])
 def test_layernorm(dtype, pos):
-    run_float_component("LayerNorm", make_cfg(dtype), pos)
+    run_float_component("LayerNorm", make_cfg(BASE, dtype=dtype), pos)
 
 
 @parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX], causal=[True, False])
 def test_attention(dtype, pos, causal):
-    run_float_component("MultiHeadAttention", make_cfg(dtype, causal=causal), pos)
+    run_float_component("MultiHeadAttention", make_cfg(BASE, dtype=dtype, causal=causal), pos)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_with_d_head_not_d_model_over_n_heads(dtype):
-    run_float_component("MultiHeadAttention", make_cfg(dtype, d_head=5), N_CTX)
+    run_float_component("MultiHeadAttention", make_cfg(BASE, dtype=dtype, d_head=5), N_CTX)
 
 
 @parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX], act_fn=["relu", "gelu_new", "gelu"])
 def test_feedforward(dtype, pos, act_fn):
-    run_float_component("FeedForward", make_cfg(dtype, act_fn=act_fn), pos)
+    run_float_component("FeedForward", make_cfg(BASE, dtype=dtype, act_fn=act_fn), pos)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pos", [1, N_CTX])
 def test_unembed(dtype, pos):
-    run_float_component("Unembed", make_cfg(dtype), pos)
+    run_float_component("Unembed", make_cfg(BASE, dtype=dtype), pos)
 
 
 @parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX], normalization=["pre", "post", None], attn_only=[False, True],
                       causal=[True, False])
 def test_block(dtype, pos, normalization, attn_only, causal):
-    cfg = make_cfg(dtype, normalization=normalization, attn_only=attn_only, causal=causal)
+    cfg = make_cfg(BASE, dtype=dtype, normalization=normalization, attn_only=attn_only, causal=causal)
     run_float_component("TransformerBlock", cfg, pos)
 
 
 @parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX],
                       name=["TokenEmbedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEncoding"])
 def test_token_input_components(dtype, pos, name):
-    cfg = make_cfg(dtype)
-    np_module = getattr(npi, name)(cfg, rng=0)
-    torch_module = getattr(pti, name)(cfg)
-    randomize(np_module, 1)
-    load_into_twin(np_module, torch_module)
+    cfg = make_cfg(BASE, dtype=dtype)
+    np_module, torch_module = twins(cfg, name, seed=1)
     rng = np.random.default_rng(2)
     tokens = rng.integers(0, cfg.d_vocab, (BATCH, pos))
     # repeated ids, so that the embedding's scatter-add of gradients is exercised
@@ -140,7 +139,7 @@ def test_cross_entropy(dtype, weighted):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_layernorm_matches_torch_layer_norm(dtype):
     """The one-op-per-line LayerNorm equals the fused torch.nn.functional.layer_norm."""
-    cfg = make_cfg(dtype)
+    cfg = make_cfg(BASE, dtype=dtype)
     ln = npi.LayerNorm(cfg)
     randomize(ln, 4)
     x = np.random.default_rng(5).standard_normal((BATCH, N_CTX, cfg.d_model)).astype(dtype)
@@ -151,7 +150,7 @@ def test_layernorm_matches_torch_layer_norm(dtype):
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_matches_scaled_dot_product_attention(causal):
     """The hand-written softmax attention equals torch's fused scaled_dot_product_attention (float64)."""
-    cfg = make_cfg("float64", causal=causal)
+    cfg = make_cfg(BASE, dtype="float64", causal=causal)
     attn = pti.MultiHeadAttention(cfg, rng=6)
     captured = {}
     for hook_name in ("hook_q", "hook_k", "hook_v", "hook_z"):
@@ -165,7 +164,7 @@ def test_attention_matches_scaled_dot_product_attention(causal):
 
 def test_gradients_accumulate_until_zero_grad():
     """Two backward passes add up (as torch does); zero_grad resets every gradient to zero."""
-    cfg = make_cfg("float64")
+    cfg = make_cfg(BASE, dtype="float64")
     ff = npi.FeedForward(cfg, rng=0)
     x = np.random.default_rng(1).standard_normal((2, 3, cfg.d_model))
     dout = np.random.default_rng(2).standard_normal((2, 3, cfg.d_model))
@@ -182,7 +181,7 @@ def test_gradients_accumulate_until_zero_grad():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_gradient_at_exactly_zero(dtype):
     """Where pre == 0 exactly, both twins give ReLU the gradient 0 (a subgradient choice that must agree)."""
-    cfg = make_cfg(dtype, act_fn="relu")
+    cfg = make_cfg(BASE, dtype=dtype, act_fn="relu")
     ff = npi.FeedForward(cfg, rng=0)
     randomize(ff, 1)
     ff.b_in.data[::2] = 0  # with x = 0, pre = b_in: every other hidden unit sits exactly at 0

@@ -1,7 +1,7 @@
 """Diagnoses: each classic mistake, planted in a learner's copy, gets the hint that names it.
 
 Every planted mistake is one line of the reference's backward changed, in a copy whose other
-bodies are the reference's (as ``test_exercises.py`` plants them); the checker must mark the
+bodies are the reference's (as ``parity_tests/copies.py`` plants them); the checker must mark the
 exercise wrong and give the hint of that kind. Right answers get no hint, and mistakes that
 fit none of the detectors (GELU's derivative missing a term) get none either: a hint is either
 exact or absent. A backward that raises gets its hint from the failing line's shapes (a weight
@@ -18,7 +18,7 @@ from exercises import diagnose as dg
 from exercises.catalog import EXERCISES
 from exercises.check import check
 from gradcheck.factory import build, make_inputs
-from parity_tests.test_exercises import planted_copy
+from parity_tests.copies import planted_copy
 
 SAMPLE = 1
 
@@ -75,7 +75,7 @@ PLANTED = [
      "one path", ["through the variance"]),
     ("pattern used untransposed", "attention", "attention.py",
      "dv_h = pattern.swapaxes(-1, -2) @ dz_h", "dv_h = pattern @ dz_h",
-     "causal", ["causal structure broken", "later positions"]),
+     "slip", ["pattern used untransposed", "pattern.swapaxes(-1, -2) @ dz_h"]),
 ]
 
 PLANTED += [
@@ -107,9 +107,15 @@ PLANTED += [
      "mask", ["masked entries get a zero gradient", "np.where(mask, dscores, 0.0)"]),
 ]
 
-UNRECOGNISED = [
+SLIPS = [
     ("GELU's derivative missing a term", "feedforward", "feedforward.py",
-     "dpre += dinner * GELU_C * (1 + 3 * 0.044715 * pre * pre)", "dpre += dinner * GELU_C"),
+     "dpre += dinner * GELU_C * (1 + 3 * 0.044715 * pre * pre)", "dpre += dinner * GELU_C",
+     "slip", ["cubic term's derivative"]),
+]
+
+UNRECOGNISED = [
+    ("GELU's derivative missing its 3", "feedforward", "feedforward.py",
+     "dpre += dinner * GELU_C * (1 + 3 * 0.044715 * pre * pre)", "dpre += dinner * GELU_C * (1 + 0.044715 * pre * pre)"),
 ]
 
 
@@ -117,17 +123,19 @@ def result_of(results, key):
     return next(result for result in results if result.key == key)
 
 
+# one mistake of each kind by default (each detector once), the rest: pytest -m slow
 QUICK = ("fancy-indexed +=", "sqrt(d_model) for sqrt(d_head)", "pattern gradient transposed", "one position only",
-         "residual without its skip path", "LayerNorm without the mean's path", "Bessel's correction in the variance",
+         "residual without its skip path", "Bessel's correction in the variance",
          "the softmax's row-sum term left out", "a weight used untransposed", "a bias summed over one axis too few",
-         "a bias summed over its own axis too", "the mask's backward writes -inf")  # the rest: pytest -m slow
+         "the mask's backward writes -inf")
 
 
 def some_slow(cases):
     return [case if case[0] in QUICK else pytest.param(*case, marks=pytest.mark.slow) for case in cases]
 
 
-@pytest.mark.parametrize("label, key, file, old, new, kind, words", some_slow(PLANTED), ids=[p[0] for p in PLANTED])
+@pytest.mark.parametrize("label, key, file, old, new, kind, words", some_slow(PLANTED + SLIPS),
+                         ids=[p[0] for p in PLANTED + SLIPS])
 def test_planted_mistake_gets_its_hint(solved, tmp_path, label, key, file, old, new, kind, words):
     result = result_of(check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key)
     assert result.status == "wrong", f"{label}: {result.status} {result.message}"
@@ -238,7 +246,7 @@ def test_each_detector_needs_an_exact_fit():
     assert "1.37 times" in dg.constant_factor("x", 1.37 * right, right, sizes).hint, "an unnamed factor is still said"
     assert dg.constant_factor("x", right, right, sizes) is None, "a factor of 1 is no mistake"
     square = rng.standard_normal((2, 4, 4))  # [batch, q_pos, k_pos]
-    assert dg.transposed("W", square.swapaxes(1, 2), square) is not None
+    assert "axes 1 and 2 swapped" in dg.transposed("W", square.swapaxes(1, 2), square).hint
     assert dg.transposed("W", square.swapaxes(1, 2) + 1e-3, square) is None
     assert dg.transposed("W", square, square) is None
 
@@ -246,7 +254,8 @@ def test_each_detector_needs_an_exact_fit():
 def test_a_broadcast_error_between_transposed_shapes_is_named():
     message = "operands could not be broadcast together with shapes (8,7) (7,8) "
     assert dg.diagnose_error(message).kind == "transposed"
-    assert dg.diagnose_error("operands could not be broadcast together with shapes (8,7) (3,8) ") is None
+    other = dg.diagnose_error("operands could not be broadcast together with shapes (8,7) (3,8) ")
+    assert other.kind == "shapes" and "(8,7) is [d_head, n_ctx]; (3,8) is [head, d_head]" in other.hint, other
     assert dg.diagnose_error("matmul: Input operand 1 has a mismatch in its core dimension 0") is None
 
 
@@ -258,3 +267,13 @@ def test_recognised_constants_name_their_sizes():
     assert dg.recognise(1 / 8, sizes)[0].startswith("1/d_model")
     assert dg.recognise(1.37, sizes) is None
 
+
+
+def test_numpys_remapped_shapes_are_said_in_axis_names():
+    """An einsum's broadcast error lists each operand's shape and a remapped one: the operands' own are named."""
+    message = ("operands could not be broadcast together with remapped shapes [original->remapped]: "
+               "(5,6,3,8)->(5,6,newaxis,8,3) (3,10,8)->(8,10,3) ")
+    found = dg.diagnose_error(message)
+    assert found.kind == "shapes", found
+    assert "(5,6,3,8) is [batch, pos, head, d_head]" in found.hint and "(3,10,8) is [head, d_model, d_head]" in found.hint
+    assert "einsum's letters name each operand's axes" in found.hint and "(8,10,3)" not in found.hint

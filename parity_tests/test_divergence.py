@@ -6,17 +6,15 @@ against the torch twin must stop at the hook point right below the mistake, with
 point above it right. A forward planted wrong is found by the forward walk. Correct twins agree.
 """
 
-import shutil
-
 import pytest
 import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from exercises.learner import load_package, unload_package
 from exercises.divergence import first_divergence, walk_backward, walk_forward
+from exercises.learner import load_package, unload_package
 from gradcheck.factory import Variant, build, make_inputs
-from parity_tests.test_exercises import plant
+from parity_tests.copies import planted_copy
 
 PRE = Variant("pre", {"normalization": "pre"})  # ln_final, learned positions, logits, gelu_new
 
@@ -46,7 +44,7 @@ PLANTED = [
 ]
 
 
-def twins(package, variant=PRE, seed=0):
+def copy_and_twin(package, variant=PRE, seed=0):
     """The copy's Transformer with random weights, the torch twin with the same, and tokens."""
     cfg = variant.config(package)
     model = build(package, "Transformer", cfg, seed)
@@ -57,16 +55,14 @@ def twins(package, variant=PRE, seed=0):
 
 
 def planted_package(solved, tmp_path, file, old, new):
-    shutil.copytree(solved / "numpy_impl", tmp_path / "numpy_impl")
-    plant(tmp_path / "numpy_impl", file, old, new)
-    return load_package(tmp_path)
+    return load_package(planted_copy(solved, tmp_path, file, old, new))
 
 
 @pytest.mark.parametrize("component, file, old, new, expected", PLANTED, ids=[p[0] for p in PLANTED])
 def test_a_planted_mistake_is_found_at_its_hook(solved, tmp_path, component, file, old, new, expected):
     package = planted_package(solved, tmp_path, file, old, new)
     try:
-        model, twin, tokens = twins(package)
+        model, twin, tokens = copy_and_twin(package)
         parting = first_divergence(model, twin, tokens, seed=3)
     finally:
         unload_package(package)
@@ -93,7 +89,7 @@ def test_a_planted_forward_difference_is_found_by_the_forward_walk(solved, tmp_p
                               "scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)",
                               "scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_model)")
     try:
-        model, twin, tokens = twins(package)
+        model, twin, tokens = copy_and_twin(package)
         parting = first_divergence(model, twin, tokens)
     finally:
         unload_package(package)
@@ -134,7 +130,7 @@ def test_a_backward_that_raises_is_reported_with_what_it_reached(solved, tmp_pat
     package = planted_package(solved, tmp_path, "layernorm.py", "dx = dcentered + dmean / d_model",
                               "raise RuntimeError('not yet')")
     try:
-        model, twin, tokens = twins(package)
+        model, twin, tokens = copy_and_twin(package)
         parting = walk_backward(model, twin, tokens)
     finally:
         unload_package(package)
@@ -148,8 +144,7 @@ def test_a_backward_that_raises_is_reported_with_what_it_reached(solved, tmp_pat
 def test_the_checker_prints_where_a_wrong_model_parts(solved, tmp_path, capsys):
     from tours.exercises import run as run_exercises
 
-    shutil.copytree(solved / "numpy_impl", tmp_path / "numpy_impl")
-    plant(tmp_path / "numpy_impl", "layernorm.py", "dx = dcentered + dmean / d_model", "dx = dcentered")
+    planted_copy(solved, tmp_path, "layernorm.py", "dx = dcentered + dmean / d_model", "dx = dcentered")
 
     class Args:
         action, dir, component, sample, seed, time_limit = "check", str(tmp_path), "model", 3, 0, None

@@ -11,7 +11,7 @@ import pytest
 
 from exercises.check import check
 from exercises.generate import PROJECT, REFERENCE_DIR
-from parity_tests.test_exercises import planted_copy
+from parity_tests.copies import planted_copy
 
 SAMPLE = 1
 DX = 'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]'

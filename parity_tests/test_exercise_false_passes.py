@@ -12,7 +12,7 @@ differ, so a constant factor names the one size that explains it.
 import pytest
 
 from exercises.check import check
-from parity_tests.test_exercises import planted_copy
+from parity_tests.copies import planted_copy
 
 SAMPLE = 1
 LOSS_ONE_HOT = (

@@ -16,7 +16,7 @@ from exercises.catalog import EXERCISES
 from exercises.generate import REFERENCE_DIR
 from exercises.notebook import write_body, write_notebook
 from exercises.steps import find_marked_bodies
-from parity_tests.test_exercises import outside
+from parity_tests.copies import outside
 
 MISSING = [name for name in ("nbformat", "nbclient", "ipykernel") if importlib.util.find_spec(name) is None]
 needs_jupyter = pytest.mark.skipif(bool(MISSING), reason=f"running a notebook needs {', '.join(MISSING)} "
@@ -136,3 +136,38 @@ def test_a_solved_notebook_reaches_all_done(tmp_path):
     for key in KEYS:
         assert re.search(rf"\b{re.escape(key)} +done", outputs[f'check("{key}")']), outputs[f'check("{key}")']
     assert "13 of 13 checked done" in outputs["check()"] and re.search(r"all together +done", outputs["check()"])
+
+
+def test_each_exercise_shows_its_own_formula(tmp_path):
+    """The positional exercise is the learned table: its formula is W_pos's, not the sinusoids'."""
+    import json
+
+    path, _ = write_notebook(tmp_path)
+    cells = {cell["id"]: cell["source"] for cell in json.loads(path.read_text())["cells"]}
+    positional = cells["md-positional"].split("What to write")[0]
+    assert "W_pos[p]" in positional and "sin(" not in positional, positional
+    assert "W_E[tokens[b, p]]" in cells["md-embedding"]
+
+
+def test_a_cell_that_does_not_compile_is_not_written_and_says_its_line(tmp_path):
+    from exercises.notebook import CellError
+
+    write_notebook(tmp_path)
+    target = tmp_path / "numpy_impl" / "unembed.py"
+    before = target.read_text()
+    body = "\nx = self.cache\nself.W_U.grad += (dlogits\ndx = 0\n"
+    with pytest.raises(CellError, match=r"at line (3|4|5) of the cell.*unembed.py keeps its last version"):
+        write_body("unembed", body, tmp_path)
+    assert target.read_text() == before, "a body that does not compile never reaches the copy"
+
+
+def test_the_checkers_lines_are_said_as_the_cells(tmp_path):
+    from exercises.check import check, format_results
+    from exercises.notebook import in_cell_lines
+
+    write_notebook(tmp_path)
+    body = reference_bodies()["unembed"].replace("dlogits.sum(axis=(0, 1))", "dlogits.sum(axis=0)")
+    write_body("unembed", "\n" + body, tmp_path)
+    text = in_cell_lines(format_results(check(tmp_path, keys=["unembed"]), tmp_path), tmp_path)
+    line = next(n for n, text_line in enumerate(("\n" + body).splitlines(), 2) if "axis=0" in text_line)
+    assert f"(cell %%backward unembed, line {line})" in text, text

@@ -5,11 +5,10 @@ with the reference's bodies put back must check "done" everywhere; planted mista
 reported "wrong" at the right exercise and tensor, and nowhere else; outside the marked backward
 bodies the copy must be the reference line for line, and its forward passes must give the
 reference's outputs. The tests put bodies back and plant mistakes with their own text surgery
-(``marked_regions`` below), not with the generator's helpers.
+(``parity_tests/copies.py``), not with the generator's helpers.
 """
 
 import importlib.util
-import shutil
 import sys
 
 import numpy as np
@@ -17,59 +16,14 @@ import pytest
 
 import numpy_impl as npi
 from exercises.catalog import EXERCISES, STEP_KEYS
-from gradcheck.factory import build, make_inputs
 from exercises.check import check, format_results
 from exercises.generate import PROJECT, REFERENCE_DIR, find_marked_bodies, write_copy
+from gradcheck.factory import build, make_inputs
+from parity_tests.copies import BEGIN, END, copy_of, marked_regions, outside, plant
 from tours.exercises import run as run_exercises
 
-BEGIN, END = "# EXERCISE BEGIN", "# EXERCISE END"
 SAMPLE = 1  # finite-difference directions per tensor: the reference comparison already covers every entry
 KEYS = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
-
-
-def marked_regions(lines):
-    """[(begin, end)] line indices of each BEGIN ... END pair, markers included."""
-    regions, begin = [], None
-    for number, line in enumerate(lines):
-        if line.strip() == BEGIN:
-            begin = number
-        elif line.strip() == END:
-            regions.append((begin, number))
-    return regions
-
-
-def outside(lines):
-    """The lines outside every marked body (the markers themselves kept)."""
-    inside = set()
-    for begin, end in marked_regions(lines):
-        inside.update(range(begin + 1, end))
-    return [line for number, line in enumerate(lines) if number not in inside]
-
-
-def put_back_reference_bodies(package_dir):
-    """Replace each stub in the copy with the reference's body for the same file."""
-    for path in package_dir.glob("*.py"):
-        mine = path.read_text().splitlines(keepends=True)
-        reference = (REFERENCE_DIR / path.name).read_text().splitlines(keepends=True)
-        mine_regions, reference_regions = marked_regions(mine), marked_regions(reference)
-        assert len(mine_regions) == len(reference_regions), path.name
-        for (b, e), (rb, re_) in reversed(list(zip(mine_regions, reference_regions))):
-            mine[b : e + 1] = reference[rb : re_ + 1]
-        path.write_text("".join(mine))
-
-
-def plant(package_dir, file, old, new):
-    path = package_dir / file
-    text = path.read_text()
-    assert text.count(old) == 1, f"{file} no longer contains {old!r}; update the planted mistake"
-    path.write_text(text.replace(old, new))
-
-
-def planted_copy(solved, tmp_path, file, old, new):
-    """A copy of the solved exercises in tmp_path with one line of ``file`` replaced."""
-    shutil.copytree(solved / "numpy_impl", tmp_path / "numpy_impl")
-    plant(tmp_path / "numpy_impl", file, old, new)
-    return tmp_path
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +31,6 @@ def fresh(tmp_path_factory):
     directory = tmp_path_factory.mktemp("fresh")
     write_copy(directory)
     return directory
-
-
-def copy_of(solved, tmp_path):
-    shutil.copytree(solved / "numpy_impl", tmp_path / "numpy_impl")
-    return tmp_path
 
 
 def statuses(results):
@@ -164,9 +113,11 @@ def test_overwriting_a_gradient_instead_of_adding_is_wrong(solved, tmp_path):
 
 
 def test_a_copy_that_does_not_import_says_where(solved, tmp_path):
+    """A file without an exercise that does not compile stops everything (an exercise's file stops only its own:
+    test_exercise_round_two.py)."""
     directory = copy_of(solved, tmp_path)
-    plant(directory / "numpy_impl", "layernorm.py", "dx = dcentered + dmean / d_model", "dx = (dcentered")
-    with pytest.raises(ImportError, match=r"does not import.*layernorm\.py"):
+    plant(directory / "numpy_impl", "module.py", "class Parameter:", "class Parameter")
+    with pytest.raises(ImportError, match=r"does not import.*module\.py"):
         check(directory)
 
 
@@ -325,7 +276,7 @@ def test_bad_arguments(fresh, tmp_path):
         (f"class A:\n    def backward(self):\n        pass\n        {END}\n", "without a"),
         (f"class A:\n    def forward(self):\n        {BEGIN}\n        pass\n        {END}\n", "inside one backward"),
         (f"class A:\n    def backward(self):\n        {BEGIN}\n        {BEGIN}\n        pass\n        {END}\n", "inside another"),
-        (f"class A:\n    def backward(self):\n        # EXERCISE STEP a: x\n        pass\n", "outside an exercise"),
+        ("class A:\n    def backward(self):\n        # EXERCISE STEP a: x\n        pass\n", "outside an exercise"),
         (f"class A:\n    def backward(self):\n        {BEGIN}\n        x = 1\n        # EXERCISE STEP a: x\n"
          f"        pass\n        {END}\n        return x\n", "every line belongs to a step"),
     ],

@@ -44,6 +44,7 @@ def test_text_prompt(folder, tmp_path, capsys):
         assert str(out / name) in printed
 
 
+@pytest.mark.slow  # the same command as test_text_prompt, given ids instead of text
 def test_token_ids_without_a_tokenizer(folder, tmp_path, capsys):
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -56,8 +57,10 @@ def test_token_ids_without_a_tokenizer(folder, tmp_path, capsys):
     assert new_ids(printed, "NumPy") == new_ids(printed, "torch")
     demo.main(["gpt2", "--model", str(bare), "--out", str(tmp_path / "out")])  # default: random ids, repeated
     printed = capsys.readouterr().out
-    ids = np.array(json.loads(printed.split("tokens (1, 14): ")[1].splitlines()[0]))  # 7 ids twice: 14 + 10 = n_ctx
-    assert np.array_equal(ids[:7], ids[7:]) and ids.max() < D_VOCAB
+    # 8 ids twice (n_ctx 24 keeps a quarter, 6, for new tokens), then the 8 new tokens n_ctx leaves room for
+    ids = np.array(json.loads(printed.split("tokens (1, 16): ")[1].splitlines()[0]))
+    assert np.array_equal(ids[:8], ids[8:]) and ids.max() < D_VOCAB
+    assert "Greedy generation: 8 new tokens from each twin" in printed
 
 
 BAD = {

@@ -33,9 +33,10 @@ def test_the_twin_moved_to_the_gpu_runs_hooks_caches_and_generates_as_on_the_cpu
     import torch_impl as pti
     from foundation.contract.agreement import rel_err
     from gradcheck.factory import randomize_parameters
+    from parity_tests.helpers import make_cfg
 
     use_device("cuda")
-    cfg = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, d_mlp=16, n_layers=2, n_ctx=6, dtype="float64")
+    cfg = make_cfg(d_mlp=16)
     model = randomize_parameters(npi.Transformer(cfg, seed=0), 1)
     twin = pti.Transformer.from_twin(model).to("cuda")
     assert twin.device.type == "cuda"

@@ -9,21 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import numpy_impl as npi
-import torch_impl as pti
 from numpy_impl import hook_name
-from parity_tests.helpers import TOL, parametrize_pairwise, randomize, rel_err, to_numpy
-from parity_tests.interp_helpers import twin_of
+from parity_tests.helpers import CFG, TOL, make_cfg, parametrize_pairwise, rel_err, to_numpy, twins
 
 B, P = 3, 6
+BASE = dict(d_head=5, d_mlp=16)  # make_cfg's changes for these tests
 
 
-def make_pair(dtype="float64", **overrides):
-    fields = dict(d_vocab=11, d_model=12, n_heads=3, d_head=5, d_mlp=16, n_layers=2, n_ctx=P, dtype=dtype)
-    fields.update(overrides)
-    model = npi.Transformer(npi.TransformerConfig(**fields), seed=0)
-    randomize(model, 1)
-    return model, twin_of(model)
 
 
 def expected_hooks(cfg):
@@ -84,7 +76,7 @@ def parity(name, a, b, dtype):
 @parametrize_pairwise(norm=["pre", "post", None], attn_only=[False, True], positional=["learned", "sinusoidal"],
                       causal=[True, False], dtype=["float64", "float32"])
 def test_every_hook_cached_with_equal_activations_and_gradients(norm, attn_only, positional, causal, dtype):
-    model, twin = make_pair(dtype, normalization=norm, attn_only=attn_only, positional=positional, causal=causal)
+    model, twin = twins(make_cfg(BASE, dtype=dtype, normalization=norm, attn_only=attn_only, positional=positional, causal=causal), seed=1)
     rng = np.random.default_rng(5)
     tokens = rng.integers(0, 11, (B, P))
     dout = rng.standard_normal((B, P, 11)).astype(dtype)  # random upstream gradient
@@ -110,7 +102,7 @@ def test_every_hook_cached_with_equal_activations_and_gradients(norm, attn_only,
 
 def test_default_gradient_is_the_next_token_loss():
     """incl_bwd without dout differentiates the mean next-token cross-entropy, as torch computes it."""
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(BASE), seed=1)
     tokens = np.random.default_rng(0).integers(0, 11, (B, P))
     _, cache = model.run_with_cache(tokens, incl_bwd=True)
     twin.zero_grad()
@@ -124,7 +116,7 @@ def test_default_gradient_is_the_next_token_loss():
 
 
 def test_short_names_reach_the_same_entries():
-    model, _ = make_pair()
+    model, _ = twins(make_cfg(BASE), seed=1)
     _, cache = model.run_with_cache(np.zeros((1, 4), dtype=np.int64), incl_bwd=True)
     same = {
         ("pattern", 1): "blocks.1.attn.hook_pattern",
@@ -148,7 +140,7 @@ def test_short_names_reach_the_same_entries():
 
 
 def test_names_filter():
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(BASE), seed=1)
     tokens = np.zeros((1, 4), dtype=np.int64)
     for m in (model, twin):
         # an alias brings its point's own name along, as TransformerLens 4's bridge caches it
@@ -163,7 +155,7 @@ def test_names_filter():
 
 
 def test_run_with_hooks_replaces_and_removes():
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(BASE), seed=1)
     tokens = np.random.default_rng(1).integers(0, 11, (2, P))
     for m, tok in ((model, tokens), (twin, torch.from_numpy(tokens))):
         clean = to_numpy(m(tok))
@@ -208,7 +200,7 @@ def test_edited_activation_changes_the_backward_alike_in_both():
     gradient; nothing reaches head 1's v, pattern or W_V (they only feed the ablated z); and the
     NumPy parameter gradients match central finite differences of the hooked model's loss.
     """
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(BASE), seed=1)
     rng = np.random.default_rng(2)
     tokens = rng.integers(0, 11, (B, P))
     dout = rng.standard_normal((B, P, 11))
@@ -281,7 +273,7 @@ def set_scale(x, hook):
 def test_constant_edits_give_the_true_gradient_of_the_edited_model(hook_point, fn, param_name):
     """Overwriting entries with constants: the rule is then exact calculus, so the NumPy gradient
     matches finite differences of the hooked model, and the twin matches the NumPy gradient."""
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(BASE), seed=1)
     rng = np.random.default_rng(8)
     tokens = rng.integers(0, 11, (B, P))
     dout = rng.standard_normal((B, P, 11))
@@ -298,7 +290,7 @@ def test_constant_edits_give_the_true_gradient_of_the_edited_model(hook_point, f
 def test_hook_that_depends_on_its_input_is_cut_in_both():
     """A hook returning 2 * pattern changes every unmasked entry: all are constants to the
     backward in both twins (autograd alone would pass 2 * the gradient)."""
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(BASE), seed=1)
     tokens = np.random.default_rng(3).integers(0, 11, (B, P))
     dout = np.random.default_rng(4).standard_normal((B, P, 11))
     hooks = [("blocks.1.attn.hook_pattern", lambda x, hook: 2 * x)]
@@ -315,7 +307,7 @@ def test_hook_that_depends_on_its_input_is_cut_in_both():
 
 def test_backward_hooks_edit_the_gradient_alike():
     """A backward hook that halves the gradient at resid_mid of layer 1 halves what reaches layer 0."""
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(BASE), seed=1)
     tokens = np.random.default_rng(6).integers(0, 11, (B, P))
     dout = np.random.default_rng(7).standard_normal((B, P, 11))
     grads = {}
@@ -329,7 +321,7 @@ def test_backward_hooks_edit_the_gradient_alike():
 
 
 def test_bad_input_is_named():
-    model, twin = make_pair()
+    model, twin = twins(make_cfg(BASE), seed=1)
     tokens = np.zeros((1, 4), dtype=np.int64)
     for m in (model, twin):
         with pytest.raises(ValueError, match="fwd_hooks"):
@@ -360,10 +352,10 @@ def test_bad_input_is_named():
             cache["scale", 0]
         with pytest.raises(TypeError):
             cache[3]
-    encoder, _ = make_pair(unembed=False, causal=False)
+    encoder, _ = twins(make_cfg(BASE, unembed=False, causal=False), seed=1)
     with pytest.raises(ValueError, match="dout"):
         encoder.run_with_cache(tokens, incl_bwd=True)
-    attn_only, _ = make_pair(attn_only=True)
+    attn_only, _ = twins(make_cfg(BASE, attn_only=True), seed=1)
     _, cache = attn_only.run_with_cache(tokens)
     with pytest.raises(ValueError, match="no such hook"):
         cache["resid_mid", 0]
@@ -372,10 +364,7 @@ def test_bad_input_is_named():
 def test_backward_hooks_get_a_copy():
     """A backward hook that zeroes its gradient in place acts exactly like one that returns zeros,
     in both twins: the residual path, which shares the array, is not wiped with it."""
-    cfg = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, n_layers=2, n_ctx=6)
-    model = npi.Transformer(cfg, seed=0)
-    randomize(model, 1)
-    twin = pti.Transformer.from_twin(model)
+    model, twin = twins(CFG, seed=1)
     tokens = np.random.default_rng(2).integers(0, 11, (2, 6))
     dout = np.random.default_rng(3).standard_normal((2, 6, 11))
 

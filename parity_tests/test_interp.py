@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from interp import (
+    all_head_scores,
     composition_score,
     composition_scores,
     copying_score,
@@ -17,25 +18,39 @@ from interp import (
     direct_logit_attribution,
     full_ov_circuit,
     head_ablation,
+    induction_scores,
     logit_lens,
     patch_heads,
     patch_positions,
+    pattern_scores,
     positional_qk_circuit,
+    previous_token_scores,
+    repeated_random_tokens,
 )
+from interp.common import run_cache
 from interp.handmade import bos_repeated_tokens
-from parity_tests.helpers import rel_err
-from parity_tests.interp_helpers import handmade_pair, random_pair, twin_of
+from interp.scores import (
+    duplicate_token_targets,
+    induction_targets,
+    previous_token_targets,
+)
+from parity_tests.helpers import (
+    INTERP,
+    handmade_pair,
+    make_cfg,
+    max_abs_diff,
+    rel_err,
+    tokens_for,
+    twin_of,
+    twins,
+)
 
 PARITY_TOL = 1e-12
 
 
-def tokens_for(model, batch=3, pos=8, seed=0):
-    return np.random.default_rng(seed).integers(0, model.cfg.d_vocab, (batch, pos))
-
-
 def with_dead_head(layer, head, **overrides):
     """A random pair whose head (layer, head) has W_O = 0: it writes nothing."""
-    model, _ = random_pair(**overrides)
+    model, _ = twins(make_cfg(INTERP, **overrides), seed=1)
     model.blocks[layer].attn.W_O.data[head] = 0.0
     return model, twin_of(model)
 
@@ -50,8 +65,8 @@ def layer_norm(x, w, b):
 
 @pytest.mark.parametrize("norm", ["pre", "post", None])
 def test_logit_lens(norm):
-    model, twin = random_pair(normalization=norm)
-    tokens = tokens_for(model)
+    model, twin = twins(make_cfg(INTERP, normalization=norm), seed=1)
+    tokens = tokens_for(model.cfg, 3, 8, seed=0)
     lens, lens_t = logit_lens(model, tokens), logit_lens(twin, tokens)
     assert lens.logits.shape == (3, 3, 8, 13) and lens.labels == ["embed", "after L0", "after L1"]
     assert rel_err(lens.logits, lens_t.logits) <= PARITY_TOL
@@ -84,8 +99,8 @@ def test_logit_lens_on_the_handmade_circuit():
 
 @pytest.mark.parametrize("overrides", [{}, {"normalization": None}, {"attn_only": True}, {"positional": "sinusoidal"}])
 def test_direct_logit_attribution_parity_and_sum(overrides):
-    model, twin = random_pair(**overrides)
-    tokens = tokens_for(model)
+    model, twin = twins(make_cfg(INTERP, **overrides), seed=1)
+    tokens = tokens_for(model.cfg, 3, 8, seed=0)
     for kwargs in ({}, {"answer": [1, 2, 3], "wrong": 4}):
         ours, theirs = direct_logit_attribution(model, tokens, **kwargs), direct_logit_attribution(twin, tokens, **kwargs)
         assert ours.component_labels == theirs.component_labels
@@ -110,7 +125,7 @@ def test_direct_logit_attribution_parity_and_sum(overrides):
 def test_attribution_of_a_dead_head_is_zero_and_the_circuit_is_all_L1H0():
     model, twin = with_dead_head(1, 2)
     for source in (model, twin):
-        assert direct_logit_attribution(source, tokens_for(model)).heads[1, 2] == 0.0
+        assert direct_logit_attribution(source, tokens_for(model.cfg, 3, 8, seed=0)).heads[1, 2] == 0.0
     handmade, _ = handmade_pair()
     result = direct_logit_attribution(handmade, bos_repeated_tokens())
     # only L1H0 writes into the answer block that W_U reads: 10 per induction position, 5 of 12 positions
@@ -119,14 +134,14 @@ def test_attribution_of_a_dead_head_is_zero_and_the_circuit_is_all_L1H0():
 
 
 def test_attribution_rejects_post_norm_and_bad_answers():
-    model, _ = random_pair(normalization="post")
+    model, _ = twins(make_cfg(INTERP, normalization="post"), seed=1)
     with pytest.raises(ValueError, match="normalization"):
-        direct_logit_attribution(model, tokens_for(model))
-    model, _ = random_pair()
+        direct_logit_attribution(model, tokens_for(model.cfg, 3, 8, seed=0))
+    model, _ = twins(make_cfg(INTERP), seed=1)
     with pytest.raises(ValueError, match="answer"):
-        direct_logit_attribution(model, tokens_for(model), answer=[1, 2])
+        direct_logit_attribution(model, tokens_for(model.cfg, 3, 8, seed=0), answer=[1, 2])
     with pytest.raises(ValueError, match="wrong"):
-        direct_logit_attribution(model, tokens_for(model), answer=1, wrong=99)
+        direct_logit_attribution(model, tokens_for(model.cfg, 3, 8, seed=0), answer=1, wrong=99)
 
 
 # ---------------------------------------------------------------------------------- ablation
@@ -135,7 +150,7 @@ def test_attribution_rejects_post_norm_and_bad_answers():
 @pytest.mark.parametrize("kind", ["zero", "mean"])
 def test_head_ablation_parity_and_dead_head(kind):
     model, twin = with_dead_head(0, 1)
-    tokens = tokens_for(model, batch=2, pos=6)
+    tokens = tokens_for(model.cfg, 2, 6, seed=0)
     ours, theirs = head_ablation(model, tokens, kind), head_ablation(twin, tokens, kind)
     assert ours.shape == (2, 3)
     assert np.abs(ours - theirs).max() <= PARITY_TOL
@@ -145,8 +160,8 @@ def test_head_ablation_parity_and_dead_head(kind):
 
 def test_zero_ablation_equals_deleting_the_head_from_the_weights():
     """Zeroing z_h through a hook is the same model as W_O[h] = 0; the loss here comes from torch."""
-    model, _ = random_pair()
-    tokens = tokens_for(model, batch=2, pos=6)
+    model, _ = twins(make_cfg(INTERP), seed=1)
+    tokens = tokens_for(model.cfg, 2, 6, seed=0)
     change = head_ablation(model, tokens, "zero")
 
     def torch_loss(m):
@@ -154,7 +169,7 @@ def test_zero_ablation_equals_deleting_the_head_from_the_weights():
         return float(torch.nn.functional.cross_entropy(logits.reshape(-1, 13), torch.from_numpy(tokens[:, 1:]).reshape(-1)))
 
     clean = torch_loss(twin_of(model))
-    edited, _ = random_pair()
+    edited, _ = twins(make_cfg(INTERP), seed=1)
     edited.blocks[1].attn.W_O.data[0] = 0.0
     assert abs(change[1, 0] - (torch_loss(twin_of(edited)) - clean)) <= 1e-12
 
@@ -189,8 +204,8 @@ def corrupt(tokens, position, seed=0):
 def test_patching_parity_and_layer_zero_known_answer():
     """Layer 0's resid_pre is the embeddings: patching the corrupted position restores the clean
     run exactly (1) and patching any other position changes nothing (0)."""
-    model, twin = random_pair()
-    clean = tokens_for(model, batch=2, pos=6, seed=1)
+    model, twin = twins(make_cfg(INTERP), seed=1)
+    clean = tokens_for(model.cfg, 2, 6, seed=1)
     corrupted = clean.copy()
     corrupted[:, 2] = (clean[:, 2] + 5) % 13
     answer, wrong = clean[:, 0], (clean[:, 0] + 1) % 13
@@ -211,7 +226,7 @@ def test_patching_parity_and_layer_zero_known_answer():
 
 def test_patching_a_dead_head_restores_nothing_and_the_induction_head_everything():
     model, twin = with_dead_head(1, 1)
-    clean = tokens_for(model, batch=2, pos=6, seed=2)
+    clean = tokens_for(model.cfg, 2, 6, seed=2)
     corrupted = clean.copy()
     corrupted[:, 1] = (clean[:, 1] + 3) % 13
     assert patch_heads(model, clean, corrupted, 0, 1)[1, 1] == 0.0
@@ -226,8 +241,8 @@ def test_patching_a_dead_head_restores_nothing_and_the_induction_head_everything
 
 
 def test_patching_rejects_bad_input():
-    model, _ = random_pair()
-    clean = tokens_for(model, batch=2, pos=6)
+    model, _ = twins(make_cfg(INTERP), seed=1)
+    clean = tokens_for(model.cfg, 2, 6, seed=0)
     with pytest.raises(ValueError, match="same shape"):
         patch_heads(model, clean, clean[:, :5], 0, 1)
     with pytest.raises(ValueError, match="nothing to restore"):
@@ -242,7 +257,7 @@ def test_patching_rejects_bad_input():
 
 
 def test_circuits_parity():
-    model, twin = random_pair()
+    model, twin = twins(make_cfg(INTERP), seed=1)
     assert rel_err(copying_scores(model), copying_scores(twin)) <= PARITY_TOL
     for kind in "qkv":
         assert rel_err(composition_scores(model, kind), composition_scores(twin, kind)) <= PARITY_TOL
@@ -273,7 +288,7 @@ def test_copying_and_composition_scores_of_known_matrices():
     assert copying_score(np.zeros((3, 3))) == 0.0
     assert abs(composition_score(np.eye(16), np.eye(16)) - 0.25) < 1e-15  # 1 / sqrt(16)
     assert composition_score(np.eye(4)[:, :2] @ np.eye(4)[:2], np.eye(4)[:, 2:] @ np.eye(4)[2:]) == 0.0
-    model, _ = random_pair()
+    model, _ = twins(make_cfg(INTERP), seed=1)
     with pytest.raises(ValueError, match="kind"):
         composition_scores(model, "x")
     with pytest.raises(ValueError, match="layer_from"):
@@ -287,9 +302,9 @@ def test_copying_and_composition_scores_of_known_matrices():
 def test_pre_norm_heads_and_b_O_make_the_attention_component():
     """Pre-norm: each piece is read through ln_final at the cached scale, (x - mean x) / scale * w, then W_U.
     The heads plus b_O's share, computed here by hand, must give each layer's attention component."""
-    model, _ = random_pair()
+    model, _ = twins(make_cfg(INTERP), seed=1)
     assert model.cfg.normalization == "pre"
-    tokens = tokens_for(model)
+    tokens = tokens_for(model.cfg, 3, 8, seed=0)
     sd = model.state_dict()
     _, cache = model.run_with_cache(tokens)
     scale = cache["ln_final.hook_scale"][:, :-1]  # [batch, pos - 1, 1]
@@ -301,3 +316,71 @@ def test_pre_norm_heads_and_b_O_make_the_attention_component():
         b_O_effect = np.einsum("bpm,mbp->bp", read, u).mean()
         attn = ours.components[ours.component_labels.index(f"{layer}_attn_out")]
         assert abs(ours.heads[layer].sum() + b_O_effect - attn) <= 1e-12 * max(1, abs(attn))
+
+
+# ================================================================ head scores: equal from both twins, right on known heads
+
+
+def test_scores_equal_from_both_twins():
+    model, twin = twins(make_cfg(INTERP), seed=1)
+    tokens = repeated_random_tokens(model.cfg.d_vocab, 5, batch=4, seed=3)
+    ours, theirs = all_head_scores(model, tokens), all_head_scores(twin, tokens)
+    for kind in ours:
+        assert ours[kind].shape == (2, 3)
+        assert max_abs_diff(ours[kind], theirs[kind]) <= PARITY_TOL, kind
+
+
+def test_scores_from_a_cache_match_scores_from_the_model():
+    model, twin = twins(make_cfg(INTERP), seed=1)
+    tokens = repeated_random_tokens(model.cfg.d_vocab, 5, batch=2, seed=4)
+    _, cache = twin.run_with_cache(tokens)
+    assert max_abs_diff(induction_scores(cache), induction_scores(model, tokens)) <= PARITY_TOL
+
+
+def test_handmade_heads_score_one():
+    """L0H0 is a previous-token head, L1H0 an induction head, L1H1 a duplicate-token head (interp.handmade)."""
+    model, twin = handmade_pair()
+    tokens = bos_repeated_tokens(batch=4)
+    for source in (model, twin):
+        scores = all_head_scores(source, tokens)
+        assert abs(scores["previous_token"][0, 0] - 1) < 1e-9
+        assert abs(scores["induction"][1, 0] - 1) < 1e-9
+        assert abs(scores["duplicate_token"][1, 1] - 1) < 1e-9
+        # the other heads of each kind are far from it
+        assert scores["induction"][0].max() < 0.2 and scores["induction"][1, 1] < 1e-9
+        assert scores["previous_token"][1].max() < 0.2
+
+
+def test_uniform_head_scores_are_the_harmonic_mean():
+    """L0H1 has W_Q = W_K = 0: query q spreads 1/(q+1) over keys 0..q, so its previous-token
+    score is mean over q = 1..P-1 of 1/(q+1)."""
+    model, _ = handmade_pair()
+    tokens = bos_repeated_tokens(batch=2)
+    pos = tokens.shape[1]
+    expected = np.mean([1 / (q + 1) for q in range(1, pos)])
+    assert abs(previous_token_scores(model, tokens)[0, 1] - expected) < 1e-12
+
+
+def test_targets_on_a_written_out_sequence():
+    tokens = np.array([[5, 1, 2, 5, 1]])  # duplicates: q3 -> k0, q4 -> k1; induction: q3 -> k1, q4 -> k2
+    dup, ind, prev = duplicate_token_targets(tokens)[0], induction_targets(tokens)[0], previous_token_targets(tokens)[0]
+    assert sorted(zip(*np.nonzero(dup))) == [(3, 0), (4, 1)]
+    assert sorted(zip(*np.nonzero(ind))) == [(3, 1), (4, 2)]
+    assert sorted(zip(*np.nonzero(prev))) == [(q, q - 1) for q in range(1, 5)]
+    # a pattern that puts 0.7 on the induction target of each query that has one
+    pattern = np.zeros((1, 1, 5, 5))
+    pattern[0, 0, 3, 1] = pattern[0, 0, 4, 2] = 0.7
+    assert abs(pattern_scores(pattern, induction_targets(tokens))[0] - 0.7) < 1e-15
+
+
+def test_scores_reject_bad_input():
+    model, _ = twins(make_cfg(INTERP), seed=1)
+    with pytest.raises(ValueError, match="kind"):
+        all_head_scores(model, kinds=("copying",))
+    with pytest.raises(TypeError, match="source"):
+        induction_scores("model")
+    with pytest.raises(ValueError, match="target"):
+        induction_scores(model, np.arange(6)[None])  # no token repeats: no induction target
+    _, cache = run_cache(model, np.zeros((1, 4), dtype=np.int64))
+    with pytest.raises(ValueError, match="tokens"):
+        induction_scores(cache, np.zeros((2, 4), dtype=np.int64))

@@ -1,6 +1,7 @@
 """The figures are written as readable PNGs, bad shapes are refused, and the walk-through runs."""
 
 import argparse
+import os
 
 import matplotlib.image
 import numpy as np
@@ -20,7 +21,13 @@ from interp import (
 )
 from interp.common import run_cache
 from interp.handmade import bos_repeated_tokens
-from parity_tests.interp_helpers import handmade_pair, random_pair
+from parity_tests.helpers import (
+    INTERP,
+    handmade_pair,
+    make_cfg,
+    parametrize_pairwise,
+    twins,
+)
 
 
 def assert_png(path, min_side=200):
@@ -31,7 +38,7 @@ def assert_png(path, min_side=200):
 
 @pytest.mark.slow  # ten figures; the walk-through below draws every kind of figure by default
 def test_every_plot_writes_a_png(tmp_path):
-    model, twin = random_pair()
+    model, twin = twins(make_cfg(INTERP), seed=1)
     tokens = np.random.default_rng(0).integers(0, 13, (2, 8))
     _, cache = twin.run_with_cache(tokens)  # a torch cache: converted at the boundary
     labels = [str(t) for t in tokens[0]]
@@ -70,9 +77,32 @@ def test_the_walk_through_on_the_handmade_model(tmp_path, capsys):
     tour.add_arguments(parser)
     tour.run(parser.parse_args(["--out", str(tmp_path), "--model", "handmade"]))
     text = capsys.readouterr().out
-    assert "induction        best L1H0 = 1.00" in text
-    assert "per head: L1H0 restores the most (1.00)" in text
+    assert "layer 1, head 0 is a clear induction head (score 1.00; 1 = always)" in text
+    assert "per head: layer 1, head 0 restores the most (1.00)" in text
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert len(pngs) == 15, pngs
     for name in pngs:
         assert_png(tmp_path / name, min_side=150)
+
+
+def _plot_head(path):
+    from interp.plots import plot_attention_head
+    return plot_attention_head(np.tril(np.full((3, 3), 1 / 3)), path)
+
+
+def _plot_scores(path):
+    from interp.plots import plot_head_scores
+    return plot_head_scores(np.random.default_rng(0).uniform(size=(2, 3)), path)
+
+
+@parametrize_pairwise(plot=["attention head", "head scores"], name=["figure", "figure.png", "run.v2/figure", "figure.svg"],
+                      as_path=[False, True])
+def test_a_plot_returns_the_path_it_wrote(tmp_path, plot, name, as_path):
+    plot = {"attention head": _plot_head, "head scores": _plot_scores}[plot]
+    given = tmp_path / name if as_path else str(tmp_path / name)
+    written = plot(given)
+    assert os.path.isfile(written), f"returned {written!r}, which is not a file"
+    assert isinstance(written, type(given))
+    assert os.path.splitext(os.fspath(written))[1] in (".png", ".svg")
+    files = [os.path.join(folder, f) for folder, _, names in os.walk(tmp_path) for f in names]
+    assert files == [os.fspath(written)]

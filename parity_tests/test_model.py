@@ -14,9 +14,16 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import assert_close, compare_grads, pairwise_then_slow, randomize
+from parity_tests.helpers import (
+    FIELDS,
+    assert_close,
+    compare_grads,
+    make_cfg,
+    pairwise_then_slow,
+    randomize,
+)
 
-N_CTX = 6
+N_CTX = FIELDS["n_ctx"]
 # act_fn does not matter without an MLP, so attn_only runs with relu alone
 CONFIGS = [
     combo
@@ -45,11 +52,8 @@ CASES = [(combo, dtype) for dtype in ("float64", "float32") for combo in CONFIGS
                                                            options=lambda case: (*case[0], case[1])))
 def test_model_parity(combo, dtype, tmp_path):
     norm, positional, causal, attn_only, act_fn, unembed = combo
-    cfg = npi.TransformerConfig(
-        d_vocab=11, d_model=12, n_heads=3, d_mlp=16, n_layers=2, n_ctx=N_CTX,
-        normalization=norm, positional=positional, causal=causal, attn_only=attn_only,
-        act_fn=act_fn, unembed=unembed, dtype=dtype,
-    )
+    cfg = make_cfg(d_mlp=16, normalization=norm, positional=positional, causal=causal, attn_only=attn_only,
+                   act_fn=act_fn, unembed=unembed, dtype=dtype)
     model = npi.Transformer(cfg, seed=0)
     randomize(model, 1)
     # the weights travel NumPy -> file -> torch, as a user would move them
@@ -71,7 +75,7 @@ def test_model_parity(combo, dtype, tmp_path):
 
 def test_state_dict_names_and_shapes_match_design():
     """Keys and shapes are TransformerLens's, identical in both twins; fixed tensors are not saved."""
-    cfg = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, d_head=5, d_mlp=16, n_layers=2, n_ctx=N_CTX)
+    cfg = make_cfg(d_head=5, d_mlp=16)
     expected = {
         "embed.W_E": (11, 12), "pos_embed.W_pos": (N_CTX, 12),
         "ln_final.w": (12,), "ln_final.b": (12,), "unembed.W_U": (12, 11), "unembed.b_U": (11,),
@@ -90,15 +94,14 @@ def test_state_dict_names_and_shapes_match_design():
     torch_shapes = {k: tuple(v.shape) for k, v in pti.Transformer(cfg).state_dict().items()}
     assert np_shapes == expected
     assert torch_shapes == expected
-    sinusoidal = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, n_layers=1, n_ctx=N_CTX,
-                                       positional="sinusoidal", normalization="post", unembed=False)
+    sinusoidal = make_cfg(n_layers=1, positional="sinusoidal", normalization="post", unembed=False)
     for model in (npi.Transformer(sinusoidal), pti.Transformer(sinusoidal)):
         keys = set(model.state_dict())
         assert not any(k.startswith(("pos_embed", "ln_final", "unembed")) or "mask" in k for k in keys), keys
 
 
 def test_model_accepts_lists_and_is_callable():
-    cfg = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, n_layers=1, n_ctx=N_CTX)
+    cfg = make_cfg(n_layers=1)
     model = npi.Transformer(cfg)
     twin = pti.Transformer.from_twin(model)
     out = model([[1, 2, 3]])
@@ -109,10 +112,10 @@ def test_model_accepts_lists_and_is_callable():
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_dtype_is_kept_everywhere(dtype):
     """A float32 model computes in float32 end to end: output, every gradient, every intermediate."""
-    cfg = npi.TransformerConfig(d_vocab=11, d_model=12, n_heads=3, n_layers=2, n_ctx=N_CTX, act_fn="gelu_new", dtype=dtype)
+    cfg = make_cfg(act_fn="gelu_new", dtype=dtype)
     model = npi.Transformer(cfg)
     seen = []
-    for name, module in model.named_modules():
+    for _name, module in model.named_modules():
         if isinstance(module, npi.HookPoint):
             module.add_hook(lambda x, hook: seen.append((hook.name, x.dtype)))
             module.add_hook(lambda dx, hook: seen.append((hook.name + "_grad", dx.dtype)), dir="bwd")

@@ -15,8 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+import numpy_impl as npi
 from numpy_impl.module import Parameter
 from numpy_impl.optim import SGD, Adam, AdamW, LambdaLR, clip_grad_norm, warmup_then
+from parity_tests.helpers import (
+    outcome,
+    rel_err,
+)
 
 TOL = 1e-12
 STEPS = 25
@@ -130,7 +135,7 @@ def test_schedule_matches_torch_lambda_lr(warmup, total, decay, final):
     numpy_sched = LambdaLR(numpy_opt, factor)
     torch_sched = torch.optim.lr_scheduler.LambdaLR(torch_opt, factor)
     lrs = []
-    for step in range(50):
+    for _ in range(50):
         assert abs(numpy_opt.lr - torch_opt.param_groups[0]["lr"]) <= 1e-15
         lrs.append(numpy_opt.lr)
         torch_opt.step()  # torch warns if the scheduler steps before the optimiser
@@ -173,3 +178,78 @@ def test_bad_input_names_the_argument(build, message):
     numpy_params, _ = make_twins(seed=9)
     with pytest.raises((ValueError, TypeError), match=message):
         build(numpy_params)
+
+
+# ---------------------------------------------------------------- bad arguments, and gradients at the dtype's edges
+
+
+def params():
+    return [npi.Parameter(np.zeros(3))]
+
+
+OPTIMIZER_BAD = {
+    "Adam eps=0": lambda: Adam(params(), eps=0.0),
+    "AdamW eps=0": lambda: AdamW(params(), eps=0),
+    "Adam eps<0": lambda: Adam(params(), eps=-1e-8),
+    "Adam eps=nan": lambda: Adam(params(), eps=float("nan")),
+    "Adam lr=nan": lambda: Adam(params(), lr=float("nan")),
+    "Adam lr=inf": lambda: Adam(params(), lr=float("inf")),
+    "Adam lr=-1": lambda: Adam(params(), lr=-1.0),
+    "Adam lr as str": lambda: Adam(params(), lr="0.1"),
+    "Adam lr as array": lambda: Adam(params(), lr=np.array([0.1])),
+    "Adam betas=1": lambda: Adam(params(), betas=(0.9, 1.0)),
+    "Adam betas as str": lambda: Adam(params(), betas="ab"),
+    "Adam betas three": lambda: Adam(params(), betas=(0.9, 0.99, 0.9)),
+    "Adam weight_decay=-1": lambda: Adam(params(), weight_decay=-1),
+    "SGD momentum=1": lambda: SGD(params(), lr=0.1, momentum=1.0),
+    "SGD momentum=nan": lambda: SGD(params(), lr=0.1, momentum=float("nan")),
+    "SGD no params": lambda: SGD([], lr=0.1),
+    "SGD params a dict": lambda: SGD({"a": 1}, lr=0.1),
+    "SGD params an array": lambda: SGD(np.zeros(3), lr=0.1),
+    "SGD lr bool": lambda: SGD(params(), lr=True),
+    "clip max_norm=0": lambda: clip_grad_norm(params(), 0.0),
+    "clip max_norm=nan": lambda: clip_grad_norm(params(), float("nan")),
+    "clip max_norm str": lambda: clip_grad_norm(params(), "1"),
+    "LambdaLR lambda returns str": lambda: LambdaLR(SGD(params(), lr=0.1), lambda step: "x"),
+    "LambdaLR lambda returns nan": lambda: LambdaLR(SGD(params(), lr=0.1), lambda step: float("nan")),
+    "LambdaLR lambda returns -1": lambda: LambdaLR(SGD(params(), lr=0.1), lambda step: -1.0),
+    "LambdaLR not callable": lambda: LambdaLR(SGD(params(), lr=0.1), 3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTIMIZER_BAD))
+def test_optimiser_arguments_of_the_wrong_kind(case):
+    kind, message = outcome(OPTIMIZER_BAD[case])
+    assert kind in ("TypeError", "ValueError"), (kind, message)
+
+
+def test_adam_with_a_zero_gradient_stays_finite():
+    p = npi.Parameter(np.ones(3))
+    optimizer = Adam([p], lr=0.1)
+    optimizer.step()
+    assert np.all(np.isfinite(p.data))
+
+
+@pytest.mark.parametrize("dtype,size", [("float64", 1e200), ("float64", 1e300), ("float32", 1e30),
+                                        ("float32", 1e37), ("float64", 1e-300)])
+def test_clip_grad_norm_of_huge_or_tiny_gradients(dtype, size):
+    params = [npi.Parameter(np.zeros((3, 4), dtype=dtype)), npi.Parameter(np.zeros(5, dtype=dtype))]
+    rng = np.random.default_rng(0)
+    for p in params:
+        p.grad[...] = rng.standard_normal(p.shape) * size
+    directions = [p.grad.astype(np.float64) / size for p in params]
+    originals = [p.grad.copy() for p in params]
+    total = clip_grad_norm(params, max_norm=1.0)
+    true_norm = np.sqrt(sum((d**2).sum() for d in directions))
+    clipped = np.sqrt(sum((p.grad.astype(np.float64) ** 2).sum() for p in params))
+    for p in params:
+        assert np.all(np.isfinite(p.grad))
+    if size > 1:
+        assert abs(clipped - 1.0) < 1e-5
+        for p, d in zip(params, directions):  # the direction is kept
+            assert rel_err(p.grad / clipped, d / true_norm) < 1e-5
+    else:  # no clipping below max_norm
+        assert all(np.array_equal(p.grad, original) for p, original in zip(params, originals))
+    expected_total = true_norm * size
+    if np.isfinite(np.array(expected_total, dtype=np.float64)):
+        assert abs(total - expected_total) <= 1e-5 * expected_total

@@ -612,6 +612,35 @@ def test_on_a_narrow_screen_the_panes_stack_and_code_keeps_30_characters(browser
     assert found["page"] <= 420, f"the page is {found['page']} px wide at 420 px: it scrolls sideways"
 
 
+@pytest.mark.parametrize("width", [420, 1280])
+def test_no_shape_badge_covers_a_link_and_every_section_link_is_in_sight(browser, width):
+    """The hook table's shape badges stay in their column, and the sections bar shows every link
+    (at 420 px they wrap onto more rows instead of hiding in a strip that scrolls sideways)."""
+    _, tab, _ = browser
+    tab.set_viewport_size({"width": width, "height": 900})
+    try:
+        found = tab.evaluate("""() => {
+          const overlaps = (a, b) => a.right > b.left + 1 && a.left < b.right - 1 && a.bottom > b.top + 1
+              && a.top < b.bottom - 1;
+          let covered = 0;
+          for (const row of document.querySelectorAll("table.hooks tr")) {
+            const links = [...row.querySelectorAll("a")].map((a) => a.getBoundingClientRect());
+            for (const badge of row.querySelectorAll(".shape")) {
+              covered += links.filter((link) => overlaps(badge.getBoundingClientRect(), link)).length;
+            }
+          }
+          const bar = document.querySelector("nav.bar ol").getBoundingClientRect();
+          const links = [...document.querySelectorAll("nav.bar ol a")].map((a) => a.getBoundingClientRect());
+          const hidden = links.filter((a) => a.right > Math.min(bar.right, window.innerWidth) + 1 || a.left < bar.left - 1);
+          return {covered, hidden: hidden.length, links: links.length};
+        }""")
+    finally:
+        tab.set_viewport_size({"width": 1600, "height": 1120})
+    assert found["covered"] == 0, f"{found['covered']} shape badges cover a link in the hook table at {width} px"
+    assert found["links"] >= 10 and found["hidden"] == 0, (
+        f"{found['hidden']} of {found['links']} section links out of sight at {width} px")
+
+
 def luminance(color):
     r, g, b = (int(value) / 255 for value in re.findall(r"\d+", color)[:3])
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
@@ -733,3 +762,25 @@ def test_screenshots_light_and_dark(browser, tmp_path):
     if os.environ.get(SHOTS_ENV):
         for path in shots.values():
             shutil.copyfile(path, Path(os.environ[SHOTS_ENV]) / path.name)
+
+
+def test_the_learners_page_marks_where_their_gradient_first_parts(solved, tmp_path):
+    """read --exercises runs the checker: its verdict above the backward, a mark beside the line it points at."""
+    from exercises.check import check
+    from exercises.marks import page_marks
+    from parity_tests.copies import planted_copy
+    from reading import build_page
+
+    directory = planted_copy(solved, tmp_path, "attention.py", "(dprobs * probs).sum(axis=-1, keepdims=True)",
+                             "(dprobs * probs).sum(axis=-2, keepdims=True)")
+    marks = page_marks(check(directory, keys=["attention", "unembed"], together=False), directory)
+    attention = marks["MultiHeadAttention"]
+    assert attention["status"] == "wrong" and marks["Unembed"]["status"] == "done"
+    source = (directory / "numpy_impl" / "attention.py").read_text().splitlines()
+    (line, note), *_ = sorted(attention["lines"].items())
+    assert "self.hook_attn_scores.backward(" in source[line - 1] and "first parts from the reference" in note
+    text = build_page(read_sections(directory / "numpy_impl"), None, None, directory / "numpy_impl", marks)
+    assert "exercises check: wrong" in text and "exercises check: done" in text
+    before = text[: text.index("first parts from the reference")]
+    assert before[before.rindex('<span class="lnum">') :].startswith(f'<span class="lnum">{line}</span>'), \
+        "the mark stands beside that line"

@@ -164,11 +164,14 @@ def cell_classes(unit: Unit | None, side: str) -> str:
 class Page:
     """What every section needs: the hooks' full names, the run's numbers, and the ids handed out."""
 
-    def __init__(self, sections, hooks, measured=None, learner=None):
+    def __init__(self, sections, hooks, measured=None, learner=None, verdicts=None):
         self.sections = sections
         self.hooks = hooks
         self.measured = measured
         self.learner = learner  # the learner's numpy_impl folder, or None for the reference
+        # the checker's verdicts on a learner's copy (exercises/marks.py):
+        # {class: {"status", "words", "lines": {line: note}}}
+        self.verdicts = verdicts or {}
         self.ids: dict[int, str] = {}
         self.hook_names = {(hook.owner, hook.attribute): hook.names for hook in hooks}
 
@@ -311,7 +314,13 @@ class Page:
                     f"<code>python demo.py read --exercises {folder}</code> shows it here.</div></div>")
         if not part.steps:
             return ""
+        verdict = self.verdicts.get(part.name)
         out = [f'<div class="backward code">{head}']
+        if verdict is not None:
+            status = html.escape(verdict["status"])
+            out.append(f'<div class="verdict {slug(verdict["status"])}"><b>exercises check: {status}</b> '
+                       f'{html.escape(verdict["words"])}</div>')
+        marks = (verdict or {}).get("lines", {})
         for step in part.steps:
             targets = [f"{slug(section.stem)}-{slug(part.name)}-f{k}" for k in step.undoes]
             if step.undoes:
@@ -325,6 +334,8 @@ class Page:
                 tags, gaps = self.gradient_tags(section, part, unit) if unit.kind != "comment" else ([], [])
                 step_gaps += gaps
                 shapes = self.shapes("numpy", section, part, "backward", unit)
+                span = range(unit.first_line, unit.first_line + len(unit.lines))
+                tags += [f'<span class="parting">&#9664; {html.escape(marks[n])}</span>' for n in span if n in marks]
                 lines.append(render_lines(unit, shapes=shapes, tags="".join(tags)))
             attributes = f' data-undoes="{" ".join(targets)}" tabindex="0"' if targets else ""
             if step_gaps:
@@ -399,7 +410,9 @@ class Page:
         sentences = " and ".join(f"“{html.escape(s)}”" for s in m.sentences)
         problems = (f'<p class="problems">{len(m.problems)} shape comment(s) disagree with the run: '
                     + "; ".join(html.escape(p) for p in m.problems[:5]) + "</p>") if m.problems else ""
-        learner = ("Your backward passes are not run here: <code>python demo.py exercises check</code> marks them. "
+        learner = ("Your backward passes are not in this run: <code>python demo.py exercises check</code> "
+                   "marked them when the page was written, and its verdict stands above each backward, with "
+                   "the line where your gradient first parts from the reference marked &#9664;. "
                    if self.learner else "")
         return (
             '<div class="runinfo"><p><b>The numbers beside the lines</b> come from one run of both twins, made when this '
@@ -488,6 +501,9 @@ button.theme { font: inherit; font-size: 13px; color: var(--fg); background: var
 .legend { display: flex; gap: 8px 22px; flex-wrap: wrap; font-size: 14px; color: var(--muted); margin: 10px 0; }
 .runinfo, .learner { font-size: 14px; border-left: 3px solid var(--np); padding: 4px 12px; background: var(--panel); margin: 10px 0; }
 .learner { border-left-color: var(--torch); }
+.verdict { font-size: 13px; padding: 4px 12px; border-left: 3px solid var(--torch); margin: 4px 0; }
+.verdict.done { border-left-color: var(--np); }
+.parting { color: #c0392b; font-weight: 600; white-space: normal; }
 .problems { color: var(--bad); }
 .formula { margin: 10px 0 4px; padding: 6px 14px; background: var(--eqbg); border-left: 3px solid var(--eqborder);
            overflow-x: auto; }
@@ -554,7 +570,10 @@ mark.dx { background: var(--mark); border-radius: 2px; box-shadow: 0 0 0 1px var
 .stub .notyet { padding: 10px 12px; font-style: italic; color: var(--muted); border-bottom: 1px solid var(--line); }
 table.hooks { border-collapse: collapse; width: 100%; font-size: 14px; table-layout: fixed; }
 table.hooks col.names { width: 21%; } table.hooks col.shapecol { width: 15%; }
-table.hooks .shape, table.hooks td.names code { white-space: nowrap; }
+table.hooks td.names code { white-space: nowrap; }
+/* a long shape badge wraps inside its column (after a comma), never over the next column's links */
+table.hooks .shape { white-space: normal; max-width: 100%; box-sizing: border-box; }
+table.hooks td { overflow-wrap: anywhere; }
 table.hooks th, table.hooks td { text-align: left; vertical-align: top; padding: 5px 8px; border-bottom: 1px solid var(--line); }
 table.hooks td.names code { background: none; padding: 0; }
 table.hooks .owner { color: var(--muted); font-size: 12.5px; }
@@ -565,7 +584,9 @@ footer { margin-top: 40px; padding-bottom: 48px; color: var(--muted); font-size:
 @media (max-width: 760px) {
   main, header.top, footer { padding: 0 10px; }
   nav.bar { padding: 6px 10px; }
-  nav.bar ol { flex-wrap: nowrap; overflow-x: auto; min-width: 0; }
+  /* every section link in sight: the links wrap onto a second and third row, none hidden off-screen */
+  nav.bar { align-items: flex-start; }
+  nav.bar ol { gap: 2px 8px; min-width: 0; font-size: 12.5px; }
   :root { --lnum-width: 2.6em; }
   .twins .thead, .twins .row, .backward .thead, .step { grid-template-columns: minmax(0, 1fr); }
   .twins .thead .meta { display: none; }
@@ -691,7 +712,7 @@ def legend(measured) -> str:
 
 
 def build_page(sections: list[Section] | None = None, hooks: list[Hook] | None = None, measured=None,
-               learner: Path | None = None) -> str:
+               learner: Path | None = None, verdicts=None) -> str:
     """The whole page as one string, read from the source files now (unless they were just read).
 
     ``measured``: a ``reading.measure.Measurements`` for the numbers beside the lines (None: no numbers);
@@ -699,7 +720,7 @@ def build_page(sections: list[Section] | None = None, hooks: list[Hook] | None =
     """
     sections = read_sections() if sections is None else sections
     hooks = read_hooks(sections) if hooks is None else hooks
-    page = Page(sections, hooks, measured, learner)
+    page = Page(sections, hooks, measured, learner, verdicts)
     body = [page.section(section) for section in sections]
     toc = "".join(f'<li><a href="#{slug(s.stem)}" title="{html.escape(s.title)}">{NAV_LABELS.get(s.stem, s.title)}</a></li>'
                   for s in sections)
@@ -734,10 +755,14 @@ def build_page(sections: list[Section] | None = None, hooks: list[Hook] | None =
 
 
 def write_page(out_dir, sections: list[Section] | None = None, hooks: list[Hook] | None = None, measured=None,
-               learner: Path | None = None, name: str = "read.html") -> Path:
-    """Write the page into ``out_dir`` (made if missing) and return its path."""
+               learner: Path | None = None, name: str = "read.html", verdicts=None) -> Path:
+    """Write the page into ``out_dir`` (made if missing) and return its path.
+
+    ``verdicts``: the checker's marks on a learner's copy ({class: {"status", "words", "lines"}}), shown
+    above each backward and beside the lines they point at.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / name
-    path.write_text(build_page(sections, hooks, measured, learner), encoding="utf-8")
+    path.write_text(build_page(sections, hooks, measured, learner, verdicts), encoding="utf-8")
     return path

@@ -67,6 +67,8 @@ def run(args):
     out, cache = model.run_with_cache(tokens)
     print(f"Input shape: {tokens.shape}")
     print(f"Output shape: {out.shape}")
+    print(f"  [batch, pos, d_model]: this seed model is an encoder with no unembedding (unembed=False), so its")
+    print(f"  output is the final residual stream, not logits over the {cfg.d_vocab} words (other tours' models end in logits).")
     print()
     print("Visualizing attention patterns...")
     os.makedirs(args.out, exist_ok=True)

@@ -25,7 +25,7 @@ KEYS = [key for exercise in EXERCISES for key in [exercise.key] + exercise.step_
 
 
 def add_arguments(parser):
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")  # none: the list and how to start
     init = actions.add_parser("init", help="write a learner's copy of numpy_impl into DIR/numpy_impl")
     init.add_argument("dir", metavar="DIR", nargs="?", default=DEFAULT_DIR,
                       help=f"folder for your copy (created if missing; default: {DEFAULT_DIR})")
@@ -53,7 +53,13 @@ def writes_out(args):
 
 
 def run(args):
-    if args.action == "list":
+    if args.action is None:
+        _list()
+        print()
+        print(f"Start with: python demo.py exercises init [DIR]   (DIR defaults to {DEFAULT_DIR}), then write a "
+              "backward in DIR/numpy_impl/ and run: python demo.py exercises check [DIR] [NAME]")
+        print("Every action: python demo.py exercises --help")
+    elif args.action == "list":
         _list()
     elif args.action == "init":
         _init(args)

@@ -18,6 +18,8 @@ import numpy as np
 
 DEFAULT_TEXT = "When Mary and John went to the store, John gave a drink to"
 DEFAULT_IDS = 8  # without a tokenizer and a prompt: 8 random ids, then the same 8 again
+DEFAULT_NEW_TOKENS = 10  # at most; fewer where the model's n_ctx leaves less room
+MOST_HEADS = 16  # a model with more heads gets a figure of the MOST_HEADS // 2 most previous-token ones
 
 
 def add_arguments(parser):
@@ -26,7 +28,8 @@ def add_arguments(parser):
     parser.add_argument("--prompt", default=None,
                         help=f"text (with vocab.json and merges.txt in DIR; default {DEFAULT_TEXT!r}) or token ids "
                              "separated by spaces or commas (default without them: random ids, repeated once)")
-    parser.add_argument("--new-tokens", type=int, default=10, help="tokens to generate greedily (default 10)")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help=f"tokens to generate greedily (default {DEFAULT_NEW_TOKENS}, or what n_ctx leaves room for)")
 
 
 def heading(text):
@@ -39,7 +42,7 @@ def run(args):
     import numpy_impl as npi
     import torch_impl as pti
 
-    if args.new_tokens < 0:
+    if args.new_tokens is not None and args.new_tokens < 0:
         raise ValueError(f"--new-tokens must be a non-negative int, got {args.new_tokens}")
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
@@ -54,6 +57,7 @@ def run(args):
     print(f"  tokenizer: {'byte-level BPE from vocab.json and merges.txt' if model.tokenizer else 'none (token ids)'}")
 
     tokens, note = prompt_tokens(model, args.prompt, args.new_tokens)
+    new_tokens = args.new_tokens if args.new_tokens is not None else min(DEFAULT_NEW_TOKENS, cfg.n_ctx - tokens.shape[1])
     labels = token_labels(model, tokens[0])
     heading("The prompt")
     print(note)
@@ -62,7 +66,7 @@ def run(args):
         print(f"  as text pieces: {labels}")
 
     show_agreement(model, twin, tokens)
-    show_generation(model, twin, tokens, args.new_tokens)
+    show_generation(model, twin, tokens, new_tokens)
     figures = show_figures(model, tokens, labels, args.out)
     heading("Figures")
     for path in figures:
@@ -70,16 +74,24 @@ def run(args):
 
 
 def prompt_tokens(model, prompt, new_tokens):
-    """(tokens [1, pos] int64, one line saying where they came from); a prompt that cannot run is a ValueError."""
+    """(tokens [1, pos] int64, one line saying where they came from); a prompt that cannot run is a ValueError.
+
+    The defaults fit any model: the default text is cut to leave room for a few new tokens
+    within n_ctx, and (in ``run``) the default number of new tokens is what n_ctx leaves.
+    """
     cfg = model.cfg
+    room = min(DEFAULT_NEW_TOKENS, cfg.n_ctx // 4) if new_tokens is None else new_tokens  # for the new tokens
     if model.tokenizer is not None:
         text = DEFAULT_TEXT if prompt is None else prompt
         if not text.strip():
             raise ValueError("--prompt is empty")
         tokens = np.asarray(model.to_tokens(text))  # [1, pos], <|endoftext|> first, as TransformerLens does
         note = f"{text!r}, byte-level BPE, {'<|endoftext|> prepended' if model.tokenizer.bos_token else 'no BOS'}"
+        if prompt is None and tokens.shape[1] + room > cfg.n_ctx:
+            tokens = tokens[:, :max(2, cfg.n_ctx - room)]  # [1, pos]: the default text, cut to fit
+            note += f"; cut to its first {tokens.shape[1]} tokens to fit n_ctx {cfg.n_ctx}"
     elif prompt is None:
-        length = max(1, min(DEFAULT_IDS, (cfg.n_ctx - new_tokens) // 2))  # both copies and the new tokens fit
+        length = max(1, min(DEFAULT_IDS, (cfg.n_ctx - room) // 2))  # both copies and the new tokens fit
         half = np.random.default_rng(0).integers(0, cfg.d_vocab, length)
         tokens = np.concatenate([half, half])[None, :]  # [1, 2 * length]
         note = (f"no vocab.json and merges.txt in the folder, and no --prompt: {length} random ids, then the same "
@@ -95,8 +107,8 @@ def prompt_tokens(model, prompt, new_tokens):
         note = "token ids from --prompt"
     if tokens.shape[1] < 2:
         raise ValueError("--prompt must give at least 2 tokens (position p predicts token p + 1)")
-    if tokens.shape[1] + new_tokens > cfg.n_ctx:
-        raise ValueError(f"the prompt has {tokens.shape[1]} tokens; with --new-tokens {new_tokens} that exceeds "
+    if tokens.shape[1] + (new_tokens or 0) > cfg.n_ctx:
+        raise ValueError(f"the prompt has {tokens.shape[1]} tokens; with --new-tokens {new_tokens or 0} that exceeds "
                          f"the model's n_ctx ({cfg.n_ctx})")
     return tokens.astype(np.int64), note
 
@@ -193,18 +205,28 @@ def show_figures(model, tokens, labels, out):
 
     heading("Figures: attention patterns and the logit lens (NumPy reference)")
     _, cache = model.run_with_cache(tokens)
-    paths = [plots.plot_attention_grid(cache, os.path.join(out, "gpt2_attention.png"), token_labels=labels,
-                                       title="GPT-2: attention patterns of every head (rows: layers)")]
+    cfg = model.cfg
     previous = scores.previous_token_scores(cache, tokens)  # [n_layers, n_heads]
+    if cfg.n_layers * cfg.n_heads <= MOST_HEADS:
+        heads, title = None, "GPT-2: attention patterns of every head"
+    else:  # a readable subset: the most previous-token heads, in layer order
+        ranked = np.argsort(previous, axis=None)[::-1][:MOST_HEADS // 2]
+        heads = sorted((int(i // cfg.n_heads), int(i % cfg.n_heads)) for i in ranked)
+        title = (f"GPT-2: attention patterns of the {len(heads)} heads (of {cfg.n_layers * cfg.n_heads}) "
+                 "with the highest previous-token score")
+        print(f"The model has {cfg.n_layers * cfg.n_heads} heads: gpt2_attention.png shows the {len(heads)} with the "
+              "highest previous-token score.")
+    paths = [plots.plot_attention_grid(cache, os.path.join(out, "gpt2_attention.png"), token_labels=labels,
+                                       heads=heads, title=title)]
     paths.append(plots.plot_head_scores(previous, os.path.join(out, "gpt2_previous_token_scores.png"), vmin=0, vmax=1,
                                         title="Previous-token score of every head",
                                         label="attention on the position just before"))
-    layer, head = np.unravel_index(np.argmax(previous), previous.shape)
+    layer, head, value = scores.best_head(previous)
     paths.append(plots.plot_attention_head(cache["pattern", int(layer)][0, head],
                                            os.path.join(out, "gpt2_attention_head.png"), token_labels=labels,
-                                           causal=True, title=f"L{layer}H{head}, the most previous-token head here"))
-    print(f"The head that attends most to the position just before: L{layer}H{head} "
-          f"({previous[layer, head]:.2f} of its attention; 1 = always).")
+                                           causal=True, title=f"Layer {layer}, head {head}: the highest previous-token "
+                                                              f"score here ({value:.2f})"))
+    print(f"The head that attends most to the position just before: {scores.head_verdict('previous_token', previous)}.")
     lens = analyses.logit_lens(cache)
     paths.append(plots.plot_logit_lens(lens, os.path.join(out, "gpt2_logit_lens.png"),
                                        title="GPT-2 logit lens: the true next token after each layer"))

@@ -39,6 +39,10 @@ def choose_model(args):
                 "makes one). "
                 "Random weights have no circuits, so expect no head to stand out")
         return npi.Transformer(cfg, seed=args.seed), note, False
+    if os.path.isdir(choice):
+        raise SystemExit(f"--model: {choice!r} is a folder; interp reads a weights file (.npz or .safetensors) "
+                         "as `python demo.py induction` writes one. A Hugging Face GPT-2 folder (for one offline: "
+                         "`python demo.py checkpoint DIR`) goes to `python demo.py gpt2 --model DIR`")
     if not os.path.exists(choice):
         raise SystemExit(f"--model: no weights file at {choice!r} (or use 'handmade', 'random', 'auto')")
     return npi.Transformer.load(choice), f"the trained model in {choice}", False
@@ -46,8 +50,9 @@ def choose_model(args):
 
 def top(grid):
     """(layer, head, value) of the largest entry of a [n_layers, n_heads] array."""
-    layer, head = np.unravel_index(np.argmax(grid), grid.shape)
-    return int(layer), int(head), float(grid[layer, head])
+    from interp.scores import best_head
+
+    return best_head(grid)
 
 
 def heading(text):
@@ -127,39 +132,43 @@ def show_cache(walk):
 def show_attention(walk, cache):
     """2. Attention patterns of every head, and the best induction head large; returns the head scores."""
     from interp import plots, scores
+    from interp.handmade import bos_repeated_tokens
 
     heading("2. Attention patterns")
     second_copy = walk.first + walk.half  # where the repeated half starts: an orange line in the figures
     plots.plot_attention_grid(cache, walk.figure("interp_attention_grid.png"), token_labels=walk.labels,
                               separators=[second_copy],
-                              title=f"Attention patterns of sequence 0 (rows: layers, columns: heads); "
-                                    f"the copy starts at position {second_copy}")
-    head_scores = scores.all_head_scores(cache, walk.tokens)
-    il, ih, _ = top(head_scores["induction"])
+                              separator_note=f"orange lines: the copy starts (position {second_copy})",
+                              title="Attention patterns of sequence 0: random tokens, then the same tokens again")
+    # the head scores: on the tokens `python demo.py induction` scores on too, so both print the same numbers
+    if walk.bos:
+        score_tokens = bos_repeated_tokens(walk.cfg.d_vocab, walk.half, batch=scores.SCORE_BATCH, seed=walk.seed + 1)
+    else:
+        score_tokens = scores.scoring_tokens(walk.cfg, walk.seed)
+    walk.score_tokens = score_tokens
+    head_scores = scores.all_head_scores(walk.model, score_tokens)
+    il, ih, value = top(head_scores["induction"])
+    clear = value > scores.CLEAR_HEAD
     plots.plot_attention_head(cache["pattern", il][0, ih], walk.figure("interp_attention_head.png"),
                               token_labels=walk.labels, causal=walk.cfg.causal, separators=[second_copy],
-                              title=f"L{il}H{ih}, the head with the highest induction score")
-    print(f"Wrote the grid of every head and L{il}H{ih} large. The sequence repeats after position "
-          f"{walk.first + walk.half - 1}: an induction head's pattern shows a stripe one step right of the "
-          f"offset-{walk.half} diagonal in the second half.")
+                              separator_note=f"orange lines: the copy starts (position {second_copy})",
+                              title=f"Layer {il}, head {ih}: the highest induction score ({value:.2f}"
+                                    f"{'' if clear else ', not a clear induction head'})")
+    print(f"Wrote the grid of every head, and layer {il}, head {ih} (the highest induction score) large. The "
+          f"sequence repeats after position {walk.first + walk.half - 1}: an induction head's pattern shows a "
+          f"stripe one step right of the offset-{walk.half} diagonal in the second half.")
     return head_scores
 
 
 def show_head_scores(walk, head_scores):
     """3. Previous-token, duplicate-token and induction scores of every head."""
-    from interp import plots
+    from interp import plots, scores
 
     heading("3. Head scores: previous-token, duplicate-token, induction")
-    readings = {"previous_token": "attends to the position just before",
-                "duplicate_token": "attends to earlier copies of its own token",
-                "induction": "attends to the token after an earlier copy of its own token"}
+    print(f"On {scores.scoring_data(walk.half)} (the induction tour scores on the same tokens):")
     for kind, grid in head_scores.items():
-        plots.plot_head_scores(grid, walk.figure(f"interp_{kind}_scores.png"), vmin=0, vmax=1,
-                               title=f"{kind.replace('_', '-')} scores", label="attention on the target positions")
-        layer, head, value = top(grid)
-        verdict = "a clear" if value > 0.5 else "no clear"
-        print(f"  {kind:<16} best L{layer}H{head} = {value:.2f}: {verdict} head that {readings[kind]} "
-              f"(1 = always; the lowest head here scores {grid.min():.2f}).")
+        plots.plot_score_grid(grid, walk.figure(f"interp_{kind}_scores.png"), kind, walk.half)
+        print(f"  {scores.head_verdict(kind, grid)}; the lowest head scores {grid.min():.2f}.")
 
 
 def show_logit_lens(walk):
@@ -191,7 +200,7 @@ def show_attribution(walk):
     layer, head, value = top(dla.heads)
     print(f"The parts add up to the mean logit: {dla.components.sum():.3f} + bias {dla.bias:.3f} = {dla.logit:.3f}.")
     print(f"Largest component: {dla.component_labels[best]} ({dla.components[best]:.3f}); "
-          f"largest head: L{layer}H{head} ({value:.3f}).")
+          f"largest head: layer {layer}, head {head} ({value:.3f}).")
 
 
 def show_ablation(walk):
@@ -207,7 +216,7 @@ def show_ablation(walk):
                                title=f"{kind}-ablation: loss change per head\n"
                                      f"(scale at least +-{ABLATION_RANGE} nats: noise stays pale)")
         layer, head, value = top(change)
-        print(f"  {kind}-ablation: L{layer}H{head} matters most (loss {value:+.3f} nats); "
+        print(f"  {kind}-ablation: layer {layer}, head {head} matters most (loss {value:+.3f} nats); "
               f"the smallest change is {change.min():+.3f}.")
     return ablations
 
@@ -240,50 +249,63 @@ def show_patching(walk):
                         title="Patching resid_pre per layer and position (1 = clean answer restored)")
     heads = patching.patch_heads(walk.model, clean, corrupted, answer, wrong)
     plots.plot_head_scores(heads, walk.figure("interp_patching_heads.png"), diverging=True, min_range=1.0,
-                           title="Patching each head's output (all positions)", label="restored fraction")
+                           title="Patching each head's output (all positions)",
+                           label="restored fraction of the logit difference\n(1 = clean answer restored)")
     layer, head, value = top(heads)
     print(f"  resid_pre, layer 0: {grid[0, j]:.2f} at position {j} (the embeddings differ only there) and "
           f"{np.abs(np.delete(grid[0], j)).max():.2f} elsewhere; layer {cfg.n_layers - 1}: "
           f"{grid[-1, j]:.2f} at {j}, {grid[-1, -1]:.2f} at the last position.")
-    print(f"  per head: L{layer}H{head} restores the most ({value:.2f}).")
+    print(f"  per head: layer {layer}, head {head} restores the most ({value:.2f}).")
     return clean, corrupted, answer, wrong, heads
 
 
 def show_circuits(walk, head_scores):
     """8. Circuits read from the weights: copying scores, the full OV and positional QK circuits, composition."""
-    from interp import circuits, plots
+    from interp import circuits, plots, scores
 
     model, cfg = walk.model, walk.cfg
     heading("8. Circuits read from the weights")
-    il, ih, _ = top(head_scores["induction"])
+    il, ih, induction = top(head_scores["induction"])
     copying = circuits.copying_scores(model)
-    plots.plot_head_scores(copying, walk.figure("interp_copying_scores.png"), diverging=True, vmax=1,
-                           title="Copying score of each head's full OV circuit", label="sum(eig) / sum(|eig|)")
-    plots.plot_matrix(circuits.full_ov_circuit(model, il, ih), walk.figure("interp_full_ov.png"),
-                      title=f"Full OV circuit of L{il}H{ih}: W_E W_V W_O W_U", xlabel="logit of token",
-                      ylabel="attended token", label="logit added")
+    baseline = circuits.copying_baseline(model, seed=walk.seed)
+    plots.plot_head_scores(copying, walk.figure("interp_copying_scores.png"), baseline=baseline, vmax=1,
+                           baseline_note="random OV", label="copying score: sum(eig) / sum(|eig|)",
+                           title="Copying score of each head's full OV circuit\n(white: no higher than a head "
+                                 "with random W_V, W_O\nscores 95% of the time)")
+    _, cache = model.run_with_cache(walk.tokens)
+    ov, with_norms = circuits.full_ov_logits(model, il, ih, cache)
+    plots.plot_matrix(ov, walk.figure("interp_full_ov.png"),
+                      title=f"Full OV circuit of layer {il}, head {ih}: " +
+                            ("LN1(W_E) W_V W_O LN_final W_U" if with_norms else "W_E W_V W_O W_U"),
+                      xlabel="logit of token", ylabel="attended token", min_range=plots.MIN_LOGIT_RANGE,
+                      label="logit added when the head attends fully to the row's token" +
+                            ("\n(LayerNorm scales measured on these tokens)" if with_norms else ""))
     pl, ph, _ = top(head_scores["previous_token"])
     later_keys = np.triu(np.ones((cfg.n_ctx, cfg.n_ctx), dtype=bool), k=1) if cfg.causal else None
     plots.plot_matrix(circuits.positional_qk_circuit(model, pl, ph), walk.figure("interp_positional_qk.png"),
-                      title=f"Positional QK circuit of L{pl}H{ph}: W_pos W_Q W_K^T W_pos^T",
+                      title=f"Positional QK circuit of layer {pl}, head {ph}: W_pos W_Q W_K^T W_pos^T",
                       xlabel="key position", ylabel="query position", label="attention score (unscaled)",
                       mask=later_keys, mask_note="key after query, never attended")
-    print(f"Copying score of L{il}H{ih} (the best induction head): {copying[il, ih]:+.2f} "
-          "(+1: raises the logit of the token it attends to).")
+    which = "the clear induction head" if induction > scores.CLEAR_HEAD else "the highest induction score, no clear one"
+    verdict = "copies" if copying[il, ih] > baseline else "no more than a random head would"
+    print(f"Copying score of layer {il}, head {ih} ({which}): {copying[il, ih]:+.2f} (+1: raises the logit of "
+          f"the token it attends to; a head with random W_V, W_O scores up to {baseline:+.2f} here): {verdict}.")
+    print(f"  Its full OV circuit, with the LayerNorms put back, adds up to {np.abs(ov).max():.1f} to a logit.")
     if cfg.n_layers < 2:
         return
     composition = {kind: circuits.composition_scores(model, kind) for kind in circuits.COMPOSITION_KINDS}
     baseline = 1 / np.sqrt(cfg.d_model)
     plots.plot_composition(composition, walk.figure("interp_composition.png"), baseline=baseline)
-    print(f"  (random matrices score about 1/sqrt(d_model) = {baseline:.3f}: "
-          "a score means something only well above it)")
+    print(f"Composition scores (interp_composition.png; random matrices score about 1/sqrt(d_model) = "
+          f"{baseline:.3f}, so a score means something only well above it):")
     for kind, grid in composition.items():
         a, b = np.unravel_index(np.argmax(grid), grid.shape)
         if grid[a, b] > baseline:
-            print(f"  {kind.upper()}-composition: strongest L0H{a} -> L1H{b} = {grid[a, b]:.3f}, "
+            print(f"  {kind.upper()}-composition: strongest layer 0 head {a} -> layer 1 head {b} = {grid[a, b]:.3f}, "
                   f"{grid[a, b] - baseline:.3f} above the baseline")
         else:
-            print(f"  {kind.upper()}-composition: no pair above the baseline (the highest, L0H{a} -> L1H{b}, "
+            print(f"  {kind.upper()}-composition: no pair above the baseline (the highest, layer 0 head {a} -> "
+                  f"layer 1 head {b}, "
                   f"is {grid[a, b]:.3f})")
     above = {kind: grid.max() - baseline for kind, grid in composition.items() if grid.max() > baseline}
     strongest = max(above, key=above.get) if above else None
@@ -310,7 +332,7 @@ def show_twin_agreement(walk, cache, head_scores, lens, ablations, patched):
     heading("9. The torch twin gives the same numbers")
     twin = pti.Transformer.from_twin(walk.model)
     checks = {
-        "induction scores": (head_scores["induction"], scores.induction_scores(twin, tokens)),
+        "induction scores": (head_scores["induction"], scores.induction_scores(twin, walk.score_tokens)),
         "logit lens": (lens.logits, analyses.logit_lens(twin, tokens).logits),
         "zero ablation": (ablations["zero"], analyses.head_ablation(twin, tokens, "zero")),
         "patching per head": (heads, patching.patch_heads(twin, clean, corrupted, answer, wrong)),

@@ -9,7 +9,10 @@ demo's sentence and vocabulary (``tours.basics``).
 
 ``--exercises DIR`` writes OUT/read_exercises.html instead: the NumPy backward passes read from
 a learner's copy (DIR/numpy_impl, as ``python demo.py exercises init DIR`` writes it), so the
-page holds the learner's answers and not the reference's.
+page holds the learner's answers and not the reference's. The exercise checker runs on every
+backward the learner has written (``exercises.check``, the same as ``exercises check DIR``): its
+verdict stands above each backward, and the line where the learner's gradient first parts from
+the reference is marked beside it (``exercises.marks``).
 """
 
 import time
@@ -45,6 +48,25 @@ def learner_folder(directory):
     return folder
 
 
+def checked(learner, sections):
+    """The checker's verdicts on the learner's written backward passes, as marks for the page."""
+    from exercises.catalog import BY_CLASS
+    from exercises.check import check
+    from exercises.marks import page_marks
+
+    written = [BY_CLASS[part.name].key for section in sections for part in section.parts
+               if part.name in BY_CLASS and not part.stub]
+    if not written:
+        return {}
+    directory = Path(learner).parent
+    try:
+        results = check(directory, keys=written, together=False)
+    except (ImportError, ValueError) as error:
+        print(f"the checker did not run: {error}")
+        return {}
+    return page_marks(results, directory)
+
+
 def make_page(out, learner=None, measured=None):
     """Write the page into ``out``: (its path, the sections shown, the run's measurements, seconds for run and page).
 
@@ -62,8 +84,9 @@ def make_page(out, learner=None, measured=None):
         sections = read_sections(learner) if learner else reference
     except SyntaxError as error:
         raise SystemExit(f"--exercises: {error.filename}:{error.lineno}: {error.msg}")
+    verdicts = checked(learner, sections) if learner else None
     path = write_page(out, sections, read_hooks(sections), measured, learner,
-                      "read_exercises.html" if learner else "read.html")
+                      "read_exercises.html" if learner else "read.html", verdicts)
     return path, sections, measured, (ran - started, time.perf_counter() - ran)
 
 

@@ -51,8 +51,7 @@ INDUCTION_TRAINING = TrainConfig(steps=2000, batch_size=32, lr=1e-2, warmup_step
 SEQ_LEN = INDUCTION_CONFIG.n_ctx + 1  # tokens per training sequence: n_ctx inputs, each with a target
 EVAL_SIZE = 64                        # sequences per evaluation batch during training
 FINAL_EVAL_SIZE = 512                 # sequences for the final held-out numbers
-SCORE_SEGMENT = 24                    # the scores' [r, r] sequences: 24 + 24 tokens, n_ctx exactly
-SCORE_SIZE = 128                      # sequences of repeated random tokens for the head scores
+SCORE_SEGMENT = INDUCTION_CONFIG.n_ctx // 2  # the scores' sequences: 24 random tokens, then the same 24
 
 
 @dataclass
@@ -97,9 +96,10 @@ def run_induction(seed: int = 0, out_dir: str = "outputs", steps: int | None = N
     history = train(stepper, train_cfg, SEQ_LEN, cfg.d_vocab, eval_batches=eval_batches,
                     eval_every=25, progress=progress, label="NumPy")
     final = loss_by_kind(stepper, heldout_batch(eval_rng, FINAL_EVAL_SIZE, SEQ_LEN, cfg.d_vocab))
-    # The head scores of the interpretability package, on [r, r] with |r| = 24: longer than any
-    # training segment, and drawn without repeats inside r, so each stripe is unambiguous.
-    score_tokens = interp.repeated_random_tokens(cfg.d_vocab, SCORE_SEGMENT, batch=SCORE_SIZE, seed=seed + 1)
+    # The head scores of the interpretability package, on the tokens `python demo.py interp` scores
+    # on too: 24 random tokens, then the same 24 again (longer than any training segment, without
+    # repeats inside the 24, so each stripe is unambiguous).
+    score_tokens = interp.scores.scoring_tokens(cfg, seed)
     scores = interp.all_head_scores(model, score_tokens, kinds=("previous_token", "induction"))
     prev_scores, ind_scores = scores["previous_token"], scores["induction"]
     held = history.evals["held-out"]["repeated"]
@@ -121,18 +121,17 @@ def _draw_figures(out_dir, model, history, prev_scores, ind_scores, rng, seed):
     files["loss curve"] = plots.plot_induction_losses(
         os.path.join(out_dir, "induction_loss.png"), history, cfg.d_vocab,
         f"Induction experiment (seed {seed}): loss on first occurrences vs repeated tokens")
-    score_title = f"[r, r], |r| = {SCORE_SEGMENT}: a length never trained on"
-    files["previous-token scores"] = interp.plot_head_scores(
-        prev_scores, os.path.join(out_dir, "induction_prev_token_scores.png"),
-        title=f"Previous-token scores\n{score_title}", label="previous-token score", vmin=0, vmax=1)
-    files["induction scores"] = interp.plot_head_scores(
-        ind_scores, os.path.join(out_dir, "induction_induction_scores.png"),
-        title=f"Induction scores\n{score_title}", label="induction score", vmin=0, vmax=1)
+    files["previous-token scores"] = interp.plots.plot_score_grid(
+        prev_scores, os.path.join(out_dir, "induction_prev_token_scores.png"), "previous_token", SCORE_SEGMENT)
+    files["induction scores"] = interp.plots.plot_score_grid(
+        ind_scores, os.path.join(out_dir, "induction_induction_scores.png"), "induction", SCORE_SEGMENT)
     example = heldout_batch(rng, 1, SEQ_LEN, cfg.d_vocab)
     first = np.flatnonzero(example.kinds[0, :-1] == FIRST)  # positions of the segment's first occurrence
     _, cache = model.run_with_cache(example.inputs)
     files["attention patterns"] = interp.plot_attention_grid(
         cache, os.path.join(out_dir, "induction_patterns.png"), separators=[first[0], first[-1] + 1],
+        separator_note=f"orange lines: the segment starts (position {first[0]}) and its copy starts "
+                       f"(position {first[-1] + 1})",
         title=f"Attention on a held-out sequence: a segment at positions {first[0]}..{first[-1]}, "
               f"repeated from {first[-1] + 1}")
     return files
@@ -140,8 +139,6 @@ def _draw_figures(out_dir, model, history, prev_scores, ind_scores, rng, seed):
 
 def reading(result: InductionResult, d_vocab: int) -> str:
     """The printed summary: what was found, the losses, and where the figures are."""
-    pl, ph = result.prev_token_head
-    il, ih = result.induction_head
     steps = len(result.history.loss)
     lines = [
         f"Trained {steps} steps in {result.seconds:.1f} s ({1e3 * result.seconds / steps:.1f} ms a step with the "
@@ -150,15 +147,20 @@ def reading(result: InductionResult, d_vocab: int) -> str:
         "lengths and distances never trained on):",
         f"  loss on repeated tokens     {result.repeated_loss:6.3f} nats",
         f"  loss on first occurrences   {result.first_loss:6.3f} nats   (chance: ln {d_vocab} = {math.log(d_vocab):.3f})",
-        f"Previous-token head: layer {pl} head {ph} (score {result.prev_token_scores[pl, ph]:.2f}: "
-        "attention from each token to the one before it)",
-        f"Induction head:      layer {il} head {ih} (score {result.induction_scores[il, ih]:.2f}: "
-        "attention to the token after the earlier copy)",
+        "  (a first occurrence is a uniformly random token: any prediction but the uniform one costs more",
+        "  than ln d_vocab on it, and a model that expects repeats bets on tokens it has already seen)",
+        f"Attention scores on {interp.scores.scoring_data(SCORE_SEGMENT)}:",
+        f"  previous-token (layer 0): {interp.scores.head_verdict('previous_token', result.prev_token_scores[:1])}",
+        f"  induction (layer 1 up):   {interp.scores.head_verdict('induction', result.induction_scores, 1)}",
     ]
+    il, ih = result.induction_head
     if result.formed_at is not None:
-        lines.append(f"The held-out repeated-token loss first fell below 1 nat at step {result.formed_at}.")
+        lines.append(f"The held-out repeated-token loss first fell below 1 nat at step {result.formed_at}: "
+                     "the induction circuit works.")
     else:
-        lines.append("The held-out repeated-token loss never fell below 1 nat: no induction head formed.")
+        lines.append(f"No working induction circuit yet: the held-out repeated-token loss never fell below 1 nat "
+                     f"(it ends at {result.repeated_loss:.2f}), whatever layer {il}, head {ih}'s attention "
+                     f"(score {result.induction_scores[il, ih]:.2f}) already looks like.")
     for what, path in result.files.items():
         lines.append(f"  {what + ':':24s} {path}")
     return "\n".join(lines)

@@ -28,6 +28,11 @@ DTYPES = ("float64", "float32")
 
 @dataclass(frozen=True)
 class TransformerConfig:
+    """The shape and choices of one transformer, shared by both twins (frozen; checked when built).
+
+    ``help(TransformerConfig)`` lists every field with the reason written beside it in the source.
+    """
+
     d_vocab: int                          # vocabulary size: token ids are 0 .. d_vocab - 1
     d_model: int                          # width of the residual stream
     n_heads: int                          # attention heads per layer
@@ -184,6 +189,24 @@ class TransformerConfig:
         if fields.get("d_vocab_out", -1) not in (-1, mapped["d_vocab"]):
             raise ValueError(f"d_vocab_out={fields['d_vocab_out']!r}: this project's output vocabulary is d_vocab")
         return cls(**mapped)
+
+
+def _with_field_docs(cls):
+    """Append "Fields:" to ``cls``'s docstring: each field with the comment beside it in this file."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # no source (a frozen build): the docstring stays as it is
+        return cls
+    comments = dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", source, flags=re.MULTILINE))
+    lines = [f"    {f.name}: {comments[f.name]}" for f in dataclasses.fields(cls) if f.name in comments]
+    cls.__doc__ = f"{cls.__doc__.rstrip()}\n\n    Fields:\n" + "\n".join(lines) + "\n"
+    return cls
+
+
+_with_field_docs(TransformerConfig)
 
 
 # TransformerLens's HookedTransformerConfig fields: mapped onto this project's (see from_transformer_lens) ...
