@@ -25,7 +25,8 @@ import torch
 
 tl_bridge = pytest.importorskip(
     "transformer_lens.model_bridge",
-    reason="TransformerLens 4.3 is not installed (pip install -r requirements-lens.txt)")
+    reason="TransformerLens 4.3 is not installed (pip install -r requirements-lens.txt)",
+)
 
 import numpy_impl as npi  # noqa: E402
 import torch_impl as tpi  # noqa: E402
@@ -61,27 +62,41 @@ def tokens():
 
 
 def boot(folder):
-    bridge = tl_bridge.TransformerBridge.boot_transformers(str(folder), dtype=torch.float64, device="cpu")
+    bridge = tl_bridge.TransformerBridge.boot_transformers(
+        str(folder), dtype=torch.float64, device="cpu"
+    )
     return bridge
 
 
 @pytest.fixture(scope="module")
 def runs(folder, tokens):
     """{"bridge" | "numpy" | "torch": (loss, cache as {name: ndarray})}."""
-    models = {"bridge": boot(folder), "numpy": npi.Transformer.from_pretrained(folder),
-              "torch": tpi.Transformer.from_pretrained(folder)}
+    models = {
+        "bridge": boot(folder),
+        "numpy": npi.Transformer.from_pretrained(folder),
+        "torch": tpi.Transformer.from_pretrained(folder),
+    }
     out = {}
     for side, model in models.items():
         given = hf_tokens(tokens) if side == "bridge" else tokens
         loss, cache = model.run_with_cache(given, return_type="loss", incl_bwd=True)
-        out[side] = (float(loss.detach() if hasattr(loss, "detach") else loss), {name: np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach")
-                                                    else value) for name, value in cache.items()})
+        out[side] = (
+            float(loss.detach() if hasattr(loss, "detach") else loss),
+            {
+                name: np.asarray(
+                    value.detach().cpu().numpy() if hasattr(value, "detach") else value
+                )
+                for name, value in cache.items()
+            },
+        )
     return out
 
 
 def test_the_bridge_caches_264_names_and_both_twins_each_of_them(runs):
     bridge = runs["bridge"][1]
-    assert len(bridge) == 40 * 2 * N_LAYERS + 24  # 264 for three blocks, as counted on TransformerLens 4.3
+    assert (
+        len(bridge) == 40 * 2 * N_LAYERS + 24
+    )  # 264 for three blocks, as counted on TransformerLens 4.3
     for side in ("numpy", "torch"):
         names = runs[side][1]
         assert set(names) == set(bridge), (side, sorted(set(bridge) ^ set(names)))
@@ -100,7 +115,9 @@ def test_every_activation_and_gradient_equals_the_bridge(runs, side):
         mine = ours[name]
         if name.endswith("hook_attn_scores"):
             masked = np.isneginf(mine)
-            assert (masked == ~np.tril(np.ones((POS, POS), dtype=bool))).all(), name  # exactly the future keys
+            assert (masked == ~np.tril(np.ones((POS, POS), dtype=bool))).all(), (
+                name
+            )  # exactly the future keys
             assert (theirs[masked] == np.finfo(np.float64).min).all(), name
             mine, theirs = np.where(masked, 0.0, mine), np.where(masked, 0.0, theirs)
         errors[name] = rel_err(mine, theirs)
@@ -124,7 +141,9 @@ def test_resid_mid_grad_is_the_residual_streams_whole_gradient(runs, checkpoint,
     handles = [block.ln_2.register_forward_pre_hook(keep) for block in hf.transformer.h]
     hf.zero_grad()
     ids = hf_tokens(tokens)
-    logits = hf(ids).logits  # [batch, pos, d_vocab]; the loss by hand: transformers' own casts to float32
+    logits = hf(
+        ids
+    ).logits  # [batch, pos, d_vocab]; the loss by hand: transformers' own casts to float32
     torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
     for handle in handles:
         handle.remove()
@@ -133,22 +152,41 @@ def test_resid_mid_grad_is_the_residual_streams_whole_gradient(runs, checkpoint,
     for i, tensor in enumerate(resid_mid):
         exact = tensor.grad.numpy()
         assert rel_err(ours[f"blocks.{i}.hook_resid_mid_grad"], exact) < TOL
-        assert rel_err(bridge[f"blocks.{i}.hook_resid_mid_grad"], exact) > 0.1  # TransformerLens 4.3's differs
-        assert rel_err(ours[f"blocks.{i}.ln2.hook_in_grad"], bridge[f"blocks.{i}.hook_resid_mid_grad"]) < TOL
+        assert (
+            rel_err(bridge[f"blocks.{i}.hook_resid_mid_grad"], exact) > 0.1
+        )  # TransformerLens 4.3's differs
+        assert (
+            rel_err(ours[f"blocks.{i}.ln2.hook_in_grad"], bridge[f"blocks.{i}.hook_resid_mid_grad"])
+            < TOL
+        )
 
 
 def test_an_alias_is_one_hook_point(folder, tokens):
     """hook_embed is embed.hook_out, blocks.0.hook_resid_pre is blocks.0.hook_in, ...: a hook on either
     name fires once and sees the point's own name, as on the bridge."""
     bridge = boot(folder)
-    for model in (bridge, npi.Transformer.from_pretrained(folder), tpi.Transformer.from_pretrained(folder)):
+    for model in (
+        bridge,
+        npi.Transformer.from_pretrained(folder),
+        tpi.Transformer.from_pretrained(folder),
+    ):
         seen = []
         record = lambda x, hook: seen.append(hook.name)  # noqa: E731
-        model.run_with_hooks(hf_tokens(tokens) if model is bridge else tokens,
-                             fwd_hooks=[("hook_embed", record), ("blocks.1.hook_resid_pre", record),
-                                        ("blocks.0.attn.hook_q", record), ("blocks.2.mlp.hook_post", record)])
-        assert seen == ["embed.hook_out", "blocks.0.attn.q.hook_out", "blocks.1.hook_in",
-                        "blocks.2.mlp.out.hook_in"], (type(model).__name__, seen)
+        model.run_with_hooks(
+            hf_tokens(tokens) if model is bridge else tokens,
+            fwd_hooks=[
+                ("hook_embed", record),
+                ("blocks.1.hook_resid_pre", record),
+                ("blocks.0.attn.hook_q", record),
+                ("blocks.2.mlp.hook_post", record),
+            ],
+        )
+        assert seen == [
+            "embed.hook_out",
+            "blocks.0.attn.q.hook_out",
+            "blocks.1.hook_in",
+            "blocks.2.mlp.out.hook_in",
+        ], (type(model).__name__, seen)
 
 
 # TransformerLens 4.3 processes the weights in float32 even on a float64 model: each weight it leaves
@@ -164,8 +202,12 @@ def test_process_weights_keeps_the_predictions_in_float64(folder, tokens, twin):
     every logit of a position alike, so the logits themselves change by a constant)."""
     before = twin.from_pretrained(folder)(tokens)
     after = twin.from_pretrained(folder).process_weights()(tokens)
-    log_probs = [torch.log_softmax(torch.as_tensor(np.asarray(x.detach() if hasattr(x, "detach") else x)), -1)
-                 for x in (before, after)]
+    log_probs = [
+        torch.log_softmax(
+            torch.as_tensor(np.asarray(x.detach() if hasattr(x, "detach") else x)), -1
+        )
+        for x in (before, after)
+    ]
     assert rel_err(log_probs[1], log_probs[0]) < 1e-12
 
 
@@ -184,8 +226,10 @@ def test_process_weights_matches_compatibility_mode(folder, tokens, twin):
     for name, value in theirs.items():
         mine, value = ours[name], value
         if name.endswith("hook_attn_scores"):
-            mine, value = (np.where(np.tril(np.ones((POS, POS), dtype=bool)), np.asarray(t), 0.0)
-                           for t in (mine.detach() if hasattr(mine, "detach") else mine, value.detach()))
+            mine, value = (
+                np.where(np.tril(np.ones((POS, POS), dtype=bool)), np.asarray(t), 0.0)
+                for t in (mine.detach() if hasattr(mine, "detach") else mine, value.detach())
+            )
         errors[name] = rel_err(mine, value)
     worst = max(errors, key=errors.get)
     assert errors[worst] < COMPAT_TOL, (worst, errors[worst])
@@ -196,7 +240,11 @@ def test_list_hooks_and_the_hooks_context_as_on_the_bridge(folder, tokens):
     """list_hooks (under every name of a point, per direction, with or without permanent hooks) and
     hooks() as a context manager that removes what it added."""
     bridge = boot(folder)
-    models = (bridge, npi.Transformer.from_pretrained(folder), tpi.Transformer.from_pretrained(folder))
+    models = (
+        bridge,
+        npi.Transformer.from_pretrained(folder),
+        tpi.Transformer.from_pretrained(folder),
+    )
     listings = []
     for model in models:
         noop = lambda x, hook: None  # noqa: E731
@@ -208,16 +256,23 @@ def test_list_hooks_and_the_hooks_context_as_on_the_bridge(folder, tokens):
             for permanent in (True, False):
                 found = model.list_hooks(dir=dir, including_permanent=permanent)
                 listing[dir, permanent] = {name: len(handles) for name, handles in found.items()}
-        listing["filtered"] = sorted(model.list_hooks(name_filter=lambda name: name.startswith("blocks.1")))
+        listing["filtered"] = sorted(
+            model.list_hooks(name_filter=lambda name: name.startswith("blocks.1"))
+        )
         with model.hooks(fwd_hooks=[("blocks.2.hook_mlp_out", noop)]):
             listing["inside"] = sorted(model.list_hooks(dir="fwd"))
         listing["after"] = sorted(model.list_hooks(dir="fwd"))
         model.reset_hooks(including_permanent=True)
         listing["reset"] = model.list_hooks()
         listings.append(listing)
-    assert listings[0]["both", True] == {"embed.hook_out": 1, "hook_embed": 1, "blocks.0.hook_in": 1,
-                                         "blocks.0.hook_resid_pre": 1, "blocks.1.attn.q.hook_out": 1,
-                                         "blocks.1.attn.hook_q": 1}
+    assert listings[0]["both", True] == {
+        "embed.hook_out": 1,
+        "hook_embed": 1,
+        "blocks.0.hook_in": 1,
+        "blocks.0.hook_resid_pre": 1,
+        "blocks.1.attn.q.hook_out": 1,
+        "blocks.1.attn.hook_q": 1,
+    }
     assert listings[1] == listings[0] and listings[2] == listings[0]
 
 
@@ -225,15 +280,24 @@ def test_names_filter_and_the_tokenizer_calls_as_on_the_bridge(folder, tokens):
     """run_with_cache's names_filter (a name, an alias, a list, a function) keeps the names the bridge
     keeps; to_tokens, to_str_tokens and to_string give what the bridge gives on the checkpoint's tokenizer."""
     bridge = boot(folder)
-    filters = ["hook_embed", ["blocks.0.hook_resid_pre", "blocks.1.attn.q.hook_out", "blocks.2.mlp.hook_post"],
-               lambda name: name.endswith(("hook_in", "hook_pattern"))]
+    filters = [
+        "hook_embed",
+        ["blocks.0.hook_resid_pre", "blocks.1.attn.q.hook_out", "blocks.2.mlp.hook_post"],
+        lambda name: name.endswith(("hook_in", "hook_pattern")),
+    ]
     text = "The cat sat on the mat."
-    expected = [sorted(bridge.run_with_cache(hf_tokens(tokens), names_filter=f)[1].keys()) for f in filters]
+    expected = [
+        sorted(bridge.run_with_cache(hf_tokens(tokens), names_filter=f)[1].keys()) for f in filters
+    ]
     ids = bridge.to_tokens(text)
     for model in (npi.Transformer.from_pretrained(folder), tpi.Transformer.from_pretrained(folder)):
-        assert [sorted(model.run_with_cache(tokens, names_filter=f)[1].keys()) for f in filters] == expected
+        assert [
+            sorted(model.run_with_cache(tokens, names_filter=f)[1].keys()) for f in filters
+        ] == expected
         mine = model.to_tokens(text)
-        assert np.array_equal(np.asarray(mine.detach() if hasattr(mine, "detach") else mine), ids.numpy())
+        assert np.array_equal(
+            np.asarray(mine.detach() if hasattr(mine, "detach") else mine), ids.numpy()
+        )
         assert model.to_str_tokens(text) == bridge.to_str_tokens(text)
         assert model.to_string(ids[0].numpy()) == bridge.to_string(ids[0])
 
@@ -254,5 +318,7 @@ def test_stop_at_layer_as_on_the_bridge(folder, tokens, stop):
     model = npi.Transformer.from_pretrained(folder)
     if stop != N_LAYERS:
         resid = model(tokens, stop_at_layer=stop)
-        with pytest.raises(ValueError, match="stop_at_layer"):  # the NumPy backward starts at the output only
+        with pytest.raises(
+            ValueError, match="stop_at_layer"
+        ):  # the NumPy backward starts at the output only
             model.backward(np.random.default_rng(0).standard_normal(resid.shape))

@@ -50,7 +50,16 @@ import torch_impl
 from foundation.contract.agreement import is_exact_zero
 from gradcheck.factory import randomize_parameters
 
-from .source import HOOK_BACKWARD, PARAMETER_GRAD, SHAPE_COMMENT, Part, Section, Unit, hook_path, strip_comment
+from .source import (
+    HOOK_BACKWARD,
+    PARAMETER_GRAD,
+    SHAPE_COMMENT,
+    Part,
+    Section,
+    Unit,
+    hook_path,
+    strip_comment,
+)
 
 DTYPES = ("float64", "float32")
 TWIN_PACKAGES = {"numpy": numpy_impl, "torch": torch_impl}
