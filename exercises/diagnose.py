@@ -874,8 +874,9 @@ def _norm_placement(evidence, right):
     """Pre-norm block: ln1's (or ln2's) backward applied to the sum, to the skip path, or left out."""
     import numpy_impl
 
-    for ln, skip_hook, out_hook, target in (("ln1", "hook_attn_out", "ln1.hook_normalized", "resid_pre"),
-                                            ("ln2", "hook_mlp_out", "ln2.hook_normalized", "hook_resid_mid")):
+    # out_hook: the LayerNorm's output (its hook_out; hook_normalized is before w and b)
+    for ln, skip_hook, out_hook, target in (("ln1", "hook_attn_out", "ln1.hook_out", "resid_pre"),
+                                            ("ln2", "hook_mlp_out", "ln2.hook_out", "hook_resid_mid")):
         x_name = "hook_resid_pre" if ln == "ln1" else "hook_resid_mid"
         x = evidence.activations.get(x_name)
         dskip, dbranch = right(skip_hook), right(out_hook)

@@ -53,7 +53,7 @@ LN_COMPACT = (
     "              - normalized * (dnormalized * normalized).mean(-1, keepdims=True)) / scale\n"
 )
 BLOCK_LN1 = 'dresid_pre = dresid_mid + (self.ln1.backward(dattn_in) if norm == "pre" else dattn_in)'
-V_PATH = '            + np.einsum("hmd,bphd->bpm", self.W_V.data, dv, optimize=True)\n'
+V_PATH = "\n              + self.v.hook_in.backward(dx_v)"
 
 # (id, mistake, exercise key the row is read from, file, reference text, planted text, status, words)
 # words: each must appear in the row's message or hint
