@@ -24,7 +24,7 @@ TOURS = {
     "train-parity": ("tours.train_parity", "train NumPy and torch side by side: the same loss at every step"),
     "induction": ("tours.induction", "grow induction heads from scratch in NumPy, then find them"),
     "read": ("tours.read", "the reading page: NumPy and torch side by side, line by line, as one HTML file"),
-    "gpt2": ("tours.gpt2", "a Hugging Face GPT-2 checkpoint (--model DIR) in both twins: agreement, generation, figures"),
+    "gpt2": ("tours.gpt2", "a Hugging Face checkpoint, GPT-2, Llama or GPT-NeoX (--model DIR), in both twins: agreement, generation, figures"),
     "checkpoint": ("tours.checkpoint", "write a tiny random checkpoint folder (DIR), offline: config, weights, tokenizer"),
 }
 

@@ -58,6 +58,11 @@ BATCH, POS = SIZE_SETS[0].batch, SIZE_SETS[0].pos  # the first set's [batch, pos
 AXIS_NAMES = SIZE_SETS[0].axis_names  # {size: axis} of the first set, where most hints are made
 
 
+# the Llama family's settings, for its components' exercises
+LLAMA = {"normalization_type": "RMS", "eps": 1e-6, "positional_embedding_type": "rotary", "act_fn": "silu",
+         "gated_mlp": True, "mlp_bias": False, "attn_bias": False}
+
+
 def checked(label, overrides=None, weighted=False):
     """A Variant with the first set's sizes and ``overrides`` on top (``resized``: another set's)."""
     return Variant(label, {**SIZES, **(overrides or {})}, weighted)
@@ -95,6 +100,11 @@ EXERCISES = (
              (checked("unweighted"), checked("weighted", weighted=True))),
     Exercise("layernorm", "LayerNorm", "layernorm.py", "x reaches the output three ways: directly, via the mean, via the variance",
              (checked("default"),)),
+    Exercise("rmsnorm", "RMSNorm", "rmsnorm.py", "Llama's norm: x reaches the output directly and via the mean square",
+             (checked("default", LLAMA),)),
+    Exercise("swiglu", "GatedFeedForward", "gated_feedforward.py",
+             "Llama's MLP: two branches multiplied; silu's derivative has two terms",
+             (checked("default", LLAMA),)),
     Exercise("attention", "MultiHeadAttention", "attention.py", "the softmax Jacobian, the causal mask, heads",
              (checked("causal", {"causal": True}), checked("bidirectional", {"causal": False})),
              ("output", "softmax", "scores", "projections")),

@@ -115,6 +115,8 @@ def diagnose(evidence: Evidence):
                  or constant_factor(name, mine, right, _sizes(evidence))
                  or transposed(name, mine, right)
                  or residual_path(name, mine, right, evidence)
+                 or silu_derivative(name, mine, right, evidence)
+                 or rmsnorm_path(name, mine, right, evidence)
                  or layernorm_paths(name, mine, right, evidence))
         if found:
             return found
@@ -226,6 +228,53 @@ def layernorm_paths(name, mine, right, evidence):
                 f"(forward: var = mean(centered**2), scale = sqrt(var + eps); centered reaches the output through scale too)"))
     return None
 
+
+
+def silu_derivative(name, mine, right, evidence):
+    """At the gated MLP's hook_pre (gate.hook_out, the same point): silu's derivative with one of its
+    two terms, sigmoid or pre * sigmoid'."""
+    if not getattr(evidence.cfg, "gated_mlp", False):
+        return None
+    short = next((s for s in ("hook_pre", "gate.hook_out") if name.endswith(s)), None)
+    if short is None:
+        return None
+    prefix = name[: -len(short)]
+    pre = evidence.activations.get(prefix + "hook_pre")
+    pre_linear = evidence.activations.get(prefix + "hook_pre_linear")
+    dpost = evidence.hooks.get(prefix + "hook_post", (None, None))[1]
+    if pre is None or pre_linear is None or dpost is None:
+        return None
+    dact = dpost * pre_linear  # the gradient of silu(pre), as the reference has it
+    sigmoid = 1 / (1 + np.exp(-pre))
+    for candidate, kept in ((dact * sigmoid, "sigmoid"), (dact * pre * sigmoid * (1 - sigmoid), "pre * sigmoid'")):
+        if _fits_finite(mine, candidate):
+            return Diagnosis("one path", name, SILU_HINT.format(name=name, kept=kept))
+    return None
+
+
+SILU_HINT = ("{name} keeps only {kept} of silu's derivative. act = pre * sigmoid(pre): pre reaches act directly and "
+             "through sigmoid, so the derivative has two terms: dpre = dact * sigmoid + dact * pre * sigmoid * "
+             "(1 - sigmoid)")
+
+
+def rmsnorm_path(name, mine, right, evidence):
+    """RMSNorm's input gradient off by a multiple of x itself, row by row: the mean square's path."""
+    if evidence.cls != "RMSNorm" and getattr(evidence.cfg, "normalization_type", None) != "RMS":
+        return None
+    difference = mine - right
+    scale = max(np.linalg.norm(mine), np.linalg.norm(right))
+    if mine.shape != right.shape or np.linalg.norm(difference) <= FIT * scale:
+        return None
+    for x in _layernorm_inputs(name, evidence):
+        if x.shape != difference.shape:
+            continue
+        alpha = (difference * x).sum(-1, keepdims=True) / np.maximum((x**2).sum(-1, keepdims=True), 1e-300)
+        if np.linalg.norm(difference - alpha * x) <= FIT * scale:
+            return Diagnosis("one path", name, (
+                f"{name} is off by a multiple of x's own row: the gradient through the mean square is missing or "
+                f"wrong (forward: mean_square = mean(x**2), scale = sqrt(mean_square + eps); x reaches the output "
+                f"directly and through scale: dx += 2 / d_model * dmean_square * x)"))
+    return None
 
 
 def softmax_row_sum(name, mine, right, evidence):
@@ -659,7 +708,7 @@ def _parameter_names(evidence):
 
 def _layernorm_inputs(name, evidence):
     """What a LayerNorm normalised, where ``name``'s gradient arrives: the component's x, or the activation at a hook."""
-    if evidence.cls == "LayerNorm":
+    if evidence.cls in ("LayerNorm", "RMSNorm"):
         return [np.asarray(evidence.inputs[0], dtype=np.float64)]
     acts = evidence.activations
     out = [acts[name]] if name in acts else []

@@ -25,6 +25,7 @@ import ast
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -311,16 +312,35 @@ def write_copy(directory=DEFAULT_DIR, force: bool = False) -> Path:
     would otherwise replace the reference with stubs).
     """
     target = check_target(directory)
+    try:
+        os.fsdecode(os.fspath(directory)).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsdecode(os.fspath(directory))
+        raise ValueError(f"directory {shown!a} is not a UTF-8 name: the copy's hints name their "
+                         "folder in UTF-8 source; choose a folder whose name is") from None
     if target.exists() and not force:
         raise FileExistsError(f"{target} already exists (your work?); pass --force to overwrite it")
     reference_exercises()  # fails early if markers and catalog disagree
     stubs = {path.name: stub_source(path.read_text(), path.name, os.fspath(directory))
              for path in sorted(REFERENCE_DIR.glob("*.py"))}
-    if target.is_symlink():
-        target.unlink()
-    elif target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for name, text in stubs.items():
-        (target / name).write_text(text)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".numpy_impl-", dir=target.parent))  # whole, or nothing
+    try:
+        for name, text in stubs.items():
+            (staging / name).write_text(text)
+        if target.is_symlink():
+            target.unlink()
+        elif target.exists():
+            shutil.rmtree(target)
+        staging.chmod(0o777 & ~_umask())
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return target
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

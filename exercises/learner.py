@@ -18,6 +18,13 @@ never remove one) is installed. It refuses, and reports to the checker at once:
     refused    starting a process (fork, exec, spawn, system, subprocess), ctypes, signalling
                another process, writing a file outside the learner's folder and the temp folder
 
+The hook reports; the wall stops. Before the hook, where the kernel offers one (``sandbox.py``),
+the process puts itself behind a wall it cannot take down: it reads only its runtime copy, the
+learner's copy and the Python installation (less the project, torch and the other gradient
+engines), writes only its scratch folder, and runs no program and opens no socket. So code that
+switches the hook off still reaches nothing: the project's files (the reference, ``.git``,
+``outputs/``) cannot be read or changed by any route.
+
 Besides the gradients, it reports what a backward did on the side: every array it changed in place
 (each parameter's .data, each module's cache and other arrays, compared byte for byte), each forward
 it called (a profile function; finite differences call the forward), how many times each hook
@@ -25,10 +32,12 @@ point's backward ran, and, when asked, the first line of the learner's after whi
 another dtype than the model's (a trace function over the learner's lines only).
 
 This process imports only the standard library, NumPy, ``foundation`` (which the copy imports)
-and its own two helpers (``protocol.py``, ``steps.py``). The block's and the model's exercises
-run the reference's backward in their sub-modules, so that a mistake shows where it is: those
-functions are loaded before the hook, by file, under a private name that is then dropped from
-sys.modules; the exercise's own class is never among them.
+and its own helpers (``protocol.py``, ``steps.py``, ``sandbox.py``), all from the runtime copy
+``worker.py`` made, never from the project. The block's and the model's exercises run the
+reference's backward in their sub-modules, so that a mistake shows where it is: those functions
+are loaded before the hook from that copy (every other backward body taken out), under a private
+name that is then dropped from sys.modules, and the files are deleted before the learner's code
+is imported; the exercise's own class is never among them.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import inspect
 import itertools
 import linecache
 import os
+import shutil
 import sys
 import types
 import zlib
@@ -48,20 +58,29 @@ from pathlib import Path
 import numpy as np
 import scipy.special  # noqa: F401  the exact GELU's erf: imported before the audit hook, which refuses what scipy's import does
 
-from exercises import protocol, steps
+from exercises import protocol, sandbox, steps
 
 BORROWED_MODULES = {
     "numpy_impl", "torch_impl", "torch", "torchvision", "torchaudio", "functorch", "jax", "jaxlib", "autograd",
     "tensorflow", "keras", "tinygrad", "mlx", "sympy", "numdifftools", "transformers", "gradcheck", "exercises",
     "tours", "interp", "training", "reading", "parity_tests", "benchmarks", "demo", "_exercise_reference",
 }
-REFUSED_MODULES = {"subprocess", "_posixsubprocess", "multiprocessing", "pty", "_ctypes", "ctypes"}
+REFUSED_MODULES = {"subprocess", "_posixsubprocess", "multiprocessing", "pty", "_ctypes", "ctypes",
+                   "readline", "socket", "_socket", "sqlite3", "_sqlite3"}
 PROCESS_EVENTS = {"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
                   "subprocess.Popen", "os.startfile", "pty.spawn"}
 WRITE_EVENTS = {"os.rename": 2, "os.remove": 1, "os.rmdir": 1, "os.truncate": 1, "os.link": 2,
-                "os.symlink": 2, "os.mkdir": 1, "shutil.rmtree": 1, "os.chmod": 1, "os.chown": 1}
+                "os.symlink": 2, "os.mkdir": 1, "shutil.rmtree": 1, "os.chmod": 1, "os.chown": 1,
+                "os.utime": 1, "os.setxattr": 1, "os.removexattr": 1, "os.chflags": 1,
+                "os.mkfifo": 1, "os.mknod": 1, "sqlite3.connect": 1}
+READ_EVENTS = {"readline.read_history_file", "readline.read_init_file",
+               "readline.append_history_file", "readline.write_history_file"}
+SOCKET_EVENTS = {"socket.__new__", "socket.bind", "socket.connect", "socket.sendto",
+                 "socket.sendmsg"}
 REFERENCE_FOLDERS = ("numpy_impl", "torch_impl")  # by name anywhere (other clones), besides the project's
 PROTECTED_IN_PROJECT = ("numpy_impl", "torch_impl", "gradcheck")
+SHARED_LIBRARIES = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib",
+                    "/etc/ld.so.cache")  # what an extension module links to
 _loads = itertools.count()
 
 
@@ -259,10 +278,10 @@ def _evaluable(node):
 class Guard:
     """The audit hook's settings and its channel to the checker."""
 
-    def __init__(self, out_fd, package_dir, work_dir, project, extra_protected=()):
+    def __init__(self, out_fd, package_dir, work_dir, project, extra_protected=(), scratch=None):
         self.out_fd = out_fd
         self.package_dir = str(Path(package_dir).resolve())
-        self.writable = [str(Path(work_dir).resolve()), str(Path(_temp_dir()).resolve())]
+        self.writable = [str(Path(scratch or _temp_dir()).resolve())]
         self.work_dir, self.project = str(Path(work_dir).resolve()), str(Path(project).resolve())
         self.protected = [str((Path(project) / name).resolve()) for name in PROTECTED_IN_PROJECT]
         self.protected += [str(Path(p).resolve()) for p in extra_protected]
@@ -307,6 +326,13 @@ class Guard:
             if self._reference(path):
                 return "borrowed", f"reading {path}"
             return None
+        if event in READ_EVENTS and args and isinstance(args[0], (str, bytes, os.PathLike)):
+            path = os.fsdecode(args[0])
+            if self._reference(path) or not self._writable(path):
+                return "borrowed", f"{event} on {path}"
+            return None
+        if event in SOCKET_EVENTS:
+            return "refused", f"{event} (a socket)"
         if event in PROCESS_EVENTS:
             return "refused", f"{event} (starting a process)"
         if event.startswith("ctypes."):
@@ -341,10 +367,11 @@ class Guard:
 
     def _reference(self, path):
         real = os.path.realpath(path)
-        if real == self.package_dir or real.startswith(self.package_dir + os.sep):
+        inside = lambda folder: real == folder or real.startswith(folder + os.sep)  # noqa: E731
+        if inside(self.package_dir) or inside(self.work_dir):
             return False
-        if any(real == folder or real.startswith(folder + os.sep) for folder in self.protected):
-            return True
+        if inside(self.project) or any(inside(folder) for folder in self.protected):
+            return True  # the project's files, .git and outputs/ among them
         return any(part in REFERENCE_FOLDERS for part in Path(real).parts[:-1])
 
     def where(self):
@@ -375,15 +402,16 @@ def _temp_dir():
 
 # --- the reference's backward for sub-modules (block and model only) ---
 
-def reference_backwards(project, files):
-    """{class name: the reference's backward} for ``files`` ({class: file name}), loaded by file.
+def reference_backwards(folder, files):
+    """{class name: the reference's backward} for ``files`` ({class: file name}), loaded by file
+    from ``folder`` (a copy in the process's scratch folder, see ``worker.reference_copy``).
 
-    The private package never runs numpy_impl/__init__.py (which would load every class, the
-    exercise's own among them) and is dropped from sys.modules once the functions are taken.
+    The private package runs no ``__init__`` (which would load every class) and is dropped from
+    sys.modules once the functions are taken.
     """
     name = "_exercise_reference"
     package = types.ModuleType(name)
-    package.__path__ = [str(Path(project) / "numpy_impl")]
+    package.__path__ = [str(folder)]
     sys.modules[name] = package
     try:
         functions = {}
@@ -395,6 +423,70 @@ def reference_backwards(project, files):
         for loaded in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
             del sys.modules[loaded]
 
+
+# --- the wall's plan ---
+
+def engine_folders(runtime):
+    """Where torch and the other gradient engines of BORROWED_MODULES are installed, if they are
+    (the runtime copy's own ``exercises`` aside)."""
+    found = []
+    for name in sorted(BORROWED_MODULES):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.submodule_search_locations:
+            found += [str(Path(p).resolve()) for p in spec.submodule_search_locations]
+        elif spec is not None and spec.origin and os.path.isfile(spec.origin):
+            found.append(str(Path(spec.origin).resolve()))
+    runtime = str(Path(runtime).resolve())
+    return [p for p in found if not (p == runtime or p.startswith(runtime + os.sep))]
+
+
+def readable(setup, engines):
+    """What the process may read behind the wall: its runtime copy, the learner's folder and the
+    Python installation (this process's sys.path), less the project and the gradient engines."""
+    project = Path(setup["project"]).resolve()
+    installation = [p for p in sys.path[1:]
+                    if p and os.path.isdir(p) and Path(p).resolve() != project]
+    libraries = [p for p in SHARED_LIBRARIES if os.path.exists(p)]
+    roots = [setup["runtime"], setup["directory"], *installation, *libraries]
+    return sandbox.split_roots(roots, sandbox.carve(project, roots) + engines)
+
+
+def reaches_out(package_dir, directory, project):
+    """A sentence where the learner's copy is, or links into, something not its own; else ""."""
+    folder, project = Path(directory).resolve(), Path(project).resolve()
+    if folder == project or project.is_relative_to(folder):
+        return (f"your folder {directory} holds the project itself ({project}): check the copy "
+                "that 'python demo.py exercises init DIR' makes, in a folder of its own")
+    references = {}
+    for name in ("numpy_impl", "torch_impl"):
+        for path in (project / name).glob("*.py"):
+            info = path.stat()
+            references[(info.st_dev, info.st_ino)] = path
+    if not Path(package_dir).resolve().is_relative_to(folder):
+        real = Path(package_dir).resolve()
+        return f"your {Path(package_dir).name} is a link to {real}, outside your folder"
+    for root, dirs, files in os.walk(package_dir):
+        for name in dirs + files:
+            path = Path(root) / name
+            real = path.resolve()
+            if path.is_symlink() and not real.is_relative_to(folder):
+                return f"your {path.relative_to(folder)} is a link to {real}, outside your folder"
+            if path.is_file() and not path.is_symlink():
+                info = path.stat()
+                if info.st_nlink > 1 and (info.st_dev, info.st_ino) in references:
+                    return (f"your {path.relative_to(folder)} is a hard link to the project's "
+                            f"{references[(info.st_dev, info.st_ino)]}")
+    return ""
+
+
+def _audited(name, function):
+    def audited(path, *args, **kwargs):
+        sys.audit(f"os.{name}", path)
+        return function(path, *args, **kwargs)
+    return audited
 
 # --- what a backward did besides its gradient: side effects, forward calls, dtypes ---
 
@@ -746,12 +838,28 @@ def main(in_fd, out_fd):
     reader = protocol.Reader(in_fd)
     _, setup = reader.read()
     isolation = {}
-    if setup.get("isolate"):
-        isolation = reference_backwards(setup["project"], setup["isolate"])
+    if setup.get("reference"):
+        isolation = reference_backwards(setup["reference"], setup["isolate"])
+        shutil.rmtree(setup["reference"], ignore_errors=True)  # the functions are held; the source goes
+    linecache.clearcache()
     package_dir = find_package(setup["directory"])
-    torch_spec = importlib.util.find_spec("torch")
-    extra = [str(Path(torch_spec.origin).parent)] if torch_spec is not None and torch_spec.origin else []
-    sys.addaudithook(Guard(out_fd, package_dir, setup["directory"], setup["project"], extra))
+    engines = engine_folders(setup["runtime"])
+    refusal = reaches_out(package_dir, setup["directory"], setup["project"])
+    if refusal:
+        protocol.send(out_fd, {"event": {"kind": "borrowed", "what": refusal, "where": ""}})
+        protocol.send(out_fd, {"ready": False, "error": refusal})
+        return
+    if setup.get("wall"):
+        try:
+            sandbox.enter(read=readable(setup, engines), write=[setup["scratch"]])
+        except sandbox.Unavailable as error:
+            said = f"the checker could not put up its wall: {error}"
+            protocol.send(out_fd, {"ready": False, "error": said})
+            return
+    for name in ("mkfifo", "mknod"):  # no audit event of their own: give them one
+        setattr(os, name, _audited(name, getattr(os, name)))
+    sys.addaudithook(Guard(out_fd, package_dir, setup["directory"], setup["project"], engines,
+                           setup["scratch"]))
     try:
         package = load_package(setup["directory"], setup.get("substitutes"))
     except ImportError as error:

@@ -15,23 +15,37 @@ which then stops it), with PR_SET_PDEATHSIG where Linux has it (it dies with the
 killed with its whole process group when the exercise is over. Its output goes to a pipe the
 checker drains: the first ``OUTPUT_KEPT`` characters are kept to show, the rest only counted,
 so a flood of output neither blocks it nor fills anything.
+
+Behind the audit hook stands a wall the kernel keeps (``sandbox.py``: Landlock and seccomp,
+where Linux offers them). The process never sees the project: it starts from a runtime copy
+the checker makes once in a temporary folder (the modules of ``exercises`` the process needs,
+and ``foundation``, which the learner's copy imports), reads only that copy, the learner's copy
+and the Python installation (less the project and the other gradient engines), and writes only
+a scratch folder of its own (its TMPDIR), which is removed with it. For the block and the model,
+the scratch folder also holds the reference files its sub-modules run, with every other
+backward body taken out; the process loads them and deletes them before the learner's code is
+imported. Where there is no wall, the checker says so once: verdicts there trust the learner's
+code.
 """
 
 from __future__ import annotations
 
+import ast
 import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
-from . import protocol
+from . import protocol, sandbox
 
 PROJECT = Path(__file__).resolve().parent.parent  # the folder holding exercises/, numpy_impl/, foundation/
 OUTPUT_KEPT = 2000
-BOOT = (
+BOOT = (  # argv: the pipes' two ends, and the runtime copy (never the project: see runtime_copy)
     "import sys\n"
     "try:\n"
     "    import ctypes; ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the checker\n"
@@ -41,7 +55,14 @@ BOOT = (
     "from exercises.learner import main\n"
     "main(int(sys.argv[1]), int(sys.argv[2]))\n"
 )
+RUNTIME_FILES = ("exercises/learner.py", "exercises/protocol.py", "exercises/steps.py",
+                 "exercises/sandbox.py")
 _live = set()  # processes not yet stopped, for the exit handler
+_said = []  # the no-wall note, once per checker
+_runtime = []  # the shared runtime copy, once made
+NO_WALL = ("note: {why}, so the exercise checker has no wall the operating system keeps around a "
+           "learner's code here; only an audit hook in the learner's own process watches it, and "
+           "code that sets out to can switch that off: verdicts on this machine trust the learner.")
 
 
 class LearnerLost(Exception):
@@ -97,11 +118,20 @@ class LearnerProcess:
         from_checker, to_learner = os.pipe()  # (read end, write end): the learner reads what the checker writes
         from_learner, to_checker = os.pipe()
         log_read, log_write = os.pipe()
+        abi, why = sandbox.wall()
+        if not abi and not _said:
+            _said.append(why)
+            print(NO_WALL.format(why=why), file=sys.stderr)
+        self.scratch = Path(tempfile.mkdtemp(prefix="twins-learner-")).resolve()
+        runtime = shared_runtime()
+        reference = reference_copy(self.scratch / "_exercise_reference", isolate) if isolate else None
+        environment = {**os.environ, "TMPDIR": str(self.scratch)}
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-B", "-c", BOOT, str(from_checker), str(to_checker), str(PROJECT)],
+                [sys.executable, "-I", "-B", "-c", BOOT, str(from_checker), str(to_checker),
+                 str(runtime)],
                 pass_fds=(from_checker, to_checker), stdin=subprocess.DEVNULL, stdout=log_write, stderr=log_write,
-                cwd=directory, start_new_session=True)
+                cwd=directory, start_new_session=True, env=environment)
         finally:
             for fd in (from_checker, to_checker, log_write):
                 os.close(fd)
@@ -111,7 +141,9 @@ class LearnerProcess:
         self.output = Output(log_read)
         # substitutes: {file: the stub's source} for the files of the copy that do not compile
         protocol.send(self.to_learner, {"directory": str(directory), "project": str(PROJECT),
-                                        "isolate": isolate or {}, "substitutes": substitutes or {}})
+                                        "isolate": isolate or {}, "substitutes": substitutes or {},
+                                        "scratch": str(self.scratch), "runtime": str(runtime),
+                                        "reference": str(reference or ""), "wall": abi})
 
     def ready(self):
         """The learner's copy imported: {"ready": True}, or {"ready": False, "error": ...}."""
@@ -177,12 +209,73 @@ class LearnerProcess:
             except OSError:
                 pass
         self.output.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _wait(self, seconds):
         try:
             return self.process.wait(seconds)
         except subprocess.TimeoutExpired:
             return None
+
+
+def shared_runtime():
+    """The runtime copy the checker's learner's processes share, made once (removed at exit):
+    read-only to them behind the wall."""
+    if not _runtime or not _runtime[0].exists():
+        folder = Path(tempfile.mkdtemp(prefix="twins-runtime-")).resolve()
+        atexit.register(shutil.rmtree, folder, True)
+        _runtime[:] = [runtime_copy(folder / "runtime")]
+    return _runtime[0]
+
+
+def runtime_copy(runtime):
+    """What the learner's process imports, copied under ``runtime``: never the project itself.
+
+    ``exercises`` gets the modules the process uses (and an empty ``__init__``), ``foundation``
+    all of it.
+    """
+    (runtime / "exercises").mkdir(parents=True)
+    (runtime / "exercises" / "__init__.py").write_text("")
+    for name in RUNTIME_FILES:
+        shutil.copyfile(PROJECT / name, runtime / name)
+    shutil.copytree(PROJECT / "foundation", runtime / "foundation",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return runtime
+
+
+def reference_copy(reference, isolate):
+    """The files of the classes in ``isolate`` ({class: file}) and the ones they import, copied
+    into ``reference``, each ``backward`` body of any other class replaced by a raise."""
+    reference.mkdir()
+    (reference / "__init__.py").write_text("")
+    wanted, done = [PROJECT / "numpy_impl" / file for file in isolate.values()], set()
+    while wanted:
+        path = wanted.pop()
+        if path.name in done:
+            continue
+        done.add(path.name)
+        source = path.read_text()
+        tree = ast.parse(source)
+        wanted += [PROJECT / "numpy_impl" / f"{node.module}.py" for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module]
+        (reference / path.name).write_text(without_backwards(source, tree, set(isolate)))
+    return reference
+
+
+def without_backwards(source, tree, kept):
+    """``source``, each ``backward`` body of a class not in ``kept`` replaced by a raise."""
+    lines = source.splitlines(keepends=True)
+    for node in sorted(ast.walk(tree), key=lambda n: -getattr(n, "lineno", 0)):
+        if not isinstance(node, ast.ClassDef) or node.name in kept:
+            continue
+        for method in node.body:
+            is_backward = isinstance(method, ast.FunctionDef) and method.name == "backward"
+            if is_backward and node.name != "HookPoint":  # a hook point's is no exercise
+                first, last = method.body[0].lineno, method.end_lineno
+                indent = " " * method.body[0].col_offset
+                stub = f"{indent}raise NotImplementedError('not in this process')\n"
+                lines[first - 1:last] = [stub]
+    return "".join(lines)
 
 
 @atexit.register

@@ -78,7 +78,7 @@ def randomize_parameters(module, seed=0):
         raise TypeError(f"module must be a numpy_impl Module, got {type(module).__name__}")
     rng = np.random.default_rng(seed)
     for param_name, p in module.named_parameters():
-        kind = param_name.split(".")[-1]
+        kind = param_name.split(".")[-1].lstrip("_")  # grouped-query attention's _W_K, _b_K, ...: as W_K, b_K
         noise = rng.standard_normal(p.shape)  # [same shape as the parameter]
         if kind == "w":
             value = 1.0 + 0.3 * noise

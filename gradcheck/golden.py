@@ -9,7 +9,8 @@ The parity tests compare the twins with each other, so a change that moves both 
 This file does not move with the code: it holds, for each config in ``CONFIGS``, the weights,
 tokens and upstream gradient (the inputs), and what the NumPy reference made of them when the
 file was written (the output, every parameter gradient, every hook point's activation and
-gradient, and the next-token loss with its gradient), with the versions and seed that made it.
+gradient, once per point: an alias is left out; and the next-token loss with its gradient), with
+the versions and seed that made it.
 ``compare`` runs either twin on the stored inputs and measures each stored tensor with
 ``foundation.contract.agreement`` (b_K's exactly-zero gradient against the largest gradient of its
 config); both twins must agree with the file to ``TOLERANCE``.
@@ -46,6 +47,15 @@ CONFIGS = {
     "pre": dict(normalization="pre", positional="learned", act_fn="gelu_new", causal=True, unembed=True),
     "post": dict(normalization="post", positional="sinusoidal", act_fn="relu", causal=False, unembed=False),
     "none": dict(normalization=None, positional="learned", attn_only=True, causal=True, unembed=True),
+    # the Llama family: RMSNorm, rotary (partial: 2 of d_head 3), SwiGLU, 2 query heads sharing 1 key/value head
+    "llama": dict(normalization_type="RMS", eps=1e-6, positional_embedding_type="rotary", rotary_dim=2,
+                  rotary_base=100.0, act_fn="silu", gated_mlp=True, mlp_bias=False, attn_bias=False,
+                  n_key_value_heads=1),
+    # GPT-J's adjacent pairs with LayerNorm, exact GELU and biases
+    "rotary-adjacent": dict(positional_embedding_type="rotary", rotary_dim=2, rotary_adjacent_pairs=True,
+                            act_fn="gelu", causal=True, unembed=True),
+    # GPT-NeoX (Pythia): attention and MLP side by side, partial rotary on split halves
+    "neox": dict(positional_embedding_type="rotary", rotary_dim=2, act_fn="gelu", parallel_attn_mlp=True),
 }
 
 
@@ -99,8 +109,11 @@ def run(package, cfg, state_dict, tokens, dout):
     out, cache = model.run_with_cache(tokens, incl_bwd=True, dout=dout)
     results = {"output": _float64(out)}
     for key, value in cache.items():
+        hook = key[: -len(GRAD_SUFFIX)] if key.endswith(GRAD_SUFFIX) else key
+        if model.hook_dict[hook].name != hook:
+            continue  # an alias (hook_q for attn.q.hook_out): its point is kept under its own name
         if key.endswith(GRAD_SUFFIX):
-            results[f"act_grad/{key[: -len(GRAD_SUFFIX)]}"] = _float64(value)
+            results[f"act_grad/{hook}"] = _float64(value)
         else:
             results[f"act/{key}"] = _float64(value)
     for key, p in model.named_parameters():

@@ -4,21 +4,25 @@ from foundation.contract.config import TransformerConfig
 from foundation.lens.hooks import ActivationCache, get_act_name, hook_name
 from foundation.files.weights import load_weights, save_weights
 
-from .attention import MultiHeadAttention
+from .attention import GroupedQueryAttention, MultiHeadAttention
 from .block import TransformerBlock
 from .embedding import TokenEmbedding
 from .feedforward import FeedForward
+from .gated_feedforward import GatedFeedForward
 from .layernorm import LayerNorm, LayerNormPre
 from .loss import CrossEntropyLoss
 from .model import Transformer
 from .module import HookPoint, Module, Parameter
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from .rmsnorm import RMSNorm
 from .unembed import Unembed
 
 __all__ = [
     "ActivationCache",
     "CrossEntropyLoss",
     "FeedForward",
+    "GatedFeedForward",
+    "GroupedQueryAttention",
     "HookPoint",
     "LayerNorm",
     "LayerNormPre",
@@ -26,6 +30,7 @@ __all__ = [
     "Module",
     "MultiHeadAttention",
     "Parameter",
+    "RMSNorm",
     "SinusoidalPositionalEncoding",
     "TokenEmbedding",
     "Transformer",

@@ -1,7 +1,7 @@
 """Multi-head self-attention ("Attention Is All You Need", §3.2.1-3.2.2).
 
 Axes: batch, pos / q_pos / k_pos (query and key positions), head, d_head (width of one
-head), d_model (residual width). Einsum letters: b batch, p pos, h head, d d_head, m d_model.
+head), d_model (residual width); kv_head (grouped key/value heads), half (rotary_dim / 2). Einsum letters: b batch, p pos, h head, d d_head, m d_model.
 
 For each head h, with x the input [batch, pos, d_model]:
     q = x W_Q[h] + b_Q[h],  k = x W_K[h] + b_K[h],  v = x W_V[h] + b_V[h]
@@ -11,8 +11,16 @@ For each head h, with x the input [batch, pos, d_model]:
 
 Hook points, as TransformerLens 4 names them: ``hook_in`` (x); ``q.hook_in`` / ``q.hook_out`` (x as
 the query projection reads it, and q; ``hook_q`` is another name for ``q.hook_out``), the same for
-k and v; ``hook_attn_scores``, ``hook_pattern``; ``o.hook_in`` (z, alias ``hook_z``) and
-``o.hook_out``; then ``hook_hidden_states`` and ``hook_out`` (out).
+k and v; ``hook_rot_q`` and ``hook_rot_k`` (q and k turned, rotary only); ``hook_attn_scores``,
+``hook_pattern``; ``o.hook_in`` (z, alias ``hook_z``) and ``o.hook_out``; then
+``hook_hidden_states`` and ``hook_out`` (out).
+
+The Llama family adds two steps between the projections and the scores. Rotary position
+embedding (``cfg.positional == "rotary"``, rotary.py) turns q and k by angles that grow with the
+position. Grouped-query attention (``GroupedQueryAttention``, below) keeps fewer key/value heads
+than query heads: each serves a group of n_heads // n_key_value_heads query heads, so its k and
+v are repeated across the group, and the backward sums the group's gradients into it.
+With ``cfg.attn_bias`` False, the biases are fixed zeros, not parameters.
 
 Each einsum that multiplies by a weight names the weight first, so NumPy returns its result in
 the output's own axis order; W_O's gradient names dout first for the same reason (W_Q's, W_K's
@@ -24,7 +32,8 @@ import math
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import HookPoint, Module, Parameter, Projection
+from .module import Constant, HookPoint, Module, Parameter, Projection, boundary
+from .rotary import rotary_tables, rotate
 
 
 class MultiHeadAttention(Module):
@@ -33,23 +42,32 @@ class MultiHeadAttention(Module):
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
         self.cfg = check_config(cfg)
+        if cfg.n_key_value_heads is not None:
+            raise ValueError("cfg.n_key_value_heads is set: build GroupedQueryAttention(cfg), or "
+                             "MultiHeadAttention.for_config(cfg), which picks the class")
         n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
         self.W_Q = Parameter((rng.standard_normal((n_heads, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
         self.W_K = Parameter((rng.standard_normal((n_heads, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
         self.W_V = Parameter((rng.standard_normal((n_heads, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
         self.W_O = Parameter((rng.standard_normal((n_heads, d_head, d_model)) / np.sqrt(n_heads * d_head)).astype(cfg.dtype))
-        self.b_Q = Parameter(np.zeros((n_heads, d_head), dtype=cfg.dtype))
-        self.b_K = Parameter(np.zeros((n_heads, d_head), dtype=cfg.dtype))
-        self.b_V = Parameter(np.zeros((n_heads, d_head), dtype=cfg.dtype))
-        self.b_O = Parameter(np.zeros(d_model, dtype=cfg.dtype))
+        bias = Parameter if cfg.attn_bias else Constant  # Llama's attention has no biases: fixed zeros
+        self.b_Q = bias(np.zeros((n_heads, d_head), dtype=cfg.dtype))
+        self.b_K = bias(np.zeros((n_heads, d_head), dtype=cfg.dtype))
+        self.b_V = bias(np.zeros((n_heads, d_head), dtype=cfg.dtype))
+        self.b_O = bias(np.zeros(d_model, dtype=cfg.dtype))
         # mask[q, k] is True where query q may look at key k (fixed: not a parameter)
         self.mask = np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), dtype=bool))  # [n_ctx, n_ctx]
+        if cfg.positional == "rotary":  # fixed tables, as the mask
+            self.rotary_cos, self.rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         # q, k, v, o: the hook points around each projection (TransformerLens 4's attn.q, ...)
         self.q, self.k, self.v = Projection(), Projection(), Projection()
         self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; an alias: one point, two names
         self.hook_k = self.k.hook_out  # [batch, pos, head, d_head]
         self.hook_v = self.v.hook_out  # [batch, pos, head, d_head]
+        if cfg.positional == "rotary":
+            self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, pos, head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
         self.o = Projection()
@@ -58,6 +76,12 @@ class MultiHeadAttention(Module):
         self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.cache = None
 
+    @staticmethod
+    def for_config(cfg, rng=None):
+        """The attention ``cfg`` asks for: grouped when ``n_key_value_heads`` is set, else ``MultiHeadAttention``."""
+        return MultiHeadAttention(cfg, rng) if cfg.n_key_value_heads is None else GroupedQueryAttention(cfg, rng)
+
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         x = self.hook_in(x)
@@ -69,6 +93,15 @@ class MultiHeadAttention(Module):
         k = np.einsum("hmd,bpm->bphd", self.W_K.data, x_k, optimize=True) + self.b_K.data  # [batch, pos, head, d_head]
         v = np.einsum("hmd,bpm->bphd", self.W_V.data, x_v, optimize=True) + self.b_V.data  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
+            cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
+            adjacent = self.cfg.rotary_adjacent_pairs  # GPT-J's pairs; Llama's and NeoX's are halves
+            q = self.hook_rot_q(rotate(q, cos, sin, adjacent))  # [batch, pos, head, d_head]
+            k = self.hook_rot_k(rotate(k, cos, sin, adjacent))  # [batch, pos, kv_head, d_head]
+        if self.cfg.n_key_value_heads is not None:  # grouped: each key/value head serves its group of heads
+            group = self.cfg.n_heads // self.cfg.n_key_value_heads
+            k = np.repeat(k, group, axis=2)  # [batch, pos, head, d_head]
+            v = np.repeat(v, group, axis=2)  # [batch, pos, head, d_head]
         # each head attends on its own: put the head axis before the position axis
         q_h = q.transpose(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         k_h = k.transpose(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
@@ -89,6 +122,7 @@ class MultiHeadAttention(Module):
         self.cache = (x_q, x_k, x_v, q_h, k_h, v_h, probs, pattern, z)
         return out
 
+    @boundary(dout="gradient")
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into every W_* and b_* grad."""
         x_q, x_k, x_v, q_h, k_h, v_h, probs, pattern, z = self.cache
@@ -126,6 +160,18 @@ class MultiHeadAttention(Module):
         dq = dq_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dk = dk_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dv = dv_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
+        if self.cfg.n_key_value_heads is not None:
+            # forward: k = repeat(k, group, axis=2), and v   (each shared head's gradient: its group's sum)
+            n_kv = self.cfg.n_key_value_heads
+            grouped = (n_kv, self.cfg.n_heads // n_kv, self.cfg.d_head)  # head -> kv_head, group
+            dk = dk.reshape(*dk.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, d_head]
+            dv = dv.reshape(*dv.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, d_head]
+        if self.cfg.positional == "rotary":
+            # forward: q = hook_rot_q(rotate(q, cos, sin)), and k   (undone by the opposite angles)
+            cos, sin = self.rotary_cos[: x_q.shape[1]], self.rotary_sin[: x_q.shape[1]]  # [pos, half] each
+            adjacent = self.cfg.rotary_adjacent_pairs
+            dq = rotate(self.hook_rot_q.backward(dq), cos, -sin, adjacent)  # [batch, pos, head, d_head]
+            dk = rotate(self.hook_rot_k.backward(dk), cos, -sin, adjacent)  # [batch, pos, kv_head, d_head]
         dq, dk, dv = self.hook_q.backward(dq), self.hook_k.backward(dk), self.hook_v.backward(dv)
         # forward: q = einsum("hmd,bpm->bphd", W_Q, x_q) + b_Q, and the same for k and v
         self.W_Q.grad += np.einsum("bpm,bphd->hmd", x_q, dq, optimize=True)  # [head, d_model, d_head]
@@ -142,3 +188,52 @@ class MultiHeadAttention(Module):
               + self.v.hook_in.backward(dx_v))  # [batch, pos, d_model]
         # EXERCISE END
         return self.hook_in.backward(dx)
+
+
+class GroupedQueryAttention(MultiHeadAttention):
+    """Attention whose n_key_value_heads key/value heads each serve a group of query heads (Ainslie et al., 2023).
+
+    TransformerLens's names and shapes: the shared heads are ``_W_K``, ``_W_V``
+    [n_key_value_heads, d_model, d_head] and ``_b_K``, ``_b_V`` [n_key_value_heads, d_head];
+    ``W_K``, ``W_V``, ``b_K``, ``b_V`` read them (the shared heads, not repeated), so the forward
+    and backward above serve both classes.
+    """
+
+    def __init__(self, cfg, rng=None):
+        rng = np.random.default_rng(rng)
+        self.cfg = check_config(cfg)
+        n_heads, d_model, d_head, n_kv = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.n_key_value_heads
+        self.W_Q = Parameter((rng.standard_normal((n_heads, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
+        self._W_K = Parameter((rng.standard_normal((n_kv, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
+        self._W_V = Parameter((rng.standard_normal((n_kv, d_model, d_head)) / np.sqrt(d_model)).astype(cfg.dtype))
+        self.W_O = Parameter((rng.standard_normal((n_heads, d_head, d_model)) / np.sqrt(n_heads * d_head)).astype(cfg.dtype))
+        bias = Parameter if cfg.attn_bias else Constant  # Llama's attention has no biases: fixed zeros
+        self.b_Q = bias(np.zeros((n_heads, d_head), dtype=cfg.dtype))
+        self._b_K = bias(np.zeros((n_kv, d_head), dtype=cfg.dtype))
+        self._b_V = bias(np.zeros((n_kv, d_head), dtype=cfg.dtype))
+        self.b_O = bias(np.zeros(d_model, dtype=cfg.dtype))
+        # mask[q, k] is True where query q may look at key k (fixed: not a parameter)
+        self.mask = np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), dtype=bool))  # [n_ctx, n_ctx]
+        if cfg.positional == "rotary":  # fixed tables, as the mask
+            self.rotary_cos, self.rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        # q, k, v, o: the hook points around each projection (TransformerLens 4's attn.q, ...)
+        self.q, self.k, self.v = Projection(), Projection(), Projection()
+        self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; an alias: one point, two names
+        self.hook_k = self.k.hook_out  # [batch, pos, kv_head, d_head]
+        self.hook_v = self.v.hook_out  # [batch, pos, kv_head, d_head]
+        if cfg.positional == "rotary":
+            self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.o = Projection()
+        self.hook_z = self.o.hook_in  # [batch, pos, head, d_head]
+        self.hook_hidden_states = HookPoint()  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
+        self.cache = None
+
+    W_K = property(lambda self: self._W_K)  # [kv_head, d_model, d_head]
+    W_V = property(lambda self: self._W_V)  # [kv_head, d_model, d_head]
+    b_K = property(lambda self: self._b_K)  # [kv_head, d_head]
+    b_V = property(lambda self: self._b_V)  # [kv_head, d_head]

@@ -7,6 +7,8 @@ Axes: batch, pos (sequence position), d_model (residual width).
         resid_post = resid_mid + mlp(ln2(resid_mid))      resid_post = ln2(resid_mid + mlp(resid_mid))
     normalization=None: the "pre" equations without ln1 and ln2.
     attn_only: no MLP and no ln2, so resid_post is the line that makes resid_mid above.
+    parallel_attn_mlp (GPT-NeoX): resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)),
+        with no resid_mid: attention and the MLP read the same stream, side by side.
 
 Hook points, as TransformerLens 4 names them: ``hook_in`` (resid_pre, alias ``hook_resid_pre``),
 ``hook_out`` (resid_post, alias ``hook_resid_post``); ``hook_attn_out`` and ``hook_mlp_out`` are
@@ -22,7 +24,7 @@ from .attention import MultiHeadAttention
 from foundation.contract.checks import check_config
 from .feedforward import FeedForward
 from .layernorm import LayerNorm
-from .module import HookPoint, Module
+from .module import HookPoint, Module, boundary
 
 
 class TransformerBlock(Module):
@@ -35,17 +37,19 @@ class TransformerBlock(Module):
         self.hook_resid_pre = self.hook_in  # TransformerLens's alias: one point, two names
         if cfg.normalization is not None:
             self.ln1 = LayerNorm.for_config(cfg)
-        self.attn = MultiHeadAttention(cfg, rng)
+        self.attn = MultiHeadAttention.for_config(cfg, rng)
         self.hook_attn_out = self.attn.hook_out  # [batch, pos, d_model]
         if not cfg.attn_only:
-            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]; its own point (docstring)
+            if not cfg.parallel_attn_mlp:
+                self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]; its own (docstring)
             if cfg.normalization is not None:
                 self.ln2 = LayerNorm.for_config(cfg)
-            self.mlp = FeedForward(cfg, rng)
+            self.mlp = FeedForward.for_config(cfg, rng)
             self.hook_mlp_out = self.mlp.hook_out  # [batch, pos, d_model]
         self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = self.hook_out
 
+    @boundary(resid_pre="activation")
     def forward(self, resid_pre):
         """resid_pre [batch, pos, d_model] -> resid_post [batch, pos, d_model]"""
         norm = self.cfg.normalization
@@ -53,6 +57,11 @@ class TransformerBlock(Module):
         attn_in = self.ln1(resid_pre) if norm == "pre" else resid_pre  # [batch, pos, d_model]
         attn_out = self.attn(attn_in)  # [batch, pos, d_model]
         resid_mid = resid_pre + attn_out  # [batch, pos, d_model]
+        if self.cfg.parallel_attn_mlp:  # the MLP reads resid_pre too, beside attention
+            mlp_in = self.ln2(resid_pre) if norm == "pre" else resid_pre  # [batch, pos, d_model]
+            mlp_out = self.mlp(mlp_in)  # [batch, pos, d_model]
+            resid_post = resid_mid + mlp_out  # [batch, pos, d_model]
+            return self.hook_out(resid_post)
         if norm == "post":
             resid_mid = self.ln1(resid_mid)  # [batch, pos, d_model]
         if self.cfg.attn_only:
@@ -65,6 +74,7 @@ class TransformerBlock(Module):
             resid_post = self.ln2(resid_post)  # [batch, pos, d_model]
         return self.hook_out(resid_post)
 
+    @boundary(dresid_post="gradient")
     def backward(self, dresid_post):
         """dresid_post [batch, pos, d_model] -> dresid_pre [batch, pos, d_model]; fills every sub-module's grads.
 
@@ -73,6 +83,14 @@ class TransformerBlock(Module):
         # EXERCISE BEGIN
         norm = self.cfg.normalization
         dresid_post = self.hook_out.backward(dresid_post)
+        if self.cfg.parallel_attn_mlp:
+            # forward: resid_post = resid_pre + attn_out + mlp_out, with mlp_out = mlp(ln2(resid_pre))
+            dmlp_in = self.mlp.backward(dresid_post)  # [batch, pos, d_model]
+            dattn_in = self.attn.backward(dresid_post)  # [batch, pos, d_model]
+            if norm == "pre":
+                dmlp_in = self.ln2.backward(dmlp_in)  # [batch, pos, d_model]
+                dattn_in = self.ln1.backward(dattn_in)  # [batch, pos, d_model]
+            return self.hook_in.backward(dresid_post + dattn_in + dmlp_in)
         if self.cfg.attn_only:
             # forward: resid_post = resid_mid   (attn_only: no MLP)
             dresid_mid = dresid_post  # [batch, pos, d_model]

@@ -8,7 +8,7 @@ Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual str
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import HookPoint, Module, Parameter
+from .module import HookPoint, Module, Parameter, boundary
 
 
 class TokenEmbedding(Module):
@@ -22,6 +22,7 @@ class TokenEmbedding(Module):
         self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.cache = None
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
         tokens = self.hook_in(tokens)
@@ -30,6 +31,7 @@ class TokenEmbedding(Module):
         self.cache = tokens
         return embed
 
+    @boundary(dembed="gradient")
     def backward(self, dembed):
         """dembed [batch, pos, d_model] -> None (tokens are discrete: no input gradient).
 

@@ -25,7 +25,8 @@ import numpy as np
 from scipy.special import erf
 
 from foundation.contract.checks import check_config
-from .module import HookPoint, Module, Parameter, Projection
+from .gated_feedforward import GatedFeedForward
+from .module import Constant, HookPoint, Module, Parameter, Projection, boundary
 
 GELU_C = math.sqrt(2.0 / math.pi)
 SQRT_2 = math.sqrt(2.0)
@@ -39,9 +40,10 @@ class FeedForward(Module):
         rng = np.random.default_rng(rng)
         self.cfg = check_config(cfg)
         self.W_in = Parameter((rng.standard_normal((cfg.d_model, cfg.d_mlp)) / np.sqrt(cfg.d_model)).astype(cfg.dtype))
-        self.b_in = Parameter(np.zeros(cfg.d_mlp, dtype=cfg.dtype))
+        bias = Parameter if cfg.mlp_bias else Constant  # mlp_bias=False: fixed zeros
+        self.b_in = bias(np.zeros(cfg.d_mlp, dtype=cfg.dtype))
         self.W_out = Parameter((rng.standard_normal((cfg.d_mlp, cfg.d_model)) / np.sqrt(cfg.d_mlp)).astype(cfg.dtype))
-        self.b_out = Parameter(np.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.b_out = bias(np.zeros(cfg.d_model, dtype=cfg.dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         # in, out: the hook points around W_in and W_out (TransformerLens 4's mlp.in and mlp.out;
         # "in" is a Python keyword, so it is set by name and read as self.in_)
@@ -57,6 +59,7 @@ class FeedForward(Module):
         """``mlp.in``, the hook points around W_in (``self.in`` would be a syntax error)."""
         return getattr(self, "in")
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         x = self.hook_in(x)
@@ -79,6 +82,7 @@ class FeedForward(Module):
         self.cache = (x_in, pre, tanh, post)
         return out
 
+    @boundary(dout="gradient")
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_in, b_in, W_out, b_out grads."""
         x_in, pre, tanh, post = self.cache
@@ -115,3 +119,8 @@ class FeedForward(Module):
         dx = np.einsum("mf,bpf->bpm", self.W_in.data, dpre, optimize=True)  # [batch, pos, d_model]
         # EXERCISE END
         return self.hook_in.backward(self.in_.hook_in.backward(dx))
+
+    @staticmethod
+    def for_config(cfg, rng=None):
+        """The MLP ``cfg`` asks for: ``GatedFeedForward`` (SwiGLU) when ``gated_mlp``, else ``FeedForward``."""
+        return GatedFeedForward(cfg, rng) if cfg.gated_mlp else FeedForward(cfg, rng)

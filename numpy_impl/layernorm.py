@@ -13,7 +13,8 @@ The denominator is TransformerLens's ``hook_scale``; ``hook_normalized`` holds
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import HookPoint, Module, Parameter
+from .module import Constant, HookPoint, Module, Parameter, boundary
+from .rmsnorm import RMSNorm
 
 EPS = 1e-5
 
@@ -26,11 +27,12 @@ class LayerNorm(Module):
         self.w = Parameter(np.ones(cfg.d_model, dtype=cfg.dtype))
         self.b = Parameter(np.zeros(cfg.d_model, dtype=cfg.dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
-        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_scale = HookPoint(always=True)  # [batch, pos, 1]; always: x / inf = 0 is finite
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]: before w and b
         self.hook_out = HookPoint()  # [batch, pos, d_model]: after w and b
         self.cache = None
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         x = self.hook_in(x)
@@ -46,6 +48,7 @@ class LayerNorm(Module):
         self.cache = (centered, scale, normalized)
         return out
 
+    @boundary(dout="gradient")
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into w.grad and b.grad.
 
@@ -79,23 +82,10 @@ class LayerNorm(Module):
 
     @staticmethod
     def for_config(cfg):
-        """The LayerNorm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN") or ``LayerNormPre`` ("LNPre")."""
+        """The norm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN"), ``LayerNormPre`` ("LNPre") or ``RMSNorm`` ("RMS")."""
+        if cfg.normalization_type == "RMS":
+            return RMSNorm(cfg)
         return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
-
-
-class Constant:
-    """A fixed array in a parameter's place: ``.data`` reads as a parameter's; what ``.grad`` is given is dropped."""
-
-    def __init__(self, data):
-        self.data = data
-
-    @property
-    def grad(self):
-        return np.zeros_like(self.data)
-
-    @grad.setter
-    def grad(self, value):
-        pass  # a constant is not trained: nothing keeps its gradient
 
 
 class LayerNormPre(LayerNorm):

@@ -5,12 +5,15 @@ Axes: batch, pos (sequence position), d_vocab (vocabulary).
 
     log_probs = logits - logsumexp(logits)          (row by row over d_vocab)
     nll[b, p] = -log_probs[b, p, targets[b, p]]
-    loss = sum(weights * nll) / sum(weights)       (weights all 1: the plain mean)
+    loss = sum(weights * nll) / sum(weights)       (reduction="mean"; weights all 1: the plain mean)
+    loss = weights * nll                            (reduction="none": one loss per token)
 """
 
 import numpy as np
 
-from .module import Module
+from foundation.contract.checks import check_reduction
+
+from .module import Module, boundary
 
 
 def log_softmax(logits):
@@ -23,27 +26,40 @@ def log_softmax(logits):
 
 
 class CrossEntropyLoss(Module):
-    """Mean negative log-likelihood of the targets; ``weights`` make it a weighted mean."""
+    """Mean negative log-likelihood of the targets; ``weights`` make it a weighted mean.
 
-    def __init__(self):
+    ``reduction="none"``: each token's loss [batch, pos] (times its weight), as torch's.
+    """
+
+    def __init__(self, reduction="mean"):
+        self.reduction = check_reduction(reduction)
         self.cache = None
 
+    @boundary(logits="logits", targets="targets", weights="weights")
     def forward(self, logits, targets, weights=None):
-        """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss []"""
+        """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss [] (or [batch, pos])"""
         if weights is None:
             weights = np.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
         log_probs = log_softmax(logits)  # [batch, pos, d_vocab]
         nll = -np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [batch, pos]
-        loss = (weights * nll).sum() / weights.sum()  # []
+        if self.reduction == "mean":
+            loss = (weights * nll).sum() / weights.sum()  # []
+        else:
+            loss = weights * nll  # [batch, pos]
         self.cache = (log_probs, targets, weights)
         return loss
 
+    @boundary(dloss="gradient")
     def backward(self, dloss=1.0):
-        """dloss (a scalar, 1 by default) -> dlogits [batch, pos, d_vocab]."""
+        """dloss (a scalar, 1 by default; [batch, pos] for reduction="none") -> dlogits [batch, pos, d_vocab]."""
         log_probs, targets, weights = self.cache
         # EXERCISE BEGIN
-        # forward: loss = sum(weights * nll) / sum(weights)
-        dnll = dloss * weights / weights.sum()  # [batch, pos]
+        if self.reduction == "mean":
+            # forward: loss = sum(weights * nll) / sum(weights)
+            dnll = dloss * weights / weights.sum()  # [batch, pos]
+        else:
+            # forward: loss = weights * nll
+            dnll = dloss * weights  # [batch, pos]
         # forward: nll = -log_probs[targets]
         dlog_probs = np.zeros_like(log_probs)  # [batch, pos, d_vocab]
         np.put_along_axis(dlog_probs, targets[..., None], -dnll[..., None], axis=-1)

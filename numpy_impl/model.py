@@ -11,7 +11,7 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
 import numpy as np
 
 from foundation.contract.checks import check_config, check_seed
-from foundation.files.pretrained import read_gpt2, read_gpt2_tokenizer
+from foundation.files.pretrained import read_pretrained
 from foundation.lens.running import RunningMixin
 from foundation.files.weights import load_weights, save_weights
 
@@ -20,7 +20,7 @@ from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
 from .loss import CrossEntropyLoss
-from .module import HookPoint, Module
+from .module import HookPoint, Module, boundary
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
 from .views import WeightViewsMixin
@@ -44,9 +44,10 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         self.hook_embed = self.embed.hook_out  # [batch, pos, d_model]; TransformerLens's alias: one point
         if cfg.positional == "learned":
             self.pos_embed = LearnedPositionalEmbedding(cfg, rng)
-        else:
+        elif cfg.positional == "sinusoidal":
             self.pos_embed = SinusoidalPositionalEncoding(cfg, rng)
-        self.hook_pos_embed = self.pos_embed.hook_out  # [batch, pos, d_model]
+        if cfg.positional != "rotary":  # rotary: positions enter inside attention, through q and k
+            self.hook_pos_embed = self.pos_embed.hook_out  # [batch, pos, d_model]
         self.blocks = [TransformerBlock(cfg, rng) for _ in range(cfg.n_layers)]
         if cfg.normalization == "pre":
             self.ln_final = LayerNorm.for_config(cfg)
@@ -57,6 +58,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
             if isinstance(module, HookPoint) and module.name is None:
                 module.name = name  # its own name: an alias (hook_embed) comes after it (embed.hook_out)
 
+    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer")
     def forward(self, tokens, return_type="logits", loss_per_token=False, stop_at_layer=None):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
@@ -67,8 +69,11 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         ``backward`` takes the gradient of the output, or starts from the loss (see ``backward``).
         """
         embed = self.embed(tokens)  # [batch, pos, d_model]
-        pos_embed = self.pos_embed(tokens)  # [batch, pos, d_model]
-        resid = embed + pos_embed  # [batch, pos, d_model]
+        if self.cfg.positional == "rotary":
+            resid = embed  # [batch, pos, d_model]
+        else:
+            pos_embed = self.pos_embed(tokens)  # [batch, pos, d_model]
+            resid = embed + pos_embed  # [batch, pos, d_model]
         stop = self._stop_layer(stop_at_layer)
         for block in self.blocks[:stop]:
             resid = block(resid)  # [batch, pos, d_model]
@@ -79,13 +84,18 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         out = self.unembed(resid) if self.cfg.unembed else resid  # [batch, pos, d_vocab or d_model]
         return self._with_return_type(out, tokens, return_type, loss_per_token)
 
+    @boundary(dout="output or loss gradient")
     def backward(self, dout=None):
         """dout shaped like the output -> None (tokens are discrete); fills every parameter's grad.
 
         After ``forward(..., return_type="loss")``: ``backward()`` backpropagates that loss, as
-        ``loss.backward()``; with ``loss_per_token=True``, ``backward(dloss)`` (dloss [batch, pos - 1]);
-        the boundary turns that gradient into the output's (``gradient_of_output``, hooked.py).
+        ``loss.backward()``; with ``loss_per_token=True``, ``backward(dloss)`` (dloss [batch, pos - 1]).
         """
+        if self._loss is not None and np.shape(dout) != self._output_shape:
+            # forward: loss = CrossEntropyLoss(out[:, :-1], tokens[:, 1:]); the last position predicts nothing
+            dout_loss = 1.0 if dout is None else dout  # [] or [batch, pos - 1]; loss.backward() means 1
+            dout = np.zeros(self._output_shape, dtype=self.cfg.dtype)  # [batch, pos, d_vocab]
+            dout[:, :-1] = self._loss.backward(dout_loss)  # [batch, pos - 1, d_vocab]
         # EXERCISE BEGIN
         # forward: out = unembed(resid) if unembed else resid
         dresid = self.unembed.backward(dout) if self.cfg.unembed else dout  # [batch, pos, d_model]
@@ -95,9 +105,10 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         for block in reversed(self.blocks):
             # forward: resid = block(resid)   (for each block; undo the last one first)
             dresid = block.backward(dresid)  # [batch, pos, d_model]
-        # forward: resid = embed + pos_embed
+        # forward: resid = embed + pos_embed   (rotary: resid = embed)
         self.embed.backward(dresid)
-        self.pos_embed.backward(dresid)
+        if self.cfg.positional != "rotary":
+            self.pos_embed.backward(dresid)
         # EXERCISE END
         return None
 
@@ -114,15 +125,17 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, folder):
-        """A new model holding a Hugging Face GPT-2 checkpoint (config.json + model.safetensors), in its dtype.
+    def from_pretrained(cls, folder, n_ctx=None):
+        """A new model holding a Hugging Face checkpoint folder (GPT-2 or Llama), in its dtype.
 
-        GPT-2 ties its unembedding to the token embedding; here ``unembed.W_U`` starts as
-        ``W_E.T`` and ``b_U`` as zeros, and a tied model's gradient is ``W_E.grad + W_U.grad.T``.
-        With vocab.json and merges.txt in the folder, ``model.tokenizer`` is GPT-2's byte-level BPE.
+        GPT-2: config.json + model.safetensors; with vocab.json and merges.txt, ``model.tokenizer``
+        is GPT-2's byte-level BPE. Llama (``LlamaForCausalLM``): config.json + model.safetensors or
+        the shards of model.safetensors.index.json; with tokenizer.json, its tokenizer. ``n_ctx``
+        (Llama only) caps the longest sequence below max_position_embeddings.
+        A tied checkpoint's unembedding starts as ``W_E.T`` here, a parameter of its own (``b_U``
+        zeros), so a tied model's gradient is ``W_E.grad + W_U.grad.T``.
         """
-        cfg, state_dict = read_gpt2(folder)
-        tokenizer = read_gpt2_tokenizer(folder, cfg.d_vocab)
+        cfg, state_dict, tokenizer = read_pretrained(folder, n_ctx)
         model = cls(cfg)
         model.load_state_dict(state_dict)
         model.tokenizer = tokenizer

@@ -5,69 +5,99 @@ It copies just enough of ``torch.nn`` that the two implementations are used the 
 walking its attributes in the order they were set, so ``named_parameters()`` and
 ``state_dict()`` list the same names, in the same order, as the torch twin.
 
-``Module`` is also the boundary: every subclass's ``forward`` and ``backward`` is wrapped (see
-``_forward_at_the_boundary`` and ``_backward_at_the_boundary`` below, and ``foundation/contract/boundary.py``
-for what they guarantee), so the bodies in the component files hold only the formulas.
+``Module`` also carries the boundary each component method declares with
+``@boundary(x="activation")`` (``foundation/contract/boundary.py`` says what it guarantees):
+``_forward_at_the_boundary`` and ``_backward_at_the_boundary`` below, so the bodies in the
+component files hold only the formulas.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 import numpy as np
 
-from foundation.contract.boundary import (
+from foundation.contract.arrays import as_numpy
+from foundation.contract.boundary import (  # noqa: F401 (boundary, for the components)
+    RAISED,
+    RUNNING,
     Call,
     ForwardRecord,
+    bind,
+    boundary,
     calls,
     check_arguments,
     check_backward_allowed,
-    check_gradient_argument,
+    check_weights_unchanged,
     entered,
     guard,
+    guard_every_hook,
+    guarding,
     hook_label,
+    inputs_finite,
     nonfinite,
+    note_always_guarded,
     output_shape,
+    outputs,
     taint,
+    user_call,
 )
 from foundation.contract.checks import IncompatibleKeys, check_state_dict, tokens_as_array
-from foundation.lens.hooks import HookLists, as_numpy
+from foundation.lens.hooks import HookLists
+
+__all__ = ["HookPoint", "Module", "Parameter", "boundary"]
 
 
 class Parameter:
-    """A trainable array and its gradient (same shape, accumulated by ``backward``)."""
+    """A trainable array and its gradient (same shape, accumulated by ``backward``).
+
+    ``version`` counts the changes made through ``.data`` (``p.data -= lr * m`` assigns it) and
+    ``load_state_dict``, as torch's version counter: a backward refuses a weight that changed
+    after its forward. Writing into ``p.data[...]`` yourself changes no version; call ``p.changed()``.
+    """
 
     def __init__(self, data: np.ndarray):
-        self.data = data
+        self._data = data
+        self.version = 0
         self.grad = np.zeros_like(data)
 
     @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = value
+        self.version += 1
+
+    def changed(self):
+        """Say that ``data`` was written in place: a backward of an earlier forward is refused."""
+        self.version += 1
+
+    @property
     def shape(self):
-        return self.data.shape
+        return self._data.shape
 
     def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+        return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype})"
+
+
+class Constant:
+    """A fixed array in a parameter's place: ``.data`` reads as a parameter's; what ``.grad`` is given is dropped."""
+
+    def __init__(self, data):
+        self.data = data
+
+    @property
+    def grad(self):
+        return np.zeros_like(self.data)
+
+    @grad.setter
+    def grad(self, value):
+        pass  # a constant is not trained: nothing keeps its gradient
 
 
 class Module:
-    """Base class: parameter discovery, state dicts, ``from_twin``, ``zero_grad`` and ``__call__``.
-
-    Every subclass's ``forward`` and ``backward`` pass the boundary (below): arguments checked,
-    the caller's arrays copied, the non-finite guard, and ``backward`` only ever sees what one
-    finished forward saved in ``self.cache``.
-    """
-
-    at_the_boundary = True  # HookPoint says False: it is part of the boundary itself
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if not cls.at_the_boundary:
-            return
-        if "forward" in vars(cls):
-            cls.forward = _forward_at_the_boundary(vars(cls)["forward"])
-        if "backward" in vars(cls):
-            cls.backward = _backward_at_the_boundary(vars(cls)["backward"])
+    """Base class: parameter discovery, state dicts, ``from_twin``, ``zero_grad`` and ``__call__``;
+    and the boundary of every method declared with ``@boundary(...)`` (below)."""
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -88,6 +118,8 @@ class Module:
     def named_children(self):
         """Direct sub-modules, in the order they were set; a list ``blocks`` gives ``blocks.0`` ..."""
         for name, value in vars(self).items():
+            if name.startswith("_"):
+                continue  # not a part of the model (the loss of the last forward)
             if isinstance(value, Module):
                 yield name, value
             elif isinstance(value, list) and value and all(isinstance(v, Module) for v in value):
@@ -136,6 +168,7 @@ class Module:
         arrays = check_state_dict(state_dict, {name: p.shape for name, p in params.items()}, dtype, strict)
         for name, array in arrays.items():
             params[name].data[...] = array
+            params[name].changed()
         return IncompatibleKeys([name for name in params if name not in state_dict],
                                 [name for name in state_dict if name not in params])
 
@@ -150,87 +183,124 @@ class Module:
         """The shape of the gradient ``backward`` takes after a forward that returned ``result``."""
         return output_shape(result)
 
-    def gradient_of_output(self, gradient):
-        """What ``backward`` was given, as the gradient of the forward's output: itself, for a component."""
-        return gradient
+    # --- the boundary: what @boundary(...) makes of a forward and a backward ---
 
+    def _forward_at_the_boundary(self, body, signature, args, kwargs):
+        """A forward: a body's call runs as it is; a user's is checked, copied and guarded.
 
-def _forward_at_the_boundary(forward):
-    """``forward`` with its arguments checked (and copied, in a user's call) and its results guarded.
-
-    The record it leaves in ``self.forward_record`` says whether the forward finished: one that
-    raised part-way leaves caches half from this run and half from the one before, so ``backward``
-    refuses rather than compute a wrong gradient. A forward called again while it is still running
-    (a hook that runs the same model) keeps the outer run's saved values: every cache below this
-    module is put back when the inner run returns, so the outer backward stays right.
-    """
-    signature = inspect.signature(forward)
-
-    @functools.wraps(forward)
-    def forward_at_the_boundary(self, *args, **kwargs):
-        record = vars(self).get("forward_record")
-        outer = self.saved_state() if record is not None and record.state == "running" else None
-        self.forward_record = ForwardRecord("running")
-        call = Call(self, "forward", [], lambda: [p.data for p in self.parameters()])
+        The record it leaves in ``self.forward_record`` says whether the forward finished: one
+        that raised part-way leaves caches half from this run and half from the one before, so
+        ``backward`` refuses rather than compute a wrong gradient.
+        """
+        user = user_call()
+        if user and calls():
+            calls()[-1].keep(self)  # run from a hook: the run around it gets its saved values back
+        self.forward_record = RUNNING
         try:
-            arguments = _checked_arguments(self, signature, args, kwargs, outermost=not calls())
-            call.arrays = [value for value in arguments.values() if isinstance(value, np.ndarray)]
-            with entered(call):
-                result = forward(self, **arguments)
-                for out in result if isinstance(result, tuple) else (result,):
-                    if isinstance(out, (np.ndarray, np.generic)):  # the loss is a NumPy scalar
-                        guard(out, "its output")
+            if user:
+                result, tainted = self._user_forward(body, signature, args, kwargs)
+            elif guarding():  # a body's call while every hook is guarded: named in the guard's messages
+                result, tainted = self._guarded_forward(body, args, kwargs, Call(self, "forward", [], self._weights)), False
+            else:  # a body's call: what it passes was made inside, checked and ours
+                result, tainted = body(self, *args, **kwargs), False
         except BaseException:
-            if outer is None:
-                self.forward_record = ForwardRecord("raised")
+            self.forward_record = RAISED
             raise
-        finally:
-            if outer is not None:
-                self.restore_state(outer)
-        if outer is None:
-            self.forward_record = ForwardRecord("done", self.gradient_shape(result), call.tainted)
+        versions = self._versions() if user else None
+        self.forward_record = ForwardRecord("done", self.gradient_shape(result), tainted, versions)
         return result
 
-    return forward_at_the_boundary
-
-
-def _checked_arguments(module, signature, args, kwargs, outermost):
-    """{name: value} of a forward call, checked; in a user's (outermost) call, every array copied."""
-    bound = signature.bind(module, *args, **kwargs)
-    bound.apply_defaults()
-    arguments = dict(bound.arguments)
-    del arguments[next(iter(signature.parameters))]  # self
-    if "tokens" in arguments and getattr(module, "takes_any_tokens", False):
-        arguments["tokens"] = tokens_as_array(arguments["tokens"])  # the model's: nested lists become an ndarray
-    check_arguments(module, arguments, np.ndarray)
-    if outermost:  # the caller keeps its arrays: what the caches hold is ours alone
+    def _user_forward(self, body, signature, args, kwargs):
+        """A user's forward -> (result, whether a non-finite input or hook made it non-finite)."""
+        arguments = bind(self, body, signature, args, kwargs)
+        if "tokens" in arguments and getattr(self, "takes_any_tokens", False):
+            arguments["tokens"] = tokens_as_array(arguments["tokens"])  # the model's: nested lists too
+        check_arguments(self, body, arguments, np.ndarray)
+        # the caller keeps its arrays: what the caches hold is ours alone
         arguments = {name: np.array(value, copy=True) if isinstance(value, np.ndarray) else value
                      for name, value in arguments.items()}
-    return arguments
-
-
-def _backward_at_the_boundary(backward):
-    """``backward`` that refuses without a finished forward, checks its gradient and guards what it returns."""
-    gradient_name = list(inspect.signature(backward).parameters)[1]  # dout, dlogits, dresid_post, ...
-
-    @functools.wraps(backward)
-    def backward_at_the_boundary(self, *args, **kwargs):
-        bound = inspect.signature(backward).bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        gradient = bound.arguments[gradient_name]
-        record = vars(self).get("forward_record")
-        check_backward_allowed(record, type(self).__name__)
-        gradient = self.gradient_of_output(gradient)  # the model's backward may start from its loss (hooked.py)
-        check_gradient_argument(record, gradient_name, gradient, getattr(getattr(self, "cfg", None), "dtype", None))
-        arrays = [gradient] if isinstance(gradient, np.ndarray) else []
-        call = Call(self, "backward", arrays, lambda: [p.data for p in self.parameters()], record.tainted)
+        arrays = [value for value in arguments.values() if isinstance(value, np.ndarray)]
+        call = Call(self, "forward", arrays, self._weights)
+        if guarding():
+            return self._guarded_forward(body, (), arguments, call), call.tainted
         with entered(call):
-            result = backward(self, gradient)
-            if isinstance(result, np.ndarray):
-                guard(result, "the gradient it returns")
+            result = body(self, **arguments)
+        if not finite(outputs(result) + call.always) and not call.tainted:
+            if inputs_finite(call):
+                with guard_every_hook():  # replayed to name the component and tensor, or raise
+                    call = Call(self, "forward", arrays, self._weights)
+                    return self._guarded_forward(body, (), arguments, call), call.tainted
+            call.tainted = True  # non-finite in, non-finite out, as NumPy and torch do
+        return result, call.tainted
+
+    def _guarded_forward(self, body, args, kwargs, call):
+        """A forward with every hook point and every output guarded as it is made."""
+        with entered(call):
+            result = body(self, *args, **kwargs)
+            for out in outputs(result):
+                guard(out, "its output")
         return result
 
-    return backward_at_the_boundary
+    def _backward_at_the_boundary(self, body, signature, args, kwargs):
+        """A backward: a body's call runs as it is; a user's refuses without a finished forward
+        (or after its weights changed), checks its gradient and guards what it returns."""
+        if not user_call() and not guarding():
+            return body(self, *args, **kwargs)
+        record = vars(self).get("forward_record")
+        if not user_call():
+            return self._guarded_backward(body, args, kwargs, record)
+        check_backward_allowed(record, type(self).__name__)
+        check_weights_unchanged(record, type(self).__name__)
+        arguments = bind(self, body, signature, args, kwargs)
+        check_arguments(self, body, arguments, np.ndarray)
+        (gradient,) = arguments.values()
+        if guarding():
+            return self._guarded_backward(body, (gradient,), {}, record)
+        call = Call(self, "backward", [gradient] if isinstance(gradient, np.ndarray) else [], self._weights,
+                    record.tainted)
+        with entered(call):
+            result = body(self, gradient)
+        grads = [p.grad for p in self.parameters()]
+        if not finite(outputs(result) + grads) and not call.tainted and not nonfinite(np.asarray(gradient)):
+            saved = [(p, p.grad) for p in self.parameters()]
+            try:  # replayed into zeroed gradients, to name the component and tensor; the sums stay as they are
+                for p, grad in saved:
+                    p.grad = np.zeros_like(grad)
+                with guard_every_hook():
+                    self._guarded_backward(body, (gradient,), {}, record)
+            finally:
+                for p, grad in saved:
+                    p.grad = grad
+        return result
+
+    def _guarded_backward(self, body, args, kwargs, record):
+        """A backward with every gradient at a hook point, its result and its weights' gradients guarded."""
+        arrays = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
+        call = Call(self, "backward", arrays, self._weights, record is not None and record.tainted)
+        with entered(call):
+            result = body(self, *args, **kwargs)
+            if isinstance(result, np.ndarray):
+                guard(result, "the gradient it returns")
+            for name, p in self.named_parameters():
+                if "." not in name:  # its own weights; each module below guards its own
+                    guard(p.grad, f"the gradient of {name}")
+        return result
+
+    def _weights(self):
+        return [p.data for p in self.parameters()]
+
+    def _versions(self):
+        return [(p, p.version) for p in self.parameters()]
+
+
+def finite(arrays):
+    """Is every entry of these float arrays finite? One sum each, checked entry by entry only when
+    a sum is not finite (a sum of large finite entries can overflow)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for array in arrays:
+            if array.dtype.kind == "f" and not np.isfinite(array.sum()) and not np.isfinite(array).all():
+                return False
+    return True
 
 
 class HookPoint(Module, HookLists):
@@ -248,24 +318,28 @@ class HookPoint(Module, HookLists):
     For hooks that overwrite entries with values that do not depend on the activation (zero
     or mean ablation, patching in another run's activation) this is exactly what autograd
     gives; for any other hook it is the documented rule, so the twins agree whatever the hook
-    does. The name is set by the model that owns it.
+    does. The name is set by the model that owns it. With no hook on it, it passes its value on
+    and looks at nothing, unless ``always`` (a LayerNorm's scale: see foundation/contract/boundary.py)
+    or inside ``guard_every_hook()``.
     """
 
-    at_the_boundary = False  # it is part of the boundary: it guards and copies what passes it
-
-    def __init__(self):
+    def __init__(self, always=False):
         self._init_hooks()
+        self.always = always  # looked at by the guard at every call, hooks or not
         self.changed = None  # bool array like the activation: where the forward hooks changed it
 
     def forward(self, x):
         self.changed = None
-        guard(x, lambda: hook_label(self))
+        if guarding():
+            guard(x, lambda: hook_label(self))
+        elif self.always:
+            note_always_guarded(x)
         if not self.fwd_hooks:
             return x
         # hooks get a copy, so they may edit it in place; x stays as computed
         hooked = self._run(self.fwd_hooks, np.array(x, copy=True))
-        hooked = np.array(as_numpy(hooked), dtype=x.dtype, copy=True)  # ours: the hook may keep what it returned and reuse it
-        if nonfinite(hooked):
+        hooked = np.array(as_numpy(hooked), dtype=x.dtype, copy=True)  # ours: the hook may keep what it returned
+        if nonfinite(hooked) and not nonfinite(x):
             taint()  # the hook put a NaN or an infinity in: what follows from it is not the formula's doing
         changed = hooked != x  # like x: True where a hook changed the value
         if not changed.any():
@@ -274,13 +348,15 @@ class HookPoint(Module, HookLists):
         return hooked
 
     def backward(self, dx):
-        guard(dx, lambda: f"the gradient at {hook_label(self)}")
+        if guarding():
+            guard(dx, lambda: f"the gradient at {hook_label(self)}")
         if self.bwd_hooks:
             # hooks get a copy: the backward may use this gradient array elsewhere (residual paths);
             # what they return is copied too, for the same reason
-            dx = np.array(as_numpy(self._run(self.bwd_hooks, dx.copy())), dtype=dx.dtype, copy=True)
-            if nonfinite(dx):
-                taint()
+            hooked = np.array(as_numpy(self._run(self.bwd_hooks, dx.copy())), dtype=dx.dtype, copy=True)
+            if nonfinite(hooked) and not nonfinite(dx):
+                taint()  # the hook's NaN or infinity, as in the forward
+            dx = hooked
         if self.changed is not None:
             # forward: hooked = where(changed, hook's value, x); the hook's values are constants
             dx = np.where(self.changed, 0.0, dx)  # like x

@@ -14,7 +14,7 @@ Hook points, as TransformerLens 4 names them: ``hook_in`` holds the position ids
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import HookPoint, Module, Parameter
+from .module import HookPoint, Module, Parameter, boundary
 
 
 def sinusoidal_table(n_ctx, d_model):
@@ -37,6 +37,7 @@ class SinusoidalPositionalEncoding(Module):
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape
@@ -45,6 +46,7 @@ class SinusoidalPositionalEncoding(Module):
         pos_embed = self.hook_out(pos_embed)
         return pos_embed
 
+    @boundary(dpos_embed="gradient")
     def backward(self, dpos_embed):
         """dpos_embed [batch, pos, d_model] -> None (the table is fixed; tokens are discrete)."""
         self.hook_out.backward(dpos_embed)  # its hooks see the gradient; nothing below needs it
@@ -62,6 +64,7 @@ class LearnedPositionalEmbedding(Module):
         self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.cache = None
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape
@@ -71,6 +74,7 @@ class LearnedPositionalEmbedding(Module):
         self.cache = positions
         return pos_embed
 
+    @boundary(dpos_embed="gradient")
     def backward(self, dpos_embed):
         """dpos_embed [batch, pos, d_model] -> None; W_pos[p] collects the gradient of every sequence."""
         positions = self.cache

@@ -14,7 +14,7 @@ batch * pos rows; W_U's gradient names dlogits first, so it comes back in order 
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import HookPoint, Module, Parameter
+from .module import HookPoint, Module, Parameter, boundary
 
 
 class Unembed(Module):
@@ -29,6 +29,7 @@ class Unembed(Module):
         self.hook_out = HookPoint()  # [batch, pos, d_vocab]
         self.cache = None
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
         x = self.hook_in(x)
@@ -37,6 +38,7 @@ class Unembed(Module):
         self.cache = x
         return logits
 
+    @boundary(dlogits="gradient")
     def backward(self, dlogits):
         """dlogits [batch, pos, d_vocab] -> dx [batch, pos, d_model]; adds into W_U.grad and b_U.grad."""
         x = self.cache

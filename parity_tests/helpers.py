@@ -10,6 +10,8 @@ gradient of the whole component or model instead (``relative_errors``).
 """
 
 import itertools
+import os
+import threading
 import warnings
 
 import numpy as np
@@ -221,3 +223,41 @@ def quantized(values, scale=0.01, dtype=None):
         warnings.simplefilter("ignore", UserWarning)  # quantized tensors are deprecated: torch says so
         return torch.quantize_per_tensor(torch.from_numpy(np.asarray(values, dtype=np.float32)), scale, 0,
                                          dtype or torch.qint32)
+
+
+# special files where a file is expected (the readers' tests): a FIFO, /dev/zero, a folder
+SPECIAL = ["fifo", "device", "folder"]
+SPECIAL_WORDS = {"fifo": "a FIFO", "device": "a character device", "folder": "a folder"}
+HAS_SPECIAL_FILES = hasattr(os, "mkfifo") and os.path.exists("/dev/zero")
+NEEDS_SPECIAL_FILES = pytest.mark.skipif(not HAS_SPECIAL_FILES, reason="needs FIFOs and /dev/zero")
+
+
+def special_file(path, kind):
+    """Put a FIFO, a character device (a link to /dev/zero) or a folder at ``path``."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+
+
+def without_hanging(function, seconds=30):
+    """What ``function()`` raised, or None; one still running after ``seconds`` fails the test."""
+    caught = []
+
+    def run():
+        try:
+            function()
+        except BaseException as error:  # noqa: B036
+            caught.append(error)
+        else:
+            caught.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert caught, f"still running after {seconds} s: it hangs"
+    return caught[0]

@@ -400,3 +400,38 @@ def test_a_temperature_that_cannot_be_sampled_is_refused(case):
                for model in twins()]
     assert results[0][0] in ("TypeError", "ValueError") and results[0][0] == results[1][0], results
     assert all("temperature" in message and "\n" not in message for _, message in results), results
+
+
+# --- generate's penalty, the seeds both twins take ---
+
+from parity_tests.helpers import SIDES as _SIDES, SMALL as _SMALL  # noqa: E402
+
+
+@pytest.mark.parametrize("side", _SIDES)
+@pytest.mark.parametrize("value", [float("inf"), 1e308, np.float64(7e307)],
+                         ids=["inf", "1e308", "7e307 times n_ctx 3"])
+def test_generate_refuses_a_penalty_that_would_make_probabilities_non_finite(side, value):
+    model = {"numpy": npi, "torch": pti}[side].Transformer(_SMALL, seed=0)
+    with pytest.raises(ValueError, match="freq_penalty must be finite"):
+        model.generate([[1, 2]], max_new_tokens=1, freq_penalty=value, seed=0)
+
+
+@pytest.mark.parametrize("side", _SIDES)
+def test_generate_takes_a_large_finite_penalty(side):
+    model = {"numpy": npi, "torch": pti}[side].Transformer(_SMALL, seed=0)
+    out = model.generate([[1, 2]], max_new_tokens=1, freq_penalty=1e300, seed=0)
+    assert np.asarray(out).shape == (1, 3)
+
+
+@pytest.mark.parametrize("seed, accepted",
+                         [(0, True), (2**64 - 1, True), (2**64, False), (2**70, False)])
+def test_the_twins_take_and_refuse_the_same_seeds(seed, accepted):
+    outcomes = []
+    for package in (npi, pti):
+        try:
+            package.Transformer(_SMALL, seed=seed)
+            outcomes.append("built")
+        except ValueError as error:
+            assert "seed" in str(error), str(error)
+            outcomes.append("refused")
+    assert outcomes == (["built", "built"] if accepted else ["refused", "refused"])

@@ -83,3 +83,46 @@ def test_as_a_subprocess(case, tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1, result.stderr
+
+
+# --- exercises init: a folder name that is not UTF-8, a write that fails half-way ---
+
+from pathlib import Path  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _demo(*args, cwd=PROJECT):
+    return subprocess.run([os.fsencode(sys.executable), os.fsencode(PROJECT / "demo.py"), *args],
+                          capture_output=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names that are not UTF-8")
+def test_exercises_init_into_a_non_utf8_folder_is_one_line_and_leaves_nothing(tmp_path):
+    folder = os.fsencode(tmp_path) + b"/mine\xff"
+    ran = _demo(b"exercises", b"init", folder)
+    assert ran.returncode == 1 and b"is not a UTF-8 name" in ran.stderr, ran.stderr
+    assert ran.stderr.count(b"\n") == 1, ran.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_exercises_init_that_fails_half_way_leaves_nothing(tmp_path, monkeypatch):
+    from pathlib import Path as _Path
+
+    from exercises.generate import write_copy
+
+    written = []
+    real = _Path.write_text
+
+    def fail_on_the_third(self, text, *args, **kwargs):
+        written.append(self)
+        if len(written) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(_Path, "write_text", fail_on_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        write_copy(tmp_path / "mine")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path / "mine") == []
+    assert (write_copy(tmp_path / "mine") / "layernorm.py").is_file()  # the next init goes ahead

@@ -119,6 +119,20 @@ UNRECOGNISED = [
 ]
 
 
+# the Llama family's classic slips (a list of their own: the tests above index PLANTED from its end)
+LLAMA_PLANTED = [
+    ("silu's derivative without its second term", "swiglu", "gated_feedforward.py",
+     "dpre += dsigmoid * sigmoid * (1 - sigmoid)", "pass",
+     "one path", ["keeps only sigmoid of silu's derivative", "two terms"]),
+    ("silu's derivative without its first term", "swiglu", "gated_feedforward.py",
+     "dpre = dact * sigmoid  #", "dpre = 0 * dact  #",
+     "one path", ["keeps only pre * sigmoid'"]),
+    ("RMSNorm without the mean square's path", "rmsnorm", "rmsnorm.py",
+     "dx += 2 / d_model * dmean_square * x", "pass",
+     "one path", ["multiple of x's own row", "mean square"]),
+]
+
+
 def result_of(results, key):
     return next(result for result in results if result.key == key)
 
@@ -277,3 +291,11 @@ def test_numpys_remapped_shapes_are_said_in_axis_names():
     assert found.kind == "shapes", found
     assert "(5,6,3,8) is [batch, pos, head, d_head]" in found.hint and "(3,10,8) is [head, d_model, d_head]" in found.hint
     assert "einsum's letters name each operand's axes" in found.hint and "(8,10,3)" not in found.hint
+
+
+@pytest.mark.parametrize("label, key, file, old, new, kind, words", LLAMA_PLANTED, ids=[p[0] for p in LLAMA_PLANTED])
+def test_llama_family_slip_gets_its_hint(solved, tmp_path, label, key, file, old, new, kind, words):
+    result = result_of(check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key)
+    assert result.status == "wrong", f"{label}: {result.status} {result.message}"
+    for word in words:
+        assert word in result.hint, f"{label}: {word!r} not in the hint {result.hint!r}"

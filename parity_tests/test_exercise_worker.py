@@ -199,7 +199,7 @@ def test_list_and_check_work_from_a_read_only_folder(solved, tmp_path, monkeypat
     demo.main(["exercises", "list"])
     demo.main(["exercises", "check", str(solved), "unembed"])
     out = capsys.readouterr().out
-    assert "9. model" in out and "1 of 1 checked done" in out
+    assert "11. model" in out and "1 of 1 checked done" in out
 
 
 def _children(pid):

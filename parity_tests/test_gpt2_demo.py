@@ -91,3 +91,54 @@ def test_a_bad_argument_is_one_line(folder, tmp_path, capsys, case):
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if "error" in line]
     assert len(errors) == 1 and says in errors[0], err
+
+
+# --- the prompt's one-line errors ---
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _checkpoint(folder, **overrides):
+    from parity_tests.gpt2_checkpoints import make_checkpoint
+
+    make_checkpoint(folder, **{"n_layer": 1, **overrides})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_layer_checkpoint(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+def _demo(*args, cwd=PROJECT):
+    return subprocess.run([os.fsencode(sys.executable), os.fsencode(PROJECT / "demo.py"), *args],
+                          capture_output=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_without_tokenizer(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("ids"), tokenizer=False)
+
+
+@pytest.mark.parametrize("prompt, words", [
+    (b"1 99999999999999999999999", b"token id 99999999999999999999999 is not in [0, "),
+    (b"1 2 \xff", b"--prompt is not UTF-8 text"),
+    (b"1 \xd9\xa1", b"--prompt must be token ids"),
+], ids=["a huge id", "not UTF-8", "a non-ASCII digit"])
+def test_demo_gpt2_prompt_errors_are_one_line(checkpoint_without_tokenizer, tmp_path, prompt,
+                                              words):
+    ran = _demo(b"gpt2", b"--model", os.fsencode(checkpoint_without_tokenizer), b"--prompt", prompt,
+                b"--out", os.fsencode(tmp_path / "out"))
+    assert ran.returncode == 1 and words in ran.stderr, ran.stderr
+    assert ran.stderr.count(b"\n") == 1 and b"Traceback" not in ran.stderr, ran.stderr
+
+
+def test_demo_gpt2_text_prompt_that_is_not_utf8_is_one_line(one_layer_checkpoint, tmp_path):
+    ran = _demo(b"gpt2", b"--model", os.fsencode(one_layer_checkpoint), b"--prompt", b"hello \xff",
+                b"--out", os.fsencode(tmp_path / "out"))
+    assert ran.returncode == 1 and b"--prompt is not UTF-8 text" in ran.stderr, ran.stderr
+    assert ran.stderr.count(b"\n") == 1, ran.stderr

@@ -20,6 +20,8 @@ from foundation.contract.boundary import NonFiniteError
 import torch_impl as pti
 from gradcheck.factory import Variant, build, make_inputs
 from numpy_impl import attention as np_attention
+from numpy_impl import gated_feedforward as np_gated
+from numpy_impl import rmsnorm as np_rmsnorm
 from numpy_impl import layernorm as np_layernorm
 from gradcheck.factory import randomize_parameters
 from gradcheck.finite_diff import gradcheck
@@ -237,3 +239,64 @@ def test_twin_passes_torch_autograd_gradcheck(cls, overrides):
 @pytest.mark.parametrize("cls, overrides", LARGE)
 def test_twin_passes_torch_autograd_gradcheck_full_jacobian(cls, overrides):
     assert run_torch_gradcheck(cls, overrides, fast_mode=False)
+
+
+# --- the Llama family: RMSNorm, rotary q and k, SwiGLU, grouped-query attention ---------------
+
+LLAMA = {"normalization_type": "RMS", "eps": 1e-6, "positional_embedding_type": "rotary", "act_fn": "silu",
+         "gated_mlp": True, "mlp_bias": False, "attn_bias": False, "d_head": 4, "rotary_base": 100.0}
+
+
+@pytest.mark.parametrize(
+    "cls, overrides",
+    [
+        ("RMSNorm", LLAMA),
+        ("GatedFeedForward", LLAMA),
+        ("MultiHeadAttention", {**LLAMA, "attn_bias": True}),  # rotary, split halves, all of d_head
+        ("MultiHeadAttention", {**LLAMA, "rotary_adjacent_pairs": True, "rotary_dim": 2}),  # GPT-J pairs, partial
+        ("GroupedQueryAttention", {**LLAMA, "n_key_value_heads": 1, "attn_bias": True}),  # one group of 2
+        ("GroupedQueryAttention", {**LLAMA, "n_heads": 4, "n_key_value_heads": 1, "rotary_dim": 2}),  # groups of 4
+        ("TransformerBlock", {**LLAMA, "n_key_value_heads": 1}),
+        ("TransformerBlock", {"positional_embedding_type": "rotary", "d_head": 4, "rotary_dim": 2, "act_fn": "gelu",
+                              "parallel_attn_mlp": True}),  # GPT-NeoX's block
+        ("TransformerBlock", {**LLAMA, "normalization": None, "normalization_type": None, "parallel_attn_mlp": True}),
+        ("Transformer", {**LLAMA, "n_heads": 4, "n_key_value_heads": 2}),
+    ],
+)
+def test_llama_family_component_passes(cls, overrides):
+    module, report = check(cls, overrides, sample=8 if cls == "Transformer" else SAMPLE)
+    names = [row.tensor for row in report.rows]
+    expected = [name for name, _ in module.named_parameters()]
+    if cls != "Transformer":  # tokens are discrete: the model has no input row
+        expected.append(next(iter(inspect.signature(module.forward).parameters)))
+    assert names == expected, "every parameter, and the float input, must be checked"
+    for row in report.rows:
+        assert row.max_rel_error <= TOL, f"{cls} {overrides}: {row.tensor} {row.max_rel_error:.1e} > {TOL:.0e}"
+    assert report.passed
+
+
+@pytest.mark.parametrize(
+    "cls, old, new, wrong",
+    [
+        # the rotation's backward turned the same way as the forward, not back
+        (np_attention.MultiHeadAttention, "dq = rotate(self.hook_rot_q.backward(dq), cos, -sin,",
+         "dq = rotate(self.hook_rot_q.backward(dq), cos, sin,", {"W_Q", "x"}),
+        # one head's gradient kept, the group's sum missed
+        (np_attention.GroupedQueryAttention, "dk = dk.reshape(*dk.shape[:2], *grouped).sum(axis=3)",
+         "dk = dk.reshape(*dk.shape[:2], *grouped)[:, :, :, 0]", {"_W_K", "x"}),
+        # silu's derivative without its second term: sigmoid alone
+        (np_gated.GatedFeedForward, "dpre += dsigmoid * sigmoid * (1 - sigmoid)", "pass", {"W_gate", "x"}),
+        # RMSNorm without the path through the mean square
+        (np_rmsnorm.RMSNorm, "dx += 2 / d_model * dmean_square * x", "pass", {"x"}),
+    ],
+    ids=["rotation-sign", "group-sum", "silu-derivative", "rms-mean-square"],
+)
+def test_llama_family_planted_mistakes_are_caught(cls, old, new, wrong):
+    Wrong = planted(cls, old, new)
+    overrides = {**LLAMA, "n_key_value_heads": 1} if "Grouped" in cls.__name__ else LLAMA
+    cfg = Variant("test", overrides).config()
+    module = randomize_parameters(Wrong(cfg, 0), 1)
+    report = gradcheck(module, *make_inputs("MultiHeadAttention", cfg, 2), sample=SAMPLE)
+    errors = {row.tensor: row.max_rel_error for row in report.rows}
+    assert all(errors[name] > 1e-2 for name in wrong), errors
+    assert not report.passed

@@ -36,7 +36,8 @@ FORBIDDEN = {
     "torch_impl": {"numpy_impl"},
 }
 TWIN_FILES = ("__init__.py", "attention.py", "block.py", "embedding.py", "feedforward.py", "hooked.py",
-              "layernorm.py", "loss.py", "model.py", "module.py", "positional.py", "unembed.py", "views.py")
+              "layernorm.py", "loss.py", "model.py", "module.py", "positional.py", "unembed.py", "views.py",
+              "gated_feedforward.py", "rmsnorm.py", "rotary.py")
 NO_TWIN = ("optim.py",)  # numpy_impl's optimisers: their twin is torch.optim
 
 
@@ -98,3 +99,26 @@ def test_the_layout_check_can_fail(tmp_path):
     path.parent.mkdir()
     path.write_text("from .module import Module\n\ndef f():\n    import torch\n")
     assert imported_packages(path) == {"numpy_impl", "torch"}
+
+
+# classes only the reference writes: torch has them already
+NUMPY_ONLY_CLASSES = {"Parameter": "torch.nn.Parameter"}
+
+
+def classes_and_methods(path):
+    """[(class name, [its method names in order])] of a file, in order."""
+    tree = ast.parse(path.read_text())
+    return [(node.name, [item.name for item in node.body if isinstance(item, ast.FunctionDef)])
+            for node in tree.body if isinstance(node, ast.ClassDef)]
+
+
+@pytest.mark.parametrize("name", TWIN_FILES)
+def test_each_pair_of_twin_files_holds_the_same_classes_in_the_same_order(name):
+    numpy_classes = [(cls, methods) for cls, methods in classes_and_methods(ROOT / "numpy_impl" / name)
+                     if cls not in NUMPY_ONLY_CLASSES]
+    torch_classes = classes_and_methods(ROOT / "torch_impl" / name)
+    assert [cls for cls, _ in numpy_classes] == [cls for cls, _ in torch_classes]
+    for (cls, numpy_methods), (_, torch_methods) in zip(numpy_classes, torch_classes):
+        # the methods both write come in the same order (the reference adds backward, torch its moves)
+        shared = [m for m in numpy_methods if m in torch_methods]
+        assert shared == [m for m in torch_methods if m in numpy_methods], f"{name}: {cls}'s methods differ in order"

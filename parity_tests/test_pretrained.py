@@ -287,7 +287,7 @@ REFUSALS = {
     "no config.json": (remove("config.json"), "no config.json"),
     "config.json not JSON": (write("config.json", "{oops"), "not valid JSON"),
     "config.json not an object": (write("config.json", "[1, 2]"), "must hold a JSON object"),
-    "another model type": (edit_config(model_type="llama"), "model_type"),
+    "another model type": (edit_config(model_type="bert"), "model_type"),
     "another activation": (edit_config(activation_function="gelu"), "activation_function"),
     "another LayerNorm epsilon": (edit_config(layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
     "cross-attention": (edit_config(add_cross_attention=True), "add_cross_attention"),
@@ -363,3 +363,112 @@ def test_a_pickle_is_never_unpickled(tmp_path):
     assert not (tmp_path / "UNPICKLED").exists()
     pickle.loads((tmp_path / "pytorch_model.bin").read_bytes())  # what loading it would have done
     assert (tmp_path / "UNPICKLED").exists()
+
+
+# --- files that are no regular files, sizes a config claims, tokenizer files ---
+
+import shutil as _shutil  # noqa: E402
+
+import numpy_impl as _npi  # noqa: E402
+import torch_impl as _pti  # noqa: E402
+from parity_tests.helpers import (NEEDS_SPECIAL_FILES, SPECIAL, SPECIAL_WORDS,  # noqa: E402
+                                  special_file, without_hanging)
+
+
+def _checkpoint(folder, **overrides):
+    from parity_tests.gpt2_checkpoints import make_checkpoint
+
+    make_checkpoint(folder, **{"n_layer": 1, **overrides})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_layer_checkpoint(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+@NEEDS_SPECIAL_FILES
+@pytest.mark.parametrize("kind", SPECIAL)
+@pytest.mark.parametrize("name", ["vocab.json", "merges.txt", "config.json"])
+def test_from_pretrained_takes_only_regular_files(one_layer_checkpoint, tmp_path, name, kind):
+    folder = tmp_path / "copy"
+    _shutil.copytree(one_layer_checkpoint, folder)
+    special_file(folder / name, kind)
+    error = without_hanging(lambda: _npi.Transformer.from_pretrained(folder))
+    assert isinstance(error, ValueError), repr(error)
+    assert name in str(error) and SPECIAL_WORDS[kind] in str(error), str(error)
+    assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize("side", ["numpy", "torch"])
+def test_a_config_claiming_two_million_layers_is_refused_before_building_them(one_layer_checkpoint, tmp_path,
+                                                                              side):
+    import json
+    import tracemalloc
+
+    folder = tmp_path / "copy"
+    _shutil.copytree(one_layer_checkpoint, folder)
+    fields = json.loads((folder / "config.json").read_text())
+    claim = {**fields, "n_layer": 2_000_000, "n_positions": 4}
+    (folder / "config.json").write_text(json.dumps(claim))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"n_layer is 2000000 but the file holds 1 blocks"):
+            {"numpy": _npi, "torch": _pti}[side].Transformer.from_pretrained(folder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB allocated before the refusal"
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"[" * 200_000 + b"]" * 200_000, "RecursionError"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b'{"a": "b"}', "map each token to an int"),
+], ids=["deep JSON", "not UTF-8", "ids not ints"])
+def test_a_malformed_vocab_json_is_one_line(one_layer_checkpoint, tmp_path, content, words):
+    folder = tmp_path / "copy"
+    _shutil.copytree(one_layer_checkpoint, folder)
+    (folder / "vocab.json").write_bytes(content)
+    with pytest.raises(ValueError, match=words) as raised:
+        _npi.Transformer.from_pretrained(folder)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_tokenizer_file_over_its_limit_is_refused_unread(one_layer_checkpoint, tmp_path, monkeypatch):
+    from foundation.lens.vocab import BytePairTokenizer
+
+    folder = tmp_path / "copy"
+    _shutil.copytree(one_layer_checkpoint, folder)
+    monkeypatch.setattr(BytePairTokenizer, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"vocab.json' is [\d,]+ bytes, over the 1,000"):
+        _npi.Transformer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def short_alphabet(tmp_path_factory):
+    """A byte-level BPE that knows only the bytes of 'abc ', as a hand-made vocabulary might."""
+    import json
+
+    from foundation.lens.vocab import BytePairTokenizer
+
+    folder = tmp_path_factory.mktemp("alphabet")
+    (folder / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "c": 2, "\u0120": 3, "ab": 4}))
+    (folder / "merges.txt").write_text("#version: 0.2\na b\n")
+    return BytePairTokenizer(folder / "vocab.json", folder / "merges.txt")
+
+
+def test_a_vocabulary_missing_byte_symbols_refuses_what_it_cannot_spell(short_alphabet):
+    assert short_alphabet.encode("ab c") == [4, 3, 2]
+    with pytest.raises(ValueError, match=r"cannot spell 'xz'"):
+        short_alphabet.encode("abx cz")
+
+
+
+@NEEDS_SPECIAL_FILES
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_model_safetensors_must_be_a_regular_file(one_layer_checkpoint, tmp_path, kind):
+    _shutil.copytree(one_layer_checkpoint, tmp_path / "copy")
+    special_file(tmp_path / "copy" / "model.safetensors", kind)
+    error = without_hanging(lambda: _npi.Transformer.from_pretrained(tmp_path / "copy"))
+    assert isinstance(error, ValueError) and SPECIAL_WORDS[kind] in str(error), repr(error)

@@ -141,7 +141,8 @@ def page(page_path):
 
 def source_lines(function):
     lines = [line.strip() for line in textwrap.dedent(inspect.getsource(function)).split("\n")]
-    return [line for line in lines if line and not EXERCISE_MARK.match(line)]
+    # the page shows the bodies; the boundary's declaration (@boundary(...)) is the source's
+    return [line for line in lines if line and not EXERCISE_MARK.match(line) and not line.startswith("@boundary(")]
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
@@ -784,3 +785,42 @@ def test_the_learners_page_marks_where_their_gradient_first_parts(solved, tmp_pa
     before = text[: text.index("first parts from the reference")]
     assert before[before.rindex('<span class="lnum">') :].startswith(f'<span class="lnum">{line}</span>'), \
         "the mark stands beside that line"
+
+
+# --- read --exercises on files that are no regular files, nest too deeply or are not UTF-8 ---
+
+from parity_tests.helpers import NEEDS_SPECIAL_FILES, SPECIAL_WORDS  # noqa: E402
+from parity_tests.helpers import special_file, without_hanging  # noqa: E402
+
+
+@pytest.fixture
+def learner_copy(tmp_path):
+    from exercises.generate import write_copy
+
+    return write_copy(tmp_path / "mine")
+
+
+def _read_exercises(folder):
+    from tours.read import make_page
+
+    return without_hanging(lambda: make_page(folder.parent / "out", folder, measured=object()), 60)
+
+
+@NEEDS_SPECIAL_FILES
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_read_exercises_takes_only_regular_files(learner_copy, kind):
+    special_file(learner_copy / "layernorm.py", kind)
+    error = _read_exercises(learner_copy)
+    assert isinstance(error, SystemExit) and SPECIAL_WORDS[kind] in str(error.code), repr(error)
+
+
+@pytest.mark.parametrize("tail, words", [
+    ("\nx = " + "1 + " * 200_000 + "1\n", "nests too deeply"),
+    ("\n# \udcff\n", "not UTF-8"),
+], ids=["200,000 terms", "not UTF-8"])
+def test_read_exercises_turns_deep_nesting_and_bad_bytes_into_one_line(learner_copy, tail, words):
+    path = learner_copy / "layernorm.py"
+    path.write_bytes(path.read_bytes() + tail.encode("utf-8", "surrogateescape"))
+    error = _read_exercises(learner_copy)
+    assert isinstance(error, SystemExit) and words in str(error.code), repr(error)
+    assert "\n" not in str(error.code)

@@ -281,3 +281,56 @@ def test_the_writer_refuses_for_any_format(tmp_path):
     assert plain.read_bytes() == b"data"
     with pytest.raises(TypeError, match="cfg"):
         save_weights(tmp_path / "x.npz", {}, cfg=None)
+
+
+# --- SIGTERM during a save; bytes paths ---
+
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+SAVE_THEN_TERMINATE = """
+import os, signal, sys
+from foundation.files.weights import write_atomically
+def write(f):
+    f.write(b"half a file")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGTERM)
+    f.write(b"never")
+write_atomically(sys.argv[1], write)
+"""
+
+
+def test_sigterm_during_a_save_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    path = tmp_path / "model.npz"
+    path.write_bytes(b"the old file")
+    ran = subprocess.run([sys.executable, "-c", SAVE_THEN_TERMINATE, str(path)], cwd=PROJECT,
+                         capture_output=True, timeout=120)
+    assert ran.returncode == 128 + signal.SIGTERM, ran.stderr
+    assert path.read_bytes() == b"the old file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+
+
+class _BytesPath:
+    def __init__(self, path):
+        self.path = os.fsencode(path)
+
+    def __fspath__(self):
+        return self.path
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+@pytest.mark.parametrize("wrap", [_BytesPath, os.fsencode], ids=["PathLike giving bytes", "bytes"])
+def test_a_bytes_path_saves_and_loads(tmp_path, side, suffix, wrap):
+    model = {"numpy": npi, "torch": pti}[side].Transformer(SMALL, seed=3)
+    path = tmp_path / f"model{suffix}"
+    model.save(wrap(path))
+    again = type(model).load(wrap(path))
+    for name, p in model.named_parameters():
+        got = dict(again.named_parameters())[name]
+        assert rel_err(np.asarray(got.data if side == "numpy" else got.detach()),
+                       np.asarray(p.data if side == "numpy" else p.detach())) == 0.0

@@ -1223,12 +1223,12 @@ def test_config_from_transformer_lens_names():
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("normalization_type", "RMS", "normalization_type"),
-    ("positional_embedding_type", "rotary", "positional_embedding_type"),
+    ("normalization_type", "RMSPre", "normalization_type"),
+    ("positional_embedding_type", "alibi", "positional_embedding_type"),
     ("positional_embedding_type", "sinusoidal", "positional='sinusoidal'"),
     ("use_attn_result", True, "use_attn_result"),
     ("gated_mlp", True, "gated_mlp"),
-    ("n_key_value_heads", 2, "n_key_value_heads"),
+    ("n_key_value_heads", 3, "n_key_value_heads"),
     ("eps", 1e-6, "eps"),
     ("dtype", "float16", "dtype"),
     ("attention_dir", "sideways", "attention_dir"),

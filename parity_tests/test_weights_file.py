@@ -433,3 +433,19 @@ def test_save_checks_its_arguments(tmp_path):
         save_weights(tmp_path / "w.npz", {}, cfg={"d_model": 3})
     with pytest.raises(TypeError, match="embed.W_E"):
         save_weights(tmp_path / "w.npz", {"embed.W_E": [1, 2]}, CFG)
+
+
+# --- a weights file that is no regular file ---
+
+from parity_tests.helpers import NEEDS_SPECIAL_FILES, SPECIAL, SPECIAL_WORDS  # noqa: E402
+from parity_tests.helpers import special_file, without_hanging  # noqa: E402
+
+
+@NEEDS_SPECIAL_FILES
+@pytest.mark.parametrize("kind", SPECIAL)
+def test_a_weights_file_must_be_a_regular_file(tmp_path, kind):
+    path = tmp_path / "weights.npz"
+    path.touch()
+    special_file(path, kind)
+    error = without_hanging(lambda: load_weights(path))
+    assert isinstance(error, ValueError) and SPECIAL_WORDS[kind] in str(error), repr(error)

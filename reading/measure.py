@@ -330,7 +330,7 @@ def traced_functions(sections: list[Section]) -> dict:
                 module = importlib.import_module(f"{TWIN_PACKAGES[twin].__name__}.{section.stem}")
                 owner = getattr(module, part.name)
                 code = unwrapped(getattr(owner, kind) if part.kind == "class" else owner).__code__
-                if (Path(code.co_filename).resolve(), code.co_firstlineno) != (parsed.path.resolve(), parsed.first_line):
+                if (Path(code.co_filename).resolve(), code.co_firstlineno) != (parsed.path.resolve(), parsed.code_line):
                     raise RuntimeError(f"{module.__name__}.{part.name}.{kind} was imported from {code.co_filename}:"
                                        f"{code.co_firstlineno}, but the page reads {parsed.path}:{parsed.first_line}")
                 unit_at, targets = {}, {}

@@ -26,6 +26,8 @@ import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from foundation.files.regular import read_text
+
 # (file name in both packages, section title); the order of the forward pass, then the model
 SECTIONS = (
     ("embedding", "Token embedding"),
@@ -39,6 +41,7 @@ SECTIONS = (
     ("model", "The whole model"),
 )
 TWINS = ("numpy_impl", "torch_impl")
+MAX_SOURCE_BYTES = 1 << 20  # a component file is a few KB: a longer one is no copy of one
 
 # lines that mark the exercise region in a backward: for the exercise tools, not for a reader
 EXERCISE_MARK = re.compile(r"^\s*#\s*EXERCISE (BEGIN|END\s*$|STEP )")
@@ -49,7 +52,9 @@ HOOK_CALL = re.compile(r"\bself\.((?:\w+\.)?hook_\w+)\(")
 HOOK_BACKWARD = re.compile(r"\bself\.((?:\w+\.)?hook_\w+)\.backward\(")
 PARAMETER_GRAD = re.compile(r"\bself\.(\w+)\.grad\b")
 # a hook point made here, or a second name for one (self.hook_q = self.q.hook_out)
-HOOK_DEFINITION = re.compile(r"\bself\.(hook_\w+)\s*=\s*(?:HookPoint\(\)|self\.[\w.]+)\s*(#\s*(\[[^\]]*\]))?")
+HOOK_DEFINITION = re.compile(
+    r"\bself\.(hook_\w+)\s*=\s*(?:HookPoint\([^)]*\)|self\.[\w.]+)\s*(#\s*(\[[^\]]*\]))?"
+)
 
 
 def hook_path(attribute: str) -> str:
@@ -88,6 +93,7 @@ class Function:
     path: Path
     first_line: int
     units: list[Unit]
+    code_line: int = 0  # where Python says it starts: its first decorator (@boundary), else its def
 
 
 @dataclass
@@ -395,7 +401,8 @@ def read_function(node: ast.FunctionDef | None, path: Path, file_lines: list[str
         return None
     first, last = node.lineno, node.end_lineno
     lines = textwrap.dedent("\n".join(file_lines[first - 1 : last])).split("\n")
-    return Function(node.name, path, first, split_units(lines, first))
+    code_line = min([first] + [decorator.lineno for decorator in node.decorator_list])
+    return Function(node.name, path, first, split_units(lines, first), code_line)
 
 
 def imported_from(tree: ast.Module, name: str) -> str | None:
@@ -419,7 +426,7 @@ def read_section(stem: str, title: str, numpy_dir: Path | None = None) -> Sectio
     """One component file of each twin, lined up; ``numpy_dir``: read the NumPy file from there (a learner's copy)."""
     paths = [Path(numpy_dir) if numpy_dir else package_dir(TWINS[0]), package_dir(TWINS[1])]
     paths = [folder / f"{stem}.py" for folder in paths]
-    texts = [path.read_text() for path in paths]
+    texts = [read_text(path, MAX_SOURCE_BYTES, "Python source file") for path in paths]  # no FIFO
     trees = [ast.parse(text) for text in texts]
     lines = [text.split("\n") for text in texts]
     np_defs, torch_defs = find_functions(trees[0]), find_functions(trees[1])

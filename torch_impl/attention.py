@@ -1,7 +1,7 @@
 """Multi-head self-attention ("Attention Is All You Need", §3.2.1-3.2.2).
 
 Axes: batch, pos / q_pos / k_pos (query and key positions), head, d_head (width of one
-head), d_model (residual width). Einsum letters: b batch, p pos, h head, d d_head, m d_model.
+head), d_model (residual width); kv_head (grouped key/value heads), half (rotary_dim / 2). Einsum letters: b batch, p pos, h head, d d_head, m d_model.
 
 For each head h, with x the input [batch, pos, d_model]:
     q = x W_Q[h] + b_Q[h],  k = x W_K[h] + b_K[h],  v = x W_V[h] + b_V[h]
@@ -11,8 +11,16 @@ For each head h, with x the input [batch, pos, d_model]:
 
 Hook points, as TransformerLens 4 names them: ``hook_in`` (x); ``q.hook_in`` / ``q.hook_out`` (x as
 the query projection reads it, and q; ``hook_q`` is another name for ``q.hook_out``), the same for
-k and v; ``hook_attn_scores``, ``hook_pattern``; ``o.hook_in`` (z, alias ``hook_z``) and
-``o.hook_out``; then ``hook_hidden_states`` and ``hook_out`` (out).
+k and v; ``hook_rot_q`` and ``hook_rot_k`` (q and k turned, rotary only); ``hook_attn_scores``,
+``hook_pattern``; ``o.hook_in`` (z, alias ``hook_z``) and ``o.hook_out``; then
+``hook_hidden_states`` and ``hook_out`` (out).
+
+The Llama family adds two steps between the projections and the scores. Rotary position
+embedding (``cfg.positional == "rotary"``, rotary.py) turns q and k by angles that grow with the
+position. Grouped-query attention (``GroupedQueryAttention``, below) keeps fewer key/value heads
+than query heads: each serves a group of n_heads // n_key_value_heads query heads, so its k and
+v are repeated across the group, and the backward sums the group's gradients into it.
+With ``cfg.attn_bias`` False, the biases are fixed zeros, not parameters.
 
 Each einsum that multiplies by a weight names the weight first, as the NumPy twin's does
 (docs/performance.md says why it matters there).
@@ -25,7 +33,8 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import HookPoint, Module, Projection, default_rng
+from .module import Constant, HookPoint, Module, Projection, boundary, default_rng
+from .rotary import rotary_tables, rotate
 
 
 class MultiHeadAttention(Module):
@@ -35,25 +44,36 @@ class MultiHeadAttention(Module):
         super().__init__()
         rng = default_rng(rng)
         self.cfg = check_config(cfg)
+        if cfg.n_key_value_heads is not None:
+            raise ValueError("cfg.n_key_value_heads is set: build GroupedQueryAttention(cfg), or "
+                             "MultiHeadAttention.for_config(cfg), which picks the class")
         n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
         dtype = getattr(torch, cfg.dtype)
         self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
         self.W_K = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
         self.W_V = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
         self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model, generator=rng, dtype=dtype) / math.sqrt(n_heads * d_head))
-        self.b_Q = nn.Parameter(torch.zeros(n_heads, d_head, dtype=dtype))
-        self.b_K = nn.Parameter(torch.zeros(n_heads, d_head, dtype=dtype))
-        self.b_V = nn.Parameter(torch.zeros(n_heads, d_head, dtype=dtype))
-        self.b_O = nn.Parameter(torch.zeros(d_model, dtype=dtype))
+        bias = nn.Parameter if cfg.attn_bias else Constant  # Llama's attention has no biases: fixed zeros
+        self.b_Q = bias(torch.zeros(n_heads, d_head, dtype=dtype))
+        self.b_K = bias(torch.zeros(n_heads, d_head, dtype=dtype))
+        self.b_V = bias(torch.zeros(n_heads, d_head, dtype=dtype))
+        self.b_O = bias(torch.zeros(d_model, dtype=dtype))
         # mask[q, k] is True where query q may look at key k (a buffer: not a parameter, not saved)
         mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))  # [n_ctx, n_ctx]
         self.register_buffer("mask", mask, persistent=False)
+        if cfg.positional == "rotary":  # fixed tables, as the mask
+            rotary_cos, rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
+            self.register_buffer("rotary_cos", rotary_cos, persistent=False)
+            self.register_buffer("rotary_sin", rotary_sin, persistent=False)
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         # q, k, v, o: the hook points around each projection (TransformerLens 4's attn.q, ...)
         self.q, self.k, self.v = Projection(), Projection(), Projection()
         self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; an alias: one point, two names
         self.hook_k = self.k.hook_out  # [batch, pos, head, d_head]
         self.hook_v = self.v.hook_out  # [batch, pos, head, d_head]
+        if cfg.positional == "rotary":
+            self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, pos, head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
         self.o = Projection()
@@ -61,6 +81,12 @@ class MultiHeadAttention(Module):
         self.hook_hidden_states = HookPoint()  # [batch, pos, d_model]
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
+    @staticmethod
+    def for_config(cfg, rng=None):
+        """The attention ``cfg`` asks for: grouped when ``n_key_value_heads`` is set, else ``MultiHeadAttention``."""
+        return MultiHeadAttention(cfg, rng) if cfg.n_key_value_heads is None else GroupedQueryAttention(cfg, rng)
+
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         x = self.hook_in(x)
@@ -72,6 +98,15 @@ class MultiHeadAttention(Module):
         k = torch.einsum("hmd,bpm->bphd", self.W_K, x_k) + self.b_K  # [batch, pos, head, d_head]
         v = torch.einsum("hmd,bpm->bphd", self.W_V, x_v) + self.b_V  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
+            cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
+            adjacent = self.cfg.rotary_adjacent_pairs  # GPT-J's pairs; Llama's and NeoX's are halves
+            q = self.hook_rot_q(rotate(q, cos, sin, adjacent))  # [batch, pos, head, d_head]
+            k = self.hook_rot_k(rotate(k, cos, sin, adjacent))  # [batch, pos, kv_head, d_head]
+        if self.cfg.n_key_value_heads is not None:  # grouped: each key/value head serves its group of heads
+            group = self.cfg.n_heads // self.cfg.n_key_value_heads
+            k = torch.repeat_interleave(k, group, dim=2)  # [batch, pos, head, d_head]
+            v = torch.repeat_interleave(v, group, dim=2)  # [batch, pos, head, d_head]
         # each head attends on its own: put the head axis before the position axis
         q_h = q.permute(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         k_h = k.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
@@ -90,3 +125,56 @@ class MultiHeadAttention(Module):
         out = torch.einsum("hdm,bphd->bpm", self.W_O, z) + self.b_O  # [batch, pos, d_model]
         out = self.hook_out(self.hook_hidden_states(self.o.hook_out(out)))  # [batch, pos, d_model]
         return out
+
+
+class GroupedQueryAttention(MultiHeadAttention):
+    """Attention whose n_key_value_heads key/value heads each serve a group of query heads (Ainslie et al., 2023).
+
+    TransformerLens's names and shapes: the shared heads are ``_W_K``, ``_W_V``
+    [n_key_value_heads, d_model, d_head] and ``_b_K``, ``_b_V`` [n_key_value_heads, d_head];
+    ``W_K``, ``W_V``, ``b_K``, ``b_V`` read them (the shared heads, not repeated), so the forward
+    above serves both classes.
+    """
+
+    def __init__(self, cfg, rng=None):
+        Module.__init__(self)
+        rng = default_rng(rng)
+        self.cfg = check_config(cfg)
+        n_heads, d_model, d_head, n_kv = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.n_key_value_heads
+        dtype = getattr(torch, cfg.dtype)
+        self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
+        self._W_K = nn.Parameter(torch.randn(n_kv, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
+        self._W_V = nn.Parameter(torch.randn(n_kv, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
+        self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model, generator=rng, dtype=dtype) / math.sqrt(n_heads * d_head))
+        bias = nn.Parameter if cfg.attn_bias else Constant  # Llama's attention has no biases: fixed zeros
+        self.b_Q = bias(torch.zeros(n_heads, d_head, dtype=dtype))
+        self._b_K = bias(torch.zeros(n_kv, d_head, dtype=dtype))
+        self._b_V = bias(torch.zeros(n_kv, d_head, dtype=dtype))
+        self.b_O = bias(torch.zeros(d_model, dtype=dtype))
+        # mask[q, k] is True where query q may look at key k (a buffer: not a parameter, not saved)
+        mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))  # [n_ctx, n_ctx]
+        self.register_buffer("mask", mask, persistent=False)
+        if cfg.positional == "rotary":  # fixed tables, as the mask
+            rotary_cos, rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
+            self.register_buffer("rotary_cos", rotary_cos, persistent=False)
+            self.register_buffer("rotary_sin", rotary_sin, persistent=False)
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        # q, k, v, o: the hook points around each projection (TransformerLens 4's attn.q, ...)
+        self.q, self.k, self.v = Projection(), Projection(), Projection()
+        self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; an alias: one point, two names
+        self.hook_k = self.k.hook_out  # [batch, pos, kv_head, d_head]
+        self.hook_v = self.v.hook_out  # [batch, pos, kv_head, d_head]
+        if cfg.positional == "rotary":
+            self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.o = Projection()
+        self.hook_z = self.o.hook_in  # [batch, pos, head, d_head]
+        self.hook_hidden_states = HookPoint()  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
+
+    W_K = property(lambda self: self._W_K)  # [kv_head, d_model, d_head]
+    W_V = property(lambda self: self._W_V)  # [kv_head, d_model, d_head]
+    b_K = property(lambda self: self._b_K)  # [kv_head, d_head]
+    b_V = property(lambda self: self._b_V)  # [kv_head, d_head]

@@ -10,7 +10,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import HookPoint, Module, default_rng
+from .module import HookPoint, Module, boundary, default_rng
 
 
 class TokenEmbedding(Module):
@@ -25,6 +25,7 @@ class TokenEmbedding(Module):
         self.hook_in = HookPoint()  # [batch, pos] token ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
         tokens = self.hook_in(tokens)

@@ -25,7 +25,8 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import HookPoint, Module, Projection, default_rng
+from .gated_feedforward import GatedFeedForward
+from .module import Constant, HookPoint, Module, Projection, boundary, default_rng
 
 GELU_C = math.sqrt(2.0 / math.pi)
 SQRT_2 = math.sqrt(2.0)
@@ -40,9 +41,10 @@ class FeedForward(Module):
         self.cfg = check_config(cfg)
         dtype = getattr(torch, cfg.dtype)
         self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp, generator=rng, dtype=dtype) / math.sqrt(cfg.d_model))
-        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=dtype))
+        bias = nn.Parameter if cfg.mlp_bias else Constant  # mlp_bias=False: fixed zeros
+        self.b_in = bias(torch.zeros(cfg.d_mlp, dtype=dtype))
         self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model, generator=rng, dtype=dtype) / math.sqrt(cfg.d_mlp))
-        self.b_out = nn.Parameter(torch.zeros(cfg.d_model, dtype=dtype))
+        self.b_out = bias(torch.zeros(cfg.d_model, dtype=dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         # in, out: the hook points around W_in and W_out (TransformerLens 4's mlp.in and mlp.out;
         # "in" is a Python keyword, so it is set by name and read as self.in_)
@@ -57,6 +59,7 @@ class FeedForward(Module):
         """``mlp.in``, the hook points around W_in (``self.in`` would be a syntax error)."""
         return getattr(self, "in")
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         x = self.hook_in(x)
@@ -76,3 +79,8 @@ class FeedForward(Module):
         out = torch.einsum("fm,bpf->bpm", self.W_out, post) + self.b_out  # [batch, pos, d_model]
         out = self.hook_out(self.out.hook_out(out))  # [batch, pos, d_model]
         return out
+
+    @staticmethod
+    def for_config(cfg, rng=None):
+        """The MLP ``cfg`` asks for: ``GatedFeedForward`` (SwiGLU) when ``gated_mlp``, else ``FeedForward``."""
+        return GatedFeedForward(cfg, rng) if cfg.gated_mlp else FeedForward(cfg, rng)

@@ -4,20 +4,21 @@ Written once in ``foundation/lens/hooks.py`` and ``foundation/lens/running.py``:
 names, ``run_with_cache``, ``run_with_hooks``, ``hooks()``, ``add_hook``, ``reset_hooks``,
 ``fold_layer_norm``, ``return_type`` and ``generate``. Only what the array library changes lives
 here: which HookPoint class the model holds, how an activation is copied (detached from the
-graph), the next-token loss and how a backward pass starts from it (autograd), the default
+graph), how a backward pass starts (autograd, from the logits or the loss), the default
 gradient (of the mean next-token cross-entropy), and the parameter-free LayerNorm that folding
 leaves.
 """
 
 import torch
 
+from foundation.contract.arrays import as_numpy
+from foundation.contract.boundary import gradient_target
 from foundation.contract.checks import check_plain
-
 from foundation.lens.hooks import HookedMixin as _HookedMixin
-from foundation.lens.hooks import as_numpy, check_next_token_loss, gradient_target, split_outputs
+from foundation.lens.hooks import check_next_token_loss, split_outputs
 
 from .layernorm import LayerNormPre
-from .loss import CrossEntropyLoss, log_softmax
+from .loss import CrossEntropyLoss
 from .module import HookPoint, token_tensor
 
 
@@ -57,11 +58,3 @@ class HookedMixin(_HookedMixin):
 
     def _layer_norm_pre(self, cfg):
         return LayerNormPre(cfg).to(self.device)
-
-    # --- the next-token loss ---
-
-    def _next_token_loss(self, out, tokens, per_token):
-        if per_token:
-            log_probs = log_softmax(out[:, :-1])  # [batch, pos - 1, d_vocab]
-            return -torch.take_along_dim(log_probs, tokens[:, 1:, None], dim=-1)[..., 0]  # [batch, pos - 1]
-        return self.loss_class()(out[:, :-1], tokens[:, 1:])  # []

@@ -15,7 +15,8 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import HookPoint, Module
+from .module import HookPoint, Module, boundary
+from .rmsnorm import RMSNorm
 
 EPS = 1e-5
 
@@ -30,10 +31,11 @@ class LayerNorm(Module):
         self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=dtype))
         self.b = nn.Parameter(torch.zeros(cfg.d_model, dtype=dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
-        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_scale = HookPoint(always=True)  # [batch, pos, 1]; always: x / inf = 0 is finite
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]: before w and b
         self.hook_out = HookPoint()  # [batch, pos, d_model]: after w and b
 
+    @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         x = self.hook_in(x)
@@ -50,7 +52,9 @@ class LayerNorm(Module):
 
     @staticmethod
     def for_config(cfg):
-        """The LayerNorm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN") or ``LayerNormPre`` ("LNPre")."""
+        """The norm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN"), ``LayerNormPre`` ("LNPre") or ``RMSNorm`` ("RMS")."""
+        if cfg.normalization_type == "RMS":
+            return RMSNorm(cfg)
         return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
 
 

@@ -5,12 +5,15 @@ Axes: batch, pos (sequence position), d_vocab (vocabulary).
 
     log_probs = logits - logsumexp(logits)          (row by row over d_vocab)
     nll[b, p] = -log_probs[b, p, targets[b, p]]
-    loss = sum(weights * nll) / sum(weights)       (weights all 1: the plain mean)
+    loss = sum(weights * nll) / sum(weights)       (reduction="mean"; weights all 1: the plain mean)
+    loss = weights * nll                            (reduction="none": one loss per token)
 """
 
 import torch
 
-from .module import Module
+from foundation.contract.checks import check_reduction
+
+from .module import Module, boundary
 
 
 def log_softmax(logits):
@@ -23,16 +26,24 @@ def log_softmax(logits):
 
 
 class CrossEntropyLoss(Module):
-    """Mean negative log-likelihood of the targets; ``weights`` make it a weighted mean."""
+    """Mean negative log-likelihood of the targets; ``weights`` make it a weighted mean.
 
-    def __init__(self):
+    ``reduction="none"``: each token's loss [batch, pos] (times its weight), as torch's.
+    """
+
+    def __init__(self, reduction="mean"):
         super().__init__()
+        self.reduction = check_reduction(reduction)
 
+    @boundary(logits="logits", targets="targets", weights="weights")
     def forward(self, logits, targets, weights=None):
-        """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss []"""
+        """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss [] (or [batch, pos])"""
         if weights is None:
             weights = torch.ones(targets.shape, dtype=logits.dtype, device=logits.device)  # [batch, pos]
         log_probs = log_softmax(logits)  # [batch, pos, d_vocab]
         nll = -torch.take_along_dim(log_probs, targets[..., None], dim=-1)[..., 0]  # [batch, pos]
-        loss = (weights * nll).sum() / weights.sum()  # []
+        if self.reduction == "mean":
+            loss = (weights * nll).sum() / weights.sum()  # []
+        else:
+            loss = weights * nll  # [batch, pos]
         return loss

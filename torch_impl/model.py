@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from foundation.contract.checks import check_config, check_seed
-from foundation.files.pretrained import read_gpt2, read_gpt2_tokenizer
+from foundation.files.pretrained import read_pretrained
 from foundation.lens.running import RunningMixin
 from foundation.files.weights import load_weights, save_weights
 
@@ -21,7 +21,7 @@ from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
 from .loss import CrossEntropyLoss
-from .module import HookPoint, Module, default_rng, token_tensor
+from .module import HookPoint, Module, boundary, default_rng, token_tensor
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
 from .views import WeightViewsMixin
@@ -46,9 +46,10 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         self.hook_embed = self.embed.hook_out  # [batch, pos, d_model]; TransformerLens's alias: one point
         if cfg.positional == "learned":
             self.pos_embed = LearnedPositionalEmbedding(cfg, rng)
-        else:
+        elif cfg.positional == "sinusoidal":
             self.pos_embed = SinusoidalPositionalEncoding(cfg, rng)
-        self.hook_pos_embed = self.pos_embed.hook_out  # [batch, pos, d_model]
+        if cfg.positional != "rotary":  # rotary: positions enter inside attention, through q and k
+            self.hook_pos_embed = self.pos_embed.hook_out  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([TransformerBlock(cfg, rng) for _ in range(cfg.n_layers)])
         if cfg.normalization == "pre":
             self.ln_final = LayerNorm.for_config(cfg)
@@ -59,6 +60,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
             if isinstance(module, HookPoint) and module.name is None:
                 module.name = name  # its own name: an alias (hook_embed) comes after it (embed.hook_out)
 
+    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer")
     def forward(self, tokens, return_type="logits", loss_per_token=False, stop_at_layer=None):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
@@ -69,8 +71,11 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         Tokens go to the model's device.
         """
         embed = self.embed(tokens)  # [batch, pos, d_model]
-        pos_embed = self.pos_embed(tokens)  # [batch, pos, d_model]
-        resid = embed + pos_embed  # [batch, pos, d_model]
+        if self.cfg.positional == "rotary":
+            resid = embed  # [batch, pos, d_model]
+        else:
+            pos_embed = self.pos_embed(tokens)  # [batch, pos, d_model]
+            resid = embed + pos_embed  # [batch, pos, d_model]
         stop = self._stop_layer(stop_at_layer)
         for block in self.blocks[:stop]:
             resid = block(resid)  # [batch, pos, d_model]
@@ -95,15 +100,17 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, folder):
-        """A new model holding a Hugging Face GPT-2 checkpoint (config.json + model.safetensors), in its dtype.
+    def from_pretrained(cls, folder, n_ctx=None):
+        """A new model holding a Hugging Face checkpoint folder (GPT-2 or Llama), in its dtype.
 
-        GPT-2 ties its unembedding to the token embedding; here ``unembed.W_U`` starts as
-        ``W_E.T`` and ``b_U`` as zeros, and a tied model's gradient is ``W_E.grad + W_U.grad.T``.
-        With vocab.json and merges.txt in the folder, ``model.tokenizer`` is GPT-2's byte-level BPE.
+        GPT-2: config.json + model.safetensors; with vocab.json and merges.txt, ``model.tokenizer``
+        is GPT-2's byte-level BPE. Llama (``LlamaForCausalLM``): config.json + model.safetensors or
+        the shards of model.safetensors.index.json; with tokenizer.json, its tokenizer. ``n_ctx``
+        (Llama only) caps the longest sequence below max_position_embeddings.
+        A tied checkpoint's unembedding starts as ``W_E.T`` here, a parameter of its own (``b_U``
+        zeros), so a tied model's gradient is ``W_E.grad + W_U.grad.T``.
         """
-        cfg, state_dict = read_gpt2(folder)
-        tokenizer = read_gpt2_tokenizer(folder, cfg.d_vocab)
+        cfg, state_dict, tokenizer = read_pretrained(folder, n_ctx)
         model = cls(cfg)
         model.load_state_dict(state_dict)
         model.tokenizer = tokenizer

@@ -6,24 +6,43 @@ names every bad key in one ``ValueError``, and ``from_twin``; and dtype moves (`
 ``.double()``, ``.to(dtype)``) that take ``cfg.dtype`` along, refusing any other dtype first. ``HookPoint`` is the twin of the
 reference's (its hook lists are ``foundation.lens.hooks.HookLists``, written once).
 
-``Module`` is also the boundary, as the reference's: every subclass's ``forward`` is wrapped (see
-``_forward_at_the_boundary`` below, and ``foundation/contract/boundary.py`` for what it guarantees), so the
-bodies in the component files hold only the formulas. Autograd needs no copies of the caller's
-tensors: it refuses a backward through a tensor changed in place after the forward.
+``Module`` also carries the boundary each component's ``forward`` declares with
+``@boundary(x="activation")``, as the reference's (``_forward_at_the_boundary`` below;
+``foundation/contract/boundary.py`` says what it guarantees), so the bodies in the component files
+hold only the formulas. Autograd needs no copies of the caller's tensors: it refuses a backward
+through a tensor changed in place after the forward. The guard of the gradients runs once, when
+autograd ends the backward (``_end_of_backward``), not at every hook point.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from itertools import chain
 
 import numpy as np
 import torch
 from torch import nn
 
-from foundation.contract.boundary import Call, calls, check_arguments, entered, guard, hook_label, nonfinite, taint
+from foundation.contract.boundary import (  # noqa: F401 (boundary, for the components)
+    Call,
+    bind,
+    boundary,
+    calls,
+    check_arguments,
+    entered,
+    guard,
+    guard_every_hook,
+    guarding,
+    hook_label,
+    inputs_finite,
+    nonfinite,
+    note_always_guarded,
+    outputs,
+    parameter_label,
+    taint,
+    user_call,
+)
 from foundation.contract.checks import check_seed, check_state_dict, check_tokens, tokens_as_array
 from foundation.lens.hooks import HookLists
 
@@ -41,14 +60,16 @@ def default_rng(rng=None):
     return generator
 
 
+class Constant(nn.Buffer):
+    """A fixed tensor in a parameter's place: a buffer, neither trained nor saved (the reference's ``Constant``)."""
+
+    def __new__(cls, data):
+        return super().__new__(cls, data, persistent=False)
+
+
 class Module(nn.Module):
     """``nn.Module`` with the reference's loading and boundary: either library's arrays, one clear
-    error, ``from_twin``; every subclass's ``forward`` checked and guarded."""
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "forward" in vars(cls):
-            cls.forward = _forward_at_the_boundary(vars(cls)["forward"])
+    error, ``from_twin``; every ``forward`` declared with ``@boundary(...)`` checked and guarded."""
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys raise ValueError.
@@ -73,6 +94,80 @@ class Module(nn.Module):
         module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
         module.load_state_dict(twin.state_dict())
         return module
+
+    # --- the boundary: what @boundary(...) makes of a forward ---
+
+    def _forward_at_the_boundary(self, body, signature, args, kwargs):
+        """A forward: a body's call runs as it is; a user's is checked (tokens made int64 on the
+        module's device) and guarded, and so is the backward autograd runs through it later."""
+        if not user_call():
+            if not guarding():
+                return body(self, *args, **kwargs)
+            return self._guarded_forward(body, args, kwargs, arrays=[])  # named in the guard's messages
+        arguments = _checked_arguments(self, body, signature, args, kwargs)
+        arrays = [value for value in arguments.values() if isinstance(value, torch.Tensor)]
+        if guarding():
+            return self._guarded_forward(body, (), arguments, arrays)
+        call = Call(self, "forward", arrays, self._weights)
+        with entered(call):
+            result = body(self, **arguments)
+        if not finite(outputs(result) + call.always) and not call.tainted:  # one host synchronisation
+            if inputs_finite(call):
+                with guard_every_hook():  # replayed to name the component and tensor, or raise
+                    return self._guarded_forward(body, (), arguments, arrays)
+            call.tainted = True  # non-finite in, non-finite out, as NumPy and torch do
+        tensors = [out for out in outputs(result) if out.requires_grad]
+        if tensors and torch.is_grad_enabled():
+            call.input_grads = []
+            for x in arrays:
+                if x.requires_grad:
+                    x.register_hook(call.input_grads.append)  # the gradients it returns, kept for the end
+            tensors[0].register_hook(functools.partial(self._start_of_backward, call, arguments))
+        return result
+
+    def _guarded_forward(self, body, args, kwargs, arrays):
+        """A forward with every hook point, every output and (when autograd runs back through it)
+        every gradient at a hook point guarded as it is made."""
+        user = user_call()
+        call = Call(self, "forward", arrays, self._weights)
+        with entered(call):
+            result = body(self, *args, **kwargs)
+            for out in outputs(result):
+                guard(out, "its output")
+                if user and out.requires_grad:
+                    out.register_hook(functools.partial(_note_upstream_gradient, call))
+        return result
+
+    def _start_of_backward(self, call, arguments, dout):
+        """Autograd reached a user's call's output: look at its gradients when the backward ends."""
+        torch.autograd.Variable._execution_engine.queue_callback(
+            functools.partial(self._end_of_backward, call, arguments, dout))
+        return dout
+
+    def _end_of_backward(self, call, arguments, dout):
+        """The gradients a backward made, looked at once: those of the inputs and of every weight.
+
+        Only when one is not finite, and ``dout``, the inputs and the weights were, is the forward
+        replayed and the backward run again with every hook point guarded, to name where it began.
+        """
+        grads = [dout, *call.input_grads, *(p.grad for p in self.parameters() if p.grad is not None)]
+        call.input_grads = []
+        if finite(grads) or call.tainted or not finite([dout]) or not inputs_finite(call):
+            return
+        with torch.enable_grad(), guard_every_hook():
+            result = self(**arguments)
+            out = [tensor for tensor in outputs(result) if tensor.requires_grad][0]
+            leaves = [x for x in call.arrays if x.requires_grad] + [p for p in self.parameters() if p.requires_grad]
+            owners = {id(p): module for module in self.modules() for p in module.parameters(recurse=False)}
+            for p in self.parameters():
+                if p.requires_grad:
+                    owner = Call(owners[id(p)], "backward", [], self._weights)
+                    label = f"the gradient of {parameter_label(self, p)}"
+                    p.register_hook(functools.partial(_guard_parameter_gradient, (call, owner), label))
+            torch.autograd.grad(out, leaves, grad_outputs=dout, allow_unused=True)
+
+    def _weights(self):
+        return [p.detach() for p in self.parameters()]
 
     # --- moving like a torch module: cfg.dtype follows the parameters; other dtypes are refused first ---
 
@@ -116,45 +211,15 @@ def _check_dtype(dtype):
                         "(cfg.dtype); use .float() or .double()")
 
 
-def _forward_at_the_boundary(forward):
-    """``forward`` with its arguments checked (tokens made int64 on the module's device) and its results guarded.
-
-    The gradients autograd computes later are guarded too: each hook point it passes registers a
-    check (``HookPoint.forward``), which raises only if the gradient arriving at the outputs of the
-    outermost call was finite.
-    """
-    signature = inspect.signature(forward)
-
-    @functools.wraps(forward)
-    def forward_at_the_boundary(self, *args, **kwargs):
-        outermost = not calls()
-        arguments = _checked_arguments(self, signature, args, kwargs)
-        arrays = [value for value in arguments.values() if isinstance(value, torch.Tensor)]
-        call = Call(self, "forward", arrays, lambda: [p.detach() for p in self.parameters()])
-        with entered(call):
-            result = forward(self, **arguments)
-            for out in result if isinstance(result, tuple) else (result,):
-                if isinstance(out, torch.Tensor):
-                    guard(out, "its output")
-                    if outermost and out.requires_grad:
-                        out.register_hook(functools.partial(_note_upstream_gradient, call))
-        return result
-
-    return forward_at_the_boundary
-
-
-def _checked_arguments(module, signature, args, kwargs):
-    """{name: value} of a forward call, checked; tokens become int64 on the module's device."""
-    bound = signature.bind(module, *args, **kwargs)
-    bound.apply_defaults()
-    arguments = dict(bound.arguments)
-    del arguments[next(iter(signature.parameters))]  # self
+def _checked_arguments(module, body, signature, args, kwargs):
+    """{name: value} of a user's forward call, checked; tokens become int64 on the module's device."""
+    arguments = bind(module, body, signature, args, kwargs)
     if "tokens" in arguments and getattr(module, "takes_any_tokens", False):
         tokens = token_tensor(arguments.pop("tokens"), module.cfg)  # the model's: lists and ndarrays too, checked
-        check_arguments(module, arguments, torch.Tensor)
+        check_arguments(module, body, arguments, torch.Tensor)  # the others
         device = next(chain(module.parameters(), module.buffers()), tokens).device
         return {"tokens": tokens.to(device), **arguments}
-    check_arguments(module, arguments, torch.Tensor)
+    check_arguments(module, body, arguments, torch.Tensor)
     if "tokens" in arguments:
         arguments["tokens"] = arguments["tokens"].to(torch.int64)  # ids of any integer dtype (a uint8 index would be a mask)
     if "targets" in arguments:
@@ -162,10 +227,27 @@ def _checked_arguments(module, signature, args, kwargs):
     return arguments
 
 
+def finite(tensors):
+    """Is every entry of these float tensors finite? One sum each, all read back in one host
+    synchronisation; a sum of large finite entries can overflow, so a non-finite sum is checked
+    entry by entry."""
+    floats = [t.detach() for t in tensors if t is not None and t.is_floating_point() and t.numel()]
+    if not floats:
+        return True
+    sums = torch.stack([t.sum(dtype=torch.float64) for t in floats])  # on the tensors' device
+    if bool(torch.isfinite(sums).all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in floats)
+
+
 def _note_upstream_gradient(call, grad):
     """A non-finite gradient given to the outermost output: what follows from it is not the formula's doing."""
     if nonfinite(grad):
         call.tainted = True
+
+
+def _guard_parameter_gradient(forward_call, label, grad):
+    guard(grad, label, forward_call)
 
 
 def token_tensor(tokens, cfg):
@@ -194,23 +276,30 @@ class HookPoint(nn.Module, HookLists):
         entries a forward hook changed are constants: no gradient flows past them;
         entries it left unchanged pass their gradient through untouched.
 
-    The name is set by the model that owns it.
+    The name is set by the model that owns it. With no hook on it, it passes its value on and
+    looks at nothing (no host synchronisation, no tensor hook), unless ``always`` (a LayerNorm's
+    scale: see foundation/contract/boundary.py) or inside ``guard_every_hook()``.
     """
 
-    def __init__(self):
+    def __init__(self, always=False):
         super().__init__()
         self._init_hooks()
+        self.always = always  # looked at by the guard at every call, hooks or not
 
     def forward(self, x):
-        guard(x, lambda: hook_label(self))
-        if x.requires_grad and torch.is_grad_enabled() and calls():
-            forward_call = (calls()[0], calls()[-1])  # the gradient's guard needs this forward's records
-            x.register_hook(functools.partial(self._guard_gradient, forward_call))
+        if guarding():
+            guard(x, lambda: hook_label(self))
+            frames = [call for call in calls() if not call.is_hook]
+            if x.requires_grad and torch.is_grad_enabled() and frames:
+                forward_call = (frames[0], frames[-1])  # the gradient's guard needs this forward's records
+                x.register_hook(functools.partial(self._guard_gradient, forward_call))
+        elif self.always:
+            note_always_guarded(x)
         if self.fwd_hooks:
             # hooks get a detached copy, so they may edit it in place; x keeps its autograd history
             hooked = self._run(self.fwd_hooks, x.detach().clone())
             hooked = torch.as_tensor(hooked, dtype=x.dtype, device=x.device).detach().clone()  # ours: the hook may reuse it
-            if nonfinite(hooked):
+            if nonfinite(hooked) and not nonfinite(x):
                 taint()  # the hook put a NaN or an infinity in: what follows from it is not the formula's doing
             changed = hooked != x.detach()  # like x: True where a hook changed the value
             if changed.any():
@@ -226,11 +315,11 @@ class HookPoint(nn.Module, HookLists):
 
     def backward(self, dx, forward_call=()):
         # hooks get a copy, as in the reference, and what they return is copied too
-        dx = torch.as_tensor(self._run(self.bwd_hooks, dx.clone()), dtype=dx.dtype, device=dx.device).clone()
-        if nonfinite(dx):
+        hooked = torch.as_tensor(self._run(self.bwd_hooks, dx.clone()), dtype=dx.dtype, device=dx.device).clone()
+        if nonfinite(hooked) and not nonfinite(dx):
             for call in forward_call:
                 call.tainted = True  # the hook put a NaN or an infinity in: what follows is not the formula's doing
-        return dx
+        return hooked
 
     def _guard_gradient(self, forward_call, dx):
         """The gradient autograd brings to this hook point, guarded as the reference's ``HookPoint.backward`` guards it."""

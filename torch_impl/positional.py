@@ -13,7 +13,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import HookPoint, Module, default_rng
+from .module import HookPoint, Module, boundary, default_rng
 
 
 def sinusoidal_table(n_ctx, d_model):
@@ -40,6 +40,7 @@ class SinusoidalPositionalEncoding(Module):
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape
@@ -61,6 +62,7 @@ class LearnedPositionalEmbedding(Module):
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
+    @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape

@@ -1,7 +1,8 @@
 """``python demo.py checkpoint DIR``: a tiny random checkpoint folder, written offline.
 
 The folder is what ``save_pretrained`` writes (config.json, model.safetensors, and GPT-2's
-tokenizer files vocab.json and merges.txt), small enough to run every tour on in seconds:
+tokenizer files vocab.json and merges.txt, or tokenizer.json for ``--arch llama`` and
+``--arch gpt_neox``), small enough to run every tour on in seconds:
 ``python demo.py gpt2 --model DIR``. The weights are random (``foundation/files/tiny.py``).
 """
 

@@ -1,14 +1,15 @@
-"""``python demo.py gpt2 --model DIR``: a Hugging Face GPT-2 checkpoint in both twins.
+"""``python demo.py gpt2 --model DIR``: a Hugging Face checkpoint (GPT-2, Llama or GPT-NeoX) in both twins.
 
 DIR is a folder as ``transformers``' ``save_pretrained`` writes it: ``config.json`` and
-``model.safetensors`` (and, for text, GPT-2's ``vocab.json`` and ``merges.txt``). Nothing is
-downloaded. The tour loads the checkpoint into the NumPy reference and the torch twin, runs the
+``model.safetensors`` or its shards (and, for text, GPT-2's ``vocab.json`` and ``merges.txt``, or
+``tokenizer.json``); ``python demo.py checkpoint DIR --arch llama`` writes a tiny random one. Nothing
+is downloaded. The tour loads the checkpoint into the NumPy reference and the torch twin, runs the
 next-token loss forward and backward through both (the NumPy gradients from the hand-written
 backward) and prints how far apart they are, generates greedily from both, and draws the
 attention patterns (every head, the previous-token scores, the most previous-token head) and
 the logit lens of the prompt.
 
-Without ``vocab.json`` and ``merges.txt``, ``--prompt`` is token ids ("464 3290 318").
+Without a tokenizer, ``--prompt`` is token ids ("464 3290 318").
 """
 
 import os
@@ -24,9 +25,10 @@ MOST_HEADS = 16  # a model with more heads gets a figure of the MOST_HEADS // 2 
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True, metavar="DIR",
-                        help="a GPT-2 checkpoint folder: config.json and model.safetensors (save_pretrained's)")
+                        help="a GPT-2, Llama or GPT-NeoX checkpoint folder: config.json and model.safetensors "
+                             "(save_pretrained's)")
     parser.add_argument("--prompt", default=None,
-                        help=f"text (with vocab.json and merges.txt in DIR; default {DEFAULT_TEXT!r}) or token ids "
+                        help=f"text (with a tokenizer in DIR; default {DEFAULT_TEXT!r}) or token ids "
                              "separated by spaces or commas (default without them: random ids, repeated once)")
     parser.add_argument("--new-tokens", type=int, default=None,
                         help=f"tokens to generate greedily (default {DEFAULT_NEW_TOKENS}, or what n_ctx leaves room for)")
@@ -49,12 +51,18 @@ def run(args):
     model = npi.Transformer.from_pretrained(args.model)
     twin = pti.Transformer.from_pretrained(args.model)
     cfg = model.cfg
-    n_params = sum(p.data.size for name, p in model.named_parameters() if not name.startswith("unembed."))
-    print(f"Loaded {args.model} into both twins in {time.perf_counter() - start:.1f} s:")
+    tied = np.array_equal(model.unembed.W_U.data, model.embed.W_E.data.T)  # as loaded: one matrix, or two
+    n_params = sum(p.data.size for name, p in model.named_parameters() if not (tied and name.startswith("unembed.")))
+    print(f"Loaded {args.model} ({family(cfg)}) into both twins in {time.perf_counter() - start:.1f} s:")
     print(f"  {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.d_head}, d_mlp {cfg.d_mlp}, "
-          f"d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}, {cfg.act_fn}, {cfg.dtype}; "
-          f"{n_params:,} parameters (counted as GPT-2 counts them: the unembedding is the embedding, transposed)")
-    print(f"  tokenizer: {'byte-level BPE from vocab.json and merges.txt' if model.tokenizer else 'none (token ids)'}")
+          f"d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}, {cfg.act_fn}, {cfg.dtype}; {n_params:,} parameters"
+          + (" (counted as GPT-2 counts them: the unembedding is the embedding, transposed)" if tied else ""))
+    if cfg.positional == "rotary":
+        print(f"  {cfg.normalization_type} norms, rotary on {cfg.rotary_dim} of {cfg.d_head} (base {cfg.rotary_base:g})"
+              + (f", {cfg.n_key_value_heads} key/value heads" if cfg.n_key_value_heads else "")
+              + (", SwiGLU" if cfg.gated_mlp else "")
+              + (", attention and MLP in parallel" if cfg.parallel_attn_mlp else ""))
+    print(f"  tokenizer: {tokenizer_kind(model)}")
 
     tokens, note = prompt_tokens(model, args.prompt, args.new_tokens)
     new_tokens = args.new_tokens if args.new_tokens is not None else min(DEFAULT_NEW_TOKENS, cfg.n_ctx - tokens.shape[1])
@@ -65,12 +73,27 @@ def run(args):
     if model.tokenizer is not None:
         print(f"  as text pieces: {labels}")
 
-    show_agreement(model, twin, tokens)
+    show_agreement(model, twin, tokens, tied)
     show_generation(model, twin, tokens, new_tokens)
-    figures = show_figures(model, tokens, labels, args.out)
+    figures = show_figures(model, tokens, labels, args.out, family(cfg))
     heading("Figures")
     for path in figures:
         print(f"  {path}")
+
+
+def family(cfg):
+    """The checkpoint's family, from what its config computes."""
+    if cfg.positional != "rotary":
+        return "GPT-2"
+    return "GPT-NeoX" if cfg.parallel_attn_mlp or cfg.normalization_type == "LN" else "Llama"
+
+
+def tokenizer_kind(model):
+    if model.tokenizer is None:
+        return "none (token ids)"
+    if hasattr(model.tokenizer, "END_OF_TEXT"):
+        return "byte-level BPE from vocab.json and merges.txt"
+    return "tokenizer.json (tokenizers)"
 
 
 def prompt_tokens(model, prompt, new_tokens):
@@ -80,13 +103,21 @@ def prompt_tokens(model, prompt, new_tokens):
     within n_ctx, and (in ``run``) the default number of new tokens is what n_ctx leaves.
     """
     cfg = model.cfg
+    if prompt is not None:
+        try:
+            prompt.encode("utf-8")  # a non-UTF-8 argument arrives with lone surrogates in it
+        except UnicodeEncodeError as error:
+            raise ValueError(f"--prompt is not UTF-8 text (at character {error.start}: "
+                             f"{ascii(prompt[error.start])})") from None
     room = min(DEFAULT_NEW_TOKENS, cfg.n_ctx // 4) if new_tokens is None else new_tokens  # for the new tokens
     if model.tokenizer is not None:
         text = DEFAULT_TEXT if prompt is None else prompt
         if not text.strip():
             raise ValueError("--prompt is empty")
         tokens = np.asarray(model.to_tokens(text))  # [1, pos], <|endoftext|> first, as TransformerLens does
-        note = f"{text!r}, byte-level BPE, {'<|endoftext|> prepended' if model.tokenizer.bos_token else 'no BOS'}"
+        bos = model.tokenizer.bos_token
+        kind = "byte-level BPE" if hasattr(model.tokenizer, "END_OF_TEXT") else "tokenizer.json"
+        note = f"{text!r}, {kind}, {f'{bos} prepended' if bos else 'no BOS'}"
         if prompt is None and tokens.shape[1] + room > cfg.n_ctx:
             tokens = tokens[:, :max(2, cfg.n_ctx - room)]  # [1, pos]: the default text, cut to fit
             note += f"; cut to its first {tokens.shape[1]} tokens to fit n_ctx {cfg.n_ctx}"
@@ -94,16 +125,18 @@ def prompt_tokens(model, prompt, new_tokens):
         length = max(1, min(DEFAULT_IDS, (cfg.n_ctx - room) // 2))  # both copies and the new tokens fit
         half = np.random.default_rng(0).integers(0, cfg.d_vocab, length)
         tokens = np.concatenate([half, half])[None, :]  # [1, 2 * length]
-        note = (f"no vocab.json and merges.txt in the folder, and no --prompt: {length} random ids, then the same "
+        note = (f"no tokenizer in the folder, and no --prompt: {length} random ids, then the same "
                 "again (a trained GPT-2's induction heads attend along the copy)")
     else:
         pieces = prompt.replace(",", " ").split()
-        if not pieces or not all(p.isdigit() for p in pieces):
-            raise ValueError(f"--prompt must be token ids separated by spaces or commas (the folder has no vocab.json "
+        if not pieces or not all(p.isascii() and p.isdigit() for p in pieces):
+            raise ValueError(f"--prompt must be token ids separated by spaces or commas (the folder has no tokenizer: no vocab.json "
                              f"and merges.txt), got {prompt!r}")
+        too_large = next((p for p in pieces if len(p) > 18 or int(p) >= cfg.d_vocab), None)
+        if too_large is not None:  # before the ids become int64, which a long one would overflow
+            shown = too_large if len(too_large) <= 30 else too_large[:27] + "..."
+            raise ValueError(f"--prompt: token id {shown} is not in [0, {cfg.d_vocab})")
         tokens = np.array([[int(p) for p in pieces]], dtype=np.int64)
-        if tokens.max() >= cfg.d_vocab:
-            raise ValueError(f"--prompt: token id {tokens.max()} is not in [0, {cfg.d_vocab})")
         note = "token ids from --prompt"
     if tokens.shape[1] < 2:
         raise ValueError("--prompt must give at least 2 tokens (position p predicts token p + 1)")
@@ -123,17 +156,19 @@ def token_labels(model, row):
 # gradient groups of the agreement table: label -> which parameter names it holds
 GROUPS = [
     ("W_E + W_U.T (the tied matrix)", lambda name: name == "tied"),
+    ("W_E", lambda name: name == "embed.W_E"),
+    ("W_U", lambda name: name == "unembed.W_U"),
     ("pos_embed.W_pos", lambda name: name == "pos_embed.W_pos"),
-    ("attention W_Q, W_K, W_V, W_O", lambda name: ".attn.W_" in name),
-    ("attention b_Q, b_V, b_O", lambda name: ".attn.b_" in name and not name.endswith("b_K")),
-    ("attention b_K *", lambda name: name.endswith("attn.b_K")),
-    ("MLP W_in, W_out, b_in, b_out", lambda name: ".mlp." in name),
-    ("LayerNorms w, b", lambda name: ".ln" in name or name.startswith("ln_final")),
-    ("unembed.b_U (GPT-2 has none)", lambda name: name == "unembed.b_U"),
+    ("attention W_Q, W_K, W_V, W_O", lambda name: ".attn.W_" in name or ".attn._W_" in name),
+    ("attention b_Q, b_V, b_O", lambda name: (".attn.b_" in name or ".attn._b_" in name) and not name.endswith("b_K")),
+    ("attention b_K *", lambda name: name.endswith(("attn.b_K", "attn._b_K"))),
+    ("MLP W_in, W_out, b_*, W_gate", lambda name: ".mlp." in name),
+    ("norms w, b", lambda name: ".ln" in name or name.startswith("ln_final")),
+    ("unembed.b_U (not in the file)", lambda name: name == "unembed.b_U"),
 ]
 
 
-def show_agreement(model, twin, tokens):
+def show_agreement(model, twin, tokens, tied=True):
     """Forward and backward of the next-token loss in both twins; a table of the largest differences."""
     import torch
 
@@ -156,7 +191,7 @@ def show_agreement(model, twin, tokens):
     torch_s = time.perf_counter() - start
     grads = {name: p.grad for name, p in model.named_parameters()}
     twin_grads = {name: p.grad.numpy() for name, p in twin.named_parameters()}
-    for side in (grads, twin_grads):  # one matrix used twice in GPT-2: its gradient is the sum of both uses
+    for side in (grads, twin_grads) if tied else ():  # one matrix used twice: its gradient is the sum of both uses
         side["tied"] = side.pop("embed.W_E") + side.pop("unembed.W_U").T
     errors = relative_errors(grads, twin_grads)
     print(f"NumPy (hand-written backward) {numpy_s:.2f} s, torch (autograd) {torch_s:.2f} s; "
@@ -174,8 +209,8 @@ def show_agreement(model, twin, tokens):
     worst = max(relative for _, _, relative in rows)
     print(f"  worst relative difference: {worst:.1e} ({model.cfg.dtype}; the parity tests require "
           f"<= {TOL[model.cfg.dtype]:.0e})")
-    print("  * b_K's exact gradient is zero (softmax ignores a shift shared by every key): it is measured against")
-    print("    the largest gradient in the model. The tied matrix's gradient is W_E.grad + W_U.grad.T.")
+    print("  * b_K's exact gradient is zero without rotary (softmax ignores a shift shared by every key): it is")
+    print("    measured against the largest gradient in the model. A tied matrix's gradient is W_E.grad + W_U.grad.T.")
 
 
 def show_generation(model, twin, tokens, new_tokens):
@@ -192,15 +227,18 @@ def show_generation(model, twin, tokens, new_tokens):
         print(f"  {side:<6} new ids {new.tolist()}{text}")
     same = np.array_equal(generated["NumPy"], generated["torch"])
     if same:
-        print(f"  The same {new_tokens} tokens from both twins.")
+        made = generated["NumPy"].shape[1] - tokens.shape[1]
+        print(f"  The same {made} tokens from both twins." + (" (an end-of-sequence token stopped them)"
+                                                              if made < new_tokens else ""))
     else:
         first = int(np.argmax(generated["NumPy"][0] != generated["torch"][0]))
         print(f"  The twins part at position {first}: two logits that close differ in the last digits "
               f"({model.cfg.dtype} rounding), and greedy picks one each.")
 
 
-def show_figures(model, tokens, labels, out):
+def show_figures(model, tokens, labels, out, name="GPT-2"):
     """Attention patterns, previous-token scores, the logit lens (NumPy reference); returns the paths."""
+    prefix = name.lower().replace("-", "")  # gpt2, llama, gptneox
     from interp import analyses, plots, scores
 
     heading("Figures: attention patterns and the logit lens (NumPy reference)")
@@ -208,28 +246,28 @@ def show_figures(model, tokens, labels, out):
     cfg = model.cfg
     previous = scores.previous_token_scores(cache, tokens)  # [n_layers, n_heads]
     if cfg.n_layers * cfg.n_heads <= MOST_HEADS:
-        heads, title = None, "GPT-2: attention patterns of every head"
+        heads, title = None, f"{name}: attention patterns of every head"
     else:  # a readable subset: the most previous-token heads, in layer order
         ranked = np.argsort(previous, axis=None)[::-1][:MOST_HEADS // 2]
         heads = sorted((int(i // cfg.n_heads), int(i % cfg.n_heads)) for i in ranked)
-        title = (f"GPT-2: attention patterns of the {len(heads)} heads (of {cfg.n_layers * cfg.n_heads}) "
+        title = (f"{name}: attention patterns of the {len(heads)} heads (of {cfg.n_layers * cfg.n_heads}) "
                  "with the highest previous-token score")
-        print(f"The model has {cfg.n_layers * cfg.n_heads} heads: gpt2_attention.png shows the {len(heads)} with the "
+        print(f"The model has {cfg.n_layers * cfg.n_heads} heads: {prefix}_attention.png shows the {len(heads)} with the "
               "highest previous-token score.")
-    paths = [plots.plot_attention_grid(cache, os.path.join(out, "gpt2_attention.png"), token_labels=labels,
+    paths = [plots.plot_attention_grid(cache, os.path.join(out, f"{prefix}_attention.png"), token_labels=labels,
                                        heads=heads, title=title)]
-    paths.append(plots.plot_head_scores(previous, os.path.join(out, "gpt2_previous_token_scores.png"), vmin=0, vmax=1,
+    paths.append(plots.plot_head_scores(previous, os.path.join(out, f"{prefix}_previous_token_scores.png"), vmin=0, vmax=1,
                                         title="Previous-token score of every head",
                                         label="attention on the position just before"))
     layer, head, value = scores.best_head(previous)
     paths.append(plots.plot_attention_head(cache["pattern", int(layer)][0, head],
-                                           os.path.join(out, "gpt2_attention_head.png"), token_labels=labels,
+                                           os.path.join(out, f"{prefix}_attention_head.png"), token_labels=labels,
                                            causal=True, title=f"Layer {layer}, head {head}: the highest previous-token "
                                                               f"score here ({value:.2f})"))
     print(f"The head that attends most to the position just before: {scores.head_verdict('previous_token', previous)}.")
     lens = analyses.logit_lens(cache)
-    paths.append(plots.plot_logit_lens(lens, os.path.join(out, "gpt2_logit_lens.png"),
-                                       title="GPT-2 logit lens: the true next token after each layer"))
+    paths.append(plots.plot_logit_lens(lens, os.path.join(out, f"{prefix}_logit_lens.png"),
+                                       title=f"{name} logit lens: the true next token after each layer"))
     print("What the unembedding reads at the last position, layer by layer (the logit lens's top token):")
     for label, layer_logits in zip(lens.labels, lens.logits[:, 0, -1]):
         top = int(np.argmax(layer_logits))

@@ -84,6 +84,11 @@ def make_page(out, learner=None, measured=None):
         sections = read_sections(learner) if learner else reference
     except SyntaxError as error:
         raise SystemExit(f"--exercises: {error.filename}:{error.lineno}: {error.msg}")
+    except (RecursionError, MemoryError) as error:  # an expression nested too deep for the parser
+        raise SystemExit(f"--exercises {learner}: a file nests too deeply to be read "
+                         f"({type(error).__name__}); is it a copy of numpy_impl?")
+    except ValueError as error:  # a FIFO, a device, a file too large, bytes that are not UTF-8
+        raise SystemExit(f"--exercises: {error}")
     verdicts = checked(learner, sections) if learner else None
     path = write_page(out, sections, read_hooks(sections), measured, learner,
                       "read_exercises.html" if learner else "read.html", verdicts)

@@ -19,7 +19,7 @@ from foundation.lens.hooks import as_numpy
 # float32: a few ulps (6e-8) times the depth of the computation.
 TOL = {"float64": 1e-12, "float32": 1e-5}
 
-EXACT_ZERO = ("b_K",)  # parameters whose exact gradient is zero
+EXACT_ZERO = ("b_K", "_b_K")  # parameters whose exact gradient is zero (without rotary: a shift shared by all keys)
 
 
 def is_exact_zero(name: str) -> bool:

@@ -1,37 +1,48 @@
 """The boundary every component call passes, written once for both twins.
 
 A component's ``forward`` and ``backward`` bodies are the formulas and nothing else. What keeps a
-call safe happens here, around every body (each twin's ``Module`` wraps its subclasses' methods
-with this machinery; see ``numpy_impl/module.py`` and ``torch_impl/module.py``):
+call safe is declared beside each method's signature and carried out by each twin's ``Module``
+(``numpy_impl/module.py``, ``torch_impl/module.py``)::
 
-1. **Arguments** are checked by name, before any math, by the table ``ARGUMENTS``: an argument
-   called ``x`` or ``resid_pre`` is an activation ``[batch, pos, d_model]`` of the model's dtype
-   with ``pos <= n_ctx``; ``tokens`` are integer ids; ``logits``, ``targets`` and ``weights`` are the
-   loss's; ``return_type`` is one of the model's return types. A ``backward`` gradient must be
-   shaped like what the last ``forward`` returned, in the model's dtype, and that forward must
-   have finished.
-2. **Copies**: the outermost call (the one a user makes) works on its own copy of every array it
-   is given, so a cache never holds an array the caller can still change. Calls one component
-   makes into another need no copy: what they pass was made inside. A hook's result is copied
-   where the hook point takes it (``HookPoint``), so a hook that reuses one buffer changes nothing
-   that was saved.
-3. **The non-finite guard**: every value that passes a hook point, every component's output and
-   every gradient a backward returns is checked. A NaN or an infinity there raises
-   ``NonFiniteError`` (a ``ValueError``) naming the component and the tensor, when every input of
-   the outermost call and every weight was finite and no hook put a non-finite value in: the
-   textbook formula overflowed the dtype (a float32 row of 1e20 in LayerNorm squares to inf).
+    @boundary(x="activation")
+    def forward(self, x):
+        ...
+
+    @boundary(dout="gradient")
+    def backward(self, dout):
+        ...
+
+1. **Arguments**: ``boundary`` names every argument's kind, from the table ``KINDS`` below. It
+   refuses, when the class is defined, a method whose arguments and declaration differ: renaming
+   ``x`` fails at import, it never drops a check. A user's call (a direct call, or one from a
+   hook) has its arguments checked before any math; a call one body makes into another needs no
+   check, since what it passes was made inside.
+2. **Copies**: a user's NumPy call works on its own copy of every array it is given, so a cache
+   never holds an array the caller can still change. A hook's result is copied where the hook
+   point takes it (``HookPoint``), so a hook that reuses one buffer changes nothing that was saved.
+3. **The non-finite guard**, in two speeds. By default a user's forward looks at what it returns
+   once, at the end, and a user's backward at the gradients it returns and every parameter's
+   gradient once, at the end (one host synchronisation each in the torch twin; nothing at the
+   hook points that have no hook). Only when that finds a NaN or an infinity, and every input
+   (``dout`` and ``dloss`` included) and every weight was finite and no hook put one in, is the call
+   replayed with the guard at every hook point, which raises ``NonFiniteError`` (a ``ValueError``)
+   naming the component and the tensor: the textbook formula overflowed the dtype. Inside
+   ``with guard_every_hook():`` (as ``torch.autograd.detect_anomaly``) every call runs that way from
+   the start. A LayerNorm's ``hook_scale`` is always looked at (``HookPoint(always=True)``): an
+   infinite scale makes a finite output (x / inf = 0), so the output alone would not show it.
    Non-finite inputs give non-finite results, as in NumPy and torch, without a word. Attention
    scores may hold -inf: that is how the causal mask hides a key.
-
-The check is two reductions (the smallest and the largest entry) per tensor: about 1% of a
-training step of config M (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import threading
+from contextlib import contextmanager
 
+from foundation.contract.arrays import is_float, is_torch, size
 from foundation.contract.checks import (
     check_activation,
     check_dloss,
@@ -47,10 +58,10 @@ class NonFiniteError(ValueError):
     """A formula produced a NaN or an infinity from finite inputs and weights."""
 
 
-# --- 1. arguments, by the name the body gives them -------------------------------------------
+# --- 1. arguments: each method declares its arguments' kinds -------------------------------
 
 
-def check_activation_argument(module, name, value, array_type):
+def check_activation_argument(module, name, value, arguments, array_type):
     """An activation: float, the model's dtype, [batch, pos, d_model], pos <= n_ctx."""
     check_activation(value, name, module.cfg, array_type)
     pos = value.shape[1]
@@ -58,56 +69,163 @@ def check_activation_argument(module, name, value, array_type):
         raise ValueError(f"{name} has {pos} positions but n_ctx is {module.cfg.n_ctx}")
 
 
-def check_tokens_argument(module, name, value, array_type):
+def check_tokens_argument(module, name, value, arguments, array_type):
+    """Token ids: integer, [batch, pos], pos <= n_ctx, each in [0, d_vocab)."""
     check_tokens(value, module.cfg, array_type, name)
 
 
-def check_return_type_argument(module, name, value, array_type):
+def check_return_type_argument(module, name, value, arguments, array_type):
+    """One of the model's return types ("logits", "loss", "both", None)."""
     module._check_return_type(value)
 
 
-def check_bool_argument(module, name, value, array_type):
+def check_flag_argument(module, name, value, arguments, array_type):
+    """True or False."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
-ARGUMENTS = {
-    "x": check_activation_argument,
-    "resid_pre": check_activation_argument,
+def check_logits_argument(module, name, value, arguments, array_type):
+    """The loss's logits, checked with its targets and weights (each one's shape depends on the
+    others)."""
+    check_loss_inputs(value, arguments["targets"], arguments.get("weights"), array_type)
+
+
+def checked_with_logits(module, name, value, arguments, array_type):
+    """The loss's targets and weights: checked with the logits (``check_logits_argument``)."""
+
+
+def check_gradient_argument(module, name, value, arguments, array_type):
+    """An upstream gradient, shaped like what the last forward returned (a real number for a
+    scalar loss), in the model's dtype."""
+    record = vars(module).get("forward_record")
+    check_gradient(record, name, value, getattr(getattr(module, "cfg", None), "dtype", None))
+
+
+def check_output_or_loss_gradient(module, name, value, arguments, array_type):
+    """The model's: the gradient of its output, or of the loss the last forward returned (None:
+    1)."""
+    if "_output_shape" in vars(module) and module._output_shape is None:
+        raise ValueError(
+            "backward after forward(..., stop_at_layer=k): the run returned an intermediate "
+            "residual stream, not the output; run the whole model to backpropagate"
+        )
+    gradient_target(value, module._output_shape, module._loss_shape, module.cfg.dtype)
+
+
+def check_stop_layer_argument(module, name, value, arguments, array_type):
+    """The model's ``stop_at_layer``: None, or an int in [-n_layers, n_layers]."""
+    module._stop_layer(value)
+
+
+KINDS = {
+    "activation": check_activation_argument,
     "tokens": check_tokens_argument,
     "return_type": check_return_type_argument,
-    "loss_per_token": check_bool_argument,
+    "flag": check_flag_argument,
+    "logits": check_logits_argument,
+    "targets": checked_with_logits,
+    "weights": checked_with_logits,
+    "gradient": check_gradient_argument,
+    "output or loss gradient": check_output_or_loss_gradient,
+    "layer": check_stop_layer_argument,
 }
-LOSS_ARGUMENTS = ("logits", "targets", "weights")  # checked together: each one's shape depends on the others
 
 
-def check_arguments(module, arguments, array_type):
-    """Check the forward's arguments ({name: value}, as the body names them) before any math."""
-    if "logits" in arguments:
-        check_loss_inputs(arguments["logits"], arguments["targets"], arguments.get("weights"), array_type)
+def boundary(**kinds):
+    """Declare a ``forward``'s or ``backward``'s arguments by kind (``KINDS``).
+
+    The method becomes ``module._forward_at_the_boundary(method, ...)`` (or ``_backward_...``),
+    which each twin's ``Module`` writes. Every argument must be declared, and nothing else.
+    """
+    for name, kind in kinds.items():
+        if kind not in KINDS:
+            raise TypeError(
+                f"boundary({name}={kind!r}): unknown kind; the kinds are {', '.join(KINDS)}"
+            )
+
+    def declare(method):
+        signature = inspect.signature(method)
+        names = list(signature.parameters)[1:]  # after self
+        if names != list(kinds):
+            raise TypeError(
+                f"{method.__qualname__} takes ({', '.join(names)}) but its boundary declares "
+                f"({', '.join(kinds)}): rename both, or the argument would lose its check"
+            )
+        if method.__name__ not in ("forward", "backward"):
+            raise TypeError(
+                f"{method.__qualname__}: boundary declares a forward or a backward only"
+            )
+        direction = f"_{method.__name__}_at_the_boundary"
+        method.kinds = dict(kinds)  # the body carries its declaration: check_arguments reads it
+
+        @functools.wraps(method)
+        def at_the_boundary(self, *args, **kwargs):
+            return getattr(self, direction)(method, signature, args, kwargs)
+
+        at_the_boundary.kinds = dict(kinds)
+        return at_the_boundary
+
+    return declare
+
+
+def bind(module, method, signature, args, kwargs):
+    """{name: value} of a call, defaults applied (self left out)."""
+    bound = signature.bind(module, *args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    del arguments[next(iter(signature.parameters))]
+    return arguments
+
+
+def check_arguments(module, method, arguments, array_type):
+    """Check a user's call's arguments ({name: value}) by the kinds ``method`` (a body) declares."""
     for name, value in arguments.items():
-        if name in ARGUMENTS:
-            ARGUMENTS[name](module, name, value, array_type)
+        KINDS[method.kinds[name]](module, name, value, arguments, array_type)
 
 
 class ForwardRecord:
-    """What the boundary remembers of a module's last forward, for its ``backward`` to check against."""
+    """What the boundary remembers of a module's last forward, for its ``backward``."""
 
-    def __init__(self, state, out_shape=None, tainted=False):
+    def __init__(self, state, out_shape=None, tainted=False, versions=None):
         self.state = state  # "running", "raised" or "done"
-        self.out_shape = out_shape  # the gradient backward takes has this shape (and the model's dtype)
-        self.tainted = tainted  # a non-finite input, or a hook's: the guard stands down in the backward
+        self.out_shape = (
+            out_shape  # the gradient backward takes has this shape (and the model's dtype)
+        )
+        self.tainted = (
+            tainted  # a non-finite input, or a hook's: the guard stands down in the backward
+        )
+        self.versions = (
+            versions  # [(parameter, its version)] when a user's forward read them (NumPy)
+        )
 
     def __repr__(self):
         return f"<forward {self.state}>"
 
 
+RUNNING = ForwardRecord("running")
+RAISED = ForwardRecord("raised")
+
+
 def check_backward_allowed(record, component):
-    """``backward`` needs a ``forward`` that finished (not one that raised, nor one still running)."""
+    """``backward`` needs a ``forward`` that finished (not one that raised, nor one running)."""
     check_forward_done(None if record is None else record.state, component)
 
 
-def check_gradient_argument(record, name, value, model_dtype):
+def check_weights_unchanged(record, component):
+    """The weights a forward read are those its backward reads: refuse when one changed."""
+    changed = [
+        parameter for parameter, version in record.versions or () if parameter.version != version
+    ]
+    if changed:
+        raise ValueError(
+            f"{component}.backward(): a weight was changed in place after {component}.forward() "
+            "(an optimizer step, load_state_dict), so the gradient would mix two models; run "
+            "forward again first (torch refuses such a backward too)"
+        )
+
+
+def check_gradient(record, name, value, model_dtype):
     """The upstream gradient: shaped like the forward's output (a real number for a scalar loss)."""
     check_plain(value, name)  # a masked array's mask would be ignored
     if record.out_shape == ():
@@ -124,14 +242,61 @@ def output_shape(result):
     return None if shape is None else tuple(shape)
 
 
+def gradient_target(dout, logits_shape, loss_shape, dtype):
+    """Which output a model's backward starts from -> ("logits" or "loss", the gradient, checked).
+
+    ``dout`` None: the scalar loss, gradient 1 (``loss.backward()``); a per-token loss needs its
+    gradient given, as torch asks. ``dout`` shaped like the loss: the loss; otherwise ``dout``
+    must be shaped like the logits. A shape is None for an output the forward did not return.
+    """
+    if dout is None:
+        if loss_shape is None:
+            raise ValueError(
+                f"backward without dout needs a loss: run the forward with return_type='loss' "
+                f"just before, or pass dout shaped like the output {tuple(logits_shape)}"
+            )
+        if tuple(loss_shape) != ():
+            raise ValueError(
+                f"backward without dout needs a scalar loss; this one is per token, shape "
+                f"{tuple(loss_shape)}: pass dout of that shape (torch: loss.backward(dout)), "
+                "or use loss_per_token=False"
+            )
+        return "loss", 1.0
+    check_plain(dout, "dout")
+    shape = (
+        tuple(dout.shape)
+        if hasattr(dout, "shape")
+        else ()
+        if isinstance(dout, (int, float))
+        else None
+    )
+    if loss_shape is not None and (shape == tuple(loss_shape) or logits_shape is None):
+        if tuple(loss_shape) == ():
+            check_dloss(dout)
+        else:
+            check_grad(dout, "dout", loss_shape, dtype)
+        return "loss", dout
+    check_grad(dout, "dout", logits_shape, dtype)
+    return "logits", dout
+
+
+def outputs(result):
+    """The arrays or tensors a forward returned (a tuple's elements, or the one result)."""
+    return [
+        out for out in (result if isinstance(result, tuple) else (result,)) if hasattr(out, "dtype")
+    ]
+
+
 # --- 3. the non-finite guard and the calls in progress -------------------------------------
 
-_calls = threading.local()
+_state = threading.local()
 
 
 class Call:
-    """One ``forward`` or ``backward`` in progress: its module, its array arguments, whether a hook
-    put a non-finite value in."""
+    """A user's ``forward`` or ``backward`` in progress (and, while every hook is guarded, each
+    component's): its module, its array arguments, whether a hook put a non-finite value in."""
+
+    is_hook = False
 
     def __init__(self, module, method, arrays, parameters, tainted=False):
         self.module = module
@@ -139,17 +304,61 @@ class Call:
         self.arrays = arrays  # the arguments, for the guard to look at when something is not finite
         self.parameters = parameters  # a function: the module's weights, as arrays or tensors
         self.tainted = tainted
+        self.always = []  # always-guarded hook points' values (a LayerNorm's scale), for the end
+
+
+class HookCall:
+    """Hooks running at a hook point: a model they call is a user's call, and what it saved is put
+    back when they return (``keep``), so the run around them goes on as if they had not run."""
+
+    is_hook = True
+    tainted = False
+
+    def __init__(self):
+        self.restore = []  # functions that put back what a nested call overwrote
+
+    def keep(self, module):
+        """Before a nested call on ``module``: put its saved state back when the hooks return."""
+        saved = module.saved_state()
+        self.restore.append(lambda: module.restore_state(saved))
 
 
 def calls():
     """The calls in progress on this thread, outermost first."""
-    if not hasattr(_calls, "stack"):
-        _calls.stack = []
-    return _calls.stack
+    if not hasattr(_state, "stack"):
+        _state.stack = []
+    return _state.stack
+
+
+def guarding():
+    """True inside ``guard_every_hook()`` (or a replay): every hook point and output is guarded."""
+    return getattr(_state, "guarding", 0) > 0
+
+
+@contextmanager
+def guard_every_hook():
+    """Guard every value at every hook point, every component's output and every gradient, as they
+    are made (``with guard_every_hook(): model(tokens)``; like ``torch.autograd.detect_anomaly``).
+
+    By default only the outermost results are looked at, once, and a call that finds a NaN or an
+    infinity is replayed this way to name where it began; inside this block every call is, from
+    the start. Slower: a reduction (and in the torch twin a host synchronisation) per hook point.
+    """
+    _state.guarding = getattr(_state, "guarding", 0) + 1
+    try:
+        yield
+    finally:
+        _state.guarding -= 1
+
+
+def user_call():
+    """Is the call starting now a user's (no call in progress, or hooks running), not a body's?"""
+    stack = calls()
+    return not stack or stack[-1].is_hook
 
 
 class entered:
-    """``with entered(call):`` pushes ``call`` for the length of a body; nested calls inherit a taint."""
+    """``with entered(call):`` pushes ``call`` for a body's length; nested calls inherit a taint."""
 
     def __init__(self, call):
         self.call = call
@@ -166,17 +375,37 @@ class entered:
         return False
 
 
+@contextmanager
+def running_hooks():
+    """Around the hooks of one hook point: see ``HookCall``."""
+    call = HookCall()
+    calls().append(call)
+    try:
+        yield call
+    finally:
+        calls().pop()
+        for restore in reversed(call.restore):
+            restore()
+
+
 def taint():
     """A hook put a non-finite value in: the calls in progress no longer promise finite results."""
     for call in calls():
         call.tainted = True
 
 
+def note_always_guarded(value):
+    """An always-guarded hook point's value, looked at when the user's call ends."""
+    stack = calls()
+    if stack and not stack[-1].is_hook:
+        stack[-1].always.append(value)
+
+
 def nonfinite(x):
-    """None if every entry of the float array or tensor ``x`` is finite, else "nan", "inf" or "-inf"."""
-    if not hasattr(x, "dtype") or not _is_float(x) or _size(x) == 0:
+    """None if every entry of the float array ``x`` is finite, else "nan", "inf", "-inf"."""
+    if not hasattr(x, "dtype") or not is_float(x) or size(x) == 0:
         return None
-    if _is_torch(x):
+    if is_torch(x):
         low, high = x.detach().aminmax()  # one pass, and no autograd record
     else:
         low, high = x.min(), x.max()
@@ -190,16 +419,11 @@ def nonfinite(x):
     return None
 
 
-def _is_torch(x):
-    return type(x).__module__.startswith("torch")
-
-
-def _size(x):
-    return x.numel() if _is_torch(x) else x.size
-
-
-def _is_float(x):
-    return x.is_floating_point() if _is_torch(x) else x.dtype.kind == "f"
+def inputs_finite(call):
+    """Were the call's arrays and the module's weights finite? (Only asked when a result is not.)"""
+    return not any(nonfinite(a) for a in call.arrays) and not any(
+        nonfinite(p) for p in call.parameters()
+    )
 
 
 def guard(value, tensor, forward_call=None):
@@ -214,16 +438,22 @@ def guard(value, tensor, forward_call=None):
     kind = nonfinite(value)
     if kind is None:
         return
-    stack = calls() if forward_call is None else list(forward_call)
+    stack = (
+        [call for call in calls() if not call.is_hook]
+        if forward_call is None
+        else list(forward_call)
+    )
     if not stack or any(call.tainted for call in stack):
         return
     name = tensor if isinstance(tensor, str) else tensor()
     if kind == "-inf" and name.endswith("attn_scores"):
         return  # the causal mask sets hidden keys' scores to -inf
     outer, inner = stack[0], stack[-1]
-    if any(nonfinite(a) for a in outer.arrays) or any(nonfinite(p) for p in outer.parameters()):
+    if not inputs_finite(outer):
         for call in stack:
-            call.tainted = True  # non-finite in, non-finite out, as NumPy and torch do; the backward too
+            call.tainted = (
+                True  # non-finite in, non-finite out, as NumPy and torch do; the backward too
+            )
         return
     component = type(inner.module).__name__
     method = inner.method if forward_call is None else "backward"
@@ -239,10 +469,19 @@ def hook_label(hook_point, owner=None):
     ``owner`` (by default the component being run)."""
     if getattr(hook_point, "name", None):
         return hook_point.name
-    if owner is None and calls():
-        owner = calls()[-1].module
+    stack = [call for call in calls() if not call.is_hook]
+    if owner is None and stack:
+        owner = stack[-1].module
     children = dict(getattr(owner, "_modules", None) or vars(owner)) if owner is not None else {}
     for name, value in children.items():
         if value is hook_point:
             return name
     return "a hook point"
+
+
+def parameter_label(module, parameter):
+    """``parameter``'s name in ``module`` (``unembed.W_U``) for a message."""
+    for name, candidate in module.named_parameters():
+        if candidate is parameter:
+            return name
+    return "a parameter"

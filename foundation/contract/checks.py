@@ -16,31 +16,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from foundation.contract.arrays import dtype_name as _dtype_name
+from foundation.contract.arrays import is_float as _is_float
+from foundation.contract.arrays import is_int as _is_int
+from foundation.contract.arrays import is_tensor as _is_tensor
+from foundation.contract.arrays import is_torch as _is_torch
 from foundation.contract.config import TransformerConfig
-
-
-def _is_torch(x):
-    return type(x).__module__.startswith("torch")
-
-
-def _is_tensor(x):
-    """A torch.Tensor, or a subclass of it defined anywhere (foundation never imports torch)."""
-    return any(c.__name__ == "Tensor" and c.__module__ == "torch" for c in type(x).__mro__)
-
-
-TORCH_INT_DTYPES = {f"torch.{kind}{bits}" for kind in ("int", "uint") for bits in (8, 16, 32, 64)}
-
-
-def _is_float(x):
-    if _is_torch(x):
-        return x.is_floating_point()
-    return x.dtype.kind == "f"
-
-
-def _is_int(x):
-    if _is_torch(x):
-        return str(x.dtype) in TORCH_INT_DTYPES  # not bool, not the quantized qint8 ...
-    return x.dtype.kind in "iu"  # not np.issubdtype(..., np.integer): timedelta64 would count
 
 
 def check_plain(x, name):
@@ -63,15 +44,18 @@ def _check_plain_tensor(tensor, name):
             raise TypeError(f"{name} is {words}; pass a plain dense tensor (.to_dense(), .dequantize())")
 
 
-def _dtype_name(x):
-    return str(x.dtype).replace("torch.", "")
-
-
 def check_config(cfg):
     """Every component is built from a TransformerConfig; returns it."""
     if not isinstance(cfg, TransformerConfig):
         raise TypeError(f"cfg must be a TransformerConfig, got {type(cfg).__name__}")
     return cfg
+
+
+def check_reduction(reduction):
+    """A loss's reduction: "mean" (one number) or "none" (one per token) -> itself."""
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    return reduction
 
 
 def check_seed(seed, generator_type):
@@ -82,6 +66,8 @@ def check_seed(seed, generator_type):
         raise TypeError(f"seed must be an int, None or a {generator_type.__name__}, got {seed!r}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
+    if seed >= 2**64:  # torch's generators take 64 bits: both twins take the same seeds
+        raise ValueError(f"seed must be below 2**64, got {seed}")
 
 
 def tokens_as_array(tokens, name: str = "tokens"):

@@ -19,10 +19,13 @@ from typing import Optional
 
 import numpy as np
 
-ACT_FNS = ("relu", "gelu_new", "gelu")
+ACT_FNS = ("relu", "gelu_new", "gelu", "silu")
 NORMALIZATIONS = ("post", "pre", None)
-NORMALIZATION_TYPES = ("LN", "LNPre", None)
-POSITIONALS = ("sinusoidal", "learned")
+NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", None)
+POSITIONALS = ("sinusoidal", "learned", "rotary")
+# TransformerLens's positional_embedding_type -> this project's positional
+POSITIONAL_EMBEDDING_TYPES = {"standard": "learned", "sinusoidal": "sinusoidal", "rotary": "rotary"}
+LAYER_NORM_EPS = 1e-5  # LayerNorm's eps is fixed (numpy_impl/layernorm.py); RMSNorm's is cfg.eps
 DTYPES = ("float64", "float32")
 
 
@@ -48,6 +51,17 @@ class TransformerConfig:
     attn_only: bool = False               # blocks without an MLP (and without ln2)
     unembed: bool = True                  # True: output logits; False: the final residual stream
     dtype: str = "float64"                # "float64" (checking) or "float32"
+    # the Llama family (TransformerLens's names); the defaults are GPT-2's, so older configs read the same
+    eps: float = 1e-5                     # added under the norm's square root (LayerNorm's is always 1e-5)
+    positional_embedding_type: Optional[str] = None  # "standard", "sinusoidal" or "rotary"; None: from positional
+    rotary_dim: Optional[int] = None      # leading entries of each head that rotate; None: all d_head (rotary only)
+    rotary_base: float = 10000.0          # rotary wavelengths grow as rotary_base ** (2i / rotary_dim) (rope_theta)
+    rotary_adjacent_pairs: bool = False   # rotate pairs (0, 1), (2, 3), ... as GPT-J; False: halves, as Llama and NeoX
+    gated_mlp: bool = False               # SwiGLU's MLP: post = act(x W_gate) * (x W_in), out = post W_out
+    n_key_value_heads: Optional[int] = None  # grouped-query attention: key/value heads, each shared by a group
+    attn_bias: bool = True                # b_Q, b_K, b_V, b_O are parameters; False: fixed zeros (Llama)
+    mlp_bias: bool = True                 # b_in, b_out are parameters; False: none (the gated MLP has none)
+    parallel_attn_mlp: bool = False       # GPT-NeoX, GPT-J: attention and MLP both read resid_pre, their sum is added
 
     def __post_init__(self):
         for field in dataclasses.fields(self):  # NumPy scalars become the Python values they stand for
@@ -77,9 +91,53 @@ class TransformerConfig:
                              f"{self.normalization!r}: None goes with None, 'LN' or 'LNPre' with 'pre' or 'post'")
         _check_choice("positional", self.positional, POSITIONALS)
         _check_choice("dtype", self.dtype, DTYPES)
-        for name in ("causal", "attn_only", "unembed"):
+        for name in ("causal", "attn_only", "unembed", "rotary_adjacent_pairs", "gated_mlp", "attn_bias",
+                     "mlp_bias", "parallel_attn_mlp"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        self._check_llama_family()
+
+    def _check_llama_family(self):
+        """The fields TransformerLens uses for Llama, GPT-NeoX and their kin: each checked, each named."""
+        _check_positive_number("eps", self.eps)
+        object.__setattr__(self, "eps", float(self.eps))
+        if self.normalization_type in ("LN", "LNPre") and self.eps != LAYER_NORM_EPS:
+            raise ValueError(f"eps must be {LAYER_NORM_EPS} with normalization_type={self.normalization_type!r} "
+                             f"(LayerNorm's eps is fixed), got {self.eps!r}; RMSNorm ('RMS') takes any eps")
+        kind = self.positional_embedding_type
+        if kind is not None:
+            _check_choice("positional_embedding_type", kind, tuple(POSITIONAL_EMBEDDING_TYPES))
+            if self.positional not in ("learned", POSITIONAL_EMBEDDING_TYPES[kind]):  # "learned" is the default
+                raise ValueError(f"positional_embedding_type={kind!r} does not fit positional={self.positional!r}")
+            object.__setattr__(self, "positional", POSITIONAL_EMBEDDING_TYPES[kind])
+        object.__setattr__(self, "positional_embedding_type",
+                           {ours: theirs for theirs, ours in POSITIONAL_EMBEDDING_TYPES.items()}[self.positional])
+        if self.positional == "rotary":
+            if self.rotary_dim is None:
+                object.__setattr__(self, "rotary_dim", self.d_head)
+            _check_positive_int("rotary_dim", self.rotary_dim)
+            if self.rotary_dim % 2 or self.rotary_dim > self.d_head:
+                raise ValueError(f"rotary_dim must be even and at most d_head ({self.d_head}), got {self.rotary_dim}")
+        elif self.rotary_dim is not None:
+            raise ValueError(f"rotary_dim={self.rotary_dim!r} needs positional_embedding_type='rotary'")
+        _check_positive_number("rotary_base", self.rotary_base)
+        object.__setattr__(self, "rotary_base", float(self.rotary_base))
+        if self.gated_mlp and self.attn_only:
+            raise ValueError("gated_mlp=True needs an MLP, but attn_only=True has none")
+        if self.gated_mlp and self.act_fn != "silu":
+            raise ValueError(f"gated_mlp=True is SwiGLU here: act_fn must be 'silu', got {self.act_fn!r}")
+        if self.act_fn == "silu" and not self.gated_mlp and not self.attn_only:
+            raise ValueError("act_fn='silu' is for the gated MLP here: set gated_mlp=True (SwiGLU)")
+        if self.gated_mlp and self.mlp_bias:
+            raise ValueError("gated_mlp=True has no biases here (W_gate, W_in, W_out, as Llama's): set mlp_bias=False")
+        if self.parallel_attn_mlp and (self.attn_only or self.normalization == "post"):
+            raise ValueError("parallel_attn_mlp=True needs an MLP beside attention, with normalization 'pre' or None "
+                             f"(got attn_only={self.attn_only}, normalization={self.normalization!r})")
+        if self.n_key_value_heads is not None:
+            _check_positive_int("n_key_value_heads", self.n_key_value_heads)
+            if self.n_heads % self.n_key_value_heads:
+                raise ValueError(f"n_key_value_heads ({self.n_key_value_heads}) must divide n_heads ({self.n_heads}): "
+                                 "each key/value head serves a group of query heads of one size")
 
     def to_dict(self) -> dict:
         """The fields as a plain dict (JSON-ready)."""
@@ -126,13 +184,16 @@ class TransformerConfig:
                                                        a torch dtype is read by its name
             d_vocab, d_model, n_ctx, n_layers, d_head, d_mlp, act_fn, attn_only   the same
 
-        ``eps`` must be 1e-5 and ``d_vocab_out`` -1 or d_vocab (this project's values). Fields that
+        ``eps`` must be 1e-5 with LayerNorm and ``d_vocab_out`` -1 or d_vocab (this project's values). Fields that
         describe where the weights come from or where they live (``model_name``, ``seed``,
         ``init_mode``, ``device``, ``n_params``, ...) change nothing the model computes; they are
         accepted and not kept (the weights come from ``Transformer(cfg, seed=...)`` or a weights
-        file). Every other TransformerLens field is accepted at its TransformerLens default (the
-        feature off) and refused otherwise, with its name: this project has no rotary embeddings,
-        RMSNorm, attention-result hooks, grouped queries, ...
+        file). The Llama family's fields map to the fields of the same names (``normalization_type``
+        "RMS", ``positional_embedding_type`` "rotary", ``rotary_dim``, ``rotary_base``,
+        ``rotary_adjacent_pairs``, ``gated_mlp``, ``n_key_value_heads``, ``eps``). Every other
+        TransformerLens field is accepted at its TransformerLens default (the feature off) and
+        refused otherwise, with its name: this project has no attention-result hooks, local
+        attention, ...
         """
         unknown = sorted(set(fields) - set(TL_MAPPED) - set(TL_BOOKKEEPING) - set(TL_DEFAULTS))
         if unknown:
@@ -149,7 +210,8 @@ class TransformerConfig:
                 raise ValueError(f"TransformerLens field {name}={value!r} is not modelled here "
                                  f"(only its default {default!r} is)")
         mapped = {name: fields[name] for name in ("d_vocab", "d_model", "n_ctx", "n_layers", "d_head", "d_mlp",
-                                                  "attn_only") if name in fields}
+                                                  "attn_only", "gated_mlp", "n_key_value_heads", "rotary_base",
+                                                  "rotary_adjacent_pairs", "parallel_attn_mlp") if name in fields}
         if mapped.get("d_vocab", -1) == -1:
             raise ValueError("d_vocab must be given (TransformerLens reads it off a tokenizer; here there is none)")
         if fields.get("n_heads", -1) == -1:
@@ -167,25 +229,29 @@ class TransformerConfig:
             raise ValueError("act_fn must be given for a model with MLPs (TransformerLens requires it too)")
         normalization_type = fields.get("normalization_type", "LN")
         if normalization_type not in NORMALIZATION_TYPES:
-            raise ValueError(f"normalization_type must be one of {NORMALIZATION_TYPES} here (this project has "
-                             f"no RMSNorm), got {normalization_type!r}")
+            raise ValueError(f"normalization_type must be one of {NORMALIZATION_TYPES} here, "
+                             f"got {normalization_type!r}")
         mapped["normalization"] = None if normalization_type is None else "pre"
         mapped["normalization_type"] = normalization_type
         positional = fields.get("positional_embedding_type", "standard")
-        if positional != "standard":
+        if positional not in ("standard", "rotary"):
             also = "; this project's fixed table is TransformerConfig(positional='sinusoidal')" \
                 if positional == "sinusoidal" else ""
-            raise ValueError(f"positional_embedding_type must be 'standard' here (learned W_pos), "
+            raise ValueError(f"positional_embedding_type must be 'standard' (learned W_pos) or 'rotary' here, "
                              f"got {positional!r}{also}")
-        mapped["positional"] = "learned"
+        mapped["positional"] = POSITIONAL_EMBEDDING_TYPES[positional]
+        if positional == "rotary":
+            mapped["rotary_dim"] = fields.get("rotary_dim") or fields.get("d_head")
         attention_dir = fields.get("attention_dir", "causal")
         if attention_dir not in ("causal", "bidirectional"):
             raise ValueError(f"attention_dir must be 'causal' or 'bidirectional', got {attention_dir!r}")
         mapped["causal"] = attention_dir == "causal"
         dtype = fields.get("dtype", "float32")
         mapped["dtype"] = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
-        if fields.get("eps", 1e-5) != 1e-5:
-            raise ValueError(f"eps must be 1e-5 (this project's LayerNorm eps), got {fields['eps']!r}")
+        if "eps" in fields:
+            mapped["eps"] = fields["eps"]  # the config checks it: LayerNorm's must be 1e-5
+        if mapped.get("gated_mlp"):
+            mapped["mlp_bias"] = False  # this project's gated MLP has no biases (TransformerLens's keeps zeros)
         if fields.get("d_vocab_out", -1) not in (-1, mapped["d_vocab"]):
             raise ValueError(f"d_vocab_out={fields['d_vocab_out']!r}: this project's output vocabulary is d_vocab")
         return cls(**mapped)
@@ -211,19 +277,19 @@ _with_field_docs(TransformerConfig)
 
 # TransformerLens's HookedTransformerConfig fields: mapped onto this project's (see from_transformer_lens) ...
 TL_MAPPED = ("d_vocab", "d_model", "n_ctx", "n_layers", "d_head", "n_heads", "d_mlp", "act_fn", "attn_only",
-             "normalization_type", "positional_embedding_type", "attention_dir", "dtype", "eps", "d_vocab_out")
+             "normalization_type", "positional_embedding_type", "attention_dir", "dtype", "eps", "d_vocab_out",
+             "gated_mlp", "n_key_value_heads", "rotary_base", "rotary_adjacent_pairs", "parallel_attn_mlp")
 # ... where the weights come from or live, or what only rotary embeddings read: nothing this model computes ...
 TL_BOOKKEEPING = ("model_name", "original_architecture", "from_checkpoint", "checkpoint_index",
                   "checkpoint_label_type", "checkpoint_value", "tokenizer_name", "device", "n_devices", "n_params",
                   "seed", "init_mode", "initializer_range", "init_weights", "default_prepend_bos",
-                  "tokenizer_prepends_bos", "trust_remote_code", "rotary_dim", "rotary_base", "rotary_adjacent_pairs",
-                  "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor")
+                  "tokenizer_prepends_bos", "trust_remote_code", "rotary_dim", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor")
 # ... and features this project does not have: accepted only at TransformerLens's default (off)
 TL_DEFAULTS = {"use_attn_result": False, "use_split_qkv_input": False, "use_hook_mlp_in": False, "use_attn_in": False,
                "use_local_attn": False, "window_size": None, "attn_types": None,
                "ungroup_grouped_query_attention": False, "use_attn_scale": True, "attn_scale": -1.0,
-               "scale_attn_by_inverse_layer_idx": False, "final_rms": False, "parallel_attn_mlp": False,
-               "use_hook_tokens": False, "gated_mlp": False, "n_key_value_heads": None, "post_embedding_ln": False,
+               "scale_attn_by_inverse_layer_idx": False, "final_rms": False,
+               "use_hook_tokens": False, "post_embedding_ln": False,
                "load_in_4bit": False, "num_experts": None, "experts_per_token": None,
                "relative_attention_max_distance": None, "relative_attention_num_buckets": None,
                "decoder_start_token_id": None, "tie_word_embeddings": False,
@@ -236,6 +302,13 @@ def _check_positive_int(name, value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _check_positive_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def _check_choice(name, value, choices):

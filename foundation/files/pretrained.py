@@ -50,6 +50,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from foundation.contract.config import TransformerConfig
+from foundation.files.regular import kind_of, read_bytes
 from foundation.files.weights import MAX_CONFIG_BYTES, MAX_FIXED_BYTES
 
 CONFIG_FILE = "config.json"
@@ -80,6 +81,45 @@ FIXED = {
 }
 
 
+def read_pretrained(folder, n_ctx=None):
+    """A Hugging Face checkpoint folder -> (TransformerConfig, state_dict, tokenizer or None), by its model_type.
+
+    "gpt2" is read here; "llama" and "gpt_neox" by ``foundation.files.llama``. ``n_ctx`` (not GPT-2) caps the
+    longest sequence below config.json's max_position_embeddings, which sets the causal mask's size.
+    """
+    folder = checkpoint_folder(folder)
+    hf_config = read_config_json(os.path.join(folder, CONFIG_FILE))
+    model_type = hf_config.get("model_type")
+    if model_type == "gpt2":
+        if n_ctx is not None:
+            raise ValueError("n_ctx is read from a GPT-2 checkpoint's n_positions; leave it out")
+        cfg, state_dict = read_gpt2(folder)
+        return cfg, state_dict, read_gpt2_tokenizer(folder, cfg.d_vocab)
+    if model_type in ("llama", "gpt_neox"):
+        from foundation.files.llama import Refused, read_family
+
+        try:
+            cfg, state_dict = read_family(folder, hf_config, n_ctx)
+        except Refused as error:
+            raise ValueError(f"{folder!r}: {error}") from None
+        return cfg, state_dict, read_json_tokenizer(folder, cfg.d_vocab, hf_config)
+    raise ValueError(f"config.json: model_type is {model_type!r}; the twins read 'gpt2', 'llama' and 'gpt_neox' "
+                     "checkpoints")
+
+
+def read_json_tokenizer(folder, d_vocab, hf_config):
+    """The folder's tokenizer.json (any ``tokenizers`` model: Llama's BPE, SentencePiece's) as model.tokenizer, or None."""
+    from foundation.lens.vocab import JsonTokenizer
+
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.exists(path):
+        return None
+    tokenizer = JsonTokenizer(path, hf_config.get("bos_token_id"), hf_config.get("eos_token_id"))
+    if len(tokenizer) > d_vocab:
+        raise ValueError(f"{path!r} has {len(tokenizer)} tokens but the model's vocab_size is {d_vocab}")
+    return tokenizer
+
+
 def read_gpt2(folder):
     """A Hugging Face GPT-2 checkpoint folder -> (TransformerConfig, state_dict {key: ndarray}).
 
@@ -94,6 +134,7 @@ def read_gpt2(folder):
             parameters = [name for name in names if not SKIPPED.fullmatch(name)]
             dtype = file_dtype({name: f.get_slice(names[name]).get_dtype() for name in parameters})
             cfg, tied = gpt2_config(hf_config, dtype)
+            check_layer_count(cfg.n_layers, parameters)  # before any name is built for each layer
             expected = gpt2_shapes(cfg, tied)
             check_tensors({name: tuple(f.get_slice(names[name]).get_shape()) for name in parameters}, expected, tied)
             tensors = {name: np.array(f.get_tensor(names[name])) for name in expected}
@@ -126,12 +167,9 @@ def checkpoint_folder(folder):
 
 def read_config_json(path):
     """config.json -> dict; missing, too large, not JSON or not an object is a one-line error."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"no {CONFIG_FILE} in {os.path.dirname(path)!r} (is it a Hugging Face checkpoint?)")
-    with open(path, "rb") as f:
-        data = f.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ValueError(f"{path!r} is larger than {MAX_CONFIG_BYTES} bytes: not a model config")
+    data = read_bytes(path, MAX_CONFIG_BYTES, "model config")  # a regular file, bounded
     try:
         fields = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, RecursionError, ValueError) as error:
@@ -146,6 +184,8 @@ def weights_path(folder):
     path = os.path.join(folder, WEIGHTS_FILE)
     if os.path.isfile(path):
         return path
+    if os.path.exists(path):  # a FIFO would hang the reader, a device never end
+        raise ValueError(f"{path!r} is {kind_of(os.stat(path).st_mode)}, not a regular file")
     if os.path.exists(path + ".index.json"):
         raise ValueError(f"{folder!r} holds a sharded checkpoint ({WEIGHTS_FILE}.index.json); "
                          f"only a single {WEIGHTS_FILE} is read")
@@ -196,7 +236,7 @@ def gpt2_config(hf, dtype):
                 raise ValueError(f"config.json: {alias} ({hf[alias]!r}) and {name} ({hf[name]!r}) disagree")
             hf[name] = hf.pop(alias)
     if hf.get("model_type") != "gpt2":
-        raise ValueError(f"config.json: model_type is {hf.get('model_type')!r}; only GPT-2 ('gpt2') checkpoints are read")
+        raise ValueError(f"config.json: model_type is {hf.get('model_type')!r}; read_gpt2 reads GPT-2 ('gpt2') checkpoints")
     fields = {name: hf.get(name, default) for name, default in DEFAULTS.items()}
     for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
         _check_positive_int(name, fields[name])
@@ -224,6 +264,14 @@ def gpt2_config(hf, dtype):
         positional="learned", causal=True, attn_only=False, unembed=True, dtype=dtype,
     )
     return cfg, fields["tie_word_embeddings"]
+
+
+def check_layer_count(n_layers, names):
+    """config.json's n_layer against the blocks the file holds (h.0. ...), before any is built."""
+    held = {int(match.group(1)) for name in names if (match := re.match(r"h\.(\d+)\.", name))}
+    if len(held) != n_layers:
+        raise _Refused(f"config.json says n_layer is {n_layers} but the file holds {len(held)} "
+                       "blocks of tensors (h.0. ...)")
 
 
 def gpt2_shapes(cfg, tied):

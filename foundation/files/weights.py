@@ -25,12 +25,15 @@ twins load the same values from a file, or refuse it with the same message namin
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
+import signal
 import stat
 import tempfile
+import threading
 import zipfile
 import zlib
 
@@ -88,6 +91,11 @@ def write_atomically(path, write):
     target = _save_target(path)
     folder = os.path.dirname(target)
     existing = os.stat(target) if os.path.exists(target) else None
+    with _terminate_as_exit():  # SIGTERM, as Ctrl-C, unwinds through the cleanup below
+        _write_through_temporary(path, target, folder, existing, write)
+
+
+def _write_through_temporary(path, target, folder, existing, write):
     try:
         fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(target)[1], dir=folder)
     except OSError as error:
@@ -109,6 +117,26 @@ def write_atomically(path, write):
         if isinstance(error, OSError) and error.strerror:  # a full disk, an immutable file: say which save failed
             raise type(error)(f"cannot save {path!r}: {error.strerror} (what was there is unchanged)") from None
         raise
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """While a save runs, SIGTERM raises SystemExit(143) (where no handler of the program's own is
+    set, and in the main thread, where Python runs handlers): the save's ``except`` removes its
+    temporary file, and the process then ends with the status a SIGTERM gives."""
+    own_handler = signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    if threading.current_thread() is not threading.main_thread() or own_handler:
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _save_target(path):
@@ -177,23 +205,36 @@ def parameter_shapes(cfg: TransformerConfig) -> dict:
     shapes = {"embed.W_E": (cfg.d_vocab, cfg.d_model)}
     if cfg.positional == "learned":
         shapes["pos_embed.W_pos"] = (cfg.n_ctx, cfg.d_model)
+    norm = {"LN": ("w", "b"), "RMS": ("w",)}.get(cfg.normalization_type, ())  # "LNPre": no parameters
+    grouped = cfg.n_key_value_heads is not None  # TransformerLens's _W_K, _W_V, _b_K, _b_V
+    key_value_heads, prefix = (cfg.n_key_value_heads, "_") if grouped else (cfg.n_heads, "")
     for i in range(cfg.n_layers):
         block = f"blocks.{i}"
-        if cfg.normalization_type == "LN":  # "LNPre" LayerNorms have no parameters
-            shapes.update({f"{block}.ln1.w": (cfg.d_model,), f"{block}.ln1.b": (cfg.d_model,)})
-        for name in ("W_Q", "W_K", "W_V"):
-            shapes[f"{block}.attn.{name}"] = (cfg.n_heads, cfg.d_model, cfg.d_head)
+        shapes.update({f"{block}.ln1.{name}": (cfg.d_model,) for name in norm})
+        shapes[f"{block}.attn.W_Q"] = (cfg.n_heads, cfg.d_model, cfg.d_head)
+        for name in ("W_K", "W_V"):
+            shapes[f"{block}.attn.{prefix}{name}"] = (key_value_heads, cfg.d_model, cfg.d_head)
         shapes[f"{block}.attn.W_O"] = (cfg.n_heads, cfg.d_head, cfg.d_model)
-        for name in ("b_Q", "b_K", "b_V"):
-            shapes[f"{block}.attn.{name}"] = (cfg.n_heads, cfg.d_head)
-        shapes[f"{block}.attn.b_O"] = (cfg.d_model,)
+        if cfg.attn_bias:
+            shapes[f"{block}.attn.b_Q"] = (cfg.n_heads, cfg.d_head)
+            for name in ("b_K", "b_V"):
+                shapes[f"{block}.attn.{prefix}{name}"] = (key_value_heads, cfg.d_head)
+            shapes[f"{block}.attn.b_O"] = (cfg.d_model,)
         if not cfg.attn_only:
-            if cfg.normalization_type == "LN":
-                shapes.update({f"{block}.ln2.w": (cfg.d_model,), f"{block}.ln2.b": (cfg.d_model,)})
-            shapes.update({f"{block}.mlp.W_in": (cfg.d_model, cfg.d_mlp), f"{block}.mlp.b_in": (cfg.d_mlp,),
-                           f"{block}.mlp.W_out": (cfg.d_mlp, cfg.d_model), f"{block}.mlp.b_out": (cfg.d_model,)})
-    if cfg.normalization == "pre" and cfg.normalization_type == "LN":
-        shapes.update({"ln_final.w": (cfg.d_model,), "ln_final.b": (cfg.d_model,)})
+            shapes.update({f"{block}.ln2.{name}": (cfg.d_model,) for name in norm})
+            if cfg.gated_mlp:
+                shapes.update({f"{block}.mlp.W_gate": (cfg.d_model, cfg.d_mlp),
+                               f"{block}.mlp.W_in": (cfg.d_model, cfg.d_mlp),
+                               f"{block}.mlp.W_out": (cfg.d_mlp, cfg.d_model)})
+            else:
+                shapes[f"{block}.mlp.W_in"] = (cfg.d_model, cfg.d_mlp)
+                if cfg.mlp_bias:
+                    shapes[f"{block}.mlp.b_in"] = (cfg.d_mlp,)
+                shapes[f"{block}.mlp.W_out"] = (cfg.d_mlp, cfg.d_model)
+                if cfg.mlp_bias:
+                    shapes[f"{block}.mlp.b_out"] = (cfg.d_model,)
+    if cfg.normalization == "pre":
+        shapes.update({f"ln_final.{name}": (cfg.d_model,) for name in norm})
     if cfg.unembed:
         shapes.update({"unembed.W_U": (cfg.d_model, cfg.d_vocab), "unembed.b_U": (cfg.d_vocab,)})
     return shapes
@@ -201,8 +242,9 @@ def parameter_shapes(cfg: TransformerConfig) -> dict:
 
 def parameter_count(cfg: TransformerConfig) -> int:
     """len(parameter_shapes(cfg)), by arithmetic: a config claiming 10^7 layers costs nothing to check."""
-    norms = 2 if cfg.normalization_type == "LN" else 0
-    per_block = norms + 8 + (0 if cfg.attn_only else norms + 4)
+    norms = {"LN": 2, "RMS": 1}.get(cfg.normalization_type, 0)
+    mlp = 3 if cfg.gated_mlp else 2 + 2 * cfg.mlp_bias
+    per_block = norms + 4 + 4 * cfg.attn_bias + (0 if cfg.attn_only else norms + mlp)
     return (1 + (cfg.positional == "learned") + cfg.n_layers * per_block
             + norms * (cfg.normalization == "pre") + 2 * cfg.unembed)
 
@@ -211,6 +253,9 @@ def load_weights(path):
     """Read a weights file -> (TransformerConfig, {name: ndarray of cfg.dtype}). Never unpickles."""
     path = _check_path(path)
     if not os.path.isfile(path):
+        if os.path.exists(path):  # a FIFO would hang the reader, a device never end
+            kind = _file_kind(os.stat(path).st_mode)
+            raise ValueError(f"{path!r} is {kind}, not a regular file: not a weights file")
         raise FileNotFoundError(f"no weights file at {path!r}")
     try:
         cfg, arrays = _read_safetensors(path) if is_safetensors(path) else _read(path)
@@ -370,6 +415,11 @@ def _read_safetensors(path):
 
 
 def _check_path(path):
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    return os.fspath(path)
+    """``path`` as a str, from a str, bytes or os.PathLike (whose ``__fspath__`` may give bytes)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}")
+    try:
+        path = os.fspath(path)
+    except TypeError as error:
+        raise TypeError(f"path: {error}") from None
+    return os.fsdecode(path)

@@ -37,6 +37,7 @@ import copy
 
 import numpy as np
 
+from foundation.contract.arrays import as_numpy
 from foundation.contract.checks import tokens_as_array
 from foundation.lens.views import stack
 
@@ -63,7 +64,7 @@ class Slice:
         elif isinstance(input_slice, (int, np.integer)) and not isinstance(input_slice, bool):
             self.slice, self.mode = int(input_slice), "int"
         elif isinstance(input_slice, list) or hasattr(input_slice, "shape"):
-            indices = input_slice.detach().cpu().numpy() if hasattr(input_slice, "detach") else np.asarray(input_slice)
+            indices = as_numpy(input_slice)
             if indices.ndim != 1 or indices.dtype.kind not in "iub":
                 raise ValueError(f"a slice given as a list or array must hold indices (1-D ints), got {input_slice!r}")
             self.slice, self.mode = indices, "array"
@@ -121,7 +122,7 @@ class ActivationCacheMethods:
             raise ValueError("the cache is empty (names_filter kept no hook)")
         values_are_numpy = isinstance(next(iter(self.cache_dict.values())), np.ndarray)
         if values_are_numpy and not isinstance(array, np.ndarray):
-            return array.detach().cpu().numpy()
+            return as_numpy(array)
         return array
 
     # --- stacks of the residual stream ---
@@ -179,8 +180,11 @@ class ActivationCacheMethods:
         incl_mlp = mode != "attn" and not self.cfg.attn_only
         parts, labels = [], []
         if incl_embeds:
-            parts += [self["hook_embed"], self["hook_pos_embed"]]
-            labels += ["embed", "pos_embed"]
+            parts.append(self["hook_embed"])
+            labels.append("embed")
+            if self.cfg.positional != "rotary":  # rotary positions live inside attention, not in the stream
+                parts.append(self["hook_pos_embed"])
+                labels.append("pos_embed")
         for i in range(layer):
             if incl_attn:
                 parts.append(self["attn_out", i])
@@ -270,6 +274,8 @@ class ActivationCacheMethods:
         scale = pos_slice.apply(self[name], dim=-2)  # [batch, pos, 1]
         if self.has_batch_dim:
             scale = batch_slice.apply(scale, dim=0)  # [batch, pos, 1]
+        if self.cfg.normalization_type == "RMS":  # RMSNorm divides by its scale without centring
+            return residual_stack / scale  # [component, batch, pos, d_model]
         centered = residual_stack - residual_stack.mean(-1)[..., None]  # [component, batch, pos, d_model]
         return centered / scale  # [component, batch, pos, d_model]
 
@@ -345,7 +351,7 @@ class ActivationCacheMethods:
         if isinstance(tokens, str):
             tokens = self._model("logit_attrs").to_single_token(tokens)
         tokens = tokens_as_array(tokens, name)  # lists entry by entry: True is no id
-        array = tokens.detach().cpu().numpy() if hasattr(tokens, "detach") else np.asarray(tokens)
+        array = as_numpy(tokens)
         if array.dtype.kind not in "iu" or isinstance(tokens, bool):
             raise TypeError(f"{name} must be token ids (ints), got {tokens!r}")
         if array.size and (array.min() < 0 or array.max() >= self.cfg.d_vocab):

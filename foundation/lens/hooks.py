@@ -25,15 +25,17 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Optional
 
 import numpy as np
 
+from foundation.contract.arrays import as_numpy
+from foundation.contract.boundary import running_hooks
+from foundation.contract.checks import check_hook_result
 from foundation.lens.cache import ActivationCacheMethods, Slice
-from foundation.contract.checks import check_dloss, check_grad, check_hook_result
 from foundation.lens import folding
 from foundation.lens.folding import fold_layer_norm_weights
 
@@ -59,13 +61,6 @@ class HookNameError(ValueError, KeyError):
 
     def __str__(self):
         return str(self.args[0])
-
-
-def as_numpy(x):
-    """An ndarray from an ndarray or a torch tensor (detached, on the CPU)."""
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def hook_name(name, layer=None, layer_type=None, n_layers=None):
@@ -128,7 +123,7 @@ class LensHandle:
 
     fn: Callable
     is_permanent: bool = False           # reset_hooks() leaves it on, unless including_permanent=True
-    context_level: Optional[int] = None  # the hooks() block that added it; None when added directly
+    context_level: int | None = None  # the hooks() block that added it; None when added directly
 
 
 class HookLists:
@@ -198,10 +193,11 @@ class HookLists:
 
     def _run(self, hooks, x):
         """Pass x through each hook in turn; a hook that returns something (of x's shape) replaces x."""
-        for handle in list(hooks):  # a copy: a hook may add or remove hooks while they run
-            result = handle.fn(x, hook=self)
-            if result is not None:
-                x = check_hook_result(result, x.shape, self.name, "bwd" if hooks is self.bwd_hooks else "fwd")
+        with running_hooks():  # a model a hook runs is a user's call, and leaves this run's saved values alone
+            for handle in list(hooks):  # a copy: a hook may add or remove hooks while they run
+                result = handle.fn(x, hook=self)
+                if result is not None:
+                    x = check_hook_result(result, x.shape, self.name, "bwd" if hooks is self.bwd_hooks else "fwd")
         return x
 
 
@@ -668,33 +664,6 @@ def split_outputs(result):
     if result is None:
         return None, None
     return (result, None) if result.ndim == 3 else (None, result)
-
-
-def gradient_target(dout, logits_shape, loss_shape, dtype):
-    """Which output a backward starts from -> ("logits" or "loss", the gradient, checked).
-
-    ``dout`` None: the scalar loss, gradient 1 (``loss.backward()``); a per-token loss needs its
-    gradient given, as torch asks. ``dout`` shaped like the loss: the loss; otherwise ``dout``
-    must be shaped like the logits. A shape is None for an output the forward did not return.
-    """
-    if dout is None:
-        if loss_shape is None:
-            raise ValueError(f"backward without dout needs a loss: run the forward with return_type='loss' "
-                             f"just before, or pass dout shaped like the output {tuple(logits_shape)}")
-        if tuple(loss_shape) != ():
-            raise ValueError(f"backward without dout needs a scalar loss; this one is per token, shape "
-                             f"{tuple(loss_shape)}: pass dout of that shape (torch: loss.backward(dout)), or use "
-                             "loss_per_token=False")
-        return "loss", 1.0
-    shape = tuple(dout.shape) if hasattr(dout, "shape") else () if isinstance(dout, (int, float)) else None
-    if loss_shape is not None and (shape == tuple(loss_shape) or logits_shape is None):
-        if tuple(loss_shape) == ():
-            check_dloss(dout)
-        else:
-            check_grad(dout, "dout", loss_shape, dtype)
-        return "loss", dout
-    check_grad(dout, "dout", logits_shape, dtype)
-    return "logits", dout
 
 
 def check_next_token_loss(cfg, tokens):

@@ -15,12 +15,14 @@ same logits.
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 from contextlib import nullcontext
 
 import numpy as np
 
+from foundation.contract.arrays import as_numpy
 from foundation.lens.vocab import as_token_rows
 
 RETURN_TYPES = ("logits", "loss", "both", None)
@@ -70,6 +72,8 @@ class RunningMixin:
     """return_type, loss_per_token, generate and the tokenizer helpers; the model provides ``_next_token_loss``."""
 
     tokenizer = None  # a foundation.lens.vocab.WordVocabulary (or anything with encode, decode, id_to_word)
+    _loss = None  # the loss module of the last forward, when it returned a loss
+    _loss_shape = None  # and that loss's shape
     takes_any_tokens = True  # the boundary turns lists and the other library's arrays into this twin's
 
     # --- the twin-specific steps (torch_impl's model overrides the two below; hooked.py the loss) ---
@@ -83,8 +87,13 @@ class RunningMixin:
         return nullcontext()
 
     def _next_token_loss(self, out, tokens, per_token):
-        """The cross-entropy of each ``tokens[:, p + 1]`` given the logits at p: its mean, or [batch, pos - 1]."""
-        raise NotImplementedError
+        """The cross-entropy of each ``tokens[:, p + 1]`` given the logits at p: its mean, or [batch, pos - 1].
+
+        The loss module is kept (``_loss``): the NumPy model's ``backward`` starts from it.
+        """
+        loss = self.loss_class(reduction="none" if per_token else "mean")
+        vars(self)["_loss"] = loss  # not a part of the model: no parameters, and not in named_modules()
+        return loss(out[:, :-1], tokens[:, 1:])  # [] or [batch, pos - 1]
 
     # --- written once ---
 
@@ -96,7 +105,7 @@ class RunningMixin:
 
     def gradient_shape(self, result):
         """``backward`` takes the gradient of the output (the logits), whatever ``return_type`` gave back
-        (the NumPy twin's ``backward`` also starts from the loss: see numpy_impl/hooked.py)."""
+        (the NumPy twin's ``backward`` also starts from the loss: see numpy_impl/model.py)."""
         return self._output_shape
 
     def _stop_layer(self, stop_at_layer):
@@ -115,6 +124,7 @@ class RunningMixin:
         """What ``forward(..., stop_at_layer=k)`` returns: the residual stream entering block k, whatever
         ``return_type`` says (as TransformerLens's bridge). No backward starts from it here."""
         self._output_shape = None
+        vars(self)["_loss"] = vars(self)["_loss_shape"] = None
         return resid
 
     def _with_return_type(self, out, tokens, return_type, loss_per_token=False):
@@ -123,6 +133,7 @@ class RunningMixin:
         ``loss_per_token``: the loss of each predicted token [batch, pos - 1] instead of their mean.
         """
         self._output_shape = tuple(out.shape)
+        vars(self)["_loss"] = vars(self)["_loss_shape"] = None  # only the loss this forward returns starts backward()
         if return_type == "logits":
             return out
         if return_type is None:
@@ -131,6 +142,7 @@ class RunningMixin:
             raise ValueError(f"return_type={return_type!r}: tokens need at least 2 positions for a next-token loss")
         # position p predicts tokens[:, p + 1]; the last position predicts nothing
         loss = self._next_token_loss(out, tokens, loss_per_token)  # [] or [batch, pos - 1]
+        vars(self)["_loss_shape"] = tuple(loss.shape)
         return loss if return_type == "loss" else (out, loss)
 
     def generate(self, input="", max_new_tokens=10, stop_at_eos=True, eos_token_id=None, do_sample=True, top_k=None,
@@ -164,6 +176,10 @@ class RunningMixin:
             raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
         if isinstance(freq_penalty, bool) or not isinstance(freq_penalty, (int, float)) or not freq_penalty >= 0:
             raise ValueError(f"freq_penalty must be a number >= 0, got {freq_penalty!r}")
+        if not math.isfinite(float(freq_penalty) * self.cfg.n_ctx):  # counts reach n_ctx; inf-inf: NaN
+            raise ValueError(f"freq_penalty must be finite, and stay finite times "
+                             f"n_ctx={self.cfg.n_ctx}, "
+                             f"got {freq_penalty!r}")
         if return_type not in GENERATE_RETURN_TYPES:
             raise ValueError(f"return_type must be one of {GENERATE_RETURN_TYPES}, got {return_type!r}")
         for name, flag in (("stop_at_eos", stop_at_eos), ("do_sample", do_sample), ("verbose", verbose),
@@ -299,5 +315,5 @@ def check_temperature(temperature):
 
 def as_float64(x):
     """Logits of either twin as a float64 ndarray (detached, on the CPU)."""
-    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    x = as_numpy(x)
     return x.astype(np.float64)
