@@ -17,6 +17,10 @@ biases) is written to a folder; the bridge boots on that folder and both twins l
   after ``enable_compatibility_mode()``.
 - the everyday calls (names_filter, stop_at_layer, hooks(), list_hooks, to_tokens /
   to_str_tokens / to_string) give what the bridge gives (start_at_layer is not in the twins yet).
+- a random float64 Llama (parity_tests/llama_checkpoints.py: grouped-query attention, rotary,
+  RMSNorm, SwiGLU): every name the bridge caches but its rotary tables (hook_cos, hook_sin,
+  rotary_emb.hook_in: constants, kept without hook points in the twins) is in both twins'
+  caches, and each tensor agrees to 1e-6: TransformerLens 4.3 is not float64-exact on Llama.
 """
 
 import numpy as np
@@ -322,3 +326,76 @@ def test_stop_at_layer_as_on_the_bridge(folder, tokens, stop):
             ValueError, match="stop_at_layer"
         ):  # the NumPy backward starts at the output only
             model.backward(np.random.default_rng(0).standard_normal(resid.shape))
+
+
+# --- a Llama checkpoint: grouped-query attention, rotary, RMSNorm, SwiGLU ---
+
+LLAMA_TOL = 1e-6  # TransformerLens 4.3 is not float64-exact on Llama (its logits sit ~7e-8 away)
+# the bridge's rotary tables (cos, sin and the rotary module's input): constants of the position,
+# with no gradient, which the twins keep as fixed tables without hook points
+ROTARY_TABLES = ("hook_cos", "hook_sin", "rotary_emb.hook_in")
+
+
+@pytest.fixture(scope="module")
+def llama_runs(tmp_path_factory):
+    """{"bridge" | "numpy" | "torch": (loss, cache as {name: ndarray})} on a random float64 Llama."""
+    from parity_tests.llama_checkpoints import exact_float64, make_llama_checkpoint
+
+    folder = tmp_path_factory.mktemp("llama_bridge")
+    make_llama_checkpoint(folder)
+    tokens = np.random.default_rng(6).integers(1, 30, (BATCH, POS))
+    with exact_float64():
+        models = {
+            "bridge": boot(folder),
+            "numpy": npi.Transformer.from_pretrained(folder),
+            "torch": tpi.Transformer.from_pretrained(folder),
+        }
+        out = {}
+        for side, model in models.items():
+            given = torch.as_tensor(tokens) if side == "bridge" else tokens
+            loss, cache = model.run_with_cache(given, return_type="loss", incl_bwd=True)
+            out[side] = (
+                float(loss.detach() if hasattr(loss, "detach") else loss),
+                {name: as_array(value) for name, value in cache.items()},
+            )
+    return out
+
+
+def as_array(value):
+    return np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+
+
+def test_a_llama_checkpoint_caches_the_bridges_names(llama_runs):
+    """Every name the bridge caches on Llama is in both twins' caches, but the rotary tables'."""
+    bridge = llama_runs["bridge"][1]
+    expected = {name for name in bridge if not name.endswith(ROTARY_TABLES)}
+    assert "blocks.0.attn.hook_rot_q" in expected and "blocks.0.mlp.gate.hook_out_grad" in expected
+    for side in ("numpy", "torch"):
+        names = set(llama_runs[side][1])
+        assert expected <= names, (side, sorted(expected - names))
+        extra = {name.split(".")[-1] for name in names - expected}
+        assert extra <= {"hook_hidden_states", "hook_hidden_states_grad"}, (side, extra)
+
+
+@pytest.mark.parametrize("side", ["numpy", "torch"])
+def test_a_llama_checkpoints_activations_and_gradients_equal_the_bridge(llama_runs, side):
+    """Each cached tensor to 1e-6 (TransformerLens 4.3 on Llama is not float64-exact); masked
+    scores and hook_resid_mid_grad as on GPT-2 (module docstring)."""
+    bridge_loss, bridge = llama_runs["bridge"]
+    loss, ours = llama_runs[side]
+    assert abs(loss - bridge_loss) <= LLAMA_TOL * abs(bridge_loss)
+    errors = {}
+    for name, theirs in bridge.items():
+        if name.endswith(ROTARY_TABLES) or name.endswith("hook_resid_mid_grad"):
+            continue
+        mine = ours[name]
+        if name.endswith("hook_attn_scores"):
+            masked = np.isneginf(mine)
+            assert (masked == ~np.tril(np.ones((POS, POS), dtype=bool))).all(), name
+            mine, theirs = np.where(masked, 0.0, mine), np.where(masked, 0.0, theirs)
+        errors[name] = rel_err(mine, theirs)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < LLAMA_TOL, (worst, errors[worst])  # 2.3e-7 measured (attention's grads)
+    for i in range(2):  # the bridge's hook_resid_mid_grad is ln2.hook_in's here too
+        mine = ours[f"blocks.{i}.ln2.hook_in_grad"]
+        assert rel_err(mine, bridge[f"blocks.{i}.hook_resid_mid_grad"]) < LLAMA_TOL
