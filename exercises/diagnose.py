@@ -231,8 +231,8 @@ def layernorm_paths(name, mine, right, evidence):
 
 
 def silu_derivative(name, mine, right, evidence):
-    """At the gated MLP's hook_pre (gate.hook_out, the same point): silu's derivative with one of its
-    two terms, sigmoid or pre * sigmoid'."""
+    """At the gated MLP's hook_pre (gate.hook_out, the same point): silu's derivative with one
+    of its two terms, sigmoid or pre * sigmoid'."""
     if not getattr(evidence.cfg, "gated_mlp", False):
         return None
     short = next((s for s in ("hook_pre", "gate.hook_out") if name.endswith(s)), None)

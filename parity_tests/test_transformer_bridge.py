@@ -338,7 +338,7 @@ ROTARY_TABLES = ("hook_cos", "hook_sin", "rotary_emb.hook_in")
 
 @pytest.fixture(scope="module")
 def llama_runs(tmp_path_factory):
-    """{"bridge" | "numpy" | "torch": (loss, cache as {name: ndarray})} on a random float64 Llama."""
+    """{"bridge" | "numpy" | "torch": (loss, cache as {name: ndarray})}, a random float64 Llama."""
     from parity_tests.llama_checkpoints import exact_float64, make_llama_checkpoint
 
     folder = tmp_path_factory.mktemp("llama_bridge")
