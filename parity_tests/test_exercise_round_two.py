@@ -91,7 +91,7 @@ FALSE_PASSES = [
      "np.maximum(pre, 0, out=pre)\n            dpre = dpost * (pre > 0)  # [batch, pos, d_mlp]", "wrong",
      ["what forward saved (pre)"]),
     ("7 weights /= sum", "weights /= weights.sum(): the cache edited, same gradient", "loss", "loss.py",
-     LOSS_DNLL, "weights /= weights.sum()\n        dnll = dloss * weights  # [batch, pos]", "wrong",
+     LOSS_DNLL, "weights /= weights.sum()\n            dnll = dloss * weights  # [batch, pos]", "wrong",
      ["what forward saved (weights)"]),
     ("8 mask line removed", "the causal mask's backward left out (the whole row)", "attention", "attention.py",
      MASK, "pass", "wrong", ["edits the gradient", "the mask's backward sets"]),
