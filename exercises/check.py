@@ -943,7 +943,9 @@ def _explain_wrong(process, verdict, request, right, mine, pairs, input_name, cf
     verdict.message = _describe_wrong(verdict.tensors, pairs)
     hooks_mine = mine.get("hooks", {})
     verdict.parting = locate(hooks_mine, right["hooks"]).short() if right["hooks"] else ""
-    order = list(reversed(list(right["hooks"])))  # forward order
+    # forward order; a component's own hook_in holds its input's gradient, which the hints call
+    # by the input's name (x), so it is left to the input
+    order = [name for name in reversed(list(right["hooks"])) if name != "hook_in"]
     evidence = Evidence(verdict.cls, cfg, tuple(inputs), np.asarray(upstream),
                         {name: (a, b) for name, a, b in pairs},
                         {name: (hooks_mine.get(name), right["hooks"][name]) for name in order},

@@ -231,10 +231,14 @@ def layernorm_paths(name, mine, right, evidence):
 
 
 def silu_derivative(name, mine, right, evidence):
-    """At the gated MLP's hook_pre: silu's derivative with one of its two terms, sigmoid or pre * sigmoid'."""
-    if not name.endswith("hook_pre") or not getattr(evidence.cfg, "gated_mlp", False):
+    """At the gated MLP's hook_pre (gate.hook_out, the same point): silu's derivative with one
+    of its two terms, sigmoid or pre * sigmoid'."""
+    if not getattr(evidence.cfg, "gated_mlp", False):
         return None
-    prefix = name[: -len("hook_pre")]
+    short = next((s for s in ("hook_pre", "gate.hook_out") if name.endswith(s)), None)
+    if short is None:
+        return None
+    prefix = name[: -len(short)]
     pre = evidence.activations.get(prefix + "hook_pre")
     pre_linear = evidence.activations.get(prefix + "hook_pre_linear")
     dpost = evidence.hooks.get(prefix + "hook_post", (None, None))[1]
@@ -411,7 +415,7 @@ def diagnose_step(step, tensors, mine_locals, expected, given, cfg):
     for name, candidate, hint in _step_slips(step, cache, ref, cfg, given):
         if name in tensors and not _right(*tensors[name]) and _fits_finite(tensors[name][0], candidate):
             return Diagnosis("slip", name, hint)
-    batch, pos = np.shape(cache["x"])[:2]
+    batch, pos = np.shape(cache["x_q"])[:2]  # the query projection's input [batch, pos, d_model]
     sizes = {"batch": int(batch), "pos": int(pos), "tokens": int(batch * pos)}
     sizes.update({key: getattr(cfg, key) for key in ("d_model", "d_head", "d_mlp", "n_heads", "d_vocab", "n_ctx")})
     for name, (mine, right) in tensors.items():
@@ -919,8 +923,9 @@ def _norm_placement(evidence, right):
     """Pre-norm block: ln1's (or ln2's) backward applied to the sum, to the skip path, or left out."""
     import numpy_impl
 
-    for ln, skip_hook, out_hook, target in (("ln1", "hook_attn_out", "ln1.hook_normalized", "resid_pre"),
-                                            ("ln2", "hook_mlp_out", "ln2.hook_normalized", "hook_resid_mid")):
+    # out_hook: the LayerNorm's output (its hook_out; hook_normalized is before w and b)
+    for ln, skip_hook, out_hook, target in (("ln1", "hook_attn_out", "ln1.hook_out", "resid_pre"),
+                                            ("ln2", "hook_mlp_out", "ln2.hook_out", "hook_resid_mid")):
         x_name = "hook_resid_pre" if ln == "ln1" else "hook_resid_mid"
         x = evidence.activations.get(x_name)
         dskip, dbranch = right(skip_hook), right(out_hook)

@@ -9,7 +9,8 @@ The parity tests compare the twins with each other, so a change that moves both 
 This file does not move with the code: it holds, for each config in ``CONFIGS``, the weights,
 tokens and upstream gradient (the inputs), and what the NumPy reference made of them when the
 file was written (the output, every parameter gradient, every hook point's activation and
-gradient, and the next-token loss with its gradient), with the versions and seed that made it.
+gradient, once per point: an alias is left out; and the next-token loss with its gradient), with
+the versions and seed that made it.
 ``compare`` runs either twin on the stored inputs and measures each stored tensor with
 ``foundation.contract.agreement`` (b_K's exactly-zero gradient against the largest gradient of its
 config); both twins must agree with the file to ``TOLERANCE``.
@@ -108,8 +109,11 @@ def run(package, cfg, state_dict, tokens, dout):
     out, cache = model.run_with_cache(tokens, incl_bwd=True, dout=dout)
     results = {"output": _float64(out)}
     for key, value in cache.items():
+        hook = key[: -len(GRAD_SUFFIX)] if key.endswith(GRAD_SUFFIX) else key
+        if model.hook_dict[hook].name != hook:
+            continue  # an alias (hook_q for attn.q.hook_out): its point is kept under its own name
         if key.endswith(GRAD_SUFFIX):
-            results[f"act_grad/{key[: -len(GRAD_SUFFIX)]}"] = _float64(value)
+            results[f"act_grad/{hook}"] = _float64(value)
         else:
             results[f"act/{key}"] = _float64(value)
     for key, p in model.named_parameters():

@@ -9,6 +9,12 @@ For each head h, with x the input [batch, pos, d_model]:
     z = pattern v
     out = sum over heads of z W_O[h]  + b_O
 
+Hook points, as TransformerLens 4 names them: ``hook_in`` (x); ``q.hook_in`` / ``q.hook_out`` (x as
+the query projection reads it, and q; ``hook_q`` is another name for ``q.hook_out``), the same for
+k and v; ``hook_rot_q`` and ``hook_rot_k`` (q and k turned, rotary only); ``hook_attn_scores``,
+``hook_pattern``; ``o.hook_in`` (z, alias ``hook_z``) and ``o.hook_out``; then
+``hook_hidden_states`` and ``hook_out`` (out).
+
 The Llama family adds two steps between the projections and the scores. Rotary position
 embedding (``cfg.positional == "rotary"``, rotary.py) turns q and k by angles that grow with the
 position. Grouped-query attention (``GroupedQueryAttention``, below) keeps fewer key/value heads
@@ -26,7 +32,7 @@ import math
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import Constant, HookPoint, Module, Parameter, boundary
+from .module import Constant, HookPoint, Module, Parameter, Projection, boundary
 from .rotary import rotary_tables, rotate
 
 
@@ -53,15 +59,21 @@ class MultiHeadAttention(Module):
         self.mask = np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), dtype=bool))  # [n_ctx, n_ctx]
         if cfg.positional == "rotary":  # fixed tables, as the mask
             self.rotary_cos, self.rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
-        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        # q, k, v, o: the hook points around each projection (TransformerLens 4's attn.q, ...)
+        self.q, self.k, self.v = Projection(), Projection(), Projection()
+        self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; an alias: one point, two names
+        self.hook_k = self.k.hook_out  # [batch, pos, head, d_head]
+        self.hook_v = self.v.hook_out  # [batch, pos, head, d_head]
         if cfg.positional == "rotary":
             self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
             self.hook_rot_k = HookPoint()  # [batch, pos, head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
-        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.o = Projection()
+        self.hook_z = self.o.hook_in  # [batch, pos, head, d_head]
+        self.hook_hidden_states = HookPoint()  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.cache = None
 
     @staticmethod
@@ -72,10 +84,14 @@ class MultiHeadAttention(Module):
     @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+        x = self.hook_in(x)
         pos = x.shape[1]
-        q = np.einsum("hmd,bpm->bphd", self.W_Q.data, x, optimize=True) + self.b_Q.data  # [batch, pos, head, d_head]
-        k = np.einsum("hmd,bpm->bphd", self.W_K.data, x, optimize=True) + self.b_K.data  # [batch, pos, head, d_head]
-        v = np.einsum("hmd,bpm->bphd", self.W_V.data, x, optimize=True) + self.b_V.data  # [batch, pos, head, d_head]
+        x_q = self.q.hook_in(x)  # [batch, pos, d_model]: x as the query projection reads it
+        x_k = self.k.hook_in(x)  # [batch, pos, d_model]
+        x_v = self.v.hook_in(x)  # [batch, pos, d_model]
+        q = np.einsum("hmd,bpm->bphd", self.W_Q.data, x_q, optimize=True) + self.b_Q.data  # [batch, pos, head, d_head]
+        k = np.einsum("hmd,bpm->bphd", self.W_K.data, x_k, optimize=True) + self.b_K.data  # [batch, pos, head, d_head]
+        v = np.einsum("hmd,bpm->bphd", self.W_V.data, x_v, optimize=True) + self.b_V.data  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
             cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
@@ -102,15 +118,20 @@ class MultiHeadAttention(Module):
         z = (pattern @ v_h).transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         z = self.hook_z(z)
         out = np.einsum("hdm,bphd->bpm", self.W_O.data, z, optimize=True) + self.b_O.data  # [batch, pos, d_model]
-        self.cache = (x, q_h, k_h, v_h, probs, pattern, z)
+        out = self.hook_out(self.hook_hidden_states(self.o.hook_out(out)))  # [batch, pos, d_model]
+        self.cache = (x_q, x_k, x_v, q_h, k_h, v_h, probs, pattern, z)
         return out
 
     @boundary(dout="gradient")
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into every W_* and b_* grad."""
-        x, q_h, k_h, v_h, probs, pattern, z = self.cache
+        x_q, x_k, x_v, q_h, k_h, v_h, probs, pattern, z = self.cache
         # EXERCISE BEGIN
-        # EXERCISE STEP output: the output projection, then the pattern-weighted sum of the values
+        # EXERCISE STEP output: the output's hook points and projection, then the sum over values
+        # forward: out = hook_out(hook_hidden_states(o.hook_out(out)))   (three hook points)
+        dout = self.hook_out.backward(dout)  # [batch, pos, d_model]
+        dout = self.hook_hidden_states.backward(dout)  # [batch, pos, d_model]
+        dout = self.o.hook_out.backward(dout)  # [batch, pos, d_model]
         # forward: out = einsum("hdm,bphd->bpm", W_O, z) + b_O
         self.W_O.grad += np.einsum("bpm,bphd->hdm", dout, z, optimize=True)  # [head, d_head, d_model]
         self.b_O.grad += dout.sum(axis=(0, 1))  # [d_model]
@@ -129,7 +150,7 @@ class MultiHeadAttention(Module):
         dscores = self.hook_attn_scores.backward(dscores)
         # forward: scores = where(mask, scores, -inf)
         if self.cfg.causal:
-            pos = x.shape[1]
+            pos = x_q.shape[1]
             dscores = np.where(self.mask[:pos, :pos], dscores, 0.0)  # [batch, head, q_pos, k_pos]
         # forward: scores = q_h @ k_h^T / sqrt(d_head)
         dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, d_head]
@@ -147,25 +168,26 @@ class MultiHeadAttention(Module):
             dv = dv.reshape(*dv.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, d_head]
         if self.cfg.positional == "rotary":
             # forward: q = hook_rot_q(rotate(q, cos, sin)), and k   (undone by the opposite angles)
-            cos, sin = self.rotary_cos[: x.shape[1]], self.rotary_sin[: x.shape[1]]  # [pos, half] each
+            cos, sin = self.rotary_cos[: x_q.shape[1]], self.rotary_sin[: x_q.shape[1]]  # [pos, half] each
             adjacent = self.cfg.rotary_adjacent_pairs
             dq = rotate(self.hook_rot_q.backward(dq), cos, -sin, adjacent)  # [batch, pos, head, d_head]
             dk = rotate(self.hook_rot_k.backward(dk), cos, -sin, adjacent)  # [batch, pos, kv_head, d_head]
         dq, dk, dv = self.hook_q.backward(dq), self.hook_k.backward(dk), self.hook_v.backward(dv)
-        # forward: q = einsum("hmd,bpm->bphd", W_Q, x) + b_Q, and the same for k and v
-        self.W_Q.grad += np.einsum("bpm,bphd->hmd", x, dq, optimize=True)  # [head, d_model, d_head]
-        self.W_K.grad += np.einsum("bpm,bphd->hmd", x, dk, optimize=True)  # [head, d_model, d_head]
-        self.W_V.grad += np.einsum("bpm,bphd->hmd", x, dv, optimize=True)  # [head, d_model, d_head]
+        # forward: q = einsum("hmd,bpm->bphd", W_Q, x_q) + b_Q, and the same for k and v
+        self.W_Q.grad += np.einsum("bpm,bphd->hmd", x_q, dq, optimize=True)  # [head, d_model, d_head]
+        self.W_K.grad += np.einsum("bpm,bphd->hmd", x_k, dk, optimize=True)  # [head, d_model, d_head]
+        self.W_V.grad += np.einsum("bpm,bphd->hmd", x_v, dv, optimize=True)  # [head, d_model, d_head]
         self.b_Q.grad += dq.sum(axis=(0, 1))  # [head, d_head]
         self.b_K.grad += dk.sum(axis=(0, 1))  # [head, d_head]
         self.b_V.grad += dv.sum(axis=(0, 1))  # [head, d_head]
-        dx = (
-            np.einsum("hmd,bphd->bpm", self.W_Q.data, dq, optimize=True)
-            + np.einsum("hmd,bphd->bpm", self.W_K.data, dk, optimize=True)
-            + np.einsum("hmd,bphd->bpm", self.W_V.data, dv, optimize=True)
-        )  # [batch, pos, d_model]
+        dx_q = np.einsum("hmd,bphd->bpm", self.W_Q.data, dq, optimize=True)  # [batch, pos, d_model]
+        dx_k = np.einsum("hmd,bphd->bpm", self.W_K.data, dk, optimize=True)  # [batch, pos, d_model]
+        dx_v = np.einsum("hmd,bphd->bpm", self.W_V.data, dv, optimize=True)  # [batch, pos, d_model]
+        # forward: x_q = q.hook_in(x), and the same for k and v   (x goes to all three)
+        dx = (self.q.hook_in.backward(dx_q) + self.k.hook_in.backward(dx_k)
+              + self.v.hook_in.backward(dx_v))  # [batch, pos, d_model]
         # EXERCISE END
-        return dx
+        return self.hook_in.backward(dx)
 
 
 class GroupedQueryAttention(MultiHeadAttention):
@@ -194,15 +216,21 @@ class GroupedQueryAttention(MultiHeadAttention):
         self.mask = np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), dtype=bool))  # [n_ctx, n_ctx]
         if cfg.positional == "rotary":  # fixed tables, as the mask
             self.rotary_cos, self.rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
-        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        # q, k, v, o: the hook points around each projection (TransformerLens 4's attn.q, ...)
+        self.q, self.k, self.v = Projection(), Projection(), Projection()
+        self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; an alias: one point, two names
+        self.hook_k = self.k.hook_out  # [batch, pos, kv_head, d_head]
+        self.hook_v = self.v.hook_out  # [batch, pos, kv_head, d_head]
         if cfg.positional == "rotary":
             self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
             self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
-        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.o = Projection()
+        self.hook_z = self.o.hook_in  # [batch, pos, head, d_head]
+        self.hook_hidden_states = HookPoint()  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.cache = None
 
     W_K = property(lambda self: self._W_K)  # [kv_head, d_model, d_head]

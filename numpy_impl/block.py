@@ -9,6 +9,13 @@ Axes: batch, pos (sequence position), d_model (residual width).
     attn_only: no MLP and no ln2, so resid_post is the line that makes resid_mid above.
     parallel_attn_mlp (GPT-NeoX): resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)),
         with no resid_mid: attention and the MLP read the same stream, side by side.
+
+Hook points, as TransformerLens 4 names them: ``hook_in`` (resid_pre, alias ``hook_resid_pre``),
+``hook_out`` (resid_post, alias ``hook_resid_post``); ``hook_attn_out`` and ``hook_mlp_out`` are
+``attn.hook_out`` and ``mlp.hook_out``. ``hook_resid_mid`` is a point of its own, on the residual
+stream between the two: its gradient is the whole residual stream's (both paths onward), where
+``ln2.hook_in``'s is the part that flows through ln2 (TransformerLens 4.3 makes hook_resid_mid an
+alias of ln2.hook_in, so its hook_resid_mid_grad is that part alone).
 """
 
 import numpy as np
@@ -26,44 +33,46 @@ class TransformerBlock(Module):
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
         self.cfg = check_config(cfg)
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_pre = self.hook_in  # TransformerLens's alias: one point, two names
         if cfg.normalization is not None:
             self.ln1 = LayerNorm.for_config(cfg)
         self.attn = MultiHeadAttention.for_config(cfg, rng)
-        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = self.attn.hook_out  # [batch, pos, d_model]
         if not cfg.attn_only:
             if not cfg.parallel_attn_mlp:
-                self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+                self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]; its own (docstring)
             if cfg.normalization is not None:
                 self.ln2 = LayerNorm.for_config(cfg)
             self.mlp = FeedForward.for_config(cfg, rng)
-            self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+            self.hook_mlp_out = self.mlp.hook_out  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = self.hook_out
 
     @boundary(resid_pre="activation")
     def forward(self, resid_pre):
         """resid_pre [batch, pos, d_model] -> resid_post [batch, pos, d_model]"""
         norm = self.cfg.normalization
-        resid_pre = self.hook_resid_pre(resid_pre)
+        resid_pre = self.hook_in(resid_pre)
         attn_in = self.ln1(resid_pre) if norm == "pre" else resid_pre  # [batch, pos, d_model]
-        attn_out = self.hook_attn_out(self.attn(attn_in))  # [batch, pos, d_model]
+        attn_out = self.attn(attn_in)  # [batch, pos, d_model]
         resid_mid = resid_pre + attn_out  # [batch, pos, d_model]
         if self.cfg.parallel_attn_mlp:  # the MLP reads resid_pre too, beside attention
             mlp_in = self.ln2(resid_pre) if norm == "pre" else resid_pre  # [batch, pos, d_model]
-            mlp_out = self.hook_mlp_out(self.mlp(mlp_in))  # [batch, pos, d_model]
+            mlp_out = self.mlp(mlp_in)  # [batch, pos, d_model]
             resid_post = resid_mid + mlp_out  # [batch, pos, d_model]
-            return self.hook_resid_post(resid_post)
+            return self.hook_out(resid_post)
         if norm == "post":
             resid_mid = self.ln1(resid_mid)  # [batch, pos, d_model]
         if self.cfg.attn_only:
-            return self.hook_resid_post(resid_mid)
+            return self.hook_out(resid_mid)
         resid_mid = self.hook_resid_mid(resid_mid)
         mlp_in = self.ln2(resid_mid) if norm == "pre" else resid_mid  # [batch, pos, d_model]
-        mlp_out = self.hook_mlp_out(self.mlp(mlp_in))  # [batch, pos, d_model]
+        mlp_out = self.mlp(mlp_in)  # [batch, pos, d_model]
         resid_post = resid_mid + mlp_out  # [batch, pos, d_model]
         if norm == "post":
             resid_post = self.ln2(resid_post)  # [batch, pos, d_model]
-        return self.hook_resid_post(resid_post)
+        return self.hook_out(resid_post)
 
     @boundary(dresid_post="gradient")
     def backward(self, dresid_post):
@@ -73,16 +82,15 @@ class TransformerBlock(Module):
         """
         # EXERCISE BEGIN
         norm = self.cfg.normalization
-        dresid_post = self.hook_resid_post.backward(dresid_post)
+        dresid_post = self.hook_out.backward(dresid_post)
         if self.cfg.parallel_attn_mlp:
             # forward: resid_post = resid_pre + attn_out + mlp_out, with mlp_out = mlp(ln2(resid_pre))
-            dmlp_out = self.hook_mlp_out.backward(dresid_post)  # [batch, pos, d_model]
-            dmlp_in = self.mlp.backward(dmlp_out)  # [batch, pos, d_model]
-            dattn_out = self.hook_attn_out.backward(dresid_post)  # [batch, pos, d_model]
-            dattn_in = self.attn.backward(dattn_out)  # [batch, pos, d_model]
+            dmlp_in = self.mlp.backward(dresid_post)  # [batch, pos, d_model]
+            dattn_in = self.attn.backward(dresid_post)  # [batch, pos, d_model]
             if norm == "pre":
-                dmlp_in, dattn_in = self.ln2.backward(dmlp_in), self.ln1.backward(dattn_in)  # [batch, pos, d_model]
-            return self.hook_resid_pre.backward(dresid_post + dattn_in + dmlp_in)
+                dmlp_in = self.ln2.backward(dmlp_in)  # [batch, pos, d_model]
+                dattn_in = self.ln1.backward(dattn_in)  # [batch, pos, d_model]
+            return self.hook_in.backward(dresid_post + dattn_in + dmlp_in)
         if self.cfg.attn_only:
             # forward: resid_post = resid_mid   (attn_only: no MLP)
             dresid_mid = dresid_post  # [batch, pos, d_model]
@@ -91,8 +99,7 @@ class TransformerBlock(Module):
                 # forward: resid_post = ln2(resid_post)   (post-norm only)
                 dresid_post = self.ln2.backward(dresid_post)  # [batch, pos, d_model]
             # forward: resid_post = resid_mid + mlp_out
-            dmlp_out = self.hook_mlp_out.backward(dresid_post)  # [batch, pos, d_model]
-            dmlp_in = self.mlp.backward(dmlp_out)  # [batch, pos, d_model]
+            dmlp_in = self.mlp.backward(dresid_post)  # [batch, pos, d_model]
             # forward: mlp_in = ln2(resid_mid) if pre else resid_mid
             dresid_mid = dresid_post + (self.ln2.backward(dmlp_in) if norm == "pre" else dmlp_in)  # [batch, pos, d_model]
             dresid_mid = self.hook_resid_mid.backward(dresid_mid)
@@ -100,10 +107,9 @@ class TransformerBlock(Module):
             # forward: resid_mid = ln1(resid_mid)   (post-norm only)
             dresid_mid = self.ln1.backward(dresid_mid)  # [batch, pos, d_model]
         # forward: resid_mid = resid_pre + attn_out
-        dattn_out = self.hook_attn_out.backward(dresid_mid)  # [batch, pos, d_model]
-        dattn_in = self.attn.backward(dattn_out)  # [batch, pos, d_model]
+        dattn_in = self.attn.backward(dresid_mid)  # [batch, pos, d_model]
         # forward: attn_in = ln1(resid_pre) if pre else resid_pre
         dresid_pre = dresid_mid + (self.ln1.backward(dattn_in) if norm == "pre" else dattn_in)  # [batch, pos, d_model]
-        dresid_pre = self.hook_resid_pre.backward(dresid_pre)
+        dresid_pre = self.hook_in.backward(dresid_pre)
         # EXERCISE END
         return dresid_pre

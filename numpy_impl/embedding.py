@@ -8,7 +8,7 @@ Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual str
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import Module, Parameter, boundary
+from .module import HookPoint, Module, Parameter, boundary
 
 
 class TokenEmbedding(Module):
@@ -18,12 +18,16 @@ class TokenEmbedding(Module):
         rng = np.random.default_rng(rng)
         self.cfg = check_config(cfg)
         self.W_E = Parameter(rng.standard_normal((cfg.d_vocab, cfg.d_model)).astype(cfg.dtype))
+        self.hook_in = HookPoint()  # [batch, pos] token ids
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.cache = None
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
+        tokens = self.hook_in(tokens)
         embed = self.W_E.data[tokens]  # [batch, pos, d_model]
+        embed = self.hook_out(embed)
         self.cache = tokens
         return embed
 
@@ -35,6 +39,8 @@ class TokenEmbedding(Module):
         """
         tokens = self.cache
         # EXERCISE BEGIN
+        # forward: embed = hook_out(embed)   (a hook point: the gradient passes through it)
+        dembed = self.hook_out.backward(dembed)
         # forward: embed = W_E[tokens]
         np.add.at(self.W_E.grad, tokens, dembed)  # [d_vocab, d_model], repeats add up
         # EXERCISE END

@@ -5,6 +5,10 @@ Einsum letters: b batch, p pos, m d_model, f d_mlp.
 
     pre = x W_in + b_in,   post = act(pre),   out = post W_out + b_out
 
+Hook points, as TransformerLens 4 names them: ``hook_in`` (x), ``in.hook_in`` (x as W_in reads it),
+``in.hook_out`` (pre, alias ``hook_pre``), ``out.hook_in`` (post, alias ``hook_post``),
+``out.hook_out`` and ``hook_out`` (out).
+
 act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks & Gimpel):
     gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
 or the exact GELU ("gelu", torch.nn.GELU()), u times the standard normal CDF, with erf from SciPy:
@@ -22,7 +26,7 @@ from scipy.special import erf
 
 from foundation.contract.checks import check_config
 from .gated_feedforward import GatedFeedForward
-from .module import Constant, HookPoint, Module, Parameter, boundary
+from .module import Constant, HookPoint, Module, Parameter, Projection, boundary
 
 GELU_C = math.sqrt(2.0 / math.pi)
 SQRT_2 = math.sqrt(2.0)
@@ -40,14 +44,27 @@ class FeedForward(Module):
         self.b_in = bias(np.zeros(cfg.d_mlp, dtype=cfg.dtype))
         self.W_out = Parameter((rng.standard_normal((cfg.d_mlp, cfg.d_model)) / np.sqrt(cfg.d_mlp)).astype(cfg.dtype))
         self.b_out = bias(np.zeros(cfg.d_model, dtype=cfg.dtype))
-        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
-        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        # in, out: the hook points around W_in and W_out (TransformerLens 4's mlp.in and mlp.out;
+        # "in" is a Python keyword, so it is set by name and read as self.in_)
+        setattr(self, "in", Projection())
+        self.hook_pre = self.in_.hook_out  # [batch, pos, d_mlp]; an alias: one point, two names
+        self.out = Projection()
+        self.hook_post = self.out.hook_in  # [batch, pos, d_mlp]
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.cache = None
+
+    @property
+    def in_(self):
+        """``mlp.in``, the hook points around W_in (``self.in`` would be a syntax error)."""
+        return getattr(self, "in")
 
     @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        pre = np.einsum("mf,bpm->bpf", self.W_in.data, x, optimize=True) + self.b_in.data  # [batch, pos, d_mlp]
+        x = self.hook_in(x)
+        x_in = self.in_.hook_in(x)  # [batch, pos, d_model]
+        pre = np.einsum("mf,bpm->bpf", self.W_in.data, x_in, optimize=True) + self.b_in.data  # [batch, pos, d_mlp]
         pre = self.hook_pre(pre)
         tanh = None  # GELU's, kept for the backward
         if self.cfg.act_fn == "relu":
@@ -61,14 +78,17 @@ class FeedForward(Module):
             post = 0.5 * pre * (1 + tanh)  # [batch, pos, d_mlp]
         post = self.hook_post(post)
         out = np.einsum("fm,bpf->bpm", self.W_out.data, post, optimize=True) + self.b_out.data  # [batch, pos, d_model]
-        self.cache = (x, pre, tanh, post)
+        out = self.hook_out(self.out.hook_out(out))  # [batch, pos, d_model]
+        self.cache = (x_in, pre, tanh, post)
         return out
 
     @boundary(dout="gradient")
     def backward(self, dout):
         """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_in, b_in, W_out, b_out grads."""
-        x, pre, tanh, post = self.cache
+        x_in, pre, tanh, post = self.cache
         # EXERCISE BEGIN
+        # forward: out = hook_out(out.hook_out(out))   (hook points: the gradient passes through)
+        dout = self.out.hook_out.backward(self.hook_out.backward(dout))
         # forward: out = einsum("fm,bpf->bpm", W_out, post) + b_out
         self.W_out.grad += np.einsum("bpm,bpf->fm", dout, post, optimize=True)  # [d_mlp, d_model]
         self.b_out.grad += dout.sum(axis=(0, 1))  # [d_model]
@@ -94,11 +114,11 @@ class FeedForward(Module):
             dpre += dinner * GELU_C * (1 + 3 * 0.044715 * pre * pre)  # [batch, pos, d_mlp]
         dpre = self.hook_pre.backward(dpre)
         # forward: pre = einsum("mf,bpm->bpf", W_in, x) + b_in
-        self.W_in.grad += np.einsum("bpf,bpm->mf", dpre, x, optimize=True)  # [d_model, d_mlp]
+        self.W_in.grad += np.einsum("bpf,bpm->mf", dpre, x_in, optimize=True)  # [d_model, d_mlp]
         self.b_in.grad += dpre.sum(axis=(0, 1))  # [d_mlp]
         dx = np.einsum("mf,bpf->bpm", self.W_in.data, dpre, optimize=True)  # [batch, pos, d_model]
         # EXERCISE END
-        return dx
+        return self.hook_in.backward(self.in_.hook_in.backward(dx))
 
     @staticmethod
     def for_config(cfg, rng=None):

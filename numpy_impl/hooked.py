@@ -47,5 +47,8 @@ class HookedMixin(_HookedMixin):
         dout[:, :-1] = loss.backward()
         return dout
 
+    def _named_modules_and_aliases(self):
+        return self.named_modules()  # the NumPy Module lists a module under every name it has
+
     def _layer_norm_pre(self, cfg):
         return LayerNormPre(cfg)

@@ -361,3 +361,16 @@ class HookPoint(Module, HookLists):
             # forward: hooked = where(changed, hook's value, x); the hook's values are constants
             dx = np.where(self.changed, 0.0, dx)  # like x
         return dx
+
+
+class Projection(Module):
+    """The hook points around one linear map inside a component: TransformerLens 4's ``attn.q``,
+    ``attn.k``, ``attn.v``, ``attn.o``, ``mlp.in`` and ``mlp.out``.
+
+    ``hook_in`` holds the map's input, ``hook_out`` its output. The weights stay in the component
+    that multiplies by them (``W_Q``, ``W_in``, ...), under TransformerLens's parameter names.
+    """
+
+    def __init__(self):
+        self.hook_in = HookPoint()
+        self.hook_out = HookPoint()

@@ -6,12 +6,15 @@ Sinusoidal ("Attention Is All You Need", §3.5), for i = 0 .. d_model/2 - 1:
     PE[pos, 2i]     = sin(pos / 10000^(2i / d_model))
     PE[pos, 2i + 1] = cos(pos / 10000^(2i / d_model))
 Learned (GPT-2): pos_embed[b, p] = W_pos[p].
+
+Hook points, as TransformerLens 4 names them: ``hook_in`` holds the position ids [1, pos]
+(0, 1, ..., pos - 1; a hook may change which rows are read) and ``hook_out`` the result.
 """
 
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import Module, Parameter, boundary
+from .module import HookPoint, Module, Parameter, boundary
 
 
 def sinusoidal_table(n_ctx, d_model):
@@ -31,17 +34,22 @@ class SinusoidalPositionalEncoding(Module):
     def __init__(self, cfg, rng=None):
         self.cfg = check_config(cfg)
         self.table = sinusoidal_table(cfg.n_ctx, cfg.d_model).astype(cfg.dtype)  # [n_ctx, d_model]
+        self.hook_in = HookPoint()  # [1, pos] position ids
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape
-        pos_embed = np.broadcast_to(self.table[:pos], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
+        positions = self.hook_in(np.arange(pos)[None, :])  # [1, pos]
+        pos_embed = np.broadcast_to(self.table[positions], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
+        pos_embed = self.hook_out(pos_embed)
         return pos_embed
 
     @boundary(dpos_embed="gradient")
     def backward(self, dpos_embed):
         """dpos_embed [batch, pos, d_model] -> None (the table is fixed; tokens are discrete)."""
+        self.hook_out.backward(dpos_embed)  # its hooks see the gradient; nothing below needs it
         return None
 
 
@@ -52,22 +60,28 @@ class LearnedPositionalEmbedding(Module):
         rng = np.random.default_rng(rng)
         self.cfg = check_config(cfg)
         self.W_pos = Parameter(rng.standard_normal((cfg.n_ctx, cfg.d_model)).astype(cfg.dtype))
+        self.hook_in = HookPoint()  # [1, pos] position ids
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.cache = None
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape
-        pos_embed = np.broadcast_to(self.W_pos.data[:pos], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
-        self.cache = pos
+        positions = self.hook_in(np.arange(pos)[None, :])  # [1, pos]
+        pos_embed = np.broadcast_to(self.W_pos.data[positions], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
+        pos_embed = self.hook_out(pos_embed)
+        self.cache = positions
         return pos_embed
 
     @boundary(dpos_embed="gradient")
     def backward(self, dpos_embed):
         """dpos_embed [batch, pos, d_model] -> None; W_pos[p] collects the gradient of every sequence."""
-        pos = self.cache
+        positions = self.cache
         # EXERCISE BEGIN
-        # forward: pos_embed = broadcast W_pos[:pos] over batch
-        self.W_pos.grad[:pos] += dpos_embed.sum(axis=0)  # [pos, d_model]
+        # forward: pos_embed = hook_out(pos_embed)   (a hook point: the gradient passes through it)
+        dpos_embed = self.hook_out.backward(dpos_embed)
+        # forward: pos_embed = broadcast W_pos[positions] over batch
+        np.add.at(self.W_pos.grad, positions[0], dpos_embed.sum(axis=0))  # [n_ctx, d_model], repeats add up
         # EXERCISE END
         return None

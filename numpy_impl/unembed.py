@@ -14,7 +14,7 @@ batch * pos rows; W_U's gradient names dlogits first, so it comes back in order 
 import numpy as np
 
 from foundation.contract.checks import check_config
-from .module import Module, Parameter, boundary
+from .module import HookPoint, Module, Parameter, boundary
 
 
 class Unembed(Module):
@@ -25,12 +25,16 @@ class Unembed(Module):
         self.cfg = check_config(cfg)
         self.W_U = Parameter((rng.standard_normal((cfg.d_model, cfg.d_vocab)) / np.sqrt(cfg.d_model)).astype(cfg.dtype))
         self.b_U = Parameter(np.zeros(cfg.d_vocab, dtype=cfg.dtype))
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_vocab]
         self.cache = None
 
     @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
+        x = self.hook_in(x)
         logits = np.einsum("mv,bpm->bpv", self.W_U.data, x, optimize=True) + self.b_U.data  # [batch, pos, d_vocab]
+        logits = self.hook_out(logits)
         self.cache = x
         return logits
 
@@ -39,9 +43,11 @@ class Unembed(Module):
         """dlogits [batch, pos, d_vocab] -> dx [batch, pos, d_model]; adds into W_U.grad and b_U.grad."""
         x = self.cache
         # EXERCISE BEGIN
+        # forward: logits = hook_out(logits)   (a hook point: the gradient passes through it)
+        dlogits = self.hook_out.backward(dlogits)
         # forward: logits = einsum("mv,bpm->bpv", W_U, x) + b_U
         self.W_U.grad += np.einsum("bpv,bpm->mv", dlogits, x, optimize=True)  # [d_model, d_vocab]
         self.b_U.grad += dlogits.sum(axis=(0, 1))  # [d_vocab]
         dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]
         # EXERCISE END
-        return dx
+        return self.hook_in.backward(dx)

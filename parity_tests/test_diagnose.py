@@ -32,7 +32,7 @@ PLANTED = [
      "constant factor", ["tokens/(tokens-1)"]),
     ("sqrt(d_model) for sqrt(d_head)", "attention", "attention.py",
      "dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)", "dq_h = dscores @ k_h / math.sqrt(self.cfg.d_model)",
-     "constant factor", ["sqrt(d_head/d_model)", "hook_q"]),
+     "constant factor", ["sqrt(d_head/d_model)", "q.hook_out"]),  # hook_q's own name
     ("a 2 too many", "unembed", "unembed.py",
      'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
      'dx = 2 * np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
@@ -45,7 +45,7 @@ PLANTED = [
      'dx = -np.einsum("mf,bpf->bpm", self.W_in.data, dpre, optimize=True)',
      "constant factor", ["-1", "sign is flipped"]),
     ("mean for a sum", "positional", "positional.py",
-     "self.W_pos.grad[:pos] += dpos_embed.sum(axis=0)", "self.W_pos.grad[:pos] += dpos_embed.mean(axis=0)",
+     "np.add.at(self.W_pos.grad, positions[0], dpos_embed.sum(axis=0))", "np.add.at(self.W_pos.grad, positions[0], dpos_embed.mean(axis=0))",
      "constant factor", ["1/batch", "a mean over batch where a sum belongs"]),
     ("pattern gradient transposed", "attention", "attention.py",
      "dpattern = dz_h @ v_h.swapaxes(-1, -2)", "dpattern = v_h @ dz_h.swapaxes(-1, -2)",
@@ -54,7 +54,7 @@ PLANTED = [
      'np.einsum("bpv,bpm->mv", dlogits, x, optimize=True)', 'np.einsum("bpv,bpm->vm", dlogits, x, optimize=True)',
      "transposed", ["transpose"]),
     ("first batch row only", "positional", "positional.py",
-     "self.W_pos.grad[:pos] += dpos_embed.sum(axis=0)", "self.W_pos.grad[:pos] += dpos_embed[0]",
+     "np.add.at(self.W_pos.grad, positions[0], dpos_embed.sum(axis=0))", "np.add.at(self.W_pos.grad, positions[0], dpos_embed[0])",
      "missing sum", ["W_pos", "batch row 0 alone"]),
     ("one position only", "unembed", "unembed.py",
      "self.b_U.grad += dlogits.sum(axis=(0, 1))", "self.b_U.grad += dlogits[:, -1].sum(axis=0)",
@@ -188,7 +188,8 @@ def test_the_first_hook_point_inside_where_a_gradient_parts_is_named(solved, tmp
     """Inside the attention: right at hook_z and hook_pattern, first wrong at hook_attn_scores."""
     label, key, file, old, new, *_ = PLANTED[-7]
     result = result_of(check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key)
-    assert result.parting.startswith("right at hook_z, hook_pattern; first wrong at hook_attn_scores (relative error"), \
+    assert result.parting.startswith("right at the first 6 hook points the gradient reaches, down to hook_pattern; "
+                                     "first wrong at hook_attn_scores (relative error"), \
         result.parting
 
 

@@ -98,4 +98,4 @@ def test_a_missing_scale_names_d_head_not_another_size(solved, tmp_path):
     for key in ("attention.scores", "attention"):
         assert results[key].status == "wrong"
         assert "sqrt(d_head)" in results[key].hint and "batch" not in results[key].hint, results[key].hint
-    assert "first wrong at hook_q" in results["attention"].parting, results["attention"].parting
+    assert "first wrong at q.hook_out" in results["attention"].parting, results["attention"].parting

@@ -53,13 +53,13 @@ LN_COMPACT = (
     "              - normalized * (dnormalized * normalized).mean(-1, keepdims=True)) / scale\n"
 )
 BLOCK_LN1 = 'dresid_pre = dresid_mid + (self.ln1.backward(dattn_in) if norm == "pre" else dattn_in)'
-V_PATH = '            + np.einsum("hmd,bphd->bpm", self.W_V.data, dv, optimize=True)\n'
+V_PATH = "\n              + self.v.hook_in.backward(dx_v)"
 
 # (id, mistake, exercise key the row is read from, file, reference text, planted text, status, words)
 # words: each must appear in the row's message or hint
 FALSE_PASSES = [
-    ("1 W_pos[:6]", "hard-coded pos: self.W_pos.grad[:6] += ...", "positional", "positional.py",
-     "self.W_pos.grad[:pos]", "self.W_pos.grad[:6]", "wrong", ["wrong with batch 1", "6 is pos", "never write it as a number"]),
+    ("1 W_pos[:6]", "hard-coded pos: np.add.at(self.W_pos.grad, np.arange(6), ...)", "positional", "positional.py",
+     "positions[0]", "np.arange(6)", "wrong", ["wrong with batch 1", "6 is pos", "never write it as a number"]),
     ("1 reshape(30, 10)", "hard-coded sizes: x.reshape(30, 10)", "unembed", "unembed.py", UNEMBED_W,
      "self.W_U.grad += x.reshape(30, 10).T @ dlogits.reshape(30, 13)", "wrong",
      ["wrong with batch 1", "30 is batch * pos", "10 is d_model"]),
@@ -116,7 +116,7 @@ STUCK = [
      'dz = np.einsum("hdm,bpm->bphd", self.W_O.data, dout, optimize=True)',
      'dz = np.einsum("hmd,bpm->bphd", self.W_O.data, dout, optimize=True)', "wrong", ["W_O", "\"hdm\""]),
     ("positional broadcast", "self.W_pos.grad += dpos_embed.sum(axis=0)", "positional", "positional.py",
-     "self.W_pos.grad[:pos]", "self.W_pos.grad", "wrong", ["[n_ctx, d_model]", "[pos, d_model]", "[:pos] +="]),
+     "np.add.at(self.W_pos.grad, positions[0], dpos_embed.sum(axis=0))", "self.W_pos.grad += dpos_embed.sum(axis=0)", "wrong", ["[n_ctx, d_model]", "[pos, d_model]", "[:pos] +="]),
     ("dv_h untransposed", "dv_h = pattern @ dz_h", "attention", "attention.py",
      "dv_h = pattern.swapaxes(-1, -2) @ dz_h", "dv_h = pattern @ dz_h", "wrong",
      ["pattern used untransposed", "pattern.swapaxes(-1, -2) @ dz_h"]),

@@ -53,6 +53,7 @@ def test_copy_with_reference_bodies_is_done_everywhere(solved):
             assert tensor.reference <= 1e-7, f"{result.key} {tensor.tensor}"
             if result.key not in STEP_KEYS:  # the steps are compared with the reference only
                 assert tensor.numeric is not None and tensor.numeric <= 1e-7, f"{result.key} {tensor.tensor}"
+    # 11 exercises (rmsnorm and swiglu among them) and attention's 4 steps
     assert "15 of 15 checked done." in format_results(results, solved)
 
 

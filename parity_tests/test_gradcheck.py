@@ -130,7 +130,7 @@ def test_a_nan_gradient_is_stopped_at_the_boundary():
     # a backward that makes NaN from finite inputs never reaches the comparison: the boundary names it
     Wrong = planted(np_layernorm.LayerNorm, "dx = dcentered + dmean / d_model", "dx = dcentered * np.nan")
     cfg = Variant("test").config()
-    with pytest.raises(NonFiniteError, match="LayerNorm.backward: the gradient it returns holds nan"):
+    with pytest.raises(NonFiniteError, match="LayerNorm.backward: the gradient (it returns|at hook_in) holds nan"):
         gradcheck(randomize_parameters(Wrong(cfg), 1), *make_inputs("LayerNorm", cfg, 2), sample=SAMPLE)
 
 

@@ -135,7 +135,8 @@ def test_a_twin_forward_and_backward_synchronise_once_each(monkeypatch):
     twin.zero_grad()
     with guard_every_hook():
         twin(tokens).backward(dout_t)
-    points = len(twin.hook_dict)
+    # an alias is one point; embed.hook_in holds token ids, which have no gradient
+    points = len({id(point) for name, point in twin.hook_dict.items() if name != "embed.hook_in"})
     assert len(counter.syncs) > 2 * points and counter.hooks >= points
 
 

@@ -48,7 +48,7 @@ def test_products_and_their_gradients_are_c_contiguous(dtype):
 
     attn = build(npi, "MultiHeadAttention", cfg, seed=3)
     arrays["attention out"] = attn.forward(x)
-    _, q_h, k_h, v_h, *_ = attn.cache
+    _, _, _, q_h, k_h, v_h, *_ = attn.cache  # x_q, x_k, x_v first
     for name, head_first in (("q", q_h), ("k", k_h), ("v", v_h)):
         arrays[name] = head_first.transpose(0, 2, 1, 3)  # back to [batch, pos, head, d_head]: the einsum's result
     arrays["attention dx"] = attn.backward(random(x.shape, dtype, 4))

@@ -123,5 +123,6 @@ def test_dtype_is_kept_everywhere(dtype):
     model.backward(np.random.default_rng(0).standard_normal(out.shape).astype(dtype))
     assert out.dtype == np.dtype(dtype)
     assert all(p.grad.dtype == np.dtype(dtype) for p in model.parameters())
-    wrong = [(name, d) for name, d in seen if d != np.dtype(dtype)]
+    ids = ("embed.hook_in", "pos_embed.hook_in")  # token and position ids: integers
+    wrong = [(name, d) for name, d in seen if d != np.dtype(dtype) and name not in ids]
     assert seen and not wrong, wrong

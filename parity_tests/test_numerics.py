@@ -192,7 +192,7 @@ def test_attention_with_huge_scores_is_one_hot_and_finite(dtype, causal):
     out, dx, out_t, dx_t = forward_backward(np_attn, torch_attn, x, dout)
     assert all_finite(out, dx, out_t, dx_t)
     assert all(all_finite(p.grad) for _, p in np_attn.named_parameters())
-    pattern = np_attn.cache[4]
+    pattern = np_attn.cache[6]  # probs: after x_q, x_k, x_v, q_h, k_h, v_h
     assert np.array_equal(np.sort(pattern, axis=-1)[..., -1], np.ones(pattern.shape[:-1])), "rows must be one-hot"
     assert_close("torch twin output", out_t, out, dtype)
     assert_close("torch twin input gradient", dx_t, dx, dtype)

@@ -52,7 +52,7 @@ CONFIGS = {
 # --- every hook holds what TransformerLens's hook of the same name holds ---
 
 def _layer_norm(x, w, b):
-    """TransformerLens's LayerNorm: hook_scale = sqrt(var + eps), hook_normalized = centred / scale * w + b."""
+    """TransformerLens 2.18's LayerNorm: hook_scale = sqrt(var + eps), hook_normalized = centred / scale * w + b."""
     centered = x - x.mean(-1, keepdims=True)
     scale = np.sqrt((centered**2).mean(-1, keepdims=True) + 1e-5)
     return scale, centered / scale * w + b
@@ -104,11 +104,19 @@ def test_every_hook_holds_what_transformer_lens_defines(act_fn):
             expected[pre + "hook_resid_post"] = resid
         scale, x = _layer_norm(resid, sd["ln_final.w"], sd["ln_final.b"])
         expected["ln_final.hook_scale"], expected["ln_final.hook_normalized"] = scale, x
-        assert sorted(expected) == sorted(c), "the model's hooks are not TransformerLens's list"
+        # TransformerLens 2.18's names and meanings; its hook_normalized (after w and b) is the LayerNorm's
+        # hook_out in TransformerLens 4 and here, where hook_normalized is (x - mean) / scale, before them
+        renamed = {name: name.replace("hook_normalized", "hook_out") for name in expected}
+        assert set(renamed.values()) <= set(c), "the model lacks some of TransformerLens 2.18's hooks"
         for name, value in expected.items():
+            mine = c[renamed[name]]
             finite = np.isfinite(value)
-            assert np.array_equal(finite, np.isfinite(c[name])), name  # -inf exactly where the mask is
-            assert rel_err(np.where(finite, c[name], 0), np.where(finite, value, 0)) < SUM_TOL, name
+            assert np.array_equal(finite, np.isfinite(mine)), name  # -inf exactly where the mask is
+            assert rel_err(np.where(finite, mine, 0), np.where(finite, value, 0)) < SUM_TOL, name
+            if name.endswith("hook_normalized"):  # TransformerLens 4's: before w and b
+                ln = name[: -len("hook_normalized")]
+                rebuilt = c[name] * sd[ln + "w"] + sd[ln + "b"]
+                assert rel_err(rebuilt, value) < SUM_TOL, name
         assert rel_err(out, x @ sd["unembed.W_U"] + sd["unembed.b_U"]) < SUM_TOL
 
 
@@ -270,7 +278,7 @@ def test_logit_lens_last_layer_gives_the_logits():
     for c, o in ((cache, out), (cache_t, out_t)):
         lens = to_numpy(c.accumulated_resid(apply_ln=True))  # [layer + 1, batch, pos, d_model]
         assert rel_err(lens[-1] @ model.W_U + model.b_U, to_numpy(o)) < SUM_TOL
-        assert rel_err(lens[-1], to_numpy(c["ln_final.hook_normalized"])) < SUM_TOL  # the LayerNorm's output
+        assert rel_err(lens[-1], to_numpy(c["ln_final.hook_out"])) < SUM_TOL  # the LayerNorm's output
     assert rel_err(cache_t.accumulated_resid(apply_ln=True), cache.accumulated_resid(apply_ln=True)) < TOL["float64"]
     # the logit lens leaves the NumPy model's own ln_final ready for a backward pass of the last run
     model.zero_grad()
@@ -643,9 +651,12 @@ def test_run_with_cache_takes_the_forwards_arguments():
     for m in (model, twin):
         loss, cache = m.run_with_cache(tokens, return_type="loss")
         close(loss, tl_loss(logits, tokens))
-        assert sorted(cache.keys()) == sorted(acts)
+        # TransformerLens 2.18's names, each holding 2.18's value; 4 adds more names, and its LayerNorm's
+        # hook_out is 2.18's hook_normalized (after w and b)
+        renamed = {name: name.replace("hook_normalized", "hook_out") for name in acts}
+        assert set(renamed.values()) <= set(cache.keys())
         for name, value in acts.items():
-            close(cache[name], value)
+            close(cache[renamed[name]], value)
         per_token, cache = m.run_with_cache(tokens, return_type="loss", loss_per_token=True, names_filter="pattern1")
         close(per_token, tl_loss(logits, tokens, per_token=True))
         assert list(cache.keys()) == ["blocks.1.attn.hook_pattern"]
@@ -850,7 +861,7 @@ def test_hooks_context_removes_only_its_own_hooks():
             assert len(m.hook_dict["hook_pos_embed"].fwd_hooks) == 2  # the inner block left its hook on
         assert len(m.hook_dict["hook_pos_embed"].fwd_hooks) == 1  # the outer block took only its own
         m(tokens)
-        assert outer == ["hook_embed"]
+        assert outer == ["embed.hook_out"]  # hook_embed: an alias; hook.name is the point's own name
         m.reset_hooks()
         assert all(not p.fwd_hooks for p in m.hook_points())
 
@@ -866,8 +877,9 @@ def test_hook_points_know_their_name_layer_and_context():
             hook.ctx["calls"] = hook.ctx.get("calls", 0) + 1
 
         m.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith(("hook_z", "ln2.hook_scale")), note)])
-        assert seen == {"blocks.0.attn.hook_z": 0, "blocks.0.ln2.hook_scale": 0,
-                        "blocks.1.attn.hook_z": 1, "blocks.1.ln2.hook_scale": 1}
+        # hook_z is an alias of o.hook_in: hook.name is the point's own name
+        assert seen == {"blocks.0.attn.o.hook_in": 0, "blocks.0.ln2.hook_scale": 0,
+                        "blocks.1.attn.o.hook_in": 1, "blocks.1.ln2.hook_scale": 1}
         assert m.hook_dict["blocks.1.attn.hook_z"].ctx == {"calls": 1}
         m.run_with_hooks(tokens, fwd_hooks=[("z1", note)], clear_contexts=True)
         assert m.hook_dict["blocks.1.attn.hook_z"].ctx == {}
@@ -895,7 +907,7 @@ def test_hook_functions_are_called_with_hook_as_a_keyword():
             names.append(hook.name)
 
         m.run_with_hooks(tokens_for(HABITS_CFG), fwd_hooks=[("hook_embed", keyword_only)])
-        assert names == ["hook_embed"]
+        assert names == ["embed.hook_out"]  # hook_embed is an alias of embed.hook_out
 
 
 def test_get_act_name_reads_transformer_lens_short_names():

@@ -50,7 +50,16 @@ import torch_impl
 from foundation.contract.agreement import is_exact_zero
 from gradcheck.factory import randomize_parameters
 
-from .source import HOOK_BACKWARD, PARAMETER_GRAD, SHAPE_COMMENT, Part, Section, Unit, strip_comment
+from .source import (
+    HOOK_BACKWARD,
+    PARAMETER_GRAD,
+    SHAPE_COMMENT,
+    Part,
+    Section,
+    Unit,
+    hook_path,
+    strip_comment,
+)
 
 DTYPES = ("float64", "float32")
 TWIN_PACKAGES = {"numpy": numpy_impl, "torch": torch_impl}
@@ -412,6 +421,10 @@ def run_once(functions: dict, model: str, dtype: str, tokens: np.ndarray, d_voca
                 plain_losses[1](out_t, torch.from_numpy(targets))
             else:  # the gradient of sum(out * upstream) is upstream: autograd starts from a scalar
                 (out_t * torch.from_numpy(upstream)).sum().backward(retain_graph=True)
+    for name, point in reference.hook_dict.items():  # an alias (hook_q) holds its point's gradient (q.hook_out)
+        for found in grads.values():
+            if point.name in found:
+                found.setdefault(name, found[point.name])
     # the gradient each component's output received, copied before any autograd.grad below adds to it
     outputs = [(stem, part, call, call.returned.grad.clone())
                for (twin_name, stem, part, kind), calls in tracer.calls.items()
@@ -535,7 +548,7 @@ def compare_gradients(part: Part, section: Section, runs: list[Run], found: Meas
             gap, names = Gap(), []
             for run in runs:
                 for module in modules_of(run.calls, section.stem, part.name):
-                    name = f"{module}.{hook}" if module else hook
+                    name = f"{module}.{hook_path(hook)}" if module else hook_path(hook)
                     if name in run.numpy_hook_grads and name in run.torch_hook_grads:
                         gaps = gap_of(run.numpy_hook_grads[name], run.torch_hook_grads[name])
                         gap.add(run.dtype, *gaps, name + "_grad")

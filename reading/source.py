@@ -47,10 +47,20 @@ MAX_SOURCE_BYTES = 1 << 20  # a component file is a few KB: a longer one is no c
 EXERCISE_MARK = re.compile(r"^\s*#\s*EXERCISE (BEGIN|END\s*$|STEP )")
 FORWARD_QUOTE = re.compile(r"^\s*#\s*forward:\s*(.*)$")
 SHAPE_COMMENT = re.compile(r"^#\s*(\[[^\]]*\])(.*)$")
-HOOK_CALL = re.compile(r"\bself\.(hook_\w+)\(")
-HOOK_BACKWARD = re.compile(r"\bself\.(hook_\w+)\.backward\(")
+# a hook point of the component (self.hook_scale) or of one of its projections (self.q.hook_in)
+HOOK_CALL = re.compile(r"\bself\.((?:\w+\.)?hook_\w+)\(")
+HOOK_BACKWARD = re.compile(r"\bself\.((?:\w+\.)?hook_\w+)\.backward\(")
 PARAMETER_GRAD = re.compile(r"\bself\.(\w+)\.grad\b")
-HOOK_DEFINITION = re.compile(r"\bself\.(hook_\w+)\s*=\s*HookPoint\([^)]*\)\s*(#\s*(\[[^\]]*\]))?")
+# a hook point made here, or a second name for one (self.hook_q = self.q.hook_out)
+HOOK_DEFINITION = re.compile(
+    r"\bself\.(hook_\w+)\s*=\s*(?:HookPoint\([^)]*\)|self\.[\w.]+)\s*(#\s*(\[[^\]]*\]))?"
+)
+
+
+def hook_path(attribute: str) -> str:
+    """A hook's path below its component as hook names spell it: ``in_.hook_in`` -> ``in.hook_in``
+    (``in_`` is FeedForward's property for its ``in``, a Python keyword)."""
+    return "in." + attribute[len("in_."):] if attribute.startswith("in_.") else attribute
 
 
 @dataclass
@@ -347,7 +357,7 @@ def link_steps(steps: list[Step], rows: list[Row]) -> None:
                     found.add(best)
                     found |= lines_between(numpy_rows, inputs, best)
         for hook in HOOK_BACKWARD.findall(text):
-            found |= {k for k, unit in numpy_rows if re.search(rf"\bself\.{hook}\(", unit.code)}
+            found |= {k for k, unit in numpy_rows if re.search(rf"\bself\.{re.escape(hook)}\(", unit.code)}
         for parameter in PARAMETER_GRAD.findall(text):
             found |= {k for k, unit in numpy_rows if re.search(rf"\bself\.{parameter}\.data\b", unit.code)}
         step.undoes = sorted(found)

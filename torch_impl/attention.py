@@ -9,6 +9,12 @@ For each head h, with x the input [batch, pos, d_model]:
     z = pattern v
     out = sum over heads of z W_O[h]  + b_O
 
+Hook points, as TransformerLens 4 names them: ``hook_in`` (x); ``q.hook_in`` / ``q.hook_out`` (x as
+the query projection reads it, and q; ``hook_q`` is another name for ``q.hook_out``), the same for
+k and v; ``hook_rot_q`` and ``hook_rot_k`` (q and k turned, rotary only); ``hook_attn_scores``,
+``hook_pattern``; ``o.hook_in`` (z, alias ``hook_z``) and ``o.hook_out``; then
+``hook_hidden_states`` and ``hook_out`` (out).
+
 The Llama family adds two steps between the projections and the scores. Rotary position
 embedding (``cfg.positional == "rotary"``, rotary.py) turns q and k by angles that grow with the
 position. Grouped-query attention (``GroupedQueryAttention``, below) keeps fewer key/value heads
@@ -27,7 +33,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import Constant, HookPoint, Module, boundary, default_rng
+from .module import Constant, HookPoint, Module, Projection, boundary, default_rng
 from .rotary import rotary_tables, rotate
 
 
@@ -59,15 +65,21 @@ class MultiHeadAttention(Module):
             rotary_cos, rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
             self.register_buffer("rotary_cos", rotary_cos, persistent=False)
             self.register_buffer("rotary_sin", rotary_sin, persistent=False)
-        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        # q, k, v, o: the hook points around each projection (TransformerLens 4's attn.q, ...)
+        self.q, self.k, self.v = Projection(), Projection(), Projection()
+        self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; an alias: one point, two names
+        self.hook_k = self.k.hook_out  # [batch, pos, head, d_head]
+        self.hook_v = self.v.hook_out  # [batch, pos, head, d_head]
         if cfg.positional == "rotary":
             self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
             self.hook_rot_k = HookPoint()  # [batch, pos, head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
-        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.o = Projection()
+        self.hook_z = self.o.hook_in  # [batch, pos, head, d_head]
+        self.hook_hidden_states = HookPoint()  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
 
     @staticmethod
     def for_config(cfg, rng=None):
@@ -77,10 +89,14 @@ class MultiHeadAttention(Module):
     @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+        x = self.hook_in(x)
         pos = x.shape[1]
-        q = torch.einsum("hmd,bpm->bphd", self.W_Q, x) + self.b_Q  # [batch, pos, head, d_head]
-        k = torch.einsum("hmd,bpm->bphd", self.W_K, x) + self.b_K  # [batch, pos, head, d_head]
-        v = torch.einsum("hmd,bpm->bphd", self.W_V, x) + self.b_V  # [batch, pos, head, d_head]
+        x_q = self.q.hook_in(x)  # [batch, pos, d_model]: x as the query projection reads it
+        x_k = self.k.hook_in(x)  # [batch, pos, d_model]
+        x_v = self.v.hook_in(x)  # [batch, pos, d_model]
+        q = torch.einsum("hmd,bpm->bphd", self.W_Q, x_q) + self.b_Q  # [batch, pos, head, d_head]
+        k = torch.einsum("hmd,bpm->bphd", self.W_K, x_k) + self.b_K  # [batch, pos, head, d_head]
+        v = torch.einsum("hmd,bpm->bphd", self.W_V, x_v) + self.b_V  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
             cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
@@ -107,6 +123,7 @@ class MultiHeadAttention(Module):
         z = (pattern @ v_h).permute(0, 2, 1, 3)  # [batch, pos, head, d_head]
         z = self.hook_z(z)
         out = torch.einsum("hdm,bphd->bpm", self.W_O, z) + self.b_O  # [batch, pos, d_model]
+        out = self.hook_out(self.hook_hidden_states(self.o.hook_out(out)))  # [batch, pos, d_model]
         return out
 
 
@@ -141,15 +158,21 @@ class GroupedQueryAttention(MultiHeadAttention):
             rotary_cos, rotary_sin = rotary_tables(cfg)  # [n_ctx, half] each
             self.register_buffer("rotary_cos", rotary_cos, persistent=False)
             self.register_buffer("rotary_sin", rotary_sin, persistent=False)
-        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        # q, k, v, o: the hook points around each projection (TransformerLens 4's attn.q, ...)
+        self.q, self.k, self.v = Projection(), Projection(), Projection()
+        self.hook_q = self.q.hook_out  # [batch, pos, head, d_head]; an alias: one point, two names
+        self.hook_k = self.k.hook_out  # [batch, pos, kv_head, d_head]
+        self.hook_v = self.v.hook_out  # [batch, pos, kv_head, d_head]
         if cfg.positional == "rotary":
             self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
             self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
-        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.o = Projection()
+        self.hook_z = self.o.hook_in  # [batch, pos, head, d_head]
+        self.hook_hidden_states = HookPoint()  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
 
     W_K = property(lambda self: self._W_K)  # [kv_head, d_model, d_head]
     W_V = property(lambda self: self._W_V)  # [kv_head, d_model, d_head]

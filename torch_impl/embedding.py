@@ -10,7 +10,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import Module, boundary, default_rng
+from .module import HookPoint, Module, boundary, default_rng
 
 
 class TokenEmbedding(Module):
@@ -22,9 +22,13 @@ class TokenEmbedding(Module):
         self.cfg = check_config(cfg)
         dtype = getattr(torch, cfg.dtype)
         self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model, generator=rng, dtype=dtype))
+        self.hook_in = HookPoint()  # [batch, pos] token ids
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] int -> embed [batch, pos, d_model]"""
+        tokens = self.hook_in(tokens)
         embed = self.W_E[tokens]  # [batch, pos, d_model]
+        embed = self.hook_out(embed)
         return embed

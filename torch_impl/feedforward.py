@@ -5,6 +5,10 @@ Einsum letters: b batch, p pos, m d_model, f d_mlp.
 
     pre = x W_in + b_in,   post = act(pre),   out = post W_out + b_out
 
+Hook points, as TransformerLens 4 names them: ``hook_in`` (x), ``in.hook_in`` (x as W_in reads it),
+``in.hook_out`` (pre, alias ``hook_pre``), ``out.hook_in`` (post, alias ``hook_post``),
+``out.hook_out`` and ``hook_out`` (out).
+
 act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks & Gimpel):
     gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))
 or the exact GELU ("gelu", torch.nn.GELU()), u times the standard normal CDF:
@@ -22,7 +26,7 @@ from torch import nn
 from foundation.contract.checks import check_config
 
 from .gated_feedforward import GatedFeedForward
-from .module import Constant, HookPoint, Module, boundary, default_rng
+from .module import Constant, HookPoint, Module, Projection, boundary, default_rng
 
 GELU_C = math.sqrt(2.0 / math.pi)
 SQRT_2 = math.sqrt(2.0)
@@ -41,13 +45,26 @@ class FeedForward(Module):
         self.b_in = bias(torch.zeros(cfg.d_mlp, dtype=dtype))
         self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model, generator=rng, dtype=dtype) / math.sqrt(cfg.d_mlp))
         self.b_out = bias(torch.zeros(cfg.d_model, dtype=dtype))
-        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
-        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        # in, out: the hook points around W_in and W_out (TransformerLens 4's mlp.in and mlp.out;
+        # "in" is a Python keyword, so it is set by name and read as self.in_)
+        setattr(self, "in", Projection())
+        self.hook_pre = self.in_.hook_out  # [batch, pos, d_mlp]; an alias: one point, two names
+        self.out = Projection()
+        self.hook_post = self.out.hook_in  # [batch, pos, d_mlp]
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
+
+    @property
+    def in_(self):
+        """``mlp.in``, the hook points around W_in (``self.in`` would be a syntax error)."""
+        return getattr(self, "in")
 
     @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        pre = torch.einsum("mf,bpm->bpf", self.W_in, x) + self.b_in  # [batch, pos, d_mlp]
+        x = self.hook_in(x)
+        x_in = self.in_.hook_in(x)  # [batch, pos, d_model]
+        pre = torch.einsum("mf,bpm->bpf", self.W_in, x_in) + self.b_in  # [batch, pos, d_mlp]
         pre = self.hook_pre(pre)
         if self.cfg.act_fn == "relu":
             post = torch.relu(pre)  # [batch, pos, d_mlp]; its gradient at pre == 0 is 0, as the reference's
@@ -60,6 +77,7 @@ class FeedForward(Module):
             post = 0.5 * pre * (1 + tanh)  # [batch, pos, d_mlp]
         post = self.hook_post(post)
         out = torch.einsum("fm,bpf->bpm", self.W_out, post) + self.b_out  # [batch, pos, d_model]
+        out = self.hook_out(self.out.hook_out(out))  # [batch, pos, d_model]
         return out
 
     @staticmethod

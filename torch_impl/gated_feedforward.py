@@ -8,6 +8,11 @@ Einsum letters: b batch, p pos, m d_model, f d_mlp.
 
 TransformerLens's ``GatedMLP`` names: ``W_gate`` is Llama's gate_proj, ``W_in`` its up_proj,
 ``W_out`` its down_proj; ``hook_pre`` holds x W_gate, ``hook_pre_linear`` x W_in. No biases.
+
+Hook points, as TransformerLens 4 names them: ``hook_in`` (x); ``gate.hook_in`` and ``in.hook_in``
+(x as W_gate and W_in read it); ``gate.hook_out`` (pre, alias ``hook_pre``), ``in.hook_out``
+(pre_linear, alias ``hook_pre_linear``), ``out.hook_in`` (post, alias ``hook_post``),
+``out.hook_out`` and ``hook_out`` (out).
 """
 
 import math
@@ -17,7 +22,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import HookPoint, Module, boundary, default_rng
+from .module import HookPoint, Module, Projection, boundary, default_rng
 
 
 class GatedFeedForward(Module):
@@ -32,20 +37,36 @@ class GatedFeedForward(Module):
         self.W_gate = nn.Parameter(torch.randn(d_model, d_mlp, generator=rng, dtype=dtype) / math.sqrt(d_model))
         self.W_in = nn.Parameter(torch.randn(d_model, d_mlp, generator=rng, dtype=dtype) / math.sqrt(d_model))
         self.W_out = nn.Parameter(torch.randn(d_mlp, d_model, generator=rng, dtype=dtype) / math.sqrt(d_mlp))
-        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
-        self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp]
-        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        # gate, in, out: the hook points around W_gate, W_in and W_out (TransformerLens 4's
+        # mlp.gate, mlp.in, mlp.out; "in" is a Python keyword: set by name, read as self.in_)
+        self.gate = Projection()
+        self.hook_pre = self.gate.hook_out  # [batch, pos, d_mlp]; an alias: one point, two names
+        setattr(self, "in", Projection())
+        self.hook_pre_linear = self.in_.hook_out  # [batch, pos, d_mlp]
+        self.out = Projection()
+        self.hook_post = self.out.hook_in  # [batch, pos, d_mlp]
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
+
+    @property
+    def in_(self):
+        """``mlp.in``, the hook points around W_in (``self.in`` would be a syntax error)."""
+        return getattr(self, "in")
 
     @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
-        pre = torch.einsum("mf,bpm->bpf", self.W_gate, x)  # [batch, pos, d_mlp]
+        x = self.hook_in(x)
+        x_gate = self.gate.hook_in(x)  # [batch, pos, d_model]: x as W_gate reads it
+        x_in = self.in_.hook_in(x)  # [batch, pos, d_model]: x as W_in reads it
+        pre = torch.einsum("mf,bpm->bpf", self.W_gate, x_gate)  # [batch, pos, d_mlp]
         pre = self.hook_pre(pre)
-        pre_linear = torch.einsum("mf,bpm->bpf", self.W_in, x)  # [batch, pos, d_mlp]
+        pre_linear = torch.einsum("mf,bpm->bpf", self.W_in, x_in)  # [batch, pos, d_mlp]
         pre_linear = self.hook_pre_linear(pre_linear)
         sigmoid = 1 / (1 + torch.exp(-pre))  # [batch, pos, d_mlp]
         act = pre * sigmoid  # [batch, pos, d_mlp]; silu(pre)
         post = act * pre_linear  # [batch, pos, d_mlp]
         post = self.hook_post(post)
         out = torch.einsum("fm,bpf->bpm", self.W_out, post)  # [batch, pos, d_model]
+        out = self.hook_out(self.out.hook_out(out))  # [batch, pos, d_model]
         return out

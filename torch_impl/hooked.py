@@ -53,5 +53,8 @@ class HookedMixin(_HookedMixin):
         CrossEntropyLoss()(logits[:, :-1], tokens[:, 1:].to(logits.device)).backward()
         return logits.grad.cpu().numpy()  # [batch, pos, d_vocab]
 
+    def _named_modules_and_aliases(self):
+        return self.named_modules(remove_duplicate=False)
+
     def _layer_norm_pre(self, cfg):
         return LayerNormPre(cfg).to(self.device)

@@ -5,8 +5,9 @@ Axes: batch, pos (sequence position), d_model (residual width; the normalised ax
     out = (x - mean(x)) / sqrt(var(x) + eps) * w + b
 
 with the biased variance and eps = 1e-5 inside the square root, as ``torch.nn.LayerNorm``.
-The denominator is TransformerLens's ``hook_scale``; ``hook_normalized`` holds the output, after
-w and b, as TransformerLens's hook of that name does.
+The denominator is TransformerLens's ``hook_scale``; ``hook_normalized`` holds
+``(x - mean) / scale``, before w and b, and ``hook_out`` the output, after them (TransformerLens
+4's meanings; in 2.x ``hook_normalized`` was the output). ``hook_in`` holds x.
 """
 
 import torch
@@ -29,20 +30,24 @@ class LayerNorm(Module):
         dtype = getattr(torch, cfg.dtype)
         self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=dtype))
         self.b = nn.Parameter(torch.zeros(cfg.d_model, dtype=dtype))
-        self.hook_scale = HookPoint(always=True)  # [batch, pos, 1]; guarded always: x / inf = 0 is finite
-        self.hook_normalized = HookPoint()  # [batch, pos, d_model]: the output, after w and b
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        self.hook_scale = HookPoint(always=True)  # [batch, pos, 1]; always: x / inf = 0 is finite
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]: before w and b
+        self.hook_out = HookPoint()  # [batch, pos, d_model]: after w and b
 
     @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+        x = self.hook_in(x)
         mean = x.mean(dim=-1, keepdim=True)  # [batch, pos, 1]
         centered = x - mean  # [batch, pos, d_model]
         var = (centered**2).mean(dim=-1, keepdim=True)  # [batch, pos, 1]
         scale = torch.sqrt(var + EPS)  # [batch, pos, 1]
         scale = self.hook_scale(scale)
         normalized = centered / scale  # [batch, pos, d_model]
+        normalized = self.hook_normalized(normalized)
         out = normalized * self.w + self.b  # [batch, pos, d_model]
-        out = self.hook_normalized(out)
+        out = self.hook_out(out)
         return out
 
     @staticmethod
@@ -59,7 +64,7 @@ class LayerNormPre(LayerNorm):
     What ``fold_layer_norm`` leaves once w and b live in the weights that read the output. The
     forward is LayerNorm's with w fixed at ones and b at zeros: buffers, not parameters (no
     state_dict entries, nothing trained), and ``normalized * 1 + 0`` is ``normalized`` exactly,
-    so hook_normalized holds centered / scale, as TransformerLens's.
+    so hook_out holds centered / scale, as hook_normalized does.
     """
 
     def __init__(self, cfg, rng=None):

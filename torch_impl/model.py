@@ -43,38 +43,44 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         rng = default_rng(seed)
         self.cfg = check_config(cfg)
         self.embed = TokenEmbedding(cfg, rng)
-        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_embed = self.embed.hook_out  # [batch, pos, d_model]; TransformerLens's alias: one point
         if cfg.positional == "learned":
             self.pos_embed = LearnedPositionalEmbedding(cfg, rng)
         elif cfg.positional == "sinusoidal":
             self.pos_embed = SinusoidalPositionalEncoding(cfg, rng)
         if cfg.positional != "rotary":  # rotary: positions enter inside attention, through q and k
-            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+            self.hook_pos_embed = self.pos_embed.hook_out  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([TransformerBlock(cfg, rng) for _ in range(cfg.n_layers)])
         if cfg.normalization == "pre":
             self.ln_final = LayerNorm.for_config(cfg)
         if cfg.unembed:
             self.unembed = Unembed(cfg, rng)
+            self.hook_unembed = self.unembed.hook_out  # [batch, pos, d_vocab]
         for name, module in self.named_modules():
-            if isinstance(module, HookPoint):
-                module.name = name
+            if isinstance(module, HookPoint) and module.name is None:
+                module.name = name  # its own name: an alias (hook_embed) comes after it (embed.hook_out)
 
-    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag")
-    def forward(self, tokens, return_type="logits", loss_per_token=False):
+    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer")
+    def forward(self, tokens, return_type="logits", loss_per_token=False, stop_at_layer=None):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
         (logits, loss) or None; ``loss_per_token``: the loss of each predicted token [batch, pos - 1].
+        ``stop_at_layer=k``: stop before block k and return the residual stream entering it
+        [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
         Tokens go to the model's device.
         """
-        embed = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
+        embed = self.embed(tokens)  # [batch, pos, d_model]
         if self.cfg.positional == "rotary":
             resid = embed  # [batch, pos, d_model]
         else:
-            pos_embed = self.hook_pos_embed(self.pos_embed(tokens))  # [batch, pos, d_model]
+            pos_embed = self.pos_embed(tokens)  # [batch, pos, d_model]
             resid = embed + pos_embed  # [batch, pos, d_model]
-        for block in self.blocks:
+        stop = self._stop_layer(stop_at_layer)
+        for block in self.blocks[:stop]:
             resid = block(resid)  # [batch, pos, d_model]
+        if stop < self.cfg.n_layers:
+            return self._stopped(resid)
         if self.cfg.normalization == "pre":
             resid = self.ln_final(resid)  # [batch, pos, d_model]
         out = self.unembed(resid) if self.cfg.unembed else resid  # [batch, pos, d_vocab or d_model]

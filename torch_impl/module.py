@@ -304,9 +304,12 @@ class HookPoint(nn.Module, HookLists):
             changed = hooked != x.detach()  # like x: True where a hook changed the value
             if changed.any():
                 x = torch.where(changed, hooked, x)  # the hook's values are constants: no gradient reaches x there
-        if self.bwd_hooks and torch.is_grad_enabled():
+        if self.bwd_hooks and torch.is_grad_enabled() and x.is_floating_point():  # ids have no gradient
             if not x.requires_grad:
                 x = x.detach().requires_grad_()  # a constant (the sinusoidal table): a leaf, so it has a gradient
+            else:
+                x = x.view_as(x)  # a node of its own: its gradient is what flows through this point alone,
+                # as the reference's (x may go elsewhere too: a residual stream, or q, k and v's inputs)
             x.register_hook(functools.partial(self.backward, forward_call=tuple(calls()[:1] + calls()[-1:])))
         return x
 
@@ -321,3 +324,17 @@ class HookPoint(nn.Module, HookLists):
     def _guard_gradient(self, forward_call, dx):
         """The gradient autograd brings to this hook point, guarded as the reference's ``HookPoint.backward`` guards it."""
         guard(dx, lambda: f"the gradient at {hook_label(self, forward_call[-1].module)}", forward_call)
+
+
+class Projection(nn.Module):
+    """The hook points around one linear map inside a component: TransformerLens 4's ``attn.q``,
+    ``attn.k``, ``attn.v``, ``attn.o``, ``mlp.in`` and ``mlp.out``.
+
+    ``hook_in`` holds the map's input, ``hook_out`` its output. The weights stay in the component
+    that multiplies by them (``W_Q``, ``W_in``, ...), under TransformerLens's parameter names.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.hook_in = HookPoint()
+        self.hook_out = HookPoint()

@@ -13,7 +13,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import Module, boundary, default_rng
+from .module import HookPoint, Module, boundary, default_rng
 
 
 def sinusoidal_table(n_ctx, d_model):
@@ -37,12 +37,16 @@ class SinusoidalPositionalEncoding(Module):
         # the table is a buffer, not a parameter, and not in state_dict (persistent=False)
         table = sinusoidal_table(cfg.n_ctx, cfg.d_model).to(dtype)  # [n_ctx, d_model]
         self.register_buffer("table", table, persistent=False)
+        self.hook_in = HookPoint()  # [1, pos] position ids
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape
-        pos_embed = self.table[:pos].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
+        positions = self.hook_in(torch.arange(pos, device=tokens.device)[None, :])  # [1, pos]
+        pos_embed = self.table[positions].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
+        pos_embed = self.hook_out(pos_embed)
         return pos_embed
 
 
@@ -55,10 +59,14 @@ class LearnedPositionalEmbedding(Module):
         self.cfg = check_config(cfg)
         dtype = getattr(torch, cfg.dtype)
         self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model, generator=rng, dtype=dtype))
+        self.hook_in = HookPoint()  # [1, pos] position ids
+        self.hook_out = HookPoint()  # [batch, pos, d_model]
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
         batch, pos = tokens.shape
-        pos_embed = self.W_pos[:pos].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
+        positions = self.hook_in(torch.arange(pos, device=tokens.device)[None, :])  # [1, pos]
+        pos_embed = self.W_pos[positions].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
+        pos_embed = self.hook_out(pos_embed)
         return pos_embed

@@ -17,7 +17,7 @@ from torch import nn
 
 from foundation.contract.checks import check_config
 
-from .module import Module, boundary, default_rng
+from .module import HookPoint, Module, boundary, default_rng
 
 
 class Unembed(Module):
@@ -30,9 +30,13 @@ class Unembed(Module):
         dtype = getattr(torch, cfg.dtype)
         self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.d_vocab, generator=rng, dtype=dtype) / math.sqrt(cfg.d_model))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab, dtype=dtype))
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_vocab]
 
     @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
+        x = self.hook_in(x)
         logits = torch.einsum("mv,bpm->bpv", self.W_U, x) + self.b_U  # [batch, pos, d_vocab]
+        logits = self.hook_out(logits)
         return logits

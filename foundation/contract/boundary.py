@@ -105,7 +105,17 @@ def check_gradient_argument(module, name, value, arguments, array_type):
 def check_output_or_loss_gradient(module, name, value, arguments, array_type):
     """The model's: the gradient of its output, or of the loss the last forward returned (None:
     1)."""
+    if "_output_shape" in vars(module) and module._output_shape is None:
+        raise ValueError(
+            "backward after forward(..., stop_at_layer=k): the run returned an intermediate "
+            "residual stream, not the output; run the whole model to backpropagate"
+        )
     gradient_target(value, module._output_shape, module._loss_shape, module.cfg.dtype)
+
+
+def check_stop_layer_argument(module, name, value, arguments, array_type):
+    """The model's ``stop_at_layer``: None, or an int in [-n_layers, n_layers]."""
+    module._stop_layer(value)
 
 
 KINDS = {
@@ -118,6 +128,7 @@ KINDS = {
     "weights": checked_with_logits,
     "gradient": check_gradient_argument,
     "output or loss gradient": check_output_or_loss_gradient,
+    "layer": check_stop_layer_argument,
 }
 
 

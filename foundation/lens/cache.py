@@ -374,7 +374,13 @@ class ActivationCacheMethods:
         batch_slice = Slice(batch_slice)
         if not self.has_batch_dim and batch_slice.mode != "identity":
             raise ValueError("apply_slice_to_batch_dim: this cache has no batch axis (remove_batch_dim ran)")
-        entries = {name: batch_slice.apply(value, dim=0) for name, value in self.cache_dict.items()}
+        batch = None if self.tokens is None else self.tokens.shape[0]
+
+        def whole_batch(name, value):  # the position ids [1, pos] are one row for every sequence
+            return value[[0] * batch] if name.endswith("pos_embed.hook_in") and batch else value
+
+        entries = {name: batch_slice.apply(whole_batch(name, value), dim=0)
+                   for name, value in self.cache_dict.items()}
         tokens = None if self.tokens is None else batch_slice.apply(self.tokens, dim=0)
         return type(self)(entries, self.cfg, tokens, self.model,
                           has_batch_dim=self.has_batch_dim and batch_slice.mode != "int")

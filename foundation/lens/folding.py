@@ -49,3 +49,50 @@ def fold_layer_norm_weights(state_dict, cfg, center_weights=True):
 def _centered(W, d_model_axis, center):
     """W less its mean over the d_model axis (when ``center``): the part a mean-zero input can see."""
     return W - W.mean(axis=d_model_axis, keepdims=True) if center else W
+
+
+def center_writing_weights(state_dict, cfg):
+    """{name: ndarray} -> a new dict whose weights that write to the residual stream have mean zero
+    over d_model (TransformerLens's ``center_writing_weights``): W_E, W_pos, each W_O and b_O, each
+    W_out and b_out.
+
+    Every LayerNorm that reads the residual stream removes its mean first, so a part of each write
+    along the all-ones direction changes no LayerNorm's output: the logits stay the same (up to
+    rounding), and the residual stream holds only the part the model can see.
+    """
+    centered = dict(state_dict)
+    names = ["embed.W_E"] + (["pos_embed.W_pos"] if "pos_embed.W_pos" in state_dict else [])
+    for i in range(cfg.n_layers):
+        names += [f"blocks.{i}.attn.W_O", f"blocks.{i}.attn.b_O"]
+        if not cfg.attn_only:
+            names += [f"blocks.{i}.mlp.W_out", f"blocks.{i}.mlp.b_out"]
+    for name in names:
+        centered[name] = _centered(centered[name], -1, True)  # d_model is the last axis of each
+    return centered
+
+
+def center_unembed(state_dict):
+    """{name: ndarray} -> a new dict with W_U and b_U less their mean over the vocabulary
+    (TransformerLens's ``center_unembed``): softmax does not change when every logit moves alike."""
+    centered = dict(state_dict)
+    centered["unembed.W_U"] = _centered(centered["unembed.W_U"], -1, True)  # [d_model, d_vocab]
+    centered["unembed.b_U"] = _centered(centered["unembed.b_U"], -1, True)  # [d_vocab]
+    return centered
+
+
+def fold_value_biases(state_dict, cfg):
+    """{name: ndarray} -> a new dict with each b_V folded into b_O (TransformerLens's
+    ``fold_value_biases``).
+
+    Each pattern row sums to 1, so b_V[h] reaches the output as b_V[h] @ W_O[h] at every position:
+        b_O += sum over heads of b_V[h] @ W_O[h],   b_V = 0
+    The attention output stays the same (up to rounding); hook_v and hook_z lose the bias.
+    """
+    folded = dict(state_dict)
+    for i in range(cfg.n_layers):
+        block = f"blocks.{i}.attn."
+        b_V = folded[block + "b_V"]  # [head, d_head]
+        W_O = folded[block + "W_O"]  # [head, d_head, d_model]
+        folded[block + "b_O"] = folded[block + "b_O"] + np.einsum("hd,hdm->m", b_V, W_O)  # [d_model]
+        folded[block + "b_V"] = np.zeros_like(b_V)  # [head, d_head]
+    return folded

@@ -36,6 +36,7 @@ from foundation.contract.arrays import as_numpy
 from foundation.contract.boundary import running_hooks
 from foundation.contract.checks import check_hook_result
 from foundation.lens.cache import ActivationCacheMethods, Slice
+from foundation.lens import folding
 from foundation.lens.folding import fold_layer_norm_weights
 
 # TransformerLens's short names: which part of the model each hook name lives in
@@ -48,6 +49,11 @@ NAME_ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "query": "q", "
                 "value": "v", "mlp_pre": "pre", "mlp_post": "post"}
 LAYER_TYPE_ALIASES = {"a": "attn", "attention": "attn", "m": "mlp", "b": None, "block": None, "blocks": None}
 GRAD_SUFFIX = "_grad"
+# what a cache's pos_slice cuts along: the position axis, -3 in [batch, pos, head, d_head] entries,
+# -1 in the token ids [batch, pos] and the position ids [1, pos]; -2 elsewhere
+HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z",
+              "q.hook_out", "k.hook_out", "v.hook_out", "o.hook_in")
+POSITION_ID_HOOKS = ("embed.hook_in",)
 
 
 class HookNameError(ValueError, KeyError):
@@ -326,10 +332,18 @@ class HookedMixin:
 
     # --- written once: the hook points ---
 
+    def _named_modules_and_aliases(self):
+        """(name, module) for every sub-module, and again under each alias (a second name)."""
+        raise NotImplementedError
+
     @property
     def hook_dict(self):
-        """{full hook name: HookPoint}, in forward order."""
-        return {name: m for name, m in self.named_modules() if isinstance(m, self.hook_point_class)}
+        """{full hook name: HookPoint}, in the order the components are defined. An alias
+        (TransformerLens 4's ``hook_embed`` for ``embed.hook_out``, ``blocks.0.hook_resid_pre`` for
+        ``blocks.0.hook_in``) maps to the same HookPoint as the name it stands for; ``point.name``
+        is that name."""
+        modules = self._named_modules_and_aliases()
+        return {name: m for name, m in modules if isinstance(m, self.hook_point_class)}
 
     @property
     def mod_dict(self):
@@ -358,7 +372,9 @@ class HookedMixin:
                                         f"its hooks are {', '.join(points)}")
                 resolved.append((points[full], fn))
             elif callable(name):
-                resolved.extend((point, fn) for full, point in points.items() if name(full))
+                # a point chosen under two names (an alias) gets the hook once
+                chosen = {id(point): point for full, point in points.items() if name(full)}
+                resolved.extend((point, fn) for point in chosen.values())
             else:
                 raise TypeError(f"{arg}[{i}]: the hook name must be a str or a filter function, got {name!r}")
         return resolved
@@ -375,6 +391,33 @@ class HookedMixin:
     def add_perma_hook(self, name, hook, dir="fwd"):
         """``add_hook(name, hook, dir, is_permanent=True)``."""
         self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def list_hooks(self, name_filter=None, dir="both", including_permanent=True):
+        """{hook name: [LensHandle]} of every hook point with hooks on (TransformerLens 4's
+        ``list_hooks``), under each of its names (an alias too, as the bridge lists them); points
+        without hooks are left out. ``name_filter``: None (all), a name, a list of names or
+        ``name -> bool``; ``dir``: "fwd", "bwd" or "both"; ``including_permanent=False`` leaves
+        permanent hooks out."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
+        _check_flags(including_permanent=including_permanent)
+        if name_filter is None or callable(name_filter):
+            matches = name_filter or (lambda name: True)
+        elif isinstance(name_filter, str) or (isinstance(name_filter, (list, tuple))
+                                              and all(isinstance(n, str) for n in name_filter)):
+            wanted = {name_filter} if isinstance(name_filter, str) else set(name_filter)
+            matches = wanted.__contains__
+        else:
+            raise TypeError(f"name_filter must be None, a hook name, a list of names or a function, "
+                            f"got {name_filter!r}")
+        listed = {}
+        for name, point in self.hook_dict.items():
+            handles = (point.fwd_hooks if dir in ("fwd", "both") else []) + \
+                      (point.bwd_hooks if dir in ("bwd", "both") else [])
+            handles = [h for h in handles if including_permanent or not h.is_permanent]
+            if handles and matches(name):
+                listed[name] = handles
+        return listed
 
     def remove_all_hook_fns(self, direction="both", including_permanent=False, level=None):
         """Remove the hooks of every hook point (see ``HookPoint.remove_hooks``)."""
@@ -450,20 +493,22 @@ class HookedMixin:
         pos_slice = Slice.unwrap(pos_slice)
         self._check_device(device)
 
-        def save(x, hook, is_backward=False):
+        def save(x, hook, name, is_backward=False):
             value = self._snapshot(x, device)
             if remove_batch_dim:
                 if value.shape[0] != 1:
-                    raise ValueError(f"remove_batch_dim needs a batch of 1; {hook.name} has {value.shape[0]}")
+                    raise ValueError(f"remove_batch_dim needs a batch of 1; {name} has {value.shape[0]}")
                 value = value[0]
-            pos_dim = -3 if hook.name.endswith(("hook_q", "hook_k", "hook_v", "hook_z")) else -2
+            pos_dim = -3 if name.endswith(HEAD_HOOKS) else -2
+            pos_dim = -1 if name.endswith(POSITION_ID_HOOKS) else pos_dim
             if value.ndim >= -pos_dim:
                 value = pos_slice.apply(value, dim=pos_dim)
-            cache[hook.name + (GRAD_SUFFIX if is_backward else "")] = value
+            cache[name + (GRAD_SUFFIX if is_backward else "")] = value
 
+        # one caching hook per name: a point with an alias is recorded under both (as the bridge)
         names = self._filtered_names(names_filter)
-        fwd_hooks = [(name, partial(save, is_backward=False)) for name in names]
-        bwd_hooks = [(name, partial(save, is_backward=True)) for name in names] if incl_bwd else []
+        fwd_hooks = [(name, partial(save, name=name, is_backward=False)) for name in names]
+        bwd_hooks = [(name, partial(save, name=name, is_backward=True)) for name in names] if incl_bwd else []
         return cache, fwd_hooks, bwd_hooks
 
     def run_with_cache(self, *model_args, names_filter=None, device=None, remove_batch_dim=False, incl_bwd=False,
@@ -485,6 +530,9 @@ class HookedMixin:
         if remove_batch_dim and tokens.shape[0] != 1:
             raise ValueError(f"remove_batch_dim=True needs a batch of 1, got tokens of shape {tuple(tokens.shape)}")
         returned = _return_type(model_args, model_kwargs)
+        if incl_bwd and model_kwargs.get("stop_at_layer") is not None:
+            raise ValueError("incl_bwd=True cannot be combined with stop_at_layer: the run returns the residual "
+                             "stream entering that layer, not an output to backpropagate (as TransformerLens 4)")
         if incl_bwd and returned is None:
             raise ValueError("incl_bwd=True needs an output to backpropagate; return_type=None returns nothing")
         store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice)
@@ -521,6 +569,8 @@ class HookedMixin:
         unknown = [n for n in wanted if n not in names]
         if unknown:
             raise HookNameError(f"names_filter: this model has no hook named {', '.join(map(repr, unknown))}")
+        # an alias brings its point's own name along (hook_embed: embed.hook_out), as on the bridge
+        wanted += [self.hook_dict[name].name for name in wanted]
         return [name for name in names if name in wanted]
 
     # --- written once: folding the LayerNorms ---
@@ -554,13 +604,50 @@ class HookedMixin:
             if not cfg.attn_only:
                 block.ln2 = self._layer_norm_pre(folded_cfg)
         self.ln_final = self._layer_norm_pre(folded_cfg)
-        for name, module in self.named_modules():
+        named = set()
+        for name, module in self._named_modules_and_aliases():
             if hasattr(module, "cfg"):
                 module.cfg = folded_cfg
-            if isinstance(module, self.hook_point_class):
-                module.name = name
+            if isinstance(module, self.hook_point_class) and id(module) not in named:
+                module.name = name  # its own name: an alias comes after it
+                named.add(id(module))
         self.load_state_dict(folded)
         return self
+
+    def process_weights(self, fold_ln=True, center_writing_weights=True, center_unembed=True,
+                        fold_value_biases=True):
+        """TransformerLens 4's weight processing, as ``bridge.process_weights()`` and
+        ``enable_compatibility_mode()`` do it (the same arguments and defaults): the logits stay the
+        same (up to rounding), and every cached activation then equals the bridge's in compatibility
+        mode. ``fold_ln``: ``fold_layer_norm``; ``center_writing_weights``: mean zero over d_model
+        for every weight that writes to the residual stream; ``center_unembed``: W_U and b_U less
+        their mean over the vocabulary; ``fold_value_biases``: b_V folded into b_O
+        (``foundation/lens/folding.py`` has each formula). Returns the model.
+        """
+        _check_flags(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                     center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+        if fold_ln:
+            self.fold_layer_norm(center_weights=True)
+        state_dict = {name: as_numpy(value) for name, value in self.state_dict().items()}
+        if center_writing_weights:
+            if self.cfg.normalization != "pre" or self.cfg.normalization_type not in ("LN", "LNPre"):
+                raise ValueError("center_writing_weights needs a LayerNorm (that removes the mean) "
+                                 "before every reader of the residual stream: a pre-norm model")
+            state_dict = folding.center_writing_weights(state_dict, self.cfg)
+        if center_unembed:
+            if not self.cfg.unembed:
+                raise ValueError("center_unembed needs an unembedding (cfg.unembed=True)")
+            state_dict = folding.center_unembed(state_dict)
+        if fold_value_biases:
+            state_dict = folding.fold_value_biases(state_dict, self.cfg)
+        self.load_state_dict(state_dict)
+        return self
+
+
+def _check_flags(**flags):
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def _return_type(model_args, model_kwargs):

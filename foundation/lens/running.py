@@ -108,6 +108,25 @@ class RunningMixin:
         (the NumPy twin's ``backward`` also starts from the loss: see numpy_impl/model.py)."""
         return self._output_shape
 
+    def _stop_layer(self, stop_at_layer):
+        """The forward's ``stop_at_layer`` -> the number of blocks to run (None: all of them)."""
+        n_layers = self.cfg.n_layers
+        if stop_at_layer is None:
+            return n_layers
+        if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, (int, np.integer)):
+            raise TypeError(f"stop_at_layer must be an int or None, got {stop_at_layer!r}")
+        if not -n_layers <= stop_at_layer <= n_layers:
+            raise ValueError(f"stop_at_layer must lie in [-n_layers, n_layers] = [{-n_layers}, {n_layers}], "
+                             f"got {stop_at_layer}")
+        return int(stop_at_layer) % n_layers if stop_at_layer < 0 else int(stop_at_layer)
+
+    def _stopped(self, resid):
+        """What ``forward(..., stop_at_layer=k)`` returns: the residual stream entering block k, whatever
+        ``return_type`` says (as TransformerLens's bridge). No backward starts from it here."""
+        self._output_shape = None
+        vars(self)["_loss"] = vars(self)["_loss_shape"] = None
+        return resid
+
     def _with_return_type(self, out, tokens, return_type, loss_per_token=False):
         """The forward's output as ``return_type`` asks: logits, the next-token loss, both, or None.
 
