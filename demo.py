@@ -1,6 +1,6 @@
 """Transformer Twins: the walk-through a newcomer runs first.
 
-    python demo.py              # the basics: architecture, shapes, attention plot, forward + backward in both twins
+    python demo.py              # the basics: architecture, shapes, attention plot, both passes
     python demo.py --help       # every walk-through
     python demo.py COMMAND --help
 
@@ -16,16 +16,45 @@ import tempfile
 
 # command -> (module in tours/, one line of help). The first is the default.
 TOURS = {
-    "basics": ("tours.basics", "architecture, shapes, attention patterns, a forward and backward pass in both twins"),
-    "parity": ("tours.parity", "the parity sweep over every configuration, as a table of worst differences"),
-    "interp": ("tours.interp", "mechanistic interpretability: caches, head scores, logit lens, attribution, ablation, patching, circuits"),
-    "gradcheck": ("tours.gradcheck", "finite differences against every hand-written backward, every component and config"),
-    "exercises": ("tours.exercises", "write the backward passes yourself: init DIR, then check DIR [COMPONENT]"),
-    "train-parity": ("tours.train_parity", "train NumPy and torch side by side: the same loss at every step"),
+    "basics": (
+        "tours.basics",
+        "architecture, shapes, attention patterns, a forward and backward pass in both twins",
+    ),
+    "parity": (
+        "tours.parity",
+        "the parity sweep over every configuration, as a table of worst differences",
+    ),
+    "interp": (
+        "tours.interp",
+        "mechanistic interpretability: caches, head scores, logit lens, attribution, ablation, "
+        "patching, circuits",
+    ),
+    "gradcheck": (
+        "tours.gradcheck",
+        "finite differences against every hand-written backward, every component and config",
+    ),
+    "exercises": (
+        "tours.exercises",
+        "write the backward passes yourself: init DIR, then check DIR [COMPONENT]",
+    ),
+    "train-parity": (
+        "tours.train_parity",
+        "train NumPy and torch side by side: the same loss at every step",
+    ),
     "induction": ("tours.induction", "grow induction heads from scratch in NumPy, then find them"),
-    "read": ("tours.read", "the reading page: NumPy and torch side by side, line by line, as one HTML file"),
-    "gpt2": ("tours.gpt2", "a Hugging Face checkpoint, GPT-2, Llama or GPT-NeoX (--model DIR), in both twins: agreement, generation, figures"),
-    "checkpoint": ("tours.checkpoint", "write a tiny random checkpoint folder (DIR), offline: config, weights, tokenizer"),
+    "read": (
+        "tours.read",
+        "the reading page: NumPy and torch side by side, line by line, as one HTML file",
+    ),
+    "gpt2": (
+        "tours.gpt2",
+        "a Hugging Face checkpoint, GPT-2, Llama or GPT-NeoX (--model DIR), in both twins: "
+        "agreement, generation, figures",
+    ),
+    "checkpoint": (
+        "tours.checkpoint",
+        "write a tiny random checkpoint folder (DIR), offline: config, weights, tokenizer",
+    ),
 }
 
 # Threads. Every command computes on one thread. Each multiplies small matrices (d_model 32 to
@@ -43,15 +72,22 @@ def main(argv=None):
         argv = ["basics"] + argv
     parser = argparse.ArgumentParser(
         prog="demo.py",
-        description="Transformer Twins: a NumPy transformer with hand-written backward passes and its PyTorch twin.",
+        description="Transformer Twins: a NumPy transformer with hand-written backward passes and "
+        "its PyTorch twin.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                     description="plain `python demo.py` runs basics, the first walk-through")
+    commands = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        description="plain `python demo.py` runs basics, the first walk-through",
+    )
     for command, (module_name, help_text) in TOURS.items():
         sub = commands.add_parser(command, help=help_text, description=help_text)
         sub.set_defaults(module_name=module_name)
-        sub.add_argument("--out", default="outputs", help="folder for figures and files (default: outputs/)")
-    if "OMP_NUM_THREADS" not in os.environ or argv and argv[0] in SINGLE_THREADED:  # see "Threads" above
+        sub.add_argument(
+            "--out", default="outputs", help="folder for figures and files (default: outputs/)"
+        )
+    # see "Threads" above
+    if "OMP_NUM_THREADS" not in os.environ or argv and argv[0] in SINGLE_THREADED:
         from training import use_one_thread  # before any tour imports NumPy (this imports none)
 
         use_one_thread()
@@ -76,11 +112,16 @@ def main(argv=None):
 
 
 # options several tours share: name -> (smallest allowed value, what it must be)
-LOWEST = {"seed": (0, "a non-negative int"), "sample": (1, "a positive int"), "steps": (1, "a positive int")}
+LOWEST = {
+    "seed": (0, "a non-negative int"),
+    "sample": (1, "a positive int"),
+    "steps": (1, "a positive int"),
+}
 
 
 def check_arguments(args, writes_out=True):
-    """Refuse what no tour can use, before any work: negative seeds, zero samples, an --out that is no folder.
+    """Refuse what no tour can use, before any work: negative seeds, zero samples, an --out that is
+    no folder.
 
     ``writes_out``: False for a command that writes nothing to --out (exercises list and check),
     which then works from a read-only folder.
@@ -95,7 +136,8 @@ def check_arguments(args, writes_out=True):
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {args.out!r} is a file, not a folder")
     existing = out
-    while not os.path.exists(existing):  # the folder is made later, under the nearest folder that exists
+    # the folder is made later, under the nearest folder that exists
+    while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise ValueError(f"--out {args.out!r} cannot be made: {existing!r} is a file")

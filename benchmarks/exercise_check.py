@@ -39,7 +39,9 @@ def solve(package_dir):
         mine = path.read_text().splitlines(keepends=True)
         reference = (REFERENCE_DIR / path.name).read_text()
         theirs = reference.splitlines(keepends=True)
-        pairs = zip(find_marked_bodies("".join(mine), path.name), find_marked_bodies(reference, path.name))
+        pairs = zip(
+            find_marked_bodies("".join(mine), path.name), find_marked_bodies(reference, path.name)
+        )
         for body, answer in reversed(list(pairs)):
             mine[body.begin : body.end + 1] = theirs[answer.begin : answer.end + 1]
         path.write_text("".join(mine))
@@ -65,7 +67,8 @@ def main(argv=None):
         write_copy(folder)
         solve(Path(folder) / "numpy_impl")
         print(
-            f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cores)"
+            f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+            f"({os.cpu_count()} cores)"
         )
         print(f"{'exercise':<20} {'wall (best)':>12} {'CPU (best)':>12}")
         for key in KEYS:

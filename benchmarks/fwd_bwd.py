@@ -1,8 +1,8 @@
 """Forward + backward of config M: the NumPy reference, the torch twin and plain torch, in one run.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fwd_bwd.py   # default threads and 1
-    python benchmarks/fwd_bwd.py --threads 1 --dtype float32                    # one setting only
-    python benchmarks/fwd_bwd.py --device cuda                                  # twin and plain torch on a GPU
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fwd_bwd.py  # threads: default, 1
+    python benchmarks/fwd_bwd.py --threads 1 --dtype float32                    # one setting
+    python benchmarks/fwd_bwd.py --device cuda                                  # on a GPU
 
 A benchmark, not a test: it prints numbers and asserts nothing. One step is: forward of a batch
 of tokens, then backward of a random upstream gradient on the logits (the same weights, tokens
@@ -120,7 +120,8 @@ def matmul_shapes(cfg, batch):
 
 
 class Setup:
-    """The twins and plain torch on the same weights, tokens and upstream gradient, and the floor's operands."""
+    """The twins and plain torch on the same weights, tokens and upstream gradient, and the floor's
+    operands."""
 
     def __init__(self, dtype, device="cpu"):
         self.cfg = numpy_impl.TransformerConfig(**CONFIG_M, dtype=dtype)
@@ -143,7 +144,8 @@ class Setup:
         ]
 
     def plain_gap(self):
-        """The largest difference of plain torch's logits from the twin's, relative to the largest logit."""
+        """The largest difference of plain torch's logits from the twin's, relative to the largest
+        logit."""
         with torch.no_grad():
             twin, plain = self.twin(self.tokens_t), self.plain(self.tokens_t)
         return float((twin - plain).abs().max() / twin.abs().max())
@@ -187,7 +189,8 @@ def spread(times):
 
 
 def measure(dtype, rounds, device):
-    """{side: [seconds per round]}, the order of the sides turning each round; and plain torch's gap."""
+    """{side: [seconds per round]}, the order of the sides turning each round; and plain torch's
+    gap."""
     setup = Setup(dtype, device)
     sides = {"twin": setup.twin_step, "plain": setup.plain_step}
     if device == "cpu":
@@ -225,7 +228,8 @@ def blas_line():
     except ImportError:
         return "numpy BLAS: (install threadpoolctl to see its kernel and threads)"
     pools = [
-        f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')} x{p.get('num_threads')}"
+        f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')} "
+        f"x{p.get('num_threads')}"
         for p in threadpool_info()
     ]
     return "thread pools: " + "; ".join(pools)
@@ -235,7 +239,8 @@ def table(runs, device):
     """A markdown table: a column per (dtype, threads), a row per ratio, spread and time."""
     columns = [
         (
-            f"{dtype.replace('float', 'f')}, {run['threads']} thread{'s' if run['threads'] > 1 else ''}"
+            f"{dtype.replace('float', 'f')}, {run['threads']} "
+            f"thread{'s' if run['threads'] > 1 else ''}"
             + (" (default)" if label == "default" else ""),
             r["times"],
         )
@@ -339,19 +344,23 @@ def main():
         runs.append((label, json.loads(output.strip().splitlines()[-1])))
     cfg = numpy_impl.TransformerConfig(**CONFIG_M)
     print(
-        f"config M: d_vocab {cfg.d_vocab}, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.d_head}, "
-        f"d_mlp {cfg.d_mlp}, {cfg.n_layers} layers, {cfg.n_ctx} positions, batch {BATCH}, pre-norm, "
+        f"config M: d_vocab {cfg.d_vocab}, d_model {cfg.d_model}, {cfg.n_heads} heads of "
+        f"{cfg.d_head}, "
+        f"d_mlp {cfg.d_mlp}, {cfg.n_layers} layers, {cfg.n_ctx} positions, batch {BATCH}, "
+        f"pre-norm, "
         f"{cfg.act_fn}, causal, learned positions; device {args.device}"
     )
     print(
-        f"numpy {np.__version__}, torch {torch.__version__}; {args.rounds} rounds, order turning; {args.clock} clock; "
+        f"numpy {np.__version__}, torch {torch.__version__}; {args.rounds} rounds, order turning; "
+        f"{args.clock} clock; "
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}, "
         f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', 'unset')}"
     )
     for label, run in runs:
         gaps = ", ".join(f"{dtype} {r['plain_gap']:.0e}" for dtype, r in run["dtypes"].items())
         print(
-            f"threads {label} ({run['threads']}): {run['blas']}; plain torch's logits against the twin's: {gaps}"
+            f"threads {label} ({run['threads']}): {run['blas']}; plain torch's logits against the "
+            f"twin's: {gaps}"
         )
         for dtype, r in run["dtypes"].items():
             for side, times in r["times"].items():
@@ -359,7 +368,8 @@ def main():
                     f"  {dtype} {side:6} ms per round: " + " ".join(f"{1e3 * t:.0f}" for t in times)
                 )
     print(
-        "\n(ratios: median of the per-round ratios; spread: (max - min) / median of a side's steps; "
+        "\n(ratios: median of the per-round ratios; spread: (max - min) / median of a side's "
+        "steps; "
         "ms: median step)\n"
     )
     print(table(runs, args.device))

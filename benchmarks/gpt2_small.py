@@ -1,7 +1,8 @@
-"""GPT-2 small's shape, forward + backward: the NumPy reference against the torch twin, time and memory.
+"""GPT-2 small's shape, forward + backward: the NumPy reference against the torch twin, time and
+memory.
 
     python benchmarks/gpt2_small.py                    # float32, 5 rounds, the default thread count
-    python benchmarks/gpt2_small.py --dtype both --threads 1 --clock cpu   # steadier on a shared machine
+    python benchmarks/gpt2_small.py --dtype both --threads 1 --clock cpu   # steadier when shared
 
 GPT-2 small: 12 layers, d_model 768, 12 heads of 64, d_mlp 3072, vocabulary 50,257, n_ctx 1024,
 124M parameters (the twins hold the unembedding as a matrix of its own: 163M numbers). Random
@@ -21,19 +22,30 @@ from __future__ import annotations
 import argparse
 import statistics
 
-# first: fwd_bwd sets --threads for the BLAS before NumPy and torch load, and puts the project on the path
+# first: fwd_bwd sets --threads for the BLAS before NumPy and torch load, and puts the project on
+# the path
 import fwd_bwd
-from fwd_bwd import CLOCKS, blas_line, numpy_peak_bytes, seconds, torch_peak_bytes
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from fwd_bwd import CLOCKS, blas_line, numpy_peak_bytes, seconds, torch_peak_bytes
 
 import numpy_impl  # noqa: E402
 import torch_impl  # noqa: E402
 from foundation.files.weights import parameter_shapes  # noqa: E402
 
-GPT2_SMALL = dict(d_vocab=50257, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_layers=12, n_ctx=1024,
-                  normalization="pre", act_fn="gelu_new", causal=True, positional="learned")
+GPT2_SMALL = dict(
+    d_vocab=50257,
+    d_model=768,
+    n_heads=12,
+    d_head=64,
+    d_mlp=3072,
+    n_layers=12,
+    n_ctx=1024,
+    normalization="pre",
+    act_fn="gelu_new",
+    causal=True,
+    positional="learned",
+)
 BATCH, POSITIONS = 1, 128
 
 
@@ -71,40 +83,77 @@ def measure(dtype, rounds):
         numpy_s.append(seconds(setup.numpy_step))
         torch_s.append(seconds(setup.torch_step))
     ratios = [n / t for n, t in zip(numpy_s, torch_s)]
-    return dict(numpy=statistics.median(numpy_s), torch=statistics.median(torch_s),
-                ratio=statistics.median(ratios), ratios=ratios,
-                numpy_mib=numpy_peak_bytes(setup) / 2**20, torch_mib=torch_peak_bytes(setup) / 2**20)
+    return dict(
+        numpy=statistics.median(numpy_s),
+        torch=statistics.median(torch_s),
+        ratio=statistics.median(ratios),
+        ratios=ratios,
+        numpy_mib=numpy_peak_bytes(setup) / 2**20,
+        torch_mib=torch_peak_bytes(setup) / 2**20,
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for NumPy's BLAS and torch (default: each library's own default)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per dtype (default 5)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for NumPy's BLAS and torch (default: each library's own default)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="alternating rounds per dtype (default 5)"
+    )
     parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="float32")
-    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
-                        help="wall: elapsed time (default); cpu: this process's CPU time, steadier on a machine "
-                             "shared with other jobs (with --threads 1 only: it adds up the time of every thread)")
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall: elapsed time (default); cpu: this process's CPU time, steadier on a machine "
+        "shared with other jobs (with --threads 1 only: it adds up the time of every thread)",
+    )
     args = parser.parse_args()
     fwd_bwd.clock = CLOCKS[args.clock]  # the clock fwd_bwd.seconds reads
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     cfg = numpy_impl.TransformerConfig(**GPT2_SMALL)
-    gpt2_count = sum(np.prod(shape) for name, shape in parameter_shapes(cfg).items() if not name.startswith("unembed."))
-    print(f"GPT-2 small's shape: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.d_head}, "
-          f"d_mlp {cfg.d_mlp}, d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}; {gpt2_count / 1e6:.1f}M parameters as GPT-2 "
-          f"counts them; batch {BATCH}, {POSITIONS} positions; random weights")
-    print(f"threads: {'default' if args.threads is None else args.threads} (torch uses {torch.get_num_threads()}); "
-          f"numpy {np.__version__}, torch {torch.__version__}; {args.rounds} rounds; {args.clock} clock")
+    gpt2_count = sum(
+        np.prod(shape)
+        for name, shape in parameter_shapes(cfg).items()
+        if not name.startswith("unembed.")
+    )
+    print(
+        f"GPT-2 small's shape: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads "
+        f"of {cfg.d_head}, "
+        f"d_mlp {cfg.d_mlp}, d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}; {gpt2_count / 1e6:.1f}M "
+        f"parameters as GPT-2 "
+        f"counts them; batch {BATCH}, {POSITIONS} positions; random weights"
+    )
+    print(
+        f"threads: {'default' if args.threads is None else args.threads} (torch uses "
+        f"{torch.get_num_threads()}); "
+        f"numpy {np.__version__}, torch {torch.__version__}; {args.rounds} rounds; {args.clock} "
+        f"clock"
+    )
     print(blas_line())
-    print(f"\n{'dtype':8} {'NumPy ms':>9} {'torch ms':>9} {'NumPy/torch':>12} {'NumPy MiB':>10} {'torch MiB':>10}"
-          "   per-round ratios")
-    for dtype in (("float32", "float64") if args.dtype == "both" else (args.dtype,)):
+    print(
+        f"\n{'dtype':8} {'NumPy ms':>9} {'torch ms':>9} {'NumPy/torch':>12} {'NumPy MiB':>10} "
+        f"{'torch MiB':>10}"
+        "   per-round ratios"
+    )
+    for dtype in ("float32", "float64") if args.dtype == "both" else (args.dtype,):
         r = measure(dtype, args.rounds)
-        print(f"{dtype:8} {1e3 * r['numpy']:9.0f} {1e3 * r['torch']:9.0f} {r['ratio']:12.2f} {r['numpy_mib']:10.1f} "
-              f"{r['torch_mib']:10.1f}   " + " ".join(f"{x:.2f}" for x in r["ratios"]))
-    print("\n(times: medians over rounds; NumPy/torch: median of per-round ratios. Peak memory of one step above the "
-          "weights and gradient buffers: NumPy by tracemalloc, torch by torch.profiler's memory events.)")
+        print(
+            f"{dtype:8} {1e3 * r['numpy']:9.0f} {1e3 * r['torch']:9.0f} {r['ratio']:12.2f} "
+            f"{r['numpy_mib']:10.1f} "
+            f"{r['torch_mib']:10.1f}   " + " ".join(f"{x:.2f}" for x in r["ratios"])
+        )
+    print(
+        "\n(times: medians over rounds; NumPy/torch: median of per-round ratios. Peak memory of "
+        "one step above the "
+        "weights and gradient buffers: NumPy by tracemalloc, torch by torch.profiler's memory "
+        "events.)"
+    )
 
 
 if __name__ == "__main__":

@@ -32,39 +32,65 @@ class SizeSet:
     @property
     def axis_names(self):
         """{size: axis name} (pos before n_ctx where they are equal)."""
-        names = {self.batch: "batch"} if self.batch > 1 else {}  # a 1 is as often keepdims' as batch
+        # a 1 is as often keepdims' as batch
+        names = {self.batch: "batch"} if self.batch > 1 else {}
         names[self.pos] = "pos"
-        for key, axis in (("n_ctx", "n_ctx"), ("n_heads", "head"), ("d_head", "d_head"),
-                          ("d_model", "d_model"), ("d_mlp", "d_mlp"), ("d_vocab", "d_vocab")):
+        for key, axis in (
+            ("n_ctx", "n_ctx"),
+            ("n_heads", "head"),
+            ("d_head", "d_head"),
+            ("d_model", "d_model"),
+            ("d_mlp", "d_mlp"),
+            ("d_vocab", "d_vocab"),
+        ):
             names.setdefault(self.config[key], axis)
         return names
 
     def words(self):
-        """"batch 5, pos 6, n_ctx 7, ..." for a message."""
+        """ "batch 5, pos 6, n_ctx 7, ..." for a message."""
         c = self.config
-        return (f"batch {self.batch}, pos {self.pos}, n_ctx {c['n_ctx']}, heads {c['n_heads']}, "
-                f"d_head {c['d_head']}, d_model {c['d_model']}, d_mlp {c['d_mlp']}, "
-                f"d_vocab {c['d_vocab']}")
+        return (
+            f"batch {self.batch}, pos {self.pos}, n_ctx {c['n_ctx']}, heads {c['n_heads']}, "
+            f"d_head {c['d_head']}, d_model {c['d_model']}, d_mlp {c['d_mlp']}, "
+            f"d_vocab {c['d_vocab']}"
+        )
 
 
 SIZE_SETS = (
-    SizeSet("sizes 1", dict(d_vocab=13, d_model=10, n_heads=3, d_head=8, d_mlp=11, n_layers=2, n_ctx=7),
-            batch=5, pos=6),
-    SizeSet("sizes 2", dict(d_vocab=11, d_model=15, n_heads=5, d_head=6, d_mlp=7, n_layers=2, n_ctx=9),
-            batch=1, pos=9),
+    SizeSet(
+        "sizes 1",
+        dict(d_vocab=13, d_model=10, n_heads=3, d_head=8, d_mlp=11, n_layers=2, n_ctx=7),
+        batch=5,
+        pos=6,
+    ),
+    SizeSet(
+        "sizes 2",
+        dict(d_vocab=11, d_model=15, n_heads=5, d_head=6, d_mlp=7, n_layers=2, n_ctx=9),
+        batch=1,
+        pos=9,
+    ),
 )
 SIZES = SIZE_SETS[0].config
-BATCH, POS = SIZE_SETS[0].batch, SIZE_SETS[0].pos  # the first set's [batch, pos]: pos one short of n_ctx
+# the first set's [batch, pos]: pos one short of n_ctx
+BATCH, POS = SIZE_SETS[0].batch, SIZE_SETS[0].pos
 AXIS_NAMES = SIZE_SETS[0].axis_names  # {size: axis} of the first set, where most hints are made
 
 
 # the Llama family's settings, for its components' exercises
-LLAMA = {"normalization_type": "RMS", "eps": 1e-6, "positional_embedding_type": "rotary", "act_fn": "silu",
-         "gated_mlp": True, "mlp_bias": False, "attn_bias": False}
+LLAMA = {
+    "normalization_type": "RMS",
+    "eps": 1e-6,
+    "positional_embedding_type": "rotary",
+    "act_fn": "silu",
+    "gated_mlp": True,
+    "mlp_bias": False,
+    "attn_bias": False,
+}
 
 
 def checked(label, overrides=None, weighted=False):
-    """A Variant with the first set's sizes and ``overrides`` on top (``resized``: another set's)."""
+    """A Variant with the first set's sizes and ``overrides`` on top (``resized``: another
+    set's)."""
     return Variant(label, {**SIZES, **(overrides or {})}, weighted)
 
 
@@ -75,60 +101,126 @@ def resized(variant, sizes):
 
 @dataclass(frozen=True)
 class Exercise:
-    key: str          # the name on the command line: python demo.py exercises check DIR <key>
-    cls: str          # the class, same name in numpy_impl and torch_impl
-    file: str         # where its backward lives, inside the package
-    what: str         # what makes it easy or hard, in a few words
-    variants: tuple   # settings it is checked under (each must pass)
-    steps: tuple = () # names of its ``# EXERCISE STEP`` regions, each also checked on its own
+    key: str  # the name on the command line: python demo.py exercises check DIR <key>
+    cls: str  # the class, same name in numpy_impl and torch_impl
+    file: str  # where its backward lives, inside the package
+    what: str  # what makes it easy or hard, in a few words
+    variants: tuple  # settings it is checked under (each must pass)
+    steps: tuple = ()  # names of its ``# EXERCISE STEP`` regions, each also checked on its own
 
     def step_keys(self):
         return [f"{self.key}.{step}" for step in self.steps]
 
 
 EXERCISES = (
-    Exercise("embedding", "TokenEmbedding", "embedding.py", "a row lookup; repeated tokens add up",
-             (checked("default"),)),
-    Exercise("positional", "LearnedPositionalEmbedding", "positional.py", "one row per position, shared by the batch",
-             (checked("default"),)),
-    Exercise("unembed", "Unembed", "unembed.py", "one matrix product and a bias",
-             (checked("default"),)),
-    Exercise("feedforward", "FeedForward", "feedforward.py", "two matrix products around ReLU or GELU",
-             (checked("relu", {"act_fn": "relu"}), checked("gelu_new", {"act_fn": "gelu_new"}),
-              checked("gelu", {"act_fn": "gelu"}))),
-    Exercise("loss", "CrossEntropyLoss", "loss.py", "log-softmax and a weighted mean",
-             (checked("unweighted"), checked("weighted", weighted=True))),
-    Exercise("layernorm", "LayerNorm", "layernorm.py", "x reaches the output three ways: directly, via the mean, via the variance",
-             (checked("default"),)),
-    Exercise("rmsnorm", "RMSNorm", "rmsnorm.py", "Llama's norm: x reaches the output directly and via the mean square",
-             (checked("default", LLAMA),)),
-    Exercise("swiglu", "GatedFeedForward", "gated_feedforward.py",
-             "Llama's MLP: two branches multiplied; silu's derivative has two terms",
-             (checked("default", LLAMA),)),
-    Exercise("attention", "MultiHeadAttention", "attention.py", "the softmax Jacobian, the causal mask, heads",
-             (checked("causal", {"causal": True}), checked("bidirectional", {"causal": False})),
-             ("output", "softmax", "scores", "projections")),
-    Exercise("block", "TransformerBlock", "block.py", "residual branches that add up; where the LayerNorms sit",
-             (checked("pre", {"normalization": "pre"}),
-              checked("post", {"normalization": "post", "act_fn": "relu"}),
-              checked("none", {"normalization": None}),
-              checked("pre, attn_only", {"normalization": "pre", "attn_only": True}),
-              checked("post, attn_only", {"normalization": "post", "attn_only": True}))),
-    Exercise("model", "Transformer", "model.py", "the whole chain, embeddings to logits",
-             (checked("pre, learned, logits", {"normalization": "pre"}),
-              checked("post, sinusoidal, resid out", {"normalization": "post", "positional": "sinusoidal",
-                                                      "causal": False, "unembed": False, "act_fn": "relu"}),
-              checked("none, attn_only", {"normalization": None, "attn_only": True}))),
+    Exercise(
+        "embedding",
+        "TokenEmbedding",
+        "embedding.py",
+        "a row lookup; repeated tokens add up",
+        (checked("default"),),
+    ),
+    Exercise(
+        "positional",
+        "LearnedPositionalEmbedding",
+        "positional.py",
+        "one row per position, shared by the batch",
+        (checked("default"),),
+    ),
+    Exercise(
+        "unembed", "Unembed", "unembed.py", "one matrix product and a bias", (checked("default"),)
+    ),
+    Exercise(
+        "feedforward",
+        "FeedForward",
+        "feedforward.py",
+        "two matrix products around ReLU or GELU",
+        (
+            checked("relu", {"act_fn": "relu"}),
+            checked("gelu_new", {"act_fn": "gelu_new"}),
+            checked("gelu", {"act_fn": "gelu"}),
+        ),
+    ),
+    Exercise(
+        "loss",
+        "CrossEntropyLoss",
+        "loss.py",
+        "log-softmax and a weighted mean",
+        (checked("unweighted"), checked("weighted", weighted=True)),
+    ),
+    Exercise(
+        "layernorm",
+        "LayerNorm",
+        "layernorm.py",
+        "x reaches the output three ways: directly, via the mean, via the variance",
+        (checked("default"),),
+    ),
+    Exercise(
+        "rmsnorm",
+        "RMSNorm",
+        "rmsnorm.py",
+        "Llama's norm: x reaches the output directly and via the mean square",
+        (checked("default", LLAMA),),
+    ),
+    Exercise(
+        "swiglu",
+        "GatedFeedForward",
+        "gated_feedforward.py",
+        "Llama's MLP: two branches multiplied; silu's derivative has two terms",
+        (checked("default", LLAMA),),
+    ),
+    Exercise(
+        "attention",
+        "MultiHeadAttention",
+        "attention.py",
+        "the softmax Jacobian, the causal mask, heads",
+        (checked("causal", {"causal": True}), checked("bidirectional", {"causal": False})),
+        ("output", "softmax", "scores", "projections"),
+    ),
+    Exercise(
+        "block",
+        "TransformerBlock",
+        "block.py",
+        "residual branches that add up; where the LayerNorms sit",
+        (
+            checked("pre", {"normalization": "pre"}),
+            checked("post", {"normalization": "post", "act_fn": "relu"}),
+            checked("none", {"normalization": None}),
+            checked("pre, attn_only", {"normalization": "pre", "attn_only": True}),
+            checked("post, attn_only", {"normalization": "post", "attn_only": True}),
+        ),
+    ),
+    Exercise(
+        "model",
+        "Transformer",
+        "model.py",
+        "the whole chain, embeddings to logits",
+        (
+            checked("pre, learned, logits", {"normalization": "pre"}),
+            checked(
+                "post, sinusoidal, resid out",
+                {
+                    "normalization": "post",
+                    "positional": "sinusoidal",
+                    "causal": False,
+                    "unembed": False,
+                    "act_fn": "relu",
+                },
+            ),
+            checked("none, attn_only", {"normalization": None, "attn_only": True}),
+        ),
+    ),
 )
 
 BY_KEY = {exercise.key: exercise for exercise in EXERCISES}
 BY_CLASS = {exercise.cls: exercise for exercise in EXERCISES}
-STEP_KEYS = {key: exercise for exercise in EXERCISES for key in exercise.step_keys()}  # "attention.softmax" -> attention
+# "attention.softmax" -> attention
+STEP_KEYS = {key: exercise for exercise in EXERCISES for key in exercise.step_keys()}
 TOGETHER = "all together"  # the last row: the learner's backward everywhere in the whole model
 
 
 def number_of(key):
-    """"7" for attention, "7.2" for attention.softmax, "" for anything else."""
+    """ "7" for attention, "7.2" for attention.softmax, "" for anything else."""
     if key in BY_KEY:
         return str([e.key for e in EXERCISES].index(key) + 1)
     if key in STEP_KEYS:

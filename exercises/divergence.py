@@ -12,10 +12,10 @@ hook of the forward is the first the gradient reaches), then the parameter gradi
 first hook point that differs is where the two part: the code between it and the last hook
 point that agrees holds the difference.
 
-Agreement: ``foundation.contract.agreement.rel_err``, max |a - b| / max |b| per tensor, with max |b| floored at a thousandth
-of the largest tensor of the walk (b_K's exact gradient is zero, so both sides hold only
-rounding: about 1e-7 of the largest gradient in float32), and ``TOLERANCE`` by dtype: two
-correct twins agree to about 1e-12 in float64 and 1e-6 in float32.
+Agreement: ``foundation.contract.agreement.rel_err``, max |a - b| / max |b| per tensor, with max |b|
+floored at a thousandth of the largest tensor of the walk (b_K's exact gradient is zero, so both
+sides hold only rounding: about 1e-7 of the largest gradient in float32), and ``TOLERANCE`` by
+dtype: two correct twins agree to about 1e-12 in float64 and 1e-6 in float32.
 """
 
 from __future__ import annotations
@@ -33,21 +33,24 @@ FLOOR = 1e-3  # max |b| is floored at FLOOR * the largest tensor of the walk
 
 @dataclass(frozen=True)
 class Gap:
-    """One compared tensor: a hook point's activation or gradient, a parameter's gradient, or the output."""
+    """One compared tensor: a hook point's activation or gradient, a parameter's gradient, or the
+    output."""
 
     name: str
-    error: float | None  # relative error; None: one model has no value here (a hook its backward never called)
+    # relative error; None: one model has no value here (a hook its backward never called)
+    error: float | None
 
 
 @dataclass
 class Parting:
     """The walk in one direction: every tensor compared, in walk order, and where it stopped."""
 
-    direction: str                                  # "forward" or "backward"
-    gaps: list                                      # Gap per hook point, in walk order
+    direction: str  # "forward" or "backward"
+    gaps: list  # Gap per hook point, in walk order
     tolerance: float
-    parameters: list = field(default_factory=list)  # backward: Gap per parameter gradient, in backward order
-    stopped: str = ""                               # why the walk ended early (the model's backward raised)
+    # backward: Gap per parameter gradient, in backward order
+    parameters: list = field(default_factory=list)
+    stopped: str = ""  # why the walk ended early (the model's backward raised)
 
     @property
     def first(self):
@@ -66,16 +69,24 @@ class Parting:
         return gap.error is not None and gap.error <= self.tolerance
 
     def short(self):
-        """e.g. "right at hook_z, hook_pattern; first wrong at hook_attn_scores (relative error 0.81)"."""
+        """e.g. "right at hook_z, hook_pattern; first wrong at hook_attn_scores (relative error
+        0.81)"."""
         first = self.first
         if first is None:
             return ""
         index = self.gaps.index(first)
         right = [gap.name for gap in self.gaps[:index]]
         if len(right) > 3:
-            before = f"right at the first {len(right)} hook points the gradient reaches, down to {right[-1]}; "
+            before = (
+                f"right at the first {len(right)} hook points the gradient reaches, down to "
+                f"{right[-1]}; "
+            )
         else:
-            before = f"right at {', '.join(right)}; " if right else "wrong from the first hook point the gradient reaches: "
+            before = (
+                f"right at {', '.join(right)}; "
+                if right
+                else "wrong from the first hook point the gradient reaches: "
+            )
         size = "it got no gradient" if first.error is None else f"relative error {first.error:.2g}"
         return f"{before}first wrong at {first.name} ({size})"
 
@@ -85,28 +96,51 @@ class Parting:
         verb = "wrong" if self.direction == "backward" else "different"
         if first is not None:
             at = _where(first.name)
-            size = ("it got no gradient (its backward was never called)" if first.error is None
-                    else f"relative error {first.error:.2g}")
+            size = (
+                "it got no gradient (its backward was never called)"
+                if first.error is None
+                else f"relative error {first.error:.2g}"
+            )
             index = self.gaps.index(first)
             if self.direction == "forward":
-                before = "everything before it agrees" if index else "it is the first hook point of the forward"
+                before = (
+                    "everything before it agrees"
+                    if index
+                    else "it is the first hook point of the forward"
+                )
                 return f"the forwards part first: first {verb} at {at}, {size}; {before}"
             if index == 0:
-                return (f"first {verb} at {at}, {size}; it is the first hook point the gradient reaches, "
-                        "so the difference lies between the output and there")
+                return (
+                    f"first {verb} at {at}, {size}; it is the first hook point the gradient "
+                    f"reaches, "
+                    "so the difference lies between the output and there"
+                )
             last = self.gaps[index - 1].name
-            return (f"first {verb} at {at}, {size}; everything above it is right "
-                    f"(the last right: {last}), so the difference lies in the backward between those two hook points")
+            return (
+                f"first {verb} at {at}, {size}; everything above it is right "
+                f"(the last right: {last}), so the difference lies in the backward between those "
+                f"two hook points"
+            )
         if self.stopped:
-            reached = f"the {len(self.gaps)} hook points it reached are right" if self.gaps else "it reached no hook point"
+            reached = (
+                f"the {len(self.gaps)} hook points it reached are right"
+                if self.gaps
+                else "it reached no hook point"
+            )
             return f"the backward stopped: {self.stopped}; {reached}"
         wrong = self.first_parameter
         if wrong is not None:
-            return (f"every hook point's {'gradient' if self.direction == 'backward' else 'activation'} is right; "
-                    f"first wrong parameter gradient: {wrong.name}, relative error {wrong.error:.2g}")
+            return (
+                f"every hook point's "
+                f"{'gradient' if self.direction == 'backward' else 'activation'} is right; "
+                f"first wrong parameter gradient: {wrong.name}, relative error {wrong.error:.2g}"
+            )
         worst = max((gap.error for gap in self.gaps + self.parameters), default=0.0)
         things = "gradient and parameter gradient" if self.direction == "backward" else "activation"
-        return f"they agree: every hook point's {things} within {self.tolerance:g} (worst relative error {worst:.0e})"
+        return (
+            f"they agree: every hook point's {things} within {self.tolerance:g} (worst "
+            f"relative error {worst:.0e})"
+        )
 
 
 def locate(mine, right, tolerance=TOLERANCE["float64"]):
@@ -147,14 +181,16 @@ def walk_backward(model, reference, tokens, dout=None, seed=0, tolerance=None):
     reference_out, theirs = _run(reference, tokens, dout=None)
     if dout is None:
         out = _as_numpy(reference_out)
-        dout = np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)  # the model's dtype
+        # the model's dtype
+        dout = np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)
     reference.zero_grad()
     _, theirs = _run(reference, tokens, dout)
     model.zero_grad()
     stopped = ""
     try:
         _, mine = _run(model, tokens, dout)
-    except Exception as error:  # a learner's backward may raise: the walk still reports what it reached
+    # a learner's backward may raise: the walk still reports what it reached
+    except Exception as error:
         mine, stopped = error.recorded, f"{type(error).__name__}: {error}"
     names = list(reversed(_hook_names(reference)))
     if stopped:
@@ -162,12 +198,15 @@ def walk_backward(model, reference, tokens, dout=None, seed=0, tolerance=None):
     gaps = _gaps(names, mine, theirs)
     mine_params = {name: p.grad for name, p in model.named_parameters()}
     theirs_params = {name: p.grad for name, p in reference.named_parameters()}
-    parameters = [] if stopped else _gaps(list(reversed(list(theirs_params))), mine_params, theirs_params)
+    parameters = (
+        [] if stopped else _gaps(list(reversed(list(theirs_params))), mine_params, theirs_params)
+    )
     return Parting("backward", gaps, _tolerance(reference, tolerance), parameters, stopped)
 
 
 def _run(model, tokens, dout=None):
-    """(output, {hook name: activation, or gradient when dout is given}); a raising backward keeps what it recorded."""
+    """(output, {hook name: activation, or gradient when dout is given}); a raising backward keeps
+    what it recorded."""
     recorded = {}
 
     def save(x, hook):
@@ -190,7 +229,9 @@ def _hook_names(model):
 
 
 def _gaps(names, mine, theirs):
-    present = [np.asarray(_as_numpy(theirs[name]), dtype=np.float64) for name in names if name in theirs]
+    present = [
+        np.asarray(_as_numpy(theirs[name]), dtype=np.float64) for name in names if name in theirs
+    ]
     largest = max((_finite_max(x) for x in present), default=0.0)
     gaps = []
     for name in names:
@@ -208,7 +249,11 @@ def _gaps(names, mine, theirs):
         same = a == b  # masked attention scores are -inf on both sides: equal, so no difference
         a, b = np.where(same, 0.0, a), np.where(same, 0.0, b)
         scale = max(_finite_max(b), FLOOR * largest)
-        error = rel_err(a, b, scale) if np.all(np.isfinite(a)) and np.all(np.isfinite(b)) else float("inf")
+        error = (
+            rel_err(a, b, scale)
+            if np.all(np.isfinite(a)) and np.all(np.isfinite(b))
+            else float("inf")
+        )
         gaps.append(Gap(name, error))
     return gaps
 

@@ -3,7 +3,7 @@
 The reference marks each backward body it wants written by hand (``steps.py`` reads the marks):
 
         # EXERCISE BEGIN
-        # EXERCISE STEP name: what it does        (optional: a body in steps, each checked on its own)
+        # EXERCISE STEP name: what it does    (optional: steps, each checked on its own)
         ... the hand-written backward ...
         # EXERCISE END
         return dx
@@ -31,39 +31,64 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import BY_CLASS, EXERCISES
-from .steps import BEGIN, END, STEP, MarkedBody, find_marked_bodies  # noqa: F401  (MarkedBody: part of the API)
+
+# MarkedBody: part of the API
+from .steps import BEGIN, END, STEP, MarkedBody, find_marked_bodies  # noqa: F401
 
 PROJECT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = PROJECT / "numpy_impl"
-DEFAULT_DIR = "mywork"  # where init and check work when no folder is given (git-ignored in the project)
+# where init and check work when no folder is given (git-ignored in the project)
+DEFAULT_DIR = "mywork"
 
 # sizes chosen all different, so a parameter's shape can be read back as axis names
 _NAMING = dict(d_vocab=11, d_model=6, n_heads=2, d_head=3, d_mlp=7, n_layers=1, n_ctx=13)
-_AXES = {11: "d_vocab", 6: "d_model", 2: "head", 3: "d_head", 7: "d_mlp", 13: "n_ctx", 4: "batch", 5: "pos"}
+_AXES = {
+    11: "d_vocab",
+    6: "d_model",
+    2: "head",
+    3: "d_head",
+    7: "d_mlp",
+    13: "n_ctx",
+    4: "batch",
+    5: "pos",
+}
 _BRANCHES = {  # an if's test -> (what its branch is called, what its else is called)
     'self.cfg.act_fn == "relu"': ("the ReLU branch", "the GELU branches"),
-    'self.cfg.act_fn == "gelu"': ("the exact GELU branch (act_fn \"gelu\")", "the GELU branch (act_fn \"gelu_new\")"),
+    'self.cfg.act_fn == "gelu"': (
+        'the exact GELU branch (act_fn "gelu")',
+        'the GELU branch (act_fn "gelu_new")',
+    ),
 }
 
 
 def reference_exercises():
-    """{class name: (MarkedBody, reference source)} for every marked backward; checks the catalog matches."""
+    """{class name: (MarkedBody, reference source)} for every marked backward; checks the catalog
+    matches."""
     found = {}
     for path in sorted(REFERENCE_DIR.glob("*.py")):
         source = path.read_text()
         for body in find_marked_bodies(source, path.name):
             if body.cls not in BY_CLASS:
-                raise ValueError(f"{path.name}: {body.cls}.backward is marked as an exercise but is not in exercises/catalog.py")
+                raise ValueError(
+                    f"{path.name}: {body.cls}.backward is marked as an exercise but is not in "
+                    f"exercises/catalog.py"
+                )
             exercise = BY_CLASS[body.cls]
             if exercise.file != path.name:
-                raise ValueError(f"catalog.py puts {body.cls} in {exercise.file}, but it is in {path.name}")
+                raise ValueError(
+                    f"catalog.py puts {body.cls} in {exercise.file}, but it is in {path.name}"
+                )
             if tuple(step.name for step in body.steps) != exercise.steps:
-                raise ValueError(f"{path.name}: {body.cls}.backward's steps are {[s.name for s in body.steps]}, "
-                                 f"but catalog.py lists {list(exercise.steps)}")
+                raise ValueError(
+                    f"{path.name}: {body.cls}.backward's steps are {[s.name for s in body.steps]}, "
+                    f"but catalog.py lists {list(exercise.steps)}"
+                )
             found[body.cls] = (body, source)
     missing = [exercise.cls for exercise in EXERCISES if exercise.cls not in found]
     if missing:
-        raise ValueError(f"catalog.py lists {', '.join(missing)}, but no backward there is marked with {BEGIN}")
+        raise ValueError(
+            f"catalog.py lists {', '.join(missing)}, but no backward there is marked with {BEGIN}"
+        )
     return found
 
 
@@ -72,7 +97,9 @@ def _naming_module(cls):
     from foundation.contract.config import TransformerConfig
 
     cfg = TransformerConfig(**_NAMING)
-    return getattr(numpy_impl, cls)() if cls == "CrossEntropyLoss" else getattr(numpy_impl, cls)(cfg)
+    return (
+        getattr(numpy_impl, cls)() if cls == "CrossEntropyLoss" else getattr(numpy_impl, cls)(cfg)
+    )
 
 
 def _shape_words(shape):
@@ -84,31 +111,44 @@ def _parameter_shapes(cls):
     from numpy_impl.module import Parameter
 
     module = _naming_module(cls)
-    return {name: _shape_words(value.shape) for name, value in vars(module).items() if isinstance(value, Parameter)}
+    return {
+        name: _shape_words(value.shape)
+        for name, value in vars(module).items()
+        if isinstance(value, Parameter)
+    }
 
 
 def _step_shapes(body, source):
-    """{name: "[axes]"} of every name the steps of ``body`` are given or leave, from a run of the reference."""
+    """{name: "[axes]"} of every name the steps of ``body`` are given or leave, from a run of the
+    reference."""
     import numpy_impl
 
     from .steps import prologue_values, region_function
 
     module = _naming_module(body.cls)
-    x = np.random.default_rng(0).standard_normal((4, 5, _NAMING["d_model"]))  # [batch, pos, d_model]
+    # [batch, pos, d_model]
+    x = np.random.default_rng(0).standard_normal((4, 5, _NAMING["d_model"]))
     out = module.forward(x)
     lines = source.splitlines()
     namespace = vars(__import__(type(module).__module__, fromlist=["_"]))
     values = prologue_values(body, lines, module, str(REFERENCE_DIR / body.file), namespace)
     values[body.argument] = np.zeros_like(out)
     for step in body.steps:
-        function = region_function(lines, step.first, step.last, step.inputs, str(REFERENCE_DIR / body.file), namespace)
+        function = region_function(
+            lines, step.first, step.last, step.inputs, str(REFERENCE_DIR / body.file), namespace
+        )
         values.update(function(module, **{name: values[name] for name in step.inputs}))
     del numpy_impl
-    return {name: _shape_words(np.shape(value)) for name, value in values.items() if isinstance(value, np.ndarray)}
+    return {
+        name: _shape_words(np.shape(value))
+        for name, value in values.items()
+        if isinstance(value, np.ndarray)
+    }
 
 
 def _docstring_contract(source, cls):
-    """(given, returns) from the first line of ``cls.backward``'s docstring: "dout [..] -> dx [..]; ..."."""
+    """(given, returns) from the first line of ``cls.backward``'s docstring: "dout [..] -> dx [..];
+    ..."."""
     for node in ast.parse(source).body:
         if isinstance(node, ast.ClassDef) and node.name == cls:
             for item in node.body:
@@ -120,7 +160,8 @@ def _docstring_contract(source, cls):
 
 
 def _forward_lines(source, first, last):
-    """The ``# forward:`` lines of source lines first..last (0-based), each with the branch it sits in."""
+    """The ``# forward:`` lines of source lines first..last (0-based), each with the branch it sits
+    in."""
     lines = source.splitlines()
     ifs = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.If)]
     found = []
@@ -152,7 +193,8 @@ def _undo_lines(forward):
 
 
 def _listed(label, items, width=96):
-    """``label item, item, ...`` on as many comment lines as it takes, continuation lines indented."""
+    """``label item, item, ...`` on as many comment lines as it takes, continuation lines
+    indented."""
     out, current = [], label
     for item in items:
         piece = f" {item}," if item is not items[-1] else f" {item}"
@@ -166,38 +208,57 @@ def _listed(label, items, width=96):
 
 def _calls(text):
     hooks = list(dict.fromkeys(re.findall(r"self\.(hook_\w+)\.backward\(", text)))
-    children = [name for name in dict.fromkeys(re.findall(r"(self\.\w+|\w+)\.backward\(", text))
-                if not name.startswith("self.hook_")]
+    children = [
+        name
+        for name in dict.fromkeys(re.findall(r"(self\.\w+|\w+)\.backward\(", text))
+        if not name.startswith("self.hook_")
+    ]
     return hooks, children
 
 
 def hint_lines(body: MarkedBody, source: str, directory: str = "DIR"):
-    """The comment lines of the stub (for a body without steps): what to undo, given what, returning what."""
+    """The comment lines of the stub (for a body without steps): what to undo, given what, returning
+    what."""
     exercise = BY_CLASS[body.cls]
     number = [e.cls for e in EXERCISES].index(body.cls) + 1
     text = "\n".join(source.splitlines()[body.begin + 1 : body.end])
     hooks, children = _calls(text)
     given, returns = _docstring_contract(source, body.cls)
     grads = _parameter_shapes(body.cls)
-    out = [f"Exercise {number} of {len(EXERCISES)}: {body.cls}.backward ({exercise.what}).",
-           f"Check it with: python demo.py exercises check {directory} {exercise.key}",
-           f"Given {given}, undo these forward lines, last first:"]
+    out = [
+        f"Exercise {number} of {len(EXERCISES)}: {body.cls}.backward ({exercise.what}).",
+        f"Check it with: python demo.py exercises check {directory} {exercise.key}",
+        f"Given {given}, undo these forward lines, last first:",
+    ]
     out += _undo_lines(_forward_lines(source, body.begin + 1, body.end - 1))
     if grads:
         out.append("Add (+=, never =: gradients accumulate until zero_grad) into:")
         out += [f"    self.{name}.grad {shape}" for name, shape in grads.items()]
     if children:
-        out.append("Call the backward of: " + ", ".join(children) + " (each returns its input's gradient).")
+        out.append(
+            "Call the backward of: " + ", ".join(children) + " (each returns its input's gradient)."
+        )
     if hooks:
         # the reference's own first hook line, so the example names the gradient it really passes
-        example = next(line.strip() for line in text.splitlines() if f"self.{hooks[0]}.backward(" in line)
-        out.append("Pass each gradient through its hook point, as the forward passes each activation, e.g.")
+        example = next(
+            line.strip() for line in text.splitlines() if f"self.{hooks[0]}.backward(" in line
+        )
+        out.append(
+            "Pass each gradient through its hook point, as the forward passes each activation, e.g."
+        )
         out.append(f"    {example}")
         out.append("  hook points here: " + ", ".join(hooks))
     out.append(f"Return: {returns}.")
-    adds = "; add into " + ", ".join(f"{name}.grad {shape}" for name, shape in grads.items()) if grads else ""
-    message = (f"{body.cls}.backward is exercise {number} of {len(EXERCISES)}, not written yet: "
-               f"given {given}, return {returns}{adds}. The hint above this line lists the forward lines to undo.")
+    adds = (
+        "; add into " + ", ".join(f"{name}.grad {shape}" for name, shape in grads.items())
+        if grads
+        else ""
+    )
+    message = (
+        f"{body.cls}.backward is exercise {number} of {len(EXERCISES)}, not written yet: "
+        f"given {given}, return {returns}{adds}. The hint above this line lists the forward lines "
+        f"to undo."
+    )
     return out, message
 
 
@@ -208,44 +269,67 @@ def step_hint_lines(body: MarkedBody, source: str, directory: str = "DIR"):
     given, returns = _docstring_contract(source, body.cls)
     shapes = _step_shapes(body, source)
     lines = source.splitlines()
-    header = [f"Exercise {number} of {len(EXERCISES)}: {body.cls}.backward ({exercise.what}).",
-              f"Given {given}, return {returns}.",
-              f"It comes in {len(body.steps)} steps, each checked on its own, and then the whole:",
-              f"    python demo.py exercises check {directory} {exercise.key}.<step>   (one step)",
-              f"    python demo.py exercises check {directory} {exercise.key}          (every step, then the whole)",
-              f"Each step starts from the names it is given (and self, and what {exercise.file}'s backward unpacks",
-              "from self.cache above) and must leave the names it makes for the steps below."]
+    header = [
+        f"Exercise {number} of {len(EXERCISES)}: {body.cls}.backward ({exercise.what}).",
+        f"Given {given}, return {returns}.",
+        f"It comes in {len(body.steps)} steps, each checked on its own, and then the whole:",
+        f"    python demo.py exercises check {directory} {exercise.key}.<step>   (one step)",
+        f"    python demo.py exercises check {directory} {exercise.key}          (every step, then "
+        f"the whole)",
+        f"Each step starts from the names it is given (and self, and what {exercise.file}'s "
+        f"backward unpacks",
+        "from self.cache above) and must leave the names it makes for the steps below.",
+    ]
     grads_of = _parameter_shapes(body.cls)
     out = []
     for index, step in enumerate(body.steps, 1):
         text = "\n".join(lines[step.first : step.last + 1])
         hooks, _ = _calls(text)
         added = [name for name in grads_of if re.search(rf"self\.{name}\.grad\s*\+=", text)]
-        comments = [f"Step {index} of {len(body.steps)}: {step.title}.",
-                    f"Check it with: python demo.py exercises check {directory} {exercise.key}.{step.name}"]
-        comments += _listed("Given:", [f"{name} {shapes.get(name, '')}".strip() for name in step.inputs])
-        comments += _listed("Make: ", [f"{name} {shapes.get(name, '')}".strip() for name in step.outputs])
+        comments = [
+            f"Step {index} of {len(body.steps)}: {step.title}.",
+            f"Check it with: python demo.py exercises check {directory} {exercise.key}.{step.name}",
+        ]
+        comments += _listed(
+            "Given:", [f"{name} {shapes.get(name, '')}".strip() for name in step.inputs]
+        )
+        comments += _listed(
+            "Make: ", [f"{name} {shapes.get(name, '')}".strip() for name in step.outputs]
+        )
         forward = _forward_lines(source, step.first, step.last)
         if forward:
             comments.append("Undo these forward lines, last first:")
             comments += _undo_lines(forward)
         if added:
-            comments += _listed("Add (+=) into:", [f"self.{name}.grad {grads_of[name]}" for name in added])
+            comments += _listed(
+                "Add (+=) into:", [f"self.{name}.grad {grads_of[name]}" for name in added]
+            )
         if hooks:
-            example = next(line.strip() for line in text.splitlines() if f"self.{hooks[0]}.backward(" in line)
-            comments.append(f"Pass the gradient through its hook point{'s' if len(hooks) > 1 else ''}: "
-                            + ", ".join(hooks) + ", e.g.")
+            example = next(
+                line.strip() for line in text.splitlines() if f"self.{hooks[0]}.backward(" in line
+            )
+            comments.append(
+                f"Pass the gradient through its hook point{'s' if len(hooks) > 1 else ''}: "
+                + ", ".join(hooks)
+                + ", e.g."
+            )
             comments.append(f"    {example}")
-        message = (f"{body.cls}.backward, step {index} ({step.name}) of exercise {number}, not written yet: given "
-                   f"{', '.join(step.inputs)}, make {', '.join(step.outputs)}. The hint above this line says how.")
+        message = (
+            f"{body.cls}.backward, step {index} ({step.name}) of exercise {number}, not written "
+            f"yet: given "
+            f"{', '.join(step.inputs)}, make {', '.join(step.outputs)}. The hint above this line "
+            f"says how."
+        )
         out.append((step, comments, message))
     return header, out
 
 
 def stub_source(source: str, file: str = "<source>", directory: str = "DIR") -> str:
-    """``source`` with every marked body replaced by its hint and a NotImplementedError (one per step).
+    """``source`` with every marked body replaced by its hint and a NotImplementedError (one per
+    step).
 
-    ``directory`` is the folder the copy goes to, as the learner typed it (for the hint's check command).
+    ``directory`` is the folder the copy goes to, as the learner typed it (for the hint's check
+    command).
     """
     lines = source.splitlines(keepends=True)
     for body in reversed(find_marked_bodies(source, file)):
@@ -268,12 +352,16 @@ def stub_source(source: str, file: str = "<source>", directory: str = "DIR") -> 
 
 
 def _raise_lines(indent, message):
-    return ([f"{indent}raise NotImplementedError(\n"] + [f"{indent}    {chunk!r}\n" for chunk in _chunks(message, 80)]
-            + [f"{indent})\n"])
+    return (
+        [f"{indent}raise NotImplementedError(\n"]
+        + [f"{indent}    {chunk!r}\n" for chunk in _chunks(message, 80)]
+        + [f"{indent})\n"]
+    )
 
 
 def _chunks(text, width):
-    """Split ``text`` at spaces into pieces of about ``width`` characters (adjacent literals join up)."""
+    """Split ``text`` at spaces into pieces of about ``width`` characters (adjacent literals join
+    up)."""
     pieces, current = [], ""
     for word in text.split(" "):
         if current and len(current) + len(word) + 1 > width:
@@ -285,22 +373,30 @@ def _chunks(text, width):
 
 
 def project_packages():
-    """The project's own packages: every folder directly in the project that holds an __init__.py."""
+    """The project's own packages: every folder directly in the project that holds an
+    __init__.py."""
     return sorted(path for path in PROJECT.iterdir() if (path / "__init__.py").is_file())
 
 
 def check_target(directory):
-    """``directory/numpy_impl``, refused when it would be, or sit inside, one of the project's own packages."""
+    """``directory/numpy_impl``, refused when it would be, or sit inside, one of the project's own
+    packages."""
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"directory must be a path, got {type(directory).__name__}")
     target = Path(directory) / "numpy_impl"
     resolved = target.resolve()
     for package in project_packages():
         if resolved == package.resolve() or resolved.is_relative_to(package.resolve()):
-            what = "the reference itself" if package.name == "numpy_impl" else f"inside the project's package {package.name}/"
+            what = (
+                "the reference itself"
+                if package.name == "numpy_impl"
+                else f"inside the project's package {package.name}/"
+            )
             raise PermissionError(
-                f"{target} is {what}: init never writes into the project's own packages, with or without --force; "
-                f"choose a folder of your own, e.g. python demo.py exercises init {DEFAULT_DIR}")
+                f"{target} is {what}: init never writes into the project's own packages, with or "
+                f"without --force; "
+                f"choose a folder of your own, e.g. python demo.py exercises init {DEFAULT_DIR}"
+            )
     return target
 
 
@@ -316,13 +412,17 @@ def write_copy(directory=DEFAULT_DIR, force: bool = False) -> Path:
         os.fsdecode(os.fspath(directory)).encode("utf-8")
     except UnicodeEncodeError:
         shown = os.fsdecode(os.fspath(directory))
-        raise ValueError(f"directory {shown!a} is not a UTF-8 name: the copy's hints name their "
-                         "folder in UTF-8 source; choose a folder whose name is") from None
+        raise ValueError(
+            f"directory {shown!a} is not a UTF-8 name: the copy's hints name their "
+            "folder in UTF-8 source; choose a folder whose name is"
+        ) from None
     if target.exists() and not force:
         raise FileExistsError(f"{target} already exists (your work?); pass --force to overwrite it")
     reference_exercises()  # fails early if markers and catalog disagree
-    stubs = {path.name: stub_source(path.read_text(), path.name, os.fspath(directory))
-             for path in sorted(REFERENCE_DIR.glob("*.py"))}
+    stubs = {
+        path.name: stub_source(path.read_text(), path.name, os.fspath(directory))
+        for path in sorted(REFERENCE_DIR.glob("*.py"))
+    }
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".numpy_impl-", dir=target.parent))  # whole, or nothing
     try:

@@ -57,31 +57,107 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import scipy.special  # noqa: F401  the exact GELU's erf: imported before the audit hook, which refuses what scipy's import does
+
+# the exact GELU's erf: imported before the audit hook, which refuses what scipy's import does
+import scipy.special  # noqa: F401
 
 from exercises import protocol, sandbox, steps
 
 BORROWED_MODULES = {
-    "numpy_impl", "torch_impl", "torch", "torchvision", "torchaudio", "functorch", "jax", "jaxlib", "autograd",
-    "tensorflow", "keras", "tinygrad", "mlx", "sympy", "numdifftools", "transformers", "gradcheck", "exercises",
-    "tours", "interp", "training", "reading", "parity_tests", "benchmarks", "demo", "_exercise_reference",
+    "numpy_impl",
+    "torch_impl",
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "functorch",
+    "jax",
+    "jaxlib",
+    "autograd",
+    "tensorflow",
+    "keras",
+    "tinygrad",
+    "mlx",
+    "sympy",
+    "numdifftools",
+    "transformers",
+    "gradcheck",
+    "exercises",
+    "tours",
+    "interp",
+    "training",
+    "reading",
+    "parity_tests",
+    "benchmarks",
+    "demo",
+    "_exercise_reference",
 }
-REFUSED_MODULES = {"subprocess", "_posixsubprocess", "multiprocessing", "pty", "_ctypes", "ctypes",
-                   "readline", "socket", "_socket", "sqlite3", "_sqlite3"}
-PROCESS_EVENTS = {"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
-                  "subprocess.Popen", "os.startfile", "pty.spawn"}
-WRITE_EVENTS = {"os.rename": 2, "os.remove": 1, "os.rmdir": 1, "os.truncate": 1, "os.link": 2,
-                "os.symlink": 2, "os.mkdir": 1, "shutil.rmtree": 1, "os.chmod": 1, "os.chown": 1,
-                "os.utime": 1, "os.setxattr": 1, "os.removexattr": 1, "os.chflags": 1,
-                "os.mkfifo": 1, "os.mknod": 1, "sqlite3.connect": 1}
-READ_EVENTS = {"readline.read_history_file", "readline.read_init_file",
-               "readline.append_history_file", "readline.write_history_file"}
-SOCKET_EVENTS = {"socket.__new__", "socket.bind", "socket.connect", "socket.sendto",
-                 "socket.sendmsg"}
-REFERENCE_FOLDERS = ("numpy_impl", "torch_impl")  # by name anywhere (other clones), besides the project's
+REFUSED_MODULES = {
+    "subprocess",
+    "_posixsubprocess",
+    "multiprocessing",
+    "pty",
+    "_ctypes",
+    "ctypes",
+    "readline",
+    "socket",
+    "_socket",
+    "sqlite3",
+    "_sqlite3",
+}
+PROCESS_EVENTS = {
+    "os.fork",
+    "os.forkpty",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.system",
+    "subprocess.Popen",
+    "os.startfile",
+    "pty.spawn",
+}
+WRITE_EVENTS = {
+    "os.rename": 2,
+    "os.remove": 1,
+    "os.rmdir": 1,
+    "os.truncate": 1,
+    "os.link": 2,
+    "os.symlink": 2,
+    "os.mkdir": 1,
+    "shutil.rmtree": 1,
+    "os.chmod": 1,
+    "os.chown": 1,
+    "os.utime": 1,
+    "os.setxattr": 1,
+    "os.removexattr": 1,
+    "os.chflags": 1,
+    "os.mkfifo": 1,
+    "os.mknod": 1,
+    "sqlite3.connect": 1,
+}
+READ_EVENTS = {
+    "readline.read_history_file",
+    "readline.read_init_file",
+    "readline.append_history_file",
+    "readline.write_history_file",
+}
+SOCKET_EVENTS = {
+    "socket.__new__",
+    "socket.bind",
+    "socket.connect",
+    "socket.sendto",
+    "socket.sendmsg",
+}
+# by name anywhere (other clones), besides the project's
+REFERENCE_FOLDERS = ("numpy_impl", "torch_impl")
 PROTECTED_IN_PROJECT = ("numpy_impl", "torch_impl", "gradcheck")
-SHARED_LIBRARIES = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib",
-                    "/etc/ld.so.cache")  # what an extension module links to
+SHARED_LIBRARIES = (
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local/lib",
+    "/etc/ld.so.cache",
+)  # what an extension module links to
 _loads = itertools.count()
 
 
@@ -90,6 +166,7 @@ class NotAllowed(RuntimeError):
 
 
 # --- the learner's package ---
+
 
 def find_package(directory) -> Path:
     """The learner's package folder: DIR/numpy_impl, or DIR itself if it holds __init__.py."""
@@ -104,7 +181,8 @@ def find_package(directory) -> Path:
 
 
 def load_package(directory, substitutes=None):
-    """Import the learner's package under a fresh name of its own, so it never clashes with numpy_impl.
+    """Import the learner's package under a fresh name of its own, so it never clashes with
+    numpy_impl.
 
     substitutes: {file name: source} for files of the copy that do not compile (a syntax error in
         one exercise's file): each is loaded from the source given (the stub, with the reference's
@@ -119,7 +197,8 @@ def load_package(directory, substitutes=None):
     )
     package = importlib.util.module_from_spec(spec)
     sys.modules[name] = package
-    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__ behind
+    # leave no __pycache__ behind
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
         for file, source in sorted((substitutes or {}).items()):
             stand_in = types.ModuleType(f"{name}.{Path(file).stem}")
@@ -141,21 +220,26 @@ def load_package(directory, substitutes=None):
 
 
 def unload_package(package):
-    for name in [n for n in sys.modules if n == package.__name__ or n.startswith(package.__name__ + ".")]:
+    for name in [
+        n for n in sys.modules if n == package.__name__ or n.startswith(package.__name__ + ".")
+    ]:
         del sys.modules[name]
 
 
 # --- errors, described as plain data ---
 
+
 def _safe(function, fallback):
     try:
         return function()
-    except BaseException as error:  # noqa: B036  (a learner's exception may raise anything, even from __str__)
+    # a learner's exception may raise anything, even from __str__
+    except BaseException as error:  # noqa: B036
         return fallback(error)
 
 
 def describe(error, package_dir=None):
-    """{"type", "message", "text", "where", "line", "shapes", "not_started", "base"} for an exception: plain data.
+    """{"type", "message", "text", "where", "line", "shapes", "not_started", "base"} for an
+    exception: plain data.
 
     Every step is guarded: a learner's exception whose ``__str__`` or ``__name__`` raises still
     gets a description.
@@ -164,14 +248,20 @@ def describe(error, package_dir=None):
     if isinstance(error, SystemExit):
         message = _safe(lambda: repr(error.code), lambda e: "?")
     else:
-        message = _safe(lambda: str(error), lambda e: f"(its message could not be made: str() raised {type(e).__name__})")
+        message = _safe(
+            lambda: str(error),
+            lambda e: f"(its message could not be made: str() raised {type(e).__name__})",
+        )
     message = message if len(message) <= 2000 else message[:2000] + " ..."
     where, line, shapes, nonfinite = "", "", [], []
     frame_tb = None
     try:
-        for tb in _walk(error.__traceback__):  # the innermost frame of the learner's own files (not the boundary's)
+        # the innermost frame of the learner's own files (not the boundary's)
+        for tb in _walk(error.__traceback__):
             filename = tb.tb_frame.f_code.co_filename
-            if package_dir is None or (_inside(filename, package_dir) and Path(filename).name != "module.py"):
+            if package_dir is None or (
+                _inside(filename, package_dir) and Path(filename).name != "module.py"
+            ):
                 frame_tb = tb
         if frame_tb is None:
             tbs = list(_walk(error.__traceback__))
@@ -185,17 +275,29 @@ def describe(error, package_dir=None):
                 nonfinite = _nonfinite_locals(frame_tb.tb_frame)
     except BaseException:  # noqa: B036
         pass
-    return {"type": kind, "message": message, "text": f"{kind}: {message}" + (f" at {where}" if where else ""),
-            "where": where, "line": line, "shapes": shapes, "nonfinite": nonfinite,
-            "not_started": isinstance(error, NotImplementedError),
-            "base": not isinstance(error, Exception)}
+    return {
+        "type": kind,
+        "message": message,
+        "text": f"{kind}: {message}" + (f" at {where}" if where else ""),
+        "where": where,
+        "line": line,
+        "shapes": shapes,
+        "nonfinite": nonfinite,
+        "not_started": isinstance(error, NotImplementedError),
+        "base": not isinstance(error, Exception),
+    }
 
 
 def _nonfinite_locals(frame):
-    """[{"name", "masked"}] for each float array in ``frame`` holding NaN or inf; masked: exactly where k_pos > q_pos."""
+    """[{"name", "masked"}] for each float array in ``frame`` holding NaN or inf; masked: exactly
+    where k_pos > q_pos."""
     found = []
     for name, value in dict(frame.f_locals).items():
-        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        if (
+            isinstance(value, np.ndarray)
+            and value.dtype.kind == "f"
+            and not np.all(np.isfinite(value))
+        ):
             masked = False
             if value.ndim >= 2 and value.shape[-1] == value.shape[-2] > 1:
                 hidden = np.triu(np.ones(value.shape[-2:], dtype=bool), k=1)  # [q_pos, k_pos]
@@ -218,11 +320,23 @@ def _inside(filename, folder):
         return False
 
 
-SAFE_METHODS = {"T", "swapaxes", "transpose", "reshape", "sum", "mean", "data", "grad", "astype", "copy"}
+SAFE_METHODS = {
+    "T",
+    "swapaxes",
+    "transpose",
+    "reshape",
+    "sum",
+    "mean",
+    "data",
+    "grad",
+    "astype",
+    "copy",
+}
 
 
 def _operand_shapes(frame, filename, lineno):
-    """For the statement at ``lineno``: the shapes of the operands of each ``@``, einsum and ``+=`` in it.
+    """For the statement at ``lineno``: the shapes of the operands of each ``@``, einsum and ``+=``
+    in it.
 
     Only operands made of names, attributes, subscripts and a few array methods are evaluated
     again (in the frame that raised), so nothing the learner wrote runs twice with side effects.
@@ -234,7 +348,9 @@ def _operand_shapes(frame, filename, lineno):
     statement = None
     for node in ast.walk(tree):
         if isinstance(node, ast.stmt) and node.lineno <= lineno <= node.end_lineno:
-            if not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.If, ast.For, ast.While, ast.With, ast.Try)):
+            if not isinstance(
+                node, (ast.FunctionDef, ast.ClassDef, ast.If, ast.For, ast.While, ast.With, ast.Try)
+            ):
                 statement = node
     if statement is None:
         return []
@@ -243,24 +359,60 @@ def _operand_shapes(frame, filename, lineno):
         if not _evaluable(node):
             return None
         try:
-            expression = ast.parse(ast.unparse(node), mode="eval")  # (a target's Store context becomes a load)
-            value = eval(compile(expression, filename, "eval"), frame.f_globals, dict(frame.f_locals))
+            # (a target's Store context becomes a load)
+            expression = ast.parse(ast.unparse(node), mode="eval")
+            value = eval(
+                compile(expression, filename, "eval"), frame.f_globals, dict(frame.f_locals)
+            )
         except BaseException:  # noqa: B036
             return None
-        return list(np.shape(value)) if isinstance(value, (np.ndarray, np.generic, float, int)) else None
+        return (
+            list(np.shape(value))
+            if isinstance(value, (np.ndarray, np.generic, float, int))
+            else None
+        )
 
     found = []
     for node in ast.walk(statement):
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.MatMult, ast.Add, ast.Sub, ast.Mult, ast.Div)):
-            op = {ast.MatMult: "@", ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}[type(node.op)]
-            found.append({"op": op, "operands": [[ast.unparse(side), shape(side)] for side in (node.left, node.right)]})
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "einsum":
-            if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                found.append({"op": "einsum", "subscripts": node.args[0].value,
-                              "operands": [[ast.unparse(arg), shape(arg)] for arg in node.args[1:]]})
+        if isinstance(node, ast.BinOp) and isinstance(
+            node.op, (ast.MatMult, ast.Add, ast.Sub, ast.Mult, ast.Div)
+        ):
+            op = {ast.MatMult: "@", ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}[
+                type(node.op)
+            ]
+            found.append(
+                {
+                    "op": op,
+                    "operands": [
+                        [ast.unparse(side), shape(side)] for side in (node.left, node.right)
+                    ],
+                }
+            )
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) == "einsum"
+        ):
+            if (
+                node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                found.append(
+                    {
+                        "op": "einsum",
+                        "subscripts": node.args[0].value,
+                        "operands": [[ast.unparse(arg), shape(arg)] for arg in node.args[1:]],
+                    }
+                )
     if isinstance(statement, ast.AugAssign):
-        found.append({"op": "+=" if isinstance(statement.op, ast.Add) else "op=",
-                      "operands": [[ast.unparse(side), shape(side)] for side in (statement.target, statement.value)]})
+        found.append(
+            {
+                "op": "+=" if isinstance(statement.op, ast.Add) else "op=",
+                "operands": [
+                    [ast.unparse(side), shape(side)] for side in (statement.target, statement.value)
+                ],
+            }
+        )
     return found[:12]
 
 
@@ -275,6 +427,7 @@ def _evaluable(node):
 
 
 # --- the audit hook ---
+
 
 class Guard:
     """The audit hook's settings and its channel to the checker."""
@@ -347,7 +500,9 @@ class Guard:
             return "refused", f"{event}({target}) (signalling another process)"
         if event in WRITE_EVENTS:
             for path in list(args)[: WRITE_EVENTS[event]]:
-                if isinstance(path, (str, bytes, os.PathLike)) and not self._writable(os.fsdecode(path)):
+                if isinstance(path, (str, bytes, os.PathLike)) and not self._writable(
+                    os.fsdecode(path)
+                ):
                     return "refused", f"{event} on {os.fsdecode(path)}"
         return None
 
@@ -378,7 +533,8 @@ class Guard:
     def where(self):
         """The learner's file and line that asked for it (the innermost frame in their package)."""
         try:
-            frame = sys._getframe(2)  # inside the hook: this raises the hook's event again, which returns at once
+            # inside the hook: this raises the hook's event again, which returns at once
+            frame = sys._getframe(2)
         except BaseException:  # noqa: B036
             return ""
         self.busy = True
@@ -402,6 +558,7 @@ def _temp_dir():
 
 
 # --- the reference's backward for sub-modules (block and model only) ---
+
 
 def reference_backwards(folder, files):
     """{class name: the reference's backward} for ``files`` ({class: file name}), loaded by file
@@ -427,6 +584,7 @@ def reference_backwards(folder, files):
 
 # --- the wall's plan ---
 
+
 def engine_folders(runtime):
     """Where torch and the other gradient engines of BORROWED_MODULES are installed, if they are
     (the runtime copy's own ``exercises`` aside)."""
@@ -448,8 +606,9 @@ def readable(setup, engines):
     """What the process may read behind the wall: its runtime copy, the learner's folder and the
     Python installation (this process's sys.path), less the project and the gradient engines."""
     project = Path(setup["project"]).resolve()
-    installation = [p for p in sys.path[1:]
-                    if p and os.path.isdir(p) and Path(p).resolve() != project]
+    installation = [
+        p for p in sys.path[1:] if p and os.path.isdir(p) and Path(p).resolve() != project
+    ]
     libraries = [p for p in SHARED_LIBRARIES if os.path.exists(p)]
     roots = [setup["runtime"], setup["directory"], *installation, *libraries]
     return sandbox.split_roots(roots, sandbox.carve(project, roots) + engines)
@@ -459,8 +618,10 @@ def reaches_out(package_dir, directory, project):
     """A sentence where the learner's copy is, or links into, something not its own; else ""."""
     folder, project = Path(directory).resolve(), Path(project).resolve()
     if folder == project or project.is_relative_to(folder):
-        return (f"your folder {directory} holds the project itself ({project}): check the copy "
-                "that 'python demo.py exercises init DIR' makes, in a folder of its own")
+        return (
+            f"your folder {directory} holds the project itself ({project}): check the copy "
+            "that 'python demo.py exercises init DIR' makes, in a folder of its own"
+        )
     references = {}
     for name in ("numpy_impl", "torch_impl"):
         for path in (project / name).glob("*.py"):
@@ -478,8 +639,10 @@ def reaches_out(package_dir, directory, project):
             if path.is_file() and not path.is_symlink():
                 info = path.stat()
                 if info.st_nlink > 1 and (info.st_dev, info.st_ino) in references:
-                    return (f"your {path.relative_to(folder)} is a hard link to the project's "
-                            f"{references[(info.st_dev, info.st_ino)]}")
+                    return (
+                        f"your {path.relative_to(folder)} is a hard link to the project's "
+                        f"{references[(info.st_dev, info.st_ino)]}"
+                    )
     return ""
 
 
@@ -487,13 +650,16 @@ def _audited(name, function):
     def audited(path, *args, **kwargs):
         sys.audit(f"os.{name}", path)
         return function(path, *args, **kwargs)
+
     return audited
+
 
 # --- what a backward did besides its gradient: side effects, forward calls, dtypes ---
 
+
 def snapshot(module):
-    """{path: a copy} of every array a backward must leave as it found it: each parameter's .data, each
-    module's cache (its entries one by one) and its other arrays (the causal mask, a table)."""
+    """{path: a copy} of every array a backward must leave as it found it: each parameter's .data,
+    each module's cache (its entries one by one) and its other arrays (the causal mask, a table)."""
     found = {}
     for name, sub in module.named_modules():
         if type(sub).__name__ == "HookPoint":
@@ -502,7 +668,11 @@ def snapshot(module):
         for attribute, value in vars(sub).items():
             if attribute in ("forward_record", "changed"):
                 continue
-            if hasattr(value, "data") and hasattr(value, "grad") and isinstance(getattr(value, "data"), np.ndarray):
+            if (
+                hasattr(value, "data")
+                and hasattr(value, "grad")
+                and isinstance(value.data, np.ndarray)
+            ):
                 found[f"{prefix}{attribute}.data"] = value.data.copy()
             elif isinstance(value, np.ndarray):
                 found[f"{prefix}{attribute}"] = value.copy()
@@ -514,16 +684,25 @@ def snapshot(module):
 
 
 def changed_since(module, before):
-    """The paths of ``before`` whose array is gone or differs, byte for byte, now: [{"path", "cls"}]."""
+    """The paths of ``before`` whose array is gone or differs, byte for byte, now:
+    [{"path", "cls"}]."""
     now = snapshot(module)
     classes = {name: type(sub).__name__ for name, sub in module.named_modules()}
     out = []
     for path, old in before.items():
         new = now.get(path)
-        if (new is None or new.dtype != old.dtype or new.shape != old.shape
-                or new.tobytes() != old.tobytes()):
+        if (
+            new is None
+            or new.dtype != old.dtype
+            or new.shape != old.shape
+            or new.tobytes() != old.tobytes()
+        ):
             owner = path.rsplit(".", 1)[0] if "." in path else ""
-            owner = owner if owner in classes else (path.rsplit(".", 2)[0] if path.count(".") >= 2 else "")
+            owner = (
+                owner
+                if owner in classes
+                else (path.rsplit(".", 2)[0] if path.count(".") >= 2 else "")
+            )
             out.append({"path": path, "cls": classes.get(owner, classes.get("", ""))})
     return out
 
@@ -533,20 +712,27 @@ def forward_codes(package):
     (log_softmax, ...): what a backward that evaluates the forward calls."""
     codes = {}
     for name, loaded in list(sys.modules.items()):
-        if not (name == package.__name__ or name.startswith(package.__name__ + ".")) or name.endswith(".module"):
+        if not (
+            name == package.__name__ or name.startswith(package.__name__ + ".")
+        ) or name.endswith(".module"):
             continue
         for value in list(vars(loaded).values()):
             if isinstance(value, type) and value.__module__ == name and "forward" in vars(value):
                 function = inspect.unwrap(vars(value)["forward"])
                 if hasattr(function, "__code__"):
                     codes[function.__code__] = f"{value.__name__}.forward"
-            elif isinstance(value, types.FunctionType) and value.__module__ == name and not value.__name__.startswith("_"):
+            elif (
+                isinstance(value, types.FunctionType)
+                and value.__module__ == name
+                and not value.__name__.startswith("_")
+            ):
                 codes[value.__code__] = value.__name__
     return codes
 
 
 class ForwardWatch:
-    """A profile function, while a backward runs, noting each call of a forward (``calls``: [{"what", "where"}])."""
+    """A profile function, while a backward runs, noting each call of a forward (``calls``:
+    [{"what", "where"}])."""
 
     def __init__(self, codes, package_dir):
         self.codes = codes
@@ -565,17 +751,28 @@ class ForwardWatch:
         if event != "call" or frame.f_code not in self.codes or len(self.calls) >= 5:
             return
         caller = frame.f_back
-        while caller is not None and (Path(caller.f_code.co_filename).name == "module.py" or not os.path.realpath(
-                caller.f_code.co_filename).startswith(self.package_dir + os.sep)):
+        while caller is not None and (
+            Path(caller.f_code.co_filename).name == "module.py"
+            or not os.path.realpath(caller.f_code.co_filename).startswith(self.package_dir + os.sep)
+        ):
             caller = caller.f_back
-        where = f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}" if caller is not None else ""
-        line = linecache.getline(caller.f_code.co_filename, caller.f_lineno).strip() if caller is not None else ""
+        where = (
+            f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}"
+            if caller is not None
+            else ""
+        )
+        line = (
+            linecache.getline(caller.f_code.co_filename, caller.f_lineno).strip()
+            if caller is not None
+            else ""
+        )
         self.calls.append({"what": self.codes[frame.f_code], "where": where, "line": line})
 
 
 class DtypeTrace:
-    """A trace function over the learner's own lines: the first line after which an array (a local, or a
-    parameter's .grad) holds another float dtype than the model's (``first``: {"where", "line", "name", "dtype"})."""
+    """A trace function over the learner's own lines: the first line after which an array (a local,
+    or a parameter's .grad) holds another float dtype than the model's (``first``: {"where", "line",
+    "name", "dtype"})."""
 
     def __init__(self, package_dir, dtype, parameters):
         self.package_dir = str(Path(package_dir).resolve())
@@ -611,21 +808,34 @@ class DtypeTrace:
         return self._local
 
     def _look(self, frame, lineno):
-        found = [(name, value) for name, value in frame.f_locals.items() if isinstance(value, (np.ndarray, np.generic))]
+        found = [
+            (name, value)
+            for name, value in frame.f_locals.items()
+            if isinstance(value, (np.ndarray, np.generic))
+        ]
         found += [(f"self.{name}.grad", p.grad) for name, p in self.parameters]
         for name, value in found:
             dtype = getattr(value, "dtype", None)
-            if dtype is not None and dtype.kind in "fc" and dtype != self.dtype and np.ndim(value) > 0:
+            if (
+                dtype is not None
+                and dtype.kind in "fc"
+                and dtype != self.dtype
+                and np.ndim(value) > 0
+            ):
                 filename = frame.f_code.co_filename
-                self.first = {"where": f"{Path(filename).name}:{lineno}", "name": str(name), "dtype": dtype.name,
-                              "line": linecache.getline(filename, lineno).strip()}
+                self.first = {
+                    "where": f"{Path(filename).name}:{lineno}",
+                    "name": str(name),
+                    "dtype": dtype.name,
+                    "line": linecache.getline(filename, lineno).strip(),
+                }
                 return
 
 
 def gradient_editor(seed, name):
-    """A backward hook for hook point ``name``: the gradient times a random factor, plus random noise (the
-    same in the checker and here). A hook point's backward skipped, or called twice, changes the result;
-    noise at masked scores shows a mask's backward left out."""
+    """A backward hook for hook point ``name``: the gradient times a random factor, plus random
+    noise (the same in the checker and here). A hook point's backward skipped, or called twice,
+    changes the result; noise at masked scores shows a mask's backward left out."""
     index = zlib.crc32(name.encode())
     factor = 0.5 + float(np.random.default_rng([seed, index]).uniform())
 
@@ -637,6 +847,7 @@ def gradient_editor(seed, name):
 
 
 # --- what the checker asks for ---
+
 
 class Session:
     """One exercise's worth of requests, in the learner's process."""
@@ -665,7 +876,8 @@ class Session:
         return module
 
     def hooks(self, module, request):
-        """Recording hooks (the gradient arriving at every hook point) and the pattern-editing hook."""
+        """Recording hooks (the gradient arriving at every hook point) and the pattern-editing
+        hook."""
         recorded = {}
         self.counts = counts = {}  # how many times each hook point's backward ran
         self.dtypes = dtypes = {}  # the dtype of the first gradient each hook point's backward got
@@ -691,38 +903,56 @@ class Session:
         return recorded
 
     def run(self, request):
-        """Forward, backward (twice, with the very same upstream array, when asked): everything that came out."""
+        """Forward, backward (twice, with the very same upstream array, when asked): everything that
+        came out."""
         try:
             module = self.build(request)
         except BaseException as error:  # noqa: B036
             return {"stage": "build", "error": describe(error, self.package_dir)}
         recorded = self.hooks(module, request)
-        inputs = [np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in request["inputs"]]
+        inputs = [
+            np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in request["inputs"]
+        ]
         try:
             out = module.forward(*inputs)
         except BaseException as error:  # noqa: B036
             return {"stage": "forward", "error": describe(error, self.package_dir)}
         upstream = request["dout"]
-        upstream = np.array(upstream, copy=True) if isinstance(upstream, np.ndarray) else float(upstream)
+        upstream = (
+            np.array(upstream, copy=True) if isinstance(upstream, np.ndarray) else float(upstream)
+        )
         reply = {"out": plain(out)}
         module.zero_grad()
         before = snapshot(module)
         watch = ForwardWatch(self.forward_codes, self.package_dir)
         try:
             if request.get("trace_dtype"):
-                with DtypeTrace(self.package_dir, fields_dtype(request), list(module.named_parameters())) as trace:
+                with DtypeTrace(
+                    self.package_dir, fields_dtype(request), list(module.named_parameters())
+                ) as trace:
                     module.backward(upstream)
                 return {"dtype_change": trace.first}
             with watch:
                 dinput = module.backward(upstream)
         except BaseException as error:  # noqa: B036
-            reply.update(stage="backward", error=describe(error, self.package_dir), hooks=dict(recorded),
-                         forward_calls=watch.calls)
+            reply.update(
+                stage="backward",
+                error=describe(error, self.package_dir),
+                hooks=dict(recorded),
+                forward_calls=watch.calls,
+            )
             return reply
-        reply.update(dinput=plain(dinput), grads=grads_of(module), hooks=dict(recorded),
-                     dout_after=plain(upstream), inputs_after=[plain(x) for x in inputs],
-                     changed=changed_since(module, before), forward_calls=watch.calls,
-                     hook_calls=dict(self.counts), hook_dtypes=dict(self.dtypes))
+        reply.update(
+            dinput=plain(dinput),
+            grads=grads_of(module),
+            hooks=dict(recorded),
+            dout_after=plain(upstream),
+            inputs_after=[plain(x) for x in inputs],
+            changed=changed_since(module, before),
+            forward_calls=watch.calls,
+            hook_calls=dict(self.counts),
+            hook_dtypes=dict(self.dtypes),
+        )
         if request.get("twice"):
             recorded.clear()
             try:
@@ -730,13 +960,20 @@ class Session:
             except BaseException as error:  # noqa: B036
                 reply["second"] = {"error": describe(error, self.package_dir)}
                 return reply
-            reply["second"] = {"dinput": plain(again), "grads": grads_of(module), "dout_after": plain(upstream)}
+            reply["second"] = {
+                "dinput": plain(again),
+                "grads": grads_of(module),
+                "dout_after": plain(upstream),
+            }
         return reply
 
     def finite_differences(self, request):
-        """For each direction D: sum((out(theta + h D) - out(theta - h D)) * R) / (2 h), in float64."""
+        """For each direction D: sum((out(theta + h D) - out(theta - h D)) * R) / (2 h), in
+        float64."""
         module = self.build(request)
-        inputs = [np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in request["inputs"]]
+        inputs = [
+            np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in request["inputs"]
+        ]
         arrays = {name: p.data for name, p in module.named_parameters()}
         if request.get("input_name"):
             arrays[request["input_name"]] = inputs[0]
@@ -756,13 +993,16 @@ class Session:
         return {"values": values}
 
     def step(self, request):
-        """One ``# EXERCISE STEP`` region of the learner's backward, run on its own with the given gradients."""
+        """One ``# EXERCISE STEP`` region of the learner's backward, run on its own with the given
+        gradients."""
         try:
             module = self.build(request)
         except BaseException as error:  # noqa: B036
             return {"stage": "build", "error": describe(error, self.package_dir)}
         recorded = self.hooks(module, request)
-        inputs = [np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in request["inputs"]]
+        inputs = [
+            np.array(x, copy=True) if isinstance(x, np.ndarray) else x for x in request["inputs"]
+        ]
         try:
             module.forward(*inputs)
         except BaseException as error:  # noqa: B036
@@ -771,11 +1011,18 @@ class Session:
         source = path.read_text()
         lines = source.splitlines()
         try:
-            body = next(b for b in steps.find_marked_bodies(source, path.name) if b.cls == request["cls"])
+            body = next(
+                b for b in steps.find_marked_bodies(source, path.name) if b.cls == request["cls"]
+            )
             region = next(r for r in body.steps if r.name == request["step"])
         except (StopIteration, ValueError, SyntaxError):
-            return {"stage": "markers", "error": {"text": f"the line '{steps.STEP} {request['step']}: ...' is missing from "
-                                                          f"your {path.name}, or its markers are out of place"}}
+            return {
+                "stage": "markers",
+                "error": {
+                    "text": f"the line '{steps.STEP} {request['step']}: ...' is missing from "
+                    f"your {path.name}, or its markers are out of place"
+                },
+            }
         namespace = vars(sys.modules[type(module).__module__])
         try:
             values = steps.prologue_values(body, lines, module, str(path), namespace)
@@ -783,32 +1030,54 @@ class Session:
             missing = [name for name in region.inputs if name not in given]
             if missing:
                 return {"stage": "inputs", "missing": missing}
-            function = steps.region_function(lines, region.first, region.last, region.inputs, str(path), namespace)
+            function = steps.region_function(
+                lines, region.first, region.last, region.inputs, str(path), namespace
+            )
             module.zero_grad()
-            prefill = request.get("prefill") or {}  # .grad holding something already: a step adds (+=) into it
+            # .grad holding something already: a step adds (+=) into it
+            prefill = request.get("prefill") or {}
             for name, parameter in module.named_parameters():
                 if name in prefill:
                     parameter.grad[...] = prefill[name]
             arguments = {name: given[name] for name in region.inputs}
-            passed = {name: value.copy() for name, value in arguments.items()  # the gradients it is given
-                      if name in request["given"] and isinstance(value, np.ndarray)}
+            # the gradients it is given
+            passed = {
+                name: value.copy()
+                for name, value in arguments.items()
+                if name in request["given"] and isinstance(value, np.ndarray)
+            }
             before = snapshot(module)
             if request.get("trace_dtype"):
-                with DtypeTrace(self.package_dir, fields_dtype(request), list(module.named_parameters())) as trace:
+                with DtypeTrace(
+                    self.package_dir, fields_dtype(request), list(module.named_parameters())
+                ) as trace:
                     function(module, **arguments)
                 return {"dtype_change": trace.first}
             watch = ForwardWatch(self.forward_codes, self.package_dir)
             with watch:
                 scope = function(module, **arguments)
         except BaseException as error:  # noqa: B036
-            return {"stage": "step", "error": describe(error, self.package_dir), "hooks": dict(recorded)}
+            return {
+                "stage": "step",
+                "error": describe(error, self.package_dir),
+                "hooks": dict(recorded),
+            }
         scope.pop("self", None)
         changed = changed_since(module, before) + [
-            {"path": name, "cls": "given"} for name, value in passed.items()
-            if arguments[name].dtype != value.dtype or arguments[name].tobytes() != value.tobytes()]
-        return {"locals": {name: plain(value) for name, value in scope.items() if isinstance(value, np.ndarray)},
-                "grads": grads_of(module), "hooks": dict(recorded), "changed": changed, "forward_calls": watch.calls,
-                "hook_calls": dict(self.counts)}
+            {"path": name, "cls": "given"}
+            for name, value in passed.items()
+            if arguments[name].dtype != value.dtype or arguments[name].tobytes() != value.tobytes()
+        ]
+        return {
+            "locals": {
+                name: plain(value) for name, value in scope.items() if isinstance(value, np.ndarray)
+            },
+            "grads": grads_of(module),
+            "hooks": dict(recorded),
+            "changed": changed,
+            "forward_calls": watch.calls,
+            "hook_calls": dict(self.counts),
+        }
 
 
 def fields_dtype(request):
@@ -816,39 +1085,49 @@ def fields_dtype(request):
 
 
 def edit_pattern(pattern, hook):
-    """The pattern-editing hook: key 1 ablated (zeroed) for every query, as an interpretability run might."""
+    """The pattern-editing hook: key 1 ablated (zeroed) for every query, as an interpretability run
+    might."""
     pattern[..., 1] = 0.0
     return pattern
 
 
 def plain(value):
-    """An array, a number or None as it is; anything else as a description (it cannot travel, and is wrong anyway)."""
+    """An array, a number or None as it is; anything else as a description (it cannot travel, and is
+    wrong anyway)."""
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, np.generic) and value.dtype.name in protocol.DTYPES:
         return np.asarray(value)
     if isinstance(value, np.ndarray) and value.dtype.name in protocol.DTYPES:
         return value
-    return {"not_an_array": _safe(lambda: type(value).__name__, lambda e: "object"),
-            "dtype": _safe(lambda: str(value.dtype), lambda e: "")}
+    return {
+        "not_an_array": _safe(lambda: type(value).__name__, lambda e: "object"),
+        "dtype": _safe(lambda: str(value.dtype), lambda e: ""),
+    }
 
 
 def grads_of(module):
-    """{name: a copy of p.grad}: what it holds now (a later backward adds into the parameter's own array)."""
-    return {name: plain(np.array(p.grad, copy=True) if isinstance(p.grad, np.ndarray) else p.grad)
-            for name, p in module.named_parameters()}
+    """{name: a copy of p.grad}: what it holds now (a later backward adds into the parameter's own
+    array)."""
+    return {
+        name: plain(np.array(p.grad, copy=True) if isinstance(p.grad, np.ndarray) else p.grad)
+        for name, p in module.named_parameters()
+    }
 
 
 # --- the loop ---
 
+
 def main(in_fd, out_fd):
-    """Read the setup, install the guard, import the copy, then answer requests until "bye" or end of input."""
+    """Read the setup, install the guard, import the copy, then answer requests until "bye" or end
+    of input."""
     reader = protocol.Reader(in_fd)
     _, setup = reader.read()
     isolation = {}
     if setup.get("reference"):
         isolation = reference_backwards(setup["reference"], setup["isolate"])
-        shutil.rmtree(setup["reference"], ignore_errors=True)  # the functions are held; the source goes
+        # the functions are held; the source goes
+        shutil.rmtree(setup["reference"], ignore_errors=True)
     linecache.clearcache()
     package_dir = find_package(setup["directory"])
     engines = engine_folders(setup["runtime"])
@@ -866,13 +1145,20 @@ def main(in_fd, out_fd):
             return
     for name in ("mkfifo", "mknod"):  # no audit event of their own: give them one
         setattr(os, name, _audited(name, getattr(os, name)))
-    sys.addaudithook(Guard(out_fd, package_dir, setup["directory"], setup["project"], engines,
-                           setup["scratch"]))
+    sys.addaudithook(
+        Guard(out_fd, package_dir, setup["directory"], setup["project"], engines, setup["scratch"])
+    )
     try:
         package = load_package(setup["directory"], setup.get("substitutes"))
     except ImportError as error:
-        protocol.send(out_fd, {"ready": False, "error": _safe(lambda: str(error), lambda e: "ImportError"),
-                               "cause": describe(error.__cause__ or error, package_dir)})
+        protocol.send(
+            out_fd,
+            {
+                "ready": False,
+                "error": _safe(lambda error=error: str(error), lambda e: "ImportError"),
+                "cause": describe(error.__cause__ or error, package_dir),
+            },
+        )
         return
     protocol.send(out_fd, {"ready": True})
     session = Session(package, str(package_dir), isolation)
@@ -887,10 +1173,21 @@ def main(in_fd, out_fd):
         try:
             reply = operations[request["op"]](request)
         except SystemExit as error:  # a learner's sys.exit(): reported, and the process lives on
-            reply = {"exit": _safe(lambda: repr(error.code), lambda e: "?"), "where": describe(error, package_dir)["where"]}
+            reply = {
+                "exit": _safe(lambda error=error: repr(error.code), lambda e: "?"),
+                "where": describe(error, package_dir)["where"],
+            }
         except BaseException as error:  # noqa: B036
             reply = {"stage": "checker", "error": describe(error, package_dir)}
         try:
             protocol.send(out_fd, {"reply": reply})
         except (TypeError, ValueError) as error:
-            protocol.send(out_fd, {"reply": {"stage": "reply", "error": {"text": f"an answer that cannot be sent: {error}"}}})
+            protocol.send(
+                out_fd,
+                {
+                    "reply": {
+                        "stage": "reply",
+                        "error": {"text": f"an answer that cannot be sent: {error}"},
+                    }
+                },
+            )

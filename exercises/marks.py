@@ -22,7 +22,8 @@ FILE_LINE = re.compile(r"\b(\w+\.py):(\d+)\b")
 
 
 def page_marks(results, directory):
-    """{class name: {"status", "words", "lines": {line: note}}} for every exercise in ``results``."""
+    """{class name: {"status", "words", "lines": {line: note}}} for every exercise in
+    ``results``."""
     marks = {}
     for result in results:
         exercise = BY_KEY.get(result.key) or STEP_KEYS.get(result.key)

@@ -32,6 +32,7 @@ _work = [os.path.abspath(DEFAULT_DIR)]
 
 # --- in the kernel ---
 
+
 def use(directory):
     """The folder the notebook's cells work on (the one holding numpy_impl/)."""
     _work[0] = os.path.abspath(directory)
@@ -112,11 +113,16 @@ def write_body(key, body, directory=None):
     try:
         marked = next(b for b in find_marked_bodies(source, path.name) if b.cls == exercise.cls)
     except StopIteration:
-        raise ValueError(f"{path} has no '{BEGIN}' ... '{END}' around {exercise.cls}.backward any more") from None
+        raise ValueError(
+            f"{path} has no '{BEGIN}' ... '{END}' around {exercise.cls}.backward any more"
+        ) from None
     if step is None:
         first, last = marked.begin + 1, marked.end - 1
         if marked.steps:
-            raise ValueError(f"{exercise.key} is written in steps: write each with %%backward {exercise.key}.<step>")
+            raise ValueError(
+                f"{exercise.key} is written in steps: write each with %%backward "
+                f"{exercise.key}.<step>"
+            )
     else:
         region = next((r for r in marked.steps if r.name == step), None)
         if region is None:
@@ -125,7 +131,10 @@ def write_body(key, body, directory=None):
     dedented = textwrap.dedent(body)
     leading = len(dedented) - len(dedented.lstrip("\n"))  # blank lines above the cell's first line
     text = dedented.strip("\n")
-    new = [(marked.indent + line).rstrip() + "\n" if line.strip() else "\n" for line in text.splitlines()]
+    new = [
+        (marked.indent + line).rstrip() + "\n" if line.strip() else "\n"
+        for line in text.splitlines()
+    ]
     lines[first : last + 1] = new
     written = "".join(lines)
     try:
@@ -133,11 +142,16 @@ def write_body(key, body, directory=None):
     except SyntaxError as error:
         where = error.lineno or 0
         inside = first < where <= first + len(new)
-        said = (f"line {where - first + 1 + leading} of the cell" if inside
-                else f"{path.name}:{where}, outside the cell's body (a block the cell left open?)")
-        raise CellError(f"SyntaxError: {error.msg} at {said}"
-                        + (f": `{(error.text or '').strip()}`" if error.text else "")
-                        + f"; {path.name} keeps its last version") from None
+        said = (
+            f"line {where - first + 1 + leading} of the cell"
+            if inside
+            else f"{path.name}:{where}, outside the cell's body (a block the cell left open?)"
+        )
+        raise CellError(
+            f"SyntaxError: {error.msg} at {said}"
+            + (f": `{(error.text or '').strip()}`" if error.text else "")
+            + f"; {path.name} keeps its last version"
+        ) from None
     path.write_text(written)
     _cells[key] = leading
     return path, len(new)
@@ -145,12 +159,13 @@ def write_body(key, body, directory=None):
 
 def check(key=None, directory=None, time_limit=None):
     """Run the checker on exercise or step ``key`` (default: all) and print its table."""
-    from .check import TIME_LIMIT
+    from .check import TIME_LIMIT, format_results
     from .check import check as run_check
-    from .check import format_results
 
     directory = directory or _work[0]
-    results = run_check(directory, keys=None if key is None else [key], time_limit=time_limit or TIME_LIMIT)
+    results = run_check(
+        directory, keys=None if key is None else [key], time_limit=time_limit or TIME_LIMIT
+    )
     print(in_cell_lines(format_results(results, directory), directory))
 
 
@@ -165,8 +180,10 @@ def _exercise(key):
 
 # --- writing the notebook ---
 
+
 def write_notebook(directory=DEFAULT_DIR, force=False):
-    """Write ``directory/exercises.ipynb`` (and ``directory/numpy_impl`` when missing); returns (path, copy or None)."""
+    """Write ``directory/exercises.ipynb`` (and ``directory/numpy_impl`` when missing); returns
+    (path, copy or None)."""
     path = Path(directory) / "exercises.ipynb"
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (your work?); pass --force to overwrite it")
@@ -182,35 +199,69 @@ def write_notebook(directory=DEFAULT_DIR, force=False):
 
 
 def build_notebook(directory, copy_source):
-    """The notebook as a dict (nbformat 4.5); the cells' bodies come from the copy in ``copy_source``."""
-    cells = [_markdown("intro", INTRO.format(directory=directory)),
-             _code("setup", SETUP.format(project=str(PROJECT), directory=str(Path(directory).resolve())))]
+    """The notebook as a dict (nbformat 4.5); the cells' bodies come from the copy in
+    ``copy_source``."""
+    cells = [
+        _markdown("intro", INTRO.format(directory=directory)),
+        _code(
+            "setup", SETUP.format(project=str(PROJECT), directory=str(Path(directory).resolve()))
+        ),
+    ]
     for exercise in EXERCISES:
         copy_text = (copy_source / exercise.file).read_text()
         reference_text = (REFERENCE_DIR / exercise.file).read_text()
-        body = next(b for b in find_marked_bodies(copy_text, exercise.file) if b.cls == exercise.cls)
+        body = next(
+            b for b in find_marked_bodies(copy_text, exercise.file) if b.cls == exercise.cls
+        )
         lines = copy_text.splitlines()
         number = number_of(exercise.key)
-        cells.append(_markdown(f"md-{exercise.key}", _exercise_text(exercise, number, reference_text, body, lines)))
+        cells.append(
+            _markdown(
+                f"md-{exercise.key}", _exercise_text(exercise, number, reference_text, body, lines)
+            )
+        )
         if body.steps:
             for step in body.steps:
                 key = f"{exercise.key}.{step.name}"
-                cells.append(_markdown(f"md-{exercise.key}-{step.name}",
-                                       f"### {number_of(key)} `{key}`: {step.title}\n\nEdit the body below "
-                                       "(its comments are the hint), run it, then run the check under it."))
-                cells.append(_code(f"write-{exercise.key}-{step.name}", f"%%backward {key}\n"
-                                   + _dedented(lines[step.first : step.last + 1])))
+                cells.append(
+                    _markdown(
+                        f"md-{exercise.key}-{step.name}",
+                        f"### {number_of(key)} `{key}`: {step.title}\n\nEdit the body below "
+                        "(its comments are the hint), run it, then run the check under it.",
+                    )
+                )
+                cells.append(
+                    _code(
+                        f"write-{exercise.key}-{step.name}",
+                        f"%%backward {key}\n" + _dedented(lines[step.first : step.last + 1]),
+                    )
+                )
                 cells.append(_code(f"check-{exercise.key}-{step.name}", f'check("{key}")'))
-            cells.append(_markdown(f"md-{exercise.key}-whole", f"All {len(body.steps)} steps of `{exercise.key}` together:"))
+            cells.append(
+                _markdown(
+                    f"md-{exercise.key}-whole",
+                    f"All {len(body.steps)} steps of `{exercise.key}` together:",
+                )
+            )
         else:
-            cells.append(_code(f"write-{exercise.key}", f"%%backward {exercise.key}\n"
-                               + _dedented(lines[body.begin + 1 : body.end])))
+            cells.append(
+                _code(
+                    f"write-{exercise.key}",
+                    f"%%backward {exercise.key}\n" + _dedented(lines[body.begin + 1 : body.end]),
+                )
+            )
         cells.append(_code(f"check-{exercise.key}", f'check("{exercise.key}")'))
     cells.append(_markdown("md-all", "## Everything, and all of yours together in the whole model"))
     cells.append(_code("check-all", "check()"))
-    return {"cells": cells, "metadata": {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+    return {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
 
 
 INTRO = """# Backprop exercises: write every backward pass yourself
@@ -232,12 +283,27 @@ use(r"{directory}")"""
 
 def _exercise_text(exercise, number, reference_text, body, lines):
     formula = _formula(reference_text, exercise.cls)
-    hint = [line.strip()[2:] if line.strip().startswith("# ") else line.strip().lstrip("#")
-            for line in lines[body.begin + 1 : body.end]
-            if line.strip().startswith("#") and not line.strip().startswith((STEP, BEGIN, END))]
-    parts = [f"## {number}. `{exercise.key}`: `{exercise.cls}.backward` in `{exercise.file}`",
-             f"*{exercise.what}*", "", "The forward:", "", "```", formula, "```", "",
-             "What to write (the hint in your copy):", "", "```", "\n".join(hint), "```"]
+    hint = [
+        line.strip()[2:] if line.strip().startswith("# ") else line.strip().lstrip("#")
+        for line in lines[body.begin + 1 : body.end]
+        if line.strip().startswith("#") and not line.strip().startswith((STEP, BEGIN, END))
+    ]
+    parts = [
+        f"## {number}. `{exercise.key}`: `{exercise.cls}.backward` in `{exercise.file}`",
+        f"*{exercise.what}*",
+        "",
+        "The forward:",
+        "",
+        "```",
+        formula,
+        "```",
+        "",
+        "What to write (the hint in your copy):",
+        "",
+        "```",
+        "\n".join(hint),
+        "```",
+    ]
     return "\n".join(parts)
 
 
@@ -250,8 +316,11 @@ def _formula(source, cls=None):
     formula = textwrap.dedent("\n".join(block)).strip() or docstring.splitlines()[0]
     names = _parameter_names(source, cls) if cls else []
     if names and not any(re.search(rf"\b{name}\b", formula) for name in names):
-        lines = [line.strip() for line in docstring.splitlines()
-                 if any(re.search(rf"\b{name}\b", line) for name in names)]
+        lines = [
+            line.strip()
+            for line in docstring.splitlines()
+            if any(re.search(rf"\b{name}\b", line) for name in names)
+        ]
         formula = "\n".join(lines) or formula
     return formula
 
@@ -262,8 +331,11 @@ def _parameter_names(source, cls):
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ClassDef) and node.name == cls:
             for item in ast.walk(node):
-                if (isinstance(item, ast.Assign) and isinstance(item.value, ast.Call)
-                        and getattr(item.value.func, "id", "") == "Parameter"):
+                if (
+                    isinstance(item, ast.Assign)
+                    and isinstance(item.value, ast.Call)
+                    and getattr(item.value.func, "id", "") == "Parameter"
+                ):
                     names += [t.attr for t in item.targets if isinstance(t, ast.Attribute)]
     return names
 
@@ -277,8 +349,14 @@ def _markdown(cell_id, text):
 
 
 def _code(cell_id, text):
-    return {"cell_type": "code", "id": _id(cell_id), "metadata": {}, "source": text,
-            "execution_count": None, "outputs": []}
+    return {
+        "cell_type": "code",
+        "id": _id(cell_id),
+        "metadata": {},
+        "source": text,
+        "execution_count": None,
+        "outputs": [],
+    }
 
 
 def _id(text):

@@ -29,8 +29,20 @@ import numpy as np
 MAGIC = b"EXF1"
 HEADER = struct.Struct("<4sII")  # magic, sender pid, JSON length
 LIMIT = 256 * 2**20  # bytes in one frame, at most (the checked arrays are a few kilobytes)
-DTYPES = {"float16", "float32", "float64", "int8", "int16", "int32", "int64",
-          "uint8", "uint16", "uint32", "uint64", "bool"}
+DTYPES = {
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+}
 
 
 class BadMessage(Exception):
@@ -53,7 +65,11 @@ def encode(message) -> bytes:
             if value.dtype.name not in DTYPES:
                 raise TypeError(f"arrays of dtype {value.dtype} are not sent")
             arrays.append(np.ascontiguousarray(value))
-            return {"__array__": len(arrays) - 1, "dtype": value.dtype.name, "shape": list(value.shape)}
+            return {
+                "__array__": len(arrays) - 1,
+                "dtype": value.dtype.name,
+                "shape": list(value.shape),
+            }
         if isinstance(value, np.generic):
             return plain(value.item())
         if isinstance(value, float) and not math.isfinite(value):
@@ -72,7 +88,8 @@ def encode(message) -> bytes:
 
 
 def decode(text: bytes, blobs: list):
-    """The message from its JSON and its arrays' bytes (already read, each checked against its header)."""
+    """The message from its JSON and its arrays' bytes (already read, each checked against its
+    header)."""
 
     def restore(value):
         if isinstance(value, dict):
@@ -101,8 +118,12 @@ def array_specs(text: bytes):
         if isinstance(value, dict):
             if "__array__" in value:
                 index, dtype, shape = value.get("__array__"), value.get("dtype"), value.get("shape")
-                if (not isinstance(index, int) or dtype not in DTYPES or not isinstance(shape, list)
-                        or not all(isinstance(n, int) and n >= 0 for n in shape)):
+                if (
+                    not isinstance(index, int)
+                    or dtype not in DTYPES
+                    or not isinstance(shape, list)
+                    or not all(isinstance(n, int) and n >= 0 for n in shape)
+                ):
                     raise BadMessage("an array header that does not read")
                 specs[index] = (dtype, tuple(shape))
             else:
@@ -130,7 +151,8 @@ def send(fd, message):
 
 
 class Reader:
-    """Reads whole messages from ``fd`` with a deadline; what arrived past a message waits for the next read."""
+    """Reads whole messages from ``fd`` with a deadline; what arrived past a message waits for the
+    next read."""
 
     def __init__(self, fd):
         self.fd = fd
@@ -150,7 +172,8 @@ class Reader:
             self.buffer += chunk
 
     def read(self, deadline=None):
-        """(sender pid, message); ``deadline`` is a time.monotonic() value, or None to wait for ever."""
+        """(sender pid, message); ``deadline`` is a time.monotonic() value, or None to wait for
+        ever."""
         self._fill(HEADER.size, deadline)
         magic, pid, length = HEADER.unpack(bytes(self.buffer[: HEADER.size]))
         if magic != MAGIC:
@@ -160,14 +183,20 @@ class Reader:
         self._fill(HEADER.size + length, deadline)
         text = bytes(self.buffer[HEADER.size : HEADER.size + length])
         specs = array_specs(text)
-        sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for dtype, shape in specs]
+        sizes = [
+            int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for dtype, shape in specs
+        ]
         total = HEADER.size + length + sum(sizes)
         if total > LIMIT:
             raise BadMessage(f"a frame of {total} bytes (at most {LIMIT})")
         self._fill(total, deadline)
         blobs, offset = [], HEADER.size + length
         for (dtype, shape), size in zip(specs, sizes):
-            blob = np.frombuffer(bytes(self.buffer[offset : offset + size]), dtype=dtype).reshape(shape).copy()
+            blob = (
+                np.frombuffer(bytes(self.buffer[offset : offset + size]), dtype=dtype)
+                .reshape(shape)
+                .copy()
+            )
             blobs.append(blob)
             offset += size
         del self.buffer[:total]

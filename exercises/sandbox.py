@@ -53,24 +53,74 @@ PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
 EPERM = 1
 ARCHES = {  # the audit arch word, and the system calls the filter refuses, by number
-    "x86_64": (0xC000003E, {
-        "socket": 41, "socketpair": 53, "execve": 59, "execveat": 322, "ptrace": 101,
-        "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
-        "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452,
-        "chown": 92, "fchown": 93, "lchown": 94, "fchownat": 260,
-        "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190,
-        "removexattr": 197, "lremovexattr": 198, "fremovexattr": 199, "setxattrat": 463,
-        "removexattrat": 466, "mount": 165, "umount2": 166, "unshare": 272, "setns": 308,
-        "io_uring_setup": 425, "bpf": 321, "process_vm_writev": 311,
-    }),
-    "aarch64": (0xC00000B7, {
-        "socket": 198, "socketpair": 199, "execve": 221, "execveat": 281, "ptrace": 117,
-        "utimensat": 88, "fchmod": 52, "fchmodat": 53, "fchmodat2": 452,
-        "fchown": 55, "fchownat": 54, "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7,
-        "removexattr": 14, "lremovexattr": 15, "fremovexattr": 16, "setxattrat": 463,
-        "removexattrat": 466, "mount": 40, "umount2": 39, "unshare": 97, "setns": 268,
-        "io_uring_setup": 425, "bpf": 280, "process_vm_writev": 271,
-    }),
+    "x86_64": (
+        0xC000003E,
+        {
+            "socket": 41,
+            "socketpair": 53,
+            "execve": 59,
+            "execveat": 322,
+            "ptrace": 101,
+            "utime": 132,
+            "utimes": 235,
+            "futimesat": 261,
+            "utimensat": 280,
+            "chmod": 90,
+            "fchmod": 91,
+            "fchmodat": 268,
+            "fchmodat2": 452,
+            "chown": 92,
+            "fchown": 93,
+            "lchown": 94,
+            "fchownat": 260,
+            "setxattr": 188,
+            "lsetxattr": 189,
+            "fsetxattr": 190,
+            "removexattr": 197,
+            "lremovexattr": 198,
+            "fremovexattr": 199,
+            "setxattrat": 463,
+            "removexattrat": 466,
+            "mount": 165,
+            "umount2": 166,
+            "unshare": 272,
+            "setns": 308,
+            "io_uring_setup": 425,
+            "bpf": 321,
+            "process_vm_writev": 311,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "socket": 198,
+            "socketpair": 199,
+            "execve": 221,
+            "execveat": 281,
+            "ptrace": 117,
+            "utimensat": 88,
+            "fchmod": 52,
+            "fchmodat": 53,
+            "fchmodat2": 452,
+            "fchown": 55,
+            "fchownat": 54,
+            "setxattr": 5,
+            "lsetxattr": 6,
+            "fsetxattr": 7,
+            "removexattr": 14,
+            "lremovexattr": 15,
+            "fremovexattr": 16,
+            "setxattrat": 463,
+            "removexattrat": 466,
+            "mount": 40,
+            "umount2": 39,
+            "unshare": 97,
+            "setns": 268,
+            "io_uring_setup": 425,
+            "bpf": 280,
+            "process_vm_writev": 271,
+        },
+    ),
 }
 X32_BIT = 0x40000000  # x86-64's x32 numbers: refused as a whole
 
@@ -92,14 +142,16 @@ def wall():
         return 0, f"{platform.system() or sys.platform} has no Landlock (a Linux feature)"
     try:
         libc = _libc()
-        abi = libc.syscall(CREATE_RULESET, None, ctypes.c_size_t(0),
-                           ctypes.c_uint32(CREATE_RULESET_VERSION))
+        abi = libc.syscall(
+            CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION)
+        )
     except (OSError, AttributeError) as error:
         return 0, f"the C library could not be reached to ask for Landlock ({error})"
     if abi < 1:
         errno = ctypes.get_errno()
         why = {38: "this kernel was built without it", 95: "it is switched off at boot (lsm=)"}.get(
-            errno, os.strerror(errno))
+            errno, os.strerror(errno)
+        )
         return 0, f"Linux {platform.release()} offers no Landlock: {why} (it needs 5.13 or later)"
     return int(abi), ""
 
@@ -158,11 +210,16 @@ def enter(read, write):
         raise Unavailable(why)
     libc = _libc()
     fs = FS_RIGHTS.get(abi, (1 << 16) - 1)
-    attr = struct.pack("=QQQ", fs, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
-                       SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
+    attr = struct.pack(
+        "=QQQ",
+        fs,
+        NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
+        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0,
+    )
     attr = attr[: 8 if abi < 4 else 16 if abi < 6 else 24]
-    ruleset = libc.syscall(CREATE_RULESET, ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)),
-                           ctypes.c_uint32(0))
+    ruleset = libc.syscall(
+        CREATE_RULESET, ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)
+    )
     if ruleset < 0:
         raise Unavailable(f"landlock_create_ruleset: {os.strerror(ctypes.get_errno())}")
     try:
@@ -189,8 +246,16 @@ def _add(libc, ruleset, path, rights):
         if not os.path.isdir(path):
             rights &= FILE_RIGHTS
         rule = struct.pack("=Qi", rights, fd)  # struct landlock_path_beneath_attr, packed
-        if libc.syscall(ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(RULE_PATH_BENEATH),
-                        ctypes.c_char_p(rule), ctypes.c_uint32(0)) != 0:
+        if (
+            libc.syscall(
+                ADD_RULE,
+                ctypes.c_int(ruleset),
+                ctypes.c_int(RULE_PATH_BENEATH),
+                ctypes.c_char_p(rule),
+                ctypes.c_uint32(0),
+            )
+            != 0
+        ):
             raise Unavailable(f"landlock_add_rule({path}): {os.strerror(ctypes.get_errno())}")
     finally:
         os.close(fd)
@@ -209,8 +274,12 @@ def _seccomp(libc):
         return struct.pack("=HBBI", code, jt, jf, k)
 
     LD_W_ABS, JEQ_K, JGE_K, RET_K = 0x20, 0x15, 0x35, 0x06
-    program = [op(LD_W_ABS, 4), op(JEQ_K, arch, 1, 0), op(RET_K, SECCOMP_RET_ALLOW),  # another arch
-               op(LD_W_ABS, 0)]  # the call's number
+    program = [
+        op(LD_W_ABS, 4),
+        op(JEQ_K, arch, 1, 0),
+        op(RET_K, SECCOMP_RET_ALLOW),  # another arch
+        op(LD_W_ABS, 0),
+    ]  # the call's number
     if machine == "x86_64":
         program.append(op(JGE_K, X32_BIT, len(numbers) + 1, 0))
     for i, number in enumerate(numbers):

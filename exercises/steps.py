@@ -35,11 +35,12 @@ STEP = "# EXERCISE STEP"
 class Region:
     """A run of lines of one backward (line numbers 0-based; ``first``..``last`` inclusive)."""
 
-    name: str      # the step's name ("softmax"), or "" for the whole body
-    title: str     # what the step does, from its marker line
-    first: int     # its first line after the marker
-    last: int      # its last line before the next marker
-    inputs: tuple = ()   # names read before written: gradients (d...) and the prologue's cached values
+    name: str  # the step's name ("softmax"), or "" for the whole body
+    title: str  # what the step does, from its marker line
+    first: int  # its first line after the marker
+    last: int  # its last line before the next marker
+    # names read before written: gradients (d...) and the prologue's cached values
+    inputs: tuple = ()
     outputs: tuple = ()  # names written here and read by a later step or the epilogue
 
 
@@ -49,17 +50,19 @@ class MarkedBody:
 
     file: str
     cls: str
-    begin: int     # the line holding BEGIN
-    end: int       # the line holding END
-    indent: str    # the body's indentation
-    prologue: tuple = ()     # (first, last) of the lines between the docstring and BEGIN, or ()
-    epilogue: tuple = ()     # (first, last) of the lines after END, to the method's end
-    argument: str = ""       # backward's gradient argument: dout, dlogits, dresid_post, ...
-    steps: tuple = field(default_factory=tuple)  # Region per ``# EXERCISE STEP``; empty: one whole body
+    begin: int  # the line holding BEGIN
+    end: int  # the line holding END
+    indent: str  # the body's indentation
+    prologue: tuple = ()  # (first, last) of the lines between the docstring and BEGIN, or ()
+    epilogue: tuple = ()  # (first, last) of the lines after END, to the method's end
+    argument: str = ""  # backward's gradient argument: dout, dlogits, dresid_post, ...
+    # Region per ``# EXERCISE STEP``; empty: one whole body
+    steps: tuple = field(default_factory=tuple)
 
 
 def find_marked_bodies(source: str, file: str = "<source>"):
-    """Every BEGIN/END pair in ``source``, with the class whose ``backward`` holds it, and its steps.
+    """Every BEGIN/END pair in ``source``, with the class whose ``backward`` holds it, and its
+    steps.
 
     Raises ValueError for a marker that is unpaired, nested, misindented, outside a ``backward``
     method, or a step marker outside a body or after code in it, so a misplaced marker fails
@@ -87,27 +90,46 @@ def find_marked_bodies(source: str, file: str = "<source>"):
             continue
         if stripped == BEGIN:
             if open_at is not None:
-                raise ValueError(f"{file}:{number + 1}: {BEGIN} inside another exercise (opened at line {open_at + 1})")
+                raise ValueError(
+                    f"{file}:{number + 1}: {BEGIN} inside another exercise (opened at line "
+                    f"{open_at + 1})"
+                )
             open_at, step_at = number, []
             continue
         if open_at is None:
             raise ValueError(f"{file}:{number + 1}: {END} without a {BEGIN}")
         indent = lines[open_at][: len(lines[open_at]) - len(lines[open_at].lstrip())]
         if not line.startswith(indent + END):
-            raise ValueError(f"{file}:{number + 1}: {END} is not indented like its {BEGIN} (line {open_at + 1})")
+            raise ValueError(
+                f"{file}:{number + 1}: {END} is not indented like its {BEGIN} (line {open_at + 1})"
+            )
         where = methods.get(open_at)
         if where is None or where[1].name != "backward" or methods.get(number) != where:
-            raise ValueError(f"{file}:{open_at + 1}: exercise markers must sit inside one backward method")
+            raise ValueError(
+                f"{file}:{open_at + 1}: exercise markers must sit inside one backward method"
+            )
         method = where[1]
-        if step_at and any(lines[n].strip() and not lines[n].strip().startswith("#") for n in range(open_at + 1, step_at[0])):
-            raise ValueError(f"{file}:{open_at + 2}: code between {BEGIN} and the first {STEP}: every line belongs to a step")
-        body_start = method.body[1].lineno - 1 if ast.get_docstring(method) and len(method.body) > 1 else method.body[0].lineno - 1
+        if step_at and any(
+            lines[n].strip() and not lines[n].strip().startswith("#")
+            for n in range(open_at + 1, step_at[0])
+        ):
+            raise ValueError(
+                f"{file}:{open_at + 2}: code between {BEGIN} and the first {STEP}: every line "
+                f"belongs to a step"
+            )
+        body_start = (
+            method.body[1].lineno - 1
+            if ast.get_docstring(method) and len(method.body) > 1
+            else method.body[0].lineno - 1
+        )
         prologue = (body_start, open_at - 1) if body_start < open_at else ()
-        epilogue = (number + 1, method.end_lineno - 1) if number + 1 <= method.end_lineno - 1 else ()
+        epilogue = (
+            (number + 1, method.end_lineno - 1) if number + 1 <= method.end_lineno - 1 else ()
+        )
         argument = method.args.args[1].arg if len(method.args.args) > 1 else ""
         regions = []
         for index, at in enumerate(step_at):
-            name, _, title = lines[at].strip()[len(STEP):].strip().partition(":")
+            name, _, title = lines[at].strip()[len(STEP) :].strip().partition(":")
             last = (step_at[index + 1] if index + 1 < len(step_at) else number) - 1
             regions.append(Region(name.strip(), title.strip(), at + 1, last))
         body = MarkedBody(file, where[0], open_at, number, indent, prologue, epilogue, argument)
@@ -119,7 +141,8 @@ def find_marked_bodies(source: str, file: str = "<source>"):
 
 
 def _with_interfaces(body, regions, lines, module_names):
-    """``body`` with each step's inputs and outputs read off the code (which names each reads and writes)."""
+    """``body`` with each step's inputs and outputs read off the code (which names each reads and
+    writes)."""
     if not regions:
         return body
     known = set(module_names) | set(dir(builtins)) | {"self"}
@@ -128,18 +151,30 @@ def _with_interfaces(body, regions, lines, module_names):
     reads_writes = [_reads_writes(_text(lines, region.first, region.last)) for region in regions]
     for index in range(len(regions)):
         later = set(epilogue_reads)
-        for reads, _ in reads_writes[index + 1:]:
+        for reads, _ in reads_writes[index + 1 :]:
             later |= reads
         later_reads.append(later)
     filled = []
     for index, region in enumerate(regions):
         ordered_inputs = _ordered_first_reads(_text(lines, region.first, region.last))
         inputs = tuple(name for name in ordered_inputs if name not in known)
-        outputs = tuple(name for name in _ordered_writes(_text(lines, region.first, region.last))
-                        if name in later_reads[index])
+        outputs = tuple(
+            name
+            for name in _ordered_writes(_text(lines, region.first, region.last))
+            if name in later_reads[index]
+        )
         filled.append(Region(region.name, region.title, region.first, region.last, inputs, outputs))
-    return MarkedBody(body.file, body.cls, body.begin, body.end, body.indent, body.prologue, body.epilogue,
-                      body.argument, tuple(filled))
+    return MarkedBody(
+        body.file,
+        body.cls,
+        body.begin,
+        body.end,
+        body.indent,
+        body.prologue,
+        body.epilogue,
+        body.argument,
+        tuple(filled),
+    )
 
 
 def _text(lines, first, last):
@@ -163,7 +198,8 @@ def _reads_writes(text):
 
 
 def _ordered_first_reads(text):
-    """Names read before the block writes them, in the order they are first read (statement by statement)."""
+    """Names read before the block writes them, in the order they are first read (statement by
+    statement)."""
     written, out = set(), []
 
     def visit(statements):
@@ -221,8 +257,10 @@ def _module_names(tree):
 
 # --- running one region on its own ---
 
+
 def region_function(source_lines, first, last, arguments, filename, namespace):
-    """A function ``f(self, **arguments)`` running lines ``first``..``last`` and returning its locals.
+    """A function ``f(self, **arguments)`` running lines ``first``..``last`` and returning its
+    locals.
 
     The lines keep their numbers and indentation in ``filename``, so a traceback points at them.
     ``namespace``: the globals the lines see (the module's own: np, math, ...).
@@ -235,8 +273,12 @@ def region_function(source_lines, first, last, arguments, filename, namespace):
         body += "\n" + " " * indent + "pass"
     signature = ", ".join(["self"] + list(arguments))
     # padding puts the def line just above the region, so line numbers match the file
-    text = ("\n" * max(first - 1, 0) + f"def __exercise_region__({signature}):\n{body}\n"
-            + " " * indent + "return locals()\n")
+    text = (
+        "\n" * max(first - 1, 0)
+        + f"def __exercise_region__({signature}):\n{body}\n"
+        + " " * indent
+        + "return locals()\n"
+    )
     code = compile(text, filename, "exec")
     scope = dict(namespace)
     exec(code, scope)
@@ -244,7 +286,8 @@ def region_function(source_lines, first, last, arguments, filename, namespace):
 
 
 def prologue_values(body: MarkedBody, source_lines, module, filename, namespace):
-    """{name: value} the prologue (the lines before BEGIN, such as ``x, q_h = self.cache``) leaves."""
+    """{name: value} the prologue (the lines before BEGIN, such as ``x, q_h = self.cache``)
+    leaves."""
     if not body.prologue:
         return {}
     function = region_function(source_lines, *body.prologue, [], filename, namespace)

@@ -4,7 +4,7 @@ The checker runs each exercise in a fresh process of its own (``learner.py`` is 
 there): the learner's code never runs in the checker, and nothing one exercise does (a patched
 module, an endless loop, ``os._exit``, a forked child) reaches the next. What can happen:
 
-    an answer             the reply, and the audit hook's reports ("borrowed", "refused") that came with it
+    an answer             the reply, with the audit hook's reports ("borrowed", "refused")
     no answer in time     the process group is killed; the exercise is "timed out"
     the process is gone   (os._exit, a signal, a closed pipe) the exercise is "exited", with how
     a bad message         (not this protocol, another process's) "exited", with what arrived
@@ -43,26 +43,34 @@ from pathlib import Path
 
 from . import protocol, sandbox
 
-PROJECT = Path(__file__).resolve().parent.parent  # the folder holding exercises/, numpy_impl/, foundation/
+# the folder holding exercises/, numpy_impl/, foundation/
+PROJECT = Path(__file__).resolve().parent.parent
 OUTPUT_KEPT = 2000
 BOOT = (  # argv: the pipes' two ends, and the runtime copy (never the project: see runtime_copy)
     "import sys\n"
     "try:\n"
-    "    import ctypes; ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the checker\n"
+    "    import ctypes; ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the "
+    "checker\n"
     "except Exception:\n"
     "    pass\n"
     "sys.path.insert(0, sys.argv[3])\n"
     "from exercises.learner import main\n"
     "main(int(sys.argv[1]), int(sys.argv[2]))\n"
 )
-RUNTIME_FILES = ("exercises/learner.py", "exercises/protocol.py", "exercises/steps.py",
-                 "exercises/sandbox.py")
+RUNTIME_FILES = (
+    "exercises/learner.py",
+    "exercises/protocol.py",
+    "exercises/steps.py",
+    "exercises/sandbox.py",
+)
 _live = set()  # processes not yet stopped, for the exit handler
 _said = []  # the no-wall note, once per checker
 _runtime = []  # the shared runtime copy, once made
-NO_WALL = ("note: {why}, so the exercise checker has no wall the operating system keeps around a "
-           "learner's code here; only an audit hook in the learner's own process watches it, and "
-           "code that sets out to can switch that off: verdicts on this machine trust the learner.")
+NO_WALL = (
+    "note: {why}, so the exercise checker has no wall the operating system keeps around a "
+    "learner's code here; only an audit hook in the learner's own process watches it, and "
+    "code that sets out to can switch that off: verdicts on this machine trust the learner."
+)
 
 
 class LearnerLost(Exception):
@@ -115,7 +123,8 @@ class LearnerProcess:
     def __init__(self, directory, deadline, isolate=None, substitutes=None):
         self.deadline = deadline
         self.events = []  # the audit hook's reports, in order: {"kind", "what", "where"}
-        from_checker, to_learner = os.pipe()  # (read end, write end): the learner reads what the checker writes
+        # (read end, write end): the learner reads what the checker writes
+        from_checker, to_learner = os.pipe()
         from_learner, to_checker = os.pipe()
         log_read, log_write = os.pipe()
         abi, why = sandbox.wall()
@@ -124,14 +133,30 @@ class LearnerProcess:
             print(NO_WALL.format(why=why), file=sys.stderr)
         self.scratch = Path(tempfile.mkdtemp(prefix="twins-learner-")).resolve()
         runtime = shared_runtime()
-        reference = reference_copy(self.scratch / "_exercise_reference", isolate) if isolate else None
+        reference = (
+            reference_copy(self.scratch / "_exercise_reference", isolate) if isolate else None
+        )
         environment = {**os.environ, "TMPDIR": str(self.scratch)}
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-B", "-c", BOOT, str(from_checker), str(to_checker),
-                 str(runtime)],
-                pass_fds=(from_checker, to_checker), stdin=subprocess.DEVNULL, stdout=log_write, stderr=log_write,
-                cwd=directory, start_new_session=True, env=environment)
+                [
+                    sys.executable,
+                    "-I",
+                    "-B",
+                    "-c",
+                    BOOT,
+                    str(from_checker),
+                    str(to_checker),
+                    str(runtime),
+                ],
+                pass_fds=(from_checker, to_checker),
+                stdin=subprocess.DEVNULL,
+                stdout=log_write,
+                stderr=log_write,
+                cwd=directory,
+                start_new_session=True,
+                env=environment,
+            )
         finally:
             for fd in (from_checker, to_checker, log_write):
                 os.close(fd)
@@ -140,10 +165,19 @@ class LearnerProcess:
         self.reader = protocol.Reader(from_learner)
         self.output = Output(log_read)
         # substitutes: {file: the stub's source} for the files of the copy that do not compile
-        protocol.send(self.to_learner, {"directory": str(directory), "project": str(PROJECT),
-                                        "isolate": isolate or {}, "substitutes": substitutes or {},
-                                        "scratch": str(self.scratch), "runtime": str(runtime),
-                                        "reference": str(reference or ""), "wall": abi})
+        protocol.send(
+            self.to_learner,
+            {
+                "directory": str(directory),
+                "project": str(PROJECT),
+                "isolate": isolate or {},
+                "substitutes": substitutes or {},
+                "scratch": str(self.scratch),
+                "runtime": str(runtime),
+                "reference": str(reference or ""),
+                "wall": abi,
+            },
+        )
 
     def ready(self):
         """The learner's copy imported: {"ready": True}, or {"ready": False, "error": ...}."""
@@ -163,19 +197,28 @@ class LearnerProcess:
                 pid, message = self.reader.read(self.deadline)
             except protocol.Silence:
                 self.stop()
-                raise LearnerLost("timed out", f"no answer within the time limit {doing}; the checker stopped it") from None
+                raise LearnerLost(
+                    "timed out", f"no answer within the time limit {doing}; the checker stopped it"
+                ) from None
             except (protocol.Closed, OSError):
                 self._lost(doing)
             except protocol.BadMessage as error:
                 self.stop()
-                raise LearnerLost("exited", f"{doing}, your code's process sent {error}: the checker stopped it") from None
+                raise LearnerLost(
+                    "exited", f"{doing}, your code's process sent {error}: the checker stopped it"
+                ) from None
             if pid != self.process.pid:
                 self.stop()
-                raise LearnerLost("exited", f"{doing}, a second process answered (pid {pid}: os.fork?); "
-                                            "the checker stopped both")
+                raise LearnerLost(
+                    "exited",
+                    f"{doing}, a second process answered (pid {pid}: os.fork?); "
+                    "the checker stopped both",
+                )
             if not isinstance(message, dict):
                 self.stop()
-                raise LearnerLost("exited", f"{doing}, your code's process sent something that is no answer")
+                raise LearnerLost(
+                    "exited", f"{doing}, your code's process sent something that is no answer"
+                )
             if "event" in message:
                 self.events.append(message["event"])
                 continue
@@ -187,7 +230,9 @@ class LearnerProcess:
     def _lost(self, doing):
         code = self._wait(5)
         self.stop()
-        raise LearnerLost("exited", f"the interpreter ended {doing} ({_exit_words(code)})") from None
+        raise LearnerLost(
+            "exited", f"the interpreter ended {doing} ({_exit_words(code)})"
+        ) from None
 
     def stop(self):
         """Kill the process and its whole group (anything it started), and wait for it."""
@@ -238,8 +283,11 @@ def runtime_copy(runtime):
     (runtime / "exercises" / "__init__.py").write_text("")
     for name in RUNTIME_FILES:
         shutil.copyfile(PROJECT / name, runtime / name)
-    shutil.copytree(PROJECT / "foundation", runtime / "foundation",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        PROJECT / "foundation",
+        runtime / "foundation",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     return runtime
 
 
@@ -256,8 +304,11 @@ def reference_copy(reference, isolate):
         done.add(path.name)
         source = path.read_text()
         tree = ast.parse(source)
-        wanted += [PROJECT / "numpy_impl" / f"{node.module}.py" for node in ast.walk(tree)
-                   if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module]
+        wanted += [
+            PROJECT / "numpy_impl" / f"{node.module}.py"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        ]
         (reference / path.name).write_text(without_backwards(source, tree, set(isolate)))
     return reference
 
@@ -274,7 +325,7 @@ def without_backwards(source, tree, kept):
                 first, last = method.body[0].lineno, method.end_lineno
                 indent = " " * method.body[0].col_offset
                 stub = f"{indent}raise NotImplementedError('not in this process')\n"
-                lines[first - 1:last] = [stub]
+                lines[first - 1 : last] = [stub]
     return "".join(lines)
 
 
@@ -289,6 +340,8 @@ def _exit_words(code):
     if code is None:
         return "exit code unknown"
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        name = (
+            signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        )
         return f"killed by signal {name}" + (": out of memory?" if name == "SIGKILL" else "")
     return f"exit code {code}: os._exit or a crash"

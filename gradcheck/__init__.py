@@ -1,7 +1,16 @@
-"""Gradient checking: finite differences against the hand-written backward, and the component factory."""
+"""Gradient checking: finite differences against the hand-written backward, and the component
+factory."""
 
 from .factory import BASE, BATCH, POS, Variant, build, make_inputs, randomize_parameters
-from .finite_diff import FLOOR, STEP, TOLERANCE, GradcheckReport, GradcheckRow, format_rows, gradcheck
+from .finite_diff import (
+    FLOOR,
+    STEP,
+    TOLERANCE,
+    GradcheckReport,
+    GradcheckRow,
+    format_rows,
+    gradcheck,
+)
 
 __all__ = [
     "BASE",

@@ -31,16 +31,23 @@ class Variant:
     weighted: bool = False
 
     def config(self, package=None):
-        """The TransformerConfig of this variant, from ``package`` (a learner's copy has its own class)."""
+        """The TransformerConfig of this variant, from ``package`` (a learner's copy has its own
+        class)."""
         config_class = TransformerConfig if package is None else package.TransformerConfig
         return config_class(**{**BASE, **self.overrides})
 
 
-TOKEN_INPUT = ("TokenEmbedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEncoding", "Transformer")
+TOKEN_INPUT = (
+    "TokenEmbedding",
+    "LearnedPositionalEmbedding",
+    "SinusoidalPositionalEncoding",
+    "Transformer",
+)
 
 
 def build(package, cls, cfg, seed=0):
-    """A NumPy component of class ``cls`` from ``package`` (the reference or a learner's copy), all weights random."""
+    """A NumPy component of class ``cls`` from ``package`` (the reference or a learner's copy), all
+    weights random."""
     if cls == "CrossEntropyLoss":
         return getattr(package, cls)()
     if cls == "Transformer":
@@ -51,7 +58,8 @@ def build(package, cls, cfg, seed=0):
 
 
 def make_inputs(cls, cfg, seed=0, weighted=False, batch=BATCH, pos=POS):
-    """Random forward inputs for ``cls``: tokens, x [batch, pos, d_model], or (logits, targets[, weights])."""
+    """Random forward inputs for ``cls``: tokens, x [batch, pos, d_model], or (logits,
+    targets[, weights])."""
     rng = np.random.default_rng(seed)
     if cls in TOKEN_INPUT:
         return (rng.integers(0, cfg.d_vocab, (batch, pos)),)  # [batch, pos]
@@ -65,7 +73,8 @@ def make_inputs(cls, cfg, seed=0, weighted=False, batch=BATCH, pos=POS):
     # each row gets its own offset and spread, so LayerNorm's mean and variance both matter
     offset = rng.standard_normal((batch, pos, 1))  # [batch, pos, 1]
     spread = rng.uniform(0.5, 2.0, (batch, pos, 1))  # [batch, pos, 1]
-    return (offset + spread * rng.standard_normal((batch, pos, cfg.d_model)),)  # [batch, pos, d_model]
+    # [batch, pos, d_model]
+    return (offset + spread * rng.standard_normal((batch, pos, cfg.d_model)),)
 
 
 def randomize_parameters(module, seed=0):
@@ -78,7 +87,8 @@ def randomize_parameters(module, seed=0):
         raise TypeError(f"module must be a numpy_impl Module, got {type(module).__name__}")
     rng = np.random.default_rng(seed)
     for param_name, p in module.named_parameters():
-        kind = param_name.split(".")[-1].lstrip("_")  # grouped-query attention's _W_K, _b_K, ...: as W_K, b_K
+        # grouped-query attention's _W_K, _b_K, ...: as W_K, b_K
+        kind = param_name.split(".")[-1].lstrip("_")
         noise = rng.standard_normal(p.shape)  # [same shape as the parameter]
         if kind == "w":
             value = 1.0 + 0.3 * noise

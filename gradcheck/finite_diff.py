@@ -37,23 +37,23 @@ import numpy as np
 
 from numpy_impl.module import Module
 
-STEP = 1e-6       # h: the central-difference step
+STEP = 1e-6  # h: the central-difference step
 TOLERANCE = 1e-7  # a tensor passes when its max relative error is at most this
-FLOOR = 1e-1      # tiny = FLOOR * (largest |analytic gradient| in the component)
+FLOOR = 1e-1  # tiny = FLOOR * (largest |analytic gradient| in the component)
 
 
 @dataclass(frozen=True)
 class GradcheckRow:
     """One checked tensor: a parameter (``W_Q``, ``blocks.0.ln1.w``) or a float input (``x``)."""
 
-    component: str        # what was checked, e.g. "LayerNorm" or a caller-given label
-    tensor: str           # parameter name, or the forward's argument name for an input
-    kind: str             # "parameter" or "input"
-    shape: tuple          # the tensor's shape
-    checked: int          # entries compared (all of them, or a random sample)
-    size: int             # entries in the tensor
+    component: str  # what was checked, e.g. "LayerNorm" or a caller-given label
+    tensor: str  # parameter name, or the forward's argument name for an input
+    kind: str  # "parameter" or "input"
+    shape: tuple  # the tensor's shape
+    checked: int  # entries compared (all of them, or a random sample)
+    size: int  # entries in the tensor
     max_rel_error: float  # max |a - n| / max(|a| + |n|, tiny) over the checked entries
-    passed: bool          # max_rel_error <= tolerance
+    passed: bool  # max_rel_error <= tolerance
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ class GradcheckReport:
     def table(self) -> str:
         """The rows as a plain-text table, with a footnote saying what the error is relative to."""
         return format_rows(self.rows) + (
-            f"\n* |a - n| / max(|a| + |n|, tiny), tiny = {self.tiny:.1e} (a fraction of the largest gradient)"
+            f"\n* |a - n| / max(|a| + |n|, tiny), tiny = {self.tiny:.1e} (a fraction of the "
+            f"largest gradient)"
         )
 
 
@@ -84,8 +85,14 @@ def format_rows(rows) -> str:
     """A plain-text table of GradcheckRows: component, tensor, shape, entries, error, pass/FAIL."""
     header = ("component", "tensor", "shape", "entries", "max rel err*", "")
     lines = [
-        (row.component, row.tensor, "x".join(map(str, row.shape)) or "scalar",
-         f"{row.checked}/{row.size}", f"{row.max_rel_error:.1e}", "pass" if row.passed else "FAIL")
+        (
+            row.component,
+            row.tensor,
+            "x".join(map(str, row.shape)) or "scalar",
+            f"{row.checked}/{row.size}",
+            f"{row.max_rel_error:.1e}",
+            "pass" if row.passed else "FAIL",
+        )
         for row in rows
     ]
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
@@ -95,7 +102,9 @@ def format_rows(rows) -> str:
     return "\n".join(out)
 
 
-def gradcheck(module, *inputs, sample=50, seed=0, step=STEP, tolerance=TOLERANCE, floor=FLOOR, name=None):
+def gradcheck(
+    module, *inputs, sample=50, seed=0, step=STEP, tolerance=TOLERANCE, floor=FLOOR, name=None
+):
     """Check ``module.backward`` against central differences of ``module.forward``.
 
     module: a float64 NumPy ``Module`` (a component or the whole ``Transformer``).
@@ -116,17 +125,29 @@ def gradcheck(module, *inputs, sample=50, seed=0, step=STEP, tolerance=TOLERANCE
     # analytic: one backward from dout = R
     module.zero_grad()
     dinput = module.backward(R if np.ndim(out) else float(R))
-    tensors = [(param_name, "parameter", p.data, p.grad.copy()) for param_name, p in module.named_parameters()]
+    tensors = [
+        (param_name, "parameter", p.data, p.grad.copy())
+        for param_name, p in module.named_parameters()
+    ]
     checked_input = _first_float_input(inputs)
     if checked_input is not None and dinput is not None:
-        tensors.append((input_names[checked_input], "input", inputs[checked_input], np.array(dinput, dtype=np.float64)))
+        tensors.append(
+            (
+                input_names[checked_input],
+                "input",
+                inputs[checked_input],
+                np.array(dinput, dtype=np.float64),
+            )
+        )
     largest = max((np.abs(analytic).max() for _, _, _, analytic in tensors), default=0.0)
     tiny = max(floor * largest, np.finfo(np.float64).tiny)
 
     def f_difference(array, index):
-        """(f(theta + h e) - f(theta - h e)) / 2h, the outputs subtracted before the sum (less cancellation)."""
+        """(f(theta + h e) - f(theta - h e)) / 2h, the outputs subtracted before the sum (less
+        cancellation)."""
         original = array[index]
-        plus, minus = original + step, original - step  # the step actually taken is plus - minus, not 2h
+        # the step actually taken is plus - minus, not 2h
+        plus, minus = original + step, original - step
         array[index] = plus
         out_plus = np.array(module.forward(*inputs), dtype=np.float64)
         array[index] = minus
@@ -136,46 +157,73 @@ def gradcheck(module, *inputs, sample=50, seed=0, step=STEP, tolerance=TOLERANCE
 
     rows = []
     for tensor_name, kind, array, analytic in tensors:
-        flat = rng.permutation(array.size)[:sample] if array.size > sample else np.arange(array.size)
+        flat = (
+            rng.permutation(array.size)[:sample] if array.size > sample else np.arange(array.size)
+        )
         worst = 0.0
         for flat_index in flat:
             index = np.unravel_index(flat_index, array.shape)
             numeric = f_difference(array, index)
             a = float(analytic[index])
             error = abs(a - numeric) / max(abs(a) + abs(numeric), tiny)
-            worst = max(worst, error if np.isfinite(error) else np.inf)  # a NaN must fail, not vanish
-        rows.append(GradcheckRow(label, tensor_name, kind, tuple(array.shape), len(flat), int(array.size),
-                                 worst, worst <= tolerance))
+            # a NaN must fail, not vanish
+            worst = max(worst, error if np.isfinite(error) else np.inf)
+        rows.append(
+            GradcheckRow(
+                label,
+                tensor_name,
+                kind,
+                tuple(array.shape),
+                len(flat),
+                int(array.size),
+                worst,
+                worst <= tolerance,
+            )
+        )
     module.forward(*inputs)  # leave the cache as the caller's inputs made it
     return GradcheckReport(tuple(rows), tolerance, step, tiny)
 
 
 def _check_arguments(module, inputs, sample, step, tolerance, floor):
     if not _is_module(module):
-        raise TypeError(f"module must be a numpy_impl Module (a component or the Transformer), got {type(module).__name__}")
+        raise TypeError(
+            f"module must be a numpy_impl Module (a component or the Transformer), got "
+            f"{type(module).__name__}"
+        )
     for param_name, p in module.named_parameters():
         if p.data.dtype != np.float64:
             raise TypeError(
-                f"gradcheck needs float64, but parameter {param_name} is {p.data.dtype}: finite differences "
-                "in float32 are swamped by rounding; build the model with TransformerConfig(dtype='float64')"
+                f"gradcheck needs float64, but parameter {param_name} is {p.data.dtype}: finite "
+                f"differences "
+                "in float32 are swamped by rounding; build the model with "
+                "TransformerConfig(dtype='float64')"
             )
     for position, x in enumerate(inputs):
-        if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating) and x.dtype != np.float64:
+        if (
+            isinstance(x, np.ndarray)
+            and np.issubdtype(x.dtype, np.floating)
+            and x.dtype != np.float64
+        ):
             raise TypeError(
-                f"gradcheck needs float64, but input {position} is {x.dtype}: finite differences in "
+                f"gradcheck needs float64, but input {position} is {x.dtype}: finite differences "
+                f"in "
                 "float32 are swamped by rounding; pass x.astype(np.float64)"
             )
     if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) or sample < 1:
-        raise ValueError(f"sample must be a positive int (entries checked per tensor), got {sample!r}")
+        raise ValueError(
+            f"sample must be a positive int (entries checked per tensor), got {sample!r}"
+        )
     for arg_name, value in (("step", step), ("tolerance", tolerance), ("floor", floor)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             raise ValueError(f"{arg_name} must be a positive number, got {value!r}")
 
 
 def _is_module(module):
-    """A numpy_impl Module, or one from a copy of the package (an exercise copy has its own Module class)."""
+    """A numpy_impl Module, or one from a copy of the package (an exercise copy has its own Module
+    class)."""
     return isinstance(module, Module) or all(
-        callable(getattr(module, method, None)) for method in ("forward", "backward", "named_parameters", "zero_grad")
+        callable(getattr(module, method, None))
+        for method in ("forward", "backward", "named_parameters", "zero_grad")
     )
 
 
@@ -186,7 +234,8 @@ def _argument_names(module, count):
 
 
 def _first_float_input(inputs):
-    """The input backward returns the gradient of: the first float array (a loss's weights are fixed)."""
+    """The input backward returns the gradient of: the first float array (a loss's weights are
+    fixed)."""
     for position, x in enumerate(inputs):
         if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
             return position

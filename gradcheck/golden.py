@@ -1,4 +1,5 @@
-"""The golden reference: float64 inputs, outputs and every gradient of a few configs, in one small file.
+"""The golden reference: float64 inputs, outputs and every gradient of a few configs, in one small
+file.
 
     python -m gradcheck.golden              # check both twins against gradcheck/golden.npz
     python -m gradcheck.golden --write      # make the file (refuses to overwrite it ...)
@@ -42,20 +43,46 @@ BATCH, POS = 2, 5
 # Another machine, BLAS or library version sums in another order: about 1e-15 relative. A real
 # change of the numbers moves them by far more (eps 1e-5 -> 1e-6 moves the output by about 1e-6).
 TOLERANCE = 1e-10
-SIZES = dict(d_vocab=7, d_model=8, n_heads=2, d_head=3, d_mlp=12, n_layers=2, n_ctx=6, dtype="float64")
+SIZES = dict(
+    d_vocab=7, d_model=8, n_heads=2, d_head=3, d_mlp=12, n_layers=2, n_ctx=6, dtype="float64"
+)
 CONFIGS = {
-    "pre": dict(normalization="pre", positional="learned", act_fn="gelu_new", causal=True, unembed=True),
-    "post": dict(normalization="post", positional="sinusoidal", act_fn="relu", causal=False, unembed=False),
-    "none": dict(normalization=None, positional="learned", attn_only=True, causal=True, unembed=True),
-    # the Llama family: RMSNorm, rotary (partial: 2 of d_head 3), SwiGLU, 2 query heads sharing 1 key/value head
-    "llama": dict(normalization_type="RMS", eps=1e-6, positional_embedding_type="rotary", rotary_dim=2,
-                  rotary_base=100.0, act_fn="silu", gated_mlp=True, mlp_bias=False, attn_bias=False,
-                  n_key_value_heads=1),
+    "pre": dict(
+        normalization="pre", positional="learned", act_fn="gelu_new", causal=True, unembed=True
+    ),
+    "post": dict(
+        normalization="post", positional="sinusoidal", act_fn="relu", causal=False, unembed=False
+    ),
+    "none": dict(
+        normalization=None, positional="learned", attn_only=True, causal=True, unembed=True
+    ),
+    # the Llama family: RMSNorm, rotary (partial: 2 of d_head 3), SwiGLU, 2 query heads sharing 1
+    # key/value head
+    "llama": dict(
+        normalization_type="RMS",
+        eps=1e-6,
+        positional_embedding_type="rotary",
+        rotary_dim=2,
+        rotary_base=100.0,
+        act_fn="silu",
+        gated_mlp=True,
+        mlp_bias=False,
+        attn_bias=False,
+        n_key_value_heads=1,
+    ),
     # GPT-J's adjacent pairs with LayerNorm, exact GELU and biases
-    "rotary-adjacent": dict(positional_embedding_type="rotary", rotary_dim=2, rotary_adjacent_pairs=True,
-                            act_fn="gelu", causal=True, unembed=True),
+    "rotary-adjacent": dict(
+        positional_embedding_type="rotary",
+        rotary_dim=2,
+        rotary_adjacent_pairs=True,
+        act_fn="gelu",
+        causal=True,
+        unembed=True,
+    ),
     # GPT-NeoX (Pythia): attention and MLP side by side, partial rotary on split halves
-    "neox": dict(positional_embedding_type="rotary", rotary_dim=2, act_fn="gelu", parallel_attn_mlp=True),
+    "neox": dict(
+        positional_embedding_type="rotary", rotary_dim=2, act_fn="gelu", parallel_attn_mlp=True
+    ),
 }
 
 
@@ -89,9 +116,14 @@ def make(seed=SEED):
         "batch": BATCH,
         "pos": POS,
         "configs": {name: {**SIZES, **CONFIGS[name]} for name in CONFIGS},
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": _torch_version(),
-                     "platform": platform.platform()},
-        "values_from": "numpy_impl (the reference); torch_impl agreed to within the tolerance when written",
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "torch": _torch_version(),
+            "platform": platform.platform(),
+        },
+        "values_from": "numpy_impl (the reference); torch_impl agreed to within the tolerance when "
+        "written",
     }
     arrays["meta"] = np.array(json.dumps(meta, indent=1))
     return arrays
@@ -142,7 +174,9 @@ def load(path=GOLDEN):
     """(meta, {config: {key: array}}) from a golden file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no golden file at {path}; make one with: python -m gradcheck.golden --write")
+        raise FileNotFoundError(
+            f"no golden file at {path}; make one with: python -m gradcheck.golden --write"
+        )
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         configs = {}
@@ -154,26 +188,42 @@ def load(path=GOLDEN):
 
 
 def compare(package, path=GOLDEN):
-    """{config: {key: relative error}} of ``package`` (numpy_impl or torch_impl) against the golden file."""
+    """{config: {key: relative error}} of ``package`` (numpy_impl or torch_impl) against the golden
+    file."""
     meta, configs = load(path)
     errors = {}
     for name, stored in configs.items():
         cfg = TransformerConfig(**meta["configs"][name])
-        weights = {key[len("weight/"):]: value for key, value in stored.items() if key.startswith("weight/")}
+        weights = {
+            key[len("weight/") :]: value
+            for key, value in stored.items()
+            if key.startswith("weight/")
+        }
         mine = run(package, cfg, weights, stored["input/tokens"], stored["input/dout"])
-        expected = {key: value for key, value in stored.items() if not key.startswith(("input/", "weight/"))}
+        expected = {
+            key: value for key, value in stored.items() if not key.startswith(("input/", "weight/"))
+        }
         missing = sorted(set(expected) ^ set(mine))
         if missing:
-            raise ValueError(f"{package.__name__} [{name}] and the golden file hold different tensors: {missing[:5]} "
-                             f"(the hook points or parameters changed? regenerate: python -m gradcheck.golden --write --force)")
-        largest = max(np.abs(value).max() for key, value in expected.items() if key.startswith("grad/"))
-        errors[name] = {key: tensor_error(mine[key], value, largest if is_exact_zero(key) else None)
-                        for key, value in expected.items()}
+            raise ValueError(
+                f"{package.__name__} [{name}] and the golden file hold different tensors: "
+                f"{missing[:5]} "
+                f"(the hook points or parameters changed? regenerate: python -m gradcheck.golden "
+                f"--write --force)"
+            )
+        largest = max(
+            np.abs(value).max() for key, value in expected.items() if key.startswith("grad/")
+        )
+        errors[name] = {
+            key: tensor_error(mine[key], value, largest if is_exact_zero(key) else None)
+            for key, value in expected.items()
+        }
     return errors
 
 
 def tensor_error(mine, expected, scale=None):
-    """rel_err, where entries equal on both sides (the -inf of masked attention scores) count as agreeing."""
+    """rel_err, where entries equal on both sides (the -inf of masked attention scores) count as
+    agreeing."""
     mine, expected = np.asarray(mine, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     if mine.shape != expected.shape:
         return float("inf")
@@ -185,14 +235,17 @@ def tensor_error(mine, expected, scale=None):
 
 
 def write(path=GOLDEN, force=False, seed=SEED):
-    """Make the golden file; refuses to overwrite one unless ``force``, or to write when the twins disagree."""
+    """Make the golden file; refuses to overwrite one unless ``force``, or to write when the twins
+    disagree."""
     import numpy_impl
     import torch_impl
 
     path = Path(path)
     if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; regenerating the golden values is deliberate: pass --force "
-                              "(python -m gradcheck.golden --write --force) and say why in the commit")
+        raise FileExistsError(
+            f"{path} exists; regenerating the golden values is deliberate: pass --force "
+            "(python -m gradcheck.golden --write --force) and say why in the commit"
+        )
     arrays = make(seed)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
@@ -200,8 +253,10 @@ def write(path=GOLDEN, force=False, seed=SEED):
         for package in (numpy_impl, torch_impl):
             worst = _worst(compare(package, tmp))
             if worst[2] > TOL["float64"]:
-                raise ValueError(f"not written: {package.__name__} disagrees with the reference at "
-                                 f"{worst[0]} {worst[1]} by {worst[2]:.1e} (> {TOL['float64']:g})")
+                raise ValueError(
+                    f"not written: {package.__name__} disagrees with the reference at "
+                    f"{worst[0]} {worst[1]} by {worst[2]:.1e} (> {TOL['float64']:g})"
+                )
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -210,8 +265,11 @@ def write(path=GOLDEN, force=False, seed=SEED):
 
 def _worst(errors):
     """(config, key, error) of the largest error."""
-    return max(((name, key, error) for name, keys in errors.items() for key, error in keys.items()),
-               key=lambda item: item[2], default=("", "", 0.0))
+    return max(
+        ((name, key, error) for name, keys in errors.items() for key, error in keys.items()),
+        key=lambda item: item[2],
+        default=("", "", 0.0),
+    )
 
 
 def _float64(x):
@@ -227,9 +285,15 @@ def _torch_version():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m gradcheck.golden", description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="make the golden file (from numpy_impl)")
-    parser.add_argument("--force", action="store_true", help="with --write: overwrite an existing file")
+    parser = argparse.ArgumentParser(
+        prog="python -m gradcheck.golden", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--write", action="store_true", help="make the golden file (from numpy_impl)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="with --write: overwrite an existing file"
+    )
     parser.add_argument("--path", default=str(GOLDEN), help=f"the golden file (default: {GOLDEN})")
     args = parser.parse_args(argv)
     try:
@@ -241,16 +305,22 @@ def main(argv=None):
         import torch_impl
 
         meta, _ = load(args.path)
-        print(f"golden file {args.path}: made {meta['made_at']} by {meta['made_by']} (seed {meta['seed']}), "
-              f"numpy {meta['versions']['numpy']}, torch {meta['versions']['torch']}")
+        print(
+            f"golden file {args.path}: made {meta['made_at']} by {meta['made_by']} (seed "
+            f"{meta['seed']}), "
+            f"numpy {meta['versions']['numpy']}, torch {meta['versions']['torch']}"
+        )
         failed = False
         for package in (numpy_impl, torch_impl):
             for name, keys in compare(package, args.path).items():
                 key, error = max(keys.items(), key=lambda item: item[1])
                 ok = error <= TOLERANCE
                 failed |= not ok
-                print(f"  {package.__name__:<10} {name:<5} {len(keys):>3} tensors, worst {error:.1e} ({key})  "
-                      f"{'pass' if ok else 'FAIL'}")
+                print(
+                    f"  {package.__name__:<10} {name:<5} {len(keys):>3} tensors, worst {error:.1e} "
+                    f"({key})  "
+                    f"{'pass' if ok else 'FAIL'}"
+                )
         print(f"tolerance {TOLERANCE:g} (relative to each tensor's largest entry)")
         return 1 if failed else 0
     except (FileExistsError, FileNotFoundError, ValueError) as error:

@@ -1,11 +1,17 @@
 """Mechanistic interpretability on either twin, written once (NumPy inside, torch at the boundary).
 
-    from interp import induction_scores, plot_head_scores
-    scores = induction_scores(model)            # model: numpy_impl or torch_impl Transformer
-    plot_head_scores(scores, "induction.png", title="Induction scores")
+from interp import induction_scores, plot_head_scores
+scores = induction_scores(model)            # model: numpy_impl or torch_impl Transformer
+plot_head_scores(scores, "induction.png", title="Induction scores")
 """
 
-from .analyses import LogitAttribution, LogitLens, direct_logit_attribution, head_ablation, logit_lens
+from .analyses import (
+    LogitAttribution,
+    LogitLens,
+    direct_logit_attribution,
+    head_ablation,
+    logit_lens,
+)
 from .circuits import (
     composition_score,
     composition_scores,

@@ -19,8 +19,16 @@ import numpy as np
 from foundation.lens.hooks import ActivationCache
 from numpy_impl.loss import log_softmax
 
-from .common import check_model, check_token_array, native_like, next_token_loss, run_cache, run_hooked, view, weights
-
+from .common import (
+    check_model,
+    check_token_array,
+    native_like,
+    next_token_loss,
+    run_cache,
+    run_hooked,
+    view,
+    weights,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Logit lens (nostalgebraist, 2020)
@@ -49,16 +57,21 @@ class LogitLens:
 
 
 def _cache_and_tokens(source, tokens, method):
-    """(an all-ndarray cache holding its model, tokens [batch, pos]) from a model and tokens, or a cache.
+    """(an all-ndarray cache holding its model, tokens [batch, pos]) from a model and tokens, or a
+    cache.
 
-    A cache must come from ``run_with_cache`` (it carries the model, whose weights the residual-stream
-    methods read); its own tokens are used unless ``tokens`` are given.
+    A cache must come from ``run_with_cache`` (it carries the model, whose weights the
+    residual-stream methods read); its own tokens are used unless ``tokens`` are given.
     """
     if isinstance(source, ActivationCache):
         if source.model is None:
-            raise ValueError(f"{method}: the cache has no model; use the cache from model.run_with_cache")
+            raise ValueError(
+                f"{method}: the cache has no model; use the cache from model.run_with_cache"
+            )
         if not source.has_batch_dim:
-            raise ValueError(f"{method}: the cache has no batch axis (remove_batch_dim); use one with it")
+            raise ValueError(
+                f"{method}: the cache has no batch axis (remove_batch_dim); use one with it"
+            )
         tokens = source.tokens if tokens is None else tokens
         if tokens is None:
             raise ValueError(f"{method}: pass tokens (the cache does not hold them)")
@@ -85,14 +98,20 @@ def logit_lens(source, tokens=None):
         raise ValueError("logit_lens needs a model with an unembedding (cfg.unembed=True)")
     if tokens.shape[1] < 2:
         raise ValueError("tokens need at least 2 positions (position p predicts token p + 1)")
-    resid = cache.accumulated_resid(apply_ln=cfg.normalization == "pre")  # [n_layers + 1, batch, pos, d_model]
-    logits = resid @ view(cache.model, "W_U") + view(cache.model, "b_U")  # [n_layers + 1, batch, pos, d_vocab]
+    # [n_layers + 1, batch, pos, d_model]
+    resid = cache.accumulated_resid(apply_ln=cfg.normalization == "pre")
+    # [n_layers + 1, batch, pos, d_vocab]
+    logits = resid @ view(cache.model, "W_U") + view(cache.model, "b_U")
     log_probs = log_softmax(logits[:, :, :-1])  # [n_layers + 1, batch, pos - 1, d_vocab]
     targets = tokens[:, 1:]  # [batch, pos - 1]
-    next_logprob = np.take_along_axis(log_probs, np.broadcast_to(targets[None, ..., None], log_probs.shape[:-1] + (1,)), axis=-1)[..., 0]
-    # top-1 only when the true token's log-prob beats every other token's: a tie (say, all logits 0) is a miss
+    next_logprob = np.take_along_axis(
+        log_probs, np.broadcast_to(targets[None, ..., None], log_probs.shape[:-1] + (1,)), axis=-1
+    )[..., 0]
+    # top-1 only when the true token's log-prob beats every other token's: a tie (say, all logits 0)
+    # is a miss
     target_logprob = next_logprob[..., None]  # [n_layers + 1, batch, pos - 1, 1]
-    beaten_or_tied = (log_probs >= target_logprob).sum(axis=-1)  # [n_layers + 1, batch, pos - 1]: the target itself counts once
+    # [n_layers + 1, batch, pos - 1]: the target itself counts once
+    beaten_or_tied = (log_probs >= target_logprob).sum(axis=-1)
     next_top1 = (beaten_or_tied == 1).mean(axis=(1, 2))  # [n_layers + 1]
     labels = ["embed"] + [f"after L{i}" for i in range(cfg.n_layers)]
     return LogitLens(labels, logits, next_logprob, next_top1)
@@ -122,7 +141,8 @@ class LogitAttribution:
 
 
 def _targets(tokens, d_vocab, answer, wrong):
-    """(positions read, answer ids [batch, n], wrong ids [batch, n] or None) for a logit (difference)."""
+    """(positions read, answer ids [batch, n], wrong ids [batch, n] or None) for a logit
+    (difference)."""
     batch, pos = tokens.shape
     if answer is None:
         if wrong is not None:
@@ -148,7 +168,9 @@ def _token_ids(ids, batch, d_vocab, name):
     """An int or [batch] ints in [0, d_vocab) -> int ndarray [batch]."""
     ids = np.broadcast_to(np.asarray(ids), (batch,)) if np.ndim(ids) == 0 else np.asarray(ids)
     if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (batch,):
-        raise ValueError(f"{name} must be a token id or {batch} token ids (one per sequence), got {ids!r}")
+        raise ValueError(
+            f"{name} must be a token id or {batch} token ids (one per sequence), got {ids!r}"
+        )
     if ids.min() < 0 or ids.max() >= d_vocab:
         raise ValueError(f"{name} must lie in [0, d_vocab={d_vocab}), got {ids!r}")
     return ids
@@ -165,21 +187,26 @@ def direct_logit_attribution(source, tokens=None, answer=None, wrong=None):
     scale, multiply by w), so the pieces plus the constant (ln_final.b and b_U) add up exactly to
     the logit.
 
-    ``source``: a model of either twin with ``tokens``, or a cache from ``run_with_cache``.
-    Default target: the true next token at every position. With ``answer`` (an id, or one per
-    sequence) and optionally ``wrong``: that logit (difference) at the last position.
-    Needs normalization "pre" or None (a post-norm stream is normalised after every block).
-    Component labels are TransformerLens's: ``embed``, ``pos_embed``, ``0_attn_out``, ``0_mlp_out``, ...
+    ``source``: a model of either twin with ``tokens``, or a cache from ``run_with_cache``. Default
+    target: the true next token at every position. With ``answer`` (an id, or one per sequence) and
+    optionally ``wrong``: that logit (difference) at the last position. Needs normalization "pre" or
+    None (a post-norm stream is normalised after every block). Component labels are
+    TransformerLens's: ``embed``, ``pos_embed``, ``0_attn_out``, ``0_mlp_out``, ...
     """
     source_cfg = source.cfg if isinstance(source, ActivationCache) else check_model(source).cfg
     if not source_cfg.unembed:
-        raise ValueError("direct_logit_attribution needs a model with an unembedding (cfg.unembed=True)")
+        raise ValueError(
+            "direct_logit_attribution needs a model with an unembedding (cfg.unembed=True)"
+        )
     if source_cfg.normalization == "post":
-        raise ValueError("direct_logit_attribution needs normalization 'pre' or None: a post-norm residual "
-                         "stream is re-normalised after every block, so it is not a sum of component outputs")
+        raise ValueError(
+            "direct_logit_attribution needs normalization 'pre' or None: a post-norm residual "
+            "stream is re-normalised after every block, so it is not a sum of component outputs"
+        )
     cache, tokens = _cache_and_tokens(source, tokens, "direct_logit_attribution")
     cfg, model = cache.cfg, cache.model
-    positions, answer, wrong = _targets(tokens, cfg.d_vocab, answer, wrong)  # answer, wrong: [batch, n]
+    # answer, wrong: [batch, n]
+    positions, answer, wrong = _targets(tokens, cfg.d_vocab, answer, wrong)
     # logit_attrs reads every position; the positions not read get token 0
     right_all = np.zeros(tokens.shape, dtype=np.int64)  # [batch, pos]
     right_all[:, positions] = answer
@@ -188,21 +215,30 @@ def direct_logit_attribution(source, tokens=None, answer=None, wrong=None):
         wrong_all = np.zeros(tokens.shape, dtype=np.int64)  # [batch, pos]
         wrong_all[:, positions] = wrong
     pieces, labels = cache.decompose_resid(return_labels=True)  # [component, batch, pos, d_model]
-    components = cache.logit_attrs(pieces, right_all, wrong_all)[:, :, positions]  # [component, batch, n]
+    # [component, batch, n]
+    components = cache.logit_attrs(pieces, right_all, wrong_all)[:, :, positions]
     head_pieces = cache.stack_head_results()  # [layer * head, batch, pos, d_model]
-    heads = cache.logit_attrs(head_pieces, right_all, wrong_all)[:, :, positions]  # [layer * head, batch, n]
+    # [layer * head, batch, n]
+    heads = cache.logit_attrs(head_pieces, right_all, wrong_all)[:, :, positions]
     # the constant part, written by no component: b_U, and ln_final.b read along the direction
     W_U, b_U = view(model, "W_U"), view(model, "b_U")
     direction, constant = W_U.T[answer], b_U[answer]  # [batch, n, d_model], [batch, n]
     if wrong is not None:
         direction, constant = direction - W_U.T[wrong], constant - b_U[wrong]
-    if model.cfg.normalization_type == "LN" and model.cfg.normalization == "pre":  # folded: ln_final.b is in b_U
+    # folded: ln_final.b is in b_U
+    if model.cfg.normalization_type == "LN" and model.cfg.normalization == "pre":
         constant = constant + direction @ weights(model)["ln_final.b"]  # [batch, n]
-    final = cache.accumulated_resid(apply_ln=cfg.normalization == "pre")[-1]  # [batch, pos, d_model]
-    logit = _read_logits((final @ W_U + b_U)[:, positions], answer, wrong)  # [batch, n]: the model's output
-    return LogitAttribution(components.mean(axis=(1, 2)), labels,
-                            heads.mean(axis=(1, 2)).reshape(cfg.n_layers, cfg.n_heads),
-                            float(constant.mean()), float(logit.mean()))
+    # [batch, pos, d_model]
+    final = cache.accumulated_resid(apply_ln=cfg.normalization == "pre")[-1]
+    # [batch, n]: the model's output
+    logit = _read_logits((final @ W_U + b_U)[:, positions], answer, wrong)
+    return LogitAttribution(
+        components.mean(axis=(1, 2)),
+        labels,
+        heads.mean(axis=(1, 2)).reshape(cfg.n_layers, cfg.n_heads),
+        float(constant.mean()),
+        float(logit.mean()),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,9 +265,14 @@ def head_ablation(model, tokens, kind="zero", reference_tokens=None):
     logits, _ = run_cache(model, tokens, names_filter=[])
     clean = next_token_loss(logits, tokens)
     if kind == "mean":
-        reference = tokens if reference_tokens is None else check_token_array(reference_tokens, cfg, "reference_tokens")
+        reference = (
+            tokens
+            if reference_tokens is None
+            else check_token_array(reference_tokens, cfg, "reference_tokens")
+        )
         _, cache = run_cache(model, reference, names_filter=lambda name: name.endswith("hook_z"))
-        means = [cache["z", layer].mean(axis=(0, 1)) for layer in range(cfg.n_layers)]  # each [head, d_head]
+        # each [head, d_head]
+        means = [cache["z", layer].mean(axis=(0, 1)) for layer in range(cfg.n_layers)]
     change = np.zeros((cfg.n_layers, cfg.n_heads))  # [n_layers, n_heads]
     for layer in range(cfg.n_layers):
         for head in range(cfg.n_heads):

@@ -5,8 +5,10 @@ Axes: d_vocab, n_ctx, d_model, head, d_head.
 Following "A Mathematical Framework for Transformer Circuits" (Elhage et al., 2021), with this
 project's right-multiplying weights (x @ W), a head is two low-rank matrices on the residual stream:
 
-    QK circuit  W_QK = W_Q[h] W_K[h]^T   [d_model, d_model]   score(q, k) = x_q W_QK x_k^T / sqrt(d_head)
-    OV circuit  W_OV = W_V[h] W_O[h]     [d_model, d_model]   what the head writes, per unit attention
+    QK circuit  W_QK = W_Q[h] W_K[h]^T   [d_model, d_model]
+                score(q, k) = x_q W_QK x_k^T / sqrt(d_head)
+    OV circuit  W_OV = W_V[h] W_O[h]     [d_model, d_model]
+                what the head writes, per unit attention
 
 Composed with the embedding and unembedding, they become token-to-token tables:
 
@@ -32,12 +34,17 @@ from .common import check_model, factored, view, weights
 
 def _check_head(cfg, layer, head):
     for name, value, limit in (("layer", layer, cfg.n_layers), ("head", head, cfg.n_heads)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < limit:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or not 0 <= value < limit
+        ):
             raise ValueError(f"{name} must be an int in [0, {limit}), got {value!r}")
 
 
 def _head_circuit(model, name, layer, head):
-    """``model.QK[layer, head]`` or ``model.OV[layer, head]``: a FactoredMatrix [d_model, d_model] of ndarrays."""
+    """``model.QK[layer, head]`` or ``model.OV[layer, head]``: a FactoredMatrix [d_model, d_model]
+    of ndarrays."""
     check_model(model)
     _check_head(model.cfg, layer, head)
     return factored(model, name)[layer, head]
@@ -60,7 +67,8 @@ def full_qk_circuit(model, layer, head):
 
 
 def positional_qk_circuit(model, layer, head):
-    """W_pos W_QK W_pos^T [n_ctx, n_ctx] (``model.W_pos`` is the sinusoidal table when positions are fixed)."""
+    """W_pos W_QK W_pos^T [n_ctx, n_ctx] (``model.W_pos`` is the sinusoidal table when positions are
+    fixed)."""
     W_pos = view(model, "W_pos")  # [n_ctx, d_model]
     return (W_pos @ _head_circuit(model, "QK", layer, head) @ W_pos.T).AB  # [n_ctx, n_ctx]
 
@@ -74,12 +82,14 @@ def full_ov_factored(model, layer, head):
 
 
 def full_ov_circuit(model, layer, head):
-    """W_E W_V[h] W_O[h] W_U [d_vocab, d_vocab]: row t = the logits the head adds when it attends to token t."""
+    """W_E W_V[h] W_O[h] W_U [d_vocab, d_vocab]: row t = the logits the head adds when it attends to
+    token t."""
     return full_ov_factored(model, layer, head).AB  # [d_vocab, d_vocab]
 
 
 def copying_score(matrix):
-    """sum(eigenvalues) / sum(|eigenvalues|) of a square matrix (or FactoredMatrix): +1 copies, -1 suppresses.
+    """sum(eigenvalues) / sum(|eigenvalues|) of a square matrix (or FactoredMatrix): +1 copies, -1
+    suppresses.
 
     Elhage et al. (2021) read copying off the full OV circuit's eigenvalues: a head that raises
     the logit of the token it attends to has positive ones. A zero matrix scores 0. A
@@ -99,8 +109,12 @@ def copying_score(matrix):
 def copying_scores(model):
     """[n_layers, n_heads]: copying_score of every head's full OV circuit (from its factors)."""
     cfg = check_model(model).cfg
-    return np.array([[copying_score(full_ov_factored(model, layer, head)) for head in range(cfg.n_heads)]
-                     for layer in range(cfg.n_layers)])
+    return np.array(
+        [
+            [copying_score(full_ov_factored(model, layer, head)) for head in range(cfg.n_heads)]
+            for layer in range(cfg.n_layers)
+        ]
+    )
 
 
 def composition_score(left, right):
@@ -127,9 +141,16 @@ def composition_scores(model, kind, layer_from=0, layer_to=1):
     cfg = check_model(model).cfg
     if kind not in COMPOSITION_KINDS:
         raise ValueError(f"kind must be one of {COMPOSITION_KINDS}, got {kind!r}")
-    if not (isinstance(layer_from, int) and isinstance(layer_to, int) and 0 <= layer_from < layer_to < cfg.n_layers):
-        raise ValueError(f"layer_from and layer_to must satisfy 0 <= layer_from < layer_to < n_layers={cfg.n_layers}, "
-                         f"got {layer_from!r} and {layer_to!r}")
+    if not (
+        isinstance(layer_from, int)
+        and isinstance(layer_to, int)
+        and 0 <= layer_from < layer_to < cfg.n_layers
+    ):
+        raise ValueError(
+            f"layer_from and layer_to must satisfy 0 <= layer_from < layer_to < "
+            f"n_layers={cfg.n_layers}, "
+            f"got {layer_from!r} and {layer_to!r}"
+        )
     scores = np.zeros((cfg.n_heads, cfg.n_heads))  # [head A, head B]
     for a in range(cfg.n_heads):
         left = _head_circuit(model, "OV", layer_from, a)  # [d_model, d_model], factored
@@ -145,7 +166,8 @@ def composition_scores(model, kind, layer_from=0, layer_to=1):
 
 
 def full_ov_logits(model, layer, head, cache):
-    """The full OV circuit in logits as the model computes them [d_vocab (attended token), d_vocab (logit)].
+    """The full OV circuit in logits as the model computes them [d_vocab (attended token), d_vocab
+    (logit)].
 
     ``full_ov_circuit`` leaves the LayerNorms out, so its entries are as large as the raw
     residual stream is wide (hundreds, where the model's logits are a few units). Here, in a
@@ -175,7 +197,8 @@ def full_ov_logits(model, layer, head, cache):
 
 
 def _typical_scale(resid):
-    """The mean over batch and positions of what LayerNorm divides by: sqrt(var + eps) over d_model."""
+    """The mean over batch and positions of what LayerNorm divides by: sqrt(var + eps) over
+    d_model."""
     from foundation.lens.hooks import as_numpy
 
     resid = as_numpy(resid)  # [batch, pos, d_model]
@@ -188,8 +211,10 @@ def copying_baseline(model, samples=64, seed=0, quantile=0.95):
     this model's own W_E and W_U. A head's copying score means copying only above this."""
     check_model(model)
     W_E, W_U = view(model, "W_E"), view(model, "W_U")  # [d_vocab, d_model], [d_model, d_vocab]
-    W_V, W_O = view(model, "W_V"), view(model, "W_O")  # [layer, head, d_model, d_head], [layer, head, d_head, d_model]
-    loop = W_U @ W_E  # [d_model, d_model]: the nonzero eigenvalues of W_E A B W_U are those of B W_U W_E A
+    # [layer, head, d_model, d_head], [layer, head, d_head, d_model]
+    W_V, W_O = view(model, "W_V"), view(model, "W_O")
+    # [d_model, d_model]: the nonzero eigenvalues of W_E A B W_U are those of B W_U W_E A
+    loop = W_U @ W_E
     rng = np.random.default_rng(seed)
     found = []
     for _ in range(samples):

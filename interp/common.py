@@ -24,24 +24,29 @@ def is_torch_model(model):
 
 def check_model(model, name="model"):
     if not is_model(model):
-        raise TypeError(f"{name} must be a numpy_impl or torch_impl Transformer, got {type(model).__name__}")
+        raise TypeError(
+            f"{name} must be a numpy_impl or torch_impl Transformer, got {type(model).__name__}"
+        )
     return model
 
 
 def weights(model):
-    """{state_dict key: ndarray} of either twin (TransformerLens's names: embed.W_E, blocks.0.attn.W_Q, ...)."""
+    """{state_dict key: ndarray} of either twin (TransformerLens's names: embed.W_E,
+    blocks.0.attn.W_Q, ...)."""
     check_model(model)
     return {name: as_numpy(value).copy() for name, value in model.state_dict().items()}
 
 
 def view(model, name):
-    """One of the model's TransformerLens weight views (``model.W_Q``, ``model.W_pos``, ...) as an ndarray."""
+    """One of the model's TransformerLens weight views (``model.W_Q``, ``model.W_pos``, ...) as an
+    ndarray."""
     check_model(model)
     return as_numpy(getattr(model, name)).copy()
 
 
 def factored(model, name):
-    """``model.QK`` or ``model.OV`` [layer, head, d_model, d_model] as a FactoredMatrix of ndarrays."""
+    """``model.QK`` or ``model.OV`` [layer, head, d_model, d_model] as a FactoredMatrix of
+    ndarrays."""
     from foundation.lens.factored import FactoredMatrix
 
     check_model(model)
@@ -84,7 +89,8 @@ def check_token_array(tokens, cfg, name="tokens"):
     """tokens -> int ndarray [batch, pos] within the model's vocabulary and context."""
     from foundation.contract.checks import check_tokens, tokens_as_array
 
-    tokens = as_numpy(tokens_as_array(tokens, name))  # checked before converted: a bool in a list is no id
+    # checked before converted: a bool in a list is no id
+    tokens = as_numpy(tokens_as_array(tokens, name))
     check_tokens(tokens, cfg, np.ndarray, name)
     return tokens
 
@@ -98,7 +104,8 @@ def next_token_loss(logits, tokens):
 
 
 def repeated_random_tokens(d_vocab, half, batch=16, seed=0, bos=None):
-    """[batch, 2 * half] (or 1 + 2 * half with a ``bos`` id first): a random sequence, then it again.
+    """[batch, 2 * half] (or 1 + 2 * half with a ``bos`` id first): a random sequence, then it
+    again.
 
     Each half is drawn without replacement when ``half <= d_vocab``, so the only repeats are
     across the halves, as in TransformerLens's induction demos; with more positions than
@@ -122,7 +129,9 @@ def default_repeated_tokens(cfg, batch=16, seed=0, bos=None):
     """Repeated random tokens that fill the model's context: half = (n_ctx - [bos]) // 2."""
     half = (cfg.n_ctx - (bos is not None)) // 2
     if half < 2:
-        raise ValueError(f"n_ctx={cfg.n_ctx} is too short for repeated random tokens (need 2 * 2 positions)")
+        raise ValueError(
+            f"n_ctx={cfg.n_ctx} is too short for repeated random tokens (need 2 * 2 positions)"
+        )
     return repeated_random_tokens(cfg.d_vocab, half, batch=batch, seed=seed, bos=bos)
 
 

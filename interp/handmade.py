@@ -34,8 +34,17 @@ def induction_circuit_model(d_vocab=8, n_ctx=13, strength=60.0):
     V, C = d_vocab, n_ctx
     token, position, previous, answer = 0, V, V + C, 2 * V + C  # first coordinate of each block
     d_model, d_head = 3 * V + C, V + C
-    cfg = TransformerConfig(d_vocab=V, d_model=d_model, n_heads=2, d_head=d_head, n_layers=2, n_ctx=C,
-                            attn_only=True, normalization=None, positional="learned")
+    cfg = TransformerConfig(
+        d_vocab=V,
+        d_model=d_model,
+        n_heads=2,
+        d_head=d_head,
+        n_layers=2,
+        n_ctx=C,
+        attn_only=True,
+        normalization=None,
+        positional="learned",
+    )
     model = Transformer(cfg, seed=0)
     s = strength * np.sqrt(d_head)  # scores are divided by sqrt(d_head)
     sd = {name: np.zeros_like(value) for name, value in model.state_dict().items()}
@@ -66,7 +75,8 @@ def induction_circuit_model(d_vocab=8, n_ctx=13, strength=60.0):
 
 
 def bos_repeated_tokens(d_vocab=8, half=6, batch=4, seed=0):
-    """[batch, 1 + 2 * half]: BOS (the last token id), then r and r again, r distinct and never BOS."""
+    """[batch, 1 + 2 * half]: BOS (the last token id), then r and r again, r distinct and never
+    BOS."""
     rng = np.random.default_rng(seed)
     first = np.stack([rng.permutation(d_vocab - 1)[:half] for _ in range(batch)])  # [batch, half]
     bos = np.full((batch, 1), d_vocab - 1)  # [batch, 1]

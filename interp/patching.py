@@ -39,7 +39,8 @@ class PatchingSetup:
     corrupted_logit_diff: float
 
     def normalise(self, logits):
-        """Patched logits [batch, pos, d_vocab] -> the normalised metric (1 = clean, 0 = corrupted)."""
+        """Patched logits [batch, pos, d_vocab] -> the normalised metric (1 = clean, 0 =
+        corrupted)."""
         return (logit_diff(logits, self.answer, self.wrong) - self.corrupted_logit_diff) / (
             self.clean_logit_diff - self.corrupted_logit_diff
         )
@@ -55,7 +56,9 @@ def logit_diff(logits, answer, wrong):
 def _ids(ids, batch, d_vocab, name):
     ids = np.full(batch, ids) if np.ndim(ids) == 0 else np.asarray(ids)
     if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (batch,):
-        raise ValueError(f"{name} must be a token id or {batch} token ids (one per sequence), got {ids!r}")
+        raise ValueError(
+            f"{name} must be a token id or {batch} token ids (one per sequence), got {ids!r}"
+        )
     if ids.min() < 0 or ids.max() >= d_vocab:
         raise ValueError(f"{name} must lie in [0, d_vocab={d_vocab}), got {ids!r}")
     return ids
@@ -70,20 +73,29 @@ def patching_setup(model, clean_tokens, corrupted_tokens, answer, wrong):
     clean = check_token_array(clean_tokens, cfg, "clean_tokens")
     corrupted = check_token_array(corrupted_tokens, cfg, "corrupted_tokens")
     if clean.shape != corrupted.shape:
-        raise ValueError(f"clean_tokens {clean.shape} and corrupted_tokens {corrupted.shape} must have the same shape")
+        raise ValueError(
+            f"clean_tokens {clean.shape} and corrupted_tokens {corrupted.shape} must have the same "
+            f"shape"
+        )
     answer = _ids(answer, clean.shape[0], cfg.d_vocab, "answer")
     wrong = _ids(wrong, clean.shape[0], cfg.d_vocab, "wrong")
     clean_logits, _ = run_cache(model, clean, names_filter=[])
     corrupted_logits, _ = run_cache(model, corrupted, names_filter=[])
-    clean_ld, corrupted_ld = logit_diff(clean_logits, answer, wrong), logit_diff(corrupted_logits, answer, wrong)
+    clean_ld, corrupted_ld = (
+        logit_diff(clean_logits, answer, wrong),
+        logit_diff(corrupted_logits, answer, wrong),
+    )
     if abs(clean_ld - corrupted_ld) < 1e-12 * max(1.0, abs(clean_ld)):
-        raise ValueError("corrupted_tokens: the clean and corrupted runs give the same logit difference, "
-                         f"{clean_ld:.6g}, so there is nothing to restore")
+        raise ValueError(
+            "corrupted_tokens: the clean and corrupted runs give the same logit difference, "
+            f"{clean_ld:.6g}, so there is nothing to restore"
+        )
     return PatchingSetup(clean, corrupted, answer, wrong, clean_ld, corrupted_ld)
 
 
 def patch_positions(model, clean_tokens, corrupted_tokens, answer, wrong, component="resid_pre"):
-    """[n_layers, pos]: the normalised metric after patching one layer's ``component`` at one position.
+    """[n_layers, pos]: the normalised metric after patching one layer's ``component`` at one
+    position.
 
     ``component`` is one of resid_pre, resid_mid, resid_post, attn_out, mlp_out.
     """
@@ -92,7 +104,9 @@ def patch_positions(model, clean_tokens, corrupted_tokens, answer, wrong, compon
     setup = patching_setup(model, clean_tokens, corrupted_tokens, answer, wrong)
     cfg = model.cfg
     if component in ("resid_mid", "mlp_out") and cfg.attn_only:
-        raise ValueError(f"component {component!r}: an attn_only model has no MLP (and no resid_mid)")
+        raise ValueError(
+            f"component {component!r}: an attn_only model has no MLP (and no resid_mid)"
+        )
     names = [hook_name(component, layer) for layer in range(cfg.n_layers)]
     _, clean_cache = run_cache(model, setup.clean_tokens, names_filter=names)
     pos = setup.clean_tokens.shape[1]
@@ -105,15 +119,20 @@ def patch_positions(model, clean_tokens, corrupted_tokens, answer, wrong, compon
                 x[:, p] = native_like(clean_value, x)
                 return x
 
-            result[layer, p] = setup.normalise(run_hooked(model, setup.corrupted_tokens, [(name, patch)]))
+            result[layer, p] = setup.normalise(
+                run_hooked(model, setup.corrupted_tokens, [(name, patch)])
+            )
     return result
 
 
 def patch_heads(model, clean_tokens, corrupted_tokens, answer, wrong):
-    """[n_layers, n_heads]: the normalised metric after patching one head's output z at every position."""
+    """[n_layers, n_heads]: the normalised metric after patching one head's output z at every
+    position."""
     setup = patching_setup(model, clean_tokens, corrupted_tokens, answer, wrong)
     cfg = model.cfg
-    _, clean_cache = run_cache(model, setup.clean_tokens, names_filter=lambda name: name.endswith("hook_z"))
+    _, clean_cache = run_cache(
+        model, setup.clean_tokens, names_filter=lambda name: name.endswith("hook_z")
+    )
     result = np.zeros((cfg.n_layers, cfg.n_heads))  # [n_layers, n_heads]
     for layer in range(cfg.n_layers):
         for head in range(cfg.n_heads):
@@ -123,5 +142,7 @@ def patch_heads(model, clean_tokens, corrupted_tokens, answer, wrong):
                 z[:, :, head] = native_like(clean_value, z)
                 return z
 
-            result[layer, head] = setup.normalise(run_hooked(model, setup.corrupted_tokens, [(f"blocks.{layer}.attn.hook_z", patch)]))
+            result[layer, head] = setup.normalise(
+                run_hooked(model, setup.corrupted_tokens, [(f"blocks.{layer}.attn.hook_z", patch)])
+            )
     return result

@@ -24,7 +24,8 @@ from .common import head_patterns  # noqa: E402
 
 
 def save_figure(fig, path):
-    """Write ``fig`` to ``path`` (creating its folder) at 120 dpi, close it, return the path written.
+    """Write ``fig`` to ``path`` (creating its folder) at 120 dpi, close it, return the path
+    written.
 
     A path without an extension gets ".png" (as matplotlib would add it): the path returned is
     the file written, a ``Path`` when ``path`` is one.
@@ -52,7 +53,9 @@ def _patterns_of(source, batch_index):
         return patterns[:, batch_index]
     patterns = as_numpy(source)
     if patterns.ndim != 4:
-        raise ValueError(f"patterns must be [n_layers, n_heads, q_pos, k_pos], got shape {patterns.shape}")
+        raise ValueError(
+            f"patterns must be [n_layers, n_heads, q_pos, k_pos], got shape {patterns.shape}"
+        )
     return patterns
 
 
@@ -60,7 +63,8 @@ TICK_SIZE = 8  # points: the smallest text in any figure
 
 
 def _token_ticks(ax, labels, axis, most=16):
-    """Label one axis "position:token"; past ``most`` positions every k-th one (k = 2, 4, 8, ...), from 0.
+    """Label one axis "position:token"; past ``most`` positions every k-th one (k = 2, 4, 8, ...),
+    from 0.
 
     Every position keeps a small tick, so a labelled one can be counted from.
     """
@@ -80,7 +84,8 @@ def _token_ticks(ax, labels, axis, most=16):
 
 
 def cell_text(fmt, value):
-    """``fmt`` applied to ``value``, where a value that rounds to zero reads "0.00", never "-0.00"."""
+    """``fmt`` applied to ``value``, where a value that rounds to zero reads "0.00", never
+    "-0.00"."""
     text = fmt.format(value)
     try:
         if float(text) == 0:
@@ -91,12 +96,13 @@ def cell_text(fmt, value):
 
 
 def head_name(layer, head):
-    """"layer 1, head 0": how every figure and summary names a head."""
+    """ "layer 1, head 0": how every figure and summary names a head."""
     return f"layer {layer}, head {head}"
 
 
 def _masked_pattern(pattern, causal):
-    """A pattern with the keys a causal head can never see (key > query) masked: drawn grey, not as 0."""
+    """A pattern with the keys a causal head can never see (key > query) masked: drawn grey, not as
+    0."""
     if not causal:
         return pattern
     q_pos, k_pos = pattern.shape[-2:]
@@ -111,9 +117,20 @@ def _grey_for_masked(cmap_name):
 MASKED_NOTE = "grey: key after the query, masked"
 
 
-def plot_attention_grid(source, path, batch_index=0, title="Attention patterns", token_labels=None, causal=None,
-                        separators=(), separator_note="separators", heads=None, columns=None):
-    """A grid of heads' patterns (one sequence of the batch): by default every head, rows are layers.
+def plot_attention_grid(
+    source,
+    path,
+    batch_index=0,
+    title="Attention patterns",
+    token_labels=None,
+    causal=None,
+    separators=(),
+    separator_note="separators",
+    heads=None,
+    columns=None,
+):
+    """A grid of heads' patterns (one sequence of the batch): by default every head, rows are
+    layers.
 
     ``source`` is an ActivationCache of either twin or an array [n_layers, n_heads, q_pos, k_pos].
     Axes read "position:token". ``causal`` (default: the cache's config, else False) greys out
@@ -126,13 +143,22 @@ def plot_attention_grid(source, path, batch_index=0, title="Attention patterns",
     if causal is None:
         causal = bool(source.cfg.causal) if isinstance(source, ActivationCache) else False
     n_layers, n_heads = patterns.shape[:2]
-    chosen = [(layer, head) for layer in range(n_layers) for head in range(n_heads)] if heads is None else list(heads)
+    chosen = (
+        [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+        if heads is None
+        else list(heads)
+    )
     columns = columns or (n_heads if heads is None else min(4, len(chosen)))
     rows = -(-len(chosen) // columns)
     n_pos = patterns.shape[-1]
     size = 2.2 if token_labels is None else min(4.5, max(2.8, 0.1 * n_pos + 1.0))
-    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 1.2, size * rows + 0.9), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(size * columns + 1.2, size * rows + 0.9),
+        squeeze=False,
+        layout="constrained",
+    )
     cmap = _grey_for_masked("Blues")
     for index, ax in enumerate(axes.flat):
         if index >= len(chosen):
@@ -140,7 +166,9 @@ def plot_attention_grid(source, path, batch_index=0, title="Attention patterns",
             continue
         layer, head = chosen[index]
         row, column = divmod(index, columns)
-        image = ax.imshow(_masked_pattern(patterns[layer, head], causal), cmap=cmap, vmin=0.0, vmax=1.0)
+        image = ax.imshow(
+            _masked_pattern(patterns[layer, head], causal), cmap=cmap, vmin=0.0, vmax=1.0
+        )
         ax.set_title(head_name(layer, head), fontsize=10)
         ax.tick_params(labelsize=TICK_SIZE)
         if token_labels is not None:
@@ -153,7 +181,12 @@ def plot_attention_grid(source, path, batch_index=0, title="Attention patterns",
             ax.set_xlabel("key position" if token_labels is None else "key position:token")
         if column == 0:
             ax.set_ylabel("query position" if token_labels is None else "query position:token")
-    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight" + (f"\n({MASKED_NOTE})" if causal else ""))
+    fig.colorbar(
+        image,
+        ax=axes,
+        shrink=0.8,
+        label="attention weight" + (f"\n({MASKED_NOTE})" if causal else ""),
+    )
     if len(separators):
         line = matplotlib.lines.Line2D([], [], color="tab:orange", lw=1.5)
         fig.legend([line], [separator_note], loc="outside lower center", frameon=False)
@@ -161,17 +194,29 @@ def plot_attention_grid(source, path, batch_index=0, title="Attention patterns",
     return _save(fig, path)
 
 
-def plot_attention_head(pattern, path, token_labels=None, title="Attention pattern", causal=False, separators=(),
-                        separator_note="separators"):
-    """One head's pattern [q_pos, k_pos], large, with "position:token" on both axes (keys after the query grey if causal)."""
+def plot_attention_head(
+    pattern,
+    path,
+    token_labels=None,
+    title="Attention pattern",
+    causal=False,
+    separators=(),
+    separator_note="separators",
+):
+    """One head's pattern [q_pos, k_pos], large, with "position:token" on both axes (keys after the
+    query grey if causal)."""
     pattern = as_numpy(pattern)
     if pattern.ndim != 2:
         raise ValueError(f"pattern must be [q_pos, k_pos], got shape {pattern.shape}")
     if token_labels is not None and len(token_labels) != pattern.shape[0]:
-        raise ValueError(f"token_labels has {len(token_labels)} entries for {pattern.shape[0]} positions")
+        raise ValueError(
+            f"token_labels has {len(token_labels)} entries for {pattern.shape[0]} positions"
+        )
     side = max(5.0, 0.32 * pattern.shape[0] + 2)
     fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
-    image = ax.imshow(_masked_pattern(pattern, causal), cmap=_grey_for_masked("Blues"), vmin=0.0, vmax=1.0)
+    image = ax.imshow(
+        _masked_pattern(pattern, causal), cmap=_grey_for_masked("Blues"), vmin=0.0, vmax=1.0
+    )
     _token_ticks(ax, token_labels, "x", most=64)
     _token_ticks(ax, token_labels, "y", most=64)
     for p in separators:
@@ -180,15 +225,28 @@ def plot_attention_head(pattern, path, token_labels=None, title="Attention patte
     ax.set_xlabel("key (attended-to) position:token")
     ax.set_ylabel("query position:token")
     ax.set_title(title)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="attention weight" + (f" ({MASKED_NOTE})" if causal else ""))
+    fig.colorbar(
+        image, ax=ax, shrink=0.8, label="attention weight" + (f" ({MASKED_NOTE})" if causal else "")
+    )
     if len(separators):
         line = matplotlib.lines.Line2D([], [], color="tab:orange", lw=1.5)
         fig.legend([line], [separator_note], loc="outside lower center", frameon=False)
     return _save(fig, path)
 
 
-def plot_head_scores(scores, path, title="Head scores", label="score", diverging=False, fmt="{:.2f}",
-                     vmin=None, vmax=None, min_range=0.0, baseline=None, baseline_note="random heads"):
+def plot_head_scores(
+    scores,
+    path,
+    title="Head scores",
+    label="score",
+    diverging=False,
+    fmt="{:.2f}",
+    vmin=None,
+    vmax=None,
+    min_range=0.0,
+    baseline=None,
+    baseline_note="random heads",
+):
     """Heatmap of a [n_layers, n_heads] array with each value written in its cell.
 
     ``diverging=True`` centres a red-blue colour map on zero (for signed numbers such as loss
@@ -203,8 +261,10 @@ def plot_head_scores(scores, path, title="Head scores", label="score", diverging
     if scores.ndim != 2:
         raise ValueError(f"scores must be [n_layers, n_heads], got shape {scores.shape}")
     n_layers, n_heads = scores.shape
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * n_heads + 3.0), max(3.6, 0.7 * n_layers + 2.0)),
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(max(5.5, 0.9 * n_heads + 3.0), max(3.6, 0.7 * n_layers + 2.0)),
+        layout="constrained",
+    )
     if baseline is not None:
         top = vmax if vmax is not None else max(float(scores.max()), baseline + 0.1)
         cmap = plt.get_cmap("Reds").with_extremes(under="white")
@@ -224,10 +284,19 @@ def plot_head_scores(scores, path, title="Head scores", label="score", diverging
                 dark = abs(shade - 0.5) > 0.35
             else:
                 dark = shade < 0.5
-            ax.text(head, layer, cell_text(fmt, value), ha="center", va="center", fontsize=9,
-                    color="white" if dark else "black")
+            ax.text(
+                head,
+                layer,
+                cell_text(fmt, value),
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if dark else "black",
+            )
     ax.set_xticks(range(n_heads), [str(h) for h in range(n_heads)], fontsize=TICK_SIZE + 1)
-    ax.set_yticks(range(n_layers), [str(layer) for layer in range(n_layers)], fontsize=TICK_SIZE + 1)
+    ax.set_yticks(
+        range(n_layers), [str(layer) for layer in range(n_layers)], fontsize=TICK_SIZE + 1
+    )
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     fig.suptitle(title, fontsize=11)  # above the colour bar too: a long title never runs into it
@@ -240,14 +309,21 @@ def plot_head_scores(scores, path, title="Head scores", label="score", diverging
 
 
 def plot_score_grid(grid, path, kind, half):
-    """A head-score heatmap [n_layers, n_heads] of ``kind`` on ``scores.scoring_tokens`` (``half``
-    random tokens, then again), as every tour draws it: one title and colour bar for one quantity."""
+    """A head-score heatmap [n_layers, n_heads] of ``kind`` on ``scores.scoring_tokens``
+    (``half`` random tokens, then again), as every tour draws it: one title and colour bar for
+    one quantity."""
     from .scores import KIND_NAMES, KIND_TARGETS, scoring_data
 
     name = KIND_NAMES[kind]
-    return plot_head_scores(grid, path, vmin=0, vmax=1, label=f"{name} score (1 = always)",
-                            title=f"{name.capitalize()} score of each head: {KIND_TARGETS[kind]}\n"
-                                  f"on {scoring_data(half)}")
+    return plot_head_scores(
+        grid,
+        path,
+        vmin=0,
+        vmax=1,
+        label=f"{name} score (1 = always)",
+        title=f"{name.capitalize()} score of each head: {KIND_TARGETS[kind]}\n"
+        f"on {scoring_data(half)}",
+    )
 
 
 def plot_logit_lens(lens, path, title="Logit lens: what the unembedding reads after each layer"):
@@ -262,11 +338,14 @@ def plot_logit_lens(lens, path, title="Logit lens: what the unembedding reads af
     chance = -np.log(d_vocab)
     per_position = lens.next_logprob.mean(axis=1)  # [n_layers + 1, pos - 1]
     lowest = min(chance, float(per_position.min()), float(lens.mean_next_logprob.min()))
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained",
-                                              gridspec_kw={"width_ratios": [1, 0.8, 1.7]})
+    fig, (left, middle, right) = plt.subplots(
+        1, 3, figsize=(15, 4.4), layout="constrained", gridspec_kw={"width_ratios": [1, 0.8, 1.7]}
+    )
     layers = np.arange(len(lens.labels))
     left.plot(layers, lens.mean_next_logprob, marker="o", color="tab:blue")
-    left.axhline(chance, color="black", ls=":", lw=1, label=f"uniform guess: -ln {d_vocab} = {chance:.2f}")
+    left.axhline(
+        chance, color="black", ls=":", lw=1, label=f"uniform guess: -ln {d_vocab} = {chance:.2f}"
+    )
     left.set_ylim(lowest * 1.08, 0.0)
     left.set_ylabel("mean log p(true next token), nats")
     left.set_title("log-probability (0 = certain)", fontsize=10)
@@ -283,16 +362,26 @@ def plot_logit_lens(lens, path, title="Logit lens: what the unembedding reads af
     while len(layers) / step > 13:
         step *= 2
     for ax in (left, middle):
-        ax.set_xticks(layers[::step], (["embed"] + [str(i - 1) for i in layers[1:]])[::step],
-                      rotation=90 if len(layers) > 7 else 0)
+        ax.set_xticks(
+            layers[::step],
+            (["embed"] + [str(i - 1) for i in layers[1:]])[::step],
+            rotation=90 if len(layers) > 7 else 0,
+        )
         ax.set_xlabel("residual stream, after layer")
     image = right.imshow(per_position, aspect="auto", cmap="viridis", vmin=lowest, vmax=0.0)
-    right.set_yticks(layers[::step], (["embedding"] + [f"after layer {i - 1}" for i in layers[1:]])[::step],
-                     fontsize=TICK_SIZE + 1)
+    right.set_yticks(
+        layers[::step],
+        (["embedding"] + [f"after layer {i - 1}" for i in layers[1:]])[::step],
+        fontsize=TICK_SIZE + 1,
+    )
     right.set_xlabel("position (predicting the token at position + 1)")
     right.set_ylabel("residual stream")
     right.set_title("log p(true next token) per position (mean over batch)", fontsize=10)
-    bar = fig.colorbar(image, ax=right, label=f"log p(true next token), nats\n(0 = certain; dotted: uniform, {chance:.2f})")
+    bar = fig.colorbar(
+        image,
+        ax=right,
+        label=f"log p(true next token), nats\n(0 = certain; dotted: uniform, {chance:.2f})",
+    )
     ticks = matplotlib.ticker.MaxNLocator(5).tick_values(lowest, 0.0)
     bar.set_ticks([t for t in ticks if lowest <= t <= 0.0])
     bar.ax.axhline(chance, color="white", ls=":", lw=1.5)
@@ -300,17 +389,22 @@ def plot_logit_lens(lens, path, title="Logit lens: what the unembedding reads af
     return _save(fig, path)
 
 
-MIN_LOGIT_RANGE = 0.5  # logits: an attribution axis spans at least +-0.5, so a model adding ~0 looks like it
+# logits: an attribution axis spans at least +-0.5, so a model adding ~0 looks like it
+MIN_LOGIT_RANGE = 0.5
 
 
 def plot_attribution(attribution, path, title="Direct logit attribution"):
     """Left: bars per component (embed, pos_embed, each layer's attn and mlp), each with its value
     written on it (a bar near zero is still read). Right: heads [layer, head]."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.4, 1]}, layout="constrained")
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.4, 1]}, layout="constrained"
+    )
     values = attribution.components
     colors = ["tab:blue" if v >= 0 else "tab:red" for v in values]
     bars = left.bar(range(len(values)), values, color=colors)
-    left.bar_label(bars, [cell_text("{:+.3f}", v) for v in values], padding=2, fontsize=TICK_SIZE + 1)
+    left.bar_label(
+        bars, [cell_text("{:+.3f}", v) for v in values], padding=2, fontsize=TICK_SIZE + 1
+    )
     low = min(float(values.min()), -MIN_LOGIT_RANGE)  # noise near 0 stays small, not stretched
     high = max(float(values.max()), MIN_LOGIT_RANGE)
     left.set_ylim(low - 0.12 * (high - low), high + 0.12 * (high - low))
@@ -318,16 +412,26 @@ def plot_attribution(attribution, path, title="Direct logit attribution"):
     left.set_xticks(range(len(values)), attribution.component_labels, rotation=30)
     left.set_xlabel("component (embed, positions, each layer's attention and MLP output)")
     left.set_ylabel("direct effect on the true token's logit")
-    left.set_title(f"components (sum {values.sum():.3f} + bias {attribution.bias:.3f} = logit {attribution.logit:.3f})",
-                   fontsize=10)
+    left.set_title(
+        f"components (sum {values.sum():.3f} + bias {attribution.bias:.3f} = logit "
+        f"{attribution.logit:.3f})",
+        fontsize=10,
+    )
     heads = attribution.heads
     bound = max(float(np.abs(heads).max()), MIN_LOGIT_RANGE)
     image = right.imshow(heads, cmap="RdBu_r", vmin=-bound, vmax=bound)
     for layer in range(heads.shape[0]):
         for head in range(heads.shape[1]):
             shade = image.norm(heads[layer, head])
-            right.text(head, layer, cell_text("{:.2f}", heads[layer, head]), ha="center", va="center", fontsize=9,
-                       color="white" if abs(shade - 0.5) > 0.35 else "black")
+            right.text(
+                head,
+                layer,
+                cell_text("{:.2f}", heads[layer, head]),
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if abs(shade - 0.5) > 0.35 else "black",
+            )
     right.set_xticks(range(heads.shape[1]), [str(h) for h in range(heads.shape[1])])
     right.set_yticks(range(heads.shape[0]), [str(layer) for layer in range(heads.shape[0])])
     right.set_xlabel("head")
@@ -338,7 +442,9 @@ def plot_attribution(attribution, path, title="Direct logit attribution"):
     return _save(fig, path)
 
 
-def plot_patching(grid, path, token_labels=None, title="Activation patching", ylabel="layer", row_prefix=""):
+def plot_patching(
+    grid, path, token_labels=None, title="Activation patching", ylabel="layer", row_prefix=""
+):
     """Heatmap of a [n_layers, pos] patching grid (1 = clean restored, 0 = corrupted), tokens on x.
 
     A cell is written only where something is restored (|value| >= 0.005); a blank cell is 0.
@@ -346,8 +452,10 @@ def plot_patching(grid, path, token_labels=None, title="Activation patching", yl
     grid = as_numpy(grid)
     if grid.ndim != 2:
         raise ValueError(f"grid must be [n_layers, pos], got shape {grid.shape}")
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.4 * grid.shape[1] + 2.8), 0.6 * grid.shape[0] + 2.2),
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(max(5.0, 0.4 * grid.shape[1] + 2.8), 0.6 * grid.shape[0] + 2.2),
+        layout="constrained",
+    )
     bound = max(1.0, float(np.abs(grid).max()))
     image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
     for row in range(grid.shape[0]):
@@ -356,10 +464,26 @@ def plot_patching(grid, path, token_labels=None, title="Activation patching", yl
             if abs(value) < 0.005:
                 continue
             shade = image.norm(value)
-            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=TICK_SIZE,
-                    color="white" if abs(shade - 0.5) > 0.3 else "black")
-    labels = [str(p) for p in range(grid.shape[1])] if token_labels is None else [f"{p}:{t}" for p, t in enumerate(token_labels)]
-    ax.set_xticks(range(grid.shape[1]), labels, rotation=90 if token_labels is not None else 0, fontsize=TICK_SIZE)
+            ax.text(
+                col,
+                row,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=TICK_SIZE,
+                color="white" if abs(shade - 0.5) > 0.3 else "black",
+            )
+    labels = (
+        [str(p) for p in range(grid.shape[1])]
+        if token_labels is None
+        else [f"{p}:{t}" for p, t in enumerate(token_labels)]
+    )
+    ax.set_xticks(
+        range(grid.shape[1]),
+        labels,
+        rotation=90 if token_labels is not None else 0,
+        fontsize=TICK_SIZE,
+    )
     ax.set_yticks(range(grid.shape[0]), [f"{row_prefix}{r}" for r in range(grid.shape[0])])
     ax.set_xlabel("position patched" + ("" if token_labels is None else ": clean token"))
     ax.set_ylabel(ylabel)
@@ -369,7 +493,8 @@ def plot_patching(grid, path, token_labels=None, title="Activation patching", yl
 
 
 def plot_composition(scores, path, baseline=None, title="Composition scores, layer 0 -> layer 1"):
-    """Three heatmaps, Q, K and V composition [head in layer 0, head in layer 1]; ``scores`` maps kind -> array.
+    """Three heatmaps, Q, K and V composition [head in layer 0, head in layer 1]; ``scores`` maps
+    kind -> array.
 
     With ``baseline`` (what random matrices score, about 1/sqrt(d_model)) the colour is the
     distance above it: white at or below the baseline, redder the further above. A score of 0
@@ -380,10 +505,13 @@ def plot_composition(scores, path, baseline=None, title="Composition scores, lay
     if baseline is not None:
         vmax = max(vmax, 2 * baseline)
         norm = matplotlib.colors.Normalize(vmin=baseline, vmax=vmax)
-        cmap = plt.get_cmap("Reds").with_extremes(under="white")  # below the baseline: white, as at it
+        # below the baseline: white, as at it
+        cmap = plt.get_cmap("Reds").with_extremes(under="white")
     else:
         norm, cmap = matplotlib.colors.Normalize(vmin=0.0, vmax=vmax), plt.get_cmap("viridis")
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds) + 1.2, 3.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(3.6 * len(kinds) + 1.2, 3.8), squeeze=False, layout="constrained"
+    )
     for i, (ax, kind) in enumerate(zip(axes[0], kinds)):
         grid = as_numpy(scores[kind])
         image = ax.imshow(grid, cmap=cmap, norm=norm)
@@ -391,8 +519,15 @@ def plot_composition(scores, path, baseline=None, title="Composition scores, lay
             for b in range(grid.shape[1]):
                 shade = image.norm(grid[a, b])
                 dark = shade > 0.6 if baseline is not None else shade < 0.5
-                ax.text(b, a, f"{grid[a, b]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if dark else "black")
+                ax.text(
+                    b,
+                    a,
+                    f"{grid[a, b]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if dark else "black",
+                )
         ax.set_xticks(range(grid.shape[1]), [str(h) for h in range(grid.shape[1])])
         ax.set_yticks(range(grid.shape[0]), [str(h) for h in range(grid.shape[0])])
         ax.set_xlabel("head in layer 1 (reads)")
@@ -406,9 +541,14 @@ def plot_composition(scores, path, baseline=None, title="Composition scores, lay
             ax.tick_params(which="minor", length=0)
     if baseline is not None:
         # the triangle under the bar: scores below the baseline, white as the baseline itself
-        bar = fig.colorbar(image, ax=axes, shrink=0.85, extend="min", extendfrac=0.08, label="composition score")
+        bar = fig.colorbar(
+            image, ax=axes, shrink=0.85, extend="min", extendfrac=0.08, label="composition score"
+        )
         bar.set_ticks([baseline, vmax], labels=[f"{baseline:.2f} random", f"{vmax:.2f}"])
-        suffix = f"\n(white: at or below the random-matrix baseline ~ {baseline:.2f}; the redder, the further above it)"
+        suffix = (
+            f"\n(white: at or below the random-matrix baseline ~ {baseline:.2f}; the redder, "
+            f"the further above it)"
+        )
     else:
         fig.colorbar(image, ax=axes, shrink=0.85, label="composition score")
         suffix = ""
@@ -416,8 +556,18 @@ def plot_composition(scores, path, baseline=None, title="Composition scores, lay
     return _save(fig, path)
 
 
-def plot_matrix(matrix, path, title, xlabel, ylabel, label="value", tick_labels=None, mask=None, mask_note=None,
-                min_range=0.0):
+def plot_matrix(
+    matrix,
+    path,
+    title,
+    xlabel,
+    ylabel,
+    label="value",
+    tick_labels=None,
+    mask=None,
+    mask_note=None,
+    min_range=0.0,
+):
     """One matrix as a red-blue heatmap centred on zero (e.g. a head's full OV or QK circuit).
 
     At most about 8 inches a side, whatever the matrix's size; past 32 rows or columns only every
@@ -429,8 +579,10 @@ def plot_matrix(matrix, path, title, xlabel, ylabel, label="value", tick_labels=
     if matrix.ndim != 2:
         raise ValueError(f"matrix must be 2-D, got shape {matrix.shape}")
     rows, cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(min(9.0, max(4.5, 0.3 * cols + 2.5)), min(8.0, max(4.0, 0.3 * rows + 1.5))),
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(min(9.0, max(4.5, 0.3 * cols + 2.5)), min(8.0, max(4.0, 0.3 * rows + 1.5))),
+        layout="constrained",
+    )
     shown = matrix if mask is None else np.ma.masked_array(matrix, mask)
     bound = max(float(np.abs(shown).max()), min_range) or 1.0
     image = ax.imshow(shown, cmap=_grey_for_masked("RdBu_r"), vmin=-bound, vmax=bound)
@@ -447,5 +599,9 @@ def plot_matrix(matrix, path, title, xlabel, ylabel, label="value", tick_labels=
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     fig.suptitle(title, fontsize=11)  # above the colour bar too
-    fig.colorbar(image, ax=ax, label=label + (f"\n(grey: {mask_note})" if mask is not None and mask_note else ""))
+    fig.colorbar(
+        image,
+        ax=ax,
+        label=label + (f"\n(grey: {mask_note})" if mask is not None and mask_note else ""),
+    )
     return _save(fig, path)

@@ -11,7 +11,8 @@ attention mass a head puts there the way TransformerLens's induction demo measur
     duplicate-token:  every earlier key k < q with t[k] == t[q]
     induction:        every key k < q whose predecessor matches, t[k - 1] == t[q]
 
-    score = mean over (batch, queries with at least one such key) of sum_k pattern[q, k] * target[q, k]
+    score = mean over (batch, queries with at least one such key)
+            of sum_k pattern[q, k] * target[q, k]
 
 so a head that always attends to its targets scores 1 and one that never does scores 0.
 On repeated random tokens ``[r_1 .. r_n, r_1 .. r_n]`` (no repeats inside a half) the duplicate
@@ -58,8 +59,11 @@ def induction_targets(tokens):
     return shifted & earlier  # [batch, q_pos, k_pos]
 
 
-TARGETS = {"previous_token": previous_token_targets, "duplicate_token": duplicate_token_targets,
-           "induction": induction_targets}
+TARGETS = {
+    "previous_token": previous_token_targets,
+    "duplicate_token": duplicate_token_targets,
+    "induction": induction_targets,
+}
 
 
 def pattern_scores(patterns, targets):
@@ -68,13 +72,21 @@ def pattern_scores(patterns, targets):
     The attention mass on the targets, averaged over (batch, queries that have a target).
     """
     patterns, targets = np.asarray(patterns), np.asarray(targets, dtype=bool)
-    if patterns.ndim < 4 or patterns.shape[-4] != targets.shape[0] or patterns.shape[-2:] != targets.shape[1:]:
-        raise ValueError(f"patterns [..., batch, head, q_pos, k_pos] {patterns.shape} do not match "
-                         f"targets [batch, q_pos, k_pos] {targets.shape}")
+    if (
+        patterns.ndim < 4
+        or patterns.shape[-4] != targets.shape[0]
+        or patterns.shape[-2:] != targets.shape[1:]
+    ):
+        raise ValueError(
+            f"patterns [..., batch, head, q_pos, k_pos] {patterns.shape} do not match "
+            f"targets [batch, q_pos, k_pos] {targets.shape}"
+        )
     has_target = targets.any(axis=-1)  # [batch, q_pos]
     if not has_target.any():
-        raise ValueError("tokens: no query position has a target key (e.g. no token repeats); "
-                         "use repeated random tokens")
+        raise ValueError(
+            "tokens: no query position has a target key (e.g. no token repeats); "
+            "use repeated random tokens"
+        )
     mass = (patterns * targets[:, None]).sum(axis=-1)  # [..., batch, head, q_pos]
     return (mass * has_target[:, None]).sum(axis=(-3, -1)) / has_target.sum()  # [..., head]
 
@@ -99,7 +111,9 @@ def all_head_scores(source, tokens=None, batch=16, seed=0, kinds=KINDS):
         if tokens is None:
             tokens = default_repeated_tokens(source.cfg, batch=batch, seed=seed)
         tokens = check_token_array(tokens, source.cfg)
-        _, cache = run_cache(source, tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+        _, cache = run_cache(
+            source, tokens, names_filter=lambda name: name.endswith("hook_pattern")
+        )
     elif isinstance(source, ActivationCache):
         cache = source
         if tokens is None:
@@ -108,15 +122,22 @@ def all_head_scores(source, tokens=None, batch=16, seed=0, kinds=KINDS):
             tokens = cache.tokens
         tokens = check_token_array(tokens, cache.cfg)
     else:
-        raise TypeError(f"source must be a Transformer of either twin or an ActivationCache, got {type(source).__name__}")
+        raise TypeError(
+            f"source must be a Transformer of either twin or an ActivationCache, got "
+            f"{type(source).__name__}"
+        )
     patterns = head_patterns(cache)  # [layer, batch, head, q_pos, k_pos]
     if patterns.shape[1] != tokens.shape[0] or patterns.shape[-1] != tokens.shape[1]:
-        raise ValueError(f"tokens {tokens.shape} do not match the cached patterns' [batch, pos] {patterns.shape[1:4:2]}")
+        raise ValueError(
+            f"tokens {tokens.shape} do not match the cached patterns' [batch, pos] "
+            f"{patterns.shape[1:4:2]}"
+        )
     return {kind: pattern_scores(patterns, TARGETS[kind](tokens)) for kind in kinds}
 
 
 def previous_token_scores(source, tokens=None, batch=16, seed=0):
-    """[n_layers, n_heads]: attention to the previous position (1 = a perfect previous-token head)."""
+    """[n_layers, n_heads]: attention to the previous position (1 = a perfect previous-token
+    head)."""
     return head_scores(source, "previous_token", tokens, batch, seed)
 
 
@@ -131,12 +152,19 @@ def induction_scores(source, tokens=None, batch=16, seed=0):
 
 
 # What the tours and their figures share, so that a score is computed once and worded one way.
-CLEAR_HEAD = 0.5  # a head scoring above this puts most of its attention on its targets: "a clear head"
+# a head scoring above this puts most of its attention on its targets: "a clear head"
+CLEAR_HEAD = 0.5
 SCORE_BATCH = 128  # sequences the tours score heads on
-KIND_NAMES = {"previous_token": "previous-token", "duplicate_token": "duplicate-token", "induction": "induction"}
-KIND_TARGETS = {"previous_token": "attention on the position just before",
-                "duplicate_token": "attention on earlier copies of the token",
-                "induction": "attention on the token after the earlier copy"}
+KIND_NAMES = {
+    "previous_token": "previous-token",
+    "duplicate_token": "duplicate-token",
+    "induction": "induction",
+}
+KIND_TARGETS = {
+    "previous_token": "attention on the position just before",
+    "duplicate_token": "attention on earlier copies of the token",
+    "induction": "attention on the token after the earlier copy",
+}
 
 
 def scoring_tokens(cfg, seed=0):
@@ -152,7 +180,8 @@ def scoring_data(half, batch=SCORE_BATCH):
 
 
 def best_head(grid, first_layer=0):
-    """(layer, head, score) of the highest entry of a [n_layers, n_heads] grid, from ``first_layer`` up."""
+    """(layer, head, score) of the highest entry of a [n_layers, n_heads] grid, from ``first_layer``
+    up."""
     grid = np.asarray(grid)[first_layer:]
     layer, head = np.unravel_index(np.argmax(grid), grid.shape)
     return int(layer) + first_layer, int(head), float(grid[layer, head])
@@ -164,5 +193,8 @@ def head_verdict(kind, grid, first_layer=0):
     name = KIND_NAMES[kind]
     if value > CLEAR_HEAD:
         return f"layer {layer}, head {head} is a clear {name} head (score {value:.2f}; 1 = always)"
-    return (f"no clear {name} head: the highest {name} score is {value:.2f} (layer {layer}, head {head}); "
-            f"a clear one scores above {CLEAR_HEAD}")
+    return (
+        f"no clear {name} head: the highest {name} score is {value:.2f} (layer {layer}, head "
+        f"{head}); "
+        f"a clear one scores above {CLEAR_HEAD}"
+    )

@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from foundation.contract.checks import check_config
+
 from .module import Constant, HookPoint, Module, Parameter, Projection, boundary
 from .rotary import rotary_tables, rotate
 

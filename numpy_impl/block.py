@@ -20,8 +20,9 @@ alias of ln2.hook_in, so its hook_resid_mid_grad is that part alone).
 
 import numpy as np
 
-from .attention import MultiHeadAttention
 from foundation.contract.checks import check_config
+
+from .attention import MultiHeadAttention
 from .feedforward import FeedForward
 from .layernorm import LayerNorm
 from .module import HookPoint, Module, boundary

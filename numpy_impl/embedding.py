@@ -8,6 +8,7 @@ Axes: batch, pos (sequence position), d_vocab (token ids), d_model (residual str
 import numpy as np
 
 from foundation.contract.checks import check_config
+
 from .module import HookPoint, Module, Parameter, boundary
 
 

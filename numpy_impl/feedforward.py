@@ -25,6 +25,7 @@ import numpy as np
 from scipy.special import erf
 
 from foundation.contract.checks import check_config
+
 from .gated_feedforward import GatedFeedForward
 from .module import Constant, HookPoint, Module, Parameter, Projection, boundary
 

@@ -13,6 +13,7 @@ The denominator is TransformerLens's ``hook_scale``; ``hook_normalized`` holds
 import numpy as np
 
 from foundation.contract.checks import check_config
+
 from .module import Constant, HookPoint, Module, Parameter, boundary
 from .rmsnorm import RMSNorm
 

@@ -12,8 +12,8 @@ import numpy as np
 
 from foundation.contract.checks import check_config, check_seed
 from foundation.files.pretrained import read_pretrained
-from foundation.lens.running import RunningMixin
 from foundation.files.weights import load_weights, save_weights
+from foundation.lens.running import RunningMixin
 
 from .block import TransformerBlock
 from .embedding import TokenEmbedding

@@ -14,6 +14,7 @@ Hook points, as TransformerLens 4 names them: ``hook_in`` holds the position ids
 import numpy as np
 
 from foundation.contract.checks import check_config
+
 from .module import HookPoint, Module, Parameter, boundary
 
 

@@ -14,6 +14,7 @@ batch * pos rows; W_U's gradient names dlogits first, so it comes back in order 
 import numpy as np
 
 from foundation.contract.checks import check_config
+
 from .module import HookPoint, Module, Parameter, boundary
 
 

@@ -33,7 +33,9 @@ def pytest_runtest_makereport(item, call):
         allowed = any(allowed in reason for allowed in SKIPS_ALLOWED_IN_CI) or _no_landlock(reason)
         if not allowed:
             report.outcome = "failed"
-            report.longrepr = f"TWINS_CI=1: skipped ({reason}), but in CI every dependency is installed"
+            report.longrepr = (
+                f"TWINS_CI=1: skipped ({reason}), but in CI every dependency is installed"
+            )
 
 
 def _no_landlock(reason):

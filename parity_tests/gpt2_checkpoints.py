@@ -9,8 +9,11 @@ writes it with ``save_pretrained``; ``train_tokenizer`` trains a tiny byte-level
 import numpy as np
 import pytest
 
-transformers = pytest.importorskip("transformers", reason="transformers is needed to make a GPT-2 checkpoint "
-                                                          "(pip install transformers, or the test extra)")
+transformers = pytest.importorskip(
+    "transformers",
+    reason="transformers is needed to make a GPT-2 checkpoint "
+    "(pip install transformers, or the test extra)",
+)
 import torch  # noqa: E402
 from tokenizers import ByteLevelBPETokenizer  # noqa: E402
 
@@ -26,16 +29,21 @@ SMALL = dict(vocab_size=D_VOCAB, n_positions=24, n_embd=24, n_layer=2, n_head=3,
 
 
 def train_tokenizer(folder, vocab_size=D_VOCAB):
-    """A byte-level BPE trained on TEXT, saved as vocab.json and merges.txt in ``folder``; its size."""
+    """A byte-level BPE trained on TEXT, saved as vocab.json and merges.txt in ``folder``; its
+    size."""
     tokenizer = ByteLevelBPETokenizer()
-    tokenizer.train_from_iterator(TEXT * 4, vocab_size=vocab_size, min_frequency=1, special_tokens=[END_OF_TEXT])
+    tokenizer.train_from_iterator(
+        TEXT * 4, vocab_size=vocab_size, min_frequency=1, special_tokens=[END_OF_TEXT]
+    )
     tokenizer.save_model(str(folder))
     return tokenizer.get_vocab_size()
 
 
 def random_hf_model(dtype="float64", seed=0, **overrides):
-    """GPT2LMHeadModel with random weights (eager attention: the textbook path), in eval mode (no dropout)."""
-    fields = dict(SMALL, bos_token_id=0, eos_token_id=0, **overrides)  # the tiny tokenizer's <|endoftext|> is 0
+    """GPT2LMHeadModel with random weights (eager attention: the textbook path), in eval mode (no
+    dropout)."""
+    # the tiny tokenizer's <|endoftext|> is 0
+    fields = dict(SMALL, bos_token_id=0, eos_token_id=0, **overrides)
     config = transformers.GPT2Config(**fields, attn_implementation="eager")
     model = transformers.GPT2LMHeadModel(config).to(getattr(torch, dtype)).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -53,7 +61,8 @@ def random_hf_model(dtype="float64", seed=0, **overrides):
 
 
 def make_checkpoint(folder, dtype="float64", seed=0, tokenizer=True, **overrides):
-    """Save a random GPT-2 (and, by default, the tiny tokenizer) in ``folder``; returns the HF model."""
+    """Save a random GPT-2 (and, by default, the tiny tokenizer) in ``folder``; returns the HF
+    model."""
     model = random_hf_model(dtype, seed, **overrides)
     model.save_pretrained(str(folder))
     if tokenizer:

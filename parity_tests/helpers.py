@@ -4,9 +4,9 @@
 random weights and its torch twin holding the same weights. ``make_cfg`` changes fields of the
 tests' small config; ``tokens_for`` draws token ids for a config.
 
-Parity of a tensor is ``foundation.contract.agreement.rel_err``: max |numpy - torch| / max |torch|. A
-gradient that is exactly zero in exact arithmetic (b_K's) is measured against the largest
-gradient of the whole component or model instead (``relative_errors``).
+Parity of a tensor is ``foundation.contract.agreement.rel_err``: max |numpy - torch| / max |torch|.
+A gradient that is exactly zero in exact arithmetic (b_K's) is measured against the largest gradient
+of the whole component or model instead (``relative_errors``).
 """
 
 import itertools
@@ -23,19 +23,23 @@ import torch_impl as pti
 from foundation.contract.agreement import TOL, rel_err, relative_errors  # noqa: F401
 from foundation.lens.hooks import as_numpy as to_numpy  # noqa: F401
 
-# random weights for tests: LayerNorm w near 1 (never all ones), non-zero biases, N(0, 1/fan_in) matrices
+# random weights for tests: LayerNorm w near 1 (never all ones), non-zero biases, N(0, 1/fan_in)
+# matrices
 from gradcheck.factory import randomize_parameters as randomize  # noqa: F401
 from interp.handmade import induction_circuit_model
 
 # ---------------------------------------------------------------- the tests' models
 
-FIELDS = dict(d_vocab=11, d_model=12, n_heads=3, n_layers=2, n_ctx=6)  # the small model most tests use
+# the small model most tests use
+FIELDS = dict(d_vocab=11, d_model=12, n_heads=3, n_layers=2, n_ctx=6)
 CFG = npi.TransformerConfig(**FIELDS)
 CFG32 = npi.TransformerConfig(**FIELDS, dtype="float32")
-SMALL = npi.TransformerConfig(d_vocab=5, d_model=4, n_heads=2, n_layers=1, n_ctx=3, d_mlp=4)  # tiny: files
+# tiny: files
+SMALL = npi.TransformerConfig(d_vocab=5, d_model=4, n_heads=2, n_layers=1, n_ctx=3, d_mlp=4)
 TOKENS = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])  # [batch, pos]: ids of CFG's vocabulary
 SIDES = ["numpy", "torch"]
-INTERP = dict(d_vocab=13, d_mlp=16, n_ctx=10)  # the interpretability tests' changes: a longer context
+# the interpretability tests' changes: a longer context
+INTERP = dict(d_vocab=13, d_mlp=16, n_ctx=10)
 
 
 def make_cfg(base=None, **changes):
@@ -103,11 +107,14 @@ def compare_grads(np_module, torch_module, dtype):
         assert grad is not None, f"{name}: torch gradient missing"
     errors = relative_errors(np_grads, torch_grads)
     for name, err in errors.items():
-        assert err <= TOL[dtype], f"grad {name}: relative error {err:.3e} > {TOL[dtype]:.0e} ({dtype})"
+        assert err <= TOL[dtype], (
+            f"grad {name}: relative error {err:.3e} > {TOL[dtype]:.0e} ({dtype})"
+        )
     return errors
 
 
-# ---------------------------------------------------------------- pairwise selection of configurations
+# ---------------------------------------------------------------- pairwise selection of
+# configurations
 #
 # A product of options (normalization x positional x causal x ...) grows fast; most mistakes show
 # up in one option or in two of them together. The default run checks a pairwise selection: every
@@ -116,14 +123,16 @@ def compare_grads(np_module, torch_module, dtype):
 
 
 def pairs_of(combo):
-    """Every (option index, value, option index, value) pair one combination covers; of a single option, its value."""
+    """Every (option index, value, option index, value) pair one combination covers; of a single
+    option, its value."""
     if len(combo) == 1:
         return {(0, combo[0])}
     return {(i, combo[i], j, combo[j]) for i in range(len(combo)) for j in range(i + 1, len(combo))}
 
 
 def pairwise(combos):
-    """A subset of ``combos`` (tuples, one value per option) covering every pair the whole list covers.
+    """A subset of ``combos`` (tuples, one value per option) covering every pair the whole list
+    covers.
 
     Every value of every option appears too (with a single option, that is all of them).
 
@@ -150,12 +159,17 @@ def pairwise_then_slow(cases, ids=None, options=tuple):
     cases = list(cases)
     default = set(pairwise([tuple(options(case)) for case in cases]))
     ids = ids or [None] * len(cases)
-    return [pytest.param(*case, id=name, marks=() if tuple(options(case)) in default else pytest.mark.slow)
-            for case, name in zip(cases, ids)]
+    return [
+        pytest.param(
+            *case, id=name, marks=() if tuple(options(case)) in default else pytest.mark.slow
+        )
+        for case, name in zip(cases, ids)
+    ]
 
 
 def parametrize_pairwise(**options):
-    """``@pytest.mark.parametrize`` over the product of ``options`` (name -> values), pairwise by default.
+    """``@pytest.mark.parametrize`` over the product of ``options`` (name -> values), pairwise by
+    default.
 
     ``@parametrize_pairwise(dtype=["float64", "float32"], pos=[1, 7], causal=[True, False])`` gives
     every combination, as stacked ``parametrize`` decorators would; those outside a pairwise
@@ -166,11 +180,13 @@ def parametrize_pairwise(**options):
     return pytest.mark.parametrize(",".join(options), pairwise_then_slow(cases, ids))
 
 
-# ---------------------------------------------------------------- hostile input: what the twins take and refuse
+# ---------------------------------------------------------------- hostile input: what the twins
+# take and refuse
 
 
 def outcome(fn):
-    """("accepted", result), or (the exception's type name, its message) for the errors bad input may raise."""
+    """("accepted", result), or (the exception's type name, its message) for the errors bad input
+    may raise."""
     try:
         return "accepted", fn()
     except (TypeError, ValueError, OSError, RuntimeError, NotImplementedError) as error:
@@ -184,7 +200,11 @@ def random_dout(shape, dtype="float64", seed=1):
 
 def as_float64(x):
     """A float64 copy of an ndarray or a tensor."""
-    return x.detach().cpu().numpy().astype(np.float64) if hasattr(x, "detach") else np.array(x, dtype=np.float64)
+    return (
+        x.detach().cpu().numpy().astype(np.float64)
+        if hasattr(x, "detach")
+        else np.array(x, dtype=np.float64)
+    )
 
 
 def grads(model):
@@ -213,16 +233,19 @@ def read_only(a):
 
 def as_matrix(a):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PendingDeprecationWarning)  # np.matrix is discouraged, not gone
+        # np.matrix is discouraged, not gone
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
         return np.asmatrix(a)
 
 
 def quantized(values, scale=0.01, dtype=None):
     """A quantized tensor of ``values`` (qint32 unless ``dtype`` says otherwise)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # quantized tensors are deprecated: torch says so
-        return torch.quantize_per_tensor(torch.from_numpy(np.asarray(values, dtype=np.float32)), scale, 0,
-                                         dtype or torch.qint32)
+        # quantized tensors are deprecated: torch says so
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.quantize_per_tensor(
+            torch.from_numpy(np.asarray(values, dtype=np.float32)), scale, 0, dtype or torch.qint32
+        )
 
 
 # special files where a file is expected (the readers' tests): a FIFO, /dev/zero, a folder

@@ -16,17 +16,32 @@ import os
 import numpy as np
 import pytest
 
-transformers = pytest.importorskip("transformers", reason="transformers is needed to make a Llama checkpoint "
-                                                          "(pip install transformers, or the test extra)")
+transformers = pytest.importorskip(
+    "transformers",
+    reason="transformers is needed to make a Llama checkpoint "
+    "(pip install transformers, or the test extra)",
+)
 import torch  # noqa: E402
 from transformers.models.gpt_neox import modeling_gpt_neox  # noqa: E402
 from transformers.models.llama import modeling_llama  # noqa: E402
 
 TEXT = ["the cat sat on the mat", "the dog sat on the log", "a small model reads every line"] * 4
 SPECIALS = ["<unk>", "<s>", "</s>"]
-SMALL = dict(vocab_size=64, hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=6, max_position_embeddings=16, rms_norm_eps=1e-6,
-             rope_theta=500.0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+SMALL = dict(
+    vocab_size=64,
+    hidden_size=24,
+    intermediate_size=40,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=6,
+    max_position_embeddings=16,
+    rms_norm_eps=1e-6,
+    rope_theta=500.0,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
 
 
 def train_tokenizer(folder, vocab_size=SMALL["vocab_size"]):
@@ -41,14 +56,28 @@ def train_tokenizer(folder, vocab_size=SMALL["vocab_size"]):
     return tokenizer.get_vocab_size()
 
 
-# Pythia's shape, small: partial rotary (a quarter of each head), parallel attention and MLP, exact GELU
-NEOX = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=16, rotary_pct=0.25, rotary_emb_base=500, hidden_act="gelu",
-            use_parallel_residual=True, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+# Pythia's shape, small: partial rotary (a quarter of each head), parallel attention and MLP, exact
+# GELU
+NEOX = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=16,
+    rotary_pct=0.25,
+    rotary_emb_base=500,
+    hidden_act="gelu",
+    use_parallel_residual=True,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
 
 
 def random_llama(dtype="float64", seed=0, family="llama", **overrides):
-    """LlamaForCausalLM (or GPTNeoXForCausalLM) with random weights, SDPA attention, in eval mode."""
+    """LlamaForCausalLM (or GPTNeoXForCausalLM) with random weights, SDPA attention, in eval
+    mode."""
     import torch
     import transformers
 
@@ -58,9 +87,15 @@ def random_llama(dtype="float64", seed=0, family="llama", **overrides):
     else:
         fields = {**NEOX, **overrides}
         factor, theta = fields.pop("rotary_pct"), fields.pop("rotary_emb_base")
-        config = transformers.GPTNeoXConfig(**fields, attn_implementation="sdpa",
-                                            rope_parameters={"rope_type": "default", "rope_theta": theta,
-                                                             "partial_rotary_factor": factor})
+        config = transformers.GPTNeoXConfig(
+            **fields,
+            attn_implementation="sdpa",
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": theta,
+                "partial_rotary_factor": factor,
+            },
+        )
         model = transformers.GPTNeoXForCausalLM(config)
     model = model.to(getattr(torch, dtype)).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -79,9 +114,17 @@ def random_llama(dtype="float64", seed=0, family="llama", **overrides):
     return model
 
 
-def make_llama_checkpoint(folder, dtype="float64", seed=0, tokenizer=True, max_shard_size=None, family="llama",
-                          **overrides):
-    """Save a random Llama or GPT-NeoX (and, by default, the tiny tokenizer) in ``folder``; returns the HF model."""
+def make_llama_checkpoint(
+    folder,
+    dtype="float64",
+    seed=0,
+    tokenizer=True,
+    max_shard_size=None,
+    family="llama",
+    **overrides,
+):
+    """Save a random Llama or GPT-NeoX (and, by default, the tiny tokenizer) in ``folder``; returns
+    the HF model."""
     model = random_llama(dtype, seed, family, **overrides)
     if max_shard_size is None:
         model.save_pretrained(str(folder))
@@ -110,14 +153,21 @@ def _rms_norm_forward(self, hidden_states):
 
 @contextlib.contextmanager
 def exact_float64():
-    """transformers' Llama and GPT-NeoX with rotary angles and RMSNorm in the model's dtype (float32 otherwise)."""
-    saved = (modeling_llama.LlamaRotaryEmbedding.forward, modeling_llama.LlamaRMSNorm.forward,
-             modeling_gpt_neox.GPTNeoXRotaryEmbedding.forward)
+    """transformers' Llama and GPT-NeoX with rotary angles and RMSNorm in the model's dtype (float32
+    otherwise)."""
+    saved = (
+        modeling_llama.LlamaRotaryEmbedding.forward,
+        modeling_llama.LlamaRMSNorm.forward,
+        modeling_gpt_neox.GPTNeoXRotaryEmbedding.forward,
+    )
     modeling_llama.LlamaRotaryEmbedding.forward = _rotary_forward
     modeling_llama.LlamaRMSNorm.forward = _rms_norm_forward
     modeling_gpt_neox.GPTNeoXRotaryEmbedding.forward = _rotary_forward
     try:
         yield
     finally:
-        (modeling_llama.LlamaRotaryEmbedding.forward, modeling_llama.LlamaRMSNorm.forward,
-         modeling_gpt_neox.GPTNeoXRotaryEmbedding.forward) = saved
+        (
+            modeling_llama.LlamaRotaryEmbedding.forward,
+            modeling_llama.LlamaRMSNorm.forward,
+            modeling_gpt_neox.GPTNeoXRotaryEmbedding.forward,
+        ) = saved

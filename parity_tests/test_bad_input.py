@@ -1,4 +1,5 @@
-"""Bad input other than tokens: refused early with a ValueError or TypeError that names the argument.
+"""Bad input other than tokens: refused early with a ValueError or TypeError that names the
+argument.
 
 Activations and upstream gradients of the wrong shape, dtype or kind (masked, meta, sparse,
 the other twin's arrays); hook results of the wrong kind; loss inputs and weights; seeds;
@@ -38,7 +39,9 @@ from parity_tests.helpers import (
 
 
 @pytest.mark.parametrize("side", [npi, pti])
-@pytest.mark.parametrize("name", ["LayerNorm", "MultiHeadAttention", "FeedForward", "Unembed", "TransformerBlock"])
+@pytest.mark.parametrize(
+    "name", ["LayerNorm", "MultiHeadAttention", "FeedForward", "Unembed", "TransformerBlock"]
+)
 def test_component_input_checked(side, name):
     component = getattr(side, name)(CFG)
     as_array = (lambda a: a) if side is npi else torch.from_numpy
@@ -50,8 +53,18 @@ def test_component_input_checked(side, name):
         component(as_array(np.zeros((2, 3, 12), dtype=np.int64)))
 
 
-@pytest.mark.parametrize("name", ["TokenEmbedding", "LearnedPositionalEmbedding", "LayerNorm",
-                                  "MultiHeadAttention", "FeedForward", "TransformerBlock", "Unembed"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "TokenEmbedding",
+        "LearnedPositionalEmbedding",
+        "LayerNorm",
+        "MultiHeadAttention",
+        "FeedForward",
+        "TransformerBlock",
+        "Unembed",
+    ],
+)
 def test_components_need_a_config(name):
     for side in (npi, pti):
         with pytest.raises(TypeError, match="cfg must be a TransformerConfig"):
@@ -59,7 +72,8 @@ def test_components_need_a_config(name):
 
 
 def test_arrays_of_the_other_twin_are_refused():
-    """A tensor into a NumPy component, an ndarray into a torch one, float32 into a float64 model."""
+    """A tensor into a NumPy component, an ndarray into a torch one, float32 into a float64
+    model."""
     x = np.zeros((2, 3, 12))
     with pytest.raises(TypeError, match="x must be a numpy.ndarray, got Tensor"):
         npi.LayerNorm(CFG)(torch.from_numpy(x))
@@ -81,7 +95,9 @@ def test_a_masked_activation_is_refused_by_a_component():
     assert kind == "TypeError" and "x" in message and "masked" in message, (kind, message)
 
 
-@pytest.mark.parametrize("seed,error", [("a", TypeError), (1.5, TypeError), (True, TypeError), (-1, ValueError)])
+@pytest.mark.parametrize(
+    "seed,error", [("a", TypeError), (1.5, TypeError), (True, TypeError), (-1, ValueError)]
+)
 def test_bad_seeds(seed, error):
     for side in (npi, pti):
         with pytest.raises(error, match="seed"):
@@ -94,7 +110,10 @@ def test_bad_seeds(seed, error):
 def test_dout_of_wrong_shape():
     model = npi.Transformer(CFG)
     model(np.array([[1, 2, 3]]))
-    with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(1, 3, 11\), got \(1, 3, 12\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dout must have the forward output's shape \(1, 3, 11\), got \(1, 3, 12\)",
+    ):
         model.backward(np.zeros((1, 3, 12)))
     with pytest.raises(TypeError, match="dout must be a float array"):
         model.backward(np.zeros((1, 3, 11), dtype=int))
@@ -122,7 +141,9 @@ def test_dout_of_another_dtype_is_refused(dout_dtype):
             model.run_with_cache(TOKENS, incl_bwd=True, dout=dout)
 
 
-@pytest.mark.parametrize("name", ["LayerNorm", "MultiHeadAttention", "FeedForward", "Unembed", "TransformerBlock"])
+@pytest.mark.parametrize(
+    "name", ["LayerNorm", "MultiHeadAttention", "FeedForward", "Unembed", "TransformerBlock"]
+)
 def test_component_dout_of_another_dtype_is_refused(name):
     module = getattr(npi, name)(CFG)
     randomize(module, seed=3)
@@ -152,7 +173,9 @@ def test_a_dout_that_would_be_read_wrongly_is_refused(case):
     results = []
     for model in twins():
         results.append(outcome(lambda: model.run_with_hooks(TOKENS, dout=DOUT_BAD[case]())))
-        results.append(outcome(lambda: model.run_with_cache(TOKENS, incl_bwd=True, dout=DOUT_BAD[case]())))
+        results.append(
+            outcome(lambda: model.run_with_cache(TOKENS, incl_bwd=True, dout=DOUT_BAD[case]()))
+        )
     if isinstance(DOUT_BAD[case](), np.ndarray):
         np_model = twins()[0]
         np_model(TOKENS)
@@ -202,9 +225,17 @@ def test_hook_results_of_the_wrong_kind(case, direction):
     for model in (np_model, torch_model):
         hooks = [("blocks.0.hook_resid_mid", lambda x, hook: HOOK_RESULTS[case](x))]
         dout = random_dout((2, 4, 11))
-        kind, message = outcome(lambda: model.run_with_hooks(
-            TOKENS, **({"fwd_hooks": hooks} if direction == "fwd" else {"bwd_hooks": hooks}), dout=dout))
-        assert kind in ("TypeError", "ValueError") and "blocks.0.hook_resid_mid" in message, (kind, message)
+        kind, message = outcome(
+            lambda: model.run_with_hooks(
+                TOKENS,
+                **({"fwd_hooks": hooks} if direction == "fwd" else {"bwd_hooks": hooks}),
+                dout=dout,
+            )
+        )
+        assert kind in ("TypeError", "ValueError") and "blocks.0.hook_resid_mid" in message, (
+            kind,
+            message,
+        )
         kinds.append(kind)
     assert kinds[0] == kinds[1]
 
@@ -215,8 +246,10 @@ def test_hook_results_of_the_other_library_are_welcome(direction):
     dout = random_dout((2, 4, 11))
     key = "fwd_hooks" if direction == "fwd" else "bwd_hooks"
     results = []
-    for model, halve in ((np_model, lambda x, hook: torch.from_numpy(x * 0.5)),
-                         (torch_model, lambda x, hook: x.detach().numpy() * 0.5)):
+    for model, halve in (
+        (np_model, lambda x, hook: torch.from_numpy(x * 0.5)),
+        (torch_model, lambda x, hook: x.detach().numpy() * 0.5),
+    ):
         model.zero_grad()
         out = model.run_with_hooks(TOKENS, **{key: [("blocks.0.hook_resid_mid", halve)]}, dout=dout)
         results.append((_np(out), grads(model)))
@@ -228,40 +261,68 @@ def _as_tensor(x):
     return x if hasattr(x, "detach") else torch.from_numpy(x)
 
 
-SCALE = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)  # a leaf that requires grad (a steering scale)
+# a leaf that requires grad (a steering scale)
+SCALE = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
 
 
-HOOK_RESULTS_BAD = {  # name -> (the hook's result from its argument, words of the refusal, directions)
-    "a masked array": (lambda x: np.ma.masked_array(_np(x).copy(), mask=_np(x) > 0), "masked", ["fwd", "bwd"]),
-    "a masked array, nothing masked": (lambda x: np.ma.masked_array(_np(x).copy()), "masked", ["fwd", "bwd"]),
-    "a tensor that requires grad": (lambda x: torch.tensor(_np(x) * 0.5, requires_grad=True), "requires grad",
-                                    ["fwd"]),
-    "a tensor computed from a parameter": (lambda x: _as_tensor(x) * SCALE, "requires grad", ["fwd"]),
+# name -> (the hook's result from its argument, words of the refusal, directions)
+HOOK_RESULTS_BAD = {
+    "a masked array": (
+        lambda x: np.ma.masked_array(_np(x).copy(), mask=_np(x) > 0),
+        "masked",
+        ["fwd", "bwd"],
+    ),
+    "a masked array, nothing masked": (
+        lambda x: np.ma.masked_array(_np(x).copy()),
+        "masked",
+        ["fwd", "bwd"],
+    ),
+    "a tensor that requires grad": (
+        lambda x: torch.tensor(_np(x) * 0.5, requires_grad=True),
+        "requires grad",
+        ["fwd"],
+    ),
+    "a tensor computed from a parameter": (
+        lambda x: _as_tensor(x) * SCALE,
+        "requires grad",
+        ["fwd"],
+    ),
 }
 
 
-HOOK_CASES = [(case, direction) for case, (_, _, directions) in sorted(HOOK_RESULTS_BAD.items())
-              for direction in directions]
+HOOK_CASES = [
+    (case, direction)
+    for case, (_, _, directions) in sorted(HOOK_RESULTS_BAD.items())
+    for direction in directions
+]
 
 
 @pytest.mark.parametrize("case, direction", HOOK_CASES, ids=[f"{d}-{c}" for c, d in HOOK_CASES])
 def test_hook_results_that_would_be_read_wrongly_are_refused(case, direction):
-    """A forward hook's result is a constant: one that requires grad would lose its gradient without a word."""
+    """A forward hook's result is a constant: one that requires grad would lose its gradient without
+    a word."""
     make, words, _ = HOOK_RESULTS_BAD[case]
     kinds = []
     for model in twins():
         hooks = [("blocks.0.hook_resid_mid", lambda x, hook: make(x))]
-        kind, message = outcome(lambda: model.run_with_hooks(
-            TOKENS, dout=np.random.default_rng(1).standard_normal((2, 4, 11)),
-            **({"fwd_hooks": hooks} if direction == "fwd" else {"bwd_hooks": hooks})))
+        kind, message = outcome(
+            lambda: model.run_with_hooks(
+                TOKENS,
+                dout=np.random.default_rng(1).standard_normal((2, 4, 11)),
+                **({"fwd_hooks": hooks} if direction == "fwd" else {"bwd_hooks": hooks}),
+            )
+        )
         assert kind in ("TypeError", "ValueError"), (kind, message)
-        assert "blocks.0.hook_resid_mid" in message and words in message and "\n" not in message, message
+        assert "blocks.0.hook_resid_mid" in message and words in message and "\n" not in message, (
+            message
+        )
         kinds.append(kind)
     assert kinds[0] == kinds[1]
 
 
 def test_backward_hooks_may_return_tensors_that_require_grad():
-    """A backward hook's result is the gradient from there on (torch computes it with grad off): both twins use its values."""
+    """A backward hook's result is the gradient from there on (torch computes it with grad off):
+    both twins use its values."""
     np_model, torch_model = twins()
     dout = np.random.default_rng(1).standard_normal((2, 4, 11))
     np_model.zero_grad()
@@ -270,14 +331,21 @@ def test_backward_hooks_may_return_tensors_that_require_grad():
     results = []
     for model in (np_model, torch_model):
         model.zero_grad()
-        model.run_with_hooks(TOKENS, bwd_hooks=[("blocks.0.hook_resid_mid", lambda g, hook: _as_tensor(g) * SCALE)],
-                             dout=dout)
+        model.run_with_hooks(
+            TOKENS,
+            bwd_hooks=[("blocks.0.hook_resid_mid", lambda g, hook: _as_tensor(g) * SCALE)],
+            dout=dout,
+        )
         results.append({name: as_float64(p.grad) for name, p in model.named_parameters()})
     largest = max(np.abs(g).max() for g in results[0].values())
     for name in results[0]:
         assert rel_err(results[0][name], results[1][name], scale=largest) <= 1e-12, name
-    assert rel_err(results[0]["embed.W_E"], 0.5 * plain["embed.W_E"]) <= 1e-12, "the hook's halving reached W_E"
-    assert rel_err(results[0]["unembed.W_U"], plain["unembed.W_U"]) <= 1e-12, "above the hook: untouched"
+    assert rel_err(results[0]["embed.W_E"], 0.5 * plain["embed.W_E"]) <= 1e-12, (
+        "the hook's halving reached W_E"
+    )
+    assert rel_err(results[0]["unembed.W_U"], plain["unembed.W_U"]) <= 1e-12, (
+        "above the hook: untouched"
+    )
 
 
 HOOK_RESULTS_GOOD = {  # what both twins take from a hook, with the same values
@@ -289,7 +357,9 @@ HOOK_RESULTS_GOOD = {  # what both twins take from a hook, with the same values
     "uint64 ndarray": lambda x: np.abs(np.round(_np(x) * 4)).astype(np.uint64),
     "bfloat16 tensor": lambda x: (_as_tensor(x) * 0.5).bfloat16(),
     "float16 tensor": lambda x: (_as_tensor(x) * 0.5).half(),
-    "non-contiguous tensor": lambda x: (_as_tensor(x) * 0.5).transpose(0, 1).contiguous().transpose(0, 1),
+    "non-contiguous tensor": lambda x: (
+        (_as_tensor(x) * 0.5).transpose(0, 1).contiguous().transpose(0, 1)
+    ),
     "an ndarray subclass": lambda x: (_np(x) * 0.5).view(type("Sub", (np.ndarray,), {})),
 }
 
@@ -340,7 +410,9 @@ LOSS_WEIGHTS_BAD = {
     "-inf": lambda w: np.where(np.arange(w.size).reshape(w.shape) == 0, -np.inf, w),
     "nan": lambda w: np.where(np.arange(w.size).reshape(w.shape) == 0, np.nan, w),
     "all inf": lambda w: np.full_like(w, np.inf),
-    "float32 max": lambda w: np.full_like(w, np.finfo(np.float32).max).astype(np.float32).astype(w.dtype),
+    "float32 max": lambda w: (
+        np.full_like(w, np.finfo(np.float32).max).astype(np.float32).astype(w.dtype)
+    ),
 }
 
 
@@ -362,8 +434,12 @@ def test_loss_weights_that_are_not_finite_are_refused(side, case):
 # ---------------------------------------------------------------- generate's temperature
 
 
-TEMPERATURES_GOOD = {"np.float32(0.5)": np.float32(0.5), "np.float64(0.5)": np.float64(0.5),
-                     "Fraction(1, 2)": Fraction(1, 2), "a 0-d array": np.array(0.5)}
+TEMPERATURES_GOOD = {
+    "np.float32(0.5)": np.float32(0.5),
+    "np.float64(0.5)": np.float64(0.5),
+    "Fraction(1, 2)": Fraction(1, 2),
+    "a 0-d array": np.array(0.5),
+}
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -371,10 +447,16 @@ TEMPERATURES_GOOD = {"np.float32(0.5)": np.float32(0.5), "np.float64(0.5)": np.f
 def test_generate_takes_any_real_number_type_as_temperature(side, case):
     model = twins()[SIDES.index(side)]
     expected = as_float64(model.generate(TOKENS[:, :2], max_new_tokens=3, temperature=0.5, seed=4))
-    got = as_float64(model.generate(TOKENS[:, :2], max_new_tokens=3, temperature=TEMPERATURES_GOOD[case], seed=4))
+    got = as_float64(
+        model.generate(TOKENS[:, :2], max_new_tokens=3, temperature=TEMPERATURES_GOOD[case], seed=4)
+    )
     assert np.array_equal(got, expected)
-    one = as_float64(model.generate(TOKENS[:, :2], max_new_tokens=3, temperature=np.int64(1), seed=4))
-    assert np.array_equal(one, as_float64(model.generate(TOKENS[:, :2], max_new_tokens=3, temperature=1, seed=4)))
+    one = as_float64(
+        model.generate(TOKENS[:, :2], max_new_tokens=3, temperature=np.int64(1), seed=4)
+    )
+    assert np.array_equal(
+        one, as_float64(model.generate(TOKENS[:, :2], max_new_tokens=3, temperature=1, seed=4))
+    )
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -385,31 +467,51 @@ def test_a_tiny_temperature_samples_the_most_likely_token(side, temperature):
     greedy = as_float64(model.generate(TOKENS[:, :2], max_new_tokens=3, temperature=0))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no overflow warning either
-        tiny = as_float64(model.generate(TOKENS[:, :2], max_new_tokens=3, temperature=temperature, seed=1))
+        tiny = as_float64(
+            model.generate(TOKENS[:, :2], max_new_tokens=3, temperature=temperature, seed=1)
+        )
     assert np.array_equal(tiny, greedy)
 
 
-TEMPERATURES_BAD = {"inf": float("inf"), "nan": float("nan"), "-1": -1.0, "np.float32(-0.5)": np.float32(-0.5),
-                    "'0.5'": "0.5", "True": True, "np.True_": np.True_, "None": None, "1j": 1j,
-                    "an array of two": np.array([0.5, 0.5]), "np.float64 inf": np.float64("inf")}
+TEMPERATURES_BAD = {
+    "inf": float("inf"),
+    "nan": float("nan"),
+    "-1": -1.0,
+    "np.float32(-0.5)": np.float32(-0.5),
+    "'0.5'": "0.5",
+    "True": True,
+    "np.True_": np.True_,
+    "None": None,
+    "1j": 1j,
+    "an array of two": np.array([0.5, 0.5]),
+    "np.float64 inf": np.float64("inf"),
+}
 
 
 @pytest.mark.parametrize("case", sorted(TEMPERATURES_BAD))
 def test_a_temperature_that_cannot_be_sampled_is_refused(case):
-    results = [outcome(lambda: model.generate(TOKENS[:, :2], max_new_tokens=1, temperature=TEMPERATURES_BAD[case]))
-               for model in twins()]
+    results = [
+        outcome(
+            lambda: model.generate(
+                TOKENS[:, :2], max_new_tokens=1, temperature=TEMPERATURES_BAD[case]
+            )
+        )
+        for model in twins()
+    ]
     assert results[0][0] in ("TypeError", "ValueError") and results[0][0] == results[1][0], results
     assert all("temperature" in message and "\n" not in message for _, message in results), results
 
 
 # --- generate's penalty, the seeds both twins take ---
 
-from parity_tests.helpers import SIDES as _SIDES, SMALL as _SMALL  # noqa: E402
+from parity_tests.helpers import SIDES as _SIDES  # noqa: E402
+from parity_tests.helpers import SMALL as _SMALL  # noqa: E402
 
 
 @pytest.mark.parametrize("side", _SIDES)
-@pytest.mark.parametrize("value", [float("inf"), 1e308, np.float64(7e307)],
-                         ids=["inf", "1e308", "7e307 times n_ctx 3"])
+@pytest.mark.parametrize(
+    "value", [float("inf"), 1e308, np.float64(7e307)], ids=["inf", "1e308", "7e307 times n_ctx 3"]
+)
 def test_generate_refuses_a_penalty_that_would_make_probabilities_non_finite(side, value):
     model = {"numpy": npi, "torch": pti}[side].Transformer(_SMALL, seed=0)
     with pytest.raises(ValueError, match="freq_penalty must be finite"):
@@ -423,13 +525,14 @@ def test_generate_takes_a_large_finite_penalty(side):
     assert np.asarray(out).shape == (1, 3)
 
 
-@pytest.mark.parametrize("seed, accepted",
-                         [(0, True), (2**64 - 1, True), (2**64, False), (2**70, False)])
+@pytest.mark.parametrize(
+    "seed, accepted", [(0, True), (2**64 - 1, True), (2**64, False), (2**70, False)]
+)
 def test_the_twins_take_and_refuse_the_same_seeds(seed, accepted):
     outcomes = []
-    for package in (npi, pti):
+    for twin in (npi, pti):
         try:
-            package.Transformer(_SMALL, seed=seed)
+            twin.Transformer(_SMALL, seed=seed)
             outcomes.append("built")
         except ValueError as error:
             assert "seed" in str(error), str(error)

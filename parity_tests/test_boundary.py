@@ -1,4 +1,5 @@
-"""The boundary (foundation/contract/boundary.py): bodies that are only the formulas, and no aliasing.
+"""The boundary (foundation/contract/boundary.py): bodies that are only the formulas, and no
+aliasing.
 
 Every check, copy and guard lives where every call passes (each twin's ``Module``), so:
 - no component body in either twin calls a check or raises;
@@ -36,24 +37,44 @@ from parity_tests.helpers import (
 OTHER_TOKENS = np.array([[9, 8, 7, 6], [0, 1, 0, 1]])
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPONENT_FILES = ["attention", "block", "embedding", "feedforward", "layernorm", "loss", "model", "positional", "unembed"]
+COMPONENT_FILES = [
+    "attention",
+    "block",
+    "embedding",
+    "feedforward",
+    "layernorm",
+    "loss",
+    "model",
+    "positional",
+    "unembed",
+]
 BATCH, POS = 2, 5
 BASE = dict(d_mlp=14, n_ctx=POS)  # make_cfg's changes for these tests
 
 
-
-
 def checks_in_bodies(source):
-    """Each call of a check, and each raise, inside a forward or backward of ``source``'s classes."""
+    """Each call of a check, and each raise, inside a forward or backward of ``source``'s
+    classes."""
     found = []
     for cls in (node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)):
         for method in (item for item in cls.body if isinstance(item, ast.FunctionDef)):
             if method.name not in ("forward", "backward"):
                 continue
             for node in ast.walk(method):
-                called = node.func.attr if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) else (
-                    node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else "")
-                if isinstance(node, ast.Raise) or called.startswith(("check_", "_check")) or called == "tokens_as_array":
+                called = (
+                    node.func.attr
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    else (
+                        node.func.id
+                        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                        else ""
+                    )
+                )
+                if (
+                    isinstance(node, ast.Raise)
+                    or called.startswith(("check_", "_check"))
+                    or called == "tokens_as_array"
+                ):
                     found.append(f"{cls.name}.{method.name} line {node.lineno}")
     return found
 
@@ -66,25 +87,38 @@ def test_component_bodies_hold_no_check_and_no_raise(package, name):
 
 
 def test_the_detector_finds_a_check_in_a_body():
-    """The scan above, on bodies that still check or raise: each is found, at its line; a clean body is not."""
-    def body(*lines):
-        return "class A:\n    def helper(self, x):\n        check_x(x)\n    def forward(self, x):\n" + "".join(
-            f"        {line}\n" for line in lines)
+    """The scan above, on bodies that still check or raise: each is found, at its line; a clean body
+    is not."""
 
-    assert checks_in_bodies(body("check_activation(x, 'x', self.cfg, None)", "return x")) == ["A.forward line 5"]
-    assert checks_in_bodies(body("y = x", "self._check_shape(y)", "return y")) == ["A.forward line 6"]
+    def body(*lines):
+        return (
+            "class A:\n    def helper(self, x):\n        check_x(x)\n    def forward(self, x):\n"
+            + "".join(f"        {line}\n" for line in lines)
+        )
+
+    assert checks_in_bodies(body("check_activation(x, 'x', self.cfg, None)", "return x")) == [
+        "A.forward line 5"
+    ]
+    assert checks_in_bodies(body("y = x", "self._check_shape(y)", "return y")) == [
+        "A.forward line 6"
+    ]
     assert checks_in_bodies(body("tokens = tokens_as_array(x)", "return x")) == ["A.forward line 5"]
-    assert checks_in_bodies(body("if x is None:", "    raise ValueError('x')", "return x")) == ["A.forward line 6"]
+    assert checks_in_bodies(body("if x is None:", "    raise ValueError('x')", "return x")) == [
+        "A.forward line 6"
+    ]
     assert checks_in_bodies(body("y = x * 2  # check_ in a comment is no call", "return y")) == []
 
 
-@pytest.mark.parametrize("name, overrides", [
-    ("Unembed", {}),
-    ("MultiHeadAttention", {}),
-    ("FeedForward", {}),
-    ("TransformerBlock", dict(normalization=None)),
-    ("LayerNorm", {}),
-])
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("Unembed", {}),
+        ("MultiHeadAttention", {}),
+        ("FeedForward", {}),
+        ("TransformerBlock", dict(normalization=None)),
+        ("LayerNorm", {}),
+    ],
+)
 def test_changing_x_after_forward_changes_no_gradient(name, overrides):
     cfg = make_cfg(BASE, **overrides)
     rng = np.random.default_rng(0)
@@ -126,7 +160,9 @@ def test_changing_targets_and_weights_after_the_loss_changes_no_gradient():
     weights[:] = 1.0
     dlogits = loss_fn.backward(0.7)
     logits_t = torch.from_numpy(logits).requires_grad_(True)
-    loss_t = pti.CrossEntropyLoss()(logits_t, torch.from_numpy(expected_targets), torch.from_numpy(expected_weights))
+    loss_t = pti.CrossEntropyLoss()(
+        logits_t, torch.from_numpy(expected_targets), torch.from_numpy(expected_weights)
+    )
     loss_t.backward(torch.tensor(0.7, dtype=torch.float64))
     assert_close("loss", loss, loss_t.detach().numpy(), "float64")
     assert_close("logits gradient", dlogits, logits_t.grad.numpy(), "float64")
@@ -155,7 +191,9 @@ def test_a_hook_returning_one_buffer_for_every_layer_leaves_the_caches_alone():
     compare_grads(model, twin, "float64")
 
 
-@pytest.mark.parametrize("name", ["LayerNorm", "MultiHeadAttention", "FeedForward", "Unembed", "TransformerBlock"])
+@pytest.mark.parametrize(
+    "name", ["LayerNorm", "MultiHeadAttention", "FeedForward", "Unembed", "TransformerBlock"]
+)
 @pytest.mark.parametrize("normalization", ["pre", "post", None])
 def test_outputs_share_no_memory_with_what_forward_saved(name, normalization):
     cfg = make_cfg(BASE, normalization=normalization)
@@ -165,7 +203,11 @@ def test_outputs_share_no_memory_with_what_forward_saved(name, normalization):
     saved = []
     for _, sub in module.named_modules():
         cache = vars(sub).get("cache")
-        saved += [a for a in (cache if isinstance(cache, tuple) else (cache,)) if isinstance(a, np.ndarray)]
+        saved += [
+            a
+            for a in (cache if isinstance(cache, tuple) else (cache,))
+            if isinstance(a, np.ndarray)
+        ]
     assert saved or name == "TransformerBlock"
     assert not any(np.shares_memory(out, a) for a in saved + [x])
 
@@ -193,7 +235,8 @@ def test_the_boundary_wraps_every_forward_and_backward():
     assert list(inspect.signature(npi.LayerNorm.forward).parameters) == ["self", "x"]
 
 
-# ---------------------------------------------------------------- stale state: a backward that does not belong to the last forward
+# ---------------------------------------------------------------- stale state: a backward that does
+# not belong to the last forward
 
 
 def test_backward_before_forward():
@@ -214,7 +257,8 @@ def raise_boom(x, hook):
 
 
 def component_cases():
-    """(name, component, good input, other input of the same shape, the hook point to break or None)."""
+    """(name, component, good input, other input of the same shape, the hook point to break or
+    None)."""
     cfgs = {
         "pre": CFG,
         "post": make_cfg(n_layers=1, normalization="post"),
@@ -230,14 +274,28 @@ def component_cases():
         ("FeedForward-relu", npi.FeedForward(cfgs["none-relu"], 0), x1, x2, "hook_pre"),
         ("Unembed", npi.Unembed(CFG, 0), x1, x2, None),
         ("TokenEmbedding", npi.TokenEmbedding(CFG, 0), TOKENS, OTHER_TOKENS, None),
-        ("LearnedPositionalEmbedding", npi.LearnedPositionalEmbedding(CFG, 0), TOKENS, OTHER_TOKENS, None),
-        ("SinusoidalPositionalEncoding", npi.SinusoidalPositionalEncoding(CFG), TOKENS, OTHER_TOKENS, None),
+        (
+            "LearnedPositionalEmbedding",
+            npi.LearnedPositionalEmbedding(CFG, 0),
+            TOKENS,
+            OTHER_TOKENS,
+            None,
+        ),
+        (
+            "SinusoidalPositionalEncoding",
+            npi.SinusoidalPositionalEncoding(CFG),
+            TOKENS,
+            OTHER_TOKENS,
+            None,
+        ),
     ]
     for key, cfg in cfgs.items():
         block = npi.TransformerBlock(cfg, 0)
         point = "hook_resid_post" if cfg.attn_only else "hook_mlp_out"
         cases.append((f"TransformerBlock-{key}", block, x1, x2, point))
-        cases.append((f"TransformerBlock-{key}-attn", npi.TransformerBlock(cfg, 0), x1, x2, "attn.hook_z"))
+        cases.append(
+            (f"TransformerBlock-{key}-attn", npi.TransformerBlock(cfg, 0), x1, x2, "attn.hook_z")
+        )
     return cases
 
 
@@ -256,7 +314,8 @@ def test_backward_after_a_forward_that_raised_is_refused(case):
     randomize(module, seed=3)
     out = module(good)
     if point is None:
-        bad = other[..., :1] if other.ndim == 3 else np.full_like(other, 99)  # fails the input check
+        # fails the input check
+        bad = other[..., :1] if other.ndim == 3 else np.full_like(other, 99)
         with pytest.raises((ValueError, TypeError)):
             module(bad)
     else:
@@ -270,8 +329,10 @@ def test_backward_after_a_forward_that_raised_is_refused(case):
         module.backward(dout)
 
 
-@pytest.mark.parametrize("point", ["hook_embed", "blocks.0.attn.hook_pattern", "blocks.1.mlp.hook_post",
-                                   "ln_final.hook_scale"])
+@pytest.mark.parametrize(
+    "point",
+    ["hook_embed", "blocks.0.attn.hook_pattern", "blocks.1.mlp.hook_post", "ln_final.hook_scale"],
+)
 def test_model_backward_after_a_forward_that_raised_is_refused(point):
     model, _ = twins()
     out = model(TOKENS)
@@ -290,16 +351,27 @@ def test_loss_backward_after_a_forward_that_raised_is_refused():
     loss(logits, TOKENS % 11)
     with pytest.raises(ValueError):
         loss(logits, np.full((2, 4), 11))
-    with pytest.raises(ValueError, match=r"CrossEntropyLoss\.backward\(\).*CrossEntropyLoss\.forward\(\)"):
+    with pytest.raises(
+        ValueError, match=r"CrossEntropyLoss\.backward\(\).*CrossEntropyLoss\.forward\(\)"
+    ):
         loss.backward()
 
 
-NESTED_POINTS = ["hook_embed", "blocks.0.hook_resid_mid", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_q",
-                 "blocks.1.hook_resid_post", "ln_final.hook_normalized"]
+NESTED_POINTS = [
+    "hook_embed",
+    "blocks.0.hook_resid_mid",
+    "blocks.1.hook_resid_pre",
+    "blocks.1.attn.hook_q",
+    "blocks.1.hook_resid_post",
+    "ln_final.hook_normalized",
+]
 
 
-@parametrize_pairwise(side=["numpy", "torch"], inner=["forward", "run_with_cache", "run_with_hooks"],
-                      point=NESTED_POINTS)
+@parametrize_pairwise(
+    side=["numpy", "torch"],
+    inner=["forward", "run_with_cache", "run_with_hooks"],
+    point=NESTED_POINTS,
+)
 def test_a_hook_that_runs_the_same_model_again(point, inner, side):
     """The outer backward's gradients are those of the run without the nested one."""
     np_model, torch_model = twins()
@@ -318,7 +390,9 @@ def test_a_hook_that_runs_the_same_model_again(point, inner, side):
             elif inner == "run_with_cache":
                 model.run_with_cache(OTHER_TOKENS)
             else:
-                model.run_with_hooks(OTHER_TOKENS, fwd_hooks=[("blocks.0.hook_attn_out", lambda a, hook: a * 0)])
+                model.run_with_hooks(
+                    OTHER_TOKENS, fwd_hooks=[("blocks.0.hook_attn_out", lambda a, hook: a * 0)]
+                )
 
     model.zero_grad()
     model.run_with_hooks(TOKENS, fwd_hooks=[(point, run_again)], dout=dout)
@@ -339,6 +413,8 @@ def test_a_backward_of_the_inner_run_inside_a_hook():
                 model.run_with_cache(OTHER_TOKENS, incl_bwd=True)
 
         model.zero_grad()
-        model.run_with_hooks(TOKENS, fwd_hooks=[("blocks.1.hook_resid_pre", inner_backward)], dout=dout)
+        model.run_with_hooks(
+            TOKENS, fwd_hooks=[("blocks.1.hook_resid_pre", inner_backward)], dout=dout
+        )
         assert calls == ["blocks.1.hook_in"]  # the alias's point, under its own name
     assert_same_grads(grads(np_model), grads(torch_model))

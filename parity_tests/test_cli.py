@@ -31,8 +31,20 @@ def bad_arguments(tmp_path):
         "exercises check --sample 0": ["exercises", "check", str(tmp_path), "--sample", "0"],
         "exercises check negative seed": ["exercises", "check", str(tmp_path), "--seed", "-1"],
         "exercises check unknown component": ["exercises", "check", str(tmp_path), "nonsense"],
-        "exercises check --time-limit inf": ["exercises", "check", str(tmp_path), "--time-limit", "inf"],
-        "exercises check --time-limit 0": ["exercises", "check", str(tmp_path), "--time-limit", "0"],
+        "exercises check --time-limit inf": [
+            "exercises",
+            "check",
+            str(tmp_path),
+            "--time-limit",
+            "inf",
+        ],
+        "exercises check --time-limit 0": [
+            "exercises",
+            "check",
+            str(tmp_path),
+            "--time-limit",
+            "0",
+        ],
         "exercises init under a file": ["exercises", "init", str(a_file / "copy")],
         "train-parity --steps 0": ["train-parity", "--steps", "0"],
         "train-parity negative seed": ["train-parity", "--seed", "-1"],
@@ -71,15 +83,30 @@ def test_a_bad_argument_is_one_line_of_error(case, tmp_path, capsys):
 
 
 # each case starts a Python that imports torch: one by default, the rest under pytest -m slow
-@pytest.mark.parametrize("case", ["interp a malformed weights file"] + [
-    pytest.param(case, marks=pytest.mark.slow)
-    for case in ["--out is a file", "gradcheck --sample 0", "exercises check a missing folder",
-                 "gpt2 a folder that is no checkpoint", "exercises check --time-limit inf"]])
+@pytest.mark.parametrize(
+    "case",
+    ["interp a malformed weights file"]
+    + [
+        pytest.param(case, marks=pytest.mark.slow)
+        for case in [
+            "--out is a file",
+            "gradcheck --sample 0",
+            "exercises check a missing folder",
+            "gpt2 a folder that is no checkpoint",
+            "exercises check --time-limit inf",
+        ]
+    ],
+)
 def test_as_a_subprocess(case, tmp_path):
     argv = bad_arguments(tmp_path)[case]
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), *argv], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"})
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "demo.py"), *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"},
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1, result.stderr
@@ -93,8 +120,12 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 
 def _demo(*args, cwd=PROJECT):
-    return subprocess.run([os.fsencode(sys.executable), os.fsencode(PROJECT / "demo.py"), *args],
-                          capture_output=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [os.fsencode(sys.executable), os.fsencode(PROJECT / "demo.py"), *args],
+        capture_output=True,
+        timeout=300,
+        cwd=cwd,
+    )
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names that are not UTF-8")

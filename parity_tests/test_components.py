@@ -27,8 +27,6 @@ BATCH = 3
 BASE = dict(d_vocab=13, d_mlp=20, n_ctx=N_CTX)  # make_cfg's changes for these tests
 
 
-
-
 def run_float_component(name, cfg, pos, seed=0):
     """Forward and backward through one float-input component in both twins; assert parity."""
     np_module, torch_module = twins(cfg, name, seed + 1)
@@ -72,15 +70,25 @@ def test_unembed(dtype, pos):
     run_float_component("Unembed", make_cfg(BASE, dtype=dtype), pos)
 
 
-@parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX], normalization=["pre", "post", None], attn_only=[False, True],
-                      causal=[True, False])
+@parametrize_pairwise(
+    dtype=DTYPES,
+    pos=[1, N_CTX],
+    normalization=["pre", "post", None],
+    attn_only=[False, True],
+    causal=[True, False],
+)
 def test_block(dtype, pos, normalization, attn_only, causal):
-    cfg = make_cfg(BASE, dtype=dtype, normalization=normalization, attn_only=attn_only, causal=causal)
+    cfg = make_cfg(
+        BASE, dtype=dtype, normalization=normalization, attn_only=attn_only, causal=causal
+    )
     run_float_component("TransformerBlock", cfg, pos)
 
 
-@parametrize_pairwise(dtype=DTYPES, pos=[1, N_CTX],
-                      name=["TokenEmbedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEncoding"])
+@parametrize_pairwise(
+    dtype=DTYPES,
+    pos=[1, N_CTX],
+    name=["TokenEmbedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEncoding"],
+)
 def test_token_input_components(dtype, pos, name):
     cfg = make_cfg(BASE, dtype=dtype)
     np_module, torch_module = twins(cfg, name, seed=1)
@@ -99,7 +107,8 @@ def test_token_input_components(dtype, pos, name):
 
 
 def test_sinusoidal_table_values():
-    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(...), checked entry by entry, odd d_model too."""
+    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(...), checked entry by entry, odd
+    d_model too."""
     for d_model in (12, 7):
         table = npi.positional.sinusoidal_table(5, d_model)
         for pos in range(5):
@@ -129,7 +138,9 @@ def test_cross_entropy(dtype, weighted):
     assert_close("dlogits", dlogits, logits_t.grad, dtype)
     # against the fused library call
     ref_logits = torch.from_numpy(logits).requires_grad_(True)
-    nll = F.cross_entropy(ref_logits.reshape(-1, 11), torch.from_numpy(targets).reshape(-1), reduction="none")
+    nll = F.cross_entropy(
+        ref_logits.reshape(-1, 11), torch.from_numpy(targets).reshape(-1), reduction="none"
+    )
     ref = nll.mean() if weights is None else (nll * weights_t.reshape(-1)).sum() / weights_t.sum()
     (ref * dloss).backward()
     assert_close("loss vs F.cross_entropy", loss, ref, dtype)
@@ -143,18 +154,27 @@ def test_layernorm_matches_torch_layer_norm(dtype):
     ln = npi.LayerNorm(cfg)
     randomize(ln, 4)
     x = np.random.default_rng(5).standard_normal((BATCH, N_CTX, cfg.d_model)).astype(dtype)
-    ref = F.layer_norm(torch.from_numpy(x), (cfg.d_model,), torch.from_numpy(ln.w.data), torch.from_numpy(ln.b.data), eps=1e-5)
+    ref = F.layer_norm(
+        torch.from_numpy(x),
+        (cfg.d_model,),
+        torch.from_numpy(ln.w.data),
+        torch.from_numpy(ln.b.data),
+        eps=1e-5,
+    )
     assert_close("LayerNorm vs F.layer_norm", ln.forward(x), ref, dtype)
 
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_matches_scaled_dot_product_attention(causal):
-    """The hand-written softmax attention equals torch's fused scaled_dot_product_attention (float64)."""
+    """The hand-written softmax attention equals torch's fused scaled_dot_product_attention
+    (float64)."""
     cfg = make_cfg(BASE, dtype="float64", causal=causal)
     attn = pti.MultiHeadAttention(cfg, rng=6)
     captured = {}
     for hook_name in ("hook_q", "hook_k", "hook_v", "hook_z"):
-        getattr(attn, hook_name).add_hook(lambda x, hook, key=hook_name: captured.__setitem__(key, x))
+        getattr(attn, hook_name).add_hook(
+            lambda x, hook, key=hook_name: captured.__setitem__(key, x)
+        )
     x = torch.randn(BATCH, N_CTX, cfg.d_model, dtype=torch.float64)
     attn(x)
     q, k, v = (captured[k].permute(0, 2, 1, 3) for k in ("hook_q", "hook_k", "hook_v"))
@@ -180,7 +200,8 @@ def test_gradients_accumulate_until_zero_grad():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_gradient_at_exactly_zero(dtype):
-    """Where pre == 0 exactly, both twins give ReLU the gradient 0 (a subgradient choice that must agree)."""
+    """Where pre == 0 exactly, both twins give ReLU the gradient 0 (a subgradient choice that must
+    agree)."""
     cfg = make_cfg(BASE, dtype=dtype, act_fn="relu")
     ff = npi.FeedForward(cfg, rng=0)
     randomize(ff, 1)

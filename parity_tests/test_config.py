@@ -1,5 +1,5 @@
-"""The config: its defaults and JSON round trip, and every field of the wrong kind or value refused by name."""
-
+"""The config: its defaults and JSON round trip, and every field of the wrong kind or value refused
+by name."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,11 @@ import torch_impl as pti
 from parity_tests.helpers import FIELDS, make_cfg, outcome
 
 CONFIG_ERRORS = [
-    (dict(d_model=10, n_heads=3), ValueError, "d_model \\(10\\) must be divisible by n_heads \\(3\\)"),
+    (
+        dict(d_model=10, n_heads=3),
+        ValueError,
+        "d_model \\(10\\) must be divisible by n_heads \\(3\\)",
+    ),
     (dict(d_model=0), ValueError, "d_model must be positive"),
     (dict(n_layers=2.0), TypeError, "n_layers must be an int"),
     (dict(act_fn="swish"), ValueError, "act_fn must be one of"),
@@ -73,8 +77,11 @@ def test_config_fields_of_the_wrong_kind(case):
     assert kind in ("TypeError", "ValueError") and field in message, (kind, message)
 
 
-@pytest.mark.parametrize("fields", [dict(d_model=np.int64(12)), dict(n_layers=np.int32(1)),
-                                    dict(causal=np.bool_(False))], ids=["np.int64", "np.int32", "np.bool_"])
+@pytest.mark.parametrize(
+    "fields",
+    [dict(d_model=np.int64(12)), dict(n_layers=np.int32(1)), dict(causal=np.bool_(False))],
+    ids=["np.int64", "np.int32", "np.bool_"],
+)
 def test_numpy_scalars_in_a_config_become_python_values(fields):
     cfg = npi.TransformerConfig(**{**FIELDS, **fields})
     name, value = next(iter(fields.items()))

@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from training.data import (COPY_START, FILLER, FIRST, OTHER_WEIGHT, REPEATED, REPEATED_WEIGHT,
-                           heldout_batch, induction_batch)
+from training.data import (
+    COPY_START,
+    FILLER,
+    FIRST,
+    OTHER_WEIGHT,
+    REPEATED,
+    REPEATED_WEIGHT,
+    heldout_batch,
+    induction_batch,
+)
 
 SEQ_LEN, D_VOCAB = 49, 128
 
@@ -48,22 +56,36 @@ def test_training_segment_lengths_and_formats_vary():
 
 
 def lengths_and_distances(batch):
-    """Per sequence: the segment length, and how far back the copy's start looks (copy start - first start)."""
+    """Per sequence: the segment length, and how far back the copy's start looks (copy start - first
+    start)."""
     lengths = (batch.kinds == FIRST).sum(axis=1)  # [batch]
-    distances = np.argmax(batch.kinds == COPY_START, axis=1) - np.argmax(batch.kinds == FIRST, axis=1)  # [batch]
+    distances = np.argmax(batch.kinds == COPY_START, axis=1) - np.argmax(
+        batch.kinds == FIRST, axis=1
+    )  # [batch]
     return lengths, distances
 
 
 def test_heldout_lengths_and_distances_are_never_trained_on():
-    """Held-out segments are 21..24 long and copied 21..24 places back; training never shows either."""
-    heldout_lengths, heldout_distances = lengths_and_distances(heldout_batch(np.random.default_rng(2), 300, SEQ_LEN, D_VOCAB))
+    """Held-out segments are 21..24 long and copied 21..24 places back; training never shows
+    either."""
+    heldout_lengths, heldout_distances = lengths_and_distances(
+        heldout_batch(np.random.default_rng(2), 300, SEQ_LEN, D_VOCAB)
+    )
     assert heldout_lengths.min() == 21 and heldout_lengths.max() == 24
     assert heldout_distances.min() >= 21
-    train = [induction_batch(np.random.default_rng(seed), 500, SEQ_LEN, D_VOCAB) for seed in range(4)]
-    train_lengths, train_distances = np.concatenate([np.stack(lengths_and_distances(b)) for b in train], axis=1)
+    train = [
+        induction_batch(np.random.default_rng(seed), 500, SEQ_LEN, D_VOCAB) for seed in range(4)
+    ]
+    train_lengths, train_distances = np.concatenate(
+        [np.stack(lengths_and_distances(b)) for b in train], axis=1
+    )
     assert train_lengths.max() == 20 and train_distances.min() == 4
-    assert not np.any((train_distances >= 21) & (train_distances <= 24)), "held-out distances never trained"
-    assert train_distances.max() > 30, "long look-backs are trained, on both sides of the held-out band"
+    assert not np.any((train_distances >= 21) & (train_distances <= 24)), (
+        "held-out distances never trained"
+    )
+    assert train_distances.max() > 30, (
+        "long look-backs are trained, on both sides of the held-out band"
+    )
     heldout = heldout_batch(np.random.default_rng(3), 300, SEQ_LEN, D_VOCAB)
     assert len(np.unique(np.argmax(heldout.kinds == FIRST, axis=1))) > 1, "offsets vary"
 

@@ -36,7 +36,9 @@ def test_basics_prints_the_seed_lines_and_saves_the_png(tmp_path, capsys):
 
 def test_help_lists_the_walk_throughs():
     root = Path(demo.__file__).parent
-    result = subprocess.run([sys.executable, "demo.py", "--help"], capture_output=True, text=True, check=True, cwd=root)
+    result = subprocess.run(
+        [sys.executable, "demo.py", "--help"], capture_output=True, text=True, check=True, cwd=root
+    )
     for command in demo.TOURS:
         assert command in result.stdout
 
@@ -49,22 +51,32 @@ try:
 except SystemExit:
     pass
 import numpy, torch
-print(torch.get_num_threads(), os.environ["OPENBLAS_NUM_THREADS"] if "OPENBLAS_NUM_THREADS" in os.environ else "unset")
+print(torch.get_num_threads(), os.environ.get("OPENBLAS_NUM_THREADS", "unset"))
 """
 
 
 @pytest.mark.slow  # two fresh interpreters that import torch
-@pytest.mark.parametrize("omp, command, expected", [
-    (None, "train-parity", "1 1"),  # one thread by default
-    ("2", "train-parity", "2 unset"),  # OMP_NUM_THREADS chooses when it is set
-    ("2", "induction", "1 1"),  # except for induction
-])
+@pytest.mark.parametrize(
+    "omp, command, expected",
+    [
+        (None, "train-parity", "1 1"),  # one thread by default
+        ("2", "train-parity", "2 unset"),  # OMP_NUM_THREADS chooses when it is set
+        ("2", "induction", "1 1"),  # except for induction
+    ],
+)
 def test_each_command_runs_on_one_thread_unless_omp_num_threads_says(omp, command, expected):
     root = Path(demo.__file__).parent
     thread_variables = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
     env = {k: v for k, v in os.environ.items() if k not in thread_variables}
     if omp is not None:
         env["OMP_NUM_THREADS"] = omp
-    result = subprocess.run([sys.executable, "-c", THREAD_PROBE, command], capture_output=True, text=True,
-                            check=True, cwd=root, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", THREAD_PROBE, command],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env=env,
+        timeout=300,
+    )
     assert result.stdout.split("\n")[-2] == expected, result.stdout

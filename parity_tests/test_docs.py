@@ -27,16 +27,24 @@ TABLE_HEADING = "## What each command shows"
 def help_commands():
     """The subcommands ``python demo.py --help`` lists, in its order (argparse's help layout)."""
     env = {**os.environ, "COLUMNS": "200"}  # wide enough that no command name wraps
-    result = subprocess.run([sys.executable, "demo.py", "--help"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "demo.py", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     # argparse prints "positional arguments:", then the metavar line "  COMMAND", then one line
     # per subcommand indented by four spaces (its help text either follows on the same line or,
     # for a long name, on the next line indented further), until a blank line.
-    start = next(i for i, line in enumerate(lines) if line.strip() == "COMMAND" and line.startswith("  "))
+    start = next(
+        i for i, line in enumerate(lines) if line.strip() == "COMMAND" and line.startswith("  ")
+    )
     commands = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             break
         match = re.match(r"^ {4}(\S+)", line)
@@ -46,12 +54,15 @@ def help_commands():
 
 
 def readme_table_commands(text):
-    """The command of each row in the README's table under TABLE_HEADING: the word after ``demo.py``."""
+    """The command of each row in the README's table under TABLE_HEADING: the word after
+    ``demo.py``."""
     section = text.split(TABLE_HEADING, 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("|")]
     assert len(rows) >= 3, f"no table under {TABLE_HEADING!r}"
     header, rule, *body = rows
-    assert set(rule.replace("|", "").replace(" ", "")) <= set("-:"), "the table's second line is not a rule"
+    assert set(rule.replace("|", "").replace(" ", "")) <= set("-:"), (
+        "the table's second line is not a rule"
+    )
     commands = []
     for row in body:
         first_cell = row.strip("|").split("|")[0]
@@ -74,17 +85,21 @@ def test_readme_command_table_lists_exactly_the_help_commands():
     assert not duplicated, f"README table lists these commands more than once: {duplicated}"
     missing = [c for c in offered if c not in listed]
     extra = [c for c in listed if c not in offered]
-    assert not missing and not extra, (f"README's command table and `python demo.py --help` differ: "
-                                       f"missing from the table {missing}, not a command {extra}")
+    assert not missing and not extra, (
+        f"README's command table and `python demo.py --help` differ: "
+        f"missing from the table {missing}, not a command {extra}"
+    )
 
 
 LINK = re.compile(r"\]\(([^)\s]+)\)|<img [^>]*src=\"([^\"]+)\"")
 
 
 def relative_links(text):
-    """Every link or image target that is a path (not a web address, not an in-page anchor), without its anchor.
+    """Every link or image target that is a path (not a web address, not an in-page anchor), without
+    its anchor.
 
-    Code is not prose: fenced blocks and `inline code` are left out (``model.blocks[0](x)`` is no link).
+    Code is not prose: fenced blocks and `inline code` are left out (``model.blocks[0](x)`` is no
+    link).
     """
     text = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
     text = re.sub(r"`[^`\n]*`", "", text)
@@ -107,16 +122,24 @@ def test_readme_links_into_docs_resolve():
 @pytest.mark.parametrize("chapter", sorted(p.name for p in DOCS.glob("*.md")))
 def test_chapter_links_resolve(chapter):
     path = DOCS / chapter
-    missing = [t for t in relative_links(path.read_text(encoding="utf-8")) if not (path.parent / t).is_file()]
+    missing = [
+        t
+        for t in relative_links(path.read_text(encoding="utf-8"))
+        if not (path.parent / t).is_file()
+    ]
     assert not missing, f"docs/{chapter} links to files that do not exist: {missing}"
 
 
 def test_every_chapter_is_linked_from_the_readme():
-    linked = {t for t in relative_links(README.read_text(encoding="utf-8")) if t.startswith("docs/")}
+    linked = {
+        t for t in relative_links(README.read_text(encoding="utf-8")) if t.startswith("docs/")
+    }
     unlinked = sorted(f"docs/{p.name}" for p in DOCS.glob("*.md") if f"docs/{p.name}" not in linked)
     assert not unlinked, f"chapters the README does not link to: {unlinked}"
 
 
 def test_readme_is_a_front_door():
     size = README.stat().st_size
-    assert size <= MAX_README_BYTES, f"README.md is {size} bytes; at most {MAX_README_BYTES}: move the rest to docs/"
+    assert size <= MAX_README_BYTES, (
+        f"README.md is {size} bytes; at most {MAX_README_BYTES}: move the rest to docs/"
+    )

@@ -18,9 +18,13 @@ from exercises.notebook import write_body, write_notebook
 from exercises.steps import find_marked_bodies
 from parity_tests.copies import outside
 
-MISSING = [name for name in ("nbformat", "nbclient", "ipykernel") if importlib.util.find_spec(name) is None]
-needs_jupyter = pytest.mark.skipif(bool(MISSING), reason=f"running a notebook needs {', '.join(MISSING)} "
-                                                          "(pip install -r requirements.txt)")
+MISSING = [
+    name for name in ("nbformat", "nbclient", "ipykernel") if importlib.util.find_spec(name) is None
+]
+needs_jupyter = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"running a notebook needs {', '.join(MISSING)} (pip install -r requirements.txt)",
+)
 KEYS = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
 
 
@@ -33,7 +37,9 @@ def reference_bodies():
         body = next(b for b in find_marked_bodies(source, exercise.file) if b.cls == exercise.cls)
         if body.steps:
             for step in body.steps:
-                bodies[f"{exercise.key}.{step.name}"] = textwrap.dedent("\n".join(lines[step.first : step.last + 1]))
+                bodies[f"{exercise.key}.{step.name}"] = textwrap.dedent(
+                    "\n".join(lines[step.first : step.last + 1])
+                )
         else:
             bodies[exercise.key] = textwrap.dedent("\n".join(lines[body.begin + 1 : body.end]))
     return bodies
@@ -58,7 +64,9 @@ def test_the_notebook_has_a_writing_and_a_checking_cell_per_exercise_and_step(tm
         write_notebook(tmp_path)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("nbformat") is None, reason="validating a notebook needs nbformat")
+@pytest.mark.skipif(
+    importlib.util.find_spec("nbformat") is None, reason="validating a notebook needs nbformat"
+)
 def test_the_notebook_is_valid_nbformat(tmp_path):
     import nbformat
 
@@ -70,14 +78,23 @@ def test_a_cells_body_goes_between_the_markers_and_nowhere_else(tmp_path):
     from exercises.check import check
 
     write_notebook(tmp_path)
-    before = {path.name: path.read_text().splitlines() for path in (tmp_path / "numpy_impl").glob("*.py")}
+    before = {
+        path.name: path.read_text().splitlines() for path in (tmp_path / "numpy_impl").glob("*.py")
+    }
     bodies = reference_bodies()
     for key in ("layernorm", "attention.softmax"):
         write_body(key, bodies[key], tmp_path)
     for path in (tmp_path / "numpy_impl").glob("*.py"):
         assert outside(path.read_text().splitlines()) == outside(before[path.name]), path.name
-    results = {r.key: r.status for r in check(tmp_path, keys=["layernorm", "attention.softmax", "attention.output"])}
-    assert results == {"layernorm": "done", "attention.softmax": "done", "attention.output": "not started"}
+    results = {
+        r.key: r.status
+        for r in check(tmp_path, keys=["layernorm", "attention.softmax", "attention.output"])
+    }
+    assert results == {
+        "layernorm": "done",
+        "attention.softmax": "done",
+        "attention.output": "not started",
+    }
     with pytest.raises(ValueError, match="written in steps"):
         write_body("attention", "pass", tmp_path)
     with pytest.raises(ValueError, match="unknown exercise"):
@@ -97,12 +114,18 @@ def execute(path):
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
     outputs = {}
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            texts = [output.get("text", "") for output in cell.outputs if output.output_type == "stream"]
+            texts = [
+                output.get("text", "") for output in cell.outputs if output.output_type == "stream"
+            ]
             errors = [output for output in cell.outputs if output.output_type == "error"]
             assert not errors, f"{cell.id}: {errors}"
             outputs[cell.source.splitlines()[0]] = "".join(texts)
@@ -115,7 +138,9 @@ def test_the_stub_notebook_runs_and_reports_not_started(tmp_path):
     path, _ = write_notebook(tmp_path)
     outputs = execute(path)
     for key in KEYS:
-        assert re.search(rf"\b{re.escape(key)} +not started", outputs[f'check("{key}")']), outputs[f'check("{key}")']
+        assert re.search(rf"\b{re.escape(key)} +not started", outputs[f'check("{key}")']), outputs[
+            f'check("{key}")'
+        ]
     assert "0 of 15 checked done" in outputs["check()"]
 
 
@@ -134,8 +159,12 @@ def test_a_solved_notebook_reaches_all_done(tmp_path):
     nbformat.write(notebook, path)
     outputs = execute(path)
     for key in KEYS:
-        assert re.search(rf"\b{re.escape(key)} +done", outputs[f'check("{key}")']), outputs[f'check("{key}")']
-    assert "15 of 15 checked done" in outputs["check()"] and re.search(r"all together +done", outputs["check()"])
+        assert re.search(rf"\b{re.escape(key)} +done", outputs[f'check("{key}")']), outputs[
+            f'check("{key}")'
+        ]
+    assert "15 of 15 checked done" in outputs["check()"] and re.search(
+        r"all together +done", outputs["check()"]
+    )
 
 
 def test_each_exercise_shows_its_own_formula(tmp_path):
@@ -156,7 +185,9 @@ def test_a_cell_that_does_not_compile_is_not_written_and_says_its_line(tmp_path)
     target = tmp_path / "numpy_impl" / "unembed.py"
     before = target.read_text()
     body = "\nx = self.cache\nself.W_U.grad += (dlogits\ndx = 0\n"
-    with pytest.raises(CellError, match=r"at line (3|4|5) of the cell.*unembed.py keeps its last version"):
+    with pytest.raises(
+        CellError, match=r"at line (3|4|5) of the cell.*unembed.py keeps its last version"
+    ):
         write_body("unembed", body, tmp_path)
     assert target.read_text() == before, "a body that does not compile never reaches the copy"
 
@@ -169,5 +200,7 @@ def test_the_checkers_lines_are_said_as_the_cells(tmp_path):
     body = reference_bodies()["unembed"].replace("dlogits.sum(axis=(0, 1))", "dlogits.sum(axis=0)")
     write_body("unembed", "\n" + body, tmp_path)
     text = in_cell_lines(format_results(check(tmp_path, keys=["unembed"]), tmp_path), tmp_path)
-    line = next(n for n, text_line in enumerate(("\n" + body).splitlines(), 2) if "axis=0" in text_line)
+    line = next(
+        n for n, text_line in enumerate(("\n" + body).splitlines(), 2) if "axis=0" in text_line
+    )
     assert f"(cell %%backward unembed, line {line})" in text, text

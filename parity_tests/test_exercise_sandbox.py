@@ -48,7 +48,7 @@ def attempts(project):
         "read the reference": f"open({str(reference)!r}).read()",
         "read .git/objects": f"open({str(git_object)!r}, 'rb').read()",
         "read outputs/": f"os.listdir({str(project / 'outputs')!r}) if os.path.isdir("
-                         f"{str(project / 'outputs')!r}) else os.listdir({str(project)!r})",
+        f"{str(project / 'outputs')!r}) else os.listdir({str(project)!r})",
         "readline history": f"import readline; readline.read_history_file({str(reference)!r})",
         "write the reference": f"open({str(reference)!r}, 'a').write('# planted')",
         "create a file": f"open({str(target)!r}, 'w').write('x')",
@@ -64,8 +64,13 @@ def attempts(project):
     }
     lines = ["import os", "_got = []"]
     for name, route in routes.items():
-        lines += ["try:", f"    {route}", f"    _got.append({name!r})",
-                  "except BaseException:", "    pass"]
+        lines += [
+            "try:",
+            f"    {route}",
+            f"    _got.append({name!r})",
+            "except BaseException:",
+            "    pass",
+        ]
     lines.append("print('GOT ' + __import__('json').dumps(_got), flush=True)")
     return "\n        ".join(lines)
 
@@ -109,8 +114,10 @@ def test_nothing_reaches_the_project_whatever_the_code_does(solved, tmp_path, sw
 
 @needs_landlock
 def test_a_borrowing_backward_with_the_hook_switched_off_is_not_done(solved, tmp_path):
-    line = ("import importlib; ref = importlib.import_module('numpy_impl.unembed')\n"
-            "        dx = ref.Unembed.backward(self, dlogits)")
+    line = (
+        "import importlib; ref = importlib.import_module('numpy_impl.unembed')\n"
+        "        dx = ref.Unembed.backward(self, dlogits)"
+    )
     directory = planted_copy(solved, tmp_path, "unembed.py", DX, SWITCH_OFF + "        " + line)
     (result,) = check(directory, keys=["unembed"], sample=SAMPLE)
     assert result.status == "wrong" and "PermissionError" in result.message, result.message
@@ -119,8 +126,10 @@ def test_a_borrowing_backward_with_the_hook_switched_off_is_not_done(solved, tmp
 @needs_landlock
 def test_the_reading_page_cannot_be_parsed_for_the_answer(solved, tmp_path):
     page = PROJECT / "outputs" / "read.html"
-    line = (f"text = open({str(page)!r}).read()\n"
-            "        dx = np.einsum('mv,bpv->bpm', self.W_U.data, dlogits)")
+    line = (
+        f"text = open({str(page)!r}).read()\n"
+        "        dx = np.einsum('mv,bpv->bpm', self.W_U.data, dlogits)"
+    )
     directory = planted_copy(solved, tmp_path, "unembed.py", DX, SWITCH_OFF + "        " + line)
     (result,) = check(directory, keys=["unembed"], sample=SAMPLE)
     assert result.status == "wrong", result.message
@@ -159,8 +168,11 @@ def test_the_project_itself_is_refused_as_a_copy():
 
 def test_the_runtime_copy_holds_no_backward_but_the_sub_modules(tmp_path):
     """The block's process gets LayerNorm's, attention's and the MLP's backward; no other body."""
-    isolate = {"LayerNorm": "layernorm.py", "MultiHeadAttention": "attention.py",
-               "FeedForward": "feedforward.py"}
+    isolate = {
+        "LayerNorm": "layernorm.py",
+        "MultiHeadAttention": "attention.py",
+        "FeedForward": "feedforward.py",
+    }
     runtime = worker.runtime_copy(tmp_path / "runtime")
     reference = worker.reference_copy(tmp_path / "reference", isolate)
     copied = {p.name for p in reference.glob("*.py")}
@@ -168,7 +180,12 @@ def test_the_runtime_copy_holds_no_backward_but_the_sub_modules(tmp_path):
     assert not copied & {"block.py", "model.py", "loss.py"}, copied  # what they do not import
     assert sorted(p.name for p in runtime.iterdir()) == ["exercises", "foundation"]
     assert sorted(p.name for p in (runtime / "exercises").iterdir()) == [
-        "__init__.py", "learner.py", "protocol.py", "sandbox.py", "steps.py"]
+        "__init__.py",
+        "learner.py",
+        "protocol.py",
+        "sandbox.py",
+        "steps.py",
+    ]
     import ast
 
     for path in reference.glob("*.py"):
@@ -184,16 +201,19 @@ def test_the_runtime_copy_holds_no_backward_but_the_sub_modules(tmp_path):
 @needs_landlock
 def test_the_sub_modules_source_is_gone_before_the_learners_code_runs(solved, tmp_path):
     line = "# EXERCISE BEGIN\n        norm = self.cfg.normalization"
-    look = ("import sys, os, tempfile; print('LEFT', "
-            "os.listdir(tempfile.gettempdir()), sorted(os.listdir(sys.path[0])), flush=True)")
+    look = (
+        "import sys, os, tempfile; print('LEFT', "
+        "os.listdir(tempfile.gettempdir()), sorted(os.listdir(sys.path[0])), flush=True)"
+    )
     directory = planted_copy(solved, tmp_path, "block.py", line, f"{look}\n        {line}")
     (result,) = check(directory, keys=["block"], sample=SAMPLE)
     assert result.status == "done", result.message
     assert "LEFT [] ['exercises', 'foundation']" in result.output, result.output
 
 
-def test_without_a_wall_the_checker_says_once_that_verdicts_trust_the_learner(solved, monkeypatch,
-                                                                                capsys):
+def test_without_a_wall_the_checker_says_once_that_verdicts_trust_the_learner(
+    solved, monkeypatch, capsys
+):
     monkeypatch.setattr(sandbox, "wall", lambda: (0, "this test's kernel offers no Landlock"))
     monkeypatch.setattr(worker, "_said", [])
     results = check(solved, keys=["embedding", "unembed"], sample=SAMPLE)
@@ -215,7 +235,7 @@ def test_without_a_wall_the_audit_hook_still_refuses(solved, tmp_path, monkeypat
 
 # --- the binding itself, in a process of its own ---
 
-PROBE = r'''
+PROBE = r"""
 import json, os, socket, sys
 sys.path.insert(0, sys.argv[1])
 from exercises import sandbox
@@ -241,7 +261,7 @@ print(json.dumps({
     "mkfifo": tried(lambda: os.mkfifo(os.path.join(readable, "p"))),
     "signal the parent": tried(lambda: os.kill(os.getppid(), 0)),
 }))
-'''
+"""
 
 
 @needs_landlock
@@ -252,8 +272,9 @@ def test_the_binding_refuses_what_it_says(tmp_path):
     (readable / "f").write_text("granted")
     (elsewhere / "secret").write_text("not granted")
     arguments = [str(PROJECT), str(readable), str(scratch), str(elsewhere / "secret")]
-    ran = subprocess.run([sys.executable, "-I", "-c", PROBE, *arguments], capture_output=True, text=True,
-                         timeout=60)
+    ran = subprocess.run(
+        [sys.executable, "-I", "-c", PROBE, *arguments], capture_output=True, text=True, timeout=60
+    )
     assert ran.returncode == 0, ran.stderr
     seen = json.loads(ran.stdout)
     allowed = {"read a granted file", "write the scratch folder"}
@@ -283,8 +304,9 @@ def test_a_copy_inside_the_project_is_checked_and_still_reads_nothing_else(solve
     try:
         shutil.copytree(solved / "numpy_impl", directory / "numpy_impl")
         body = SWITCH_OFF + "        " + attempts(PROJECT)
-        (result,) = check(planted_copy_in(directory, f"{body}\n        {DX}"), keys=["unembed"],
-                          sample=SAMPLE)
+        (result,) = check(
+            planted_copy_in(directory, f"{body}\n        {DX}"), keys=["unembed"], sample=SAMPLE
+        )
         assert result.status == "done", result.message
         assert got_through(result) == [], result.output
     finally:

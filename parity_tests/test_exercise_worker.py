@@ -54,7 +54,9 @@ def checked(directory, keys, limit=ROOMY):
 
 
 def test_a_backward_that_never_returns_times_out_and_the_check_goes_on(solved, tmp_path):
-    directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, "while True:\n            pass")
+    directory = planted_copy(
+        solved, tmp_path, "layernorm.py", FIRST_LINE, "while True:\n            pass"
+    )
     started = time.monotonic()
     results = checked(directory, ["layernorm", "unembed"], LIMIT)
     elapsed = time.monotonic() - started
@@ -67,13 +69,26 @@ def test_a_backward_that_never_returns_times_out_and_the_check_goes_on(solved, t
     assert "1 of 2 checked done" in table
 
 
-@pytest.mark.parametrize("exit_line, words", [
-    ("import sys; sys.exit(3)", ["sys.exit(3) was called", "layernorm.py"]),
-    pytest.param("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", ["the interpreter ended", "SIGKILL"],
-                 marks=pytest.mark.slow),
-    pytest.param("import os; os._exit(3)", ["the interpreter ended", "exit code 3"], marks=pytest.mark.slow),
-], ids=["sys.exit", "killed", "os._exit"])
-def test_a_backward_that_ends_the_interpreter_is_exited_and_the_check_goes_on(solved, tmp_path, exit_line, words):
+@pytest.mark.parametrize(
+    "exit_line, words",
+    [
+        ("import sys; sys.exit(3)", ["sys.exit(3) was called", "layernorm.py"]),
+        pytest.param(
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+            ["the interpreter ended", "SIGKILL"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "import os; os._exit(3)",
+            ["the interpreter ended", "exit code 3"],
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["sys.exit", "killed", "os._exit"],
+)
+def test_a_backward_that_ends_the_interpreter_is_exited_and_the_check_goes_on(
+    solved, tmp_path, exit_line, words
+):
     directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, exit_line)
     results = checked(directory, ["layernorm", "unembed"])
     assert results["layernorm"].status == "exited"
@@ -86,24 +101,35 @@ def test_os_exit_ends_only_its_process_and_all_together_is_not_run_after_it(solv
     directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, "import os; os._exit(3)")
     results = checked(directory, ["layernorm", "model"])
     assert results["layernorm"].status == "exited"
-    assert results["model"].status == "done", "the model's own backward calls the reference's LayerNorm"
-    assert results["all together"].status == "exited", "the whole model would run the learner's LayerNorm"
+    assert results["model"].status == "done", (
+        "the model's own backward calls the reference's LayerNorm"
+    )
+    assert results["all together"].status == "exited", (
+        "the whole model would run the learner's LayerNorm"
+    )
     assert "not run: layernorm exited first" in results["all together"].message
 
 
 RAISERS = {
-    "a BaseException subclass": ("class Stop(BaseException):\n            pass\n        raise Stop('no')",
-                                 "raised the BaseException Stop: no"),
+    "a BaseException subclass": (
+        "class Stop(BaseException):\n            pass\n        raise Stop('no')",
+        "raised the BaseException Stop: no",
+    ),
     "KeyboardInterrupt": ("raise KeyboardInterrupt", "raised the BaseException KeyboardInterrupt"),
     "an exception whose __str__ raises": (
-        "class Odd(Exception):\n            def __str__(self):\n                raise RuntimeError('no words')\n"
-        "        raise Odd()", "its message could not be made: str() raised RuntimeError"),
+        "class Odd(Exception):\n            def __str__(self):\n                raise "
+        "RuntimeError('no words')\n"
+        "        raise Odd()",
+        "its message could not be made: str() raised RuntimeError",
+    ),
     "GeneratorExit": ("raise GeneratorExit", "raised the BaseException GeneratorExit"),
 }
 
 
-@pytest.mark.parametrize("what", [w if w == "KeyboardInterrupt"
-                                  else pytest.param(w, marks=pytest.mark.slow) for w in RAISERS])
+@pytest.mark.parametrize(
+    "what",
+    [w if w == "KeyboardInterrupt" else pytest.param(w, marks=pytest.mark.slow) for w in RAISERS],
+)
 def test_a_backward_that_raises_anything_is_wrong_and_the_check_goes_on(solved, tmp_path, what):
     line, words = RAISERS[what]
     directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, line)
@@ -114,19 +140,32 @@ def test_a_backward_that_raises_anything_is_wrong_and_the_check_goes_on(solved, 
 
 
 def test_a_fork_is_refused_and_nothing_outlives_the_check(solved, tmp_path):
-    directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE,
-                             "import os\n        if os.fork() == 0:\n            import time; time.sleep(600)\n"
-                             f"        {FIRST_LINE}")
+    directory = planted_copy(
+        solved,
+        tmp_path,
+        "layernorm.py",
+        FIRST_LINE,
+        "import os\n        if os.fork() == 0:\n            import time; time.sleep(600)\n"
+        f"        {FIRST_LINE}",
+    )
     results = checked(directory, ["layernorm", "unembed"])
     assert results["layernorm"].status == "refused", results["layernorm"].message
-    assert "os.fork" in results["layernorm"].message and "layernorm.py:" in results["layernorm"].message
+    assert (
+        "os.fork" in results["layernorm"].message
+        and "layernorm.py:" in results["layernorm"].message
+    )
     assert results["unembed"].status == "done"
     assert "1 of 2 checked done" in format_results(list(results.values()), directory)
 
 
 def test_a_flood_of_output_is_abridged_and_the_exercise_still_checked(solved, tmp_path):
-    directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE,
-                             f"print('flood ' * 1_000_000)\n        {FIRST_LINE}")
+    directory = planted_copy(
+        solved,
+        tmp_path,
+        "layernorm.py",
+        FIRST_LINE,
+        f"print('flood ' * 1_000_000)\n        {FIRST_LINE}",
+    )
     results = checked(directory, ["layernorm", "unembed"])
     assert results["layernorm"].status == "done", results["layernorm"].message
     assert results["layernorm"].output.startswith("flood flood")
@@ -137,13 +176,21 @@ def test_a_flood_of_output_is_abridged_and_the_exercise_still_checked(solved, tm
     assert "output: flood flood" in table and len(table) < 10_000
 
 
-@pytest.mark.parametrize("top_line, words", [
-    pytest.param("while True:\n    pass", "no answer within", marks=pytest.mark.slow),
-    ("import sys\nsys.exit(2)", "SystemExit: 2"),
-    pytest.param("import os\nos._exit(2)", "exit code 2", marks=pytest.mark.slow),
-], ids=["hangs", "sys.exit", "os._exit"])
-def test_a_copy_that_hangs_or_exits_while_importing_is_an_import_error(solved, tmp_path, top_line, words):
-    directory = planted_copy(solved, tmp_path, "layernorm.py", "EPS = 1e-5\n", f"EPS = 1e-5\n{top_line}\n")
+@pytest.mark.parametrize(
+    "top_line, words",
+    [
+        pytest.param("while True:\n    pass", "no answer within", marks=pytest.mark.slow),
+        ("import sys\nsys.exit(2)", "SystemExit: 2"),
+        pytest.param("import os\nos._exit(2)", "exit code 2", marks=pytest.mark.slow),
+    ],
+    ids=["hangs", "sys.exit", "os._exit"],
+)
+def test_a_copy_that_hangs_or_exits_while_importing_is_an_import_error(
+    solved, tmp_path, top_line, words
+):
+    directory = planted_copy(
+        solved, tmp_path, "layernorm.py", "EPS = 1e-5\n", f"EPS = 1e-5\n{top_line}\n"
+    )
     with pytest.raises(ImportError, match="does not import") as raised:
         check(directory, keys=["unembed"], sample=SAMPLE, time_limit=LIMIT)
     assert words in str(raised.value)
@@ -153,11 +200,23 @@ def test_a_copy_that_hangs_or_exits_while_importing_is_an_import_error(solved, t
 def test_the_command_line_reports_an_exit_as_a_status(solved, tmp_path, capsys):
     from tours.exercises import run as run_exercises
 
-    planted_copy(solved, tmp_path, "unembed.py",
-                 'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)', "raise SystemExit(0)")
+    planted_copy(
+        solved,
+        tmp_path,
+        "unembed.py",
+        'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
+        "raise SystemExit(0)",
+    )
 
     class Args:
-        action, dir, component, sample, seed, time_limit = "check", str(tmp_path), "unembed", SAMPLE, 0, ROOMY
+        action, dir, component, sample, seed, time_limit = (
+            "check",
+            str(tmp_path),
+            "unembed",
+            SAMPLE,
+            0,
+            ROOMY,
+        )
 
     run_exercises(Args)
     out = capsys.readouterr().out
@@ -175,18 +234,24 @@ def test_bad_time_limit(solved):
             check(solved, keys=["unembed"], time_limit=bad)
 
 
-def test_a_copy_in_the_working_folder_never_stands_in_for_the_reference(solved, tmp_path, monkeypatch):
-    """``exercises init .`` puts the learner's numpy_impl in the working folder: the checker's reference
-    is the project's all the same (the block's sub-modules run the reference's backward)."""
+def test_a_copy_in_the_working_folder_never_stands_in_for_the_reference(
+    solved, tmp_path, monkeypatch
+):
+    """``exercises init .`` puts the learner's numpy_impl in the working folder: the checker's
+    reference is the project's all the same (the block's sub-modules run the reference's
+    backward)."""
     directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, "dx = dcentered")
     monkeypatch.chdir(directory)
     results = by_key(check(".", keys=["layernorm", "block"], sample=SAMPLE, time_limit=ROOMY))
     assert results["layernorm"].status == "wrong"
-    assert results["block"].status == "done", "the block's LayerNorms must run the reference's backward"
+    assert results["block"].status == "done", (
+        "the block's LayerNorms must run the reference's backward"
+    )
 
 
 def test_list_and_check_work_from_a_read_only_folder(solved, tmp_path, monkeypatch, capsys):
-    """Nothing is written to --out by list or check: a folder where nothing can be written is fine."""
+    """Nothing is written to --out by list or check: a folder where nothing can be written is
+    fine."""
     import tempfile
 
     import demo
@@ -224,16 +289,24 @@ def _running(pid):
         return False
 
 
-@pytest.mark.slow  # demo.py in a subprocess, as most of the command line's subprocess runs (test_cli.py)
-@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker process through /proc (Linux)")
+# demo.py in a subprocess, as most of the command line's subprocess runs (test_cli.py)
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.isdir("/proc"), reason="finds the worker process through /proc (Linux)"
+)
 def test_ctrl_c_while_the_checker_s_worker_starts_prints_one_line_and_leaves_no_worker(tmp_path):
     from exercises.generate import write_copy
 
     write_copy(tmp_path / "copy")
     # as a terminal does: Ctrl-C sends SIGINT to the whole foreground process group
-    process = subprocess.Popen([sys.executable, "demo.py", "exercises", "check", str(tmp_path / "copy"), "unembed"],
-                               cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "demo.py", "exercises", "check", str(tmp_path / "copy"), "unembed"],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     workers = []
     while not workers and time.monotonic() < deadline and process.poll() is None:
@@ -249,7 +322,8 @@ def test_ctrl_c_while_the_checker_s_worker_starts_prints_one_line_and_leaves_no_
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["demo.py exercises: error: interrupted"], err
     assert process.returncode == 130
-    deadline = time.monotonic() + 20  # a worker left behind would finish importing torch and write to a closed socket
+    # a worker left behind would finish importing torch and write to a closed socket
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(_running(pid) for pid in workers):
         time.sleep(0.1)
     assert not any(_running(pid) for pid in workers), "the worker outlived the checker"

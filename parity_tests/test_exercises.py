@@ -22,7 +22,8 @@ from gradcheck.factory import build, make_inputs
 from parity_tests.copies import BEGIN, END, copy_of, marked_regions, outside, plant
 from tours.exercises import run as run_exercises
 
-SAMPLE = 1  # finite-difference directions per tensor: the reference comparison already covers every entry
+# finite-difference directions per tensor: the reference comparison already covers every entry
+SAMPLE = 1
 KEYS = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
 
 
@@ -40,7 +41,10 @@ def statuses(results):
 @pytest.mark.slow
 def test_fresh_copy_is_not_started_everywhere(fresh):
     results = check(fresh, sample=SAMPLE)
-    assert statuses(results) == {**{key: "not started" for key in KEYS}, "all together": "not started"}
+    assert statuses(results) == {
+        **{key: "not started" for key in KEYS},
+        "all together": "not started",
+    }
 
 
 @pytest.mark.slow
@@ -52,7 +56,9 @@ def test_copy_with_reference_bodies_is_done_everywhere(solved):
         for tensor in result.tensors:
             assert tensor.reference <= 1e-7, f"{result.key} {tensor.tensor}"
             if result.key not in STEP_KEYS:  # the steps are compared with the reference only
-                assert tensor.numeric is not None and tensor.numeric <= 1e-7, f"{result.key} {tensor.tensor}"
+                assert tensor.numeric is not None and tensor.numeric <= 1e-7, (
+                    f"{result.key} {tensor.tensor}"
+                )
     # 11 exercises (rmsnorm and swiglu among them) and attention's 4 steps
     assert "15 of 15 checked done." in format_results(results, solved)
 
@@ -60,12 +66,23 @@ def test_copy_with_reference_bodies_is_done_everywhere(solved):
 @pytest.mark.slow
 def test_layernorm_missing_mean_term_is_wrong_at_x(solved, tmp_path):
     directory = copy_of(solved, tmp_path)
-    plant(directory / "numpy_impl", "layernorm.py", "dx = dcentered + dmean / d_model", "dx = dcentered")
+    plant(
+        directory / "numpy_impl",
+        "layernorm.py",
+        "dx = dcentered + dmean / d_model",
+        "dx = dcentered",
+    )
     results = check(directory, sample=SAMPLE)
-    assert statuses(results) == {**{key: "done" for key in KEYS}, "layernorm": "wrong", "all together": "wrong"}
+    assert statuses(results) == {
+        **{key: "done" for key in KEYS},
+        "layernorm": "wrong",
+        "all together": "wrong",
+    }
     layernorm = next(r for r in results if r.key == "layernorm")
     assert [t.tensor for t in layernorm.wrong_tensors] == ["x"]
-    assert layernorm.wrong_tensors[0].reference > 1e-2, "a missing term is off by about the gradient's size"
+    assert layernorm.wrong_tensors[0].reference > 1e-2, (
+        "a missing term is off by about the gradient's size"
+    )
     assert "x off by" in format_results(results, directory)
 
 
@@ -80,24 +97,35 @@ def test_a_few_exercises_fresh_and_solved(fresh, solved):
 
 def test_softmax_missing_row_sum_is_wrong_at_its_step_queries_and_keys(solved, tmp_path):
     directory = copy_of(solved, tmp_path)
-    plant(directory / "numpy_impl", "attention.py",
-          "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))",
-          "dscores = probs * dprobs")
+    plant(
+        directory / "numpy_impl",
+        "attention.py",
+        "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))",
+        "dscores = probs * dprobs",
+    )
     results = check(directory, keys=["attention", "block"], sample=SAMPLE)
-    assert statuses(results) == {**{key: "done" for key in ["attention.output", "attention.scores",
-                                                            "attention.projections", "block"]},
-                                 "attention.softmax": "wrong", "attention": "wrong"}
+    assert statuses(results) == {
+        **{
+            key: "done"
+            for key in ["attention.output", "attention.scores", "attention.projections", "block"]
+        },
+        "attention.softmax": "wrong",
+        "attention": "wrong",
+    }
     attention = next(r for r in results if r.key == "attention")
     wrong = {t.tensor: t.reference for t in attention.wrong_tensors}
     # the scores feed q and k only: v, the output projection and their biases stay right
     assert set(wrong) == {"W_Q", "W_K", "b_Q", "b_K", "x"}
     assert min(wrong.values()) > 1e-2
     softmax = next(r for r in results if r.key == "attention.softmax")
-    assert [t.tensor for t in softmax.wrong_tensors] == ["dscores"], "the step's own output is what is wrong"
+    assert [t.tensor for t in softmax.wrong_tensors] == ["dscores"], (
+        "the step's own output is what is wrong"
+    )
 
 
 def test_skipping_a_hook_point_in_backward_is_wrong(solved, tmp_path):
-    """Right parameter gradients are not enough: run_with_cache(incl_bwd=True) needs each hook's gradient."""
+    """Right parameter gradients are not enough: run_with_cache(incl_bwd=True) needs each hook's
+    gradient."""
     directory = copy_of(solved, tmp_path)
     plant(directory / "numpy_impl", "attention.py", "dz = self.hook_z.backward(dz)", "pass")
     (result,) = check(directory, keys=["attention"], sample=SAMPLE)[-1:]
@@ -108,14 +136,19 @@ def test_skipping_a_hook_point_in_backward_is_wrong(solved, tmp_path):
 
 def test_overwriting_a_gradient_instead_of_adding_is_wrong(solved, tmp_path):
     directory = copy_of(solved, tmp_path)
-    plant(directory / "numpy_impl", "unembed.py", "self.W_U.grad += np.einsum", "self.W_U.grad = np.einsum")
+    plant(
+        directory / "numpy_impl",
+        "unembed.py",
+        "self.W_U.grad += np.einsum",
+        "self.W_U.grad = np.einsum",
+    )
     (result,) = check(directory, keys=["unembed"], sample=SAMPLE)
     assert result.status == "wrong" and "W_U" in result.message and "+=" in result.message
 
 
 def test_a_copy_that_does_not_import_says_where(solved, tmp_path):
-    """A file without an exercise that does not compile stops everything (an exercise's file stops only its own:
-    test_exercise_round_two.py)."""
+    """A file without an exercise that does not compile stops everything (an exercise's file stops
+    only its own: test_exercise_round_two.py)."""
     directory = copy_of(solved, tmp_path)
     plant(directory / "numpy_impl", "module.py", "class Parameter:", "class Parameter")
     with pytest.raises(ImportError, match=r"does not import.*module\.py"):
@@ -130,13 +163,19 @@ def test_copy_differs_from_reference_only_inside_backward_bodies(fresh):
     for name in reference_files:
         reference = (REFERENCE_DIR / name).read_text().splitlines()
         mine = (copy_dir / name).read_text().splitlines()
-        assert outside(mine) == outside(reference), f"{name}: lines outside the marked bodies differ"
+        assert outside(mine) == outside(reference), (
+            f"{name}: lines outside the marked bodies differ"
+        )
         for begin, end in marked_regions(mine):
             body = mine[begin + 1 : end]
             steps = [line.strip() for line in body if line.strip().startswith("# EXERCISE STEP ")]
-            reference_steps = [line.strip() for line in reference if line.strip().startswith("# EXERCISE STEP ")]
+            reference_steps = [
+                line.strip() for line in reference if line.strip().startswith("# EXERCISE STEP ")
+            ]
             assert steps == reference_steps, f"{name}: the step markers are the reference's"
-            assert "\n".join(body).count("raise NotImplementedError(") == max(len(steps), 1), "one raise per step"
+            assert "\n".join(body).count("raise NotImplementedError(") == max(len(steps), 1), (
+                "one raise per step"
+            )
             marked += 1
             raises += max(len(steps), 1)
     assert marked == len(EXERCISES)
@@ -145,22 +184,34 @@ def test_copy_differs_from_reference_only_inside_backward_bodies(fresh):
 
 def test_copy_imports_and_its_forward_passes_are_the_references(fresh):
     spec = importlib.util.spec_from_file_location(
-        "copy_under_test", fresh / "numpy_impl" / "__init__.py", submodule_search_locations=[str(fresh / "numpy_impl")]
+        "copy_under_test",
+        fresh / "numpy_impl" / "__init__.py",
+        submodule_search_locations=[str(fresh / "numpy_impl")],
     )
     copy = importlib.util.module_from_spec(spec)
     sys.modules["copy_under_test"] = copy
     try:
         spec.loader.exec_module(copy)
-        assert copy.LayerNorm is not npi.LayerNorm, "the copy must be its own package, not the reference"
+        assert copy.LayerNorm is not npi.LayerNorm, (
+            "the copy must be its own package, not the reference"
+        )
         for exercise in EXERCISES:
             for variant in exercise.variants:
                 cfg, copy_cfg = variant.config(), variant.config(copy)
-                reference_module, copy_module = build(npi, exercise.cls, cfg), build(copy, exercise.cls, copy_cfg)
+                reference_module, copy_module = (
+                    build(npi, exercise.cls, cfg),
+                    build(copy, exercise.cls, copy_cfg),
+                )
                 inputs = make_inputs(exercise.cls, cfg, 1, variant.weighted)
-                assert np.array_equal(reference_module.forward(*inputs), copy_module.forward(*inputs)), exercise.key
+                assert np.array_equal(
+                    reference_module.forward(*inputs), copy_module.forward(*inputs)
+                ), exercise.key
                 out = copy_module.forward(*inputs)
                 dout = np.random.default_rng(2).standard_normal(np.shape(out))
-                with pytest.raises(NotImplementedError, match=rf"{exercise.cls}\.backward(, step 1 \(\w+\) of| is) exercise"):
+                with pytest.raises(
+                    NotImplementedError,
+                    match=rf"{exercise.cls}\.backward(, step 1 \(\w+\) of| is) exercise",
+                ):
                     copy_module.backward(dout if np.ndim(out) else float(dout))
     finally:
         for name in [n for n in sys.modules if n.startswith("copy_under_test")]:
@@ -169,8 +220,13 @@ def test_copy_imports_and_its_forward_passes_are_the_references(fresh):
 
 def test_stub_hint_says_what_to_undo_and_return(fresh):
     text = (fresh / "numpy_impl" / "layernorm.py").read_text()
-    for needed in ("normalized = centered / scale", "mean = x.mean(-1)", "self.w.grad [d_model]",
-                   "Return: dx [batch, pos, d_model]", f"exercises check {fresh} layernorm"):
+    for needed in (
+        "normalized = centered / scale",
+        "mean = x.mean(-1)",
+        "self.w.grad [d_model]",
+        "Return: dx [batch, pos, d_model]",
+        f"exercises check {fresh} layernorm",
+    ):
         assert needed in text, f"the LayerNorm hint lacks {needed!r}"
 
 
@@ -178,16 +234,27 @@ def test_feedforward_stub_labels_its_relu_and_gelu_branches(fresh):
     text = (fresh / "numpy_impl" / "feedforward.py").read_text()
     relu = text.index("#   the ReLU branch:")
     gelu = text.index('#   the GELU branch (act_fn "gelu_new"):')
-    assert relu < text.index("#       post = max(pre, 0)") < gelu, "the ReLU line sits under its label"
-    assert gelu < text.index("#       post = 0.5 * pre * (1 + tanh)") < text.index("#       tanh = np.tanh(inner)")
+    assert relu < text.index("#       post = max(pre, 0)") < gelu, (
+        "the ReLU line sits under its label"
+    )
+    assert (
+        gelu
+        < text.index("#       post = 0.5 * pre * (1 + tanh)")
+        < text.index("#       tanh = np.tanh(inner)")
+    )
 
 
 def test_attention_stub_has_one_hint_per_step(fresh):
     text = (fresh / "numpy_impl" / "attention.py").read_text()
-    for number, (step, given, make) in enumerate([("output", "dout [batch, pos, d_model]", "dpattern"),
-                                                  ("softmax", "dpattern", "dscores"),
-                                                  ("scores", "dscores", "dq_h"),
-                                                  ("projections", "dq_h", "dx [batch, pos, d_model]")], 1):
+    for number, (step, given, make) in enumerate(
+        [
+            ("output", "dout [batch, pos, d_model]", "dpattern"),
+            ("softmax", "dpattern", "dscores"),
+            ("scores", "dscores", "dq_h"),
+            ("projections", "dq_h", "dx [batch, pos, d_model]"),
+        ],
+        1,
+    ):
         marker = text.index(f"# EXERCISE STEP {step}:")
         hint = text[marker : text.index("raise NotImplementedError(", marker)]
         assert f"Step {number} of 4" in hint and f"exercises check {fresh} attention.{step}" in hint
@@ -213,7 +280,10 @@ def test_init_never_writes_into_the_projects_own_packages(monkeypatch, force, wh
     with pytest.raises(PermissionError, match="never writes into the project's own packages"):
         write_copy(where, force=force)
     assert {path: path.read_bytes() for path in REFERENCE_DIR.glob("*.py")} == before
-    assert not (PROJECT / "foundation" / "numpy_impl").exists() and not (PROJECT / "exercises" / "sub").exists()
+    assert (
+        not (PROJECT / "foundation" / "numpy_impl").exists()
+        and not (PROJECT / "exercises" / "sub").exists()
+    )
 
 
 def test_init_refuses_a_symlink_to_the_reference(tmp_path):
@@ -227,8 +297,11 @@ def test_the_default_work_folder_is_git_ignored():
 
     from exercises.generate import DEFAULT_DIR
 
-    ignored = subprocess.run(["git", "check-ignore", "-q", f"{DEFAULT_DIR}/numpy_impl/layernorm.py"],
-                             cwd=PROJECT, capture_output=True)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", f"{DEFAULT_DIR}/numpy_impl/layernorm.py"],
+        cwd=PROJECT,
+        capture_output=True,
+    )
     if ignored.returncode == 128:
         pytest.skip("not a git checkout")
     assert ignored.returncode == 0, f"{DEFAULT_DIR}/ is not in .gitignore"
@@ -236,7 +309,15 @@ def test_the_default_work_folder_is_git_ignored():
 
 def test_demo_command_init_then_check_one(tmp_path, capsys):
     class Args:
-        action, dir, force, component, sample, seed, time_limit = "init", str(tmp_path), False, None, SAMPLE, 0, None
+        action, dir, force, component, sample, seed, time_limit = (
+            "init",
+            str(tmp_path),
+            False,
+            None,
+            SAMPLE,
+            0,
+            None,
+        )
 
     run_exercises(Args)
     Args.action, Args.component = "check", "layernorm"
@@ -275,14 +356,27 @@ def test_bad_arguments(fresh, tmp_path):
     [
         (f"class A:\n    def backward(self):\n        {BEGIN}\n        pass\n", "without an"),
         (f"class A:\n    def backward(self):\n        pass\n        {END}\n", "without a"),
-        (f"class A:\n    def forward(self):\n        {BEGIN}\n        pass\n        {END}\n", "inside one backward"),
-        (f"class A:\n    def backward(self):\n        {BEGIN}\n        {BEGIN}\n        pass\n        {END}\n", "inside another"),
-        ("class A:\n    def backward(self):\n        # EXERCISE STEP a: x\n        pass\n", "outside an exercise"),
-        (f"class A:\n    def backward(self):\n        {BEGIN}\n        x = 1\n        # EXERCISE STEP a: x\n"
-         f"        pass\n        {END}\n        return x\n", "every line belongs to a step"),
+        (
+            f"class A:\n    def forward(self):\n        {BEGIN}\n        pass\n        {END}\n",
+            "inside one backward",
+        ),
+        (
+            f"class A:\n    def backward(self):\n        {BEGIN}\n        {BEGIN}\n        pass\n  "
+            f"      {END}\n",
+            "inside another",
+        ),
+        (
+            "class A:\n    def backward(self):\n        # EXERCISE STEP a: x\n        pass\n",
+            "outside an exercise",
+        ),
+        (
+            f"class A:\n    def backward(self):\n        {BEGIN}\n        x = 1\n        # "
+            f"EXERCISE STEP a: x\n"
+            f"        pass\n        {END}\n        return x\n",
+            "every line belongs to a step",
+        ),
     ],
 )
 def test_misplaced_markers_fail_loudly(source, problem):
     with pytest.raises(ValueError, match=problem):
         find_marked_bodies(source)
-

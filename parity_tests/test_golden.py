@@ -21,8 +21,10 @@ from gradcheck import golden
 
 
 def worst(errors):
-    return max(((name, key, error) for name, keys in errors.items() for key, error in keys.items()),
-               key=lambda item: item[2])
+    return max(
+        ((name, key, error) for name, keys in errors.items() for key, error in keys.items()),
+        key=lambda item: item[2],
+    )
 
 
 @pytest.mark.parametrize("package", [numpy_impl, torch_impl], ids=["numpy", "torch"])
@@ -30,9 +32,13 @@ def test_both_twins_reproduce_the_golden_file(package):
     errors = golden.compare(package)
     assert set(errors) == set(golden.CONFIGS)
     for name, keys in errors.items():
-        assert any(key.startswith("act_grad/") for key in keys) and any(key.startswith("grad/") for key in keys)
+        assert any(key.startswith("act_grad/") for key in keys) and any(
+            key.startswith("grad/") for key in keys
+        )
         for key, error in keys.items():
-            assert error <= golden.TOLERANCE, f"{package.__name__} [{name}] {key}: {error:.1e} > {golden.TOLERANCE:g}"
+            assert error <= golden.TOLERANCE, (
+                f"{package.__name__} [{name}] {key}: {error:.1e} > {golden.TOLERANCE:g}"
+            )
 
 
 def test_the_golden_file_is_small_and_says_what_made_it():
@@ -42,21 +48,27 @@ def test_the_golden_file_is_small_and_says_what_made_it():
     assert meta["seed"] == golden.SEED and meta["versions"]["numpy"] and meta["versions"]["torch"]
     for name, stored in configs.items():
         assert stored["input/dout"].dtype == np.float64 and stored["output"].dtype == np.float64
-        assert len(np.unique(stored["input/dout"])) > 1, "a random upstream gradient, never all ones"
+        assert len(np.unique(stored["input/dout"])) > 1, (
+            "a random upstream gradient, never all ones"
+        )
         assert json.dumps(meta["configs"][name])
 
 
-@pytest.mark.parametrize("module, constant, value", [
-    ("layernorm", "EPS", 1e-3),       # LayerNorm's eps, changed on both sides
-    ("feedforward", "GELU_C", 0.8),   # GELU's sqrt(2/pi), changed on both sides
-], ids=["layernorm eps", "gelu constant"])
+@pytest.mark.parametrize(
+    "module, constant, value",
+    [
+        ("layernorm", "EPS", 1e-3),  # LayerNorm's eps, changed on both sides
+        ("feedforward", "GELU_C", 0.8),  # GELU's sqrt(2/pi), changed on both sides
+    ],
+    ids=["layernorm eps", "gelu constant"],
+)
 def test_a_change_that_moves_both_twins_fails_the_golden_file(monkeypatch, module, constant, value):
     for package in (numpy_impl, torch_impl):
         monkeypatch.setattr(getattr(package, module), constant, value)
     # the twins still agree with each other: a parity test would pass
     _, configs = golden.load()
     stored = configs["pre"]
-    weights = {key[len("weight/"):]: v for key, v in stored.items() if key.startswith("weight/")}
+    weights = {key[len("weight/") :]: v for key, v in stored.items() if key.startswith("weight/")}
     cfg = golden.config("pre")
     mine = golden.run(numpy_impl, cfg, weights, stored["input/tokens"], stored["input/dout"])
     theirs = golden.run(torch_impl, cfg, weights, stored["input/tokens"], stored["input/dout"])
@@ -67,7 +79,9 @@ def test_a_change_that_moves_both_twins_fails_the_golden_file(monkeypatch, modul
     # the golden file does not move with them
     for package in (numpy_impl, torch_impl):
         _, _, error = worst(golden.compare(package))
-        assert error > 1e3 * golden.TOLERANCE, f"{package.__name__}: the planted change went unnoticed"
+        assert error > 1e3 * golden.TOLERANCE, (
+            f"{package.__name__}: the planted change went unnoticed"
+        )
 
 
 def test_regenerating_is_deliberate(tmp_path):

@@ -1,4 +1,5 @@
-"""``python demo.py gpt2 --model DIR``: on a GPT-2 checkpoint made here, with the tiny tokenizer and without."""
+"""``python demo.py gpt2 --model DIR``: on a GPT-2 checkpoint made here, with the tiny tokenizer and
+without."""
 
 import json
 import os
@@ -30,16 +31,32 @@ def new_ids(printed, side):
 
 def test_text_prompt(folder, tmp_path, capsys):
     out = tmp_path / "out"
-    demo.main(["gpt2", "--model", str(folder), "--out", str(out), "--prompt", "The cat sat on the mat.",
-               "--new-tokens", "6"])
+    demo.main(
+        [
+            "gpt2",
+            "--model",
+            str(folder),
+            "--out",
+            str(out),
+            "--prompt",
+            "The cat sat on the mat.",
+            "--new-tokens",
+            "6",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "byte-level BPE" in printed and "'<|endoftext|>'" in printed
     assert worst_difference(printed) <= 1e-12
     assert new_ids(printed, "NumPy") == new_ids(printed, "torch")
     assert "The same 6 tokens from both twins." in printed
-    assert "-> '<|endoftext|>The cat sat on the mat." in printed  # the prompt, decoded, then the new text
-    for name in ("gpt2_attention.png", "gpt2_previous_token_scores.png", "gpt2_attention_head.png",
-                 "gpt2_logit_lens.png"):
+    # the prompt, decoded, then the new text
+    assert "-> '<|endoftext|>The cat sat on the mat." in printed
+    for name in (
+        "gpt2_attention.png",
+        "gpt2_previous_token_scores.png",
+        "gpt2_attention_head.png",
+        "gpt2_logit_lens.png",
+    ):
         assert (out / name).read_bytes()[:8] == PNG
         assert str(out / name) in printed
 
@@ -50,29 +67,50 @@ def test_token_ids_without_a_tokenizer(folder, tmp_path, capsys):
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
         os.link(folder / name, bare / name)
-    demo.main(["gpt2", "--model", str(bare), "--out", str(tmp_path / "out"), "--prompt", "5, 17 200 3"])
+    demo.main(
+        ["gpt2", "--model", str(bare), "--out", str(tmp_path / "out"), "--prompt", "5, 17 200 3"]
+    )
     printed = capsys.readouterr().out
     assert "tokenizer: none" in printed and "tokens (1, 4): [5, 17, 200, 3]" in printed
     assert worst_difference(printed) <= 1e-12
     assert new_ids(printed, "NumPy") == new_ids(printed, "torch")
-    demo.main(["gpt2", "--model", str(bare), "--out", str(tmp_path / "out")])  # default: random ids, repeated
+    # default: random ids, repeated
+    demo.main(["gpt2", "--model", str(bare), "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
-    # 8 ids twice (n_ctx 24 keeps a quarter, 6, for new tokens), then the 8 new tokens n_ctx leaves room for
+    # 8 ids twice (n_ctx 24 keeps a quarter, 6, for new tokens), then the 8 new tokens n_ctx leaves
+    # room for
     ids = np.array(json.loads(printed.split("tokens (1, 16): ")[1].splitlines()[0]))
     assert np.array_equal(ids[:8], ids[8:]) and ids.max() < D_VOCAB
     assert "Greedy generation: 8 new tokens from each twin" in printed
 
 
 BAD = {
-    "a missing folder": (lambda folder, tmp: ["--model", str(tmp / "missing")], "no checkpoint folder"),
+    "a missing folder": (
+        lambda folder, tmp: ["--model", str(tmp / "missing")],
+        "no checkpoint folder",
+    ),
     "a folder without config.json": (lambda folder, tmp: ["--model", str(tmp)], "no config.json"),
-    "ids that are not ids": (lambda folder, tmp: ["--model", str(tmp / "bare"), "--prompt", "one two"], "token ids"),
-    "an id outside the vocabulary": (lambda folder, tmp: ["--model", str(tmp / "bare"), "--prompt", f"1 {D_VOCAB}"],
-                                     "not in [0, 320)"),
-    "one token": (lambda folder, tmp: ["--model", str(tmp / "bare"), "--prompt", "7"], "at least 2 tokens"),
-    "too long for n_ctx": (lambda folder, tmp: ["--model", str(folder), "--prompt", "the cat " * 20], "n_ctx"),
+    "ids that are not ids": (
+        lambda folder, tmp: ["--model", str(tmp / "bare"), "--prompt", "one two"],
+        "token ids",
+    ),
+    "an id outside the vocabulary": (
+        lambda folder, tmp: ["--model", str(tmp / "bare"), "--prompt", f"1 {D_VOCAB}"],
+        "not in [0, 320)",
+    ),
+    "one token": (
+        lambda folder, tmp: ["--model", str(tmp / "bare"), "--prompt", "7"],
+        "at least 2 tokens",
+    ),
+    "too long for n_ctx": (
+        lambda folder, tmp: ["--model", str(folder), "--prompt", "the cat " * 20],
+        "n_ctx",
+    ),
     "an empty prompt": (lambda folder, tmp: ["--model", str(folder), "--prompt", "  "], "empty"),
-    "negative --new-tokens": (lambda folder, tmp: ["--model", str(folder), "--new-tokens", "-1"], "--new-tokens"),
+    "negative --new-tokens": (
+        lambda folder, tmp: ["--model", str(folder), "--new-tokens", "-1"],
+        "--new-tokens",
+    ),
     "no --model": (lambda folder, tmp: [], "--model"),
 }
 
@@ -115,8 +153,12 @@ def one_layer_checkpoint(tmp_path_factory):
 
 
 def _demo(*args, cwd=PROJECT):
-    return subprocess.run([os.fsencode(sys.executable), os.fsencode(PROJECT / "demo.py"), *args],
-                          capture_output=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [os.fsencode(sys.executable), os.fsencode(PROJECT / "demo.py"), *args],
+        capture_output=True,
+        timeout=300,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,21 +166,40 @@ def checkpoint_without_tokenizer(tmp_path_factory):
     return _checkpoint(tmp_path_factory.mktemp("ids"), tokenizer=False)
 
 
-@pytest.mark.parametrize("prompt, words", [
-    (b"1 99999999999999999999999", b"token id 99999999999999999999999 is not in [0, "),
-    (b"1 2 \xff", b"--prompt is not UTF-8 text"),
-    (b"1 \xd9\xa1", b"--prompt must be token ids"),
-], ids=["a huge id", "not UTF-8", "a non-ASCII digit"])
-def test_demo_gpt2_prompt_errors_are_one_line(checkpoint_without_tokenizer, tmp_path, prompt,
-                                              words):
-    ran = _demo(b"gpt2", b"--model", os.fsencode(checkpoint_without_tokenizer), b"--prompt", prompt,
-                b"--out", os.fsencode(tmp_path / "out"))
+@pytest.mark.parametrize(
+    "prompt, words",
+    [
+        (b"1 99999999999999999999999", b"token id 99999999999999999999999 is not in [0, "),
+        (b"1 2 \xff", b"--prompt is not UTF-8 text"),
+        (b"1 \xd9\xa1", b"--prompt must be token ids"),
+    ],
+    ids=["a huge id", "not UTF-8", "a non-ASCII digit"],
+)
+def test_demo_gpt2_prompt_errors_are_one_line(
+    checkpoint_without_tokenizer, tmp_path, prompt, words
+):
+    ran = _demo(
+        b"gpt2",
+        b"--model",
+        os.fsencode(checkpoint_without_tokenizer),
+        b"--prompt",
+        prompt,
+        b"--out",
+        os.fsencode(tmp_path / "out"),
+    )
     assert ran.returncode == 1 and words in ran.stderr, ran.stderr
     assert ran.stderr.count(b"\n") == 1 and b"Traceback" not in ran.stderr, ran.stderr
 
 
 def test_demo_gpt2_text_prompt_that_is_not_utf8_is_one_line(one_layer_checkpoint, tmp_path):
-    ran = _demo(b"gpt2", b"--model", os.fsencode(one_layer_checkpoint), b"--prompt", b"hello \xff",
-                b"--out", os.fsencode(tmp_path / "out"))
+    ran = _demo(
+        b"gpt2",
+        b"--model",
+        os.fsencode(one_layer_checkpoint),
+        b"--prompt",
+        b"hello \xff",
+        b"--out",
+        os.fsencode(tmp_path / "out"),
+    )
     assert ran.returncode == 1 and b"--prompt is not UTF-8 text" in ran.stderr, ran.stderr
     assert ran.stderr.count(b"\n") == 1, ran.stderr

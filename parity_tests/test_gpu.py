@@ -54,5 +54,8 @@ def test_the_twin_moved_to_the_gpu_runs_hooks_caches_and_generates_as_on_the_cpu
         assert np.array_equal(masked, np.isneginf(theirs)), name
         assert rel_err(ours[~masked], theirs[~masked]) <= TOL["float64"], name
     prompt = tokens[:, :2]
-    greedy_t = twin.generate(prompt.tolist(), max_new_tokens=4, do_sample=False)  # tokens as a list, moved to the GPU
-    assert np.array_equal(model.generate(prompt, max_new_tokens=4, do_sample=False), greedy_t.cpu().numpy())
+    # tokens as a list, moved to the GPU
+    greedy_t = twin.generate(prompt.tolist(), max_new_tokens=4, do_sample=False)
+    assert np.array_equal(
+        model.generate(prompt, max_new_tokens=4, do_sample=False), greedy_t.cpu().numpy()
+    )

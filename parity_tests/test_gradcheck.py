@@ -16,25 +16,33 @@ import pytest
 import torch
 
 import numpy_impl as npi
-from foundation.contract.boundary import NonFiniteError
 import torch_impl as pti
-from gradcheck.factory import Variant, build, make_inputs
+from foundation.contract.boundary import NonFiniteError
+from gradcheck.factory import Variant, build, make_inputs, randomize_parameters
+from gradcheck.finite_diff import gradcheck
 from numpy_impl import attention as np_attention
 from numpy_impl import gated_feedforward as np_gated
-from numpy_impl import rmsnorm as np_rmsnorm
 from numpy_impl import layernorm as np_layernorm
-from gradcheck.factory import randomize_parameters
-from gradcheck.finite_diff import gradcheck
+from numpy_impl import rmsnorm as np_rmsnorm
 
-TOL = 1e-7     # the bar for a correct backward (see gradcheck/finite_diff.py for the metric)
-SAMPLE = 12    # entries per tensor: enough to hit every tensor, small enough for a fast suite
-FLOAT_INPUT = {"LayerNorm", "MultiHeadAttention", "FeedForward", "TransformerBlock", "Unembed", "CrossEntropyLoss"}
+TOL = 1e-7  # the bar for a correct backward (see gradcheck/finite_diff.py for the metric)
+SAMPLE = 12  # entries per tensor: enough to hit every tensor, small enough for a fast suite
+FLOAT_INPUT = {
+    "LayerNorm",
+    "MultiHeadAttention",
+    "FeedForward",
+    "TransformerBlock",
+    "Unembed",
+    "CrossEntropyLoss",
+}
 
 
 def check(cls, overrides=None, weighted=False, seed=0, sample=SAMPLE):
     cfg = Variant("test", overrides or {}).config()
     module = build(npi, cls, cfg, seed)
-    report = gradcheck(module, *make_inputs(cls, cfg, seed + 1, weighted), sample=sample, seed=seed + 2)
+    report = gradcheck(
+        module, *make_inputs(cls, cfg, seed + 1, weighted), sample=sample, seed=seed + 2
+    )
     return module, report
 
 
@@ -67,17 +75,32 @@ def test_every_component_passes(cls, overrides, weighted):
     assert names == expected, "every parameter, and the float input, must be checked"
     for row in report.rows:
         assert row.checked == min(SAMPLE, row.size)
-        assert row.max_rel_error <= TOL, f"{cls} {overrides}: {row.tensor} {row.max_rel_error:.1e} > {TOL:.0e}"
+        assert row.max_rel_error <= TOL, (
+            f"{cls} {overrides}: {row.tensor} {row.max_rel_error:.1e} > {TOL:.0e}"
+        )
     assert report.passed
 
 
 @pytest.mark.parametrize(
     "overrides",
-    [  # the default run checks one whole model (the components above cover each option); -m slow the others
+    # the default run checks one whole model (the components above cover each option); -m slow the
+    # others
+    [
         pytest.param({"normalization": "pre"}, id="pre"),
-        pytest.param({"normalization": "post", "causal": False, "act_fn": "relu", "positional": "sinusoidal",
-                      "unembed": False}, id="post-encoder", marks=pytest.mark.slow),
-        pytest.param({"normalization": None, "attn_only": True}, id="none-attn_only", marks=pytest.mark.slow),
+        pytest.param(
+            {
+                "normalization": "post",
+                "causal": False,
+                "act_fn": "relu",
+                "positional": "sinusoidal",
+                "unembed": False,
+            },
+            id="post-encoder",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            {"normalization": None, "attn_only": True}, id="none-attn_only", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_whole_model_every_parameter(overrides):
@@ -89,16 +112,20 @@ def test_whole_model_every_parameter(overrides):
 
 
 def planted(cls, old, new):
-    """A subclass of ``cls`` whose backward is the reference's with one line changed (a planted mistake)."""
+    """A subclass of ``cls`` whose backward is the reference's with one line changed (a planted
+    mistake)."""
     source = textwrap.dedent(inspect.getsource(cls.backward))
-    assert source.count(old) == 1, f"the reference no longer contains {old!r}; update the planted mistake"
+    assert source.count(old) == 1, (
+        f"the reference no longer contains {old!r}; update the planted mistake"
+    )
     namespace = {}
     exec(source.replace(old, new), vars(inspect.getmodule(cls)), namespace)
     return type(f"Planted{cls.__name__}", (cls,), {"backward": namespace["backward"]})
 
 
 def test_planted_layernorm_mistake_is_caught_at_x():
-    # dropping the mean term: dx = dcentered, forgetting that x also reaches the output through mean(x)
+    # dropping the mean term: dx = dcentered, forgetting that x also reaches the output through
+    # mean(x)
     Wrong = planted(np_layernorm.LayerNorm, "dx = dcentered + dmean / d_model", "dx = dcentered")
     cfg = Variant("test").config()
     module = randomize_parameters(Wrong(cfg), 1)
@@ -127,11 +154,18 @@ def test_planted_softmax_mistake_is_caught_at_queries_and_keys():
 
 
 def test_a_nan_gradient_is_stopped_at_the_boundary():
-    # a backward that makes NaN from finite inputs never reaches the comparison: the boundary names it
-    Wrong = planted(np_layernorm.LayerNorm, "dx = dcentered + dmean / d_model", "dx = dcentered * np.nan")
+    # a backward that makes NaN from finite inputs never reaches the comparison: the boundary names
+    # it
+    Wrong = planted(
+        np_layernorm.LayerNorm, "dx = dcentered + dmean / d_model", "dx = dcentered * np.nan"
+    )
     cfg = Variant("test").config()
-    with pytest.raises(NonFiniteError, match="LayerNorm.backward: the gradient (it returns|at hook_in) holds nan"):
-        gradcheck(randomize_parameters(Wrong(cfg), 1), *make_inputs("LayerNorm", cfg, 2), sample=SAMPLE)
+    with pytest.raises(
+        NonFiniteError, match="LayerNorm.backward: the gradient (it returns|at hook_in) holds nan"
+    ):
+        gradcheck(
+            randomize_parameters(Wrong(cfg), 1), *make_inputs("LayerNorm", cfg, 2), sample=SAMPLE
+        )
 
 
 def test_refuses_float32():
@@ -174,7 +208,8 @@ TINY = dict(d_vocab=5, d_model=4, n_heads=2, d_head=2, d_mlp=6, n_layers=1, n_ct
 
 
 def twin_case(cls, overrides):
-    """A torch twin component with random float64 weights, and its forward inputs (batch 2, pos 3)."""
+    """A torch twin component with random float64 weights, and its forward inputs (batch 2, pos
+    3)."""
     cfg = npi.TransformerConfig(**{**TINY, **overrides})
     reference = build(npi, cls, cfg, seed=3)
     twin = getattr(pti, cls).from_twin(reference)
@@ -182,9 +217,11 @@ def twin_case(cls, overrides):
     if cls in ("TokenEmbedding", "LearnedPositionalEmbedding", "Transformer"):
         inputs = [torch.from_numpy(rng.integers(0, cfg.d_vocab, (2, 3)))]
     elif cls == "CrossEntropyLoss":
-        inputs = [torch.from_numpy(rng.standard_normal((2, 3, cfg.d_vocab))).requires_grad_(),
-                  torch.from_numpy(rng.integers(0, cfg.d_vocab, (2, 3))),
-                  torch.from_numpy(rng.uniform(0.5, 1.5, (2, 3)))]
+        inputs = [
+            torch.from_numpy(rng.standard_normal((2, 3, cfg.d_vocab))).requires_grad_(),
+            torch.from_numpy(rng.integers(0, cfg.d_vocab, (2, 3))),
+            torch.from_numpy(rng.uniform(0.5, 1.5, (2, 3))),
+        ]
     else:
         inputs = [torch.from_numpy(rng.standard_normal((2, 3, cfg.d_model))).requires_grad_()]
     return twin, inputs
@@ -223,11 +260,14 @@ def run_torch_gradcheck(cls, overrides, fast_mode):
     def f(*tensors):
         # the parameters come in as arguments, so gradcheck differentiates them too
         state = dict(zip(names, tensors[: len(names)]))
-        call_inputs = list(tensors[len(names):]) + [x for x in inputs if not x.requires_grad]
+        call_inputs = list(tensors[len(names) :]) + [x for x in inputs if not x.requires_grad]
         return torch.func.functional_call(twin, state, tuple(call_inputs))
 
-    # torch's default tolerances: eps 1e-6, atol 1e-5, rtol 1e-3; every parameter and the float input
-    return torch.autograd.gradcheck(f, params + float_inputs, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=fast_mode)
+    # torch's default tolerances: eps 1e-6, atol 1e-5, rtol 1e-3; every parameter and the float
+    # input
+    return torch.autograd.gradcheck(
+        f, params + float_inputs, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=fast_mode
+    )
 
 
 @pytest.mark.parametrize("cls, overrides", FULL + LARGE)
@@ -243,8 +283,17 @@ def test_twin_passes_torch_autograd_gradcheck_full_jacobian(cls, overrides):
 
 # --- the Llama family: RMSNorm, rotary q and k, SwiGLU, grouped-query attention ---------------
 
-LLAMA = {"normalization_type": "RMS", "eps": 1e-6, "positional_embedding_type": "rotary", "act_fn": "silu",
-         "gated_mlp": True, "mlp_bias": False, "attn_bias": False, "d_head": 4, "rotary_base": 100.0}
+LLAMA = {
+    "normalization_type": "RMS",
+    "eps": 1e-6,
+    "positional_embedding_type": "rotary",
+    "act_fn": "silu",
+    "gated_mlp": True,
+    "mlp_bias": False,
+    "attn_bias": False,
+    "d_head": 4,
+    "rotary_base": 100.0,
+}
 
 
 @pytest.mark.parametrize(
@@ -253,13 +302,27 @@ LLAMA = {"normalization_type": "RMS", "eps": 1e-6, "positional_embedding_type": 
         ("RMSNorm", LLAMA),
         ("GatedFeedForward", LLAMA),
         ("MultiHeadAttention", {**LLAMA, "attn_bias": True}),  # rotary, split halves, all of d_head
-        ("MultiHeadAttention", {**LLAMA, "rotary_adjacent_pairs": True, "rotary_dim": 2}),  # GPT-J pairs, partial
-        ("GroupedQueryAttention", {**LLAMA, "n_key_value_heads": 1, "attn_bias": True}),  # one group of 2
-        ("GroupedQueryAttention", {**LLAMA, "n_heads": 4, "n_key_value_heads": 1, "rotary_dim": 2}),  # groups of 4
+        # GPT-J pairs, partial
+        ("MultiHeadAttention", {**LLAMA, "rotary_adjacent_pairs": True, "rotary_dim": 2}),
+        # one group of 2
+        ("GroupedQueryAttention", {**LLAMA, "n_key_value_heads": 1, "attn_bias": True}),
+        # groups of 4
+        ("GroupedQueryAttention", {**LLAMA, "n_heads": 4, "n_key_value_heads": 1, "rotary_dim": 2}),
         ("TransformerBlock", {**LLAMA, "n_key_value_heads": 1}),
-        ("TransformerBlock", {"positional_embedding_type": "rotary", "d_head": 4, "rotary_dim": 2, "act_fn": "gelu",
-                              "parallel_attn_mlp": True}),  # GPT-NeoX's block
-        ("TransformerBlock", {**LLAMA, "normalization": None, "normalization_type": None, "parallel_attn_mlp": True}),
+        (
+            "TransformerBlock",
+            {
+                "positional_embedding_type": "rotary",
+                "d_head": 4,
+                "rotary_dim": 2,
+                "act_fn": "gelu",
+                "parallel_attn_mlp": True,
+            },
+        ),  # GPT-NeoX's block
+        (
+            "TransformerBlock",
+            {**LLAMA, "normalization": None, "normalization_type": None, "parallel_attn_mlp": True},
+        ),
         ("Transformer", {**LLAMA, "n_heads": 4, "n_key_value_heads": 2}),
     ],
 )
@@ -271,7 +334,9 @@ def test_llama_family_component_passes(cls, overrides):
         expected.append(next(iter(inspect.signature(module.forward).parameters)))
     assert names == expected, "every parameter, and the float input, must be checked"
     for row in report.rows:
-        assert row.max_rel_error <= TOL, f"{cls} {overrides}: {row.tensor} {row.max_rel_error:.1e} > {TOL:.0e}"
+        assert row.max_rel_error <= TOL, (
+            f"{cls} {overrides}: {row.tensor} {row.max_rel_error:.1e} > {TOL:.0e}"
+        )
     assert report.passed
 
 
@@ -279,13 +344,26 @@ def test_llama_family_component_passes(cls, overrides):
     "cls, old, new, wrong",
     [
         # the rotation's backward turned the same way as the forward, not back
-        (np_attention.MultiHeadAttention, "dq = rotate(self.hook_rot_q.backward(dq), cos, -sin,",
-         "dq = rotate(self.hook_rot_q.backward(dq), cos, sin,", {"W_Q", "x"}),
+        (
+            np_attention.MultiHeadAttention,
+            "dq = rotate(self.hook_rot_q.backward(dq), cos, -sin,",
+            "dq = rotate(self.hook_rot_q.backward(dq), cos, sin,",
+            {"W_Q", "x"},
+        ),
         # one head's gradient kept, the group's sum missed
-        (np_attention.GroupedQueryAttention, "dk = dk.reshape(*dk.shape[:2], *grouped).sum(axis=3)",
-         "dk = dk.reshape(*dk.shape[:2], *grouped)[:, :, :, 0]", {"_W_K", "x"}),
+        (
+            np_attention.GroupedQueryAttention,
+            "dk = dk.reshape(*dk.shape[:2], *grouped).sum(axis=3)",
+            "dk = dk.reshape(*dk.shape[:2], *grouped)[:, :, :, 0]",
+            {"_W_K", "x"},
+        ),
         # silu's derivative without its second term: sigmoid alone
-        (np_gated.GatedFeedForward, "dpre += dsigmoid * sigmoid * (1 - sigmoid)", "pass", {"W_gate", "x"}),
+        (
+            np_gated.GatedFeedForward,
+            "dpre += dsigmoid * sigmoid * (1 - sigmoid)",
+            "pass",
+            {"W_gate", "x"},
+        ),
         # RMSNorm without the path through the mean square
         (np_rmsnorm.RMSNorm, "dx += 2 / d_model * dmean_square * x", "pass", {"x"}),
     ],

@@ -234,7 +234,10 @@ def test_a_parameter_gradient_that_overflows_is_named():
     dlogits = (rng.standard_normal((BATCH, POS, cfg.d_vocab)) * 1e20).astype("float32")
     unembed, unembed_t = npi.Unembed(cfg, rng=0), pti.Unembed(cfg)
     load_into_twin(unembed, unembed_t)
-    message = "Unembed.backward: the gradient of W_U holds (-)?inf although every input and weight was finite"
+    message = (
+        "Unembed.backward: the gradient of W_U holds (-)?inf although every input and "
+        "weight was finite"
+    )
     out = unembed.forward(x)
     assert np.isfinite(out).all()
     with pytest.raises(NonFiniteError, match=message):

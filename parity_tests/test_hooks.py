@@ -16,18 +16,25 @@ B, P = 3, 6
 BASE = dict(d_head=5, d_mlp=16)  # make_cfg's changes for these tests
 
 
-
-
 def expected_hooks(cfg):
-    """The hook names and shapes of the contract (TransformerLens 4's), written out here (not taken from the
-    code under test): each component's hook_in and hook_out, the projections' (attn.q, ..., mlp.out), and
-    the aliases TransformerLens keeps (hook_embed, hook_resid_pre, hook_q, hook_pre, ...)."""
+    """The hook names and shapes of the contract (TransformerLens 4's), written out here (not taken
+    from the code under test): each component's hook_in and hook_out, the projections' (attn.q, ...,
+    mlp.out), and the aliases TransformerLens keeps (hook_embed, hook_resid_pre, hook_q, hook_pre,
+    ...)."""
     d, h, dh, f = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
     resid, heads = (B, P, d), (B, P, h, dh)
-    names = {"embed.hook_in": (B, P), "embed.hook_out": resid, "hook_embed": resid,
-             "pos_embed.hook_in": (1, P), "pos_embed.hook_out": resid, "hook_pos_embed": resid}
-    ln = lambda prefix: {f"{prefix}.hook_{n}": (B, P, 1) if n == "scale" else resid  # noqa: E731
-                         for n in ("in", "scale", "normalized", "out")}
+    names = {
+        "embed.hook_in": (B, P),
+        "embed.hook_out": resid,
+        "hook_embed": resid,
+        "pos_embed.hook_in": (1, P),
+        "pos_embed.hook_out": resid,
+        "hook_pos_embed": resid,
+    }
+    ln = lambda prefix: {
+        f"{prefix}.hook_{n}": (B, P, 1) if n == "scale" else resid  # noqa: E731
+        for n in ("in", "scale", "normalized", "out")
+    }
     for i in range(cfg.n_layers):
         block = f"blocks.{i}."
         names.update({block + "hook_in": resid, block + "hook_resid_pre": resid})
@@ -35,22 +42,42 @@ def expected_hooks(cfg):
             names.update(ln(block + "ln1"))
         names[block + "attn.hook_in"] = resid
         for x in "qkv":
-            names.update({block + f"attn.{x}.hook_in": resid, block + f"attn.{x}.hook_out": heads,
-                          block + f"attn.hook_{x}": heads})
+            names.update(
+                {
+                    block + f"attn.{x}.hook_in": resid,
+                    block + f"attn.{x}.hook_out": heads,
+                    block + f"attn.hook_{x}": heads,
+                }
+            )
         names[block + "attn.hook_attn_scores"] = (B, h, P, P)
         names[block + "attn.hook_pattern"] = (B, h, P, P)
-        names.update({block + "attn.o.hook_in": heads, block + "attn.hook_z": heads, block + "attn.o.hook_out": resid,
-                      block + "attn.hook_hidden_states": resid, block + "attn.hook_out": resid,
-                      block + "hook_attn_out": resid})
+        names.update(
+            {
+                block + "attn.o.hook_in": heads,
+                block + "attn.hook_z": heads,
+                block + "attn.o.hook_out": resid,
+                block + "attn.hook_hidden_states": resid,
+                block + "attn.hook_out": resid,
+                block + "hook_attn_out": resid,
+            }
+        )
         if not cfg.attn_only:
             names[block + "hook_resid_mid"] = resid
             if cfg.normalization is not None:
                 names.update(ln(block + "ln2"))
-            names.update({block + "mlp.hook_in": resid, block + "mlp.in.hook_in": resid,
-                          block + "mlp.in.hook_out": (B, P, f), block + "mlp.hook_pre": (B, P, f),
-                          block + "mlp.out.hook_in": (B, P, f), block + "mlp.hook_post": (B, P, f),
-                          block + "mlp.out.hook_out": resid, block + "mlp.hook_out": resid,
-                          block + "hook_mlp_out": resid})
+            names.update(
+                {
+                    block + "mlp.hook_in": resid,
+                    block + "mlp.in.hook_in": resid,
+                    block + "mlp.in.hook_out": (B, P, f),
+                    block + "mlp.hook_pre": (B, P, f),
+                    block + "mlp.out.hook_in": (B, P, f),
+                    block + "mlp.hook_post": (B, P, f),
+                    block + "mlp.out.hook_out": resid,
+                    block + "mlp.hook_out": resid,
+                    block + "hook_mlp_out": resid,
+                }
+            )
         names.update({block + "hook_out": resid, block + "hook_resid_post": resid})
     if cfg.normalization == "pre":
         names.update(ln("ln_final"))
@@ -73,10 +100,27 @@ def parity(name, a, b, dtype):
     return err
 
 
-@parametrize_pairwise(norm=["pre", "post", None], attn_only=[False, True], positional=["learned", "sinusoidal"],
-                      causal=[True, False], dtype=["float64", "float32"])
-def test_every_hook_cached_with_equal_activations_and_gradients(norm, attn_only, positional, causal, dtype):
-    model, twin = twins(make_cfg(BASE, dtype=dtype, normalization=norm, attn_only=attn_only, positional=positional, causal=causal), seed=1)
+@parametrize_pairwise(
+    norm=["pre", "post", None],
+    attn_only=[False, True],
+    positional=["learned", "sinusoidal"],
+    causal=[True, False],
+    dtype=["float64", "float32"],
+)
+def test_every_hook_cached_with_equal_activations_and_gradients(
+    norm, attn_only, positional, causal, dtype
+):
+    model, twin = twins(
+        make_cfg(
+            BASE,
+            dtype=dtype,
+            normalization=norm,
+            attn_only=attn_only,
+            positional=positional,
+            causal=causal,
+        ),
+        seed=1,
+    )
     rng = np.random.default_rng(5)
     tokens = rng.integers(0, 11, (B, P))
     dout = rng.standard_normal((B, P, 11)).astype(dtype)  # random upstream gradient
@@ -101,14 +145,17 @@ def test_every_hook_cached_with_equal_activations_and_gradients(norm, attn_only,
 
 
 def test_default_gradient_is_the_next_token_loss():
-    """incl_bwd without dout differentiates the mean next-token cross-entropy, as torch computes it."""
+    """incl_bwd without dout differentiates the mean next-token cross-entropy, as torch computes
+    it."""
     model, twin = twins(make_cfg(BASE), seed=1)
     tokens = np.random.default_rng(0).integers(0, 11, (B, P))
     _, cache = model.run_with_cache(tokens, incl_bwd=True)
     twin.zero_grad()
     _, cache_t = twin.run_with_cache(torch.from_numpy(tokens), names_filter="hook_embed")
     logits = twin(torch.from_numpy(tokens))
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), torch.from_numpy(tokens[:, 1:]).reshape(-1))
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 11), torch.from_numpy(tokens[:, 1:]).reshape(-1)
+    )
     loss.backward()
     # d loss / d W_E from torch's own fused loss equals the NumPy model's accumulated W_E gradient
     assert rel_err(model.embed.W_E.grad, twin.embed.W_E.grad) <= 1e-12
@@ -150,8 +197,12 @@ def test_names_filter():
         assert list(cache.keys()) == ["blocks.0.attn.q.hook_out", "ln_final.hook_scale"]
         _, cache = m.run_with_cache(tokens, names_filter=["hook_embed", "scale"])
         assert list(cache.keys()) == ["embed.hook_out", "hook_embed", "ln_final.hook_scale"]
-        _, cache = m.run_with_cache(tokens, names_filter=lambda name: name.endswith("pattern"), incl_bwd=True)
-        assert list(cache.keys()) == [f"blocks.{i}.attn.hook_pattern{g}" for g in ("", "_grad") for i in (0, 1)]
+        _, cache = m.run_with_cache(
+            tokens, names_filter=lambda name: name.endswith("pattern"), incl_bwd=True
+        )
+        assert list(cache.keys()) == [
+            f"blocks.{i}.attn.hook_pattern{g}" for g in ("", "_grad") for i in (0, 1)
+        ]
 
 
 def test_run_with_hooks_replaces_and_removes():
@@ -162,10 +213,15 @@ def test_run_with_hooks_replaces_and_removes():
         seen = []
         keep = lambda x, hook: None  # noqa: E731 - an outer hook that must survive
         m.hook_dict["hook_embed"].add_hook(keep)
-        out = to_numpy(m.run_with_hooks(tok, fwd_hooks=[
-            ("blocks.1.hook_resid_post", lambda x, hook: x * 0),
-            (lambda name: name.endswith("hook_q"), lambda x, hook: seen.append(hook.name)),
-        ]))
+        out = to_numpy(
+            m.run_with_hooks(
+                tok,
+                fwd_hooks=[
+                    ("blocks.1.hook_resid_post", lambda x, hook: x * 0),
+                    (lambda name: name.endswith("hook_q"), lambda x, hook: seen.append(hook.name)),
+                ],
+            )
+        )
         # resid_post of the last block is zero -> logits are ln_final's bias through W_U, plus b_U
         sd = {k: to_numpy(v) for k, v in m.state_dict().items()}
         expected = sd["ln_final.b"] @ sd["unembed.W_U"] + sd["unembed.b_U"]
@@ -174,7 +230,9 @@ def test_run_with_hooks_replaces_and_removes():
         assert seen == ["blocks.0.attn.q.hook_out", "blocks.1.attn.q.hook_out"]
         assert [handle.fn for handle in m.hook_dict["hook_embed"].fwd_hooks] == [keep]
         kept = m.hook_dict["hook_embed"]  # also embed.hook_out: one point, two names
-        assert all(not p.fwd_hooks and not p.bwd_hooks for p in m.hook_dict.values() if p is not kept)
+        assert all(
+            not p.fwd_hooks and not p.bwd_hooks for p in m.hook_dict.values() if p is not kept
+        )
         m.hook_dict["hook_embed"].remove_hooks()
         assert np.array_equal(to_numpy(m(tok)), clean)
 
@@ -190,6 +248,7 @@ def ablate_head(head):
     def hook(z, hook):
         z[:, :, head] = 0.0
         return z
+
     return hook
 
 
@@ -217,19 +276,23 @@ def test_edited_activation_changes_the_backward_alike_in_both():
     params_t = dict(twin.named_parameters())
     largest = max(float(np.abs(p.grad).max()) for _, p in model.named_parameters())
     for name, p in model.named_parameters():
-        scale = largest if name.endswith("b_K") else None  # b_K's exact gradient is zero (helpers.py)
+        # b_K's exact gradient is zero (helpers.py)
+        scale = largest if name.endswith("b_K") else None
         assert rel_err(p.grad, params_t[name].grad, scale) <= 1e-12, name
     for grads in (cache, cache_t):
         assert np.all(to_numpy(grads["v_grad", 0])[:, :, 1] == 0)
         assert np.all(to_numpy(grads["pattern_grad", 0])[:, 1] == 0)
-        assert np.abs(to_numpy(grads["v_grad", 0])[:, :, 0]).max() > 1e-3  # the other heads still learn
-        assert np.abs(to_numpy(grads["z_grad", 0])[:, :, 1]).max() > 1e-3  # recorded w.r.t. the replacement
+        # the other heads still learn
+        assert np.abs(to_numpy(grads["v_grad", 0])[:, :, 0]).max() > 1e-3
+        # recorded w.r.t. the replacement
+        assert np.abs(to_numpy(grads["z_grad", 0])[:, :, 1]).max() > 1e-3
     assert np.all(model.blocks[0].attn.W_V.grad[1] == 0)
     assert_finite_differences(model, tokens, dout, hooks, "blocks.0.attn.W_V")
 
 
 def assert_finite_differences(model, tokens, dout, hooks, param_name, n_entries=4):
-    """The NumPy gradient (hooks on) of sum(out * dout) against central differences, on a few entries."""
+    """The NumPy gradient (hooks on) of sum(out * dout) against central differences, on a few
+    entries."""
     model.zero_grad()
     model.run_with_hooks(tokens, fwd_hooks=hooks, dout=dout)
     param = dict(model.named_parameters())[param_name]
@@ -244,7 +307,10 @@ def assert_finite_differences(model, tokens, dout, hooks, param_name, n_entries=
         param.data[index] = original
         numeric = (values[0] - values[1]) / 2e-6
         analytic = param.grad[index]
-        assert abs(numeric - analytic) / max(abs(numeric) + abs(analytic), 1e-12) < 1e-6, (param_name, index)
+        assert abs(numeric - analytic) / max(abs(numeric) + abs(analytic), 1e-12) < 1e-6, (
+            param_name,
+            index,
+        )
 
 
 def set_key0_attention(x, hook):
@@ -262,14 +328,24 @@ def set_scale(x, hook):
     return x
 
 
-@pytest.mark.parametrize("hook_point,fn,param_name", [
-    ("blocks.0.attn.hook_pattern", set_key0_attention, "blocks.0.attn.W_Q"),
-    ("blocks.1.attn.hook_pattern", set_key0_attention, "blocks.1.attn.W_K"),
-    ("blocks.0.mlp.hook_post", zero_some_neurons, "blocks.0.mlp.W_in"),
-    ("blocks.1.ln1.hook_scale", set_scale, "blocks.0.mlp.W_out"),
-    ("blocks.0.attn.hook_attn_scores", lambda x, hook: np.where(np.isfinite(x), 0.0, x) if isinstance(x, np.ndarray)
-     else torch.where(torch.isfinite(x), 0.0, x), "blocks.0.attn.W_V"),
-])
+@pytest.mark.parametrize(
+    "hook_point,fn,param_name",
+    [
+        ("blocks.0.attn.hook_pattern", set_key0_attention, "blocks.0.attn.W_Q"),
+        ("blocks.1.attn.hook_pattern", set_key0_attention, "blocks.1.attn.W_K"),
+        ("blocks.0.mlp.hook_post", zero_some_neurons, "blocks.0.mlp.W_in"),
+        ("blocks.1.ln1.hook_scale", set_scale, "blocks.0.mlp.W_out"),
+        (
+            "blocks.0.attn.hook_attn_scores",
+            lambda x, hook: (
+                np.where(np.isfinite(x), 0.0, x)
+                if isinstance(x, np.ndarray)
+                else torch.where(torch.isfinite(x), 0.0, x)
+            ),
+            "blocks.0.attn.W_V",
+        ),
+    ],
+)
 def test_constant_edits_give_the_true_gradient_of_the_edited_model(hook_point, fn, param_name):
     """Overwriting entries with constants: the rule is then exact calculus, so the NumPy gradient
     matches finite differences of the hooked model, and the twin matches the NumPy gradient."""
@@ -283,7 +359,8 @@ def test_constant_edits_give_the_true_gradient_of_the_edited_model(hook_point, f
     twin.run_with_hooks(torch.from_numpy(tokens), fwd_hooks=hooks, dout=dout)
     largest = max(float(np.abs(p.grad).max()) for _, p in model.named_parameters())
     for name, p in twin.named_parameters():
-        scale = largest if name.endswith("b_K") else None  # b_K's exact gradient is zero (helpers.py)
+        # b_K's exact gradient is zero (helpers.py)
+        scale = largest if name.endswith("b_K") else None
         assert rel_err(dict(model.named_parameters())[name].grad, p.grad, scale) <= 1e-12, name
 
 
@@ -306,7 +383,8 @@ def test_hook_that_depends_on_its_input_is_cut_in_both():
 
 
 def test_backward_hooks_edit_the_gradient_alike():
-    """A backward hook that halves the gradient at resid_mid of layer 1 halves what reaches layer 0."""
+    """A backward hook that halves the gradient at resid_mid of layer 1 halves what reaches layer
+    0."""
     model, twin = twins(make_cfg(BASE), seed=1)
     tokens = np.random.default_rng(6).integers(0, 11, (B, P))
     dout = np.random.default_rng(7).standard_normal((B, P, 11))
@@ -314,8 +392,14 @@ def test_backward_hooks_edit_the_gradient_alike():
     for tag, m, tok in (("np", model, tokens), ("torch", twin, torch.from_numpy(tokens))):
         for factor in (1.0, 0.5):
             m.zero_grad()
-            m.run_with_hooks(tok, bwd_hooks=[("blocks.1.hook_resid_mid", lambda g, hook, f=factor: g * f)], dout=dout)
-            grads[tag, factor] = to_numpy(dict(m.named_parameters())["blocks.0.attn.W_Q"].grad).copy()
+            m.run_with_hooks(
+                tok,
+                bwd_hooks=[("blocks.1.hook_resid_mid", lambda g, hook, f=factor: g * f)],
+                dout=dout,
+            )
+            grads[tag, factor] = to_numpy(
+                dict(m.named_parameters())["blocks.0.attn.W_Q"].grad
+            ).copy()
     assert rel_err(grads["np", 0.5], 0.5 * grads["np", 1.0]) <= 1e-12
     assert rel_err(grads["np", 0.5], grads["torch", 0.5]) <= 1e-12
 
@@ -378,12 +462,19 @@ def test_backward_hooks_get_a_copy():
     for label, fn in (("in place", zero_in_place), ("returned", return_zeros)):
         for side, m in (("numpy", model), ("torch", twin)):
             m.zero_grad()
-            m.run_with_hooks(tokens, bwd_hooks=[("blocks.1.hook_attn_out", fn), ("hook_embed", fn)], dout=dout)
+            m.run_with_hooks(
+                tokens, bwd_hooks=[("blocks.1.hook_attn_out", fn), ("hook_embed", fn)], dout=dout
+            )
             grads[label, side] = {n: to_numpy(p.grad).copy() for n, p in m.named_parameters()}
     reference = grads["returned", "numpy"]
     assert np.abs(reference["embed.W_E"]).max() == 0  # hook_embed's gradient was zeroed
-    assert np.abs(reference["pos_embed.W_pos"]).max() > 0  # ... but not the positional path beside it
-    largest = max(np.abs(g).max() for g in reference.values())  # b_K's exact gradient is 0: compare to the largest
+    # ... but not the positional path beside it
+    assert np.abs(reference["pos_embed.W_pos"]).max() > 0
+    # b_K's exact gradient is 0: compare to the largest
+    largest = max(np.abs(g).max() for g in reference.values())
     for key, result in grads.items():
         for name, grad in result.items():
-            assert rel_err(grad, reference[name], max(np.abs(reference[name]).max(), 1e-3 * largest)) <= 1e-12, (key, name)
+            assert (
+                rel_err(grad, reference[name], max(np.abs(reference[name]).max(), 1e-3 * largest))
+                <= 1e-12
+            ), (key, name)

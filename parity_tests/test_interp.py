@@ -87,7 +87,8 @@ def test_logit_lens(norm):
 
 def test_logit_lens_on_the_handmade_circuit():
     """Before L1 the answer block is empty: every logit is 0 and log p = -log(d_vocab) exactly;
-    after L1 the repeated half is predicted (top-1 = 5 of 12 positions, where an induction target exists)."""
+    after L1 the repeated half is predicted (top-1 = 5 of 12 positions, where an induction target
+    exists)."""
     model, _ = handmade_pair()
     lens = logit_lens(model, bos_repeated_tokens())
     assert np.all(np.abs(lens.next_logprob[:2] + np.log(8)) < 1e-12)
@@ -97,19 +98,27 @@ def test_logit_lens_on_the_handmade_circuit():
 # ------------------------------------------------------------------------------- attribution
 
 
-@pytest.mark.parametrize("overrides", [{}, {"normalization": None}, {"attn_only": True}, {"positional": "sinusoidal"}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"normalization": None}, {"attn_only": True}, {"positional": "sinusoidal"}]
+)
 def test_direct_logit_attribution_parity_and_sum(overrides):
     model, twin = twins(make_cfg(INTERP, **overrides), seed=1)
     tokens = tokens_for(model.cfg, 3, 8, seed=0)
     for kwargs in ({}, {"answer": [1, 2, 3], "wrong": 4}):
-        ours, theirs = direct_logit_attribution(model, tokens, **kwargs), direct_logit_attribution(twin, tokens, **kwargs)
+        ours, theirs = (
+            direct_logit_attribution(model, tokens, **kwargs),
+            direct_logit_attribution(twin, tokens, **kwargs),
+        )
         assert ours.component_labels == theirs.component_labels
         assert rel_err(ours.components, theirs.components) <= PARITY_TOL
         assert rel_err(ours.heads, theirs.heads) <= PARITY_TOL
         # the pieces add up to the logit the model outputs (ln_final is linear at its cached scale)
-        assert abs(ours.components.sum() + ours.bias - ours.logit) <= 1e-12 * max(1, abs(ours.logit))
+        assert abs(ours.components.sum() + ours.bias - ours.logit) <= 1e-12 * max(
+            1, abs(ours.logit)
+        )
     if overrides.get("normalization", "pre") is None:
-        # without LayerNorm each piece is read by u = W_U[:, next token] directly; computed here by hand
+        # without LayerNorm each piece is read by u = W_U[:, next token] directly; computed here by
+        # hand
         sd = model.state_dict()
         u = sd["unembed.W_U"][:, tokens[:, 1:]]  # [d_model, batch, pos - 1]
         ours = direct_logit_attribution(model, tokens)
@@ -125,10 +134,13 @@ def test_direct_logit_attribution_parity_and_sum(overrides):
 def test_attribution_of_a_dead_head_is_zero_and_the_circuit_is_all_L1H0():
     model, twin = with_dead_head(1, 2)
     for source in (model, twin):
-        assert direct_logit_attribution(source, tokens_for(model.cfg, 3, 8, seed=0)).heads[1, 2] == 0.0
+        assert (
+            direct_logit_attribution(source, tokens_for(model.cfg, 3, 8, seed=0)).heads[1, 2] == 0.0
+        )
     handmade, _ = handmade_pair()
     result = direct_logit_attribution(handmade, bos_repeated_tokens())
-    # only L1H0 writes into the answer block that W_U reads: 10 per induction position, 5 of 12 positions
+    # only L1H0 writes into the answer block that W_U reads: 10 per induction position, 5 of 12
+    # positions
     assert abs(result.heads[1, 0] - 10 * 5 / 12) < 1e-9
     assert np.all(result.heads.ravel()[[0, 1, 3]] == 0)
 
@@ -159,14 +171,19 @@ def test_head_ablation_parity_and_dead_head(kind):
 
 
 def test_zero_ablation_equals_deleting_the_head_from_the_weights():
-    """Zeroing z_h through a hook is the same model as W_O[h] = 0; the loss here comes from torch."""
+    """Zeroing z_h through a hook is the same model as W_O[h] = 0; the loss here comes from
+    torch."""
     model, _ = twins(make_cfg(INTERP), seed=1)
     tokens = tokens_for(model.cfg, 2, 6, seed=0)
     change = head_ablation(model, tokens, "zero")
 
     def torch_loss(m):
         logits = m(torch.from_numpy(tokens))[:, :-1].detach()
-        return float(torch.nn.functional.cross_entropy(logits.reshape(-1, 13), torch.from_numpy(tokens[:, 1:]).reshape(-1)))
+        return float(
+            torch.nn.functional.cross_entropy(
+                logits.reshape(-1, 13), torch.from_numpy(tokens[:, 1:]).reshape(-1)
+            )
+        )
 
     clean = torch_loss(twin_of(model))
     edited, _ = twins(make_cfg(INTERP), seed=1)
@@ -209,7 +226,10 @@ def test_patching_parity_and_layer_zero_known_answer():
     corrupted = clean.copy()
     corrupted[:, 2] = (clean[:, 2] + 5) % 13
     answer, wrong = clean[:, 0], (clean[:, 0] + 1) % 13
-    grid, grid_t = patch_positions(model, clean, corrupted, answer, wrong), patch_positions(twin, clean, corrupted, answer, wrong)
+    grid, grid_t = (
+        patch_positions(model, clean, corrupted, answer, wrong),
+        patch_positions(twin, clean, corrupted, answer, wrong),
+    )
     assert grid.shape == (2, 6)
     assert np.abs(grid - grid_t).max() <= PARITY_TOL
     expected = np.zeros(6)
@@ -217,10 +237,16 @@ def test_patching_parity_and_layer_zero_known_answer():
     assert np.abs(grid[0] - expected).max() <= 1e-12
     for component in ("attn_out", "mlp_out", "resid_post"):
         ours = patch_positions(model, clean, corrupted, answer, wrong, component)
-        assert np.abs(ours - patch_positions(twin, clean, corrupted, answer, wrong, component)).max() <= PARITY_TOL
+        assert (
+            np.abs(ours - patch_positions(twin, clean, corrupted, answer, wrong, component)).max()
+            <= PARITY_TOL
+        )
     # resid_post of the last layer at the last position decides the last logits: fully restored
     assert abs(ours[-1, -1] - 1.0) <= 1e-12
-    heads, heads_t = patch_heads(model, clean, corrupted, answer, wrong), patch_heads(twin, clean, corrupted, answer, wrong)
+    heads, heads_t = (
+        patch_heads(model, clean, corrupted, answer, wrong),
+        patch_heads(twin, clean, corrupted, answer, wrong),
+    )
     assert heads.shape == (2, 3) and np.abs(heads - heads_t).max() <= PARITY_TOL
 
 
@@ -260,23 +286,28 @@ def test_circuits_parity():
     model, twin = twins(make_cfg(INTERP), seed=1)
     assert rel_err(copying_scores(model), copying_scores(twin)) <= PARITY_TOL
     for kind in "qkv":
-        assert rel_err(composition_scores(model, kind), composition_scores(twin, kind)) <= PARITY_TOL
+        assert (
+            rel_err(composition_scores(model, kind), composition_scores(twin, kind)) <= PARITY_TOL
+        )
     assert rel_err(full_ov_circuit(model, 1, 2), full_ov_circuit(twin, 1, 2)) <= PARITY_TOL
 
 
 def test_circuits_of_the_handmade_model():
-    """L0H0 writes token t to the previous-token block, which L1H0's keys read with weight s:
-    W_OV^A = I (V ones), W_QK^B = s I, so K-composition = s sqrt(V) / (sqrt(V) s sqrt(V)) = 1/sqrt(V);
+    """L0H0 writes token t to the previous-token block, which L1H0's keys read with weight s: W_OV^A
+    = I (V ones), W_QK^B = s I, so K-composition = s sqrt(V) / (sqrt(V) s sqrt(V)) = 1/sqrt(V);
     nothing of L0's output reaches L1's queries or values; L1H0's full OV is 10 on the diagonal."""
     model, twin = handmade_pair()
     for source in (model, twin):
         k = composition_scores(source, "k")
         assert abs(k[0, 0] - 1 / np.sqrt(8)) < 1e-12
         assert np.all(k.ravel()[1:] == 0)
-        assert np.all(composition_scores(source, "q") == 0) and np.all(composition_scores(source, "v") == 0)
+        assert np.all(composition_scores(source, "q") == 0) and np.all(
+            composition_scores(source, "v") == 0
+        )
         copying = copying_scores(source)
         assert abs(copying[1, 0] - 1.0) < 1e-12 and copying[0, 0] == 0.0
-        # the positional QK circuit of the previous-token head peaks at key p - 1 for every query p >= 1
+        # the positional QK circuit of the previous-token head peaks at key p - 1 for every query p
+        # >= 1
         pos_qk = positional_qk_circuit(source, 0, 0)
         assert np.array_equal(pos_qk[1:].argmax(axis=1), np.arange(12))
 
@@ -287,7 +318,9 @@ def test_copying_and_composition_scores_of_known_matrices():
     assert abs(copying_score(np.diag([3.0, -1.0])) - 0.5) < 1e-15
     assert copying_score(np.zeros((3, 3))) == 0.0
     assert abs(composition_score(np.eye(16), np.eye(16)) - 0.25) < 1e-15  # 1 / sqrt(16)
-    assert composition_score(np.eye(4)[:, :2] @ np.eye(4)[:2], np.eye(4)[:, 2:] @ np.eye(4)[2:]) == 0.0
+    assert (
+        composition_score(np.eye(4)[:, :2] @ np.eye(4)[:2], np.eye(4)[:, 2:] @ np.eye(4)[2:]) == 0.0
+    )
     model, _ = twins(make_cfg(INTERP), seed=1)
     with pytest.raises(ValueError, match="kind"):
         composition_scores(model, "x")
@@ -300,8 +333,9 @@ def test_copying_and_composition_scores_of_known_matrices():
 
 
 def test_pre_norm_heads_and_b_O_make_the_attention_component():
-    """Pre-norm: each piece is read through ln_final at the cached scale, (x - mean x) / scale * w, then W_U.
-    The heads plus b_O's share, computed here by hand, must give each layer's attention component."""
+    """Pre-norm: each piece is read through ln_final at the cached scale, (x - mean x) / scale * w,
+    then W_U. The heads plus b_O's share, computed here by hand, must give each layer's attention
+    component."""
     model, _ = twins(make_cfg(INTERP), seed=1)
     assert model.cfg.normalization == "pre"
     tokens = tokens_for(model.cfg, 3, 8, seed=0)
@@ -318,7 +352,8 @@ def test_pre_norm_heads_and_b_O_make_the_attention_component():
         assert abs(ours.heads[layer].sum() + b_O_effect - attn) <= 1e-12 * max(1, abs(attn))
 
 
-# ================================================================ head scores: equal from both twins, right on known heads
+# ================================================================ head scores: equal from both
+# twins, right on known heads
 
 
 def test_scores_equal_from_both_twins():
@@ -338,7 +373,8 @@ def test_scores_from_a_cache_match_scores_from_the_model():
 
 
 def test_handmade_heads_score_one():
-    """L0H0 is a previous-token head, L1H0 an induction head, L1H1 a duplicate-token head (interp.handmade)."""
+    """L0H0 is a previous-token head, L1H0 an induction head, L1H1 a duplicate-token head
+    (interp.handmade)."""
     model, twin = handmade_pair()
     tokens = bos_repeated_tokens(batch=4)
     for source in (model, twin):
@@ -362,8 +398,13 @@ def test_uniform_head_scores_are_the_harmonic_mean():
 
 
 def test_targets_on_a_written_out_sequence():
-    tokens = np.array([[5, 1, 2, 5, 1]])  # duplicates: q3 -> k0, q4 -> k1; induction: q3 -> k1, q4 -> k2
-    dup, ind, prev = duplicate_token_targets(tokens)[0], induction_targets(tokens)[0], previous_token_targets(tokens)[0]
+    # duplicates: q3 -> k0, q4 -> k1; induction: q3 -> k1, q4 -> k2
+    tokens = np.array([[5, 1, 2, 5, 1]])
+    dup, ind, prev = (
+        duplicate_token_targets(tokens)[0],
+        induction_targets(tokens)[0],
+        previous_token_targets(tokens)[0],
+    )
     assert sorted(zip(*np.nonzero(dup))) == [(3, 0), (4, 1)]
     assert sorted(zip(*np.nonzero(ind))) == [(3, 1), (4, 2)]
     assert sorted(zip(*np.nonzero(prev))) == [(q, q - 1) for q in range(1, 5)]

@@ -43,12 +43,24 @@ def test_every_plot_writes_a_png(tmp_path):
     _, cache = twin.run_with_cache(tokens)  # a torch cache: converted at the boundary
     labels = [str(t) for t in tokens[0]]
     assert_png(plot_attention_grid(cache, tmp_path / "grid.png", token_labels=labels))
-    assert_png(plot_attention_head(cache["pattern", 1][0, 2], tmp_path / "head.png", token_labels=labels))
+    assert_png(
+        plot_attention_head(cache["pattern", 1][0, 2], tmp_path / "head.png", token_labels=labels)
+    )
     assert_png(plot_head_scores(np.random.default_rng(1).random((2, 3)), tmp_path / "scores.png"))
-    assert_png(plot_head_scores(np.random.default_rng(1).standard_normal((2, 3)), tmp_path / "signed.png", diverging=True))
+    assert_png(
+        plot_head_scores(
+            np.random.default_rng(1).standard_normal((2, 3)),
+            tmp_path / "signed.png",
+            diverging=True,
+        )
+    )
     assert_png(plot_logit_lens(logit_lens(model, tokens), tmp_path / "lens.png"))
     assert_png(plot_attribution(direct_logit_attribution(model, tokens), tmp_path / "dla.png"))
-    assert_png(plot_patching(np.random.default_rng(2).random((2, 8)), tmp_path / "patch.png", token_labels=labels))
+    assert_png(
+        plot_patching(
+            np.random.default_rng(2).random((2, 8)), tmp_path / "patch.png", token_labels=labels
+        )
+    )
     grids = {k: np.random.default_rng(3).random((3, 3)) for k in "qkv"}
     assert_png(plot_composition(grids, tmp_path / "comp.png", baseline=0.2))
     assert_png(plot_matrix(np.eye(5), tmp_path / "matrix.png", "identity", "x", "y"))
@@ -87,16 +99,21 @@ def test_the_walk_through_on_the_handmade_model(tmp_path, capsys):
 
 def _plot_head(path):
     from interp.plots import plot_attention_head
+
     return plot_attention_head(np.tril(np.full((3, 3), 1 / 3)), path)
 
 
 def _plot_scores(path):
     from interp.plots import plot_head_scores
+
     return plot_head_scores(np.random.default_rng(0).uniform(size=(2, 3)), path)
 
 
-@parametrize_pairwise(plot=["attention head", "head scores"], name=["figure", "figure.png", "run.v2/figure", "figure.svg"],
-                      as_path=[False, True])
+@parametrize_pairwise(
+    plot=["attention head", "head scores"],
+    name=["figure", "figure.png", "run.v2/figure", "figure.svg"],
+    as_path=[False, True],
+)
 def test_a_plot_returns_the_path_it_wrote(tmp_path, plot, name, as_path):
     plot = {"attention head": _plot_head, "head scores": _plot_scores}[plot]
     given = tmp_path / name if as_path else str(tmp_path / name)

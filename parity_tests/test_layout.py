@@ -28,16 +28,32 @@ LEVELS = {
 SIDEWAYS = {
     ("training", "interp"),  # training evaluates its model with interp's head scores and figures
     ("exercises", "gradcheck"),  # the exercise checker is a gradient checker
-    ("reading", "gradcheck"),  # the reading page's run gives its models the gradient checks' random weights
+    # the reading page's run gives its models the gradient checks' random weights
+    ("reading", "gradcheck"),
 }
 FORBIDDEN = {
     "foundation": {"torch", "numpy_impl", "torch_impl"},
     "numpy_impl": {"torch", "torch_impl"},
     "torch_impl": {"numpy_impl"},
 }
-TWIN_FILES = ("__init__.py", "attention.py", "block.py", "embedding.py", "feedforward.py", "hooked.py",
-              "layernorm.py", "loss.py", "model.py", "module.py", "positional.py", "unembed.py", "views.py",
-              "gated_feedforward.py", "rmsnorm.py", "rotary.py")
+TWIN_FILES = (
+    "__init__.py",
+    "attention.py",
+    "block.py",
+    "embedding.py",
+    "feedforward.py",
+    "hooked.py",
+    "layernorm.py",
+    "loss.py",
+    "model.py",
+    "module.py",
+    "positional.py",
+    "unembed.py",
+    "views.py",
+    "gated_feedforward.py",
+    "rmsnorm.py",
+    "rotary.py",
+)
 NO_TWIN = ("optim.py",)  # numpy_impl's optimisers: their twin is torch.optim
 
 
@@ -55,15 +71,22 @@ def imported_packages(path):
 
 def package_imports():
     """{package: {file: imported top-level names}} for every package of the house."""
-    return {package: {str(path.relative_to(ROOT / package)): imported_packages(path)
-                      for path in sorted((ROOT / package).rglob("*.py"))}
-            for package in LEVELS if (ROOT / package).is_dir()}
+    return {
+        package: {
+            str(path.relative_to(ROOT / package)): imported_packages(path)
+            for path in sorted((ROOT / package).rglob("*.py"))
+        }
+        for package in LEVELS
+        if (ROOT / package).is_dir()
+    }
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_the_foundation_and_the_wings_import_only_what_they_may(package):
     for file, names in package_imports()[package].items():
-        assert not names & FORBIDDEN[package], f"{package}/{file} imports {sorted(names & FORBIDDEN[package])}"
+        assert not names & FORBIDDEN[package], (
+            f"{package}/{file} imports {sorted(names & FORBIDDEN[package])}"
+        )
 
 
 def test_imports_run_downward_only():
@@ -88,9 +111,13 @@ def test_the_wings_hold_the_same_files():
 
 
 def test_files_without_a_twin_say_so():
-    for path in [ROOT / "numpy_impl" / name for name in NO_TWIN] + [ROOT / "gradcheck" / "finite_diff.py"]:
+    for path in [ROOT / "numpy_impl" / name for name in NO_TWIN] + [
+        ROOT / "gradcheck" / "finite_diff.py"
+    ]:
         opening = " ".join((ast.get_docstring(ast.parse(path.read_text())) or "").split("\n\n")[:2])
-        assert "no twin" in opening.replace("\n", " "), f"{path.name} does not say in its first lines that it has no twin"
+        assert "no twin" in opening.replace("\n", " "), (
+            f"{path.name} does not say in its first lines that it has no twin"
+        )
 
 
 def test_the_layout_check_can_fail(tmp_path):
@@ -108,17 +135,26 @@ NUMPY_ONLY_CLASSES = {"Parameter": "torch.nn.Parameter"}
 def classes_and_methods(path):
     """[(class name, [its method names in order])] of a file, in order."""
     tree = ast.parse(path.read_text())
-    return [(node.name, [item.name for item in node.body if isinstance(item, ast.FunctionDef)])
-            for node in tree.body if isinstance(node, ast.ClassDef)]
+    return [
+        (node.name, [item.name for item in node.body if isinstance(item, ast.FunctionDef)])
+        for node in tree.body
+        if isinstance(node, ast.ClassDef)
+    ]
 
 
 @pytest.mark.parametrize("name", TWIN_FILES)
 def test_each_pair_of_twin_files_holds_the_same_classes_in_the_same_order(name):
-    numpy_classes = [(cls, methods) for cls, methods in classes_and_methods(ROOT / "numpy_impl" / name)
-                     if cls not in NUMPY_ONLY_CLASSES]
+    numpy_classes = [
+        (cls, methods)
+        for cls, methods in classes_and_methods(ROOT / "numpy_impl" / name)
+        if cls not in NUMPY_ONLY_CLASSES
+    ]
     torch_classes = classes_and_methods(ROOT / "torch_impl" / name)
     assert [cls for cls, _ in numpy_classes] == [cls for cls, _ in torch_classes]
     for (cls, numpy_methods), (_, torch_methods) in zip(numpy_classes, torch_classes):
-        # the methods both write come in the same order (the reference adds backward, torch its moves)
+        # the methods both write come in the same order (the reference adds backward, torch its
+        # moves)
         shared = [m for m in numpy_methods if m in torch_methods]
-        assert shared == [m for m in torch_methods if m in numpy_methods], f"{name}: {cls}'s methods differ in order"
+        assert shared == [m for m in torch_methods if m in numpy_methods], (
+            f"{name}: {cls}'s methods differ in order"
+        )

@@ -50,7 +50,8 @@ def test_products_and_their_gradients_are_c_contiguous(dtype):
     arrays["attention out"] = attn.forward(x)
     _, _, _, q_h, k_h, v_h, *_ = attn.cache  # x_q, x_k, x_v first
     for name, head_first in (("q", q_h), ("k", k_h), ("v", v_h)):
-        arrays[name] = head_first.transpose(0, 2, 1, 3)  # back to [batch, pos, head, d_head]: the einsum's result
+        # back to [batch, pos, head, d_head]: the einsum's result
+        arrays[name] = head_first.transpose(0, 2, 1, 3)
     arrays["attention dx"] = attn.backward(random(x.shape, dtype, 4))
 
     mlp = build(npi, "FeedForward", cfg, seed=5)
@@ -62,15 +63,18 @@ def test_products_and_their_gradients_are_c_contiguous(dtype):
     arrays["logits"] = unembed.forward(x)
     arrays["unembed dx"] = unembed.backward(random((BATCH, POS, cfg.d_vocab), dtype, 8))
 
-    strided = {name: array.strides for name, array in arrays.items() if not array.flags.c_contiguous}
+    strided = {
+        name: array.strides for name, array in arrays.items() if not array.flags.c_contiguous
+    }
     assert not strided, f"not C-contiguous ({dtype}): {strided}"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_weight_gradients_come_back_c_contiguous(dtype, monkeypatch):
-    """W_U's, W_in's, W_out's and W_O's gradient products are added into C-ordered buffers with ``+=``:
-    a transposed product makes that add walk memory out of order (for GPT-2's 768 x 50257 W_U it took
-    longer than the product itself). W_Q, W_K, W_V's [head, d_model, d_head] cannot come back in order."""
+    """W_U's, W_in's, W_out's and W_O's gradient products are added into C-ordered buffers with
+    ``+=``: a transposed product makes that add walk memory out of order (for GPT-2's 768 x 50257
+    W_U it took longer than the product itself). W_Q, W_K, W_V's [head, d_model, d_head] cannot come
+    back in order."""
     cfg = config(dtype)
     x = random((BATCH, POS, cfg.d_model), dtype, 2)
     products = {}
@@ -81,13 +85,23 @@ def test_weight_gradients_come_back_c_contiguous(dtype, monkeypatch):
         products[subscripts.split("->")[1]] = result
         return result
 
-    for name, dout_shape in (("MultiHeadAttention", x.shape), ("FeedForward", x.shape),
-                             ("Unembed", (BATCH, POS, cfg.d_vocab))):
+    for name, dout_shape in (
+        ("MultiHeadAttention", x.shape),
+        ("FeedForward", x.shape),
+        ("Unembed", (BATCH, POS, cfg.d_vocab)),
+    ):
         module = build(npi, name, cfg, seed=3)
         module.forward(x)
         monkeypatch.setattr(np, "einsum", recording_einsum)
         module.backward(random(dout_shape, dtype, 4))
         monkeypatch.setattr(np, "einsum", einsum)
-    gradients = {"W_U": products["mv"], "W_in": products["mf"], "W_out": products["fm"], "W_O": products["hdm"]}
-    strided = {name: array.strides for name, array in gradients.items() if not array.flags.c_contiguous}
+    gradients = {
+        "W_U": products["mv"],
+        "W_in": products["mf"],
+        "W_out": products["fm"],
+        "W_O": products["hdm"],
+    }
+    strided = {
+        name: array.strides for name, array in gradients.items() if not array.flags.c_contiguous
+    }
     assert not strided, f"weight gradients not C-contiguous ({dtype}): {strided}"

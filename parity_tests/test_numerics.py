@@ -1,4 +1,5 @@
-"""Inputs at the edges of the dtype: the textbook formula's answer where it has one, a clear error where it overflows.
+"""Inputs at the edges of the dtype: the textbook formula's answer where it has one, a clear error
+where it overflows.
 
 The components compute the textbook formulas; the boundary (foundation/contract/boundary.py) raises
 ``NonFiniteError``, naming the component and the tensor, when finite inputs and weights make a
@@ -24,10 +25,6 @@ BASE = dict(d_vocab=13, d_mlp=20, n_ctx=POS)  # make_cfg's changes for these tes
 HUGE = {"float32": 1e30, "float64": 1e300}
 # entries whose squares, summed over d_model, still fit the dtype
 LARGE = {"float32": 1e15, "float64": 1e150}
-
-
-
-
 
 
 def forward_backward(np_module, torch_module, x, dout):
@@ -59,22 +56,28 @@ def test_layernorm_of_large_rows_is_the_layernorm_of_the_rows_scaled_down(dtype)
     ref_ln, _ = twins(make_cfg(BASE, dtype="float64"), "LayerNorm", seed=1)
     expected = ref_ln.forward(x.astype(np.float64) / c)
     expected_dx = ref_ln.backward(dout.astype(np.float64)) / c  # d/dx f(x / c) = f'(x / c) / c
-    # float32 against the float64 answer: the gradient's cancellations cost a few ulps more than parity's
+    # float32 against the float64 answer: the gradient's cancellations cost a few ulps more than
+    # parity's
     tol = {"float64": 1e-12, "float32": 1e-4}[dtype]
     for what, actual, exact in (("output", out, expected), ("input gradient", dx, expected_dx)):
         err = np.abs(actual - exact).max() / np.abs(exact).max()
-        assert err <= tol, f"{what} against the scaled-down rows: relative error {err:.2e} > {tol:.0e}"
+        assert err <= tol, (
+            f"{what} against the scaled-down rows: relative error {err:.2e} > {tol:.0e}"
+        )
     assert_close("torch twin output", out_t, out, dtype)
     assert_close("torch twin input gradient", dx_t, dx, dtype)
     compare_grads(np_ln, torch_ln, dtype)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in square:RuntimeWarning")  # the error below is the answer
+# the error below is the answer
+@pytest.mark.filterwarnings("ignore:overflow encountered in square:RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_layernorm_where_the_square_overflows_raises_in_both_twins(dtype):
     # centered**2 is inf, so var and scale are inf and the output would be b: silently wrong
     cfg = make_cfg(BASE, dtype=dtype)
-    x = ((np.random.default_rng(0).standard_normal((BATCH, POS, cfg.d_model)) + 3.0) * HUGE[dtype]).astype(dtype)
+    x = (
+        (np.random.default_rng(0).standard_normal((BATCH, POS, cfg.d_model)) + 3.0) * HUGE[dtype]
+    ).astype(dtype)
     np_ln, torch_ln = twins(cfg, "LayerNorm", seed=1)
     message = "LayerNorm.forward: hook_scale holds inf although every input and weight was finite"
     with pytest.raises(NonFiniteError, match=message):
@@ -101,13 +104,16 @@ def test_layernorm_of_tiny_and_constant_rows_is_finite(dtype):
     np_ln, torch_ln = twins(cfg, "LayerNorm", seed=1)
     out, dx, out_t, dx_t = forward_backward(np_ln, torch_ln, x, dout)
     assert all_finite(out, dx, out_t, dx_t)
-    assert_close("output at constant rows", out[0], np.broadcast_to(np_ln.b.data, out[0].shape), dtype)
+    assert_close(
+        "output at constant rows", out[0], np.broadcast_to(np_ln.b.data, out[0].shape), dtype
+    )
     assert_close("torch twin output", out_t, out, dtype)
     assert_close("torch twin input gradient", dx_t, dx, dtype)
 
 
 def feedforward_pair(cfg, pre_size, seed=0):
-    """A GELU FeedForward whose pre-activations are about pre_size, and the ReLU one with its weights."""
+    """A GELU FeedForward whose pre-activations are about pre_size, and the ReLU one with its
+    weights."""
     gelu, gelu_t = twins(cfg, "FeedForward", seed + 1)
     relu, relu_t = twins(make_cfg(BASE, dtype=cfg.dtype, act_fn="relu"), "FeedForward", seed + 1)
     relu.load_state_dict(gelu.state_dict())
@@ -118,13 +124,16 @@ def feedforward_pair(cfg, pre_size, seed=0):
     return (gelu, gelu_t), (relu, relu_t), x, dout
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")  # pre**3 is inf; tanh(inf) is 1
+# pre**3 is inf; tanh(inf) is 1
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gelu_far_from_zero_is_relu_in_both_twins(dtype):
     # pre**3 overflows (pre about 1e15 in float32, 1e110 in float64) but pre**2 does not:
     # tanh is exactly +-1, so GELU and its gradient are ReLU's, and both twins must say so
     pre_size = {"float32": 1e15, "float64": 1e110}[dtype]
-    (gelu, gelu_t), (relu, relu_t), x, dout = feedforward_pair(make_cfg(BASE, dtype=dtype), pre_size)
+    (gelu, gelu_t), (relu, relu_t), x, dout = feedforward_pair(
+        make_cfg(BASE, dtype=dtype), pre_size
+    )
     out, dx, out_t, dx_t = forward_backward(gelu, gelu_t, x, dout)
     expected, expected_dx, _, _ = forward_backward(relu, relu_t, x, dout)
     assert all_finite(out, dx, out_t, dx_t)
@@ -136,7 +145,8 @@ def test_gelu_far_from_zero_is_relu_in_both_twins(dtype):
     compare_grads(gelu, gelu_t, dtype)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")  # the error below is the answer
+# the error below is the answer
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gelu_backward_where_pre_squared_overflows_raises_in_both_twins(dtype):
@@ -146,7 +156,10 @@ def test_gelu_backward_where_pre_squared_overflows_raises_in_both_twins(dtype):
     (gelu, gelu_t), _, x, dout = feedforward_pair(make_cfg(BASE, dtype=dtype), pre_size)
     out = gelu.forward(x)
     assert all_finite(out), "the forward is finite: tanh(inf) is 1 and GELU is ReLU there"
-    message = "FeedForward.backward: the gradient at hook_pre holds nan although every input and weight was finite"
+    message = (
+        "FeedForward.backward: the gradient at hook_pre holds nan although every input and "
+        "weight was finite"
+    )
     with pytest.raises(NonFiniteError, match=message):
         gelu.backward(dout)
     out_t = gelu_t(torch.from_numpy(x).requires_grad_(True))
@@ -165,12 +178,14 @@ def test_non_finite_inputs_pass_through_without_a_word():
     assert torch.isnan(torch_ln(torch.from_numpy(x))).any()
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * 0 downstream of the hook
+# inf * 0 downstream of the hook
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_a_hook_that_writes_inf_is_the_hook_s_doing():
     # a forward hook that writes inf (an ablation to -inf, say) takes the guard off for that run
     cfg = make_cfg(BASE, dtype="float64")
     tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, (2, POS))
     for twin in (npi.Transformer(cfg, seed=0), pti.Transformer(cfg)):
+
         def to_inf(z, hook):
             z[..., 0] = np.inf if isinstance(z, np.ndarray) else torch.inf
 
@@ -193,7 +208,9 @@ def test_attention_with_huge_scores_is_one_hot_and_finite(dtype, causal):
     assert all_finite(out, dx, out_t, dx_t)
     assert all(all_finite(p.grad) for _, p in np_attn.named_parameters())
     pattern = np_attn.cache[6]  # probs: after x_q, x_k, x_v, q_h, k_h, v_h
-    assert np.array_equal(np.sort(pattern, axis=-1)[..., -1], np.ones(pattern.shape[:-1])), "rows must be one-hot"
+    assert np.array_equal(np.sort(pattern, axis=-1)[..., -1], np.ones(pattern.shape[:-1])), (
+        "rows must be one-hot"
+    )
     assert_close("torch twin output", out_t, out, dtype)
     assert_close("torch twin input gradient", dx_t, dx, dtype)
     compare_grads(np_attn, torch_attn, dtype)
@@ -228,8 +245,10 @@ def test_loss_weights_far_from_one(dtype, size):
     assert_close("torch twin logits gradient", dlogits_t, dlogits, dtype)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the error below is the answer
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf / inf on the way to it
+# the error below is the answer
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+# inf / inf on the way to it
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_loss_weights_whose_sum_overflows_raise_in_both_twins(dtype):
     # weights at the dtype's largest value: sum(weights) is inf and the weighted mean inf / inf
@@ -237,8 +256,12 @@ def test_loss_weights_whose_sum_overflows_raise_in_both_twins(dtype):
     logits = rng.standard_normal((BATCH, POS, 13)).astype(dtype)
     targets = rng.integers(0, 13, (BATCH, POS))
     weights = np.full((BATCH, POS), np.finfo(dtype).max, dtype=dtype)
-    message = "CrossEntropyLoss.forward: its output holds nan although every input and weight was finite"
+    message = (
+        "CrossEntropyLoss.forward: its output holds nan although every input and weight was finite"
+    )
     with pytest.raises(NonFiniteError, match=message):
         npi.CrossEntropyLoss().forward(logits, targets, weights)
     with pytest.raises(NonFiniteError, match=message):
-        pti.CrossEntropyLoss()(torch.from_numpy(logits), torch.from_numpy(targets), torch.from_numpy(weights))
+        pti.CrossEntropyLoss()(
+            torch.from_numpy(logits), torch.from_numpy(targets), torch.from_numpy(weights)
+        )

@@ -45,7 +45,9 @@ def set_random_grads(rng, numpy_params, torch_params, scale=1.0):
 
 
 def relative_gap(numpy_params, torch_params):
-    gap = max(np.max(np.abs(p.data - t.detach().numpy())) for p, t in zip(numpy_params, torch_params))
+    gap = max(
+        np.max(np.abs(p.data - t.detach().numpy())) for p, t in zip(numpy_params, torch_params)
+    )
     size = max(np.max(np.abs(t.detach().numpy())) for t in torch_params)
     return gap / size
 
@@ -58,7 +60,12 @@ CASES = [
     ("adam betas eps", Adam, torch.optim.Adam, dict(lr=3e-2, betas=(0.8, 0.95), eps=1e-6)),
     ("adam + L2", Adam, torch.optim.Adam, dict(lr=1e-2, weight_decay=0.05)),
     ("adamw", AdamW, torch.optim.AdamW, dict(lr=1e-2)),
-    ("adamw strong decay", AdamW, torch.optim.AdamW, dict(lr=2e-2, betas=(0.9, 0.99), weight_decay=0.3)),
+    (
+        "adamw strong decay",
+        AdamW,
+        torch.optim.AdamW,
+        dict(lr=2e-2, betas=(0.9, 0.99), weight_decay=0.3),
+    ),
 ]
 
 
@@ -72,7 +79,7 @@ def test_optimizer_matches_torch(name, numpy_cls, torch_cls, kwargs):
     for step in range(STEPS):
         # Vary the gradient scale over orders of magnitude: Adam's eps only matters when small.
         set_random_grads(rng, numpy_params, torch_params, scale=10.0 ** rng.uniform(-4, 1))
-        lr = kwargs["lr"] * (0.5 + step / STEPS)      # a changing learning rate, as a schedule gives
+        lr = kwargs["lr"] * (0.5 + step / STEPS)  # a changing learning rate, as a schedule gives
         numpy_opt.lr = lr
         for group in torch_opt.param_groups:
             group["lr"] = lr
@@ -96,7 +103,9 @@ def test_named_parameters_accepted():
         q.grad[...] = p.grad[...] = rng.standard_normal(p.shape)
     by_list.step()
     by_name.step()
-    assert max(np.max(np.abs(p.data - q.data)) for p, q in zip(by_list.params, by_name.params)) == 0.0
+    assert (
+        max(np.max(np.abs(p.data - q.data)) for p, q in zip(by_list.params, by_name.params)) == 0.0
+    )
 
 
 def test_zero_grad_clears_every_gradient():
@@ -118,16 +127,22 @@ def test_clip_grad_norm_matches_torch(max_norm):
     gap = max(np.max(np.abs(p.grad - t.grad.numpy())) for p, t in zip(numpy_params, torch_params))
     size = max(np.max(np.abs(t.grad.numpy())) for t in torch_params)
     assert gap <= TOL * size
-    clipped = math.sqrt(sum(np.sum(p.grad ** 2) for p in numpy_params))
+    clipped = math.sqrt(sum(np.sum(p.grad**2) for p in numpy_params))
     assert clipped <= max_norm * (1 + 1e-9)
 
 
 @pytest.mark.parametrize(
     "warmup,total,decay,final",
-    [(10, None, "constant", 0.0), (10, 40, "cosine", 0.0), (5, 30, "cosine", 0.1), (0, 20, "cosine", 0.0)],
+    [
+        (10, None, "constant", 0.0),
+        (10, 40, "cosine", 0.0),
+        (5, 30, "cosine", 0.1),
+        (0, 20, "cosine", 0.0),
+    ],
 )
 def test_schedule_matches_torch_lambda_lr(warmup, total, decay, final):
-    """The NumPy LambdaLR gives torch's learning rate at every step (the same lambda drives both)."""
+    """The NumPy LambdaLR gives torch's learning rate at every step (the same lambda drives
+    both)."""
     factor = warmup_then(warmup, total_steps=total, decay=decay, final_factor=final)
     numpy_params, torch_params = make_twins(seed=8)
     numpy_opt = Adam(numpy_params, lr=0.01)
@@ -180,7 +195,8 @@ def test_bad_input_names_the_argument(build, message):
         build(numpy_params)
 
 
-# ---------------------------------------------------------------- bad arguments, and gradients at the dtype's edges
+# ---------------------------------------------------------------- bad arguments, and gradients at
+# the dtype's edges
 
 
 def params():
@@ -211,7 +227,9 @@ OPTIMIZER_BAD = {
     "clip max_norm=nan": lambda: clip_grad_norm(params(), float("nan")),
     "clip max_norm str": lambda: clip_grad_norm(params(), "1"),
     "LambdaLR lambda returns str": lambda: LambdaLR(SGD(params(), lr=0.1), lambda step: "x"),
-    "LambdaLR lambda returns nan": lambda: LambdaLR(SGD(params(), lr=0.1), lambda step: float("nan")),
+    "LambdaLR lambda returns nan": lambda: LambdaLR(
+        SGD(params(), lr=0.1), lambda step: float("nan")
+    ),
     "LambdaLR lambda returns -1": lambda: LambdaLR(SGD(params(), lr=0.1), lambda step: -1.0),
     "LambdaLR not callable": lambda: LambdaLR(SGD(params(), lr=0.1), 3),
 }
@@ -230,8 +248,16 @@ def test_adam_with_a_zero_gradient_stays_finite():
     assert np.all(np.isfinite(p.data))
 
 
-@pytest.mark.parametrize("dtype,size", [("float64", 1e200), ("float64", 1e300), ("float32", 1e30),
-                                        ("float32", 1e37), ("float64", 1e-300)])
+@pytest.mark.parametrize(
+    "dtype,size",
+    [
+        ("float64", 1e200),
+        ("float64", 1e300),
+        ("float32", 1e30),
+        ("float32", 1e37),
+        ("float64", 1e-300),
+    ],
+)
 def test_clip_grad_norm_of_huge_or_tiny_gradients(dtype, size):
     params = [npi.Parameter(np.zeros((3, 4), dtype=dtype)), npi.Parameter(np.zeros(5, dtype=dtype))]
     rng = np.random.default_rng(0)

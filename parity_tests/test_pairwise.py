@@ -1,4 +1,5 @@
-"""The pairwise selection the default run uses: every two option values meet in at least one chosen case.
+"""The pairwise selection the default run uses: every two option values meet in at least one chosen
+case.
 
 Coverage is counted here with plain loops over the options, not with the helper's own pair sets.
 """
@@ -12,7 +13,8 @@ from parity_tests.test_model import CASES as MODEL_CASES
 
 
 def missing_pairs(everything, chosen):
-    """Values, and pairs of values, that some case of ``everything`` has and no case of ``chosen`` has."""
+    """Values, and pairs of values, that some case of ``everything`` has and no case of ``chosen``
+    has."""
     n_options = len(everything[0])
     missing = []
     for i in range(n_options):
@@ -28,7 +30,13 @@ def missing_pairs(everything, chosen):
 
 PRODUCTS = {
     "three yes/no options": [[0, 1]] * 3,
-    "the block's options": [["float64", "float32"], [1, 7], ["pre", "post", None], [False, True], [True, False]],
+    "the block's options": [
+        ["float64", "float32"],
+        [1, 7],
+        ["pre", "post", None],
+        [False, True],
+        [True, False],
+    ],
     "ten yes/no options": [[False, True]] * 10,
     "one option": [["a", "b", "c"]],
 }
@@ -45,7 +53,8 @@ def test_every_pair_of_values_is_covered_by_fewer_cases(name):
 
 
 def test_ten_yes_no_options_need_few_cases():
-    """1024 combinations; a covering array of strength 2 needs 6 rows, greedy may take a few more."""
+    """1024 combinations; a covering array of strength 2 needs 6 rows, greedy may take a few
+    more."""
     chosen = pairwise(list(itertools.product([False, True], repeat=10)))
     assert 6 <= len(chosen) <= 10, len(chosen)
 
@@ -55,7 +64,9 @@ def test_an_excluded_combination_is_never_chosen_and_its_pairs_not_asked_for():
     everything = [(*combo, dtype) for combo, dtype in MODEL_CASES]
     chosen = pairwise(everything)
     assert missing_pairs(everything, chosen) == []
-    assert not any(attn_only and act_fn == "gelu_new" for _, _, _, attn_only, act_fn, _, _ in chosen)
+    assert not any(
+        attn_only and act_fn == "gelu_new" for _, _, _, attn_only, act_fn, _, _ in chosen
+    )
     assert len(chosen) <= 12, len(chosen)
 
 

@@ -41,10 +41,22 @@ from parity_tests.helpers import randomize
 
 QUICK, LONG = 10, 250
 NOISE = 1e-2
-settings.register_profile("twins-quick", max_examples=QUICK, derandomize=True, deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("twins-long", max_examples=LONG, derandomize=True, deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "twins-quick",
+    max_examples=QUICK,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "twins-long",
+    max_examples=LONG,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @st.composite
@@ -94,9 +106,11 @@ def check_twins_agree(case):
     twin_out.backward(torch.from_numpy(dout))
     expected = {name: p.grad.detach().numpy() for name, p in torch_model.named_parameters()}
     largest = max(float(np.abs(g).max()) for g in expected.values())
-    tolerance = TOL["float64"] * cfg.n_layers  # rounding grows with depth (three layers without LayerNorm: 1.02e-12)
+    # rounding grows with depth (three layers without LayerNorm: 1.02e-12)
+    tolerance = TOL["float64"] * cfg.n_layers
     for name, p in np_model.named_parameters():
-        scale = max(float(np.abs(expected[name]).max()), NOISE * largest)  # a (near-)zero gradient: rounding noise
+        # a (near-)zero gradient: rounding noise
+        scale = max(float(np.abs(expected[name]).max()), NOISE * largest)
         assert rel_err(p.grad, expected[name], scale) <= tolerance, f"grad {name} differs for {cfg}"
 
 
@@ -112,10 +126,16 @@ def check_round_trip(case):
             for loader in (npi.Transformer, pti.Transformer):
                 loaded = loader.load(path)
                 assert loaded.cfg == cfg
-                state = {k: v.detach().numpy() if hasattr(v, "detach") else v for k, v in loaded.state_dict().items()}
+                state = {
+                    k: v.detach().numpy() if hasattr(v, "detach") else v
+                    for k, v in loaded.state_dict().items()
+                }
                 assert list(state) == list(np_model.state_dict())
                 for name, value in np_model.state_dict().items():
-                    assert state[name].dtype == value.dtype and state[name].tobytes() == value.tobytes(), name
+                    assert (
+                        state[name].dtype == value.dtype
+                        and state[name].tobytes() == value.tobytes()
+                    ), name
 
 
 @settings(settings.get_profile("twins-quick"))

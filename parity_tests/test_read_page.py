@@ -1,4 +1,5 @@
-"""The reading page (python demo.py read): every line, the numbers beside them, at any width, in any light.
+"""The reading page (python demo.py read): every line, the numbers beside them, at any width, in any
+light.
 
 Read as text: every non-blank line of every component's forward (both twins) and backward
 (NumPy) is on the page, in the order of the forward pass, with nothing fetched from the network;
@@ -50,21 +51,34 @@ COMPONENTS = [
     "CrossEntropyLoss",
     "Transformer",
 ]
-SECTION_ORDER = ["embedding", "positional", "layernorm", "attention", "feedforward", "block", "unembed", "loss", "model"]
+SECTION_ORDER = [
+    "embedding",
+    "positional",
+    "layernorm",
+    "attention",
+    "feedforward",
+    "block",
+    "unembed",
+    "loss",
+    "model",
+]
 EXERCISE_MARK = re.compile(r"^#\s*EXERCISE (BEGIN$|END$|STEP )")  # kept out of the page on purpose
 ASSIGNED = re.compile(r"^\s*([A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*)\s*(\+=|=)(?!=)")
-SHOTS_ENV = "TWINS_READ_SCREENSHOTS"  # a folder: where to save read_page_light.png and read_page_dark.png
+# a folder: where to save read_page_light.png and read_page_dark.png
+SHOTS_ENV = "TWINS_READ_SCREENSHOTS"
 MARKED_BODY = re.compile(r"(?m)^( *)# EXERCISE BEGIN\n.*?^\1# EXERCISE END\n", re.S)
 LEARNER_LINE = "learner_rstd = 1.0 / scale  # [batch, pos, 1]"
 
 
 class PageReader(HTMLParser):
-    """The text of every code line (``.src``, without what the run adds), every h2, and every forward row's numbers."""
+    """The text of every code line (``.src``, without what the run adds), every h2, and every
+    forward row's numbers."""
 
     def __init__(self):
         super().__init__()
         self.lines, self.headings, self.rows, self.steps, self.stack = [], [], [], [], []
-        self.skip = 0  # depth inside an element whose text is not the code's (the run's shapes, tags)
+        # depth inside an element whose text is not the code's (the run's shapes, tags)
+        self.skip = 0
 
     def handle_starttag(self, tag, attrs):
         if tag in ("wbr", "br"):
@@ -142,7 +156,11 @@ def page(page_path):
 def source_lines(function):
     lines = [line.strip() for line in textwrap.dedent(inspect.getsource(function)).split("\n")]
     # the page shows the bodies; the boundary's declaration (@boundary(...)) is the source's
-    return [line for line in lines if line and not EXERCISE_MARK.match(line) and not line.startswith("@boundary(")]
+    return [
+        line
+        for line in lines
+        if line and not EXERCISE_MARK.match(line) and not line.startswith("@boundary(")
+    ]
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
@@ -157,7 +175,10 @@ def test_every_line_of_forward_and_backward_is_on_the_page(page, name):
         lines = source_lines(function)
         assert len(lines) >= 3, f"{name} {label}: too few lines read from the source"
         missing = [line for line in lines if line not in on_page]
-        assert not missing, f"{name} {label}: {len(missing)} of {len(lines)} lines are not on the page: {missing[:3]}"
+        assert not missing, (
+            f"{name} {label}: {len(missing)} of {len(lines)} lines are not on the page: "
+            f"{missing[:3]}"
+        )
 
 
 def test_sections_follow_the_forward_pass_and_the_page_fetches_nothing(page_path, page):
@@ -168,7 +189,9 @@ def test_sections_follow_the_forward_pass_and_the_page_fetches_nothing(page_path
     # self-contained: no stylesheet, script, image or font from anywhere else
     assert not re.search(r"<link\b|\bsrc\s*=|@import|url\(\s*['\"]?(https?:)?//", text)
     assert not re.search(r"href=\"(?!#)", text), "every link on the page points inside it"
-    assert text.count('<div class="formula">') == len(SECTION_ORDER), "each section opens with its formula"
+    assert text.count('<div class="formula">') == len(SECTION_ORDER), (
+        "each section opens with its formula"
+    )
 
 
 def units(source):
@@ -193,7 +216,9 @@ def test_alignment_puts_the_same_variable_on_one_row_and_a_lone_line_beside_a_bl
         return out
         """
     )
-    rows = [(row.numpy and row.numpy.key, row.torch and row.torch.key) for row in align(left, right)]
+    rows = [
+        (row.numpy and row.numpy.key, row.torch and row.torch.key) for row in align(left, right)
+    ]
     assert rows == [
         ("x =", None),
         ("mean =", "mean ="),
@@ -215,7 +240,11 @@ def test_a_statement_over_several_lines_is_one_unit():
         return dx
         """
     )
-    assert [(unit.key, len(unit.lines)) for unit in found] == [("dx =", 4), ("# a comment line", 1), ("return", 1)]
+    assert [(unit.key, len(unit.lines)) for unit in found] == [
+        ("dx =", 4),
+        ("# a comment line", 1),
+        ("return", 1),
+    ]
 
 
 def test_the_tokens_that_differ_between_facing_lines_are_the_ones_marked():
@@ -226,9 +255,21 @@ def test_the_tokens_that_differ_between_facing_lines_are_the_ones_marked():
         """
     )
     numpy_tokens, torch_tokens = lex(numpy_line), lex(torch_line)
-    marked = lambda tokens, other: [tokens[k][1] for k in sorted(differing(tokens, other))]
+
+    def marked(tokens, other):
+        return [tokens[k][1] for k in sorted(differing(tokens, other))]
+
     assert marked(numpy_tokens, torch_tokens) == ["axis", "keepdims"]
-    assert marked(torch_tokens, numpy_tokens) == ["dim", "keepdim", ".", "values", ".", "detach", "(", ")"]
+    assert marked(torch_tokens, numpy_tokens) == [
+        "dim",
+        "keepdim",
+        ".",
+        "values",
+        ".",
+        "detach",
+        "(",
+        ")",
+    ]
 
 
 def test_each_backward_step_is_linked_to_the_forward_line_it_quotes():
@@ -262,14 +303,21 @@ def test_each_backward_step_is_linked_to_the_forward_line_it_quotes():
         )
     )
     link_steps(steps, rows)
-    assert [step.units[0].text.strip() for step in steps] == ["dy = dout", "if relu:", "else:", "# forward: h = x @ W",
-                                                            "# forward: nothing = the forward assigns"]
+    assert [step.units[0].text.strip() for step in steps] == [
+        "dy = dout",
+        "if relu:",
+        "else:",
+        "# forward: h = x @ W",
+        "# forward: nothing = the forward assigns",
+    ]
     assert [step.undoes for step in steps] == [[], [3], [5], [0], []]
 
 
 def undone(sections, stem, quote_start):
     """The NumPy forward lines (code) that the backward step whose quote starts so undoes."""
-    part = next(part for section in sections if section.stem == stem for part in section.parts if part.steps)
+    part = next(
+        part for section in sections if section.stem == stem for part in section.parts if part.steps
+    )
     step = next(step for step in part.steps if (step.quote or "").startswith(quote_start))
     return [part.rows[k].numpy.code.strip() for k in step.undoes]
 
@@ -277,12 +325,19 @@ def undone(sections, stem, quote_start):
 def test_a_step_is_linked_to_every_forward_line_it_undoes(sections):
     # the hook the step passes its gradient through, besides the quoted line
     assert undone(sections, "layernorm", "normalized = centered / scale") == [
-        "scale = self.hook_scale(scale)", "normalized = centered / scale"]
+        "scale = self.hook_scale(scale)",
+        "normalized = centered / scale",
+    ]
     # every line that reads a parameter whose gradient the step fills: q, k and v
-    assert [line.split(" =")[0] for line in undone(sections, "attention", "q = einsum")] == ["q", "k", "v"]
+    assert [line.split(" =")[0] for line in undone(sections, "attention", "q = einsum")] == [
+        "q",
+        "k",
+        "v",
+    ]
     # a quote that names a function the forward spells out in lines: the lines between
-    assert [line.split(" =")[0] for line in undone(sections, "attention", "probs = softmax(scores)")] == [
-        "scores", "scores_max", "exp", "probs"]
+    assert [
+        line.split(" =")[0] for line in undone(sections, "attention", "probs = softmax(scores)")
+    ] == ["scores", "scores_max", "exp", "probs"]
     # a quote that only renames is matched to no computation
     assert undone(sections, "block", "resid_post = resid_mid ") == []
 
@@ -290,28 +345,39 @@ def test_a_step_is_linked_to_every_forward_line_it_undoes(sections):
 # ---- the numbers beside the lines ---------------------------------------------------------------
 
 
-def test_forward_rows_carry_the_twins_gap_in_both_dtypes_within_the_parity_tolerance(page, measured):
+def test_forward_rows_carry_the_twins_gap_in_both_dtypes_within_the_parity_tolerance(
+    page, measured
+):
     measured_rows = [row for row in page.rows if "data-agree-f64" in row]
     assert len(measured_rows) >= 40, f"only {len(measured_rows)} forward rows carry a measured gap"
     for row in measured_rows:
         for short, dtype in (("f64", "float64"), ("f32", "float32")):
             relative = float(row[f"data-agree-rel-{short}"])
             absolute = float(row[f"data-agree-{short}"])
-            assert relative <= TOL[dtype], f"row {row['id']}: {dtype} relative gap {relative:.1e} > {TOL[dtype]:.0e}"
+            assert relative <= TOL[dtype], (
+                f"row {row['id']}: {dtype} relative gap {relative:.1e} > {TOL[dtype]:.0e}"
+            )
             assert absolute >= 0.0
     # the badge says it too, and the run really is two models in two dtypes of both twins
     worst = max(gap.relative["float64"] for gap in measured.forward.values())
-    assert 0.0 < worst <= TOL["float64"], "float64 gaps of exactly 0 everywhere would mean nothing was compared"
+    assert 0.0 < worst <= TOL["float64"], (
+        "float64 gaps of exactly 0 everywhere would mean nothing was compared"
+    )
     assert set(measured.models) == {"encoder", "decoder"}
 
 
 def test_every_shape_comment_agrees_with_the_run(measured):
-    assert measured.checked_shapes >= 100, f"only {measured.checked_shapes} shape comments were checked"
-    assert not measured.problems, "shape comments that disagree with the run:\n" + "\n".join(measured.problems)
+    assert measured.checked_shapes >= 100, (
+        f"only {measured.checked_shapes} shape comments were checked"
+    )
+    assert not measured.problems, "shape comments that disagree with the run:\n" + "\n".join(
+        measured.problems
+    )
 
 
 def plant(sections, stem, old, new):
-    """A copy of the sections with one forward line's shape comment changed (the code stays as it is)."""
+    """A copy of the sections with one forward line's shape comment changed (the code stays as it
+    is)."""
     planted = copy.deepcopy(sections)
     for section in planted:
         for part in section.parts:
@@ -322,16 +388,27 @@ def plant(sections, stem, old, new):
     raise AssertionError(f"no line of {stem} holds {old!r}")
 
 
-@pytest.mark.parametrize("stem, old, new", [
-    ("layernorm", "keepdims=True)  # [batch, pos, 1]", "keepdims=True)  # [batch, pos, d_model]"),  # a wrong axis
-    ("layernorm", "mean  # [batch, pos, d_model]", "mean  # [pos, batch, d_model]"),  # two axes swapped
-    ("attention", "# [batch, head, q_pos, 1]", "# [batch, head, q_pos]"),  # an axis missing
-])
+@pytest.mark.parametrize(
+    "stem, old, new",
+    [
+        # a wrong axis
+        (
+            "layernorm",
+            "keepdims=True)  # [batch, pos, 1]",
+            "keepdims=True)  # [batch, pos, d_model]",
+        ),
+        # two axes swapped
+        ("layernorm", "mean  # [batch, pos, d_model]", "mean  # [pos, batch, d_model]"),
+        ("attention", "# [batch, head, q_pos, 1]", "# [batch, head, q_pos]"),  # an axis missing
+    ],
+)
 def test_a_planted_wrong_shape_comment_fails_the_shape_check(sections, runs, stem, old, new):
     planted, line = plant(sections, stem, old, new)
     problems = compare(planted, runs).problems
     assert any(f"numpy_impl/{stem}.py:{line} " in problem for problem in problems), problems
-    assert len(problems) == 2, "the planted line, once for each model of the run: " + "\n".join(problems)
+    assert len(problems) == 2, "the planted line, once for each model of the run: " + "\n".join(
+        problems
+    )
 
 
 def test_reading_a_shape_comment():
@@ -342,7 +419,8 @@ def test_reading_a_shape_comment():
     assert shape_disagreement("[]", (), sizes) is None
     assert "d_model" in shape_disagreement("[batch, pos, d_model]", (2, 5, 10), sizes)
     assert "axes" in shape_disagreement("[batch, pos]", (2, 5, 24), sizes)
-    assert "not one of" in shape_disagreement("[batch, heads]", (2, 3), sizes)  # an axis name nobody defined
+    # an axis name nobody defined
+    assert "not one of" in shape_disagreement("[batch, heads]", (2, 3), sizes)
 
 
 def test_backward_lines_carry_autograd_gaps_and_gradient_names(page_path, page, measured):
@@ -354,19 +432,28 @@ def test_backward_lines_carry_autograd_gaps_and_gradient_names(page_path, page, 
             relative = gradient.gap.relative[dtype]
             assert relative <= TOL[dtype], f"{key} {gradient.key}: {dtype} {relative:.1e}"
     # every parameter of both models, and every hook point's gradient, is measured on some line
-    parameters = {name for _, gradient in gaps if gradient.label == "parameter" for name in gradient.gap.where}
+    parameters = {
+        name for _, gradient in gaps if gradient.label == "parameter" for name in gradient.gap.where
+    }
     model_parameters, points = set(), {}  # points: {a hook point's own name: its names' gradients}
     for cfg in measured.models.values():
         model = numpy_impl.Transformer(cfg)
         model_parameters |= {name for name, _ in model.named_parameters()}
         for name, point in model.hook_dict.items():
-            if point.name not in ("embed.hook_in", "pos_embed.hook_in"):  # token and position ids: no gradient
-                points.setdefault(point.name, set()).add(name + "_grad")  # an alias (hook_q) names it too
-    assert model_parameters <= parameters, f"parameters with no line: {sorted(model_parameters - parameters)}"
-    hook_grads = {name for _, gradient in gaps if gradient.label == "hook" for name in gradient.gap.where}
+            # token and position ids: no gradient
+            if point.name not in ("embed.hook_in", "pos_embed.hook_in"):
+                # an alias (hook_q) names it too
+                points.setdefault(point.name, set()).add(name + "_grad")
+    assert model_parameters <= parameters, (
+        f"parameters with no line: {sorted(model_parameters - parameters)}"
+    )
+    hook_grads = {
+        name for _, gradient in gaps if gradient.label == "hook" for name in gradient.gap.where
+    }
     unmeasured = sorted(own for own, names in points.items() if not names & hook_grads)
     assert not unmeasured, f"hook points whose gradient no line measures: {unmeasured}"
-    # the full names are on the page: the forward row calling the hook, and the backward line passing its gradient
+    # the full names are on the page: the forward row calling the hook, and the backward line
+    # passing its gradient
     text = page_path.read_text(encoding="utf-8")
     plain = re.sub(r"<wbr>", "", text)
     assert "blocks.{i}.attn.hook_pattern</code>" in plain
@@ -394,13 +481,20 @@ LEARNER_LAYERNORM = """\
 
 
 def learners_copy(directory: Path) -> Path:
-    """A learner's numpy_impl: every marked backward a stub that raises, LayerNorm's written (their own way)."""
+    """A learner's numpy_impl: every marked backward a stub that raises, LayerNorm's written (their
+    own way)."""
     target = directory / "numpy_impl"
     target.mkdir(parents=True)
     for path in package_dir("numpy_impl").glob("*.py"):
         text = path.read_text()
-        stub = lambda match: (f"{match.group(1)}# EXERCISE BEGIN\n{match.group(1)}raise NotImplementedError('yours')\n"
-                              f"{match.group(1)}# EXERCISE END\n")
+
+        def stub(match):
+            return (
+                f"{match.group(1)}# EXERCISE BEGIN\n{match.group(1)}raise "
+                f"NotImplementedError('yours')\n"
+                f"{match.group(1)}# EXERCISE END\n"
+            )
+
         if path.name == "layernorm.py":
             text = MARKED_BODY.sub(lambda match: LEARNER_LAYERNORM, text)
         else:
@@ -424,26 +518,41 @@ def test_the_learners_page_shows_their_bodies_and_none_of_the_references(learner
     on_learner = {line.strip() for line in learner.lines}
     on_reference = {line.strip() for line in page.lines}
     assert LEARNER_LINE in on_learner and LEARNER_LINE not in on_reference
-    forwards = {line for name in COMPONENTS for twin in (numpy_impl, torch_impl)
-                for line in source_lines(getattr(twin, name).forward)}
+    forwards = {
+        line
+        for name in COMPONENTS
+        for twin in (numpy_impl, torch_impl)
+        for line in source_lines(getattr(twin, name).forward)
+    }
     hidden, looked_for = [], 0
     for name in COMPONENTS:
-        # the reference's answer: the lines between its exercise markers (but those the learner wrote the same)
+        # the reference's answer: the lines between its exercise markers (but those the learner
+        # wrote the same)
         source = textwrap.dedent(inspect.getsource(getattr(numpy_impl, name).backward))
         marked = MARKED_BODY.search(source)
         if marked is None:
             continue  # the sinusoidal table's backward: nothing to write, no exercise
-        answers = [line.strip() for line in marked.group(0).split("\n")[1:-2]
-                   if line.strip() and line.strip() not in LEARNER_LAYERNORM and line.strip() not in forwards
-                   and not EXERCISE_MARK.match(line.strip())]  # step markers are kept off both pages
+        answers = [
+            line.strip()
+            for line in marked.group(0).split("\n")[1:-2]
+            if line.strip()
+            and line.strip() not in LEARNER_LAYERNORM
+            and line.strip() not in forwards
+            # step markers are kept off both pages
+            and not EXERCISE_MARK.match(line.strip())
+        ]
         assert answers and set(answers) <= on_reference, name
         looked_for += len(answers)
         hidden += [line for line in answers if line in on_learner]
     assert looked_for > 70 and not hidden, f"reference answers on the learner's page: {hidden[:5]}"
     text = learner_page.read_text(encoding="utf-8")
     assert text.count("Not written yet:") == 8, "every backward but LayerNorm's still raises"
-    assert "data-grad-f64" not in text, "no gradient numbers: the learner's backward is not what was run"
-    assert len([row for row in learner.rows if "data-agree-f64" in row]) >= 40, "the forwards keep their numbers"
+    assert "data-grad-f64" not in text, (
+        "no gradient numbers: the learner's backward is not what was run"
+    )
+    assert len([row for row in learner.rows if "data-agree-f64" in row]) >= 40, (
+        "the forwards keep their numbers"
+    )
 
 
 def test_the_exercise_generator_s_stubs_are_read_as_not_written_yet(tmp_path):
@@ -451,8 +560,19 @@ def test_the_exercise_generator_s_stubs_are_read_as_not_written_yet(tmp_path):
 
     target = write_copy(tmp_path / "fresh")
     stubs = [part.name for section in read_sections(target) for part in section.parts if part.stub]
-    assert sorted(stubs) == sorted(["TokenEmbedding", "LearnedPositionalEmbedding", "LayerNorm", "MultiHeadAttention",
-                                    "FeedForward", "TransformerBlock", "Unembed", "CrossEntropyLoss", "Transformer"])
+    assert sorted(stubs) == sorted(
+        [
+            "TokenEmbedding",
+            "LearnedPositionalEmbedding",
+            "LayerNorm",
+            "MultiHeadAttention",
+            "FeedForward",
+            "TransformerBlock",
+            "Unembed",
+            "CrossEntropyLoss",
+            "Transformer",
+        ]
+    )
 
 
 def test_read_refuses_a_folder_without_a_copy_in_one_line(tmp_path, capsys):
@@ -468,7 +588,9 @@ def test_every_formula_converts_and_names_what_its_files_name(sections):
         lines = FORMULAS[section.stem]
         assert to_mathml(lines, section.title).count("<math") == len(lines)
         text = section.numpy_path.read_text() + section.torch_path.read_text()
-        missing = [name for name in identifiers(lines) if not re.search(rf"\b{re.escape(name)}\b", text)]
+        missing = [
+            name for name in identifiers(lines) if not re.search(rf"\b{re.escape(name)}\b", text)
+        ]
         assert not missing, f"{section.stem}: the formula names {missing}, which its files do not"
 
 
@@ -482,7 +604,10 @@ def chromium_or_skip():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        sync_playwright, reason = None, "Playwright for Python is not installed (pip install -r requirements.txt)"
+        sync_playwright, reason = (
+            None,
+            "Playwright for Python is not installed (pip install -r requirements.txt)",
+        )
     if chromium is None:
         reason = "Chromium is not installed (Debian: apt-get install chromium)"
     if reason:
@@ -504,16 +629,25 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory, page_path):
-    """One headless Chromium for the whole module: a page on the reading page, and the errors it logged."""
+    """One headless Chromium for the whole module: a page on the reading page, and the errors it
+    logged."""
     chromium, sync_playwright = chromium_or_skip()
     errors = []
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("profile")), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1600, "height": 1120}, color_scheme="light")
+            str(tmp_path_factory.mktemp("profile")),
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1600, "height": 1120},
+            color_scheme="light",
+        )
         try:
             tab = context.new_page()
-            tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            tab.on(
+                "console",
+                lambda message: errors.append(message.text) if message.type == "error" else None,
+            )
             tab.on("pageerror", lambda error: errors.append(str(error)))
             tab.goto(page_path.as_uri())
             tab.wait_for_load_state("load")
@@ -528,7 +662,8 @@ MEASURE_ROWS = """() => [...document.querySelectorAll("section.component .twins"
   return {section: table.closest("section").id, numpy: lines("np"), torch: lines("torch")};
 })"""
 
-# every line: how far its number's top is from the top of its code's first line, and how many lines it wraps to
+# every line: how far its number's top is from the top of its code's first line, and how many lines
+# it wraps to
 MEASURE_NUMBERS = """() => [...document.querySelectorAll(".ln")].map((line) => {
   const number = line.querySelector(".lnum").getBoundingClientRect();
   const range = document.createRange();
@@ -561,12 +696,18 @@ def test_no_errors_and_the_same_variable_on_the_same_height(browser):
         numpy_rows, torch_rows = assigned_rows(table["numpy"]), assigned_rows(table["torch"])
         if not table["torch"]:
             continue  # a function only one twin writes
-        shared = [target for target in numpy_rows if len(numpy_rows[target]) == len(torch_rows.get(target, []))]
+        shared = [
+            target
+            for target in numpy_rows
+            if len(numpy_rows[target]) == len(torch_rows.get(target, []))
+        ]
         assert shared, f"{table['section']}: no variable assigned in both twins was found"
         for target in shared:
             for top_np, top_torch in zip(numpy_rows[target], torch_rows[target]):
                 assert abs(top_np - top_torch) <= 0.5, (
-                    f"{table['section']}: '{target}' sits at y={top_np:.1f} in NumPy but y={top_torch:.1f} in torch")
+                    f"{table['section']}: '{target}' sits at y={top_np:.1f} in NumPy but "
+                    f"y={top_torch:.1f} in torch"
+                )
                 compared += 1
     assert compared >= 30, f"only {compared} rows compared"
 
@@ -579,9 +720,13 @@ def test_every_line_number_sits_on_its_line(browser, width):
     off = [(number, round(offset, 1)) for number, offset, _ in found if abs(offset) > 4]
     wrapped = sum(1 for _, _, lines in found if lines > 1)
     assert len(found) > 500
-    assert not off, f"{len(off)} of {len(found)} line numbers off their line at {width} px: {off[:5]}"
+    assert not off, (
+        f"{len(off)} of {len(found)} line numbers off their line at {width} px: {off[:5]}"
+    )
     if width <= 1600:
-        assert wrapped >= 10, f"only {wrapped} lines wrap at {width} px: the check would prove little"
+        assert wrapped >= 10, (
+            f"only {wrapped} lines wrap at {width} px: the check would prove little"
+        )
 
 
 def test_on_a_narrow_screen_the_panes_stack_and_code_keeps_30_characters(browser):
@@ -590,13 +735,16 @@ def test_on_a_narrow_screen_the_panes_stack_and_code_keeps_30_characters(browser
     try:
         found = tab.evaluate("""() => {
           const probe = document.createElement("span");
-          probe.className = "src"; probe.style.cssText = "position:absolute; white-space:pre; padding:0; text-indent:0";
+          probe.className = "src";
+          probe.style.cssText = "position:absolute; white-space:pre; padding:0; text-indent:0";
           probe.textContent = "0".repeat(30);
           document.querySelector(".ln").appendChild(probe);
           const thirty = probe.getBoundingClientRect().width; probe.remove();
-          const widths = [...document.querySelectorAll(".src")].map((src) => src.getBoundingClientRect().width)
+          const widths = [...document.querySelectorAll(".src")]
+            .map((src) => src.getBoundingClientRect().width)
               .filter((width) => width > 0);
-          const rows = [...document.querySelectorAll(".twins .row")].filter((row) => !row.querySelector(".empty"));
+          const rows = [...document.querySelectorAll(".twins .row")]
+            .filter((row) => !row.querySelector(".empty"));
           const stacked = rows.filter((row) => {
             const np = row.querySelector(".cell.np").getBoundingClientRect();
             const torch = row.querySelector(".cell.torch").getBoundingClientRect();
@@ -607,10 +755,16 @@ def test_on_a_narrow_screen_the_panes_stack_and_code_keeps_30_characters(browser
         }""")
     finally:
         tab.set_viewport_size({"width": 1600, "height": 1120})
-    assert found["stacked"] == found["rows"] > 50, f"{found['stacked']} of {found['rows']} rows stacked"
+    assert found["stacked"] == found["rows"] > 50, (
+        f"{found['stacked']} of {found['rows']} rows stacked"
+    )
     assert found["narrowest"] >= found["thirty"] - 0.5, (
-        f"a code column {found['narrowest']:.0f} px wide, narrower than 30 characters ({found['thirty']:.0f} px)")
-    assert found["page"] <= 420, f"the page is {found['page']} px wide at 420 px: it scrolls sideways"
+        f"a code column {found['narrowest']:.0f} px wide, narrower than 30 characters "
+        f"({found['thirty']:.0f} px)"
+    )
+    assert found["page"] <= 420, (
+        f"the page is {found['page']} px wide at 420 px: it scrolls sideways"
+    )
 
 
 @pytest.mark.parametrize("width", [420, 1280])
@@ -621,25 +775,32 @@ def test_no_shape_badge_covers_a_link_and_every_section_link_is_in_sight(browser
     tab.set_viewport_size({"width": width, "height": 900})
     try:
         found = tab.evaluate("""() => {
-          const overlaps = (a, b) => a.right > b.left + 1 && a.left < b.right - 1 && a.bottom > b.top + 1
+          const overlaps = (a, b) => a.right > b.left + 1 && a.left < b.right - 1
+              && a.bottom > b.top + 1
               && a.top < b.bottom - 1;
           let covered = 0;
           for (const row of document.querySelectorAll("table.hooks tr")) {
             const links = [...row.querySelectorAll("a")].map((a) => a.getBoundingClientRect());
             for (const badge of row.querySelectorAll(".shape")) {
-              covered += links.filter((link) => overlaps(badge.getBoundingClientRect(), link)).length;
+              const box = badge.getBoundingClientRect();
+              covered += links.filter((link) => overlaps(box, link)).length;
             }
           }
           const bar = document.querySelector("nav.bar ol").getBoundingClientRect();
-          const links = [...document.querySelectorAll("nav.bar ol a")].map((a) => a.getBoundingClientRect());
-          const hidden = links.filter((a) => a.right > Math.min(bar.right, window.innerWidth) + 1 || a.left < bar.left - 1);
+          const links = [...document.querySelectorAll("nav.bar ol a")]
+            .map((a) => a.getBoundingClientRect());
+          const right = Math.min(bar.right, window.innerWidth) + 1;
+          const hidden = links.filter((a) => a.right > right || a.left < bar.left - 1);
           return {covered, hidden: hidden.length, links: links.length};
         }""")
     finally:
         tab.set_viewport_size({"width": 1600, "height": 1120})
-    assert found["covered"] == 0, f"{found['covered']} shape badges cover a link in the hook table at {width} px"
+    assert found["covered"] == 0, (
+        f"{found['covered']} shape badges cover a link in the hook table at {width} px"
+    )
     assert found["links"] >= 10 and found["hidden"] == 0, (
-        f"{found['hidden']} of {found['links']} section links out of sight at {width} px")
+        f"{found['hidden']} of {found['links']} section links out of sight at {width} px"
+    )
 
 
 def luminance(color):
@@ -648,7 +809,8 @@ def luminance(color):
 
 
 COLORS = """() => ({background: getComputedStyle(document.body).backgroundColor,
-  text: getComputedStyle(document.body).color, keyword: getComputedStyle(document.querySelector(".src .k")).color,
+  text: getComputedStyle(document.body).color,
+  keyword: getComputedStyle(document.querySelector(".src .k")).color,
   theme: document.documentElement.dataset.theme || "",
   button: document.getElementById("theme").textContent})"""
 
@@ -658,7 +820,9 @@ def test_the_dark_scheme_is_followed_and_the_toggle_switches(browser):
     light = tab.evaluate(COLORS)
     tab.emulate_media(color_scheme="dark")
     try:
-        tab.wait_for_function("document.getElementById('theme').textContent === 'Light'", timeout=3000)
+        tab.wait_for_function(
+            "document.getElementById('theme').textContent === 'Light'", timeout=3000
+        )
         dark = tab.evaluate(COLORS)
         tab.click("#theme")
         toggled = tab.evaluate(COLORS)
@@ -667,13 +831,19 @@ def test_the_dark_scheme_is_followed_and_the_toggle_switches(browser):
         back = tab.evaluate(COLORS)
     finally:
         tab.emulate_media(color_scheme="light")
-        tab.evaluate("localStorage.removeItem('twins-theme'); delete document.documentElement.dataset.theme")
+        tab.evaluate(
+            "localStorage.removeItem('twins-theme'); delete document.documentElement.dataset.theme"
+        )
     assert luminance(light["background"]) > 0.9 and luminance(light["text"]) < 0.3
     assert luminance(dark["background"]) < 0.1 and luminance(dark["text"]) > 0.8, dark
     assert dark["keyword"] != light["keyword"], "the highlighting has dark colours of its own"
     assert dark["button"] == "Light"
-    assert toggled["theme"] == "light" and luminance(toggled["background"]) > 0.9 and stored == "light"
-    assert back["theme"] == "" and luminance(back["background"]) < 0.1, "back at the system's choice, it follows it"
+    assert (
+        toggled["theme"] == "light" and luminance(toggled["background"]) > 0.9 and stored == "light"
+    )
+    assert back["theme"] == "" and luminance(back["background"]) < 0.1, (
+        "back at the system's choice, it follows it"
+    )
 
 
 def test_the_navigation_stays_on_screen_to_the_end_of_the_page(browser):
@@ -683,23 +853,31 @@ def test_the_navigation_stays_on_screen_to_the_end_of_the_page(browser):
       const nav = document.querySelector("nav.bar").getBoundingClientRect();
       const link = document.querySelector('nav.bar a[href="#attention"]').getBoundingClientRect();
       const hit = document.elementFromPoint(link.left + link.width / 2, link.top + link.height / 2);
-      return {top: nav.top, bottom: nav.bottom, height: document.documentElement.scrollHeight, y: scrollY,
+      return {top: nav.top, bottom: nav.bottom, height: document.documentElement.scrollHeight,
+              y: scrollY,
               hit: hit && hit.closest("nav") !== null};
     }""")
     assert found["y"] > 10000, f"the page is {found['height']} px tall and scrolled to {found['y']}"
     assert found["top"] == 0 and found["bottom"] <= 80 and found["hit"], found
     tab.click('nav.bar a[href="#attention"]')
     tab.wait_for_timeout(100)
-    heading = tab.evaluate("""() => [document.querySelector("#attention h2").getBoundingClientRect().top,
-                                      document.querySelector("nav.bar").getBoundingClientRect().bottom]""")
-    assert heading[1] <= heading[0] <= heading[1] + 60, f"after the jump the heading sits at {heading}"
+    heading = tab.evaluate("""() => [
+        document.querySelector("#attention h2").getBoundingClientRect().top,
+        document.querySelector("nav.bar").getBoundingClientRect().bottom]""")
+    assert heading[1] <= heading[0] <= heading[1] + 60, (
+        f"after the jump the heading sits at {heading}"
+    )
 
 
 def test_pointing_at_a_step_lights_every_forward_line_it_undoes(browser):
     _, tab, _ = browser
     tab.evaluate("window.scrollTo(0, document.getElementById('layernorm').offsetTop)")
     steps = tab.locator("#layernorm .step[data-undoes]")
-    many = [k for k in range(steps.count()) if len(steps.nth(k).get_attribute("data-undoes").split()) > 1]
+    many = [
+        k
+        for k in range(steps.count())
+        if len(steps.nth(k).get_attribute("data-undoes").split()) > 1
+    ]
     assert many, "no LayerNorm step undoes more than one line"
     step = steps.nth(many[0])
     step.scroll_into_view_if_needed()
@@ -714,14 +892,17 @@ def test_the_formulas_are_typeset(browser):
     found = tab.evaluate("""() => [...document.querySelectorAll(".formula")].map((formula) => {
       const math = formula.querySelector("math").getBoundingClientRect();
       const fraction = formula.querySelector("mfrac");
-      const parts = fraction ? [...fraction.children].map((child) => child.getBoundingClientRect()) : [];
+      const parts = fraction
+        ? [...fraction.children].map((child) => child.getBoundingClientRect()) : [];
       return {section: formula.closest("section").id, width: math.width, height: math.height,
               stacked: parts.length === 2 ? parts[0].bottom <= parts[1].top + 1 : null};
     })""")
     assert [item["section"] for item in found] == SECTION_ORDER
     assert all(item["width"] > 60 and item["height"] > 12 for item in found), found
     fractions = [item for item in found if item["stacked"] is not None]
-    assert fractions and all(item["stacked"] for item in fractions), "a fraction's numerator sits above its denominator"
+    assert fractions and all(item["stacked"] for item in fractions), (
+        "a fraction's numerator sits above its denominator"
+    )
 
 
 def test_the_learners_page_in_the_browser(browser, learner_page):
@@ -738,19 +919,25 @@ def test_the_learners_page_in_the_browser(browser, learner_page):
 
 
 def test_screenshots_light_and_dark(browser, tmp_path):
-    """Two pictures at 1280 px for a person to look at (and for docs/, with TWINS_READ_SCREENSHOTS=docs)."""
+    """Two pictures at 1280 px for a person to look at (and for docs/, with
+    TWINS_READ_SCREENSHOTS=docs)."""
     _, tab, _ = browser
-    tab.set_viewport_size({"width": 1280, "height": 1560})  # the LayerNorm section from its title to the step below
+    # the LayerNorm section from its title to the step below
+    tab.set_viewport_size({"width": 1280, "height": 1560})
     shots = {}
     try:
         for scheme in ("light", "dark"):
             tab.emulate_media(color_scheme=scheme)
-            tab.evaluate("""() => { const title = document.querySelector("#layernorm h2").getBoundingClientRect().top;
-                                    const nav = document.querySelector("nav.bar").getBoundingClientRect().height;
+            tab.evaluate("""() => {
+                const title = document.querySelector("#layernorm h2").getBoundingClientRect().top;
+                const nav = document.querySelector("nav.bar").getBoundingClientRect().height;
                                     window.scrollTo(0, title + scrollY - nav - 4); }""")
             steps = tab.locator("#layernorm .step[data-undoes]")
-            step = next(steps.nth(k) for k in range(steps.count())
-                        if len(steps.nth(k).get_attribute("data-undoes").split()) > 1)
+            step = next(
+                steps.nth(k)
+                for k in range(steps.count())
+                if len(steps.nth(k).get_attribute("data-undoes").split()) > 1
+            )
             step.hover()
             shots[scheme] = tmp_path / f"read_page_{scheme}.png"
             tab.screenshot(path=str(shots[scheme]))
@@ -766,31 +953,42 @@ def test_screenshots_light_and_dark(browser, tmp_path):
 
 
 def test_the_learners_page_marks_where_their_gradient_first_parts(solved, tmp_path):
-    """read --exercises runs the checker: its verdict above the backward, a mark beside the line it points at."""
+    """read --exercises runs the checker: its verdict above the backward, a mark beside the line it
+    points at."""
     from exercises.check import check
     from exercises.marks import page_marks
     from parity_tests.copies import planted_copy
     from reading import build_page
 
-    directory = planted_copy(solved, tmp_path, "attention.py", "(dprobs * probs).sum(axis=-1, keepdims=True)",
-                             "(dprobs * probs).sum(axis=-2, keepdims=True)")
+    directory = planted_copy(
+        solved,
+        tmp_path,
+        "attention.py",
+        "(dprobs * probs).sum(axis=-1, keepdims=True)",
+        "(dprobs * probs).sum(axis=-2, keepdims=True)",
+    )
     marks = page_marks(check(directory, keys=["attention", "unembed"], together=False), directory)
     attention = marks["MultiHeadAttention"]
     assert attention["status"] == "wrong" and marks["Unembed"]["status"] == "done"
     source = (directory / "numpy_impl" / "attention.py").read_text().splitlines()
     (line, note), *_ = sorted(attention["lines"].items())
-    assert "self.hook_attn_scores.backward(" in source[line - 1] and "first parts from the reference" in note
-    text = build_page(read_sections(directory / "numpy_impl"), None, None, directory / "numpy_impl", marks)
+    assert (
+        "self.hook_attn_scores.backward(" in source[line - 1]
+        and "first parts from the reference" in note
+    )
+    text = build_page(
+        read_sections(directory / "numpy_impl"), None, None, directory / "numpy_impl", marks
+    )
     assert "exercises check: wrong" in text and "exercises check: done" in text
     before = text[: text.index("first parts from the reference")]
-    assert before[before.rindex('<span class="lnum">') :].startswith(f'<span class="lnum">{line}</span>'), \
-        "the mark stands beside that line"
+    assert before[before.rindex('<span class="lnum">') :].startswith(
+        f'<span class="lnum">{line}</span>'
+    ), "the mark stands beside that line"
 
 
 # --- read --exercises on files that are no regular files, nest too deeply or are not UTF-8 ---
 
-from parity_tests.helpers import NEEDS_SPECIAL_FILES, SPECIAL_WORDS  # noqa: E402
-from parity_tests.helpers import special_file, without_hanging  # noqa: E402
+from parity_tests.helpers import NEEDS_SPECIAL_FILES, SPECIAL_WORDS, special_file, without_hanging  # noqa: E402  # noqa: E402
 
 
 @pytest.fixture
@@ -814,10 +1012,14 @@ def test_read_exercises_takes_only_regular_files(learner_copy, kind):
     assert isinstance(error, SystemExit) and SPECIAL_WORDS[kind] in str(error.code), repr(error)
 
 
-@pytest.mark.parametrize("tail, words", [
-    ("\nx = " + "1 + " * 200_000 + "1\n", "nests too deeply"),
-    ("\n# \udcff\n", "not UTF-8"),
-], ids=["200,000 terms", "not UTF-8"])
+@pytest.mark.parametrize(
+    "tail, words",
+    [
+        ("\nx = " + "1 + " * 200_000 + "1\n", "nests too deeply"),
+        ("\n# \udcff\n", "not UTF-8"),
+    ],
+    ids=["200,000 terms", "not UTF-8"],
+)
 def test_read_exercises_turns_deep_nesting_and_bad_bytes_into_one_line(learner_copy, tail, words):
     path = learner_copy / "layernorm.py"
     path.write_bytes(path.read_bytes() + tail.encode("utf-8", "surrogateescape"))

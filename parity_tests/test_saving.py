@@ -1,4 +1,5 @@
-"""Saving never destroys: atomic in either format, through symlinks, never over what is not a regular file.
+"""Saving never destroys: atomic in either format, through symlinks, never over what is not a
+regular file.
 
 A save writes a temporary file beside the target and renames it over the target, so a save that
 fails half-way (interrupted, the disk full) leaves the old file whole and nothing behind; the
@@ -27,11 +28,15 @@ FORMATS = [".npz", ".safetensors"]
 
 
 def saved_by(side, seed, path):
-    """Save a model of SMALL from ``side`` to ``path``; return its W_E (what a later load must find)."""
+    """Save a model of SMALL from ``side`` to ``path``; return its W_E (what a later load must
+    find)."""
     model = package(side).Transformer(SMALL, seed=seed)
     model.save(path)
-    return np.array(model.state_dict()["embed.W_E"], dtype=np.float64) if side == "numpy" else \
-        model.state_dict()["embed.W_E"].numpy().astype(np.float64)
+    return (
+        np.array(model.state_dict()["embed.W_E"], dtype=np.float64)
+        if side == "numpy"
+        else model.state_dict()["embed.W_E"].numpy().astype(np.float64)
+    )
 
 
 def stored_W_E(path):
@@ -53,13 +58,16 @@ def test_saving_over_a_file_replaces_it_by_a_rename_and_keeps_its_mode(tmp_path,
     assert os.stat(path).st_ino != inode  # a rename, not a rewrite in place
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # as np.save over an existing file
     assert sorted(os.listdir(tmp_path)) == [f"w{suffix}"]  # no temporary file left behind
-    assert np.array_equal(npi.Transformer.load(path).embed.W_E.data, as_float64(model.embed.W_E.data))
+    assert np.array_equal(
+        npi.Transformer.load(path).embed.W_E.data, as_float64(model.embed.W_E.data)
+    )
 
 
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_an_interrupted_save_leaves_the_old_file_whole(tmp_path, monkeypatch, side, suffix):
-    """A save interrupted half-way (the writer wrote part of the file) leaves the old file and nothing else."""
+    """A save interrupted half-way (the writer wrote part of the file) leaves the old file and
+    nothing else."""
     path = tmp_path / f"w{suffix}"
     npi.Transformer(SMALL, seed=1).save(path)
     before = path.read_bytes()
@@ -69,7 +77,9 @@ def test_an_interrupted_save_leaves_the_old_file_whole(tmp_path, monkeypatch, si
             args[0].write(b"half a file")
         raise KeyboardInterrupt("interrupted")
 
-    monkeypatch.setattr(*((np, "savez") if suffix == ".npz" else (safetensors.numpy, "save")), interrupted)
+    monkeypatch.setattr(
+        *((np, "savez") if suffix == ".npz" else (safetensors.numpy, "save")), interrupted
+    )
     with pytest.raises(KeyboardInterrupt):
         package(side).Transformer(SMALL, seed=2).save(path)
     monkeypatch.undo()
@@ -78,7 +88,9 @@ def test_an_interrupted_save_leaves_the_old_file_whole(tmp_path, monkeypatch, si
 
 
 @pytest.mark.parametrize("side", SIDES)
-def test_a_save_that_fails_on_the_disk_names_the_path_and_keeps_the_old_file(tmp_path, monkeypatch, side):
+def test_a_save_that_fails_on_the_disk_names_the_path_and_keeps_the_old_file(
+    tmp_path, monkeypatch, side
+):
     path = tmp_path / "w.npz"
     old = saved_by("numpy", 1, path)
 
@@ -129,8 +141,12 @@ def test_saving_through_a_symlink_writes_its_target_by_a_rename(tmp_path, side, 
     pointed = os.readlink(link)
     inode = os.stat(target).st_ino
     expected = saved_by(side, 2, link)
-    assert link.is_symlink() and os.readlink(link) == pointed, "the link stays a link, pointing where it did"
-    assert os.stat(target).st_ino != inode, "the target is replaced by a rename (atomic), not rewritten in place"
+    assert link.is_symlink() and os.readlink(link) == pointed, (
+        "the link stays a link, pointing where it did"
+    )
+    assert os.stat(target).st_ino != inode, (
+        "the target is replaced by a rename (atomic), not rewritten in place"
+    )
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o640, "the target keeps its mode"
     assert rel_err(stored_W_E(target), expected) == 0
     assert sorted(os.listdir(runs)) == ["run7.npz"], "no temporary file left behind"
@@ -176,14 +192,16 @@ def test_saving_over_a_hard_linked_file_leaves_the_other_name_whole(tmp_path):
     assert rel_err(stored_W_E(path), new) == 0
 
 
-# ---------------------------------------------------------------- what is refused before anything is written
+# ---------------------------------------------------------------- what is refused before anything
+# is written
 
 
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("mode", [0o444, 0o400, 0o555, 0o044])
 @pytest.mark.parametrize("through_a_link", [False, True], ids=["direct", "through a symlink"])
 def test_a_read_only_file_is_refused_even_for_root(tmp_path, side, mode, through_a_link):
-    """Root may write any file; a file nobody may write is still refused (np.savez refuses it for others)."""
+    """Root may write any file; a file nobody may write is still refused (np.savez refuses it for
+    others)."""
     path = tmp_path / "w.npz"
     old = saved_by("numpy", 1, path)
     os.chmod(path, mode)
@@ -197,7 +215,9 @@ def test_a_read_only_file_is_refused_even_for_root(tmp_path, side, mode, through
             saved_by(side, 2, target)
         assert "read-only" in str(raised.value) and "\n" not in str(raised.value)
         assert path.read_bytes() == before and stat.S_IMODE(os.stat(path).st_mode) == mode
-        assert sorted(os.listdir(tmp_path)) == sorted(["w.npz"] + (["latest.npz"] if through_a_link else []))
+        assert sorted(os.listdir(tmp_path)) == sorted(
+            ["w.npz"] + (["latest.npz"] if through_a_link else [])
+        )
     finally:
         os.chmod(path, 0o644)
     assert rel_err(stored_W_E(path), old) == 0
@@ -225,14 +245,20 @@ def make_character_device(path):
         pytest.skip(f"cannot make a device node here ({error.strerror})")
 
 
-SPECIAL_FILES = {"a FIFO": make_fifo, "a folder": make_folder, "a socket": make_socket,
-                 "a character device": make_character_device}
+SPECIAL_FILES = {
+    "a FIFO": make_fifo,
+    "a folder": make_folder,
+    "a socket": make_socket,
+    "a character device": make_character_device,
+}
 
 
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("kind", sorted(SPECIAL_FILES))
 @pytest.mark.parametrize("through_a_link", [False, True], ids=["direct", "through a symlink"])
-def test_what_is_not_a_regular_file_is_refused_before_anything_is_written(tmp_path, side, kind, through_a_link):
+def test_what_is_not_a_regular_file_is_refused_before_anything_is_written(
+    tmp_path, side, kind, through_a_link
+):
     folder = Path(os.path.relpath(tmp_path))  # a short path: a socket's name has a length limit
     path = folder / "w.npz"
     keep = SPECIAL_FILES[kind](path)
@@ -246,15 +272,23 @@ def test_what_is_not_a_regular_file_is_refused_before_anything_is_written(tmp_pa
             saved_by(side, 2, target)
         assert "not a regular file" in str(raised.value) and "\n" not in str(raised.value)
         after = os.lstat(path)
-        assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino, before.st_rdev)
-        assert sorted(os.listdir(folder)) == sorted(["w.npz"] + (["latest.npz"] if through_a_link else []))
+        assert (after.st_mode, after.st_ino, after.st_rdev) == (
+            before.st_mode,
+            before.st_ino,
+            before.st_rdev,
+        )
+        assert sorted(os.listdir(folder)) == sorted(
+            ["w.npz"] + (["latest.npz"] if through_a_link else [])
+        )
     finally:
         if keep is not None:
             keep.close()
 
 
 @pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("path", ["", "new/", "new" + os.sep + os.sep], ids=["empty", "trailing slash", "two slashes"])
+@pytest.mark.parametrize(
+    "path", ["", "new/", "new" + os.sep + os.sep], ids=["empty", "trailing slash", "two slashes"]
+)
 def test_a_path_that_names_no_file_is_refused(tmp_path, monkeypatch, side, path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="path") as raised:
@@ -269,7 +303,8 @@ def test_save_into_a_missing_folder_names_the_folder(tmp_path):
 
 
 def test_the_writer_refuses_for_any_format(tmp_path):
-    """The rules live in the one writer every format goes through (npz here; any callback the same way)."""
+    """The rules live in the one writer every format goes through (npz here; any callback the same
+    way)."""
     fifo = tmp_path / "w.safetensors"
     os.mkfifo(fifo)
     written = []
@@ -307,8 +342,12 @@ write_atomically(sys.argv[1], write)
 def test_sigterm_during_a_save_leaves_the_old_file_and_no_temporary_file(tmp_path):
     path = tmp_path / "model.npz"
     path.write_bytes(b"the old file")
-    ran = subprocess.run([sys.executable, "-c", SAVE_THEN_TERMINATE, str(path)], cwd=PROJECT,
-                         capture_output=True, timeout=120)
+    ran = subprocess.run(
+        [sys.executable, "-c", SAVE_THEN_TERMINATE, str(path)],
+        cwd=PROJECT,
+        capture_output=True,
+        timeout=120,
+    )
     assert ran.returncode == 128 + signal.SIGTERM, ran.stderr
     assert path.read_bytes() == b"the old file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
@@ -332,5 +371,10 @@ def test_a_bytes_path_saves_and_loads(tmp_path, side, suffix, wrap):
     again = type(model).load(wrap(path))
     for name, p in model.named_parameters():
         got = dict(again.named_parameters())[name]
-        assert rel_err(np.asarray(got.data if side == "numpy" else got.detach()),
-                       np.asarray(p.data if side == "numpy" else p.detach())) == 0.0
+        assert (
+            rel_err(
+                np.asarray(got.data if side == "numpy" else got.detach()),
+                np.asarray(p.data if side == "numpy" else p.detach()),
+            )
+            == 0.0
+        )

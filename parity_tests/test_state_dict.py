@@ -1,4 +1,5 @@
-"""State dicts and dtypes: what both twins load and refuse, alike, and how the torch twin changes dtype.
+"""State dicts and dtypes: what both twins load and refuse, alike, and how the torch twin changes
+dtype.
 
 1. either twin loads the other's state dict (whole models and components), bit for bit;
 2. every kind of value for a key (byte orders, dtypes, tensors and arrays of every layout) is
@@ -44,7 +45,9 @@ def test_load_state_dict_strict():
         model.load_state_dict({k: v for k, v in sd.items() if k != "embed.W_E"})
     with pytest.raises(ValueError, match=r"unexpected keys: extra"):
         model.load_state_dict(dict(sd, extra=np.zeros(1)))
-    with pytest.raises(ValueError, match=r"unembed\.W_U: shape \(12, 3\) does not match the model's \(12, 11\)"):
+    with pytest.raises(
+        ValueError, match=r"unembed\.W_U: shape \(12, 3\) does not match the model's \(12, 11\)"
+    ):
         model.load_state_dict(dict(sd, **{"unembed.W_U": np.zeros((12, 3))}))
     with pytest.raises(TypeError, match="state_dict must be a dict"):
         model.load_state_dict([1, 2])
@@ -63,8 +66,12 @@ def test_state_dicts_of_either_library():
 
 
 def test_component_state_dicts_of_either_library():
-    for np_class, torch_class in ((npi.LayerNorm, pti.LayerNorm), (npi.MultiHeadAttention, pti.MultiHeadAttention),
-                                  (npi.FeedForward, pti.FeedForward), (npi.Unembed, pti.Unembed)):
+    for np_class, torch_class in (
+        (npi.LayerNorm, pti.LayerNorm),
+        (npi.MultiHeadAttention, pti.MultiHeadAttention),
+        (npi.FeedForward, pti.FeedForward),
+        (npi.Unembed, pti.Unembed),
+    ):
         np_module, torch_module = np_class(CFG), torch_class(CFG)
         randomize(np_module, seed=2)
         torch_module.load_state_dict(np_module.state_dict())
@@ -73,7 +80,8 @@ def test_component_state_dicts_of_either_library():
             assert np.array_equal(torch_module.state_dict()[name].numpy(), value)
 
 
-# ---------------------------------------------------------------- 2. the same values taken, the same refused
+# ---------------------------------------------------------------- 2. the same values taken, the
+# same refused
 
 
 KEY = "blocks.0.mlp.W_in"  # [d_model, d_mlp] = [12, 48]
@@ -111,14 +119,20 @@ VALUES = {
     "float16 tensor": (lambda v: torch.from_numpy(v).half(), "accept"),
     "bfloat16 tensor": (lambda v: torch.from_numpy(v).bfloat16(), "accept"),
     "float8 tensor": (lambda v: torch.from_numpy(v).to(torch.float8_e4m3fn), "accept"),
-    "a Parameter (requires grad)": (lambda v: torch.nn.Parameter(torch.from_numpy(v.copy())), "accept"),
+    "a Parameter (requires grad)": (
+        lambda v: torch.nn.Parameter(torch.from_numpy(v.copy())),
+        "accept",
+    ),
     "non-contiguous tensor": (lambda v: torch.from_numpy(v.T.copy()).T, "accept"),
     "negative strides": (lambda v: v[::-1, ::-1].copy()[::-1, ::-1], "accept"),
     "fortran order": (np.asfortranarray, "accept"),
     "read-only ndarray": (read_only, "accept"),
     "np.matrix": (as_matrix, "accept"),
     "uint64 ndarray": (lambda v: np.round(np.abs(v) * 100).astype(np.uint64), "accept"),
-    "uint8 tensor": (lambda v: torch.from_numpy(np.round(np.abs(v) * 10).astype(np.uint8)), "accept"),
+    "uint8 tensor": (
+        lambda v: torch.from_numpy(np.round(np.abs(v) * 10).astype(np.uint8)),
+        "accept",
+    ),
     "meta tensor": (lambda v: torch.empty(v.shape, device="meta", dtype=torch.float64), "refuse"),
     "sparse tensor": (lambda v: torch.from_numpy(v).to_sparse(), "refuse"),
     "quantized tensor": (quantized, "refuse"),
@@ -148,22 +162,30 @@ def expected_values(value):
 
 
 def load_both(cfg, state_dict, **kwargs):
-    """Load ``state_dict`` into fresh twins of ``cfg``: (numpy outcome, torch outcome, the two models, their state before)."""
+    """Load ``state_dict`` into fresh twins of ``cfg``: (numpy outcome, torch outcome, the two
+    models, their state before)."""
     np_model, torch_model = npi.Transformer(cfg, seed=7), pti.Transformer(cfg, seed=8)
     before = (state_of(np_model), state_of(torch_model))
-    results = [outcome(lambda: model.load_state_dict(state_dict, **kwargs)) for model in (np_model, torch_model)]
+    results = [
+        outcome(lambda: model.load_state_dict(state_dict, **kwargs))
+        for model in (np_model, torch_model)
+    ]
     return results, (np_model, torch_model), before
 
 
 def assert_same_refusal(results, models, before, *names):
     (np_kind, np_message), (torch_kind, torch_message) = results
     assert np_kind in ("TypeError", "ValueError"), np_message
-    assert (torch_kind, torch_message) == (np_kind, np_message), "both twins refuse with the same message"
+    assert (torch_kind, torch_message) == (np_kind, np_message), (
+        "both twins refuse with the same message"
+    )
     assert "\n" not in np_message
     for name in names:
         assert name in np_message, (name, np_message)
     for model, state in zip(models, before):
-        assert all(np.array_equal(state_of(model)[k], v) for k, v in state.items()), "nothing was loaded"
+        assert all(np.array_equal(state_of(model)[k], v) for k, v in state.items()), (
+            "nothing was loaded"
+        )
 
 
 @pytest.mark.parametrize("cfg", [CFG, CFG32], ids=["float64 model", "float32 model"])
@@ -171,7 +193,9 @@ def assert_same_refusal(results, models, before, *names):
 def test_the_twins_take_and_refuse_the_same_state_dict_values(case, cfg):
     reference = npi.Transformer(cfg, seed=3)
     randomize(reference, seed=3)
-    state = {name: np.asarray(value, dtype=np.float64) for name, value in reference.state_dict().items()}
+    state = {
+        name: np.asarray(value, dtype=np.float64) for name, value in reference.state_dict().items()
+    }
     make, verdict = VALUES[case]
     value = make(state[KEY])
     results, models, before = load_both(cfg, {**state, KEY: value})
@@ -184,14 +208,18 @@ def test_the_twins_take_and_refuse_the_same_state_dict_values(case, cfg):
         loaded = state_of(model)
         for name, values in expected.items():
             assert np.array_equal(loaded[name], values.astype(cfg.dtype), equal_nan=True), name
-            assert model.state_dict()[name].dtype == (np.dtype(cfg.dtype) if model is models[0] else
-                                                     getattr(torch, cfg.dtype))
+            assert model.state_dict()[name].dtype == (
+                np.dtype(cfg.dtype) if model is models[0] else getattr(torch, cfg.dtype)
+            )
 
 
 @pytest.mark.parametrize("side", SIDES)
 def test_values_too_large_for_a_float32_model_are_refused_by_both(side):
     cfg = CFG32
-    state = {name: np.asarray(v, dtype=np.float64) for name, v in npi.Transformer(cfg).state_dict().items()}
+    state = {
+        name: np.asarray(v, dtype=np.float64)
+        for name, v in npi.Transformer(cfg).state_dict().items()
+    }
     results, models, before = load_both(cfg, {**state, KEY: _too_large_for_float32(state[KEY])})
     assert_same_refusal(results, models, before, KEY, "float32")
 
@@ -200,7 +228,9 @@ def test_values_too_large_for_a_float32_model_are_refused_by_both(side):
 def test_values_that_do_not_fit_a_float32_model_are_refused_naming_the_key(side, tmp_path):
     cfg = npi.TransformerConfig(**{**SMALL.to_dict(), "dtype": "float32"})
     model = npi.Transformer(cfg) if side == "numpy" else pti.Transformer(cfg)
-    state = {k: np.asarray(v, dtype=np.float64) for k, v in npi.Transformer(cfg).state_dict().items()}
+    state = {
+        k: np.asarray(v, dtype=np.float64) for k, v in npi.Transformer(cfg).state_dict().items()
+    }
     state["blocks.0.mlp.W_in"][0, 0] = 1e300
     with pytest.raises(ValueError, match=r"blocks\.0\.mlp\.W_in"):
         model.load_state_dict(state)
@@ -215,7 +245,8 @@ def test_values_that_do_not_fit_a_float32_model_are_refused_naming_the_key(side,
 @pytest.mark.parametrize("side", ["numpy", "torch"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_integer_weights_are_never_too_big_for_the_dtype_and_are_cast(side, dtype):
-    """The largest integers (uint64's 1.8e19, int64's -9.2e18) fit float32 (up to 3.4e38): cast, not refused.
+    """The largest integers (uint64's 1.8e19, int64's -9.2e18) fit float32 (up to 3.4e38): cast, not
+    refused.
 
     No integer dtype holds a value too big for float32 or float64, so the overflow check of
     load_state_dict looks at float values only: in a float32 model the same key holding a float64
@@ -238,7 +269,9 @@ def test_integer_weights_are_never_too_big_for_the_dtype_and_are_cast(side, dtyp
 
 
 def test_ml_dtypes_bfloat16_arrays_are_read_as_their_values():
-    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes is not installed (NumPy's bfloat16 comes from it)")
+    ml_dtypes = pytest.importorskip(
+        "ml_dtypes", reason="ml_dtypes is not installed (NumPy's bfloat16 comes from it)"
+    )
     reference = npi.Transformer(CFG, seed=3)
     randomize(reference, seed=3)
     state = reference.state_dict()
@@ -258,10 +291,12 @@ def test_the_twins_take_the_same_kinds_of_state_dict():
         assert [k for k, _ in results] == ["accepted", "accepted"], results
         for model in models:
             assert all(np.array_equal(state_of(model)[k], v) for k, v in state.items())
-    for bad, names in ((dict(state, **{"0": state[KEY]}), ["unexpected keys: 0"]),
-                       ({**state, 0: state[KEY]}, ["keys must be str", "0"]),
-                       ([(k, v) for k, v in state.items()], ["state_dict must be a dict"]),
-                       (None, ["state_dict must be a dict"])):
+    for bad, names in (
+        (dict(state, **{"0": state[KEY]}), ["unexpected keys: 0"]),
+        ({**state, 0: state[KEY]}, ["keys must be str", "0"]),
+        ([(k, v) for k, v in state.items()], ["state_dict must be a dict"]),
+        (None, ["state_dict must be a dict"]),
+    ):
         results, models, before = load_both(CFG, bad)
         assert_same_refusal(results, models, before, *names)
 
@@ -270,16 +305,45 @@ def write_npz(path, cfg, arrays):
     np.savez(path, __config__=np.array(cfg.to_json()), **arrays)
 
 
-# name -> (make every array of the file from the reference's float64 arrays, config, "accept" or "refuse")
+# name -> (make every array of the file from the reference's float64 arrays, config, "accept" or
+# "refuse")
 FILES = {
-    "every array big-endian >f8": (lambda a: {k: v.astype(">f8") for k, v in a.items()}, CFG, "accept"),
-    "every array big-endian >f4": (lambda a: {k: v.astype(">f4") for k, v in a.items()}, CFG, "accept"),
-    "every array longdouble": (lambda a: {k: v.astype(np.longdouble) / 3 for k, v in a.items()}, CFG, "accept"),
-    "every array float16": (lambda a: {k: v.astype(np.float16) for k, v in a.items()}, CFG, "accept"),
-    "one array int16": (lambda a: {**a, KEY: np.round(a[KEY] * 100).astype(np.int16)}, CFG, "accept"),
+    "every array big-endian >f8": (
+        lambda a: {k: v.astype(">f8") for k, v in a.items()},
+        CFG,
+        "accept",
+    ),
+    "every array big-endian >f4": (
+        lambda a: {k: v.astype(">f4") for k, v in a.items()},
+        CFG,
+        "accept",
+    ),
+    "every array longdouble": (
+        lambda a: {k: v.astype(np.longdouble) / 3 for k, v in a.items()},
+        CFG,
+        "accept",
+    ),
+    "every array float16": (
+        lambda a: {k: v.astype(np.float16) for k, v in a.items()},
+        CFG,
+        "accept",
+    ),
+    "one array int16": (
+        lambda a: {**a, KEY: np.round(a[KEY] * 100).astype(np.int16)},
+        CFG,
+        "accept",
+    ),
     "float64 arrays, float32 config": (lambda a: a, CFG32, "accept"),
-    "1e300 in a float32 config's file": (lambda a: {**a, KEY: _too_large_for_float32(a[KEY])}, CFG32, "refuse"),
-    "longdouble 1e400 in a float64 file": (lambda a: {**a, KEY: _longdouble_too_large(a[KEY])}, CFG, "refuse"),
+    "1e300 in a float32 config's file": (
+        lambda a: {**a, KEY: _too_large_for_float32(a[KEY])},
+        CFG32,
+        "refuse",
+    ),
+    "longdouble 1e400 in a float64 file": (
+        lambda a: {**a, KEY: _longdouble_too_large(a[KEY])},
+        CFG,
+        "refuse",
+    ),
 }
 
 
@@ -301,7 +365,9 @@ def test_the_twins_take_and_refuse_the_same_files(tmp_path, case):
     for _, model in results:
         assert model.cfg == cfg
         for name, values in arrays.items():
-            assert np.array_equal(state_of(model)[name], np.asarray(values).astype(np.float64).astype(cfg.dtype)), name
+            assert np.array_equal(
+                state_of(model)[name], np.asarray(values).astype(np.float64).astype(cfg.dtype)
+            ), name
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -317,10 +383,17 @@ def test_strict_false_loads_what_is_there_and_still_checks_it(side):
     assert np.array_equal(after[KEY], value.astype(np.float32))
     assert all(np.array_equal(after[k], v) for k, v in before.items() if k != KEY)
     assert model.state_dict()[KEY].dtype in (np.float32, torch.float32)
-    for bad, words in ((_too_large_for_float32(value), [KEY, "float32"]), (value[:3], [KEY, "shape"]),
-                       (torch.empty(12, 48, device="meta"), [KEY, "meta"]), (_masked(value), [KEY, "masked"])):
+    for bad, words in (
+        (_too_large_for_float32(value), [KEY, "float32"]),
+        (value[:3], [KEY, "shape"]),
+        (torch.empty(12, 48, device="meta"), [KEY, "meta"]),
+        (_masked(value), [KEY, "masked"]),
+    ):
         kind, message = outcome(lambda: model.load_state_dict({KEY: bad}, strict=False))
-        assert kind in ("TypeError", "ValueError") and all(w in message for w in words), (kind, message)
+        assert kind in ("TypeError", "ValueError") and all(w in message for w in words), (
+            kind,
+            message,
+        )
         assert np.array_equal(state_of(model)[KEY], value.astype(np.float32)), "nothing was loaded"
 
 
@@ -329,16 +402,21 @@ def test_strict_false_gives_the_same_result_in_both_twins():
     results, models, _ = load_both(CFG, state, strict=False)
     (np_kind, np_result), (torch_kind, torch_result) = results
     assert np_kind == torch_kind == "accepted"
-    assert (sorted(np_result.missing_keys), list(np_result.unexpected_keys)) == \
-        (sorted(torch_result.missing_keys), list(torch_result.unexpected_keys))
+    assert (sorted(np_result.missing_keys), list(np_result.unexpected_keys)) == (
+        sorted(torch_result.missing_keys),
+        list(torch_result.unexpected_keys),
+    )
     assert np.array_equal(state_of(models[0])[KEY], state_of(models[1])[KEY])
 
 
 def test_assign_keeps_the_models_dtype_and_takes_a_copy():
-    """assign=True: the new parameters hold the values cast to the model's dtype, never the caller's arrays."""
+    """assign=True: the new parameters hold the values cast to the model's dtype, never the caller's
+    arrays."""
     np_model, _ = twins(CFG32)
     twin = pti.Transformer(CFG32, seed=5)
-    state = {name: np.asarray(value, dtype=np.float64) for name, value in np_model.state_dict().items()}
+    state = {
+        name: np.asarray(value, dtype=np.float64) for name, value in np_model.state_dict().items()
+    }
     twin.load_state_dict(state, assign=True)
     assert {p.dtype for p in twin.parameters()} == {torch.float32} and twin.cfg.dtype == "float32"
     assert all(p.requires_grad for p in twin.parameters())
@@ -346,7 +424,9 @@ def test_assign_keeps_the_models_dtype_and_takes_a_copy():
     out = twin(TOKENS)
     assert out.dtype == torch.float32
     assert rel_err(out, np_model(TOKENS)) <= 1e-5  # float32 parity, as the parity tests state it
-    float32_state = {name: torch.from_numpy(np.asarray(v)) for name, v in np_model.state_dict().items()}
+    float32_state = {
+        name: torch.from_numpy(np.asarray(v)) for name, v in np_model.state_dict().items()
+    }
     twin.load_state_dict(float32_state, assign=True)
     float32_state[KEY][...] = 0
     assert rel_err(twin(TOKENS), np_model(TOKENS)) <= 1e-5
@@ -386,9 +466,12 @@ def test_a_dtype_move_the_model_cannot_compute_in_changes_nothing(move, cfg):
     assert torch.equal(twin(TOKENS), out), "the model still runs, as before"
 
 
-MOVES_THAT_FOLLOW = {".float()": ("float32", lambda m: m.float()), ".double()": ("float64", lambda m: m.double()),
-                     ".to(torch.float32)": ("float32", lambda m: m.to(torch.float32)),
-                     ".type(torch.float64)": ("float64", lambda m: m.type(torch.float64))}
+MOVES_THAT_FOLLOW = {
+    ".float()": ("float32", lambda m: m.float()),
+    ".double()": ("float64", lambda m: m.double()),
+    ".to(torch.float32)": ("float32", lambda m: m.to(torch.float32)),
+    ".type(torch.float64)": ("float64", lambda m: m.type(torch.float64)),
+}
 
 
 @pytest.mark.parametrize("cfg", [CFG, CFG32], ids=["from float64", "from float32"])
@@ -397,33 +480,51 @@ def test_a_move_to_float32_or_float64_takes_the_config_along(move, cfg):
     np_model, twin = twins(cfg)
     dtype, do = MOVES_THAT_FOLLOW[move]
     do(twin)
-    assert twin.cfg.dtype == dtype and all(m.cfg.dtype == dtype for m in twin.modules() if hasattr(m, "cfg"))
+    assert twin.cfg.dtype == dtype and all(
+        m.cfg.dtype == dtype for m in twin.modules() if hasattr(m, "cfg")
+    )
     assert {str(p.dtype) for p in twin.parameters()} == {f"torch.{dtype}"}
-    assert rel_err(twin(TOKENS), np_model(TOKENS)) <= 1e-5  # float32 parity, as the parity tests state it
+    # float32 parity, as the parity tests state it
+    assert rel_err(twin(TOKENS), np_model(TOKENS)) <= 1e-5
 
 
 def _components(cfg):
     """(name, a torch component of cfg, its input) for each component that holds cfg."""
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 4, 12))).to(getattr(torch, cfg.dtype))
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 4, 12))).to(
+        getattr(torch, cfg.dtype)
+    )
     tokens = torch.from_numpy(TOKENS)
-    return [("LayerNorm", pti.LayerNorm(cfg), x), ("MultiHeadAttention", pti.MultiHeadAttention(cfg), x),
-            ("FeedForward", pti.FeedForward(cfg), x), ("TransformerBlock", pti.TransformerBlock(cfg), x),
-            ("Unembed", pti.Unembed(cfg), x), ("TokenEmbedding", pti.TokenEmbedding(cfg), tokens),
-            ("SinusoidalPositionalEncoding", pti.SinusoidalPositionalEncoding(cfg), tokens)]
+    return [
+        ("LayerNorm", pti.LayerNorm(cfg), x),
+        ("MultiHeadAttention", pti.MultiHeadAttention(cfg), x),
+        ("FeedForward", pti.FeedForward(cfg), x),
+        ("TransformerBlock", pti.TransformerBlock(cfg), x),
+        ("Unembed", pti.Unembed(cfg), x),
+        ("TokenEmbedding", pti.TokenEmbedding(cfg), tokens),
+        ("SinusoidalPositionalEncoding", pti.SinusoidalPositionalEncoding(cfg), tokens),
+    ]
 
 
-@pytest.mark.parametrize("move", [".half()", ".type(torch.float16)", ".to(torch.bfloat16)", "._apply(double, masks too)"])
+@pytest.mark.parametrize(
+    "move", [".half()", ".type(torch.float16)", ".to(torch.bfloat16)", "._apply(double, masks too)"]
+)
 @pytest.mark.parametrize("index", range(7), ids=[name for name, _, _ in _components(CFG)])
 def test_a_component_refuses_a_dtype_move_before_anything_moves(index, move):
     _, component, x = _components(CFG32)[index]
     before = {name: t.clone() for name, t in chain_tensors(component)}
     out = component(x).detach().clone()
-    do = {".half()": lambda m: m.half(), ".type(torch.float16)": lambda m: m.type(torch.float16),
-          ".to(torch.bfloat16)": lambda m: m.to(torch.bfloat16),
-          "._apply(double, masks too)": lambda m: m._apply(lambda t: t.double())}[move]
+    do = {
+        ".half()": lambda m: m.half(),
+        ".type(torch.float16)": lambda m: m.type(torch.float16),
+        ".to(torch.bfloat16)": lambda m: m.to(torch.bfloat16),
+        "._apply(double, masks too)": lambda m: m._apply(lambda t: t.double()),
+    }[move]
     with pytest.raises(TypeError, match="float32 or float64"):
         do(component)
-    assert all(torch.equal(t, before[name]) and t.dtype == before[name].dtype for name, t in chain_tensors(component))
+    assert all(
+        torch.equal(t, before[name]) and t.dtype == before[name].dtype
+        for name, t in chain_tensors(component)
+    )
     assert component.cfg == CFG32 and torch.equal(component(x), out)
 
 
@@ -431,9 +532,12 @@ def test_a_component_refuses_a_dtype_move_before_anything_moves(index, move):
 def test_a_component_moved_to_float64_takes_its_config_along(index):
     _, component, x = _components(CFG32)[index]
     component.double()
-    assert component.cfg.dtype == "float64" and all(m.cfg.dtype == "float64" for m in component.modules()
-                                                    if hasattr(m, "cfg"))
-    assert {t.dtype for _, t in chain_tensors(component) if t.is_floating_point()} <= {torch.float64}
+    assert component.cfg.dtype == "float64" and all(
+        m.cfg.dtype == "float64" for m in component.modules() if hasattr(m, "cfg")
+    )
+    assert {t.dtype for _, t in chain_tensors(component) if t.is_floating_point()} <= {
+        torch.float64
+    }
     out = component(x.double() if x.is_floating_point() else x)
     assert out.dtype == torch.float64
 

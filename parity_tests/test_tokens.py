@@ -40,11 +40,26 @@ BAD_TOKENS = [
     ("negative id", np.array([[-1, 2]]), ValueError, r"tokens must lie in \[0, d_vocab=11\)"),
     ("float tokens", np.array([[1.0, 2.0]]), TypeError, "tokens must hold integer token ids"),
     ("rank 1", np.array([1, 2, 3]), ValueError, r"tokens must have shape \[batch, pos\]"),
-    ("rank 3", np.zeros((1, 2, 3), dtype=int), ValueError, r"tokens must have shape \[batch, pos\]"),
-    ("longer than n_ctx", np.zeros((1, 7), dtype=int), ValueError, "7 positions but the model's n_ctx is 6"),
+    (
+        "rank 3",
+        np.zeros((1, 2, 3), dtype=int),
+        ValueError,
+        r"tokens must have shape \[batch, pos\]",
+    ),
+    (
+        "longer than n_ctx",
+        np.zeros((1, 7), dtype=int),
+        ValueError,
+        "7 positions but the model's n_ctx is 6",
+    ),
     ("empty batch", np.zeros((0, 3), dtype=int), ValueError, "tokens must not be empty"),
     ("empty sequence", np.zeros((2, 0), dtype=int), ValueError, "tokens must not be empty"),
-    ("not an array", "hello", TypeError, r"tokens must be an integer (numpy\.ndarray|torch\.Tensor)"),
+    (
+        "not an array",
+        "hello",
+        TypeError,
+        r"tokens must be an integer (numpy\.ndarray|torch\.Tensor)",
+    ),
 ]
 
 
@@ -72,7 +87,8 @@ def test_ragged_token_lists():
             model([[1, 2], [3]])
 
 
-# ---------------------------------------------------------------- arrays: every integer kind is read as ids
+# ---------------------------------------------------------------- arrays: every integer kind is
+# read as ids
 
 
 INT_DTYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
@@ -108,6 +124,7 @@ def test_unusual_but_valid_token_arrays(case):
     tokens = EXOTIC_GOOD[case]()
     expected = np_model(np.array(np.asarray(tokens), dtype=np.int64))
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np_out = np_model(tokens)
@@ -152,6 +169,7 @@ EXOTIC_BAD = {
 def test_both_twins_refuse_the_same_tokens_with_the_same_kind_of_error(case):
     np_model, torch_model = twins()
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np_kind, np_message = outcome(lambda: np_model(EXOTIC_BAD[case]()))
@@ -179,7 +197,8 @@ def test_bad_torch_tokens_are_refused(case):
     assert kind in ("TypeError", "ValueError") and "tokens" in message, (kind, message)
 
 
-# ---------------------------------------------------------------- lists and tensors: checked before they are converted
+# ---------------------------------------------------------------- lists and tensors: checked before
+# they are converted
 
 
 TOKEN_LISTS_BAD = {
@@ -218,9 +237,14 @@ def _nested(depth):
 def test_token_lists_are_checked_before_they_are_converted(case):
     np_model, torch_model = twins()
     results = [outcome(lambda: model(TOKEN_LISTS_BAD[case]())) for model in (np_model, torch_model)]
-    results += [outcome(lambda: model.run_with_cache(TOKEN_LISTS_BAD[case]())) for model in (np_model, torch_model)]
-    results += [outcome(lambda: model.generate(TOKEN_LISTS_BAD[case](), max_new_tokens=1))
-                for model in (np_model, torch_model)]
+    results += [
+        outcome(lambda: model.run_with_cache(TOKEN_LISTS_BAD[case]()))
+        for model in (np_model, torch_model)
+    ]
+    results += [
+        outcome(lambda: model.generate(TOKEN_LISTS_BAD[case](), max_new_tokens=1))
+        for model in (np_model, torch_model)
+    ]
     kinds = {kind for kind, _ in results}
     assert len(kinds) == 1 and kinds <= {"TypeError", "ValueError"}, results
     assert all("tokens" in message for _, message in results), results
@@ -229,13 +253,18 @@ def test_token_lists_are_checked_before_they_are_converted(case):
 
 
 TOKEN_LISTS_GOOD = {
-    "NumPy ints with a uint64": lambda: [[np.int64(1), np.uint64(2), 3, np.uint8(4)], [5, 6, np.int8(7), 8]],
+    "NumPy ints with a uint64": lambda: [
+        [np.int64(1), np.uint64(2), 3, np.uint8(4)],
+        [5, 6, np.int8(7), 8],
+    ],
     "uint64 only": lambda: [[np.uint64(t) for t in row] for row in TOKENS.tolist()],
     "a list of int arrays": lambda: [row for row in TOKENS],
     "a list of uint64 arrays": lambda: [row.astype(np.uint64) for row in TOKENS],
     "a list of int tensors": lambda: [torch.from_numpy(row) for row in TOKENS],
     "a tuple of tuples": lambda: tuple(tuple(row) for row in TOKENS.tolist()),
-    "0-d int tensors and arrays": lambda: [[torch.tensor(t) if t % 2 else np.array(t) for t in row] for row in TOKENS],
+    "0-d int tensors and arrays": lambda: [
+        [torch.tensor(t) if t % 2 else np.array(t) for t in row] for row in TOKENS
+    ],
 }
 
 
@@ -259,7 +288,8 @@ def _sparse_csr(rows):
 
 def _nested_tokens():
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # nested tensors are a prototype: torch says so
+        # nested tensors are a prototype: torch says so
+        warnings.simplefilter("ignore", UserWarning)
         return torch.nested.nested_tensor([torch.tensor([1, 2]), torch.tensor([3])])
 
 
@@ -275,17 +305,24 @@ TORCH_TOKENS_BAD = {
 @pytest.mark.parametrize("case", sorted(TORCH_TOKENS_BAD))
 def test_unusual_token_tensors_are_refused_naming_the_argument(case):
     np_model, torch_model = twins()
-    for call in (lambda: torch_model(TORCH_TOKENS_BAD[case]()),
-                 lambda: torch_model.run_with_cache(TORCH_TOKENS_BAD[case]()),
-                 lambda: torch_model.generate(TORCH_TOKENS_BAD[case](), max_new_tokens=1),
-                 lambda: pti.TokenEmbedding(CFG)(TORCH_TOKENS_BAD[case]()),
-                 lambda: np_model(TORCH_TOKENS_BAD[case]())):
+    for call in (
+        lambda: torch_model(TORCH_TOKENS_BAD[case]()),
+        lambda: torch_model.run_with_cache(TORCH_TOKENS_BAD[case]()),
+        lambda: torch_model.generate(TORCH_TOKENS_BAD[case](), max_new_tokens=1),
+        lambda: pti.TokenEmbedding(CFG)(TORCH_TOKENS_BAD[case]()),
+        lambda: np_model(TORCH_TOKENS_BAD[case]()),
+    ):
         kind, message = outcome(call)
-        assert kind in ("TypeError", "ValueError") and "tokens" in message and "\n" not in message, (kind, message)
+        assert (
+            kind in ("TypeError", "ValueError") and "tokens" in message and "\n" not in message
+        ), (kind, message)
 
 
-@pytest.mark.parametrize("tokens", [[[1, True, 2]], [[np.True_, 2]], masked_like((1, 3)).astype(np.int64)],
-                         ids=["a list with True", "a list with np.True_", "a masked array"])
+@pytest.mark.parametrize(
+    "tokens",
+    [[[1, True, 2]], [[np.True_, 2]], masked_like((1, 3)).astype(np.int64)],
+    ids=["a list with True", "a list with np.True_", "a masked array"],
+)
 def test_the_analyses_check_tokens_before_converting_them(tokens):
     from interp.common import check_token_array
 
@@ -304,7 +341,22 @@ def test_loss_targets_of_every_integer_dtype(dtype):
     expected = npi.CrossEntropyLoss()(logits, TOKENS)
     assert npi.CrossEntropyLoss()(logits, targets) == expected
     twin = pti.CrossEntropyLoss()
-    assert abs(float(twin(torch.from_numpy(logits), torch.from_numpy(targets.astype(np.int64) if dtype.startswith("uint") and dtype != "uint8" else targets))) - expected) < 1e-12
+    assert (
+        abs(
+            float(
+                twin(
+                    torch.from_numpy(logits),
+                    torch.from_numpy(
+                        targets.astype(np.int64)
+                        if dtype.startswith("uint") and dtype != "uint8"
+                        else targets
+                    ),
+                )
+            )
+            - expected
+        )
+        < 1e-12
+    )
 
 
 def test_loss_targets_int32_torch():

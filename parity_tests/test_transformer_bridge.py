@@ -1,4 +1,5 @@
-"""Both twins against TransformerLens 4.3's ``TransformerBridge`` on the same Hugging Face checkpoint.
+"""Both twins against TransformerLens 4.3's ``TransformerBridge`` on the same Hugging Face
+checkpoint.
 
 A random float64 GPT-2 (parity_tests/gpt2_checkpoints.py: random LayerNorm weights, non-zero
 biases) is written to a folder; the bridge boots on that folder and both twins load it with
@@ -108,7 +109,8 @@ def test_the_bridge_caches_264_names_and_both_twins_each_of_them(runs):
 
 @pytest.mark.parametrize("side", ["numpy", "torch"])
 def test_every_activation_and_gradient_equals_the_bridge(runs, side):
-    """Each cached tensor to 1e-10; masked scores and hook_resid_mid_grad as the module docstring says."""
+    """Each cached tensor to 1e-10; masked scores and hook_resid_mid_grad as the module docstring
+    says."""
     bridge_loss, bridge = runs["bridge"]
     loss, ours = runs[side]
     assert abs(loss - bridge_loss) <= TOL * abs(bridge_loss)
@@ -132,8 +134,8 @@ def test_every_activation_and_gradient_equals_the_bridge(runs, side):
 
 @pytest.mark.parametrize("side", ["numpy", "torch"])
 def test_resid_mid_grad_is_the_residual_streams_whole_gradient(runs, checkpoint, tokens, side):
-    """hook_resid_mid_grad against float64 autograd on the Hugging Face model: the twins agree to 1e-10;
-    TransformerLens 4.3's value sits about 1 away (relative), because it is ln2.hook_in's."""
+    """hook_resid_mid_grad against float64 autograd on the Hugging Face model: the twins agree to
+    1e-10; TransformerLens 4.3's value sits about 1 away (relative), because it is ln2.hook_in's."""
     hf = checkpoint[1]
     assert hf.transformer.wte.weight.dtype == torch.float64
     resid_mid = []
@@ -166,8 +168,8 @@ def test_resid_mid_grad_is_the_residual_streams_whole_gradient(runs, checkpoint,
 
 
 def test_an_alias_is_one_hook_point(folder, tokens):
-    """hook_embed is embed.hook_out, blocks.0.hook_resid_pre is blocks.0.hook_in, ...: a hook on either
-    name fires once and sees the point's own name, as on the bridge."""
+    """hook_embed is embed.hook_out, blocks.0.hook_resid_pre is blocks.0.hook_in, ...: a hook on
+    either name fires once and sees the point's own name, as on the bridge."""
     bridge = boot(folder)
     for model in (
         bridge,
@@ -193,10 +195,10 @@ def test_an_alias_is_one_hook_point(folder, tokens):
         ], (type(model).__name__, seen)
 
 
-# TransformerLens 4.3 processes the weights in float32 even on a float64 model: each weight it leaves
-# after enable_compatibility_mode() sits 4e-8 to 1.6e-7 (relative) from the float64 formula, measured
-# on this checkpoint; so the comparison after processing is at 1e-6, and the twins' own processing
-# is checked in float64 against the unprocessed model (below)
+# TransformerLens 4.3 processes the weights in float32 even on a float64 model: each weight it
+# leaves after enable_compatibility_mode() sits 4e-8 to 1.6e-7 (relative) from the float64 formula,
+# measured on this checkpoint; so the comparison after processing is at 1e-6, and the twins' own
+# processing is checked in float64 against the unprocessed model (below)
 COMPAT_TOL = 1e-6
 
 
@@ -218,8 +220,8 @@ def test_process_weights_keeps_the_predictions_in_float64(folder, tokens, twin):
 @pytest.mark.parametrize("twin", [npi.Transformer, tpi.Transformer])
 def test_process_weights_matches_compatibility_mode(folder, tokens, twin):
     """After process_weights() the logits and every cached activation equal the bridge's after
-    enable_compatibility_mode() (fold_ln, center_writing_weights, center_unembed, fold_value_biases),
-    to COMPAT_TOL."""
+    enable_compatibility_mode() (fold_ln, center_writing_weights, center_unembed,
+    fold_value_biases), to COMPAT_TOL."""
     bridge = boot(folder)
     bridge.enable_compatibility_mode(disable_warnings=True)
     model = twin.from_pretrained(folder).process_weights()
@@ -281,8 +283,9 @@ def test_list_hooks_and_the_hooks_context_as_on_the_bridge(folder, tokens):
 
 
 def test_names_filter_and_the_tokenizer_calls_as_on_the_bridge(folder, tokens):
-    """run_with_cache's names_filter (a name, an alias, a list, a function) keeps the names the bridge
-    keeps; to_tokens, to_str_tokens and to_string give what the bridge gives on the checkpoint's tokenizer."""
+    """run_with_cache's names_filter (a name, an alias, a list, a function) keeps the names the
+    bridge keeps; to_tokens, to_str_tokens and to_string give what the bridge gives on the
+    checkpoint's tokenizer."""
     bridge = boot(folder)
     filters = [
         "hook_embed",
@@ -308,8 +311,9 @@ def test_names_filter_and_the_tokenizer_calls_as_on_the_bridge(folder, tokens):
 
 @pytest.mark.parametrize("stop", [0, 1, -1, N_LAYERS])
 def test_stop_at_layer_as_on_the_bridge(folder, tokens, stop):
-    """forward and run_with_cache with stop_at_layer: the residual stream entering that block (the full
-    output at n_layers), the same cached names, the same values; incl_bwd refused, as the bridge does."""
+    """forward and run_with_cache with stop_at_layer: the residual stream entering that block (the
+    full output at n_layers), the same cached names, the same values; incl_bwd refused, as the
+    bridge does."""
     bridge = boot(folder)
     theirs, their_cache = bridge.run_with_cache(hf_tokens(tokens), stop_at_layer=stop)
     for model in (npi.Transformer.from_pretrained(folder), tpi.Transformer.from_pretrained(folder)):

@@ -1,12 +1,11 @@
-"""TransformerLens's surface on both twins: weight views, FactoredMatrix, cache decompositions, running,
-and its everyday ablation calls (hooks, get_act_name, Slice, sampling, folding), checked against
-TransformerLens's meaning.
+"""TransformerLens's surface on both twins: weight views, FactoredMatrix, cache decompositions,
+running, and its everyday ablation calls (hooks, get_act_name, Slice, sampling, folding), checked
+against TransformerLens's meaning.
 
 Sum rules are checked in float64 to 1e-12 relative to the largest entry of the tensor they
 rebuild; twin agreement as in helpers.py (max |numpy - torch| / max |torch|, 1e-12 in float64).
 Weights are random (LayerNorm w and every bias non-trivial), never all ones.
 """
-
 
 import numpy as np
 import pytest
@@ -38,7 +37,8 @@ from parity_tests.helpers import (
 )
 
 B, P = 3, 7
-LENS = dict(d_vocab=13, d_head=5, d_mlp=16, n_layers=3, n_ctx=10)  # make_cfg's changes for these tests
+# make_cfg's changes for these tests
+LENS = dict(d_vocab=13, d_head=5, d_mlp=16, n_layers=3, n_ctx=10)
 SUM_TOL = 1e-12  # float64: a sum rebuilt from its parts differs only by rounding
 
 
@@ -51,8 +51,10 @@ CONFIGS = {
 
 # --- every hook holds what TransformerLens's hook of the same name holds ---
 
+
 def _layer_norm(x, w, b):
-    """TransformerLens 2.18's LayerNorm: hook_scale = sqrt(var + eps), hook_normalized = centred / scale * w + b."""
+    """TransformerLens 2.18's LayerNorm: hook_scale = sqrt(var + eps), hook_normalized = centred /
+    scale * w + b."""
     centered = x - x.mean(-1, keepdims=True)
     scale = np.sqrt((centered**2).mean(-1, keepdims=True) + 1e-5)
     return scale, centered / scale * w + b
@@ -60,15 +62,18 @@ def _layer_norm(x, w, b):
 
 @pytest.mark.parametrize("act_fn", ["gelu_new", "relu", "gelu"])
 def test_every_hook_holds_what_transformer_lens_defines(act_fn):
-    """Each hook rebuilt from its definition in TransformerLens's components (and the weights), to 1e-12."""
+    """Each hook rebuilt from its definition in TransformerLens's components (and the weights), to
+    1e-12."""
     model, twin = twins(make_cfg(LENS, act_fn=act_fn), seed=1)
     cfg, sd = model.cfg, model.state_dict()
     tokens = tokens_for(cfg)
     for m in (model, twin):
         out, cache = m.run_with_cache(tokens)
         c = {name: to_numpy(value) for name, value in cache.items()}
-        expected = {"hook_embed": sd["embed.W_E"][tokens],
-                    "hook_pos_embed": np.broadcast_to(sd["pos_embed.W_pos"][:P], (B, P, cfg.d_model))}
+        expected = {
+            "hook_embed": sd["embed.W_E"][tokens],
+            "hook_pos_embed": np.broadcast_to(sd["pos_embed.W_pos"][:P], (B, P, cfg.d_model)),
+        }
         resid = expected["hook_embed"] + expected["hook_pos_embed"]
         for i in range(cfg.n_layers):
             pre = f"blocks.{i}."
@@ -76,14 +81,24 @@ def test_every_hook_holds_what_transformer_lens_defines(act_fn):
             expected[pre + "hook_resid_pre"] = resid
             scale, x = _layer_norm(resid, w("ln1.w"), w("ln1.b"))
             expected[pre + "ln1.hook_scale"], expected[pre + "ln1.hook_normalized"] = scale, x
-            q, k, v = (np.einsum("bpm,hmd->bphd", x, w(f"attn.W_{n}")) + w(f"attn.b_{n}") for n in "QKV")
+            q, k, v = (
+                np.einsum("bpm,hmd->bphd", x, w(f"attn.W_{n}")) + w(f"attn.b_{n}") for n in "QKV"
+            )
             scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(cfg.d_head)
-            scores = np.where(np.tril(np.ones((P, P), dtype=bool)), scores, -np.inf)  # masked before the hook
+            # masked before the hook
+            scores = np.where(np.tril(np.ones((P, P), dtype=bool)), scores, -np.inf)
             pattern = np.exp(scores - scores.max(-1, keepdims=True))
             pattern /= pattern.sum(-1, keepdims=True)
             z = np.einsum("bhqk,bkhd->bqhd", pattern, v)
             attn_out = np.einsum("bphd,hdm->bpm", z, w("attn.W_O")) + w("attn.b_O")  # b_O included
-            for name, value in (("q", q), ("k", k), ("v", v), ("attn_scores", scores), ("pattern", pattern), ("z", z)):
+            for name, value in (
+                ("q", q),
+                ("k", k),
+                ("v", v),
+                ("attn_scores", scores),
+                ("pattern", pattern),
+                ("z", z),
+            ):
                 expected[pre + "attn.hook_" + name] = value
             expected[pre + "hook_attn_out"] = attn_out
             resid = resid + attn_out
@@ -93,10 +108,15 @@ def test_every_hook_holds_what_transformer_lens_defines(act_fn):
             hidden = x @ w("mlp.W_in") + w("mlp.b_in")
             if act_fn == "relu":
                 post = np.maximum(hidden, 0)
-            elif act_fn == "gelu":  # TransformerLens's "gelu" is torch.nn.functional.gelu, the exact one
+            # TransformerLens's "gelu" is torch.nn.functional.gelu, the exact one
+            elif act_fn == "gelu":
                 post = F.gelu(torch.from_numpy(hidden)).numpy()
             else:
-                post = 0.5 * hidden * (1 + np.tanh(np.sqrt(2 / np.pi) * (hidden + 0.044715 * hidden**3)))
+                post = (
+                    0.5
+                    * hidden
+                    * (1 + np.tanh(np.sqrt(2 / np.pi) * (hidden + 0.044715 * hidden**3)))
+                )
             mlp_out = post @ w("mlp.W_out") + w("mlp.b_out")  # b_out included
             expected[pre + "mlp.hook_pre"], expected[pre + "mlp.hook_post"] = hidden, post
             expected[pre + "hook_mlp_out"] = mlp_out
@@ -104,10 +124,13 @@ def test_every_hook_holds_what_transformer_lens_defines(act_fn):
             expected[pre + "hook_resid_post"] = resid
         scale, x = _layer_norm(resid, sd["ln_final.w"], sd["ln_final.b"])
         expected["ln_final.hook_scale"], expected["ln_final.hook_normalized"] = scale, x
-        # TransformerLens 2.18's names and meanings; its hook_normalized (after w and b) is the LayerNorm's
-        # hook_out in TransformerLens 4 and here, where hook_normalized is (x - mean) / scale, before them
+        # TransformerLens 2.18's names and meanings; its hook_normalized (after w and b) is the
+        # LayerNorm's hook_out in TransformerLens 4 and here, where hook_normalized is (x - mean) /
+        # scale, before them
         renamed = {name: name.replace("hook_normalized", "hook_out") for name in expected}
-        assert set(renamed.values()) <= set(c), "the model lacks some of TransformerLens 2.18's hooks"
+        assert set(renamed.values()) <= set(c), (
+            "the model lacks some of TransformerLens 2.18's hooks"
+        )
         for name, value in expected.items():
             mine = c[renamed[name]]
             finite = np.isfinite(value)
@@ -123,11 +146,18 @@ def test_every_hook_holds_what_transformer_lens_defines(act_fn):
 # --- weight views ---
 
 VIEW_SHAPES = {  # name -> (state_dict key pattern, shape), written out from TransformerLens's docs
-    "W_Q": ("attn.W_Q", ("L", "H", "D", "d")), "W_K": ("attn.W_K", ("L", "H", "D", "d")),
-    "W_V": ("attn.W_V", ("L", "H", "D", "d")), "W_O": ("attn.W_O", ("L", "H", "d", "D")),
-    "b_Q": ("attn.b_Q", ("L", "H", "d")), "b_K": ("attn.b_K", ("L", "H", "d")), "b_V": ("attn.b_V", ("L", "H", "d")),
-    "b_O": ("attn.b_O", ("L", "D")), "W_in": ("mlp.W_in", ("L", "D", "M")), "W_out": ("mlp.W_out", ("L", "M", "D")),
-    "b_in": ("mlp.b_in", ("L", "M")), "b_out": ("mlp.b_out", ("L", "D")),
+    "W_Q": ("attn.W_Q", ("L", "H", "D", "d")),
+    "W_K": ("attn.W_K", ("L", "H", "D", "d")),
+    "W_V": ("attn.W_V", ("L", "H", "D", "d")),
+    "W_O": ("attn.W_O", ("L", "H", "d", "D")),
+    "b_Q": ("attn.b_Q", ("L", "H", "d")),
+    "b_K": ("attn.b_K", ("L", "H", "d")),
+    "b_V": ("attn.b_V", ("L", "H", "d")),
+    "b_O": ("attn.b_O", ("L", "D")),
+    "W_in": ("mlp.W_in", ("L", "D", "M")),
+    "W_out": ("mlp.W_out", ("L", "M", "D")),
+    "b_in": ("mlp.b_in", ("L", "M")),
+    "b_out": ("mlp.b_out", ("L", "D")),
 }
 
 
@@ -141,8 +171,15 @@ def test_weight_views_stack_the_parameters_in_both_twins():
         assert expected.shape == tuple(sizes[s] for s in shape), name
         assert np.array_equal(getattr(model, name), expected), name
         assert np.array_equal(to_numpy(getattr(twin, name)), expected), name
-    for name, key in (("W_E", "embed.W_E"), ("W_pos", "pos_embed.W_pos"), ("W_U", "unembed.W_U"), ("b_U", "unembed.b_U")):
-        assert np.array_equal(getattr(model, name), sd[key]) and np.array_equal(to_numpy(getattr(twin, name)), sd[key])
+    for name, key in (
+        ("W_E", "embed.W_E"),
+        ("W_pos", "pos_embed.W_pos"),
+        ("W_U", "unembed.W_U"),
+        ("b_U", "unembed.b_U"),
+    ):
+        assert np.array_equal(getattr(model, name), sd[key]) and np.array_equal(
+            to_numpy(getattr(twin, name)), sd[key]
+        )
 
 
 def test_torch_weight_views_carry_gradients():
@@ -163,6 +200,7 @@ def test_weight_views_without_the_part_refuse_clearly():
 
 # --- FactoredMatrix ---
 
+
 def test_factored_matrix_matches_its_product():
     model, twin = twins(make_cfg(LENS), seed=1)
     for fm in (model.OV, model.QK, twin.OV, twin.QK):
@@ -179,7 +217,10 @@ def test_factored_matrix_matches_its_product():
         eig_ab = np.linalg.eigvals(AB[1, 2])
         eig_ab = eig_ab[np.argsort(-np.abs(eig_ab))][:5]
         eig_ba = to_numpy(fm.eigenvalues)[1, 2]
-        assert np.abs(np.sort_complex(eig_ab) - np.sort_complex(eig_ba)).max() / np.abs(eig_ab).max() < 1e-10
+        assert (
+            np.abs(np.sort_complex(eig_ab) - np.sort_complex(eig_ba)).max() / np.abs(eig_ab).max()
+            < 1e-10
+        )
     assert rel_err(twin.OV.S, model.OV.S) < TOL["float64"]
     assert rel_err(twin.QK.AB, model.QK.AB) < TOL["float64"]
 
@@ -206,6 +247,7 @@ def test_factored_matrix_products_and_indexing():
 
 # --- the cache: sum rules ---
 
+
 def caches(name, **extra):
     model, twin = twins(make_cfg(LENS, **{**CONFIGS[name], **extra}), seed=1)
     tokens = tokens_for(model.cfg)
@@ -222,16 +264,22 @@ def test_decompositions_add_up_to_the_residual_stream(name):
     for c in (cache, cache_t):
         for layer in range(n + 1):
             resid = c["resid_pre", layer] if layer < n else c["resid_post", n - 1]
-            for pieces in (c.decompose_resid(layer), c.stack_head_results(layer, incl_remainder=True)):
+            for pieces in (
+                c.decompose_resid(layer),
+                c.stack_head_results(layer, incl_remainder=True),
+            ):
                 err = rel_err(pieces.sum(0), resid)
                 worst = max(worst, err)
                 assert err < SUM_TOL, (name, layer, err)
             if layer < n and not model.cfg.attn_only:  # the MLP's input
-                err = rel_err(c.decompose_resid(layer, mlp_input=True).sum(0), c["resid_mid", layer])
+                err = rel_err(
+                    c.decompose_resid(layer, mlp_input=True).sum(0), c["resid_mid", layer]
+                )
                 assert err < SUM_TOL, (name, layer, "mlp_input", err)
         accumulated = c.accumulated_resid()
         assert accumulated.shape == (n + 1, B, P, model.cfg.d_model)
-        assert rel_err(accumulated[-1], c["resid_post", n - 1]) == 0.0  # the last one is the final stream
+        # the last one is the final stream
+        assert rel_err(accumulated[-1], c["resid_post", n - 1]) == 0.0
     print(f"{name}: worst decomposition sum error {worst:.1e}")
 
 
@@ -242,7 +290,8 @@ def test_apply_ln_to_stack_is_the_layernorm_with_its_cached_scale(name):
     for layer in range(n + 1):
         ln = twin.blocks[layer].ln1 if layer < n else twin.ln_final
         resid = cache["resid_pre", layer] if layer < n else cache["resid_post", n - 1]
-        expected = to_numpy(ln(torch.from_numpy(resid)))  # the twin's own LayerNorm on the whole stream
+        # the twin's own LayerNorm on the whole stream
+        expected = to_numpy(ln(torch.from_numpy(resid)))
         for c in (cache, cache_t):
             normalized = to_numpy(c.apply_ln_to_stack(c.decompose_resid(layer), layer)).sum(0)
             rebuilt = normalized * to_numpy(ln.w) + to_numpy(ln.b)
@@ -254,11 +303,19 @@ def test_apply_ln_to_stack_is_the_layernorm_with_its_cached_scale(name):
 def test_logit_attributions_add_up_to_the_logit_difference(name, shape):
     model, twin, tokens, (out, cache), (out_t, cache_t) = caches(name)
     rng = np.random.default_rng(5)
-    right = {"int": 4, "batch": rng.integers(0, 13, B), "batch_pos": rng.integers(0, 13, (B, P))}[shape]
-    wrong = {"int": 9, "batch": rng.integers(0, 13, B), "batch_pos": rng.integers(0, 13, (B, P))}[shape]
-    r = np.broadcast_to(np.asarray(right)[..., None] if shape == "batch" else right, (B, P))  # [batch, pos]
+    right = {"int": 4, "batch": rng.integers(0, 13, B), "batch_pos": rng.integers(0, 13, (B, P))}[
+        shape
+    ]
+    wrong = {"int": 9, "batch": rng.integers(0, 13, B), "batch_pos": rng.integers(0, 13, (B, P))}[
+        shape
+    ]
+    # [batch, pos]
+    r = np.broadcast_to(np.asarray(right)[..., None] if shape == "batch" else right, (B, P))
     w = np.broadcast_to(np.asarray(wrong)[..., None] if shape == "batch" else wrong, (B, P))
-    logit_diff = np.take_along_axis(out, r[..., None], -1)[..., 0] - np.take_along_axis(out, w[..., None], -1)[..., 0]
+    logit_diff = (
+        np.take_along_axis(out, r[..., None], -1)[..., 0]
+        - np.take_along_axis(out, w[..., None], -1)[..., 0]
+    )
     direction = model.W_U.T[r] - model.W_U.T[w]  # [batch, pos, d_model]
     constant = model.b_U[r] - model.b_U[w]  # [batch, pos]
     if model.cfg.normalization == "pre":
@@ -266,11 +323,15 @@ def test_logit_attributions_add_up_to_the_logit_difference(name, shape):
     results = []
     for c in (cache, cache_t):
         for stack in (c.decompose_resid(), c.stack_head_results(incl_remainder=True)):
-            attrs = to_numpy(c.logit_attrs(stack, right, incorrect_tokens=wrong))  # [component, batch, pos]
+            # [component, batch, pos]
+            attrs = to_numpy(c.logit_attrs(stack, right, incorrect_tokens=wrong))
             assert attrs.shape == (len(stack), B, P)
             assert rel_err(attrs.sum(0) + constant, logit_diff) < SUM_TOL, (name, shape)
             results.append(attrs)
-    assert rel_err(results[2], results[0]) < TOL["float64"] and rel_err(results[3], results[1]) < TOL["float64"]
+    assert (
+        rel_err(results[2], results[0]) < TOL["float64"]
+        and rel_err(results[3], results[1]) < TOL["float64"]
+    )
 
 
 def test_logit_lens_last_layer_gives_the_logits():
@@ -278,8 +339,12 @@ def test_logit_lens_last_layer_gives_the_logits():
     for c, o in ((cache, out), (cache_t, out_t)):
         lens = to_numpy(c.accumulated_resid(apply_ln=True))  # [layer + 1, batch, pos, d_model]
         assert rel_err(lens[-1] @ model.W_U + model.b_U, to_numpy(o)) < SUM_TOL
-        assert rel_err(lens[-1], to_numpy(c["ln_final.hook_out"])) < SUM_TOL  # the LayerNorm's output
-    assert rel_err(cache_t.accumulated_resid(apply_ln=True), cache.accumulated_resid(apply_ln=True)) < TOL["float64"]
+        # the LayerNorm's output
+        assert rel_err(lens[-1], to_numpy(c["ln_final.hook_out"])) < SUM_TOL
+    assert (
+        rel_err(cache_t.accumulated_resid(apply_ln=True), cache.accumulated_resid(apply_ln=True))
+        < TOL["float64"]
+    )
     # the logit lens leaves the NumPy model's own ln_final ready for a backward pass of the last run
     model.zero_grad()
     model.backward(np.random.default_rng(3).standard_normal(out.shape))
@@ -288,8 +353,12 @@ def test_logit_lens_last_layer_gives_the_logits():
 def test_twins_agree_on_every_cache_method():
     model, twin, tokens, (out, cache), (out_t, cache_t) = caches("pre")
     pairs = {
-        "accumulated_resid(incl_mid)": lambda c: c.accumulated_resid(2, incl_mid=True, apply_ln=True),
-        "accumulated_resid(mlp_input)": lambda c: c.accumulated_resid(1, mlp_input=True, apply_ln=True),
+        "accumulated_resid(incl_mid)": lambda c: c.accumulated_resid(
+            2, incl_mid=True, apply_ln=True
+        ),
+        "accumulated_resid(mlp_input)": lambda c: c.accumulated_resid(
+            1, mlp_input=True, apply_ln=True
+        ),
         "decompose_resid(attn, ln)": lambda c: c.decompose_resid(2, mode="attn", apply_ln=True),
         "decompose_resid(mlp)": lambda c: c.decompose_resid(mode="mlp", incl_embeds=False),
         "stack_head_results(ln)": lambda c: c.stack_head_results(2, apply_ln=True),
@@ -317,7 +386,12 @@ def test_remove_batch_dim_keeps_the_sum_rules():
         attrs = to_numpy(c.logit_attrs(c.decompose_resid(), tokens[0]))  # [component, pos]
         direction = model.W_U.T[tokens[0]]  # [pos, d_model]
         constant = model.b_U[tokens[0]] + direction @ model.ln_final.b.data
-        assert rel_err(attrs.sum(0) + constant, np.take_along_axis(out[0], tokens[0][:, None], -1)[:, 0]) < SUM_TOL
+        assert (
+            rel_err(
+                attrs.sum(0) + constant, np.take_along_axis(out[0], tokens[0][:, None], -1)[:, 0]
+            )
+            < SUM_TOL
+        )
     _, big = model.run_with_cache(tokens_for(model.cfg))
     with pytest.raises(ValueError, match="batch size 1"):
         big.remove_batch_dim()
@@ -326,8 +400,11 @@ def test_remove_batch_dim_keeps_the_sum_rules():
 def test_cache_methods_refuse_what_they_cannot_do():
     model, twin = twins(make_cfg(LENS, normalization="post"), seed=1)
     _, cache = model.run_with_cache(tokens_for(model.cfg))
-    for call in (lambda: cache.decompose_resid(), lambda: cache.stack_head_results(),
-                 lambda: cache.apply_ln_to_stack(cache.accumulated_resid())):
+    for call in (
+        lambda: cache.decompose_resid(),
+        lambda: cache.stack_head_results(),
+        lambda: cache.apply_ln_to_stack(cache.accumulated_resid()),
+    ):
         with pytest.raises(ValueError, match="post-norm"):
             call()
     model, _ = twins(make_cfg(LENS), seed=1)
@@ -344,6 +421,7 @@ def test_cache_methods_refuse_what_they_cannot_do():
 
 # --- running: return_type, generate, the vocabulary ---
 
+
 def test_return_type_gives_the_next_token_loss():
     model, twin = twins(make_cfg(LENS), seed=1)
     tokens = tokens_for(model.cfg)
@@ -353,13 +431,16 @@ def test_return_type_gives_the_next_token_loss():
     for m in (model, twin):
         assert rel_err(m(tokens, return_type="loss"), expected) < SUM_TOL
         both_logits, both_loss = m(tokens, return_type="both")
-        assert rel_err(both_logits, logits) < TOL["float64"] and rel_err(both_loss, expected) < SUM_TOL
+        assert (
+            rel_err(both_logits, logits) < TOL["float64"] and rel_err(both_loss, expected) < SUM_TOL
+        )
         assert m(tokens, return_type=None) is None
         with pytest.raises(ValueError, match="return_type"):
             m(tokens, return_type="probs")
     twin_loss = twin(tokens, return_type="loss")
     twin_loss.backward()
-    assert twin.blocks[0].attn.W_Q.grad.abs().max() > 0  # the loss's gradient reaches the first layer
+    # the loss's gradient reaches the first layer
+    assert twin.blocks[0].attn.W_Q.grad.abs().max() > 0
 
 
 def test_generate_gives_the_same_tokens_in_both_twins():
@@ -367,7 +448,9 @@ def test_generate_gives_the_same_tokens_in_both_twins():
     prompt = tokens_for(model.cfg, pos=4)
     greedy = model.generate(prompt, max_new_tokens=6, do_sample=False, verbose=False)
     assert greedy.shape == (B, 10) and np.array_equal(greedy[:, :4], prompt)
-    assert np.array_equal(to_numpy(twin.generate(prompt, max_new_tokens=6, do_sample=False, verbose=False)), greedy)
+    assert np.array_equal(
+        to_numpy(twin.generate(prompt, max_new_tokens=6, do_sample=False, verbose=False)), greedy
+    )
     # greedy is the argmax of the logits at every step
     assert np.array_equal(model(greedy)[:, 3:-1].argmax(-1), greedy[:, 4:])
     sampled = model.generate(prompt, 6, temperature=1.5, seed=11)
@@ -381,7 +464,21 @@ def test_generate_gives_the_same_tokens_in_both_twins():
 
 
 def test_word_vocabulary_drives_to_tokens_and_generate():
-    words = ["<pad>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "home", "<bos>", "up", "down"]
+    words = [
+        "<pad>",
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "mat",
+        "a",
+        "dog",
+        "ran",
+        "home",
+        "<bos>",
+        "up",
+        "down",
+    ]
     model, twin = twins(make_cfg(LENS), seed=1)
     for m in (model, twin):
         m.tokenizer = WordVocabulary(words)
@@ -393,24 +490,34 @@ def test_word_vocabulary_drives_to_tokens_and_generate():
         assert m.to_str_tokens("the cat", prepend_bos=False) == ["the", "cat"]
         with pytest.raises(ValueError, match="'bird'"):
             m.to_tokens("the bird")
-    assert model.generate("the cat", 3, do_sample=False) == twin.generate("the cat", 3, do_sample=False)
+    assert model.generate("the cat", 3, do_sample=False) == twin.generate(
+        "the cat", 3, do_sample=False
+    )
     model.tokenizer = WordVocabulary(words, bos_token="<bos>")
     assert model.to_str_tokens("the cat") == ["<bos>", "the", "cat"]
 
 
 # --- the torch twin moves like a module ---
 
+
 def test_dtype_moves_keep_the_config_in_step():
     model, twin = twins(make_cfg(LENS), seed=1)
     tokens = tokens_for(model.cfg)
     expected = model(tokens)
     twin.float()
-    assert twin.cfg.dtype == "float32" and all(m.cfg.dtype == "float32" for m in twin.modules() if hasattr(m, "cfg"))
+    assert twin.cfg.dtype == "float32" and all(
+        m.cfg.dtype == "float32" for m in twin.modules() if hasattr(m, "cfg")
+    )
     out = twin(tokens)
     assert out.dtype == torch.float32 and rel_err(out, expected) < TOL["float32"]
     twin.to(torch.float64)
     assert twin.cfg.dtype == "float64" and twin.blocks[1].mlp.W_in.dtype == torch.float64
-    for refused in (twin.half, twin.bfloat16, lambda: twin.to(torch.float16), lambda: twin.to("cpu", torch.bfloat16)):
+    for refused in (
+        twin.half,
+        twin.bfloat16,
+        lambda: twin.to(torch.float16),
+        lambda: twin.to("cpu", torch.bfloat16),
+    ):
         with pytest.raises(TypeError, match="float32 or float64"):
             refused()
     assert twin.cfg.dtype == "float64" and twin.embed.W_E.dtype == torch.float64  # nothing moved
@@ -439,8 +546,11 @@ def test_the_shared_surface_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, foundation.lens.cache, foundation.lens.factored, foundation.lens.running, foundation.lens.views, "
-            "foundation.lens.vocab, numpy_impl; assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys, foundation.lens.cache, foundation.lens.factored, foundation.lens.running, "
+        "foundation.lens.views, "
+        "foundation.lens.vocab, numpy_impl; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -454,7 +564,10 @@ def test_interp_tour_finds_the_trained_model_in_its_out_folder(tmp_path):
     model.save(tmp_path / "induction.npz")
     found, note, _ = choose_model(argparse.Namespace(model="auto", out=str(tmp_path), seed=0))
     assert str(tmp_path / "induction.npz") in note
-    assert all(np.array_equal(a, b) for a, b in zip(found.state_dict().values(), model.state_dict().values()))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(found.state_dict().values(), model.state_dict().values())
+    )
     _, note, _ = choose_model(argparse.Namespace(model="auto", out=str(tmp_path / "empty"), seed=0))
     assert "random" in note
 
@@ -467,7 +580,8 @@ def _cache(model, tokens, remove_batch_dim=False):
     return cache.remove_batch_dim() if remove_batch_dim else cache
 
 
-LOGIT_ATTR_TOKENS_BAD = {  # (tokens the cache was run on, remove_batch_dim, tokens given to logit_attrs)
+# (tokens the cache was run on, remove_batch_dim, tokens given to logit_attrs)
+LOGIT_ATTR_TOKENS_BAD = {
     "batch 1, four 1-D tokens": (TOKENS[:1], False, np.array([1, 2, 3, 4])),
     "batch 2, three 1-D tokens": (TOKENS, False, np.array([1, 2, 3])),
     "batch 2, one 1-D token": (TOKENS, False, np.array([1])),
@@ -489,29 +603,38 @@ def test_logit_attrs_checks_tokens_against_the_cache(side, case):
     cache = _cache(model, run_on, no_batch)
     stack = cache.accumulated_resid()
     kind, message = outcome(lambda: cache.logit_attrs(stack, tokens))
-    assert kind in ("TypeError", "ValueError") and "tokens" in message and "\n" not in message, (kind, message)
+    assert kind in ("TypeError", "ValueError") and "tokens" in message and "\n" not in message, (
+        kind,
+        message,
+    )
     kind, message = outcome(lambda: cache.logit_attrs(stack, 1, incorrect_tokens=tokens))
     assert kind in ("TypeError", "ValueError") and "tokens" in message, (kind, message)
 
 
 @pytest.mark.parametrize("side", SIDES)
 def test_logit_attrs_takes_the_forms_transformer_lens_takes(side):
-    """int (every position), [batch] (one per sequence, every position), [batch, pos]; without a batch axis, [pos]."""
+    """int (every position), [batch] (one per sequence, every position), [batch, pos]; without a
+    batch axis, [pos]."""
     model = twins()[SIDES.index(side)]
     cache = _cache(model, TOKENS)
     stack = cache.accumulated_resid()
     full = as_float64(cache.logit_attrs(stack, TOKENS))  # [component, batch, pos]
     assert full.shape == (3, 2, 4)
     per_sequence = as_float64(cache.logit_attrs(stack, np.array([3, 9])))
-    assert rel_err(per_sequence, as_float64(cache.logit_attrs(stack, np.array([[3] * 4, [9] * 4])))) == 0
+    assert (
+        rel_err(per_sequence, as_float64(cache.logit_attrs(stack, np.array([[3] * 4, [9] * 4]))))
+        == 0
+    )
     one = as_float64(cache.logit_attrs(stack, np.int64(5)))
     assert rel_err(one, as_float64(cache.logit_attrs(stack, np.full((2, 4), 5)))) == 0
     single = _cache(model, TOKENS[:1], remove_batch_dim=True)
-    by_pos = as_float64(single.logit_attrs(single.accumulated_resid(), TOKENS[0]))  # [component, pos]
+    # [component, pos]
+    by_pos = as_float64(single.logit_attrs(single.accumulated_resid(), TOKENS[0]))
     assert rel_err(by_pos, full[:, 0]) <= 1e-12
 
 
-# ================================================================ TransformerLens's everyday ablation calls
+# ================================================================ TransformerLens's everyday
+# ablation calls
 #
 # TransformerLens is not installed here. What each call means in TransformerLens (2.x: its
 # ``HookedTransformer.forward``, ``hook_points.py``, ``utils.get_act_name``, ``utils.Slice``,
@@ -550,17 +673,22 @@ def state(model):
     return {name: to_numpy(value).astype(np.float64) for name, value in model.state_dict().items()}
 
 
-# --- TransformerLens's forward pass, written out from its components (pre-norm, learned positions) ---
+# --- TransformerLens's forward pass, written out from its components (pre-norm, learned positions)
+# ---
 
-ACT = {"relu": lambda x: np.maximum(x, 0),
-       "gelu_new": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
-       "gelu": lambda x: F.gelu(torch.from_numpy(x)).numpy()}  # TransformerLens's "gelu" is F.gelu
+ACT = {
+    "relu": lambda x: np.maximum(x, 0),
+    "gelu_new": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
+    "gelu": lambda x: F.gelu(torch.from_numpy(x)).numpy(),
+}  # TransformerLens's "gelu" is F.gelu
 
 
 def tl_forward(sd, cfg, tokens, edits=None):
-    """(logits, {hook name: activation}): HookedTransformer's forward; ``edits[name](x)`` replaces a hook's value.
+    """(logits, {hook name: activation}): HookedTransformer's forward; ``edits[name](x)`` replaces a
+    hook's value.
 
-    A LayerNorm with ``w`` in ``sd`` is TransformerLens's LayerNorm, one without is its LayerNormPre.
+    A LayerNorm with ``w`` in ``sd`` is TransformerLens's LayerNorm, one without is its
+    LayerNormPre.
     """
     edits, acts = edits or {}, {}
 
@@ -579,20 +707,32 @@ def tl_forward(sd, cfg, tokens, edits=None):
         return point(prefix + "hook_normalized", out)
 
     pos = tokens.shape[1]
-    resid = point("hook_embed", sd["embed.W_E"][tokens]) + point("hook_pos_embed", np.broadcast_to(
-        sd["pos_embed.W_pos"][:pos], (tokens.shape[0], pos, cfg.d_model)).copy())
+    resid = point("hook_embed", sd["embed.W_E"][tokens]) + point(
+        "hook_pos_embed",
+        np.broadcast_to(sd["pos_embed.W_pos"][:pos], (tokens.shape[0], pos, cfg.d_model)).copy(),
+    )
     for i in range(cfg.n_layers):
         pre, w = f"blocks.{i}.", lambda name: sd[f"blocks.{i}.{name}"]  # noqa: E731
         resid = point(pre + "hook_resid_pre", resid)
         x = layer_norm(pre + "ln1.", resid)
-        q, k, v = (point(pre + f"attn.hook_{n.lower()}", np.einsum("bpm,hmd->bphd", x, w(f"attn.W_{n}"))
-                         + w(f"attn.b_{n}")) for n in "QKV")
+        q, k, v = (
+            point(
+                pre + f"attn.hook_{n.lower()}",
+                np.einsum("bpm,hmd->bphd", x, w(f"attn.W_{n}")) + w(f"attn.b_{n}"),
+            )
+            for n in "QKV"
+        )
         scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(cfg.d_head)
-        scores = point(pre + "attn.hook_attn_scores", np.where(np.tril(np.ones((pos, pos), bool)), scores, -np.inf))
+        scores = point(
+            pre + "attn.hook_attn_scores",
+            np.where(np.tril(np.ones((pos, pos), bool)), scores, -np.inf),
+        )
         pattern = np.exp(scores - scores.max(-1, keepdims=True))
         pattern = point(pre + "attn.hook_pattern", pattern / pattern.sum(-1, keepdims=True))
         z = point(pre + "attn.hook_z", np.einsum("bhqk,bkhd->bqhd", pattern, v))
-        resid = resid + point(pre + "hook_attn_out", np.einsum("bphd,hdm->bpm", z, w("attn.W_O")) + w("attn.b_O"))
+        resid = resid + point(
+            pre + "hook_attn_out", np.einsum("bphd,hdm->bpm", z, w("attn.W_O")) + w("attn.b_O")
+        )
         resid = point(pre + "hook_resid_mid", resid)
         x = layer_norm(pre + "ln2.", resid)
         hidden = point(pre + "mlp.hook_pre", x @ w("mlp.W_in") + w("mlp.b_in"))
@@ -604,10 +744,15 @@ def tl_forward(sd, cfg, tokens, edits=None):
 
 
 def tl_loss(logits, tokens, per_token=False):
-    """TransformerLens's ``utils.lm_cross_entropy_loss``: -log p(tokens[:, 1:]); its mean unless per_token."""
-    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+    """TransformerLens's ``utils.lm_cross_entropy_loss``: -log p(tokens[:, 1:]); its mean unless
+    per_token."""
+    log_probs = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
         - logits.max(-1, keepdims=True)
-    predicted = np.take_along_axis(log_probs[:, :-1], tokens[:, 1:, None], -1)[..., 0]  # [batch, pos - 1]
+    )
+    # [batch, pos - 1]
+    predicted = np.take_along_axis(log_probs[:, :-1], tokens[:, 1:, None], -1)[..., 0]
     return -predicted if per_token else -predicted.mean()
 
 
@@ -615,29 +760,45 @@ def zero_head(head):
     def hook(z, hook):
         z[:, :, head] = 0.0
         return z
+
     return hook
 
 
 # --- run_with_hooks and run_with_cache take the forward's arguments ---
 
+
 @pytest.mark.parametrize("act_fn", ["gelu_new", "gelu", "relu"])
 def test_run_with_hooks_returns_the_ablated_loss(act_fn):
-    """The most common ablation call: model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[...])."""
+    """The most common ablation call: model.run_with_hooks(tokens, return_type="loss",
+    fwd_hooks=[...])."""
     model, twin = twins(make_cfg(HABITS, act_fn=act_fn), seed=1)
     tokens = tokens_for(HABITS_CFG)
     sd = state(model)
     clean_logits, _ = tl_forward(sd, model.cfg, tokens)
-    ablated_logits, _ = tl_forward(sd, model.cfg, tokens, {"blocks.1.attn.hook_z": lambda z: zero_head(2)(z, None)})
+    ablated_logits, _ = tl_forward(
+        sd, model.cfg, tokens, {"blocks.1.attn.hook_z": lambda z: zero_head(2)(z, None)}
+    )
     for m in (model, twin):
-        loss = m.run_with_hooks(tokens, return_type="loss", fwd_hooks=[("blocks.1.attn.hook_z", zero_head(2))])
+        loss = m.run_with_hooks(
+            tokens, return_type="loss", fwd_hooks=[("blocks.1.attn.hook_z", zero_head(2))]
+        )
         close(loss, tl_loss(ablated_logits, tokens))
-        per_token = m.run_with_hooks(tokens, return_type="loss", loss_per_token=True,
-                                     fwd_hooks=[(get_act_name("z", 1), zero_head(2))])
+        per_token = m.run_with_hooks(
+            tokens,
+            return_type="loss",
+            loss_per_token=True,
+            fwd_hooks=[(get_act_name("z", 1), zero_head(2))],
+        )
         assert per_token.shape == (B, P - 1)
         close(per_token, tl_loss(ablated_logits, tokens, per_token=True))
         # the forward's arguments may be positional too, as model(tokens, "loss") takes them
-        close(m.run_with_hooks(tokens, "loss", fwd_hooks=[("blocks.1.attn.hook_z", zero_head(2))]), loss)
-        logits, both_loss = m.run_with_hooks(tokens, return_type="both", fwd_hooks=[("z1", zero_head(2))])
+        close(
+            m.run_with_hooks(tokens, "loss", fwd_hooks=[("blocks.1.attn.hook_z", zero_head(2))]),
+            loss,
+        )
+        logits, both_loss = m.run_with_hooks(
+            tokens, return_type="both", fwd_hooks=[("z1", zero_head(2))]
+        )
         close(logits, ablated_logits)
         close(both_loss, tl_loss(ablated_logits, tokens))
         close(m(tokens, return_type="loss"), tl_loss(clean_logits, tokens))  # the hooks are gone
@@ -651,42 +812,66 @@ def test_run_with_cache_takes_the_forwards_arguments():
     for m in (model, twin):
         loss, cache = m.run_with_cache(tokens, return_type="loss")
         close(loss, tl_loss(logits, tokens))
-        # TransformerLens 2.18's names, each holding 2.18's value; 4 adds more names, and its LayerNorm's
-        # hook_out is 2.18's hook_normalized (after w and b)
+        # TransformerLens 2.18's names, each holding 2.18's value; 4 adds more names, and its
+        # LayerNorm's hook_out is 2.18's hook_normalized (after w and b)
         renamed = {name: name.replace("hook_normalized", "hook_out") for name in acts}
         assert set(renamed.values()) <= set(cache.keys())
         for name, value in acts.items():
             close(cache[renamed[name]], value)
-        per_token, cache = m.run_with_cache(tokens, return_type="loss", loss_per_token=True, names_filter="pattern1")
+        per_token, cache = m.run_with_cache(
+            tokens, return_type="loss", loss_per_token=True, names_filter="pattern1"
+        )
         close(per_token, tl_loss(logits, tokens, per_token=True))
         assert list(cache.keys()) == ["blocks.1.attn.hook_pattern"]
-        out, plain = m.run_with_cache(tokens, return_cache_object=False, names_filter=lambda n: n.endswith("scale"))
+        out, plain = m.run_with_cache(
+            tokens, return_cache_object=False, names_filter=lambda n: n.endswith("scale")
+        )
         assert isinstance(plain, dict) and len(plain) == 5
         close(out, logits)
 
 
 # --- backward hooks, as TransformerLens uses them ---
 
+
 def autograd_at(twin, tokens, name, fwd_hooks=(), per_token_grad=None):
-    """torch's own gradient of the loss at hook point ``name``: retain_grad on the point's output."""
+    """torch's own gradient of the loss at hook point ``name``: retain_grad on the point's
+    output."""
     captured = []
-    handle = twin.hook_dict[name].register_forward_hook(lambda module, args, out: captured.append(out))
+    handle = twin.hook_dict[name].register_forward_hook(
+        lambda module, args, out: captured.append(out)
+    )
     twin.zero_grad()
     try:
         with twin.hooks(fwd_hooks):
-            loss = twin(torch.from_numpy(tokens), return_type="loss", loss_per_token=per_token_grad is not None)
+            loss = twin(
+                torch.from_numpy(tokens),
+                return_type="loss",
+                loss_per_token=per_token_grad is not None,
+            )
         captured[0].retain_grad()
         loss.backward(None if per_token_grad is None else torch.from_numpy(per_token_grad))
     finally:
         handle.remove()
-    return captured[0].grad.numpy().copy(), {n: p.grad.numpy().copy() for n, p in twin.named_parameters()}
+    return captured[0].grad.numpy().copy(), {
+        n: p.grad.numpy().copy() for n, p in twin.named_parameters()
+    }
 
 
-@pytest.mark.parametrize("name", ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_pattern", "blocks.0.mlp.hook_post",
-                                  "blocks.1.ln1.hook_scale", "hook_embed", "ln_final.hook_normalized"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "blocks.0.hook_resid_pre",
+        "blocks.1.attn.hook_pattern",
+        "blocks.0.mlp.hook_post",
+        "blocks.1.ln1.hook_scale",
+        "hook_embed",
+        "ln_final.hook_normalized",
+    ],
+)
 def test_backward_hooks_fire_in_the_loss_backward(name):
-    """run_with_hooks(..., return_type="loss", bwd_hooks=..., reset_hooks_end=False), then loss.backward()
-    (torch) / model.backward() (NumPy), then reset_hooks(): each hook sees torch autograd's gradient there."""
+    """run_with_hooks(..., return_type="loss", bwd_hooks=..., reset_hooks_end=False), then
+    loss.backward() (torch) / model.backward() (NumPy), then reset_hooks(): each hook sees torch
+    autograd's gradient there."""
     model, twin = twins(make_cfg(HABITS), seed=1)
     tokens = tokens_for(HABITS_CFG)
     expected, expected_params = autograd_at(twin, tokens, name)
@@ -704,8 +889,12 @@ def test_backward_hooks_fire_in_the_loss_backward(name):
         assert len(seen) == 1
         close(seen[0], expected)
         largest = max(np.abs(g).max() for g in expected_params.values())
-        for pname, p in m.named_parameters():  # b_K's exact gradient is 0: measured against the largest (helpers.py)
-            assert rel_err(p.grad, expected_params[pname], largest if pname.endswith("b_K") else None) <= TL_TOL, pname
+        # b_K's exact gradient is 0: measured against the largest (helpers.py)
+        for pname, p in m.named_parameters():
+            assert (
+                rel_err(p.grad, expected_params[pname], largest if pname.endswith("b_K") else None)
+                <= TL_TOL
+            ), pname
         assert all(not p.bwd_hooks for p in m.hook_points())
 
 
@@ -717,11 +906,18 @@ def test_backward_hooks_with_an_ablation_and_a_per_token_loss():
     ablate = [("blocks.0.attn.hook_z", zero_head(1))]
     name = "blocks.0.attn.hook_v"
     expected, _ = autograd_at(twin, tokens, name, ablate, per_token_grad=dloss)
-    assert np.all(expected[:, :, 1] == 0) and np.abs(expected[:, :, 0]).max() > 1e-3  # head 1 feeds only the ablated z
+    # head 1 feeds only the ablated z
+    assert np.all(expected[:, :, 1] == 0) and np.abs(expected[:, :, 0]).max() > 1e-3
     for m in (model, twin):
         seen = []
-        loss = m.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=ablate,
-                                bwd_hooks=[(name, lambda g, hook: seen.append(to_numpy(g)))], reset_hooks_end=False)
+        loss = m.run_with_hooks(
+            tokens,
+            return_type="loss",
+            loss_per_token=True,
+            fwd_hooks=ablate,
+            bwd_hooks=[(name, lambda g, hook: seen.append(to_numpy(g)))],
+            reset_hooks_end=False,
+        )
         if m is model:
             m.backward(dloss)  # loss.backward(dloss)
         else:
@@ -736,25 +932,35 @@ def test_backward_hooks_removed_at_the_end_do_not_fire_and_warn():
     for m in (model, twin):
         seen = []
         with pytest.warns(UserWarning, match="reset_hooks_end=False"):
-            loss = m.run_with_hooks(tokens, return_type="loss",
-                                    bwd_hooks=[("hook_embed", lambda g, hook: seen.append(1))])
+            loss = m.run_with_hooks(
+                tokens,
+                return_type="loss",
+                bwd_hooks=[("hook_embed", lambda g, hook: seen.append(1))],
+            )
         model.backward() if m is model else loss.backward()
         assert seen == []
 
 
 def test_a_backward_hook_that_returns_a_gradient_edits_what_flows_on():
-    """Halving the gradient at resid_mid of layer 1 halves every gradient below it, alike in both twins."""
+    """Halving the gradient at resid_mid of layer 1 halves every gradient below it, alike in both
+    twins."""
     model, twin = twins(make_cfg(HABITS), seed=1)
     tokens = tokens_for(HABITS_CFG, seed=3)
     grads = {}
     for m in (model, twin):
         for factor in (1.0, 0.5):
             m.zero_grad()
-            loss = m.run_with_hooks(tokens, return_type="loss", reset_hooks_end=False,
-                                    bwd_hooks=[("blocks.1.hook_resid_mid", lambda g, hook, f=factor: g * f)])
+            loss = m.run_with_hooks(
+                tokens,
+                return_type="loss",
+                reset_hooks_end=False,
+                bwd_hooks=[("blocks.1.hook_resid_mid", lambda g, hook, f=factor: g * f)],
+            )
             model.backward() if m is model else loss.backward()
             m.reset_hooks()
-            grads[m is model, factor] = to_numpy(dict(m.named_parameters())["blocks.0.mlp.W_in"].grad).copy()
+            grads[m is model, factor] = to_numpy(
+                dict(m.named_parameters())["blocks.0.mlp.W_in"].grad
+            ).copy()
     close(grads[True, 0.5], 0.5 * grads[True, 1.0])
     close(grads[True, 0.5], grads[False, 0.5])
 
@@ -762,17 +968,26 @@ def test_a_backward_hook_that_returns_a_gradient_edits_what_flows_on():
 def test_run_with_cache_incl_bwd_differentiates_the_returned_loss():
     model, twin = twins(make_cfg(HABITS), seed=1)
     tokens = tokens_for(HABITS_CFG, seed=4)
-    expected = {name: autograd_at(twin, tokens, name)[0]
-                for name in ("blocks.0.hook_resid_mid", "blocks.1.attn.hook_q", "ln_final.hook_scale")}
+    expected = {
+        name: autograd_at(twin, tokens, name)[0]
+        for name in ("blocks.0.hook_resid_mid", "blocks.1.attn.hook_q", "ln_final.hook_scale")
+    }
     for m in (model, twin):
         m.zero_grad()
         loss, cache = m.run_with_cache(tokens, return_type="loss", incl_bwd=True)
         for name, grad in expected.items():
             close(cache[name + "_grad"], grad)
     dloss = np.random.default_rng(1).standard_normal((B, P - 1))
-    _, cache = model.run_with_cache(tokens, return_type="loss", loss_per_token=True, incl_bwd=True, dout=dloss)
-    _, cache_t = twin.run_with_cache(tokens, return_type="loss", loss_per_token=True, incl_bwd=True, dout=dloss)
-    close(cache["resid_pre_grad", 1], autograd_at(twin, tokens, "blocks.1.hook_resid_pre", per_token_grad=dloss)[0])
+    _, cache = model.run_with_cache(
+        tokens, return_type="loss", loss_per_token=True, incl_bwd=True, dout=dloss
+    )
+    _, cache_t = twin.run_with_cache(
+        tokens, return_type="loss", loss_per_token=True, incl_bwd=True, dout=dloss
+    )
+    close(
+        cache["resid_pre_grad", 1],
+        autograd_at(twin, tokens, "blocks.1.hook_resid_pre", per_token_grad=dloss)[0],
+    )
     close(cache["resid_pre_grad", 1], cache_t["resid_pre_grad", 1])
     for m in (model, twin):
         with pytest.raises(ValueError, match="per token"):
@@ -782,6 +997,7 @@ def test_run_with_cache_incl_bwd_differentiates_the_returned_loss():
 
 
 # --- the NumPy model's backward() after a loss ---
+
 
 def test_numpy_backward_without_dout_is_loss_backward():
     model, twin = twins(make_cfg(HABITS), seed=1)
@@ -795,7 +1011,9 @@ def test_numpy_backward_without_dout_is_loss_backward():
         (result[1] if return_type == "both" else result).backward()
         largest = max(float(p.grad.abs().max()) for p in twin.parameters())
         for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
-            assert rel_err(p.grad, q.grad, largest if name.endswith("b_K") else None) <= TL_TOL, name
+            assert rel_err(p.grad, q.grad, largest if name.endswith("b_K") else None) <= TL_TOL, (
+                name
+            )
     model.zero_grad()
     model(tokens, return_type="loss")
     model.backward(2.5)  # loss.backward(torch.tensor(2.5)): the gradient times 2.5
@@ -816,14 +1034,20 @@ def test_numpy_backward_without_dout_is_loss_backward():
 
 # --- add_hook, reset_hooks and the hook points ---
 
+
 def test_reset_hooks_clears_hooks_however_they_were_added():
-    """The issue's case: a hook put on a HookPoint directly stays on (TransformerLens too) until reset_hooks()."""
+    """The issue's case: a hook put on a HookPoint directly stays on (TransformerLens too) until
+    reset_hooks()."""
     model, twin = twins(make_cfg(HABITS), seed=1)
     tokens = tokens_for(HABITS_CFG)
     sd = state(model)
     clean = tl_loss(tl_forward(sd, model.cfg, tokens)[0], tokens)
-    ablated = tl_loss(tl_forward(sd, model.cfg, tokens, {"blocks.1.attn.hook_z": lambda z: zero_head(0)(z, None)})[0],
-                      tokens)
+    ablated = tl_loss(
+        tl_forward(
+            sd, model.cfg, tokens, {"blocks.1.attn.hook_z": lambda z: zero_head(0)(z, None)}
+        )[0],
+        tokens,
+    )
     for m in (model, twin):
         m.blocks[1].attn.hook_z.add_hook(zero_head(0))
         close(m(tokens, return_type="loss"), ablated)
@@ -856,12 +1080,17 @@ def test_hooks_context_removes_only_its_own_hooks():
         m.add_hook("hook_embed", lambda x, hook: outer.append(hook.name))
         with m.hooks(fwd_hooks=[("hook_pos_embed", lambda x, hook: None)]):
             assert len(m.hook_dict["hook_pos_embed"].fwd_hooks) == 1
-            with m.hooks(fwd_hooks=[("hook_pos_embed", lambda x, hook: None)], reset_hooks_end=False):
+            with m.hooks(
+                fwd_hooks=[("hook_pos_embed", lambda x, hook: None)], reset_hooks_end=False
+            ):
                 pass
-            assert len(m.hook_dict["hook_pos_embed"].fwd_hooks) == 2  # the inner block left its hook on
-        assert len(m.hook_dict["hook_pos_embed"].fwd_hooks) == 1  # the outer block took only its own
+            # the inner block left its hook on
+            assert len(m.hook_dict["hook_pos_embed"].fwd_hooks) == 2
+        # the outer block took only its own
+        assert len(m.hook_dict["hook_pos_embed"].fwd_hooks) == 1
         m(tokens)
-        assert outer == ["embed.hook_out"]  # hook_embed: an alias; hook.name is the point's own name
+        # hook_embed: an alias; hook.name is the point's own name
+        assert outer == ["embed.hook_out"]
         m.reset_hooks()
         assert all(not p.fwd_hooks for p in m.hook_points())
 
@@ -876,10 +1105,16 @@ def test_hook_points_know_their_name_layer_and_context():
             seen[hook.name] = hook.layer()
             hook.ctx["calls"] = hook.ctx.get("calls", 0) + 1
 
-        m.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith(("hook_z", "ln2.hook_scale")), note)])
+        m.run_with_hooks(
+            tokens, fwd_hooks=[(lambda n: n.endswith(("hook_z", "ln2.hook_scale")), note)]
+        )
         # hook_z is an alias of o.hook_in: hook.name is the point's own name
-        assert seen == {"blocks.0.attn.o.hook_in": 0, "blocks.0.ln2.hook_scale": 0,
-                        "blocks.1.attn.o.hook_in": 1, "blocks.1.ln2.hook_scale": 1}
+        assert seen == {
+            "blocks.0.attn.o.hook_in": 0,
+            "blocks.0.ln2.hook_scale": 0,
+            "blocks.1.attn.o.hook_in": 1,
+            "blocks.1.ln2.hook_scale": 1,
+        }
         assert m.hook_dict["blocks.1.attn.hook_z"].ctx == {"calls": 1}
         m.run_with_hooks(tokens, fwd_hooks=[("z1", note)], clear_contexts=True)
         assert m.hook_dict["blocks.1.attn.hook_z"].ctx == {}
@@ -925,7 +1160,10 @@ def test_get_act_name_reads_transformer_lens_short_names():
     assert npi.get_act_name is get_act_name and pti.get_act_name is get_act_name
     model, _ = twins(make_cfg(HABITS), seed=1)
     _, cache = model.run_with_cache(tokens_for(HABITS_CFG))
-    assert cache["k1"] is cache["blocks.1.attn.hook_k"] and cache["scale0ln2"] is cache["blocks.0.ln2.hook_scale"]
+    assert (
+        cache["k1"] is cache["blocks.1.attn.hook_k"]
+        and cache["scale0ln2"] is cache["blocks.0.ln2.hook_scale"]
+    )
 
 
 def test_bad_hook_calls_are_named():
@@ -952,10 +1190,16 @@ SLICES = [None, -1, (1, 5), slice(2, None, 2), [0, 3, 6], np.array([6, 1])]
 
 
 def tl_slice(x, input_slice, dim):
-    """TransformerLens's Slice(input_slice).apply(x, dim): an int drops the axis, a tuple is slice(*tuple)."""
+    """TransformerLens's Slice(input_slice).apply(x, dim): an int drops the axis, a tuple is
+    slice(*tuple)."""
     index = [slice(None)] * x.ndim
-    index[dim] = (slice(*input_slice) if isinstance(input_slice, tuple) else slice(None) if input_slice is None
-                  else input_slice)
+    index[dim] = (
+        slice(*input_slice)
+        if isinstance(input_slice, tuple)
+        else slice(None)
+        if input_slice is None
+        else input_slice
+    )
     return x[tuple(index)]
 
 
@@ -968,48 +1212,71 @@ def test_pos_slice_on_the_stacks(pos_slice):
     sd = state(model)
     for c in (cache, cache_t):
         # TransformerLens slices each stacked piece on its pos axis (-2; -3 for z) before stacking
-        expected = np.stack([tl_slice(c["resid_pre", i].numpy() if hasattr(c["resid_pre", i], "numpy")
-                                      else c["resid_pre", i], pos_slice, -2) for i in range(2)])
+        expected = np.stack(
+            [
+                tl_slice(
+                    c["resid_pre", i].numpy()
+                    if hasattr(c["resid_pre", i], "numpy")
+                    else c["resid_pre", i],
+                    pos_slice,
+                    -2,
+                )
+                for i in range(2)
+            ]
+        )
         close(c.accumulated_resid(1, pos_slice=pos_slice), expected)
         parts = ["hook_embed", "hook_pos_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out"]
-        close(c.decompose_resid(1, pos_slice=pos_slice),
-              np.stack([tl_slice(to_numpy(c[n]), pos_slice, -2) for n in parts]))
+        close(
+            c.decompose_resid(1, pos_slice=pos_slice),
+            np.stack([tl_slice(to_numpy(c[n]), pos_slice, -2) for n in parts]),
+        )
         heads = c.stack_head_results(1, pos_slice=pos_slice)
         z = tl_slice(to_numpy(c["z", 0]), pos_slice, -3)
         close(heads, np.stack([z[..., h, :] @ sd["blocks.0.attn.W_O"][h] for h in range(3)]))
         # apply_ln: the stack's pos_slice picks the matching cached scales
         scale = tl_slice(to_numpy(c["blocks.1.ln1.hook_scale"]), pos_slice, -2)
         pieces = to_numpy(c.decompose_resid(1, pos_slice=pos_slice))
-        close(c.decompose_resid(1, pos_slice=pos_slice, apply_ln=True),
-              (pieces - pieces.mean(-1, keepdims=True)) / scale)
-    close(cache_t.decompose_resid(pos_slice=pos_slice, apply_ln=True), cache.decompose_resid(pos_slice=pos_slice,
-                                                                                             apply_ln=True))
+        close(
+            c.decompose_resid(1, pos_slice=pos_slice, apply_ln=True),
+            (pieces - pieces.mean(-1, keepdims=True)) / scale,
+        )
+    close(
+        cache_t.decompose_resid(pos_slice=pos_slice, apply_ln=True),
+        cache.decompose_resid(pos_slice=pos_slice, apply_ln=True),
+    )
 
 
 @pytest.mark.parametrize("batch_slice", [None, 1, (0, 2), [2, 0]], ids=repr)
 def test_logit_attrs_with_pos_and_batch_slices(batch_slice):
-    """TransformerLens's logit_attrs: batch_slice the stack (axis 1), centre it, divide by the cached
-    ln_final scale (pos_slice, then batch_slice applied to it), read along W_U[:, token] (ln_final.w
-    folded in: here W_U * ln_final.w)."""
+    """TransformerLens's logit_attrs: batch_slice the stack (axis 1), centre it, divide by the
+    cached ln_final scale (pos_slice, then batch_slice applied to it), read along W_U[:, token]
+    (ln_final.w folded in: here W_U * ln_final.w)."""
     model, twin = twins(make_cfg(HABITS), seed=1)
     tokens = tokens_for(HABITS_CFG)
     sd = state(model)
     answers = np.random.default_rng(9).integers(0, V, B)
     for m in (model, twin):
         _, c = m.run_with_cache(tokens)
-        stack = to_numpy(c.decompose_resid(pos_slice=-1))  # [component, batch, d_model]: the last position
+        # [component, batch, d_model]: the last position
+        stack = to_numpy(c.decompose_resid(pos_slice=-1))
         kept = tl_slice(stack, batch_slice, 1)
         scale = tl_slice(tl_slice(to_numpy(c["ln_final.hook_scale"]), -1, -2), batch_slice, 0)
         right = tl_slice(answers, batch_slice, 0)
         direction = (sd["unembed.W_U"] * sd["ln_final.w"][:, None]).T[right]  # [batch, d_model]
         expected = ((kept - kept.mean(-1, keepdims=True)) / scale * direction).sum(-1)
-        attrs = c.logit_attrs(c.decompose_resid(pos_slice=-1), right, pos_slice=-1, batch_slice=batch_slice)
+        attrs = c.logit_attrs(
+            c.decompose_resid(pos_slice=-1), right, pos_slice=-1, batch_slice=batch_slice
+        )
         close(attrs, expected)
         # summed, plus the constants, they are the logit of the answer at the last position
-        full = to_numpy(c.logit_attrs(c.decompose_resid(pos_slice=-1), answers, pos_slice=-1)).sum(0)
+        full = to_numpy(c.logit_attrs(c.decompose_resid(pos_slice=-1), answers, pos_slice=-1)).sum(
+            0
+        )
         logits = tl_forward(sd, m.cfg, tokens)[0][:, -1]
-        close(full + (sd["unembed.W_U"].T[answers] @ sd["ln_final.b"]) + sd["unembed.b_U"][answers],
-              logits[np.arange(B), answers])
+        close(
+            full + (sd["unembed.W_U"].T[answers] @ sd["ln_final.b"]) + sd["unembed.b_U"][answers],
+            logits[np.arange(B), answers],
+        )
 
 
 def test_run_with_cache_pos_slice_remove_batch_dim_and_to():
@@ -1017,11 +1284,19 @@ def test_run_with_cache_pos_slice_remove_batch_dim_and_to():
     tokens = tokens_for(HABITS_CFG)
     _, full = model.run_with_cache(tokens)
     for m in (model, twin):
-        _, c = m.run_with_cache(tokens, pos_slice=-1)  # TransformerLens keeps the axis for an int here
-        assert tuple(c["z", 0].shape) == (B, 1, 3, 5) and tuple(c["pattern", 0].shape) == (B, 3, 1, P)
+        # TransformerLens keeps the axis for an int here
+        _, c = m.run_with_cache(tokens, pos_slice=-1)
+        assert tuple(c["z", 0].shape) == (B, 1, 3, 5) and tuple(c["pattern", 0].shape) == (
+            B,
+            3,
+            1,
+            P,
+        )
         close(c["resid_post", 1], full["resid_post", 1][:, -1:])
         close(c["scale"], full["scale"][:, -1:])
-        _, c = m.run_with_cache(tokens, pos_slice=(1, 4), names_filter=["k0", "blocks.1.attn.hook_attn_scores"])
+        _, c = m.run_with_cache(
+            tokens, pos_slice=(1, 4), names_filter=["k0", "blocks.1.attn.hook_attn_scores"]
+        )
         close(c["k", 0], full["k", 0][:, 1:4])
         close(c["attn_scores", 1], full["attn_scores", 1][:, :, 1:4])
         _, one = m.run_with_cache(tokens[1:2], remove_batch_dim=True)
@@ -1056,39 +1331,65 @@ def test_slice_follows_transformer_lens():
 
 # --- generate ---
 
+
 def test_generate_greedy_is_the_argmax_and_the_twins_agree():
     model, twin = twins(make_cfg(HABITS), seed=1)
     prompt = tokens_for(HABITS_CFG, pos=3)
     greedy = model.generate(prompt, max_new_tokens=5, do_sample=False, verbose=False)
     rows = prompt.copy()
     for _ in range(5):  # TransformerLens's greedy loop: the argmax of the last position's logits
-        rows = np.concatenate([rows, tl_forward(state(model), model.cfg, rows)[0][:, -1].argmax(-1)[:, None]], 1)
+        rows = np.concatenate(
+            [rows, tl_forward(state(model), model.cfg, rows)[0][:, -1].argmax(-1)[:, None]], 1
+        )
     assert np.array_equal(greedy, rows)
-    assert np.array_equal(to_numpy(twin.generate(prompt, max_new_tokens=5, do_sample=False, verbose=False)), greedy)
-    assert np.array_equal(model.generate(prompt, 5, temperature=0, verbose=False, seed=1), greedy)  # temperature 0 too
+    assert np.array_equal(
+        to_numpy(twin.generate(prompt, max_new_tokens=5, do_sample=False, verbose=False)), greedy
+    )
+    # temperature 0 too
+    assert np.array_equal(model.generate(prompt, 5, temperature=0, verbose=False, seed=1), greedy)
     # stop_at_eos: a sequence that produced eos is padded with it; generation stops once all have
     eos = int(greedy[0, 3])
-    stopped = model.generate(prompt, max_new_tokens=5, do_sample=False, eos_token_id=eos, verbose=False)
+    stopped = model.generate(
+        prompt, max_new_tokens=5, do_sample=False, eos_token_id=eos, verbose=False
+    )
     expected = greedy.copy()
     for row in expected:
         hits = np.flatnonzero(row[3:] == eos)
         if hits.size:
-            row[3 + hits[0]:] = eos
-    finished_at = max(np.flatnonzero(row[3:] == eos)[0] if (row[3:] == eos).any() else 4 for row in expected)
-    assert np.array_equal(stopped, expected[:, :3 + finished_at + 1])
-    assert np.array_equal(to_numpy(twin.generate(prompt, 5, do_sample=False, eos_token_id=eos, verbose=False)), stopped)
-    unstopped = model.generate(prompt, 5, do_sample=False, eos_token_id=eos, stop_at_eos=False, verbose=False)
+            row[3 + hits[0] :] = eos
+    finished_at = max(
+        np.flatnonzero(row[3:] == eos)[0] if (row[3:] == eos).any() else 4 for row in expected
+    )
+    assert np.array_equal(stopped, expected[:, : 3 + finished_at + 1])
+    assert np.array_equal(
+        to_numpy(twin.generate(prompt, 5, do_sample=False, eos_token_id=eos, verbose=False)),
+        stopped,
+    )
+    unstopped = model.generate(
+        prompt, 5, do_sample=False, eos_token_id=eos, stop_at_eos=False, verbose=False
+    )
     assert np.array_equal(unstopped, greedy)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(temperature=0.7), dict(top_k=3), dict(top_p=0.6),
-                                     dict(freq_penalty=1.5, temperature=1.3)], ids=repr)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(temperature=0.7),
+        dict(top_k=3),
+        dict(top_p=0.6),
+        dict(freq_penalty=1.5, temperature=1.3),
+    ],
+    ids=repr,
+)
 def test_seeded_sampling_draws_the_same_tokens_in_both_twins(options):
     model, twin = twins(make_cfg(HABITS), seed=1)
     prompt = tokens_for(HABITS_CFG, pos=3)
     sampled = model.generate(prompt, 6, seed=11, verbose=False, **options)
     assert sampled.shape == (B, 9)
-    assert np.array_equal(to_numpy(twin.generate(prompt, 6, seed=11, verbose=False, **options)), sampled)
+    assert np.array_equal(
+        to_numpy(twin.generate(prompt, 6, seed=11, verbose=False, **options)), sampled
+    )
     assert np.array_equal(model.generate(prompt, 6, seed=11, verbose=False, **options), sampled)
     assert not np.array_equal(model.generate(prompt, 6, seed=12, verbose=False, **options), sampled)
 
@@ -1113,48 +1414,81 @@ def test_sample_logits_keeps_what_transformer_lens_keeps():
     kept_k[[0, 3, 6]] = True  # the 3 largest
     order = np.argsort(-probs)
     kept_p = np.zeros(7, bool)
-    kept_p[order[:np.searchsorted(np.cumsum(probs[order]), 0.7) + 1]] = True
-    for options, kept in ((dict(temperature=0.8), np.ones(7, bool)), (dict(temperature=0.8, top_k=3), kept_k),
-                          (dict(temperature=0.8, top_p=0.7), kept_p)):
+    kept_p[order[: np.searchsorted(np.cumsum(probs[order]), 0.7) + 1]] = True
+    for options, kept in (
+        (dict(temperature=0.8), np.ones(7, bool)),
+        (dict(temperature=0.8, top_k=3), kept_k),
+        (dict(temperature=0.8, top_p=0.7), kept_p),
+    ):
         seen = frequencies(**options)
         expected = np.where(kept, probs, 0) / probs[kept].sum()
         assert np.array_equal(seen > 0, kept), options
         assert np.abs(seen - expected).max() < 0.015, options
     assert np.array_equal(sample_logits(rows[:3], temperature=0), [0, 0, 0])
-    assert np.array_equal(sample_logits(rows[:50], top_k=1, rng=np.random.default_rng(1)), np.zeros(50))
+    assert np.array_equal(
+        sample_logits(rows[:50], top_k=1, rng=np.random.default_rng(1)), np.zeros(50)
+    )
 
 
 def test_generate_takes_text_and_returns_what_transformer_lens_returns(capsys):
-    words = ["<pad>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "home", "<bos>", "up", "down"]
+    words = [
+        "<pad>",
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "mat",
+        "a",
+        "dog",
+        "ran",
+        "home",
+        "<bos>",
+        "up",
+        "down",
+    ]
     model, twin = twins(make_cfg(HABITS), seed=1)
     for m in (model, twin):
         m.tokenizer = WordVocabulary(words, bos_token="<bos>")
     text = model.generate("the cat", 3, do_sample=False, verbose=False)
     ids = model.generate(model.to_tokens("the cat"), 3, do_sample=False, verbose=False)
-    assert isinstance(text, str) and text == model.to_string(ids[0, 1:])  # the BOS that to_tokens added is gone
+    # the BOS that to_tokens added is gone
+    assert isinstance(text, str) and text == model.to_string(ids[0, 1:])
     assert text.startswith("the cat ") and len(text.split()) == 5
     assert twin.generate("the cat", 3, do_sample=False, verbose=False) == text
     tokens = twin.generate("the cat", 3, do_sample=False, verbose=False, return_type="tensor")
     assert isinstance(tokens, torch.Tensor) and np.array_equal(tokens.numpy(), ids)
     # tokens in, a str out: every token, the BOS included (to_tokens did not add it here)
-    assert model.generate(ids[:, :3], 3, do_sample=False, verbose=False, return_type="str") == "<bos> " + text
-    assert model.generate(np.repeat(ids[:, 1:3], 2, 0), 3, do_sample=False, verbose=False,
-                          return_type="str") == [model.generate("the cat", 3, do_sample=False, verbose=False,
-                                                                prepend_bos=False)] * 2
-    model.generate("the cat", 3, do_sample=False)  # verbose=True, TransformerLens's default: progress on stderr
+    assert (
+        model.generate(ids[:, :3], 3, do_sample=False, verbose=False, return_type="str")
+        == "<bos> " + text
+    )
+    assert (
+        model.generate(
+            np.repeat(ids[:, 1:3], 2, 0), 3, do_sample=False, verbose=False, return_type="str"
+        )
+        == [model.generate("the cat", 3, do_sample=False, verbose=False, prepend_bos=False)] * 2
+    )
+    # verbose=True, TransformerLens's default: progress on stderr
+    model.generate("the cat", 3, do_sample=False)
     assert "generate: 3/3 tokens" in capsys.readouterr().err
-    for bad, match in ((dict(top_k=0), "top_k"), (dict(top_p=1.5), "top_p"), (dict(return_type="list"), "return_type"),
-                       (dict(eos_token_id=99), "eos_token_id"), (dict(do_sample="no"), "do_sample"),
-                       (dict(freq_penalty=-1), "freq_penalty")):
+    for bad, match in (
+        (dict(top_k=0), "top_k"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(return_type="list"), "return_type"),
+        (dict(eos_token_id=99), "eos_token_id"),
+        (dict(do_sample="no"), "do_sample"),
+        (dict(freq_penalty=-1), "freq_penalty"),
+    ):
         with pytest.raises((ValueError, TypeError), match=match):
             model.generate(ids, 2, verbose=False, **bad)
 
 
 # --- act_fn="gelu": the exact GELU ---
 
+
 def test_gelu_is_torchs_exact_gelu_with_its_gradient():
-    """hook_post is torch.nn.GELU() of hook_pre (TransformerLens's "gelu"); the hand-written backward
-    gives autograd's gradient of F.gelu at hook_pre."""
+    """hook_post is torch.nn.GELU() of hook_pre (TransformerLens's "gelu"); the hand-written
+    backward gives autograd's gradient of F.gelu at hook_pre."""
     model, twin = twins(make_cfg(HABITS, act_fn="gelu"), seed=1)
     tokens = tokens_for(HABITS_CFG)
     for m in (model, twin):
@@ -1173,7 +1507,9 @@ def test_gelu_is_torchs_exact_gelu_with_its_gradient():
     close(ff(x), expected)
     close(pti.FeedForward.from_twin(ff)(torch.from_numpy(x)), expected)
     with pytest.raises(ValueError, match="act_fn must be one of"):
-        npi.TransformerConfig(d_vocab=5, d_model=4, n_heads=2, n_layers=1, n_ctx=3, act_fn="gelu_fast")
+        npi.TransformerConfig(
+            d_vocab=5, d_model=4, n_heads=2, n_layers=1, n_ctx=3, act_fn="gelu_fast"
+        )
 
 
 def test_feedforward_exercise_checks_gelu_and_its_hint_lists_its_lines():
@@ -1185,58 +1521,153 @@ def test_feedforward_exercise_checks_gelu_and_its_hint_lists_its_lines():
     stub = stub_source(open(feedforward.__file__).read(), "feedforward.py")
     assert '#   the exact GELU branch (act_fn "gelu"):\n' in stub  # its lines under their own label
     assert "#       post = pre * cdf\n" in stub
-    assert "#       cdf = 0.5 * (1 + erf(pre / sqrt(2)));  d cdf / d pre = exp(-pre**2 / 2) / sqrt(2 pi)\n" in stub
+    assert (
+        "#       cdf = 0.5 * (1 + erf(pre / sqrt(2)));  d cdf / d pre = exp(-pre**2 / 2) / sqrt(2 "
+        "pi)\n" in stub
+    )
     assert "dcdf" not in stub  # the answer itself is not in the learner's copy
 
 
 # --- a config from TransformerLens's field names ---
 
+
 def test_config_from_transformer_lens_names():
-    cfg = TransformerConfig.from_transformer_lens(n_layers=2, d_model=12, n_ctx=10, d_head=4, d_vocab=V, act_fn="gelu",
-                                                  normalization_type="LN", positional_embedding_type="standard",
-                                                  attention_dir="causal", dtype="float64")
-    assert cfg == TransformerConfig(d_vocab=V, d_model=12, n_heads=3, n_layers=2, n_ctx=10, d_head=4, act_fn="gelu",
-                                    normalization="pre", positional="learned", causal=True, dtype="float64")
+    cfg = TransformerConfig.from_transformer_lens(
+        n_layers=2,
+        d_model=12,
+        n_ctx=10,
+        d_head=4,
+        d_vocab=V,
+        act_fn="gelu",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        attention_dir="causal",
+        dtype="float64",
+    )
+    assert cfg == TransformerConfig(
+        d_vocab=V,
+        d_model=12,
+        n_heads=3,
+        n_layers=2,
+        n_ctx=10,
+        d_head=4,
+        act_fn="gelu",
+        normalization="pre",
+        positional="learned",
+        causal=True,
+        dtype="float64",
+    )
     # TransformerLens's defaults: float32, n_heads = d_model // d_head, d_mlp = 4 * d_model
-    cfg = TransformerConfig.from_transformer_lens(n_layers=1, d_model=8, n_ctx=4, d_head=2, d_vocab=5, act_fn="relu")
+    cfg = TransformerConfig.from_transformer_lens(
+        n_layers=1, d_model=8, n_ctx=4, d_head=2, d_vocab=5, act_fn="relu"
+    )
     assert (cfg.dtype, cfg.n_heads, cfg.d_mlp, cfg.normalization_type) == ("float32", 4, 32, "LN")
-    cfg = TransformerConfig.from_transformer_lens(n_layers=1, d_model=8, n_ctx=4, d_head=2, d_vocab=5, attn_only=True,
-                                                  normalization_type=None, attention_dir="bidirectional",
-                                                  dtype=torch.float64)
-    assert (cfg.normalization, cfg.normalization_type, cfg.causal, cfg.dtype) == (None, None, False, "float64")
-    folded = TransformerConfig.from_transformer_lens(n_layers=1, d_model=8, n_ctx=4, d_head=2, d_vocab=5,
-                                                     act_fn="gelu_new", normalization_type="LNPre")
+    cfg = TransformerConfig.from_transformer_lens(
+        n_layers=1,
+        d_model=8,
+        n_ctx=4,
+        d_head=2,
+        d_vocab=5,
+        attn_only=True,
+        normalization_type=None,
+        attention_dir="bidirectional",
+        dtype=torch.float64,
+    )
+    assert (cfg.normalization, cfg.normalization_type, cfg.causal, cfg.dtype) == (
+        None,
+        None,
+        False,
+        "float64",
+    )
+    folded = TransformerConfig.from_transformer_lens(
+        n_layers=1,
+        d_model=8,
+        n_ctx=4,
+        d_head=2,
+        d_vocab=5,
+        act_fn="gelu_new",
+        normalization_type="LNPre",
+    )
     assert folded.normalization_type == "LNPre" and "blocks.0.ln1.w" not in parameter_shapes(folded)
-    assert parameter_count(folded) == len(parameter_shapes(folded)) == len(npi.Transformer(folded).state_dict())
-    # what a TransformerLens config's to_dict() holds for such a model (its defaults filled in) is accepted
-    tl_dict = dict(n_layers=1, d_model=8, n_ctx=4, d_head=2, model_name="custom", n_heads=4, d_mlp=32, act_fn="gelu",
-                   d_vocab=5, eps=1e-5, use_attn_result=False, use_attn_scale=True, attn_scale=np.sqrt(2),
-                   use_split_qkv_input=False, use_hook_mlp_in=False, use_attn_in=False, use_local_attn=False,
-                   original_architecture=None, from_checkpoint=False, checkpoint_index=None, tokenizer_name=None,
-                   window_size=None, attn_types=None, init_mode="gpt2", normalization_type="LN", device="cpu",
-                   n_devices=1, attention_dir="causal", attn_only=False, seed=42, initializer_range=0.28,
-                   init_weights=True, scale_attn_by_inverse_layer_idx=False, positional_embedding_type="standard",
-                   final_rms=False, d_vocab_out=5, parallel_attn_mlp=False, rotary_dim=None, n_params=512,
-                   use_hook_tokens=False, gated_mlp=False, default_prepend_bos=True, dtype=torch.float32,
-                   n_key_value_heads=None, post_embedding_ln=False, rotary_base=10000, trust_remote_code=False)
+    assert (
+        parameter_count(folded)
+        == len(parameter_shapes(folded))
+        == len(npi.Transformer(folded).state_dict())
+    )
+    # what a TransformerLens config's to_dict() holds for such a model (its defaults filled in) is
+    # accepted
+    tl_dict = dict(
+        n_layers=1,
+        d_model=8,
+        n_ctx=4,
+        d_head=2,
+        model_name="custom",
+        n_heads=4,
+        d_mlp=32,
+        act_fn="gelu",
+        d_vocab=5,
+        eps=1e-5,
+        use_attn_result=False,
+        use_attn_scale=True,
+        attn_scale=np.sqrt(2),
+        use_split_qkv_input=False,
+        use_hook_mlp_in=False,
+        use_attn_in=False,
+        use_local_attn=False,
+        original_architecture=None,
+        from_checkpoint=False,
+        checkpoint_index=None,
+        tokenizer_name=None,
+        window_size=None,
+        attn_types=None,
+        init_mode="gpt2",
+        normalization_type="LN",
+        device="cpu",
+        n_devices=1,
+        attention_dir="causal",
+        attn_only=False,
+        seed=42,
+        initializer_range=0.28,
+        init_weights=True,
+        scale_attn_by_inverse_layer_idx=False,
+        positional_embedding_type="standard",
+        final_rms=False,
+        d_vocab_out=5,
+        parallel_attn_mlp=False,
+        rotary_dim=None,
+        n_params=512,
+        use_hook_tokens=False,
+        gated_mlp=False,
+        default_prepend_bos=True,
+        dtype=torch.float32,
+        n_key_value_heads=None,
+        post_embedding_ln=False,
+        rotary_base=10000,
+        trust_remote_code=False,
+    )
     assert TransformerConfig.from_transformer_lens(**tl_dict).act_fn == "gelu"
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("normalization_type", "RMSPre", "normalization_type"),
-    ("positional_embedding_type", "alibi", "positional_embedding_type"),
-    ("positional_embedding_type", "sinusoidal", "positional='sinusoidal'"),
-    ("use_attn_result", True, "use_attn_result"),
-    ("gated_mlp", True, "gated_mlp"),
-    ("n_key_value_heads", 3, "n_key_value_heads"),
-    ("eps", 1e-6, "eps"),
-    ("dtype", "float16", "dtype"),
-    ("attention_dir", "sideways", "attention_dir"),
-    ("wings", 2, "wings"),
-    ("normalization", "post", "this project's name"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("normalization_type", "RMSPre", "normalization_type"),
+        ("positional_embedding_type", "alibi", "positional_embedding_type"),
+        ("positional_embedding_type", "sinusoidal", "positional='sinusoidal'"),
+        ("use_attn_result", True, "use_attn_result"),
+        ("gated_mlp", True, "gated_mlp"),
+        ("n_key_value_heads", 3, "n_key_value_heads"),
+        ("eps", 1e-6, "eps"),
+        ("dtype", "float16", "dtype"),
+        ("attention_dir", "sideways", "attention_dir"),
+        ("wings", 2, "wings"),
+        ("normalization", "post", "this project's name"),
+    ],
+)
 def test_config_from_transformer_lens_refuses_what_is_not_modelled(field, value, match):
-    fields = dict(n_layers=1, d_model=8, n_ctx=4, d_head=2, d_vocab=5, act_fn="relu", **{field: value})
+    fields = dict(
+        n_layers=1, d_model=8, n_ctx=4, d_head=2, d_vocab=5, act_fn="relu", **{field: value}
+    )
     with pytest.raises(ValueError, match=match) as error:
         TransformerConfig.from_transformer_lens(**fields)
     assert "\n" not in str(error.value)
@@ -1244,8 +1675,10 @@ def test_config_from_transformer_lens_refuses_what_is_not_modelled(field, value,
 
 # --- fold_layer_norm ---
 
+
 def tl_fold(sd, n_layers, center_weights=True):
-    """TransformerLens's fold_layer_norm(state_dict, fold_biases=True, center_weights) in NumPy, its expressions."""
+    """TransformerLens's fold_layer_norm(state_dict, fold_biases=True, center_weights) in NumPy, its
+    expressions."""
     sd = dict(sd)
     for i in range(n_layers):
         p = f"blocks.{i}."
@@ -1254,8 +1687,12 @@ def tl_fold(sd, n_layers, center_weights=True):
             sd[p + f"attn.b_{n}"] = sd[p + f"attn.b_{n}"] + (W * b[None, :, None]).sum(-2)
             sd[p + f"attn.W_{n}"] = sd[p + f"attn.W_{n}"] * sd[p + "ln1.w"][None, :, None]
             if center_weights:
-                sd[p + f"attn.W_{n}"] = sd[p + f"attn.W_{n}"] - sd[p + f"attn.W_{n}"].mean(1, keepdims=True)
-        sd[p + "mlp.b_in"] = sd[p + "mlp.b_in"] + (sd[p + "mlp.W_in"] * sd[p + "ln2.b"][:, None]).sum(-2)
+                sd[p + f"attn.W_{n}"] = sd[p + f"attn.W_{n}"] - sd[p + f"attn.W_{n}"].mean(
+                    1, keepdims=True
+                )
+        sd[p + "mlp.b_in"] = sd[p + "mlp.b_in"] + (
+            sd[p + "mlp.W_in"] * sd[p + "ln2.b"][:, None]
+        ).sum(-2)
         sd[p + "mlp.W_in"] = sd[p + "mlp.W_in"] * sd[p + "ln2.w"][:, None]
         if center_weights:
             sd[p + "mlp.W_in"] = sd[p + "mlp.W_in"] - sd[p + "mlp.W_in"].mean(0, keepdims=True)
@@ -1288,8 +1725,12 @@ def test_fold_layer_norm_is_transformer_lens_fold_ln(center_weights):
     # the folded model is TransformerLens's LNPre model on the folded weights
     tl_logits, acts = tl_forward(expected, model.cfg, tokens)
     _, cache = model.run_with_cache(tokens)
-    for name in ("ln_final.hook_normalized", "blocks.1.ln2.hook_normalized", "blocks.0.attn.hook_q",
-                 "blocks.1.mlp.hook_pre"):
+    for name in (
+        "ln_final.hook_normalized",
+        "blocks.1.ln2.hook_normalized",
+        "blocks.0.attn.hook_q",
+        "blocks.1.mlp.hook_pre",
+    ):
         close(cache[name], acts[name])
     close(model(tokens), tl_logits)
 
@@ -1320,9 +1761,10 @@ def test_folded_model_saves_and_loads(tmp_path):
 
 
 def test_after_folding_logit_attrs_read_as_on_a_fold_ln_model():
-    """On TransformerLens's fold_ln model, logit_attrs is (centred piece / cached scale) . W_U[:, token]
-    with the folded W_U, and the pieces plus b_U[token] make the logit. The decompositions are the
-    same before and after folding (folding changes no residual stream), and so are the attributions."""
+    """On TransformerLens's fold_ln model, logit_attrs is (centred piece / cached scale) .
+    W_U[:, token] with the folded W_U, and the pieces plus b_U[token] make the logit. The
+    decompositions are the same before and after folding (folding changes no residual stream), and
+    so are the attributions."""
     model, twin = twins(make_cfg(HABITS), seed=1)
     tokens = tokens_for(HABITS_CFG)
     answers = np.random.default_rng(3).integers(0, V, (B, P))
@@ -1335,7 +1777,9 @@ def test_after_folding_logit_attrs_read_as_on_a_fold_ln_model():
         pieces = to_numpy(c.decompose_resid())
         close(pieces, before.decompose_resid())
         scale = to_numpy(c["ln_final.hook_scale"])
-        expected = ((pieces - pieces.mean(-1, keepdims=True)) / scale * folded_sd["unembed.W_U"].T[answers]).sum(-1)
+        expected = (
+            (pieces - pieces.mean(-1, keepdims=True)) / scale * folded_sd["unembed.W_U"].T[answers]
+        ).sum(-1)
         attrs = c.logit_attrs(c.decompose_resid(), answers)
         close(attrs, expected)
         close(attrs, attrs_before)
@@ -1348,7 +1792,8 @@ def test_after_folding_logit_attrs_read_as_on_a_fold_ln_model():
 
 
 def test_direct_logit_attribution_adds_up_after_folding():
-    """interp's direct_logit_attribution on a folded model: the same numbers; ln_final.b is now in b_U."""
+    """interp's direct_logit_attribution on a folded model: the same numbers; ln_final.b is now in
+    b_U."""
     from interp.analyses import direct_logit_attribution
 
     model, twin = twins(make_cfg(HABITS), seed=1)
@@ -1363,9 +1808,11 @@ def test_direct_logit_attribution_adds_up_after_folding():
 
 
 def test_fold_layer_norm_refuses_what_it_cannot_fold():
-    for overrides, match in ((dict(normalization="post"), "normalization='pre'"),
-                             (dict(normalization=None), "normalization='pre'"),
-                             (dict(unembed=False, causal=False), "unembedding")):
+    for overrides, match in (
+        (dict(normalization="post"), "normalization='pre'"),
+        (dict(normalization=None), "normalization='pre'"),
+        (dict(unembed=False, causal=False), "unembedding"),
+    ):
         model, twin = twins(make_cfg(HABITS, **overrides), seed=1)
         for m in (model, twin):
             with pytest.raises(ValueError, match=match):

@@ -1,5 +1,6 @@
-"""The weights file, .npz or .safetensors (chosen by the extension): either twin reads what the other
-wrote, bit for bit; loads never unpickle; every malformed file is one ValueError naming the file.
+"""The weights file, .npz or .safetensors (chosen by the extension): either twin reads what the
+other wrote, bit for bit; loads never unpickle; every malformed file is one ValueError naming the
+file.
 
 A file's claims (shapes, sizes, its config) are checked against what it holds before anything
 large is allocated. Saving (atomic, through links, never over what is not a regular file) is in
@@ -36,7 +37,8 @@ from parity_tests.helpers import (
 LOADERS = [npi.Transformer.load, pti.Transformer.load]
 
 
-# ---------------------------------------------------------------- either twin reads the other's file
+# ---------------------------------------------------------------- either twin reads the other's
+# file
 
 
 def test_numpy_to_torch_bit_exact(tmp_path):
@@ -92,7 +94,8 @@ def test_either_twin_reads_the_others_file_bit_for_bit(tmp_path, dtype):
 
 
 def test_file_layout_is_plain_safetensors(tmp_path):
-    """One tensor per state_dict key, named as the key; the config as JSON text under __config__ in the metadata."""
+    """One tensor per state_dict key, named as the key; the config as JSON text under __config__ in
+    the metadata."""
     model = npi.Transformer(CFG, seed=1)
     model.save(tmp_path / "w.safetensors")
     tensors = safetensors.numpy.load_file(tmp_path / "w.safetensors")
@@ -109,7 +112,9 @@ def test_the_extension_chooses_the_format(tmp_path):
     model.save(tmp_path / "w.SafeTensors")  # any case
     assert (tmp_path / "w.npz").read_bytes()[:2] == b"PK"  # a zip archive
     header_size = int.from_bytes((tmp_path / "w.SafeTensors").read_bytes()[:8], "little")
-    assert json.loads((tmp_path / "w.SafeTensors").read_bytes()[8:8 + header_size])["__metadata__"][CONFIG_KEY]
+    assert json.loads((tmp_path / "w.SafeTensors").read_bytes()[8 : 8 + header_size])[
+        "__metadata__"
+    ][CONFIG_KEY]
     os.rename(tmp_path / "w.npz", tmp_path / "npz_inside.safetensors")
     with pytest.raises(ValueError, match="not a readable Transformer Twins weights file"):
         load_weights(tmp_path / "npz_inside.safetensors")
@@ -124,7 +129,10 @@ def test_the_extension_chooses_the_format(tmp_path):
 def test_load_never_unpickles(tmp_path):
     """An object array (which needs pickle) is refused, not executed."""
     path = tmp_path / "evil.npz"
-    np.savez(path, **{"__config__": np.array(CFG.to_json()), "embed.W_E": np.array([object()], dtype=object)})
+    np.savez(
+        path,
+        **{"__config__": np.array(CFG.to_json()), "embed.W_E": np.array([object()], dtype=object)},
+    )
     with pytest.raises(ValueError, match="not a Transformer Twins weights file"):
         load_weights(path)
 
@@ -156,7 +164,11 @@ def test_missing_extra_and_misshaped_entries(tmp_path, loader):
     del missing["blocks.1.attn.W_Q"]
     extra = dict(sd, **{"blocks.9.attn.W_Q": np.zeros((3, 12, 4))})
     misshaped = dict(sd, **{"unembed.W_U": np.zeros((12, 10))})
-    cases = [(missing, "blocks.1.attn.W_Q"), (extra, "blocks.9.attn.W_Q"), (misshaped, "unembed.W_U")]
+    cases = [
+        (missing, "blocks.1.attn.W_Q"),
+        (extra, "blocks.9.attn.W_Q"),
+        (misshaped, "unembed.W_U"),
+    ]
     for i, (state_dict, culprit) in enumerate(cases):
         path = tmp_path / f"bad{i}.npz"
         save_weights(path, state_dict, CFG)
@@ -243,7 +255,7 @@ def corrupt_deflate():
     # the first member's compressed data starts after its 30-byte local header and name
     name_len = struct.unpack("<H", data[26:28])[0]
     start = 30 + name_len
-    data[start:start + 8] = b"\xff" * 8
+    data[start : start + 8] = b"\xff" * 8
     return bytes(data)
 
 
@@ -253,7 +265,7 @@ def unknown_compression():
     for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
         start = 0
         while (i := data.find(signature, start)) >= 0:
-            data[i + offset:i + offset + 2] = struct.pack("<H", 99)
+            data[i + offset : i + offset + 2] = struct.pack("<H", 99)
             start = i + 4
     return bytes(data)
 
@@ -284,22 +296,34 @@ NPZ_BAD_FILES = {
     "corrupt deflate data": corrupt_deflate(),
     "unknown compression": unknown_compression(),
     "bad npy magic": replace_member("embed.W_E.npy", b"NOTNUMPY" + b"\x00" * 100),
-    "garbage npy header": replace_member("embed.W_E.npy", b"\x93NUMPY\x01\x00\x10\x00{garbage!!!!!!}\n"),
-    "npy version 9": replace_member("embed.W_E.npy", b"\x93NUMPY\x09\x00" + npy_bytes(np.zeros((5, 4)))[8:]),
+    "garbage npy header": replace_member(
+        "embed.W_E.npy", b"\x93NUMPY\x01\x00\x10\x00{garbage!!!!!!}\n"
+    ),
+    "npy version 9": replace_member(
+        "embed.W_E.npy", b"\x93NUMPY\x09\x00" + npy_bytes(np.zeros((5, 4)))[8:]
+    ),
     "object dtype": replace_member("embed.W_E.npy", npy_header("|O", (5, 4)) + b"\x80\x04N." * 4),
     "complex weights": replace_member("embed.W_E.npy", npy_bytes(np.zeros((5, 4), dtype=complex))),
     "string weights": replace_member("embed.W_E.npy", npy_bytes(np.full((5, 4), "a"))),
     "bool weights": replace_member("embed.W_E.npy", npy_bytes(np.zeros((5, 4), dtype=bool))),
-    "structured weights": replace_member("embed.W_E.npy", npy_bytes(np.zeros((5, 4), dtype=[("a", "f8")]))),
-    "huge claimed shape": replace_member("embed.W_E.npy", npy_header("<f8", (10**12, 4)) + b"\x00" * 64),
-    "data shorter than header": replace_member("embed.W_E.npy", npy_header("<f8", (5, 4)) + b"\x00" * 16),
-    "data longer than header": replace_member("embed.W_E.npy", npy_bytes(np.zeros((5, 4))) + b"\x00" * 64),
+    "structured weights": replace_member(
+        "embed.W_E.npy", npy_bytes(np.zeros((5, 4), dtype=[("a", "f8")]))
+    ),
+    "huge claimed shape": replace_member(
+        "embed.W_E.npy", npy_header("<f8", (10**12, 4)) + b"\x00" * 64
+    ),
+    "data shorter than header": replace_member(
+        "embed.W_E.npy", npy_header("<f8", (5, 4)) + b"\x00" * 16
+    ),
+    "data longer than header": replace_member(
+        "embed.W_E.npy", npy_bytes(np.zeros((5, 4))) + b"\x00" * 64
+    ),
     "wrong shape": replace_member("embed.W_E.npy", npy_bytes(np.zeros((4, 5)))),
     "negative shape": replace_member("embed.W_E.npy", npy_header("<f8", (-5, 4)) + b"\x00" * 64),
     "member not .npy": zip_of({**valid_members(), "readme.txt": b"hi"}),
     "extra array": zip_of({**valid_members(), "blocks.7.attn.W_Q.npy": npy_bytes(np.zeros(1))}),
     "missing array": zip_of({k: v for k, v in valid_members().items() if k != "embed.W_E.npy"}),
-    "duplicate member": zip_of(valid_members()) ,  # replaced below: zipfile warns on duplicates
+    "duplicate member": zip_of(valid_members()),  # replaced below: zipfile warns on duplicates
     "no config": zip_of({k: v for k, v in valid_members().items() if k != "__config__.npy"}),
     "config not JSON": with_config("{not json"),
     "config a list": with_config("[1, 2]"),
@@ -315,8 +339,12 @@ NPZ_BAD_FILES = {
     "config huge int": with_fields(n_layers=10**400),
     "config NaN": with_config(SMALL.to_json().replace('"d_model": 4', '"d_model": NaN')),
     "config not a str array": replace_member("__config__.npy", npy_bytes(np.zeros(3))),
-    "config 2-D str array": replace_member("__config__.npy", npy_bytes(np.array([[SMALL.to_json()]]))),
-    "config huge string": replace_member("__config__.npy", npy_header("<U100000000", ()) + b"\x00" * 64),
+    "config 2-D str array": replace_member(
+        "__config__.npy", npy_bytes(np.array([[SMALL.to_json()]]))
+    ),
+    "config huge string": replace_member(
+        "__config__.npy", npy_header("<U100000000", ()) + b"\x00" * 64
+    ),
     **{f"tiny file claims {k}": with_fields(**v) for k, v in TINY_HUGE.items()},
 }
 
@@ -378,7 +406,9 @@ def wrong_config(path):
 
 
 def config_not_json(path):
-    safetensors.numpy.save_file(npi.Transformer(CFG).state_dict(), path, metadata={CONFIG_KEY: "{not json"})
+    safetensors.numpy.save_file(
+        npi.Transformer(CFG).state_dict(), path, metadata={CONFIG_KEY: "{not json"}
+    )
 
 
 def with_tensors(change):
@@ -386,6 +416,7 @@ def with_tensors(change):
         tensors = npi.Transformer(CFG).state_dict()
         change(tensors)
         safetensors.numpy.save_file(tensors, path, metadata={CONFIG_KEY: CFG.to_json()})
+
     return write
 
 
@@ -394,14 +425,22 @@ def bool_tensor(path):
 
 
 SAFETENSORS_BAD_FILES = {
-    "text": (lambda path: path.write_text("hello"), "not a readable Transformer Twins weights file"),
+    "text": (
+        lambda path: path.write_text("hello"),
+        "not a readable Transformer Twins weights file",
+    ),
     "a Hugging Face file": (hugging_face_style, "no __config__ in its metadata"),
     "an unknown config field": (wrong_config, "wings"),
     "a config that is not JSON": (config_not_json, "not valid JSON"),
     "a missing tensor": (with_tensors(lambda t: t.pop("blocks.1.attn.W_Q")), "blocks.1.attn.W_Q"),
-    "an extra tensor": (with_tensors(lambda t: t.update({"blocks.9.attn.W_Q": np.zeros((3, 12, 4))})),
-                        "blocks.9.attn.W_Q"),
-    "a misshaped tensor": (with_tensors(lambda t: t.update({"unembed.W_U": np.zeros((12, 10))})), "unembed.W_U"),
+    "an extra tensor": (
+        with_tensors(lambda t: t.update({"blocks.9.attn.W_Q": np.zeros((3, 12, 4))})),
+        "blocks.9.attn.W_Q",
+    ),
+    "a misshaped tensor": (
+        with_tensors(lambda t: t.update({"unembed.W_U": np.zeros((12, 10))})),
+        "unembed.W_U",
+    ),
     "a bool tensor": (bool_tensor, "BOOL"),
 }
 
@@ -437,8 +476,13 @@ def test_save_checks_its_arguments(tmp_path):
 
 # --- a weights file that is no regular file ---
 
-from parity_tests.helpers import NEEDS_SPECIAL_FILES, SPECIAL, SPECIAL_WORDS  # noqa: E402
-from parity_tests.helpers import special_file, without_hanging  # noqa: E402
+from parity_tests.helpers import (  # noqa: E402  # noqa: E402
+    NEEDS_SPECIAL_FILES,
+    SPECIAL,
+    SPECIAL_WORDS,
+    special_file,
+    without_hanging,
+)
 
 
 @NEEDS_SPECIAL_FILES

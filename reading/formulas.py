@@ -1,11 +1,13 @@
 """Each section's formula, typeset as MathML (browsers draw it with no script and no font download).
 
 The formulas are written below in a small subset of TeX, one equation per line (``&`` marks the
-sign, as TeX would align on it), and turned into MathML Core by ``to_mathml``. What the subset knows:
+sign, as TeX would align on it), and turned into MathML Core by ``to_mathml``. What the subset
+knows:
 
-    \\frac{a}{b}  \\sqrt{a}  a^{b}  a_{b}  {group}  \\text{words}  \\mathrm{name}  \\operatorname{name}
-    Greek letters and a few symbols (\\mu \\sigma \\epsilon \\pi \\odot \\cdot \\top \\le \\sum \\log
-    \\exp \\max \\tanh \\sin \\cos \\quad)  digits  letters  + - = / ( ) [ ] , < > |
+    \\frac{a}{b}  \\sqrt{a}  a^{b}  a_{b}  {group}  \\text{words}  \\mathrm{name}
+    \\operatorname{name}  Greek letters and a few symbols (\\mu \\sigma \\epsilon \\pi
+    \\odot \\cdot \\top \\le \\sum \\log \\exp \\max \\tanh \\sin \\cos \\quad)
+    digits  letters  + - = / ( ) [ ] , < > |
 
 A run of letters is one identifier (``pattern``), as in code; ``\\_`` writes an underscore
 inside ``\\mathrm{resid\\_mid}``. The test of the page checks that every formula converts, and
@@ -26,42 +28,63 @@ FORMULAS = {
         r"\mathrm{pos\_embed}_{b,p} &= W_{pos}[p] \quad \text{(learned)}",
     ],
     "layernorm": [
-        r"\mathrm{out} &= \frac{x - \mathrm{mean}(x)}{\sqrt{\mathrm{var}(x) + \epsilon}} \odot w + b",
+        r"\mathrm{out} &= \frac{x - \mathrm{mean}(x)}{\sqrt{\mathrm{var}(x) + \epsilon}} \odot w + "
+        r"b",
     ],
     "attention": [
-        r"q^{h} &= x\, W_Q^{h} + b_Q^{h}, \quad k^{h} = x\, W_K^{h} + b_K^{h}, \quad v^{h} = x\, W_V^{h} + b_V^{h}",
-        r"\mathrm{pattern}^{h} &= \operatorname{softmax}\!\left(\frac{q^{h} {k^{h}}^{\top}}{\sqrt{d_{head}}}\right)",
+        r"q^{h} &= x\, W_Q^{h} + b_Q^{h}, \quad k^{h} = x\, W_K^{h} + b_K^{h}, \quad v^{h} = x\, "
+        r"W_V^{h} + b_V^{h}",
+        r"\mathrm{pattern}^{h} &= \operatorname{softmax}\!\left(\frac{q^{h} "
+        r"{k^{h}}^{\top}}{\sqrt{d_{head}}}\right)",
         r"z^{h} &= \mathrm{pattern}^{h}\, v^{h}",
         r"\mathrm{out} &= \sum_{h} z^{h} W_O^{h} + b_O",
     ],
     "feedforward": [
-        r"\mathrm{pre} &= x\, W_{in} + b_{in}, \quad \mathrm{post} = \operatorname{act}(\mathrm{pre}), "
+        r"\mathrm{pre} &= x\, W_{in} + b_{in}, \quad \mathrm{post} = "
+        r"\operatorname{act}(\mathrm{pre}), "
         r"\quad \mathrm{out} = \mathrm{post}\, W_{out} + b_{out}",
-        r"\operatorname{gelu\_new}(u) &= \frac{u}{2} \left(1 + \tanh\!\left(\sqrt{2/\pi}\,(u + 0.044715\, u^{3})\right)\right)",
+        r"\operatorname{gelu\_new}(u) &= \frac{u}{2} \left(1 + \tanh\!\left(\sqrt{2/\pi}\,(u + "
+        r"0.044715\, u^{3})\right)\right)",
     ],
     "block": [
-        r"\mathrm{resid\_mid} &= \mathrm{resid\_pre} + \operatorname{attn}(\operatorname{ln1}(\mathrm{resid\_pre}))"
+        r"\mathrm{resid\_mid} &= \mathrm{resid\_pre} + "
+        r"\operatorname{attn}(\operatorname{ln1}(\mathrm{resid\_pre}))"
         r"\quad \text{(pre-norm)}",
-        r"\mathrm{resid\_post} &= \mathrm{resid\_mid} + \operatorname{mlp}(\operatorname{ln2}(\mathrm{resid\_mid}))",
+        r"\mathrm{resid\_post} &= \mathrm{resid\_mid} + "
+        r"\operatorname{mlp}(\operatorname{ln2}(\mathrm{resid\_mid}))",
     ],
     "unembed": [r"\mathrm{logits} &= x\, W_U + b_U"],
     "loss": [
         r"\mathrm{log\_probs} &= \mathrm{logits} - \log \sum_{v} \exp(\mathrm{logits}_{v})",
-        r"\mathrm{loss} &= \frac{\sum_{b,p} \mathrm{weights}_{b,p} \cdot (-\mathrm{log\_probs}_{b,p,\,\mathrm{targets}_{b,p}})}"
+        r"\mathrm{loss} &= \frac{\sum_{b,p} \mathrm{weights}_{b,p} \cdot "
+        r"(-\mathrm{log\_probs}_{b,p,\,\mathrm{targets}_{b,p}})}"
         r"{\sum_{b,p} \mathrm{weights}_{b,p}}",
     ],
     "model": [
         r"\mathrm{resid} &= W_E[\mathrm{tokens}] + \mathrm{pos\_embed}",
-        r"\mathrm{resid} &= \operatorname{block}_{i}(\mathrm{resid}) \quad \text{for } i = 0 \ldots n_{layers} - 1",
+        r"\mathrm{resid} &= \operatorname{block}_{i}(\mathrm{resid}) \quad \text{for } i = 0 "
+        r"\ldots n_{layers} - 1",
         r"\mathrm{out} &= \operatorname{ln\_final}(\mathrm{resid})\, W_U + b_U",
     ],
 }
 
 SYMBOLS = {
-    "mu": ("mi", "\u03bc"), "sigma": ("mi", "\u03c3"), "epsilon": ("mi", "\u03b5"), "pi": ("mi", "\u03c0"),
-    "odot": ("mo", "\u2299"), "cdot": ("mo", "\u22c5"), "top": ("mi", "\u22a4"), "le": ("mo", "\u2264"),
-    "ldots": ("mo", "\u2026"), "sum": ("mo", "\u2211"), "log": ("mi", "log"), "exp": ("mi", "exp"),
-    "max": ("mi", "max"), "tanh": ("mi", "tanh"), "sin": ("mi", "sin"), "cos": ("mi", "cos"),
+    "mu": ("mi", "\u03bc"),
+    "sigma": ("mi", "\u03c3"),
+    "epsilon": ("mi", "\u03b5"),
+    "pi": ("mi", "\u03c0"),
+    "odot": ("mo", "\u2299"),
+    "cdot": ("mo", "\u22c5"),
+    "top": ("mi", "\u22a4"),
+    "le": ("mo", "\u2264"),
+    "ldots": ("mo", "\u2026"),
+    "sum": ("mo", "\u2211"),
+    "log": ("mi", "log"),
+    "exp": ("mi", "exp"),
+    "max": ("mi", "max"),
+    "tanh": ("mi", "tanh"),
+    "sin": ("mi", "sin"),
+    "cos": ("mi", "cos"),
 }
 MINUS = "\u2212"
 SPACES = {",": "0.17em", "!": "-0.17em", "quad": "1em"}
@@ -126,7 +149,11 @@ class Parser:
                 return f"<mtext>{html.escape(self.raw_group().replace(' ', chr(160)))}</mtext>"
             if name in ("mathrm", "operatorname"):
                 word = html.escape(self.raw_group())
-                return f'<mi mathvariant="normal">{word}</mi>' if len(word) == 1 else f"<mi>{word}</mi>"
+                return (
+                    f'<mi mathvariant="normal">{word}</mi>'
+                    if len(word) == 1
+                    else f"<mi>{word}</mi>"
+                )
             if name in ("left", "right"):
                 fence = self.take()
                 return f'<mo stretchy="true">{html.escape(fence)}</mo>'
@@ -154,7 +181,8 @@ class Parser:
                 sub = self.group()
             else:
                 sup = self.group()
-        if base == f"<mo>{SYMBOLS['sum'][1]}</mo>":  # limits under and over the sign, as TeX sets a displayed sum
+        # limits under and over the sign, as TeX sets a displayed sum
+        if base == f"<mo>{SYMBOLS['sum'][1]}</mo>":
             if sub and sup:
                 return f"<munderover>{base}{sub}{sup}</munderover>"
             if sub:
@@ -186,21 +214,28 @@ class Parser:
 
 
 def to_mathml(lines: list[str], label: str) -> str:
-    """Each line as a ``<math displaystyle="true">`` of its own, in a ``<div class="eqline">`` (left-aligned)."""
+    """Each line as a ``<math displaystyle="true">`` of its own, in a ``<div class="eqline">``
+    (left-aligned)."""
     out = []
     for k, text in enumerate(lines):
         left, right = Parser(text).line()
-        out.append(f'<div class="eqline"><math displaystyle="true" aria-label="{html.escape(label)}, line {k + 1}">'
-                   f"<mrow>{left}{right}</mrow></math></div>")
+        out.append(
+            f'<div class="eqline"><math displaystyle="true" aria-label="{html.escape(label)}, line '
+            f'{k + 1}">'
+            f"<mrow>{left}{right}</mrow></math></div>"
+        )
     return "".join(out)
 
 
 def identifiers(lines: list[str]) -> set[str]:
-    """Every name a formula writes: identifiers, \\mathrm words and subscripted names such as ``W_Q``."""
+    """Every name a formula writes: identifiers, \\mathrm words and subscripted names such as
+    ``W_Q``."""
     names = set()
     for text in lines:
         for word in re.findall(r"\\(?:mathrm|operatorname)\{([^}]*)\}", text):
             names.add(word.replace("\\_", "_"))
-        for base, braced, bare in re.findall(r"(?<![\\A-Za-z])([A-Za-z]+)_(?:\{([A-Za-z]+)\}|([A-Za-z]+))", text):
+        for base, braced, bare in re.findall(
+            r"(?<![\\A-Za-z])([A-Za-z]+)_(?:\{([A-Za-z]+)\}|([A-Za-z]+))", text
+        ):
             names.add(f"{base}_{braced or bare}")
     return names

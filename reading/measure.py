@@ -1,11 +1,11 @@
 """The run behind the reading page's numbers: both twins, float64 and float32, every line watched.
 
-``measure(sections, words, sentences)`` (``run_twins``, then ``compare``) builds two small models
-on the demo's vocabulary and sentences, gives the NumPy one random weights and copies them into its torch twin, and runs
-both twins forward and backward with a line tracer (``sys.settrace``) on every component
-function the page shows. After each line of a traced function has run, the tracer evaluates
-what that line assigns (``scale``, ``q, k, v``, ``self.W_O.grad``) in the function's own frame
-and keeps a copy. So a number beside a line is that line's value, computed by that line, in
+``measure(sections, words, sentences)`` (``run_twins``, then ``compare``) builds two small models on
+the demo's vocabulary and sentences, gives the NumPy one random weights and copies them into its
+torch twin, and runs both twins forward and backward with a line tracer (``sys.settrace``) on every
+component function the page shows. After each line of a traced function has run, the tracer
+evaluates what that line assigns (``scale``, ``q, k, v``, ``self.W_O.grad``) in the function's own
+frame and keeps a copy. So a number beside a line is that line's value, computed by that line, in
 the run, not a recomputation:
 
 - a forward row: the largest |NumPy - torch| of the value it assigns, over every call of the
@@ -66,8 +66,12 @@ TWIN_PACKAGES = {"numpy": numpy_impl, "torch": torch_impl}
 # every length different from every other (batch 2 and pos 5 come from the sentences)
 SIZES = dict(d_model=24, n_heads=3, d_mlp=96, n_layers=2, n_ctx=12)
 MODELS = {
-    "encoder": dict(normalization="post", positional="sinusoidal", act_fn="relu", causal=False, unembed=False),
-    "decoder": dict(normalization="pre", positional="learned", act_fn="gelu_new", causal=True, unembed=True),
+    "encoder": dict(
+        normalization="post", positional="sinusoidal", act_fn="relu", causal=False, unembed=False
+    ),
+    "decoder": dict(
+        normalization="pre", positional="learned", act_fn="gelu_new", causal=True, unembed=True
+    ),
 }
 
 
@@ -81,7 +85,8 @@ class Gap:
     absolute: dict = field(default_factory=dict)  # dtype -> largest |numpy - torch|
     relative: dict = field(default_factory=dict)  # dtype -> that over the largest |torch| (rel_err)
     scale: dict = field(default_factory=dict)  # dtype -> largest |torch|
-    where: list = field(default_factory=list)  # module names (or full hook / parameter names) measured
+    # module names (or full hook / parameter names) measured
+    where: list = field(default_factory=list)
     count: int = 0  # values compared
 
     def add(self, dtype: str, absolute: float, relative: float, scale: float, where: str):
@@ -109,7 +114,8 @@ class Measurements:
 
     forward: dict = field(default_factory=dict)  # (stem, part, numpy code, torch code) -> Gap
     shapes: dict = field(default_factory=dict)  # (twin, stem, part, kind, code) -> {shape tuple}
-    ran: set = field(default_factory=set)  # (twin, stem, part, kind, code) of every unit the run reached
+    # (twin, stem, part, kind, code) of every unit the run reached
+    ran: set = field(default_factory=set)
     gradients: dict = field(default_factory=dict)  # (stem, part, backward code) -> [GradientGap]
     problems: list = field(default_factory=list)  # shape comments that disagree with the run
     checked_shapes: int = 0  # shape comments checked against the run (units, both twins)
@@ -125,7 +131,7 @@ def shape_comment(unit: Unit) -> str | None:
     """The ``[axis, ...]`` of a unit's last shape comment (``# [batch, pos, d_model]``), or None."""
     found = None
     for line in unit.lines:
-        comment = line[len(strip_comment(line)):].strip()
+        comment = line[len(strip_comment(line)) :].strip()
         match = SHAPE_COMMENT.match(comment)
         if match:
             found = match.group(1)
@@ -133,19 +139,36 @@ def shape_comment(unit: Unit) -> str | None:
 
 
 def axis_sizes(cfg, batch: int, pos: int) -> dict:
-    """Each axis name of the shape comments -> its length in a run of ``cfg`` on [batch, pos] tokens."""
-    return {"batch": batch, "pos": pos, "q_pos": pos, "k_pos": pos, "head": cfg.n_heads, "d_head": cfg.d_head,
-            "d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "d_vocab": cfg.d_vocab, "n_ctx": cfg.n_ctx}
+    """Each axis name of the shape comments -> its length in a run of ``cfg`` on [batch, pos]
+    tokens."""
+    return {
+        "batch": batch,
+        "pos": pos,
+        "q_pos": pos,
+        "k_pos": pos,
+        "head": cfg.n_heads,
+        "d_head": cfg.d_head,
+        "d_model": cfg.d_model,
+        "d_mlp": cfg.d_mlp,
+        "d_vocab": cfg.d_vocab,
+        "n_ctx": cfg.n_ctx,
+    }
 
 
 def axis_length(word: str, sizes: dict) -> int | None:
-    """The length an axis of a shape comment names: ``d_model``, ``1``, or arithmetic such as ``ceil(d_model / 2)``."""
+    """The length an axis of a shape comment names: ``d_model``, ``1``, or arithmetic such as
+    ``ceil(d_model / 2)``."""
     try:
         tree = ast.parse(word, mode="eval").body
     except SyntaxError:
         return None
-    operators = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-                 ast.FloorDiv: operator.floordiv}
+    operators = {
+        ast.Add: operator.add,
+        ast.Sub: operator.sub,
+        ast.Mult: operator.mul,
+        ast.Div: operator.truediv,
+        ast.FloorDiv: operator.floordiv,
+    }
     functions = {"ceil": math.ceil, "floor": math.floor}
 
     def value(node):
@@ -155,7 +178,11 @@ def axis_length(word: str, sizes: dict) -> int | None:
             return sizes[node.id]
         if isinstance(node, ast.BinOp) and type(node.op) in operators:
             return operators[type(node.op)](value(node.left), value(node.right))
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in functions and len(node.args) == 1:
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", None) in functions
+            and len(node.args) == 1
+        ):
             return functions[node.func.id](value(node.args[0]))
         raise ValueError(word)
 
@@ -166,9 +193,10 @@ def axis_length(word: str, sizes: dict) -> int | None:
     return int(length) if float(length).is_integer() else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def axis_options(comment: str, sizes: tuple) -> tuple | str:
-    """The lengths each axis of ``comment`` allows (None: ``...``), or why the comment cannot be read."""
+    """The lengths each axis of ``comment`` allows (None: ``...``), or why the comment cannot be
+    read."""
     named = dict(sizes)
     inner = comment.strip()[1:-1].strip()
     lengths = []
@@ -180,30 +208,39 @@ def axis_options(comment: str, sizes: tuple) -> tuple | str:
         for word in axis.split(" or "):
             length = axis_length(word.strip(), named)
             if length is None:
-                return f"axis {word.strip()!r} is not one of {', '.join(named)}, nor arithmetic on them"
+                return (
+                    f"axis {word.strip()!r} is not one of {', '.join(named)}, nor arithmetic "
+                    f"on them"
+                )
             options.add(length)
         lengths.append(frozenset(options))
     return tuple(lengths)
 
 
 def shape_disagreement(comment: str, shape: tuple, sizes: dict) -> str | None:
-    """Why ``shape`` does not fit ``comment`` (e.g. ``[batch, pos, d_model]``), or None when it fits.
+    """Why ``shape`` does not fit ``comment`` (e.g. ``[batch, pos, d_model]``), or None when it
+    fits.
 
-    An axis is a name from ``sizes``, a number, arithmetic on them (``ceil(d_model / 2)``), ``A or B``
-    (either), or ``...`` (any leading axes).
+    An axis is a name from ``sizes``, a number, arithmetic on them (``ceil(d_model / 2)``),
+    ``A or B`` (either), or ``...`` (any leading axes).
     """
     lengths = axis_options(comment, tuple(sorted(sizes.items())))
     if isinstance(lengths, str):
         return lengths
     if None in lengths:
         k = lengths.index(None)
-        head, tail = lengths[:k], lengths[k + 1:]
+        head, tail = lengths[:k], lengths[k + 1 :]
         if len(shape) < len(head) + len(tail):
             return f"the run made {shape}, fewer axes than {comment}"
-        pairs = list(zip(head, shape[: len(head)])) + list(zip(tail, shape[len(shape) - len(tail):]))
+        pairs = list(zip(head, shape[: len(head)])) + list(
+            zip(tail, shape[len(shape) - len(tail) :])
+        )
     else:
         if len(shape) != len(lengths):
-            return f"the run made {shape} ({len(shape)} axes), the comment says {comment} ({len(lengths)})"
+            return (
+                f"the run made {shape} ({len(shape)} axes), the comment says {comment} "
+                f"({len(lengths)})"
+            )
         pairs = list(zip(lengths, shape))
     for options, length in pairs:
         if length not in options:
@@ -220,7 +257,8 @@ class Call:
     """One call of a traced function: which module, and every value each of its units assigned."""
 
     module: str
-    values: dict = field(default_factory=lambda: defaultdict(list))  # unit index -> [tuple of copies, per run]
+    # unit index -> [tuple of copies, per run]
+    values: dict = field(default_factory=lambda: defaultdict(list))
     ran: set = field(default_factory=set)  # indexes of the units that ran
     given: object = None  # torch forward: the input tensor (for the vector-Jacobian product)
     returned: object = None
@@ -237,7 +275,8 @@ class Traced:
 
 
 def copy_value(value):
-    """A copy of a float array or tensor, detached from the run; None for anything else (ints, tuples, None)."""
+    """A copy of a float array or tensor, detached from the run; None for anything else (ints,
+    tuples, None)."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     if isinstance(value, (np.ndarray, np.generic)) and np.asarray(value).dtype.kind == "f":
@@ -246,7 +285,8 @@ def copy_value(value):
 
 
 class LineTracer:
-    """``sys.settrace`` on the traced functions only: after each unit runs, copy what it assigned."""
+    """``sys.settrace`` on the traced functions only: after each unit runs, copy what it
+    assigned."""
 
     def __init__(self, functions: dict, names: dict | None = None):
         self.functions = functions  # code object -> Traced
@@ -262,7 +302,7 @@ class LineTracer:
         sys.settrace(self.previous)
 
     def trace(self, frame, event, arg):
-        traced = self.functions.get(frame.f_code)
+        traced = self.functions.get(code_key(frame.f_code))
         if traced is None or event != "call":
             return None
         owner = frame.f_locals.get("self")
@@ -314,13 +354,22 @@ def unwrapped(function):
 
 
 def traced_parts(part: Part):
-    """(twin, "forward" or "backward", parsed function) of every function of ``part`` the run watches."""
-    return (("numpy", "forward", part.numpy_forward), ("torch", "forward", part.torch_forward),
-            ("numpy", "backward", part.numpy_backward))
+    """(twin, "forward" or "backward", parsed function) of every function of ``part`` the run
+    watches."""
+    return (
+        ("numpy", "forward", part.numpy_forward),
+        ("torch", "forward", part.torch_forward),
+        ("numpy", "backward", part.numpy_backward),
+    )
+
+
+def code_key(code) -> tuple:
+    """A function's code by where it is written (code objects of two files can compare equal)."""
+    return code.co_filename, code.co_firstlineno, code.co_name
 
 
 def traced_functions(sections: list[Section]) -> dict:
-    """{code object: Traced} for every forward (both twins) and every NumPy backward on the page."""
+    """{code_key: Traced} for every forward (both twins) and every NumPy backward on the page."""
     functions = {}
     for section in sections:
         for part in section.parts:
@@ -330,16 +379,28 @@ def traced_functions(sections: list[Section]) -> dict:
                 module = importlib.import_module(f"{TWIN_PACKAGES[twin].__name__}.{section.stem}")
                 owner = getattr(module, part.name)
                 code = unwrapped(getattr(owner, kind) if part.kind == "class" else owner).__code__
-                if (Path(code.co_filename).resolve(), code.co_firstlineno) != (parsed.path.resolve(), parsed.code_line):
-                    raise RuntimeError(f"{module.__name__}.{part.name}.{kind} was imported from {code.co_filename}:"
-                                       f"{code.co_firstlineno}, but the page reads {parsed.path}:{parsed.first_line}")
+                if (Path(code.co_filename).resolve(), code.co_firstlineno) != (
+                    parsed.path.resolve(),
+                    parsed.code_line,
+                ):
+                    raise RuntimeError(
+                        f"{module.__name__}.{part.name}.{kind} was imported from "
+                        f"{code.co_filename}:"
+                        f"{code.co_firstlineno}, but the page reads "
+                        f"{parsed.path}:{parsed.first_line}"
+                    )
                 unit_at, targets = {}, {}
                 for k, unit in enumerate(parsed.units):
                     for line in range(unit.first_line, unit.first_line + len(unit.lines)):
                         unit_at[line] = k
                     if unit.targets:
-                        targets[k] = [compile(target, f"<{part.name} target>", "eval") for target in unit.targets]
-                functions[code] = Traced(twin, section.stem, part.name, kind, unit_at, targets)
+                        targets[k] = [
+                            compile(target, f"<{part.name} target>", "eval")
+                            for target in unit.targets
+                        ]
+                functions[code_key(code)] = Traced(
+                    twin, section.stem, part.name, kind, unit_at, targets
+                )
     return functions
 
 
@@ -366,7 +427,8 @@ class Run:
 
 
 def random_weights(cfg, seed: int) -> dict:
-    """A float64 state dict of random weights (never ones, never zeros); a float32 run gets them rounded."""
+    """A float64 state dict of random weights (never ones, never zeros); a float32 run gets them
+    rounded."""
     wide = numpy_impl.Transformer(dataclasses.replace(cfg, dtype="float64"), seed=seed)
     return randomize_parameters(wide, seed=seed).state_dict()
 
@@ -381,17 +443,21 @@ def module_names(reference, twin, losses) -> dict:
     return names
 
 
-def run_once(functions: dict, model: str, dtype: str, tokens: np.ndarray, d_vocab: int, seed: int) -> Run:
+def run_once(
+    functions: dict, model: str, dtype: str, tokens: np.ndarray, d_vocab: int, seed: int
+) -> Run:
     cfg = numpy_impl.TransformerConfig(d_vocab=d_vocab, dtype=dtype, **SIZES, **MODELS[model])
     state = random_weights(cfg, seed)
     losses = [numpy_impl.CrossEntropyLoss(), torch_impl.CrossEntropyLoss()]
-    plain_losses = [numpy_impl.CrossEntropyLoss(), torch_impl.CrossEntropyLoss()]  # the unweighted branch
+    # the unweighted branch
+    plain_losses = [numpy_impl.CrossEntropyLoss(), torch_impl.CrossEntropyLoss()]
     grads = {"numpy": {}, "torch": {}}
 
     def keeper(twin_name):
         def keep(gradient, hook):
             value = gradient.detach().numpy() if hasattr(gradient, "detach") else gradient
             grads[twin_name][hook.name] = np.array(value, copy=True)
+
         return keep
 
     every = lambda name: True  # noqa: E731
@@ -400,9 +466,12 @@ def run_once(functions: dict, model: str, dtype: str, tokens: np.ndarray, d_voca
     targets = np.concatenate([tokens[:, 1:], np.zeros((batch, 1), dtype=tokens.dtype)], axis=1)
     weights = np.ones((batch, pos), dtype=dtype)
     weights[:, -1] = 0.0
-    upstream = np.random.default_rng(seed + 1).standard_normal((batch, pos, cfg.d_model)).astype(dtype)
+    upstream = (
+        np.random.default_rng(seed + 1).standard_normal((batch, pos, cfg.d_model)).astype(dtype)
+    )
     with LineTracer(functions) as tracer:
-        reference = numpy_impl.Transformer(cfg, seed=seed)  # built here, so the sinusoidal table's lines are watched
+        # built here, so the sinusoidal table's lines are watched
+        reference = numpy_impl.Transformer(cfg, seed=seed)
         reference.load_state_dict(state)
         twin = torch_impl.Transformer.from_twin(reference)
         tracer.names = module_names(reference, twin, losses + plain_losses)
@@ -417,38 +486,61 @@ def run_once(functions: dict, model: str, dtype: str, tokens: np.ndarray, d_voca
         with twin.hooks(bwd_hooks=[(every, keeper("torch"))]):
             out_t = twin(torch.from_numpy(tokens))
             if cfg.unembed:
-                losses[1](out_t, torch.from_numpy(targets), torch.from_numpy(weights)).backward(retain_graph=True)
+                losses[1](out_t, torch.from_numpy(targets), torch.from_numpy(weights)).backward(
+                    retain_graph=True
+                )
                 plain_losses[1](out_t, torch.from_numpy(targets))
             else:  # the gradient of sum(out * upstream) is upstream: autograd starts from a scalar
                 (out_t * torch.from_numpy(upstream)).sum().backward(retain_graph=True)
-    for name, point in reference.hook_dict.items():  # an alias (hook_q) holds its point's gradient (q.hook_out)
+    # an alias (hook_q) holds its point's gradient (q.hook_out)
+    for name, point in reference.hook_dict.items():
         for found in grads.values():
             if point.name in found:
                 found.setdefault(name, found[point.name])
-    # the gradient each component's output received, copied before any autograd.grad below adds to it
-    outputs = [(stem, part, call, call.returned.grad.clone())
-               for (twin_name, stem, part, kind), calls in tracer.calls.items()
-               if (twin_name, kind) == ("torch", "forward") for call in calls
-               if call.given is not None and isinstance(call.returned, torch.Tensor) and call.returned.grad is not None]
+    # the gradient each component's output received, copied before any autograd.grad below adds to
+    # it
+    outputs = [
+        (stem, part, call, call.returned.grad.clone())
+        for (twin_name, stem, part, kind), calls in tracer.calls.items()
+        if (twin_name, kind) == ("torch", "forward")
+        for call in calls
+        if call.given is not None
+        and isinstance(call.returned, torch.Tensor)
+        and call.returned.grad is not None
+    ]
     vjps = {}
     for stem, part, call, received in outputs:
-        # the vector-Jacobian product with ``received``, as the gradient of the scalar sum(output * received)
-        # (the same numbers as grad_outputs=received; a scalar spares torch a second of imports on its first call)
-        (gradient,) = torch.autograd.grad((call.returned * received).sum(), call.given, retain_graph=True,
-                                          allow_unused=True)
+        # the vector-Jacobian product with ``received``, as the gradient of the scalar sum(output *
+        # received) (the same numbers as grad_outputs=received; a scalar spares torch a second of
+        # imports on its first call)
+        (gradient,) = torch.autograd.grad(
+            (call.returned * received).sum(), call.given, retain_graph=True, allow_unused=True
+        )
         if gradient is not None:
             vjps[(stem, part, call.module)] = gradient.detach().numpy()
     numpy_params = {name: p.grad.copy() for name, p in reference.named_parameters()}
     torch_params = {name: p.grad.detach().numpy().copy() for name, p in twin.named_parameters()}
-    return Run(model, dtype, cfg, dict(tracer.calls), numpy_params, torch_params, grads["numpy"], grads["torch"],
-               vjps, batch, pos)
+    return Run(
+        model,
+        dtype,
+        cfg,
+        dict(tracer.calls),
+        numpy_params,
+        torch_params,
+        grads["numpy"],
+        grads["torch"],
+        vjps,
+        batch,
+        pos,
+    )
 
 
 # ---- comparing the twins ------------------------------------------------------------------------
 
 
 def gap_of(a, b) -> tuple[float, float, float]:
-    """(largest |a - b|, that over the largest |b|, largest |b|), over finite entries; non-finite ones must match."""
+    """(largest |a - b|, that over the largest |b|, largest |b|), over finite entries; non-finite
+    ones must match."""
     a = np.asarray(a.numpy() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
     b = np.asarray(b.numpy() if isinstance(b, torch.Tensor) else b, dtype=np.float64)
     if a.shape != b.shape:
@@ -474,7 +566,9 @@ def compare_forward(part: Part, section: Section, runs: list[Run], found: Measur
             np_calls = run.calls.get(("numpy", section.stem, part.name, "forward"), [])
             torch_calls = run.calls.get(("torch", section.stem, part.name, "forward"), [])
             for np_call, torch_call in zip(np_calls, torch_calls):
-                for np_values, torch_values in zip(np_call.values.get(i, []), torch_call.values.get(j, [])):
+                for np_values, torch_values in zip(
+                    np_call.values.get(i, []), torch_call.values.get(j, [])
+                ):
                     for a, b in zip(np_values, torch_values):
                         if a is not None and b is not None:
                             gap.add(run.dtype, *gap_of(a, b), np_call.module or part.name)
@@ -505,8 +599,11 @@ def check_shapes(part: Part, section: Section, runs: list[Run], found: Measureme
                             shapes.add(shape)
                             why = shape_disagreement(comment, shape, sizes) if comment else None
                             if why:
-                                problems.add(f"{twin}_impl/{section.stem}.py:{unit.first_line} ({run.model} model): "
-                                             f"{unit.code.strip()[:60]}: {why}")
+                                problems.add(
+                                    f"{twin}_impl/{section.stem}.py:{unit.first_line} ({run.model} "
+                                    f"model): "
+                                    f"{unit.code.strip()[:60]}: {why}"
+                                )
             if shapes:
                 found.shapes[(twin, section.stem, part.name, kind, unit.code)] = shapes
                 if comment:
@@ -526,7 +623,7 @@ def layer_free(name: str) -> str:
 def compare_gradients(part: Part, section: Section, runs: list[Run], found: Measurements):
     if part.numpy_backward is None:
         return
-    for k, unit in enumerate(part.numpy_backward.units):
+    for unit in part.numpy_backward.units:
         if unit.kind == "comment":
             continue
         found_here = []
@@ -537,13 +634,18 @@ def compare_gradients(part: Part, section: Section, runs: list[Run], found: Meas
                 for module in modules_of(run.calls, section.stem, part.name):
                     name = f"{module}.{parameter}" if module else parameter
                     if name in run.numpy_params:
-                        absolute, relative, scale = gap_of(run.numpy_params[name], run.torch_params[name])
-                        if is_exact_zero(name):  # its exact gradient is zero: measured against the model's largest
+                        absolute, relative, scale = gap_of(
+                            run.numpy_params[name], run.torch_params[name]
+                        )
+                        # its exact gradient is zero: measured against the model's largest
+                        if is_exact_zero(name):
                             relative = absolute / largest
                         gap.add(run.dtype, absolute, relative, scale, name)
                         names.append(layer_free(name))
             if gap.count:
-                found_here.append(GradientGap("parameter", parameter, list(dict.fromkeys(names)), gap))
+                found_here.append(
+                    GradientGap("parameter", parameter, list(dict.fromkeys(names)), gap)
+                )
         for hook in dict.fromkeys(HOOK_BACKWARD.findall(unit.text)):
             gap, names = Gap(), []
             for run in runs:
@@ -569,15 +671,21 @@ def compare_gradients(part: Part, section: Section, runs: list[Run], found: Meas
 
 
 def run_twins(sections: list[Section], words, sentences, seed: int = 0) -> list[Run]:
-    """Run both twins on ``sentences`` (words from ``words``): both models, both dtypes, every traced line copied."""
+    """Run both twins on ``sentences`` (words from ``words``): both models, both dtypes, every
+    traced line copied."""
     ids = {word: i for i, word in enumerate(words)}
     rows = [[ids[word] for word in sentence.split()] for sentence in sentences]
     tokens = np.array(rows, dtype=np.int64)  # [batch, pos]
     functions = traced_functions(sections)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tensors this small only lose time to a thread pool (many times over on a busy machine)
+    # tensors this small only lose time to a thread pool (many times over on a busy machine)
+    torch.set_num_threads(1)
     try:
-        runs = [run_once(functions, model, dtype, tokens, len(words), seed) for model in MODELS for dtype in DTYPES]
+        runs = [
+            run_once(functions, model, dtype, tokens, len(words), seed)
+            for model in MODELS
+            for dtype in DTYPES
+        ]
     finally:
         torch.set_num_threads(threads)
     for run in runs:
@@ -586,9 +694,13 @@ def run_twins(sections: list[Section], words, sentences, seed: int = 0) -> list[
 
 
 def compare(sections: list[Section], runs: list[Run]) -> Measurements:
-    """What the page shows beside each line of ``sections``, from ``runs`` (``run_twins`` of the same files)."""
-    found = Measurements(sentences=runs[0].sentences, tokens=runs[0].tokens,
-                         models={run.model: run.cfg for run in runs if run.dtype == "float64"})
+    """What the page shows beside each line of ``sections``, from ``runs`` (``run_twins`` of the
+    same files)."""
+    found = Measurements(
+        sentences=runs[0].sentences,
+        tokens=runs[0].tokens,
+        models={run.model: run.cfg for run in runs if run.dtype == "float64"},
+    )
     for section in sections:
         for part in section.parts:
             compare_forward(part, section, runs, found)

@@ -60,7 +60,7 @@ HOOK_DEFINITION = re.compile(
 def hook_path(attribute: str) -> str:
     """A hook's path below its component as hook names spell it: ``in_.hook_in`` -> ``in.hook_in``
     (``in_`` is FeedForward's property for its ``in``, a Python keyword)."""
-    return "in." + attribute[len("in_."):] if attribute.startswith("in_.") else attribute
+    return "in." + attribute[len("in_.") :] if attribute.startswith("in_.") else attribute
 
 
 @dataclass
@@ -72,7 +72,8 @@ class Unit:
     kind: str  # "code", "comment" or "header" (a line that opens a block: if, else, for ...)
     key: str
     assigns: tuple[str, ...] = ()  # names on the left of "=" (empty when it assigns nothing)
-    targets: tuple[str, ...] = ()  # each assigned expression, whole: ``q``, ``self.W_pos.grad[:pos]``
+    # each assigned expression, whole: ``q``, ``self.W_pos.grad[:pos]``
+    targets: tuple[str, ...] = ()
     reads: frozenset = frozenset()  # the plain names the line reads
 
     @property
@@ -154,7 +155,7 @@ def package_dir(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def strip_comment(line: str) -> str:
     """The line without a trailing ``# ...`` comment (a '#' inside a string is kept)."""
     if "#" not in line:
@@ -203,24 +204,37 @@ def make_unit(lines: list[str], first_line: int) -> Unit:
     if code.endswith(":") and not code.startswith(("def ", "async def ")):
         return Unit(lines, first_line, "header", "block: " + re.sub(r"\s+", " ", code))
     try:
-        tree = ast.parse(textwrap.dedent("\n".join(lines)) + ("\n    pass" if code.endswith(":") else ""))
+        tree = ast.parse(
+            textwrap.dedent("\n".join(lines)) + ("\n    pass" if code.endswith(":") else "")
+        )
     except SyntaxError:
         return Unit(lines, first_line, "code", "stmt: " + code)
     node = tree.body[0]
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         return Unit(lines, first_line, "code", "def " + node.name)
-    reads = frozenset(sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load))
+    reads = frozenset(
+        sub.id
+        for sub in ast.walk(node)
+        if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load)
+    )
     if isinstance(node, ast.Assign):
         targets = [ast.unparse(target) for target in node.targets]
         names = tuple(name.strip() for target in targets for name in target.split(","))
-        whole = tuple(ast.unparse(element) for target in node.targets
-                      for element in (target.elts if isinstance(target, ast.Tuple) else [target]))
+        whole = tuple(
+            ast.unparse(element)
+            for target in node.targets
+            for element in (target.elts if isinstance(target, ast.Tuple) else [target])
+        )
         return Unit(lines, first_line, "code", " = ".join(targets) + " =", names, whole, reads)
     if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
         target = ast.unparse(node.target)
         op = "+=" if isinstance(node, ast.AugAssign) else ":"
         return Unit(lines, first_line, "code", f"{target} {op}", (target,), (target,), reads)
-    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+    if (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    ):
         return Unit(lines, first_line, "code", "docstring")
     if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
         return Unit(lines, first_line, "code", "call: " + ast.unparse(node.value.func), reads=reads)
@@ -342,7 +356,11 @@ def link_steps(steps: list[Step], rows: list[Row]) -> None:
     A quote that names nothing the forward assigns, in a step with no hook and no parameter,
     links to no row (the page then shows the quote alone).
     """
-    numpy_rows = [(k, row.numpy) for k, row in enumerate(rows) if row.numpy is not None and row.numpy.kind == "code"]
+    numpy_rows = [
+        (k, row.numpy)
+        for k, row in enumerate(rows)
+        if row.numpy is not None and row.numpy.kind == "code"
+    ]
     for step in steps:
         found = set()
         text = "\n".join(unit.text for unit in step.units if unit.kind != "comment")
@@ -350,21 +368,29 @@ def link_steps(steps: list[Step], rows: list[Row]) -> None:
             names, inputs, value = quoted_names(step.quote)
             for name in names:
                 candidates = [k for k, unit in numpy_rows if name in unit.assigns]
-                if isinstance(value, ast.Name):  # a quote that only renames (``resid_post = resid_mid``): no computation
-                    candidates = [k for k in candidates if isinstance(assigned_value(rows[k].numpy), ast.Name)]
+                # a quote that only renames (``resid_post = resid_mid``): no computation
+                if isinstance(value, ast.Name):
+                    candidates = [
+                        k for k in candidates if isinstance(assigned_value(rows[k].numpy), ast.Name)
+                    ]
                 if candidates:
                     best = max(candidates, key=lambda k: similarity(step.quote, rows[k].numpy.code))
                     found.add(best)
                     found |= lines_between(numpy_rows, inputs, best)
         for hook in HOOK_BACKWARD.findall(text):
-            found |= {k for k, unit in numpy_rows if re.search(rf"\bself\.{re.escape(hook)}\(", unit.code)}
+            found |= {
+                k for k, unit in numpy_rows if re.search(rf"\bself\.{re.escape(hook)}\(", unit.code)
+            }
         for parameter in PARAMETER_GRAD.findall(text):
-            found |= {k for k, unit in numpy_rows if re.search(rf"\bself\.{parameter}\.data\b", unit.code)}
+            found |= {
+                k for k, unit in numpy_rows if re.search(rf"\bself\.{parameter}\.data\b", unit.code)
+            }
         step.undoes = sorted(found)
 
 
 def lines_between(numpy_rows: list[tuple[int, Unit]], inputs: set[str], target: int) -> set[int]:
-    """Rows after the last one that assigns a quoted input and before ``target``, on the way from one to the other."""
+    """Rows after the last one that assigns a quoted input and before ``target``, on the way from
+    one to the other."""
     before = [(k, unit) for k, unit in numpy_rows if k < target]
     starts = [k for k, unit in before if set(unit.assigns) & inputs]
     if not starts:
@@ -385,7 +411,9 @@ def lines_between(numpy_rows: list[tuple[int, Unit]], inputs: set[str], target: 
 
 def find_functions(tree: ast.Module) -> dict[str, ast.AST]:
     """Top-level classes and functions of a module, by name, in file order."""
-    return {node.name: node for node in tree.body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
+    return {
+        node.name: node for node in tree.body if isinstance(node, (ast.ClassDef, ast.FunctionDef))
+    }
 
 
 def method(cls: ast.ClassDef, name: str) -> ast.FunctionDef | None:
@@ -395,7 +423,9 @@ def method(cls: ast.ClassDef, name: str) -> ast.FunctionDef | None:
     return None
 
 
-def read_function(node: ast.FunctionDef | None, path: Path, file_lines: list[str]) -> Function | None:
+def read_function(
+    node: ast.FunctionDef | None, path: Path, file_lines: list[str]
+) -> Function | None:
     """The function's lines (decorators left out), dedented to its ``def``."""
     if node is None:
         return None
@@ -413,7 +443,8 @@ def imported_from(tree: ast.Module, name: str) -> str | None:
 
 
 def raises_not_implemented(node: ast.FunctionDef | None) -> bool:
-    """True when a function still holds ``raise NotImplementedError`` (an exercise not written yet)."""
+    """True when a function still holds ``raise NotImplementedError`` (an exercise not written
+    yet)."""
     for sub in ast.walk(node) if node is not None else ():
         if isinstance(sub, ast.Raise) and sub.exc is not None:
             exc = sub.exc.func if isinstance(sub.exc, ast.Call) else sub.exc
@@ -423,7 +454,8 @@ def raises_not_implemented(node: ast.FunctionDef | None) -> bool:
 
 
 def read_section(stem: str, title: str, numpy_dir: Path | None = None) -> Section:
-    """One component file of each twin, lined up; ``numpy_dir``: read the NumPy file from there (a learner's copy)."""
+    """One component file of each twin, lined up; ``numpy_dir``: read the NumPy file from there (a
+    learner's copy)."""
     paths = [Path(numpy_dir) if numpy_dir else package_dir(TWINS[0]), package_dir(TWINS[1])]
     paths = [folder / f"{stem}.py" for folder in paths]
     texts = [read_text(path, MAX_SOURCE_BYTES, "Python source file") for path in paths]  # no FIFO
@@ -437,7 +469,11 @@ def read_section(stem: str, title: str, numpy_dir: Path | None = None) -> Sectio
             np_forward = read_function(method(np_node, "forward"), paths[0], lines[0])
             if np_forward is None:
                 continue
-            torch_forward = read_function(method(torch_node, "forward"), paths[1], lines[1]) if torch_node else None
+            torch_forward = (
+                read_function(method(torch_node, "forward"), paths[1], lines[1])
+                if torch_node
+                else None
+            )
             np_backward = read_function(method(np_node, "backward"), paths[0], lines[0])
             stub = raises_not_implemented(method(np_node, "backward"))
             kind = "class"
@@ -453,8 +489,14 @@ def read_section(stem: str, title: str, numpy_dir: Path | None = None) -> Sectio
         note = None
         if torch_forward is None:
             source = imported_from(trees[1], name)
-            note = f"torch_impl imports this one from {source}" if source else "torch_impl has no twin of this"
-        parts.append(Part(name, kind, rows, steps, np_forward, torch_forward, np_backward, note, stub))
+            note = (
+                f"torch_impl imports this one from {source}"
+                if source
+                else "torch_impl has no twin of this"
+            )
+        parts.append(
+            Part(name, kind, rows, steps, np_forward, torch_forward, np_backward, note, stub)
+        )
     docstring = ast.get_docstring(trees[0]) or ""
     return Section(stem, title, docstring, paths[0], paths[1], parts)
 
@@ -478,7 +520,8 @@ def hook_definitions(cls: ast.ClassDef, file_lines: list[str]) -> list[tuple[str
 
 
 def children(cls: ast.ClassDef, known: set[str]) -> list[tuple[str, str]]:
-    """(attribute path, class name) of each sub-module ``self.name = Class(...)`` (or ``Class.for_config(...)``) in __init__.
+    """(attribute path, class name) of each sub-module ``self.name = Class(...)`` (or
+    ``Class.for_config(...)``) in __init__.
 
     An attribute built from a list comprehension (``self.blocks = [Block(...) for ...]``)
     holds one per index: its path is ``blocks.{i}``.
@@ -491,13 +534,24 @@ def children(cls: ast.ClassDef, known: set[str]) -> list[tuple[str, str]]:
         if not isinstance(node, ast.Assign) or len(node.targets) != 1:
             continue
         target = node.targets[0]
-        if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"):
+        if not (
+            isinstance(target, ast.Attribute)
+            and isinstance(target.value, ast.Name)
+            and target.value.id == "self"
+        ):
             continue
-        listed = any(isinstance(sub, (ast.ListComp, ast.GeneratorExp)) for sub in ast.walk(node.value))
+        listed = any(
+            isinstance(sub, (ast.ListComp, ast.GeneratorExp)) for sub in ast.walk(node.value)
+        )
         for sub in ast.walk(node.value):
             if isinstance(sub, ast.Call):
-                func = sub.func.id if isinstance(sub.func, ast.Name) else getattr(sub.func, "attr", None)
-                if func == "for_config" and isinstance(sub.func.value, ast.Name):  # LayerNorm.for_config(cfg)
+                func = (
+                    sub.func.id
+                    if isinstance(sub.func, ast.Name)
+                    else getattr(sub.func, "attr", None)
+                )
+                # LayerNorm.for_config(cfg)
+                if func == "for_config" and isinstance(sub.func.value, ast.Name):
                     func = sub.func.value.id
                 if func in known:
                     found.append((target.attr + (".{i}" if listed else ""), func))
@@ -541,6 +595,14 @@ def read_hooks(sections: list[Section]) -> list[Hook]:
             node, file_lines = classes[part.name]
             for attribute, shape in hook_definitions(node, file_lines):
                 names = [prefix + attribute for prefix in paths.get(part.name, [""])]
-                hooks.append(Hook(part.name, attribute, shape, names,
-                                  calls.get(("numpy", part.name, attribute), []), calls.get(("torch", part.name, attribute), [])))
+                hooks.append(
+                    Hook(
+                        part.name,
+                        attribute,
+                        shape,
+                        names,
+                        calls.get(("numpy", part.name, attribute), []),
+                        calls.get(("torch", part.name, attribute), []),
+                    )
+                )
     return hooks

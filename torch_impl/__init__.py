@@ -1,8 +1,8 @@
 """The twin: the reference's components as torch.nn.Modules; gradients come from autograd."""
 
 from foundation.contract.config import TransformerConfig
-from foundation.lens.hooks import ActivationCache, get_act_name, hook_name
 from foundation.files.weights import load_weights, save_weights
+from foundation.lens.hooks import ActivationCache, get_act_name, hook_name
 
 from .attention import GroupedQueryAttention, MultiHeadAttention
 from .block import TransformerBlock

@@ -18,7 +18,6 @@ stream between the two: its gradient is the whole residual stream's (both paths 
 alias of ln2.hook_in, so its hook_resid_mid_grad is that part alone).
 """
 
-import torch
 
 from foundation.contract.checks import check_config
 

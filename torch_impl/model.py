@@ -13,15 +13,15 @@ from torch import nn
 
 from foundation.contract.checks import check_config, check_seed
 from foundation.files.pretrained import read_pretrained
-from foundation.lens.running import RunningMixin
 from foundation.files.weights import load_weights, save_weights
+from foundation.lens.running import RunningMixin
 
 from .block import TransformerBlock
 from .embedding import TokenEmbedding
 from .hooked import HookedMixin
 from .layernorm import LayerNorm
 from .loss import CrossEntropyLoss
-from .module import HookPoint, Module, boundary, default_rng, token_tensor
+from .module import HookPoint, Module, boundary, default_rng
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .unembed import Unembed
 from .views import WeightViewsMixin

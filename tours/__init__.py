@@ -1,1 +1,2 @@
-"""Walk-throughs that ``demo.py`` runs: one module per command, each with add_arguments(parser) and run(args)."""
+"""Walk-throughs that ``demo.py`` runs: one module per command, each with add_arguments(parser) and
+run(args)."""

@@ -20,15 +20,34 @@ from .progress import progress
 # config fields that change the math; each family sets some, the rest keep their defaults
 FAMILIES = (
     {"normalization": "pre"},
-    {"normalization": "pre", "causal": False, "positional": "sinusoidal", "attn_only": True, "unembed": False},
-    {"normalization": "post", "causal": False, "act_fn": "relu", "positional": "sinusoidal", "unembed": False},
+    {
+        "normalization": "pre",
+        "causal": False,
+        "positional": "sinusoidal",
+        "attn_only": True,
+        "unembed": False,
+    },
+    {
+        "normalization": "post",
+        "causal": False,
+        "act_fn": "relu",
+        "positional": "sinusoidal",
+        "unembed": False,
+    },
     {"normalization": "post", "attn_only": True},
     {"normalization": None, "act_fn": "relu"},
-    {"normalization": None, "causal": False, "positional": "sinusoidal", "attn_only": True, "unembed": False},
+    {
+        "normalization": None,
+        "causal": False,
+        "positional": "sinusoidal",
+        "attn_only": True,
+        "unembed": False,
+    },
 )
 
 
-# the config fields each component's math depends on: a component is checked once per distinct setting
+# the config fields each component's math depends on: a component is checked once per distinct
+# setting
 DEPENDS_ON = {
     "MultiHeadAttention": ("causal",),
     "FeedForward": ("act_fn",),
@@ -38,8 +57,12 @@ DEPENDS_ON = {
 
 
 def add_arguments(parser):
-    parser.add_argument("--sample", type=int, default=100, help="entries checked per tensor, at most (default: 100)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, inputs, R and the sampled entries")
+    parser.add_argument(
+        "--sample", type=int, default=100, help="entries checked per tensor, at most (default: 100)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for weights, inputs, R and the sampled entries"
+    )
 
 
 def family_label(cfg):
@@ -73,25 +96,54 @@ def run(args):
             if setting not in seen:  # e.g. LayerNorm is the same in every config: check it once
                 seen.add(setting)
                 cases.append((family_label(cfg), cfg, cls))
-    print(f"Finite differences against every hand-written backward: {len(FAMILIES)} configs, {len(cases)} checks.")
-    print(f"Central differences in float64, step {STEP:g}, on f = sum(out * R) with random R; at most "
-          f"{args.sample} entries per tensor.")
-    print(f"* Relative error |a - n| / max(|a| + |n|, tiny), tiny = {FLOOR:g} x the component's largest gradient, "
-          f"so entries smaller than that are judged by their error against it; pass at <= {TOLERANCE:g}.\n", flush=True)
+    print(
+        f"Finite differences against every hand-written backward: {len(FAMILIES)} configs, "
+        f"{len(cases)} checks."
+    )
+    print(
+        f"Central differences in float64, step {STEP:g}, on f = sum(out * R) with random R; at "
+        f"most "
+        f"{args.sample} entries per tensor."
+    )
+    print(
+        f"* Relative error |a - n| / max(|a| + |n|, tiny), tiny = {FLOOR:g} x the component's "
+        f"largest gradient, "
+        f"so entries smaller than that are judged by their error against it; pass at <= "
+        f"{TOLERANCE:g}.\n",
+        flush=True,
+    )
     summary, all_rows = [], []
     for label, cfg, cls in progress(cases, "gradcheck"):
         module = build(numpy_impl, cls, cfg, args.seed)
         inputs = make_inputs(cls, cfg, args.seed + 1, weighted=cls == "CrossEntropyLoss")
-        report = gradcheck(module, *inputs, sample=args.sample, seed=args.seed + 2, name=f"{cls} [{label}]")
+        report = gradcheck(
+            module, *inputs, sample=args.sample, seed=args.seed + 2, name=f"{cls} [{label}]"
+        )
         worst = report.worst
-        summary.append((label, cls, str(len(report.rows)), str(sum(r.checked for r in report.rows)),
-                        worst.tensor, f"{worst.max_rel_error:.1e}", "pass" if report.passed else "FAIL"))
+        summary.append(
+            (
+                label,
+                cls,
+                str(len(report.rows)),
+                str(sum(r.checked for r in report.rows)),
+                worst.tensor,
+                f"{worst.max_rel_error:.1e}",
+                "pass" if report.passed else "FAIL",
+            )
+        )
         all_rows += report.rows
-    print(_table(("config", "component", "tensors", "entries", "worst tensor", "max rel err*", ""), summary))
+    print(
+        _table(
+            ("config", "component", "tensors", "entries", "worst tensor", "max rel err*", ""),
+            summary,
+        )
+    )
     failed = [row for row in all_rows if not row.passed]
     print(f"\n{len(all_rows)} tensors checked, {len(failed)} failed.")
     for kind in ("parameter", "input"):
-        worst = max((row for row in all_rows if row.kind == kind), key=lambda row: row.max_rel_error)
+        worst = max(
+            (row for row in all_rows if row.kind == kind), key=lambda row: row.max_rel_error
+        )
         print(f"Worst {kind}: {worst.max_rel_error:.1e} ({worst.tensor} in {worst.component}).")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "gradcheck.txt")
@@ -104,7 +156,9 @@ def run(args):
 
 def _table(header, rows):
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(header, widths)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)

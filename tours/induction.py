@@ -13,17 +13,25 @@ from .progress import progress
 
 
 def add_arguments(parser):
-    parser.add_argument("--seed", type=int, default=0, help="seed for the initial weights and the data (default: 0)")
-    parser.add_argument("--steps", type=int, default=INDUCTION_TRAINING.steps,
-                        help=f"training steps (default: {INDUCTION_TRAINING.steps})")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for the initial weights and the data (default: 0)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=INDUCTION_TRAINING.steps,
+        help=f"training steps (default: {INDUCTION_TRAINING.steps})",
+    )
 
 
 def run(args):
     if args.seed < 0 or args.steps <= 0:
         raise SystemExit("--seed must be >= 0 and --steps positive")
     cfg = INDUCTION_CONFIG
-    print(f"Training a {cfg.n_layers}-layer attention-only transformer (d_model {cfg.d_model}, "
-          f"{cfg.n_heads} heads of {cfg.d_head}, {cfg.dtype}) in NumPy for {args.steps} steps, "
-          f"batches of {INDUCTION_TRAINING.batch_size} random sequences with repeated segments.")
+    print(
+        f"Training a {cfg.n_layers}-layer attention-only transformer (d_model {cfg.d_model}, "
+        f"{cfg.n_heads} heads of {cfg.d_head}, {cfg.dtype}) in NumPy for {args.steps} steps, "
+        f"batches of {INDUCTION_TRAINING.batch_size} random sequences with repeated segments."
+    )
     result = run_induction(seed=args.seed, out_dir=args.out, steps=args.steps, progress=progress)
     print(reading(result, cfg.d_vocab))

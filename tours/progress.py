@@ -28,7 +28,10 @@ def progress(items, label, width=30, stream=None, total=None, status=None):
         yield item
         done = i + 1
         filled = int(width * done / total)
-        line = f"{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{count} {time.perf_counter() - start:.1f}s"
+        line = (
+            f"{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{count} "
+            f"{time.perf_counter() - start:.1f}s"
+        )
         if status is not None:
             line += f" {status()}"
         if interactive:

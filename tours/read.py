@@ -24,27 +24,41 @@ SECOND_SENTENCE = "a dog sat on mat"  # the same length as the demo's, so the tw
 
 
 def demo_input():
-    """(vocabulary, sentences): the demo's (``tours.basics``, which imports torch: only when the page is made)."""
+    """(vocabulary, sentences): the demo's (``tours.basics``, which imports torch: only when the
+    page is made)."""
     from .basics import SENTENCE, VOCAB
 
     return VOCAB, (SENTENCE, SECOND_SENTENCE)
 
 
 def add_arguments(parser):
-    parser.add_argument("--exercises", metavar="DIR", default=None,
-                        help="show the backward passes of a learner's copy (DIR/numpy_impl) instead of the reference's")
+    parser.add_argument(
+        "--exercises",
+        metavar="DIR",
+        default=None,
+        help="show the backward passes of a learner's copy (DIR/numpy_impl) instead of the "
+        "reference's",
+    )
 
 
 def learner_folder(directory):
     """DIR/numpy_impl of a learner's copy, or a one-line refusal."""
     folder = Path(directory) / "numpy_impl"
     if not folder.is_dir():
-        raise SystemExit(f"--exercises {directory}: there is no {folder} "
-                         f"(make one with: python demo.py exercises init {directory})")
-    missing = [name for name in ("layernorm.py", "attention.py", "model.py") if not (folder / name).is_file()]
+        raise SystemExit(
+            f"--exercises {directory}: there is no {folder} "
+            f"(make one with: python demo.py exercises init {directory})"
+        )
+    missing = [
+        name
+        for name in ("layernorm.py", "attention.py", "model.py")
+        if not (folder / name).is_file()
+    ]
     if missing:
-        raise SystemExit(f"--exercises {directory}: {folder} is not a copy of numpy_impl "
-                         f"({', '.join(missing)} missing)")
+        raise SystemExit(
+            f"--exercises {directory}: {folder} is not a copy of numpy_impl "
+            f"({', '.join(missing)} missing)"
+        )
     return folder
 
 
@@ -54,8 +68,12 @@ def checked(learner, sections):
     from exercises.check import check
     from exercises.marks import page_marks
 
-    written = [BY_CLASS[part.name].key for section in sections for part in section.parts
-               if part.name in BY_CLASS and not part.stub]
+    written = [
+        BY_CLASS[part.name].key
+        for section in sections
+        for part in section.parts
+        if part.name in BY_CLASS and not part.stub
+    ]
     if not written:
         return {}
     directory = Path(learner).parent
@@ -68,10 +86,12 @@ def checked(learner, sections):
 
 
 def make_page(out, learner=None, measured=None):
-    """Write the page into ``out``: (its path, the sections shown, the run's measurements, seconds for run and page).
+    """Write the page into ``out``: (its path, the sections shown, the run's measurements, seconds
+    for run and page).
 
-    ``learner``: a learner's numpy_impl folder (the page then shows its backward passes); ``measured``:
-    a run already made (``reading.measure``) of the reference files, instead of a new one.
+    ``learner``: a learner's numpy_impl folder (the page then shows its backward passes);
+    ``measured``: a run already made (``reading.measure``) of the reference files, instead of a new
+    one.
     """
     from reading.measure import measure  # imports both twins and torch
 
@@ -85,13 +105,22 @@ def make_page(out, learner=None, measured=None):
     except SyntaxError as error:
         raise SystemExit(f"--exercises: {error.filename}:{error.lineno}: {error.msg}")
     except (RecursionError, MemoryError) as error:  # an expression nested too deep for the parser
-        raise SystemExit(f"--exercises {learner}: a file nests too deeply to be read "
-                         f"({type(error).__name__}); is it a copy of numpy_impl?")
+        raise SystemExit(
+            f"--exercises {learner}: a file nests too deeply to be read "
+            f"({type(error).__name__}); is it a copy of numpy_impl?"
+        )
     except ValueError as error:  # a FIFO, a device, a file too large, bytes that are not UTF-8
         raise SystemExit(f"--exercises: {error}")
     verdicts = checked(learner, sections) if learner else None
-    path = write_page(out, sections, read_hooks(sections), measured, learner,
-                      "read_exercises.html" if learner else "read.html", verdicts)
+    path = write_page(
+        out,
+        sections,
+        read_hooks(sections),
+        measured,
+        learner,
+        "read_exercises.html" if learner else "read.html",
+        verdicts,
+    )
     return path, sections, measured, (ran - started, time.perf_counter() - ran)
 
 
@@ -101,14 +130,21 @@ def run(args):
     rows = sum(len(part.rows) for section in sections for part in section.parts)
     steps = sum(len(part.steps) for section in sections for part in section.parts)
     hooks = read_hooks(sections)
-    print(f"{len(sections)} sections, {rows} forward rows side by side, {steps} backward steps, "
-          f"{len(hooks)} hook points")
+    print(
+        f"{len(sections)} sections, {rows} forward rows side by side, {steps} backward steps, "
+        f"{len(hooks)} hook points"
+    )
     gaps = list(measured.forward.values())
-    worst = {dtype: max(gap.relative.get(dtype, 0.0) for gap in gaps) for dtype in ("float64", "float32")}
+    worst = {
+        dtype: max(gap.relative.get(dtype, 0.0) for gap in gaps) for dtype in ("float64", "float32")
+    }
     grads = [g.gap for found in measured.gradients.values() for g in found]
-    print(f"the run: {len(gaps)} forward rows measured in both twins (worst relative gap "
-          f"{worst['float64']:.1e} float64, {worst['float32']:.1e} float32), {len(grads)} backward lines against autograd, "
-          f"{measured.checked_shapes} shape comments checked")
+    print(
+        f"the run: {len(gaps)} forward rows measured in both twins (worst relative gap "
+        f"{worst['float64']:.1e} float64, {worst['float32']:.1e} float32), {len(grads)} backward "
+        f"lines against autograd, "
+        f"{measured.checked_shapes} shape comments checked"
+    )
     for problem in measured.problems:
         print(f"  a shape comment disagrees with the run: {problem}")
     if learner:

@@ -1,4 +1,5 @@
-"""Training the NumPy reference and the torch twin: data, the two training loops, the induction experiment."""
+"""Training the NumPy reference and the torch twin: data, the two training loops, the induction
+experiment."""
 
 import os
 import sys
@@ -12,7 +13,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 
 
 def use_one_thread():
-    """Compute on one thread: the BLAS variables (read when NumPy loads) and, if torch is loaded, torch's pool."""
+    """Compute on one thread: the BLAS variables (read when NumPy loads) and, if torch is loaded,
+    torch's pool."""
     os.environ.update(ONE_THREAD)
     if "torch" in sys.modules:  # torch read OMP_NUM_THREADS when it loaded: set its pool directly
         sys.modules["torch"].set_num_threads(1)

@@ -41,9 +41,10 @@ import numpy as np
 
 FILLER, FIRST, COPY_START, REPEATED = 0, 1, 2, 3
 FORMATS = ("repeat", "copy", "tile")
-HELDOUT_LENGTHS = (21, 24)  # held-out segment lengths and copy distances (inclusive): never trained on
-REPEATED_WEIGHT = 1.0   # loss weight on targets an induction head can predict
-OTHER_WEIGHT = 0.1      # loss weight on every other target
+# held-out segment lengths and copy distances (inclusive): never trained on
+HELDOUT_LENGTHS = (21, 24)
+REPEATED_WEIGHT = 1.0  # loss weight on targets an induction head can predict
+OTHER_WEIGHT = 0.1  # loss weight on every other target
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Batch:
     """Token sequences and what each token is; the model input, targets and weights follow."""
 
     tokens: np.ndarray  # [batch, seq] int64 token ids
-    kinds: np.ndarray   # [batch, seq] int8, one of FILLER, FIRST, COPY_START, REPEATED
+    kinds: np.ndarray  # [batch, seq] int8, one of FILLER, FIRST, COPY_START, REPEATED
 
     @property
     def inputs(self) -> np.ndarray:
@@ -71,12 +72,20 @@ class Batch:
 
 
 def target_weights(kinds: np.ndarray) -> np.ndarray:
-    """Per-target loss weights: ``REPEATED_WEIGHT`` on repeated tokens, ``OTHER_WEIGHT`` elsewhere."""
+    """Per-target loss weights: ``REPEATED_WEIGHT`` on repeated tokens, ``OTHER_WEIGHT``
+    elsewhere."""
     return np.where(kinds == REPEATED, REPEATED_WEIGHT, OTHER_WEIGHT)  # [batch, pos]
 
 
-def induction_batch(rng: np.random.Generator, batch_size: int, seq_len: int, d_vocab: int,
-                    min_len: int = 4, max_len: int = 20, formats=FORMATS) -> Batch:
+def induction_batch(
+    rng: np.random.Generator,
+    batch_size: int,
+    seq_len: int,
+    d_vocab: int,
+    min_len: int = 4,
+    max_len: int = 20,
+    formats=FORMATS,
+) -> Batch:
     """A training batch: one random segment and its copy per sequence (see the module docstring).
 
     Each sequence draws its format uniformly from ``formats`` and its segment length
@@ -84,7 +93,9 @@ def induction_batch(rng: np.random.Generator, batch_size: int, seq_len: int, d_v
     """
     _check_sizes(batch_size, seq_len, d_vocab, min_len, max_len)
     if isinstance(formats, str) or not formats or any(f not in FORMATS for f in formats):
-        raise ValueError(f"formats must be a non-empty sequence drawn from {FORMATS}, got {formats!r}")
+        raise ValueError(
+            f"formats must be a non-empty sequence drawn from {FORMATS}, got {formats!r}"
+        )
     tokens = rng.integers(0, d_vocab, size=(batch_size, seq_len))  # [batch, seq]
     kinds = np.full((batch_size, seq_len), FILLER, dtype=np.int8)  # [batch, seq]
     for row in range(batch_size):
@@ -95,7 +106,8 @@ def induction_batch(rng: np.random.Generator, batch_size: int, seq_len: int, d_v
         elif fmt == "copy":
             source = int(rng.integers(0, seq_len - 2 * n + 1))
             low, high = HELDOUT_LENGTHS
-            distances = [d for d in range(n, seq_len - n - source + 1) if not low <= d <= high]  # d = n always fits
+            # d = n always fits
+            distances = [d for d in range(n, seq_len - n - source + 1) if not low <= d <= high]
             dest = source + int(rng.choice(distances))
             _place_copy(tokens[row], kinds[row], source=source, dest=dest, n=n)
         else:  # "tile": r, r, r, ... each position copies the one n places back
@@ -103,12 +115,18 @@ def induction_batch(rng: np.random.Generator, batch_size: int, seq_len: int, d_v
             tokens[row] = np.resize(segment, seq_len)
             kinds[row, :n] = FIRST
             kinds[row, n] = COPY_START
-            kinds[row, n + 1:] = REPEATED
+            kinds[row, n + 1 :] = REPEATED
     return Batch(tokens, kinds)
 
 
-def heldout_batch(rng: np.random.Generator, batch_size: int, seq_len: int, d_vocab: int,
-                  min_len: int = HELDOUT_LENGTHS[0], max_len: int = HELDOUT_LENGTHS[1]) -> Batch:
+def heldout_batch(
+    rng: np.random.Generator,
+    batch_size: int,
+    seq_len: int,
+    d_vocab: int,
+    min_len: int = HELDOUT_LENGTHS[0],
+    max_len: int = HELDOUT_LENGTHS[1],
+) -> Batch:
     """Held-out data of a shape never trained on: ``[filler, r, r, filler]`` with ``n`` in 21..24.
 
     Segments are longer than any training segment (at most 20), and each copy starts 21..24
@@ -136,15 +154,20 @@ def batches(seed: int, steps: int, batch_size: int, seq_len: int, d_vocab: int, 
 
 def _place_copy(tokens, kinds, source, dest, n):
     """Copy ``tokens[source:source+n]`` to ``dest`` and label both occurrences."""
-    tokens[dest:dest + n] = tokens[source:source + n]
-    kinds[source:source + n] = FIRST
+    tokens[dest : dest + n] = tokens[source : source + n]
+    kinds[source : source + n] = FIRST
     kinds[dest] = COPY_START
-    kinds[dest + 1:dest + n] = REPEATED
+    kinds[dest + 1 : dest + n] = REPEATED
 
 
 def _check_sizes(batch_size, seq_len, d_vocab, min_len, max_len):
-    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("d_vocab", d_vocab),
-                        ("min_len", min_len), ("max_len", max_len)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("seq_len", seq_len),
+        ("d_vocab", d_vocab),
+        ("min_len", min_len),
+        ("max_len", max_len),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"{name} must be an int, got {value!r}")
         if value <= 0:
@@ -152,8 +175,13 @@ def _check_sizes(batch_size, seq_len, d_vocab, min_len, max_len):
     if d_vocab < 2:
         raise ValueError(f"d_vocab must be at least 2, got {d_vocab}")
     if min_len < 2:
-        raise ValueError(f"min_len must be at least 2 (a copy needs a predictable token), got {min_len}")
+        raise ValueError(
+            f"min_len must be at least 2 (a copy needs a predictable token), got {min_len}"
+        )
     if max_len < min_len:
         raise ValueError(f"max_len ({max_len}) must be >= min_len ({min_len})")
     if seq_len < 2 * max_len:
-        raise ValueError(f"seq_len ({seq_len}) must hold a segment and its copy: at least 2 * max_len = {2 * max_len}")
+        raise ValueError(
+            f"seq_len ({seq_len}) must hold a segment and its copy: at least 2 * max_len = "
+            f"{2 * max_len}"
+        )

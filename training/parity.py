@@ -22,8 +22,8 @@ from .trainer import History, NumpyStepper, TorchStepper, TrainConfig, train
 class ParityResult:
     numpy_history: History
     torch_history: History
-    loss_gaps: np.ndarray   # [steps] |numpy - torch| / |torch| of the training loss
-    weight_gaps: dict       # parameter name -> relative gap of the final weights (see weight_gaps)
+    loss_gaps: np.ndarray  # [steps] |numpy - torch| / |torch| of the training loss
+    weight_gaps: dict  # parameter name -> relative gap of the final weights (see weight_gaps)
 
     @property
     def worst_loss_step(self) -> int:
@@ -31,7 +31,8 @@ class ParityResult:
 
 
 def train_twins(cfg, train_cfg: TrainConfig, seed: int = 0, progress=None) -> ParityResult:
-    """Train a NumPy model and its torch twin from the same seed-``seed`` weights on the same batches."""
+    """Train a NumPy model and its torch twin from the same seed-``seed`` weights on the same
+    batches."""
     import torch_impl
 
     model = numpy_impl.Transformer(cfg, seed=seed)
@@ -39,8 +40,12 @@ def train_twins(cfg, train_cfg: TrainConfig, seed: int = 0, progress=None) -> Pa
     seq_len = cfg.n_ctx + 1
     numpy_stepper = NumpyStepper(model, train_cfg)
     torch_stepper = TorchStepper(twin, train_cfg)
-    numpy_history = train(numpy_stepper, train_cfg, seq_len, cfg.d_vocab, progress=progress, label="NumPy")
-    torch_history = train(torch_stepper, train_cfg, seq_len, cfg.d_vocab, progress=progress, label="torch")
+    numpy_history = train(
+        numpy_stepper, train_cfg, seq_len, cfg.d_vocab, progress=progress, label="NumPy"
+    )
+    torch_history = train(
+        torch_stepper, train_cfg, seq_len, cfg.d_vocab, progress=progress, label="torch"
+    )
     numpy_loss, torch_loss = np.array(numpy_history.loss), np.array(torch_history.loss)
     loss_gaps = np.abs(numpy_loss - torch_loss) / np.abs(torch_loss)  # [steps]
     gaps = weight_gaps(numpy_stepper.state_dict(), torch_stepper.state_dict())

@@ -1,4 +1,5 @@
-"""The per-seed table of the induction experiment in docs/training.md: ``python -m training.seed_table 0 1 2 3 4``.
+"""The per-seed table of the induction experiment in docs/training.md: ``python -m
+training.seed_table 0 1 2 3 4``.
 
 Each seed is ``python demo.py induction --seed N`` without the figures: the same training, the
 same held-out data, one NumPy thread (set here before NumPy loads). It prints one Markdown row
@@ -14,8 +15,12 @@ import sys  # noqa: E402
 
 from training.induction import run_induction  # noqa: E402
 
-HEADER = ("| seed | loss, repeated tokens | loss, first occurrences | previous-token head | induction head "
-          "| held-out loss < 1 nat from step | training time |\n| --- | --- | --- | --- | --- | --- | --- |")
+HEADER = (
+    "| seed | loss, repeated tokens | loss, first occurrences | previous-token head | induction "
+    "head "
+    "| held-out loss < 1 nat from step | training time |\n| --- | --- | --- | --- | --- | --- | "
+    "--- |"
+)
 
 
 def row(seed):
@@ -24,9 +29,12 @@ def row(seed):
     pl, ph = result.prev_token_head
     il, ih = result.induction_head
     formed = "never" if result.formed_at is None else str(result.formed_at)
-    return (f"| {seed} | {result.repeated_loss:.3f} | {result.first_loss:.2f} | L{pl}H{ph} "
-            f"{result.prev_token_scores[pl, ph]:.2f} | L{il}H{ih} {result.induction_scores[il, ih]:.2f} | {formed} "
-            f"| {result.seconds:.0f} s |")
+    return (
+        f"| {seed} | {result.repeated_loss:.3f} | {result.first_loss:.2f} | L{pl}H{ph} "
+        f"{result.prev_token_scores[pl, ph]:.2f} | L{il}H{ih} "
+        f"{result.induction_scores[il, ih]:.2f} | {formed} "
+        f"| {result.seconds:.0f} s |"
+    )
 
 
 def main(seeds):

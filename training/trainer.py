@@ -23,14 +23,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
 import numpy_impl
 from numpy_impl.loss import log_softmax
 from numpy_impl.optim import SGD, Adam, AdamW, LambdaLR, clip_grad_norm, warmup_then
-
 
 from .data import FIRST, REPEATED, Batch, batches
 
@@ -39,19 +37,21 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000                   # optimiser steps (one batch each)
-    batch_size: int = 32                # sequences per batch
-    lr: float = 1e-2                    # peak learning rate, reached at the end of warm-up
-    warmup_steps: int = 100             # linear warm-up from lr / warmup_steps to lr
-    decay: str = "constant"             # after warm-up: "constant" or "cosine" (to 0 at the last step)
-    optimizer: str = "adam"             # "sgd" (with momentum), "adam" or "adamw"
-    betas: tuple = (0.9, 0.999)         # Adam's running-average rates
-    eps: float = 1e-8                   # Adam's guard against dividing by ~0
-    weight_decay: float = 0.0           # L2 (sgd, adam) or decoupled decay (adamw)
-    momentum: float = 0.9               # sgd only
-    max_grad_norm: Optional[float] = None  # clip the global gradient norm to this; None: no clipping
-    data_seed: int = 0                  # seeds the batch stream (the model has its own seed)
-    tie_embeddings: bool = False        # train W_U as W_E.T, one matrix, and leave b_U as it is (GPT-2's head)
+    steps: int = 2000  # optimiser steps (one batch each)
+    batch_size: int = 32  # sequences per batch
+    lr: float = 1e-2  # peak learning rate, reached at the end of warm-up
+    warmup_steps: int = 100  # linear warm-up from lr / warmup_steps to lr
+    decay: str = "constant"  # after warm-up: "constant" or "cosine" (to 0 at the last step)
+    optimizer: str = "adam"  # "sgd" (with momentum), "adam" or "adamw"
+    betas: tuple = (0.9, 0.999)  # Adam's running-average rates
+    eps: float = 1e-8  # Adam's guard against dividing by ~0
+    weight_decay: float = 0.0  # L2 (sgd, adam) or decoupled decay (adamw)
+    momentum: float = 0.9  # sgd only
+    # clip the global gradient norm to this; None: no clipping
+    max_grad_norm: float | None = None
+    data_seed: int = 0  # seeds the batch stream (the model has its own seed)
+    # train W_U as W_E.T, one matrix, and leave b_U as it is (GPT-2's head)
+    tie_embeddings: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -73,7 +73,8 @@ class TrainConfig:
         return warmup_then(self.warmup_steps, total_steps=self.steps, decay=self.decay)
 
 
-UNTRAINED_WHEN_TIED = ("unembed.W_U", "unembed.b_U")  # W_U follows W_E; GPT-2's tied head has no bias
+# W_U follows W_E; GPT-2's tied head has no bias
+UNTRAINED_WHEN_TIED = ("unembed.W_U", "unembed.b_U")
 
 
 def trained_parameters(model, train_cfg: TrainConfig) -> list:
@@ -89,8 +90,10 @@ def trained_parameters(model, train_cfg: TrainConfig) -> list:
         raise ValueError("tie_embeddings=True needs a model with an unembedding (cfg.unembed=True)")
     W_E, W_U = dict(named)["embed.W_E"].data, dict(named)["unembed.W_U"].data
     if not bool((W_U == W_E.T).all()):
-        raise ValueError("tie_embeddings=True: unembed.W_U is not embed.W_E.T; start from a tied model "
-                         "(Transformer.from_pretrained gives one for a tied GPT-2 checkpoint)")
+        raise ValueError(
+            "tie_embeddings=True: unembed.W_U is not embed.W_E.T; start from a tied model "
+            "(Transformer.from_pretrained gives one for a tied GPT-2 checkpoint)"
+        )
     return [(name, p) for name, p in named if name not in UNTRAINED_WHEN_TIED]
 
 
@@ -105,12 +108,21 @@ class NumpyStepper:
         self.loss_fn = numpy_impl.CrossEntropyLoss()
         params = trained_parameters(model, train_cfg)
         if train_cfg.optimizer == "sgd":
-            self.optimizer = SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum,
-                                 weight_decay=train_cfg.weight_decay)
+            self.optimizer = SGD(
+                params,
+                lr=train_cfg.lr,
+                momentum=train_cfg.momentum,
+                weight_decay=train_cfg.weight_decay,
+            )
         else:
             adam = Adam if train_cfg.optimizer == "adam" else AdamW
-            self.optimizer = adam(params, lr=train_cfg.lr, betas=train_cfg.betas,
-                                  eps=train_cfg.eps, weight_decay=train_cfg.weight_decay)
+            self.optimizer = adam(
+                params,
+                lr=train_cfg.lr,
+                betas=train_cfg.betas,
+                eps=train_cfg.eps,
+                weight_decay=train_cfg.weight_decay,
+            )
         self.schedule = LambdaLR(self.optimizer, train_cfg.lr_factor())
 
     def step(self, batch: Batch) -> float:
@@ -120,7 +132,8 @@ class NumpyStepper:
         loss = self.loss_fn.forward(logits, batch.targets, weights)  # []
         self.model.backward(self.loss_fn.backward())
         if self.train_cfg.tie_embeddings:
-            # one matrix used twice (embed.W_E, and unembed.W_U = W_E.T): its gradient is the sum of both uses
+            # one matrix used twice (embed.W_E, and unembed.W_U = W_E.T): its gradient is the sum of
+            # both uses
             self.model.embed.W_E.grad += self.model.unembed.W_U.grad.T
         if self.train_cfg.max_grad_norm is not None:
             clip_grad_norm(self.optimizer.params, self.train_cfg.max_grad_norm)
@@ -142,6 +155,7 @@ class TorchStepper:
 
     def __init__(self, model, train_cfg: TrainConfig):
         import torch
+
         import torch_impl
 
         if not isinstance(model, torch_impl.Transformer):
@@ -153,12 +167,23 @@ class TorchStepper:
         params = [p for _, p in trained_parameters(model, train_cfg)]
         # foreach=False: the plain per-tensor loop, the same arithmetic as numpy_impl.optim
         if train_cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum,
-                                             weight_decay=train_cfg.weight_decay, foreach=False)
+            self.optimizer = torch.optim.SGD(
+                params,
+                lr=train_cfg.lr,
+                momentum=train_cfg.momentum,
+                weight_decay=train_cfg.weight_decay,
+                foreach=False,
+            )
         else:
             adam = torch.optim.Adam if train_cfg.optimizer == "adam" else torch.optim.AdamW
-            self.optimizer = adam(params, lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps,
-                                  weight_decay=train_cfg.weight_decay, foreach=False)
+            self.optimizer = adam(
+                params,
+                lr=train_cfg.lr,
+                betas=train_cfg.betas,
+                eps=train_cfg.eps,
+                weight_decay=train_cfg.weight_decay,
+                foreach=False,
+            )
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, train_cfg.lr_factor())
 
     def step(self, batch: Batch) -> float:
@@ -169,11 +194,15 @@ class TorchStepper:
         loss = self.loss_fn(logits, torch.from_numpy(batch.targets), weights)  # []
         loss.backward()
         if self.train_cfg.tie_embeddings:
-            # one matrix used twice (embed.W_E, and unembed.W_U = W_E.T): its gradient is the sum of both uses
+            # one matrix used twice (embed.W_E, and unembed.W_U = W_E.T): its gradient is the sum of
+            # both uses
             self.model.embed.W_E.grad += self.model.unembed.W_U.grad.T
         if self.train_cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.train_cfg.max_grad_norm,
-                                           foreach=False)
+            torch.nn.utils.clip_grad_norm_(
+                self.optimizer.param_groups[0]["params"],
+                self.train_cfg.max_grad_norm,
+                foreach=False,
+            )
         self.optimizer.step()
         if self.train_cfg.tie_embeddings:
             with torch.no_grad():
@@ -190,7 +219,8 @@ class TorchStepper:
 
 
 def per_token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """-log p(target) at every position: logits [batch, pos, d_vocab], targets [batch, pos] -> [batch, pos]"""
+    """-log p(target) at every position: logits [batch, pos, d_vocab], targets [batch, pos] ->
+    [batch, pos]"""
     log_probs = log_softmax(logits.astype(np.float64))  # [batch, pos, d_vocab]
     return -np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [batch, pos]
 
@@ -208,14 +238,23 @@ def loss_by_kind(stepper, batch: Batch) -> dict:
 class History:
     """What a training run recorded: the loss at every step and evaluations every few steps."""
 
-    loss: list = field(default_factory=list)          # training loss (weighted) per step
-    eval_steps: list = field(default_factory=list)    # steps at which the evaluations ran
-    evals: dict = field(default_factory=dict)         # name -> {"repeated": [...], "first": [...]}
-    seconds: float = 0.0                              # wall time of the training loop
+    loss: list = field(default_factory=list)  # training loss (weighted) per step
+    eval_steps: list = field(default_factory=list)  # steps at which the evaluations ran
+    evals: dict = field(default_factory=dict)  # name -> {"repeated": [...], "first": [...]}
+    seconds: float = 0.0  # wall time of the training loop
 
 
-def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batches=None,
-          eval_every: int = 50, progress=None, batch_stream=None, label: str = "") -> History:
+def train(
+    stepper,
+    train_cfg: TrainConfig,
+    seq_len: int,
+    d_vocab: int,
+    eval_batches=None,
+    eval_every: int = 50,
+    progress=None,
+    batch_stream=None,
+    label: str = "",
+) -> History:
     """Run ``train_cfg.steps`` steps of ``stepper`` on the induction data; return the ``History``.
 
     ``eval_batches`` ({name: Batch}) are scored with ``loss_by_kind`` every ``eval_every``
@@ -230,12 +269,18 @@ def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batc
         raise ValueError(f"eval_every must be a positive int, got {eval_every!r}")
     eval_batches = eval_batches or {}
     if batch_stream is None:
-        batch_stream = batches(train_cfg.data_seed, train_cfg.steps, train_cfg.batch_size, seq_len, d_vocab)
+        batch_stream = batches(
+            train_cfg.data_seed, train_cfg.steps, train_cfg.batch_size, seq_len, d_vocab
+        )
     history = History(evals={name: {"repeated": [], "first": []} for name in eval_batches})
     steps = zip(range(train_cfg.steps), batch_stream)
     if progress:
-        steps = progress(steps, label or "training", total=train_cfg.steps,
-                               status=lambda: f"loss {history.loss[-1]:.3f}")
+        steps = progress(
+            steps,
+            label or "training",
+            total=train_cfg.steps,
+            status=lambda: f"loss {history.loss[-1]:.3f}",
+        )
     start = time.perf_counter()
     for step, batch in steps:
         history.loss.append(stepper.step(batch))
@@ -249,5 +294,7 @@ def train(stepper, train_cfg: TrainConfig, seq_len: int, d_vocab: int, eval_batc
             raise FloatingPointError(f"training loss became {history.loss[-1]} at step {step}")
     history.seconds = time.perf_counter() - start
     if len(history.loss) < train_cfg.steps:
-        raise ValueError(f"batch_stream ran out after {len(history.loss)} of {train_cfg.steps} steps")
+        raise ValueError(
+            f"batch_stream ran out after {len(history.loss)} of {train_cfg.steps} steps"
+        )
     return history

@@ -19,7 +19,8 @@ from foundation.lens.hooks import as_numpy
 # float32: a few ulps (6e-8) times the depth of the computation.
 TOL = {"float64": 1e-12, "float32": 1e-5}
 
-EXACT_ZERO = ("b_K", "_b_K")  # parameters whose exact gradient is zero (without rotary: a shift shared by all keys)
+# parameters whose exact gradient is zero (without rotary: a shift shared by all keys)
+EXACT_ZERO = ("b_K", "_b_K")
 
 
 def is_exact_zero(name: str) -> bool:
@@ -28,20 +29,32 @@ def is_exact_zero(name: str) -> bool:
 
 
 def rel_err(actual, expected, scale=None) -> float:
-    """max |actual - expected| / scale, scale defaulting to max |expected| (never 0); ndarrays or tensors."""
+    """max |actual - expected| / scale, scale defaulting to max |expected| (never 0); ndarrays or
+    tensors."""
     actual, expected = as_numpy(actual), as_numpy(expected)
     if actual.shape != expected.shape:
         raise ValueError(f"rel_err: shape {actual.shape} != {expected.shape}")
     if scale is None:
         scale = np.abs(expected).max() if expected.size else 0.0
-    gap = np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max() if expected.size else 0.0
+    gap = (
+        np.abs(actual.astype(np.float64) - expected.astype(np.float64)).max()
+        if expected.size
+        else 0.0
+    )
     return float(gap / max(float(scale), 1e-300))
 
 
 def relative_errors(actual: dict, expected: dict) -> dict:
-    """{name: rel_err} over a group of tensors; an exact-zero tensor is measured against the group's largest entry."""
+    """{name: rel_err} over a group of tensors; an exact-zero tensor is measured against the group's
+    largest entry."""
     if set(actual) != set(expected):
-        raise ValueError(f"relative_errors: the names differ: {sorted(set(actual) ^ set(expected))}")
-    largest = max((float(np.abs(as_numpy(value)).max()) for value in expected.values()), default=0.0)
-    return {name: rel_err(actual[name], value, largest if is_exact_zero(name) else None)
-            for name, value in expected.items()}
+        raise ValueError(
+            f"relative_errors: the names differ: {sorted(set(actual) ^ set(expected))}"
+        )
+    largest = max(
+        (float(np.abs(as_numpy(value)).max()) for value in expected.values()), default=0.0
+    )
+    return {
+        name: rel_err(actual[name], value, largest if is_exact_zero(name) else None)
+        for name, value in expected.items()
+    }

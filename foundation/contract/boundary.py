@@ -189,15 +189,12 @@ class ForwardRecord:
 
     def __init__(self, state, out_shape=None, tainted=False, versions=None):
         self.state = state  # "running", "raised" or "done"
-        self.out_shape = (
-            out_shape  # the gradient backward takes has this shape (and the model's dtype)
-        )
-        self.tainted = (
-            tainted  # a non-finite input, or a hook's: the guard stands down in the backward
-        )
-        self.versions = (
-            versions  # [(parameter, its version)] when a user's forward read them (NumPy)
-        )
+        # the gradient backward takes has this shape (and the model's dtype)
+        self.out_shape = out_shape
+        # a non-finite input, or a hook's: the guard stands down in the backward
+        self.tainted = tainted
+        # [(parameter, its version)] when a user's forward read them (NumPy)
+        self.versions = versions
 
     def __repr__(self):
         return f"<forward {self.state}>"
@@ -451,9 +448,8 @@ def guard(value, tensor, forward_call=None):
     outer, inner = stack[0], stack[-1]
     if not inputs_finite(outer):
         for call in stack:
-            call.tainted = (
-                True  # non-finite in, non-finite out, as NumPy and torch do; the backward too
-            )
+            # non-finite in, non-finite out, as NumPy and torch do; the backward too
+            call.tainted = True
         return
     component = type(inner.module).__name__
     method = inner.method if forward_call is None else "backward"

@@ -25,23 +25,32 @@ from foundation.contract.config import TransformerConfig
 
 
 def check_plain(x, name):
-    """``x`` itself, if its values can be read as they are: not a masked array, and a tensor with plain values."""
+    """``x`` itself, if its values can be read as they are: not a masked array, and a tensor with
+    plain values."""
     if isinstance(x, np.ma.MaskedArray):
-        raise TypeError(f"{name} must be a plain array, got a masked array (its mask would be ignored: "
-                        "pass .filled(value))")
+        raise TypeError(
+            f"{name} must be a plain array, got a masked array (its mask would be ignored: "
+            "pass .filled(value))"
+        )
     if _is_tensor(x):
         _check_plain_tensor(x, name)
     return x
 
 
 def _check_plain_tensor(tensor, name):
-    """A tensor whose values can be read as they are: not on the meta device, dense, not nested or quantized."""
+    """A tensor whose values can be read as they are: not on the meta device, dense, not nested or
+    quantized."""
     if tensor.is_meta:
         raise TypeError(f"{name} is a tensor on the meta device: it has a shape but no values")
-    for odd, words in ((tensor.is_nested, "a nested tensor"), (tensor.is_quantized, "a quantized tensor"),
-                       (str(tensor.layout) != "torch.strided", f"a tensor of layout {tensor.layout}")):
+    for odd, words in (
+        (tensor.is_nested, "a nested tensor"),
+        (tensor.is_quantized, "a quantized tensor"),
+        (str(tensor.layout) != "torch.strided", f"a tensor of layout {tensor.layout}"),
+    ):
         if odd:
-            raise TypeError(f"{name} is {words}; pass a plain dense tensor (.to_dense(), .dequantize())")
+            raise TypeError(
+                f"{name} is {words}; pass a plain dense tensor (.to_dense(), .dequantize())"
+            )
 
 
 def check_config(cfg):
@@ -71,7 +80,8 @@ def check_seed(seed, generator_type):
 
 
 def tokens_as_array(tokens, name: str = "tokens"):
-    """Nested lists or tuples of ids -> an ndarray; an ndarray subclass -> a plain ndarray; the rest as it is.
+    """Nested lists or tuples of ids -> an ndarray; an ndarray subclass -> a plain ndarray; the rest
+    as it is.
 
     Nothing is converted before it is checked: every entry of a list must be a Python or NumPy
     integer (``True`` is not an id, nor is ``2.0``), so a list never turns a bool into an id or a
@@ -81,21 +91,27 @@ def tokens_as_array(tokens, name: str = "tokens"):
     if _is_tensor(check_plain(tokens, name)):
         return tokens
     if isinstance(tokens, np.ndarray) and type(tokens) is not np.ndarray:
-        return np.asarray(tokens)  # np.matrix and other subclasses: the same ids, read as a plain array
+        # np.matrix and other subclasses: the same ids, read as a plain array
+        return np.asarray(tokens)
     if not isinstance(tokens, (list, tuple)):
         return tokens
     return _ids_of_lists(tokens, name)
 
 
 def _ids_of_lists(tokens, name):
-    """Nested lists of ids -> an int64 ndarray (uint64 when an id needs it), each entry checked as given."""
+    """Nested lists of ids -> an int64 ndarray (uint64 when an id needs it), each entry checked as
+    given."""
     rectangular = f"{name} must be a rectangular [batch, pos] array of ids; rows differ in length"
     try:
-        cells = np.array(tokens, dtype=object)  # each entry as given: a bool stays a bool, a uint64 a uint64
+        # each entry as given: a bool stays a bool, a uint64 a uint64
+        cells = np.array(tokens, dtype=object)
     except ValueError:
         raise ValueError(rectangular) from None
-    except (TypeError, RuntimeError, NotImplementedError) as error:  # an entry NumPy cannot read (a meta tensor ...)
-        raise TypeError(f"{name} must be nested lists of integer ids; an entry cannot be read ({error})") from None
+    # an entry NumPy cannot read (a meta tensor ...)
+    except (TypeError, RuntimeError, NotImplementedError) as error:
+        raise TypeError(
+            f"{name} must be nested lists of integer ids; an entry cannot be read ({error})"
+        ) from None
     if cells.ndim > 2:  # no caller takes more than [batch, pos]
         raise ValueError(f"{name} must have shape [batch, pos] (rank 2), got shape {cells.shape}")
     ids = []
@@ -107,9 +123,14 @@ def _ids_of_lists(tokens, name):
                 raise ValueError(rectangular)
             cell = cell.item()
         if isinstance(cell, (bool, np.bool_)):
-            raise TypeError(f"{name} must hold integer token ids, got the bool {cell!r} (True and False are not ids)")
+            raise TypeError(
+                f"{name} must hold integer token ids, got the bool {cell!r} (True and False are "
+                f"not ids)"
+            )
         if not isinstance(cell, (int, np.integer)):
-            raise TypeError(f"{name} must hold integer token ids, got {cell!r} of type {type(cell).__name__}")
+            raise TypeError(
+                f"{name} must hold integer token ids, got {cell!r} of type {type(cell).__name__}"
+            )
         ids.append(int(cell))
     low, high = min(ids, default=0), max(ids, default=0)
     for dtype in (np.int64, np.uint64):
@@ -119,10 +140,12 @@ def _ids_of_lists(tokens, name):
 
 
 def check_tokens(tokens, cfg, array_type, name: str = "tokens"):
-    """Token ids: an integer array_type, shape [batch, pos], 1 <= pos <= n_ctx, every id in [0, d_vocab)."""
+    """Token ids: an integer array_type, shape [batch, pos], 1 <= pos <= n_ctx, every id in [0,
+    d_vocab)."""
     if not isinstance(tokens, array_type):
         raise TypeError(
-            f"{name} must be an integer {_type_name(array_type)} of shape [batch, pos], got {type(tokens).__name__}"
+            f"{name} must be an integer {_type_name(array_type)} of shape [batch, pos], got "
+            f"{type(tokens).__name__}"
         )
     check_plain(tokens, name)
     if tokens.ndim != 2:
@@ -144,17 +167,20 @@ def check_tokens(tokens, cfg, array_type, name: str = "tokens"):
 
 
 def _min_max(ids):
-    """The smallest and largest id as ints (torch has no min for its unsigned types beyond uint8)."""
+    """The smallest and largest id as ints (torch has no min for its unsigned types beyond
+    uint8)."""
     if _is_torch(ids) and str(ids.dtype) in ("torch.uint16", "torch.uint32", "torch.uint64"):
         ids = ids.long()  # a tensor method: foundation never imports torch
     return int(ids.min()), int(ids.max())
 
 
 def check_activation(x, name: str, cfg, array_type):
-    """A float array_type of the model's dtype, shape [batch, pos, d_model]: what every component takes."""
+    """A float array_type of the model's dtype, shape [batch, pos, d_model]: what every component
+    takes."""
     if not isinstance(x, array_type):
         raise TypeError(f"{name} must be a {_type_name(array_type)}, got {type(x).__name__}")
-    if isinstance(x, np.ma.MaskedArray):  # (a tensor on the meta device passes: torch runs it for shapes)
+    # (a tensor on the meta device passes: torch runs it for shapes)
+    if isinstance(x, np.ma.MaskedArray):
         check_plain(x, name)
     if not _is_float(x):
         raise TypeError(f"{name} must be a float array, got dtype {x.dtype}")
@@ -172,7 +198,8 @@ def _type_name(array_type):
 
 
 def check_grad(dout, name: str, expected_shape, dtype=None):
-    """An upstream gradient (NumPy side only): a float ndarray of the model's dtype, shaped like the forward's output."""
+    """An upstream gradient (NumPy side only): a float ndarray of the model's dtype, shaped like the
+    forward's output."""
     if not isinstance(dout, np.ndarray):
         raise TypeError(f"{name} must be a float numpy.ndarray, got {type(dout).__name__}")
     check_plain(dout, name)
@@ -189,8 +216,14 @@ def check_grad(dout, name: str, expected_shape, dtype=None):
 
 def check_dloss(dloss):
     """The loss's upstream gradient: a real number (1 by default)."""
-    if isinstance(dloss, bool) or not isinstance(dloss, (numbers.Real, np.floating)) and not (
-        isinstance(dloss, np.ndarray) and dloss.ndim == 0 and np.issubdtype(dloss.dtype, np.floating)
+    if (
+        isinstance(dloss, bool)
+        or not isinstance(dloss, (numbers.Real, np.floating))
+        and not (
+            isinstance(dloss, np.ndarray)
+            and dloss.ndim == 0
+            and np.issubdtype(dloss.dtype, np.floating)
+        )
     ):
         raise TypeError(f"dloss must be a real number, got {dloss!r}")
 
@@ -198,24 +231,28 @@ def check_dloss(dloss):
 def check_forward_done(state, component: str):
     """``backward`` needs what the last ``forward`` saved, complete; say which forward is missing.
 
-    ``state`` is the boundary's record of that forward: None (never run), "raised", "running" or "done".
+    ``state`` is the boundary's record of that forward: None (never run), "raised", "running" or
+    "done".
     """
     if state is None:
         raise ValueError(f"{component}.backward() called before {component}.forward()")
     if state == "raised":
         raise ValueError(
-            f"{component}.backward(): the last {component}.forward() raised before it finished, so what it "
+            f"{component}.backward(): the last {component}.forward() raised before it finished, so "
+            f"what it "
             f"saved is incomplete; run {component}.forward() again first"
         )
     if state == "running":
         raise ValueError(
-            f"{component}.backward() called while {component}.forward() is still running (from a hook "
+            f"{component}.backward() called while {component}.forward() is still running (from a "
+            f"hook "
             f"inside it?); call backward after that forward returns"
         )
 
 
 def check_hook_result(result, expected_shape, hook_name, direction="fwd"):
-    """What a hook returns replaces the activation (or gradient), so it must have its shape -> the result to use.
+    """What a hook returns replaces the activation (or gradient), so it must have its shape -> the
+    result to use.
 
     A forward hook's result is a constant in both twins, so a tensor that requires grad is refused
     (its gradient would be dropped without a word); a backward hook's is a gradient, used detached.
@@ -230,14 +267,19 @@ def check_hook_result(result, expected_shape, hook_name, direction="fwd"):
     check_plain(result, f"what the hook on {hook_name!r} returned")
     if _is_tensor(result):
         if result.requires_grad and direction == "fwd":
-            raise TypeError(f"hook on {hook_name!r} returned a tensor that requires grad: what a hook returns is a "
-                            "constant in both twins (no gradient flows into it); return result.detach()")
+            raise TypeError(
+                f"hook on {hook_name!r} returned a tensor that requires grad: what a hook returns "
+                f"is a "
+                "constant in both twins (no gradient flows into it); return result.detach()"
+            )
         result = result.detach()
         if result.is_floating_point() and _dtype_name(result) not in ("float32", "float64"):
             result = result.double()  # bfloat16, float16: exact in float64, which both twins read
     elif isinstance(result, np.ndarray):
-        wide = result.dtype.kind == "f" and result.dtype.itemsize > 8  # longdouble: torch has no such type
-        result = np.ascontiguousarray(result, dtype=np.float64 if wide else None)  # no negative strides: torch has none
+        # longdouble: torch has no such type
+        wide = result.dtype.kind == "f" and result.dtype.itemsize > 8
+        # no negative strides: torch has none
+        result = np.ascontiguousarray(result, dtype=np.float64 if wide else None)
     if not hasattr(result, "dtype") or not (_is_float(result) or _is_int(result)):
         raise TypeError(
             f"hook on {hook_name!r} must return None or an array of real numbers, "
@@ -245,41 +287,62 @@ def check_hook_result(result, expected_shape, hook_name, direction="fwd"):
         )
     if tuple(result.shape) != tuple(expected_shape):
         raise ValueError(
-            f"hook on {hook_name!r} returned shape {tuple(result.shape)}; the activation's shape is "
+            f"hook on {hook_name!r} returned shape {tuple(result.shape)}; the activation's shape "
+            f"is "
             f"{tuple(expected_shape)}"
         )
     return result
 
 
 def check_loss_inputs(logits, targets, weights, array_type):
-    """logits [batch, pos, d_vocab] float; targets [batch, pos] ids in [0, d_vocab); weights like targets, >= 0."""
+    """logits [batch, pos, d_vocab] float; targets [batch, pos] ids in [0, d_vocab); weights like
+    targets, >= 0."""
     for name, value in (("logits", logits), ("targets", targets), ("weights", weights)):
         if value is not None and not isinstance(value, array_type):
-            raise TypeError(f"{name} must be a {_type_name(array_type)}, got {type(value).__name__}")
+            raise TypeError(
+                f"{name} must be a {_type_name(array_type)}, got {type(value).__name__}"
+            )
     if not _is_float(logits):
-        raise TypeError(f"logits must be a float array of shape [batch, pos, d_vocab], got {_describe(logits)}")
+        raise TypeError(
+            f"logits must be a float array of shape [batch, pos, d_vocab], got {_describe(logits)}"
+        )
     if logits.ndim != 3 or 0 in tuple(logits.shape):
-        raise ValueError(f"logits must have shape [batch, pos, d_vocab], none of them 0, got {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must have shape [batch, pos, d_vocab], none of them 0, got "
+            f"{tuple(logits.shape)}"
+        )
     if not _is_int(targets):
-        raise TypeError(f"targets must be an integer array of shape [batch, pos], got {_describe(targets)}")
+        raise TypeError(
+            f"targets must be an integer array of shape [batch, pos], got {_describe(targets)}"
+        )
     if tuple(targets.shape) != tuple(logits.shape[:2]):
         raise ValueError(
-            f"targets must have shape {tuple(logits.shape[:2])} (logits' batch and pos), got {tuple(targets.shape)}"
+            f"targets must have shape {tuple(logits.shape[:2])} (logits' batch and pos), got "
+            f"{tuple(targets.shape)}"
         )
     d_vocab = logits.shape[-1]
     low, high = _min_max(targets)
     if low < 0 or high >= d_vocab:
-        raise ValueError(f"targets must lie in [0, d_vocab={d_vocab}), got values from {low} to {high}")
+        raise ValueError(
+            f"targets must lie in [0, d_vocab={d_vocab}), got values from {low} to {high}"
+        )
     if weights is None:
         return
     if not _is_float(weights):
-        raise TypeError(f"weights must be a float array of shape [batch, pos], got {_describe(weights)}")
+        raise TypeError(
+            f"weights must be a float array of shape [batch, pos], got {_describe(weights)}"
+        )
     if tuple(weights.shape) != tuple(targets.shape):
-        raise ValueError(f"weights must have the targets' shape {tuple(targets.shape)}, got {tuple(weights.shape)}")
+        raise ValueError(
+            f"weights must have the targets' shape {tuple(targets.shape)}, got "
+            f"{tuple(weights.shape)}"
+        )
     low, high = float(weights.min()), float(weights.max())
     if not (0 <= low and high < float("inf")) or not high > 0:  # NaN fails every comparison
-        raise ValueError(f"weights must be non-negative and finite with a positive sum, "
-                         f"got values from {low} to {high}")
+        raise ValueError(
+            f"weights must be non-negative and finite with a positive sum, "
+            f"got values from {low} to {high}"
+        )
 
 
 def _describe(x):
@@ -289,7 +352,8 @@ def _describe(x):
 
 
 def key_problems(found, expected, noun: str) -> list:
-    """["missing <noun>: a, b", "unexpected <noun>: c"]: what ``found`` lacks of ``expected``, and what it adds."""
+    """["missing <noun>: a, b", "unexpected <noun>: c"]: what ``found`` lacks of ``expected``, and
+    what it adds."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     problems = []
@@ -304,8 +368,11 @@ def key_problems(found, expected, noun: str) -> list:
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
-def check_state_dict(state_dict, expected_shapes: dict, dtype=None, strict=True, where="load_state_dict"):
-    """Check a state dict against {name: shape} -> {name: ndarray}, the values as the model takes them.
+def check_state_dict(
+    state_dict, expected_shapes: dict, dtype=None, strict=True, where="load_state_dict"
+):
+    """Check a state dict against {name: shape} -> {name: ndarray}, the values as the model takes
+    them.
 
     Both twins' ``load_state_dict`` and the weights file go through here, so they take the same
     values and refuse the same ones with the same message. Each expected key present becomes a
@@ -318,7 +385,9 @@ def check_state_dict(state_dict, expected_shapes: dict, dtype=None, strict=True,
     ``strict``), every wrong shape and every finite value that would overflow to inf in ``dtype``.
     """
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"{where}: state_dict must be a dict of arrays, got {type(state_dict).__name__}")
+        raise TypeError(
+            f"{where}: state_dict must be a dict of arrays, got {type(state_dict).__name__}"
+        )
     odd = [key for key in state_dict if not isinstance(key, str)]
     if odd:
         raise TypeError(f"{where}: state_dict keys must be str (parameter names), got {odd[0]!r}")
@@ -329,7 +398,8 @@ def check_state_dict(state_dict, expected_shapes: dict, dtype=None, strict=True,
         _check_real_values(value, f"state_dict[{name!r}]", where)
         if tuple(value.shape) != tuple(expected_shapes[name]):
             problems.append(
-                f"{name}: shape {tuple(value.shape)} does not match the model's {tuple(expected_shapes[name])}"
+                f"{name}: shape {tuple(value.shape)} does not match the model's "
+                f"{tuple(expected_shapes[name])}"
             )
             continue
         array = _as_plain_array(value)
@@ -343,25 +413,36 @@ def check_state_dict(state_dict, expected_shapes: dict, dtype=None, strict=True,
 
 
 def _check_real_values(value, label, where):
-    """A state dict's value must be a plain array or tensor of real numbers (floats of any width, or integers)."""
+    """A state dict's value must be a plain array or tensor of real numbers (floats of any width, or
+    integers)."""
     check_plain(value, f"{where}: {label}")
     if _is_tensor(value):
         if not (value.is_floating_point() or _is_int(value)):
-            raise TypeError(f"{where}: {label} must hold real numbers, got dtype {_dtype_name(value)}")
+            raise TypeError(
+                f"{where}: {label} must hold real numbers, got dtype {_dtype_name(value)}"
+            )
         return
     if not (hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__")):
-        raise TypeError(f"{where}: {label} must be an ndarray or a tensor of real numbers, got {type(value).__name__}")
+        raise TypeError(
+            f"{where}: {label} must be an ndarray or a tensor of real numbers, got "
+            f"{type(value).__name__}"
+        )
     dtype = np.dtype(value.dtype)
-    ml_float = dtype.kind == "V" and dtype.fields is None and np.can_cast(dtype, np.float64)  # ml_dtypes' bfloat16
+    # ml_dtypes' bfloat16
+    ml_float = dtype.kind == "V" and dtype.fields is None and np.can_cast(dtype, np.float64)
     if not (dtype.kind in "fiu" and dtype.fields is None or ml_float):
         raise TypeError(f"{where}: {label} must hold real numbers, got dtype {dtype}")
 
 
 def _as_plain_array(value):
-    """A checked value -> a plain ndarray holding the same numbers (a float64 one where NumPy has no such float)."""
+    """A checked value -> a plain ndarray holding the same numbers (a float64 one where NumPy has no
+    such float)."""
     if _is_tensor(value):
         if value.is_floating_point():
-            value = value.double()  # exact from bfloat16, float16, float8 and float32: NumPy has no bfloat16
+            # exact from bfloat16, float16, float8 and float32: NumPy has no bfloat16
+            value = value.double()
         return value.numpy(force=True)  # detached, on the CPU
-    array = np.asarray(value)  # np.matrix, a memmap, another library's array: the same numbers, as a plain ndarray
-    return array.astype(np.float64) if array.dtype.kind == "V" else array  # ml_dtypes' floats cast exactly
+    # np.matrix, a memmap, another library's array: the same numbers, as a plain ndarray
+    array = np.asarray(value)
+    # ml_dtypes' floats cast exactly
+    return array.astype(np.float64) if array.dtype.kind == "V" else array

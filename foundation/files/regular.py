@@ -12,9 +12,13 @@ from __future__ import annotations
 import os
 import stat
 
-KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-         (stat.S_ISSOCK, "a socket"))
+KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def kind_of(mode):
@@ -29,11 +33,15 @@ def read_bytes(path, limit, what="file"):
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{os.fsdecode(path)!r} is {kind_of(info.st_mode)}, not a regular file: "
-                             f"not a {what}")
+            raise ValueError(
+                f"{os.fsdecode(path)!r} is {kind_of(info.st_mode)}, not a regular file: "
+                f"not a {what}"
+            )
         if info.st_size > limit:
-            raise ValueError(f"{os.fsdecode(path)!r} is {info.st_size:,} bytes, over the {limit:,} "
-                             f"a {what} may be here")
+            raise ValueError(
+                f"{os.fsdecode(path)!r} is {info.st_size:,} bytes, over the {limit:,} "
+                f"a {what} may be here"
+            )
         chunks, left = [], min(info.st_size, limit) + 1  # one more: a file that grew is refused
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 20))
@@ -55,5 +63,6 @@ def read_text(path, limit, what="file"):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{os.fsdecode(path)!r} is not UTF-8 text (byte {error.start}): "
-                         f"not a {what}") from None
+        raise ValueError(
+            f"{os.fsdecode(path)!r} is not UTF-8 text (byte {error.start}): not a {what}"
+        ) from None

@@ -1,4 +1,5 @@
-"""Tiny random checkpoints (GPT-2, Llama, GPT-NeoX), written here with no download and no ``transformers``.
+"""Tiny random checkpoints (GPT-2, Llama, GPT-NeoX), written here with no download and no
+``transformers``.
 
     write_checkpoint("tiny-gpt2")                       # config.json, model.safetensors,
                                                         # vocab.json, merges.txt
@@ -32,9 +33,8 @@ TEXT = [
     "Hello world! A small model reads every line, and so do its readers.",
     "Attention is all you need; layer norm, residual stream, logits and tokens.",
 ]
-TOKENIZER_SIZE = (
-    400  # at most this many tokens: 256 bytes, <|endoftext|>, the merges TEXT offers (373)
-)
+# at most this many tokens: 256 bytes, <|endoftext|>, the merges TEXT offers (373)
+TOKENIZER_SIZE = 400
 
 # the default sizes, by the names every architecture's writer takes (each maps them to its
 # config.json's names)
@@ -178,19 +178,36 @@ def write_rotary(folder, seed, dtype, arch, **sizes):
     from foundation.files.llama import llama_shapes, neox_shapes
 
     fields = checked_sizes(sizes)
-    d_model, n_heads, d_head = fields["d_model"], fields["heads"], fields["d_model"] // fields["heads"]
+    d_model, n_heads, d_head = (
+        fields["d_model"],
+        fields["heads"],
+        fields["d_model"] // fields["heads"],
+    )
     d_vocab = write_tokenizer(folder, as_json=True)  # <|endoftext|> is id 0: the BOS and EOS
     llama = arch == "llama"
-    n_kv = n_heads // 2 if llama and n_heads % 2 == 0 else n_heads  # grouped: two query heads per key/value head
-    rotary_dim = d_head if llama else max(2, d_head // 4 // 2 * 2)  # NeoX: a quarter of each head, even
+    # grouped: two query heads per key/value head
+    n_kv = n_heads // 2 if llama and n_heads % 2 == 0 else n_heads
+    # NeoX: a quarter of each head, even
+    rotary_dim = d_head if llama else max(2, d_head // 4 // 2 * 2)
     if rotary_dim % 2:
         raise ValueError(f"d_model / heads ({d_head}) must be even: rotary turns pairs of entries")
     cfg = TransformerConfig(
-        d_vocab=d_vocab, d_model=d_model, n_heads=n_heads, n_layers=fields["layers"], n_ctx=fields["n_ctx"],
-        d_mlp=3 * d_model if llama else 4 * d_model, act_fn="silu" if llama else "gelu", gated_mlp=llama,
-        mlp_bias=not llama, attn_bias=not llama, normalization_type="RMS" if llama else "LN",
-        positional_embedding_type="rotary", rotary_dim=rotary_dim, parallel_attn_mlp=not llama,
-        n_key_value_heads=n_kv if n_kv != n_heads else None)
+        d_vocab=d_vocab,
+        d_model=d_model,
+        n_heads=n_heads,
+        n_layers=fields["layers"],
+        n_ctx=fields["n_ctx"],
+        d_mlp=3 * d_model if llama else 4 * d_model,
+        act_fn="silu" if llama else "gelu",
+        gated_mlp=llama,
+        mlp_bias=not llama,
+        attn_bias=not llama,
+        normalization_type="RMS" if llama else "LN",
+        positional_embedding_type="rotary",
+        rotary_dim=rotary_dim,
+        parallel_attn_mlp=not llama,
+        n_key_value_heads=n_kv if n_kv != n_heads else None,
+    )
     shapes = llama_shapes(cfg, tied=True) if llama else neox_shapes(cfg, tied=False)
     rng = np.random.default_rng(seed)
     tensors = {}
@@ -201,23 +218,49 @@ def write_rotary(folder, seed, dtype, arch, **sizes):
         elif len(shape) == 1:
             value = 0.2 * noise  # biases: non-zero
         else:
-            value = noise / np.sqrt(shape[1])  # nn.Linear's [out, in], and the [d_vocab, d_model] tables
+            # nn.Linear's [out, in], and the [d_vocab, d_model] tables
+            value = noise / np.sqrt(shape[1])
         tensors[name] = value.astype(dtype)
     save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-    common = {"vocab_size": d_vocab, "hidden_size": d_model, "intermediate_size": cfg.d_mlp,
-              "num_hidden_layers": fields["layers"], "num_attention_heads": n_heads,
-              "max_position_embeddings": fields["n_ctx"], "bos_token_id": 0, "eos_token_id": 0,
-              "torch_dtype": dtype}
+    common = {
+        "vocab_size": d_vocab,
+        "hidden_size": d_model,
+        "intermediate_size": cfg.d_mlp,
+        "num_hidden_layers": fields["layers"],
+        "num_attention_heads": n_heads,
+        "max_position_embeddings": fields["n_ctx"],
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "torch_dtype": dtype,
+    }
     if llama:
-        config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
-                  "num_key_value_heads": n_kv, "head_dim": d_head, "hidden_act": "silu", "rms_norm_eps": 1e-5,
-                  "rope_theta": 10000.0, "rope_scaling": None, "attention_bias": False, "mlp_bias": False,
-                  "tie_word_embeddings": True}
+        config = {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            **common,
+            "num_key_value_heads": n_kv,
+            "head_dim": d_head,
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "rope_scaling": None,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "tie_word_embeddings": True,
+        }
     else:
-        config = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", **common,
-                  "hidden_act": "gelu", "rotary_pct": rotary_dim / d_head, "rotary_emb_base": 10000,
-                  "layer_norm_eps": 1e-5, "use_parallel_residual": True, "attention_bias": True,
-                  "tie_word_embeddings": False}
+        config = {
+            "architectures": ["GPTNeoXForCausalLM"],
+            "model_type": "gpt_neox",
+            **common,
+            "hidden_act": "gelu",
+            "rotary_pct": rotary_dim / d_head,
+            "rotary_emb_base": 10000,
+            "layer_norm_eps": 1e-5,
+            "use_parallel_residual": True,
+            "attention_bias": True,
+            "tie_word_embeddings": False,
+        }
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
 

@@ -2,12 +2,15 @@
 
 Axes: component (one entry of a stack), batch, pos, head, d_model, d_head.
 
-    cache.accumulated_resid()        [layer + 1, batch, pos, d_model]  resid_pre of each layer, then the final resid_post
-    cache.decompose_resid()          [component, batch, pos, d_model]  embed, pos_embed, each attn_out and mlp_out
+    cache.accumulated_resid()        [layer + 1, batch, pos, d_model]  resid_pre of each layer,
+                                                                       then the final resid_post
+    cache.decompose_resid()          [component, batch, pos, d_model]  embed, pos_embed, each
+                                                                       attn_out and mlp_out
     cache.stack_head_results()       [layer * head, batch, pos, d_model]  each head's z_h W_O[h]
     cache.stack_activation("pattern")  [layer, ...]                    one activation of every layer
     cache.apply_ln_to_stack(stack)   the stack as the next LayerNorm sees it (its cached scale)
-    cache.logit_attrs(stack, tokens) [component, batch, pos]           each component's direct effect on a logit
+    cache.logit_attrs(stack, tokens) [component, batch, pos]           each component's direct
+                                                                       effect on a logit
 
 ``pos_slice`` and ``batch_slice`` (TransformerLens's ``Slice`` inputs: an int, a tuple read as
 ``slice(*tuple)``, a slice, a list or array of indices, or None for everything) keep some positions
@@ -47,9 +50,9 @@ MODES = ("all", "mlp", "attn")
 class Slice:
     """One axis's selection, as TransformerLens's ``utils.Slice``.
 
-    ``Slice(3)`` takes index 3 (the axis goes away), ``Slice((1, 5))`` is ``slice(1, 5)`` (a tuple is
-    ``slice(*tuple)``), ``Slice(slice(...))`` that slice, ``Slice([1, 4])`` (or an int array) those
-    indices, ``Slice(None)`` everything. ``Slice.unwrap(3)`` keeps the axis (as ``[3]``).
+    ``Slice(3)`` takes index 3 (the axis goes away), ``Slice((1, 5))`` is ``slice(1, 5)`` (a tuple
+    is ``slice(*tuple)``), ``Slice(slice(...))`` that slice, ``Slice([1, 4])`` (or an int array)
+    those indices, ``Slice(None)`` everything. ``Slice.unwrap(3)`` keeps the axis (as ``[3]``).
     """
 
     def __init__(self, input_slice=None):
@@ -66,15 +69,21 @@ class Slice:
         elif isinstance(input_slice, list) or hasattr(input_slice, "shape"):
             indices = as_numpy(input_slice)
             if indices.ndim != 1 or indices.dtype.kind not in "iub":
-                raise ValueError(f"a slice given as a list or array must hold indices (1-D ints), got {input_slice!r}")
+                raise ValueError(
+                    f"a slice given as a list or array must hold indices (1-D ints), got "
+                    f"{input_slice!r}"
+                )
             self.slice, self.mode = indices, "array"
         else:
-            raise ValueError(f"a slice must be None, an int, a tuple, a slice, or a list or array of indices, "
-                             f"got {input_slice!r}")
+            raise ValueError(
+                f"a slice must be None, an int, a tuple, a slice, or a list or array of indices, "
+                f"got {input_slice!r}"
+            )
 
     @classmethod
     def unwrap(cls, input_slice):
-        """A Slice from a slice input; an int becomes ``[int]``, so the axis stays (TransformerLens's ``unwrap``)."""
+        """A Slice from a slice input; an int becomes ``[int]``, so the axis stays
+        (TransformerLens's ``unwrap``)."""
         if isinstance(input_slice, (int, np.integer)) and not isinstance(input_slice, bool):
             input_slice = [int(input_slice)]
         return cls(input_slice)
@@ -90,31 +99,42 @@ class Slice:
 
 
 class ActivationCacheMethods:
-    """Mixed into ``ActivationCache``: needs ``self.cfg``, ``self.model``, ``self.has_batch_dim`` and ``self[key]``."""
+    """Mixed into ``ActivationCache``: needs ``self.cfg``, ``self.model``, ``self.has_batch_dim``
+    and ``self[key]``."""
 
     # --- checks and conversions ---
 
     def _model(self, method):
         if self.model is None:
-            raise ValueError(f"{method} needs the model's weights: use the cache from model.run_with_cache "
-                             "(or ActivationCache(..., model=model))")
+            raise ValueError(
+                f"{method} needs the model's weights: use the cache from model.run_with_cache "
+                "(or ActivationCache(..., model=model))"
+            )
         return self.model
 
     def _layer(self, layer, name="layer"):
         """None or -1 -> n_layers (the unembedding's input); otherwise an int in [0, n_layers]."""
         n_layers = self.cfg.n_layers
-        if layer is None or (not isinstance(layer, bool) and isinstance(layer, (int, np.integer)) and layer == -1):
+        if layer is None or (
+            not isinstance(layer, bool) and isinstance(layer, (int, np.integer)) and layer == -1
+        ):
             return n_layers
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
             raise TypeError(f"{name} must be an int or None, got {layer!r}")
         if not 0 <= layer <= n_layers:
-            raise ValueError(f"{name} must lie in [0, n_layers={n_layers}] (or be -1 or None for n_layers), got {layer}")
+            raise ValueError(
+                f"{name} must lie in [0, n_layers={n_layers}] (or be -1 or None for n_layers), got "
+                f"{layer}"
+            )
         return int(layer)
 
     def _check_sum_of_components(self, method):
         if self.cfg.normalization == "post":
-            raise ValueError(f"{method}: this model is post-norm (cfg.normalization='post'), so a LayerNorm follows "
-                             "every sum and the residual stream is not a sum of component outputs")
+            raise ValueError(
+                f"{method}: this model is post-norm (cfg.normalization='post'), so a LayerNorm "
+                f"follows "
+                "every sum and the residual stream is not a sum of component outputs"
+            )
 
     def _like_cache(self, array):
         """A model weight in the kind of array the cache holds (ndarrays after ``to_numpy()``)."""
@@ -127,8 +147,15 @@ class ActivationCacheMethods:
 
     # --- stacks of the residual stream ---
 
-    def accumulated_resid(self, layer=None, incl_mid=False, apply_ln=False, pos_slice=None, mlp_input=False,
-                          return_labels=False):
+    def accumulated_resid(
+        self,
+        layer=None,
+        incl_mid=False,
+        apply_ln=False,
+        pos_slice=None,
+        mlp_input=False,
+        return_labels=False,
+    ):
         """The residual stream as it stood before each layer -> [component, batch, pos, d_model].
 
         Up to ``layer`` (None, -1 or n_layers: every layer and then the final ``resid_post``):
@@ -142,7 +169,9 @@ class ActivationCacheMethods:
         pos_slice = Slice(pos_slice)
         n_layers = self.cfg.n_layers
         if mlp_input and layer == n_layers:
-            raise ValueError("mlp_input=True needs a layer below n_layers (the unembedding has no MLP)")
+            raise ValueError(
+                "mlp_input=True needs a layer below n_layers (the unembedding has no MLP)"
+            )
         parts, labels = [], []
         for i in range(layer + 1):
             if i == n_layers:
@@ -154,20 +183,36 @@ class ActivationCacheMethods:
             if (incl_mid and i < layer) or (mlp_input and i == layer):
                 parts.append(self["resid_mid", i])
                 labels.append(f"{i}_mid")
-        components = stack([pos_slice.apply(part, dim=-2) for part in parts])  # [component, batch, pos, d_model]
+        # [component, batch, pos, d_model]
+        components = stack([pos_slice.apply(part, dim=-2) for part in parts])
         if apply_ln:
-            components = self.apply_ln_to_stack(components, layer, mlp_input=mlp_input, pos_slice=pos_slice,
-                                                recompute_ln=layer == n_layers)
+            components = self.apply_ln_to_stack(
+                components,
+                layer,
+                mlp_input=mlp_input,
+                pos_slice=pos_slice,
+                recompute_ln=layer == n_layers,
+            )
         return (components, labels) if return_labels else components
 
-    def decompose_resid(self, layer=None, mlp_input=False, mode="all", apply_ln=False, pos_slice=None,
-                        incl_embeds=True, return_labels=False):
-        """The residual stream entering ``layer`` as the outputs that add up to it -> [component, batch, pos, d_model].
+    def decompose_resid(
+        self,
+        layer=None,
+        mlp_input=False,
+        mode="all",
+        apply_ln=False,
+        pos_slice=None,
+        incl_embeds=True,
+        return_labels=False,
+    ):
+        """The residual stream entering ``layer`` as the outputs that add up to it ->
+        [component, batch, pos, d_model].
 
-        ``embed``, ``pos_embed`` (when ``incl_embeds``), then ``{i}_attn_out`` and ``{i}_mlp_out`` of
-        each earlier layer (``mode`` "attn" or "mlp" keeps one kind), plus this layer's attn_out
+        ``embed``, ``pos_embed`` (when ``incl_embeds``), then ``{i}_attn_out`` and ``{i}_mlp_out``
+        of each earlier layer (``mode`` "attn" or "mlp" keeps one kind), plus this layer's attn_out
         with ``mlp_input``. Summed over components: ``resid_pre`` of ``layer`` (``resid_mid`` with
-        ``mlp_input``; the final ``resid_post`` for layer None). ``pos_slice`` keeps those positions.
+        ``mlp_input``; the final ``resid_post`` for layer None). ``pos_slice`` keeps those
+        positions.
         """
         self._check_sum_of_components("decompose_resid")
         layer = self._layer(layer)
@@ -175,14 +220,17 @@ class ActivationCacheMethods:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mlp_input and layer == self.cfg.n_layers:
-            raise ValueError("mlp_input=True needs a layer below n_layers (the unembedding has no MLP)")
+            raise ValueError(
+                "mlp_input=True needs a layer below n_layers (the unembedding has no MLP)"
+            )
         incl_attn = mode != "mlp"
         incl_mlp = mode != "attn" and not self.cfg.attn_only
         parts, labels = [], []
         if incl_embeds:
             parts.append(self["hook_embed"])
             labels.append("embed")
-            if self.cfg.positional != "rotary":  # rotary positions live inside attention, not in the stream
+            # rotary positions live inside attention, not in the stream
+            if self.cfg.positional != "rotary":
                 parts.append(self["hook_pos_embed"])
                 labels.append("pos_embed")
         for i in range(layer):
@@ -197,22 +245,31 @@ class ActivationCacheMethods:
             labels.append(f"{layer}_attn_out")
         parts = [pos_slice.apply(part, dim=-2) for part in parts]
         # [component, batch, pos, d_model]
-        components = stack(parts) if parts else pos_slice.apply(self["hook_embed"], dim=-2)[None][:0]
+        components = (
+            stack(parts) if parts else pos_slice.apply(self["hook_embed"], dim=-2)[None][:0]
+        )
         if apply_ln:
-            components = self.apply_ln_to_stack(components, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+            components = self.apply_ln_to_stack(
+                components, layer, mlp_input=mlp_input, pos_slice=pos_slice
+            )
         return (components, labels) if return_labels else components
 
-    def stack_head_results(self, layer=-1, return_labels=False, incl_remainder=False, pos_slice=None, apply_ln=False):
-        """Every head's output in the layers before ``layer`` -> [layer * head, batch, pos, d_model].
+    def stack_head_results(
+        self, layer=-1, return_labels=False, incl_remainder=False, pos_slice=None, apply_ln=False
+    ):
+        """Every head's output in the layers before ``layer`` ->
+        [layer * head, batch, pos, d_model].
 
         Head h of layer i writes ``z[..., h, :] @ W_O[i, h]`` (labels ``"L{i}H{h}"``), computed here
         from ``hook_z``. ``incl_remainder`` adds the rest of the residual stream entering ``layer``
-        (embeddings, ``b_O``, MLP outputs), so the stack adds up to it. ``pos_slice`` keeps those positions.
+        (embeddings, ``b_O``, MLP outputs), so the stack adds up to it. ``pos_slice`` keeps those
+        positions.
         """
         self._check_sum_of_components("stack_head_results")
         layer = self._layer(layer)
         pos_slice = Slice(pos_slice)
-        W_O = self._like_cache(self._model("stack_head_results").W_O)  # [layer, head, d_head, d_model]
+        # [layer, head, d_head, d_model]
+        W_O = self._like_cache(self._model("stack_head_results").W_O)
         parts, labels = [], []
         for i in range(layer):
             z = pos_slice.apply(self["z", i], dim=-3)  # [batch, pos, head, d_head]
@@ -220,12 +277,18 @@ class ActivationCacheMethods:
                 parts.append(z[..., h, :] @ W_O[i, h])  # [batch, pos, d_model]
                 labels.append(f"L{i}H{h}")
         if incl_remainder:
-            resid = self["resid_pre", layer] if layer < self.cfg.n_layers else self["resid_post", layer - 1]
+            resid = (
+                self["resid_pre", layer]
+                if layer < self.cfg.n_layers
+                else self["resid_post", layer - 1]
+            )
             resid = pos_slice.apply(resid, dim=-2)  # [batch, pos, d_model]
             parts.append(resid - stack(parts).sum(0) if parts else resid)  # [batch, pos, d_model]
             labels.append("remainder")
         # [component, batch, pos, d_model]
-        components = stack(parts) if parts else pos_slice.apply(self["hook_embed"], dim=-2)[None][:0]
+        components = (
+            stack(parts) if parts else pos_slice.apply(self["hook_embed"], dim=-2)[None][:0]
+        )
         if apply_ln:
             components = self.apply_ln_to_stack(components, layer, pos_slice=pos_slice)
         return (components, labels) if return_labels else components
@@ -239,8 +302,16 @@ class ActivationCacheMethods:
 
     # --- LayerNorm and logits ---
 
-    def apply_ln_to_stack(self, residual_stack, layer=None, mlp_input=False, pos_slice=None, batch_slice=None,
-                          has_batch_dim=True, recompute_ln=False):
+    def apply_ln_to_stack(
+        self,
+        residual_stack,
+        layer=None,
+        mlp_input=False,
+        pos_slice=None,
+        batch_slice=None,
+        has_batch_dim=True,
+        recompute_ln=False,
+    ):
         """A stack of residual-stream pieces as the LayerNorm entering ``layer`` treats them.
 
         With the cached scale (default): centre each piece and divide by the scale that LayerNorm
@@ -261,22 +332,33 @@ class ActivationCacheMethods:
         pos_slice, batch_slice = Slice(pos_slice), Slice(batch_slice)
         self._check_sum_of_components("apply_ln_to_stack")
         if residual_stack.ndim < 2 or residual_stack.shape[-1] != self.cfg.d_model:
-            raise ValueError(f"residual_stack must have shape [component, ..., d_model={self.cfg.d_model}], "
-                             f"got {tuple(residual_stack.shape)}")
+            raise ValueError(
+                f"residual_stack must have shape [component, ..., d_model={self.cfg.d_model}], "
+                f"got {tuple(residual_stack.shape)}"
+            )
         final = layer == self.cfg.n_layers
         if mlp_input and final:
-            raise ValueError("mlp_input=True needs a layer below n_layers (ln_final reads the unembedding's input)")
+            raise ValueError(
+                "mlp_input=True needs a layer below n_layers (ln_final reads the unembedding's "
+                "input)"
+            )
         if has_batch_dim:
-            residual_stack = batch_slice.apply(residual_stack, dim=1)  # [component, batch, pos, d_model]
+            # [component, batch, pos, d_model]
+            residual_stack = batch_slice.apply(residual_stack, dim=1)
         if recompute_ln and final:
             return stack([self._ln_final(piece) for piece in residual_stack])
-        name = "ln_final.hook_scale" if final else f"blocks.{layer}.ln{2 if mlp_input else 1}.hook_scale"
+        name = (
+            "ln_final.hook_scale"
+            if final
+            else f"blocks.{layer}.ln{2 if mlp_input else 1}.hook_scale"
+        )
         scale = pos_slice.apply(self[name], dim=-2)  # [batch, pos, 1]
         if self.has_batch_dim:
             scale = batch_slice.apply(scale, dim=0)  # [batch, pos, 1]
         if self.cfg.normalization_type == "RMS":  # RMSNorm divides by its scale without centring
             return residual_stack / scale  # [component, batch, pos, d_model]
-        centered = residual_stack - residual_stack.mean(-1)[..., None]  # [component, batch, pos, d_model]
+        # [component, batch, pos, d_model]
+        centered = residual_stack - residual_stack.mean(-1)[..., None]
         return centered / scale  # [component, batch, pos, d_model]
 
     def _ln_final(self, resid):
@@ -286,16 +368,25 @@ class ActivationCacheMethods:
         # model's own must keep the state of the model's last forward
         ln_copy = copy.copy(model.ln_final)
         W_E = model.W_E  # [d_vocab, d_model]: the model's own kind of array
-        x = resid.reshape(-1, 1, resid.shape[-1])  # [rows, 1, d_model]: a LayerNorm normalises row by row
+        # [rows, 1, d_model]: a LayerNorm normalises row by row
+        x = resid.reshape(-1, 1, resid.shape[-1])
         if isinstance(x, np.ndarray) and not isinstance(W_E, np.ndarray):
             x = W_E.new_tensor(x)  # a cache made NumPy by to_numpy(), from the torch twin
         out = ln_copy(x)  # [rows, 1, d_model]
         out = self._like_cache(out.detach() if hasattr(out, "detach") else out)
         return out.reshape(resid.shape)
 
-    def logit_attrs(self, residual_stack, tokens, incorrect_tokens=None, pos_slice=None, batch_slice=None,
-                    has_batch_dim=True):
-        """Each piece's direct effect on the logit of ``tokens`` (minus ``incorrect_tokens``') -> [component, batch, pos].
+    def logit_attrs(
+        self,
+        residual_stack,
+        tokens,
+        incorrect_tokens=None,
+        pos_slice=None,
+        batch_slice=None,
+        has_batch_dim=True,
+    ):
+        """Each piece's direct effect on the logit of ``tokens`` (minus ``incorrect_tokens``') ->
+        [component, batch, pos].
 
         ``tokens``: an int (every position), a one-token str (with ``model.tokenizer``), an int
         array [batch] (one per sequence, every position) or [batch, pos]. The pieces go through
@@ -310,36 +401,54 @@ class ActivationCacheMethods:
         if not model.cfg.unembed:
             raise ValueError("logit_attrs needs a model with an unembedding (cfg.unembed=True)")
         sliced = pos_slice is not None or batch_slice is not None or not has_batch_dim
-        positions = None if sliced else self._positions(residual_stack)  # (batch, pos), or (pos,) without a batch axis
+        # (batch, pos), or (pos,) without a batch axis
+        positions = None if sliced else self._positions(residual_stack)
         tokens = self._token_ids(tokens, "tokens", positions)
-        direction = self._like_cache(model.tokens_to_residual_directions(tokens))  # [*tokens.shape, d_model]
+        # [*tokens.shape, d_model]
+        direction = self._like_cache(model.tokens_to_residual_directions(tokens))
         if incorrect_tokens is not None:
             incorrect_tokens = self._token_ids(incorrect_tokens, "incorrect_tokens", positions)
             if incorrect_tokens.shape != tokens.shape:
-                raise ValueError(f"tokens and incorrect_tokens must have the same shape, got {tokens.shape} "
-                                 f"and {incorrect_tokens.shape}")
-            direction = direction - self._like_cache(model.tokens_to_residual_directions(incorrect_tokens))
+                raise ValueError(
+                    f"tokens and incorrect_tokens must have the same shape, got {tokens.shape} "
+                    f"and {incorrect_tokens.shape}"
+                )
+            direction = direction - self._like_cache(
+                model.tokens_to_residual_directions(incorrect_tokens)
+            )
         if model.cfg.normalization == "pre" and model.cfg.normalization_type == "LN":
-            direction = direction * self._like_cache(model._param_value(model.ln_final.w))  # [..., d_model]
+            # [..., d_model]
+            direction = direction * self._like_cache(model._param_value(model.ln_final.w))
         # [component, batch, pos, d_model]
-        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice, batch_slice=batch_slice,
-                                        has_batch_dim=has_batch_dim)
+        scaled = self.apply_ln_to_stack(
+            residual_stack,
+            None,
+            pos_slice=pos_slice,
+            batch_slice=batch_slice,
+            has_batch_dim=has_batch_dim,
+        )
         if tokens.ndim == 1 and self.has_batch_dim and scaled.ndim == 4:
-            direction = direction[:, None, :]  # [batch, 1, d_model]: one token per sequence, every position
+            # [batch, 1, d_model]: one token per sequence, every position
+            direction = direction[:, None, :]
         return (scaled * direction).sum(-1)  # [component, batch, pos]
 
     def _positions(self, residual_stack):
-        """(batch, pos) of the cache's run, or (pos,) without a batch axis; ``residual_stack`` must end in them."""
+        """(batch, pos) of the cache's run, or (pos,) without a batch axis; ``residual_stack`` must
+        end in them."""
         if self.tokens is not None:
             batch, pos = self.tokens.shape
             positions = (batch, pos) if self.has_batch_dim else (pos,)
         else:  # a cache made by hand: the stack says
-            positions = tuple(residual_stack.shape[-3:-1] if self.has_batch_dim else residual_stack.shape[-2:-1])
+            positions = tuple(
+                residual_stack.shape[-3:-1] if self.has_batch_dim else residual_stack.shape[-2:-1]
+            )
         expected = (*positions, self.cfg.d_model)
-        if tuple(residual_stack.shape[-len(expected):]) != expected:
+        if tuple(residual_stack.shape[-len(expected) :]) != expected:
             axes = "[..., batch, pos, d_model]" if self.has_batch_dim else "[..., pos, d_model]"
-            raise ValueError(f"residual_stack must have shape {axes} = [..., {', '.join(map(str, expected))}] "
-                             f"as the cache, got {tuple(residual_stack.shape)}")
+            raise ValueError(
+                f"residual_stack must have shape {axes} = [..., {', '.join(map(str, expected))}] "
+                f"as the cache, got {tuple(residual_stack.shape)}"
+            )
         return positions
 
     def _token_ids(self, tokens, name, positions):
@@ -359,39 +468,60 @@ class ActivationCacheMethods:
         if positions is None:  # a sliced stack: apply_ln_to_stack checks its shape
             return array
         if self.has_batch_dim:
-            allowed = {(): "an int", positions[:1]: f"[batch] = {list(positions[:1])} (one per sequence)",
-                       positions: f"[batch, pos] = {list(positions)}"}
+            allowed = {
+                (): "an int",
+                positions[:1]: f"[batch] = {list(positions[:1])} (one per sequence)",
+                positions: f"[batch, pos] = {list(positions)}",
+            }
         else:
-            allowed = {(): "an int", positions: f"[pos] = {list(positions)} (this cache has no batch axis)"}
+            allowed = {
+                (): "an int",
+                positions: f"[pos] = {list(positions)} (this cache has no batch axis)",
+            }
         if array.shape not in allowed:
-            raise ValueError(f"{name} must fit the cache: {', '.join(allowed.values())}; got shape {array.shape}")
+            raise ValueError(
+                f"{name} must fit the cache: {', '.join(allowed.values())}; got shape {array.shape}"
+            )
         return array
 
     # --- shape ---
 
     def apply_slice_to_batch_dim(self, batch_slice):
-        """A new cache holding ``batch_slice`` of every entry's batch axis (an int removes the axis)."""
+        """A new cache holding ``batch_slice`` of every entry's batch axis (an int removes the
+        axis)."""
         batch_slice = Slice(batch_slice)
         if not self.has_batch_dim and batch_slice.mode != "identity":
-            raise ValueError("apply_slice_to_batch_dim: this cache has no batch axis (remove_batch_dim ran)")
+            raise ValueError(
+                "apply_slice_to_batch_dim: this cache has no batch axis (remove_batch_dim ran)"
+            )
         batch = None if self.tokens is None else self.tokens.shape[0]
 
         def whole_batch(name, value):  # the position ids [1, pos] are one row for every sequence
             return value[[0] * batch] if name.endswith("pos_embed.hook_in") and batch else value
 
-        entries = {name: batch_slice.apply(whole_batch(name, value), dim=0)
-                   for name, value in self.cache_dict.items()}
+        entries = {
+            name: batch_slice.apply(whole_batch(name, value), dim=0)
+            for name, value in self.cache_dict.items()
+        }
         tokens = None if self.tokens is None else batch_slice.apply(self.tokens, dim=0)
-        return type(self)(entries, self.cfg, tokens, self.model,
-                          has_batch_dim=self.has_batch_dim and batch_slice.mode != "int")
+        return type(self)(
+            entries,
+            self.cfg,
+            tokens,
+            self.model,
+            has_batch_dim=self.has_batch_dim and batch_slice.mode != "int",
+        )
 
     def remove_batch_dim(self):
-        """Drop the batch axis of every entry of a batch-1 cache (in place, as TransformerLens); returns the cache."""
+        """Drop the batch axis of every entry of a batch-1 cache (in place, as TransformerLens);
+        returns the cache."""
         if not self.has_batch_dim:
             return self
         sizes = {value.shape[0] for value in self.cache_dict.values()}
         if sizes != {1}:
-            raise ValueError(f"remove_batch_dim needs a cache of batch size 1, got batch sizes {sorted(sizes)}")
+            raise ValueError(
+                f"remove_batch_dim needs a cache of batch size 1, got batch sizes {sorted(sizes)}"
+            )
         self.cache_dict = {name: value[0] for name, value in self.cache_dict.items()}
         self.has_batch_dim = False
         return self

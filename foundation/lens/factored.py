@@ -10,7 +10,7 @@ Most questions about a head's circuit (its singular values, eigenvalues, Frobeni
 answered from the small factors without ever forming the d_model x d_model product:
 
     A = Ua diag(Sa) Vha,  B = Ub diag(Sb) Vhb               (thin SVDs of each factor)
-    M = Ua [diag(Sa) Vha Ub diag(Sb)] Vhb = Ua (Um diag(S) Vhm) Vhb     (SVD of the mdim x mdim middle)
+    M = Ua [diag(Sa) Vha Ub diag(Sb)] Vhb = Ua (Um diag(S) Vhm) Vhb  (the mdim x mdim middle's SVD)
     U = Ua Um,  V = (Vhm Vhb)^T                              so M = U diag(S) V^T
 
 The same class serves both twins: every operation here is spelled the same in NumPy and torch
@@ -30,12 +30,20 @@ class FactoredMatrix:
 
     def __init__(self, A, B):
         if A.ndim < 2 or B.ndim < 2:
-            raise ValueError(f"A and B must be matrices (or stacks of them), got shapes {tuple(A.shape)} and {tuple(B.shape)}")
+            raise ValueError(
+                f"A and B must be matrices (or stacks of them), got shapes {tuple(A.shape)} and "
+                f"{tuple(B.shape)}"
+            )
         if A.shape[-1] != B.shape[-2]:
-            raise ValueError(f"A [..., ldim, mdim] and B [..., mdim, rdim] must share mdim, got shapes "
-                             f"{tuple(A.shape)} and {tuple(B.shape)}")
+            raise ValueError(
+                f"A [..., ldim, mdim] and B [..., mdim, rdim] must share mdim, got shapes "
+                f"{tuple(A.shape)} and {tuple(B.shape)}"
+            )
         if tuple(A.shape[:-2]) != tuple(B.shape[:-2]):
-            raise ValueError(f"A and B must have the same leading axes, got shapes {tuple(A.shape)} and {tuple(B.shape)}")
+            raise ValueError(
+                f"A and B must have the same leading axes, got shapes {tuple(A.shape)} and "
+                f"{tuple(B.shape)}"
+            )
         self.A = A  # [..., ldim, mdim]
         self.B = B  # [..., mdim, rdim]
         self.ldim, self.mdim, self.rdim = A.shape[-2], A.shape[-1], B.shape[-1]
@@ -61,7 +69,8 @@ class FactoredMatrix:
 
     @property
     def BA(self):
-        """The reversed product [..., mdim, mdim] (needs ldim == rdim): same nonzero eigenvalues as AB."""
+        """The reversed product [..., mdim, mdim] (needs ldim == rdim): same nonzero eigenvalues as
+        AB."""
         if self.ldim != self.rdim:
             raise ValueError(f"BA needs a square matrix (ldim == rdim), got shape {self.shape}")
         return self.B @ self.A
@@ -101,7 +110,8 @@ class FactoredMatrix:
 
     @property
     def eigenvalues(self):
-        """Eigenvalues [..., mdim] (complex) of BA: the nonzero eigenvalues of AB, without forming it."""
+        """Eigenvalues [..., mdim] (complex) of BA: the nonzero eigenvalues of AB, without forming
+        it."""
         return self.linalg.eigvals(self.BA)
 
     def norm(self):
@@ -126,11 +136,15 @@ class FactoredMatrix:
     __rmul__ = __mul__
 
     def __getitem__(self, index):
-        """Index the leading axes only: ``model.OV[1, 3]`` is layer 1, head 3's [d_model, d_model] circuit."""
+        """Index the leading axes only: ``model.OV[1, 3]`` is layer 1, head 3's [d_model, d_model]
+        circuit."""
         index = index if isinstance(index, tuple) else (index,)
         if len(index) > self.ndim - 2:
-            raise IndexError(f"a FactoredMatrix of shape {self.shape} takes at most {self.ndim - 2} leading indices, "
-                             f"got {len(index)}; index .AB for entries of the product")
+            raise IndexError(
+                f"a FactoredMatrix of shape {self.shape} takes at most {self.ndim - 2} leading "
+                f"indices, "
+                f"got {len(index)}; index .AB for entries of the product"
+            )
         return self._like(self.A[index], self.B[index])
 
     def __repr__(self):

@@ -1,4 +1,5 @@
-"""Folding each LayerNorm's w and b into the weights that read its output (TransformerLens's ``fold_ln``).
+"""Folding each LayerNorm's w and b into the weights that read its output (TransformerLens's
+``fold_ln``).
 
 Axes: head, d_model, d_head, d_mlp, d_vocab.
 
@@ -25,14 +26,17 @@ import numpy as np
 
 
 def fold_layer_norm_weights(state_dict, cfg, center_weights=True):
-    """{name: ndarray} of a pre-norm model -> a new dict with every LayerNorm's w and b folded in (and gone)."""
+    """{name: ndarray} of a pre-norm model -> a new dict with every LayerNorm's w and b folded in
+    (and gone)."""
     folded = dict(state_dict)
     for i in range(cfg.n_layers):
         block = f"blocks.{i}."
         w, b = folded.pop(block + "ln1.w"), folded.pop(block + "ln1.b")  # [d_model]
         for name in ("Q", "K", "V"):
             W = folded[block + f"attn.W_{name}"]  # [head, d_model, d_head]
-            folded[block + f"attn.b_{name}"] = folded[block + f"attn.b_{name}"] + np.einsum("m,hmd->hd", b, W)
+            folded[block + f"attn.b_{name}"] = folded[block + f"attn.b_{name}"] + np.einsum(
+                "m,hmd->hd", b, W
+            )
             folded[block + f"attn.W_{name}"] = _centered(w[None, :, None] * W, -2, center_weights)
         if not cfg.attn_only:
             w, b = folded.pop(block + "ln2.w"), folded.pop(block + "ln2.b")  # [d_model]
@@ -47,7 +51,8 @@ def fold_layer_norm_weights(state_dict, cfg, center_weights=True):
 
 
 def _centered(W, d_model_axis, center):
-    """W less its mean over the d_model axis (when ``center``): the part a mean-zero input can see."""
+    """W less its mean over the d_model axis (when ``center``): the part a mean-zero input can
+    see."""
     return W - W.mean(axis=d_model_axis, keepdims=True) if center else W
 
 
@@ -93,6 +98,7 @@ def fold_value_biases(state_dict, cfg):
         block = f"blocks.{i}.attn."
         b_V = folded[block + "b_V"]  # [head, d_head]
         W_O = folded[block + "W_O"]  # [head, d_head, d_model]
-        folded[block + "b_O"] = folded[block + "b_O"] + np.einsum("hd,hdm->m", b_V, W_O)  # [d_model]
+        # [d_model]
+        folded[block + "b_O"] = folded[block + "b_O"] + np.einsum("hd,hdm->m", b_V, W_O)
         folded[block + "b_V"] = np.zeros_like(b_V)  # [head, d_head]
     return folded

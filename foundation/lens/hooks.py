@@ -1,12 +1,15 @@
-"""Hooks and activation caches, written once for both twins (TransformerLens's habits and signatures).
+"""Hooks and activation caches, written once for both twins (TransformerLens's habits and
+signatures).
 
     out, cache = model.run_with_cache(tokens)                  # every activation, by hook name
-    cache["blocks.1.attn.hook_pattern"], cache["pattern", 1]   # full name or short form (get_act_name)
+    cache["blocks.1.attn.hook_pattern"], cache["pattern", 1]   # full or short name (get_act_name)
     out, cache = model.run_with_cache(tokens, incl_bwd=True)   # also "<name>_grad" entries
-    loss = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(name, fn)])   # fn(act, hook) edits
+    loss = model.run_with_hooks(tokens, return_type="loss",
+                                fwd_hooks=[(name, fn)])        # fn(act, hook) edits act
     model.add_hook(name, fn); ...; model.reset_hooks()         # hooks that stay on until reset
     with model.hooks(fwd_hooks=[...]): ...                     # hooks on for a block of code
-    loss = model.run_with_hooks(tokens, return_type="loss", bwd_hooks=[(name, fn)], reset_hooks_end=False)
+    loss = model.run_with_hooks(tokens, return_type="loss", bwd_hooks=[(name, fn)],
+                                reset_hooks_end=False)
     loss.backward()  (torch twin)  /  model.backward()  (NumPy); then model.reset_hooks()
 
 Nothing here knows the array library. Each twin's ``hooked.py`` subclasses ``HookedMixin`` and
@@ -35,8 +38,8 @@ import numpy as np
 from foundation.contract.arrays import as_numpy
 from foundation.contract.boundary import running_hooks
 from foundation.contract.checks import check_hook_result
-from foundation.lens.cache import ActivationCacheMethods, Slice
 from foundation.lens import folding
+from foundation.lens.cache import ActivationCacheMethods, Slice
 from foundation.lens.folding import fold_layer_norm_weights
 
 # TransformerLens's short names: which part of the model each hook name lives in
@@ -45,14 +48,36 @@ ATTN_HOOKS = ("q", "k", "v", "z", "attn_scores", "pattern")
 MLP_HOOKS = ("pre", "post")
 LN_HOOKS = ("scale", "normalized")
 MODEL_HOOKS = ("embed", "pos_embed")
-NAME_ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "query": "q", "key": "k",
-                "value": "v", "mlp_pre": "pre", "mlp_post": "post"}
-LAYER_TYPE_ALIASES = {"a": "attn", "attention": "attn", "m": "mlp", "b": None, "block": None, "blocks": None}
+NAME_ALIASES = {
+    "attn": "pattern",
+    "attn_logits": "attn_scores",
+    "query": "q",
+    "key": "k",
+    "value": "v",
+    "mlp_pre": "pre",
+    "mlp_post": "post",
+}
+LAYER_TYPE_ALIASES = {
+    "a": "attn",
+    "attention": "attn",
+    "m": "mlp",
+    "b": None,
+    "block": None,
+    "blocks": None,
+}
 GRAD_SUFFIX = "_grad"
 # what a cache's pos_slice cuts along: the position axis, -3 in [batch, pos, head, d_head] entries,
 # -1 in the token ids [batch, pos] and the position ids [1, pos]; -2 elsewhere
-HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z",
-              "q.hook_out", "k.hook_out", "v.hook_out", "o.hook_in")
+HEAD_HOOKS = (
+    "hook_q",
+    "hook_k",
+    "hook_v",
+    "hook_z",
+    "q.hook_out",
+    "k.hook_out",
+    "v.hook_out",
+    "o.hook_in",
+)
 POSITION_ID_HOOKS = ("embed.hook_in",)
 
 
@@ -64,7 +89,8 @@ class HookNameError(ValueError, KeyError):
 
 
 def hook_name(name, layer=None, layer_type=None, n_layers=None):
-    """TransformerLens's short form -> the full hook name (as its ``utils.get_act_name``; ``get_act_name`` here).
+    """TransformerLens's short form -> the full hook name (as its ``utils.get_act_name``;
+    ``get_act_name`` here).
 
     ``hook_name("pattern", 1)`` -> ``"blocks.1.attn.hook_pattern"``; ``("resid_pre", 0)`` ->
     ``"blocks.0.hook_resid_pre"``; ``("scale", 0, "ln1")`` -> ``"blocks.0.ln1.hook_scale"``;
@@ -85,8 +111,13 @@ def hook_name(name, layer=None, layer_type=None, n_layers=None):
         return hook_name(name[: -len(GRAD_SUFFIX)], layer, layer_type, n_layers) + GRAD_SUFFIX
     if ("." in name or name.startswith("hook_")) and layer is None and layer_type is None:
         return name
-    compact = re.fullmatch(r"([a-z]+)(\d+)([a-z]\w*)?", name) if layer is None and layer_type is None else None
-    if compact is not None:  # "k6" -> ("k", 6), "scale4ln1" -> ("scale", 4, "ln1"), as TransformerLens reads them
+    compact = (
+        re.fullmatch(r"([a-z]+)(\d+)([a-z]\w*)?", name)
+        if layer is None and layer_type is None
+        else None
+    )
+    # "k6" -> ("k", 6), "scale4ln1" -> ("scale", 4, "ln1"), as TransformerLens reads them
+    if compact is not None:
         name, layer, layer_type = compact.group(1), int(compact.group(2)), compact.group(3)
     if layer is not None and layer < 0 and n_layers is not None:
         layer = n_layers + layer
@@ -101,14 +132,18 @@ def hook_name(name, layer=None, layer_type=None, n_layers=None):
         if layer is None:
             return f"ln_final.hook_{short}"
         if layer_type not in ("ln1", "ln2"):
-            raise HookNameError(f"{where}: say which LayerNorm, e.g. ({short!r}, {layer}, 'ln1') or 'ln2'")
+            raise HookNameError(
+                f"{where}: say which LayerNorm, e.g. ({short!r}, {layer}, 'ln1') or 'ln2'"
+            )
         return f"blocks.{layer}.{layer_type}.hook_{short}"
     for names, part in ((BLOCK_HOOKS, None), (ATTN_HOOKS, "attn"), (MLP_HOOKS, "mlp")):
         if short in names:
             if layer is None:
                 raise HookNameError(f"{where}: {short!r} needs a layer, e.g. ({short!r}, 0)")
             if layer_type is not None and layer_type != part:
-                raise HookNameError(f"{where}: {short!r} lives in {part or 'the block'}, not {layer_type!r}")
+                raise HookNameError(
+                    f"{where}: {short!r} lives in {part or 'the block'}, not {layer_type!r}"
+                )
             return f"blocks.{layer}.{part + '.' if part else ''}hook_{short}"
     known = ", ".join(MODEL_HOOKS + BLOCK_HOOKS + ATTN_HOOKS + MLP_HOOKS + LN_HOOKS)
     raise HookNameError(f"{where}: unknown short name; expected a full hook name or one of {known}")
@@ -119,10 +154,11 @@ get_act_name = hook_name  # TransformerLens's name for it (its utils.get_act_nam
 
 @dataclass
 class LensHandle:
-    """One hook function on a HookPoint, with what ``reset_hooks`` needs to know (TransformerLens's record)."""
+    """One hook function on a HookPoint, with what ``reset_hooks`` needs to know (TransformerLens's
+    record)."""
 
     fn: Callable
-    is_permanent: bool = False           # reset_hooks() leaves it on, unless including_permanent=True
+    is_permanent: bool = False  # reset_hooks() leaves it on, unless including_permanent=True
     context_level: int | None = None  # the hooks() block that added it; None when added directly
 
 
@@ -137,10 +173,13 @@ class HookLists:
         self.name = None
         self.fwd_hooks = []  # [LensHandle], called in this order in the forward pass
         self.bwd_hooks = []  # [LensHandle], called in this order in the backward pass
-        self.ctx = {}        # scratch space for hook functions; clear_context() empties it
+        self.ctx = {}  # scratch space for hook functions; clear_context() empties it
 
-    def add_hook(self, hook, dir: str = "fwd", is_permanent: bool = False, level=None, prepend: bool = False):
-        """Call ``hook(activation, hook=self)`` in the forward pass ("fwd"), ``hook(grad, hook=self)`` in the backward ("bwd").
+    def add_hook(
+        self, hook, dir: str = "fwd", is_permanent: bool = False, level=None, prepend: bool = False
+    ):
+        """Call ``hook(activation, hook=self)`` in the forward pass ("fwd"),
+        ``hook(grad, hook=self)`` in the backward ("bwd").
 
         It stays on until removed: ``remove_hooks``, or the model's ``reset_hooks`` (which leaves
         ``is_permanent`` hooks on). ``prepend`` puts it before the hooks already here.
@@ -161,8 +200,9 @@ class HookLists:
         self.add_hook(hook, dir, is_permanent=True)
 
     def remove_hooks(self, dir: str = "fwd", including_permanent: bool = False, level=None):
-        """Remove this point's hooks in ``dir`` ("fwd", "bwd" or "both"): every non-permanent one, or
-        those added by the ``hooks()`` block of ``level``; ``including_permanent`` removes them all."""
+        """Remove this point's hooks in ``dir`` ("fwd", "bwd" or "both"): every non-permanent one,
+        or those added by the ``hooks()`` block of ``level``; ``including_permanent`` removes them
+        all."""
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
 
@@ -180,10 +220,13 @@ class HookLists:
         self.ctx = {}
 
     def layer(self) -> int:
-        """The block this hook point sits in: 1 for ``blocks.1.attn.hook_z`` (TransformerLens's ``hook.layer()``)."""
+        """The block this hook point sits in: 1 for ``blocks.1.attn.hook_z`` (TransformerLens's
+        ``hook.layer()``)."""
         parts = (self.name or "").split(".")
         if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
-            raise ValueError(f"hook {self.name!r} is not inside a block (blocks.<layer>....), so it has no layer")
+            raise ValueError(
+                f"hook {self.name!r} is not inside a block (blocks.<layer>....), so it has no layer"
+            )
         return int(parts[1])
 
     def _hook_list(self, dir, allowed):
@@ -192,27 +235,32 @@ class HookLists:
         return self.fwd_hooks if dir == "fwd" else self.bwd_hooks
 
     def _run(self, hooks, x):
-        """Pass x through each hook in turn; a hook that returns something (of x's shape) replaces x."""
-        with running_hooks():  # a model a hook runs is a user's call, and leaves this run's saved values alone
+        """Pass x through each hook in turn; a hook that returns something (of x's shape) replaces
+        x."""
+        # a model a hook runs is a user's call, and leaves this run's saved values alone
+        with running_hooks():
             for handle in list(hooks):  # a copy: a hook may add or remove hooks while they run
                 result = handle.fn(x, hook=self)
                 if result is not None:
-                    x = check_hook_result(result, x.shape, self.name, "bwd" if hooks is self.bwd_hooks else "fwd")
+                    x = check_hook_result(
+                        result, x.shape, self.name, "bwd" if hooks is self.bwd_hooks else "fwd"
+                    )
         return x
 
 
 class ActivationCache(ActivationCacheMethods):
     """Activations (and ``<name>_grad`` gradients) of one run, keyed by full hook name.
 
-    Index it with a full name, ``cache["blocks.0.attn.hook_q"]``, or TransformerLens's short
-    forms, ``cache["q", 0]``, ``cache["q", 0, "attn"]``, ``cache["scale", 1, "ln2"]``,
+    Index it with a full name, ``cache["blocks.0.attn.hook_q"]``, or TransformerLens's short forms,
+    ``cache["q", 0]``, ``cache["q", 0, "attn"]``, ``cache["scale", 1, "ln2"]``,
     ``cache["pattern_grad", -1]``, ``cache["k0"]``. Values are what the model computes: ndarrays
-    from the NumPy model, detached tensors from the torch twin (``to_numpy()`` gives an
-    all-ndarray copy). ``tokens`` are the input tokens (an ndarray), ``cfg`` the model's config
-    and ``model`` the model (its weights serve the residual-stream methods written in
-    ``foundation/lens/cache.py``: ``accumulated_resid``, ``decompose_resid``, ``stack_head_results``,
-    ``logit_attrs``, ...). As TransformerLens's, the cache holds ``cache_dict`` itself, not a copy:
-    hooks left on by ``run_with_cache(..., reset_hooks_end=False)`` keep writing into it.
+    from the NumPy model, detached tensors from the torch twin (``to_numpy()`` gives an all-ndarray
+    copy). ``tokens`` are the input tokens (an ndarray), ``cfg`` the model's config and ``model``
+    the model (its weights serve the residual-stream methods written in
+    ``foundation/lens/cache.py``: ``accumulated_resid``, ``decompose_resid``,
+    ``stack_head_results``, ``logit_attrs``, ...). As TransformerLens's, the cache holds
+    ``cache_dict`` itself, not a copy: hooks left on by ``run_with_cache(...,
+    reset_hooks_end=False)`` keep writing into it.
     """
 
     def __init__(self, cache_dict, cfg, tokens=None, model=None, has_batch_dim=True):
@@ -232,15 +280,21 @@ class ActivationCache(ActivationCacheMethods):
             return hook_name(key, n_layers=self.cfg.n_layers)
         if isinstance(key, tuple) and 1 <= len(key) <= 3:
             return hook_name(*key, n_layers=self.cfg.n_layers)
-        raise TypeError(f"cache key must be a str or a tuple (name, layer[, layer_type]), got {key!r}")
+        raise TypeError(
+            f"cache key must be a str or a tuple (name, layer[, layer_type]), got {key!r}"
+        )
 
     def __getitem__(self, key):
         name = self.resolve(key)
         if name not in self.cache_dict:
             hint = "" if name.endswith(GRAD_SUFFIX) else " (or was filtered out by names_filter)"
-            if name.endswith(GRAD_SUFFIX) and not any(k.endswith(GRAD_SUFFIX) for k in self.cache_dict):
+            if name.endswith(GRAD_SUFFIX) and not any(
+                k.endswith(GRAD_SUFFIX) for k in self.cache_dict
+            ):
                 hint = " (run_with_cache(..., incl_bwd=True) records gradients)"
-            raise HookNameError(f"cache has no entry {name!r} for key {key!r}: this model has no such hook{hint}")
+            raise HookNameError(
+                f"cache has no entry {name!r} for key {key!r}: this model has no such hook{hint}"
+            )
         return self.cache_dict[name]
 
     def __contains__(self, key):
@@ -266,11 +320,17 @@ class ActivationCache(ActivationCacheMethods):
 
     def to_numpy(self):
         """A copy of this cache whose every entry is an ndarray."""
-        return ActivationCache({k: as_numpy(v) for k, v in self.items()}, self.cfg, self.tokens, self.model,
-                               self.has_batch_dim)
+        return ActivationCache(
+            {k: as_numpy(v) for k, v in self.items()},
+            self.cfg,
+            self.tokens,
+            self.model,
+            self.has_batch_dim,
+        )
 
     def to(self, device, move_model=False):
-        """Every entry moved to ``device``, in place (TransformerLens's ``cache.to``); returns the cache.
+        """Every entry moved to ``device``, in place (TransformerLens's ``cache.to``); returns the
+        cache.
 
         Tensors move with ``Tensor.to``; ndarrays live on the CPU, so "cpu" keeps them and any other
         device is a ValueError. ``move_model=True`` moves the model too (the torch twin).
@@ -281,14 +341,20 @@ class ActivationCache(ActivationCacheMethods):
         for name, value in self.cache_dict.items():
             if isinstance(value, np.ndarray):
                 if str(device) != "cpu":
-                    raise ValueError(f"cache.to({device!r}): the entry {name!r} is a NumPy array, which lives on "
-                                     "the CPU; only 'cpu' is a device for it")
+                    raise ValueError(
+                        f"cache.to({device!r}): the entry {name!r} is a NumPy array, which lives "
+                        f"on "
+                        "the CPU; only 'cpu' is a device for it"
+                    )
                 moved[name] = value
             else:
                 moved[name] = value.to(device)
         if move_model:
             if not hasattr(self.model, "to"):
-                raise ValueError("cache.to(..., move_model=True): the NumPy model does not move; it lives on the CPU")
+                raise ValueError(
+                    "cache.to(..., move_model=True): the NumPy model does not move; it lives on "
+                    "the CPU"
+                )
             self.model.to(device)
         self.cache_dict = moved
         return self
@@ -311,7 +377,8 @@ class HookedMixin:
     # --- the steps each twin writes for itself (numpy_impl/hooked.py, torch_impl/hooked.py) ---
 
     def _snapshot(self, x, device=None):
-        """A copy of an activation or gradient that later computation cannot change (on ``device``)."""
+        """A copy of an activation or gradient that later computation cannot change (on
+        ``device``)."""
         raise NotImplementedError
 
     def _as_tokens(self, tokens):
@@ -319,7 +386,8 @@ class HookedMixin:
         raise NotImplementedError
 
     def _backward_from(self, result, dout):
-        """Backpropagate from what the forward returned: ``dout`` shaped like the logits or the loss (None: a scalar loss)."""
+        """Backpropagate from what the forward returned: ``dout`` shaped like the logits or the loss
+        (None: a scalar loss)."""
         raise NotImplementedError
 
     def _default_dout(self, out, tokens):
@@ -327,7 +395,8 @@ class HookedMixin:
         raise NotImplementedError
 
     def _layer_norm_pre(self, cfg):
-        """A new parameter-free LayerNorm (``LayerNormPre``) of ``cfg``, where the model's parameters are."""
+        """A new parameter-free LayerNorm (``LayerNormPre``) of ``cfg``, where the model's
+        parameters are."""
         raise NotImplementedError
 
     # --- written once: the hook points ---
@@ -347,7 +416,8 @@ class HookedMixin:
 
     @property
     def mod_dict(self):
-        """{full name: module} for every sub-module, hook points included (TransformerLens's ``mod_dict``)."""
+        """{full name: module} for every sub-module, hook points included (TransformerLens's
+        ``mod_dict``)."""
         return {name: m for name, m in self.named_modules() if name}
 
     def hook_points(self):
@@ -356,31 +426,43 @@ class HookedMixin:
     def _resolve_hooks(self, hooks, arg):
         """[(name or filter, fn)] -> [(HookPoint, fn)], every entry checked before any is added."""
         if not isinstance(hooks, (list, tuple)):
-            raise TypeError(f"{arg} must be a list of (hook name or filter, fn) pairs, got {type(hooks).__name__}")
+            raise TypeError(
+                f"{arg} must be a list of (hook name or filter, fn) pairs, got "
+                f"{type(hooks).__name__}"
+            )
         points = self.hook_dict
         resolved = []
         for i, entry in enumerate(hooks):
             if not isinstance(entry, (list, tuple)) or len(entry) != 2:
-                raise TypeError(f"{arg}[{i}] must be a (hook name or filter, fn) pair, got {entry!r}")
+                raise TypeError(
+                    f"{arg}[{i}] must be a (hook name or filter, fn) pair, got {entry!r}"
+                )
             name, fn = entry
             if not callable(fn):
-                raise TypeError(f"{arg}[{i}]: the hook function must be callable, got {type(fn).__name__}")
+                raise TypeError(
+                    f"{arg}[{i}]: the hook function must be callable, got {type(fn).__name__}"
+                )
             if isinstance(name, str):
                 full = hook_name(name, n_layers=self.cfg.n_layers)
                 if full not in points:
-                    raise HookNameError(f"{arg}[{i}]: this model has no hook named {name!r}; "
-                                        f"its hooks are {', '.join(points)}")
+                    raise HookNameError(
+                        f"{arg}[{i}]: this model has no hook named {name!r}; "
+                        f"its hooks are {', '.join(points)}"
+                    )
                 resolved.append((points[full], fn))
             elif callable(name):
                 # a point chosen under two names (an alias) gets the hook once
                 chosen = {id(point): point for full, point in points.items() if name(full)}
                 resolved.extend((point, fn) for point in chosen.values())
             else:
-                raise TypeError(f"{arg}[{i}]: the hook name must be a str or a filter function, got {name!r}")
+                raise TypeError(
+                    f"{arg}[{i}]: the hook name must be a str or a filter function, got {name!r}"
+                )
         return resolved
 
     def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
-        """Put ``hook`` on the hook point ``name`` (or on every point where ``name(point_name)`` is True).
+        """Put ``hook`` on the hook point ``name`` (or on every point where ``name(point_name)`` is
+        True).
 
         It stays on through every later forward (and ``generate``) until ``reset_hooks()``;
         ``is_permanent=True`` keeps it on through that too. ``dir``: "fwd" or "bwd".
@@ -403,17 +485,21 @@ class HookedMixin:
         _check_flags(including_permanent=including_permanent)
         if name_filter is None or callable(name_filter):
             matches = name_filter or (lambda name: True)
-        elif isinstance(name_filter, str) or (isinstance(name_filter, (list, tuple))
-                                              and all(isinstance(n, str) for n in name_filter)):
+        elif isinstance(name_filter, str) or (
+            isinstance(name_filter, (list, tuple)) and all(isinstance(n, str) for n in name_filter)
+        ):
             wanted = {name_filter} if isinstance(name_filter, str) else set(name_filter)
             matches = wanted.__contains__
         else:
-            raise TypeError(f"name_filter must be None, a hook name, a list of names or a function, "
-                            f"got {name_filter!r}")
+            raise TypeError(
+                f"name_filter must be None, a hook name, a list of names or a function, "
+                f"got {name_filter!r}"
+            )
         listed = {}
         for name, point in self.hook_dict.items():
-            handles = (point.fwd_hooks if dir in ("fwd", "both") else []) + \
-                      (point.bwd_hooks if dir in ("bwd", "both") else [])
+            handles = (point.fwd_hooks if dir in ("fwd", "both") else []) + (
+                point.bwd_hooks if dir in ("bwd", "both") else []
+            )
             handles = [h for h in handles if including_permanent or not h.is_permanent]
             if handles and matches(name):
                 listed[name] = handles
@@ -429,7 +515,9 @@ class HookedMixin:
         for point in self.hook_points():
             point.clear_context()
 
-    def reset_hooks(self, clear_contexts=True, direction="both", including_permanent=False, level=None):
+    def reset_hooks(
+        self, clear_contexts=True, direction="both", including_permanent=False, level=None
+    ):
         """Remove every hook: those added by ``add_hook``, directly on a HookPoint, or left on by
         ``reset_hooks_end=False``; permanent ones stay unless ``including_permanent``."""
         if clear_contexts:
@@ -438,8 +526,9 @@ class HookedMixin:
 
     @contextmanager
     def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True, clear_contexts=False):
-        """Add hooks for the ``with`` block; at its end (also after an exception) the hooks it added are
-        removed, unless ``reset_hooks_end=False``. Hooks added otherwise are left as they are."""
+        """Add hooks for the ``with`` block; at its end (also after an exception) the hooks it
+        added are removed, unless ``reset_hooks_end=False``. Hooks added otherwise are left as
+        they are."""
         fwd = self._resolve_hooks(list(fwd_hooks or []), "fwd_hooks")
         bwd = self._resolve_hooks(list(bwd_hooks or []), "bwd_hooks")
         level = getattr(self, "context_level", 0) + 1
@@ -456,32 +545,53 @@ class HookedMixin:
 
     # --- written once: running with hooks ---
 
-    def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True, clear_contexts=False,
-                       dout=None, **model_kwargs):
+    def run_with_hooks(
+        self,
+        *model_args,
+        fwd_hooks=(),
+        bwd_hooks=(),
+        reset_hooks_end=True,
+        clear_contexts=False,
+        dout=None,
+        **model_kwargs,
+    ):
         """Run ``model(*model_args, **model_kwargs)`` with hooks on and return what it returns.
 
-        Every argument the forward takes passes through (``return_type="loss"``, ``loss_per_token``).
-        ``fwd_hooks`` and ``bwd_hooks`` are lists of ``(name_or_filter, fn)``: a hook name (full, or
-        short as ``get_act_name`` reads it) or a function ``name -> bool`` choosing hook points.
-        ``fn(activation, hook)`` may return a replacement (or edit its argument). The hooks are
-        removed at the end unless ``reset_hooks_end=False``: as in TransformerLens, backward hooks
-        fire in a later ``loss.backward()`` (torch) / ``model.backward()`` (NumPy) only if they are
-        still on, so leave them on and call ``reset_hooks()`` after that backward. ``dout`` (this
-        project's) runs the backward pass here: a gradient shaped like the logits or the loss.
+        Every argument the forward takes passes through (``return_type="loss"``,
+        ``loss_per_token``). ``fwd_hooks`` and ``bwd_hooks`` are lists of ``(name_or_filter, fn)``:
+        a hook name (full, or short as ``get_act_name`` reads it) or a function ``name -> bool``
+        choosing hook points. ``fn(activation, hook)`` may return a replacement (or edit its
+        argument). The hooks are removed at the end unless ``reset_hooks_end=False``: as in
+        TransformerLens, backward hooks fire in a later ``loss.backward()`` (torch) /
+        ``model.backward()`` (NumPy) only if they are still on, so leave them on and call
+        ``reset_hooks()`` after that backward. ``dout`` (this project's) runs the backward pass
+        here: a gradient shaped like the logits or the loss.
         """
         if bwd_hooks and reset_hooks_end and dout is None:
-            warnings.warn("run_with_hooks: the backward hooks are removed at its end, before any backward pass can "
-                          "reach them; pass reset_hooks_end=False (then model.reset_hooks() after the backward)",
-                          stacklevel=2)
+            warnings.warn(
+                "run_with_hooks: the backward hooks are removed at its end, before any backward "
+                "pass can "
+                "reach them; pass reset_hooks_end=False (then model.reset_hooks() after the "
+                "backward)",
+                stacklevel=2,
+            )
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             result = self(*model_args, **model_kwargs)
             if dout is not None:
                 self._backward_from(result, dout)
         return result
 
-    def get_caching_hooks(self, names_filter=None, incl_bwd=False, device=None, remove_batch_dim=False, cache=None,
-                          pos_slice=None):
-        """(cache dict, fwd_hooks, bwd_hooks): hooks that record activations (and gradients) into the dict.
+    def get_caching_hooks(
+        self,
+        names_filter=None,
+        incl_bwd=False,
+        device=None,
+        remove_batch_dim=False,
+        cache=None,
+        pos_slice=None,
+    ):
+        """(cache dict, fwd_hooks, bwd_hooks): hooks that record activations (and gradients) into
+        the dict.
 
         Nothing is added to the model: pass the lists to ``hooks()`` or ``run_with_hooks``.
         ``pos_slice`` keeps some positions of each entry (axis -3 for q, k, v, z; -2 for the rest);
@@ -497,7 +607,9 @@ class HookedMixin:
             value = self._snapshot(x, device)
             if remove_batch_dim:
                 if value.shape[0] != 1:
-                    raise ValueError(f"remove_batch_dim needs a batch of 1; {name} has {value.shape[0]}")
+                    raise ValueError(
+                        f"remove_batch_dim needs a batch of 1; {name} has {value.shape[0]}"
+                    )
                 value = value[0]
             pos_dim = -3 if name.endswith(HEAD_HOOKS) else -2
             pos_dim = -1 if name.endswith(POSITION_ID_HOOKS) else pos_dim
@@ -508,19 +620,34 @@ class HookedMixin:
         # one caching hook per name: a point with an alias is recorded under both (as the bridge)
         names = self._filtered_names(names_filter)
         fwd_hooks = [(name, partial(save, name=name, is_backward=False)) for name in names]
-        bwd_hooks = [(name, partial(save, name=name, is_backward=True)) for name in names] if incl_bwd else []
+        bwd_hooks = (
+            [(name, partial(save, name=name, is_backward=True)) for name in names]
+            if incl_bwd
+            else []
+        )
         return cache, fwd_hooks, bwd_hooks
 
-    def run_with_cache(self, *model_args, names_filter=None, device=None, remove_batch_dim=False, incl_bwd=False,
-                       reset_hooks_end=True, clear_contexts=False, pos_slice=None, return_cache_object=True, dout=None,
-                       **model_kwargs):
+    def run_with_cache(
+        self,
+        *model_args,
+        names_filter=None,
+        device=None,
+        remove_batch_dim=False,
+        incl_bwd=False,
+        reset_hooks_end=True,
+        clear_contexts=False,
+        pos_slice=None,
+        return_cache_object=True,
+        dout=None,
+        **model_kwargs,
+    ):
         """Run the model and record activations -> ``(what the forward returns, ActivationCache)``.
 
-        Every argument the forward takes passes through (``return_type="loss"``, ``loss_per_token``).
-        ``names_filter``: None (every hook), a hook name, a list of names, or ``name -> bool``.
-        ``incl_bwd=True`` also runs a backward pass and records ``<name>_grad``: with
-        ``return_type="loss"``, of that loss (as TransformerLens's ``loss.backward()``); with logits,
-        of ``sum(logits * dout)``, ``dout`` by default the gradient of the mean next-token
+        Every argument the forward takes passes through (``return_type="loss"``,
+        ``loss_per_token``). ``names_filter``: None (every hook), a hook name, a list of names, or
+        ``name -> bool``. ``incl_bwd=True`` also runs a backward pass and records ``<name>_grad``:
+        with ``return_type="loss"``, of that loss (as TransformerLens's ``loss.backward()``); with
+        logits, of ``sum(logits * dout)``, ``dout`` by default the gradient of the mean next-token
         cross-entropy (``tokens[:, 1:]`` predicted from each earlier position). Parameter gradients
         accumulate, as with any backward pass. ``pos_slice``, ``remove_batch_dim``: as in
         ``get_caching_hooks``; ``device``: where the torch twin's entries go ("cpu" only for NumPy);
@@ -528,14 +655,23 @@ class HookedMixin:
         """
         tokens = self._as_tokens(model_args[0] if model_args else model_kwargs.get("tokens"))
         if remove_batch_dim and tokens.shape[0] != 1:
-            raise ValueError(f"remove_batch_dim=True needs a batch of 1, got tokens of shape {tuple(tokens.shape)}")
+            raise ValueError(
+                f"remove_batch_dim=True needs a batch of 1, got tokens of shape "
+                f"{tuple(tokens.shape)}"
+            )
         returned = _return_type(model_args, model_kwargs)
         if incl_bwd and model_kwargs.get("stop_at_layer") is not None:
-            raise ValueError("incl_bwd=True cannot be combined with stop_at_layer: the run returns the residual "
-                             "stream entering that layer, not an output to backpropagate (as TransformerLens 4)")
+            raise ValueError(
+                "incl_bwd=True cannot be combined with stop_at_layer: the run returns the residual "
+                "stream entering that layer, not an output to backpropagate (as TransformerLens 4)"
+            )
         if incl_bwd and returned is None:
-            raise ValueError("incl_bwd=True needs an output to backpropagate; return_type=None returns nothing")
-        store, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice)
+            raise ValueError(
+                "incl_bwd=True needs an output to backpropagate; return_type=None returns nothing"
+            )
+        store, fwd, bwd = self.get_caching_hooks(
+            names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice
+        )
         names = [name for name, _ in fwd]
         with self.hooks(fwd, bwd, reset_hooks_end, clear_contexts):
             result = self(*model_args, **model_kwargs)
@@ -543,14 +679,17 @@ class HookedMixin:
                 if dout is None and returned == "logits":
                     dout = self._default_dout(result, tokens)
                 self._backward_from(result, dout)
-        # activations in forward order, then their gradients in the same order (the same dict, reordered)
+        # activations in forward order, then their gradients in the same order (the same dict,
+        # reordered)
         order = [key for key in names + [name + GRAD_SUFFIX for name in names] if key in store]
         ordered = {key: store[key] for key in order}
         store.clear()
         store.update(ordered)
         if not return_cache_object:
             return result, store
-        return result, ActivationCache(store, self.cfg, tokens, model=self, has_batch_dim=not remove_batch_dim)
+        return result, ActivationCache(
+            store, self.cfg, tokens, model=self, has_batch_dim=not remove_batch_dim
+        )
 
     def _check_device(self, device):
         """Where cached entries may go: anything torch takes on the torch twin (checked there)."""
@@ -563,12 +702,19 @@ class HookedMixin:
             return [name for name in names if names_filter(name)]
         if isinstance(names_filter, str):
             names_filter = [names_filter]
-        if not isinstance(names_filter, (list, tuple)) or not all(isinstance(n, str) for n in names_filter):
-            raise TypeError(f"names_filter must be None, a hook name, a list of names or a function, got {names_filter!r}")
+        if not isinstance(names_filter, (list, tuple)) or not all(
+            isinstance(n, str) for n in names_filter
+        ):
+            raise TypeError(
+                f"names_filter must be None, a hook name, a list of names or a function, got "
+                f"{names_filter!r}"
+            )
         wanted = [hook_name(n, n_layers=self.cfg.n_layers) for n in names_filter]
         unknown = [n for n in wanted if n not in names]
         if unknown:
-            raise HookNameError(f"names_filter: this model has no hook named {', '.join(map(repr, unknown))}")
+            raise HookNameError(
+                f"names_filter: this model has no hook named {', '.join(map(repr, unknown))}"
+            )
         # an alias brings its point's own name along (hook_embed: embed.hook_out), as on the bridge
         wanted += [self.hook_dict[name].name for name in wanted]
         return [name for name in names if name in wanted]
@@ -576,24 +722,29 @@ class HookedMixin:
     # --- written once: folding the LayerNorms ---
 
     def fold_layer_norm(self, center_weights=True):
-        """Fold every LayerNorm's w and b into the weights that read its output (TransformerLens's ``fold_ln``).
+        """Fold every LayerNorm's w and b into the weights that read its output (TransformerLens's
+        ``fold_ln``).
 
         ln1 into W_Q, W_K, W_V and their biases, ln2 into W_in and b_in, ln_final into W_U and b_U
         (``foundation/lens/folding.py`` has the formulas); each LayerNorm becomes a ``LayerNormPre``
-        (centre, divide by the scale, no w or b) and ``cfg.normalization_type`` becomes "LNPre".
-        The logits are unchanged (up to rounding), and the caches, decompositions and
-        ``logit_attrs`` read as on a TransformerLens model loaded with ``fold_ln=True``.
-        ``center_weights`` (TransformerLens's default) also removes the mean over d_model of each
-        folded weight, which reads a vector of mean zero. Hooks on the old LayerNorms' hook points go
-        with them. Needs a pre-norm model with an unembedding; returns the model.
+        (centre, divide by the scale, no w or b) and ``cfg.normalization_type`` becomes "LNPre". The
+        logits are unchanged (up to rounding), and the caches, decompositions and ``logit_attrs``
+        read as on a TransformerLens model loaded with ``fold_ln=True``. ``center_weights``
+        (TransformerLens's default) also removes the mean over d_model of each folded weight, which
+        reads a vector of mean zero. Hooks on the old LayerNorms' hook points go with them. Needs a
+        pre-norm model with an unembedding; returns the model.
         """
         cfg = self.cfg
         if cfg.normalization != "pre" or cfg.normalization_type != "LN":
-            raise ValueError(f"fold_layer_norm needs LayerNorms with w and b before the parts that read them "
-                             f"(normalization='pre', normalization_type='LN'), got normalization="
-                             f"{cfg.normalization!r}, normalization_type={cfg.normalization_type!r}")
+            raise ValueError(
+                f"fold_layer_norm needs LayerNorms with w and b before the parts that read them "
+                f"(normalization='pre', normalization_type='LN'), got normalization="
+                f"{cfg.normalization!r}, normalization_type={cfg.normalization_type!r}"
+            )
         if not cfg.unembed:
-            raise ValueError("fold_layer_norm needs an unembedding to fold ln_final into (cfg.unembed=True)")
+            raise ValueError(
+                "fold_layer_norm needs an unembedding to fold ln_final into (cfg.unembed=True)"
+            )
         if not isinstance(center_weights, bool):
             raise TypeError(f"center_weights must be a bool, got {center_weights!r}")
         state_dict = {name: as_numpy(value) for name, value in self.state_dict().items()}
@@ -614,8 +765,9 @@ class HookedMixin:
         self.load_state_dict(folded)
         return self
 
-    def process_weights(self, fold_ln=True, center_writing_weights=True, center_unembed=True,
-                        fold_value_biases=True):
+    def process_weights(
+        self, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
+    ):
         """TransformerLens 4's weight processing, as ``bridge.process_weights()`` and
         ``enable_compatibility_mode()`` do it (the same arguments and defaults): the logits stay the
         same (up to rounding), and every cached activation then equals the bridge's in compatibility
@@ -624,15 +776,24 @@ class HookedMixin:
         their mean over the vocabulary; ``fold_value_biases``: b_V folded into b_O
         (``foundation/lens/folding.py`` has each formula). Returns the model.
         """
-        _check_flags(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                     center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+        _check_flags(
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+        )
         if fold_ln:
             self.fold_layer_norm(center_weights=True)
         state_dict = {name: as_numpy(value) for name, value in self.state_dict().items()}
         if center_writing_weights:
-            if self.cfg.normalization != "pre" or self.cfg.normalization_type not in ("LN", "LNPre"):
-                raise ValueError("center_writing_weights needs a LayerNorm (that removes the mean) "
-                                 "before every reader of the residual stream: a pre-norm model")
+            if self.cfg.normalization != "pre" or self.cfg.normalization_type not in (
+                "LN",
+                "LNPre",
+            ):
+                raise ValueError(
+                    "center_writing_weights needs a LayerNorm (that removes the mean) "
+                    "before every reader of the residual stream: a pre-norm model"
+                )
             state_dict = folding.center_writing_weights(state_dict, self.cfg)
         if center_unembed:
             if not self.cfg.unembed:
@@ -651,14 +812,16 @@ def _check_flags(**flags):
 
 
 def _return_type(model_args, model_kwargs):
-    """The ``return_type`` a forward call asks for (its second argument), "logits" when not given."""
+    """The ``return_type`` a forward call asks for (its second argument), "logits" when not
+    given."""
     if len(model_args) > 1:
         return model_args[1]
     return model_kwargs.get("return_type", "logits")
 
 
 def split_outputs(result):
-    """What a forward returned -> (logits or None, loss or None): logits have 3 axes, a loss 0 or 2."""
+    """What a forward returned -> (logits or None, loss or None): logits have 3 axes, a loss 0 or
+    2."""
     if isinstance(result, tuple):
         return result
     if result is None:
@@ -669,6 +832,10 @@ def split_outputs(result):
 def check_next_token_loss(cfg, tokens):
     """The default gradient of ``run_with_cache(incl_bwd=True)`` needs logits and two positions."""
     if not cfg.unembed:
-        raise ValueError("run_with_cache(incl_bwd=True) without dout needs logits (cfg.unembed=True); pass dout")
+        raise ValueError(
+            "run_with_cache(incl_bwd=True) without dout needs logits (cfg.unembed=True); pass dout"
+        )
     if tokens.shape[1] < 2:
-        raise ValueError("tokens need at least 2 positions for a next-token loss; pass dout instead")
+        raise ValueError(
+            "tokens need at least 2 positions for a next-token loss; pass dout instead"
+        )

@@ -1,9 +1,13 @@
 """Running the model as TransformerLens users do, written once for both twins.
 
-    model(tokens, return_type="loss")            the mean next-token cross-entropy ("logits", "both", None too)
-    model(tokens, return_type="loss", loss_per_token=True)   one loss per predicted token [batch, pos - 1]
-    model.generate(tokens, max_new_tokens=5, do_sample=False, verbose=False)   greedy; do_sample samples
-    model.to_tokens("the cat sat"), model.to_str_tokens(...), model.to_string(...)   with model.tokenizer
+    model(tokens, return_type="loss")
+        the mean next-token cross-entropy ("logits", "both", None too)
+    model(tokens, return_type="loss", loss_per_token=True)
+        one loss per predicted token [batch, pos - 1]
+    model.generate(tokens, max_new_tokens=5, do_sample=False, verbose=False)
+        greedy; do_sample samples
+    model.to_tokens("the cat sat"), model.to_str_tokens(...), model.to_string(...)
+        with model.tokenizer
 
 The twin-specific steps are the next-token loss (the twin's own log-softmax and loss),
 turning an int ndarray into the model's own tokens (a tensor on the model's device for the
@@ -29,8 +33,11 @@ RETURN_TYPES = ("logits", "loss", "both", None)
 GENERATE_RETURN_TYPES = ("input", "str", "tensor")
 
 
-def sample_logits(final_logits, top_k=None, top_p=None, temperature=1.0, freq_penalty=0.0, tokens=None, rng=None):
-    """One token per row of ``final_logits`` [batch, d_vocab] -> ids [batch] (TransformerLens's ``sample_logits``).
+def sample_logits(
+    final_logits, top_k=None, top_p=None, temperature=1.0, freq_penalty=0.0, tokens=None, rng=None
+):
+    """One token per row of ``final_logits`` [batch, d_vocab] -> ids [batch] (TransformerLens's
+    ``sample_logits``).
 
     ``temperature=0``: the most likely token (argmax; the lowest id among ties). Otherwise the
     logits are divided by ``temperature``, ``freq_penalty`` times each token's count in
@@ -42,12 +49,14 @@ def sample_logits(final_logits, top_k=None, top_p=None, temperature=1.0, freq_pe
     logits = np.array(final_logits, dtype=np.float64)  # [batch, d_vocab]
     if temperature == 0:
         return logits.argmax(axis=-1)  # [batch]
-    with np.errstate(over="ignore"):  # the max subtracted first: a tiny temperature sends the rest to -inf, never NaN
+    # the max subtracted first: a tiny temperature sends the rest to -inf, never NaN
+    with np.errstate(over="ignore"):
         logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature  # [batch, d_vocab]
     if freq_penalty > 0:
         if tokens is None:
             raise ValueError("freq_penalty needs the tokens so far")
-        counts = np.stack([np.bincount(row, minlength=logits.shape[-1]) for row in tokens])  # [batch, d_vocab]
+        # [batch, d_vocab]
+        counts = np.stack([np.bincount(row, minlength=logits.shape[-1]) for row in tokens])
         logits = logits - freq_penalty * counts
     if top_k is not None:
         kth = np.sort(logits, axis=-1)[:, -top_k][:, None]  # [batch, 1]: the k-th largest logit
@@ -56,7 +65,8 @@ def sample_logits(final_logits, top_k=None, top_p=None, temperature=1.0, freq_pe
         order = np.argsort(-logits, axis=-1, kind="stable")  # [batch, d_vocab]: most likely first
         sorted_logits = np.take_along_axis(logits, order, axis=-1)  # [batch, d_vocab]
         sorted_probs = np.exp(sorted_logits - sorted_logits[:, :1])  # [batch, d_vocab]
-        cumulative = np.cumsum(sorted_probs / sorted_probs.sum(axis=-1, keepdims=True), axis=-1)  # [batch, d_vocab]
+        # [batch, d_vocab]
+        cumulative = np.cumsum(sorted_probs / sorted_probs.sum(axis=-1, keepdims=True), axis=-1)
         remove_sorted = np.zeros_like(cumulative, dtype=bool)  # [batch, d_vocab]
         remove_sorted[:, 1:] = cumulative[:, :-1] > top_p  # the token that crosses top_p is kept
         remove = np.zeros_like(remove_sorted)  # [batch, d_vocab], back in id order
@@ -69,14 +79,18 @@ def sample_logits(final_logits, top_k=None, top_p=None, temperature=1.0, freq_pe
 
 
 class RunningMixin:
-    """return_type, loss_per_token, generate and the tokenizer helpers; the model provides ``_next_token_loss``."""
+    """return_type, loss_per_token, generate and the tokenizer helpers; the model provides
+    ``_next_token_loss``."""
 
-    tokenizer = None  # a foundation.lens.vocab.WordVocabulary (or anything with encode, decode, id_to_word)
+    # a foundation.lens.vocab.WordVocabulary (or anything with encode, decode, id_to_word)
+    tokenizer = None
     _loss = None  # the loss module of the last forward, when it returned a loss
     _loss_shape = None  # and that loss's shape
-    takes_any_tokens = True  # the boundary turns lists and the other library's arrays into this twin's
+    # the boundary turns lists and the other library's arrays into this twin's
+    takes_any_tokens = True
 
-    # --- the twin-specific steps (torch_impl's model overrides the two below; hooked.py the loss) ---
+    # --- the twin-specific steps (torch_impl's model overrides the two below; hooked.py the loss)
+    # ---
 
     def _native_tokens(self, tokens):
         """An int ndarray [batch, pos] -> what this model's forward takes."""
@@ -87,12 +101,14 @@ class RunningMixin:
         return nullcontext()
 
     def _next_token_loss(self, out, tokens, per_token):
-        """The cross-entropy of each ``tokens[:, p + 1]`` given the logits at p: its mean, or [batch, pos - 1].
+        """The cross-entropy of each ``tokens[:, p + 1]`` given the logits at p: its mean, or
+        [batch, pos - 1].
 
         The loss module is kept (``_loss``): the NumPy model's ``backward`` starts from it.
         """
         loss = self.loss_class(reduction="none" if per_token else "mean")
-        vars(self)["_loss"] = loss  # not a part of the model: no parameters, and not in named_modules()
+        # not a part of the model: no parameters, and not in named_modules()
+        vars(self)["_loss"] = loss
         return loss(out[:, :-1], tokens[:, 1:])  # [] or [batch, pos - 1]
 
     # --- written once ---
@@ -104,8 +120,8 @@ class RunningMixin:
             raise ValueError(f"return_type={return_type!r} needs logits (cfg.unembed=True)")
 
     def gradient_shape(self, result):
-        """``backward`` takes the gradient of the output (the logits), whatever ``return_type`` gave back
-        (the NumPy twin's ``backward`` also starts from the loss: see numpy_impl/model.py)."""
+        """``backward`` takes the gradient of the output (the logits), whatever ``return_type`` gave
+        back (the NumPy twin's ``backward`` also starts from the loss: see numpy_impl/model.py)."""
         return self._output_shape
 
     def _stop_layer(self, stop_at_layer):
@@ -116,13 +132,16 @@ class RunningMixin:
         if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, (int, np.integer)):
             raise TypeError(f"stop_at_layer must be an int or None, got {stop_at_layer!r}")
         if not -n_layers <= stop_at_layer <= n_layers:
-            raise ValueError(f"stop_at_layer must lie in [-n_layers, n_layers] = [{-n_layers}, {n_layers}], "
-                             f"got {stop_at_layer}")
+            raise ValueError(
+                f"stop_at_layer must lie in [-n_layers, n_layers] = [{-n_layers}, {n_layers}], "
+                f"got {stop_at_layer}"
+            )
         return int(stop_at_layer) % n_layers if stop_at_layer < 0 else int(stop_at_layer)
 
     def _stopped(self, resid):
-        """What ``forward(..., stop_at_layer=k)`` returns: the residual stream entering block k, whatever
-        ``return_type`` says (as TransformerLens's bridge). No backward starts from it here."""
+        """What ``forward(..., stop_at_layer=k)`` returns: the residual stream entering block k,
+        whatever ``return_type`` says (as TransformerLens's bridge). No backward starts from it
+        here."""
         self._output_shape = None
         vars(self)["_loss"] = vars(self)["_loss_shape"] = None
         return resid
@@ -133,22 +152,41 @@ class RunningMixin:
         ``loss_per_token``: the loss of each predicted token [batch, pos - 1] instead of their mean.
         """
         self._output_shape = tuple(out.shape)
-        vars(self)["_loss"] = vars(self)["_loss_shape"] = None  # only the loss this forward returns starts backward()
+        # only the loss this forward returns starts backward()
+        vars(self)["_loss"] = vars(self)["_loss_shape"] = None
         if return_type == "logits":
             return out
         if return_type is None:
             return None
         if tokens.shape[1] < 2:
-            raise ValueError(f"return_type={return_type!r}: tokens need at least 2 positions for a next-token loss")
+            raise ValueError(
+                f"return_type={return_type!r}: tokens need at least 2 positions for a next-token "
+                f"loss"
+            )
         # position p predicts tokens[:, p + 1]; the last position predicts nothing
         loss = self._next_token_loss(out, tokens, loss_per_token)  # [] or [batch, pos - 1]
         vars(self)["_loss_shape"] = tuple(loss.shape)
         return loss if return_type == "loss" else (out, loss)
 
-    def generate(self, input="", max_new_tokens=10, stop_at_eos=True, eos_token_id=None, do_sample=True, top_k=None,
-                 top_p=None, temperature=1.0, freq_penalty=0.0, use_past_kv_cache=True, prepend_bos=None,
-                 return_type="input", verbose=True, seed=None):
-        """Extend ``input`` by up to ``max_new_tokens`` ids, one forward pass each (TransformerLens's arguments).
+    def generate(
+        self,
+        input="",
+        max_new_tokens=10,
+        stop_at_eos=True,
+        eos_token_id=None,
+        do_sample=True,
+        top_k=None,
+        top_p=None,
+        temperature=1.0,
+        freq_penalty=0.0,
+        use_past_kv_cache=True,
+        prepend_bos=None,
+        return_type="input",
+        verbose=True,
+        seed=None,
+    ):
+        """Extend ``input`` by up to ``max_new_tokens`` ids, one forward pass each
+        (TransformerLens's arguments).
 
         ``input``: tokens [batch, pos] (any int array or nested list) or a str (encoded with
         ``model.tokenizer``, ``prepend_bos`` as in ``to_tokens``). ``do_sample=False``: greedy, the
@@ -157,33 +195,57 @@ class RunningMixin:
         ``freq_penalty``, from a ``numpy.random.Generator`` seeded by ``seed`` (this project's
         argument: the same seed draws the same tokens in both twins). ``stop_at_eos``: a sequence
         that produced ``eos_token_id`` (default: the tokenizer's ``eos_token``, if it has one) is
-        padded with it, and generation ends when every sequence has; with no end-of-text id known
-        it runs the full ``max_new_tokens``. ``return_type``: "input" (a str for a str, else tokens),
+        padded with it, and generation ends when every sequence has; with no end-of-text id known it
+        runs the full ``max_new_tokens``. ``return_type``: "input" (a str for a str, else tokens),
         "str" (a str; a list of them for a batch) or "tensor" (the model's own array type).
         ``verbose`` prints progress to stderr. ``use_past_kv_cache`` changes nothing here: there is
-        no key-value cache, every step runs the whole sequence (the tokens are the same).
-        The prompt plus the new tokens must fit in n_ctx.
+        no key-value cache, every step runs the whole sequence (the tokens are the same). The prompt
+        plus the new tokens must fit in n_ctx.
         """
         if not self.cfg.unembed:
             raise ValueError("generate needs logits (cfg.unembed=True)")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        if (
+            isinstance(max_new_tokens, bool)
+            or not isinstance(max_new_tokens, (int, np.integer))
+            or max_new_tokens < 0
+        ):
             raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
         temperature = check_temperature(temperature)
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
-                                  or not 0 < top_k <= self.cfg.d_vocab):
-            raise ValueError(f"top_k must be None or an int in [1, d_vocab={self.cfg.d_vocab}], got {top_k!r}")
-        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        if top_k is not None and (
+            isinstance(top_k, bool)
+            or not isinstance(top_k, (int, np.integer))
+            or not 0 < top_k <= self.cfg.d_vocab
+        ):
+            raise ValueError(
+                f"top_k must be None or an int in [1, d_vocab={self.cfg.d_vocab}], got {top_k!r}"
+            )
+        if top_p is not None and (
+            isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1
+        ):
             raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
-        if isinstance(freq_penalty, bool) or not isinstance(freq_penalty, (int, float)) or not freq_penalty >= 0:
+        if (
+            isinstance(freq_penalty, bool)
+            or not isinstance(freq_penalty, (int, float))
+            or not freq_penalty >= 0
+        ):
             raise ValueError(f"freq_penalty must be a number >= 0, got {freq_penalty!r}")
-        if not math.isfinite(float(freq_penalty) * self.cfg.n_ctx):  # counts reach n_ctx; inf-inf: NaN
-            raise ValueError(f"freq_penalty must be finite, and stay finite times "
-                             f"n_ctx={self.cfg.n_ctx}, "
-                             f"got {freq_penalty!r}")
+        # counts reach n_ctx; inf-inf: NaN
+        if not math.isfinite(float(freq_penalty) * self.cfg.n_ctx):
+            raise ValueError(
+                f"freq_penalty must be finite, and stay finite times "
+                f"n_ctx={self.cfg.n_ctx}, "
+                f"got {freq_penalty!r}"
+            )
         if return_type not in GENERATE_RETURN_TYPES:
-            raise ValueError(f"return_type must be one of {GENERATE_RETURN_TYPES}, got {return_type!r}")
-        for name, flag in (("stop_at_eos", stop_at_eos), ("do_sample", do_sample), ("verbose", verbose),
-                           ("use_past_kv_cache", use_past_kv_cache)):
+            raise ValueError(
+                f"return_type must be one of {GENERATE_RETURN_TYPES}, got {return_type!r}"
+            )
+        for name, flag in (
+            ("stop_at_eos", stop_at_eos),
+            ("do_sample", do_sample),
+            ("verbose", verbose),
+            ("use_past_kv_cache", use_past_kv_cache),
+        ):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {flag!r}")
         text_in = isinstance(input, str)
@@ -193,54 +255,78 @@ class RunningMixin:
         else:
             rows, prepended = self._token_rows(input), False  # [batch, pos]
         if rows.shape[1] + max_new_tokens > self.cfg.n_ctx:
-            raise ValueError(f"generate: {rows.shape[1]} tokens + max_new_tokens={max_new_tokens} exceed "
-                             f"n_ctx={self.cfg.n_ctx}")
+            raise ValueError(
+                f"generate: {rows.shape[1]} tokens + max_new_tokens={max_new_tokens} exceed "
+                f"n_ctx={self.cfg.n_ctx}"
+            )
         stop_tokens = self._stop_tokens(stop_at_eos, eos_token_id)
-        finished = np.zeros(rows.shape[0], dtype=bool)  # [batch]: which sequences produced a stop token
+        # [batch]: which sequences produced a stop token
+        finished = np.zeros(rows.shape[0], dtype=bool)
         rng = np.random.default_rng(seed)
         with self._inference():
             for step in range(max_new_tokens):
                 logits = self(self._native_tokens(rows))  # [batch, pos, d_vocab]
                 last = as_float64(logits)[:, -1]  # [batch, d_vocab]
                 if do_sample:
-                    new = sample_logits(last, top_k, top_p, temperature, freq_penalty, rows, rng)  # [batch]
+                    # [batch]
+                    new = sample_logits(last, top_k, top_p, temperature, freq_penalty, rows, rng)
                 else:
                     new = last.argmax(axis=-1)  # [batch]
                 if stop_tokens:
-                    new = np.where(finished, stop_tokens[0], new)  # a finished sequence is padded with eos
+                    # a finished sequence is padded with eos
+                    new = np.where(finished, stop_tokens[0], new)
                     finished |= np.isin(new, stop_tokens)
                 rows = np.concatenate([rows, new[:, None]], axis=1)  # [batch, pos + 1]
                 if verbose:
-                    print(f"\rgenerate: {step + 1}/{max_new_tokens} tokens", end="", file=sys.stderr, flush=True)
+                    print(
+                        f"\rgenerate: {step + 1}/{max_new_tokens} tokens",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 if stop_tokens and finished.all():
                     break
         if verbose:
             print(file=sys.stderr)
         if return_type == "str" or (return_type == "input" and text_in):
             text_rows = rows[:, 1:] if prepended else rows  # the BOS that to_tokens put in front
-            return self.to_string(text_rows[0]) if text_rows.shape[0] == 1 else self.to_string(text_rows)
+            return (
+                self.to_string(text_rows[0])
+                if text_rows.shape[0] == 1
+                else self.to_string(text_rows)
+            )
         return self._native_tokens(rows)
 
     def _stop_tokens(self, stop_at_eos, eos_token_id):
-        """The ids that end a sequence: [eos_token_id ...], the tokenizer's eos token, or [] (none known, not stopping)."""
+        """The ids that end a sequence: [eos_token_id ...], the tokenizer's eos token, or [] (none
+        known, not stopping)."""
         if not stop_at_eos:
             return []
         if eos_token_id is None:
-            eos_token_id = getattr(self.tokenizer, "eos_token_id", None)  # a Hugging Face tokenizer's
+            # a Hugging Face tokenizer's
+            eos_token_id = getattr(self.tokenizer, "eos_token_id", None)
             eos_token = getattr(self.tokenizer, "eos_token", None)
             if eos_token_id is None and eos_token is not None and hasattr(self.tokenizer, "ids"):
-                eos_token_id = self.tokenizer.ids[eos_token]  # a WordVocabulary with an end-of-text word
+                # a WordVocabulary with an end-of-text word
+                eos_token_id = self.tokenizer.ids[eos_token]
             if eos_token_id is None:
                 return []
         ids = [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else list(eos_token_id)
-        if not ids or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
-                              and 0 <= i < self.cfg.d_vocab for i in ids):
-            raise ValueError(f"eos_token_id must be a token id in [0, d_vocab={self.cfg.d_vocab}) or a list of "
-                             f"them, got {eos_token_id!r}")
+        if not ids or not all(
+            isinstance(i, (int, np.integer))
+            and not isinstance(i, bool)
+            and 0 <= i < self.cfg.d_vocab
+            for i in ids
+        ):
+            raise ValueError(
+                f"eos_token_id must be a token id in [0, d_vocab={self.cfg.d_vocab}) or a list of "
+                f"them, got {eos_token_id!r}"
+            )
         return [int(i) for i in ids]
 
     def _token_rows(self, tokens):
-        """str (via the tokenizer), nested lists, an ndarray or a tensor -> int ndarray [batch, pos]."""
+        """str (via the tokenizer), nested lists, an ndarray or a tensor -> int ndarray
+        [batch, pos]."""
         if isinstance(tokens, str):
             return as_token_rows(self.to_tokens(tokens))
         rows = as_token_rows(tokens)
@@ -250,27 +336,39 @@ class RunningMixin:
 
     def _require_tokenizer(self, method):
         if self.tokenizer is None:
-            raise ValueError(f"{method} needs model.tokenizer, e.g. model.tokenizer = "
-                             "foundation.lens.vocab.WordVocabulary(['<pad>', 'the', 'cat', ...])")
+            raise ValueError(
+                f"{method} needs model.tokenizer, e.g. model.tokenizer = "
+                "foundation.lens.vocab.WordVocabulary(['<pad>', 'the', 'cat', ...])"
+            )
         return self.tokenizer
 
     def to_tokens(self, input, prepend_bos=None):
-        """A str (or a list of str of equal length in words) -> tokens [batch, pos] as the model takes them.
+        """A str (or a list of str of equal length in words) -> tokens [batch, pos] as the model
+        takes them.
 
         ``prepend_bos``: None follows the tokenizer (True when it has a ``bos_token``).
         TransformerLens prepends its BOS token by default; the seed vocabulary has none.
         """
         vocab = self._require_tokenizer("to_tokens")
         texts = [input] if isinstance(input, str) else input
-        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+        if (
+            not isinstance(texts, (list, tuple))
+            or not texts
+            or not all(isinstance(t, str) for t in texts)
+        ):
             raise TypeError(f"input must be a str or a non-empty list of str, got {input!r}")
         if prepend_bos is None:
             prepend_bos = vocab.bos_token is not None
         if prepend_bos and vocab.bos_token is None:
             raise ValueError("prepend_bos=True, but model.tokenizer has no bos_token")
-        rows = [([vocab.ids[vocab.bos_token]] if prepend_bos else []) + vocab.encode(text) for text in texts]
+        rows = [
+            ([vocab.ids[vocab.bos_token]] if prepend_bos else []) + vocab.encode(text)
+            for text in texts
+        ]
         if len({len(row) for row in rows}) != 1:
-            raise ValueError(f"input texts must have the same number of words (no padding here), got {texts!r}")
+            raise ValueError(
+                f"input texts must have the same number of words (no padding here), got {texts!r}"
+            )
         if not rows[0]:
             raise ValueError("input has no words")
         return self._native_tokens(np.array(rows, dtype=np.int64))  # [batch, pos]
@@ -278,15 +376,20 @@ class RunningMixin:
     def to_str_tokens(self, input, prepend_bos=None):
         """A str, or tokens [pos] or [1, pos] -> the list of its tokens as words."""
         vocab = self._require_tokenizer("to_str_tokens")
-        rows = as_token_rows(self.to_tokens(input, prepend_bos) if isinstance(input, str) else input)
+        rows = as_token_rows(
+            self.to_tokens(input, prepend_bos) if isinstance(input, str) else input
+        )
         if rows.ndim == 2 and rows.shape[0] == 1:
             rows = rows[0]
         if rows.ndim != 1:
-            raise ValueError(f"to_str_tokens takes one sequence: [pos] or [1, pos], got shape {rows.shape}")
+            raise ValueError(
+                f"to_str_tokens takes one sequence: [pos] or [1, pos], got shape {rows.shape}"
+            )
         return [vocab.id_to_word(token) for token in rows]
 
     def to_single_token(self, string):
-        """The id of a str that is one token (TransformerLens's ``to_single_token``), without a BOS."""
+        """The id of a str that is one token (TransformerLens's ``to_single_token``), without a
+        BOS."""
         rows = as_token_rows(self.to_tokens(string, prepend_bos=False))
         if rows.shape != (1, 1):
             raise ValueError(f"to_single_token: {string!r} is {rows.shape[1]} tokens, not one")
@@ -303,7 +406,11 @@ class RunningMixin:
 
 def check_temperature(temperature):
     """A finite real number >= 0 (Python's, NumPy's, a 0-d array, a Fraction) -> a float."""
-    if isinstance(temperature, np.ndarray) and temperature.ndim == 0 and temperature.dtype.kind in "fiu":
+    if (
+        isinstance(temperature, np.ndarray)
+        and temperature.ndim == 0
+        and temperature.dtype.kind in "fiu"
+    ):
         temperature = temperature[()]
     if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a real number >= 0, got {temperature!r}")

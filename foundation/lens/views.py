@@ -3,10 +3,12 @@
 Axes: layer, head, d_model, d_head, d_mlp, d_vocab, n_ctx.
 
     model.W_E  [d_vocab, d_model]     model.W_pos [n_ctx, d_model]     model.W_U [d_model, d_vocab]
-    model.W_Q, W_K, W_V  [layer, head, d_model, d_head]      model.b_Q, b_K, b_V  [layer, head, d_head]
+    model.W_Q, W_K, W_V  [layer, head, d_model, d_head]
+    model.b_Q, b_K, b_V  [layer, head, d_head]
     model.W_O  [layer, head, d_head, d_model]                model.b_O  [layer, d_model]
     model.W_in [layer, d_model, d_mlp]   model.W_out [layer, d_mlp, d_model]   b_in, b_out likewise
-    model.QK = FactoredMatrix(W_Q, W_K^T)   model.OV = FactoredMatrix(W_V, W_O)   [layer, head, d_model, d_model]
+    model.QK = FactoredMatrix(W_Q, W_K^T)   [layer, head, d_model, d_model]
+    model.OV = FactoredMatrix(W_V, W_O)     [layer, head, d_model, d_model]
 
 Each view is built from the parameters when it is read: the NumPy model's views are new arrays
 (editing one does not edit the model), the torch twin's are ``torch.stack`` of its parameters,
@@ -21,7 +23,8 @@ from foundation.lens.factored import FactoredMatrix
 
 
 def stack(arrays):
-    """``np.stack(arrays)`` for ndarrays, ``torch.stack(arrays)`` for tensors (no torch import here).
+    """``np.stack(arrays)`` for ndarrays, ``torch.stack(arrays)`` for tensors (no torch import
+    here).
 
     A tensor's ``new_empty`` makes the result on its device and dtype; filling it row by row
     keeps autograd's history, as ``torch.stack`` would.
@@ -39,19 +42,26 @@ def stack(arrays):
 
 
 class WeightViewsMixin:
-    """W_E, W_pos, W_U, b_U and the per-layer weights stacked over layers, as TransformerLens names them."""
+    """W_E, W_pos, W_U, b_U and the per-layer weights stacked over layers, as TransformerLens names
+    them."""
 
-    factored_matrix_class = FactoredMatrix  # torch_impl's model uses torch_impl's (torch.linalg inside)
+    # torch_impl's model uses torch_impl's (torch.linalg inside)
+    factored_matrix_class = FactoredMatrix
 
     def _param_value(self, parameter):
-        """The array behind a parameter: ``.data`` for NumPy (torch_impl returns the parameter itself)."""
+        """The array behind a parameter: ``.data`` for NumPy (torch_impl returns the parameter
+        itself)."""
         return parameter.data
 
     def _stacked(self, part, name):
         """One parameter of every block's ``part`` ("attn" or "mlp"), stacked over layers."""
         if part == "mlp" and self.cfg.attn_only:
-            raise AttributeError(f"{name}: this model is attention-only (cfg.attn_only=True) and has no MLP weights")
-        return stack([self._param_value(getattr(getattr(block, part), name)) for block in self.blocks])
+            raise AttributeError(
+                f"{name}: this model is attention-only (cfg.attn_only=True) and has no MLP weights"
+            )
+        return stack(
+            [self._param_value(getattr(getattr(block, part), name)) for block in self.blocks]
+        )
 
     @property
     def W_E(self):
@@ -59,7 +69,8 @@ class WeightViewsMixin:
 
     @property
     def W_pos(self):
-        """The learned table, or for sinusoidal positions the fixed table the model adds [n_ctx, d_model]."""
+        """The learned table, or for sinusoidal positions the fixed table the model adds
+        [n_ctx, d_model]."""
         if self.cfg.positional == "learned":
             return self._param_value(self.pos_embed.W_pos)  # [n_ctx, d_model]
         return self.pos_embed.table  # [n_ctx, d_model]
@@ -141,6 +152,7 @@ class WeightViewsMixin:
         return self.factored_matrix_class(self.W_V, self.W_O)
 
     def tokens_to_residual_directions(self, tokens):
-        """The unembedding direction of each token, W_U[:, token] -> [*tokens.shape, d_model] (as TransformerLens)."""
+        """The unembedding direction of each token, W_U[:, token] -> [*tokens.shape, d_model] (as
+        TransformerLens)."""
         W_U = self.W_U  # [d_model, d_vocab]
         return W_U.swapaxes(0, 1)[tokens]  # [*tokens.shape, d_model]

@@ -20,12 +20,17 @@ from foundation.contract.checks import tokens_as_array
 
 
 class WordVocabulary:
-    """An ordered list of distinct words; a word's id is its index. ``bos_token`` (optional) starts sequences."""
+    """An ordered list of distinct words; a word's id is its index. ``bos_token`` (optional) starts
+    sequences."""
 
     def __init__(self, words, bos_token=None):
         words = list(words)
-        if not words or not all(isinstance(w, str) and w and not any(c.isspace() for c in w) for w in words):
-            raise ValueError(f"words must be a non-empty list of non-empty strings without spaces, got {words!r}")
+        if not words or not all(
+            isinstance(w, str) and w and not any(c.isspace() for c in w) for w in words
+        ):
+            raise ValueError(
+                f"words must be a non-empty list of non-empty strings without spaces, got {words!r}"
+            )
         if len(set(words)) != len(words):
             raise ValueError(f"words must be distinct, got {words!r}")
         if bos_token is not None and bos_token not in words:
@@ -43,7 +48,10 @@ class WordVocabulary:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         unknown = [word for word in text.split() if word not in self.ids]
         if unknown:
-            raise ValueError(f"text has words outside the vocabulary: {unknown!r}; the vocabulary is {self.words!r}")
+            raise ValueError(
+                f"text has words outside the vocabulary: {unknown!r}; the vocabulary is "
+                f"{self.words!r}"
+            )
         return [self.ids[word] for word in text.split()]
 
     def decode(self, ids):
@@ -61,7 +69,8 @@ class WordVocabulary:
 
 
 class BytePairTokenizer:
-    """GPT-2's byte-level BPE from ``vocab.json`` and ``merges.txt``, read by the ``tokenizers`` library.
+    """GPT-2's byte-level BPE from ``vocab.json`` and ``merges.txt``, read by the ``tokenizers``
+    library.
 
     The same surface as ``WordVocabulary`` (``encode``, ``decode``, ``id_to_word``, ``ids``,
     ``bos_token``), so ``model.to_tokens("Hello world")`` works as in TransformerLens: GPT-2
@@ -87,13 +96,17 @@ class BytePairTokenizer:
                 raise ValueError("vocab.json must map each token to an int id")
             # GPT-2's settings: no space added before the text, the byte-level regex split
             self.tokenizer = ByteLevelBPETokenizer(vocab, merges, add_prefix_space=False)
-        except Exception as error:  # RecursionError (deep JSON), ValueError, the library's Exception
-            raise ValueError(f"{str(vocab_path)!r} and {str(merges_path)!r} are not a byte-level BPE "
-                             f"vocabulary ({type(error).__name__}: {str(error)[:200]})") from None
+        # RecursionError (deep JSON), ValueError, the library's Exception
+        except Exception as error:
+            raise ValueError(
+                f"{str(vocab_path)!r} and {str(merges_path)!r} are not a byte-level BPE "
+                f"vocabulary ({type(error).__name__}: {str(error)[:200]})"
+            ) from None
         self.ids = self.tokenizer.get_vocab()  # {token as stored: id}
         self.bos_token = self.END_OF_TEXT if self.END_OF_TEXT in self.ids else None
         if self.bos_token is not None:
-            self.tokenizer.add_special_tokens([self.END_OF_TEXT])  # one token, never split into "<", "|", ...
+            # one token, never split into "<", "|", ...
+            self.tokenizer.add_special_tokens([self.END_OF_TEXT])
 
     def __len__(self):
         return len(self.ids)
@@ -112,8 +125,10 @@ class BytePairTokenizer:
             spelled = self.tokenizer.decode(ids, skip_special_tokens=False)
             lost = sorted(set(text) - set(spelled)) or sorted(set(text))
             missing = "".join(lost[:20])
-            raise ValueError(f"text: this vocabulary cannot spell {missing!r} (its byte symbols are "
-                             "missing from vocab.json); the text would lose them")
+            raise ValueError(
+                f"text: this vocabulary cannot spell {missing!r} (its byte symbols are "
+                "missing from vocab.json); the text would lose them"
+            )
         return ids
 
     def decode(self, ids):
@@ -134,7 +149,8 @@ class BytePairTokenizer:
         return "".join(pieces)
 
     def id_to_word(self, token):
-        """One token id -> its text, e.g. ' world' (a piece of a multi-byte character decodes to '\\ufffd')."""
+        """One token id -> its text, e.g. ' world' (a piece of a multi-byte character decodes to
+        '\\ufffd')."""
         return self.decode([token])
 
     def __repr__(self):
@@ -142,7 +158,8 @@ class BytePairTokenizer:
 
 
 class JsonTokenizer:
-    """A Hugging Face ``tokenizer.json`` (Llama's, Pythia's, ...) read by the ``tokenizers`` library.
+    """A Hugging Face ``tokenizer.json`` (Llama's, Pythia's, ...) read by the ``tokenizers``
+    library.
 
     The same surface as ``BytePairTokenizer``. ``encode`` adds no special tokens: ``to_tokens``
     prepends ``bos_token`` (config.json's ``bos_token_id``), as TransformerLens does for Llama;
@@ -154,21 +171,29 @@ class JsonTokenizer:
 
         from foundation.files.regular import read_text
 
-        text = read_text(path, BytePairTokenizer.MAX_FILE_BYTES, "tokenizer.json")  # regular, bounded
+        # regular, bounded
+        text = read_text(path, BytePairTokenizer.MAX_FILE_BYTES, "tokenizer.json")
         try:
             self.tokenizer = Tokenizer.from_str(text)
         except Exception as error:  # the library raises a bare Exception for a malformed file
-            raise ValueError(f"{str(path)!r} is not a tokenizers tokenizer.json ({error})") from None
+            raise ValueError(
+                f"{str(path)!r} is not a tokenizers tokenizer.json ({error})"
+            ) from None
         self.ids = self.tokenizer.get_vocab(with_added_tokens=True)  # {token as stored: id}
         self.bos_token = self._token(bos_token_id, "bos_token_id")
         self.eos_token = self._token(eos_token_id, "eos_token_id")
 
     def _token(self, token_id, name):
-        if isinstance(token_id, list):  # config.json may list several end-of-sequence ids: the first is the token
+        # config.json may list several end-of-sequence ids: the first is the token
+        if isinstance(token_id, list):
             token_id = token_id[0] if token_id else None
         if token_id is None:
             return None
-        token = self.tokenizer.id_to_token(token_id) if isinstance(token_id, int) and token_id >= 0 else None
+        token = (
+            self.tokenizer.id_to_token(token_id)
+            if isinstance(token_id, int) and token_id >= 0
+            else None
+        )
         if token is None:
             raise ValueError(f"config.json: {name} {token_id!r} is not a token of tokenizer.json")
         return token
@@ -177,13 +202,15 @@ class JsonTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text):
-        """Text -> token ids, without the special tokens a template would add (to_tokens adds BOS)."""
+        """Text -> token ids, without the special tokens a template would add (to_tokens adds
+        BOS)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids):
-        """Token ids -> text; special tokens written out, an id the vocabulary lacks as ``<|id 50300|>``."""
+        """Token ids -> text; special tokens written out, an id the vocabulary lacks as
+        ``<|id 50300|>``."""
         pieces, known = [], []
         for token in ids:
             token = int(token)
@@ -206,8 +233,10 @@ class JsonTokenizer:
 
 
 def as_token_rows(tokens, name="tokens"):
-    """Token ids from an ndarray, a tensor or nested lists -> an int ndarray (for decoding), checked first."""
-    tokens = tokens_as_array(tokens, name)  # lists entry by entry: True is no id; meta or sparse tensors refused
+    """Token ids from an ndarray, a tensor or nested lists -> an int ndarray (for decoding), checked
+    first."""
+    # lists entry by entry: True is no id; meta or sparse tensors refused
+    tokens = tokens_as_array(tokens, name)
     array = as_numpy(tokens)
     if array.dtype.kind not in "iu":
         raise TypeError(f"{name} must be token ids (ints), got dtype {array.dtype}")
@@ -215,7 +244,8 @@ def as_token_rows(tokens, name="tokens"):
 
 
 def _merges(text):
-    """merges.txt -> [(left, right)], one merge a line; the "#version" line and blank lines skipped."""
+    """merges.txt -> [(left, right)], one merge a line; the "#version" line and blank lines
+    skipped."""
     merges = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or (number == 1 and line.startswith("#version")):
