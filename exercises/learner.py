@@ -439,6 +439,13 @@ class Guard:
         self.work_dir, self.project = str(Path(work_dir).resolve()), str(Path(project).resolve())
         self.protected = [str((Path(project) / name).resolve()) for name in PROTECTED_IN_PROJECT]
         self.protected += [str(Path(p).resolve()) for p in extra_protected]
+        # the Python installation may sit inside the project (a virtual environment made there,
+        # as .ci/run's): its folders are not the project's files (an ancestor of it never is)
+        self.installation = [
+            real
+            for real in (os.path.realpath(entry) for entry in sys.path[1:] if entry)
+            if os.path.isdir(real) and not sandbox._under(self.project, real)
+        ]
         self.pid = os.getpid()
         self.busy = False
 
@@ -526,7 +533,9 @@ class Guard:
         inside = lambda folder: real == folder or real.startswith(folder + os.sep)  # noqa: E731
         if inside(self.package_dir) or inside(self.work_dir):
             return False
-        if inside(self.project) or any(inside(folder) for folder in self.protected):
+        if any(inside(folder) for folder in self.protected):
+            return True
+        if inside(self.project) and not any(inside(folder) for folder in self.installation):
             return True  # the project's files, .git and outputs/ among them
         return any(part in REFERENCE_FOLDERS for part in Path(real).parts[:-1])
 

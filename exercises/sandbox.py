@@ -181,6 +181,8 @@ def carve(path, roots):
         entry = os.path.join(path, name)
         if entry in inner:
             continue
+        if os.path.islink(entry) and any(_under(r, os.path.realpath(entry)) for r in inner):
+            continue  # another name for a folder that holds a root (a venv's lib64 -> lib)
         holds_one = any(_under(r, entry) for r in inner) and not os.path.islink(entry)
         kept += carve(entry, inner) if holds_one else [Path(entry)]
     return kept

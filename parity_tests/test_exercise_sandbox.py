@@ -325,3 +325,26 @@ def test_ci_allows_the_skip_only_where_the_kernel_lacks_landlock():
 
     assert _no_landlock("no Landlock here: an old kernel") == (ABI == 0)
     assert not _no_landlock("safetensors is not installed")
+
+
+def test_a_virtual_environment_inside_the_project_stays_readable(tmp_path, monkeypatch):
+    """.ci/run makes its venv inside the project: the wall grants its site-packages (the venv's
+    lib64 -> lib link must not close it), and the audit hook does not call reading it borrowing;
+    the project's other files stay out of reach."""
+    from exercises import sandbox
+    from exercises.learner import Guard
+
+    project = tmp_path / "project"
+    site = project / ".venv" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    (project / ".venv" / "lib64").symlink_to("lib")
+    (project / "numpy_impl").mkdir()
+    (project / "README.md").write_text("the project")
+    excluded = sandbox.carve(project, [site])
+    assert sandbox.split_roots([site], excluded) == [site.resolve()]
+    assert project / "numpy_impl" in excluded and project / "README.md" in excluded
+    monkeypatch.setattr(sys, "path", ["", str(site)])
+    guard = Guard(None, tmp_path / "copy", tmp_path / "copy", project)
+    assert not guard._reference(str(site / "safetensors" / "__init__.py"))
+    assert guard._reference(str(project / "numpy_impl" / "loss.py"))
+    assert guard._reference(str(project / "README.md"))
