@@ -204,22 +204,31 @@ def token_labels(model, row):
     return model.to_str_tokens(row)
 
 
-# gradient groups of the agreement table: label -> which parameter names it holds
+# gradient groups of the agreement table: label -> which parameter names it holds; a label ending
+# in ":" is followed by the names the model has (an RMSNorm has no b, GPT-NeoX no W_gate)
 GROUPS = [
     ("W_E + W_U.T (the tied matrix)", lambda name: name == "tied"),
     ("W_E", lambda name: name == "embed.W_E"),
     ("W_U", lambda name: name == "unembed.W_U"),
     ("pos_embed.W_pos", lambda name: name == "pos_embed.W_pos"),
-    ("attention W_Q, W_K, W_V, W_O", lambda name: ".attn.W_" in name or ".attn._W_" in name),
+    ("attention:", lambda name: ".attn.W_" in name or ".attn._W_" in name),
     (
-        "attention b_Q, b_V, b_O",
+        "attention:",
         lambda name: (".attn.b_" in name or ".attn._b_" in name) and not name.endswith("b_K"),
     ),
-    ("attention b_K *", lambda name: name.endswith(("attn.b_K", "attn._b_K"))),
-    ("MLP W_in, W_out, b_*, W_gate", lambda name: ".mlp." in name),
-    ("norms w, b", lambda name: ".ln" in name or name.startswith("ln_final")),
+    ("attention:", lambda name: name.endswith(("attn.b_K", "attn._b_K"))),
+    ("MLP:", lambda name: ".mlp." in name),
+    ("norms:", lambda name: ".ln" in name or name.startswith("ln_final")),
     ("unembed.b_U (not in the file)", lambda name: name == "unembed.b_U"),
 ]
+
+
+def group_label(label, names):
+    """The row's label: ``label``, or for "attention:", "MLP:", "norms:" the names present."""
+    if not label.endswith(":"):
+        return label
+    short = dict.fromkeys(name.rsplit(".", 1)[-1] for name in names)  # in the model's order
+    return f"{label[:-1]} {', '.join(short)}"
 
 
 def show_agreement(model, twin, tokens, tied=True):
@@ -263,12 +272,15 @@ def show_agreement(model, twin, tokens, tied=True):
             rel_err(np.asarray(float(loss)), loss_t.detach()),
         ),
     ]
+    # b_K's exact gradient is zero when the keys are not rotated: measured against the largest
+    starred = model.cfg.positional != "rotary"
     for label, member in GROUPS:
         names = [name for name in grads if member(name)]
         if names:
+            star = " *" if starred and all(n.endswith("b_K") for n in names) else ""
             rows.append(
                 (
-                    f"grad {label}",
+                    f"grad {group_label(label, names)}{star}",
                     max(np.abs(grads[n] - twin_grads[n]).max() for n in names),
                     max(errors[n] for n in names),
                 )
@@ -280,14 +292,13 @@ def show_agreement(model, twin, tokens, tied=True):
         f"  worst relative difference: {worst:.1e} ({model.cfg.dtype}; the parity tests require "
         f"<= {TOL[model.cfg.dtype]:.0e})"
     )
-    print(
-        "  * b_K's exact gradient is zero without rotary (softmax ignores a shift shared by every "
-        "key): it is"
-    )
-    print(
-        "    measured against the largest gradient in the model. A tied matrix's gradient is "
-        "W_E.grad + W_U.grad.T."
-    )
+    if any(label.endswith(" *") for label, _, _ in rows):
+        print(
+            "  * b_K's exact gradient is zero (softmax ignores a shift shared by every key): it is"
+        )
+        print("    measured against the largest gradient in the model.")
+    if tied:
+        print("  A tied matrix's gradient is W_E.grad + W_U.grad.T.")
 
 
 def show_generation(model, twin, tokens, new_tokens):
