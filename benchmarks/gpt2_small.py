@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tracemalloc
 
 # first: fwd_bwd sets --threads for the BLAS before NumPy and torch load, and puts the project on
 # the path
 import fwd_bwd
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from fwd_bwd import CLOCKS, blas_line, numpy_peak_bytes, seconds, torch_peak_bytes
+from fwd_bwd import CLOCKS, blas_line, seconds
 
 import numpy_impl  # noqa: E402
 import torch_impl  # noqa: E402
@@ -50,13 +51,14 @@ BATCH, POSITIONS = 1, 128
 
 
 class Setup:
-    """Both twins on the same random weights, tokens and upstream gradient."""
+    """Both twins on the same random weights, tokens and upstream gradient (``fields``: the
+    config's fields; benchmarks/smollm2_135m.py passes its own)."""
 
-    def __init__(self, dtype):
-        self.cfg = numpy_impl.TransformerConfig(**GPT2_SMALL, dtype=dtype)
+    def __init__(self, dtype, fields=GPT2_SMALL):
+        self.cfg = numpy_impl.TransformerConfig(**fields, dtype=dtype)
         rng = np.random.default_rng(0)
         self.model = numpy_impl.Transformer(self.cfg, seed=0)
-        for _, p in self.model.named_parameters():  # random LayerNorm weights and biases too
+        for _, p in self.model.named_parameters():  # random norm weights and biases too
             p.data += (0.1 * rng.standard_normal(p.shape)).astype(dtype)
         self.twin = torch_impl.Transformer.from_twin(self.model)
         self.tokens = rng.integers(0, self.cfg.d_vocab, size=(BATCH, POSITIONS))
@@ -74,8 +76,43 @@ class Setup:
         self.twin(self.tokens_t).backward(self.dout_t)
 
 
-def measure(dtype, rounds):
-    setup = Setup(dtype)
+def numpy_peak_bytes(setup):
+    """The most memory one NumPy step holds above what it started with (tracemalloc)."""
+    tracemalloc.start()
+    setup.numpy_step()
+    for _, module in setup.model.named_modules():  # start, as torch does, without saved values
+        if hasattr(module, "cache"):
+            module.cache = None
+    before = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    setup.numpy_step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak - before
+
+
+def torch_peak_bytes(setup):
+    """The most memory one torch step holds: torch's profiler's allocation events, added up."""
+    setup.torch_step()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        setup.torch_step()
+    # every allocation and free is a "[memory]" event carrying its size (negative for a free)
+    events = [
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]"
+    ]
+    held = peak = 0
+    for _, change in sorted(events):
+        held += change
+        peak = max(peak, held)
+    return peak
+
+
+def measure(dtype, rounds, fields=GPT2_SMALL):
+    """Alternating NumPy and torch steps: median times, their ratio, and each side's peak memory."""
+    setup = Setup(dtype, fields)
     setup.numpy_step()  # warm-up
     setup.torch_step()
     numpy_s, torch_s = [], []

@@ -22,17 +22,16 @@ and gradient buffers, NumPy by ``tracemalloc``, torch by ``torch.profiler``'s me
 from __future__ import annotations
 
 import argparse
-import statistics
 
 # first: fwd_bwd sets --threads for the BLAS before NumPy and torch load, and puts the project on
 # the path
 import fwd_bwd
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from fwd_bwd import CLOCKS, blas_line, numpy_peak_bytes, seconds, torch_peak_bytes
+from fwd_bwd import CLOCKS, blas_line
+from gpt2_small import BATCH, POSITIONS, measure
 
 import numpy_impl  # noqa: E402
-import torch_impl  # noqa: E402
 from foundation.files.weights import parameter_shapes  # noqa: E402
 
 SMOLLM2_135M = dict(
@@ -55,51 +54,6 @@ SMOLLM2_135M = dict(
     n_key_value_heads=3,
     causal=True,
 )
-BATCH, POSITIONS = 1, 128
-
-
-class Setup:
-    """Both twins on the same random weights, tokens and upstream gradient."""
-
-    def __init__(self, dtype):
-        self.cfg = numpy_impl.TransformerConfig(**SMOLLM2_135M, dtype=dtype)
-        rng = np.random.default_rng(0)
-        self.model = numpy_impl.Transformer(self.cfg, seed=0)
-        for _, p in self.model.named_parameters():  # random RMSNorm weights too
-            p.data += (0.1 * rng.standard_normal(p.shape)).astype(dtype)
-        self.twin = torch_impl.Transformer.from_twin(self.model)
-        self.tokens = rng.integers(0, self.cfg.d_vocab, size=(BATCH, POSITIONS))
-        self.dout = rng.standard_normal((BATCH, POSITIONS, self.cfg.d_vocab)).astype(dtype)
-        self.tokens_t = torch.from_numpy(self.tokens)
-        self.dout_t = torch.from_numpy(self.dout)
-
-    def numpy_step(self):
-        self.model.zero_grad()
-        self.model.forward(self.tokens)
-        self.model.backward(self.dout)
-
-    def torch_step(self):
-        self.twin.zero_grad(set_to_none=False)
-        self.twin(self.tokens_t).backward(self.dout_t)
-
-
-def measure(dtype, rounds):
-    setup = Setup(dtype)
-    setup.numpy_step()  # warm-up
-    setup.torch_step()
-    numpy_s, torch_s = [], []
-    for _ in range(rounds):
-        numpy_s.append(seconds(setup.numpy_step))
-        torch_s.append(seconds(setup.torch_step))
-    ratios = [n / t for n, t in zip(numpy_s, torch_s)]
-    return dict(
-        numpy=statistics.median(numpy_s),
-        torch=statistics.median(torch_s),
-        ratio=statistics.median(ratios),
-        ratios=ratios,
-        numpy_mib=numpy_peak_bytes(setup) / 2**20,
-        torch_mib=torch_peak_bytes(setup) / 2**20,
-    )
 
 
 def main():
@@ -153,7 +107,7 @@ def main():
         "   per-round ratios"
     )
     for dtype in ("float32", "float64") if args.dtype == "both" else (args.dtype,):
-        r = measure(dtype, args.rounds)
+        r = measure(dtype, args.rounds, SMOLLM2_135M)
         print(
             f"{dtype:8} {1e3 * r['numpy']:9.0f} {1e3 * r['torch']:9.0f} {r['ratio']:12.2f} "
             f"{r['numpy_mib']:10.1f} "
