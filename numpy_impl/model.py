@@ -40,6 +40,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         check_seed(seed, np.random.Generator)
         rng = np.random.default_rng(seed)
         self.cfg = check_config(cfg)
+        self.cache = None  # the first block the last forward ran on a residual stream given
         self.embed = TokenEmbedding(cfg, rng)
         self.hook_embed = self.embed.hook_out  # [batch, pos, d_model]; TransformerLens's alias: one point
         if cfg.positional == "learned":
@@ -58,24 +59,32 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
             if isinstance(module, HookPoint) and module.name is None:
                 module.name = name  # its own name: an alias (hook_embed) comes after it (embed.hook_out)
 
-    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer")
-    def forward(self, tokens, return_type="logits", loss_per_token=False, stop_at_layer=None):
+    @boundary(tokens="tokens or residual", return_type="return_type", loss_per_token="flag",
+              start_at_layer="start layer", stop_at_layer="layer")
+    def forward(self, tokens, return_type="logits", loss_per_token=False, start_at_layer=None,
+                stop_at_layer=None):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
         (logits, loss) or None; ``loss_per_token``: the loss of each predicted token [batch, pos - 1].
         ``stop_at_layer=k``: stop before block k and return the residual stream entering it
         [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
+        ``start_at_layer=k``: ``tokens`` is the residual stream entering block k instead
+        [batch, pos, d_model] (TransformerLens's ``input``), and blocks k and after run on it.
         ``backward`` takes the gradient of the output, or starts from the loss (see ``backward``).
         """
-        embed = self.embed(tokens)  # [batch, pos, d_model]
-        if self.cfg.positional == "rotary":
-            resid = embed  # [batch, pos, d_model]
+        start = self._start_layer(start_at_layer)  # None: the run starts from the tokens
+        self.cache = start  # backward: where the blocks began
+        if start is not None:
+            resid = tokens  # [batch, pos, d_model]: the residual stream entering block start
+        elif self.cfg.positional == "rotary":
+            resid = self.embed(tokens)  # [batch, pos, d_model]
         else:
+            embed = self.embed(tokens)  # [batch, pos, d_model]
             pos_embed = self.pos_embed(tokens)  # [batch, pos, d_model]
             resid = embed + pos_embed  # [batch, pos, d_model]
         stop = self._stop_layer(stop_at_layer)
-        for block in self.blocks[:stop]:
+        for block in self.blocks[start:stop]:
             resid = block(resid)  # [batch, pos, d_model]
         if stop < self.cfg.n_layers:
             return self._stopped(resid)
@@ -87,6 +96,9 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
     @boundary(dout="output or loss gradient")
     def backward(self, dout=None):
         """dout shaped like the output -> None (tokens are discrete); fills every parameter's grad.
+
+        After ``forward(resid, start_at_layer=k)``: returns d(resid) [batch, pos, d_model], the
+        gradient of the residual stream given (torch: ``resid.grad``).
 
         After ``forward(..., return_type="loss")``: ``backward()`` backpropagates that loss, as
         ``loss.backward()``; with ``loss_per_token=True``, ``backward(dloss)`` (dloss [batch, pos - 1]).
@@ -102,9 +114,12 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         if self.cfg.normalization == "pre":
             # forward: resid = ln_final(resid)   (pre-norm only)
             dresid = self.ln_final.backward(dresid)  # [batch, pos, d_model]
-        for block in reversed(self.blocks):
+        start = self.cache  # forward(..., start_at_layer=start); None: from the tokens
+        for block in reversed(self.blocks[start:]):
             # forward: resid = block(resid)   (for each block; undo the last one first)
             dresid = block.backward(dresid)  # [batch, pos, d_model]
+        if start is not None:
+            return dresid  # [batch, pos, d_model]: the gradient of the residual stream given
         # forward: resid = embed + pos_embed   (rotary: resid = embed)
         self.embed.backward(dresid)
         if self.cfg.positional != "rotary":

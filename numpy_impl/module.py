@@ -213,7 +213,8 @@ class Module:
     def _user_forward(self, body, signature, args, kwargs):
         """A user's forward -> (result, whether a non-finite input or hook made it non-finite)."""
         arguments = bind(self, body, signature, args, kwargs)
-        if "tokens" in arguments and getattr(self, "takes_any_tokens", False):
+        ids = "tokens" in arguments and arguments.get("start_at_layer") is None  # start_at_layer: a residual stream
+        if ids and getattr(self, "takes_any_tokens", False):
             arguments["tokens"] = tokens_as_array(arguments["tokens"])  # the model's: nested lists too
         check_arguments(self, body, arguments, np.ndarray)
         # the caller keeps its arrays: what the caches hold is ours alone

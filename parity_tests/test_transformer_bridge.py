@@ -17,7 +17,8 @@ biases) is written to a folder; the bridge boots on that folder and both twins l
   center_unembed, fold_value_biases) the logits and every cached activation equal the bridge's
   after ``enable_compatibility_mode()``.
 - the everyday calls (names_filter, stop_at_layer, hooks(), list_hooks, to_tokens /
-  to_str_tokens / to_string) give what the bridge gives (start_at_layer is not in the twins yet).
+  to_str_tokens / to_string, start_at_layer with the gradient of the residual stream given) give
+  what the bridge gives.
 - a random float64 Llama (parity_tests/llama_checkpoints.py: grouped-query attention, rotary,
   RMSNorm, SwiGLU): every name the bridge caches but its rotary tables (hook_cos, hook_sin,
   rotary_emb.hook_in: constants, kept without hook points in the twins) is in both twins'
@@ -330,6 +331,39 @@ def test_stop_at_layer_as_on_the_bridge(folder, tokens, stop):
             ValueError, match="stop_at_layer"
         ):  # the NumPy backward starts at the output only
             model.backward(np.random.default_rng(0).standard_normal(resid.shape))
+
+
+@pytest.mark.parametrize("start", [0, 1, -1])
+def test_start_at_layer_as_on_the_bridge(folder, tokens, start):
+    """forward and run_with_cache from the residual stream the bridge stopped at (start_at_layer):
+    the same logits, the same cached names (blocks before k left out), the same values; the
+    gradient of that residual stream (the NumPy backward returns it) equals the bridge's."""
+    bridge = boot(folder)
+    resid = bridge(hf_tokens(tokens), stop_at_layer=start).detach()  # [batch, pos, d_model]
+    theirs, their_cache = bridge.run_with_cache(resid, start_at_layer=start)
+    dout = np.random.default_rng(3).standard_normal(tuple(theirs.shape))
+    given = resid.clone().requires_grad_()
+    bridge(given, start_at_layer=start).backward(torch.from_numpy(dout))
+    for model in (npi.Transformer.from_pretrained(folder), tpi.Transformer.from_pretrained(folder)):
+        ours = (
+            resid.clone().requires_grad_() if isinstance(model, tpi.Transformer) else resid.numpy()
+        )
+        out, cache = model.run_with_cache(ours, start_at_layer=start)
+        assert rel_err(out, theirs) < TOL
+        assert set(cache.keys()) == set(their_cache.keys())
+        for name in (
+            "blocks.2.hook_resid_pre",
+            "ln_final.hook_in",
+            f"blocks.{start % N_LAYERS}.mlp.hook_post",
+        ):
+            assert rel_err(cache[name], their_cache[name]) < TOL, name
+        if isinstance(model, tpi.Transformer):
+            model(ours, start_at_layer=start).backward(torch.from_numpy(dout))
+            ours_grad = ours.grad
+        else:
+            model(ours, start_at_layer=start)
+            ours_grad = model.backward(dout)
+        assert rel_err(ours_grad, given.grad) < TOL
 
 
 # --- a Llama checkpoint: grouped-query attention, rotary, RMSNorm, SwiGLU ---

@@ -60,24 +60,31 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
             if isinstance(module, HookPoint) and module.name is None:
                 module.name = name  # its own name: an alias (hook_embed) comes after it (embed.hook_out)
 
-    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer")
-    def forward(self, tokens, return_type="logits", loss_per_token=False, stop_at_layer=None):
+    @boundary(tokens="tokens or residual", return_type="return_type", loss_per_token="flag",
+              start_at_layer="start layer", stop_at_layer="layer")
+    def forward(self, tokens, return_type="logits", loss_per_token=False, start_at_layer=None,
+                stop_at_layer=None):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
         (logits, loss) or None; ``loss_per_token``: the loss of each predicted token [batch, pos - 1].
         ``stop_at_layer=k``: stop before block k and return the residual stream entering it
         [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
+        ``start_at_layer=k``: ``tokens`` is the residual stream entering block k instead
+        [batch, pos, d_model] (TransformerLens's ``input``), and blocks k and after run on it.
         Tokens go to the model's device.
         """
-        embed = self.embed(tokens)  # [batch, pos, d_model]
-        if self.cfg.positional == "rotary":
-            resid = embed  # [batch, pos, d_model]
+        start = self._start_layer(start_at_layer)  # None: the run starts from the tokens
+        if start is not None:
+            resid = tokens  # [batch, pos, d_model]: the residual stream entering block start
+        elif self.cfg.positional == "rotary":
+            resid = self.embed(tokens)  # [batch, pos, d_model]
         else:
+            embed = self.embed(tokens)  # [batch, pos, d_model]
             pos_embed = self.pos_embed(tokens)  # [batch, pos, d_model]
             resid = embed + pos_embed  # [batch, pos, d_model]
         stop = self._stop_layer(stop_at_layer)
-        for block in self.blocks[:stop]:
+        for block in self.blocks[start:stop]:
             resid = block(resid)  # [batch, pos, d_model]
         if stop < self.cfg.n_layers:
             return self._stopped(resid)

@@ -214,13 +214,14 @@ def _check_dtype(dtype):
 def _checked_arguments(module, body, signature, args, kwargs):
     """{name: value} of a user's forward call, checked; tokens become int64 on the module's device."""
     arguments = bind(module, body, signature, args, kwargs)
-    if "tokens" in arguments and getattr(module, "takes_any_tokens", False):
+    ids = "tokens" in arguments and arguments.get("start_at_layer") is None  # start_at_layer: a residual stream
+    if ids and getattr(module, "takes_any_tokens", False):
         tokens = token_tensor(arguments.pop("tokens"), module.cfg)  # the model's: lists and ndarrays too, checked
         check_arguments(module, body, arguments, torch.Tensor)  # the others
         device = next(chain(module.parameters(), module.buffers()), tokens).device
         return {"tokens": tokens.to(device), **arguments}
     check_arguments(module, body, arguments, torch.Tensor)
-    if "tokens" in arguments:
+    if ids:
         arguments["tokens"] = arguments["tokens"].to(torch.int64)  # ids of any integer dtype (a uint8 index would be a mask)
     if "targets" in arguments:
         arguments["targets"] = arguments["targets"].to(torch.int64)  # ids of any integer dtype; take_along_dim wants int64

@@ -74,6 +74,21 @@ def check_tokens_argument(module, name, value, arguments, array_type):
     check_tokens(value, module.cfg, array_type, name)
 
 
+def check_model_input_argument(module, name, value, arguments, array_type):
+    """The model's input: token ids, or with ``start_at_layer=k`` the residual stream entering
+    block k (an activation)."""
+    if arguments.get("start_at_layer") is None:
+        check_tokens(value, module.cfg, array_type, name)
+        return
+    if not hasattr(value, "dtype") or not is_float(value):
+        raise TypeError(
+            f"with start_at_layer, {name} is the residual stream entering that block, a float "
+            f"array [batch, pos, d_model], not token ids; got {type(value).__name__}"
+            + (f" of dtype {value.dtype}" if hasattr(value, "dtype") else "")
+        )
+    check_activation_argument(module, name, value, arguments, array_type)
+
+
 def check_return_type_argument(module, name, value, arguments, array_type):
     """One of the model's return types ("logits", "loss", "both", None)."""
     module._check_return_type(value)
@@ -118,9 +133,30 @@ def check_stop_layer_argument(module, name, value, arguments, array_type):
     module._stop_layer(value)
 
 
+def check_start_layer_argument(module, name, value, arguments, array_type):
+    """The model's ``start_at_layer``: None, or an int in [-n_layers, n_layers), at or before
+    ``stop_at_layer``; the output it gives is logits (no tokens for a loss)."""
+    start = module._start_layer(value)
+    if value is None:
+        return
+    if arguments.get("return_type") in ("loss", "both"):
+        raise ValueError(
+            f"return_type={arguments['return_type']!r} with start_at_layer: the input is a "
+            "residual stream, not tokens, so there is no next token to predict; take "
+            "return_type='logits' and compute the loss from them"
+        )
+    stop = module._stop_layer(arguments.get("stop_at_layer"))
+    if stop < start:
+        raise ValueError(
+            f"stop_at_layer ({arguments.get('stop_at_layer')}) comes before start_at_layer "
+            f"({value}): the blocks run from start to stop"
+        )
+
+
 KINDS = {
     "activation": check_activation_argument,
     "tokens": check_tokens_argument,
+    "tokens or residual": check_model_input_argument,
     "return_type": check_return_type_argument,
     "flag": check_flag_argument,
     "logits": check_logits_argument,
@@ -129,6 +165,7 @@ KINDS = {
     "gradient": check_gradient_argument,
     "output or loss gradient": check_output_or_loss_gradient,
     "layer": check_stop_layer_argument,
+    "start layer": check_start_layer_argument,
 }
 
 

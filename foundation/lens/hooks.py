@@ -653,17 +653,25 @@ class HookedMixin:
         ``get_caching_hooks``; ``device``: where the torch twin's entries go ("cpu" only for NumPy);
         ``return_cache_object=False``: a plain dict instead of the ActivationCache.
         """
-        tokens = self._as_tokens(model_args[0] if model_args else model_kwargs.get("tokens"))
-        if remove_batch_dim and tokens.shape[0] != 1:
+        first = model_args[0] if model_args else model_kwargs.get("tokens")
+        # start_at_layer: the input is a residual stream; the cache holds no tokens then
+        starts = model_kwargs.get("start_at_layer") is not None
+        tokens = None if starts else self._as_tokens(first)
+        shape = tuple(np.shape(first) if starts else tokens.shape)
+        if remove_batch_dim and shape[0] != 1:
             raise ValueError(
-                f"remove_batch_dim=True needs a batch of 1, got tokens of shape "
-                f"{tuple(tokens.shape)}"
+                f"remove_batch_dim=True needs a batch of 1, got an input of shape {shape}"
             )
         returned = _return_type(model_args, model_kwargs)
         if incl_bwd and model_kwargs.get("stop_at_layer") is not None:
             raise ValueError(
                 "incl_bwd=True cannot be combined with stop_at_layer: the run returns the residual "
                 "stream entering that layer, not an output to backpropagate (as TransformerLens 4)"
+            )
+        if incl_bwd and starts and dout is None:
+            raise ValueError(
+                "incl_bwd=True with start_at_layer needs dout, the gradient of the logits: the "
+                "input is a residual stream, so there are no tokens for the default loss"
             )
         if incl_bwd and returned is None:
             raise ValueError(

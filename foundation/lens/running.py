@@ -138,6 +138,21 @@ class RunningMixin:
             )
         return int(stop_at_layer) % n_layers if stop_at_layer < 0 else int(stop_at_layer)
 
+    def _start_layer(self, start_at_layer):
+        """The forward's ``start_at_layer`` -> the first block to run on a residual stream given
+        (None: none given, the run starts from the tokens)."""
+        n_layers = self.cfg.n_layers
+        if start_at_layer is None:
+            return None
+        if isinstance(start_at_layer, bool) or not isinstance(start_at_layer, (int, np.integer)):
+            raise TypeError(f"start_at_layer must be an int or None, got {start_at_layer!r}")
+        if not -n_layers <= start_at_layer < n_layers:
+            raise ValueError(
+                f"start_at_layer must lie in [-n_layers, n_layers) = [{-n_layers}, {n_layers}), "
+                f"got {start_at_layer}"
+            )
+        return int(start_at_layer) % n_layers
+
     def _stopped(self, resid):
         """What ``forward(..., stop_at_layer=k)`` returns: the residual stream entering block k,
         whatever ``return_type`` says (as TransformerLens's bridge). No backward starts from it
