@@ -45,9 +45,11 @@ def _no_landlock(reason):
     return "no Landlock" in reason and sandbox.wall()[0] == 0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def solved(tmp_path_factory):
-    """A learner's copy with every reference body put back: every exercise done."""
+    """A learner's copy with every reference body put back: every exercise done. One for the whole
+    run (writing it takes half a second): a test that changes a copy changes its own
+    (``copies.copy_of``), never this one."""
     directory = tmp_path_factory.mktemp("solved")
     write_copy(directory)
     put_back_reference_bodies(directory / "numpy_impl")

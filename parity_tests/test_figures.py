@@ -170,6 +170,7 @@ def test_gpt2_figures_of_a_12_by_12_model_show_a_subset(audited, tmp_path, capsy
     assert_clean(audited, GPT2_FIGURES)
 
 
+@pytest.mark.slow  # 13 s of CPU; by default the basics, GPT-2 and interp figures keep the rules
 def test_induction_figures_short_run(audited, tmp_path):
     from training.induction import run_induction
 

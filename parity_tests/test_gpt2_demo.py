@@ -112,6 +112,15 @@ BAD = {
         "--new-tokens",
     ),
     "no --model": (lambda folder, tmp: [], "--model"),
+    # the prompt's id errors in this process (in a subprocess, with bytes: under pytest -m slow)
+    "a huge id": (
+        lambda folder, tmp: ["--model", str(tmp / "bare"), "--prompt", "1 99999999999999999999999"],
+        "token id 99999999999999999999999 is not in [0, ",
+    ),
+    "a non-ASCII digit": (
+        lambda folder, tmp: ["--model", str(tmp / "bare"), "--prompt", "1 \u0661"],
+        "--prompt must be token ids",
+    ),
 }
 
 
@@ -166,12 +175,18 @@ def checkpoint_without_tokenizer(tmp_path_factory):
     return _checkpoint(tmp_path_factory.mktemp("ids"), tokenizer=False)
 
 
+# one subprocess by default (bytes that are not UTF-8 reach only a fresh interpreter's argv); the
+# other two under pytest -m slow (test_a_bad_argument_is_one_line gives both in this process)
 @pytest.mark.parametrize(
     "prompt, words",
     [
-        (b"1 99999999999999999999999", b"token id 99999999999999999999999 is not in [0, "),
+        pytest.param(
+            b"1 99999999999999999999999",
+            b"token id 99999999999999999999999 is not in [0, ",
+            marks=pytest.mark.slow,
+        ),
         (b"1 2 \xff", b"--prompt is not UTF-8 text"),
-        (b"1 \xd9\xa1", b"--prompt must be token ids"),
+        pytest.param(b"1 \xd9\xa1", b"--prompt must be token ids", marks=pytest.mark.slow),
     ],
     ids=["a huge id", "not UTF-8", "a non-ASCII digit"],
 )
@@ -191,6 +206,7 @@ def test_demo_gpt2_prompt_errors_are_one_line(
     assert ran.stderr.count(b"\n") == 1 and b"Traceback" not in ran.stderr, ran.stderr
 
 
+@pytest.mark.slow  # the same refusal as "not UTF-8" above, given text with a tokenizer
 def test_demo_gpt2_text_prompt_that_is_not_utf8_is_one_line(one_layer_checkpoint, tmp_path):
     ran = _demo(
         b"gpt2",

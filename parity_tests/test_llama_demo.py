@@ -12,7 +12,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
     "family, prefix, says",
     [
         ("llama", "llama", "2 key/value heads, SwiGLU"),
-        ("gpt_neox", "gptneox", "attention and MLP in parallel"),
+        # the same command for another family: under pytest -m slow
+        pytest.param(
+            "gpt_neox", "gptneox", "attention and MLP in parallel", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_write_a_tiny_checkpoint_then_tour_it(family, prefix, says, tmp_path, capsys):

@@ -155,12 +155,10 @@ def page(page_path):
 
 def source_lines(function):
     lines = [line.strip() for line in textwrap.dedent(inspect.getsource(function)).split("\n")]
-    # the page shows the bodies; the boundary's declaration (@boundary(...)) is the source's
-    return [
-        line
-        for line in lines
-        if line and not EXERCISE_MARK.match(line) and not line.startswith("@boundary(")
-    ]
+    # the page shows the bodies; the boundary's declaration (@boundary(...), on one line or more)
+    # is the source's
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("def ")) :]
+    return [line for line in lines if line and not EXERCISE_MARK.match(line)]
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
