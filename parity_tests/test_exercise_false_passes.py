@@ -79,9 +79,9 @@ PLANTED = [
         "a feed-forward that scales its dout after use",
         "feedforward",
         "feedforward.py",
-        'dx = np.einsum("mf,bpf->bpm", self.W_in.data, dpre, optimize=True)  # [batch, pos, '
+        'dx = np.einsum("mf,bpf->bpm", W_in, dpre, optimize=True)  # [batch, pos, '
         "d_model]",
-        'dx = np.einsum("mf,bpf->bpm", self.W_in.data, dpre, optimize=True)  # [batch, pos, '
+        'dx = np.einsum("mf,bpf->bpm", W_in, dpre, optimize=True)  # [batch, pos, '
         "d_model]\n"
         "        dout *= 2.9",
         ["changed its incoming gradient in place"],

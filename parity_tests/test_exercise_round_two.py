@@ -16,13 +16,13 @@ from parity_tests.copies import planted_copy
 
 SAMPLE = 1
 UNEMBED_DX = (
-    'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]'
+    'dx = np.einsum("mv,bpv->bpm", W_U, dlogits, optimize=True)  # [batch, pos, d_model]'
 )
 UNEMBED_W = (
     'self.W_U.grad += np.einsum("bpv,bpm->mv", dlogits, x, optimize=True)  # [d_model, d_vocab]'
 )
 LOSS_DNLL = "dnll = dloss * weights / weights.sum()  # [batch, pos]"
-DQ = "dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, d_head]"
+DQ = "dq_h = dscores @ k_h / math.sqrt(d_head)  # [batch, head, q_pos, d_head]"
 DK = (
     "dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(self.cfg.d_head)  # [batch, head, k_pos, "
     "d_head]"
@@ -61,7 +61,9 @@ LN_COMPACT = (
     "        dx = (dnormalized - dnormalized.mean(-1, keepdims=True)\n"
     "              - normalized * (dnormalized * normalized).mean(-1, keepdims=True)) / scale\n"
 )
-BLOCK_LN1 = 'dresid_pre = dresid_mid + (self.ln1.backward(dattn_in) if norm == "pre" else dattn_in)'
+BLOCK_LN1 = ('if norm == "pre":\n'
+             "            dattn_in = self.ln1.backward(dattn_in)  # [batch, pos, d_model]; now at resid_pre\n"
+             "        dresid_pre = dresid_mid + dattn_in")
 V_PATH = "\n              + self.v.hook_in.backward(dx_v)"
 
 # (id, mistake, exercise key the row is read from, file, reference text, planted text, status,
@@ -103,7 +105,7 @@ FALSE_PASSES = [
         "attention",
         "attention.py",
         DQ,
-        DQ.replace("math.sqrt(self.cfg.d_head)", "math.sqrt(8)"),
+        DQ.replace("math.sqrt(d_head)", "math.sqrt(8)"),
         "wrong",
         ["8 is d_head"],
     ),
@@ -271,8 +273,8 @@ STUCK = [
         "an einsum whose letters misread W_O: remapped shapes",
         "attention.output",
         "attention.py",
-        'dz = np.einsum("hdm,bpm->bphd", self.W_O.data, dout, optimize=True)',
-        'dz = np.einsum("hmd,bpm->bphd", self.W_O.data, dout, optimize=True)',
+        'dz = np.einsum("hdm,bpm->bphd", W_O, dout, optimize=True)',
+        'dz = np.einsum("hmd,bpm->bphd", W_O, dout, optimize=True)',
         "wrong",
         ["W_O", '"hdm"'],
     ),

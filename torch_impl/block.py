@@ -2,9 +2,12 @@
 
 Axes: batch, pos (sequence position), d_model (residual width).
 
-    normalization="pre"  (GPT-2):                   normalization="post" (Vaswani et al.):
-        resid_mid  = resid_pre + attn(ln1(resid_pre))     resid_mid  = ln1(resid_pre + attn(resid_pre))
-        resid_post = resid_mid + mlp(ln2(resid_mid))      resid_post = ln2(resid_mid + mlp(resid_mid))
+    normalization="pre" (GPT-2):
+        resid_mid  = resid_pre + attn(ln1(resid_pre))
+        resid_post = resid_mid + mlp(ln2(resid_mid))
+    normalization="post" (Vaswani et al.):
+        resid_mid  = ln1(resid_pre + attn(resid_pre))
+        resid_post = ln2(resid_mid + mlp(resid_mid))
     normalization=None: the "pre" equations without ln1 and ln2.
     attn_only: no MLP and no ln2, so resid_post is the line that makes resid_mid above.
     parallel_attn_mlp (GPT-NeoX): resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)),
