@@ -10,7 +10,8 @@ Axes: batch, pos (sequence position), d_model (residual width).
         resid_post = ln2(resid_mid + mlp(resid_mid))
     normalization=None: the "pre" equations without ln1 and ln2.
     attn_only: no MLP and no ln2, so resid_post is the line that makes resid_mid above.
-    parallel_attn_mlp (GPT-NeoX): resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)),
+    parallel_attn_mlp (GPT-NeoX):
+        resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)),
         with no resid_mid: attention and the MLP read the same stream, side by side.
 
 Hook points, as TransformerLens 4 names them: ``hook_in`` (resid_pre, alias ``hook_resid_pre``),

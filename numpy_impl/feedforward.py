@@ -128,5 +128,6 @@ class FeedForward(Module):
 
     @staticmethod
     def for_config(cfg, rng=None):
-        """The MLP ``cfg`` asks for: ``GatedFeedForward`` (SwiGLU) when ``gated_mlp``, else ``FeedForward``."""
+        """The MLP ``cfg`` asks for: ``GatedFeedForward`` (SwiGLU) when ``gated_mlp``, else
+        ``FeedForward``."""
         return GatedFeedForward(cfg, rng) if cfg.gated_mlp else FeedForward(cfg, rng)

@@ -83,7 +83,8 @@ class LayerNorm(Module):
 
     @staticmethod
     def for_config(cfg):
-        """The norm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN"), ``LayerNormPre`` ("LNPre") or ``RMSNorm`` ("RMS")."""
+        """The norm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN"), ``LayerNormPre``
+        ("LNPre") or ``RMSNorm`` ("RMS")."""
         if cfg.normalization_type == "RMS":
             return RMSNorm(cfg)
         return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)

@@ -59,14 +59,16 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
                 # its own name: an alias (hook_embed) comes after it (embed.hook_out)
                 module.name = name
 
-    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer")
+    @boundary(
+        tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer"
+    )
     def forward(self, tokens, return_type="logits", loss_per_token=False, stop_at_layer=None):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
-        (logits, loss) or None; ``loss_per_token``: the loss of each predicted token [batch, pos - 1].
-        ``stop_at_layer=k``: stop before block k and return the residual stream entering it
-        [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
+        (logits, loss) or None; ``loss_per_token``: the loss of each predicted token
+        [batch, pos - 1]. ``stop_at_layer=k``: stop before block k and return the residual stream
+        entering it [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
         ``backward`` takes the gradient of the output, or starts from the loss (see ``backward``).
         """
         embed = self.embed(tokens)  # [batch, pos, d_model]
@@ -90,7 +92,8 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         """dout shaped like the output -> None (tokens are discrete); fills every parameter's grad.
 
         After ``forward(..., return_type="loss")``: ``backward()`` backpropagates that loss, as
-        ``loss.backward()``; with ``loss_per_token=True``, ``backward(dloss)`` (dloss [batch, pos - 1]).
+        ``loss.backward()``; with ``loss_per_token=True``, ``backward(dloss)`` takes the
+        per-token dloss [batch, pos - 1].
         """
         if self._loss is not None and np.shape(dout) != self._output_shape:
             # forward: loss = CrossEntropyLoss(out[:, :-1], tokens[:, 1:])   (the last: no target)

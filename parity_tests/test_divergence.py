@@ -53,8 +53,8 @@ PLANTED = [
     (
         "block",
         "block.py",
-        'dresid_mid = dresid_post + (self.ln2.backward(dmlp_in) if norm == "pre" else dmlp_in)',
-        'dresid_mid = (self.ln2.backward(dmlp_in) if norm == "pre" else dmlp_in)',
+        "dresid_mid = dresid_post + dmlp_in",
+        "dresid_mid = dmlp_in",
         "blocks.1.hook_resid_mid",
     ),
     (

@@ -15,18 +15,13 @@ from exercises.check import check
 from parity_tests.copies import planted_copy
 
 SAMPLE = 1
-UNEMBED_DX = (
-    'dx = np.einsum("mv,bpv->bpm", W_U, dlogits, optimize=True)  # [batch, pos, d_model]'
-)
+UNEMBED_DX = 'dx = np.einsum("mv,bpv->bpm", W_U, dlogits, optimize=True)  # [batch, pos, d_model]'
 UNEMBED_W = (
     'self.W_U.grad += np.einsum("bpv,bpm->mv", dlogits, x, optimize=True)  # [d_model, d_vocab]'
 )
 LOSS_DNLL = "dnll = dloss * weights / weights.sum()  # [batch, pos]"
 DQ = "dq_h = dscores @ k_h / math.sqrt(d_head)  # [batch, head, q_pos, d_head]"
-DK = (
-    "dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(self.cfg.d_head)  # [batch, head, k_pos, "
-    "d_head]"
-)
+DK = "dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(d_head)  # [batch, head, k_pos, d_head]"
 MASK = "dscores = np.where(self.mask[:pos, :pos], dscores, 0.0)  # [batch, head, q_pos, k_pos]"
 COMPLEX_STEP = (
     "for index in np.ndindex(self.W_U.data.shape):\n"
@@ -61,10 +56,13 @@ LN_COMPACT = (
     "        dx = (dnormalized - dnormalized.mean(-1, keepdims=True)\n"
     "              - normalized * (dnormalized * normalized).mean(-1, keepdims=True)) / scale\n"
 )
-BLOCK_LN1 = ('if norm == "pre":\n'
-             "            dattn_in = self.ln1.backward(dattn_in)  # [batch, pos, d_model]; now at resid_pre\n"
-             "        dresid_pre = dresid_mid + dattn_in")
-V_PATH = "\n              + self.v.hook_in.backward(dx_v)"
+BLOCK_LN1 = (
+    'if norm == "pre":\n'
+    "            dattn_in = self.ln1.backward(dattn_in)  # [batch, pos, d_model]; "
+    "now at resid_pre\n"
+    "        dresid_pre = dresid_mid + dattn_in"
+)
+V_PATH = "\n            + self.v.hook_in.backward(dx_v)"
 
 # (id, mistake, exercise key the row is read from, file, reference text, planted text, status,
 # words) words: each must appear in the row's message or hint
@@ -229,8 +227,8 @@ FALSE_PASSES = [
         "W_O.grad = ... (not +=), checked at its step",
         "attention.output",
         "attention.py",
-        "self.W_O.grad += np.einsum",
-        "self.W_O.grad = np.einsum",
+        "self.W_O.grad += dW_O",
+        "self.W_O.grad = dW_O",
         "wrong",
         ["W_O: this step replaced", "+="],
     ),

@@ -387,7 +387,8 @@ def link_steps(steps: list[Step], rows: list[Row]) -> None:
 
 
 def lines_reading(numpy_rows: list[tuple[int, Unit]], parameter: str) -> set[int]:
-    """The rows that read ``self.<parameter>.data``, or the local that only names it (``W_Q = self.W_Q.data``)."""
+    """The rows that read ``self.<parameter>.data``, or the local that only names it
+    (``W_Q = self.W_Q.data``)."""
     found, aliases = set(), set()
     for k, unit in numpy_rows:
         if re.search(rf"\bself\.{parameter}\.data\b", unit.code):
@@ -410,8 +411,11 @@ def alias_of(unit: Unit, parameter: str) -> str | None:
     if not isinstance(node, ast.Assign) or len(node.targets) != 1:
         return None
     target, value = node.targets[0], node.value
-    pairs = zip(target.elts, value.elts) if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) else [
-        (target, value)]
+    pairs = (
+        zip(target.elts, value.elts)
+        if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple)
+        else [(target, value)]
+    )
     for name, read in pairs:
         if isinstance(name, ast.Name) and ast.unparse(read) == f"self.{parameter}.data":
             return name.id

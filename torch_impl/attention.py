@@ -1,7 +1,8 @@
 """Multi-head self-attention ("Attention Is All You Need", §3.2.1-3.2.2).
 
-Axes: batch, pos / q_pos / k_pos (query and key positions), head, d_head (width of one
-head), d_model (residual width); kv_head (grouped key/value heads), half (rotary_dim / 2). Einsum letters: b batch, p pos, h head, d d_head, m d_model.
+Axes: batch, pos / q_pos / k_pos (query and key positions), head, d_head (width of one head),
+d_model (residual width); kv_head (grouped key/value heads), half (rotary_dim / 2). Einsum letters:
+b batch, p pos, h head, d d_head, m d_model.
 
 For each head h, with x the input [batch, pos, d_model]:
     q = x W_Q[h] + b_Q[h],  k = x W_K[h] + b_K[h],  v = x W_V[h] + b_V[h]
@@ -45,8 +46,10 @@ class MultiHeadAttention(Module):
         rng = default_rng(rng)
         self.cfg = check_config(cfg)
         if cfg.n_key_value_heads is not None:
-            raise ValueError("cfg.n_key_value_heads is set: build GroupedQueryAttention(cfg), or "
-                             "MultiHeadAttention.for_config(cfg), which picks the class")
+            raise ValueError(
+                "cfg.n_key_value_heads is set: build GroupedQueryAttention(cfg), or "
+                "MultiHeadAttention.for_config(cfg), which picks the class"
+            )
         n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
         dtype = getattr(torch, cfg.dtype)
         W_Q = torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype)
@@ -87,7 +90,8 @@ class MultiHeadAttention(Module):
 
     @staticmethod
     def for_config(cfg, rng=None):
-        """The attention ``cfg`` asks for: grouped when ``n_key_value_heads`` is set, else ``MultiHeadAttention``."""
+        """The attention ``cfg`` asks for: grouped when ``n_key_value_heads`` is set, else
+        ``MultiHeadAttention``."""
         if cfg.n_key_value_heads is None:
             return MultiHeadAttention(cfg, rng)
         return GroupedQueryAttention(cfg, rng)
@@ -138,7 +142,8 @@ class MultiHeadAttention(Module):
 
 
 class GroupedQueryAttention(MultiHeadAttention):
-    """Attention whose n_key_value_heads key/value heads each serve a group of query heads (Ainslie et al., 2023).
+    """Attention whose n_key_value_heads key/value heads each serve a group of query heads (Ainslie
+    et al., 2023).
 
     TransformerLens's names and shapes: the shared heads are ``_W_K``, ``_W_V``
     [n_key_value_heads, d_model, d_head] and ``_b_K``, ``_b_V`` [n_key_value_heads, d_head];

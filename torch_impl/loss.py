@@ -1,5 +1,5 @@
-"""Cross-entropy loss over next-token logits, optionally weighted per token
-(the negative log-likelihood of the data; Goodfellow, Bengio & Courville, "Deep Learning", §6.2.1.1).
+"""Cross-entropy loss over next-token logits, optionally weighted per token (the negative
+log-likelihood of the data; Goodfellow, Bengio & Courville, "Deep Learning", §6.2.1.1).
 
 Axes: batch, pos (sequence position), d_vocab (vocabulary).
 

@@ -61,14 +61,16 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
                 # its own name: an alias (hook_embed) comes after it (embed.hook_out)
                 module.name = name
 
-    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer")
+    @boundary(
+        tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer"
+    )
     def forward(self, tokens, return_type="logits", loss_per_token=False, stop_at_layer=None):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
-        (logits, loss) or None; ``loss_per_token``: the loss of each predicted token [batch, pos - 1].
-        ``stop_at_layer=k``: stop before block k and return the residual stream entering it
-        [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
+        (logits, loss) or None; ``loss_per_token``: the loss of each predicted token
+        [batch, pos - 1]. ``stop_at_layer=k``: stop before block k and return the residual stream
+        entering it [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
         Tokens go to the model's device.
         """
         embed = self.embed(tokens)  # [batch, pos, d_model]
@@ -89,7 +91,9 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
 
     def save(self, path):
         """Write the weights file (.npz or .safetensors): the state_dict and the config (JSON)."""
-        state_dict = {name: tensor.detach().cpu().numpy() for name, tensor in self.state_dict().items()}
+        state_dict = {
+            name: tensor.detach().cpu().numpy() for name, tensor in self.state_dict().items()
+        }
         save_weights(path, state_dict, self.cfg)
 
     @classmethod

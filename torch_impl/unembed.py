@@ -1,5 +1,5 @@
-"""Unembedding: from the final residual stream to one logit per vocabulary entry
-("Attention Is All You Need", §3.4: the learned linear map before the softmax; not tied to W_E here).
+"""Unembedding: from the final residual stream to one logit per vocabulary entry ("Attention Is All
+You Need", §3.4: the learned linear map before the softmax; not tied to W_E here).
 
 Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabulary).
 Einsum letters: b batch, p pos, m d_model, v d_vocab.
