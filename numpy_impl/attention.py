@@ -187,8 +187,8 @@ class MultiHeadAttention(Module):
             dv = dv.reshape(*dv.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, d_head]
         if self.cfg.positional == "rotary":
             # forward: q = hook_rot_q(rotate(q, cos, sin)), and k   (undone by the opposite angles)
-            pos = x_q.shape[1]
-            cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
+            cos = self.rotary_cos[: x_q.shape[1]]  # [pos, half]
+            sin = self.rotary_sin[: x_q.shape[1]]  # [pos, half]
             adjacent = self.cfg.rotary_adjacent_pairs
             dq = self.hook_rot_q.backward(dq)  # [batch, pos, head, d_head]; after the turn
             dq = rotate(dq, cos, -sin, adjacent)  # [batch, pos, head, d_head]
