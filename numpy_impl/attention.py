@@ -180,7 +180,7 @@ class MultiHeadAttention(Module):
         dk = dk_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dv = dv_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         if self.cfg.n_key_value_heads is not None:
-            # forward: k = repeat(k, group, axis=2), and v   (a shared head's gradient: its group's)
+            # forward: k = repeat(k, group, axis=2), and v   (shared heads: their group's sum)
             n_kv = self.cfg.n_key_value_heads
             grouped = (n_kv, self.cfg.n_heads // n_kv, self.cfg.d_head)  # head -> kv_head, group
             dk = dk.reshape(*dk.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, d_head]

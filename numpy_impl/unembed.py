@@ -43,7 +43,7 @@ class Unembed(Module):
 
     @boundary(dlogits="gradient")
     def backward(self, dlogits):
-        """dlogits [batch, pos, d_vocab] -> dx [batch, pos, d_model]; adds into both grads."""
+        """dlogits [batch, pos, d_vocab] -> dx [batch, pos, d_model]; adds into W_U, b_U grads."""
         x = self.cache
         W_U = self.W_U.data
         # EXERCISE BEGIN
