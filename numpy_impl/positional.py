@@ -38,11 +38,15 @@ class SinusoidalPositionalEncoding(Module):
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
-    @boundary(tokens="tokens")
-    def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+    @boundary(tokens="tokens", past_kv_pos_offset="position offset")
+    def forward(self, tokens, past_kv_pos_offset=0):
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)
+
+        ``past_kv_pos_offset``: the position of the first token (the positions a key-value cache holds).
+        """
         batch, pos = tokens.shape
-        positions = self.hook_in(np.arange(pos)[None, :])  # [1, pos]
+        first = past_kv_pos_offset  # the first token's position
+        positions = self.hook_in(np.arange(first, first + pos)[None, :])  # [1, pos]
         pos_embed = np.broadcast_to(self.table[positions], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         return pos_embed
@@ -65,11 +69,15 @@ class LearnedPositionalEmbedding(Module):
         self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.cache = None
 
-    @boundary(tokens="tokens")
-    def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+    @boundary(tokens="tokens", past_kv_pos_offset="position offset")
+    def forward(self, tokens, past_kv_pos_offset=0):
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)
+
+        ``past_kv_pos_offset``: the position of the first token (the positions a key-value cache holds).
+        """
         batch, pos = tokens.shape
-        positions = self.hook_in(np.arange(pos)[None, :])  # [1, pos]
+        first = past_kv_pos_offset  # the first token's position
+        positions = self.hook_in(np.arange(first, first + pos)[None, :])  # [1, pos]
         pos_embed = np.broadcast_to(self.W_pos.data[positions], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         self.cache = positions

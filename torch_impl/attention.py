@@ -86,11 +86,16 @@ class MultiHeadAttention(Module):
         """The attention ``cfg`` asks for: grouped when ``n_key_value_heads`` is set, else ``MultiHeadAttention``."""
         return MultiHeadAttention(cfg, rng) if cfg.n_key_value_heads is None else GroupedQueryAttention(cfg, rng)
 
-    @boundary(x="activation")
-    def forward(self, x):
-        """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+    @boundary(x="activation", past_kv_cache_entry="kv cache entry")
+    def forward(self, x, past_kv_cache_entry=None):
+        """x [batch, pos, d_model] -> out [batch, pos, d_model]
+
+        ``past_kv_cache_entry`` (generation, foundation/lens/kv_cache.py): the keys and values of
+        the positions before x's; x's join them, and x's positions are counted after them.
+        """
         x = self.hook_in(x)
         pos = x.shape[1]
+        past = 0 if past_kv_cache_entry is None else past_kv_cache_entry.pos_so_far  # positions before x's
         x_q = self.q.hook_in(x)  # [batch, pos, d_model]: x as the query projection reads it
         x_k = self.k.hook_in(x)  # [batch, pos, d_model]
         x_v = self.v.hook_in(x)  # [batch, pos, d_model]
@@ -99,10 +104,12 @@ class MultiHeadAttention(Module):
         v = torch.einsum("hmd,bpm->bphd", self.W_V, x_v) + self.b_V  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
-            cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
+            cos, sin = self.rotary_cos[past : past + pos], self.rotary_sin[past : past + pos]  # [pos, half] each
             adjacent = self.cfg.rotary_adjacent_pairs  # GPT-J's pairs; Llama's and NeoX's are halves
             q = self.hook_rot_q(rotate(q, cos, sin, adjacent))  # [batch, pos, head, d_head]
             k = self.hook_rot_k(rotate(k, cos, sin, adjacent))  # [batch, pos, kv_head, d_head]
+        if past_kv_cache_entry is not None:  # the earlier positions' keys and values come first
+            k, v = past_kv_cache_entry.append(k, v)  # [batch, k_pos, kv_head, d_head] each
         if self.cfg.n_key_value_heads is not None:  # grouped: each key/value head serves its group of heads
             group = self.cfg.n_heads // self.cfg.n_key_value_heads
             k = torch.repeat_interleave(k, group, dim=2)  # [batch, pos, head, d_head]
@@ -113,7 +120,7 @@ class MultiHeadAttention(Module):
         v_h = v.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
         scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, k_pos]
         if self.cfg.causal:
-            scores = torch.where(self.mask[:pos, :pos], scores, -torch.inf)  # [batch, head, q_pos, k_pos]
+            scores = torch.where(self.mask[past : past + pos, : past + pos], scores, -torch.inf)  # [batch, head, q_pos, k_pos]
         scores = self.hook_attn_scores(scores)
         # softmax over keys; subtracting the row max changes nothing but keeps exp finite
         scores_max = scores.max(dim=-1, keepdim=True).values.detach()  # [batch, head, q_pos, 1]; a constant shift

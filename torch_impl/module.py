@@ -215,10 +215,11 @@ def _checked_arguments(module, body, signature, args, kwargs):
     """{name: value} of a user's forward call, checked; tokens become int64 on the module's device."""
     arguments = bind(module, body, signature, args, kwargs)
     if "tokens" in arguments and getattr(module, "takes_any_tokens", False):
-        tokens = token_tensor(arguments.pop("tokens"), module.cfg)  # the model's: lists and ndarrays too, checked
-        check_arguments(module, body, arguments, torch.Tensor)  # the others
+        tokens = token_tensor(arguments["tokens"], module.cfg)  # the model's: lists and ndarrays too, checked
+        arguments["tokens"] = tokens
+        check_arguments(module, body, arguments, torch.Tensor, checked=("tokens",))  # the others
         device = next(chain(module.parameters(), module.buffers()), tokens).device
-        return {"tokens": tokens.to(device), **arguments}
+        return {**arguments, "tokens": tokens.to(device)}
     check_arguments(module, body, arguments, torch.Tensor)
     if "tokens" in arguments:
         arguments["tokens"] = arguments["tokens"].to(torch.int64)  # ids of any integer dtype (a uint8 index would be a mask)

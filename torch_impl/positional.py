@@ -40,11 +40,15 @@ class SinusoidalPositionalEncoding(Module):
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
-    @boundary(tokens="tokens")
-    def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+    @boundary(tokens="tokens", past_kv_pos_offset="position offset")
+    def forward(self, tokens, past_kv_pos_offset=0):
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)
+
+        ``past_kv_pos_offset``: the position of the first token (the positions a key-value cache holds).
+        """
         batch, pos = tokens.shape
-        positions = self.hook_in(torch.arange(pos, device=tokens.device)[None, :])  # [1, pos]
+        first = past_kv_pos_offset  # the first token's position
+        positions = self.hook_in(torch.arange(first, first + pos, device=tokens.device)[None, :])  # [1, pos]
         pos_embed = self.table[positions].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         return pos_embed
@@ -62,11 +66,15 @@ class LearnedPositionalEmbedding(Module):
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
-    @boundary(tokens="tokens")
-    def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+    @boundary(tokens="tokens", past_kv_pos_offset="position offset")
+    def forward(self, tokens, past_kv_pos_offset=0):
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)
+
+        ``past_kv_pos_offset``: the position of the first token (the positions a key-value cache holds).
+        """
         batch, pos = tokens.shape
-        positions = self.hook_in(torch.arange(pos, device=tokens.device)[None, :])  # [1, pos]
+        first = past_kv_pos_offset  # the first token's position
+        positions = self.hook_in(torch.arange(first, first + pos, device=tokens.device)[None, :])  # [1, pos]
         pos_embed = self.W_pos[positions].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         return pos_embed
