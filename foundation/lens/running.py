@@ -5,16 +5,17 @@
     model(tokens, return_type="loss", loss_per_token=True)
         one loss per predicted token [batch, pos - 1]
     model.generate(tokens, max_new_tokens=5, do_sample=False, verbose=False)
-        greedy; do_sample samples
+        greedy; do_sample samples; the prompt runs once, then each new token alone, reading a
+        key-value cache (foundation/lens/kv_cache.py; use_past_kv_cache=False: no cache)
     model.to_tokens("the cat sat"), model.to_str_tokens(...), model.to_string(...)
         with model.tokenizer
 
 The twin-specific steps are the next-token loss (the twin's own log-softmax and loss),
 turning an int ndarray into the model's own tokens (a tensor on the model's device for the
-torch twin) and switching autograd off while generating; each twin's model (or its hooked.py)
-provides them. Sampling happens once, here, in NumPy float64 from the logits (``sample_logits``),
-with a ``numpy.random.Generator`` seeded by ``seed``, so both twins draw the same tokens from the
-same logits.
+torch twin), switching autograd off while generating and making an empty key-value cache of the
+twin's arrays; each twin's model (or its hooked.py) provides them. Sampling happens once, here,
+in NumPy float64 from the logits (``sample_logits``), with a ``numpy.random.Generator`` seeded by
+``seed``, so both twins draw the same tokens from the same logits.
 """
 
 from __future__ import annotations
