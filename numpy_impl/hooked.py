@@ -64,7 +64,7 @@ class HookedTransformerKeyValueCacheEntry(KeyValueCacheEntry):
     @staticmethod
     def _empty(shape, dtype, device):
         if device is not None and str(device) != "cpu":
-            raise ValueError(f"device={device!r}: the NumPy model's arrays live on the CPU ('cpu' or None)")
+            raise ValueError(f"device={device!r}: the NumPy model's arrays live on the CPU")
         return np.zeros(shape, dtype=dtype)  # [batch, 0, kv_head, d_head]
 
     @staticmethod

@@ -208,7 +208,8 @@ class Module:
             self.forward_record = RAISED
             raise
         versions = self._versions() if user else None
-        state = "cached" if continues_a_cache(body, signature, args, kwargs) else "done"  # no backward
+        # a forward that continued a key-value cache leaves nothing a backward could use
+        state = "cached" if continues_a_cache(body, signature, args, kwargs) else "done"
         self.forward_record = ForwardRecord(state, self.gradient_shape(result), tainted, versions)
         return result
 

@@ -42,11 +42,12 @@ class SinusoidalPositionalEncoding(Module):
     def forward(self, tokens, past_kv_pos_offset=0):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)
 
-        ``past_kv_pos_offset``: the position of the first token (the positions a key-value cache holds).
+        ``past_kv_pos_offset``: the first token's position (what a key-value cache holds before it).
         """
         batch, pos = tokens.shape
         first = past_kv_pos_offset  # the first token's position
-        positions = self.hook_in(np.arange(first, first + pos)[None, :])  # [1, pos]
+        positions = np.arange(first, first + pos)[None, :]  # [1, pos]
+        positions = self.hook_in(positions)
         pos_embed = np.broadcast_to(self.table[positions], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         return pos_embed
@@ -73,11 +74,12 @@ class LearnedPositionalEmbedding(Module):
     def forward(self, tokens, past_kv_pos_offset=0):
         """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)
 
-        ``past_kv_pos_offset``: the position of the first token (the positions a key-value cache holds).
+        ``past_kv_pos_offset``: the first token's position (what a key-value cache holds before it).
         """
         batch, pos = tokens.shape
         first = past_kv_pos_offset  # the first token's position
-        positions = self.hook_in(np.arange(first, first + pos)[None, :])  # [1, pos]
+        positions = np.arange(first, first + pos)[None, :]  # [1, pos]
+        positions = self.hook_in(positions)
         pos_embed = np.broadcast_to(self.W_pos.data[positions], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         self.cache = positions

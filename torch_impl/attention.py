@@ -95,7 +95,8 @@ class MultiHeadAttention(Module):
         """
         x = self.hook_in(x)
         pos = x.shape[1]
-        past = 0 if past_kv_cache_entry is None else past_kv_cache_entry.pos_so_far  # positions before x's
+        # the positions before x's, whose keys and values the cache holds (generation)
+        past = 0 if past_kv_cache_entry is None else past_kv_cache_entry.pos_so_far
         x_q = self.q.hook_in(x)  # [batch, pos, d_model]: x as the query projection reads it
         x_k = self.k.hook_in(x)  # [batch, pos, d_model]
         x_v = self.v.hook_in(x)  # [batch, pos, d_model]
@@ -104,7 +105,8 @@ class MultiHeadAttention(Module):
         v = torch.einsum("hmd,bpm->bphd", self.W_V, x_v) + self.b_V  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
-            cos, sin = self.rotary_cos[past : past + pos], self.rotary_sin[past : past + pos]  # [pos, half] each
+            cos = self.rotary_cos[past : past + pos]  # [pos, half]: the angles of x's positions
+            sin = self.rotary_sin[past : past + pos]  # [pos, half]
             adjacent = self.cfg.rotary_adjacent_pairs  # GPT-J's pairs; Llama's and NeoX's are halves
             q = self.hook_rot_q(rotate(q, cos, sin, adjacent))  # [batch, pos, head, d_head]
             k = self.hook_rot_k(rotate(k, cos, sin, adjacent))  # [batch, pos, kv_head, d_head]
@@ -120,7 +122,8 @@ class MultiHeadAttention(Module):
         v_h = v.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
         scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, k_pos]
         if self.cfg.causal:
-            scores = torch.where(self.mask[past : past + pos, : past + pos], scores, -torch.inf)  # [batch, head, q_pos, k_pos]
+            mask = self.mask[past : past + pos, : past + pos]  # [q_pos, k_pos]: x's rows, every key
+            scores = torch.where(mask, scores, -torch.inf)  # [batch, head, q_pos, k_pos]
         scores = self.hook_attn_scores(scores)
         # softmax over keys; subtracting the row max changes nothing but keeps exp finite
         scores_max = scores.max(dim=-1, keepdim=True).values.detach()  # [batch, head, q_pos, 1]; a constant shift

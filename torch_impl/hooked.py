@@ -69,7 +69,8 @@ class HookedTransformerKeyValueCacheEntry(KeyValueCacheEntry):
 
     @staticmethod
     def _empty(shape, dtype, device):
-        return torch.zeros(shape, dtype=getattr(torch, dtype), device=device)  # [batch, 0, kv_head, d_head]
+        dtype = getattr(torch, dtype)
+        return torch.zeros(shape, dtype=dtype, device=device)  # [batch, 0, kv_head, d_head]
 
     @staticmethod
     def _concatenate(past, new):

@@ -73,7 +73,8 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         continues and extends (generation; foundation/lens/kv_cache.py).
         Tokens go to the model's device.
         """
-        past = 0 if past_kv_cache is None else past_kv_cache.pos_so_far  # positions before the tokens
+        # the positions before the tokens, whose keys and values the cache holds (generation)
+        past = 0 if past_kv_cache is None else past_kv_cache.pos_so_far
         embed = self.embed(tokens)  # [batch, pos, d_model]
         if self.cfg.positional == "rotary":
             resid = embed  # [batch, pos, d_model]
