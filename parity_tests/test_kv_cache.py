@@ -158,16 +158,13 @@ def test_hooks_fire_on_a_cached_step_with_this_steps_keys_and_values():
     _, whole = model.run_with_cache(tokens)
     assert step["blocks.1.attn.hook_k"].shape == (BATCH, 1, 2, 6)  # this step's, kv heads
     assert step["blocks.1.attn.hook_pattern"].shape == (BATCH, 4, 1, 5)  # [batch, head, 1, k_pos]
-    for name in ("blocks.1.attn.hook_rot_k", "blocks.1.attn.hook_v", "blocks.1.attn.hook_pattern"):
-        assert (
-            rel_err(
-                step[name],
-                whole[name][..., 4:5, :, :]
-                if "hook_pattern" not in name
-                else whole[name][:, :, 4:5, :],
-            )
-            <= EXACT
-        ), name
+    for name in (
+        "blocks.1.attn.hook_rot_k",
+        "blocks.1.attn.hook_v",
+    ):  # [batch, pos, kv_head, d_head]
+        assert rel_err(step[name], whole[name][:, 4:5]) <= EXACT, name
+    for name in ("blocks.1.attn.hook_attn_scores", "blocks.1.attn.hook_pattern"):  # the last query
+        assert rel_err(step[name], whole[name][:, :, 4:5]) <= EXACT, name
 
 
 def test_a_frozen_cache_reads_and_keeps_nothing():

@@ -195,6 +195,8 @@ def boundary(**kinds):
             )
         direction = f"_{method.__name__}_at_the_boundary"
         method.kinds = dict(kinds)  # the body carries its declaration: check_arguments reads it
+        # the arguments that hand it a key-value cache: continues_a_cache reads them
+        method.cache_arguments = [name for name, kind in kinds.items() if kind in CACHE_KINDS]
 
         @functools.wraps(method)
         def at_the_boundary(self, *args, **kwargs):
@@ -218,11 +220,10 @@ def bind(module, method, signature, args, kwargs):
 def continues_a_cache(body, signature, args, kwargs):
     """Was this forward given a key-value cache (an argument of a ``CACHE_KINDS`` kind, not None)?
     Its record then says "cached", and the NumPy backward refuses it."""
-    names = [name for name, kind in body.kinds.items() if kind in CACHE_KINDS]
-    if not names:
+    if not body.cache_arguments:
         return False
     arguments = signature.bind(None, *args, **kwargs).arguments
-    return any(arguments.get(name) is not None for name in names)
+    return any(arguments.get(name) is not None for name in body.cache_arguments)
 
 
 def check_arguments(module, method, arguments, array_type, checked=()):
