@@ -196,6 +196,21 @@ def test_the_numpy_backward_refuses_a_cached_forward():
     model.backward(dout)
 
 
+def test_a_positional_embedding_at_an_offset_reads_and_trains_the_rows_it_offsets_to():
+    model, twin = make_models("gpt2-learned")
+    tokens = np.zeros((BATCH, 3), dtype=np.int64)
+    out = model.pos_embed(tokens, past_kv_pos_offset=5)  # [batch, 3, d_model]
+    assert np.array_equal(out, np.broadcast_to(model.pos_embed.W_pos.data[5:8], out.shape))
+    out_t = twin.pos_embed(torch.from_numpy(tokens), past_kv_pos_offset=5)
+    assert rel_err(out, out_t) == 0
+    dout = np.random.default_rng(10).standard_normal(out.shape)
+    model.zero_grad()
+    model.pos_embed.backward(dout)
+    grad = model.pos_embed.W_pos.grad  # [n_ctx, d_model]: rows 5, 6, 7 only
+    assert rel_err(grad[5:8], dout.sum(axis=0)) <= EXACT
+    assert not grad[:5].any() and not grad[8:].any()
+
+
 # ---------------------------------------------------------------- transformers' generate
 
 
