@@ -42,7 +42,7 @@ class SinusoidalPositionalEncoding(Module):
 
     @boundary(tokens="tokens", past_kv_pos_offset="position offset")
     def forward(self, tokens, past_kv_pos_offset=0):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)
 
         ``past_kv_pos_offset``: the first token's position (what a key-value cache holds before it).
         """
@@ -50,7 +50,8 @@ class SinusoidalPositionalEncoding(Module):
         first = past_kv_pos_offset  # the first token's position
         positions = torch.arange(first, first + pos, device=tokens.device)[None, :]  # [1, pos]
         positions = self.hook_in(positions)
-        pos_embed = self.table[positions].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
+        rows = self.table[positions]  # [1, pos, d_model]
+        pos_embed = rows.expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         return pos_embed
 
@@ -69,7 +70,7 @@ class LearnedPositionalEmbedding(Module):
 
     @boundary(tokens="tokens", past_kv_pos_offset="position offset")
     def forward(self, tokens, past_kv_pos_offset=0):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)
 
         ``past_kv_pos_offset``: the first token's position (what a key-value cache holds before it).
         """
@@ -77,6 +78,7 @@ class LearnedPositionalEmbedding(Module):
         first = past_kv_pos_offset  # the first token's position
         positions = torch.arange(first, first + pos, device=tokens.device)[None, :]  # [1, pos]
         positions = self.hook_in(positions)
-        pos_embed = self.W_pos[positions].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
+        rows = self.W_pos[positions]  # [1, pos, d_model]
+        pos_embed = rows.expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         return pos_embed
