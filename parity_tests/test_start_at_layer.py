@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+import numpy_impl as npi
+import torch_impl as pti
 from parity_tests.helpers import (
     assert_same_grads,
     grads,
@@ -134,7 +136,8 @@ def test_start_at_layer_with_incl_bwd():
 def test_start_at_layer_bad_input():
     """Each mistake is refused before any math, with a message naming it: token ids given with
     start_at_layer, a residual stream of the wrong shape or dtype, k out of range or not an int,
-    a loss asked for (there are no tokens), stop_at_layer before start_at_layer."""
+    a loss asked for (there are no tokens), stop_at_layer before start_at_layer, a key-value cache
+    (it holds every block's keys and values; a run from block k would extend only some)."""
     cfg = CONFIGS["pre, learned"]
     tokens = tokens_for(cfg, batch=2, pos=5)
     for model in twins(cfg):
@@ -170,6 +173,9 @@ def test_start_at_layer_bad_input():
             (dict(return_type="both"), ValueError, "'both' with start_at_layer"),
             (dict(stop_at_layer=0), ValueError, "stop_at_layer .0. comes before start_at_layer"),
         ]
+        package = pti if is_torch else npi
+        cache = package.HookedTransformerKeyValueCache.init_cache(cfg, batch_size=2)
+        cases.append((dict(past_kv_cache=cache), ValueError, "start_at_layer with past_kv_cache"))
         for changes, error, message in cases:
             call = {"tokens": resid, "start_at_layer": 1, **changes}
             with pytest.raises(error, match=message):

@@ -67,6 +67,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         loss_per_token="flag",
         start_at_layer="start layer",
         stop_at_layer="layer",
+        past_kv_cache="kv cache",
     )
     def forward(
         self,
@@ -75,6 +76,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         loss_per_token=False,
         start_at_layer=None,
         stop_at_layer=None,
+        past_kv_cache=None,
     ):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
@@ -84,20 +86,25 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         entering it [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
         ``start_at_layer=k``: ``tokens`` is the residual stream entering block k instead
         [batch, pos, d_model] (TransformerLens's ``input``), and blocks k and after run on it.
+        ``past_kv_cache``: the keys and values of the positions before the tokens', which this run
+        continues and extends (generation; foundation/lens/kv_cache.py).
         Tokens go to the model's device.
         """
         start = self._start_layer(start_at_layer)  # None: the run starts from the tokens
+        # the positions before the tokens, whose keys and values the cache holds (generation)
+        past = 0 if past_kv_cache is None else past_kv_cache.pos_so_far
         if start is not None:
             resid = tokens  # [batch, pos, d_model]: the residual stream entering block start
         elif self.cfg.positional == "rotary":
             resid = self.embed(tokens)  # [batch, pos, d_model]
         else:
             embed = self.embed(tokens)  # [batch, pos, d_model]
-            pos_embed = self.pos_embed(tokens)  # [batch, pos, d_model]
+            pos_embed = self.pos_embed(tokens, past)  # [batch, pos, d_model]
             resid = embed + pos_embed  # [batch, pos, d_model]
         stop = self._stop_layer(stop_at_layer)
-        for block in self.blocks[start:stop]:
-            resid = block(resid)  # [batch, pos, d_model]
+        entries = self._cache_entries(past_kv_cache)  # each block's keys and values so far, or None
+        for block, entry in zip(self.blocks[start:stop], entries[start:stop]):
+            resid = block(resid, entry)  # [batch, pos, d_model]
         if stop < self.cfg.n_layers:
             return self._stopped(resid)
         if self.cfg.normalization == "pre":
