@@ -12,6 +12,12 @@ from .analyses import (
     head_ablation,
     logit_lens,
 )
+from .attribution import (
+    EdgeAttribution,
+    NodeAttribution,
+    attribution_patching,
+    edge_attribution_patching,
+)
 from .circuits import (
     composition_score,
     composition_scores,
@@ -45,15 +51,19 @@ from .scores import (
 )
 
 __all__ = [
+    "EdgeAttribution",
     "LogitAttribution",
+    "NodeAttribution",
     "LogitLens",
     "all_head_scores",
+    "attribution_patching",
     "composition_score",
     "composition_scores",
     "copying_score",
     "copying_scores",
     "direct_logit_attribution",
     "duplicate_token_scores",
+    "edge_attribution_patching",
     "full_ov_circuit",
     "full_qk_circuit",
     "head_ablation",
