@@ -30,7 +30,13 @@ from .circuits import (
     qk_matrix,
 )
 from .common import repeated_random_tokens, weights
-from .patching import logit_diff, patch_heads, patch_positions, patching_setup
+from .patching import (
+    logit_diff,
+    patch_head_positions,
+    patch_heads,
+    patch_positions,
+    patching_setup,
+)
 from .plots import (
     plot_attention_grid,
     plot_attention_head,
@@ -72,6 +78,7 @@ __all__ = [
     "logit_diff",
     "logit_lens",
     "ov_matrix",
+    "patch_head_positions",
     "patch_heads",
     "patch_positions",
     "patching_setup",

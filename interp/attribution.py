@@ -51,7 +51,7 @@ effect of patching the whole activation (the path integral), with an error that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -227,6 +227,11 @@ class NodeAttribution:
         the estimate of ``patch_heads`` (for z)."""
         return np.stack([self[name, layer].sum(axis=0) for layer in range(self.n_layers)])
 
+    def head_positions(self, name="z"):
+        """[n_layers, pos, n_heads]: each head's score at ``name`` per position: the estimate of
+        ``patch_head_positions`` (for z)."""
+        return np.stack([self[name, layer] for layer in range(self.n_layers)])
+
     def positions(self, name="resid_pre"):
         """[n_layers, pos]: each layer's score at ``name`` (a [pos] hook) per position: the
         estimate of ``patch_positions``."""
@@ -341,13 +346,12 @@ def _upstream(cfg, W_O, clean, corrupted):
 
 def _norm(model, name):
     """The reference's own norm component (LayerNorm, LayerNormPre or RMSNorm) holding the
-    weights of the model's ``name`` ("blocks.0.ln1", "ln_final")."""
+    weights of the model's ``name`` ("blocks.0.ln1"), in float64 as the rest of the analysis."""
     from numpy_impl.layernorm import LayerNorm
 
-    cfg = model.cfg
-    norm = LayerNorm.for_config(cfg)
+    norm = LayerNorm.for_config(replace(model.cfg, dtype="float64"))
     state = {
-        key[len(name) + 1 :]: value
+        key[len(name) + 1 :]: value.astype(np.float64)
         for key, value in weights(model).items()
         if key.startswith(name + ".")
     }

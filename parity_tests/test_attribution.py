@@ -12,6 +12,7 @@ import pytest
 from interp import (
     attribution_patching,
     edge_attribution_patching,
+    patch_head_positions,
     patch_heads,
     patch_positions,
 )
@@ -70,9 +71,11 @@ def test_exact_on_a_linear_model(steps):
     args = corrupted_pair(LINEAR)
     result = attribution_patching(model, *args, steps=steps)
     heads = patch_heads(model, *args)
+    head_positions = patch_head_positions(model, *args)
     positions = patch_positions(model, *args, component="resid_post")
     assert np.abs(heads[-1]).max() > 0.1  # the last layer's heads matter
     assert np.abs(result.heads("z")[-1] - heads[-1]).max() < EXACT_TOL
+    assert np.abs(result.head_positions("z")[-1] - head_positions[-1]).max() < EXACT_TOL
     assert np.abs(result.positions("resid_post")[-1] - positions[-1]).max() < EXACT_TOL
 
 
@@ -84,6 +87,8 @@ def test_differs_on_a_nonlinear_model():
     args = corrupted_pair(GPT2)
     result = attribution_patching(model, *args)
     assert np.abs(result.heads("z")[0] - patch_heads(model, *args)[0]).max() > 0.01
+    # ... and the last layer's z, through the MLP after it
+    assert np.abs(result.heads("z")[-1] - patch_heads(model, *args)[-1]).max() > 1e-3
 
 
 def test_integrated_gradients_approaches_patching():
