@@ -638,7 +638,10 @@ def plot_attribution_patching(rows, path, title="Attribution patching against ac
             ax.plot([low, high], [low, high], color="grey", ls="--", lw=1, label="y = x (exact)")
             for group, group_name in enumerate(row["group_names"]):
                 chosen = groups == group
-                ax.scatter(patched[chosen], estimate[chosen], s=24, label=group_name)
+                # each group drawn smaller than the one before: a point on top of another
+                # leaves a ring of it showing
+                size = max(12, 100 - 30 * group)
+                ax.scatter(patched[chosen], estimate[chosen], s=size, label=group_name)
             ax.set_xlim(low, high)
             ax.set_ylim(low, high)
             ax.set_aspect("equal", adjustable="box")
