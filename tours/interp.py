@@ -406,8 +406,10 @@ def show_attribution_patching(walk, patched):
     # the whole first half replaced: no earlier occurrence is left for the induction head to find
     rng = np.random.default_rng(walk.seed + 1)
     every = clean.copy()
+    ids = cfg.d_vocab - bos  # a BOS id, when there is one, is the last
     for row in every:
-        row[first : first + half] = rng.permutation(cfg.d_vocab - bos)[:half]
+        fresh = rng.permutation(ids)[:half] if half <= ids else rng.integers(0, ids, half)
+        row[first : first + half] = fresh
     every_args = (clean, every, answer, every[:, first + half // 2])
     print(f"  Every token of the first half (positions {first} to {first + half - 1}) replaced:")
     compare_with_patching(
