@@ -269,6 +269,8 @@ def attribution_patching(
     setup = patching_setup(model, clean_tokens, corrupted_tokens, answer, wrong)
     steps = _check_steps(steps)
     at = _check_at(model, at)
+    if steps is None and at != _own_names(model)[INPUT]:
+        raise ValueError(f"at={at!r} chooses where integrated gradients interpolate: pass steps")
     clean, corrupted, runs = _gradient_runs(model, setup, steps, at)
     gradient = _mean(runs)
     names = [name for name in gradient if name in clean]

@@ -182,6 +182,8 @@ def test_bad_input():
         attribution_patching(model, clean, corrupted, answer, wrong, steps=2, at="hook_nothing")
     with pytest.raises(ValueError, match="at="):
         attribution_patching(model, clean, corrupted, answer, wrong, steps=2, at="embed.hook_in")
+    with pytest.raises(ValueError, match="pass steps"):
+        attribution_patching(model, clean, corrupted, answer, wrong, at="z1")
     with pytest.raises(TypeError, match="at"):
         attribution_patching(model, clean, corrupted, answer, wrong, steps=2, at=3)
     with pytest.raises(ValueError, match="steps"):
