@@ -57,7 +57,7 @@ import numpy as np
 
 from foundation.lens.hooks import hook_name
 
-from .common import native_like, native_tokens, view, weights
+from .common import native_like, native_tokens, weights
 from .patching import patching_setup
 
 INPUT = "hook_embed"  # where integrated gradients interpolates by default: the token embeddings
@@ -346,18 +346,16 @@ def _upstream(cfg, W_O, clean, corrupted):
     return labels, layers, np.stack(deltas)
 
 
-def _norm(model, name):
+def _norm(cfg, state, name):
     """The reference's own norm component (LayerNorm, LayerNormPre or RMSNorm) holding the
-    weights of the model's ``name`` ("blocks.0.ln1"), in float64 as the rest of the analysis."""
+    weights ``state`` has for ``name`` ("blocks.0.ln1"), in float64 as the rest of the analysis."""
     from numpy_impl.layernorm import LayerNorm
 
-    norm = LayerNorm.for_config(replace(model.cfg, dtype="float64"))
-    state = {
-        key[len(name) + 1 :]: value.astype(np.float64)
-        for key, value in weights(model).items()
-        if key.startswith(name + ".")
-    }
-    norm.load_state_dict(state)
+    norm = LayerNorm.for_config(replace(cfg, dtype="float64"))
+    prefix = name + "."
+    norm.load_state_dict(
+        {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    )
     return norm
 
 
@@ -412,19 +410,13 @@ def _downstream(model, projections, norms, acts, grads):
     return np.concatenate(pieces)  # [down, batch, pos, d_model]
 
 
-def _projections(model):
+def _projections(cfg, state):
     """{"q": W_Q, "k": W_K, "v": W_V}, each [n_layers, head (or kv_head), d_model, d_head]."""
-    cfg = model.cfg
-    state = weights(model)
-    grouped = "_" if cfg.n_key_value_heads is not None else ""
+    kv = "_" if cfg.n_key_value_heads is not None else ""  # grouped: TransformerLens's _W_K, _W_V
+    names = {"q": "W_Q", "k": kv + "W_K", "v": kv + "W_V"}
     return {
-        part: np.stack(
-            [
-                state[f"blocks.{layer}.attn.{grouped if part != 'q' else ''}W_{part.upper()}"]
-                for layer in range(cfg.n_layers)
-            ]
-        ).astype(np.float64)
-        for part in ("q", "k", "v")
+        part: np.stack([state[f"blocks.{layer}.attn.{name}"] for layer in range(cfg.n_layers)])
+        for part, name in names.items()
     }
 
 
@@ -447,11 +439,12 @@ def edge_attribution_patching(model, clean_tokens, corrupted_tokens, answer, wro
             "stream is re-normalised after every block, so it is not a sum of what nodes write"
         )
     steps = _check_steps(steps)
-    projections = _projections(model)
+    state = {key: value.astype(np.float64) for key, value in weights(model).items()}
+    projections = _projections(cfg, state)
     norms = {}
     if cfg.normalization == "pre":
         norms = {
-            f"blocks.{layer}.ln1": _norm(model, f"blocks.{layer}.ln1")
+            f"blocks.{layer}.ln1": _norm(cfg, state, f"blocks.{layer}.ln1")
             for layer in range(cfg.n_layers)
         }
 
@@ -461,7 +454,8 @@ def edge_attribution_patching(model, clean_tokens, corrupted_tokens, answer, wro
     at = _own_names(model)[INPUT]
     clean, corrupted, runs = _gradient_runs(model, setup, steps, at, each=downstream)
     gradient = _mean(runs)  # [down, batch, pos, d_model]
-    W_O = view(model, "W_O").astype(np.float64)  # [n_layers, head, d_head, d_model]
+    # [n_layers, head, d_head, d_model]
+    W_O = np.stack([state[f"blocks.{layer}.attn.W_O"] for layer in range(cfg.n_layers)])
     up_labels, up_layers, deltas = _upstream(cfg, W_O, clean, corrupted)
     down_labels, down_layers = _downstream_labels(cfg)
     # [up, down]: sum over batch, pos and d_model
