@@ -65,6 +65,8 @@ def test_twins_agree(cfg):
         assert edges.downstream == twin_edges.downstream
         assert np.array_equal(np.isnan(edges.scores), np.isnan(twin_edges.scores))
         assert rel_err(finite(edges.scores), finite(twin_edges.scores)) < tol, steps
+    one = attribution_patching(model, *args, steps=2, at="z1")
+    assert rel_err(one["z", 1], attribution_patching(twin, *args, steps=2, at="z1")["z", 1]) < tol
 
 
 @pytest.mark.parametrize("steps", [None, 1, 3, 8])
