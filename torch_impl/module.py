@@ -2,8 +2,9 @@
 
 ``torch.nn`` already gives parameters, modules and state dicts. ``Module`` adds what the NumPy
 reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and
-names every bad key in one ``ValueError``, and ``from_twin``; and dtype moves (``.float()``,
-``.double()``, ``.to(dtype)``) that take ``cfg.dtype`` along, refusing any other dtype first. ``HookPoint`` is the twin of the
+names every bad key in one ``ValueError``, and ``from_twin``; a ``cfg`` whose dtype is read
+from the tensors, so a move (``.float()``, ``.double()``, ``.to(dtype)``) changes what it says;
+and moves to any other dtype refused first. ``HookPoint`` is the twin of the
 reference's (its hook lists are ``foundation.lens.hooks.HookLists``, written once).
 
 ``Module`` also carries the boundary each component's ``forward`` declares with
@@ -70,6 +71,21 @@ class Constant(nn.Buffer):
 class Module(nn.Module):
     """``nn.Module`` with the reference's loading and boundary: either library's arrays, one clear
     error, ``from_twin``; every ``forward`` declared with ``@boundary(...)`` checked and guarded."""
+
+    @property
+    def cfg(self):
+        """The config the module was built with, its ``dtype`` the tensors' (one source of truth:
+        a move such as ``.double()`` changes the tensors, and so what ``cfg.dtype`` says)."""
+        if "_cfg" not in vars(self):
+            raise AttributeError(f"{type(self).__name__} has no cfg")
+        cfg = vars(self)["_cfg"]
+        floats = (t for t in chain(self.parameters(), self.buffers()) if t.is_floating_point())
+        tensor = next(floats, None)
+        return cfg if tensor is None else _with_dtype(cfg, str(tensor.dtype).removeprefix("torch."))
+
+    @cfg.setter
+    def cfg(self, cfg):
+        vars(self)["_cfg"] = cfg
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys raise ValueError.
@@ -169,7 +185,7 @@ class Module(nn.Module):
     def _weights(self):
         return [p.detach() for p in self.parameters()]
 
-    # --- moving like a torch module: cfg.dtype follows the parameters; other dtypes are refused first ---
+    # --- moving like a torch module: other dtypes are refused first (cfg.dtype reads the tensors) ---
 
     def to(self, *args, **kwargs):
         """torch's ``Module.to`` (device, dtype, or both); a dtype other than float32/float64 is refused."""
@@ -183,7 +199,7 @@ class Module(nn.Module):
         return self._apply(lambda t: t.type(dst_type) if t.is_floating_point() else t)
 
     def _apply(self, fn, *args, **kwargs):
-        """Every move (.to, .float, .double, .half, .type, .cuda, ...) ends here; then cfg.dtype follows.
+        """Every move (.to, .float, .double, .half, .type, .cuda, ...) ends here.
 
         ``fn`` is tried first on an empty tensor of the module's dtype and on an empty bool tensor
         (a causal mask): a move to a dtype the twin cannot compute in, or one that would turn a mask
@@ -195,14 +211,13 @@ class Module(nn.Module):
             if fn(torch.empty(0, dtype=torch.bool)).dtype != torch.bool:
                 raise TypeError("this move would turn the bool causal mask into numbers: the twin computes in "
                                 "float32 or float64 with a bool mask; use .float(), .double() or .to(dtype)")
-        super()._apply(fn, *args, **kwargs)
-        floats = [t for t in chain(self.parameters(), self.buffers()) if t.is_floating_point()]
-        if cfg is not None and floats and str(floats[0].dtype) != f"torch.{cfg.dtype}":
-            cfg = dataclasses.replace(cfg, dtype=str(floats[0].dtype).removeprefix("torch."))
-            for module in self.modules():
-                if hasattr(module, "cfg"):
-                    module.cfg = cfg
-        return self
+        return super()._apply(fn, *args, **kwargs)
+
+
+@functools.lru_cache(maxsize=16)
+def _with_dtype(cfg, dtype):
+    """``cfg`` with ``dtype`` (one frozen config per pair, made once)."""
+    return cfg if cfg.dtype == dtype else dataclasses.replace(cfg, dtype=dtype)
 
 
 def _check_dtype(dtype):
