@@ -8,7 +8,8 @@ and moves to any other dtype refused first. ``HookPoint`` is the twin of the
 reference's (its hook lists are ``foundation.lens.hooks.HookLists``, written once).
 
 ``Module`` also carries the boundary each component's ``forward`` declares with
-``@boundary(x="activation")``, as the reference's (``_forward_at_the_boundary`` below;
+``@boundary(x="activation")``, as the reference's, on what both twins share (``TwinModule``;
+``_forward_at_the_boundary`` below;
 ``foundation/contract/boundary.py`` says what it guarantees), so the bodies in the component files
 hold only the formulas. Autograd needs no copies of the caller's tensors: it refuses a backward
 through a tensor changed in place after the forward. The guard of the gradients runs once, when
@@ -27,6 +28,7 @@ from torch import nn
 
 from foundation.contract.boundary import (  # noqa: F401 (boundary, for the components)
     Call,
+    TwinModule,
     bind,
     boundary,
     calls,
@@ -44,7 +46,7 @@ from foundation.contract.boundary import (  # noqa: F401 (boundary, for the comp
     taint,
     user_call,
 )
-from foundation.contract.checks import check_seed, check_state_dict, check_tokens, tokens_as_array
+from foundation.contract.checks import check_seed, check_tokens, tokens_as_array
 from foundation.lens.hooks import HookLists
 
 
@@ -68,9 +70,10 @@ class Constant(nn.Buffer):
         return super().__new__(cls, data, persistent=False)
 
 
-class Module(nn.Module):
+class Module(TwinModule, nn.Module):
     """``nn.Module`` with the reference's loading and boundary: either library's arrays, one clear
-    error, ``from_twin``; every ``forward`` declared with ``@boundary(...)`` checked and guarded."""
+    error; every ``forward`` declared with ``@boundary(...)`` checked and guarded (what reads the
+    same in both twins, ``from_twin`` and a user's guarded forward among it, is ``TwinModule``'s)."""
 
     @property
     def cfg(self):
@@ -98,18 +101,10 @@ class Module(nn.Module):
         own tensors, never another dtype).
         """
         params = dict(self.named_parameters())
-        dtype = str(next(iter(params.values())).dtype).replace("torch.", "") if params else None
-        arrays = check_state_dict(state_dict, {name: tuple(p.shape) for name, p in params.items()}, dtype, strict)
+        arrays = self._checked_state_dict(state_dict, strict)
         tensors = {name: torch.from_numpy(array).to(params[name].device) for name, array in arrays.items()}
         unexpected = {name: value for name, value in state_dict.items() if name not in params}  # strict=False: listed
         return super().load_state_dict({**tensors, **unexpected}, strict=strict, assign=assign)
-
-    @classmethod
-    def from_twin(cls, twin):
-        """A module of this class holding ``twin``'s config and weights (``twin``: the same class from numpy_impl)."""
-        module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
-        module.load_state_dict(twin.state_dict())
-        return module
 
     # --- the boundary: what @boundary(...) makes of a forward ---
 
@@ -119,21 +114,13 @@ class Module(nn.Module):
         if not user_call():
             if not guarding():
                 return body(self, *args, **kwargs)
-            return self._guarded_forward(body, args, kwargs, arrays=[])  # named in the guard's messages
-        arguments = _checked_arguments(self, body, signature, args, kwargs)
+            call = Call(self, "forward", [], self._weights)
+            return self._guarded_forward(body, args, kwargs, call)  # named in the guard's messages
+        arguments = self._checked_arguments(body, signature, args, kwargs)
         arrays = [value for value in arguments.values() if isinstance(value, torch.Tensor)]
-        if guarding():
-            return self._guarded_forward(body, (), arguments, arrays)
-        call = Call(self, "forward", arrays, self._weights)
-        with entered(call):
-            result = body(self, **arguments)
-        if not finite(outputs(result) + call.always) and not call.tainted:  # one host synchronisation
-            if inputs_finite(call):
-                with guard_every_hook():  # replayed to name the component and tensor, or raise
-                    return self._guarded_forward(body, (), arguments, arrays)
-            call.tainted = True  # non-finite in, non-finite out, as NumPy and torch do
+        result, call, guarded = self._user_forward(body, arguments, arrays)
         tensors = [out for out in outputs(result) if out.requires_grad]
-        if tensors and torch.is_grad_enabled():
+        if tensors and torch.is_grad_enabled() and not guarded:
             call.input_grads = []
             for x in arrays:
                 if x.requires_grad:
@@ -141,11 +128,25 @@ class Module(nn.Module):
             tensors[0].register_hook(functools.partial(self._start_of_backward, call, arguments))
         return result
 
-    def _guarded_forward(self, body, args, kwargs, arrays):
+    def _checked_arguments(self, body, signature, args, kwargs):
+        """{name: value} of a user's forward call, checked; tokens become int64 on the module's device."""
+        arguments = bind(self, body, signature, args, kwargs)
+        if "tokens" in arguments and getattr(self, "takes_any_tokens", False):
+            tokens = token_tensor(arguments.pop("tokens"), self.cfg)  # the model's: lists and ndarrays too, checked
+            check_arguments(self, body, arguments, torch.Tensor)  # the others
+            device = next(chain(self.parameters(), self.buffers()), tokens).device
+            return {"tokens": tokens.to(device), **arguments}
+        check_arguments(self, body, arguments, torch.Tensor)
+        if "tokens" in arguments:
+            arguments["tokens"] = arguments["tokens"].to(torch.int64)  # ids of any integer dtype (a uint8 index would be a mask)
+        if "targets" in arguments:
+            arguments["targets"] = arguments["targets"].to(torch.int64)  # ids of any integer dtype; take_along_dim wants int64
+        return arguments
+
+    def _guarded_forward(self, body, args, kwargs, call):
         """A forward with every hook point, every output and (when autograd runs back through it)
         every gradient at a hook point guarded as it is made."""
         user = user_call()
-        call = Call(self, "forward", arrays, self._weights)
         with entered(call):
             result = body(self, *args, **kwargs)
             for out in outputs(result):
@@ -168,7 +169,7 @@ class Module(nn.Module):
         """
         grads = [dout, *call.input_grads, *(p.grad for p in self.parameters() if p.grad is not None)]
         call.input_grads = []
-        if finite(grads) or call.tainted or not finite([dout]) or not inputs_finite(call):
+        if self._finite(grads) or call.tainted or not self._finite([dout]) or not inputs_finite(call):
             return
         with torch.enable_grad(), guard_every_hook():
             result = self(**arguments)
@@ -184,6 +185,9 @@ class Module(nn.Module):
 
     def _weights(self):
         return [p.detach() for p in self.parameters()]
+
+    def _finite(self, tensors):
+        return finite(tensors)
 
     # --- moving like a torch module: other dtypes are refused first (cfg.dtype reads the tensors) ---
 
@@ -224,22 +228,6 @@ def _check_dtype(dtype):
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype {dtype} is not supported: the twin computes in float32 or float64 "
                         "(cfg.dtype); use .float() or .double()")
-
-
-def _checked_arguments(module, body, signature, args, kwargs):
-    """{name: value} of a user's forward call, checked; tokens become int64 on the module's device."""
-    arguments = bind(module, body, signature, args, kwargs)
-    if "tokens" in arguments and getattr(module, "takes_any_tokens", False):
-        tokens = token_tensor(arguments.pop("tokens"), module.cfg)  # the model's: lists and ndarrays too, checked
-        check_arguments(module, body, arguments, torch.Tensor)  # the others
-        device = next(chain(module.parameters(), module.buffers()), tokens).device
-        return {"tokens": tokens.to(device), **arguments}
-    check_arguments(module, body, arguments, torch.Tensor)
-    if "tokens" in arguments:
-        arguments["tokens"] = arguments["tokens"].to(torch.int64)  # ids of any integer dtype (a uint8 index would be a mask)
-    if "targets" in arguments:
-        arguments["targets"] = arguments["targets"].to(torch.int64)  # ids of any integer dtype; take_along_dim wants int64
-    return arguments
 
 
 def finite(tensors):
