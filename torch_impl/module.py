@@ -1,19 +1,19 @@
 """The small machinery under every torch component: modules, hook points and seeded generators.
 
 ``torch.nn`` already gives parameters, modules and state dicts. ``Module`` adds what the NumPy
-reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and
-names every bad key in one ``ValueError``, and ``from_twin``; a ``cfg`` whose dtype is read
-from the tensors, so a move (``.float()``, ``.double()``, ``.to(dtype)``) changes what it says;
-and moves to any other dtype refused first. ``HookPoint`` is the twin of the
-reference's (its hook lists are ``foundation.lens.hooks.HookLists``, written once).
+reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and names
+every bad key in one ``ValueError``, and ``from_twin``; a ``cfg`` whose dtype is read from the
+tensors, so a move (``.float()``, ``.double()``, ``.to(dtype)``) changes what it says; and moves
+to any other dtype refused first. ``HookPoint`` is the twin of the reference's (its hook lists are
+``foundation.lens.hooks.HookLists``, written once).
 
 ``Module`` also carries the boundary each component's ``forward`` declares with
 ``@boundary(x="activation")``, as the reference's, on what both twins share (``TwinModule``;
-``_forward_at_the_boundary`` below;
-``foundation/contract/boundary.py`` says what it guarantees), so the bodies in the component files
-hold only the formulas. Autograd needs no copies of the caller's tensors: it refuses a backward
-through a tensor changed in place after the forward. The guard of the gradients runs once, when
-autograd ends the backward (``_end_of_backward``), not at every hook point.
+``_forward_at_the_boundary`` below; ``foundation/contract/boundary.py`` says what it guarantees),
+so the bodies in the component files hold only the formulas. Autograd needs no copies of the
+caller's tensors: it refuses a backward through a tensor changed in place after the forward. The
+guard of the gradients runs once, when autograd ends the backward (``_end_of_backward``), not at
+every hook point.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def default_rng(rng=None):
 
 
 class Constant(nn.Buffer):
-    """A fixed tensor in a parameter's place: a buffer, neither trained nor saved (the reference's ``Constant``)."""
+    """A fixed tensor in a parameter's place: a buffer, neither trained nor saved (the reference's
+    ``Constant``)."""
 
     def __new__(cls, data):
         return super().__new__(cls, data, persistent=False)
@@ -73,7 +74,8 @@ class Constant(nn.Buffer):
 class Module(TwinModule, nn.Module):
     """``nn.Module`` with the reference's loading and boundary: either library's arrays, one clear
     error; every ``forward`` declared with ``@boundary(...)`` checked and guarded (what reads the
-    same in both twins, ``from_twin`` and a user's guarded forward among it, is ``TwinModule``'s)."""
+    same in both twins, ``from_twin`` and a user's guarded forward among it, is
+    ``TwinModule``'s)."""
 
     @property
     def cfg(self):
@@ -84,26 +86,32 @@ class Module(TwinModule, nn.Module):
         cfg = vars(self)["_cfg"]
         floats = (t for t in chain(self.parameters(), self.buffers()) if t.is_floating_point())
         tensor = next(floats, None)
-        return cfg if tensor is None else _with_dtype(cfg, str(tensor.dtype).removeprefix("torch."))
+        if tensor is None:
+            return cfg
+        return _with_dtype(cfg, str(tensor.dtype).removeprefix("torch."))
 
     @cfg.setter
     def cfg(self, cfg):
         vars(self)["_cfg"] = cfg
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys raise ValueError.
+        """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys
+        raise ValueError.
 
-        ``foundation.contract.checks.check_state_dict`` checks everything first and casts to the model's
-        dtype, as the NumPy reference's ``load_state_dict`` does, so both take the same state
-        dicts with the same values and refuse the same ones with the same message; with
+        ``foundation.contract.checks.check_state_dict`` checks everything first and casts to the
+        model's dtype, as the NumPy reference's ``load_state_dict`` does, so both take the same
+        state dicts with the same values and refuse the same ones with the same message; with
         ``strict=False`` the keys present are checked all the same. ``assign=True`` makes new
-        parameters of the values cast to each parameter's dtype and device (never the caller's
-        own tensors, never another dtype).
+        parameters of the values cast to each parameter's dtype and device (never the caller's own
+        tensors, never another dtype).
         """
         params = dict(self.named_parameters())
         arrays = self._checked_state_dict(state_dict, strict)
-        tensors = {name: torch.from_numpy(array).to(params[name].device) for name, array in arrays.items()}
-        unexpected = {name: value for name, value in state_dict.items() if name not in params}  # strict=False: listed
+        tensors = {
+            name: torch.from_numpy(array).to(params[name].device) for name, array in arrays.items()
+        }
+        # strict=False: listed
+        unexpected = {name: value for name, value in state_dict.items() if name not in params}
         return super().load_state_dict({**tensors, **unexpected}, strict=strict, assign=assign)
 
     # --- the boundary: what @boundary(...) makes of a forward ---
@@ -114,8 +122,8 @@ class Module(TwinModule, nn.Module):
         if not user_call():
             if not guarding():
                 return body(self, *args, **kwargs)
-            call = Call(self, "forward", [], self._weights)
-            return self._guarded_forward(body, args, kwargs, call)  # named in the guard's messages
+            call = Call(self, "forward", [], self._weights)  # named in the guard's messages
+            return self._guarded_forward(body, args, kwargs, call)
         arguments = self._checked_arguments(body, signature, args, kwargs)
         arrays = [value for value in arguments.values() if isinstance(value, torch.Tensor)]
         result, call, guarded = self._user_forward(body, arguments, arrays)
@@ -124,23 +132,28 @@ class Module(TwinModule, nn.Module):
             call.input_grads = []
             for x in arrays:
                 if x.requires_grad:
-                    x.register_hook(call.input_grads.append)  # the gradients it returns, kept for the end
+                    # the gradients it returns, kept for the end
+                    x.register_hook(call.input_grads.append)
             tensors[0].register_hook(functools.partial(self._start_of_backward, call, arguments))
         return result
 
     def _checked_arguments(self, body, signature, args, kwargs):
-        """{name: value} of a user's forward call, checked; tokens become int64 on the module's device."""
+        """{name: value} of a user's forward call, checked; tokens become int64 on the module's
+        device."""
         arguments = bind(self, body, signature, args, kwargs)
         if "tokens" in arguments and getattr(self, "takes_any_tokens", False):
-            tokens = token_tensor(arguments.pop("tokens"), self.cfg)  # the model's: lists and ndarrays too, checked
+            # the model's: lists and ndarrays too, checked
+            tokens = token_tensor(arguments.pop("tokens"), self.cfg)
             check_arguments(self, body, arguments, torch.Tensor)  # the others
             device = next(chain(self.parameters(), self.buffers()), tokens).device
             return {"tokens": tokens.to(device), **arguments}
         check_arguments(self, body, arguments, torch.Tensor)
         if "tokens" in arguments:
-            arguments["tokens"] = arguments["tokens"].to(torch.int64)  # ids of any integer dtype (a uint8 index would be a mask)
+            # ids of any integer dtype (a uint8 index would be a mask)
+            arguments["tokens"] = arguments["tokens"].to(torch.int64)
         if "targets" in arguments:
-            arguments["targets"] = arguments["targets"].to(torch.int64)  # ids of any integer dtype; take_along_dim wants int64
+            # ids of any integer dtype; take_along_dim wants int64
+            arguments["targets"] = arguments["targets"].to(torch.int64)
         return arguments
 
     def _guarded_forward(self, body, args, kwargs, call):
@@ -158,7 +171,8 @@ class Module(TwinModule, nn.Module):
     def _start_of_backward(self, call, arguments, dout):
         """Autograd reached a user's call's output: look at its gradients when the backward ends."""
         torch.autograd.Variable._execution_engine.queue_callback(
-            functools.partial(self._end_of_backward, call, arguments, dout))
+            functools.partial(self._end_of_backward, call, arguments, dout)
+        )
         return dout
 
     def _end_of_backward(self, call, arguments, dout):
@@ -167,20 +181,31 @@ class Module(TwinModule, nn.Module):
         Only when one is not finite, and ``dout``, the inputs and the weights were, is the forward
         replayed and the backward run again with every hook point guarded, to name where it began.
         """
-        grads = [dout, *call.input_grads, *(p.grad for p in self.parameters() if p.grad is not None)]
+        grads = [
+            dout,
+            *call.input_grads,
+            *(p.grad for p in self.parameters() if p.grad is not None),
+        ]
         call.input_grads = []
-        if self._finite(grads) or call.tainted or not self._finite([dout]) or not inputs_finite(call):
+        finite_in = self._finite([dout]) and inputs_finite(call)
+        if self._finite(grads) or call.tainted or not finite_in:
             return
         with torch.enable_grad(), guard_every_hook():
             result = self(**arguments)
             out = [tensor for tensor in outputs(result) if tensor.requires_grad][0]
-            leaves = [x for x in call.arrays if x.requires_grad] + [p for p in self.parameters() if p.requires_grad]
-            owners = {id(p): module for module in self.modules() for p in module.parameters(recurse=False)}
+            leaves = [x for x in call.arrays if x.requires_grad] + [
+                p for p in self.parameters() if p.requires_grad
+            ]
+            owners = {
+                id(p): module for module in self.modules() for p in module.parameters(recurse=False)
+            }
             for p in self.parameters():
                 if p.requires_grad:
                     owner = Call(owners[id(p)], "backward", [], self._weights)
                     label = f"the gradient of {parameter_label(self, p)}"
-                    p.register_hook(functools.partial(_guard_parameter_gradient, (call, owner), label))
+                    p.register_hook(
+                        functools.partial(_guard_parameter_gradient, (call, owner), label)
+                    )
             torch.autograd.grad(out, leaves, grad_outputs=dout, allow_unused=True)
 
     def _weights(self):
@@ -189,17 +214,19 @@ class Module(TwinModule, nn.Module):
     def _finite(self, tensors):
         return finite(tensors)
 
-    # --- moving like a torch module: other dtypes are refused first (cfg.dtype reads the tensors) ---
+    # --- moving like a torch module: other dtypes are refused first (cfg.dtype reads the tensors)
 
     def to(self, *args, **kwargs):
-        """torch's ``Module.to`` (device, dtype, or both); a dtype other than float32/float64 is refused."""
+        """torch's ``Module.to`` (device, dtype, or both); a dtype other than float32/float64 is
+        refused."""
         for arg in (*args, *kwargs.values()):
             if isinstance(arg, (torch.dtype, torch.Tensor)):
                 _check_dtype(arg if isinstance(arg, torch.dtype) else arg.dtype)
         return super().to(*args, **kwargs)
 
     def type(self, dst_type):
-        """torch's ``Module.type`` on the floating-point tensors only, as ``.to(dtype)``: a bool mask stays bool."""
+        """torch's ``Module.type`` on the floating-point tensors only, as ``.to(dtype)``: a bool
+        mask stays bool."""
         return self._apply(lambda t: t.type(dst_type) if t.is_floating_point() else t)
 
     def _apply(self, fn, *args, **kwargs):
@@ -213,8 +240,10 @@ class Module(TwinModule, nn.Module):
         if cfg is not None:
             _check_dtype(fn(torch.empty(0, dtype=getattr(torch, cfg.dtype))).dtype)
             if fn(torch.empty(0, dtype=torch.bool)).dtype != torch.bool:
-                raise TypeError("this move would turn the bool causal mask into numbers: the twin computes in "
-                                "float32 or float64 with a bool mask; use .float(), .double() or .to(dtype)")
+                raise TypeError(
+                    "this move would turn the bool causal mask into numbers: the twin computes in "
+                    "float32 or float64 with a bool mask; use .float(), .double() or .to(dtype)"
+                )
         return super()._apply(fn, *args, **kwargs)
 
 
@@ -226,8 +255,10 @@ def _with_dtype(cfg, dtype):
 
 def _check_dtype(dtype):
     if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"dtype {dtype} is not supported: the twin computes in float32 or float64 "
-                        "(cfg.dtype); use .float() or .double()")
+        raise TypeError(
+            f"dtype {dtype} is not supported: the twin computes in float32 or float64 "
+            "(cfg.dtype); use .float() or .double()"
+        )
 
 
 def finite(tensors):
@@ -244,7 +275,8 @@ def finite(tensors):
 
 
 def _note_upstream_gradient(call, grad):
-    """A non-finite gradient given to the outermost output: what follows from it is not the formula's doing."""
+    """A non-finite gradient given to the outermost output: what follows from it is not the
+    formula's doing."""
     if nonfinite(grad):
         call.tainted = True
 
@@ -254,7 +286,8 @@ def _guard_parameter_gradient(forward_call, label, grad):
 
 
 def token_tensor(tokens, cfg):
-    """Token ids as an int64 tensor: lists and ndarrays of any integer dtype are checked, then converted.
+    """Token ids as an int64 tensor: lists and ndarrays of any integer dtype are checked, then
+    converted.
 
     Checking the ndarray first gives the reference's messages; converting to int64 copies it (so
     negative strides and read-only arrays are fine) and reads a uint8 array as ids, never as a mask.
@@ -294,39 +327,56 @@ class HookPoint(nn.Module, HookLists):
             guard(x, lambda: hook_label(self))
             frames = [call for call in calls() if not call.is_hook]
             if x.requires_grad and torch.is_grad_enabled() and frames:
-                forward_call = (frames[0], frames[-1])  # the gradient's guard needs this forward's records
+                # the gradient's guard needs this forward's records
+                forward_call = (frames[0], frames[-1])
                 x.register_hook(functools.partial(self._guard_gradient, forward_call))
         elif self.always:
             note_always_guarded(x)
         if self.fwd_hooks:
             # hooks get a detached copy, so they may edit it in place; x keeps its autograd history
             hooked = self._run(self.fwd_hooks, x.detach().clone())
-            hooked = torch.as_tensor(hooked, dtype=x.dtype, device=x.device).detach().clone()  # ours: the hook may reuse it
+            # ours: the hook may reuse it
+            hooked = torch.as_tensor(hooked, dtype=x.dtype, device=x.device).detach().clone()
             if nonfinite(hooked) and not nonfinite(x):
-                taint()  # the hook put a NaN or an infinity in: what follows from it is not the formula's doing
+                # the hook put a NaN or an infinity in: what follows from it is not the formula's
+                # doing
+                taint()
             changed = hooked != x.detach()  # like x: True where a hook changed the value
             if changed.any():
-                x = torch.where(changed, hooked, x)  # the hook's values are constants: no gradient reaches x there
-        if self.bwd_hooks and torch.is_grad_enabled() and x.is_floating_point():  # ids have no gradient
+                # the hook's values are constants: no gradient reaches x there
+                x = torch.where(changed, hooked, x)
+        # ids have no gradient
+        if self.bwd_hooks and torch.is_grad_enabled() and x.is_floating_point():
             if not x.requires_grad:
-                x = x.detach().requires_grad_()  # a constant (the sinusoidal table): a leaf, so it has a gradient
+                # a constant (the sinusoidal table): a leaf, so it has a gradient
+                x = x.detach().requires_grad_()
             else:
-                x = x.view_as(x)  # a node of its own: its gradient is what flows through this point alone,
-                # as the reference's (x may go elsewhere too: a residual stream, or q, k and v's inputs)
-            x.register_hook(functools.partial(self.backward, forward_call=tuple(calls()[:1] + calls()[-1:])))
+                # a node of its own: its gradient is what flows through this point alone,
+                x = x.view_as(x)
+                # as the reference's (x may go elsewhere too: a residual stream, or q, k and v's
+                # inputs)
+            x.register_hook(
+                functools.partial(self.backward, forward_call=tuple(calls()[:1] + calls()[-1:]))
+            )
         return x
 
     def backward(self, dx, forward_call=()):
         # hooks get a copy, as in the reference, and what they return is copied too
-        hooked = torch.as_tensor(self._run(self.bwd_hooks, dx.clone()), dtype=dx.dtype, device=dx.device).clone()
+        hooked = torch.as_tensor(
+            self._run(self.bwd_hooks, dx.clone()), dtype=dx.dtype, device=dx.device
+        ).clone()
         if nonfinite(hooked) and not nonfinite(dx):
             for call in forward_call:
-                call.tainted = True  # the hook put a NaN or an infinity in: what follows is not the formula's doing
+                # the hook put a NaN or an infinity in: what follows is not the formula's doing
+                call.tainted = True
         return hooked
 
     def _guard_gradient(self, forward_call, dx):
-        """The gradient autograd brings to this hook point, guarded as the reference's ``HookPoint.backward`` guards it."""
-        guard(dx, lambda: f"the gradient at {hook_label(self, forward_call[-1].module)}", forward_call)
+        """The gradient autograd brings to this hook point, guarded as the reference's
+        ``HookPoint.backward`` guards it."""
+        guard(
+            dx, lambda: f"the gradient at {hook_label(self, forward_call[-1].module)}", forward_call
+        )
 
 
 class Projection(nn.Module):
