@@ -187,8 +187,9 @@ class Module(TwinModule, nn.Module):
             *(p.grad for p in self.parameters() if p.grad is not None),
         ]
         call.input_grads = []
-        finite_in = self._finite([dout]) and inputs_finite(call)
-        if self._finite(grads) or call.tainted or not finite_in:
+        if self._finite(grads) or call.tainted:
+            return  # one host synchronisation: what follows runs only when a gradient is not finite
+        if not self._finite([dout]) or not inputs_finite(call):
             return
         with torch.enable_grad(), guard_every_hook():
             result = self(**arguments)
