@@ -143,10 +143,11 @@ class Module(TwinModule, nn.Module):
         arguments = bind(self, body, signature, args, kwargs)
         if "tokens" in arguments and getattr(self, "takes_any_tokens", False):
             # the model's: lists and ndarrays too, checked
-            tokens = token_tensor(arguments.pop("tokens"), self.cfg)
-            check_arguments(self, body, arguments, torch.Tensor)  # the others
+            tokens = token_tensor(arguments["tokens"], self.cfg)
+            arguments["tokens"] = tokens
+            check_arguments(self, body, arguments, torch.Tensor, checked=("tokens",))  # the others
             device = next(chain(self.parameters(), self.buffers()), tokens).device
-            return {"tokens": tokens.to(device), **arguments}
+            return {**arguments, "tokens": tokens.to(device)}
         check_arguments(self, body, arguments, torch.Tensor)
         if "tokens" in arguments:
             # ids of any integer dtype (a uint8 index would be a mask)
