@@ -67,7 +67,15 @@ from gradcheck.factory import build, make_inputs
 
 from . import worker as workers
 from .catalog import BY_CLASS, BY_KEY, EXERCISES, SIZE_SETS, STEP_KEYS, TOGETHER, number_of, resized
-from .diagnose import Evidence, diagnose, diagnose_error, diagnose_step, dtype_hint, hard_coded_hint
+from .diagnose import (
+    Evidence,
+    diagnose,
+    diagnose_error,
+    diagnose_step,
+    dtype_hint,
+    group_shape_hint,
+    hard_coded_hint,
+)
 from .divergence import locate
 from .learner import find_package
 from .steps import find_marked_bodies, prologue_values, region_function
@@ -100,13 +108,21 @@ STATUSES = (
 )
 WITH_ATTENTION = ("MultiHeadAttention", "TransformerBlock", "Transformer")
 SUB_MODULE_FILES = {  # the classes whose reference backward each exercise's sub-modules run
-    "TransformerBlock": ("LayerNorm", "MultiHeadAttention", "FeedForward"),
+    "TransformerBlock": (
+        "LayerNorm",
+        "RMSNorm",
+        "MultiHeadAttention",
+        "FeedForward",
+        "GatedFeedForward",
+    ),
     "Transformer": (
         "TokenEmbedding",
         "LearnedPositionalEmbedding",
         "LayerNorm",
+        "RMSNorm",
         "MultiHeadAttention",
         "FeedForward",
+        "GatedFeedForward",
         "TransformerBlock",
         "Unembed",
     ),
@@ -816,6 +832,8 @@ def _reference_module(cls, cfg, weights):
         module = numpy_impl.CrossEntropyLoss()
     elif cls == "Transformer":
         module = numpy_impl.Transformer(cfg, seed=0)
+    elif cls == "MultiHeadAttention":  # grouped-query when cfg.n_key_value_heads is set
+        module = numpy_impl.MultiHeadAttention.for_config(cfg, 0)
     else:
         module = getattr(numpy_impl, cls)(cfg, 0)
     module.load_state_dict(weights)
@@ -1714,9 +1732,9 @@ def _step_verdict(verdict, reply, expected, region, given, cfg, inputs, prefill=
     ]
     if shaped:
         name, mine, theirs = shaped[0]
-        return _wrong(
-            verdict, f"{name} has shape {np.shape(mine)}; it must have shape {np.shape(theirs)}"
-        )
+        _wrong(verdict, f"{name} has shape {np.shape(mine)}; it must have shape {np.shape(theirs)}")
+        verdict.hint = group_shape_hint(name, np.shape(mine), np.shape(theirs), cfg)
+        return verdict
     verdict.tensors = _compare(pairs)
     if not all(t.ok for t in verdict.tensors):
         replaced = [

@@ -156,7 +156,7 @@ class MultiHeadAttention(Module):
         # forward: scores = q_h @ k_h^T / sqrt(d_head)
         dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, d_head]
         dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(self.cfg.d_head)  # [batch, head, k_pos, d_head]
-        # EXERCISE STEP projections: the heads put back in place, then the q, k and v projections
+        # EXERCISE STEP groups: the heads put back in place, then each shared head's group summed
         # forward: q_h, k_h, v_h = q, k, v with the head axis moved before pos
         dq = dq_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dk = dk_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
@@ -167,12 +167,14 @@ class MultiHeadAttention(Module):
             grouped = (n_kv, self.cfg.n_heads // n_kv, self.cfg.d_head)  # head -> kv_head, group
             dk = dk.reshape(*dk.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, d_head]
             dv = dv.reshape(*dv.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, d_head]
+        # EXERCISE STEP rotary: the rotation undone: q's and k's gradients turned back
         if self.cfg.positional == "rotary":
             # forward: q = hook_rot_q(rotate(q, cos, sin)), and k   (undone by the opposite angles)
             cos, sin = self.rotary_cos[: x_q.shape[1]], self.rotary_sin[: x_q.shape[1]]  # [pos, half] each
             adjacent = self.cfg.rotary_adjacent_pairs
             dq = rotate(self.hook_rot_q.backward(dq), cos, -sin, adjacent)  # [batch, pos, head, d_head]
             dk = rotate(self.hook_rot_k.backward(dk), cos, -sin, adjacent)  # [batch, pos, kv_head, d_head]
+        # EXERCISE STEP projections: the q, k and v projections and their input hook points
         dq, dk, dv = self.hook_q.backward(dq), self.hook_k.backward(dk), self.hook_v.backward(dv)
         # forward: q = einsum("hmd,bpm->bphd", W_Q, x_q) + b_Q, and the same for k and v
         self.W_Q.grad += np.einsum("bpm,bphd->hmd", x_q, dq, optimize=True)  # [head, d_model, d_head]
