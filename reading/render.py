@@ -202,8 +202,9 @@ def boundary_section() -> str:
         '<section id="boundary"><h2>What <code>@boundary(...)</code> checks</h2>'
         "<p>The line above a <code>forward</code> or <code>backward</code> declares the kind of "
         "each argument. At a user's call (a direct call, or one from a hook) the "
-        "<code>Module</code> call machinery (<code>numpy_impl/module.py</code>, <code>torch_impl/module.py</code>) "
-        "checks each argument against its kind before any math, and raises a "
+        "<code>Module</code> call machinery (<code>numpy_impl/module.py</code>, "
+        "<code>torch_impl/module.py</code>) checks each argument against its kind before any "
+        "math, and raises a "
         "<code>ValueError</code> or <code>TypeError</code> naming it; a NumPy call works on its "
         "own copies of the arrays it is given; a result that turns non-finite from finite inputs "
         "raises, naming the component and the tensor. So the body below the line is only the "
