@@ -91,8 +91,8 @@ class MultiHeadAttention(Module):
         x_k = self.k.hook_in(x)  # [batch, pos, d_model]
         x_v = self.v.hook_in(x)  # [batch, pos, d_model]
         q = np.einsum("hmd,bpm->bphd", self.W_Q.data, x_q, optimize=True) + self.b_Q.data  # [batch, pos, head, d_head]
-        k = np.einsum("hmd,bpm->bphd", self.W_K.data, x_k, optimize=True) + self.b_K.data  # [batch, pos, head, d_head]
-        v = np.einsum("hmd,bpm->bphd", self.W_V.data, x_v, optimize=True) + self.b_V.data  # [batch, pos, head, d_head]
+        k = np.einsum("hmd,bpm->bphd", self.W_K.data, x_k, optimize=True) + self.b_K.data  # [batch, pos, kv_head, d_head]
+        v = np.einsum("hmd,bpm->bphd", self.W_V.data, x_v, optimize=True) + self.b_V.data  # [batch, pos, kv_head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
             cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
@@ -178,11 +178,11 @@ class MultiHeadAttention(Module):
         dq, dk, dv = self.hook_q.backward(dq), self.hook_k.backward(dk), self.hook_v.backward(dv)
         # forward: q = einsum("hmd,bpm->bphd", W_Q, x_q) + b_Q, and the same for k and v
         self.W_Q.grad += np.einsum("bpm,bphd->hmd", x_q, dq, optimize=True)  # [head, d_model, d_head]
-        self.W_K.grad += np.einsum("bpm,bphd->hmd", x_k, dk, optimize=True)  # [head, d_model, d_head]
-        self.W_V.grad += np.einsum("bpm,bphd->hmd", x_v, dv, optimize=True)  # [head, d_model, d_head]
+        self.W_K.grad += np.einsum("bpm,bphd->hmd", x_k, dk, optimize=True)  # [kv_head, d_model, d_head]
+        self.W_V.grad += np.einsum("bpm,bphd->hmd", x_v, dv, optimize=True)  # [kv_head, d_model, d_head]
         self.b_Q.grad += dq.sum(axis=(0, 1))  # [head, d_head]
-        self.b_K.grad += dk.sum(axis=(0, 1))  # [head, d_head]
-        self.b_V.grad += dv.sum(axis=(0, 1))  # [head, d_head]
+        self.b_K.grad += dk.sum(axis=(0, 1))  # [kv_head, d_head]
+        self.b_V.grad += dv.sum(axis=(0, 1))  # [kv_head, d_head]
         dx_q = np.einsum("hmd,bphd->bpm", self.W_Q.data, dq, optimize=True)  # [batch, pos, d_model]
         dx_k = np.einsum("hmd,bphd->bpm", self.W_K.data, dk, optimize=True)  # [batch, pos, d_model]
         dx_v = np.einsum("hmd,bphd->bpm", self.W_V.data, dv, optimize=True)  # [batch, pos, d_model]

@@ -667,6 +667,8 @@ def compare_gradients(part: Part, section: Section, runs: list[Run], found: Meas
                 largest = max(float(np.abs(value).max()) for value in run.torch_params.values())
                 for module in modules_of(run.calls, section.stem, part.name):
                     name = f"{module}.{parameter}" if module else parameter
+                    if name not in run.numpy_params:  # GroupedQueryAttention's W_K is _W_K's
+                        name = f"{module}._{parameter}" if module else f"_{parameter}"
                     if name in run.numpy_params:
                         absolute, relative, scale = gap_of(
                             run.numpy_params[name], run.torch_params[name]

@@ -804,9 +804,10 @@ button.theme { font: inherit; font-size: 13px; color: var(--fg); background: var
 .agree .ok { color: var(--ok); } .agree .bad { color: var(--bad); font-weight: 700; }
 .notrun { color: var(--muted); font-style: italic; }
 .cell.decorator { box-shadow: inset 3px 0 0 var(--ok); }
-.checks { font-size: 11px; color: var(--muted); white-space: nowrap; }
+.checks { font-size: 11px; color: var(--muted); text-align: right; }
 .checks a { color: inherit; } .checks a.kind { font-family: var(--mono); margin-left: 3px; }
-table.kinds { border-collapse: collapse; width: 100%; font-size: 14px; }
+table.kinds { border-collapse: collapse; width: 100%; font-size: 14px; table-layout: fixed;
+              overflow-wrap: anywhere; }
 table.kinds td, table.kinds th { border-bottom: 1px solid var(--line); padding: 3px 6px;
                                  text-align: left; vertical-align: top; }
 code.hookname, code.param { font-size: 11px; line-height: 15px; background: var(--hookbg);

@@ -44,6 +44,9 @@ SECTIONS = (
     ("model", "The whole model"),
 )
 TWINS = ("numpy_impl", "torch_impl")
+# classes shown by their __init__ beside the twin's: what they build differs, their forward and
+# backward are their base's (the page shows those once, above)
+BUILT_ONLY = ("GroupedQueryAttention",)
 MAX_SOURCE_BYTES = 1 << 20  # a component file is a few KB: a longer one is no copy of one
 
 # lines that mark the exercise region in a backward: for the exercise tools, not for a reader
@@ -474,7 +477,7 @@ def read_section(stem: str, title: str, numpy_dir: Path | None = None) -> Sectio
     for name, np_node in np_defs.items():
         torch_node = torch_defs.get(name)
         if isinstance(np_node, ast.ClassDef) and method(np_node, "forward") is None:
-            if not any(getattr(base, "id", None) in np_defs for base in np_node.bases):
+            if name not in BUILT_ONLY:
                 continue
             # a subclass that changes only what is built: its __init__, beside the twin's
             np_init = read_function(method(np_node, "__init__"), paths[0], lines[0])

@@ -95,8 +95,8 @@ class MultiHeadAttention(Module):
         x_k = self.k.hook_in(x)  # [batch, pos, d_model]
         x_v = self.v.hook_in(x)  # [batch, pos, d_model]
         q = torch.einsum("hmd,bpm->bphd", self.W_Q, x_q) + self.b_Q  # [batch, pos, head, d_head]
-        k = torch.einsum("hmd,bpm->bphd", self.W_K, x_k) + self.b_K  # [batch, pos, head, d_head]
-        v = torch.einsum("hmd,bpm->bphd", self.W_V, x_v) + self.b_V  # [batch, pos, head, d_head]
+        k = torch.einsum("hmd,bpm->bphd", self.W_K, x_k) + self.b_K  # [batch, pos, kv_head, d_head]
+        v = torch.einsum("hmd,bpm->bphd", self.W_V, x_v) + self.b_V  # [batch, pos, kv_head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
             cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
