@@ -193,7 +193,7 @@ def boundary_section() -> str:
     rows = []
     for kind, check in KINDS.items():
         doc = inspect.getdoc(check) or ""
-        first = " ".join(doc.split("\n\n")[0].split())
+        first = " ".join(doc.split("\n\n")[0].split()).replace("``", "")
         rows.append(
             f'<tr id="boundary-{slug(kind)}"><td><code>{html.escape(kind)}</code></td>'
             f"<td><code>{check.__name__}</code></td><td>{html.escape(first)}</td></tr>"
@@ -211,7 +211,8 @@ def boundary_section() -> str:
         "formula. The kinds and their checks (<code>KINDS</code>, "
         "<code>foundation/contract/boundary.py</code>; docs/parity-and-bad-input.md says what "
         "the boundary refuses):</p>"
-        '<table class="kinds"><thead><tr><th>kind</th><th>check</th><th>what it requires</th>'
+        '<table class="kinds"><colgroup><col class="kind"><col class="check"><col></colgroup>'
+        "<thead><tr><th>kind</th><th>check</th><th>what it requires</th>"
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
     )
 
@@ -808,6 +809,7 @@ button.theme { font: inherit; font-size: 13px; color: var(--fg); background: var
 .checks a { color: inherit; } .checks a.kind { font-family: var(--mono); margin-left: 3px; }
 table.kinds { border-collapse: collapse; width: 100%; font-size: 14px; table-layout: fixed;
               overflow-wrap: anywhere; }
+table.kinds col.kind { width: 20%; } table.kinds col.check { width: 28%; }
 table.kinds td, table.kinds th { border-bottom: 1px solid var(--line); padding: 3px 6px;
                                  text-align: left; vertical-align: top; }
 code.hookname, code.param { font-size: 11px; line-height: 15px; background: var(--hookbg);

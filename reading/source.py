@@ -489,7 +489,13 @@ def read_section(stem: str, title: str, numpy_dir: Path | None = None) -> Sectio
             if np_init is None:
                 continue
             rows = align(np_init.units, torch_init.units if torch_init else [])
-            parts.append(Part(name, "init", rows, [], np_init, torch_init, None))
+            base = ", ".join(ast.unparse(b) for b in np_node.bases)
+            note = (
+                f"{name} only builds other weights; its forward and backward are {base}'s, "
+                "above, and the lines there that run only for it are measured in the run's "
+                "grouped model"
+            )
+            parts.append(Part(name, "init", rows, [], np_init, torch_init, None, note))
             continue
         if isinstance(np_node, ast.ClassDef):
             np_forward = read_function(method(np_node, "forward"), paths[0], lines[0])
