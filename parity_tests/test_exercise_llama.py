@@ -143,3 +143,18 @@ def test_llama_settings_are_checked_where_the_learner_writes_them():
             for c in llama
         ), key
     assert any(c.parallel_attn_mlp and c.rotary_dim < c.d_head for c in configs("block"))
+
+
+@pytest.mark.slow
+def test_a_slip_in_the_shared_heads_shows_at_attention_not_in_the_block(solved, tmp_path):
+    """Inside the block, GroupedQueryAttention runs the reference's backward (found through its
+    base class, MultiHeadAttention), so the mistake is reported once, where it is."""
+    planted = planted_copy(
+        solved,
+        tmp_path,
+        "attention.py",
+        GROUP_K,
+        "dk = dk.reshape(*dk.shape[:2], *grouped)[:, :, :, 0]",
+    )
+    results = {r.key: r for r in check(planted, keys=["block"], sample=SAMPLE, together=False)}
+    assert results["block"].status == "done", results["block"].message
