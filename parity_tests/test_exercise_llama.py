@@ -16,11 +16,12 @@ from exercises.check import check
 from parity_tests.copies import planted_copy
 
 SAMPLE = 1
-ROT_Q = "dq = rotate(self.hook_rot_q.backward(dq), cos, -sin, adjacent)"
-ROT_K = "dk = rotate(self.hook_rot_k.backward(dk), cos, -sin, adjacent)"
+ROT_Q = "dq = rotate(dq, cos, -sin, adjacent)"
+ROT_K = "dk = rotate(dk, cos, -sin, adjacent)"
 GROUP_K = "dk = dk.reshape(*dk.shape[:2], *grouped).sum(axis=3)"
 GROUP_V = "dv = dv.reshape(*dv.shape[:2], *grouped).sum(axis=3)"
-PARALLEL = "dattn_in = self.ln1.backward(dattn_in)  # [batch, pos, d_model]"
+# the parallel block's line (the sequential block's goes on: "; now at resid_pre")
+PARALLEL = "dattn_in = self.ln1.backward(dattn_in)  # [batch, pos, d_model]\n"
 
 # (label, file, line, planted, the keys checked, words the message or hint must hold)
 CASES = [
@@ -28,7 +29,7 @@ CASES = [
         "rotation sign",
         "attention.py",
         ROT_Q,
-        "dq = rotate(self.hook_rot_q.backward(dq), cos, sin, adjacent)",
+        "dq = rotate(dq, cos, sin, adjacent)",
         ["attention.rotary", "attention"],
         ["turned forward again, by +angle", "rotate(d, cos, -sin, adjacent_pairs)"],
     ),
@@ -36,7 +37,7 @@ CASES = [
         "pairing",
         "attention.py",
         ROT_K,
-        "dk = rotate(self.hook_rot_k.backward(dk), cos, -sin, not adjacent)",
+        "dk = rotate(dk, cos, -sin, not adjacent)",
         ["attention.rotary"],
         ["the other pairing", "the two halves"],
     ),
@@ -44,7 +45,7 @@ CASES = [
         "cos and sin swapped",
         "attention.py",
         ROT_Q,
-        "dq = rotate(self.hook_rot_q.backward(dq), sin, -cos, adjacent)",
+        "dq = rotate(dq, sin, -cos, adjacent)",
         ["attention.rotary"],
         ["cos and sin swapped"],
     ),
@@ -84,7 +85,7 @@ CASES = [
         "parallel block's ln1 left out",
         "block.py",
         PARALLEL,
-        "dattn_in = dattn_in",
+        "dattn_in = dattn_in\n",
         ["block"],
         ["[parallel, partial rotary (GPT-NeoX)]", "off by"],
     ),

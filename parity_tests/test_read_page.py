@@ -17,6 +17,7 @@ Playwright the browser tests are skipped, unless TWINS_REQUIRE_BROWSER=1 (as in 
 fail instead.
 """
 
+import ast
 import copy
 import inspect
 import os
@@ -160,8 +161,10 @@ def page(page_path):
 
 
 def source_lines(function):
-    lines = [line.strip() for line in textwrap.dedent(inspect.getsource(function)).split("\n")]
-    # the boundary's declaration (@boundary(...)) included: the page shows it above the method
+    source = textwrap.dedent(inspect.getsource(function))
+    lines = [line.strip() for line in source.split("\n")]
+    # the boundary's declaration (@boundary(...), one line or several) included: the page shows
+    # it above the method
     return [line for line in lines if line and not EXERCISE_MARK.match(line)]
 
 
@@ -198,10 +201,14 @@ def test_each_boundary_line_is_shown_and_links_to_what_its_kinds_check(page_path
                 if function is None or owner is torch_impl and method == "backward":
                     continue
                 source = textwrap.dedent(inspect.getsource(function))
-                lines = [line for line in source.split("\n") if line.startswith("@boundary(")]
-                assert lines, f"{owner.__name__}.{name}.{method} declares no boundary"
-                assert lines[0] in on_page, f"{lines[0]} is not on the page"
-                declared |= set(re.findall(r'="([^"]+)"', lines[0]))
+                decorators = [
+                    "@" + ast.get_source_segment(source, node)
+                    for node in ast.parse(source).body[0].decorator_list
+                ]
+                assert decorators, f"{owner.__name__}.{name}.{method} declares no boundary"
+                for line in decorators[0].split("\n"):  # one line, or several
+                    assert line.strip() in on_page, f"{line.strip()} is not on the page"
+                declared |= set(re.findall(r'="([^"]+)"', decorators[0]))
     assert declared >= {"activation", "tokens", "gradient", "logits"}
     for kind, check in KINDS.items():
         slug = re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-")

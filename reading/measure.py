@@ -618,8 +618,10 @@ def check_shapes(part: Part, section: Section, runs: list[Run], found: Measureme
             problems = set()
             for run in runs:
                 sizes = axis_sizes(run.cfg, run.batch, run.pos)
-                # rotate turns q and k alike: in a grouped model its head axis is either count
-                also = {**sizes, "head": sizes["kv_head"]} if part.kind == "function" else sizes
+                # rotate turns q and k alike, and attention's k and v lines serve both classes: in a
+                # grouped model their head axis is either count
+                shared = part.kind == "function" or section.stem == "attention"
+                also = {**sizes, "head": sizes["kv_head"]} if shared else sizes
                 for call in run.calls.get((twin, section.stem, part.name, kind), []):
                     if k in call.ran:
                         found.ran.add((twin, section.stem, part.name, kind, unit.code))

@@ -42,10 +42,11 @@ class SinusoidalPositionalEncoding(Module):
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)"""
         batch, pos = tokens.shape
         positions = self.hook_in(torch.arange(pos, device=tokens.device)[None, :])  # [1, pos]
-        pos_embed = self.table[positions].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
+        rows = self.table[positions]  # [1, pos, d_model]
+        pos_embed = rows.expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         return pos_embed
 
@@ -64,9 +65,10 @@ class LearnedPositionalEmbedding(Module):
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)"""
         batch, pos = tokens.shape
         positions = self.hook_in(torch.arange(pos, device=tokens.device)[None, :])  # [1, pos]
-        pos_embed = self.W_pos[positions].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
+        rows = self.W_pos[positions]  # [1, pos, d_model]
+        pos_embed = rows.expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         return pos_embed
