@@ -11,6 +11,12 @@ constant factor, a transposed shape or a sum over the wrong axis names the one s
 explains it, and a size written into the code as a number (``W_pos.grad[:6]``, ``math.sqrt(8)``,
 ``x.reshape(30, 10)``) fails the second set: batch 1 (a lone sequence) and the longest input
 the model takes (pos = n_ctx: the whole mask, every row of W_pos).
+
+Grouped-query variants (``n_key_value_heads`` set) take their heads from the set's ``grouped``
+sizes instead, so that a group is a real group (more than one head, fewer than all): 9 query heads
+sharing 3 key/value heads in the first set, 10 sharing 5 in the second. With one shared head, or
+one head per group, ``np.repeat`` and ``np.tile`` give the same heads, and a sum over the wrong
+grouping could not be told from the right one.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class SizeSet:
     config: dict
     batch: int
     pos: int
+    grouped: dict = None  # n_heads and n_key_value_heads for a grouped-query variant
 
     @property
     def axis_names(self):
@@ -62,12 +69,14 @@ SIZE_SETS = (
         dict(d_vocab=13, d_model=10, n_heads=3, d_head=8, d_mlp=11, n_layers=2, n_ctx=7),
         batch=5,
         pos=6,
+        grouped=dict(n_heads=9, n_key_value_heads=3),  # groups of 3
     ),
     SizeSet(
         "sizes 2",
         dict(d_vocab=11, d_model=15, n_heads=5, d_head=6, d_mlp=7, n_layers=2, n_ctx=9),
         batch=1,
         pos=9,
+        grouped=dict(n_heads=10, n_key_value_heads=5),  # groups of 2
     ),
 )
 SIZES = SIZE_SETS[0].config
@@ -86,17 +95,42 @@ LLAMA = {
     "mlp_bias": False,
     "attn_bias": False,
 }
+# GPT-J's pairs, side by side, on part of each head (4 of d_head: the rest passes unturned)
+ROTARY_PARTIAL = {
+    "positional_embedding_type": "rotary",
+    "rotary_adjacent_pairs": True,
+    "rotary_dim": 4,
+}
+# GPT-NeoX's block: attention and the MLP side by side on the same input, partial rotary
+NEOX = {
+    "positional_embedding_type": "rotary",
+    "rotary_dim": 4,
+    "parallel_attn_mlp": True,
+    "act_fn": "gelu",
+}
+
+
+# grouped-query attention: the set's grouped heads take the place of its heads (SizeSet.grouped)
+GROUPED = {"n_key_value_heads": "grouped"}
+
+
+def _grouped(overrides, sizes):
+    """``overrides`` with a grouped variant's heads taken from ``sizes`` (a SizeSet)."""
+    if "n_key_value_heads" not in overrides:
+        return overrides
+    return {**overrides, **sizes.grouped}
 
 
 def checked(label, overrides=None, weighted=False):
     """A Variant with the first set's sizes and ``overrides`` on top (``resized``: another
     set's)."""
-    return Variant(label, {**SIZES, **(overrides or {})}, weighted)
+    return Variant(label, _grouped({**SIZES, **(overrides or {})}, SIZE_SETS[0]), weighted)
 
 
 def resized(variant, sizes):
     """``variant`` with the config sizes of ``sizes`` (a SizeSet) in place of the first set's."""
-    return Variant(variant.label, {**variant.overrides, **sizes.config}, variant.weighted)
+    overrides = _grouped({**variant.overrides, **sizes.config}, sizes)
+    return Variant(variant.label, overrides, variant.weighted)
 
 
 @dataclass(frozen=True)
@@ -173,9 +207,14 @@ EXERCISES = (
         "attention",
         "MultiHeadAttention",
         "attention.py",
-        "the softmax Jacobian, the causal mask, heads",
-        (checked("causal", {"causal": True}), checked("bidirectional", {"causal": False})),
-        ("output", "softmax", "scores", "projections"),
+        "the softmax Jacobian, the causal mask, heads; Llama's rotation and shared heads",
+        (
+            checked("causal", {"causal": True}),
+            checked("bidirectional", {"causal": False}),
+            checked("rotary halves, grouped (Llama)", {**LLAMA, **GROUPED}),
+            checked("rotary adjacent pairs, partial (GPT-J)", ROTARY_PARTIAL),
+        ),
+        ("output", "softmax", "scores", "groups", "rotary", "projections"),
     ),
     Exercise(
         "block",
@@ -188,6 +227,8 @@ EXERCISES = (
             checked("none", {"normalization": None}),
             checked("pre, attn_only", {"normalization": "pre", "attn_only": True}),
             checked("post, attn_only", {"normalization": "post", "attn_only": True}),
+            checked("RMS, rotary, SwiGLU, grouped (Llama)", {**LLAMA, **GROUPED}),
+            checked("parallel, partial rotary (GPT-NeoX)", NEOX),
         ),
     ),
     Exercise(
@@ -208,6 +249,7 @@ EXERCISES = (
                 },
             ),
             checked("none, attn_only", {"normalization": None, "attn_only": True}),
+            checked("RMS, rotary, SwiGLU, grouped (Llama)", {**LLAMA, **GROUPED}),
         ),
     ),
 )

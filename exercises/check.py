@@ -67,7 +67,15 @@ from gradcheck.factory import build, make_inputs
 
 from . import worker as workers
 from .catalog import BY_CLASS, BY_KEY, EXERCISES, SIZE_SETS, STEP_KEYS, TOGETHER, number_of, resized
-from .diagnose import Evidence, diagnose, diagnose_error, diagnose_step, dtype_hint, hard_coded_hint
+from .diagnose import (
+    Evidence,
+    diagnose,
+    diagnose_error,
+    diagnose_step,
+    dtype_hint,
+    group_shape_hint,
+    hard_coded_hint,
+)
 from .divergence import locate
 from .learner import find_package
 from .steps import find_marked_bodies, prologue_values, region_function
@@ -88,6 +96,7 @@ FD_FLOOR = 0.1  # tiny = FD_FLOOR * the largest gradient norm of the component
 FLOAT32_TOLERANCE = 1e-4
 FLOAT32_FLOOR = 1e-2  # ... or to this fraction of the component's largest entry, if that is larger
 TIME_LIMIT = 60.0  # seconds per exercise (every variant and step); a correct one takes about one
+TIME_LIMIT_MAX = 86400.0  # a day: the longest time_limit taken (a deadline the clock can wait for)
 STATUSES = (
     "done",
     "not started",
@@ -100,13 +109,21 @@ STATUSES = (
 )
 WITH_ATTENTION = ("MultiHeadAttention", "TransformerBlock", "Transformer")
 SUB_MODULE_FILES = {  # the classes whose reference backward each exercise's sub-modules run
-    "TransformerBlock": ("LayerNorm", "MultiHeadAttention", "FeedForward"),
+    "TransformerBlock": (
+        "LayerNorm",
+        "RMSNorm",
+        "MultiHeadAttention",
+        "FeedForward",
+        "GatedFeedForward",
+    ),
     "Transformer": (
         "TokenEmbedding",
         "LearnedPositionalEmbedding",
         "LayerNorm",
+        "RMSNorm",
         "MultiHeadAttention",
         "FeedForward",
+        "GatedFeedForward",
         "TransformerBlock",
         "Unembed",
     ),
@@ -328,10 +345,11 @@ def _checked_keys(keys, sample, time_limit):
         isinstance(time_limit, bool)
         or not isinstance(time_limit, (int, float))
         or not math.isfinite(time_limit)
-        or not time_limit > 0
+        or not 0 < time_limit <= TIME_LIMIT_MAX
     ):
         raise ValueError(
-            f"time_limit must be a positive, finite number of seconds, got {time_limit!r}"
+            f"time_limit must be a positive, finite number of seconds, at most "
+            f"{TIME_LIMIT_MAX:g} (a day), got {time_limit!r}"
         )
     order = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
     keys = [
@@ -555,12 +573,21 @@ def check_exercise(process, key, cls, variants, sample=1, seed=0):
     """
     numeric = {}
     for number, variant in enumerate(variants):
+        # finite differences under the first variant, and under any variant with parameters the
+        # earlier ones lack (Llama's W_gate, grouped attention's _W_K, ...)
+        names = {name for name, _ in build(numpy_impl, cls, variant.config()).named_parameters()}
         result = check_variant(
-            process, key, cls, variant, sample, seed + 10 * number, finite_differences=number == 0
+            process,
+            key,
+            cls,
+            variant,
+            sample,
+            seed + 10 * number,
+            finite_differences=number == 0 or not names <= set(numeric),
         )
         if result.status != "done":
             return result
-        numeric = numeric or {t.tensor: t.numeric for t in result.tensors}
+        numeric.update({t.tensor: t.numeric for t in result.tensors if t.numeric is not None})
     first = result
     for sizes in SIZE_SETS[1:]:
         for number, variant in enumerate(variants):
@@ -588,7 +615,7 @@ def check_exercise(process, key, cls, variants, sample=1, seed=0):
                 result.hint = found if literal or not result.hint else result.hint
             if result.status != "done":
                 return result
-    for t in first.tensors:  # the finite differences ran under the first variant
+    for t in first.tensors:  # finite differences ran under the variants that first had them
         t.numeric = numeric.get(t.tensor) if t.numeric is None else t.numeric
     return first
 
@@ -816,6 +843,8 @@ def _reference_module(cls, cfg, weights):
         module = numpy_impl.CrossEntropyLoss()
     elif cls == "Transformer":
         module = numpy_impl.Transformer(cfg, seed=0)
+    elif cls == "MultiHeadAttention":  # grouped-query when cfg.n_key_value_heads is set
+        module = numpy_impl.MultiHeadAttention.for_config(cfg, 0)
     else:
         module = getattr(numpy_impl, cls)(cfg, 0)
     module.load_state_dict(weights)
@@ -1714,9 +1743,9 @@ def _step_verdict(verdict, reply, expected, region, given, cfg, inputs, prefill=
     ]
     if shaped:
         name, mine, theirs = shaped[0]
-        return _wrong(
-            verdict, f"{name} has shape {np.shape(mine)}; it must have shape {np.shape(theirs)}"
-        )
+        _wrong(verdict, f"{name} has shape {np.shape(mine)}; it must have shape {np.shape(theirs)}")
+        verdict.hint = group_shape_hint(name, np.shape(mine), np.shape(theirs), cfg)
+        return verdict
     verdict.tensors = _compare(pairs)
     if not all(t.ok for t in verdict.tensors):
         replaced = [

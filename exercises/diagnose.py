@@ -21,6 +21,10 @@ rounding (``FIT``, relative): a mistake that fits none of them gets no hint, nev
     probs or pattern  the softmax's backward built on the hooked pattern instead of probs (or
                       the values' gradient on probs instead of the pattern z was made from)
     mask              masked scores given -inf (or NaN) for a gradient instead of 0
+    rotation          q's or k's gradient turned forward instead of back, with the other pairing,
+                      with cos and sin swapped, or without the untouched tail of a partial rotary
+    group sum         a shared key/value head's gradient from one head of its group, or summed
+                      over strided heads (np.tile's order) instead of its own contiguous group
 
 A backward that raises gets a hint from what the learner's process saw at the failing line
 (``diagnose_error``): the shapes of each product's operands (a weight used untransposed), of a
@@ -1159,6 +1163,7 @@ def _slip_candidates(evidence):
 def _attention_slips(evidence, p, acts, right):
     cfg = evidence.cfg
     pattern = acts[p + "hook_pattern"]  # [batch, head, q_pos, k_pos]
+    yield from _llama_attention_slips(cfg, p, acts, right, pattern)
     dz = right(p + "hook_z")  # [batch, pos, head, d_head]
     if dz is not None:
         dz_h = dz.transpose(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
@@ -1223,6 +1228,140 @@ def _attention_slips(evidence, p, acts, right):
                 f"einsum(W_V, dv); "
                 f"the W_{letter} term is missing",
             )
+
+
+def _llama_attention_slips(cfg, p, acts, right, pattern):
+    """The rotation's and the group sum's slips at the hook points they show in (whole body)."""
+    rotary = cfg.positional == "rotary"
+    if rotary:
+        from numpy_impl.rotary import rotary_tables
+
+        pos = pattern.shape[-1]
+        cos, sin = (table[:pos] for table in rotary_tables(cfg))  # [pos, half] each
+        for letter in ("q", "k"):
+            turned, before = right(f"{p}hook_rot_{letter}"), right(f"{p}hook_{letter}")
+            if turned is not None and before is not None:
+                yield from rotation_slips(f"{p}hook_{letter}", turned, before, cos, sin, cfg)
+    if cfg.n_key_value_heads is None:
+        return
+    dscores, dz = right(p + "hook_attn_scores"), right(p + "hook_z")
+    q = acts.get(p + ("hook_rot_q" if rotary else "hook_q"))
+    if dscores is not None and q is not None:
+        pos = dscores.shape[-1]
+        if cfg.causal:
+            dscores = np.where(np.tril(np.ones((pos, pos), dtype=bool)), dscores, 0.0)
+        dk_h = dscores.swapaxes(-1, -2) @ q.transpose(0, 2, 1, 3) / math.sqrt(cfg.d_head)
+        name = p + ("hook_rot_k" if rotary else "hook_k")
+        yield from group_slips(name, dk_h.transpose(0, 2, 1, 3), cfg)
+    if dz is not None:
+        dv_h = pattern.swapaxes(-1, -2) @ dz.transpose(0, 2, 1, 3)
+        yield from group_slips(p + "hook_v", dv_h.transpose(0, 2, 1, 3), cfg)
+
+
+ROTATE_BACK = (
+    "rotate(x, cos, sin) turns each pair (first, second) by the angle: first * cos - second * sin, "
+    "second * cos + first * sin. A rotation's transpose is its inverse, the turn by the opposite "
+    "angle: dfirst = dfirst' * cos + dsecond' * sin, dsecond = dsecond' * cos - dfirst' * sin, "
+    "that is rotate(d, cos, -sin, adjacent_pairs)"
+)
+
+
+def _gradient(name):
+    """ "dk" for a step's gradient, "hook_k's gradient" for a hook point's."""
+    return name if name.startswith("d") else f"{name}'s gradient"
+
+
+def rotation_slips(name, given, right, cos, sin, cfg):
+    """(name, the wrong value, hint) for each classic slip in undoing the rotation of ``given``
+    [batch, pos, head, d_head] (the gradient of the turned q or k); ``right`` is the right one."""
+    from numpy_impl.rotary import rotate
+
+    adjacent = cfg.rotary_adjacent_pairs
+    pairs = "neighbours (2i, 2i + 1)" if adjacent else "the two halves (i, i + rotary_dim / 2)"
+    yield (
+        name,
+        rotate(given, cos, sin, adjacent),
+        f"{_gradient(name)} is turned forward again, by +angle: {ROTATE_BACK}",
+    )
+    yield (
+        name,
+        rotate(given, cos, -sin, not adjacent),
+        f"{_gradient(name)} is turned back with the other pairing: this model pairs {pairs} "
+        f"(cfg.rotary_adjacent_pairs is {adjacent}), and the backward must pair the entries "
+        f"exactly as the forward did",
+    )
+    for cos_as, sin_as in ((sin, -cos), (sin, cos), (-sin, cos)):
+        yield (
+            name,
+            rotate(given, cos_as, sin_as, adjacent),
+            f"{_gradient(name)} has cos and sin swapped: {ROTATE_BACK}",
+        )
+    rotary_dim = 2 * cos.shape[-1]
+    if rotary_dim < given.shape[-1]:
+        tail_dropped = np.array(right, copy=True)
+        tail_dropped[..., rotary_dim:] = 0.0
+        yield (
+            name,
+            tail_dropped,
+            f"{_gradient(name)} is 0 on the last d_head - rotary_dim entries of each head: only "
+            f"the first rotary_dim = {rotary_dim} entries turn, the rest pass unchanged "
+            f"(rotated = concatenate(turned, passing)), so their gradient passes unchanged too",
+        )
+
+
+def group_slips(name, per_head, cfg):
+    """(name, the wrong value, hint) for each classic slip in summing ``per_head`` [batch, pos,
+    head, d_head] (a gradient for every query head) into the shared key/value heads."""
+    n_kv = cfg.n_key_value_heads
+    group = cfg.n_heads // n_kv
+    batch, pos = per_head.shape[:2]
+    grouped = per_head.reshape(batch, pos, n_kv, group, cfg.d_head)  # head -> kv_head, group
+    how = (
+        f"np.repeat(k, {group}, axis=2) gave query heads 0..{group - 1} shared head 0, the next "
+        f"{group} shared head 1, and so on, so each shared head's gradient is the sum over its "
+        f"own contiguous group: d.reshape(batch, pos, n_key_value_heads, group, d_head).sum(axis=3)"
+    )
+    yield (
+        name,
+        grouped[:, :, :, 0],
+        f"{_gradient(name)} holds one head of each group: the group's sum is missing. {how}",
+    )
+    yield (
+        name,
+        per_head[:, :, :n_kv],
+        f"{_gradient(name)} holds the first {n_kv} query heads' gradients: the group's sum is "
+        f"missing. {how}",
+    )
+    yield (
+        name,
+        per_head.reshape(batch, pos, group, n_kv, cfg.d_head).sum(axis=2),
+        f"{_gradient(name)} sums strided heads (0, {n_kv}, {2 * n_kv}, ...: np.tile's order) "
+        f"instead of each shared head's own group. {how}",
+    )
+    yield (
+        name,
+        grouped.mean(axis=3),
+        f"{_gradient(name)} is the group's mean: each of the {group} query heads used the shared "
+        f"head in full, so their gradients add up (a sum, not a mean). {how}",
+    )
+
+
+def group_shape_hint(name, mine_shape, right_shape, cfg):
+    """A hint for a key/value gradient left with every query head, or a head cut to rotary_dim."""
+    if cfg.n_key_value_heads is not None and len(mine_shape) == 4 and len(right_shape) == 4:
+        if mine_shape[2] == cfg.n_heads and right_shape[2] == cfg.n_key_value_heads:
+            return (
+                f"{name} still has a gradient for each of the {cfg.n_heads} query heads: k and v "
+                f"have {cfg.n_key_value_heads} shared heads, each repeated over a group of "
+                f"{cfg.n_heads // cfg.n_key_value_heads}, so each shared head's gradient is its "
+                f"group's sum: d.reshape(batch, pos, n_key_value_heads, group, d_head).sum(axis=3)"
+            )
+    if cfg.positional == "rotary" and mine_shape[-1:] == (cfg.rotary_dim,) != right_shape[-1:]:
+        return (
+            f"{name} keeps only the rotary_dim = {cfg.rotary_dim} turned entries of each head: the "
+            f"other d_head - rotary_dim pass the rotation unchanged, and so do their gradients"
+        )
+    return ""
 
 
 def _feedforward_slips(evidence, p, acts, right):
@@ -1375,6 +1514,15 @@ def _norm_placement(evidence, right):
 
 def _step_slips(step, cache, ref, cfg, given=None):
     """(name, the wrong value a slip gives, hint) for the attention's steps."""
+    given = given or {}
+    if step == "rotary" and cfg.positional == "rotary" and "cos" in ref:
+        for name in ("dq", "dk"):
+            if given.get(name) is not None:
+                yield from rotation_slips(name, given[name], ref[name], ref["cos"], ref["sin"], cfg)
+    if step == "groups" and cfg.n_key_value_heads is not None:
+        for name in ("dk", "dv"):
+            if given.get(name + "_h") is not None:
+                yield from group_slips(name, given[name + "_h"].transpose(0, 2, 1, 3), cfg)
     if step == "scores" and cfg.causal and (given or {}).get("dscores") is not None:
         unmasked = given["dscores"]
         yield (

@@ -716,9 +716,15 @@ def changed_since(module, before):
     return out
 
 
+# linear maps whose transpose is the same function given other arguments: rotate(x, cos, sin)'s is
+# rotate(dout, cos, -sin), the rotation back. A backward calling one applies the transpose (the
+# chain rule), as it would a matrix product: no forward evaluated.
+SELF_TRANSPOSED = ("rotate",)
+
+
 def forward_codes(package):
     """{code object: "Class.forward"} of every forward of the package and its top-level functions
-    (log_softmax, ...): what a backward that evaluates the forward calls."""
+    (log_softmax, ...): what a backward that evaluates the forward calls (not SELF_TRANSPOSED)."""
     codes = {}
     for name, loaded in list(sys.modules.items()):
         if not (
@@ -734,6 +740,7 @@ def forward_codes(package):
                 isinstance(value, types.FunctionType)
                 and value.__module__ == name
                 and not value.__name__.startswith("_")
+                and value.__name__ not in SELF_TRANSPOSED
             ):
                 codes[value.__code__] = value.__name__
     return codes
@@ -875,13 +882,19 @@ class Session:
             module = package.CrossEntropyLoss()
         elif cls == "Transformer":
             module = package.Transformer(cfg, seed=0)
+        elif cls == "MultiHeadAttention":  # grouped-query when cfg.n_key_value_heads is set
+            module = package.MultiHeadAttention.for_config(cfg, 0)
         else:
             module = getattr(package, cls)(cfg, 0)
         module.load_state_dict(request["weights"])
         if request.get("isolate"):
             for name, child in module.named_modules():
-                if name and type(child).__name__ in self.isolation:
-                    child.backward = types.MethodType(self.isolation[type(child).__name__], child)
+                # GroupedQueryAttention runs MultiHeadAttention's backward: found by its bases
+                owner = next(
+                    (c.__name__ for c in type(child).__mro__ if c.__name__ in self.isolation), None
+                )
+                if name and owner:
+                    child.backward = types.MethodType(self.isolation[owner], child)
         return module
 
     def hooks(self, module, request):

@@ -52,6 +52,8 @@ def build(package, cls, cfg, seed=0):
         return getattr(package, cls)()
     if cls == "Transformer":
         module = package.Transformer(cfg, seed=seed)
+    elif cls == "MultiHeadAttention":  # grouped-query when cfg.n_key_value_heads is set
+        module = package.MultiHeadAttention.for_config(cfg, seed)
     else:
         module = getattr(package, cls)(cfg, seed)
     return randomize_parameters(module, seed + 1)

@@ -183,7 +183,7 @@ class MultiHeadAttention(Module):
         d_head = self.cfg.d_head
         dq_h = dscores @ k_h / math.sqrt(d_head)  # [batch, head, q_pos, d_head]
         dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(d_head)  # [batch, head, k_pos, d_head]
-        # EXERCISE STEP projections: the heads put back in place, then the q, k and v projections
+        # EXERCISE STEP groups: the heads put back in place, then each shared head's group summed
         # forward: q_h, k_h, v_h = q, k, v with the head axis moved before pos
         dq = dq_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
         dk = dk_h.transpose(0, 2, 1, 3)  # [batch, pos, head, d_head]
@@ -194,6 +194,7 @@ class MultiHeadAttention(Module):
             grouped = (n_kv, self.cfg.n_heads // n_kv, self.cfg.d_head)  # head -> kv_head, group
             dk = dk.reshape(*dk.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, d_head]
             dv = dv.reshape(*dv.shape[:2], *grouped).sum(axis=3)  # [batch, pos, kv_head, d_head]
+        # EXERCISE STEP rotary: the rotation undone: q's and k's gradients turned back
         if self.cfg.positional == "rotary":
             # forward: q = hook_rot_q(rotate(q, cos, sin)), and k   (undone by the opposite angles)
             cos = self.rotary_cos[: x_q.shape[1]]  # [pos, half]
@@ -203,17 +204,18 @@ class MultiHeadAttention(Module):
             dq = rotate(dq, cos, -sin, adjacent)  # [batch, pos, head, d_head]
             dk = self.hook_rot_k.backward(dk)  # [batch, pos, kv_head, d_head]; after the turn
             dk = rotate(dk, cos, -sin, adjacent)  # [batch, pos, kv_head, d_head]
+        # EXERCISE STEP projections: the q, k and v projections and their input hook points
         dq, dk, dv = self.hook_q.backward(dq), self.hook_k.backward(dk), self.hook_v.backward(dv)
         # forward: q = einsum("hmd,bpm->bphd", W_Q, x_q) + b_Q, and the same for k and v
         dW_Q = np.einsum("bpm,bphd->hmd", x_q, dq, optimize=True)  # [head, d_model, d_head]
         self.W_Q.grad += dW_Q  # [head, d_model, d_head]
-        dW_K = np.einsum("bpm,bphd->hmd", x_k, dk, optimize=True)  # [head, d_model, d_head]
-        self.W_K.grad += dW_K  # [head, d_model, d_head]
-        dW_V = np.einsum("bpm,bphd->hmd", x_v, dv, optimize=True)  # [head, d_model, d_head]
-        self.W_V.grad += dW_V  # [head, d_model, d_head]
+        dW_K = np.einsum("bpm,bphd->hmd", x_k, dk, optimize=True)  # [kv_head, d_model, d_head]
+        self.W_K.grad += dW_K  # [kv_head, d_model, d_head]
+        dW_V = np.einsum("bpm,bphd->hmd", x_v, dv, optimize=True)  # [kv_head, d_model, d_head]
+        self.W_V.grad += dW_V  # [kv_head, d_model, d_head]
         self.b_Q.grad += dq.sum(axis=(0, 1))  # [head, d_head]
-        self.b_K.grad += dk.sum(axis=(0, 1))  # [head, d_head]
-        self.b_V.grad += dv.sum(axis=(0, 1))  # [head, d_head]
+        self.b_K.grad += dk.sum(axis=(0, 1))  # [kv_head, d_head]
+        self.b_V.grad += dv.sum(axis=(0, 1))  # [kv_head, d_head]
         dx_q = np.einsum("hmd,bphd->bpm", W_Q, dq, optimize=True)  # [batch, pos, d_model]
         dx_k = np.einsum("hmd,bphd->bpm", W_K, dk, optimize=True)  # [batch, pos, d_model]
         dx_v = np.einsum("hmd,bphd->bpm", W_V, dv, optimize=True)  # [batch, pos, d_model]

@@ -453,11 +453,12 @@ def evidence_of(cls, variant, seed=0):
     cfg = variant.config()
     module = build(npi, cls, cfg, seed)
     inputs = make_inputs(cls, cfg, seed + 1, variant.weighted)
-    twin = (
-        torch_impl.CrossEntropyLoss()
-        if cls == "CrossEntropyLoss"
-        else getattr(torch_impl, cls)(cfg)
-    )
+    if cls == "CrossEntropyLoss":
+        twin = torch_impl.CrossEntropyLoss()
+    elif cls == "MultiHeadAttention":  # grouped-query in the Llama variant
+        twin = torch_impl.MultiHeadAttention.for_config(cfg)
+    else:
+        twin = getattr(torch_impl, cls)(cfg)
     twin.load_state_dict(
         {name: torch.from_numpy(p.data.copy()) for name, p in module.named_parameters()}
     )

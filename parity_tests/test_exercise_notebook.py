@@ -141,7 +141,7 @@ def test_the_stub_notebook_runs_and_reports_not_started(tmp_path):
         assert re.search(rf"\b{re.escape(key)} +not started", outputs[f'check("{key}")']), outputs[
             f'check("{key}")'
         ]
-    assert "0 of 15 checked done" in outputs["check()"]
+    assert "0 of 17 checked done" in outputs["check()"]
 
 
 @pytest.mark.slow
@@ -162,7 +162,7 @@ def test_a_solved_notebook_reaches_all_done(tmp_path):
         assert re.search(rf"\b{re.escape(key)} +done", outputs[f'check("{key}")']), outputs[
             f'check("{key}")'
         ]
-    assert "15 of 15 checked done" in outputs["check()"] and re.search(
+    assert "17 of 17 checked done" in outputs["check()"] and re.search(
         r"all together +done", outputs["check()"]
     )
 

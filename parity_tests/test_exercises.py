@@ -59,8 +59,8 @@ def test_copy_with_reference_bodies_is_done_everywhere(solved):
                 assert tensor.numeric is not None and tensor.numeric <= 1e-7, (
                     f"{result.key} {tensor.tensor}"
                 )
-    # 11 exercises (rmsnorm and swiglu among them) and attention's 4 steps
-    assert "15 of 15 checked done." in format_results(results, solved)
+    # 11 exercises (rmsnorm and swiglu among them) and attention's 6 steps (groups and rotary too)
+    assert "17 of 17 checked done." in format_results(results, solved)
 
 
 @pytest.mark.slow
@@ -107,7 +107,14 @@ def test_softmax_missing_row_sum_is_wrong_at_its_step_queries_and_keys(solved, t
     assert statuses(results) == {
         **{
             key: "done"
-            for key in ["attention.output", "attention.scores", "attention.projections", "block"]
+            for key in [
+                "attention.output",
+                "attention.scores",
+                "attention.groups",
+                "attention.rotary",
+                "attention.projections",
+                "block",
+            ]
         },
         "attention.softmax": "wrong",
         "attention": "wrong",
@@ -251,13 +258,15 @@ def test_attention_stub_has_one_hint_per_step(fresh):
             ("output", "dout [batch, pos, d_model]", "dpattern"),
             ("softmax", "dpattern", "dscores"),
             ("scores", "dscores", "dq_h"),
-            ("projections", "dq_h", "dx [batch, pos, d_model]"),
+            ("groups", "dq_h", "dk [batch, pos, head, d_head]"),
+            ("rotary", "dq", "dk"),
+            ("projections", "dq", "dx [batch, pos, d_model]"),
         ],
         1,
     ):
         marker = text.index(f"# EXERCISE STEP {step}:")
         hint = text[marker : text.index("raise NotImplementedError(", marker)]
-        assert f"Step {number} of 4" in hint and f"exercises check {fresh} attention.{step}" in hint
+        assert f"Step {number} of 6" in hint and f"exercises check {fresh} attention.{step}" in hint
         assert given in hint.split("# Make:")[0] and make in hint.split("# Make:")[1], hint
 
 

@@ -45,8 +45,10 @@ COMPONENTS = [
     "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding",
     "LayerNorm",
+    "RMSNorm",
     "MultiHeadAttention",
     "FeedForward",
+    "GatedFeedForward",
     "TransformerBlock",
     "Unembed",
     "CrossEntropyLoss",
@@ -56,13 +58,17 @@ SECTION_ORDER = [
     "embedding",
     "positional",
     "layernorm",
+    "rmsnorm",
+    "rotary",
     "attention",
     "feedforward",
+    "gated_feedforward",
     "block",
     "unembed",
     "loss",
     "model",
 ]
+SECTION_IDS = [stem.replace("_", "-") for stem in SECTION_ORDER]  # the page's section ids
 EXERCISE_MARK = re.compile(r"^#\s*EXERCISE (BEGIN$|END$|STEP )")  # kept out of the page on purpose
 ASSIGNED = re.compile(r"^\s*([A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*)\s*(\+=|=)(?!=)")
 # a folder: where to save read_page_light.png and read_page_dark.png
@@ -156,10 +162,9 @@ def page(page_path):
 
 def source_lines(function):
     source = textwrap.dedent(inspect.getsource(function))
-    # the page shows the bodies; the boundary's declaration (@boundary(...), one line or several)
-    # is the source's: the lines start at the def
-    first = ast.parse(source).body[0].lineno
-    lines = [line.strip() for line in source.split("\n")[first - 1 :]]
+    lines = [line.strip() for line in source.split("\n")]
+    # the boundary's declaration (@boundary(...), one line or several) included: the page shows
+    # it above the method
     return [line for line in lines if line and not EXERCISE_MARK.match(line)]
 
 
@@ -179,6 +184,38 @@ def test_every_line_of_forward_and_backward_is_on_the_page(page, name):
             f"{name} {label}: {len(missing)} of {len(lines)} lines are not on the page: "
             f"{missing[:3]}"
         )
+
+
+def test_each_boundary_line_is_shown_and_links_to_what_its_kinds_check(page_path, page):
+    """Every @boundary(...) line of a shown method is on the page, beside links to its kinds'
+    rows in the table of what each kind is checked for (every kind of KINDS, with its check)."""
+    from foundation.contract.boundary import KINDS
+
+    text = page_path.read_text(encoding="utf-8")
+    on_page = {line.strip() for line in page.lines}
+    declared = set()
+    for name in COMPONENTS:
+        for owner in (numpy_impl, torch_impl):
+            for method in ("forward", "backward"):
+                function = getattr(getattr(owner, name), method, None)
+                if function is None or owner is torch_impl and method == "backward":
+                    continue
+                source = textwrap.dedent(inspect.getsource(function))
+                decorators = [
+                    "@" + ast.get_source_segment(source, node)
+                    for node in ast.parse(source).body[0].decorator_list
+                ]
+                assert decorators, f"{owner.__name__}.{name}.{method} declares no boundary"
+                for line in decorators[0].split("\n"):  # one line, or several
+                    assert line.strip() in on_page, f"{line.strip()} is not on the page"
+                declared |= set(re.findall(r'="([^"]+)"', decorators[0]))
+    assert declared >= {"activation", "tokens", "gradient", "logits"}
+    for kind, check in KINDS.items():
+        slug = re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-")
+        assert f'<tr id="boundary-{slug}">' in text and check.__name__ in text, kind
+        if kind in declared:
+            assert f'href="#boundary-{slug}"' in text, f"no line links to {kind}'s row"
+    assert text.count('class="checks"') >= len(COMPONENTS), "a boundary line without its link"
 
 
 def test_sections_follow_the_forward_pass_and_the_page_fetches_nothing(page_path, page):
@@ -363,7 +400,13 @@ def test_forward_rows_carry_the_twins_gap_in_both_dtypes_within_the_parity_toler
     assert 0.0 < worst <= TOL["float64"], (
         "float64 gaps of exactly 0 everywhere would mean nothing was compared"
     )
-    assert set(measured.models) == {"encoder", "decoder"}
+    assert set(measured.models) == {"encoder", "decoder", "llama", "gptj"}
+    # the Llama family's lines are measured too: RMSNorm, the rotation (halves in the llama model,
+    # neighbours on part of each head in the gptj one), SwiGLU, the grouped heads' repeat
+    for prefix in ("rmsnorm-rmsnorm-", "rotary-rotate-", "gated-feedforward-gatedfeedforward-"):
+        assert any(row["id"].startswith(prefix) for row in measured_rows), prefix
+    for code in ("k = np.repeat(k, group, axis=2)", "paired = np.stack("):
+        assert any(key[2].startswith(code) for key in measured.forward), code
 
 
 def test_every_shape_comment_agrees_with_the_run(measured):
@@ -406,9 +449,11 @@ def test_a_planted_wrong_shape_comment_fails_the_shape_check(sections, runs, ste
     planted, line = plant(sections, stem, old, new)
     problems = compare(planted, runs).problems
     assert any(f"numpy_impl/{stem}.py:{line} " in problem for problem in problems), problems
-    assert len(problems) == 2, "the planted line, once for each model of the run: " + "\n".join(
-        problems
-    )
+    # once for each model of the run that reaches the line (the llama one has RMSNorms)
+    models = [run for run in runs if run.dtype == "float64"]
+    if stem == "layernorm":
+        models = [run for run in models if run.cfg.normalization_type == "LN"]
+    assert len(problems) == len(models), "the planted line, once per model: " + "\n".join(problems)
 
 
 def test_reading_a_shape_comment():
@@ -546,7 +591,8 @@ def test_the_learners_page_shows_their_bodies_and_none_of_the_references(learner
         hidden += [line for line in answers if line in on_learner]
     assert looked_for > 70 and not hidden, f"reference answers on the learner's page: {hidden[:5]}"
     text = learner_page.read_text(encoding="utf-8")
-    assert text.count("Not written yet:") == 8, "every backward but LayerNorm's still raises"
+    # RMSNorm's and SwiGLU's among them
+    assert text.count("Not written yet:") == 10, "every backward but LayerNorm's still raises"
     assert "data-grad-f64" not in text, (
         "no gradient numbers: the learner's backward is not what was run"
     )
@@ -565,8 +611,10 @@ def test_the_exercise_generator_s_stubs_are_read_as_not_written_yet(tmp_path):
             "TokenEmbedding",
             "LearnedPositionalEmbedding",
             "LayerNorm",
+            "RMSNorm",
             "MultiHeadAttention",
             "FeedForward",
+            "GatedFeedForward",
             "TransformerBlock",
             "Unembed",
             "CrossEntropyLoss",
@@ -690,7 +738,7 @@ def test_no_errors_and_the_same_variable_on_the_same_height(browser):
     _, tab, errors = browser
     tables = tab.evaluate(MEASURE_ROWS)
     assert not errors, f"the page logged errors: {errors}"
-    assert {table["section"] for table in tables} == set(SECTION_ORDER)
+    assert {table["section"] for table in tables} == set(SECTION_IDS)
     compared = 0
     for table in tables:
         numpy_rows, torch_rows = assigned_rows(table["numpy"]), assigned_rows(table["torch"])
@@ -897,7 +945,7 @@ def test_the_formulas_are_typeset(browser):
       return {section: formula.closest("section").id, width: math.width, height: math.height,
               stacked: parts.length === 2 ? parts[0].bottom <= parts[1].top + 1 : null};
     })""")
-    assert [item["section"] for item in found] == SECTION_ORDER
+    assert [item["section"] for item in found] == SECTION_IDS
     assert all(item["width"] > 60 and item["height"] > 12 for item in found), found
     fractions = [item for item in found if item["stacked"] is not None]
     assert fractions and all(item["stacked"] for item in fractions), (

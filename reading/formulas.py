@@ -31,6 +31,15 @@ FORMULAS = {
         r"\mathrm{out} &= \frac{x - \mathrm{mean}(x)}{\sqrt{\mathrm{var}(x) + \epsilon}} \odot w + "
         r"b",
     ],
+    "rmsnorm": [
+        r"\mathrm{out} &= \frac{x}{\sqrt{\mathrm{mean}(x^{2}) + \mathrm{eps}}} \odot w",
+    ],
+    "rotary": [
+        r"\mathrm{first\_turned} &= \mathrm{first} \cdot \cos - \mathrm{second} \cdot \sin",
+        r"\mathrm{second\_turned} &= \mathrm{second} \cdot \cos + \mathrm{first} \cdot \sin",
+        r"\mathrm{angle}_{p,\,i} &= p \cdot \mathrm{freq}_{i}, \quad \mathrm{freq}_{i} = "
+        r"1 / \mathrm{rotary\_base}^{2i / \mathrm{rotary\_dim}}",
+    ],
     "attention": [
         r"q^{h} &= x\, W_Q^{h} + b_Q^{h}, \quad k^{h} = x\, W_K^{h} + b_K^{h}, \quad v^{h} = x\, "
         r"W_V^{h} + b_V^{h}",
@@ -38,6 +47,13 @@ FORMULAS = {
         r"{k^{h}}^{\top}}{\sqrt{d_{head}}}\right)",
         r"z^{h} &= \mathrm{pattern}^{h}\, v^{h}",
         r"\mathrm{out} &= \sum_{h} z^{h} W_O^{h} + b_O",
+        r"k^{h} &= x\, W_K^{j} + b_K^{j} \quad \text{(grouped: j = h / group, rounded down)}",
+    ],
+    "gated_feedforward": [
+        r"\mathrm{pre} &= x\, W_{gate}, \quad \mathrm{pre\_linear} = x\, W_{in}",
+        r"\mathrm{post} &= \operatorname{silu}(\mathrm{pre}) \odot \mathrm{pre\_linear}, \quad "
+        r"\mathrm{out} = \mathrm{post}\, W_{out}",
+        r"\operatorname{silu}(u) &= u \cdot \operatorname{sigmoid}(u) = \frac{u}{1 + \exp(-u)}",
     ],
     "feedforward": [
         r"\mathrm{pre} &= x\, W_{in} + b_{in}, \quad \mathrm{post} = "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import html
+import inspect
 import re
 import textwrap
 from pathlib import Path
@@ -25,6 +26,7 @@ from pygments.lexers import PythonLexer
 from pygments.token import STANDARD_TYPES, Comment, Name, String, Text
 
 from foundation.contract.agreement import TOL
+from foundation.contract.boundary import KINDS
 
 from .formulas import FORMULAS, to_mathml
 from .source import (
@@ -46,8 +48,11 @@ NAV_LABELS = {
     "embedding": "Embedding",
     "positional": "Positions",
     "layernorm": "LayerNorm",
+    "rmsnorm": "RMSNorm",
+    "rotary": "Rotary",
     "attention": "Attention",
     "feedforward": "MLP",
+    "gated_feedforward": "SwiGLU",
     "block": "Block",
     "unembed": "Unembed",
     "loss": "Loss",
@@ -167,6 +172,51 @@ def render_lines(
     return "".join(out)
 
 
+# the kinds an @boundary(...) line declares: the quoted values of its keywords
+BOUNDARY_KIND = re.compile(r"=\s*\"([^\"]+)\"")
+
+
+def boundary_tag(unit: Unit | None) -> list[str]:
+    """Beside an ``@boundary(...)`` line: a link to what each declared kind is checked for."""
+    if unit is None or unit.kind != "decorator":
+        return []
+    kinds = dict.fromkeys(BOUNDARY_KIND.findall(unit.text))
+    links = "".join(
+        f'<a class="kind" href="#boundary-{slug(kind)}">{html.escape(kind)}</a>' for kind in kinds
+    )
+    return [f'<span class="checks"><a href="#boundary">checked at the door:</a> {links}</span>']
+
+
+def boundary_section() -> str:
+    """What each kind a ``@boundary(...)`` line names is checked for (``KINDS``), from the checks'
+    own docstrings."""
+    rows = []
+    for kind, check in KINDS.items():
+        doc = inspect.getdoc(check) or ""
+        first = " ".join(doc.split("\n\n")[0].split()).replace("``", "")
+        rows.append(
+            f'<tr id="boundary-{slug(kind)}"><td><code>{html.escape(kind)}</code></td>'
+            f"<td><code>{check.__name__}</code></td><td>{html.escape(first)}</td></tr>"
+        )
+    return (
+        '<section id="boundary"><h2>What <code>@boundary(...)</code> checks</h2>'
+        "<p>The line above a <code>forward</code> or <code>backward</code> declares the kind of "
+        "each argument. At a user's call (a direct call, or one from a hook) the "
+        "<code>Module</code> call machinery (<code>numpy_impl/module.py</code>, "
+        "<code>torch_impl/module.py</code>) checks each argument against its kind before any "
+        "math, and raises a "
+        "<code>ValueError</code> or <code>TypeError</code> naming it; a NumPy call works on its "
+        "own copies of the arrays it is given; a result that turns non-finite from finite inputs "
+        "raises, naming the component and the tensor. So the body below the line is only the "
+        "formula. The kinds and their checks (<code>KINDS</code>, "
+        "<code>foundation/contract/boundary.py</code>; docs/parity-and-bad-input.md says what "
+        "the boundary refuses):</p>"
+        '<table class="kinds"><colgroup><col class="kind"><col class="check"><col></colgroup>'
+        "<thead><tr><th>kind</th><th>check</th><th>what it requires</th>"
+        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
+    )
+
+
 def dedented(unit: Unit) -> Unit:
     """The unit with its indentation taken off, for showing it outside its function."""
     return dataclasses.replace(unit, lines=textwrap.dedent(unit.text).split("\n"))
@@ -187,6 +237,8 @@ def cell_classes(unit: Unit | None, side: str) -> str:
         classes.append("empty")
     elif unit.kind == "comment":
         classes.append("comment")
+    elif unit.kind == "decorator":
+        classes.append("decorator")
     if unit is not None and HOOK_CALL.search(unit.text):
         classes.append("has-hook")
     return " ".join(classes)
@@ -272,7 +324,9 @@ class Page:
     def forward(self, section: Section, part: Part) -> str:
         np_file = f"numpy_impl/{section.numpy_path.name}"
         torch_file = f"torch_impl/{section.torch_path.name}"
-        head_name = f"{part.name}.forward" if part.kind == "class" else f"{part.name}()"
+        head_name = {"class": f"{part.name}.forward", "init": f"{part.name}.__init__"}.get(
+            part.kind, f"{part.name}()"
+        )
         meta_head = "|NumPy − torch|" if self.measured else ""
         out = [
             f'<div class="twins code" data-part="{html.escape(part.name)}">',
@@ -307,6 +361,7 @@ class Page:
                 attributes = self.data_attributes(gap, "agree")
             elif (
                 self.measured
+                and part.kind != "init"
                 and row.numpy
                 and row.numpy.targets
                 and not self.ran("numpy", section, part, "forward", row.numpy)
@@ -316,6 +371,7 @@ class Page:
                     "run</span>"
                 )
             meta += self.hook_tags(part, row.numpy or row.torch)
+            meta += boundary_tag(row.numpy or row.torch)
             np_shapes = self.shapes("numpy", section, part, "forward", row.numpy)
             torch_shapes = self.shapes("torch", section, part, "forward", row.torch)
             out.append(
@@ -407,6 +463,7 @@ class Page:
                 tags, gaps = (
                     self.gradient_tags(section, part, unit) if unit.kind != "comment" else ([], [])
                 )
+                tags += boundary_tag(unit)
                 step_gaps += gaps
                 shapes = self.shapes("numpy", section, part, "backward", unit)
                 span = range(unit.first_line, unit.first_line + len(unit.lines))
@@ -747,6 +804,14 @@ button.theme { font: inherit; font-size: 13px; color: var(--fg); background: var
 .agree i { font-style: normal; color: var(--muted); }
 .agree .ok { color: var(--ok); } .agree .bad { color: var(--bad); font-weight: 700; }
 .notrun { color: var(--muted); font-style: italic; }
+.cell.decorator { box-shadow: inset 3px 0 0 var(--ok); }
+.checks { font-size: 11px; color: var(--muted); text-align: right; }
+.checks a { color: inherit; } .checks a.kind { font-family: var(--mono); margin-left: 3px; }
+table.kinds { border-collapse: collapse; width: 100%; font-size: 14px; table-layout: fixed;
+              overflow-wrap: anywhere; }
+table.kinds col.kind { width: 20%; } table.kinds col.check { width: 28%; }
+table.kinds td, table.kinds th { border-bottom: 1px solid var(--line); padding: 3px 6px;
+                                 text-align: left; vertical-align: top; }
 code.hookname, code.param { font-size: 11px; line-height: 15px; background: var(--hookbg);
                             color: var(--hookfg);
                             padding: 0 4px; text-align: right; }
@@ -974,6 +1039,7 @@ def build_page(
         for s in sections
     )
     toc += '<li><a href="#hooks" title="Every hook point">Hooks</a></li>'
+    toc += '<li><a href="#boundary" title="What @boundary checks">Boundary</a></li>'
     title = "a learner's copy" if learner else "the two twins side by side"
     return "\n".join(
         [
@@ -996,6 +1062,7 @@ def build_page(
             "</header><main>",
             *body,
             page.hook_table(),
+            boundary_section(),
             "</main>",
             "<footer>Generated from numpy_impl/ and torch_impl/ by <code>python demo.py read</code>"
             f"{' --exercises' if learner else ''}; highlighting by Pygments; formulas in "

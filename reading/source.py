@@ -33,14 +33,20 @@ SECTIONS = (
     ("embedding", "Token embedding"),
     ("positional", "Positional encodings"),
     ("layernorm", "LayerNorm"),
-    ("attention", "Multi-head attention"),
+    ("rmsnorm", "RMSNorm"),
+    ("rotary", "Rotary position embedding"),
+    ("attention", "Multi-head and grouped-query attention"),
     ("feedforward", "Feed-forward (MLP)"),
+    ("gated_feedforward", "SwiGLU feed-forward (gated MLP)"),
     ("block", "Transformer block"),
     ("unembed", "Unembedding"),
     ("loss", "Cross-entropy loss"),
     ("model", "The whole model"),
 )
 TWINS = ("numpy_impl", "torch_impl")
+# classes shown by their __init__ beside the twin's: what they build differs, their forward and
+# backward are their base's (the page shows those once, above)
+BUILT_ONLY = ("GroupedQueryAttention",)
 MAX_SOURCE_BYTES = 1 << 20  # a component file is a few KB: a longer one is no copy of one
 
 # lines that mark the exercise region in a backward: for the exercise tools, not for a reader
@@ -117,7 +123,9 @@ class Part:
     """One class (or one module-level function) of a section, with both twins lined up."""
 
     name: str
-    kind: str  # "class" or "function"
+    # "class", "function", or "init": a class that only builds (GroupedQueryAttention: its
+    # __init__ shown, its forward and backward its base's), not in the run
+    kind: str
     rows: list[Row]
     steps: list[Step]  # the NumPy backward, empty when there is none
     numpy_forward: Function | None
@@ -200,6 +208,9 @@ def make_unit(lines: list[str], first_line: int) -> Unit:
     stripped = "\n".join(lines).strip()
     if stripped.startswith("#"):
         return Unit(lines, first_line, "comment", "# " + stripped.lstrip("#").strip())
+    if stripped.startswith("@"):  # @boundary(x="activation"): what the boundary checks
+        code = " ".join(strip_comment(line).strip() for line in lines)
+        return Unit(lines, first_line, "decorator", "decorator: " + code)
     code = " ".join(strip_comment(line).strip() for line in lines)
     if code.endswith(":") and not code.startswith(("def ", "async def ")):
         return Unit(lines, first_line, "header", "block: " + re.sub(r"\s+", " ", code))
@@ -460,13 +471,13 @@ def method(cls: ast.ClassDef, name: str) -> ast.FunctionDef | None:
 def read_function(
     node: ast.FunctionDef | None, path: Path, file_lines: list[str]
 ) -> Function | None:
-    """The function's lines (decorators left out), dedented to its ``def``."""
+    """The function's lines, its decorators (``@boundary(...)``) first, dedented to its ``def``."""
     if node is None:
         return None
     first, last = node.lineno, node.end_lineno
-    lines = textwrap.dedent("\n".join(file_lines[first - 1 : last])).split("\n")
     code_line = min([first] + [decorator.lineno for decorator in node.decorator_list])
-    return Function(node.name, path, first, split_units(lines, first), code_line)
+    lines = textwrap.dedent("\n".join(file_lines[code_line - 1 : last])).split("\n")
+    return Function(node.name, path, first, split_units(lines, code_line), code_line)
 
 
 def imported_from(tree: ast.Module, name: str) -> str | None:
@@ -499,6 +510,27 @@ def read_section(stem: str, title: str, numpy_dir: Path | None = None) -> Sectio
     parts = []
     for name, np_node in np_defs.items():
         torch_node = torch_defs.get(name)
+        if isinstance(np_node, ast.ClassDef) and method(np_node, "forward") is None:
+            if name not in BUILT_ONLY:
+                continue
+            # a subclass that changes only what is built: its __init__, beside the twin's
+            np_init = read_function(method(np_node, "__init__"), paths[0], lines[0])
+            torch_init = (
+                read_function(method(torch_node, "__init__"), paths[1], lines[1])
+                if torch_node
+                else None
+            )
+            if np_init is None:
+                continue
+            rows = align(np_init.units, torch_init.units if torch_init else [])
+            base = ", ".join(ast.unparse(b) for b in np_node.bases)
+            note = (
+                f"{name} only builds other weights; its forward and backward are {base}'s, "
+                "above, and the lines there that run only for it are measured in the run's "
+                "grouped model"
+            )
+            parts.append(Part(name, "init", rows, [], np_init, torch_init, None, note))
+            continue
         if isinstance(np_node, ast.ClassDef):
             np_forward = read_function(method(np_node, "forward"), paths[0], lines[0])
             if np_forward is None:
