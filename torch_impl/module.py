@@ -3,7 +3,7 @@
 ``torch.nn`` already gives parameters, modules and state dicts. ``Module`` adds what the NumPy
 reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and
 names every bad key in one ``ValueError``, and ``from_twin``; and dtype moves (``.float()``,
-``.double()``, ``.to(dtype)``) that take ``cfg.dtype`` along, refusing any other dtype first. ``HookPoint`` is the twin of the
+``.double()``, ``.half()``, ``.to(dtype)``) that take ``cfg.dtype`` along, refusing any other dtype first. ``HookPoint`` is the twin of the
 reference's (its hook lists are ``foundation.lens.hooks.HookLists``, written once).
 
 ``Module`` also carries the boundary each component's ``forward`` declares with
@@ -44,6 +44,7 @@ from foundation.contract.boundary import (  # noqa: F401 (boundary, for the comp
     user_call,
 )
 from foundation.contract.checks import check_seed, check_state_dict, check_tokens, tokens_as_array
+from foundation.contract.config import DTYPES
 from foundation.lens.hooks import HookLists
 
 
@@ -84,7 +85,8 @@ class Module(nn.Module):
         params = dict(self.named_parameters())
         dtype = str(next(iter(params.values())).dtype).replace("torch.", "") if params else None
         arrays = check_state_dict(state_dict, {name: tuple(p.shape) for name, p in params.items()}, dtype, strict)
-        tensors = {name: torch.from_numpy(array).to(params[name].device) for name, array in arrays.items()}
+        tensors = {name: torch.from_numpy(array).to(params[name].device, params[name].dtype)
+                   for name, array in arrays.items()}  # bfloat16 comes as float32: NumPy has none
         unexpected = {name: value for name, value in state_dict.items() if name not in params}  # strict=False: listed
         return super().load_state_dict({**tensors, **unexpected}, strict=strict, assign=assign)
 
@@ -172,7 +174,7 @@ class Module(nn.Module):
     # --- moving like a torch module: cfg.dtype follows the parameters; other dtypes are refused first ---
 
     def to(self, *args, **kwargs):
-        """torch's ``Module.to`` (device, dtype, or both); a dtype other than float32/float64 is refused."""
+        """torch's ``Module.to`` (device, dtype, or both); a dtype not in cfg's DTYPES is refused."""
         for arg in (*args, *kwargs.values()):
             if isinstance(arg, (torch.dtype, torch.Tensor)):
                 _check_dtype(arg if isinstance(arg, torch.dtype) else arg.dtype)
@@ -194,7 +196,7 @@ class Module(nn.Module):
             _check_dtype(fn(torch.empty(0, dtype=getattr(torch, cfg.dtype))).dtype)
             if fn(torch.empty(0, dtype=torch.bool)).dtype != torch.bool:
                 raise TypeError("this move would turn the bool causal mask into numbers: the twin computes in "
-                                "float32 or float64 with a bool mask; use .float(), .double() or .to(dtype)")
+                                "a float dtype with a bool mask; use .float(), .double(), .half() or .to(dtype)")
         super()._apply(fn, *args, **kwargs)
         floats = [t for t in chain(self.parameters(), self.buffers()) if t.is_floating_point()]
         if cfg is not None and floats and str(floats[0].dtype) != f"torch.{cfg.dtype}":
@@ -206,9 +208,9 @@ class Module(nn.Module):
 
 
 def _check_dtype(dtype):
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"dtype {dtype} is not supported: the twin computes in float32 or float64 "
-                        "(cfg.dtype); use .float() or .double()")
+    if str(dtype).removeprefix("torch.") not in DTYPES:
+        raise TypeError(f"dtype {dtype} is not supported: the twin computes in {', '.join(DTYPES)} "
+                        "(cfg.dtype); use .double(), .float(), .half() or .bfloat16()")
 
 
 def _checked_arguments(module, body, signature, args, kwargs):
