@@ -115,7 +115,7 @@ def read_pretrained(folder, n_ctx=None):
         if n_ctx is not None:
             raise ValueError("n_ctx is read from a GPT-2 checkpoint's n_positions; leave it out")
         cfg, state_dict = read_gpt2(folder)
-        return cfg, state_dict, read_gpt2_tokenizer(folder, cfg.d_vocab)
+        return cfg, upcast(state_dict, cfg), read_gpt2_tokenizer(folder, cfg.d_vocab)
     if model_type in ("llama", "gpt_neox"):
         from foundation.files.llama import Refused, read_family
 
@@ -123,11 +123,16 @@ def read_pretrained(folder, n_ctx=None):
             cfg, state_dict = read_family(folder, hf_config, n_ctx)
         except Refused as error:
             raise ValueError(f"{folder!r}: {error}") from None
-        return cfg, state_dict, read_json_tokenizer(folder, cfg.d_vocab, hf_config)
+        return cfg, upcast(state_dict, cfg), read_json_tokenizer(folder, cfg.d_vocab, hf_config)
     raise ValueError(
         f"config.json: model_type is {model_type!r}; the twins read 'gpt2', 'llama' and 'gpt_neox' "
         "checkpoints"
     )
+
+
+def upcast(state_dict, cfg):
+    """The arrays in cfg.dtype: a float16 file's values as float32, exactly (FILE_DTYPES)."""
+    return {name: value.astype(cfg.dtype, copy=False) for name, value in state_dict.items()}
 
 
 def read_json_tokenizer(folder, d_vocab, hf_config):
