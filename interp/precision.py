@@ -141,7 +141,8 @@ class Ladder:
 
     def plot(self, path, title=None):
         """Error vs layer, one line per rung (colour: dtype, line: twin), log scale; activations
-        and gradients in two panels. The float64 rungs are exactly zero and not drawn."""
+        and gradients in two panels. The float64 rungs are exactly zero and not drawn, nor is any
+        other exact zero (a log scale has no 0): a line that starts late starts exact."""
         from .plots import plt, save_figure
 
         layers = self.layers()
@@ -157,7 +158,8 @@ class Ladder:
                     label += f" (overflow at {_overflow_at(rung.overflow)})"
                     ax.plot([], [], styles[rung.twin], color=colours[rung.dtype], label=label)
                     continue
-                errors = np.maximum(self.layer_errors(rung, gradients), 1e-18)  # log scale
+                errors = self.layer_errors(rung, gradients)
+                errors[errors == 0] = np.nan  # exactly 0 (weights the dtype holds): no point
                 ax.plot(
                     range(len(layers)),
                     errors,
@@ -173,7 +175,9 @@ class Ladder:
             ax.grid(True, which="major", alpha=0.3)
         axes[0].set_ylabel("largest error in the layer\nmax |x - x64| / max |x64|")
         axes[1].legend(fontsize=8, loc="best")
-        fig.suptitle(title or "Precision ladder: error against float64 (float64 itself: 0)")
+        fig.suptitle(
+            title or "Precision ladder: error against float64 (float64 itself: 0, not drawn)"
+        )
         fig.tight_layout()
         return save_figure(fig, path)
 

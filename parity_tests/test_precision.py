@@ -188,6 +188,18 @@ def test_torch_accumulates_half_precision_products_in_float32(twin, dtype):
     assert share == 1.0 and error <= {"float16": 2.0**-11, "bfloat16": 2.0**-8}[dtype]
 
 
+def test_the_demo_climbs_a_tiny_checkpoints_ladder(tmp_path, capsys):
+    import demo
+
+    demo.main(["precision", "--arch", "llama", "--twins", "torch", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "| torch float64 | 0 | 0 | 0 | 0 | (nowhere) |" in printed
+    assert "| torch | bfloat16 | 100.0% |" in printed  # float32 sums inside bfloat16 products
+    written = (tmp_path / "precision_ladder.md").read_text(encoding="utf-8")
+    assert "| `blocks.1.attn.hook_rot_q` |" in written and "## Every hook point" in written
+    assert (tmp_path / "precision_ladder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # ---------------------------------------------------------------- bad input
 
 
