@@ -29,12 +29,13 @@ import numpy as np
 
 from foundation.contract.agreement import TOL, rel_err
 from foundation.contract.boundary import NonFiniteError
+from foundation.contract.config import DTYPES
 from foundation.lens.hooks import as_numpy
 
 from .common import check_model, weights
 
-DTYPES = ("float64", "float32", "float16", "bfloat16")
-TWIN_DTYPES = {"torch": DTYPES, "numpy": ("float64", "float32", "float16")}  # NumPy: no bfloat16
+# the twins' dtypes (DTYPES: float64, float32, float16, bfloat16); NumPy has no bfloat16
+TWIN_DTYPES = {"torch": DTYPES, "numpy": tuple(d for d in DTYPES if d != "bfloat16")}
 GRAD = "_grad"
 # the loose bounds the tests hold a tiny random model's rungs to: float16 keeps 11 significant bits
 # (unit roundoff 4.9e-4), bfloat16 8 (3.9e-3); a few layers of rounding, and a gradient that
@@ -69,7 +70,11 @@ class Ladder:
     references_agree: float | None  # rel_err of the NumPy and torch float64 caches (both twins run)
 
     def rung(self, twin, dtype):
-        return next(r for r in self.rungs if r.twin == twin and r.dtype == dtype)
+        """The rung of ``twin`` ("torch" or "numpy") in ``dtype``."""
+        for rung in self.rungs:
+            if (rung.twin, rung.dtype) == (twin, dtype):
+                return rung
+        raise ValueError(f"this ladder has no rung {twin} {dtype}")
 
     def layers(self):
         """The layer labels, in order: "embed", "0", ..., str(n_layers - 1), "final"."""
