@@ -2,12 +2,16 @@
 
 Axes: batch, pos (sequence position), d_model (residual width).
 
-    normalization="pre"  (GPT-2):                   normalization="post" (Vaswani et al.):
-        resid_mid  = resid_pre + attn(ln1(resid_pre))     resid_mid  = ln1(resid_pre + attn(resid_pre))
-        resid_post = resid_mid + mlp(ln2(resid_mid))      resid_post = ln2(resid_mid + mlp(resid_mid))
+    normalization="pre" (GPT-2):
+        resid_mid  = resid_pre + attn(ln1(resid_pre))
+        resid_post = resid_mid + mlp(ln2(resid_mid))
+    normalization="post" (Vaswani et al.):
+        resid_mid  = ln1(resid_pre + attn(resid_pre))
+        resid_post = ln2(resid_mid + mlp(resid_mid))
     normalization=None: the "pre" equations without ln1 and ln2.
     attn_only: no MLP and no ln2, so resid_post is the line that makes resid_mid above.
-    parallel_attn_mlp (GPT-NeoX): resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)),
+    parallel_attn_mlp (GPT-NeoX):
+        resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)),
         with no resid_mid: attention and the MLP read the same stream, side by side.
 
 Hook points, as TransformerLens 4 names them: ``hook_in`` (resid_pre, alias ``hook_resid_pre``),
@@ -33,7 +37,7 @@ class TransformerBlock(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_pre = self.hook_in  # TransformerLens's alias: one point, two names
         if cfg.normalization is not None:
@@ -77,7 +81,7 @@ class TransformerBlock(Module):
 
     @boundary(dresid_post="gradient")
     def backward(self, dresid_post):
-        """dresid_post [batch, pos, d_model] -> dresid_pre [batch, pos, d_model]; fills every sub-module's grads.
+        """dresid_post [batch, pos, d_model] -> dresid_pre [batch, pos, d_model]; fills every grad.
 
         A residual connection copies its input to two places, so its gradient is the sum of both.
         """
@@ -85,7 +89,7 @@ class TransformerBlock(Module):
         norm = self.cfg.normalization
         dresid_post = self.hook_out.backward(dresid_post)
         if self.cfg.parallel_attn_mlp:
-            # forward: resid_post = resid_pre + attn_out + mlp_out, with mlp_out = mlp(ln2(resid_pre))
+            # forward: resid_post = resid_pre + attn_out + mlp_out, mlp_out = mlp(ln2(resid_pre))
             dmlp_in = self.mlp.backward(dresid_post)  # [batch, pos, d_model]
             dattn_in = self.attn.backward(dresid_post)  # [batch, pos, d_model]
             if norm == "pre":
@@ -102,7 +106,9 @@ class TransformerBlock(Module):
             # forward: resid_post = resid_mid + mlp_out
             dmlp_in = self.mlp.backward(dresid_post)  # [batch, pos, d_model]
             # forward: mlp_in = ln2(resid_mid) if pre else resid_mid
-            dresid_mid = dresid_post + (self.ln2.backward(dmlp_in) if norm == "pre" else dmlp_in)  # [batch, pos, d_model]
+            if norm == "pre":
+                dmlp_in = self.ln2.backward(dmlp_in)  # [batch, pos, d_model]; now at resid_mid
+            dresid_mid = dresid_post + dmlp_in  # [batch, pos, d_model]
             dresid_mid = self.hook_resid_mid.backward(dresid_mid)
         if norm == "post":
             # forward: resid_mid = ln1(resid_mid)   (post-norm only)
@@ -110,7 +116,9 @@ class TransformerBlock(Module):
         # forward: resid_mid = resid_pre + attn_out
         dattn_in = self.attn.backward(dresid_mid)  # [batch, pos, d_model]
         # forward: attn_in = ln1(resid_pre) if pre else resid_pre
-        dresid_pre = dresid_mid + (self.ln1.backward(dattn_in) if norm == "pre" else dattn_in)  # [batch, pos, d_model]
+        if norm == "pre":
+            dattn_in = self.ln1.backward(dattn_in)  # [batch, pos, d_model]; now at resid_pre
+        dresid_pre = dresid_mid + dattn_in  # [batch, pos, d_model]
         dresid_pre = self.hook_in.backward(dresid_pre)
         # EXERCISE END
         return dresid_pre

@@ -39,11 +39,13 @@ class FeedForward(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
-        self.W_in = Parameter((rng.standard_normal((cfg.d_model, cfg.d_mlp)) / np.sqrt(cfg.d_model)).astype(cfg.dtype))
+        self.cfg = check_config(cfg, np.ndarray)
+        W_in = rng.standard_normal((cfg.d_model, cfg.d_mlp))
+        self.W_in = Parameter((W_in / np.sqrt(cfg.d_model)).astype(cfg.dtype))
         bias = Parameter if cfg.mlp_bias else Constant  # mlp_bias=False: fixed zeros
         self.b_in = bias(np.zeros(cfg.d_mlp, dtype=cfg.dtype))
-        self.W_out = Parameter((rng.standard_normal((cfg.d_mlp, cfg.d_model)) / np.sqrt(cfg.d_mlp)).astype(cfg.dtype))
+        W_out = rng.standard_normal((cfg.d_mlp, cfg.d_model))
+        self.W_out = Parameter((W_out / np.sqrt(cfg.d_mlp)).astype(cfg.dtype))
         self.b_out = bias(np.zeros(cfg.d_model, dtype=cfg.dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         # in, out: the hook points around W_in and W_out (TransformerLens 4's mlp.in and mlp.out;
@@ -65,45 +67,48 @@ class FeedForward(Module):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         x = self.hook_in(x)
         x_in = self.in_.hook_in(x)  # [batch, pos, d_model]
-        pre = np.einsum("mf,bpm->bpf", self.W_in.data, x_in, optimize=True) + self.b_in.data  # [batch, pos, d_mlp]
+        W_in, b_in = self.W_in.data, self.b_in.data
+        pre = np.einsum("mf,bpm->bpf", W_in, x_in, optimize=True) + b_in  # [batch, pos, d_mlp]
         pre = self.hook_pre(pre)
         tanh = None  # GELU's, kept for the backward
         if self.cfg.act_fn == "relu":
             post = np.maximum(pre, 0)  # [batch, pos, d_mlp]
         elif self.cfg.act_fn == "gelu":
-            cdf = 0.5 * (1 + erf(pre / SQRT_2))  # [batch, pos, d_mlp]; Phi(pre), the standard normal CDF
+            cdf = 0.5 * (1 + erf(pre / SQRT_2))  # [batch, pos, d_mlp]; Phi(pre), normal CDF
             post = pre * cdf  # [batch, pos, d_mlp]
         else:
             inner = GELU_C * (pre + 0.044715 * pre * pre * pre)  # [batch, pos, d_mlp]
             tanh = np.tanh(inner)  # [batch, pos, d_mlp]
             post = 0.5 * pre * (1 + tanh)  # [batch, pos, d_mlp]
         post = self.hook_post(post)
-        out = np.einsum("fm,bpf->bpm", self.W_out.data, post, optimize=True) + self.b_out.data  # [batch, pos, d_model]
+        W_out, b_out = self.W_out.data, self.b_out.data
+        out = np.einsum("fm,bpf->bpm", W_out, post, optimize=True) + b_out  # [batch, pos, d_model]
         out = self.hook_out(self.out.hook_out(out))  # [batch, pos, d_model]
         self.cache = (x_in, pre, tanh, post)
         return out
 
     @boundary(dout="gradient")
     def backward(self, dout):
-        """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_in, b_in, W_out, b_out grads."""
+        """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into each W_*, b_* grad."""
         x_in, pre, tanh, post = self.cache
+        W_in, W_out = self.W_in.data, self.W_out.data
         # EXERCISE BEGIN
         # forward: out = hook_out(out.hook_out(out))   (hook points: the gradient passes through)
         dout = self.out.hook_out.backward(self.hook_out.backward(dout))
         # forward: out = einsum("fm,bpf->bpm", W_out, post) + b_out
         self.W_out.grad += np.einsum("bpm,bpf->fm", dout, post, optimize=True)  # [d_mlp, d_model]
         self.b_out.grad += dout.sum(axis=(0, 1))  # [d_model]
-        dpost = np.einsum("fm,bpm->bpf", self.W_out.data, dout, optimize=True)  # [batch, pos, d_mlp]
+        dpost = np.einsum("fm,bpm->bpf", W_out, dout, optimize=True)  # [batch, pos, d_mlp]
         dpost = self.hook_post.backward(dpost)
         if self.cfg.act_fn == "relu":
             # forward: post = max(pre, 0)
             dpre = dpost * (pre > 0)  # [batch, pos, d_mlp]
         elif self.cfg.act_fn == "gelu":
-            cdf = 0.5 * (1 + erf(pre / SQRT_2))  # [batch, pos, d_mlp]; the forward's, again from pre
+            cdf = 0.5 * (1 + erf(pre / SQRT_2))  # [batch, pos, d_mlp]; the forward's, from pre
             # forward: post = pre * cdf
             dcdf = dpost * pre  # [batch, pos, d_mlp]
             dpre = dpost * cdf  # [batch, pos, d_mlp]
-            # forward: cdf = 0.5 * (1 + erf(pre / sqrt(2)));  d cdf / d pre = exp(-pre**2 / 2) / sqrt(2 pi)
+            # forward: cdf = 0.5 * (1 + erf(pre / sqrt(2)));  slope: exp(-pre**2 / 2) / sqrt(2 pi)
             dpre += dcdf * np.exp(-0.5 * pre * pre) / SQRT_2PI  # [batch, pos, d_mlp]
         else:
             # forward: post = 0.5 * pre * (1 + tanh)
@@ -117,11 +122,12 @@ class FeedForward(Module):
         # forward: pre = einsum("mf,bpm->bpf", W_in, x) + b_in
         self.W_in.grad += np.einsum("bpf,bpm->mf", dpre, x_in, optimize=True)  # [d_model, d_mlp]
         self.b_in.grad += dpre.sum(axis=(0, 1))  # [d_mlp]
-        dx = np.einsum("mf,bpf->bpm", self.W_in.data, dpre, optimize=True)  # [batch, pos, d_model]
+        dx = np.einsum("mf,bpf->bpm", W_in, dpre, optimize=True)  # [batch, pos, d_model]
         # EXERCISE END
         return self.hook_in.backward(self.in_.hook_in.backward(dx))
 
     @staticmethod
     def for_config(cfg, rng=None):
-        """The MLP ``cfg`` asks for: ``GatedFeedForward`` (SwiGLU) when ``gated_mlp``, else ``FeedForward``."""
+        """The MLP ``cfg`` asks for: ``GatedFeedForward`` (SwiGLU) when ``gated_mlp``, else
+        ``FeedForward``."""
         return GatedFeedForward(cfg, rng) if cfg.gated_mlp else FeedForward(cfg, rng)

@@ -27,11 +27,14 @@ class GatedFeedForward(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         d_model, d_mlp = cfg.d_model, cfg.d_mlp
-        self.W_gate = Parameter((rng.standard_normal((d_model, d_mlp)) / np.sqrt(d_model)).astype(cfg.dtype))
-        self.W_in = Parameter((rng.standard_normal((d_model, d_mlp)) / np.sqrt(d_model)).astype(cfg.dtype))
-        self.W_out = Parameter((rng.standard_normal((d_mlp, d_model)) / np.sqrt(d_mlp)).astype(cfg.dtype))
+        W_gate = rng.standard_normal((d_model, d_mlp))
+        W_in = rng.standard_normal((d_model, d_mlp))
+        W_out = rng.standard_normal((d_mlp, d_model))
+        self.W_gate = Parameter((W_gate / np.sqrt(d_model)).astype(cfg.dtype))
+        self.W_in = Parameter((W_in / np.sqrt(d_model)).astype(cfg.dtype))
+        self.W_out = Parameter((W_out / np.sqrt(d_mlp)).astype(cfg.dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         # gate, in, out: the hook points around W_gate, W_in and W_out (TransformerLens 4's
         # mlp.gate, mlp.in, mlp.out; "in" is a Python keyword: set by name, read as self.in_)
@@ -55,29 +58,31 @@ class GatedFeedForward(Module):
         x = self.hook_in(x)
         x_gate = self.gate.hook_in(x)  # [batch, pos, d_model]: x as W_gate reads it
         x_in = self.in_.hook_in(x)  # [batch, pos, d_model]: x as W_in reads it
-        pre = np.einsum("mf,bpm->bpf", self.W_gate.data, x_gate, optimize=True)  # [batch, pos, d_mlp]
+        W_gate, W_in, W_out = self.W_gate.data, self.W_in.data, self.W_out.data
+        pre = np.einsum("mf,bpm->bpf", W_gate, x_gate, optimize=True)  # [batch, pos, d_mlp]
         pre = self.hook_pre(pre)
-        pre_linear = np.einsum("mf,bpm->bpf", self.W_in.data, x_in, optimize=True)  # [batch, pos, d_mlp]
+        pre_linear = np.einsum("mf,bpm->bpf", W_in, x_in, optimize=True)  # [batch, pos, d_mlp]
         pre_linear = self.hook_pre_linear(pre_linear)
         sigmoid = 1 / (1 + np.exp(-pre))  # [batch, pos, d_mlp]
         act = pre * sigmoid  # [batch, pos, d_mlp]; silu(pre)
         post = act * pre_linear  # [batch, pos, d_mlp]
         post = self.hook_post(post)
-        out = np.einsum("fm,bpf->bpm", self.W_out.data, post, optimize=True)  # [batch, pos, d_model]
+        out = np.einsum("fm,bpf->bpm", W_out, post, optimize=True)  # [batch, pos, d_model]
         out = self.hook_out(self.out.hook_out(out))  # [batch, pos, d_model]
         self.cache = (x_gate, x_in, pre, pre_linear, sigmoid, act, post)
         return out
 
     @boundary(dout="gradient")
     def backward(self, dout):
-        """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_gate, W_in, W_out grads."""
+        """dout [batch, pos, d_model] -> dx [batch, pos, d_model]; adds into W_gate, W_in, W_out."""
         x_gate, x_in, pre, pre_linear, sigmoid, act, post = self.cache
+        W_gate, W_in, W_out = self.W_gate.data, self.W_in.data, self.W_out.data
         # EXERCISE BEGIN
         # forward: out = hook_out(out.hook_out(out))   (hook points: the gradient passes through)
         dout = self.out.hook_out.backward(self.hook_out.backward(dout))
         # forward: out = einsum("fm,bpf->bpm", W_out, post)
         self.W_out.grad += np.einsum("bpm,bpf->fm", dout, post, optimize=True)  # [d_mlp, d_model]
-        dpost = np.einsum("fm,bpm->bpf", self.W_out.data, dout, optimize=True)  # [batch, pos, d_mlp]
+        dpost = np.einsum("fm,bpm->bpf", W_out, dout, optimize=True)  # [batch, pos, d_mlp]
         dpost = self.hook_post.backward(dpost)
         # forward: post = act * pre_linear
         dact = dpost * pre_linear  # [batch, pos, d_mlp]
@@ -91,12 +96,16 @@ class GatedFeedForward(Module):
         dpre_linear = self.hook_pre_linear.backward(dpre_linear)
         dpre = self.hook_pre.backward(dpre)
         # forward: pre_linear = einsum("mf,bpm->bpf", W_in, x)
-        self.W_in.grad += np.einsum("bpf,bpm->mf", dpre_linear, x_in, optimize=True)  # [d_model, d_mlp]
+        dW_in = np.einsum("bpf,bpm->mf", dpre_linear, x_in, optimize=True)  # [d_model, d_mlp]
+        self.W_in.grad += dW_in  # [d_model, d_mlp]
         # forward: pre = einsum("mf,bpm->bpf", W_gate, x)
-        self.W_gate.grad += np.einsum("bpf,bpm->mf", dpre, x_gate, optimize=True)  # [d_model, d_mlp]
-        dx_gate = np.einsum("mf,bpf->bpm", self.W_gate.data, dpre, optimize=True)  # [batch, pos, d_model]
-        dx_in = np.einsum("mf,bpf->bpm", self.W_in.data, dpre_linear, optimize=True)  # [batch, pos, d_model]
+        dW_gate = np.einsum("bpf,bpm->mf", dpre, x_gate, optimize=True)  # [d_model, d_mlp]
+        self.W_gate.grad += dW_gate  # [d_model, d_mlp]
+        dx_gate = np.einsum("mf,bpf->bpm", W_gate, dpre, optimize=True)  # [batch, pos, d_model]
+        dx_in = np.einsum("mf,bpf->bpm", W_in, dpre_linear, optimize=True)  # [batch, pos, d_model]
         # forward: x_gate = gate.hook_in(x), x_in = in.hook_in(x)   (x goes to both)
-        dx = self.gate.hook_in.backward(dx_gate) + self.in_.hook_in.backward(dx_in)  # [batch, pos, d_model]
+        dx_gate = self.gate.hook_in.backward(dx_gate)  # [batch, pos, d_model]
+        dx_in = self.in_.hook_in.backward(dx_in)  # [batch, pos, d_model]
+        dx = dx_gate + dx_in  # [batch, pos, d_model]
         # EXERCISE END
         return self.hook_in.backward(dx)

@@ -1,12 +1,12 @@
 """The NumPy model's own steps of its TransformerLens surface: hooks, caches, the loss, folding.
 
-Written once in ``foundation/lens/hooks.py`` and ``foundation/lens/running.py``: ``ActivationCache``, short
-names, ``run_with_cache``, ``run_with_hooks``, ``hooks()``, ``add_hook``, ``reset_hooks``,
-``fold_layer_norm``, ``return_type`` and ``generate``. Only what the array library changes lives
-here: which HookPoint class the model holds, how an activation is copied, how a backward pass
-starts (``model.backward``, which also starts from the loss the last forward returned), the
-default gradient (of the mean next-token cross-entropy), and the parameter-free LayerNorm that
-folding leaves.
+Written once in ``foundation/lens/hooks.py`` and ``foundation/lens/running.py``:
+``ActivationCache``, short names, ``run_with_cache``, ``run_with_hooks``, ``hooks()``, ``add_hook``,
+``reset_hooks``, ``fold_layer_norm``, ``return_type`` and ``generate``. Only what the array library
+changes lives here: which HookPoint class the model holds, how an activation is copied, how a
+backward pass starts (``model.backward``, which also starts from the loss the last forward
+returned), the default gradient (of the mean next-token cross-entropy), and the parameter-free
+LayerNorm that folding leaves.
 """
 
 import numpy as np
@@ -30,7 +30,9 @@ class HookedMixin(_HookedMixin):
 
     def _check_device(self, device):
         if device is not None and str(device) != "cpu":
-            raise ValueError(f"device={device!r}: the NumPy model's activations live on the CPU ('cpu' or None)")
+            raise ValueError(
+                f"device={device!r}: the NumPy model's activations live on the CPU ('cpu' or None)"
+            )
 
     def _as_tokens(self, tokens):
         return tokens_as_array(tokens)
@@ -39,7 +41,8 @@ class HookedMixin(_HookedMixin):
         self.backward(dout)
 
     def _default_dout(self, out, tokens):
-        """Position p predicts ``tokens[:, p + 1]``; the last position predicts nothing (gradient 0)."""
+        """Position p predicts ``tokens[:, p + 1]``; the last position predicts nothing (gradient
+        0)."""
         check_next_token_loss(self.cfg, tokens)
         loss = CrossEntropyLoss()
         loss.forward(out[:, :-1], tokens[:, 1:])

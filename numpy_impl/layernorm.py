@@ -24,7 +24,7 @@ class LayerNorm(Module):
     """Normalise each position's vector to mean 0 and variance 1, then scale by w and shift by b."""
 
     def __init__(self, cfg, rng=None):
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         self.w = Parameter(np.ones(cfg.d_model, dtype=cfg.dtype))
         self.b = Parameter(np.zeros(cfg.d_model, dtype=cfg.dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
@@ -64,7 +64,7 @@ class LayerNorm(Module):
         self.w.grad += (dout * normalized).sum(axis=(0, 1))  # [d_model]
         self.b.grad += dout.sum(axis=(0, 1))  # [d_model]
         dnormalized = dout * self.w.data  # [batch, pos, d_model]
-        # forward: normalized = hook_normalized(normalized)   (a hook point: the gradient passes through it)
+        # forward: normalized = hook_normalized(normalized)   (a hook point)
         dnormalized = self.hook_normalized.backward(dnormalized)
         # forward: normalized = centered / scale
         dcentered = dnormalized / scale  # [batch, pos, d_model]
@@ -83,14 +83,15 @@ class LayerNorm(Module):
 
     @staticmethod
     def for_config(cfg):
-        """The norm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN"), ``LayerNormPre`` ("LNPre") or ``RMSNorm`` ("RMS")."""
+        """The norm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN"), ``LayerNormPre``
+        ("LNPre") or ``RMSNorm`` ("RMS")."""
         if cfg.normalization_type == "RMS":
             return RMSNorm(cfg)
         return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
 
 
 class LayerNormPre(LayerNorm):
-    """LayerNorm without w and b, TransformerLens's ``LayerNormPre``: out = (x - mean(x)) / sqrt(var(x) + eps).
+    """LayerNorm without w and b (TransformerLens's ``LayerNormPre``): (x - mean) / sqrt(var + eps).
 
     What ``fold_layer_norm`` leaves once w and b live in the weights that read the output. The
     forward and backward are LayerNorm's with w fixed at ones and b at zeros: constants, not

@@ -1,5 +1,5 @@
-"""Cross-entropy loss over next-token logits, optionally weighted per token
-(the negative log-likelihood of the data; Goodfellow, Bengio & Courville, "Deep Learning", §6.2.1.1).
+"""Cross-entropy loss over next-token logits, optionally weighted per token (the negative
+log-likelihood of the data; Goodfellow, Bengio & Courville, "Deep Learning", §6.2.1.1).
 
 Axes: batch, pos (sequence position), d_vocab (vocabulary).
 
@@ -17,7 +17,7 @@ from .module import Module, boundary
 
 
 def log_softmax(logits):
-    """logits [..., d_vocab] -> log_probs [..., d_vocab], row by row, the row max subtracted first."""
+    """logits [..., d_vocab] -> log_probs [..., d_vocab] by row, the row max subtracted first."""
     logits_max = logits.max(axis=-1, keepdims=True)  # [..., 1]
     shifted = logits - logits_max  # [..., d_vocab]
     log_sum_exp = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # [..., 1]
@@ -37,9 +37,12 @@ class CrossEntropyLoss(Module):
 
     @boundary(logits="logits", targets="targets", weights="weights")
     def forward(self, logits, targets, weights=None):
-        """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss [] (or [batch, pos])"""
+        """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss
+
+        loss is [] (the weighted mean), or [batch, pos] for reduction="none".
+        """
         if weights is None:
-            weights = np.ones(targets.shape, dtype=logits.dtype)  # [batch, pos]
+            weights = np.ones_like(targets, dtype=logits.dtype)  # [batch, pos]
         log_probs = log_softmax(logits)  # [batch, pos, d_vocab]
         nll = -np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [batch, pos]
         if self.reduction == "mean":
@@ -51,7 +54,10 @@ class CrossEntropyLoss(Module):
 
     @boundary(dloss="gradient")
     def backward(self, dloss=1.0):
-        """dloss (a scalar, 1 by default; [batch, pos] for reduction="none") -> dlogits [batch, pos, d_vocab]."""
+        """dloss (a scalar, or [batch, pos] for reduction="none") -> dlogits [batch, pos, d_vocab]
+
+        dloss is 1 by default: the gradient of the loss itself.
+        """
         log_probs, targets, weights = self.cache
         # EXERCISE BEGIN
         if self.reduction == "mean":
@@ -65,6 +71,7 @@ class CrossEntropyLoss(Module):
         np.put_along_axis(dlog_probs, targets[..., None], -dnll[..., None], axis=-1)
         # forward: log_probs = logits - logsumexp(logits); d logsumexp / d logits = softmax(logits)
         probs = np.exp(log_probs)  # [batch, pos, d_vocab]
-        dlogits = dlog_probs - probs * dlog_probs.sum(axis=-1, keepdims=True)  # [batch, pos, d_vocab]
+        dlog_probs_sum = dlog_probs.sum(axis=-1, keepdims=True)  # [batch, pos, 1]
+        dlogits = dlog_probs - probs * dlog_probs_sum  # [batch, pos, d_vocab]
         # EXERCISE END
         return dlogits

@@ -41,7 +41,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         rng = np.random.default_rng(seed)
         self.cfg = check_config(cfg, np.ndarray)
         self.embed = TokenEmbedding(cfg, rng)
-        self.hook_embed = self.embed.hook_out  # [batch, pos, d_model]; TransformerLens's alias: one point
+        self.hook_embed = self.embed.hook_out  # [batch, pos, d_model]; TransformerLens's alias
         if cfg.positional == "learned":
             self.pos_embed = LearnedPositionalEmbedding(cfg, rng)
         elif cfg.positional == "sinusoidal":
@@ -56,16 +56,19 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
             self.hook_unembed = self.unembed.hook_out  # [batch, pos, d_vocab]
         for name, module in self.named_modules():
             if isinstance(module, HookPoint) and module.name is None:
-                module.name = name  # its own name: an alias (hook_embed) comes after it (embed.hook_out)
+                # its own name: an alias (hook_embed) comes after it (embed.hook_out)
+                module.name = name
 
-    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer")
+    @boundary(
+        tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer"
+    )
     def forward(self, tokens, return_type="logits", loss_per_token=False, stop_at_layer=None):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
-        (logits, loss) or None; ``loss_per_token``: the loss of each predicted token [batch, pos - 1].
-        ``stop_at_layer=k``: stop before block k and return the residual stream entering it
-        [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
+        (logits, loss) or None; ``loss_per_token``: the loss of each predicted token
+        [batch, pos - 1]. ``stop_at_layer=k``: stop before block k and return the residual stream
+        entering it [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
         ``backward`` takes the gradient of the output, or starts from the loss (see ``backward``).
         """
         embed = self.embed(tokens)  # [batch, pos, d_model]
@@ -89,11 +92,12 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         """dout shaped like the output -> None (tokens are discrete); fills every parameter's grad.
 
         After ``forward(..., return_type="loss")``: ``backward()`` backpropagates that loss, as
-        ``loss.backward()``; with ``loss_per_token=True``, ``backward(dloss)`` (dloss [batch, pos - 1]).
+        ``loss.backward()``; with ``loss_per_token=True``, ``backward(dloss)`` takes the
+        per-token dloss [batch, pos - 1].
         """
         if self._loss is not None and np.shape(dout) != self._output_shape:
-            # forward: loss = CrossEntropyLoss(out[:, :-1], tokens[:, 1:]); the last position predicts nothing
-            dout_loss = 1.0 if dout is None else dout  # [] or [batch, pos - 1]; loss.backward() means 1
+            # forward: loss = CrossEntropyLoss(out[:, :-1], tokens[:, 1:])   (the last: no target)
+            dout_loss = 1.0 if dout is None else dout  # [] or [batch, pos - 1]; None means 1
             dout = np.zeros(self._output_shape, dtype=self.cfg.dtype)  # [batch, pos, d_vocab]
             dout[:, :-1] = self._loss.backward(dout_loss)  # [batch, pos - 1, d_vocab]
         # EXERCISE BEGIN
@@ -113,7 +117,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         return None
 
     def save(self, path):
-        """Write the weights file: one array per state_dict key plus the config as JSON (.npz, or .safetensors)."""
+        """Write the weights file (.npz or .safetensors): the state_dict and the config (JSON)."""
         save_weights(path, self.state_dict(), self.cfg)
 
     @classmethod

@@ -50,8 +50,8 @@ class Parameter:
     """A trainable array and its gradient (same shape, accumulated by ``backward``).
 
     ``version`` counts the changes made through ``.data`` (``p.data -= lr * m`` assigns it) and
-    ``load_state_dict``, as torch's version counter: a backward refuses a weight that changed
-    after its forward. Writing into ``p.data[...]`` yourself changes no version; call ``p.changed()``.
+    ``load_state_dict``, as torch's version counter: a backward refuses a weight that changed after
+    its forward. Writing into ``p.data[...]`` yourself changes no version; call ``p.changed()``.
     """
 
     def __init__(self, data: np.ndarray):
@@ -81,7 +81,8 @@ class Parameter:
 
 
 class Constant:
-    """A fixed array in a parameter's place: ``.data`` reads as a parameter's; what ``.grad`` is given is dropped."""
+    """A fixed array in a parameter's place: ``.data`` reads as a parameter's; what ``.grad`` is
+    given is dropped."""
 
     def __init__(self, data):
         self.data = data
@@ -103,10 +104,19 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def saved_state(self):
-        """What the last forward left for backward, in this module and every one below it (references)."""
-        return [(module, {name: vars(module)[name] for name in ("cache", "changed", "forward_record")
-                          if name in vars(module)})
-                for _, module in self.named_modules()]
+        """What the last forward left for backward, in this module and every one below it
+        (references)."""
+        return [
+            (
+                module,
+                {
+                    name: vars(module)[name]
+                    for name in ("cache", "changed", "forward_record")
+                    if name in vars(module)
+                },
+            )
+            for _, module in self.named_modules()
+        ]
 
     @staticmethod
     def restore_state(saved):
@@ -116,7 +126,8 @@ class Module:
                 setattr(module, name, value)
 
     def named_children(self):
-        """Direct sub-modules, in the order they were set; a list ``blocks`` gives ``blocks.0`` ..."""
+        """Direct sub-modules, in the order they were set; a list ``blocks`` gives ``blocks.0``
+        ..."""
         for name, value in vars(self).items():
             if name.startswith("_"):
                 continue  # not a part of the model (the loss of the last forward)
@@ -153,28 +164,34 @@ class Module:
         return {name: p.data.copy() for name, p in self.named_parameters()}
 
     def load_state_dict(self, state_dict: dict, strict=True):
-        """Copy arrays into the parameters, in place -> (missing_keys, unexpected_keys). Strict, as torch's default.
+        """Copy arrays into the parameters, in place -> (missing_keys, unexpected_keys). Strict, as
+        torch's default.
 
-        ``foundation.contract.checks.check_state_dict`` checks everything first and casts to the model's
-        dtype, so the torch twin takes the same state dicts with the same values: ndarrays of
-        any float width, byte order or integer type, and torch tensors (bfloat16 included).
-        Missing keys (when ``strict``), unexpected keys (when ``strict``), wrong shapes and
-        values that would overflow the dtype raise one ``ValueError`` naming every offending
-        key; a value that is not a plain array of real numbers is a ``TypeError``. Nothing is
-        loaded unless everything is right.
+        ``foundation.contract.checks.check_state_dict`` checks everything first and casts to the
+        model's dtype, so the torch twin takes the same state dicts with the same values: ndarrays
+        of any float width, byte order or integer type, and torch tensors (bfloat16 included).
+        Missing keys (when ``strict``), unexpected keys (when ``strict``), wrong shapes and values
+        that would overflow the dtype raise one ``ValueError`` naming every offending key; a value
+        that is not a plain array of real numbers is a ``TypeError``. Nothing is loaded unless
+        everything is right.
         """
         params = dict(self.named_parameters())
         dtype = next(iter(params.values())).data.dtype.name if params else None
-        arrays = check_state_dict(state_dict, {name: p.shape for name, p in params.items()}, dtype, strict)
+        arrays = check_state_dict(
+            state_dict, {name: p.shape for name, p in params.items()}, dtype, strict
+        )
         for name, array in arrays.items():
             params[name].data[...] = array
             params[name].changed()
-        return IncompatibleKeys([name for name in params if name not in state_dict],
-                                [name for name in state_dict if name not in params])
+        return IncompatibleKeys(
+            [name for name in params if name not in state_dict],
+            [name for name in state_dict if name not in params],
+        )
 
     @classmethod
     def from_twin(cls, twin):
-        """A module of this class holding ``twin``'s config and weights (``twin``: the same class from torch_impl)."""
+        """A module of this class holding ``twin``'s config and weights (``twin``: the same class
+        from torch_impl)."""
         module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
         module.load_state_dict(twin.state_dict())
         return module
@@ -199,8 +216,9 @@ class Module:
         try:
             if user:
                 result, tainted = self._user_forward(body, signature, args, kwargs)
-            elif guarding():  # a body's call while every hook is guarded: named in the guard's messages
-                result, tainted = self._guarded_forward(body, args, kwargs, Call(self, "forward", [], self._weights)), False
+            elif guarding():  # a body's call while every hook is guarded: named in messages
+                call = Call(self, "forward", [], self._weights)
+                result, tainted = self._guarded_forward(body, args, kwargs, call), False
             else:  # a body's call: what it passes was made inside, checked and ours
                 result, tainted = body(self, *args, **kwargs), False
         except BaseException:
@@ -214,11 +232,14 @@ class Module:
         """A user's forward -> (result, whether a non-finite input or hook made it non-finite)."""
         arguments = bind(self, body, signature, args, kwargs)
         if "tokens" in arguments and getattr(self, "takes_any_tokens", False):
-            arguments["tokens"] = tokens_as_array(arguments["tokens"])  # the model's: nested lists too
+            # the model's: nested lists too
+            arguments["tokens"] = tokens_as_array(arguments["tokens"])
         check_arguments(self, body, arguments, np.ndarray)
         # the caller keeps its arrays: what the caches hold is ours alone
-        arguments = {name: np.array(value, copy=True) if isinstance(value, np.ndarray) else value
-                     for name, value in arguments.items()}
+        arguments = {
+            name: np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+            for name, value in arguments.items()
+        }
         arrays = [value for value in arguments.values() if isinstance(value, np.ndarray)]
         call = Call(self, "forward", arrays, self._weights)
         if guarding():
@@ -256,14 +277,25 @@ class Module:
         (gradient,) = arguments.values()
         if guarding():
             return self._guarded_backward(body, (gradient,), {}, record)
-        call = Call(self, "backward", [gradient] if isinstance(gradient, np.ndarray) else [], self._weights,
-                    record.tainted)
+        call = Call(
+            self,
+            "backward",
+            [gradient] if isinstance(gradient, np.ndarray) else [],
+            self._weights,
+            record.tainted,
+        )
         with entered(call):
             result = body(self, gradient)
         grads = [p.grad for p in self.parameters()]
-        if not finite(outputs(result) + grads) and not call.tainted and not nonfinite(np.asarray(gradient)):
+        if (
+            not finite(outputs(result) + grads)
+            and not call.tainted
+            and not nonfinite(np.asarray(gradient))
+        ):
             saved = [(p, p.grad) for p in self.parameters()]
-            try:  # replayed into zeroed gradients, to name the component and tensor; the sums stay as they are
+            # replayed into zeroed gradients, to name the component and tensor; the sums stay as
+            # they are
+            try:
                 for p, grad in saved:
                     p.grad = np.zeros_like(grad)
                 with guard_every_hook():
@@ -274,7 +306,8 @@ class Module:
         return result
 
     def _guarded_backward(self, body, args, kwargs, record):
-        """A backward with every gradient at a hook point, its result and its weights' gradients guarded."""
+        """A backward with every gradient at a hook point, its result and its weights' gradients
+        guarded."""
         arrays = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
         call = Call(self, "backward", arrays, self._weights, record is not None and record.tainted)
         with entered(call):
@@ -298,7 +331,11 @@ def finite(arrays):
     a sum is not finite (a sum of large finite entries can overflow)."""
     with np.errstate(over="ignore", invalid="ignore"):
         for array in arrays:
-            if array.dtype.kind == "f" and not np.isfinite(array.sum()) and not np.isfinite(array).all():
+            if (
+                array.dtype.kind == "f"
+                and not np.isfinite(array.sum())
+                and not np.isfinite(array).all()
+            ):
                 return False
     return True
 
@@ -315,12 +352,12 @@ class HookPoint(Module, HookLists):
         entries a forward hook changed are constants: no gradient flows past them;
         entries it left unchanged pass their gradient through untouched.
 
-    For hooks that overwrite entries with values that do not depend on the activation (zero
-    or mean ablation, patching in another run's activation) this is exactly what autograd
-    gives; for any other hook it is the documented rule, so the twins agree whatever the hook
-    does. The name is set by the model that owns it. With no hook on it, it passes its value on
-    and looks at nothing, unless ``always`` (a LayerNorm's scale: see foundation/contract/boundary.py)
-    or inside ``guard_every_hook()``.
+    For hooks that overwrite entries with values that do not depend on the activation (zero or mean
+    ablation, patching in another run's activation) this is exactly what autograd gives; for any
+    other hook it is the documented rule, so the twins agree whatever the hook does. The name is set
+    by the model that owns it. With no hook on it, it passes its value on and looks at nothing,
+    unless ``always`` (a LayerNorm's scale: see foundation/contract/boundary.py) or inside
+    ``guard_every_hook()``.
     """
 
     def __init__(self, always=False):
@@ -338,9 +375,11 @@ class HookPoint(Module, HookLists):
             return x
         # hooks get a copy, so they may edit it in place; x stays as computed
         hooked = self._run(self.fwd_hooks, np.array(x, copy=True))
-        hooked = np.array(as_numpy(hooked), dtype=x.dtype, copy=True)  # ours: the hook may keep what it returned
+        # ours: the hook may keep what it returned
+        hooked = np.array(as_numpy(hooked), dtype=x.dtype, copy=True)
         if nonfinite(hooked) and not nonfinite(x):
-            taint()  # the hook put a NaN or an infinity in: what follows from it is not the formula's doing
+            # the hook put a NaN or an infinity in: what follows from it is not the formula's doing
+            taint()
         changed = hooked != x  # like x: True where a hook changed the value
         if not changed.any():
             return x
@@ -353,7 +392,9 @@ class HookPoint(Module, HookLists):
         if self.bwd_hooks:
             # hooks get a copy: the backward may use this gradient array elsewhere (residual paths);
             # what they return is copied too, for the same reason
-            hooked = np.array(as_numpy(self._run(self.bwd_hooks, dx.copy())), dtype=dx.dtype, copy=True)
+            hooked = np.array(
+                as_numpy(self._run(self.bwd_hooks, dx.copy())), dtype=dx.dtype, copy=True
+            )
             if nonfinite(hooked) and not nonfinite(dx):
                 taint()  # the hook's NaN or infinity, as in the forward
             dx = hooked

@@ -73,25 +73,32 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam, as ``torch.optim.Adam`` (Kingma & Ba 2015, "Adam", Algorithm 1).
 
-        t = t + 1
-        g = grad + weight_decay * param        (L2 penalty folded into the gradient)
-        m = beta1 * m + (1 - beta1) * g        (running mean of the gradient)
-        v = beta2 * v + (1 - beta2) * g * g    (running mean of its square)
-        m_hat = m / (1 - beta1 ** t)           (undo the bias of starting at zero)
-        v_hat = v / (1 - beta2 ** t)
-        param = param - lr * m_hat / (sqrt(v_hat) + eps)
+    t = t + 1
+    g = grad + weight_decay * param        (L2 penalty folded into the gradient)
+    m = beta1 * m + (1 - beta1) * g        (running mean of the gradient)
+    v = beta2 * v + (1 - beta2) * g * g    (running mean of its square)
+    m_hat = m / (1 - beta1 ** t)           (undo the bias of starting at zero)
+    v_hat = v / (1 - beta2 ** t)
+    param = param - lr * m_hat / (sqrt(v_hat) + eps)
     """
 
     decoupled = False  # AdamW sets True: weight decay acts on the weights, not the gradient
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(params, lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.beta1 = _check_number("betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
         self.beta2 = _check_number("betas[1]", betas[1], low=0.0, high=1.0, high_open=True)
-        self.eps = _check_number("eps", eps, low=0.0, low_open=True)  # eps = 0 divides 0 by 0 where v is 0
+        # eps = 0 divides 0 by 0 where v is 0
+        self.eps = _check_number("eps", eps, low=0.0, low_open=True)
         self.weight_decay = _check_number("weight_decay", weight_decay, low=0.0)
         self.t = 0
         self.m = [np.zeros_like(p.data) for p in self.params]
@@ -99,8 +106,8 @@ class Adam(Optimizer):
 
     def step(self):
         self.t += 1
-        correction1 = 1 - self.beta1 ** self.t
-        correction2 = 1 - self.beta2 ** self.t
+        correction1 = 1 - self.beta1**self.t
+        correction2 = 1 - self.beta2**self.t
         for p, m, v in zip(self.params, self.m, self.v):
             g = p.grad
             if self.decoupled:
@@ -128,8 +135,14 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ):
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
@@ -146,24 +159,36 @@ def clip_grad_norm(parameters, max_norm: float) -> float:
     max_norm = _check_number("max_norm", max_norm, low=0.0, low_open=True)
     # the norm as largest * norm(grad / largest), in float64: squares of huge (or tiny) entries
     # would overflow to inf (or underflow to 0), and clipping would zero every gradient
-    largest = float(np.max([np.max(np.abs(p.grad), initial=0.0) for p in params]))  # NaN if any entry is NaN
+    # NaN if any entry is NaN
+    largest = float(np.max([np.max(np.abs(p.grad), initial=0.0) for p in params]))
     if largest == 0:
         return 0.0
-    if not math.isfinite(largest):  # inf or NaN gradients have no finite answer: scale as torch does
+    # inf or NaN gradients have no finite answer: scale as torch does
+    if not math.isfinite(largest):
         total_norm = largest
         for p in params:
             p.grad *= max_norm / (total_norm + 1e-6)
         return total_norm
-    relative_norm = math.sqrt(sum(float(np.sum(np.square(p.grad / largest, dtype=np.float64))) for p in params))
+    relative_norm = math.sqrt(
+        sum(float(np.sum(np.square(p.grad / largest, dtype=np.float64))) for p in params)
+    )
     total_norm = largest * relative_norm  # inf only when the true norm exceeds the float64 range
-    scale = min(1.0, max_norm / (total_norm + 1e-6)) if math.isfinite(total_norm) else max_norm / largest / relative_norm
+    scale = (
+        min(1.0, max_norm / (total_norm + 1e-6))
+        if math.isfinite(total_norm)
+        else max_norm / largest / relative_norm
+    )
     for p in params:
         p.grad *= scale
     return total_norm
 
 
-def warmup_then(warmup_steps: int, total_steps: int | None = None, decay: str = "constant",
-                final_factor: float = 0.0):
+def warmup_then(
+    warmup_steps: int,
+    total_steps: int | None = None,
+    decay: str = "constant",
+    final_factor: float = 0.0,
+):
     """The learning-rate multiplier as a function of the step: a linear warm-up, then a plateau.
 
         step < warmup_steps:   factor = (step + 1) / warmup_steps
@@ -211,7 +236,9 @@ class LambdaLR:
 
     def __init__(self, optimizer: Optimizer, lr_lambda):
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a numpy_impl Optimizer, got {type(optimizer).__name__}")
+            raise TypeError(
+                f"optimizer must be a numpy_impl Optimizer, got {type(optimizer).__name__}"
+            )
         if not callable(lr_lambda):
             raise TypeError(f"lr_lambda must be callable, got {type(lr_lambda).__name__}")
         self.optimizer = optimizer
@@ -234,11 +261,15 @@ class LambdaLR:
 def _parameter_list(params) -> list:
     """Parameters from a list of ``Parameter``s or of ``(name, Parameter)`` pairs."""
     if isinstance(params, Parameter):
-        raise TypeError("params must be an iterable of Parameters, got a single Parameter; wrap it in a list")
+        raise TypeError(
+            "params must be an iterable of Parameters, got a single Parameter; wrap it in a list"
+        )
     try:
         items = list(params)
     except TypeError:
-        raise TypeError(f"params must be an iterable of Parameters, got {type(params).__name__}") from None
+        raise TypeError(
+            f"params must be an iterable of Parameters, got {type(params).__name__}"
+        ) from None
     if not items:
         raise ValueError("params is empty: the optimiser has nothing to update")
     result = []
@@ -262,7 +293,10 @@ def _check_number(name, value, low=None, high=None, low_open=False, high_open=Fa
     bad_low = low is not None and (value <= low if low_open else value < low)
     bad_high = high is not None and (value >= high if high_open else value > high)
     if not math.isfinite(value) or bad_low or bad_high:
-        interval = (("(" if low_open else "[") + f"{low}, {high if high is not None else 'inf'}"
-                    + (")" if high_open or high is None else "]"))
+        interval = (
+            ("(" if low_open else "[")
+            + f"{low}, {high if high is not None else 'inf'}"
+            + (")" if high_open or high is None else "]")
+        )
         raise ValueError(f"{name} must be in {interval}, got {value}")
     return value

@@ -33,17 +33,18 @@ class SinusoidalPositionalEncoding(Module):
     """Fixed sinusoids: no parameters, so nothing to learn and no gradient to keep."""
 
     def __init__(self, cfg, rng=None):
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         self.table = sinusoidal_table(cfg.n_ctx, cfg.d_model).astype(cfg.dtype)  # [n_ctx, d_model]
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)"""
         batch, pos = tokens.shape
         positions = self.hook_in(np.arange(pos)[None, :])  # [1, pos]
-        pos_embed = np.broadcast_to(self.table[positions], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
+        rows = self.table[positions]  # [1, pos, d_model]
+        pos_embed = np.broadcast_to(rows, (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         return pos_embed
 
@@ -59,7 +60,7 @@ class LearnedPositionalEmbedding(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         self.W_pos = Parameter(rng.standard_normal((cfg.n_ctx, cfg.d_model)).astype(cfg.dtype))
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
@@ -67,22 +68,23 @@ class LearnedPositionalEmbedding(Module):
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)"""
         batch, pos = tokens.shape
         positions = self.hook_in(np.arange(pos)[None, :])  # [1, pos]
-        pos_embed = np.broadcast_to(self.W_pos.data[positions], (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
+        rows = self.W_pos.data[positions]  # [1, pos, d_model]
+        pos_embed = np.broadcast_to(rows, (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         self.cache = positions
         return pos_embed
 
     @boundary(dpos_embed="gradient")
     def backward(self, dpos_embed):
-        """dpos_embed [batch, pos, d_model] -> None; W_pos[p] collects the gradient of every sequence."""
+        """dpos_embed [batch, pos, d_model] -> None; W_pos[p] adds up every sequence's gradient."""
         positions = self.cache
         # EXERCISE BEGIN
         # forward: pos_embed = hook_out(pos_embed)   (a hook point: the gradient passes through it)
         dpos_embed = self.hook_out.backward(dpos_embed)
-        # forward: pos_embed = broadcast W_pos[positions] over batch
-        np.add.at(self.W_pos.grad, positions[0], dpos_embed.sum(axis=0))  # [n_ctx, d_model], repeats add up
+        # forward: pos_embed = broadcast W_pos[positions] over batch   (repeated positions add up)
+        np.add.at(self.W_pos.grad, positions[0], dpos_embed.sum(axis=0))  # [n_ctx, d_model]
         # EXERCISE END
         return None

@@ -1,5 +1,5 @@
-"""Unembedding: from the final residual stream to one logit per vocabulary entry
-("Attention Is All You Need", §3.4: the learned linear map before the softmax; not tied to W_E here).
+"""Unembedding: from the final residual stream to one logit per vocabulary entry ("Attention Is All
+You Need", §3.4: the learned linear map before the softmax; not tied to W_E here).
 
 Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabulary).
 Einsum letters: b batch, p pos, m d_model, v d_vocab.
@@ -23,8 +23,9 @@ class Unembed(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
-        self.W_U = Parameter((rng.standard_normal((cfg.d_model, cfg.d_vocab)) / np.sqrt(cfg.d_model)).astype(cfg.dtype))
+        self.cfg = check_config(cfg, np.ndarray)
+        W_U = rng.standard_normal((cfg.d_model, cfg.d_vocab))
+        self.W_U = Parameter((W_U / np.sqrt(cfg.d_model)).astype(cfg.dtype))
         self.b_U = Parameter(np.zeros(cfg.d_vocab, dtype=cfg.dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         self.hook_out = HookPoint()  # [batch, pos, d_vocab]
@@ -34,21 +35,23 @@ class Unembed(Module):
     def forward(self, x):
         """x [batch, pos, d_model] -> logits [batch, pos, d_vocab]"""
         x = self.hook_in(x)
-        logits = np.einsum("mv,bpm->bpv", self.W_U.data, x, optimize=True) + self.b_U.data  # [batch, pos, d_vocab]
+        W_U, b_U = self.W_U.data, self.b_U.data
+        logits = np.einsum("mv,bpm->bpv", W_U, x, optimize=True) + b_U  # [batch, pos, d_vocab]
         logits = self.hook_out(logits)
         self.cache = x
         return logits
 
     @boundary(dlogits="gradient")
     def backward(self, dlogits):
-        """dlogits [batch, pos, d_vocab] -> dx [batch, pos, d_model]; adds into W_U.grad and b_U.grad."""
+        """dlogits [batch, pos, d_vocab] -> dx [batch, pos, d_model]; adds into W_U, b_U grads."""
         x = self.cache
+        W_U = self.W_U.data
         # EXERCISE BEGIN
         # forward: logits = hook_out(logits)   (a hook point: the gradient passes through it)
         dlogits = self.hook_out.backward(dlogits)
         # forward: logits = einsum("mv,bpm->bpv", W_U, x) + b_U
         self.W_U.grad += np.einsum("bpv,bpm->mv", dlogits, x, optimize=True)  # [d_model, d_vocab]
         self.b_U.grad += dlogits.sum(axis=(0, 1))  # [d_vocab]
-        dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]
+        dx = np.einsum("mv,bpv->bpm", W_U, dlogits, optimize=True)  # [batch, pos, d_model]
         # EXERCISE END
         return self.hook_in.backward(dx)

@@ -1,8 +1,8 @@
 """The model's TransformerLens weight views (W_Q, ..., QK, OV) and its FactoredMatrix.
 
-Written once in ``foundation/lens/views.py`` and ``foundation/lens/factored.py``; only what NumPy changes
-lives here: ``numpy.linalg``, and the arrays behind the parameters (``.data``) in the views, which
-are new arrays: editing one does not edit the model.
+Written once in ``foundation/lens/views.py`` and ``foundation/lens/factored.py``; only what NumPy
+changes lives here: ``numpy.linalg``, and the arrays behind the parameters (``.data``) in the views,
+which are new arrays: editing one does not edit the model.
 """
 
 import numpy as np
@@ -12,7 +12,8 @@ from foundation.lens.views import WeightViewsMixin as _WeightViewsMixin
 
 
 class FactoredMatrix(_FactoredMatrix):
-    """``foundation.lens.factored.FactoredMatrix`` with ``numpy.linalg`` (the same svd and eigvals names)."""
+    """``foundation.lens.factored.FactoredMatrix`` with ``numpy.linalg`` (the same svd and eigvals
+    names)."""
 
     linalg = np.linalg
 

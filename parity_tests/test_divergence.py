@@ -25,8 +25,8 @@ PLANTED = [
     (
         "unembed",
         "unembed.py",
-        'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
-        'dx = 1.5 * np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
+        'dx = np.einsum("mv,bpv->bpm", W_U, dlogits, optimize=True)',
+        'dx = 1.5 * np.einsum("mv,bpv->bpm", W_U, dlogits, optimize=True)',
         "unembed.hook_in",
     ),
     (
@@ -39,22 +39,22 @@ PLANTED = [
     (
         "feedforward",
         "feedforward.py",
-        'dpost = np.einsum("fm,bpm->bpf", self.W_out.data, dout, optimize=True)',
-        'dpost = 2 * np.einsum("fm,bpm->bpf", self.W_out.data, dout, optimize=True)',
+        'dpost = np.einsum("fm,bpm->bpf", W_out, dout, optimize=True)',
+        'dpost = 2 * np.einsum("fm,bpm->bpf", W_out, dout, optimize=True)',
         "blocks.1.mlp.out.hook_in",
     ),  # hook_post's own name
     (
         "attention",
         "attention.py",
-        "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))",
+        "dscores = probs * (dprobs - dprobs_mean)",
         "dscores = probs * dprobs",
         "blocks.1.attn.hook_attn_scores",
     ),
     (
         "block",
         "block.py",
-        'dresid_mid = dresid_post + (self.ln2.backward(dmlp_in) if norm == "pre" else dmlp_in)',
-        'dresid_mid = (self.ln2.backward(dmlp_in) if norm == "pre" else dmlp_in)',
+        "dresid_mid = dresid_post + dmlp_in",
+        "dresid_mid = dmlp_in",
         "blocks.1.hook_resid_mid",
     ),
     (
@@ -134,7 +134,7 @@ def test_a_planted_forward_difference_is_found_by_the_forward_walk(solved, tmp_p
         solved,
         tmp_path,
         "attention.py",
-        "scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)",
+        "scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(d_head)",
         "scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_model)",
     )
     try:

@@ -14,7 +14,7 @@ from exercises.generate import PROJECT, REFERENCE_DIR
 from parity_tests.copies import planted_copy
 
 SAMPLE = 1
-DX = 'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]'
+DX = 'dx = np.einsum("mv,bpv->bpm", W_U, dlogits, optimize=True)  # [batch, pos, d_model]'
 REFERENCE_FILE = REFERENCE_DIR / "unembed.py"
 
 

@@ -54,8 +54,10 @@ PLANTED = [
         "softmax's backward built on pattern",
         "attention",
         "attention.py",
-        "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))",
-        "dscores = pattern * (dprobs - (dprobs * pattern).sum(axis=-1, keepdims=True))",
+        "dprobs_mean = (dprobs * probs).sum(axis=-1, keepdims=True)  # [batch, head, q_pos, 1]\n"
+        "        dscores = probs * (dprobs - dprobs_mean)",
+        "dprobs_mean = (dprobs * pattern).sum(axis=-1, keepdims=True)  # [batch, head, q_pos, 1]\n"
+        "        dscores = pattern * (dprobs - dprobs_mean)",
         ["edits the attention pattern", "softmax's backward takes probs"],
     ),
     (
@@ -70,18 +72,16 @@ PLANTED = [
         "a block that adds into its incoming gradient",
         "block",
         "block.py",
-        'dresid_mid = dresid_post + (self.ln2.backward(dmlp_in) if norm == "pre" else dmlp_in)',
-        'dresid_post += self.ln2.backward(dmlp_in) if norm == "pre" else dmlp_in\n'
-        "            dresid_mid = dresid_post",
+        "dresid_mid = dresid_post + dmlp_in",
+        "dresid_post += dmlp_in\n            dresid_mid = dresid_post",
         ["changed its incoming gradient in place without hooks"],
     ),
     (
         "a feed-forward that scales its dout after use",
         "feedforward",
         "feedforward.py",
-        'dx = np.einsum("mf,bpf->bpm", self.W_in.data, dpre, optimize=True)  # [batch, pos, '
-        "d_model]",
-        'dx = np.einsum("mf,bpf->bpm", self.W_in.data, dpre, optimize=True)  # [batch, pos, '
+        'dx = np.einsum("mf,bpf->bpm", W_in, dpre, optimize=True)  # [batch, pos, d_model]',
+        'dx = np.einsum("mf,bpf->bpm", W_in, dpre, optimize=True)  # [batch, pos, '
         "d_model]\n"
         "        dout *= 2.9",
         ["changed its incoming gradient in place"],
@@ -152,7 +152,7 @@ def test_a_missing_scale_names_d_head_not_another_size(solved, tmp_path):
         solved,
         tmp_path,
         "attention.py",
-        "dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)",
+        "dq_h = dscores @ k_h / math.sqrt(d_head)",
         "dq_h = dscores @ k_h",
     )
     results = {r.key: r for r in check(directory, keys=["attention"], sample=SAMPLE)}

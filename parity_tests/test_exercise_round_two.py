@@ -15,18 +15,13 @@ from exercises.check import check
 from parity_tests.copies import planted_copy
 
 SAMPLE = 1
-UNEMBED_DX = (
-    'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]'
-)
+UNEMBED_DX = 'dx = np.einsum("mv,bpv->bpm", W_U, dlogits, optimize=True)  # [batch, pos, d_model]'
 UNEMBED_W = (
     'self.W_U.grad += np.einsum("bpv,bpm->mv", dlogits, x, optimize=True)  # [d_model, d_vocab]'
 )
 LOSS_DNLL = "dnll = dloss * weights / weights.sum()  # [batch, pos]"
-DQ = "dq_h = dscores @ k_h / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, d_head]"
-DK = (
-    "dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(self.cfg.d_head)  # [batch, head, k_pos, "
-    "d_head]"
-)
+DQ = "dq_h = dscores @ k_h / math.sqrt(d_head)  # [batch, head, q_pos, d_head]"
+DK = "dk_h = dscores.swapaxes(-1, -2) @ q_h / math.sqrt(d_head)  # [batch, head, k_pos, d_head]"
 MASK = "dscores = np.where(self.mask[:pos, :pos], dscores, 0.0)  # [batch, head, q_pos, k_pos]"
 COMPLEX_STEP = (
     "for index in np.ndindex(self.W_U.data.shape):\n"
@@ -61,8 +56,13 @@ LN_COMPACT = (
     "        dx = (dnormalized - dnormalized.mean(-1, keepdims=True)\n"
     "              - normalized * (dnormalized * normalized).mean(-1, keepdims=True)) / scale\n"
 )
-BLOCK_LN1 = 'dresid_pre = dresid_mid + (self.ln1.backward(dattn_in) if norm == "pre" else dattn_in)'
-V_PATH = "\n              + self.v.hook_in.backward(dx_v)"
+BLOCK_LN1 = (
+    'if norm == "pre":\n'
+    "            dattn_in = self.ln1.backward(dattn_in)  # [batch, pos, d_model]; "
+    "now at resid_pre\n"
+    "        dresid_pre = dresid_mid + dattn_in"
+)
+V_PATH = "\n            + self.v.hook_in.backward(dx_v)"
 
 # (id, mistake, exercise key the row is read from, file, reference text, planted text, status,
 # words) words: each must appear in the row's message or hint
@@ -103,7 +103,7 @@ FALSE_PASSES = [
         "attention",
         "attention.py",
         DQ,
-        DQ.replace("math.sqrt(self.cfg.d_head)", "math.sqrt(8)"),
+        DQ.replace("math.sqrt(d_head)", "math.sqrt(8)"),
         "wrong",
         ["8 is d_head"],
     ),
@@ -227,8 +227,8 @@ FALSE_PASSES = [
         "W_O.grad = ... (not +=), checked at its step",
         "attention.output",
         "attention.py",
-        "self.W_O.grad += np.einsum",
-        "self.W_O.grad = np.einsum",
+        "self.W_O.grad += dW_O",
+        "self.W_O.grad = dW_O",
         "wrong",
         ["W_O: this step replaced", "+="],
     ),
@@ -271,8 +271,8 @@ STUCK = [
         "an einsum whose letters misread W_O: remapped shapes",
         "attention.output",
         "attention.py",
-        'dz = np.einsum("hdm,bpm->bphd", self.W_O.data, dout, optimize=True)',
-        'dz = np.einsum("hmd,bpm->bphd", self.W_O.data, dout, optimize=True)',
+        'dz = np.einsum("hdm,bpm->bphd", W_O, dout, optimize=True)',
+        'dz = np.einsum("hmd,bpm->bphd", W_O, dout, optimize=True)',
         "wrong",
         ["W_O", '"hdm"'],
     ),

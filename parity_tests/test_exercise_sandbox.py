@@ -24,7 +24,7 @@ from exercises.generate import PROJECT
 from parity_tests.copies import planted_copy
 
 SAMPLE = 1
-DX = 'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)  # [batch, pos, d_model]'
+DX = 'dx = np.einsum("mv,bpv->bpm", W_U, dlogits, optimize=True)  # [batch, pos, d_model]'
 ABI, WHY = sandbox.wall()
 needs_landlock = pytest.mark.skipif(not ABI, reason=f"no Landlock here: {WHY}")
 

@@ -204,7 +204,7 @@ def test_the_command_line_reports_an_exit_as_a_status(solved, tmp_path, capsys):
         solved,
         tmp_path,
         "unembed.py",
-        'dx = np.einsum("mv,bpv->bpm", self.W_U.data, dlogits, optimize=True)',
+        'dx = np.einsum("mv,bpv->bpm", W_U, dlogits, optimize=True)',
         "raise SystemExit(0)",
     )
 

@@ -100,7 +100,7 @@ def test_softmax_missing_row_sum_is_wrong_at_its_step_queries_and_keys(solved, t
     plant(
         directory / "numpy_impl",
         "attention.py",
-        "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))",
+        "dscores = probs * (dprobs - dprobs_mean)",
         "dscores = probs * dprobs",
     )
     results = check(directory, keys=["attention", "block"], sample=SAMPLE)

@@ -140,7 +140,7 @@ def test_planted_softmax_mistake_is_caught_at_queries_and_keys():
     # dropping the row sum of the softmax Jacobian: dscores = probs * dprobs
     Wrong = planted(
         np_attention.MultiHeadAttention,
-        "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))",
+        "dscores = probs * (dprobs - dprobs_mean)",
         "dscores = probs * dprobs",
     )
     cfg = Variant("test").config()
@@ -346,8 +346,8 @@ def test_llama_family_component_passes(cls, overrides):
         # the rotation's backward turned the same way as the forward, not back
         (
             np_attention.MultiHeadAttention,
-            "dq = rotate(self.hook_rot_q.backward(dq), cos, -sin,",
-            "dq = rotate(self.hook_rot_q.backward(dq), cos, sin,",
+            "dq = rotate(dq, cos, -sin, adjacent)",
+            "dq = rotate(dq, cos, sin, adjacent)",
             {"W_Q", "x"},
         ),
         # one head's gradient kept, the group's sum missed

@@ -217,3 +217,28 @@ def test_bad_input_is_refused_by_name():
     with pytest.raises(ValueError, match="NumPy has no bfloat16 type"):
         npi.Transformer(bfloat16)
     assert pti.Transformer(bfloat16).embed.W_E.dtype == torch.bfloat16  # the torch twin takes it
+
+
+COMPONENTS = [
+    "TokenEmbedding",
+    "LearnedPositionalEmbedding",
+    "SinusoidalPositionalEncoding",
+    "LayerNorm",
+    "MultiHeadAttention",
+    "FeedForward",
+    "TransformerBlock",
+    "Unembed",
+]
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_each_numpy_component_refuses_bfloat16_and_its_twin_takes_it(component):
+    bfloat16 = dataclasses.replace(GPT2_SHAPED, dtype="bfloat16")
+    with pytest.raises(ValueError, match="NumPy has no bfloat16 type"):
+        getattr(npi, component)(bfloat16)
+    twin = getattr(pti, component)(bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in twin.parameters())
+    float16 = dataclasses.replace(GPT2_SHAPED, dtype="float16")
+    assert all(
+        p.data.dtype == np.float16 for _, p in getattr(npi, component)(float16).named_parameters()
+    )

@@ -17,6 +17,7 @@ Playwright the browser tests are skipped, unless TWINS_REQUIRE_BROWSER=1 (as in 
 fail instead.
 """
 
+import ast
 import copy
 import inspect
 import os
@@ -154,13 +155,12 @@ def page(page_path):
 
 
 def source_lines(function):
-    lines = [line.strip() for line in textwrap.dedent(inspect.getsource(function)).split("\n")]
-    # the page shows the bodies; the boundary's declaration (@boundary(...)) is the source's
-    return [
-        line
-        for line in lines
-        if line and not EXERCISE_MARK.match(line) and not line.startswith("@boundary(")
-    ]
+    source = textwrap.dedent(inspect.getsource(function))
+    # the page shows the bodies; the boundary's declaration (@boundary(...), one line or several)
+    # is the source's: the lines start at the def
+    first = ast.parse(source).body[0].lineno
+    lines = [line.strip() for line in source.split("\n")[first - 1 :]]
+    return [line for line in lines if line and not EXERCISE_MARK.match(line)]
 
 
 @pytest.mark.parametrize("name", COMPONENTS)

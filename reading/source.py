@@ -382,10 +382,44 @@ def link_steps(steps: list[Step], rows: list[Row]) -> None:
                 k for k, unit in numpy_rows if re.search(rf"\bself\.{re.escape(hook)}\(", unit.code)
             }
         for parameter in PARAMETER_GRAD.findall(text):
-            found |= {
-                k for k, unit in numpy_rows if re.search(rf"\bself\.{parameter}\.data\b", unit.code)
-            }
+            found |= lines_reading(numpy_rows, parameter)
         step.undoes = sorted(found)
+
+
+def lines_reading(numpy_rows: list[tuple[int, Unit]], parameter: str) -> set[int]:
+    """The rows that read ``self.<parameter>.data``, or the local that only names it
+    (``W_Q = self.W_Q.data``)."""
+    found, aliases = set(), set()
+    for k, unit in numpy_rows:
+        if re.search(rf"\bself\.{parameter}\.data\b", unit.code):
+            alias = alias_of(unit, parameter)
+            if alias is None:
+                found.add(k)
+            else:
+                aliases.add(alias)
+        elif unit.reads & aliases:
+            found.add(k)
+    return found
+
+
+def alias_of(unit: Unit, parameter: str) -> str | None:
+    """The local name a line gives ``self.<parameter>.data`` when that is all it does, else None."""
+    try:
+        node = ast.parse(textwrap.dedent(unit.text)).body[0]
+    except (SyntaxError, IndexError):
+        return None
+    if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+        return None
+    target, value = node.targets[0], node.value
+    pairs = (
+        zip(target.elts, value.elts)
+        if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple)
+        else [(target, value)]
+    )
+    for name, read in pairs:
+        if isinstance(name, ast.Name) and ast.unparse(read) == f"self.{parameter}.data":
+            return name.id
+    return None
 
 
 def lines_between(numpy_rows: list[tuple[int, Unit]], inputs: set[str], target: int) -> set[int]:

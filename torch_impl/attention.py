@@ -1,7 +1,8 @@
 """Multi-head self-attention ("Attention Is All You Need", §3.2.1-3.2.2).
 
-Axes: batch, pos / q_pos / k_pos (query and key positions), head, d_head (width of one
-head), d_model (residual width); kv_head (grouped key/value heads), half (rotary_dim / 2). Einsum letters: b batch, p pos, h head, d d_head, m d_model.
+Axes: batch, pos / q_pos / k_pos (query and key positions), head, d_head (width of one head),
+d_model (residual width); kv_head (grouped key/value heads), half (rotary_dim / 2). Einsum letters:
+b batch, p pos, h head, d d_head, m d_model.
 
 For each head h, with x the input [batch, pos, d_model]:
     q = x W_Q[h] + b_Q[h],  k = x W_K[h] + b_K[h],  v = x W_V[h] + b_V[h]
@@ -43,17 +44,23 @@ class MultiHeadAttention(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         if cfg.n_key_value_heads is not None:
-            raise ValueError("cfg.n_key_value_heads is set: build GroupedQueryAttention(cfg), or "
-                             "MultiHeadAttention.for_config(cfg), which picks the class")
+            raise ValueError(
+                "cfg.n_key_value_heads is set: build GroupedQueryAttention(cfg), or "
+                "MultiHeadAttention.for_config(cfg), which picks the class"
+            )
         n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
         dtype = getattr(torch, cfg.dtype)
-        self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
-        self.W_K = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
-        self.W_V = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
-        self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model, generator=rng, dtype=dtype) / math.sqrt(n_heads * d_head))
-        bias = nn.Parameter if cfg.attn_bias else Constant  # Llama's attention has no biases: fixed zeros
+        W_Q = torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype)
+        W_K = torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype)
+        W_V = torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype)
+        W_O = torch.randn(n_heads, d_head, d_model, generator=rng, dtype=dtype)
+        self.W_Q = nn.Parameter(W_Q / math.sqrt(d_model))
+        self.W_K = nn.Parameter(W_K / math.sqrt(d_model))
+        self.W_V = nn.Parameter(W_V / math.sqrt(d_model))
+        self.W_O = nn.Parameter(W_O / math.sqrt(n_heads * d_head))
+        bias = nn.Parameter if cfg.attn_bias else Constant  # Llama's: no biases, fixed zeros
         self.b_Q = bias(torch.zeros(n_heads, d_head, dtype=dtype))
         self.b_K = bias(torch.zeros(n_heads, d_head, dtype=dtype))
         self.b_V = bias(torch.zeros(n_heads, d_head, dtype=dtype))
@@ -83,27 +90,32 @@ class MultiHeadAttention(Module):
 
     @staticmethod
     def for_config(cfg, rng=None):
-        """The attention ``cfg`` asks for: grouped when ``n_key_value_heads`` is set, else ``MultiHeadAttention``."""
-        return MultiHeadAttention(cfg, rng) if cfg.n_key_value_heads is None else GroupedQueryAttention(cfg, rng)
+        """The attention ``cfg`` asks for: grouped when ``n_key_value_heads`` is set, else
+        ``MultiHeadAttention``."""
+        if cfg.n_key_value_heads is None:
+            return MultiHeadAttention(cfg, rng)
+        return GroupedQueryAttention(cfg, rng)
 
     @boundary(x="activation")
     def forward(self, x):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         x = self.hook_in(x)
-        pos = x.shape[1]
+        pos, d_head = x.shape[1], self.cfg.d_head
         x_q = self.q.hook_in(x)  # [batch, pos, d_model]: x as the query projection reads it
         x_k = self.k.hook_in(x)  # [batch, pos, d_model]
         x_v = self.v.hook_in(x)  # [batch, pos, d_model]
-        q = torch.einsum("hmd,bpm->bphd", self.W_Q, x_q) + self.b_Q  # [batch, pos, head, d_head]
-        k = torch.einsum("hmd,bpm->bphd", self.W_K, x_k) + self.b_K  # [batch, pos, head, d_head]
-        v = torch.einsum("hmd,bpm->bphd", self.W_V, x_v) + self.b_V  # [batch, pos, head, d_head]
+        W_Q, W_K, W_V = self.W_Q, self.W_K, self.W_V
+        b_Q, b_K, b_V = self.b_Q, self.b_K, self.b_V
+        q = torch.einsum("hmd,bpm->bphd", W_Q, x_q) + b_Q  # [batch, pos, head, d_head]
+        k = torch.einsum("hmd,bpm->bphd", W_K, x_k) + b_K  # [batch, pos, head, d_head]
+        v = torch.einsum("hmd,bpm->bphd", W_V, x_v) + b_V  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
             cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
-            adjacent = self.cfg.rotary_adjacent_pairs  # GPT-J's pairs; Llama's and NeoX's are halves
+            adjacent = self.cfg.rotary_adjacent_pairs  # GPT-J's pairs; Llama's, NeoX's halves
             q = self.hook_rot_q(rotate(q, cos, sin, adjacent))  # [batch, pos, head, d_head]
             k = self.hook_rot_k(rotate(k, cos, sin, adjacent))  # [batch, pos, kv_head, d_head]
-        if self.cfg.n_key_value_heads is not None:  # grouped: each key/value head serves its group of heads
+        if self.cfg.n_key_value_heads is not None:  # grouped: a key/value head serves its group
             group = self.cfg.n_heads // self.cfg.n_key_value_heads
             k = torch.repeat_interleave(k, group, dim=2)  # [batch, pos, head, d_head]
             v = torch.repeat_interleave(v, group, dim=2)  # [batch, pos, head, d_head]
@@ -111,24 +123,27 @@ class MultiHeadAttention(Module):
         q_h = q.permute(0, 2, 1, 3)  # [batch, head, q_pos, d_head]
         k_h = k.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
         v_h = v.permute(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
-        scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(self.cfg.d_head)  # [batch, head, q_pos, k_pos]
+        scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(d_head)  # [batch, head, q_pos, k_pos]
         if self.cfg.causal:
-            scores = torch.where(self.mask[:pos, :pos], scores, -torch.inf)  # [batch, head, q_pos, k_pos]
+            mask = self.mask[:pos, :pos]  # [q_pos, k_pos]
+            scores = torch.where(mask, scores, -torch.inf)  # [batch, head, q_pos, k_pos]
         scores = self.hook_attn_scores(scores)
-        # softmax over keys; subtracting the row max changes nothing but keeps exp finite
-        scores_max = scores.max(dim=-1, keepdim=True).values.detach()  # [batch, head, q_pos, 1]; a constant shift
-        exp = torch.exp(scores - scores_max)  # [batch, head, q_pos, k_pos]; masked keys give exp(-inf) = 0
+        # softmax over keys; subtracting the row max (a constant: detached) keeps exp finite
+        scores_max = scores.max(dim=-1, keepdim=True).values.detach()  # [batch, head, q_pos, 1]
+        exp = torch.exp(scores - scores_max)  # [batch, head, q_pos, k_pos]; masked: exp(-inf) = 0
         probs = exp / exp.sum(dim=-1, keepdim=True)  # [batch, head, q_pos, k_pos]
-        pattern = self.hook_pattern(probs)  # [batch, head, q_pos, k_pos]; probs, unless a hook edits it
+        pattern = self.hook_pattern(probs)  # [batch, head, q_pos, k_pos]; probs, or a hook's edit
         z = (pattern @ v_h).permute(0, 2, 1, 3)  # [batch, pos, head, d_head]
         z = self.hook_z(z)
-        out = torch.einsum("hdm,bphd->bpm", self.W_O, z) + self.b_O  # [batch, pos, d_model]
+        W_O, b_O = self.W_O, self.b_O
+        out = torch.einsum("hdm,bphd->bpm", W_O, z) + b_O  # [batch, pos, d_model]
         out = self.hook_out(self.hook_hidden_states(self.o.hook_out(out)))  # [batch, pos, d_model]
         return out
 
 
 class GroupedQueryAttention(MultiHeadAttention):
-    """Attention whose n_key_value_heads key/value heads each serve a group of query heads (Ainslie et al., 2023).
+    """Attention whose n_key_value_heads key/value heads each serve a group of query heads (Ainslie
+    et al., 2023).
 
     TransformerLens's names and shapes: the shared heads are ``_W_K``, ``_W_V``
     [n_key_value_heads, d_model, d_head] and ``_b_K``, ``_b_V`` [n_key_value_heads, d_head];
@@ -139,14 +154,18 @@ class GroupedQueryAttention(MultiHeadAttention):
     def __init__(self, cfg, rng=None):
         Module.__init__(self)
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         n_heads, d_model, d_head, n_kv = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.n_key_value_heads
         dtype = getattr(torch, cfg.dtype)
-        self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
-        self._W_K = nn.Parameter(torch.randn(n_kv, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
-        self._W_V = nn.Parameter(torch.randn(n_kv, d_model, d_head, generator=rng, dtype=dtype) / math.sqrt(d_model))
-        self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model, generator=rng, dtype=dtype) / math.sqrt(n_heads * d_head))
-        bias = nn.Parameter if cfg.attn_bias else Constant  # Llama's attention has no biases: fixed zeros
+        W_Q = torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype)
+        W_K = torch.randn(n_kv, d_model, d_head, generator=rng, dtype=dtype)
+        W_V = torch.randn(n_kv, d_model, d_head, generator=rng, dtype=dtype)
+        W_O = torch.randn(n_heads, d_head, d_model, generator=rng, dtype=dtype)
+        self.W_Q = nn.Parameter(W_Q / math.sqrt(d_model))
+        self._W_K = nn.Parameter(W_K / math.sqrt(d_model))
+        self._W_V = nn.Parameter(W_V / math.sqrt(d_model))
+        self.W_O = nn.Parameter(W_O / math.sqrt(n_heads * d_head))
+        bias = nn.Parameter if cfg.attn_bias else Constant  # Llama's: no biases, fixed zeros
         self.b_Q = bias(torch.zeros(n_heads, d_head, dtype=dtype))
         self._b_K = bias(torch.zeros(n_kv, d_head, dtype=dtype))
         self._b_V = bias(torch.zeros(n_kv, d_head, dtype=dtype))

@@ -2,12 +2,16 @@
 
 Axes: batch, pos (sequence position), d_model (residual width).
 
-    normalization="pre"  (GPT-2):                   normalization="post" (Vaswani et al.):
-        resid_mid  = resid_pre + attn(ln1(resid_pre))     resid_mid  = ln1(resid_pre + attn(resid_pre))
-        resid_post = resid_mid + mlp(ln2(resid_mid))      resid_post = ln2(resid_mid + mlp(resid_mid))
+    normalization="pre" (GPT-2):
+        resid_mid  = resid_pre + attn(ln1(resid_pre))
+        resid_post = resid_mid + mlp(ln2(resid_mid))
+    normalization="post" (Vaswani et al.):
+        resid_mid  = ln1(resid_pre + attn(resid_pre))
+        resid_post = ln2(resid_mid + mlp(resid_mid))
     normalization=None: the "pre" equations without ln1 and ln2.
     attn_only: no MLP and no ln2, so resid_post is the line that makes resid_mid above.
-    parallel_attn_mlp (GPT-NeoX): resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)),
+    parallel_attn_mlp (GPT-NeoX):
+        resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)),
         with no resid_mid: attention and the MLP read the same stream, side by side.
 
 Hook points, as TransformerLens 4 names them: ``hook_in`` (resid_pre, alias ``hook_resid_pre``),
@@ -18,6 +22,7 @@ stream between the two: its gradient is the whole residual stream's (both paths 
 alias of ln2.hook_in, so its hook_resid_mid_grad is that part alone).
 """
 
+import torch
 
 from foundation.contract.checks import check_config
 
@@ -33,7 +38,7 @@ class TransformerBlock(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_pre = self.hook_in  # TransformerLens's alias: one point, two names
         if cfg.normalization is not None:

@@ -38,12 +38,14 @@ class FeedForward(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         dtype = getattr(torch, cfg.dtype)
-        self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp, generator=rng, dtype=dtype) / math.sqrt(cfg.d_model))
+        W_in = torch.randn(cfg.d_model, cfg.d_mlp, generator=rng, dtype=dtype)
+        self.W_in = nn.Parameter(W_in / math.sqrt(cfg.d_model))
         bias = nn.Parameter if cfg.mlp_bias else Constant  # mlp_bias=False: fixed zeros
         self.b_in = bias(torch.zeros(cfg.d_mlp, dtype=dtype))
-        self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model, generator=rng, dtype=dtype) / math.sqrt(cfg.d_mlp))
+        W_out = torch.randn(cfg.d_mlp, cfg.d_model, generator=rng, dtype=dtype)
+        self.W_out = nn.Parameter(W_out / math.sqrt(cfg.d_mlp))
         self.b_out = bias(torch.zeros(cfg.d_model, dtype=dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         # in, out: the hook points around W_in and W_out (TransformerLens 4's mlp.in and mlp.out;
@@ -64,23 +66,26 @@ class FeedForward(Module):
         """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
         x = self.hook_in(x)
         x_in = self.in_.hook_in(x)  # [batch, pos, d_model]
-        pre = torch.einsum("mf,bpm->bpf", self.W_in, x_in) + self.b_in  # [batch, pos, d_mlp]
+        W_in, b_in = self.W_in, self.b_in
+        pre = torch.einsum("mf,bpm->bpf", W_in, x_in) + b_in  # [batch, pos, d_mlp]
         pre = self.hook_pre(pre)
         if self.cfg.act_fn == "relu":
-            post = torch.relu(pre)  # [batch, pos, d_mlp]; its gradient at pre == 0 is 0, as the reference's
+            post = torch.relu(pre)  # [batch, pos, d_mlp]; gradient 0 at pre == 0, as NumPy's
         elif self.cfg.act_fn == "gelu":
-            cdf = 0.5 * (1 + torch.erf(pre / SQRT_2))  # [batch, pos, d_mlp]; Phi(pre), the standard normal CDF
+            cdf = 0.5 * (1 + torch.erf(pre / SQRT_2))  # [batch, pos, d_mlp]; Phi(pre), normal CDF
             post = pre * cdf  # [batch, pos, d_mlp]
         else:
             inner = GELU_C * (pre + 0.044715 * pre * pre * pre)  # [batch, pos, d_mlp]
             tanh = torch.tanh(inner)  # [batch, pos, d_mlp]
             post = 0.5 * pre * (1 + tanh)  # [batch, pos, d_mlp]
         post = self.hook_post(post)
-        out = torch.einsum("fm,bpf->bpm", self.W_out, post) + self.b_out  # [batch, pos, d_model]
+        W_out, b_out = self.W_out, self.b_out
+        out = torch.einsum("fm,bpf->bpm", W_out, post) + b_out  # [batch, pos, d_model]
         out = self.hook_out(self.out.hook_out(out))  # [batch, pos, d_model]
         return out
 
     @staticmethod
     def for_config(cfg, rng=None):
-        """The MLP ``cfg`` asks for: ``GatedFeedForward`` (SwiGLU) when ``gated_mlp``, else ``FeedForward``."""
+        """The MLP ``cfg`` asks for: ``GatedFeedForward`` (SwiGLU) when ``gated_mlp``, else
+        ``FeedForward``."""
         return GatedFeedForward(cfg, rng) if cfg.gated_mlp else FeedForward(cfg, rng)

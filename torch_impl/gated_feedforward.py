@@ -31,12 +31,15 @@ class GatedFeedForward(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         d_model, d_mlp = cfg.d_model, cfg.d_mlp
         dtype = getattr(torch, cfg.dtype)
-        self.W_gate = nn.Parameter(torch.randn(d_model, d_mlp, generator=rng, dtype=dtype) / math.sqrt(d_model))
-        self.W_in = nn.Parameter(torch.randn(d_model, d_mlp, generator=rng, dtype=dtype) / math.sqrt(d_model))
-        self.W_out = nn.Parameter(torch.randn(d_mlp, d_model, generator=rng, dtype=dtype) / math.sqrt(d_mlp))
+        W_gate = torch.randn(d_model, d_mlp, generator=rng, dtype=dtype)
+        W_in = torch.randn(d_model, d_mlp, generator=rng, dtype=dtype)
+        W_out = torch.randn(d_mlp, d_model, generator=rng, dtype=dtype)
+        self.W_gate = nn.Parameter(W_gate / math.sqrt(d_model))
+        self.W_in = nn.Parameter(W_in / math.sqrt(d_model))
+        self.W_out = nn.Parameter(W_out / math.sqrt(d_mlp))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         # gate, in, out: the hook points around W_gate, W_in and W_out (TransformerLens 4's
         # mlp.gate, mlp.in, mlp.out; "in" is a Python keyword: set by name, read as self.in_)
@@ -59,14 +62,15 @@ class GatedFeedForward(Module):
         x = self.hook_in(x)
         x_gate = self.gate.hook_in(x)  # [batch, pos, d_model]: x as W_gate reads it
         x_in = self.in_.hook_in(x)  # [batch, pos, d_model]: x as W_in reads it
-        pre = torch.einsum("mf,bpm->bpf", self.W_gate, x_gate)  # [batch, pos, d_mlp]
+        W_gate, W_in, W_out = self.W_gate, self.W_in, self.W_out
+        pre = torch.einsum("mf,bpm->bpf", W_gate, x_gate)  # [batch, pos, d_mlp]
         pre = self.hook_pre(pre)
-        pre_linear = torch.einsum("mf,bpm->bpf", self.W_in, x_in)  # [batch, pos, d_mlp]
+        pre_linear = torch.einsum("mf,bpm->bpf", W_in, x_in)  # [batch, pos, d_mlp]
         pre_linear = self.hook_pre_linear(pre_linear)
         sigmoid = 1 / (1 + torch.exp(-pre))  # [batch, pos, d_mlp]
         act = pre * sigmoid  # [batch, pos, d_mlp]; silu(pre)
         post = act * pre_linear  # [batch, pos, d_mlp]
         post = self.hook_post(post)
-        out = torch.einsum("fm,bpf->bpm", self.W_out, post)  # [batch, pos, d_model]
+        out = torch.einsum("fm,bpf->bpm", W_out, post)  # [batch, pos, d_model]
         out = self.hook_out(self.out.hook_out(out))  # [batch, pos, d_model]
         return out

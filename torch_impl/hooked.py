@@ -1,10 +1,10 @@
 """The torch twin's own steps of its TransformerLens surface: hooks, caches, the loss, folding.
 
-Written once in ``foundation/lens/hooks.py`` and ``foundation/lens/running.py``: ``ActivationCache``, short
-names, ``run_with_cache``, ``run_with_hooks``, ``hooks()``, ``add_hook``, ``reset_hooks``,
-``fold_layer_norm``, ``return_type`` and ``generate``. Only what the array library changes lives
-here: which HookPoint class the model holds, how an activation is copied (detached from the
-graph), how a backward pass starts (autograd, from the logits or the loss), the default
+Written once in ``foundation/lens/hooks.py`` and ``foundation/lens/running.py``:
+``ActivationCache``, short names, ``run_with_cache``, ``run_with_hooks``, ``hooks()``, ``add_hook``,
+``reset_hooks``, ``fold_layer_norm``, ``return_type`` and ``generate``. Only what the array library
+changes lives here: which HookPoint class the model holds, how an activation is copied (detached
+from the graph), how a backward pass starts (autograd, from the logits or the loss), the default
 gradient (of the mean next-token cross-entropy), and the parameter-free LayerNorm that folding
 leaves.
 """
@@ -41,13 +41,15 @@ class HookedMixin(_HookedMixin):
     def _backward_from(self, result, dout):
         logits, loss = split_outputs(result)
         shape = lambda tensor: None if tensor is None else tuple(tensor.shape)  # noqa: E731
-        dout = None if dout is None else as_numpy(check_plain(dout, "dout"))  # checked as the NumPy model checks it
+        # checked as the NumPy model checks it
+        dout = None if dout is None else as_numpy(check_plain(dout, "dout"))
         target, grad = gradient_target(dout, shape(logits), shape(loss), self.cfg.dtype)
         tensor = loss if target == "loss" else logits
         tensor.backward(torch.as_tensor(grad, dtype=tensor.dtype, device=tensor.device))
 
     def _default_dout(self, out, tokens):
-        """Position p predicts ``tokens[:, p + 1]``; the last position predicts nothing (gradient 0)."""
+        """Position p predicts ``tokens[:, p + 1]``; the last position predicts nothing (gradient
+        0)."""
         check_next_token_loss(self.cfg, tokens)
         logits = out.detach().requires_grad_()  # [batch, pos, d_vocab]
         CrossEntropyLoss()(logits[:, :-1], tokens[:, 1:].to(logits.device)).backward()

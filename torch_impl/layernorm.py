@@ -26,7 +26,7 @@ class LayerNorm(Module):
 
     def __init__(self, cfg, rng=None):
         super().__init__()
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         dtype = getattr(torch, cfg.dtype)
         self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=dtype))
         self.b = nn.Parameter(torch.zeros(cfg.d_model, dtype=dtype))
@@ -52,14 +52,15 @@ class LayerNorm(Module):
 
     @staticmethod
     def for_config(cfg):
-        """The norm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN"), ``LayerNormPre`` ("LNPre") or ``RMSNorm`` ("RMS")."""
+        """The norm ``cfg.normalization_type`` asks for: ``LayerNorm`` ("LN"), ``LayerNormPre``
+        ("LNPre") or ``RMSNorm`` ("RMS")."""
         if cfg.normalization_type == "RMS":
             return RMSNorm(cfg)
         return LayerNormPre(cfg) if cfg.normalization_type == "LNPre" else LayerNorm(cfg)
 
 
 class LayerNormPre(LayerNorm):
-    """LayerNorm without w and b, TransformerLens's ``LayerNormPre``: out = (x - mean(x)) / sqrt(var(x) + eps).
+    """LayerNorm without w and b (TransformerLens's ``LayerNormPre``): (x - mean) / sqrt(var + eps).
 
     What ``fold_layer_norm`` leaves once w and b live in the weights that read the output. The
     forward is LayerNorm's with w fixed at ones and b at zeros: buffers, not parameters (no
@@ -71,5 +72,7 @@ class LayerNormPre(LayerNorm):
         super().__init__(cfg, rng)
         dtype = getattr(torch, cfg.dtype)
         del self.w, self.b
-        self.register_buffer("w", torch.ones(cfg.d_model, dtype=dtype), persistent=False)  # [d_model]
-        self.register_buffer("b", torch.zeros(cfg.d_model, dtype=dtype), persistent=False)  # [d_model]
+        w = torch.ones(cfg.d_model, dtype=dtype)  # [d_model]
+        b = torch.zeros(cfg.d_model, dtype=dtype)  # [d_model]
+        self.register_buffer("w", w, persistent=False)
+        self.register_buffer("b", b, persistent=False)

@@ -1,5 +1,5 @@
-"""Cross-entropy loss over next-token logits, optionally weighted per token
-(the negative log-likelihood of the data; Goodfellow, Bengio & Courville, "Deep Learning", §6.2.1.1).
+"""Cross-entropy loss over next-token logits, optionally weighted per token (the negative
+log-likelihood of the data; Goodfellow, Bengio & Courville, "Deep Learning", §6.2.1.1).
 
 Axes: batch, pos (sequence position), d_vocab (vocabulary).
 
@@ -17,7 +17,7 @@ from .module import Module, boundary
 
 
 def log_softmax(logits):
-    """logits [..., d_vocab] -> log_probs [..., d_vocab], row by row, the row max subtracted first."""
+    """logits [..., d_vocab] -> log_probs [..., d_vocab] by row, the row max subtracted first."""
     logits_max = logits.max(dim=-1, keepdim=True).values.detach()  # [..., 1]; a constant shift
     shifted = logits - logits_max  # [..., d_vocab]
     log_sum_exp = torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))  # [..., 1]
@@ -37,9 +37,12 @@ class CrossEntropyLoss(Module):
 
     @boundary(logits="logits", targets="targets", weights="weights")
     def forward(self, logits, targets, weights=None):
-        """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss [] (or [batch, pos])"""
+        """logits [batch, pos, d_vocab], targets [batch, pos], weights [batch, pos] or None -> loss
+
+        loss is [] (the weighted mean), or [batch, pos] for reduction="none".
+        """
         if weights is None:
-            weights = torch.ones(targets.shape, dtype=logits.dtype, device=logits.device)  # [batch, pos]
+            weights = torch.ones_like(targets, dtype=logits.dtype)  # [batch, pos]
         log_probs = log_softmax(logits)  # [batch, pos, d_vocab]
         nll = -torch.take_along_dim(log_probs, targets[..., None], dim=-1)[..., 0]  # [batch, pos]
         if self.reduction == "mean":

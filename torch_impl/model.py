@@ -44,7 +44,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         rng = default_rng(seed)
         self.cfg = check_config(cfg, torch.Tensor)
         self.embed = TokenEmbedding(cfg, rng)
-        self.hook_embed = self.embed.hook_out  # [batch, pos, d_model]; TransformerLens's alias: one point
+        self.hook_embed = self.embed.hook_out  # [batch, pos, d_model]; TransformerLens's alias
         if cfg.positional == "learned":
             self.pos_embed = LearnedPositionalEmbedding(cfg, rng)
         elif cfg.positional == "sinusoidal":
@@ -59,16 +59,19 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
             self.hook_unembed = self.unembed.hook_out  # [batch, pos, d_vocab]
         for name, module in self.named_modules():
             if isinstance(module, HookPoint) and module.name is None:
-                module.name = name  # its own name: an alias (hook_embed) comes after it (embed.hook_out)
+                # its own name: an alias (hook_embed) comes after it (embed.hook_out)
+                module.name = name
 
-    @boundary(tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer")
+    @boundary(
+        tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer"
+    )
     def forward(self, tokens, return_type="logits", loss_per_token=False, stop_at_layer=None):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
-        (logits, loss) or None; ``loss_per_token``: the loss of each predicted token [batch, pos - 1].
-        ``stop_at_layer=k``: stop before block k and return the residual stream entering it
-        [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
+        (logits, loss) or None; ``loss_per_token``: the loss of each predicted token
+        [batch, pos - 1]. ``stop_at_layer=k``: stop before block k and return the residual stream
+        entering it [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
         Tokens go to the model's device.
         """
         embed = self.embed(tokens)  # [batch, pos, d_model]
@@ -88,7 +91,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         return self._with_return_type(out, tokens, return_type, loss_per_token)
 
     def save(self, path):
-        """Write the weights file: one array per state_dict key plus the config as JSON (.npz, or .safetensors)."""
+        """Write the weights file (.npz or .safetensors): the state_dict and the config (JSON)."""
         # as ndarrays (a bfloat16 model's as float32, exactly: NumPy has no bfloat16)
         state_dict = {name: as_numpy(tensor) for name, tensor in self.state_dict().items()}
         save_weights(path, state_dict, self.cfg)
@@ -126,7 +129,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         return self.embed.W_E.device
 
     def _native_tokens(self, tokens):
-        """An int ndarray [batch, pos] -> a tensor on the model's device (for generate and to_tokens)."""
+        """An int ndarray [batch, pos] -> a tensor on the model's device (generate, to_tokens)."""
         return torch.as_tensor(tokens, device=self.device)
 
     def _inference(self):

@@ -1,10 +1,12 @@
 """The small machinery under every torch component: modules, hook points and seeded generators.
 
 ``torch.nn`` already gives parameters, modules and state dicts. ``Module`` adds what the NumPy
-reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and
-names every bad key in one ``ValueError``, and ``from_twin``; and dtype moves (``.float()``,
-``.double()``, ``.half()``, ``.to(dtype)``) that take ``cfg.dtype`` along, refusing any other dtype first. ``HookPoint`` is the twin of the
-reference's (its hook lists are ``foundation.lens.hooks.HookLists``, written once).
+reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and names
+every bad key in one ``ValueError``, and ``from_twin``; and dtype moves (``.float()``,
+``.double()``, ``.half()``, ``.bfloat16()``, ``.to(dtype)``) that take ``cfg.dtype`` along,
+refusing any other dtype first.
+``HookPoint`` is the twin of the reference's (its hook lists are
+``foundation.lens.hooks.HookLists``, written once).
 
 ``Module`` also carries the boundary each component's ``forward`` declares with
 ``@boundary(x="activation")``, as the reference's (``_forward_at_the_boundary`` below;
@@ -62,7 +64,8 @@ def default_rng(rng=None):
 
 
 class Constant(nn.Buffer):
-    """A fixed tensor in a parameter's place: a buffer, neither trained nor saved (the reference's ``Constant``)."""
+    """A fixed tensor in a parameter's place: a buffer, neither trained nor saved (the reference's
+    ``Constant``)."""
 
     def __new__(cls, data):
         return super().__new__(cls, data, persistent=False)
@@ -73,26 +76,34 @@ class Module(nn.Module):
     error, ``from_twin``; every ``forward`` declared with ``@boundary(...)`` checked and guarded."""
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys raise ValueError.
+        """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys
+        raise ValueError.
 
-        ``foundation.contract.checks.check_state_dict`` checks everything first and casts to the model's
-        dtype, as the NumPy reference's ``load_state_dict`` does, so both take the same state
-        dicts with the same values and refuse the same ones with the same message; with
+        ``foundation.contract.checks.check_state_dict`` checks everything first and casts to the
+        model's dtype, as the NumPy reference's ``load_state_dict`` does, so both take the same
+        state dicts with the same values and refuse the same ones with the same message; with
         ``strict=False`` the keys present are checked all the same. ``assign=True`` makes new
-        parameters of the values cast to each parameter's dtype and device (never the caller's
-        own tensors, never another dtype).
+        parameters of the values cast to each parameter's dtype and device (never the caller's own
+        tensors, never another dtype).
         """
         params = dict(self.named_parameters())
         dtype = str(next(iter(params.values())).dtype).replace("torch.", "") if params else None
-        arrays = check_state_dict(state_dict, {name: tuple(p.shape) for name, p in params.items()}, dtype, strict)
-        tensors = {name: torch.from_numpy(array).to(params[name].device, params[name].dtype)
-                   for name, array in arrays.items()}  # bfloat16 comes as float32: NumPy has none
-        unexpected = {name: value for name, value in state_dict.items() if name not in params}  # strict=False: listed
+        arrays = check_state_dict(
+            state_dict, {name: tuple(p.shape) for name, p in params.items()}, dtype, strict
+        )
+        # each in its parameter's dtype: a bfloat16 model's come as float32 (NumPy has no bfloat16)
+        tensors = {
+            name: torch.from_numpy(array).to(params[name].device, params[name].dtype)
+            for name, array in arrays.items()
+        }
+        # strict=False: listed
+        unexpected = {name: value for name, value in state_dict.items() if name not in params}
         return super().load_state_dict({**tensors, **unexpected}, strict=strict, assign=assign)
 
     @classmethod
     def from_twin(cls, twin):
-        """A module of this class holding ``twin``'s config and weights (``twin``: the same class from numpy_impl)."""
+        """A module of this class holding ``twin``'s config and weights (``twin``: the same class
+        from numpy_impl)."""
         module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
         module.load_state_dict(twin.state_dict())
         return module
@@ -105,7 +116,8 @@ class Module(nn.Module):
         if not user_call():
             if not guarding():
                 return body(self, *args, **kwargs)
-            return self._guarded_forward(body, args, kwargs, arrays=[])  # named in the guard's messages
+            # named in the guard's messages
+            return self._guarded_forward(body, args, kwargs, arrays=[])
         arguments = _checked_arguments(self, body, signature, args, kwargs)
         arrays = [value for value in arguments.values() if isinstance(value, torch.Tensor)]
         if guarding():
@@ -113,7 +125,8 @@ class Module(nn.Module):
         call = Call(self, "forward", arrays, self._weights)
         with entered(call):
             result = body(self, **arguments)
-        if not finite(outputs(result) + call.always) and not call.tainted:  # one host synchronisation
+        # one host synchronisation
+        if not finite(outputs(result) + call.always) and not call.tainted:
             if inputs_finite(call):
                 with guard_every_hook():  # replayed to name the component and tensor, or raise
                     return self._guarded_forward(body, (), arguments, arrays)
@@ -123,7 +136,8 @@ class Module(nn.Module):
             call.input_grads = []
             for x in arrays:
                 if x.requires_grad:
-                    x.register_hook(call.input_grads.append)  # the gradients it returns, kept for the end
+                    # the gradients it returns, kept for the end
+                    x.register_hook(call.input_grads.append)
             tensors[0].register_hook(functools.partial(self._start_of_backward, call, arguments))
         return result
 
@@ -143,7 +157,8 @@ class Module(nn.Module):
     def _start_of_backward(self, call, arguments, dout):
         """Autograd reached a user's call's output: look at its gradients when the backward ends."""
         torch.autograd.Variable._execution_engine.queue_callback(
-            functools.partial(self._end_of_backward, call, arguments, dout))
+            functools.partial(self._end_of_backward, call, arguments, dout)
+        )
         return dout
 
     def _end_of_backward(self, call, arguments, dout):
@@ -152,40 +167,54 @@ class Module(nn.Module):
         Only when one is not finite, and ``dout``, the inputs and the weights were, is the forward
         replayed and the backward run again with every hook point guarded, to name where it began.
         """
-        grads = [dout, *call.input_grads, *(p.grad for p in self.parameters() if p.grad is not None)]
+        grads = [
+            dout,
+            *call.input_grads,
+            *(p.grad for p in self.parameters() if p.grad is not None),
+        ]
         call.input_grads = []
         if finite(grads) or call.tainted or not finite([dout]) or not inputs_finite(call):
             return
         with torch.enable_grad(), guard_every_hook():
             result = self(**arguments)
             out = [tensor for tensor in outputs(result) if tensor.requires_grad][0]
-            leaves = [x for x in call.arrays if x.requires_grad] + [p for p in self.parameters() if p.requires_grad]
-            owners = {id(p): module for module in self.modules() for p in module.parameters(recurse=False)}
+            leaves = [x for x in call.arrays if x.requires_grad] + [
+                p for p in self.parameters() if p.requires_grad
+            ]
+            owners = {
+                id(p): module for module in self.modules() for p in module.parameters(recurse=False)
+            }
             for p in self.parameters():
                 if p.requires_grad:
                     owner = Call(owners[id(p)], "backward", [], self._weights)
                     label = f"the gradient of {parameter_label(self, p)}"
-                    p.register_hook(functools.partial(_guard_parameter_gradient, (call, owner), label))
+                    p.register_hook(
+                        functools.partial(_guard_parameter_gradient, (call, owner), label)
+                    )
             torch.autograd.grad(out, leaves, grad_outputs=dout, allow_unused=True)
 
     def _weights(self):
         return [p.detach() for p in self.parameters()]
 
-    # --- moving like a torch module: cfg.dtype follows the parameters; other dtypes are refused first ---
+    # --- moving like a torch module: cfg.dtype follows the parameters; other dtypes are refused
+    # first ---
 
     def to(self, *args, **kwargs):
-        """torch's ``Module.to`` (device, dtype, or both); a dtype not in cfg's DTYPES is refused."""
+        """torch's ``Module.to`` (device, dtype, or both); a dtype not in the config's DTYPES is
+        refused."""
         for arg in (*args, *kwargs.values()):
             if isinstance(arg, (torch.dtype, torch.Tensor)):
                 _check_dtype(arg if isinstance(arg, torch.dtype) else arg.dtype)
         return super().to(*args, **kwargs)
 
     def type(self, dst_type):
-        """torch's ``Module.type`` on the floating-point tensors only, as ``.to(dtype)``: a bool mask stays bool."""
+        """torch's ``Module.type`` on the floating-point tensors only, as ``.to(dtype)``: a bool
+        mask stays bool."""
         return self._apply(lambda t: t.type(dst_type) if t.is_floating_point() else t)
 
     def _apply(self, fn, *args, **kwargs):
-        """Every move (.to, .float, .double, .half, .type, .cuda, ...) ends here; then cfg.dtype follows.
+        """Every move (.to, .float, .double, .half, .type, .cuda, ...) ends here; then cfg.dtype
+        follows.
 
         ``fn`` is tried first on an empty tensor of the module's dtype and on an empty bool tensor
         (a causal mask): a move to a dtype the twin cannot compute in, or one that would turn a mask
@@ -195,8 +224,10 @@ class Module(nn.Module):
         if cfg is not None:
             _check_dtype(fn(torch.empty(0, dtype=getattr(torch, cfg.dtype))).dtype)
             if fn(torch.empty(0, dtype=torch.bool)).dtype != torch.bool:
-                raise TypeError("this move would turn the bool causal mask into numbers: the twin computes in "
-                                "a float dtype with a bool mask; use .float(), .double(), .half() or .to(dtype)")
+                raise TypeError(
+                    "this move would turn the bool causal mask into numbers: the twin computes in "
+                    "a float dtype with a bool mask; use .float(), .double(), .half() or .to(dtype)"
+                )
         super()._apply(fn, *args, **kwargs)
         floats = [t for t in chain(self.parameters(), self.buffers()) if t.is_floating_point()]
         if cfg is not None and floats and str(floats[0].dtype) != f"torch.{cfg.dtype}":
@@ -209,23 +240,29 @@ class Module(nn.Module):
 
 def _check_dtype(dtype):
     if str(dtype).removeprefix("torch.") not in DTYPES:
-        raise TypeError(f"dtype {dtype} is not supported: the twin computes in {', '.join(DTYPES)} "
-                        "(cfg.dtype); use .double(), .float(), .half() or .bfloat16()")
+        raise TypeError(
+            f"dtype {dtype} is not supported: the twin computes in {', '.join(DTYPES)} "
+            "(cfg.dtype); use .double(), .float(), .half() or .bfloat16()"
+        )
 
 
 def _checked_arguments(module, body, signature, args, kwargs):
-    """{name: value} of a user's forward call, checked; tokens become int64 on the module's device."""
+    """{name: value} of a user's forward call, checked; tokens become int64 on the module's
+    device."""
     arguments = bind(module, body, signature, args, kwargs)
     if "tokens" in arguments and getattr(module, "takes_any_tokens", False):
-        tokens = token_tensor(arguments.pop("tokens"), module.cfg)  # the model's: lists and ndarrays too, checked
+        # the model's: lists and ndarrays too, checked
+        tokens = token_tensor(arguments.pop("tokens"), module.cfg)
         check_arguments(module, body, arguments, torch.Tensor)  # the others
         device = next(chain(module.parameters(), module.buffers()), tokens).device
         return {"tokens": tokens.to(device), **arguments}
     check_arguments(module, body, arguments, torch.Tensor)
     if "tokens" in arguments:
-        arguments["tokens"] = arguments["tokens"].to(torch.int64)  # ids of any integer dtype (a uint8 index would be a mask)
+        # ids of any integer dtype (a uint8 index would be a mask)
+        arguments["tokens"] = arguments["tokens"].to(torch.int64)
     if "targets" in arguments:
-        arguments["targets"] = arguments["targets"].to(torch.int64)  # ids of any integer dtype; take_along_dim wants int64
+        # ids of any integer dtype; take_along_dim wants int64
+        arguments["targets"] = arguments["targets"].to(torch.int64)
     return arguments
 
 
@@ -243,7 +280,8 @@ def finite(tensors):
 
 
 def _note_upstream_gradient(call, grad):
-    """A non-finite gradient given to the outermost output: what follows from it is not the formula's doing."""
+    """A non-finite gradient given to the outermost output: what follows from it is not the
+    formula's doing."""
     if nonfinite(grad):
         call.tainted = True
 
@@ -253,7 +291,8 @@ def _guard_parameter_gradient(forward_call, label, grad):
 
 
 def token_tensor(tokens, cfg):
-    """Token ids as an int64 tensor: lists and ndarrays of any integer dtype are checked, then converted.
+    """Token ids as an int64 tensor: lists and ndarrays of any integer dtype are checked, then
+    converted.
 
     Checking the ndarray first gives the reference's messages; converting to int64 copies it (so
     negative strides and read-only arrays are fine) and reads a uint8 array as ids, never as a mask.
@@ -293,39 +332,56 @@ class HookPoint(nn.Module, HookLists):
             guard(x, lambda: hook_label(self))
             frames = [call for call in calls() if not call.is_hook]
             if x.requires_grad and torch.is_grad_enabled() and frames:
-                forward_call = (frames[0], frames[-1])  # the gradient's guard needs this forward's records
+                # the gradient's guard needs this forward's records
+                forward_call = (frames[0], frames[-1])
                 x.register_hook(functools.partial(self._guard_gradient, forward_call))
         elif self.always:
             note_always_guarded(x)
         if self.fwd_hooks:
             # hooks get a detached copy, so they may edit it in place; x keeps its autograd history
             hooked = self._run(self.fwd_hooks, x.detach().clone())
-            hooked = torch.as_tensor(hooked, dtype=x.dtype, device=x.device).detach().clone()  # ours: the hook may reuse it
+            # ours: the hook may reuse it
+            hooked = torch.as_tensor(hooked, dtype=x.dtype, device=x.device).detach().clone()
             if nonfinite(hooked) and not nonfinite(x):
-                taint()  # the hook put a NaN or an infinity in: what follows from it is not the formula's doing
+                # the hook put a NaN or an infinity in: what follows from it is not the formula's
+                # doing
+                taint()
             changed = hooked != x.detach()  # like x: True where a hook changed the value
             if changed.any():
-                x = torch.where(changed, hooked, x)  # the hook's values are constants: no gradient reaches x there
-        if self.bwd_hooks and torch.is_grad_enabled() and x.is_floating_point():  # ids have no gradient
+                # the hook's values are constants: no gradient reaches x there
+                x = torch.where(changed, hooked, x)
+        # ids have no gradient
+        if self.bwd_hooks and torch.is_grad_enabled() and x.is_floating_point():
             if not x.requires_grad:
-                x = x.detach().requires_grad_()  # a constant (the sinusoidal table): a leaf, so it has a gradient
+                # a constant (the sinusoidal table): a leaf, so it has a gradient
+                x = x.detach().requires_grad_()
             else:
-                x = x.view_as(x)  # a node of its own: its gradient is what flows through this point alone,
-                # as the reference's (x may go elsewhere too: a residual stream, or q, k and v's inputs)
-            x.register_hook(functools.partial(self.backward, forward_call=tuple(calls()[:1] + calls()[-1:])))
+                # a node of its own: its gradient is what flows through this point alone,
+                x = x.view_as(x)
+                # as the reference's (x may go elsewhere too: a residual stream, or q, k and v's
+                # inputs)
+            x.register_hook(
+                functools.partial(self.backward, forward_call=tuple(calls()[:1] + calls()[-1:]))
+            )
         return x
 
     def backward(self, dx, forward_call=()):
         # hooks get a copy, as in the reference, and what they return is copied too
-        hooked = torch.as_tensor(self._run(self.bwd_hooks, dx.clone()), dtype=dx.dtype, device=dx.device).clone()
+        hooked = torch.as_tensor(
+            self._run(self.bwd_hooks, dx.clone()), dtype=dx.dtype, device=dx.device
+        ).clone()
         if nonfinite(hooked) and not nonfinite(dx):
             for call in forward_call:
-                call.tainted = True  # the hook put a NaN or an infinity in: what follows is not the formula's doing
+                # the hook put a NaN or an infinity in: what follows is not the formula's doing
+                call.tainted = True
         return hooked
 
     def _guard_gradient(self, forward_call, dx):
-        """The gradient autograd brings to this hook point, guarded as the reference's ``HookPoint.backward`` guards it."""
-        guard(dx, lambda: f"the gradient at {hook_label(self, forward_call[-1].module)}", forward_call)
+        """The gradient autograd brings to this hook point, guarded as the reference's
+        ``HookPoint.backward`` guards it."""
+        guard(
+            dx, lambda: f"the gradient at {hook_label(self, forward_call[-1].module)}", forward_call
+        )
 
 
 class Projection(nn.Module):

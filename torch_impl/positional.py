@@ -32,7 +32,7 @@ class SinusoidalPositionalEncoding(Module):
 
     def __init__(self, cfg, rng=None):
         super().__init__()
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         dtype = getattr(torch, cfg.dtype)
         # the table is a buffer, not a parameter, and not in state_dict (persistent=False)
         table = sinusoidal_table(cfg.n_ctx, cfg.d_model).to(dtype)  # [n_ctx, d_model]
@@ -42,10 +42,11 @@ class SinusoidalPositionalEncoding(Module):
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)"""
         batch, pos = tokens.shape
         positions = self.hook_in(torch.arange(pos, device=tokens.device)[None, :])  # [1, pos]
-        pos_embed = self.table[positions].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
+        rows = self.table[positions]  # [1, pos, d_model]
+        pos_embed = rows.expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         return pos_embed
 
@@ -56,7 +57,7 @@ class LearnedPositionalEmbedding(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         dtype = getattr(torch, cfg.dtype)
         self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model, generator=rng, dtype=dtype))
         self.hook_in = HookPoint()  # [1, pos] position ids
@@ -64,9 +65,10 @@ class LearnedPositionalEmbedding(Module):
 
     @boundary(tokens="tokens")
     def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only the shape of tokens is used)"""
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)"""
         batch, pos = tokens.shape
         positions = self.hook_in(torch.arange(pos, device=tokens.device)[None, :])  # [1, pos]
-        pos_embed = self.W_pos[positions].expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
+        rows = self.W_pos[positions]  # [1, pos, d_model]
+        pos_embed = rows.expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
         return pos_embed

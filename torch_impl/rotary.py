@@ -26,7 +26,7 @@ def rotary_tables(cfg):
 
 
 def rotate(x, cos, sin, adjacent_pairs):
-    """x [batch, pos, head, d_head], cos and sin [pos, half] -> rotated [batch, pos, head, d_head]"""
+    """x [batch, pos, head, d_head], cos, sin [pos, half] -> rotated [batch, pos, head, d_head]"""
     half = cos.shape[-1]
     turning = x[..., : 2 * half]  # [batch, pos, head, rotary_dim]
     passing = x[..., 2 * half :]  # [batch, pos, head, d_head - rotary_dim]
@@ -40,8 +40,9 @@ def rotate(x, cos, sin, adjacent_pairs):
     second_turned = second * cos + first * sin  # [batch, pos, head, half]
     if adjacent_pairs:
         paired = torch.stack((first_turned, second_turned), dim=-1)  # [batch, pos, head, half, 2]
-        turned = paired.reshape(turning.shape)  # [batch, pos, head, rotary_dim]: pairs side by side again
+        turned = paired.reshape(turning.shape)  # [batch, pos, head, rotary_dim]; pairs side by side
     else:
-        turned = torch.cat((first_turned, second_turned), dim=-1)  # [batch, pos, head, rotary_dim]
+        halves = (first_turned, second_turned)
+        turned = torch.cat(halves, dim=-1)  # [batch, pos, head, rotary_dim]
     rotated = torch.cat((turned, passing), dim=-1)  # [batch, pos, head, d_head]
     return rotated
