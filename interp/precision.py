@@ -247,6 +247,11 @@ def precision_ladder(model, tokens=None, twins=("torch", "numpy"), dtypes=DTYPES
     NumPy) is left out of that twin's rungs.
     """
     check_model(model)
+    if not model.cfg.unembed:
+        raise ValueError(
+            "model: the ladder differentiates the next-token loss, which needs logits "
+            "(cfg.unembed=True); this model outputs its residual stream"
+        )
     for dtype in dtypes:
         if dtype not in DTYPES:
             raise ValueError(f"dtypes: {dtype!r} is not one of {DTYPES}")

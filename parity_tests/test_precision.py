@@ -209,6 +209,9 @@ def test_bad_input_is_refused_by_name():
         precision_ladder(model, dtypes=("float64", "float8"))
     with pytest.raises(ValueError, match="twins: 'jax' is not one of"):
         precision_ladder(model, twins=("jax",))
+    encoder = npi.Transformer(dataclasses.replace(GPT2_SHAPED, unembed=False, causal=False))
+    with pytest.raises(ValueError, match="needs logits"):
+        precision_ladder(encoder)
     with pytest.raises(TypeError, match="model must be a numpy_impl or torch_impl Transformer"):
         precision_ladder(GPT2_SHAPED)
     with pytest.raises(ValueError, match="dtype must be one of"):
