@@ -174,7 +174,7 @@ class Ladder:
                     label=label,
                 )
             ax.set_yscale("log")
-            ax.set_xticks(range(len(layers)), layers)
+            ax.set_xticks(range(len(layers)), _tick_labels(layers))
             ax.set_xlabel("layer (embed, blocks, final: ln_final and unembed)")
             ax.set_title("activations" if not gradients else "gradients of the loss")
             ax.grid(True, which="major", alpha=0.3)
@@ -326,6 +326,22 @@ def _error(actual, expected):
     """rel_err, with the entries equal in both (a masked score's -inf) counted as no error."""
     same = actual == expected
     return rel_err(np.where(same, 0.0, actual), np.where(same, 0.0, expected))
+
+
+def _tick_labels(layers, most=16):
+    """The layer labels to print under the ticks: all of them, or for a deep model every k-th
+    (about ``most``), "embed" and "final" always, none crowding them."""
+    step = -(-len(layers) // most)
+    last = len(layers) - 1
+    shown = []
+    for i, label in enumerate(layers):
+        if i in (0, last) or step == 1:
+            shown.append(label)
+        elif i % step == 0 and 2 * step <= i <= last - step:
+            shown.append(label)
+        else:
+            shown.append("")
+    return shown
 
 
 def _number(error):
