@@ -92,11 +92,17 @@ class MultiHeadAttention(Module):
             return MultiHeadAttention(cfg, rng)
         return GroupedQueryAttention(cfg, rng)
 
-    @boundary(x="activation")
-    def forward(self, x):
-        """x [batch, pos, d_model] -> out [batch, pos, d_model]"""
+    @boundary(x="activation", past_kv_cache_entry="kv cache entry")
+    def forward(self, x, past_kv_cache_entry=None):
+        """x [batch, pos, d_model] -> out [batch, pos, d_model]
+
+        ``past_kv_cache_entry`` (generation, foundation/lens/kv_cache.py): the keys and values of
+        the positions before x's; x's join them, and x's positions are counted after them.
+        """
         x = self.hook_in(x)
         pos, d_head = x.shape[1], self.cfg.d_head
+        # the positions before x's, whose keys and values the cache holds (generation)
+        past = 0 if past_kv_cache_entry is None else past_kv_cache_entry.pos_so_far
         x_q = self.q.hook_in(x)  # [batch, pos, d_model]: x as the query projection reads it
         x_k = self.k.hook_in(x)  # [batch, pos, d_model]
         x_v = self.v.hook_in(x)  # [batch, pos, d_model]
@@ -107,10 +113,13 @@ class MultiHeadAttention(Module):
         v = np.einsum("hmd,bpm->bphd", W_V, x_v, optimize=True) + b_V  # [batch, pos, head, d_head]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.cfg.positional == "rotary":  # turn q and k by their positions' angles
-            cos, sin = self.rotary_cos[:pos], self.rotary_sin[:pos]  # [pos, half] each
+            cos = self.rotary_cos[past : past + pos]  # [pos, half]: the angles of x's positions
+            sin = self.rotary_sin[past : past + pos]  # [pos, half]
             adjacent = self.cfg.rotary_adjacent_pairs  # GPT-J's pairs; Llama's, NeoX's halves
             q = self.hook_rot_q(rotate(q, cos, sin, adjacent))  # [batch, pos, head, d_head]
             k = self.hook_rot_k(rotate(k, cos, sin, adjacent))  # [batch, pos, kv_head, d_head]
+        if past_kv_cache_entry is not None:  # the earlier positions' keys and values come first
+            k, v = past_kv_cache_entry.append(k, v)  # [batch, k_pos, kv_head, d_head] each
         if self.cfg.n_key_value_heads is not None:  # grouped: a key/value head serves its group
             group = self.cfg.n_heads // self.cfg.n_key_value_heads
             k = np.repeat(k, group, axis=2)  # [batch, pos, head, d_head]
@@ -121,7 +130,7 @@ class MultiHeadAttention(Module):
         v_h = v.transpose(0, 2, 1, 3)  # [batch, head, k_pos, d_head]
         scores = q_h @ k_h.swapaxes(-1, -2) / math.sqrt(d_head)  # [batch, head, q_pos, k_pos]
         if self.cfg.causal:
-            mask = self.mask[:pos, :pos]  # [q_pos, k_pos]
+            mask = self.mask[past : past + pos, : past + pos]  # [q_pos, k_pos]: x's rows, every key
             scores = np.where(mask, scores, -np.inf)  # [batch, head, q_pos, k_pos]
         scores = self.hook_attn_scores(scores)
         # softmax over keys; subtracting the row max changes nothing but keeps exp finite

@@ -54,13 +54,16 @@ class TransformerBlock(Module):
         self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = self.hook_out
 
-    @boundary(resid_pre="activation")
-    def forward(self, resid_pre):
-        """resid_pre [batch, pos, d_model] -> resid_post [batch, pos, d_model]"""
+    @boundary(resid_pre="activation", past_kv_cache_entry="kv cache entry")
+    def forward(self, resid_pre, past_kv_cache_entry=None):
+        """resid_pre [batch, pos, d_model] -> resid_post [batch, pos, d_model]
+
+        ``past_kv_cache_entry``: the attention's keys and values so far (generation).
+        """
         norm = self.cfg.normalization
         resid_pre = self.hook_in(resid_pre)
         attn_in = self.ln1(resid_pre) if norm == "pre" else resid_pre  # [batch, pos, d_model]
-        attn_out = self.attn(attn_in)  # [batch, pos, d_model]
+        attn_out = self.attn(attn_in, past_kv_cache_entry)  # [batch, pos, d_model]
         resid_mid = resid_pre + attn_out  # [batch, pos, d_model]
         if self.cfg.parallel_attn_mlp:  # the MLP reads resid_pre too, beside attention
             mlp_in = self.ln2(resid_pre) if norm == "pre" else resid_pre  # [batch, pos, d_model]

@@ -27,6 +27,7 @@ from foundation.contract.boundary import (  # noqa: F401 (boundary, for the comp
     check_arguments,
     check_backward_allowed,
     check_weights_unchanged,
+    continues_a_cache,
     entered,
     guard,
     guard_every_hook,
@@ -225,7 +226,9 @@ class Module:
             self.forward_record = RAISED
             raise
         versions = self._versions() if user else None
-        self.forward_record = ForwardRecord("done", self.gradient_shape(result), tainted, versions)
+        # a forward that continued a key-value cache leaves nothing a backward could use
+        state = "cached" if continues_a_cache(body, signature, args, kwargs) else "done"
+        self.forward_record = ForwardRecord(state, self.gradient_shape(result), tainted, versions)
         return result
 
     def _user_forward(self, body, signature, args, kwargs):

@@ -38,11 +38,16 @@ class SinusoidalPositionalEncoding(Module):
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
-    @boundary(tokens="tokens")
-    def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)"""
+    @boundary(tokens="tokens", past_kv_pos_offset="position offset")
+    def forward(self, tokens, past_kv_pos_offset=0):
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)
+
+        ``past_kv_pos_offset``: the first token's position (what a key-value cache holds before it).
+        """
         batch, pos = tokens.shape
-        positions = self.hook_in(np.arange(pos)[None, :])  # [1, pos]
+        first = past_kv_pos_offset  # the first token's position
+        positions = np.arange(first, first + pos)[None, :]  # [1, pos]
+        positions = self.hook_in(positions)
         rows = self.table[positions]  # [1, pos, d_model]
         pos_embed = np.broadcast_to(rows, (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
@@ -66,11 +71,16 @@ class LearnedPositionalEmbedding(Module):
         self.hook_out = HookPoint()  # [batch, pos, d_model]
         self.cache = None
 
-    @boundary(tokens="tokens")
-    def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)"""
+    @boundary(tokens="tokens", past_kv_pos_offset="position offset")
+    def forward(self, tokens, past_kv_pos_offset=0):
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)
+
+        ``past_kv_pos_offset``: the first token's position (what a key-value cache holds before it).
+        """
         batch, pos = tokens.shape
-        positions = self.hook_in(np.arange(pos)[None, :])  # [1, pos]
+        first = past_kv_pos_offset  # the first token's position
+        positions = np.arange(first, first + pos)[None, :]  # [1, pos]
+        positions = self.hook_in(positions)
         rows = self.W_pos.data[positions]  # [1, pos, d_model]
         pos_embed = np.broadcast_to(rows, (batch, pos, self.cfg.d_model))  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)

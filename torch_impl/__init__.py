@@ -9,6 +9,7 @@ from .block import TransformerBlock
 from .embedding import TokenEmbedding
 from .feedforward import FeedForward
 from .gated_feedforward import GatedFeedForward
+from .hooked import HookedTransformerKeyValueCache, HookedTransformerKeyValueCacheEntry
 from .layernorm import LayerNorm, LayerNormPre
 from .loss import CrossEntropyLoss
 from .model import Transformer
@@ -24,6 +25,8 @@ __all__ = [
     "GatedFeedForward",
     "GroupedQueryAttention",
     "HookPoint",
+    "HookedTransformerKeyValueCache",
+    "HookedTransformerKeyValueCacheEntry",
     "LayerNorm",
     "LayerNormPre",
     "LearnedPositionalEmbedding",

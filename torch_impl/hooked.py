@@ -5,8 +5,8 @@ Written once in ``foundation/lens/hooks.py`` and ``foundation/lens/running.py``:
 ``reset_hooks``, ``fold_layer_norm``, ``return_type`` and ``generate``. Only what the array library
 changes lives here: which HookPoint class the model holds, how an activation is copied (detached
 from the graph), how a backward pass starts (autograd, from the logits or the loss), the default
-gradient (of the mean next-token cross-entropy), and the parameter-free LayerNorm that folding
-leaves.
+gradient (of the mean next-token cross-entropy), the parameter-free LayerNorm that folding
+leaves, and the tensors of the key-value cache that generation keeps.
 """
 
 import torch
@@ -16,6 +16,7 @@ from foundation.contract.boundary import gradient_target
 from foundation.contract.checks import check_plain
 from foundation.lens.hooks import HookedMixin as _HookedMixin
 from foundation.lens.hooks import check_next_token_loss, split_outputs
+from foundation.lens.kv_cache import KeyValueCache, KeyValueCacheEntry
 
 from .layernorm import LayerNormPre
 from .loss import CrossEntropyLoss
@@ -60,3 +61,25 @@ class HookedMixin(_HookedMixin):
 
     def _layer_norm_pre(self, cfg):
         return LayerNormPre(cfg).to(self.device)
+
+    def _new_kv_cache(self, batch_size):
+        return HookedTransformerKeyValueCache.init_cache(self.cfg, self.device, batch_size)
+
+
+class HookedTransformerKeyValueCacheEntry(KeyValueCacheEntry):
+    """One layer's keys and values so far, as tensors (foundation/lens/kv_cache.py)."""
+
+    @staticmethod
+    def _empty(shape, dtype, device):
+        dtype = getattr(torch, dtype)
+        return torch.zeros(shape, dtype=dtype, device=device)  # [batch, 0, kv_head, d_head]
+
+    @staticmethod
+    def _concatenate(past, new):
+        return torch.cat((past, new), dim=1)  # [batch, pos_so_far + pos, kv_head, d_head]
+
+
+class HookedTransformerKeyValueCache(KeyValueCache):
+    """Every layer's keys and values so far, as tensors (foundation/lens/kv_cache.py)."""
+
+    entry_class = HookedTransformerKeyValueCacheEntry

@@ -63,26 +63,42 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
                 module.name = name
 
     @boundary(
-        tokens="tokens", return_type="return_type", loss_per_token="flag", stop_at_layer="layer"
+        tokens="tokens",
+        return_type="return_type",
+        loss_per_token="flag",
+        stop_at_layer="layer",
+        past_kv_cache="kv cache",
     )
-    def forward(self, tokens, return_type="logits", loss_per_token=False, stop_at_layer=None):
+    def forward(
+        self,
+        tokens,
+        return_type="logits",
+        loss_per_token=False,
+        stop_at_layer=None,
+        past_kv_cache=None,
+    ):
         """tokens [batch, pos] int -> logits [batch, pos, d_vocab] (or resid [batch, pos, d_model])
 
         ``return_type``: "logits" (the output), "loss" (mean next-token cross-entropy), "both"
         (logits, loss) or None; ``loss_per_token``: the loss of each predicted token
         [batch, pos - 1]. ``stop_at_layer=k``: stop before block k and return the residual stream
         entering it [batch, pos, d_model] (TransformerLens's; negative k counts from the end).
+        ``past_kv_cache``: the keys and values of the positions before the tokens', which this run
+        continues and extends (generation; foundation/lens/kv_cache.py).
         Tokens go to the model's device.
         """
+        # the positions before the tokens, whose keys and values the cache holds (generation)
+        past = 0 if past_kv_cache is None else past_kv_cache.pos_so_far
         embed = self.embed(tokens)  # [batch, pos, d_model]
         if self.cfg.positional == "rotary":
             resid = embed  # [batch, pos, d_model]
         else:
-            pos_embed = self.pos_embed(tokens)  # [batch, pos, d_model]
+            pos_embed = self.pos_embed(tokens, past)  # [batch, pos, d_model]
             resid = embed + pos_embed  # [batch, pos, d_model]
         stop = self._stop_layer(stop_at_layer)
-        for block in self.blocks[:stop]:
-            resid = block(resid)  # [batch, pos, d_model]
+        entries = self._cache_entries(past_kv_cache)  # each block's keys and values so far, or None
+        for block, entry in zip(self.blocks[:stop], entries):
+            resid = block(resid, entry)  # [batch, pos, d_model]
         if stop < self.cfg.n_layers:
             return self._stopped(resid)
         if self.cfg.normalization == "pre":

@@ -252,10 +252,11 @@ def _checked_arguments(module, body, signature, args, kwargs):
     arguments = bind(module, body, signature, args, kwargs)
     if "tokens" in arguments and getattr(module, "takes_any_tokens", False):
         # the model's: lists and ndarrays too, checked
-        tokens = token_tensor(arguments.pop("tokens"), module.cfg)
-        check_arguments(module, body, arguments, torch.Tensor)  # the others
+        tokens = token_tensor(arguments["tokens"], module.cfg)
+        arguments["tokens"] = tokens
+        check_arguments(module, body, arguments, torch.Tensor, checked=("tokens",))  # the others
         device = next(chain(module.parameters(), module.buffers()), tokens).device
-        return {"tokens": tokens.to(device), **arguments}
+        return {**arguments, "tokens": tokens.to(device)}
     check_arguments(module, body, arguments, torch.Tensor)
     if "tokens" in arguments:
         # ids of any integer dtype (a uint8 index would be a mask)

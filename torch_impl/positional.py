@@ -40,11 +40,16 @@ class SinusoidalPositionalEncoding(Module):
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
-    @boundary(tokens="tokens")
-    def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)"""
+    @boundary(tokens="tokens", past_kv_pos_offset="position offset")
+    def forward(self, tokens, past_kv_pos_offset=0):
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)
+
+        ``past_kv_pos_offset``: the first token's position (what a key-value cache holds before it).
+        """
         batch, pos = tokens.shape
-        positions = self.hook_in(torch.arange(pos, device=tokens.device)[None, :])  # [1, pos]
+        first = past_kv_pos_offset  # the first token's position
+        positions = torch.arange(first, first + pos, device=tokens.device)[None, :]  # [1, pos]
+        positions = self.hook_in(positions)
         rows = self.table[positions]  # [1, pos, d_model]
         pos_embed = rows.expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)
@@ -63,11 +68,16 @@ class LearnedPositionalEmbedding(Module):
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
 
-    @boundary(tokens="tokens")
-    def forward(self, tokens):
-        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)"""
+    @boundary(tokens="tokens", past_kv_pos_offset="position offset")
+    def forward(self, tokens, past_kv_pos_offset=0):
+        """tokens [batch, pos] -> pos_embed [batch, pos, d_model] (only tokens' shape is used)
+
+        ``past_kv_pos_offset``: the first token's position (what a key-value cache holds before it).
+        """
         batch, pos = tokens.shape
-        positions = self.hook_in(torch.arange(pos, device=tokens.device)[None, :])  # [1, pos]
+        first = past_kv_pos_offset  # the first token's position
+        positions = torch.arange(first, first + pos, device=tokens.device)[None, :]  # [1, pos]
+        positions = self.hook_in(positions)
         rows = self.W_pos[positions]  # [1, pos, d_model]
         pos_embed = rows.expand(batch, pos, self.cfg.d_model)  # [batch, pos, d_model]
         pos_embed = self.hook_out(pos_embed)

@@ -42,6 +42,8 @@ import math
 import threading
 from contextlib import contextmanager
 
+import numpy as np
+
 from foundation.contract.arrays import is_float, is_torch, size
 from foundation.contract.checks import (
     check_activation,
@@ -52,6 +54,7 @@ from foundation.contract.checks import (
     check_plain,
     check_tokens,
 )
+from foundation.lens.kv_cache import check_past_kv_cache, check_past_kv_cache_entry
 
 
 class NonFiniteError(ValueError):
@@ -118,6 +121,36 @@ def check_stop_layer_argument(module, name, value, arguments, array_type):
     module._stop_layer(value)
 
 
+def check_kv_cache_argument(module, name, value, arguments, array_type):
+    """The model's ``past_kv_cache``: None, or a key-value cache this run continues
+    (foundation/lens/kv_cache.py says what it must hold)."""
+    if value is not None:
+        check_past_kv_cache(
+            module, value, arguments["tokens"], arguments["stop_at_layer"], array_type
+        )
+
+
+def check_kv_cache_entry_argument(module, name, value, arguments, array_type):
+    """A block's or an attention's ``past_kv_cache_entry``: None, or one layer's keys and values
+    so far, which the input's positions continue."""
+    if value is not None:
+        x = next(iter(arguments.values()))  # the forward's input, its first argument
+        check_past_kv_cache_entry(module, value, x, array_type)
+
+
+def check_position_offset_argument(module, name, value, arguments, array_type):
+    """A positional embedding's ``past_kv_pos_offset``: the position its first token sits at (the
+    positions a key-value cache holds), an int >= 0 that leaves the tokens inside n_ctx."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    pos = arguments["tokens"].shape[1]
+    if value + pos > module.cfg.n_ctx:
+        raise ValueError(
+            f"{name}={value} puts the last of {pos} tokens at position {value + pos - 1}, past "
+            f"n_ctx={module.cfg.n_ctx}"
+        )
+
+
 KINDS = {
     "activation": check_activation_argument,
     "tokens": check_tokens_argument,
@@ -129,7 +162,11 @@ KINDS = {
     "gradient": check_gradient_argument,
     "output or loss gradient": check_output_or_loss_gradient,
     "layer": check_stop_layer_argument,
+    "kv cache": check_kv_cache_argument,
+    "kv cache entry": check_kv_cache_entry_argument,
+    "position offset": check_position_offset_argument,
 }
+CACHE_KINDS = ("kv cache", "kv cache entry")  # a forward given one runs no NumPy backward
 
 
 def boundary(**kinds):
@@ -158,6 +195,8 @@ def boundary(**kinds):
             )
         direction = f"_{method.__name__}_at_the_boundary"
         method.kinds = dict(kinds)  # the body carries its declaration: check_arguments reads it
+        # the arguments that hand it a key-value cache: continues_a_cache reads them
+        method.cache_arguments = [name for name, kind in kinds.items() if kind in CACHE_KINDS]
 
         @functools.wraps(method)
         def at_the_boundary(self, *args, **kwargs):
@@ -178,9 +217,21 @@ def bind(module, method, signature, args, kwargs):
     return arguments
 
 
-def check_arguments(module, method, arguments, array_type):
-    """Check a user's call's arguments ({name: value}) by the kinds ``method`` (a body) declares."""
+def continues_a_cache(body, signature, args, kwargs):
+    """Was this forward given a key-value cache (an argument of a ``CACHE_KINDS`` kind, not None)?
+    Its record then says "cached", and the NumPy backward refuses it."""
+    if not body.cache_arguments:
+        return False
+    arguments = signature.bind(None, *args, **kwargs).arguments
+    return any(arguments.get(name) is not None for name in body.cache_arguments)
+
+
+def check_arguments(module, method, arguments, array_type, checked=()):
+    """Check a user's call's arguments ({name: value}) by the kinds ``method`` (a body) declares;
+    the names in ``checked`` were checked already."""
     for name, value in arguments.items():
+        if name in checked:
+            continue
         KINDS[method.kinds[name]](module, name, value, arguments, array_type)
 
 

@@ -241,8 +241,8 @@ def check_dloss(dloss):
 def check_forward_done(state, component: str):
     """``backward`` needs what the last ``forward`` saved, complete; say which forward is missing.
 
-    ``state`` is the boundary's record of that forward: None (never run), "raised", "running" or
-    "done".
+    ``state`` is the boundary's record of that forward: None (never run), "raised", "cached" (it
+    continued a key-value cache), "running" or "done".
     """
     if state is None:
         raise ValueError(f"{component}.backward() called before {component}.forward()")
@@ -251,6 +251,12 @@ def check_forward_done(state, component: str):
             f"{component}.backward(): the last {component}.forward() raised before it finished, so "
             f"what it "
             f"saved is incomplete; run {component}.forward() again first"
+        )
+    if state == "cached":
+        raise ValueError(
+            f"{component}.backward(): the last {component}.forward() continued a key-value cache "
+            "(past_kv_cache), and the hand-written backward does not support one (generation runs "
+            f"no backward); run {component}.forward() without a cache first"
         )
     if state == "running":
         raise ValueError(

@@ -5,16 +5,17 @@
     model(tokens, return_type="loss", loss_per_token=True)
         one loss per predicted token [batch, pos - 1]
     model.generate(tokens, max_new_tokens=5, do_sample=False, verbose=False)
-        greedy; do_sample samples
+        greedy; do_sample samples; the prompt runs once, then each new token alone, reading a
+        key-value cache (foundation/lens/kv_cache.py; use_past_kv_cache=False: no cache)
     model.to_tokens("the cat sat"), model.to_str_tokens(...), model.to_string(...)
         with model.tokenizer
 
 The twin-specific steps are the next-token loss (the twin's own log-softmax and loss),
 turning an int ndarray into the model's own tokens (a tensor on the model's device for the
-torch twin) and switching autograd off while generating; each twin's model (or its hooked.py)
-provides them. Sampling happens once, here, in NumPy float64 from the logits (``sample_logits``),
-with a ``numpy.random.Generator`` seeded by ``seed``, so both twins draw the same tokens from the
-same logits.
+torch twin), switching autograd off while generating and making an empty key-value cache of the
+twin's arrays; each twin's model (or its hooked.py) provides them. Sampling happens once, here,
+in NumPy float64 from the logits (``sample_logits``), with a ``numpy.random.Generator`` seeded by
+``seed``, so both twins draw the same tokens from the same logits.
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ class RunningMixin:
         """A context in which forward passes record nothing for a backward pass."""
         return nullcontext()
 
+    def _new_kv_cache(self, batch_size):
+        """An empty key-value cache of this twin for ``batch_size`` sequences, where the model's
+        arrays live (each twin's hooked.py)."""
+        raise NotImplementedError
+
     def _next_token_loss(self, out, tokens, per_token):
         """The cross-entropy of each ``tokens[:, p + 1]`` given the logits at p: its mean, or
         [batch, pos - 1].
@@ -112,6 +118,10 @@ class RunningMixin:
         return loss(out[:, :-1], tokens[:, 1:])  # [] or [batch, pos - 1]
 
     # --- written once ---
+
+    def _cache_entries(self, past_kv_cache):
+        """Each block's entry of ``past_kv_cache``; None for every block without a cache."""
+        return [None] * self.cfg.n_layers if past_kv_cache is None else past_kv_cache.entries
 
     def _check_return_type(self, return_type):
         if return_type not in RETURN_TYPES:
@@ -188,6 +198,11 @@ class RunningMixin:
         """Extend ``input`` by up to ``max_new_tokens`` ids, one forward pass each
         (TransformerLens's arguments).
 
+        ``use_past_kv_cache=True`` (the default): the first pass runs the prompt and keeps every
+        layer's keys and values (a ``HookedTransformerKeyValueCache``), and each later pass runs
+        only the newest token, at its position, reading them; ``False``: every pass runs the whole
+        sequence. The logits agree to rounding either way (docs/gpt2.md, "Generation").
+
         ``input``: tokens [batch, pos] (any int array or nested list) or a str (encoded with
         ``model.tokenizer``, ``prepend_bos`` as in ``to_tokens``). ``do_sample=False``: greedy, the
         most likely next token (the lowest id among ties); ``do_sample=True`` (the default, as in
@@ -198,9 +213,7 @@ class RunningMixin:
         padded with it, and generation ends when every sequence has; with no end-of-text id known it
         runs the full ``max_new_tokens``. ``return_type``: "input" (a str for a str, else tokens),
         "str" (a str; a list of them for a batch) or "tensor" (the model's own array type).
-        ``verbose`` prints progress to stderr. ``use_past_kv_cache`` changes nothing here: there is
-        no key-value cache, every step runs the whole sequence (the tokens are the same). The prompt
-        plus the new tokens must fit in n_ctx.
+        ``verbose`` prints progress to stderr. The prompt plus the new tokens must fit in n_ctx.
         """
         if not self.cfg.unembed:
             raise ValueError("generate needs logits (cfg.unembed=True)")
@@ -263,9 +276,13 @@ class RunningMixin:
         # [batch]: which sequences produced a stop token
         finished = np.zeros(rows.shape[0], dtype=bool)
         rng = np.random.default_rng(seed)
+        past_kv_cache = self._new_kv_cache(rows.shape[0]) if use_past_kv_cache else None
         with self._inference():
             for step in range(max_new_tokens):
-                logits = self(self._native_tokens(rows))  # [batch, pos, d_vocab]
+                # with a cache: the prompt once, then the newest token alone; without: everything
+                unseen = rows if past_kv_cache is None else rows[:, past_kv_cache.pos_so_far :]
+                # [batch, pos of unseen, d_vocab]
+                logits = self(self._native_tokens(unseen), past_kv_cache=past_kv_cache)
                 last = as_float64(logits)[:, -1]  # [batch, d_vocab]
                 if do_sample:
                     # [batch]
