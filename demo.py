@@ -27,7 +27,7 @@ TOURS = {
     "interp": (
         "tours.interp",
         "mechanistic interpretability: caches, head scores, logit lens, attribution, ablation, "
-        "patching, circuits",
+        "activation and attribution patching, circuits",
     ),
     "gradcheck": (
         "tours.gradcheck",

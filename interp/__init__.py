@@ -12,6 +12,12 @@ from .analyses import (
     head_ablation,
     logit_lens,
 )
+from .attribution import (
+    EdgeAttribution,
+    NodeAttribution,
+    attribution_patching,
+    edge_attribution_patching,
+)
 from .circuits import (
     composition_score,
     composition_scores,
@@ -24,11 +30,18 @@ from .circuits import (
     qk_matrix,
 )
 from .common import repeated_random_tokens, weights
-from .patching import logit_diff, patch_heads, patch_positions, patching_setup
+from .patching import (
+    logit_diff,
+    patch_head_positions,
+    patch_heads,
+    patch_positions,
+    patching_setup,
+)
 from .plots import (
     plot_attention_grid,
     plot_attention_head,
     plot_attribution,
+    plot_attribution_patching,
     plot_composition,
     plot_head_scores,
     plot_logit_lens,
@@ -45,15 +58,19 @@ from .scores import (
 )
 
 __all__ = [
+    "EdgeAttribution",
     "LogitAttribution",
+    "NodeAttribution",
     "LogitLens",
     "all_head_scores",
+    "attribution_patching",
     "composition_score",
     "composition_scores",
     "copying_score",
     "copying_scores",
     "direct_logit_attribution",
     "duplicate_token_scores",
+    "edge_attribution_patching",
     "full_ov_circuit",
     "full_qk_circuit",
     "head_ablation",
@@ -62,6 +79,7 @@ __all__ = [
     "logit_diff",
     "logit_lens",
     "ov_matrix",
+    "patch_head_positions",
     "patch_heads",
     "patch_positions",
     "patching_setup",
@@ -69,6 +87,7 @@ __all__ = [
     "plot_attention_grid",
     "plot_attention_head",
     "plot_attribution",
+    "plot_attribution_patching",
     "plot_composition",
     "plot_head_scores",
     "plot_logit_lens",

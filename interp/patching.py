@@ -146,3 +146,28 @@ def patch_heads(model, clean_tokens, corrupted_tokens, answer, wrong):
                 run_hooked(model, setup.corrupted_tokens, [(f"blocks.{layer}.attn.hook_z", patch)])
             )
     return result
+
+
+def patch_head_positions(model, clean_tokens, corrupted_tokens, answer, wrong):
+    """[n_layers, pos, n_heads]: the normalised metric after patching one head's output z at one
+    position."""
+    setup = patching_setup(model, clean_tokens, corrupted_tokens, answer, wrong)
+    cfg = model.cfg
+    _, clean_cache = run_cache(
+        model, setup.clean_tokens, names_filter=lambda name: name.endswith("hook_z")
+    )
+    pos = setup.clean_tokens.shape[1]
+    result = np.zeros((cfg.n_layers, pos, cfg.n_heads))  # [n_layers, pos, n_heads]
+    for layer in range(cfg.n_layers):
+        for p in range(pos):
+            for head in range(cfg.n_heads):
+                clean_value = clean_cache["z", layer][:, p, head]  # [batch, d_head]
+
+                def patch(z, hook, p=p, head=head, clean_value=clean_value):
+                    z[:, p, head] = native_like(clean_value, z)
+                    return z
+
+                name = f"blocks.{layer}.attn.hook_z"
+                patched = run_hooked(model, setup.corrupted_tokens, [(name, patch)])
+                result[layer, p, head] = setup.normalise(patched)
+    return result

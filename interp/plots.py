@@ -605,3 +605,50 @@ def plot_matrix(
         label=label + (f"\n(grey: {mask_note})" if mask is not None and mask_note else ""),
     )
     return _save(fig, path)
+
+
+def plot_attribution_patching(rows, path, title="Attribution patching against activation patching"):
+    """Scatter plots: activation patching (x) against each gradient estimate (y), one row of
+    panels per kind of patch.
+
+    ``rows``: a list of dicts, each with ``name`` (what one point is, "one head's z, all
+    positions"), ``patched`` [n] (the activation-patching results), ``estimates`` {label: [n]}
+    (one panel each: "attribution", "integrated gradients, 16 steps"), ``groups`` [n] ints and
+    ``group_names`` (one colour and legend entry per group: a head, or a layer). Both axes are
+    the restored fraction of the logit difference, on one scale, with the diagonal y = x (a
+    perfect estimate) dashed; each panel's title gives Pearson's r.
+    """
+    n_cols = max(len(row["estimates"]) for row in rows)
+    fig, axes = plt.subplots(
+        len(rows),
+        n_cols,
+        figsize=(5.4 * n_cols, 4.2 * len(rows)),
+        layout="constrained",
+        squeeze=False,
+    )
+    for row_axes, row in zip(axes, rows, strict=True):
+        patched = as_numpy(row["patched"]).ravel()
+        groups = np.asarray(row["groups"]).ravel()
+        for ax, (label, estimate) in zip(row_axes, row["estimates"].items(), strict=False):
+            estimate = as_numpy(estimate).ravel()
+            both = np.concatenate([patched, estimate])
+            low, high = min(float(both.min()), 0.0), max(float(both.max()), 1.0)
+            pad = 0.08 * (high - low)  # at least [-0.08, 1.08]: the metric's own scale
+            low, high = low - pad, high + pad
+            ax.plot([low, high], [low, high], color="grey", ls="--", lw=1, label="y = x (exact)")
+            for group, group_name in enumerate(row["group_names"]):
+                chosen = groups == group
+                # each group drawn smaller than the one before: a point on top of another
+                # leaves a ring of it showing
+                size = max(12, 100 - 30 * group)
+                ax.scatter(patched[chosen], estimate[chosen], s=size, label=group_name)
+            ax.set_xlim(low, high)
+            ax.set_ylim(low, high)
+            ax.set_aspect("equal", adjustable="box")
+            r = np.corrcoef(patched, estimate)[0, 1] if np.std(estimate) > 0 else np.nan
+            ax.set_title(f"{row['name']}\n{label}: r = {r:.3f}", fontsize=10)
+            ax.set_xlabel("activation patching\n(restored fraction)")
+            ax.set_ylabel(f"{label}\n(restored fraction)")
+        row_axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -205,6 +205,8 @@ INTERP_FIGURES = [
     "interp_ablation_mean.png",
     "interp_patching_positions.png",
     "interp_patching_heads.png",
+    "interp_attribution_patching.png",
+    "interp_attribution_patching_first_half.png",
     "interp_copying_scores.png",
     "interp_full_ov.png",
     "interp_positional_qk.png",

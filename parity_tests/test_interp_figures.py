@@ -13,6 +13,7 @@ from interp import (
     plot_attention_grid,
     plot_attention_head,
     plot_attribution,
+    plot_attribution_patching,
     plot_composition,
     plot_head_scores,
     plot_logit_lens,
@@ -64,6 +65,15 @@ def test_every_plot_writes_a_png(tmp_path):
     grids = {k: np.random.default_rng(3).random((3, 3)) for k in "qkv"}
     assert_png(plot_composition(grids, tmp_path / "comp.png", baseline=0.2))
     assert_png(plot_matrix(np.eye(5), tmp_path / "matrix.png", "identity", "x", "y"))
+    rng = np.random.default_rng(3)
+    row = {
+        "name": "one head's z, all positions",
+        "patched": rng.random(6),
+        "estimates": {"attribution": rng.random(6), "integrated gradients": rng.random(6)},
+        "groups": np.arange(6),
+        "group_names": [f"head {h}" for h in range(6)],
+    }
+    assert_png(plot_attribution_patching([row, row], tmp_path / "attribution_patching.png"))
 
 
 def test_plots_refuse_bad_shapes(tmp_path):
@@ -92,7 +102,7 @@ def test_the_walk_through_on_the_handmade_model(tmp_path, capsys):
     assert "layer 1, head 0 is a clear induction head (score 1.00; 1 = always)" in text
     assert "per head: layer 1, head 0 restores the most (1.00)" in text
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert len(pngs) == 15, pngs
+    assert len(pngs) == 17, pngs
     for name in pngs:
         assert_png(tmp_path / name, min_side=150)
 

@@ -141,6 +141,7 @@ def run(args):
     show_attribution(walk)
     ablations = show_ablation(walk)
     patched = show_patching(walk)
+    show_attribution_patching(walk, patched)
     show_circuits(walk, head_scores)
     show_twin_agreement(walk, cache, head_scores, lens, ablations, patched)
 
@@ -374,7 +375,110 @@ def show_patching(walk):
         f"{grid[-1, j]:.2f} at {j}, {grid[-1, -1]:.2f} at the last position."
     )
     print(f"  per head: layer {layer}, head {head} restores the most ({value:.2f}).")
+    walk.resid_patching = grid  # [n_layers, pos], for the attribution step
     return clean, corrupted, answer, wrong, heads
+
+
+IG_STEPS = 16  # integrated gradients: runs with the embeddings between corrupted and clean
+
+
+def show_attribution_patching(walk, patched):
+    """7b. Attribution patching: the patching grids again from gradients (node and edge, and
+    integrated gradients), against activation patching on two corruptions."""
+    import torch_impl as pti
+    from foundation.contract.agreement import rel_err
+    from interp import attribution, patching
+
+    clean, corrupted, answer, wrong, heads = patched
+    cfg, bos, first, half = walk.cfg, walk.bos, walk.first, walk.half
+    heading("7b. Attribution patching")
+    print(
+        "The patching grids again, from gradients: (clean - corrupted activation) x the metric's "
+        "gradient at the corrupted run (one forward and one backward); and integrated gradients, "
+        f"the gradient averaged over {IG_STEPS} runs with the token embeddings moved from "
+        "corrupted to clean. Pearson r and the largest miss against activation patching:"
+    )
+    args = (clean, corrupted, answer, wrong)
+    print(f"  Position {first + half // 2} replaced (as in 7):")
+    compare_with_patching(
+        walk, args, heads, walk.resid_patching, "interp_attribution_patching.png", "one token"
+    )
+    # the whole first half replaced: no earlier occurrence is left for the induction head to find
+    rng = np.random.default_rng(walk.seed + 1)
+    every = clean.copy()
+    ids = cfg.d_vocab - bos  # a BOS id, when there is one, is the last
+    for row in every:
+        fresh = rng.permutation(ids)[:half] if half <= ids else rng.integers(0, ids, half)
+        row[first : first + half] = fresh
+    every_args = (clean, every, answer, every[:, first + half // 2])
+    print(f"  Every token of the first half (positions {first} to {first + half - 1}) replaced:")
+    compare_with_patching(
+        walk,
+        every_args,
+        patching.patch_heads(walk.model, *every_args),
+        patching.patch_positions(walk.model, *every_args, component="resid_pre"),
+        "interp_attribution_patching_first_half.png",
+        "the whole first half",
+    )
+    edges = attribution.edge_attribution_patching(walk.model, *args)
+    print("  Edges (upstream -> downstream input), largest |score|, one token replaced:")
+    for up, down, score in edges.top(5):
+        print(f"    {up:>9} -> {down:<9} {score:+.3f}")
+    twin = pti.Transformer.from_twin(walk.model)
+    ours = attribution.attribution_patching(walk.model, *args).heads("z")
+    worst = max(
+        rel_err(ours, attribution.attribution_patching(twin, *args).heads("z")),
+        rel_err(
+            np.nan_to_num(edges.scores),  # NaN where there is no edge, in both
+            np.nan_to_num(attribution.edge_attribution_patching(twin, *args).scores),
+        ),
+    )
+    print(f"  The torch twin's node and edge scores: relative {worst:.1e} ({cfg.dtype}).")
+
+
+def compare_with_patching(walk, args, heads, positions, figure, replaced):
+    """Node attribution and integrated gradients against activation patching per head
+    ([n_layers, n_heads]) and per layer and position of resid_pre ([n_layers, pos]): a table
+    and a figure."""
+    from interp import attribution, plots
+
+    cfg = walk.cfg
+    plain = attribution.attribution_patching(walk.model, *args)
+    integrated = attribution.attribution_patching(walk.model, *args, steps=IG_STEPS)
+    ig = f"integrated gradients, {IG_STEPS} steps"
+    rows = [
+        {
+            "name": "one head's z, all positions",
+            "patched": heads,
+            "estimates": {"attribution": plain.heads("z"), ig: integrated.heads("z")},
+            "groups": np.arange(cfg.n_layers * cfg.n_heads),
+            "group_names": [
+                plots.head_name(layer, head)
+                for layer in range(cfg.n_layers)
+                for head in range(cfg.n_heads)
+            ],
+        },
+        {
+            "name": "resid_pre at one layer and position",
+            "patched": positions,
+            "estimates": {
+                "attribution": plain.positions("resid_pre"),
+                ig: integrated.positions("resid_pre"),
+            },
+            "groups": np.repeat(np.arange(cfg.n_layers), positions.shape[1]),
+            "group_names": [f"layer {layer}" for layer in range(cfg.n_layers)],
+        },
+    ]
+    plots.plot_attribution_patching(
+        rows,
+        walk.figure(figure),
+        title=f"Attribution patching against activation patching: {replaced} replaced",
+    )
+    for row, short in zip(rows, ("per head", "per layer and position"), strict=True):
+        for label, estimate in row["estimates"].items():
+            r = np.corrcoef(np.ravel(row["patched"]), np.ravel(estimate))[0, 1]
+            error = np.abs(np.asarray(estimate) - row["patched"]).max()
+            print(f"    {short:<24}{label:<32} r {r:6.3f}   max |error| {error:.3f}")
 
 
 def show_circuits(walk, head_scores):
