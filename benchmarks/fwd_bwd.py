@@ -254,6 +254,12 @@ def table(runs, device):
         )
         rows.append(
             (
+                "floor (NumPy's products alone) / plain torch",
+                lambda t: f"{ratio(t, 'floor', 'plain'):.2f}",
+            )
+        )
+        rows.append(
+            (
                 "spread: NumPy, twin, plain",
                 lambda t: ", ".join(f"{spread(t[s]):.0%}" for s in ("numpy", "twin", "plain")),
             )

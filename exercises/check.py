@@ -88,6 +88,7 @@ FD_FLOOR = 0.1  # tiny = FD_FLOOR * the largest gradient norm of the component
 FLOAT32_TOLERANCE = 1e-4
 FLOAT32_FLOOR = 1e-2  # ... or to this fraction of the component's largest entry, if that is larger
 TIME_LIMIT = 60.0  # seconds per exercise (every variant and step); a correct one takes about one
+TIME_LIMIT_MAX = 86400.0  # a day: the longest time_limit taken (a deadline the clock can wait for)
 STATUSES = (
     "done",
     "not started",
@@ -328,10 +329,11 @@ def _checked_keys(keys, sample, time_limit):
         isinstance(time_limit, bool)
         or not isinstance(time_limit, (int, float))
         or not math.isfinite(time_limit)
-        or not time_limit > 0
+        or not 0 < time_limit <= TIME_LIMIT_MAX
     ):
         raise ValueError(
-            f"time_limit must be a positive, finite number of seconds, got {time_limit!r}"
+            f"time_limit must be a positive, finite number of seconds, at most "
+            f"{TIME_LIMIT_MAX:g} (a day), got {time_limit!r}"
         )
     order = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
     keys = [

@@ -7,8 +7,9 @@ walking its attributes in the order they were set, so ``named_parameters()`` and
 
 ``Module`` also carries the boundary each component method declares with
 ``@boundary(x="activation")`` (``foundation/contract/boundary.py`` says what it guarantees):
-``_forward_at_the_boundary`` and ``_backward_at_the_boundary`` below, so the bodies in the
-component files hold only the formulas.
+``_forward_at_the_boundary`` and ``_backward_at_the_boundary`` below, on what both twins share
+(``TwinModule`` in ``foundation/contract/boundary.py``: ``from_twin``, the state-dict check, a
+user's guarded forward), so the bodies in the component files hold only the formulas.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from foundation.contract.boundary import (  # noqa: F401 (boundary, for the comp
     RUNNING,
     Call,
     ForwardRecord,
+    TwinModule,
     bind,
     boundary,
     calls,
@@ -33,7 +35,6 @@ from foundation.contract.boundary import (  # noqa: F401 (boundary, for the comp
     guard_every_hook,
     guarding,
     hook_label,
-    inputs_finite,
     nonfinite,
     note_always_guarded,
     output_shape,
@@ -41,7 +42,7 @@ from foundation.contract.boundary import (  # noqa: F401 (boundary, for the comp
     taint,
     user_call,
 )
-from foundation.contract.checks import IncompatibleKeys, check_state_dict, tokens_as_array
+from foundation.contract.checks import IncompatibleKeys, tokens_as_array
 from foundation.lens.hooks import HookLists
 
 __all__ = ["HookPoint", "Module", "Parameter", "boundary"]
@@ -97,9 +98,10 @@ class Constant:
         pass  # a constant is not trained: nothing keeps its gradient
 
 
-class Module:
-    """Base class: parameter discovery, state dicts, ``from_twin``, ``zero_grad`` and ``__call__``;
-    and the boundary of every method declared with ``@boundary(...)`` (below)."""
+class Module(TwinModule):
+    """Base class: parameter discovery, state dicts, ``zero_grad`` and ``__call__``; and the
+    boundary of every method declared with ``@boundary(...)`` (below; what reads the same in both
+    twins, ``from_twin`` and a user's guarded forward among it, is ``TwinModule``'s)."""
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -177,10 +179,7 @@ class Module:
         everything is right.
         """
         params = dict(self.named_parameters())
-        dtype = next(iter(params.values())).data.dtype.name if params else None
-        arrays = check_state_dict(
-            state_dict, {name: p.shape for name, p in params.items()}, dtype, strict
-        )
+        arrays = self._checked_state_dict(state_dict, strict)
         for name, array in arrays.items():
             params[name].data[...] = array
             params[name].changed()
@@ -188,14 +187,6 @@ class Module:
             [name for name in params if name not in state_dict],
             [name for name in state_dict if name not in params],
         )
-
-    @classmethod
-    def from_twin(cls, twin):
-        """A module of this class holding ``twin``'s config and weights (``twin``: the same class
-        from torch_impl)."""
-        module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
-        module.load_state_dict(twin.state_dict())
-        return module
 
     def gradient_shape(self, result):
         """The shape of the gradient ``backward`` takes after a forward that returned ``result``."""
@@ -216,7 +207,10 @@ class Module:
         self.forward_record = RUNNING
         try:
             if user:
-                result, tainted = self._user_forward(body, signature, args, kwargs)
+                arguments = self._checked_arguments(body, signature, args, kwargs)
+                arrays = [value for value in arguments.values() if isinstance(value, np.ndarray)]
+                result, call, _ = self._user_forward(body, arguments, arrays)
+                tainted = call.tainted
             elif guarding():  # a body's call while every hook is guarded: named in messages
                 call = Call(self, "forward", [], self._weights)
                 result, tainted = self._guarded_forward(body, args, kwargs, call), False
@@ -231,31 +225,18 @@ class Module:
         self.forward_record = ForwardRecord(state, self.gradient_shape(result), tainted, versions)
         return result
 
-    def _user_forward(self, body, signature, args, kwargs):
-        """A user's forward -> (result, whether a non-finite input or hook made it non-finite)."""
+    def _checked_arguments(self, body, signature, args, kwargs):
+        """{name: value} of a user's call, checked, each array a copy of the caller's."""
         arguments = bind(self, body, signature, args, kwargs)
         if "tokens" in arguments and getattr(self, "takes_any_tokens", False):
             # the model's: nested lists too
             arguments["tokens"] = tokens_as_array(arguments["tokens"])
         check_arguments(self, body, arguments, np.ndarray)
         # the caller keeps its arrays: what the caches hold is ours alone
-        arguments = {
+        return {
             name: np.array(value, copy=True) if isinstance(value, np.ndarray) else value
             for name, value in arguments.items()
         }
-        arrays = [value for value in arguments.values() if isinstance(value, np.ndarray)]
-        call = Call(self, "forward", arrays, self._weights)
-        if guarding():
-            return self._guarded_forward(body, (), arguments, call), call.tainted
-        with entered(call):
-            result = body(self, **arguments)
-        if not finite(outputs(result) + call.always) and not call.tainted:
-            if inputs_finite(call):
-                with guard_every_hook():  # replayed to name the component and tensor, or raise
-                    call = Call(self, "forward", arrays, self._weights)
-                    return self._guarded_forward(body, (), arguments, call), call.tainted
-            call.tainted = True  # non-finite in, non-finite out, as NumPy and torch do
-        return result, call.tainted
 
     def _guarded_forward(self, body, args, kwargs, call):
         """A forward with every hook point and every output guarded as it is made."""
@@ -291,7 +272,7 @@ class Module:
             result = body(self, gradient)
         grads = [p.grad for p in self.parameters()]
         if (
-            not finite(outputs(result) + grads)
+            not self._finite(outputs(result) + grads)
             and not call.tainted
             and not nonfinite(np.asarray(gradient))
         ):
@@ -324,6 +305,9 @@ class Module:
 
     def _weights(self):
         return [p.data for p in self.parameters()]
+
+    def _finite(self, arrays):
+        return finite(arrays)
 
     def _versions(self):
         return [(p, p.version) for p in self.parameters()]

@@ -38,6 +38,13 @@ def bad_arguments(tmp_path):
             "--time-limit",
             "inf",
         ],
+        "exercises check --time-limit 1e300": [
+            "exercises",
+            "check",
+            str(tmp_path),
+            "--time-limit",
+            "1e300",
+        ],
         "exercises check --time-limit 0": [
             "exercises",
             "check",

@@ -158,3 +158,24 @@ def test_each_pair_of_twin_files_holds_the_same_classes_in_the_same_order(name):
         assert shared == [m for m in torch_methods if m in numpy_methods], (
             f"{name}: {cls}'s methods differ in order"
         )
+
+
+def test_what_both_modules_share_is_written_once():
+    """Both twins' ``Module`` build on foundation's ``TwinModule`` (``from_twin``, the state-dict
+    check, a user's guarded forward) and write none of it again; each file holds the adapter that
+    its array library needs, the same methods in the same order."""
+    shared = {"from_twin", "_checked_state_dict", "_user_forward"}
+    adapter = [
+        "_forward_at_the_boundary",
+        "_checked_arguments",
+        "_guarded_forward",
+        "_weights",
+        "_finite",
+    ]
+    for package in ("numpy_impl", "torch_impl"):
+        tree = ast.parse((ROOT / package / "module.py").read_text())
+        (module,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Module"]
+        methods = [item.name for item in module.body if isinstance(item, ast.FunctionDef)]
+        assert "TwinModule" in [getattr(base, "id", None) for base in module.bases], package
+        assert not shared & set(methods), f"{package}/module.py writes {shared & set(methods)}"
+        assert [m for m in methods if m in adapter] == adapter, package

@@ -10,6 +10,7 @@ dtype.
    moves; float32 and float64 take the config along.
 """
 
+import dataclasses
 import types
 
 import numpy as np
@@ -542,6 +543,28 @@ def test_a_component_moved_to_float64_takes_its_config_along(index):
     }
     out = component(x.double() if x.is_floating_point() else x)
     assert out.dtype == torch.float64
+
+
+def test_the_config_reads_its_dtype_from_the_tensors():
+    """One source of truth: ``cfg.dtype`` is the tensors' dtype, however they came to hold it; the
+    config a module was built with is kept as it was given, never rewritten by a move."""
+    np_model, twin = twins(CFG32)
+    built = vars(twin)["_cfg"]
+    with torch.no_grad():  # not a module move: the tensors are swapped one by one
+        for module in twin.modules():
+            for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+                if tensor is not None and tensor.is_floating_point():
+                    moved = tensor.double()
+                    is_parameter = isinstance(tensor, torch.nn.Parameter)
+                    setattr(module, name, torch.nn.Parameter(moved) if is_parameter else moved)
+    assert twin.cfg.dtype == "float64" and twin.blocks[0].attn.cfg.dtype == "float64"
+    assert vars(twin)["_cfg"] is built and built.dtype == "float32"
+    assert twin.cfg == dataclasses.replace(CFG32, dtype="float64")
+    out = twin(TOKENS)  # the boundary takes a float64 gradient now, as the tensors say
+    out.backward(torch.from_numpy(np.random.default_rng(1).standard_normal(tuple(out.shape))))
+    assert out.dtype == torch.float64 and rel_err(out, np_model(TOKENS)) <= 1e-5
+    twin.float()
+    assert twin.cfg == CFG32 and vars(twin)["_cfg"] is built
 
 
 def chain_tensors(module):

@@ -2,18 +2,18 @@
 
 ``torch.nn`` already gives parameters, modules and state dicts. ``Module`` adds what the NumPy
 reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and names
-every bad key in one ``ValueError``, and ``from_twin``; and dtype moves (``.float()``,
-``.double()``, ``.half()``, ``.bfloat16()``, ``.to(dtype)``) that take ``cfg.dtype`` along,
-refusing any other dtype first.
-``HookPoint`` is the twin of the reference's (its hook lists are
-``foundation.lens.hooks.HookLists``, written once).
+every bad key in one ``ValueError``, and ``from_twin``; a ``cfg`` whose dtype is read from the
+tensors, so a move (``.float()``, ``.double()``, ``.half()``, ``.bfloat16()``, ``.to(dtype)``)
+changes what it says; and moves to any other dtype refused first. ``HookPoint`` is the twin of
+the reference's (its hook lists are ``foundation.lens.hooks.HookLists``, written once).
 
 ``Module`` also carries the boundary each component's ``forward`` declares with
-``@boundary(x="activation")``, as the reference's (``_forward_at_the_boundary`` below;
-``foundation/contract/boundary.py`` says what it guarantees), so the bodies in the component files
-hold only the formulas. Autograd needs no copies of the caller's tensors: it refuses a backward
-through a tensor changed in place after the forward. The guard of the gradients runs once, when
-autograd ends the backward (``_end_of_backward``), not at every hook point.
+``@boundary(x="activation")``, as the reference's, on what both twins share (``TwinModule``;
+``_forward_at_the_boundary`` below; ``foundation/contract/boundary.py`` says what it guarantees),
+so the bodies in the component files hold only the formulas. Autograd needs no copies of the
+caller's tensors: it refuses a backward through a tensor changed in place after the forward. The
+guard of the gradients runs once, when autograd ends the backward (``_end_of_backward``), not at
+every hook point.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import nn
 
 from foundation.contract.boundary import (  # noqa: F401 (boundary, for the components)
     Call,
+    TwinModule,
     bind,
     boundary,
     calls,
@@ -45,7 +46,7 @@ from foundation.contract.boundary import (  # noqa: F401 (boundary, for the comp
     taint,
     user_call,
 )
-from foundation.contract.checks import check_seed, check_state_dict, check_tokens, tokens_as_array
+from foundation.contract.checks import check_seed, check_tokens, tokens_as_array
 from foundation.contract.config import DTYPES
 from foundation.lens.hooks import HookLists
 
@@ -71,9 +72,28 @@ class Constant(nn.Buffer):
         return super().__new__(cls, data, persistent=False)
 
 
-class Module(nn.Module):
+class Module(TwinModule, nn.Module):
     """``nn.Module`` with the reference's loading and boundary: either library's arrays, one clear
-    error, ``from_twin``; every ``forward`` declared with ``@boundary(...)`` checked and guarded."""
+    error; every ``forward`` declared with ``@boundary(...)`` checked and guarded (what reads the
+    same in both twins, ``from_twin`` and a user's guarded forward among it, is
+    ``TwinModule``'s)."""
+
+    @property
+    def cfg(self):
+        """The config the module was built with, its ``dtype`` the tensors' (one source of truth:
+        a move such as ``.double()`` changes the tensors, and so what ``cfg.dtype`` says)."""
+        if "_cfg" not in vars(self):
+            raise AttributeError(f"{type(self).__name__} has no cfg")
+        cfg = vars(self)["_cfg"]
+        floats = (t for t in chain(self.parameters(), self.buffers()) if t.is_floating_point())
+        tensor = next(floats, None)
+        if tensor is None:
+            return cfg
+        return _with_dtype(cfg, str(tensor.dtype).removeprefix("torch."))
+
+    @cfg.setter
+    def cfg(self, cfg):
+        vars(self)["_cfg"] = cfg
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Copy arrays into the parameters, in place. Strict: missing, unexpected or mis-shaped keys
@@ -87,10 +107,7 @@ class Module(nn.Module):
         tensors, never another dtype).
         """
         params = dict(self.named_parameters())
-        dtype = str(next(iter(params.values())).dtype).replace("torch.", "") if params else None
-        arrays = check_state_dict(
-            state_dict, {name: tuple(p.shape) for name, p in params.items()}, dtype, strict
-        )
+        arrays = self._checked_state_dict(state_dict, strict)
         # each in its parameter's dtype: a bfloat16 model's come as float32 (NumPy has no bfloat16)
         tensors = {
             name: torch.from_numpy(array).to(params[name].device, params[name].dtype)
@@ -100,14 +117,6 @@ class Module(nn.Module):
         unexpected = {name: value for name, value in state_dict.items() if name not in params}
         return super().load_state_dict({**tensors, **unexpected}, strict=strict, assign=assign)
 
-    @classmethod
-    def from_twin(cls, twin):
-        """A module of this class holding ``twin``'s config and weights (``twin``: the same class
-        from numpy_impl)."""
-        module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
-        module.load_state_dict(twin.state_dict())
-        return module
-
     # --- the boundary: what @boundary(...) makes of a forward ---
 
     def _forward_at_the_boundary(self, body, signature, args, kwargs):
@@ -116,23 +125,13 @@ class Module(nn.Module):
         if not user_call():
             if not guarding():
                 return body(self, *args, **kwargs)
-            # named in the guard's messages
-            return self._guarded_forward(body, args, kwargs, arrays=[])
-        arguments = _checked_arguments(self, body, signature, args, kwargs)
+            call = Call(self, "forward", [], self._weights)  # named in the guard's messages
+            return self._guarded_forward(body, args, kwargs, call)
+        arguments = self._checked_arguments(body, signature, args, kwargs)
         arrays = [value for value in arguments.values() if isinstance(value, torch.Tensor)]
-        if guarding():
-            return self._guarded_forward(body, (), arguments, arrays)
-        call = Call(self, "forward", arrays, self._weights)
-        with entered(call):
-            result = body(self, **arguments)
-        # one host synchronisation
-        if not finite(outputs(result) + call.always) and not call.tainted:
-            if inputs_finite(call):
-                with guard_every_hook():  # replayed to name the component and tensor, or raise
-                    return self._guarded_forward(body, (), arguments, arrays)
-            call.tainted = True  # non-finite in, non-finite out, as NumPy and torch do
+        result, call, guarded = self._user_forward(body, arguments, arrays)
         tensors = [out for out in outputs(result) if out.requires_grad]
-        if tensors and torch.is_grad_enabled():
+        if tensors and torch.is_grad_enabled() and not guarded:
             call.input_grads = []
             for x in arrays:
                 if x.requires_grad:
@@ -141,11 +140,30 @@ class Module(nn.Module):
             tensors[0].register_hook(functools.partial(self._start_of_backward, call, arguments))
         return result
 
-    def _guarded_forward(self, body, args, kwargs, arrays):
+    def _checked_arguments(self, body, signature, args, kwargs):
+        """{name: value} of a user's forward call, checked; tokens become int64 on the module's
+        device."""
+        arguments = bind(self, body, signature, args, kwargs)
+        if "tokens" in arguments and getattr(self, "takes_any_tokens", False):
+            # the model's: lists and ndarrays too, checked
+            tokens = token_tensor(arguments["tokens"], self.cfg)
+            arguments["tokens"] = tokens
+            check_arguments(self, body, arguments, torch.Tensor, checked=("tokens",))  # the others
+            device = next(chain(self.parameters(), self.buffers()), tokens).device
+            return {**arguments, "tokens": tokens.to(device)}
+        check_arguments(self, body, arguments, torch.Tensor)
+        if "tokens" in arguments:
+            # ids of any integer dtype (a uint8 index would be a mask)
+            arguments["tokens"] = arguments["tokens"].to(torch.int64)
+        if "targets" in arguments:
+            # ids of any integer dtype; take_along_dim wants int64
+            arguments["targets"] = arguments["targets"].to(torch.int64)
+        return arguments
+
+    def _guarded_forward(self, body, args, kwargs, call):
         """A forward with every hook point, every output and (when autograd runs back through it)
         every gradient at a hook point guarded as it is made."""
         user = user_call()
-        call = Call(self, "forward", arrays, self._weights)
         with entered(call):
             result = body(self, *args, **kwargs)
             for out in outputs(result):
@@ -173,7 +191,9 @@ class Module(nn.Module):
             *(p.grad for p in self.parameters() if p.grad is not None),
         ]
         call.input_grads = []
-        if finite(grads) or call.tainted or not finite([dout]) or not inputs_finite(call):
+        if self._finite(grads) or call.tainted:
+            return  # one host synchronisation: what follows runs only when a gradient is not finite
+        if not self._finite([dout]) or not inputs_finite(call):
             return
         with torch.enable_grad(), guard_every_hook():
             result = self(**arguments)
@@ -196,8 +216,10 @@ class Module(nn.Module):
     def _weights(self):
         return [p.detach() for p in self.parameters()]
 
-    # --- moving like a torch module: cfg.dtype follows the parameters; other dtypes are refused
-    # first ---
+    def _finite(self, tensors):
+        return finite(tensors)
+
+    # --- moving like a torch module: other dtypes are refused first (cfg.dtype reads the tensors)
 
     def to(self, *args, **kwargs):
         """torch's ``Module.to`` (device, dtype, or both); a dtype not in the config's DTYPES is
@@ -213,8 +235,7 @@ class Module(nn.Module):
         return self._apply(lambda t: t.type(dst_type) if t.is_floating_point() else t)
 
     def _apply(self, fn, *args, **kwargs):
-        """Every move (.to, .float, .double, .half, .type, .cuda, ...) ends here; then cfg.dtype
-        follows.
+        """Every move (.to, .float, .double, .half, .type, .cuda, ...) ends here.
 
         ``fn`` is tried first on an empty tensor of the module's dtype and on an empty bool tensor
         (a causal mask): a move to a dtype the twin cannot compute in, or one that would turn a mask
@@ -228,14 +249,13 @@ class Module(nn.Module):
                     "this move would turn the bool causal mask into numbers: the twin computes in "
                     "a float dtype with a bool mask; use .float(), .double(), .half() or .to(dtype)"
                 )
-        super()._apply(fn, *args, **kwargs)
-        floats = [t for t in chain(self.parameters(), self.buffers()) if t.is_floating_point()]
-        if cfg is not None and floats and str(floats[0].dtype) != f"torch.{cfg.dtype}":
-            cfg = dataclasses.replace(cfg, dtype=str(floats[0].dtype).removeprefix("torch."))
-            for module in self.modules():
-                if hasattr(module, "cfg"):
-                    module.cfg = cfg
-        return self
+        return super()._apply(fn, *args, **kwargs)
+
+
+@functools.lru_cache(maxsize=16)
+def _with_dtype(cfg, dtype):
+    """``cfg`` with ``dtype`` (one frozen config per pair, made once)."""
+    return cfg if cfg.dtype == dtype else dataclasses.replace(cfg, dtype=dtype)
 
 
 def _check_dtype(dtype):
@@ -244,27 +264,6 @@ def _check_dtype(dtype):
             f"dtype {dtype} is not supported: the twin computes in {', '.join(DTYPES)} "
             "(cfg.dtype); use .double(), .float(), .half() or .bfloat16()"
         )
-
-
-def _checked_arguments(module, body, signature, args, kwargs):
-    """{name: value} of a user's forward call, checked; tokens become int64 on the module's
-    device."""
-    arguments = bind(module, body, signature, args, kwargs)
-    if "tokens" in arguments and getattr(module, "takes_any_tokens", False):
-        # the model's: lists and ndarrays too, checked
-        tokens = token_tensor(arguments["tokens"], module.cfg)
-        arguments["tokens"] = tokens
-        check_arguments(module, body, arguments, torch.Tensor, checked=("tokens",))  # the others
-        device = next(chain(module.parameters(), module.buffers()), tokens).device
-        return {**arguments, "tokens": tokens.to(device)}
-    check_arguments(module, body, arguments, torch.Tensor)
-    if "tokens" in arguments:
-        # ids of any integer dtype (a uint8 index would be a mask)
-        arguments["tokens"] = arguments["tokens"].to(torch.int64)
-    if "targets" in arguments:
-        # ids of any integer dtype; take_along_dim wants int64
-        arguments["targets"] = arguments["targets"].to(torch.int64)
-    return arguments
 
 
 def finite(tensors):

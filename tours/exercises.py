@@ -75,7 +75,8 @@ def add_arguments(parser):
         type=float,
         default=None,
         metavar="SECONDS",
-        help="seconds each exercise may take before it is stopped as 'timed out' (default: 60)",
+        help="seconds each exercise may take before it is stopped as 'timed out' (default: 60; "
+        "at most 86400)",
     )
     notebook = actions.add_parser(
         "notebook", help="write DIR/exercises.ipynb: every exercise with its checker, for Jupyter"
@@ -174,7 +175,7 @@ def _notebook(args):
 
 
 def _check(args):
-    from exercises.check import check, format_results
+    from exercises.check import TIME_LIMIT_MAX, check, format_results
 
     directory, component = args.dir, args.component
     if component is None and directory in KEYS and not os.path.isdir(directory):
@@ -185,10 +186,10 @@ def _check(args):
             f"exercises check: unknown exercise {component!r}; choose from: {', '.join(KEYS)}"
         )
     limit = getattr(args, "time_limit", None)
-    if limit is not None and not (math.isfinite(limit) and limit > 0):
+    if limit is not None and not (math.isfinite(limit) and 0 < limit <= TIME_LIMIT_MAX):
         raise SystemExit(
-            f"exercises check: --time-limit must be a positive, finite number of seconds, got "
-            f"{limit:g}"
+            f"exercises check: --time-limit must be a positive, finite number of seconds, at most "
+            f"{TIME_LIMIT_MAX:g} (a day), got {limit:g}"
         )
     keys = [component] if component else None
     options = {} if limit is None else {"time_limit": limit}

@@ -2,7 +2,8 @@
 
 A component's ``forward`` and ``backward`` bodies are the formulas and nothing else. What keeps a
 call safe is declared beside each method's signature and carried out by each twin's ``Module``
-(``numpy_impl/module.py``, ``torch_impl/module.py``)::
+(``numpy_impl/module.py``, ``torch_impl/module.py``), on the part both share, ``TwinModule`` (the
+end of this file)::
 
     @boundary(x="activation")
     def forward(self, x):
@@ -44,7 +45,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from foundation.contract.arrays import is_float, is_torch, size
+from foundation.contract.arrays import dtype_name, is_float, is_torch, size
 from foundation.contract.checks import (
     check_activation,
     check_dloss,
@@ -52,6 +53,7 @@ from foundation.contract.checks import (
     check_grad,
     check_loss_inputs,
     check_plain,
+    check_state_dict,
     check_tokens,
 )
 from foundation.lens.kv_cache import check_past_kv_cache, check_past_kv_cache_entry
@@ -532,3 +534,54 @@ def parameter_label(module, parameter):
         if candidate is parameter:
             return name
     return "a parameter"
+
+
+# --- 4. what both twins' Module do alike ---------------------------------------------------
+
+
+class TwinModule:
+    """The part of each twin's ``Module`` that reads the same in both, written once.
+
+    Each twin's ``Module`` adds what its array library changes: ``_checked_arguments`` (a user's
+    arguments checked and converted; NumPy also copies them), ``_guarded_forward`` (a forward with
+    every hook point guarded), ``_weights`` (the weights as arrays or detached tensors) and
+    ``_finite`` (one look at a call's results: in torch, one host synchronisation), and what a
+    finished forward leaves for the backward (NumPy: a record; torch: a hook on the output).
+    """
+
+    @classmethod
+    def from_twin(cls, twin):
+        """A module of this class holding ``twin``'s config and weights (``twin``: the same class
+        from the other twin)."""
+        module = cls(twin.cfg) if hasattr(twin, "cfg") else cls()
+        module.load_state_dict(twin.state_dict())
+        return module
+
+    def _checked_state_dict(self, state_dict, strict):
+        """{name: ndarray cast to the model's dtype} of ``state_dict``, every key checked first
+        (``check_state_dict``), so both twins take and refuse the same state dicts."""
+        shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
+        weights = self._weights()
+        dtype = dtype_name(weights[0]) if weights else None
+        return check_state_dict(state_dict, shapes, dtype, strict)
+
+    def _user_forward(self, body, arguments, arrays):
+        """A user's forward on checked arguments -> (result, its ``Call``, whether it ran guarded).
+
+        The results are looked at once (``_finite``); only when one is not finite although the
+        inputs and weights were, and no hook put a NaN or an infinity in, is the forward replayed
+        with every hook point guarded, which names the component and tensor (or raises nothing,
+        if the replay is finite).
+        """
+        call = Call(self, "forward", arrays, self._weights)
+        if guarding():
+            return self._guarded_forward(body, (), arguments, call), call, True
+        with entered(call):
+            result = body(self, **arguments)
+        if not self._finite(outputs(result) + call.always) and not call.tainted:
+            if inputs_finite(call):
+                with guard_every_hook():  # replayed to name the component and tensor, or raise
+                    call = Call(self, "forward", arrays, self._weights)
+                    return self._guarded_forward(body, (), arguments, call), call, True
+            call.tainted = True  # non-finite in, non-finite out, as NumPy and torch do
+        return result, call, False
