@@ -51,6 +51,11 @@ TOURS = {
         "a Hugging Face checkpoint, GPT-2, Llama or GPT-NeoX (--model DIR), in both twins: "
         "agreement, generation, figures",
     ),
+    "precision": (
+        "tours.precision",
+        "the precision ladder: float64 to bfloat16, each activation's and gradient's error by "
+        "layer",
+    ),
     "checkpoint": (
         "tours.checkpoint",
         "write a tiny random checkpoint folder (DIR), offline: config, weights, tokenizer",

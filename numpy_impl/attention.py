@@ -43,7 +43,7 @@ class MultiHeadAttention(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         if cfg.n_key_value_heads is not None:
             raise ValueError(
                 "cfg.n_key_value_heads is set: build GroupedQueryAttention(cfg), or "
@@ -241,7 +241,7 @@ class GroupedQueryAttention(MultiHeadAttention):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         n_heads, d_model, d_head, n_kv = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.n_key_value_heads
         W_Q = rng.standard_normal((n_heads, d_model, d_head))
         W_K = rng.standard_normal((n_kv, d_model, d_head))

@@ -37,7 +37,7 @@ class TransformerBlock(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_pre = self.hook_in  # TransformerLens's alias: one point, two names
         if cfg.normalization is not None:

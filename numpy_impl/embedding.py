@@ -17,7 +17,7 @@ class TokenEmbedding(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         self.W_E = Parameter(rng.standard_normal((cfg.d_vocab, cfg.d_model)).astype(cfg.dtype))
         self.hook_in = HookPoint()  # [batch, pos] token ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]

@@ -39,7 +39,7 @@ class FeedForward(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         W_in = rng.standard_normal((cfg.d_model, cfg.d_mlp))
         self.W_in = Parameter((W_in / np.sqrt(cfg.d_model)).astype(cfg.dtype))
         bias = Parameter if cfg.mlp_bias else Constant  # mlp_bias=False: fixed zeros

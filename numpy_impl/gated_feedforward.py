@@ -27,7 +27,7 @@ class GatedFeedForward(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         d_model, d_mlp = cfg.d_model, cfg.d_mlp
         W_gate = rng.standard_normal((d_model, d_mlp))
         W_in = rng.standard_normal((d_model, d_mlp))

@@ -24,7 +24,7 @@ class LayerNorm(Module):
     """Normalise each position's vector to mean 0 and variance 1, then scale by w and shift by b."""
 
     def __init__(self, cfg, rng=None):
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         self.w = Parameter(np.ones(cfg.d_model, dtype=cfg.dtype))
         self.b = Parameter(np.zeros(cfg.d_model, dtype=cfg.dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]

@@ -39,7 +39,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
     def __init__(self, cfg, seed=0):
         check_seed(seed, np.random.Generator)
         rng = np.random.default_rng(seed)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         self.cache = None  # the first block the last forward ran on a residual stream given
         self.embed = TokenEmbedding(cfg, rng)
         self.hook_embed = self.embed.hook_out  # [batch, pos, d_model]; TransformerLens's alias

@@ -33,7 +33,7 @@ class SinusoidalPositionalEncoding(Module):
     """Fixed sinusoids: no parameters, so nothing to learn and no gradient to keep."""
 
     def __init__(self, cfg, rng=None):
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         self.table = sinusoidal_table(cfg.n_ctx, cfg.d_model).astype(cfg.dtype)  # [n_ctx, d_model]
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]
@@ -65,7 +65,7 @@ class LearnedPositionalEmbedding(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         self.W_pos = Parameter(rng.standard_normal((cfg.n_ctx, cfg.d_model)).astype(cfg.dtype))
         self.hook_in = HookPoint()  # [1, pos] position ids
         self.hook_out = HookPoint()  # [batch, pos, d_model]

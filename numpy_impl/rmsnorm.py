@@ -21,7 +21,7 @@ class RMSNorm(Module):
     """Divide each position's vector by its root mean square, then scale by w."""
 
     def __init__(self, cfg, rng=None):
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         self.w = Parameter(np.ones(cfg.d_model, dtype=cfg.dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         self.hook_scale = HookPoint(always=True)  # [batch, pos, 1]; always: x / inf = 0 is finite

@@ -23,7 +23,7 @@ class Unembed(Module):
 
     def __init__(self, cfg, rng=None):
         rng = np.random.default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, np.ndarray)
         W_U = rng.standard_normal((cfg.d_model, cfg.d_vocab))
         self.W_U = Parameter((W_U / np.sqrt(cfg.d_model)).astype(cfg.dtype))
         self.b_U = Parameter(np.zeros(cfg.d_vocab, dtype=cfg.dtype))

@@ -64,6 +64,9 @@ def bad_arguments(tmp_path):
         "gpt2 a missing checkpoint folder": ["gpt2", "--model", str(tmp_path / "missing")],
         "gpt2 a folder that is no checkpoint": ["gpt2", "--model", str(tmp_path)],
         "gpt2 a weights file for a folder": ["gpt2", "--model", str(bad_weights)],
+        "precision a missing checkpoint folder": ["precision", "--model", str(tmp_path / "no")],
+        "precision --pos 0": ["precision", "--pos", "0"],
+        "precision negative seed": ["precision", "--seed", "-1"],
         "unknown command": ["nonsense"],
         "unknown option": ["basics", "--nonsense"],
     }

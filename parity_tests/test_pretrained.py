@@ -339,14 +339,6 @@ def only_a_pickle(folder):
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(RunsCode(folder / "UNPICKLED")))
 
 
-def bfloat16_tensors(folder):
-    import safetensors.torch
-
-    path = folder / "model.safetensors"
-    tensors = safetensors.torch.load_file(path)
-    safetensors.torch.save_file({name: t.to(torch.bfloat16) for name, t in tensors.items()}, path)
-
-
 def big_vocabulary(folder):
     (folder / "vocab.json").write_text(json.dumps({f"t{i}": i for i in range(D_VOCAB + 5)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
@@ -396,11 +388,10 @@ REFUSALS = {
         write("model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!"),
         "not a readable safetensors file",
     ),
-    "float16 tensors": (
-        edit_tensors(lambda t: t.update({k: v.astype(np.float16) for k, v in t.items()})),
-        "F16",
+    "integer tensors": (
+        edit_tensors(lambda t: t.update({k: v.astype(np.int32) for k, v in t.items()})),
+        "I32",
     ),
-    "bfloat16 tensors": (bfloat16_tensors, "BF16"),
     "mixed dtypes": (
         edit_tensors(lambda t: t.update({W + "ln_f.bias": t[W + "ln_f.bias"].astype(np.float32)})),
         "mix dtypes",

@@ -513,14 +513,18 @@ def test_dtype_moves_keep_the_config_in_step():
     twin.to(torch.float64)
     assert twin.cfg.dtype == "float64" and twin.blocks[1].mlp.W_in.dtype == torch.float64
     for refused in (
-        twin.half,
-        twin.bfloat16,
-        lambda: twin.to(torch.float16),
-        lambda: twin.to("cpu", torch.bfloat16),
+        lambda: twin.to(torch.complex128),
+        lambda: twin.to("cpu", torch.float8_e4m3fn),
+        lambda: twin.type(torch.int64),
     ):
-        with pytest.raises(TypeError, match="float32 or float64"):
+        with pytest.raises(TypeError, match="float64, float32, float16, bfloat16"):
             refused()
     assert twin.cfg.dtype == "float64" and twin.embed.W_E.dtype == torch.float64  # nothing moved
+    for move, dtype in ((twin.half, "float16"), (twin.bfloat16, "bfloat16")):
+        move()  # a precision the twin computes in (docs/precision.md): the config follows
+        assert twin.cfg.dtype == dtype and twin.blocks[1].mlp.W_in.dtype == getattr(torch, dtype)
+        # float16: 11 significant bits, bfloat16: 8; the loose bound of test_precision.py
+        assert rel_err(twin(tokens), expected) < {"float16": 1e-2, "bfloat16": 5e-2}[dtype]
 
 
 def test_device_moves_take_everything_and_the_tokens():
@@ -1658,7 +1662,7 @@ def test_config_from_transformer_lens_names():
         ("gated_mlp", True, "gated_mlp"),
         ("n_key_value_heads", 3, "n_key_value_heads"),
         ("eps", 1e-6, "eps"),
-        ("dtype", "float16", "dtype"),
+        ("dtype", "float8_e4m3fn", "dtype"),
         ("attention_dir", "sideways", "attention_dir"),
         ("wings", 2, "wings"),
         ("normalization", "post", "this project's name"),

@@ -44,7 +44,7 @@ class MultiHeadAttention(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         if cfg.n_key_value_heads is not None:
             raise ValueError(
                 "cfg.n_key_value_heads is set: build GroupedQueryAttention(cfg), or "
@@ -163,7 +163,7 @@ class GroupedQueryAttention(MultiHeadAttention):
     def __init__(self, cfg, rng=None):
         Module.__init__(self)
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         n_heads, d_model, d_head, n_kv = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.n_key_value_heads
         dtype = getattr(torch, cfg.dtype)
         W_Q = torch.randn(n_heads, d_model, d_head, generator=rng, dtype=dtype)

@@ -22,6 +22,8 @@ stream between the two: its gradient is the whole residual stream's (both paths 
 alias of ln2.hook_in, so its hook_resid_mid_grad is that part alone).
 """
 
+import torch
+
 from foundation.contract.checks import check_config
 
 from .attention import MultiHeadAttention
@@ -36,7 +38,7 @@ class TransformerBlock(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_pre = self.hook_in  # TransformerLens's alias: one point, two names
         if cfg.normalization is not None:

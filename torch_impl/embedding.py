@@ -19,7 +19,7 @@ class TokenEmbedding(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         dtype = getattr(torch, cfg.dtype)
         self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model, generator=rng, dtype=dtype))
         self.hook_in = HookPoint()  # [batch, pos] token ids

@@ -38,7 +38,7 @@ class FeedForward(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         dtype = getattr(torch, cfg.dtype)
         W_in = torch.randn(cfg.d_model, cfg.d_mlp, generator=rng, dtype=dtype)
         self.W_in = nn.Parameter(W_in / math.sqrt(cfg.d_model))

@@ -31,7 +31,7 @@ class GatedFeedForward(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         d_model, d_mlp = cfg.d_model, cfg.d_mlp
         dtype = getattr(torch, cfg.dtype)
         W_gate = torch.randn(d_model, d_mlp, generator=rng, dtype=dtype)

@@ -26,7 +26,7 @@ class LayerNorm(Module):
 
     def __init__(self, cfg, rng=None):
         super().__init__()
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         dtype = getattr(torch, cfg.dtype)
         self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=dtype))
         self.b = nn.Parameter(torch.zeros(cfg.d_model, dtype=dtype))

@@ -11,6 +11,7 @@ Axes: batch, pos (sequence position), d_model (residual width), d_vocab (vocabul
 import torch
 from torch import nn
 
+from foundation.contract.arrays import as_numpy
 from foundation.contract.checks import check_config, check_seed
 from foundation.files.pretrained import read_pretrained
 from foundation.files.weights import load_weights, save_weights
@@ -41,7 +42,7 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
         super().__init__()
         check_seed(seed, torch.Generator)
         rng = default_rng(seed)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         self.embed = TokenEmbedding(cfg, rng)
         self.hook_embed = self.embed.hook_out  # [batch, pos, d_model]; TransformerLens's alias
         if cfg.positional == "learned":
@@ -114,9 +115,8 @@ class Transformer(HookedMixin, WeightViewsMixin, RunningMixin, Module):
 
     def save(self, path):
         """Write the weights file (.npz or .safetensors): the state_dict and the config (JSON)."""
-        state_dict = {
-            name: tensor.detach().cpu().numpy() for name, tensor in self.state_dict().items()
-        }
+        # as ndarrays (a bfloat16 model's as float32, exactly: NumPy has no bfloat16)
+        state_dict = {name: as_numpy(tensor) for name, tensor in self.state_dict().items()}
         save_weights(path, state_dict, self.cfg)
 
     @classmethod

@@ -3,9 +3,9 @@
 ``torch.nn`` already gives parameters, modules and state dicts. ``Module`` adds what the NumPy
 reference's ``Module`` also has: ``load_state_dict`` that takes either library's arrays and names
 every bad key in one ``ValueError``, and ``from_twin``; a ``cfg`` whose dtype is read from the
-tensors, so a move (``.float()``, ``.double()``, ``.to(dtype)``) changes what it says; and moves
-to any other dtype refused first. ``HookPoint`` is the twin of the reference's (its hook lists are
-``foundation.lens.hooks.HookLists``, written once).
+tensors, so a move (``.float()``, ``.double()``, ``.half()``, ``.bfloat16()``, ``.to(dtype)``)
+changes what it says; and moves to any other dtype refused first. ``HookPoint`` is the twin of
+the reference's (its hook lists are ``foundation.lens.hooks.HookLists``, written once).
 
 ``Module`` also carries the boundary each component's ``forward`` declares with
 ``@boundary(x="activation")``, as the reference's, on what both twins share (``TwinModule``;
@@ -47,6 +47,7 @@ from foundation.contract.boundary import (  # noqa: F401 (boundary, for the comp
     user_call,
 )
 from foundation.contract.checks import check_seed, check_tokens, tokens_as_array
+from foundation.contract.config import DTYPES
 from foundation.lens.hooks import HookLists
 
 
@@ -107,8 +108,10 @@ class Module(TwinModule, nn.Module):
         """
         params = dict(self.named_parameters())
         arrays = self._checked_state_dict(state_dict, strict)
+        # each in its parameter's dtype: a bfloat16 model's come as float32 (NumPy has no bfloat16)
         tensors = {
-            name: torch.from_numpy(array).to(params[name].device) for name, array in arrays.items()
+            name: torch.from_numpy(array).to(params[name].device, params[name].dtype)
+            for name, array in arrays.items()
         }
         # strict=False: listed
         unexpected = {name: value for name, value in state_dict.items() if name not in params}
@@ -221,7 +224,7 @@ class Module(TwinModule, nn.Module):
     # --- moving like a torch module: other dtypes are refused first (cfg.dtype reads the tensors)
 
     def to(self, *args, **kwargs):
-        """torch's ``Module.to`` (device, dtype, or both); a dtype other than float32/float64 is
+        """torch's ``Module.to`` (device, dtype, or both); a dtype not in the config's DTYPES is
         refused."""
         for arg in (*args, *kwargs.values()):
             if isinstance(arg, (torch.dtype, torch.Tensor)):
@@ -246,7 +249,7 @@ class Module(TwinModule, nn.Module):
             if fn(torch.empty(0, dtype=torch.bool)).dtype != torch.bool:
                 raise TypeError(
                     "this move would turn the bool causal mask into numbers: the twin computes in "
-                    "float32 or float64 with a bool mask; use .float(), .double() or .to(dtype)"
+                    "a float dtype with a bool mask; use .float(), .double(), .half() or .to(dtype)"
                 )
         return super()._apply(fn, *args, **kwargs)
 
@@ -258,10 +261,10 @@ def _with_dtype(cfg, dtype):
 
 
 def _check_dtype(dtype):
-    if dtype not in (torch.float32, torch.float64):
+    if str(dtype).removeprefix("torch.") not in DTYPES:
         raise TypeError(
-            f"dtype {dtype} is not supported: the twin computes in float32 or float64 "
-            "(cfg.dtype); use .float() or .double()"
+            f"dtype {dtype} is not supported: the twin computes in {', '.join(DTYPES)} "
+            "(cfg.dtype); use .double(), .float(), .half() or .bfloat16()"
         )
 
 

@@ -32,7 +32,7 @@ class SinusoidalPositionalEncoding(Module):
 
     def __init__(self, cfg, rng=None):
         super().__init__()
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         dtype = getattr(torch, cfg.dtype)
         # the table is a buffer, not a parameter, and not in state_dict (persistent=False)
         table = sinusoidal_table(cfg.n_ctx, cfg.d_model).to(dtype)  # [n_ctx, d_model]
@@ -62,7 +62,7 @@ class LearnedPositionalEmbedding(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         dtype = getattr(torch, cfg.dtype)
         self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model, generator=rng, dtype=dtype))
         self.hook_in = HookPoint()  # [1, pos] position ids

@@ -23,7 +23,7 @@ class RMSNorm(Module):
 
     def __init__(self, cfg, rng=None):
         super().__init__()
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         dtype = getattr(torch, cfg.dtype)
         self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=dtype))
         self.hook_in = HookPoint()  # [batch, pos, d_model]

@@ -26,7 +26,7 @@ class Unembed(Module):
     def __init__(self, cfg, rng=None):
         super().__init__()
         rng = default_rng(rng)
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, torch.Tensor)
         dtype = getattr(torch, cfg.dtype)
         W_U = torch.randn(cfg.d_model, cfg.d_vocab, generator=rng, dtype=dtype)
         self.W_U = nn.Parameter(W_U / math.sqrt(cfg.d_model))

@@ -8,7 +8,7 @@ tokenizer files vocab.json and merges.txt, or tokenizer.json for ``--arch llama`
 
 
 def add_arguments(parser):
-    from foundation.files.tiny import ARCHITECTURES, SIZES
+    from foundation.files.tiny import ARCHITECTURES, DTYPES, SIZES
 
     parser.add_argument(
         "folder", metavar="DIR", help="the folder to write (new, or one without a config.json)"
@@ -21,9 +21,10 @@ def add_arguments(parser):
     )
     parser.add_argument(
         "--dtype",
-        choices=("float32", "float64"),
+        choices=DTYPES,
         default="float32",
-        help="dtype of the weights (default float32)",
+        help="dtype of the weights (default float32; float16 and bfloat16 load as float32, "
+        "exactly)",
     )
     parser.add_argument(
         "--layers", type=int, default=SIZES["layers"], help=f"layers (default {SIZES['layers']})"

@@ -44,7 +44,9 @@ def dtype_name(x):
 
 
 def as_numpy(x):
-    """An ndarray from an ndarray or a torch tensor (detached, on the CPU)."""
+    """An ndarray from an ndarray or a torch tensor (detached, on the CPU); a bfloat16 tensor's
+    values come as float32, exactly (NumPy has no bfloat16)."""
     if is_tensor(x):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
     return np.asarray(x)

@@ -53,10 +53,20 @@ def _check_plain_tensor(tensor, name):
             )
 
 
-def check_config(cfg):
-    """Every component is built from a TransformerConfig; returns it."""
+def check_config(cfg, array_type=None):
+    """Every component is built from a TransformerConfig; returns it.
+
+    ``array_type`` (``np.ndarray`` for the NumPy twin) refuses a dtype that library does not have:
+    NumPy has no bfloat16.
+    """
     if not isinstance(cfg, TransformerConfig):
         raise TypeError(f"cfg must be a TransformerConfig, got {type(cfg).__name__}")
+    if array_type is np.ndarray and cfg.dtype == "bfloat16":
+        raise ValueError(
+            "cfg.dtype='bfloat16': NumPy has no bfloat16 type, so the NumPy twin cannot compute "
+            "in it; the torch twin can (torch_impl.Transformer), and the NumPy twin takes "
+            "'float16', 'float32' and 'float64'"
+        )
     return cfg
 
 
@@ -382,7 +392,8 @@ def check_state_dict(
 
     Both twins' ``load_state_dict`` and the weights file go through here, so they take the same
     values and refuse the same ones with the same message. Each expected key present becomes a
-    fresh C-contiguous ndarray of ``dtype`` (the model's, e.g. "float32"), whatever it came as:
+    fresh C-contiguous ndarray of ``dtype`` (the model's, e.g. "float32"; for "bfloat16", which
+    NumPy lacks, float32, rounded to bfloat16 by the torch twin as it copies), whatever it came as:
     an ndarray of any byte order, float width (float16 to longdouble) or integer type, or a
     tensor (bfloat16, float16, float8 ... on any device, requiring grad or not). Refused before
     anything is converted, with ``where`` and the key in one line: a TypeError for the first value
@@ -410,12 +421,26 @@ def check_state_dict(
             continue
         array = _as_plain_array(value)
         with np.errstate(over="ignore"):  # an overflow is reported below, by name
-            arrays[name] = np.array(array, dtype=dtype, order="C", copy=True)
-        if array.dtype.kind == "f" and np.any(np.isinf(arrays[name]) & np.isfinite(array)):
+            arrays[name] = np.array(array, dtype=_numpy_dtype(dtype), order="C", copy=True)
+        too_large = np.isinf(arrays[name])
+        if dtype == "bfloat16":
+            too_large |= np.abs(arrays[name]) >= BFLOAT16_OVERFLOW  # infinite once rounded
+        if array.dtype.kind == "f" and np.any(too_large & np.isfinite(array)):
             problems.append(f"{name}: holds finite values too large for the model's dtype {dtype}")
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))
     return arrays
+
+
+# the smallest magnitude that rounds to infinity in bfloat16: halfway from its largest finite value,
+# (2 - 2**-7) * 2**127, to 2**128 (a tie rounds to the even neighbour, infinity)
+BFLOAT16_OVERFLOW = (2 - 2**-8) * 2.0**127
+
+
+def _numpy_dtype(dtype):
+    """The NumPy dtype that holds a model dtype's values: bfloat16's in float32 (the same exponent
+    range; NumPy has no bfloat16), the others as themselves."""
+    return "float32" if dtype == "bfloat16" else dtype
 
 
 def _check_real_values(value, label, where):

@@ -25,7 +25,9 @@ POSITIONALS = ("sinusoidal", "learned", "rotary")
 # TransformerLens's positional_embedding_type -> this project's positional
 POSITIONAL_EMBEDDING_TYPES = {"standard": "learned", "sinusoidal": "sinusoidal", "rotary": "rotary"}
 LAYER_NORM_EPS = 1e-5  # LayerNorm's eps is fixed (numpy_impl/layernorm.py); RMSNorm's is cfg.eps
-DTYPES = ("float64", "float32")
+# the twins compute in these; NumPy has no bfloat16, so only the torch twin takes it
+# (foundation.contract.checks.check_config)
+DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class TransformerConfig:
     causal: bool = True  # each position attends only to itself and earlier ones
     attn_only: bool = False  # blocks without an MLP (and without ln2)
     unembed: bool = True  # True: output logits; False: the final residual stream
-    dtype: str = "float64"  # "float64" (checking) or "float32"
+    dtype: str = "float64"  # "float64" (checking), "float32", "float16", "bfloat16" (torch only)
     # the Llama family (TransformerLens's names); the defaults are GPT-2's, so older configs read
     # the same
     eps: float = 1e-5  # added under the norm's square root (LayerNorm's is always 1e-5)
@@ -225,8 +227,9 @@ class TransformerConfig:
             positional_embedding_type "standard"       positional "learned"
             attention_dir "causal" / "bidirectional"   causal True / False
             n_heads -1 or left out                     d_model // d_head (TransformerLens's default)
-            dtype                                      "float32" (TransformerLens's default) or
-                                                       "float64"; a torch dtype is read by its name
+            dtype                                      "float32" (TransformerLens's default),
+                                                       "float64", "float16" or "bfloat16"; a torch
+                                                       dtype is read by its name
             d_vocab, d_model, n_ctx, n_layers, d_head, d_mlp, act_fn, attn_only   the same
 
         ``eps`` must be 1e-5 with LayerNorm and ``d_vocab_out`` -1 or d_vocab (this project's

@@ -53,7 +53,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from foundation.contract.config import TransformerConfig
-from foundation.files.weights import MAX_CONFIG_BYTES, MAX_FIXED_BYTES
+from foundation.files.weights import MAX_CONFIG_BYTES, MAX_FIXED_BYTES, read_tensor
 
 INDEX_FILE = "model.safetensors.index.json"
 # older GPT-NeoX files also hold each layer's causal mask, its fill value and the rotary
@@ -257,7 +257,7 @@ def read_tensors(headers, names):
         with safe_open(path, framework="numpy") as f:
             for name in names:
                 if headers[name][0] == path:
-                    tensors[name] = np.array(f.get_tensor(name))
+                    tensors[name] = read_tensor(f, path, name)
     return tensors
 
 

@@ -51,7 +51,7 @@ from safetensors import SafetensorError, safe_open
 
 from foundation.contract.config import TransformerConfig
 from foundation.files.regular import kind_of, read_bytes
-from foundation.files.weights import MAX_CONFIG_BYTES, MAX_FIXED_BYTES
+from foundation.files.weights import MAX_CONFIG_BYTES, MAX_FIXED_BYTES, read_tensor
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -59,7 +59,9 @@ VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
 PREFIX = "transformer."  # GPT2LMHeadModel's names start with it; GPT2Model's do not
 # the causal mask and its fill value in older files
 SKIPPED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
-FILE_DTYPES = {"F32": "float32", "F64": "float64"}  # safetensors' dtype names -> the twins' dtypes
+# safetensors' dtype names -> the dtype the twins load them in: float16 and bfloat16 files by exact
+# upcast (every float16 and bfloat16 value is a float32 value; docs/precision.md)
+FILE_DTYPES = {"F32": "float32", "F64": "float64", "F16": "float32", "BF16": "float32"}
 
 # config.json may use transformers' generic names for four fields (GPT2Config.attribute_map)
 ALIASES = {
@@ -113,7 +115,7 @@ def read_pretrained(folder, n_ctx=None):
         if n_ctx is not None:
             raise ValueError("n_ctx is read from a GPT-2 checkpoint's n_positions; leave it out")
         cfg, state_dict = read_gpt2(folder)
-        return cfg, state_dict, read_gpt2_tokenizer(folder, cfg.d_vocab)
+        return cfg, upcast(state_dict, cfg), read_gpt2_tokenizer(folder, cfg.d_vocab)
     if model_type in ("llama", "gpt_neox"):
         from foundation.files.llama import Refused, read_family
 
@@ -121,11 +123,16 @@ def read_pretrained(folder, n_ctx=None):
             cfg, state_dict = read_family(folder, hf_config, n_ctx)
         except Refused as error:
             raise ValueError(f"{folder!r}: {error}") from None
-        return cfg, state_dict, read_json_tokenizer(folder, cfg.d_vocab, hf_config)
+        return cfg, upcast(state_dict, cfg), read_json_tokenizer(folder, cfg.d_vocab, hf_config)
     raise ValueError(
         f"config.json: model_type is {model_type!r}; the twins read 'gpt2', 'llama' and 'gpt_neox' "
         "checkpoints"
     )
+
+
+def upcast(state_dict, cfg):
+    """The arrays in cfg.dtype: a float16 file's values as float32, exactly (FILE_DTYPES)."""
+    return {name: value.astype(cfg.dtype, copy=False) for name, value in state_dict.items()}
 
 
 def read_json_tokenizer(folder, d_vocab, hf_config):
@@ -147,7 +154,8 @@ def read_json_tokenizer(folder, d_vocab, hf_config):
 def read_gpt2(folder):
     """A Hugging Face GPT-2 checkpoint folder -> (TransformerConfig, state_dict {key: ndarray}).
 
-    The dtype (float32 or float64) is the file's. Everything is checked before any tensor is read.
+    The dtype is the file's (float32 or float64), or float32 for a float16 or bfloat16 file, whose
+    values it holds exactly. Everything is checked before any tensor is read.
     """
     folder = checkpoint_folder(folder)
     hf_config = read_config_json(os.path.join(folder, CONFIG_FILE))
@@ -165,10 +173,11 @@ def read_gpt2(folder):
                 expected,
                 tied,
             )
-            tensors = {name: np.array(f.get_tensor(names[name])) for name in expected}
+            tensors = {name: read_tensor(f, path, names[name]) for name in expected}
             # a tied file need not hold it; if it does, it must agree
             if tied and "lm_head.weight" in names:
-                if not np.array_equal(f.get_tensor(names["lm_head.weight"]), tensors["wte.weight"]):
+                head = read_tensor(f, path, names["lm_head.weight"])
+                if not np.array_equal(head, tensors["wte.weight"]):
                     raise _Refused(
                         "lm_head.weight differs from wte.weight, but config.json says "
                         "tie_word_embeddings is true"
@@ -255,8 +264,8 @@ def stored_names(names):
 
 
 def file_dtype(dtypes):
-    """The one dtype of the file's parameters (float32 or float64), from {name: safetensors
-    dtype}."""
+    """The one dtype the file's parameters load in (float32 or float64: FILE_DTYPES), from {name:
+    safetensors dtype}."""
     found = sorted(set(dtypes.values()))
     if not found:
         raise _Refused("it holds no tensors")
@@ -267,8 +276,9 @@ def file_dtype(dtypes):
         raise _Refused(f"its tensors mix dtypes ({examples}); the twins compute in one dtype")
     if found[0] not in FILE_DTYPES:
         raise _Refused(
-            f"its tensors are {found[0]}; the twins compute in float32 (F32) or float64 (F64): "
-            "convert the model (model.float() or model.double()) before save_pretrained"
+            f"its tensors are {found[0]}; the twins read float64 (F64), float32 (F32), float16 "
+            "(F16) and bfloat16 (BF16) files: convert the model (model.float()) before "
+            "save_pretrained"
         )
     return FILE_DTYPES[found[0]]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 
 import numpy as np
@@ -39,6 +40,8 @@ TOKENIZER_SIZE = 400
 # the default sizes, by the names every architecture's writer takes (each maps them to its
 # config.json's names)
 SIZES = {"layers": 2, "heads": 4, "d_model": 32, "n_ctx": 64}
+# the weights' dtype in the file: the twins load float16 and bfloat16 ones by exact upcast
+DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 def write_checkpoint(folder, arch="gpt2", seed=0, dtype="float32", **sizes):
@@ -50,8 +53,8 @@ def write_checkpoint(folder, arch="gpt2", seed=0, dtype="float32", **sizes):
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     folder = os.fspath(folder)
@@ -111,8 +114,6 @@ def checked_sizes(sizes):
 def write_gpt2(folder, seed, dtype, **sizes):
     """A random GPT-2 (tied embedding, gelu_new, pre-norm) with a tiny tokenizer, laid out as
     save_pretrained lays one out."""
-    from safetensors.numpy import save_file
-
     fields = checked_sizes(sizes)
     d_model, n_heads = fields["d_model"], fields["heads"]
     d_vocab = write_tokenizer(folder)  # <|endoftext|> is id 0: the BOS and EOS
@@ -146,8 +147,8 @@ def write_gpt2(folder, seed, dtype, **sizes):
             value = 0.2 * noise  # biases: non-zero
         else:
             value = noise / np.sqrt(shape[-1] if name.startswith(("wte", "wpe")) else shape[0])
-        tensors["transformer." + name] = value.astype(dtype)
-    save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        tensors["transformer." + name] = value
+    save_tensors(tensors, os.path.join(folder, "model.safetensors"), dtype)
     config = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -172,8 +173,6 @@ def write_rotary(folder, seed, dtype, arch, **sizes):
     """A random Llama (RMSNorm, rotary, SwiGLU, grouped queries, tied, as SmolLM2) or GPT-NeoX
     (Pythia's shape: LayerNorm, a quarter of each head rotated, parallel attention and MLP, exact
     GELU), with the tiny tokenizer as tokenizer.json; names and layouts as save_pretrained's."""
-    from safetensors.numpy import save_file
-
     from foundation.contract.config import TransformerConfig
     from foundation.files.llama import llama_shapes, neox_shapes
 
@@ -220,8 +219,8 @@ def write_rotary(folder, seed, dtype, arch, **sizes):
         else:
             # nn.Linear's [out, in], and the [d_vocab, d_model] tables
             value = noise / np.sqrt(shape[1])
-        tensors[name] = value.astype(dtype)
-    save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        tensors[name] = value
+    save_tensors(tensors, os.path.join(folder, "model.safetensors"), dtype)
     common = {
         "vocab_size": d_vocab,
         "hidden_size": d_model,
@@ -263,6 +262,42 @@ def write_rotary(folder, seed, dtype, arch, **sizes):
         }
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
+
+
+def save_tensors(tensors, path, dtype):
+    """Write {name: ndarray} to the safetensors file ``path``, each rounded to ``dtype``.
+
+    NumPy (and so ``safetensors.numpy``) has no bfloat16, so a bfloat16 file is written here, in
+    the format's own layout: the header's length (8 bytes, little-endian), the JSON header (each
+    tensor's dtype, shape and byte range), padded to 8 bytes, then the data.
+    """
+    if dtype != "bfloat16":
+        from safetensors.numpy import save_file
+
+        arrays = {name: value.astype(dtype) for name, value in tensors.items()}
+        save_file(arrays, path, metadata={"format": "pt"})
+        return
+    header, chunks, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, value in tensors.items():
+        data = bfloat16_bits(value).tobytes()
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data begins 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+
+
+def bfloat16_bits(values):
+    """Finite values -> the bits of the nearest bfloat16 (ties to even), uint16, little-endian: the
+    upper half of the float32's bits, rounded as torch rounds a float32."""
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
 
 
 def write_llama(folder, seed, dtype, **sizes):

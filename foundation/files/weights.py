@@ -32,6 +32,7 @@ import math
 import os
 import signal
 import stat
+import struct
 import tempfile
 import threading
 import zipfile
@@ -64,8 +65,9 @@ SAFETENSORS_DTYPES = {
     "U8": "uint8",
     "U16": "uint16",
     "U32": "uint32",
-    # the NUMBER_KINDS safetensors stores; bfloat16 and bool are not read
     "U64": "uint64",
+    # NumPy has no bfloat16: read_tensor gives its values as float32, exactly; bool is not read
+    "BF16": "float32",
 }
 
 
@@ -504,9 +506,28 @@ def _read_safetensors(path):
                 np.dtype(SAFETENSORS_DTYPES[kind]),
             )
         _check_against_config(headers, shapes)
-        # a copy: nothing stays mapped to the file
-        arrays = {name: np.array(f.get_tensor(name)) for name in shapes}
+        arrays = {name: read_tensor(f, path, name) for name in shapes}
     return cfg, arrays
+
+
+def read_tensor(f, path, name):
+    """One tensor of the safetensors file ``f`` (open on ``path``) -> a fresh ndarray (nothing stays
+    mapped to the file).
+
+    Every dtype comes as NumPy reads it (F16 as float16, ...) except BF16, which NumPy lacks: its
+    16 bits are the upper half of a float32's, so shifting them up gives the same values as float32,
+    exactly (infinities, NaNs and subnormals included). ``f`` has already read and checked the
+    header; the header's offsets say where the bits lie.
+    """
+    if f.get_slice(name).get_dtype() != "BF16":
+        return np.array(f.get_tensor(name))
+    shape = tuple(f.get_slice(name).get_shape())
+    with open(path, "rb") as file:
+        (header_size,) = struct.unpack("<Q", file.read(8))  # little-endian u64, then the JSON
+        begin, end = json.loads(file.read(header_size))[name]["data_offsets"]
+        file.seek(8 + header_size + begin)
+        bits = np.frombuffer(file.read(end - begin), dtype="<u2")  # [count] little-endian
+    return (bits.astype(np.uint32) << 16).view(np.float32).reshape(shape)  # exact upcast
 
 
 def _check_path(path):
