@@ -40,6 +40,19 @@ TOKENS = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])  # [batch, pos]: ids of CFG's vo
 SIDES = ["numpy", "torch"]
 # the interpretability tests' changes: a longer context
 INTERP = dict(d_vocab=13, d_mlp=16, n_ctx=10)
+# Llama's choices (RMSNorm, rotary halves, SwiGLU, no biases, grouped heads), TransformerLens's
+# field names; a test adds the sizes
+LLAMA = dict(
+    normalization_type="RMS",
+    eps=1e-6,
+    positional_embedding_type="rotary",
+    rotary_base=500.0,
+    act_fn="silu",
+    gated_mlp=True,
+    mlp_bias=False,
+    attn_bias=False,
+    n_key_value_heads=2,
+)
 
 
 def make_cfg(base=None, **changes):

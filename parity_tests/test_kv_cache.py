@@ -18,7 +18,7 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
-from parity_tests.helpers import TOL, load_into_twin, randomize, rel_err
+from parity_tests.helpers import LLAMA, TOL, load_into_twin, randomize, rel_err
 
 EXACT = 1e-13  # float64: cached vs uncached logits, relative
 # float32: cached vs uncached logits, relative. Measured 1.8e-7 to 2.7e-7 on these shapes, both
@@ -33,18 +33,7 @@ COMMON = dict(d_vocab=17, d_model=16, n_heads=4, d_mlp=24, n_layers=2, n_ctx=N_C
 ARCHITECTURES = {
     "gpt2-learned": dict(act_fn="gelu_new", positional="learned"),
     "sinusoidal-post-norm": dict(act_fn="relu", positional="sinusoidal", normalization="post"),
-    "llama-grouped": dict(
-        d_head=6,
-        normalization_type="RMS",
-        eps=1e-6,
-        positional_embedding_type="rotary",
-        rotary_base=500.0,
-        act_fn="silu",
-        gated_mlp=True,
-        mlp_bias=False,
-        attn_bias=False,
-        n_key_value_heads=2,
-    ),
+    "llama-grouped": dict(d_head=6, **LLAMA),
     "neox-parallel-partial-rotary": dict(
         positional_embedding_type="rotary",
         rotary_dim=2,

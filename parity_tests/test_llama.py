@@ -18,6 +18,7 @@ import torch
 import numpy_impl as npi
 import torch_impl as pti
 from parity_tests.helpers import (
+    LLAMA,
     TOL,
     assert_close,
     compare_grads,
@@ -43,15 +44,7 @@ def llama_cfg(dtype="float64", **overrides):
         n_layers=2,
         n_ctx=N_CTX,
         dtype=dtype,
-        normalization_type="RMS",
-        eps=1e-6,
-        positional_embedding_type="rotary",
-        rotary_base=500.0,
-        act_fn="silu",
-        gated_mlp=True,
-        mlp_bias=False,
-        attn_bias=False,
-        n_key_value_heads=2,
+        **LLAMA,
     )
     fields.update(overrides)
     return npi.TransformerConfig(**fields)
