@@ -91,7 +91,10 @@ def check_model_input_argument(module, name, value, arguments, array_type):
             f"array [batch, pos, d_model], not token ids; got {type(value).__name__}"
             + (f" of dtype {value.dtype}" if hasattr(value, "dtype") else "")
         )
-    check_activation_argument(module, name, value, arguments, array_type)
+    # named as what it is here, so a dtype or shape error does not call a residual stream tokens
+    check_activation_argument(
+        module, f"{name} (the residual stream, with start_at_layer)", value, arguments, array_type
+    )
 
 
 def check_return_type_argument(module, name, value, arguments, array_type):
