@@ -146,14 +146,20 @@ class Ladder:
 
     def plot(self, path, title=None):
         """Error vs layer, one line per rung (colour: dtype, line: twin), log scale; activations
-        and gradients in two panels. The float64 rungs are exactly zero and not drawn, nor is any
-        other exact zero (a log scale has no 0): a line that starts late starts exact."""
+        and gradients in two panels. The float64 rungs are exactly zero and not drawn; any other
+        exact zero (a log scale has no 0) sits on a floor a decade under the smallest error, a
+        tick labelled "0 (exact)", drawn as a hollow marker."""
         from .plots import plt, save_figure
 
         layers = self.layers()
         colours = {"float32": "tab:blue", "float16": "tab:orange", "bfloat16": "tab:red"}
         styles = {"torch": "-", "numpy": "--"}
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        drawn = [r for r in self.rungs if r.dtype != "float64" and not r.overflow]
+        errors = [self.layer_errors(r, g) for r in drawn for g in (False, True)]
+        positive = np.concatenate([e[e > 0] for e in errors] + [np.array([1.0])])
+        floor = 10.0 ** (np.floor(np.log10(positive.min())) - 1)  # where an exact 0 is drawn
+        any_exact = any((e == 0).any() for e in errors)
         for ax, gradients in zip(axes, (False, True)):
             for rung in self.rungs:
                 if rung.dtype == "float64":
@@ -164,20 +170,24 @@ class Ladder:
                     ax.plot([], [], styles[rung.twin], color=colours[rung.dtype], label=label)
                     continue
                 errors = self.layer_errors(rung, gradients)
-                errors[errors == 0] = np.nan  # exactly 0 (weights the dtype holds): no point
-                ax.plot(
-                    range(len(layers)),
-                    errors,
-                    styles[rung.twin],
-                    marker="o",
-                    color=colours[rung.dtype],
-                    label=label,
-                )
+                exact = errors == 0  # weights the dtype holds exactly: drawn on the floor
+                x = np.arange(len(layers))
+                colour = colours[rung.dtype]
+                y = np.where(exact, floor, errors)
+                ax.plot(x, y, styles[rung.twin], marker="o", color=colour, label=label)
+                ax.plot(x[exact], y[exact], "o", mfc="white", color=colour)
             ax.set_yscale("log")
+            if any_exact:
+                ax.axhline(floor, color="grey", lw=0.8, ls=":")
             ax.set_xticks(range(len(layers)), _tick_labels(layers))
             ax.set_xlabel("layer (embed, blocks, final: ln_final and unembed)")
             ax.set_title("activations" if not gradients else "gradients of the loss")
             ax.grid(True, which="major", alpha=0.3)
+        if any_exact:
+            ticks = [t for t in axes[0].get_yticks() if t > floor * 5]
+            labels = [f"1e{int(round(np.log10(t)))}" for t in ticks]
+            axes[0].set_yticks([floor, *ticks], ["0 (exact)", *labels])
+            axes[0].set_ylim(floor / 3, None)
         axes[0].set_ylabel("largest error in the layer\nmax |x - x64| / max |x64|")
         axes[1].legend(fontsize=8, loc="best")
         fig.suptitle(
