@@ -258,7 +258,7 @@ def test_attention_stub_has_one_hint_per_step(fresh):
             ("output", "dout [batch, pos, d_model]", "dpattern"),
             ("softmax", "dpattern", "dscores"),
             ("scores", "dscores", "dq_h"),
-            ("groups", "dq_h", "dk [batch, pos, head, d_head]"),
+            ("groups", "dq_h", "dk [batch, pos, kv_head, d_head]"),
             ("rotary", "dq", "dk"),
             ("projections", "dq", "dx [batch, pos, d_model]"),
         ],
@@ -268,6 +268,33 @@ def test_attention_stub_has_one_hint_per_step(fresh):
         hint = text[marker : text.index("raise NotImplementedError(", marker)]
         assert f"Step {number} of 6" in hint and f"exercises check {fresh} attention.{step}" in hint
         assert given in hint.split("# Make:")[0] and make in hint.split("# Make:")[1], hint
+
+
+def _step_hint(text, step):
+    marker = text.index(f"# EXERCISE STEP {step}:")
+    return text[marker : text.index("raise NotImplementedError(", marker)]
+
+
+def test_attention_stub_names_the_shared_heads_kv_head(fresh):
+    """After the group sum, dk and dv have one row per key/value head: the stubs say kv_head, as the
+    checker's grouped run demands ((5, 6, 3, 8) with 9 query heads)."""
+    text = (fresh / "numpy_impl" / "attention.py").read_text()
+    groups, rotary = _step_hint(text, "groups"), _step_hint(text, "rotary")
+    given, make = (" ".join(groups.split("# Make:")[i].split()) for i in (0, 1))
+    assert "dk_h [batch, head, pos, d_head]" in given and "dv_h [batch, head, pos, d_head]" in given
+    for name, axes in (("dq", "head"), ("dk", "kv_head"), ("dv", "kv_head")):
+        assert f"{name} [batch, pos, {axes}, d_head]" in make, groups
+    given, make = (" ".join(rotary.split("# Make:")[i].split()) for i in (0, 1))
+    for part in (given, make):
+        assert (
+            "dq [batch, pos, head, d_head]" in part and "dk [batch, pos, kv_head, d_head]" in part
+        )
+    projections = " ".join(_step_hint(text, "projections").split())
+    for needed in ("dv [batch, pos, kv_head, d_head]", "self.W_K.grad [kv_head, d_model, d_head]"):
+        assert needed in projections, projections
+    assert "self.W_Q.grad [head, d_model, d_head]" in projections
+    stub = text[text.index("# EXERCISE BEGIN") : text.index("# EXERCISE END")]
+    assert "_W_K" not in stub and "else kv_head is head" in stub
 
 
 def test_init_refuses_to_overwrite_work_unless_forced(fresh, tmp_path):
