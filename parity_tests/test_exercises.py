@@ -95,6 +95,52 @@ def test_a_few_exercises_fresh_and_solved(fresh, solved):
     assert all(t.reference <= 1e-7 for result in results for t in result.tensors)
 
 
+PROJECTION_GRADS = {f"{w}_{x}.grad" for w in "Wb" for x in "QKV"}
+
+
+@pytest.mark.parametrize(
+    "step, old, new, wrong, right",
+    [
+        (  # a step that adds into no .grad: only its outputs are compared
+            "rotary",
+            "dq = rotate(dq, cos, -sin, adjacent)",
+            "dq = rotate(dq, cos, sin, adjacent)",
+            {"dq"},
+            {"dk"},
+        ),
+        (  # one that adds into six: those, and its output, never W_O's or b_O's
+            "projections",
+            "self.b_Q.grad += dq.sum(axis=(0, 1))",
+            "self.b_Q.grad += 2 * dq.sum(axis=(0, 1))",
+            {"b_Q.grad"},
+            {"dx"} | PROJECTION_GRADS - {"b_Q.grad"},
+        ),
+        (  # a .grad the step must leave alone, changed: named among the wrong
+            "projections",
+            "self.b_Q.grad += dq.sum(axis=(0, 1))",
+            "self.b_Q.grad += dq.sum(axis=(0, 1)); self.W_O.grad += 1.0",
+            {"W_O.grad"},
+            {"dx"} | PROJECTION_GRADS,
+        ),
+    ],
+    ids=["rotary", "projections", "projections touching W_O"],
+)
+def test_a_step_check_compares_only_what_the_step_makes(
+    solved, tmp_path, step, old, new, wrong, right
+):
+    """A step's verdict lists its outputs and the .grads it adds into, not every parameter's."""
+    directory = copy_of(solved, tmp_path)
+    plant(directory / "numpy_impl", "attention.py", old, new)
+    (result,) = check(directory, keys=[f"attention.{step}"], sample=SAMPLE, together=False)
+    assert result.status == "wrong", result.message
+    assert {t.tensor for t in result.wrong_tensors} == wrong, result.message
+    assert {t.tensor for t in result.tensors} == wrong | right, result.message
+    said_right = result.message.split("; right: ")[1].split(", ")
+    assert said_right and all(name in right for name in said_right if name != "..."), (
+        f"the {step} step's verdict calls right what it never touches: {result.message}"
+    )
+
+
 def test_softmax_missing_row_sum_is_wrong_at_its_step_queries_and_keys(solved, tmp_path):
     directory = copy_of(solved, tmp_path)
     plant(
