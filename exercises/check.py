@@ -1732,9 +1732,17 @@ def _step_verdict(verdict, reply, expected, region, given, cfg, inputs, prefill=
             verdict, f"this step must leave {', '.join(missing)} for the next lines (as arrays)"
         )
     pairs = [(name, mine_locals[name], expected["outputs"][name]) for name in region.outputs]
+    held = prefill or {}  # what each .grad held before the step: the step's own part is the rest
     for name, theirs in expected["grads"].items():
-        if np.any(theirs) or np.any(reply["grads"].get(name, 0)):
-            got = reply["grads"].get(name)
+        got = reply["grads"].get(name)
+        before = held.get(name, 0)
+        # only the .grads the step adds into (or the learner's step changed): the rest are no news
+        changed = (
+            not isinstance(got, np.ndarray)
+            or got.shape != np.shape(theirs)
+            or bool(np.any(got - before))
+        )
+        if np.any(theirs - before) or changed:
             if not isinstance(got, np.ndarray):
                 return _wrong(verdict, f"{name}.grad is not an array: add into it with +=")
             pairs.append((name + ".grad", got, theirs))

@@ -42,6 +42,9 @@ DEFAULT_DIR = "mywork"
 
 # sizes chosen all different, so a parameter's shape can be read back as axis names
 _NAMING = dict(d_vocab=11, d_model=6, n_heads=2, d_head=3, d_mlp=7, n_layers=1, n_ctx=13)
+# attention's are read off grouped heads (kv_head != head), so the names say which heads an axis
+# counts; kv_head is head where the key/value heads are not shared
+_GROUPED_NAMING = dict(_NAMING, n_heads=8, n_key_value_heads=2)
 _AXES = {
     11: "d_vocab",
     6: "d_model",
@@ -51,6 +54,11 @@ _AXES = {
     13: "n_ctx",
     4: "batch",
     5: "pos",
+}
+_GROUPED_AXES = {
+    **{size: name for size, name in _AXES.items() if name != "head"},
+    8: "head",
+    2: "kv_head",
 }
 _BRANCHES = {  # an if's test -> (what its branch is called, what its else is called)
     'self.cfg.act_fn == "relu"': ("the ReLU branch", "the GELU branches"),
@@ -93,26 +101,32 @@ def reference_exercises():
 
 
 def _naming_module(cls):
+    """(a module of class ``cls`` built at the naming sizes, {size: axis name} for them)."""
     import numpy_impl
     from foundation.contract.config import TransformerConfig
 
-    cfg = TransformerConfig(**_NAMING)
-    return (
-        getattr(numpy_impl, cls)() if cls == "CrossEntropyLoss" else getattr(numpy_impl, cls)(cfg)
-    )
+    if cls == "CrossEntropyLoss":
+        return numpy_impl.CrossEntropyLoss(), _AXES
+    if cls == "MultiHeadAttention":  # its backward serves GroupedQueryAttention too
+        return numpy_impl.GroupedQueryAttention(TransformerConfig(**_GROUPED_NAMING)), _GROUPED_AXES
+    return getattr(numpy_impl, cls)(TransformerConfig(**_NAMING)), _AXES
 
 
-def _shape_words(shape):
-    return "[" + ", ".join(_AXES.get(size, str(size)) for size in shape) + "]"
+def _shape_words(shape, axes=_AXES):
+    return "[" + ", ".join(axes.get(size, str(size)) for size in shape) + "]"
 
 
 def _parameter_shapes(cls):
-    """{name: "[axis, axis]"} for the parameters ``cls`` owns itself (not its sub-modules')."""
+    """{name: "[axis, axis]"} for the parameters ``cls`` owns itself (not its sub-modules').
+
+    A parameter stored under a leading underscore (GroupedQueryAttention's ``_W_K``) is named as
+    the backward reads it, through its property (``W_K``).
+    """
     from numpy_impl.module import Parameter
 
-    module = _naming_module(cls)
+    module, axes = _naming_module(cls)
     return {
-        name: _shape_words(value.shape)
+        name.lstrip("_"): _shape_words(value.shape, axes)
         for name, value in vars(module).items()
         if isinstance(value, Parameter)
     }
@@ -125,7 +139,7 @@ def _step_shapes(body, source):
 
     from .steps import prologue_values, region_function
 
-    module = _naming_module(body.cls)
+    module, axes = _naming_module(body.cls)
     # [batch, pos, d_model]
     x = np.random.default_rng(0).standard_normal((4, 5, _NAMING["d_model"]))
     out = module.forward(x)
@@ -140,7 +154,7 @@ def _step_shapes(body, source):
         values.update(function(module, **{name: values[name] for name in step.inputs}))
     del numpy_impl
     return {
-        name: _shape_words(np.shape(value))
+        name: _shape_words(np.shape(value), axes)
         for name, value in values.items()
         if isinstance(value, np.ndarray)
     }
@@ -280,6 +294,11 @@ def step_hint_lines(body: MarkedBody, source: str, directory: str = "DIR"):
         f"backward unpacks",
         "from self.cache above) and must leave the names it makes for the steps below.",
     ]
+    if any("kv_head" in shape for shape in shapes.values()):
+        header.append(
+            "kv_head counts the key/value heads: n_key_value_heads of them where heads are shared "
+            "(GroupedQueryAttention), else kv_head is head."
+        )
     grads_of = _parameter_shapes(body.cls)
     out = []
     for index, step in enumerate(body.steps, 1):

@@ -25,6 +25,7 @@ def page_marks(results, directory):
     """{class name: {"status", "words", "lines": {line: note}}} for every exercise in
     ``results``."""
     marks = {}
+    whole = {BY_KEY[result.key].cls for result in results if result.key in BY_KEY}
     for result in results:
         exercise = BY_KEY.get(result.key) or STEP_KEYS.get(result.key)
         if exercise is None:
@@ -33,8 +34,12 @@ def page_marks(results, directory):
         if result.key in BY_KEY:
             entry["status"] = result.status
             entry["words"] = _words(result)
-        elif result.status != "done" and entry["status"] == "done":
-            entry["status"] = result.status
+        else:
+            if result.status != "done" and entry["status"] == "done":
+                entry["status"] = result.status
+            if exercise.cls not in whole:  # steps checked on their own: each says its verdict
+                said = result.status + ("" if result.status == "done" else f": {result.message}")
+                entry["words"] += ("; " if entry["words"] else "") + f"{result.key} {said}"
         if result.status in ("done", "not started"):
             continue
         try:

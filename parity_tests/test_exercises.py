@@ -95,6 +95,52 @@ def test_a_few_exercises_fresh_and_solved(fresh, solved):
     assert all(t.reference <= 1e-7 for result in results for t in result.tensors)
 
 
+PROJECTION_GRADS = {f"{w}_{x}.grad" for w in "Wb" for x in "QKV"}
+
+
+@pytest.mark.parametrize(
+    "step, old, new, wrong, right",
+    [
+        (  # a step that adds into no .grad: only its outputs are compared
+            "rotary",
+            "dq = rotate(dq, cos, -sin, adjacent)",
+            "dq = rotate(dq, cos, sin, adjacent)",
+            {"dq"},
+            {"dk"},
+        ),
+        (  # one that adds into six: those, and its output, never W_O's or b_O's
+            "projections",
+            "self.b_Q.grad += dq.sum(axis=(0, 1))",
+            "self.b_Q.grad += 2 * dq.sum(axis=(0, 1))",
+            {"b_Q.grad"},
+            {"dx"} | PROJECTION_GRADS - {"b_Q.grad"},
+        ),
+        (  # a .grad the step must leave alone, changed: named among the wrong
+            "projections",
+            "self.b_Q.grad += dq.sum(axis=(0, 1))",
+            "self.b_Q.grad += dq.sum(axis=(0, 1)); self.W_O.grad += 1.0",
+            {"W_O.grad"},
+            {"dx"} | PROJECTION_GRADS,
+        ),
+    ],
+    ids=["rotary", "projections", "projections touching W_O"],
+)
+def test_a_step_check_compares_only_what_the_step_makes(
+    solved, tmp_path, step, old, new, wrong, right
+):
+    """A step's verdict lists its outputs and the .grads it adds into, not every parameter's."""
+    directory = copy_of(solved, tmp_path)
+    plant(directory / "numpy_impl", "attention.py", old, new)
+    (result,) = check(directory, keys=[f"attention.{step}"], sample=SAMPLE, together=False)
+    assert result.status == "wrong", result.message
+    assert {t.tensor for t in result.wrong_tensors} == wrong, result.message
+    assert {t.tensor for t in result.tensors} == wrong | right, result.message
+    said_right = result.message.split("; right: ")[1].split(", ")
+    assert said_right and all(name in right for name in said_right if name != "..."), (
+        f"the {step} step's verdict calls right what it never touches: {result.message}"
+    )
+
+
 def test_softmax_missing_row_sum_is_wrong_at_its_step_queries_and_keys(solved, tmp_path):
     directory = copy_of(solved, tmp_path)
     plant(
@@ -258,7 +304,7 @@ def test_attention_stub_has_one_hint_per_step(fresh):
             ("output", "dout [batch, pos, d_model]", "dpattern"),
             ("softmax", "dpattern", "dscores"),
             ("scores", "dscores", "dq_h"),
-            ("groups", "dq_h", "dk [batch, pos, head, d_head]"),
+            ("groups", "dq_h", "dk [batch, pos, kv_head, d_head]"),
             ("rotary", "dq", "dk"),
             ("projections", "dq", "dx [batch, pos, d_model]"),
         ],
@@ -268,6 +314,33 @@ def test_attention_stub_has_one_hint_per_step(fresh):
         hint = text[marker : text.index("raise NotImplementedError(", marker)]
         assert f"Step {number} of 6" in hint and f"exercises check {fresh} attention.{step}" in hint
         assert given in hint.split("# Make:")[0] and make in hint.split("# Make:")[1], hint
+
+
+def _step_hint(text, step):
+    marker = text.index(f"# EXERCISE STEP {step}:")
+    return text[marker : text.index("raise NotImplementedError(", marker)]
+
+
+def test_attention_stub_names_the_shared_heads_kv_head(fresh):
+    """After the group sum, dk and dv have one row per key/value head: the stubs say kv_head, as the
+    checker's grouped run demands ((5, 6, 3, 8) with 9 query heads)."""
+    text = (fresh / "numpy_impl" / "attention.py").read_text()
+    groups, rotary = _step_hint(text, "groups"), _step_hint(text, "rotary")
+    given, make = (" ".join(groups.split("# Make:")[i].split()) for i in (0, 1))
+    assert "dk_h [batch, head, pos, d_head]" in given and "dv_h [batch, head, pos, d_head]" in given
+    for name, axes in (("dq", "head"), ("dk", "kv_head"), ("dv", "kv_head")):
+        assert f"{name} [batch, pos, {axes}, d_head]" in make, groups
+    given, make = (" ".join(rotary.split("# Make:")[i].split()) for i in (0, 1))
+    for part in (given, make):
+        assert (
+            "dq [batch, pos, head, d_head]" in part and "dk [batch, pos, kv_head, d_head]" in part
+        )
+    projections = " ".join(_step_hint(text, "projections").split())
+    for needed in ("dv [batch, pos, kv_head, d_head]", "self.W_K.grad [kv_head, d_model, d_head]"):
+        assert needed in projections, projections
+    assert "self.W_Q.grad [head, d_model, d_head]" in projections
+    stub = text[text.index("# EXERCISE BEGIN") : text.index("# EXERCISE END")]
+    assert "_W_K" not in stub and "else kv_head is head" in stub
 
 
 def test_init_refuses_to_overwrite_work_unless_forced(fresh, tmp_path):

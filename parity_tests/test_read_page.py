@@ -623,6 +623,61 @@ def test_the_exercise_generator_s_stubs_are_read_as_not_written_yet(tmp_path):
     )
 
 
+STEP_MARK = re.compile(r"^\s*# EXERCISE (?:STEP (\w+):.*|END)$")
+
+
+def step_regions(lines):
+    """{step name: (its marker's index, the next marker's)} of the attention's stub or answer."""
+    regions, current = {}, None
+    for number, line in enumerate(lines):
+        mark = STEP_MARK.match(line)
+        if mark and current:
+            regions[current[0]] = (current[1], number)
+        if mark:
+            current = (mark.group(1), number) if mark.group(1) else None
+    return regions
+
+
+def test_a_backward_written_in_part_shows_its_written_steps(tmp_path, measured):
+    """2 of the attention's 6 steps written: the page shows those two and marks the other four."""
+    from exercises.generate import REFERENCE_DIR, write_copy
+
+    target = write_copy(tmp_path / "part")
+    path = target / "attention.py"
+    mine = path.read_text().splitlines(keepends=True)
+    reference = (REFERENCE_DIR / "attention.py").read_text().splitlines(keepends=True)
+    written, unwritten = ["output", "softmax"], ["scores", "groups", "rotary", "projections"]
+    for step in reversed(written):
+        (begin, end), (ref_begin, ref_end) = (step_regions(m)[step] for m in (mine, reference))
+        mine[begin:end] = reference[ref_begin:ref_end]
+    path.write_text("".join(mine))
+    regions = step_regions(reference)
+
+    def answer(step):  # the reference's own lines of a step (not comments, not in the forward)
+        begin, end = regions[step]
+        return [line.strip() for line in reference[begin + 1 : end] if line.strip()[:1] != "#"]
+
+    (part,) = [p for s in read_sections(target) for p in s.parts if p.name == "MultiHeadAttention"]
+    assert not part.stub
+    said = [step.unwritten.split(":")[0] for step in part.steps if step.unwritten]
+    assert said == unwritten
+    page_file, *_ = make_page(tmp_path / "out", target, measured=measured)
+    text = page_file.read_text(encoding="utf-8")
+    start = text.index("MultiHeadAttention.backward <span")
+    text = text[start : text.index("</section>", start)]  # the attention's backward, to its end
+    reader = PageReader()
+    reader.feed(text)
+    lines = {line.strip() for line in reader.lines}
+    assert "MultiHeadAttention.backward still raises" not in text
+    for step in unwritten:
+        assert f"Not written yet: step <code>{step}</code>" in text, step
+        assert not set(answer(step)) & lines, f"the reference's {step} step is on the page"
+    shown = [line for step in written for line in answer(step)]
+    assert len(shown) > 8 and set(shown) <= lines, set(shown) - lines
+    assert "raise NotImplementedError(" not in lines, "a stub's own lines are not shown as code"
+    assert "attention.output done; attention.softmax done" in text, "the checker ran those two"
+
+
 def test_read_refuses_a_folder_without_a_copy_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as raised:
         demo.main(["read", "--out", str(tmp_path), "--exercises", str(tmp_path / "nothing")])

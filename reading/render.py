@@ -451,6 +451,14 @@ class Page:
             )
         marks = (verdict or {}).get("lines", {})
         for step in part.steps:
+            if step.unwritten is not None:
+                name, _, what = step.unwritten.partition(": ")
+                out.append(
+                    '<div class="step stub"><div class="undoes"></div><div class="lines">'
+                    f'<div class="notyet">Not written yet: step <code>{html.escape(name)}</code> '
+                    f"({html.escape(what)}) still raises NotImplementedError.</div></div></div>"
+                )
+                continue
             targets = [f"{slug(section.stem)}-{slug(part.name)}-f{k}" for k in step.undoes]
             if step.undoes:
                 left = "".join(render_lines(dedented(part.rows[k].numpy)) for k in step.undoes)

@@ -116,6 +116,8 @@ class Step:
     units: list[Unit]
     quote: str | None  # the text after "# forward:", None for the lines before the first one
     undoes: list[int] = field(default_factory=list)
+    # a learner's exercise step still to write: "name: what it does" (the step then has no units)
+    unwritten: str | None = None
 
 
 @dataclass
@@ -498,6 +500,48 @@ def raises_not_implemented(node: ast.FunctionDef | None) -> bool:
     return False
 
 
+EXERCISE_STEP_MARK = re.compile(r"^\s*#\s*EXERCISE STEP (\w+):\s*(.*)$")
+EXERCISE_END_MARK = re.compile(r"^\s*#\s*EXERCISE END\s*$")
+
+
+def exercise_steps(
+    node: ast.FunctionDef | None, file_lines: list[str]
+) -> list[tuple[str, range, bool]]:
+    """(name: what it does, its file lines, written?) of each ``# EXERCISE STEP`` of a backward; in
+    a learner's copy a step that still raises NotImplementedError is not written."""
+    if node is None:
+        return []
+    raised = {
+        sub.lineno
+        for sub in ast.walk(node)
+        if isinstance(sub, ast.Raise) and raises_not_implemented(sub)
+    }
+    steps, current, start = [], None, 0
+    for number in range(node.lineno, node.end_lineno + 2):  # 1-based, one past the end
+        line = file_lines[number - 1] if number <= len(file_lines) else ""
+        mark = EXERCISE_STEP_MARK.match(line)
+        if current and (mark or EXERCISE_END_MARK.match(line) or number > node.end_lineno):
+            span = range(start, number)
+            steps.append((current, span, not any(n in span for n in raised)))
+            current = None
+        if mark:
+            current, start = f"{mark.group(1)}: {mark.group(2).strip()}", number
+    return steps
+
+
+def backward_steps(units: list[Unit], unwritten: dict[str, range]) -> list[Step]:
+    """The backward's steps, each step still to write in its place as one step saying so."""
+    steps, written = [], []
+    for unit in units:
+        region = next((name for name, span in unwritten.items() if unit.first_line in span), None)
+        if region is None:
+            written.append(unit)
+        elif not steps or steps[-1].unwritten != region:
+            steps += split_steps(written) + [Step([], None, unwritten=region)]
+            written = []
+    return steps + split_steps(written)
+
+
 def read_section(stem: str, title: str, numpy_dir: Path | None = None) -> Section:
     """One component file of each twin, lined up; ``numpy_dir``: read the NumPy file from there (a
     learner's copy)."""
@@ -542,15 +586,20 @@ def read_section(stem: str, title: str, numpy_dir: Path | None = None) -> Sectio
             )
             np_backward = read_function(method(np_node, "backward"), paths[0], lines[0])
             stub = raises_not_implemented(method(np_node, "backward"))
+            marked = exercise_steps(method(np_node, "backward"), lines[0])
+            unwritten = {name: span for name, span, written in marked if not written}
+            # a backward written in steps, some of them done: shown, the rest marked not written
+            stub = stub and not 0 < len(unwritten) < len(marked)
+            unwritten = {} if stub else unwritten
             kind = "class"
         else:
             np_forward = read_function(np_node, paths[0], lines[0])
             torch_forward = read_function(torch_node, paths[1], lines[1]) if torch_node else None
             np_backward = None
-            stub = False
+            stub, unwritten = False, {}
             kind = "function"
         rows = align(np_forward.units, torch_forward.units if torch_forward else [])
-        steps = split_steps(np_backward.units) if np_backward else []
+        steps = backward_steps(np_backward.units, unwritten) if np_backward else []
         link_steps(steps, rows)
         note = None
         if torch_forward is None:
