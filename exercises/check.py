@@ -135,11 +135,9 @@ REFERENCE_SOURCES = {
 EDIT_SEED = 7
 NUMERICAL = (
     "that is numerical differentiation, which the checker itself uses to check you, not backprop: "
-    "it costs "
-    "a forward per entry, is exact only for code that complex numbers pass through unchanged, and "
-    "skips "
-    "what the exercise is, the chain rule. Write the gradient from the forward lines, last first, "
-    "with the cache"
+    "it costs a forward per entry, is exact only for code that complex numbers pass through "
+    "unchanged, and skips what the exercise is, the chain rule. Write the gradient from the "
+    "forward lines, last first, with the cache"
 )
 
 
@@ -265,8 +263,7 @@ def check(
                     "Transformer",
                     "wrong",
                     message=f"not run: {', '.join(broken)} does not compile (every backward of "
-                    f"yours "
-                    "runs here)",
+                    "yours runs here)",
                 )
             )
             continue
@@ -542,8 +539,7 @@ def _event_words(event):
     if event["kind"] == "borrowed":
         return (
             f"{event['what']}{where}: borrowed work is not counted; a backward is written with "
-            f"numpy "
-            "alone (the reference, the twin, torch and autograd are off limits here)"
+            "numpy alone (the reference, the twin, torch and autograd are off limits here)"
         )
     return (
         f"{event['what']}{where}: the checker refused it (a backward computes its gradient and "
@@ -757,14 +753,12 @@ def check_variant(
             _wrong(
                 verdict,
                 "right with hooks that only record; wrong when a backward hook edits the gradient "
-                "at "
-                "each hook point (times a random factor, plus noise, as a steering or attribution "
-                "hook may): "
+                "at each hook point (times a random factor, plus noise, as a steering or "
+                "attribution hook may): "
                 + _describe_wrong(wrong, edited_tensors)
                 + ". Each hook point's backward is called once and what it returns is used "
                 "(d = self.hook_x.backward(d)); where the causal mask hides a key, the mask's "
-                "backward sets "
-                "the gradient to 0 whatever a hook handed back",
+                "backward sets the gradient to 0 whatever a hook handed back",
             )
             verdict.tensors = _compare(edited_tensors)
             return verdict
@@ -1706,8 +1700,7 @@ def _step_verdict(verdict, reply, expected, region, given, cfg, inputs, prefill=
         return _wrong(
             verdict,
             f"this step reads {', '.join(reply['missing'])}, which it is not given: each step "
-            f"starts "
-            f"from {', '.join(region.inputs)} (and self); name what it makes "
+            f"starts from {', '.join(region.inputs)} (and self); name what it makes "
             f"{', '.join(region.outputs)}",
         )
     if error is not None:

@@ -381,17 +381,14 @@ def softmax_row_sum(name, mine, right, evidence):
 
 ROW_SUM_HINT = (
     "{name} is probs * dprobs: the softmax's row-sum term is missing. Each probability depends on "
-    "every "
-    "score of its row, through the sum that normalises it, so dscores = probs * (dprobs - (dprobs "
-    "* "
-    "probs).sum(axis=-1, keepdims=True))"
+    "every score of its row, through the sum that normalises it, so "
+    "dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))"
 )
 MASK_HINT = (
     "{name} holds -inf or NaN exactly where the causal mask hides a key (k_pos > q_pos): masked "
     "entries get a "
     "zero gradient. The forward replaced those scores by a constant (-inf), and a constant passes "
-    "no "
-    "gradient back: dscores = np.where(mask, dscores, 0.0)"
+    "no gradient back: dscores = np.where(mask, dscores, 0.0)"
 )
 
 
@@ -1463,8 +1460,7 @@ def _loss_slips(evidence):
             "logits",
             right * weights.sum(),
             f"logits is sum(weights) = {weights.sum():.4g} times the right gradient: the division "
-            f"by "
-            "weights.sum() is missing (loss = sum(weights * nll) / sum(weights))",
+            "by weights.sum() is missing (loss = sum(weights * nll) / sum(weights))",
         )
 
 
@@ -1496,8 +1492,8 @@ def _norm_placement(evidence, right):
         where = "attention" if ln == "ln1" else "MLP"
         fix = (
             f"in pre-norm, {ln} sits on the {where} branch only (x + {where}({ln}(x))): the skip "
-            f"path "
-            f"passes its gradient straight through, so d = dskip + self.{ln}.backward(dbranch_in)"
+            f"path passes its gradient straight through, so "
+            f"d = dskip + self.{ln}.backward(dbranch_in)"
         )
         yield (
             target,
