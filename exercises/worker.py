@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import compileall
 import os
 import shutil
 import signal
@@ -265,11 +266,17 @@ class LearnerProcess:
 
 def shared_runtime():
     """The runtime copy the checker's learner's processes share, made once (removed at exit):
-    read-only to them behind the wall."""
+    read-only to them behind the wall.
+
+    Compiled once here, so that each process reads its modules' bytecode instead of compiling
+    them again (``python -B`` writes no bytecode, and may read it).
+    """
     if not _runtime or not _runtime[0].exists():
         folder = Path(tempfile.mkdtemp(prefix="twins-runtime-")).resolve()
         atexit.register(shutil.rmtree, folder, True)
-        _runtime[:] = [runtime_copy(folder / "runtime")]
+        runtime = runtime_copy(folder / "runtime")
+        compileall.compile_dir(runtime, quiet=1)
+        _runtime[:] = [runtime]
     return _runtime[0]
 
 
