@@ -1,17 +1,20 @@
 """CPU time per test and per test file, for sizing the tiers:
 ``python -m pytest -p parity_tests.cpu_times``.
 
-Each test's CPU (user + sys of the test's process and of the processes it started and waited
-for, from ``resource.getrusage``) is measured around its setup, call and teardown; the end of the
-run lists the 30 largest tests (``TWINS_CPU_TIMES_SHOWN=N``: the N largest), every test file's sum (largest first) and the total. CPU time,
-unlike pytest's ``--durations``, changes little when other work shares the machine, so it
-compares runs made at different loads. Not loaded by default. Under pytest-xdist each worker
-measures its own tests and sends the rows to the controller, which prints them.
+Each test's CPU (user + sys of the test's process, of the processes it started and waited for,
+from ``resource.getrusage``, and of the exercise checker's zygote with the learner's processes
+it forked) is measured around its setup, call and teardown; the end of the run lists the 30
+largest tests (``TWINS_CPU_TIMES_SHOWN=N``: the N largest), every test file's sum (largest
+first) and the total. CPU time, unlike pytest's ``--durations``, changes little when other work
+shares the machine, so it compares runs made at different loads. Not loaded by default. Under
+pytest-xdist each worker measures its own tests and sends the rows to the controller, which
+prints them.
 """
 
 import collections
 import os
 import resource
+import sys
 import time
 
 import pytest
@@ -22,7 +25,22 @@ _rows = []  # (cpu seconds, wall seconds, test id)
 def _cpu():
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + _zygote()
+
+
+def _zygote():
+    """CPU of the exercise checker's zygote while it runs, and of the learner's processes it
+    forked and has waited for (``exercises/worker.py``): counted in RUSAGE_CHILDREN only once the
+    zygote itself ends."""
+    worker = sys.modules.get("exercises.worker")
+    if not worker or not getattr(worker, "_zygote", None):
+        return 0.0
+    try:
+        with open(f"/proc/{worker._zygote[0].process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return sum(int(tick) for tick in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.hookimpl(hookwrapper=True)
