@@ -142,6 +142,28 @@ class KeyValueCache:
         )
 
 
+def cache_state(arguments):
+    """What the key-value caches among a call's ``arguments`` ({name: value}) hold now: a list of
+    (entry, past_keys, past_values). ``restore_cache_state`` puts it back, so a forward that is
+    replayed, or that raises part way, leaves a cache as it found it (``append`` makes new arrays
+    and never writes into the old ones, so keeping the old ones keeps what they held)."""
+    state = []
+    for value in arguments.values():
+        entries = value.entries if isinstance(value, KeyValueCache) else [value]
+        state += [
+            (entry, entry.past_keys, entry.past_values)
+            for entry in entries
+            if isinstance(entry, KeyValueCacheEntry)
+        ]
+    return state
+
+
+def restore_cache_state(state):
+    """Put back what ``cache_state`` saw."""
+    for entry, past_keys, past_values in state:
+        entry.past_keys, entry.past_values = past_keys, past_values
+
+
 # --- the boundary's checks (foundation/contract/boundary.py's kinds "kv cache", "kv cache entry")
 
 
