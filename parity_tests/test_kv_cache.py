@@ -277,6 +277,17 @@ def test_bad_caches_are_refused_naming_the_argument(side):
             model.pos_embed(tokens[:, :2], past_kv_pos_offset=8)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         cache_class.init_cache(cfg, batch_size=0)
+    if side == "torch":  # a cache on another device than the model's ("meta": no GPU needed)
+        elsewhere = cache_class.init_cache(cfg, device="meta", batch_size=BATCH)
+        with (
+            torch.no_grad(),
+            pytest.raises(ValueError, match="past_kv_cache is on meta, the model on cpu"),
+        ):
+            model(tokens[:, :2], past_kv_cache=elsewhere)
+        with torch.no_grad(), pytest.raises(ValueError, match="past_kv_cache_entry is on meta"):
+            model.blocks[0](
+                torch.zeros(BATCH, 1, 16, dtype=torch.float64), past_kv_cache_entry=elsewhere[0]
+            )
     with pytest.raises(ValueError, match="needs a causal model"):
         bidirectional = npi.TransformerConfig(**COMMON, causal=False)
         pick((npi.Transformer(bidirectional), pti.Transformer(bidirectional)))(
