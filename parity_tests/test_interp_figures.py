@@ -101,10 +101,25 @@ def test_the_walk_through_on_the_handmade_model(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "layer 1, head 0 is a clear induction head (score 1.00; 1 = always)" in text
     assert "per head: layer 1, head 0 restores the most (1.00)" in text
+    assert "noise, not structure" not in text  # a clear circuit: a gap worth dividing by
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert len(pngs) == 17, pngs
     for name in pngs:
         assert_png(tmp_path / name, min_side=150)
+
+
+@pytest.mark.slow
+def test_the_walk_through_on_a_random_model_says_its_patching_numbers_are_noise(tmp_path, capsys):
+    from tours import interp as tour
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out")
+    tour.add_arguments(parser)
+    tour.run(parser.parse_args(["--out", str(tmp_path), "--model", "random"]))
+    text = capsys.readouterr().out
+    patching = text[text.index("7. Activation patching") : text.index("7b. Attribution")]
+    attribution = text[text.index("7b. Attribution") : text.index("8. Circuits")]
+    assert "noise, not structure" in patching and "noise, not structure" in attribution
 
 
 def _plot_head(path):
