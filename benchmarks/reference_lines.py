@@ -18,6 +18,7 @@ reference costs in units of the step it is compared with.
 from __future__ import annotations
 
 import argparse
+import linecache
 import os
 import re
 import statistics
@@ -116,9 +117,7 @@ def grouped(seconds):
     """{group: seconds} from {(path, line number): seconds}."""
     groups = {}
     for (path, number), t in seconds.items():
-        with open(path) as source:
-            text = source.read().splitlines()[number - 1]
-        group = group_of(path, text)
+        group = group_of(path, linecache.getline(path, number))
         groups[group] = groups.get(group, 0.0) + t
     return groups
 
