@@ -51,6 +51,8 @@ class SizeSet:
             ("d_vocab", "d_vocab"),
         ):
             names.setdefault(self.config[key], axis)
+        if self.config.get("n_key_value_heads") is not None:  # grouped: the shared k/v heads
+            names.setdefault(self.config["n_key_value_heads"], "kv_head")
         return names
 
     def words(self):

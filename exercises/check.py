@@ -695,7 +695,6 @@ def check_variant(
             cfg,
             inputs,
             upstream,
-            sizes,
         )
     _hook_points(mine, right, verdict)
     _untouched(mine, inputs, upstream, input_name, verdict)
@@ -1410,7 +1409,6 @@ def _explain_wrong(
     cfg,
     inputs,
     upstream,
-    sizes=SIZE_SETS[0],
 ):
     """A wrong answer: which tensors, by how much; a hint where a mistake fits exactly; where it
     parts."""
@@ -1431,7 +1429,7 @@ def _explain_wrong(
         right["activations"],
         _rerun(process, request, input_name, right),
         right["parameters"],
-        sizes.axis_names,
+        _names_of(request["cfg"], inputs),  # this run's sizes: a grouped run's heads included
     )
     try:
         diagnosis = diagnose(evidence)

@@ -984,8 +984,8 @@ AXIS_NAMES = {
     "hook_attn_scores": ("batch", "head", "q_pos", "k_pos"),
     "hook_pattern": ("batch", "head", "q_pos", "k_pos"),
     "hook_q": ("batch", "pos", "head", "d_head"),
-    "hook_k": ("batch", "pos", "head", "d_head"),
-    "hook_v": ("batch", "pos", "head", "d_head"),
+    "hook_k": ("batch", "pos", "kv_head", "d_head"),  # kv_head is head unless heads are shared
+    "hook_v": ("batch", "pos", "kv_head", "d_head"),
     "hook_z": ("batch", "pos", "head", "d_head"),
 }
 

@@ -53,7 +53,20 @@ def page_marks(results, directory):
         if line is not None:
             label = f"{result.key}: " if result.key in STEP_KEYS else ""
             entry["lines"].setdefault(line, label + note)
+    for cls, entry in marks.items():
+        if cls not in whole and entry["status"] in ("done", "not started"):
+            entry["status"] = _steps_status(cls, results)
     return marks
+
+
+def _steps_status(cls, results):
+    """A backward checked step by step, none of its steps wrong: "done" when every one of its
+    steps is, "in part" when some are (the rest not written or not checked), else "not started"."""
+    steps = [key for key, exercise in STEP_KEYS.items() if exercise.cls == cls]
+    done = {result.key for result in results if result.key in steps and result.status == "done"}
+    if done == set(steps):
+        return "done"
+    return "in part" if done else "not started"
 
 
 def _words(result):

@@ -147,6 +147,18 @@ def test_llama_settings_are_checked_where_the_learner_writes_them():
 
 
 @pytest.mark.slow
+def test_a_shape_hint_names_the_shared_heads_kv_head(solved, tmp_path):
+    """The group's sum left out: the whole attention runs on to W_K's gradient, where the shapes
+    clash, and the hint names each axis by this run's sizes (9 query heads sharing 3)."""
+    planted = planted_copy(solved, tmp_path, "attention.py", GROUP_K, "dk = dk")
+    results = {r.key: r for r in check(planted, keys=["attention"], sample=SAMPLE)}
+    hint = results["attention"].hint
+    assert results["attention"].status == "wrong"
+    assert "(3,10,8) is [kv_head, d_model, d_head]" in hint, hint
+    assert "(9,10,8) is [head, d_model, d_head]" in hint, hint
+
+
+@pytest.mark.slow
 def test_a_slip_in_the_shared_heads_shows_at_attention_not_in_the_block(solved, tmp_path):
     """Inside the block, GroupedQueryAttention runs the reference's backward (found through its
     base class, MultiHeadAttention), so the mistake is reported once, where it is."""

@@ -91,20 +91,34 @@ def test_plots_refuse_bad_shapes(tmp_path):
         plot_attention_grid(cache, tmp_path / "x.png", batch_index=3)
 
 
-def test_the_walk_through_on_the_handmade_model(tmp_path, capsys):
+def walk_through(model, out, capsys):
+    """What ``python demo.py interp --model MODEL --out OUT`` prints."""
     from tours import interp as tour
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out")
     tour.add_arguments(parser)
-    tour.run(parser.parse_args(["--out", str(tmp_path), "--model", "handmade"]))
-    text = capsys.readouterr().out
+    tour.run(parser.parse_args(["--out", str(out), "--model", model]))
+    return capsys.readouterr().out
+
+
+def test_the_walk_through_on_the_handmade_model(tmp_path, capsys):
+    text = walk_through("handmade", tmp_path, capsys)
     assert "layer 1, head 0 is a clear induction head (score 1.00; 1 = always)" in text
     assert "per head: layer 1, head 0 restores the most (1.00)" in text
+    assert "noise, not structure" not in text  # a clear circuit: a gap worth dividing by
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert len(pngs) == 17, pngs
     for name in pngs:
         assert_png(tmp_path / name, min_side=150)
+
+
+@pytest.mark.slow
+def test_the_walk_through_on_a_random_model_says_its_patching_numbers_are_noise(tmp_path, capsys):
+    text = walk_through("random", tmp_path, capsys)
+    patching = text[text.index("7. Activation patching") : text.index("7b. Attribution")]
+    attribution = text[text.index("7b. Attribution") : text.index("8. Circuits")]
+    assert "noise, not structure" in patching and "noise, not structure" in attribution
 
 
 def _plot_head(path):

@@ -18,6 +18,7 @@ import torch
 
 import numpy_impl as npi
 import torch_impl as pti
+from foundation.contract.boundary import NonFiniteError
 from parity_tests.helpers import LLAMA, TOL, load_into_twin, randomize, rel_err
 
 EXACT = 1e-13  # float64: cached vs uncached logits, relative
@@ -276,8 +277,69 @@ def test_bad_caches_are_refused_naming_the_argument(side):
             model.pos_embed(tokens[:, :2], past_kv_pos_offset=8)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         cache_class.init_cache(cfg, batch_size=0)
+    if side == "torch":  # a cache on another device than the model's ("meta": no GPU needed)
+        elsewhere = cache_class.init_cache(cfg, device="meta", batch_size=BATCH)
+        with (
+            torch.no_grad(),
+            pytest.raises(ValueError, match="past_kv_cache is on meta, the model on cpu"),
+        ):
+            model(tokens[:, :2], past_kv_cache=elsewhere)
+        with torch.no_grad(), pytest.raises(ValueError, match="past_kv_cache_entry is on meta"):
+            model.blocks[0](
+                torch.zeros(BATCH, 1, 16, dtype=torch.float64), past_kv_cache_entry=elsewhere[0]
+            )
     with pytest.raises(ValueError, match="needs a causal model"):
         bidirectional = npi.TransformerConfig(**COMMON, causal=False)
         pick((npi.Transformer(bidirectional), pti.Transformer(bidirectional)))(
             tokens[:, :2], past_kv_cache=cache_class.init_cache(bidirectional, batch_size=BATCH)
         )
+
+
+def _multiply_weight(model, name, factor):
+    """Scale one weight in place, in either twin."""
+    weight = dict(model.named_parameters())[name]
+    if isinstance(weight, torch.Tensor):
+        with torch.no_grad():
+            weight.mul_(factor)
+    else:
+        weight.data *= factor
+        weight.changed()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("side", SIDES)
+def test_a_step_that_overflows_or_raises_leaves_the_cache_as_it_was(side):
+    pick, cache_class, native = SIDES[side]
+    model = pick(make_models("llama-grouped", "float32"))
+    tokens = np.random.default_rng(5).integers(0, COMMON["d_vocab"], (BATCH, PROMPT + 1))
+    cache = cache_class.init_cache(model.cfg, batch_size=BATCH)
+    with torch.no_grad():
+        model(native(tokens[:, :PROMPT]), past_kv_cache=cache)
+    kept = [to_numpy(entry.past_keys).copy() for entry in cache.entries]
+
+    def assert_as_it_was():
+        assert cache.pos_so_far == PROMPT
+        for entry, keys in zip(cache.entries, kept, strict=True):
+            assert np.array_equal(to_numpy(entry.past_keys), keys)
+
+    # a hook that raises in the last block: the first block had appended this step's keys
+    def stop(value, hook):
+        raise RuntimeError("a hook stopped the run")
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[("blocks.1.attn.hook_z", stop)]):
+        with pytest.raises(RuntimeError, match="a hook stopped the run"):
+            model(native(tokens[:, PROMPT:]), past_kv_cache=cache)
+    assert_as_it_was()
+    # logits that overflow float32 from finite weights: the guard replays the step to name where
+    # (the replay appends this step once, not twice), raises, and the cache is as it was
+    _multiply_weight(model, "ln_final.w", 1e30)
+    _multiply_weight(model, "unembed.W_U", 1e30)
+    with torch.no_grad(), pytest.raises(NonFiniteError, match="although every input"):
+        model(native(tokens[:, PROMPT:]), past_kv_cache=cache)
+    assert_as_it_was()
+    # and the cache goes on: the next step runs at position PROMPT
+    _multiply_weight(model, "unembed.W_U", 1e-30)
+    _multiply_weight(model, "ln_final.w", 1e-30)
+    with torch.no_grad():
+        model(native(tokens[:, PROMPT:]), past_kv_cache=cache)
+    assert cache.pos_so_far == PROMPT + 1

@@ -676,6 +676,7 @@ def test_a_backward_written_in_part_shows_its_written_steps(tmp_path, measured):
     assert len(shown) > 8 and set(shown) <= lines, set(shown) - lines
     assert "raise NotImplementedError(" not in lines, "a stub's own lines are not shown as code"
     assert "attention.output done; attention.softmax done" in text, "the checker ran those two"
+    assert "exercises check: in part</b>" in text, "2 of 6 steps done is not done"
 
 
 def test_read_refuses_a_folder_without_a_copy_in_one_line(tmp_path, capsys):

@@ -23,8 +23,10 @@ than query heads: each serves a group of n_heads // n_key_value_heads query head
 v are repeated across the group, and the backward sums the group's gradients into it.
 With ``cfg.attn_bias`` False, the biases are fixed zeros, not parameters.
 
-Each einsum that multiplies by a weight names the weight first, as the NumPy twin's does
-(docs/performance.md says why it matters there).
+The softmax is torch's kernel (``torch.softmax``, which subtracts each row's max itself): one
+pass forward and one backward, where the NumPy twin writes out the max, the exponential and the
+row sum (docs/performance.md, "Torch's kernels"). Each einsum that multiplies by a weight names
+the weight first, as the NumPy twin's does (docs/performance.md says why it matters there).
 """
 
 import math
@@ -137,10 +139,8 @@ class MultiHeadAttention(Module):
             mask = self.mask[past : past + pos, : past + pos]  # [q_pos, k_pos]: x's rows, every key
             scores = torch.where(mask, scores, -torch.inf)  # [batch, head, q_pos, k_pos]
         scores = self.hook_attn_scores(scores)
-        # softmax over keys; subtracting the row max (a constant: detached) keeps exp finite
-        scores_max = scores.max(dim=-1, keepdim=True).values.detach()  # [batch, head, q_pos, 1]
-        exp = torch.exp(scores - scores_max)  # [batch, head, q_pos, k_pos]; masked: exp(-inf) = 0
-        probs = exp / exp.sum(dim=-1, keepdim=True)  # [batch, head, q_pos, k_pos]
+        # softmax over keys: torch's kernel, one pass each way (the NumPy twin spells it out)
+        probs = torch.softmax(scores, dim=-1)  # [batch, head, q_pos, k_pos]; masked: exp(-inf) = 0
         pattern = self.hook_pattern(probs)  # [batch, head, q_pos, k_pos]; probs, or a hook's edit
         z = (pattern @ v_h).permute(0, 2, 1, 3)  # [batch, pos, head, d_head]
         z = self.hook_z(z)

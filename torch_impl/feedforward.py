@@ -14,22 +14,24 @@ act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks 
 or the exact GELU ("gelu", torch.nn.GELU()), u times the standard normal CDF:
     gelu(u) = u * 0.5 (1 + erf(u / sqrt(2)))
 
-The products with W_in and W_out are einsums that name the weight first, as the NumPy twin's
-(docs/performance.md says why it matters there).
+Here act is computed by torch's own kernels (``torch.relu``, ``F.gelu``): each is the formula
+above in one pass forward and one backward, where the formula written out is a tensor per step
+for autograd to keep and read back. The NumPy twin writes the formula out, since its backward
+reads the middle values; parity checks that the two agree (docs/performance.md, "Torch's
+kernels"). The products with W_in and W_out are einsums that name the weight first, as the
+NumPy twin's (docs/performance.md says why it matters there).
 """
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from foundation.contract.checks import check_config
 
 from .gated_feedforward import GatedFeedForward
 from .module import Constant, HookPoint, Module, Projection, boundary, default_rng
-
-GELU_C = math.sqrt(2.0 / math.pi)
-SQRT_2 = math.sqrt(2.0)
 
 
 class FeedForward(Module):
@@ -72,12 +74,9 @@ class FeedForward(Module):
         if self.cfg.act_fn == "relu":
             post = torch.relu(pre)  # [batch, pos, d_mlp]; gradient 0 at pre == 0, as NumPy's
         elif self.cfg.act_fn == "gelu":
-            cdf = 0.5 * (1 + torch.erf(pre / SQRT_2))  # [batch, pos, d_mlp]; Phi(pre), normal CDF
-            post = pre * cdf  # [batch, pos, d_mlp]
+            post = F.gelu(pre)  # [batch, pos, d_mlp]; pre * Phi(pre), torch's kernel
         else:
-            inner = GELU_C * (pre + 0.044715 * pre * pre * pre)  # [batch, pos, d_mlp]
-            tanh = torch.tanh(inner)  # [batch, pos, d_mlp]
-            post = 0.5 * pre * (1 + tanh)  # [batch, pos, d_mlp]
+            post = F.gelu(pre, approximate="tanh")  # [batch, pos, d_mlp]; gelu_new, torch's kernel
         post = self.hook_post(post)
         W_out, b_out = self.W_out, self.b_out
         out = torch.einsum("fm,bpf->bpm", W_out, post) + b_out  # [batch, pos, d_model]

@@ -13,11 +13,15 @@ Hook points, as TransformerLens 4 names them: ``hook_in`` (x); ``gate.hook_in`` 
 (x as W_gate and W_in read it); ``gate.hook_out`` (pre, alias ``hook_pre``), ``in.hook_out``
 (pre_linear, alias ``hook_pre_linear``), ``out.hook_in`` (post, alias ``hook_post``),
 ``out.hook_out`` and ``hook_out`` (out).
+
+silu is torch's kernel (``F.silu``): one pass forward and one backward, where the NumPy twin
+writes the sigmoid out for its backward to read (docs/performance.md, "Torch's kernels").
 """
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from foundation.contract.checks import check_config
@@ -67,8 +71,7 @@ class GatedFeedForward(Module):
         pre = self.hook_pre(pre)
         pre_linear = torch.einsum("mf,bpm->bpf", W_in, x_in)  # [batch, pos, d_mlp]
         pre_linear = self.hook_pre_linear(pre_linear)
-        sigmoid = 1 / (1 + torch.exp(-pre))  # [batch, pos, d_mlp]
-        act = pre * sigmoid  # [batch, pos, d_mlp]; silu(pre)
+        act = F.silu(pre)  # [batch, pos, d_mlp]; pre * sigmoid(pre), torch's kernel
         post = act * pre_linear  # [batch, pos, d_mlp]
         post = self.hook_post(post)
         out = torch.einsum("fm,bpf->bpm", W_out, post)  # [batch, pos, d_model]

@@ -102,6 +102,7 @@ class Walk:
         self.first = int(bos)  # position of the first random token
         self.labels = [str(t) for t in tokens[0]]
         self.figures = []
+        self.small_gap = False  # step 7 sets it: a clean-corrupted gap too small to divide by
 
     def figure(self, name):
         """The path of a new figure in the output folder, remembered for the list at the end."""
@@ -345,7 +346,8 @@ def show_patching(walk):
         f"clean "
         f"{setup.clean_logit_diff:.3f}, corrupted {setup.corrupted_logit_diff:.3f}."
     )
-    if abs(setup.clean_logit_diff - setup.corrupted_logit_diff) < 0.1:
+    walk.small_gap = abs(setup.clean_logit_diff - setup.corrupted_logit_diff) < 0.1
+    if walk.small_gap:
         print(
             "  A small gap: this model barely uses the earlier token, and every normalised number "
             "below is"
@@ -400,6 +402,12 @@ def show_attribution_patching(walk, patched):
     )
     args = (clean, corrupted, answer, wrong)
     print(f"  Position {first + half // 2} replaced (as in 7):")
+    if walk.small_gap:
+        print(
+            "    As in 7, the logit difference barely moves with this token, and both sides of "
+            "each row are\n    divided by that small gap: these r values and misses are noise, "
+            "not structure."
+        )
     compare_with_patching(
         walk, args, heads, walk.resid_patching, "interp_attribution_patching.png", "one token"
     )

@@ -43,6 +43,11 @@ def dtype_name(x):
     return str(x.dtype).replace("torch.", "")
 
 
+def device_name(x):
+    """ "cpu", "cuda:0", ...: where an array's values are (an ndarray's are on the CPU)."""
+    return str(x.device) if is_torch(x) else "cpu"
+
+
 def as_numpy(x):
     """An ndarray from an ndarray or a torch tensor (detached, on the CPU); a bfloat16 tensor's
     values come as float32, exactly (NumPy has no bfloat16)."""

@@ -56,7 +56,12 @@ from foundation.contract.checks import (
     check_state_dict,
     check_tokens,
 )
-from foundation.lens.kv_cache import check_past_kv_cache, check_past_kv_cache_entry
+from foundation.lens.kv_cache import (
+    cache_state,
+    check_past_kv_cache,
+    check_past_kv_cache_entry,
+    restore_cache_state,
+)
 
 
 class NonFiniteError(ValueError):
@@ -619,14 +624,20 @@ class TwinModule:
         if the replay is finite).
         """
         call = Call(self, "forward", arrays, self._weights)
-        if guarding():
-            return self._guarded_forward(body, (), arguments, call), call, True
-        with entered(call):
-            result = body(self, **arguments)
-        if not self._finite(outputs(result) + call.always) and not call.tainted:
-            if inputs_finite(call):
-                with guard_every_hook():  # replayed to name the component and tensor, or raise
-                    call = Call(self, "forward", arrays, self._weights)
-                    return self._guarded_forward(body, (), arguments, call), call, True
-            call.tainted = True  # non-finite in, non-finite out, as NumPy and torch do
-        return result, call, False
+        caches = cache_state(arguments)  # a replay, or a raise part way, leaves caches as found
+        try:
+            if guarding():
+                return self._guarded_forward(body, (), arguments, call), call, True
+            with entered(call):
+                result = body(self, **arguments)
+            if not self._finite(outputs(result) + call.always) and not call.tainted:
+                if inputs_finite(call):
+                    restore_cache_state(caches)  # the replay appends this step's keys once
+                    with guard_every_hook():  # replayed to name the component and tensor
+                        call = Call(self, "forward", arrays, self._weights)
+                        return self._guarded_forward(body, (), arguments, call), call, True
+                call.tainted = True  # non-finite in, non-finite out, as NumPy and torch do
+            return result, call, False
+        except BaseException:
+            restore_cache_state(caches)
+            raise

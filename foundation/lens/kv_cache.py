@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import weakref
 
-from foundation.contract.arrays import dtype_name
+from foundation.contract.arrays import device_name, dtype_name
 
 
 class KeyValueCacheEntry:
@@ -142,6 +142,28 @@ class KeyValueCache:
         )
 
 
+def cache_state(arguments):
+    """What the key-value caches among a call's ``arguments`` ({name: value}) hold now: a list of
+    (entry, past_keys, past_values). ``restore_cache_state`` puts it back, so a forward that is
+    replayed, or that raises part way, leaves a cache as it found it (``append`` makes new arrays
+    and never writes into the old ones, so keeping the old ones keeps what they held)."""
+    state = []
+    for value in arguments.values():
+        entries = value.entries if isinstance(value, KeyValueCache) else [value]
+        state += [
+            (entry, entry.past_keys, entry.past_values)
+            for entry in entries
+            if isinstance(entry, KeyValueCacheEntry)
+        ]
+    return state
+
+
+def restore_cache_state(state):
+    """Put back what ``cache_state`` saw."""
+    for entry, past_keys, past_values in state:
+        entry.past_keys, entry.past_values = past_keys, past_values
+
+
 # --- the boundary's checks (foundation/contract/boundary.py's kinds "kv cache", "kv cache entry")
 
 
@@ -185,9 +207,10 @@ def check_past_kv_cache(model, cache, tokens, stop_at_layer, array_type):
     held = {(entry.past_keys.shape[0], entry.pos_so_far) for entry in cache.entries}
     if len(held) != 1:
         raise ValueError(
-            "past_kv_cache's layers hold different numbers of positions (a forward with it raised "
-            "part-way?); start again from a new cache"
+            "past_kv_cache's layers hold different numbers of positions (entries changed by "
+            "hand?); start again from a new cache"
         )
+    check_device(cache.entries, model, "past_kv_cache")
     check_room(
         cache.batch_size, cache.pos_so_far, tokens.shape, model.cfg, "past_kv_cache", "tokens"
     )
@@ -206,6 +229,7 @@ def check_past_kv_cache_entry(module, entry, x, array_type):
     if not module.cfg.causal:
         raise ValueError("past_kv_cache_entry needs a causal model (cfg.causal=True)")
     check_entry(entry, module.cfg, "past_kv_cache_entry", array_type)
+    check_device([entry], module, "past_kv_cache_entry")
     check_room(
         entry.past_keys.shape[0], entry.pos_so_far, x.shape, module.cfg, "past_kv_cache_entry", "x"
     )
@@ -236,6 +260,17 @@ def check_entry(entry, cfg, name, array_type):
         raise ValueError(
             f"{name}: past_keys {list(entry.past_keys.shape)} and past_values "
             f"{list(entry.past_values.shape)} differ in shape"
+        )
+
+
+def check_device(entries, module, name):
+    """The entries' arrays are where the module's weights are (the torch twin's device)."""
+    weights = module._weights()
+    where = {device_name(entry.past_keys) for entry in entries}
+    if weights and where != {device_name(weights[0])}:
+        raise ValueError(
+            f"{name} is on {', '.join(sorted(where))}, the model on {device_name(weights[0])}: "
+            "make it with init_cache(model.cfg, device=...) on the model's device"
         )
 
 
