@@ -369,15 +369,23 @@ class Zygote:
         finally:
             theirs.close()
         self.answers = self.control.makefile("rb")
+        self.broken = False  # a question sent and its answer not read (Ctrl-C): never asked again
 
     def alive(self):
-        return self.process.poll() is None
+        return not self.broken and self.process.poll() is None
 
     def _ask(self, request, fds=()):
         with self.lock:
-            socket.send_fds(self.control, [json.dumps(request).encode()], list(fds))
-            line = self.answers.readline()
+            if self.broken:
+                raise OSError("the exercise checker's zygote was interrupted")
+            try:
+                socket.send_fds(self.control, [json.dumps(request).encode()], list(fds))
+                line = self.answers.readline()
+            except BaseException:
+                self.broken = True
+                raise
         if not line:
+            self.broken = True
             raise OSError("the exercise checker's zygote process is gone")
         return json.loads(line)
 
@@ -387,6 +395,7 @@ class Zygote:
         return Forked(self, self._ask(request, fds)["pid"])
 
     def stop(self):
+        self.broken = True
         self.answers.close()
         self.control.close()  # the zygote ends at the end of its input
         try:
@@ -404,8 +413,14 @@ class Forked:
         self.zygote, self.pid, self.returncode = zygote, pid, None
 
     def wait(self, timeout=None):
+        """Its exit code (negative: the signal that ended it), or None where the zygote cannot
+        say (it is gone, and the process with it); TimeoutExpired while it runs."""
         if self.returncode is None:
-            answer = self.zygote._ask({"op": "wait", "pid": self.pid, "seconds": timeout})
+            seconds = 1e9 if timeout is None else timeout
+            try:
+                answer = self.zygote._ask({"op": "wait", "pid": self.pid, "seconds": seconds})
+            except OSError:
+                return None
             if answer.get("running"):
                 raise subprocess.TimeoutExpired(f"learner {self.pid}", timeout)
             self.returncode = answer["code"]

@@ -158,6 +158,16 @@ def test_a_process_forked_from_the_zygote_starts_as_a_fresh_one(solved, tmp_path
     assert line.startswith("SETUP [] True True True"), line
 
 
+@pytest.mark.skipif(not worker.FORK, reason="TWINS_EXERCISE_FORK=0: no zygote")
+def test_a_zygote_that_is_gone_is_started_again(solved):
+    assert checked(solved, ["unembed"])["unembed"].status == "done"
+    zygote = worker._zygote[0]
+    zygote.process.kill()
+    zygote.process.wait()
+    assert checked(solved, ["unembed"])["unembed"].status == "done"
+    assert worker._zygote[0] is not zygote and worker._zygote[0].alive()
+
+
 def test_a_fresh_interpreter_per_exercise_gives_the_same_verdicts(solved, tmp_path, monkeypatch):
     """TWINS_EXERCISE_FORK=0: each exercise in an interpreter of its own (worker.BOOT)."""
     monkeypatch.setattr(worker, "FORK", False)
