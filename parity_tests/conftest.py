@@ -28,7 +28,20 @@ SKIPS_ALLOWED_IN_CI = ("torch sees no GPU here", "ml_dtypes is not installed")
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("TWINS_CI") == "1" and report.skipped and not hasattr(report, "wasxfail"):
+    if not hasattr(report, "wasxfail"):
+        _fail_a_skip_in_ci(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A whole file skipped as it is collected (a module-level ``pytest.importorskip``) is held to
+    the same rule as a test that skips."""
+    outcome = yield
+    _fail_a_skip_in_ci(outcome.get_result())
+
+
+def _fail_a_skip_in_ci(report):
+    if os.environ.get("TWINS_CI") == "1" and report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         allowed = any(allowed in reason for allowed in SKIPS_ALLOWED_IN_CI) or _no_landlock(reason)
         if not allowed:
@@ -43,6 +56,16 @@ def _no_landlock(reason):
     from exercises import sandbox
 
     return "no Landlock" in reason and sandbox.wall()[0] == 0
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject.toml's addopts) gives the tiers a worker per core; a run of one to
+    three files named on the command line stays in this process (a worker's start, a few seconds
+    of imports, costs more than it saves there). ``-n 2`` still asks for workers."""
+    named = [arg for arg in config.args if ".py" in arg]
+    if 0 < len(named) == len(config.args) <= 3:
+        return 0
+    return None  # pytest-xdist's own count: one per core
 
 
 # The files that take longest (python -m pytest -p parity_tests.cpu_times), run first: pytest-xdist
