@@ -53,6 +53,18 @@ def _check_plain_tensor(tensor, name):
             )
 
 
+def is_integer(value):
+    """A Python or NumPy int, not a bool (``True`` is not a layer, a count or an id)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_flags(**flags):
+    """Each ``name=value`` must be True or False."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 def check_config(cfg, array_type=None):
     """Every component is built from a TransformerConfig; returns it.
 
@@ -249,8 +261,7 @@ def check_forward_done(state, component: str):
     if state == "raised":
         raise ValueError(
             f"{component}.backward(): the last {component}.forward() raised before it finished, so "
-            f"what it "
-            f"saved is incomplete; run {component}.forward() again first"
+            f"what it saved is incomplete; run {component}.forward() again first"
         )
     if state == "cached":
         raise ValueError(
@@ -261,8 +272,7 @@ def check_forward_done(state, component: str):
     if state == "running":
         raise ValueError(
             f"{component}.backward() called while {component}.forward() is still running (from a "
-            f"hook "
-            f"inside it?); call backward after that forward returns"
+            "hook inside it?); call backward after that forward returns"
         )
 
 
@@ -285,8 +295,7 @@ def check_hook_result(result, expected_shape, hook_name, direction="fwd"):
         if result.requires_grad and direction == "fwd":
             raise TypeError(
                 f"hook on {hook_name!r} returned a tensor that requires grad: what a hook returns "
-                f"is a "
-                "constant in both twins (no gradient flows into it); return result.detach()"
+                "is a constant in both twins (no gradient flows into it); return result.detach()"
             )
         result = result.detach()
         if result.is_floating_point() and _dtype_name(result) not in ("float32", "float64"):
@@ -304,8 +313,7 @@ def check_hook_result(result, expected_shape, hook_name, direction="fwd"):
     if tuple(result.shape) != tuple(expected_shape):
         raise ValueError(
             f"hook on {hook_name!r} returned shape {tuple(result.shape)}; the activation's shape "
-            f"is "
-            f"{tuple(expected_shape)}"
+            f"is {tuple(expected_shape)}"
         )
     return result
 
