@@ -62,6 +62,7 @@ from foundation.lens.kv_cache import (
     check_past_kv_cache_entry,
     restore_cache_state,
 )
+from foundation.lens.running import RETURN_TYPES
 
 
 class NonFiniteError(ValueError):
@@ -74,9 +75,6 @@ class NonFiniteError(ValueError):
 def check_activation_argument(module, name, value, arguments, array_type):
     """An activation: float, the model's dtype, [batch, pos, d_model], pos <= n_ctx."""
     check_activation(value, name, module.cfg, array_type)
-    pos = value.shape[1]
-    if pos > module.cfg.n_ctx:
-        raise ValueError(f"{name} has {pos} positions but n_ctx is {module.cfg.n_ctx}")
 
 
 def check_tokens_argument(module, name, value, arguments, array_type):
@@ -97,14 +95,17 @@ def check_model_input_argument(module, name, value, arguments, array_type):
             + (f" of dtype {value.dtype}" if hasattr(value, "dtype") else "")
         )
     # named as what it is here, so a dtype or shape error does not call a residual stream tokens
-    check_activation_argument(
-        module, f"{name} (the residual stream, with start_at_layer)", value, arguments, array_type
+    check_activation(
+        value, f"{name} (the residual stream, with start_at_layer)", module.cfg, array_type
     )
 
 
 def check_return_type_argument(module, name, value, arguments, array_type):
-    """One of the model's return types ("logits", "loss", "both", None)."""
-    module._check_return_type(value)
+    """One of the model's return types ("logits", "loss", "both", None); a loss needs logits."""
+    if value not in RETURN_TYPES:
+        raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {value!r}")
+    if value in ("loss", "both") and not module.cfg.unembed:
+        raise ValueError(f"return_type={value!r} needs logits (cfg.unembed=True)")
 
 
 def check_flag_argument(module, name, value, arguments, array_type):

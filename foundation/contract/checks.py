@@ -197,8 +197,8 @@ def _min_max(ids):
 
 
 def check_activation(x, name: str, cfg, array_type):
-    """A float array_type of the model's dtype, shape [batch, pos, d_model]: what every component
-    takes."""
+    """A float array_type of the model's dtype, shape [batch, pos, d_model], pos <= n_ctx: what
+    every component takes."""
     if not isinstance(x, array_type):
         raise TypeError(f"{name} must be a {_type_name(array_type)}, got {type(x).__name__}")
     # (a tensor on the meta device passes: torch runs it for shapes)
@@ -213,6 +213,8 @@ def check_activation(x, name: str, cfg, array_type):
             f"{name} must have shape [batch, pos, {cfg.d_model}] with batch, pos >= 1, "
             f"got {tuple(x.shape)}"
         )
+    if x.shape[1] > cfg.n_ctx:
+        raise ValueError(f"{name} has {x.shape[1]} positions but n_ctx is {cfg.n_ctx}")
 
 
 def _type_name(array_type):

@@ -124,12 +124,6 @@ class RunningMixin:
         """Each block's entry of ``past_kv_cache``; None for every block without a cache."""
         return [None] * self.cfg.n_layers if past_kv_cache is None else past_kv_cache.entries
 
-    def _check_return_type(self, return_type):
-        if return_type not in RETURN_TYPES:
-            raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
-        if return_type in ("loss", "both") and not self.cfg.unembed:
-            raise ValueError(f"return_type={return_type!r} needs logits (cfg.unembed=True)")
-
     def gradient_shape(self, result):
         """``backward`` takes the gradient of the output (the logits), whatever ``return_type`` gave
         back (the NumPy twin's ``backward`` also starts from the loss: see numpy_impl/model.py)."""
