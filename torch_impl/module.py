@@ -353,10 +353,9 @@ class HookPoint(nn.Module, HookLists):
                 # a constant (the sinusoidal table): a leaf, so it has a gradient
                 x = x.detach().requires_grad_()
             else:
-                # a node of its own: its gradient is what flows through this point alone,
+                # a node of its own: its gradient is what flows through this point alone, as the
+                # reference's (x may go elsewhere too: a residual stream, or q, k and v's inputs)
                 x = x.view_as(x)
-                # as the reference's (x may go elsewhere too: a residual stream, or q, k and v's
-                # inputs)
             x.register_hook(
                 functools.partial(self.backward, forward_call=tuple(calls()[:1] + calls()[-1:]))
             )
