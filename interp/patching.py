@@ -128,46 +128,47 @@ def patch_positions(model, clean_tokens, corrupted_tokens, answer, wrong, compon
 def patch_heads(model, clean_tokens, corrupted_tokens, answer, wrong):
     """[n_layers, n_heads]: the normalised metric after patching one head's output z at every
     position."""
-    setup = patching_setup(model, clean_tokens, corrupted_tokens, answer, wrong)
+    setup, clean_z = _clean_z(model, clean_tokens, corrupted_tokens, answer, wrong)
     cfg = model.cfg
-    _, clean_cache = run_cache(
-        model, setup.clean_tokens, names_filter=lambda name: name.endswith("hook_z")
-    )
     result = np.zeros((cfg.n_layers, cfg.n_heads))  # [n_layers, n_heads]
     for layer in range(cfg.n_layers):
         for head in range(cfg.n_heads):
-            clean_value = clean_cache["z", layer][:, :, head]  # [batch, pos, d_head]
-
-            def patch(z, hook, head=head, clean_value=clean_value):
-                z[:, :, head] = native_like(clean_value, z)
-                return z
-
-            result[layer, head] = setup.normalise(
-                run_hooked(model, setup.corrupted_tokens, [(f"blocks.{layer}.attn.hook_z", patch)])
-            )
+            result[layer, head] = _patched_z(model, setup, clean_z, layer, np.s_[:, :, head])
     return result
 
 
 def patch_head_positions(model, clean_tokens, corrupted_tokens, answer, wrong):
     """[n_layers, pos, n_heads]: the normalised metric after patching one head's output z at one
     position."""
-    setup = patching_setup(model, clean_tokens, corrupted_tokens, answer, wrong)
+    setup, clean_z = _clean_z(model, clean_tokens, corrupted_tokens, answer, wrong)
     cfg = model.cfg
-    _, clean_cache = run_cache(
-        model, setup.clean_tokens, names_filter=lambda name: name.endswith("hook_z")
-    )
     pos = setup.clean_tokens.shape[1]
     result = np.zeros((cfg.n_layers, pos, cfg.n_heads))  # [n_layers, pos, n_heads]
     for layer in range(cfg.n_layers):
         for p in range(pos):
             for head in range(cfg.n_heads):
-                clean_value = clean_cache["z", layer][:, p, head]  # [batch, d_head]
-
-                def patch(z, hook, p=p, head=head, clean_value=clean_value):
-                    z[:, p, head] = native_like(clean_value, z)
-                    return z
-
-                name = f"blocks.{layer}.attn.hook_z"
-                patched = run_hooked(model, setup.corrupted_tokens, [(name, patch)])
-                result[layer, p, head] = setup.normalise(patched)
+                index = np.s_[:, p, head]
+                result[layer, p, head] = _patched_z(model, setup, clean_z, layer, index)
     return result
+
+
+def _clean_z(model, clean_tokens, corrupted_tokens, answer, wrong):
+    """(the patching setup, the clean run's cache of every layer's hook_z)."""
+    setup = patching_setup(model, clean_tokens, corrupted_tokens, answer, wrong)
+    _, clean_z = run_cache(
+        model, setup.clean_tokens, names_filter=lambda name: name.endswith("hook_z")
+    )
+    return setup, clean_z
+
+
+def _patched_z(model, setup, clean_z, layer, index):
+    """The normalised metric of the corrupted run with ``z[index]`` of one layer's hook_z
+    [batch, pos, head, d_head] taken from the clean run."""
+    clean_value = clean_z["z", layer][index]
+
+    def patch(z, hook):
+        z[index] = native_like(clean_value, z)
+        return z
+
+    name = f"blocks.{layer}.attn.hook_z"
+    return setup.normalise(run_hooked(model, setup.corrupted_tokens, [(name, patch)]))
