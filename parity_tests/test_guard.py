@@ -79,6 +79,16 @@ def test_a_loss_without_logits_is_refused_at_the_call(package):
             encoder(tokens, return_type=return_type)
 
 
+@pytest.mark.parametrize("package", [npi, pti], ids=["numpy", "torch"])
+def test_a_position_offset_must_be_an_int_at_or_above_zero(package):
+    tokens, _ = inputs()
+    tokens = tokens if package is npi else torch.from_numpy(tokens)
+    pos_embed = package.LearnedPositionalEmbedding(CFG)
+    for offset in (-1, True, 1.0):
+        with pytest.raises(ValueError, match=r"past_kv_pos_offset must be an int >= 0"):
+            pos_embed(tokens, offset)
+
+
 def test_a_backward_after_stop_at_layer_is_refused():
     model, _ = model_twins()
     tokens, _ = inputs()
