@@ -12,9 +12,15 @@ module, an endless loop, ``os._exit``, a forked child) reaches the next. What ca
 The process runs ``python -I -B`` (no PYTHONPATH, no user site, no working folder on its path,
 no bytecode written), in a session of its own (Ctrl-C at the terminal reaches only the checker,
 which then stops it), with PR_SET_PDEATHSIG where Linux has it (it dies with the checker), and is
-killed with its whole process group when the exercise is over. Its output goes to a pipe the
-checker drains: the first ``OUTPUT_KEPT`` characters are kept to show, the rest only counted,
-so a flood of output neither blocks it nor fills anything.
+killed with its whole process group when the exercise is over. It is forked from the checker's
+zygote (``ZYGOTE``): an interpreter started the same way that has imported NumPy, scipy.special
+and the runtime's modules, runs nothing else and forks a child per exercise, which then sets
+itself up as a fresh process would (its session, its pipes, its folder, its TMPDIR); the
+zygote ends when the checker closes its socket, and its children with it. That saves each
+exercise a third of a second of imports. ``TWINS_EXERCISE_FORK=0`` starts a fresh interpreter
+(``BOOT``) for each instead, as does a Python without ``socket.send_fds``. Its output goes to a
+pipe the checker drains: the first ``OUTPUT_KEPT`` characters are kept to show, the rest only
+counted, so a flood of output neither blocks it nor fills anything.
 
 Behind the audit hook stands a wall the kernel keeps (``sandbox.py``: Landlock and seccomp,
 where Linux offers them). The process never sees the project: it starts from a runtime copy
@@ -32,9 +38,12 @@ from __future__ import annotations
 
 import ast
 import atexit
+import compileall
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +66,81 @@ BOOT = (  # argv: the pipes' two ends, and the runtime copy (never the project: 
     "from exercises.learner import main\n"
     "main(int(sys.argv[1]), int(sys.argv[2]))\n"
 )
+# The zygote: one interpreter per checker that has imported what every learner's process imports
+# (NumPy, scipy.special, the runtime's exercises modules: a third of a second of CPU) and forks
+# a fresh child for each exercise, the child's own pipes received over its control socket.
+# argv: the control socket's fd, and the runtime copy. A request is the JSON
+# {"op": "fork", "cwd", "tmpdir"} with the child's three pipe ends (its input, its output, its
+# log) as ancillary fds; or {"op": "wait", "pid", "seconds"}. The answer is one JSON line.
+# The child, before anything else: a session of its own, PR_SET_PDEATHSIG (it dies with the
+# zygote, which ends when the checker closes its socket), the socket closed and its modules
+# dropped (so a learner's "import socket" is an import again, which the audit hook sees), its
+# log as stdout and stderr, its working folder and TMPDIR; then learner.main, as BOOT runs it.
+ZYGOTE = (
+    "import sys\n"
+    "sys.path.insert(0, sys.argv[2])\n"
+    "from exercises.learner import main\n"
+    "import json, os, socket, time\n"
+    "control = socket.socket(fileno=int(sys.argv[1]))\n"
+    "child = None\n"
+    "while child is None:\n"
+    "    try:\n"
+    "        data, fds, _, _ = socket.recv_fds(control, 65536, 3)\n"
+    "    except OSError:\n"
+    "        os._exit(0)\n"
+    "    if not data:\n"
+    "        os._exit(0)\n"
+    "    request = json.loads(data)\n"
+    "    if request['op'] == 'fork':\n"
+    "        zygote = os.getpid()\n"
+    "        pid = os.fork()\n"
+    "        if pid == 0:\n"
+    "            child = request, fds, zygote\n"
+    "            break\n"
+    "        for fd in fds:\n"
+    "            os.close(fd)\n"
+    "        answer = {'pid': pid}\n"
+    "    else:\n"
+    "        answer, deadline = {'code': None}, time.monotonic() + request['seconds']\n"
+    "        while True:\n"
+    "            try:\n"
+    "                done, status = os.waitpid(request['pid'], os.WNOHANG)\n"
+    "            except ChildProcessError:\n"
+    "                break\n"
+    "            if done:\n"
+    "                answer = {'code': os.waitstatus_to_exitcode(status)}\n"
+    "                break\n"
+    "            if time.monotonic() >= deadline:\n"
+    "                answer = {'code': None, 'running': True}\n"
+    "                break\n"
+    "            time.sleep(0.002)\n"
+    "    try:\n"
+    "        control.sendall(json.dumps(answer).encode() + b'\\n')\n"
+    "    except OSError:  # the checker is gone\n"
+    "        os._exit(0)\n"
+    "request, (in_fd, out_fd, log_fd), zygote = child\n"
+    "os.setsid()\n"
+    "try:\n"
+    "    import ctypes; ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the "
+    "zygote\n"
+    "except Exception:\n"
+    "    pass\n"
+    "if os.getppid() != zygote:\n"
+    "    os._exit(1)\n"
+    "control.close()\n"
+    "del control, socket\n"
+    "for name in [n for n in sys.modules if n in ('socket', '_socket', 'array', 'selectors')]:\n"
+    "    del sys.modules[name]\n"
+    "os.dup2(log_fd, 1)\n"
+    "os.dup2(log_fd, 2)\n"
+    "os.close(log_fd)\n"
+    "os.chdir(request['cwd'])\n"
+    "os.environ['TMPDIR'] = request['tmpdir']\n"
+    "if 'tempfile' in sys.modules:\n"
+    "    sys.modules['tempfile'].tempdir = None\n"
+    "del child, request, zygote, json, time\n"
+    "main(in_fd, out_fd)\n"
+)
 RUNTIME_FILES = (
     "exercises/learner.py",
     "exercises/protocol.py",
@@ -66,6 +150,10 @@ RUNTIME_FILES = (
 _live = set()  # processes not yet stopped, for the exit handler
 _said = []  # the no-wall note, once per checker
 _runtime = []  # the shared runtime copy, once made
+_zygote = []  # the zygote forking the learner's processes, and its runtime copy
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# learner's processes forked from a zygote (TWINS_EXERCISE_FORK=0: a fresh interpreter each)
+FORK = os.environ.get("TWINS_EXERCISE_FORK", "1") != "0" and hasattr(socket, "send_fds")
 NO_WALL = (
     "note: {why}, so the exercise checker has no wall the operating system keeps around a "
     "learner's code here; only an audit hook in the learner's own process watches it, and "
@@ -136,27 +224,31 @@ class LearnerProcess:
         reference = (
             reference_copy(self.scratch / "_exercise_reference", isolate) if isolate else None
         )
-        environment = {**os.environ, "TMPDIR": str(self.scratch)}
         try:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-I",
-                    "-B",
-                    "-c",
-                    BOOT,
-                    str(from_checker),
-                    str(to_checker),
-                    str(runtime),
-                ],
-                pass_fds=(from_checker, to_checker),
-                stdin=subprocess.DEVNULL,
-                stdout=log_write,
-                stderr=log_write,
-                cwd=directory,
-                start_new_session=True,
-                env=environment,
-            )
+            if FORK:
+                self.process = shared_zygote(runtime).fork(
+                    (from_checker, to_checker, log_write), directory, self.scratch
+                )
+            else:
+                self.process = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-I",
+                        "-B",
+                        "-c",
+                        BOOT,
+                        str(from_checker),
+                        str(to_checker),
+                        str(runtime),
+                    ],
+                    pass_fds=(from_checker, to_checker),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_write,
+                    stderr=log_write,
+                    cwd=directory,
+                    start_new_session=True,
+                    env={**os.environ, "TMPDIR": str(self.scratch)},
+                )
         finally:
             for fd in (from_checker, to_checker, log_write):
                 os.close(fd)
@@ -263,13 +355,103 @@ class LearnerProcess:
             return None
 
 
+class Zygote:
+    """The checker's zygote (``ZYGOTE``): ``fork`` starts a learner's process from it."""
+
+    def __init__(self, runtime):
+        ours, theirs = socket.socketpair()
+        self.control, self.lock = ours, threading.Lock()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-B", "-c", ZYGOTE, str(theirs.fileno()), str(runtime)],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **ONE_THREAD},  # no BLAS thread pool to fork
+            )
+        finally:
+            theirs.close()
+        self.answers = self.control.makefile("rb")
+        self.broken = False  # a question sent and its answer not read (Ctrl-C): never asked again
+
+    def alive(self):
+        return not self.broken and self.process.poll() is None
+
+    def _ask(self, request, fds=()):
+        with self.lock:
+            if self.broken:
+                raise OSError("the exercise checker's zygote was interrupted")
+            try:
+                socket.send_fds(self.control, [json.dumps(request).encode()], list(fds))
+                line = self.answers.readline()
+            except BaseException:
+                self.broken = True
+                raise
+        if not line:
+            self.broken = True
+            raise OSError("the exercise checker's zygote process is gone")
+        return json.loads(line)
+
+    def fork(self, fds, directory, scratch):
+        """A learner's process with ``fds`` (its input, its output, its log) in ``directory``."""
+        request = {"op": "fork", "cwd": str(Path(directory).resolve()), "tmpdir": str(scratch)}
+        return Forked(self, self._ask(request, fds)["pid"])
+
+    def stop(self):
+        self.broken = True
+        self.answers.close()
+        self.control.close()  # the zygote ends at the end of its input
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Forked:
+    """A process the zygote forked, waited for through the zygote (its parent): what a
+    ``subprocess.Popen`` gives ``LearnerProcess`` (pid, wait, returncode)."""
+
+    def __init__(self, zygote, pid):
+        self.zygote, self.pid, self.returncode = zygote, pid, None
+
+    def wait(self, timeout=None):
+        """Its exit code (negative: the signal that ended it), or None where the zygote cannot
+        say (it is gone, and the process with it); TimeoutExpired while it runs."""
+        if self.returncode is None:
+            seconds = 1e9 if timeout is None else timeout
+            try:
+                answer = self.zygote._ask({"op": "wait", "pid": self.pid, "seconds": seconds})
+            except OSError:
+                return None
+            if answer.get("running"):
+                raise subprocess.TimeoutExpired(f"learner {self.pid}", timeout)
+            self.returncode = answer["code"]
+        return self.returncode
+
+
+def shared_zygote(runtime):
+    """The zygote of ``runtime``, started once (again if it is gone: stopped at exit)."""
+    if not _zygote or not _zygote[0].alive() or _zygote[1] != runtime:
+        if _zygote:
+            _zygote[0].stop()
+        _zygote[:] = [Zygote(runtime), runtime]
+    return _zygote[0]
+
+
 def shared_runtime():
     """The runtime copy the checker's learner's processes share, made once (removed at exit):
-    read-only to them behind the wall."""
+    read-only to them behind the wall.
+
+    Compiled once here, so that each process reads its modules' bytecode instead of compiling
+    them again (``python -B`` writes no bytecode, and may read it).
+    """
     if not _runtime or not _runtime[0].exists():
         folder = Path(tempfile.mkdtemp(prefix="twins-runtime-")).resolve()
         atexit.register(shutil.rmtree, folder, True)
-        _runtime[:] = [runtime_copy(folder / "runtime")]
+        runtime = runtime_copy(folder / "runtime")
+        compileall.compile_dir(runtime, quiet=1)
+        _runtime[:] = [runtime]
     return _runtime[0]
 
 
@@ -331,9 +513,12 @@ def without_backwards(source, tree, kept):
 
 @atexit.register
 def stop_all():
-    """At exit (and on Ctrl-C), no learner's process outlives the checker."""
+    """At exit (and on Ctrl-C), no learner's process outlives the checker, nor the zygote."""
     for process in list(_live):
         process.stop()
+    if _zygote:
+        _zygote[0].stop()
+        _zygote.clear()
 
 
 def _exit_words(code):

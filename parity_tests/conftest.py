@@ -45,6 +45,17 @@ def _no_landlock(reason):
     return "no Landlock" in reason and sandbox.wall()[0] == 0
 
 
+# The files that take longest (python -m pytest -p parity_tests.cpu_times), run first: pytest-xdist
+# hands each worker a whole file at a time, so a long file started last keeps one worker busy
+# while the other waits. The order inside each file is kept.
+LONGEST_FIRST = ("test_read_page.py", "test_diagnose.py", "test_exercises.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
+
+
 @pytest.fixture(scope="session")
 def solved(tmp_path_factory):
     """A learner's copy with every reference body put back: every exercise done. One for the whole

@@ -22,8 +22,6 @@ transformers = pytest.importorskip(
     "(pip install transformers, or the test extra)",
 )
 import torch  # noqa: E402
-from transformers.models.gpt_neox import modeling_gpt_neox  # noqa: E402
-from transformers.models.llama import modeling_llama  # noqa: E402
 
 TEXT = ["the cat sat on the mat", "the dog sat on the log", "a small model reads every line"] * 4
 SPECIALS = ["<unk>", "<s>", "</s>"]
@@ -155,6 +153,11 @@ def _rms_norm_forward(self, hidden_states):
 def exact_float64():
     """transformers' Llama and GPT-NeoX with rotary angles and RMSNorm in the model's dtype (float32
     otherwise)."""
+    # imported here, not at the top: the modeling modules take seconds to import, and every test
+    # worker collects this file (pyproject.toml: pytest-xdist)
+    from transformers.models.gpt_neox import modeling_gpt_neox
+    from transformers.models.llama import modeling_llama
+
     saved = (
         modeling_llama.LlamaRotaryEmbedding.forward,
         modeling_llama.LlamaRMSNorm.forward,

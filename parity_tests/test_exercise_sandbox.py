@@ -60,7 +60,8 @@ def attempts(project):
         "os.utime": f"os.utime({str(reference)!r}, (0, 0))",
         "os.setxattr": f"os.setxattr({str(reference)!r}, 'user.twins', b'1')",
         "os.chmod": f"os.chmod({str(reference)!r}, 0o777)",
-        "signal the checker": "os.kill(os.getppid(), 0)",
+        "signal the checker": f"os.kill({os.getpid()}, 0)",
+        "signal its parent": "os.kill(os.getppid(), 0)",  # the checker's zygote
     }
     lines = ["import os", "_got = []"]
     for name, route in routes.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from exercises import worker
 from exercises.check import check, format_results
 from parity_tests.copies import planted_copy
 
@@ -136,6 +137,44 @@ def test_a_backward_that_raises_anything_is_wrong_and_the_check_goes_on(solved, 
     results = checked(directory, ["layernorm", "unembed"])
     assert results["layernorm"].status == "wrong", results["layernorm"].message
     assert words in results["layernorm"].message and "layernorm.py:" in results["layernorm"].message
+    assert results["unembed"].status == "done"
+
+
+def test_a_process_forked_from_the_zygote_starts_as_a_fresh_one(solved, tmp_path):
+    """Its own session, its scratch folder as TMPDIR, and no socket module left over from the
+    zygote (so importing one is an import the audit hook sees); ``checked`` finds none left in
+    its working folder afterwards."""
+    probe = (
+        "import os, sys, tempfile\n"
+        "        print('SETUP', [n for n in ('socket', '_socket') if n in sys.modules], "
+        "os.getsid(0) == os.getpid(), os.environ['TMPDIR'] == tempfile.gettempdir(), "
+        "'twins-learner-' in os.environ['TMPDIR'], flush=True)\n"
+        f"        {FIRST_LINE}"
+    )
+    directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, probe)
+    results = checked(directory, ["layernorm"])
+    assert results["layernorm"].status == "done", results["layernorm"].message
+    line = next(x for x in results["layernorm"].output.splitlines() if x.startswith("SETUP"))
+    assert line.startswith("SETUP [] True True True"), line
+
+
+@pytest.mark.skipif(not worker.FORK, reason="TWINS_EXERCISE_FORK=0: no zygote")
+def test_a_zygote_that_is_gone_is_started_again(solved):
+    assert checked(solved, ["unembed"])["unembed"].status == "done"
+    zygote = worker._zygote[0]
+    zygote.process.kill()
+    zygote.process.wait()
+    assert checked(solved, ["unembed"])["unembed"].status == "done"
+    assert worker._zygote[0] is not zygote and worker._zygote[0].alive()
+
+
+def test_a_fresh_interpreter_per_exercise_gives_the_same_verdicts(solved, tmp_path, monkeypatch):
+    """TWINS_EXERCISE_FORK=0: each exercise in an interpreter of its own (worker.BOOT)."""
+    monkeypatch.setattr(worker, "FORK", False)
+    directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, "import os; os._exit(3)")
+    results = checked(directory, ["layernorm", "unembed"])
+    assert results["layernorm"].status == "exited"
+    assert "exit code 3" in results["layernorm"].message, results["layernorm"].message
     assert results["unembed"].status == "done"
 
 
