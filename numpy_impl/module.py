@@ -28,7 +28,6 @@ from foundation.contract.boundary import (  # noqa: F401 (boundary, for the comp
     calls,
     check_arguments,
     check_backward_allowed,
-    check_weights_unchanged,
     continues_a_cache,
     entered,
     guard,
@@ -37,7 +36,6 @@ from foundation.contract.boundary import (  # noqa: F401 (boundary, for the comp
     hook_label,
     nonfinite,
     note_always_guarded,
-    output_shape,
     outputs,
     taint,
     user_call,
@@ -189,8 +187,12 @@ class Module(TwinModule):
         )
 
     def gradient_shape(self, result):
-        """The shape of the gradient ``backward`` takes after a forward that returned ``result``."""
-        return output_shape(result)
+        """The shape of the gradient ``backward`` takes after a forward that returned ``result``:
+        the shape of what it returned (its first element for a tuple), or None."""
+        if isinstance(result, tuple):
+            result = result[0] if result else None
+        shape = getattr(result, "shape", None)
+        return None if shape is None else tuple(shape)
 
     # --- the boundary: what @boundary(...) makes of a forward and a backward ---
 
@@ -219,7 +221,7 @@ class Module(TwinModule):
         except BaseException:
             self.forward_record = RAISED
             raise
-        versions = self._versions() if user else None
+        versions = [(p, p.version) for p in self.parameters()] if user else None
         # a forward that continued a key-value cache leaves nothing a backward could use
         state = "cached" if continues_a_cache(body, signature, args, kwargs) else "done"
         self.forward_record = ForwardRecord(state, self.gradient_shape(result), tainted, versions)
@@ -227,7 +229,7 @@ class Module(TwinModule):
 
     def _checked_arguments(self, body, signature, args, kwargs):
         """{name: value} of a user's call, checked, each array a copy of the caller's."""
-        arguments = bind(self, body, signature, args, kwargs)
+        arguments = bind(self, signature, args, kwargs)
         # start_at_layer: the input is a residual stream, not ids
         ids = "tokens" in arguments and arguments.get("start_at_layer") is None
         if ids and getattr(self, "takes_any_tokens", False):
@@ -251,18 +253,18 @@ class Module(TwinModule):
     def _backward_at_the_boundary(self, body, signature, args, kwargs):
         """A backward: a body's call runs as it is; a user's refuses without a finished forward
         (or after its weights changed), checks its gradient and guards what it returns."""
-        if not user_call() and not guarding():
+        user = user_call()
+        if not user and not guarding():
             return body(self, *args, **kwargs)
         record = vars(self).get("forward_record")
-        if not user_call():
-            return self._guarded_backward(body, args, kwargs, record)
-        check_backward_allowed(record, type(self).__name__)
-        check_weights_unchanged(record, type(self).__name__)
-        arguments = bind(self, body, signature, args, kwargs)
-        check_arguments(self, body, arguments, np.ndarray)
-        (gradient,) = arguments.values()
+        if user:
+            check_backward_allowed(record, type(self).__name__)
+            arguments = bind(self, signature, args, kwargs)
+            check_arguments(self, body, arguments, np.ndarray)
+            args, kwargs = tuple(arguments.values()), {}
         if guarding():
-            return self._guarded_backward(body, (gradient,), {}, record)
+            return self._guarded_backward(body, args, kwargs, record)
+        (gradient,) = args
         call = Call(
             self,
             "backward",
@@ -308,25 +310,19 @@ class Module(TwinModule):
     def _weights(self):
         return [p.data for p in self.parameters()]
 
-    def _finite(self, arrays):
-        return finite(arrays)
-
-    def _versions(self):
-        return [(p, p.version) for p in self.parameters()]
-
-
-def finite(arrays):
-    """Is every entry of these float arrays finite? One sum each, checked entry by entry only when
-    a sum is not finite (a sum of large finite entries can overflow)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        for array in arrays:
-            if (
-                array.dtype.kind == "f"
-                and not np.isfinite(array.sum())
-                and not np.isfinite(array).all()
-            ):
-                return False
-    return True
+    @staticmethod
+    def _finite(arrays):
+        """Is every entry of these float arrays finite? One sum each, checked entry by entry only
+        when a sum is not finite (a sum of large finite entries can overflow)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            for array in arrays:
+                if (
+                    array.dtype.kind == "f"
+                    and not np.isfinite(array.sum())
+                    and not np.isfinite(array).all()
+                ):
+                    return False
+        return True
 
 
 class HookPoint(Module, HookLists):

@@ -11,6 +11,8 @@
 Gradients are compared in float64 at parity's tolerance (helpers.py).
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -58,6 +60,41 @@ def test_a_renamed_argument_fails_when_its_class_is_defined(package):
 def test_an_unknown_kind_is_refused():
     with pytest.raises(TypeError, match="unknown kind"):
         boundary(x="activations")
+
+
+def test_boundary_declares_a_forward_or_a_backward_only():
+    def step(self, x):
+        return x
+
+    with pytest.raises(TypeError, match="boundary declares a forward or a backward only"):
+        boundary(x="activation")(step)
+
+
+@pytest.mark.parametrize("package", [npi, pti], ids=["numpy", "torch"])
+def test_a_loss_without_logits_is_refused_at_the_call(package):
+    encoder = package.Transformer(dataclasses.replace(CFG, unembed=False, causal=False))
+    tokens, _ = inputs()
+    for return_type in ("loss", "both"):
+        with pytest.raises(ValueError, match=f"return_type='{return_type}' needs logits"):
+            encoder(tokens, return_type=return_type)
+
+
+@pytest.mark.parametrize("package", [npi, pti], ids=["numpy", "torch"])
+def test_a_position_offset_must_be_an_int_at_or_above_zero(package):
+    tokens, _ = inputs()
+    tokens = tokens if package is npi else torch.from_numpy(tokens)
+    pos_embed = package.LearnedPositionalEmbedding(CFG)
+    for offset in (-1, True, 1.0):
+        with pytest.raises(ValueError, match=r"past_kv_pos_offset must be an int >= 0"):
+            pos_embed(tokens, offset)
+
+
+def test_a_backward_after_stop_at_layer_is_refused():
+    model, _ = model_twins()
+    tokens, _ = inputs()
+    resid = model(tokens, stop_at_layer=1)
+    with pytest.raises(ValueError, match=r"backward after forward\(\.\.\., stop_at_layer=k\)"):
+        model.backward(np.random.default_rng(3).standard_normal(resid.shape))
 
 
 @pytest.mark.parametrize("package", [npi, pti], ids=["numpy", "torch"])

@@ -143,7 +143,7 @@ class Module(TwinModule, nn.Module):
     def _checked_arguments(self, body, signature, args, kwargs):
         """{name: value} of a user's forward call, checked; tokens become int64 on the module's
         device."""
-        arguments = bind(self, body, signature, args, kwargs)
+        arguments = bind(self, signature, args, kwargs)
         # start_at_layer: the input is a residual stream, not ids
         ids = "tokens" in arguments and arguments.get("start_at_layer") is None
         if ids and getattr(self, "takes_any_tokens", False):
@@ -208,18 +208,29 @@ class Module(TwinModule, nn.Module):
             }
             for p in self.parameters():
                 if p.requires_grad:
-                    owner = Call(owners[id(p)], "backward", [], self._weights)
                     label = f"the gradient of {parameter_label(self, p)}"
-                    p.register_hook(
-                        functools.partial(_guard_parameter_gradient, (call, owner), label)
-                    )
+                    owner = Call(owners[id(p)], "backward", [], self._weights)
+                    guarded = functools.partial(guard, tensor=label, forward_call=(call, owner))
+                    p.register_hook(guarded)
             torch.autograd.grad(out, leaves, grad_outputs=dout, allow_unused=True)
 
     def _weights(self):
         return [p.detach() for p in self.parameters()]
 
-    def _finite(self, tensors):
-        return finite(tensors)
+    @staticmethod
+    def _finite(tensors):
+        """Is every entry of these float tensors finite? One sum each, all read back in one host
+        synchronisation; a sum of large finite entries can overflow, so a non-finite sum is checked
+        entry by entry."""
+        floats = [
+            t.detach() for t in tensors if t is not None and t.is_floating_point() and t.numel()
+        ]
+        if not floats:
+            return True
+        sums = torch.stack([t.sum(dtype=torch.float64) for t in floats])  # on the tensors' device
+        if bool(torch.isfinite(sums).all()):
+            return True
+        return all(bool(torch.isfinite(t).all()) for t in floats)
 
     # --- moving like a torch module: other dtypes are refused first (cfg.dtype reads the tensors)
 
@@ -269,28 +280,11 @@ def _check_dtype(dtype):
         )
 
 
-def finite(tensors):
-    """Is every entry of these float tensors finite? One sum each, all read back in one host
-    synchronisation; a sum of large finite entries can overflow, so a non-finite sum is checked
-    entry by entry."""
-    floats = [t.detach() for t in tensors if t is not None and t.is_floating_point() and t.numel()]
-    if not floats:
-        return True
-    sums = torch.stack([t.sum(dtype=torch.float64) for t in floats])  # on the tensors' device
-    if bool(torch.isfinite(sums).all()):
-        return True
-    return all(bool(torch.isfinite(t).all()) for t in floats)
-
-
 def _note_upstream_gradient(call, grad):
     """A non-finite gradient given to the outermost output: what follows from it is not the
     formula's doing."""
     if nonfinite(grad):
         call.tainted = True
-
-
-def _guard_parameter_gradient(forward_call, label, grad):
-    guard(grad, label, forward_call)
 
 
 def token_tensor(tokens, cfg):
@@ -359,10 +353,9 @@ class HookPoint(nn.Module, HookLists):
                 # a constant (the sinusoidal table): a leaf, so it has a gradient
                 x = x.detach().requires_grad_()
             else:
-                # a node of its own: its gradient is what flows through this point alone,
+                # a node of its own: its gradient is what flows through this point alone, as the
+                # reference's (x may go elsewhere too: a residual stream, or q, k and v's inputs)
                 x = x.view_as(x)
-                # as the reference's (x may go elsewhere too: a residual stream, or q, k and v's
-                # inputs)
             x.register_hook(
                 functools.partial(self.backward, forward_call=tuple(calls()[:1] + calls()[-1:]))
             )

@@ -43,18 +43,18 @@ import math
 import threading
 from contextlib import contextmanager
 
-import numpy as np
-
 from foundation.contract.arrays import dtype_name, is_float, is_torch, size
 from foundation.contract.checks import (
     check_activation,
     check_dloss,
+    check_flags,
     check_forward_done,
     check_grad,
     check_loss_inputs,
     check_plain,
     check_state_dict,
     check_tokens,
+    is_integer,
 )
 from foundation.lens.kv_cache import (
     cache_state,
@@ -62,6 +62,7 @@ from foundation.lens.kv_cache import (
     check_past_kv_cache_entry,
     restore_cache_state,
 )
+from foundation.lens.running import RETURN_TYPES
 
 
 class NonFiniteError(ValueError):
@@ -74,9 +75,6 @@ class NonFiniteError(ValueError):
 def check_activation_argument(module, name, value, arguments, array_type):
     """An activation: float, the model's dtype, [batch, pos, d_model], pos <= n_ctx."""
     check_activation(value, name, module.cfg, array_type)
-    pos = value.shape[1]
-    if pos > module.cfg.n_ctx:
-        raise ValueError(f"{name} has {pos} positions but n_ctx is {module.cfg.n_ctx}")
 
 
 def check_tokens_argument(module, name, value, arguments, array_type):
@@ -97,20 +95,22 @@ def check_model_input_argument(module, name, value, arguments, array_type):
             + (f" of dtype {value.dtype}" if hasattr(value, "dtype") else "")
         )
     # named as what it is here, so a dtype or shape error does not call a residual stream tokens
-    check_activation_argument(
-        module, f"{name} (the residual stream, with start_at_layer)", value, arguments, array_type
+    check_activation(
+        value, f"{name} (the residual stream, with start_at_layer)", module.cfg, array_type
     )
 
 
 def check_return_type_argument(module, name, value, arguments, array_type):
-    """One of the model's return types ("logits", "loss", "both", None)."""
-    module._check_return_type(value)
+    """One of the model's return types ("logits", "loss", "both", None); a loss needs logits."""
+    if value not in RETURN_TYPES:
+        raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {value!r}")
+    if value in ("loss", "both") and not module.cfg.unembed:
+        raise ValueError(f"return_type={value!r} needs logits (cfg.unembed=True)")
 
 
 def check_flag_argument(module, name, value, arguments, array_type):
     """True or False."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
+    check_flags(**{name: value})
 
 
 def check_logits_argument(module, name, value, arguments, array_type):
@@ -126,14 +126,18 @@ def checked_with_logits(module, name, value, arguments, array_type):
 def check_gradient_argument(module, name, value, arguments, array_type):
     """An upstream gradient, shaped like what the last forward returned (a real number for a
     scalar loss), in the model's dtype."""
-    record = vars(module).get("forward_record")
-    check_gradient(record, name, value, getattr(getattr(module, "cfg", None), "dtype", None))
+    check_plain(value, name)  # a masked array's mask would be ignored
+    out_shape = module.forward_record.out_shape
+    if out_shape == ():
+        check_dloss(value)
+    else:
+        check_grad(value, name, out_shape, getattr(getattr(module, "cfg", None), "dtype", None))
 
 
 def check_output_or_loss_gradient(module, name, value, arguments, array_type):
     """The model's: the gradient of its output, or of the loss the last forward returned (None:
     1)."""
-    if "_output_shape" in vars(module) and module._output_shape is None:
+    if module._output_shape is None:
         raise ValueError(
             "backward after forward(..., stop_at_layer=k): the run returned an intermediate "
             "residual stream, not the output; run the whole model to backpropagate"
@@ -191,7 +195,7 @@ def check_kv_cache_entry_argument(module, name, value, arguments, array_type):
 def check_position_offset_argument(module, name, value, arguments, array_type):
     """A positional embedding's ``past_kv_pos_offset``: the position its first token sits at (the
     positions a key-value cache holds), an int >= 0 that leaves the tokens inside n_ctx."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    if not is_integer(value) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     pos = arguments["tokens"].shape[1]
     if value + pos > module.cfg.n_ctx:
@@ -246,7 +250,8 @@ def boundary(**kinds):
                 f"{method.__qualname__}: boundary declares a forward or a backward only"
             )
         direction = f"_{method.__name__}_at_the_boundary"
-        method.kinds = dict(kinds)  # the body carries its declaration: check_arguments reads it
+        # the body carries its declaration (check_arguments reads it; functools.wraps copies it)
+        method.kinds = dict(kinds)
         # the arguments that hand it a key-value cache: continues_a_cache reads them
         method.cache_arguments = [name for name, kind in kinds.items() if kind in CACHE_KINDS]
 
@@ -254,13 +259,12 @@ def boundary(**kinds):
         def at_the_boundary(self, *args, **kwargs):
             return getattr(self, direction)(method, signature, args, kwargs)
 
-        at_the_boundary.kinds = dict(kinds)
         return at_the_boundary
 
     return declare
 
 
-def bind(module, method, signature, args, kwargs):
+def bind(module, signature, args, kwargs):
     """{name: value} of a call, defaults applied (self left out)."""
     bound = signature.bind(module, *args, **kwargs)
     bound.apply_defaults()
@@ -308,12 +312,9 @@ RAISED = ForwardRecord("raised")
 
 
 def check_backward_allowed(record, component):
-    """``backward`` needs a ``forward`` that finished (not one that raised, nor one running)."""
+    """``backward`` needs a ``forward`` that finished (not one that raised, nor one running), whose
+    weights are those the backward reads: refuse when one changed."""
     check_forward_done(None if record is None else record.state, component)
-
-
-def check_weights_unchanged(record, component):
-    """The weights a forward read are those its backward reads: refuse when one changed."""
     changed = [
         parameter for parameter, version in record.versions or () if parameter.version != version
     ]
@@ -323,23 +324,6 @@ def check_weights_unchanged(record, component):
             "(an optimizer step, load_state_dict), so the gradient would mix two models; run "
             "forward again first (torch refuses such a backward too)"
         )
-
-
-def check_gradient(record, name, value, model_dtype):
-    """The upstream gradient: shaped like the forward's output (a real number for a scalar loss)."""
-    check_plain(value, name)  # a masked array's mask would be ignored
-    if record.out_shape == ():
-        check_dloss(value)
-    else:
-        check_grad(value, name, record.out_shape, model_dtype)
-
-
-def output_shape(result):
-    """The shape of what a forward returned (its first element for a tuple), or None."""
-    if isinstance(result, tuple):
-        result = result[0] if result else None
-    shape = getattr(result, "shape", None)
-    return None if shape is None else tuple(shape)
 
 
 def gradient_target(dout, logits_shape, loss_shape, dtype):
@@ -457,22 +441,17 @@ def user_call():
     return not stack or stack[-1].is_hook
 
 
-class entered:
+@contextmanager
+def entered(call):
     """``with entered(call):`` pushes ``call`` for a body's length; nested calls inherit a taint."""
-
-    def __init__(self, call):
-        self.call = call
-
-    def __enter__(self):
-        stack = calls()
-        if stack and stack[-1].tainted:
-            self.call.tainted = True
-        stack.append(self.call)
-        return self.call
-
-    def __exit__(self, *exc):
-        calls().pop()
-        return False
+    stack = calls()
+    if stack and stack[-1].tainted:
+        call.tainted = True
+    stack.append(call)
+    try:
+        yield call
+    finally:
+        stack.pop()
 
 
 @contextmanager

@@ -53,6 +53,18 @@ def _check_plain_tensor(tensor, name):
             )
 
 
+def is_integer(value):
+    """A Python or NumPy int, not a bool (``True`` is not a layer, a count or an id)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_flags(**flags):
+    """Each ``name=value`` must be True or False."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 def check_config(cfg, array_type=None):
     """Every component is built from a TransformerConfig; returns it.
 
@@ -185,8 +197,8 @@ def _min_max(ids):
 
 
 def check_activation(x, name: str, cfg, array_type):
-    """A float array_type of the model's dtype, shape [batch, pos, d_model]: what every component
-    takes."""
+    """A float array_type of the model's dtype, shape [batch, pos, d_model], pos <= n_ctx: what
+    every component takes."""
     if not isinstance(x, array_type):
         raise TypeError(f"{name} must be a {_type_name(array_type)}, got {type(x).__name__}")
     # (a tensor on the meta device passes: torch runs it for shapes)
@@ -201,6 +213,8 @@ def check_activation(x, name: str, cfg, array_type):
             f"{name} must have shape [batch, pos, {cfg.d_model}] with batch, pos >= 1, "
             f"got {tuple(x.shape)}"
         )
+    if x.shape[1] > cfg.n_ctx:
+        raise ValueError(f"{name} has {x.shape[1]} positions but n_ctx is {cfg.n_ctx}")
 
 
 def _type_name(array_type):
@@ -249,8 +263,7 @@ def check_forward_done(state, component: str):
     if state == "raised":
         raise ValueError(
             f"{component}.backward(): the last {component}.forward() raised before it finished, so "
-            f"what it "
-            f"saved is incomplete; run {component}.forward() again first"
+            f"what it saved is incomplete; run {component}.forward() again first"
         )
     if state == "cached":
         raise ValueError(
@@ -261,8 +274,7 @@ def check_forward_done(state, component: str):
     if state == "running":
         raise ValueError(
             f"{component}.backward() called while {component}.forward() is still running (from a "
-            f"hook "
-            f"inside it?); call backward after that forward returns"
+            "hook inside it?); call backward after that forward returns"
         )
 
 
@@ -285,8 +297,7 @@ def check_hook_result(result, expected_shape, hook_name, direction="fwd"):
         if result.requires_grad and direction == "fwd":
             raise TypeError(
                 f"hook on {hook_name!r} returned a tensor that requires grad: what a hook returns "
-                f"is a "
-                "constant in both twins (no gradient flows into it); return result.detach()"
+                "is a constant in both twins (no gradient flows into it); return result.detach()"
             )
         result = result.detach()
         if result.is_floating_point() and _dtype_name(result) not in ("float32", "float64"):
@@ -304,8 +315,7 @@ def check_hook_result(result, expected_shape, hook_name, direction="fwd"):
     if tuple(result.shape) != tuple(expected_shape):
         raise ValueError(
             f"hook on {hook_name!r} returned shape {tuple(result.shape)}; the activation's shape "
-            f"is "
-            f"{tuple(expected_shape)}"
+            f"is {tuple(expected_shape)}"
         )
     return result
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from foundation.contract.arrays import as_numpy
 from foundation.contract.boundary import running_hooks
-from foundation.contract.checks import check_hook_result
+from foundation.contract.checks import check_flags, check_hook_result, is_integer
 from foundation.lens import folding
 from foundation.lens.cache import ActivationCacheMethods, Slice
 from foundation.lens.folding import fold_layer_norm_weights
@@ -103,7 +103,7 @@ def hook_name(name, layer=None, layer_type=None, n_layers=None):
     """
     if not isinstance(name, str):
         raise TypeError(f"hook name must be a str, got {type(name).__name__}")
-    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, (int, np.integer))):
+    if layer is not None and not is_integer(layer):
         raise TypeError(f"layer must be an int, got {layer!r}")
     if layer_type is not None and not isinstance(layer_type, str):
         raise TypeError(f"layer_type must be a str, got {layer_type!r}")
@@ -186,9 +186,10 @@ class HookLists:
         """
         if not callable(hook):
             raise TypeError(f"hook must be callable, got {type(hook).__name__}")
-        hooks = self._hook_list(dir, ("fwd", "bwd"))
-        if not isinstance(is_permanent, bool):
-            raise TypeError(f"is_permanent must be a bool, got {is_permanent!r}")
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
+        check_flags(is_permanent=is_permanent)
         handle = LensHandle(hook, is_permanent, level)
         if prepend:
             hooks.insert(0, handle)
@@ -228,11 +229,6 @@ class HookLists:
                 f"hook {self.name!r} is not inside a block (blocks.<layer>....), so it has no layer"
             )
         return int(parts[1])
-
-    def _hook_list(self, dir, allowed):
-        if dir not in allowed:
-            raise ValueError(f"dir must be {' or '.join(map(repr, allowed))}, got {dir!r}")
-        return self.fwd_hooks if dir == "fwd" else self.bwd_hooks
 
     def _run(self, hooks, x):
         """Pass x through each hook in turn; a hook that returns something (of x's shape) replaces
@@ -335,16 +331,14 @@ class ActivationCache(ActivationCacheMethods):
         Tensors move with ``Tensor.to``; ndarrays live on the CPU, so "cpu" keeps them and any other
         device is a ValueError. ``move_model=True`` moves the model too (the torch twin).
         """
-        if not isinstance(move_model, bool):
-            raise TypeError(f"move_model must be a bool, got {move_model!r}")
+        check_flags(move_model=move_model)
         moved = {}
         for name, value in self.cache_dict.items():
             if isinstance(value, np.ndarray):
                 if str(device) != "cpu":
                     raise ValueError(
                         f"cache.to({device!r}): the entry {name!r} is a NumPy array, which lives "
-                        f"on "
-                        "the CPU; only 'cpu' is a device for it"
+                        "on the CPU; only 'cpu' is a device for it"
                     )
                 moved[name] = value
             else:
@@ -482,7 +476,7 @@ class HookedMixin:
         permanent hooks out."""
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}")
-        _check_flags(including_permanent=including_permanent)
+        check_flags(including_permanent=including_permanent)
         if name_filter is None or callable(name_filter):
             matches = name_filter or (lambda name: True)
         elif isinstance(name_filter, str) or (
@@ -570,9 +564,8 @@ class HookedMixin:
         if bwd_hooks and reset_hooks_end and dout is None:
             warnings.warn(
                 "run_with_hooks: the backward hooks are removed at its end, before any backward "
-                "pass can "
-                "reach them; pass reset_hooks_end=False (then model.reset_hooks() after the "
-                "backward)",
+                "pass can reach them; pass reset_hooks_end=False (then model.reset_hooks() after "
+                "the backward)",
                 stacklevel=2,
             )
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
@@ -753,8 +746,7 @@ class HookedMixin:
             raise ValueError(
                 "fold_layer_norm needs an unembedding to fold ln_final into (cfg.unembed=True)"
             )
-        if not isinstance(center_weights, bool):
-            raise TypeError(f"center_weights must be a bool, got {center_weights!r}")
+        check_flags(center_weights=center_weights)
         state_dict = {name: as_numpy(value) for name, value in self.state_dict().items()}
         folded = fold_layer_norm_weights(state_dict, cfg, center_weights)
         folded_cfg = dataclasses.replace(cfg, normalization_type="LNPre")
@@ -784,7 +776,7 @@ class HookedMixin:
         their mean over the vocabulary; ``fold_value_biases``: b_V folded into b_O
         (``foundation/lens/folding.py`` has each formula). Returns the model.
         """
-        _check_flags(
+        check_flags(
             fold_ln=fold_ln,
             center_writing_weights=center_writing_weights,
             center_unembed=center_unembed,
@@ -811,12 +803,6 @@ class HookedMixin:
             state_dict = folding.fold_value_biases(state_dict, self.cfg)
         self.load_state_dict(state_dict)
         return self
-
-
-def _check_flags(**flags):
-    for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def _return_type(model_args, model_kwargs):

@@ -28,6 +28,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from foundation.contract.arrays import as_numpy
+from foundation.contract.checks import check_flags, is_integer
 from foundation.lens.vocab import as_token_rows
 
 RETURN_TYPES = ("logits", "loss", "both", None)
@@ -123,12 +124,6 @@ class RunningMixin:
         """Each block's entry of ``past_kv_cache``; None for every block without a cache."""
         return [None] * self.cfg.n_layers if past_kv_cache is None else past_kv_cache.entries
 
-    def _check_return_type(self, return_type):
-        if return_type not in RETURN_TYPES:
-            raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
-        if return_type in ("loss", "both") and not self.cfg.unembed:
-            raise ValueError(f"return_type={return_type!r} needs logits (cfg.unembed=True)")
-
     def gradient_shape(self, result):
         """``backward`` takes the gradient of the output (the logits), whatever ``return_type`` gave
         back (the NumPy twin's ``backward`` also starts from the loss: see numpy_impl/model.py)."""
@@ -139,7 +134,7 @@ class RunningMixin:
         n_layers = self.cfg.n_layers
         if stop_at_layer is None:
             return n_layers
-        if isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, (int, np.integer)):
+        if not is_integer(stop_at_layer):
             raise TypeError(f"stop_at_layer must be an int or None, got {stop_at_layer!r}")
         if not -n_layers <= stop_at_layer <= n_layers:
             raise ValueError(
@@ -154,7 +149,7 @@ class RunningMixin:
         n_layers = self.cfg.n_layers
         if start_at_layer is None:
             return None
-        if isinstance(start_at_layer, bool) or not isinstance(start_at_layer, (int, np.integer)):
+        if not is_integer(start_at_layer):
             raise TypeError(f"start_at_layer must be an int or None, got {start_at_layer!r}")
         if not -n_layers <= start_at_layer < n_layers:
             raise ValueError(
@@ -232,18 +227,10 @@ class RunningMixin:
         """
         if not self.cfg.unembed:
             raise ValueError("generate needs logits (cfg.unembed=True)")
-        if (
-            isinstance(max_new_tokens, bool)
-            or not isinstance(max_new_tokens, (int, np.integer))
-            or max_new_tokens < 0
-        ):
+        if not is_integer(max_new_tokens) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
         temperature = check_temperature(temperature)
-        if top_k is not None and (
-            isinstance(top_k, bool)
-            or not isinstance(top_k, (int, np.integer))
-            or not 0 < top_k <= self.cfg.d_vocab
-        ):
+        if top_k is not None and (not is_integer(top_k) or not 0 < top_k <= self.cfg.d_vocab):
             raise ValueError(
                 f"top_k must be None or an int in [1, d_vocab={self.cfg.d_vocab}], got {top_k!r}"
             )
@@ -260,22 +247,19 @@ class RunningMixin:
         # counts reach n_ctx; inf-inf: NaN
         if not math.isfinite(float(freq_penalty) * self.cfg.n_ctx):
             raise ValueError(
-                f"freq_penalty must be finite, and stay finite times "
-                f"n_ctx={self.cfg.n_ctx}, "
+                f"freq_penalty must be finite, and stay finite times n_ctx={self.cfg.n_ctx}, "
                 f"got {freq_penalty!r}"
             )
         if return_type not in GENERATE_RETURN_TYPES:
             raise ValueError(
                 f"return_type must be one of {GENERATE_RETURN_TYPES}, got {return_type!r}"
             )
-        for name, flag in (
-            ("stop_at_eos", stop_at_eos),
-            ("do_sample", do_sample),
-            ("verbose", verbose),
-            ("use_past_kv_cache", use_past_kv_cache),
-        ):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        check_flags(
+            stop_at_eos=stop_at_eos,
+            do_sample=do_sample,
+            verbose=verbose,
+            use_past_kv_cache=use_past_kv_cache,
+        )
         text_in = isinstance(input, str)
         if text_in:
             rows = as_token_rows(self.to_tokens(input, prepend_bos))  # [1, pos]
@@ -298,7 +282,7 @@ class RunningMixin:
                 unseen = rows if past_kv_cache is None else rows[:, past_kv_cache.pos_so_far :]
                 # [batch, pos of unseen, d_vocab]
                 logits = self(self._native_tokens(unseen), past_kv_cache=past_kv_cache)
-                last = as_float64(logits)[:, -1]  # [batch, d_vocab]
+                last = as_numpy(logits).astype(np.float64)[:, -1]  # [batch, d_vocab]
                 if do_sample:
                     # [batch]
                     new = sample_logits(last, top_k, top_p, temperature, freq_penalty, rows, rng)
@@ -344,12 +328,7 @@ class RunningMixin:
             if eos_token_id is None:
                 return []
         ids = [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else list(eos_token_id)
-        if not ids or not all(
-            isinstance(i, (int, np.integer))
-            and not isinstance(i, bool)
-            and 0 <= i < self.cfg.d_vocab
-            for i in ids
-        ):
+        if not ids or not all(is_integer(i) and 0 <= i < self.cfg.d_vocab for i in ids):
             raise ValueError(
                 f"eos_token_id must be a token id in [0, d_vocab={self.cfg.d_vocab}) or a list of "
                 f"them, got {eos_token_id!r}"
@@ -450,9 +429,3 @@ def check_temperature(temperature):
     if not 0 <= temperature < float("inf"):  # NaN fails both
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     return temperature
-
-
-def as_float64(x):
-    """Logits of either twin as a float64 ndarray (detached, on the CPU)."""
-    x = as_numpy(x)
-    return x.astype(np.float64)
