@@ -15,8 +15,9 @@ which then stops it), with PR_SET_PDEATHSIG where Linux has it (it dies with the
 killed with its whole process group when the exercise is over. It is forked from the checker's
 zygote (``ZYGOTE``): an interpreter started the same way that has imported NumPy, scipy.special
 and the runtime's modules, runs nothing else and forks a child per exercise, which then sets
-itself up as a fresh process would (its session, its pipes, its folder, its TMPDIR); the
-zygote ends when the checker closes its socket, and its children with it. That saves each
+itself up as a fresh process would (its session, its pipes, its folder, its TMPDIR, NumPy's
+random state drawn afresh; it keeps the zygote's one BLAS thread); the zygote ends when the
+checker closes its socket, and its children with it. That saves each
 exercise a third of a second of imports. ``TWINS_EXERCISE_FORK=0`` starts a fresh interpreter
 (``BOOT``) for each instead, as does a Python without ``socket.send_fds``. Its output goes to a
 pipe the checker drains: the first ``OUTPUT_KEPT`` characters are kept to show, the rest only
@@ -134,6 +135,7 @@ ZYGOTE = (
     "os.dup2(log_fd, 1)\n"
     "os.dup2(log_fd, 2)\n"
     "os.close(log_fd)\n"
+    "__import__('numpy').random.seed()  # its own random state, as a fresh process has\n"
     "os.chdir(request['cwd'])\n"
     "os.environ['TMPDIR'] = request['tmpdir']\n"
     "if 'tempfile' in sys.modules:\n"
@@ -220,11 +222,11 @@ class LearnerProcess:
             _said.append(why)
             print(NO_WALL.format(why=why), file=sys.stderr)
         self.scratch = Path(tempfile.mkdtemp(prefix="twins-learner-")).resolve()
-        runtime = shared_runtime()
-        reference = (
-            reference_copy(self.scratch / "_exercise_reference", isolate) if isolate else None
-        )
         try:
+            runtime = shared_runtime()
+            reference = (
+                reference_copy(self.scratch / "_exercise_reference", isolate) if isolate else None
+            )
             if FORK:
                 self.process = shared_zygote(runtime).fork(
                     (from_checker, to_checker, log_write), directory, self.scratch
@@ -249,6 +251,11 @@ class LearnerProcess:
                     start_new_session=True,
                     env={**os.environ, "TMPDIR": str(self.scratch)},
                 )
+        except BaseException:  # Ctrl-C while it starts: no folder or pipe left behind
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            for fd in (to_learner, from_learner, log_read):
+                os.close(fd)
+            raise
         finally:
             for fd in (from_checker, to_checker, log_write):
                 os.close(fd)

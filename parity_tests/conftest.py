@@ -58,6 +58,7 @@ def _no_landlock(reason):
     return "no Landlock" in reason and sandbox.wall()[0] == 0
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown without it
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject.toml's addopts) gives the tiers a worker per core; a run of one to
     three files named on the command line stays in this process (a worker's start, a few seconds

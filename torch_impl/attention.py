@@ -140,7 +140,7 @@ class MultiHeadAttention(Module):
             scores = torch.where(mask, scores, -torch.inf)  # [batch, head, q_pos, k_pos]
         scores = self.hook_attn_scores(scores)
         # softmax over keys: torch's kernel, one pass each way (the NumPy twin spells it out)
-        probs = torch.softmax(scores, dim=-1)  # [batch, head, q_pos, k_pos]; masked: exp(-inf) = 0
+        probs = torch.softmax(scores, dim=-1)  # [batch, head, q_pos, k_pos]; masked keys: 0
         pattern = self.hook_pattern(probs)  # [batch, head, q_pos, k_pos]; probs, or a hook's edit
         z = (pattern @ v_h).permute(0, 2, 1, 3)  # [batch, pos, head, d_head]
         z = self.hook_z(z)

@@ -14,12 +14,12 @@ act is ReLU, or GPT-2's GELU with the tanh approximation ("gelu_new", Hendrycks 
 or the exact GELU ("gelu", torch.nn.GELU()), u times the standard normal CDF:
     gelu(u) = u * 0.5 (1 + erf(u / sqrt(2)))
 
-Here act is computed by torch's own kernels (``torch.relu``, ``F.gelu``): each is the formula
-above in one pass forward and one backward, where the formula written out is a tensor per step
-for autograd to keep and read back. The NumPy twin writes the formula out, since its backward
-reads the middle values; parity checks that the two agree (docs/performance.md, "Torch's
-kernels"). The products with W_in and W_out are einsums that name the weight first, as the
-NumPy twin's (docs/performance.md says why it matters there).
+Here act is torch's own kernel (``torch.relu``, ``F.gelu``): the formula above in one pass
+forward and one backward. Written out, each of its steps would be a tensor that autograd keeps
+and reads back. The NumPy twin writes the formula out, since its backward reads the middle
+values; parity checks that the two agree (docs/performance.md, "Torch's kernels"). The
+products with W_in and W_out are einsums that name the weight first, as the NumPy twin's
+(docs/performance.md says why it matters there).
 """
 
 import math

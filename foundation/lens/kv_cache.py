@@ -268,9 +268,12 @@ def check_device(entries, module, name):
     weights = module._weights()
     where = {device_name(entry.past_keys) for entry in entries}
     if weights and where != {device_name(weights[0])}:
+        maker = "init_cache" if name == "past_kv_cache" else "init_cache_entry"
         raise ValueError(
-            f"{name} is on {', '.join(sorted(where))}, the model on {device_name(weights[0])}: "
-            "make it with init_cache(model.cfg, device=...) on the model's device"
+            f"{name} is on {', '.join(sorted(where))}, the {type(module).__name__}'s weights on "
+            f"{device_name(weights[0])}: make it on theirs, with "
+            f"HookedTransformerKeyValueCache{'Entry' if maker == 'init_cache_entry' else ''}"
+            f".{maker}(cfg, device=...)"
         )
 
 
