@@ -11,6 +11,7 @@
 Gradients are compared in float64 at parity's tolerance (helpers.py).
 """
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -322,3 +323,24 @@ def test_the_model_s_per_token_loss_backward_is_the_twin_s():
     loss_t.backward(torch.from_numpy(dloss))
     assert_close("per-token loss", loss, loss_t.detach().numpy(), "float64")
     compare_grads(model, twin, "float64")
+
+
+@pytest.mark.parametrize("switch", ["default", "guard_every_hook"])
+def test_a_nan_a_backward_hook_puts_in_is_the_hook_s(switch):
+    """A backward hook that returns a NaN: what follows from it is not the formula's doing, so no
+    NonFiniteError, by default or with every hook point guarded; the NaN reaches the gradients
+    in both twins, as it would in plain autograd."""
+    model, twin = model_twins()
+    tokens, dout = inputs()
+
+    def put_nan(grad, hook):
+        grad = grad.clone() if isinstance(grad, torch.Tensor) else grad.copy()
+        grad[0, 0, 0] = float("nan")
+        return grad
+
+    for m in (model, twin):
+        m.zero_grad()
+        with guard_every_hook() if switch == "guard_every_hook" else contextlib.nullcontext():
+            m.run_with_hooks(tokens, bwd_hooks=[("blocks.1.hook_resid_mid", put_nan)], dout=dout)
+        grads = [p.grad for _, p in m.named_parameters()]
+        assert any(np.isnan(np.asarray(torch.as_tensor(g).detach())).any() for g in grads)
