@@ -222,6 +222,18 @@ def child(args):
     print(json.dumps(result))
 
 
+def runs_per_setting(script, arguments, settings):
+    """``script --child ARGUMENTS`` once per thread setting ([(label, threads or None)]), each in a
+    fresh process (a BLAS thread pool is fixed when NumPy loads) -> [(label, its JSON line)]."""
+    runs = []
+    for label, threads in settings:
+        command = [sys.executable, os.path.abspath(script), "--child", *arguments]
+        command += [] if threads is None else ["--threads", str(threads)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        runs.append((label, json.loads(output.strip().splitlines()[-1])))
+    return runs
+
+
 def blas_line():
     try:
         from threadpoolctl import threadpool_info
@@ -330,24 +342,8 @@ def main():
         if args.threads is None and args.device == "cpu"
         else [(str(args.threads or "default"), args.threads)]
     )
-    runs = []
-    for label, threads in settings:
-        command = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--child",
-            "--rounds",
-            str(args.rounds),
-            "--dtype",
-            args.dtype,
-            "--device",
-            args.device,
-            "--clock",
-            args.clock,
-        ]
-        command += [] if threads is None else ["--threads", str(threads)]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        runs.append((label, json.loads(output.strip().splitlines()[-1])))
+    arguments = ["--rounds", str(args.rounds), "--dtype", args.dtype, "--device", args.device]
+    runs = runs_per_setting(__file__, arguments + ["--clock", args.clock], settings)
     cfg = numpy_impl.TransformerConfig(**CONFIG_M)
     print(
         f"config M: d_vocab {cfg.d_vocab}, d_model {cfg.d_model}, {cfg.n_heads} heads of "

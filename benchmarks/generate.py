@@ -21,15 +21,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 
 # first: fwd_bwd sets --threads for the BLAS before NumPy and torch load, and puts the project on
 # the path
 import fwd_bwd
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from fwd_bwd import CLOCKS, blas_line, seconds
+from fwd_bwd import CLOCKS, blas_line, ratio, runs_per_setting, seconds
 from gpt2_small import GPT2_SMALL
 
 import numpy_impl  # noqa: E402
@@ -76,10 +74,6 @@ def measure(dtype, rounds, prompt, new):
             times[name].append(seconds(lambda: setup.run(name)))  # noqa: B023
     same = all(np.array_equal(setup.tokens[name], setup.tokens[RUNS[0]]) for name in RUNS)
     return dict(times=times, same_tokens=same)
-
-
-def ratio(times, a, b):
-    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def child(args):
@@ -140,21 +134,10 @@ def main():
         if args.threads is None
         else [(str(args.threads), args.threads)]
     )
-    runs = []
-    for label, threads in settings:
-        command = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--child",
-            "--rounds",
-            str(args.rounds),
-        ]
-        command += ["--prompt", str(args.prompt), "--new", str(args.new), "--dtype", args.dtype]
-        command += ["--clock", args.clock] + (
-            [] if threads is None else ["--threads", str(threads)]
-        )
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        runs.append((label, json.loads(output.strip().splitlines()[-1])))
+    arguments = ["--rounds", str(args.rounds), "--prompt", str(args.prompt), "--new", str(args.new)]
+    runs = runs_per_setting(
+        __file__, arguments + ["--dtype", args.dtype, "--clock", args.clock], settings
+    )
     cfg = numpy_impl.TransformerConfig(**GPT2_SMALL)
     print(
         f"GPT-2 small's shape: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, "
