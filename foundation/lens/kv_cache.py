@@ -265,13 +265,13 @@ def check_entry(entry, cfg, name, array_type):
 
 def check_device(entries, module, name):
     """The entries' arrays are where the module's weights are (the torch twin's device)."""
-    weights = module._weights()
+    weight = next(iter(module.parameters()), None)  # one is enough: a module is on one device
     where = {device_name(entry.past_keys) for entry in entries}
-    if weights and where != {device_name(weights[0])}:
+    if weight is not None and where != {device_name(weight)}:
         maker = "init_cache" if name == "past_kv_cache" else "init_cache_entry"
         raise ValueError(
             f"{name} is on {', '.join(sorted(where))}, the {type(module).__name__}'s weights on "
-            f"{device_name(weights[0])}: make it on theirs, with "
+            f"{device_name(weight)}: make it on theirs, with "
             f"HookedTransformerKeyValueCache{'Entry' if maker == 'init_cache_entry' else ''}"
             f".{maker}(cfg, device=...)"
         )
