@@ -8,13 +8,26 @@ A benchmark, not a test: it prints numbers and asserts nothing. One step is: for
 of tokens, then backward of a random upstream gradient on the logits (the same weights, tokens
 and gradient everywhere). **Plain torch** is ``benchmarks/plain_torch.py``: the same math as
 nanoGPT writes it (``F.layer_norm``, ``scaled_dot_product_attention``, no hooks, no checks),
-loading the same weights. The three run in rounds whose order turns each round, so a burst of
-load from elsewhere hits each of them alike; a ratio is the median of the per-round ratios
-(robust to load), a time the median round, and the spread of a side (max - min) / median of its
-steps. Without ``--threads`` the script runs itself twice, at the default thread count and at one
-thread (a thread pool is fixed when NumPy loads), and prints one markdown table of both.
+loading the same weights. The three (and the floor, below) run in rounds whose order turns each
+round, so a burst of load from elsewhere hits each of them alike; a ratio is the median of the
+per-round ratios (robust to load), a time the median round, and the spread of a side (max - min)
+/ median of its steps. Each timed step follows an untimed step of the same side, as in a training
+loop: NumPy's BLAS threads spin for a while after its last product, and a torch step that starts
+then shares the cores with them. A turning order keeps each side's neighbour (the twin always
+came right after NumPy), so without that settling step the twin paid for NumPy's spin in every
+round and plain torch never did (measured in float32 at two threads: a step after NumPy's took
+50 to 90 ms more than one after a torch step, of about 450). Without ``--threads`` the script
+runs itself twice, at the default thread count and at one thread (a thread pool is fixed when
+NumPy loads), and prints one markdown table of both.
 NumPy runs on its native BLAS kernels only when the development machines' OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE are unset in the command (the line above); the script prints what it ran with.
+
+glibc's malloc gives memory back to the system when a free leaves more than a threshold at the
+top of its heap, and the next step maps it again, one page fault per 4 KiB (the row "page faults
+per step"). Whether a step crosses it depends on where its tensors landed, so one side may pay
+it and another not, by luck of layout. ``--malloc keep`` raises that threshold and the one above
+which glibc maps each block on its own (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_) in the
+measuring processes, so every side keeps its memory: the code's own cost.
 
 The floor is the same matrix products and nothing else, as plain ``@`` on contiguous arrays of
 the same shapes: the time no implementation that does these products can beat. Its share of
@@ -47,6 +60,7 @@ if _THREADS is not None:
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import json  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -175,6 +189,9 @@ class Setup:
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+# --malloc keep: glibc never gives freed memory back, and serves every size from its heap (setting
+# the trim threshold alone would fix the mmap threshold at its 128 KiB start)
+KEEP_FREED_MEMORY = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "4000000000"}
 clock = CLOCKS["wall"]
 
 
@@ -198,11 +215,21 @@ def measure(dtype, rounds, device):
     for step in sides.values():  # warm-up
         step()
     times = {name: [] for name in sides}
+    faults = {name: [] for name in sides}
     names = list(sides)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            sides[name]()  # settle: the step before a timed one is the same side's (see above)
+            before = page_faults()
             times[name].append(seconds(sides[name]))
-    return dict(times=times, plain_gap=setup.plain_gap())
+            faults[name].append(page_faults() - before)
+    return dict(times=times, faults=faults, plain_gap=setup.plain_gap())
+
+
+def page_faults():
+    """This process's minor page faults so far: memory the C allocator gave back to the system and
+    took again (each fault maps one fresh 4 KiB page)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def ratio(times, a, b):
@@ -248,63 +275,55 @@ def blas_line():
 
 
 def table(runs, device):
-    """A markdown table: a column per (dtype, threads), a row per ratio, spread and time."""
+    """A markdown table: a column per (dtype, threads), a row per ratio, spread, time and page
+    faults."""
     columns = [
         (
             f"{dtype.replace('float', 'f')}, {run['threads']} "
             f"thread{'s' if run['threads'] > 1 else ''}"
             + (" (default)" if label == "default" else ""),
-            r["times"],
+            r,
         )
         for label, run in runs
         for dtype, r in run["dtypes"].items()
     ]
-    rows = [("torch twin / plain torch", lambda t: f"{ratio(t, 'twin', 'plain'):.2f}")]
+    sides = ("numpy", "twin", "plain") if device == "cpu" else ("twin", "plain")
+    names = ", ".join({"numpy": "NumPy", "twin": "twin", "plain": "plain"}[s] for s in sides)
+    rows = [("torch twin / plain torch", lambda r: f"{ratio(r['times'], 'twin', 'plain'):.2f}")]
     if device == "cpu":
         rows.append(
-            ("NumPy reference / plain torch", lambda t: f"{ratio(t, 'numpy', 'plain'):.2f}")
+            (
+                "NumPy reference / plain torch",
+                lambda r: f"{ratio(r['times'], 'numpy', 'plain'):.2f}",
+            )
         )
         rows.append(
             (
                 "floor (NumPy's products alone) / plain torch",
-                lambda t: f"{ratio(t, 'floor', 'plain'):.2f}",
+                lambda r: f"{ratio(r['times'], 'floor', 'plain'):.2f}",
             )
         )
-        rows.append(
-            (
-                "spread: NumPy, twin, plain",
-                lambda t: ", ".join(f"{spread(t[s]):.0%}" for s in ("numpy", "twin", "plain")),
-            )
+    rows.append(
+        (f"spread: {names}", lambda r: ", ".join(f"{spread(r['times'][s]):.0%}" for s in sides))
+    )
+    rows.append(
+        (
+            f"ms: {names}",
+            lambda r: ", ".join(f"{1e3 * statistics.median(r['times'][s]):.0f}" for s in sides),
         )
-        rows.append(
-            (
-                "ms: NumPy, twin, plain",
-                lambda t: ", ".join(
-                    f"{1e3 * statistics.median(t[s]):.0f}" for s in ("numpy", "twin", "plain")
-                ),
-            )
+    )
+    rows.append(
+        (
+            f"page faults per step: {names}",
+            lambda r: ", ".join(f"{statistics.median(r['faults'][s]):.0f}" for s in sides),
         )
-    else:
-        rows.append(
-            (
-                "spread: twin, plain",
-                lambda t: ", ".join(f"{spread(t[s]):.0%}" for s in ("twin", "plain")),
-            )
-        )
-        rows.append(
-            (
-                "ms: twin, plain",
-                lambda t: ", ".join(
-                    f"{1e3 * statistics.median(t[s]):.1f}" for s in ("twin", "plain")
-                ),
-            )
-        )
+    )
     lines = [
         "| | " + " | ".join(name for name, _ in columns) + " |",
         "| --- |" + " --- |" * len(columns),
     ]
     for label, cell in rows:
-        lines.append(f"| {label} | " + " | ".join(cell(times) for _, times in columns) + " |")
+        lines.append(f"| {label} | " + " | ".join(cell(r) for _, r in columns) + " |")
     return "\n".join(lines)
 
 
@@ -331,6 +350,14 @@ def main():
         help="wall: elapsed time (default); cpu: this process's CPU time, steadier on a machine "
         "shared with other jobs (with one thread: it adds up the time of every thread)",
     )
+    parser.add_argument(
+        "--malloc",
+        choices=("default", "keep"),
+        default="default",
+        help="default: glibc's malloc as a user's process has it; keep: freed memory stays in the "
+        "process (MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_ raised), so no step pays "
+        "page faults for memory an earlier step gave back",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     global clock
@@ -343,6 +370,8 @@ def main():
         else [(str(args.threads or "default"), args.threads)]
     )
     arguments = ["--rounds", str(args.rounds), "--dtype", args.dtype, "--device", args.device]
+    if args.malloc == "keep":  # glibc reads them when a process starts: the children's environment
+        os.environ.update(KEEP_FREED_MEMORY)
     runs = runs_per_setting(__file__, arguments + ["--clock", args.clock], settings)
     cfg = numpy_impl.TransformerConfig(**CONFIG_M)
     print(
@@ -354,7 +383,9 @@ def main():
     )
     print(
         f"numpy {np.__version__}, torch {torch.__version__}; {args.rounds} rounds, order turning; "
-        f"{args.clock} clock; "
+        f"{args.clock} clock; malloc {args.malloc} ("
+        + ", ".join(f"{name}={os.environ.get(name, 'unset')}" for name in KEEP_FREED_MEMORY)
+        + "); "
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}, "
         f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', 'unset')}"
     )
@@ -371,8 +402,7 @@ def main():
                 )
     print(
         "\n(ratios: median of the per-round ratios; spread: (max - min) / median of a side's "
-        "steps; "
-        "ms: median step)\n"
+        "steps; ms: median step; page faults: median of a side's steps)\n"
     )
     print(table(runs, args.device))
 
