@@ -9,10 +9,11 @@ tokens. GPT-2 small's shape (12 layers, d_model 768, 12 heads of 64, d_mlp 3072,
 ``model.generate(prompt, max_new_tokens=new, do_sample=False)`` on a batch of one prompt: with the
 cache (``use_past_kv_cache=True``, the default) the prompt runs once and each new token runs alone;
 without it every step runs the whole sequence again. The four runs (NumPy and the torch twin, each
-with and without the cache) go in rounds whose order turns each round, so load from elsewhere hits
-each alike; tokens per second is ``new`` over the median run, a ratio the median of the per-round
-ratios. Without ``--threads`` the script runs itself at the default thread count and at one thread
-and prints one markdown table.
+with and without the cache) go in rounds whose order turns each round, so load from elsewhere
+hits each alike, and each timed run follows an untimed one-token run of its own (so a torch run
+never starts on cores NumPy's spinning BLAS threads still hold); tokens per second is ``new``
+over the median run, a ratio the median of the per-round ratios. Without ``--threads`` the
+script runs itself at the default thread count and at one thread and prints one markdown table.
 """
 
 from __future__ import annotations
@@ -50,19 +51,21 @@ class Setup:
         self.new = new
         self.tokens = {}  # what each run generated
 
-    def run(self, name):
-        """One ``generate`` call of the run named ``name`` (one of RUNS)."""
+    def run(self, name, new=None):
+        """One ``generate`` call of the run named ``name`` (one of RUNS), of ``new`` tokens (None:
+        the benchmark's count)."""
         side, cache = name.split()
         model = self.model if side == "numpy" else self.twin
         out = model.generate(
             self.prompt,
-            max_new_tokens=self.new,
+            max_new_tokens=new or self.new,
             do_sample=False,
             stop_at_eos=False,
             verbose=False,
             use_past_kv_cache=cache == "cached",
         )
-        self.tokens[name] = np.asarray(out)
+        if new is None:
+            self.tokens[name] = np.asarray(out)
 
 
 def measure(dtype, rounds, prompt, new):
@@ -71,6 +74,7 @@ def measure(dtype, rounds, prompt, new):
     times = {name: [] for name in RUNS}
     for r in range(rounds):
         for name in RUNS[r % len(RUNS) :] + RUNS[: r % len(RUNS)]:
+            setup.run(name, new=1)  # settle: the same side runs just before (fwd_bwd.py says why)
             times[name].append(seconds(lambda: setup.run(name)))  # noqa: B023
     same = all(np.array_equal(setup.tokens[name], setup.tokens[RUNS[0]]) for name in RUNS)
     return dict(times=times, same_tokens=same)
