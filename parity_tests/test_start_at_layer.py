@@ -204,3 +204,16 @@ def test_start_at_layer_bad_input():
             call = {"tokens": resid, "start_at_layer": 1, **changes}
             with pytest.raises(error, match=message):
                 model(call.pop("tokens"), **call)
+
+
+@pytest.mark.parametrize("side", ["numpy", "torch"])
+def test_stop_at_layer_bad_input(side):
+    cfg = CONFIGS["pre, learned"]
+    model = dict(zip(["numpy", "torch"], twins(cfg)))[side]
+    tokens = tokens_for(cfg, batch=2, pos=5)
+    with pytest.raises(TypeError, match="stop_at_layer must be an int or None, got 1.0"):
+        model(tokens, stop_at_layer=1.0)
+    with pytest.raises(ValueError, match=r"stop_at_layer must lie in .* = \[-3, 3\], got 4"):
+        model(tokens, stop_at_layer=4)
+    with pytest.raises(ValueError, match=r"stop_at_layer must lie in .* = \[-3, 3\], got -4"):
+        model(tokens, stop_at_layer=-4)
