@@ -527,6 +527,15 @@ def test_word_vocabulary_drives_to_tokens_and_generate():
         assert m.to_str_tokens(tokens) == ["the", "cat", "sat", "on", "mat"]
         assert m.to_string(tokens[0]) == "the cat sat on mat"
         assert m.to_str_tokens("the cat", prepend_bos=False) == ["the", "cat"]
+        assert m.to_single_token("cat") == 2
+        _, cache = m.run_with_cache(tokens)
+        stack = cache.accumulated_resid()
+        assert (
+            rel_err(
+                as_float64(cache.logit_attrs(stack, "cat")), as_float64(cache.logit_attrs(stack, 2))
+            )
+            == 0
+        )
         with pytest.raises(ValueError, match="'bird'"):
             m.to_tokens("the bird")
     assert model.generate("the cat", 3, do_sample=False) == twin.generate(
