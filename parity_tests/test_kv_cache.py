@@ -322,29 +322,35 @@ def test_caches_changed_by_hand_are_refused_naming_the_argument(side):
 
     one_step = changed(lambda cache: None, steps=1)
     bad = {
-        r"past_kv_cache has 1 entries; the model has 2 layers": changed(
-            lambda cache: cache.entries.pop()
+        r"past_kv_cache has 1 entries; the model has 2 layers": (
+            ValueError,
+            changed(lambda cache: cache.entries.pop()),
         ),
-        "past_kv_cache's layers hold different numbers of positions": changed(
-            set_entry(1, cache_class.init_cache(cfg, batch_size=BATCH)[1]), steps=1
+        "past_kv_cache's layers hold different numbers of positions": (
+            ValueError,
+            changed(set_entry(1, cache_class.init_cache(cfg, batch_size=BATCH)[1]), steps=1),
         ),
-        r"past_kv_cache\[0\] must be a HookedTransformerKeyValueCacheEntry, got str": changed(
-            set_entry(0, "keys")
+        r"past_kv_cache\[0\] must be a HookedTransformerKeyValueCacheEntry, got str": (
+            TypeError,
+            changed(set_entry(0, "keys")),
         ),
-        r"past_kv_cache\[0\].past_keys must be float64, got float32": changed(
-            lambda cache: setattr(cache[0], "past_keys", as_float32(cache[0].past_keys))
+        r"past_kv_cache\[0\].past_keys must be float64, got float32": (
+            ValueError,
+            changed(lambda cache: setattr(cache[0], "past_keys", as_float32(cache[0].past_keys))),
         ),
-        r"past_kv_cache\[0\].past_values must have shape \[batch, pos_so_far, 4, 4\]": changed(
-            lambda cache: setattr(cache[0], "past_values", cache[0].past_values[:, :, :3])
+        r"past_kv_cache\[0\].past_values must have shape \[batch, pos_so_far, 4, 4\]": (
+            ValueError,
+            changed(lambda cache: setattr(cache[0], "past_values", cache[0].past_values[:, :, :3])),
         ),
         r"past_kv_cache\[0\]: past_keys \[3, 0, 4, 4\] and past_values \[3, 1, 4, 4\] differ": (
-            changed(lambda cache: setattr(cache[0], "past_values", one_step[0].past_values))
+            ValueError,
+            changed(lambda cache: setattr(cache[0], "past_values", one_step[0].past_values)),
         ),
     }
     x = native(np.zeros((BATCH, 1, COMMON["d_model"])))
     with torch.no_grad():
-        for message, cache in bad.items():
-            with pytest.raises((TypeError, ValueError), match=message):
+        for message, (error, cache) in bad.items():
+            with pytest.raises(error, match=message):
                 model(tokens[:, 1:2], past_kv_cache=cache)
         with pytest.raises(TypeError, match="past_kv_cache_entry must be None or a .*, got str"):
             model.blocks[0](x, past_kv_cache_entry="keys")
