@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from numpy_impl import hook_name
-from parity_tests.helpers import CFG, TOL, make_cfg, parametrize_pairwise, rel_err, to_numpy, twins
+from parity_tests.helpers import (
+    CFG,
+    SIDES,
+    TOL,
+    make_cfg,
+    parametrize_pairwise,
+    rel_err,
+    to_numpy,
+    twins,
+)
 
 B, P = 3, 6
 BASE = dict(d_head=5, d_mlp=16)  # make_cfg's changes for these tests
@@ -496,9 +505,9 @@ def test_hook_names_that_name_no_hook_are_refused_naming_the_part(arguments, err
         hook_name(*arguments)
 
 
-@pytest.mark.parametrize("side", ["numpy", "torch"])
+@pytest.mark.parametrize("side", SIDES)
 def test_bad_hooks_caches_and_listings_are_refused_naming_the_argument(side):
-    model = dict(zip(["numpy", "torch"], twins(make_cfg(BASE), seed=1)))[side]
+    model = twins(make_cfg(BASE), seed=1)[SIDES.index(side)]
     tokens = np.zeros((2, 4), dtype=np.int64)
     with pytest.raises(TypeError, match="hook must be callable, got str"):
         model.hook_dict["hook_embed"].add_hook("not a function")

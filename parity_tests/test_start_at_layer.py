@@ -16,6 +16,7 @@ import numpy_impl as npi
 import torch_impl as pti
 from foundation.contract.agreement import TOL
 from parity_tests.helpers import (
+    SIDES,
     assert_same_grads,
     grads,
     make_cfg,
@@ -206,10 +207,10 @@ def test_start_at_layer_bad_input():
                 model(call.pop("tokens"), **call)
 
 
-@pytest.mark.parametrize("side", ["numpy", "torch"])
+@pytest.mark.parametrize("side", SIDES)
 def test_stop_at_layer_bad_input(side):
     cfg = CONFIGS["pre, learned"]
-    model = dict(zip(["numpy", "torch"], twins(cfg)))[side]
+    model = twins(cfg)[SIDES.index(side)]
     tokens = tokens_for(cfg, batch=2, pos=5)
     with pytest.raises(TypeError, match="stop_at_layer must be an int or None, got 1.0"):
         model(tokens, stop_at_layer=1.0)
