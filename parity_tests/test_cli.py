@@ -130,7 +130,12 @@ def test_ctrl_c_while_the_tour_imports_is_one_line(tmp_path):
     (tmp_path / "slow_tour.py").write_text(
         "import time\n\nprint('importing', flush=True)\ntime.sleep(60)\n"
     )
-    start = "import demo; demo.TOURS['basics'] = ('slow_tour', 'slow'); demo.main(['basics'])"
+    # Python's own Ctrl-C handler, as in a terminal: a test run started in the background (`&`)
+    # hands its children SIGINT ignored, and Python leaves an ignored SIGINT ignored
+    start = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); import demo; "
+        "demo.TOURS['basics'] = ('slow_tour', 'slow'); demo.main(['basics'])"
+    )
     process = subprocess.Popen(
         [sys.executable, "-c", start],
         cwd=tmp_path,
