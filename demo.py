@@ -75,6 +75,25 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["basics"] + argv
+    command = argv[0]  # a tour's name, once the arguments parse
+    try:
+        args = parse_arguments(argv)  # imports the chosen tour, torch with it: Ctrl-C may come here
+        module = importlib.import_module(args.module_name)
+        check_arguments(args, writes_out=getattr(module, "writes_out", lambda args: True)(args))
+        module.run(args)
+    # a bad argument or file: one line, no traceback (a TypeError is a bug and keeps its traceback)
+    except (ValueError, OSError) as error:
+        fail(command, error)
+    except SystemExit as error:
+        if isinstance(error.code, str):  # a tour's own one-line refusal
+            fail(command, error.code)
+        raise
+    except KeyboardInterrupt:
+        fail(command, "interrupted", status=130)
+
+
+def parse_arguments(argv):
+    """The arguments of ``argv``, the chosen tour's own options included (importing that tour)."""
     parser = argparse.ArgumentParser(
         prog="demo.py",
         description="Transformer Twins: a NumPy transformer with hand-written backward passes and "
@@ -100,20 +119,7 @@ def main(argv=None):
     if argv and argv[0] in TOURS:
         module = importlib.import_module(TOURS[argv[0]][0])
         module.add_arguments(commands.choices[argv[0]])
-    args = parser.parse_args(argv)
-    try:
-        module = importlib.import_module(args.module_name)
-        check_arguments(args, writes_out=getattr(module, "writes_out", lambda args: True)(args))
-        module.run(args)
-    # a bad argument or file: one line, no traceback (a TypeError is a bug and keeps its traceback)
-    except (ValueError, OSError) as error:
-        fail(args.command, error)
-    except SystemExit as error:
-        if isinstance(error.code, str):  # a tour's own one-line refusal
-            fail(args.command, error.code)
-        raise
-    except KeyboardInterrupt:
-        fail(args.command, "interrupted", status=130)
+    return parser.parse_args(argv)
 
 
 # options several tours share: name -> (smallest allowed value, what it must be)

@@ -71,6 +71,16 @@ def test_components_need_a_config(name):
             getattr(side, name)(None)
 
 
+@pytest.mark.parametrize("side", [npi, pti])
+def test_the_loss_has_no_config_and_moves_without_one(side):
+    loss = side.CrossEntropyLoss()
+    assert not hasattr(loss, "cfg")
+    with pytest.raises(AttributeError, match="CrossEntropyLoss.* has no (attribute ')?cfg"):
+        loss.cfg  # noqa: B018 (the attribute read is what raises)
+    if side is pti:  # a move asks for the module's dtype in cfg; the loss has none to check
+        assert loss.double() is loss
+
+
 def test_arrays_of_the_other_twin_are_refused():
     """A tensor into a NumPy component, an ndarray into a torch one, float32 into a float64
     model."""
@@ -397,6 +407,10 @@ def test_loss_inputs_checked(side):
         loss(logits, as_array(np.zeros((2, 4), dtype=np.int64)))
     with pytest.raises(TypeError, match="targets must be an integer array"):
         loss(logits, as_array(np.zeros((2, 3))))
+    with pytest.raises(TypeError, match="logits must be a float array .* of dtype (torch.)?int64"):
+        loss(as_array(np.zeros((2, 3, 5), dtype=np.int64)), as_array(np.zeros((2, 3), np.int64)))
+    with pytest.raises(TypeError, match="weights must be a float array .* of dtype (torch.)?int64"):
+        loss(logits, as_array(np.zeros((2, 3), np.int64)), as_array(np.ones((2, 3), np.int64)))
     with pytest.raises(ValueError, match="weights must be non-negative"):
         loss(logits, as_array(np.zeros((2, 3), dtype=np.int64)), as_array(-np.ones((2, 3))))
     with pytest.raises(ValueError, match=r"weights must have the targets' shape"):

@@ -248,6 +248,16 @@ def test_backward_before_forward():
         npi.CrossEntropyLoss().backward()
 
 
+def test_backward_from_a_hook_inside_its_own_forward_is_refused():
+    model, _ = twins()
+
+    def backward_now(x, hook):
+        model.backward(random_dout((2, 4, 11)))
+
+    with pytest.raises(ValueError, match=r"Transformer.backward\(\) called while .* still running"):
+        model.run_with_hooks(TOKENS, fwd_hooks=[("blocks.0.hook_resid_mid", backward_now)])
+
+
 class Boom(Exception):
     pass
 

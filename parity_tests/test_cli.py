@@ -1,6 +1,7 @@
 """Every bad argument to demo.py gets one line of error and a non-zero exit, never a traceback."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -120,6 +121,36 @@ def test_as_a_subprocess(case, tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1, result.stderr
+
+
+def test_ctrl_c_while_the_tour_imports_is_one_line(tmp_path):
+    """Ctrl-C in demo.py's first second, while the chosen tour imports (torch with it), ends as a
+    later Ctrl-C does. The tour here announces its import on stdout and then waits in it, so the
+    signal arrives inside the import every time."""
+    (tmp_path / "slow_tour.py").write_text(
+        "import time\n\nprint('importing', flush=True)\ntime.sleep(60)\n"
+    )
+    # Python's own Ctrl-C handler, as in a terminal: a test run started in the background (`&`)
+    # hands its children SIGINT ignored, and Python leaves an ignored SIGINT ignored
+    start = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); import demo; "
+        "demo.TOURS['basics'] = ('slow_tour', 'slow'); demo.main(['basics'])"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", start],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, str(tmp_path)])},
+    )
+    try:
+        assert process.stdout.readline() == "importing\n"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert (process.returncode, err) == (130, "demo.py basics: error: interrupted\n")
 
 
 # --- exercises init: a folder name that is not UTF-8, a write that fails half-way ---

@@ -24,6 +24,45 @@ CONFIG_ERRORS = [
     (dict(causal=1), TypeError, "causal must be a bool"),
     (dict(d_head=0), ValueError, "d_head must be positive"),
     (dict(d_mlp=-4), ValueError, "d_mlp must be positive"),
+    (
+        dict(normalization=None, normalization_type="RMS"),
+        ValueError,
+        "normalization_type='RMS' does not fit normalization=None",
+    ),
+    (
+        dict(normalization_type=None),
+        ValueError,
+        "normalization_type=None does not fit normalization='pre'",
+    ),
+    (dict(eps=1e-6), ValueError, "eps must be 1e-05 with normalization_type='LN'"),
+    (dict(eps="1e-5"), TypeError, "eps must be a number"),
+    (dict(eps=float("nan")), ValueError, "eps must be a positive finite number"),
+    (dict(rotary_base=0.0), ValueError, "rotary_base must be a positive finite number"),
+    (
+        dict(positional="sinusoidal", positional_embedding_type="rotary"),
+        ValueError,
+        "positional_embedding_type='rotary' does not fit positional='sinusoidal'",
+    ),
+    (dict(positional="rotary", rotary_dim=3), ValueError, "rotary_dim must be even"),
+    (dict(positional="rotary", rotary_dim=6), ValueError, "rotary_dim must be .* at most d_head"),
+    (dict(rotary_dim=2), ValueError, "rotary_dim=2 needs positional_embedding_type='rotary'"),
+    (
+        dict(gated_mlp=True, attn_only=True, act_fn="silu", mlp_bias=False),
+        ValueError,
+        "gated_mlp=True needs an MLP, but attn_only=True",
+    ),
+    (dict(act_fn="silu"), ValueError, "act_fn='silu' is for the gated MLP.*gated_mlp=True"),
+    (dict(gated_mlp=True, act_fn="silu"), ValueError, "gated_mlp=True has no biases.*mlp_bias"),
+    (
+        dict(parallel_attn_mlp=True, attn_only=True),
+        ValueError,
+        "parallel_attn_mlp=True needs an MLP",
+    ),
+    (
+        dict(parallel_attn_mlp=True, normalization="post"),
+        ValueError,
+        "parallel_attn_mlp=True needs .* normalization 'pre' or None",
+    ),
 ]
 
 
@@ -41,6 +80,10 @@ def test_config_defaults_and_json_round_trip():
     assert npi.TransformerConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ValueError, match="unknown TransformerConfig field"):
         npi.TransformerConfig.from_dict(dict(cfg.to_dict(), wings=2))
+    with pytest.raises(TypeError, match="fields must be a dict, got list"):
+        npi.TransformerConfig.from_dict([("d_model", 12)])
+    with pytest.raises(ValueError, match="config is not valid JSON"):
+        npi.TransformerConfig.from_json("{'d_model': 12}")
     with pytest.raises(TypeError, match="cfg must be a TransformerConfig"):
         npi.Transformer({"d_model": 12})
     with pytest.raises(TypeError, match="cfg must be a TransformerConfig"):

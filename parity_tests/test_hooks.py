@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from numpy_impl import hook_name
-from parity_tests.helpers import CFG, TOL, make_cfg, parametrize_pairwise, rel_err, to_numpy, twins
+from parity_tests.helpers import (
+    CFG,
+    SIDES,
+    TOL,
+    make_cfg,
+    parametrize_pairwise,
+    rel_err,
+    to_numpy,
+    twins,
+)
 
 B, P = 3, 6
 BASE = dict(d_head=5, d_mlp=16)  # make_cfg's changes for these tests
@@ -478,3 +487,58 @@ def test_backward_hooks_get_a_copy():
                 rel_err(grad, reference[name], max(np.abs(reference[name]).max(), 1e-3 * largest))
                 <= 1e-12
             ), (key, name)
+
+
+HOOK_NAMES_BAD = [
+    ((3,), TypeError, "hook name must be a str, got int"),
+    (("k", 1.5), TypeError, "layer must be an int, got 1.5"),
+    (("k", 0, 1), TypeError, "layer_type must be a str, got 1"),
+    (("embed", 0), ValueError, "'embed' is not per layer"),
+    (("k", 0, "mlp"), ValueError, "'k' lives in attn, not 'mlp'"),
+    (("wings", 0), ValueError, "hook name 'wings' .*unknown short name"),
+]
+
+
+@pytest.mark.parametrize("arguments,error,message", HOOK_NAMES_BAD, ids=repr)
+def test_hook_names_that_name_no_hook_are_refused_naming_the_part(arguments, error, message):
+    with pytest.raises(error, match=message):
+        hook_name(*arguments)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_bad_hooks_caches_and_listings_are_refused_naming_the_argument(side):
+    model = twins(make_cfg(BASE), seed=1)[SIDES.index(side)]
+    tokens = np.zeros((2, 4), dtype=np.int64)
+    with pytest.raises(TypeError, match="hook must be callable, got str"):
+        model.hook_dict["hook_embed"].add_hook("not a function")
+    with pytest.raises(TypeError, match="fwd_hooks must be a list of .* pairs, got dict"):
+        model.run_with_hooks(tokens, fwd_hooks={"hook_embed": lambda x, hook: None})
+    with pytest.raises(TypeError, match=r"fwd_hooks\[0\]: the hook name must be a str or a filter"):
+        model.run_with_hooks(tokens, fwd_hooks=[(3, lambda x, hook: None)])
+    with pytest.raises(TypeError, match="cache_dict must be a dict, got list"):
+        type(model.run_with_cache(tokens)[1])([], model.cfg)
+    with pytest.raises(TypeError, match="cache must be a dict, got list"):
+        model.get_caching_hooks(cache=[])
+    # caching hooks made with remove_batch_dim, run on a batch of 2
+    _, fwd_hooks, _ = model.get_caching_hooks(names_filter="hook_embed", remove_batch_dim=True)
+    with pytest.raises(ValueError, match="remove_batch_dim needs a batch of 1; embed.hook_out"):
+        model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+    with pytest.raises(ValueError, match="tokens need at least 2 positions .* pass dout"):
+        model.run_with_cache(tokens[:, :1], incl_bwd=True)
+    model.add_hook("hook_embed", lambda x, hook: None)
+    assert list(model.list_hooks("hook_embed")) == list(model.list_hooks(["hook_embed"]))
+    assert list(model.list_hooks("hook_embed")) == ["hook_embed"]
+    with pytest.raises(ValueError, match="dir must be 'fwd', 'bwd' or 'both', got 'up'"):
+        model.list_hooks(dir="up")
+    with pytest.raises(TypeError, match="name_filter must be None, a hook name, .* got 3"):
+        model.list_hooks(name_filter=3)
+
+
+def test_a_numpy_cache_does_not_move_its_model_and_torch_names_a_device_it_does_not_know():
+    model, twin = twins(make_cfg(BASE), seed=1)
+    tokens = np.zeros((1, 4), dtype=np.int64)
+    _, cache = model.run_with_cache(tokens)
+    with pytest.raises(ValueError, match="move_model=True.*the NumPy model does not move"):
+        cache.to("cpu", move_model=True)
+    with pytest.raises(RuntimeError, match="nowhere"):
+        twin.run_with_cache(tokens, device="nowhere")

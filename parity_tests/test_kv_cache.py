@@ -301,6 +301,69 @@ def test_bad_caches_are_refused_naming_the_argument(side):
         )
 
 
+@pytest.mark.parametrize("side", SIDES)
+def test_caches_changed_by_hand_are_refused_naming_the_argument(side):
+    pick, cache_class, native = SIDES[side]
+    model = pick(make_models("gpt2-learned"))
+    cfg = model.cfg
+    tokens = native(np.random.default_rng(8).integers(0, COMMON["d_vocab"], (BATCH, 3)))
+    as_float32 = (lambda a: a.astype(np.float32)) if side == "numpy" else (lambda t: t.float())
+
+    def changed(change, steps=0):
+        """A new cache, run on ``steps`` tokens, then changed by hand."""
+        cache = cache_class.init_cache(cfg, batch_size=BATCH)
+        if steps:
+            model(tokens[:, :steps], past_kv_cache=cache)
+        change(cache)
+        return cache
+
+    def set_entry(layer, entry):
+        return lambda cache: cache.entries.__setitem__(layer, entry)
+
+    one_step = changed(lambda cache: None, steps=1)
+    bad = {
+        r"past_kv_cache has 1 entries; the model has 2 layers": (
+            ValueError,
+            changed(lambda cache: cache.entries.pop()),
+        ),
+        "past_kv_cache's layers hold different numbers of positions": (
+            ValueError,
+            changed(set_entry(1, cache_class.init_cache(cfg, batch_size=BATCH)[1]), steps=1),
+        ),
+        r"past_kv_cache\[0\] must be a HookedTransformerKeyValueCacheEntry, got str": (
+            TypeError,
+            changed(set_entry(0, "keys")),
+        ),
+        r"past_kv_cache\[0\].past_keys must be float64, got float32": (
+            ValueError,
+            changed(lambda cache: setattr(cache[0], "past_keys", as_float32(cache[0].past_keys))),
+        ),
+        r"past_kv_cache\[0\].past_values must have shape \[batch, pos_so_far, 4, 4\]": (
+            ValueError,
+            changed(lambda cache: setattr(cache[0], "past_values", cache[0].past_values[:, :, :3])),
+        ),
+        r"past_kv_cache\[0\]: past_keys \[3, 0, 4, 4\] and past_values \[3, 1, 4, 4\] differ": (
+            ValueError,
+            changed(lambda cache: setattr(cache[0], "past_values", one_step[0].past_values)),
+        ),
+    }
+    x = native(np.zeros((BATCH, 1, COMMON["d_model"])))
+    with torch.no_grad():
+        for message, (error, cache) in bad.items():
+            with pytest.raises(error, match=message):
+                model(tokens[:, 1:2], past_kv_cache=cache)
+        with pytest.raises(TypeError, match="past_kv_cache_entry must be None or a .*, got str"):
+            model.blocks[0](x, past_kv_cache_entry="keys")
+        bidirectional = npi.TransformerConfig(**COMMON, causal=False)
+        block = (npi if side == "numpy" else pti).TransformerBlock(bidirectional)
+        entry = cache_class.init_cache(bidirectional, batch_size=BATCH)[0]
+        with pytest.raises(ValueError, match="past_kv_cache_entry needs a causal model"):
+            block(x, past_kv_cache_entry=entry)
+    if side == "numpy":
+        with pytest.raises(ValueError, match="device='cuda': the NumPy model's arrays live on the"):
+            cache_class.init_cache(cfg, device="cuda", batch_size=BATCH)
+
+
 def _multiply_weight(model, name, factor):
     """Scale one weight in place, in either twin."""
     weight = dict(model.named_parameters())[name]

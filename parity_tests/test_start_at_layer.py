@@ -16,6 +16,7 @@ import numpy_impl as npi
 import torch_impl as pti
 from foundation.contract.agreement import TOL
 from parity_tests.helpers import (
+    SIDES,
     assert_same_grads,
     grads,
     make_cfg,
@@ -204,3 +205,16 @@ def test_start_at_layer_bad_input():
             call = {"tokens": resid, "start_at_layer": 1, **changes}
             with pytest.raises(error, match=message):
                 model(call.pop("tokens"), **call)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_stop_at_layer_bad_input(side):
+    cfg = CONFIGS["pre, learned"]
+    model = twins(cfg)[SIDES.index(side)]
+    tokens = tokens_for(cfg, batch=2, pos=5)
+    with pytest.raises(TypeError, match="stop_at_layer must be an int or None, got 1.0"):
+        model(tokens, stop_at_layer=1.0)
+    with pytest.raises(ValueError, match=r"stop_at_layer must lie in .* = \[-3, 3\], got 4"):
+        model(tokens, stop_at_layer=4)
+    with pytest.raises(ValueError, match=r"stop_at_layer must lie in .* = \[-3, 3\], got -4"):
+        model(tokens, stop_at_layer=-4)

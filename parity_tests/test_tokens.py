@@ -85,6 +85,11 @@ def test_ragged_token_lists():
     for model in (NP_MODEL, TORCH_MODEL):
         with pytest.raises(ValueError, match="tokens must be a rectangular"):
             model([[1, 2], [3]])
+        # rows as arrays of two lengths: [pos] rows, and [1, pos] rows NumPy cannot stack
+        with pytest.raises(ValueError, match="tokens must be a rectangular"):
+            model([np.array([1, 2]), np.array([3, 4, 5])])
+        with pytest.raises(ValueError, match="tokens must be a rectangular"):
+            model([np.array([[1, 2]]), np.array([[3, 4, 5]])])
 
 
 # ---------------------------------------------------------------- arrays: every integer kind is

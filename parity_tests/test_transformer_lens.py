@@ -419,6 +419,45 @@ def test_cache_methods_refuse_what_they_cannot_do():
         cache.logit_attrs(cache.decompose_resid(), [1, 2, 3], incorrect_tokens=4)
 
 
+@pytest.mark.parametrize("side", SIDES)
+def test_cache_methods_refuse_bad_arguments_naming_them(side):
+    model = twins(make_cfg(LENS), seed=1)[SIDES.index(side)]
+    cache = _cache(model, TOKENS)
+    stack = cache.accumulated_resid()  # [component, batch, pos, d_model]
+    last = model.cfg.n_layers
+    with pytest.raises(TypeError, match="layer must be an int or None, got 1.5"):
+        cache.accumulated_resid(layer=1.5)
+    with pytest.raises(ValueError, match="mlp_input=True needs a layer below n_layers"):
+        cache.accumulated_resid(layer=last, mlp_input=True)
+    with pytest.raises(ValueError, match="mlp_input=True needs a layer below n_layers"):
+        cache.decompose_resid(layer=last, mlp_input=True)
+    with pytest.raises(ValueError, match="mlp_input=True needs a layer below n_layers"):
+        cache.apply_ln_to_stack(stack, layer=last, mlp_input=True)
+    with pytest.raises(ValueError, match="stack_activation needs layer >= 1"):
+        cache.stack_activation("pattern", layer=0)
+    with pytest.raises(ValueError, match=r"residual_stack must have shape \[component, ..., d_m"):
+        cache.apply_ln_to_stack(stack[..., :-1])
+    with pytest.raises(ValueError, match=r"residual_stack must have shape \[..., batch, pos, d_m"):
+        cache.logit_attrs(stack[:, :, :3], 1)
+    by_hand = type(cache)(cache.cache_dict, model.cfg, model=model)  # no tokens: the stack says
+    with pytest.raises(ValueError, match=r"residual_stack must have shape \[..., batch, pos, d_m"):
+        by_hand.logit_attrs(stack[..., :-1], 1)
+    without_model = type(cache)(cache.cache_dict, model.cfg)
+    with pytest.raises(ValueError, match="stack_head_results needs the model's weights.*model="):
+        without_model.stack_head_results()
+    _, empty = model.run_with_cache(TOKENS, names_filter=[])
+    with pytest.raises(ValueError, match="the cache is empty .names_filter kept no hook"):
+        empty.stack_head_results(layer=0)
+    single = _cache(model, TOKENS[:1], remove_batch_dim=True)
+    assert single.remove_batch_dim() is single  # no batch axis left to remove
+    with pytest.raises(ValueError, match="apply_slice_to_batch_dim: this cache has no batch axis"):
+        single.apply_slice_to_batch_dim(0)
+    encoder = twins(make_cfg(LENS, unembed=False), seed=1)[SIDES.index(side)]
+    _, cache = encoder.run_with_cache(TOKENS)
+    with pytest.raises(ValueError, match="logit_attrs needs .* an unembedding .cfg.unembed=True"):
+        cache.logit_attrs(cache.accumulated_resid(), 1)
+
+
 # --- running: return_type, generate, the vocabulary ---
 
 
@@ -488,6 +527,15 @@ def test_word_vocabulary_drives_to_tokens_and_generate():
         assert m.to_str_tokens(tokens) == ["the", "cat", "sat", "on", "mat"]
         assert m.to_string(tokens[0]) == "the cat sat on mat"
         assert m.to_str_tokens("the cat", prepend_bos=False) == ["the", "cat"]
+        assert m.to_single_token("cat") == 2
+        _, cache = m.run_with_cache(tokens)
+        stack = cache.accumulated_resid()
+        assert (
+            rel_err(
+                as_float64(cache.logit_attrs(stack, "cat")), as_float64(cache.logit_attrs(stack, 2))
+            )
+            == 0
+        )
         with pytest.raises(ValueError, match="'bird'"):
             m.to_tokens("the bird")
     assert model.generate("the cat", 3, do_sample=False) == twin.generate(
@@ -495,6 +543,35 @@ def test_word_vocabulary_drives_to_tokens_and_generate():
     )
     model.tokenizer = WordVocabulary(words, bos_token="<bos>")
     assert model.to_str_tokens("the cat") == ["<bos>", "the", "cat"]
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_running_refuses_bad_arguments_naming_them(side):
+    model = twins(make_cfg(LENS), seed=1)[SIDES.index(side)]
+    with pytest.raises(ValueError, match="to_tokens needs model.tokenizer"):
+        model.to_tokens("the cat")
+    model.tokenizer = WordVocabulary(["<pad>", "the", "cat", "sat"])
+    with pytest.raises(TypeError, match="input must be a str or a non-empty list of str, got 3"):
+        model.to_tokens(3)
+    with pytest.raises(ValueError, match="prepend_bos=True, but model.tokenizer has no bos_token"):
+        model.to_tokens("the cat", prepend_bos=True)
+    with pytest.raises(ValueError, match="input texts must have the same number of words"):
+        model.to_tokens(["the cat", "the"])
+    with pytest.raises(ValueError, match="input has no words"):
+        model.to_tokens("")
+    with pytest.raises(ValueError, match=r"to_str_tokens takes one sequence: \[pos\] or \[1, pos"):
+        model.to_str_tokens(TOKENS)
+    with pytest.raises(ValueError, match="to_single_token: 'the cat' is 2 tokens, not one"):
+        model.to_single_token("the cat")
+    with pytest.raises(ValueError, match="return_type='loss': tokens need at least 2 positions"):
+        model(TOKENS[:, :1], return_type="loss")
+    with pytest.raises(ValueError, match="max_new_tokens must be a non-negative int, got -1"):
+        model.generate(TOKENS, -1)
+    with pytest.raises(ValueError, match=r"tokens must have shape \[batch, pos\], got \(1, 2, 4\)"):
+        model.generate(TOKENS[None], 1)
+    encoder = twins(make_cfg(LENS, unembed=False), seed=1)[SIDES.index(side)]
+    with pytest.raises(ValueError, match="generate needs logits .cfg.unembed=True"):
+        encoder.generate(TOKENS, 1)
 
 
 # --- the torch twin moves like a module ---
@@ -1331,6 +1408,10 @@ def test_slice_follows_transformer_lens():
     assert np.array_equal(Slice.unwrap(3).apply(x, 1), x[:, [3]])
     with pytest.raises(ValueError, match="slice"):
         Slice("first")
+    with pytest.raises(ValueError, match="a slice given as a list or array must hold indices"):
+        Slice([[1, 2]])
+    with pytest.raises(ValueError, match="a slice given as a list or array must hold indices"):
+        Slice(np.array([0.5]))
 
 
 # --- generate ---
@@ -1432,6 +1513,8 @@ def test_sample_logits_keeps_what_transformer_lens_keeps():
     assert np.array_equal(
         sample_logits(rows[:50], top_k=1, rng=np.random.default_rng(1)), np.zeros(50)
     )
+    with pytest.raises(ValueError, match="freq_penalty needs the tokens so far"):
+        sample_logits(rows[:3], freq_penalty=0.5)
 
 
 def test_generate_takes_text_and_returns_what_transformer_lens_returns(capsys):
@@ -1677,6 +1760,28 @@ def test_config_from_transformer_lens_refuses_what_is_not_modelled(field, value,
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(d_vocab=None), "d_vocab must be given"),
+        (dict(d_vocab=-1), "d_vocab must be given"),
+        (
+            dict(d_head=3),
+            r"n_heads is not set, and d_model \(8\) is not a multiple of d_head \(3\)",
+        ),
+        (dict(act_fn=None), "act_fn must be given for a model with MLPs"),
+        (dict(d_vocab_out=7), "d_vocab_out=7: this project's output vocabulary is d_vocab"),
+    ],
+    ids=repr,
+)
+def test_config_from_transformer_lens_refuses_what_it_cannot_infer(changes, match):
+    fields = {**dict(n_layers=1, d_model=8, n_ctx=4, d_head=2, d_vocab=5, act_fn="relu"), **changes}
+    with pytest.raises(ValueError, match=match):
+        TransformerConfig.from_transformer_lens(
+            **{name: value for name, value in fields.items() if value is not None}
+        )
+
+
 # --- fold_layer_norm ---
 
 
@@ -1737,6 +1842,16 @@ def test_fold_layer_norm_is_transformer_lens_fold_ln(center_weights):
     ):
         close(cache[name], acts[name])
     close(model(tokens), tl_logits)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_process_weights_refuses_what_it_cannot_centre(side):
+    post_norm = twins(make_cfg(HABITS, normalization="post"), seed=1)[SIDES.index(side)]
+    with pytest.raises(ValueError, match="center_writing_weights needs a LayerNorm .* pre-norm"):
+        post_norm.process_weights(fold_ln=False)
+    encoder = twins(make_cfg(HABITS, unembed=False), seed=1)[SIDES.index(side)]
+    with pytest.raises(ValueError, match="center_unembed needs an unembedding .cfg.unembed=True"):
+        encoder.process_weights(fold_ln=False, center_writing_weights=False)
 
 
 def test_folded_twins_agree_forward_and_backward_and_save():

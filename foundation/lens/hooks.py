@@ -523,8 +523,8 @@ class HookedMixin:
         """Add hooks for the ``with`` block; at its end (also after an exception) the hooks it
         added are removed, unless ``reset_hooks_end=False``. Hooks added otherwise are left as
         they are."""
-        fwd = self._resolve_hooks(list(fwd_hooks or []), "fwd_hooks")
-        bwd = self._resolve_hooks(list(bwd_hooks or []), "bwd_hooks")
+        fwd = self._resolve_hooks(fwd_hooks or [], "fwd_hooks")
+        bwd = self._resolve_hooks(bwd_hooks or [], "bwd_hooks")
         level = getattr(self, "context_level", 0) + 1
         self.context_level = level
         try:

@@ -336,10 +336,8 @@ class RunningMixin:
         return [int(i) for i in ids]
 
     def _token_rows(self, tokens):
-        """str (via the tokenizer), nested lists, an ndarray or a tensor -> int ndarray
-        [batch, pos]."""
-        if isinstance(tokens, str):
-            return as_token_rows(self.to_tokens(tokens))
+        """Nested lists, an ndarray or a tensor -> int ndarray [batch, pos] (generate reads a str
+        through the tokenizer itself)."""
         rows = as_token_rows(tokens)
         if rows.ndim != 2:
             raise ValueError(f"tokens must have shape [batch, pos], got {rows.shape}")
