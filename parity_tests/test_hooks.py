@@ -513,6 +513,12 @@ def test_bad_hooks_caches_and_listings_are_refused_naming_the_argument(side):
         model.hook_dict["hook_embed"].add_hook("not a function")
     with pytest.raises(TypeError, match="fwd_hooks must be a list of .* pairs, got dict"):
         model.run_with_hooks(tokens, fwd_hooks={"hook_embed": lambda x, hook: None})
+    with pytest.raises(TypeError, match="bwd_hooks must be a list of .* pairs, got int"):
+        model.run_with_hooks(tokens, bwd_hooks=3)
+    seen = []  # any iterable of pairs, as TransformerLens takes: a generator too
+    pairs = ((name, lambda x, hook: seen.append(hook.name)) for name in ["hook_embed"])
+    model.run_with_hooks(tokens, fwd_hooks=pairs)
+    assert seen == ["embed.hook_out"]  # hook_embed is its alias
     with pytest.raises(TypeError, match=r"fwd_hooks\[0\]: the hook name must be a str or a filter"):
         model.run_with_hooks(tokens, fwd_hooks=[(3, lambda x, hook: None)])
     with pytest.raises(TypeError, match="cache_dict must be a dict, got list"):

@@ -418,12 +418,14 @@ class HookedMixin:
         return self.hook_dict.values()
 
     def _resolve_hooks(self, hooks, arg):
-        """[(name or filter, fn)] -> [(HookPoint, fn)], every entry checked before any is added."""
-        if not isinstance(hooks, (list, tuple)):
+        """[(name or filter, fn)] (a list, a tuple or any other iterable of pairs, as
+        TransformerLens takes) -> [(HookPoint, fn)], every entry checked before any is added."""
+        if isinstance(hooks, (str, bytes, dict)) or not hasattr(hooks, "__iter__"):
             raise TypeError(
                 f"{arg} must be a list of (hook name or filter, fn) pairs, got "
                 f"{type(hooks).__name__}"
             )
+        hooks = list(hooks)  # a generator is read once, here
         points = self.hook_dict
         resolved = []
         for i, entry in enumerate(hooks):
