@@ -346,6 +346,9 @@ def test_ctrl_c_while_the_checker_s_worker_starts_prints_one_line_and_leaves_no_
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C as a terminal delivers it: a run started in the background (`&`) hands its
+        # children SIGINT ignored, and Python keeps an ignored SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     workers = []
