@@ -15,7 +15,7 @@ use_one_thread()
 import pytest  # noqa: E402
 
 from exercises.generate import write_copy  # noqa: E402
-from parity_tests.copies import put_back_reference_bodies  # noqa: E402
+from parity_tests.copies import copy_of, put_back_reference_bodies  # noqa: E402
 
 # In CI (TWINS_CI=1) every package of requirements.txt is installed, so a test that skips for a
 # missing one is a failure there. Only a GPU test may skip (CI has no GPU), and the test of
@@ -81,11 +81,19 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def solved(tmp_path_factory):
-    """A learner's copy with every reference body put back: every exercise done. One for the whole
-    run (writing it takes half a second): a test that changes a copy changes its own
+def fresh(tmp_path_factory):
+    """A learner's copy as ``exercises init`` writes it: no exercise started. One for the whole run
+    (writing it takes half a second): a test that changes a copy changes its own
     (``copies.copy_of``), never this one."""
-    directory = tmp_path_factory.mktemp("solved")
+    directory = tmp_path_factory.mktemp("fresh")
     write_copy(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def solved(fresh, tmp_path_factory):
+    """A learner's copy with every reference body put back: every exercise done. One for the whole
+    run, like ``fresh``."""
+    directory = copy_of(fresh, tmp_path_factory.mktemp("solved"))
     put_back_reference_bodies(directory / "numpy_impl")
     return directory
