@@ -69,10 +69,27 @@ def pytest_xdist_auto_num_workers(config):
     return None  # pytest-xdist's own count: one per core
 
 
-# The files that take longest (python -m pytest -p parity_tests.cpu_times), run first: pytest-xdist
-# hands each worker a whole file at a time, so a long file started last keeps one worker busy
-# while the other waits. The order inside each file is kept.
-LONGEST_FIRST = ("test_read_page.py", "test_diagnose.py", "test_exercises.py")
+# The files that take longest (python -m pytest -p parity_tests.cpu_times), longest first.
+# pytest-xdist hands each worker a whole file at a time (--dist loadfile) in the collected order
+# (--no-loadscope-reorder in pyproject.toml: its own order puts the files with the most tests
+# first, whatever they cost, and may leave a long file for last); the long files first and the
+# many short ones after them keep both workers busy to the end. The order inside each file is kept.
+LONGEST_FIRST = (
+    "test_read_page.py",
+    "test_diagnose.py",
+    "test_interp_figures.py",
+    "test_exercises.py",
+    "test_transformer_lens.py",
+    "test_exercise_worker.py",
+    "test_figures.py",
+    "test_exercise_notebook.py",
+    "test_state_dict.py",
+    "test_exercise_round_two.py",
+    "test_golden.py",
+    "test_transformer_bridge.py",
+    "test_gpt2_demo.py",
+    "test_attribution.py",
+)
 
 
 def pytest_collection_modifyitems(items):
