@@ -1432,6 +1432,9 @@ def test_sample_logits_keeps_what_transformer_lens_keeps():
     assert np.array_equal(
         sample_logits(rows[:50], top_k=1, rng=np.random.default_rng(1)), np.zeros(50)
     )
+    for row in ([np.nan, 0.0], [np.inf, 0.0], [-np.inf, -np.inf]):  # nothing to draw from
+        with pytest.raises(ValueError, match="final_logits has a row with NaN"):
+            sample_logits(np.array([row]))
 
 
 def test_generate_takes_text_and_returns_what_transformer_lens_returns(capsys):
