@@ -76,19 +76,19 @@ def pytest_xdist_auto_num_workers(config):
 # many short ones after them keep both workers busy to the end. The order inside each file is kept.
 LONGEST_FIRST = (
     "test_read_page.py",
-    "test_diagnose.py",
     "test_interp_figures.py",
-    "test_exercises.py",
-    "test_transformer_lens.py",
-    "test_exercise_worker.py",
+    "test_diagnose.py",
     "test_figures.py",
-    "test_exercise_notebook.py",
-    "test_state_dict.py",
-    "test_exercise_round_two.py",
-    "test_golden.py",
-    "test_transformer_bridge.py",
     "test_gpt2_demo.py",
+    "test_golden.py",
+    "test_exercises.py",
+    "test_state_dict.py",
+    "test_exercise_worker.py",
+    "test_transformer_bridge.py",
+    "test_transformer_lens.py",
     "test_attribution.py",
+    "test_gradcheck.py",
+    "test_exercise_round_two.py",
 )
 
 
