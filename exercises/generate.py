@@ -185,12 +185,12 @@ def _forward_lines(source, first, last):
         branch = ""
         for node in ifs:  # the innermost if whose body or else holds the line (lineno is 1-based)
             body_end = node.body[-1].end_lineno
-            test = ast.get_source_segment(source, node.test)
-            names = _BRANCHES.get(test, (f"if {test}", f"else (not {test})"))
-            if node.lineno < number + 1 <= body_end:
-                branch = names[0]
-            elif node.orelse and body_end < number + 1 <= node.orelse[-1].end_lineno:
-                branch = names[1]
+            in_body = node.lineno < number + 1 <= body_end
+            in_else = node.orelse and body_end < number + 1 <= node.orelse[-1].end_lineno
+            if in_body or in_else:  # the test's text read only here: each read splits the source
+                test = ast.get_source_segment(source, node.test)
+                names = _BRANCHES.get(test, (f"if {test}", f"else (not {test})"))
+                branch = names[0] if in_body else names[1]
         found.append((branch, lines[number].split("# forward:", 1)[1].strip()))
     return found
 

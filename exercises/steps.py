@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 from dataclasses import dataclass, field
 
 BEGIN = "# EXERCISE BEGIN"
@@ -60,13 +61,16 @@ class MarkedBody:
     steps: tuple = field(default_factory=tuple)
 
 
+@functools.lru_cache(maxsize=64)
 def find_marked_bodies(source: str, file: str = "<source>"):
     """Every BEGIN/END pair in ``source``, with the class whose ``backward`` holds it, and its
-    steps.
+    steps: a tuple of ``MarkedBody``.
 
     Raises ValueError for a marker that is unpaired, nested, misindented, outside a ``backward``
     method, or a step marker outside a body or after code in it, so a misplaced marker fails
-    loudly instead of producing a bad copy.
+    loudly instead of producing a bad copy. Remembered by source text: a check reads the same file
+    once per step and variant (parsing it each time was most of a step's cost), and what it
+    returns cannot be changed (frozen dataclasses, tuples).
     """
     lines = source.splitlines()
     tree = ast.parse(source)
@@ -137,7 +141,7 @@ def find_marked_bodies(source: str, file: str = "<source>"):
         open_at = None
     if open_at is not None:
         raise ValueError(f"{file}:{open_at + 1}: {BEGIN} without an {END}")
-    return bodies
+    return tuple(bodies)
 
 
 def _with_interfaces(body, regions, lines, module_names):

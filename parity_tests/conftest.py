@@ -15,7 +15,7 @@ use_one_thread()
 import pytest  # noqa: E402
 
 from exercises.generate import write_copy  # noqa: E402
-from parity_tests.copies import put_back_reference_bodies  # noqa: E402
+from parity_tests.copies import copy_of, put_back_reference_bodies  # noqa: E402
 
 # In CI (TWINS_CI=1) every package of requirements.txt is installed, so a test that skips for a
 # missing one is a failure there. Only a GPU test may skip (CI has no GPU), and the test of
@@ -69,10 +69,27 @@ def pytest_xdist_auto_num_workers(config):
     return None  # pytest-xdist's own count: one per core
 
 
-# The files that take longest (python -m pytest -p parity_tests.cpu_times), run first: pytest-xdist
-# hands each worker a whole file at a time, so a long file started last keeps one worker busy
-# while the other waits. The order inside each file is kept.
-LONGEST_FIRST = ("test_read_page.py", "test_diagnose.py", "test_exercises.py")
+# The files that take longest (python -m pytest -p parity_tests.cpu_times), longest first.
+# pytest-xdist hands each worker a whole file at a time (--dist loadfile) in the collected order
+# (--no-loadscope-reorder in pyproject.toml: its own order puts the files with the most tests
+# first, whatever they cost, and may leave a long file for last); the long files first and the
+# many short ones after them keep both workers busy to the end. The order inside each file is kept.
+LONGEST_FIRST = (
+    "test_read_page.py",
+    "test_interp_figures.py",
+    "test_diagnose.py",
+    "test_figures.py",
+    "test_gpt2_demo.py",
+    "test_golden.py",
+    "test_exercises.py",
+    "test_state_dict.py",
+    "test_exercise_worker.py",
+    "test_transformer_bridge.py",
+    "test_transformer_lens.py",
+    "test_attribution.py",
+    "test_gradcheck.py",
+    "test_exercise_round_two.py",
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -81,11 +98,19 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def solved(tmp_path_factory):
-    """A learner's copy with every reference body put back: every exercise done. One for the whole
-    run (writing it takes half a second): a test that changes a copy changes its own
+def fresh(tmp_path_factory):
+    """A learner's copy as ``exercises init`` writes it: no exercise started. One for the whole run
+    (writing it takes half a second): a test that changes a copy changes its own
     (``copies.copy_of``), never this one."""
-    directory = tmp_path_factory.mktemp("solved")
+    directory = tmp_path_factory.mktemp("fresh")
     write_copy(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def solved(fresh, tmp_path_factory):
+    """A learner's copy with every reference body put back: every exercise done. One for the whole
+    run, like ``fresh``."""
+    directory = copy_of(fresh, tmp_path_factory.mktemp("solved"))
     put_back_reference_bodies(directory / "numpy_impl")
     return directory

@@ -308,6 +308,25 @@ def result_of(results, key):
     return next(result for result in results if result.key == key)
 
 
+@pytest.fixture(scope="module")
+def planted(solved, tmp_path_factory):
+    """``planted(key, file, old, new)``: the checker's result for exercise (or step) ``key`` on a
+    copy of the solved exercises with one line of ``file`` replaced. Each planted line is checked
+    once in this module (a second of the checker's work for the attention), however many tests
+    read the result."""
+    results = {}
+
+    def result(key, file, old, new):
+        if (key, file, old, new) not in results:
+            directory = planted_copy(solved, tmp_path_factory.mktemp("planted"), file, old, new)
+            results[key, file, old, new] = result_of(
+                check(directory, keys=[key], sample=SAMPLE), key
+            )
+        return results[key, file, old, new]
+
+    return result
+
+
 # one mistake of each kind by default (each detector once), the rest: pytest -m slow
 QUICK = (
     "fancy-indexed +=",
@@ -334,10 +353,8 @@ def some_slow(cases):
     some_slow(PLANTED + SLIPS),
     ids=[p[0] for p in PLANTED + SLIPS],
 )
-def test_planted_mistake_gets_its_hint(solved, tmp_path, label, key, file, old, new, kind, words):
-    result = result_of(
-        check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key
-    )
+def test_planted_mistake_gets_its_hint(planted, label, key, file, old, new, kind, words):
+    result = planted(key, file, old, new)
     assert result.status == "wrong", f"{label}: {result.status} {result.message}"
     assert result.hint, f"{label}: no hint; message: {result.message}"
     for word in words:
@@ -347,10 +364,8 @@ def test_planted_mistake_gets_its_hint(solved, tmp_path, label, key, file, old, 
 @pytest.mark.parametrize(
     "label, key, file, old, new", UNRECOGNISED, ids=[u[0] for u in UNRECOGNISED]
 )
-def test_unrecognised_mistake_gets_no_hint(solved, tmp_path, label, key, file, old, new):
-    result = result_of(
-        check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key
-    )
+def test_unrecognised_mistake_gets_no_hint(planted, label, key, file, old, new):
+    result = planted(key, file, old, new)
     assert result.status == "wrong" and result.hint == "", f"{label}: a false hint {result.hint!r}"
 
 
@@ -388,33 +403,26 @@ STEPS = [
 @pytest.mark.parametrize(
     "label, key, file, old, new, words", some_slow(STEPS), ids=[s[0] for s in STEPS]
 )
-def test_a_step_planted_wrong_gets_its_hint(solved, tmp_path, label, key, file, old, new, words):
-    result = result_of(
-        check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key
-    )
+def test_a_step_planted_wrong_gets_its_hint(planted, label, key, file, old, new, words):
+    result = planted(key, file, old, new)
     assert result.status == "wrong", f"{label}: {result.status} {result.message}"
     for word in words:
         assert word in result.hint, f"{label}: {word!r} not in the hint {result.hint!r}"
 
 
-def test_the_first_hook_point_inside_where_a_gradient_parts_is_named(solved, tmp_path):
+def test_the_first_hook_point_inside_where_a_gradient_parts_is_named(planted):
     """Inside the attention: right at hook_z and hook_pattern, first wrong at hook_attn_scores."""
     label, key, file, old, new, *_ = PLANTED[-7]
-    result = result_of(
-        check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key
-    )
+    result = planted(key, file, old, new)
     assert result.parting.startswith(
         "right at the first 6 hook points the gradient reaches, down to hook_pattern; "
         "first wrong at hook_attn_scores (relative error"
     ), result.parting
 
 
-def test_the_mask_writing_inf_is_a_non_finite_gradient_at_the_boundary(solved, tmp_path):
+def test_the_mask_writing_inf_is_a_non_finite_gradient_at_the_boundary(planted):
     *_, file, old, new, _, _ = PLANTED[-1]
-    result = result_of(
-        check(planted_copy(solved, tmp_path, file, old, new), keys=["attention"], sample=SAMPLE),
-        "attention",
-    )
+    result = planted("attention", file, old, new)
     assert (
         "backward made NaN or inf from finite inputs" in result.message
         and "NonFiniteError" in result.message
@@ -559,10 +567,8 @@ def test_numpys_remapped_shapes_are_said_in_axis_names():
 @pytest.mark.parametrize(
     "label, key, file, old, new, kind, words", LLAMA_PLANTED, ids=[p[0] for p in LLAMA_PLANTED]
 )
-def test_llama_family_slip_gets_its_hint(solved, tmp_path, label, key, file, old, new, kind, words):
-    result = result_of(
-        check(planted_copy(solved, tmp_path, file, old, new), keys=[key], sample=SAMPLE), key
-    )
+def test_llama_family_slip_gets_its_hint(planted, label, key, file, old, new, kind, words):
+    result = planted(key, file, old, new)
     assert result.status == "wrong", f"{label}: {result.status} {result.message}"
     for word in words:
         assert word in result.hint, f"{label}: {word!r} not in the hint {result.hint!r}"

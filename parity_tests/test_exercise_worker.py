@@ -55,9 +55,10 @@ def checked(directory, keys, limit=ROOMY):
 
 
 def test_a_backward_that_never_returns_times_out_and_the_check_goes_on(solved, tmp_path):
-    directory = planted_copy(
-        solved, tmp_path, "layernorm.py", FIRST_LINE, "while True:\n            pass"
-    )
+    # a loop that sleeps: the limit is wall-clock time, so it ends this hang as it ends one that
+    # spins, and the hang leaves the machine's cores to the other tests for its 3 s
+    hang = "while True:\n            __import__('time').sleep(0.1)"
+    directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, hang)
     started = time.monotonic()
     results = checked(directory, ["layernorm", "unembed"], LIMIT)
     elapsed = time.monotonic() - started

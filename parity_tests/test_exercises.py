@@ -27,13 +27,6 @@ SAMPLE = 1
 KEYS = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
 
 
-@pytest.fixture(scope="module")
-def fresh(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("fresh")
-    write_copy(directory)
-    return directory
-
-
 def statuses(results):
     return {result.key: result.status for result in results}
 

@@ -601,10 +601,8 @@ def test_the_learners_page_shows_their_bodies_and_none_of_the_references(learner
     )
 
 
-def test_the_exercise_generator_s_stubs_are_read_as_not_written_yet(tmp_path):
-    from exercises.generate import write_copy
-
-    target = write_copy(tmp_path / "fresh")
+def test_the_exercise_generator_s_stubs_are_read_as_not_written_yet(fresh):
+    target = fresh / "numpy_impl"
     stubs = [part.name for section in read_sections(target) for part in section.parts if part.stub]
     assert sorted(stubs) == sorted(
         [
@@ -638,11 +636,12 @@ def step_regions(lines):
     return regions
 
 
-def test_a_backward_written_in_part_shows_its_written_steps(tmp_path, measured):
+def test_a_backward_written_in_part_shows_its_written_steps(fresh, tmp_path, measured):
     """2 of the attention's 6 steps written: the page shows those two and marks the other four."""
-    from exercises.generate import REFERENCE_DIR, write_copy
+    from exercises.generate import REFERENCE_DIR
+    from parity_tests.copies import copy_of
 
-    target = write_copy(tmp_path / "part")
+    target = copy_of(fresh, tmp_path / "part") / "numpy_impl"
     path = target / "attention.py"
     mine = path.read_text().splitlines(keepends=True)
     reference = (REFERENCE_DIR / "attention.py").read_text().splitlines(keepends=True)
@@ -1096,10 +1095,10 @@ from parity_tests.helpers import NEEDS_SPECIAL_FILES, SPECIAL_WORDS, special_fil
 
 
 @pytest.fixture
-def learner_copy(tmp_path):
-    from exercises.generate import write_copy
+def learner_copy(fresh, tmp_path):
+    from parity_tests.copies import copy_of
 
-    return write_copy(tmp_path / "mine")
+    return copy_of(fresh, tmp_path / "mine") / "numpy_impl"
 
 
 def _read_exercises(folder):

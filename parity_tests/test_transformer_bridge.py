@@ -29,14 +29,9 @@ import numpy as np
 import pytest
 import torch
 
-tl_bridge = pytest.importorskip(
-    "transformer_lens.model_bridge",
-    reason="TransformerLens 4.3 is not installed (pip install -r requirements-lens.txt)",
-)
-
-import numpy_impl as npi  # noqa: E402
-import torch_impl as tpi  # noqa: E402
-from parity_tests.gpt2_checkpoints import hf_tokens, make_checkpoint  # noqa: E402
+import numpy_impl as npi
+import torch_impl as tpi
+from parity_tests.gpt2_checkpoints import hf_tokens, make_checkpoint
 
 TOL = 1e-10  # float64, relative to the largest entry of the bridge's tensor
 N_LAYERS = 3
@@ -68,6 +63,12 @@ def tokens():
 
 
 def boot(folder):
+    """The bridge on ``folder``. TransformerLens is imported here, by the tests that boot it (3 s of
+    imports), not as the file is collected by every pytest-xdist worker."""
+    tl_bridge = pytest.importorskip(
+        "transformer_lens.model_bridge",
+        reason="TransformerLens 4.3 is not installed (pip install -r requirements-lens.txt)",
+    )
     bridge = tl_bridge.TransformerBridge.boot_transformers(
         str(folder), dtype=torch.float64, device="cpu"
     )

@@ -1515,6 +1515,9 @@ def test_sample_logits_keeps_what_transformer_lens_keeps():
     )
     with pytest.raises(ValueError, match="freq_penalty needs the tokens so far"):
         sample_logits(rows[:3], freq_penalty=0.5)
+    for row in ([np.nan, 0.0], [np.inf, 0.0], [-np.inf, -np.inf]):  # nothing to draw from
+        with pytest.raises(ValueError, match="final_logits has a row with NaN"):
+            sample_logits(np.array([row]))
 
 
 def test_generate_takes_text_and_returns_what_transformer_lens_returns(capsys):

@@ -51,8 +51,9 @@ def sample_logits(
     logits = np.array(final_logits, dtype=np.float64)  # [batch, d_vocab]
     if temperature == 0:
         return logits.argmax(axis=-1)  # [batch]
-    # the max subtracted first: a tiny temperature sends the rest to -inf, never NaN
-    with np.errstate(over="ignore"):
+    # the max subtracted first: a tiny temperature sends the rest to -inf, never NaN (a row that
+    # holds NaN or inf, or no finite logit, is refused below)
+    with np.errstate(over="ignore", invalid="ignore"):
         logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature  # [batch, d_vocab]
     if freq_penalty > 0:
         if tokens is None:
@@ -76,8 +77,17 @@ def sample_logits(
         logits = np.where(remove, -np.inf, logits)
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))  # [batch, d_vocab]
     probs /= probs.sum(axis=-1, keepdims=True)
+    if np.isnan(probs).any():
+        raise ValueError(
+            "final_logits has a row with NaN, +inf or no finite entry: no distribution to draw from"
+        )
     rng = np.random.default_rng() if rng is None else rng
-    return np.array([rng.choice(logits.shape[-1], p=p) for p in probs])  # [batch]
+    # one uniform number per row; the token drawn is the first whose cumulative probability exceeds
+    # it (the draws of rng.choice(d_vocab, p=row), row after row, made for every row at once)
+    cdf = np.cumsum(probs, axis=-1)  # [batch, d_vocab]
+    cdf /= cdf[:, -1:]
+    uniform = rng.random(len(probs))  # [batch]
+    return (cdf <= uniform[:, None]).sum(axis=-1)  # [batch]
 
 
 class RunningMixin:
