@@ -174,35 +174,51 @@ def _docstring_contract(source, cls):
 
 
 def _forward_lines(source, first, last):
-    """The ``# forward:`` lines of source lines first..last (0-based), each with the branch it sits
-    in."""
+    """The ``# forward:`` lines of source lines first..last (0-based), each with the branches it
+    sits in, outermost first: a tuple of (if node, what its branch is called)."""
     lines = source.splitlines()
     ifs = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.If)]
     found = []
     for number in range(first, last + 1):
         if "# forward:" not in lines[number]:
             continue
-        branch = ""
-        for node in ifs:  # the innermost if whose body or else holds the line (lineno is 1-based)
+        branches = []
+        for node in sorted(ifs, key=lambda node: node.lineno):  # outer ifs start first
             body_end = node.body[-1].end_lineno
             in_body = node.lineno < number + 1 <= body_end
             in_else = node.orelse and body_end < number + 1 <= node.orelse[-1].end_lineno
-            if in_body or in_else:  # the test's text read only here: each read splits the source
-                test = ast.get_source_segment(source, node.test)
-                names = _BRANCHES.get(test, (f"if {test}", f"else (not {test})"))
-                branch = names[0] if in_body else names[1]
-        found.append((branch, lines[number].split("# forward:", 1)[1].strip()))
+            if not (in_body or in_else):
+                continue
+            # the test's text read only here: each read splits the source
+            test = ast.get_source_segment(source, node.test)
+            names = _BRANCHES.get(test, (f"if {test}", f"else (not {test})"))
+            if in_body:
+                branches.append((node, names[0]))
+            elif not _is_elif(node, lines):  # an elif's own branch names the line
+                branches.append((node, names[1]))
+        found.append((tuple(branches), lines[number].split("# forward:", 1)[1].strip()))
     return found
 
 
+def _is_elif(node, lines):
+    """Whether the else of ``node`` is an ``elif`` (one branch of a chain, not an if inside an
+    else)."""
+    chained = len(node.orelse) == 1 and isinstance(node.orelse[0], ast.If)
+    return chained and lines[node.orelse[0].lineno - 1].lstrip().startswith("elif")
+
+
 def _undo_lines(forward):
-    out, current = [], ""
-    for branch, line in forward:
-        if branch != current:
-            if branch:
-                out.append(f"  {branch}:")
-            current = branch
-        out.append(("      " if branch else "    ") + line)
+    """The hint's lines: each branch's heading where the line enters it, indented by depth, so an
+    if inside an else reads as inside it."""
+    out, current = [], ()
+    for branches, line in forward:
+        shared = 0
+        while shared < min(len(branches), len(current)) and branches[shared] == current[shared]:
+            shared += 1
+        for depth in range(shared, len(branches)):
+            out.append("  " + "    " * depth + f"{branches[depth][1]}:")
+        current = branches
+        out.append(("      " + "    " * (len(branches) - 1) if branches else "    ") + line)
     return out
 
 

@@ -290,6 +290,21 @@ def test_feedforward_stub_labels_its_relu_and_gelu_branches(fresh):
     )
 
 
+def test_block_stub_nests_an_if_inside_an_else(fresh):
+    """The post-norm ln2 sits inside the block's not-attn_only branch: the hint indents it under
+    that branch's heading, not before it at the top level."""
+    text = (fresh / "numpy_impl" / "block.py").read_text()
+    hint = text[text.index("# EXERCISE BEGIN") : text.index("raise NotImplementedError(")]
+    lines = [line.strip()[1:] for line in hint.splitlines()]  # each comment, "#" dropped
+    other = lines.index("   else (not self.cfg.attn_only):")
+    assert lines[other + 1 : other + 4] == [
+        '       if norm == "post":',
+        "           resid_post = ln2(resid_post)   (post-norm only)",
+        "       resid_post = resid_mid + mlp_out",
+    ], hint
+    assert lines.index('   if norm == "post":') > other, "the later top-level if is its own"
+
+
 def test_attention_stub_has_one_hint_per_step(fresh):
     text = (fresh / "numpy_impl" / "attention.py").read_text()
     for number, (step, given, make) in enumerate(

@@ -378,3 +378,31 @@ def test_llama_family_planted_mistakes_are_caught(cls, old, new, wrong):
     errors = {row.tensor: row.max_rel_error for row in report.rows}
     assert all(errors[name] > 1e-2 for name in wrong), errors
     assert not report.passed
+
+
+# --- the tour: python demo.py gradcheck -------------------------------------------------------
+
+
+def test_the_gradcheck_tour_reaches_every_hand_written_backward(tmp_path, capsys):
+    """The tour says "every hand-written backward": each NumPy class with a backward of its own
+    (and the grouped-query attention that shares one) has a row, and every row passes. The
+    sinusoidal encoding has no parameter and a discrete input: nothing to differentiate."""
+    import argparse
+
+    from tours import gradcheck as tour
+
+    tour.run(argparse.Namespace(out=str(tmp_path), sample=2, seed=0))
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("---")) + 1
+    rows = lines[first : lines.index("", first)]  # the table ends at an empty line
+    checked = {row.split()[-1] for row in rows}  # the last column is pass or FAIL
+    assert checked == {"pass"}, rows
+    components = {word for row in rows for word in row.split() if word in vars(npi)}
+    with_backward = {
+        name
+        for name, value in vars(npi).items()
+        if inspect.isclass(value) and "backward" in vars(value)
+    }
+    expected = with_backward - {"HookPoint", "SinusoidalPositionalEncoding"}
+    assert expected | {"GroupedQueryAttention"} <= components, expected - components

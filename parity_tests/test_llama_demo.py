@@ -48,6 +48,8 @@ def test_write_a_tiny_checkpoint_then_tour_it(family, prefix, says, tmp_path, ca
     printed = capsys.readouterr().out
     assert says in printed and "tokenizer: tokenizer.json (tokenizers)" in printed
     assert "<|endoftext|> prepended" in printed
+    # grouped-query attention stores _W_K and _W_V; the table names them as the model reads them
+    assert "grad attention W_Q, W_K, W_V, W_O" in printed and "_W_" not in printed
     worst = float(printed.split("worst relative difference: ")[1].split()[0])
     assert worst <= 1e-12
     numpy_ids = next(

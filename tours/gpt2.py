@@ -224,10 +224,12 @@ GROUPS = [
 
 
 def group_label(label, names):
-    """The row's label: ``label``, or for "attention:", "MLP:", "norms:" the names present."""
+    """The row's label: ``label``, or for "attention:", "MLP:", "norms:" the names present
+    (grouped-query attention's ``_W_K`` as ``W_K``, the name its property reads it by)."""
     if not label.endswith(":"):
         return label
-    short = dict.fromkeys(name.rsplit(".", 1)[-1] for name in names)  # in the model's order
+    # in the model's order
+    short = dict.fromkeys(name.rsplit(".", 1)[-1].lstrip("_") for name in names)
     return f"{label[:-1]} {', '.join(short)}"
 
 

@@ -1,10 +1,12 @@
 """python demo.py gradcheck: every hand-written backward against finite differences.
 
 For each config family (each normalization, with causal/bidirectional, relu/gelu_new,
-learned/sinusoidal positions, attn_only and logits/residual output spread across them) it
-checks every component the model holds and the whole model, with random weights, a random
-input and a random upstream direction R, using ``gradcheck.finite_diff``. It prints one row
-per component and config, and writes the full per-tensor table to OUT/gradcheck.txt.
+learned/sinusoidal positions, attn_only and logits/residual output spread across them; then
+Llama's RMSNorm, rotary, SwiGLU and grouped heads, and GPT-NeoX's parallel block with partial
+rotary and exact GELU) it checks every component the model holds and the whole model, with
+random weights, a random input and a random upstream direction R, using
+``gradcheck.finite_diff``. It prints one row per component and config, and writes the full
+per-tensor table to OUT/gradcheck.txt.
 """
 
 from __future__ import annotations
@@ -43,16 +45,42 @@ FAMILIES = (
         "attn_only": True,
         "unembed": False,
     },
+    # Llama's: RMSNorm, rotary on the two halves of each head, SwiGLU, no biases, and the two
+    # query heads sharing one key/value head
+    {
+        "normalization_type": "RMS",
+        "eps": 1e-6,
+        "positional_embedding_type": "rotary",
+        "d_head": 4,
+        "rotary_base": 100.0,
+        "act_fn": "silu",
+        "gated_mlp": True,
+        "mlp_bias": False,
+        "attn_bias": False,
+        "n_key_value_heads": 1,
+    },
+    # GPT-NeoX's: attention and the MLP side by side, rotary on half of each head, exact GELU
+    {
+        "positional_embedding_type": "rotary",
+        "d_head": 4,
+        "rotary_dim": 2,
+        "act_fn": "gelu",
+        "parallel_attn_mlp": True,
+    },
 )
 
 
 # the config fields each component's math depends on: a component is checked once per distinct
 # setting
+ROTARY = ("positional", "rotary_dim", "rotary_adjacent_pairs")
+BLOCK = ("normalization", "normalization_type", "causal", "act_fn", "attn_only", "gated_mlp")
+BLOCK += ROTARY + ("n_key_value_heads", "parallel_attn_mlp")
 DEPENDS_ON = {
-    "MultiHeadAttention": ("causal",),
+    "MultiHeadAttention": ("causal",) + ROTARY,
+    "GroupedQueryAttention": ("causal",) + ROTARY,
     "FeedForward": ("act_fn",),
-    "TransformerBlock": ("normalization", "causal", "act_fn", "attn_only"),
-    "Transformer": ("normalization", "causal", "act_fn", "attn_only", "positional", "unembed"),
+    "TransformerBlock": BLOCK,
+    "Transformer": BLOCK + ("unembed",),
 }
 
 
@@ -66,10 +94,18 @@ def add_arguments(parser):
 
 
 def family_label(cfg):
-    """e.g. "pre, causal, gelu_new, learned, logits" (act_fn is left out when there is no MLP)."""
-    parts = [str(cfg.normalization).lower(), "causal" if cfg.causal else "bidirectional"]
-    parts += ["attn_only"] if cfg.attn_only else [cfg.act_fn]
-    parts += [cfg.positional, "logits" if cfg.unembed else "resid out"]
+    """e.g. "pre, causal, gelu_new, learned, logits" (act_fn is left out when there is no MLP);
+    "pre RMS, causal, gated silu, rotary, 2 heads on 1 kv, logits" for Llama's."""
+    norm = str(cfg.normalization).lower()
+    parts = [norm + (" RMS" if cfg.normalization_type == "RMS" else "")]
+    parts += ["causal" if cfg.causal else "bidirectional"]
+    parts += ["attn_only"] if cfg.attn_only else [("gated " if cfg.gated_mlp else "") + cfg.act_fn]
+    rotary = cfg.positional == "rotary" and cfg.rotary_dim not in (None, cfg.d_head)
+    parts += [f"rotary {cfg.rotary_dim} of {cfg.d_head}" if rotary else cfg.positional]
+    if cfg.n_key_value_heads:
+        parts += [f"{cfg.n_heads} heads on {cfg.n_key_value_heads} kv"]
+    parts += ["parallel"] if cfg.parallel_attn_mlp else []
+    parts += ["logits" if cfg.unembed else "resid out"]
     return ", ".join(parts)
 
 
@@ -77,9 +113,11 @@ def components(cfg):
     """The classes a model with this config is built from, easiest first, then the model itself."""
     names = ["TokenEmbedding"]
     names += ["LearnedPositionalEmbedding"] if cfg.positional == "learned" else []
-    names += ["LayerNorm"] if cfg.normalization is not None else []
-    names += ["MultiHeadAttention"]
-    names += [] if cfg.attn_only else ["FeedForward"]
+    if cfg.normalization is not None:
+        names += ["RMSNorm"] if cfg.normalization_type == "RMS" else ["LayerNorm"]
+    names += ["GroupedQueryAttention"] if cfg.n_key_value_heads else ["MultiHeadAttention"]
+    if not cfg.attn_only:
+        names += ["GatedFeedForward"] if cfg.gated_mlp else ["FeedForward"]
     names += ["TransformerBlock"]
     names += ["Unembed", "CrossEntropyLoss"] if cfg.unembed else []
     return names + ["Transformer"]
