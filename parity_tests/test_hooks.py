@@ -5,6 +5,8 @@ Attention scores hold -inf where the causal mask hides a key: the masks must mat
 finite entries are compared.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -511,10 +513,17 @@ def test_bad_hooks_caches_and_listings_are_refused_naming_the_argument(side):
     tokens = np.zeros((2, 4), dtype=np.int64)
     with pytest.raises(TypeError, match="hook must be callable, got str"):
         model.hook_dict["hook_embed"].add_hook("not a function")
-    with pytest.raises(TypeError, match="fwd_hooks must be a list of .* pairs, got dict"):
+    with pytest.raises(
+        TypeError, match=r"fwd_hooks must be a list \(or another iterable\) of .* pairs, got dict"
+    ):
         model.run_with_hooks(tokens, fwd_hooks={"hook_embed": lambda x, hook: None})
-    with pytest.raises(TypeError, match="bwd_hooks must be a list of .* pairs, got int"):
-        model.run_with_hooks(tokens, bwd_hooks=3)
+    with warnings.catch_warnings():  # a bad bwd_hooks is refused, with no warning before
+        warnings.simplefilter("error")
+        with pytest.raises(
+            TypeError,
+            match=r"bwd_hooks must be a list \(or another iterable\) of .* pairs, got int",
+        ):
+            model.run_with_hooks(tokens, bwd_hooks=3)
     seen = []  # any iterable of pairs, as TransformerLens takes: a generator too
     pairs = ((name, lambda x, hook: seen.append(hook.name)) for name in ["hook_embed"])
     model.run_with_hooks(tokens, fwd_hooks=pairs)

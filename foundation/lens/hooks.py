@@ -422,8 +422,8 @@ class HookedMixin:
         TransformerLens takes) -> [(HookPoint, fn)], every entry checked before any is added."""
         if isinstance(hooks, (str, bytes, dict)) or not hasattr(hooks, "__iter__"):
             raise TypeError(
-                f"{arg} must be a list of (hook name or filter, fn) pairs, got "
-                f"{type(hooks).__name__}"
+                f"{arg} must be a list (or another iterable) of (hook name or filter, fn) pairs, "
+                f"got {type(hooks).__name__}"
             )
         hooks = list(hooks)  # a generator is read once, here
         points = self.hook_dict
@@ -554,7 +554,8 @@ class HookedMixin:
         """Run ``model(*model_args, **model_kwargs)`` with hooks on and return what it returns.
 
         Every argument the forward takes passes through (``return_type="loss"``,
-        ``loss_per_token``). ``fwd_hooks`` and ``bwd_hooks`` are lists of ``(name_or_filter, fn)``:
+        ``loss_per_token``). ``fwd_hooks`` and ``bwd_hooks`` are lists (or other iterables) of
+        ``(name_or_filter, fn)``:
         a hook name (full, or short as ``get_act_name`` reads it) or a function ``name -> bool``
         choosing hook points. ``fn(activation, hook)`` may return a replacement (or edit its
         argument). The hooks are removed at the end unless ``reset_hooks_end=False``: as in
@@ -563,14 +564,14 @@ class HookedMixin:
         ``reset_hooks()`` after that backward. ``dout`` (this project's) runs the backward pass
         here: a gradient shaped like the logits or the loss.
         """
-        if bwd_hooks and reset_hooks_end and dout is None:
-            warnings.warn(
-                "run_with_hooks: the backward hooks are removed at its end, before any backward "
-                "pass can reach them; pass reset_hooks_end=False (then model.reset_hooks() after "
-                "the backward)",
-                stacklevel=2,
-            )
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+            if bwd_hooks and reset_hooks_end and dout is None:  # said once the hooks are checked
+                warnings.warn(
+                    "run_with_hooks: the backward hooks are removed at its end, before any "
+                    "backward pass can reach them; pass reset_hooks_end=False (then "
+                    "model.reset_hooks() after the backward)",
+                    stacklevel=3,
+                )
             result = self(*model_args, **model_kwargs)
             if dout is not None:
                 self._backward_from(result, dout)
