@@ -229,7 +229,9 @@ def test_the_checker_prints_where_a_wrong_model_parts(solved, tmp_path, capsys):
             None,
         )
 
-    run_exercises(Args)
+    with pytest.raises(SystemExit) as exit_info:  # a wrong exercise: status 1, as a failed test
+        run_exercises(Args)
+    assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert "all together  wrong" in out
     assert (

@@ -258,7 +258,9 @@ def test_the_command_line_reports_an_exit_as_a_status(solved, tmp_path, capsys):
             ROOMY,
         )
 
-    run_exercises(Args)
+    with pytest.raises(SystemExit) as exit_info:  # not done: status 1, as a failed test
+        run_exercises(Args)
+    assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert re.search(r"unembed +exited +sys.exit\(0\) was called at unembed.py:\d+", out), out
     assert "0 of 1 checked done" in out

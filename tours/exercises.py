@@ -200,3 +200,5 @@ def _check(args):
     except (FileNotFoundError, ImportError, ValueError) as error:
         raise SystemExit(f"exercises check: {error}")
     print(format_results(results, directory))
+    if any(result.status not in ("done", "not started") for result in results):
+        raise SystemExit(1)  # as a test run fails: `check && git commit` commits only what passes
