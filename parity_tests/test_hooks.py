@@ -524,6 +524,10 @@ def test_bad_hooks_caches_and_listings_are_refused_naming_the_argument(side):
             match=r"bwd_hooks must be a list \(or another iterable\) of .* pairs, got int",
         ):
             model.run_with_hooks(tokens, bwd_hooks=3)
+    # a near miss: the closest names, not every hook point of the model
+    with pytest.raises(ValueError, match=r"did you mean .*'blocks\.0\.hook_resid_pre'") as raised:
+        model.run_with_hooks(tokens, fwd_hooks=[("hook_resid_pre", lambda x, hook: None)])
+    assert "hook_embed" not in str(raised.value)
     seen = []  # any iterable of pairs, as TransformerLens takes: a generator too
     pairs = ((name, lambda x, hook: seen.append(hook.name)) for name in ["hook_embed"])
     model.run_with_hooks(tokens, fwd_hooks=pairs)

@@ -26,6 +26,7 @@ fires when it is on while the backward runs, and (torch twin) was on during the 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import warnings
 from collections.abc import Callable
@@ -441,9 +442,11 @@ class HookedMixin:
             if isinstance(name, str):
                 full = hook_name(name, n_layers=self.cfg.n_layers)
                 if full not in points:
+                    close = difflib.get_close_matches(full, points, n=3, cutoff=0.6)
                     raise HookNameError(
-                        f"{arg}[{i}]: this model has no hook named {name!r}; "
-                        f"its hooks are {', '.join(points)}"
+                        f"{arg}[{i}]: this model has no hook named {name!r}"
+                        + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
+                        + f" (model.hook_dict names its {len(points)} hook points)"
                     )
                 resolved.append((points[full], fn))
             elif callable(name):
