@@ -1012,12 +1012,13 @@ def test_backward_hooks_removed_at_the_end_do_not_fire_and_warn():
     tokens = tokens_for(HABITS_CFG)
     for m in (model, twin):
         seen = []
-        with pytest.warns(UserWarning, match="reset_hooks_end=False"):
+        with pytest.warns(UserWarning, match="reset_hooks_end=False") as warned:
             loss = m.run_with_hooks(
                 tokens,
                 return_type="loss",
                 bwd_hooks=[("hook_embed", lambda g, hook: seen.append(1))],
             )
+        assert warned[0].filename == __file__  # the warning points at the caller's line
         model.backward() if m is model else loss.backward()
         assert seen == []
 

@@ -573,7 +573,7 @@ class HookedMixin:
                     "run_with_hooks: the backward hooks are removed at its end, before any "
                     "backward pass can reach them; pass reset_hooks_end=False (then "
                     "model.reset_hooks() after the backward)",
-                    stacklevel=3,
+                    stacklevel=2,
                 )
             result = self(*model_args, **model_kwargs)
             if dout is not None:
