@@ -178,12 +178,13 @@ def _forward_lines(source, first, last):
     sits in, outermost first: a tuple of (if node, what its branch is called)."""
     lines = source.splitlines()
     ifs = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.If)]
+    ifs.sort(key=lambda node: node.lineno)  # outer ifs start first
     found = []
     for number in range(first, last + 1):
         if "# forward:" not in lines[number]:
             continue
         branches = []
-        for node in sorted(ifs, key=lambda node: node.lineno):  # outer ifs start first
+        for node in ifs:
             body_end = node.body[-1].end_lineno
             in_body = node.lineno < number + 1 <= body_end
             in_else = node.orelse and body_end < number + 1 <= node.orelse[-1].end_lineno
