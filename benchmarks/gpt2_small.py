@@ -11,8 +11,10 @@ forward a batch of 1 sequence of 128 tokens, backward a random upstream gradient
 the same weights, tokens and gradient on both sides. A benchmark, not a test: it prints and
 asserts nothing.
 
-The sides alternate in rounds, so load from elsewhere on the machine hits both; a time is the
-median over rounds, the ratio the median of the per-round ratios. Peak memory is measured as
+The sides alternate in rounds, so load from elsewhere on the machine hits both; each timed step
+follows an untimed step of the same side (``fwd_bwd.py`` says why: NumPy's BLAS threads spin for a
+while after its last product); a time is the median over rounds, the ratio the median of the
+per-round ratios. Peak memory is measured as
 ``fwd_bwd.py`` measures it (and with its functions): what one step allocates above the weights
 and gradient buffers, NumPy by ``tracemalloc``, torch by ``torch.profiler``'s memory events.
 """
@@ -117,7 +119,9 @@ def measure(dtype, rounds, fields=GPT2_SMALL):
     setup.torch_step()
     numpy_s, torch_s = [], []
     for _ in range(rounds):
+        setup.numpy_step()  # settle: the step before a timed one is the same side's
         numpy_s.append(seconds(setup.numpy_step))
+        setup.torch_step()
         torch_s.append(seconds(setup.torch_step))
     ratios = [n / t for n, t in zip(numpy_s, torch_s)]
     return dict(
@@ -130,8 +134,10 @@ def measure(dtype, rounds, fields=GPT2_SMALL):
     )
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(fields=GPT2_SMALL, describe=None, doc=__doc__):
+    """Parse the command line, print what runs, then a row per dtype (benchmarks/smollm2_135m.py
+    calls this with its own config's ``fields``, ``describe(cfg)`` line and docstring)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument(
         "--threads",
         type=int,
@@ -153,19 +159,7 @@ def main():
     fwd_bwd.clock = CLOCKS[args.clock]  # the clock fwd_bwd.seconds reads
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    cfg = numpy_impl.TransformerConfig(**GPT2_SMALL)
-    gpt2_count = sum(
-        np.prod(shape)
-        for name, shape in parameter_shapes(cfg).items()
-        if not name.startswith("unembed.")
-    )
-    print(
-        f"GPT-2 small's shape: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads "
-        f"of {cfg.d_head}, "
-        f"d_mlp {cfg.d_mlp}, d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}; {gpt2_count / 1e6:.1f}M "
-        f"parameters as GPT-2 "
-        f"counts them; batch {BATCH}, {POSITIONS} positions; random weights"
-    )
+    print((describe or describe_gpt2_small)(numpy_impl.TransformerConfig(**fields)))
     print(
         f"threads: {'default' if args.threads is None else args.threads} (torch uses "
         f"{torch.get_num_threads()}); "
@@ -179,17 +173,30 @@ def main():
         "   per-round ratios"
     )
     for dtype in ("float32", "float64") if args.dtype == "both" else (args.dtype,):
-        r = measure(dtype, args.rounds)
+        r = measure(dtype, args.rounds, fields)
         print(
             f"{dtype:8} {1e3 * r['numpy']:9.0f} {1e3 * r['torch']:9.0f} {r['ratio']:12.2f} "
             f"{r['numpy_mib']:10.1f} "
             f"{r['torch_mib']:10.1f}   " + " ".join(f"{x:.2f}" for x in r["ratios"])
         )
     print(
-        "\n(times: medians over rounds; NumPy/torch: median of per-round ratios. Peak memory of "
-        "one step above the "
-        "weights and gradient buffers: NumPy by tracemalloc, torch by torch.profiler's memory "
-        "events.)"
+        "\n(times: medians over rounds, each timed step after an untimed step of its side; "
+        "NumPy/torch: median of per-round ratios. Peak memory of one step above the weights and "
+        "gradient buffers: NumPy by tracemalloc, torch by torch.profiler's memory events.)"
+    )
+
+
+def describe_gpt2_small(cfg):
+    gpt2_count = sum(
+        np.prod(shape)
+        for name, shape in parameter_shapes(cfg).items()
+        if not name.startswith("unembed.")
+    )
+    return (
+        f"GPT-2 small's shape: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads "
+        f"of {cfg.d_head}, d_mlp {cfg.d_mlp}, d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}; "
+        f"{gpt2_count / 1e6:.1f}M parameters as GPT-2 counts them; batch {BATCH}, {POSITIONS} "
+        f"positions; random weights"
     )
 
 
