@@ -80,7 +80,6 @@ LONGEST_FIRST = (
     "test_diagnose.py",
     "test_gpt2_demo.py",
     "test_figures.py",
-    "test_golden.py",
     "test_exercises.py",
     "test_exercise_worker.py",
     "test_transformer_bridge.py",
@@ -88,6 +87,7 @@ LONGEST_FIRST = (
     "test_attribution.py",
     "test_gradcheck.py",
     "test_exercise_round_two.py",
+    "test_golden.py",
 )
 
 
