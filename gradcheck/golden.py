@@ -140,9 +140,10 @@ def run(package, cfg, state_dict, tokens, dout):
     model.zero_grad()
     out, cache = model.run_with_cache(tokens, incl_bwd=True, dout=dout)
     results = {"output": _float64(out)}
+    points = model.hook_dict  # built from every sub-module on each read: read once
     for key, value in cache.items():
         hook = key[: -len(GRAD_SUFFIX)] if key.endswith(GRAD_SUFFIX) else key
-        if model.hook_dict[hook].name != hook:
+        if points[hook].name != hook:
             continue  # an alias (hook_q for attn.q.hook_out): its point is kept under its own name
         if key.endswith(GRAD_SUFFIX):
             results[f"act_grad/{hook}"] = _float64(value)

@@ -78,17 +78,16 @@ LONGEST_FIRST = (
     "test_read_page.py",
     "test_interp_figures.py",
     "test_diagnose.py",
-    "test_figures.py",
     "test_gpt2_demo.py",
-    "test_golden.py",
+    "test_figures.py",
     "test_exercises.py",
-    "test_state_dict.py",
     "test_exercise_worker.py",
     "test_transformer_bridge.py",
     "test_transformer_lens.py",
     "test_attribution.py",
     "test_gradcheck.py",
     "test_exercise_round_two.py",
+    "test_golden.py",
 )
 
 

@@ -8,14 +8,27 @@ writes it with ``save_pretrained``; ``train_tokenizer`` trains a tiny byte-level
 
 import numpy as np
 import pytest
+import torch
+from tokenizers import ByteLevelBPETokenizer
 
-transformers = pytest.importorskip(
-    "transformers",
-    reason="transformers is needed to make a GPT-2 checkpoint "
-    "(pip install transformers, or the test extra)",
-)
-import torch  # noqa: E402
-from tokenizers import ByteLevelBPETokenizer  # noqa: E402
+
+def needs_transformers():
+    """``transformers``, imported when a test first makes a checkpoint, not when the tests are
+    collected (a second or more of each worker's start); a test skips without it."""
+    return pytest.importorskip(
+        "transformers",
+        reason="transformers is needed to make a GPT-2 checkpoint "
+        "(pip install transformers, or the test extra)",
+    )
+
+
+def __getattr__(name):
+    """``from parity_tests.gpt2_checkpoints import transformers`` imports it then (a module that
+    does so at its top skips as a whole without it)."""
+    if name == "transformers":
+        return needs_transformers()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 END_OF_TEXT = "<|endoftext|>"
 TEXT = [
@@ -43,6 +56,7 @@ def random_hf_model(dtype="float64", seed=0, **overrides):
     """GPT2LMHeadModel with random weights (eager attention: the textbook path), in eval mode (no
     dropout)."""
     # the tiny tokenizer's <|endoftext|> is 0
+    transformers = needs_transformers()
     fields = dict(SMALL, bos_token_id=0, eos_token_id=0, **overrides)
     config = transformers.GPT2Config(**fields, attn_implementation="eager")
     model = transformers.GPT2LMHeadModel(config).to(getattr(torch, dtype)).eval()

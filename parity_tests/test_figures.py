@@ -50,7 +50,7 @@ def required_span(label):
 
 def audit(fig):
     """The problems of one figure (an empty list when it passes), after laying it out."""
-    fig.canvas.draw()
+    fig.draw_without_rendering()
     renderer = fig.canvas.get_renderer()
     problems = []
     texts = drawn_texts(fig)

@@ -61,9 +61,10 @@ def test_state_dicts_of_either_library():
     fresh_np, fresh_torch = npi.Transformer(CFG, seed=5), pti.Transformer(CFG, seed=5)
     fresh_np.load_state_dict({k: v.detach() for k, v in torch_model.state_dict().items()})
     fresh_torch.load_state_dict(np_model.state_dict())
+    loaded_np, loaded_torch = fresh_np.state_dict(), fresh_torch.state_dict()
     for name, value in np_model.state_dict().items():
-        assert np.array_equal(fresh_np.state_dict()[name], value)
-        assert np.array_equal(fresh_torch.state_dict()[name].numpy(), value)
+        assert np.array_equal(loaded_np[name], value)
+        assert np.array_equal(loaded_torch[name].numpy(), value)
 
 
 def test_component_state_dicts_of_either_library():
@@ -184,9 +185,8 @@ def assert_same_refusal(results, models, before, *names):
     for name in names:
         assert name in np_message, (name, np_message)
     for model, state in zip(models, before):
-        assert all(np.array_equal(state_of(model)[k], v) for k, v in state.items()), (
-            "nothing was loaded"
-        )
+        now = state_of(model)
+        assert all(np.array_equal(now[k], v) for k, v in state.items()), "nothing was loaded"
 
 
 @pytest.mark.parametrize("cfg", [CFG, CFG32], ids=["float64 model", "float32 model"])
@@ -206,10 +206,10 @@ def test_the_twins_take_and_refuse_the_same_state_dict_values(case, cfg):
     assert [kind for kind, _ in results] == ["accepted", "accepted"], results
     expected = {**state, KEY: expected_values(value)}
     for model in models:
-        loaded = state_of(model)
+        loaded, tensors = state_of(model), model.state_dict()
         for name, values in expected.items():
             assert np.array_equal(loaded[name], values.astype(cfg.dtype), equal_nan=True), name
-            assert model.state_dict()[name].dtype == (
+            assert tensors[name].dtype == (
                 np.dtype(cfg.dtype) if model is models[0] else getattr(torch, cfg.dtype)
             )
 
@@ -290,8 +290,8 @@ def test_the_twins_take_the_same_kinds_of_state_dict():
     for kind in (types.MappingProxyType(state), dict(state), reference.state_dict()):
         results, models, _ = load_both(CFG, kind)
         assert [k for k, _ in results] == ["accepted", "accepted"], results
-        for model in models:
-            assert all(np.array_equal(state_of(model)[k], v) for k, v in state.items())
+        for loaded in map(state_of, models):
+            assert all(np.array_equal(loaded[k], v) for k, v in state.items())
     for bad, names in (
         (dict(state, **{"0": state[KEY]}), ["unexpected keys: 0"]),
         ({**state, 0: state[KEY]}, ["keys must be str", "0"]),
@@ -365,9 +365,10 @@ def test_the_twins_take_and_refuse_the_same_files(tmp_path, case):
     assert [kind for kind, _ in results] == ["accepted", "accepted"], results
     for _, model in results:
         assert model.cfg == cfg
+        loaded = state_of(model)
         for name, values in arrays.items():
             assert np.array_equal(
-                state_of(model)[name], np.asarray(values).astype(np.float64).astype(cfg.dtype)
+                loaded[name], np.asarray(values).astype(np.float64).astype(cfg.dtype)
             ), name
 
 
@@ -460,7 +461,8 @@ def test_a_dtype_move_the_model_cannot_compute_in_changes_nothing(move, cfg):
         DTYPE_MOVES[move](twin)
     assert {str(p.dtype) for p in twin.parameters()} == {f"torch.{cfg.dtype}"}
     assert twin.cfg == cfg and all(m.cfg == cfg for m in twin.modules() if hasattr(m, "cfg"))
-    assert all(np.array_equal(state_of(twin)[k], v) for k, v in before.items())
+    after = state_of(twin)
+    assert all(np.array_equal(after[k], v) for k, v in before.items())
     assert torch.equal(twin(TOKENS), out), "the model still runs, as before"
 
 
