@@ -51,6 +51,7 @@ reference ("right at hook_z; first wrong at hook_attn_scores").
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import math
@@ -133,6 +134,8 @@ REFERENCE_SOURCES = {
 }
 # the seed of the gradient-editing hooks (learner.gradient_editor), the same on both sides
 EDIT_SEED = 7
+_references = {}  # the reference's side of each check, by what decides it: see _reference_side
+REFERENCES_KEPT = 512
 NUMERICAL = (
     "that is numerical differentiation, which the checker itself uses to check you, not backprop: "
     "it costs a forward per entry, is exact only for code that complex numbers pass through "
@@ -571,7 +574,10 @@ def check_exercise(process, key, cls, variants, sample=1, seed=0):
     for number, variant in enumerate(variants):
         # finite differences under the first variant, and under any variant with parameters the
         # earlier ones lack (Llama's W_gate, grouped attention's _W_K, ...)
-        names = {name for name, _ in build(numpy_impl, cls, variant.config()).named_parameters()}
+        names = _reference_side(
+            ("names", cls, repr(variant.config())),
+            lambda: {n for n, _ in build(numpy_impl, cls, variant.config()).named_parameters()},
+        )
         result = check_variant(
             process,
             key,
@@ -644,15 +650,22 @@ def check_variant(
     verdict = Result(key, cls, "done", variant.label if full else f"{variant.label}, {sizes.label}")
     cfg = resized(variant, sizes).config()
     fields = dataclasses.asdict(cfg)
-    reference = build(numpy_impl, cls, cfg, seed)
-    weights = reference.state_dict()
-    inputs = list(
-        make_inputs(cls, cfg, seed + 1, variant.weighted, batch=sizes.batch, pos=sizes.pos)
-    )
-    out = reference.forward(*inputs)
-    # random upstream gradient, never all ones
-    R = np.random.default_rng(seed + 2).standard_normal(np.shape(out))
-    upstream = R if np.ndim(out) else float(R)
+    case = (cls, repr(fields), variant.weighted, sizes.batch, sizes.pos, seed)
+
+    def reference_case():
+        reference = build(numpy_impl, cls, cfg, seed)
+        weights = reference.state_dict()
+        inputs = list(
+            make_inputs(cls, cfg, seed + 1, variant.weighted, batch=sizes.batch, pos=sizes.pos)
+        )
+        out = reference.forward(*inputs)
+        # random upstream gradient, never all ones
+        R = np.random.default_rng(seed + 2).standard_normal(np.shape(out))
+        upstream = R if np.ndim(out) else float(R)
+        right = reference_run(cls, fields, weights, inputs, upstream, edit=False)
+        return weights, inputs, out, R, upstream, right
+
+    weights, inputs, out, R, upstream, right = _reference_side(("variant", *case), reference_case)
     isolate = key != TOGETHER and cls in SUB_MODULE_FILES
     request = {
         "cls": cls,
@@ -669,7 +682,6 @@ def check_variant(
     )
 
     # 1. float64, recording hooks, backward twice with the very same upstream array
-    right = reference_run(cls, fields, weights, inputs, upstream, edit=False)
     mine = _ask(
         process,
         {**request, "op": "run", "record": True, "twice": True},
@@ -731,7 +743,10 @@ def check_variant(
     # 3. float64, a backward hook at every hook point that edits the gradient (a random factor, and
     #    noise)
     if right["hooks"]:
-        edited_right = reference_run(cls, fields, weights, inputs, upstream, edit_grads=EDIT_SEED)
+        edited_right = _reference_side(
+            ("edited grads", *case),
+            lambda: reference_run(cls, fields, weights, inputs, upstream, edit_grads=EDIT_SEED),
+        )
         edited = _ask(
             process,
             {**request, "op": "run", "record": True, "edit_grads": EDIT_SEED},
@@ -764,7 +779,10 @@ def check_variant(
 
     # 4. float64, a forward hook that edits the attention pattern
     if cls in WITH_ATTENTION:
-        edited_right = reference_run(cls, fields, weights, inputs, upstream, edit=True)
+        edited_right = _reference_side(
+            ("edited pattern", *case),
+            lambda: reference_run(cls, fields, weights, inputs, upstream, edit=True),
+        )
         edited = _ask(
             process,
             {**request, "op": "run", "record": True, "edit_pattern": True},
@@ -808,6 +826,18 @@ def check_variant(
     single = _ask(process, request32, verdict, f"while checking {key} in float32")
     _float32(process, request32, single, right, input_name, verdict, inputs)
     return verdict
+
+
+def _reference_side(key, compute):
+    """``compute()``, the reference's side of a check (its weights, inputs and gradients), made
+    once per ``key`` in this process and a copy of it handed out each time: the reference is the
+    same whatever the learner wrote, so a second check in the same process (the notebook's
+    checking cells, a test run) skips it. ``key`` holds everything ``compute`` depends on."""
+    if key not in _references:
+        if len(_references) >= REFERENCES_KEPT:
+            del _references[next(iter(_references))]  # the oldest
+        _references[key] = compute()
+    return copy.deepcopy(_references[key])
 
 
 def reference_run(cls, fields, weights, inputs, upstream, edit=False, edit_grads=None):
@@ -1504,29 +1534,47 @@ def check_step(process, exercise, step, seed=0):
         verdict = Result(key, exercise.cls, "done", label)
         cfg = resized(variant, sizes).config()
         fields = dataclasses.asdict(cfg)
-        reference = build(numpy_impl, exercise.cls, cfg, seed + 10 * number)
-        weights = reference.state_dict()
-        inputs = list(
-            make_inputs(
-                exercise.cls,
-                cfg,
-                seed + 10 * number + 1,
-                variant.weighted,
-                batch=sizes.batch,
-                pos=sizes.pos,
+
+        def reference_case(cfg=cfg, fields=fields, number=number, variant=variant, sizes=sizes):
+            reference = build(numpy_impl, exercise.cls, cfg, seed + 10 * number)
+            weights = reference.state_dict()
+            inputs = list(
+                make_inputs(
+                    exercise.cls,
+                    cfg,
+                    seed + 10 * number + 1,
+                    variant.weighted,
+                    batch=sizes.batch,
+                    pos=sizes.pos,
+                )
             )
+            expected, given = _reference_step(
+                exercise, body, region, lines, fields, weights, inputs, edit, seed + 10 * number + 2
+            )
+            prefill = {
+                name: np.random.default_rng(seed + 10 * number + 5 + i).standard_normal(value.shape)
+                # a step adds into what .grad holds
+                for i, (name, value) in enumerate(weights.items())
+            }
+            expected["grads"] = {
+                name: value + prefill[name] for name, value in expected["grads"].items()
+            }
+            return weights, inputs, expected, given, prefill
+
+        weights, inputs, expected, given, prefill = _reference_side(
+            (
+                "step",
+                key,
+                repr(fields),
+                variant.weighted,
+                sizes.batch,
+                sizes.pos,
+                number,
+                edit,
+                seed,
+            ),
+            reference_case,
         )
-        expected, given = _reference_step(
-            exercise, body, region, lines, fields, weights, inputs, edit, seed + 10 * number + 2
-        )
-        prefill = {
-            name: np.random.default_rng(seed + 10 * number + 5 + i).standard_normal(value.shape)
-            # a step adds into what .grad holds
-            for i, (name, value) in enumerate(weights.items())
-        }
-        expected["grads"] = {
-            name: value + prefill[name] for name, value in expected["grads"].items()
-        }
         request = {
             "op": "step",
             "cls": exercise.cls,
