@@ -136,6 +136,8 @@ REFERENCE_SOURCES = {
 EDIT_SEED = 7
 _references = {}  # the reference's side of each check, by what decides it: see _reference_side
 REFERENCES_KEPT = 512
+_compiled = {}  # {source: None} for the texts of a copy's files that compiled: see _compile_error
+COMPILED_KEPT = 256
 NUMERICAL = (
     "that is numerical differentiation, which the checker itself uses to check you, not backprop: "
     "it costs a forward per entry, is exact only for code that complex numbers pass through "
@@ -286,9 +288,8 @@ def _broken_files(package_dir):
     never run)."""
     broken = {}
     for path in sorted(Path(package_dir).glob("*.py")):
-        try:
-            compile(path.read_text(), str(path), "exec", dont_inherit=True)
-        except (SyntaxError, ValueError) as error:
+        error = _compile_error(str(path), path.read_text())
+        if error is not None:
             broken[path.name] = error
     exercise_files = {exercise.file for exercise in EXERCISES}
     others = [name for name in broken if name not in exercise_files]
@@ -299,6 +300,22 @@ def _broken_files(package_dir):
             f"{others[0]}:{error.lineno}"
         )
     return broken
+
+
+def _compile_error(filename, source):
+    """The SyntaxError (or ValueError) compiling ``source`` raises, or None. A text that compiled
+    is remembered, so a check again in the same process (a notebook's checking cells, the tests)
+    compiles only the files that changed."""
+    if source in _compiled:
+        return None
+    try:
+        compile(source, filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as error:
+        return error
+    if len(_compiled) >= COMPILED_KEPT:
+        _compiled.pop(next(iter(_compiled)))  # the oldest
+    _compiled[source] = None
+    return None
 
 
 def _stand_ins(broken, directory):
