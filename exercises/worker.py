@@ -40,6 +40,7 @@ from __future__ import annotations
 import ast
 import atexit
 import compileall
+import functools
 import json
 import os
 import shutil
@@ -515,7 +516,17 @@ def reference_copy(reference, isolate):
     into ``reference``, each ``backward`` body of any other class replaced by a raise."""
     reference.mkdir()
     (reference / "__init__.py").write_text("")
-    wanted, done = [PROJECT / "numpy_impl" / file for file in isolate.values()], set()
+    for name, source in _reference_sources(tuple(sorted(isolate.items()))):
+        (reference / name).write_text(source)
+    return reference
+
+
+@functools.lru_cache(maxsize=16)
+def _reference_sources(isolate):
+    """[(file name, source)] of ``reference_copy``: parsed once per checker for each ``isolate``
+    ((class, file) pairs; the block's and the model's), as the checker reads the reference once."""
+    sources, kept = [], {cls for cls, _ in isolate}
+    wanted, done = [PROJECT / "numpy_impl" / file for _, file in isolate], set()
     while wanted:
         path = wanted.pop()
         if path.name in done:
@@ -528,8 +539,8 @@ def reference_copy(reference, isolate):
             for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
         ]
-        (reference / path.name).write_text(without_backwards(source, tree, set(isolate)))
-    return reference
+        sources.append((path.name, without_backwards(source, tree, kept)))
+    return tuple(sources)
 
 
 def without_backwards(source, tree, kept):
