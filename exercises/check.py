@@ -219,21 +219,29 @@ class Unchecked(Exception):
 
 
 def check(
-    directory, keys=None, sample=1, seed=0, together=True, progress=None, time_limit=TIME_LIMIT
+    directory,
+    keys=None,
+    sample=1,
+    seed=0,
+    together=True,
+    progress=None,
+    time_limit=TIME_LIMIT,
+    steps=True,
 ):
     """Check the learner's copy in ``directory``; returns a list of ``Result``, in exercise order.
 
     keys: exercise keys ("layernorm") or step keys ("attention.softmax") to check (default: all
-        of them); an exercise written in steps brings its steps along. When they hold "model" and
-        ``together``, a last row "all together" runs the learner's backward everywhere in the
-        whole model.
+        of them); an exercise written in steps brings its steps along (with ``steps`` False it
+        comes alone: a quicker check of the whole exercise once its steps are done). When they
+        hold "model" and ``together``, a last row "all together" runs the learner's backward
+        everywhere in the whole model.
     sample: random directions per tensor for the finite differences. progress:
     ``progress(items, label)`` yielding the items while it draws a bar (tours/progress.py).
     time_limit: seconds each exercise may take, steps included; past it, or when the learner's
         code ends its process, the exercise gets the status "timed out" or "exited" and the check
         goes on. A copy that does not import raises ImportError before anything is checked.
     """
-    keys = _checked_keys(keys, sample, time_limit)
+    keys = _checked_keys(keys, sample, time_limit, steps)
     # a missing copy is the caller's error, before any process starts
     package_dir = find_package(directory)
     directory = os.path.abspath(directory)
@@ -345,7 +353,7 @@ def _does_not_compile(key, owner, error):
     return result
 
 
-def _checked_keys(keys, sample, time_limit):
+def _checked_keys(keys, sample, time_limit, steps=True):
     if keys is None:
         keys = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
     if isinstance(keys, str):
@@ -370,7 +378,9 @@ def _checked_keys(keys, sample, time_limit):
         )
     order = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
     keys = [
-        step for key in keys for step in (BY_KEY[key].step_keys() if key in BY_KEY else []) + [key]
+        step
+        for key in keys
+        for step in (BY_KEY[key].step_keys() if steps and key in BY_KEY else []) + [key]
     ]
     return sorted(dict.fromkeys(keys), key=order.index)
 
