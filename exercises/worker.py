@@ -69,9 +69,10 @@ BOOT = (  # argv: the pipes' two ends, and the runtime copy (never the project: 
     "main(int(sys.argv[1]), int(sys.argv[2]))\n"
 )
 # The zygote: one interpreter per checker that has imported what every learner's process imports
-# (NumPy, scipy.special, the runtime's exercises modules: a third of a second of CPU) and forks
-# a fresh child for each exercise, the child's own pipes received over its control socket.
-# argv: the control socket's fd, and the runtime copy. A request is the JSON
+# (NumPy, scipy.special, the runtime's exercises modules and the foundation modules the copy
+# imports (PRELOADED): a third of a second of CPU) and forks a fresh child for each exercise, the
+# child's own pipes received over its control socket.
+# argv: the control socket's fd, the runtime copy, the modules to preload. A request is the JSON
 # {"op": "fork", "cwd", "tmpdir"} with the child's three pipe ends (its input, its output, its
 # log) as ancillary fds; or {"op": "wait", "pid", "seconds"}. The answer is one JSON line.
 # The child, before anything else: a session of its own, PR_SET_PDEATHSIG (it dies with the
