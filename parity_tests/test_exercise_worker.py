@@ -8,6 +8,7 @@ that floods its output is checked as any other, the output abridged. Either way 
 goes on with the next exercise, counts only what it checked, and leaves no process behind.
 """
 
+import ast
 import os
 import re
 import signal
@@ -159,6 +160,18 @@ def test_a_process_forked_from_the_zygote_starts_as_a_fresh_one(solved, tmp_path
     assert results["layernorm"].status == "done", results["layernorm"].message
     line = next(x for x in results["layernorm"].output.splitlines() if x.startswith("SETUP"))
     assert line.startswith("SETUP [] True True True"), line
+
+
+def test_the_zygote_preloads_the_foundation_modules_the_reference_imports():
+    """What numpy_impl (and so a learner's copy) imports from foundation is imported once in the
+    zygote (worker.PRELOADED), not again in each learner's process."""
+    imported = {
+        node.module
+        for path in (PROJECT / "numpy_impl").glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("foundation")
+    }
+    assert imported == set(worker.PRELOADED)
 
 
 @pytest.mark.skipif(not worker.FORK, reason="TWINS_EXERCISE_FORK=0: no zygote")
