@@ -624,6 +624,19 @@ def engine_folders(runtime):
     return [p for p in found if not (p == runtime or p.startswith(runtime + os.sep))]
 
 
+_engines = {}  # {runtime: engine_folders(runtime)}, found once in the zygote: see prewarm
+_installation = {}  # {(its roots, what is excluded): what the wall grants of the installation}
+
+
+def prewarm(runtime, project):
+    """In the checker's zygote, before it forks: the gradient engines' folders and what the wall
+    grants of the Python installation (a listing of site-packages around them), found once for
+    every learner's process it forks rather than by each (6 ms of CPU); a process whose folder
+    sits inside the project, and so carves it otherwise, finds its own."""
+    _engines[runtime] = engine_folders(runtime)
+    readable({"project": project, "runtime": runtime, "directory": runtime}, _engines[runtime])
+
+
 def readable(setup, engines):
     """What the process may read behind the wall: its runtime copy, the bytecode the checker
     compiled of the learner's copies, the learner's folder and the Python installation (this
@@ -634,8 +647,12 @@ def readable(setup, engines):
     ]
     libraries = [p for p in SHARED_LIBRARIES if os.path.exists(p)]
     bytecode = [setup["bytecode"]] if setup.get("bytecode") else []
-    roots = [setup["runtime"], *bytecode, setup["directory"], *installation, *libraries]
-    return sandbox.split_roots(roots, sandbox.carve(project, roots) + engines)
+    own = [setup["runtime"], *bytecode, setup["directory"]]
+    excluded = sandbox.carve(project, own + installation + libraries) + engines
+    key = (tuple(installation + libraries), tuple(map(str, excluded)))
+    if key not in _installation:
+        _installation[key] = sandbox.split_roots(installation + libraries, excluded)
+    return sandbox.split_roots(own, excluded) + _installation[key]
 
 
 def reaches_out(package_dir, directory, project):
@@ -1167,7 +1184,7 @@ def main(in_fd, out_fd):
         shutil.rmtree(setup["reference"], ignore_errors=True)
     linecache.clearcache()
     package_dir = find_package(setup["directory"])
-    engines = engine_folders(setup["runtime"])
+    engines = list(_engines.get(setup["runtime"]) or engine_folders(setup["runtime"]))
     refusal = reaches_out(package_dir, setup["directory"], setup["project"])
     if refusal:
         protocol.send(out_fd, {"event": {"kind": "borrowed", "what": refusal, "where": ""}})

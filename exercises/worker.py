@@ -77,7 +77,8 @@ BOOT = (  # argv: the pipes' two ends, and the runtime copy (never the project: 
 # (NumPy, scipy.special, the runtime's exercises modules and the foundation modules the copy
 # imports (PRELOADED): a third of a second of CPU) and forks a fresh child for each exercise, the
 # child's own pipes received over its control socket.
-# argv: the control socket's fd, the runtime copy, the modules to preload. A request is the JSON
+# argv: the control socket's fd, the runtime copy, the project, the modules to preload; it finds
+# the wall's plan for the installation once (learner.prewarm). A request is the JSON
 # {"op": "fork", "cwd", "tmpdir"} with the child's three pipe ends (its input, its output, its
 # log) as ancillary fds; or {"op": "wait", "pid", "seconds"}. The answer is one JSON line.
 # The child, before anything else: a session of its own, PR_SET_PDEATHSIG (it dies with the
@@ -89,11 +90,16 @@ ZYGOTE = (
     "sys.path.insert(0, sys.argv[2])\n"
     "from exercises.learner import main\n"
     "import importlib, json, os, socket, time\n"
-    "for name in sys.argv[3:]:  # what the copy imports from the runtime's foundation\n"
+    "for name in sys.argv[4:]:  # what the copy imports from the runtime's foundation\n"
     "    try:\n"
     "        importlib.import_module(name)\n"
     "    except Exception:  # the child's import of the copy says what went wrong\n"
     "        pass\n"
+    "try:\n"
+    "    from exercises.learner import prewarm\n"
+    "    prewarm(sys.argv[2], sys.argv[3])\n"
+    "except Exception:  # each child finds them itself\n"
+    "    pass\n"
     "control = socket.socket(fileno=int(sys.argv[1]))\n"
     "child = None\n"
     "while child is None:\n"
@@ -411,6 +417,7 @@ class Zygote:
                     ZYGOTE,
                     str(theirs.fileno()),
                     str(runtime),
+                    str(PROJECT),
                     *PRELOADED,
                 ],
                 pass_fds=(theirs.fileno(),),
