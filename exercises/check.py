@@ -51,6 +51,7 @@ reference ("right at hook_z; first wrong at hook_attn_scores").
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import math
@@ -133,6 +134,10 @@ REFERENCE_SOURCES = {
 }
 # the seed of the gradient-editing hooks (learner.gradient_editor), the same on both sides
 EDIT_SEED = 7
+_references = {}  # the reference's side of each check, by what decides it: see _reference_side
+REFERENCES_KEPT = 512
+_compiled = {}  # {source: None} for the texts of a copy's files that compiled: see _compile_error
+COMPILED_KEPT = 256
 NUMERICAL = (
     "that is numerical differentiation, which the checker itself uses to check you, not backprop: "
     "it costs a forward per entry, is exact only for code that complex numbers pass through "
@@ -214,21 +219,29 @@ class Unchecked(Exception):
 
 
 def check(
-    directory, keys=None, sample=1, seed=0, together=True, progress=None, time_limit=TIME_LIMIT
+    directory,
+    keys=None,
+    sample=1,
+    seed=0,
+    together=True,
+    progress=None,
+    time_limit=TIME_LIMIT,
+    steps=True,
 ):
     """Check the learner's copy in ``directory``; returns a list of ``Result``, in exercise order.
 
     keys: exercise keys ("layernorm") or step keys ("attention.softmax") to check (default: all
-        of them); an exercise written in steps brings its steps along. When they hold "model" and
-        ``together``, a last row "all together" runs the learner's backward everywhere in the
-        whole model.
+        of them); an exercise written in steps brings its steps along (with ``steps`` False it
+        comes alone: a quicker check of the whole exercise once its steps are done). When they
+        hold "model" and ``together``, a last row "all together" runs the learner's backward
+        everywhere in the whole model.
     sample: random directions per tensor for the finite differences. progress:
     ``progress(items, label)`` yielding the items while it draws a bar (tours/progress.py).
     time_limit: seconds each exercise may take, steps included; past it, or when the learner's
         code ends its process, the exercise gets the status "timed out" or "exited" and the check
         goes on. A copy that does not import raises ImportError before anything is checked.
     """
-    keys = _checked_keys(keys, sample, time_limit)
+    keys = _checked_keys(keys, sample, time_limit, steps)
     # a missing copy is the caller's error, before any process starts
     package_dir = find_package(directory)
     directory = os.path.abspath(directory)
@@ -283,9 +296,8 @@ def _broken_files(package_dir):
     never run)."""
     broken = {}
     for path in sorted(Path(package_dir).glob("*.py")):
-        try:
-            compile(path.read_text(), str(path), "exec", dont_inherit=True)
-        except (SyntaxError, ValueError) as error:
+        error = _compile_error(str(path), path.read_text())
+        if error is not None:
             broken[path.name] = error
     exercise_files = {exercise.file for exercise in EXERCISES}
     others = [name for name in broken if name not in exercise_files]
@@ -296,6 +308,22 @@ def _broken_files(package_dir):
             f"{others[0]}:{error.lineno}"
         )
     return broken
+
+
+def _compile_error(filename, source):
+    """The SyntaxError (or ValueError) compiling ``source`` raises, or None. A text that compiled
+    is remembered, so a check again in the same process (a notebook's checking cells, the tests)
+    compiles only the files that changed."""
+    if source in _compiled:
+        return None
+    try:
+        compile(source, filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as error:
+        return error
+    if len(_compiled) >= COMPILED_KEPT:
+        _compiled.pop(next(iter(_compiled)))  # the oldest
+    _compiled[source] = None
+    return None
 
 
 def _stand_ins(broken, directory):
@@ -325,7 +353,7 @@ def _does_not_compile(key, owner, error):
     return result
 
 
-def _checked_keys(keys, sample, time_limit):
+def _checked_keys(keys, sample, time_limit, steps=True):
     if keys is None:
         keys = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
     if isinstance(keys, str):
@@ -350,7 +378,9 @@ def _checked_keys(keys, sample, time_limit):
         )
     order = [key for exercise in EXERCISES for key in exercise.step_keys() + [exercise.key]]
     keys = [
-        step for key in keys for step in (BY_KEY[key].step_keys() if key in BY_KEY else []) + [key]
+        step
+        for key in keys
+        for step in (BY_KEY[key].step_keys() if steps and key in BY_KEY else []) + [key]
     ]
     return sorted(dict.fromkeys(keys), key=order.index)
 
@@ -571,7 +601,10 @@ def check_exercise(process, key, cls, variants, sample=1, seed=0):
     for number, variant in enumerate(variants):
         # finite differences under the first variant, and under any variant with parameters the
         # earlier ones lack (Llama's W_gate, grouped attention's _W_K, ...)
-        names = {name for name, _ in build(numpy_impl, cls, variant.config()).named_parameters()}
+        names = _reference_side(
+            ("names", cls, repr(variant.config())),
+            lambda: {n for n, _ in build(numpy_impl, cls, variant.config()).named_parameters()},
+        )
         result = check_variant(
             process,
             key,
@@ -644,15 +677,22 @@ def check_variant(
     verdict = Result(key, cls, "done", variant.label if full else f"{variant.label}, {sizes.label}")
     cfg = resized(variant, sizes).config()
     fields = dataclasses.asdict(cfg)
-    reference = build(numpy_impl, cls, cfg, seed)
-    weights = reference.state_dict()
-    inputs = list(
-        make_inputs(cls, cfg, seed + 1, variant.weighted, batch=sizes.batch, pos=sizes.pos)
-    )
-    out = reference.forward(*inputs)
-    # random upstream gradient, never all ones
-    R = np.random.default_rng(seed + 2).standard_normal(np.shape(out))
-    upstream = R if np.ndim(out) else float(R)
+    case = (cls, repr(fields), variant.weighted, sizes.batch, sizes.pos, seed)
+
+    def reference_case():
+        reference = build(numpy_impl, cls, cfg, seed)
+        weights = reference.state_dict()
+        inputs = list(
+            make_inputs(cls, cfg, seed + 1, variant.weighted, batch=sizes.batch, pos=sizes.pos)
+        )
+        out = reference.forward(*inputs)
+        # random upstream gradient, never all ones
+        R = np.random.default_rng(seed + 2).standard_normal(np.shape(out))
+        upstream = R if np.ndim(out) else float(R)
+        right = reference_run(cls, fields, weights, inputs, upstream, edit=False)
+        return weights, inputs, out, R, upstream, right
+
+    weights, inputs, out, R, upstream, right = _reference_side(("variant", *case), reference_case)
     isolate = key != TOGETHER and cls in SUB_MODULE_FILES
     request = {
         "cls": cls,
@@ -669,7 +709,6 @@ def check_variant(
     )
 
     # 1. float64, recording hooks, backward twice with the very same upstream array
-    right = reference_run(cls, fields, weights, inputs, upstream, edit=False)
     mine = _ask(
         process,
         {**request, "op": "run", "record": True, "twice": True},
@@ -731,7 +770,10 @@ def check_variant(
     # 3. float64, a backward hook at every hook point that edits the gradient (a random factor, and
     #    noise)
     if right["hooks"]:
-        edited_right = reference_run(cls, fields, weights, inputs, upstream, edit_grads=EDIT_SEED)
+        edited_right = _reference_side(
+            ("edited grads", *case),
+            lambda: reference_run(cls, fields, weights, inputs, upstream, edit_grads=EDIT_SEED),
+        )
         edited = _ask(
             process,
             {**request, "op": "run", "record": True, "edit_grads": EDIT_SEED},
@@ -764,7 +806,10 @@ def check_variant(
 
     # 4. float64, a forward hook that edits the attention pattern
     if cls in WITH_ATTENTION:
-        edited_right = reference_run(cls, fields, weights, inputs, upstream, edit=True)
+        edited_right = _reference_side(
+            ("edited pattern", *case),
+            lambda: reference_run(cls, fields, weights, inputs, upstream, edit=True),
+        )
         edited = _ask(
             process,
             {**request, "op": "run", "record": True, "edit_pattern": True},
@@ -808,6 +853,18 @@ def check_variant(
     single = _ask(process, request32, verdict, f"while checking {key} in float32")
     _float32(process, request32, single, right, input_name, verdict, inputs)
     return verdict
+
+
+def _reference_side(key, compute):
+    """``compute()``, the reference's side of a check (its weights, inputs and gradients), made
+    once per ``key`` in this process and a copy of it handed out each time: the reference is the
+    same whatever the learner wrote, so a second check in the same process (the notebook's
+    checking cells, a test run) skips it. ``key`` holds everything ``compute`` depends on."""
+    if key not in _references:
+        if len(_references) >= REFERENCES_KEPT:
+            del _references[next(iter(_references))]  # the oldest
+        _references[key] = compute()
+    return copy.deepcopy(_references[key])
 
 
 def reference_run(cls, fields, weights, inputs, upstream, edit=False, edit_grads=None):
@@ -1504,29 +1561,47 @@ def check_step(process, exercise, step, seed=0):
         verdict = Result(key, exercise.cls, "done", label)
         cfg = resized(variant, sizes).config()
         fields = dataclasses.asdict(cfg)
-        reference = build(numpy_impl, exercise.cls, cfg, seed + 10 * number)
-        weights = reference.state_dict()
-        inputs = list(
-            make_inputs(
-                exercise.cls,
-                cfg,
-                seed + 10 * number + 1,
-                variant.weighted,
-                batch=sizes.batch,
-                pos=sizes.pos,
+
+        def reference_case(cfg=cfg, fields=fields, number=number, variant=variant, sizes=sizes):
+            reference = build(numpy_impl, exercise.cls, cfg, seed + 10 * number)
+            weights = reference.state_dict()
+            inputs = list(
+                make_inputs(
+                    exercise.cls,
+                    cfg,
+                    seed + 10 * number + 1,
+                    variant.weighted,
+                    batch=sizes.batch,
+                    pos=sizes.pos,
+                )
             )
+            expected, given = _reference_step(
+                exercise, body, region, lines, fields, weights, inputs, edit, seed + 10 * number + 2
+            )
+            prefill = {
+                name: np.random.default_rng(seed + 10 * number + 5 + i).standard_normal(value.shape)
+                # a step adds into what .grad holds
+                for i, (name, value) in enumerate(weights.items())
+            }
+            expected["grads"] = {
+                name: value + prefill[name] for name, value in expected["grads"].items()
+            }
+            return weights, inputs, expected, given, prefill
+
+        weights, inputs, expected, given, prefill = _reference_side(
+            (
+                "step",
+                key,
+                repr(fields),
+                variant.weighted,
+                sizes.batch,
+                sizes.pos,
+                number,
+                edit,
+                seed,
+            ),
+            reference_case,
         )
-        expected, given = _reference_step(
-            exercise, body, region, lines, fields, weights, inputs, edit, seed + 10 * number + 2
-        )
-        prefill = {
-            name: np.random.default_rng(seed + 10 * number + 5 + i).standard_normal(value.shape)
-            # a step adds into what .grad holds
-            for i, (name, value) in enumerate(weights.items())
-        }
-        expected["grads"] = {
-            name: value + prefill[name] for name, value in expected["grads"].items()
-        }
         request = {
             "op": "step",
             "cls": exercise.cls,

@@ -283,10 +283,16 @@ def region_function(source_lines, first, last, arguments, filename, namespace):
         + " " * indent
         + "return locals()\n"
     )
-    code = compile(text, filename, "exec")
     scope = dict(namespace)
-    exec(code, scope)
+    exec(_compiled(text, filename), scope)
     return scope["__exercise_region__"]
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(text, filename):
+    """``text`` compiled, once per text: a step's region runs under every variant and size set,
+    in the checker and in the learner's process (a code object cannot be changed)."""
+    return compile(text, filename, "exec")
 
 
 def prologue_values(body: MarkedBody, source_lines, module, filename, namespace):

@@ -26,9 +26,11 @@ counted, so a flood of output neither blocks it nor fills anything.
 Behind the audit hook stands a wall the kernel keeps (``sandbox.py``: Landlock and seccomp,
 where Linux offers them). The process never sees the project: it starts from a runtime copy
 the checker makes once in a temporary folder (the modules of ``exercises`` the process needs,
-and ``foundation``, which the learner's copy imports), reads only that copy, the learner's copy
-and the Python installation (less the project and the other gradient engines), and writes only
-a scratch folder of its own (its TMPDIR), which is removed with it. For the block and the model,
+and ``foundation``, which the learner's copy imports), reads only that copy, the bytecode the
+checker compiled of the learner's copy beside it (``write_bytecode``: hash-checked against the
+files, so it never stands in for a file that changed), the learner's copy and the Python
+installation (less the project and the other gradient engines), and writes only a scratch folder
+of its own (its TMPDIR), which is removed with it. For the block and the model,
 the scratch folder also holds the reference files its sub-modules run, with every other
 backward body taken out; the process loads them and deletes them before the learner's code is
 imported. Where there is no wall, the checker says so once: verdicts there trust the learner's
@@ -40,7 +42,10 @@ from __future__ import annotations
 import ast
 import atexit
 import compileall
+import functools
+import importlib.util
 import json
+import marshal
 import os
 import shutil
 import signal
@@ -52,6 +57,7 @@ import threading
 from pathlib import Path
 
 from . import protocol, sandbox
+from .learner import find_package
 
 # the folder holding exercises/, numpy_impl/, foundation/
 PROJECT = Path(__file__).resolve().parent.parent
@@ -68,9 +74,11 @@ BOOT = (  # argv: the pipes' two ends, and the runtime copy (never the project: 
     "main(int(sys.argv[1]), int(sys.argv[2]))\n"
 )
 # The zygote: one interpreter per checker that has imported what every learner's process imports
-# (NumPy, scipy.special, the runtime's exercises modules: a third of a second of CPU) and forks
-# a fresh child for each exercise, the child's own pipes received over its control socket.
-# argv: the control socket's fd, and the runtime copy. A request is the JSON
+# (NumPy, scipy.special, the runtime's exercises modules and the foundation modules the copy
+# imports (PRELOADED): a third of a second of CPU) and forks a fresh child for each exercise, the
+# child's own pipes received over its control socket.
+# argv: the control socket's fd, the runtime copy, the project, the modules to preload; it finds
+# the wall's plan for the installation once (learner.prewarm). A request is the JSON
 # {"op": "fork", "cwd", "tmpdir"} with the child's three pipe ends (its input, its output, its
 # log) as ancillary fds; or {"op": "wait", "pid", "seconds"}. The answer is one JSON line.
 # The child, before anything else: a session of its own, PR_SET_PDEATHSIG (it dies with the
@@ -81,7 +89,17 @@ ZYGOTE = (
     "import sys\n"
     "sys.path.insert(0, sys.argv[2])\n"
     "from exercises.learner import main\n"
-    "import json, os, socket, time\n"
+    "import importlib, json, os, socket, time\n"
+    "for name in sys.argv[4:]:  # what the copy imports from the runtime's foundation\n"
+    "    try:\n"
+    "        importlib.import_module(name)\n"
+    "    except Exception:  # the child's import of the copy says what went wrong\n"
+    "        pass\n"
+    "try:\n"
+    "    from exercises.learner import prewarm\n"
+    "    prewarm(sys.argv[2], sys.argv[3])\n"
+    "except Exception:  # each child finds them itself\n"
+    "    pass\n"
     "control = socket.socket(fileno=int(sys.argv[1]))\n"
     "child = None\n"
     "while child is None:\n"
@@ -140,7 +158,7 @@ ZYGOTE = (
     "os.environ['TMPDIR'] = request['tmpdir']\n"
     "if 'tempfile' in sys.modules:\n"
     "    sys.modules['tempfile'].tempdir = None\n"
-    "del child, request, zygote, json, time\n"
+    "del child, request, zygote, importlib, json, time\n"
     "main(in_fd, out_fd)\n"
 )
 RUNTIME_FILES = (
@@ -149,10 +167,29 @@ RUNTIME_FILES = (
     "exercises/steps.py",
     "exercises/sandbox.py",
 )
+# The modules of foundation that numpy_impl (and so the learner's copy) imports, with theirs: the
+# zygote imports them from the runtime copy once, where each learner's process took 40 ms of CPU
+# to import them again (config.py reads its own source for the fields' docs)
+PRELOADED = (
+    "foundation.contract.arrays",
+    "foundation.contract.boundary",
+    "foundation.contract.checks",
+    "foundation.contract.config",
+    "foundation.files.pretrained",
+    "foundation.files.weights",
+    "foundation.lens.factored",
+    "foundation.lens.hooks",
+    "foundation.lens.kv_cache",
+    "foundation.lens.running",
+    "foundation.lens.views",
+)
 _live = set()  # processes not yet stopped, for the exit handler
 _said = []  # the no-wall note, once per checker
 _runtime = []  # the shared runtime copy, once made
 _zygote = []  # the zygote forking the learner's processes, and its runtime copy
+_bytecode = {}  # {a file's bytes: its code, marshalled}: see write_bytecode
+_written = {}  # {a .pyc write_bytecode wrote: the bytes of the file it was compiled from}
+BYTECODE_KEPT = 256
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # learner's processes forked from a zygote (TWINS_EXERCISE_FORK=0: a fresh interpreter each)
 FORK = os.environ.get("TWINS_EXERCISE_FORK", "1") != "0" and hasattr(socket, "send_fds")
@@ -224,6 +261,7 @@ class LearnerProcess:
         self.scratch = Path(tempfile.mkdtemp(prefix="twins-learner-")).resolve()
         try:
             runtime = shared_runtime()
+            write_bytecode(directory, runtime.parent / "bytecode")
             reference = (
                 reference_copy(self.scratch / "_exercise_reference", isolate) if isolate else None
             )
@@ -273,6 +311,7 @@ class LearnerProcess:
                 "substitutes": substitutes or {},
                 "scratch": str(self.scratch),
                 "runtime": str(runtime),
+                "bytecode": str(runtime.parent / "bytecode"),
                 "reference": str(reference or ""),
                 "wall": abi,
             },
@@ -370,7 +409,17 @@ class Zygote:
         self.control, self.lock = ours, threading.Lock()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-B", "-c", ZYGOTE, str(theirs.fileno()), str(runtime)],
+                [
+                    sys.executable,
+                    "-I",
+                    "-B",
+                    "-c",
+                    ZYGOTE,
+                    str(theirs.fileno()),
+                    str(runtime),
+                    str(PROJECT),
+                    *PRELOADED,
+                ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
@@ -462,6 +511,46 @@ def shared_runtime():
     return _runtime[0]
 
 
+def write_bytecode(directory, folder):
+    """Each file of the learner's copy in ``directory`` compiled here into a hash-checked .pyc under
+    ``folder``, laid out as ``sys.pycache_prefix`` lays it out: the learner's process, which writes
+    no bytecode, reads it instead of compiling the file again (12 ms of CPU for a copy), and
+    compiles a file itself where its text no longer matches the hash or it does not compile."""
+    try:
+        package_dir = find_package(directory)
+    except FileNotFoundError:
+        return  # the learner's process says so
+    header = importlib.util.MAGIC_NUMBER + (0b11).to_bytes(4, "little")  # checked hash
+    for path in sorted(package_dir.glob("*.py")):
+        try:
+            source = path.read_bytes()
+        except OSError:
+            continue
+        if source not in _bytecode:
+            try:
+                code = compile(source, str(path), "exec", dont_inherit=True)
+            except (SyntaxError, ValueError):
+                continue
+            if len(_bytecode) >= BYTECODE_KEPT:
+                del _bytecode[next(iter(_bytecode))]  # the oldest
+            _bytecode[source] = marshal.dumps(code)
+        cached = Path(
+            folder,
+            str(path.parent.absolute()).lstrip(os.sep),
+            f"{path.stem}.{sys.implementation.cache_tag}.pyc",
+        )
+        if _written.get(cached) == source and cached.exists():
+            continue
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_bytes(header + importlib.util.source_hash(source) + _bytecode[source])
+        except OSError:  # a full disk: the learner's process compiles the file itself
+            continue
+        if len(_written) >= BYTECODE_KEPT:
+            del _written[next(iter(_written))]
+        _written[cached] = source
+
+
 def runtime_copy(runtime):
     """What the learner's process imports, copied under ``runtime``: never the project itself.
 
@@ -485,7 +574,17 @@ def reference_copy(reference, isolate):
     into ``reference``, each ``backward`` body of any other class replaced by a raise."""
     reference.mkdir()
     (reference / "__init__.py").write_text("")
-    wanted, done = [PROJECT / "numpy_impl" / file for file in isolate.values()], set()
+    for name, source in _reference_sources(tuple(sorted(isolate.items()))):
+        (reference / name).write_text(source)
+    return reference
+
+
+@functools.lru_cache(maxsize=16)
+def _reference_sources(isolate):
+    """[(file name, source)] of ``reference_copy``: parsed once per checker for each ``isolate``
+    ((class, file) pairs; the block's and the model's), as the checker reads the reference once."""
+    sources, kept = [], {cls for cls, _ in isolate}
+    wanted, done = [PROJECT / "numpy_impl" / file for _, file in isolate], set()
     while wanted:
         path = wanted.pop()
         if path.name in done:
@@ -498,8 +597,8 @@ def reference_copy(reference, isolate):
             for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
         ]
-        (reference / path.name).write_text(without_backwards(source, tree, set(isolate)))
-    return reference
+        sources.append((path.name, without_backwards(source, tree, kept)))
+    return tuple(sources)
 
 
 def without_backwards(source, tree, kept):

@@ -93,16 +93,18 @@ def test_a_bad_argument_is_one_line_of_error(case, tmp_path, capsys):
     assert len(error_lines) == 1, err
 
 
-# each case starts a Python that imports torch: one by default, the rest under pytest -m slow
+# each case starts a Python, most of them one that imports torch: by default one that does not
+# (its error comes from the checker, after the exercise modules' imports), the rest under
+# pytest -m slow
 @pytest.mark.parametrize(
     "case",
-    ["interp a malformed weights file"]
+    ["exercises check a missing folder"]
     + [
         pytest.param(case, marks=pytest.mark.slow)
         for case in [
             "--out is a file",
             "gradcheck --sample 0",
-            "exercises check a missing folder",
+            "interp a malformed weights file",
             "gpt2 a folder that is no checkpoint",
             "exercises check --time-limit inf",
         ]

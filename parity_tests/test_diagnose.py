@@ -311,16 +311,16 @@ def result_of(results, key):
 @pytest.fixture(scope="module")
 def planted(solved, tmp_path_factory):
     """``planted(key, file, old, new)``: the checker's result for exercise (or step) ``key`` on a
-    copy of the solved exercises with one line of ``file`` replaced. Each planted line is checked
-    once in this module (a second of the checker's work for the attention), however many tests
-    read the result."""
+    copy of the solved exercises with one line of ``file`` replaced: the exercise alone, without
+    its steps (``steps=False``), whose rows no test here reads. Each planted line is checked once
+    in this module, however many tests read the result."""
     results = {}
 
     def result(key, file, old, new):
         if (key, file, old, new) not in results:
             directory = planted_copy(solved, tmp_path_factory.mktemp("planted"), file, old, new)
             results[key, file, old, new] = result_of(
-                check(directory, keys=[key], sample=SAMPLE), key
+                check(directory, keys=[key], sample=SAMPLE, steps=False), key
             )
         return results[key, file, old, new]
 

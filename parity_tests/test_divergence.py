@@ -224,7 +224,7 @@ def test_the_checker_prints_where_a_wrong_model_parts(solved, tmp_path, capsys):
             "check",
             str(tmp_path),
             "model",
-            3,
+            1,  # finite differences: one direction per tensor (the rows read here need no more)
             0,
             None,
         )

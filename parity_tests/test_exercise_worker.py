@@ -8,6 +8,7 @@ that floods its output is checked as any other, the output abridged. Either way 
 goes on with the next exercise, counts only what it checked, and leaves no process behind.
 """
 
+import ast
 import os
 import re
 import signal
@@ -20,12 +21,14 @@ import pytest
 
 from exercises import worker
 from exercises.check import check, format_results
-from parity_tests.copies import planted_copy
+from parity_tests.copies import copy_of, plant, planted_copy
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 SAMPLE = 1
-LIMIT = 3.0  # seconds per exercise where something hangs; a correct unembed check takes under one
+# seconds per exercise where something hangs (the hang waits it out); a correct unembed check takes
+# a tenth of one, forked from the checker's zygote
+LIMIT = 1.5
 ROOMY = 300.0  # where nothing hangs
 FIRST_LINE = "dx = dcentered + dmean / d_model"  # in LayerNorm's backward body
 
@@ -56,7 +59,7 @@ def checked(directory, keys, limit=ROOMY):
 
 def test_a_backward_that_never_returns_times_out_and_the_check_goes_on(solved, tmp_path):
     # a loop that sleeps: the limit is wall-clock time, so it ends this hang as it ends one that
-    # spins, and the hang leaves the machine's cores to the other tests for its 3 s
+    # spins, and the hang leaves the machine's cores to the other tests while it waits
     hang = "while True:\n            __import__('time').sleep(0.1)"
     directory = planted_copy(solved, tmp_path, "layernorm.py", FIRST_LINE, hang)
     started = time.monotonic()
@@ -67,7 +70,7 @@ def test_a_backward_that_never_returns_times_out_and_the_check_goes_on(solved, t
     assert results["unembed"].status == "done", "a fresh process checks what follows"
     assert elapsed < LIMIT + 60, "stopped at the limit"
     table = format_results(list(results.values()), directory)
-    assert re.search(r"layernorm +timed out +no answer within 3 s", table), table
+    assert re.search(rf"layernorm +timed out +no answer within {LIMIT:g} s", table), table
     assert "1 of 2 checked done" in table
 
 
@@ -157,6 +160,30 @@ def test_a_process_forked_from_the_zygote_starts_as_a_fresh_one(solved, tmp_path
     assert results["layernorm"].status == "done", results["layernorm"].message
     line = next(x for x in results["layernorm"].output.splitlines() if x.startswith("SETUP"))
     assert line.startswith("SETUP [] True True True"), line
+
+
+def test_the_zygote_preloads_the_foundation_modules_the_reference_imports():
+    """What numpy_impl (and so a learner's copy) imports from foundation is imported once in the
+    zygote (worker.PRELOADED), not again in each learner's process."""
+    imported = {
+        node.module
+        for path in (PROJECT / "numpy_impl").glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("foundation")
+    }
+    assert imported == set(worker.PRELOADED)
+
+
+def test_the_bytecode_of_the_copy_never_stands_in_for_a_file_that_changed(solved, tmp_path):
+    """The checker writes the copy's bytecode where the learner's process reads it
+    (worker.write_bytecode); a file changed since, by one character in the same second, is run
+    as it now reads (the bytecode is written again, and checked against the file's hash)."""
+    directory = copy_of(solved, tmp_path)
+    assert checked(directory, ["unembed"])["unembed"].status == "done"
+    bytecode = worker.shared_runtime().parent / "bytecode"
+    assert (bytecode / str(directory.absolute()).lstrip(os.sep) / "numpy_impl").is_dir()
+    plant(directory / "numpy_impl", "unembed.py", "W_U.grad += np.", "W_U.grad -= np.")
+    assert checked(directory, ["unembed"])["unembed"].status == "wrong"
 
 
 @pytest.mark.skipif(not worker.FORK, reason="TWINS_EXERCISE_FORK=0: no zygote")

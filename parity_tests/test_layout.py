@@ -5,6 +5,7 @@ function counts as much as one at the top of a file.
 """
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,10 @@ def imported_packages(path):
     return names
 
 
+@functools.cache
 def package_imports():
-    """{package: {file: imported top-level names}} for every package of the house."""
+    """{package: {file: imported top-level names}} for every package of the house: parsed once
+    for the tests that read it (the tree does not change while they run)."""
     return {
         package: {
             str(path.relative_to(ROOT / package)): imported_packages(path)
