@@ -541,11 +541,8 @@ def write_bytecode(directory, folder):
         )
         if _written.get(cached) == source and cached.exists():
             continue
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            cached.write_bytes(header + importlib.util.source_hash(source) + _bytecode[source])
-        except OSError:  # a full disk: the learner's process compiles the file itself
-            continue
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(header + importlib.util.source_hash(source) + _bytecode[source])
         if len(_written) >= BYTECODE_KEPT:
             del _written[next(iter(_written))]
         _written[cached] = source
