@@ -432,20 +432,9 @@ def _evaluable(node):
 class Guard:
     """The audit hook's settings and its channel to the checker."""
 
-    def __init__(
-        self,
-        out_fd,
-        package_dir,
-        work_dir,
-        project,
-        extra_protected=(),
-        scratch=None,
-        own_bytecode=None,
-    ):
+    def __init__(self, out_fd, package_dir, work_dir, project, extra_protected=(), scratch=None):
         self.out_fd = out_fd
         self.package_dir = str(Path(package_dir).resolve())
-        # the bytecode the checker compiled of the learner's own files (worker.write_bytecode)
-        self.own_bytecode = str(Path(own_bytecode).resolve()) if own_bytecode else None
         self.writable = [str(Path(scratch or _temp_dir()).resolve())]
         self.work_dir, self.project = str(Path(work_dir).resolve()), str(Path(project).resolve())
         self.protected = [str((Path(project) / name).resolve()) for name in PROTECTED_IN_PROJECT]
@@ -544,8 +533,6 @@ class Guard:
         inside = lambda folder: real == folder or real.startswith(folder + os.sep)  # noqa: E731
         if inside(self.package_dir) or inside(self.work_dir):
             return False
-        if self.own_bytecode and inside(self.own_bytecode):
-            return False
         if any(inside(folder) for folder in self.protected):
             return True
         if inside(self.project) and not any(inside(folder) for folder in self.installation):
@@ -638,16 +625,14 @@ def prewarm(runtime, project):
 
 
 def readable(setup, engines):
-    """What the process may read behind the wall: its runtime copy, the bytecode the checker
-    compiled of the learner's copies, the learner's folder and the Python installation (this
-    process's sys.path), less the project and the gradient engines."""
+    """What the process may read behind the wall: its runtime copy, the learner's folder and the
+    Python installation (this process's sys.path), less the project and the gradient engines."""
     project = Path(setup["project"]).resolve()
     installation = [
         p for p in sys.path[1:] if p and os.path.isdir(p) and Path(p).resolve() != project
     ]
     libraries = [p for p in SHARED_LIBRARIES if os.path.exists(p)]
-    bytecode = [setup["bytecode"]] if setup.get("bytecode") else []
-    own = [setup["runtime"], *bytecode, setup["directory"]]
+    own = [setup["runtime"], setup["directory"]]
     excluded = sandbox.carve(project, own + installation + libraries) + engines
     key = (tuple(installation + libraries), tuple(map(str, excluded)))
     if key not in _installation:
@@ -1199,23 +1184,9 @@ def main(in_fd, out_fd):
             return
     for name in ("mkfifo", "mknod"):  # no audit event of their own: give them one
         setattr(os, name, _audited(name, getattr(os, name)))
-    # the copy's bytecode, as the checker compiled it (worker.write_bytecode); none is written
-    bytecode = setup.get("bytecode") or None
-    own_bytecode = (
-        os.path.join(bytecode, str(package_dir.absolute()).lstrip(os.sep)) if bytecode else None
-    )
     sys.addaudithook(
-        Guard(
-            out_fd,
-            package_dir,
-            setup["directory"],
-            setup["project"],
-            engines,
-            setup["scratch"],
-            own_bytecode,
-        )
+        Guard(out_fd, package_dir, setup["directory"], setup["project"], engines, setup["scratch"])
     )
-    sys.pycache_prefix = bytecode
     try:
         package = load_package(setup["directory"], setup.get("substitutes"))
     except ImportError as error:
@@ -1228,8 +1199,6 @@ def main(in_fd, out_fd):
             },
         )
         return
-    finally:
-        sys.pycache_prefix = None
     protocol.send(out_fd, {"ready": True})
     session = Session(package, str(package_dir), isolation)
     operations = {"run": session.run, "fd": session.finite_differences, "step": session.step}

@@ -26,11 +26,9 @@ counted, so a flood of output neither blocks it nor fills anything.
 Behind the audit hook stands a wall the kernel keeps (``sandbox.py``: Landlock and seccomp,
 where Linux offers them). The process never sees the project: it starts from a runtime copy
 the checker makes once in a temporary folder (the modules of ``exercises`` the process needs,
-and ``foundation``, which the learner's copy imports), reads only that copy, the bytecode the
-checker compiled of the learner's copy beside it (``write_bytecode``: hash-checked against the
-files, so it never stands in for a file that changed), the learner's copy and the Python
-installation (less the project and the other gradient engines), and writes only a scratch folder
-of its own (its TMPDIR), which is removed with it. For the block and the model,
+and ``foundation``, which the learner's copy imports), reads only that copy, the learner's copy
+and the Python installation (less the project and the other gradient engines), and writes only
+a scratch folder of its own (its TMPDIR), which is removed with it. For the block and the model,
 the scratch folder also holds the reference files its sub-modules run, with every other
 backward body taken out; the process loads them and deletes them before the learner's code is
 imported. Where there is no wall, the checker says so once: verdicts there trust the learner's
@@ -43,9 +41,7 @@ import ast
 import atexit
 import compileall
 import functools
-import importlib.util
 import json
-import marshal
 import os
 import shutil
 import signal
@@ -57,7 +53,6 @@ import threading
 from pathlib import Path
 
 from . import protocol, sandbox
-from .learner import find_package
 
 # the folder holding exercises/, numpy_impl/, foundation/
 PROJECT = Path(__file__).resolve().parent.parent
@@ -187,9 +182,6 @@ _live = set()  # processes not yet stopped, for the exit handler
 _said = []  # the no-wall note, once per checker
 _runtime = []  # the shared runtime copy, once made
 _zygote = []  # the zygote forking the learner's processes, and its runtime copy
-_bytecode = {}  # {a file's bytes: its code, marshalled}: see write_bytecode
-_written = {}  # {a .pyc write_bytecode wrote: the bytes of the file it was compiled from}
-BYTECODE_KEPT = 256
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # learner's processes forked from a zygote (TWINS_EXERCISE_FORK=0: a fresh interpreter each)
 FORK = os.environ.get("TWINS_EXERCISE_FORK", "1") != "0" and hasattr(socket, "send_fds")
@@ -261,7 +253,6 @@ class LearnerProcess:
         self.scratch = Path(tempfile.mkdtemp(prefix="twins-learner-")).resolve()
         try:
             runtime = shared_runtime()
-            write_bytecode(directory, runtime.parent / "bytecode")
             reference = (
                 reference_copy(self.scratch / "_exercise_reference", isolate) if isolate else None
             )
@@ -311,7 +302,6 @@ class LearnerProcess:
                 "substitutes": substitutes or {},
                 "scratch": str(self.scratch),
                 "runtime": str(runtime),
-                "bytecode": str(runtime.parent / "bytecode"),
                 "reference": str(reference or ""),
                 "wall": abi,
             },
@@ -509,43 +499,6 @@ def shared_runtime():
         compileall.compile_dir(runtime, quiet=1)
         _runtime[:] = [runtime]
     return _runtime[0]
-
-
-def write_bytecode(directory, folder):
-    """Each file of the learner's copy in ``directory`` compiled here into a hash-checked .pyc under
-    ``folder``, laid out as ``sys.pycache_prefix`` lays it out: the learner's process, which writes
-    no bytecode, reads it instead of compiling the file again (12 ms of CPU for a copy), and
-    compiles a file itself where its text no longer matches the hash or it does not compile."""
-    try:
-        package_dir = find_package(directory)
-    except FileNotFoundError:
-        return  # the learner's process says so
-    header = importlib.util.MAGIC_NUMBER + (0b11).to_bytes(4, "little")  # checked hash
-    for path in sorted(package_dir.glob("*.py")):
-        try:
-            source = path.read_bytes()
-        except OSError:
-            continue
-        if source not in _bytecode:
-            try:
-                code = compile(source, str(path), "exec", dont_inherit=True)
-            except (SyntaxError, ValueError):
-                continue
-            if len(_bytecode) >= BYTECODE_KEPT:
-                del _bytecode[next(iter(_bytecode))]  # the oldest
-            _bytecode[source] = marshal.dumps(code)
-        cached = Path(
-            folder,
-            str(path.parent.absolute()).lstrip(os.sep),
-            f"{path.stem}.{sys.implementation.cache_tag}.pyc",
-        )
-        if _written.get(cached) == source and cached.exists():
-            continue
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_bytes(header + importlib.util.source_hash(source) + _bytecode[source])
-        if len(_written) >= BYTECODE_KEPT:
-            del _written[next(iter(_written))]
-        _written[cached] = source
 
 
 def runtime_copy(runtime):
