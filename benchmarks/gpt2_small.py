@@ -186,16 +186,21 @@ def main(fields=GPT2_SMALL, describe=None, doc=__doc__):
     )
 
 
-def describe_gpt2_small(cfg):
-    gpt2_count = sum(
+def tied_count(cfg):
+    """How many numbers the model holds with the unembedding tied to the embedding (as GPT-2 and
+    SmolLM2 count their parameters); the twins hold ``W_U`` apart."""
+    return sum(
         np.prod(shape)
         for name, shape in parameter_shapes(cfg).items()
         if not name.startswith("unembed.")
     )
+
+
+def describe_gpt2_small(cfg):
     return (
         f"GPT-2 small's shape: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads "
         f"of {cfg.d_head}, d_mlp {cfg.d_mlp}, d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}; "
-        f"{gpt2_count / 1e6:.1f}M parameters as GPT-2 counts them; batch {BATCH}, {POSITIONS} "
+        f"{tied_count(cfg) / 1e6:.1f}M parameters as GPT-2 counts them; batch {BATCH}, {POSITIONS} "
         f"positions; random weights"
     )
 

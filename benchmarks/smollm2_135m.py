@@ -25,10 +25,7 @@ from __future__ import annotations
 # first: gpt2_small imports fwd_bwd, which sets --threads for the BLAS before NumPy and torch load,
 # and puts the project on the path
 import gpt2_small
-import numpy as np  # noqa: E402
-from gpt2_small import BATCH, POSITIONS
-
-from foundation.files.weights import parameter_shapes  # noqa: E402
+from gpt2_small import BATCH, POSITIONS, tied_count
 
 SMOLLM2_135M = dict(
     d_vocab=49152,
@@ -53,15 +50,10 @@ SMOLLM2_135M = dict(
 
 
 def describe(cfg):
-    tied_count = sum(
-        np.prod(shape)
-        for name, shape in parameter_shapes(cfg).items()
-        if not name.startswith("unembed.")
-    )
     return (
         f"SmolLM2-135M's shape: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} query "
         f"heads of {cfg.d_head} sharing {cfg.n_key_value_heads} key/value heads, SwiGLU d_mlp "
-        f"{cfg.d_mlp}, d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}; {tied_count / 1e6:.1f}M "
+        f"{cfg.d_mlp}, d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}; {tied_count(cfg) / 1e6:.1f}M "
         f"parameters counted tied; batch {BATCH}, {POSITIONS} positions; random weights"
     )
 

@@ -12,12 +12,12 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 
 
-def needs_transformers():
+def needs_transformers(what="a GPT-2 checkpoint"):
     """``transformers``, imported when a test first makes a checkpoint, not when the tests are
     collected (a second or more of each worker's start); a test skips without it."""
     return pytest.importorskip(
         "transformers",
-        reason="transformers is needed to make a GPT-2 checkpoint "
+        reason=f"transformers is needed to make {what} "
         "(pip install transformers, or the test extra)",
     )
 

@@ -14,19 +14,9 @@ import contextlib
 import os
 
 import numpy as np
-import pytest
 import torch
 
-
-def needs_transformers():
-    """``transformers``, imported when a test first makes a checkpoint, not when the tests are
-    collected (a second or more of each worker's start); a test skips without it."""
-    return pytest.importorskip(
-        "transformers",
-        reason="transformers is needed to make a Llama checkpoint "
-        "(pip install transformers, or the test extra)",
-    )
-
+from parity_tests.gpt2_checkpoints import needs_transformers
 
 TEXT = ["the cat sat on the mat", "the dog sat on the log", "a small model reads every line"] * 4
 SPECIALS = ["<unk>", "<s>", "</s>"]
@@ -81,7 +71,7 @@ NEOX = dict(
 def random_llama(dtype="float64", seed=0, family="llama", **overrides):
     """LlamaForCausalLM (or GPTNeoXForCausalLM) with random weights, SDPA attention, in eval
     mode."""
-    transformers = needs_transformers()
+    transformers = needs_transformers("a Llama checkpoint")
     if family == "llama":
         config = transformers.LlamaConfig(**{**SMALL, **overrides}, attn_implementation="sdpa")
         model = transformers.LlamaForCausalLM(config)
@@ -158,7 +148,7 @@ def exact_float64():
     otherwise)."""
     # imported here, not at the top: the modeling modules take seconds to import, and every test
     # worker collects this file (pyproject.toml: pytest-xdist)
-    needs_transformers()
+    needs_transformers("a Llama checkpoint")
     from transformers.models.gpt_neox import modeling_gpt_neox
     from transformers.models.llama import modeling_llama
 
