@@ -57,6 +57,9 @@ if _THREADS is not None:
     for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_name] = _THREADS
 
+# torch's profiler (the peak-memory measure) logs "profiler_start" and "profiler_stop" lines on
+# stderr at every use, between the printed table's rows; level 6 keeps its log quiet
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import json  # noqa: E402

@@ -137,7 +137,7 @@ def measure(dtype, rounds, fields=GPT2_SMALL):
 def main(fields=GPT2_SMALL, describe=None, doc=__doc__):
     """Parse the command line, print what runs, then a row per dtype (benchmarks/smollm2_135m.py
     calls this with its own config's ``fields``, ``describe(cfg)`` line and docstring)."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
     parser.add_argument(
         "--threads",
         type=int,

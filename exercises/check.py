@@ -235,11 +235,17 @@ def check(
         comes alone: a quicker check of the whole exercise once its steps are done). When they
         hold "model" and ``together``, a last row "all together" runs the learner's backward
         everywhere in the whole model.
-    sample: random directions per tensor for the finite differences. progress:
-    ``progress(items, label)`` yielding the items while it draws a bar (tours/progress.py).
+    sample: random directions per tensor for the finite differences.
+    seed: the seed of the weights, inputs and upstream gradients the checker draws.
+    progress: ``progress(items, label)`` yielding the items while it draws a bar
+        (tours/progress.py).
     time_limit: seconds each exercise may take, steps included; past it, or when the learner's
         code ends its process, the exercise gets the status "timed out" or "exited" and the check
         goes on. A copy that does not import raises ImportError before anything is checked.
+
+    The reference's side of each check (its weights, inputs and gradients) and each file text
+    that compiled are kept in this process, so a second call (a notebook's checking cell) spends
+    its time on the learner's side only.
     """
     keys = _checked_keys(keys, sample, time_limit, steps)
     # a missing copy is the caller's error, before any process starts
