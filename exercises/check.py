@@ -1959,18 +1959,18 @@ def format_results(results, directory):
     lines = [
         f"Exercises in {directory}: your backward passes against the reference and finite "
         f"differences.",
-        f"done: every gradient within {PARITY_TOLERANCE:g} (relative) of both, entry by entry, "
-        f"under every variant",
-        "and both size sets, with and without hooks, with hooks that edit the gradient or the "
-        "pattern, in float64",
-        "and float32; every hook point handed its gradient once; weights, cache and your inputs "
-        "left as they were.",
-        "numerical: your backward evaluates the forward. wrong: which tensors are off and by how "
-        "much; [brackets]",
-        "name the variant that failed;",
+        "What the statuses mean (yours are in the table below):",
+        f"  done       every gradient within {PARITY_TOLERANCE:g} (relative) of both, entry by "
+        "entry, under every",
+        "             variant and both size sets, with and without hooks, with hooks that edit the",
+        "             gradient or the pattern, in float64 and float32; every hook point handed its",
+        "             gradient once; weights, cache and your inputs left as they were",
+        "  numerical  your backward evaluates the forward",
+        "  wrong      which tensors are off and by how much; [brackets] name the variant that "
+        "failed",
         "hint: the mistake, where one fits exactly; inside: where your gradient first parts from "
-        "the reference;",
-        "output: what your code printed (abridged).",
+        "the",
+        "reference; output: what your code printed (abridged).",
         "",
     ]
     rows = [("#", "exercise", "status", "details")]
