@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import math
 import os
@@ -136,8 +137,6 @@ REFERENCE_SOURCES = {
 EDIT_SEED = 7
 _references = {}  # the reference's side of each check, by what decides it: see _reference_side
 REFERENCES_KEPT = 512
-_compiled = {}  # {source: None} for the texts of a copy's files that compiled: see _compile_error
-COMPILED_KEPT = 256
 NUMERICAL = (
     "that is numerical differentiation, which the checker itself uses to check you, not backprop: "
     "it costs a forward per entry, is exact only for code that complex numbers pass through "
@@ -316,19 +315,15 @@ def _broken_files(package_dir):
     return broken
 
 
+@functools.lru_cache(maxsize=256)
 def _compile_error(filename, source):
-    """The SyntaxError (or ValueError) compiling ``source`` raises, or None. A text that compiled
-    is remembered, so a check again in the same process (a notebook's checking cells, the tests)
+    """The SyntaxError (or ValueError) compiling ``source`` raises, or None; remembered for each
+    file and text, so a check again in the same process (a notebook's checking cells, the tests)
     compiles only the files that changed."""
-    if source in _compiled:
-        return None
     try:
         compile(source, filename, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as error:
-        return error
-    if len(_compiled) >= COMPILED_KEPT:
-        _compiled.pop(next(iter(_compiled)))  # the oldest
-    _compiled[source] = None
+        return error.with_traceback(None)
     return None
 
 

@@ -22,14 +22,6 @@ def needs_transformers(what="a GPT-2 checkpoint"):
     )
 
 
-def __getattr__(name):
-    """``from parity_tests.gpt2_checkpoints import transformers`` imports it then (a module that
-    does so at its top skips as a whole without it)."""
-    if name == "transformers":
-        return needs_transformers()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 END_OF_TEXT = "<|endoftext|>"
 TEXT = [
     "The cat sat on the mat. The dog sat on the log.",
